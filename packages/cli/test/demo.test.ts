@@ -1,0 +1,22 @@
+import { describe, expect, it } from 'vitest';
+import { runDemo } from '../src/demo.js';
+
+describe('trellis demo (loopback)', () => {
+  for (const nics of [1, 2, 4]) {
+    it(`verifies every step with ${nics} NIC(s)`, async () => {
+      const lines: string[] = [];
+      const rows = await runDemo({ nics, seed: nics, log: (l) => lines.push(l) });
+      expect(rows.map((r) => r.step)).toEqual([
+        'single write 8 MiB',
+        'paged writes 512 x 4 KiB',
+        'scatter 4 x 1 MiB (by bytes)',
+        'barrier',
+      ]);
+      expect(rows.every((r) => r.verified)).toBe(true);
+      expect(rows[1]!.imms).toBe(512);
+      expect(rows[3]!.imms).toBe(1);
+      expect(rows[0]!.imms).toBe(nics);
+      expect(lines.some((l) => l.startsWith('handshake:'))).toBe(true);
+    });
+  }
+});

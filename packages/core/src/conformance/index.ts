@@ -1,0 +1,52 @@
+/**
+ * `@trellis/core/conformance` — the one suite every backend passes, as libfabric's fabtests are
+ * one suite for every provider. Call {@link defineConformanceSuite} inside a vitest test file with a
+ * factory of engine groups; it registers one vitest case per contract clause. Cases a backend
+ * cannot run go in `skip` with a reason, and are reported as skipped with that reason.
+ *
+ * Nothing in the suite relies on ordering: every check waits on a counter, a promise or a message.
+ *
+ * @packageDocumentation
+ */
+import { describe, it } from 'vitest';
+import { CASES, type ConformanceCaseId, type GroupFactory } from './cases.js';
+
+export type { CaseContext, EngineGroup, GroupFactory } from './cases.js';
+export { CASES as CONFORMANCE_CASES, type ConformanceCaseId } from './cases.js';
+export { assertBytes, pattern, rejects, SettleTracker, sleep, throws } from './util.js';
+
+/** What {@link defineConformanceSuite} needs. */
+export interface ConformanceTarget {
+  /** Shown in the vitest names, e.g. `loopback nics=2 seed=3`. */
+  name: string;
+  /** NICs per engine in the groups `createGroup` makes. */
+  nics: number;
+  /** Seed for the suite's own random sizes and page tables. */
+  seed?: number;
+  /** Make `size` engines that can reach each other, fresh for each case. */
+  createGroup: GroupFactory;
+  /** Cases this target cannot run, each with the reason reported in the skip. */
+  skip?: Partial<Record<ConformanceCaseId, string>>;
+  /** Per-case timeout (default 30 s). */
+  timeoutMs?: number;
+}
+
+/** Register the conformance cases for `target` in the current vitest file. */
+export function defineConformanceSuite(target: ConformanceTarget): void {
+  describe(`conformance: ${target.name}`, () => {
+    for (const c of CASES) {
+      const reason = target.skip?.[c.id];
+      if (reason !== undefined) {
+        it.skip(`${c.id} — skipped: ${reason}`, () => {});
+        continue;
+      }
+      it(
+        c.id,
+        async () => {
+          await c.run({ createGroup: target.createGroup, nics: target.nics, seed: target.seed ?? 1 });
+        },
+        target.timeoutMs ?? 30_000,
+      );
+    }
+  });
+}

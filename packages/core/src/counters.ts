@@ -1,0 +1,167 @@
+import { TrellisError } from './errors.js';
+import type { ImmCounter, WaitOptions } from './types.js';
+import { checkImm } from './validate.js';
+
+interface Waiter {
+  n: number;
+  resolve: () => void;
+  reject: (e: TrellisError) => void;
+  cleanup: () => void;
+}
+
+class Counter implements ImmCounter {
+  available = 0;
+  arrivals = 0;
+  readonly waiters: Waiter[] = [];
+
+  constructor(
+    readonly imm: number,
+    private readonly table: ImmCounterTable,
+  ) {}
+
+  get value(): number {
+    return this.available;
+  }
+  get total(): number {
+    return this.arrivals;
+  }
+
+  wait(n: number, opts: WaitOptions = {}): Promise<void> {
+    const op = `immCounter(${this.imm}).wait`;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
+      return Promise.reject(
+        new TrellisError('INVALID_ARGUMENT', `${op}: n must be a non-negative integer, got ${String(n)}`, {
+          op,
+        }),
+      );
+    }
+    if (opts.timeoutMs !== undefined && !(opts.timeoutMs >= 0 && Number.isFinite(opts.timeoutMs))) {
+      return Promise.reject(
+        new TrellisError('INVALID_ARGUMENT', `${op}: timeoutMs must be a finite number >= 0`, { op }),
+      );
+    }
+    const closed = this.table.closedError();
+    if (closed) return Promise.reject(closed);
+    if (opts.signal?.aborted)
+      return Promise.reject(new TrellisError('ABORTED', `${op}: aborted before waiting`, { op }));
+    // Fast path: credits already there and nobody queued ahead.
+    if (this.waiters.length === 0 && this.available >= n) {
+      this.available -= n;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const onAbort = (): void => {
+        this.remove(w);
+        reject(
+          new TrellisError(
+            'ABORTED',
+            `${op}(${n}): aborted with ${this.available} of ${n} credits available`,
+            { op },
+          ),
+        );
+      };
+      const w: Waiter = {
+        n,
+        resolve,
+        reject,
+        cleanup: () => {
+          if (timer) clearTimeout(timer);
+          opts.signal?.removeEventListener('abort', onAbort);
+        },
+      };
+      if (opts.timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          this.remove(w);
+          reject(
+            new TrellisError(
+              'TIMEOUT',
+              `${op}(${n}): timed out after ${opts.timeoutMs} ms with ${this.available} of ${n} credits available`,
+              { op },
+            ),
+          );
+        }, opts.timeoutMs);
+      }
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(w);
+    });
+  }
+
+  private remove(w: Waiter): void {
+    const i = this.waiters.indexOf(w);
+    if (i >= 0) this.waiters.splice(i, 1);
+    w.cleanup();
+    // A large waiter leaving the head may unblock smaller ones behind it.
+    this.drain();
+  }
+
+  arrive(count: number): void {
+    this.available += count;
+    this.arrivals += count;
+    this.drain();
+  }
+
+  drain(): void {
+    while (this.waiters.length > 0 && this.available >= this.waiters[0]!.n) {
+      const w = this.waiters.shift()!;
+      this.available -= w.n;
+      w.cleanup();
+      w.resolve();
+    }
+  }
+
+  fail(err: TrellisError): void {
+    for (const w of this.waiters.splice(0)) {
+      w.cleanup();
+      w.reject(err);
+    }
+  }
+}
+
+/**
+ * The immediate-counter table: one credit counter per immediate value. Backends call
+ * {@link ImmCounterTable.arrive} from their completion path (once per batch and value, not per work
+ * request); users reach counters through `engine.immCounter(imm)`.
+ */
+export class ImmCounterTable {
+  private readonly counters = new Map<number, Counter>();
+  private closeErr: TrellisError | undefined;
+
+  /** The counter for `imm`, created on first use. */
+  get(imm: number): ImmCounter {
+    checkImm('immCounter', imm, true);
+    let c = this.counters.get(imm);
+    if (!c) {
+      c = new Counter(imm, this);
+      this.counters.set(imm, c);
+    }
+    return c;
+  }
+
+  /** Record `count` arrivals of `imm`. */
+  arrive(imm: number, count = 1): void {
+    let c = this.counters.get(imm);
+    if (!c) {
+      c = new Counter(imm, this);
+      this.counters.set(imm, c);
+    }
+    c.arrive(count);
+  }
+
+  /** Total arrivals over every value. */
+  totalArrivals(): number {
+    let n = 0;
+    for (const c of this.counters.values()) n += c.arrivals;
+    return n;
+  }
+
+  closedError(): TrellisError | undefined {
+    return this.closeErr;
+  }
+
+  /** Reject every waiter with `err`; later waits reject with it too. */
+  close(err: TrellisError): void {
+    this.closeErr = err;
+    for (const c of this.counters.values()) c.fail(err);
+  }
+}

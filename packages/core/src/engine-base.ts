@@ -1,0 +1,690 @@
+import { describe, type NetAddr } from './addr.js';
+import { ImmCounterTable } from './counters.js';
+import type { MrDesc } from './desc.js';
+import { CallSite, invalid, TrellisError } from './errors.js';
+import { countImms, lanesBetween } from './imms.js';
+import type {
+  BarrierRequest,
+  EngineLimits,
+  EngineStats,
+  ImmCounter,
+  ImmRequest,
+  MemorySource,
+  MrHandle,
+  NicStats,
+  OpOptions,
+  PagedWritesRequest,
+  PeerGroup,
+  RecvMessage,
+  RecvOptions,
+  RegisterOptions,
+  ScatterRequest,
+  SingleWriteRequest,
+  TransferEngine,
+  TransferRequest,
+  UvmWatcher,
+  UvmWatcherCallback,
+} from './types.js';
+import {
+  checkCount,
+  checkOpOptions,
+  checkPeer,
+  checkSend,
+  type Plan,
+  planBarrier,
+  planImm,
+  planPaged,
+  planScatter,
+  planSingle,
+  type ValidationContext,
+} from './validate.js';
+
+/** What a backend returns for a new registration. */
+export interface RegionAlloc {
+  desc: MrDesc;
+  /** Host bytes, when the region is host memory. */
+  bytes: Uint8Array | undefined;
+  length: number;
+  /** Backend's own handle for the registration. */
+  key: unknown;
+}
+
+/** A live registration as the engine tracks it. */
+export class Region implements MrHandle {
+  registered = true;
+  /** Pending operations of this engine that read or write it. */
+  users = 0;
+  private drained: (() => void) | undefined;
+
+  constructor(
+    private readonly engine: EngineBase,
+    readonly desc: MrDesc,
+    readonly length: number,
+    readonly buffer: Uint8Array | undefined,
+    readonly remote: boolean,
+    readonly key: unknown,
+    /** The caller's memory, held so it stays alive while registered. */
+    readonly owner: unknown,
+  ) {}
+
+  /** Throws DETACHED_BUFFER when host memory went away under the registration. */
+  checkAlive(op: string): void {
+    if (this.buffer && this.buffer.byteLength !== this.length) {
+      throw invalid(
+        'DETACHED_BUFFER',
+        op,
+        `registered buffer of ${this.length} bytes is now ${this.buffer.byteLength} bytes (detached or resized); keep registered memory alive and fixed-size until unregister()`,
+      );
+    }
+  }
+
+  use(): void {
+    this.users++;
+  }
+  release(): void {
+    if (--this.users === 0 && this.drained) {
+      const d = this.drained;
+      this.drained = undefined;
+      d();
+    }
+  }
+  idle(): Promise<void> {
+    if (this.users === 0) return Promise.resolve();
+    return new Promise((r) => {
+      const prev = this.drained;
+      this.drained = () => {
+        prev?.();
+        r();
+      };
+    });
+  }
+
+  unregister(): Promise<void> {
+    return this.engine.unregister(this);
+  }
+}
+
+/**
+ * One submitted operation. Settles exactly once: {@link PendingOp.complete} or
+ * {@link PendingOp.fail}; later calls are ignored (and counted as a bug in debug builds).
+ */
+export class PendingOp {
+  settled = false;
+  readonly promise: Promise<void>;
+  private resolveFn!: () => void;
+  private rejectFn!: (e: unknown) => void;
+  private timer: NodeJS.Timeout | undefined;
+  /** The AbortSignal the op watches, if any. */
+  signal: AbortSignal | undefined;
+  /** Set when a deadline or abort asked for cancellation. */
+  cancelReason: TrellisError | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly callsite: CallSite,
+    readonly peer: NetAddr | undefined,
+    readonly regions: readonly Region[],
+    private readonly engine: EngineBase,
+  ) {
+    this.promise = new Promise<void>((res, rej) => {
+      this.resolveFn = res;
+      this.rejectFn = rej;
+    });
+    for (const r of regions) r.use();
+  }
+
+  /** Arm the deadline; they ask the backend to cancel. The signal is watched by the engine (one listener per signal). */
+  arm(opts: OpOptions): void {
+    if (opts.timeoutMs !== undefined) {
+      this.timer = setTimeout(() => {
+        this.requestCancel(new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`));
+      }, opts.timeoutMs);
+    }
+  }
+
+  /** @internal Called by the engine when the op's signal aborts. */
+  requestCancel(reason: TrellisError): void {
+    if (this.settled || this.cancelReason) return;
+    this.cancelReason = reason;
+    this.engine.cancelOp(this, reason);
+  }
+
+  private finish(ok: boolean): boolean {
+    if (this.settled) return false;
+    this.settled = true;
+    if (this.timer) clearTimeout(this.timer);
+    for (const r of this.regions) r.release();
+    this.engine.opSettled(this, ok);
+    return true;
+  }
+
+  complete(): void {
+    if (this.finish(true)) this.resolveFn();
+  }
+
+  fail(err: TrellisError): void {
+    if (!this.finish(false)) return;
+    const e = this.callsite.attach(
+      err.peer === undefined && this.peer ? err.withDetails({ peer: this.peer.toString() }) : err,
+    );
+    this.rejectFn(e);
+  }
+}
+
+/** A receive pool as the engine tracks it. */
+export class RecvPool {
+  done = false;
+  private resolveFn!: () => void;
+  private rejectFn!: (e: unknown) => void;
+  readonly promise: Promise<void>;
+  constructor(
+    readonly maxBytes: number,
+    readonly count: number,
+    readonly onRecv: (msg: RecvMessage) => void,
+    readonly onError: ((err: TrellisError) => void) | undefined,
+  ) {
+    this.promise = new Promise((res, rej) => {
+      this.resolveFn = res;
+      this.rejectFn = rej;
+    });
+  }
+  end(err?: TrellisError): void {
+    if (this.done) return;
+    this.done = true;
+    if (err) this.rejectFn(err);
+    else this.resolveFn();
+  }
+}
+
+const DEFAULT_LIMITS: EngineLimits = { maxMessageBytes: 64 * 1024, maxRegionBytes: Number.MAX_SAFE_INTEGER };
+
+/**
+ * The JS side every backend shares: validation at the edge, operation bookkeeping (exactly-once
+ * settlement, deadlines, abort, close), regions, counters, peer groups and stats. A backend
+ * implements the `protected abstract` methods — posting plans, sends, receives, cancellation — and
+ * nothing else.
+ */
+export abstract class EngineBase implements TransferEngine, ValidationContext {
+  abstract readonly kind: string;
+  abstract readonly address: NetAddr;
+  abstract readonly nics: number;
+  readonly limits: EngineLimits;
+  closed = false;
+
+  protected readonly counters = new ImmCounterTable();
+  private readonly regions = new Set<Region>();
+  private readonly ops = new Set<PendingOp>();
+  private readonly groups = new Map<number, PeerGroup>();
+  private readonly pools = new Set<RecvPool>();
+  private readonly watchers = new Set<UvmWatcher>();
+  private nextOpId = 1;
+  private nextGroupId = 1;
+  private counts = { submitted: 0, completed: 0, failed: 0 };
+  private closing: Promise<void> | undefined;
+  protected recvDropped = 0;
+
+  constructor(limits: Partial<EngineLimits> = {}) {
+    this.limits = { ...DEFAULT_LIMITS, ...limits };
+  }
+
+  // -- backend hooks -----------------------------------------------------------------------------
+
+  /** Allocate or pin `src` and register it on every NIC. */
+  protected abstract registerRegion(src: MemorySource, remote: boolean, op: string): Promise<RegionAlloc>;
+  /** Deregister; called only when no pending local operation uses the region. */
+  protected abstract deregisterRegion(key: unknown): Promise<void>;
+  /** Throw `UNKNOWN_PEER` (or `PEER_LOST`) if `peer` cannot be reached; called before posting. */
+  protected abstract checkReachable(peer: NetAddr, op: string): void;
+  /** Post a validated plan; settle `op` when all its work requests finished. */
+  protected abstract post(plan: Plan, op: PendingOp): void;
+  /** Post a send; settle `op` once delivered. */
+  protected abstract postSend(peer: NetAddr, data: Uint8Array, op: PendingOp): void;
+  /** Start delivering messages into `pool`. */
+  protected abstract postRecvs(pool: RecvPool): void;
+  /** Withdraw the pool's buffers; end it when none can be written any more. */
+  protected abstract cancelRecvs(pool: RecvPool): void;
+  /**
+   * Cancel `op`: drop its work requests that were not posted, and fail it with `reason` only once
+   * none of them can still touch memory.
+   */
+  abstract cancelOp(op: PendingOp, reason: TrellisError): void;
+  /** Create a watcher. */
+  protected abstract createWatcher(
+    onChange: UvmWatcherCallback,
+    onClose: (w: UvmWatcher) => void,
+  ): UvmWatcher;
+  /** Tear the backend down; pending operations are failed by the base afterwards. */
+  protected abstract shutdown(): Promise<void>;
+  /** Per-NIC counters. */
+  protected abstract nicStats(): NicStats[];
+
+  // -- ValidationContext ------------------------------------------------------------------------
+
+  get maxMessageBytes(): number {
+    return this.limits.maxMessageBytes;
+  }
+
+  checkHandle(h: MrHandle, op: string, field: string): number {
+    if (!(h instanceof Region)) {
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `${field} must be an MrHandle from registerMemory(), got ${describe(h)}`,
+      );
+    }
+    if (!this.regions.has(h)) {
+      throw invalid(
+        'INVALID_DESCRIPTOR',
+        op,
+        h.registered
+          ? `${field} was registered with another engine; register it with this one`
+          : `${field} was unregistered`,
+      );
+    }
+    h.checkAlive(op);
+    return h.length;
+  }
+
+  group(g: PeerGroup): PeerGroup | undefined {
+    const mine = this.groups.get(g.id);
+    return mine === g ? mine : undefined;
+  }
+
+  // -- public API -------------------------------------------------------------------------------
+
+  async registerMemory(src: MemorySource, opts: RegisterOptions = {}): Promise<MrHandle> {
+    const op = 'registerMemory';
+    this.throwIfClosed(op);
+    if (typeof opts !== 'object' || opts === null)
+      throw invalid('INVALID_ARGUMENT', op, 'options must be an object');
+    if (opts.remote !== undefined && typeof opts.remote !== 'boolean')
+      throw invalid('INVALID_ARGUMENT', op, 'remote must be a boolean');
+    const remote = opts.remote ?? false;
+    let length: number;
+    if (typeof src === 'number') {
+      length = checkCount(op, 'size', src);
+    } else if (src instanceof ArrayBuffer || src instanceof SharedArrayBuffer) {
+      length = src.byteLength;
+      if (length === 0 && src instanceof ArrayBuffer && isDetached(src)) {
+        throw invalid(
+          'DETACHED_BUFFER',
+          op,
+          'the ArrayBuffer is detached (it was transferred); register a live buffer',
+        );
+      }
+    } else if (ArrayBuffer.isView(src)) {
+      length = src.byteLength;
+      if (src.buffer instanceof ArrayBuffer && isDetached(src.buffer)) {
+        throw invalid(
+          'DETACHED_BUFFER',
+          op,
+          "the view's ArrayBuffer is detached (it was transferred); register a live buffer",
+        );
+      }
+    } else if (typeof src === 'object' && src !== null && 'cuda' in src) {
+      length = checkCount(op, 'cuda.length', (src as { cuda: { length: unknown } }).cuda?.length);
+    } else {
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `src must be a byte count, an ArrayBuffer, a SharedArrayBuffer, a typed array or {cuda}, got ${describe(src)}`,
+      );
+    }
+    if (length > this.limits.maxRegionBytes) {
+      throw invalid(
+        'OUT_OF_RANGE',
+        op,
+        `region of ${length} bytes exceeds this engine's maxRegionBytes ${this.limits.maxRegionBytes}`,
+      );
+    }
+    const a = await this.registerRegion(src, remote, op);
+    if (this.closed) {
+      await this.deregisterRegion(a.key);
+      throw new TrellisError('CLOSED', `${op}: the engine was closed during registration`, { op });
+    }
+    const region = new Region(this, a.desc, a.length, a.bytes, remote, a.key, src);
+    this.regions.add(region);
+    return region;
+  }
+
+  /** @internal Called by {@link Region.unregister}. */
+  async unregister(r: Region): Promise<void> {
+    if (!this.regions.has(r)) return;
+    this.regions.delete(r);
+    r.registered = false;
+    await r.idle();
+    if (!this.closed) await this.deregisterRegion(r.key);
+  }
+
+  submitSend(peer: NetAddr, data: Uint8Array, opts: OpOptions = {}): Promise<void> {
+    const site = new CallSite('submitSend');
+    try {
+      this.throwIfClosed(site.op);
+      const p = checkSend(this, peer, data, opts);
+      this.checkReachable(p, site.op);
+      const op = this.begin(site, p, [], opts);
+      this.guard(op, () => this.postSend(p, data.slice(), op));
+      return op.promise;
+    } catch (e) {
+      return Promise.reject(site.attach(e));
+    }
+  }
+
+  submitRecvs(opts: RecvOptions, onRecv: (msg: RecvMessage) => void): Promise<void> {
+    const site = new CallSite('submitRecvs');
+    try {
+      this.throwIfClosed(site.op);
+      if (typeof opts !== 'object' || opts === null)
+        throw invalid('INVALID_ARGUMENT', site.op, 'options must be an object');
+      const maxBytes = checkCount(site.op, 'maxBytes', opts.maxBytes);
+      const count = checkCount(site.op, 'count', opts.count);
+      if (maxBytes > this.limits.maxMessageBytes) {
+        throw invalid(
+          'INVALID_ARGUMENT',
+          site.op,
+          `maxBytes ${maxBytes} exceeds maxMessageBytes ${this.limits.maxMessageBytes}`,
+        );
+      }
+      if (count < 1) throw invalid('INVALID_ARGUMENT', site.op, 'count must be at least 1');
+      if (typeof onRecv !== 'function')
+        throw invalid('INVALID_ARGUMENT', site.op, 'onRecv must be a function');
+      if (opts.onError !== undefined && typeof opts.onError !== 'function')
+        throw invalid('INVALID_ARGUMENT', site.op, 'onError must be a function');
+      checkOpOptions(site.op, { signal: opts.signal });
+      const pool = new RecvPool(maxBytes, count, onRecv, opts.onError);
+      if (opts.signal?.aborted) {
+        pool.end();
+        return pool.promise;
+      }
+      this.pools.add(pool);
+      pool.promise.then(
+        () => this.pools.delete(pool),
+        () => this.pools.delete(pool),
+      );
+      opts.signal?.addEventListener('abort', () => this.cancelRecvs(pool), { once: true });
+      this.postRecvs(pool);
+      return pool.promise;
+    } catch (e) {
+      return Promise.reject(site.attach(e));
+    }
+  }
+
+  submitSingleWrite(req: SingleWriteRequest): Promise<void> {
+    return this.submit('submitSingleWrite', req, () => planSingle(this, req));
+  }
+  submitPagedWrites(req: PagedWritesRequest): Promise<void> {
+    return this.submit('submitPagedWrites', req, () => planPaged(this, req));
+  }
+  submitScatter(req: ScatterRequest): Promise<void> {
+    return this.submit('submitScatter', req, () => planScatter(this, req));
+  }
+  submitBarrier(req: BarrierRequest): Promise<void> {
+    return this.submit('submitBarrier', req, () => planBarrier(this, req));
+  }
+  submitImm(req: ImmRequest): Promise<void> {
+    return this.submit('submitImm', req, () => planImm(this, req));
+  }
+
+  private submit(name: string, req: OpOptions, plan: () => Plan): Promise<void> {
+    const site = new CallSite(name);
+    try {
+      this.throwIfClosed(name);
+      const p = plan();
+      const peers = planPeers(p);
+      for (const peer of peers) this.checkReachable(peer, name);
+      const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
+      const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req);
+      this.guard(op, () => this.post(p, op));
+      return op.promise;
+    } catch (e) {
+      return Promise.reject(site.attach(e));
+    }
+  }
+
+  /** Register a pending op, arm its deadline. */
+  private begin(site: CallSite, peer: NetAddr | undefined, regions: Region[], opts: OpOptions): PendingOp {
+    const op = new PendingOp(this.nextOpId++, site, peer, regions, this);
+    this.ops.add(op);
+    this.counts.submitted++;
+    if (opts.signal?.aborted) {
+      op.cancelReason = new TrellisError('ABORTED', `${site.op}: aborted before it was posted`);
+    }
+    op.arm(opts);
+    if (opts.signal && !op.cancelReason) this.watchSignal(opts.signal, op);
+    return op;
+  }
+
+  /**
+   * One 'abort' listener per signal, however many operations share it: a request-scoped signal is
+   * commonly passed to hundreds of operations.
+   */
+  private readonly signalOps = new WeakMap<AbortSignal, Set<PendingOp>>();
+
+  private watchSignal(signal: AbortSignal, op: PendingOp): void {
+    op.signal = signal;
+    let set = this.signalOps.get(signal);
+    if (!set) {
+      const ops = new Set<PendingOp>();
+      set = ops;
+      this.signalOps.set(signal, ops);
+      signal.addEventListener(
+        'abort',
+        () => {
+          this.signalOps.delete(signal);
+          for (const o of [...ops]) o.requestCancel(new TrellisError('ABORTED', `${o.callsite.op}: aborted by its AbortSignal`));
+        },
+        { once: true },
+      );
+    }
+    set.add(op);
+  }
+
+  /** Run a backend post; a synchronous throw fails the op (it was not posted). */
+  private guard(op: PendingOp, post: () => void): void {
+    if (op.cancelReason) {
+      op.fail(op.cancelReason);
+      return;
+    }
+    try {
+      post();
+    } catch (e) {
+      op.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e }));
+    }
+  }
+
+  /** @internal */
+  opSettled(op: PendingOp, ok: boolean): void {
+    this.ops.delete(op);
+    if (op.signal) this.signalOps.get(op.signal)?.delete(op);
+    if (ok) this.counts.completed++;
+    else this.counts.failed++;
+  }
+
+  immCounter(imm: number): ImmCounter {
+    return this.counters.get(imm);
+  }
+
+  expectedImms(request: TransferRequest, target?: NetAddr): number {
+    const op = 'expectedImms';
+    if (typeof request !== 'object' || request === null)
+      throw invalid('INVALID_ARGUMENT', op, 'expected a request with a kind');
+    // Counted from the request alone, so it gives the same answer on any engine: the sender's NIC
+    // count comes from the source handle's owner, not from the engine asked.
+    const ctx = this.shapeContext(request);
+    switch (request.kind) {
+      case 'single': {
+        const p = planSingle(ctx, request);
+        return countImms({ kind: 'single', length: p.length, shards: p.shards, imm: p.imm }, p.lanes);
+      }
+      case 'paged': {
+        const p = planPaged(ctx, request);
+        return countImms({ kind: 'paged', pages: p.srcPages.length, imm: p.imm }, p.lanes);
+      }
+      case 'scatter': {
+        const p = planScatter(ctx, request);
+        const who = this.pickTarget(
+          op,
+          p.targets.map((t) => t.peer),
+          target,
+        );
+        const mine = p.targets.filter((t) => t.peer.equals(who));
+        const lanes = mine.length ? mine[0]!.lanes : 1;
+        return countImms(
+          { kind: 'scatter', lengths: mine.map((t) => t.length), routing: p.routing, imm: p.imm },
+          lanes,
+        );
+      }
+      case 'barrier': {
+        const p = planBarrier(ctx, request);
+        const who = this.pickTarget(op, p.peers, target);
+        return p.peers.filter((x) => x.equals(who)).length;
+      }
+      case 'imm': {
+        const p = planImm(ctx, request);
+        if (target !== undefined && !checkPeer(this, op, 'target', target).equals(p.peer)) return 0;
+        return 1;
+      }
+      default:
+        throw invalid(
+          'INVALID_ARGUMENT',
+          op,
+          `unknown request kind ${JSON.stringify((request as { kind: unknown }).kind)}`,
+        );
+    }
+  }
+
+  /** Validation context for counting: any engine's handle, the handle owner's NIC count. */
+  private shapeContext(request: TransferRequest): ValidationContext {
+    const src = (request as { src?: unknown }).src;
+    const nics = src instanceof Region ? src.desc.owner.nics.length : this.nics;
+    return {
+      kind: this.kind,
+      nics,
+      maxMessageBytes: this.maxMessageBytes,
+      checkHandle: (h, op, field) => {
+        if (!(h instanceof Region))
+          throw invalid(
+            'INVALID_ARGUMENT',
+            op,
+            `${field} must be an MrHandle from registerMemory(), got ${describe(h)}`,
+          );
+        return h.length;
+      },
+      group: (g) => g,
+    };
+  }
+
+  private pickTarget(op: string, peers: readonly NetAddr[], target: NetAddr | undefined): NetAddr {
+    if (target !== undefined) return checkPeer(this, op, 'target', target);
+    const u = uniquePeers(peers);
+    if (u.length !== 1)
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `the request reaches ${u.length} peers; pass the target peer to count its arrivals`,
+      );
+    return u[0]!;
+  }
+
+  /** Lanes between this engine and `peer`. */
+  lanesTo(peer: NetAddr): number {
+    return lanesBetween(this.nics, peer.nics.length);
+  }
+
+  addPeerGroup(peers: readonly NetAddr[]): PeerGroup {
+    const op = 'addPeerGroup';
+    this.throwIfClosed(op);
+    if (!Array.isArray(peers) || peers.length === 0)
+      throw invalid('INVALID_ARGUMENT', op, 'peers must be a non-empty array of NetAddr');
+    const resolved = peers.map((p, i) => checkPeer(this, op, `peers[${i}]`, p));
+    for (const p of resolved) this.checkReachable(p, op);
+    const g: PeerGroup = Object.freeze({ id: this.nextGroupId++, peers: Object.freeze(resolved) });
+    this.groups.set(g.id, g);
+    return g;
+  }
+
+  allocUvmWatcher(onChange: UvmWatcherCallback): UvmWatcher {
+    this.throwIfClosed('allocUvmWatcher');
+    if (typeof onChange !== 'function')
+      throw invalid('INVALID_ARGUMENT', 'allocUvmWatcher', 'onChange must be a function');
+    const w = this.createWatcher(onChange, (x) => this.watchers.delete(x));
+    this.watchers.add(w);
+    return w;
+  }
+
+  stats(): EngineStats {
+    let registeredBytes = 0;
+    for (const r of this.regions) registeredBytes += r.length;
+    return {
+      kind: this.kind,
+      nics: this.nicStats(),
+      ops: { ...this.counts, inFlight: this.ops.size },
+      regions: this.regions.size,
+      registeredBytes,
+      recvDropped: this.recvDropped,
+    };
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    this.closed = true;
+    const err = new TrellisError('CLOSED', 'the engine was closed with this operation pending');
+    for (const w of [...this.watchers]) w.close();
+    this.counters.close(new TrellisError('CLOSED', 'immCounter.wait: the engine was closed'));
+    try {
+      await this.shutdown();
+    } finally {
+      for (const op of [...this.ops]) op.fail(err);
+      for (const pool of [...this.pools]) pool.end();
+      for (const r of [...this.regions]) {
+        r.registered = false;
+        this.regions.delete(r);
+      }
+    }
+  }
+
+  protected throwIfClosed(op: string): void {
+    if (this.closed) throw new TrellisError('CLOSED', `${op}: the engine is closed`, { op });
+  }
+
+  /** Pending operations (for backends that fail them on peer loss). */
+  protected pendingOps(): Iterable<PendingOp> {
+    return this.ops;
+  }
+}
+
+function planPeers(p: Plan): NetAddr[] {
+  switch (p.op) {
+    case 'single':
+    case 'paged':
+    case 'imm':
+      return [p.peer];
+    case 'scatter':
+      return uniquePeers(p.targets.map((t) => t.peer));
+    case 'barrier':
+      return uniquePeers(p.peers);
+  }
+}
+
+function uniquePeers(peers: readonly NetAddr[]): NetAddr[] {
+  const seen = new Map<string, NetAddr>();
+  for (const p of peers) seen.set(p.toString(), p);
+  return [...seen.values()];
+}
+
+/** Whether an ArrayBuffer was detached (Node 20 lacks `ArrayBuffer.prototype.detached` on some builds). */
+function isDetached(b: ArrayBuffer): boolean {
+  const d = (b as { detached?: boolean }).detached;
+  if (typeof d === 'boolean') return d;
+  if (b.byteLength !== 0) return false;
+  try {
+    new Uint8Array(b);
+    return false;
+  } catch {
+    return true;
+  }
+}

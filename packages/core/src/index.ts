@@ -1,0 +1,48 @@
+/**
+ * `@trellis/core` — the transfer contract every Trellis backend implements, its errors and
+ * descriptors, the loopback reference fabric and the shared engine base.
+ *
+ * @packageDocumentation
+ */
+export { MAX_NICS, NetAddr } from './addr.js';
+export { ImmCounterTable } from './counters.js';
+export { MrDesc, type NicKey } from './desc.js';
+export { EngineBase, PendingOp, RecvPool, Region, type RegionAlloc } from './engine-base.js';
+export {
+  CallSite,
+  isTrellisError,
+  TRELLIS_ERROR_CODES,
+  TrellisError,
+  type TrellisErrorCode,
+  type TrellisErrorDetails,
+} from './errors.js';
+export {
+  autoShards,
+  countImms,
+  type ImmShape,
+  lanesBetween,
+  MIN_SHARD_BYTES,
+  SHARD_ALIGN,
+  shardRanges,
+} from './imms.js';
+export { LoopbackEngine, type LoopbackEngineOptions } from './loopback/engine.js';
+export {
+  createLoopbackFabric,
+  type FaultInjector,
+  type LoopbackFabric,
+  type LoopbackFabricOptions,
+} from './loopback/fabric.js';
+export { Prng } from './loopback/prng.js';
+export type * from './types.js';
+export {
+  type BarrierPlan,
+  type ImmPlan,
+  type PagedPlan,
+  type Plan,
+  type ScatterPlan,
+  type ScatterPlanTarget,
+  type SinglePlan,
+  type ValidationContext,
+  type WorkRequest,
+  workRequests,
+} from './validate.js';

@@ -1,0 +1,278 @@
+import type { NetAddr } from './addr.js';
+import type { MrDesc } from './desc.js';
+
+/** Host memory the caller already owns. Kept alive by the engine until unregistered. */
+export type HostMemory = ArrayBuffer | SharedArrayBuffer | ArrayBufferView;
+
+/** A CUDA device region (see the GPU memory guide; backends without GPU support reject it with `UNSUPPORTED`). */
+export interface CudaMemory {
+  cuda: { ptr: bigint; length: number; device: number };
+}
+
+/**
+ * What to register: a byte count (the engine allocates page-aligned host memory, exposed as
+ * {@link MrHandle.buffer}), existing host memory, or a CUDA region.
+ */
+export type MemorySource = number | HostMemory | CudaMemory;
+
+/** Options of {@link TransferEngine.registerMemory}. */
+export interface RegisterOptions {
+  /** Let peers write into the region (the descriptor then carries rkeys). Default `false`. */
+  remote?: boolean;
+}
+
+/** A local registration. Pass it as `src` of writes; hand `desc` to peers that write into it. */
+export interface MrHandle {
+  /** The descriptor to give peers (has no keys unless registered with `{remote: true}`). */
+  readonly desc: MrDesc;
+  /** Length in bytes. */
+  readonly length: number;
+  /** The registered host bytes; `undefined` for CUDA regions. */
+  readonly buffer: Uint8Array | undefined;
+  /** Whether peers may write into it. */
+  readonly remote: boolean;
+  /** False once unregistered. */
+  readonly registered: boolean;
+  /** Unregister: waits for this engine's pending operations that use the region to settle first. */
+  unregister(): Promise<void>;
+}
+
+/** Deadline and cancellation, accepted by every `submit*` and by counter waits. */
+export interface OpOptions {
+  /** Abort the operation; it then rejects with `ABORTED` once none of its work can touch memory. */
+  signal?: AbortSignal;
+  /** Reject with `TIMEOUT` after this many milliseconds (same guarantee as `signal`). */
+  timeoutMs?: number;
+}
+
+/** One contiguous write, sharded by bytes across NICs. */
+export interface SingleWriteRequest extends OpOptions {
+  src: MrHandle;
+  /** Default 0. */
+  srcOffset?: number;
+  length: number;
+  dst: MrDesc;
+  /** Default 0. */
+  dstOffset?: number;
+  /** Immediate delivered with every shard; counted at the target. */
+  imm?: number;
+  /** Number of shards (1..lanes). Default: `autoShards(length, lanes)`. */
+  shards?: number;
+}
+
+/** Many equal pages: page `i` goes from `srcOffset + srcPages[i]*srcStride` to `dstOffset + dstPages[i]*dstStride`. */
+export interface PagedWritesRequest extends OpOptions {
+  src: MrHandle;
+  srcPages: Uint32Array;
+  srcStride: number;
+  srcOffset?: number;
+  dst: MrDesc;
+  dstPages: Uint32Array;
+  dstStride: number;
+  dstOffset?: number;
+  pageBytes: number;
+  /** Immediate delivered with every page (one work request per page). */
+  imm?: number;
+}
+
+/** One destination of a scatter. */
+export interface ScatterTarget {
+  dst: MrDesc;
+  srcOffset: number;
+  dstOffset: number;
+  length: number;
+}
+
+/**
+ * How a scatter uses NICs:
+ * - `'peers'` (default): each target is one work request; targets are spread round-robin over lanes.
+ * - `'bytes'`: each target is sharded by bytes across lanes, like a single write.
+ * - `{nic}`: every target on that one lane.
+ */
+export type ScatterRouting = 'peers' | 'bytes' | { nic: number };
+
+/** One source, many destinations. */
+export interface ScatterRequest extends OpOptions {
+  src: MrHandle;
+  targets: readonly ScatterTarget[];
+  imm?: number;
+  routing?: ScatterRouting;
+}
+
+/** A zero-byte write with an immediate to every member of a group. */
+export interface BarrierRequest extends OpOptions {
+  group: PeerGroup;
+  imm: number;
+}
+
+/** An immediate alone. `dst` is the target engine (its address, or any descriptor it owns). */
+export interface ImmRequest extends OpOptions {
+  dst: NetAddr | MrDesc;
+  imm: number;
+  /** Lane to use; default 0. */
+  nic?: number;
+}
+
+/** Any request whose target counts arrivals. Plain data, validated once at the edge. */
+export type TransferRequest =
+  | ({ kind: 'single' } & SingleWriteRequest)
+  | ({ kind: 'paged' } & PagedWritesRequest)
+  | ({ kind: 'scatter' } & ScatterRequest)
+  | ({ kind: 'barrier' } & BarrierRequest)
+  | ({ kind: 'imm' } & ImmRequest);
+
+/** Peers resolved once for scatter and barrier. */
+export interface PeerGroup {
+  readonly id: number;
+  readonly peers: readonly NetAddr[];
+}
+
+/** Options of {@link TransferEngine.submitRecvs}. */
+export interface RecvOptions {
+  /** Largest message each posted buffer accepts (at most the engine's `maxMessageBytes`). */
+  maxBytes: number;
+  /** Buffers kept posted (at least 1). */
+  count: number;
+  /** Stop receiving: the returned promise resolves once the buffers are withdrawn. */
+  signal?: AbortSignal;
+  /** Called for a message that could not be delivered (`MESSAGE_TRUNCATED`). Default: dropped and counted in stats. */
+  onError?: (err: import('./errors.js').TrellisError) => void;
+}
+
+/** An incoming two-sided message. `data` is the caller's to keep. */
+export interface RecvMessage {
+  from: NetAddr;
+  data: Uint8Array;
+}
+
+/** Options of {@link ImmCounter.wait}. */
+export interface WaitOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+/**
+ * Arrivals of one immediate value at this engine, with credit semantics (a counting semaphore):
+ * arrivals may come before the wait, `wait(n)` takes n credits when they are there, and rounds
+ * overlap without resets. Waiters are served in the order they called `wait`.
+ */
+export interface ImmCounter {
+  readonly imm: number;
+  /** Credits available now (arrivals not yet taken by a wait). */
+  readonly value: number;
+  /** Total arrivals since the engine started. */
+  readonly total: number;
+  /** Resolve when `n` credits are available, taking them. Rejects `TIMEOUT`, `ABORTED` or `CLOSED` without taking any. */
+  wait(n: number, opts?: WaitOptions): Promise<void>;
+}
+
+/** A 64-bit word a producer increments; the engine watches it and calls back on every observed change. */
+export interface UvmWatcher {
+  /** The word, as a one-element view over host memory the engine watches. */
+  readonly word: BigUint64Array;
+  /** The word's address, for a GPU kernel (host memory mapped into the device on GPU backends); 0n on the loopback fabric. */
+  readonly devicePtr: bigint;
+  /** Current value. */
+  readonly value: bigint;
+  /** Host-side producer: add `n` (default 1) atomically and wake the watcher. */
+  increment(n?: bigint): bigint;
+  /** Stop watching. Idempotent. */
+  close(): void;
+}
+
+/**
+ * Called with each observed value and the previous one. Increments that land between two
+ * observations coalesce into one call, so use `value`, not the number of calls.
+ */
+export type UvmWatcherCallback = (value: bigint, previous: bigint) => void;
+
+/** Per-NIC counters. */
+export interface NicStats {
+  index: number;
+  /** Provider behind the NIC, e.g. `loopback`, `efa`, `shm`, `tcp;ofi_rxm`. */
+  provider: string;
+  /** Data path: `host` memory, GPU memory `direct` (GPUDirect), or `staged` through host bounce buffers. */
+  path: 'host' | 'direct' | 'staged';
+  up: boolean;
+  bytesWritten: number;
+  writeOps: number;
+  bytesSent: number;
+  sendOps: number;
+  bytesReceived: number;
+  recvOps: number;
+  immsReceived: number;
+  errors: number;
+}
+
+/** Engine-wide counters from {@link TransferEngine.stats}. */
+export interface EngineStats {
+  kind: string;
+  nics: NicStats[];
+  ops: { submitted: number; completed: number; failed: number; inFlight: number };
+  regions: number;
+  registeredBytes: number;
+  recvDropped: number;
+}
+
+/** Static limits of an engine. */
+export interface EngineLimits {
+  /** Largest two-sided message. */
+  maxMessageBytes: number;
+  /** Largest single registration. */
+  maxRegionBytes: number;
+}
+
+/**
+ * The transfer contract every backend implements (DESIGN §1). Reliable and unordered: every
+ * accepted operation is delivered exactly once or fails; no order holds between operations nor
+ * between the shards of one. When an immediate is counted at the target, the bytes of that work
+ * request are visible there — nothing more is implied.
+ *
+ * Every `submit*` returns a promise that settles exactly once: resolved when the source may be
+ * reused and delivery is certain unless the peer fails; rejected with a `TrellisError`. Bad input
+ * is rejected before anything is posted.
+ */
+export interface TransferEngine {
+  /** Backend kind: `loopback`, `efa`, `verbs`. */
+  readonly kind: string;
+  /** This engine's address, to hand to peers. */
+  readonly address: NetAddr;
+  /** Number of NICs (1..4). */
+  readonly nics: number;
+  readonly limits: EngineLimits;
+  /** True after {@link TransferEngine.close} began. */
+  readonly closed: boolean;
+
+  /** Register memory for transfers. */
+  registerMemory(src: MemorySource, opts?: RegisterOptions): Promise<MrHandle>;
+
+  /** Send a small message (at most `limits.maxMessageBytes`). Resolves once delivered into a posted receive. */
+  submitSend(peer: NetAddr, data: Uint8Array, opts?: OpOptions): Promise<void>;
+  /**
+   * Keep `count` receive buffers of `maxBytes` posted and call `onRecv` for each message.
+   * Resolves when `signal` aborts or the engine closes.
+   */
+  submitRecvs(opts: RecvOptions, onRecv: (msg: RecvMessage) => void): Promise<void>;
+
+  submitSingleWrite(req: SingleWriteRequest): Promise<void>;
+  submitPagedWrites(req: PagedWritesRequest): Promise<void>;
+  submitScatter(req: ScatterRequest): Promise<void>;
+  submitBarrier(req: BarrierRequest): Promise<void>;
+  submitImm(req: ImmRequest): Promise<void>;
+
+  /** The credit counter for `imm` (created on first use; the same object every time). */
+  immCounter(imm: number): ImmCounter;
+  /**
+   * How many arrivals `request` produces at its target. For a scatter or barrier over several
+   * peers pass `target` to count that peer's arrivals. Receivers call it on a request of the same
+   * shape (any `src`/`dst` with the right NIC counts work; see {@link countImms}) so both agree.
+   */
+  expectedImms(request: TransferRequest, target?: NetAddr): number;
+  /** Resolve peers once, for scatter and barrier. */
+  addPeerGroup(peers: readonly NetAddr[]): PeerGroup;
+  /** A host word that a producer increments; `onChange` runs on each observed change. */
+  allocUvmWatcher(onChange: UvmWatcherCallback): UvmWatcher;
+  stats(): EngineStats;
+  /** Reject every pending operation with `CLOSED`, release every region. Idempotent. */
+  close(): Promise<void>;
+}

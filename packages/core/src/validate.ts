@@ -1,0 +1,507 @@
+import { describe, NetAddr } from './addr.js';
+import { MrDesc } from './desc.js';
+import { invalid, TrellisError } from './errors.js';
+import { autoShards, lanesBetween, shardRanges } from './imms.js';
+import type {
+  BarrierRequest,
+  ImmRequest,
+  MrHandle,
+  OpOptions,
+  PagedWritesRequest,
+  PeerGroup,
+  ScatterRequest,
+  ScatterRouting,
+  SingleWriteRequest,
+} from './types.js';
+
+/** What validation needs to know about the engine. */
+export interface ValidationContext {
+  readonly kind: string;
+  readonly nics: number;
+  readonly maxMessageBytes: number;
+  /** Length of a live registration of this engine, or a thrown INVALID_DESCRIPTOR / DETACHED_BUFFER. */
+  checkHandle(h: MrHandle, op: string, field: string): number;
+  /** The group as registered with this engine, or undefined. */
+  group(g: PeerGroup): PeerGroup | undefined;
+}
+
+/** A validated single write with defaults filled in. */
+export interface SinglePlan {
+  op: 'single';
+  peer: NetAddr;
+  src: MrHandle;
+  srcOffset: number;
+  length: number;
+  dst: MrDesc;
+  dstOffset: number;
+  imm: number | undefined;
+  shards: number;
+  lanes: number;
+}
+
+export interface PagedPlan {
+  op: 'paged';
+  peer: NetAddr;
+  src: MrHandle;
+  srcPages: Uint32Array;
+  srcStride: number;
+  srcOffset: number;
+  dst: MrDesc;
+  dstPages: Uint32Array;
+  dstStride: number;
+  dstOffset: number;
+  pageBytes: number;
+  imm: number | undefined;
+  lanes: number;
+}
+
+export interface ScatterPlanTarget {
+  peer: NetAddr;
+  dst: MrDesc;
+  srcOffset: number;
+  dstOffset: number;
+  length: number;
+  lanes: number;
+}
+
+export interface ScatterPlan {
+  op: 'scatter';
+  src: MrHandle;
+  targets: ScatterPlanTarget[];
+  imm: number | undefined;
+  routing: ScatterRouting;
+}
+
+export interface BarrierPlan {
+  op: 'barrier';
+  peers: readonly NetAddr[];
+  imm: number;
+}
+
+export interface ImmPlan {
+  op: 'imm';
+  peer: NetAddr;
+  imm: number;
+  lane: number;
+}
+
+export type Plan = SinglePlan | PagedPlan | ScatterPlan | BarrierPlan | ImmPlan;
+
+/** One work request as the wire sees it: the unit that carries one immediate. */
+export interface WorkRequest {
+  lane: number;
+  peer: NetAddr;
+  /** Absent for zero-byte immediates (barrier, imm). */
+  dst: MrDesc | undefined;
+  srcOffset: number;
+  dstOffset: number;
+  length: number;
+  imm: number | undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// scalar checks
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null;
+}
+
+export function checkRequestObject(op: string, req: unknown): asserts req is Record<string, unknown> {
+  if (!isObject(req))
+    throw invalid('INVALID_ARGUMENT', op, `expected a request object, got ${describe(req)}`);
+}
+
+/** A non-negative safe integer, or the default when undefined. */
+export function checkCount(op: string, field: string, v: unknown, dflt?: number): number {
+  if (v === undefined && dflt !== undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `${field} must be a non-negative integer below 2^53, got ${show(v)}`,
+    );
+  }
+  return v;
+}
+
+export function checkImm(op: string, v: unknown, required: boolean): number | undefined {
+  if (v === undefined && !required) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff_ffff) {
+    throw invalid('INVALID_ARGUMENT', op, `imm must be an integer in 0..2^32-1, got ${show(v)}`);
+  }
+  return v;
+}
+
+export function checkOpOptions(op: string, o: OpOptions): void {
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
+    throw invalid('INVALID_ARGUMENT', op, 'signal must be an AbortSignal');
+  }
+  if (
+    o.timeoutMs !== undefined &&
+    (typeof o.timeoutMs !== 'number' || !(o.timeoutMs >= 0) || !Number.isFinite(o.timeoutMs))
+  ) {
+    throw invalid('INVALID_ARGUMENT', op, `timeoutMs must be a finite number >= 0, got ${show(o.timeoutMs)}`);
+  }
+}
+
+/** `offset + length <= limit`, with overflow past 2^53 reported as OUT_OF_RANGE. */
+export function checkRange(op: string, what: string, offset: number, length: number, limit: number): void {
+  const end = offset + length;
+  if (!Number.isSafeInteger(end)) {
+    throw invalid('OUT_OF_RANGE', op, `${what}: offset ${offset} + length ${length} overflows 2^53`);
+  }
+  if (end > limit) {
+    throw invalid(
+      'OUT_OF_RANGE',
+      op,
+      `${what}: bytes [${offset}, ${end}) fall outside the region of ${limit} bytes`,
+    );
+  }
+}
+
+function show(v: unknown): string {
+  if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return String(v);
+  if (typeof v === 'string') return JSON.stringify(v.length > 20 ? `${v.slice(0, 20)}…` : v);
+  return describe(v);
+}
+
+export function checkDst(ctx: ValidationContext, op: string, field: string, dst: unknown): MrDesc {
+  if (!(dst instanceof MrDesc)) {
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `${field} must be an MrDesc (from a peer's handle.desc or MrDesc.parse), got ${describe(dst)}`,
+    );
+  }
+  if (dst.kind !== ctx.kind) {
+    throw invalid(
+      'INVALID_DESCRIPTOR',
+      op,
+      `${field} comes from a '${dst.kind}' engine but this is a '${ctx.kind}' engine; descriptors only work between engines of one kind`,
+    );
+  }
+  if (!dst.remote) {
+    throw invalid(
+      'INVALID_DESCRIPTOR',
+      op,
+      `${field} describes a region registered without remote access; register it with {remote: true} to write into it`,
+    );
+  }
+  return dst;
+}
+
+export function checkPeer(ctx: ValidationContext, op: string, field: string, peer: unknown): NetAddr {
+  if (!(peer instanceof NetAddr)) {
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `${field} must be a NetAddr (NetAddr.parse the peer's address), got ${describe(peer)}`,
+    );
+  }
+  if (peer.kind !== ctx.kind) {
+    throw invalid(
+      'INVALID_DESCRIPTOR',
+      op,
+      `${field} is a '${peer.kind}' address but this is a '${ctx.kind}' engine`,
+    );
+  }
+  return peer;
+}
+
+function checkLane(op: string, field: string, v: unknown, lanes: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= lanes) {
+    throw invalid('INVALID_ARGUMENT', op, `${field} must be a NIC index in 0..${lanes - 1}, got ${show(v)}`);
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// requests
+
+export function planSingle(ctx: ValidationContext, req: SingleWriteRequest): SinglePlan {
+  const op = 'submitSingleWrite';
+  checkRequestObject(op, req);
+  checkOpOptions(op, req);
+  const srcLen = ctx.checkHandle(req.src, op, 'src');
+  const dst = checkDst(ctx, op, 'dst', req.dst);
+  const length = checkCount(op, 'length', req.length);
+  const srcOffset = checkCount(op, 'srcOffset', req.srcOffset, 0);
+  const dstOffset = checkCount(op, 'dstOffset', req.dstOffset, 0);
+  const imm = checkImm(op, req.imm, false);
+  checkRange(op, 'src', srcOffset, length, srcLen);
+  checkRange(op, 'dst', dstOffset, length, dst.length);
+  const lanes = lanesBetween(ctx.nics, dst.owner.nics.length);
+  let shards: number;
+  if (req.shards === undefined) shards = autoShards(length, lanes);
+  else {
+    if (
+      typeof req.shards !== 'number' ||
+      !Number.isInteger(req.shards) ||
+      req.shards < 1 ||
+      req.shards > lanes
+    ) {
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `shards must be an integer in 1..${lanes} (the NIC pairs to this peer), got ${show(req.shards)}`,
+      );
+    }
+    shards = req.shards;
+  }
+  return {
+    op: 'single',
+    peer: dst.owner,
+    src: req.src,
+    srcOffset,
+    length,
+    dst,
+    dstOffset,
+    imm,
+    shards,
+    lanes,
+  };
+}
+
+/** Largest value in an index array, -1 when empty. */
+function maxIndex(a: Uint32Array): number {
+  let m = -1;
+  for (let i = 0; i < a.length; i++) if (a[i]! > m) m = a[i]!;
+  return m;
+}
+
+export function planPaged(ctx: ValidationContext, req: PagedWritesRequest): PagedPlan {
+  const op = 'submitPagedWrites';
+  checkRequestObject(op, req);
+  checkOpOptions(op, req);
+  const srcLen = ctx.checkHandle(req.src, op, 'src');
+  const dst = checkDst(ctx, op, 'dst', req.dst);
+  if (!(req.srcPages instanceof Uint32Array))
+    throw invalid('INVALID_ARGUMENT', op, `srcPages must be a Uint32Array, got ${describe(req.srcPages)}`);
+  if (!(req.dstPages instanceof Uint32Array))
+    throw invalid('INVALID_ARGUMENT', op, `dstPages must be a Uint32Array, got ${describe(req.dstPages)}`);
+  if (req.srcPages.length !== req.dstPages.length) {
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `srcPages has ${req.srcPages.length} entries but dstPages has ${req.dstPages.length}; they must be equal`,
+    );
+  }
+  const pageBytes = checkCount(op, 'pageBytes', req.pageBytes);
+  if (pageBytes === 0) throw invalid('INVALID_ARGUMENT', op, 'pageBytes must be > 0');
+  const srcStride = checkCount(op, 'srcStride', req.srcStride);
+  const dstStride = checkCount(op, 'dstStride', req.dstStride);
+  if (srcStride < pageBytes)
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `srcStride ${srcStride} is smaller than pageBytes ${pageBytes}; pages would overlap`,
+    );
+  if (dstStride < pageBytes)
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `dstStride ${dstStride} is smaller than pageBytes ${pageBytes}; pages would overlap`,
+    );
+  const srcOffset = checkCount(op, 'srcOffset', req.srcOffset, 0);
+  const dstOffset = checkCount(op, 'dstOffset', req.dstOffset, 0);
+  const imm = checkImm(op, req.imm, false);
+  const sMax = maxIndex(req.srcPages);
+  const dMax = maxIndex(req.dstPages);
+  if (sMax >= 0) checkRange(op, `src page ${sMax}`, srcOffset + sMax * srcStride, pageBytes, srcLen);
+  if (dMax >= 0) checkRange(op, `dst page ${dMax}`, dstOffset + dMax * dstStride, pageBytes, dst.length);
+  const lanes = lanesBetween(ctx.nics, dst.owner.nics.length);
+  return {
+    op: 'paged',
+    peer: dst.owner,
+    src: req.src,
+    // Copied so that the caller may reuse its arrays as soon as the call returns.
+    srcPages: req.srcPages.slice(),
+    srcStride,
+    srcOffset,
+    dst,
+    dstPages: req.dstPages.slice(),
+    dstStride,
+    dstOffset,
+    pageBytes,
+    imm,
+    lanes,
+  };
+}
+
+export function planScatter(ctx: ValidationContext, req: ScatterRequest): ScatterPlan {
+  const op = 'submitScatter';
+  checkRequestObject(op, req);
+  checkOpOptions(op, req);
+  const srcLen = ctx.checkHandle(req.src, op, 'src');
+  if (!Array.isArray(req.targets))
+    throw invalid('INVALID_ARGUMENT', op, `targets must be an array, got ${describe(req.targets)}`);
+  const imm = checkImm(op, req.imm, false);
+  const routing: ScatterRouting = req.routing ?? 'peers';
+  let nic: number | undefined;
+  if (routing !== 'peers' && routing !== 'bytes') {
+    if (!isObject(routing) || !('nic' in routing)) {
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `routing must be 'peers', 'bytes' or {nic}, got ${show(routing)}`,
+      );
+    }
+    nic = checkLane(op, 'routing.nic', routing.nic, ctx.nics);
+  }
+  const targets: ScatterPlanTarget[] = req.targets.map((t, i) => {
+    if (!isObject(t)) throw invalid('INVALID_ARGUMENT', op, `targets[${i}] must be an object`);
+    const dst = checkDst(ctx, op, `targets[${i}].dst`, t.dst);
+    const length = checkCount(op, `targets[${i}].length`, t.length);
+    const srcOffset = checkCount(op, `targets[${i}].srcOffset`, t.srcOffset);
+    const dstOffset = checkCount(op, `targets[${i}].dstOffset`, t.dstOffset);
+    checkRange(op, `targets[${i}] src`, srcOffset, length, srcLen);
+    checkRange(op, `targets[${i}] dst`, dstOffset, length, dst.length);
+    const lanes = lanesBetween(ctx.nics, dst.owner.nics.length);
+    if (nic !== undefined && nic >= lanes) {
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `routing.nic ${nic} is not usable for targets[${i}]: its owner has ${dst.owner.nics.length} NIC(s)`,
+      );
+    }
+    return { peer: dst.owner, dst, srcOffset, dstOffset, length, lanes };
+  });
+  return { op: 'scatter', src: req.src, targets, imm, routing: nic === undefined ? routing : { nic } };
+}
+
+export function planBarrier(ctx: ValidationContext, req: BarrierRequest): BarrierPlan {
+  const op = 'submitBarrier';
+  checkRequestObject(op, req);
+  checkOpOptions(op, req);
+  const group = isObject(req.group) ? ctx.group(req.group as PeerGroup) : undefined;
+  if (!group)
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      "group must be a PeerGroup returned by this engine's addPeerGroup()",
+    );
+  const imm = checkImm(op, req.imm, true)!;
+  return { op: 'barrier', peers: group.peers, imm };
+}
+
+export function planImm(ctx: ValidationContext, req: ImmRequest): ImmPlan {
+  const op = 'submitImm';
+  checkRequestObject(op, req);
+  checkOpOptions(op, req);
+  let peer: NetAddr;
+  if (req.dst instanceof MrDesc) peer = checkDst(ctx, op, 'dst', req.dst).owner;
+  else peer = checkPeer(ctx, op, 'dst', req.dst);
+  const imm = checkImm(op, req.imm, true)!;
+  const lanes = lanesBetween(ctx.nics, peer.nics.length);
+  const lane = req.nic === undefined ? 0 : checkLane(op, 'nic', req.nic, lanes);
+  return { op: 'imm', peer, imm, lane };
+}
+
+export function checkSend(
+  ctx: ValidationContext,
+  peer: unknown,
+  data: unknown,
+  opts: OpOptions | undefined,
+): NetAddr {
+  const op = 'submitSend';
+  const p = checkPeer(ctx, op, 'peer', peer);
+  if (!(data instanceof Uint8Array))
+    throw invalid('INVALID_ARGUMENT', op, `data must be a Uint8Array, got ${describe(data)}`);
+  if (data.length > ctx.maxMessageBytes) {
+    throw new TrellisError(
+      'MESSAGE_TOO_LARGE',
+      `${op}: message of ${data.length} bytes exceeds maxMessageBytes ${ctx.maxMessageBytes}; write bulk data with submitSingleWrite and send its descriptor instead`,
+      { op, peer: p.toString() },
+    );
+  }
+  if (opts !== undefined) checkOpOptions(op, opts);
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// expansion into work requests (used by the loopback fabric and by software models)
+
+/** The work requests a plan posts, in posting order (which the wire does not preserve). */
+export function workRequests(plan: Plan): WorkRequest[] {
+  switch (plan.op) {
+    case 'single': {
+      return shardRanges(plan.length, plan.shards).map(([off, len], i) => ({
+        lane: i % plan.lanes,
+        peer: plan.peer,
+        dst: plan.dst,
+        srcOffset: plan.srcOffset + off,
+        dstOffset: plan.dstOffset + off,
+        length: len,
+        imm: plan.imm,
+      }));
+    }
+    case 'paged': {
+      const out: WorkRequest[] = new Array(plan.srcPages.length);
+      for (let i = 0; i < plan.srcPages.length; i++) {
+        out[i] = {
+          lane: i % plan.lanes,
+          peer: plan.peer,
+          dst: plan.dst,
+          srcOffset: plan.srcOffset + plan.srcPages[i]! * plan.srcStride,
+          dstOffset: plan.dstOffset + plan.dstPages[i]! * plan.dstStride,
+          length: plan.pageBytes,
+          imm: plan.imm,
+        };
+      }
+      return out;
+    }
+    case 'scatter': {
+      const out: WorkRequest[] = [];
+      plan.targets.forEach((t, i) => {
+        if (plan.routing === 'bytes') {
+          const shards = autoShards(t.length, t.lanes);
+          shardRanges(t.length, shards).forEach(([off, len], s) => {
+            out.push({
+              lane: s % t.lanes,
+              peer: t.peer,
+              dst: t.dst,
+              srcOffset: t.srcOffset + off,
+              dstOffset: t.dstOffset + off,
+              length: len,
+              imm: plan.imm,
+            });
+          });
+        } else {
+          const lane = plan.routing === 'peers' ? i % t.lanes : plan.routing.nic;
+          out.push({
+            lane,
+            peer: t.peer,
+            dst: t.dst,
+            srcOffset: t.srcOffset,
+            dstOffset: t.dstOffset,
+            length: t.length,
+            imm: plan.imm,
+          });
+        }
+      });
+      return out;
+    }
+    case 'barrier':
+      return plan.peers.map((peer) => ({
+        lane: 0,
+        peer,
+        dst: undefined,
+        srcOffset: 0,
+        dstOffset: 0,
+        length: 0,
+        imm: plan.imm,
+      }));
+    case 'imm':
+      return [
+        {
+          lane: plan.lane,
+          peer: plan.peer,
+          dst: undefined,
+          srcOffset: 0,
+          dstOffset: 0,
+          length: 0,
+          imm: plan.imm,
+        },
+      ];
+  }
+}
