@@ -75,7 +75,7 @@ export class NetAddr {
     return a;
   }
 
-  /** Read one address from a reader positioned at its magic (used inside other encodings). */
+  /** @internal Read one address from a reader positioned at its magic (used inside other encodings). */
   static read(r: ByteReader): NetAddr {
     r.header(ADDR_MAGIC, ADDR_VERSION);
     const kind = r.str8('kind');

@@ -137,7 +137,9 @@ export class PendingOp {
   arm(opts: OpOptions): void {
     if (opts.timeoutMs !== undefined) {
       this.timer = setTimeout(() => {
-        this.requestCancel(new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`));
+        this.requestCancel(
+          new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`),
+        );
       }, opts.timeoutMs);
     }
   }
@@ -471,7 +473,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         'abort',
         () => {
           this.signalOps.delete(signal);
-          for (const o of [...ops]) o.requestCancel(new TrellisError('ABORTED', `${o.callsite.op}: aborted by its AbortSignal`));
+          for (const o of [...ops])
+            o.requestCancel(new TrellisError('ABORTED', `${o.callsite.op}: aborted by its AbortSignal`));
         },
         { once: true },
       );

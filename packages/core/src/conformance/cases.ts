@@ -25,7 +25,8 @@ export interface CaseContext {
   seed: number;
 }
 
-interface Case {
+/** One conformance case: its id (the vitest title) and its body. */
+export interface ConformanceCase {
   id: string;
   run(ctx: CaseContext): Promise<void>;
 }
@@ -96,7 +97,7 @@ function allSizes(rng: Prng): number[] {
   return fixed;
 }
 
-const cases: Case[] = [
+const cases: ConformanceCase[] = [
   // ---------------------------------------------------------------------------- single writes
   {
     id: 'single: every size incl. 0 and unaligned offsets lands byte-exact, imms = expectedImms',
@@ -388,7 +389,7 @@ const cases: Case[] = [
   },
   // ---------------------------------------------------------------------------- scatter
   ...(['peers', 'bytes', 'nic'] as const).map(
-    (kind): Case => ({
+    (kind): ConformanceCase => ({
       id: `scatter: routing '${kind}' to 3 peers with 2 targets each lands byte-exact, per-peer imms = expectedImms`,
       run: (ctx) =>
         withGroup(ctx, 4, async ({ engines }, rng) => {
@@ -1330,7 +1331,7 @@ const cases: Case[] = [
   },
 ];
 
-export const CASES: readonly Case[] = cases;
+export const CASES: readonly ConformanceCase[] = cases;
 
 /** The id of a conformance case (its title). */
 export type ConformanceCaseId = string;

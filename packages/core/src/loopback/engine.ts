@@ -70,7 +70,9 @@ export class LoopbackEngine extends EngineBase {
   private readonly nicCounters: NicStats[];
   private readonly pollMs: number;
 
+  /** @internal */
   constructor(
+    /** @internal */
     readonly fabric: FabricCore,
     readonly engineId: number,
     readonly address: NetAddr,
