@@ -118,7 +118,7 @@ export class FabricCore implements LoopbackFabric, FaultInjector {
     const sameFabric = first.length === 13 && this.id.every((b, i) => first[i] === b);
     const id = sameFabric ? new DataView(first.buffer, first.byteOffset).getUint32(8, true) : -1;
     const e = this.engines.get(id);
-    if (!sameFabric || !e || !e.address.samePeer(addr)) {
+    if (!sameFabric || !e?.address.samePeer(addr)) {
       throw new TrellisError(
         'UNKNOWN_PEER',
         `${op}: no engine with address ${addr.toString()} on this loopback fabric`,
