@@ -1195,8 +1195,14 @@ const cases: ConformanceCase[] = [
           imm: 1,
         });
         const ac = new AbortController();
-        const pool = b!.submitRecvs({ maxBytes: 64, count: 1, signal: ac.signal }, () => {});
+        let received!: () => void;
+        const got = new Promise<void>((r) => {
+          received = r;
+        });
+        const pool = b!.submitRecvs({ maxBytes: 64, count: 1, signal: ac.signal }, () => received());
         await a!.submitSend(b!.address, new Uint8Array(10));
+        // The sender's completion says nothing about when the receiver's callback runs.
+        await got;
         const n = autoShards(100_000, lanes) + 3;
         await b!.immCounter(1).wait(n, WAIT);
         const sa = a!.stats();

@@ -1,0 +1,334 @@
+#include "fabric_domain.hh"
+
+#include <cstring>
+
+namespace trellis_efa {
+
+using trellis::Code;
+using trellis::CompKind;
+using trellis::Completion;
+
+namespace {
+
+constexpr uint32_t kApiVersion = FI_VERSION(1, 15);
+
+std::string fi_err(int rc) { return std::string(fi_strerror(rc < 0 ? -rc : rc)) + " (" + std::to_string(rc) + ")"; }
+
+fi_info* make_hints(const std::string& prov, bool delivery_complete) {
+  fi_info* h = fi_allocinfo();
+  h->caps = FI_MSG | FI_RMA | FI_SEND | FI_RECV | FI_WRITE | FI_REMOTE_WRITE;
+  // Contexts are 64 bytes reserved at the start of every posting context (see engine.hpp).
+  h->mode = FI_CONTEXT | FI_CONTEXT2;
+  h->ep_attr->type = FI_EP_RDM;
+  h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
+  h->domain_attr->threading = FI_THREAD_DOMAIN;
+  h->tx_attr->op_flags = delivery_complete ? FI_DELIVERY_COMPLETE : 0;
+  if (!prov.empty()) h->fabric_attr->prov_name = strdup(prov.c_str());
+  return h;
+}
+
+}  // namespace
+
+std::string fabric_version() {
+  uint32_t v = fi_version();
+  return std::to_string(FI_MAJOR(v)) + "." + std::to_string(FI_MINOR(v));
+}
+
+std::vector<ProviderProbe> probe_providers() {
+  std::vector<ProviderProbe> out;
+  for (const char* p : {"efa", "shm", "tcp;ofi_rxm"}) {
+    ProviderProbe pr;
+    pr.provider = p;
+    fi_info* hints = make_hints(p, false);
+    fi_info* info = nullptr;
+    int rc = fi_getinfo(kApiVersion, nullptr, nullptr, 0, hints, &info);
+    if (rc) {
+      pr.error = fi_err(rc);
+    } else {
+      pr.fabric = info->fabric_attr->name ? info->fabric_attr->name : "";
+      pr.domain = info->domain_attr->name ? info->domain_attr->name : "";
+      pr.rma = (info->caps & FI_RMA) != 0;
+      pr.remote_cq_data = info->domain_attr->cq_data_size >= 4;
+      pr.hmem = (info->caps & FI_HMEM) != 0;
+      fi_freeinfo(info);
+    }
+    fi_freeinfo(hints);
+    out.push_back(pr);
+  }
+  return out;
+}
+
+std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std::string* err) {
+  if (fi_version() < kApiVersion) {
+    *err = "libfabric " + fabric_version() + " is too old: Trellis needs >= 1.15 (Debian 12: apt install libfabric1)";
+    return nullptr;
+  }
+  std::unique_ptr<FabricDomain> d(new FabricDomain());
+  fi_info* info = nullptr;
+  int rc = 0;
+  // Prefer delivery-complete writes (the bytes are at the target when the write completes); a
+  // provider without it completes at transmit and the promise contract is then weaker.
+  for (bool dc : {true, false}) {
+    fi_info* hints = make_hints(opts.provider, dc);
+    rc = fi_getinfo(kApiVersion, opts.iface.empty() ? nullptr : opts.iface.c_str(), nullptr, 0, hints, &info);
+    fi_freeinfo(hints);
+    if (rc == 0) {
+      d->write_flags_ = dc ? FI_DELIVERY_COMPLETE : 0;
+      break;
+    }
+  }
+  if (rc) {
+    *err = "libfabric provider '" + opts.provider + "' is not available with RDM endpoints, FI_RMA and FI_REMOTE_CQ_DATA: " +
+           fi_err(rc) + " (see `fi_info -l` for the providers on this host)";
+    return nullptr;
+  }
+  // One info per domain (NIC); pick the opts.index-th of the first provider found.
+  std::vector<fi_info*> list;
+  for (fi_info* i = info; i; i = i->next) {
+    if (list.empty() || std::strcmp(i->fabric_attr->prov_name, list[0]->fabric_attr->prov_name) == 0) list.push_back(i);
+  }
+  fi_info* chosen = list[static_cast<size_t>(opts.index) % list.size()];
+  if (chosen->domain_attr->cq_data_size < 4) {
+    *err = "provider '" + std::string(chosen->fabric_attr->prov_name) + "' carries only " +
+           std::to_string(chosen->domain_attr->cq_data_size) + " bytes of remote CQ data; 4 are needed for immediates";
+    fi_freeinfo(info);
+    return nullptr;
+  }
+  d->info_ = fi_dupinfo(chosen);
+  fi_freeinfo(info);
+  d->provider_ = d->info_->fabric_attr->prov_name;
+  d->mr_mode_ = d->info_->domain_attr->mr_mode;
+  d->max_msg_ = d->info_->ep_attr->max_msg_size;
+  d->zero_needs_byte_ = d->provider_ == "shm";
+
+  auto fail = [&](const char* what, int r) -> std::unique_ptr<FabricDomain> {
+    *err = std::string(what) + " failed on provider '" + d->provider_ + "': " + fi_err(r);
+    return nullptr;
+  };
+  if ((rc = fi_fabric(d->info_->fabric_attr, &d->fabric_, nullptr))) return fail("fi_fabric", rc);
+  if ((rc = fi_domain(d->fabric_, d->info_, &d->domain_, nullptr))) return fail("fi_domain", rc);
+  fi_av_attr av_attr{};
+  av_attr.type = FI_AV_TABLE;
+  if ((rc = fi_av_open(d->domain_, &av_attr, &d->av_, nullptr))) return fail("fi_av_open", rc);
+  fi_cq_attr cq_attr{};
+  cq_attr.format = FI_CQ_FORMAT_DATA;
+  cq_attr.wait_obj = FI_WAIT_NONE;
+  cq_attr.size = 0;
+  if ((rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr))) return fail("fi_cq_open", rc);
+  if ((rc = fi_endpoint(d->domain_, d->info_, &d->ep_, nullptr))) return fail("fi_endpoint", rc);
+  if ((rc = fi_ep_bind(d->ep_, &d->av_->fid, 0))) return fail("fi_ep_bind(av)", rc);
+  if ((rc = fi_ep_bind(d->ep_, &d->cq_->fid, FI_TRANSMIT | FI_RECV))) return fail("fi_ep_bind(cq)", rc);
+  if ((rc = fi_enable(d->ep_))) return fail("fi_enable", rc);
+  size_t len = 0;
+  fi_getname(&d->ep_->fid, nullptr, &len);
+  d->name_.resize(len);
+  if ((rc = fi_getname(&d->ep_->fid, d->name_.data(), &len))) return fail("fi_getname", rc);
+  d->name_.resize(len);
+  d->sink_.assign(64, 0);
+  std::string msg;
+  if ((rc = d->reg(d->sink_.data(), d->sink_.size(), true, &d->sink_mr_, &msg))) {
+    *err = "registering the immediate sink: " + msg;
+    return nullptr;
+  }
+  return d;
+}
+
+FabricDomain::~FabricDomain() {
+  if (ep_) fi_close(&ep_->fid);
+  if (sink_mr_.handle) fi_close(&static_cast<fid_mr*>(sink_mr_.handle)->fid);
+  if (av_) fi_close(&av_->fid);
+  if (cq_) fi_close(&cq_->fid);
+  if (domain_) fi_close(&domain_->fid);
+  if (fabric_) fi_close(&fabric_->fid);
+  if (info_) fi_freeinfo(info_);
+}
+
+// [u16 name length][endpoint name][u64 sink address][u64 sink key]
+std::vector<uint8_t> FabricDomain::address() const {
+  std::vector<uint8_t> a(2 + name_.size() + 16);
+  uint16_t n = static_cast<uint16_t>(name_.size());
+  std::memcpy(a.data(), &n, 2);
+  std::memcpy(a.data() + 2, name_.data(), name_.size());
+  std::memcpy(a.data() + 2 + name_.size(), &sink_mr_.raddr, 8);
+  std::memcpy(a.data() + 10 + name_.size(), &sink_mr_.rkey, 8);
+  return a;
+}
+
+trellis::RemoteKey FabricDomain::sink_of(const uint8_t* addr, size_t len) const {
+  trellis::RemoteKey k;
+  uint16_t n = 0;
+  if (len < 2) return k;
+  std::memcpy(&n, addr, 2);
+  if (len < 2u + n + 16u) return k;
+  std::memcpy(&k.addr, addr + 2 + n, 8);
+  std::memcpy(&k.key, addr + 10 + n, 8);
+  return k;
+}
+
+int FabricDomain::reg(void* ptr, size_t len, bool remote, trellis::LocalMr* out, std::string* msg) {
+  if (len == 0) {  // nothing to register; zero-byte writes go to the peer's sink
+    *out = trellis::LocalMr{};
+    return 0;
+  }
+  uint64_t access = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
+  if (remote) access |= FI_REMOTE_WRITE | FI_REMOTE_READ;
+  fid_mr* mr = nullptr;
+  int rc = fi_mr_reg(domain_, ptr, len, access, 0, next_key_++, 0, &mr, nullptr);
+  if (rc) {
+    *msg = "fi_mr_reg of " + std::to_string(len) + " bytes: " + fi_err(rc);
+    return rc;
+  }
+  if (mr_mode_ & FI_MR_ENDPOINT) {
+    if ((rc = fi_mr_bind(mr, &ep_->fid, 0)) || (rc = fi_mr_enable(mr))) {
+      fi_close(&mr->fid);
+      *msg = "fi_mr_bind/enable: " + fi_err(rc);
+      return rc;
+    }
+  }
+  out->handle = mr;
+  out->desc = fi_mr_desc(mr);
+  out->rkey = fi_mr_key(mr);
+  out->raddr = (mr_mode_ & FI_MR_VIRT_ADDR) ? reinterpret_cast<uint64_t>(ptr) : 0;
+  return 0;
+}
+
+void FabricDomain::dereg(trellis::LocalMr& mr) {
+  if (mr.handle) fi_close(&static_cast<fid_mr*>(mr.handle)->fid);
+  mr = trellis::LocalMr{};
+}
+
+int FabricDomain::add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) {
+  uint16_t n = 0;
+  if (len < 2 || (std::memcpy(&n, addr, 2), len != 2u + n + 16u)) {
+    *msg = "malformed libfabric NIC address (" + std::to_string(len) + " bytes)";
+    return -FI_EINVAL;
+  }
+  std::string key(reinterpret_cast<const char*>(addr + 2), n);
+  auto it = peers_.find(key);
+  if (it != peers_.end()) {
+    *handle = it->second;
+    return 0;
+  }
+  fi_addr_t fa = FI_ADDR_UNSPEC;
+  int rc = fi_av_insert(av_, addr + 2, 1, &fa, 0, nullptr);
+  if (rc != 1) {
+    *msg = "fi_av_insert: " + (rc < 0 ? fi_err(rc) : std::string("address not accepted by provider '") + provider_ + "'");
+    return rc < 0 ? rc : -FI_EINVAL;
+  }
+  peers_.emplace(std::move(key), fa);
+  *handle = fa;
+  return 0;
+}
+
+int FabricDomain::post_write(const trellis::WriteWr& wr) {
+  // Zero-byte writes (immediates alone) still name a registered local buffer: some providers
+  // (shm) never complete a write with an empty iov.
+  iovec iov{wr.len ? const_cast<void*>(wr.src) : static_cast<void*>(sink_.data()), wr.len};
+  void* desc = wr.len ? wr.src_desc : sink_mr_.desc;
+  fi_rma_iov rma{wr.raddr, wr.len, wr.rkey};
+  if (wr.len == 0 && zero_needs_byte_) {
+    // shm never completes a zero-byte write; a zero-byte work request always targets the peer's
+    // scratch sink, so one byte from our sink to it is harmless.
+    iov.iov_len = 1;
+    rma.len = 1;
+  }
+  fi_msg_rma msg{};
+  msg.msg_iov = &iov;
+  msg.desc = &desc;
+  msg.iov_count = 1;
+  msg.addr = wr.peer;
+  msg.rma_iov = &rma;
+  msg.rma_iov_count = 1;
+  msg.context = wr.ctx;
+  msg.data = wr.imm;
+  uint64_t flags = FI_COMPLETION | write_flags_ | (wr.has_imm ? FI_REMOTE_CQ_DATA : 0);
+  ssize_t rc = fi_writemsg(ep_, &msg, flags);
+  return rc == -FI_EAGAIN ? -EAGAIN : static_cast<int>(rc);
+}
+
+int FabricDomain::post_send(uint64_t peer, const void* buf, size_t len, void* desc, void* ctx) {
+  ssize_t rc = fi_send(ep_, buf, len, desc, peer, ctx);
+  return rc == -FI_EAGAIN ? -EAGAIN : static_cast<int>(rc);
+}
+
+int FabricDomain::post_recv(void* buf, size_t len, void* desc, void* ctx) {
+  ssize_t rc = fi_recv(ep_, buf, len, desc, FI_ADDR_UNSPEC, ctx);
+  return rc == -FI_EAGAIN ? -EAGAIN : static_cast<int>(rc);
+}
+
+int FabricDomain::poll(std::vector<Completion>& out, int max) {
+  fi_cq_data_entry e[64];
+  int want = max < 64 ? max : 64;
+  ssize_t n = fi_cq_read(cq_, e, static_cast<size_t>(want));
+  if (n > 0) {
+    for (ssize_t i = 0; i < n; i++) {
+      Completion c;
+      c.ctx = e[i].op_context;
+      if (e[i].flags & FI_REMOTE_WRITE) {
+        c.kind = CompKind::RemoteWrite;
+        c.has_imm = (e[i].flags & FI_REMOTE_CQ_DATA) != 0;
+        c.imm = static_cast<uint32_t>(e[i].data);
+      } else if (e[i].flags & FI_RECV) {
+        c.kind = CompKind::Recv;
+        c.len = e[i].len;
+      } else if (e[i].flags & FI_SEND) {
+        c.kind = CompKind::Send;
+      } else {
+        c.kind = CompKind::Write;
+      }
+      out.push_back(std::move(c));
+    }
+    return static_cast<int>(n);
+  }
+  if (n == -FI_EAGAIN) return 0;
+  if (n == -FI_EAVAIL) {
+    fi_cq_err_entry err{};
+    if (fi_cq_readerr(cq_, &err, 0) != 1) return 0;
+    Completion c;
+    c.ctx = err.op_context;
+    if (err.flags & FI_REMOTE_WRITE) c.kind = CompKind::RemoteWrite;
+    else if (err.flags & FI_RECV) c.kind = CompKind::Recv;
+    else if (err.flags & FI_SEND) c.kind = CompKind::Send;
+    else c.kind = CompKind::Write;
+    c.err = err.err;
+    c.code = classify(err.err);
+    const char* pm = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
+    c.message = std::string(fi_strerror(err.err)) + (pm && *pm ? std::string(" — provider: ") + pm : "");
+    if (c.ctx == nullptr && c.kind != CompKind::RemoteWrite) c.kind = CompKind::RemoteWrite;
+    out.push_back(std::move(c));
+    return 1;
+  }
+  return static_cast<int>(n);
+}
+
+std::string FabricDomain::strerror(int err) const { return provider_ + ": " + fi_err(err); }
+
+Code FabricDomain::classify(int err) const {
+  switch (err < 0 ? -err : err) {
+    case FI_ECONNREFUSED:
+    case FI_ECONNRESET:
+    case FI_ENOTCONN:
+    case FI_EHOSTUNREACH:
+    case FI_ECONNABORTED:
+    case FI_ENETUNREACH:
+    case FI_ENETDOWN:
+    case FI_ETIMEDOUT:
+    case FI_EIO:
+      return Code::PeerLost;
+    case FI_EACCES:
+    case FI_EKEYREJECTED:
+    case FI_EPERM:
+      return Code::RemoteAccess;
+    case FI_ETRUNC:
+    case FI_ETOOSMALL:
+      return Code::MessageTruncated;
+    case FI_ECANCELED:
+      return Code::Aborted;
+    case FI_ENOMEM:
+      return Code::ResourceExhausted;
+    default:
+      return Code::ProviderError;
+  }
+}
+
+}  // namespace trellis_efa

@@ -1,0 +1,78 @@
+// One libfabric NIC as a Trellis Domain: RDM endpoint, AV, CQ in FI_CQ_FORMAT_DATA.
+#pragma once
+
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "trellis/domain.hpp"
+
+namespace trellis_efa {
+
+struct FabricOptions {
+  std::string provider;   // "efa", "shm", "tcp;ofi_rxm", or "" for auto
+  bool strict = false;    // refuse any fallback
+  std::string iface;      // optional: source address / interface for tcp
+  int index = 0;          // which of the provider's domains (NICs) to open; wraps around
+};
+
+// What fi_getinfo found for a provider, for `trellis doctor` and error messages.
+struct ProviderProbe {
+  std::string provider, fabric, domain;
+  bool rma = false, remote_cq_data = false, hmem = false;
+  std::string error;
+};
+
+std::vector<ProviderProbe> probe_providers();
+std::string fabric_version();
+
+class FabricDomain final : public trellis::Domain {
+ public:
+  // Open a domain; on failure returns nullptr and sets *err to a message that says what is missing.
+  static std::unique_ptr<FabricDomain> open(const FabricOptions& opts, std::string* err);
+  ~FabricDomain() override;
+
+  std::string provider() const override { return provider_; }
+  std::vector<uint8_t> address() const override;
+  int reg(void* ptr, size_t len, bool remote, trellis::LocalMr* out, std::string* msg) override;
+  void dereg(trellis::LocalMr& mr) override;
+  int add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) override;
+  trellis::RemoteKey sink_of(const uint8_t* addr, size_t len) const override;
+  int post_write(const trellis::WriteWr& wr) override;
+  int post_send(uint64_t peer, const void* buf, size_t len, void* desc, void* ctx) override;
+  int post_recv(void* buf, size_t len, void* desc, void* ctx) override;
+  int poll(std::vector<trellis::Completion>& out, int max) override;
+  std::string strerror(int err) const override;
+  trellis::Code classify(int err) const override;
+  size_t max_msg_size() const override { return max_msg_; }
+
+ private:
+  FabricDomain() = default;
+  std::string provider_;
+  fi_info* info_ = nullptr;
+  fid_fabric* fabric_ = nullptr;
+  fid_domain* domain_ = nullptr;
+  fid_av* av_ = nullptr;
+  fid_cq* cq_ = nullptr;
+  fid_ep* ep_ = nullptr;
+  std::vector<uint8_t> name_;
+  uint64_t mr_mode_ = 0;
+  uint64_t next_key_ = 1;
+  size_t max_msg_ = 0;
+  uint64_t write_flags_ = 0;
+  bool zero_needs_byte_ = false;  // provider quirk: see post_write
+  // The sink: a small region every peer may write zero-byte immediates into.
+  std::vector<uint8_t> sink_;
+  trellis::LocalMr sink_mr_;
+  std::unordered_map<std::string, fi_addr_t> peers_;
+};
+
+}  // namespace trellis_efa

@@ -1,0 +1,496 @@
+import {
+  autoShards,
+  EngineBase,
+  type EngineLimits,
+  type MemorySource,
+  MrDesc,
+  NetAddr,
+  type NicStats,
+  type PendingOp,
+  type Plan,
+  type RecvPool,
+  type Region,
+  type RegionAlloc,
+  TrellisError,
+  type TrellisErrorCode,
+  type UvmWatcher,
+  type UvmWatcherCallback,
+} from '@trellis/core';
+import { addon, type NativeEngine, type NativeEvents } from './native.js';
+
+/** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */
+export type Provider = 'auto' | 'efa' | 'shm' | 'tcp;ofi_rxm' | 'tcp';
+
+/** Options of {@link createEngine}. */
+export interface EfaEngineOptions {
+  /**
+   * libfabric provider. `auto` (default, or `TRELLIS_PROVIDER`): `efa` where present, otherwise
+   * `tcp;ofi_rxm`. `shm` is the fastest between processes of one host and reaches no other host.
+   */
+  provider?: Provider;
+  /** NICs (domains) this engine owns, 1..4. On shm and tcp several domains model several NICs. Default 1. */
+  nics?: number;
+  /** Refuse any fallback: `auto` means `efa` only. Default `false` (or `TRELLIS_STRICT=1`). */
+  strict?: boolean;
+  /** Source address or interface for tcp (`fi_getinfo` node). */
+  iface?: string;
+  /** Pin the engine's worker thread to this CPU. */
+  cpu?: number;
+  /**
+   * Engine-owned deadline of every operation in ms (default 30000; 0: none). A provider may retry
+   * a dead peer forever; past this the operation rejects with `TIMEOUT`.
+   */
+  opTimeoutMs?: number;
+  /** Keep polling this long after the last activity (default 200 µs). */
+  idleSpinUs?: number;
+  /** Then sleep at most this long between polls (default 1000 µs; 0: spin always, lowest latency). */
+  maxSleepUs?: number;
+  /** Most work requests in flight per NIC (default 1024). */
+  maxInflight?: number;
+  limits?: Partial<EngineLimits>;
+}
+
+const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 'tcp;ofi_rxm': 'fi-tcp' };
+const MSG_HEADER = 2048; // room for the sender's NetAddr in front of every message
+const NO_KEYS = new BigUint64Array(8);
+
+/**
+ * Engines of this process that were closed. A write to one would reach memory its provider has
+ * unmapped (shm maps peers' queues into this process), so it is refused up front with PEER_LOST.
+ * Peers in other processes are detected through provider errors and the engine deadline.
+ */
+const closedInProcess = new Set<string>();
+
+interface PendingReg {
+  resolve: (keys: BigUint64Array) => void;
+  reject: (e: TrellisError) => void;
+}
+
+/** An engine on libfabric. Create it with {@link createEngine}. */
+export class EfaEngine extends EngineBase {
+  readonly kind: string;
+  readonly address: NetAddr;
+  readonly nics: number;
+  /** The libfabric provider behind every NIC. */
+  readonly provider: string;
+
+  private readonly native: NativeEngine;
+  private readonly providers: Array<{ provider: string; path: 'host' | 'direct' | 'staged' }>;
+  private readonly inflight = new Map<number, PendingOp>();
+  private readonly regs = new Map<number, PendingReg>();
+  private readonly peerIds = new Map<string, number>();
+  private readonly headerBytes: Uint8Array;
+  private readonly recvPools: RecvPool[] = [];
+  private poolCursor = 0;
+  private readonly unexpected: Uint8Array[] = [];
+  private readonly watches = new Map<number, { cb: UvmWatcherCallback; closed: boolean }>();
+  private nextRegion = 1;
+  private nextPeer = 1;
+  private nextWatch = 1;
+  private finalStats: Float64Array | undefined;
+  /** Message counters kept here: the native ones include the sender header. */
+  private readonly msgStats = { bytesSent: 0, sendOps: 0, bytesReceived: 0, recvOps: 0 };
+  private readonly sendBytes = new Map<number, number>();
+
+  /** @internal Use {@link createEngine}. */
+  constructor(opts: EfaEngineOptions) {
+    const limits = { maxMessageBytes: 64 * 1024, ...opts.limits };
+    super(limits);
+    const nics = opts.nics ?? 1;
+    if (!Number.isInteger(nics) || nics < 1 || nics > 4) {
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: nics must be an integer in 1..4, got ${String(nics)}`,
+      );
+    }
+    let provider: string = opts.provider ?? (process.env.TRELLIS_PROVIDER as Provider | undefined) ?? 'auto';
+    if (provider === 'tcp') provider = 'tcp;ofi_rxm';
+    if (!['auto', 'efa', 'shm', 'tcp;ofi_rxm'].includes(provider)) {
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: provider must be auto, efa, shm or tcp, got ${JSON.stringify(provider)}`,
+      );
+    }
+    const strict = opts.strict ?? process.env.TRELLIS_STRICT === '1';
+    const { NativeEngine: Native } = addon();
+    try {
+      this.native = new Native(
+        {
+          provider: provider === 'auto' ? '' : provider,
+          nics,
+          strict,
+          iface: opts.iface,
+          cpu: opts.cpu,
+          opTimeoutMs: opts.opTimeoutMs,
+          idleSpinUs: opts.idleSpinUs,
+          maxSleepUs: opts.maxSleepUs,
+          maxInflight: opts.maxInflight,
+          recvBytes: limits.maxMessageBytes + MSG_HEADER,
+        },
+        (e) => this.onEvents(e),
+      );
+    } catch (e) {
+      throw new TrellisError('UNSUPPORTED', `createEngine: ${e instanceof Error ? e.message : String(e)}`, {
+        cause: e,
+      });
+    }
+    this.providers = this.native.providers();
+    this.provider = this.providers[0]!.provider;
+    this.nics = nics;
+    this.kind = PROVIDER_KIND[this.provider] ?? `fi-${this.provider.replace(/[^a-z0-9]/g, '')}`;
+    // A fresh generation per engine: a restarted process is a new peer.
+    const gen = crypto.getRandomValues(new Uint32Array(1))[0]!;
+    this.address = new NetAddr(this.kind, gen, this.native.addresses());
+    const ab = this.address.toBytes();
+    this.headerBytes = new Uint8Array(2 + ab.length);
+    new DataView(this.headerBytes.buffer).setUint16(0, ab.length, true);
+    this.headerBytes.set(ab, 2);
+  }
+
+  // -- events from the worker (one call per batch) ------------------------------------------------
+
+  private onEvents(e: NativeEvents): void {
+    for (const r of e.regs) {
+      const p = this.regs.get(r.region);
+      if (!p) continue;
+      this.regs.delete(r.region);
+      if (r.code === 'OK') p.resolve(r.keys);
+      else
+        p.reject(
+          new TrellisError(r.code as TrellisErrorCode, `registerMemory: ${r.message}`, {
+            op: 'registerMemory',
+          }),
+        );
+    }
+    for (let i = 0; i < e.imms.length; i += 2) this.counters.arrive(e.imms[i]!, e.imms[i + 1]!);
+    for (const [id, code, errno, nic, message] of e.ops) {
+      const op = this.inflight.get(id);
+      if (!op) continue;
+      this.inflight.delete(id);
+      const sent = this.sendBytes.get(id);
+      if (sent !== undefined) {
+        this.sendBytes.delete(id);
+        if (code === 'OK') {
+          this.msgStats.sendOps++;
+          this.msgStats.bytesSent += sent;
+        }
+      }
+      if (code === 'OK') op.complete();
+      else if (op.cancelReason && (code === 'ABORTED' || code === 'TIMEOUT')) op.fail(op.cancelReason);
+      else {
+        const text =
+          message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
+        op.fail(
+          new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, {
+            errno: errno || undefined,
+            providerMessage: message || undefined,
+            nic: nic >= 0 ? nic : undefined,
+          }),
+        );
+      }
+    }
+    for (const m of e.recvs) this.deliver(m);
+    for (const [id, value, prev] of e.watches) {
+      const w = this.watches.get(id);
+      if (w && !w.closed) callUser(() => w.cb(value, prev));
+    }
+  }
+
+  // -- regions ----------------------------------------------------------------------------------
+
+  protected async registerRegion(src: MemorySource, remote: boolean, op: string): Promise<RegionAlloc> {
+    let view: Uint8Array;
+    if (typeof src === 'number') view = new Uint8Array(this.native.alloc(src));
+    else if (src instanceof ArrayBuffer || src instanceof SharedArrayBuffer) view = new Uint8Array(src);
+    else if (ArrayBuffer.isView(src)) view = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+    else {
+      throw new TrellisError(
+        'UNSUPPORTED',
+        `${op}: CUDA memory needs the GPU support of @trellis/backend-efa (not built in this version)`,
+        { op },
+      );
+    }
+    const id = this.nextRegion++;
+    const keys = await new Promise<BigUint64Array>((resolve, reject) => {
+      this.regs.set(id, { resolve, reject });
+      this.native.register(id, view, remote);
+    });
+    const nics = remote
+      ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
+      : [];
+    const desc = new MrDesc(this.address, keys.length ? keys[0]! : 0n, view.length, nics);
+    return { desc, bytes: view, length: view.length, key: id };
+  }
+
+  protected async deregisterRegion(key: unknown): Promise<void> {
+    if (!this.closed) this.native.deregister(key as number);
+  }
+
+  // -- peers ------------------------------------------------------------------------------------
+
+  protected checkReachable(peer: NetAddr, op: string): void {
+    if (closedInProcess.has(peer.toString())) {
+      throw new TrellisError('PEER_LOST', `${op}: the peer (an engine of this process) was closed`, {
+        op,
+        peer: peer.toString(),
+      });
+    }
+    this.peerId(peer, op);
+  }
+
+  /** The native id of a peer, adding it on first use (the worker resolves it in order). */
+  private peerId(peer: NetAddr, op: string): number {
+    const key = peer.toString();
+    let id = this.peerIds.get(key);
+    if (id !== undefined) return id;
+    for (const [i, nic] of peer.nics.entries()) {
+      // [u16 name length][name][u64 sink addr][u64 sink key]: anything else is not a libfabric peer.
+      const n = nic.length >= 2 ? nic[0]! | (nic[1]! << 8) : -1;
+      if (n <= 0 || nic.length !== 2 + n + 16) {
+        throw new TrellisError(
+          'UNKNOWN_PEER',
+          `${op}: NIC ${i} of ${key} is not a libfabric endpoint address`,
+          { op, peer: key },
+        );
+      }
+    }
+    id = this.nextPeer++;
+    this.peerIds.set(key, id);
+    this.native.addPeer(id, peer.nics);
+    return id;
+  }
+
+  // -- posting ----------------------------------------------------------------------------------
+
+  protected post(plan: Plan, op: PendingOp): void {
+    const runs: number[] = [];
+    const keys: bigint[] = [];
+    const run = (
+      peer: NetAddr,
+      lane0: number,
+      lanes: number,
+      shards: number,
+      srcOff: number,
+      dstOff: number,
+      len: number,
+      dst: MrDesc | undefined,
+    ) => {
+      runs.push(this.peerId(peer, op.callsite.op), lane0, lanes, shards, srcOff, dstOff, len, dst ? 0 : 1);
+      for (let l = 0; l < 4; l++) {
+        const k = dst?.nics[l];
+        keys.push(k ? k.addr : 0n, k ? k.rkey : 0n);
+      }
+    };
+    let region = 0;
+    let pages: Parameters<NativeEngine['write']>[6];
+    switch (plan.op) {
+      case 'single':
+        region = (plan.src as Region).key as number;
+        run(plan.peer, 0, plan.lanes, plan.shards, plan.srcOffset, plan.dstOffset, plan.length, plan.dst);
+        break;
+      case 'paged': {
+        region = (plan.src as Region).key as number;
+        const k = new BigUint64Array(8);
+        plan.dst.nics.forEach((n, l) => {
+          if (l < 4) {
+            k[2 * l] = n.addr;
+            k[2 * l + 1] = n.rkey;
+          }
+        });
+        pages = {
+          peer: this.peerId(plan.peer, op.callsite.op),
+          lanes: plan.lanes,
+          srcPages: plan.srcPages,
+          dstPages: plan.dstPages,
+          srcStride: plan.srcStride,
+          dstStride: plan.dstStride,
+          srcOffset: plan.srcOffset,
+          dstOffset: plan.dstOffset,
+          pageBytes: plan.pageBytes,
+          keys: k,
+        };
+        break;
+      }
+      case 'scatter':
+        region = (plan.src as Region).key as number;
+        plan.targets.forEach((t, i) => {
+          if (plan.routing === 'bytes')
+            run(t.peer, 0, t.lanes, autoShards(t.length, t.lanes), t.srcOffset, t.dstOffset, t.length, t.dst);
+          else {
+            const lane = plan.routing === 'peers' ? i % t.lanes : plan.routing.nic;
+            run(t.peer, lane, t.lanes, 1, t.srcOffset, t.dstOffset, t.length, t.dst);
+          }
+        });
+        break;
+      case 'barrier':
+        for (const p of plan.peers) run(p, 0, this.lanesTo(p), 1, 0, 0, 0, undefined);
+        break;
+      case 'imm':
+        run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
+        break;
+    }
+    this.inflight.set(op.id, op);
+    this.native.write(
+      op.id,
+      region,
+      plan.imm !== undefined,
+      plan.imm ?? 0,
+      Float64Array.from(runs),
+      keys.length ? BigUint64Array.from(keys) : NO_KEYS,
+      pages,
+    );
+  }
+
+  protected postSend(peer: NetAddr, data: Uint8Array, op: PendingOp): void {
+    const id = this.peerId(peer, op.callsite.op);
+    const framed = new Uint8Array(this.headerBytes.length + data.length);
+    framed.set(this.headerBytes, 0);
+    framed.set(data, this.headerBytes.length);
+    this.inflight.set(op.id, op);
+    this.sendBytes.set(op.id, data.length);
+    this.native.send(op.id, id, framed);
+  }
+
+  cancelOp(op: PendingOp, reason: TrellisError): void {
+    if (!this.inflight.has(op.id)) return;
+    this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED');
+  }
+
+  // -- receive ----------------------------------------------------------------------------------
+
+  private deliver(m: Uint8Array): void {
+    if (this.recvPools.length === 0) {
+      // No pool yet: the provider already took the message; hold it until one is posted.
+      this.unexpected.push(m);
+      return;
+    }
+    const n = m.length >= 2 ? m[0]! | (m[1]! << 8) : 0;
+    let from: NetAddr;
+    try {
+      from = NetAddr.fromBytes(m.subarray(2, 2 + n));
+    } catch {
+      this.recvDropped++;
+      return;
+    }
+    const data = m.slice(2 + n);
+    const pool = this.recvPools[this.poolCursor++ % this.recvPools.length]!;
+    if (data.length > pool.maxBytes) {
+      this.recvDropped++;
+      const onError = pool.onError;
+      if (onError) {
+        callUser(() =>
+          onError(
+            new TrellisError(
+              'MESSAGE_TRUNCATED',
+              `submitRecvs: a ${data.length}-byte message from ${from.toString()} exceeds the ${pool.maxBytes}-byte receive buffers; it was dropped`,
+              { peer: from.toString() },
+            ),
+          ),
+        );
+      }
+      return;
+    }
+    this.msgStats.recvOps++;
+    this.msgStats.bytesReceived += data.length;
+    callUser(() => pool.onRecv({ from, data }));
+  }
+
+  protected postRecvs(pool: RecvPool): void {
+    this.recvPools.push(pool);
+    for (const m of this.unexpected.splice(0)) this.deliver(m);
+  }
+
+  protected cancelRecvs(pool: RecvPool): void {
+    const i = this.recvPools.indexOf(pool);
+    if (i >= 0) this.recvPools.splice(i, 1);
+    pool.end();
+  }
+
+  // -- watcher ----------------------------------------------------------------------------------
+
+  protected createWatcher(onChange: UvmWatcherCallback, onClose: (w: UvmWatcher) => void): UvmWatcher {
+    const id = this.nextWatch++;
+    const sab = new SharedArrayBuffer(8);
+    const word = new BigUint64Array(sab);
+    const state = { cb: onChange, closed: false };
+    this.watches.set(id, state);
+    this.native.watch(id, new Uint8Array(sab));
+    const native = this.native;
+    const watches = this.watches;
+    const engine = this;
+    return {
+      word,
+      devicePtr: 0n,
+      get value() {
+        return Atomics.load(word, 0);
+      },
+      increment(n = 1n) {
+        if (state.closed) throw new TrellisError('CLOSED', 'UvmWatcher.increment: the watcher is closed');
+        return Atomics.add(word, 0, n) + n;
+      },
+      close() {
+        if (state.closed) return;
+        state.closed = true;
+        watches.delete(id);
+        if (!engine.closed) native.unwatch(id);
+        onClose(this);
+      },
+    };
+  }
+
+  // -- lifecycle --------------------------------------------------------------------------------
+
+  protected async shutdown(): Promise<void> {
+    closedInProcess.add(this.address.toString());
+    this.finalStats = this.native.stats();
+    // Synchronous: the worker stops, and its last batch (pending ops as CLOSED) is delivered here.
+    this.native.close();
+    for (const p of this.regs.values())
+      p.reject(new TrellisError('CLOSED', 'registerMemory: the engine was closed'));
+    this.regs.clear();
+    for (const pool of this.recvPools.splice(0)) pool.end();
+  }
+
+  protected nicStats(): NicStats[] {
+    const s = this.finalStats ?? this.native.stats();
+    return this.providers.map((p, i) => ({
+      index: i,
+      provider: p.provider,
+      path: p.path,
+      up: true,
+      bytesWritten: s[8 * i]!,
+      writeOps: s[8 * i + 1]!,
+      // Messages travel on NIC 0.
+      bytesSent: i === 0 ? this.msgStats.bytesSent : 0,
+      sendOps: i === 0 ? this.msgStats.sendOps : 0,
+      bytesReceived: i === 0 ? this.msgStats.bytesReceived : 0,
+      recvOps: i === 0 ? this.msgStats.recvOps : 0,
+      immsReceived: s[8 * i + 6]!,
+      errors: s[8 * i + 7]!,
+    }));
+  }
+}
+
+/**
+ * Create an engine on libfabric.
+ *
+ * @example
+ * ```ts
+ * import { createEngine } from '@trellis/backend-efa';
+ * const engine = await createEngine({ provider: 'shm', nics: 2 });
+ * console.log(engine.address.toString(), engine.stats().nics.map((n) => n.provider));
+ * ```
+ */
+export async function createEngine(opts: EfaEngineOptions = {}): Promise<EfaEngine> {
+  return new EfaEngine(opts);
+}
+
+function callUser(fn: () => void): void {
+  try {
+    fn();
+  } catch (e) {
+    queueMicrotask(() => {
+      throw e;
+    });
+  }
+}

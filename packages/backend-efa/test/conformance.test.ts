@@ -1,0 +1,32 @@
+import { defineConformanceSuite } from '@trellis/core/conformance';
+import { createEngine, type EfaEngineOptions } from '../src/index.js';
+
+const noFaults =
+  'needs the fault injector; libfabric faults are tested with real processes in cross-process.test.ts';
+
+for (const provider of ['shm', 'tcp'] as const) {
+  for (const nics of [1, 2, 4]) {
+    const opts: EfaEngineOptions = { provider, nics, opTimeoutMs: 10_000 };
+    defineConformanceSuite({
+      name: `backend-efa provider=${provider} nics=${nics}`,
+      nics,
+      seed: nics,
+      createGroup: async (size) => {
+        const engines = await Promise.all(Array.from({ length: size }, () => createEngine(opts)));
+        return {
+          engines,
+          close: async () => {
+            await Promise.all(engines.map((e) => e.close()));
+          },
+        };
+      },
+      skip: {
+        'faults: a peer killed mid-transfer — every pending operation to it settles with PEER_LOST, later ones too':
+          noFaults,
+        'faults: a failed NIC fails the work requests it carries with NIC_FAILED; restored, it carries again':
+          noFaults,
+        'faults: random delays do not change results': noFaults,
+      },
+    });
+  }
+}

@@ -1,0 +1,117 @@
+// Trellis native engine kit — the one interface a backend implements.
+//
+// A Domain is one NIC: it registers memory, posts writes / sends / receives, and polls its
+// completion queue. Everything else (worker thread, command queue, sharding across NICs, the
+// operation table, immediate counting, batching completions to JS) is in engine.hpp and written
+// once for every backend.
+//
+// All Domain methods are called from the engine's worker thread only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace trellis {
+
+// Stable error codes shared with TypeScript (packages/core/src/errors.ts). The order here is the
+// wire order in completion events: keep it in sync with CODE_NAMES below.
+enum class Code : uint8_t {
+  Ok = 0,
+  InvalidArgument,
+  OutOfRange,
+  InvalidDescriptor,
+  PeerLost,
+  NicFailed,
+  Closed,
+  Timeout,
+  Aborted,
+  MessageTruncated,
+  RemoteAccess,
+  ResourceExhausted,
+  Unsupported,
+  ProviderError,
+  Internal,
+  UnknownPeer,
+};
+
+inline const char* code_name(Code c) {
+  static const char* names[] = {"OK",          "INVALID_ARGUMENT", "OUT_OF_RANGE",      "INVALID_DESCRIPTOR",
+                                "PEER_LOST",   "NIC_FAILED",       "CLOSED",            "TIMEOUT",
+                                "ABORTED",     "MESSAGE_TRUNCATED", "REMOTE_ACCESS",    "RESOURCE_EXHAUSTED",
+                                "UNSUPPORTED", "PROVIDER_ERROR",   "INTERNAL",          "UNKNOWN_PEER"};
+  return names[static_cast<int>(c)];
+}
+
+// A registration on one domain.
+struct LocalMr {
+  void* handle = nullptr;  // backend's own (fid_mr*, ibv_mr*)
+  void* desc = nullptr;    // local descriptor to pass with posts (fi_mr_desc, lkey)
+  uint64_t rkey = 0;       // remote key
+  uint64_t raddr = 0;      // RMA address of byte 0 as peers must name it (VA or 0 for offset-based)
+};
+
+// Where a write lands: RMA address of the destination's byte 0 on this lane, and its key.
+struct RemoteKey {
+  uint64_t addr = 0;
+  uint64_t key = 0;
+};
+
+// One work request as a domain posts it.
+struct WriteWr {
+  uint64_t peer = 0;        // the domain's handle for the peer (fi_addr_t, QP index)
+  const void* src = nullptr;
+  void* src_desc = nullptr;
+  uint64_t len = 0;
+  uint64_t raddr = 0;       // absolute RMA address at the target
+  uint64_t rkey = 0;
+  bool has_imm = false;
+  uint32_t imm = 0;
+  void* ctx = nullptr;      // returned in the completion
+};
+
+enum class CompKind : uint8_t { Write, Send, Recv, RemoteWrite };
+
+struct Completion {
+  CompKind kind = CompKind::Write;
+  void* ctx = nullptr;      // the posting context (Write, Send, Recv)
+  bool has_imm = false;
+  uint32_t imm = 0;
+  uint64_t len = 0;         // bytes received (Recv)
+  Code code = Code::Ok;     // Ok, or the failure
+  int err = 0;              // provider errno (positive)
+  std::string message;      // provider message on failure
+};
+
+class Domain {
+ public:
+  virtual ~Domain() = default;
+  // Provider name as users know it: "efa", "shm", "tcp;ofi_rxm", "verbs", "rc-model".
+  virtual std::string provider() const = 0;
+  // Data path of this domain: "host", "direct" (GPUDirect), "staged".
+  virtual std::string path() const { return "host"; }
+  // Bytes a peer needs to reach this domain (endpoint name plus anything else, e.g. a sink key).
+  virtual std::vector<uint8_t> address() const = 0;
+  // Register [ptr, ptr+len). Returns 0 or a negative errno; on failure `msg` says why.
+  virtual int reg(void* ptr, size_t len, bool remote, LocalMr* out, std::string* msg) = 0;
+  virtual void dereg(LocalMr& mr) = 0;
+  // Resolve a peer's address bytes (as produced by its address()) to a handle for posts.
+  virtual int add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) = 0;
+  // Where a zero-byte write with an immediate lands at `peer` (a small sink every domain exposes).
+  virtual RemoteKey sink_of(const uint8_t* addr, size_t len) const = 0;
+  // Post. Return 0, -EAGAIN (retry after polling), or another negative errno (the WR failed).
+  virtual int post_write(const WriteWr& wr) = 0;
+  virtual int post_send(uint64_t peer, const void* buf, size_t len, void* desc, void* ctx) = 0;
+  virtual int post_recv(void* buf, size_t len, void* desc, void* ctx) = 0;
+  // Append up to `max` completions; return how many (0 when idle), negative on a fatal error.
+  virtual int poll(std::vector<Completion>& out, int max) = 0;
+  // Text for a negative return of a post.
+  virtual std::string strerror(int err) const = 0;
+  // Map a provider errno (positive) to a Code.
+  virtual Code classify(int err) const = 0;
+  // Largest message this domain sends in one go.
+  virtual size_t max_msg_size() const = 0;
+};
+
+}  // namespace trellis

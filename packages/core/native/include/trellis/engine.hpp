@@ -1,0 +1,856 @@
+// Trellis native engine kit — the engine: one worker thread over a DomainGroup of 1–4 domains.
+//
+//   JS thread ──push(Cmd)──► command queue ──► worker: expand requests into work requests (lazily),
+//                                                post with back-pressure, poll every CQ, count
+//                                                immediates, settle operations
+//   JS thread ◄──one doorbell per batch── event queue ◄──┘
+//
+// The JS side has validated every request (EngineBase); the worker trusts its input and checks
+// only what it cannot know earlier: provider limits and completion status.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "domain.hpp"
+
+#ifdef __linux__
+#include <pthread.h>
+#include <sched.h>
+#endif
+
+namespace trellis {
+
+constexpr uint64_t kShardAlign = 64;
+
+// One destination run of a write request: `shards` work requests cut from [src_off, src_off+len)
+// onto lanes lane0, lane0+1, ... (mod lanes). Single writes and scatter targets are runs; so are
+// barrier members and immediates (zero = true: no bytes, the peer's sink as destination).
+struct Run {
+  uint32_t peer = 0;
+  uint8_t lane0 = 0;
+  uint8_t lanes = 1;
+  uint32_t shards = 1;
+  uint64_t src_off = 0;
+  uint64_t dst_off = 0;
+  uint64_t len = 0;
+  bool zero = false;
+  RemoteKey keys[4];
+};
+
+// Paged writes: page i goes src_off + src_pages[i]*src_stride → dst_off + dst_pages[i]*dst_stride on lane i % lanes.
+struct Pages {
+  uint32_t peer = 0;
+  uint8_t lanes = 1;
+  std::vector<uint32_t> src_pages, dst_pages;
+  uint64_t src_stride = 0, dst_stride = 0, src_off = 0, dst_off = 0, page_bytes = 0;
+  RemoteKey keys[4];
+};
+
+struct WriteCmd {
+  uint32_t op = 0;
+  uint32_t region = 0;  // 0: no source region (zero-byte runs only)
+  bool has_imm = false;
+  uint32_t imm = 0;
+  std::vector<Run> runs;
+  std::unique_ptr<Pages> pages;
+  uint64_t total_wrs() const {
+    uint64_t n = pages ? pages->src_pages.size() : 0;
+    for (auto& r : runs) n += r.shards;
+    return n;
+  }
+};
+
+enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, Send, Cancel, AddWatch, RemoveWatch };
+
+struct Cmd {
+  explicit Cmd(CmdKind k) : kind(k) {}
+  CmdKind kind;
+  uint32_t id = 0;  // peer id, region id, op id, watch id
+  std::vector<std::vector<uint8_t>> addrs;  // AddPeer: one per NIC
+  void* ptr = nullptr;                      // Register / AddWatch
+  size_t len = 0;
+  bool remote = false;
+  std::unique_ptr<WriteCmd> write;
+  uint32_t peer = 0;                        // Send
+  std::vector<uint8_t> data;
+  Code code = Code::Ok;                     // Cancel: the reason
+};
+
+// Events for JS.
+struct OpDone {
+  uint32_t op;
+  Code code;
+  int err;
+  int nic;
+  std::string message;
+};
+struct RegDone {
+  uint32_t region;
+  Code code;
+  std::string message;
+  std::vector<RemoteKey> keys;  // per NIC
+};
+struct WatchChange {
+  uint32_t id;
+  uint64_t value, prev;
+};
+struct Events {
+  std::vector<OpDone> ops;
+  std::vector<RegDone> regs;
+  std::vector<std::pair<uint32_t, uint32_t>> imms;  // (imm, count), aggregated per batch
+  std::vector<std::vector<uint8_t>> recvs;
+  std::vector<WatchChange> watches;
+  bool empty() const { return ops.empty() && regs.empty() && imms.empty() && recvs.empty() && watches.empty(); }
+};
+
+struct NicCounters {
+  std::atomic<uint64_t> bytes_written{0}, write_ops{0}, bytes_sent{0}, send_ops{0}, bytes_received{0}, recv_ops{0},
+      imms_received{0}, errors{0};
+};
+
+struct EngineOptions {
+  int cpu = -1;                   // pin the worker to this CPU (-1: no pinning)
+  uint32_t op_timeout_ms = 30000; // engine-owned deadline of every operation (0: none)
+  uint32_t idle_spin_us = 200;    // keep polling this long after the last activity
+  uint32_t max_sleep_us = 1000;   // then sleep at most this long between polls
+  uint32_t max_inflight = 0;      // per domain; 0: the provider's queue size
+  size_t recv_bytes = 64 * 1024 + 1024;
+  uint32_t recv_count = 64;
+  uint32_t send_buffers = 64;
+};
+
+class Engine {
+ public:
+  using Notify = std::function<void()>;
+
+  Engine(std::vector<std::unique_ptr<Domain>> domains, EngineOptions opts, Notify notify)
+      : domains_(std::move(domains)), opts_(opts), notify_(std::move(notify)), nics_(domains_.size()) {
+    for (auto& d : domains_) {
+      (void)d;
+      inflight_.push_back(0);
+    }
+  }
+
+  ~Engine() { stop(); }
+
+  // Register the receive and send bounce buffers and start the worker. Returns "" or an error.
+  std::string start() {
+    std::string err = setup_buffers();
+    if (!err.empty()) return err;
+    worker_ = std::thread([this] { run(); });
+    return "";
+  }
+
+  size_t nics() const { return domains_.size(); }
+  Domain& domain(size_t i) { return *domains_[i]; }
+  NicCounters& counters(size_t i) { return nics_[i]; }
+  bool nic_up(size_t i) const { return i < nic_down_.size() ? !nic_down_[i] : true; }
+
+  void push(Cmd&& c) {
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      cmds_.push_back(std::move(c));
+    }
+    cmd_cv_.notify_one();
+  }
+
+  // JS thread: take everything that happened since the last drain.
+  Events drain() {
+    std::lock_guard<std::mutex> g(ev_mu_);
+    doorbell_.store(false, std::memory_order_release);
+    Events out;
+    std::swap(out, events_);
+    return out;
+  }
+
+  // Stop the worker: every operation still pending is reported CLOSED, every buffer released.
+  void stop() {
+    if (!worker_.joinable()) return;
+    stopping_.store(true);
+    cmd_cv_.notify_one();
+    worker_.join();
+  }
+
+ private:
+  // Every posting context starts with 64 bytes the provider may use (libfabric FI_CONTEXT2).
+  struct alignas(8) ProviderCtx {
+    void* p[8];
+  };
+  struct WrCtx {
+    ProviderCtx pctx;
+    uint32_t op;
+    uint8_t lane;
+    CompKind kind;
+    uint64_t len;
+    int32_t send_buf;  // index of the send buffer, or -1
+    WrCtx* next_free;
+  };
+  struct OpState {
+    uint64_t outstanding = 0;  // work requests not yet completed (posted or not)
+    uint64_t posted_open = 0;  // posted and not completed
+    Code code = Code::Ok;
+    int err = 0;
+    int nic = -1;
+    std::string message;
+    Code cancel = Code::Ok;
+    bool reported = false;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  struct Gen {  // lazy work-request generator over one command
+    std::shared_ptr<WriteCmd> cmd;
+    size_t run = 0;
+    uint64_t idx = 0;  // shard within run, or page
+    bool in_pages = false;
+  };
+  struct Region {
+    void* ptr;
+    size_t len;
+    std::vector<LocalMr> mrs;
+  };
+  struct Peer {
+    std::vector<uint64_t> handles;
+    std::vector<RemoteKey> sinks;
+    Code code = Code::Ok;
+    std::string message;
+  };
+  struct RecvBuf {
+    ProviderCtx pctx;
+    std::vector<uint8_t> bytes;
+    LocalMr mr;
+  };
+  struct SendBuf {
+    std::vector<uint8_t> bytes;
+    LocalMr mr;
+  };
+  struct Watch {
+    volatile uint64_t* word;
+    uint64_t last;
+  };
+  struct PendingSend {
+    uint32_t op;
+    uint32_t peer;
+    std::vector<uint8_t> data;
+  };
+
+  // -------------------------------------------------------------------------------- setup
+  std::string setup_buffers() {
+    // Messages travel on lane 0 only: receives are posted on domain 0.
+    Domain& d0 = *domains_[0];
+    opts_.recv_bytes = std::min(opts_.recv_bytes, d0.max_msg_size());
+    recvs_.resize(opts_.recv_count);
+    for (auto& r : recvs_) {
+      r.bytes.resize(opts_.recv_bytes);
+      std::string msg;
+      int rc = d0.reg(r.bytes.data(), r.bytes.size(), false, &r.mr, &msg);
+      if (rc) return "registering receive buffers: " + msg;
+      rc = d0.post_recv(r.bytes.data(), r.bytes.size(), r.mr.desc, &r);
+      if (rc) return "posting receive buffers: " + d0.strerror(rc);
+    }
+    sends_.resize(opts_.send_buffers);
+    for (size_t i = 0; i < sends_.size(); i++) {
+      auto& s = sends_[i];
+      s.bytes.resize(opts_.recv_bytes);
+      std::string msg;
+      int rc = d0.reg(s.bytes.data(), s.bytes.size(), false, &s.mr, &msg);
+      if (rc) return "registering send buffers: " + msg;
+      free_sends_.push_back(static_cast<int32_t>(i));
+    }
+    nic_down_.assign(domains_.size(), false);
+    return "";
+  }
+
+  void teardown_buffers() {
+    for (auto& r : recvs_) domains_[0]->dereg(r.mr);
+    for (auto& s : sends_) domains_[0]->dereg(s.mr);
+    for (auto& [id, reg] : regions_) {
+      (void)id;
+      for (size_t i = 0; i < reg.mrs.size(); i++) domains_[i]->dereg(reg.mrs[i]);
+    }
+    regions_.clear();
+  }
+
+  // -------------------------------------------------------------------------------- worker
+  void run() {
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "trellis-engine");
+    if (opts_.cpu >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(opts_.cpu, &set);
+      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    }
+#endif
+    using clock = std::chrono::steady_clock;
+    auto last_active = clock::now();
+    auto last_deadline_check = clock::now();
+    std::vector<Cmd> batch;
+    while (!stopping_.load(std::memory_order_relaxed)) {
+      bool active = false;
+      {
+        std::unique_lock<std::mutex> g(cmd_mu_);
+        if (cmds_.empty() && idle() && clock::now() - last_active > std::chrono::microseconds(opts_.idle_spin_us)) {
+          cmd_cv_.wait_for(g, std::chrono::microseconds(opts_.max_sleep_us));
+        }
+        batch.swap(cmds_);
+      }
+      for (auto& c : batch) {
+        handle(c);
+        active = true;
+      }
+      batch.clear();
+      if (pump()) active = true;
+      if (poll_all()) active = true;
+      if (check_watches()) active = true;
+      auto now = clock::now();
+      if (now - last_deadline_check > std::chrono::milliseconds(5)) {
+        check_deadlines(now);
+        last_deadline_check = now;
+      }
+      if (active) last_active = now;
+      flush();
+    }
+    shutdown();
+  }
+
+  bool idle() const {
+    if (!backlog_.empty() || !send_backlog_.empty()) return false;
+    for (auto n : inflight_)
+      if (n) return false;
+    return true;
+  }
+
+  void shutdown() {
+    // Drain what the providers will still tell us for a short while, then report the rest CLOSED.
+    backlog_.clear();
+    for (auto& p : send_backlog_) fail_op(p.op, Code::Closed, 0, -1, "the engine was closed with this operation pending");
+    send_backlog_.clear();
+    for (auto& [id, st] : ops_) {
+      if (!st.reported) report(id, st, Code::Closed, 0, -1, "the engine was closed with this operation pending");
+    }
+    ops_.clear();
+    teardown_buffers();
+    flush();
+  }
+
+  // -------------------------------------------------------------------------------- commands
+  void handle(Cmd& c) {
+    switch (c.kind) {
+      case CmdKind::AddPeer: add_peer(c); break;
+      case CmdKind::Register: reg(c); break;
+      case CmdKind::Deregister: {
+        auto it = regions_.find(c.id);
+        if (it != regions_.end()) {
+          for (size_t i = 0; i < it->second.mrs.size(); i++) domains_[i]->dereg(it->second.mrs[i]);
+          regions_.erase(it);
+        }
+        break;
+      }
+      case CmdKind::Write: write(std::move(c.write)); break;
+      case CmdKind::Send: send(c.id, c.peer, std::move(c.data)); break;
+      case CmdKind::Cancel: cancel(c.id, c.code); break;
+      case CmdKind::AddWatch: watches_[c.id] = Watch{static_cast<volatile uint64_t*>(c.ptr), 0}; break;
+      case CmdKind::RemoveWatch: watches_.erase(c.id); break;
+    }
+  }
+
+  void add_peer(Cmd& c) {
+    Peer p;
+    size_t lanes = std::min(domains_.size(), c.addrs.size());
+    for (size_t i = 0; i < lanes; i++) {
+      uint64_t h = 0;
+      std::string msg;
+      int rc = domains_[i]->add_peer(c.addrs[i].data(), c.addrs[i].size(), &h, &msg);
+      if (rc) {
+        p.code = Code::UnknownPeer;
+        p.message = "cannot resolve the peer's NIC " + std::to_string(i) + " address: " + msg;
+        break;
+      }
+      p.handles.push_back(h);
+      p.sinks.push_back(domains_[i]->sink_of(c.addrs[i].data(), c.addrs[i].size()));
+    }
+    peers_[c.id] = std::move(p);
+  }
+
+  void reg(Cmd& c) {
+    RegDone ev{c.id, Code::Ok, "", {}};
+    Region r{c.ptr, c.len, {}};
+    for (size_t i = 0; i < domains_.size(); i++) {
+      LocalMr mr;
+      std::string msg;
+      int rc = domains_[i]->reg(c.ptr, c.len, c.remote, &mr, &msg);
+      if (rc) {
+        for (size_t j = 0; j < r.mrs.size(); j++) domains_[j]->dereg(r.mrs[j]);
+        ev.code = rc == -ENOMEM ? Code::ResourceExhausted : Code::ProviderError;
+        ev.message = "registering on NIC " + std::to_string(i) + ": " + msg;
+        ev.keys.clear();
+        push_event([&](Events& e) { e.regs.push_back(std::move(ev)); });
+        return;
+      }
+      r.mrs.push_back(mr);
+      ev.keys.push_back(RemoteKey{mr.raddr, mr.rkey});
+    }
+    regions_[c.id] = std::move(r);
+    push_event([&](Events& e) { e.regs.push_back(std::move(ev)); });
+  }
+
+  void write(std::unique_ptr<WriteCmd> w) {
+    OpState st;
+    st.outstanding = w->total_wrs();
+    st.deadline = deadline();
+    uint32_t op = w->op;
+    // A peer that could not be resolved fails the operation before anything is posted.
+    auto check_peer = [&](uint32_t id) -> bool {
+      auto it = peers_.find(id);
+      if (it == peers_.end()) {
+        st.code = Code::Internal;
+        st.message = "unknown peer id " + std::to_string(id);
+        return false;
+      }
+      if (it->second.code != Code::Ok) {
+        st.code = it->second.code;
+        st.message = it->second.message;
+        return false;
+      }
+      return true;
+    };
+    bool ok = true;
+    for (auto& r : w->runs) ok = ok && check_peer(r.peer);
+    if (w->pages) ok = ok && check_peer(w->pages->peer);
+    if (ok && w->region && !regions_.count(w->region)) {
+      ok = false;
+      st.code = Code::InvalidDescriptor;
+      st.message = "the source region is not registered";
+    }
+    if (!ok || st.outstanding == 0) {
+      report(op, st, st.code, 0, -1, st.message);
+      return;
+    }
+    ops_.emplace(op, std::move(st));
+    Gen g;
+    g.cmd = std::shared_ptr<WriteCmd>(std::move(w));
+    g.in_pages = g.cmd->runs.empty();
+    backlog_.push_back(std::move(g));
+  }
+
+  void send(uint32_t op, uint32_t peer, std::vector<uint8_t> data) {
+    OpState st;
+    st.outstanding = 1;
+    st.deadline = deadline();
+    auto it = peers_.find(peer);
+    if (it == peers_.end() || it->second.code != Code::Ok) {
+      report(op, st, it == peers_.end() ? Code::Internal : it->second.code, 0, 0,
+             it == peers_.end() ? "unknown peer id" : it->second.message);
+      return;
+    }
+    if (data.size() > opts_.recv_bytes) {
+      report(op, st, Code::InvalidArgument, 0, 0, "message larger than the engine's buffers");
+      return;
+    }
+    ops_.emplace(op, std::move(st));
+    send_backlog_.push_back(PendingSend{op, peer, std::move(data)});
+  }
+
+  void cancel(uint32_t op, Code why) {
+    auto it = ops_.find(op);
+    if (it == ops_.end() || it->second.reported) return;
+    OpState& st = it->second;
+    // Work not yet posted is dropped: it can never touch memory.
+    uint64_t dropped = 0;
+    for (auto g = backlog_.begin(); g != backlog_.end();) {
+      if (g->cmd->op == op) {
+        dropped += remaining(*g);
+        g = backlog_.erase(g);
+      } else {
+        ++g;
+      }
+    }
+    for (auto s = send_backlog_.begin(); s != send_backlog_.end();) {
+      if (s->op == op) {
+        dropped++;
+        s = send_backlog_.erase(s);
+      } else {
+        ++s;
+      }
+    }
+    st.outstanding -= dropped;
+    st.cancel = why;
+    if (st.outstanding == 0) {
+      report(op, st, why, 0, -1, "");
+      ops_.erase(it);
+    }
+    // Otherwise the op settles with `why` when its posted work completes.
+  }
+
+  uint64_t remaining(const Gen& g) const {
+    const WriteCmd& w = *g.cmd;
+    uint64_t n = 0;
+    if (!g.in_pages) {
+      for (size_t r = g.run; r < w.runs.size(); r++) n += w.runs[r].shards;
+      n -= g.idx;
+      if (w.pages) n += w.pages->src_pages.size();
+    } else if (w.pages) {
+      n = w.pages->src_pages.size() - g.idx;
+    }
+    return n;
+  }
+
+  std::chrono::steady_clock::time_point deadline() const {
+    if (!opts_.op_timeout_ms) return std::chrono::steady_clock::time_point::max();
+    return std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.op_timeout_ms);
+  }
+
+  // -------------------------------------------------------------------------------- posting
+  uint32_t max_inflight(size_t lane) const {
+    (void)lane;
+    return opts_.max_inflight ? opts_.max_inflight : 1024;
+  }
+
+  WrCtx* ctx_alloc() {
+    if (!free_ctx_) {
+      auto block = std::make_unique<WrCtx[]>(1024);
+      for (int i = 0; i < 1024; i++) {
+        block[i].next_free = free_ctx_;
+        free_ctx_ = &block[i];
+      }
+      ctx_blocks_.push_back(std::move(block));
+    }
+    WrCtx* c = free_ctx_;
+    free_ctx_ = c->next_free;
+    return c;
+  }
+  void ctx_free(WrCtx* c) {
+    c->next_free = free_ctx_;
+    free_ctx_ = c;
+  }
+
+  // Post as much of the backlog as the queues take. Returns true if anything was posted.
+  bool pump() {
+    bool any = false;
+    while (!backlog_.empty()) {
+      Gen& g = backlog_.front();
+      WriteCmd& w = *g.cmd;
+      WriteWr wr;
+      uint8_t lane;
+      uint32_t peer;
+      const RemoteKey* keys;
+      uint64_t dst_off;
+      if (!g.in_pages) {
+        const Run& r = w.runs[g.run];
+        lane = static_cast<uint8_t>((r.lane0 + g.idx) % r.lanes);
+        peer = r.peer;
+        if (r.zero) {
+          wr.len = 0;
+          dst_off = 0;
+          keys = nullptr;
+        } else {
+          uint64_t size = ((r.len + r.shards - 1) / r.shards + kShardAlign - 1) / kShardAlign * kShardAlign;
+          uint64_t start = std::min(r.len, g.idx * size);
+          uint64_t end = std::min(r.len, start + size);
+          wr.len = end - start;
+          wr.src = static_cast<const uint8_t*>(regions_[w.region].ptr) + r.src_off + start;
+          dst_off = r.dst_off + start;
+          keys = r.keys;
+        }
+      } else {
+        const Pages& p = *w.pages;
+        lane = static_cast<uint8_t>(g.idx % p.lanes);
+        peer = p.peer;
+        wr.len = p.page_bytes;
+        wr.src = static_cast<const uint8_t*>(regions_[w.region].ptr) + p.src_off + p.src_pages[g.idx] * p.src_stride;
+        dst_off = p.dst_off + p.dst_pages[g.idx] * p.dst_stride;
+        keys = p.keys;
+      }
+      if (inflight_[lane] >= max_inflight(lane)) break;
+      Peer& pr = peers_[peer];
+      wr.peer = pr.handles[lane];
+      if (keys && wr.len) {
+        wr.raddr = keys[lane].addr + dst_off;
+        wr.rkey = keys[lane].key;
+      } else {
+        // Zero-byte work requests (immediates, barriers, empty shards) land in the peer's sink.
+        wr.len = 0;
+        wr.raddr = pr.sinks[lane].addr;
+        wr.rkey = pr.sinks[lane].key;
+        wr.src = nullptr;
+      }
+      wr.src_desc = wr.len && w.region ? regions_[w.region].mrs[lane].desc : nullptr;
+      wr.has_imm = w.has_imm;
+      wr.imm = w.imm;
+      WrCtx* c = ctx_alloc();
+      *c = WrCtx{{}, w.op, lane, CompKind::Write, wr.len, -1, nullptr};
+      wr.ctx = c;
+      int rc = domains_[lane]->post_write(wr);
+      if (rc == -EAGAIN) {
+        ctx_free(c);
+        break;  // the queue is full: poll, then continue where we stopped
+      }
+      any = true;
+      if (rc) {
+        ctx_free(c);
+        wr_failed(w.op, lane, domains_[lane]->classify(-rc), -rc, domains_[lane]->strerror(rc));
+      } else {
+        inflight_[lane]++;
+        auto it = ops_.find(w.op);
+        if (it != ops_.end()) it->second.posted_open++;
+      }
+      if (advance(g)) backlog_.pop_front();
+    }
+    while (!send_backlog_.empty() && !free_sends_.empty() && inflight_[0] < max_inflight(0)) {
+      PendingSend& s = send_backlog_.front();
+      int32_t bi = free_sends_.back();
+      SendBuf& b = sends_[bi];
+      std::memcpy(b.bytes.data(), s.data.data(), s.data.size());
+      WrCtx* c = ctx_alloc();
+      *c = WrCtx{{}, s.op, 0, CompKind::Send, s.data.size(), bi, nullptr};
+      int rc = domains_[0]->post_send(peers_[s.peer].handles[0], b.bytes.data(), s.data.size(), b.mr.desc, c);
+      if (rc == -EAGAIN) {
+        ctx_free(c);
+        break;
+      }
+      any = true;
+      if (rc) {
+        ctx_free(c);
+        wr_failed(s.op, 0, domains_[0]->classify(-rc), -rc, domains_[0]->strerror(rc));
+      } else {
+        free_sends_.pop_back();
+        inflight_[0]++;
+        auto it = ops_.find(s.op);
+        if (it != ops_.end()) it->second.posted_open++;
+      }
+      send_backlog_.pop_front();
+    }
+    return any;
+  }
+
+  // Move a generator to its next work request; true when the command is exhausted.
+  static bool advance(Gen& g) {
+    WriteCmd& w = *g.cmd;
+    g.idx++;
+    if (!g.in_pages) {
+      if (g.idx < w.runs[g.run].shards) return false;
+      g.idx = 0;
+      if (++g.run < w.runs.size()) return false;
+      if (!w.pages || w.pages->src_pages.empty()) return true;
+      g.in_pages = true;
+      return false;
+    }
+    return g.idx >= w.pages->src_pages.size();
+  }
+
+  // -------------------------------------------------------------------------------- completions
+  bool poll_all() {
+    bool any = false;
+    for (size_t lane = 0; lane < domains_.size(); lane++) {
+      comps_.clear();
+      int n = domains_[lane]->poll(comps_, 64);
+      if (n <= 0) continue;
+      any = true;
+      for (auto& c : comps_) complete(lane, c);
+    }
+    if (!imm_batch_.empty()) {
+      push_event([&](Events& e) {
+        for (auto& [imm, count] : imm_batch_) e.imms.emplace_back(imm, count);
+      });
+      imm_batch_.clear();
+    }
+    return any;
+  }
+
+  void complete(size_t lane, Completion& c) {
+    NicCounters& nc = nics_[lane];
+    switch (c.kind) {
+      case CompKind::RemoteWrite:
+        if (c.code == Code::Ok && c.has_imm) {
+          imm_batch_[c.imm]++;
+          nc.imms_received.fetch_add(1, std::memory_order_relaxed);
+        } else if (c.code != Code::Ok) {
+          nc.errors.fetch_add(1, std::memory_order_relaxed);
+        }
+        return;
+      case CompKind::Recv: {
+        auto* rb = static_cast<RecvBuf*>(c.ctx);
+        if (c.code == Code::Ok) {
+          nc.recv_ops.fetch_add(1, std::memory_order_relaxed);
+          nc.bytes_received.fetch_add(c.len, std::memory_order_relaxed);
+          std::vector<uint8_t> msg(rb->bytes.begin(), rb->bytes.begin() + static_cast<ptrdiff_t>(c.len));
+          push_event([&](Events& e) { e.recvs.push_back(std::move(msg)); });
+        } else {
+          nc.errors.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (!stopping_.load()) domains_[0]->post_recv(rb->bytes.data(), rb->bytes.size(), rb->mr.desc, rb);
+        return;
+      }
+      case CompKind::Write:
+      case CompKind::Send: {
+        auto* ctx = static_cast<WrCtx*>(c.ctx);
+        inflight_[ctx->lane]--;
+        if (ctx->kind == CompKind::Send) free_sends_.push_back(ctx->send_buf);
+        if (c.code == Code::Ok) {
+          if (ctx->kind == CompKind::Send) {
+            nc.send_ops.fetch_add(1, std::memory_order_relaxed);
+            nc.bytes_sent.fetch_add(ctx->len, std::memory_order_relaxed);
+          } else {
+            nc.write_ops.fetch_add(1, std::memory_order_relaxed);
+            nc.bytes_written.fetch_add(ctx->len, std::memory_order_relaxed);
+          }
+          wr_done(ctx->op);
+        } else {
+          wr_failed(ctx->op, ctx->lane, c.code, c.err, c.message, true);
+        }
+        ctx_free(ctx);
+        return;
+      }
+    }
+  }
+
+  void wr_done(uint32_t op) {
+    auto it = ops_.find(op);
+    if (it == ops_.end()) return;
+    OpState& st = it->second;
+    st.posted_open--;
+    if (--st.outstanding) return;
+    if (!st.reported) {
+      Code code = st.cancel != Code::Ok ? st.cancel : st.code;
+      report(op, st, code, st.err, st.nic, st.message);
+    }
+    ops_.erase(it);
+  }
+
+  void wr_failed(uint32_t op, uint8_t lane, Code code, int err, const std::string& msg, bool was_posted = false) {
+    nics_[lane].errors.fetch_add(1, std::memory_order_relaxed);
+    auto it = ops_.find(op);
+    if (it == ops_.end()) return;
+    OpState& st = it->second;
+    if (st.code == Code::Ok) {
+      st.code = code;
+      st.err = err;
+      st.nic = lane;
+      st.message = msg;
+    }
+    if (was_posted) st.posted_open--;
+    if (--st.outstanding) return;
+    if (!st.reported) report(op, st, st.cancel != Code::Ok ? st.cancel : st.code, st.err, st.nic, st.message);
+    ops_.erase(it);
+  }
+
+  void fail_op(uint32_t op, Code code, int err, int nic, const std::string& msg) {
+    auto it = ops_.find(op);
+    if (it == ops_.end()) return;
+    if (!it->second.reported) report(op, it->second, code, err, nic, msg);
+  }
+
+  void report(uint32_t op, OpState& st, Code code, int err, int nic, const std::string& msg) {
+    st.reported = true;
+    push_event([&](Events& e) { e.ops.push_back(OpDone{op, code, err, nic, msg}); });
+  }
+
+  // The engine's own deadline: a provider may return EAGAIN forever to a dead peer, or never
+  // complete. Past it the op is reported TIMEOUT; its context stays until the provider lets go.
+  void check_deadlines(std::chrono::steady_clock::time_point now) {
+    for (auto& [id, st] : ops_) {
+      if (st.reported || now < st.deadline) continue;
+      uint32_t op = id;
+      cancel_unposted(op, st);
+      report(op, st, Code::Timeout, 0, -1,
+             "the engine deadline (opTimeoutMs " + std::to_string(opts_.op_timeout_ms) + ") passed with " +
+                 std::to_string(st.posted_open) + " work request(s) still posted");
+    }
+    for (auto it = ops_.begin(); it != ops_.end();) {
+      if (it->second.reported && it->second.outstanding == 0) it = ops_.erase(it);
+      else ++it;
+    }
+  }
+
+  void cancel_unposted(uint32_t op, OpState& st) {
+    for (auto g = backlog_.begin(); g != backlog_.end();) {
+      if (g->cmd->op == op) {
+        st.outstanding -= remaining(*g);
+        g = backlog_.erase(g);
+      } else {
+        ++g;
+      }
+    }
+  }
+
+  bool check_watches() {
+    bool any = false;
+    for (auto& [id, w] : watches_) {
+      uint64_t v = __atomic_load_n(w.word, __ATOMIC_ACQUIRE);
+      if (v != w.last) {
+        uint64_t prev = w.last;
+        w.last = v;
+        uint32_t wid = id;
+        push_event([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev}); });
+        any = true;
+      }
+    }
+    return any;
+  }
+
+  // -------------------------------------------------------------------------------- events
+  template <typename F>
+  void push_event(F&& f) {
+    std::lock_guard<std::mutex> g(ev_mu_);
+    f(events_);
+  }
+
+  // One doorbell per batch: ring only when JS has drained everything rung before.
+  void flush() {
+    bool ring = false;
+    {
+      std::lock_guard<std::mutex> g(ev_mu_);
+      if (!events_.empty() && !doorbell_.load(std::memory_order_acquire)) {
+        doorbell_.store(true, std::memory_order_release);
+        ring = true;
+      }
+    }
+    if (ring) notify_();
+  }
+
+  std::vector<std::unique_ptr<Domain>> domains_;
+  EngineOptions opts_;
+  Notify notify_;
+  std::vector<NicCounters> nics_;
+  std::vector<bool> nic_down_;
+  std::vector<uint32_t> inflight_;
+
+  std::mutex cmd_mu_;
+  std::condition_variable cmd_cv_;
+  std::vector<Cmd> cmds_;
+  std::atomic<bool> stopping_{false};
+  std::thread worker_;
+
+  std::mutex ev_mu_;
+  Events events_;
+  std::atomic<bool> doorbell_{false};
+
+  // worker-only state
+  std::unordered_map<uint32_t, OpState> ops_;
+  std::unordered_map<uint32_t, Region> regions_;
+  std::unordered_map<uint32_t, Peer> peers_;
+  std::unordered_map<uint32_t, Watch> watches_;
+  std::unordered_map<uint32_t, uint32_t> imm_batch_;
+  std::deque<Gen> backlog_;
+  std::deque<PendingSend> send_backlog_;
+  std::vector<RecvBuf> recvs_;
+  std::vector<SendBuf> sends_;
+  std::vector<int32_t> free_sends_;
+  std::vector<std::unique_ptr<WrCtx[]>> ctx_blocks_;
+  WrCtx* free_ctx_ = nullptr;
+  std::vector<Completion> comps_;
+};
+
+}  // namespace trellis

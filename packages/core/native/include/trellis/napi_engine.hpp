@@ -1,0 +1,366 @@
+// Trellis native engine kit — the N-API skin over Engine, shared by every native backend.
+//
+// A backend provides `Factory::create(const Napi::Object& opts, std::string* err)` returning its
+// domains, and declares the module with TRELLIS_NAPI_MODULE(Factory). The TypeScript side
+// (EngineBase subclass) owns validation and settlement; this class only moves plain data.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "engine.hpp"
+
+namespace trellis {
+
+inline uint32_t u32(const Napi::Value& v) { return v.As<Napi::Number>().Uint32Value(); }
+inline uint64_t u64(const Napi::Value& v) { return static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue()); }
+
+inline void read_keys(const Napi::BigUint64Array& keys, size_t at, RemoteKey out[4]) {
+  for (size_t l = 0; l < 4; l++) {
+    out[l].addr = keys[at + 2 * l];
+    out[l].key = keys[at + 2 * l + 1];
+  }
+}
+
+template <typename Factory>
+class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    using W = NapiEngine<Factory>;
+    return W::DefineClass(env, "NativeEngine",
+                          {
+                              W::InstanceMethod("addresses", &W::Addresses),
+                              W::InstanceMethod("providers", &W::Providers),
+                              W::InstanceMethod("addPeer", &W::AddPeer),
+                              W::InstanceMethod("alloc", &W::Alloc),
+                              W::InstanceMethod("register", &W::Register),
+                              W::InstanceMethod("deregister", &W::Deregister),
+                              W::InstanceMethod("write", &W::Write),
+                              W::InstanceMethod("send", &W::Send),
+                              W::InstanceMethod("cancel", &W::Cancel),
+                              W::InstanceMethod("watch", &W::Watch),
+                              W::InstanceMethod("unwatch", &W::Unwatch),
+                              W::InstanceMethod("stats", &W::Stats),
+                              W::InstanceMethod("close", &W::Close),
+                          });
+  }
+
+  NapiEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NapiEngine<Factory>>(info) {
+    Napi::Env env = info.Env();
+    Napi::Object opts = info[0].As<Napi::Object>();
+    std::string err;
+    auto domains = Factory::create(opts, &err);
+    if (!err.empty()) {
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return;
+    }
+    EngineOptions eo;
+    auto num = [&](const char* k, uint32_t dflt) {
+      return opts.Has(k) && opts.Get(k).IsNumber() ? u32(opts.Get(k)) : dflt;
+    };
+    eo.cpu = opts.Has("cpu") && opts.Get("cpu").IsNumber() ? opts.Get("cpu").As<Napi::Number>().Int32Value() : -1;
+    eo.op_timeout_ms = num("opTimeoutMs", eo.op_timeout_ms);
+    eo.idle_spin_us = num("idleSpinUs", eo.idle_spin_us);
+    eo.max_sleep_us = num("maxSleepUs", eo.max_sleep_us);
+    eo.max_inflight = num("maxInflight", eo.max_inflight);
+    eo.recv_bytes = num("recvBytes", static_cast<uint32_t>(eo.recv_bytes));
+    eo.recv_count = num("recvCount", eo.recv_count);
+    eo.send_buffers = num("sendBuffers", eo.send_buffers);
+
+    last_cb_ = Napi::Persistent(info[1].As<Napi::Function>());
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "trellis-events", 0, 1);
+    engine_ = std::make_unique<Engine>(std::move(domains), eo, [this] {
+      // Non-blocking: the doorbell is rung at most once per drained batch.
+      tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function cb) { Deliver(env, cb); });
+    });
+    err = engine_->start();
+    if (!err.empty()) {
+      engine_.reset();
+      tsfn_.Release();
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+    }
+  }
+
+  ~NapiEngine() override { Shutdown(); }
+
+ private:
+  void Shutdown() {
+    if (!engine_) return;
+    engine_->stop();
+    engine_.reset();
+    tsfn_.Release();
+  }
+
+  bool Alive(const Napi::CallbackInfo& info) {
+    if (engine_) return true;
+    Napi::Error::New(info.Env(), "the native engine is closed").ThrowAsJavaScriptException();
+    return false;
+  }
+
+  // JS thread: hand one batch of events to the TypeScript side.
+  void Deliver(Napi::Env env, Napi::Function cb) {
+    if (!engine_) return;
+    Events ev = engine_->drain();
+    if (ev.empty()) return;
+    Napi::Object o = Napi::Object::New(env);
+    Napi::Array ops = Napi::Array::New(env, ev.ops.size());
+    for (size_t i = 0; i < ev.ops.size(); i++) {
+      const OpDone& d = ev.ops[i];
+      Napi::Array a = Napi::Array::New(env, 5);
+      a.Set(0u, d.op);
+      a.Set(1u, code_name(d.code));
+      a.Set(2u, d.err);
+      a.Set(3u, d.nic);
+      a.Set(4u, d.message);
+      ops.Set(i, a);
+    }
+    o.Set("ops", ops);
+    Napi::Array regs = Napi::Array::New(env, ev.regs.size());
+    for (size_t i = 0; i < ev.regs.size(); i++) {
+      const RegDone& r = ev.regs[i];
+      Napi::Object x = Napi::Object::New(env);
+      x.Set("region", r.region);
+      x.Set("code", code_name(r.code));
+      x.Set("message", r.message);
+      Napi::BigUint64Array keys = Napi::BigUint64Array::New(env, r.keys.size() * 2);
+      for (size_t k = 0; k < r.keys.size(); k++) {
+        keys[2 * k] = r.keys[k].addr;
+        keys[2 * k + 1] = r.keys[k].key;
+      }
+      x.Set("keys", keys);
+      regs.Set(i, x);
+    }
+    o.Set("regs", regs);
+    Napi::Uint32Array imms = Napi::Uint32Array::New(env, ev.imms.size() * 2);
+    for (size_t i = 0; i < ev.imms.size(); i++) {
+      imms[2 * i] = ev.imms[i].first;
+      imms[2 * i + 1] = ev.imms[i].second;
+    }
+    o.Set("imms", imms);
+    Napi::Array recvs = Napi::Array::New(env, ev.recvs.size());
+    for (size_t i = 0; i < ev.recvs.size(); i++) {
+      recvs.Set(i, Napi::Buffer<uint8_t>::Copy(env, ev.recvs[i].data(), ev.recvs[i].size()));
+    }
+    o.Set("recvs", recvs);
+    Napi::Array watches = Napi::Array::New(env, ev.watches.size());
+    for (size_t i = 0; i < ev.watches.size(); i++) {
+      Napi::Array a = Napi::Array::New(env, 3);
+      a.Set(0u, ev.watches[i].id);
+      a.Set(1u, Napi::BigInt::New(env, ev.watches[i].value));
+      a.Set(2u, Napi::BigInt::New(env, ev.watches[i].prev));
+      watches.Set(i, a);
+    }
+    o.Set("watches", watches);
+    cb.Call({o});
+  }
+
+  Napi::Value Addresses(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Napi::Array a = Napi::Array::New(info.Env(), engine_->nics());
+    for (size_t i = 0; i < engine_->nics(); i++) {
+      auto bytes = engine_->domain(i).address();
+      a.Set(i, Napi::Buffer<uint8_t>::Copy(info.Env(), bytes.data(), bytes.size()));
+    }
+    return a;
+  }
+
+  Napi::Value Providers(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Napi::Array a = Napi::Array::New(info.Env(), engine_->nics());
+    for (size_t i = 0; i < engine_->nics(); i++) {
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("provider", engine_->domain(i).provider());
+      o.Set("path", engine_->domain(i).path());
+      a.Set(i, o);
+    }
+    return a;
+  }
+
+  // addPeer(id, addrs: Buffer[])
+  Napi::Value AddPeer(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::AddPeer);
+    c.id = u32(info[0]);
+    Napi::Array arr = info[1].As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Uint8Array b = arr.Get(i).As<Napi::Uint8Array>();
+      c.addrs.emplace_back(b.Data(), b.Data() + b.ByteLength());
+    }
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // alloc(length) → ArrayBuffer of page-aligned memory, freed when garbage-collected.
+  Napi::Value Alloc(const Napi::CallbackInfo& info) {
+    size_t len = static_cast<size_t>(u64(info[0]));
+    void* p = nullptr;
+    size_t size = len ? len : 1;
+    if (posix_memalign(&p, 4096, size) != 0) {
+      Napi::Error::New(info.Env(), "out of memory allocating " + std::to_string(len) + " bytes").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    std::memset(p, 0, size);
+    return Napi::ArrayBuffer::New(info.Env(), p, len, [](Napi::Env, void* data) { std::free(data); });
+  }
+
+  // register(id, view: Uint8Array, remote)
+  Napi::Value Register(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::Register);
+    c.id = u32(info[0]);
+    // A Uint8Array view (over an ArrayBuffer or a SharedArrayBuffer): its data pointer is the region.
+    Napi::Uint8Array view = info[1].As<Napi::Uint8Array>();
+    c.ptr = view.Data();
+    c.len = view.ByteLength();
+    c.remote = info[2].As<Napi::Boolean>().Value();
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Deregister(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::Deregister);
+    c.id = u32(info[0]);
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // write(op, region, hasImm, imm, runs: Float64Array (8 per run), runKeys: BigUint64Array (8 per run), pages?)
+  // run: [peer, lane0, lanes, shards, srcOff, dstOff, len, zero]
+  // pages: {peer, lanes, srcPages, dstPages, srcStride, dstStride, srcOff, dstOff, pageBytes, keys: BigUint64Array(8)}
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    auto w = std::make_unique<WriteCmd>();
+    w->op = u32(info[0]);
+    w->region = u32(info[1]);
+    w->has_imm = info[2].As<Napi::Boolean>().Value();
+    w->imm = u32(info[3]);
+    Napi::Float64Array runs = info[4].As<Napi::Float64Array>();
+    Napi::BigUint64Array keys = info[5].As<Napi::BigUint64Array>();
+    size_t n = runs.ElementLength() / 8;
+    w->runs.resize(n);
+    for (size_t i = 0; i < n; i++) {
+      Run& r = w->runs[i];
+      const double* v = runs.Data() + 8 * i;
+      r.peer = static_cast<uint32_t>(v[0]);
+      r.lane0 = static_cast<uint8_t>(v[1]);
+      r.lanes = static_cast<uint8_t>(v[2]);
+      r.shards = static_cast<uint32_t>(v[3]);
+      r.src_off = static_cast<uint64_t>(v[4]);
+      r.dst_off = static_cast<uint64_t>(v[5]);
+      r.len = static_cast<uint64_t>(v[6]);
+      r.zero = v[7] != 0;
+      read_keys(keys, 8 * i, r.keys);
+    }
+    if (info.Length() > 6 && info[6].IsObject()) {
+      Napi::Object p = info[6].As<Napi::Object>();
+      auto pg = std::make_unique<Pages>();
+      pg->peer = u32(p.Get("peer"));
+      pg->lanes = static_cast<uint8_t>(u32(p.Get("lanes")));
+      Napi::Uint32Array sp = p.Get("srcPages").As<Napi::Uint32Array>();
+      Napi::Uint32Array dp = p.Get("dstPages").As<Napi::Uint32Array>();
+      pg->src_pages.assign(sp.Data(), sp.Data() + sp.ElementLength());
+      pg->dst_pages.assign(dp.Data(), dp.Data() + dp.ElementLength());
+      pg->src_stride = u64(p.Get("srcStride"));
+      pg->dst_stride = u64(p.Get("dstStride"));
+      pg->src_off = u64(p.Get("srcOffset"));
+      pg->dst_off = u64(p.Get("dstOffset"));
+      pg->page_bytes = u64(p.Get("pageBytes"));
+      read_keys(p.Get("keys").As<Napi::BigUint64Array>(), 0, pg->keys);
+      w->pages = std::move(pg);
+    }
+    Cmd c(CmdKind::Write);
+    c.write = std::move(w);
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // send(op, peer, bytes)
+  Napi::Value Send(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::Send);
+    c.id = u32(info[0]);
+    c.peer = u32(info[1]);
+    Napi::Uint8Array b = info[2].As<Napi::Uint8Array>();
+    c.data.assign(b.Data(), b.Data() + b.ByteLength());
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // cancel(op, "TIMEOUT"|"ABORTED")
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::Cancel);
+    c.id = u32(info[0]);
+    c.code = info[1].As<Napi::String>().Utf8Value() == "TIMEOUT" ? Code::Timeout : Code::Aborted;
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // watch(id, view: Uint8Array of 8 bytes) — the worker reads it as a 64-bit word
+  Napi::Value Watch(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::AddWatch);
+    c.id = u32(info[0]);
+    c.ptr = info[1].As<Napi::Uint8Array>().Data();
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unwatch(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::RemoveWatch);
+    c.id = u32(info[0]);
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    size_t n = engine_->nics();
+    Napi::Float64Array a = Napi::Float64Array::New(info.Env(), n * 8);
+    for (size_t i = 0; i < n; i++) {
+      NicCounters& c = engine_->counters(i);
+      double* v = a.Data() + 8 * i;
+      v[0] = static_cast<double>(c.bytes_written.load());
+      v[1] = static_cast<double>(c.write_ops.load());
+      v[2] = static_cast<double>(c.bytes_sent.load());
+      v[3] = static_cast<double>(c.send_ops.load());
+      v[4] = static_cast<double>(c.bytes_received.load());
+      v[5] = static_cast<double>(c.recv_ops.load());
+      v[6] = static_cast<double>(c.imms_received.load());
+      v[7] = static_cast<double>(c.errors.load());
+    }
+    return a;
+  }
+
+  // close(): stops the worker (pending operations are reported CLOSED in a last batch).
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (engine_) {
+      engine_->stop();
+      // Deliver the last batch synchronously: the worker is gone, so nothing races it.
+      Deliver(info.Env(), last_cb_.Value());
+      engine_.reset();
+      tsfn_.Release();
+    }
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<Engine> engine_;
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::FunctionReference last_cb_;  // for the final synchronous delivery in close()
+};
+
+}  // namespace trellis
+
+// Declare the addon module of a backend.
+#define TRELLIS_NAPI_MODULE(FACTORY)                                                    \
+  static Napi::Object TrellisInit(Napi::Env env, Napi::Object exports) {              \
+    exports.Set("NativeEngine", trellis::NapiEngine<FACTORY>::Init(env));              \
+    FACTORY::extend(env, exports);                                                     \
+    return exports;                                                                    \
+  }                                                                                    \
+  NODE_API_MODULE(NODE_GYP_MODULE_NAME, TrellisInit)
