@@ -1,0 +1,202 @@
+/*
+ * rma_raw — the baseline for `pnpm bench`: the same libfabric posts the SDK makes, without the SDK.
+ *
+ * Two processes (fork): the child is the target (RDM endpoint, a region registered for remote
+ * writes, a CQ polled for remote CQ data); the parent is the initiator and keeps `window` writes
+ * in flight with fi_writemsg(FI_REMOTE_CQ_DATA | FI_DELIVERY_COMPLETE | FI_COMPLETION), exactly the
+ * flags the Trellis FabricDomain uses. Addresses and keys travel over a pipe.
+ *
+ *   rma_raw <provider> single <bytes> <ops> <window>
+ *   rma_raw <provider> paged <page_bytes> <pages_per_call> <calls> <window>
+ *
+ * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
+ * initiator completion, as the SDK benchmark does.
+ */
+#define _GNU_SOURCE
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHECK(x)                                                                             \
+  do {                                                                                       \
+    int _rc = (int)(x);                                                                      \
+    if (_rc) {                                                                               \
+      fprintf(stderr, "rma_raw: %s failed: %s (%d)\n", #x, fi_strerror(-_rc), _rc);        \
+      exit(1);                                                                               \
+    }                                                                                        \
+  } while (0)
+
+struct ep {
+  struct fi_info *info;
+  struct fid_fabric *fabric;
+  struct fid_domain *domain;
+  struct fid_av *av;
+  struct fid_cq *cq;
+  struct fid_ep *ep;
+  char name[256];
+  size_t namelen;
+};
+
+static void open_ep(struct ep *e, const char *prov) {
+  struct fi_info *hints = fi_allocinfo();
+  hints->caps = FI_MSG | FI_RMA | FI_SEND | FI_RECV | FI_WRITE | FI_REMOTE_WRITE;
+  hints->mode = FI_CONTEXT | FI_CONTEXT2;
+  hints->ep_attr->type = FI_EP_RDM;
+  hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
+  hints->domain_attr->threading = FI_THREAD_DOMAIN;
+  hints->tx_attr->op_flags = FI_DELIVERY_COMPLETE;
+  hints->fabric_attr->prov_name = strdup(prov);
+  CHECK(fi_getinfo(FI_VERSION(1, 15), NULL, NULL, 0, hints, &e->info));
+  fi_freeinfo(hints);
+  CHECK(fi_fabric(e->info->fabric_attr, &e->fabric, NULL));
+  CHECK(fi_domain(e->fabric, e->info, &e->domain, NULL));
+  struct fi_av_attr av = {.type = FI_AV_TABLE};
+  CHECK(fi_av_open(e->domain, &av, &e->av, NULL));
+  struct fi_cq_attr cq = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_NONE};
+  CHECK(fi_cq_open(e->domain, &cq, &e->cq, NULL));
+  CHECK(fi_endpoint(e->domain, e->info, &e->ep, NULL));
+  CHECK(fi_ep_bind(e->ep, &e->av->fid, 0));
+  CHECK(fi_ep_bind(e->ep, &e->cq->fid, FI_TRANSMIT | FI_RECV));
+  CHECK(fi_enable(e->ep));
+  e->namelen = sizeof(e->name);
+  CHECK(fi_getname(&e->ep->fid, e->name, &e->namelen));
+}
+
+static struct fid_mr *reg(struct ep *e, void *buf, size_t len, uint64_t access) {
+  struct fid_mr *mr;
+  CHECK(fi_mr_reg(e->domain, buf, len, access, 0, 1, 0, &mr, NULL));
+  if (e->info->domain_attr->mr_mode & FI_MR_ENDPOINT) {
+    CHECK(fi_mr_bind(mr, &e->ep->fid, 0));
+    CHECK(fi_mr_enable(mr));
+  }
+  return mr;
+}
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+struct hello {
+  char name[256];
+  size_t namelen;
+  uint64_t addr, key;
+};
+
+int main(int argc, char **argv) {
+  if (argc < 6) {
+    fprintf(stderr, "usage: rma_raw <provider> single <bytes> <ops> <window>\n"
+                    "       rma_raw <provider> paged <page_bytes> <pages_per_call> <calls> <window>\n");
+    return 2;
+  }
+  const char *prov = argv[1];
+  int paged = strcmp(argv[2], "paged") == 0;
+  size_t unit = strtoull(argv[3], NULL, 10);
+  uint64_t ops, per_call = 1, window;
+  if (paged) {
+    per_call = strtoull(argv[4], NULL, 10);
+    ops = strtoull(argv[5], NULL, 10) * per_call;
+    window = argc > 6 ? strtoull(argv[6], NULL, 10) : 1024;
+  } else {
+    ops = strtoull(argv[4], NULL, 10);
+    window = strtoull(argv[5], NULL, 10);
+  }
+  /* The same region size the SDK benchmark uses: writes cycle over it. */
+  size_t region = paged ? unit * per_call : (unit < (64u << 20) ? (64u << 20) : unit);
+  int to_init[2], to_target[2];
+  if (pipe(to_init) || pipe(to_target)) return 1;
+  pid_t child = fork();
+  if (child == 0) {
+    /* target */
+    struct ep e;
+    open_ep(&e, prov);
+    void *buf = aligned_alloc(4096, region);
+    memset(buf, 0, region);
+    struct fid_mr *mr = reg(&e, buf, region, FI_REMOTE_WRITE | FI_WRITE);
+    struct hello h = {.namelen = e.namelen, .addr = (e.info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) ? (uint64_t)(uintptr_t)buf : 0, .key = fi_mr_key(mr)};
+    memcpy(h.name, e.name, e.namelen);
+    if (write(to_init[1], &h, sizeof h) != sizeof h) return 1;
+    uint64_t seen = 0;
+    struct fi_cq_data_entry c[64];
+    while (seen < ops) {
+      ssize_t n = fi_cq_read(e.cq, c, 64);
+      if (n > 0) {
+        for (ssize_t i = 0; i < n; i++)
+          if (c[i].flags & FI_REMOTE_CQ_DATA) seen++;
+      } else if (n != -FI_EAGAIN) {
+        struct fi_cq_err_entry err = {0};
+        fi_cq_readerr(e.cq, &err, 0);
+        fprintf(stderr, "rma_raw target: cq error %s\n", fi_strerror(err.err));
+        return 1;
+      }
+    }
+    char done = 1;
+    if (write(to_init[1], &done, 1) != 1) return 1;
+    /* Keep the endpoint alive until the initiator has its completions. */
+    if (read(to_target[0], &done, 1) != 1) return 1;
+    fi_close(&mr->fid);
+    return 0;
+  }
+  /* initiator */
+  struct ep e;
+  open_ep(&e, prov);
+  struct hello h;
+  if (read(to_init[0], &h, sizeof h) != sizeof h) return 1;
+  fi_addr_t peer;
+  if (fi_av_insert(e.av, h.name, 1, &peer, 0, NULL) != 1) return 1;
+  void *buf = aligned_alloc(4096, region);
+  memset(buf, 7, region);
+  struct fid_mr *mr = reg(&e, buf, region, FI_WRITE | FI_SEND);
+  void *desc = fi_mr_desc(mr);
+  struct fi_context2 *ctx = calloc(window, sizeof *ctx);
+  uint64_t posted = 0, completed = 0, inflight = 0;
+  size_t slots = region / unit;
+  struct fi_cq_data_entry c[64];
+  double t0 = now();
+  while (completed < ops) {
+    while (posted < ops && inflight < window) {
+      uint64_t slot = posted % slots;
+      struct iovec iov = {(char *)buf + slot * unit, unit};
+      struct fi_rma_iov rma = {h.addr + slot * unit, unit, h.key};
+      struct fi_msg_rma msg = {.msg_iov = &iov, .desc = &desc, .iov_count = 1, .addr = peer, .rma_iov = &rma,
+                               .rma_iov_count = 1, .context = &ctx[posted % window], .data = 1};
+      ssize_t rc = fi_writemsg(e.ep, &msg, FI_REMOTE_CQ_DATA | FI_DELIVERY_COMPLETE | FI_COMPLETION);
+      if (rc == -FI_EAGAIN) break;
+      if (rc) {
+        fprintf(stderr, "rma_raw: fi_writemsg: %s\n", fi_strerror((int)-rc));
+        return 1;
+      }
+      posted++;
+      inflight++;
+    }
+    ssize_t n = fi_cq_read(e.cq, c, 64);
+    if (n > 0) {
+      completed += (uint64_t)n;
+      inflight -= (uint64_t)n;
+    } else if (n != -FI_EAGAIN) {
+      struct fi_cq_err_entry err = {0};
+      fi_cq_readerr(e.cq, &err, 0);
+      fprintf(stderr, "rma_raw initiator: cq error %s\n", fi_strerror(err.err));
+      return 1;
+    }
+  }
+  double t1 = now();
+  char done;
+  if (read(to_init[0], &done, 1) != 1) return 1;
+  if (write(to_target[1], &done, 1) != 1) return 1;
+  waitpid(child, NULL, 0);
+  printf("{\"ops\":%llu,\"bytes\":%llu,\"seconds\":%.9f}\n", (unsigned long long)ops, (unsigned long long)(ops * unit), t1 - t0);
+  fi_close(&mr->fid);
+  return 0;
+}

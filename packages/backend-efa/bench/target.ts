@@ -1,0 +1,27 @@
+// The target process of the SDK benchmark: an engine with a region registered for remote writes.
+// stdin/stdout JSON lines: {"expect": n} → counts n arrivals of imm 1 → {"done": n}.
+import { createInterface } from 'node:readline';
+import { createEngine, type Provider } from '@trellis/backend-efa';
+
+const { provider, size, nics } = JSON.parse(process.argv[2]!) as {
+  provider: Provider;
+  size: number;
+  nics: number;
+};
+const engine = await createEngine({
+  provider,
+  nics,
+  maxSleepUs: Number(process.env.TRELLIS_BENCH_SLEEP_US ?? 1000),
+});
+const region = await engine.registerMemory(size, { remote: true });
+process.stdout.write(`${JSON.stringify({ desc: region.desc.toString() })}\n`);
+for await (const line of createInterface({ input: process.stdin })) {
+  const m = JSON.parse(line) as { expect?: number; exit?: boolean };
+  if (m.expect !== undefined) {
+    await engine.immCounter(1).wait(m.expect);
+    process.stdout.write(`${JSON.stringify({ done: m.expect })}\n`);
+  }
+  if (m.exit) break;
+}
+await engine.close();
+process.exit(0);

@@ -1,0 +1,113 @@
+import { MrDesc, NetAddr, TrellisError } from '@trellis/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createEngine, type EfaEngine, fabricVersion, probeProviders } from '../src/index.js';
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'resolved';
+  } catch (e) {
+    return e instanceof TrellisError ? `${e.code}: ${e.message}` : `non-trellis: ${String(e)}`;
+  }
+}
+
+const open: EfaEngine[] = [];
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((e) => e.close()));
+});
+async function engine(opts: Parameters<typeof createEngine>[0]): Promise<EfaEngine> {
+  const e = await createEngine(opts);
+  open.push(e);
+  return e;
+}
+
+describe('backend-efa: providers and options', () => {
+  it('reports the libfabric version and what each provider offers on this host', () => {
+    expect(fabricVersion()).toMatch(/^1\.\d+$/);
+    const probes = probeProviders();
+    expect(probes.map((p) => p.provider)).toEqual(['efa', 'shm', 'tcp;ofi_rxm']);
+    const shm = probes.find((p) => p.provider === 'shm')!;
+    expect([shm.error, shm.rma, shm.remoteCqData]).toEqual(['', true, true]);
+    // No EFA device exists on the machines this runs on; the probe says so instead of pretending.
+    const efa = probes.find((p) => p.provider === 'efa')!;
+    expect(efa.error).not.toBe('');
+  });
+
+  it('names the provider and path of every NIC, and the kind by provider', async () => {
+    const s = await engine({ provider: 'shm', nics: 2 });
+    expect(s.kind).toBe('fi-shm');
+    expect(s.provider).toBe('shm');
+    expect(s.stats().nics.map((n) => [n.index, n.provider, n.path])).toEqual([
+      [0, 'shm', 'host'],
+      [1, 'shm', 'host'],
+    ]);
+    const t = await engine({ provider: 'tcp' });
+    expect(t.kind).toBe('fi-tcp');
+    expect(t.stats().nics[0]!.provider).toBe('tcp;ofi_rxm');
+    expect(t.address.nics).toHaveLength(1);
+  });
+
+  it('a provider that is not there fails with UNSUPPORTED and says how to look', async () => {
+    const msg = await code(createEngine({ provider: 'efa' }));
+    expect(msg).toMatch(/^UNSUPPORTED: createEngine: libfabric provider 'efa' is not available/);
+    expect(msg).toMatch(/fi_info -l/);
+    // strict auto means efa or nothing: no silent fallback to tcp
+    expect(await code(createEngine({ strict: true }))).toMatch(/^UNSUPPORTED: .*'efa'/);
+  });
+
+  it('auto falls back to tcp;ofi_rxm when there is no EFA (not strict)', async () => {
+    const e = await engine({});
+    expect(e.provider).toBe('tcp;ofi_rxm');
+  });
+
+  it('rejects bad options with INVALID_ARGUMENT', async () => {
+    expect(await code(createEngine({ nics: 5 }))).toMatch(
+      /^INVALID_ARGUMENT: createEngine: nics must be an integer in 1\.\.4/,
+    );
+    expect(await code(createEngine({ nics: 0 }))).toMatch(/^INVALID_ARGUMENT/);
+    expect(await code(createEngine({ provider: 'verbs' as never }))).toMatch(
+      /^INVALID_ARGUMENT: createEngine: provider must be/,
+    );
+  });
+
+  it('a descriptor from an engine of another provider is refused before posting', async () => {
+    const s = await engine({ provider: 'shm' });
+    const t = await engine({ provider: 'tcp' });
+    const src = await s.registerMemory(64);
+    const dst = await t.registerMemory(64, { remote: true });
+    expect(await code(s.submitSingleWrite({ src, length: 64, dst: dst.desc, imm: 1 }))).toMatch(
+      /^INVALID_DESCRIPTOR: submitSingleWrite: dst comes from a 'fi-tcp' engine but this is a 'fi-shm' engine/,
+    );
+    expect(s.stats().ops.submitted).toBe(0);
+  });
+
+  it('an address that is not a libfabric endpoint is an UNKNOWN_PEER', async () => {
+    const s = await engine({ provider: 'shm' });
+    const bogus = new NetAddr('fi-shm', 1, [Uint8Array.of(1, 2, 3)]);
+    expect(await code(s.submitImm({ dst: bogus, imm: 1 }))).toMatch(
+      /^UNKNOWN_PEER: .*not a libfabric endpoint address/,
+    );
+  });
+
+  it('the engine deadline settles writes to a peer that never answers (tcp, nobody listening)', async () => {
+    const a = await engine({ provider: 'tcp', opTimeoutMs: 1500 });
+    const gone = await createEngine({ provider: 'tcp' });
+    const dst = await gone.registerMemory(64, { remote: true });
+    const desc = MrDesc.parse(dst.desc.toString());
+    // Close the target in a way this process does not know about: forget it was closed here by
+    // rebuilding its address with another generation, so only the wire can tell.
+    await gone.close();
+    const stale = new MrDesc(
+      new NetAddr(desc.owner.kind, desc.owner.generation + 1, desc.owner.nics),
+      desc.base,
+      desc.length,
+      desc.nics,
+    );
+    const src = await a.registerMemory(64);
+    const t0 = Date.now();
+    const outcome = await code(a.submitSingleWrite({ src, length: 64, dst: stale, imm: 1 }));
+    expect(outcome).toMatch(/^(PEER_LOST|TIMEOUT|PROVIDER_ERROR): /);
+    expect(Date.now() - t0).toBeLessThan(1500 + 3000);
+    expect(a.stats().ops.inFlight).toBe(0);
+  });
+});
