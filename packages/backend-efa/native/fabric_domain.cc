@@ -112,9 +112,23 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   if ((rc = fi_av_open(d->domain_, &av_attr, &d->av_, nullptr))) return fail("fi_av_open", rc);
   fi_cq_attr cq_attr{};
   cq_attr.format = FI_CQ_FORMAT_DATA;
-  cq_attr.wait_obj = FI_WAIT_NONE;
   cq_attr.size = 0;
-  if ((rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr))) return fail("fi_cq_open", rc);
+  // A CQ with a file descriptor lets an idle engine block instead of polling; not every
+  // provider has one (then FI_WAIT_NONE and the engine polls with short sleeps).
+  cq_attr.wait_obj = FI_WAIT_FD;
+  if (fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr) == 0) {
+    int fd = -1;
+    if (fi_control(&d->cq_->fid, FI_GETWAIT, &fd) == 0 && fd >= 0) {
+      d->wait_fd_ = fd;
+    } else {
+      fi_close(&d->cq_->fid);
+      d->cq_ = nullptr;
+    }
+  }
+  if (!d->cq_) {
+    cq_attr.wait_obj = FI_WAIT_NONE;
+    if ((rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr))) return fail("fi_cq_open", rc);
+  }
   if ((rc = fi_endpoint(d->domain_, d->info_, &d->ep_, nullptr))) return fail("fi_endpoint", rc);
   if ((rc = fi_ep_bind(d->ep_, &d->av_->fid, 0))) return fail("fi_ep_bind(av)", rc);
   if ((rc = fi_ep_bind(d->ep_, &d->cq_->fid, FI_TRANSMIT | FI_RECV))) return fail("fi_ep_bind(cq)", rc);
@@ -299,6 +313,12 @@ int FabricDomain::poll(std::vector<Completion>& out, int max) {
     return 1;
   }
   return static_cast<int>(n);
+}
+
+bool FabricDomain::try_wait() {
+  if (wait_fd_ < 0) return false;
+  fid* f = &cq_->fid;
+  return fi_trywait(fabric_, &f, 1) == FI_SUCCESS;
 }
 
 std::string FabricDomain::strerror(int err) const { return provider_ + ": " + fi_err(err); }

@@ -53,6 +53,8 @@ class FabricDomain final : public trellis::Domain {
   std::string strerror(int err) const override;
   trellis::Code classify(int err) const override;
   size_t max_msg_size() const override { return max_msg_; }
+  int wait_fd() const override { return wait_fd_; }
+  bool try_wait() override;
 
  private:
   FabricDomain() = default;
@@ -68,7 +70,8 @@ class FabricDomain final : public trellis::Domain {
   uint64_t next_key_ = 1;
   size_t max_msg_ = 0;
   uint64_t write_flags_ = 0;
-  bool zero_needs_byte_ = false;  // provider quirk: see post_write
+  bool zero_needs_byte_ = false;
+  int wait_fd_ = -1;  // provider quirk: see post_write
   // The sink: a small region every peer may write zero-byte immediates into.
   std::vector<uint8_t> sink_;
   trellis::LocalMr sink_mr_;

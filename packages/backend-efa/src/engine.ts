@@ -47,6 +47,11 @@ export interface EfaEngineOptions {
   maxSleepUs?: number;
   /** Most work requests in flight per NIC (default 1024). */
   maxInflight?: number;
+  /**
+   * Wake JS at most once per this many µs (default 0: as soon as the last batch was taken). A few
+   * tens of µs make batches larger and leave more CPU to the worker when JS shares few cores.
+   */
+  doorbellUs?: number;
   limits?: Partial<EngineLimits>;
 }
 
@@ -125,6 +130,7 @@ export class EfaEngine extends EngineBase {
           idleSpinUs: opts.idleSpinUs,
           maxSleepUs: opts.maxSleepUs,
           maxInflight: opts.maxInflight,
+          doorbellUs: opts.doorbellUs,
           recvBytes: limits.maxMessageBytes + MSG_HEADER,
         },
         (e) => this.onEvents(e),

@@ -60,6 +60,7 @@ export interface NativeEngineOptions {
   idleSpinUs?: number;
   maxSleepUs?: number;
   maxInflight?: number;
+  doorbellUs?: number;
   recvBytes?: number;
 }
 

@@ -112,6 +112,11 @@ class Domain {
   virtual Code classify(int err) const = 0;
   // Largest message this domain sends in one go.
   virtual size_t max_msg_size() const = 0;
+  // A file descriptor that becomes readable when the CQ has work, or -1 if the provider has none
+  // (then the engine polls with short sleeps when idle).
+  virtual int wait_fd() const { return -1; }
+  // Called right before blocking on wait_fd(): false if the CQ must be polled first (fi_trywait).
+  virtual bool try_wait() { return false; }
 };
 
 }  // namespace trellis

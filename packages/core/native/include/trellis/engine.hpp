@@ -29,6 +29,9 @@
 #ifdef __linux__
 #include <pthread.h>
 #include <sched.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #endif
 
 namespace trellis {
@@ -130,6 +133,7 @@ struct EngineOptions {
   size_t recv_bytes = 64 * 1024 + 1024;
   uint32_t recv_count = 64;
   uint32_t send_buffers = 64;
+  uint32_t doorbell_us = 0;       // ring JS at most once per this many µs (0: as soon as JS drained)
 };
 
 class Engine {
@@ -144,12 +148,19 @@ class Engine {
     }
   }
 
-  ~Engine() { stop(); }
+  ~Engine() {
+    stop();
+#ifdef __linux__
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+    if (event_fd_ >= 0) ::close(event_fd_);
+#endif
+  }
 
   // Register the receive and send bounce buffers and start the worker. Returns "" or an error.
   std::string start() {
     std::string err = setup_buffers();
     if (!err.empty()) return err;
+    setup_wait();
     worker_ = std::thread([this] { run(); });
     return "";
   }
@@ -163,8 +174,9 @@ class Engine {
     {
       std::lock_guard<std::mutex> g(cmd_mu_);
       cmds_.push_back(std::move(c));
+      cmds_pending_.store(true, std::memory_order_release);
     }
-    cmd_cv_.notify_one();
+    wake();
   }
 
   // JS thread: take everything that happened since the last drain.
@@ -180,7 +192,7 @@ class Engine {
   void stop() {
     if (!worker_.joinable()) return;
     stopping_.store(true);
-    cmd_cv_.notify_one();
+    wake();
     worker_.join();
   }
 
@@ -211,6 +223,7 @@ class Engine {
   };
   struct Gen {  // lazy work-request generator over one command
     std::shared_ptr<WriteCmd> cmd;
+    OpState* st = nullptr;  // stable: unordered_map nodes do not move
     size_t run = 0;
     uint64_t idx = 0;  // shard within run, or page
     bool in_pages = false;
@@ -299,12 +312,16 @@ class Engine {
     std::vector<Cmd> batch;
     while (!stopping_.load(std::memory_order_relaxed)) {
       bool active = false;
-      {
-        std::unique_lock<std::mutex> g(cmd_mu_);
-        if (cmds_.empty() && idle() && clock::now() - last_active > std::chrono::microseconds(opts_.idle_spin_us)) {
-          cmd_cv_.wait_for(g, std::chrono::microseconds(opts_.max_sleep_us));
-        }
+      auto now = clock::now();
+      if (idle() && now - last_active > std::chrono::microseconds(opts_.idle_spin_us)) {
+        wait_idle();
+        now = clock::now();
+      }
+      // The lock is taken only when JS pushed something: a spinning worker stays off it.
+      if (cmds_pending_.load(std::memory_order_acquire)) {
+        std::lock_guard<std::mutex> g(cmd_mu_);
         batch.swap(cmds_);
+        cmds_pending_.store(false, std::memory_order_relaxed);
       }
       for (auto& c : batch) {
         handle(c);
@@ -313,8 +330,7 @@ class Engine {
       batch.clear();
       if (pump()) active = true;
       if (poll_all()) active = true;
-      if (check_watches()) active = true;
-      auto now = clock::now();
+      if (!watches_.empty() && check_watches()) active = true;
       if (now - last_deadline_check > std::chrono::milliseconds(5)) {
         check_deadlines(now);
         last_deadline_check = now;
@@ -323,6 +339,66 @@ class Engine {
       flush();
     }
     shutdown();
+  }
+
+  // -------------------------------------------------------------------------------- idling
+  // With a wait fd on every domain (tcp), an idle worker blocks in epoll on the CQs and an eventfd
+  // that push() rings: no CPU when idle, no added latency. Otherwise (shm, efa) it sleeps at most
+  // max_sleep_us between polls.
+  void setup_wait() {
+#ifdef __linux__
+    if (!watches_.empty()) return;
+    for (auto& d : domains_)
+      if (d->wait_fd() < 0) return;
+    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+    event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (epoll_fd_ < 0 || event_fd_ < 0) return;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = event_fd_;
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &ev);
+    for (auto& d : domains_) {
+      ev.data.fd = d->wait_fd();
+      epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, d->wait_fd(), &ev);
+    }
+    use_epoll_ = true;
+#endif
+  }
+
+  void wake() {
+#ifdef __linux__
+    if (in_wait_.load(std::memory_order_seq_cst)) {
+      uint64_t one = 1;
+      ssize_t r = ::write(event_fd_, &one, sizeof one);
+      (void)r;
+    }
+#endif
+    cmd_cv_.notify_one();
+  }
+
+  void wait_idle() {
+    std::unique_lock<std::mutex> g(cmd_mu_);
+    if (!cmds_.empty() || stopping_.load()) return;
+#ifdef __linux__
+    if (use_epoll_ && watches_.empty()) {
+      in_wait_.store(true, std::memory_order_seq_cst);
+      bool empty = cmds_.empty();
+      g.unlock();
+      bool can_block = empty;
+      for (auto& d : domains_) can_block = can_block && d->try_wait();
+      if (can_block) {
+        epoll_event evs[8];
+        // Bounded so that deadlines are still checked.
+        epoll_wait(epoll_fd_, evs, 8, 10);
+        uint64_t drain;
+        ssize_t r = ::read(event_fd_, &drain, sizeof drain);
+        (void)r;
+      }
+      in_wait_.store(false, std::memory_order_seq_cst);
+      return;
+    }
+#endif
+    cmd_cv_.wait_for(g, std::chrono::microseconds(opts_.max_sleep_us));
   }
 
   bool idle() const {
@@ -438,8 +514,8 @@ class Engine {
       report(op, st, st.code, 0, -1, st.message);
       return;
     }
-    ops_.emplace(op, std::move(st));
     Gen g;
+    g.st = &ops_.emplace(op, std::move(st)).first->second;
     g.cmd = std::shared_ptr<WriteCmd>(std::move(w));
     g.in_pages = g.cmd->runs.empty();
     backlog_.push_back(std::move(g));
@@ -603,8 +679,7 @@ class Engine {
         wr_failed(w.op, lane, domains_[lane]->classify(-rc), -rc, domains_[lane]->strerror(rc));
       } else {
         inflight_[lane]++;
-        auto it = ops_.find(w.op);
-        if (it != ops_.end()) it->second.posted_open++;
+        g.st->posted_open++;
       }
       if (advance(g)) backlog_.pop_front();
     }
@@ -805,10 +880,20 @@ class Engine {
   void push_event(F&& f) {
     std::lock_guard<std::mutex> g(ev_mu_);
     f(events_);
+    events_dirty_ = true;
   }
 
   // One doorbell per batch: ring only when JS has drained everything rung before.
   void flush() {
+    // Nothing new since the last flush: either JS already has a doorbell pending (its drain takes
+    // everything queued until then) or there is nothing to deliver.
+    if (!events_dirty_) return;
+    if (opts_.doorbell_us) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_ring_ < std::chrono::microseconds(opts_.doorbell_us)) return;  // stays dirty
+      last_ring_ = now;
+    }
+    events_dirty_ = false;
     bool ring = false;
     {
       std::lock_guard<std::mutex> g(ev_mu_);
@@ -831,7 +916,13 @@ class Engine {
   std::condition_variable cmd_cv_;
   std::vector<Cmd> cmds_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> in_wait_{false};
+  std::atomic<bool> cmds_pending_{false};
+  bool events_dirty_ = false;     // worker-only
+  std::chrono::steady_clock::time_point last_ring_{};
   std::thread worker_;
+  int epoll_fd_ = -1, event_fd_ = -1;
+  bool use_epoll_ = false;
 
   std::mutex ev_mu_;
   Events events_;

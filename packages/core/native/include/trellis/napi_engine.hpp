@@ -69,6 +69,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     eo.recv_bytes = num("recvBytes", static_cast<uint32_t>(eo.recv_bytes));
     eo.recv_count = num("recvCount", eo.recv_count);
     eo.send_buffers = num("sendBuffers", eo.send_buffers);
+    eo.doorbell_us = num("doorbellUs", eo.doorbell_us);
 
     last_cb_ = Napi::Persistent(info[1].As<Napi::Function>());
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "trellis-events", 0, 1);
