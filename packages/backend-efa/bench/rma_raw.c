@@ -8,9 +8,12 @@
  *
  *   rma_raw <provider> single <bytes> <ops> <window>
  *   rma_raw <provider> paged <page_bytes> <pages_per_call> <calls> <window>
+ *   rma_raw <provider> pingpong <iterations>
  *
  * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
- * initiator completion, as the SDK benchmark does.
+ * initiator completion, as the SDK benchmark does. pingpong: each side answers an immediate with
+ * an immediate (a 1-byte write with remote CQ data: shm never completes empty writes); prints
+ * {"iterations":N,"median_us":M,"p99_us":P}.
  */
 #define _GNU_SOURCE
 #include <rdma/fabric.h>
@@ -94,7 +97,87 @@ struct hello {
   uint64_t addr, key;
 };
 
+/* Wait for one remote-CQ-data arrival; other completions (our own writes) are drained on the way. */
+static void wait_imm(struct ep *e) {
+  struct fi_cq_data_entry c;
+  for (;;) {
+    ssize_t n = fi_cq_read(e->cq, &c, 1);
+    if (n == 1 && (c.flags & FI_REMOTE_CQ_DATA)) return;
+    if (n < 0 && n != -FI_EAGAIN) {
+      struct fi_cq_err_entry err = {0};
+      fi_cq_readerr(e->cq, &err, 0);
+      fprintf(stderr, "rma_raw pingpong: cq error %s\n", fi_strerror(err.err));
+      exit(1);
+    }
+  }
+}
+
+static void send_imm(struct ep *e, fi_addr_t peer, void *buf, void *desc, struct hello *h, struct fi_context2 *ctx) {
+  struct iovec iov = {buf, 1};
+  struct fi_rma_iov rma = {h->addr, 1, h->key};
+  struct fi_msg_rma msg = {.msg_iov = &iov, .desc = &desc, .iov_count = 1, .addr = peer, .rma_iov = &rma, .rma_iov_count = 1, .context = ctx, .data = 2};
+  ssize_t rc;
+  while ((rc = fi_writemsg(e->ep, &msg, FI_REMOTE_CQ_DATA | FI_DELIVERY_COMPLETE | FI_COMPLETION)) == -FI_EAGAIN) {
+    struct fi_cq_data_entry c;
+    fi_cq_read(e->cq, &c, 0);
+  }
+  if (rc) {
+    fprintf(stderr, "rma_raw pingpong: fi_writemsg: %s\n", fi_strerror((int)-rc));
+    exit(1);
+  }
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int pingpong(const char *prov, uint64_t iters) {
+  int to_init[2], to_target[2];
+  if (pipe(to_init) || pipe(to_target)) return 1;
+  pid_t child = fork();
+  struct ep e;
+  open_ep(&e, prov);
+  void *buf = aligned_alloc(4096, 4096);
+  memset(buf, 0, 4096);
+  struct fid_mr *mr = reg(&e, buf, 4096, FI_REMOTE_WRITE | FI_WRITE);
+  struct hello mine = {.namelen = e.namelen, .addr = (e.info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) ? (uint64_t)(uintptr_t)buf : 0, .key = fi_mr_key(mr)};
+  memcpy(mine.name, e.name, e.namelen);
+  struct hello theirs;
+  int out = child == 0 ? to_init[1] : to_target[1];
+  int in = child == 0 ? to_target[0] : to_init[0];
+  if (write(out, &mine, sizeof mine) != sizeof mine || read(in, &theirs, sizeof theirs) != sizeof theirs) return 1;
+  fi_addr_t peer;
+  if (fi_av_insert(e.av, theirs.name, 1, &peer, 0, NULL) != 1) return 1;
+  void *desc = fi_mr_desc(mr);
+  struct fi_context2 ctx;
+  double *rtt = calloc(iters, sizeof *rtt);
+  for (uint64_t i = 0; i < iters + 100; i++) { /* 100 warm-up rounds */
+    if (child == 0) {
+      wait_imm(&e);
+      send_imm(&e, peer, buf, desc, &theirs, &ctx);
+    } else {
+      double t0 = now();
+      send_imm(&e, peer, buf, desc, &theirs, &ctx);
+      wait_imm(&e);
+      if (i >= 100) rtt[i - 100] = (now() - t0) * 1e6;
+    }
+  }
+  if (child == 0) {
+    char done;
+    if (read(in, &done, 1) != 1) return 1; /* keep the endpoint until the initiator is done */
+    return 0;
+  }
+  char done = 1;
+  if (write(out, &done, 1) != 1) return 1;
+  waitpid(child, NULL, 0);
+  qsort(rtt, iters, sizeof *rtt, cmp_double);
+  printf("{\"iterations\":%llu,\"median_us\":%.3f,\"p99_us\":%.3f}\n", (unsigned long long)iters, rtt[iters / 2], rtt[(iters * 99) / 100]);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 4 && strcmp(argv[2], "pingpong") == 0) return pingpong(argv[1], strtoull(argv[3], NULL, 10));
   if (argc < 6) {
     fprintf(stderr, "usage: rma_raw <provider> single <bytes> <ops> <window>\n"
                     "       rma_raw <provider> paged <page_bytes> <pages_per_call> <calls> <window>\n");

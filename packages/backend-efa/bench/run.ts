@@ -1,7 +1,7 @@
 // `pnpm bench` — the SDK against the raw libfabric program (bench/rma_raw.c) making the same posts
 // in the same process layout (initiator here, target in a child process), in the same run.
 //
-//   node dist/bench/run.js [--providers shm,tcp] [--quick] [--json out.json]
+//   node dist/bench/run.js [--providers shm,tcp] [--quick] [--trials N] [--json out.json]
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -16,6 +16,8 @@ const opt = (name: string, dflt: string) => {
   return i >= 0 ? args[i + 1]! : dflt;
 };
 const quick = args.includes('--quick');
+const trials = Number(opt('--trials', quick ? '1' : '3'));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const providers = opt('--providers', 'shm,tcp').split(',') as Provider[];
 const jsonOut = opt('--json', '');
 const raw = fileURLToPath(new URL('../../build/Release/rma_raw', import.meta.url));
@@ -41,6 +43,10 @@ async function startTarget(provider: Provider, size: number) {
   const first = JSON.parse((await lines.next()).value as string) as { desc: string };
   return {
     dst: MrDesc.parse(first.desc),
+    async pong(n: number, to: string) {
+      child.stdin!.write(`${JSON.stringify({ pong: n, to })}\n`);
+      await lines.next();
+    },
     async expect(n: number) {
       child.stdin!.write(`${JSON.stringify({ expect: n })}\n`);
       await lines.next();
@@ -50,6 +56,11 @@ async function startTarget(provider: Provider, size: number) {
       await new Promise((r) => child.on('exit', r));
     },
   };
+}
+
+/** The initiator engine, created per trial and closed before the raw program runs. */
+function initiator(provider: Provider): Promise<EfaEngine> {
+  return createEngine({ provider, nics: 1, maxSleepUs: Number(process.env.TRELLIS_BENCH_SLEEP_US ?? 1000) });
 }
 
 /** Keep `window` operations in flight until `ops` completed; seconds from first post to last completion. */
@@ -63,7 +74,8 @@ async function windowed(ops: number, window: number, submit: (i: number) => Prom
   return (performance.now() - t0) / 1000;
 }
 
-async function sdkSingle(engine: EfaEngine, provider: Provider, size: number, ops: number): Promise<number> {
+async function sdkSingle(provider: Provider, size: number, ops: number): Promise<number> {
+  const engine = await initiator(provider);
   const region = Math.max(size, 64 << 20);
   const t = await startTarget(provider, region);
   const src = await engine.registerMemory(region);
@@ -84,16 +96,13 @@ async function sdkSingle(engine: EfaEngine, provider: Provider, size: number, op
   await arrived;
   await src.unregister();
   await t.stop();
+  // Closed before the raw run, so its worker takes no CPU from it.
+  await engine.close();
   return s;
 }
 
-async function sdkPaged(
-  engine: EfaEngine,
-  provider: Provider,
-  page: number,
-  perCall: number,
-  calls: number,
-): Promise<number> {
+async function sdkPaged(provider: Provider, page: number, perCall: number, calls: number): Promise<number> {
+  const engine = await initiator(provider);
   const t = await startTarget(provider, page * perCall);
   const src = await engine.registerMemory(page * perCall);
   const pages = Uint32Array.from({ length: perCall }, (_, i) => i);
@@ -117,61 +126,98 @@ async function sdkPaged(
   await arrived;
   await src.unregister();
   await t.stop();
+  // Closed before the raw run, so its worker takes no CPU from it.
+  await engine.close();
   return s;
 }
 
-function rawRun(argv: string[]): { ops: number; bytes: number; seconds: number } {
-  return JSON.parse(execFileSync(raw, argv, { encoding: 'utf8' })) as {
-    ops: number;
-    bytes: number;
-    seconds: number;
-  };
+function rawRun<T = { ops: number; bytes: number; seconds: number }>(argv: string[]): T {
+  return JSON.parse(execFileSync(raw, argv, { encoding: 'utf8' })) as T;
 }
 
+/** Immediate round trip: submitImm to the target, which answers with an immediate; median and p99 in µs. */
+async function sdkPingPong(provider: Provider, iters: number): Promise<{ median: number; p99: number }> {
+  const engine = await initiator(provider);
+  const t = await startTarget(provider, 4096);
+  const warm = 100;
+  const done = t.pong(iters + warm, engine.address.toString());
+  const back = engine.immCounter(3);
+  const rtt: number[] = [];
+  for (let i = 0; i < iters + warm; i++) {
+    const t0 = performance.now();
+    await engine.submitImm({ dst: t.dst.owner, imm: 2 });
+    await back.wait(1);
+    if (i >= warm) rtt.push((performance.now() - t0) * 1000);
+  }
+  await done;
+  await t.stop();
+  // Closed before the raw run, so its worker takes no CPU from it.
+  await engine.close();
+  rtt.sort((a, b) => a - b);
+  return { median: rtt[Math.floor(iters / 2)]!, p99: rtt[Math.floor((iters * 99) / 100)]! };
+}
+
+const latency: Array<{
+  provider: string;
+  sdk: { median: number; p99: number };
+  raw: { median: number; p99: number };
+}> = [];
+
 const rows: Row[] = [];
+const providerName = (p: Provider) => (p === 'tcp' ? 'tcp;ofi_rxm' : p);
 const sizes = quick ? [4096, 1 << 20] : [4096, 65536, 1 << 20, 16 << 20, 64 << 20];
 const pageSizes = quick ? [4096] : [1024, 4096, 16384, 65536];
 const perCall = quick ? 2000 : 10_000;
 const calls = quick ? 2 : 5;
 for (const provider of providers) {
-  const engine = await createEngine({
-    provider,
-    nics: 1,
-    maxSleepUs: Number(process.env.TRELLIS_BENCH_SLEEP_US ?? 1000),
-  });
-  const prov = engine.provider;
+  const prov = providerName(provider);
   for (const size of sizes) {
     const total = quick ? 64 << 20 : 512 << 20;
     const ops = Math.max(64, Math.min(20_000, Math.floor(total / size)));
-    const sdk = await sdkSingle(engine, provider, size, ops);
-    const r = rawRun([prov, 'single', String(size), String(ops), String(WINDOW)]);
+    // SDK and raw alternate, `trials` times each; the table shows the median of each.
+    const sdkT: number[] = [];
+    const rawT: number[] = [];
+    for (let t = 0; t < trials; t++) {
+      sdkT.push((ops * size) / (await sdkSingle(provider, size, ops)) / 1e9);
+      const r = rawRun([prov, 'single', String(size), String(ops), String(WINDOW)]);
+      rawT.push(r.bytes / r.seconds / 1e9);
+    }
     rows.push({
       provider: prov,
       test: 'single write',
       size,
       ops,
-      sdk: (ops * size) / sdk / 1e9,
-      raw: r.bytes / r.seconds / 1e9,
+      sdk: median(sdkT),
+      raw: median(rawT),
       unit: 'GB/s',
     });
     process.stderr.write('.');
   }
   for (const page of pageSizes) {
-    const sdk = await sdkPaged(engine, provider, page, perCall, calls);
-    const r = rawRun([prov, 'paged', String(page), String(perCall), String(calls), '1024']);
     const ops = perCall * calls;
+    const sdkT: number[] = [];
+    const rawT: number[] = [];
+    for (let t = 0; t < trials; t++) {
+      sdkT.push(ops / (await sdkPaged(provider, page, perCall, calls)) / 1e6);
+      const r = rawRun([prov, 'paged', String(page), String(perCall), String(calls), '1024']);
+      rawT.push(r.ops / r.seconds / 1e6);
+    }
     rows.push({
       provider: prov,
       test: `paged writes (${perCall} pages/call)`,
       size: page,
       ops,
-      sdk: ops / sdk / 1e6,
-      raw: r.ops / r.seconds / 1e6,
+      sdk: median(sdkT),
+      raw: median(rawT),
       unit: 'Mops/s',
     });
     process.stderr.write('.');
   }
-  await engine.close();
+  const iters = quick ? 500 : 5000;
+  const lat = await sdkPingPong(provider, iters);
+  const r = rawRun<{ median_us: number; p99_us: number }>([prov, 'pingpong', String(iters)]);
+  latency.push({ provider: prov, sdk: lat, raw: { median: r.median_us, p99: r.p99_us } });
+  process.stderr.write('.');
 }
 process.stderr.write('\n');
 
@@ -189,11 +235,19 @@ const table = rows.map((r) => [
 const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
 const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
 console.log(
-  `libfabric ${fabricVersion()}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, 1 NIC (domain), window ${WINDOW} (single) / 1024 (paged)`,
+  `libfabric ${fabricVersion()}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, 1 NIC (domain), window ${WINDOW} (single) / 1024 (paged), median of ${trials} trial(s)`,
 );
 console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const t of table) console.log(line(t));
+console.log('');
+console.log('| provider | immediate round trip | SDK median | raw C median | SDK p99 | raw C p99 |');
+console.log('|---|---|---|---|---|---|');
+for (const l of latency) {
+  console.log(
+    `| ${l.provider} | submitImm → peer answers with submitImm | ${l.sdk.median.toFixed(1)} µs | ${l.raw.median.toFixed(1)} µs | ${l.sdk.p99.toFixed(1)} µs | ${l.raw.p99.toFixed(1)} µs |`,
+  );
+}
 if (jsonOut)
   writeFileSync(
     jsonOut,

@@ -2,6 +2,7 @@
 // stdin/stdout JSON lines: {"expect": n} → counts n arrivals of imm 1 → {"done": n}.
 import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
+import { NetAddr } from '@trellis/core';
 
 const { provider, size, nics } = JSON.parse(process.argv[2]!) as {
   provider: Provider;
@@ -12,11 +13,22 @@ const engine = await createEngine({
   provider,
   nics,
   maxSleepUs: Number(process.env.TRELLIS_BENCH_SLEEP_US ?? 1000),
+  idleSpinUs: Number(process.env.TRELLIS_BENCH_SPIN_US ?? 200),
 });
 const region = await engine.registerMemory(size, { remote: true });
 process.stdout.write(`${JSON.stringify({ desc: region.desc.toString() })}\n`);
 for await (const line of createInterface({ input: process.stdin })) {
-  const m = JSON.parse(line) as { expect?: number; exit?: boolean };
+  const m = JSON.parse(line) as { expect?: number; exit?: boolean; pong?: number; to?: string };
+  if (m.pong !== undefined) {
+    // Answer every immediate 2 with an immediate 3, m.pong times.
+    const peer = NetAddr.parse(m.to!);
+    const c = engine.immCounter(2);
+    for (let i = 0; i < m.pong; i++) {
+      await c.wait(1);
+      await engine.submitImm({ dst: peer, imm: 3 });
+    }
+    process.stdout.write(`${JSON.stringify({ done: m.pong })}\n`);
+  }
   if (m.expect !== undefined) {
     await engine.immCounter(1).wait(m.expect);
     process.stdout.write(`${JSON.stringify({ done: m.expect })}\n`);

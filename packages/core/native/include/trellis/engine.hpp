@@ -221,9 +221,14 @@ class Engine {
     bool reported = false;
     std::chrono::steady_clock::time_point deadline;
   };
+  struct Region;
+  struct Peer;
   struct Gen {  // lazy work-request generator over one command
     std::shared_ptr<WriteCmd> cmd;
     OpState* st = nullptr;  // stable: unordered_map nodes do not move
+    Region* region = nullptr;  // resolved once per command, not per work request
+    Peer* peer = nullptr;      // the current run's (or the pages') peer
+    uint32_t peer_id = UINT32_MAX;
     size_t run = 0;
     uint64_t idx = 0;  // shard within run, or page
     bool in_pages = false;
@@ -328,8 +333,15 @@ class Engine {
         active = true;
       }
       batch.clear();
-      if (pump()) active = true;
-      if (poll_all()) active = true;
+      // After EAGAIN, retry posting only once a completion was reaped or a few polls passed: a
+      // worker that hammers a full queue takes the lock its peer needs to drain it (shm).
+      if (eagain_backoff_ == 0 || --eagain_backoff_ == 0) {
+        if (pump()) active = true;
+      }
+      if (poll_all()) {
+        active = true;
+        eagain_backoff_ = 0;
+      }
       if (!watches_.empty() && check_watches()) active = true;
       if (now - last_deadline_check > std::chrono::milliseconds(5)) {
         check_deadlines(now);
@@ -337,6 +349,7 @@ class Engine {
       }
       if (active) last_active = now;
       flush();
+
     }
     shutdown();
   }
@@ -516,6 +529,7 @@ class Engine {
     }
     Gen g;
     g.st = &ops_.emplace(op, std::move(st)).first->second;
+    if (w->region) g.region = &regions_.find(w->region)->second;
     g.cmd = std::shared_ptr<WriteCmd>(std::move(w));
     g.in_pages = g.cmd->runs.empty();
     backlog_.push_back(std::move(g));
@@ -636,7 +650,7 @@ class Engine {
           uint64_t start = std::min(r.len, g.idx * size);
           uint64_t end = std::min(r.len, start + size);
           wr.len = end - start;
-          wr.src = static_cast<const uint8_t*>(regions_[w.region].ptr) + r.src_off + start;
+          wr.src = static_cast<const uint8_t*>(g.region->ptr) + r.src_off + start;
           dst_off = r.dst_off + start;
           keys = r.keys;
         }
@@ -645,12 +659,16 @@ class Engine {
         lane = static_cast<uint8_t>(g.idx % p.lanes);
         peer = p.peer;
         wr.len = p.page_bytes;
-        wr.src = static_cast<const uint8_t*>(regions_[w.region].ptr) + p.src_off + p.src_pages[g.idx] * p.src_stride;
+        wr.src = static_cast<const uint8_t*>(g.region->ptr) + p.src_off + p.src_pages[g.idx] * p.src_stride;
         dst_off = p.dst_off + p.dst_pages[g.idx] * p.dst_stride;
         keys = p.keys;
       }
       if (inflight_[lane] >= max_inflight(lane)) break;
-      Peer& pr = peers_[peer];
+      if (g.peer_id != peer) {
+        g.peer = &peers_.find(peer)->second;
+        g.peer_id = peer;
+      }
+      Peer& pr = *g.peer;
       wr.peer = pr.handles[lane];
       if (keys && wr.len) {
         wr.raddr = keys[lane].addr + dst_off;
@@ -662,7 +680,7 @@ class Engine {
         wr.rkey = pr.sinks[lane].key;
         wr.src = nullptr;
       }
-      wr.src_desc = wr.len && w.region ? regions_[w.region].mrs[lane].desc : nullptr;
+      wr.src_desc = wr.len && g.region ? g.region->mrs[lane].desc : nullptr;
       wr.has_imm = w.has_imm;
       wr.imm = w.imm;
       WrCtx* c = ctx_alloc();
@@ -671,6 +689,7 @@ class Engine {
       int rc = domains_[lane]->post_write(wr);
       if (rc == -EAGAIN) {
         ctx_free(c);
+        eagain_backoff_ = 16;
         break;  // the queue is full: poll, then continue where we stopped
       }
       any = true;
@@ -693,6 +712,7 @@ class Engine {
       int rc = domains_[0]->post_send(peers_[s.peer].handles[0], b.bytes.data(), s.data.size(), b.mr.desc, c);
       if (rc == -EAGAIN) {
         ctx_free(c);
+        eagain_backoff_ = 16;
         break;
       }
       any = true;
@@ -942,6 +962,7 @@ class Engine {
   std::vector<std::unique_ptr<WrCtx[]>> ctx_blocks_;
   WrCtx* free_ctx_ = nullptr;
   std::vector<Completion> comps_;
+  uint32_t eagain_backoff_ = 0;
 };
 
 }  // namespace trellis
