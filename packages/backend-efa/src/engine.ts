@@ -1,5 +1,6 @@
 import {
   autoShards,
+  callUser,
   EngineBase,
   type EngineLimits,
   type MemorySource,
@@ -489,14 +490,4 @@ export class EfaEngine extends EngineBase {
  */
 export async function createEngine(opts: EfaEngineOptions = {}): Promise<EfaEngine> {
   return new EfaEngine(opts);
-}
-
-function callUser(fn: () => void): void {
-  try {
-    fn();
-  } catch (e) {
-    queueMicrotask(() => {
-      throw e;
-    });
-  }
 }

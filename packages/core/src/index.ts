@@ -34,6 +34,7 @@ export {
 } from './loopback/fabric.js';
 export { Prng } from './loopback/prng.js';
 export type * from './types.js';
+export { callUser } from './user.js';
 export {
   type BarrierPlan,
   type ImmPlan,

@@ -2,6 +2,7 @@ import type { NetAddr } from '../addr.js';
 import { EngineBase, type PendingOp, type RecvPool, type RegionAlloc } from '../engine-base.js';
 import { TrellisError } from '../errors.js';
 import type { EngineLimits, MemorySource, NicStats, UvmWatcher, UvmWatcherCallback } from '../types.js';
+import { callUser } from '../user.js';
 import { type Plan, type WorkRequest, workRequests } from '../validate.js';
 import type { FabricCore } from './fabric.js';
 
@@ -439,16 +440,5 @@ class PollingWatcher implements UvmWatcher {
     if (this.timer) clearInterval(this.timer);
     if (this.kick) clearImmediate(this.kick);
     this.onClose(this);
-  }
-}
-
-/** Run a user callback; an exception surfaces as an uncaught error instead of breaking the fabric. */
-function callUser(fn: () => void): void {
-  try {
-    fn();
-  } catch (e) {
-    queueMicrotask(() => {
-      throw e;
-    });
   }
 }
