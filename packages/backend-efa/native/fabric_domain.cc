@@ -343,7 +343,9 @@ Code FabricDomain::classify(int err) const {
     case FI_ETOOSMALL:
       return Code::MessageTruncated;
     case FI_ECANCELED:
-      return Code::Aborted;
+      // The provider cancels work on a connection it tore down (rxm after a peer died); a
+      // cancellation the caller asked for never reaches here (the engine settles those itself).
+      return Code::PeerLost;
     case FI_ENOMEM:
       return Code::ResourceExhausted;
     default:

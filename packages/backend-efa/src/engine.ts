@@ -58,7 +58,6 @@ export interface EfaEngineOptions {
 
 const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 'tcp;ofi_rxm': 'fi-tcp' };
 const MSG_HEADER = 2048; // room for the sender's NetAddr in front of every message
-const NO_KEYS = new BigUint64Array(8);
 
 /**
  * Engines of this process that were closed. A write to one would reach memory its provider has
@@ -94,6 +93,13 @@ export class EfaEngine extends EngineBase {
   private nextPeer = 1;
   private nextWatch = 1;
   private finalStats: Float64Array | undefined;
+  private readonly opTimeoutMs: number;
+  /** When each in-flight op was posted, for the watchdog. */
+  private readonly postedAt = new Map<number, number>();
+  private watchdog: NodeJS.Timeout | undefined;
+  private lastBeat = -1;
+  private lastBeatAt = 0;
+  private abandoned = false;
   /** Message counters kept here: the native ones include the sender header. */
   private readonly msgStats = { bytesSent: 0, sendOps: 0, bytesReceived: 0, recvOps: 0 };
   private readonly sendBytes = new Map<number, number>();
@@ -141,6 +147,7 @@ export class EfaEngine extends EngineBase {
         cause: e,
       });
     }
+    this.opTimeoutMs = opts.opTimeoutMs ?? 30_000;
     this.providers = this.native.providers();
     this.provider = this.providers[0]!.provider;
     this.nics = nics;
@@ -174,6 +181,7 @@ export class EfaEngine extends EngineBase {
       const op = this.inflight.get(id);
       if (!op) continue;
       this.inflight.delete(id);
+      this.postedAt.delete(id);
       const sent = this.sendBytes.get(id);
       if (sent !== undefined) {
         this.sendBytes.delete(id);
@@ -269,9 +277,21 @@ export class EfaEngine extends EngineBase {
 
   // -- posting ----------------------------------------------------------------------------------
 
+  // Scratch arrays for the write command: the addon copies them synchronously, so one pair serves
+  // every call (no per-operation allocation). Grown for requests with many runs.
+  private runBuf = new Float64Array(8 * 8);
+  private keyBuf = new BigUint64Array(8 * 8);
+
   protected post(plan: Plan, op: PendingOp): void {
-    const runs: number[] = [];
-    const keys: bigint[] = [];
+    let n = 0;
+    const runCount =
+      plan.op === 'scatter' ? plan.targets.length : plan.op === 'barrier' ? plan.peers.length : 1;
+    if (runCount * 8 > this.runBuf.length) {
+      this.runBuf = new Float64Array(8 * runCount);
+      this.keyBuf = new BigUint64Array(8 * runCount);
+    }
+    const runs = this.runBuf;
+    const keys = this.keyBuf;
     const run = (
       peer: NetAddr,
       lane0: number,
@@ -282,10 +302,19 @@ export class EfaEngine extends EngineBase {
       len: number,
       dst: MrDesc | undefined,
     ) => {
-      runs.push(this.peerId(peer, op.callsite.op), lane0, lanes, shards, srcOff, dstOff, len, dst ? 0 : 1);
+      const at = 8 * n++;
+      runs[at] = this.peerId(peer, op.callsite.op);
+      runs[at + 1] = lane0;
+      runs[at + 2] = lanes;
+      runs[at + 3] = shards;
+      runs[at + 4] = srcOff;
+      runs[at + 5] = dstOff;
+      runs[at + 6] = len;
+      runs[at + 7] = dst ? 0 : 1;
       for (let l = 0; l < 4; l++) {
         const k = dst?.nics[l];
-        keys.push(k ? k.addr : 0n, k ? k.rkey : 0n);
+        keys[at + 2 * l] = k ? k.addr : 0n;
+        keys[at + 2 * l + 1] = k ? k.rkey : 0n;
       }
     };
     let region = 0;
@@ -336,14 +365,14 @@ export class EfaEngine extends EngineBase {
         run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
         break;
     }
-    this.inflight.set(op.id, op);
+    this.track(op);
     this.native.write(
       op.id,
       region,
       plan.imm !== undefined,
       plan.imm ?? 0,
-      Float64Array.from(runs),
-      keys.length ? BigUint64Array.from(keys) : NO_KEYS,
+      runs.subarray(0, 8 * n),
+      keys.subarray(0, 8 * n),
       pages,
     );
   }
@@ -353,9 +382,55 @@ export class EfaEngine extends EngineBase {
     const framed = new Uint8Array(this.headerBytes.length + data.length);
     framed.set(this.headerBytes, 0);
     framed.set(data, this.headerBytes.length);
-    this.inflight.set(op.id, op);
+    this.track(op);
     this.sendBytes.set(op.id, data.length);
     this.native.send(op.id, id, framed);
+  }
+
+  private track(op: PendingOp): void {
+    this.inflight.set(op.id, op);
+    this.postedAt.set(op.id, Date.now());
+    if (!this.watchdog && this.opTimeoutMs > 0) {
+      this.watchdog = setInterval(() => this.checkWorker(), 250);
+      this.watchdog.unref();
+    }
+  }
+
+  /**
+   * The watchdog. A healthy worker reports every operation by its deadline (opTimeoutMs). If one
+   * is a second past it and the worker has not turned its loop for a second, the worker is stuck
+   * inside the provider — shm's fi_writemsg spins forever on a lock that a killed peer process
+   * held. Nothing can unstick it: every pending operation fails with PEER_LOST and the engine is
+   * abandoned (its thread detached, its memory leaked on purpose). Create a new engine.
+   */
+  private checkWorker(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    const beat = this.native.heartbeat();
+    if (beat !== this.lastBeat) {
+      this.lastBeat = beat;
+      this.lastBeatAt = now;
+      return;
+    }
+    let overdue = false;
+    for (const t of this.postedAt.values()) {
+      if (now - t > this.opTimeoutMs + 1000) {
+        overdue = true;
+        break;
+      }
+    }
+    if (!overdue || now - this.lastBeatAt < 1000) return;
+    this.abandoned = true;
+    const err = new TrellisError(
+      'PEER_LOST',
+      `the engine's worker has been stuck inside provider '${this.provider}' for ${now - this.lastBeatAt} ms with operations past their deadline (a peer process probably died holding a shared-memory lock); the engine was abandoned — create a new one`,
+    );
+    for (const [id, op] of this.inflight) {
+      this.postedAt.delete(id);
+      op.fail(err);
+    }
+    this.inflight.clear();
+    void this.close();
   }
 
   cancelOp(op: PendingOp, reason: TrellisError): void {
@@ -449,9 +524,12 @@ export class EfaEngine extends EngineBase {
 
   protected async shutdown(): Promise<void> {
     closedInProcess.add(this.address.toString());
+    if (this.watchdog) clearInterval(this.watchdog);
     this.finalStats = this.native.stats();
     // Synchronous: the worker stops, and its last batch (pending ops as CLOSED) is delivered here.
-    this.native.close();
+    // A stuck worker cannot be joined: it is abandoned instead.
+    if (this.abandoned) this.native.abandon();
+    else this.native.close();
     for (const p of this.regs.values())
       p.reject(new TrellisError('CLOSED', 'registerMemory: the engine was closed'));
     this.regs.clear();

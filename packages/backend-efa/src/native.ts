@@ -48,6 +48,10 @@ export interface NativeEngine {
   /** 8 numbers per NIC: bytesWritten, writeOps, bytesSent, sendOps, bytesReceived, recvOps, immsReceived, errors */
   stats(): Float64Array;
   close(): void;
+  /** Worker loop iterations so far (-1 once closed). */
+  heartbeat(): number;
+  /** Detach a worker stuck inside the provider; the native engine is leaked on purpose. */
+  abandon(): void;
 }
 
 export interface NativeEngineOptions {

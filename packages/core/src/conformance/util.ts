@@ -121,3 +121,14 @@ export function nicSum(
 ): number {
   return e.stats().nics.reduce((n, s) => n + s[key], 0);
 }
+
+/** The xorshift pattern both sides of the cross-process suite fill with (cheap to regenerate anywhere). */
+export function fillXorshift(buf: Uint8Array, seed: number): void {
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < buf.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    buf[i] = x;
+  }
+}

@@ -188,6 +188,17 @@ class Engine {
     return out;
   }
 
+  // Loop iterations of the worker so far: a watchdog on the JS side sees a worker stuck inside
+  // the provider (a peer that died holding a shared-memory lock wedges shm's fi_writemsg).
+  uint64_t heartbeat() const { return heartbeat_.load(std::memory_order_relaxed); }
+
+  // Give up on a worker stuck inside the provider: it is detached, never joined. The caller must
+  // then leak this Engine (the thread may still hold pointers into it).
+  void abandon() {
+    stopping_.store(true);
+    if (worker_.joinable()) worker_.detach();
+  }
+
   // Stop the worker: every operation still pending is reported CLOSED, every buffer released.
   void stop() {
     if (!worker_.joinable()) return;
@@ -316,6 +327,7 @@ class Engine {
     auto last_deadline_check = clock::now();
     std::vector<Cmd> batch;
     while (!stopping_.load(std::memory_order_relaxed)) {
+      heartbeat_.fetch_add(1, std::memory_order_relaxed);
       bool active = false;
       auto now = clock::now();
       if (idle() && now - last_active > std::chrono::microseconds(opts_.idle_spin_us)) {
@@ -938,6 +950,7 @@ class Engine {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> in_wait_{false};
   std::atomic<bool> cmds_pending_{false};
+  std::atomic<uint64_t> heartbeat_{0};
   bool events_dirty_ = false;     // worker-only
   std::chrono::steady_clock::time_point last_ring_{};
   std::thread worker_;

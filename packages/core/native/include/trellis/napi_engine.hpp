@@ -45,6 +45,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("unwatch", &W::Unwatch),
                               W::InstanceMethod("stats", &W::Stats),
                               W::InstanceMethod("close", &W::Close),
+                              W::InstanceMethod("heartbeat", &W::Heartbeat),
+                              W::InstanceMethod("abandon", &W::Abandon),
                           });
   }
 
@@ -336,6 +338,21 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       v[7] = static_cast<double>(c.errors.load());
     }
     return a;
+  }
+
+  Napi::Value Heartbeat(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->heartbeat()) : -1.0);
+  }
+
+  // abandon(): the worker is stuck inside the provider. Detach it and leak the engine and its
+  // domains on purpose: freeing memory the stuck thread may still touch would be worse.
+  Napi::Value Abandon(const Napi::CallbackInfo& info) {
+    if (engine_) {
+      engine_->abandon();
+      (void)engine_.release();
+      tsfn_.Release();
+    }
+    return info.Env().Undefined();
   }
 
   // close(): stops the worker (pending operations are reported CLOSED in a last batch).

@@ -1,25 +1,28 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import type { EfaEngineOptions } from '../src/index.js';
 
-const fixture = fileURLToPath(new URL('./fixtures/peer.mjs', import.meta.url));
+const main = fileURLToPath(new URL('./peer-main.js', import.meta.url));
 
-/** A Trellis engine in another OS process, driven over a pipe. */
+/**
+ * A Trellis engine in another OS process, created by `createEngine(options)` of a backend module
+ * and driven over a pipe: addresses and descriptors travel as text, as between real hosts.
+ */
 export class PeerProcess {
   readonly child: ChildProcess;
+  /** The peer engine's address (`NetAddr` text). */
   address = '';
   pid = 0;
+  readonly exited: Promise<number | null>;
   private nextId = 1;
   private readonly waiting = new Map<
     number,
     { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void }
   >();
   private readonly ready: Promise<void>;
-  exited: Promise<number | null>;
 
-  constructor(opts: EfaEngineOptions) {
-    this.child = spawn(process.execPath, [fixture, JSON.stringify(opts)], {
+  private constructor(engineModule: string, options: unknown) {
+    this.child = spawn(process.execPath, [main, engineModule, JSON.stringify(options)], {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     this.exited = new Promise((r) => this.child.on('exit', (code) => r(code)));
@@ -47,19 +50,22 @@ export class PeerProcess {
       if (!w) return;
       this.waiting.delete(m.id!);
       if (m.ok) w.resolve(m as Record<string, unknown>);
-      else w.reject(Object.assign(new Error(m.message), { code: m.code }));
+      else w.reject(Object.assign(new Error(`peer: ${m.code}: ${m.message}`), { code: m.code }));
     });
     this.child.on('exit', () => {
-      for (const w of this.waiting.values()) w.reject(new Error('peer process exited'));
+      for (const w of this.waiting.values()) w.reject(new Error('the peer process exited'));
       this.waiting.clear();
     });
   }
 
-  static async start(opts: EfaEngineOptions): Promise<PeerProcess> {
-    const p = new PeerProcess(opts);
+  /** Start a peer whose engine is `(await import(engineModule)).createEngine(options)`. */
+  static async start(engineModule: string, options: unknown): Promise<PeerProcess> {
+    const p = new PeerProcess(engineModule, options);
     await Promise.race([
       p.ready,
-      p.exited.then((c) => Promise.reject(new Error(`peer exited with ${c} before it was ready`))),
+      p.exited.then((c) =>
+        Promise.reject(new Error(`the peer process exited with ${c} before it was ready`)),
+      ),
     ]);
     return p;
   }
@@ -72,12 +78,14 @@ export class PeerProcess {
     });
   }
 
+  /** Close the peer's engine and wait for the process to exit. */
   async stop(): Promise<void> {
     if (this.child.exitCode !== null || this.child.signalCode !== null) return;
     await this.call('exit').catch(() => {});
     await this.exited;
   }
 
+  /** SIGKILL: the peer dies without closing anything. */
   kill(): void {
     this.child.kill('SIGKILL');
   }

@@ -1,0 +1,182 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+import { afterEach, describe, it } from 'vitest';
+import { NetAddr } from '../addr.js';
+import { MrDesc } from '../desc.js';
+import { TrellisError } from '../errors.js';
+import { countImms, lanesBetween } from '../imms.js';
+import type { TransferEngine } from '../types.js';
+import { PeerProcess } from './peer.js';
+import { fillXorshift } from './util.js';
+
+/** What {@link defineCrossProcessSuite} needs. */
+export interface CrossProcessTarget {
+  /** Shown in the vitest names. */
+  name: string;
+  /** Absolute path of an ESM module exporting `createEngine(options): Promise<TransferEngine>` (the backend's built entry). */
+  engineModule: string;
+  /** Options for `createEngine`, the same in this process and in the peer process (JSON-serialisable). */
+  options: Record<string, unknown>;
+  /**
+   * Every operation to a killed peer process must settle within this many ms (the backend's
+   * documented bound, e.g. its engine deadline plus slack).
+   */
+  killBoundMs: number;
+  /** Cases this target cannot run, with the reason shown in the skip. */
+  skip?: Partial<Record<string, string>>;
+}
+
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/**
+ * The conformance cases that need two OS processes: writes in both directions verified by hash,
+ * messages with their sender, and a peer process killed mid-transfer. Descriptors and addresses
+ * cross the process boundary as text over a pipe, as they would between hosts.
+ */
+export function defineCrossProcessSuite(target: CrossProcessTarget): void {
+  describe(`conformance across processes: ${target.name}`, () => {
+    let cleanup: Array<() => Promise<void>> = [];
+    afterEach(async () => {
+      for (const c of cleanup.reverse()) await c();
+      cleanup = [];
+    });
+
+    const local = async (): Promise<TransferEngine> => {
+      const mod = (await import(pathToFileURL(target.engineModule).href)) as {
+        createEngine(o: unknown): Promise<TransferEngine>;
+      };
+      const e = await mod.createEngine(target.options);
+      cleanup.push(() => e.close());
+      return e;
+    };
+    const peer = async (): Promise<PeerProcess> => {
+      const p = await PeerProcess.start(target.engineModule, target.options);
+      cleanup.push(() => p.stop());
+      return p;
+    };
+    const test = (id: string, fn: () => Promise<void>, timeout = 60_000) => {
+      const reason = target.skip?.[id];
+      if (reason !== undefined) it.skip(`${id} — skipped: ${reason}`, () => {});
+      else it(id, fn, timeout);
+    };
+
+    test('single, paged and scatter writes land byte-exact in the other process, counted by immediates', async () => {
+      const engine = await local();
+      const p = await peer();
+      const size = 4 << 20;
+      const { desc } = await p.call<{ desc: string }>('register', { name: 'kv', size, remote: true });
+      const dst = MrDesc.parse(desc);
+      assert.equal(dst.owner.toString(), p.address);
+      const src = await engine.registerMemory(size);
+      fillXorshift(src.buffer!, 11);
+      const expected = new Uint8Array(size);
+      const lanes = lanesBetween(engine.nics, dst.owner.nics.length);
+      await engine.submitSingleWrite({ src, srcOffset: 3, length: 1 << 20, dst, dstOffset: 5, imm: 1 });
+      expected.set(src.buffer!.subarray(3, 3 + (1 << 20)), 5);
+      const n = 1000;
+      const srcPages = Uint32Array.from({ length: n }, (_, i) => i);
+      const dstPages = Uint32Array.from({ length: n }, (_, i) => n - 1 - i);
+      await engine.submitPagedWrites({
+        src,
+        srcPages,
+        srcStride: 1024,
+        srcOffset: 1 << 20,
+        dst,
+        dstPages,
+        dstStride: 1024,
+        dstOffset: 2 << 20,
+        pageBytes: 1024,
+        imm: 1,
+      });
+      for (let i = 0; i < n; i++)
+        expected.set(
+          src.buffer!.subarray((1 << 20) + i * 1024, (1 << 20) + (i + 1) * 1024),
+          (2 << 20) + (n - 1 - i) * 1024,
+        );
+      const targets = [
+        { dst, srcOffset: 0, dstOffset: 3 << 20, length: 100_000 },
+        { dst, srcOffset: 200_000, dstOffset: (3 << 20) + 200_000, length: 300_000 },
+      ];
+      await engine.submitScatter({ src, targets, imm: 1, routing: 'bytes' });
+      for (const t of targets)
+        expected.set(src.buffer!.subarray(t.srcOffset, t.srcOffset + t.length), t.dstOffset);
+      const imms =
+        countImms({ kind: 'single', length: 1 << 20, imm: 1 }, lanes) +
+        countImms({ kind: 'paged', pages: n, imm: 1 }, lanes) +
+        countImms({ kind: 'scatter', lengths: [100_000, 300_000], routing: 'bytes', imm: 1 }, lanes);
+      const { total } = await p.call<{ total: number }>('wait', { imm: 1, n: imms, timeoutMs: 20_000 });
+      assert.equal(total, imms);
+      const { sha256 } = await p.call<{ sha256: string }>('sha256', { name: 'kv' });
+      assert.equal(sha256, sha(expected));
+    });
+
+    test('the other process writes into this one; messages go both ways with their sender', async () => {
+      const engine = await local();
+      const p = await peer();
+      const dst = await engine.registerMemory(1 << 20, { remote: true });
+      await p.call('register', { name: 'src', size: 1 << 20, seed: 5 });
+      const { imms } = await p.call<{ imms: number }>('write', {
+        name: 'src',
+        dst: dst.desc.toString(),
+        length: 1 << 20,
+        imm: 77,
+      });
+      await engine.immCounter(77).wait(imms, { timeoutMs: 20_000 });
+      const want = new Uint8Array(1 << 20);
+      fillXorshift(want, 5);
+      assert.equal(sha(dst.buffer!), sha(want));
+
+      const got = new Promise<{ from: NetAddr; data: Uint8Array }>((r) => {
+        void engine.submitRecvs({ maxBytes: 1024, count: 2 }, r);
+      });
+      await p.call('send', { to: engine.address.toString(), hex: 'cafe01' });
+      const m = await got;
+      assert.equal(Buffer.from(m.data).toString('hex'), 'cafe01');
+      assert.equal(m.from.toString(), p.address);
+      await engine.submitSend(NetAddr.parse(p.address), Uint8Array.of(0xbe, 0xef));
+      let messages: Array<{ from: string; data: string }> = [];
+      for (let i = 0; i < 400 && messages.length === 0; i++) {
+        messages = (await p.call<{ messages: typeof messages }>('received')).messages;
+        if (!messages.length) await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.deepEqual(messages, [{ from: engine.address.toString(), data: 'beef' }]);
+    });
+
+    test('a peer process killed mid-transfer: every pending operation settles within the bound, none hangs', async () => {
+      const engine = await local();
+      const p = await PeerProcess.start(target.engineModule, target.options);
+      const { desc } = await p.call<{ desc: string }>('register', {
+        name: 'kv',
+        size: 16 << 20,
+        remote: true,
+      });
+      const dst = MrDesc.parse(desc);
+      const src = await engine.registerMemory(16 << 20);
+      const outcomes: string[] = [];
+      const ops: Promise<void>[] = [];
+      for (let i = 0; i < 200; i++) {
+        ops.push(
+          engine.submitSingleWrite({ src, length: 16 << 20, dst, imm: 1 }).then(
+            () => void outcomes.push('resolved'),
+            (e: unknown) => void outcomes.push(e instanceof TrellisError ? e.code : 'non-trellis'),
+          ),
+        );
+      }
+      p.kill();
+      const t0 = Date.now();
+      await Promise.all(ops);
+      const ms = Date.now() - t0;
+      assert.equal(outcomes.length, 200);
+      for (const o of outcomes)
+        assert.ok(['resolved', 'PEER_LOST', 'TIMEOUT', 'PROVIDER_ERROR'].includes(o), `outcome ${o}`);
+      assert.ok(
+        outcomes.some((o) => o !== 'resolved'),
+        'the kill hit operations in flight',
+      );
+      assert.ok(ms < target.killBoundMs, `settled in ${ms} ms, bound ${target.killBoundMs} ms`);
+      assert.equal(engine.stats().ops.inFlight, 0);
+      await p.exited;
+    });
+  });
+}

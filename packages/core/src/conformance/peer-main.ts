@@ -1,0 +1,76 @@
+// The peer process of the cross-process conformance suite: one engine from a backend module,
+// driven by JSON lines on stdin, answering JSON lines on stdout. Started by PeerProcess.
+import { createHash } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { pathToFileURL } from 'node:url';
+import { NetAddr } from '../addr.js';
+import { MrDesc } from '../desc.js';
+import type { MrHandle, TransferEngine } from '../types.js';
+import { fillXorshift } from './util.js';
+
+const [modulePath, optionsJson] = process.argv.slice(2);
+const mod = (await import(pathToFileURL(modulePath!).href)) as {
+  createEngine(o: unknown): Promise<TransferEngine>;
+};
+const engine = await mod.createEngine(JSON.parse(optionsJson!));
+const regions = new Map<string, MrHandle>();
+const received: Array<{ from: string; data: string }> = [];
+const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
+
+void engine.submitRecvs({ maxBytes: engine.limits.maxMessageBytes, count: 16 }, (m) =>
+  received.push({ from: m.from.toString(), data: Buffer.from(m.data).toString('hex') }),
+);
+
+type Args = Record<string, unknown>;
+const handlers: Record<string, (a: Args) => Promise<unknown>> = {
+  async register(a) {
+    const h = await engine.registerMemory(a.size as number, { remote: a.remote as boolean });
+    if (a.seed !== undefined) fillXorshift(h.buffer!, a.seed as number);
+    regions.set(a.name as string, h);
+    return { desc: h.desc.toString() };
+  },
+  async wait(a) {
+    await engine.immCounter(a.imm as number).wait(a.n as number, { timeoutMs: a.timeoutMs as number });
+    return { total: engine.immCounter(a.imm as number).total };
+  },
+  async sha256(a) {
+    return {
+      sha256: createHash('sha256')
+        .update(regions.get(a.name as string)!.buffer!)
+        .digest('hex'),
+    };
+  },
+  async write(a) {
+    const req = {
+      src: regions.get(a.name as string)!,
+      length: a.length as number,
+      dst: MrDesc.parse(a.dst as string),
+      imm: a.imm as number,
+    };
+    await engine.submitSingleWrite(req);
+    return { imms: engine.expectedImms({ kind: 'single', ...req }) };
+  },
+  async send(a) {
+    await engine.submitSend(NetAddr.parse(a.to as string), Buffer.from(a.hex as string, 'hex'));
+    return {};
+  },
+  async received() {
+    return { messages: received.splice(0) };
+  },
+  async exit() {
+    await engine.close();
+    setImmediate(() => process.exit(0));
+    return {};
+  },
+};
+
+out({ ready: true, address: engine.address.toString(), pid: process.pid });
+for await (const line of createInterface({ input: process.stdin })) {
+  const { id, cmd, ...args } = JSON.parse(line) as { id: number; cmd: string } & Args;
+  try {
+    out({ id, ok: true, ...((await handlers[cmd]!(args)) as object) });
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    out({ id, ok: false, code: err.code, message: err.message });
+  }
+}
