@@ -1,6 +1,14 @@
 #include "fabric_domain.hh"
 
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
+#include <atomic>
+#include <mutex>
+#include <random>
 
 namespace trellis_efa {
 
@@ -14,6 +22,32 @@ constexpr uint32_t kApiVersion = FI_VERSION(1, 15);
 
 std::string fi_err(int rc) { return std::string(fi_strerror(rc < 0 ? -rc : rc)) + " (" + std::to_string(rc) + ")"; }
 
+// shm names its shared-memory region after the process id by default. A process killed with
+// SIGKILL leaves its region in /dev/shm, and a later process that gets the same pid cannot enable
+// its endpoint (EBUSY). Trellis names regions trellis_<pid>_<random>_<n> instead, and removes
+// those of processes that no longer exist.
+std::string shm_name() {
+  static std::atomic<unsigned> counter{0};
+  static const uint64_t nonce = std::random_device{}() ^ (static_cast<uint64_t>(std::random_device{}()) << 32);
+  char buf[96];
+  snprintf(buf, sizeof buf, "fi_shm://trellis_%d_%016llx_%u", static_cast<int>(getpid()),
+           static_cast<unsigned long long>(nonce), counter.fetch_add(1));
+  return buf;
+}
+
+void sweep_stale_shm() {
+  DIR* d = opendir("/dev/shm");
+  if (!d) return;
+  while (dirent* e = readdir(d)) {
+    int pid = 0;
+    if (sscanf(e->d_name, "trellis_%d_", &pid) != 1 || pid <= 0) continue;
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::string path = std::string("/dev/shm/") + e->d_name;
+    unlink(path.c_str());
+  }
+  closedir(d);
+}
+
 fi_info* make_hints(const std::string& prov, bool delivery_complete) {
   fi_info* h = fi_allocinfo();
   h->caps = FI_MSG | FI_RMA | FI_SEND | FI_RECV | FI_WRITE | FI_REMOTE_WRITE;
@@ -24,6 +58,12 @@ fi_info* make_hints(const std::string& prov, bool delivery_complete) {
   h->domain_attr->threading = FI_THREAD_DOMAIN;
   h->tx_attr->op_flags = delivery_complete ? FI_DELIVERY_COMPLETE : 0;
   if (!prov.empty()) h->fabric_attr->prov_name = strdup(prov.c_str());
+  if (prov == "shm") {
+    std::string name = shm_name();
+    h->addr_format = FI_ADDR_STR;
+    h->src_addr = strdup(name.c_str());
+    h->src_addrlen = name.size() + 1;
+  }
   return h;
 }
 
@@ -64,6 +104,10 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
     return nullptr;
   }
   std::unique_ptr<FabricDomain> d(new FabricDomain());
+  if (opts.provider == "shm") {
+    static std::once_flag swept;
+    std::call_once(swept, sweep_stale_shm);
+  }
   fi_info* info = nullptr;
   int rc = 0;
   // Prefer delivery-complete writes (the bytes are at the target when the write completes); a
