@@ -58,6 +58,7 @@ export interface EfaEngineOptions {
 
 const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 'tcp;ofi_rxm': 'fi-tcp' };
 const MSG_HEADER = 2048; // room for the sender's NetAddr in front of every message
+const MAX_UNEXPECTED = 1024; // messages held while no receive pool is posted
 
 /**
  * Engines of this process that were closed. A write to one would reach memory its provider has
@@ -442,8 +443,10 @@ export class EfaEngine extends EngineBase {
 
   private deliver(m: Uint8Array): void {
     if (this.recvPools.length === 0) {
-      // No pool yet: the provider already took the message; hold it until one is posted.
-      this.unexpected.push(m);
+      // No pool yet: the provider already took the message; hold it until one is posted, up to a
+      // bound (a peer must not grow this process's memory without limit).
+      if (this.unexpected.length < MAX_UNEXPECTED) this.unexpected.push(m);
+      else this.recvDropped++;
       return;
     }
     const n = m.length >= 2 ? m[0]! | (m[1]! << 8) : 0;

@@ -110,4 +110,23 @@ describe('backend-efa: providers and options', () => {
     expect(Date.now() - t0).toBeLessThan(1500 + 3000);
     expect(a.stats().ops.inFlight).toBe(0);
   });
+
+  it('holds at most 1024 messages while no receive pool is posted, dropping and counting the rest', async () => {
+    const a = await engine({ provider: 'shm' });
+    const b = await engine({ provider: 'shm' });
+    await Promise.all(
+      Array.from({ length: 1100 }, (_, i) => a.submitSend(b.address, Uint8Array.of(i & 255, i >> 8))),
+    );
+    for (let i = 0; i < 500 && b.stats().recvDropped < 76; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(b.stats().recvDropped).toBe(76);
+    let got = 0;
+    const ac = new AbortController();
+    const pool = b.submitRecvs({ maxBytes: 64, count: 4, signal: ac.signal }, () => {
+      got++;
+    });
+    expect(got).toBe(1024);
+    ac.abort();
+    await pool;
+    expect(b.stats().nics[0]!.recvOps).toBe(1024);
+  });
 });

@@ -1,4 +1,11 @@
-import { createLoopbackFabric, lanesBetween, MrDesc, NetAddr, type TransferEngine } from '@trellis/core';
+import {
+  createLoopbackFabric,
+  lanesBetween,
+  MrDesc,
+  NetAddr,
+  Prng,
+  type TransferEngine,
+} from '@trellis/core';
 
 /** One verified step of the demo. */
 export interface DemoRow {
@@ -18,13 +25,7 @@ export interface DemoOptions {
 }
 
 function fill(b: Uint8Array, seed: number): void {
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < b.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x;
-  }
+  new Prng(seed).fill(b);
 }
 
 function same(a: Uint8Array, b: Uint8Array): boolean {
