@@ -129,4 +129,22 @@ describe('backend-efa: providers and options', () => {
     await pool;
     expect(b.stats().nics[0]!.recvOps).toBe(1024);
   });
+
+  it('names its worker thread and pins it to the CPU asked for', async () => {
+    const { readdirSync, readFileSync } = await import('node:fs');
+    const workers = () =>
+      readdirSync('/proc/self/task')
+        .map((t) => ({
+          comm: readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim(),
+          status: readFileSync(`/proc/self/task/${t}/status`, 'utf8'),
+        }))
+        .filter((t) => t.comm === 'trellis-engine');
+    const before = workers().length;
+    await engine({ provider: 'shm', cpu: 0 });
+    expect(workers().length).toBe(before + 1);
+    expect(workers().filter((t) => /Cpus_allowed_list:\s*0\s*$/m.test(t.status)).length).toBe(1);
+    expect(await code(createEngine({ provider: 'shm', cpu: 4095 }))).toMatch(
+      /^UNSUPPORTED: createEngine: cannot pin the engine's worker to CPU 4095/,
+    );
+  });
 });

@@ -162,6 +162,18 @@ class Engine {
     if (!err.empty()) return err;
     setup_wait();
     worker_ = std::thread([this] { run(); });
+#ifdef __linux__
+    // Named and pinned from here, before start() returns, so both hold when the engine exists.
+    pthread_setname_np(worker_.native_handle(), "trellis-engine");
+    if (opts_.cpu >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(opts_.cpu, &set);
+      if (pthread_setaffinity_np(worker_.native_handle(), sizeof(set), &set) != 0) {
+        return "cannot pin the engine's worker to CPU " + std::to_string(opts_.cpu) + " (is it online and allowed?)";
+      }
+    }
+#endif
     return "";
   }
 
@@ -313,15 +325,6 @@ class Engine {
 
   // -------------------------------------------------------------------------------- worker
   void run() {
-#ifdef __linux__
-    pthread_setname_np(pthread_self(), "trellis-engine");
-    if (opts_.cpu >= 0) {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(opts_.cpu, &set);
-      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    }
-#endif
     using clock = std::chrono::steady_clock;
     auto last_active = clock::now();
     auto last_deadline_check = clock::now();
