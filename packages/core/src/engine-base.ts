@@ -105,8 +105,8 @@ export class Region implements MrHandle {
 }
 
 /**
- * One submitted operation. Settles exactly once: {@link PendingOp.complete} or
- * {@link PendingOp.fail}; later calls are ignored (and counted as a bug in debug builds).
+ * One submitted operation. Settles exactly once: the first of {@link PendingOp.complete} and
+ * {@link PendingOp.fail} wins; later calls are ignored.
  */
 export class PendingOp {
   settled = false;
@@ -133,7 +133,7 @@ export class PendingOp {
     for (const r of regions) r.use();
   }
 
-  /** Arm the deadline; they ask the backend to cancel. The signal is watched by the engine (one listener per signal). */
+  /** Arm the deadline: when it passes, the backend is asked to cancel. (The engine watches the AbortSignal, one listener per signal.) */
   arm(opts: OpOptions): void {
     if (opts.timeoutMs !== undefined) {
       this.timer = setTimeout(() => {
