@@ -360,7 +360,7 @@ export class EfaEngine extends EngineBase {
         });
         break;
       case 'barrier':
-        for (const p of plan.peers) run(p, 0, this.lanesTo(p), 1, 0, 0, 0, undefined);
+        plan.peers.forEach((p, j) => run(p, plan.lanes[j]!, this.lanesTo(p), 1, 0, 0, 0, undefined));
         break;
       case 'imm':
         run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);

@@ -103,6 +103,11 @@ export interface ScatterRequest extends OpOptions {
 export interface BarrierRequest extends OpOptions {
   group: PeerGroup;
   imm: number;
+  /**
+   * Spread members over lanes (member j on lane j mod lanes) instead of pinning every immediate
+   * to lane 0. Counts are the same either way: one arrival per member.
+   */
+  spread?: boolean;
 }
 
 /** An immediate alone. `dst` is the target engine (its address, or any descriptor it owns). */

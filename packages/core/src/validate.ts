@@ -76,6 +76,8 @@ export interface BarrierPlan {
   op: 'barrier';
   peers: readonly NetAddr[];
   imm: number;
+  /** Lane of each member (0, or j mod lanes when spread). */
+  lanes: number[];
 }
 
 export interface ImmPlan {
@@ -381,7 +383,10 @@ export function planBarrier(ctx: ValidationContext, req: BarrierRequest): Barrie
       "group must be a PeerGroup returned by this engine's addPeerGroup()",
     );
   const imm = checkImm(op, req.imm, true)!;
-  return { op: 'barrier', peers: group.peers, imm };
+  if (req.spread !== undefined && typeof req.spread !== 'boolean')
+    throw invalid('INVALID_ARGUMENT', op, 'spread must be a boolean');
+  const lanes = group.peers.map((p, j) => (req.spread ? j % lanesBetween(ctx.nics, p.nics.length) : 0));
+  return { op: 'barrier', peers: group.peers, imm, lanes };
 }
 
 export function planImm(ctx: ValidationContext, req: ImmRequest): ImmPlan {
@@ -482,8 +487,8 @@ export function workRequests(plan: Plan): WorkRequest[] {
       return out;
     }
     case 'barrier':
-      return plan.peers.map((peer) => ({
-        lane: 0,
+      return plan.peers.map((peer, j) => ({
+        lane: plan.lanes[j]!,
         peer,
         dst: undefined,
         srcOffset: 0,

@@ -74,10 +74,10 @@ describe('workRequests: how plans become work requests', async () => {
   });
 
   it('barrier and imm are zero-byte work requests without a destination region', () => {
-    const w = workRequests({ op: 'barrier', peers: [a.address, b.address], imm: 4 });
-    expect(w.map((x) => [x.length, x.dst, x.imm])).toEqual([
-      [0, undefined, 4],
-      [0, undefined, 4],
+    const w = workRequests({ op: 'barrier', peers: [a.address, b.address], imm: 4, lanes: [0, 1] });
+    expect(w.map((x) => [x.length, x.dst, x.imm, x.lane])).toEqual([
+      [0, undefined, 4, 0],
+      [0, undefined, 4, 1],
     ]);
     expect(workRequests({ op: 'imm', peer: b.address, imm: 9, lane: 1 })).toEqual([
       { lane: 1, peer: b.address, dst: undefined, srcOffset: 0, dstOffset: 0, length: 0, imm: 9 },

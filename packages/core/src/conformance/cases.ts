@@ -474,6 +474,18 @@ const cases: ConformanceCase[] = [
           await assertNoExtra(e, 90);
           assert.equal(e.immCounter(90).total, rounds);
         }
+        // Spread over lanes: member j on lane j mod lanes; still one arrival per member.
+        const lane0Before = a.stats().nics[0]!.writeOps;
+        await a.submitBarrier({ group, imm: 91, spread: true });
+        for (const e of engines) await e.immCounter(91).wait(1, WAIT);
+        const lanes = lanesBetween(a.nics, rest[0]!.nics);
+        const onLane0 = group.peers.filter((_, j) => j % lanes === 0).length;
+        assert.equal(a.stats().nics[0]!.writeOps - lane0Before, onLane0, 'spread barrier: writes on lane 0');
+        await rejects(
+          a.submitBarrier({ group, imm: 1, spread: 'yes' as never }),
+          'INVALID_ARGUMENT',
+          'spread flag',
+        );
       }),
   },
   {
