@@ -360,7 +360,8 @@ export class EfaEngine extends EngineBase {
         });
         break;
       case 'barrier':
-        for (const [j, p] of plan.peers.entries()) run(p, plan.lanes[j]!, this.lanesTo(p), 1, 0, 0, 0, undefined);
+        for (const [j, p] of plan.peers.entries())
+          run(p, plan.lanes[j]!, this.lanesTo(p), 1, 0, 0, 0, undefined);
         break;
       case 'imm':
         run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
