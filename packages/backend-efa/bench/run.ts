@@ -1,7 +1,7 @@
 // `pnpm bench` — the SDK against the raw libfabric program (bench/rma_raw.c) making the same posts
 // in the same process layout (initiator here, target in a child process), in the same run.
 //
-//   node dist/bench/run.js [--providers shm,tcp] [--quick] [--trials N] [--json out.json]
+//   node dist/bench/run.js [--providers shm,tcp] [--quick] [--trials N] [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -22,7 +22,7 @@ const providers = opt('--providers', 'shm,tcp').split(',') as Provider[];
 const jsonOut = opt('--json', '');
 const raw = fileURLToPath(new URL('../../build/Release/rma_raw', import.meta.url));
 const targetJs = fileURLToPath(new URL('./target.js', import.meta.url));
-const WINDOW = 64;
+const WINDOW = Number(opt('--window', '64'));
 
 interface Row {
   provider: string;
@@ -165,8 +165,16 @@ const latency: Array<{
 
 const rows: Row[] = [];
 const providerName = (p: Provider) => (p === 'tcp' ? 'tcp;ofi_rxm' : p);
-const sizes = quick ? [4096, 1 << 20] : [4096, 65536, 1 << 20, 16 << 20, 64 << 20];
-const pageSizes = quick ? [4096] : [1024, 4096, 16384, 65536];
+const sizes = opt('--sizes', '')
+  ? opt('--sizes', '').split(',').map(Number)
+  : quick
+    ? [4096, 1 << 20]
+    : [4096, 65536, 1 << 20, 16 << 20, 64 << 20];
+const pageSizes = opt('--pages', '')
+  ? opt('--pages', '').split(',').map(Number)
+  : quick
+    ? [4096]
+    : [1024, 4096, 16384, 65536];
 const perCall = quick ? 2000 : 10_000;
 const calls = quick ? 2 : 5;
 for (const provider of providers) {
