@@ -17,7 +17,7 @@ import {
   type UvmWatcher,
   type UvmWatcherCallback,
 } from '@trellis/core';
-import { addon, type NativeEngine, type NativeEvents } from './native.js';
+import { addon, CODE_NAMES, type NativeEngine, type NativeEvents } from './native.js';
 
 /** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */
 export type Provider = 'auto' | 'efa' | 'shm' | 'tcp;ofi_rxm' | 'tcp';
@@ -178,11 +178,20 @@ export class EfaEngine extends EngineBase {
         );
     }
     for (let i = 0; i < e.imms.length; i += 2) this.counters.arrive(e.imms[i]!, e.imms[i + 1]!);
-    for (const [id, code, errno, nic, message] of e.ops) {
+    let messages: Map<number, string> | undefined;
+    if (e.messages.length) {
+      messages = new Map();
+      for (let i = 0; i < e.messages.length; i += 2)
+        messages.set(e.messages[i] as number, e.messages[i + 1] as string);
+    }
+    const ops = e.ops;
+    for (let i = 0; i < ops.length; i += 4) {
+      const id = ops[i]!;
       const op = this.inflight.get(id);
       if (!op) continue;
       this.inflight.delete(id);
       this.postedAt.delete(id);
+      const code = CODE_NAMES[ops[i + 1]!] ?? 'INTERNAL';
       const sent = this.sendBytes.get(id);
       if (sent !== undefined) {
         this.sendBytes.delete(id);
@@ -191,19 +200,26 @@ export class EfaEngine extends EngineBase {
           this.msgStats.bytesSent += sent;
         }
       }
-      if (code === 'OK') op.complete();
-      else if (op.cancelReason && (code === 'ABORTED' || code === 'TIMEOUT')) op.fail(op.cancelReason);
-      else {
-        const text =
-          message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
-        op.fail(
-          new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, {
-            errno: errno || undefined,
-            providerMessage: message || undefined,
-            nic: nic >= 0 ? nic : undefined,
-          }),
-        );
+      if (code === 'OK') {
+        op.complete();
+        continue;
       }
+      if (op.cancelReason && (code === 'ABORTED' || code === 'TIMEOUT')) {
+        op.fail(op.cancelReason);
+        continue;
+      }
+      const message = messages?.get(i / 4) ?? '';
+      const errno = ops[i + 2]!;
+      const nic = ops[i + 3]! - 1;
+      const text =
+        message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
+      op.fail(
+        new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, {
+          errno: errno || undefined,
+          providerMessage: message || undefined,
+          nic: nic >= 0 ? nic : undefined,
+        }),
+      );
     }
     for (const m of e.recvs) this.deliver(m);
     for (const [id, value, prev] of e.watches) {

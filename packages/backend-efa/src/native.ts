@@ -3,8 +3,10 @@ import { TrellisError } from '@trellis/core';
 
 /** One batch of events from the native worker (one doorbell). */
 export interface NativeEvents {
-  /** [opId, code, errno, nic, message] */
-  ops: Array<[number, string, number, number, string]>;
+  /** 4 u32 per settled op: op id, code index (see CODE_NAMES), errno, nic + 1 (0: none). */
+  ops: Uint32Array;
+  /** Messages of failed ops: [index into ops / 4, text, index, text, ...]. */
+  messages: Array<number | string>;
   regs: Array<{ region: number; code: string; message: string; keys: BigUint64Array }>;
   /** (imm, count) pairs */
   imms: Uint32Array;
@@ -85,6 +87,26 @@ export interface Addon {
   fabricVersion(): string;
   probe(): ProviderProbe[];
 }
+
+/** Code indices of native completions, in the order of `trellis::Code` (domain.hpp). */
+export const CODE_NAMES = [
+  'OK',
+  'INVALID_ARGUMENT',
+  'OUT_OF_RANGE',
+  'INVALID_DESCRIPTOR',
+  'PEER_LOST',
+  'NIC_FAILED',
+  'CLOSED',
+  'TIMEOUT',
+  'ABORTED',
+  'MESSAGE_TRUNCATED',
+  'REMOTE_ACCESS',
+  'RESOURCE_EXHAUSTED',
+  'UNSUPPORTED',
+  'PROVIDER_ERROR',
+  'INTERNAL',
+  'UNKNOWN_PEER',
+] as const;
 
 let cached: Addon | undefined;
 

@@ -109,18 +109,24 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     Events ev = engine_->drain();
     if (ev.empty()) return;
     Napi::Object o = Napi::Object::New(env);
-    Napi::Array ops = Napi::Array::New(env, ev.ops.size());
+    // Completions packed 4 u32 per op (op id, code index, errno, nic + 1): no JS object per
+    // completion. Messages only for failures, as [index, text] pairs.
+    Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * 4);
+    Napi::Array failures = Napi::Array::New(env);
+    uint32_t nf = 0;
     for (size_t i = 0; i < ev.ops.size(); i++) {
       const OpDone& d = ev.ops[i];
-      Napi::Array a = Napi::Array::New(env, 5);
-      a.Set(0u, d.op);
-      a.Set(1u, code_name(d.code));
-      a.Set(2u, d.err);
-      a.Set(3u, d.nic);
-      a.Set(4u, d.message);
-      ops.Set(i, a);
+      ops[4 * i] = d.op;
+      ops[4 * i + 1] = static_cast<uint32_t>(d.code);
+      ops[4 * i + 2] = static_cast<uint32_t>(d.err);
+      ops[4 * i + 3] = static_cast<uint32_t>(d.nic + 1);
+      if (!d.message.empty()) {
+        failures.Set(nf++, Napi::Number::New(env, static_cast<double>(i)));
+        failures.Set(nf++, Napi::String::New(env, d.message));
+      }
     }
     o.Set("ops", ops);
+    o.Set("messages", failures);
     Napi::Array regs = Napi::Array::New(env, ev.regs.size());
     for (size_t i = 0; i < ev.regs.size(); i++) {
       const RegDone& r = ev.regs[i];
