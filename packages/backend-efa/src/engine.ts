@@ -17,7 +17,7 @@ import {
   type UvmWatcher,
   type UvmWatcherCallback,
 } from '@trellis/core';
-import { addon, CODE_NAMES, type NativeEngine, type NativeEvents } from './native.js';
+import { addon, type NativeEngine, type NativeEvents } from './native.js';
 
 /** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */
 export type Provider = 'auto' | 'efa' | 'shm' | 'tcp;ofi_rxm' | 'tcp';
@@ -81,6 +81,7 @@ export class EfaEngine extends EngineBase {
   readonly provider: string;
 
   private readonly native: NativeEngine;
+  private readonly codeNames: readonly string[];
   private readonly providers: Array<{ provider: string; path: 'host' | 'direct' | 'staged' }>;
   private readonly inflight = new Map<number, PendingOp>();
   private readonly regs = new Map<number, PendingReg>();
@@ -125,7 +126,8 @@ export class EfaEngine extends EngineBase {
       );
     }
     const strict = opts.strict ?? process.env.TRELLIS_STRICT === '1';
-    const { NativeEngine: Native } = addon();
+    const { NativeEngine: Native, codeNames } = addon();
+    this.codeNames = codeNames;
     try {
       this.native = new Native(
         {
@@ -191,7 +193,7 @@ export class EfaEngine extends EngineBase {
       if (!op) continue;
       this.inflight.delete(id);
       this.postedAt.delete(id);
-      const code = CODE_NAMES[ops[i + 1]!] ?? 'INTERNAL';
+      const code = this.codeNames[ops[i + 1]!] ?? 'INTERNAL';
       const sent = this.sendBytes.get(id);
       if (sent !== undefined) {
         this.sendBytes.delete(id);

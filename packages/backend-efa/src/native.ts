@@ -3,7 +3,7 @@ import { TrellisError } from '@trellis/core';
 
 /** One batch of events from the native worker (one doorbell). */
 export interface NativeEvents {
-  /** 4 u32 per settled op: op id, code index (see CODE_NAMES), errno, nic + 1 (0: none). */
+  /** 4 u32 per settled op: op id, code index into `Addon.codeNames`, errno, nic + 1 (0: none). */
   ops: Uint32Array;
   /** Messages of failed ops: [index into ops / 4, text, index, text, ...]. */
   messages: Array<number | string>;
@@ -84,29 +84,11 @@ export interface ProviderProbe {
 
 export interface Addon {
   NativeEngine: new (opts: NativeEngineOptions, onEvents: (e: NativeEvents) => void) => NativeEngine;
+  /** Names of completion codes by index: the native enum's one definition. */
+  codeNames: readonly string[];
   fabricVersion(): string;
   probe(): ProviderProbe[];
 }
-
-/** Code indices of native completions, in the order of `trellis::Code` (domain.hpp). */
-export const CODE_NAMES = [
-  'OK',
-  'INVALID_ARGUMENT',
-  'OUT_OF_RANGE',
-  'INVALID_DESCRIPTOR',
-  'PEER_LOST',
-  'NIC_FAILED',
-  'CLOSED',
-  'TIMEOUT',
-  'ABORTED',
-  'MESSAGE_TRUNCATED',
-  'REMOTE_ACCESS',
-  'RESOURCE_EXHAUSTED',
-  'UNSUPPORTED',
-  'PROVIDER_ERROR',
-  'INTERNAL',
-  'UNKNOWN_PEER',
-] as const;
 
 let cached: Addon | undefined;
 

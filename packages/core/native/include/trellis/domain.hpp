@@ -36,6 +36,8 @@ enum class Code : uint8_t {
   UnknownPeer,
 };
 
+constexpr int kCodeCount = static_cast<int>(Code::UnknownPeer) + 1;
+
 inline const char* code_name(Code c) {
   static const char* names[] = {"OK",          "INVALID_ARGUMENT", "OUT_OF_RANGE",      "INVALID_DESCRIPTOR",
                                 "PEER_LOST",   "NIC_FAILED",       "CLOSED",            "TIMEOUT",

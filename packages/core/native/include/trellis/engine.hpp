@@ -180,7 +180,6 @@ class Engine {
   size_t nics() const { return domains_.size(); }
   Domain& domain(size_t i) { return *domains_[i]; }
   NicCounters& counters(size_t i) { return nics_[i]; }
-  bool nic_up(size_t i) const { return i < nic_down_.size() ? !nic_down_[i] : true; }
 
   void push(Cmd&& c) {
     {
@@ -309,7 +308,6 @@ class Engine {
       if (rc) return "registering send buffers: " + msg;
       free_sends_.push_back(static_cast<int32_t>(i));
     }
-    nic_down_.assign(domains_.size(), false);
     return "";
   }
 
@@ -944,7 +942,6 @@ class Engine {
   EngineOptions opts_;
   Notify notify_;
   std::vector<NicCounters> nics_;
-  std::vector<bool> nic_down_;
   std::vector<uint32_t> inflight_;
 
   std::mutex cmd_mu_;

@@ -109,7 +109,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     Events ev = engine_->drain();
     if (ev.empty()) return;
     Napi::Object o = Napi::Object::New(env);
-    // Completions packed 4 u32 per op (op id, code index, errno, nic + 1): no JS object per
+    // Completions packed 4 u32 per op (op id, code index into the addon's codeNames, errno, nic + 1): no JS object per
     // completion. Messages only for failures, as [index, text] pairs.
     Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * 4);
     Napi::Array failures = Napi::Array::New(env);
@@ -384,6 +384,11 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
 #define TRELLIS_NAPI_MODULE(FACTORY)                                                    \
   static Napi::Object TrellisInit(Napi::Env env, Napi::Object exports) {              \
     exports.Set("NativeEngine", trellis::NapiEngine<FACTORY>::Init(env));              \
+    /* completion codes travel as indices; this table is their one definition */        \
+    Napi::Array names = Napi::Array::New(env, trellis::kCodeCount);                   \
+    for (int i = 0; i < trellis::kCodeCount; i++)                                      \
+      names.Set(i, trellis::code_name(static_cast<trellis::Code>(i)));                 \
+    exports.Set("codeNames", names);                                                   \
     FACTORY::extend(env, exports);                                                     \
     return exports;                                                                    \
   }                                                                                    \
