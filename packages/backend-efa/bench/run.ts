@@ -60,7 +60,13 @@ async function startTarget(provider: Provider, size: number) {
 
 /** The initiator engine, created per trial and closed before the raw program runs. */
 function initiator(provider: Provider): Promise<EfaEngine> {
-  return createEngine({ provider, nics: 1, maxSleepUs: Number(process.env.TRELLIS_BENCH_SLEEP_US ?? 1000) });
+  const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
+  return createEngine({
+    provider,
+    nics: 1,
+    maxSleepUs: env('TRELLIS_BENCH_SLEEP_US'),
+    idleSpinUs: env('TRELLIS_BENCH_SPIN_US'),
+  });
 }
 
 /** Keep `window` operations in flight until `ops` completed; seconds from first post to last completion. */

@@ -4,6 +4,11 @@ import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
 import { NetAddr } from '@trellis/core';
 
+function envNumber(name: string): number | undefined {
+  const v = process.env[name];
+  return v === undefined || v === '' ? undefined : Number(v);
+}
+
 const { provider, size, nics } = JSON.parse(process.argv[2]!) as {
   provider: Provider;
   size: number;
@@ -12,8 +17,9 @@ const { provider, size, nics } = JSON.parse(process.argv[2]!) as {
 const engine = await createEngine({
   provider,
   nics,
-  maxSleepUs: Number(process.env.TRELLIS_BENCH_SLEEP_US ?? 1000),
-  idleSpinUs: Number(process.env.TRELLIS_BENCH_SPIN_US ?? 200),
+  // The engine's defaults unless the environment overrides them (see docs/benchmarks.md).
+  maxSleepUs: envNumber('TRELLIS_BENCH_SLEEP_US'),
+  idleSpinUs: envNumber('TRELLIS_BENCH_SPIN_US'),
 });
 const region = await engine.registerMemory(size, { remote: true });
 process.stdout.write(`${JSON.stringify({ desc: region.desc.toString() })}\n`);

@@ -42,9 +42,14 @@ export interface EfaEngineOptions {
    * a dead peer forever; past this the operation rejects with `TIMEOUT`.
    */
   opTimeoutMs?: number;
-  /** Keep polling this long after the last activity (default 200 µs). */
+  /** Keep polling this long after the last activity (default 1000 µs). */
   idleSpinUs?: number;
-  /** Then sleep at most this long between polls (default 1000 µs; 0: spin always, lowest latency). */
+  /**
+   * Then sleep between polls, 8 µs at first and doubling up to this (default 1000 µs; 0: spin
+   * always, lowest latency, one core). On tcp an idle worker instead blocks on the CQ's fd. On shm
+   * a writer's progress needs the target to poll, so a target that sleeps slows its writers: a
+   * target fed in bursts wants a longer `idleSpinUs` or `maxSleepUs: 0`.
+   */
   maxSleepUs?: number;
   /** Most work requests in flight per NIC (default 1024). */
   maxInflight?: number;

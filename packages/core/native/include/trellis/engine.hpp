@@ -127,8 +127,8 @@ struct NicCounters {
 struct EngineOptions {
   int cpu = -1;                   // pin the worker to this CPU (-1: no pinning)
   uint32_t op_timeout_ms = 30000; // engine-owned deadline of every operation (0: none)
-  uint32_t idle_spin_us = 200;    // keep polling this long after the last activity
-  uint32_t max_sleep_us = 1000;   // then sleep at most this long between polls
+  uint32_t idle_spin_us = 1000;   // keep polling this long after the last activity
+  uint32_t max_sleep_us = 1000;   // then sleep between polls, 8 µs doubling up to this (0: never sleep)
   uint32_t max_inflight = 0;      // per domain; 0: the provider's queue size
   size_t recv_bytes = 64 * 1024 + 1024;
   uint32_t recv_count = 64;
@@ -331,7 +331,7 @@ class Engine {
       heartbeat_.fetch_add(1, std::memory_order_relaxed);
       bool active = false;
       auto now = clock::now();
-      if (idle() && now - last_active > std::chrono::microseconds(opts_.idle_spin_us)) {
+      if (opts_.max_sleep_us && idle() && now - last_active > std::chrono::microseconds(opts_.idle_spin_us)) {
         wait_idle();
         now = clock::now();
       }
@@ -360,7 +360,10 @@ class Engine {
         check_deadlines(now);
         last_deadline_check = now;
       }
-      if (active) last_active = now;
+      if (active) {
+        last_active = now;
+        sleep_us_ = kFirstSleepUs;
+      }
       flush();
 
     }
@@ -424,7 +427,11 @@ class Engine {
       return;
     }
 #endif
-    cmd_cv_.wait_for(g, std::chrono::microseconds(opts_.max_sleep_us));
+    // Without a wait fd (shm, efa) incoming traffic is seen only by polling, and on shm the
+    // sender's progress needs ours: sleep briefly at first, doubling while nothing happens, so a
+    // short lull costs little latency and a long one little CPU.
+    cmd_cv_.wait_for(g, std::chrono::microseconds(sleep_us_));
+    sleep_us_ = std::min(sleep_us_ * 2, std::max<uint32_t>(opts_.max_sleep_us, kFirstSleepUs));
   }
 
   bool idle() const {
@@ -976,6 +983,8 @@ class Engine {
   WrCtx* free_ctx_ = nullptr;
   std::vector<Completion> comps_;
   uint32_t eagain_backoff_ = 0;
+  static constexpr uint32_t kFirstSleepUs = 8;
+  uint32_t sleep_us_ = kFirstSleepUs;
 };
 
 }  // namespace trellis
