@@ -1,29 +1,11 @@
-import {
-  autoShards,
-  callUser,
-  EngineBase,
-  type EngineLimits,
-  type MemorySource,
-  MrDesc,
-  NetAddr,
-  type NicStats,
-  type PendingOp,
-  type Plan,
-  type RecvPool,
-  type Region,
-  type RegionAlloc,
-  TrellisError,
-  type TrellisErrorCode,
-  type UvmWatcher,
-  type UvmWatcherCallback,
-} from '@trellis/core';
-import { addon, type NativeEngine, type NativeEvents } from './native.js';
+import { MSG_HEADER, NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
+import { addon } from './native.js';
 
 /** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */
 export type Provider = 'auto' | 'efa' | 'shm' | 'tcp;ofi_rxm' | 'tcp';
 
-/** Options of {@link createEngine}. */
-export interface EfaEngineOptions {
+/** Options of {@link createEngine}. The worker's tuning (`cpu`, `opTimeoutMs`, `idleSpinUs`, ...) is {@link NativeEngineTuning}. */
+export interface EfaEngineOptions extends NativeEngineTuning {
   /**
    * libfabric provider. `auto` (default, or `TRELLIS_PROVIDER`): `efa` where present, otherwise
    * `tcp;ofi_rxm`. `shm` is the fastest between processes of one host and reaches no other host.
@@ -35,86 +17,15 @@ export interface EfaEngineOptions {
   strict?: boolean;
   /** Source address or interface for tcp (`fi_getinfo` node). */
   iface?: string;
-  /** Pin the engine's worker thread to this CPU. */
-  cpu?: number;
-  /**
-   * Engine-owned deadline of every operation in ms (default 30000; 0: none). A provider may retry
-   * a dead peer forever; past this the operation rejects with `TIMEOUT`.
-   */
-  opTimeoutMs?: number;
-  /** Keep polling this long after the last activity (default 1000 µs). */
-  idleSpinUs?: number;
-  /**
-   * Then sleep between polls, 8 µs at first and doubling up to this (default 1000 µs; 0: spin
-   * always, lowest latency, one core). On tcp an idle worker instead blocks on the CQ's fd. On shm
-   * a writer's progress needs the target to poll, so a target that sleeps slows its writers: a
-   * target fed in bursts wants a longer `idleSpinUs` or `maxSleepUs: 0`.
-   */
-  maxSleepUs?: number;
-  /** Most work requests in flight per NIC (default 1024). */
-  maxInflight?: number;
-  /**
-   * Wake JS at most once per this many µs (default 0: as soon as the last batch was taken). A few
-   * tens of µs make batches larger and leave more CPU to the worker when JS shares few cores.
-   */
-  doorbellUs?: number;
-  limits?: Partial<EngineLimits>;
 }
 
 const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 'tcp;ofi_rxm': 'fi-tcp' };
-const MSG_HEADER = 2048; // room for the sender's NetAddr in front of every message
-const MAX_UNEXPECTED = 1024; // messages held while no receive pool is posted
-
-/**
- * Engines of this process that were closed. A write to one would reach memory its provider has
- * unmapped (shm maps peers' queues into this process), so it is refused up front with PEER_LOST.
- * Peers in other processes are detected through provider errors and the engine deadline.
- */
-const closedInProcess = new Set<string>();
-
-interface PendingReg {
-  resolve: (keys: BigUint64Array) => void;
-  reject: (e: TrellisError) => void;
-}
 
 /** An engine on libfabric. Create it with {@link createEngine}. */
-export class EfaEngine extends EngineBase {
-  readonly kind: string;
-  readonly address: NetAddr;
-  readonly nics: number;
-  /** The libfabric provider behind every NIC. */
-  readonly provider: string;
-
-  private readonly native: NativeEngine;
-  private readonly codeNames: readonly string[];
-  private readonly providers: Array<{ provider: string; path: 'host' | 'direct' | 'staged' }>;
-  private readonly inflight = new Map<number, PendingOp>();
-  private readonly regs = new Map<number, PendingReg>();
-  private readonly peerIds = new Map<string, number>();
-  private readonly headerBytes: Uint8Array;
-  private readonly recvPools: RecvPool[] = [];
-  private poolCursor = 0;
-  private readonly unexpected: Uint8Array[] = [];
-  private readonly watches = new Map<number, { cb: UvmWatcherCallback; closed: boolean }>();
-  private nextRegion = 1;
-  private nextPeer = 1;
-  private nextWatch = 1;
-  private finalStats: Float64Array | undefined;
-  private readonly opTimeoutMs: number;
-  /** When each in-flight op was posted, for the watchdog. */
-  private readonly postedAt = new Map<number, number>();
-  private watchdog: NodeJS.Timeout | undefined;
-  private lastBeat = -1;
-  private lastBeatAt = 0;
-  private abandoned = false;
-  /** Message counters kept here: the native ones include the sender header. */
-  private readonly msgStats = { bytesSent: 0, sendOps: 0, bytesReceived: 0, recvOps: 0 };
-  private readonly sendBytes = new Map<number, number>();
-
+export class EfaEngine extends NativeEngineBase {
   /** @internal Use {@link createEngine}. */
   constructor(opts: EfaEngineOptions) {
     const limits = { maxMessageBytes: 64 * 1024, ...opts.limits };
-    super(limits);
     const nics = opts.nics ?? 1;
     if (!Number.isInteger(nics) || nics < 1 || nics > 4) {
       throw new TrellisError(
@@ -132,454 +43,51 @@ export class EfaEngine extends EngineBase {
     }
     const strict = opts.strict ?? process.env.TRELLIS_STRICT === '1';
     const { NativeEngine: Native, codeNames } = addon();
-    this.codeNames = codeNames;
-    try {
-      this.native = new Native(
-        {
-          provider: provider === 'auto' ? '' : provider,
-          nics,
-          strict,
-          iface: opts.iface,
-          cpu: opts.cpu,
-          opTimeoutMs: opts.opTimeoutMs,
-          idleSpinUs: opts.idleSpinUs,
-          maxSleepUs: opts.maxSleepUs,
-          maxInflight: opts.maxInflight,
-          doorbellUs: opts.doorbellUs,
-          recvBytes: limits.maxMessageBytes + MSG_HEADER,
-        },
-        (e) => this.onEvents(e),
-      );
-    } catch (e) {
-      throw new TrellisError('UNSUPPORTED', `createEngine: ${e instanceof Error ? e.message : String(e)}`, {
-        cause: e,
-      });
-    }
-    this.opTimeoutMs = opts.opTimeoutMs ?? 30_000;
-    this.providers = this.native.providers();
-    this.provider = this.providers[0]!.provider;
-    this.nics = nics;
-    this.kind = PROVIDER_KIND[this.provider] ?? `fi-${this.provider.replace(/[^a-z0-9]/g, '')}`;
-    // A fresh generation per engine: a restarted process is a new peer.
-    const gen = crypto.getRandomValues(new Uint32Array(1))[0]!;
-    this.address = new NetAddr(this.kind, gen, this.native.addresses());
-    const ab = this.address.toBytes();
-    this.headerBytes = new Uint8Array(2 + ab.length);
-    new DataView(this.headerBytes.buffer).setUint16(0, ab.length, true);
-    this.headerBytes.set(ab, 2);
-  }
-
-  // -- events from the worker (one call per batch) ------------------------------------------------
-
-  private onEvents(e: NativeEvents): void {
-    for (const r of e.regs) {
-      const p = this.regs.get(r.region);
-      if (!p) continue;
-      this.regs.delete(r.region);
-      if (r.code === 'OK') p.resolve(r.keys);
-      else
-        p.reject(
-          new TrellisError(r.code as TrellisErrorCode, `registerMemory: ${r.message}`, {
-            op: 'registerMemory',
-          }),
-        );
-    }
-    for (let i = 0; i < e.imms.length; i += 2) this.counters.arrive(e.imms[i]!, e.imms[i + 1]!);
-    let messages: Map<number, string> | undefined;
-    if (e.messages.length) {
-      messages = new Map();
-      for (let i = 0; i < e.messages.length; i += 2)
-        messages.set(e.messages[i] as number, e.messages[i + 1] as string);
-    }
-    const ops = e.ops;
-    for (let i = 0; i < ops.length; i += 4) {
-      const id = ops[i]!;
-      const op = this.inflight.get(id);
-      if (!op) continue;
-      this.inflight.delete(id);
-      this.postedAt.delete(id);
-      const code = this.codeNames[ops[i + 1]!] ?? 'INTERNAL';
-      const sent = this.sendBytes.get(id);
-      if (sent !== undefined) {
-        this.sendBytes.delete(id);
-        if (code === 'OK') {
-          this.msgStats.sendOps++;
-          this.msgStats.bytesSent += sent;
+    super({
+      backendName: '@trellis/backend-efa',
+      nics,
+      limits,
+      opTimeoutMs: opts.opTimeoutMs ?? 30_000,
+      codeNames,
+      create: (onEvents) => {
+        try {
+          return new Native(
+            {
+              provider: provider === 'auto' ? '' : provider,
+              nics,
+              strict,
+              iface: opts.iface,
+              cpu: opts.cpu,
+              opTimeoutMs: opts.opTimeoutMs,
+              idleSpinUs: opts.idleSpinUs,
+              maxSleepUs: opts.maxSleepUs,
+              maxInflight: opts.maxInflight,
+              doorbellUs: opts.doorbellUs,
+              recvBytes: limits.maxMessageBytes + MSG_HEADER,
+            },
+            onEvents,
+          );
+        } catch (e) {
+          throw new TrellisError(
+            'UNSUPPORTED',
+            `createEngine: ${e instanceof Error ? e.message : String(e)}`,
+            {
+              cause: e,
+            },
+          );
         }
-      }
-      if (code === 'OK') {
-        op.complete();
-        continue;
-      }
-      if (op.cancelReason && (code === 'ABORTED' || code === 'TIMEOUT')) {
-        op.fail(op.cancelReason);
-        continue;
-      }
-      const message = messages?.get(i / 4) ?? '';
-      const errno = ops[i + 2]!;
-      const nic = ops[i + 3]! - 1;
-      const text =
-        message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
-      op.fail(
-        new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, {
-          errno: errno || undefined,
-          providerMessage: message || undefined,
-          nic: nic >= 0 ? nic : undefined,
-        }),
-      );
-    }
-    for (const m of e.recvs) this.deliver(m);
-    for (const [id, value, prev] of e.watches) {
-      const w = this.watches.get(id);
-      if (w && !w.closed) callUser(() => w.cb(value, prev));
-    }
-  }
-
-  // -- regions ----------------------------------------------------------------------------------
-
-  protected async registerRegion(src: MemorySource, remote: boolean, op: string): Promise<RegionAlloc> {
-    let view: Uint8Array;
-    if (typeof src === 'number') view = new Uint8Array(this.native.alloc(src));
-    else if (src instanceof ArrayBuffer || src instanceof SharedArrayBuffer) view = new Uint8Array(src);
-    else if (ArrayBuffer.isView(src)) view = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
-    else {
-      throw new TrellisError(
-        'UNSUPPORTED',
-        `${op}: CUDA memory needs the GPU support of @trellis/backend-efa (not built in this version)`,
-        { op },
-      );
-    }
-    const id = this.nextRegion++;
-    const keys = await new Promise<BigUint64Array>((resolve, reject) => {
-      this.regs.set(id, { resolve, reject });
-      this.native.register(id, view, remote);
+      },
+      kindOf: (providers) => {
+        const p = providers[0]!.provider;
+        return PROVIDER_KIND[p] ?? `fi-${p.replace(/[^a-z0-9]/g, '')}`;
+      },
     });
-    const nics = remote
-      ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
-      : [];
-    const desc = new MrDesc(this.address, keys.length ? keys[0]! : 0n, view.length, nics);
-    return { desc, bytes: view, length: view.length, key: id };
   }
 
-  protected async deregisterRegion(key: unknown): Promise<void> {
-    if (!this.closed) this.native.deregister(key as number);
-  }
-
-  // -- peers ------------------------------------------------------------------------------------
-
-  protected checkReachable(peer: NetAddr, op: string): void {
-    if (closedInProcess.has(peer.toString())) {
-      throw new TrellisError('PEER_LOST', `${op}: the peer (an engine of this process) was closed`, {
-        op,
-        peer: peer.toString(),
-      });
-    }
-    this.peerId(peer, op);
-  }
-
-  /** The native id of a peer, adding it on first use (the worker resolves it in order). */
-  private peerId(peer: NetAddr, op: string): number {
-    const key = peer.toString();
-    let id = this.peerIds.get(key);
-    if (id !== undefined) return id;
-    for (const [i, nic] of peer.nics.entries()) {
-      // [u16 name length][name][u64 sink addr][u64 sink key]: anything else is not a libfabric peer.
-      const n = nic.length >= 2 ? nic[0]! | (nic[1]! << 8) : -1;
-      if (n <= 0 || nic.length !== 2 + n + 16) {
-        throw new TrellisError(
-          'UNKNOWN_PEER',
-          `${op}: NIC ${i} of ${key} is not a libfabric endpoint address`,
-          { op, peer: key },
-        );
-      }
-    }
-    id = this.nextPeer++;
-    this.peerIds.set(key, id);
-    this.native.addPeer(id, peer.nics);
-    return id;
-  }
-
-  // -- posting ----------------------------------------------------------------------------------
-
-  // Scratch arrays for the write command: the addon copies them synchronously, so one pair serves
-  // every call (no per-operation allocation). Grown for requests with many runs.
-  private runBuf = new Float64Array(8 * 8);
-  private keyBuf = new BigUint64Array(8 * 8);
-
-  protected post(plan: Plan, op: PendingOp): void {
-    let n = 0;
-    const runCount =
-      plan.op === 'scatter' ? plan.targets.length : plan.op === 'barrier' ? plan.peers.length : 1;
-    if (runCount * 8 > this.runBuf.length) {
-      this.runBuf = new Float64Array(8 * runCount);
-      this.keyBuf = new BigUint64Array(8 * runCount);
-    }
-    const runs = this.runBuf;
-    const keys = this.keyBuf;
-    const run = (
-      peer: NetAddr,
-      lane0: number,
-      lanes: number,
-      shards: number,
-      srcOff: number,
-      dstOff: number,
-      len: number,
-      dst: MrDesc | undefined,
-    ) => {
-      const at = 8 * n++;
-      runs[at] = this.peerId(peer, op.callsite.op);
-      runs[at + 1] = lane0;
-      runs[at + 2] = lanes;
-      runs[at + 3] = shards;
-      runs[at + 4] = srcOff;
-      runs[at + 5] = dstOff;
-      runs[at + 6] = len;
-      runs[at + 7] = dst ? 0 : 1;
-      for (let l = 0; l < 4; l++) {
-        const k = dst?.nics[l];
-        keys[at + 2 * l] = k ? k.addr : 0n;
-        keys[at + 2 * l + 1] = k ? k.rkey : 0n;
-      }
-    };
-    let region = 0;
-    let pages: Parameters<NativeEngine['write']>[6];
-    switch (plan.op) {
-      case 'single':
-        region = (plan.src as Region).key as number;
-        run(plan.peer, 0, plan.lanes, plan.shards, plan.srcOffset, plan.dstOffset, plan.length, plan.dst);
-        break;
-      case 'paged': {
-        region = (plan.src as Region).key as number;
-        const k = new BigUint64Array(8);
-        plan.dst.nics.forEach((n, l) => {
-          if (l < 4) {
-            k[2 * l] = n.addr;
-            k[2 * l + 1] = n.rkey;
-          }
-        });
-        pages = {
-          peer: this.peerId(plan.peer, op.callsite.op),
-          lanes: plan.lanes,
-          srcPages: plan.srcPages,
-          dstPages: plan.dstPages,
-          srcStride: plan.srcStride,
-          dstStride: plan.dstStride,
-          srcOffset: plan.srcOffset,
-          dstOffset: plan.dstOffset,
-          pageBytes: plan.pageBytes,
-          keys: k,
-        };
-        break;
-      }
-      case 'scatter':
-        region = (plan.src as Region).key as number;
-        plan.targets.forEach((t, i) => {
-          if (plan.routing === 'bytes')
-            run(t.peer, 0, t.lanes, autoShards(t.length, t.lanes), t.srcOffset, t.dstOffset, t.length, t.dst);
-          else {
-            const lane = plan.routing === 'peers' ? i % t.lanes : plan.routing.nic;
-            run(t.peer, lane, t.lanes, 1, t.srcOffset, t.dstOffset, t.length, t.dst);
-          }
-        });
-        break;
-      case 'barrier':
-        for (const [j, p] of plan.peers.entries())
-          run(p, plan.lanes[j]!, this.lanesTo(p), 1, 0, 0, 0, undefined);
-        break;
-      case 'imm':
-        run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
-        break;
-    }
-    this.track(op);
-    this.native.write(
-      op.id,
-      region,
-      plan.imm !== undefined,
-      plan.imm ?? 0,
-      runs.subarray(0, 8 * n),
-      keys.subarray(0, 8 * n),
-      pages,
-    );
-  }
-
-  protected postSend(peer: NetAddr, data: Uint8Array, op: PendingOp): void {
-    const id = this.peerId(peer, op.callsite.op);
-    const framed = new Uint8Array(this.headerBytes.length + data.length);
-    framed.set(this.headerBytes, 0);
-    framed.set(data, this.headerBytes.length);
-    this.track(op);
-    this.sendBytes.set(op.id, data.length);
-    this.native.send(op.id, id, framed);
-  }
-
-  private track(op: PendingOp): void {
-    this.inflight.set(op.id, op);
-    this.postedAt.set(op.id, Date.now());
-    if (!this.watchdog && this.opTimeoutMs > 0) {
-      this.watchdog = setInterval(() => this.checkWorker(), 250);
-      this.watchdog.unref();
-    }
-  }
-
-  /**
-   * The watchdog. A healthy worker reports every operation by its deadline (opTimeoutMs). If one
-   * is a second past it and the worker has not turned its loop for a second, the worker is stuck
-   * inside the provider — shm's fi_writemsg spins forever on a lock that a killed peer process
-   * held. Nothing can unstick it: every pending operation fails with PEER_LOST and the engine is
-   * abandoned (its thread detached, its memory leaked on purpose). Create a new engine.
-   */
-  private checkWorker(): void {
-    if (this.closed) return;
-    const now = Date.now();
-    const beat = this.native.heartbeat();
-    if (beat !== this.lastBeat) {
-      this.lastBeat = beat;
-      this.lastBeatAt = now;
-      return;
-    }
-    let overdue = false;
-    for (const t of this.postedAt.values()) {
-      if (now - t > this.opTimeoutMs + 1000) {
-        overdue = true;
-        break;
-      }
-    }
-    if (!overdue || now - this.lastBeatAt < 1000) return;
-    this.abandoned = true;
-    const err = new TrellisError(
-      'PEER_LOST',
-      `the engine's worker has been stuck inside provider '${this.provider}' for ${now - this.lastBeatAt} ms with operations past their deadline (a peer process probably died holding a shared-memory lock); the engine was abandoned — create a new one`,
-    );
-    for (const [id, op] of this.inflight) {
-      this.postedAt.delete(id);
-      op.fail(err);
-    }
-    this.inflight.clear();
-    void this.close();
-  }
-
-  cancelOp(op: PendingOp, reason: TrellisError): void {
-    if (!this.inflight.has(op.id)) return;
-    this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED');
-  }
-
-  // -- receive ----------------------------------------------------------------------------------
-
-  private deliver(m: Uint8Array): void {
-    if (this.recvPools.length === 0) {
-      // No pool yet: the provider already took the message; hold it until one is posted, up to a
-      // bound (a peer must not grow this process's memory without limit).
-      if (this.unexpected.length < MAX_UNEXPECTED) this.unexpected.push(m);
-      else this.recvDropped++;
-      return;
-    }
-    const n = m.length >= 2 ? m[0]! | (m[1]! << 8) : 0;
-    let from: NetAddr;
-    try {
-      from = NetAddr.fromBytes(m.subarray(2, 2 + n));
-    } catch {
-      this.recvDropped++;
-      return;
-    }
-    const data = m.slice(2 + n);
-    const pool = this.recvPools[this.poolCursor++ % this.recvPools.length]!;
-    if (data.length > pool.maxBytes) {
-      this.recvDropped++;
-      const onError = pool.onError;
-      if (onError) {
-        callUser(() =>
-          onError(
-            new TrellisError(
-              'MESSAGE_TRUNCATED',
-              `submitRecvs: a ${data.length}-byte message from ${from.toString()} exceeds the ${pool.maxBytes}-byte receive buffers; it was dropped`,
-              { peer: from.toString() },
-            ),
-          ),
-        );
-      }
-      return;
-    }
-    this.msgStats.recvOps++;
-    this.msgStats.bytesReceived += data.length;
-    callUser(() => pool.onRecv({ from, data }));
-  }
-
-  protected postRecvs(pool: RecvPool): void {
-    this.recvPools.push(pool);
-    for (const m of this.unexpected.splice(0)) this.deliver(m);
-  }
-
-  protected cancelRecvs(pool: RecvPool): void {
-    const i = this.recvPools.indexOf(pool);
-    if (i >= 0) this.recvPools.splice(i, 1);
-    pool.end();
-  }
-
-  // -- watcher ----------------------------------------------------------------------------------
-
-  protected createWatcher(onChange: UvmWatcherCallback, onClose: (w: UvmWatcher) => void): UvmWatcher {
-    const id = this.nextWatch++;
-    const sab = new SharedArrayBuffer(8);
-    const word = new BigUint64Array(sab);
-    const state = { cb: onChange, closed: false };
-    this.watches.set(id, state);
-    this.native.watch(id, new Uint8Array(sab));
-    const native = this.native;
-    const watches = this.watches;
-    const engine = this;
-    return {
-      word,
-      devicePtr: 0n,
-      get value() {
-        return Atomics.load(word, 0);
-      },
-      increment(n = 1n) {
-        if (state.closed) throw new TrellisError('CLOSED', 'UvmWatcher.increment: the watcher is closed');
-        return Atomics.add(word, 0, n) + n;
-      },
-      close() {
-        if (state.closed) return;
-        state.closed = true;
-        watches.delete(id);
-        if (!engine.closed) native.unwatch(id);
-        onClose(this);
-      },
-    };
-  }
-
-  // -- lifecycle --------------------------------------------------------------------------------
-
-  protected async shutdown(): Promise<void> {
-    closedInProcess.add(this.address.toString());
-    if (this.watchdog) clearInterval(this.watchdog);
-    this.finalStats = this.native.stats();
-    // Synchronous: the worker stops, and its last batch (pending ops as CLOSED) is delivered here.
-    // A stuck worker cannot be joined: it is abandoned instead.
-    if (this.abandoned) this.native.abandon();
-    else this.native.close();
-    for (const p of this.regs.values())
-      p.reject(new TrellisError('CLOSED', 'registerMemory: the engine was closed'));
-    this.regs.clear();
-    for (const pool of this.recvPools.splice(0)) pool.end();
-  }
-
-  protected nicStats(): NicStats[] {
-    const s = this.finalStats ?? this.native.stats();
-    return this.providers.map((p, i) => ({
-      index: i,
-      provider: p.provider,
-      path: p.path,
-      up: true,
-      bytesWritten: s[8 * i]!,
-      writeOps: s[8 * i + 1]!,
-      // Messages travel on NIC 0.
-      bytesSent: i === 0 ? this.msgStats.bytesSent : 0,
-      sendOps: i === 0 ? this.msgStats.sendOps : 0,
-      bytesReceived: i === 0 ? this.msgStats.bytesReceived : 0,
-      recvOps: i === 0 ? this.msgStats.recvOps : 0,
-      immsReceived: s[8 * i + 6]!,
-      errors: s[8 * i + 7]!,
-    }));
+  protected checkNicAddress(nic: Uint8Array): string | undefined {
+    // [u16 name length][name][u64 sink addr][u64 sink key]: anything else is not a libfabric peer.
+    const n = nic.length >= 2 ? nic[0]! | (nic[1]! << 8) : -1;
+    return n <= 0 || nic.length !== 2 + n + 16 ? 'is not a libfabric endpoint address' : undefined;
   }
 }
 

@@ -1,60 +1,7 @@
 import { createRequire } from 'node:module';
-import { TrellisError } from '@trellis/core';
+import { type NativeEngine, type NativeEvents, TrellisError } from '@trellis/core';
 
-/** One batch of events from the native worker (one doorbell). */
-export interface NativeEvents {
-  /** 4 u32 per settled op: op id, code index into `Addon.codeNames`, errno, nic + 1 (0: none). */
-  ops: Uint32Array;
-  /** Messages of failed ops: [index into ops / 4, text, index, text, ...]. */
-  messages: Array<number | string>;
-  regs: Array<{ region: number; code: string; message: string; keys: BigUint64Array }>;
-  /** (imm, count) pairs */
-  imms: Uint32Array;
-  recvs: Uint8Array[];
-  /** [watchId, value, previous] */
-  watches: Array<[number, bigint, bigint]>;
-}
-
-/** The addon's engine class: plain data in, events out. Validation lives in TypeScript. */
-export interface NativeEngine {
-  addresses(): Uint8Array[];
-  providers(): Array<{ provider: string; path: 'host' | 'direct' | 'staged' }>;
-  addPeer(id: number, addrs: readonly Uint8Array[]): void;
-  alloc(length: number): ArrayBuffer;
-  register(id: number, view: Uint8Array, remote: boolean): void;
-  deregister(id: number): void;
-  write(
-    op: number,
-    region: number,
-    hasImm: boolean,
-    imm: number,
-    runs: Float64Array,
-    runKeys: BigUint64Array,
-    pages?: {
-      peer: number;
-      lanes: number;
-      srcPages: Uint32Array;
-      dstPages: Uint32Array;
-      srcStride: number;
-      dstStride: number;
-      srcOffset: number;
-      dstOffset: number;
-      pageBytes: number;
-      keys: BigUint64Array;
-    },
-  ): void;
-  send(op: number, peer: number, bytes: Uint8Array): void;
-  cancel(op: number, code: 'TIMEOUT' | 'ABORTED'): void;
-  watch(id: number, word: Uint8Array): void;
-  unwatch(id: number): void;
-  /** 8 numbers per NIC: bytesWritten, writeOps, bytesSent, sendOps, bytesReceived, recvOps, immsReceived, errors */
-  stats(): Float64Array;
-  close(): void;
-  /** Worker loop iterations so far (-1 once closed). */
-  heartbeat(): number;
-  /** Detach a worker stuck inside the provider; the native engine is leaked on purpose. */
-  abandon(): void;
-}
+export type { NativeEngine, NativeEvents };
 
 export interface NativeEngineOptions {
   provider: string;

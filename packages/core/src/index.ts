@@ -33,6 +33,14 @@ export {
   type LoopbackFabricOptions,
 } from './loopback/fabric.js';
 export { Prng } from './loopback/prng.js';
+export {
+  MSG_HEADER,
+  type NativeEngine,
+  NativeEngineBase,
+  type NativeEngineInit,
+  type NativeEngineTuning,
+  type NativeEvents,
+} from './native-engine.js';
 export type * from './types.js';
 export { callUser } from './user.js';
 export {
