@@ -27,7 +27,7 @@ export interface NativeEvents {
 /** The engine kit's N-API class: plain data in, events out. Validation lives in TypeScript. @internal */
 export interface NativeEngine {
   addresses(): Uint8Array[];
-  providers(): Array<{ provider: string; path: 'host' | 'direct' | 'staged' }>;
+  providers(): Array<{ provider: string; path: 'host' | 'direct' | 'staged'; device?: string }>;
   addPeer(id: number, addrs: readonly Uint8Array[]): void;
   alloc(length: number): ArrayBuffer;
   register(id: number, view: Uint8Array, remote: boolean): void;
@@ -142,7 +142,11 @@ export abstract class NativeEngineBase extends EngineBase {
   protected readonly native: NativeEngine;
   protected readonly backendName: string;
   private readonly codeNames: readonly string[];
-  protected readonly providers: Array<{ provider: string; path: 'host' | 'direct' | 'staged' }>;
+  protected readonly providers: Array<{
+    provider: string;
+    path: 'host' | 'direct' | 'staged';
+    device?: string;
+  }>;
   private readonly inflight = new Map<number, PendingOp>();
   private readonly regs = new Map<number, PendingReg>();
   private readonly peerIds = new Map<string, number>();
@@ -584,6 +588,7 @@ export abstract class NativeEngineBase extends EngineBase {
       index: i,
       provider: p.provider,
       path: p.path,
+      ...(p.device ? { device: p.device } : {}),
       up: true,
       bytesWritten: s[8 * i]!,
       writeOps: s[8 * i + 1]!,

@@ -198,6 +198,8 @@ export interface NicStats {
   provider: string;
   /** Data path: `host` memory, GPU memory `direct` (GPUDirect), or `staged` through host bounce buffers. */
   path: 'host' | 'direct' | 'staged';
+  /** The device behind the NIC where the backend names one, e.g. `mlx5_0 port 1, RoCE v2 GID 3, MTU 4096`. */
+  device?: string;
   up: boolean;
   bytesWritten: number;
   writeOps: number;

@@ -93,6 +93,8 @@ class Domain {
   virtual std::string provider() const = 0;
   // Data path of this domain: "host", "direct" (GPUDirect), "staged".
   virtual std::string path() const { return "host"; }
+  // The device in words for stats ("mlx5_0 port 1, RoCE v2 GID 3, MTU 4096"); "" if nothing to add.
+  virtual std::string describe() const { return ""; }
   // Bytes a peer needs to reach this domain (endpoint name plus anything else, e.g. a sink key).
   virtual std::vector<uint8_t> address() const = 0;
   // Register [ptr, ptr+len). Returns 0 or a negative errno; on failure `msg` says why.
@@ -106,6 +108,9 @@ class Domain {
   virtual int post_write(const WriteWr& wr) = 0;
   virtual int post_send(uint64_t peer, const void* buf, size_t len, void* desc, void* ctx) = 0;
   virtual int post_recv(void* buf, size_t len, void* desc, void* ctx) = 0;
+  // Called after each round of posts: a backend that chains work requests (one doorbell for many,
+  // as verbs WR lists do) posts the chains here. A failure then is reported through poll().
+  virtual void flush_posts() {}
   // Append up to `max` completions; return how many (0 when idle), negative on a fatal error.
   virtual int poll(std::vector<Completion>& out, int max) = 0;
   // Text for a negative return of a post.

@@ -747,6 +747,8 @@ class Engine {
       }
       send_backlog_.pop_front();
     }
+    if (any)
+      for (auto& d : domains_) d->flush_posts();
     return any;
   }
 

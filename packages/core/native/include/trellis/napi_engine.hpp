@@ -183,6 +183,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       Napi::Object o = Napi::Object::New(info.Env());
       o.Set("provider", engine_->domain(i).provider());
       o.Set("path", engine_->domain(i).path());
+      std::string d = engine_->domain(i).describe();
+      if (!d.empty()) o.Set("device", d);
       a.Set(i, o);
     }
     return a;

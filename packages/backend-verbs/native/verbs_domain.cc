@@ -1,0 +1,1009 @@
+// VerbsDomain: see verbs_domain.hh.
+//
+// Per peer, two RC QPs: one for messages (SEND, attached to the message SRQ whose buffers the
+// engine posts) and one for writes (RDMA_WRITE and RDMA_WRITE_WITH_IMM, attached to an SRQ of
+// zero-byte receives that immediates consume). Work requests are chained per QP and posted with one
+// ibv_post_send per round (flush_posts). QPs are created on first use and connected through a TCP
+// handshake with the peer's domain; posts made meanwhile are queued here. A QP that reports an
+// error is moved to the error state (its work flushes), retired, and replaced on the next post.
+#include "verbs_domain.hh"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+namespace trellis_verbs {
+
+using trellis::Code;
+using trellis::Completion;
+using trellis::CompKind;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+constexpr uint8_t kAddrVersion = 1;
+constexpr size_t kAddrLen = 32;
+constexpr uint32_t kMagic = 0x31485254;  // "TRH1"
+constexpr uint8_t kReq = 1, kResp = 2, kErr = 3;
+constexpr size_t kReqLen = 8 + kAddrLen + 12, kRespLen = 8 + 12;
+constexpr uint64_t kImmRecv = 0;  // wr_id of the zero-byte receives for immediates
+
+void put16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+void put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+uint16_t get16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+uint32_t get32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+std::string gid_str(const ibv_gid& g) {
+  char buf[INET6_ADDRSTRLEN];
+  inet_ntop(AF_INET6, g.raw, buf, sizeof buf);
+  return buf;
+}
+
+bool ipv4_mapped(const ibv_gid& g) {
+  static const uint8_t pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return std::memcmp(g.raw, pre, 12) == 0;
+}
+
+Code classify_wc(ibv_wc_status s) {
+  switch (s) {
+    case IBV_WC_REM_ACCESS_ERR: return Code::RemoteAccess;
+    case IBV_WC_RETRY_EXC_ERR:
+    case IBV_WC_RNR_RETRY_EXC_ERR:
+    case IBV_WC_WR_FLUSH_ERR:
+    case IBV_WC_REM_ABORT_ERR:
+    case IBV_WC_RESP_TIMEOUT_ERR: return Code::PeerLost;
+    case IBV_WC_LOC_LEN_ERR:
+    case IBV_WC_REM_INV_REQ_ERR: return Code::MessageTruncated;
+    case IBV_WC_LOC_PROT_ERR:
+    case IBV_WC_LOC_QP_OP_ERR: return Code::Internal;
+    default: return Code::ProviderError;
+  }
+}
+
+std::string wc_text(ibv_wc_status s) {
+  switch (s) {
+    case IBV_WC_REM_ACCESS_ERR: return "the peer refused the write: bad rkey, no remote-write access, or out of its region (IBV_WC_REM_ACCESS_ERR)";
+    case IBV_WC_RETRY_EXC_ERR: return "no acknowledgement from the peer within timeout x retry_cnt: it is gone or unreachable (IBV_WC_RETRY_EXC_ERR)";
+    case IBV_WC_RNR_RETRY_EXC_ERR: return "the peer had no receive posted for rnr_retry attempts (IBV_WC_RNR_RETRY_EXC_ERR)";
+    case IBV_WC_WR_FLUSH_ERR: return "flushed: the queue pair went to the error state after an earlier failure on this connection (IBV_WC_WR_FLUSH_ERR)";
+    case IBV_WC_REM_INV_REQ_ERR: return "the peer rejected the request: a message larger than its receive buffer (IBV_WC_REM_INV_REQ_ERR)";
+    case IBV_WC_LOC_PROT_ERR: return "local protection error: a source buffer outside its registration (IBV_WC_LOC_PROT_ERR)";
+    default: return std::string(ibv_wc_status_str(s));
+  }
+}
+}  // namespace
+
+struct VerbsDomain::QpRec {
+  ibv_qp* qp = nullptr;
+  size_t peer = 0;
+  bool msg = false;
+  bool retired = false;
+  uint32_t outstanding = 0;  // posted or chained, not yet completed
+  std::vector<ibv_send_wr> chain;
+  std::vector<ibv_sge> sges;
+};
+
+struct Queued {
+  bool send = false;
+  trellis::WriteWr wr;
+  const void* buf = nullptr;
+  size_t len = 0;
+  void* desc = nullptr;
+  void* ctx = nullptr;
+};
+
+struct VerbsDomain::HsConn {
+  int fd = -1;
+  bool outgoing = false;
+  size_t peer = 0;
+  std::vector<uint8_t> in, out;
+  size_t out_off = 0;
+};
+
+struct VerbsDomain::Peer {
+  size_t index = 0;
+  std::vector<uint8_t> addr;
+  uint8_t link = 0, port = 1, mtu = 0;
+  uint16_t lid = 0;
+  uint32_t ip = 0;  // network order
+  uint16_t hs_port = 0;
+  ibv_gid gid{};
+  QpRec* msg = nullptr;
+  QpRec* wr = nullptr;
+  enum State { Idle, Connecting, Connected } state = Idle;
+  uint32_t rmsg = 0, rwr = 0, rpsn = 0;
+  uint32_t psn = 0;
+  std::deque<Queued> queued;
+  HsConn* hs = nullptr;
+  Clock::time_point hs_deadline{};
+};
+
+std::vector<std::string> list_devices(bool model, std::string* err) {
+  return (model ? rc_model() : real_verbs()).devices(err);
+}
+
+std::string VerbsDomain::describe() const {
+  std::string s = facts_.device + " port " + std::to_string(facts_.port) + ", " + facts_.link;
+  if (ib_) s += " LID " + std::to_string(facts_.lid);
+  else s += " GID " + std::to_string(facts_.gid_index) + " (" + facts_.gid + ")";
+  s += ", MTU " + std::to_string(facts_.mtu);
+  if (facts_.thread_domain) s += ", thread domain";
+  return s;
+}
+
+// ------------------------------------------------------------------------------------- setup
+std::unique_ptr<VerbsDomain> VerbsDomain::open(const VerbsOptions& opts, std::string* err) {
+  std::unique_ptr<VerbsDomain> d(new VerbsDomain());
+  if (!d->setup(opts, err)) return nullptr;
+  return d;
+}
+
+bool VerbsDomain::setup(const VerbsOptions& opts, std::string* err) {
+  opts_ = opts;
+  v_ = opts.model ? &rc_model() : &real_verbs();
+  facts_.verbs = v_->name();
+  std::string name = opts.device;
+  if (name.empty()) {
+    // The index-th device with an active port.
+    std::vector<std::string> devs = v_->devices(err);
+    std::vector<std::string> active;
+    for (auto& n : devs) {
+      std::string e;
+      ibv_context* c = v_->open_device(n, &e);
+      if (!c) continue;
+      ibv_port_attr pa{};
+      if (v_->query_port(c, static_cast<uint8_t>(opts.port), &pa) == 0 && pa.state == IBV_PORT_ACTIVE)
+        active.push_back(n);
+      v_->close_device(c);
+    }
+    if (active.empty()) {
+      if (err->empty()) *err = "no RDMA device has port " + std::to_string(opts.port) + " active";
+      return false;
+    }
+    name = active[static_cast<size_t>(opts.index) % active.size()];
+  }
+  ctx_ = v_->open_device(name, err);
+  if (!ctx_) return false;
+  facts_.device = name;
+  facts_.port = opts.port;
+  if (v_->query_port(ctx_, static_cast<uint8_t>(opts.port), &port_attr_)) {
+    *err = name + ": ibv_query_port(" + std::to_string(opts.port) + ") failed: " + std::strerror(errno);
+    return false;
+  }
+  if (port_attr_.state != IBV_PORT_ACTIVE) {
+    *err = name + " port " + std::to_string(opts.port) + " is not active (check the cable / link with ibv_devinfo)";
+    return false;
+  }
+  ib_ = port_attr_.link_layer != IBV_LINK_LAYER_ETHERNET;
+  facts_.link = ib_ ? "InfiniBand" : "RoCE";
+  facts_.lid = port_attr_.lid;
+  facts_.mtu = 128 << port_attr_.active_mtu;
+  max_msg_ = port_attr_.max_msg_sz ? port_attr_.max_msg_sz : (1u << 30);
+  // GID: an explicit index, else on RoCE a v2 GID (IPv4-mapped first), else index 0.
+  int gi = opts.gid_index;
+  if (gi < 0) {
+    gi = 0;
+    if (!ib_) {
+      int best = -1, score = 0;
+      for (int i = 0; i < port_attr_.gid_tbl_len; i++) {
+        int t = v_->gid_type(ctx_, static_cast<uint8_t>(opts.port), i);
+        if (t <= 0) continue;
+        ibv_gid g{};
+        if (v_->query_gid(ctx_, static_cast<uint8_t>(opts.port), i, &g)) continue;
+        int s = t == 2 ? (ipv4_mapped(g) ? 3 : 2) : 1;
+        if (s > score) {
+          score = s;
+          best = i;
+        }
+      }
+      if (best < 0) {
+        *err = name + ": no usable GID on port " + std::to_string(opts.port) + " (RoCE needs an IP address on the interface)";
+        return false;
+      }
+      gi = best;
+    }
+  }
+  if (gi >= port_attr_.gid_tbl_len || v_->query_gid(ctx_, static_cast<uint8_t>(opts.port), gi, &gid_)) {
+    *err = name + ": GID index " + std::to_string(gi) + " does not exist on port " + std::to_string(opts.port);
+    return false;
+  }
+  facts_.gid_index = gi;
+  facts_.gid = gid_str(gid_);
+
+  pd_ = v_->alloc_pd(ctx_);
+  if (!pd_) {
+    *err = name + ": ibv_alloc_pd failed: " + std::strerror(errno);
+    return false;
+  }
+  use_pd_ = v_->alloc_thread_pd(ctx_, pd_);
+  facts_.thread_domain = use_pd_ != nullptr;
+  if (!use_pd_) use_pd_ = pd_;
+  ch_ = v_->create_comp_channel(ctx_);
+  int cqe = static_cast<int>(16384 + opts.imm_recvs + opts.msg_recvs + 1024);
+  cq_ = ch_ ? v_->create_cq(ctx_, cqe, ch_) : nullptr;
+  if (!cq_) {
+    *err = name + ": creating a completion queue of " + std::to_string(cqe) + " entries failed: " + std::strerror(errno);
+    return false;
+  }
+  ibv_srq_init_attr sa{};
+  sa.attr.max_wr = opts.msg_recvs;
+  sa.attr.max_sge = 1;
+  msg_srq_ = v_->create_srq(use_pd_, &sa);
+  sa.attr.max_wr = opts.imm_recvs;
+  imm_srq_ = msg_srq_ ? v_->create_srq(use_pd_, &sa) : nullptr;
+  if (!imm_srq_) {
+    *err = name + ": creating shared receive queues failed: " + std::strerror(errno);
+    return false;
+  }
+  imm_mr_ = v_->reg_mr(use_pd_, imm_sink_, sizeof imm_sink_, IBV_ACCESS_LOCAL_WRITE);
+  if (!imm_mr_) {
+    *err = name + ": ibv_reg_mr failed: " + std::strerror(errno);
+    return false;
+  }
+  imm_to_post_ = opts.imm_recvs;
+  repost_imm_recvs();
+
+  // The handshake listener.
+  if (!opts.handshake_host.empty()) {
+    in_addr a{};
+    if (inet_pton(AF_INET, opts.handshake_host.c_str(), &a) != 1) {
+      *err = "handshakeHost must be an IPv4 address, got '" + opts.handshake_host + "'";
+      return false;
+    }
+    hs_ip_ = a.s_addr;
+  } else if (!ib_ && ipv4_mapped(gid_)) {
+    std::memcpy(&hs_ip_, gid_.raw + 12, 4);
+  } else {
+    *err = name + ": set handshakeHost — an IPv4 address of this host that peers can reach (the GID has none" +
+           std::string(ib_ ? ": InfiniBand)" : ")");
+    return false;
+  }
+  listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = hs_ip_;
+  sin.sin_port = htons(static_cast<uint16_t>(opts.handshake_port));
+  int one = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&sin), sizeof sin) || listen(listen_fd_, 128)) {
+    *err = "handshake listener on " + opts.handshake_host + ":" + std::to_string(opts.handshake_port) + ": " +
+           std::strerror(errno);
+    return false;
+  }
+  socklen_t sl = sizeof sin;
+  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sin), &sl);
+  hs_port_ = sin.sin_port;
+  hs_ep_ = epoll_create1(EPOLL_CLOEXEC);
+  wait_ep_ = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = nullptr;
+  epoll_ctl(hs_ep_, EPOLL_CTL_ADD, listen_fd_, &ev);
+  ev.data.fd = ch_->fd;
+  epoll_ctl(wait_ep_, EPOLL_CTL_ADD, ch_->fd, &ev);
+  ev.data.fd = hs_ep_;
+  epoll_ctl(wait_ep_, EPOLL_CTL_ADD, hs_ep_, &ev);
+
+  addr_.assign(kAddrLen, 0);
+  addr_[0] = kAddrVersion;
+  addr_[1] = ib_ ? 1 : 2;
+  addr_[2] = static_cast<uint8_t>(opts.port);
+  addr_[3] = static_cast<uint8_t>(port_attr_.active_mtu);
+  put16(&addr_[4], port_attr_.lid);
+  put16(&addr_[6], hs_port_);
+  put32(&addr_[8], hs_ip_);
+  put32(&addr_[12], std::random_device{}());
+  std::memcpy(&addr_[16], gid_.raw, 16);
+  return true;
+}
+
+VerbsDomain::~VerbsDomain() {
+  for (auto* c : hs_conns_) {
+    ::close(c->fd);
+    delete c;
+  }
+  for (auto& [n, q] : qps_) {
+    (void)n;
+    v_->destroy_qp(q->qp);
+  }
+  qps_.clear();
+  if (imm_mr_) v_->dereg_mr(imm_mr_);
+  if (imm_srq_) v_->destroy_srq(imm_srq_);
+  if (msg_srq_) v_->destroy_srq(msg_srq_);
+  if (cq_) v_->destroy_cq(cq_);
+  if (ch_) v_->destroy_comp_channel(ch_);
+  if (use_pd_ && use_pd_ != pd_) v_->dealloc_pd(use_pd_);
+  if (pd_) v_->dealloc_pd(pd_);
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (hs_ep_ >= 0) ::close(hs_ep_);
+  if (wait_ep_ >= 0) ::close(wait_ep_);
+  if (ctx_) v_->close_device(ctx_);
+}
+
+void VerbsDomain::repost_imm_recvs() {
+  while (imm_to_post_) {
+    ibv_recv_wr wrs[32];
+    uint32_t n = std::min<uint32_t>(imm_to_post_, 32);
+    for (uint32_t i = 0; i < n; i++) {
+      wrs[i] = ibv_recv_wr{};
+      wrs[i].wr_id = kImmRecv;
+      wrs[i].num_sge = 0;  // zero-byte: an immediate carries no payload
+      wrs[i].next = i + 1 < n ? &wrs[i + 1] : nullptr;
+    }
+    ibv_recv_wr* bad = nullptr;
+    int rc = v_->post_srq_recv(imm_srq_, wrs, &bad);
+    uint32_t posted = n;
+    if (rc) {
+      posted = 0;
+      for (ibv_recv_wr* w = wrs; w && w != bad; w = w->next) posted++;
+    }
+    imm_to_post_ -= posted;
+    if (rc) break;
+  }
+}
+
+// --------------------------------------------------------------------------------- memory
+int VerbsDomain::reg(void* ptr, size_t len, bool remote, trellis::LocalMr* out, std::string* msg) {
+  int access = IBV_ACCESS_LOCAL_WRITE | (remote ? IBV_ACCESS_REMOTE_WRITE : 0);
+  if (opts_.relaxed_ordering) access |= IBV_ACCESS_RELAXED_ORDERING;
+  ibv_mr* mr = v_->reg_mr(use_pd_, ptr, len, access);
+  if (!mr) {
+    int e = errno;
+    *msg = std::string("ibv_reg_mr: ") + std::strerror(e) +
+           (e == ENOMEM || e == EPERM ? " (is the locked-memory limit high enough? ulimit -l unlimited)" : "");
+    return -(e ? e : EIO);
+  }
+  out->handle = mr;
+  out->desc = reinterpret_cast<void*>(static_cast<uintptr_t>(mr->lkey));
+  out->rkey = mr->rkey;
+  out->raddr = reinterpret_cast<uint64_t>(ptr);
+  return 0;
+}
+
+void VerbsDomain::dereg(trellis::LocalMr& mr) {
+  if (mr.handle) v_->dereg_mr(static_cast<ibv_mr*>(mr.handle));
+  mr.handle = nullptr;
+}
+
+// ----------------------------------------------------------------------------------- peers
+VerbsDomain::Peer* VerbsDomain::peer_by_addr(const std::vector<uint8_t>& a, bool create) {
+  auto it = peer_index_.find(a);
+  if (it != peer_index_.end()) return peers_[it->second].get();
+  if (!create) return nullptr;
+  auto p = std::make_unique<Peer>();
+  p->index = peers_.size();
+  p->addr = a;
+  p->link = a[1];
+  p->port = a[2];
+  p->mtu = a[3];
+  p->lid = get16(&a[4]);
+  p->hs_port = get16(&a[6]);
+  p->ip = get32(&a[8]);
+  std::memcpy(p->gid.raw, &a[16], 16);
+  p->psn = std::random_device{}() & 0xffffff;
+  peer_index_[a] = p->index;
+  peers_.push_back(std::move(p));
+  return peers_.back().get();
+}
+
+int VerbsDomain::add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) {
+  if (len != kAddrLen || addr[0] != kAddrVersion) {
+    *msg = "not a verbs NIC address (version " + std::to_string(len ? addr[0] : 0) + ", " + std::to_string(len) + " bytes)";
+    return -EINVAL;
+  }
+  if ((addr[1] == 1) != ib_) {
+    *msg = std::string("the peer's NIC is on ") + (addr[1] == 1 ? "InfiniBand" : "RoCE") + " and this one on " +
+           (ib_ ? "InfiniBand" : "RoCE");
+    return -EINVAL;
+  }
+  Peer* p = peer_by_addr(std::vector<uint8_t>(addr, addr + len), true);
+  *handle = p->index;
+  return 0;
+}
+
+int VerbsDomain::make_qps(Peer& p, std::string* err) {
+  for (int k = 0; k < 2; k++) {
+    ibv_qp_init_attr ia{};
+    ia.send_cq = cq_;
+    ia.recv_cq = cq_;
+    ia.srq = k == 0 ? msg_srq_ : imm_srq_;
+    ia.qp_type = IBV_QPT_RC;
+    ia.cap.max_send_wr = opts_.max_send_wr;
+    ia.cap.max_send_sge = 1;
+    ia.sq_sig_all = 0;
+    ibv_qp* qp = v_->create_qp(use_pd_, &ia);
+    if (!qp) {
+      *err = std::string("ibv_create_qp: ") + std::strerror(errno);
+      return -errno;
+    }
+    ibv_qp_attr a{};
+    a.qp_state = IBV_QPS_INIT;
+    a.pkey_index = 0;
+    a.port_num = static_cast<uint8_t>(opts_.port);
+    a.qp_access_flags = IBV_ACCESS_REMOTE_WRITE;
+    if (v_->modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) {
+      *err = std::string("ibv_modify_qp(INIT): ") + std::strerror(errno);
+      v_->destroy_qp(qp);
+      return -EINVAL;
+    }
+    auto rec = std::make_unique<QpRec>();
+    rec->qp = qp;
+    rec->peer = p.index;
+    rec->msg = k == 0;
+    (k == 0 ? p.msg : p.wr) = rec.get();
+    qps_[qp->qp_num] = std::move(rec);
+  }
+  return 0;
+}
+
+int VerbsDomain::to_rts(ibv_qp* qp, uint32_t rqpn, uint32_t rpsn, const Peer& p, std::string* err) {
+  ibv_qp_attr a{};
+  a.qp_state = IBV_QPS_RTR;
+  a.path_mtu = static_cast<ibv_mtu>(std::min<int>(static_cast<int>(port_attr_.active_mtu), p.mtu ? static_cast<int>(p.mtu) : static_cast<int>(port_attr_.active_mtu)));
+  a.dest_qp_num = rqpn;
+  a.rq_psn = rpsn;
+  a.max_dest_rd_atomic = 1;
+  a.min_rnr_timer = opts_.min_rnr_timer;
+  a.ah_attr.port_num = static_cast<uint8_t>(opts_.port);
+  if (ib_) {
+    a.ah_attr.dlid = p.lid;  // LID routing within the subnet
+  } else {
+    a.ah_attr.is_global = 1;
+    a.ah_attr.grh.dgid = p.gid;
+    a.ah_attr.grh.sgid_index = static_cast<uint8_t>(facts_.gid_index);
+    a.ah_attr.grh.hop_limit = 64;
+  }
+  if (v_->modify_qp(qp, &a,
+                    IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
+                        IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER)) {
+    *err = std::string("ibv_modify_qp(RTR): ") + std::strerror(errno);
+    return -EINVAL;
+  }
+  a = ibv_qp_attr{};
+  a.qp_state = IBV_QPS_RTS;
+  a.sq_psn = p.psn;
+  a.timeout = opts_.timeout;
+  a.retry_cnt = opts_.retry_cnt;
+  a.rnr_retry = opts_.rnr_retry;
+  a.max_rd_atomic = 1;
+  if (v_->modify_qp(qp, &a,
+                    IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
+                        IBV_QP_MAX_QP_RD_ATOMIC)) {
+    *err = std::string("ibv_modify_qp(RTS): ") + std::strerror(errno);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+// Move a peer's QPs to the error state (their outstanding work flushes) and forget them; they are
+// destroyed once drained. The next post to the peer connects new ones.
+void VerbsDomain::retire_qps(Peer& p) {
+  for (QpRec** r : {&p.msg, &p.wr}) {
+    QpRec* q = *r;
+    *r = nullptr;
+    if (!q) continue;
+    q->retired = true;
+    ibv_qp_attr a{};
+    a.qp_state = IBV_QPS_ERR;
+    v_->modify_qp(q->qp, &a, IBV_QP_STATE);
+    if (!q->chain.empty()) fail_chain(q, "the connection to the peer was reset before this was posted");
+    if (q->outstanding == 0) {
+      v_->destroy_qp(q->qp);
+      qps_.erase(q->qp->qp_num);
+    }
+  }
+  p.state = Peer::Idle;
+  p.rmsg = p.rwr = 0;
+  p.psn = std::random_device{}() & 0xffffff;
+}
+
+// ------------------------------------------------------------------------------- handshake
+void VerbsDomain::start_handshake(Peer& p) {
+  std::string err;
+  if (!p.msg && make_qps(p, &err)) {
+    handshake_failed(p, err);
+    return;
+  }
+  p.state = Peer::Connecting;
+  p.hs_deadline = Clock::now() + std::chrono::milliseconds(opts_.connect_timeout_ms);
+  auto* c = new HsConn;
+  c->outgoing = true;
+  c->peer = p.index;
+  c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = p.ip;
+  sin.sin_port = p.hs_port;
+  int rc = connect(c->fd, reinterpret_cast<sockaddr*>(&sin), sizeof sin);
+  if (rc && errno != EINPROGRESS) {
+    int e = errno;
+    ::close(c->fd);
+    delete c;
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &p.ip, ip, sizeof ip);
+    handshake_failed(p, std::string("connect to ") + ip + ":" + std::to_string(ntohs(p.hs_port)) + ": " + std::strerror(e));
+    return;
+  }
+  c->out.resize(kReqLen);
+  put32(&c->out[0], kMagic);
+  c->out[4] = kReq;
+  put16(&c->out[6], static_cast<uint16_t>(kAddrLen));
+  std::memcpy(&c->out[8], addr_.data(), kAddrLen);
+  put32(&c->out[8 + kAddrLen], p.msg->qp->qp_num);
+  put32(&c->out[12 + kAddrLen], p.wr->qp->qp_num);
+  put32(&c->out[16 + kAddrLen], p.psn);
+  p.hs = c;
+  hs_conns_.push_back(c);
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT;
+  ev.data.ptr = c;
+  epoll_ctl(hs_ep_, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+void VerbsDomain::handshake_failed(Peer& p, const std::string& why) {
+  if (p.hs) {
+    close_hs(p.hs);
+    p.hs = nullptr;
+  }
+  p.state = Peer::Idle;
+  for (auto& q : p.queued) {
+    Completion c;
+    c.kind = q.send ? CompKind::Send : CompKind::Write;
+    c.ctx = q.send ? q.ctx : q.wr.ctx;
+    c.code = Code::PeerLost;
+    c.err = ECONNREFUSED;
+    c.message = "connecting queue pairs to the peer failed: " + why;
+    stash_.push_back(std::move(c));
+  }
+  p.queued.clear();
+}
+
+void VerbsDomain::close_hs(HsConn* c) {
+  epoll_ctl(hs_ep_, EPOLL_CTL_DEL, c->fd, nullptr);
+  ::close(c->fd);
+  hs_conns_.erase(std::remove(hs_conns_.begin(), hs_conns_.end(), c), hs_conns_.end());
+  if (c->outgoing && c->peer < peers_.size() && peers_[c->peer]->hs == c) peers_[c->peer]->hs = nullptr;
+  delete c;
+}
+
+// Connect p's QPs to the remote ones (idempotent); returns false and fails p on error.
+void VerbsDomain::connect_qps(Peer& p) {
+  std::string err;
+  if (to_rts(p.msg->qp, p.rmsg, p.rpsn, p, &err) || to_rts(p.wr->qp, p.rwr, p.rpsn, p, &err)) {
+    retire_qps(p);
+    handshake_failed(p, err);
+    return;
+  }
+  p.state = Peer::Connected;
+  drain_queued(p);
+}
+
+void VerbsDomain::hs_flush(HsConn* c) {
+  while (c->out_off < c->out.size()) {
+    ssize_t w = ::send(c->fd, c->out.data() + c->out_off, c->out.size() - c->out_off, MSG_NOSIGNAL);
+    if (w < 0) return;
+    c->out_off += static_cast<size_t>(w);
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = c;
+  epoll_ctl(hs_ep_, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+void VerbsDomain::on_hs_readable(HsConn* c) {
+  uint8_t buf[512];
+  for (;;) {
+    ssize_t r = ::read(c->fd, buf, sizeof buf);
+    if (r > 0) {
+      c->in.insert(c->in.end(), buf, buf + r);
+      continue;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    // EOF or error.
+    if (c->outgoing) {
+      Peer& p = *peers_[c->peer];
+      std::string why = r == 0 ? "the peer closed the handshake connection" : std::string(std::strerror(errno));
+      if (p.state == Peer::Connecting) handshake_failed(p, why);
+      else close_hs(c);
+    } else {
+      close_hs(c);
+    }
+    return;
+  }
+  if (c->in.size() < 8) return;
+  if (get32(c->in.data()) != kMagic) {
+    if (c->outgoing) handshake_failed(*peers_[c->peer], "the peer's handshake port spoke another protocol");
+    else close_hs(c);
+    return;
+  }
+  uint8_t type = c->in[4];
+  if (type == kErr) {
+    size_t n = get16(&c->in[6]);
+    if (c->in.size() < 8 + n) return;
+    std::string text(c->in.begin() + 8, c->in.begin() + 8 + static_cast<long>(n));
+    if (c->outgoing) handshake_failed(*peers_[c->peer], "the peer refused: " + text);
+    else close_hs(c);
+    return;
+  }
+  if (type == kResp && c->outgoing) {
+    if (c->in.size() < kRespLen) return;
+    Peer& p = *peers_[c->peer];
+    uint32_t rmsg = get32(&c->in[8]), rwr = get32(&c->in[12]), rpsn = get32(&c->in[16]);
+    close_hs(c);
+    if (p.state == Peer::Connected) {
+      // Already connected by the peer's own request (both sides connected at once): one pair.
+      if (p.rmsg == rmsg && p.rwr == rwr) return;
+      retire_qps(p);
+      if (!p.queued.empty()) start_handshake(p);
+      return;
+    }
+    if (p.state != Peer::Connecting || !p.msg) return;
+    p.rmsg = rmsg;
+    p.rwr = rwr;
+    p.rpsn = rpsn;
+    connect_qps(p);
+    return;
+  }
+  if (type == kReq && !c->outgoing) {
+    if (c->in.size() < kReqLen) return;
+    std::vector<uint8_t> a(c->in.begin() + 8, c->in.begin() + 8 + kAddrLen);
+    uint32_t rmsg = get32(&c->in[8 + kAddrLen]), rwr = get32(&c->in[12 + kAddrLen]), rpsn = get32(&c->in[16 + kAddrLen]);
+    std::vector<uint8_t> reply;
+    auto refuse = [&](const std::string& text) {
+      reply.resize(8 + text.size());
+      put32(&reply[0], kMagic);
+      reply[4] = kErr;
+      put16(&reply[6], static_cast<uint16_t>(text.size()));
+      std::memcpy(&reply[8], text.data(), text.size());
+    };
+    if (a[0] != kAddrVersion || (a[1] == 1) != ib_) {
+      refuse("incompatible NIC address (version or link layer)");
+    } else {
+      Peer& p = *peer_by_addr(a, true);
+      if (p.state == Peer::Connected && (p.rmsg != rmsg || p.rwr != rwr)) retire_qps(p);  // it reconnects
+      std::string err;
+      if (!p.msg && make_qps(p, &err)) {
+        refuse(err);
+      } else if (p.state != Peer::Connected) {
+        p.rmsg = rmsg;
+        p.rwr = rwr;
+        p.rpsn = rpsn;
+        connect_qps(p);
+      }
+      if (reply.empty() && p.state == Peer::Connected) {
+        reply.resize(kRespLen);
+        put32(&reply[0], kMagic);
+        reply[4] = kResp;
+        put32(&reply[8], p.msg->qp->qp_num);
+        put32(&reply[12], p.wr->qp->qp_num);
+        put32(&reply[16], p.psn);
+      } else if (reply.empty()) {
+        refuse("connecting queue pairs failed");
+      }
+    }
+    c->in.clear();
+    c->out = std::move(reply);
+    c->out_off = 0;
+    hs_flush(c);
+    // The requester closes once it has the answer; we close on its EOF.
+    return;
+  }
+  close_hs(c);
+}
+
+void VerbsDomain::service_handshakes() {
+  epoll_event evs[16];
+  int n = epoll_wait(hs_ep_, evs, 16, 0);
+  for (int i = 0; i < n; i++) {
+    auto* c = static_cast<HsConn*>(evs[i].data.ptr);
+    if (!c) {
+      for (;;) {
+        int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        auto* in = new HsConn;
+        in->fd = fd;
+        hs_conns_.push_back(in);
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.ptr = in;
+        epoll_ctl(hs_ep_, EPOLL_CTL_ADD, fd, &ev);
+      }
+      continue;
+    }
+    if (std::find(hs_conns_.begin(), hs_conns_.end(), c) == hs_conns_.end()) continue;
+    if (evs[i].events & EPOLLOUT) hs_flush(c);
+    if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_hs_readable(c);
+  }
+  auto now = Clock::now();
+  for (auto& p : peers_) {
+    if (p->state == Peer::Connecting && now > p->hs_deadline)
+      handshake_failed(*p, "no answer within " + std::to_string(opts_.connect_timeout_ms) + " ms (connectTimeoutMs)");
+    else if (p->state == Peer::Connected && !p->queued.empty())
+      drain_queued(*p);
+  }
+}
+
+// --------------------------------------------------------------------------------- posting
+int VerbsDomain::enqueue_write(Peer& p, const trellis::WriteWr& wr) {
+  Queued q;
+  q.wr = wr;
+  p.queued.push_back(q);
+  if (p.state == Peer::Idle) start_handshake(p);
+  return 0;
+}
+
+int VerbsDomain::chain_write(Peer& p, const trellis::WriteWr& wr) {
+  QpRec* q = p.wr;
+  if (q->outstanding >= opts_.max_send_wr) return -EAGAIN;
+  ibv_send_wr w{};
+  w.wr_id = reinterpret_cast<uint64_t>(wr.ctx);
+  w.opcode = wr.has_imm ? IBV_WR_RDMA_WRITE_WITH_IMM : IBV_WR_RDMA_WRITE;
+  w.send_flags = IBV_SEND_SIGNALED;
+  w.imm_data = htonl(wr.imm);
+  w.wr.rdma.remote_addr = wr.raddr;
+  w.wr.rdma.rkey = static_cast<uint32_t>(wr.rkey);
+  ibv_sge s{};
+  if (wr.len) {
+    s.addr = reinterpret_cast<uint64_t>(wr.src);
+    s.length = static_cast<uint32_t>(wr.len);
+    s.lkey = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(wr.src_desc));
+    w.num_sge = 1;
+  }
+  q->chain.push_back(w);
+  q->sges.push_back(s);
+  if (q->chain.size() == 1) dirty_.push_back(q);
+  q->outstanding++;
+  return 0;
+}
+
+int VerbsDomain::chain_send(Peer& p, const void* buf, size_t len, void* desc, void* ctx) {
+  QpRec* q = p.msg;
+  if (q->outstanding >= opts_.max_send_wr) return -EAGAIN;
+  ibv_send_wr w{};
+  w.wr_id = reinterpret_cast<uint64_t>(ctx);
+  w.opcode = IBV_WR_SEND;
+  w.send_flags = IBV_SEND_SIGNALED;
+  ibv_sge s{};
+  s.addr = reinterpret_cast<uint64_t>(buf);
+  s.length = static_cast<uint32_t>(len);
+  s.lkey = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(desc));
+  w.num_sge = 1;
+  q->chain.push_back(w);
+  q->sges.push_back(s);
+  if (q->chain.size() == 1) dirty_.push_back(q);
+  q->outstanding++;
+  return 0;
+}
+
+void VerbsDomain::drain_queued(Peer& p) {
+  while (!p.queued.empty() && p.state == Peer::Connected) {
+    Queued& q = p.queued.front();
+    int rc = q.send ? chain_send(p, q.buf, q.len, q.desc, q.ctx) : chain_write(p, q.wr);
+    if (rc == -EAGAIN) break;  // retried from poll()
+    p.queued.pop_front();
+  }
+  flush_posts();
+}
+
+int VerbsDomain::post_write(const trellis::WriteWr& wr) {
+  if (wr.peer >= peers_.size()) return -EINVAL;
+  Peer& p = *peers_[wr.peer];
+  if (p.state != Peer::Connected || !p.queued.empty()) return enqueue_write(p, wr);
+  return chain_write(p, wr);
+}
+
+int VerbsDomain::post_send(uint64_t peer, const void* buf, size_t len, void* desc, void* ctx) {
+  if (peer >= peers_.size()) return -EINVAL;
+  Peer& p = *peers_[peer];
+  if (p.state != Peer::Connected || !p.queued.empty()) {
+    Queued q;
+    q.send = true;
+    q.buf = buf;
+    q.len = len;
+    q.desc = desc;
+    q.ctx = ctx;
+    p.queued.push_back(q);
+    if (p.state == Peer::Idle) start_handshake(p);
+    return 0;
+  }
+  return chain_send(p, buf, len, desc, ctx);
+}
+
+int VerbsDomain::post_recv(void* buf, size_t len, void* desc, void* ctx) {
+  ibv_sge s{};
+  s.addr = reinterpret_cast<uint64_t>(buf);
+  s.length = static_cast<uint32_t>(len);
+  s.lkey = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(desc));
+  ibv_recv_wr w{};
+  w.wr_id = reinterpret_cast<uint64_t>(ctx);
+  w.sg_list = &s;
+  w.num_sge = 1;
+  ibv_recv_wr* bad = nullptr;
+  int rc = v_->post_srq_recv(msg_srq_, &w, &bad);
+  if (rc) return -(rc > 0 ? rc : EINVAL);
+  msg_recv_ids_.insert(w.wr_id);
+  return 0;
+}
+
+void VerbsDomain::fail_chain(QpRec* q, const std::string& why) {
+  for (auto& w : q->chain) {
+    Completion c;
+    c.kind = w.opcode == IBV_WR_SEND ? CompKind::Send : CompKind::Write;
+    c.ctx = reinterpret_cast<void*>(w.wr_id);
+    c.code = Code::PeerLost;
+    c.err = EIO;
+    c.message = why;
+    stash_.push_back(std::move(c));
+    q->outstanding--;
+  }
+  q->chain.clear();
+  q->sges.clear();
+}
+
+void VerbsDomain::flush_posts() {
+  for (QpRec* q : dirty_) {
+    if (q->chain.empty()) continue;
+    size_t n = q->chain.size();
+    for (size_t i = 0; i < n; i++) {
+      q->chain[i].sg_list = q->chain[i].num_sge ? &q->sges[i] : nullptr;
+      q->chain[i].next = i + 1 < n ? &q->chain[i + 1] : nullptr;
+    }
+    ibv_send_wr* bad = nullptr;
+    int rc = v_->post_send(q->qp, q->chain.data(), &bad);
+    if (rc) {
+      // Everything from `bad` on was not posted: it fails here (nothing is lost or left hanging).
+      size_t first = bad ? static_cast<size_t>(bad - q->chain.data()) : 0;
+      q->chain.erase(q->chain.begin(), q->chain.begin() + static_cast<long>(first));
+      q->sges.erase(q->sges.begin(), q->sges.begin() + static_cast<long>(first));
+      fail_chain(q, std::string("ibv_post_send: ") + std::strerror(rc > 0 ? rc : EINVAL));
+    }
+    q->chain.clear();
+    q->sges.clear();
+  }
+  dirty_.clear();
+}
+
+// --------------------------------------------------------------------------------- polling
+void VerbsDomain::map_wc(const ibv_wc& wc, std::vector<Completion>& out) {
+  Completion c;
+  if (wc.status == IBV_WC_SUCCESS) {
+    switch (wc.opcode) {
+      case IBV_WC_RECV_RDMA_WITH_IMM:
+        c.kind = CompKind::RemoteWrite;
+        c.has_imm = true;
+        c.imm = ntohl(wc.imm_data);
+        imm_to_post_++;
+        out.push_back(std::move(c));
+        return;
+      case IBV_WC_RECV:
+        msg_recv_ids_.erase(wc.wr_id);
+        c.kind = CompKind::Recv;
+        c.ctx = reinterpret_cast<void*>(wc.wr_id);
+        c.len = wc.byte_len;
+        out.push_back(std::move(c));
+        return;
+      default: break;
+    }
+  }
+  // A receive (only receives carry kImmRecv or a posted message buffer's id).
+  if (wc.status != IBV_WC_SUCCESS && (wc.wr_id == kImmRecv || msg_recv_ids_.count(wc.wr_id))) {
+    if (wc.wr_id == kImmRecv) {
+      imm_to_post_++;
+      c.kind = CompKind::RemoteWrite;
+    } else {
+      msg_recv_ids_.erase(wc.wr_id);
+      c.kind = CompKind::Recv;
+      c.ctx = reinterpret_cast<void*>(wc.wr_id);
+    }
+    c.code = classify_wc(wc.status);
+    c.err = wc.status;
+    c.message = wc_text(wc.status);
+    out.push_back(std::move(c));
+    return;
+  }
+  // A send-side completion: a write or a message.
+  auto it = qps_.find(wc.qp_num);
+  QpRec* q = it == qps_.end() ? nullptr : it->second.get();
+  c.kind = q && q->msg ? CompKind::Send : CompKind::Write;
+  c.ctx = reinterpret_cast<void*>(wc.wr_id);
+  if (wc.status != IBV_WC_SUCCESS) {
+    c.code = classify_wc(wc.status);
+    c.err = wc.status;
+    c.message = wc_text(wc.status) + " [vendor_err 0x" + [&] {
+      char b[16];
+      std::snprintf(b, sizeof b, "%x", wc.vendor_err);
+      return std::string(b);
+    }() + "]";
+  }
+  out.push_back(std::move(c));
+  if (!q) return;
+  if (q->outstanding) q->outstanding--;
+  if (wc.status != IBV_WC_SUCCESS && !q->retired && q->peer < peers_.size()) {
+    Peer& p = *peers_[q->peer];
+    if (p.msg == q || p.wr == q) retire_qps(p);
+  }
+  if (q->retired && q->outstanding == 0) {
+    v_->destroy_qp(q->qp);
+    qps_.erase(it);
+  }
+}
+
+int VerbsDomain::poll(std::vector<Completion>& out, int max) {
+  if ((++polls_ & 63) == 0) service_handshakes();
+  int produced = 0;
+  if (!stash_.empty()) {
+    produced += static_cast<int>(stash_.size());
+    for (auto& c : stash_) out.push_back(std::move(c));
+    stash_.clear();
+  }
+  ibv_wc wc[64];
+  int want = std::min(max, 64);
+  int n = v_->poll_cq(cq_, want, wc);
+  if (n < 0) {
+    Completion c;
+    c.kind = CompKind::RemoteWrite;
+    c.code = Code::NicFailed;
+    c.err = -n;
+    c.message = "ibv_poll_cq failed (" + std::string(std::strerror(-n)) + "): the completion queue is in error";
+    out.push_back(std::move(c));
+    return n;
+  }
+  for (int i = 0; i < n; i++) map_wc(wc[i], out);
+  if (imm_to_post_ >= 32 || (n == 0 && imm_to_post_)) repost_imm_recvs();
+  return produced + n;
+}
+
+bool VerbsDomain::try_wait() {
+  ibv_cq* ev = nullptr;
+  unsigned events = 0;
+  while (v_->get_cq_event(ch_, &ev) == 0) events++;
+  if (events) v_->ack_cq_events(cq_, events);
+  service_handshakes();
+  if (v_->req_notify_cq(cq_)) return false;
+  // Anything that arrived before the arm would not signal: look once more.
+  ibv_wc wc[16];
+  int n = v_->poll_cq(cq_, 16, wc);
+  for (int i = 0; i < n; i++) map_wc(wc[i], stash_);
+  if (imm_to_post_) repost_imm_recvs();
+  if (n != 0 || !stash_.empty()) return false;
+  for (auto& p : peers_)
+    if (!p->queued.empty() || p->state == Peer::Connecting) return false;
+  return true;
+}
+
+std::string VerbsDomain::strerror(int err) const { return std::strerror(err < 0 ? -err : err); }
+
+Code VerbsDomain::classify(int err) const {
+  switch (err) {
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case ETIMEDOUT:
+    case EHOSTUNREACH:
+    case EIO: return Code::PeerLost;
+    case ENOMEM: return Code::ResourceExhausted;
+    case EINVAL: return Code::Internal;
+    default: return Code::ProviderError;
+  }
+}
+
+}  // namespace trellis_verbs
