@@ -453,9 +453,11 @@ struct Port {
 
   void on_ack(MQp* qp, uint32_t psn) {
     while (!qp->sq.empty() && static_cast<int32_t>(psn - qp->sq.front().psn) >= 0 && qp->sq.front().sent) {
-      complete_send(qp, qp->sq.front(), IBV_WC_SUCCESS);
+      // Off the queue before completing: a completion can overrun the CQ and flush the queue.
+      SendWr w = std::move(qp->sq.front());
       qp->sq.pop_front();
       if (qp->next_tx) qp->next_tx--;
+      complete_send(qp, w, IBV_WC_SUCCESS);
     }
   }
 

@@ -596,16 +596,38 @@ void VerbsDomain::connect_qps(Peer& p) {
   drain_queued(p);
 }
 
-void VerbsDomain::hs_flush(HsConn* c) {
-  while (c->out_off < c->out.size()) {
+// Write what is queued; false when the connection failed (an outgoing one fails its peer's handshake).
+bool VerbsDomain::hs_flush(HsConn* c) {
+  int soerr = 0;
+  socklen_t sl = sizeof soerr;
+  getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+  while (!soerr && c->out_off < c->out.size()) {
     ssize_t w = ::send(c->fd, c->out.data() + c->out_off, c->out.size() - c->out_off, MSG_NOSIGNAL);
-    if (w < 0) return;
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EINTR) return true;
+      soerr = errno;
+      break;
+    }
     c->out_off += static_cast<size_t>(w);
   }
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.ptr = c;
-  epoll_ctl(hs_ep_, EPOLL_CTL_MOD, c->fd, &ev);
+  if (soerr) {
+    if (c->outgoing) {
+      Peer& p = *peers_[c->peer];
+      char ip[INET_ADDRSTRLEN];
+      inet_ntop(AF_INET, &p.ip, ip, sizeof ip);
+      handshake_failed(p, std::string("connect to ") + ip + ":" + std::to_string(ntohs(p.hs_port)) + ": " + std::strerror(soerr));
+    } else {
+      close_hs(c);
+    }
+    return false;
+  }
+  if (c->out_off == c->out.size()) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = c;
+    epoll_ctl(hs_ep_, EPOLL_CTL_MOD, c->fd, &ev);
+  }
+  return true;
 }
 
 void VerbsDomain::on_hs_readable(HsConn* c) {
@@ -702,7 +724,7 @@ void VerbsDomain::on_hs_readable(HsConn* c) {
     c->in.clear();
     c->out = std::move(reply);
     c->out_off = 0;
-    hs_flush(c);
+    if (!hs_flush(c)) return;
     // The requester closes once it has the answer; we close on its EOF.
     return;
   }
@@ -731,7 +753,7 @@ void VerbsDomain::service_handshakes() {
       continue;
     }
     if (std::find(hs_conns_.begin(), hs_conns_.end(), c) == hs_conns_.end()) continue;
-    if (evs[i].events & EPOLLOUT) hs_flush(c);
+    if ((evs[i].events & (EPOLLOUT | EPOLLERR)) && !hs_flush(c)) continue;
     if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_hs_readable(c);
   }
   auto now = Clock::now();
@@ -940,7 +962,10 @@ void VerbsDomain::map_wc(const ibv_wc& wc, std::vector<Completion>& out) {
   if (q->outstanding) q->outstanding--;
   if (wc.status != IBV_WC_SUCCESS && !q->retired && q->peer < peers_.size()) {
     Peer& p = *peers_[q->peer];
-    if (p.msg == q || p.wr == q) retire_qps(p);
+    if (p.msg == q || p.wr == q) {
+      retire_qps(p);  // destroys q already if nothing else is outstanding on it
+      return;
+    }
   }
   if (q->retired && q->outstanding == 0) {
     v_->destroy_qp(q->qp);

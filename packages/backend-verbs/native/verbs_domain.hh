@@ -69,6 +69,8 @@ class VerbsDomain final : public trellis::Domain {
   bool try_wait() override;
 
   const DeviceFacts& facts() const { return facts_; }
+  // Queue pairs alive (connected, connecting or draining), for tests.
+  size_t live_qps() const { return qps_.size(); }
 
  private:
   struct QpRec;
@@ -85,7 +87,7 @@ class VerbsDomain final : public trellis::Domain {
   void handshake_failed(Peer& p, const std::string& why);
   void service_handshakes();
   void on_hs_readable(HsConn* c);
-  void hs_flush(HsConn* c);
+  bool hs_flush(HsConn* c);
   void close_hs(HsConn* c);
   Peer* peer_by_addr(const std::vector<uint8_t>& a, bool create);
   void drain_queued(Peer& p);

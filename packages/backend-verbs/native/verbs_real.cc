@@ -28,7 +28,9 @@ class RealVerbs final : public Verbs {
     int n = 0;
     ibv_device** list = ibv_get_device_list(&n);
     if (!list) {
-      *err = std::string("ibv_get_device_list: ") + std::strerror(errno);
+      *err = std::string("no RDMA device: ") +
+             (errno == ENOSYS ? "this kernel has no RDMA support loaded (ibv_get_device_list: " : "(ibv_get_device_list: ") +
+             std::strerror(errno) + ")";
       return out;
     }
     for (int i = 0; i < n; i++) out.emplace_back(ibv_get_device_name(list[i]));
@@ -41,7 +43,7 @@ class RealVerbs final : public Verbs {
     int n = 0;
     ibv_device** list = ibv_get_device_list(&n);
     if (!list) {
-      *err = std::string("ibv_get_device_list: ") + std::strerror(errno);
+      *err = std::string("no RDMA device (ibv_get_device_list: ") + std::strerror(errno) + ")";
       return nullptr;
     }
     ibv_context* ctx = nullptr;

@@ -32,6 +32,8 @@ export interface Addon {
   /** Names of completion codes by index: the native enum's one definition. */
   codeNames: readonly string[];
   devices(model: boolean): { devices: string[]; error: string };
+  /** Drive the RC model directly through the seam (tests). */
+  modelScenario(name: string): Record<string, unknown>;
 }
 
 let cached: Addon | undefined;

@@ -1,0 +1,16 @@
+import { fileURLToPath } from 'node:url';
+import { defineCrossProcessSuite } from '@trellis/core/conformance';
+
+// The peer process imports the built package, as a user's process would.
+const engineModule = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+
+for (const nics of [1, 2]) {
+  defineCrossProcessSuite({
+    name: `backend-verbs rc-model nics=${nics}`,
+    engineModule,
+    options: { model: true, nics, opTimeoutMs: 3000 },
+    // A killed peer stops acknowledging: the QP retries timeout (67 ms) x (retry_cnt 7 + 1), then
+    // fails with IBV_WC_RETRY_EXC_ERR; the engine deadline (3 s) bounds anything else.
+    killBoundMs: 3000 + 5000,
+  });
+}
