@@ -1,4 +1,4 @@
-import { MSG_HEADER, NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
+import { NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
 import { addon } from './native.js';
 
 /** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */
@@ -25,7 +25,6 @@ const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 't
 export class EfaEngine extends NativeEngineBase {
   /** @internal Use {@link createEngine}. */
   constructor(opts: EfaEngineOptions) {
-    const limits = { maxMessageBytes: 64 * 1024, ...opts.limits };
     const nics = opts.nics ?? 1;
     if (!Number.isInteger(nics) || nics < 1 || nics > 4) {
       throw new TrellisError(
@@ -42,41 +41,12 @@ export class EfaEngine extends NativeEngineBase {
       );
     }
     const strict = opts.strict ?? process.env.TRELLIS_STRICT === '1';
-    const { NativeEngine: Native, codeNames } = addon();
     super({
       backendName: '@trellis/backend-efa',
       nics,
-      limits,
-      opTimeoutMs: opts.opTimeoutMs ?? 30_000,
-      codeNames,
-      create: (onEvents) => {
-        try {
-          return new Native(
-            {
-              provider: provider === 'auto' ? '' : provider,
-              nics,
-              strict,
-              iface: opts.iface,
-              cpu: opts.cpu,
-              opTimeoutMs: opts.opTimeoutMs,
-              idleSpinUs: opts.idleSpinUs,
-              maxSleepUs: opts.maxSleepUs,
-              maxInflight: opts.maxInflight,
-              doorbellUs: opts.doorbellUs,
-              recvBytes: limits.maxMessageBytes + MSG_HEADER,
-            },
-            onEvents,
-          );
-        } catch (e) {
-          throw new TrellisError(
-            'UNSUPPORTED',
-            `createEngine: ${e instanceof Error ? e.message : String(e)}`,
-            {
-              cause: e,
-            },
-          );
-        }
-      },
+      tuning: opts,
+      addon: addon(),
+      nativeOptions: { provider: provider === 'auto' ? '' : provider, nics, strict, iface: opts.iface },
       kindOf: (providers) => {
         const p = providers[0]!.provider;
         return PROVIDER_KIND[p] ?? `fi-${p.replace(/[^a-z0-9]/g, '')}`;

@@ -1,4 +1,4 @@
-import { defineConformanceSuite } from '@trellis/core/conformance';
+import { defineConformanceSuite, skipFaultCases } from '@trellis/core/conformance';
 import { createEngine, type EfaEngineOptions } from '../src/index.js';
 
 const noFaults =
@@ -20,13 +20,7 @@ for (const provider of ['shm', 'tcp'] as const) {
           },
         };
       },
-      skip: {
-        'faults: a peer killed mid-transfer — every pending operation to it settles with PEER_LOST, later ones too':
-          noFaults,
-        'faults: a failed NIC fails the work requests it carries with NIC_FAILED; restored, it carries again':
-          noFaults,
-        'faults: random delays do not change results': noFaults,
-      },
+      skip: skipFaultCases(noFaults),
     });
   }
 }

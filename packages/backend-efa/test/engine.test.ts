@@ -1,15 +1,9 @@
-import { MrDesc, NetAddr, TrellisError } from '@trellis/core';
+import { MrDesc, NetAddr } from '@trellis/core';
+import { outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine, fabricVersion, probeProviders } from '../src/index.js';
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'resolved';
-  } catch (e) {
-    return e instanceof TrellisError ? `${e.code}: ${e.message}` : `non-trellis: ${String(e)}`;
-  }
-}
+const code = outcome;
 
 const open: EfaEngine[] = [];
 afterEach(async () => {

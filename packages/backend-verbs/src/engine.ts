@@ -1,5 +1,5 @@
-import { MSG_HEADER, NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
-import { addon } from './native.js';
+import { NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
+import { addon, type NativeVerbsOptions } from './native.js';
 
 /** Options of {@link createEngine}. The worker's tuning (`cpu`, `opTimeoutMs`, `idleSpinUs`, ...) is {@link NativeEngineTuning}. */
 export interface VerbsEngineOptions extends NativeEngineTuning {
@@ -65,7 +65,6 @@ export class VerbsEngine extends NativeEngineBase {
 
   /** @internal Use {@link createEngine}. */
   constructor(opts: VerbsEngineOptions) {
-    const limits = { maxMessageBytes: 64 * 1024, ...opts.limits };
     const nics = opts.nics ?? 1;
     num('nics', nics, 1, 4);
     num('port', opts.port, 1, 255);
@@ -85,50 +84,31 @@ export class VerbsEngine extends NativeEngineBase {
       throw new TrellisError('INVALID_ARGUMENT', 'createEngine: devices must be an array of device names');
     }
     const model = opts.model ?? process.env.TRELLIS_VERBS_MODEL === '1';
-    const { NativeEngine: Native, codeNames } = addon();
     super({
       backendName: '@trellis/backend-verbs',
       nics,
-      limits,
-      opTimeoutMs: opts.opTimeoutMs ?? 30_000,
-      codeNames,
-      create: (onEvents) => {
-        try {
-          return new Native(
-            {
-              model,
-              nics,
-              devices: opts.devices,
-              port: opts.port,
-              gidIndex: opts.gidIndex,
-              handshakeHost: opts.handshakeHost,
-              handshakePort: opts.handshakePort,
-              timeout: opts.timeout,
-              retryCnt: opts.retryCnt,
-              rnrRetry: opts.rnrRetry,
-              minRnrTimer: opts.minRnrTimer,
-              connectTimeoutMs: opts.connectTimeoutMs,
-              relaxedOrdering: opts.relaxedOrdering,
-              maxSendWr: opts.maxSendWr,
-              immRecvs: opts.immRecvs,
-              cpu: opts.cpu,
-              opTimeoutMs: opts.opTimeoutMs,
-              idleSpinUs: opts.idleSpinUs,
-              maxSleepUs: opts.maxSleepUs,
-              maxInflight: opts.maxInflight,
-              doorbellUs: opts.doorbellUs,
-              recvBytes: limits.maxMessageBytes + MSG_HEADER,
-            },
-            onEvents,
-          );
-        } catch (e) {
-          const why = e instanceof Error ? e.message : String(e);
-          const hint = model
-            ? ''
-            : ' (no RDMA device here? `createEngine({ model: true })` runs on the software RC model)';
-          throw new TrellisError('UNSUPPORTED', `createEngine: ${why}${hint}`, { cause: e });
-        }
-      },
+      tuning: opts,
+      addon: addon(),
+      nativeOptions: {
+        model,
+        nics,
+        devices: opts.devices,
+        port: opts.port,
+        gidIndex: opts.gidIndex,
+        handshakeHost: opts.handshakeHost,
+        handshakePort: opts.handshakePort,
+        timeout: opts.timeout,
+        retryCnt: opts.retryCnt,
+        rnrRetry: opts.rnrRetry,
+        minRnrTimer: opts.minRnrTimer,
+        connectTimeoutMs: opts.connectTimeoutMs,
+        relaxedOrdering: opts.relaxedOrdering,
+        maxSendWr: opts.maxSendWr,
+        immRecvs: opts.immRecvs,
+      } satisfies NativeVerbsOptions,
+      unsupportedHint: model
+        ? ''
+        : ' (no RDMA device here? `createEngine({ model: true })` runs on the software RC model)',
       // The model's wire reaches only the model. (InfiniBand and RoCE NICs share the kind; their
       // addresses say which link they are on, and the native side refuses a mismatch.)
       kindOf: (providers) => (providers[0]?.provider === 'rc-model' ? 'rc-model' : 'ib-rc'),

@@ -1,4 +1,4 @@
-import { defineConformanceSuite } from '@trellis/core/conformance';
+import { defineConformanceSuite, skipFaultCases } from '@trellis/core/conformance';
 import { createEngine, type VerbsEngineOptions } from '../src/index.js';
 
 const noFaults =
@@ -19,12 +19,6 @@ for (const nics of [1, 2]) {
         },
       };
     },
-    skip: {
-      'faults: a peer killed mid-transfer — every pending operation to it settles with PEER_LOST, later ones too':
-        noFaults,
-      'faults: a failed NIC fails the work requests it carries with NIC_FAILED; restored, it carries again':
-        noFaults,
-      'faults: random delays do not change results': noFaults,
-    },
+    skip: skipFaultCases(noFaults),
   });
 }

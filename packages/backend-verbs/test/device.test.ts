@@ -1,10 +1,11 @@
 // The conformance suite on a real RDMA device (ConnectX, InfiniBand or RoCE). It runs when
 // ibv_get_device_list finds a device with an active port, and is skipped with the reason otherwise.
-import { defineConformanceSuite } from '@trellis/core/conformance';
+import { defineConformanceSuite, skipFaultCases } from '@trellis/core/conformance';
 import { describe, it } from 'vitest';
 import { createEngine, listDevices } from '../src/index.js';
 
 const { devices, error } = listDevices(false);
+const NO_FAULTS = 'needs the fault injector';
 
 if (devices.length > 0) {
   defineConformanceSuite({
@@ -19,13 +20,7 @@ if (devices.length > 0) {
       );
       return { engines, close: async () => void (await Promise.all(engines.map((e) => e.close()))) };
     },
-    skip: {
-      'faults: a peer killed mid-transfer — every pending operation to it settles with PEER_LOST, later ones too':
-        'needs the fault injector',
-      'faults: a failed NIC fails the work requests it carries with NIC_FAILED; restored, it carries again':
-        'needs the fault injector',
-      'faults: random delays do not change results': 'needs the fault injector',
-    },
+    skip: skipFaultCases(NO_FAULTS),
   });
 } else {
   describe('backend-verbs on a real RDMA device (libibverbs)', () => {

@@ -1,17 +1,10 @@
 import { createServer, type Server } from 'node:net';
-import { MrDesc, NetAddr, TrellisError } from '@trellis/core';
-import { fillXorshift } from '@trellis/core/conformance';
+import { MrDesc, NetAddr } from '@trellis/core';
+import { fillXorshift, outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine, listDevices, type VerbsEngine } from '../src/index.js';
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'resolved';
-  } catch (e) {
-    return e instanceof TrellisError ? `${e.code}: ${e.message}` : `non-trellis: ${String(e)}`;
-  }
-}
+const code = outcome;
 
 const open: VerbsEngine[] = [];
 const servers: Server[] = [];

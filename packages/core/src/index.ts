@@ -34,12 +34,14 @@ export {
 } from './loopback/fabric.js';
 export { Prng } from './loopback/prng.js';
 export {
+  loadNativeAddon,
   MSG_HEADER,
   type NativeEngine,
   NativeEngineBase,
   type NativeEngineInit,
   type NativeEngineTuning,
   type NativeEvents,
+  nativeTuning,
 } from './native-engine.js';
 export type * from './types.js';
 export { callUser } from './user.js';

@@ -1,6 +1,7 @@
 // The JS side of every native backend: an EngineBase over the engine kit's N-API class
 // (packages/core/native/include/trellis/napi_engine.hpp). A backend adds only how its addon is
 // loaded and configured, and what its peers' NIC addresses look like.
+import { createRequire } from 'node:module';
 import { NetAddr } from './addr.js';
 import { MrDesc } from './desc.js';
 import { EngineBase, type PendingOp, type RecvPool, type Region, type RegionAlloc } from './engine-base.js';
@@ -94,6 +95,43 @@ export interface NativeEngineTuning {
   limits?: Partial<EngineLimits>;
 }
 
+/** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
+export function nativeTuning(opts: NativeEngineTuning): Omit<NativeEngineTuning, 'limits'> {
+  return {
+    cpu: opts.cpu,
+    opTimeoutMs: opts.opTimeoutMs,
+    idleSpinUs: opts.idleSpinUs,
+    maxSleepUs: opts.maxSleepUs,
+    maxInflight: opts.maxInflight,
+    doorbellUs: opts.doorbellUs,
+  };
+}
+
+/**
+ * Load a backend's addon (`build/Release/<file>` relative to `from`, a module URL) once; when it
+ * fails, the TrellisError says what is missing: the first of `hints` whose pattern matches the
+ * loader's message, else that the addon was not built. @internal
+ */
+export function loadNativeAddon<T>(
+  from: string,
+  path: string,
+  backendName: string,
+  hints: ReadonlyArray<readonly [RegExp, string]>,
+  buildHint: string,
+): T {
+  try {
+    return createRequire(from)(path) as T;
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    const hint =
+      hints.find(([re]) => re.test(msg))?.[1] ??
+      (/Cannot find module|no such file/i.test(msg)
+        ? `the native addon was not built: ${buildHint}, then \`pnpm rebuild ${backendName}\``
+        : 'the native addon failed to load');
+    throw new TrellisError('UNSUPPORTED', `${backendName}: ${hint} (${msg})`, { cause: e });
+  }
+}
+
 /** Room for the sender's NetAddr in front of every message. @internal */
 export const MSG_HEADER = 2048;
 const MAX_UNEXPECTED = 1024; // messages held while no receive pool is posted
@@ -115,12 +153,17 @@ export interface NativeEngineInit {
   /** Package name, for messages (`@trellis/backend-efa`). */
   backendName: string;
   nics: number;
-  limits: Partial<EngineLimits>;
-  opTimeoutMs: number;
-  /** Names of completion codes by index (the addon's `codeNames`). */
-  codeNames: readonly string[];
-  /** Construct the addon's engine; `onEvents` receives its batches. Throws what the addon throws. */
-  create(onEvents: (e: NativeEvents) => void): NativeEngine;
+  /** The caller's worker options and limits (maxMessageBytes defaults to 64 KiB). */
+  tuning: NativeEngineTuning;
+  /** The loaded addon: its engine class and the names of completion codes by index. */
+  addon: {
+    NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
+    codeNames: readonly string[];
+  };
+  /** What the backend's domain factory reads (provider, devices, ...); tuning is added here. */
+  nativeOptions: object;
+  /** Appended to the message when the addon refuses to create the engine. */
+  unsupportedHint?: string;
   /** The engine kind for the providers the addon opened (`fi-shm`, `ib-rc`, ...). */
   kindOf(providers: ReadonlyArray<{ provider: string }>): string;
 }
@@ -171,11 +214,24 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly sendBytes = new Map<number, number>();
 
   protected constructor(init: NativeEngineInit) {
-    super(init.limits);
+    const limits = { maxMessageBytes: 64 * 1024, ...init.tuning.limits };
+    super(limits);
     this.backendName = init.backendName;
-    this.codeNames = init.codeNames;
-    this.native = init.create((e) => this.onEvents(e));
-    this.opTimeoutMs = init.opTimeoutMs;
+    this.codeNames = init.addon.codeNames;
+    const options = {
+      ...init.nativeOptions,
+      ...nativeTuning(init.tuning),
+      recvBytes: limits.maxMessageBytes + MSG_HEADER,
+    };
+    try {
+      this.native = new init.addon.NativeEngine(options, (e) => this.onEvents(e));
+    } catch (e) {
+      const why = e instanceof Error ? e.message : String(e);
+      throw new TrellisError('UNSUPPORTED', `createEngine: ${why}${init.unsupportedHint ?? ''}`, {
+        cause: e,
+      });
+    }
+    this.opTimeoutMs = init.tuning.opTimeoutMs ?? 30_000;
     this.providers = this.native.providers();
     this.provider = this.providers[0]!.provider;
     this.nics = init.nics;

@@ -15,7 +15,27 @@ export type { CaseContext, EngineGroup, GroupFactory } from './cases.js';
 export { CASES as CONFORMANCE_CASES, type ConformanceCase, type ConformanceCaseId } from './cases.js';
 export { type CrossProcessTarget, defineCrossProcessSuite } from './cross.js';
 export { PeerProcess } from './peer.js';
-export { assertBytes, fillXorshift, pattern, rejects, SettleTracker, sleep, throws } from './util.js';
+export {
+  assertBytes,
+  fillXorshift,
+  outcome,
+  pattern,
+  rejects,
+  SettleTracker,
+  sleep,
+  throws,
+} from './util.js';
+
+/**
+ * The cases that drive the loopback fabric's fault injector (kill a peer, fail a NIC, delay). A
+ * real backend skips them with its own reason (and tests its failures with real processes):
+ * `skip: skipFaultCases('...')`.
+ */
+export function skipFaultCases(reason: string): Partial<Record<ConformanceCaseId, string>> {
+  return Object.fromEntries(
+    CASES.filter((c) => c.id.startsWith('faults: ')).map((c) => [c.id, reason]),
+  ) as Partial<Record<ConformanceCaseId, string>>;
+}
 
 /** What {@link defineConformanceSuite} needs. */
 export interface ConformanceTarget {

@@ -29,6 +29,19 @@ export function bytesOf(h: MrHandle): Uint8Array {
 }
 
 /** Await a promise that must reject with a TrellisError of `code`; returns the error. */
+/**
+ * How `p` settled, as one comparable string: `resolved`, `CODE: message` for a TrellisError, or
+ * `non-trellis: ...`. Tests assert on the whole text, so the code and the message are both checked.
+ */
+export async function outcome(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'resolved';
+  } catch (e) {
+    return e instanceof TrellisError ? `${e.code}: ${e.message}` : `non-trellis: ${String(e)}`;
+  }
+}
+
 export async function rejects(
   p: Promise<unknown>,
   code: TrellisErrorCode,
