@@ -1,4 +1,4 @@
-import { defineConformanceSuite, skipFaultCases } from '@trellis/core/conformance';
+import { defineConformanceSuite, groupOf, skipFaultCases } from '@trellis/core/conformance';
 import { createEngine, type EfaEngineOptions } from '../src/index.js';
 
 const noFaults =
@@ -11,15 +11,7 @@ for (const provider of ['shm', 'tcp'] as const) {
       name: `backend-efa provider=${provider} nics=${nics}`,
       nics,
       seed: nics,
-      createGroup: async (size) => {
-        const engines = await Promise.all(Array.from({ length: size }, () => createEngine(opts)));
-        return {
-          engines,
-          close: async () => {
-            await Promise.all(engines.map((e) => e.close()));
-          },
-        };
-      },
+      createGroup: groupOf(() => createEngine(opts)),
       skip: skipFaultCases(noFaults),
     });
   }

@@ -784,18 +784,23 @@ int VerbsDomain::chain_write(Peer& p, const trellis::WriteWr& wr) {
   w.imm_data = htonl(wr.imm);
   w.wr.rdma.remote_addr = wr.raddr;
   w.wr.rdma.rkey = static_cast<uint32_t>(wr.rkey);
+  append(q, w, wr.src, wr.len, wr.src_desc);
+  return 0;
+}
+
+// Add a WR (with its one gather entry, none for zero bytes) to the QP's chain for flush_posts().
+void VerbsDomain::append(QpRec* q, ibv_send_wr w, const void* buf, size_t len, void* desc) {
   ibv_sge s{};
-  if (wr.len) {
-    s.addr = reinterpret_cast<uint64_t>(wr.src);
-    s.length = static_cast<uint32_t>(wr.len);
-    s.lkey = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(wr.src_desc));
+  if (len) {
+    s.addr = reinterpret_cast<uint64_t>(buf);
+    s.length = static_cast<uint32_t>(len);
+    s.lkey = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(desc));
     w.num_sge = 1;
   }
   q->chain.push_back(w);
   q->sges.push_back(s);
   if (q->chain.size() == 1) dirty_.push_back(q);
   q->outstanding++;
-  return 0;
 }
 
 int VerbsDomain::chain_send(Peer& p, const void* buf, size_t len, void* desc, void* ctx) {
@@ -805,15 +810,7 @@ int VerbsDomain::chain_send(Peer& p, const void* buf, size_t len, void* desc, vo
   w.wr_id = reinterpret_cast<uint64_t>(ctx);
   w.opcode = IBV_WR_SEND;
   w.send_flags = IBV_SEND_SIGNALED;
-  ibv_sge s{};
-  s.addr = reinterpret_cast<uint64_t>(buf);
-  s.length = static_cast<uint32_t>(len);
-  s.lkey = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(desc));
-  w.num_sge = 1;
-  q->chain.push_back(w);
-  q->sges.push_back(s);
-  if (q->chain.size() == 1) dirty_.push_back(q);
-  q->outstanding++;
+  append(q, w, buf, len, desc);
   return 0;
 }
 

@@ -94,6 +94,7 @@ class VerbsDomain final : public trellis::Domain {
   int enqueue_write(Peer& p, const trellis::WriteWr& wr);
   int chain_write(Peer& p, const trellis::WriteWr& wr);
   int chain_send(Peer& p, const void* buf, size_t len, void* desc, void* ctx);
+  void append(QpRec* q, ibv_send_wr w, const void* buf, size_t len, void* desc);
   void fail_chain(QpRec* q, const std::string& why);
   void map_wc(const ibv_wc& wc, std::vector<trellis::Completion>& out);
   void repost_imm_recvs();

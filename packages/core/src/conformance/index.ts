@@ -9,6 +9,7 @@
  * @packageDocumentation
  */
 import { describe, it } from 'vitest';
+import type { TransferEngine } from '../types.js';
 import { CASES, type ConformanceCaseId, type GroupFactory } from './cases.js';
 
 export type { CaseContext, EngineGroup, GroupFactory } from './cases.js';
@@ -25,6 +26,22 @@ export {
   sleep,
   throws,
 } from './util.js';
+
+/**
+ * A {@link GroupFactory} from an engine factory: `size` engines made by `make`, closed together.
+ * `createGroup: groupOf(() => createEngine({ provider: 'shm', nics: 2 }))`.
+ */
+export function groupOf(make: () => Promise<TransferEngine>): GroupFactory {
+  return async (size) => {
+    const engines = await Promise.all(Array.from({ length: size }, make));
+    return {
+      engines,
+      close: async () => {
+        await Promise.all(engines.map((e) => e.close()));
+      },
+    };
+  };
+}
 
 /**
  * The cases that drive the loopback fabric's fault injector (kill a peer, fail a NIC, delay). A
