@@ -148,7 +148,7 @@ interface PendingReg {
   reject: (e: TrellisError) => void;
 }
 
-/** How a backend hands its addon to {@link NativeEngineBase}. @internal */
+/** How a backend hands its addon to {@link NativeEngineBase} (for authors of native backends). */
 export interface NativeEngineInit {
   /** Package name, for messages (`@trellis/backend-efa`). */
   backendName: string;
