@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 
 #include "verbs_api.hh"
 
@@ -96,11 +97,13 @@ class RealVerbs final : public Verbs {
       ibv_dealloc_td(td);
       return nullptr;
     }
+    std::lock_guard<std::mutex> g(mu_);
     tds_.emplace_back(parent, td);
     return parent;
   }
   int dealloc_pd(ibv_pd* pd) override {
     int rc = ibv_dealloc_pd(pd);
+    std::lock_guard<std::mutex> g(mu_);
     for (auto it = tds_.begin(); it != tds_.end(); ++it) {
       if (it->first == pd) {
         ibv_dealloc_td(it->second);
@@ -148,6 +151,7 @@ class RealVerbs final : public Verbs {
   int post_recv(ibv_qp* qp, ibv_recv_wr* wr, ibv_recv_wr** bad) override { return ibv_post_recv(qp, wr, bad); }
 
  private:
+  std::mutex mu_;  // engines open and close devices from any thread
   std::vector<std::pair<ibv_pd*, ibv_td*>> tds_;
 };
 
