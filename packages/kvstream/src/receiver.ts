@@ -1,0 +1,669 @@
+import {
+  autoShards,
+  lanesBetween,
+  type MrHandle,
+  type NetAddr,
+  type RecvMessage,
+  type TransferEngine,
+  TrellisError,
+} from '@trellis/core';
+import { KvLayout, type KvLayoutSpec } from './layout.js';
+import { PeerProbe } from './probe.js';
+import {
+  type AbortMsg,
+  ACK_UNCERTAIN,
+  ACK_UNKNOWN,
+  type AckMsg,
+  decode,
+  encodeCancel,
+  encodeTable,
+  isKvMessage,
+  MsgType,
+} from './protocol.js';
+
+/** Options of {@link KvStreamReceiver.create}. */
+export interface KvStreamReceiverOptions {
+  /** The decode server's engine. */
+  engine: TransferEngine;
+  /** This side's KV cache layout (its `pages` is the pool size). */
+  layout: KvLayoutSpec | KvLayout;
+  /** The KV cache, registered with `{remote: true}`. Default: registered here, `layout.regionBytes` of host memory. */
+  region?: MrHandle;
+  /** Largest opaque tail (hidden states, logits) a request may carry. Default 1 MiB. */
+  maxTailBytes?: number;
+  /** Requests in flight at once (counter slots and tail slots). Default 256. */
+  maxRequests?: number;
+  /** First immediate value of this receiver's slots; slot `s` uses `immBase + s`, and `immBase + maxRequests` probes. Default 0x4b560000. */
+  immBase?: number;
+  /** How often a prefill peer with requests in flight is probed for liveness. Default 1000 ms. */
+  probeMs?: number;
+  /** After a prefill peer is found dead, its requests' pages return to the pool after this long. Default 2000 ms. */
+  deadPeerGraceMs?: number;
+  /** How long a cancelled request waits for the prefill side's acknowledgement. Default 10000 ms. */
+  ackTimeoutMs?: number;
+  /** Pages and slot of a request whose fate is uncertain (no or an uncertain acknowledgement) return after this long. Default 60000 ms. */
+  quarantineMs?: number;
+  /**
+   * `own` (default): post a receive pool on the engine for kvstream's messages (others are
+   * counted and dropped). `external`: the caller owns the engine's receives and passes every
+   * message to {@link KvStreamReceiver.handleMessage}.
+   */
+  recv?: 'own' | 'external';
+}
+
+/** What {@link KvStreamReceiver.admit} takes. */
+export interface KvAdmitRequest {
+  /** The prefill server's engine address. */
+  prefill: NetAddr;
+  /** Prompt tokens whose KV the prefill side computes and streams. */
+  tokens: number;
+  /** Bytes of the opaque tail (hidden states, logits) the prefill side sends with the last write. Default 0. */
+  tailBytes?: number;
+  /** Your request id, given to the prefill side with the page table (at most 65535 UTF-8 bytes). */
+  tag?: string;
+  /** Cancel the request (two-phase: pages return once the prefill side has stopped writing). */
+  signal?: AbortSignal;
+  /** Fail with `TIMEOUT` (and cancel, two-phase) if the KV is not complete by then. */
+  timeoutMs?: number;
+}
+
+/** A request's KV, complete in this side's cache. */
+export interface KvReady {
+  /** Pool pages holding the request's KV, in token order (the last one possibly partial). */
+  readonly pages: Uint32Array;
+  readonly tokens: number;
+  /** The opaque tail, copied out of the tail slot. */
+  readonly tail: Uint8Array;
+  /** Give the pages back to the pool (when decoding is done with them). Idempotent. */
+  release(): void;
+}
+
+/** An admitted request. */
+export interface KvAdmission {
+  readonly id: bigint;
+  readonly tag: string;
+  /** Pool pages allocated to the request, in token order. */
+  readonly pages: Uint32Array;
+  /** Resolves when every page and the tail are in place; rejects with a TrellisError otherwise. */
+  readonly done: Promise<KvReady>;
+  /**
+   * Cancel: the prefill side stops writing and acknowledges; then the pages return. Resolves once
+   * they have (or are quarantined, see {@link KvStreamReceiverOptions.quarantineMs}).
+   */
+  cancel(): Promise<void>;
+}
+
+/** Counters of a receiver. */
+export interface KvReceiverStats {
+  admitted: number;
+  completed: number;
+  failed: number;
+  cancelled: number;
+  freePages: number;
+  freeSlots: number;
+  /** Pages held back because a request's fate was uncertain (they return after quarantineMs). */
+  quarantinedPages: number;
+  /** Messages on the engine that were not kvstream's (with `recv: 'own'`). */
+  foreignMessages: number;
+}
+
+type Phase = 'streaming' | 'cancelling' | 'ready' | 'failed' | 'released';
+
+interface Req {
+  id: bigint;
+  tag: string;
+  slot: number;
+  imm: number;
+  pages: Uint32Array;
+  tokens: number;
+  tailBytes: number;
+  expected: number;
+  peer: NetAddr;
+  peerKey: string;
+  phase: Phase;
+  waitAbort: AbortController;
+  resolve: (r: KvReady) => void;
+  reject: (e: TrellisError) => void;
+  /** Settles the two-phase cancel (pages back or quarantined). */
+  released: Promise<void>;
+  onReleased: () => void;
+  ackWait?: { resolve: (m: AckMsg | AbortMsg | undefined) => void; timer: NodeJS.Timeout };
+  timer?: NodeJS.Timeout;
+  userSignal?: AbortSignal;
+  onUserAbort?: () => void;
+}
+
+const DEFAULT_IMM_BASE = 0x4b560000;
+
+/**
+ * The decode side of KV streaming. It owns a page pool over the KV cache: {@link admit} takes
+ * pages and a counter slot, sends the page table to the prefill server, and resolves when exactly
+ * the expected number of immediates has arrived — no "done" message. Pages return to the pool only
+ * when no remote write can still land in them.
+ *
+ * @example
+ * ```ts
+ * const rx = await KvStreamReceiver.create({ engine, layout: { layers: 32, tokensPerPage: 16, pages: 4096,
+ *   tensors: [{ name: 'k', bytesPerToken: 1024 }, { name: 'v', bytesPerToken: 1024 }] } });
+ * const adm = rx.admit({ prefill: prefillAddr, tokens: prompt.length, tailBytes: 8192, tag: requestId });
+ * const kv = await adm.done; // kv.pages hold the prompt's KV; kv.tail the hidden state
+ * // ... decode ...
+ * kv.release();
+ * ```
+ */
+export class KvStreamReceiver {
+  readonly layout: KvLayout;
+  readonly engine: TransferEngine;
+  readonly region: MrHandle;
+  readonly tailRegion: MrHandle;
+  readonly maxTailBytes: number;
+  readonly maxRequests: number;
+  readonly immBase: number;
+
+  private readonly freePageList: number[];
+  private readonly freeSlotList: number[];
+  private readonly tailSlotBytes: number;
+  private readonly reqs = new Map<bigint, Req>();
+  private nextId = 1n;
+  private readonly probe: PeerProbe;
+  private readonly recvAbort = new AbortController();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly opts: Required<
+    Pick<KvStreamReceiverOptions, 'deadPeerGraceMs' | 'ackTimeoutMs' | 'quarantineMs'>
+  >;
+  private closed = false;
+  private readonly counts = {
+    admitted: 0,
+    completed: 0,
+    failed: 0,
+    cancelled: 0,
+    quarantinedPages: 0,
+    foreignMessages: 0,
+  };
+  private readonly ownsRegion: boolean;
+
+  private constructor(
+    opts: KvStreamReceiverOptions,
+    layout: KvLayout,
+    region: MrHandle,
+    tailRegion: MrHandle,
+    tailSlotBytes: number,
+    ownsRegion: boolean,
+  ) {
+    this.engine = opts.engine;
+    this.layout = layout;
+    this.region = region;
+    this.tailRegion = tailRegion;
+    this.tailSlotBytes = tailSlotBytes;
+    this.ownsRegion = ownsRegion;
+    this.maxTailBytes = opts.maxTailBytes ?? 1 << 20;
+    this.maxRequests = opts.maxRequests ?? 256;
+    this.immBase = opts.immBase ?? DEFAULT_IMM_BASE;
+    this.opts = {
+      deadPeerGraceMs: opts.deadPeerGraceMs ?? 2000,
+      ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
+      quarantineMs: opts.quarantineMs ?? 60_000,
+    };
+    this.freePageList = Array.from({ length: layout.pages }, (_, i) => layout.pages - 1 - i);
+    this.freeSlotList = Array.from({ length: this.maxRequests }, (_, i) => this.maxRequests - 1 - i);
+    this.probe = new PeerProbe(
+      this.engine,
+      this.immBase + this.maxRequests,
+      opts.probeMs ?? 1000,
+      (peer, err) => this.peerDead(peer, err),
+    );
+    if ((opts.recv ?? 'own') === 'own') {
+      void this.engine
+        .submitRecvs(
+          { maxBytes: this.engine.limits.maxMessageBytes, count: 32, signal: this.recvAbort.signal },
+          (m) => {
+            if (!this.handleMessage(m)) this.counts.foreignMessages++;
+          },
+        )
+        .catch(() => {});
+    }
+  }
+
+  /** Validate the options, register the cache (unless given) and the tail slots, start receiving. */
+  static async create(opts: KvStreamReceiverOptions): Promise<KvStreamReceiver> {
+    const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
+    const maxTail = opts.maxTailBytes ?? 1 << 20;
+    const maxReq = opts.maxRequests ?? 256;
+    const immBase = opts.immBase ?? DEFAULT_IMM_BASE;
+    checkInt('maxTailBytes', maxTail, 0, 0xffffffff);
+    checkInt('maxRequests', maxReq, 1, 1 << 20);
+    checkInt('immBase', immBase, 0, 0xffffffff - maxReq - 1);
+    for (const k of ['probeMs', 'deadPeerGraceMs', 'ackTimeoutMs', 'quarantineMs'] as const)
+      if (opts[k] !== undefined) checkInt(k, opts[k], 1, 2 ** 31 - 1);
+    let region = opts.region;
+    if (region) {
+      if (!region.remote)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          'KvStreamReceiver: region must be registered with {remote: true}',
+        );
+      if (region.length < layout.regionBytes)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `KvStreamReceiver: region is ${region.length} bytes; the layout needs ${layout.regionBytes}`,
+        );
+    } else region = await opts.engine.registerMemory(layout.regionBytes, { remote: true });
+    // A tail slot holds the last partial page of every segment and the opaque tail.
+    const slotBytes = align(layout.tokensPerPage * layout.bytesPerToken + maxTail, 64);
+    const tails = await opts.engine.registerMemory(Math.max(64, slotBytes * maxReq), { remote: true });
+    return new KvStreamReceiver(opts, layout, region, tails, slotBytes, opts.region === undefined);
+  }
+
+  /** Pages free in the pool now. */
+  get freePages(): number {
+    return this.freePageList.length;
+  }
+
+  /**
+   * Admit a request: allocate its pages and a counter slot, and send the page table to the prefill
+   * server. Throws `RESOURCE_EXHAUSTED` when the pool or the slots cannot hold it (nothing is
+   * taken), `INVALID_ARGUMENT` for bad input.
+   */
+  admit(req: KvAdmitRequest): KvAdmission {
+    if (this.closed) throw new TrellisError('CLOSED', 'KvStreamReceiver.admit: the receiver was closed');
+    checkInt('tokens', req.tokens, 1, 0xffffffff, 'admit');
+    const tailBytes = req.tailBytes ?? 0;
+    checkInt('tailBytes', tailBytes, 0, this.maxTailBytes, 'admit');
+    if (req.timeoutMs !== undefined) checkInt('timeoutMs', req.timeoutMs, 1, 2 ** 31 - 1, 'admit');
+    if (req.prefill === null || typeof req.prefill !== 'object' || !('kind' in req.prefill))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "KvStreamReceiver.admit: prefill must be the prefill engine's NetAddr",
+      );
+    if (req.prefill.kind !== this.engine.address.kind)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvStreamReceiver.admit: the prefill engine is a '${req.prefill.kind}' engine, this one '${this.engine.address.kind}'`,
+      );
+    const tag = req.tag ?? '';
+    const nPages = this.layout.pagesFor(req.tokens);
+    if (nPages > this.freePageList.length)
+      throw new TrellisError(
+        'RESOURCE_EXHAUSTED',
+        `KvStreamReceiver.admit: ${req.tokens} tokens need ${nPages} pages; ${this.freePageList.length} of ${this.layout.pages} are free`,
+      );
+    if (this.freeSlotList.length === 0)
+      throw new TrellisError(
+        'RESOURCE_EXHAUSTED',
+        `KvStreamReceiver.admit: all ${this.maxRequests} request slots are in use (maxRequests)`,
+      );
+    if (req.signal?.aborted)
+      throw new TrellisError('ABORTED', 'KvStreamReceiver.admit: aborted before admission');
+
+    const slot = this.freeSlotList.pop()!;
+    const pages = new Uint32Array(nPages);
+    for (let i = 0; i < nPages; i++) pages[i] = this.freePageList.pop()!;
+    const imm = this.immBase + slot;
+    const lanes = lanesBetween(req.prefill.nics.length, this.engine.nics);
+    const full = Math.floor(req.tokens / this.layout.tokensPerPage);
+    const tailLen = this.layout.partialBytes(req.tokens) + tailBytes;
+    const tailShards = tailLen > 0 ? autoShards(tailLen, lanes) : 0;
+    const expected =
+      this.layout.layers * this.layout.segmentsPerLayer * full + (tailLen > 0 ? tailShards : 1);
+    const id = this.nextId++;
+
+    let resolve!: (r: KvReady) => void;
+    let reject!: (e: TrellisError) => void;
+    const done = new Promise<KvReady>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    done.catch(() => {}); // the caller may only use cancel()
+    let onReleased!: () => void;
+    const released = new Promise<void>((r) => {
+      onReleased = r;
+    });
+    const r: Req = {
+      id,
+      tag,
+      slot,
+      imm,
+      pages,
+      tokens: req.tokens,
+      tailBytes,
+      expected,
+      peer: req.prefill,
+      peerKey: req.prefill.toString(),
+      phase: 'streaming',
+      waitAbort: new AbortController(),
+      resolve,
+      reject,
+      released,
+      onReleased,
+    };
+    this.reqs.set(id, r);
+    this.counts.admitted++;
+    this.probe.add(req.prefill);
+
+    if (req.timeoutMs !== undefined) {
+      r.timer = setTimeout(
+        () =>
+          this.cancelReq(
+            r,
+            new TrellisError(
+              'TIMEOUT',
+              `kvstream request '${tag}': KV not complete within ${req.timeoutMs} ms`,
+            ),
+          ),
+        req.timeoutMs,
+      );
+    }
+    if (req.signal) {
+      r.userSignal = req.signal;
+      r.onUserAbort = () =>
+        this.cancelReq(r, new TrellisError('ABORTED', `kvstream request '${tag}': aborted`));
+      req.signal.addEventListener('abort', r.onUserAbort, { once: true });
+    }
+
+    const counter = this.engine.immCounter(imm);
+    // Credits left on a slot are stale (a quarantined request's late arrivals): take them first.
+    const stale = counter.value;
+    const start = stale > 0 ? counter.wait(stale) : Promise.resolve();
+    const table = encodeTable({
+      id,
+      imm,
+      tokens: req.tokens,
+      fingerprint: this.layout.fingerprint,
+      tailBytes,
+      tailShards,
+      tag,
+      tailOffset: slot * this.tailSlotBytes,
+      dstPoolPages: this.layout.pages,
+      dstOrder: this.layout.order,
+      dstHeadsBeforePages: this.layout.headsBeforePages,
+      kv: this.region.desc,
+      tail: this.tailRegion.desc,
+      pages,
+    });
+    if (table.length > this.engine.limits.maxMessageBytes) {
+      this.finish(r, 'failed');
+      this.releaseNow(r);
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvStreamReceiver.admit: the page table is ${table.length} bytes, over the engine's ${this.engine.limits.maxMessageBytes}-byte messages (fewer pages per request, or larger pages)`,
+      );
+    }
+    void start
+      .then(() => this.engine.submitSend(req.prefill, table))
+      .then(
+        () => counter.wait(expected, { signal: r.waitAbort.signal }),
+        (e: unknown) => {
+          // The table may not have arrived: treat the peer as unreachable for this request.
+          throw wrap(e, `kvstream request '${tag}': sending the page table failed`);
+        },
+      )
+      .then(
+        () => this.complete(r),
+        (e: unknown) => {
+          if (r.phase !== 'streaming') return; // cancelled, aborted or dead peer: handled there
+          this.fail(r, wrap(e, `kvstream request '${tag}'`), 'grace');
+        },
+      );
+
+    const self = this;
+    return {
+      id,
+      tag,
+      pages,
+      done,
+      cancel() {
+        self.cancelReq(r, new TrellisError('ABORTED', `kvstream request '${tag}': cancelled`));
+        return r.released;
+      },
+    };
+  }
+
+  /** Every page of the request and its tail arrived: unpack the partial page, hand over. */
+  private complete(r: Req): void {
+    if (r.phase !== 'streaming') return;
+    this.finish(r, 'ready');
+    // The slot's counter is exactly consumed: it may serve the next request now.
+    this.freeSlotList.push(r.slot);
+    const tail = this.unpackTail(r);
+    this.counts.completed++;
+    let released = false;
+    r.resolve({
+      pages: r.pages,
+      tokens: r.tokens,
+      tail,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.returnPages(r.pages);
+        r.phase = 'released';
+        r.onReleased();
+      },
+    });
+    this.reqs.delete(r.id);
+  }
+
+  /** Copy the last partial page's tokens from the tail slot into the request's last page; return the opaque tail. */
+  private unpackTail(r: Req): Uint8Array {
+    const tpp = this.layout.tokensPerPage;
+    const partial = r.tokens % tpp;
+    const slotBase = r.slot * this.tailSlotBytes;
+    const tb = this.tailRegion.buffer;
+    const kv = this.region.buffer;
+    if (!tb || !kv) return new Uint8Array(0);
+    let at = slotBase;
+    if (partial > 0) {
+      const last = r.pages[r.pages.length - 1]!;
+      for (const s of this.layout.segments) {
+        const n = partial * s.tokenBytes;
+        kv.set(tb.subarray(at, at + n), s.offset + last * s.stride);
+        at += n;
+      }
+    }
+    return tb.slice(at, at + r.tailBytes);
+  }
+
+  /** Start the two-phase cancel of `r` with `reason` (the request's promise rejects with it). */
+  private cancelReq(r: Req, reason: TrellisError): void {
+    if (r.phase !== 'streaming') return;
+    this.finish(r, 'cancelling');
+    this.counts.cancelled++;
+    r.reject(reason);
+    r.waitAbort.abort();
+    void (async () => {
+      const ack = await this.awaitAck(r, () => this.engine.submitSend(r.peer, encodeCancel(r.id)));
+      await this.settleAfterAck(r, ack);
+    })();
+  }
+
+  /** Send `send` and wait for the prefill side's ACK or ABORT for `r` (undefined on timeout or failure). */
+  private awaitAck(r: Req, send: () => Promise<void>): Promise<AckMsg | AbortMsg | undefined> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        r.ackWait = undefined;
+        resolve(undefined);
+      }, this.opts.ackTimeoutMs);
+      timer.unref();
+      r.ackWait = { resolve, timer };
+      send().catch(() => {
+        clearTimeout(timer);
+        r.ackWait = undefined;
+        resolve(undefined);
+      });
+    });
+  }
+
+  /**
+   * After the prefill side stopped: take exactly the credits its completed writes produced, then
+   * return pages and slot — or quarantine them when that count is not known.
+   */
+  private async settleAfterAck(r: Req, ack: AckMsg | AbortMsg | undefined): Promise<void> {
+    if (!ack || ack.flags & (ACK_UNCERTAIN | ACK_UNKNOWN)) {
+      this.quarantine(r, this.opts.quarantineMs);
+      return;
+    }
+    // Those arrivals are certain (delivery-complete writes): wait for them, bounded.
+    try {
+      await this.engine.immCounter(r.imm).wait(ack.delivered, { timeoutMs: this.opts.quarantineMs });
+    } catch {
+      this.quarantine(r, this.opts.quarantineMs);
+      return;
+    }
+    this.releaseNow(r);
+  }
+
+  private releaseNow(r: Req): void {
+    this.returnPages(r.pages);
+    this.freeSlotList.push(r.slot);
+    r.phase = 'released';
+    this.reqs.delete(r.id);
+    r.onReleased();
+  }
+
+  private quarantine(r: Req, ms: number): void {
+    this.counts.quarantinedPages += r.pages.length;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      this.counts.quarantinedPages -= r.pages.length;
+      this.releaseNow(r);
+    }, ms);
+    t.unref();
+    this.timers.add(t);
+  }
+
+  private fail(r: Req, err: TrellisError, mode: 'grace' | 'quarantine'): void {
+    if (r.phase !== 'streaming') return;
+    this.finish(r, 'failed');
+    this.counts.failed++;
+    r.reject(err);
+    r.waitAbort.abort();
+    this.quarantine(r, mode === 'grace' ? this.opts.deadPeerGraceMs : this.opts.quarantineMs);
+  }
+
+  /** Leave the streaming phase: timers and listeners off. */
+  private finish(r: Req, phase: Phase): void {
+    r.phase = phase;
+    if (r.timer) clearTimeout(r.timer);
+    if (r.userSignal && r.onUserAbort) r.userSignal.removeEventListener('abort', r.onUserAbort);
+    this.probe.remove(r.peer);
+  }
+
+  private returnPages(pages: Uint32Array): void {
+    for (let i = pages.length - 1; i >= 0; i--) this.freePageList.push(pages[i]!);
+  }
+
+  private peerDead(peer: NetAddr, err: TrellisError): void {
+    const key = peer.toString();
+    for (const r of [...this.reqs.values()]) {
+      if (r.peerKey !== key) continue;
+      const e = new TrellisError(
+        'PEER_LOST',
+        `kvstream request '${r.tag}': the prefill peer is unreachable (${err.code}: ${err.message})`,
+        { peer: key, cause: err },
+      );
+      if (r.phase === 'streaming') this.fail(r, e, 'grace');
+      else if (r.ackWait) {
+        clearTimeout(r.ackWait.timer);
+        const w = r.ackWait;
+        r.ackWait = undefined;
+        w.resolve(undefined);
+      }
+    }
+  }
+
+  /**
+   * Handle one message from the engine. Returns false if it is not kvstream's (with
+   * `recv: 'external'`, route your other messages yourself).
+   */
+  handleMessage(msg: RecvMessage): boolean {
+    if (!isKvMessage(msg.data)) return false;
+    let m: ReturnType<typeof decode>;
+    try {
+      m = decode(msg.data);
+    } catch {
+      this.counts.foreignMessages++;
+      return true;
+    }
+    if (m.type !== MsgType.Ack && m.type !== MsgType.Abort) return true;
+    const r = this.reqs.get(m.id);
+    if (!r || r.peerKey !== msg.from.toString()) return true;
+    if (r.ackWait) {
+      clearTimeout(r.ackWait.timer);
+      const w = r.ackWait;
+      r.ackWait = undefined;
+      w.resolve(m);
+      return true;
+    }
+    if (m.type === MsgType.Abort && r.phase === 'streaming') {
+      // The prefill side gave up on the request (a write failed): fail it, then settle like a cancel.
+      this.finish(r, 'cancelling');
+      this.counts.failed++;
+      r.reject(
+        new TrellisError(m.code, `kvstream request '${r.tag}': the prefill side aborted: ${m.message}`, {
+          peer: r.peerKey,
+        }),
+      );
+      r.waitAbort.abort();
+      void this.settleAfterAck(r, m);
+    }
+    return true;
+  }
+
+  /** Counters and pool occupancy. */
+  stats(): KvReceiverStats {
+    return {
+      admitted: this.counts.admitted,
+      completed: this.counts.completed,
+      failed: this.counts.failed,
+      cancelled: this.counts.cancelled,
+      freePages: this.freePageList.length,
+      freeSlots: this.freeSlotList.length,
+      quarantinedPages: this.counts.quarantinedPages,
+      foreignMessages: this.counts.foreignMessages,
+    };
+  }
+
+  /** Fail every request in flight with `CLOSED`, stop receiving, unregister what was registered here. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.probe.close();
+    this.recvAbort.abort();
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    for (const r of this.reqs.values()) {
+      if (r.phase === 'streaming') {
+        this.finish(r, 'failed');
+        r.reject(new TrellisError('CLOSED', `kvstream request '${r.tag}': the receiver was closed`));
+        r.waitAbort.abort();
+      }
+      if (r.ackWait) {
+        clearTimeout(r.ackWait.timer);
+        r.ackWait.resolve(undefined);
+      }
+      r.onReleased();
+    }
+    this.reqs.clear();
+    if (!this.engine.closed) {
+      await this.tailRegion.unregister().catch(() => {});
+      if (this.ownsRegion) await this.region.unregister().catch(() => {});
+    }
+  }
+}
+
+function align(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+function checkInt(name: string, v: unknown, lo: number, hi: number, where = 'create'): void {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `KvStreamReceiver.${where}: ${name} must be an integer in ${lo}..${hi}, got ${String(v)}`,
+    );
+}
+
+function wrap(e: unknown, what: string): TrellisError {
+  if (e instanceof TrellisError)
+    return new TrellisError(e.code, `${what}: ${e.message}`, { cause: e, peer: e.peer });
+  return new TrellisError('INTERNAL', `${what}: ${String(e)}`, { cause: e });
+}
