@@ -1,0 +1,180 @@
+// kvstream across two OS processes over backend-efa (shm and tcp;ofi_rxm): real one-sided writes
+// with immediates, a real progress watcher thread, and real process deaths.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { createEngine, type EfaEngine } from '@trellis/backend-efa';
+import { NetAddr } from '@trellis/core';
+import { outcome } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type KvLayoutSpec, KvStreamReceiver, KvStreamSender } from '../src/index.js';
+import { checkKv, computeLayer, poolFull, tailOf } from './helpers.js';
+
+const fixture = fileURLToPath(new URL('./fixtures/peer.mjs', import.meta.url));
+
+class Peer {
+  private readonly lines: string[] = [];
+  private waiters: Array<() => void> = [];
+  readonly exited: Promise<void>;
+  private constructor(readonly child: ChildProcess) {
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      this.lines.push(l);
+      for (const w of this.waiters.splice(0)) w();
+    });
+    this.exited = new Promise((r) => child.on('exit', () => r()));
+  }
+  static async start(cfg: object): Promise<{ peer: Peer; addr: NetAddr }> {
+    const child = spawn(process.execPath, [fixture, JSON.stringify(cfg)], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    const peer = new Peer(child);
+    const first = (await peer.next((m) => 'addr' in m)) as { addr: string };
+    return { peer, addr: NetAddr.parse(first.addr) };
+  }
+  send(o: object): void {
+    this.child.stdin!.write(`${JSON.stringify(o)}\n`);
+  }
+  /** The first line (seen or to come) matching `pred`, consumed. */
+  async next(
+    pred: (m: Record<string, unknown>) => boolean,
+    timeoutMs = 30_000,
+  ): Promise<Record<string, unknown>> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.lines.findIndex((l) => pred(JSON.parse(l)));
+      if (i >= 0) return JSON.parse(this.lines.splice(i, 1)[0]!);
+      if (Date.now() > end)
+        throw new Error(`peer: no matching line within ${timeoutMs} ms; saw ${this.lines.join(' | ')}`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 100);
+      });
+    }
+  }
+  async stop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.send({ exit: true });
+      await Promise.race([this.exited, new Promise((r) => setTimeout(r, 5000))]);
+      this.child.kill('SIGKILL');
+    }
+    await this.exited;
+  }
+}
+
+let cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c().catch(() => {});
+  cleanup = [];
+});
+
+const layout: KvLayoutSpec = {
+  layers: 8,
+  tokensPerPage: 16,
+  pages: 256,
+  tensors: [
+    { name: 'k', bytesPerToken: 256 },
+    { name: 'v', bytesPerToken: 256 },
+  ],
+};
+
+async function decodeSide(
+  provider: 'shm' | 'tcp',
+  opts: object = {},
+): Promise<{ engine: EfaEngine; rx: KvStreamReceiver }> {
+  const engine = await createEngine({ provider, nics: 2, opTimeoutMs: 5000 });
+  const rx = await KvStreamReceiver.create({
+    engine,
+    layout: { ...layout, order: 'page-major' },
+    maxTailBytes: 8192,
+    ...opts,
+  });
+  cleanup.push(async () => {
+    await rx.close();
+    await engine.close();
+  });
+  return { engine, rx };
+}
+
+describe('kvstream across processes on backend-efa', () => {
+  for (const provider of ['shm', 'tcp'] as const) {
+    it(`prefill in another process streams 3 chunked requests; KV and tails byte-exact at decode (${provider})`, async () => {
+      const { rx } = await decodeSide(provider);
+      const { peer, addr } = await Peer.start({ role: 'prefill', provider, nics: 2, layout });
+      cleanup.push(() => peer.stop());
+      const reqs = [
+        { tag: 'a', tokens: 200, chunks: [64, 200], tail: 4096 },
+        { tag: 'b', tokens: 33, chunks: [33], tail: 0 },
+        { tag: 'c', tokens: 512, chunks: [100, 300, 512], tail: 8192 },
+      ];
+      let next = 0;
+      const adms = reqs.map((r, i) => {
+        const srcPages = Array.from({ length: Math.ceil(r.tokens / 16) }, () => (next++ * 7) % 256);
+        const adm = rx.admit({ prefill: addr, tokens: r.tokens, tailBytes: r.tail, tag: r.tag });
+        peer.send({
+          run: { tag: r.tag, req: i, srcPages, chunks: r.chunks, tail: [...tailOf(i, r.tail)], layerMs: 1 },
+        });
+        return adm;
+      });
+      for (const [i, adm] of adms.entries()) {
+        const kv = await adm.done;
+        checkKv(rx.layout, rx.region.buffer!, i, kv.pages, reqs[i]!.tokens);
+        expect(kv.tail).toEqual(tailOf(i, reqs[i]!.tail));
+        kv.release();
+      }
+      for (const r of reqs)
+        expect(await peer.next((m) => m.done === r.tag)).toEqual({ done: r.tag, outcome: 'resolved' });
+      expect(poolFull(rx)).toBe(true);
+    }, 60_000);
+  }
+
+  it('prefill process killed mid-stream: the decode request fails PEER_LOST, its pages return after the grace period (tcp)', async () => {
+    const { rx } = await decodeSide('tcp', { probeMs: 100, deadPeerGraceMs: 300 });
+    const { peer, addr } = await Peer.start({ role: 'prefill', provider: 'tcp', nics: 2, layout });
+    cleanup.push(() => peer.stop());
+    const adm = rx.admit({ prefill: addr, tokens: 400, tag: 'k' });
+    const srcPages = Array.from({ length: 25 }, (_, i) => i);
+    peer.send({ run: { tag: 'k', req: 9, srcPages, chunks: [400], tail: [], layerMs: 200 } });
+    await peer.next((m) => m.started === 'k');
+    peer.child.kill('SIGKILL');
+    const t0 = Date.now();
+    expect(await outcome(adm.done)).toMatch(
+      /^PEER_LOST: kvstream request 'k': the prefill peer is unreachable \(/,
+    );
+    const failedAfter = Date.now() - t0;
+    expect(rx.stats().freePages).toBe(256 - 25);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(poolFull(rx)).toBe(true);
+    // Bounded by the probe interval plus the engine's deadline (opTimeoutMs 5000) and slack.
+    expect(failedAfter).toBeLessThan(100 + 5000 + 3000);
+  }, 30_000);
+
+  it("decode process killed: the prefill side drops that peer's requests (tcp)", async () => {
+    const engine = await createEngine({ provider: 'tcp', nics: 2, opTimeoutMs: 5000 });
+    const tx = await KvStreamSender.create({ engine, layout, probeMs: 100 });
+    cleanup.push(async () => {
+      await tx.close();
+      await engine.close();
+    });
+    const { peer } = await Peer.start({ role: 'decode', provider: 'tcp', nics: 2, layout, probeMs: 100 });
+    cleanup.push(() => peer.stop());
+    const tables = new Promise<void>((r) => {
+      let n = 0;
+      tx.onRequest(() => ++n === 2 && r());
+    });
+    peer.send({ admit: { prefill: engine.address.toString(), tokens: 64, tag: 'x' } });
+    peer.send({ admit: { prefill: engine.address.toString(), tokens: 64, tag: 'y' } });
+    await tables;
+    const pages = (k: number) => Uint32Array.from({ length: 4 }, (_, i) => 4 * k + i);
+    const x = tx.bind('x', { srcPages: pages(0) });
+    const y = tx.bind('y', { srcPages: pages(1) });
+    x.chunk(64);
+    computeLayer(tx.layout, tx.region.buffer!, 1, pages(0), 0, 0, 64);
+    x.progress.watcher.increment();
+    peer.child.kill('SIGKILL');
+    expect(await outcome(x.done)).toMatch(/^PEER_LOST: kvstream request 'x': /);
+    expect(await outcome(y.done)).toMatch(/^PEER_LOST: kvstream request 'y': /);
+    expect(tx.stats()).toMatchObject({ tables: 2, bound: 2, completed: 0, failed: 2, peersDropped: 1 });
+    x.close();
+    y.close();
+  }, 30_000);
+});
