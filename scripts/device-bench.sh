@@ -4,10 +4,7 @@
 # Then hand the device tool this command, carrying .device, packages/core/dist, packages/backend-efa/dist:
 #   bash scripts/device-bench.sh [bench args...]
 set -euo pipefail
-source .device/env.sh
-cd packages/backend-efa
-mkdir -p node_modules/@trellis && ln -sfn ../../../core node_modules/@trellis/core
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/Release" >/dev/null
-cmake --build build -j"$(nproc)" >/dev/null
+source scripts/device-setup.sh
 out=${OUT:-/tmp}
+cd packages/backend-efa
 node dist/bench/run.js --json "$out/bench.json" "$@" | tee "$out/bench.txt"

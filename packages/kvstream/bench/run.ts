@@ -3,7 +3,11 @@
 // baseline that sends the whole KV after prefill ends, in the same run.
 //
 //   node dist/bench/run.js [--provider shm|tcp] [--nics N] [--layers 94] [--tokens 16384]
-//        [--tokens-per-page 16] [--bytes-per-token 1024] [--layer-ms 10] [--tail-bytes 16384]
+//        [--tokens-per-page 16] [--bytes-per-token 1024] [--layer-ms auto|N] [--tail-bytes 16384]
+//
+// --layer-ms auto (default) first measures the whole-KV transfer with no compute, then sets each
+// layer's compute to 1.5x the per-layer transfer: the regime streaming is for (compute-bound). A
+// compute time below the per-layer transfer makes the link the bottleneck and the tail a backlog.
 //        [--trials 3] [--quick] [--json out.json]
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -26,7 +30,8 @@ const layers = Number(opt('--layers', quick ? '16' : '94'));
 const tokens = Number(opt('--tokens', quick ? '2048' : '16384'));
 const tpp = Number(opt('--tokens-per-page', '16'));
 const bpt = Number(opt('--bytes-per-token', '1024'));
-const layerMs = Number(opt('--layer-ms', quick ? '5' : '10'));
+const layerMsArg = opt('--layer-ms', 'auto');
+let layerMs = layerMsArg === 'auto' ? 0 : Number(layerMsArg);
 const tailBytes = Number(opt('--tail-bytes', '16384'));
 const trials = Number(opt('--trials', quick ? '1' : '3'));
 const jsonOut = opt('--json', '');
@@ -71,6 +76,10 @@ async function once(mode: 'stream' | 'after', n: number) {
   return { compute: r.tEnd - r.t0, tail: tDone - r.tEnd };
 }
 
+if (layerMsArg === 'auto') {
+  const probe = await once('after', -1);
+  layerMs = Math.max(1, Math.ceil((1.5 * probe.tail) / layers));
+}
 const rows: Record<'stream' | 'after', Array<{ compute: number; tail: number }>> = { stream: [], after: [] };
 for (let t = 0; t < trials; t++) {
   rows.after.push(await once('after', t));
@@ -94,7 +103,7 @@ console.log(
   `kvstream over backend-efa ${provider === 'tcp' ? 'tcp;ofi_rxm' : provider}, ${nics} NIC(s), ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
 );
 console.log(
-  `layout: ${layers} layers, ${tokens} tokens, ${tpp} tokens/page, ${pageBytes / 1024} KiB pages per layer (K+V), KV ${mib(kvBytes)}; tail ${tailBytes} B; compute ${layerMs} ms/layer (sleep); median of ${trials}`,
+  `layout: ${layers} layers, ${tokens} tokens, ${tpp} tokens/page, ${pageBytes / 1024} KiB pages per layer (K+V), KV ${mib(kvBytes)}; tail ${tailBytes} B; compute ${layerMs} ms/layer (sleep${layerMsArg === 'auto' ? ', auto: 1.5x the per-layer transfer' : ''}); median of ${trials}`,
 );
 console.log('');
 console.log(

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Prepare this checkout on the device machine (libfabric runtime, CUDA, no npm): build
+# backend-efa's addon with plain cmake and link the workspace packages into each other's
+# node_modules as pnpm would. Sourced by the device-*.sh scripts; needs the dist/ folders carried.
+set -euo pipefail
+source .device/env.sh
+root=$PWD
+for pkg in backend-efa backend-verbs kvstream cli; do
+  [ -d "packages/$pkg" ] || continue
+  mkdir -p "packages/$pkg/node_modules/@trellis"
+  for dep in core backend-efa kvstream; do
+    [ "$dep" = "$pkg" ] || ln -sfn "$root/packages/$dep" "packages/$pkg/node_modules/@trellis/$dep"
+  done
+done
+(
+  cd packages/backend-efa
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/Release" >/dev/null
+  cmake --build build -j"$(nproc)" >/dev/null
+)
