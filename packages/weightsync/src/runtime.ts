@@ -1,0 +1,524 @@
+import { type MrDesc, type MrHandle, type PeerGroup, type TransferEngine, TrellisError } from '@trellis/core';
+import type { Box } from './model.js';
+import type { PlanOp, WeightSyncPlan } from './plan.js';
+import { quantizeRows } from './quant.js';
+
+const DEFAULT_IMM_BASE = 0x57530000; // "WS"
+const stepImm = (base: number, step: number) => base + (step % 0x10000);
+
+/** Options of {@link WeightSyncReceiver.create}. */
+export interface WeightSyncReceiverOptions {
+  engine: TransferEngine;
+  plan: WeightSyncPlan;
+  /** This inference rank. */
+  rank: number;
+  /** Step `s` completes when `immBase + s % 65536` has arrived once from every trainer. Default 0x57530000. */
+  immBase?: number;
+}
+
+/** One piece of an inference tensor on this rank, viewed in the active weights. */
+export interface TensorView {
+  part: string;
+  /** Rows and columns of the model tensor (the part) this piece holds. */
+  box: Box;
+  data: Uint8Array;
+  /** Quantised tensors: one fp32 scale per block of a row. */
+  scales?: Float32Array;
+}
+
+/**
+ * An inference rank's weights, double-buffered: step `N` producing version `v` is written into
+ * buffer `v % 2`, never the one being served, and the rank switches to it only when every trainer's
+ * barrier immediate for the step has arrived. A step that fails or misses its deadline leaves the
+ * served weights as they were; retry it with the same `version` (and a new `step`) once every
+ * trainer's `sync` for the failed step has settled.
+ */
+export class WeightSyncReceiver {
+  readonly plan: WeightSyncPlan;
+  readonly rank: number;
+  readonly buffers: readonly [MrHandle, MrHandle];
+  private active = 0;
+  private readonly immBase: number;
+
+  private constructor(
+    private readonly engine: TransferEngine,
+    plan: WeightSyncPlan,
+    rank: number,
+    buffers: [MrHandle, MrHandle],
+    immBase: number,
+  ) {
+    this.plan = plan;
+    this.rank = rank;
+    this.buffers = buffers;
+    this.immBase = immBase;
+  }
+
+  /** Register the two weight buffers (peers may write them). */
+  static async create(opts: WeightSyncReceiverOptions): Promise<WeightSyncReceiver> {
+    const { plan, rank } = opts;
+    if (!Number.isInteger(rank) || rank < 0 || rank >= plan.inference.ranks)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `WeightSyncReceiver: rank must be 0..${plan.inference.ranks - 1}, got ${rank}`,
+      );
+    const size = Math.max(64, plan.inferenceBytes[rank]!);
+    const a = await opts.engine.registerMemory(size, { remote: true });
+    const b = await opts.engine.registerMemory(size, { remote: true });
+    return new WeightSyncReceiver(opts.engine, plan, rank, [a, b], opts.immBase ?? DEFAULT_IMM_BASE);
+  }
+
+  /** The descriptors trainers write into: `[version % 2 === 0, version % 2 === 1]`. Give them to every trainer. */
+  descriptors(): [MrDesc, MrDesc] {
+    return [this.buffers[0].desc, this.buffers[1].desc];
+  }
+
+  /** The version being served (0 until the first step completes). */
+  get version(): number {
+    return this.active;
+  }
+
+  /**
+   * Wait for step `step`, which writes `version` (the served version + 1): resolves once every
+   * trainer's barrier has arrived, and from then on the rank serves it. Rejects with `TIMEOUT` /
+   * `ABORTED` and keeps serving the previous version.
+   */
+  async expect(req: {
+    step: number;
+    version: number;
+    timeoutMs?: number;
+    signal?: AbortSignal;
+  }): Promise<void> {
+    if (!Number.isSafeInteger(req.step) || req.step < 0)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `WeightSyncReceiver.expect: step must be a non-negative integer, got ${req.step}`,
+      );
+    if (req.version !== this.active + 1)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `WeightSyncReceiver.expect: this rank serves version ${this.active}; the next step must write version ${this.active + 1}, got ${req.version}`,
+      );
+    try {
+      await this.engine.immCounter(stepImm(this.immBase, req.step)).wait(this.plan.trainer.ranks, {
+        timeoutMs: req.timeoutMs,
+        signal: req.signal,
+      });
+    } catch (e) {
+      const err = e as TrellisError;
+      throw new TrellisError(
+        err.code ?? 'INTERNAL',
+        `weight sync step ${req.step} (version ${req.version}) failed on inference rank ${this.rank}; still serving version ${this.active}: ${err.message}`,
+        { cause: e },
+      );
+    }
+    this.active = req.version;
+  }
+
+  /** The served weights: this rank's buffer for the active version. */
+  weights(): { version: number; bytes: Uint8Array } {
+    return { version: this.active, bytes: this.buffers[this.active % 2]!.buffer! };
+  }
+
+  /** Views of inference tensor `name` on this rank, in the served weights. */
+  tensor(name: string): TensorView[] {
+    const k = this.plan.inference.tensors.findIndex((t) => t.name === name);
+    if (k < 0)
+      throw new TrellisError('INVALID_ARGUMENT', `WeightSyncReceiver.tensor: no inference tensor '${name}'`);
+    const t = this.plan.inference.tensors[k]!;
+    const buf = this.weights().bytes;
+    return this.plan.inferencePieces[this.rank]!.filter((p) => p.tensor === k).map((p) => {
+      const rows = p.box.r1 - p.box.r0;
+      const w = p.box.c1 - p.box.c0;
+      const v: TensorView = {
+        part: t.parts![p.part]!,
+        box: p.box,
+        data: buf.subarray(p.offset, p.offset + rows * w * p.elemBytes),
+      };
+      if (p.scaleOffset !== undefined)
+        v.scales = new Float32Array(buf.buffer, buf.byteOffset + p.scaleOffset, rows * (w / t.quantBlock!));
+      return v;
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.engine.closed) return;
+    for (const b of this.buffers) await b.unregister().catch(() => {});
+  }
+}
+
+/** Options of {@link WeightSyncSender.create}. */
+export interface WeightSyncSenderOptions {
+  engine: TransferEngine;
+  plan: WeightSyncPlan;
+  /** This trainer rank. */
+  rank: number;
+  /** This rank's weights, laid out as `plan.trainerPieces[rank]` says (host memory). */
+  source: Uint8Array;
+  /** Per inference rank, its two weight buffers (`WeightSyncReceiver.descriptors()`). */
+  targets: ReadonlyArray<readonly [MrDesc, MrDesc]>;
+  /** Staging memory: what may be staged and in flight at once (the memory watermark). Default 64 MiB. */
+  stagingBytes?: number;
+  immBase?: number;
+}
+
+/** What one {@link WeightSyncSender.sync} did. */
+export interface SyncReport {
+  step: number;
+  version: number;
+  bytes: number;
+  writes: number;
+  /** Wall time of the step, and the time spent in each stage (stages overlap, so they do not add up). */
+  ms: { total: number; copy: number; transform: number; rdma: number; barrier: number };
+}
+
+/** Progress of a step: bytes at receivers so far, of the total. */
+export interface SyncProgress {
+  step: number;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+/**
+ * A trainer rank's side of weight sync. Each {@link sync} runs this rank's part of the schedule
+ * through a bounded pipeline — copy or quantise into registered staging (at most `stagingBytes` in
+ * flight), RDMA writes into every inference rank's inactive buffer, then one barrier immediate to
+ * every inference rank. No message per tensor; no gather, no broadcast.
+ */
+export class WeightSyncSender {
+  readonly plan: WeightSyncPlan;
+  readonly rank: number;
+  private readonly ops: PlanOp[];
+  private readonly slotBytes: number;
+  private readonly freeSlots: number[];
+  private readonly waiters: Array<() => boolean> = [];
+  private readonly group: PeerGroup;
+  private readonly immBase: number;
+  private readonly iota = new Map<number, Uint32Array>();
+  private busy = false;
+
+  private constructor(
+    private readonly engine: TransferEngine,
+    plan: WeightSyncPlan,
+    rank: number,
+    private readonly source: Uint8Array,
+    private readonly targets: ReadonlyArray<readonly [MrDesc, MrDesc]>,
+    private readonly staging: MrHandle,
+    slotBytes: number,
+    slots: number,
+    immBase: number,
+  ) {
+    this.plan = plan;
+    this.rank = rank;
+    this.ops = plan.ops.filter((o) => o.src === rank);
+    this.slotBytes = slotBytes;
+    this.freeSlots = Array.from({ length: slots }, (_, i) => slots - 1 - i);
+    this.group = engine.addPeerGroup(targets.map((t) => t[0].owner));
+    this.immBase = immBase;
+  }
+
+  static async create(opts: WeightSyncSenderOptions): Promise<WeightSyncSender> {
+    const { plan, rank } = opts;
+    if (!Number.isInteger(rank) || rank < 0 || rank >= plan.trainer.ranks)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `WeightSyncSender: rank must be 0..${plan.trainer.ranks - 1}, got ${rank}`,
+      );
+    if (!(opts.source instanceof Uint8Array) || opts.source.length < plan.trainerBytes[rank]!)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `WeightSyncSender: source must be a Uint8Array of at least ${plan.trainerBytes[rank]} bytes (trainer rank ${rank}'s weights)`,
+      );
+    if (opts.source.byteOffset % 4 !== 0)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'WeightSyncSender: source must start 4-byte aligned (bf16/fp32 views)',
+      );
+    if (opts.targets.length !== plan.inference.ranks)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `WeightSyncSender: targets must list all ${plan.inference.ranks} inference ranks' buffers`,
+      );
+    for (const [d, t] of opts.targets.entries())
+      for (const desc of t)
+        if (desc.length < plan.inferenceBytes[d]!)
+          throw new TrellisError(
+            'INVALID_ARGUMENT',
+            `WeightSyncSender: inference rank ${d}'s buffer is ${desc.length} bytes; the plan needs ${plan.inferenceBytes[d]}`,
+          );
+    const need = plan.ops
+      .filter((o) => o.src === rank)
+      .reduce((m, o) => Math.max(m, align(stageBytes(o))), 64);
+    const staging = Math.max(opts.stagingBytes ?? 64 << 20, need);
+    const slots = Math.max(1, Math.floor(staging / need));
+    const handle = await opts.engine.registerMemory(slots * need);
+    return new WeightSyncSender(
+      opts.engine,
+      plan,
+      rank,
+      opts.source,
+      opts.targets,
+      handle,
+      need,
+      slots,
+      opts.immBase ?? DEFAULT_IMM_BASE,
+    );
+  }
+
+  /** Bytes this rank writes per step. */
+  get bytesPerStep(): number {
+    return this.ops.reduce((n, o) => n + o.bytes, 0);
+  }
+
+  /**
+   * Write this rank's part of step `step` into every inference rank's buffer for `version`, then
+   * signal the step's barrier. Rejects on a failed write, the deadline (`timeoutMs`) or `signal`;
+   * the inference ranks then keep their served weights.
+   */
+  async sync(req: {
+    step: number;
+    version: number;
+    timeoutMs?: number;
+    signal?: AbortSignal;
+    onProgress?: (p: SyncProgress) => void;
+  }): Promise<SyncReport> {
+    if (this.busy)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'WeightSyncSender.sync: a step is already running on this rank',
+      );
+    if (
+      !Number.isSafeInteger(req.step) ||
+      req.step < 0 ||
+      !Number.isSafeInteger(req.version) ||
+      req.version < 1
+    )
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'WeightSyncSender.sync: step must be >= 0 and version >= 1 (integers)',
+      );
+    this.busy = true;
+    const t0 = performance.now();
+    const deadline = req.timeoutMs === undefined ? undefined : t0 + req.timeoutMs;
+    const abort = new AbortController();
+    const onAbort = () => abort.abort();
+    req.signal?.addEventListener('abort', onAbort, { once: true });
+    const ms = { total: 0, copy: 0, transform: 0, rdma: 0, barrier: 0 };
+    const total = this.bytesPerStep;
+    let done = 0;
+    let writes = 0;
+    let failure: TrellisError | undefined;
+    let firstWrite = 0;
+    let lastDone = 0;
+    const inflight = new Set<Promise<void>>();
+    const left = () => (deadline === undefined ? undefined : Math.max(1, deadline - performance.now()));
+    try {
+      for (const op of this.ops) {
+        if (failure) break;
+        if (req.signal?.aborted) throw new TrellisError('ABORTED', `weight sync step ${req.step}: aborted`);
+        const slot = await this.acquire(deadline, abort.signal);
+        if (failure) {
+          this.release(slot);
+          break;
+        }
+        const base = slot * this.slotBytes;
+        const s0 = performance.now();
+        const dataBytes = this.stage(op, base);
+        const s1 = performance.now();
+        if (op.quant) ms.transform += s1 - s0;
+        else ms.copy += s1 - s0;
+        const dst = this.targets[op.dst]![req.version % 2]!;
+        if (!firstWrite) firstWrite = performance.now();
+        const parts = this.writes(op, base, dataBytes, dst, abort.signal, left());
+        writes += parts.length;
+        const p = Promise.all(parts).then(
+          () => {
+            done += op.bytes;
+            lastDone = performance.now();
+            req.onProgress?.({ step: req.step, bytesDone: done, bytesTotal: total });
+          },
+          (e: unknown) => {
+            failure ??= e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e));
+            abort.abort();
+          },
+        );
+        const tracked = p.finally(() => {
+          inflight.delete(tracked);
+          this.release(slot);
+        });
+        inflight.add(tracked);
+      }
+      await Promise.all(inflight);
+      if (failure) throw failure;
+      ms.rdma = firstWrite ? lastDone - firstWrite : 0;
+      const b0 = performance.now();
+      // Every inference rank counts one barrier per trainer, whether or not this rank wrote to it.
+      await this.engine.submitBarrier({
+        group: this.group,
+        imm: stepImm(this.immBase, req.step),
+        timeoutMs: left(),
+        signal: abort.signal,
+        spread: true,
+      });
+      ms.barrier = performance.now() - b0;
+    } catch (e) {
+      abort.abort();
+      await Promise.allSettled(inflight);
+      // The first failed write is the cause; what it aborted afterwards is not.
+      const err = failure ?? (e as TrellisError);
+      throw new TrellisError(
+        err.code ?? 'INTERNAL',
+        `weight sync step ${req.step} on trainer rank ${this.rank}: ${err.message}`,
+        {
+          cause: e,
+        },
+      );
+    } finally {
+      req.signal?.removeEventListener('abort', onAbort);
+      this.busy = false;
+    }
+    ms.total = performance.now() - t0;
+    return { step: req.step, version: req.version, bytes: done, writes, ms };
+  }
+
+  /** Copy or quantise the op's rows into staging at `base`, packed; returns the data bytes (scales follow). */
+  private stage(op: PlanOp, base: number): number {
+    const rows = op.box.r1 - op.box.r0;
+    const w = op.box.c1 - op.box.c0;
+    const buf = this.staging.buffer!;
+    const src = this.source;
+    if (!op.quant) {
+      const rowBytes = w * op.dstElemBytes;
+      if (w === op.srcPitch) buf.set(src.subarray(op.srcOffset, op.srcOffset + rows * rowBytes), base);
+      else
+        for (let r = 0; r < rows; r++) {
+          const at = op.srcOffset + r * op.srcPitch * op.srcElemBytes;
+          buf.set(src.subarray(at, at + rowBytes), base + r * rowBytes);
+        }
+      return rows * rowBytes;
+    }
+    const data = rows * w;
+    const u16 = new Uint16Array(src.buffer, src.byteOffset + op.srcOffset, (rows - 1) * op.srcPitch + w);
+    const scales = new Float32Array(
+      buf.buffer,
+      buf.byteOffset + base + align4(data),
+      rows * (w / op.quant.block),
+    );
+    quantizeRows(u16, 0, op.srcPitch, rows, w, op.quant.block, buf.subarray(base, base + data), scales);
+    return data;
+  }
+
+  /** The writes of one staged op: data rows (one write if contiguous at the receiver, else one page per row), then scales. */
+  private writes(
+    op: PlanOp,
+    base: number,
+    dataBytes: number,
+    dst: MrDesc,
+    signal: AbortSignal,
+    timeoutMs: number | undefined,
+  ): Promise<void>[] {
+    const rows = op.box.r1 - op.box.r0;
+    const w = op.box.c1 - op.box.c0;
+    const out: Promise<void>[] = [];
+    const strided = (srcOff: number, rowBytes: number, dstOff: number, dstPitchBytes: number) => {
+      if (rows === 1 || rowBytes === dstPitchBytes)
+        return this.engine.submitSingleWrite({
+          src: this.staging,
+          srcOffset: srcOff,
+          length: rows * rowBytes,
+          dst,
+          dstOffset: dstOff,
+          signal,
+          timeoutMs,
+        });
+      const pages = this.pages(rows);
+      return this.engine.submitPagedWrites({
+        src: this.staging,
+        srcPages: pages,
+        srcStride: rowBytes,
+        srcOffset: srcOff,
+        dst,
+        dstPages: pages,
+        dstStride: dstPitchBytes,
+        dstOffset: dstOff,
+        pageBytes: rowBytes,
+        signal,
+        timeoutMs,
+      });
+    };
+    out.push(strided(base, w * op.dstElemBytes, op.dstOffset, op.dstPitch * op.dstElemBytes));
+    if (op.quant)
+      out.push(
+        strided(
+          base + align4(dataBytes),
+          (w / op.quant.block) * 4,
+          op.quant.scaleOffset,
+          op.quant.scalePitch * 4,
+        ),
+      );
+    return out;
+  }
+
+  private pages(n: number): Uint32Array {
+    let p = this.iota.get(n);
+    if (!p) {
+      p = Uint32Array.from({ length: n }, (_, i) => i);
+      this.iota.set(n, p);
+    }
+    return p;
+  }
+
+  private acquire(deadline: number | undefined, signal: AbortSignal): Promise<number> {
+    const s = this.freeSlots.pop();
+    if (s !== undefined) return Promise.resolve(s);
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const waiter = () => {
+        if (settled) return false; // gave up already: the slot goes to the next waiter
+        settled = true;
+        if (timer) clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        resolve(this.freeSlots.pop()!);
+        return true;
+      };
+      const giveUp = (e: TrellisError) => {
+        if (settled) return;
+        settled = true;
+        if (timer) clearTimeout(timer);
+        reject(e);
+      };
+      const timer =
+        deadline === undefined
+          ? undefined
+          : setTimeout(
+              () => giveUp(new TrellisError('TIMEOUT', 'deadline passed waiting for staging memory')),
+              Math.max(1, deadline - performance.now()),
+            );
+      const onAbort = () => giveUp(new TrellisError('ABORTED', 'the step was aborted'));
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(waiter);
+    });
+  }
+
+  private release(slot: number): void {
+    this.freeSlots.push(slot);
+    while (this.waiters.length && !this.waiters.shift()!()) {}
+  }
+
+  async close(): Promise<void> {
+    if (!this.engine.closed) await this.staging.unregister().catch(() => {});
+  }
+}
+
+function align(n: number): number {
+  return Math.ceil(n / 64) * 64;
+}
+function align4(n: number): number {
+  return Math.ceil(n / 4) * 4;
+}
+
+/** Staging bytes an op needs: packed data rows, then its scales. */
+function stageBytes(op: PlanOp): number {
+  const rows = op.box.r1 - op.box.r0;
+  const w = op.box.c1 - op.box.c0;
+  return align4(rows * w * op.dstElemBytes) + (op.quant ? rows * (w / op.quant.block) * 4 : 0);
+}

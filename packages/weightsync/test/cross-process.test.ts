@@ -1,0 +1,144 @@
+// Weight sync between OS processes on backend-efa: M trainer processes → K inference processes.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { planWeightSync, range, shard, type WeightSyncPlan, whole } from '../src/index.js';
+import { diffWeights, expectedInference, Rng, randomSetup, trainerSources } from './helpers.js';
+
+const fixture = fileURLToPath(new URL('./fixtures/peer.mjs', import.meta.url));
+
+class Proc {
+  private readonly lines: string[] = [];
+  private wake: Array<() => void> = [];
+  readonly exited: Promise<void>;
+  constructor(readonly child: ChildProcess) {
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      this.lines.push(l);
+      for (const w of this.wake.splice(0)) w();
+    });
+    this.exited = new Promise((r) => child.on('exit', () => r()));
+  }
+  send(o: object): void {
+    this.child.stdin!.write(`${JSON.stringify(o)}\n`);
+  }
+  async next(
+    pred: (m: Record<string, unknown>) => boolean,
+    timeoutMs = 60_000,
+  ): Promise<Record<string, unknown>> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.lines.findIndex((l) => pred(JSON.parse(l)));
+      if (i >= 0) return JSON.parse(this.lines.splice(i, 1)[0]!);
+      if (Date.now() > end)
+        throw new Error(`no matching line in ${timeoutMs} ms; saw ${this.lines.slice(-5).join(' | ')}`);
+      await new Promise<void>((r) => {
+        this.wake.push(r);
+        setTimeout(r, 100);
+      });
+    }
+  }
+  async stop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.send({ exit: true });
+      await Promise.race([this.exited, new Promise((r) => setTimeout(r, 5000))]);
+      this.child.kill('SIGKILL');
+    }
+    await this.exited;
+  }
+}
+
+let cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c().catch(() => {});
+  cleanup = [];
+});
+
+async function cluster(plan: WeightSyncPlan, provider: 'shm' | 'tcp', stagingBytes: number) {
+  const dir = mkdtempSync(join(tmpdir(), 'trellis-ws-'));
+  cleanup.push(async () => rmSync(dir, { recursive: true, force: true }));
+  const planFile = join(dir, 'plan.json');
+  writeFileSync(planFile, JSON.stringify(plan));
+  const sources = trainerSources(plan);
+  const start = (cfg: object) => {
+    const p = new Proc(
+      spawn(process.execPath, [fixture, JSON.stringify({ provider, planFile, outDir: dir, ...cfg })], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      }),
+    );
+    cleanup.push(() => p.stop());
+    return p;
+  };
+  const inf = range(plan.inference.ranks).map((rank) => start({ role: 'inference', rank }));
+  const tr = range(plan.trainer.ranks).map((rank) => {
+    const sourceFile = join(dir, `trainer-${rank}.bin`);
+    writeFileSync(sourceFile, sources[rank]!);
+    return start({ role: 'trainer', rank, sourceFile });
+  });
+  const descs = await Promise.all(inf.map(async (p) => (await p.next((m) => 'descs' in m)).descs));
+  for (const t of tr) t.send({ targets: descs, stagingBytes });
+  await Promise.all(tr.map((t) => t.next((m) => 'ready' in m)));
+  const weights = (d: number) => new Uint8Array(readFileSync(join(dir, `inference-${d}.bin`)));
+  return { inf, tr, weights };
+}
+
+describe('weight sync across processes on backend-efa', () => {
+  for (const [m, k, provider] of [
+    [4, 2, 'shm'],
+    [3, 5, 'tcp'],
+  ] as const) {
+    it(`${m} trainer processes → ${k} inference processes (${provider}), fused and fp8 tensors: every byte verified`, async () => {
+      const rng = new Rng(31 * m + k);
+      const { model, trainer, inference } = randomSetup(rng, m, k);
+      const plan = planWeightSync(model, trainer, inference, { senderNics: 2, maxOpBytes: 256 });
+      const { inf, tr, weights } = await cluster(plan, provider, 4096);
+      for (const p of inf) p.send({ expect: { step: 1, version: 1, timeoutMs: 30_000 } });
+      for (const t of tr) t.send({ sync: { step: 1, version: 1 } });
+      for (const t of tr)
+        expect(await t.next((x) => x.synced === 1)).toEqual({ synced: 1, outcome: 'resolved' });
+      for (const p of inf)
+        expect(await p.next((x) => x.expected === 1)).toEqual({
+          expected: 1,
+          outcome: 'resolved',
+          version: 1,
+        });
+      const want = expectedInference(plan);
+      for (let d = 0; d < k; d++) expect(diffWeights(plan, d, weights(d), want[d]!)).toBe('ok');
+    }, 120_000);
+  }
+
+  it('a trainer process killed mid-sync: the step fails on the inference processes, which keep serving version 1 (tcp)', async () => {
+    const model = range(8).map((i) => ({ name: `w${i}`, shape: [512, 1024], dtype: 'bf16' as const }));
+    const plan = planWeightSync(
+      model,
+      { ranks: 3, placements: Object.fromEntries(model.map((t) => [t.name, shard('rows', range(3))])) },
+      { ranks: 2, tensors: model.map((t) => ({ name: t.name, placement: whole(0, 1) })) },
+      { maxOpBytes: 64 << 10 },
+    );
+    const { inf, tr, weights } = await cluster(plan, 'tcp', 128 << 10);
+    for (const p of inf) p.send({ expect: { step: 1, version: 1, timeoutMs: 30_000 } });
+    for (const t of tr) t.send({ sync: { step: 1, version: 1 } });
+    for (const p of inf) expect((await p.next((x) => x.expected === 1)).outcome).toBe('resolved');
+    for (const t of tr) await t.next((x) => x.synced === 1);
+    const v1 = expectedInference(plan);
+    // Version 2 with new weights; trainer 1 dies after its first bytes land.
+    for (const t of tr) t.send({ flip: true });
+    for (const p of inf) p.send({ expect: { step: 2, version: 2, timeoutMs: 3000 } });
+    for (const t of tr) t.send({ sync: { step: 2, version: 2 } });
+    await tr[1]!.next((x) => typeof x.progress === 'number');
+    tr[1]!.child.kill('SIGKILL');
+    for (const [d, p] of inf.entries()) {
+      const r = await p.next((x) => x.expected === 2);
+      expect(r.version).toBe(1);
+      expect(r.outcome).toMatch(
+        new RegExp(
+          `^TIMEOUT: weight sync step 2 \\(version 2\\) failed on inference rank ${d}; still serving version 1: `,
+        ),
+      );
+      expect(diffWeights(plan, d, weights(d), v1[d]!)).toBe('ok');
+    }
+  }, 120_000);
+});

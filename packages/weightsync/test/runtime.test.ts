@@ -1,0 +1,162 @@
+import { createLoopbackFabric, type LoopbackFabric, type TransferEngine } from '@trellis/core';
+import { outcome } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  planWeightSync,
+  range,
+  shard,
+  type WeightSyncPlan,
+  WeightSyncReceiver,
+  WeightSyncSender,
+  whole,
+} from '../src/index.js';
+import { diffWeights, expectedInference, Rng, randomSetup, trainerSources } from './helpers.js';
+
+let cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c();
+  cleanup = [];
+});
+
+async function cluster(
+  plan: WeightSyncPlan,
+  opts: { nics?: number; seed?: number; stagingBytes?: number } = {},
+) {
+  const fabric: LoopbackFabric = createLoopbackFabric({ nics: opts.nics ?? 1, seed: opts.seed ?? 1 });
+  const tEng: TransferEngine[] = range(plan.trainer.ranks).map(() => fabric.createEngine());
+  const iEng: TransferEngine[] = range(plan.inference.ranks).map(() => fabric.createEngine());
+  const rxs = await Promise.all(
+    iEng.map((engine, rank) => WeightSyncReceiver.create({ engine, plan, rank })),
+  );
+  const sources = trainerSources(plan);
+  const targets = rxs.map((r) => r.descriptors());
+  const txs = await Promise.all(
+    tEng.map((engine, rank) =>
+      WeightSyncSender.create({
+        engine,
+        plan,
+        rank,
+        source: sources[rank]!,
+        targets,
+        stagingBytes: opts.stagingBytes ?? 4096,
+      }),
+    ),
+  );
+  cleanup.push(() => fabric.close());
+  return { fabric, tEng, iEng, rxs, txs, sources };
+}
+
+describe('weight sync over the loopback fabric (random delivery order)', () => {
+  for (const [m, k] of [
+    [4, 2],
+    [3, 5],
+  ] as const) {
+    it(`${m} trainers → ${k} inference ranks, random shardings with fused and fp8 tensors: every byte verified`, async () => {
+      for (let trial = 0; trial < 4; trial++) {
+        const rng = new Rng(1000 * m + trial);
+        const { model, trainer, inference } = randomSetup(rng, m, k);
+        const plan = planWeightSync(model, trainer, inference, { senderNics: 2, maxOpBytes: 512 });
+        const { rxs, txs } = await cluster(plan, { nics: 2, seed: trial + 1 });
+        const want = expectedInference(plan);
+        const done = rxs.map((r) => r.expect({ step: 1, version: 1, timeoutMs: 20_000 }));
+        const reports = await Promise.all(txs.map((t) => t.sync({ step: 1, version: 1 })));
+        await Promise.all(done);
+        for (const [d, r] of rxs.entries()) {
+          expect(r.version).toBe(1);
+          expect(diffWeights(plan, d, r.weights().bytes, want[d]!)).toBe('ok');
+        }
+        expect(reports.reduce((n, r) => n + r.bytes, 0)).toBe(plan.ops.reduce((n, o) => n + o.bytes, 0));
+        for (const c of cleanup.splice(0).reverse()) await c();
+      }
+    });
+  }
+
+  it('the served version switches only when the step is complete; staging is bounded; progress reaches the total', async () => {
+    const model = range(6).map((i) => ({ name: `w${i}`, shape: [64, 64], dtype: 'bf16' as const }));
+    const plan = planWeightSync(
+      model,
+      { ranks: 2, placements: Object.fromEntries(model.map((t) => [t.name, shard('rows', range(2))])) },
+      {
+        ranks: 2,
+        tensors: model.map((t, i) => ({
+          name: t.name,
+          placement: shard('cols', range(2)),
+          ...(i % 2 ? { dtype: 'fp8e4m3' as const, quantBlock: 32 } : {}),
+        })),
+      },
+      { maxOpBytes: 1024 },
+    );
+    const { rxs, txs, fabric } = await cluster(plan, { stagingBytes: 2048 });
+    fabric.faults.setDelay([0, 2]);
+    const want = expectedInference(plan);
+    const before = rxs[0]!.weights();
+    expect(before.version).toBe(0);
+    const progress: number[] = [];
+    const wait = Promise.all(rxs.map((r) => r.expect({ step: 7, version: 1, timeoutMs: 20_000 })));
+    const reports = await Promise.all(
+      txs.map((t, i) =>
+        t.sync({ step: 7, version: 1, onProgress: i === 0 ? (p) => progress.push(p.bytesDone) : undefined }),
+      ),
+    );
+    await wait;
+    expect(progress[progress.length - 1]).toBe(txs[0]!.bytesPerStep);
+    expect(progress).toEqual([...progress].sort((a, b) => a - b));
+    for (const [d, r] of rxs.entries()) expect(diffWeights(plan, d, r.weights().bytes, want[d]!)).toBe('ok');
+    for (const r of reports) {
+      expect(r.writes).toBeGreaterThan(0);
+      expect(Object.keys(r.ms)).toEqual(['total', 'copy', 'transform', 'rdma', 'barrier']);
+    }
+    // Views by tensor name: fp8 data with its scales.
+    const v = rxs[1]!.tensor('w1');
+    expect(v.map((x) => [x.part, x.box, x.data.length, x.scales?.length])).toEqual([
+      ['w1', { r0: 0, r1: 64, c0: 32, c1: 64 }, 2048, 64],
+    ]);
+    // Version 2 goes into the other buffer; version 1 stays served until it completes.
+    expect(rxs[0]!.weights().bytes).not.toBe(rxs[0]!.buffers[0].buffer);
+    const wait2 = Promise.all(rxs.map((r) => r.expect({ step: 8, version: 2, timeoutMs: 20_000 })));
+    await Promise.all(txs.map((t) => t.sync({ step: 8, version: 2 })));
+    await wait2;
+    expect(rxs[0]!.version).toBe(2);
+    expect(rxs[0]!.weights().bytes).toBe(rxs[0]!.buffers[0].buffer);
+  });
+
+  it('a trainer killed mid-sync: the step fails on every inference rank, which keeps serving the previous version', async () => {
+    const model = range(4).map((i) => ({ name: `w${i}`, shape: [128, 64], dtype: 'bf16' as const }));
+    const plan = planWeightSync(
+      model,
+      { ranks: 3, placements: Object.fromEntries(model.map((t) => [t.name, shard('rows', range(3))])) },
+      { ranks: 2, tensors: model.map((t) => ({ name: t.name, placement: whole(0, 1) })) },
+      { maxOpBytes: 512 },
+    );
+    const { rxs, txs, tEng, fabric, sources } = await cluster(plan, { stagingBytes: 1024 });
+    // Version 1 completes.
+    const w1 = Promise.all(rxs.map((r) => r.expect({ step: 1, version: 1, timeoutMs: 20_000 })));
+    await Promise.all(txs.map((t) => t.sync({ step: 1, version: 1 })));
+    await w1;
+    const served = rxs.map((r) => Uint8Array.from(r.weights().bytes));
+    // Version 2: new weights on every trainer; trainer 1 dies after its first writes.
+    for (const s of sources) for (let i = 0; i < s.length; i++) s[i] = s[i]! ^ 0xff;
+    const w2 = rxs.map((r) => outcome(r.expect({ step: 2, version: 2, timeoutMs: 300 })));
+    const s2 = txs.map((t, i) =>
+      outcome(
+        t.sync({
+          step: 2,
+          version: 2,
+          onProgress: i === 1 ? (p) => p.bytesDone > 0 && fabric.faults.killPeer(tEng[1]!) : undefined,
+        }),
+      ),
+    );
+    const results = await Promise.all(w2);
+    for (const [d, o] of results.entries())
+      expect(o).toBe(
+        `TIMEOUT: weight sync step 2 (version 2) failed on inference rank ${d}; still serving version 1: immCounter(${0x57530002}).wait(3): timed out after 300 ms with 2 of 3 credits available`,
+      );
+    const senders = await Promise.all(s2);
+    expect(senders[1]).toMatch(/^CLOSED: weight sync step 2 on trainer rank 1: /);
+    expect([senders[0], senders[2]]).toEqual(['resolved', 'resolved']);
+    for (const [d, r] of rxs.entries()) {
+      expect(r.version).toBe(1);
+      expect(r.weights().bytes).toEqual(served[d]);
+    }
+  });
+});
