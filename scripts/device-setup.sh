@@ -5,10 +5,10 @@
 set -euo pipefail
 source .device/env.sh
 root=$PWD
-for pkg in backend-efa backend-verbs kvstream weightsync cli; do
+for pkg in backend-efa backend-verbs kvstream weightsync moe cuda cli; do
   [ -d "packages/$pkg" ] || continue
   mkdir -p "packages/$pkg/node_modules/@trellis"
-  for dep in core backend-efa kvstream weightsync; do
+  for dep in core backend-efa kvstream weightsync moe cuda; do
     [ "$dep" = "$pkg" ] || ln -sfn "$root/packages/$dep" "packages/$pkg/node_modules/@trellis/$dep"
   done
 done

@@ -93,10 +93,16 @@ export interface NativeEngineTuning {
    */
   doorbellUs?: number;
   limits?: Partial<EngineLimits>;
+  /**
+   * Where each watcher's 64-bit word lives. Default: a SharedArrayBuffer (host producers). For a
+   * GPU producer pass memory a kernel can write — `mappedWatcherMemory` from `@trellis/cuda` —
+   * and give the kernel the watcher's `devicePtr`.
+   */
+  watcherMemory?: () => { word: BigUint64Array; devicePtr: bigint };
 }
 
 /** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
-export function nativeTuning(opts: NativeEngineTuning): Omit<NativeEngineTuning, 'limits'> {
+export function nativeTuning(opts: NativeEngineTuning): Omit<NativeEngineTuning, 'limits' | 'watcherMemory'> {
   return {
     cpu: opts.cpu,
     opTimeoutMs: opts.opTimeoutMs,
@@ -197,7 +203,11 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly recvPools: RecvPool[] = [];
   private poolCursor = 0;
   private readonly unexpected: Uint8Array[] = [];
-  private readonly watches = new Map<number, { cb: UvmWatcherCallback; closed: boolean }>();
+  private readonly watches = new Map<
+    number,
+    { cb: UvmWatcherCallback; closed: boolean; word: BigUint64Array }
+  >();
+  private readonly watcherMemory: NativeEngineTuning['watcherMemory'];
   private nextRegion = 1;
   private nextPeer = 1;
   private nextWatch = 1;
@@ -232,6 +242,7 @@ export abstract class NativeEngineBase extends EngineBase {
       });
     }
     this.opTimeoutMs = init.tuning.opTimeoutMs ?? 30_000;
+    this.watcherMemory = init.tuning.watcherMemory;
     this.providers = this.native.providers();
     this.provider = this.providers[0]!.provider;
     this.nics = init.nics;
@@ -594,17 +605,24 @@ export abstract class NativeEngineBase extends EngineBase {
 
   protected createWatcher(onChange: UvmWatcherCallback, onClose: (w: UvmWatcher) => void): UvmWatcher {
     const id = this.nextWatch++;
-    const sab = new SharedArrayBuffer(8);
-    const word = new BigUint64Array(sab);
-    const state = { cb: onChange, closed: false };
+    // GPU producers need the word in memory a kernel can write (see NativeEngineTuning.watcherMemory).
+    const mem = this.watcherMemory?.();
+    const word = mem ? mem.word : new BigUint64Array(new SharedArrayBuffer(8));
+    if (!(word instanceof BigUint64Array) || word.length < 1)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'allocUvmWatcher: watcherMemory() must return {word: BigUint64Array, devicePtr}',
+      );
+    // The state keeps the memory alive while the worker may still read it.
+    const state = { cb: onChange, closed: false, word };
     this.watches.set(id, state);
-    this.native.watch(id, new Uint8Array(sab));
+    this.native.watch(id, new Uint8Array(word.buffer, word.byteOffset, 8));
     const native = this.native;
     const watches = this.watches;
     const engine = this;
     return {
       word,
-      devicePtr: 0n,
+      devicePtr: mem?.devicePtr ?? 0n,
       get value() {
         return Atomics.load(word, 0);
       },

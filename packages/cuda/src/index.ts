@@ -1,0 +1,228 @@
+/**
+ * `@trellis/cuda` — CUDA memory for Trellis: device allocations fit for GPUDirect RDMA, CUDA IPC
+ * export and import (so a PyTorch process can hand its KV cache or weights to a Node agent), and
+ * mapped pinned host words that a kernel increments — the memory behind the GPU watcher.
+ *
+ * The addon loads without a GPU or a driver; {@link cudaInfo} says what is there, and every GPU
+ * call fails with a `TrellisError` that says why.
+ *
+ * @packageDocumentation
+ */
+import { createRequire } from 'node:module';
+import { TrellisError } from '@trellis/core';
+
+interface Addon {
+  info(): CudaInfo;
+  alloc(device: number, bytes: number): bigint;
+  free(device: number, ptr: bigint): void;
+  copy(device: number, dst: bigint | Uint8Array, src: bigint | Uint8Array, bytes: number): void;
+  ipcExport(device: number, ptr: bigint): Uint8Array;
+  ipcImport(device: number, handle: Uint8Array): bigint;
+  ipcClose(device: number, ptr: bigint): void;
+  allocMapped(bytes: number): { buffer: ArrayBuffer; devicePtr: bigint };
+  launchIncrementOnGo(device: number, word: bigint, go: bigint, n: bigint): void;
+  fillPattern(device: number, ptr: bigint, bytes: number, seed: number): void;
+  synchronize(device: number): void;
+}
+
+/** What this host's CUDA offers. */
+export interface CudaInfo {
+  /** False when the addon was built without nvcc. */
+  built: boolean;
+  /** Empty when GPUs are usable; otherwise why not. */
+  error: string;
+  runtimeVersion?: number;
+  driverVersion?: number;
+  devices: Array<{
+    index: number;
+    name: string;
+    pciBusId: string;
+    memoryBytes: number;
+    computeCapability: string;
+    gpuDirectRdma: boolean;
+    canMapHostMemory: boolean;
+    /** Devices this one can access directly (NVLink or PCIe peer-to-peer). */
+    peerAccess: number[];
+  }>;
+}
+
+let cached: Addon | undefined;
+function addon(): Addon {
+  cached ??= createRequire(import.meta.url)('../build/Release/trellis_cuda.node') as Addon;
+  return cached;
+}
+
+function call<T>(what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    throw new TrellisError(
+      /without CUDA|no usable GPU|InsufficientDriver|NoDevice/.test(msg) ? 'UNSUPPORTED' : 'PROVIDER_ERROR',
+      `${what}: ${msg}`,
+      {
+        cause: e,
+      },
+    );
+  }
+}
+
+/** CUDA runtime and driver versions and the visible GPUs; never throws. */
+export function cudaInfo(): CudaInfo {
+  try {
+    return addon().info();
+  } catch (e) {
+    return {
+      built: false,
+      error: `@trellis/cuda: the native addon did not load (${e instanceof Error ? e.message : String(e)})`,
+      devices: [],
+    };
+  }
+}
+
+/** Why GPU work cannot run here, or `undefined` when a GPU is usable. */
+export function noGpuReason(): string | undefined {
+  const i = cudaInfo();
+  if (i.error) return i.error;
+  return i.devices.length ? undefined : 'no GPU visible';
+}
+
+/** A device allocation (or an imported one, from another process's IPC handle). */
+export class DeviceBuffer {
+  private released = false;
+  private constructor(
+    /** Device pointer, valid in this process. */
+    readonly ptr: bigint,
+    readonly length: number,
+    readonly device: number,
+    private readonly imported: boolean,
+  ) {}
+
+  /** `cudaMalloc` on `device`: page-aligned memory a NIC can register for GPUDirect RDMA. */
+  static alloc(length: number, opts: { device?: number } = {}): DeviceBuffer {
+    if (!Number.isSafeInteger(length) || length < 1)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `DeviceBuffer.alloc: length must be a positive integer, got ${length}`,
+      );
+    const device = opts.device ?? 0;
+    return new DeviceBuffer(
+      call('DeviceBuffer.alloc', () => addon().alloc(device, length)),
+      length,
+      device,
+      false,
+    );
+  }
+
+  /**
+   * Open another process's allocation from its IPC handle (hex, from {@link ipcHandle} or from
+   * PyTorch's `untyped_storage()._share_cuda_()`). `offset` selects a tensor inside it.
+   */
+  static import(handle: string, opts: { length: number; device?: number; offset?: number }): DeviceBuffer {
+    let bytes = Uint8Array.from(Buffer.from(handle, 'hex'));
+    // PyTorch >= 2.5 prefixes the handle with a version byte (2) and a type: 'c' for a
+    // cudaMalloc'd block (a cudaIpcMemHandle follows), 'e' for expandable segments.
+    if (bytes.length === 66 && bytes[0] === 2) {
+      if (bytes[1] !== 0x63)
+        throw new TrellisError(
+          'UNSUPPORTED',
+          'DeviceBuffer.import: a PyTorch expandable-segments handle; export from a process with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False',
+        );
+      bytes = bytes.subarray(2);
+    }
+    if (bytes.length !== 64)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `DeviceBuffer.import: a CUDA IPC handle is 64 bytes (128 hex digits; PyTorch's is 66), got ${bytes.length}`,
+      );
+    const device = opts.device ?? 0;
+    const base = call('DeviceBuffer.import', () => addon().ipcImport(device, bytes));
+    const b = new DeviceBuffer(base + BigInt(opts.offset ?? 0), opts.length, device, true);
+    b.base = base;
+    return b;
+  }
+
+  private base: bigint | undefined;
+
+  /** This allocation's CUDA IPC handle, in hex, for another process to {@link import}. */
+  ipcHandle(): string {
+    this.alive('ipcHandle');
+    return Buffer.from(
+      call('DeviceBuffer.ipcHandle', () => addon().ipcExport(this.device, this.ptr)),
+    ).toString('hex');
+  }
+
+  /** Copy `src` into the buffer at `offset`. */
+  write(src: Uint8Array, offset = 0): void {
+    this.range('write', offset, src.length);
+    call('DeviceBuffer.write', () => addon().copy(this.device, this.ptr + BigInt(offset), src, src.length));
+  }
+
+  /** Copy `dst.length` bytes from `offset` into `dst`. */
+  read(dst: Uint8Array, offset = 0): Uint8Array {
+    this.range('read', offset, dst.length);
+    call('DeviceBuffer.read', () => addon().copy(this.device, dst, this.ptr + BigInt(offset), dst.length));
+    return dst;
+  }
+
+  /** Fill with the test pattern `byte i = (i × 2654435761 + seed) >> 13` by a kernel. */
+  fillPattern(seed: number): void {
+    this.alive('fillPattern');
+    call('DeviceBuffer.fillPattern', () => addon().fillPattern(this.device, this.ptr, this.length, seed));
+  }
+
+  /** Free (or, when imported, close the IPC mapping). Idempotent. */
+  free(): void {
+    if (this.released) return;
+    this.released = true;
+    if (this.imported) call('DeviceBuffer.free', () => addon().ipcClose(this.device, this.base!));
+    else call('DeviceBuffer.free', () => addon().free(this.device, this.ptr));
+  }
+
+  private alive(op: string): void {
+    if (this.released) throw new TrellisError('CLOSED', `DeviceBuffer.${op}: the buffer was freed`);
+  }
+  private range(op: string, offset: number, n: number): void {
+    this.alive(op);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + n > this.length)
+      throw new TrellisError(
+        'OUT_OF_RANGE',
+        `DeviceBuffer.${op}: [${offset}, ${offset + n}) is outside the ${this.length}-byte buffer`,
+      );
+  }
+}
+
+/** The byte the test pattern has at index `i` (what {@link DeviceBuffer.fillPattern} writes). */
+export function patternByte(i: number, seed: number): number {
+  return Number(((BigInt(i) * 2654435761n + BigInt(seed)) & 0xffffffffn) >> 13n) & 0xff;
+}
+
+/**
+ * Memory for an engine's watcher word that a kernel can increment: pinned host memory mapped into
+ * every device (`cudaHostAlloc(Mapped | Portable)`). Pass it as `watcherMemory` to `createEngine`;
+ * the watcher's `devicePtr` is then the address a kernel writes.
+ */
+export function mappedWatcherMemory(): { word: BigUint64Array; devicePtr: bigint } {
+  const m = call('mappedWatcherMemory', () => addon().allocMapped(8));
+  return { word: new BigUint64Array(m.buffer, 0, 1), devicePtr: m.devicePtr };
+}
+
+/**
+ * Test and benchmark kernel: each time the host raises `go` (a mapped word) to the next value, add
+ * 1 to `word` (a mapped word), `n` times. Returns at once; the kernel runs on the default stream.
+ */
+export function launchIncrementOnGo(
+  device: number,
+  wordDevicePtr: bigint,
+  goDevicePtr: bigint,
+  n: number,
+): void {
+  call('launchIncrementOnGo', () =>
+    addon().launchIncrementOnGo(device, wordDevicePtr, goDevicePtr, BigInt(n)),
+  );
+}
+
+/** Wait for the device's work to finish. */
+export function synchronize(device = 0): void {
+  call('synchronize', () => addon().synchronize(device));
+}

@@ -1,0 +1,46 @@
+// GPU tests: they run where a GPU is visible (the device machine: scripts/device-gpu-tests.sh runs
+// the same scripts), and are skipped with the reason everywhere else.
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { cudaInfo, DeviceBuffer, mappedWatcherMemory, noGpuReason } from '../src/index.js';
+
+const reason = noGpuReason();
+const script = (f: string) => fileURLToPath(new URL(`./gpu/${f}`, import.meta.url));
+
+describe('@trellis/cuda without a GPU', () => {
+  it('loads, reports why there is no GPU, and every GPU call fails with UNSUPPORTED saying so', () => {
+    const i = cudaInfo();
+    expect(typeof i.built).toBe('boolean');
+    if (!reason) return; // a GPU is here: the tests below run instead
+    expect(i.devices).toEqual([]);
+    expect(reason).toMatch(/^(no usable GPU: |@trellis\/cuda was built without CUDA|no GPU visible)/);
+    expect(() => DeviceBuffer.alloc(1024)).toThrow(/^DeviceBuffer\.alloc: /);
+    try {
+      mappedWatcherMemory();
+    } catch (e) {
+      expect((e as { code: string }).code).toMatch(/^(UNSUPPORTED|PROVIDER_ERROR)$/);
+    }
+  });
+});
+
+describe.skipIf(reason !== undefined)(`GPU (${reason ?? 'visible'})`, () => {
+  it('CUDA IPC: another process imports 64 MiB and sees every byte', () => {
+    const out = JSON.parse(
+      execFileSync(process.execPath, [script('ipc.mjs')], { encoding: 'utf8' })
+        .trim()
+        .split('\n')
+        .pop()!,
+    );
+    expect(out.child).toEqual({ imported: 64 << 20, bad: 0 });
+  });
+  it('the GPU watcher: a kernel increments the word 200 times; each increment reaches the callback and an immediate', () => {
+    const out = JSON.parse(
+      execFileSync(process.execPath, [script('watcher.mjs'), '200'], { encoding: 'utf8' })
+        .trim()
+        .split('\n')
+        .pop()!,
+    );
+    expect([out.n, out.final]).toEqual([200, 200]);
+  });
+});
