@@ -3,5 +3,6 @@
  *
  * @packageDocumentation
  */
+export { bestLocalProvider, type ClusterDemoOptions, type ClusterRow, runClusterDemo } from './cluster.js';
 export { type DemoOptions, type DemoRow, runDemo } from './demo.js';
 export { table } from './table.js';
