@@ -1,0 +1,64 @@
+// As users install it: pack @trellis/core, backend-efa and kvstream, install the tarballs into a
+// fresh project outside the workspace (the addon builds there from source, with cmake-js and the
+// registry's node-addon-api), and run a transfer with them.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const root = fileURLToPath(new URL('../../..', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'trellis-pack-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('packages as users install them', () => {
+  it('pnpm pack → npm install in a fresh project builds the addon from source and moves bytes', () => {
+    const tgz = join(dir, 'tgz');
+    mkdirSync(tgz);
+    for (const p of ['core', 'backend-efa', 'kvstream'])
+      execFileSync('pnpm', ['pack', '--pack-destination', tgz], {
+        cwd: join(root, 'packages', p),
+        stdio: 'pipe',
+      });
+    const tarballs = readdirSync(tgz).sort();
+    expect(tarballs).toEqual([
+      'trellis-backend-efa-0.1.0.tgz',
+      'trellis-core-0.1.0.tgz',
+      'trellis-kvstream-0.1.0.tgz',
+    ]);
+    const app = join(dir, 'app');
+    mkdirSync(app);
+    writeFileSync(
+      join(app, 'package.json'),
+      JSON.stringify({ name: 'app', version: '1.0.0', type: 'module', private: true }),
+    );
+    execFileSync('npm', ['install', '--no-audit', '--no-fund', ...tarballs.map((t) => join(tgz, t))], {
+      cwd: app,
+      stdio: 'pipe',
+    });
+    expect(readdirSync(join(app, 'node_modules/@trellis/backend-efa/build/Release'))).toContain(
+      'trellis_efa.node',
+    );
+    writeFileSync(
+      join(app, 'transfer.mjs'),
+      `import { createEngine } from '@trellis/backend-efa';
+import { KvLayout } from '@trellis/kvstream';
+const a = await createEngine({ provider: 'tcp', nics: 2 });
+const b = await createEngine({ provider: 'tcp', nics: 2 });
+const src = await a.registerMemory(1 << 20);
+const dst = await b.registerMemory(1 << 20, { remote: true });
+src.buffer.fill(0x5a);
+const req = { src, length: 1 << 20, dst: dst.desc, imm: 3 };
+await a.submitSingleWrite(req);
+await b.immCounter(3).wait(a.expectedImms({ kind: 'single', ...req }));
+const layout = new KvLayout({ layers: 2, tokensPerPage: 16, pages: 8, tensors: [{ name: 'k', bytesPerToken: 64 }] });
+console.log(JSON.stringify({ ok: dst.buffer.every((x) => x === 0x5a), regionBytes: layout.regionBytes }));
+await a.close();
+await b.close();
+`,
+    );
+    const out = execFileSync(process.execPath, ['transfer.mjs'], { cwd: app, encoding: 'utf8' });
+    expect(JSON.parse(out)).toEqual({ ok: true, regionBytes: 16384 });
+  }, 300_000);
+});
