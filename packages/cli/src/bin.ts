@@ -2,6 +2,7 @@
 import type { Provider } from '@trellis/backend-efa';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
+import { runDoctor } from './doctor.js';
 import { table } from './table.js';
 
 const usage = `usage: trellis <command>
@@ -11,6 +12,7 @@ commands:
                                        transfer sweep, KV streaming, a weight sync, an MoE round —
                                        each verified byte for byte
   demo --loopback [--nics N] [--seed S] every transfer between two engines of the loopback fabric
+  doctor [--json]                      what this host has and lacks for each backend, and a verdict
 `;
 
 function flag(args: string[], name: string, dflt: number): number {
@@ -58,6 +60,22 @@ async function main(argv: string[]): Promise<number> {
           : '\ndemo: VERIFICATION FAILED\n',
       );
       return ok ? 0 : 1;
+    }
+    case 'doctor': {
+      const r = await runDoctor();
+      if (args.includes('--json')) {
+        process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+        return 0;
+      }
+      process.stdout.write(
+        `${table(
+          ['area', 'item', 'status', 'detail'],
+          r.checks.map((c) => [c.area, c.item, c.status, c.detail]),
+        )}\n\n`,
+      );
+      for (const v of r.verdicts)
+        process.stdout.write(`${v.usable ? 'usable ' : 'not usable'}  ${v.backend}: ${v.verdict}\n`);
+      return 0;
     }
     case undefined:
     case '-h':

@@ -5,4 +5,5 @@
  */
 export { bestLocalProvider, type ClusterDemoOptions, type ClusterRow, runClusterDemo } from './cluster.js';
 export { type DemoOptions, type DemoRow, runDemo } from './demo.js';
+export { type Check, type DoctorReport, runDoctor } from './doctor.js';
 export { table } from './table.js';
