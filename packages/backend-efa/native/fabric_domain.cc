@@ -188,17 +188,62 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
     *err = "registering the immediate sink: " + msg;
     return nullptr;
   }
+  if (d->provider_ == "shm") d->shm_counted_ = shm_opened();
   return d;
 }
 
+namespace {
+// libfabric's shm provider hands endpoints of one process each other's region pointers directly
+// (its ep_name_list) instead of mapping them, and unmaps a region when its endpoint closes: a
+// peer endpoint of the same process still progressing a response or a return into it then reads
+// and writes unmapped memory (a segfault in fi_cq_read). So an shm endpoint's resources are kept
+// until no shm domain of this process is open any more, then closed together.
+struct Held {
+  fid_ep* ep;
+  fid_mr* sink_mr;
+  fid_av* av;
+  fid_cq* cq;
+  fid_domain* domain;
+  fid_fabric* fabric;
+  fi_info* info;
+  std::vector<uint8_t> sink;
+};
+std::mutex g_shm_mu;
+int g_shm_open = 0;
+std::vector<Held>& shm_held() {
+  static std::vector<Held> v;
+  return v;
+}
+void close_held(Held& h) {
+  if (h.ep) fi_close(&h.ep->fid);
+  if (h.sink_mr) fi_close(&h.sink_mr->fid);
+  if (h.av) fi_close(&h.av->fid);
+  if (h.cq) fi_close(&h.cq->fid);
+  if (h.domain) fi_close(&h.domain->fid);
+  if (h.fabric) fi_close(&h.fabric->fid);
+  if (h.info) fi_freeinfo(h.info);
+}
+}  // namespace
+
+bool FabricDomain::shm_opened() {
+  std::lock_guard<std::mutex> g(g_shm_mu);
+  g_shm_open++;
+  return true;
+}
+
 FabricDomain::~FabricDomain() {
-  if (ep_) fi_close(&ep_->fid);
-  if (sink_mr_.handle) fi_close(&static_cast<fid_mr*>(sink_mr_.handle)->fid);
-  if (av_) fi_close(&av_->fid);
-  if (cq_) fi_close(&cq_->fid);
-  if (domain_) fi_close(&domain_->fid);
-  if (fabric_) fi_close(&fabric_->fid);
-  if (info_) fi_freeinfo(info_);
+  Held h{ep_, static_cast<fid_mr*>(sink_mr_.handle), av_, cq_, domain_, fabric_, info_, std::move(sink_)};
+  if (!shm_counted_) {
+    close_held(h);
+    return;
+  }
+  std::vector<Held> release;
+  {
+    std::lock_guard<std::mutex> g(g_shm_mu);
+    shm_held().push_back(std::move(h));
+    if (--g_shm_open == 0) release.swap(shm_held());
+  }
+  for (auto& r : release) close_held(r);
 }
 
 // [u16 name length][endpoint name][u64 sink address][u64 sink key]

@@ -58,6 +58,8 @@ class FabricDomain final : public trellis::Domain {
 
  private:
   FabricDomain() = default;
+  static bool shm_opened();
+  bool shm_counted_ = false;  // an shm domain: its close is deferred (see ~FabricDomain)
   std::string provider_;
   fi_info* info_ = nullptr;
   fid_fabric* fabric_ = nullptr;
