@@ -1,0 +1,341 @@
+/**
+ * `@trellis/rendezvous` — how processes on many hosts find each other: publish and look up
+ * `NetAddr` / `MrDesc` text by key, barrier a group, and watch a group's membership.
+ *
+ * {@link TcpStore} is the embedded default, a small key-value store hosted by one process (as
+ * torch's TCPStore): `TcpStore.serve()` in one rank, `TcpStore.connect()` everywhere.
+ *
+ * @packageDocumentation
+ */
+import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
+import { createInterface } from 'node:readline';
+import { TrellisError } from '@trellis/core';
+
+/** What every rendezvous implementation offers. */
+export interface Rendezvous {
+  /** Publish `value` under `key` (replacing any earlier value). */
+  set(key: string, value: string): Promise<void>;
+  /** The value under `key`, waiting until someone publishes it (rejects `TIMEOUT`). */
+  get(key: string, opts?: { timeoutMs?: number }): Promise<string>;
+  /** Resolve once `size` members have entered barrier `name` (each member calls it once). */
+  barrier(name: string, size: number, opts?: { timeoutMs?: number }): Promise<void>;
+  /**
+   * Join `group` as `member` with `value` (e.g. its NetAddr) for as long as this connection lives;
+   * `onChange` receives the full membership on every change, starting with the current one.
+   * Returns a function that stops watching.
+   */
+  join(
+    group: string,
+    member: string,
+    value: string,
+    onChange?: (members: Record<string, string>) => void,
+  ): Promise<() => void>;
+  close(): Promise<void>;
+}
+
+interface Req {
+  id: number;
+  op: 'set' | 'get' | 'add' | 'join' | 'watch' | 'unwatch';
+  key?: string;
+  value?: string;
+  member?: string;
+  delta?: number;
+  /** unwatch: the watch's request id. */
+  watch?: number;
+  timeoutMs?: number;
+}
+
+/** The store's server: keys, waiters, counters and groups, in memory. */
+class StoreServer {
+  private readonly data = new Map<string, string>();
+  private readonly waiters = new Map<string, Array<(v: string) => void>>();
+  private readonly groups = new Map<string, Map<string, { value: string; sock: Socket }>>();
+  private readonly watchers = new Map<string, Set<{ sock: Socket; id: number }>>();
+
+  constructor(readonly server: Server) {
+    server.on('connection', (sock) => this.client(sock));
+  }
+
+  private client(sock: Socket): void {
+    sock.setNoDelay(true);
+    const reply = (o: object) => {
+      if (!sock.destroyed) sock.write(`${JSON.stringify(o)}\n`);
+    };
+    createInterface({ input: sock }).on('line', (line) => {
+      let r: Req;
+      try {
+        r = JSON.parse(line) as Req;
+      } catch {
+        sock.destroy();
+        return;
+      }
+      switch (r.op) {
+        case 'set':
+          this.put(r.key!, r.value!);
+          reply({ id: r.id, ok: true });
+          break;
+        case 'get': {
+          const v = this.data.get(r.key!);
+          if (v !== undefined) reply({ id: r.id, ok: true, value: v });
+          else {
+            const list = this.waiters.get(r.key!) ?? [];
+            list.push((value) => reply({ id: r.id, ok: true, value }));
+            this.waiters.set(r.key!, list);
+          }
+          break;
+        }
+        case 'add': {
+          const n = Number(this.data.get(r.key!) ?? '0') + (r.delta ?? 1);
+          this.put(r.key!, String(n));
+          reply({ id: r.id, ok: true, value: String(n) });
+          break;
+        }
+        case 'join': {
+          const g = this.groups.get(r.key!) ?? new Map();
+          this.groups.set(r.key!, g);
+          g.set(r.member!, { value: r.value!, sock });
+          reply({ id: r.id, ok: true });
+          this.notify(r.key!);
+          break;
+        }
+        case 'watch': {
+          const w = this.watchers.get(r.key!) ?? new Set();
+          this.watchers.set(r.key!, w);
+          w.add({ sock, id: r.id });
+          reply({ id: r.id, ok: true, members: this.members(r.key!) });
+          break;
+        }
+        case 'unwatch':
+          for (const w of this.watchers.get(r.key!) ?? [])
+            if (w.sock === sock && w.id === r.watch) this.watchers.get(r.key!)!.delete(w);
+          reply({ id: r.id, ok: true });
+          break;
+      }
+    });
+    sock.on('error', () => {});
+    sock.on('close', () => {
+      // A member's connection is its lease: gone, it leaves every group.
+      for (const [name, g] of this.groups) {
+        let changed = false;
+        for (const [m, e] of g)
+          if (e.sock === sock) {
+            g.delete(m);
+            changed = true;
+          }
+        if (changed) this.notify(name);
+      }
+      for (const w of this.watchers.values()) for (const e of w) if (e.sock === sock) w.delete(e);
+    });
+  }
+
+  private put(key: string, value: string): void {
+    this.data.set(key, value);
+    for (const w of this.waiters.get(key) ?? []) w(value);
+    this.waiters.delete(key);
+  }
+
+  private members(group: string): Record<string, string> {
+    return Object.fromEntries(
+      [...(this.groups.get(group) ?? new Map()).entries()].map(([m, e]) => [m, e.value]),
+    );
+  }
+
+  private notify(group: string): void {
+    const members = this.members(group);
+    for (const w of this.watchers.get(group) ?? [])
+      if (!w.sock.destroyed) w.sock.write(`${JSON.stringify({ event: w.id, members })}\n`);
+  }
+}
+
+/**
+ * A rendezvous over a small TCP key-value store hosted by one process. Every process (the host
+ * included) talks to it through a client; a member's connection is its lease in a group.
+ *
+ * @example
+ * ```ts
+ * const store = rank === 0 ? await TcpStore.serve({ port: 29500 }) : await TcpStore.connect({ host: 'node0', port: 29500 });
+ * await store.set(`addr/${rank}`, engine.address.toString());
+ * const peer = NetAddr.parse(await store.get(`addr/${(rank + 1) % world}`));
+ * await store.barrier('ready', world);
+ * ```
+ */
+export class TcpStore implements Rendezvous {
+  private nextId = 1;
+  private readonly pending = new Map<
+    number,
+    { resolve: (m: Record<string, unknown>) => void; reject: (e: TrellisError) => void }
+  >();
+  private readonly events = new Map<number, (members: Record<string, string>) => void>();
+  private closed = false;
+  private barriers = new Map<string, number>();
+
+  private constructor(
+    private readonly sock: Socket,
+    private readonly server?: StoreServer,
+  ) {
+    createInterface({ input: sock }).on('line', (line) => {
+      const m = JSON.parse(line) as Record<string, unknown>;
+      if (typeof m.event === 'number') {
+        this.events.get(m.event)?.(m.members as Record<string, string>);
+        return;
+      }
+      const p = this.pending.get(m.id as number);
+      this.pending.delete(m.id as number);
+      p?.resolve(m);
+    });
+    sock.on('close', () => {
+      for (const p of this.pending.values())
+        p.reject(new TrellisError('PEER_LOST', 'TcpStore: the connection to the store was lost'));
+      this.pending.clear();
+    });
+    sock.on('error', () => {});
+  }
+
+  /** Host the store on `port` (0: any; see {@link port}) and connect to it. */
+  static async serve(opts: { port?: number; host?: string } = {}): Promise<TcpStore> {
+    const server = createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e) =>
+        reject(
+          new TrellisError(
+            'UNSUPPORTED',
+            `TcpStore.serve: cannot listen on ${opts.host ?? '0.0.0.0'}:${opts.port ?? 0}: ${e.message}`,
+          ),
+        ),
+      );
+      server.listen(opts.port ?? 0, opts.host ?? '0.0.0.0', () => resolve());
+    });
+    const store = new StoreServer(server);
+    const port = (server.address() as { port: number }).port;
+    const sock = await dial('127.0.0.1', port, 5000);
+    return new TcpStore(sock, store);
+  }
+
+  /** Connect to a store hosted elsewhere, retrying until `timeoutMs` (default 30 s) while it starts. */
+  static async connect(opts: { host: string; port: number; timeoutMs?: number }): Promise<TcpStore> {
+    return new TcpStore(await dial(opts.host, opts.port, opts.timeoutMs ?? 30_000));
+  }
+
+  /** The port the store listens on (hosting side). */
+  get port(): number | undefined {
+    return this.server ? (this.server.server.address() as { port: number }).port : undefined;
+  }
+
+  private request(r: Omit<Req, 'id'>, timeoutMs?: number): Promise<Record<string, unknown>> {
+    if (this.closed) return Promise.reject(new TrellisError('CLOSED', 'TcpStore: closed'));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              this.pending.delete(id);
+              reject(
+                new TrellisError('TIMEOUT', `TcpStore.${r.op}('${r.key}'): nothing within ${timeoutMs} ms`),
+              );
+            }, timeoutMs);
+      this.pending.set(id, {
+        resolve: (m) => {
+          if (timer) clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          if (timer) clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.sock.write(`${JSON.stringify({ id, ...r })}\n`);
+    });
+  }
+
+  async set(key: string, value: string): Promise<void> {
+    checkKey(key);
+    if (typeof value !== 'string')
+      throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.set: value must be a string');
+    await this.request({ op: 'set', key, value });
+  }
+
+  async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
+    checkKey(key);
+    return (await this.request({ op: 'get', key }, opts.timeoutMs)).value as string;
+  }
+
+  async barrier(name: string, size: number, opts: { timeoutMs?: number } = {}): Promise<void> {
+    checkKey(name);
+    if (!Number.isInteger(size) || size < 1)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `TcpStore.barrier: size must be a positive integer, got ${size}`,
+      );
+    // Rounds of one barrier name: the n-th call of this process joins round n.
+    const round = (this.barriers.get(name) ?? 0) + 1;
+    this.barriers.set(name, round);
+    const key = `__barrier/${name}/${round}`;
+    const n = Number((await this.request({ op: 'add', key, delta: 1 })).value);
+    if (n === size) await this.set(`${key}/done`, '1');
+    await this.get(`${key}/done`, opts);
+  }
+
+  async join(
+    group: string,
+    member: string,
+    value: string,
+    onChange?: (members: Record<string, string>) => void,
+  ): Promise<() => void> {
+    checkKey(group);
+    await this.request({ op: 'join', key: group, member, value });
+    if (!onChange) return () => {};
+    // The watch's request id names its events; listen before asking so none is missed.
+    const id = this.nextId;
+    let current: Record<string, string> | undefined;
+    this.events.set(id, (m) => {
+      current = m;
+      onChange(m);
+    });
+    const r = await this.request({ op: 'watch', key: group });
+    if (current === undefined) onChange(r.members as Record<string, string>);
+    return () => {
+      this.events.delete(id);
+      void this.request({ op: 'unwatch', key: group, watch: id }).catch(() => {});
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.sock.end();
+    this.sock.destroy();
+    if (this.server) await new Promise<void>((r) => this.server!.server.close(() => r()));
+  }
+}
+
+function checkKey(key: string): void {
+  if (typeof key !== 'string' || key.length === 0 || key.length > 1024)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `TcpStore: a key is a non-empty string of at most 1024 characters`,
+    );
+}
+
+async function dial(host: string, port: number, timeoutMs: number): Promise<Socket> {
+  const end = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < end) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const s = tcpConnect({ host, port }, () => {
+          s.setNoDelay(true);
+          resolve(s);
+        });
+        s.once('error', reject);
+      });
+    } catch (e) {
+      last = e instanceof Error ? e.message : String(e);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new TrellisError(
+    'TIMEOUT',
+    `TcpStore.connect: no store at ${host}:${port} within ${timeoutMs} ms (${last})`,
+  );
+}

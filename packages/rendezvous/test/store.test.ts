@@ -1,0 +1,83 @@
+import { spawn } from 'node:child_process';
+import { outcome } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import { TcpStore } from '../src/index.js';
+
+let open: TcpStore[] = [];
+afterEach(async () => {
+  for (const s of open.reverse()) await s.close();
+  open = [];
+});
+async function cluster(n: number) {
+  const host = await TcpStore.serve({ host: '127.0.0.1' });
+  const clients = await Promise.all(
+    Array.from({ length: n }, () => TcpStore.connect({ host: '127.0.0.1', port: host.port! })),
+  );
+  open.push(host, ...clients);
+  return { host, clients };
+}
+
+describe('TcpStore', () => {
+  it('publishes and looks up; a get waits for the key; a missing key times out', async () => {
+    const { host, clients } = await cluster(2);
+    const waiting = clients[0]!.get('addr/1');
+    await clients[1]!.set('addr/1', 'tna1:fi-shm:AAAA');
+    expect(await waiting).toBe('tna1:fi-shm:AAAA');
+    expect(await host.get('addr/1')).toBe('tna1:fi-shm:AAAA');
+    await clients[0]!.set('addr/1', 'replaced');
+    expect(await clients[1]!.get('addr/1')).toBe('replaced');
+    expect(await outcome(clients[0]!.get('nobody', { timeoutMs: 50 }))).toBe(
+      "TIMEOUT: TcpStore.get('nobody'): nothing within 50 ms",
+    );
+  });
+
+  it('a barrier releases everyone once all members entered, round after round', async () => {
+    const { host, clients } = await cluster(2);
+    const all = [host, ...clients];
+    for (let round = 0; round < 3; round++) {
+      const order: number[] = [];
+      const first = all.slice(0, 2).map((s, i) => s.barrier('step', 3).then(() => order.push(i)));
+      await new Promise((r) => setTimeout(r, 20));
+      expect(order).toEqual([]); // two of three are in: nobody leaves
+      await all[2]!.barrier('step', 3);
+      await Promise.all(first);
+      expect(order.sort()).toEqual([0, 1]);
+    }
+  });
+
+  it('membership: joins are seen by watchers; a member whose process dies leaves its groups', async () => {
+    const { host, clients } = await cluster(1);
+    const seen: Array<Record<string, string>> = [];
+    await host.join('decode', 'd0', 'addr-d0', (m) => seen.push(m));
+    await clients[0]!.join('decode', 'd1', 'addr-d1');
+    // A member in another process, killed.
+    const child = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { TcpStore } from '${new URL('../dist/index.js', import.meta.url).href}';
+         const s = await TcpStore.connect({ host: '127.0.0.1', port: ${host.port} });
+         await s.join('decode', 'd2', 'addr-d2');
+         console.log('joined');
+         setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((r) => child.stdout!.once('data', () => r()));
+    const has = (m: Record<string, string>) => Object.keys(m).sort().join(',');
+    await new Promise((r) => setTimeout(r, 20));
+    expect(seen.map(has)).toEqual(['d0', 'd0,d1', 'd0,d1,d2']);
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('exit', r));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(seen.map(has).at(-1)).toBe('d0,d1');
+    expect(seen.at(-1)).toEqual({ d0: 'addr-d0', d1: 'addr-d1' });
+  });
+
+  it('connecting to nothing fails with TIMEOUT and says where it looked', async () => {
+    expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 1, timeoutMs: 200 }))).toMatch(
+      /^TIMEOUT: TcpStore\.connect: no store at 127\.0\.0\.1:1 within 200 ms \(connect ECONNREFUSED/,
+    );
+  });
+});
