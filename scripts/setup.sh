@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages the native backends build and run against.
-APT_PACKAGES=(g++ make cmake ninja-build pkg-config python3 libfabric1 libfabric-dev libfabric-bin libibverbs1 libibverbs-dev)
+APT_PACKAGES=(g++ make cmake ninja-build pkg-config python3 libfabric1 libfabric-dev libfabric-bin libibverbs1 libibverbs-dev etcd-server)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 

@@ -4,6 +4,7 @@
  *
  * {@link TcpStore} is the embedded default, a small key-value store hosted by one process (as
  * torch's TCPStore): `TcpStore.serve()` in one rank, `TcpStore.connect()` everywhere.
+ * {@link EtcdRendezvous} does the same over an etcd cluster.
  *
  * @packageDocumentation
  */
@@ -339,3 +340,5 @@ async function dial(host: string, port: number, timeoutMs: number): Promise<Sock
     `TcpStore.connect: no store at ${host}:${port} within ${timeoutMs} ms (${last})`,
   );
 }
+
+export { EtcdRendezvous } from './etcd.js';

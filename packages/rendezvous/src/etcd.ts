@@ -1,0 +1,176 @@
+import { randomUUID } from 'node:crypto';
+import { TrellisError } from '@trellis/core';
+import { Etcd3, type Lease, type Watcher } from 'etcd3';
+import type { Rendezvous } from './index.js';
+
+/**
+ * The rendezvous over etcd (v3 API, through the `etcd3` client): keys live under `prefix`; group
+ * members are keys on a lease kept alive by this process, so a member whose process dies leaves
+ * when its lease expires (`leaseTtlS`).
+ *
+ * @example
+ * ```ts
+ * const rdv = await EtcdRendezvous.connect({ hosts: 'http://etcd0:2379', prefix: 'jobs/42/' });
+ * await rdv.set(`addr/${rank}`, engine.address.toString());
+ * ```
+ */
+export class EtcdRendezvous implements Rendezvous {
+  private readonly leases: Lease[] = [];
+  private readonly watchers = new Set<Watcher>();
+  private readonly rounds = new Map<string, number>();
+  private closed = false;
+
+  private constructor(
+    private readonly client: Etcd3,
+    private readonly prefix: string,
+    private readonly leaseTtlS: number,
+  ) {}
+
+  /** Connect (and check the cluster answers within `timeoutMs`, default 10 s). */
+  static async connect(opts: {
+    hosts: string | string[];
+    prefix?: string;
+    leaseTtlS?: number;
+    timeoutMs?: number;
+  }): Promise<EtcdRendezvous> {
+    const client = new Etcd3({ hosts: opts.hosts, dialTimeout: opts.timeoutMs ?? 10_000 });
+    try {
+      await client.maintenance.status();
+    } catch (e) {
+      client.close();
+      throw new TrellisError(
+        'PEER_LOST',
+        `EtcdRendezvous.connect: etcd at ${String(opts.hosts)} does not answer (${e instanceof Error ? e.message : String(e)})`,
+        {
+          cause: e,
+        },
+      );
+    }
+    return new EtcdRendezvous(client, opts.prefix ?? 'trellis/', opts.leaseTtlS ?? 10);
+  }
+
+  private k(key: string): string {
+    if (typeof key !== 'string' || key.length === 0 || key.length > 1024)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'EtcdRendezvous: a key is a non-empty string of at most 1024 characters',
+      );
+    return this.prefix + key;
+  }
+
+  async set(key: string, value: string): Promise<void> {
+    await this.client.put(this.k(key)).value(value);
+  }
+
+  async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
+    const k = this.k(key);
+    // Watch first, then read: a put between the two is seen by one or the other.
+    const w = await this.client.watch().key(k).create();
+    this.watchers.add(w);
+    try {
+      const now = await this.client.get(k).string();
+      if (now !== null) return now;
+      return await new Promise<string>((resolve, reject) => {
+        const timer =
+          opts.timeoutMs === undefined
+            ? undefined
+            : setTimeout(
+                () =>
+                  reject(
+                    new TrellisError(
+                      'TIMEOUT',
+                      `EtcdRendezvous.get('${key}'): nothing within ${opts.timeoutMs} ms`,
+                    ),
+                  ),
+                opts.timeoutMs,
+              );
+        w.on('put', (kv) => {
+          if (timer) clearTimeout(timer);
+          resolve(kv.value.toString());
+        });
+      });
+    } finally {
+      this.watchers.delete(w);
+      await w.cancel().catch(() => {});
+    }
+  }
+
+  async barrier(name: string, size: number, opts: { timeoutMs?: number } = {}): Promise<void> {
+    if (!Number.isInteger(size) || size < 1)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `EtcdRendezvous.barrier: size must be a positive integer, got ${size}`,
+      );
+    const round = (this.rounds.get(name) ?? 0) + 1;
+    this.rounds.set(name, round);
+    const p = this.k(`__barrier/${name}/${round}/`);
+    const w = await this.client.watch().prefix(p).create();
+    this.watchers.add(w);
+    try {
+      await this.client.put(p + randomUUID()).value('1');
+      const count = async () => (await this.client.getAll().prefix(p).keys()).length;
+      if ((await count()) >= size) return;
+      await new Promise<void>((resolve, reject) => {
+        const timer =
+          opts.timeoutMs === undefined
+            ? undefined
+            : setTimeout(
+                () =>
+                  reject(
+                    new TrellisError(
+                      'TIMEOUT',
+                      `EtcdRendezvous.barrier('${name}'): not all ${size} members within ${opts.timeoutMs} ms`,
+                    ),
+                  ),
+                opts.timeoutMs,
+              );
+        w.on('put', () => {
+          void count().then((n) => {
+            if (n >= size) {
+              if (timer) clearTimeout(timer);
+              resolve();
+            }
+          });
+        });
+      });
+    } finally {
+      this.watchers.delete(w);
+      await w.cancel().catch(() => {});
+    }
+  }
+
+  async join(
+    group: string,
+    member: string,
+    value: string,
+    onChange?: (members: Record<string, string>) => void,
+  ): Promise<() => void> {
+    const p = this.k(`__group/${group}/`);
+    const lease = this.client.lease(this.leaseTtlS);
+    this.leases.push(lease);
+    await lease.put(p + member).value(value);
+    if (!onChange) return () => {};
+    const members = async () => {
+      const all = await this.client.getAll().prefix(p).strings();
+      return Object.fromEntries(Object.entries(all).map(([k, v]) => [k.slice(p.length), v]));
+    };
+    const w = await this.client.watch().prefix(p).create();
+    this.watchers.add(w);
+    const refresh = () => void members().then(onChange, () => {});
+    w.on('put', refresh);
+    w.on('delete', refresh);
+    onChange(await members());
+    return () => {
+      this.watchers.delete(w);
+      void w.cancel().catch(() => {});
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const w of this.watchers) await w.cancel().catch(() => {});
+    for (const l of this.leases) await l.revoke().catch(() => {});
+    this.client.close();
+  }
+}

@@ -1,0 +1,135 @@
+// EtcdRendezvous against a real etcd (Debian's etcd-server, installed by scripts/setup.sh), started
+// here on free ports with a throw-away data directory.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { outcome } from '@trellis/core/conformance';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EtcdRendezvous } from '../src/index.js';
+
+let etcd: ChildProcess;
+let url = '';
+const dir = mkdtempSync(join(tmpdir(), 'trellis-etcd-'));
+const open: EtcdRendezvous[] = [];
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+beforeAll(async () => {
+  const client = await freePort();
+  const peer = await freePort();
+  url = `http://127.0.0.1:${client}`;
+  etcd = spawn(
+    'etcd',
+    [
+      '--data-dir',
+      join(dir, 'data'),
+      '--listen-client-urls',
+      url,
+      '--advertise-client-urls',
+      url,
+      '--listen-peer-urls',
+      `http://127.0.0.1:${peer}`,
+      '--initial-advertise-peer-urls',
+      `http://127.0.0.1:${peer}`,
+      '--initial-cluster',
+      `default=http://127.0.0.1:${peer}`,
+    ],
+    { stdio: 'ignore' },
+  );
+  etcd.on('error', (e) => {
+    throw new Error(`cannot start etcd (install etcd-server: scripts/setup.sh does): ${e.message}`);
+  });
+  const end = Date.now() + 20_000;
+  for (;;) {
+    try {
+      open.push(await EtcdRendezvous.connect({ hosts: url, timeoutMs: 1000 }));
+      break;
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}, 30_000);
+
+afterAll(async () => {
+  for (const r of open) await r.close();
+  etcd?.kill('SIGTERM');
+  await new Promise((r) => etcd?.once('exit', r));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function client(prefix: string, leaseTtlS = 10) {
+  const r = await EtcdRendezvous.connect({ hosts: url, prefix, leaseTtlS });
+  open.push(r);
+  return r;
+}
+
+describe('EtcdRendezvous on a real etcd', () => {
+  it('publishes and looks up; a get waits for the key; a missing key times out', async () => {
+    const [a, b] = [await client('t1/'), await client('t1/')];
+    const waiting = a.get('addr/1');
+    await b.set('addr/1', 'tna1:fi-shm:AAAA');
+    expect(await waiting).toBe('tna1:fi-shm:AAAA');
+    await a.set('addr/1', 'replaced');
+    expect(await b.get('addr/1')).toBe('replaced');
+    expect(await outcome(a.get('nobody', { timeoutMs: 100 }))).toBe(
+      "TIMEOUT: EtcdRendezvous.get('nobody'): nothing within 100 ms",
+    );
+  });
+
+  it('a barrier releases everyone once all members entered, round after round', async () => {
+    const all = [await client('t2/'), await client('t2/'), await client('t2/')];
+    for (let round = 0; round < 2; round++) {
+      const done: number[] = [];
+      const first = all.slice(0, 2).map((s, i) => s.barrier('step', 3).then(() => done.push(i)));
+      await new Promise((r) => setTimeout(r, 100));
+      expect(done).toEqual([]);
+      await all[2]!.barrier('step', 3);
+      await Promise.all(first);
+      expect(done.sort()).toEqual([0, 1]);
+    }
+  });
+
+  it('membership: joins are seen by watchers; a member whose process dies leaves when its lease expires', async () => {
+    const a = await client('t3/');
+    const seen: string[] = [];
+    await a.join('decode', 'd0', 'addr-d0', (m) => seen.push(Object.keys(m).sort().join(',')));
+    const child = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { EtcdRendezvous } from '${new URL('../dist/index.js', import.meta.url).href}';
+         const r = await EtcdRendezvous.connect({ hosts: '${url}', prefix: 't3/', leaseTtlS: 2 });
+         await r.join('decode', 'd1', 'addr-d1');
+         console.log('joined');
+         setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((r) => child.stdout!.once('data', () => r()));
+    const until = async (want: string, ms: number) => {
+      const end = Date.now() + ms;
+      while (seen.at(-1) !== want && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      return seen.at(-1);
+    };
+    expect(await until('d0,d1', 5000)).toBe('d0,d1');
+    child.kill('SIGKILL');
+    // The lease (2 s) expires without keep-alives; etcd deletes the key and the watcher sees it.
+    expect(await until('d0', 10_000)).toBe('d0');
+  }, 30_000);
+
+  it('an etcd that is not there fails with PEER_LOST', async () => {
+    expect(await outcome(EtcdRendezvous.connect({ hosts: 'http://127.0.0.1:1', timeoutMs: 500 }))).toMatch(
+      /^PEER_LOST: EtcdRendezvous\.connect: etcd at http:\/\/127\.0\.0\.1:1 does not answer/,
+    );
+  });
+});
