@@ -1,5 +1,7 @@
 #!/usr/bin/env node
+import { writeFileSync } from 'node:fs';
 import type { Provider } from '@trellis/backend-efa';
+import { benchHtml, fmtSize, runBench } from './bench.js';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
 import { runDoctor } from './doctor.js';
@@ -13,6 +15,8 @@ commands:
                                        each verified byte for byte
   demo --loopback [--nics N] [--seed S] every transfer between two engines of the loopback fabric
   doctor [--json]                      what this host has and lacks for each backend, and a verdict
+  bench [--provider shm|tcp] [--nics N] [--sizes B,B,...] [--json FILE] [--html FILE]
+                                       single writes into a second process, a sweep of sizes, verified
 `;
 
 function flag(args: string[], name: string, dflt: number): number {
@@ -60,6 +64,50 @@ async function main(argv: string[]): Promise<number> {
           : '\ndemo: VERIFICATION FAILED\n',
       );
       return ok ? 0 : 1;
+    }
+    case 'bench': {
+      const opt = (name: string) => {
+        const i = args.indexOf(name);
+        return i >= 0 ? args[i + 1] : undefined;
+      };
+      const provider = (opt('--provider') ?? 'shm') as Provider;
+      if (provider !== 'shm' && provider !== 'tcp') {
+        process.stderr.write('trellis bench: --provider is shm or tcp (efa where present)\n');
+        return 2;
+      }
+      const sizes = opt('--sizes')?.split(',').map(Number);
+      if (sizes?.some((n) => !Number.isInteger(n) || n < 1)) {
+        process.stderr.write('trellis bench: --sizes is a comma-separated list of byte counts\n');
+        return 2;
+      }
+      const r = await runBench({
+        provider,
+        nics: flag(args, '--nics', 1),
+        sizes,
+        progress: (done, total) => {
+          const bar = '#'.repeat(Math.round((20 * done) / total)).padEnd(20, '.');
+          process.stderr.write(`\r  [${bar}] ${done}/${total} sizes`);
+          if (done === total) process.stderr.write('\n');
+        },
+      });
+      process.stdout.write(`${r.provider}, ${r.nics} NIC(s), libfabric ${r.libfabric}, ${r.host}\n\n`);
+      process.stdout.write(
+        `${table(
+          ['size', 'writes', 'seconds', 'GB/s', 'verified'],
+          r.rows.map((x) => [
+            fmtSize(x.size),
+            String(x.writes),
+            x.seconds.toFixed(3),
+            x.gbps.toFixed(3),
+            x.verified ? 'yes' : 'NO',
+          ]),
+        )}\n`,
+      );
+      const json = opt('--json');
+      if (json) writeFileSync(json, JSON.stringify(r, null, 2));
+      const html = opt('--html');
+      if (html) writeFileSync(html, benchHtml(r));
+      return r.rows.every((x) => x.verified) ? 0 : 1;
     }
     case 'doctor': {
       const r = await runDoctor();

@@ -1,0 +1,139 @@
+// `trellis bench`: single writes of a sweep of sizes from this process into a target process over
+// backend-efa (any provider), each size timed over a window of writes and verified by hash at the
+// target; a table, JSON, and a self-contained HTML report with a bandwidth-versus-size chart.
+import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { cpus } from 'node:os';
+import { createEngine, fabricVersion, type Provider } from '@trellis/backend-efa';
+import { MrDesc, Prng } from '@trellis/core';
+import { PeerProcess } from '@trellis/core/conformance';
+
+/** Options of {@link runBench}. */
+export interface BenchOptions {
+  provider?: Provider;
+  nics?: number;
+  /** Write sizes in bytes. Default 4 KiB … 64 MiB by powers of 4. */
+  sizes?: number[];
+  /** Bytes moved per size (at least one write). Default 256 MiB. */
+  bytesPerSize?: number;
+  /** Writes in flight. Default 32. */
+  window?: number;
+  /** Progress: called after each size with (done, total). */
+  progress?: (done: number, total: number) => void;
+}
+
+/** One measured size. */
+export interface BenchRow {
+  size: number;
+  writes: number;
+  seconds: number;
+  gbps: number;
+  verified: boolean;
+}
+
+/** The whole run. */
+export interface BenchResult {
+  provider: string;
+  nics: number;
+  libfabric: string;
+  host: string;
+  rows: BenchRow[];
+}
+
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
+  const provider = opts.provider ?? 'shm';
+  const nics = opts.nics ?? 1;
+  const sizes = opts.sizes ?? [4096, 16384, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
+  const total = opts.bytesPerSize ?? 256 << 20;
+  const window = opts.window ?? 32;
+  const engineModule = createRequire(import.meta.url).resolve('@trellis/backend-efa');
+  const peer = await PeerProcess.start(engineModule, { provider, nics });
+  const engine = await createEngine({ provider, nics });
+  const rows: BenchRow[] = [];
+  try {
+    for (const [i, size] of sizes.entries()) {
+      const writes = Math.max(1, Math.ceil(total / size));
+      // Slots cycle through the region; every slot is written at least once, so the whole target
+      // region must equal the source afterwards.
+      const slots = Math.max(1, Math.min(window, writes, Math.floor((256 << 20) / size)));
+      const region = size * slots;
+      const name = `bench-${size}`;
+      const { desc } = await peer.call<{ desc: string }>('register', { name, size: region, remote: true });
+      const dst = MrDesc.parse(desc);
+      const src = await engine.registerMemory(region);
+      new Prng(size).fill(src.buffer!);
+      const imm = 100 + i;
+      let next = 0;
+      let expected = 0;
+      const t0 = performance.now();
+      const lane = async () => {
+        while (next < writes) {
+          const k = next++;
+          const slot = k % slots;
+          const req = { src, srcOffset: slot * size, length: size, dst, dstOffset: slot * size, imm };
+          expected += engine.expectedImms({ kind: 'single', ...req });
+          await engine.submitSingleWrite(req);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(window, writes) }, lane));
+      await peer.call('wait', { imm, n: expected, timeoutMs: 120_000 });
+      const seconds = (performance.now() - t0) / 1000;
+      // Every slot was written with the same bytes as the source slot: the target equals the source.
+      const got = (await peer.call<{ sha256: string }>('sha256', { name })).sha256;
+      rows.push({
+        size,
+        writes,
+        seconds,
+        gbps: (writes * size) / seconds / 1e9,
+        verified: got === sha(src.buffer!),
+      });
+      await src.unregister();
+      opts.progress?.(i + 1, sizes.length);
+    }
+  } finally {
+    await engine.close();
+    await peer.stop();
+  }
+  return {
+    provider: provider === 'tcp' ? 'tcp;ofi_rxm' : provider,
+    nics,
+    libfabric: fabricVersion(),
+    host: `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}`,
+    rows,
+  };
+}
+
+const fmtSize = (n: number) => (n >= 1 << 20 ? `${n / (1 << 20)} MiB` : `${n / 1024} KiB`);
+
+/** A self-contained HTML report: the table and an SVG chart of bandwidth versus size (log scale). */
+export function benchHtml(r: BenchResult): string {
+  const w = 640;
+  const h = 320;
+  const pad = 48;
+  const maxG = Math.max(...r.rows.map((x) => x.gbps), 0.001);
+  const xs = r.rows.map((_, i) => pad + ((w - 2 * pad) * i) / Math.max(1, r.rows.length - 1));
+  const ys = r.rows.map((x) => h - pad - ((h - 2 * pad) * x.gbps) / maxG);
+  const points = xs.map((x, i) => `${x.toFixed(1)},${ys[i]!.toFixed(1)}`).join(' ');
+  const esc = (s: string) => s.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]!);
+  return `<!doctype html>
+<html><head><meta charset="utf-8"><title>trellis bench</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>
+</head><body>
+<h1>trellis bench</h1>
+<p>${esc(`${r.provider}, ${r.nics} NIC(s), libfabric ${r.libfabric}, ${r.host}`)}</p>
+<svg width="${w}" height="${h}" xmlns="http://www.w3.org/2000/svg">
+<line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#000"/>
+<line x1="${pad}" y1="${pad}" x2="${pad}" y2="${h - pad}" stroke="#000"/>
+<text x="${pad}" y="${pad - 8}" font-size="12">${maxG.toFixed(2)} GB/s</text>
+<polyline fill="none" stroke="#2a6" stroke-width="2" points="${points}"/>
+${r.rows.map((x, i) => `<circle cx="${xs[i]!.toFixed(1)}" cy="${ys[i]!.toFixed(1)}" r="3" fill="#2a6"/><text x="${xs[i]!.toFixed(1)}" y="${h - pad + 16}" font-size="11" text-anchor="middle">${fmtSize(x.size)}</text>`).join('\n')}
+</svg>
+<table><tr><th>size</th><th>writes</th><th>seconds</th><th>GB/s</th><th>verified</th></tr>
+${r.rows.map((x) => `<tr><td>${fmtSize(x.size)}</td><td>${x.writes}</td><td>${x.seconds.toFixed(3)}</td><td>${x.gbps.toFixed(3)}</td><td>${x.verified ? 'yes' : 'NO'}</td></tr>`).join('\n')}
+</table></body></html>
+`;
+}
+
+export { fmtSize };
