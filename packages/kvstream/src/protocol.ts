@@ -12,7 +12,13 @@
 //
 // A message that is not kvstream's (wrong magic) is left to the caller; one of a newer version is
 // refused with a clear error.
-import { MrDesc, TrellisError, type TrellisErrorCode } from '@trellis/core';
+import {
+  MrDesc,
+  type RecvMessage,
+  type TransferEngine,
+  TrellisError,
+  type TrellisErrorCode,
+} from '@trellis/core';
 
 export const MAGIC = 0x3153564b; // "KVS1"
 export const VERSION = 1;
@@ -225,4 +231,15 @@ export function decode(data: Uint8Array): KvMsg {
     default:
       return malformed(`unknown message type ${type}`);
   }
+}
+
+/** Post a receive pool on `engine` for kvstream's messages (recv: 'own'), until `signal` aborts. */
+export function receiveOwn(
+  engine: TransferEngine,
+  signal: AbortSignal,
+  onMessage: (m: RecvMessage) => void,
+): void {
+  void engine
+    .submitRecvs({ maxBytes: engine.limits.maxMessageBytes, count: 32, signal }, onMessage)
+    .catch(() => {});
 }

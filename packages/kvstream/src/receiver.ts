@@ -19,6 +19,7 @@ import {
   encodeTable,
   isKvMessage,
   MsgType,
+  receiveOwn,
 } from './protocol.js';
 
 /** Options of {@link KvStreamReceiver.create}. */
@@ -212,16 +213,10 @@ export class KvStreamReceiver {
       opts.probeMs ?? 1000,
       (peer, err) => this.peerDead(peer, err),
     );
-    if ((opts.recv ?? 'own') === 'own') {
-      void this.engine
-        .submitRecvs(
-          { maxBytes: this.engine.limits.maxMessageBytes, count: 32, signal: this.recvAbort.signal },
-          (m) => {
-            if (!this.handleMessage(m)) this.counts.foreignMessages++;
-          },
-        )
-        .catch(() => {});
-    }
+    if ((opts.recv ?? 'own') === 'own')
+      receiveOwn(this.engine, this.recvAbort.signal, (m) => {
+        if (!this.handleMessage(m)) this.counts.foreignMessages++;
+      });
   }
 
   /** Validate the options, register the cache (unless given) and the tail slots, start receiving. */

@@ -15,6 +15,7 @@ import {
   encodeAck,
   isKvMessage,
   MsgType,
+  receiveOwn,
   type TableMsg,
 } from './protocol.js';
 
@@ -250,16 +251,10 @@ export class KvStreamSender {
         }),
       ),
     );
-    if ((opts.recv ?? 'own') === 'own') {
-      void this.engine
-        .submitRecvs(
-          { maxBytes: this.engine.limits.maxMessageBytes, count: 32, signal: this.recvAbort.signal },
-          (m) => {
-            if (!this.handleMessage(m)) this.counts.foreignMessages++;
-          },
-        )
-        .catch(() => {});
-    }
+    if ((opts.recv ?? 'own') === 'own')
+      receiveOwn(this.engine, this.recvAbort.signal, (m) => {
+        if (!this.handleMessage(m)) this.counts.foreignMessages++;
+      });
   }
 
   /** Validate the options, register the cache (unless given) and the staging slots, start receiving. */

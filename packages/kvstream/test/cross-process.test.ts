@@ -1,64 +1,20 @@
 // kvstream across two OS processes over backend-efa (shm and tcp;ofi_rxm): real one-sided writes
 // with immediates, a real progress watcher thread, and real process deaths.
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { createEngine, type EfaEngine } from '@trellis/backend-efa';
 import { NetAddr } from '@trellis/core';
-import { outcome } from '@trellis/core/conformance';
+import { LineProcess, outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type KvLayoutSpec, KvStreamReceiver, KvStreamSender } from '../src/index.js';
 import { checkKv, computeLayer, poolFull, tailOf } from './helpers.js';
 
 const fixture = fileURLToPath(new URL('./fixtures/peer.mjs', import.meta.url));
 
-class Peer {
-  private readonly lines: string[] = [];
-  private waiters: Array<() => void> = [];
-  readonly exited: Promise<void>;
-  private constructor(readonly child: ChildProcess) {
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      this.lines.push(l);
-      for (const w of this.waiters.splice(0)) w();
-    });
-    this.exited = new Promise((r) => child.on('exit', () => r()));
-  }
-  static async start(cfg: object): Promise<{ peer: Peer; addr: NetAddr }> {
-    const child = spawn(process.execPath, [fixture, JSON.stringify(cfg)], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    const peer = new Peer(child);
-    const first = (await peer.next((m) => 'addr' in m)) as { addr: string };
-    return { peer, addr: NetAddr.parse(first.addr) };
-  }
-  send(o: object): void {
-    this.child.stdin!.write(`${JSON.stringify(o)}\n`);
-  }
-  /** The first line (seen or to come) matching `pred`, consumed. */
-  async next(
-    pred: (m: Record<string, unknown>) => boolean,
-    timeoutMs = 30_000,
-  ): Promise<Record<string, unknown>> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.lines.findIndex((l) => pred(JSON.parse(l)));
-      if (i >= 0) return JSON.parse(this.lines.splice(i, 1)[0]!);
-      if (Date.now() > end)
-        throw new Error(`peer: no matching line within ${timeoutMs} ms; saw ${this.lines.join(' | ')}`);
-      await new Promise<void>((r) => {
-        this.waiters.push(r);
-        setTimeout(r, 100);
-      });
-    }
-  }
-  async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      this.send({ exit: true });
-      await Promise.race([this.exited, new Promise((r) => setTimeout(r, 5000))]);
-      this.child.kill('SIGKILL');
-    }
-    await this.exited;
-  }
+/** A kvstream peer process (test/fixtures/peer.mjs); its first line is its engine address. */
+async function startPeer(cfg: object): Promise<{ peer: LineProcess; addr: NetAddr }> {
+  const peer = new LineProcess(fixture, [JSON.stringify(cfg)]);
+  const first = (await peer.next((m) => 'addr' in m)) as { addr: string };
+  return { peer, addr: NetAddr.parse(first.addr) };
 }
 
 let cleanup: Array<() => Promise<void>> = [];
@@ -99,7 +55,7 @@ describe('kvstream across processes on backend-efa', () => {
   for (const provider of ['shm', 'tcp'] as const) {
     it(`prefill in another process streams 3 chunked requests; KV and tails byte-exact at decode (${provider})`, async () => {
       const { rx } = await decodeSide(provider);
-      const { peer, addr } = await Peer.start({ role: 'prefill', provider, nics: 2, layout });
+      const { peer, addr } = await startPeer({ role: 'prefill', provider, nics: 2, layout });
       cleanup.push(() => peer.stop());
       const reqs = [
         { tag: 'a', tokens: 200, chunks: [64, 200], tail: 4096 },
@@ -129,7 +85,7 @@ describe('kvstream across processes on backend-efa', () => {
 
   it('prefill process killed mid-stream: the decode request fails PEER_LOST, its pages return after the grace period (tcp)', async () => {
     const { rx } = await decodeSide('tcp', { probeMs: 100, deadPeerGraceMs: 300 });
-    const { peer, addr } = await Peer.start({ role: 'prefill', provider: 'tcp', nics: 2, layout });
+    const { peer, addr } = await startPeer({ role: 'prefill', provider: 'tcp', nics: 2, layout });
     cleanup.push(() => peer.stop());
     const adm = rx.admit({ prefill: addr, tokens: 400, tag: 'k' });
     const srcPages = Array.from({ length: 25 }, (_, i) => i);
@@ -155,7 +111,7 @@ describe('kvstream across processes on backend-efa', () => {
       await tx.close();
       await engine.close();
     });
-    const { peer } = await Peer.start({ role: 'decode', provider: 'tcp', nics: 2, layout, probeMs: 100 });
+    const { peer } = await startPeer({ role: 'decode', provider: 'tcp', nics: 2, layout, probeMs: 100 });
     cleanup.push(() => peer.stop());
     const tables = new Promise<void>((r) => {
       let n = 0;

@@ -1,55 +1,14 @@
 // Weight sync between OS processes on backend-efa: M trainer processes → K inference processes.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { LineProcess } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { planWeightSync, range, shard, type WeightSyncPlan, whole } from '../src/index.js';
 import { diffWeights, expectedInference, Rng, randomSetup, trainerSources } from './helpers.js';
 
 const fixture = fileURLToPath(new URL('./fixtures/peer.mjs', import.meta.url));
-
-class Proc {
-  private readonly lines: string[] = [];
-  private wake: Array<() => void> = [];
-  readonly exited: Promise<void>;
-  constructor(readonly child: ChildProcess) {
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      this.lines.push(l);
-      for (const w of this.wake.splice(0)) w();
-    });
-    this.exited = new Promise((r) => child.on('exit', () => r()));
-  }
-  send(o: object): void {
-    this.child.stdin!.write(`${JSON.stringify(o)}\n`);
-  }
-  async next(
-    pred: (m: Record<string, unknown>) => boolean,
-    timeoutMs = 60_000,
-  ): Promise<Record<string, unknown>> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.lines.findIndex((l) => pred(JSON.parse(l)));
-      if (i >= 0) return JSON.parse(this.lines.splice(i, 1)[0]!);
-      if (Date.now() > end)
-        throw new Error(`no matching line in ${timeoutMs} ms; saw ${this.lines.slice(-5).join(' | ')}`);
-      await new Promise<void>((r) => {
-        this.wake.push(r);
-        setTimeout(r, 100);
-      });
-    }
-  }
-  async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      this.send({ exit: true });
-      await Promise.race([this.exited, new Promise((r) => setTimeout(r, 5000))]);
-      this.child.kill('SIGKILL');
-    }
-    await this.exited;
-  }
-}
 
 let cleanup: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -64,11 +23,7 @@ async function cluster(plan: WeightSyncPlan, provider: 'shm' | 'tcp', stagingByt
   writeFileSync(planFile, JSON.stringify(plan));
   const sources = trainerSources(plan);
   const start = (cfg: object) => {
-    const p = new Proc(
-      spawn(process.execPath, [fixture, JSON.stringify({ provider, planFile, outDir: dir, ...cfg })], {
-        stdio: ['pipe', 'pipe', 'inherit'],
-      }),
-    );
+    const p = new LineProcess(fixture, [JSON.stringify({ provider, planFile, outDir: dir, ...cfg })]);
     cleanup.push(() => p.stop());
     return p;
   };

@@ -90,3 +90,58 @@ export class PeerProcess {
     this.child.kill('SIGKILL');
   }
 }
+
+/**
+ * A Node script in another OS process that speaks JSON lines: send it objects on stdin, wait for
+ * the first line on stdout matching a predicate. For cross-process tests of the systems on top
+ * (kvstream, weightsync, moe), whose peers are their own scripts.
+ */
+export class LineProcess {
+  readonly child: ChildProcess;
+  readonly exited: Promise<void>;
+  private readonly lines: string[] = [];
+  private wake: Array<() => void> = [];
+
+  constructor(script: string, args: readonly string[] = []) {
+    this.child = spawn(process.execPath, [script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+    createInterface({ input: this.child.stdout! }).on('line', (l) => {
+      this.lines.push(l);
+      for (const w of this.wake.splice(0)) w();
+    });
+    this.exited = new Promise((r) => this.child.on('exit', () => r()));
+  }
+
+  send(o: object): void {
+    this.child.stdin!.write(`${JSON.stringify(o)}\n`);
+  }
+
+  /** The first line (seen or to come) whose JSON matches `pred`, taken out of the queue. */
+  async next(
+    pred: (m: Record<string, unknown>) => boolean,
+    timeoutMs = 60_000,
+  ): Promise<Record<string, unknown>> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.lines.findIndex((l) => pred(JSON.parse(l) as Record<string, unknown>));
+      if (i >= 0) return JSON.parse(this.lines.splice(i, 1)[0]!) as Record<string, unknown>;
+      if (Date.now() > end)
+        throw new Error(
+          `LineProcess: no matching line within ${timeoutMs} ms; last lines: ${this.lines.slice(-5).join(' | ')}`,
+        );
+      await new Promise<void>((r) => {
+        this.wake.push(r);
+        setTimeout(r, 100);
+      });
+    }
+  }
+
+  /** Ask it to exit (`{exit: true}`), then kill it if it has not within 5 s. */
+  async stop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.send({ exit: true });
+      await Promise.race([this.exited, new Promise((r) => setTimeout(r, 5000))]);
+      this.child.kill('SIGKILL');
+    }
+    await this.exited;
+  }
+}
