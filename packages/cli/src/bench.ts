@@ -7,6 +7,7 @@ import { cpus } from 'node:os';
 import { createEngine, fabricVersion, type Provider } from '@trellis/backend-efa';
 import { MrDesc, Prng } from '@trellis/core';
 import { PeerProcess } from '@trellis/core/conformance';
+import { TcpStore } from '@trellis/rendezvous';
 
 /** Options of {@link runBench}. */
 export interface BenchOptions {
@@ -20,6 +21,97 @@ export interface BenchOptions {
   window?: number;
   /** Progress: called after each size with (done, total). */
   progress?: (done: number, total: number) => void;
+  /** Write into a target on another host started with `trellis bench --serve` (its `host:port`). Default: a target process here. */
+  connect?: string;
+}
+
+/** Where the writes land: a process here, or one on another host behind a rendezvous store. */
+interface Target {
+  register(name: string, size: number): Promise<string>;
+  wait(imm: number, n: number): Promise<void>;
+  sha256(name: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+async function localTarget(provider: Provider, nics: number): Promise<Target> {
+  const engineModule = createRequire(import.meta.url).resolve('@trellis/backend-efa');
+  const peer = await PeerProcess.start(engineModule, { provider, nics });
+  return {
+    register: async (name, size) =>
+      (await peer.call<{ desc: string }>('register', { name, size, remote: true })).desc,
+    wait: async (imm, n) => void (await peer.call('wait', { imm, n, timeoutMs: 120_000 })),
+    sha256: async (name) => (await peer.call<{ sha256: string }>('sha256', { name })).sha256,
+    stop: () => peer.stop(),
+  };
+}
+
+/** The client side of a two-host run: requests go through the serving host's store. */
+async function remoteTarget(hostPort: string): Promise<Target> {
+  const [host, port] = hostPort.split(':');
+  const store = await TcpStore.connect({ host: host!, port: Number(port) });
+  let seq = 0;
+  const ask = async (req: object) => {
+    const id = ++seq;
+    await store.set(`bench/req/${id}`, JSON.stringify(req));
+    return JSON.parse(await store.get(`bench/res/${id}`, { timeoutMs: 180_000 })) as Record<string, string>;
+  };
+  return {
+    register: async (name, size) => (await ask({ op: 'register', name, size })).desc!,
+    wait: async (imm, n) => void (await ask({ op: 'wait', imm, n })),
+    sha256: async (name) => (await ask({ op: 'sha256', name })).sha256!,
+    stop: async () => {
+      await ask({ op: 'exit' });
+      await store.close();
+    },
+  };
+}
+
+/**
+ * The serving side of a two-host run (`trellis bench --serve`): a target engine and a rendezvous
+ * store on `port`; one client's requests are served until it says exit. Resolves then.
+ */
+export async function serveBench(opts: {
+  provider?: Provider;
+  nics?: number;
+  port?: number;
+  log?: (l: string) => void;
+}): Promise<void> {
+  const provider = opts.provider ?? 'tcp';
+  const store = await TcpStore.serve({ port: opts.port ?? 29600 });
+  const engine = await createEngine({ provider, nics: opts.nics ?? 1 });
+  const regions = new Map<string, Awaited<ReturnType<typeof engine.registerMemory>>>();
+  opts.log?.(
+    `serving on port ${store.port} (${provider === 'tcp' ? 'tcp;ofi_rxm' : provider}); run: trellis bench --connect <this host>:${store.port} --provider ${provider}`,
+  );
+  try {
+    for (let id = 1; ; id++) {
+      const req = JSON.parse(await store.get(`bench/req/${id}`)) as {
+        op: string;
+        name: string;
+        size: number;
+        imm: number;
+        n: number;
+      };
+      let res: object = {};
+      if (req.op === 'register') {
+        const h = await engine.registerMemory(req.size, { remote: true });
+        regions.set(req.name, h);
+        res = { desc: h.desc.toString() };
+      } else if (req.op === 'wait') await engine.immCounter(req.imm).wait(req.n, { timeoutMs: 120_000 });
+      else if (req.op === 'sha256') {
+        const h = regions.get(req.name)!;
+        res = { sha256: sha(h.buffer!) };
+        await h.unregister();
+        regions.delete(req.name);
+      }
+      await store.set(`bench/res/${id}`, JSON.stringify(res));
+      if (req.op === 'exit') break;
+    }
+  } finally {
+    await engine.close();
+    await new Promise((r) => setTimeout(r, 200)); // let the last answer reach the client
+    await store.close();
+  }
 }
 
 /** One measured size. */
@@ -48,8 +140,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const sizes = opts.sizes ?? [4096, 16384, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
   const total = opts.bytesPerSize ?? 256 << 20;
   const window = opts.window ?? 32;
-  const engineModule = createRequire(import.meta.url).resolve('@trellis/backend-efa');
-  const peer = await PeerProcess.start(engineModule, { provider, nics });
+  const peer = opts.connect ? await remoteTarget(opts.connect) : await localTarget(provider, nics);
   const engine = await createEngine({ provider, nics });
   const rows: BenchRow[] = [];
   try {
@@ -60,7 +151,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       const slots = Math.max(1, Math.min(window, writes, Math.floor((256 << 20) / size)));
       const region = size * slots;
       const name = `bench-${size}`;
-      const { desc } = await peer.call<{ desc: string }>('register', { name, size: region, remote: true });
+      const desc = await peer.register(name, region);
       const dst = MrDesc.parse(desc);
       const src = await engine.registerMemory(region);
       new Prng(size).fill(src.buffer!);
@@ -78,10 +169,10 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
         }
       };
       await Promise.all(Array.from({ length: Math.min(window, writes) }, lane));
-      await peer.call('wait', { imm, n: expected, timeoutMs: 120_000 });
+      await peer.wait(imm, expected);
       const seconds = (performance.now() - t0) / 1000;
       // Every slot was written with the same bytes as the source slot: the target equals the source.
-      const got = (await peer.call<{ sha256: string }>('sha256', { name })).sha256;
+      const got = await peer.sha256(name);
       rows.push({
         size,
         writes,

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { writeFileSync } from 'node:fs';
 import type { Provider } from '@trellis/backend-efa';
-import { benchHtml, fmtSize, runBench } from './bench.js';
+import { benchHtml, fmtSize, runBench, serveBench } from './bench.js';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
 import { runDoctor } from './doctor.js';
@@ -17,6 +17,8 @@ commands:
   doctor [--json]                      what this host has and lacks for each backend, and a verdict
   bench [--provider shm|tcp] [--nics N] [--sizes B,B,...] [--json FILE] [--html FILE]
                                        single writes into a second process, a sweep of sizes, verified
+  bench --serve [--port P] [--provider tcp]      the target of a two-host run
+  bench --connect HOST:PORT [--provider tcp] ... the writer of a two-host run
 `;
 
 function flag(args: string[], name: string, dflt: number): number {
@@ -70,7 +72,16 @@ async function main(argv: string[]): Promise<number> {
         const i = args.indexOf(name);
         return i >= 0 ? args[i + 1] : undefined;
       };
-      const provider = (opt('--provider') ?? 'shm') as Provider;
+      if (args.includes('--serve')) {
+        await serveBench({
+          provider: (opt('--provider') ?? 'tcp') as Provider,
+          nics: flag(args, '--nics', 1),
+          port: flag(args, '--port', 29600),
+          log: (l) => process.stdout.write(`${l}\n`),
+        });
+        return 0;
+      }
+      const provider = (opt('--provider') ?? (args.includes('--connect') ? 'tcp' : 'shm')) as Provider;
       if (provider !== 'shm' && provider !== 'tcp') {
         process.stderr.write('trellis bench: --provider is shm or tcp (efa where present)\n');
         return 2;
@@ -84,6 +95,7 @@ async function main(argv: string[]): Promise<number> {
         provider,
         nics: flag(args, '--nics', 1),
         sizes,
+        connect: opt('--connect'),
         progress: (done, total) => {
           const bar = '#'.repeat(Math.round((20 * done) / total)).padEnd(20, '.');
           process.stderr.write(`\r  [${bar}] ${done}/${total} sizes`);

@@ -21,3 +21,34 @@ describe('trellis bench', () => {
     expect(html).toContain('<td>1 MiB</td><td>4</td>');
   }, 60_000);
 });
+
+describe('trellis bench across hosts (here: two processes through the rendezvous store)', () => {
+  it('--serve hosts the target and a store; --connect writes into it and verifies each size', async () => {
+    const { spawn } = await import('node:child_process');
+    const { createServer } = await import('node:net');
+    const { fileURLToPath } = await import('node:url');
+    const s = createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as { port: number }).port;
+    await new Promise((r) => s.close(r));
+    const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+    const server = spawn(
+      process.execPath,
+      [bin, 'bench', '--serve', '--port', String(port), '--provider', 'tcp'],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const exited = new Promise((r) => server.on('exit', r));
+    await new Promise<void>((r) => server.stdout!.once('data', () => r()));
+    const r = await runBench({
+      provider: 'tcp',
+      sizes: [4096, 1 << 20],
+      bytesPerSize: 2 << 20,
+      connect: `127.0.0.1:${port}`,
+    });
+    expect(r.rows.map((x) => [x.size, x.writes, x.verified])).toEqual([
+      [4096, 512, true],
+      [1 << 20, 2, true],
+    ]);
+    expect(await exited).toBe(0); // the server stops when the client is done
+  }, 60_000);
+});
