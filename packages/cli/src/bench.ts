@@ -1,16 +1,20 @@
 // `trellis bench`: single writes of a sweep of sizes from this process into a target process over
-// backend-efa (any provider), each size timed over a window of writes and verified by hash at the
+// backend-efa (any provider) or backend-verbs, each size timed over a window of writes and verified by hash at the
 // target; a table, JSON, and a self-contained HTML report with a bandwidth-versus-size chart.
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { cpus } from 'node:os';
 import { createEngine, fabricVersion, type Provider } from '@trellis/backend-efa';
-import { MrDesc, Prng } from '@trellis/core';
+import { createEngine as createVerbsEngine, listDevices } from '@trellis/backend-verbs';
+import type { TransferEngine } from '@trellis/core';
+import { MrDesc, Prng, TrellisError } from '@trellis/core';
 import { PeerProcess } from '@trellis/core/conformance';
 import { TcpStore } from '@trellis/rendezvous';
 
 /** Options of {@link runBench}. */
 export interface BenchOptions {
+  /** `efa` (libfabric, default) or `verbs` (ibverbs; its software RC model where no device exists). */
+  backend?: 'efa' | 'verbs';
   provider?: Provider;
   nics?: number;
   /** Write sizes in bytes. Default 4 KiB … 64 MiB by powers of 4. */
@@ -33,9 +37,11 @@ interface Target {
   stop(): Promise<void>;
 }
 
-async function localTarget(provider: Provider, nics: number): Promise<Target> {
-  const engineModule = createRequire(import.meta.url).resolve('@trellis/backend-efa');
-  const peer = await PeerProcess.start(engineModule, { provider, nics });
+async function localTarget(backend: 'efa' | 'verbs', engineOptions: object): Promise<Target> {
+  const engineModule = createRequire(import.meta.url).resolve(
+    backend === 'verbs' ? '@trellis/backend-verbs' : '@trellis/backend-efa',
+  );
+  const peer = await PeerProcess.start(engineModule, engineOptions);
   return {
     register: async (name, size) =>
       (await peer.call<{ desc: string }>('register', { name, size, remote: true })).desc,
@@ -135,13 +141,23 @@ export interface BenchResult {
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
+  const backend = opts.backend ?? 'efa';
+  if (backend === 'verbs' && opts.connect)
+    throw new TrellisError(
+      'UNSUPPORTED',
+      'trellis bench: two-host runs use backend efa (verbs on the model reaches only this host)',
+    );
   const provider = opts.provider ?? 'shm';
   const nics = opts.nics ?? 1;
   const sizes = opts.sizes ?? [4096, 16384, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
   const total = opts.bytesPerSize ?? 256 << 20;
   const window = opts.window ?? 32;
-  const peer = opts.connect ? await remoteTarget(opts.connect) : await localTarget(provider, nics);
-  const engine = await createEngine({ provider, nics });
+  // verbs: the real devices where there are some, the software RC model otherwise.
+  const model = backend === 'verbs' && listDevices(false).devices.length === 0;
+  const engineOptions = backend === 'verbs' ? { model, nics } : { provider, nics };
+  const peer = opts.connect ? await remoteTarget(opts.connect) : await localTarget(backend, engineOptions);
+  const engine: TransferEngine =
+    backend === 'verbs' ? await createVerbsEngine(engineOptions) : await createEngine({ provider, nics });
   const rows: BenchRow[] = [];
   try {
     for (const [i, size] of sizes.entries()) {
@@ -188,7 +204,14 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     await peer.stop();
   }
   return {
-    provider: provider === 'tcp' ? 'tcp;ofi_rxm' : provider,
+    provider:
+      backend === 'verbs'
+        ? model
+          ? 'verbs (software RC model)'
+          : 'verbs'
+        : provider === 'tcp'
+          ? 'tcp;ofi_rxm'
+          : provider,
     nics,
     libfabric: fabricVersion(),
     host: `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}`,

@@ -15,7 +15,7 @@ commands:
                                        each verified byte for byte
   demo --loopback [--nics N] [--seed S] every transfer between two engines of the loopback fabric
   doctor [--json]                      what this host has and lacks for each backend, and a verdict
-  bench [--provider shm|tcp] [--nics N] [--sizes B,B,...] [--json FILE] [--html FILE]
+  bench [--backend efa|verbs] [--provider shm|tcp] [--nics N] [--sizes B,B,...] [--json FILE] [--html FILE]
                                        single writes into a second process, a sweep of sizes, verified
   bench --serve [--port P] [--provider tcp]      the target of a two-host run
   bench --connect HOST:PORT [--provider tcp] ... the writer of a two-host run
@@ -91,7 +91,13 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write('trellis bench: --sizes is a comma-separated list of byte counts\n');
         return 2;
       }
+      const backend = (opt('--backend') ?? 'efa') as 'efa' | 'verbs';
+      if (backend !== 'efa' && backend !== 'verbs') {
+        process.stderr.write('trellis bench: --backend is efa or verbs\n');
+        return 2;
+      }
       const r = await runBench({
+        backend,
         provider,
         nics: flag(args, '--nics', 1),
         sizes,

@@ -52,3 +52,11 @@ describe('trellis bench across hosts (here: two processes through the rendezvous
     expect(await exited).toBe(0); // the server stops when the client is done
   }, 60_000);
 });
+
+describe('trellis bench on backend-verbs', () => {
+  it('runs the sweep over ibverbs RC (the software model where no device exists), verified', async () => {
+    const r = await runBench({ backend: 'verbs', sizes: [65536], bytesPerSize: 1 << 20 });
+    expect(r.rows.map((x) => [x.size, x.writes, x.verified])).toEqual([[65536, 16, true]]);
+    expect(r.provider).toMatch(/^verbs/);
+  }, 60_000);
+});
