@@ -140,7 +140,7 @@ async function main(argv: string[]): Promise<number> {
         )}\n\n`,
       );
       for (const v of r.verdicts)
-        process.stdout.write(`${v.usable ? 'usable ' : 'not usable'}  ${v.backend}: ${v.verdict}\n`);
+        process.stdout.write(`${v.usable ? '[usable]    ' : '[not usable]'} ${v.backend}: ${v.verdict}\n`);
       return 0;
     }
     case undefined:

@@ -112,6 +112,16 @@ export async function runDoctor(): Promise<DoctorReport> {
       d.devices.length ? 'ok' : 'missing',
       d.devices.length ? d.devices.join(', ') : d.error,
     );
+    // Each device's port as an engine would use it: link, GID or LID, MTU.
+    for (const name of d.devices) {
+      try {
+        const e = await verbs.createEngine({ devices: [name], handshakeHost: '127.0.0.1' });
+        add('ibverbs', name, 'ok', e.stats().nics[0]?.device ?? '');
+        await e.close();
+      } catch (err) {
+        add('ibverbs', name, 'missing', err instanceof Error ? err.message : String(err));
+      }
+    }
     verdicts.push({
       backend: 'backend-verbs',
       usable: d.devices.length > 0,
