@@ -243,3 +243,12 @@ export function receiveOwn(
     .submitRecvs({ maxBytes: engine.limits.maxMessageBytes, count: 32, signal }, onMessage)
     .catch(() => {});
 }
+
+/** Throw INVALID_ARGUMENT `${where}: ${name} must be an integer in lo..hi` unless `v` is one. */
+export function checkInt(where: string, name: string, v: unknown, lo: number, hi: number): void {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${where}: ${name} must be an integer in ${lo}..${hi}, got ${String(v)}`,
+    );
+}

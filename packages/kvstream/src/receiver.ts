@@ -14,6 +14,7 @@ import {
   ACK_UNCERTAIN,
   ACK_UNKNOWN,
   type AckMsg,
+  checkInt,
   decode,
   encodeCancel,
   encodeTable,
@@ -225,11 +226,11 @@ export class KvStreamReceiver {
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const maxReq = opts.maxRequests ?? 256;
     const immBase = opts.immBase ?? DEFAULT_IMM_BASE;
-    checkInt('maxTailBytes', maxTail, 0, 0xffffffff);
-    checkInt('maxRequests', maxReq, 1, 1 << 20);
-    checkInt('immBase', immBase, 0, 0xffffffff - maxReq - 1);
+    checkInt('KvStreamReceiver.create', 'maxTailBytes', maxTail, 0, 0xffffffff);
+    checkInt('KvStreamReceiver.create', 'maxRequests', maxReq, 1, 1 << 20);
+    checkInt('KvStreamReceiver.create', 'immBase', immBase, 0, 0xffffffff - maxReq - 1);
     for (const k of ['probeMs', 'deadPeerGraceMs', 'ackTimeoutMs', 'quarantineMs'] as const)
-      if (opts[k] !== undefined) checkInt(k, opts[k], 1, 2 ** 31 - 1);
+      if (opts[k] !== undefined) checkInt('KvStreamReceiver.create', k, opts[k], 1, 2 ** 31 - 1);
     let region = opts.region;
     if (region) {
       if (!region.remote)
@@ -261,10 +262,11 @@ export class KvStreamReceiver {
    */
   admit(req: KvAdmitRequest): KvAdmission {
     if (this.closed) throw new TrellisError('CLOSED', 'KvStreamReceiver.admit: the receiver was closed');
-    checkInt('tokens', req.tokens, 1, 0xffffffff, 'admit');
+    checkInt('KvStreamReceiver.admit', 'tokens', req.tokens, 1, 0xffffffff);
     const tailBytes = req.tailBytes ?? 0;
-    checkInt('tailBytes', tailBytes, 0, this.maxTailBytes, 'admit');
-    if (req.timeoutMs !== undefined) checkInt('timeoutMs', req.timeoutMs, 1, 2 ** 31 - 1, 'admit');
+    checkInt('KvStreamReceiver.admit', 'tailBytes', tailBytes, 0, this.maxTailBytes);
+    if (req.timeoutMs !== undefined)
+      checkInt('KvStreamReceiver.admit', 'timeoutMs', req.timeoutMs, 1, 2 ** 31 - 1);
     if (req.prefill === null || typeof req.prefill !== 'object' || !('kind' in req.prefill))
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -647,14 +649,6 @@ export class KvStreamReceiver {
 
 function align(n: number, a: number): number {
   return Math.ceil(n / a) * a;
-}
-
-function checkInt(name: string, v: unknown, lo: number, hi: number, where = 'create'): void {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi)
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `KvStreamReceiver.${where}: ${name} must be an integer in ${lo}..${hi}, got ${String(v)}`,
-    );
 }
 
 function wrap(e: unknown, what: string): TrellisError {

@@ -10,6 +10,7 @@ import { KvLayout, type KvLayoutSpec } from './layout.js';
 import { PeerProbe } from './probe.js';
 import {
   ACK_UNCERTAIN,
+  checkInt,
   decode,
   encodeAbort,
   encodeAck,
@@ -262,11 +263,12 @@ export class KvStreamSender {
     const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const slots = opts.maxRequests ?? 256;
-    check('maxTailBytes', maxTail, 0, 0xffffffff);
-    check('maxRequests', slots, 1, 1 << 20);
+    checkInt('KvStreamSender.create', 'maxTailBytes', maxTail, 0, 0xffffffff);
+    checkInt('KvStreamSender.create', 'maxRequests', slots, 1, 1 << 20);
     for (const k of ['probeMs', 'unboundTimeoutMs'] as const)
-      if (opts[k] !== undefined) check(k, opts[k], 1, 2 ** 31 - 1);
-    if (opts.probeImm !== undefined) check('probeImm', opts.probeImm, 0, 0xffffffff);
+      if (opts[k] !== undefined) checkInt('KvStreamSender.create', k, opts[k], 1, 2 ** 31 - 1);
+    if (opts.probeImm !== undefined)
+      checkInt('KvStreamSender.create', 'probeImm', opts.probeImm, 0, 0xffffffff);
     let region = opts.region;
     if (region) {
       if (region.length < layout.regionBytes)
@@ -814,12 +816,4 @@ export class KvStreamSender {
       if (this.ownsRegion) await this.region.unregister().catch(() => {});
     }
   }
-}
-
-function check(name: string, v: unknown, lo: number, hi: number): void {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi)
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `KvStreamSender.create: ${name} must be an integer in ${lo}..${hi}, got ${String(v)}`,
-    );
 }
