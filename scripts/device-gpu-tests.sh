@@ -16,3 +16,6 @@ node -e "import('./dist/index.js').then(m => console.log(JSON.stringify(m.cudaIn
 node test/gpu/ipc.mjs
 python3 test/gpu/torch_export.py "$(command -v node)" test/gpu/torch_import.mjs
 node test/gpu/watcher.mjs 2000
+node test/gpu/quant.mjs
+node test/gpu/staged.mjs
+TRELLIS_PROVIDER=tcp node test/gpu/staged.mjs

@@ -5,6 +5,7 @@ import { TrellisError } from './errors.js';
 const DESC_MAGIC = [0x54, 0x4d] as const; // "TM"
 const DESC_VERSION = 1;
 const U64_MAX = (1n << 64n) - 1n;
+const STAGED_FLAG = 0x80;
 
 /** Where NIC `i` of the owner exposes the region: the RMA address of offset 0 and the remote key. */
 export interface NicKey {
@@ -29,8 +30,14 @@ export class MrDesc {
   readonly length: number;
   /** One key per owner NIC, or none for a local-only region. */
   readonly nics: readonly NicKey[];
+  /**
+   * The region is GPU memory its owner stages through a pinned host mirror (no GPUDirect RDMA on
+   * its NICs): writers land bytes in the mirror, and the owner copies them to the device before it
+   * counts the immediate. Writers' engines handle this; callers see only a slower path.
+   */
+  readonly staged: boolean;
 
-  constructor(owner: NetAddr, base: bigint, length: number, nics: readonly NicKey[]) {
+  constructor(owner: NetAddr, base: bigint, length: number, nics: readonly NicKey[], staged = false) {
     if (!(owner instanceof NetAddr))
       throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: owner must be a NetAddr');
     if (typeof base !== 'bigint' || base < 0n || base > U64_MAX) {
@@ -64,6 +71,7 @@ export class MrDesc {
     this.base = base;
     this.length = length;
     this.nics = Object.freeze(nics.map((k) => Object.freeze({ addr: k.addr, rkey: k.rkey })));
+    this.staged = staged === true;
     Object.freeze(this);
   }
 
@@ -77,10 +85,16 @@ export class MrDesc {
     return this.nics.length > 0;
   }
 
-  /** Versioned binary form: magic "TM", version, owner NetAddr, base, length, keys. */
+  /**
+   * Versioned binary form: magic "TM", version, owner NetAddr, base, length, one byte of key count
+   * (bits 0–2) and flags (bit 7: staged), keys.
+   */
   toBytes(): Uint8Array {
     const w = new ByteWriter().u8(DESC_MAGIC[0]).u8(DESC_MAGIC[1]).u8(DESC_VERSION);
-    w.bytes(this.owner.toBytes()).u64(this.base).u64(BigInt(this.length)).u8(this.nics.length);
+    w.bytes(this.owner.toBytes())
+      .u64(this.base)
+      .u64(BigInt(this.length))
+      .u8(this.nics.length | (this.staged ? STAGED_FLAG : 0));
     for (const k of this.nics) w.u64(k.addr).u64(k.rkey);
     return w.finish();
   }
@@ -95,7 +109,13 @@ export class MrDesc {
     if (length > BigInt(Number.MAX_SAFE_INTEGER)) {
       throw new TrellisError('DECODE_ERROR', `MrDesc: length ${length} exceeds 2^53-1`);
     }
-    const count = r.u8('NIC key count');
+    const countAndFlags = r.u8('NIC key count');
+    if (countAndFlags & ~(STAGED_FLAG | 0x7))
+      throw new TrellisError(
+        'DECODE_ERROR',
+        `MrDesc: unknown flags 0x${(countAndFlags & 0x78).toString(16)} in the key count byte`,
+      );
+    const count = countAndFlags & 0x7;
     if (count !== 0 && count !== owner.nics.length) {
       throw new TrellisError(
         'DECODE_ERROR',
@@ -107,7 +127,7 @@ export class MrDesc {
     const nics: NicKey[] = [];
     for (let i = 0; i < count; i++) nics.push({ addr: r.u64(`NIC ${i} addr`), rkey: r.u64(`NIC ${i} rkey`) });
     r.end();
-    return new MrDesc(owner, base, Number(length), nics);
+    return new MrDesc(owner, base, Number(length), nics, (countAndFlags & STAGED_FLAG) !== 0);
   }
 
   /** Text form `tmd1:<base64url of toBytes()>`. */

@@ -7,6 +7,7 @@ import type {
   BarrierRequest,
   EngineLimits,
   EngineStats,
+  GpuStats,
   ImmCounter,
   ImmRequest,
   MemorySource,
@@ -47,6 +48,8 @@ export interface RegionAlloc {
   length: number;
   /** Backend's own handle for the registration. */
   key: unknown;
+  /** How the NICs reach it (default `host`). */
+  path?: 'host' | 'direct' | 'staged';
 }
 
 /** A live registration as the engine tracks it. */
@@ -65,6 +68,7 @@ export class Region implements MrHandle {
     readonly key: unknown,
     /** The caller's memory, held so it stays alive while registered. */
     readonly owner: unknown,
+    readonly path: 'host' | 'direct' | 'staged' = 'host',
   ) {}
 
   /** Throws DETACHED_BUFFER when host memory went away under the registration. */
@@ -110,6 +114,8 @@ export class Region implements MrHandle {
  */
 export class PendingOp {
   settled = false;
+  /** A backend's own work for a user operation (not counted in stats; never handed to users). */
+  internal = false;
   readonly promise: Promise<void>;
   private resolveFn!: () => void;
   private rejectFn!: (e: unknown) => void;
@@ -324,7 +330,23 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         );
       }
     } else if (typeof src === 'object' && src !== null && 'cuda' in src) {
-      length = checkCount(op, 'cuda.length', (src as { cuda: { length: unknown } }).cuda?.length);
+      const c = (src as { cuda: unknown }).cuda as { ptr?: unknown; length?: unknown; device?: unknown };
+      if (typeof c !== 'object' || c === null)
+        throw invalid('INVALID_ARGUMENT', op, 'cuda must be an object {ptr, length, device}');
+      if (typeof c.ptr !== 'bigint' || c.ptr <= 0n || c.ptr >= 1n << 64n)
+        throw invalid(
+          'INVALID_ARGUMENT',
+          op,
+          `cuda.ptr must be a non-zero device address as a bigint, got ${describe(c.ptr)}`,
+        );
+      if (!Number.isInteger(c.device) || (c.device as number) < 0)
+        throw invalid(
+          'INVALID_ARGUMENT',
+          op,
+          `cuda.device must be a CUDA device ordinal (an integer >= 0), got ${describe(c.device)}`,
+        );
+      length = checkCount(op, 'cuda.length', c.length);
+      if (length === 0) throw invalid('INVALID_ARGUMENT', op, 'cuda.length must be at least 1');
     } else {
       throw invalid(
         'INVALID_ARGUMENT',
@@ -344,7 +366,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       await this.deregisterRegion(a.key);
       throw new TrellisError('CLOSED', `${op}: the engine was closed during registration`, { op });
     }
-    const region = new Region(this, a.desc, a.length, a.bytes, remote, a.key, src);
+    const region = new Region(this, a.desc, a.length, a.bytes, remote, a.key, src, a.path ?? 'host');
     this.regions.add(region);
     return region;
   }
@@ -495,8 +517,20 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     }
   }
 
+  /**
+   * A backend's internal operation (a piece of a user operation, a control message): it settles
+   * like any other but is not counted, not failed by close (the backend's shutdown settles it),
+   * and holds no region (its user operation does).
+   */
+  protected internalOp(site: CallSite, peer: NetAddr | undefined): PendingOp {
+    const op = new PendingOp(this.nextOpId++, site, peer, [], this);
+    op.internal = true;
+    return op;
+  }
+
   /** @internal */
   opSettled(op: PendingOp, ok: boolean): void {
+    if (op.internal) return;
     this.ops.delete(op);
     if (op.signal) this.signalOps.get(op.signal)?.delete(op);
     if (ok) this.counts.completed++;
@@ -625,7 +659,19 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       regions: this.regions.size,
       registeredBytes,
       recvDropped: this.recvDropped,
+      gpu: this.gpuStats(),
     };
+  }
+
+  /** GPU memory counters; backends with GPU support override it. */
+  protected gpuStats(): GpuStats {
+    let directRegions = 0;
+    let stagedRegions = 0;
+    for (const r of this.regions) {
+      if (r.path === 'direct') directRegions++;
+      else if (r.path === 'staged') stagedRegions++;
+    }
+    return { directRegions, stagedRegions, stagedToHostBytes: 0, stagedToDeviceBytes: 0, stagedWrites: 0 };
   }
 
   close(): Promise<void> {

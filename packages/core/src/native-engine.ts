@@ -5,9 +5,21 @@ import { createRequire } from 'node:module';
 import { NetAddr } from './addr.js';
 import { MrDesc } from './desc.js';
 import { EngineBase, type PendingOp, type RecvPool, type Region, type RegionAlloc } from './engine-base.js';
-import { TrellisError, type TrellisErrorCode } from './errors.js';
+import { type CallSite, TrellisError, type TrellisErrorCode } from './errors.js';
 import { autoShards } from './imms.js';
-import type { EngineLimits, MemorySource, NicStats, UvmWatcher, UvmWatcherCallback } from './types.js';
+import { type StagedMemory, Stager, touchesStaged } from './staging.js';
+import type {
+  CudaMemory,
+  EngineLimits,
+  GpuMemoryOps,
+  GpuStats,
+  MemorySource,
+  MrHandle,
+  NicStats,
+  RegisterOptions,
+  UvmWatcher,
+  UvmWatcherCallback,
+} from './types.js';
 import { callUser } from './user.js';
 import type { Plan } from './validate.js';
 
@@ -99,10 +111,20 @@ export interface NativeEngineTuning {
    * and give the kernel the watcher's `devicePtr`.
    */
   watcherMemory?: () => { word: BigUint64Array; devicePtr: bigint };
+  /**
+   * GPU memory operations (`cudaMemoryOps()` from `@trellis/cuda`): needed to register CUDA
+   * regions. Where the NICs cannot reach GPU memory directly the engine stages through pinned
+   * host mirrors with them (see {@link MrHandle.path} and `stats().gpu`).
+   */
+  gpu?: GpuMemoryOps;
+  /** Refuse CUDA regions that cannot be registered directly instead of staging them. Default false. */
+  strictGpu?: boolean;
 }
 
 /** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
-export function nativeTuning(opts: NativeEngineTuning): Omit<NativeEngineTuning, 'limits' | 'watcherMemory'> {
+export function nativeTuning(
+  opts: NativeEngineTuning,
+): Omit<NativeEngineTuning, 'limits' | 'watcherMemory' | 'gpu' | 'strictGpu'> {
   return {
     cpu: opts.cpu,
     opTimeoutMs: opts.opTimeoutMs,
@@ -222,6 +244,14 @@ export abstract class NativeEngineBase extends EngineBase {
   /** Message counters kept here: the native ones include the sender header. */
   private readonly msgStats = { bytesSent: 0, sendOps: 0, bytesReceived: 0, recvOps: 0 };
   private readonly sendBytes = new Map<number, number>();
+  /** The frame header of engine control messages: the address length's top bit set. */
+  private readonly controlHeader: Uint8Array;
+  private readonly gpu: GpuMemoryOps | undefined;
+  private readonly strictGpu: boolean;
+  private readonly stager: Stager;
+  /** Staged regions by native id, and (remote ones) by NIC-0 rkey for incoming landings. */
+  private readonly staged = new Map<number, StagedMemory>();
+  private readonly stagedByRkey = new Map<bigint, Region>();
 
   protected constructor(init: NativeEngineInit) {
     const limits = { maxMessageBytes: 64 * 1024, ...init.tuning.limits };
@@ -254,6 +284,24 @@ export abstract class NativeEngineBase extends EngineBase {
     this.headerBytes = new Uint8Array(2 + ab.length);
     new DataView(this.headerBytes.buffer).setUint16(0, ab.length, true);
     this.headerBytes.set(ab, 2);
+    this.controlHeader = this.headerBytes.slice();
+    this.controlHeader[1]! |= 0x80;
+    this.gpu = init.tuning.gpu;
+    this.strictGpu = init.tuning.strictGpu === true;
+    this.stager = new Stager({
+      gpu: this.gpu,
+      opTimeoutMs: this.opTimeoutMs,
+      maxMessageBytes: limits.maxMessageBytes,
+      internalOp: (site: CallSite, peer: NetAddr | undefined) => this.internalOp(site, peer),
+      postPlan: (plan: Plan, op: PendingOp) => this.postPlan(plan, op),
+      sendControl: (peer: NetAddr, bytes: Uint8Array, op: PendingOp) =>
+        this.sendFramed(peer, bytes, op, true),
+      cancelNative: (op: PendingOp, reason: TrellisError) => this.cancelOp(op, reason),
+      arrive: (imm: number, count: number) => this.counters.arrive(imm, count),
+      lanesTo: (peer: NetAddr) => this.lanesTo(peer),
+      stagedRegion: (rkey: bigint) => this.stagedByRkey.get(rkey),
+      stagedMemory: (r: Region) => this.staged.get(r.key as number),
+    });
   }
 
   /**
@@ -332,15 +380,13 @@ export abstract class NativeEngineBase extends EngineBase {
 
   protected async registerRegion(src: MemorySource, remote: boolean, op: string): Promise<RegionAlloc> {
     let view: Uint8Array;
+    let cuda: CudaMemory['cuda'] | undefined;
     if (typeof src === 'number') view = new Uint8Array(this.native.alloc(src));
     else if (src instanceof ArrayBuffer || src instanceof SharedArrayBuffer) view = new Uint8Array(src);
     else if (ArrayBuffer.isView(src)) view = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
     else {
-      throw new TrellisError(
-        'UNSUPPORTED',
-        `${op}: CUDA memory needs the GPU support of ${this.backendName} (not built in this version)`,
-        { op },
-      );
+      cuda = (src as CudaMemory).cuda;
+      view = this.stagingMirror(cuda, op);
     }
     const id = this.nextRegion++;
     const keys = await new Promise<BigUint64Array>((resolve, reject) => {
@@ -350,12 +396,63 @@ export abstract class NativeEngineBase extends EngineBase {
     const nics = remote
       ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
       : [];
-    const desc = new MrDesc(this.address, keys.length ? keys[0]! : 0n, view.length, nics);
-    return { desc, bytes: view, length: view.length, key: id };
+    const desc = new MrDesc(this.address, keys.length ? keys[0]! : 0n, view.length, nics, cuda !== undefined);
+    if (!cuda) return { desc, bytes: view, length: view.length, key: id };
+    this.staged.set(id, {
+      device: cuda.device,
+      ptr: cuda.ptr,
+      mirror: view.buffer as ArrayBuffer,
+      length: view.length,
+    });
+    return { desc, bytes: undefined, length: view.length, key: id, path: 'staged' };
+  }
+
+  /**
+   * The pinned host mirror of a CUDA region. No NIC of the native backends here reaches GPU
+   * memory directly (Debian's libfabric 1.17 is built without FI_HMEM, and direct dmabuf
+   * registration is not wired yet), so every CUDA region is staged.
+   */
+  private stagingMirror(c: CudaMemory['cuda'], op: string): Uint8Array {
+    const why = `${this.backendName} (provider ${this.provider}) cannot register GPU memory directly: this build has no FI_HMEM/dmabuf registration`;
+    if (this.strictGpu)
+      throw new TrellisError('UNSUPPORTED', `${op}: ${why}, and strictGpu refuses the staged path`, { op });
+    if (!this.gpu)
+      throw new TrellisError(
+        'UNSUPPORTED',
+        `${op}: CUDA memory needs GPU memory operations: pass gpu: cudaMemoryOps() (from @trellis/cuda) to createEngine; ${why}, so the engine stages through pinned host memory`,
+        { op },
+      );
+    let mirror: ArrayBuffer;
+    try {
+      mirror = this.gpu.allocHost(c.length);
+    } catch (e) {
+      throw new TrellisError(
+        'RESOURCE_EXHAUSTED',
+        `${op}: could not allocate the ${c.length}-byte pinned host mirror of a staged CUDA region: ${e instanceof Error ? e.message : String(e)}`,
+        { op, cause: e },
+      );
+    }
+    if (!(mirror instanceof ArrayBuffer) || mirror.byteLength !== c.length)
+      throw new TrellisError(
+        'INTERNAL',
+        `${op}: gpu.allocHost(${c.length}) did not return an ArrayBuffer of that size`,
+        { op },
+      );
+    return new Uint8Array(mirror);
+  }
+
+  override async registerMemory(src: MemorySource, opts?: RegisterOptions): Promise<MrHandle> {
+    const h = await super.registerMemory(src, opts);
+    if (h.path === 'staged' && h.desc.remote) this.stagedByRkey.set(h.desc.nics[0]!.rkey, h as Region);
+    return h;
   }
 
   protected async deregisterRegion(key: unknown): Promise<void> {
-    if (!this.closed) this.native.deregister(key as number);
+    const id = key as number;
+    if (this.staged.delete(id)) {
+      for (const [k, r] of this.stagedByRkey) if (r.key === id) this.stagedByRkey.delete(k);
+    }
+    if (!this.closed) this.native.deregister(id);
   }
 
   // -- peers ------------------------------------------------------------------------------------
@@ -393,6 +490,12 @@ export abstract class NativeEngineBase extends EngineBase {
   private keyBuf = new BigUint64Array(8 * 8);
 
   protected post(plan: Plan, op: PendingOp): void {
+    if (touchesStaged(plan)) this.stager.start(plan, op);
+    else this.postPlan(plan, op);
+  }
+
+  /** Post a plan as work requests (the staged path posts its segments through here). */
+  private postPlan(plan: Plan, op: PendingOp): void {
     let n = 0;
     const runCount =
       plan.op === 'scatter' ? plan.targets.length : plan.op === 'barrier' ? plan.peers.length : 1;
@@ -489,12 +592,18 @@ export abstract class NativeEngineBase extends EngineBase {
   }
 
   protected postSend(peer: NetAddr, data: Uint8Array, op: PendingOp): void {
+    this.sendFramed(peer, data, op, false);
+  }
+
+  /** Frame `data` with this engine's address (marked as a control message or not) and send it. */
+  private sendFramed(peer: NetAddr, data: Uint8Array, op: PendingOp, control: boolean): void {
     const id = this.peerId(peer, op.callsite.op);
-    const framed = new Uint8Array(this.headerBytes.length + data.length);
-    framed.set(this.headerBytes, 0);
-    framed.set(data, this.headerBytes.length);
+    const header = control ? this.controlHeader : this.headerBytes;
+    const framed = new Uint8Array(header.length + data.length);
+    framed.set(header, 0);
+    framed.set(data, header.length);
     this.track(op);
-    this.sendBytes.set(op.id, data.length);
+    if (!control) this.sendBytes.set(op.id, data.length);
     this.native.send(op.id, id, framed);
   }
 
@@ -545,6 +654,7 @@ export abstract class NativeEngineBase extends EngineBase {
   }
 
   cancelOp(op: PendingOp, reason: TrellisError): void {
+    if (this.stager.cancel(op, reason)) return;
     if (!this.inflight.has(op.id)) return;
     this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED');
   }
@@ -552,6 +662,16 @@ export abstract class NativeEngineBase extends EngineBase {
   // -- receive ----------------------------------------------------------------------------------
 
   private deliver(m: Uint8Array): void {
+    if (m.length >= 2 && m[1]! & 0x80) {
+      // An engine control message (the staged GPU path): never a user's.
+      const n = m[0]! | ((m[1]! & 0x7f) << 8);
+      try {
+        this.stager.onControl(NetAddr.fromBytes(m.subarray(2, 2 + n)), m.subarray(2 + n));
+      } catch {
+        this.recvDropped++;
+      }
+      return;
+    }
     if (this.recvPools.length === 0) {
       // No pool yet: the provider already took the message; hold it until one is posted, up to a
       // bound (a peer must not grow this process's memory without limit).
@@ -644,6 +764,7 @@ export abstract class NativeEngineBase extends EngineBase {
 
   protected async shutdown(): Promise<void> {
     closedInProcess.add(this.address.toString());
+    this.stager.close();
     if (this.watchdog) clearInterval(this.watchdog);
     this.finalStats = this.native.stats();
     // Synchronous: the worker stops, and its last batch (pending ops as CLOSED) is delivered here.
@@ -656,12 +777,25 @@ export abstract class NativeEngineBase extends EngineBase {
     for (const pool of this.recvPools.splice(0)) pool.end();
   }
 
+  protected override gpuStats(): GpuStats {
+    const g = super.gpuStats();
+    const c = this.stager.counters;
+    return {
+      ...g,
+      stagedToHostBytes: c.toHostBytes,
+      stagedToDeviceBytes: c.toDeviceBytes,
+      stagedWrites: c.writes,
+    };
+  }
+
   protected nicStats(): NicStats[] {
     const s = this.finalStats ?? this.native.stats();
+    // GPU memory on these NICs travels through host mirrors once a staged region exists.
+    const staged = this.staged.size > 0;
     return this.providers.map((p, i) => ({
       index: i,
       provider: p.provider,
-      path: p.path,
+      path: staged && p.path === 'host' ? 'staged' : p.path,
       ...(p.device ? { device: p.device } : {}),
       up: true,
       bytesWritten: s[8 * i]!,
@@ -671,7 +805,8 @@ export abstract class NativeEngineBase extends EngineBase {
       sendOps: i === 0 ? this.msgStats.sendOps : 0,
       bytesReceived: i === 0 ? this.msgStats.bytesReceived : 0,
       recvOps: i === 0 ? this.msgStats.recvOps : 0,
-      immsReceived: s[8 * i + 6]!,
+      // Immediates a staged target counted after its copies arrive as control messages.
+      immsReceived: s[8 * i + 6]! + (i === 0 ? this.stager.counters.immsRaised : 0),
       errors: s[8 * i + 7]!,
     }));
   }

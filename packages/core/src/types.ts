@@ -15,6 +15,28 @@ export interface CudaMemory {
  */
 export type MemorySource = number | HostMemory | CudaMemory;
 
+/**
+ * The device-memory operations an engine needs to stage CUDA regions through pinned host memory,
+ * where its NICs cannot reach GPU memory directly. `cudaMemoryOps()` of `@trellis/cuda`
+ * implements them with the CUDA runtime; pass it as the backend's `gpu` option.
+ */
+export interface GpuMemoryOps {
+  /** Page-locked host memory of `bytes` (zeroed), released when the ArrayBuffer is collected. */
+  allocHost(bytes: number): ArrayBuffer;
+  /**
+   * Copy byte ranges between device memory at `devicePtr` (on `device`) and `host` (memory from
+   * {@link GpuMemoryOps.allocHost}). `ranges` holds triples (device offset, host offset, bytes).
+   * Resolves once every byte has arrived; rejects with the CUDA error.
+   */
+  copy(
+    dir: 'toHost' | 'toDevice',
+    device: number,
+    devicePtr: bigint,
+    host: ArrayBuffer,
+    ranges: Float64Array,
+  ): Promise<void>;
+}
+
 /** Options of {@link TransferEngine.registerMemory}. */
 export interface RegisterOptions {
   /** Let peers write into the region (the descriptor then carries rkeys). Default `false`. */
@@ -29,6 +51,11 @@ export interface MrHandle {
   readonly length: number;
   /** The registered host bytes; `undefined` for CUDA regions. */
   readonly buffer: Uint8Array | undefined;
+  /**
+   * How the NICs reach the memory: `host` memory, GPU memory registered `direct`ly (GPUDirect
+   * RDMA), or GPU memory `staged` through a pinned host mirror of the same size.
+   */
+  readonly path: 'host' | 'direct' | 'staged';
   /** Whether peers may write into it. */
   readonly remote: boolean;
   /** False once unregistered. */
@@ -219,6 +246,22 @@ export interface EngineStats {
   regions: number;
   registeredBytes: number;
   recvDropped: number;
+  /** GPU memory: regions by path, and the bytes the staged path copied each way. */
+  gpu: GpuStats;
+}
+
+/** GPU memory counters of an engine (all zero on an engine without GPU regions). */
+export interface GpuStats {
+  /** CUDA regions registered directly (GPUDirect RDMA). */
+  directRegions: number;
+  /** CUDA regions staged through pinned host mirrors. */
+  stagedRegions: number;
+  /** Bytes copied device → host before being written (staged sources). */
+  stagedToHostBytes: number;
+  /** Bytes copied host → device after arriving (staged targets). */
+  stagedToDeviceBytes: number;
+  /** Staged writes this engine completed as the writer. */
+  stagedWrites: number;
 }
 
 /** Static limits of an engine. */

@@ -10,14 +10,18 @@ const descArb = fc
     u64,
     fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
     fc.integer({ min: 0, max: 0xffff_ffff }),
+    fc.boolean(),
   )
-  .chain(([nics, remote, base, length, gen]) =>
+  .chain(([nics, remote, base, length, gen, staged]) =>
     fc
       .tuple(
         fc.array(fc.uint8Array({ minLength: 1, maxLength: 40 }), { minLength: nics, maxLength: nics }),
         fc.array(fc.record({ addr: u64, rkey: u64 }), { minLength: nics, maxLength: nics }),
       )
-      .map(([addrs, keys]) => new MrDesc(new NetAddr('verbs', gen, addrs), base, length, remote ? keys : [])),
+      .map(
+        ([addrs, keys]) =>
+          new MrDesc(new NetAddr('verbs', gen, addrs), base, length, remote ? keys : [], staged),
+      ),
   );
 
 function code(fn: () => unknown): string {
@@ -30,6 +34,20 @@ function code(fn: () => unknown): string {
 }
 
 describe('MrDesc', () => {
+  it('carries the staged flag in bit 7 of the key-count byte; other flag bits are refused', () => {
+    const owner = new NetAddr('verbs', 1, [Uint8Array.of(1, 2)]);
+    const plain = new MrDesc(owner, 4096n, 100, [{ addr: 1n, rkey: 2n }]);
+    const staged = new MrDesc(owner, 4096n, 100, [{ addr: 1n, rkey: 2n }], true);
+    expect([plain.staged, staged.staged, plain.equals(staged)]).toEqual([false, true, false]);
+    const b = staged.toBytes();
+    const at = b.length - 17; // the key-count byte precedes one (addr, rkey) pair
+    expect(b[at]).toBe(0x81);
+    expect(plain.toBytes()[at]).toBe(0x01);
+    const bad = b.slice();
+    bad[at] = 0x41;
+    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: unknown flags 0x40 in the key count byte$/);
+  });
+
   it('round-trips through bytes and text (property)', () => {
     fc.assert(
       fc.property(descArb, (d) => {
@@ -38,6 +56,7 @@ describe('MrDesc', () => {
           expect(back.owner.equals(d.owner)).toBe(true);
           expect(back.base).toBe(d.base);
           expect(back.length).toBe(d.length);
+          expect(back.staged).toBe(d.staged);
           expect(back.nics).toEqual(d.nics);
           expect(back.remote).toBe(d.remote);
           expect(back.kind).toBe('verbs');

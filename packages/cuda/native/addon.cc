@@ -12,6 +12,11 @@
 #include <cuda_runtime.h>
 extern "C" cudaError_t trellis_launch_increment_on_go(void* word, void* go, unsigned long long n, cudaStream_t s);
 extern "C" cudaError_t trellis_launch_fill_pattern(void* p, size_t n, uint32_t seed, cudaStream_t s);
+extern "C" cudaError_t trellis_launch_quantize_e4m3(const void* src, size_t src_offset, size_t src_pitch, unsigned rows,
+                                                    unsigned cols, unsigned block, void* dst, void* scales, cudaStream_t s);
+extern "C" cudaError_t trellis_count_pattern_mismatches(const void* p, size_t n, uint32_t seed, size_t at,
+                                                        unsigned long long* out);
+#include <vector>
 #endif
 
 namespace {
@@ -191,6 +196,112 @@ Napi::Value Synchronize(const Napi::CallbackInfo& info) {
   check(env, cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   return env.Undefined();
 }
+// allocHost(bytes) → ArrayBuffer over zeroed page-locked host memory (cudaHostAlloc Portable): the
+// mirror of a staged region, registered with the NICs and copied to and from the device by DMA.
+Napi::Value AllocHost(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t n = static_cast<size_t>(info[0].As<Napi::Number>().Int64Value());
+  void* h = nullptr;
+  if (!check(env, cudaHostAlloc(&h, n ? n : 1, cudaHostAllocPortable), "cudaHostAlloc")) return env.Undefined();
+  std::memset(h, 0, n);
+  return Napi::ArrayBuffer::New(env, h, n, [](Napi::Env, void* p) { cudaFreeHost(p); });
+}
+
+// The staged path's copies: ranges of (device offset, host offset, bytes) between a device region
+// and a pinned host buffer, on a libuv pool thread with its own stream; the promise settles when
+// the stream has drained.
+class CopyWorker : public Napi::AsyncWorker {
+ public:
+  CopyWorker(Napi::Env env, bool to_device, int device, uint64_t dev, Napi::ArrayBuffer host, std::vector<double> ranges)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), to_device_(to_device), device_(device),
+        dev_(dev), host_(static_cast<uint8_t*>(host.Data())), ranges_(std::move(ranges)) {
+    keep_ = Napi::Persistent(host);
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    auto fail = [&](cudaError_t rc, const char* what) {
+      SetError(std::string(what) + ": " + cudaGetErrorName(rc) + " (" + cudaGetErrorString(rc) + ")");
+    };
+    cudaError_t rc = cudaSetDevice(device_);
+    if (rc != cudaSuccess) return fail(rc, "cudaSetDevice");
+    // One non-blocking stream per pool thread and device, created on first use.
+    thread_local cudaStream_t streams[64] = {};
+    if (device_ < 0 || device_ >= 64) return SetError("device ordinal out of range");
+    cudaStream_t& st = streams[device_];
+    if (!st && (rc = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)) != cudaSuccess)
+      return fail(rc, "cudaStreamCreate");
+    for (size_t i = 0; i + 2 < ranges_.size(); i += 3) {
+      auto* d = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(dev_)) + static_cast<size_t>(ranges_[i]);
+      auto* h = host_ + static_cast<size_t>(ranges_[i + 1]);
+      size_t n = static_cast<size_t>(ranges_[i + 2]);
+      rc = to_device_ ? cudaMemcpyAsync(d, h, n, cudaMemcpyHostToDevice, st)
+                      : cudaMemcpyAsync(h, d, n, cudaMemcpyDeviceToHost, st);
+      if (rc != cudaSuccess) {
+        cudaStreamSynchronize(st);
+        return fail(rc, to_device_ ? "cudaMemcpyAsync host to device" : "cudaMemcpyAsync device to host");
+      }
+    }
+    if ((rc = cudaStreamSynchronize(st)) != cudaSuccess) return fail(rc, "cudaStreamSynchronize");
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  bool to_device_;
+  int device_;
+  uint64_t dev_;
+  uint8_t* host_;
+  std::vector<double> ranges_;
+  Napi::Reference<Napi::ArrayBuffer> keep_;
+};
+
+// copyAsync(toDevice, device, devicePtr, hostArrayBuffer, Float64Array ranges) → Promise
+Napi::Value CopyAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto host = info[3].As<Napi::ArrayBuffer>();
+  auto r = info[4].As<Napi::Float64Array>();
+  std::vector<double> ranges(r.Data(), r.Data() + r.ElementLength());
+  for (size_t i = 0; i + 2 < ranges.size(); i += 3)
+    if (ranges[i + 1] < 0 || ranges[i + 2] < 0 || ranges[i + 1] + ranges[i + 2] > static_cast<double>(host.ByteLength()))
+      return fail(env, "copyAsync: a range falls outside the host buffer");
+  auto* w = new CopyWorker(env, info[0].ToBoolean(), info[1].As<Napi::Number>().Int32Value(), u64(info[2]), host,
+                           std::move(ranges));
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// quantizeE4m3(device, src, srcOffset, srcPitch, rows, cols, block, dst, scales): the fp8 quantiser
+// (bf16 rows → e4m3 bytes + one fp32 scale per block), synchronous.
+Napi::Value QuantizeE4m3(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  auto num = [&](int i) { return static_cast<size_t>(info[i].As<Napi::Number>().Int64Value()); };
+  if (!check(env,
+             trellis_launch_quantize_e4m3(ptr(info[1]), num(2), num(3), static_cast<unsigned>(num(4)),
+                                          static_cast<unsigned>(num(5)), static_cast<unsigned>(num(6)), ptr(info[7]),
+                                          ptr(info[8]), nullptr),
+             "quantize_e4m3 launch"))
+    return env.Undefined();
+  check(env, cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  return env.Undefined();
+}
+// countPatternMismatches(device, ptr, bytes, seed, at) → bytes that differ from the fill pattern
+// (index i + at), counted by a kernel.
+Napi::Value CountPatternMismatches(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  unsigned long long bad = 0;
+  if (!check(env,
+             trellis_count_pattern_mismatches(ptr(info[1]), static_cast<size_t>(info[2].As<Napi::Number>().Int64Value()),
+                                              info[3].As<Napi::Number>().Uint32Value(),
+                                              static_cast<size_t>(info[4].As<Napi::Number>().Int64Value()), &bad),
+             "count_pattern_mismatches"))
+    return env.Undefined();
+  return Napi::Number::New(env, static_cast<double>(bad));
+}
 #else
 Napi::Value NoCuda(const Napi::CallbackInfo& info) {
   return fail(info.Env(), "@trellis/cuda was built without CUDA (no nvcc at build time)");
@@ -210,8 +321,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("launchIncrementOnGo", Napi::Function::New(env, LaunchIncrementOnGo));
   exports.Set("fillPattern", Napi::Function::New(env, FillPattern));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
+  exports.Set("allocHost", Napi::Function::New(env, AllocHost));
+  exports.Set("copyAsync", Napi::Function::New(env, CopyAsync));
+  exports.Set("quantizeE4m3", Napi::Function::New(env, QuantizeE4m3));
+  exports.Set("countPatternMismatches", Napi::Function::New(env, CountPatternMismatches));
 #else
-  for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize"})
+  for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
+                        "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

@@ -9,7 +9,7 @@
  * @packageDocumentation
  */
 import { createRequire } from 'node:module';
-import { TrellisError } from '@trellis/core';
+import { type GpuMemoryOps, TrellisError } from '@trellis/core';
 
 interface Addon {
   info(): CudaInfo;
@@ -23,6 +23,26 @@ interface Addon {
   launchIncrementOnGo(device: number, word: bigint, go: bigint, n: bigint): void;
   fillPattern(device: number, ptr: bigint, bytes: number, seed: number): void;
   synchronize(device: number): void;
+  allocHost(bytes: number): ArrayBuffer;
+  countPatternMismatches(device: number, ptr: bigint, bytes: number, seed: number, at: number): number;
+  copyAsync(
+    toDevice: boolean,
+    device: number,
+    ptr: bigint,
+    host: ArrayBuffer,
+    ranges: Float64Array,
+  ): Promise<void>;
+  quantizeE4m3(
+    device: number,
+    src: bigint,
+    srcOffset: number,
+    srcPitch: number,
+    rows: number,
+    cols: number,
+    block: number,
+    dst: bigint,
+    scales: bigint,
+  ): void;
 }
 
 /** What this host's CUDA offers. */
@@ -171,6 +191,23 @@ export class DeviceBuffer {
     call('DeviceBuffer.fillPattern', () => addon().fillPattern(this.device, this.ptr, this.length, seed));
   }
 
+  /**
+   * Bytes of `[offset, offset + length)` that differ from the test pattern of `seed` — the pattern
+   * as {@link fillPattern} wrote it at index `patternAt` onwards (default: `offset`) — counted by a
+   * kernel, so the data is checked where it lives.
+   */
+  countPatternMismatches(
+    seed: number,
+    offset = 0,
+    length = this.length - offset,
+    patternAt = offset,
+  ): number {
+    this.range('countPatternMismatches', offset, length);
+    return call('DeviceBuffer.countPatternMismatches', () =>
+      addon().countPatternMismatches(this.device, this.ptr + BigInt(offset), length, seed, patternAt),
+    );
+  }
+
   /** Free (or, when imported, close the IPC mapping). Idempotent. */
   free(): void {
     if (this.released) return;
@@ -225,4 +262,72 @@ export function launchIncrementOnGo(
 /** Wait for the device's work to finish. */
 export function synchronize(device = 0): void {
   call('synchronize', () => addon().synchronize(device));
+}
+
+/**
+ * The GPU memory operations an engine needs for CUDA regions, on the CUDA runtime: pinned host
+ * mirrors (`cudaHostAlloc`) and copies between them and device memory (`cudaMemcpyAsync` on a
+ * stream per worker thread, off the JS thread). Pass as the `gpu` option of a backend's
+ * `createEngine`:
+ *
+ * ```ts
+ * const engine = await createEngine({ provider: 'efa', gpu: cudaMemoryOps() });
+ * const kv = DeviceBuffer.alloc(1 << 30);
+ * const h = await engine.registerMemory({ cuda: { ptr: kv.ptr, length: kv.length, device: 0 } }, { remote: true });
+ * ```
+ */
+export function cudaMemoryOps(): GpuMemoryOps {
+  const why = noGpuReason();
+  if (why) throw new TrellisError('UNSUPPORTED', `cudaMemoryOps: ${why}`);
+  return {
+    allocHost: (bytes) => call('cudaMemoryOps.allocHost', () => addon().allocHost(bytes)),
+    copy: async (dir, device, devicePtr, host, ranges) => {
+      try {
+        await addon().copyAsync(dir === 'toDevice', device, devicePtr, host, ranges);
+      } catch (e) {
+        throw new TrellisError(
+          'PROVIDER_ERROR',
+          `cudaMemoryOps.copy ${dir}: ${e instanceof Error ? e.message : String(e)}`,
+          {
+            cause: e,
+          },
+        );
+      }
+    },
+  };
+}
+
+/**
+ * The weight-sync fp8 quantiser as a CUDA kernel: `rows` rows of `cols` bf16 values (row `r` at
+ * element `srcOffset + r × srcPitch` of `src`) → e4m3 bytes packed `rows × cols` at `dst` and one
+ * fp32 scale per `block` elements at `scales`. Byte-for-byte the CPU reference
+ * (`quantizeRows` of `@trellis/weightsync`): scale = fp32(amax / 448), round to nearest even,
+ * saturate to ±448. Synchronous.
+ */
+export function quantizeE4m3(
+  device: number,
+  src: bigint,
+  srcOffset: number,
+  srcPitch: number,
+  rows: number,
+  cols: number,
+  block: number,
+  dst: bigint,
+  scales: bigint,
+): void {
+  for (const [k, v] of Object.entries({ srcOffset, srcPitch, rows, cols, block }))
+    if (!Number.isSafeInteger(v) || v < 0)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `quantizeE4m3: ${k} must be a non-negative integer, got ${v}`,
+      );
+  if (block < 1 || block > 4096 || cols % block !== 0)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `quantizeE4m3: cols ${cols} must be a multiple of block ${block} (1..4096)`,
+    );
+  if (rows === 0) return;
+  call('quantizeE4m3', () =>
+    addon().quantizeE4m3(device, src, srcOffset, srcPitch, rows, cols, block, dst, scales),
+  );
 }

@@ -43,4 +43,37 @@ describe.skipIf(reason !== undefined)(`GPU (${reason ?? 'visible'})`, () => {
     );
     expect([out.n, out.final]).toEqual([200, 200]);
   });
+  it('the staged path between two processes (one GPU each where two exist): every byte checked on the device', () => {
+    const out = JSON.parse(
+      execFileSync(process.execPath, [script('staged.mjs')], { encoding: 'utf8', timeout: 240_000 })
+        .trim()
+        .split('\n')
+        .pop()!,
+    );
+    expect(out.path).toEqual(['staged', 'staged']);
+    expect([out.child.single, out.child.paged, out.writeBack.bad]).toEqual([0, 0, 0]);
+    expect(out.child.imms).toEqual([2, 256]);
+    expect(out.writeBack.imms).toBe(2);
+    const N = 64 << 20;
+    expect(out.child.gpu).toEqual({
+      directRegions: 0,
+      stagedRegions: 1,
+      stagedToHostBytes: 0,
+      stagedToDeviceBytes: N + 256 * 65536,
+      stagedWrites: 0,
+    });
+    expect(out.parentGpu.stagedToHostBytes).toBe(N + 256 * 65536 + 8 * N);
+    expect(out.parentGpu.stagedToDeviceBytes).toBe(N);
+    expect(out.parentGpu.stagedWrites).toBe(2 + 8);
+    expect(out.nicPaths).toEqual(['staged', 'staged']);
+  });
+  it('the fp8 quantiser kernel matches the CPU reference byte for byte', () => {
+    const out = JSON.parse(
+      execFileSync(process.execPath, [script('quant.mjs')], { encoding: 'utf8' })
+        .trim()
+        .split('\n')
+        .pop()!,
+    );
+    expect([out.badBytes, out.badScales, out.firstBad]).toEqual([0, 0, undefined]);
+  });
 });

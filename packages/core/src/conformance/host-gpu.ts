@@ -1,0 +1,66 @@
+import { TrellisError } from '../errors.js';
+import type { GpuMemoryOps } from '../types.js';
+
+/**
+ * A stand-in for the CUDA runtime over host memory, for testing the staged GPU path where no GPU
+ * exists (CI here). "Device" allocations are host buffers at fake device addresses; copies complete
+ * asynchronously after a random delay, so a staged write that raised its immediate before the copy
+ * to the device finished would be caught. The real implementation is `cudaMemoryOps()` of
+ * `@trellis/cuda`, tested on GPUs with the same cases.
+ */
+export class HostGpu {
+  private readonly mem = new Map<bigint, Uint8Array>();
+  private next = 0x7f00_0000_0000n;
+  /** Copies started, by direction. */
+  readonly copies = { toHost: 0, toDevice: 0 };
+  readonly ops: GpuMemoryOps;
+
+  constructor(private readonly maxDelayMs = 3) {
+    this.ops = {
+      allocHost: (bytes) => new ArrayBuffer(bytes),
+      copy: (dir, device, devicePtr, host, ranges) => this.copy(dir, device, devicePtr, host, ranges),
+    };
+  }
+
+  /** A "device" allocation of `bytes`; its address for `{cuda: {ptr}}`. */
+  alloc(bytes: number): bigint {
+    const p = this.next;
+    this.next += BigInt(bytes + 4096) & ~4095n;
+    this.mem.set(p, new Uint8Array(bytes));
+    return p;
+  }
+
+  /** The bytes of an allocation (what a kernel would read). */
+  bytes(ptr: bigint): Uint8Array {
+    const m = this.mem.get(ptr);
+    if (!m) throw new Error(`HostGpu: no allocation at 0x${ptr.toString(16)}`);
+    return m;
+  }
+
+  private async copy(
+    dir: 'toHost' | 'toDevice',
+    device: number,
+    devicePtr: bigint,
+    host: ArrayBuffer,
+    ranges: Float64Array,
+  ): Promise<void> {
+    this.copies[dir]++;
+    const dev = this.mem.get(devicePtr);
+    if (!dev || device !== 0)
+      throw new TrellisError(
+        'INTERNAL',
+        `HostGpu: no allocation at 0x${devicePtr.toString(16)} on device ${device}`,
+      );
+    await new Promise((r) => setTimeout(r, Math.random() * this.maxDelayMs));
+    const h = new Uint8Array(host);
+    for (let i = 0; i < ranges.length; i += 3) {
+      const d = ranges[i]!;
+      const o = ranges[i + 1]!;
+      const n = ranges[i + 2]!;
+      if (d + n > dev.length || o + n > h.length)
+        throw new TrellisError('INTERNAL', 'HostGpu: copy out of bounds');
+      if (dir === 'toHost') h.set(dev.subarray(d, d + n), o);
+      else dev.set(h.subarray(o, o + n), d);
+    }
+  }
+}
