@@ -3,7 +3,7 @@
 # test/gpu.test.ts runs where a GPU is visible). Here, first:
 #   bash ../shared/tools/device-prep.sh && pnpm exec nx run-many -t build
 # then hand the device tool this command, carrying .device and the dist/ folders of core,
-# backend-efa and cuda:   bash scripts/device-gpu-tests.sh
+# backend-efa, cuda, kvstream and weightsync:   bash scripts/device-gpu-tests.sh
 set -euo pipefail
 source scripts/device-setup.sh
 (
@@ -13,9 +13,20 @@ source scripts/device-setup.sh
 )
 cd packages/cuda
 node -e "import('./dist/index.js').then(m => console.log(JSON.stringify(m.cudaInfo())))"
-node test/gpu/ipc.mjs
-python3 test/gpu/torch_export.py "$(command -v node)" test/gpu/torch_import.mjs
-node test/gpu/watcher.mjs 2000
-node test/gpu/quant.mjs
-node test/gpu/staged.mjs
-TRELLIS_PROVIDER=tcp node test/gpu/staged.mjs
+failed=0
+# Each check runs to its own limit; a failure or hang is reported and the rest still run.
+t() { timeout 180 "$@" || { echo "FAILED (rc=$?): $*" >&2; failed=$((failed + 1)); }; }
+t node test/gpu/ipc.mjs
+t python3 test/gpu/torch_export.py "$(command -v node)" test/gpu/torch_import.mjs
+t node test/gpu/watcher.mjs 2000
+t node test/gpu/staged.mjs
+t env TRELLIS_PROVIDER=tcp node test/gpu/staged.mjs
+cd ../weightsync
+t node test/gpu/quant.mjs
+t node test/gpu/ws.mjs
+t env TRELLIS_PROVIDER=tcp node test/gpu/ws.mjs
+cd ../kvstream
+t node test/gpu/kv.mjs
+t env TRELLIS_PROVIDER=tcp node test/gpu/kv.mjs
+echo "GPU checks failed: $failed"
+exit "$failed"

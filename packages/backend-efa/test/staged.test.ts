@@ -169,7 +169,7 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
     const src = await a.registerMemory(8192);
     const dst = await b.registerMemory({ cuda: { ptr: dp, length: 8192, device: 0 } }, { remote: true });
     // The "device" memory goes away under the registration: the copy to it fails.
-    (gpu as unknown as { mem: Map<bigint, Uint8Array> }).mem.delete(dp);
+    gpu.free(dp);
     const msg = await outcome(a.submitSingleWrite({ src, length: 8192, dst: dst.desc, imm: 1 }));
     expect(msg).toMatch(
       /^INTERNAL: staged write: the target .* failed to copy the landed bytes to GPU memory: HostGpu: no allocation/,

@@ -5,6 +5,7 @@ import { CallSite, invalid, TrellisError } from './errors.js';
 import { countImms, lanesBetween } from './imms.js';
 import type {
   BarrierRequest,
+  CudaMemory,
   EngineLimits,
   EngineStats,
   GpuStats,
@@ -69,7 +70,15 @@ export class Region implements MrHandle {
     /** The caller's memory, held so it stays alive while registered. */
     readonly owner: unknown,
     readonly path: 'host' | 'direct' | 'staged' = 'host',
-  ) {}
+  ) {
+    const c = (owner as Partial<CudaMemory> | null)?.cuda;
+    this.cuda =
+      typeof owner === 'object' && owner !== null && c
+        ? Object.freeze({ ptr: c.ptr, length: c.length, device: c.device })
+        : undefined;
+  }
+
+  readonly cuda: CudaMemory['cuda'] | undefined;
 
   /** Throws DETACHED_BUFFER when host memory went away under the registration. */
   checkAlive(op: string): void {

@@ -56,6 +56,8 @@ export interface MrHandle {
    * RDMA), or GPU memory `staged` through a pinned host mirror of the same size.
    */
   readonly path: 'host' | 'direct' | 'staged';
+  /** The device memory of a CUDA registration (as passed to `registerMemory`); `undefined` for host memory. */
+  readonly cuda: CudaMemory['cuda'] | undefined;
   /** Whether peers may write into it. */
   readonly remote: boolean;
   /** False once unregistered. */

@@ -288,6 +288,16 @@ Napi::Value QuantizeE4m3(const Napi::CallbackInfo& info) {
   check(env, cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   return env.Undefined();
 }
+// copyRows(device, dst, src, srcPitch, rowBytes, rows): packed rows device → device (cudaMemcpy2D)
+Napi::Value CopyRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  auto num = [&](int i) { return static_cast<size_t>(info[i].As<Napi::Number>().Int64Value()); };
+  size_t row = num(4);
+  check(env, cudaMemcpy2D(ptr(info[1]), row, ptr(info[2]), num(3), row, num(5), cudaMemcpyDeviceToDevice), "cudaMemcpy2D");
+  return env.Undefined();
+}
+
 // countPatternMismatches(device, ptr, bytes, seed, at) → bytes that differ from the fill pattern
 // (index i + at), counted by a kernel.
 Napi::Value CountPatternMismatches(const Napi::CallbackInfo& info) {
@@ -325,9 +335,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("copyAsync", Napi::Function::New(env, CopyAsync));
   exports.Set("quantizeE4m3", Napi::Function::New(env, QuantizeE4m3));
   exports.Set("countPatternMismatches", Napi::Function::New(env, CountPatternMismatches));
+  exports.Set("copyRows", Napi::Function::New(env, CopyRows));
 #else
   for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
-                        "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches"})
+                        "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

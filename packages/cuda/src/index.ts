@@ -25,6 +25,7 @@ interface Addon {
   synchronize(device: number): void;
   allocHost(bytes: number): ArrayBuffer;
   countPatternMismatches(device: number, ptr: bigint, bytes: number, seed: number, at: number): number;
+  copyRows(device: number, dst: bigint, src: bigint, srcPitch: number, rowBytes: number, rows: number): void;
   copyAsync(
     toDevice: boolean,
     device: number,
@@ -330,4 +331,38 @@ export function quantizeE4m3(
   call('quantizeE4m3', () =>
     addon().quantizeE4m3(device, src, srcOffset, srcPitch, rows, cols, block, dst, scales),
   );
+}
+
+/**
+ * The device work of a weight-sync trainer whose weights are CUDA memory (`device` of
+ * `WeightSyncSender.create` in `@trellis/weightsync`): staging allocations, packed row copies
+ * (`cudaMemcpy2D`) and the fp8 quantiser kernel ({@link quantizeE4m3}). Each call returns once
+ * its work is done.
+ */
+export function cudaWeightOps(): {
+  alloc(device: number, bytes: number): bigint;
+  free(device: number, ptr: bigint): void;
+  copyRows(
+    device: number,
+    dst: bigint,
+    src: bigint,
+    srcPitchBytes: number,
+    rowBytes: number,
+    rows: number,
+  ): void;
+  quantizeE4m3: typeof quantizeE4m3;
+} {
+  const why = noGpuReason();
+  if (why) throw new TrellisError('UNSUPPORTED', `cudaWeightOps: ${why}`);
+  return {
+    alloc: (device, bytes) => call('cudaWeightOps.alloc', () => addon().alloc(device, bytes)),
+    free: (device, ptr) => call('cudaWeightOps.free', () => addon().free(device, ptr)),
+    copyRows: (device, dst, src, srcPitchBytes, rowBytes, rows) => {
+      if (rows > 0 && rowBytes > 0)
+        call('cudaWeightOps.copyRows', () =>
+          addon().copyRows(device, dst, src, srcPitchBytes, rowBytes, rows),
+        );
+    },
+    quantizeE4m3,
+  };
 }

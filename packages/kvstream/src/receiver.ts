@@ -1,5 +1,6 @@
 import {
   autoShards,
+  type GpuMemoryOps,
   lanesBetween,
   type MrHandle,
   type NetAddr,
@@ -29,8 +30,17 @@ export interface KvStreamReceiverOptions {
   engine: TransferEngine;
   /** This side's KV cache layout (its `pages` is the pool size). */
   layout: KvLayoutSpec | KvLayout;
-  /** The KV cache, registered with `{remote: true}`. Default: registered here, `layout.regionBytes` of host memory. */
+  /**
+   * The KV cache, registered with `{remote: true}`. Default: registered here, `layout.regionBytes`
+   * of host memory. A CUDA registration needs {@link KvStreamReceiverOptions.gpu}.
+   */
   region?: MrHandle;
+  /**
+   * GPU memory operations (the ones the engine got, e.g. `cudaMemoryOps()`), for a CUDA `region`:
+   * the last partial page of each segment is copied from its host tail slot onto the device with
+   * them before the request is handed over.
+   */
+  gpu?: GpuMemoryOps;
   /** Largest opaque tail (hidden states, logits) a request may carry. Default 1 MiB. */
   maxTailBytes?: number;
   /** Requests in flight at once (counter slots and tail slots). Default 256. */
@@ -158,6 +168,7 @@ export class KvStreamReceiver {
   readonly engine: TransferEngine;
   readonly region: MrHandle;
   readonly tailRegion: MrHandle;
+  private readonly gpu: GpuMemoryOps | undefined;
   readonly maxTailBytes: number;
   readonly maxRequests: number;
   readonly immBase: number;
@@ -198,6 +209,7 @@ export class KvStreamReceiver {
     this.tailRegion = tailRegion;
     this.tailSlotBytes = tailSlotBytes;
     this.ownsRegion = ownsRegion;
+    this.gpu = opts.gpu;
     this.maxTailBytes = opts.maxTailBytes ?? 1 << 20;
     this.maxRequests = opts.maxRequests ?? 256;
     this.immBase = opts.immBase ?? DEFAULT_IMM_BASE;
@@ -232,6 +244,11 @@ export class KvStreamReceiver {
     for (const k of ['probeMs', 'deadPeerGraceMs', 'ackTimeoutMs', 'quarantineMs'] as const)
       if (opts[k] !== undefined) checkInt('KvStreamReceiver.create', k, opts[k], 1, 2 ** 31 - 1);
     let region = opts.region;
+    if (region?.cuda && !opts.gpu)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamReceiver: region is CUDA memory; pass gpu (the GpuMemoryOps the engine got, e.g. cudaMemoryOps()) to unpack its last partial pages',
+      );
     if (region) {
       if (!region.remote)
         throw new TrellisError(
@@ -418,6 +435,46 @@ export class KvStreamReceiver {
   /** Every page of the request and its tail arrived: unpack the partial page, hand over. */
   private complete(r: Req): void {
     if (r.phase !== 'streaming') return;
+    const cuda = this.region.cuda;
+    if (cuda && this.gpu && r.tokens % this.layout.tokensPerPage > 0) {
+      // The partial page goes from the host tail slot onto the device first.
+      const ranges = this.tailRanges(r);
+      const tb = this.tailRegion.buffer!;
+      this.gpu.copy('toDevice', cuda.device, cuda.ptr, tb.buffer as ArrayBuffer, ranges).then(
+        () => this.handOver(r),
+        (e: unknown) => {
+          if (r.phase === 'streaming')
+            this.fail(
+              r,
+              wrap(e, `kvstream request '${r.tag}': copying its last partial page to the GPU`),
+              'grace',
+            );
+        },
+      );
+      return;
+    }
+    this.handOver(r);
+  }
+
+  /** (device offset, host offset, bytes) of each segment's partial page in the request's tail slot. */
+  private tailRanges(r: Req): Float64Array {
+    const partial = r.tokens % this.layout.tokensPerPage;
+    const last = r.pages[r.pages.length - 1]!;
+    const base = this.tailRegion.buffer!.byteOffset + r.slot * this.tailSlotBytes;
+    const out = new Float64Array(3 * this.layout.segments.length);
+    let at = base;
+    this.layout.segments.forEach((s, i) => {
+      const n = partial * s.tokenBytes;
+      out[3 * i] = s.offset + last * s.stride;
+      out[3 * i + 1] = at;
+      out[3 * i + 2] = n;
+      at += n;
+    });
+    return out;
+  }
+
+  private handOver(r: Req): void {
+    if (r.phase !== 'streaming') return;
     this.finish(r, 'ready');
     // The slot's counter is exactly consumed: it may serve the next request now.
     this.freeSlotList.push(r.slot);
@@ -446,9 +503,12 @@ export class KvStreamReceiver {
     const slotBase = r.slot * this.tailSlotBytes;
     const tb = this.tailRegion.buffer;
     const kv = this.region.buffer;
-    if (!tb || !kv) return new Uint8Array(0);
+    if (!tb) return new Uint8Array(0);
     let at = slotBase;
-    if (partial > 0) {
+    if (partial > 0 && !kv) {
+      // A CUDA cache: the partial page went to the device in complete(); skip over it.
+      for (const s of this.layout.segments) at += partial * s.tokenBytes;
+    } else if (partial > 0 && kv) {
       const last = r.pages[r.pages.length - 1]!;
       for (const s of this.layout.segments) {
         const n = partial * s.tokenBytes;

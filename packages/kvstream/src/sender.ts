@@ -1,4 +1,5 @@
 import {
+  type GpuMemoryOps,
   type MrHandle,
   type NetAddr,
   type RecvMessage,
@@ -26,8 +27,17 @@ export interface KvStreamSenderOptions {
   engine: TransferEngine;
   /** This side's KV cache layout (its `pages` is the pool size). */
   layout: KvLayoutSpec | KvLayout;
-  /** The KV cache the model writes. Default: registered here, `layout.regionBytes` of host memory. */
+  /**
+   * The KV cache the model writes. Default: registered here, `layout.regionBytes` of host memory.
+   * A CUDA registration needs {@link KvStreamSenderOptions.gpu}.
+   */
   region?: MrHandle;
+  /**
+   * GPU memory operations (the ones the engine got, e.g. `cudaMemoryOps()`), for a CUDA `region`:
+   * the last partial page of each segment is copied off the device into the final write's
+   * staging slot with them.
+   */
+  gpu?: GpuMemoryOps;
   /** Largest opaque tail a request may carry (sizes the staging slots for the final write). Default 1 MiB. */
   maxTailBytes?: number;
   /** Requests bound at once (staging slots). Default 256. */
@@ -196,6 +206,7 @@ export class KvStreamSender {
   readonly layout: KvLayout;
   readonly engine: TransferEngine;
   readonly region: MrHandle;
+  private readonly gpu: GpuMemoryOps | undefined;
   readonly staging: MrHandle;
   readonly maxTailBytes: number;
 
@@ -239,6 +250,7 @@ export class KvStreamSender {
     this.staging = staging;
     this.stagingBytes = slotBytes;
     this.ownsRegion = opts.region === undefined;
+    this.gpu = opts.gpu;
     this.maxTailBytes = opts.maxTailBytes ?? 1 << 20;
     const slots = opts.maxRequests ?? 256;
     this.freeStaging = Array.from({ length: slots }, (_, i) => slots - 1 - i);
@@ -270,6 +282,11 @@ export class KvStreamSender {
     if (opts.probeImm !== undefined)
       checkInt('KvStreamSender.create', 'probeImm', opts.probeImm, 0, 0xffffffff);
     let region = opts.region;
+    if (region?.cuda && !opts.gpu)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamSender: region is CUDA memory; pass gpu (the GpuMemoryOps the engine got, e.g. cudaMemoryOps()) to pack its last partial pages',
+      );
     if (region) {
       if (region.length < layout.regionBytes)
         throw new TrellisError(
@@ -501,6 +518,11 @@ export class KvStreamSender {
     }
     const buf = this.staging.buffer;
     const kv = this.region.buffer;
+    const cuda = this.region.cuda;
+    if (buf && cuda && this.gpu) {
+      this.writeTailFromDevice(s, t, buf, cuda, this.gpu, len, partial);
+      return;
+    }
     if (!buf || !kv) {
       this.failStream(
         s,
@@ -535,6 +557,51 @@ export class KvStreamSender {
         imm: t.imm,
         shards: t.tailShards,
       }),
+      () => {
+        this.counts.tailBytesWritten += len;
+      },
+    );
+  }
+
+  /** {@link writeTail} for a CUDA cache: the partial pages come off the device by one batch of copies. */
+  private writeTailFromDevice(
+    s: Stream,
+    t: TableMsg,
+    buf: Uint8Array,
+    cuda: NonNullable<MrHandle['cuda']>,
+    gpu: GpuMemoryOps,
+    len: number,
+    partial: number,
+  ): void {
+    const base = s.staging * this.stagingBytes;
+    let at = base;
+    const ranges: number[] = [];
+    if (partial > 0) {
+      const last = s.srcPages![Math.floor(t.tokens / this.layout.tokensPerPage)]!;
+      for (const seg of this.layout.segments) {
+        const n = partial * seg.tokenBytes;
+        ranges.push(seg.offset + last * seg.stride, buf.byteOffset + at, n);
+        at += n;
+      }
+    }
+    if (s.tail?.length) buf.set(s.tail, at);
+    const copied = ranges.length
+      ? gpu.copy('toHost', cuda.device, cuda.ptr, buf.buffer as ArrayBuffer, Float64Array.from(ranges))
+      : Promise.resolve();
+    this.track(
+      s,
+      t.tailShards,
+      copied.then(() =>
+        this.engine.submitSingleWrite({
+          src: this.staging,
+          srcOffset: base,
+          length: len,
+          dst: t.tail,
+          dstOffset: t.tailOffset,
+          imm: t.imm,
+          shards: t.tailShards,
+        }),
+      ),
       () => {
         this.counts.tailBytesWritten += len;
       },

@@ -37,6 +37,7 @@ export {
   type SyncProgress,
   type SyncReport,
   type TensorView,
+  type WeightSyncDeviceOps,
   WeightSyncReceiver,
   type WeightSyncReceiverOptions,
   WeightSyncSender,

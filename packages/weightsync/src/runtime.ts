@@ -1,4 +1,11 @@
-import { type MrDesc, type MrHandle, type PeerGroup, type TransferEngine, TrellisError } from '@trellis/core';
+import {
+  type CudaMemory,
+  type MrDesc,
+  type MrHandle,
+  type PeerGroup,
+  type TransferEngine,
+  TrellisError,
+} from '@trellis/core';
 import type { Box } from './model.js';
 import type { PlanOp, WeightSyncPlan } from './plan.js';
 import { quantizeRows } from './quant.js';
@@ -14,6 +21,43 @@ export interface WeightSyncReceiverOptions {
   rank: number;
   /** Step `s` completes when `immBase + s % 65536` has arrived once from every trainer. Default 0x57530000. */
   immBase?: number;
+  /**
+   * The two weight buffers, registered by the caller with `{remote: true}` — e.g. CUDA memory the
+   * inference engine serves from (`registerMemory({cuda})`). Default: two host buffers registered
+   * here. Each must hold `plan.inferenceBytes[rank]`.
+   */
+  buffers?: readonly [MrHandle, MrHandle];
+}
+
+/**
+ * The device work of a trainer whose weights are CUDA memory: staging slots in device memory,
+ * packed row copies and the fp8 quantiser kernel. `cudaWeightOps()` of `@trellis/cuda` implements
+ * it. Every call completes its work before it returns.
+ */
+export interface WeightSyncDeviceOps {
+  alloc(device: number, bytes: number): bigint;
+  free(device: number, ptr: bigint): void;
+  /** Copy `rows` rows of `rowBytes` from `src` (rows `srcPitchBytes` apart) to `dst`, packed. */
+  copyRows(
+    device: number,
+    dst: bigint,
+    src: bigint,
+    srcPitchBytes: number,
+    rowBytes: number,
+    rows: number,
+  ): void;
+  /** The fp8 quantiser: bf16 rows (pitch in elements) → e4m3 bytes packed `rows × cols` and fp32 scales. */
+  quantizeE4m3(
+    device: number,
+    src: bigint,
+    srcOffset: number,
+    srcPitch: number,
+    rows: number,
+    cols: number,
+    block: number,
+    dst: bigint,
+    scales: bigint,
+  ): void;
 }
 
 /** One piece of an inference tensor on this rank, viewed in the active weights. */
@@ -62,10 +106,37 @@ export class WeightSyncReceiver {
         `WeightSyncReceiver: rank must be 0..${plan.inference.ranks - 1}, got ${rank}`,
       );
     const size = Math.max(64, plan.inferenceBytes[rank]!);
+    if (opts.buffers !== undefined) {
+      if (!Array.isArray(opts.buffers) || opts.buffers.length !== 2)
+        throw new TrellisError('INVALID_ARGUMENT', 'WeightSyncReceiver: buffers must be two MrHandles');
+      for (const [i, b] of opts.buffers.entries()) {
+        if (!b || typeof b !== 'object' || !('desc' in b) || !b.remote)
+          throw new TrellisError(
+            'INVALID_ARGUMENT',
+            `WeightSyncReceiver: buffers[${i}] must be an MrHandle registered with {remote: true}`,
+          );
+        if (b.length < plan.inferenceBytes[rank]!)
+          throw new TrellisError(
+            'INVALID_ARGUMENT',
+            `WeightSyncReceiver: buffers[${i}] is ${b.length} bytes; inference rank ${rank} needs ${plan.inferenceBytes[rank]}`,
+          );
+      }
+      const r = new WeightSyncReceiver(
+        opts.engine,
+        plan,
+        rank,
+        [opts.buffers[0], opts.buffers[1]],
+        opts.immBase ?? DEFAULT_IMM_BASE,
+      );
+      r.ownsBuffers = false;
+      return r;
+    }
     const a = await opts.engine.registerMemory(size, { remote: true });
     const b = await opts.engine.registerMemory(size, { remote: true });
     return new WeightSyncReceiver(opts.engine, plan, rank, [a, b], opts.immBase ?? DEFAULT_IMM_BASE);
   }
+
+  private ownsBuffers = true;
 
   /** The descriptors trainers write into: `[version % 2 === 0, version % 2 === 1]`. Give them to every trainer. */
   descriptors(): [MrDesc, MrDesc] {
@@ -114,9 +185,20 @@ export class WeightSyncReceiver {
     this.active = req.version;
   }
 
-  /** The served weights: this rank's buffer for the active version. */
+  /** The served weights' buffer (host or CUDA memory), and its version. */
+  served(): { version: number; buffer: MrHandle } {
+    return { version: this.active, buffer: this.buffers[this.active % 2]! };
+  }
+
+  /** The served weights: this rank's buffer for the active version (host buffers; see {@link served} for CUDA ones). */
   weights(): { version: number; bytes: Uint8Array } {
-    return { version: this.active, bytes: this.buffers[this.active % 2]!.buffer! };
+    const bytes = this.buffers[this.active % 2]!.buffer;
+    if (!bytes)
+      throw new TrellisError(
+        'UNSUPPORTED',
+        'WeightSyncReceiver.weights: the buffers are CUDA memory; use served().buffer.cuda and plan.inferencePieces',
+      );
+    return { version: this.active, bytes };
   }
 
   /** Views of inference tensor `name` on this rank, in the served weights. */
@@ -141,7 +223,7 @@ export class WeightSyncReceiver {
   }
 
   async close(): Promise<void> {
-    if (this.engine.closed) return;
+    if (this.engine.closed || !this.ownsBuffers) return;
     for (const b of this.buffers) await b.unregister().catch(() => {});
   }
 }
@@ -152,8 +234,13 @@ export interface WeightSyncSenderOptions {
   plan: WeightSyncPlan;
   /** This trainer rank. */
   rank: number;
-  /** This rank's weights, laid out as `plan.trainerPieces[rank]` says (host memory). */
-  source: Uint8Array;
+  /**
+   * This trainer rank's weights, laid out as `plan.trainerPieces[rank]` says: host memory, or CUDA
+   * memory (then staging is device memory too, and `device` does the copies and quantisation).
+   */
+  source: Uint8Array | CudaMemory;
+  /** For a CUDA `source`: the device operations (`cudaWeightOps()` from `@trellis/cuda`). */
+  device?: WeightSyncDeviceOps;
   /** Per inference rank, its two weight buffers (`WeightSyncReceiver.descriptors()`). */
   targets: ReadonlyArray<readonly [MrDesc, MrDesc]>;
   /** Staging memory: what may be staged and in flight at once (the memory watermark). Default 64 MiB. */
@@ -200,7 +287,7 @@ export class WeightSyncSender {
     private readonly engine: TransferEngine,
     plan: WeightSyncPlan,
     rank: number,
-    private readonly source: Uint8Array,
+    private readonly source: Uint8Array | CudaMemory['cuda'],
     private readonly targets: ReadonlyArray<readonly [MrDesc, MrDesc]>,
     private readonly staging: MrHandle,
     slotBytes: number,
@@ -223,12 +310,33 @@ export class WeightSyncSender {
         'INVALID_ARGUMENT',
         `WeightSyncSender: rank must be 0..${plan.trainer.ranks - 1}, got ${rank}`,
       );
-    if (!(opts.source instanceof Uint8Array) || opts.source.length < plan.trainerBytes[rank]!)
+    const cuda = opts.source instanceof Uint8Array ? undefined : (opts.source as CudaMemory)?.cuda;
+    if (cuda !== undefined) {
+      if (
+        typeof cuda.ptr !== 'bigint' ||
+        !Number.isInteger(cuda.device) ||
+        cuda.length < plan.trainerBytes[rank]!
+      )
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `WeightSyncSender: source.cuda must be {ptr: bigint, length >= ${plan.trainerBytes[rank]}, device} (trainer rank ${rank}'s weights)`,
+        );
+      if (cuda.ptr % 4n !== 0n)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          'WeightSyncSender: source.cuda.ptr must be 4-byte aligned',
+        );
+      if (!opts.device)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          'WeightSyncSender: a CUDA source needs device (cudaWeightOps() from @trellis/cuda) for its copies and quantisation',
+        );
+    } else if (!(opts.source instanceof Uint8Array) || opts.source.length < plan.trainerBytes[rank]!)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `WeightSyncSender: source must be a Uint8Array of at least ${plan.trainerBytes[rank]} bytes (trainer rank ${rank}'s weights)`,
+        `WeightSyncSender: source must be a Uint8Array of at least ${plan.trainerBytes[rank]} bytes (trainer rank ${rank}'s weights), or {cuda}`,
       );
-    if (opts.source.byteOffset % 4 !== 0)
+    if (opts.source instanceof Uint8Array && opts.source.byteOffset % 4 !== 0)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         'WeightSyncSender: source must start 4-byte aligned (bf16/fp32 views)',
@@ -250,19 +358,35 @@ export class WeightSyncSender {
       .reduce((m, o) => Math.max(m, align(stageBytes(o))), 64);
     const staging = Math.max(opts.stagingBytes ?? 64 << 20, need);
     const slots = Math.max(1, Math.floor(staging / need));
-    const handle = await opts.engine.registerMemory(slots * need);
-    return new WeightSyncSender(
+    let handle: MrHandle;
+    if (cuda) {
+      // Staging on the device: the copies and the quantiser run there, and the engine moves it.
+      const ptr = opts.device!.alloc(cuda.device, slots * need);
+      try {
+        handle = await opts.engine.registerMemory({
+          cuda: { ptr, length: slots * need, device: cuda.device },
+        });
+      } catch (e) {
+        opts.device!.free(cuda.device, ptr);
+        throw e;
+      }
+    } else handle = await opts.engine.registerMemory(slots * need);
+    const tx = new WeightSyncSender(
       opts.engine,
       plan,
       rank,
-      opts.source,
+      cuda ?? (opts.source as Uint8Array),
       opts.targets,
       handle,
       need,
       slots,
       opts.immBase ?? DEFAULT_IMM_BASE,
     );
+    tx.device = opts.device;
+    return tx;
   }
+
+  private device: WeightSyncDeviceOps | undefined;
 
   /** Bytes this rank writes per step. */
   get bytesPerStep(): number {
@@ -384,6 +508,7 @@ export class WeightSyncSender {
   private stage(op: PlanOp, base: number): number {
     const rows = op.box.r1 - op.box.r0;
     const w = op.box.c1 - op.box.c0;
+    if (!(this.source instanceof Uint8Array)) return this.stageOnDevice(op, base, rows, w, this.source);
     const buf = this.staging.buffer!;
     const src = this.source;
     if (!op.quant) {
@@ -404,6 +529,31 @@ export class WeightSyncSender {
       rows * (w / op.quant.block),
     );
     quantizeRows(u16, 0, op.srcPitch, rows, w, op.quant.block, buf.subarray(base, base + data), scales);
+    return data;
+  }
+
+  /** {@link stage} for a CUDA source: a packed row copy or the quantiser kernel, into device staging. */
+  private stageOnDevice(op: PlanOp, base: number, rows: number, w: number, src: CudaMemory['cuda']): number {
+    const dev = this.device!;
+    const stagingPtr = this.staging.cuda!.ptr + BigInt(base);
+    const from = src.ptr + BigInt(op.srcOffset);
+    if (!op.quant) {
+      const rowBytes = w * op.dstElemBytes;
+      dev.copyRows(src.device, stagingPtr, from, op.srcPitch * op.srcElemBytes, rowBytes, rows);
+      return rows * rowBytes;
+    }
+    const data = rows * w;
+    dev.quantizeE4m3(
+      src.device,
+      from,
+      0,
+      op.srcPitch,
+      rows,
+      w,
+      op.quant.block,
+      stagingPtr,
+      stagingPtr + BigInt(align4(data)),
+    );
     return data;
   }
 
@@ -506,7 +656,13 @@ export class WeightSyncSender {
 
   async close(): Promise<void> {
     if (!this.engine.closed) await this.staging.unregister().catch(() => {});
+    const c = this.staging.cuda;
+    if (c && this.device && !this.freed) {
+      this.freed = true;
+      this.device.free(c.device, c.ptr);
+    }
   }
+  private freed = false;
 }
 
 function align(n: number): number {

@@ -37,6 +37,18 @@ export class HostGpu {
     return m;
   }
 
+  /** The bytes from `ptr` (anywhere inside an allocation) to the allocation's end. */
+  at(ptr: bigint): Uint8Array {
+    for (const [base, m] of this.mem)
+      if (ptr >= base && ptr < base + BigInt(m.length)) return m.subarray(Number(ptr - base));
+    throw new TrellisError('INTERNAL', `HostGpu: 0x${ptr.toString(16)} is in no allocation`);
+  }
+
+  /** Release an allocation (later copies to or from it fail, as on a GPU). */
+  free(ptr: bigint): void {
+    this.mem.delete(ptr);
+  }
+
   private async copy(
     dir: 'toHost' | 'toDevice',
     device: number,

@@ -22,9 +22,15 @@ async function child() {
   const e = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
   const buf = DeviceBuffer.alloc(2 * N, { device });
   const mr = await e.registerMemory({ cuda: { ptr: buf.ptr, length: buf.length, device } }, { remote: true });
+  const host = await e.registerMemory(N, { remote: true });
   const lines = createInterface({ input: process.stdin });
   const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
-  say({ addr: e.address.toString(), desc: mr.desc.toString(), path: mr.path });
+  say({
+    addr: e.address.toString(),
+    desc: mr.desc.toString(),
+    hostDesc: host.desc.toString(),
+    path: mr.path,
+  });
   for await (const line of lines) {
     const m = JSON.parse(line);
     if (m.cmd === 'check') {
@@ -115,7 +121,18 @@ async function parent() {
   const t0 = performance.now();
   for (let i = 0; i < reps; i++) await e.submitSingleWrite({ src: mr, length: N, dst, imm: 4 });
   const stagedMs = (performance.now() - t0) / reps;
-  send({ cmd: 'bench', n: reps * e.expectedImms({ kind: 'single', src: mr, length: N, dst, imm: 4 }) });
+  // The same writes host → host on the same engines: the wire alone.
+  const hostSrc = await e.registerMemory(N);
+  const hostDst = MrDesc.parse(hello.hostDesc);
+  const th = performance.now();
+  for (let i = 0; i < reps; i++) await e.submitSingleWrite({ src: hostSrc, length: N, dst: hostDst, imm: 4 });
+  const hostMs = (performance.now() - th) / reps;
+  send({
+    cmd: 'bench',
+    n:
+      reps * e.expectedImms({ kind: 'single', src: mr, length: N, dst, imm: 4 }) +
+      reps * e.expectedImms({ kind: 'single', src: hostSrc, length: N, dst: hostDst, imm: 4 }),
+  });
   await next();
   const ops = cudaMemoryOps();
   const pinned = ops.allocHost(N);
@@ -142,6 +159,8 @@ async function parent() {
       nicPaths: stats.nics.map((n) => n.path),
       bench: {
         bytes: N,
+        hostWriteMs: +hostMs.toFixed(2),
+        hostGBps: +(N / hostMs / 1e6).toFixed(2),
         stagedWriteMs: +stagedMs.toFixed(2),
         stagedGBps: +(N / stagedMs / 1e6).toFixed(2),
         d2hPlusH2dMs: +copyMs.toFixed(2),

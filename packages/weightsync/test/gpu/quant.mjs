@@ -1,8 +1,9 @@
 // GPU: the fp8 e4m3 quantiser kernel against the CPU reference of @trellis/weightsync, byte for
 // byte (e4m3 bytes and fp32 scales), on random bf16 rows with a pitch, plus the edge values:
 // zeros, subnormals, ±448 and beyond, ±inf, NaN, -0. Prints one JSON line.
-import { f32ToBf16, quantizeRows } from '@trellis/weightsync';
-import { DeviceBuffer, quantizeE4m3 } from '../../dist/index.js';
+
+import { DeviceBuffer, quantizeE4m3 } from '@trellis/cuda';
+import { f32ToBf16, quantizeRows } from '../../dist/index.js';
 
 const rows = 512;
 const cols = 4096;
