@@ -3,7 +3,7 @@
 # test/gpu.test.ts runs where a GPU is visible). Here, first:
 #   bash ../shared/tools/device-prep.sh && pnpm exec nx run-many -t build
 # then hand the device tool this command, carrying .device and the dist/ folders of core,
-# backend-efa, cuda, kvstream and weightsync:   bash scripts/device-gpu-tests.sh
+# backend-efa, cuda, kvstream, weightsync and moe:   bash scripts/device-gpu-tests.sh
 set -euo pipefail
 source scripts/device-setup.sh
 (
@@ -28,5 +28,8 @@ t env TRELLIS_PROVIDER=tcp node test/gpu/ws.mjs
 cd ../kvstream
 t node test/gpu/kv.mjs
 t env TRELLIS_PROVIDER=tcp node test/gpu/kv.mjs
+cd ../moe
+t node test/gpu/moe.mjs
+t env TRELLIS_PROVIDER=tcp node test/gpu/moe.mjs
 echo "GPU checks failed: $failed"
 exit "$failed"

@@ -16,6 +16,11 @@ extern "C" cudaError_t trellis_launch_quantize_e4m3(const void* src, size_t src_
                                                     unsigned cols, unsigned block, void* dst, void* scales, cudaStream_t s);
 extern "C" cudaError_t trellis_count_pattern_mismatches(const void* p, size_t n, uint32_t seed, size_t at,
                                                         unsigned long long* out);
+extern "C" cudaError_t trellis_copy_rows(void* dst, const void* doff, const void* src, const void* soff, size_t n,
+                                         size_t bytes, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_combine(const void* rows, const void* row_at, const void* w, unsigned tokens,
+                                           unsigned topk, unsigned hidden, int row_fp32, void* out, int out_fp32,
+                                           cudaStream_t s);
 #include <vector>
 #endif
 
@@ -298,6 +303,84 @@ Napi::Value CopyRows(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Device scratch for the kernels' index arrays, one per device, grown on demand (JS thread only).
+struct Scratch {
+  void* p = nullptr;
+  size_t n = 0;
+};
+Scratch scratch[64];
+void* scratch_for(const Napi::Env& env, int device, size_t bytes) {
+  if (device < 0 || device >= 64) {
+    fail(env, "device ordinal out of range");
+    return nullptr;
+  }
+  Scratch& s = scratch[device];
+  if (s.n < bytes) {
+    if (s.p) cudaFree(s.p);
+    s.p = nullptr;
+    s.n = 0;
+    size_t want = bytes < (1u << 20) ? (1u << 20) : bytes * 2;
+    if (!check(env, cudaMalloc(&s.p, want), "cudaMalloc (kernel scratch)")) return nullptr;
+    s.n = want;
+  }
+  return s.p;
+}
+
+// copyRowsIndexed(device, dst, Float64Array dstOffsets, src, Float64Array srcOffsets, bytes)
+Napi::Value CopyRowsIndexed(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  auto d = info[2].As<Napi::Float64Array>();
+  auto s = info[4].As<Napi::Float64Array>();
+  size_t n = d.ElementLength();
+  if (s.ElementLength() != n) return fail(env, "copyRows: dstOffsets and srcOffsets differ in length");
+  size_t bytes = static_cast<size_t>(info[5].As<Napi::Number>().Int64Value());
+  if (n == 0 || bytes == 0) return env.Undefined();
+  std::vector<unsigned long long> off(2 * n);
+  for (size_t i = 0; i < n; i++) {
+    off[i] = static_cast<unsigned long long>(d[i]);
+    off[n + i] = static_cast<unsigned long long>(s[i]);
+  }
+  void* dev = scratch_for(env, info[0].As<Napi::Number>().Int32Value(), off.size() * 8);
+  if (!dev) return env.Undefined();
+  if (!check(env, cudaMemcpy(dev, off.data(), off.size() * 8, cudaMemcpyHostToDevice), "cudaMemcpy (row offsets)"))
+    return env.Undefined();
+  auto* o = static_cast<unsigned long long*>(dev);
+  if (!check(env, trellis_copy_rows(ptr(info[1]), o, ptr(info[3]), o + n, n, bytes, nullptr), "copy_rows launch"))
+    return env.Undefined();
+  check(env, cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  return env.Undefined();
+}
+
+// moeCombine(device, rows, Float64Array rowAt, Float32Array weights, topk, hidden, rowFp32, out, outFp32)
+Napi::Value MoeCombine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  auto at = info[2].As<Napi::Float64Array>();
+  auto w = info[3].As<Napi::Float32Array>();
+  unsigned topk = info[4].As<Napi::Number>().Uint32Value();
+  unsigned hidden = info[5].As<Napi::Number>().Uint32Value();
+  size_t n = at.ElementLength();
+  if (topk == 0 || n % topk || w.ElementLength() != n) return fail(env, "moeCombine: rowAt and weights must hold tokens × topk values");
+  std::vector<long long> rows(n);
+  for (size_t i = 0; i < n; i++) rows[i] = static_cast<long long>(at[i]);
+  size_t need = n * 8 + n * 4;
+  void* dev = scratch_for(env, info[0].As<Napi::Number>().Int32Value(), need);
+  if (!dev) return env.Undefined();
+  auto* d_at = static_cast<long long*>(dev);
+  auto* d_w = reinterpret_cast<float*>(static_cast<uint8_t*>(dev) + n * 8);
+  if (!check(env, cudaMemcpy(d_at, rows.data(), n * 8, cudaMemcpyHostToDevice), "cudaMemcpy (rowAt)") ||
+      !check(env, cudaMemcpy(d_w, w.Data(), n * 4, cudaMemcpyHostToDevice), "cudaMemcpy (weights)"))
+    return env.Undefined();
+  if (!check(env,
+             trellis_moe_combine(ptr(info[1]), d_at, d_w, static_cast<unsigned>(n / topk), topk, hidden,
+                                 info[6].ToBoolean() ? 1 : 0, ptr(info[7]), info[8].ToBoolean() ? 1 : 0, nullptr),
+             "moe_combine launch"))
+    return env.Undefined();
+  check(env, cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  return env.Undefined();
+}
+
 // countPatternMismatches(device, ptr, bytes, seed, at) → bytes that differ from the fill pattern
 // (index i + at), counted by a kernel.
 Napi::Value CountPatternMismatches(const Napi::CallbackInfo& info) {
@@ -336,9 +419,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("quantizeE4m3", Napi::Function::New(env, QuantizeE4m3));
   exports.Set("countPatternMismatches", Napi::Function::New(env, CountPatternMismatches));
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
+  exports.Set("copyRowsIndexed", Napi::Function::New(env, CopyRowsIndexed));
+  exports.Set("moeCombine", Napi::Function::New(env, MoeCombine));
 #else
   for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
-                        "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows"})
+                        "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows", "copyRowsIndexed", "moeCombine"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

@@ -64,6 +64,50 @@ __global__ void quantize_e4m3(const uint16_t* src, size_t src_offset, size_t src
   }
 }
 
+// Row i: `bytes` bytes from src + soff[i] to dst + doff[i]; 16-byte moves where everything is aligned.
+__global__ void copy_rows(uint8_t* dst, const unsigned long long* doff, const uint8_t* src,
+                          const unsigned long long* soff, size_t n, size_t bytes) {
+  for (size_t r = blockIdx.x; r < n; r += gridDim.x) {
+    uint8_t* d = dst + doff[r];
+    const uint8_t* s = src + soff[r];
+    if (((reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s) | bytes) & 15) == 0) {
+      for (size_t i = threadIdx.x; i < bytes / 16; i += blockDim.x)
+        reinterpret_cast<uint4*>(d)[i] = reinterpret_cast<const uint4*>(s)[i];
+    } else {
+      for (size_t i = threadIdx.x; i < bytes; i += blockDim.x) d[i] = s[i];
+    }
+  }
+}
+
+__device__ inline float bf16_to_f(uint16_t b) { return __uint_as_float(uint32_t(b) << 16); }
+// Round to nearest even; NaN keeps its payload's top bits and is made quiet (as the CPU reference).
+__device__ inline uint16_t f_to_bf16(float x) {
+  uint32_t b = __float_as_uint(x);
+  if ((b & 0x7f800000u) == 0x7f800000u && (b & 0x7fffffu)) return uint16_t(((b >> 16) | 0x40u) & 0xffffu);
+  return uint16_t(((b + 0x7fffu + ((b >> 16) & 1u)) >> 16) & 0xffffu);
+}
+
+// MoE combine: token t's output = Σ_k fp32(w[t,k] × row(t,k)) accumulated in fp32 in k order
+// (no fused multiply-add: the same rounding as the CPU reference), rows skipped where rowAt < 0.
+__global__ void moe_combine(const uint8_t* rows, const long long* row_at, const float* w, unsigned topk,
+                            unsigned hidden, int row_fp32, void* out, int out_fp32) {
+  const unsigned t = blockIdx.x;
+  for (unsigned h = threadIdx.x; h < hidden; h += blockDim.x) {
+    float acc = 0.f;
+    for (unsigned k = 0; k < topk; k++) {
+      const long long at = row_at[size_t(t) * topk + k];
+      if (at < 0) continue;
+      const float v = row_fp32 ? reinterpret_cast<const float*>(rows + at)[h]
+                               : bf16_to_f(reinterpret_cast<const uint16_t*>(rows + at)[h]);
+      acc = __fadd_rn(acc, __fmul_rn(w[size_t(t) * topk + k], v));
+    }
+    if (out_fp32)
+      static_cast<float*>(out)[size_t(t) * hidden + h] = acc;
+    else
+      static_cast<uint16_t*>(out)[size_t(t) * hidden + h] = f_to_bf16(acc);
+  }
+}
+
 }  // namespace
 
 extern "C" cudaError_t trellis_launch_increment_on_go(void* word, void* go, unsigned long long n, cudaStream_t s) {
@@ -97,4 +141,23 @@ extern "C" cudaError_t trellis_count_pattern_mismatches(const void* p, size_t n,
   if (rc == cudaSuccess) rc = cudaMemcpy(out, d, sizeof *out, cudaMemcpyDeviceToHost);
   cudaFree(d);
   return rc;
+}
+
+extern "C" cudaError_t trellis_copy_rows(void* dst, const void* doff, const void* src, const void* soff, size_t n,
+                                         size_t bytes, cudaStream_t s) {
+  if (n == 0 || bytes == 0) return cudaSuccess;
+  unsigned blocks = n < 65535 ? unsigned(n) : 65535u;
+  copy_rows<<<blocks, 256, 0, s>>>(static_cast<uint8_t*>(dst), static_cast<const unsigned long long*>(doff),
+                                   static_cast<const uint8_t*>(src), static_cast<const unsigned long long*>(soff), n,
+                                   bytes);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t trellis_moe_combine(const void* rows, const void* row_at, const void* w, unsigned tokens,
+                                           unsigned topk, unsigned hidden, int row_fp32, void* out, int out_fp32,
+                                           cudaStream_t s) {
+  if (tokens == 0) return cudaSuccess;
+  moe_combine<<<tokens, 256, 0, s>>>(static_cast<const uint8_t*>(rows), static_cast<const long long*>(row_at),
+                                     static_cast<const float*>(w), topk, hidden, row_fp32, out, out_fp32);
+  return cudaGetLastError();
 }

@@ -26,6 +26,25 @@ interface Addon {
   allocHost(bytes: number): ArrayBuffer;
   countPatternMismatches(device: number, ptr: bigint, bytes: number, seed: number, at: number): number;
   copyRows(device: number, dst: bigint, src: bigint, srcPitch: number, rowBytes: number, rows: number): void;
+  copyRowsIndexed(
+    device: number,
+    dst: bigint,
+    dstOffsets: Float64Array,
+    src: bigint,
+    srcOffsets: Float64Array,
+    bytes: number,
+  ): void;
+  moeCombine(
+    device: number,
+    rows: bigint,
+    rowAt: Float64Array,
+    weights: Float32Array,
+    topk: number,
+    hidden: number,
+    rowFp32: boolean,
+    out: bigint,
+    outFp32: boolean,
+  ): void;
   copyAsync(
     toDevice: boolean,
     device: number,
@@ -364,5 +383,68 @@ export function cudaWeightOps(): {
         );
     },
     quantizeE4m3,
+  };
+}
+
+/**
+ * The device work of an `MoeAllToAll` on CUDA memory (`ops` of its `device` option in
+ * `@trellis/moe`): allocations, uploads and downloads, the row-copy kernel that packs, lays out
+ * and gathers rows by index lists, and the combine kernel (fp32 weighted sum in top-k order, the
+ * CPU reference's rounding). Each call returns once its work is done.
+ */
+export function cudaMoeOps(): {
+  alloc(device: number, bytes: number): bigint;
+  free(device: number, ptr: bigint): void;
+  upload(device: number, dst: bigint, src: Uint8Array): void;
+  download(device: number, dst: Uint8Array, src: bigint): void;
+  copyRows(
+    device: number,
+    dst: bigint,
+    dstOffsets: Float64Array,
+    src: bigint,
+    srcOffsets: Float64Array,
+    bytes: number,
+  ): void;
+  combine(
+    device: number,
+    rows: bigint,
+    rowAt: Float64Array,
+    weights: Float32Array,
+    topk: number,
+    hidden: number,
+    rowDtype: 'bf16' | 'fp32',
+    out: bigint,
+    outDtype: 'bf16' | 'fp32',
+  ): void;
+} {
+  const why = noGpuReason();
+  if (why) throw new TrellisError('UNSUPPORTED', `cudaMoeOps: ${why}`);
+  return {
+    alloc: (device, bytes) => call('cudaMoeOps.alloc', () => addon().alloc(device, bytes)),
+    free: (device, ptr) => call('cudaMoeOps.free', () => addon().free(device, ptr)),
+    upload: (device, dst, src) => {
+      if (src.length) call('cudaMoeOps.upload', () => addon().copy(device, dst, src, src.length));
+    },
+    download: (device, dst, src) => {
+      if (dst.length) call('cudaMoeOps.download', () => addon().copy(device, dst, src, dst.length));
+    },
+    copyRows: (device, dst, dstOffsets, src, srcOffsets, bytes) =>
+      call('cudaMoeOps.copyRows', () =>
+        addon().copyRowsIndexed(device, dst, dstOffsets, src, srcOffsets, bytes),
+      ),
+    combine: (device, rows, rowAt, weights, topk, hidden, rowDtype, out, outDtype) =>
+      call('cudaMoeOps.combine', () =>
+        addon().moeCombine(
+          device,
+          rows,
+          rowAt,
+          weights,
+          topk,
+          hidden,
+          rowDtype === 'fp32',
+          out,
+          outDtype === 'fp32',
+        ),
+      ),
   };
 }

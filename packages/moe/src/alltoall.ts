@@ -1,4 +1,5 @@
 import { MrDesc, type MrHandle, type PeerGroup, type TransferEngine, TrellisError } from '@trellis/core';
+import { DeviceMem, HostMem, type Mem, type MoeDeviceOps } from './memory.js';
 
 /** Element types of tokens and expert outputs. */
 export type MoeDType = 'fp8' | 'bf16' | 'fp32';
@@ -29,28 +30,45 @@ export interface MoeConfig {
   timeoutMs?: number;
 }
 
-/** Dispatch input: this rank's tokens and their routing. */
-export interface DispatchInput {
+/** Where tokens and expert rows live: host memory, or CUDA memory (device pointers as bigint). */
+export type MoeMemory = 'host' | 'device';
+/** A buffer of the memory kind: a `Uint8Array` on the host, a device pointer on the GPU. */
+export type MoeBuffer<M extends MoeMemory> = M extends 'device' ? bigint : Uint8Array;
+/** Scales: a `Float32Array` on the host, a device pointer (fp32 values) on the GPU. */
+export type MoeScales<M extends MoeMemory> = M extends 'device' ? bigint : Float32Array;
+
+/** Dispatch input: this rank's tokens and their routing (the routing is host memory in both kinds). */
+export interface DispatchInput<M extends MoeMemory = 'host'> {
   /** `numTokens × hidden` elements of `inDtype`, row-major. */
-  tokens: Uint8Array;
+  tokens: MoeBuffer<M>;
   /** fp8 with scales: `numTokens × hidden/scaleBlock`. */
-  scales?: Float32Array;
+  scales?: MoeScales<M>;
   /** `numTokens × topk` expert ids (-1: no expert for that slot). */
   topkIds: Int32Array;
   /** `numTokens × topk` weights, used by combine. */
   topkWeights: Float32Array;
 }
 
-/** What dispatch returns: this rank's experts' tokens, contiguous per expert. */
-export interface DispatchResult {
+/**
+ * What dispatch returns: this rank's experts' tokens, contiguous per expert. On the device the
+ * buffers belong to the instance and hold until the next round's dispatch.
+ */
+export interface DispatchResult<M extends MoeMemory = 'host'> {
   /** Tokens received per local expert. */
   tokensPerExpert: Int32Array;
   /** Row offset of each local expert's block in `expertX`. */
   expertOffsets: Int32Array;
   /** Every local expert's tokens back to back: `Σ tokensPerExpert × hidden` elements of `inDtype`. */
-  expertX: Uint8Array;
+  expertX: MoeBuffer<M>;
   /** fp8 with scales: the rows' scales, in the same order. */
-  expertScales?: Float32Array;
+  expertScales?: MoeScales<M>;
+}
+
+/** GPU placement of a {@link MoeAllToAll}: its buffers are CUDA memory on `device`. */
+export interface MoeDeviceOptions {
+  /** The device work (`cudaMoeOps()` from `@trellis/cuda`). */
+  ops: MoeDeviceOps;
+  device: number;
 }
 
 /** Phases to run: split dispatch or combine into send and receive to overlap them with compute. */
@@ -85,7 +103,7 @@ interface Round {
  * from its own send counts; the source sums each token's rows weighted, in fp32. A barrier closes the
  * round, after which every buffer may be reused.
  */
-export class MoeAllToAll {
+export class MoeAllToAll<M extends MoeMemory = 'host'> {
   readonly config: Required<MoeConfig>;
   readonly localExperts: number;
   /** This rank's buffer descriptor, to give every peer (see {@link connect}). */
@@ -108,6 +126,7 @@ export class MoeAllToAll {
     private readonly staging: MrHandle,
     layout: MoeAllToAll['layout'],
     rowStride: number,
+    private readonly mem: Mem,
   ) {
     this.config = config;
     this.localExperts = config.numExperts / config.worldSize;
@@ -117,12 +136,27 @@ export class MoeAllToAll {
     this.scaleCount = config.scales ? config.hidden / config.scaleBlock : 0;
     this.outRow = config.hidden * ELEM[config.outDtype];
     this.descriptor = region.desc.toString();
+    mem.bind(region, staging);
     const b = config.immBase;
     this.imm = { route: b, dispatch: b + 1, combine: b + 2, barrier: b + 3 };
   }
 
-  /** Validate the config and register this rank's buffers, sized from it. */
-  static async create(engine: TransferEngine, cfg: MoeConfig): Promise<MoeAllToAll> {
+  /**
+   * Validate the config and register this rank's buffers, sized from it. With `device`, tokens,
+   * expert rows and every buffer are CUDA memory on that GPU: rows are packed, laid out and
+   * combined there by kernels, and the engine (created with GPU memory operations) moves them.
+   */
+  static async create(engine: TransferEngine, cfg: MoeConfig): Promise<MoeAllToAll<'host'>>;
+  static async create(
+    engine: TransferEngine,
+    cfg: MoeConfig,
+    device: MoeDeviceOptions,
+  ): Promise<MoeAllToAll<'device'>>;
+  static async create(
+    engine: TransferEngine,
+    cfg: MoeConfig,
+    device?: MoeDeviceOptions,
+  ): Promise<MoeAllToAll<'host'> | MoeAllToAll<'device'>> {
     const c: Required<MoeConfig> = {
       scales: false,
       scaleBlock: 128,
@@ -188,12 +222,38 @@ export class MoeAllToAll {
     const overflow = priv + W * c.maxPrivateTokens * rowStride;
     const combine = align(overflow + W * Math.max(0, rowsMax - c.maxPrivateTokens) * rowStride, 64);
     const size = combine + rowsMax * c.hidden * ELEM[c.outDtype];
-    const region = await engine.registerMemory(Math.max(64, size), { remote: true });
     // Staging: this round's routes, the rows going out to every peer, combine rows going back.
-    const staging = await engine.registerMemory(
-      Math.max(64, W * c.numExperts * 4 + W * rowsMax * rowStride + rowsMax * W * c.hidden * 4),
+    const stagingSize = Math.max(
+      64,
+      W * c.numExperts * 4 + W * rowsMax * rowStride + rowsMax * W * c.hidden * 4,
     );
-    return new MoeAllToAll(engine, c, region, staging, { routes, priv, overflow, combine, size }, rowStride);
+    const layout = { routes, priv, overflow, combine, size };
+    if (!device) {
+      const region = await engine.registerMemory(Math.max(64, size), { remote: true });
+      const staging = await engine.registerMemory(stagingSize);
+      return new MoeAllToAll<'host'>(engine, c, region, staging, layout, rowStride, new HostMem());
+    }
+    const mem = new DeviceMem(device.ops, device.device, {
+      expertX: W * rowsMax * c.hidden * ELEM[c.inDtype],
+      expertScales: c.scales ? W * rowsMax * (c.hidden / c.scaleBlock) * 4 : 0,
+      out: c.maxTokensPerRank * c.hidden * 4,
+      headers: W * rowsMax * 8,
+    });
+    try {
+      const r = mem.allocRegistered(Math.max(64, size));
+      const st = mem.allocRegistered(stagingSize);
+      const region = await engine.registerMemory(
+        { cuda: { ptr: r, length: Math.max(64, size), device: device.device } },
+        { remote: true },
+      );
+      const staging = await engine.registerMemory({
+        cuda: { ptr: st, length: stagingSize, device: device.device },
+      });
+      return new MoeAllToAll<'device'>(engine, c, region, staging, layout, rowStride, mem);
+    } catch (e) {
+      mem.free();
+      throw e;
+    }
   }
 
   /** Give every rank's descriptor (index = rank; this rank's own is ignored). */
@@ -217,7 +277,10 @@ export class MoeAllToAll {
    * it posts and returns at once (resolving to undefined); `{recv: true}` alone waits for and lays
    * out what arrived. Default: both.
    */
-  async dispatch(input: DispatchInput | undefined, phases: Phases = {}): Promise<DispatchResult | undefined> {
+  async dispatch(
+    input: DispatchInput<M> | undefined,
+    phases: Phases = {},
+  ): Promise<DispatchResult<M> | undefined> {
     const send = phases.send ?? true;
     const recv = phases.recv ?? true;
     if (!this.peers.length && this.config.worldSize > 1)
@@ -227,7 +290,7 @@ export class MoeAllToAll {
     return this.dispatchRecv();
   }
 
-  private checkInput(x: DispatchInput): number {
+  private checkInput(x: DispatchInput<M>): number {
     const c = this.config;
     const n = x.topkIds.length / c.topk;
     if (!Number.isInteger(n) || n > c.maxTokensPerRank)
@@ -235,14 +298,21 @@ export class MoeAllToAll {
         'INVALID_ARGUMENT',
         `MoeAllToAll.dispatch: topkIds holds ${x.topkIds.length} ids, not a multiple of topk ${c.topk} for at most ${c.maxTokensPerRank} tokens`,
       );
-    if (x.tokens.length !== n * this.tokenBytes)
+    const why = this.mem.checkTokens(
+      x.tokens,
+      n * this.tokenBytes,
+      this.scaleCount ? x.scales : undefined,
+      n * this.scaleCount,
+    );
+    if (why) throw new TrellisError('INVALID_ARGUMENT', `MoeAllToAll.dispatch: ${why}`);
+    if (x.tokens instanceof Uint8Array && x.tokens.length !== n * this.tokenBytes)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `MoeAllToAll.dispatch: tokens is ${x.tokens.length} bytes; ${n} tokens of ${c.hidden} ${c.inDtype} are ${n * this.tokenBytes}`,
       );
     if (x.topkWeights.length !== n * c.topk)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: topkWeights must match topkIds');
-    if (this.scaleCount && x.scales?.length !== n * this.scaleCount)
+    if (this.scaleCount && x.scales instanceof Float32Array && x.scales.length !== n * this.scaleCount)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `MoeAllToAll.dispatch: scales must hold ${n * this.scaleCount} values (${this.scaleCount} per token)`,
@@ -256,7 +326,7 @@ export class MoeAllToAll {
     return n;
   }
 
-  private async dispatchSend(x: DispatchInput): Promise<void> {
+  private async dispatchSend(x: DispatchInput<M>): Promise<void> {
     if (this.round && !this.round.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: the previous round has not finished');
     const c = this.config;
@@ -285,21 +355,44 @@ export class MoeAllToAll {
       dispatched: false,
     };
     this.round.counts[me]!.set(myCounts);
-    const sbuf = this.staging.buffer!;
-    const rbuf = this.region.buffer!;
+    const m = this.mem;
     // Routes: my counts, once, in staging.
-    new Int32Array(sbuf.buffer, sbuf.byteOffset, c.numExperts).set(myCounts);
-    // Pack every peer's rows (mine included, for the local copy).
+    m.put('staging', 0, new Uint8Array(myCounts.buffer));
+    // Pack every peer's rows (mine included, for the local copy): a header (token, k, local
+    // expert), the token, its scales.
     const rowsBase = align(c.numExperts * 4, 64);
     const packAt: number[] = [];
+    const total = sent.reduce((a, r) => a + r.length, 0);
+    const headers = new Uint8Array(total * 8);
+    const hv = new DataView(headers.buffer);
+    const hdrFrom = new Float64Array(total);
+    const rowTo = new Float64Array(total);
+    const tokFrom = new Float64Array(total);
     let at = rowsBase;
+    let i = 0;
     for (let d = 0; d < W; d++) {
       packAt.push(at);
       for (const [t, k] of sent[d]!) {
-        this.packRow(sbuf, at, x, t, k, d);
+        hv.setUint32(8 * i, t, true);
+        hv.setUint16(8 * i + 4, k, true);
+        hv.setUint16(8 * i + 6, x.topkIds[t * c.topk + k]! - d * this.localExperts, true);
+        hdrFrom[i] = 8 * i;
+        rowTo[i] = at;
+        tokFrom[i] = t * this.tokenBytes;
         at += this.rowStride;
+        i++;
       }
     }
+    m.putRows('staging', rowTo, headers, hdrFrom, 8);
+    m.rows('staging', plus(rowTo, 8), m.input(x.tokens), tokFrom, this.tokenBytes);
+    if (this.scaleCount)
+      m.rows(
+        'staging',
+        plus(rowTo, 8 + this.tokenBytes),
+        m.input(x.scales!),
+        Float64Array.from(sent.flatMap((rows) => rows.map(([t]) => t * this.scaleCount * 4))),
+        this.scaleCount * 4,
+      );
     this.packAt = packAt;
     const P = c.maxPrivateTokens;
     const posts: Promise<void>[] = [];
@@ -307,7 +400,7 @@ export class MoeAllToAll {
       const rows = sent[d]!.length;
       if (d === me) {
         // Local: my own rows land in my own private slot and overflow as a peer's would.
-        rbuf.set(sbuf.subarray(0, c.numExperts * 4), this.layout.routes + me * c.numExperts * 4);
+        m.copy('region', this.layout.routes + me * c.numExperts * 4, 'staging', 0, c.numExperts * 4);
         continue;
       }
       const dst = this.peers[d]!;
@@ -339,9 +432,12 @@ export class MoeAllToAll {
     }
     // Private rows for myself.
     const selfRows = sent[me]!.length;
-    rbuf.set(
-      sbuf.subarray(packAt[me]!, packAt[me]! + Math.min(selfRows, P) * this.rowStride),
+    m.copy(
+      'region',
       this.layout.priv + me * P * this.rowStride,
+      'staging',
+      packAt[me]!,
+      Math.min(selfRows, P) * this.rowStride,
     );
     this.pendingSends = Promise.all(posts).then(() => this.sendOverflow());
     this.pendingSends.catch(() => {});
@@ -351,34 +447,16 @@ export class MoeAllToAll {
   private pendingSends: Promise<void> | undefined;
   private routesIn: Promise<void> | undefined;
 
-  private packRow(buf: Uint8Array, at: number, x: DispatchInput, t: number, k: number, d: number): void {
-    const c = this.config;
-    const v = new DataView(buf.buffer, buf.byteOffset);
-    const e = x.topkIds[t * c.topk + k]!;
-    v.setUint32(at, t, true);
-    v.setUint16(at + 4, k, true);
-    v.setUint16(at + 6, e - d * this.localExperts, true);
-    buf.set(x.tokens.subarray(t * this.tokenBytes, (t + 1) * this.tokenBytes), at + 8);
-    if (this.scaleCount) {
-      const s = new Float32Array(buf.buffer, buf.byteOffset + at + 8 + this.tokenBytes, this.scaleCount);
-      s.set(x.scales!.subarray(t * this.scaleCount, (t + 1) * this.scaleCount));
-    }
-  }
-
   /** Wait for every peer's routes (once per round). */
   private routes(): Promise<void> {
     this.routesIn ??= (async () => {
       const c = this.config;
       await this.engine.immCounter(this.imm.route).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
-      const rbuf = this.region.buffer!;
+      const all = this.mem.get('region', this.layout.routes, c.worldSize * c.numExperts * 4);
       for (let s = 0; s < c.worldSize; s++)
         if (s !== c.rank)
           this.round!.counts[s]!.set(
-            new Int32Array(
-              rbuf.buffer,
-              rbuf.byteOffset + this.layout.routes + s * c.numExperts * 4,
-              c.numExperts,
-            ),
+            new Int32Array(all.buffer, all.byteOffset + s * c.numExperts * 4, c.numExperts),
           );
     })();
     return this.routesIn;
@@ -406,13 +484,12 @@ export class MoeAllToAll {
     const P = c.maxPrivateTokens;
     await this.routes();
     const posts: Promise<void>[] = [];
-    const sbuf = this.staging.buffer!;
     for (let d = 0; d < c.worldSize; d++) {
       const extra = this.round!.sent[d]!.length - P;
       if (extra <= 0) continue;
       const src = this.packAt[d]! + P * this.rowStride;
       if (d === me) {
-        this.region.buffer!.set(sbuf.subarray(src, src + extra * this.rowStride), this.overflowAt(me, me));
+        this.mem.copy('region', this.overflowAt(me, me), 'staging', src, extra * this.rowStride);
         continue;
       }
       posts.push(
@@ -430,7 +507,7 @@ export class MoeAllToAll {
     await Promise.all(posts);
   }
 
-  private async dispatchRecv(): Promise<DispatchResult> {
+  private async dispatchRecv(): Promise<DispatchResult<M>> {
     const c = this.config;
     const me = c.rank;
     const r = this.round;
@@ -443,7 +520,8 @@ export class MoeAllToAll {
     for (let s = 0; s < c.worldSize; s++) if (s !== me) expected += 1 + (this.rowsBetween(s, me) > P ? 1 : 0);
     await this.engine.immCounter(this.imm.dispatch).wait(expected, { timeoutMs: c.timeoutMs });
     await this.pendingSends; // my own overflow (self copy) is in place too
-    // Lay out per local expert: expert j's rows from source 0, 1, ... in stream order.
+    // Lay out per local expert: expert j's rows from source 0, 1, ... in stream order. A source's
+    // stream is ordered by local expert, so its routes say which rows are expert j's.
     const L = this.localExperts;
     const tokensPerExpert = new Int32Array(L);
     for (let s = 0; s < c.worldSize; s++)
@@ -451,32 +529,40 @@ export class MoeAllToAll {
     const expertOffsets = new Int32Array(L);
     for (let j = 1; j < L; j++) expertOffsets[j] = expertOffsets[j - 1]! + tokensPerExpert[j - 1]!;
     const total = tokensPerExpert.reduce((a, b) => a + b, 0);
-    const expertX = new Uint8Array(total * this.tokenBytes);
-    const expertScales = this.scaleCount ? new Float32Array(total * this.scaleCount) : undefined;
     const origin: Array<[number, number]> = new Array(total);
+    const from = new Float64Array(total);
     const fill = new Int32Array(L);
-    const rbuf = this.region.buffer!;
     for (let s = 0; s < c.worldSize; s++) {
-      const n = this.rowsBetween(s, me);
-      for (let p = 0; p < n; p++) {
-        const at =
-          p < P
-            ? this.layout.priv + (s * P + p) * this.rowStride
-            : this.overflowAt(s, me) + (p - P) * this.rowStride;
-        const j = new DataView(rbuf.buffer, rbuf.byteOffset).getUint16(at + 6, true);
-        const row = expertOffsets[j]! + fill[j]!++;
-        expertX.set(rbuf.subarray(at + 8, at + 8 + this.tokenBytes), row * this.tokenBytes);
-        if (expertScales)
-          expertScales.set(
-            new Float32Array(rbuf.buffer, rbuf.byteOffset + at + 8 + this.tokenBytes, this.scaleCount),
-            row * this.scaleCount,
-          );
-        origin[row] = [s, p];
-      }
+      let p = 0;
+      for (let j = 0; j < L; j++)
+        for (let q = 0; q < r.counts[s]![me * L + j]!; q++, p++) {
+          const at =
+            p < P
+              ? this.layout.priv + (s * P + p) * this.rowStride
+              : this.overflowAt(s, me) + (p - P) * this.rowStride;
+          const row = expertOffsets[j]! + fill[j]!++;
+          from[row] = at;
+          origin[row] = [s, p];
+        }
+    }
+    const m = this.mem;
+    const expertX = m.output('expertX', total * this.tokenBytes);
+    m.rows(expertX, iota(total, this.tokenBytes), 'region', plus(from, 8), this.tokenBytes);
+    let expertScales: unknown;
+    if (this.scaleCount) {
+      const sb = this.scaleCount * 4;
+      const out = m.output('expertScales', total * sb);
+      m.rows(out, iota(total, sb), 'region', plus(from, 8 + this.tokenBytes), sb);
+      expertScales = m.asScales(out);
     }
     r.origin = origin;
     r.dispatched = true;
-    return { tokensPerExpert, expertOffsets, expertX, ...(expertScales ? { expertScales } : {}) };
+    return {
+      tokensPerExpert,
+      expertOffsets,
+      expertX: m.result(expertX),
+      ...(expertScales !== undefined ? { expertScales } : {}),
+    } as DispatchResult<M>;
   }
 
   /**
@@ -485,9 +571,9 @@ export class MoeAllToAll {
    * them. Resolves (with `recv`) to `numTokens × hidden` of `outDtype`, or of fp32 with `accumulate: 'fp32'`.
    */
   async combine(
-    input: { expertOut: Uint8Array } | undefined,
+    input: { expertOut: MoeBuffer<M> } | undefined,
     phases: Phases & { accumulate?: 'out' | 'fp32' } = {},
-  ): Promise<Uint8Array | Float32Array | undefined> {
+  ): Promise<(M extends 'device' ? bigint : Uint8Array | Float32Array) | undefined> {
     const send = phases.send ?? true;
     const recv = phases.recv ?? true;
     const r = this.round;
@@ -495,7 +581,12 @@ export class MoeAllToAll {
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.combine: dispatch this round first');
     const c = this.config;
     if (send) {
-      if (input?.expertOut.length !== r.origin.length * this.outRow)
+      if (
+        input === undefined ||
+        (input.expertOut instanceof Uint8Array
+          ? input.expertOut.length !== r.origin.length * this.outRow
+          : typeof input.expertOut !== 'bigint')
+      )
         throw new TrellisError(
           'INVALID_ARGUMENT',
           `MoeAllToAll.combine: expertOut must hold ${r.origin.length} rows of ${c.hidden} ${c.outDtype}`,
@@ -504,7 +595,9 @@ export class MoeAllToAll {
       this.combineSends.catch(() => {});
     }
     if (!recv) return undefined;
-    return this.combineRecv(phases.accumulate ?? 'out');
+    return this.combineRecv(phases.accumulate ?? 'out') as Promise<
+      M extends 'device' ? bigint : Uint8Array | Float32Array
+    >;
   }
 
   private combineSends: Promise<void> | undefined;
@@ -516,34 +609,44 @@ export class MoeAllToAll {
     return this.layout.combine + rows * this.outRow;
   }
 
-  private async combineSend(out: Uint8Array): Promise<void> {
+  private async combineSend(out: MoeBuffer<M>): Promise<void> {
     const c = this.config;
     const me = c.rank;
     const r = this.round!;
     // Group rows by source, in that source's stream order.
     const bySrc: number[][] = Array.from({ length: c.worldSize }, () => []);
     for (const [row, [s, p]] of r.origin.entries()) bySrc[s]![p] = row;
-    const sbuf = this.staging.buffer!;
     const base = this.staging.length - c.worldSize * c.maxTokensPerRank * c.topk * this.outRow;
+    const total = r.origin.length;
+    const to = new Float64Array(total);
+    const from = new Float64Array(total);
+    const spans: Array<[number, number]> = [];
     let at = base;
-    const posts: Promise<void>[] = [];
+    let i = 0;
     for (let s = 0; s < c.worldSize; s++) {
-      const rows = bySrc[s]!;
       const start = at;
-      for (const row of rows) {
-        sbuf.set(out.subarray(row * this.outRow, (row + 1) * this.outRow), at);
+      for (const row of bySrc[s]!) {
+        to[i] = at;
+        from[i++] = row * this.outRow;
         at += this.outRow;
       }
+      spans.push([start, at]);
+    }
+    const m = this.mem;
+    m.rows('staging', to, m.input(out), from, this.outRow);
+    const posts: Promise<void>[] = [];
+    for (let s = 0; s < c.worldSize; s++) {
+      const [start, end] = spans[s]!;
       if (s === me) {
-        this.region.buffer!.set(sbuf.subarray(start, at), this.combineAt(me, me));
+        m.copy('region', this.combineAt(me, me), 'staging', start, end - start);
         continue;
       }
       posts.push(
-        rows.length
+        end > start
           ? this.engine.submitSingleWrite({
               src: this.staging,
               srcOffset: start,
-              length: at - start,
+              length: end - start,
               dst: this.peers[s]!,
               dstOffset: this.combineAt(s, me),
               imm: this.imm.combine,
@@ -555,35 +658,22 @@ export class MoeAllToAll {
     await Promise.all(posts);
   }
 
-  private async combineRecv(accumulate: 'out' | 'fp32'): Promise<Uint8Array | Float32Array> {
+  private async combineRecv(accumulate: 'out' | 'fp32'): Promise<Uint8Array | Float32Array | bigint> {
     const c = this.config;
     const me = c.rank;
     const r = this.round!;
     await this.engine.immCounter(this.imm.combine).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
     await this.combineSends;
     // Where each (token, k) row came back, then the weighted sum over k in order (fp32 throughout):
-    // acc = fp32(acc + fp32(w_k × row_k)), k = 0 .. topk-1 — the order a kernel must use too.
-    const rowAt = new Int32Array(r.numTokens * c.topk).fill(-1);
+    // acc = fp32(acc + fp32(w_k × row_k)), k = 0 .. topk-1 — the order the kernel uses too.
+    const rowAt = new Float64Array(r.numTokens * c.topk).fill(-1);
     for (let d = 0; d < c.worldSize; d++) {
       const base = this.combineAt(me, d);
       r.sent[d]!.forEach(([t, k], p) => {
         rowAt[t * c.topk + k] = base + p * this.outRow;
       });
     }
-    const acc = new Float32Array(r.numTokens * c.hidden);
-    const rbuf = this.region.buffer!;
-    const dv = new DataView(rbuf.buffer, rbuf.byteOffset);
-    for (let t = 0; t < r.numTokens; t++)
-      for (let k = 0; k < c.topk; k++) {
-        const at = rowAt[t * c.topk + k]!;
-        if (at < 0) continue;
-        const w = r.weights[t * c.topk + k]!;
-        for (let h = 0; h < c.hidden; h++) {
-          const v =
-            c.outDtype === 'fp32' ? dv.getFloat32(at + h * 4, true) : bf16(dv.getUint16(at + h * 2, true));
-          acc[t * c.hidden + h] = Math.fround(acc[t * c.hidden + h]! + Math.fround(w * v));
-        }
-      }
+    const result = this.mem.combine(rowAt, r.weights, r.numTokens, c.topk, c.hidden, c.outDtype, accumulate);
     // The round is closed by a barrier: after it every buffer may be reused by the next round.
     if (this.group) {
       await this.engine.submitBarrier({ group: this.group, imm: this.imm.barrier, spread: true });
@@ -591,35 +681,33 @@ export class MoeAllToAll {
     }
     this.round = undefined;
     this.routesIn = undefined;
-    if (accumulate === 'fp32' || c.outDtype === 'fp32')
-      return accumulate === 'fp32' ? acc : new Uint8Array(acc.buffer);
-    const out = new Uint8Array(r.numTokens * this.outRow);
-    const ov = new DataView(out.buffer);
-    for (let i = 0; i < acc.length; i++) ov.setUint16(i * 2, toBf16(acc[i]!), true);
-    return out;
+    return result;
   }
 
-  /** Unregister this rank's buffers. */
+  /** Unregister this rank's buffers (and free them on the device). */
   async close(): Promise<void> {
-    if (this.engine.closed) return;
-    await this.region.unregister().catch(() => {});
-    await this.staging.unregister().catch(() => {});
+    if (!this.engine.closed) {
+      await this.region.unregister().catch(() => {});
+      await this.staging.unregister().catch(() => {});
+    }
+    this.mem.free();
   }
+}
+
+/** `xs[i] + d` */
+function plus(xs: Float64Array, d: number): Float64Array {
+  const out = new Float64Array(xs.length);
+  for (let i = 0; i < xs.length; i++) out[i] = xs[i]! + d;
+  return out;
+}
+
+/** `[0, step, 2 step, ...]` of length n */
+function iota(n: number, step: number): Float64Array {
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) out[i] = i * step;
+  return out;
 }
 
 function align(n: number, a: number): number {
   return Math.ceil(n / a) * a;
-}
-
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-function bf16(bits: number): number {
-  u32[0] = bits << 16;
-  return f32[0]!;
-}
-function toBf16(x: number): number {
-  f32[0] = x;
-  const b = u32[0]!;
-  if ((b & 0x7f800000) === 0x7f800000 && b & 0x7fffff) return ((b >>> 16) | 0x40) & 0xffff;
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
 }

@@ -1,8 +1,9 @@
 /**
  * `@trellis/moe` — expert-parallel dispatch and combine for MoE layers over any Trellis engine.
  *
- * This version is the CPU reference that defines the results ({@link MoeAllToAll}); the CUDA
- * kernels, the NVLink path and the native host proxy build on the same protocol.
+ * {@link MoeAllToAll} runs one protocol on host memory (the CPU reference that defines the
+ * results) or on CUDA memory (row-copy and combine kernels, `cudaMoeOps()` of `@trellis/cuda`);
+ * the NVLink path and the native host proxy build on the same protocol.
  *
  * @packageDocumentation
  */
@@ -10,9 +11,14 @@ export {
   type DispatchInput,
   type DispatchResult,
   MoeAllToAll,
+  type MoeBuffer,
   type MoeConfig,
+  type MoeDeviceOptions,
   type MoeDType,
+  type MoeMemory,
+  type MoeScales,
   type Phases,
 } from './alltoall.js';
+export type { MoeDeviceOps } from './memory.js';
 export { referenceCombine, referenceDispatch } from './reference.js';
 export { combineAsF32, type Routing, syntheticExpert, syntheticInputs } from './synthetic.js';

@@ -1,0 +1,25 @@
+// GPU test of moe: runs where a GPU is visible (the device machine: scripts/device-gpu-tests.sh runs
+// the same script) and is skipped with the reason elsewhere.
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { noGpuReason } from '@trellis/cuda';
+import { describe, expect, it } from 'vitest';
+
+const reason = noGpuReason();
+
+describe.skipIf(reason !== undefined)(`moe on GPUs (${reason ?? 'visible'})`, () => {
+  it('two processes, tokens in CUDA memory: dispatch and combine equal the CPU reference bit for bit', () => {
+    const out = JSON.parse(
+      execFileSync(process.execPath, [fileURLToPath(new URL('./gpu/moe.mjs', import.meta.url))], {
+        encoding: 'utf8',
+        timeout: 300_000,
+      })
+        .trim()
+        .split('\n')
+        .pop()!,
+    );
+    for (const r of out.ranks)
+      for (const c of r.report)
+        expect([c.config, c.badX, c.badScales, c.badOut]).toEqual([c.config, 0, 0, 0]);
+  });
+});
