@@ -33,8 +33,8 @@ export interface NativeEvents {
   /** (imm, count) pairs */
   imms: Uint32Array;
   recvs: Uint8Array[];
-  /** [watchId, value, previous] */
-  watches: Array<[number, bigint, bigint]>;
+  /** [watchId, value, previous, seen: ns of the monotonic clock] */
+  watches: Array<[number, bigint, bigint, bigint]>;
 }
 
 /** The engine kit's N-API class: plain data in, events out. Validation lives in TypeScript. @internal */
@@ -227,7 +227,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly unexpected: Uint8Array[] = [];
   private readonly watches = new Map<
     number,
-    { cb: UvmWatcherCallback; closed: boolean; word: BigUint64Array }
+    { cb: UvmWatcherCallback; closed: boolean; word: BigUint64Array; seenAt: bigint }
   >();
   private readonly watcherMemory: NativeEngineTuning['watcherMemory'];
   private nextRegion = 1;
@@ -370,9 +370,11 @@ export abstract class NativeEngineBase extends EngineBase {
       );
     }
     for (const m of e.recvs) this.deliver(m);
-    for (const [id, value, prev] of e.watches) {
+    for (const [id, value, prev, seen] of e.watches) {
       const w = this.watches.get(id);
-      if (w && !w.closed) callUser(() => w.cb(value, prev));
+      if (!w || w.closed) continue;
+      w.seenAt = seen;
+      callUser(() => w.cb(value, prev));
     }
   }
 
@@ -734,7 +736,7 @@ export abstract class NativeEngineBase extends EngineBase {
         'allocUvmWatcher: watcherMemory() must return {word: BigUint64Array, devicePtr}',
       );
     // The state keeps the memory alive while the worker may still read it.
-    const state = { cb: onChange, closed: false, word };
+    const state = { cb: onChange, closed: false, word, seenAt: 0n };
     this.watches.set(id, state);
     this.native.watch(id, new Uint8Array(word.buffer, word.byteOffset, 8));
     const native = this.native;
@@ -745,6 +747,9 @@ export abstract class NativeEngineBase extends EngineBase {
       devicePtr: mem?.devicePtr ?? 0n,
       get value() {
         return Atomics.load(word, 0);
+      },
+      get seenAt() {
+        return state.seenAt;
       },
       increment(n = 1n) {
         if (state.closed) throw new TrellisError('CLOSED', 'UvmWatcher.increment: the watcher is closed');

@@ -208,6 +208,12 @@ export interface UvmWatcher {
   readonly devicePtr: bigint;
   /** Current value. */
   readonly value: bigint;
+  /**
+   * When the watching thread observed the change last reported to the callback, in ns of the
+   * monotonic clock `process.hrtime.bigint()` reads (0n before the first change). Compare it with
+   * the producer's own timestamp to measure the notification latency.
+   */
+  readonly seenAt: bigint;
   /** Host-side producer: add `n` (default 1) atomically and wake the watcher. */
   increment(n?: bigint): bigint;
   /** Stop watching. Idempotent. */

@@ -1250,14 +1250,24 @@ const cases: ConformanceCase[] = [
         const target5 = new Promise<void>((r) => {
           reached = r;
         });
+        const seenAt: bigint[] = [];
         const w = a!.allocUvmWatcher((v, prev) => {
           seen.push([v, prev]);
+          seenAt.push(w.seenAt);
           if (v === 5n) reached();
         });
         assert.equal(w.value, 0n);
+        assert.equal(w.seenAt, 0n);
+        const before = process.hrtime.bigint();
         for (let i = 0; i < 5; i++) w.increment();
         await target5;
+        const after = process.hrtime.bigint();
         assert.equal(w.value, 5n);
+        // Each call sees when its change was observed, on the process.hrtime clock, in order.
+        for (const [i, t] of seenAt.entries()) {
+          assert.ok(t >= before && t <= after, `seenAt ${t} outside [${before}, ${after}]`);
+          if (i) assert.ok(t >= seenAt[i - 1]!);
+        }
         // Calls chain: each one's previous is the last one's value, strictly increasing, ending at 5.
         let last = 0n;
         for (const [v, prev] of seen) {

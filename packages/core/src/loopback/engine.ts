@@ -398,6 +398,7 @@ class PollingWatcher implements UvmWatcher {
   readonly word: BigUint64Array;
   readonly devicePtr = 0n;
   private last = 0n;
+  seenAt = 0n;
   private timer: NodeJS.Timeout | undefined;
   private kick: NodeJS.Immediate | undefined;
   private closed = false;
@@ -431,6 +432,7 @@ class PollingWatcher implements UvmWatcher {
     if (v === this.last) return;
     const prev = this.last;
     this.last = v;
+    this.seenAt = process.hrtime.bigint();
     callUser(() => this.onChange(v, prev));
   }
 

@@ -109,6 +109,8 @@ struct RegDone {
 struct WatchChange {
   uint32_t id;
   uint64_t value, prev;
+  // When the worker saw the change: ns of CLOCK_MONOTONIC (the clock of Node's process.hrtime).
+  uint64_t seen_ns;
 };
 struct Events {
   std::vector<OpDone> ops;
@@ -910,7 +912,10 @@ class Engine {
         uint64_t prev = w.last;
         w.last = v;
         uint32_t wid = id;
-        push_event([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev}); });
+        timespec ts{};
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t seen = uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+        push_event([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev, seen}); });
         any = true;
       }
     }

@@ -160,6 +160,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       a.Set(0u, ev.watches[i].id);
       a.Set(1u, Napi::BigInt::New(env, ev.watches[i].value));
       a.Set(2u, Napi::BigInt::New(env, ev.watches[i].prev));
+      a.Set(3u, Napi::BigInt::New(env, ev.watches[i].seen_ns));
       watches.Set(i, a);
     }
     o.Set("watches", watches);
