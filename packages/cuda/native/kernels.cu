@@ -64,18 +64,28 @@ __global__ void quantize_e4m3(const uint16_t* src, size_t src_offset, size_t src
   }
 }
 
-// Row i: `bytes` bytes from src + soff[i] to dst + doff[i]; 16-byte moves where everything is aligned.
+template <typename V>
+__device__ inline void copy_as(uint8_t* d, const uint8_t* s, size_t bytes) {
+  for (size_t i = threadIdx.x; i < bytes / sizeof(V); i += blockDim.x)
+    reinterpret_cast<V*>(d)[i] = reinterpret_cast<const V*>(s)[i];
+}
+
+// Row i: `bytes` bytes from src + soff[i] to dst + doff[i], in the widest moves the alignment of
+// both ends and the length allow (16, 8, 4 bytes, else bytes).
 __global__ void copy_rows(uint8_t* dst, const unsigned long long* doff, const uint8_t* src,
                           const unsigned long long* soff, size_t n, size_t bytes) {
   for (size_t r = blockIdx.x; r < n; r += gridDim.x) {
     uint8_t* d = dst + doff[r];
     const uint8_t* s = src + soff[r];
-    if (((reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s) | bytes) & 15) == 0) {
-      for (size_t i = threadIdx.x; i < bytes / 16; i += blockDim.x)
-        reinterpret_cast<uint4*>(d)[i] = reinterpret_cast<const uint4*>(s)[i];
-    } else {
-      for (size_t i = threadIdx.x; i < bytes; i += blockDim.x) d[i] = s[i];
-    }
+    const uintptr_t a = reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s) | bytes;
+    if ((a & 15) == 0)
+      copy_as<uint4>(d, s, bytes);
+    else if ((a & 7) == 0)
+      copy_as<uint2>(d, s, bytes);
+    else if ((a & 3) == 0)
+      copy_as<uint32_t>(d, s, bytes);
+    else
+      copy_as<uint8_t>(d, s, bytes);
   }
 }
 

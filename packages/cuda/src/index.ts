@@ -388,8 +388,9 @@ export function cudaWeightOps(): {
 
 /**
  * The device work of an `MoeAllToAll` on CUDA memory (`ops` of its `device` option in
- * `@trellis/moe`): allocations, uploads and downloads, the row-copy kernel that packs, lays out
- * and gathers rows by index lists, and the combine kernel (fp32 weighted sum in top-k order, the
+ * `@trellis/moe`): allocations, uploads and downloads, CUDA IPC (the NVLink path between ranks of
+ * a node), the row-copy kernel that packs, lays out and gathers rows by index lists (and stores
+ * into a peer GPU's region over NVLink), and the combine kernel (fp32 weighted sum in top-k order, the
  * CPU reference's rounding). Each call returns once its work is done.
  */
 export function cudaMoeOps(): {
@@ -397,6 +398,9 @@ export function cudaMoeOps(): {
   free(device: number, ptr: bigint): void;
   upload(device: number, dst: bigint, src: Uint8Array): void;
   download(device: number, dst: Uint8Array, src: bigint): void;
+  ipcExport(device: number, ptr: bigint): string;
+  ipcImport(device: number, handle: string): bigint;
+  ipcClose(device: number, ptr: bigint): void;
   copyRows(
     device: number,
     dst: bigint,
@@ -428,6 +432,13 @@ export function cudaMoeOps(): {
     download: (device, dst, src) => {
       if (dst.length) call('cudaMoeOps.download', () => addon().copy(device, dst, src, dst.length));
     },
+    ipcExport: (device, ptr) =>
+      Buffer.from(call('cudaMoeOps.ipcExport', () => addon().ipcExport(device, ptr))).toString('hex'),
+    ipcImport: (device, handle) =>
+      call('cudaMoeOps.ipcImport', () =>
+        addon().ipcImport(device, Uint8Array.from(Buffer.from(handle, 'hex'))),
+      ),
+    ipcClose: (device, ptr) => call('cudaMoeOps.ipcClose', () => addon().ipcClose(device, ptr)),
     copyRows: (device, dst, dstOffsets, src, srcOffsets, bytes) =>
       call('cudaMoeOps.copyRows', () =>
         addon().copyRowsIndexed(device, dst, dstOffsets, src, srcOffsets, bytes),

@@ -135,8 +135,9 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     this.tokenBytes = config.hidden * ELEM[config.inDtype];
     this.scaleCount = config.scales ? config.hidden / config.scaleBlock : 0;
     this.outRow = config.hidden * ELEM[config.outDtype];
-    this.descriptor = region.desc.toString();
     mem.bind(region, staging);
+    const ipc = mem.exportRegion();
+    this.descriptor = ipc ? `${region.desc.toString()} ${ipc}` : region.desc.toString();
     const b = config.immBase;
     this.imm = { route: b, dispatch: b + 1, combine: b + 2, barrier: b + 3 };
   }
@@ -256,16 +257,65 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     }
   }
 
-  /** Give every rank's descriptor (index = rank; this rank's own is ignored). */
+  /**
+   * Give every rank's descriptor (index = rank; this rank's own is ignored). On the GPU, a peer of
+   * the same node (`nodeSize`) whose descriptor carries a CUDA IPC handle is reached over NVLink:
+   * this rank's kernels store straight into its region, and only the immediates go through the
+   * engine.
+   */
   connect(descriptors: readonly string[]): void {
-    if (descriptors.length !== this.config.worldSize)
+    const c = this.config;
+    if (descriptors.length !== c.worldSize)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `MoeAllToAll.connect: need ${this.config.worldSize} descriptors, got ${descriptors.length}`,
+        `MoeAllToAll.connect: need ${c.worldSize} descriptors, got ${descriptors.length}`,
       );
-    this.peers = descriptors.map((d) => MrDesc.parse(d));
-    const others = this.peers.filter((_, r) => r !== this.config.rank).map((d) => d.owner);
+    const parts = descriptors.map((d) => {
+      if (typeof d !== 'string')
+        throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.connect: descriptors must be strings');
+      const [desc, ipc] = d.split(' ');
+      return { desc: MrDesc.parse(desc!), ipc };
+    });
+    this.mem.disconnect();
+    this.peers = parts.map((p) => p.desc);
+    this.paths = parts.map((p, r) => {
+      if (r === c.rank) return 'self';
+      const sameNode = Math.floor(r / c.nodeSize) === Math.floor(c.rank / c.nodeSize);
+      return sameNode && p.ipc && this.mem.connectPeer(r, p.ipc) ? 'nvlink' : 'rdma';
+    });
+    const others = this.peers.filter((_, r) => r !== c.rank).map((d) => d.owner);
     this.group = others.length ? this.engine.addPeerGroup(others) : undefined;
+  }
+
+  /** How this rank reaches each rank (after {@link connect}): itself, NVLink (CUDA IPC), or the engine. */
+  paths: ReadonlyArray<'self' | 'nvlink' | 'rdma'> = [];
+
+  /**
+   * Move `length` bytes of staging at `srcOffset` to rank `d`'s region at `dstOffset`, then count
+   * one `imm` there: one engine write, or over NVLink a kernel store into the peer's region
+   * (finished before the immediate is posted) and an immediate alone. An empty move is the
+   * immediate alone, so counts never depend on the data.
+   */
+  private send(d: number, srcOffset: number, length: number, dstOffset: number, imm: number): Promise<void> {
+    const dst = this.peers[d]!;
+    if (this.paths[d] === 'nvlink') {
+      try {
+        if (length > 0) this.mem.toPeer(d, dstOffset, srcOffset, length);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return this.engine.submitImm({ dst, imm });
+    }
+    if (length === 0) return this.engine.submitImm({ dst, imm });
+    return this.engine.submitSingleWrite({
+      src: this.staging,
+      srcOffset,
+      length,
+      dst,
+      dstOffset,
+      imm,
+      shards: 1,
+    });
   }
 
   private expertRank(e: number): number {
@@ -403,31 +453,18 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         m.copy('region', this.layout.routes + me * c.numExperts * 4, 'staging', 0, c.numExperts * 4);
         continue;
       }
-      const dst = this.peers[d]!;
       posts.push(
-        this.engine.submitSingleWrite({
-          src: this.staging,
-          srcOffset: 0,
-          length: c.numExperts * 4,
-          dst,
-          dstOffset: this.layout.routes + me * c.numExperts * 4,
-          imm: this.imm.route,
-          shards: 1,
-        }),
+        this.send(d, 0, c.numExperts * 4, this.layout.routes + me * c.numExperts * 4, this.imm.route),
       );
       const priv = Math.min(rows, P);
       posts.push(
-        priv > 0
-          ? this.engine.submitSingleWrite({
-              src: this.staging,
-              srcOffset: packAt[d]!,
-              length: priv * this.rowStride,
-              dst,
-              dstOffset: this.layout.priv + me * P * this.rowStride,
-              imm: this.imm.dispatch,
-              shards: 1,
-            })
-          : this.engine.submitImm({ dst, imm: this.imm.dispatch }),
+        this.send(
+          d,
+          packAt[d]!,
+          priv * this.rowStride,
+          this.layout.priv + me * P * this.rowStride,
+          this.imm.dispatch,
+        ),
       );
     }
     // Private rows for myself.
@@ -492,17 +529,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         this.mem.copy('region', this.overflowAt(me, me), 'staging', src, extra * this.rowStride);
         continue;
       }
-      posts.push(
-        this.engine.submitSingleWrite({
-          src: this.staging,
-          srcOffset: src,
-          length: extra * this.rowStride,
-          dst: this.peers[d]!,
-          dstOffset: this.overflowAt(me, d),
-          imm: this.imm.dispatch,
-          shards: 1,
-        }),
-      );
+      posts.push(this.send(d, src, extra * this.rowStride, this.overflowAt(me, d), this.imm.dispatch));
     }
     await Promise.all(posts);
   }
@@ -641,19 +668,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         m.copy('region', this.combineAt(me, me), 'staging', start, end - start);
         continue;
       }
-      posts.push(
-        end > start
-          ? this.engine.submitSingleWrite({
-              src: this.staging,
-              srcOffset: start,
-              length: end - start,
-              dst: this.peers[s]!,
-              dstOffset: this.combineAt(s, me),
-              imm: this.imm.combine,
-              shards: 1,
-            })
-          : this.engine.submitImm({ dst: this.peers[s]!, imm: this.imm.combine }),
-      );
+      posts.push(this.send(s, start, end - start, this.combineAt(s, me), this.imm.combine));
     }
     await Promise.all(posts);
   }

@@ -14,6 +14,10 @@ export interface MoeDeviceOps {
   free(device: number, ptr: bigint): void;
   upload(device: number, dst: bigint, src: Uint8Array): void;
   download(device: number, dst: Uint8Array, src: bigint): void;
+  /** CUDA IPC: this process's handle for an allocation (hex), another's opened here, closed. Optional: without them every peer goes through the engine. */
+  ipcExport?(device: number, ptr: bigint): string;
+  ipcImport?(device: number, handle: string): bigint;
+  ipcClose?(device: number, ptr: bigint): void;
   /** Row `i`: `bytes` bytes from `src + srcOffsets[i]` to `dst + dstOffsets[i]`. */
   copyRows(
     device: number,
@@ -47,6 +51,14 @@ export type Ref = 'region' | 'staging' | Uint8Array | bigint;
 /** @internal */
 export interface Mem {
   bind(region: MrHandle, staging: MrHandle): void;
+  /** The region's CUDA IPC handle, where peers of the node may store into it directly. */
+  exportRegion(): string | undefined;
+  /** Open a same-node peer's region from its handle; false where this memory cannot. */
+  connectPeer(rank: number, ipc: string): boolean;
+  /** Close what connectPeer opened. */
+  disconnect(): void;
+  /** Copy staging bytes straight into a connected peer's region (done on return). */
+  toPeer(rank: number, dstOff: number, srcOff: number, len: number): void;
   checkTokens(tokens: unknown, bytes: number, scales: unknown, scaleCount: number): string | undefined;
   input(x: Uint8Array | Float32Array | bigint): Ref;
   put(dst: 'region' | 'staging', off: number, bytes: Uint8Array): void;
@@ -84,6 +96,16 @@ export class HostMem implements Mem {
   bind(region: MrHandle, staging: MrHandle): void {
     this.region = region.buffer!;
     this.staging = staging.buffer!;
+  }
+  exportRegion(): undefined {
+    return undefined;
+  }
+  connectPeer(): boolean {
+    return false;
+  }
+  disconnect(): void {}
+  toPeer(): void {
+    throw new TrellisError('INTERNAL', 'MoeAllToAll: no NVLink path in host memory');
   }
   checkTokens(tokens: unknown, _bytes: number, scales: unknown): string | undefined {
     if (!(tokens instanceof Uint8Array)) return 'tokens must be a Uint8Array (host memory)';
@@ -204,6 +226,27 @@ export class DeviceMem implements Mem {
     this.region = region.cuda!.ptr;
     this.staging = staging.cuda!.ptr;
   }
+  private readonly peerRegions = new Map<number, bigint>();
+  exportRegion(): string | undefined {
+    return this.ops.ipcExport && this.ops.ipcImport
+      ? this.ops.ipcExport(this.device, this.region)
+      : undefined;
+  }
+  connectPeer(rank: number, ipc: string): boolean {
+    if (!this.ops.ipcImport) return false;
+    this.peerRegions.set(rank, this.ops.ipcImport(this.device, ipc));
+    return true;
+  }
+  disconnect(): void {
+    for (const p of this.peerRegions.values()) this.ops.ipcClose?.(this.device, p);
+    this.peerRegions.clear();
+  }
+  toPeer(rank: number, dstOff: number, srcOff: number, len: number): void {
+    const peer = this.peerRegions.get(rank);
+    if (peer === undefined)
+      throw new TrellisError('INTERNAL', `MoeAllToAll: rank ${rank} is not connected over NVLink`);
+    this.contiguous(peer, dstOff, this.staging, srcOff, len);
+  }
   checkTokens(tokens: unknown, _bytes: number, scales: unknown, scaleCount: number): string | undefined {
     if (typeof tokens !== 'bigint') return 'tokens must be a device pointer (bigint) for a GPU instance';
     if (scaleCount && typeof scales !== 'bigint')
@@ -235,14 +278,31 @@ export class DeviceMem implements Mem {
     srcOff: number,
     len: number,
   ): void {
-    if (len > 0)
+    this.contiguous(this.ptr(dst), dstOff, this.ptr(src), srcOff, len);
+  }
+  /** One contiguous move, cut into 64 KiB rows so the kernel spreads it over many blocks. */
+  private contiguous(dst: bigint, dstOff: number, src: bigint, srcOff: number, len: number): void {
+    if (len <= 0) return;
+    const CH = 64 << 10;
+    const n = Math.floor(len / CH);
+    if (n > 0) {
+      const d = new Float64Array(n);
+      const s = new Float64Array(n);
+      for (let i = 0; i < n; i++) {
+        d[i] = dstOff + i * CH;
+        s[i] = srcOff + i * CH;
+      }
+      this.ops.copyRows(this.device, dst, d, src, s, CH);
+    }
+    const rest = len - n * CH;
+    if (rest > 0)
       this.ops.copyRows(
         this.device,
-        this.ptr(dst),
-        Float64Array.of(dstOff),
-        this.ptr(src),
-        Float64Array.of(srcOff),
-        len,
+        dst,
+        Float64Array.of(dstOff + n * CH),
+        src,
+        Float64Array.of(srcOff + n * CH),
+        rest,
       );
   }
   rows(dst: Ref, dstOffs: Float64Array, src: Ref, srcOffs: Float64Array, bytes: number): void {
@@ -298,6 +358,7 @@ export class DeviceMem implements Mem {
   free(): void {
     if (this.freed) return;
     this.freed = true;
+    this.disconnect();
     for (const p of this.owned) this.ops.free(this.device, p);
   }
 }

@@ -21,11 +21,20 @@ afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
 
-function deviceOps(gpu: HostGpu): MoeDeviceOps & { calls: Record<string, number> } {
+function deviceOps(gpu: HostGpu, ipc = false): MoeDeviceOps & { calls: Record<string, number> } {
   const calls = { copyRows: 0, combine: 0 };
+  // One process: a "handle" is the pointer itself, valid in every engine here.
+  const ipcOps = ipc
+    ? {
+        ipcExport: (_d: number, p: bigint) => p.toString(16),
+        ipcImport: (_d: number, h: string) => BigInt(`0x${h}`),
+        ipcClose: () => {},
+      }
+    : {};
   const bf16 = (b: number) => new Float32Array(Uint32Array.of(b << 16).buffer)[0]!;
   return {
     calls,
+    ...ipcOps,
     alloc: (_d, n) => gpu.alloc(n),
     free: (_d, p) => gpu.free(p),
     upload: (_d, dst, src) => gpu.at(dst).set(src),
@@ -58,75 +67,86 @@ function deviceOps(gpu: HostGpu): MoeDeviceOps & { calls: Record<string, number>
 }
 
 describe('MoeAllToAll on device memory (staged path, HostGpu)', () => {
-  it('3 ranks, fp8 tokens with scales, overflow past 2 private rows: dispatch and combine equal the reference', async () => {
-    const cfg = {
-      worldSize: 3,
-      nodeSize: 1,
-      numExperts: 6,
-      topk: 2,
-      hidden: 256,
-      maxTokensPerRank: 10,
-      inDtype: 'fp8',
-      outDtype: 'fp32',
-      scales: true,
-      maxPrivateTokens: 2,
-    } as const;
-    const gpu = new HostGpu();
-    const ops = deviceOps(gpu);
-    const engines = await Promise.all([0, 1, 2].map(() => createEngine({ provider: 'shm', gpu: gpu.ops })));
-    cleanup.push(() => Promise.all(engines.map((e) => e.close())).then(() => {}));
-    const moes = await Promise.all(
-      engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank }, { ops, device: 0 })),
-    );
-    cleanup.push(() => Promise.all(moes.map((m) => m.close())).then(() => {}));
-    for (const m of moes) m.connect(moes.map((x) => x.descriptor));
-    const one: MoeConfig = { ...cfg, rank: 0 };
-    for (let round = 0; round < 2; round++) {
-      const ins = syntheticInputs(one, 40 + round, round ? 'skewed' : 'random');
-      const dev = ins.map((x) => {
-        const tokens = gpu.alloc(Math.max(1, x.tokens.length));
-        gpu.bytes(tokens).set(x.tokens);
-        const scales = gpu.alloc(Math.max(4, x.scales!.byteLength));
-        gpu.bytes(scales).set(new Uint8Array(x.scales!.buffer, x.scales!.byteOffset, x.scales!.byteLength));
-        return { ...x, tokens, scales };
-      });
-      const res = await Promise.all(moes.map((m, r) => m.dispatch(dev[r])));
-      const outs: Uint8Array[] = [];
-      for (const [r, d] of res.entries()) {
-        const want = referenceDispatch(one, ins, r);
-        const rows = want.tokensPerExpert.reduce((a, b) => a + b, 0);
-        expect(d!.tokensPerExpert).toEqual(want.tokensPerExpert);
-        expect(d!.expertOffsets).toEqual(want.expertOffsets);
-        const x = gpu.at(d!.expertX).slice(0, rows * cfg.hidden);
-        expect(Buffer.compare(x, want.expertX)).toBe(0);
-        const sc = gpu.at(d!.expertScales!).slice(0, rows * 2 * 4);
-        expect(new Float32Array(sc.buffer)).toEqual(want.expertScales);
-        outs.push(
-          syntheticExpert(one, {
-            tokensPerExpert: d!.tokensPerExpert,
-            expertOffsets: d!.expertOffsets,
-            expertX: x,
-          }),
-        );
-      }
-      const outPtrs = outs.map((o) => {
-        const p = gpu.alloc(Math.max(1, o.length));
-        gpu.bytes(p).set(o);
-        return p;
-      });
-      const got = await Promise.all(
-        moes.map((m, r) => m.combine({ expertOut: outPtrs[r]! }, { accumulate: 'fp32' })),
+  for (const [W, nodeSize, ipc] of [
+    [3, 1, false],
+    [4, 2, true],
+  ] as const)
+    it(`${W} ranks, ${nodeSize} per node${ipc ? ' (NVLink inside a node)' : ''}, fp8 tokens with scales, overflow past 2 private rows: dispatch and combine equal the reference`, async () => {
+      const cfg = {
+        worldSize: W,
+        nodeSize,
+        numExperts: 2 * W,
+        topk: 2,
+        hidden: 256,
+        maxTokensPerRank: 10,
+        inDtype: 'fp8',
+        outDtype: 'fp32',
+        scales: true,
+        maxPrivateTokens: 2,
+      } as const;
+      const gpu = new HostGpu();
+      const ops = deviceOps(gpu, ipc);
+      const engines = await Promise.all(
+        Array.from({ length: W }, () => createEngine({ provider: 'shm', gpu: gpu.ops })),
       );
-      for (const [r, p] of got.entries()) {
-        const n = ins[r]!.topkIds.length / cfg.topk;
-        const f = new Float32Array(gpu.at(p!).slice(0, n * cfg.hidden * 4).buffer);
-        expect(combineAsF32(one, f)).toEqual(referenceCombine(one, ins, outs, r));
+      cleanup.push(() => Promise.all(engines.map((e) => e.close())).then(() => {}));
+      const moes = await Promise.all(
+        engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank }, { ops, device: 0 })),
+      );
+      cleanup.push(() => Promise.all(moes.map((m) => m.close())).then(() => {}));
+      for (const m of moes) m.connect(moes.map((x) => x.descriptor));
+      expect(moes[0]!.paths).toEqual(ipc ? ['self', 'nvlink', 'rdma', 'rdma'] : ['self', 'rdma', 'rdma']);
+      if (ipc) expect(moes[3]!.paths).toEqual(['rdma', 'rdma', 'nvlink', 'self']);
+      const one: MoeConfig = { ...cfg, rank: 0 };
+      for (let round = 0; round < 2; round++) {
+        const ins = syntheticInputs(one, 40 + round, round ? 'skewed' : 'random');
+        const dev = ins.map((x) => {
+          const tokens = gpu.alloc(Math.max(1, x.tokens.length));
+          gpu.bytes(tokens).set(x.tokens);
+          const scales = gpu.alloc(Math.max(4, x.scales!.byteLength));
+          gpu.bytes(scales).set(new Uint8Array(x.scales!.buffer, x.scales!.byteOffset, x.scales!.byteLength));
+          return { ...x, tokens, scales };
+        });
+        const res = await Promise.all(moes.map((m, r) => m.dispatch(dev[r])));
+        const outs: Uint8Array[] = [];
+        for (const [r, d] of res.entries()) {
+          const want = referenceDispatch(one, ins, r);
+          const rows = want.tokensPerExpert.reduce((a, b) => a + b, 0);
+          expect(d!.tokensPerExpert).toEqual(want.tokensPerExpert);
+          expect(d!.expertOffsets).toEqual(want.expertOffsets);
+          const x = gpu.at(d!.expertX).slice(0, rows * cfg.hidden);
+          expect(Buffer.compare(x, want.expertX)).toBe(0);
+          const sc = gpu.at(d!.expertScales!).slice(0, rows * 2 * 4);
+          expect(new Float32Array(sc.buffer)).toEqual(want.expertScales);
+          outs.push(
+            syntheticExpert(one, {
+              tokensPerExpert: d!.tokensPerExpert,
+              expertOffsets: d!.expertOffsets,
+              expertX: x,
+            }),
+          );
+        }
+        const outPtrs = outs.map((o) => {
+          const p = gpu.alloc(Math.max(1, o.length));
+          gpu.bytes(p).set(o);
+          return p;
+        });
+        const got = await Promise.all(
+          moes.map((m, r) => m.combine({ expertOut: outPtrs[r]! }, { accumulate: 'fp32' })),
+        );
+        for (const [r, p] of got.entries()) {
+          const n = ins[r]!.topkIds.length / cfg.topk;
+          const f = new Float32Array(gpu.at(p!).slice(0, n * cfg.hidden * 4).buffer);
+          expect(combineAsF32(one, f)).toEqual(referenceCombine(one, ins, outs, r));
+        }
       }
-    }
-    // One combine kernel per rank and round (the rows moved by row-copy kernels are checked above).
-    expect(ops.calls.combine).toBe(6);
-    for (const e of engines) expect(e.stats().gpu.stagedRegions).toBe(2);
-  });
+      // One combine kernel per rank and round (the rows moved by row-copy kernels are checked above).
+      expect(ops.calls.combine).toBe(2 * W);
+      for (const e of engines) expect(e.stats().gpu.stagedRegions).toBe(2);
+      // NVLink peers get immediates alone through the engine: fewer staged writes than without.
+      const writes = engines.map((e) => e.stats().gpu.stagedWrites);
+      if (ipc) for (const w of writes) expect(w).toBeLessThan(2 * 3 * (W - 1));
+    });
 
   it('a GPU instance refuses host tokens, and a host instance device pointers', async () => {
     const gpu = new HostGpu();

@@ -3,7 +3,9 @@
 // kernels (cudaMoeOps), the engines move staged regions. Every round is checked against the CPU
 // reference (referenceDispatch / referenceCombine, computed from all ranks' inputs): expertX and
 // scales byte for byte, combine outputs bit for bit. Two configs: fp8 tokens with scales and fp32
-// outputs; bf16 tokens and bf16 outputs. Prints one JSON line per process (the parent's last).
+// outputs; bf16 tokens and bf16 outputs — each with nodeSize 1 (the engine's staged path between
+// the GPUs) and nodeSize 2 (NVLink: kernels store into the peer's region through CUDA IPC, the
+// engine carries only immediates). Prints one JSON line per process (the parent's last).
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -62,12 +64,13 @@ async function rank(r, device, io) {
   const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
   const ops = cudaMoeOps();
   const report = [];
-  for (const spec of CONFIGS) {
+  for (const spec of CONFIGS.flatMap((c) => [1, 2].map((nodeSize) => ({ ...c, nodeSize })))) {
     const { name, accumulate, ...base } = spec;
     const cfg = { ...base, rank: r };
     const moe = await MoeAllToAll.create(engine, cfg, { ops, device });
     const descs = await io.exchange(moe.descriptor);
     moe.connect(descs);
+    const paths = moe.paths;
     let badX = 0;
     let badScales = 0;
     let badOut = 0;
@@ -129,7 +132,7 @@ async function rank(r, device, io) {
       for (const b of [tok, sc, eo]) b?.free();
     }
     await moe.close();
-    report.push({ config: name, rows, badX, badScales, badOut, ms });
+    report.push({ config: name, nodeSize: cfg.nodeSize, paths, rows, badX, badScales, badOut, ms });
   }
   const gpu = engine.stats().gpu;
   await engine.close();

@@ -1,0 +1,144 @@
+// MoE dispatch + combine latency on two GPUs in two processes (rank 0 on GPU 0, rank 1 on GPU 1):
+// `MoeAllToAll` on CUDA memory, nodeSize 2 (NVLink through CUDA IPC, immediates through the engine)
+// or 1 (every byte through the engine's staged path). Times are host wall-clock per call (each call
+// returns with its GPU work done), median and p99 over the timed iterations. Prints one JSON line.
+//
+//   node bench/gpu-bench.mjs [--tokens 128] [--hidden 7168] [--topk 8] [--experts 256]
+//                            [--node-size 2] [--iters 100] [--warmup 20] [--provider shm]
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { createEngine } from '@trellis/backend-efa';
+import { cudaInfo, cudaMemoryOps, cudaMoeOps, DeviceBuffer } from '@trellis/cuda';
+import { MoeAllToAll } from '../dist/index.js';
+
+const arg = (name, dflt) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : dflt;
+};
+const T = Number(arg('tokens', 128));
+const H = Number(arg('hidden', 7168));
+const K = Number(arg('topk', 8));
+const E = Number(arg('experts', 256));
+const nodeSize = Number(arg('node-size', 2));
+const iters = Number(arg('iters', 100));
+const warmup = Number(arg('warmup', 20));
+const provider = arg('provider', 'shm');
+const W = 2;
+
+function routing(rank) {
+  // Top-k distinct experts per token, uniformly at random (seeded per rank); weights in (0, 1).
+  let x = 0x9e3779b9 ^ (rank + 1);
+  const rnd = () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 2 ** 32;
+  };
+  const ids = new Int32Array(T * K);
+  const w = new Float32Array(T * K);
+  for (let t = 0; t < T; t++) {
+    const picked = new Set();
+    while (picked.size < K) picked.add(Math.floor(rnd() * E));
+    [...picked].forEach((e, k) => {
+      ids[t * K + k] = e;
+      w[t * K + k] = rnd();
+    });
+  }
+  return { ids, w };
+}
+
+async function run(rank, device, exchange) {
+  const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
+  const cfg = {
+    worldSize: W,
+    rank,
+    nodeSize,
+    numExperts: E,
+    topk: K,
+    hidden: H,
+    maxTokensPerRank: T,
+    inDtype: 'fp8',
+    outDtype: 'bf16',
+    scales: true,
+    maxPrivateTokens: T * K,
+  };
+  const moe = await MoeAllToAll.create(engine, cfg, { ops: cudaMoeOps(), device });
+  moe.connect(await exchange(moe.descriptor));
+  const tokens = DeviceBuffer.alloc(T * H, { device });
+  tokens.fillPattern(rank + 1);
+  const scales = DeviceBuffer.alloc(T * (H / 128) * 4, { device });
+  scales.write(new Uint8Array(new Float32Array(T * (H / 128)).fill(1).buffer));
+  const out = DeviceBuffer.alloc(W * T * K * H * 2, { device }); // expert outputs (zeros), max rows
+  const { ids, w } = routing(rank);
+  const dispatchMs = [];
+  const combineMs = [];
+  let rows = 0;
+  for (let i = 0; i < warmup + iters; i++) {
+    const t0 = performance.now();
+    const d = await moe.dispatch({ tokens: tokens.ptr, scales: scales.ptr, topkIds: ids, topkWeights: w });
+    const t1 = performance.now();
+    await moe.combine({ expertOut: out.ptr });
+    const t2 = performance.now();
+    if (i >= warmup) {
+      dispatchMs.push(t1 - t0);
+      combineMs.push(t2 - t1);
+    }
+    rows = d.tokensPerExpert.reduce((a, b) => a + b, 0);
+  }
+  const pct = (xs, p) =>
+    +[...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))].toFixed(3);
+  const res = {
+    rank,
+    device,
+    paths: moe.paths,
+    rowsReceived: rows,
+    dispatchMs: { p50: pct(dispatchMs, 50), p99: pct(dispatchMs, 99) },
+    combineMs: { p50: pct(combineMs, 50), p99: pct(combineMs, 99) },
+  };
+  await moe.close();
+  await engine.close();
+  for (const b of [tokens, scales, out]) b.free();
+  return res;
+}
+
+if (process.argv[2] === 'child') {
+  const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  const res = await run(1, Number(process.argv[3]), async (mine) => {
+    process.stdout.write(`${JSON.stringify({ desc: mine })}\n`);
+    return JSON.parse((await lines.next()).value).descs;
+  });
+  process.stdout.write(`${JSON.stringify({ done: res })}\n`);
+  process.exit(0);
+} else {
+  const peer = cudaInfo().devices.length > 1 ? 1 : 0;
+  const kid = spawn(
+    process.execPath,
+    [fileURLToPath(import.meta.url), 'child', String(peer), ...process.argv.slice(2)],
+    {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    },
+  );
+  const replies = createInterface({ input: kid.stdout })[Symbol.asyncIterator]();
+  const next = async () => JSON.parse((await replies.next()).value);
+  const mine = await run(0, 0, async (d) => {
+    const descs = [d, (await next()).desc];
+    kid.stdin.write(`${JSON.stringify({ descs })}\n`);
+    return descs;
+  });
+  const theirs = (await next()).done;
+  console.log(
+    JSON.stringify({
+      bench: 'moe-trellis',
+      provider,
+      nodeSize,
+      tokens: T,
+      hidden: H,
+      topk: K,
+      experts: E,
+      iters,
+      ranks: [mine, theirs],
+    }),
+  );
+  process.exit(0);
+}
