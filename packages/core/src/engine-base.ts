@@ -3,6 +3,7 @@ import { ImmCounterTable } from './counters.js';
 import type { MrDesc } from './desc.js';
 import { CallSite, invalid, TrellisError } from './errors.js';
 import { countImms, lanesBetween } from './imms.js';
+import { touchesStaged } from './staging.js';
 import type {
   BarrierRequest,
   CudaMemory,
@@ -254,6 +255,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   protected abstract checkReachable(peer: NetAddr, op: string): void;
   /** Post a validated plan; settle `op` when all its work requests finished. */
   protected abstract post(plan: Plan, op: PendingOp): void;
+  /**
+   * Post `plan` as `op` the first time `watcher` reads at least `value`; cancelling `op` before
+   * then settles it with nothing posted; closing the watcher fails it with ABORTED.
+   */
+  protected abstract postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void;
   /** Post a send; settle `op` once delivered. */
   protected abstract postSend(peer: NetAddr, data: Uint8Array, op: PendingOp): void;
   /** Start delivering messages into `pool`. */
@@ -456,6 +462,62 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
   submitImm(req: ImmRequest): Promise<void> {
     return this.submit('submitImm', req, () => planImm(this, req));
+  }
+
+  submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void> {
+    const site = new CallSite('submitOnWatch');
+    try {
+      const op = site.op;
+      this.throwIfClosed(op);
+      if (!this.watchers.has(watcher))
+        throw invalid(
+          'INVALID_ARGUMENT',
+          op,
+          'watcher must be a live watcher of this engine (from its allocUvmWatcher, not closed)',
+        );
+      if (typeof value !== 'bigint' || value < 1n || value >= 1n << 64n)
+        throw invalid('INVALID_ARGUMENT', op, `value must be a bigint in 1..2^64-1, got ${describe(value)}`);
+      if (typeof request !== 'object' || request === null)
+        throw invalid('INVALID_ARGUMENT', op, 'request must be a TransferRequest with a kind');
+      let p: Plan;
+      switch (request.kind) {
+        case 'single':
+          p = planSingle(this, request);
+          break;
+        case 'paged':
+          p = planPaged(this, request);
+          break;
+        case 'scatter':
+          p = planScatter(this, request);
+          break;
+        case 'barrier':
+          p = planBarrier(this, request);
+          break;
+        case 'imm':
+          p = planImm(this, request);
+          break;
+        default:
+          throw invalid(
+            'INVALID_ARGUMENT',
+            op,
+            `unknown request kind ${JSON.stringify((request as { kind: unknown }).kind)}`,
+          );
+      }
+      if (touchesStaged(p))
+        throw invalid(
+          'UNSUPPORTED',
+          op,
+          'a staged GPU region needs device copies between the steps of a write, so it cannot be triggered; use a host or directly registered region',
+        );
+      const peers = planPeers(p);
+      for (const peer of peers) this.checkReachable(peer, op);
+      const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
+      const pending = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, request);
+      this.guard(pending, () => this.postOnWatch(p, pending, watcher, value));
+      return pending.promise;
+    } catch (e) {
+      return Promise.reject(site.attach(e));
+    }
   }
 
   private submit(name: string, req: OpOptions, plan: () => Plan): Promise<void> {

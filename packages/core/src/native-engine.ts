@@ -21,7 +21,7 @@ import type {
   UvmWatcherCallback,
 } from './types.js';
 import { callUser } from './user.js';
-import type { Plan } from './validate.js';
+import type { PagedPlan, Plan, ScatterPlan, SinglePlan } from './validate.js';
 
 /** One batch of events from the native worker (one doorbell). @internal */
 export interface NativeEvents {
@@ -64,6 +64,8 @@ export interface NativeEngine {
       pageBytes: number;
       keys: BigUint64Array;
     },
+    /** Arm the write on a watch instead of posting it now. */
+    trigger?: { watch: number; at: bigint },
   ): void;
   send(op: number, peer: number, bytes: Uint8Array): void;
   cancel(op: number, code: 'TIMEOUT' | 'ABORTED'): void;
@@ -230,6 +232,7 @@ export abstract class NativeEngineBase extends EngineBase {
     { cb: UvmWatcherCallback; closed: boolean; word: BigUint64Array; seenAt: bigint }
   >();
   private readonly watcherMemory: NativeEngineTuning['watcherMemory'];
+  private readonly watcherIds = new WeakMap<UvmWatcher, number>();
   private nextRegion = 1;
   private nextPeer = 1;
   private nextWatch = 1;
@@ -492,12 +495,19 @@ export abstract class NativeEngineBase extends EngineBase {
   private keyBuf = new BigUint64Array(8 * 8);
 
   protected post(plan: Plan, op: PendingOp): void {
-    if (touchesStaged(plan)) this.stager.start(plan, op);
+    if (touchesStaged(plan)) this.stager.start(plan as SinglePlan | PagedPlan | ScatterPlan, op);
     else this.postPlan(plan, op);
   }
 
-  /** Post a plan as work requests (the staged path posts its segments through here). */
-  private postPlan(plan: Plan, op: PendingOp): void {
+  protected postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void {
+    const watch = this.watcherIds.get(watcher);
+    if (watch === undefined)
+      throw new TrellisError('INVALID_ARGUMENT', 'submitOnWatch: the watcher is not one of this engine');
+    this.postPlan(plan, op, { watch, at: value });
+  }
+
+  /** Post a plan as work requests (the staged path posts its segments through here), or arm it. */
+  private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint }): void {
     let n = 0;
     const runCount =
       plan.op === 'scatter' ? plan.targets.length : plan.op === 'barrier' ? plan.peers.length : 1;
@@ -590,6 +600,7 @@ export abstract class NativeEngineBase extends EngineBase {
       runs.subarray(0, 8 * n),
       keys.subarray(0, 8 * n),
       pages,
+      trigger,
     );
   }
 
@@ -742,7 +753,7 @@ export abstract class NativeEngineBase extends EngineBase {
     const native = this.native;
     const watches = this.watches;
     const engine = this;
-    return {
+    const w: UvmWatcher = {
       word,
       devicePtr: mem?.devicePtr ?? 0n,
       get value() {
@@ -763,6 +774,8 @@ export abstract class NativeEngineBase extends EngineBase {
         onClose(this);
       },
     };
+    this.watcherIds.set(w, id);
+    return w;
   }
 
   // -- lifecycle --------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ interface Segment {
 }
 
 /** Whether a plan reads or writes a staged region. @internal */
-export function touchesStaged(plan: Plan): plan is SinglePlan | PagedPlan | ScatterPlan {
+export function touchesStaged(plan: Plan): boolean {
   switch (plan.op) {
     case 'single':
     case 'paged':

@@ -330,6 +330,15 @@ export interface TransferEngine {
   addPeerGroup(peers: readonly NetAddr[]): PeerGroup;
   /** A host word that a producer increments; `onChange` runs on each observed change. */
   allocUvmWatcher(onChange: UvmWatcherCallback): UvmWatcher;
+  /**
+   * A triggered operation: validate and prepare `request` now, and post it — from the engine's
+   * worker thread, with no JavaScript turn on native backends — the first time `watcher` reads at
+   * least `value` (at once if it already does). This is how a GPU kernel, by incrementing a
+   * watcher word, starts transfers with the latency of the worker seeing the word. Settles like any
+   * `submit*`; aborted or timed out before it fired, it settles with nothing posted. Closing the
+   * watcher first rejects it with `ABORTED`. Staged GPU regions cannot be triggered (`UNSUPPORTED`).
+   */
+  submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void>;
   stats(): EngineStats;
   /** Reject every pending operation with `CLOSED`, release every region. Idempotent. */
   close(): Promise<void>;

@@ -41,7 +41,7 @@ describe.skipIf(reason !== undefined)(`GPU (${reason ?? 'visible'})`, () => {
         .split('\n')
         .pop()!,
     );
-    expect([out.n, out.final]).toEqual([200, 200]);
+    expect([out.n, out.final]).toEqual([200, 400]);
   });
   it('the staged path between two processes (one GPU each where two exist): every byte checked on the device', () => {
     const out = JSON.parse(

@@ -1285,6 +1285,93 @@ const cases: ConformanceCase[] = [
       }),
   },
   {
+    id: 'triggered: a write armed on a watcher is posted when the word reaches the value, not before; cancel and close settle it once with nothing posted',
+    run: (ctx) =>
+      withGroup(ctx, 2, async ({ engines: [a, b] }) => {
+        const n = 64 * 1024;
+        const src = await source(a!, n, 31);
+        const dst = await target(b!, 3 * n, 32);
+        const imm = 0x7101;
+        const w = a!.allocUvmWatcher(() => {});
+        const t = new SettleTracker();
+        const fired = a!.submitOnWatch(w, 3n, { kind: 'single', src, length: n, dst: dst.h.desc, imm });
+        t.track(fired);
+        const ac = new AbortController();
+        const aborted = a!.submitOnWatch(w, 10n, {
+          kind: 'single',
+          src,
+          length: n,
+          dst: dst.h.desc,
+          dstOffset: n,
+          imm,
+          signal: ac.signal,
+        });
+        t.track(aborted);
+        const closed = a!.submitOnWatch(w, 20n, {
+          kind: 'single',
+          src,
+          length: n,
+          dst: dst.h.desc,
+          dstOffset: 2 * n,
+          imm,
+        });
+        t.track(closed);
+        const settledCount = () => t.outcomes.filter((o) => o !== 'pending').length;
+        w.increment();
+        w.increment();
+        await sleep(30);
+        assert.equal(settledCount(), 0, 'nothing settles before the word reaches a value');
+        assertBytes(bytesOf(dst.h), dst.expect, 'before the trigger');
+        assert.equal(b!.immCounter(imm).total, 0);
+        w.increment(); // 3: the first write goes out
+        await fired;
+        const expected = b!.expectedImms({ kind: 'single', src, length: n, dst: dst.h.desc, imm });
+        await b!.immCounter(imm).wait(expected, { timeoutMs: 10_000 });
+        dst.expect.set(bytesOf(src), 0);
+        assertBytes(bytesOf(dst.h), dst.expect, 'after the trigger');
+        ac.abort();
+        await rejects(aborted, 'ABORTED', 'aborted before its value');
+        w.increment(10n); // 13: past 10 (the aborted write must not go out), below 20
+        await sleep(30);
+        w.close();
+        const e = await rejects(closed, 'ABORTED', 'watcher closed before its value');
+        assert.match(e.message, /watcher was closed/);
+        await assertNoExtra(b!, imm);
+        assertBytes(bytesOf(dst.h), dst.expect, 'nothing of the cancelled writes landed');
+        // A value already reached fires at once; an immediate alone can be triggered too.
+        const w2 = a!.allocUvmWatcher(() => {});
+        w2.increment(5n);
+        await a!.submitOnWatch(w2, 5n, { kind: 'imm', dst: b!.address, imm: imm + 1 });
+        await b!.immCounter(imm + 1).wait(1, { timeoutMs: 10_000 });
+        // Bad input is refused before anything is armed.
+        await rejects(
+          a!.submitOnWatch(w2, 0n, { kind: 'imm', dst: b!.address, imm }),
+          'INVALID_ARGUMENT',
+          'value 0',
+        );
+        await rejects(
+          a!.submitOnWatch(w, 30n, { kind: 'imm', dst: b!.address, imm }),
+          'INVALID_ARGUMENT',
+          'closed watcher',
+        );
+        const other = b!.allocUvmWatcher(() => {});
+        await rejects(
+          a!.submitOnWatch(other, 1n, { kind: 'imm', dst: b!.address, imm }),
+          'INVALID_ARGUMENT',
+          "another engine's watcher",
+        );
+        await rejects(
+          a!.submitOnWatch(w2, 9n, { kind: 'single', src, length: n + 1, dst: dst.h.desc }),
+          'OUT_OF_RANGE',
+          'a bad request',
+        );
+        other.close();
+        w2.close();
+        await t.settled(1000);
+        assert.deepEqual(t.outcomes, ['resolved', 'ABORTED', 'ABORTED']);
+      }),
+  },
+  {
     id: 'workload: a random mix of every operation settles exactly once and lands exactly',
     run: (ctx) =>
       withGroup(ctx, 3, async ({ engines }, rng) => {

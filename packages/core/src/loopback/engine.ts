@@ -226,7 +226,36 @@ export class LoopbackEngine extends EngineBase {
     else flight.op.complete();
   }
 
+  /** Triggered operations not yet posted, and the watcher each waits on. */
+  private readonly armed = new Map<PendingOp, PollingWatcher>();
+
+  protected postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void {
+    if (!(watcher instanceof PollingWatcher))
+      throw new TrellisError('INVALID_ARGUMENT', 'submitOnWatch: the watcher is not one of this engine');
+    this.armed.set(op, watcher);
+    watcher.arm(
+      value,
+      op,
+      () => {
+        this.armed.delete(op);
+        this.post(plan, op);
+      },
+      (reason) => {
+        this.armed.delete(op);
+        op.fail(reason);
+      },
+    );
+  }
+
   cancelOp(op: PendingOp, reason: TrellisError): void {
+    const w = this.armed.get(op);
+    if (w) {
+      // Armed, never posted: nothing of it can touch memory.
+      this.armed.delete(op);
+      w.disarm(op);
+      op.fail(reason);
+      return;
+    }
     const flight = this.flights.get(op);
     if (!flight) {
       this.cancelSend(op, reason);
@@ -399,6 +428,8 @@ class PollingWatcher implements UvmWatcher {
   readonly devicePtr = 0n;
   private last = 0n;
   seenAt = 0n;
+  private triggers: Array<{ at: bigint; op: PendingOp; fire: () => void; fail: (e: TrellisError) => void }> =
+    [];
   private timer: NodeJS.Timeout | undefined;
   private kick: NodeJS.Immediate | undefined;
   private closed = false;
@@ -426,6 +457,17 @@ class PollingWatcher implements UvmWatcher {
     return v;
   }
 
+  /** @internal Post `fire` the first time the word reads at least `at` (now if it does). */
+  arm(at: bigint, op: PendingOp, fire: () => void, fail: (e: TrellisError) => void): void {
+    if (Atomics.load(this.word, 0) >= at) fire();
+    else this.triggers.push({ at, op, fire, fail });
+  }
+
+  /** @internal */
+  disarm(op: PendingOp): void {
+    this.triggers = this.triggers.filter((t) => t.op !== op);
+  }
+
   private check(): void {
     if (this.closed) return;
     const v = Atomics.load(this.word, 0);
@@ -433,6 +475,9 @@ class PollingWatcher implements UvmWatcher {
     const prev = this.last;
     this.last = v;
     this.seenAt = process.hrtime.bigint();
+    const due = this.triggers.filter((t) => v >= t.at);
+    if (due.length) this.triggers = this.triggers.filter((t) => v < t.at);
+    for (const t of due) t.fire();
     callUser(() => this.onChange(v, prev));
   }
 
@@ -441,6 +486,15 @@ class PollingWatcher implements UvmWatcher {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     if (this.kick) clearImmediate(this.kick);
+    const pending = this.triggers;
+    this.triggers = [];
+    for (const t of pending)
+      t.fail(
+        new TrellisError(
+          'ABORTED',
+          'submitOnWatch: the watcher was closed before it reached the trigger value',
+        ),
+      );
     this.onClose(this);
   }
 }

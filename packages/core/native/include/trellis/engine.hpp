@@ -76,7 +76,7 @@ struct WriteCmd {
   }
 };
 
-enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, Send, Cancel, AddWatch, RemoveWatch };
+enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch };
 
 struct Cmd {
   explicit Cmd(CmdKind k) : kind(k) {}
@@ -90,6 +90,7 @@ struct Cmd {
   uint32_t peer = 0;                        // Send
   std::vector<uint8_t> data;
   Code code = Code::Ok;                     // Cancel: the reason
+  uint64_t at = 0;                          // ArmWrite: post `write` once watch `id` reads >= at
 };
 
 // Events for JS.
@@ -281,6 +282,12 @@ class Engine {
     volatile uint64_t* word;
     uint64_t last;
   };
+  struct Trigger {
+    uint32_t watch;
+    uint64_t at;
+    std::unique_ptr<WriteCmd> w;
+  };
+  std::vector<Trigger> triggers_;
   struct PendingSend {
     uint32_t op;
     uint32_t peer;
@@ -448,6 +455,7 @@ class Engine {
     backlog_.clear();
     for (auto& p : send_backlog_) fail_op(p.op, Code::Closed, 0, -1, "the engine was closed with this operation pending");
     send_backlog_.clear();
+    fail_triggers([](const Trigger&) { return true; }, Code::Closed, "the engine was closed with this operation pending");
     for (auto& [id, st] : ops_) {
       if (!st.reported) report(id, st, Code::Closed, 0, -1, "the engine was closed with this operation pending");
     }
@@ -470,10 +478,15 @@ class Engine {
         break;
       }
       case CmdKind::Write: write(std::move(c.write)); break;
+      case CmdKind::ArmWrite: arm(c.id, c.at, std::move(c.write)); break;
       case CmdKind::Send: send(c.id, c.peer, std::move(c.data)); break;
       case CmdKind::Cancel: cancel(c.id, c.code); break;
       case CmdKind::AddWatch: watches_[c.id] = Watch{static_cast<volatile uint64_t*>(c.ptr), 0}; break;
-      case CmdKind::RemoveWatch: watches_.erase(c.id); break;
+      case CmdKind::RemoveWatch:
+        watches_.erase(c.id);
+        fail_triggers([&](const Trigger& t) { return t.watch == c.id; }, Code::Aborted,
+                      "the watcher was closed before it reached the trigger value");
+        break;
     }
   }
 
@@ -557,6 +570,36 @@ class Engine {
     backlog_.push_back(std::move(g));
   }
 
+  // A triggered write: posted by this thread, with no JS turn, the first time the watch word reads
+  // at least `at` (at once if it already does).
+  void arm(uint32_t watch, uint64_t at, std::unique_ptr<WriteCmd> w) {
+    auto it = watches_.find(watch);
+    if (it == watches_.end()) {
+      OpState st;
+      report(w->op, st, Code::Aborted, 0, -1, "the watcher was closed before the write was armed");
+      return;
+    }
+    uint64_t v = __atomic_load_n(it->second.word, __ATOMIC_ACQUIRE);
+    if (v >= at) {
+      write(std::move(w));
+      return;
+    }
+    triggers_.push_back(Trigger{watch, at, std::move(w)});
+  }
+
+  template <typename Pred>
+  void fail_triggers(Pred pred, Code code, const char* msg) {
+    for (auto t = triggers_.begin(); t != triggers_.end();) {
+      if (pred(*t)) {
+        OpState st;
+        report(t->w->op, st, code, 0, -1, msg);
+        t = triggers_.erase(t);
+      } else {
+        ++t;
+      }
+    }
+  }
+
   void send(uint32_t op, uint32_t peer, std::vector<uint8_t> data) {
     OpState st;
     st.outstanding = 1;
@@ -576,6 +619,14 @@ class Engine {
   }
 
   void cancel(uint32_t op, Code why) {
+    for (auto t = triggers_.begin(); t != triggers_.end(); ++t) {
+      if (t->w->op != op) continue;
+      // Armed, never posted: nothing of it can touch memory.
+      OpState st;
+      report(op, st, why, 0, -1, "");
+      triggers_.erase(t);
+      return;
+    }
     auto it = ops_.find(op);
     if (it == ops_.end() || it->second.reported) return;
     OpState& st = it->second;
@@ -917,6 +968,16 @@ class Engine {
         uint64_t seen = uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
         push_event([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev, seen}); });
         any = true;
+        // Triggered writes of this watch whose value is reached go out now, in arming order.
+        for (auto t = triggers_.begin(); t != triggers_.end();) {
+          if (t->watch == wid && v >= t->at) {
+            std::unique_ptr<WriteCmd> cmd = std::move(t->w);
+            t = triggers_.erase(t);
+            write(std::move(cmd));
+          } else {
+            ++t;
+          }
+        }
       }
     }
     return any;

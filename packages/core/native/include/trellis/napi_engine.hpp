@@ -284,7 +284,15 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       read_keys(p.Get("keys").As<Napi::BigUint64Array>(), 0, pg->keys);
       w->pages = std::move(pg);
     }
-    Cmd c(CmdKind::Write);
+    // trigger?: {watch, at} — arm it on a watcher instead of posting now.
+    bool armed = info.Length() > 7 && info[7].IsObject();
+    Cmd c(armed ? CmdKind::ArmWrite : CmdKind::Write);
+    if (armed) {
+      Napi::Object t = info[7].As<Napi::Object>();
+      c.id = u32(t.Get("watch"));
+      bool lossless = true;
+      c.at = t.Get("at").As<Napi::BigInt>().Uint64Value(&lossless);
+    }
     c.write = std::move(w);
     engine_->push(std::move(c));
     return info.Env().Undefined();
