@@ -1,16 +1,15 @@
-// MoE dispatch + combine latency on two GPUs in two processes (rank 0 on GPU 0, rank 1 on GPU 1):
-// `MoeAllToAll` on CUDA memory, nodeSize 2 (NVLink through CUDA IPC, immediates through the engine)
-// or 1 (every byte through the engine's staged path). Times are host wall-clock per call (each call
+// MoE dispatch + combine latency on W GPUs in W processes (rank r on GPU r; W = the GPUs visible,
+// or --ranks): `MoeAllToAll` on CUDA memory, nodeSize W (NVLink through CUDA IPC, immediates
+// through the engine) or 1 (every byte through the engine's staged path). Times are host wall-clock per call (each call
 // returns with its GPU work done), median and p99 over the timed iterations. Prints one JSON line.
 //
 //   node bench/gpu-bench.mjs [--tokens 128] [--hidden 7168] [--topk 8] [--experts 256]
-//                            [--node-size 2] [--iters 100] [--warmup 20] [--provider shm]
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
+//                            [--node-size W] [--ranks W] [--iters 100] [--warmup 20] [--provider shm]
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '@trellis/backend-efa';
 import { cudaInfo, cudaMemoryOps, cudaMoeOps, DeviceBuffer } from '@trellis/cuda';
 import { MoeAllToAll } from '../dist/index.js';
+import { childWorld, parentWorld } from '../test/gpu/world.mjs';
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -20,11 +19,12 @@ const T = Number(arg('tokens', 128));
 const H = Number(arg('hidden', 7168));
 const K = Number(arg('topk', 8));
 const E = Number(arg('experts', 256));
-const nodeSize = Number(arg('node-size', 2));
+const gpus = cudaInfo().devices.length;
+const W = Number(arg('ranks', Math.max(2, gpus)));
+const nodeSize = Number(arg('node-size', W));
 const iters = Number(arg('iters', 100));
 const warmup = Number(arg('warmup', 20));
 const provider = arg('provider', 'shm');
-const W = 2;
 
 function routing(rank) {
   // Top-k distinct experts per token, uniformly at random (seeded per rank); weights in (0, 1).
@@ -103,41 +103,24 @@ async function run(rank, device, exchange) {
 }
 
 if (process.argv[2] === 'child') {
-  const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-  const res = await run(1, Number(process.argv[3]), async (mine) => {
-    process.stdout.write(`${JSON.stringify({ desc: mine })}\n`);
-    return JSON.parse((await lines.next()).value).descs;
-  });
-  process.stdout.write(`${JSON.stringify({ done: res })}\n`);
-  process.exit(0);
+  const world = childWorld();
+  await world.finish(await run(world.rank, gpus > 1 ? world.rank % gpus : 0, (d) => world.exchange(d)));
 } else {
-  const peer = cudaInfo().devices.length > 1 ? 1 : 0;
-  const kid = spawn(
-    process.execPath,
-    [fileURLToPath(import.meta.url), 'child', String(peer), ...process.argv.slice(2)],
-    {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    },
-  );
-  const replies = createInterface({ input: kid.stdout })[Symbol.asyncIterator]();
-  const next = async () => JSON.parse((await replies.next()).value);
-  const mine = await run(0, 0, async (d) => {
-    const descs = [d, (await next()).desc];
-    kid.stdin.write(`${JSON.stringify({ descs })}\n`);
-    return descs;
-  });
-  const theirs = (await next()).done;
+  const world = parentWorld(fileURLToPath(import.meta.url), W, process.argv.slice(2));
+  const mine = await run(0, 0, (d) => world.exchange(d));
+  const ranks = await world.gather(mine);
   console.log(
     JSON.stringify({
       bench: 'moe-trellis',
       provider,
+      worldSize: W,
       nodeSize,
       tokens: T,
       hidden: H,
       topk: K,
       experts: E,
       iters,
-      ranks: [mine, theirs],
+      ranks,
     }),
   );
   process.exit(0);

@@ -1,5 +1,5 @@
 # The baseline for bench/gpu-bench.mjs: MoE dispatch and combine with torch.distributed NCCL
-# all_to_all_single on two GPUs (one process each), the common way to do EP without a dedicated
+# all_to_all_single on W GPUs (one process each; W = the GPUs visible, or --ranks), the common way to do EP without a dedicated
 # library. Dispatch: exchange per-rank row counts (all_to_all_single), then the rows — every
 # (token, k) pair routed to a rank, fp8 bytes plus fp32 scales per 128 — in one all_to_all_single.
 # Combine: the bf16 expert-output rows back in one all_to_all_single, then the weighted sum in fp32
@@ -87,7 +87,7 @@ def run(rank, world, a, port):
     gathered = [None] * world
     dist.all_gather_object(gathered, res)
     if rank == 0:
-        print(json.dumps({"bench": "moe-nccl-all_to_all_single", "torch": torch.__version__,
+        print(json.dumps({"bench": "moe-nccl-all_to_all_single", "worldSize": world, "torch": torch.__version__,
                           "nccl": ".".join(map(str, torch.cuda.nccl.version())), "tokens": T, "hidden": H,
                           "topk": K, "experts": E, "iters": a.iters, "ranks": gathered}))
     dist.destroy_process_group()
@@ -101,5 +101,6 @@ if __name__ == "__main__":
     p.add_argument("--experts", type=int, default=256)
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--ranks", type=int, default=max(2, torch.cuda.device_count()))
     a = p.parse_args()
-    mp.spawn(run, args=(2, a, 29511), nprocs=2, join=True)
+    mp.spawn(run, args=(a.ranks, a, 29511), nprocs=a.ranks, join=True)

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 const reason = noGpuReason();
 
 describe.skipIf(reason !== undefined)(`moe on GPUs (${reason ?? 'visible'})`, () => {
-  it('two processes, tokens in CUDA memory: dispatch and combine equal the CPU reference bit for bit', () => {
+  it('one process per GPU, tokens in CUDA memory: dispatch and combine equal the CPU reference bit for bit', () => {
     const out = JSON.parse(
       execFileSync(process.execPath, [fileURLToPath(new URL('./gpu/moe.mjs', import.meta.url))], {
         encoding: 'utf8',
@@ -19,7 +19,16 @@ describe.skipIf(reason !== undefined)(`moe on GPUs (${reason ?? 'visible'})`, ()
         .pop()!,
     );
     for (const r of out.ranks)
-      for (const c of r.report)
+      for (const c of r.report) {
+        const want = c.paths.map((_: string, q: number) =>
+          q === r.rank
+            ? 'self'
+            : Math.floor(q / c.nodeSize) === Math.floor(r.rank / c.nodeSize)
+              ? 'nvlink'
+              : 'rdma',
+        );
+        expect([c.config, c.nodeSize, c.paths]).toEqual([c.config, c.nodeSize, want]);
         expect([c.config, c.badX, c.badScales, c.badOut]).toEqual([c.config, 0, 0, 0]);
+      }
   });
 });

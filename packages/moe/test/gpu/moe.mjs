@@ -1,13 +1,12 @@
-// GPU: MoE dispatch and combine between two processes, rank 0 on GPU 0 and rank 1 on GPU 1 where
-// two GPUs exist, tokens and expert rows in CUDA memory: packing, layout and the combine sum run as
+// GPU: MoE dispatch and combine between W processes, rank r on GPU r (W = the GPUs visible, or
+// TRELLIS_RANKS; one GPU serves every rank where there is only one), tokens and expert rows in CUDA memory: packing, layout and the combine sum run as
 // kernels (cudaMoeOps), the engines move staged regions. Every round is checked against the CPU
 // reference (referenceDispatch / referenceCombine, computed from all ranks' inputs): expertX and
 // scales byte for byte, combine outputs bit for bit. Two configs: fp8 tokens with scales and fp32
 // outputs; bf16 tokens and bf16 outputs — each with nodeSize 1 (the engine's staged path between
-// the GPUs) and nodeSize 2 (NVLink: kernels store into the peer's region through CUDA IPC, the
-// engine carries only immediates). Prints one JSON line per process (the parent's last).
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
+// the GPUs), 2 (where W > 2: NVLink in pairs, the engine between pairs) and W (NVLink: kernels
+// store into the peer's region through CUDA IPC, the engine carries only immediates). Prints one
+// JSON line (rank 0, with every rank's report).
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '@trellis/backend-efa';
 import { cudaInfo, cudaMemoryOps, cudaMoeOps, DeviceBuffer } from '@trellis/cuda';
@@ -64,7 +63,8 @@ async function rank(r, device, io) {
   const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
   const ops = cudaMoeOps();
   const report = [];
-  for (const spec of CONFIGS.flatMap((c) => [1, 2].map((nodeSize) => ({ ...c, nodeSize })))) {
+  const nodeSizes = [...new Set([1, 2, W])].filter((n) => W % n === 0);
+  for (const spec of CONFIGS.flatMap((c) => nodeSizes.map((nodeSize) => ({ ...c, nodeSize })))) {
     const { name, accumulate, ...base } = spec;
     const cfg = { ...base, rank: r };
     const moe = await MoeAllToAll.create(engine, cfg, { ops, device });
@@ -139,39 +139,20 @@ async function rank(r, device, io) {
   return { rank: r, device, report, gpu };
 }
 
+const gpus = cudaInfo().devices.length;
+const watchdog = setTimeout(() => {
+  console.error(`moe.mjs rank ${process.argv[3] ?? 0}: no result after 240 s`);
+  process.exit(3);
+}, 240_000);
+watchdog.unref();
 if (process.argv[2] === 'child') {
-  const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-  const io = {
-    async exchange(mine) {
-      process.stdout.write(`${JSON.stringify({ desc: mine })}\n`);
-      return JSON.parse((await lines.next()).value).descs;
-    },
-  };
-  const out = await rank(1, Number(process.argv[3]), io);
-  process.stdout.write(`${JSON.stringify({ done: out })}\n`);
-  process.exit(0);
+  const world = childWorld();
+  const out = await rank(world.rank, gpus > 1 ? world.rank % gpus : 0, world);
+  await world.finish(out);
 } else {
-  const peerDevice = cudaInfo().devices.length > 1 ? 1 : 0;
-  const kid = spawn(process.execPath, [fileURLToPath(import.meta.url), 'child', String(peerDevice)], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  const replies = createInterface({ input: kid.stdout })[Symbol.asyncIterator]();
-  const next = async () => JSON.parse((await replies.next()).value);
-  const io = {
-    async exchange(mine) {
-      const theirs = (await next()).desc;
-      const descs = [mine, theirs];
-      kid.stdin.write(`${JSON.stringify({ descs })}\n`);
-      return descs;
-    },
-  };
-  const watchdog = setTimeout(() => {
-    console.error('moe.mjs: no result after 150 s');
-    process.exit(3);
-  }, 150_000);
-  watchdog.unref();
-  const mine = await rank(0, 0, io);
-  const theirs = (await next()).done;
-  console.log(JSON.stringify({ test: 'moe-gpu', provider, ranks: [mine, theirs] }));
+  const world = parentWorld(fileURLToPath(import.meta.url), W);
+  const mine = await rank(0, 0, world);
+  const ranks = await world.gather(mine);
+  console.log(JSON.stringify({ test: 'moe-gpu', provider, worldSize: W, gpus, ranks }));
   process.exit(0);
 }
