@@ -17,6 +17,7 @@ import {
   syntheticExpert,
   syntheticInputs,
 } from '../../dist/index.js';
+import { childWorld, parentWorld } from './world.mjs';
 
 const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
 const CONFIGS = [
