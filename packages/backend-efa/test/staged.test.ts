@@ -159,7 +159,12 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
     expect(await outcome(plain.registerMemory({ cuda: { ...cuda, length: 0 } }))).toMatch(
       /^INVALID_ARGUMENT: registerMemory: cuda\.length must be at least 1/,
     );
-    expect(plain.stats().regions + strict.stats().regions).toBe(0);
+    const staging = await createEngine({ provider: 'tcp', gpu: new HostGpu().ops });
+    open.push(staging);
+    expect(await outcome(staging.registerMemory({ cuda: { ...cuda, length: 2 ** 32 + 1 } }))).toMatch(
+      /^OUT_OF_RANGE: registerMemory: a staged CUDA region is at most 4294967296 bytes \(4 GiB: Node's largest typed array/,
+    );
+    expect(plain.stats().regions + strict.stats().regions + staging.stats().regions).toBe(0);
   });
 
   it('a copy that fails on the target fails the write with the target’s reason; nothing counts', async () => {

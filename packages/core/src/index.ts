@@ -35,6 +35,7 @@ export {
 export { Prng } from './loopback/prng.js';
 export {
   loadNativeAddon,
+  MAX_STAGED_BYTES,
   MSG_HEADER,
   type NativeEngine,
   NativeEngineBase,

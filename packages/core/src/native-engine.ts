@@ -162,6 +162,9 @@ export function loadNativeAddon<T>(
   }
 }
 
+/** Largest staged CUDA region: its host mirror is one typed array (Node 20: at most 2^32 bytes). */
+export const MAX_STAGED_BYTES = 2 ** 32;
+
 /** Room for the sender's NetAddr in front of every message. @internal */
 export const MSG_HEADER = 2048;
 const MAX_UNEXPECTED = 1024; // messages held while no receive pool is posted
@@ -425,6 +428,13 @@ export abstract class NativeEngineBase extends EngineBase {
       throw new TrellisError(
         'UNSUPPORTED',
         `${op}: CUDA memory needs GPU memory operations: pass gpu: cudaMemoryOps() (from @trellis/cuda) to createEngine; ${why}, so the engine stages through pinned host memory`,
+        { op },
+      );
+    // The mirror is one Uint8Array for the NICs: Node 20's typed arrays stop at 4 GiB.
+    if (c.length > MAX_STAGED_BYTES)
+      throw new TrellisError(
+        'OUT_OF_RANGE',
+        `${op}: a staged CUDA region is at most ${MAX_STAGED_BYTES} bytes (4 GiB: Node's largest typed array, which its pinned host mirror must be); register ${c.length} bytes as several regions`,
         { op },
       );
     let mirror: ArrayBuffer;

@@ -224,10 +224,9 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const combine = align(overflow + W * Math.max(0, rowsMax - c.maxPrivateTokens) * rowStride, 64);
     const size = combine + rowsMax * c.hidden * ELEM[c.outDtype];
     // Staging: this round's routes, the rows going out to every peer, combine rows going back.
-    const stagingSize = Math.max(
-      64,
-      W * c.numExperts * 4 + W * rowsMax * rowStride + rowsMax * W * c.hidden * 4,
-    );
+    // Routes, then every peer's rows, then the combine rows (at the end: see combineSend).
+    const stagingSize =
+      align(c.numExperts * 4, 64) + W * rowsMax * rowStride + W * rowsMax * c.hidden * ELEM[c.outDtype];
     const layout = { routes, priv, overflow, combine, size };
     if (!device) {
       const region = await engine.registerMemory(Math.max(64, size), { remote: true });

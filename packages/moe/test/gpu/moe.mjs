@@ -1,6 +1,6 @@
 // GPU: MoE dispatch and combine between W processes, rank r on GPU r (W = the GPUs visible, or
-// TRELLIS_RANKS; one GPU serves every rank where there is only one), tokens and expert rows in CUDA memory: packing, layout and the combine sum run as
-// kernels (cudaMoeOps), the engines move staged regions. Every round is checked against the CPU
+// TRELLIS_RANKS; one GPU serves every rank where there is only one), tokens and expert rows in
+// CUDA memory: packing, layout and the combine sum run as kernels (cudaMoeOps), the engines move staged regions. Every round is checked against the CPU
 // reference (referenceDispatch / referenceCombine, computed from all ranks' inputs): expertX and
 // scales byte for byte, combine outputs bit for bit. Two configs: fp8 tokens with scales and fp32
 // outputs; bf16 tokens and bf16 outputs — each with nodeSize 1 (the engine's staged path between
@@ -20,12 +20,13 @@ import {
 import { childWorld, parentWorld } from './world.mjs';
 
 const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
+const W = Number(process.env.TRELLIS_RANKS ?? Math.max(2, cudaInfo().devices.length));
 const CONFIGS = [
   {
     name: 'fp8+scales→fp32',
-    worldSize: 2,
+    worldSize: W,
     nodeSize: 1,
-    numExperts: 16,
+    numExperts: 8 * W,
     topk: 8,
     hidden: 4096,
     maxTokensPerRank: 128,
@@ -37,9 +38,9 @@ const CONFIGS = [
   },
   {
     name: 'bf16→bf16',
-    worldSize: 2,
+    worldSize: W,
     nodeSize: 1,
-    numExperts: 16,
+    numExperts: 8 * W,
     topk: 4,
     hidden: 2048,
     maxTokensPerRank: 256,
