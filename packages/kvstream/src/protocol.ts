@@ -70,7 +70,17 @@ export type KvMsg = TableMsg | CancelMsg | AckMsg | AbortMsg;
 
 const HEADER = 16;
 const enc = new TextEncoder();
-const dec = new TextDecoder('utf-8', { fatal: true });
+const fatalDecoder = new TextDecoder('utf-8', { fatal: true });
+/** Strict UTF-8: a peer's text that is not UTF-8 is a malformed message, not an exception. */
+const dec = {
+  decode(b: Uint8Array): string {
+    try {
+      return fatalDecoder.decode(b);
+    } catch {
+      return malformed('a text field is not valid UTF-8');
+    }
+  },
+};
 
 function header(buf: Uint8Array, type: MsgType, id: bigint): DataView {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);

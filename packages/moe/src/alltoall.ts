@@ -490,10 +490,16 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       await this.engine.immCounter(this.imm.route).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
       const all = this.mem.get('region', this.layout.routes, c.worldSize * c.numExperts * 4);
       for (let s = 0; s < c.worldSize; s++)
-        if (s !== c.rank)
-          this.round!.counts[s]!.set(
-            new Int32Array(all.buffer, all.byteOffset + s * c.numExperts * 4, c.numExperts),
-          );
+        if (s !== c.rank) {
+          const counts = new Int32Array(all.buffer, all.byteOffset + s * c.numExperts * 4, c.numExperts);
+          const why = checkRoutes(counts, c);
+          if (why)
+            throw new TrellisError(
+              'DECODE_ERROR',
+              `MoeAllToAll.dispatch: rank ${s} sent routes that do not fit this config (${why}); every rank must run the same config`,
+            );
+          this.round!.counts[s]!.set(counts);
+        }
     })();
     return this.routesIn;
   }
@@ -706,6 +712,22 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     }
     this.mem.free();
   }
+}
+
+/**
+ * Why a peer's routes (its row counts per expert) cannot be this round's, or undefined: counts are
+ * laid out into buffers sized from the config, so they are checked before any offset is computed.
+ * @internal
+ */
+export function checkRoutes(counts: Int32Array, c: Required<MoeConfig>): string | undefined {
+  let total = 0;
+  for (let e = 0; e < counts.length; e++) {
+    const n = counts[e]!;
+    if (n < 0) return `expert ${e}: ${n} rows`;
+    total += n;
+  }
+  const most = c.maxTokensPerRank * c.topk;
+  return total > most ? `${total} rows in all, more than maxTokensPerRank × topk = ${most}` : undefined;
 }
 
 /** `xs[i] + d` */

@@ -119,3 +119,46 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     await fabric.close();
   });
 });
+
+describe('routes from a peer are checked before they size anything', () => {
+  it('refuses negative counts and more rows than the config allows, under 100000 fuzzed routes', async () => {
+    const { checkRoutes } = await import('../src/alltoall.js');
+    const cfg = {
+      worldSize: 2,
+      rank: 0,
+      nodeSize: 1,
+      numExperts: 8,
+      topk: 2,
+      hidden: 8,
+      maxTokensPerRank: 16,
+      inDtype: 'bf16',
+      outDtype: 'bf16',
+      scales: false,
+      scaleBlock: 128,
+      maxPrivateTokens: 4,
+      immBase: 0,
+      timeoutMs: 1000,
+    } as const;
+    expect(checkRoutes(Int32Array.of(4, 4, 4, 4, 4, 4, 4, 4), cfg)).toBeUndefined();
+    expect(checkRoutes(Int32Array.of(4, 4, 4, 4, 4, 4, 4, 5), cfg)).toBe(
+      '33 rows in all, more than maxTokensPerRank × topk = 32',
+    );
+    expect(checkRoutes(Int32Array.of(0, -1, 0, 0, 0, 0, 0, 0), cfg)).toBe('expert 1: -1 rows');
+    const { fuzzBytes } = await import('@trellis/core/conformance');
+    let accepted = 0;
+    fuzzBytes(
+      (b) => {
+        const c = new Int32Array(8);
+        new Uint8Array(c.buffer).set(b.subarray(0, 32));
+        if (checkRoutes(c, cfg) === undefined) {
+          accepted++;
+          expect(c.every((n) => n >= 0) && c.reduce((a, n) => a + n, 0) <= 32).toBe(true);
+        }
+      },
+      [new Uint8Array(Int32Array.of(4, 4, 4, 4, 4, 4, 4, 4).buffer), new Uint8Array(32)],
+      100_000,
+      41,
+    );
+    expect(accepted).toBeGreaterThan(0);
+  });
+});

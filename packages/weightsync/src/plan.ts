@@ -51,6 +51,8 @@ export interface WeightSyncPlan {
     tensors: Required<Pick<InferenceTensorSpec, 'name' | 'parts' | 'placement'>>[] & InferenceTensorSpec[];
   };
   senderNics: number;
+  /** The largest op's source bytes the plan was cut to (with the layouts, what re-derives it). */
+  maxOpBytes: number;
   /** Bytes of each trainer rank's buffer (its chunks of every model tensor, in tensor order). */
   trainerBytes: number[];
   /** Bytes of each inference rank's weight buffer (one version). */
@@ -315,6 +317,7 @@ export function planWeightSync(
       })),
     },
     senderNics,
+    maxOpBytes,
     trainerBytes,
     inferenceBytes,
     trainerPieces,
@@ -326,22 +329,63 @@ export function planWeightSync(
   };
 }
 
-/** Parse a plan saved with `JSON.stringify`; refuses another format or version. */
+/** Largest rank count and model size a parsed plan may declare (before anything is sized from them). */
+const PARSE_LIMITS = { ranks: 1 << 16, tensors: 1 << 20 };
+
+/**
+ * Parse a plan saved with `JSON.stringify`. A plan is a pure function of its layouts, so it is
+ * re-derived from them (`planWeightSync`) and must match exactly: a plan edited, truncated or
+ * corrupted anywhere is refused with `INVALID_ARGUMENT` before any rank sizes a buffer or writes
+ * from it. Refuses another format or version.
+ */
 export function parsePlan(text: string): WeightSyncPlan {
+  if (typeof text !== 'string') throw new TrellisError('INVALID_ARGUMENT', 'parsePlan: expected a string');
   let p: WeightSyncPlan;
   try {
     p = JSON.parse(text) as WeightSyncPlan;
   } catch (e) {
     throw new TrellisError('INVALID_ARGUMENT', `parsePlan: not JSON (${(e as Error).message})`);
   }
-  if (p?.format !== 'trellis-weightsync-plan')
+  if (typeof p !== 'object' || p === null || p.format !== 'trellis-weightsync-plan')
     throw new TrellisError('INVALID_ARGUMENT', 'parsePlan: not a weightsync plan');
   if (p.version !== 1)
     throw new TrellisError(
       'UNSUPPORTED',
-      `parsePlan: plan version ${p.version}; this @trellis/weightsync reads version 1`,
+      `parsePlan: plan version ${String(p.version)}; this @trellis/weightsync reads version 1`,
     );
-  return p;
+  const malformed = (why: string) =>
+    new TrellisError(
+      'INVALID_ARGUMENT',
+      `parsePlan: the plan is malformed: ${why}; re-plan with planWeightSync`,
+    );
+  const ranks = (x: unknown) =>
+    Number.isInteger(x) && (x as number) >= 1 && (x as number) <= PARSE_LIMITS.ranks;
+  if (!Array.isArray(p.model) || p.model.length > PARSE_LIMITS.tensors)
+    throw malformed('model must be a list of tensors');
+  if (typeof p.trainer !== 'object' || p.trainer === null || !ranks(p.trainer.ranks))
+    throw malformed(`trainer.ranks must be 1..${PARSE_LIMITS.ranks}`);
+  if (typeof p.trainer.placements !== 'object' || p.trainer.placements === null)
+    throw malformed('trainer.placements must be an object');
+  if (typeof p.inference !== 'object' || p.inference === null || !ranks(p.inference.ranks))
+    throw malformed(`inference.ranks must be 1..${PARSE_LIMITS.ranks}`);
+  if (!Array.isArray(p.inference.tensors) || p.inference.tensors.length > PARSE_LIMITS.tensors)
+    throw malformed('inference.tensors must be a list');
+  if (!Number.isSafeInteger(p.maxOpBytes) || p.maxOpBytes < 1)
+    throw malformed('maxOpBytes must be a positive integer');
+  let again: WeightSyncPlan;
+  try {
+    again = planWeightSync(
+      p.model,
+      p.trainer,
+      { ranks: p.inference.ranks, tensors: p.inference.tensors },
+      { senderNics: p.senderNics, maxOpBytes: p.maxOpBytes },
+    );
+  } catch (e) {
+    throw malformed(`its layouts do not plan (${e instanceof Error ? e.message : String(e)})`);
+  }
+  if (JSON.stringify(again) !== text && JSON.stringify(again) !== JSON.stringify(p))
+    throw malformed('the schedule does not match its layouts (edited or corrupted)');
+  return again;
 }
 
 /**
