@@ -8,6 +8,7 @@
  *
  * @packageDocumentation
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { TrellisError } from '@trellis/core';
@@ -36,13 +37,15 @@ export interface Rendezvous {
 
 interface Req {
   id: number;
-  op: 'set' | 'get' | 'add' | 'join' | 'watch' | 'unwatch';
+  op: 'auth' | 'set' | 'get' | 'add' | 'join' | 'watch' | 'unwatch';
   key?: string;
   value?: string;
   member?: string;
   delta?: number;
   /** unwatch: the watch's request id. */
   watch?: number;
+  /** auth: the shared secret. */
+  token?: string;
   timeoutMs?: number;
 }
 
@@ -53,7 +56,11 @@ class StoreServer {
   private readonly groups = new Map<string, Map<string, { value: string; sock: Socket }>>();
   private readonly watchers = new Map<string, Set<{ sock: Socket; id: number }>>();
 
-  constructor(readonly server: Server) {
+  constructor(
+    readonly server: Server,
+    /** sha256 of the shared secret clients must present first; undefined: none needed. */
+    private readonly tokenHash: Buffer | undefined,
+  ) {
     server.on('connection', (sock) => this.client(sock));
   }
 
@@ -62,12 +69,36 @@ class StoreServer {
     const reply = (o: object) => {
       if (!sock.destroyed) sock.write(`${JSON.stringify(o)}\n`);
     };
+    let authed = this.tokenHash === undefined;
     createInterface({ input: sock }).on('line', (line) => {
       let r: Req;
       try {
         r = JSON.parse(line) as Req;
       } catch {
         sock.destroy();
+        return;
+      }
+      if (typeof r !== 'object' || r === null) {
+        sock.destroy();
+        return;
+      }
+      if (r.op === 'auth') {
+        authed ||= typeof r.token === 'string' && timingSafeEqual(sha256(r.token), this.tokenHash!);
+        if (authed) reply({ id: r.id, ok: true });
+        else {
+          reply({ id: r.id, ok: false, error: 'the token does not match the store' });
+          sock.end();
+        }
+        return;
+      }
+      if (!authed) {
+        // A store with a token serves nothing to a client that has not presented it.
+        reply({ id: r.id, ok: false, error: 'this store needs a token; connect with {token}' });
+        sock.end();
+        return;
+      }
+      if (typeof r.key !== 'string') {
+        reply({ id: r.id, ok: false, error: 'a request needs a string key' });
         return;
       }
       switch (r.op) {
@@ -175,14 +206,29 @@ export class TcpStore implements Rendezvous {
     private readonly server?: StoreServer,
   ) {
     createInterface({ input: sock }).on('line', (line) => {
-      const m = JSON.parse(line) as Record<string, unknown>;
+      let m: Record<string, unknown>;
+      try {
+        m = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        // Not a store: whatever answered on this port is not spoken to again.
+        sock.destroy();
+        return;
+      }
+      if (typeof m !== 'object' || m === null) {
+        sock.destroy();
+        return;
+      }
       if (typeof m.event === 'number') {
         this.events.get(m.event)?.(m.members as Record<string, string>);
         return;
       }
       const p = this.pending.get(m.id as number);
       this.pending.delete(m.id as number);
-      p?.resolve(m);
+      if (m.ok === false)
+        p?.reject(
+          new TrellisError('REMOTE_ACCESS', `TcpStore: the store refused the request: ${String(m.error)}`),
+        );
+      else p?.resolve(m);
     });
     sock.on('close', () => {
       for (const p of this.pending.values())
@@ -192,8 +238,14 @@ export class TcpStore implements Rendezvous {
     sock.on('error', () => {});
   }
 
-  /** Host the store on `port` (0: any; see {@link port}) and connect to it. */
-  static async serve(opts: { port?: number; host?: string } = {}): Promise<TcpStore> {
+  /**
+   * Host the store on `port` (0: any; see {@link port}) and connect to it. With `token`, every
+   * client must present the same shared secret before the store serves it (see docs/security.md:
+   * the store hands out engine addresses and descriptors, which are capabilities).
+   */
+  static async serve(opts: { port?: number; host?: string; token?: string } = {}): Promise<TcpStore> {
+    if (opts.token !== undefined && (typeof opts.token !== 'string' || opts.token.length === 0))
+      throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.serve: token must be a non-empty string');
     const server = createServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e) =>
@@ -206,15 +258,39 @@ export class TcpStore implements Rendezvous {
       );
       server.listen(opts.port ?? 0, opts.host ?? '0.0.0.0', () => resolve());
     });
-    const store = new StoreServer(server);
+    const store = new StoreServer(server, opts.token === undefined ? undefined : sha256(opts.token));
     const port = (server.address() as { port: number }).port;
     const sock = await dial('127.0.0.1', port, 5000);
-    return new TcpStore(sock, store);
+    const s = new TcpStore(sock, store);
+    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.serve');
+    return s;
   }
 
-  /** Connect to a store hosted elsewhere, retrying until `timeoutMs` (default 30 s) while it starts. */
-  static async connect(opts: { host: string; port: number; timeoutMs?: number }): Promise<TcpStore> {
-    return new TcpStore(await dial(opts.host, opts.port, opts.timeoutMs ?? 30_000));
+  /**
+   * Connect to a store hosted elsewhere, retrying until `timeoutMs` (default 30 s) while it
+   * starts. Pass the store's `token` if it has one; a wrong one fails with `REMOTE_ACCESS`.
+   */
+  static async connect(opts: {
+    host: string;
+    port: number;
+    timeoutMs?: number;
+    token?: string;
+  }): Promise<TcpStore> {
+    if (opts.token !== undefined && (typeof opts.token !== 'string' || opts.token.length === 0))
+      throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.connect: token must be a non-empty string');
+    const s = new TcpStore(await dial(opts.host, opts.port, opts.timeoutMs ?? 30_000));
+    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.connect');
+    return s;
+  }
+
+  private async auth(token: string, op: string): Promise<void> {
+    try {
+      await this.request({ op: 'auth', key: '', token }, 10_000);
+    } catch (e) {
+      await this.close();
+      const err = e as TrellisError;
+      throw new TrellisError(err.code ?? 'INTERNAL', `${op}: authenticating to the store: ${err.message}`);
+    }
   }
 
   /** The port the store listens on (hosting side). */
@@ -342,3 +418,7 @@ async function dial(host: string, port: number, timeoutMs: number): Promise<Sock
 }
 
 export { EtcdRendezvous } from './etcd.js';
+
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}

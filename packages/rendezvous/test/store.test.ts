@@ -81,3 +81,41 @@ describe('TcpStore', () => {
     );
   });
 });
+
+describe('TcpStore with a shared-secret token', () => {
+  it('serves only clients that present the token; others are refused with REMOTE_ACCESS', async () => {
+    const host = await TcpStore.serve({ host: '127.0.0.1', token: 's3cret' });
+    open.push(host);
+    const port = host.port!;
+    const good = await TcpStore.connect({ host: '127.0.0.1', port, token: 's3cret' });
+    open.push(good);
+    await good.set('addr/0', 'x');
+    expect(await host.get('addr/0')).toBe('x');
+    expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port, token: 'guess' }))).toBe(
+      'REMOTE_ACCESS: TcpStore.connect: authenticating to the store: TcpStore: the store refused the request: the token does not match the store',
+    );
+    const none = await TcpStore.connect({ host: '127.0.0.1', port });
+    open.push(none);
+    expect(await outcome(none.get('addr/0', { timeoutMs: 2000 }))).toBe(
+      'REMOTE_ACCESS: TcpStore: the store refused the request: this store needs a token; connect with {token}',
+    );
+    // Nothing the refused clients sent reached the store.
+    expect(await outcome(host.get('addr/1', { timeoutMs: 50 }))).toBe(
+      "TIMEOUT: TcpStore.get('addr/1'): nothing within 50 ms",
+    );
+    expect(await outcome(TcpStore.serve({ token: '' }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.serve: token must be a non-empty string',
+    );
+  });
+
+  it('a port that answers with something else is dropped, not crashed on', async () => {
+    const { createServer } = await import('node:net');
+    const server = createServer((s) => s.end('HTTP/1.1 400 Bad Request\r\n\r\n'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as { port: number }).port;
+    const c = await TcpStore.connect({ host: '127.0.0.1', port });
+    open.push(c);
+    expect(await outcome(c.get('k', { timeoutMs: 2000 }))).toMatch(/^(PEER_LOST|CLOSED): /);
+    server.close();
+  });
+});
