@@ -5,6 +5,7 @@ import { benchHtml, fmtSize, runBench, serveBench } from './bench.js';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
 import { runDoctor } from './doctor.js';
+import { runSoak } from './soak.js';
 import { table } from './table.js';
 
 const usage = `usage: trellis <command>
@@ -19,6 +20,10 @@ commands:
                                        single writes into a second process, a sweep of sizes, verified
   bench --serve [--port P] [--provider tcp]      the target of a two-host run
   bench --connect HOST:PORT [--provider tcp] ... the writer of a two-host run
+  soak [--seconds 60] [--procs 4] [--provider tcp|shm] [--kill-every 10] [--seed 1] [--json FILE]
+                                       processes writing to each other with aborts, deadlines and
+                                       SIGKILLed peers; every byte checked; exits 1 if an operation
+                                       was lost, a byte differed or a process crashed
 `;
 
 function flag(args: string[], name: string, dflt: number): number {
@@ -142,6 +147,58 @@ async function main(argv: string[]): Promise<number> {
       for (const v of r.verdicts)
         process.stdout.write(`${v.usable ? '[usable]    ' : '[not usable]'} ${v.backend}: ${v.verdict}\n`);
       return 0;
+    }
+    case 'soak': {
+      const i = args.indexOf('--provider');
+      const provider = (i >= 0 ? args[i + 1] : 'tcp') as Provider;
+      const r = await runSoak({
+        seconds: flag(args, '--seconds', 60),
+        procs: flag(args, '--procs', 4),
+        provider,
+        killEveryS: flag(args, '--kill-every', 10),
+        seed: flag(args, '--seed', 1),
+        log: (l) => process.stderr.write(`${l}\n`),
+      });
+      const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+      process.stdout.write(
+        `${table(
+          [
+            'process',
+            'gen',
+            'ops',
+            'settled',
+            'lost',
+            'outcomes',
+            'bytes written',
+            'bytes verified',
+            'mismatches',
+            'RSS start → end',
+          ],
+          r.processes.map((p) => [
+            String(p.rank),
+            String(p.generation),
+            String(p.submitted),
+            String(p.settled),
+            String(p.submitted - p.settled),
+            Object.entries(p.outcomes)
+              .map(([k, v]) => `${k} ${v}`)
+              .join(', '),
+            mb(p.bytesWritten),
+            mb(p.verifiedBytes),
+            String(p.mismatches),
+            `${mb(p.rssStart)} → ${mb(p.rssEnd)}`,
+          ]),
+        )}\n\n`,
+      );
+      const t = r.totals;
+      process.stdout.write(
+        `${r.seconds} s, ${r.procs} processes over ${r.provider}: ${t.submitted} operations, ${t.settled} settled, ${t.lost} lost; ` +
+          `${mb(t.bytesWritten)} written, ${mb(t.verifiedBytes)} verified, ${t.mismatches} mismatches; ` +
+          `faults injected: ${t.faultsInjected} (${r.kills} processes killed); crashes: ${r.crashes}\n`,
+      );
+      const j = args.indexOf('--json');
+      if (j >= 0 && args[j + 1]) writeFileSync(args[j + 1]!, JSON.stringify(r, null, 2));
+      return t.lost === 0 && t.mismatches === 0 && r.crashes === 0 ? 0 : 1;
     }
     case undefined:
     case '-h':

@@ -8,4 +8,5 @@ export { type BenchOptions, type BenchResult, type BenchRow, benchHtml, runBench
 export { bestLocalProvider, type ClusterDemoOptions, type ClusterRow, runClusterDemo } from './cluster.js';
 export { type DemoOptions, type DemoRow, runDemo } from './demo.js';
 export { type Check, type DoctorReport, runDoctor } from './doctor.js';
+export { runSoak, type SoakOptions, type SoakProcessReport, type SoakReport } from './soak.js';
 export { table } from './table.js';

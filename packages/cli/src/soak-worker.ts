@@ -1,0 +1,193 @@
+// One process of `trellis soak`: writes random-length patterns into its slot of every peer's
+// landing region (single writes and scatters, some aborted or given a 1 ms deadline on purpose),
+// and after each completed write tells the peer which pattern to check; checks what peers tell it.
+// argv[2]: JSON {rank, provider, seed, slotBytes}. stdin/stdout: JSON lines.
+import { createInterface } from 'node:readline';
+import { createEngine, type Provider } from '@trellis/backend-efa';
+import { MrDesc, NetAddr, Prng, type TransferEngine, TrellisError } from '@trellis/core';
+
+const cfg = JSON.parse(process.argv[2]!) as {
+  rank: number;
+  provider: Provider;
+  seed: number;
+  slotBytes: number;
+};
+const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
+const IMM = 0x50aa0000;
+const MAX_PEERS = 64;
+
+const engine: TransferEngine = await createEngine({ provider: cfg.provider, nics: 2, opTimeoutMs: 3000 });
+const land = await engine.registerMemory(MAX_PEERS * cfg.slotBytes, { remote: true });
+const src = await engine.registerMemory(cfg.slotBytes);
+const rss0 = process.memoryUsage().rss;
+const rng = new Prng(cfg.seed * 1000 + cfg.rank);
+
+/** The byte `i` of the pattern writer `w` sends as its write number `seq`. */
+const byte = (w: number, seq: number, i: number) => (Math.imul(w * 131 + seq, 2654435761) + i * 7) >>> 24;
+
+const stats = {
+  submitted: 0,
+  settled: 0,
+  outcomes: {} as Record<string, number>,
+  bytesWritten: 0,
+  verified: 0,
+  verifiedBytes: 0,
+  mismatches: 0,
+  sendsFailed: 0,
+  /** Checks a peer never answered (it died, or its answer was lost with it). */
+  checksMissing: 0,
+  faultsInjected: { aborted: 0, deadline: 0 },
+};
+let peers: Array<{ addr: NetAddr; desc: MrDesc } | null> = [];
+let running = false;
+let loop: Promise<void> | undefined;
+
+/** Checks we wait for, by `${peer}:${seq}`: the writer does not touch that slot again until then. */
+const checks = new Map<string, () => void>();
+const enc = (o: object) => new TextEncoder().encode(JSON.stringify(o));
+
+// Peers tell us which pattern now sits in their slot of our landing region; we check it and answer.
+void engine.submitRecvs({ maxBytes: 256, count: 64 }, (m) => {
+  const v = JSON.parse(new TextDecoder().decode(m.data)) as {
+    from: number;
+    seq: number;
+    len?: number;
+    checked?: boolean;
+  };
+  if (v.checked) {
+    checks.get(`${v.from}:${v.seq}`)?.();
+    return;
+  }
+  const len = v.len!;
+  const at = v.from * cfg.slotBytes;
+  const b = land.buffer!;
+  let bad = 0;
+  for (let i = 0; i < len; i++) if (b[at + i] !== byte(v.from, v.seq, i)) bad++;
+  if (bad) stats.mismatches++;
+  else {
+    stats.verified++;
+    stats.verifiedBytes += len;
+  }
+  void engine
+    .submitSend(m.from, enc({ from: cfg.rank, seq: v.seq, checked: true }), { timeoutMs: 3000 })
+    .catch(() => {
+      stats.sendsFailed++;
+    });
+});
+
+async function op(seq: number): Promise<void> {
+  const alive = peers.map((p, r) => (p && r !== cfg.rank ? r : -1)).filter((r) => r >= 0);
+  if (!alive.length) {
+    await new Promise((r) => setTimeout(r, 5));
+    return;
+  }
+  const len = 1 + rng.below(cfg.slotBytes);
+  const buf = src.buffer!;
+  for (let i = 0; i < len; i++) buf[i] = byte(cfg.rank, seq, i);
+  // Faults of our own making: an abort at a random moment, or a deadline too short to make.
+  const fault = rng.below(100);
+  const ac = new AbortController();
+  const opts: { signal?: AbortSignal; timeoutMs?: number } = {};
+  if (fault < 10) {
+    opts.signal = ac.signal;
+    setTimeout(() => ac.abort(), rng.below(3));
+    stats.faultsInjected.aborted++;
+  } else if (fault < 15) {
+    opts.timeoutMs = 1;
+    stats.faultsInjected.deadline++;
+  }
+  const scatter = rng.below(4) === 0 && alive.length > 1;
+  const targets = scatter ? alive : [alive[rng.below(alive.length)]!];
+  stats.submitted++;
+  const p = scatter
+    ? engine.submitScatter({
+        src,
+        targets: targets.map((q) => ({
+          dst: peers[q]!.desc,
+          srcOffset: 0,
+          dstOffset: cfg.rank * cfg.slotBytes,
+          length: len,
+        })),
+        imm: IMM + cfg.rank,
+        ...opts,
+      })
+    : engine.submitSingleWrite({
+        src,
+        length: len,
+        dst: peers[targets[0]!]!.desc,
+        dstOffset: cfg.rank * cfg.slotBytes,
+        imm: IMM + cfg.rank,
+        ...opts,
+      });
+  let code = 'OK';
+  try {
+    await p;
+    stats.bytesWritten += len * targets.length;
+  } catch (e) {
+    code = e instanceof TrellisError ? e.code : 'NON_TRELLIS';
+  }
+  stats.settled++;
+  stats.outcomes[code] = (stats.outcomes[code] ?? 0) + 1;
+  if (code !== 'OK') return;
+  // Delivered: each peer checks every byte against the pattern, and says so before we write again.
+  const msg = enc({ from: cfg.rank, seq, len });
+  await Promise.all(
+    targets.map(async (q) => {
+      const peer = peers[q];
+      if (!peer) return;
+      const key = `${q}:${seq}`;
+      const checked = new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          checks.delete(key);
+          stats.checksMissing++;
+          resolve();
+        }, 3000);
+        checks.set(key, () => {
+          clearTimeout(t);
+          checks.delete(key);
+          resolve();
+        });
+      });
+      try {
+        await engine.submitSend(peer.addr, msg, { timeoutMs: 3000 });
+      } catch {
+        stats.sendsFailed++;
+      }
+      await checked;
+    }),
+  );
+}
+
+out({ hello: { addr: engine.address.toString(), desc: land.desc.toString() } });
+for await (const line of createInterface({ input: process.stdin })) {
+  const m = JSON.parse(line) as {
+    peers?: Array<{ addr: string; desc: string } | null>;
+    start?: boolean;
+    stop?: boolean;
+    exit?: boolean;
+  };
+  if (m.peers) {
+    peers = m.peers.map((p) => (p ? { addr: NetAddr.parse(p.addr), desc: MrDesc.parse(p.desc) } : null));
+    out({ ok: 'peers' });
+  }
+  if (m.start && !running) {
+    running = true;
+    loop = (async () => {
+      for (let seq = 1; running; seq++) await op(seq);
+    })();
+    out({ ok: 'start' });
+  }
+  if (m.stop) {
+    running = false;
+    await loop;
+    // Let the last checks arrive.
+    await new Promise((r) => setTimeout(r, 200));
+    out({
+      stats: { ...stats, rssStart: rss0, rssEnd: process.memoryUsage().rss, engine: engine.stats().ops },
+    });
+  }
+  if (m.exit) {
+    await engine.close();
+    process.exit(0);
+  }
+}
