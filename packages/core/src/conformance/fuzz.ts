@@ -59,7 +59,7 @@ function randomBytes(rng: Prng, n: number): Uint8Array {
 }
 
 function mutate(rng: Prng, samples: readonly Uint8Array[]): Uint8Array {
-  let b = Uint8Array.from(samples[rng.below(samples.length)]!);
+  let b: Uint8Array = Uint8Array.from(samples[rng.below(samples.length)]!);
   const edits = 1 + rng.below(3);
   for (let k = 0; k < edits; k++) {
     const at = b.length ? rng.below(b.length) : 0;
