@@ -519,60 +519,19 @@ export class KvStreamSender {
     const buf = this.staging.buffer;
     const kv = this.region.buffer;
     const cuda = this.region.cuda;
-    if (buf && cuda && this.gpu) {
-      this.writeTailFromDevice(s, t, buf, cuda, this.gpu, len, partial);
-      return;
-    }
-    if (!buf || !kv) {
+    const gpu = this.gpu;
+    if (!buf || (!kv && !(cuda && gpu))) {
       this.failStream(
         s,
         new TrellisError(
           'UNSUPPORTED',
-          'kvstream: the final write packs host memory; this cache is not host memory',
+          'kvstream: the final write packs the cache: pass gpu for a CUDA cache (host memory otherwise)',
         ),
       );
       return;
     }
-    const base = s.staging * this.stagingBytes;
-    let at = base;
-    if (partial > 0) {
-      const last = s.srcPages![Math.floor(t.tokens / this.layout.tokensPerPage)]!;
-      for (const seg of this.layout.segments) {
-        const n = partial * seg.tokenBytes;
-        const from = seg.offset + last * seg.stride;
-        buf.set(kv.subarray(from, from + n), at);
-        at += n;
-      }
-    }
-    if (s.tail?.length) buf.set(s.tail, at);
-    this.track(
-      s,
-      t.tailShards,
-      this.engine.submitSingleWrite({
-        src: this.staging,
-        srcOffset: base,
-        length: len,
-        dst: t.tail,
-        dstOffset: t.tailOffset,
-        imm: t.imm,
-        shards: t.tailShards,
-      }),
-      () => {
-        this.counts.tailBytesWritten += len;
-      },
-    );
-  }
-
-  /** {@link writeTail} for a CUDA cache: the partial pages come off the device by one batch of copies. */
-  private writeTailFromDevice(
-    s: Stream,
-    t: TableMsg,
-    buf: Uint8Array,
-    cuda: NonNullable<MrHandle['cuda']>,
-    gpu: GpuMemoryOps,
-    len: number,
-    partial: number,
-  ): void {
+    // Pack the last partial page of every segment, then the opaque tail, into the staging slot:
+    // byte copies from a host cache, one batch of device → host copies from a CUDA one.
     const base = s.staging * this.stagingBytes;
     let at = base;
     const ranges: number[] = [];
@@ -580,18 +539,20 @@ export class KvStreamSender {
       const last = s.srcPages![Math.floor(t.tokens / this.layout.tokensPerPage)]!;
       for (const seg of this.layout.segments) {
         const n = partial * seg.tokenBytes;
-        ranges.push(seg.offset + last * seg.stride, buf.byteOffset + at, n);
+        const from = seg.offset + last * seg.stride;
+        if (kv) buf.set(kv.subarray(from, from + n), at);
+        else ranges.push(from, buf.byteOffset + at, n);
         at += n;
       }
     }
     if (s.tail?.length) buf.set(s.tail, at);
-    const copied = ranges.length
-      ? gpu.copy('toHost', cuda.device, cuda.ptr, buf.buffer as ArrayBuffer, Float64Array.from(ranges))
+    const packed = ranges.length
+      ? gpu!.copy('toHost', cuda!.device, cuda!.ptr, buf.buffer as ArrayBuffer, Float64Array.from(ranges))
       : Promise.resolve();
     this.track(
       s,
       t.tailShards,
-      copied.then(() =>
+      packed.then(() =>
         this.engine.submitSingleWrite({
           src: this.staging,
           srcOffset: base,
