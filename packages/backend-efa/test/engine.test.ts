@@ -142,3 +142,29 @@ describe('backend-efa: providers and options', () => {
     );
   });
 });
+
+describe('backend-efa: a restarted peer', () => {
+  it('once another generation of an endpoint is reached, the older one is reported lost and refused', async () => {
+    const a = await engine({ provider: 'tcp' });
+    const b = await engine({ provider: 'tcp' });
+    const lost: Array<[string, string]> = [];
+    a.onPeerLost((p, why) => lost.push([p.toString(), why.message]));
+    await a.submitImm({ dst: b.address, imm: 3 });
+    // The same endpoint answering as a new generation: what a process restarted on the same
+    // address (a tcp port reused) looks like.
+    const reborn = new NetAddr(b.address.kind, (b.address.generation ^ 1) >>> 0, b.address.nics);
+    await a.submitImm({ dst: reborn, imm: 3 });
+    await b.immCounter(3).wait(2, { timeoutMs: 5000 });
+    expect(lost).toEqual([
+      [
+        b.address.toString(),
+        `its endpoint was reached again as generation ${reborn.generation} (it restarted)`,
+      ],
+    ]);
+    expect(await code(a.submitImm({ dst: b.address, imm: 3 }))).toMatch(
+      /^PEER_LOST: submitImm: the peer .* was lost \(its endpoint was reached again as generation \d+ \(it restarted\)\); a restarted peer is a new address/,
+    );
+    await a.quiesce(reborn, { timeoutMs: 1000 });
+    expect(lost).toHaveLength(1);
+  });
+});

@@ -27,7 +27,9 @@ import type {
   TransferRequest,
   UvmWatcher,
   UvmWatcherCallback,
+  WaitOptions,
 } from './types.js';
+import { callUser } from './user.js';
 import {
   checkCount,
   checkOpOptions,
@@ -182,6 +184,7 @@ export class PendingOp {
 
   fail(err: TrellisError): void {
     if (!this.finish(false)) return;
+    if (err.code === 'PEER_LOST') this.engine.peerFailed(this, err);
     const e = this.callsite.attach(
       err.peer === undefined && this.peer ? err.withDetails({ peer: this.peer.toString() }) : err,
     );
@@ -400,8 +403,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     try {
       this.throwIfClosed(site.op);
       const p = checkSend(this, peer, data, opts);
+      this.checkLive(p, site.op);
       this.checkReachable(p, site.op);
-      const op = this.begin(site, p, [], opts);
+      const op = this.begin(site, p, [], opts, [p]);
       this.guard(op, () => this.postSend(p, data.slice(), op));
       return op.promise;
     } catch (e) {
@@ -510,9 +514,10 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           'a staged GPU region needs device copies between the steps of a write, so it cannot be triggered; use a host or directly registered region',
         );
       const peers = planPeers(p);
+      for (const peer of peers) this.checkLive(peer, op);
       for (const peer of peers) this.checkReachable(peer, op);
       const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
-      const pending = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, request);
+      const pending = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, request, peers);
       this.guard(pending, () => this.postOnWatch(p, pending, watcher, value));
       return pending.promise;
     } catch (e) {
@@ -526,9 +531,10 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       this.throwIfClosed(name);
       const p = plan();
       const peers = planPeers(p);
+      for (const peer of peers) this.checkLive(peer, name);
       for (const peer of peers) this.checkReachable(peer, name);
       const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
-      const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req);
+      const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req, peers);
       this.guard(op, () => this.post(p, op));
       return op.promise;
     } catch (e) {
@@ -537,9 +543,20 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   /** Register a pending op, arm its deadline. */
-  private begin(site: CallSite, peer: NetAddr | undefined, regions: Region[], opts: OpOptions): PendingOp {
+  private begin(
+    site: CallSite,
+    peer: NetAddr | undefined,
+    regions: Region[],
+    opts: OpOptions,
+    peers: readonly NetAddr[],
+  ): PendingOp {
     const op = new PendingOp(this.nextOpId++, site, peer, regions, this);
     this.ops.add(op);
+    if (peers.length) {
+      const keys = peers.map((p) => p.toString());
+      this.opPeers.set(op, keys);
+      for (const k of keys) this.inFlightTo.set(k, (this.inFlightTo.get(k) ?? 0) + 1);
+    }
     this.counts.submitted++;
     if (opts.signal?.aborted) {
       op.cancelReason = new TrellisError('ABORTED', `${site.op}: aborted before it was posted`);
@@ -599,8 +616,140 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return op;
   }
 
+  // -- peer liveness ------------------------------------------------------------------------------
+
+  private readonly opPeers = new Map<PendingOp, string[]>();
+  private readonly inFlightTo = new Map<string, number>();
+  private readonly quiescers = new Map<string, Array<() => void>>();
+  private readonly lost = new Map<string, TrellisError>();
+  /** The last generation reached at each endpoint (kind and NIC addresses, generation left out). */
+  private readonly generations = new Map<string, NetAddr>();
+  private readonly peerLostListeners = new Set<(peer: NetAddr, reason: TrellisError) => void>();
+  private readonly knownPeers = new Map<string, NetAddr>();
+
+  /**
+   * Call `cb` once for each peer this engine concludes is lost: an operation to it failed with
+   * `PEER_LOST`, or another generation of the same endpoint (the peer's process restarted) was
+   * reached. Returns a function that removes the listener.
+   */
+  onPeerLost(cb: (peer: NetAddr, reason: TrellisError) => void): () => void {
+    if (typeof cb !== 'function') throw invalid('INVALID_ARGUMENT', 'onPeerLost', 'cb must be a function');
+    this.peerLostListeners.add(cb);
+    return () => this.peerLostListeners.delete(cb);
+  }
+
+  /**
+   * Resolve once none of this engine's operations to or with `peer` is in flight (at once if none
+   * is). New operations to the peer are not held back: quiesce first, stop submitting, then wait.
+   */
+  quiesce(peer: NetAddr, opts: WaitOptions = {}): Promise<void> {
+    const op = 'quiesce';
+    try {
+      const p = checkPeer(this, op, 'peer', peer);
+      checkOpOptions(op, opts);
+      const key = p.toString();
+      if (!this.inFlightTo.get(key)) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        let timer: NodeJS.Timeout | undefined;
+        const done = () => {
+          if (timer) clearTimeout(timer);
+          opts.signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const give = (e: TrellisError) => {
+          const list = this.quiescers.get(key);
+          if (list)
+            this.quiescers.set(
+              key,
+              list.filter((f) => f !== done),
+            );
+          if (timer) clearTimeout(timer);
+          reject(e);
+        };
+        const onAbort = () => give(new TrellisError('ABORTED', `${op}: aborted by its AbortSignal`));
+        if (opts.timeoutMs !== undefined)
+          timer = setTimeout(
+            () =>
+              give(
+                new TrellisError(
+                  'TIMEOUT',
+                  `${op}: operations to ${key} still in flight after ${opts.timeoutMs} ms`,
+                ),
+              ),
+            opts.timeoutMs,
+          );
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
+        const list = this.quiescers.get(key) ?? [];
+        list.push(done);
+        this.quiescers.set(key, list);
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** Refuse a peer known lost, or an older generation of an endpoint a newer one of which was reached. */
+  private checkLive(peer: NetAddr, op: string): void {
+    const key = peer.toString();
+    const why = this.lost.get(key);
+    if (why)
+      throw new TrellisError(
+        'PEER_LOST',
+        `${op}: the peer ${key} was lost (${why.message}); a restarted peer is a new address (a new generation)`,
+        { op, peer: key },
+      );
+    const ep = endpointKey(peer);
+    const last = this.generations.get(ep);
+    if (last && last.generation !== peer.generation) {
+      // The endpoint answers as another generation now: the process behind `last` is gone.
+      this.markLost(
+        last,
+        new TrellisError(
+          'PEER_LOST',
+          `its endpoint was reached again as generation ${peer.generation} (it restarted)`,
+        ),
+      );
+    }
+    this.generations.set(ep, peer);
+    this.knownPeers.set(key, peer);
+  }
+
+  private markLost(peer: NetAddr, reason: TrellisError): void {
+    const key = peer.toString();
+    if (this.lost.has(key)) return;
+    this.lost.set(key, reason);
+    for (const cb of [...this.peerLostListeners]) callUser(() => cb(peer, reason));
+  }
+
+  /** @internal An operation to or with one or more peers failed with PEER_LOST. */
+  peerFailed(op: PendingOp, err: TrellisError): void {
+    const keys = err.peer ? [err.peer] : op.peer ? [op.peer.toString()] : [];
+    for (const k of keys) {
+      const p = this.knownPeers.get(k);
+      if (p) this.markLost(p, err);
+    }
+  }
+
   /** @internal */
   opSettled(op: PendingOp, ok: boolean): void {
+    const keys = this.opPeers.get(op);
+    if (keys) {
+      this.opPeers.delete(op);
+      for (const k of keys) {
+        const n = (this.inFlightTo.get(k) ?? 1) - 1;
+        if (n > 0) this.inFlightTo.set(k, n);
+        else {
+          this.inFlightTo.delete(k);
+          const qs = this.quiescers.get(k);
+          this.quiescers.delete(k);
+          // After the settled operations' own promise reactions have run.
+          if (qs?.length)
+            setImmediate(() => {
+              for (const q of qs) q();
+            });
+        }
+      }
+    }
     if (op.internal) return;
     this.ops.delete(op);
     if (op.signal) this.signalOps.get(op.signal)?.delete(op);
@@ -775,6 +924,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   protected pendingOps(): Iterable<PendingOp> {
     return this.ops;
   }
+}
+
+/** A peer's endpoint: its kind and NIC addresses, without the generation. */
+function endpointKey(p: NetAddr): string {
+  return `${p.kind}|${p.nics.map((n) => Buffer.from(n).toString('hex')).join(',')}`;
 }
 
 function planPeers(p: Plan): NetAddr[] {

@@ -328,6 +328,15 @@ export interface TransferEngine {
   expectedImms(request: TransferRequest, target?: NetAddr): number;
   /** Resolve peers once, for scatter and barrier. */
   addPeerGroup(peers: readonly NetAddr[]): PeerGroup;
+  /**
+   * Call `cb` once for each peer the engine concludes is lost — an operation to it failed with
+   * `PEER_LOST`, or another generation of its endpoint was reached (its process restarted). From
+   * then on operations to that address are refused with `PEER_LOST` before anything is posted; the
+   * restarted peer is reached at its new address. Returns a function removing the listener.
+   */
+  onPeerLost(cb: (peer: NetAddr, reason: import('./errors.js').TrellisError) => void): () => void;
+  /** Resolve once no operation of this engine to or with `peer` is in flight (at once if none). */
+  quiesce(peer: NetAddr, opts?: WaitOptions): Promise<void>;
   /** A host word that a producer increments; `onChange` runs on each observed change. */
   allocUvmWatcher(onChange: UvmWatcherCallback): UvmWatcher;
   /**

@@ -1127,6 +1127,39 @@ const cases: ConformanceCase[] = [
       }),
   },
   {
+    id: 'faults: a killed peer is reported once through onPeerLost; quiesce(peer) resolves when nothing to it is in flight',
+    run: (ctx) =>
+      withGroup(ctx, 3, async (g) => {
+        const faults = needFaults(g);
+        const [a, b, c] = g.engines as [TransferEngine, TransferEngine, TransferEngine];
+        const lost: string[] = [];
+        const off = a.onPeerLost((p, why) => {
+          assert.equal(why.code, 'PEER_LOST');
+          lost.push(p.toString());
+        });
+        const src = await source(a, 1 << 18, 1);
+        const db = await b.registerMemory(1 << 18, { remote: true });
+        const t = new SettleTracker();
+        for (let i = 0; i < 20; i++)
+          t.track(a.submitSingleWrite({ src, length: 1 << 18, dst: db.desc, imm: 1 }));
+        const quiet = a.quiesce(b.address);
+        faults.killPeer(b);
+        await quiet;
+        assert.equal(
+          t.outcomes.filter((o) => o === 'pending').length,
+          0,
+          'quiesce resolved with nothing in flight',
+        );
+        await t.settled(10_000);
+        if (t.count('PEER_LOST') > 0) assert.deepEqual(lost, [b.address.toString()], 'reported once');
+        await rejects(a.submitImm({ dst: b.address, imm: 1 }), 'PEER_LOST', 'after the loss');
+        assert.deepEqual(lost, [b.address.toString()], 'still once');
+        // An idle peer quiesces at once; a removed listener hears nothing more.
+        await a.quiesce(c.address, { timeoutMs: 1000 });
+        off();
+      }),
+  },
+  {
     id: 'faults: a failed NIC fails the work requests it carries with NIC_FAILED; restored, it carries again',
     run: (ctx) =>
       withGroup(ctx, 2, async (g) => {
@@ -1369,6 +1402,24 @@ const cases: ConformanceCase[] = [
         w2.close();
         await t.settled(1000);
         assert.deepEqual(t.outcomes, ['resolved', 'ABORTED', 'ABORTED']);
+      }),
+  },
+  {
+    id: 'liveness: quiesce(peer) waits for the operations to that peer only, at once when idle; bad input refused',
+    run: (ctx) =>
+      withGroup(ctx, 3, async ({ engines: [a, b, c] }) => {
+        const src = await source(a!, 1 << 16, 3);
+        const db = await b!.registerMemory(1 << 16, { remote: true });
+        await a!.quiesce(b!.address, { timeoutMs: 1000 });
+        const t = new SettleTracker();
+        for (let i = 0; i < 16; i++)
+          t.track(a!.submitSingleWrite({ src, length: 1 << 16, dst: db.desc, imm: 2 }));
+        await a!.quiesce(b!.address, { timeoutMs: 10_000 });
+        assert.equal(t.outcomes.filter((o) => o === 'pending').length, 0);
+        await t.settled(1000);
+        assert.equal(t.count('resolved'), 16);
+        await a!.quiesce(c!.address);
+        await rejects(a!.quiesce('x' as never), 'INVALID_ARGUMENT', 'not an address');
       }),
   },
   {
