@@ -86,3 +86,37 @@ describe('large transfers', () => {
     expect(a.stats().nics.map((x) => x.writeOps)).toEqual([n / 2, n / 2]);
   }, 120_000);
 });
+
+describe('heartbeat', () => {
+  it('a peer process SIGKILLed with writes in flight: the heartbeat loses it and every write settles, long before the engine deadline', async () => {
+    const engine = await createEngine({ provider: 'tcp', heartbeatMs: 100, opTimeoutMs: 120_000 });
+    const peer = await PeerProcess.start(engineModule, { provider: 'tcp' });
+    cleanup.push(async () => {
+      await engine.close();
+    });
+    const lost: string[] = [];
+    engine.onPeerLost((p) => lost.push(p.toString()));
+    const { desc } = await peer.call<{ desc: string }>('register', {
+      name: 'kv',
+      size: 16 << 20,
+      remote: true,
+    });
+    const dst = MrDesc.parse(desc);
+    const src = await engine.registerMemory(16 << 20);
+    const outcomes: string[] = [];
+    const ops = Array.from({ length: 100 }, () =>
+      engine.submitSingleWrite({ src, length: 16 << 20, dst, imm: 1 }).then(
+        () => void outcomes.push('resolved'),
+        (e: { code: string }) => void outcomes.push(e.code),
+      ),
+    );
+    peer.kill();
+    await Promise.all(ops);
+    expect(outcomes).toHaveLength(100);
+    for (const o of outcomes) expect(['resolved', 'PEER_LOST', 'PROVIDER_ERROR']).toContain(o);
+    expect(outcomes.some((o) => o !== 'resolved')).toBe(true);
+    expect(lost).toEqual([dst.owner.toString()]);
+    expect(engine.stats().ops.inFlight).toBe(0);
+    await peer.exited;
+  }, 30_000);
+});

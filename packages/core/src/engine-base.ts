@@ -688,6 +688,67 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     }
   }
 
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeatMs = 0;
+  private readonly probing = new Set<string>();
+  private readonly misses = new Map<string, number>();
+
+  /**
+   * Liveness probes (engine option `heartbeatMs`): every `ms`, one immediate ({@link HEARTBEAT_IMM})
+   * to each peer this engine has operations in flight with. A peer whose probes fail or go
+   * unanswered {@link HEARTBEAT_MISSES} times in a row is lost: reported through `onPeerLost`, and
+   * every operation in flight to it is cancelled with `PEER_LOST` (settling once none of its work
+   * can touch memory). Idle peers are not probed.
+   */
+  protected startHeartbeat(ms: number): void {
+    if (!Number.isInteger(ms) || ms < 0)
+      throw invalid(
+        'INVALID_ARGUMENT',
+        'createEngine',
+        `heartbeatMs must be a non-negative integer, got ${ms}`,
+      );
+    if (ms === 0) return;
+    this.heartbeatMs = ms;
+    this.heartbeatTimer = setInterval(() => this.beat(), ms);
+    this.heartbeatTimer.unref();
+  }
+
+  private beat(): void {
+    if (this.closed) return;
+    for (const [key, n] of this.inFlightTo) {
+      if (!n || this.lost.has(key) || this.probing.has(key)) continue;
+      const peer = this.knownPeers.get(key);
+      if (!peer) continue;
+      const op = this.internalOp(new CallSite('heartbeat'), peer);
+      op.arm({ timeoutMs: this.heartbeatMs });
+      this.probing.add(key);
+      op.promise.then(
+        () => {
+          this.probing.delete(key);
+          this.misses.delete(key);
+        },
+        (e: TrellisError) => {
+          this.probing.delete(key);
+          const m = (this.misses.get(key) ?? 0) + 1;
+          this.misses.set(key, m);
+          if (m >= HEARTBEAT_MISSES) this.unresponsive(peer, e);
+        },
+      );
+      this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane: 0 }, op));
+    }
+  }
+
+  private unresponsive(peer: NetAddr, last: TrellisError): void {
+    const key = peer.toString();
+    const err = new TrellisError(
+      'PEER_LOST',
+      `the peer did not answer ${HEARTBEAT_MISSES} heartbeats of ${this.heartbeatMs} ms (last: ${last.code})`,
+      { peer: key },
+    );
+    this.markLost(peer, err);
+    for (const [op, keys] of this.opPeers) if (keys.includes(key)) op.requestCancel(err);
+  }
+
   /** Refuse a peer known lost, or an older generation of an endpoint a newer one of which was reached. */
   private checkLive(peer: NetAddr, op: string): void {
     const key = peer.toString();
@@ -901,6 +962,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   private async doClose(): Promise<void> {
     this.closed = true;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     const err = new TrellisError('CLOSED', 'the engine was closed with this operation pending');
     for (const w of [...this.watchers]) w.close();
     this.counters.close(new TrellisError('CLOSED', 'immCounter.wait: the engine was closed'));
@@ -925,6 +987,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return this.ops;
   }
 }
+
+/** The immediate value of liveness probes (engine option `heartbeatMs`): reserved, never waited on. */
+export const HEARTBEAT_IMM = 0xffffffff;
+/** Consecutive failed or unanswered probes after which a peer is lost. */
+export const HEARTBEAT_MISSES = 3;
 
 /** A peer's endpoint: its kind and NIC addresses, without the generation. */
 function endpointKey(p: NetAddr): string {

@@ -7,7 +7,15 @@
 export { MAX_NICS, NetAddr } from './addr.js';
 export { ImmCounterTable } from './counters.js';
 export { MrDesc, type NicKey } from './desc.js';
-export { EngineBase, PendingOp, RecvPool, Region, type RegionAlloc } from './engine-base.js';
+export {
+  EngineBase,
+  HEARTBEAT_IMM,
+  HEARTBEAT_MISSES,
+  PendingOp,
+  RecvPool,
+  Region,
+  type RegionAlloc,
+} from './engine-base.js';
 export {
   CallSite,
   isTrellisError,

@@ -121,12 +121,19 @@ export interface NativeEngineTuning {
   gpu?: GpuMemoryOps;
   /** Refuse CUDA regions that cannot be registered directly instead of staging them. Default false. */
   strictGpu?: boolean;
+  /**
+   * Probe peers with operations in flight every this many ms (an immediate of value
+   * `HEARTBEAT_IMM`); three misses in a row and the peer is lost — `onPeerLost`, and its operations
+   * cancelled with `PEER_LOST`. Default 0: off (the engine deadline `opTimeoutMs` still bounds every
+   * operation).
+   */
+  heartbeatMs?: number;
 }
 
 /** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
 export function nativeTuning(
   opts: NativeEngineTuning,
-): Omit<NativeEngineTuning, 'limits' | 'watcherMemory' | 'gpu' | 'strictGpu'> {
+): Omit<NativeEngineTuning, 'limits' | 'watcherMemory' | 'gpu' | 'strictGpu' | 'heartbeatMs'> {
   return {
     cpu: opts.cpu,
     opTimeoutMs: opts.opTimeoutMs,
@@ -308,6 +315,7 @@ export abstract class NativeEngineBase extends EngineBase {
       stagedRegion: (rkey: bigint) => this.stagedByRkey.get(rkey),
       stagedMemory: (r: Region) => this.staged.get(r.key as number),
     });
+    if (init.tuning.heartbeatMs !== undefined) this.startHeartbeat(init.tuning.heartbeatMs);
   }
 
   /**

@@ -193,3 +193,47 @@ describe('loopback fabric', () => {
     await f.close();
   });
 });
+
+describe('heartbeat (engine option heartbeatMs)', () => {
+  it('a peer that stops answering is lost after 3 missed probes; its operations settle with PEER_LOST', async () => {
+    const { createLoopbackFabric: fabricOf, HEARTBEAT_IMM } = await import('../src/index.js');
+    const fabric = fabricOf({ seed: 3 });
+    const a = fabric.createEngine({ heartbeatMs: 20 });
+    const b = fabric.createEngine();
+    const lost: string[] = [];
+    a.onPeerLost((p, why) => lost.push(`${p.toString() === b.address.toString()} ${why.message}`));
+    const src = await a.registerMemory(4096);
+    const dst = await b.registerMemory(4096, { remote: true });
+    // Healthy: probes are answered, nothing is lost, the heartbeat's immediates arrive at b.
+    const ok = a.submitSingleWrite({ src, length: 4096, dst: dst.desc, imm: 1 });
+    await ok;
+    // Every event now takes 10 s: the peer looks hung.
+    fabric.faults.setDelay([10_000, 10_000]);
+    // Settling at all shows the heartbeat: the delayed events alone would take 10 s, past the
+    // test's own time limit.
+    const outcomes = await Promise.all(
+      Array.from({ length: 5 }, () =>
+        a.submitSingleWrite({ src, length: 4096, dst: dst.desc, imm: 1 }).then(
+          () => 'resolved',
+          (e: { code: string }) => e.code,
+        ),
+      ),
+    );
+    expect(outcomes).toEqual(['PEER_LOST', 'PEER_LOST', 'PEER_LOST', 'PEER_LOST', 'PEER_LOST']);
+    expect(lost).toHaveLength(1);
+    expect(lost[0]).toMatch(/^true the peer did not answer 3 heartbeats of 20 ms \(last: TIMEOUT\)$/);
+    expect(HEARTBEAT_IMM).toBe(0xffffffff);
+    expect(a.stats().ops).toMatchObject({ inFlight: 0, failed: 5, completed: 1 });
+    fabric.faults.setDelay(undefined);
+    await fabric.close();
+  });
+
+  it('refuses a bad heartbeatMs', async () => {
+    const { createLoopbackFabric: fabricOf } = await import('../src/index.js');
+    const fabric = fabricOf();
+    expect(() => fabric.createEngine({ heartbeatMs: -1 })).toThrow(
+      /^createEngine: heartbeatMs must be a non-negative integer, got -1$/,
+    );
+    await fabric.close();
+  });
+});

@@ -14,6 +14,8 @@ export interface LoopbackEngineOptions {
   limits?: Partial<EngineLimits>;
   /** Watcher poll interval in ms (the loopback watcher polls, as a native thread would spin). Default 1. */
   watcherPollMs?: number;
+  /** Liveness probes, as the native engines' `heartbeatMs` (default 0: off). */
+  heartbeatMs?: number;
 }
 
 interface HostRegion {
@@ -85,6 +87,7 @@ export class LoopbackEngine extends EngineBase {
     this.nicUp = new Array(this.nics).fill(true);
     this.nicCounters = Array.from({ length: this.nics }, (_, i) => newNicStats(i));
     this.pollMs = opts.watcherPollMs ?? 1;
+    if (opts.heartbeatMs !== undefined) this.startHeartbeat(opts.heartbeatMs);
   }
 
   // -- regions ----------------------------------------------------------------------------------
