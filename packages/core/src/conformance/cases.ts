@@ -1423,6 +1423,37 @@ const cases: ConformanceCase[] = [
       }),
   },
   {
+    id: 'registration: 0-byte regions (allocated and empty buffers, local and remote) register, carry 0-length writes, refuse 1 byte',
+    run: (ctx) =>
+      withGroup(ctx, 2, async ({ engines: [a, b] }) => {
+        const src0 = await a!.registerMemory(0);
+        const srcEmpty = await a!.registerMemory(new ArrayBuffer(0));
+        const dst0 = await b!.registerMemory(0, { remote: true });
+        const dstEmpty = await b!.registerMemory(new Uint8Array(0), { remote: true });
+        for (const h of [src0, srcEmpty, dst0, dstEmpty]) assert.equal(h.length, 0);
+        assert.equal(dst0.desc.remote, true);
+        assert.equal(src0.desc.remote, false);
+        const imm = 0x7201;
+        await a!.submitSingleWrite({ src: src0, length: 0, dst: dst0.desc, imm });
+        await a!.submitSingleWrite({ src: srcEmpty, length: 0, dst: dstEmpty.desc, imm });
+        const n = b!.expectedImms({ kind: 'single', src: src0, length: 0, dst: dst0.desc, imm });
+        await b!.immCounter(imm).wait(2 * n, WAIT);
+        await rejects(
+          a!.submitSingleWrite({ src: src0, length: 1, dst: dst0.desc, imm }),
+          'OUT_OF_RANGE',
+          '1 byte from a 0-byte source',
+        );
+        const one = await source(a!, 1, 9);
+        await rejects(
+          a!.submitSingleWrite({ src: one, length: 1, dst: dst0.desc, imm }),
+          'OUT_OF_RANGE',
+          '1 byte into a 0-byte region',
+        );
+        for (const h of [src0, srcEmpty, dst0, dstEmpty]) await h.unregister();
+        await assertNoExtra(b!, imm);
+      }),
+  },
+  {
     id: 'workload: a random mix of every operation settles exactly once and lands exactly',
     run: (ctx) =>
       withGroup(ctx, 3, async ({ engines }, rng) => {
