@@ -119,7 +119,7 @@ export interface KvReceiverStats {
   foreignMessages: number;
 }
 
-type Phase = 'streaming' | 'cancelling' | 'ready' | 'failed' | 'released';
+type Phase = 'streaming' | 'unpacking' | 'cancelling' | 'ready' | 'failed' | 'released';
 
 interface Req {
   id: bigint;
@@ -437,18 +437,20 @@ export class KvStreamReceiver {
     if (r.phase !== 'streaming') return;
     const cuda = this.region.cuda;
     if (cuda && this.gpu && r.tokens % this.layout.tokensPerPage > 0) {
-      // The partial page goes from the host tail slot onto the device first.
+      // The partial page goes from the host tail slot onto the device first. Every byte has
+      // arrived: from here the request cannot be cancelled (its pages must not return to the pool
+      // while the copy still writes one).
+      this.finish(r, 'unpacking');
       const ranges = this.tailRanges(r);
       const tb = this.tailRegion.buffer!;
       this.gpu.copy('toDevice', cuda.device, cuda.ptr, tb.buffer as ArrayBuffer, ranges).then(
         () => this.handOver(r),
         (e: unknown) => {
-          if (r.phase === 'streaming')
-            this.fail(
-              r,
-              wrap(e, `kvstream request '${r.tag}': copying its last partial page to the GPU`),
-              'grace',
-            );
+          r.phase = 'failed';
+          this.counts.failed++;
+          r.reject(wrap(e, `kvstream request '${r.tag}': copying its last partial page to the GPU`));
+          r.waitAbort.abort();
+          this.quarantine(r, this.opts.deadPeerGraceMs);
         },
       );
       return;
@@ -474,8 +476,9 @@ export class KvStreamReceiver {
   }
 
   private handOver(r: Req): void {
-    if (r.phase !== 'streaming') return;
-    this.finish(r, 'ready');
+    if (r.phase === 'unpacking') r.phase = 'ready';
+    else if (r.phase === 'streaming') this.finish(r, 'ready');
+    else return;
     // The slot's counter is exactly consumed: it may serve the next request now.
     this.freeSlotList.push(r.slot);
     const tail = this.unpackTail(r);
