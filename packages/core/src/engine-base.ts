@@ -759,6 +759,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         `${op}: the peer ${key} was lost (${why.message}); a restarted peer is a new address (a new generation)`,
         { op, peer: key },
       );
+    // Known and not lost: it is its endpoint's current generation (a newer one would have lost it).
+    if (this.knownPeers.has(key)) return;
     const ep = endpointKey(peer);
     const last = this.generations.get(ep);
     if (last && last.generation !== peer.generation) {

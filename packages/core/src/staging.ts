@@ -424,8 +424,7 @@ function segmentsOf(plan: SinglePlan | PagedPlan | ScatterPlan): Segment[] {
   const out: Segment[] = [];
   switch (plan.op) {
     case 'single':
-      for (let off = 0; off < plan.length || (off === 0 && plan.length === 0); off += STAGE_CHUNK) {
-        const len = Math.min(STAGE_CHUNK, plan.length - off);
+      for (const [off, len] of chunks(plan.length)) {
         const s = plan.srcOffset + off;
         const d = plan.dstOffset + off;
         out.push({
@@ -440,7 +439,6 @@ function segmentsOf(plan: SinglePlan | PagedPlan | ScatterPlan): Segment[] {
           src: [s, len],
           landings: plan.dst.staged ? [{ peer: plan.peer, dst: plan.dst, ranges: [d, len] }] : [],
         });
-        if (plan.length === 0) break;
       }
       return out;
     case 'paged': {
@@ -487,18 +485,23 @@ function segmentsOf(plan: SinglePlan | PagedPlan | ScatterPlan): Segment[] {
         bytes = 0;
       };
       for (const t of plan.targets) {
-        for (let off = 0; off < t.length || (off === 0 && t.length === 0); off += STAGE_CHUNK) {
-          const len = Math.min(STAGE_CHUNK, t.length - off);
+        for (const [off, len] of chunks(t.length)) {
           if (bytes + len > STAGE_CHUNK || cur.length >= 1024) flush();
           cur.push({ ...t, srcOffset: t.srcOffset + off, dstOffset: t.dstOffset + off, length: len });
           bytes += len;
-          if (t.length === 0) break;
         }
       }
       flush();
       return out;
     }
   }
+}
+
+/** [offset, length] pieces of at most STAGE_CHUNK covering `length` bytes (one empty piece for 0). */
+function chunks(length: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let off = 0; off < length; off += STAGE_CHUNK) out.push([off, Math.min(STAGE_CHUNK, length - off)]);
+  return out.length ? out : [[0, 0]];
 }
 
 /** Append (off, len) to pairs, merging with the last range when contiguous. */

@@ -37,6 +37,77 @@ export interface GpuMemoryOps {
   ): Promise<void>;
 }
 
+/**
+ * The device work of a `MoeAllToAll` (`@trellis/moe`) on CUDA memory. `cudaMoeOps()` of `@trellis/cuda`
+ * implements it; every call completes its work before it returns.
+ */
+export interface MoeDeviceOps {
+  alloc(device: number, bytes: number): bigint;
+  free(device: number, ptr: bigint): void;
+  upload(device: number, dst: bigint, src: Uint8Array): void;
+  download(device: number, dst: Uint8Array, src: bigint): void;
+  /** CUDA IPC: this process's handle for an allocation (hex), another's opened here, closed. Optional: without them every peer goes through the engine. */
+  ipcExport?(device: number, ptr: bigint): string;
+  ipcImport?(device: number, handle: string): bigint;
+  ipcClose?(device: number, ptr: bigint): void;
+  /** Row `i`: `bytes` bytes from `src + srcOffsets[i]` to `dst + dstOffsets[i]`. */
+  copyRows(
+    device: number,
+    dst: bigint,
+    dstOffsets: Float64Array,
+    src: bigint,
+    srcOffsets: Float64Array,
+    bytes: number,
+  ): void;
+  /**
+   * Token `t`'s output = Σ_k fp32(w[t,k] × row(t,k)) accumulated in fp32 in k order, where row(t,k)
+   * is `hidden` elements of `rowDtype` at `rows + rowAt[t·topk + k]` (skipped when negative); written
+   * at `out` as `outDtype` (bf16 rounded to nearest even).
+   */
+  combine(
+    device: number,
+    rows: bigint,
+    rowAt: Float64Array,
+    weights: Float32Array,
+    topk: number,
+    hidden: number,
+    rowDtype: 'bf16' | 'fp32',
+    out: bigint,
+    outDtype: 'bf16' | 'fp32',
+  ): void;
+}
+
+/**
+ * The device work of a trainer whose weights are CUDA memory: staging slots in device memory,
+ * packed row copies and the fp8 quantiser kernel. `cudaWeightOps()` of `@trellis/cuda` implements
+ * it. Every call completes its work before it returns.
+ */
+export interface WeightSyncDeviceOps {
+  alloc(device: number, bytes: number): bigint;
+  free(device: number, ptr: bigint): void;
+  /** Copy `rows` rows of `rowBytes` from `src` (rows `srcPitchBytes` apart) to `dst`, packed. */
+  copyRows(
+    device: number,
+    dst: bigint,
+    src: bigint,
+    srcPitchBytes: number,
+    rowBytes: number,
+    rows: number,
+  ): void;
+  /** The fp8 quantiser: bf16 rows (pitch in elements) → e4m3 bytes packed `rows × cols` and fp32 scales. */
+  quantizeE4m3(
+    device: number,
+    src: bigint,
+    srcOffset: number,
+    srcPitch: number,
+    rows: number,
+    cols: number,
+    block: number,
+    dst: bigint,
+    scales: bigint,
+  ): void;
+}
+
 /** Options of {@link TransferEngine.registerMemory}. */
 export interface RegisterOptions {
   /** Let peers write into the region (the descriptor then carries rkeys). Default `false`. */

@@ -9,7 +9,7 @@
  * @packageDocumentation
  */
 import { createRequire } from 'node:module';
-import { type GpuMemoryOps, TrellisError } from '@trellis/core';
+import { type GpuMemoryOps, type MoeDeviceOps, TrellisError, type WeightSyncDeviceOps } from '@trellis/core';
 
 interface Addon {
   info(): CudaInfo;
@@ -25,15 +25,8 @@ interface Addon {
   synchronize(device: number): void;
   allocHost(bytes: number): ArrayBuffer;
   countPatternMismatches(device: number, ptr: bigint, bytes: number, seed: number, at: number): number;
-  copyRows(device: number, dst: bigint, src: bigint, srcPitch: number, rowBytes: number, rows: number): void;
-  copyRowsIndexed(
-    device: number,
-    dst: bigint,
-    dstOffsets: Float64Array,
-    src: bigint,
-    srcOffsets: Float64Array,
-    bytes: number,
-  ): void;
+  copyRows: WeightSyncDeviceOps['copyRows'];
+  copyRowsIndexed: MoeDeviceOps['copyRows'];
   moeCombine(
     device: number,
     rows: bigint,
@@ -52,17 +45,7 @@ interface Addon {
     host: ArrayBuffer,
     ranges: Float64Array,
   ): Promise<void>;
-  quantizeE4m3(
-    device: number,
-    src: bigint,
-    srcOffset: number,
-    srcPitch: number,
-    rows: number,
-    cols: number,
-    block: number,
-    dst: bigint,
-    scales: bigint,
-  ): void;
+  quantizeE4m3: WeightSyncDeviceOps['quantizeE4m3'];
 }
 
 /** What this host's CUDA offers. */
@@ -358,19 +341,7 @@ export function quantizeE4m3(
  * (`cudaMemcpy2D`) and the fp8 quantiser kernel ({@link quantizeE4m3}). Each call returns once
  * its work is done.
  */
-export function cudaWeightOps(): {
-  alloc(device: number, bytes: number): bigint;
-  free(device: number, ptr: bigint): void;
-  copyRows(
-    device: number,
-    dst: bigint,
-    src: bigint,
-    srcPitchBytes: number,
-    rowBytes: number,
-    rows: number,
-  ): void;
-  quantizeE4m3: typeof quantizeE4m3;
-} {
+export function cudaWeightOps(): WeightSyncDeviceOps {
   const why = noGpuReason();
   if (why) throw new TrellisError('UNSUPPORTED', `cudaWeightOps: ${why}`);
   return {
@@ -393,34 +364,7 @@ export function cudaWeightOps(): {
  * into a peer GPU's region over NVLink), and the combine kernel (fp32 weighted sum in top-k order, the
  * CPU reference's rounding). Each call returns once its work is done.
  */
-export function cudaMoeOps(): {
-  alloc(device: number, bytes: number): bigint;
-  free(device: number, ptr: bigint): void;
-  upload(device: number, dst: bigint, src: Uint8Array): void;
-  download(device: number, dst: Uint8Array, src: bigint): void;
-  ipcExport(device: number, ptr: bigint): string;
-  ipcImport(device: number, handle: string): bigint;
-  ipcClose(device: number, ptr: bigint): void;
-  copyRows(
-    device: number,
-    dst: bigint,
-    dstOffsets: Float64Array,
-    src: bigint,
-    srcOffsets: Float64Array,
-    bytes: number,
-  ): void;
-  combine(
-    device: number,
-    rows: bigint,
-    rowAt: Float64Array,
-    weights: Float32Array,
-    topk: number,
-    hidden: number,
-    rowDtype: 'bf16' | 'fp32',
-    out: bigint,
-    outDtype: 'bf16' | 'fp32',
-  ): void;
-} {
+export function cudaMoeOps(): Required<MoeDeviceOps> {
   const why = noGpuReason();
   if (why) throw new TrellisError('UNSUPPORTED', `cudaMoeOps: ${why}`);
   return {

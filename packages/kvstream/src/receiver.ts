@@ -441,8 +441,9 @@ export class KvStreamReceiver {
       // arrived: from here the request cannot be cancelled (its pages must not return to the pool
       // while the copy still writes one).
       this.finish(r, 'unpacking');
-      const ranges = this.tailRanges(r);
       const tb = this.tailRegion.buffer!;
+      const { ranges } = this.partialPage(r);
+      for (let i = 1; i < ranges.length; i += 3) ranges[i]! += tb.byteOffset;
       this.gpu.copy('toDevice', cuda.device, cuda.ptr, tb.buffer as ArrayBuffer, ranges).then(
         () => this.handOver(r),
         (e: unknown) => {
@@ -458,21 +459,26 @@ export class KvStreamReceiver {
     this.handOver(r);
   }
 
-  /** (device offset, host offset, bytes) of each segment's partial page in the request's tail slot. */
-  private tailRanges(r: Req): Float64Array {
+  /**
+   * Where the last partial page of each segment sits: (cache offset, offset in the tail region,
+   * bytes) triples, and where the opaque tail starts after them in the request's tail slot.
+   */
+  private partialPage(r: Req): { ranges: Float64Array; tailAt: number } {
     const partial = r.tokens % this.layout.tokensPerPage;
-    const last = r.pages[r.pages.length - 1]!;
-    const base = this.tailRegion.buffer!.byteOffset + r.slot * this.tailSlotBytes;
-    const out = new Float64Array(3 * this.layout.segments.length);
-    let at = base;
-    this.layout.segments.forEach((s, i) => {
-      const n = partial * s.tokenBytes;
-      out[3 * i] = s.offset + last * s.stride;
-      out[3 * i + 1] = at;
-      out[3 * i + 2] = n;
-      at += n;
-    });
-    return out;
+    const segs = this.layout.segments;
+    const ranges = new Float64Array(partial > 0 ? 3 * segs.length : 0);
+    let at = r.slot * this.tailSlotBytes;
+    if (partial > 0) {
+      const last = r.pages[r.pages.length - 1]!;
+      segs.forEach((s, i) => {
+        const n = partial * s.tokenBytes;
+        ranges[3 * i] = s.offset + last * s.stride;
+        ranges[3 * i + 1] = at;
+        ranges[3 * i + 2] = n;
+        at += n;
+      });
+    }
+    return { ranges, tailAt: at };
   }
 
   private handOver(r: Req): void {
@@ -501,25 +507,15 @@ export class KvStreamReceiver {
 
   /** Copy the last partial page's tokens from the tail slot into the request's last page; return the opaque tail. */
   private unpackTail(r: Req): Uint8Array {
-    const tpp = this.layout.tokensPerPage;
-    const partial = r.tokens % tpp;
-    const slotBase = r.slot * this.tailSlotBytes;
     const tb = this.tailRegion.buffer;
-    const kv = this.region.buffer;
     if (!tb) return new Uint8Array(0);
-    let at = slotBase;
-    if (partial > 0 && !kv) {
-      // A CUDA cache: the partial page went to the device in complete(); skip over it.
-      for (const s of this.layout.segments) at += partial * s.tokenBytes;
-    } else if (partial > 0 && kv) {
-      const last = r.pages[r.pages.length - 1]!;
-      for (const s of this.layout.segments) {
-        const n = partial * s.tokenBytes;
-        kv.set(tb.subarray(at, at + n), s.offset + last * s.stride);
-        at += n;
-      }
-    }
-    return tb.slice(at, at + r.tailBytes);
+    const { ranges, tailAt } = this.partialPage(r);
+    // A host cache takes its partial pages here; a CUDA one got them in complete().
+    const kv = this.region.buffer;
+    if (kv)
+      for (let i = 0; i < ranges.length; i += 3)
+        kv.set(tb.subarray(ranges[i + 1]!, ranges[i + 1]! + ranges[i + 2]!), ranges[i]!);
+    return tb.slice(tailAt, tailAt + r.tailBytes);
   }
 
   /** Start the two-phase cancel of `r` with `reason` (the request's promise rejects with it). */

@@ -1,5 +1,12 @@
-import { MrDesc, type MrHandle, type PeerGroup, type TransferEngine, TrellisError } from '@trellis/core';
-import { DeviceMem, HostMem, type Mem, type MoeDeviceOps } from './memory.js';
+import {
+  type MoeDeviceOps,
+  MrDesc,
+  type MrHandle,
+  type PeerGroup,
+  type TransferEngine,
+  TrellisError,
+} from '@trellis/core';
+import { DeviceMem, HostMem, type Mem } from './memory.js';
 
 /** Element types of tokens and expert outputs. */
 export type MoeDType = 'fp8' | 'bf16' | 'fp32';

@@ -7,6 +7,9 @@
  *
  * @packageDocumentation
  */
+
+/** The device work of a GPU instance (defined in core, where `@trellis/cuda` implements it). */
+export type { MoeDeviceOps } from '@trellis/core';
 export {
   type DispatchInput,
   type DispatchResult,
@@ -19,6 +22,5 @@ export {
   type MoeScales,
   type Phases,
 } from './alltoall.js';
-export type { MoeDeviceOps } from './memory.js';
 export { referenceCombine, referenceDispatch } from './reference.js';
 export { combineAsF32, type Routing, syntheticExpert, syntheticInputs } from './synthetic.js';

@@ -2,48 +2,8 @@
 // one; its data movement runs on host memory (HostMem: the CPU reference) or on a GPU (DeviceMem:
 // row-copy and combine kernels on CUDA memory). Both take the same row lists, so the GPU path is
 // checked against the host path byte for byte.
-import type { MrHandle } from '@trellis/core';
+import type { MoeDeviceOps, MrHandle } from '@trellis/core';
 import { TrellisError } from '@trellis/core';
-
-/**
- * The device work of a {@link MoeAllToAll} on CUDA memory. `cudaMoeOps()` of `@trellis/cuda`
- * implements it; every call completes its work before it returns.
- */
-export interface MoeDeviceOps {
-  alloc(device: number, bytes: number): bigint;
-  free(device: number, ptr: bigint): void;
-  upload(device: number, dst: bigint, src: Uint8Array): void;
-  download(device: number, dst: Uint8Array, src: bigint): void;
-  /** CUDA IPC: this process's handle for an allocation (hex), another's opened here, closed. Optional: without them every peer goes through the engine. */
-  ipcExport?(device: number, ptr: bigint): string;
-  ipcImport?(device: number, handle: string): bigint;
-  ipcClose?(device: number, ptr: bigint): void;
-  /** Row `i`: `bytes` bytes from `src + srcOffsets[i]` to `dst + dstOffsets[i]`. */
-  copyRows(
-    device: number,
-    dst: bigint,
-    dstOffsets: Float64Array,
-    src: bigint,
-    srcOffsets: Float64Array,
-    bytes: number,
-  ): void;
-  /**
-   * Token `t`'s output = Σ_k fp32(w[t,k] × row(t,k)) accumulated in fp32 in k order, where row(t,k)
-   * is `hidden` elements of `rowDtype` at `rows + rowAt[t·topk + k]` (skipped when negative); written
-   * at `out` as `outDtype` (bf16 rounded to nearest even).
-   */
-  combine(
-    device: number,
-    rows: bigint,
-    rowAt: Float64Array,
-    weights: Float32Array,
-    topk: number,
-    hidden: number,
-    rowDtype: 'bf16' | 'fp32',
-    out: bigint,
-    outDtype: 'bf16' | 'fp32',
-  ): void;
-}
 
 /** A buffer of the instance, or memory the caller passed in (host bytes or a device pointer). */
 export type Ref = 'region' | 'staging' | Uint8Array | bigint;

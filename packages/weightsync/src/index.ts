@@ -9,6 +9,9 @@
  *
  * @packageDocumentation
  */
+
+/** The device work of a trainer on CUDA memory (defined in core, where `@trellis/cuda` implements it). */
+export type { WeightSyncDeviceOps } from '@trellis/core';
 export {
   type Box,
   chunkBoxes,
@@ -37,7 +40,6 @@ export {
   type SyncProgress,
   type SyncReport,
   type TensorView,
-  type WeightSyncDeviceOps,
   WeightSyncReceiver,
   type WeightSyncReceiverOptions,
   WeightSyncSender,

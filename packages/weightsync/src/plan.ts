@@ -383,7 +383,7 @@ export function parsePlan(text: string): WeightSyncPlan {
   } catch (e) {
     throw malformed(`its layouts do not plan (${e instanceof Error ? e.message : String(e)})`);
   }
-  if (JSON.stringify(again) !== text && JSON.stringify(again) !== JSON.stringify(p))
+  if (JSON.stringify(again) !== JSON.stringify(p))
     throw malformed('the schedule does not match its layouts (edited or corrupted)');
   return again;
 }
