@@ -1,4 +1,4 @@
-import { loadNativeAddon, type NativeEngine, type NativeEvents } from '@trellis/core';
+import { loadNativeAddon, type NativeEngine, type NativeEvents, type NativePortCalls } from '@trellis/core';
 
 export type { NativeEngine, NativeEvents };
 
@@ -14,7 +14,7 @@ export interface ProviderProbe {
   error: string;
 }
 
-export interface Addon {
+export interface Addon extends NativePortCalls {
   NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
   /** Names of completion codes by index: the native enum's one definition. */
   codeNames: readonly string[];

@@ -3,6 +3,7 @@ import {
   type NativeEngine,
   type NativeEngineTuning,
   type NativeEvents,
+  type NativePortCalls,
 } from '@trellis/core';
 import type { VerbsEngineOptions } from './engine.js';
 
@@ -13,7 +14,7 @@ export interface NativeVerbsOptions
   nics: number;
 }
 
-export interface Addon {
+export interface Addon extends NativePortCalls {
   NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
   /** Names of completion codes by index: the native enum's one definition. */
   codeNames: readonly string[];

@@ -50,6 +50,7 @@ export {
   type NativeEngineInit,
   type NativeEngineTuning,
   type NativeEvents,
+  type NativePortCalls,
   nativeTuning,
 } from './native-engine.js';
 export type * from './types.js';

@@ -11,17 +11,30 @@ import { type StagedMemory, Stager, touchesStaged } from './staging.js';
 import type {
   CudaMemory,
   EngineLimits,
+  EnginePort,
   GpuMemoryOps,
   GpuStats,
   MemorySource,
   MrHandle,
   NicStats,
+  PortOptions,
+  PortStats,
+  PortWindow,
   RegisterOptions,
   UvmWatcher,
   UvmWatcherCallback,
 } from './types.js';
 import { callUser } from './user.js';
-import type { PagedPlan, Plan, ScatterPlan, SinglePlan } from './validate.js';
+import {
+  checkCount,
+  checkDst,
+  checkImm,
+  checkRange,
+  type PagedPlan,
+  type Plan,
+  type ScatterPlan,
+  type SinglePlan,
+} from './validate.js';
 
 /** One batch of events from the native worker (one doorbell). @internal */
 export interface NativeEvents {
@@ -78,6 +91,28 @@ export interface NativeEngine {
   heartbeat(): number;
   /** Detach a worker stuck inside the provider; the native engine is leaked on purpose. */
   abandon(): void;
+  /** Open port `id` counting `imms`; returns the address of its trellis_port_v1. */
+  openPort(id: number, imms: Uint32Array): bigint;
+  /** 10 numbers per window: peer, lane, lanes, region, srcOff, srcLen, dstOff, dstLen, hasImm, imm; 8 keys each. */
+  setPortWindows(id: number, windows: Float64Array, keys: BigUint64Array): void;
+  /** [posted, settled, failed, count of each slot] */
+  portStats(id: number): Float64Array;
+  closePort(id: number): void;
+}
+
+/**
+ * Calls through a port's C table (trellis/port.h) exactly as a native consumer makes them: every
+ * engine-kit addon exports them (`portPost`, ...) for tests and tools.
+ */
+export interface NativePortCalls {
+  /** 0, or TRELLIS_PORT_CLOSED (-1), _RANGE (-2), _NO_WINDOW (-3). */
+  portPost(handle: bigint, window: number, src: number, dst: number, len: number): number;
+  portCount(handle: bigint, slot: number): number;
+  /** [settled, failed] */
+  portSettled(handle: bigint): [number, number];
+  /** "CODE: message" of the first failure, or undefined. */
+  portError(handle: bigint): string | undefined;
+  portWait(handle: bigint, seen: number, timeoutUs: number): number;
 }
 
 /** Options every native engine understands (the engine kit's `EngineOptions`). */
@@ -796,11 +831,143 @@ export abstract class NativeEngineBase extends EngineBase {
     return w;
   }
 
+  // -- ports ------------------------------------------------------------------------------------
+
+  private readonly ports = new Map<number, EnginePort>();
+  private nextPort = 1;
+
+  openPort(opts: PortOptions): EnginePort {
+    const op = 'openPort';
+    this.throwIfClosed(op);
+    const count = opts?.count;
+    if (!Array.isArray(count) || count.length > 64)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `${op}: count must be an array of at most 64 immediate values`,
+      );
+    const taken = new Set<number>();
+    for (const p of this.ports.values()) for (const v of p.counted) taken.add(v);
+    for (const v of count) {
+      checkImm(op, v, true);
+      if (taken.has(v))
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `${op}: immediate ${v} is counted twice (by this port or by another open port of this engine)`,
+        );
+      taken.add(v);
+    }
+    const id = this.nextPort++;
+    const counted = Object.freeze([...count]);
+    const handle = this.native.openPort(id, Uint32Array.from(counted));
+    let closed = false;
+    const port: EnginePort = {
+      handle,
+      counted,
+      get closed() {
+        return closed;
+      },
+      setWindows: (windows: readonly PortWindow[]) => {
+        if (closed || this.closed)
+          throw new TrellisError('CLOSED', 'EnginePort.setWindows: the port or its engine is closed');
+        const [w, k] = this.portWindows(windows);
+        this.native.setPortWindows(id, w, k);
+      },
+      stats: (): PortStats => {
+        const s = closed ? undefined : this.native.portStats(id);
+        if (!s) return last;
+        last = { posted: s[0]!, settled: s[1]!, failed: s[2]!, counts: Array.from(s.subarray(3)) };
+        return last;
+      },
+      close: () => {
+        if (closed) return;
+        port.stats();
+        closed = true;
+        this.ports.delete(id);
+        this.native.closePort(id);
+      },
+    };
+    let last: PortStats = { posted: 0, settled: 0, failed: 0, counts: counted.map(() => 0) };
+    this.ports.set(id, port);
+    return port;
+  }
+
+  /** Validate windows as write requests are validated; pack them for the addon. */
+  private portWindows(windows: readonly PortWindow[]): [Float64Array, BigUint64Array] {
+    const op = 'EnginePort.setWindows';
+    if (!Array.isArray(windows))
+      throw new TrellisError('INVALID_ARGUMENT', `${op}: windows must be an array`);
+    const w = new Float64Array(10 * windows.length);
+    const k = new BigUint64Array(8 * windows.length);
+    windows.forEach((win, i) => {
+      const field = `windows[${i}]`;
+      if (typeof win !== 'object' || win === null)
+        throw new TrellisError('INVALID_ARGUMENT', `${op}: ${field} must be a window object`);
+      const dst = checkDst(this, op, `${field}.dst`, win.dst);
+      const peer = dst.owner;
+      this.checkReachable(peer, op);
+      const lanes = Math.min(this.nics, peer.nics.length);
+      const nic = checkCount(op, `${field}.nic`, win.nic, 0);
+      if (nic >= lanes)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `${op}: ${field}.nic must be below ${lanes} (the NIC pairs to this peer), got ${nic}`,
+        );
+      const dstOffset = checkCount(op, `${field}.dstOffset`, win.dstOffset, 0);
+      const dstLength = checkCount(
+        op,
+        `${field}.dstLength`,
+        win.dstLength,
+        Math.max(0, dst.length - dstOffset),
+      );
+      checkRange(op, `${field}.dst`, dstOffset, dstLength, dst.length);
+      let region = 0;
+      let srcOffset = 0;
+      let srcLength = 0;
+      if (win.src !== undefined) {
+        const srcLen = this.checkHandle(win.src, op, `${field}.src`);
+        const r = win.src as unknown as Region;
+        if (r.path === 'staged' || dst.staged)
+          throw new TrellisError(
+            'UNSUPPORTED',
+            `${op}: ${field} touches a staged GPU region; a port posts host memory only (see docs/gpu.md)`,
+          );
+        region = r.key as number;
+        srcOffset = checkCount(op, `${field}.srcOffset`, win.srcOffset, 0);
+        srcLength = checkCount(op, `${field}.srcLength`, win.srcLength, Math.max(0, srcLen - srcOffset));
+        checkRange(op, `${field}.src`, srcOffset, srcLength, srcLen);
+      }
+      const imm = checkImm(op, win.imm, false);
+      w.set(
+        [
+          this.peerId(peer, op),
+          nic,
+          lanes,
+          region,
+          srcOffset,
+          srcLength,
+          dstOffset,
+          dstLength,
+          imm === undefined ? 0 : 1,
+          imm ?? 0,
+        ],
+        10 * i,
+      );
+      for (let l = 0; l < 4; l++) {
+        const key = dst.nics[l];
+        k[8 * i + 2 * l] = key ? key.addr : 0n;
+        k[8 * i + 2 * l + 1] = key ? key.rkey : 0n;
+      }
+    });
+    return [w, k];
+  }
+
   // -- lifecycle --------------------------------------------------------------------------------
 
   protected async shutdown(): Promise<void> {
     closedInProcess.add(this.address.toString());
     this.stager.close();
+    // Open ports stay allocated (a consumer may still hold their handle); the worker's stop makes
+    // every later post fail with TRELLIS_PORT_CLOSED.
     if (this.watchdog) clearInterval(this.watchdog);
     this.finalStats = this.native.stats();
     // Synchronous: the worker stops, and its last batch (pending ops as CLOSED) is delivered here.

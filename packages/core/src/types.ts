@@ -419,7 +419,80 @@ export interface TransferEngine {
    * watcher first rejects it with `ABORTED`. Staged GPU regions cannot be triggered (`UNSUPPORTED`).
    */
   submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void>;
+  /**
+   * Open a port for native code of another addon to post writes on this engine — from its own
+   * thread, with no JavaScript turn per write — and to count the immediates `opts.count` without
+   * JavaScript (see {@link EnginePort} and `trellis/port.h`). Native backends only: absent on the
+   * loopback engine and on wrappers such as `withFaults`.
+   */
+  openPort?(opts: PortOptions): EnginePort;
   stats(): EngineStats;
   /** Reject every pending operation with `CLOSED`, release every region. Idempotent. */
   close(): Promise<void>;
+}
+
+/** What {@link TransferEngine.openPort} takes. */
+export interface PortOptions {
+  /**
+   * Immediate values the port counts natively, by slot (index in this list). From now on their
+   * arrivals are the port's: they no longer reach {@link TransferEngine.immCounter}. Open the port
+   * before any peer can send them. At most 64 values, none counted by another open port.
+   */
+  count: readonly number[];
+}
+
+/**
+ * One range pair a port's native consumer may post into: any sub-range of the source range to the
+ * same-length sub-range of the destination range, counted by `imm` at the target. Without `src`
+ * the window carries immediates alone (`dst` names the peer).
+ */
+export interface PortWindow {
+  /** Source registration (host memory: staged CUDA regions cannot be posted natively). */
+  src?: MrHandle;
+  srcOffset?: number;
+  /** Bytes of the source range; default: to the end of `src`. */
+  srcLength?: number;
+  dst: MrDesc;
+  dstOffset?: number;
+  /** Bytes of the destination range; default: to the end of `dst`. */
+  dstLength?: number;
+  imm?: number;
+  /** The NIC pair the window's writes use (default 0; each post is one work request). */
+  nic?: number;
+}
+
+/** Counters of an {@link EnginePort}. */
+export interface PortStats {
+  /** Posts accepted from the native consumer. */
+  posted: number;
+  /** Posts settled (completed or failed); equal to `posted` when nothing is in flight. */
+  settled: number;
+  failed: number;
+  /** Arrivals of each counted immediate, by slot. */
+  counts: number[];
+}
+
+/**
+ * An engine port: the handle a native consumer (a proxy thread of another addon) posts through.
+ * Every post settles exactly once into the port's counters; a failure keeps the first error's
+ * code and message (`trellis_port_v1.error`). Posts to a peer are not seen by
+ * {@link TransferEngine.quiesce} or `onPeerLost`: the consumer watches its own posts.
+ */
+export interface EnginePort {
+  /** Address of the port's `trellis_port_v1` (trellis/port.h), for the native consumer. */
+  readonly handle: bigint;
+  /** The counted immediate values, by slot. */
+  readonly counted: readonly number[];
+  /**
+   * Replace the windows (validated here, as a write request would be). Change them only while the
+   * consumer is not posting.
+   */
+  setWindows(windows: readonly PortWindow[]): void;
+  stats(): PortStats;
+  /**
+   * Close the port: posts are refused from now on, the counted immediates go back to
+   * `immCounter`. The consumer must have stopped using `handle` before this is called.
+   */
+  close(): void;
+  readonly closed: boolean;
 }

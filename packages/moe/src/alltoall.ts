@@ -3,10 +3,12 @@ import {
   MrDesc,
   type MrHandle,
   type PeerGroup,
+  type PortStats,
   type TransferEngine,
   TrellisError,
 } from '@trellis/core';
 import { DeviceMem, HostMem, type Mem } from './memory.js';
+import { ProxyDriver } from './proxy.js';
 
 /** Element types of tokens and expert outputs. */
 export type MoeDType = 'fp8' | 'bf16' | 'fp32';
@@ -35,6 +37,15 @@ export interface MoeConfig {
   immBase?: number;
   /** Deadline of each phase's waits. Default 30000 ms. */
   timeoutMs?: number;
+  /**
+   * Drive the network side of every round from the native proxy thread (`native/proxy.cc`):
+   * routes, private, overflow and combine writes and the closing barrier are posted through an
+   * engine port with no JavaScript turn between them; JavaScript packs, then waits once per phase.
+   * Needs a native engine (backend-efa, backend-verbs) and the package's native build. Default false.
+   */
+  proxy?: boolean;
+  /** Proxy: µs it spins on a go word before sleeping (default 200). */
+  proxySpinUs?: number;
 }
 
 /** Where tokens and expert rows live: host memory, or CUDA memory (device pointers as bigint). */
@@ -134,6 +145,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     layout: MoeAllToAll['layout'],
     rowStride: number,
     private readonly mem: Mem,
+    private readonly proxy?: ProxyDriver,
   ) {
     this.config = config;
     this.localExperts = config.numExperts / config.worldSize;
@@ -171,6 +183,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       maxPrivateTokens: 64,
       immBase: 0x4d4f0000,
       timeoutMs: 30_000,
+      proxy: false,
+      proxySpinUs: 200,
       ...cfg,
     };
     const int = (name: keyof MoeConfig, lo: number) => {
@@ -193,6 +207,12 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     ] as const)
       int(k, 1);
     int('rank', 0);
+    int('proxySpinUs', 0);
+    if (typeof c.proxy !== 'boolean')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.create: proxy must be a boolean, got ${String(c.proxy)}`,
+      );
     int('maxPrivateTokens', 0);
     if (c.rank >= c.worldSize)
       throw new TrellisError(
@@ -238,8 +258,22 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     if (!device) {
       const region = await engine.registerMemory(Math.max(64, size), { remote: true });
       const staging = await engine.registerMemory(stagingSize);
-      return new MoeAllToAll<'host'>(engine, c, region, staging, layout, rowStride, new HostMem());
+      let proxy: ProxyDriver | undefined;
+      try {
+        if (c.proxy)
+          proxy = new ProxyDriver(engine, proxyLayout(c, layout, rowStride, stagingSize), new Uint8Array(64));
+      } catch (e) {
+        await region.unregister().catch(() => {});
+        await staging.unregister().catch(() => {});
+        throw e;
+      }
+      return new MoeAllToAll<'host'>(engine, c, region, staging, layout, rowStride, new HostMem(), proxy);
     }
+    if (c.proxy)
+      throw new TrellisError(
+        'UNSUPPORTED',
+        'MoeAllToAll.create: the native proxy drives host-memory instances (the CPU path) in this version',
+      );
     const mem = new DeviceMem(device.ops, device.device, {
       expertX: W * rowsMax * c.hidden * ELEM[c.inDtype],
       expertScales: c.scales ? W * rowsMax * (c.hidden / c.scaleBlock) * 4 : 0,
@@ -291,6 +325,22 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     });
     const others = this.peers.filter((_, r) => r !== c.rank).map((d) => d.owner);
     this.group = others.length ? this.engine.addPeerGroup(others) : undefined;
+    if (this.proxy) {
+      this.rounds = 0;
+      this.proxy.connect(this.peers, this.staging, this.region.buffer!, this.staging.buffer!);
+    }
+  }
+
+  /** Rounds started since connect (the proxy's round numbers). */
+  private rounds = 0;
+
+  /**
+   * What this instance did: rounds started since {@link connect}, and with the native proxy its
+   * engine port's counters (writes and immediates it posted, settled and failed; arrivals of the
+   * instance's four immediates — routes, dispatch, combine, barrier — that it counted).
+   */
+  stats(): { rounds: number; proxy?: PortStats } {
+    return { rounds: this.rounds, ...(this.proxy ? { proxy: this.proxy.stats() } : {}) };
   }
 
   /** How this rank reaches each rank (after {@link connect}): itself, NVLink (CUDA IPC), or the engine. */
@@ -450,6 +500,12 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         this.scaleCount * 4,
       );
     this.packAt = packAt;
+    this.rounds++;
+    if (this.proxy) {
+      // The proxy posts routes, private and overflow rows (and this rank's own copies).
+      this.proxy.go('dispatch', this.rounds);
+      return;
+    }
     const P = c.maxPrivateTokens;
     const posts: Promise<void>[] = [];
     for (let d = 0; d < W; d++) {
@@ -494,7 +550,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   private routes(): Promise<void> {
     this.routesIn ??= (async () => {
       const c = this.config;
-      await this.engine.immCounter(this.imm.route).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
+      if (this.proxy) await this.proxy.wait('dispatch', this.rounds);
+      else await this.engine.immCounter(this.imm.route).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
       const all = this.mem.get('region', this.layout.routes, c.worldSize * c.numExperts * 4);
       for (let s = 0; s < c.worldSize; s++)
         if (s !== c.rank) {
@@ -555,10 +612,13 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     await this.routes();
     const P = c.maxPrivateTokens;
     // One private write from every peer, plus one overflow write from each that has more than P rows.
-    let expected = 0;
-    for (let s = 0; s < c.worldSize; s++) if (s !== me) expected += 1 + (this.rowsBetween(s, me) > P ? 1 : 0);
-    await this.engine.immCounter(this.imm.dispatch).wait(expected, { timeoutMs: c.timeoutMs });
-    await this.pendingSends; // my own overflow (self copy) is in place too
+    if (!this.proxy) {
+      let expected = 0;
+      for (let s = 0; s < c.worldSize; s++)
+        if (s !== me) expected += 1 + (this.rowsBetween(s, me) > P ? 1 : 0);
+      await this.engine.immCounter(this.imm.dispatch).wait(expected, { timeoutMs: c.timeoutMs });
+      await this.pendingSends; // my own overflow (self copy) is in place too
+    }
     // Lay out per local expert: expert j's rows from source 0, 1, ... in stream order. A source's
     // stream is ordered by local expert, so its routes say which rows are expert j's.
     const L = this.localExperts;
@@ -673,6 +733,10 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     }
     const m = this.mem;
     m.rows('staging', to, m.input(out), from, this.outRow);
+    if (this.proxy) {
+      this.proxy.go('combine', this.rounds);
+      return;
+    }
     const posts: Promise<void>[] = [];
     for (let s = 0; s < c.worldSize; s++) {
       const [start, end] = spans[s]!;
@@ -689,7 +753,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const c = this.config;
     const me = c.rank;
     const r = this.round!;
-    await this.engine.immCounter(this.imm.combine).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
+    if (this.proxy) await this.proxy.wait('combine', this.rounds);
+    else await this.engine.immCounter(this.imm.combine).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
     await this.combineSends;
     // Where each (token, k) row came back, then the weighted sum over k in order (fp32 throughout):
     // acc = fp32(acc + fp32(w_k × row_k)), k = 0 .. topk-1 — the order the kernel uses too.
@@ -701,8 +766,9 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       });
     }
     const result = this.mem.combine(rowAt, r.weights, r.numTokens, c.topk, c.hidden, c.outDtype, accumulate);
-    // The round is closed by a barrier: after it every buffer may be reused by the next round.
-    if (this.group) {
+    // The round is closed by a barrier: after it every buffer may be reused by the next round (the
+    // proxy closed it before its combine event).
+    if (this.group && !this.proxy) {
       await this.engine.submitBarrier({ group: this.group, imm: this.imm.barrier, spread: true });
       await this.engine.immCounter(this.imm.barrier).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
     }
@@ -713,6 +779,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
 
   /** Unregister this rank's buffers (and free them on the device). */
   async close(): Promise<void> {
+    this.proxy?.close();
     if (!this.engine.closed) {
       await this.region.unregister().catch(() => {});
       await this.staging.unregister().catch(() => {});
@@ -726,7 +793,10 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
  * laid out into buffers sized from the config, so they are checked before any offset is computed.
  * @internal
  */
-export function checkRoutes(counts: Int32Array, c: Required<MoeConfig>): string | undefined {
+export function checkRoutes(
+  counts: Int32Array,
+  c: Pick<Required<MoeConfig>, 'maxTokensPerRank' | 'topk'>,
+): string | undefined {
   let total = 0;
   for (let e = 0; e < counts.length; e++) {
     const n = counts[e]!;
@@ -753,4 +823,34 @@ function iota(n: number, step: number): Float64Array {
 
 function align(n: number, a: number): number {
   return Math.ceil(n / a) * a;
+}
+
+/** The proxy's view of an instance's layout. */
+function proxyLayout(
+  c: Required<MoeConfig>,
+  l: { routes: number; priv: number; overflow: number; combine: number; size: number },
+  rowStride: number,
+  stagingSize: number,
+): ConstructorParameters<typeof ProxyDriver>[1] {
+  const W = c.worldSize;
+  const rowsMax = c.maxTokensPerRank * c.topk;
+  const outRow = c.hidden * ELEM[c.outDtype];
+  const b = c.immBase;
+  return {
+    worldSize: W,
+    rank: c.rank,
+    numExperts: c.numExperts,
+    localExperts: c.numExperts / W,
+    maxPrivateTokens: c.maxPrivateTokens,
+    rowStride,
+    outRow,
+    ...l,
+    rowsBase: align(c.numExperts * 4, 64),
+    combineBase: stagingSize - W * rowsMax * outRow,
+    rowsMax,
+    timeoutMs: c.timeoutMs,
+    spinUs: c.proxySpinUs,
+    maxSleepUs: 1000,
+    imm: { route: b, dispatch: b + 1, combine: b + 2, barrier: b + 3 },
+  };
 }

@@ -50,20 +50,23 @@ describe('MoE dispatch/combine across processes on backend-efa', () => {
     outDtype: 'bf16',
     maxPrivateTokens: 6,
   };
-  for (const [provider, W] of [
-    ['shm', 2],
-    ['tcp', 3],
-    ['shm', 4],
+  for (const [provider, W, proxy] of [
+    ['shm', 2, false],
+    ['tcp', 3, false],
+    ['shm', 4, false],
+    ['shm', 2, true],
+    ['tcp', 3, true],
+    ['shm', 4, true],
   ] as const) {
-    it(`${W} processes on ${provider}: random, skewed, an empty rank, overflow past 6 private rows — all equal the reference`, async () => {
-      const results = await run(provider, { ...cfg, worldSize: W, numExperts: 4 * W }, [
+    it(`${W} processes on ${provider}${proxy ? ', driven by the native proxy' : ''}: random, skewed, an empty rank, overflow past 6 private rows — all equal the reference`, async () => {
+      const results = await run(provider, { ...cfg, worldSize: W, numExperts: 4 * W, proxy }, [
         { seed: 1, routing: 'random' },
         { seed: 2, routing: 'skewed' },
         { seed: 3, routing: 'empty-rank' },
         { seed: 4, routing: 'random' },
       ]);
       expect(results).toHaveLength(4 * W);
-      for (const r of results) expect([r.dispatchOk, r.combineOk]).toEqual([true, true]);
+      for (const r of results) expect([r.dispatchOk, r.combineOk, r.proxyOk]).toEqual([true, true, true]);
     }, 120_000);
   }
 });

@@ -18,6 +18,7 @@ export { type CrossProcessTarget, defineCrossProcessSuite } from './cross.js';
 export { type FuzzTally, fuzzBytes, fuzzText } from './fuzz.js';
 export { HostGpu } from './host-gpu.js';
 export { LineProcess, PeerProcess } from './peer.js';
+export { definePortSuite, type PortCalls } from './port.js';
 export {
   assertBytes,
   fillXorshift,

@@ -28,7 +28,6 @@ export function bytesOf(h: MrHandle): Uint8Array {
   return h.buffer;
 }
 
-/** Await a promise that must reject with a TrellisError of `code`; returns the error. */
 /**
  * How `p` settled, as one comparable string: `resolved`, `CODE: message` for a TrellisError, or
  * `non-trellis: ...`. Tests assert on the whole text, so the code and the message are both checked.
@@ -42,6 +41,7 @@ export async function outcome(p: Promise<unknown>): Promise<string> {
   }
 }
 
+/** Await a promise that must reject with a TrellisError of `code`; returns the error. */
 export async function rejects(
   p: Promise<unknown>,
   code: TrellisErrorCode,

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "domain.hpp"
+#include "port.h"
 
 #ifdef __linux__
 #include <pthread.h>
@@ -62,13 +63,20 @@ struct Pages {
   RemoteKey keys[4];
 };
 
+struct PortState;
+
+// Operation ids: JavaScript's are below 2^32; a port's posts are numbered from kPortOpBase.
+using OpId = uint64_t;
+constexpr OpId kPortOpBase = OpId(1) << 40;
+
 struct WriteCmd {
-  uint32_t op = 0;
+  OpId op = 0;
   uint32_t region = 0;  // 0: no source region (zero-byte runs only)
   bool has_imm = false;
   uint32_t imm = 0;
   std::vector<Run> runs;
   std::unique_ptr<Pages> pages;
+  std::shared_ptr<PortState> port;  // posted through a port: settles there, not in JS
   uint64_t total_wrs() const {
     uint64_t n = pages ? pages->src_pages.size() : 0;
     for (auto& r : runs) n += r.shards;
@@ -76,7 +84,7 @@ struct WriteCmd {
   }
 };
 
-enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch };
+enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort };
 
 struct Cmd {
   explicit Cmd(CmdKind k) : kind(k) {}
@@ -91,11 +99,12 @@ struct Cmd {
   std::vector<uint8_t> data;
   Code code = Code::Ok;                     // Cancel: the reason
   uint64_t at = 0;                          // ArmWrite: post `write` once watch `id` reads >= at
+  std::shared_ptr<PortState> port;          // AddPort / RemovePort
 };
 
 // Events for JS.
 struct OpDone {
-  uint32_t op;
+  uint32_t op;  // JavaScript's ids only: a port's posts settle into the port
   Code code;
   int err;
   int nic;
@@ -137,6 +146,50 @@ struct EngineOptions {
   uint32_t recv_count = 64;
   uint32_t send_buffers = 64;
   uint32_t doorbell_us = 0;       // ring JS at most once per this many µs (0: as soon as JS drained)
+};
+
+class Engine;
+
+// A port (port.h): native code of another addon posts sub-ranges of validated windows and reads
+// counts of the immediates the port owns. Shared by the engine's worker (counts, settlements),
+// the N-API side (open, windows, close) and the consumer's thread (post, count, wait).
+struct PortState {
+  struct Window {
+    WriteCmd tmpl;  // one run: the window's start offsets; its len is the source range's length
+    uint64_t src_len = 0, dst_len = 0;
+  };
+  trellis_port_v1 api{};
+  std::mutex mu;              // engine, windows, error
+  Engine* engine = nullptr;   // null once the port or the engine is closed
+  std::vector<Window> windows;
+  std::vector<uint32_t> imms;  // counted values, by slot
+  std::unique_ptr<std::atomic<uint64_t>[]> counts;
+  std::atomic<uint64_t> posted{0}, settled{0}, failed{0}, seq{1};
+  std::string error;  // "CODE: message" of the first failure
+  std::mutex wait_mu;
+  std::condition_variable wait_cv;
+  std::atomic<uint32_t> waiters{0};
+  std::weak_ptr<PortState> self_ref;  // for posts to hold the port
+
+  explicit PortState(std::vector<uint32_t> counted) : imms(std::move(counted)), counts(new std::atomic<uint64_t>[imms.size() ? imms.size() : 1]) {
+    for (size_t i = 0; i < (imms.size() ? imms.size() : 1); i++) counts[i].store(0);
+  }
+  void changed() {
+    seq.fetch_add(1, std::memory_order_acq_rel);
+    if (waiters.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> g(wait_mu);
+      wait_cv.notify_all();
+    }
+  }
+  void settle(Code code, const std::string& msg) {
+    if (code != Code::Ok) {
+      std::lock_guard<std::mutex> g(mu);
+      if (error.empty()) error = std::string(code_name(code)) + ": " + (msg.empty() ? "failed" : msg);
+      failed.fetch_add(1, std::memory_order_relaxed);
+    }
+    settled.fetch_add(1, std::memory_order_release);
+    changed();
+  }
 };
 
 class Engine {
@@ -209,12 +262,37 @@ class Engine {
   // Give up on a worker stuck inside the provider: it is detached, never joined. The caller must
   // then leak this Engine (the thread may still hold pointers into it).
   void abandon() {
+    close_ports();
     stopping_.store(true);
     if (worker_.joinable()) worker_.detach();
   }
 
+  // Ports: the N-API side opens them here so that stop() can close them first.
+  void attach_port(const std::shared_ptr<PortState>& p) {
+    {
+      std::lock_guard<std::mutex> g(p->mu);
+      p->engine = this;
+    }
+    std::lock_guard<std::mutex> g(ports_mu_);
+    ports_.push_back(p);
+    Cmd c(CmdKind::AddPort);
+    c.port = p;
+    push(std::move(c));
+  }
+  void detach_port(const std::shared_ptr<PortState>& p) {
+    {
+      std::lock_guard<std::mutex> g(p->mu);
+      p->engine = nullptr;
+    }
+    p->changed();
+    Cmd c(CmdKind::RemovePort);
+    c.port = p;
+    push(std::move(c));
+  }
+
   // Stop the worker: every operation still pending is reported CLOSED, every buffer released.
   void stop() {
+    close_ports();
     if (!worker_.joinable()) return;
     stopping_.store(true);
     wake();
@@ -222,13 +300,30 @@ class Engine {
   }
 
  private:
+  // No port posts anything once this returns (post() checks `engine` under the port's lock).
+  void close_ports() {
+    std::vector<std::weak_ptr<PortState>> ports;
+    {
+      std::lock_guard<std::mutex> g(ports_mu_);
+      ports.swap(ports_);
+    }
+    for (auto& w : ports)
+      if (auto p = w.lock()) {
+        {
+          std::lock_guard<std::mutex> g(p->mu);
+          p->engine = nullptr;
+        }
+        p->changed();
+      }
+  }
+
   // Every posting context starts with 64 bytes the provider may use (libfabric FI_CONTEXT2).
   struct alignas(8) ProviderCtx {
     void* p[8];
   };
   struct WrCtx {
     ProviderCtx pctx;
-    uint32_t op;
+    OpId op;
     uint8_t lane;
     CompKind kind;
     uint64_t len;
@@ -245,6 +340,7 @@ class Engine {
     Code cancel = Code::Ok;
     bool reported = false;
     std::chrono::steady_clock::time_point deadline;
+    std::shared_ptr<PortState> port;
   };
   struct Region;
   struct Peer;
@@ -289,7 +385,7 @@ class Engine {
   };
   std::vector<Trigger> triggers_;
   struct PendingSend {
-    uint32_t op;
+    OpId op;
     uint32_t peer;
     std::vector<uint8_t> data;
   };
@@ -456,6 +552,14 @@ class Engine {
     for (auto& p : send_backlog_) fail_op(p.op, Code::Closed, 0, -1, "the engine was closed with this operation pending");
     send_backlog_.clear();
     fail_triggers([](const Trigger&) { return true; }, Code::Closed, "the engine was closed with this operation pending");
+    {
+      // Port posts pushed after the worker's last batch: they settle too (JS ops are settled by
+      // the JS side when close() returns).
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      for (auto& c : cmds_)
+        if (c.kind == CmdKind::Write && c.write && c.write->port) c.write->port->settle(Code::Closed, "the engine was closed with this operation pending");
+      cmds_.clear();
+    }
     for (auto& [id, st] : ops_) {
       if (!st.reported) report(id, st, Code::Closed, 0, -1, "the engine was closed with this operation pending");
     }
@@ -482,6 +586,15 @@ class Engine {
       case CmdKind::Send: send(c.id, c.peer, std::move(c.data)); break;
       case CmdKind::Cancel: cancel(c.id, c.code); break;
       case CmdKind::AddWatch: watches_[c.id] = Watch{static_cast<volatile uint64_t*>(c.ptr), 0}; break;
+      case CmdKind::AddPort:
+        for (size_t i = 0; i < c.port->imms.size(); i++) port_imms_[c.port->imms[i]] = PortCount{c.port, &c.port->counts[i]};
+        break;
+      case CmdKind::RemovePort:
+        for (auto it = port_imms_.begin(); it != port_imms_.end();) {
+          if (it->second.port == c.port) it = port_imms_.erase(it);
+          else ++it;
+        }
+        break;
       case CmdKind::RemoveWatch:
         watches_.erase(c.id);
         fail_triggers([&](const Trigger& t) { return t.watch == c.id; }, Code::Aborted,
@@ -534,7 +647,8 @@ class Engine {
     OpState st;
     st.outstanding = w->total_wrs();
     st.deadline = deadline();
-    uint32_t op = w->op;
+    st.port = w->port;
+    OpId op = w->op;
     // A peer that could not be resolved fails the operation before anything is posted.
     auto check_peer = [&](uint32_t id) -> bool {
       auto it = peers_.find(id);
@@ -600,7 +714,7 @@ class Engine {
     }
   }
 
-  void send(uint32_t op, uint32_t peer, std::vector<uint8_t> data) {
+  void send(OpId op, uint32_t peer, std::vector<uint8_t> data) {
     OpState st;
     st.outstanding = 1;
     st.deadline = deadline();
@@ -618,7 +732,7 @@ class Engine {
     send_backlog_.push_back(PendingSend{op, peer, std::move(data)});
   }
 
-  void cancel(uint32_t op, Code why) {
+  void cancel(OpId op, Code why) {
     for (auto t = triggers_.begin(); t != triggers_.end(); ++t) {
       if (t->w->op != op) continue;
       // Armed, never posted: nothing of it can touch memory.
@@ -844,8 +958,16 @@ class Engine {
     switch (c.kind) {
       case CompKind::RemoteWrite:
         if (c.code == Code::Ok && c.has_imm) {
-          imm_batch_[c.imm]++;
           nc.imms_received.fetch_add(1, std::memory_order_relaxed);
+          if (!port_imms_.empty()) {
+            auto it = port_imms_.find(c.imm);
+            if (it != port_imms_.end()) {
+              it->second.count->fetch_add(1, std::memory_order_release);
+              it->second.port->changed();
+              return;
+            }
+          }
+          imm_batch_[c.imm]++;
         } else if (c.code != Code::Ok) {
           nc.errors.fetch_add(1, std::memory_order_relaxed);
         }
@@ -886,7 +1008,7 @@ class Engine {
     }
   }
 
-  void wr_done(uint32_t op) {
+  void wr_done(OpId op) {
     auto it = ops_.find(op);
     if (it == ops_.end()) return;
     OpState& st = it->second;
@@ -899,7 +1021,7 @@ class Engine {
     ops_.erase(it);
   }
 
-  void wr_failed(uint32_t op, uint8_t lane, Code code, int err, const std::string& msg, bool was_posted = false) {
+  void wr_failed(OpId op, uint8_t lane, Code code, int err, const std::string& msg, bool was_posted = false) {
     nics_[lane].errors.fetch_add(1, std::memory_order_relaxed);
     auto it = ops_.find(op);
     if (it == ops_.end()) return;
@@ -916,15 +1038,19 @@ class Engine {
     ops_.erase(it);
   }
 
-  void fail_op(uint32_t op, Code code, int err, int nic, const std::string& msg) {
+  void fail_op(OpId op, Code code, int err, int nic, const std::string& msg) {
     auto it = ops_.find(op);
     if (it == ops_.end()) return;
     if (!it->second.reported) report(op, it->second, code, err, nic, msg);
   }
 
-  void report(uint32_t op, OpState& st, Code code, int err, int nic, const std::string& msg) {
+  void report(OpId op, OpState& st, Code code, int err, int nic, const std::string& msg) {
     st.reported = true;
-    push_event([&](Events& e) { e.ops.push_back(OpDone{op, code, err, nic, msg}); });
+    if (st.port) {
+      st.port->settle(code, msg);
+      return;
+    }
+    push_event([&](Events& e) { e.ops.push_back(OpDone{static_cast<uint32_t>(op), code, err, nic, msg}); });
   }
 
   // The engine's own deadline: a provider may return EAGAIN forever to a dead peer, or never
@@ -932,7 +1058,7 @@ class Engine {
   void check_deadlines(std::chrono::steady_clock::time_point now) {
     for (auto& [id, st] : ops_) {
       if (st.reported || now < st.deadline) continue;
-      uint32_t op = id;
+      OpId op = id;
       cancel_unposted(op, st);
       report(op, st, Code::Timeout, 0, -1,
              "the engine deadline (opTimeoutMs " + std::to_string(opts_.op_timeout_ms) + ") passed with " +
@@ -944,7 +1070,7 @@ class Engine {
     }
   }
 
-  void cancel_unposted(uint32_t op, OpState& st) {
+  void cancel_unposted(OpId op, OpState& st) {
     for (auto g = backlog_.begin(); g != backlog_.end();) {
       if (g->cmd->op == op) {
         st.outstanding -= remaining(*g);
@@ -1037,11 +1163,18 @@ class Engine {
   std::atomic<bool> doorbell_{false};
 
   // worker-only state
-  std::unordered_map<uint32_t, OpState> ops_;
+  std::unordered_map<OpId, OpState> ops_;
   std::unordered_map<uint32_t, Region> regions_;
   std::unordered_map<uint32_t, Peer> peers_;
   std::unordered_map<uint32_t, Watch> watches_;
   std::unordered_map<uint32_t, uint32_t> imm_batch_;
+  struct PortCount {
+    std::shared_ptr<PortState> port;
+    std::atomic<uint64_t>* count;
+  };
+  std::unordered_map<uint32_t, PortCount> port_imms_;  // immediates a port owns (never sent to JS)
+  std::mutex ports_mu_;
+  std::vector<std::weak_ptr<PortState>> ports_;
   std::deque<Gen> backlog_;
   std::deque<PendingSend> send_backlog_;
   std::vector<RecvBuf> recvs_;
@@ -1054,5 +1187,97 @@ class Engine {
   static constexpr uint32_t kFirstSleepUs = 8;
   uint32_t sleep_us_ = kFirstSleepUs;
 };
+
+// -------------------------------------------------------------------------------- port ABI
+namespace port_abi {
+
+inline int post(void* self, uint32_t window, uint64_t src, uint64_t dst, uint64_t len) {
+  static std::atomic<uint64_t> next{0};
+  auto* p = static_cast<PortState*>(self);
+  std::unique_lock<std::mutex> g(p->mu);
+  if (!p->engine) return TRELLIS_PORT_CLOSED;
+  if (window >= p->windows.size()) return TRELLIS_PORT_NO_WINDOW;
+  const PortState::Window& win = p->windows[window];
+  if (len && (src > win.src_len || len > win.src_len - src || dst > win.dst_len || len > win.dst_len - dst))
+    return TRELLIS_PORT_RANGE;
+  auto w = std::make_unique<WriteCmd>();
+  w->op = kPortOpBase + next.fetch_add(1, std::memory_order_relaxed);
+  w->region = len ? win.tmpl.region : 0;
+  w->has_imm = win.tmpl.has_imm;
+  w->imm = win.tmpl.imm;
+  w->runs.push_back(win.tmpl.runs[0]);
+  Run& r = w->runs[0];
+  r.src_off += src;
+  r.dst_off += dst;
+  r.len = len;
+  r.zero = len == 0;
+  w->port = p->self_ref.lock();
+  Cmd c(CmdKind::Write);
+  c.write = std::move(w);
+  p->posted.fetch_add(1, std::memory_order_relaxed);
+  // Under the port's lock: stop() nulls `engine` under it before stopping the worker, so this
+  // command is either handled or settled CLOSED by the worker's shutdown.
+  p->engine->push(std::move(c));
+  return TRELLIS_PORT_OK;
+}
+
+inline uint64_t count(void* self, uint32_t slot) {
+  auto* p = static_cast<PortState*>(self);
+  return slot < p->imms.size() ? p->counts[slot].load(std::memory_order_acquire) : 0;
+}
+
+inline uint64_t settled(void* self, uint64_t* failed) {
+  auto* p = static_cast<PortState*>(self);
+  uint64_t n = p->settled.load(std::memory_order_acquire);
+  if (failed) *failed = p->failed.load(std::memory_order_acquire);
+  return n;
+}
+
+inline int error(void* self, char* buf, size_t n) {
+  auto* p = static_cast<PortState*>(self);
+  std::lock_guard<std::mutex> g(p->mu);
+  if (p->error.empty()) return 0;
+  if (buf && n) {
+    size_t k = std::min(n - 1, p->error.size());
+    std::memcpy(buf, p->error.data(), k);
+    buf[k] = 0;
+  }
+  return 1;
+}
+
+inline uint64_t wait(void* self, uint64_t seen, uint32_t timeout_us) {
+  auto* p = static_cast<PortState*>(self);
+  uint64_t now = p->seq.load(std::memory_order_acquire);
+  if (now != seen) return now;
+  {
+    std::lock_guard<std::mutex> g(p->mu);
+    if (!p->engine) return now;
+  }
+  p->waiters.fetch_add(1, std::memory_order_acq_rel);
+  {
+    std::unique_lock<std::mutex> g(p->wait_mu);
+    p->wait_cv.wait_for(g, std::chrono::microseconds(timeout_us),
+                        [&] { return p->seq.load(std::memory_order_acquire) != seen; });
+  }
+  p->waiters.fetch_sub(1, std::memory_order_acq_rel);
+  return p->seq.load(std::memory_order_acquire);
+}
+
+}  // namespace port_abi
+
+// A port with its C table filled in; `self_ref` keeps it alive while posts are in flight.
+inline std::shared_ptr<PortState> make_port(std::vector<uint32_t> counted) {
+  auto p = std::make_shared<PortState>(std::move(counted));
+  p->self_ref = p;
+  p->api.version = TRELLIS_PORT_VERSION;
+  p->api.size = sizeof(trellis_port_v1);
+  p->api.self = p.get();
+  p->api.post = port_abi::post;
+  p->api.count = port_abi::count;
+  p->api.settled = port_abi::settled;
+  p->api.error = port_abi::error;
+  p->api.wait = port_abi::wait;
+  return p;
+}
 
 }  // namespace trellis

@@ -47,6 +47,10 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("close", &W::Close),
                               W::InstanceMethod("heartbeat", &W::Heartbeat),
                               W::InstanceMethod("abandon", &W::Abandon),
+                              W::InstanceMethod("openPort", &W::OpenPort),
+                              W::InstanceMethod("setPortWindows", &W::SetPortWindows),
+                              W::InstanceMethod("portStats", &W::PortStats),
+                              W::InstanceMethod("closePort", &W::ClosePort),
                           });
   }
 
@@ -357,6 +361,70 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return a;
   }
 
+  // openPort(id, imms: Uint32Array) → bigint: the address of the port's trellis_port_v1
+  Napi::Value OpenPort(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Napi::Uint32Array imms = info[1].As<Napi::Uint32Array>();
+    auto p = make_port(std::vector<uint32_t>(imms.Data(), imms.Data() + imms.ElementLength()));
+    engine_->attach_port(p);
+    ports_[u32(info[0])] = p;
+    return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&p->api)));
+  }
+
+  // setPortWindows(id, windows: Float64Array (10 per window), keys: BigUint64Array (8 per window))
+  // window: [peer, lane, lanes, region, srcOff, srcLen, dstOff, dstLen, hasImm, imm]
+  Napi::Value SetPortWindows(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    auto it = ports_.find(u32(info[0]));
+    if (it == ports_.end()) return info.Env().Undefined();
+    Napi::Float64Array w = info[1].As<Napi::Float64Array>();
+    Napi::BigUint64Array keys = info[2].As<Napi::BigUint64Array>();
+    std::vector<PortState::Window> wins(w.ElementLength() / 10);
+    for (size_t i = 0; i < wins.size(); i++) {
+      const double* v = w.Data() + 10 * i;
+      PortState::Window& x = wins[i];
+      Run r;
+      r.peer = static_cast<uint32_t>(v[0]);
+      r.lane0 = static_cast<uint8_t>(v[1]);
+      r.lanes = static_cast<uint8_t>(v[2]);
+      r.shards = 1;
+      x.tmpl.region = static_cast<uint32_t>(v[3]);
+      r.src_off = static_cast<uint64_t>(v[4]);
+      x.src_len = static_cast<uint64_t>(v[5]);
+      r.dst_off = static_cast<uint64_t>(v[6]);
+      x.dst_len = static_cast<uint64_t>(v[7]);
+      x.tmpl.has_imm = v[8] != 0;
+      x.tmpl.imm = static_cast<uint32_t>(v[9]);
+      read_keys(keys, 8 * i, r.keys);
+      x.tmpl.runs.push_back(r);
+    }
+    std::lock_guard<std::mutex> g(it->second->mu);
+    it->second->windows = std::move(wins);
+    return info.Env().Undefined();
+  }
+
+  // portStats(id) → Float64Array [posted, settled, failed, count of slot 0, 1, ...]
+  Napi::Value PortStats(const Napi::CallbackInfo& info) {
+    auto it = ports_.find(u32(info[0]));
+    if (it == ports_.end()) return info.Env().Undefined();
+    PortState& p = *it->second;
+    Napi::Float64Array a = Napi::Float64Array::New(info.Env(), 3 + p.imms.size());
+    a[0] = static_cast<double>(p.posted.load());
+    a[1] = static_cast<double>(p.settled.load());
+    a[2] = static_cast<double>(p.failed.load());
+    for (size_t i = 0; i < p.imms.size(); i++) a[3 + i] = static_cast<double>(p.counts[i].load());
+    return a;
+  }
+
+  // closePort(id): nothing posts through it afterwards; its immediates go back to JS counters.
+  Napi::Value ClosePort(const Napi::CallbackInfo& info) {
+    auto it = ports_.find(u32(info[0]));
+    if (it == ports_.end()) return info.Env().Undefined();
+    if (engine_) engine_->detach_port(it->second);
+    ports_.erase(it);
+    return info.Env().Undefined();
+  }
+
   Napi::Value Heartbeat(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->heartbeat()) : -1.0);
   }
@@ -385,9 +453,46 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   }
 
   std::unique_ptr<Engine> engine_;
+  std::unordered_map<uint32_t, std::shared_ptr<PortState>> ports_;
   Napi::ThreadSafeFunction tsfn_;
   Napi::FunctionReference last_cb_;  // for the final synchronous delivery in close()
 };
+
+// portPost / portCount / portSettled / portError / portWait: call a port through its C table,
+// exactly as a native consumer does (tests and tools reach port.h from JavaScript this way).
+inline const trellis_port_v1* port_of(const Napi::Value& v) {
+  bool lossless = true;
+  return reinterpret_cast<const trellis_port_v1*>(static_cast<uintptr_t>(v.As<Napi::BigInt>().Uint64Value(&lossless)));
+}
+inline void export_port_calls(Napi::Env env, Napi::Object exports) {
+  exports.Set("portPost", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                const trellis_port_v1* p = port_of(info[0]);
+                return Napi::Number::New(info.Env(), p->post(p->self, u32(info[1]), u64(info[2]), u64(info[3]), u64(info[4])));
+              }));
+  exports.Set("portCount", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                const trellis_port_v1* p = port_of(info[0]);
+                return Napi::Number::New(info.Env(), static_cast<double>(p->count(p->self, u32(info[1]))));
+              }));
+  exports.Set("portSettled", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                const trellis_port_v1* p = port_of(info[0]);
+                uint64_t failed = 0;
+                uint64_t n = p->settled(p->self, &failed);
+                Napi::Array a = Napi::Array::New(info.Env(), 2);
+                a.Set(0u, Napi::Number::New(info.Env(), static_cast<double>(n)));
+                a.Set(1u, Napi::Number::New(info.Env(), static_cast<double>(failed)));
+                return a;
+              }));
+  exports.Set("portError", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                const trellis_port_v1* p = port_of(info[0]);
+                char buf[512];
+                if (!p->error(p->self, buf, sizeof buf)) return info.Env().Undefined();
+                return Napi::String::New(info.Env(), buf);
+              }));
+  exports.Set("portWait", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                const trellis_port_v1* p = port_of(info[0]);
+                return Napi::Number::New(info.Env(), static_cast<double>(p->wait(p->self, u64(info[1]), u32(info[2]))));
+              }));
+}
 
 }  // namespace trellis
 
@@ -400,6 +505,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     for (int i = 0; i < trellis::kCodeCount; i++)                                      \
       names.Set(i, trellis::code_name(static_cast<trellis::Code>(i)));                 \
     exports.Set("codeNames", names);                                                   \
+    trellis::export_port_calls(env, exports);                                          \
     FACTORY::extend(env, exports);                                                     \
     return exports;                                                                    \
   }                                                                                    \

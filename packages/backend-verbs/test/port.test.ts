@@ -1,0 +1,10 @@
+import { definePortSuite, groupOf } from '@trellis/core/conformance';
+import { createEngine } from '../src/index.js';
+import { addon } from '../src/native.js';
+
+for (const nics of [1, 2])
+  definePortSuite(
+    `backend-verbs rc-model nics=${nics}`,
+    groupOf(() => createEngine({ model: true, nics, opTimeoutMs: 10_000 })),
+    addon(),
+  );
