@@ -14,10 +14,12 @@ source scripts/device-setup.sh
 cd packages/moe
 nvidia-smi --query-gpu=index,name --format=csv,noheader
 # One rank per GPU (EP2, EP4, EP8 on a 2-, 4- or 8-GPU machine): NVLink inside the node, then the
-# engine's staged path for every byte, each next to NCCL in the same invocation.
+# engine's staged path for every byte, then the native proxy (kernels on mapped host memory, the
+# proxy thread posting every write), each next to NCCL in the same invocation.
 W=$(nvidia-smi -L | wc -l)
 for shape in "--tokens 128" "--tokens 4096"; do
   timeout 240 python3 bench/nccl_a2a.py $shape --ranks "$W" --iters "${ITERS:-100}" || echo "FAILED: nccl $shape"
   timeout 240 node bench/gpu-bench.mjs $shape --ranks "$W" --node-size "$W" --iters "${ITERS:-100}" || echo "FAILED: nvlink $shape"
   timeout 240 node bench/gpu-bench.mjs $shape --ranks "$W" --node-size 1 --iters "${ITERS:-100}" || echo "FAILED: staged $shape"
+  timeout 240 node bench/gpu-bench.mjs $shape --ranks "$W" --node-size 1 --proxy --iters "${ITERS:-100}" || echo "FAILED: proxy $shape"
 done

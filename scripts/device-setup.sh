@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare this checkout on the device machine (libfabric runtime, CUDA, no npm): build
-# backend-efa's addon with plain cmake and link the workspace packages into each other's
+# backend-efa's addon and moe's proxy with plain cmake and link the workspace packages into each other's
 # node_modules as pnpm would. Sourced by the device-*.sh scripts; needs the dist/ folders carried.
 set -euo pipefail
 source .device/env.sh
@@ -12,8 +12,11 @@ for pkg in backend-efa backend-verbs kvstream weightsync moe cuda cli; do
     [ "$dep" = "$pkg" ] || ln -sfn "$root/packages/$dep" "packages/$pkg/node_modules/@trellis/$dep"
   done
 done
-(
-  cd packages/backend-efa
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/Release" >/dev/null
-  cmake --build build -j"$(nproc)" >/dev/null
-)
+# backend-efa's addon, and moe's native proxy (it needs only the engine kit's headers).
+for pkg in backend-efa moe; do
+  (
+    cd "packages/$pkg"
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/Release" >/dev/null
+    cmake --build build -j"$(nproc)" >/dev/null
+  )
+done

@@ -75,6 +75,104 @@ export interface MoeDeviceOps {
     out: bigint,
     outDtype: 'bf16' | 'fp32',
   ): void;
+  /**
+   * The kernels of a GPU instance driven by the native proxy (optional: without them such an
+   * instance is refused). Its region and staging are page-locked host memory mapped into the
+   * device, so the kernels store packed rows where the NIC reads them and read rows where it wrote.
+   */
+  proxy?: MoeProxyKernels;
+}
+
+/** The device work of a GPU {@link MoeDeviceOps} instance driven by the native proxy. */
+export interface MoeProxyKernels {
+  /** Page-locked host memory mapped into the device (zeroed): `buffer` on the host, `devicePtr` for kernels. */
+  allocMapped(bytes: number): { buffer: ArrayBuffer; devicePtr: bigint };
+  /** Device scratch bytes {@link MoeProxyKernels.dispatchPack} needs for `pairs` (token, k) slots. */
+  packScratchBytes(pairs: number, experts: number): number;
+  /**
+   * Dispatch-send, queued on the instance's stream (after the legacy default stream), returning
+   * at once: count each expert's slots, write the counts at `staging` byte 0, pack every row (header
+   * token u32, k u16, local expert u16; token bytes; scales) at `staging + rowsBase + row × rowStride`
+   * in (expert, token, k) order, note in `rowAt[p]` where slot p's combine row will come back
+   * (`combineOff + row × outRow`, -1 if empty), then raise the go word `go` to `round`.
+   */
+  dispatchPack(
+    device: number,
+    a: {
+      ids: Int32Array;
+      idsDev: bigint;
+      topk: number;
+      experts: number;
+      local: number;
+      scratch: bigint;
+      tokens: bigint;
+      tokenBytes: number;
+      scales: bigint;
+      scaleBytes: number;
+      staging: bigint;
+      rowsBase: number;
+      rowStride: number;
+      combineOff: number;
+      outRow: number;
+      rowAt: bigint;
+      go: bigint;
+      round: bigint;
+    },
+  ): void;
+  /**
+   * Dispatch-recv: lay the arrived rows out per local expert from the round's table (int64 on the
+   * device at `tableDev`: expert offsets; per source and local expert its destination row, stream
+   * position and count; per source its overflow offset and combine span). Returns when done.
+   */
+  unpack(
+    device: number,
+    a: {
+      table: Float64Array;
+      tableDev: bigint;
+      W: number;
+      L: number;
+      rows: number;
+      region: bigint;
+      privOff: number;
+      P: number;
+      rowStride: number;
+      tokenBytes: number;
+      scaleBytes: number;
+      expertX: bigint;
+      expertScales: bigint;
+    },
+  ): void;
+  /** Combine-send, queued, returning at once: every output row to its source's span, then raise `go`. */
+  combinePack(
+    device: number,
+    a: {
+      tableDev: bigint;
+      W: number;
+      L: number;
+      rows: number;
+      expertOut: bigint;
+      outRow: number;
+      staging: bigint;
+      combineBase: number;
+      go: bigint;
+      round: bigint;
+    },
+  ): void;
+  /** Combine-recv: the weighted sum (as {@link MoeDeviceOps.combine}) over rows at `region + rowAt[p]`. Returns when done. */
+  gather(
+    device: number,
+    a: {
+      region: bigint;
+      rowAt: bigint;
+      weights: Float32Array;
+      weightsDev: bigint;
+      topk: number;
+      hidden: number;
+      rowFp32: boolean;
+      out: bigint;
+      outFp32: boolean;
+    },
+  ): void;
 }
 
 /**

@@ -21,6 +21,19 @@ extern "C" cudaError_t trellis_copy_rows(void* dst, const void* doff, const void
 extern "C" cudaError_t trellis_moe_combine(const void* rows, const void* row_at, const void* w, unsigned tokens,
                                            unsigned topk, unsigned hidden, int row_fp32, void* out, int out_fp32,
                                            cudaStream_t s);
+extern "C" size_t trellis_moe_pack_scratch(size_t pairs, size_t experts);
+extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs, unsigned topk, unsigned experts,
+                                                 unsigned local, void* scratch, const void* tokens, size_t token_bytes,
+                                                 const void* scales, size_t scale_bytes, void* staging, size_t rows_base,
+                                                 size_t row_stride, size_t combine_off, size_t out_row, long long* row_at,
+                                                 void* go, unsigned long long round, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_unpack(const long long* table, unsigned W, unsigned L, size_t rows, const void* region,
+                                          size_t priv_off, unsigned P, size_t row_stride, size_t token_bytes,
+                                          size_t scale_bytes, void* expert_x, void* expert_scales, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_combine_pack(const long long* table, unsigned W, unsigned L, size_t rows,
+                                                const void* expert_out, size_t out_row, void* staging,
+                                                size_t combine_base, void* go, unsigned long long round,
+                                                cudaStream_t s);
 #include <vector>
 #endif
 
@@ -381,6 +394,120 @@ Napi::Value MoeCombine(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- MoE with the native proxy: kernels on one stream per device, ordered after the legacy
+// default stream (a blocking stream), so work the caller queued there comes first.
+cudaStream_t moe_streams[64] = {};
+cudaStream_t moe_stream(const Napi::Env& env, int device) {
+  if (device < 0 || device >= 64) {
+    fail(env, "device ordinal out of range");
+    return nullptr;
+  }
+  if (!moe_streams[device] && !check(env, cudaStreamCreate(&moe_streams[device]), "cudaStreamCreate")) return nullptr;
+  return moe_streams[device];
+}
+size_t num(const Napi::Value& v) { return static_cast<size_t>(v.As<Napi::Number>().Int64Value()); }
+
+// moePackScratch(pairs, experts) → bytes of device scratch moeDispatchPack needs
+Napi::Value MoePackScratch(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(trellis_moe_pack_scratch(num(info[0]), num(info[1]))));
+}
+
+// moeDispatchPack(device, {ids: Int32Array, idsDev, topk, experts, local, scratch, tokens, tokenBytes, scales,
+//   scaleBytes, staging, rowsBase, rowStride, combineOff, outRow, rowAt, go, round}) — returns at once
+Napi::Value MoeDispatchPack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!st) return env.Undefined();
+  Napi::Object a = info[1].As<Napi::Object>();
+  auto ids = a.Get("ids").As<Napi::Int32Array>();
+  int* ids_dev = static_cast<int*>(ptr(a.Get("idsDev")));
+  size_t pairs = ids.ElementLength();
+  if (pairs && !check(env, cudaMemcpyAsync(ids_dev, ids.Data(), pairs * 4, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (topk ids)"))
+    return env.Undefined();
+  check(env,
+        trellis_moe_dispatch_pack(ids_dev, unsigned(pairs), unsigned(num(a.Get("topk"))), unsigned(num(a.Get("experts"))),
+                                  unsigned(num(a.Get("local"))), ptr(a.Get("scratch")), ptr(a.Get("tokens")),
+                                  num(a.Get("tokenBytes")), ptr(a.Get("scales")), num(a.Get("scaleBytes")),
+                                  ptr(a.Get("staging")), num(a.Get("rowsBase")), num(a.Get("rowStride")),
+                                  num(a.Get("combineOff")), num(a.Get("outRow")),
+                                  static_cast<long long*>(ptr(a.Get("rowAt"))), ptr(a.Get("go")),
+                                  u64(a.Get("round")), st),
+        "moe dispatch pack launch");
+  return env.Undefined();
+}
+
+// The receive table to the device (int64), on the stream.
+bool put_table(const Napi::Env& env, const Napi::Value& v, void* dev, cudaStream_t st) {
+  auto t = v.As<Napi::Float64Array>();
+  std::vector<long long> x(t.ElementLength());
+  for (size_t i = 0; i < x.size(); i++) x[i] = static_cast<long long>(t[i]);
+  // From pageable memory: returns once the bytes are staged, so `x` may go.
+  return check(env, cudaMemcpyAsync(dev, x.data(), x.size() * 8, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (table)");
+}
+
+// moeUnpack(device, {table: Float64Array, tableDev, W, L, rows, region, privOff, P, rowStride, tokenBytes,
+//   scaleBytes, expertX, expertScales}) — returns when the expert blocks are in place
+Napi::Value MoeUnpack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!st) return env.Undefined();
+  Napi::Object a = info[1].As<Napi::Object>();
+  void* table = ptr(a.Get("tableDev"));
+  if (!put_table(env, a.Get("table"), table, st)) return env.Undefined();
+  if (!check(env,
+             trellis_moe_unpack(static_cast<const long long*>(table), unsigned(num(a.Get("W"))), unsigned(num(a.Get("L"))),
+                                num(a.Get("rows")), ptr(a.Get("region")), num(a.Get("privOff")), unsigned(num(a.Get("P"))),
+                                num(a.Get("rowStride")), num(a.Get("tokenBytes")), num(a.Get("scaleBytes")),
+                                ptr(a.Get("expertX")), ptr(a.Get("expertScales")), st),
+             "moe unpack launch"))
+    return env.Undefined();
+  check(env, cudaStreamSynchronize(st), "cudaStreamSynchronize");
+  return env.Undefined();
+}
+
+// moeCombinePack(device, {tableDev, W, L, rows, expertOut, outRow, staging, combineBase, go, round}) — at once
+Napi::Value MoeCombinePack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!st) return env.Undefined();
+  Napi::Object a = info[1].As<Napi::Object>();
+  check(env,
+        trellis_moe_combine_pack(static_cast<const long long*>(ptr(a.Get("tableDev"))), unsigned(num(a.Get("W"))),
+                                 unsigned(num(a.Get("L"))), num(a.Get("rows")), ptr(a.Get("expertOut")),
+                                 num(a.Get("outRow")), ptr(a.Get("staging")), num(a.Get("combineBase")), ptr(a.Get("go")),
+                                 u64(a.Get("round")), st),
+        "moe combine pack launch");
+  return env.Undefined();
+}
+
+// moeGather(device, {region, rowAt, weights: Float32Array, weightsDev, topk, hidden, rowFp32, out, outFp32})
+// — the weighted sum of each token's returned rows; returns when `out` holds it
+Napi::Value MoeGather(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!st) return env.Undefined();
+  Napi::Object a = info[1].As<Napi::Object>();
+  auto w = a.Get("weights").As<Napi::Float32Array>();
+  unsigned topk = unsigned(num(a.Get("topk")));
+  size_t n = w.ElementLength();
+  if (topk == 0 || n % topk) return fail(env, "moeGather: weights must hold tokens × topk values");
+  void* wd = ptr(a.Get("weightsDev"));
+  if (n && !check(env, cudaMemcpyAsync(wd, w.Data(), n * 4, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (weights)"))
+    return env.Undefined();
+  if (!check(env,
+             trellis_moe_combine(ptr(a.Get("region")), ptr(a.Get("rowAt")), wd, unsigned(n / topk), topk,
+                                 unsigned(num(a.Get("hidden"))), a.Get("rowFp32").ToBoolean() ? 1 : 0, ptr(a.Get("out")),
+                                 a.Get("outFp32").ToBoolean() ? 1 : 0, st),
+             "moe_combine launch"))
+    return env.Undefined();
+  check(env, cudaStreamSynchronize(st), "cudaStreamSynchronize");
+  return env.Undefined();
+}
+
 // countPatternMismatches(device, ptr, bytes, seed, at) → bytes that differ from the fill pattern
 // (index i + at), counted by a kernel.
 Napi::Value CountPatternMismatches(const Napi::CallbackInfo& info) {
@@ -421,9 +548,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
   exports.Set("copyRowsIndexed", Napi::Function::New(env, CopyRowsIndexed));
   exports.Set("moeCombine", Napi::Function::New(env, MoeCombine));
+  exports.Set("moePackScratch", Napi::Function::New(env, MoePackScratch));
+  exports.Set("moeDispatchPack", Napi::Function::New(env, MoeDispatchPack));
+  exports.Set("moeUnpack", Napi::Function::New(env, MoeUnpack));
+  exports.Set("moeCombinePack", Napi::Function::New(env, MoeCombinePack));
+  exports.Set("moeGather", Napi::Function::New(env, MoeGather));
 #else
   for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
-                        "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows", "copyRowsIndexed", "moeCombine"})
+                        "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows", "copyRowsIndexed", "moeCombine",
+                        "moePackScratch", "moeDispatchPack", "moeUnpack", "moeCombinePack", "moeGather"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

@@ -118,7 +118,214 @@ __global__ void moe_combine(const uint8_t* rows, const long long* row_at, const 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// MoE on the GPU with the native proxy: the instance's region and staging are page-locked host
+// memory mapped into the device, so kernels store packed rows where the NIC reads them and read
+// arrived rows where the NIC wrote them. Pairs are (token, k) slots of topk_ids, p = t·topk + k.
+constexpr unsigned kMoeChunk = 1024;  // pairs per block of the counting kernel
+
+// Per chunk of pairs: how many go to each expert, and each pair's rank among the chunk's pairs of
+// its expert (in pair order: the order the CPU reference uses).
+__global__ void moe_count(const int* ids, unsigned pairs, unsigned experts, int* chunk_counts, int* rank_in_chunk) {
+  __shared__ int s_ids[kMoeChunk];
+  extern __shared__ int s_counts[];
+  const unsigned c = blockIdx.x;
+  const unsigned p = c * kMoeChunk + threadIdx.x;
+  for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) s_counts[e] = 0;
+  const int e = p < pairs ? ids[p] : -1;
+  s_ids[threadIdx.x] = e;
+  __syncthreads();
+  if (e >= 0) {
+    int r = 0;
+    for (unsigned j = 0; j < threadIdx.x; j++) r += s_ids[j] == e;
+    rank_in_chunk[p] = r;
+    atomicAdd(&s_counts[e], 1);
+  }
+  __syncthreads();
+  for (unsigned x = threadIdx.x; x < experts; x += blockDim.x) chunk_counts[size_t(c) * experts + x] = s_counts[x];
+}
+
+// One block: every expert's total (written to `counts_out`, staging byte 0: the routes), each
+// chunk's base within its expert (in place of chunk_counts), and the exclusive prefix over experts
+// (`first[e]`: the packed row where expert e's rows start — streams are in rank order, and a
+// rank's experts are contiguous, so this is the row index in staging too).
+__global__ void moe_scan(int* chunk_counts, unsigned chunks, unsigned experts, int* counts_out, int* first) {
+  for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) {
+    int sum = 0;
+    for (unsigned c = 0; c < chunks; c++) {
+      const int n = chunk_counts[size_t(c) * experts + e];
+      chunk_counts[size_t(c) * experts + e] = sum;
+      sum += n;
+    }
+    counts_out[e] = sum;
+    first[e] = sum;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int at = 0;
+    for (unsigned e = 0; e < experts; e++) {
+      const int n = first[e];
+      first[e] = at;
+      at += n;
+    }
+  }
+  __threadfence_system();
+}
+
+template <typename V>
+__device__ inline void copy_vec(uint8_t* d, const uint8_t* s, size_t bytes) {
+  for (size_t i = threadIdx.x; i < bytes / sizeof(V); i += blockDim.x)
+    reinterpret_cast<V*>(d)[i] = reinterpret_cast<const V*>(s)[i];
+}
+__device__ inline void copy_any(uint8_t* d, const uint8_t* s, size_t bytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s) | bytes;
+  if ((a & 15) == 0) copy_vec<uint4>(d, s, bytes);
+  else if ((a & 7) == 0) copy_vec<uint2>(d, s, bytes);
+  else if ((a & 3) == 0) copy_vec<uint32_t>(d, s, bytes);
+  else copy_vec<uint8_t>(d, s, bytes);
+}
+
+// One block per pair: its row = first[e] + its chunk's base + its rank in the chunk. The row is
+// stored as header (token u32, k u16, local expert u16), token bytes, scales; `row_at[p]` gets the
+// byte offset where the row's combine output will come back (or -1 for an empty slot).
+__global__ void moe_pack(const int* ids, unsigned pairs, unsigned topk, unsigned experts, unsigned local,
+                         const int* chunk_base, const int* rank_in_chunk, const int* first, const uint8_t* tokens,
+                         size_t token_bytes, const uint8_t* scales, size_t scale_bytes, uint8_t* staging,
+                         size_t rows_base, size_t row_stride, size_t combine_off, size_t out_row, long long* row_at) {
+  const unsigned p = blockIdx.x;
+  if (p >= pairs) return;
+  const int e = ids[p];
+  if (e < 0) {
+    if (threadIdx.x == 0) row_at[p] = -1;
+    return;
+  }
+  const unsigned c = p / kMoeChunk;
+  const size_t row = size_t(first[e]) + size_t(chunk_base[size_t(c) * experts + e]) + size_t(rank_in_chunk[p]);
+  const unsigned t = p / topk;
+  uint8_t* d = staging + rows_base + row * row_stride;
+  if (threadIdx.x == 0) {
+    reinterpret_cast<uint32_t*>(d)[0] = t;
+    reinterpret_cast<uint16_t*>(d)[2] = uint16_t(p % topk);
+    reinterpret_cast<uint16_t*>(d)[3] = uint16_t(unsigned(e) % local);
+    row_at[p] = static_cast<long long>(combine_off + row * out_row);
+  }
+  copy_any(d + 8, tokens + size_t(t) * token_bytes, token_bytes);
+  if (scale_bytes) copy_any(d + 8 + token_bytes, scales + size_t(t) * scale_bytes, scale_bytes);
+  __threadfence_system();  // the rows reach host memory before the go word (next kernel) does
+}
+
+// Raise a go word in mapped host memory: the proxy thread starts the phase when it reads `value`.
+__global__ void moe_raise(volatile unsigned long long* word, unsigned long long value) {
+  __threadfence_system();
+  *word = value;
+  __threadfence_system();
+}
+
+// The receive-side layout, one table per round (int64): expert_off[L]; then per source s and local
+// expert j: dst_base (row in the expert blocks), src_start (position in s's stream), n; then per
+// source: overflow offset in the region, and its span start (rows) in the combine staging.
+struct MoeTable {
+  const long long* t;
+  unsigned W, L;
+  __device__ long long expert_off(unsigned j) const { return t[j]; }
+  __device__ const long long* sj(unsigned s, unsigned j) const { return t + L + 3 * (size_t(s) * L + j); }
+  __device__ long long overflow(unsigned s) const { return t[L + 3 * size_t(W) * L + s]; }
+  __device__ long long span(unsigned s) const { return t[L + 3 * size_t(W) * L + W + s]; }
+  // Row i of the expert blocks: its source and position in that source's stream.
+  __device__ void origin(size_t i, unsigned* src, long long* pos) const {
+    unsigned j = 0;
+    while (j + 1 < L && expert_off(j + 1) <= static_cast<long long>(i)) j++;
+    for (unsigned s = 0; s < W; s++) {
+      const long long* x = sj(s, j);
+      if (static_cast<long long>(i) >= x[0] && static_cast<long long>(i) < x[0] + x[2]) {
+        *src = s;
+        *pos = x[1] + (static_cast<long long>(i) - x[0]);
+        return;
+      }
+    }
+    *src = 0;
+    *pos = -1;
+  }
+};
+
+// Dispatch-recv: block per row of the expert blocks; copies its token (and scales) out of the
+// private slot or the overflow region where it arrived.
+__global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off, unsigned P, size_t row_stride,
+                           size_t token_bytes, size_t scale_bytes, uint8_t* expert_x, uint8_t* expert_scales) {
+  const size_t i = blockIdx.x;
+  unsigned s;
+  long long p;
+  tab.origin(i, &s, &p);
+  if (p < 0) return;
+  const size_t at = p < P ? priv_off + (size_t(s) * P + size_t(p)) * row_stride
+                          : size_t(tab.overflow(s)) + size_t(p - P) * row_stride;
+  copy_any(expert_x + i * token_bytes, region + at + 8, token_bytes);
+  if (scale_bytes) copy_any(expert_scales + i * scale_bytes, region + at + 8 + token_bytes, scale_bytes);
+}
+
+// Combine-send: block per expert-output row; it goes to its source's span of the combine staging
+// at its stream position (rows return in the order they were sent).
+__global__ void moe_combine_pack(MoeTable tab, const uint8_t* expert_out, size_t out_row, uint8_t* staging,
+                                 size_t combine_base) {
+  const size_t i = blockIdx.x;
+  unsigned s;
+  long long p;
+  tab.origin(i, &s, &p);
+  if (p < 0) return;
+  copy_any(staging + combine_base + size_t(tab.span(s) + p) * out_row, expert_out + i * out_row, out_row);
+  __threadfence_system();
+}
+
 }  // namespace
+
+// Scratch of moe_dispatch_pack for `pairs` pairs and `experts` experts (ints).
+extern "C" size_t trellis_moe_pack_scratch(size_t pairs, size_t experts) {
+  const size_t chunks = (pairs + kMoeChunk - 1) / kMoeChunk;
+  return 4 * (pairs + (chunks ? chunks : 1) * experts + experts);
+}
+
+extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs, unsigned topk, unsigned experts,
+                                                 unsigned local, void* scratch, const void* tokens, size_t token_bytes,
+                                                 const void* scales, size_t scale_bytes, void* staging, size_t rows_base,
+                                                 size_t row_stride, size_t combine_off, size_t out_row, long long* row_at,
+                                                 void* go, unsigned long long round, cudaStream_t s) {
+  const unsigned chunks = (pairs + kMoeChunk - 1) / kMoeChunk;
+  int* rank_in_chunk = static_cast<int*>(scratch);
+  int* chunk_counts = rank_in_chunk + pairs;
+  int* first = chunk_counts + size_t(chunks ? chunks : 1) * experts;
+  int* counts_out = static_cast<int*>(staging);  // routes: staging byte 0
+  if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk);
+  else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
+  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first);
+  if (pairs)
+    moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
+                                   static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
+                                   scale_bytes, static_cast<uint8_t*>(staging), rows_base, row_stride, combine_off, out_row,
+                                   row_at);
+  moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t trellis_moe_unpack(const long long* table, unsigned W, unsigned L, size_t rows, const void* region,
+                                          size_t priv_off, unsigned P, size_t row_stride, size_t token_bytes,
+                                          size_t scale_bytes, void* expert_x, void* expert_scales, cudaStream_t s) {
+  if (rows == 0) return cudaSuccess;
+  moe_unpack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(region), priv_off, P,
+                                            row_stride, token_bytes, scale_bytes, static_cast<uint8_t*>(expert_x),
+                                            static_cast<uint8_t*>(expert_scales));
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t trellis_moe_combine_pack(const long long* table, unsigned W, unsigned L, size_t rows,
+                                                const void* expert_out, size_t out_row, void* staging,
+                                                size_t combine_base, void* go, unsigned long long round,
+                                                cudaStream_t s) {
+  if (rows)
+    moe_combine_pack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out),
+                                                    out_row, static_cast<uint8_t*>(staging), combine_base);
+  moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
+  return cudaGetLastError();
+}
 
 extern "C" cudaError_t trellis_launch_increment_on_go(void* word, void* go, unsigned long long n, cudaStream_t s) {
   increment_on_go<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(word), static_cast<unsigned long long*>(go), n);

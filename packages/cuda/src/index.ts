@@ -9,7 +9,13 @@
  * @packageDocumentation
  */
 import { createRequire } from 'node:module';
-import { type GpuMemoryOps, type MoeDeviceOps, TrellisError, type WeightSyncDeviceOps } from '@trellis/core';
+import {
+  type GpuMemoryOps,
+  type MoeDeviceOps,
+  type MoeProxyKernels,
+  TrellisError,
+  type WeightSyncDeviceOps,
+} from '@trellis/core';
 
 interface Addon {
   info(): CudaInfo;
@@ -38,6 +44,11 @@ interface Addon {
     out: bigint,
     outFp32: boolean,
   ): void;
+  moePackScratch(pairs: number, experts: number): number;
+  moeDispatchPack: MoeProxyKernels['dispatchPack'];
+  moeUnpack: MoeProxyKernels['unpack'];
+  moeCombinePack: MoeProxyKernels['combinePack'];
+  moeGather: MoeProxyKernels['gather'];
   copyAsync(
     toDevice: boolean,
     device: number,
@@ -401,5 +412,15 @@ export function cudaMoeOps(): Required<MoeDeviceOps> {
           outDtype === 'fp32',
         ),
       ),
+    proxy: {
+      allocMapped: (bytes) => call('cudaMoeOps.proxy.allocMapped', () => addon().allocMapped(bytes)),
+      packScratchBytes: (pairs, experts) => addon().moePackScratch(pairs, experts),
+      dispatchPack: (device, a) =>
+        call('cudaMoeOps.proxy.dispatchPack', () => addon().moeDispatchPack(device, a)),
+      unpack: (device, a) => call('cudaMoeOps.proxy.unpack', () => addon().moeUnpack(device, a)),
+      combinePack: (device, a) =>
+        call('cudaMoeOps.proxy.combinePack', () => addon().moeCombinePack(device, a)),
+      gather: (device, a) => call('cudaMoeOps.proxy.gather', () => addon().moeGather(device, a)),
+    },
   };
 }

@@ -5,6 +5,8 @@
 //
 //   node bench/gpu-bench.mjs [--tokens 128] [--hidden 7168] [--topk 8] [--experts 256]
 //                            [--node-size W] [--ranks W] [--iters 100] [--warmup 20] [--provider shm]
+//                            [--proxy]   (the native proxy: kernels on mapped host memory, every byte
+//                                         through the engine, posted by the proxy thread)
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '@trellis/backend-efa';
 import { cudaInfo, cudaMemoryOps, cudaMoeOps, DeviceBuffer } from '@trellis/cuda';
@@ -25,6 +27,7 @@ const nodeSize = Number(arg('node-size', W));
 const iters = Number(arg('iters', 100));
 const warmup = Number(arg('warmup', 20));
 const provider = arg('provider', 'shm');
+const proxy = process.argv.includes('--proxy');
 
 function routing(rank) {
   // Top-k distinct experts per token, uniformly at random (seeded per rank); weights in (0, 1).
@@ -62,6 +65,7 @@ async function run(rank, device, exchange) {
     outDtype: 'bf16',
     scales: true,
     maxPrivateTokens: T * K,
+    proxy,
   };
   const moe = await MoeAllToAll.create(engine, cfg, { ops: cudaMoeOps(), device });
   moe.connect(await exchange(moe.descriptor));
@@ -115,6 +119,7 @@ if (process.argv[2] === 'child') {
       provider,
       worldSize: W,
       nodeSize,
+      proxy,
       tokens: T,
       hidden: H,
       topk: K,

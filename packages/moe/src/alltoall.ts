@@ -7,6 +7,7 @@ import {
   type TransferEngine,
   TrellisError,
 } from '@trellis/core';
+import { GpuProxy, MappedMem } from './gpu-proxy.js';
 import { DeviceMem, HostMem, type Mem } from './memory.js';
 import { ProxyDriver } from './proxy.js';
 
@@ -105,6 +106,8 @@ interface Round {
   sent: Array<Array<[number, number]>>;
   /** Per received row (expert-block order): source rank and position in that source's stream. */
   origin: Array<[number, number]>;
+  /** Rows this rank received (and sends back in combine). */
+  rows: number;
   dispatched: boolean;
 }
 
@@ -146,6 +149,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     rowStride: number,
     private readonly mem: Mem,
     private readonly proxy?: ProxyDriver,
+    private readonly gpu?: GpuProxy,
   ) {
     this.config = config;
     this.localExperts = config.numExperts / config.worldSize;
@@ -269,11 +273,43 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       }
       return new MoeAllToAll<'host'>(engine, c, region, staging, layout, rowStride, new HostMem(), proxy);
     }
-    if (c.proxy)
-      throw new TrellisError(
-        'UNSUPPORTED',
-        'MoeAllToAll.create: the native proxy drives host-memory instances (the CPU path) in this version',
-      );
+    if (c.proxy) {
+      const gp = new GpuProxy(device.ops, device.device, {
+        region: size,
+        staging: stagingSize,
+        worldSize: W,
+        localExperts: c.numExperts / W,
+        numExperts: c.numExperts,
+        rowsMax,
+        maxTokens: c.maxTokensPerRank,
+        tokenBytes: c.hidden * ELEM[c.inDtype],
+        scaleBytes: c.scales ? (c.hidden / c.scaleBlock) * 4 : 0,
+        hidden: c.hidden,
+      });
+      const regs: MrHandle[] = [];
+      try {
+        regs.push(await engine.registerMemory(new Uint8Array(gp.region.buffer), { remote: true }));
+        regs.push(await engine.registerMemory(new Uint8Array(gp.staging.buffer)));
+        // Kernels raise the go words: the proxy polls them, so it sleeps briefly at most.
+        const l = { ...proxyLayout(c, layout, rowStride, stagingSize), maxSleepUs: 50 };
+        const proxy = new ProxyDriver(engine, l, new Uint8Array(gp.flags.buffer));
+        return new MoeAllToAll<'device'>(
+          engine,
+          c,
+          regs[0]!,
+          regs[1]!,
+          layout,
+          rowStride,
+          new MappedMem(gp),
+          proxy,
+          gp,
+        );
+      } catch (e) {
+        for (const r of regs) await r.unregister().catch(() => {});
+        gp.free();
+        throw e;
+      }
+    }
     const mem = new DeviceMem(device.ops, device.device, {
       expertX: W * rowsMax * c.hidden * ELEM[c.inDtype],
       expertScales: c.scales ? W * rowsMax * (c.hidden / c.scaleBlock) * 4 : 0,
@@ -439,6 +475,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const W = c.worldSize;
     const n = this.checkInput(x);
     const me = c.rank;
+    if (this.gpu) return this.gpuDispatchSend(x, n);
     // Stream to each peer: rows ordered by (local expert, token, k).
     const sent: Array<Array<[number, number]>> = Array.from({ length: W }, () => []);
     const myCounts = new Int32Array(c.numExperts);
@@ -458,6 +495,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       ids: x.topkIds,
       sent,
       origin: [],
+      rows: 0,
       dispatched: false,
     };
     this.round.counts[me]!.set(myCounts);
@@ -554,7 +592,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       else await this.engine.immCounter(this.imm.route).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
       const all = this.mem.get('region', this.layout.routes, c.worldSize * c.numExperts * 4);
       for (let s = 0; s < c.worldSize; s++)
-        if (s !== c.rank) {
+        if (s !== c.rank || this.gpu) {
+          // (on the GPU, this rank's own counts come from its kernel, through the region too)
           const counts = new Int32Array(all.buffer, all.byteOffset + s * c.numExperts * 4, c.numExperts);
           const why = checkRoutes(counts, c);
           if (why)
@@ -628,6 +667,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const expertOffsets = new Int32Array(L);
     for (let j = 1; j < L; j++) expertOffsets[j] = expertOffsets[j - 1]! + tokensPerExpert[j - 1]!;
     const total = tokensPerExpert.reduce((a, b) => a + b, 0);
+    r.rows = total;
+    if (this.gpu) return this.gpuDispatchRecv(r, tokensPerExpert, expertOffsets);
     const origin: Array<[number, number]> = new Array(total);
     const from = new Float64Array(total);
     const fill = new Int32Array(L);
@@ -683,12 +724,12 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       if (
         input === undefined ||
         (input.expertOut instanceof Uint8Array
-          ? input.expertOut.length !== r.origin.length * this.outRow
+          ? input.expertOut.length !== r.rows * this.outRow
           : typeof input.expertOut !== 'bigint')
       )
         throw new TrellisError(
           'INVALID_ARGUMENT',
-          `MoeAllToAll.combine: expertOut must hold ${r.origin.length} rows of ${c.hidden} ${c.outDtype}`,
+          `MoeAllToAll.combine: expertOut must hold ${r.rows} rows of ${c.hidden} ${c.outDtype}`,
         );
       this.combineSends = this.combineSend(input.expertOut);
       this.combineSends.catch(() => {});
@@ -709,6 +750,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 
   private async combineSend(out: MoeBuffer<M>): Promise<void> {
+    if (this.gpu) return this.gpuCombineSend(out as bigint);
     const c = this.config;
     const me = c.rank;
     const r = this.round!;
@@ -756,6 +798,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     if (this.proxy) await this.proxy.wait('combine', this.rounds);
     else await this.engine.immCounter(this.imm.combine).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
     await this.combineSends;
+    if (this.gpu) return this.gpuCombineRecv(r, accumulate);
     // Where each (token, k) row came back, then the weighted sum over k in order (fp32 throughout):
     // acc = fp32(acc + fp32(w_k × row_k)), k = 0 .. topk-1 — the order the kernel uses too.
     const rowAt = new Float64Array(r.numTokens * c.topk).fill(-1);
@@ -775,6 +818,116 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     this.round = undefined;
     this.routesIn = undefined;
     return result;
+  }
+
+  // -- the GPU driven by the native proxy: kernels on mapped host memory, go words raised by them
+
+  private gpuDispatchSend(x: DispatchInput<M>, n: number): void {
+    const c = this.config;
+    const g = this.gpu!;
+    const W = c.worldSize;
+    this.round = {
+      numTokens: n,
+      counts: Array.from({ length: W }, () => new Int32Array(c.numExperts)),
+      weights: x.topkWeights,
+      ids: x.topkIds,
+      sent: [],
+      origin: [],
+      rows: 0,
+      dispatched: false,
+    };
+    this.rounds++;
+    g.k.dispatchPack(g.device, {
+      ids: x.topkIds,
+      idsDev: g.ids,
+      topk: c.topk,
+      experts: c.numExperts,
+      local: this.localExperts,
+      scratch: g.scratch,
+      tokens: x.tokens as bigint,
+      tokenBytes: this.tokenBytes,
+      scales: this.scaleCount ? (x.scales as bigint) : 0n,
+      scaleBytes: this.scaleCount * 4,
+      staging: g.staging.devicePtr,
+      rowsBase: align(c.numExperts * 4, 64),
+      rowStride: this.rowStride,
+      combineOff: this.layout.combine,
+      outRow: this.outRow,
+      rowAt: g.rowAt,
+      go: g.flags.devicePtr,
+      round: BigInt(this.rounds),
+    });
+    this.proxy!.kick(); // its spin window starts now: a short kernel is seen without a sleep
+  }
+
+  private gpuDispatchRecv(
+    r: Round,
+    tokensPerExpert: Int32Array,
+    expertOffsets: Int32Array,
+  ): DispatchResult<M> {
+    const c = this.config;
+    const g = this.gpu!;
+    const L = this.localExperts;
+    const table = GpuProxy.table(r.counts, c.rank, L, expertOffsets, (s) => this.overflowAt(s, c.rank));
+    g.k.unpack(g.device, {
+      table,
+      tableDev: g.table,
+      W: c.worldSize,
+      L,
+      rows: r.rows,
+      region: g.region.devicePtr,
+      privOff: this.layout.priv,
+      P: c.maxPrivateTokens,
+      rowStride: this.rowStride,
+      tokenBytes: this.tokenBytes,
+      scaleBytes: this.scaleCount * 4,
+      expertX: g.expertX,
+      expertScales: g.expertScales,
+    });
+    r.dispatched = true;
+    return {
+      tokensPerExpert,
+      expertOffsets,
+      expertX: g.expertX,
+      ...(this.scaleCount ? { expertScales: g.expertScales } : {}),
+    } as DispatchResult<M>;
+  }
+
+  private gpuCombineSend(expertOut: bigint): void {
+    const c = this.config;
+    const g = this.gpu!;
+    g.k.combinePack(g.device, {
+      tableDev: g.table,
+      W: c.worldSize,
+      L: this.localExperts,
+      rows: this.round!.rows,
+      expertOut,
+      outRow: this.outRow,
+      staging: g.staging.devicePtr,
+      combineBase: this.staging.length - c.worldSize * c.maxTokensPerRank * c.topk * this.outRow,
+      go: g.flags.devicePtr + 8n,
+      round: BigInt(this.rounds),
+    });
+    this.proxy!.kick();
+  }
+
+  private gpuCombineRecv(r: Round, accumulate: 'out' | 'fp32'): bigint {
+    const c = this.config;
+    const g = this.gpu!;
+    g.k.gather(g.device, {
+      region: g.region.devicePtr,
+      rowAt: g.rowAt,
+      weights: r.weights,
+      weightsDev: g.weights,
+      topk: c.topk,
+      hidden: c.hidden,
+      rowFp32: c.outDtype === 'fp32',
+      out: g.out,
+      outFp32: accumulate === 'fp32' || c.outDtype === 'fp32',
+    });
+    this.round = undefined;
+    this.routesIn = undefined;
+    return g.out;
   }
 
   /** Unregister this rank's buffers (and free them on the device). */

@@ -67,7 +67,7 @@ export class HostMem implements Mem {
   toPeer(): void {
     throw new TrellisError('INTERNAL', 'MoeAllToAll: no NVLink path in host memory');
   }
-  checkTokens(tokens: unknown, _bytes: number, scales: unknown): string | undefined {
+  checkTokens(tokens: unknown, _bytes: number, scales: unknown, _scaleCount?: number): string | undefined {
     if (!(tokens instanceof Uint8Array)) return 'tokens must be a Uint8Array (host memory)';
     if (scales !== undefined && !(scales instanceof Float32Array)) return 'scales must be a Float32Array';
     return undefined;

@@ -204,6 +204,11 @@ export class ProxyDriver {
     this.native!.kick();
   }
 
+  /** End the thread's sleep: a kernel is about to raise a go word (its spin window starts now). */
+  kick(): void {
+    this.native?.kick();
+  }
+
   /** Resolve once the proxy finished `phase` of `round`. */
   wait(phase: 'dispatch' | 'combine', round: number): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);

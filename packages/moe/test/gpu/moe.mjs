@@ -6,7 +6,8 @@
 // outputs; bf16 tokens and bf16 outputs — each with nodeSize 1 (the engine's staged path between
 // the GPUs), 2 (where W > 2: NVLink in pairs, the engine between pairs) and W (NVLink: kernels
 // store into the peer's region through CUDA IPC, the engine carries only immediates). Prints one
-// JSON line (rank 0, with every rank's report).
+// JSON line (rank 0, with every rank's report). Each config runs once more driven by the native
+// proxy (GPU kernels for count+pack, layout and combine on mapped host memory).
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '@trellis/backend-efa';
 import { cudaInfo, cudaMemoryOps, cudaMoeOps, DeviceBuffer } from '@trellis/cuda';
@@ -66,7 +67,13 @@ async function rank(r, device, io) {
   const ops = cudaMoeOps();
   const report = [];
   const nodeSizes = [...new Set([1, 2, W])].filter((n) => W % n === 0);
-  for (const spec of CONFIGS.flatMap((c) => nodeSizes.map((nodeSize) => ({ ...c, nodeSize })))) {
+  const specs = CONFIGS.flatMap((c) => [
+    ...nodeSizes.map((nodeSize) => ({ ...c, nodeSize, proxy: false })),
+    // The native proxy: region and staging in mapped host memory, kernels count, pack, lay out
+    // and combine there, the proxy thread posts every write (through the engine for every peer).
+    { ...c, nodeSize: 1, proxy: true },
+  ]);
+  for (const spec of specs) {
     const { name, accumulate, ...base } = spec;
     const cfg = { ...base, rank: r };
     const moe = await MoeAllToAll.create(engine, cfg, { ops, device });
@@ -134,7 +141,17 @@ async function rank(r, device, io) {
       for (const b of [tok, sc, eo]) b?.free();
     }
     await moe.close();
-    report.push({ config: name, nodeSize: cfg.nodeSize, paths, rows, badX, badScales, badOut, ms });
+    report.push({
+      config: name,
+      nodeSize: cfg.nodeSize,
+      proxy: cfg.proxy,
+      paths,
+      rows,
+      badX,
+      badScales,
+      badOut,
+      ms,
+    });
   }
   const gpu = engine.stats().gpu;
   await engine.close();
