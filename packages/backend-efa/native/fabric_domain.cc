@@ -404,6 +404,16 @@ int FabricDomain::poll(std::vector<Completion>& out, int max) {
   return static_cast<int>(n);
 }
 
+// Fault injection: close the endpoint (its peers' connections and everything posted on it) and
+// the CQ, as a NIC that died takes them. The engine uses neither afterwards.
+void FabricDomain::teardown() {
+  if (ep_) fi_close(&ep_->fid);
+  ep_ = nullptr;
+  if (cq_) fi_close(&cq_->fid);
+  cq_ = nullptr;
+  wait_fd_ = -1;
+}
+
 bool FabricDomain::try_wait() {
   if (wait_fd_ < 0) return false;
   fid* f = &cq_->fid;

@@ -55,6 +55,7 @@ class FabricDomain final : public trellis::Domain {
   size_t max_msg_size() const override { return max_msg_; }
   int wait_fd() const override { return wait_fd_; }
   bool try_wait() override;
+  void teardown() override;
 
  private:
   FabricDomain() = default;

@@ -2,6 +2,7 @@ import { describe, type NetAddr } from './addr.js';
 import { ImmCounterTable } from './counters.js';
 import type { MrDesc } from './desc.js';
 import { CallSite, invalid, TrellisError } from './errors.js';
+import { FAILOVER_IMM, Failover } from './failover.js';
 import { countImms, lanesBetween } from './imms.js';
 import { touchesStaged } from './staging.js';
 import type {
@@ -9,6 +10,7 @@ import type {
   CudaMemory,
   EngineLimits,
   EngineStats,
+  FailoverOptions,
   GpuStats,
   ImmCounter,
   ImmRequest,
@@ -166,7 +168,7 @@ export class PendingOp {
   requestCancel(reason: TrellisError): void {
     if (this.settled || this.cancelReason) return;
     this.cancelReason = reason;
-    this.engine.cancelOp(this, reason);
+    this.engine.cancelRequested(this, reason);
   }
 
   private finish(ok: boolean): boolean {
@@ -246,6 +248,59 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   constructor(limits: Partial<EngineLimits> = {}) {
     this.limits = { ...DEFAULT_LIMITS, ...limits };
+  }
+
+  // -- NIC failover -------------------------------------------------------------------------------
+
+  /** NIC health and exactly-once re-posting, when the engine was created with `failover`. */
+  protected failover: Failover | undefined;
+
+  /** Turn failover on (backends call it from their options; `undefined`/`false`: off). */
+  protected configureFailover(opts: FailoverOptions | boolean | undefined): void {
+    if (opts === undefined || opts === false) return;
+    if (opts !== true && (typeof opts !== 'object' || opts === null))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'createEngine: failover must be a boolean or an options object',
+      );
+    this.failover = new Failover(
+      {
+        nics: this.nics,
+        lanesTo: (p) => this.lanesTo(p),
+        internalOp: (site, peer) => this.internalOp(site, peer),
+        postPlan: (plan, op) => this.post(plan, op),
+        postControl: (peer, lane, bytes, op) => this.postControl(peer, lane, bytes, op),
+        arrive: (imm, count) => this.counters.arrive(imm, count),
+      },
+      opts === true ? {} : opts,
+    );
+  }
+
+  /**
+   * Send an engine control message (not a user's: it never reaches receive pools) to `peer` on
+   * NIC `lane`. Backends with failover support implement it.
+   */
+  protected postControl(_peer: NetAddr, _lane: number, _bytes: Uint8Array, op: PendingOp): void {
+    op.fail(new TrellisError('UNSUPPORTED', 'this engine has no control messages'));
+  }
+
+  /** An engine control message of the base's (failover) arrived; false if it is not one. */
+  /** @internal */
+  onBaseControl(from: NetAddr, bytes: Uint8Array): boolean {
+    if (bytes[0] !== FAILOVER_IMM) return false;
+    this.failover?.onMessage(from, bytes);
+    return true;
+  }
+
+  /** Whether failover may take `plan`: staged GPU regions move through their own protocol. */
+  protected failoverTakes(plan: Plan): boolean {
+    return !touchesStaged(plan);
+  }
+
+  /** @internal Called by {@link PendingOp.requestCancel}. */
+  cancelRequested(op: PendingOp, reason: TrellisError): void {
+    if (this.failover?.cancel(op)) return;
+    this.cancelOp(op, reason);
   }
 
   // -- backend hooks -----------------------------------------------------------------------------
@@ -338,6 +393,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           'the ArrayBuffer is detached (it was transferred); register a live buffer',
         );
       }
+      if (isResizable(src)) throw resizableError(op);
     } else if (ArrayBuffer.isView(src)) {
       length = src.byteLength;
       if (src.buffer instanceof ArrayBuffer && isDetached(src.buffer)) {
@@ -347,6 +403,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           "the view's ArrayBuffer is detached (it was transferred); register a live buffer",
         );
       }
+      if (isResizable(src.buffer)) throw resizableError(op);
     } else if (typeof src === 'object' && src !== null && 'cuda' in src) {
       const c = (src as { cuda: unknown }).cuda as { ptr?: unknown; length?: unknown; device?: unknown };
       if (typeof c !== 'object' || c === null)
@@ -535,7 +592,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       for (const peer of peers) this.checkReachable(peer, name);
       const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
       const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req, peers);
-      this.guard(op, () => this.post(p, op));
+      if (this.failover?.handles(p) && this.failoverTakes(p))
+        this.guard(op, () => this.failover!.start(p, op));
+      else this.guard(op, () => this.post(p, op));
       return op.promise;
     } catch (e) {
       return Promise.reject(site.attach(e));
@@ -935,9 +994,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   stats(): EngineStats {
     let registeredBytes = 0;
     for (const r of this.regions) registeredBytes += r.length;
+    const f = this.failover;
     return {
       kind: this.kind,
-      nics: this.nicStats(),
+      nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
+      failover: f ? { ...f.stats } : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 },
       ops: { ...this.counts, inFlight: this.ops.size },
       regions: this.regions.size,
       registeredBytes,
@@ -1010,6 +1071,8 @@ function planPeers(p: Plan): NetAddr[] {
       return uniquePeers(p.targets.map((t) => t.peer));
     case 'barrier':
       return uniquePeers(p.peers);
+    case 'runs':
+      return uniquePeers(p.runs.map((r) => r.peer));
   }
 }
 
@@ -1017,6 +1080,20 @@ function uniquePeers(peers: readonly NetAddr[]): NetAddr[] {
   const seen = new Map<string, NetAddr>();
   for (const p of peers) seen.set(p.toString(), p);
   return [...seen.values()];
+}
+
+/** Resizable ArrayBuffers and growable SharedArrayBuffers: their length can change under a NIC. */
+function isResizable(b: ArrayBufferLike): boolean {
+  const x = b as { resizable?: boolean; growable?: boolean };
+  return x.resizable === true || x.growable === true;
+}
+
+function resizableError(op: string): TrellisError {
+  return invalid(
+    'INVALID_ARGUMENT',
+    op,
+    'the buffer is resizable (or growable): its length could change under the NIC; register a fixed-length buffer (or a size, and let the engine allocate)',
+  );
 }
 
 /** Whether an ArrayBuffer was detached (Node 20 lacks `ArrayBuffer.prototype.detached` on some builds). */

@@ -12,6 +12,7 @@ import type {
   CudaMemory,
   EngineLimits,
   EnginePort,
+  FailoverOptions,
   GpuMemoryOps,
   GpuStats,
   MemorySource,
@@ -80,7 +81,9 @@ export interface NativeEngine {
     /** Arm the write on a watch instead of posting it now. */
     trigger?: { watch: number; at: bigint },
   ): void;
-  send(op: number, peer: number, bytes: Uint8Array): void;
+  send(op: number, peer: number, bytes: Uint8Array, lane?: number): void;
+  /** Tear NIC `lane`'s endpoint down (fault injection). */
+  failNic(lane: number): void;
   cancel(op: number, code: 'TIMEOUT' | 'ABORTED'): void;
   watch(id: number, word: Uint8Array): void;
   unwatch(id: number): void;
@@ -163,12 +166,17 @@ export interface NativeEngineTuning {
    * operation).
    */
   heartbeatMs?: number;
+  /**
+   * NIC failover with exactly-once immediates (engines with more than one NIC): see
+   * {@link FailoverOptions}. Default off.
+   */
+  failover?: FailoverOptions | boolean;
 }
 
 /** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
 export function nativeTuning(
   opts: NativeEngineTuning,
-): Omit<NativeEngineTuning, 'limits' | 'watcherMemory' | 'gpu' | 'strictGpu' | 'heartbeatMs'> {
+): Omit<NativeEngineTuning, 'limits' | 'watcherMemory' | 'gpu' | 'strictGpu' | 'heartbeatMs' | 'failover'> {
   return {
     cpu: opts.cpu,
     opTimeoutMs: opts.opTimeoutMs,
@@ -351,6 +359,7 @@ export abstract class NativeEngineBase extends EngineBase {
       stagedMemory: (r: Region) => this.staged.get(r.key as number),
     });
     if (init.tuning.heartbeatMs !== undefined) this.startHeartbeat(init.tuning.heartbeatMs);
+    this.configureFailover(init.tuning.failover);
   }
 
   /**
@@ -563,7 +572,13 @@ export abstract class NativeEngineBase extends EngineBase {
   private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint }): void {
     let n = 0;
     const runCount =
-      plan.op === 'scatter' ? plan.targets.length : plan.op === 'barrier' ? plan.peers.length : 1;
+      plan.op === 'scatter'
+        ? plan.targets.length
+        : plan.op === 'barrier'
+          ? plan.peers.length
+          : plan.op === 'runs'
+            ? plan.runs.length
+            : 1;
     if (runCount * 8 > this.runBuf.length) {
       this.runBuf = new Float64Array(8 * runCount);
       this.keyBuf = new BigUint64Array(8 * runCount);
@@ -643,6 +658,12 @@ export abstract class NativeEngineBase extends EngineBase {
       case 'imm':
         run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
         break;
+      case 'runs':
+        region = (plan.src as Region).key as number;
+        // Each on its own lane: lane0 = the lane, one shard.
+        for (const r of plan.runs)
+          run(r.peer, r.lane, this.lanesTo(r.peer), 1, r.srcOffset, r.dstOffset, r.length, r.dst);
+        break;
     }
     this.track(op);
     this.native.write(
@@ -661,8 +682,27 @@ export abstract class NativeEngineBase extends EngineBase {
     this.sendFramed(peer, data, op, false);
   }
 
+  protected override postControl(peer: NetAddr, lane: number, bytes: Uint8Array, op: PendingOp): void {
+    this.sendFramed(peer, bytes, op, true, lane);
+  }
+
+  /**
+   * Fault injection: tear NIC `nic` down as if it died — its endpoint and completion queue are
+   * closed, work still posted on it fails with `NIC_FAILED` (whether it reached the target is
+   * unknown, as with a real failure), later work on it fails at once. Irreversible for this engine.
+   */
+  failNic(nic: number): void {
+    if (!Number.isInteger(nic) || nic < 0 || nic >= this.nics)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `failNic: NIC ${String(nic)} does not exist on an engine with ${this.nics} NIC(s)`,
+      );
+    this.throwIfClosed('failNic');
+    this.native.failNic(nic);
+  }
+
   /** Frame `data` with this engine's address (marked as a control message or not) and send it. */
-  private sendFramed(peer: NetAddr, data: Uint8Array, op: PendingOp, control: boolean): void {
+  private sendFramed(peer: NetAddr, data: Uint8Array, op: PendingOp, control: boolean, lane = 0): void {
     const id = this.peerId(peer, op.callsite.op);
     const header = control ? this.controlHeader : this.headerBytes;
     const framed = new Uint8Array(header.length + data.length);
@@ -670,7 +710,7 @@ export abstract class NativeEngineBase extends EngineBase {
     framed.set(data, header.length);
     this.track(op);
     if (!control) this.sendBytes.set(op.id, data.length);
-    this.native.send(op.id, id, framed);
+    this.native.send(op.id, id, framed, lane);
   }
 
   private track(op: PendingOp): void {
@@ -732,7 +772,9 @@ export abstract class NativeEngineBase extends EngineBase {
       // An engine control message (the staged GPU path): never a user's.
       const n = m[0]! | ((m[1]! & 0x7f) << 8);
       try {
-        this.stager.onControl(NetAddr.fromBytes(m.subarray(2, 2 + n)), m.subarray(2 + n));
+        const from = NetAddr.fromBytes(m.subarray(2, 2 + n));
+        const body = m.subarray(2 + n);
+        if (!this.onBaseControl(from, body)) this.stager.onControl(from, body);
       } catch {
         this.recvDropped++;
       }

@@ -425,6 +425,38 @@ export interface EngineStats {
   recvDropped: number;
   /** GPU memory: regions by path, and the bytes the staged path copied each way. */
   gpu: GpuStats;
+  /** NIC failover (all zero when the engine runs without `failover`). */
+  failover: FailoverStats;
+}
+
+/**
+ * NIC failover (engine option `failover`, for engines with more than one NIC). With it, no
+ * immediate rides on a write: data goes as plain writes on the NICs that are up, a NIC-attributed
+ * failure re-posts the data on the others, and once every byte is delivered the immediates are
+ * raised by one control message per target that the target counts once per token — exactly-once
+ * even when a failed work request had in fact delivered. See docs/architecture.md.
+ */
+export interface FailoverOptions {
+  /** Errors on one NIC within `windowMs` that mark it down. Default 3. */
+  maxErrors?: number;
+  /** Default 1000 ms. */
+  windowMs?: number;
+  /** How long a NIC stays down; its next use after that is the probe. Default 5000 ms. */
+  cooldownMs?: number;
+  /** Re-posts of one operation (data or its immediates) before it fails. Default 3. */
+  maxReposts?: number;
+}
+
+/** Counters of NIC failover. */
+export interface FailoverStats {
+  /** Data or control messages posted again after a NIC-attributed failure. */
+  reposts: number;
+  /** Times a NIC was marked down. */
+  nicsMarkedDown: number;
+  /** Immediates this engine raised at targets through control messages. */
+  controlImms: number;
+  /** Immediates a target received again under a token it had counted (dropped, not counted). */
+  duplicateImms: number;
 }
 
 /** GPU memory counters of an engine (all zero on an engine without GPU regions). */

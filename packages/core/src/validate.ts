@@ -87,7 +87,18 @@ export interface ImmPlan {
   lane: number;
 }
 
-export type Plan = SinglePlan | PagedPlan | ScatterPlan | BarrierPlan | ImmPlan;
+/**
+ * Work requests placed by the engine itself, each on its lane, without immediates: how failover
+ * re-posts the data of a write on the NICs that are up. @internal
+ */
+export interface RunsPlan {
+  op: 'runs';
+  src: MrHandle;
+  runs: WorkRequest[];
+  imm: undefined;
+}
+
+export type Plan = SinglePlan | PagedPlan | ScatterPlan | BarrierPlan | ImmPlan | RunsPlan;
 
 /** One work request as the wire sees it: the unit that carries one immediate. */
 export interface WorkRequest {
@@ -429,6 +440,8 @@ export function checkSend(
 /** The work requests a plan posts, in posting order (which the wire does not preserve). */
 export function workRequests(plan: Plan): WorkRequest[] {
   switch (plan.op) {
+    case 'runs':
+      return plan.runs;
     case 'single': {
       return shardRanges(plan.length, plan.shards).map(([off, len], i) => ({
         lane: i % plan.lanes,

@@ -907,7 +907,7 @@ const cases: ConformanceCase[] = [
       }),
   },
   {
-    id: 'descriptors: a detached or shrunk registered buffer rejects with DETACHED_BUFFER',
+    id: 'descriptors: a detached or shrunk registered buffer rejects with DETACHED_BUFFER; a resizable one is refused',
     run: (ctx) =>
       withGroup(ctx, 2, async ({ engines: [a, b] }) => {
         const ab = new ArrayBuffer(256);
@@ -924,6 +924,18 @@ const cases: ConformanceCase[] = [
         const gone = new ArrayBuffer(8);
         structuredClone(gone, { transfer: [gone] });
         await rejects(a!.registerMemory(gone), 'DETACHED_BUFFER', 'register detached');
+        // A resizable buffer could shrink under the NIC: refused, as a buffer or through a view.
+        const resizable = new (ArrayBuffer as unknown as new (n: number, o: object) => ArrayBuffer)(64, {
+          maxByteLength: 128,
+        });
+        const r1 = await rejects(a!.registerMemory(resizable), 'INVALID_ARGUMENT', 'resizable');
+        assert.match(r1.message, /resizable/);
+        await rejects(
+          a!.registerMemory(new Uint8Array(resizable, 8, 8)),
+          'INVALID_ARGUMENT',
+          'view of resizable',
+        );
+        assert.equal(a!.stats().regions, 1);
       }),
   },
   // ---------------------------------------------------------------------------- errors

@@ -1,7 +1,14 @@
 import type { NetAddr } from '../addr.js';
 import { EngineBase, type PendingOp, type RecvPool, type RegionAlloc } from '../engine-base.js';
 import { TrellisError } from '../errors.js';
-import type { EngineLimits, MemorySource, NicStats, UvmWatcher, UvmWatcherCallback } from '../types.js';
+import type {
+  EngineLimits,
+  FailoverOptions,
+  MemorySource,
+  NicStats,
+  UvmWatcher,
+  UvmWatcherCallback,
+} from '../types.js';
 import { callUser } from '../user.js';
 import { type Plan, type WorkRequest, workRequests } from '../validate.js';
 import type { FabricCore } from './fabric.js';
@@ -16,6 +23,8 @@ export interface LoopbackEngineOptions {
   watcherPollMs?: number;
   /** Liveness probes, as the native engines' `heartbeatMs` (default 0: off). */
   heartbeatMs?: number;
+  /** NIC failover with exactly-once immediates, as the native engines' `failover` (default off). */
+  failover?: FailoverOptions | boolean;
 }
 
 interface HostRegion {
@@ -88,6 +97,55 @@ export class LoopbackEngine extends EngineBase {
     this.nicCounters = Array.from({ length: this.nics }, (_, i) => newNicStats(i));
     this.pollMs = opts.watcherPollMs ?? 1;
     if (opts.heartbeatMs !== undefined) this.startHeartbeat(opts.heartbeatMs);
+    this.lostCompletions = new Array(this.nics).fill(false);
+    this.configureFailover(opts.failover);
+  }
+
+  /** Per NIC: work lands but its completion reports NIC_FAILED (fault injection: the in-doubt failure). */
+  private readonly lostCompletions: boolean[];
+
+  /** @internal */
+  setLostCompletions(nic: number, lost: boolean): void {
+    if (!Number.isInteger(nic) || nic < 0 || nic >= this.nics)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `faults: NIC ${nic} does not exist on an engine with ${this.nics} NIC(s)`,
+      );
+    this.lostCompletions[nic] = lost;
+  }
+
+  private lostCompletion(lane: number, op: string): TrellisError | undefined {
+    return this.lostCompletions[lane]
+      ? new TrellisError('NIC_FAILED', `${op}: NIC ${lane} lost the completion (the work may have landed)`, {
+          nic: lane,
+          op,
+        })
+      : undefined;
+  }
+
+  /** Engine control messages: delivered to the target's base (never a receive pool), on `lane`. */
+  protected override postControl(peer: NetAddr, lane: number, bytes: Uint8Array, op: PendingOp): void {
+    const name = op.callsite.op;
+    const data = bytes.slice();
+    this.fabric.schedule(() => {
+      let err: TrellisError | undefined;
+      try {
+        const target = this.fabric.resolve(peer, name);
+        err = this.laneError(target, lane, name);
+        if (!err) {
+          target.onBaseControl(this.address, data);
+          err = this.lostCompletion(lane, name);
+        }
+      } catch (e) {
+        err = e as TrellisError;
+      }
+      this.fabric.schedule(() => {
+        if (err) {
+          this.nicCounters[lane]!.errors++;
+          op.fail(err);
+        } else op.complete();
+      });
+    });
   }
 
   // -- regions ----------------------------------------------------------------------------------
@@ -163,7 +221,9 @@ export class LoopbackEngine extends EngineBase {
   protected post(plan: Plan, op: PendingOp): void {
     const wrs = workRequests(plan);
     const src =
-      plan.op === 'single' || plan.op === 'paged' || plan.op === 'scatter' ? plan.src.buffer : undefined;
+      plan.op === 'single' || plan.op === 'paged' || plan.op === 'scatter' || plan.op === 'runs'
+        ? plan.src.buffer
+        : undefined;
     const flight: OpFlight = { op, unlanded: new Set(), outstanding: wrs.length, error: undefined };
     if (wrs.length === 0) {
       op.complete();
@@ -174,7 +234,7 @@ export class LoopbackEngine extends EngineBase {
     for (const wr of wrs) {
       const ev = this.fabric.schedule(() => {
         flight.unlanded.delete(ev);
-        const err = this.land(wr, src, name);
+        const err = this.land(wr, src, name) ?? this.lostCompletion(wr.lane, name);
         // The completion is a separate event: the sender learns of delivery later, in random order.
         this.fabric.schedule(() => this.completeWr(flight, wr, err));
       });

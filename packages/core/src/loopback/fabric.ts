@@ -17,6 +17,11 @@ export interface FaultInjector {
   restoreNic(engine: TransferEngine, nic: number): void;
   /** Delay every event by a random time in `[minMs, maxMs]`; `undefined` turns delays off. */
   setDelay(range: readonly [number, number] | undefined): void;
+  /**
+   * Work `engine` posts on NIC `nic` lands, but its completion reports `NIC_FAILED` (while `lost`):
+   * the in-doubt failure of a NIC that died after the target saw the write. Optional.
+   */
+  loseCompletions?(engine: TransferEngine, nic: number, lost: boolean): void;
 }
 
 /** Options of {@link createLoopbackFabric}. */
@@ -226,6 +231,10 @@ export class FabricCore implements LoopbackFabric, FaultInjector {
 
   killPeer(engine: TransferEngine): void {
     this.mine(engine, 'faults.killPeer').kill();
+  }
+
+  loseCompletions(engine: TransferEngine, nic: number, lost: boolean): void {
+    this.mine(engine, 'faults.loseCompletions').setLostCompletions(nic, lost);
   }
 
   failNic(engine: TransferEngine, nic: number): void {

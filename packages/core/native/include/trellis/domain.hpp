@@ -124,6 +124,10 @@ class Domain {
   virtual int wait_fd() const { return -1; }
   // Called right before blocking on wait_fd(): false if the CQ must be polled first (fi_trywait).
   virtual bool try_wait() { return false; }
+  // Fault injection: release the data path (endpoint, completion queue) as a dead NIC would lose
+  // it. The engine posts and polls nothing on this domain afterwards; registrations stay valid to
+  // deregister. Default: nothing to release.
+  virtual void teardown() {}
 };
 
 }  // namespace trellis

@@ -84,7 +84,7 @@ struct WriteCmd {
   }
 };
 
-enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort };
+enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort, FailNic };
 
 struct Cmd {
   explicit Cmd(CmdKind k) : kind(k) {}
@@ -99,6 +99,7 @@ struct Cmd {
   std::vector<uint8_t> data;
   Code code = Code::Ok;                     // Cancel: the reason
   uint64_t at = 0;                          // ArmWrite: post `write` once watch `id` reads >= at
+  uint8_t lane = 0;                         // Send: the NIC; FailNic: the NIC torn down
   std::shared_ptr<PortState> port;          // AddPort / RemovePort
 };
 
@@ -267,6 +268,13 @@ class Engine {
     if (worker_.joinable()) worker_.detach();
   }
 
+  // Tear NIC `lane` down (fault injection; see fail_lane).
+  void fail_nic(uint8_t lane) {
+    Cmd c(CmdKind::FailNic);
+    c.lane = lane;
+    push(std::move(c));
+  }
+
   // Ports: the N-API side opens them here so that stop() can close them first.
   void attach_port(const std::shared_ptr<PortState>& p) {
     {
@@ -329,6 +337,7 @@ class Engine {
     uint64_t len;
     int32_t send_buf;  // index of the send buffer, or -1
     WrCtx* next_free;
+    bool live = false;  // posted and not completed (a torn-down NIC fails these itself)
   };
   struct OpState {
     uint64_t outstanding = 0;  // work requests not yet completed (posted or not)
@@ -369,10 +378,11 @@ class Engine {
     ProviderCtx pctx;
     std::vector<uint8_t> bytes;
     LocalMr mr;
+    uint8_t lane = 0;
   };
   struct SendBuf {
     std::vector<uint8_t> bytes;
-    LocalMr mr;
+    std::vector<LocalMr> mrs;  // one per domain: a message may go out on any lane
   };
   struct Watch {
     volatile uint64_t* word;
@@ -388,37 +398,47 @@ class Engine {
     OpId op;
     uint32_t peer;
     std::vector<uint8_t> data;
+    uint8_t lane = 0;
   };
 
   // -------------------------------------------------------------------------------- setup
   std::string setup_buffers() {
-    // Messages travel on lane 0 only: receives are posted on domain 0.
-    Domain& d0 = *domains_[0];
-    opts_.recv_bytes = std::min(opts_.recv_bytes, d0.max_msg_size());
-    recvs_.resize(opts_.recv_count);
-    for (auto& r : recvs_) {
-      r.bytes.resize(opts_.recv_bytes);
-      std::string msg;
-      int rc = d0.reg(r.bytes.data(), r.bytes.size(), false, &r.mr, &msg);
-      if (rc) return "registering receive buffers: " + msg;
-      rc = d0.post_recv(r.bytes.data(), r.bytes.size(), r.mr.desc, &r);
-      if (rc) return "posting receive buffers: " + d0.strerror(rc);
+    // User messages travel on lane 0; engine control messages (failover) may take any lane, so
+    // every domain has receives posted (the full pool on lane 0, a few on the others).
+    for (auto& d : domains_) opts_.recv_bytes = std::min(opts_.recv_bytes, d->max_msg_size());
+    for (size_t lane = 0; lane < domains_.size(); lane++) {
+      uint32_t n = lane == 0 ? opts_.recv_count : std::min<uint32_t>(opts_.recv_count, 8);
+      for (uint32_t i = 0; i < n; i++) {
+        recvs_.push_back(std::make_unique<RecvBuf>());
+        RecvBuf& r = *recvs_.back();
+        r.lane = static_cast<uint8_t>(lane);
+        r.bytes.resize(opts_.recv_bytes);
+        std::string msg;
+        int rc = domains_[lane]->reg(r.bytes.data(), r.bytes.size(), false, &r.mr, &msg);
+        if (rc) return "registering receive buffers: " + msg;
+        rc = domains_[lane]->post_recv(r.bytes.data(), r.bytes.size(), r.mr.desc, &r);
+        if (rc) return "posting receive buffers: " + domains_[lane]->strerror(rc);
+      }
     }
     sends_.resize(opts_.send_buffers);
     for (size_t i = 0; i < sends_.size(); i++) {
       auto& s = sends_[i];
       s.bytes.resize(opts_.recv_bytes);
-      std::string msg;
-      int rc = d0.reg(s.bytes.data(), s.bytes.size(), false, &s.mr, &msg);
-      if (rc) return "registering send buffers: " + msg;
+      s.mrs.resize(domains_.size());
+      for (size_t lane = 0; lane < domains_.size(); lane++) {
+        std::string msg;
+        int rc = domains_[lane]->reg(s.bytes.data(), s.bytes.size(), false, &s.mrs[lane], &msg);
+        if (rc) return "registering send buffers: " + msg;
+      }
       free_sends_.push_back(static_cast<int32_t>(i));
     }
     return "";
   }
 
   void teardown_buffers() {
-    for (auto& r : recvs_) domains_[0]->dereg(r.mr);
-    for (auto& s : sends_) domains_[0]->dereg(s.mr);
+    for (auto& r : recvs_) domains_[r->lane]->dereg(r->mr);
+    for (auto& s : sends_)
+      for (size_t lane = 0; lane < s.mrs.size(); lane++) domains_[lane]->dereg(s.mrs[lane]);
     for (auto& [id, reg] : regions_) {
       (void)id;
       for (size_t i = 0; i < reg.mrs.size(); i++) domains_[i]->dereg(reg.mrs[i]);
@@ -519,7 +539,7 @@ class Engine {
       bool empty = cmds_.empty();
       g.unlock();
       bool can_block = empty;
-      for (auto& d : domains_) can_block = can_block && d->try_wait();
+      for (size_t i = 0; i < domains_.size(); i++) can_block = can_block && (lane_down(i) || domains_[i]->try_wait());
       if (can_block) {
         epoll_event evs[8];
         // Bounded so that deadlines are still checked.
@@ -583,8 +603,9 @@ class Engine {
       }
       case CmdKind::Write: write(std::move(c.write)); break;
       case CmdKind::ArmWrite: arm(c.id, c.at, std::move(c.write)); break;
-      case CmdKind::Send: send(c.id, c.peer, std::move(c.data)); break;
+      case CmdKind::Send: send(c.id, c.peer, std::move(c.data), c.lane); break;
       case CmdKind::Cancel: cancel(c.id, c.code); break;
+      case CmdKind::FailNic: fail_lane(c.lane); break;
       case CmdKind::AddWatch: watches_[c.id] = Watch{static_cast<volatile uint64_t*>(c.ptr), 0}; break;
       case CmdKind::AddPort:
         for (size_t i = 0; i < c.port->imms.size(); i++) port_imms_[c.port->imms[i]] = PortCount{c.port, &c.port->counts[i]};
@@ -714,7 +735,7 @@ class Engine {
     }
   }
 
-  void send(OpId op, uint32_t peer, std::vector<uint8_t> data) {
+  void send(OpId op, uint32_t peer, std::vector<uint8_t> data, uint8_t lane) {
     OpState st;
     st.outstanding = 1;
     st.deadline = deadline();
@@ -728,8 +749,12 @@ class Engine {
       report(op, st, Code::InvalidArgument, 0, 0, "message larger than the engine's buffers");
       return;
     }
+    if (lane >= it->second.handles.size()) {
+      report(op, st, Code::InvalidArgument, 0, -1, "no NIC " + std::to_string(lane) + " to this peer");
+      return;
+    }
     ops_.emplace(op, std::move(st));
-    send_backlog_.push_back(PendingSend{op, peer, std::move(data)});
+    send_backlog_.push_back(PendingSend{op, peer, std::move(data), lane});
   }
 
   void cancel(OpId op, Code why) {
@@ -771,6 +796,30 @@ class Engine {
     // Otherwise the op settles with `why` when its posted work completes.
   }
 
+  // -------------------------------------------------------------------------------- torn-down NICs
+  // Fault injection with the real thing: the domain's endpoint and CQ are closed (the provider
+  // forgets what was posted), every work request still posted on it fails with NIC_FAILED — its
+  // fate at the target unknown, as when a NIC dies — and later posts on it fail at once.
+  bool lane_down(size_t lane) const { return lane < down_.size() && down_[lane]; }
+  std::string down_message(size_t lane) const { return "NIC " + std::to_string(lane) + " was torn down"; }
+
+  void fail_lane(size_t lane) {
+    if (lane >= domains_.size() || lane_down(lane)) return;
+    down_.resize(domains_.size(), false);
+    down_[lane] = true;
+    domains_[lane]->teardown();
+    for (auto& block : ctx_blocks_)
+      for (int i = 0; i < 1024; i++) {
+        WrCtx* c = &block[i];
+        if (!c->live || c->lane != lane) continue;
+        inflight_[lane]--;
+        if (c->kind == CompKind::Send) free_sends_.push_back(c->send_buf);
+        OpId op = c->op;
+        ctx_free(c);
+        wr_failed(op, static_cast<uint8_t>(lane), Code::NicFailed, ENETDOWN, down_message(lane), true);
+      }
+  }
+
   uint64_t remaining(const Gen& g) const {
     const WriteCmd& w = *g.cmd;
     uint64_t n = 0;
@@ -809,6 +858,7 @@ class Engine {
     return c;
   }
   void ctx_free(WrCtx* c) {
+    c->live = false;
     c->next_free = free_ctx_;
     free_ctx_ = c;
   }
@@ -873,7 +923,7 @@ class Engine {
       WrCtx* c = ctx_alloc();
       *c = WrCtx{{}, w.op, lane, CompKind::Write, wr.len, -1, nullptr};
       wr.ctx = c;
-      int rc = domains_[lane]->post_write(wr);
+      int rc = lane_down(lane) ? -ENETDOWN : domains_[lane]->post_write(wr);
       if (rc == -EAGAIN) {
         ctx_free(c);
         eagain_backoff_ = 16;
@@ -882,21 +932,26 @@ class Engine {
       any = true;
       if (rc) {
         ctx_free(c);
-        wr_failed(w.op, lane, domains_[lane]->classify(-rc), -rc, domains_[lane]->strerror(rc));
+        if (rc == -ENETDOWN) wr_failed(w.op, lane, Code::NicFailed, ENETDOWN, down_message(lane));
+        else wr_failed(w.op, lane, domains_[lane]->classify(-rc), -rc, domains_[lane]->strerror(rc));
       } else {
         inflight_[lane]++;
         g.st->posted_open++;
+        c->live = true;
       }
       if (advance(g)) backlog_.pop_front();
     }
-    while (!send_backlog_.empty() && !free_sends_.empty() && inflight_[0] < max_inflight(0)) {
+    while (!send_backlog_.empty() && !free_sends_.empty() && inflight_[send_backlog_.front().lane] < max_inflight(0)) {
       PendingSend& s = send_backlog_.front();
+      const uint8_t lane = s.lane;
       int32_t bi = free_sends_.back();
       SendBuf& b = sends_[bi];
       std::memcpy(b.bytes.data(), s.data.data(), s.data.size());
       WrCtx* c = ctx_alloc();
-      *c = WrCtx{{}, s.op, 0, CompKind::Send, s.data.size(), bi, nullptr};
-      int rc = domains_[0]->post_send(peers_[s.peer].handles[0], b.bytes.data(), s.data.size(), b.mr.desc, c);
+      *c = WrCtx{{}, s.op, lane, CompKind::Send, s.data.size(), bi, nullptr};
+      int rc = lane_down(lane) ? -ENETDOWN
+                               : domains_[lane]->post_send(peers_[s.peer].handles[lane], b.bytes.data(), s.data.size(),
+                                                           b.mrs[lane].desc, c);
       if (rc == -EAGAIN) {
         ctx_free(c);
         eagain_backoff_ = 16;
@@ -905,10 +960,12 @@ class Engine {
       any = true;
       if (rc) {
         ctx_free(c);
-        wr_failed(s.op, 0, domains_[0]->classify(-rc), -rc, domains_[0]->strerror(rc));
+        if (rc == -ENETDOWN) wr_failed(s.op, lane, Code::NicFailed, ENETDOWN, down_message(lane));
+        else wr_failed(s.op, lane, domains_[lane]->classify(-rc), -rc, domains_[lane]->strerror(rc));
       } else {
         free_sends_.pop_back();
-        inflight_[0]++;
+        inflight_[lane]++;
+        c->live = true;
         auto it = ops_.find(s.op);
         if (it != ops_.end()) it->second.posted_open++;
       }
@@ -938,6 +995,7 @@ class Engine {
   bool poll_all() {
     bool any = false;
     for (size_t lane = 0; lane < domains_.size(); lane++) {
+      if (lane_down(lane)) continue;
       comps_.clear();
       int n = domains_[lane]->poll(comps_, 64);
       if (n <= 0) continue;
@@ -982,7 +1040,8 @@ class Engine {
         } else {
           nc.errors.fetch_add(1, std::memory_order_relaxed);
         }
-        if (!stopping_.load()) domains_[0]->post_recv(rb->bytes.data(), rb->bytes.size(), rb->mr.desc, rb);
+        if (!stopping_.load() && !lane_down(rb->lane))
+          domains_[rb->lane]->post_recv(rb->bytes.data(), rb->bytes.size(), rb->mr.desc, rb);
         return;
       }
       case CompKind::Write:
@@ -1177,7 +1236,8 @@ class Engine {
   std::vector<std::weak_ptr<PortState>> ports_;
   std::deque<Gen> backlog_;
   std::deque<PendingSend> send_backlog_;
-  std::vector<RecvBuf> recvs_;
+  std::vector<std::unique_ptr<RecvBuf>> recvs_;
+  std::vector<bool> down_;  // lanes torn down (fail_lane)  // stable addresses: posted as contexts
   std::vector<SendBuf> sends_;
   std::vector<int32_t> free_sends_;
   std::vector<std::unique_ptr<WrCtx[]>> ctx_blocks_;

@@ -51,6 +51,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("setPortWindows", &W::SetPortWindows),
                               W::InstanceMethod("portStats", &W::PortStats),
                               W::InstanceMethod("closePort", &W::ClosePort),
+                              W::InstanceMethod("failNic", &W::FailNic),
                           });
   }
 
@@ -302,12 +303,13 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
-  // send(op, peer, bytes)
+  // send(op, peer, bytes, lane = 0)
   Napi::Value Send(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
     Cmd c(CmdKind::Send);
     c.id = u32(info[0]);
     c.peer = u32(info[1]);
+    c.lane = info.Length() > 3 && info[3].IsNumber() ? static_cast<uint8_t>(u32(info[3])) : 0;
     Napi::Uint8Array b = info[2].As<Napi::Uint8Array>();
     c.data.assign(b.Data(), b.Data() + b.ByteLength());
     engine_->push(std::move(c));
@@ -422,6 +424,13 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     if (it == ports_.end()) return info.Env().Undefined();
     if (engine_) engine_->detach_port(it->second);
     ports_.erase(it);
+    return info.Env().Undefined();
+  }
+
+  // failNic(lane): tear the NIC's endpoint down (fault injection)
+  Napi::Value FailNic(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    engine_->fail_nic(static_cast<uint8_t>(u32(info[0])));
     return info.Env().Undefined();
   }
 

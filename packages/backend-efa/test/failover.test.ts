@@ -1,0 +1,100 @@
+// NIC failover on real libfabric endpoints (tcp;ofi_rxm, 2 NICs, one process): a NIC torn down
+// mid-stream (its endpoint and CQ closed: what was posted on it fails with its fate unknown) is
+// routed around with every byte and every immediate count exact; without failover the same
+// teardown fails the work it carried with NIC_FAILED.
+import { assertBytes, pattern, rejects, SettleTracker, sleep } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createEngine, type EfaEngine } from '../src/index.js';
+
+let engines: EfaEngine[] = [];
+afterEach(async () => {
+  await Promise.all(engines.map((e) => e.close()));
+  engines = [];
+});
+
+async function pair(failover: boolean) {
+  const opts = {
+    provider: 'tcp',
+    nics: 2,
+    opTimeoutMs: 10_000,
+    failover: failover && { cooldownMs: 60_000 },
+  } as const;
+  engines = [await createEngine(opts), await createEngine(opts)];
+  return engines as [EfaEngine, EfaEngine];
+}
+
+describe('NIC failover on backend-efa (tcp, 2 NICs)', () => {
+  for (const nic of [1, 0]) {
+    it(`NIC ${nic} of the writer torn down under 32 writes: all resolve, bytes and immediate counts exact, the NIC marked down`, async () => {
+      const [a, b] = await pair(true);
+      const piece = 256 * 1024;
+      const n = 32;
+      const src = await a.registerMemory(piece * n);
+      src.buffer!.set(pattern(piece * n, 11));
+      const dst = await b.registerMemory(piece * n, { remote: true });
+      const want = pattern(piece * n, 12);
+      dst.buffer!.set(want);
+      const imm = 0x6100;
+      let expected = 0;
+      const t = new SettleTracker();
+      for (let i = 0; i < n; i++) {
+        const req = {
+          kind: 'single',
+          src,
+          srcOffset: i * piece,
+          dstOffset: i * piece,
+          length: piece,
+          dst: dst.desc,
+          imm,
+        } as const;
+        expected += b.expectedImms(req);
+        t.track(a.submitSingleWrite(req));
+        if (i === 3) a.failNic(nic);
+      }
+      t.track(a.submitImm({ dst: b.address, imm: imm + 1 }));
+      await t.settled(30_000);
+      expect(t.outcomes.every((o) => o === 'resolved')).toBe(true);
+      await b.immCounter(imm).wait(expected, { timeoutMs: 10_000 });
+      await b.immCounter(imm + 1).wait(1, { timeoutMs: 10_000 });
+      await sleep(50);
+      expect(b.immCounter(imm).total).toBe(expected);
+      expect(b.immCounter(imm + 1).total).toBe(1);
+      want.set(src.buffer!);
+      assertBytes(dst.buffer!, want, 'after the teardown');
+      const st = a.stats();
+      expect(st.failover.nicsMarkedDown).toBe(1);
+      expect(st.nics[nic]!.up).toBe(false);
+      expect(st.nics[1 - nic]!.up).toBe(true);
+      expect(st.failover.reposts).toBeGreaterThanOrEqual(3);
+      expect(st.failover.controlImms).toBe(expected + 1);
+      expect(b.stats().failover.duplicateImms).toBe(0);
+      // Later work goes on the NIC that is up, with no re-post.
+      const before = st.failover.reposts;
+      await a.submitSingleWrite({ src, length: piece, dst: dst.desc, imm: imm + 2 });
+      await b.immCounter(imm + 2).wait(1, { timeoutMs: 10_000 });
+      expect(a.stats().failover.reposts).toBe(before);
+    }, 60_000);
+  }
+
+  it('without failover, work on the torn-down NIC fails once with NIC_FAILED; the other NIC still carries', async () => {
+    const [a, b] = await pair(false);
+    const src = await a.registerMemory(1 << 20);
+    const dst = await b.registerMemory(1 << 20, { remote: true });
+    a.failNic(1);
+    const e = await rejects(
+      a.submitImm({ dst: b.address, imm: 7, nic: 1 }),
+      'NIC_FAILED',
+      'imm on the torn-down NIC',
+    );
+    expect(e.nic).toBe(1);
+    expect(e.message).toMatch(/NIC 1 was torn down/);
+    await rejects(
+      a.submitSingleWrite({ src, length: 1 << 20, dst: dst.desc, imm: 8, shards: 2 }),
+      'NIC_FAILED',
+      'a write sharded over both NICs',
+    );
+    await a.submitSingleWrite({ src, length: 1 << 20, dst: dst.desc, imm: 9, shards: 1 });
+    await b.immCounter(9).wait(1, { timeoutMs: 10_000 });
+    expect(() => a.failNic(2)).toThrow(/NIC 2 does not exist/);
+  });
+});

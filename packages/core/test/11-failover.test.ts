@@ -1,0 +1,172 @@
+// NIC failover with exactly-once immediates, on the loopback fabric: a NIC that fails mid-stream is
+// routed around, a failure whose work had in fact landed is not counted twice, every operation
+// settles once, and the counters say what happened.
+import { describe, expect, it } from 'vitest';
+import { assertBytes, pattern, rejects, SettleTracker, sleep } from '../src/conformance/index.js';
+import {
+  createLoopbackFabric,
+  type LoopbackFabric,
+  type MrHandle,
+  type TransferEngine,
+} from '../src/index.js';
+
+async function pair(fabric: LoopbackFabric, failover: object | boolean = { cooldownMs: 60_000 }) {
+  const a = fabric.createEngine({ failover });
+  const b = fabric.createEngine({ failover });
+  return [a, b] as const;
+}
+
+async function target(e: TransferEngine, n: number, seed: number): Promise<[MrHandle, Uint8Array]> {
+  const h = await e.registerMemory(n, { remote: true });
+  const init = pattern(n, seed);
+  h.buffer!.set(init);
+  return [h, init.slice()];
+}
+
+describe('NIC failover (loopback fabric, 2 and 4 NICs)', () => {
+  for (const nics of [2, 4]) {
+    it(`${nics} NICs: a NIC that fails mid-stream is routed around — bytes, exact immediate counts, NIC marked down`, async () => {
+      const fabric = createLoopbackFabric({ nics, seed: nics });
+      const [a, b] = await pair(fabric);
+      const n = 1 << 20;
+      const src = await a.registerMemory(n);
+      src.buffer!.set(pattern(n, 1));
+      const [dst, want] = await target(b, n, 2);
+      const pages = 64;
+      const page = n / pages;
+      const t = new SettleTracker();
+      const imm = 0x5100;
+      let expected = 0;
+      // Single writes (sharded over every NIC), paged writes, a scatter, immediates alone.
+      for (let i = 0; i < 8; i++) {
+        const req = {
+          kind: 'single',
+          src,
+          length: n / 8,
+          srcOffset: (i * n) / 8,
+          dst: dst.desc,
+          dstOffset: (i * n) / 8,
+          imm,
+        } as const;
+        expected += b.expectedImms(req);
+        t.track(a.submitSingleWrite(req));
+        if (i === 2) fabric.faults.failNic(b, nics - 1); // the target's last NIC dies mid-stream
+      }
+      const [dst2, want2] = await target(b, n, 5);
+      const p = {
+        kind: 'paged',
+        src,
+        dst: dst2.desc,
+        srcPages: Uint32Array.from({ length: pages }, (_, i) => i),
+        dstPages: Uint32Array.from({ length: pages }, (_, i) => pages - 1 - i),
+        pageBytes: page,
+        srcStride: page,
+        dstStride: page,
+        imm: imm + 1,
+      } as const;
+      const pagedCount = b.expectedImms(p);
+      t.track(a.submitPagedWrites(p));
+      t.track(a.submitImm({ dst: b.address, imm: imm + 2, nic: nics - 1 }));
+      await t.settled(20_000);
+      expect(t.outcomes.every((o) => o === 'resolved')).toBe(true);
+      await b.immCounter(imm).wait(expected, { timeoutMs: 10_000 });
+      await b.immCounter(imm + 1).wait(pagedCount, { timeoutMs: 10_000 });
+      await b.immCounter(imm + 2).wait(1, { timeoutMs: 10_000 });
+      await sleep(20);
+      expect(b.immCounter(imm).total).toBe(expected);
+      expect(b.immCounter(imm + 1).total).toBe(pagedCount);
+      expect(b.immCounter(imm + 2).total).toBe(1);
+      const s = src.buffer!;
+      want.set(s);
+      assertBytes(dst.buffer!, want, 'single writes after failover');
+      for (let i = 0; i < pages; i++) want2.set(s.subarray(i * page, (i + 1) * page), (pages - 1 - i) * page);
+      assertBytes(dst2.buffer!, want2, 'paged write (pages reversed) after failover');
+      const st = a.stats();
+      expect(st.failover.reposts).toBeGreaterThan(0);
+      expect(st.failover.nicsMarkedDown).toBe(1);
+      expect(st.nics[nics - 1]!.up).toBe(false);
+      expect(st.failover.controlImms).toBe(expected + pagedCount + 1);
+      expect(b.stats().failover.duplicateImms).toBe(0);
+      // With the NIC down, new work goes on the others at once: no more re-posts.
+      const before = a.stats().failover.reposts;
+      await a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: imm + 3 });
+      expect(a.stats().failover.reposts).toBe(before);
+      await fabric.close();
+    });
+  }
+
+  it('a failure whose work had landed (lost completion) is not counted twice: the target drops the duplicate token', async () => {
+    const fabric = createLoopbackFabric({ nics: 2, seed: 9 });
+    const [a, b] = await pair(fabric, { maxErrors: 100, cooldownMs: 60_000 });
+    const n = 256 * 1024;
+    const src = await a.registerMemory(n);
+    src.buffer!.set(pattern(n, 3));
+    const [dst, want] = await target(b, n, 4);
+    // Everything a sends on NIC 0 lands but reports NIC_FAILED; NIC 1 is healthy.
+    fabric.faults.loseCompletions!(a, 0, true);
+    const imm = 0x5200;
+    let expected = 0;
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < 20; i++) {
+      const req = { kind: 'single', src, length: n, dst: dst.desc, imm } as const;
+      expected += b.expectedImms(req);
+      writes.push(a.submitSingleWrite(req));
+      writes.push(a.submitImm({ dst: b.address, imm: imm + 1 }));
+    }
+    await Promise.all(writes);
+    await b.immCounter(imm).wait(expected, { timeoutMs: 10_000 });
+    await b.immCounter(imm + 1).wait(20, { timeoutMs: 10_000 });
+    await sleep(20);
+    expect(b.immCounter(imm).total).toBe(expected);
+    expect(b.immCounter(imm + 1).total).toBe(20);
+    want.set(src.buffer!);
+    assertBytes(dst.buffer!, want, 'data');
+    // Control messages sent on NIC 0 landed and reported failure: they were sent again on NIC 1,
+    // and the target counted each token once.
+    expect(b.stats().failover.duplicateImms).toBeGreaterThan(0);
+    expect(a.stats().failover.reposts).toBeGreaterThan(0);
+    await fabric.close();
+  });
+
+  it('every NIC down: the operation fails once with NIC_FAILED naming the peer; cancellation and deadlines still settle once', async () => {
+    const fabric = createLoopbackFabric({ nics: 2, seed: 5 });
+    const [a, b] = await pair(fabric, { maxErrors: 1, cooldownMs: 60_000, maxReposts: 5 });
+    const src = await a.registerMemory(4096);
+    const [dst] = await target(b, 4096, 6);
+    fabric.faults.failNic(b, 0);
+    fabric.faults.failNic(b, 1);
+    const e = await rejects(
+      a.submitSingleWrite({ src, length: 4096, dst: dst.desc, imm: 1 }),
+      'NIC_FAILED',
+      'no NIC left',
+    );
+    expect(e.message).toMatch(/every NIC to .* is down/);
+    expect(b.immCounter(1).total).toBe(0);
+    const st = a.stats();
+    expect(st.failover.nicsMarkedDown).toBe(2);
+    expect(st.nics.map((x) => x.up)).toEqual([false, false]);
+    expect(st.ops.failed).toBe(1);
+    // A fresh pair: delays, an abort mid-flight, a deadline — each settles once.
+    const f2 = createLoopbackFabric({ nics: 2, seed: 6, faults: { delayMs: [1, 5] } });
+    const [c, d] = await pair(f2);
+    const s2 = await c.registerMemory(1 << 16);
+    const [t2] = await target(d, 1 << 16, 7);
+    const ac = new AbortController();
+    const tr = new SettleTracker();
+    tr.track(c.submitSingleWrite({ src: s2, length: 1 << 16, dst: t2.desc, imm: 2, signal: ac.signal }));
+    tr.track(c.submitSingleWrite({ src: s2, length: 1 << 16, dst: t2.desc, imm: 3, timeoutMs: 1 }));
+    ac.abort();
+    await tr.settled(20_000);
+    expect(tr.outcomes.every((o) => o === 'ABORTED' || o === 'TIMEOUT' || o === 'resolved')).toBe(true);
+    await fabric.close();
+    await f2.close();
+  });
+
+  it('bad options are refused at creation', () => {
+    const fabric = createLoopbackFabric({ nics: 2 });
+    expect(() => fabric.createEngine({ failover: { maxErrors: 0 } })).toThrow(
+      /failover.maxErrors must be an integer >= 1/,
+    );
+    expect(() => fabric.createEngine({ failover: 'yes' as never })).toThrow(/failover must be a boolean/);
+  });
+});
