@@ -6,11 +6,23 @@ const DESC_MAGIC = [0x54, 0x4d] as const; // "TM"
 const DESC_VERSION = 1;
 const U64_MAX = (1n << 64n) - 1n;
 const STAGED_FLAG = 0x80;
+const SPLIT_FLAG = 0x40;
+const MAX_PARTS = 1 << 16;
 
 /** Where NIC `i` of the owner exposes the region: the RMA address of offset 0 and the remote key. */
 export interface NicKey {
   readonly addr: bigint;
   readonly rkey: bigint;
+}
+
+/**
+ * A region registered in several parts (each at most the provider's largest registration): part
+ * `p` covers bytes `[p × bytes, (p+1) × bytes)`; `keys[p - 1]` are part p's NIC keys (part 0's are
+ * {@link MrDesc.nics}).
+ */
+export interface MrParts {
+  readonly bytes: number;
+  readonly keys: readonly (readonly NicKey[])[];
 }
 
 /**
@@ -36,8 +48,20 @@ export class MrDesc {
    * counts the immediate. Writers' engines handle this; callers see only a slower path.
    */
   readonly staged: boolean;
+  /**
+   * The region was registered in parts (it is larger than its owner's provider registers at once):
+   * writers cut their work at part boundaries. Undefined for a region of one part.
+   */
+  readonly parts: MrParts | undefined;
 
-  constructor(owner: NetAddr, base: bigint, length: number, nics: readonly NicKey[], staged = false) {
+  constructor(
+    owner: NetAddr,
+    base: bigint,
+    length: number,
+    nics: readonly NicKey[],
+    staged = false,
+    parts?: MrParts,
+  ) {
     if (!(owner instanceof NetAddr))
       throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: owner must be a NetAddr');
     if (typeof base !== 'bigint' || base < 0n || base > U64_MAX) {
@@ -54,6 +78,40 @@ export class MrDesc {
         'INVALID_ARGUMENT',
         `MrDesc: ${nics.length} NIC keys for an owner with ${owner.nics.length} NICs (expected ${owner.nics.length}, or 0 for a local-only region)`,
       );
+    }
+    const checkKeys = (keys: readonly NicKey[]) => {
+      for (const k of keys) {
+        if (
+          typeof k.addr !== 'bigint' ||
+          typeof k.rkey !== 'bigint' ||
+          k.addr < 0n ||
+          k.rkey < 0n ||
+          k.addr > U64_MAX ||
+          k.rkey > U64_MAX
+        )
+          throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: NIC addr and rkey must be u64 bigints');
+      }
+    };
+    if (parts !== undefined) {
+      const n = parts.keys.length + 1;
+      if (
+        !Number.isSafeInteger(parts.bytes) ||
+        parts.bytes < 1 ||
+        n < 2 ||
+        n > MAX_PARTS ||
+        (n - 1) * parts.bytes >= length ||
+        n * parts.bytes < length
+      )
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `MrDesc: ${n} parts of ${String(parts.bytes)} bytes do not cover ${length} bytes exactly (2..${MAX_PARTS} parts, the last one non-empty)`,
+        );
+      if (staged) throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: a staged region has one part');
+      for (const k of parts.keys) {
+        if (k.length !== nics.length)
+          throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: every part needs one key per NIC, as part 0');
+        checkKeys(k);
+      }
     }
     for (const k of nics) {
       if (
@@ -72,12 +130,38 @@ export class MrDesc {
     this.length = length;
     this.nics = Object.freeze(nics.map((k) => Object.freeze({ addr: k.addr, rkey: k.rkey })));
     this.staged = staged === true;
+    this.parts =
+      parts === undefined
+        ? undefined
+        : Object.freeze({
+            bytes: parts.bytes,
+            keys: Object.freeze(
+              parts.keys.map((k) =>
+                Object.freeze(k.map((x) => Object.freeze({ addr: x.addr, rkey: x.rkey }))),
+              ),
+            ),
+          });
     Object.freeze(this);
   }
 
   /** The backend kind of the owner. */
   get kind(): string {
     return this.owner.kind;
+  }
+
+  /**
+   * Part `p` of a region registered in parts, as a descriptor of its own (offset 0 = the part's
+   * first byte); the region itself when it has one part.
+   */
+  part(p: number): MrDesc {
+    if (!this.parts) return this;
+    const b = this.parts.bytes;
+    return new MrDesc(
+      this.owner,
+      this.base + BigInt(p * b),
+      Math.min(b, this.length - p * b),
+      p === 0 ? this.nics : this.parts.keys[p - 1]!,
+    );
   }
 
   /** True when the region accepts remote writes. */
@@ -87,15 +171,20 @@ export class MrDesc {
 
   /**
    * Versioned binary form: magic "TM", version, owner NetAddr, base, length, one byte of key count
-   * (bits 0–2) and flags (bit 7: staged), keys.
+   * (bits 0–2) and flags (bit 7: staged; bit 6: in parts), keys; in parts, then the part size
+   * (u64), the part count (u32) and the keys of parts 1.. in order.
    */
   toBytes(): Uint8Array {
     const w = new ByteWriter().u8(DESC_MAGIC[0]).u8(DESC_MAGIC[1]).u8(DESC_VERSION);
     w.bytes(this.owner.toBytes())
       .u64(this.base)
       .u64(BigInt(this.length))
-      .u8(this.nics.length | (this.staged ? STAGED_FLAG : 0));
+      .u8(this.nics.length | (this.staged ? STAGED_FLAG : 0) | (this.parts ? SPLIT_FLAG : 0));
     for (const k of this.nics) w.u64(k.addr).u64(k.rkey);
+    if (this.parts) {
+      w.u64(BigInt(this.parts.bytes)).u32(this.parts.keys.length + 1);
+      for (const part of this.parts.keys) for (const k of part) w.u64(k.addr).u64(k.rkey);
+    }
     return w.finish();
   }
 
@@ -110,10 +199,10 @@ export class MrDesc {
       throw new TrellisError('DECODE_ERROR', `MrDesc: length ${length} exceeds 2^53-1`);
     }
     const countAndFlags = r.u8('NIC key count');
-    if (countAndFlags & ~(STAGED_FLAG | 0x7))
+    if (countAndFlags & ~(STAGED_FLAG | SPLIT_FLAG | 0x7))
       throw new TrellisError(
         'DECODE_ERROR',
-        `MrDesc: unknown flags 0x${(countAndFlags & 0x78).toString(16)} in the key count byte`,
+        `MrDesc: unknown flags 0x${(countAndFlags & 0x38).toString(16)} in the key count byte`,
       );
     const count = countAndFlags & 0x7;
     if (count !== 0 && count !== owner.nics.length) {
@@ -126,8 +215,29 @@ export class MrDesc {
       throw new TrellisError('DECODE_ERROR', `MrDesc: NIC key count ${count} > ${MAX_NICS}`);
     const nics: NicKey[] = [];
     for (let i = 0; i < count; i++) nics.push({ addr: r.u64(`NIC ${i} addr`), rkey: r.u64(`NIC ${i} rkey`) });
+    let parts: MrParts | undefined;
+    if (countAndFlags & SPLIT_FLAG) {
+      const bytes = r.u64('part size');
+      const n = r.u32('part count');
+      if (bytes < 1n || bytes > BigInt(Number.MAX_SAFE_INTEGER) || n < 2 || n > MAX_PARTS)
+        throw new TrellisError('DECODE_ERROR', `MrDesc: ${n} parts of ${bytes} bytes`);
+      const keys: NicKey[][] = [];
+      for (let p = 1; p < n; p++) {
+        const k: NicKey[] = [];
+        for (let i = 0; i < count; i++)
+          k.push({ addr: r.u64(`part ${p} NIC ${i} addr`), rkey: r.u64(`part ${p} NIC ${i} rkey`) });
+        keys.push(k);
+      }
+      parts = { bytes: Number(bytes), keys };
+    }
     r.end();
-    return new MrDesc(owner, base, Number(length), nics, (countAndFlags & STAGED_FLAG) !== 0);
+    try {
+      return new MrDesc(owner, base, Number(length), nics, (countAndFlags & STAGED_FLAG) !== 0, parts);
+    } catch (e) {
+      throw e instanceof TrellisError && e.code === 'INVALID_ARGUMENT'
+        ? new TrellisError('DECODE_ERROR', e.message)
+        : e;
+    }
   }
 
   /** Text form `tmd1:<base64url of toBytes()>`. */

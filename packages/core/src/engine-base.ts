@@ -1,8 +1,8 @@
 import { describe, type NetAddr } from './addr.js';
 import { ImmCounterTable } from './counters.js';
-import type { MrDesc } from './desc.js';
+import { MrDesc } from './desc.js';
 import { CallSite, invalid, TrellisError } from './errors.js';
-import { FAILOVER_IMM, Failover } from './failover.js';
+import { FAILOVER_IMM, Failover, type FailoverHost, type PartedRegion } from './failover.js';
 import { countImms, lanesBetween } from './imms.js';
 import { touchesStaged } from './staging.js';
 import type {
@@ -12,6 +12,7 @@ import type {
   EngineStats,
   FailoverOptions,
   GpuStats,
+  HostMemory,
   ImmCounter,
   ImmRequest,
   MemorySource,
@@ -75,6 +76,8 @@ export class Region implements MrHandle {
     /** The caller's memory, held so it stays alive while registered. */
     readonly owner: unknown,
     readonly path: 'host' | 'direct' | 'staged' = 'host',
+    /** A region registered in parts: the part registrations (internal regions) and their size. */
+    readonly parted?: PartedRegion,
   ) {
     const c = (owner as Partial<CudaMemory> | null)?.cuda;
     this.cuda =
@@ -219,7 +222,11 @@ export class RecvPool {
   }
 }
 
-const DEFAULT_LIMITS: EngineLimits = { maxMessageBytes: 64 * 1024, maxRegionBytes: Number.MAX_SAFE_INTEGER };
+const DEFAULT_LIMITS: EngineLimits = {
+  maxMessageBytes: 64 * 1024,
+  maxRegionBytes: Number.MAX_SAFE_INTEGER,
+  maxMrBytes: Number.MAX_SAFE_INTEGER,
+};
 
 /**
  * The JS side every backend shares: validation at the edge, operation bookkeeping (exactly-once
@@ -263,17 +270,18 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         'INVALID_ARGUMENT',
         'createEngine: failover must be a boolean or an options object',
       );
-    this.failover = new Failover(
-      {
-        nics: this.nics,
-        lanesTo: (p) => this.lanesTo(p),
-        internalOp: (site, peer) => this.internalOp(site, peer),
-        postPlan: (plan, op) => this.post(plan, op),
-        postControl: (peer, lane, bytes, op) => this.postControl(peer, lane, bytes, op),
-        arrive: (imm, count) => this.counters.arrive(imm, count),
-      },
-      opts === true ? {} : opts,
-    );
+    this.failover = new Failover(this.failoverHost(), opts === true ? {} : opts);
+  }
+
+  private failoverHost(): FailoverHost {
+    return {
+      nics: this.nics,
+      lanesTo: (p) => this.lanesTo(p),
+      internalOp: (site, peer) => this.internalOp(site, peer),
+      postPlan: (plan, op) => this.post(plan, op),
+      postControl: (peer, lane, bytes, op) => this.postControl(peer, lane, bytes, op),
+      arrive: (imm, count) => this.counters.arrive(imm, count),
+    };
   }
 
   /**
@@ -300,7 +308,17 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   /** @internal Called by {@link PendingOp.requestCancel}. */
   cancelRequested(op: PendingOp, reason: TrellisError): void {
     if (this.failover?.cancel(op)) return;
+    if (this.partsWriter?.cancel(op)) return;
     this.cancelOp(op, reason);
+  }
+
+  private partsWriter: Failover | undefined;
+
+  /** The two-phase writer for regions in parts: failover's when it is on, else one without failover. */
+  private twoPhase(): Failover {
+    if (this.failover) return this.failover;
+    this.partsWriter ??= new Failover(this.failoverHost(), undefined);
+    return this.partsWriter;
   }
 
   // -- backend hooks -----------------------------------------------------------------------------
@@ -436,6 +454,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         `region of ${length} bytes exceeds this engine's maxRegionBytes ${this.limits.maxRegionBytes}`,
       );
     }
+    if (length > this.limits.maxMrBytes && !(typeof src === 'object' && src !== null && 'cuda' in src))
+      return this.registerParts(src as number | HostMemory, length, remote, op);
     const a = await this.registerRegion(src, remote, op);
     if (this.closed) {
       await this.deregisterRegion(a.key);
@@ -446,13 +466,63 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return region;
   }
 
+  /**
+   * Host memory larger than the provider registers at once: one buffer, registered in parts of
+   * `maxMrBytes`; one handle and one descriptor (listing every part's keys) for the whole.
+   */
+  private async registerParts(
+    src: number | HostMemory,
+    length: number,
+    remote: boolean,
+    op: string,
+  ): Promise<MrHandle> {
+    const M = this.limits.maxMrBytes;
+    const view =
+      typeof src === 'number'
+        ? this.allocBytes(length)
+        : src instanceof ArrayBuffer || src instanceof SharedArrayBuffer
+          ? new Uint8Array(src)
+          : new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+    const allocs: RegionAlloc[] = [];
+    try {
+      for (let at = 0; at < length; at += M)
+        allocs.push(await this.registerRegion(view.subarray(at, Math.min(length, at + M)), remote, op));
+      if (this.closed)
+        throw new TrellisError('CLOSED', `${op}: the engine was closed during registration`, { op });
+    } catch (e) {
+      for (const a of allocs) await this.deregisterRegion(a.key).catch(() => {});
+      throw e;
+    }
+    const parts = allocs.map(
+      (a) => new Region(this, a.desc, a.length, a.bytes, remote, a.key, a.bytes, a.path ?? 'host'),
+    );
+    const first = allocs[0]!.desc;
+    const desc = new MrDesc(this.address, first.base, length, first.nics, false, {
+      bytes: M,
+      keys: allocs.slice(1).map((a) => a.desc.nics),
+    });
+    const region = new Region(this, desc, length, view, remote, parts, src, 'host', {
+      partBytes: M,
+      partRegions: parts,
+    });
+    this.regions.add(region);
+    return region;
+  }
+
+  /** Host bytes for a region the engine allocates (native backends: page-aligned, off the JS heap). */
+  protected allocBytes(length: number): Uint8Array {
+    return new Uint8Array(length);
+  }
+
   /** @internal Called by {@link Region.unregister}. */
   async unregister(r: Region): Promise<void> {
     if (!this.regions.has(r)) return;
     this.regions.delete(r);
     r.registered = false;
     await r.idle();
-    if (!this.closed) await this.deregisterRegion(r.key);
+    if (this.closed) return;
+    if (r.parted) for (const p of r.parted.partRegions) await this.deregisterRegion((p as Region).key);
+    else await this.deregisterRegion(r.key);
   }
 
   submitSend(peer: NetAddr, data: Uint8Array, opts: OpOptions = {}): Promise<void> {
@@ -592,7 +662,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       for (const peer of peers) this.checkReachable(peer, name);
       const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
       const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req, peers);
-      if (this.failover?.handles(p) && this.failoverTakes(p))
+      if (inParts(p))
+        this.guard(op, () => this.twoPhase().start(p, op, (p as unknown as { src: Region }).src.parted));
+      else if (this.failover?.handles(p) && this.failoverTakes(p))
         this.guard(op, () => this.failover!.start(p, op));
       else this.guard(op, () => this.post(p, op));
       return op.promise;
@@ -1059,6 +1131,19 @@ export const HEARTBEAT_MISSES = 3;
 /** A peer's endpoint: its kind and NIC addresses, without the generation. */
 function endpointKey(p: NetAddr): string {
   return `${p.kind}|${p.nics.map((n) => Buffer.from(n).toString('hex')).join(',')}`;
+}
+
+/** Whether a write touches a region registered in parts (its source, or any destination). */
+function inParts(p: Plan): boolean {
+  switch (p.op) {
+    case 'single':
+    case 'paged':
+      return (p.src as Region).parted !== undefined || p.dst.parts !== undefined;
+    case 'scatter':
+      return (p.src as Region).parted !== undefined || p.targets.some((t) => t.dst.parts !== undefined);
+    default:
+      return false;
+  }
 }
 
 function planPeers(p: Plan): NetAddr[] {

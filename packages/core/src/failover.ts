@@ -19,7 +19,7 @@
 import type { NetAddr } from './addr.js';
 import type { PendingOp } from './engine-base.js';
 import { CallSite, TrellisError } from './errors.js';
-import type { FailoverOptions, FailoverStats } from './types.js';
+import type { FailoverOptions, FailoverStats, MrHandle } from './types.js';
 import { type Plan, type RunsPlan, type WorkRequest, workRequests } from './validate.js';
 
 /** First byte of a failover control message. @internal */
@@ -43,12 +43,33 @@ export interface FailoverHost {
 interface Flight {
   user: PendingOp;
   current: PendingOp | undefined;
+  /** Internal operations in flight (a data phase may post one per source registration). */
+  subs: Set<PendingOp>;
   phase: 'data' | 'imms';
   /** NICs that failed this operation: its re-posts go elsewhere while another is up. */
   avoid: Set<number>;
 }
 
-/** Per-engine NIC health and the failover state machine. @internal */
+/**
+ * A work request cut at part boundaries (regions registered in parts): its source is the part's
+ * own registration.
+ */
+interface Piece extends WorkRequest {
+  src: MrHandle;
+}
+
+/** A registration in parts: the part registrations and their size. @internal */
+export interface PartedRegion {
+  readonly partBytes: number;
+  readonly partRegions: readonly MrHandle[];
+}
+
+/**
+ * Per-engine NIC health and the two-phase writer: data first, immediates after. Failover uses it
+ * (re-posting on NICs that are up, raising immediates by de-duplicated control messages); so do
+ * writes that touch regions registered in parts, whose work requests are cut at part boundaries
+ * (their immediates then follow as immediate-only writes, one per original work request). @internal
+ */
 export class Failover {
   private readonly opts: Required<FailoverOptions>;
   private readonly errors: number[][];
@@ -57,11 +78,16 @@ export class Failover {
   private nextToken = 1n;
   private readonly seen = new Map<string, { set: Set<bigint>; order: bigint[] }>();
   readonly stats: FailoverStats = { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 };
+  /** Failover proper (health, re-posts, control-message immediates); false: two-phase writes only. */
+  readonly enabled: boolean;
 
+  /** @param opts failover's options, or undefined: two-phase writes only (regions in parts), no failover. */
   constructor(
     private readonly host: FailoverHost,
-    opts: FailoverOptions,
+    opts: FailoverOptions | undefined,
   ) {
+    this.enabled = opts !== undefined;
+    opts ??= { maxReposts: 0 };
     this.opts = {
       maxErrors: opts.maxErrors ?? 3,
       windowMs: opts.windowMs ?? 1000,
@@ -104,18 +130,21 @@ export class Failover {
    */
   private healthy(peer: NetAddr, avoid?: ReadonlySet<number>): number[] {
     const out: number[] = [];
-    for (let l = 0; l < this.host.lanesTo(peer); l++) if (this.isUp(l)) out.push(l);
+    for (let l = 0; l < this.host.lanesTo(peer); l++) if (!this.enabled || this.isUp(l)) out.push(l);
     const fresh = avoid?.size ? out.filter((l) => !avoid.has(l)) : out;
     return fresh.length ? fresh : out;
   }
 
   /** Whether failover takes this plan (more than one NIC, a write or an immediate, host memory). */
   handles(plan: Plan): boolean {
-    return this.host.nics > 1 && plan.op !== 'runs';
+    return this.enabled && this.host.nics > 1 && plan.op !== 'runs';
   }
 
-  /** Run a user operation through failover. */
-  start(plan: Plan, user: PendingOp): void {
+  /**
+   * Run a user operation in two phases. `parts` cuts its work requests where the source region
+   * (`src`) or a destination descriptor is registered in parts.
+   */
+  start(plan: Plan, user: PendingOp, src?: PartedRegion): void {
     const wrs = workRequests(plan);
     // What the target counts: one per work request that carries the immediate, per peer.
     const imms = new Map<string, { peer: NetAddr; count: number }>();
@@ -126,10 +155,15 @@ export class Failover {
         t.count++;
         imms.set(k, t);
       }
-    const data = wrs.filter((w) => w.dst !== undefined && w.length > 0);
-    const flight: Flight = { user, current: undefined, phase: 'data', avoid: new Set() };
+    const srcHandle =
+      plan.op === 'single' || plan.op === 'paged' || plan.op === 'scatter' ? plan.src : undefined;
+    const data = cut(
+      wrs.filter((w) => w.dst !== undefined && w.length > 0),
+      srcHandle,
+      src,
+    );
+    const flight: Flight = { user, current: undefined, subs: new Set(), phase: 'data', avoid: new Set() };
     this.flights.set(user, flight);
-    const src = plan.op === 'single' || plan.op === 'paged' || plan.op === 'scatter' ? plan.src : undefined;
     const finish = (err?: TrellisError) => {
       this.flights.delete(user);
       if (err) user.fail(err);
@@ -140,6 +174,21 @@ export class Failover {
       flight.phase = 'imms';
       const targets = [...imms.values()];
       if (!targets.length || plan.imm === undefined) return finish();
+      if (!this.enabled) {
+        // Immediate-only writes, one per original work request, each on its original lane.
+        const imm = plan.imm;
+        const runs: WorkRequest[] = wrs.map((w) => ({
+          lane: w.lane,
+          peer: w.peer,
+          dst: undefined,
+          srcOffset: 0,
+          dstOffset: 0,
+          length: 0,
+          imm,
+        }));
+        this.postSub(flight, { op: 'runs', src: undefined, runs, imm }, finish, (e) => finish(e));
+        return;
+      }
       let left = targets.length;
       let failed: TrellisError | undefined;
       for (const t of targets)
@@ -152,7 +201,8 @@ export class Failover {
     const postData = () => {
       if (user.cancelReason) return finish(user.cancelReason);
       if (!data.length) return raise();
-      const runs: WorkRequest[] = [];
+      // One runs plan per source registration (a region in parts has one per part).
+      const bySrc = new Map<MrHandle, WorkRequest[]>();
       const byPeer = new Map<string, number[]>();
       let i = 0;
       for (const w of data) {
@@ -170,34 +220,55 @@ export class Failover {
               { op: user.callsite.op, peer: k },
             ),
           );
-        runs.push({ ...w, lane: lanes[i++ % lanes.length]!, imm: undefined });
+        const lane = this.enabled ? lanes[i++ % lanes.length]! : w.lane;
+        const { src: piecesSrc, ...wr } = w;
+        let list = bySrc.get(piecesSrc);
+        if (!list) {
+          list = [];
+          bySrc.set(piecesSrc, list);
+        }
+        list.push({ ...wr, lane, imm: undefined });
       }
-      const sub = this.host.internalOp(new CallSite(user.callsite.op), user.peer);
-      flight.current = sub;
-      sub.promise.then(
-        () => {
-          flight.current = undefined;
-          raise();
-        },
-        (e: TrellisError) => {
-          flight.current = undefined;
-          if (user.cancelReason) return finish(user.cancelReason);
-          if (!nicAttributed(e) || reposts >= this.opts.maxReposts) return finish(e);
-          this.nicError(e.nic);
-          flight.avoid.add(e.nic);
-          reposts++;
-          this.stats.reposts++;
-          postData();
-        },
-      );
-      const runsPlan: RunsPlan = { op: 'runs', src: src!, runs, imm: undefined };
-      try {
-        this.host.postPlan(runsPlan, sub);
-      } catch (e) {
-        sub.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e)));
-      }
+      let left = bySrc.size;
+      let failed: TrellisError | undefined;
+      const settle = (e?: TrellisError) => {
+        failed ??= e;
+        if (--left > 0) return;
+        if (!failed) return raise();
+        if (user.cancelReason) return finish(user.cancelReason);
+        if (!nicAttributed(failed) || reposts >= this.opts.maxReposts) return finish(failed);
+        this.nicError(failed.nic);
+        flight.avoid.add(failed.nic);
+        reposts++;
+        this.stats.reposts++;
+        postData();
+      };
+      for (const [h, runs] of bySrc)
+        this.postSub(flight, { op: 'runs', src: h, runs, imm: undefined }, () => settle(), settle);
     };
     postData();
+  }
+
+  /** Post one plan of a two-phase operation as an internal operation. */
+  private postSub(flight: Flight, plan: RunsPlan, ok: () => void, failed: (e: TrellisError) => void): void {
+    const sub = this.host.internalOp(new CallSite(flight.user.callsite.op), flight.user.peer);
+    flight.current = sub;
+    flight.subs.add(sub);
+    sub.promise.then(
+      () => {
+        flight.subs.delete(sub);
+        ok();
+      },
+      (e: TrellisError) => {
+        flight.subs.delete(sub);
+        failed(e);
+      },
+    );
+    try {
+      this.host.postPlan(plan, sub);
+    } catch (e) {
+      sub.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e)));
+    }
   }
 
   /** Raise `count` of `imm` at `peer`: one control message, sent again with the same token until one is known delivered. */
@@ -288,7 +359,7 @@ export class Failover {
   cancel(user: PendingOp): boolean {
     const f = this.flights.get(user);
     if (!f) return false;
-    if (f.phase === 'data' && f.current) f.current.requestCancel(user.cancelReason!);
+    if (f.phase === 'data') for (const sub of f.subs) sub.requestCancel(user.cancelReason!);
     return true;
   }
 }
@@ -300,4 +371,47 @@ function nicAttributed(e: unknown): e is TrellisError & { nic: number } {
     e.nic !== undefined &&
     (e.code === 'NIC_FAILED' || e.code === 'PROVIDER_ERROR')
   );
+}
+
+/**
+ * Work requests cut where a region in parts has a part boundary: at the source (`parts` of the
+ * source registration) and at each destination (its descriptor's `parts`). Every piece names its
+ * source registration and a destination part's own descriptor.
+ */
+function cut(
+  wrs: readonly WorkRequest[],
+  src: MrHandle | undefined,
+  parts: PartedRegion | undefined,
+): Piece[] {
+  const out: Piece[] = [];
+  for (const w of wrs) {
+    const d = w.dst!;
+    const dp = d.parts;
+    if (!parts && !dp) {
+      out.push({ ...w, src: src! });
+      continue;
+    }
+    let so = w.srcOffset;
+    let doff = w.dstOffset;
+    let left = w.length;
+    while (left > 0) {
+      const sPart = parts ? Math.floor(so / parts.partBytes) : 0;
+      const sEnd = parts ? (sPart + 1) * parts.partBytes : Number.MAX_SAFE_INTEGER;
+      const dPart = dp ? Math.floor(doff / dp.bytes) : 0;
+      const dEnd = dp ? (dPart + 1) * dp.bytes : Number.MAX_SAFE_INTEGER;
+      const take = Math.min(left, sEnd - so, dEnd - doff);
+      out.push({
+        ...w,
+        src: parts ? parts.partRegions[sPart]! : src!,
+        srcOffset: parts ? so - sPart * parts.partBytes : so,
+        dst: dp ? d.part(dPart) : d,
+        dstOffset: dp ? doff - dPart * dp.bytes : doff,
+        length: take,
+      });
+      so += take;
+      doff += take;
+      left -= take;
+    }
+  }
+  return out;
 }

@@ -568,6 +568,10 @@ export abstract class NativeEngineBase extends EngineBase {
     this.postPlan(plan, op, { watch, at: value });
   }
 
+  protected override allocBytes(length: number): Uint8Array {
+    return new Uint8Array(this.native.alloc(length));
+  }
+
   /** Post a plan as work requests (the staged path posts its segments through here), or arm it. */
   private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint }): void {
     let n = 0;
@@ -659,7 +663,7 @@ export abstract class NativeEngineBase extends EngineBase {
         run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
         break;
       case 'runs':
-        region = (plan.src as Region).key as number;
+        region = plan.src ? ((plan.src as Region).key as number) : 0;
         // Each on its own lane: lane0 = the lane, one shard.
         for (const r of plan.runs)
           run(r.peer, r.lane, this.lanesTo(r.peer), 1, r.srcOffset, r.dstOffset, r.length, r.dst);

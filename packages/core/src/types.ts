@@ -477,8 +477,15 @@ export interface GpuStats {
 export interface EngineLimits {
   /** Largest two-sided message. */
   maxMessageBytes: number;
-  /** Largest single registration. */
+  /** Largest region `registerMemory` accepts. */
   maxRegionBytes: number;
+  /**
+   * Largest region the provider registers at once. A host region above it is registered
+   * transparently in parts of this size: its descriptor lists every part's keys (`MrDesc.parts`),
+   * and writes to or from it are cut at part boundaries, their immediates raised once the data is
+   * delivered (one per original work request, so receivers count as always). Default: no limit.
+   */
+  maxMrBytes: number;
 }
 
 /**

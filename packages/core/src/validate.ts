@@ -88,14 +88,16 @@ export interface ImmPlan {
 }
 
 /**
- * Work requests placed by the engine itself, each on its lane, without immediates: how failover
- * re-posts the data of a write on the NICs that are up. @internal
+ * Work requests placed by the engine itself, each on its lane: how failover re-posts the data of a
+ * write on the NICs that are up, and how writes cut at part boundaries go. @internal
  */
 export interface RunsPlan {
   op: 'runs';
-  src: MrHandle;
+  /** Absent when every run is an immediate alone. */
+  src: MrHandle | undefined;
   runs: WorkRequest[];
-  imm: undefined;
+  /** Carried by every run (then every run's `imm` is this value). */
+  imm: number | undefined;
 }
 
 export type Plan = SinglePlan | PagedPlan | ScatterPlan | BarrierPlan | ImmPlan | RunsPlan;

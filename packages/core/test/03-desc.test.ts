@@ -34,7 +34,7 @@ function code(fn: () => unknown): string {
 }
 
 describe('MrDesc', () => {
-  it('carries the staged flag in bit 7 of the key-count byte; other flag bits are refused', () => {
+  it('carries the staged flag in bit 7 of the key-count byte (bit 6: parts); other flag bits are refused', () => {
     const owner = new NetAddr('verbs', 1, [Uint8Array.of(1, 2)]);
     const plain = new MrDesc(owner, 4096n, 100, [{ addr: 1n, rkey: 2n }]);
     const staged = new MrDesc(owner, 4096n, 100, [{ addr: 1n, rkey: 2n }], true);
@@ -44,8 +44,11 @@ describe('MrDesc', () => {
     expect(b[at]).toBe(0x81);
     expect(plain.toBytes()[at]).toBe(0x01);
     const bad = b.slice();
+    bad[at] = 0x21;
+    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: unknown flags 0x20 in the key count byte$/);
+    // Bit 6 announces parts: without the part fields that follow, the input is truncated.
     bad[at] = 0x41;
-    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: unknown flags 0x40 in the key count byte$/);
+    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: truncated input/);
   });
 
   it('round-trips through bytes and text (property)', () => {

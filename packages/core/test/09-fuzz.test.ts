@@ -23,6 +23,30 @@ const descs = [
     [0, 1, 2, 3].map((i) => ({ addr: BigInt(i), rkey: BigInt(i * 3) })),
     true,
   ),
+  // A region registered in 3 parts of 4 KiB (its descriptor carries every part's keys).
+  new MrDesc(
+    addrs[1]!,
+    8192n,
+    10_000,
+    [
+      { addr: 8192n, rkey: 5n },
+      { addr: 8192n, rkey: 6n },
+    ],
+    false,
+    {
+      bytes: 4096,
+      keys: [
+        [
+          { addr: 12288n, rkey: 7n },
+          { addr: 12288n, rkey: 8n },
+        ],
+        [
+          { addr: 16384n, rkey: 9n },
+          { addr: 16384n, rkey: 10n },
+        ],
+      ],
+    },
+  ),
 ];
 
 describe(`decoders under ${RUNS} fuzzed inputs each`, () => {

@@ -222,7 +222,7 @@ export class LoopbackEngine extends EngineBase {
     const wrs = workRequests(plan);
     const src =
       plan.op === 'single' || plan.op === 'paged' || plan.op === 'scatter' || plan.op === 'runs'
-        ? plan.src.buffer
+        ? plan.src?.buffer
         : undefined;
     const flight: OpFlight = { op, unlanded: new Set(), outstanding: wrs.length, error: undefined };
     if (wrs.length === 0) {
