@@ -20,6 +20,7 @@ W=$(nvidia-smi -L | wc -l)
 for shape in "--tokens 128" "--tokens 4096"; do
   timeout 240 python3 bench/nccl_a2a.py $shape --ranks "$W" --iters "${ITERS:-100}" || echo "FAILED: nccl $shape"
   timeout 240 node bench/gpu-bench.mjs $shape --ranks "$W" --node-size "$W" --iters "${ITERS:-100}" || echo "FAILED: nvlink $shape"
+  timeout 240 node bench/gpu-bench.mjs $shape --ranks "$W" --node-size "$W" --gpu-driven --iters "${ITERS:-100}" || echo "FAILED: gpu-driven $shape"
   timeout 240 node bench/gpu-bench.mjs $shape --ranks "$W" --node-size 1 --iters "${ITERS:-100}" || echo "FAILED: staged $shape"
   timeout 240 node bench/gpu-bench.mjs $shape --ranks "$W" --node-size 1 --proxy --iters "${ITERS:-100}" || echo "FAILED: proxy $shape"
 done

@@ -81,6 +81,84 @@ export interface MoeDeviceOps {
    * device, so the kernels store packed rows where the NIC reads them and read rows where it wrote.
    */
   proxy?: MoeProxyKernels;
+  /**
+   * The kernels of a GPU-driven NVLink instance (optional): every rank's region mapped through
+   * CUDA IPC, kernels store rows into peers' regions and raise flags there; no engine per round.
+   */
+  direct?: MoeDirectKernels;
+}
+
+/** The device work of a GPU-driven NVLink {@link MoeDeviceOps} instance (all ranks on one node). */
+export interface MoeDirectKernels {
+  /**
+   * Dispatch-send, queued (returns at once): count and pack as {@link MoeProxyKernels.dispatchPack},
+   * but every row is stored into its receiver's region (`peers`: a device array of W region bases)
+   * at its private slot for rank `me`; then this rank's counts go into every peer's routes slot and
+   * its flag in every peer's flag row (at `flagsOff`) is raised to `round`.
+   */
+  dispatch(
+    device: number,
+    a: {
+      ids: Int32Array;
+      idsDev: bigint;
+      topk: number;
+      experts: number;
+      local: number;
+      scratch: bigint;
+      tokens: bigint;
+      tokenBytes: number;
+      scales: bigint;
+      scaleBytes: number;
+      counts: bigint;
+      rowStride: number;
+      combineOff: number;
+      outRow: number;
+      rowAt: bigint;
+      peers: bigint;
+      W: number;
+      me: number;
+      privOff: number;
+      P: number;
+      routesOff: number;
+      flagsOff: number;
+      round: bigint;
+    },
+  ): void;
+  /**
+   * Wait on the device for every flag of this rank's row at `flagsOff` to reach `round` (a kernel;
+   * `timedOut`, a mapped int, is set if `timeoutMs` passes). With `routes`, returns after the wait
+   * with the routes copied out, true unless it timed out; without, the wait is only queued.
+   */
+  wait(
+    device: number,
+    a: {
+      region: bigint;
+      flagsOff: number;
+      W: number;
+      round: bigint;
+      timeoutMs: number;
+      timedOut: bigint;
+      routes?: Uint8Array;
+      routesOff?: number;
+    },
+  ): boolean;
+  /** Combine-send, queued: rows into each source's combine region through `peers`, then flags raised. */
+  combine(
+    device: number,
+    a: {
+      tableDev: bigint;
+      W: number;
+      L: number;
+      rows: number;
+      expertOut: bigint;
+      outRow: number;
+      peers: bigint;
+      combineOff: number;
+      me: number;
+      flagsOff: number;
+      round: bigint;
+    },
+  ): void;
 }
 
 /** The device work of a GPU {@link MoeDeviceOps} instance driven by the native proxy. */

@@ -34,6 +34,19 @@ extern "C" cudaError_t trellis_moe_combine_pack(const long long* table, unsigned
                                                 const void* expert_out, size_t out_row, void* staging,
                                                 size_t combine_base, void* go, unsigned long long round,
                                                 cudaStream_t s);
+extern "C" cudaError_t trellis_moe_dispatch_direct(const int* ids, unsigned pairs, unsigned topk, unsigned experts,
+                                                   unsigned local, void* scratch, const void* tokens, size_t token_bytes,
+                                                   const void* scales, size_t scale_bytes, int* counts_out,
+                                                   size_t row_stride, size_t combine_off, size_t out_row,
+                                                   long long* row_at, void* const* peers, unsigned W, unsigned me,
+                                                   size_t priv_off, unsigned P, size_t routes_off, size_t flags_off,
+                                                   unsigned long long round, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_wait(const void* region, size_t flags_off, unsigned W, unsigned long long round,
+                                        unsigned long long timeout_ns, int* timed_out, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_combine_direct(const long long* table, unsigned W, unsigned L, size_t rows,
+                                                  const void* expert_out, size_t out_row, void* const* peers,
+                                                  size_t combine_off, unsigned me, size_t flags_off,
+                                                  unsigned long long round, cudaStream_t s);
 #include <vector>
 #endif
 
@@ -508,6 +521,79 @@ Napi::Value MoeGather(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- GPU-driven NVLink (every rank's region mapped here through CUDA IPC; no engine per round)
+
+// moeDispatchDirect(device, {ids, idsDev, topk, experts, local, scratch, tokens, tokenBytes, scales, scaleBytes,
+//   counts, rowStride, combineOff, outRow, rowAt, peers, W, me, privOff, P, routesOff, flagsOff, round}) — at once
+Napi::Value MoeDispatchDirect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!st) return env.Undefined();
+  Napi::Object a = info[1].As<Napi::Object>();
+  auto ids = a.Get("ids").As<Napi::Int32Array>();
+  int* ids_dev = static_cast<int*>(ptr(a.Get("idsDev")));
+  size_t pairs = ids.ElementLength();
+  if (pairs && !check(env, cudaMemcpyAsync(ids_dev, ids.Data(), pairs * 4, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (topk ids)"))
+    return env.Undefined();
+  check(env,
+        trellis_moe_dispatch_direct(
+            ids_dev, unsigned(pairs), unsigned(num(a.Get("topk"))), unsigned(num(a.Get("experts"))),
+            unsigned(num(a.Get("local"))), ptr(a.Get("scratch")), ptr(a.Get("tokens")), num(a.Get("tokenBytes")),
+            ptr(a.Get("scales")), num(a.Get("scaleBytes")), static_cast<int*>(ptr(a.Get("counts"))),
+            num(a.Get("rowStride")), num(a.Get("combineOff")), num(a.Get("outRow")),
+            static_cast<long long*>(ptr(a.Get("rowAt"))), static_cast<void* const*>(ptr(a.Get("peers"))),
+            unsigned(num(a.Get("W"))), unsigned(num(a.Get("me"))), num(a.Get("privOff")), unsigned(num(a.Get("P"))),
+            num(a.Get("routesOff")), num(a.Get("flagsOff")), u64(a.Get("round")), st),
+        "moe dispatch direct launch");
+  return env.Undefined();
+}
+
+// moeWaitFlags(device, {region, flagsOff, W, round, timeoutMs, timedOut (mapped int), routes?: Uint8Array,
+//   routesOff}) → true when every flag reached `round` (then `routes` holds the routes); false on timeout.
+// With `routes`, returns after the wait and the copy; without, the wait is queued and this returns at once.
+Napi::Value MoeWaitFlags(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!st) return env.Undefined();
+  Napi::Object a = info[1].As<Napi::Object>();
+  int* timed_out = static_cast<int*>(ptr(a.Get("timedOut")));
+  *reinterpret_cast<volatile int*>(timed_out) = 0;
+  const void* region = ptr(a.Get("region"));
+  if (!check(env,
+             trellis_moe_wait(region, num(a.Get("flagsOff")), unsigned(num(a.Get("W"))), u64(a.Get("round")),
+                              static_cast<unsigned long long>(num(a.Get("timeoutMs"))) * 1000000ull, timed_out, st),
+             "moe wait launch"))
+    return env.Undefined();
+  if (!a.Has("routes") || !a.Get("routes").IsTypedArray()) return Napi::Boolean::New(env, true);
+  auto routes = a.Get("routes").As<Napi::Uint8Array>();
+  if (!check(env,
+             cudaMemcpyAsync(routes.Data(), static_cast<const uint8_t*>(region) + num(a.Get("routesOff")),
+                             routes.ByteLength(), cudaMemcpyDeviceToHost, st),
+             "cudaMemcpyAsync (routes)") ||
+      !check(env, cudaStreamSynchronize(st), "cudaStreamSynchronize"))
+    return env.Undefined();
+  return Napi::Boolean::New(env, *reinterpret_cast<volatile int*>(timed_out) == 0);
+}
+
+// moeCombineDirect(device, {tableDev, W, L, rows, expertOut, outRow, peers, combineOff, me, flagsOff, round}) — at once
+Napi::Value MoeCombineDirect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return env.Undefined();
+  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!st) return env.Undefined();
+  Napi::Object a = info[1].As<Napi::Object>();
+  check(env,
+        trellis_moe_combine_direct(static_cast<const long long*>(ptr(a.Get("tableDev"))), unsigned(num(a.Get("W"))),
+                                   unsigned(num(a.Get("L"))), num(a.Get("rows")), ptr(a.Get("expertOut")),
+                                   num(a.Get("outRow")), static_cast<void* const*>(ptr(a.Get("peers"))),
+                                   num(a.Get("combineOff")), unsigned(num(a.Get("me"))), num(a.Get("flagsOff")),
+                                   u64(a.Get("round")), st),
+        "moe combine direct launch");
+  return env.Undefined();
+}
+
 // countPatternMismatches(device, ptr, bytes, seed, at) → bytes that differ from the fill pattern
 // (index i + at), counted by a kernel.
 Napi::Value CountPatternMismatches(const Napi::CallbackInfo& info) {
@@ -553,10 +639,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("moeUnpack", Napi::Function::New(env, MoeUnpack));
   exports.Set("moeCombinePack", Napi::Function::New(env, MoeCombinePack));
   exports.Set("moeGather", Napi::Function::New(env, MoeGather));
+  exports.Set("moeDispatchDirect", Napi::Function::New(env, MoeDispatchDirect));
+  exports.Set("moeWaitFlags", Napi::Function::New(env, MoeWaitFlags));
+  exports.Set("moeCombineDirect", Napi::Function::New(env, MoeCombineDirect));
 #else
   for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
                         "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows", "copyRowsIndexed", "moeCombine",
-                        "moePackScratch", "moeDispatchPack", "moeUnpack", "moeCombinePack", "moeGather"})
+                        "moePackScratch", "moeDispatchPack", "moeUnpack", "moeCombinePack", "moeGather",
+                        "moeDispatchDirect", "moeWaitFlags", "moeCombineDirect"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

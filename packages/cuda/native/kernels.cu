@@ -188,10 +188,14 @@ __device__ inline void copy_any(uint8_t* d, const uint8_t* s, size_t bytes) {
 // One block per pair: its row = first[e] + its chunk's base + its rank in the chunk. The row is
 // stored as header (token u32, k u16, local expert u16), token bytes, scales; `row_at[p]` gets the
 // byte offset where the row's combine output will come back (or -1 for an empty slot).
+// With `peers` (the GPU-driven NVLink mode), the row goes straight into its receiver's region —
+// `peers[d]` is rank d's region mapped here — at its private slot for this rank (`priv_off`,
+// `me`, `P` rows per source; the instance guarantees P covers every row), instead of staging.
 __global__ void moe_pack(const int* ids, unsigned pairs, unsigned topk, unsigned experts, unsigned local,
                          const int* chunk_base, const int* rank_in_chunk, const int* first, const uint8_t* tokens,
                          size_t token_bytes, const uint8_t* scales, size_t scale_bytes, uint8_t* staging,
-                         size_t rows_base, size_t row_stride, size_t combine_off, size_t out_row, long long* row_at) {
+                         size_t rows_base, size_t row_stride, size_t combine_off, size_t out_row, long long* row_at,
+                         uint8_t* const* peers, size_t priv_off, unsigned me, unsigned P) {
   const unsigned p = blockIdx.x;
   if (p >= pairs) return;
   const int e = ids[p];
@@ -202,7 +206,14 @@ __global__ void moe_pack(const int* ids, unsigned pairs, unsigned topk, unsigned
   const unsigned c = p / kMoeChunk;
   const size_t row = size_t(first[e]) + size_t(chunk_base[size_t(c) * experts + e]) + size_t(rank_in_chunk[p]);
   const unsigned t = p / topk;
-  uint8_t* d = staging + rows_base + row * row_stride;
+  uint8_t* d;
+  if (peers) {
+    const unsigned dst = unsigned(e) / local;
+    const size_t pos = row - size_t(first[dst * local]);  // position in the stream to dst
+    d = peers[dst] + priv_off + (size_t(me) * P + pos) * row_stride;
+  } else {
+    d = staging + rows_base + row * row_stride;
+  }
   if (threadIdx.x == 0) {
     reinterpret_cast<uint32_t*>(d)[0] = t;
     reinterpret_cast<uint16_t*>(d)[2] = uint16_t(p % topk);
@@ -265,14 +276,57 @@ __global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off,
 
 // Combine-send: block per expert-output row; it goes to its source's span of the combine staging
 // at its stream position (rows return in the order they were sent).
+// With `peers`, rows go straight into each source's combine region (span(s) then holds the rows s
+// sent to ranks before this one: where this rank's rows start there).
 __global__ void moe_combine_pack(MoeTable tab, const uint8_t* expert_out, size_t out_row, uint8_t* staging,
-                                 size_t combine_base) {
+                                 size_t combine_base, uint8_t* const* peers) {
   const size_t i = blockIdx.x;
   unsigned s;
   long long p;
   tab.origin(i, &s, &p);
   if (p < 0) return;
-  copy_any(staging + combine_base + size_t(tab.span(s) + p) * out_row, expert_out + i * out_row, out_row);
+  uint8_t* base = peers ? peers[s] + combine_base : staging + combine_base;
+  copy_any(base + size_t(tab.span(s) + p) * out_row, expert_out + i * out_row, out_row);
+  __threadfence_system();
+}
+
+// GPU-driven NVLink: tell every peer this rank's phase is in its region. One block: copy this
+// rank's counts (if any) into every peer's routes slot for it, fence, then raise flag `me` of
+// every peer's flag row to `round`. Every store of the phase's kernels before this one is visible
+// to the peers first (kernel order on the stream, and the system-scope fence).
+__global__ void moe_signal(uint8_t* const* peers, unsigned W, unsigned me, const int* counts, unsigned experts,
+                           size_t routes_off, size_t flags_off, unsigned long long round) {
+  if (counts)
+    for (unsigned d = 0; d < W; d++) {
+      int* dst = reinterpret_cast<int*>(peers[d] + routes_off) + size_t(me) * experts;
+      for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) dst[e] = counts[e];
+    }
+  __threadfence_system();
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (unsigned d = 0; d < W; d++) {
+      volatile unsigned long long* f = reinterpret_cast<volatile unsigned long long*>(peers[d] + flags_off) + me;
+      *f = round;
+    }
+  __threadfence_system();
+}
+
+// Wait until every rank's flag in this rank's flag row reached `round` (this rank's own too: its
+// signal kernel raised it). Gives up after `timeout_ns`, setting *timed_out.
+__global__ void moe_wait(const uint8_t* region, size_t flags_off, unsigned W, unsigned long long round,
+                         unsigned long long timeout_ns, int* timed_out) {
+  const volatile unsigned long long* f = reinterpret_cast<const volatile unsigned long long*>(region + flags_off);
+  unsigned long long start;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  for (unsigned s = 0; s < W; s++)
+    while (f[s] < round) {
+      unsigned long long now;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+      if (now - start > timeout_ns) {
+        *timed_out = 1;
+        return;
+      }
+    }
   __threadfence_system();
 }
 
@@ -301,8 +355,52 @@ extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs,
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
                                    static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
                                    scale_bytes, static_cast<uint8_t*>(staging), rows_base, row_stride, combine_off, out_row,
-                                   row_at);
+                                   row_at, nullptr, 0, 0, 0);
   moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
+  return cudaGetLastError();
+}
+
+// GPU-driven NVLink dispatch-send: count, scan (counts to `counts_out`, device memory), pack every
+// row into its receiver's private slot through `peers` (a device array of W mapped region bases),
+// then signal (counts into every peer's routes slot, flags raised).
+extern "C" cudaError_t trellis_moe_dispatch_direct(const int* ids, unsigned pairs, unsigned topk, unsigned experts,
+                                                   unsigned local, void* scratch, const void* tokens, size_t token_bytes,
+                                                   const void* scales, size_t scale_bytes, int* counts_out,
+                                                   size_t row_stride, size_t combine_off, size_t out_row,
+                                                   long long* row_at, void* const* peers, unsigned W, unsigned me,
+                                                   size_t priv_off, unsigned P, size_t routes_off, size_t flags_off,
+                                                   unsigned long long round, cudaStream_t s) {
+  const unsigned chunks = (pairs + kMoeChunk - 1) / kMoeChunk;
+  int* rank_in_chunk = static_cast<int*>(scratch);
+  int* chunk_counts = rank_in_chunk + pairs;
+  int* first = chunk_counts + size_t(chunks ? chunks : 1) * experts;
+  if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk);
+  else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
+  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first);
+  auto* bases = reinterpret_cast<uint8_t* const*>(peers);
+  if (pairs)
+    moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
+                                   static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
+                                   scale_bytes, nullptr, 0, row_stride, combine_off, out_row, row_at, bases, priv_off, me, P);
+  moe_signal<<<1, 256, 0, s>>>(bases, W, me, counts_out, experts, routes_off, flags_off, round);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t trellis_moe_wait(const void* region, size_t flags_off, unsigned W, unsigned long long round,
+                                        unsigned long long timeout_ns, int* timed_out, cudaStream_t s) {
+  moe_wait<<<1, 1, 0, s>>>(static_cast<const uint8_t*>(region), flags_off, W, round, timeout_ns, timed_out);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t trellis_moe_combine_direct(const long long* table, unsigned W, unsigned L, size_t rows,
+                                                  const void* expert_out, size_t out_row, void* const* peers,
+                                                  size_t combine_off, unsigned me, size_t flags_off,
+                                                  unsigned long long round, cudaStream_t s) {
+  auto* bases = reinterpret_cast<uint8_t* const*>(peers);
+  if (rows)
+    moe_combine_pack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out),
+                                                    out_row, nullptr, combine_off, bases);
+  moe_signal<<<1, 32, 0, s>>>(bases, W, me, nullptr, 0, 0, flags_off, round);
   return cudaGetLastError();
 }
 
@@ -322,7 +420,7 @@ extern "C" cudaError_t trellis_moe_combine_pack(const long long* table, unsigned
                                                 cudaStream_t s) {
   if (rows)
     moe_combine_pack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out),
-                                                    out_row, static_cast<uint8_t*>(staging), combine_base);
+                                                    out_row, static_cast<uint8_t*>(staging), combine_base, nullptr);
   moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }

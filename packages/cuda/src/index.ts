@@ -12,6 +12,7 @@ import { createRequire } from 'node:module';
 import {
   type GpuMemoryOps,
   type MoeDeviceOps,
+  type MoeDirectKernels,
   type MoeProxyKernels,
   TrellisError,
   type WeightSyncDeviceOps,
@@ -49,6 +50,9 @@ interface Addon {
   moeUnpack: MoeProxyKernels['unpack'];
   moeCombinePack: MoeProxyKernels['combinePack'];
   moeGather: MoeProxyKernels['gather'];
+  moeDispatchDirect: MoeDirectKernels['dispatch'];
+  moeWaitFlags: MoeDirectKernels['wait'];
+  moeCombineDirect: MoeDirectKernels['combine'];
   copyAsync(
     toDevice: boolean,
     device: number,
@@ -421,6 +425,11 @@ export function cudaMoeOps(): Required<MoeDeviceOps> {
       combinePack: (device, a) =>
         call('cudaMoeOps.proxy.combinePack', () => addon().moeCombinePack(device, a)),
       gather: (device, a) => call('cudaMoeOps.proxy.gather', () => addon().moeGather(device, a)),
+    },
+    direct: {
+      dispatch: (device, a) => call('cudaMoeOps.direct.dispatch', () => addon().moeDispatchDirect(device, a)),
+      wait: (device, a) => call('cudaMoeOps.direct.wait', () => addon().moeWaitFlags(device, a)),
+      combine: (device, a) => call('cudaMoeOps.direct.combine', () => addon().moeCombineDirect(device, a)),
     },
   };
 }

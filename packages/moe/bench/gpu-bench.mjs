@@ -5,6 +5,8 @@
 //
 //   node bench/gpu-bench.mjs [--tokens 128] [--hidden 7168] [--topk 8] [--experts 256]
 //                            [--node-size W] [--ranks W] [--iters 100] [--warmup 20] [--provider shm]
+//                            [--gpu-driven] (kernels store into peers' regions over NVLink and raise
+//                                            flags there; nodeSize = W; no engine per round)
 //                            [--proxy]   (the native proxy: kernels on mapped host memory, every byte
 //                                         through the engine, posted by the proxy thread)
 import { fileURLToPath } from 'node:url';
@@ -28,6 +30,7 @@ const iters = Number(arg('iters', 100));
 const warmup = Number(arg('warmup', 20));
 const provider = arg('provider', 'shm');
 const proxy = process.argv.includes('--proxy');
+const gpuDriven = process.argv.includes('--gpu-driven');
 
 function routing(rank) {
   // Top-k distinct experts per token, uniformly at random (seeded per rank); weights in (0, 1).
@@ -67,7 +70,7 @@ async function run(rank, device, exchange) {
     maxPrivateTokens: T * K,
     proxy,
   };
-  const moe = await MoeAllToAll.create(engine, cfg, { ops: cudaMoeOps(), device });
+  const moe = await MoeAllToAll.create(engine, cfg, { ops: cudaMoeOps(), device, gpuDriven });
   moe.connect(await exchange(moe.descriptor));
   const tokens = DeviceBuffer.alloc(T * H, { device });
   tokens.fillPattern(rank + 1);
@@ -120,6 +123,7 @@ if (process.argv[2] === 'child') {
       worldSize: W,
       nodeSize,
       proxy,
+      gpuDriven,
       tokens: T,
       hidden: H,
       topk: K,

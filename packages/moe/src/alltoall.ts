@@ -7,6 +7,7 @@ import {
   type TransferEngine,
   TrellisError,
 } from '@trellis/core';
+import { GpuDirect } from './gpu-direct.js';
 import { GpuProxy, MappedMem } from './gpu-proxy.js';
 import { DeviceMem, HostMem, type Mem } from './memory.js';
 import { ProxyDriver } from './proxy.js';
@@ -88,6 +89,15 @@ export interface MoeDeviceOptions {
   /** The device work (`cudaMoeOps()` from `@trellis/cuda`). */
   ops: MoeDeviceOps;
   device: number;
+  /**
+   * GPU-driven NVLink: every rank on one node (`nodeSize === worldSize`), each rank's region mapped
+   * into the others through CUDA IPC. Kernels count and pack rows straight into the receivers'
+   * private slots, write their routes there and raise a flag; receivers' kernels wait for the
+   * flags; combine rows return the same way. The engine carries nothing per round. Every row has a
+   * private place (`maxPrivateTokens` is taken as `maxTokensPerRank × topk`: no overflow step).
+   * Every rank must use it. Default false.
+   */
+  gpuDriven?: boolean;
 }
 
 /** Phases to run: split dispatch or combine into send and receive to overlap them with compute. */
@@ -143,13 +153,14 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   private constructor(
     private readonly engine: TransferEngine,
     config: Required<MoeConfig>,
-    private readonly region: MrHandle,
-    private readonly staging: MrHandle,
+    private readonly region: MrHandle | undefined,
+    private readonly staging: MrHandle | undefined,
     layout: MoeAllToAll['layout'],
     rowStride: number,
     private readonly mem: Mem,
     private readonly proxy?: ProxyDriver,
     private readonly gpu?: GpuProxy,
+    private readonly direct?: GpuDirect,
   ) {
     this.config = config;
     this.localExperts = config.numExperts / config.worldSize;
@@ -158,9 +169,12 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     this.tokenBytes = config.hidden * ELEM[config.inDtype];
     this.scaleCount = config.scales ? config.hidden / config.scaleBlock : 0;
     this.outRow = config.hidden * ELEM[config.outDtype];
-    mem.bind(region, staging);
-    const ipc = mem.exportRegion();
-    this.descriptor = ipc ? `${region.desc.toString()} ${ipc}` : region.desc.toString();
+    if (direct) this.descriptor = direct.descriptor();
+    else {
+      mem.bind(region!, staging!);
+      const ipc = mem.exportRegion();
+      this.descriptor = ipc ? `${region!.desc.toString()} ${ipc}` : region!.desc.toString();
+    }
     const b = config.immBase;
     this.imm = { route: b, dispatch: b + 1, combine: b + 2, barrier: b + 3 };
   }
@@ -245,6 +259,14 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       );
     const W = c.worldSize;
     const rowsMax = c.maxTokensPerRank * c.topk; // rows one source can send to one receiver
+    if (device?.gpuDriven) {
+      if (c.nodeSize !== W || c.proxy)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          'MoeAllToAll.create: gpuDriven needs every rank on one node (nodeSize === worldSize) and no proxy',
+        );
+      c.maxPrivateTokens = rowsMax; // every row has its private place: no overflow step
+    }
     const rowStride = align(
       8 + c.hidden * ELEM[c.inDtype] + (c.scales ? (c.hidden / c.scaleBlock) * 4 : 0),
       16,
@@ -272,6 +294,38 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         throw e;
       }
       return new MoeAllToAll<'host'>(engine, c, region, staging, layout, rowStride, new HostMem(), proxy);
+    }
+    if (device.gpuDriven) {
+      const gd = new GpuDirect(device.ops, device.device, {
+        worldSize: W,
+        rank: c.rank,
+        numExperts: c.numExperts,
+        localExperts: c.numExperts / W,
+        rowsMax,
+        maxTokens: c.maxTokensPerRank,
+        tokenBytes: c.hidden * ELEM[c.inDtype],
+        scaleBytes: c.scales ? (c.hidden / c.scaleBlock) * 4 : 0,
+        hidden: c.hidden,
+        rowStride,
+        outRow: c.hidden * ELEM[c.outDtype],
+        routes,
+        priv,
+        combine,
+        size,
+        timeoutMs: c.timeoutMs,
+      });
+      return new MoeAllToAll<'device'>(
+        engine,
+        c,
+        undefined,
+        undefined,
+        layout,
+        rowStride,
+        new MappedMem(gd),
+        undefined,
+        undefined,
+        gd,
+      );
     }
     if (c.proxy) {
       const gp = new GpuProxy(device.ops, device.device, {
@@ -346,6 +400,12 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         'INVALID_ARGUMENT',
         `MoeAllToAll.connect: need ${c.worldSize} descriptors, got ${descriptors.length}`,
       );
+    if (this.direct) {
+      this.direct.connect(descriptors);
+      this.paths = descriptors.map((_, r) => (r === c.rank ? 'self' : 'nvlink'));
+      this.connected = true;
+      return;
+    }
     const parts = descriptors.map((d) => {
       if (typeof d !== 'string')
         throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.connect: descriptors must be strings');
@@ -363,12 +423,14 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     this.group = others.length ? this.engine.addPeerGroup(others) : undefined;
     if (this.proxy) {
       this.rounds = 0;
-      this.proxy.connect(this.peers, this.staging, this.region.buffer!, this.staging.buffer!);
+      this.proxy.connect(this.peers, this.staging!, this.region!.buffer!, this.staging!.buffer!);
     }
   }
 
-  /** Rounds started since connect (the proxy's round numbers). */
+  /** Rounds started since connect (the proxy's round numbers; GPU-driven: since create). */
   private rounds = 0;
+  /** connect() ran (GPU-driven instances keep no engine descriptors). */
+  private connected = false;
 
   /**
    * What this instance did: rounds started since {@link connect}, and with the native proxy its
@@ -400,7 +462,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     }
     if (length === 0) return this.engine.submitImm({ dst, imm });
     return this.engine.submitSingleWrite({
-      src: this.staging,
+      src: this.staging!,
       srcOffset,
       length,
       dst,
@@ -425,7 +487,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   ): Promise<DispatchResult<M> | undefined> {
     const send = phases.send ?? true;
     const recv = phases.recv ?? true;
-    if (!this.peers.length && this.config.worldSize > 1)
+    if (!this.peers.length && !this.connected && this.config.worldSize > 1)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: connect() first');
     if (send) await this.dispatchSend(input!);
     if (!recv) return undefined;
@@ -476,6 +538,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const n = this.checkInput(x);
     const me = c.rank;
     if (this.gpu) return this.gpuDispatchSend(x, n);
+    if (this.direct) return this.directDispatchSend(x, n);
     // Stream to each peer: rows ordered by (local expert, token, k).
     const sent: Array<Array<[number, number]>> = Array.from({ length: W }, () => []);
     const myCounts = new Int32Array(c.numExperts);
@@ -648,6 +711,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const r = this.round;
     if (!r || r.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: recv without a send this round');
+    if (this.direct) return this.directDispatchRecv(r);
     await this.routes();
     const P = c.maxPrivateTokens;
     // One private write from every peer, plus one overflow write from each that has more than P rows.
@@ -751,13 +815,14 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
 
   private async combineSend(out: MoeBuffer<M>): Promise<void> {
     if (this.gpu) return this.gpuCombineSend(out as bigint);
+    if (this.direct) return this.directCombineSend(out as bigint);
     const c = this.config;
     const me = c.rank;
     const r = this.round!;
     // Group rows by source, in that source's stream order.
     const bySrc: number[][] = Array.from({ length: c.worldSize }, () => []);
     for (const [row, [s, p]] of r.origin.entries()) bySrc[s]![p] = row;
-    const base = this.staging.length - c.worldSize * c.maxTokensPerRank * c.topk * this.outRow;
+    const base = this.staging!.length - c.worldSize * c.maxTokensPerRank * c.topk * this.outRow;
     const total = r.origin.length;
     const to = new Float64Array(total);
     const from = new Float64Array(total);
@@ -795,6 +860,10 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const c = this.config;
     const me = c.rank;
     const r = this.round!;
+    if (this.direct) {
+      await this.combineSends;
+      return this.directCombineRecv(r, accumulate);
+    }
     if (this.proxy) await this.proxy.wait('combine', this.rounds);
     else await this.engine.immCounter(this.imm.combine).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
     await this.combineSends;
@@ -904,7 +973,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       expertOut,
       outRow: this.outRow,
       staging: g.staging.devicePtr,
-      combineBase: this.staging.length - c.worldSize * c.maxTokensPerRank * c.topk * this.outRow,
+      combineBase: this.staging!.length - c.worldSize * c.maxTokensPerRank * c.topk * this.outRow,
       go: g.flags.devicePtr + 8n,
       round: BigInt(this.rounds),
     });
@@ -930,12 +999,140 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     return g.out;
   }
 
+  // -- GPU-driven NVLink: kernels store into peers' regions and raise flags there
+
+  private directDispatchSend(x: DispatchInput<M>, n: number): void {
+    const c = this.config;
+    const d = this.direct!;
+    this.round = {
+      numTokens: n,
+      counts: Array.from({ length: c.worldSize }, () => new Int32Array(c.numExperts)),
+      weights: x.topkWeights,
+      ids: x.topkIds,
+      sent: [],
+      origin: [],
+      rows: 0,
+      dispatched: false,
+    };
+    this.rounds++;
+    d.k.dispatch(d.device, {
+      ids: x.topkIds,
+      idsDev: d.ids,
+      topk: c.topk,
+      experts: c.numExperts,
+      local: this.localExperts,
+      scratch: d.scratch,
+      tokens: x.tokens as bigint,
+      tokenBytes: this.tokenBytes,
+      scales: this.scaleCount ? (x.scales as bigint) : 0n,
+      scaleBytes: this.scaleCount * 4,
+      counts: d.counts,
+      rowStride: this.rowStride,
+      combineOff: this.layout.combine,
+      outRow: this.outRow,
+      rowAt: d.rowAt,
+      peers: d.peers,
+      W: c.worldSize,
+      me: c.rank,
+      privOff: this.layout.priv,
+      P: c.maxPrivateTokens,
+      routesOff: this.layout.routes,
+      flagsOff: d.flagsOff,
+      round: BigInt(this.rounds),
+    });
+  }
+
+  private directDispatchRecv(r: Round): DispatchResult<M> {
+    const c = this.config;
+    const d = this.direct!;
+    const L = this.localExperts;
+    const routes = new Uint8Array(c.worldSize * c.numExperts * 4);
+    d.wait('dispatch', this.rounds, routes);
+    for (let s = 0; s < c.worldSize; s++) {
+      const counts = new Int32Array(routes.buffer, s * c.numExperts * 4, c.numExperts);
+      const why = checkRoutes(counts, c);
+      if (why)
+        throw new TrellisError(
+          'DECODE_ERROR',
+          `MoeAllToAll.dispatch: rank ${s} wrote routes that do not fit this config (${why}); every rank must run the same config`,
+        );
+      r.counts[s]!.set(counts);
+    }
+    const tokensPerExpert = new Int32Array(L);
+    for (let s = 0; s < c.worldSize; s++)
+      for (let j = 0; j < L; j++) tokensPerExpert[j]! += r.counts[s]![c.rank * L + j]!;
+    const expertOffsets = new Int32Array(L);
+    for (let j = 1; j < L; j++) expertOffsets[j] = expertOffsets[j - 1]! + tokensPerExpert[j - 1]!;
+    r.rows = tokensPerExpert.reduce((a, b) => a + b, 0);
+    d.shared.unpack(d.device, {
+      table: d.tableOf(r.counts, expertOffsets),
+      tableDev: d.table,
+      W: c.worldSize,
+      L,
+      rows: r.rows,
+      region: d.region,
+      privOff: this.layout.priv,
+      P: c.maxPrivateTokens,
+      rowStride: this.rowStride,
+      tokenBytes: this.tokenBytes,
+      scaleBytes: this.scaleCount * 4,
+      expertX: d.expertX,
+      expertScales: d.expertScales,
+    });
+    r.dispatched = true;
+    return {
+      tokensPerExpert,
+      expertOffsets,
+      expertX: d.expertX,
+      ...(this.scaleCount ? { expertScales: d.expertScales } : {}),
+    } as DispatchResult<M>;
+  }
+
+  private directCombineSend(expertOut: bigint): void {
+    const c = this.config;
+    const d = this.direct!;
+    d.k.combine(d.device, {
+      tableDev: d.table,
+      W: c.worldSize,
+      L: this.localExperts,
+      rows: this.round!.rows,
+      expertOut,
+      outRow: this.outRow,
+      peers: d.peers,
+      combineOff: this.layout.combine,
+      me: c.rank,
+      flagsOff: d.flagsOff + c.worldSize * 8,
+      round: BigInt(this.rounds),
+    });
+  }
+
+  private directCombineRecv(r: Round, accumulate: 'out' | 'fp32'): bigint {
+    const c = this.config;
+    const d = this.direct!;
+    d.wait('combine', this.rounds);
+    d.shared.gather(d.device, {
+      region: d.region,
+      rowAt: d.rowAt,
+      weights: r.weights,
+      weightsDev: d.weights,
+      topk: c.topk,
+      hidden: c.hidden,
+      rowFp32: c.outDtype === 'fp32',
+      out: d.out,
+      outFp32: accumulate === 'fp32' || c.outDtype === 'fp32',
+    });
+    d.checkWait('combine', this.rounds);
+    this.round = undefined;
+    this.routesIn = undefined;
+    return d.out;
+  }
+
   /** Unregister this rank's buffers (and free them on the device). */
   async close(): Promise<void> {
     this.proxy?.close();
     if (!this.engine.closed) {
-      await this.region.unregister().catch(() => {});
-      await this.staging.unregister().catch(() => {});
+      await this.region?.unregister().catch(() => {});
+      await this.staging?.unregister().catch(() => {});
     }
     this.mem.free();
   }

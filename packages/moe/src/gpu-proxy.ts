@@ -120,7 +120,7 @@ export class GpuProxy {
  * for tokens. The packing and layout are the proxy kernels', not this class's. @internal
  */
 export class MappedMem extends HostMem {
-  constructor(private readonly gp: GpuProxy) {
+  constructor(private readonly gp: { free(): void }) {
     super();
   }
   override checkTokens(tokens: unknown, _bytes: number, scales: unknown, scaleCount = 0): string | undefined {

@@ -115,7 +115,7 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
     await moes[0]!.close();
   });
 
-  it('is refused where it cannot run: a JS engine (no port), a GPU instance', async () => {
+  it('is refused where it cannot run: a JS engine (no port); GPU-driven NVLink across nodes, with the proxy, or without its kernels', async () => {
     const fabric = createLoopbackFabric({ nics: 1, seed: 1 });
     const e = fabric.createEngine();
     await rejects(
@@ -138,6 +138,24 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
       'INVALID_ARGUMENT',
       'proxy not a boolean',
     );
+    // GPU-driven NVLink: every rank on one node, no proxy, device ops with direct kernels and IPC.
+    const gd = { ops: {} as never, device: 0, gpuDriven: true };
+    await rejects(
+      MoeAllToAll.create(e, { ...base, proxy: false, worldSize: 2, nodeSize: 1, rank: 0, numExperts: 4 }, gd),
+      'INVALID_ARGUMENT',
+      'gpuDriven across nodes',
+    );
+    await rejects(
+      MoeAllToAll.create(e, { ...base, proxy: true, worldSize: 2, nodeSize: 2, rank: 0, numExperts: 4 }, gd),
+      'INVALID_ARGUMENT',
+      'gpuDriven with the proxy',
+    );
+    const noDirect = await rejects(
+      MoeAllToAll.create(e, { ...base, proxy: false, worldSize: 2, nodeSize: 2, rank: 0, numExperts: 4 }, gd),
+      'UNSUPPORTED',
+      'gpuDriven without direct kernels',
+    );
+    expect(noDirect.message).toMatch(/gpuDriven needs device ops with direct kernels and CUDA IPC/);
     await e.close();
   });
 });

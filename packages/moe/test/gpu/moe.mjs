@@ -72,11 +72,13 @@ async function rank(r, device, io) {
     // The native proxy: region and staging in mapped host memory, kernels count, pack, lay out
     // and combine there, the proxy thread posts every write (through the engine for every peer).
     { ...c, nodeSize: 1, proxy: true },
+    // GPU-driven NVLink: kernels store into peers' regions through CUDA IPC and raise flags there.
+    { ...c, nodeSize: W, proxy: false, gpuDriven: true },
   ]);
   for (const spec of specs) {
-    const { name, accumulate, ...base } = spec;
+    const { name, accumulate, gpuDriven, ...base } = spec;
     const cfg = { ...base, rank: r };
-    const moe = await MoeAllToAll.create(engine, cfg, { ops, device });
+    const moe = await MoeAllToAll.create(engine, cfg, { ops, device, gpuDriven: gpuDriven === true });
     const descs = await io.exchange(moe.descriptor);
     moe.connect(descs);
     const paths = moe.paths;
@@ -145,6 +147,7 @@ async function rank(r, device, io) {
       config: name,
       nodeSize: cfg.nodeSize,
       proxy: cfg.proxy,
+      gpuDriven: gpuDriven === true,
       paths,
       rows,
       badX,
