@@ -113,18 +113,7 @@ export class MrDesc {
         checkKeys(k);
       }
     }
-    for (const k of nics) {
-      if (
-        typeof k.addr !== 'bigint' ||
-        typeof k.rkey !== 'bigint' ||
-        k.addr < 0n ||
-        k.rkey < 0n ||
-        k.addr > U64_MAX ||
-        k.rkey > U64_MAX
-      ) {
-        throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: NIC addr and rkey must be u64 bigints');
-      }
-    }
+    checkKeys(nics);
     this.owner = owner;
     this.base = base;
     this.length = length;

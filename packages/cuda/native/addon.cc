@@ -420,6 +420,24 @@ cudaStream_t moe_stream(const Napi::Env& env, int device) {
 }
 size_t num(const Napi::Value& v) { return static_cast<size_t>(v.As<Napi::Number>().Int64Value()); }
 
+// The moe kernels' calls: the device set, its moe stream, the argument object (info[1]).
+bool moe_args(const Napi::CallbackInfo& info, cudaStream_t* st, Napi::Object* a) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return false;
+  *st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
+  if (!*st) return false;
+  *a = info[1].As<Napi::Object>();
+  return true;
+}
+
+// The round's topk ids (host Int32Array `ids`) to `dev`, on the stream; *pairs gets their count.
+bool put_ids(const Napi::Env& env, const Napi::Object& a, int* dev, size_t* pairs, cudaStream_t st) {
+  auto ids = a.Get("ids").As<Napi::Int32Array>();
+  *pairs = ids.ElementLength();
+  return *pairs == 0 ||
+         check(env, cudaMemcpyAsync(dev, ids.Data(), *pairs * 4, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (topk ids)");
+}
+
 // moePackScratch(pairs, experts) → bytes of device scratch moeDispatchPack needs
 Napi::Value MoePackScratch(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(trellis_moe_pack_scratch(num(info[0]), num(info[1]))));
@@ -429,15 +447,12 @@ Napi::Value MoePackScratch(const Napi::CallbackInfo& info) {
 //   scaleBytes, staging, rowsBase, rowStride, combineOff, outRow, rowAt, go, round}) — returns at once
 Napi::Value MoeDispatchPack(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!set_device(env, info[0])) return env.Undefined();
-  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
-  if (!st) return env.Undefined();
-  Napi::Object a = info[1].As<Napi::Object>();
-  auto ids = a.Get("ids").As<Napi::Int32Array>();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!moe_args(info, &st, &a)) return env.Undefined();
   int* ids_dev = static_cast<int*>(ptr(a.Get("idsDev")));
-  size_t pairs = ids.ElementLength();
-  if (pairs && !check(env, cudaMemcpyAsync(ids_dev, ids.Data(), pairs * 4, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (topk ids)"))
-    return env.Undefined();
+  size_t pairs = 0;
+  if (!put_ids(env, a, ids_dev, &pairs, st)) return env.Undefined();
   check(env,
         trellis_moe_dispatch_pack(ids_dev, unsigned(pairs), unsigned(num(a.Get("topk"))), unsigned(num(a.Get("experts"))),
                                   unsigned(num(a.Get("local"))), ptr(a.Get("scratch")), ptr(a.Get("tokens")),
@@ -463,10 +478,9 @@ bool put_table(const Napi::Env& env, const Napi::Value& v, void* dev, cudaStream
 //   scaleBytes, expertX, expertScales}) — returns when the expert blocks are in place
 Napi::Value MoeUnpack(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!set_device(env, info[0])) return env.Undefined();
-  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
-  if (!st) return env.Undefined();
-  Napi::Object a = info[1].As<Napi::Object>();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!moe_args(info, &st, &a)) return env.Undefined();
   void* table = ptr(a.Get("tableDev"));
   if (!put_table(env, a.Get("table"), table, st)) return env.Undefined();
   if (!check(env,
@@ -483,10 +497,9 @@ Napi::Value MoeUnpack(const Napi::CallbackInfo& info) {
 // moeCombinePack(device, {tableDev, W, L, rows, expertOut, outRow, staging, combineBase, go, round}) — at once
 Napi::Value MoeCombinePack(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!set_device(env, info[0])) return env.Undefined();
-  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
-  if (!st) return env.Undefined();
-  Napi::Object a = info[1].As<Napi::Object>();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!moe_args(info, &st, &a)) return env.Undefined();
   check(env,
         trellis_moe_combine_pack(static_cast<const long long*>(ptr(a.Get("tableDev"))), unsigned(num(a.Get("W"))),
                                  unsigned(num(a.Get("L"))), num(a.Get("rows")), ptr(a.Get("expertOut")),
@@ -500,10 +513,9 @@ Napi::Value MoeCombinePack(const Napi::CallbackInfo& info) {
 // — the weighted sum of each token's returned rows; returns when `out` holds it
 Napi::Value MoeGather(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!set_device(env, info[0])) return env.Undefined();
-  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
-  if (!st) return env.Undefined();
-  Napi::Object a = info[1].As<Napi::Object>();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!moe_args(info, &st, &a)) return env.Undefined();
   auto w = a.Get("weights").As<Napi::Float32Array>();
   unsigned topk = unsigned(num(a.Get("topk")));
   size_t n = w.ElementLength();
@@ -527,15 +539,12 @@ Napi::Value MoeGather(const Napi::CallbackInfo& info) {
 //   counts, rowStride, combineOff, outRow, rowAt, peers, W, me, privOff, P, routesOff, flagsOff, round}) — at once
 Napi::Value MoeDispatchDirect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!set_device(env, info[0])) return env.Undefined();
-  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
-  if (!st) return env.Undefined();
-  Napi::Object a = info[1].As<Napi::Object>();
-  auto ids = a.Get("ids").As<Napi::Int32Array>();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!moe_args(info, &st, &a)) return env.Undefined();
   int* ids_dev = static_cast<int*>(ptr(a.Get("idsDev")));
-  size_t pairs = ids.ElementLength();
-  if (pairs && !check(env, cudaMemcpyAsync(ids_dev, ids.Data(), pairs * 4, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (topk ids)"))
-    return env.Undefined();
+  size_t pairs = 0;
+  if (!put_ids(env, a, ids_dev, &pairs, st)) return env.Undefined();
   check(env,
         trellis_moe_dispatch_direct(
             ids_dev, unsigned(pairs), unsigned(num(a.Get("topk"))), unsigned(num(a.Get("experts"))),
@@ -554,10 +563,9 @@ Napi::Value MoeDispatchDirect(const Napi::CallbackInfo& info) {
 // With `routes`, returns after the wait and the copy; without, the wait is queued and this returns at once.
 Napi::Value MoeWaitFlags(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!set_device(env, info[0])) return env.Undefined();
-  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
-  if (!st) return env.Undefined();
-  Napi::Object a = info[1].As<Napi::Object>();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!moe_args(info, &st, &a)) return env.Undefined();
   int* timed_out = static_cast<int*>(ptr(a.Get("timedOut")));
   *reinterpret_cast<volatile int*>(timed_out) = 0;
   const void* region = ptr(a.Get("region"));
@@ -580,10 +588,9 @@ Napi::Value MoeWaitFlags(const Napi::CallbackInfo& info) {
 // moeCombineDirect(device, {tableDev, W, L, rows, expertOut, outRow, peers, combineOff, me, flagsOff, round}) — at once
 Napi::Value MoeCombineDirect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!set_device(env, info[0])) return env.Undefined();
-  cudaStream_t st = moe_stream(env, info[0].As<Napi::Number>().Int32Value());
-  if (!st) return env.Undefined();
-  Napi::Object a = info[1].As<Napi::Object>();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!moe_args(info, &st, &a)) return env.Undefined();
   check(env,
         trellis_moe_combine_direct(static_cast<const long long*>(ptr(a.Get("tableDev"))), unsigned(num(a.Get("W"))),
                                    unsigned(num(a.Get("L"))), num(a.Get("rows")), ptr(a.Get("expertOut")),

@@ -1,5 +1,6 @@
 import {
   type MoeDeviceOps,
+  type MoeProxyKernels,
   MrDesc,
   type MrHandle,
   type PeerGroup,
@@ -938,27 +939,56 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const g = this.gpu!;
     const L = this.localExperts;
     const table = GpuProxy.table(r.counts, c.rank, L, expertOffsets, (s) => this.overflowAt(s, c.rank));
-    g.k.unpack(g.device, {
+    return this.unpackOnDevice(
+      g.k,
+      g.device,
+      r,
       table,
-      tableDev: g.table,
+      g.table,
+      g.region.devicePtr,
+      g,
+      tokensPerExpert,
+      expertOffsets,
+    );
+  }
+
+  /**
+   * Lay out what arrived in `region` per local expert with the layout kernel (the proxy's and the
+   * GPU-driven modes share it), and return the round's result.
+   */
+  private unpackOnDevice(
+    k: MoeProxyKernels,
+    device: number,
+    r: Round,
+    table: Float64Array,
+    tableDev: bigint,
+    region: bigint,
+    out: { expertX: bigint; expertScales: bigint },
+    tokensPerExpert: Int32Array,
+    expertOffsets: Int32Array,
+  ): DispatchResult<M> {
+    const c = this.config;
+    k.unpack(device, {
+      table,
+      tableDev,
       W: c.worldSize,
-      L,
+      L: this.localExperts,
       rows: r.rows,
-      region: g.region.devicePtr,
+      region,
       privOff: this.layout.priv,
       P: c.maxPrivateTokens,
       rowStride: this.rowStride,
       tokenBytes: this.tokenBytes,
       scaleBytes: this.scaleCount * 4,
-      expertX: g.expertX,
-      expertScales: g.expertScales,
+      expertX: out.expertX,
+      expertScales: out.expertScales,
     });
     r.dispatched = true;
     return {
       tokensPerExpert,
       expertOffsets,
-      expertX: g.expertX,
-      ...(this.scaleCount ? { expertScales: g.expertScales } : {}),
+      expertX: out.expertX,
+      ...(this.scaleCount ? { expertScales: out.expertScales } : {}),
     } as DispatchResult<M>;
   }
 
@@ -1064,28 +1094,17 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const expertOffsets = new Int32Array(L);
     for (let j = 1; j < L; j++) expertOffsets[j] = expertOffsets[j - 1]! + tokensPerExpert[j - 1]!;
     r.rows = tokensPerExpert.reduce((a, b) => a + b, 0);
-    d.shared.unpack(d.device, {
-      table: d.tableOf(r.counts, expertOffsets),
-      tableDev: d.table,
-      W: c.worldSize,
-      L,
-      rows: r.rows,
-      region: d.region,
-      privOff: this.layout.priv,
-      P: c.maxPrivateTokens,
-      rowStride: this.rowStride,
-      tokenBytes: this.tokenBytes,
-      scaleBytes: this.scaleCount * 4,
-      expertX: d.expertX,
-      expertScales: d.expertScales,
-    });
-    r.dispatched = true;
-    return {
+    return this.unpackOnDevice(
+      d.shared,
+      d.device,
+      r,
+      d.tableOf(r.counts, expertOffsets),
+      d.table,
+      d.region,
+      d,
       tokensPerExpert,
       expertOffsets,
-      expertX: d.expertX,
-      ...(this.scaleCount ? { expertScales: d.expertScales } : {}),
-    } as DispatchResult<M>;
+    );
   }
 
   private directCombineSend(expertOut: bigint): void {
