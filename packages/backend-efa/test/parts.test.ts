@@ -1,7 +1,7 @@
 // Regions registered in parts on real libfabric registrations (`limits.maxMrBytes` 64 KiB, so a
 // 1 MiB region is 16 fi_mr_reg calls): writes from and to them are cut at part boundaries, every
 // byte and every immediate count exact.
-import { assertBytes, pattern, sleep } from '@trellis/core/conformance';
+import { assertBytes, HostGpu, pattern, rejects, sleep, throws } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine } from '../src/index.js';
 
@@ -48,5 +48,43 @@ for (const provider of ['shm', 'tcp'] as const)
       await src.unregister();
       await dst.unregister();
       expect([a.stats().regions, b.stats().regions]).toEqual([0, 0]);
+    });
+
+    it('refused where the work cannot be cut: triggered writes, port windows, staged GPU regions', async () => {
+      const gpu = new HostGpu();
+      const opts = {
+        provider,
+        nics: 2,
+        opTimeoutMs: 10_000,
+        limits: { maxMrBytes: M },
+        gpu: gpu.ops,
+      } as const;
+      engines = [await createEngine(opts), await createEngine(opts)];
+      const [a, b] = engines as [EfaEngine, EfaEngine];
+      const src = await a.registerMemory(4 * M);
+      const dst = await b.registerMemory(4 * M, { remote: true });
+      const w = a.allocUvmWatcher(() => {});
+      const e = await rejects(
+        a.submitOnWatch(w, 1n, { kind: 'single', src, length: 100, dst: dst.desc, imm: 1 }),
+        'UNSUPPORTED',
+        'triggered write with regions in parts',
+      );
+      expect(e.message).toMatch(/registered in parts/);
+      w.close();
+      const port = a.openPort!({ count: [] });
+      throws(
+        () => port.setWindows([{ src, dst: dst.desc }]),
+        'UNSUPPORTED',
+        'port window over regions in parts',
+      );
+      port.close();
+      const dp = gpu.alloc(M / 2);
+      const staged = await a.registerMemory({ cuda: { ptr: dp, length: M / 2, device: 0 } });
+      await rejects(
+        a.submitSingleWrite({ src: staged, length: 100, dst: dst.desc, imm: 2 }),
+        'UNSUPPORTED',
+        'staged source to a region in parts',
+      );
+      expect(a.stats().ops.inFlight).toBe(0);
     });
   });

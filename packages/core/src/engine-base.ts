@@ -640,6 +640,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           op,
           'a staged GPU region needs device copies between the steps of a write, so it cannot be triggered; use a host or directly registered region',
         );
+      if (inParts(p))
+        throw invalid(
+          'UNSUPPORTED',
+          op,
+          'a region registered in parts (over limits.maxMrBytes) needs its work cut and its immediates raised after the data, so it cannot be triggered; use regions of one part',
+        );
       const peers = planPeers(p);
       for (const peer of peers) this.checkLive(peer, op);
       for (const peer of peers) this.checkReachable(peer, op);
@@ -660,9 +666,16 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       const peers = planPeers(p);
       for (const peer of peers) this.checkLive(peer, name);
       for (const peer of peers) this.checkReachable(peer, name);
+      const parted = inParts(p);
+      if (parted && touchesStaged(p))
+        throw invalid(
+          'UNSUPPORTED',
+          name,
+          'a staged GPU region cannot be written to or from a region registered in parts (over limits.maxMrBytes)',
+        );
       const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
       const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req, peers);
-      if (inParts(p))
+      if (parted)
         this.guard(op, () => this.twoPhase().start(p, op, (p as unknown as { src: Region }).src.parted));
       else if (this.failover?.handles(p) && this.failoverTakes(p))
         this.guard(op, () => this.failover!.start(p, op));

@@ -972,6 +972,11 @@ export abstract class NativeEngineBase extends EngineBase {
       if (win.src !== undefined) {
         const srcLen = this.checkHandle(win.src, op, `${field}.src`);
         const r = win.src as unknown as Region;
+        if (r.parted || dst.parts)
+          throw new TrellisError(
+            'UNSUPPORTED',
+            `${op}: ${field} names a region registered in parts (over limits.maxMrBytes); a port window needs regions of one part`,
+          );
         if (r.path === 'staged' || dst.staged)
           throw new TrellisError(
             'UNSUPPORTED',
