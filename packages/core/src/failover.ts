@@ -42,7 +42,6 @@ export interface FailoverHost {
 
 interface Flight {
   user: PendingOp;
-  current: PendingOp | undefined;
   /** Internal operations in flight (a data phase may post one per source registration). */
   subs: Set<PendingOp>;
   phase: 'data' | 'imms';
@@ -162,7 +161,7 @@ export class Failover {
       srcHandle,
       src,
     );
-    const flight: Flight = { user, current: undefined, subs: new Set(), phase: 'data', avoid: new Set() };
+    const flight: Flight = { user, subs: new Set(), phase: 'data', avoid: new Set() };
     this.flights.set(user, flight);
     const finish = (err?: TrellisError) => {
       this.flights.delete(user);
@@ -252,7 +251,6 @@ export class Failover {
   /** Post one plan of a two-phase operation as an internal operation. */
   private postSub(flight: Flight, plan: RunsPlan, ok: () => void, failed: (e: TrellisError) => void): void {
     const sub = this.host.internalOp(new CallSite(flight.user.callsite.op), flight.user.peer);
-    flight.current = sub;
     flight.subs.add(sub);
     sub.promise.then(
       () => {
@@ -303,15 +301,12 @@ export class Failover {
       const lane = lanes[0]!;
       attempts++;
       const sub = this.host.internalOp(new CallSite(flight.user.callsite.op), peer);
-      flight.current = sub;
       sub.promise.then(
         () => {
-          flight.current = undefined;
           this.stats.controlImms += count;
           done();
         },
         (e: TrellisError) => {
-          flight.current = undefined;
           if (!nicAttributed(e) || attempts >= limit) return done(e);
           this.nicError(e.nic);
           flight.avoid.add(e.nic);
