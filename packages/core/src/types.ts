@@ -122,6 +122,13 @@ export interface MoeDirectKernels {
       routesOff: number;
       flagsOff: number;
       round: bigint;
+      /** Hybrid: rows for ranks whose `peers` entry is 0 go here (packed stream order, at `rowsBase`) for the proxy. */
+      staging?: bigint;
+      rowsBase?: number;
+      /** Hybrid: per rank, the base `rowAt` is relative to (absolute addresses; rows return to two regions). */
+      retBase?: bigint;
+      /** Hybrid: the proxy's go word, raised after the signal. */
+      go?: bigint;
     },
   ): void;
   /**
@@ -140,6 +147,8 @@ export interface MoeDirectKernels {
       timedOut: bigint;
       routes?: Uint8Array;
       routesOff?: number;
+      /** The ranks to wait for (bit r); default all. */
+      mask?: bigint;
     },
   ): boolean;
   /** Combine-send, queued: rows into each source's combine region through `peers`, then flags raised. */
@@ -157,6 +166,10 @@ export interface MoeDirectKernels {
       me: number;
       flagsOff: number;
       round: bigint;
+      /** Hybrid: per source, where its rows go (absolute; NVLink peers' combine areas or the proxy's staging). */
+      dstBase?: bigint;
+      /** Hybrid: the proxy's combine go word. */
+      go?: bigint;
     },
   ): void;
 }
@@ -218,6 +231,8 @@ export interface MoeProxyKernels {
       scaleBytes: number;
       expertX: bigint;
       expertScales: bigint;
+      /** Per source, the region its rows arrived in (device array of W addresses), when not all in `region`. */
+      srcBase?: bigint;
     },
   ): void;
   /** Combine-send, queued, returning at once: every output row to its source's span, then raise `go`. */

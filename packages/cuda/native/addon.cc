@@ -29,7 +29,8 @@ extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs,
                                                  void* go, unsigned long long round, cudaStream_t s);
 extern "C" cudaError_t trellis_moe_unpack(const long long* table, unsigned W, unsigned L, size_t rows, const void* region,
                                           size_t priv_off, unsigned P, size_t row_stride, size_t token_bytes,
-                                          size_t scale_bytes, void* expert_x, void* expert_scales, cudaStream_t s);
+                                          size_t scale_bytes, void* expert_x, void* expert_scales,
+                                          const long long* src_base, cudaStream_t s);
 extern "C" cudaError_t trellis_moe_combine_pack(const long long* table, unsigned W, unsigned L, size_t rows,
                                                 const void* expert_out, size_t out_row, void* staging,
                                                 size_t combine_base, void* go, unsigned long long round,
@@ -40,13 +41,16 @@ extern "C" cudaError_t trellis_moe_dispatch_direct(const int* ids, unsigned pair
                                                    size_t row_stride, size_t combine_off, size_t out_row,
                                                    long long* row_at, void* const* peers, unsigned W, unsigned me,
                                                    size_t priv_off, unsigned P, size_t routes_off, size_t flags_off,
-                                                   unsigned long long round, cudaStream_t s);
+                                                   unsigned long long round, void* staging, size_t rows_base,
+                                                   const long long* ret_base, void* go, cudaStream_t s);
 extern "C" cudaError_t trellis_moe_wait(const void* region, size_t flags_off, unsigned W, unsigned long long round,
-                                        unsigned long long timeout_ns, int* timed_out, cudaStream_t s);
+                                        unsigned long long timeout_ns, int* timed_out, unsigned long long mask,
+                                        cudaStream_t s);
 extern "C" cudaError_t trellis_moe_combine_direct(const long long* table, unsigned W, unsigned L, size_t rows,
                                                   const void* expert_out, size_t out_row, void* const* peers,
                                                   size_t combine_off, unsigned me, size_t flags_off,
-                                                  unsigned long long round, cudaStream_t s);
+                                                  unsigned long long round, const long long* dst_base, void* go,
+                                                  cudaStream_t s);
 #include <vector>
 #endif
 
@@ -420,6 +424,11 @@ cudaStream_t moe_stream(const Napi::Env& env, int device) {
 }
 size_t num(const Napi::Value& v) { return static_cast<size_t>(v.As<Napi::Number>().Int64Value()); }
 
+// An optional pointer field: 0n or absent → nullptr.
+void* opt_ptr(const Napi::Object& a, const char* k) {
+  return a.Has(k) && a.Get(k).IsBigInt() ? ptr(a.Get(k)) : nullptr;
+}
+
 // The moe kernels' calls: the device set, its moe stream, the argument object (info[1]).
 bool moe_args(const Napi::CallbackInfo& info, cudaStream_t* st, Napi::Object* a) {
   Napi::Env env = info.Env();
@@ -487,7 +496,8 @@ Napi::Value MoeUnpack(const Napi::CallbackInfo& info) {
              trellis_moe_unpack(static_cast<const long long*>(table), unsigned(num(a.Get("W"))), unsigned(num(a.Get("L"))),
                                 num(a.Get("rows")), ptr(a.Get("region")), num(a.Get("privOff")), unsigned(num(a.Get("P"))),
                                 num(a.Get("rowStride")), num(a.Get("tokenBytes")), num(a.Get("scaleBytes")),
-                                ptr(a.Get("expertX")), ptr(a.Get("expertScales")), st),
+                                ptr(a.Get("expertX")), ptr(a.Get("expertScales")),
+                                static_cast<const long long*>(opt_ptr(a, "srcBase")), st),
              "moe unpack launch"))
     return env.Undefined();
   check(env, cudaStreamSynchronize(st), "cudaStreamSynchronize");
@@ -553,7 +563,9 @@ Napi::Value MoeDispatchDirect(const Napi::CallbackInfo& info) {
             num(a.Get("rowStride")), num(a.Get("combineOff")), num(a.Get("outRow")),
             static_cast<long long*>(ptr(a.Get("rowAt"))), static_cast<void* const*>(ptr(a.Get("peers"))),
             unsigned(num(a.Get("W"))), unsigned(num(a.Get("me"))), num(a.Get("privOff")), unsigned(num(a.Get("P"))),
-            num(a.Get("routesOff")), num(a.Get("flagsOff")), u64(a.Get("round")), st),
+            num(a.Get("routesOff")), num(a.Get("flagsOff")), u64(a.Get("round")), opt_ptr(a, "staging"),
+            a.Has("rowsBase") ? num(a.Get("rowsBase")) : 0, static_cast<const long long*>(opt_ptr(a, "retBase")),
+            opt_ptr(a, "go"), st),
         "moe dispatch direct launch");
   return env.Undefined();
 }
@@ -571,7 +583,8 @@ Napi::Value MoeWaitFlags(const Napi::CallbackInfo& info) {
   const void* region = ptr(a.Get("region"));
   if (!check(env,
              trellis_moe_wait(region, num(a.Get("flagsOff")), unsigned(num(a.Get("W"))), u64(a.Get("round")),
-                              static_cast<unsigned long long>(num(a.Get("timeoutMs"))) * 1000000ull, timed_out, st),
+                              static_cast<unsigned long long>(num(a.Get("timeoutMs"))) * 1000000ull, timed_out,
+                              a.Has("mask") && a.Get("mask").IsBigInt() ? u64(a.Get("mask")) : ~0ull, st),
              "moe wait launch"))
     return env.Undefined();
   if (!a.Has("routes") || !a.Get("routes").IsTypedArray()) return Napi::Boolean::New(env, true);
@@ -596,7 +609,8 @@ Napi::Value MoeCombineDirect(const Napi::CallbackInfo& info) {
                                    unsigned(num(a.Get("L"))), num(a.Get("rows")), ptr(a.Get("expertOut")),
                                    num(a.Get("outRow")), static_cast<void* const*>(ptr(a.Get("peers"))),
                                    num(a.Get("combineOff")), unsigned(num(a.Get("me"))), num(a.Get("flagsOff")),
-                                   u64(a.Get("round")), st),
+                                   u64(a.Get("round")), static_cast<const long long*>(opt_ptr(a, "dstBase")),
+                                   opt_ptr(a, "go"), st),
         "moe combine direct launch");
   return env.Undefined();
 }

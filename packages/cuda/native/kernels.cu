@@ -107,8 +107,9 @@ __global__ void moe_combine(const uint8_t* rows, const long long* row_at, const 
     for (unsigned k = 0; k < topk; k++) {
       const long long at = row_at[size_t(t) * topk + k];
       if (at < 0) continue;
-      const float v = row_fp32 ? reinterpret_cast<const float*>(rows + at)[h]
-                               : bf16_to_f(reinterpret_cast<const uint16_t*>(rows + at)[h]);
+      // rows == nullptr: row_at holds absolute addresses (rows in more than one region).
+      const uint8_t* r = rows ? rows + at : reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(at));
+      const float v = row_fp32 ? reinterpret_cast<const float*>(r)[h] : bf16_to_f(reinterpret_cast<const uint16_t*>(r)[h]);
       acc = __fadd_rn(acc, __fmul_rn(w[size_t(t) * topk + k], v));
     }
     if (out_fp32)
@@ -195,7 +196,7 @@ __global__ void moe_pack(const int* ids, unsigned pairs, unsigned topk, unsigned
                          const int* chunk_base, const int* rank_in_chunk, const int* first, const uint8_t* tokens,
                          size_t token_bytes, const uint8_t* scales, size_t scale_bytes, uint8_t* staging,
                          size_t rows_base, size_t row_stride, size_t combine_off, size_t out_row, long long* row_at,
-                         uint8_t* const* peers, size_t priv_off, unsigned me, unsigned P) {
+                         uint8_t* const* peers, size_t priv_off, unsigned me, unsigned P, const long long* ret_base) {
   const unsigned p = blockIdx.x;
   if (p >= pairs) return;
   const int e = ids[p];
@@ -207,7 +208,7 @@ __global__ void moe_pack(const int* ids, unsigned pairs, unsigned topk, unsigned
   const size_t row = size_t(first[e]) + size_t(chunk_base[size_t(c) * experts + e]) + size_t(rank_in_chunk[p]);
   const unsigned t = p / topk;
   uint8_t* d;
-  if (peers) {
+  if (peers && peers[unsigned(e) / local]) {
     const unsigned dst = unsigned(e) / local;
     const size_t pos = row - size_t(first[dst * local]);  // position in the stream to dst
     d = peers[dst] + priv_off + (size_t(me) * P + pos) * row_stride;
@@ -218,7 +219,9 @@ __global__ void moe_pack(const int* ids, unsigned pairs, unsigned topk, unsigned
     reinterpret_cast<uint32_t*>(d)[0] = t;
     reinterpret_cast<uint16_t*>(d)[2] = uint16_t(p % topk);
     reinterpret_cast<uint16_t*>(d)[3] = uint16_t(unsigned(e) % local);
-    row_at[p] = static_cast<long long>(combine_off + row * out_row);
+    // Where the row's combine output comes back: an offset in this rank's region, or (ret_base:
+    // rows return into one of two regions) an absolute address.
+    row_at[p] = (ret_base ? ret_base[unsigned(e) / local] : 0) + static_cast<long long>(combine_off + row * out_row);
   }
   copy_any(d + 8, tokens + size_t(t) * token_bytes, token_bytes);
   if (scale_bytes) copy_any(d + 8 + token_bytes, scales + size_t(t) * scale_bytes, scale_bytes);
@@ -261,8 +264,10 @@ struct MoeTable {
 
 // Dispatch-recv: block per row of the expert blocks; copies its token (and scales) out of the
 // private slot or the overflow region where it arrived.
+// `src_base` (W addresses, or null): where each source's rows arrived, when not all in `region`.
 __global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off, unsigned P, size_t row_stride,
-                           size_t token_bytes, size_t scale_bytes, uint8_t* expert_x, uint8_t* expert_scales) {
+                           size_t token_bytes, size_t scale_bytes, uint8_t* expert_x, uint8_t* expert_scales,
+                           const long long* src_base) {
   const size_t i = blockIdx.x;
   unsigned s;
   long long p;
@@ -270,22 +275,26 @@ __global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off,
   if (p < 0) return;
   const size_t at = p < P ? priv_off + (size_t(s) * P + size_t(p)) * row_stride
                           : size_t(tab.overflow(s)) + size_t(p - P) * row_stride;
-  copy_any(expert_x + i * token_bytes, region + at + 8, token_bytes);
-  if (scale_bytes) copy_any(expert_scales + i * scale_bytes, region + at + 8 + token_bytes, scale_bytes);
+  const uint8_t* reg = src_base ? reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(src_base[s])) : region;
+  copy_any(expert_x + i * token_bytes, reg + at + 8, token_bytes);
+  if (scale_bytes) copy_any(expert_scales + i * scale_bytes, reg + at + 8 + token_bytes, scale_bytes);
 }
 
 // Combine-send: block per expert-output row; it goes to its source's span of the combine staging
 // at its stream position (rows return in the order they were sent).
 // With `peers`, rows go straight into each source's combine region (span(s) then holds the rows s
 // sent to ranks before this one: where this rank's rows start there).
+// `dst_base` (W addresses, or null): where each source's rows go (already at its combine area).
 __global__ void moe_combine_pack(MoeTable tab, const uint8_t* expert_out, size_t out_row, uint8_t* staging,
-                                 size_t combine_base, uint8_t* const* peers) {
+                                 size_t combine_base, uint8_t* const* peers, const long long* dst_base) {
   const size_t i = blockIdx.x;
   unsigned s;
   long long p;
   tab.origin(i, &s, &p);
   if (p < 0) return;
-  uint8_t* base = peers ? peers[s] + combine_base : staging + combine_base;
+  uint8_t* base = dst_base ? reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(dst_base[s]))
+                 : peers  ? peers[s] + combine_base
+                          : staging + combine_base;
   copy_any(base + size_t(tab.span(s) + p) * out_row, expert_out + i * out_row, out_row);
   __threadfence_system();
 }
@@ -298,6 +307,7 @@ __global__ void moe_signal(uint8_t* const* peers, unsigned W, unsigned me, const
                            size_t routes_off, size_t flags_off, unsigned long long round) {
   if (counts)
     for (unsigned d = 0; d < W; d++) {
+      if (!peers[d]) continue;  // reached another way (the proxy)
       int* dst = reinterpret_cast<int*>(peers[d] + routes_off) + size_t(me) * experts;
       for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) dst[e] = counts[e];
     }
@@ -305,6 +315,7 @@ __global__ void moe_signal(uint8_t* const* peers, unsigned W, unsigned me, const
   __syncthreads();
   if (threadIdx.x == 0)
     for (unsigned d = 0; d < W; d++) {
+      if (!peers[d]) continue;
       volatile unsigned long long* f = reinterpret_cast<volatile unsigned long long*>(peers[d] + flags_off) + me;
       *f = round;
     }
@@ -314,12 +325,12 @@ __global__ void moe_signal(uint8_t* const* peers, unsigned W, unsigned me, const
 // Wait until every rank's flag in this rank's flag row reached `round` (this rank's own too: its
 // signal kernel raised it). Gives up after `timeout_ns`, setting *timed_out.
 __global__ void moe_wait(const uint8_t* region, size_t flags_off, unsigned W, unsigned long long round,
-                         unsigned long long timeout_ns, int* timed_out) {
+                         unsigned long long timeout_ns, int* timed_out, unsigned long long mask) {
   const volatile unsigned long long* f = reinterpret_cast<const volatile unsigned long long*>(region + flags_off);
   unsigned long long start;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
   for (unsigned s = 0; s < W; s++)
-    while (f[s] < round) {
+    while ((mask >> s & 1ull) && f[s] < round) {
       unsigned long long now;
       asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
       if (now - start > timeout_ns) {
@@ -355,7 +366,7 @@ extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs,
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
                                    static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
                                    scale_bytes, static_cast<uint8_t*>(staging), rows_base, row_stride, combine_off, out_row,
-                                   row_at, nullptr, 0, 0, 0);
+                                   row_at, nullptr, 0, 0, 0, nullptr);
   moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }
@@ -363,13 +374,17 @@ extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs,
 // GPU-driven NVLink dispatch-send: count, scan (counts to `counts_out`, device memory), pack every
 // row into its receiver's private slot through `peers` (a device array of W mapped region bases),
 // then signal (counts into every peer's routes slot, flags raised).
+// Hybrid (some peers reached by the proxy): `peers[d]` is null for them, their rows go to `staging`
+// (at rows_base, packed stream order) for the proxy, `ret_base` says where each rank's combine rows
+// come back, and `go` (mapped) is raised for the proxy after the signal.
 extern "C" cudaError_t trellis_moe_dispatch_direct(const int* ids, unsigned pairs, unsigned topk, unsigned experts,
                                                    unsigned local, void* scratch, const void* tokens, size_t token_bytes,
                                                    const void* scales, size_t scale_bytes, int* counts_out,
                                                    size_t row_stride, size_t combine_off, size_t out_row,
                                                    long long* row_at, void* const* peers, unsigned W, unsigned me,
                                                    size_t priv_off, unsigned P, size_t routes_off, size_t flags_off,
-                                                   unsigned long long round, cudaStream_t s) {
+                                                   unsigned long long round, void* staging, size_t rows_base,
+                                                   const long long* ret_base, void* go, cudaStream_t s) {
   const unsigned chunks = (pairs + kMoeChunk - 1) / kMoeChunk;
   int* rank_in_chunk = static_cast<int*>(scratch);
   int* chunk_counts = rank_in_chunk + pairs;
@@ -381,36 +396,42 @@ extern "C" cudaError_t trellis_moe_dispatch_direct(const int* ids, unsigned pair
   if (pairs)
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
                                    static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
-                                   scale_bytes, nullptr, 0, row_stride, combine_off, out_row, row_at, bases, priv_off, me, P);
+                                   scale_bytes, static_cast<uint8_t*>(staging), rows_base, row_stride, combine_off, out_row,
+                                   row_at, bases, priv_off, me, P, ret_base);
   moe_signal<<<1, 256, 0, s>>>(bases, W, me, counts_out, experts, routes_off, flags_off, round);
+  if (go) moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t trellis_moe_wait(const void* region, size_t flags_off, unsigned W, unsigned long long round,
-                                        unsigned long long timeout_ns, int* timed_out, cudaStream_t s) {
-  moe_wait<<<1, 1, 0, s>>>(static_cast<const uint8_t*>(region), flags_off, W, round, timeout_ns, timed_out);
+                                        unsigned long long timeout_ns, int* timed_out, unsigned long long mask,
+                                        cudaStream_t s) {
+  moe_wait<<<1, 1, 0, s>>>(static_cast<const uint8_t*>(region), flags_off, W, round, timeout_ns, timed_out, mask);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t trellis_moe_combine_direct(const long long* table, unsigned W, unsigned L, size_t rows,
                                                   const void* expert_out, size_t out_row, void* const* peers,
                                                   size_t combine_off, unsigned me, size_t flags_off,
-                                                  unsigned long long round, cudaStream_t s) {
+                                                  unsigned long long round, const long long* dst_base, void* go,
+                                                  cudaStream_t s) {
   auto* bases = reinterpret_cast<uint8_t* const*>(peers);
   if (rows)
     moe_combine_pack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out),
-                                                    out_row, nullptr, combine_off, bases);
+                                                    out_row, nullptr, combine_off, bases, dst_base);
   moe_signal<<<1, 32, 0, s>>>(bases, W, me, nullptr, 0, 0, flags_off, round);
+  if (go) moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t trellis_moe_unpack(const long long* table, unsigned W, unsigned L, size_t rows, const void* region,
                                           size_t priv_off, unsigned P, size_t row_stride, size_t token_bytes,
-                                          size_t scale_bytes, void* expert_x, void* expert_scales, cudaStream_t s) {
+                                          size_t scale_bytes, void* expert_x, void* expert_scales,
+                                          const long long* src_base, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
   moe_unpack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(region), priv_off, P,
                                             row_stride, token_bytes, scale_bytes, static_cast<uint8_t*>(expert_x),
-                                            static_cast<uint8_t*>(expert_scales));
+                                            static_cast<uint8_t*>(expert_scales), src_base);
   return cudaGetLastError();
 }
 
@@ -420,7 +441,7 @@ extern "C" cudaError_t trellis_moe_combine_pack(const long long* table, unsigned
                                                 cudaStream_t s) {
   if (rows)
     moe_combine_pack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out),
-                                                    out_row, static_cast<uint8_t*>(staging), combine_base, nullptr);
+                                                    out_row, static_cast<uint8_t*>(staging), combine_base, nullptr, nullptr);
   moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }

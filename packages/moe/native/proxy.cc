@@ -56,11 +56,12 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "MoeProxy",
                        {InstanceMethod("kick", &Proxy::Kick), InstanceMethod("close", &Proxy::Close),
-                        InstanceMethod("rounds", &Proxy::Rounds)});
+                        InstanceMethod("rounds", &Proxy::Rounds), InstanceMethod("consumed", &Proxy::Consumed)});
   }
 
   // new MoeProxy(port: bigint, config: Float64Array, region: Uint8Array, staging: Uint8Array,
-  //              flags: Uint8Array (≥ 16 bytes, 8-aligned), onEvent(kind, round, code?, message?))
+  //              flags: Uint8Array (≥ 16 bytes, 8-aligned), onEvent(kind, round, code?, message?),
+  //              remote?: Uint8Array (W; 1 = reached through this proxy; absent: every peer))
   explicit Proxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Proxy>(info) {
     Napi::Env env = info.Env();
     bool lossless = true;
@@ -99,8 +100,28 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
     refs_.Set("flags", flags);
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[5].As<Napi::Function>(), "trellis-moe-proxy", 0, 1);
     counts_.assign(size_t(cfg_.W) * cfg_.E, 0);
-    // Counts and settlements are cumulative over the port's life: this thread's rounds start here.
-    for (uint32_t s = 0; s < 4; s++) base_[s] = port_->count(port_->self, s);
+    // Hybrid instances: peers of this node are reached over NVLink by kernels; the proxy serves
+    // the others only, and this rank's own rows are not its business.
+    if (info.Length() > 6 && info[6].IsTypedArray()) {
+      Napi::Uint8Array r = info[6].As<Napi::Uint8Array>();
+      remote_.assign(r.Data(), r.Data() + r.ByteLength());
+      if (remote_.size() != cfg_.W) {
+        Napi::Error::New(env, "MoeProxy: remote must hold one byte per rank").ThrowAsJavaScriptException();
+        return;
+      }
+    }
+    for (uint32_t d = 0; d < cfg_.W; d++)
+      if (d != cfg_.me && Remote(d)) nremote_++;
+    // Counts are cumulative over the port's life. This thread's rounds start after what earlier
+    // threads of the instance consumed (info[7], from their consumed(); 0 for the first): never
+    // from a snapshot of the counts, which would swallow a peer's first immediates if they arrived
+    // before this connect. Every post of earlier threads has settled (each round ends waiting for
+    // its own), so a snapshot of the settlements is exact.
+    if (info.Length() > 7 && info[7].IsTypedArray()) {
+      Napi::Float64Array b = info[7].As<Napi::Float64Array>();
+      for (uint32_t s = 0; s < 4 && s < b.ElementLength(); s++) base_[s] = static_cast<uint64_t>(b[s]);
+    }
+    for (uint32_t s = 0; s < 4; s++) consumed_[s].store(base_[s]);
     base_settled_ = port_->settled(port_->self, nullptr);
     thread_ = std::thread([this] { Run(); });
 #ifdef __linux__
@@ -128,6 +149,14 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
   }
 
   // rounds() → [dispatch rounds completed, combine rounds completed]
+  // consumed() → Float64Array [routes, dispatch, combine, barrier]: arrivals this instance's rounds
+  // have used so far (what the next thread after a new connect starts from).
+  Napi::Value Consumed(const Napi::CallbackInfo& info) {
+    Napi::Float64Array a = Napi::Float64Array::New(info.Env(), 4);
+    for (uint32_t s = 0; s < 4; s++) a[s] = static_cast<double>(consumed_[s].load());
+    return a;
+  }
+
   Napi::Value Rounds(const Napi::CallbackInfo& info) {
     Napi::Array a = Napi::Array::New(info.Env(), 2);
     a.Set(0u, Napi::Number::New(info.Env(), double(dispatched_.load())));
@@ -201,7 +230,10 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
     for (;;) {
       if (PostFailed(fail)) return false;
       uint64_t have = port_->count(port_->self, slot) - base_[slot];
-      if (have >= n) return true;
+      if (have >= n) {
+        consumed_[slot].store(base_[slot] + n);
+        return true;
+      }
       if (stopping()) {
         *fail = {"CLOSED", "the instance was closed during the round"};
         return false;
@@ -256,6 +288,9 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
                                       : Failure{"INTERNAL", "a post outside its window (" + std::to_string(rc) + ")"};
     return false;
   }
+
+  bool Remote(uint32_t d) const { return remote_.empty() || remote_[d] != 0; }
+  bool Hybrid() const { return !remote_.empty(); }
 
   int32_t Count(uint32_t src, uint32_t expert) const { return counts_[size_t(src) * cfg_.E + expert]; }
 
@@ -335,6 +370,7 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
     for (uint32_t d = 0; d < c.W; d++) {
       uint64_t rows = RowsBetween(c.me, d);
       uint64_t priv = std::min<uint64_t>(rows, c.P) * c.row_stride;
+      if (d == c.me ? Hybrid() : !Remote(d)) continue;
       if (d == c.me) {
         std::memcpy(region_ + c.routes + uint64_t(c.me) * route_bytes, staging_, route_bytes);
         std::memcpy(region_ + c.priv + uint64_t(c.me) * c.P * c.row_stride, staging_ + pack_at[d], priv);
@@ -343,16 +379,16 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
       if (!Post(d, kRoute, 0, 0, route_bytes, fail)) return false;
       if (!Post(d, kPriv, pack_at[d] - c.rows_base, 0, priv, fail)) return false;
     }
-    if (!WaitCount(kRouteImm, round * (c.W - 1), "every peer's routes", fail)) return false;
+    if (!WaitCount(kRouteImm, round * nremote_, "every peer's routes", fail)) return false;
     for (uint32_t s = 0; s < c.W; s++) {
-      if (s == c.me) continue;
+      if (s == c.me || !Remote(s)) continue;
       std::memcpy(&counts_[size_t(s) * c.E], region_ + c.routes + uint64_t(s) * route_bytes, route_bytes);
       if (!CheckRoutes(s, fail)) return false;
     }
     // Overflow: every rank computes the same offsets from the same routes.
     for (uint32_t d = 0; d < c.W; d++) {
       uint64_t rows = RowsBetween(c.me, d);
-      if (rows <= c.P) continue;
+      if (rows <= c.P || (d == c.me ? Hybrid() : !Remote(d))) continue;
       uint64_t src = pack_at[d] + uint64_t(c.P) * c.row_stride;
       uint64_t len = (rows - c.P) * c.row_stride;
       uint64_t dst = OverflowAt(c.me, d);
@@ -363,7 +399,7 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
       if (!Post(d, kOverflow, src - c.rows_base, dst - c.overflow, len, fail)) return false;
     }
     for (uint32_t s = 0; s < c.W; s++)
-      if (s != c.me) *expected += 1 + (RowsBetween(s, c.me) > c.P ? 1 : 0);
+      if (s != c.me && Remote(s)) *expected += 1 + (RowsBetween(s, c.me) > c.P ? 1 : 0);
     return WaitCount(kDispatchImm, *expected, "the dispatched rows", fail);
   }
 
@@ -372,6 +408,8 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
     // Rows go back to each source s in its stream order, from spans laid out by source.
     uint64_t at = c.combine_base;
     for (uint32_t s = 0; s < c.W; s++) {
+      // Hybrid: only the proxy's sources have spans in staging (the kernels lay them out so).
+      if (s == c.me ? Hybrid() : !Remote(s)) continue;
       uint64_t len = RowsBetween(s, c.me) * c.out_row;
       uint64_t rows_before = 0;  // rows s sent to ranks before me: where mine start in its region
       for (uint32_t d = 0; d < c.me; d++) rows_before += RowsBetween(s, d);
@@ -382,11 +420,11 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
         return false;
       at += len;
     }
-    if (!WaitCount(kCombineImm, round * (c.W - 1), "the combined rows", fail)) return false;
+    if (!WaitCount(kCombineImm, round * nremote_, "the combined rows", fail)) return false;
     // The barrier closes the round: every rank has every row it is owed.
     for (uint32_t d = 0; d < c.W; d++)
-      if (d != c.me && !Post(d, kBarrier, 0, 0, 0, fail)) return false;
-    if (!WaitCount(kBarrierImm, round * (c.W - 1), "the closing barrier", fail)) return false;
+      if (d != c.me && Remote(d) && !Post(d, kBarrier, 0, 0, 0, fail)) return false;
+    if (!WaitCount(kBarrierImm, round * nremote_, "the closing barrier", fail)) return false;
     return WaitPosts(fail);
   }
 
@@ -397,8 +435,11 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
   size_t region_len_ = 0, staging_len_ = 0;
   volatile uint64_t* flags_ = nullptr;
   std::vector<int32_t> counts_;  // [src][expert] of the current round
+  std::vector<uint8_t> remote_;  // hybrid: 1 for peers this proxy serves (empty: all)
+  uint32_t nremote_ = 0;
   uint64_t posted_ = 0;
   uint64_t base_[4] = {0, 0, 0, 0};
+  std::atomic<uint64_t> consumed_[4];
   uint64_t base_settled_ = 0;
   std::atomic<uint64_t> dispatched_{0}, combined_{0};
   std::mutex mu_;

@@ -261,10 +261,10 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const W = c.worldSize;
     const rowsMax = c.maxTokensPerRank * c.topk; // rows one source can send to one receiver
     if (device?.gpuDriven) {
-      if (c.nodeSize !== W || c.proxy)
+      if (c.proxy)
         throw new TrellisError(
           'INVALID_ARGUMENT',
-          'MoeAllToAll.create: gpuDriven needs every rank on one node (nodeSize === worldSize) and no proxy',
+          'MoeAllToAll.create: gpuDriven runs its own proxy where nodeSize < worldSize; leave proxy unset',
         );
       c.maxPrivateTokens = rowsMax; // every row has its private place: no overflow step
     }
@@ -300,6 +300,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       const gd = new GpuDirect(device.ops, device.device, {
         worldSize: W,
         rank: c.rank,
+        nodeSize: c.nodeSize,
         numExperts: c.numExperts,
         localExperts: c.numExperts / W,
         rowsMax,
@@ -315,6 +316,34 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         size,
         timeoutMs: c.timeoutMs,
       });
+      if (c.nodeSize < W) {
+        // Hybrid: peers of other nodes through the proxy, from and into page-locked host memory
+        // mapped into the device (kernels write it; the NIC reads and writes it).
+        const k = device.ops.proxy!;
+        const regs: MrHandle[] = [];
+        try {
+          const hostRegion = k.allocMapped(Math.max(64, size));
+          const staging = k.allocMapped(stagingSize);
+          const go = k.allocMapped(64);
+          regs.push(await engine.registerMemory(new Uint8Array(hostRegion.buffer), { remote: true }));
+          regs.push(await engine.registerMemory(new Uint8Array(staging.buffer)));
+          const l = { ...proxyLayout(c, layout, rowStride, stagingSize), maxSleepUs: 50 };
+          gd.hybrid = {
+            hostRegion,
+            staging,
+            go,
+            regionHandle: regs[0]!,
+            stagingHandle: regs[1]!,
+            proxy: new ProxyDriver(engine, l, new Uint8Array(go.buffer)),
+            rowsBase: l.rowsBase,
+            combineBase: l.combineBase,
+          };
+        } catch (e) {
+          for (const r of regs) await r.unregister().catch(() => {});
+          gd.free();
+          throw e;
+        }
+      }
       return new MoeAllToAll<'device'>(
         engine,
         c,
@@ -402,8 +431,15 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         `MoeAllToAll.connect: need ${c.worldSize} descriptors, got ${descriptors.length}`,
       );
     if (this.direct) {
+      if (this.direct.hybrid && this.connected)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          'MoeAllToAll.connect: a hybrid GPU-driven instance connects once (create a new one to change peers)',
+        );
       this.direct.connect(descriptors);
-      this.paths = descriptors.map((_, r) => (r === c.rank ? 'self' : 'nvlink'));
+      this.paths = descriptors.map((_, r) =>
+        r === c.rank ? 'self' : this.direct!.local(r) ? 'nvlink' : 'rdma',
+      );
       this.connected = true;
       return;
     }
@@ -439,7 +475,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
    * instance's four immediates — routes, dispatch, combine, barrier — that it counted).
    */
   stats(): { rounds: number; proxy?: PortStats } {
-    return { rounds: this.rounds, ...(this.proxy ? { proxy: this.proxy.stats() } : {}) };
+    const p = this.proxy ?? this.direct?.hybrid?.proxy;
+    return { rounds: this.rounds, ...(p ? { proxy: p.stats() } : {}) };
   }
 
   /** How this rank reaches each rank (after {@link connect}): itself, NVLink (CUDA IPC), or the engine. */
@@ -966,6 +1003,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     out: { expertX: bigint; expertScales: bigint },
     tokensPerExpert: Int32Array,
     expertOffsets: Int32Array,
+    srcBase?: bigint,
   ): DispatchResult<M> {
     const c = this.config;
     k.unpack(device, {
@@ -982,6 +1020,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       scaleBytes: this.scaleCount * 4,
       expertX: out.expertX,
       expertScales: out.expertScales,
+      ...(srcBase !== undefined ? { srcBase } : {}),
     });
     r.dispatched = true;
     return {
@@ -1069,17 +1108,33 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       routesOff: this.layout.routes,
       flagsOff: d.flagsOff,
       round: BigInt(this.rounds),
+      ...(d.hybrid
+        ? {
+            counts: d.hybrid.staging.devicePtr, // staging byte 0: the routes the proxy posts
+            staging: d.hybrid.staging.devicePtr,
+            rowsBase: d.hybrid.rowsBase,
+            retBase: d.retBase,
+            go: d.hybrid.go.devicePtr,
+          }
+        : {}),
     });
+    d.hybrid?.proxy.kick();
   }
 
-  private directDispatchRecv(r: Round): DispatchResult<M> {
+  private async directDispatchRecv(r: Round): Promise<DispatchResult<M>> {
     const c = this.config;
     const d = this.direct!;
     const L = this.localExperts;
+    if (d.hybrid) await d.hybrid.proxy.wait('dispatch', this.rounds);
     const routes = new Uint8Array(c.worldSize * c.numExperts * 4);
     d.wait('dispatch', this.rounds, routes);
+    // Hybrid: the proxy's sources wrote their routes into the host region.
+    const far = d.hybrid
+      ? new Uint8Array(d.hybrid.hostRegion.buffer, this.layout.routes, routes.length)
+      : undefined;
     for (let s = 0; s < c.worldSize; s++) {
-      const counts = new Int32Array(routes.buffer, s * c.numExperts * 4, c.numExperts);
+      const from = far && !d.local(s) ? far : routes;
+      const counts = new Int32Array(from.slice(s * c.numExperts * 4, (s + 1) * c.numExperts * 4).buffer);
       const why = checkRoutes(counts, c);
       if (why)
         throw new TrellisError(
@@ -1104,6 +1159,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       d,
       tokensPerExpert,
       expertOffsets,
+      d.hybrid ? d.srcBase : undefined,
     );
   }
 
@@ -1122,15 +1178,19 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       me: c.rank,
       flagsOff: d.flagsOff + c.worldSize * 8,
       round: BigInt(this.rounds),
+      ...(d.hybrid ? { dstBase: d.dstBase, go: d.hybrid.go.devicePtr + 8n } : {}),
     });
+    d.hybrid?.proxy.kick();
   }
 
-  private directCombineRecv(r: Round, accumulate: 'out' | 'fp32'): bigint {
+  private async directCombineRecv(r: Round, accumulate: 'out' | 'fp32'): Promise<bigint> {
     const c = this.config;
     const d = this.direct!;
+    if (d.hybrid) await d.hybrid.proxy.wait('combine', this.rounds);
     d.wait('combine', this.rounds);
     d.shared.gather(d.device, {
-      region: d.region,
+      // Hybrid: rows came back into two regions; rowAt holds absolute addresses.
+      region: d.hybrid ? 0n : d.region,
       rowAt: d.rowAt,
       weights: r.weights,
       weightsDev: d.weights,
@@ -1149,6 +1209,14 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   /** Unregister this rank's buffers (and free them on the device). */
   async close(): Promise<void> {
     this.proxy?.close();
+    const h = this.direct?.hybrid;
+    if (h) {
+      h.proxy.close();
+      if (!this.engine.closed) {
+        await h.regionHandle.unregister().catch(() => {});
+        await h.stagingHandle.unregister().catch(() => {});
+      }
+    }
     if (!this.engine.closed) {
       await this.region?.unregister().catch(() => {});
       await this.staging?.unregister().catch(() => {});

@@ -3,14 +3,17 @@
 // receivers' private slots, write their counts into the receivers' routes, and raise a flag there;
 // a receiver's kernel waits for every flag, and rows go back the same way. No engine traffic and
 // no JavaScript turn between the phases of the ranks: JS launches, and waits once per receive.
-import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels } from '@trellis/core';
-import { TrellisError } from '@trellis/core';
+import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels, MrHandle } from '@trellis/core';
+import { MrDesc, TrellisError } from '@trellis/core';
 import { GpuProxy } from './gpu-proxy.js';
+import type { ProxyDriver } from './proxy.js';
 
 /** Sizes and offsets a GPU-driven instance allocates from. @internal */
 export interface GpuDirectLayout {
   worldSize: number;
   rank: number;
+  /** Ranks per node: peers of another node are the proxy's (hybrid) when below worldSize. */
+  nodeSize: number;
   numExperts: number;
   localExperts: number;
   rowsMax: number;
@@ -26,6 +29,21 @@ export interface GpuDirectLayout {
   /** The region's bytes before the flag rows. */
   size: number;
   timeoutMs: number;
+}
+
+/**
+ * The host side of a hybrid instance: the region peers of other nodes write (page-locked, mapped
+ * into the device), the staging the proxy posts from, the proxy's go words, and the proxy. @internal
+ */
+export interface HybridParts {
+  hostRegion: { buffer: ArrayBuffer; devicePtr: bigint };
+  staging: { buffer: ArrayBuffer; devicePtr: bigint };
+  go: { buffer: ArrayBuffer; devicePtr: bigint };
+  regionHandle: MrHandle;
+  stagingHandle: MrHandle;
+  proxy: ProxyDriver;
+  rowsBase: number;
+  combineBase: number;
 }
 
 /** @internal */
@@ -44,6 +62,14 @@ export class GpuDirect {
   readonly out: bigint;
   readonly counts: bigint;
   readonly peers: bigint;
+  /** Per rank (device arrays of W addresses): where its rows arrive here, where rows for it come back here, where this rank's combine rows for it go. */
+  readonly srcBase: bigint;
+  readonly retBase: bigint;
+  readonly dstBase: bigint;
+  /** Hybrid: set once its host memory is registered. */
+  hybrid: HybridParts | undefined;
+  /** Ranks of this node (bit r), this one included: the flags the kernels wait for. */
+  readonly localMask: bigint;
   private readonly timedOut: { buffer: ArrayBuffer; devicePtr: bigint };
   private readonly opened = new Map<number, bigint>();
   private readonly owned: bigint[] = [];
@@ -61,6 +87,9 @@ export class GpuDirect {
       );
     this.k = ops.direct;
     const W = l.worldSize;
+    let mask = 0n;
+    for (let r = 0; r < W; r++) if (this.local(r)) mask |= 1n << BigInt(r);
+    this.localMask = mask;
     this.flagsOff = align(l.size, 64);
     try {
       this.region = this.alloc(this.flagsOff + 2 * W * 8);
@@ -76,6 +105,9 @@ export class GpuDirect {
       this.out = this.alloc(l.maxTokens * l.hidden * 4);
       this.counts = this.alloc(l.numExperts * 4);
       this.peers = this.alloc(W * 8);
+      this.srcBase = this.alloc(W * 8);
+      this.retBase = this.alloc(W * 8);
+      this.dstBase = this.alloc(W * 8);
       this.timedOut = ops.proxy.allocMapped(64);
     } catch (e) {
       this.free();
@@ -94,30 +126,67 @@ export class GpuDirect {
     return this.ops.proxy!;
   }
 
-  /** This rank's descriptor: its region's IPC handle. */
+  /** Whether rank `r` is on this rank's node. */
+  local(r: number): boolean {
+    return Math.floor(r / this.l.nodeSize) === Math.floor(this.l.rank / this.l.nodeSize);
+  }
+
+  /** This rank's descriptor: its region's IPC handle (hybrid: and its host region's descriptor). */
   descriptor(): string {
-    return `gpu:${this.ops.ipcExport!(this.device, this.region)}`;
+    const ipc = this.ops.ipcExport!(this.device, this.region);
+    return this.hybrid ? `hyb:${this.hybrid.regionHandle.desc.toString()} ${ipc}` : `gpu:${ipc}`;
   }
 
   /** Open every other rank's region and give the kernels the table of bases. */
   connect(descriptors: readonly string[]): void {
-    this.disconnect();
-    const bases = new BigUint64Array(this.l.worldSize);
-    descriptors.forEach((d, r) => {
-      if (r === this.l.rank) {
-        bases[r] = this.region;
-        return;
-      }
-      if (typeof d !== 'string' || !d.startsWith('gpu:'))
+    const W = this.l.worldSize;
+    const h = this.hybrid;
+    const prefix = h ? 'hyb:' : 'gpu:';
+    const descs: MrDesc[] = [];
+    for (const [r, d] of descriptors.entries()) {
+      if (typeof d !== 'string' || !d.startsWith(prefix))
         throw new TrellisError(
           'INVALID_ARGUMENT',
-          `MoeAllToAll.connect: rank ${r}'s descriptor is not a GPU-driven instance's (every rank must be created with gpuDriven)`,
+          `MoeAllToAll.connect: rank ${r}'s descriptor is not a GPU-driven${h ? ' hybrid' : ''} instance's (every rank must be created alike)`,
         );
-      const p = this.ops.ipcImport!(this.device, d.slice(4));
-      this.opened.set(r, p);
-      bases[r] = p;
+      if (h) descs.push(MrDesc.parse(d.slice(4).split(' ')[0]!));
+    }
+    this.disconnect();
+    const bases = new BigUint64Array(W);
+    descriptors.forEach((d, r) => {
+      if (r === this.l.rank) bases[r] = this.region;
+      else if (this.local(r)) {
+        const p = this.ops.ipcImport!(this.device, h ? d.slice(4).split(' ')[1]! : d.slice(4));
+        this.opened.set(r, p);
+        bases[r] = p;
+      }
     });
     this.ops.upload(this.device, this.peers, new Uint8Array(bases.buffer));
+    if (!h) return;
+    // Where each rank's rows arrive here, where rows sent to it come back here, and where this
+    // rank's combine rows for it go: NVLink peers' through the device region, the others' through
+    // the host region and staging the proxy serves.
+    const src = new BigUint64Array(W);
+    const ret = new BigUint64Array(W);
+    const dst = new BigUint64Array(W);
+    const remote = new Uint8Array(W);
+    for (let r = 0; r < W; r++) {
+      const near = this.local(r);
+      src[r] = near ? this.region : h.hostRegion.devicePtr;
+      ret[r] = near ? this.region : h.hostRegion.devicePtr;
+      dst[r] = near ? bases[r]! + BigInt(this.l.combine) : h.staging.devicePtr + BigInt(h.combineBase);
+      remote[r] = near ? 0 : 1;
+    }
+    this.ops.upload(this.device, this.srcBase, new Uint8Array(src.buffer));
+    this.ops.upload(this.device, this.retBase, new Uint8Array(ret.buffer));
+    this.ops.upload(this.device, this.dstBase, new Uint8Array(dst.buffer));
+    h.proxy.connect(
+      descs,
+      h.stagingHandle,
+      new Uint8Array(h.hostRegion.buffer),
+      new Uint8Array(h.staging.buffer),
+      remote,
+    );
   }
 
   private disconnect(): void {
@@ -129,7 +198,14 @@ export class GpuDirect {
   tableOf(counts: readonly Int32Array[], expertOffsets: Int32Array): Float64Array {
     const { worldSize: W, rank: me, localExperts: L } = this.l;
     const t = GpuProxy.table(counts, me, L, expertOffsets, () => 0);
+    let remoteSpan = 0;
     for (let s = 0; s < W; s++) {
+      if (this.hybrid && !this.local(s)) {
+        // The proxy's sources: spans in staging, in rank order, over its sources only.
+        t[L + 3 * W * L + W + s] = remoteSpan;
+        for (let j = 0; j < L; j++) remoteSpan += counts[s]![me * L + j]!;
+        continue;
+      }
       let before = 0;
       for (let d = 0; d < me; d++) for (let j = 0; j < L; j++) before += counts[s]![d * L + j]!;
       t[L + 3 * W * L + W + s] = before;
@@ -146,6 +222,7 @@ export class GpuDirect {
       round: BigInt(round),
       timeoutMs: this.l.timeoutMs,
       timedOut: this.timedOut.devicePtr,
+      mask: this.localMask,
       ...(routes ? { routes, routesOff: this.l.routes } : {}),
     });
     if (routes && !ok) throw this.timeout(phase, round);

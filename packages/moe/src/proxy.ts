@@ -16,6 +16,7 @@ interface NativeProxy {
   kick(): void;
   close(): void;
   rounds(): [number, number];
+  consumed(): Float64Array;
 }
 interface ProxyAddon {
   MoeProxy: new (
@@ -25,6 +26,8 @@ interface ProxyAddon {
     staging: Uint8Array,
     flags: Uint8Array,
     onEvent: (kind: string, round: number, code?: string, message?: string) => void,
+    remote?: Uint8Array,
+    bases?: Float64Array,
   ) => NativeProxy;
 }
 
@@ -113,6 +116,8 @@ export class ProxyDriver {
     staging: MrHandle,
     regionBytes: Uint8Array,
     stagingBytes: Uint8Array,
+    /** Hybrid instances: 1 for the ranks this proxy serves (the others are reached over NVLink). */
+    remote?: Uint8Array,
   ): void {
     const L = this.layout;
     this.stop();
@@ -191,6 +196,8 @@ export class ProxyDriver {
       stagingBytes,
       this.flags,
       (kind, round, code, message) => this.onEvent(kind, round, code, message),
+      remote,
+      this.consumed,
     );
   }
 
@@ -262,8 +269,14 @@ export class ProxyDriver {
     });
   }
 
+  /** Arrivals earlier threads of this instance consumed: where the next one's rounds start. */
+  private consumed: Float64Array = new Float64Array(4);
+
   private stop(): void {
-    this.native?.close();
+    if (this.native) {
+      this.native.close();
+      this.consumed = this.native.consumed();
+    }
     this.native = undefined;
   }
 

@@ -90,6 +90,35 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
     }, 60_000);
   }
 
+  it('a peer that connects and dispatches first: its immediates, arrived before this rank connects, are counted (not swallowed)', async () => {
+    const cfg = { ...base, worldSize: 2, numExperts: 8, maxPrivateTokens: 4, timeoutMs: 5000, rank: 0 };
+    engines = await Promise.all(
+      [0, 1].map(() => createEngine({ provider: 'shm', nics: 1, opTimeoutMs: 10_000 })),
+    );
+    const moes = await Promise.all(engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank })));
+    const descs = moes.map((m) => m.descriptor);
+    const ins = syntheticInputs(cfg, 11, 'random');
+    moes[1]!.connect(descs);
+    const late = moes[1]!.dispatch(ins[1]);
+    // Rank 1's routes reach rank 0's port before rank 0 has connected.
+    for (let i = 0; i < 500 && moes[0]!.stats().proxy!.counts[0]! < 1; i++)
+      await new Promise((r) => setTimeout(r, 2));
+    expect(moes[0]!.stats().proxy!.counts[0]).toBe(1);
+    moes[0]!.connect(descs);
+    const res = await Promise.all([moes[0]!.dispatch(ins[0]), late]);
+    for (const [r, d] of res.entries()) {
+      const want = referenceDispatch(cfg, ins, r);
+      expect(Buffer.from(d!.expertX).equals(Buffer.from(want.expertX))).toBe(true);
+    }
+    const outs = res.map((d) => syntheticExpert(cfg, d!));
+    const got = await Promise.all(
+      moes.map((m, r) => m.combine({ expertOut: outs[r]! }, { accumulate: 'fp32' })),
+    );
+    for (const [r, g] of got.entries())
+      expect(combineAsF32(cfg, g!)).toEqual(referenceCombine(cfg, ins, outs, r));
+    await Promise.all(moes.map((m) => m.close()));
+  });
+
   it('a peer that never dispatches: the round fails once with TIMEOUT naming what was missing; close settles a pending phase with CLOSED', async () => {
     const cfg = { ...base, worldSize: 2, numExperts: 8, maxPrivateTokens: 4, timeoutMs: 300, rank: 0 };
     const moes = await world(cfg, 'shm');
@@ -115,7 +144,7 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
     await moes[0]!.close();
   });
 
-  it('is refused where it cannot run: a JS engine (no port); GPU-driven NVLink across nodes, with the proxy, or without its kernels', async () => {
+  it('is refused where it cannot run: a JS engine (no port); GPU-driven with the proxy option or without its kernels', async () => {
     const fabric = createLoopbackFabric({ nics: 1, seed: 1 });
     const e = fabric.createEngine();
     await rejects(
@@ -138,12 +167,12 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
       'INVALID_ARGUMENT',
       'proxy not a boolean',
     );
-    // GPU-driven NVLink: every rank on one node, no proxy, device ops with direct kernels and IPC.
+    // GPU-driven: no proxy option (it runs its own across nodes), device ops with direct kernels and IPC.
     const gd = { ops: {} as never, device: 0, gpuDriven: true };
     await rejects(
       MoeAllToAll.create(e, { ...base, proxy: false, worldSize: 2, nodeSize: 1, rank: 0, numExperts: 4 }, gd),
-      'INVALID_ARGUMENT',
-      'gpuDriven across nodes',
+      'UNSUPPORTED',
+      'gpuDriven across nodes without its kernels',
     );
     await rejects(
       MoeAllToAll.create(e, { ...base, proxy: true, worldSize: 2, nodeSize: 2, rank: 0, numExperts: 4 }, gd),

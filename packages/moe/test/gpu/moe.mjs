@@ -72,8 +72,9 @@ async function rank(r, device, io) {
     // The native proxy: region and staging in mapped host memory, kernels count, pack, lay out
     // and combine there, the proxy thread posts every write (through the engine for every peer).
     { ...c, nodeSize: 1, proxy: true },
-    // GPU-driven NVLink: kernels store into peers' regions through CUDA IPC and raise flags there.
-    { ...c, nodeSize: W, proxy: false, gpuDriven: true },
+    // GPU-driven: kernels store into same-node peers' regions through CUDA IPC and raise flags
+    // there; with nodeSize < W the other nodes' ranks go through the native proxy (hybrid).
+    ...nodeSizes.map((nodeSize) => ({ ...c, nodeSize, proxy: false, gpuDriven: true })),
   ]);
   for (const spec of specs) {
     const { name, accumulate, gpuDriven, ...base } = spec;
