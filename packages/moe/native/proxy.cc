@@ -202,23 +202,32 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
   }
 
   // Wait for a go word to reach `round`: no deadline (the caller decides when a phase starts).
-  // Spin for spin_us after the wait began, then sleep 8 µs doubling up to max_sleep_us; a kick
-  // from JavaScript ends a sleep at once. Returns false when stopping.
+  // A kick (JavaScript launched the work that raises the word, or raised it itself) opens a hot
+  // window: spin for spin_us, then sleep 8 µs doubling up to max_sleep_us. Outside hot windows
+  // (20 ms after the last kick) sleeps grow to 1 ms, so an idle instance costs little CPU. A kick
+  // ends a sleep at once. Returns false when stopping.
   bool WaitFlag(Flag f, uint64_t round) {
-    auto start = Clock::now();
+    auto kicked_at = Clock::now();
     uint32_t sleep_us = 8;
     for (;;) {
       if (__atomic_load_n(&flags_[f], __ATOMIC_ACQUIRE) >= round) return true;
-      if (Clock::now() - start < std::chrono::microseconds(cfg_.spin_us)) {
+      auto now = Clock::now();
+      if (now - kicked_at < std::chrono::microseconds(cfg_.spin_us)) {
         std::this_thread::yield();
         continue;
       }
       std::unique_lock<std::mutex> g(mu_);
       if (stop_) return false;
       cv_.wait_for(g, std::chrono::microseconds(sleep_us), [&] { return stop_ || kicked_; });
-      kicked_ = false;
       if (stop_) return false;
-      sleep_us = std::min(sleep_us * 2, std::max<uint32_t>(cfg_.max_sleep_us, 8));
+      if (kicked_) {
+        kicked_ = false;
+        kicked_at = Clock::now();
+        sleep_us = 8;
+        continue;
+      }
+      const bool hot = Clock::now() - kicked_at < std::chrono::milliseconds(20);
+      sleep_us = std::min(sleep_us * 2, hot ? std::max<uint32_t>(cfg_.max_sleep_us, 8) : 1000u);
     }
   }
 
