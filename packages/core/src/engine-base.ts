@@ -296,7 +296,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   /** @internal */
   onBaseControl(from: NetAddr, bytes: Uint8Array): boolean {
     if (bytes[0] !== FAILOVER_IMM) return false;
-    this.failover?.onMessage(from, bytes);
+    // Counted whether or not this engine fails over itself: the sender does.
+    this.twoPhase().onMessage(from, bytes);
     return true;
   }
 
@@ -844,7 +845,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
    * every operation in flight to it is cancelled with `PEER_LOST` (settling once none of its work
    * can touch memory). Idle peers are not probed.
    */
-  protected startHeartbeat(ms: number): void {
+  protected startHeartbeat(ms: number, idle = false): void {
+    this.heartbeatIdle = idle === true;
     if (!Number.isInteger(ms) || ms < 0)
       throw invalid(
         'INVALID_ARGUMENT',
@@ -857,10 +859,16 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     this.heartbeatTimer.unref();
   }
 
+  /** Probe every peer this engine has reached, not only those with operations in flight. */
+  private heartbeatIdle = false;
+
   private beat(): void {
     if (this.closed) return;
-    for (const [key, n] of this.inFlightTo) {
-      if (!n || this.lost.has(key) || this.probing.has(key)) continue;
+    const keys = this.heartbeatIdle
+      ? [...this.knownPeers.keys()]
+      : [...this.inFlightTo].filter(([, n]) => n > 0).map(([k]) => k);
+    for (const key of keys) {
+      if (this.lost.has(key) || this.probing.has(key)) continue;
       const peer = this.knownPeers.get(key);
       if (!peer) continue;
       const op = this.internalOp(new CallSite('heartbeat'), peer);
@@ -873,12 +881,23 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         },
         (e: TrellisError) => {
           this.probing.delete(key);
+          // With failover, a NIC's failure is the NIC's, not the peer's: while another NIC to the
+          // peer is up, the next probe goes there.
+          if (
+            this.failover &&
+            e.nic !== undefined &&
+            (e.code === 'NIC_FAILED' || e.code === 'PROVIDER_ERROR')
+          ) {
+            this.failover.nicError(e.nic);
+            if (this.failover.probeLane(peer) !== undefined) return;
+          }
           const m = (this.misses.get(key) ?? 0) + 1;
           this.misses.set(key, m);
           if (m >= HEARTBEAT_MISSES) this.unresponsive(peer, e);
         },
       );
-      this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane: 0 }, op));
+      const lane = this.failover?.probeLane(peer) ?? 0;
+      this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane }, op));
     }
   }
 
@@ -1080,10 +1099,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     let registeredBytes = 0;
     for (const r of this.regions) registeredBytes += r.length;
     const f = this.failover;
+    const w = f ?? this.partsWriter;
     return {
       kind: this.kind,
       nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
-      failover: f ? { ...f.stats } : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 },
+      failover: w ? { ...w.stats } : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 },
       ops: { ...this.counts, inFlight: this.ops.size },
       regions: this.regions.size,
       registeredBytes,

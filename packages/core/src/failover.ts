@@ -134,6 +134,12 @@ export class Failover {
     return fresh.length ? fresh : out;
   }
 
+  /** The first NIC to `peer` that is up (for probes), or undefined if none is. */
+  probeLane(peer: NetAddr): number | undefined {
+    for (let l = 0; l < this.host.lanesTo(peer); l++) if (this.isUp(l)) return l;
+    return undefined;
+  }
+
   /** Whether failover takes this plan (more than one NIC, a write or an immediate, host memory). */
   handles(plan: Plan): boolean {
     return this.enabled && this.host.nics > 1 && plan.op !== 'runs';

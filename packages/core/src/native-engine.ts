@@ -167,6 +167,12 @@ export interface NativeEngineTuning {
    */
   heartbeatMs?: number;
   /**
+   * With `heartbeatMs`, probe every peer this engine has reached, idle ones too, so a dead idle
+   * peer is reported through `onPeerLost` within about three intervals instead of at its next
+   * operation. Default false (probes go only to peers with operations in flight).
+   */
+  heartbeatIdle?: boolean;
+  /**
    * NIC failover with exactly-once immediates (engines with more than one NIC): see
    * {@link FailoverOptions}. Default off.
    */
@@ -176,7 +182,10 @@ export interface NativeEngineTuning {
 /** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
 export function nativeTuning(
   opts: NativeEngineTuning,
-): Omit<NativeEngineTuning, 'limits' | 'watcherMemory' | 'gpu' | 'strictGpu' | 'heartbeatMs' | 'failover'> {
+): Omit<
+  NativeEngineTuning,
+  'limits' | 'watcherMemory' | 'gpu' | 'strictGpu' | 'heartbeatMs' | 'heartbeatIdle' | 'failover'
+> {
   return {
     cpu: opts.cpu,
     opTimeoutMs: opts.opTimeoutMs,
@@ -358,7 +367,8 @@ export abstract class NativeEngineBase extends EngineBase {
       stagedRegion: (rkey: bigint) => this.stagedByRkey.get(rkey),
       stagedMemory: (r: Region) => this.staged.get(r.key as number),
     });
-    if (init.tuning.heartbeatMs !== undefined) this.startHeartbeat(init.tuning.heartbeatMs);
+    if (init.tuning.heartbeatMs !== undefined)
+      this.startHeartbeat(init.tuning.heartbeatMs, init.tuning.heartbeatIdle);
     this.configureFailover(init.tuning.failover);
   }
 

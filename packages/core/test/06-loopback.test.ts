@@ -194,7 +194,7 @@ describe('loopback fabric', () => {
   });
 });
 
-describe('heartbeat (engine option heartbeatMs)', () => {
+describe('heartbeat (engine options heartbeatMs, heartbeatIdle)', () => {
   it('a peer that stops answering is lost after 3 missed probes; its operations settle with PEER_LOST', async () => {
     const { createLoopbackFabric: fabricOf, HEARTBEAT_IMM } = await import('../src/index.js');
     const fabric = fabricOf({ seed: 3 });
@@ -225,6 +225,41 @@ describe('heartbeat (engine option heartbeatMs)', () => {
     expect(HEARTBEAT_IMM).toBe(0xffffffff);
     expect(a.stats().ops).toMatchObject({ inFlight: 0, failed: 5, completed: 1 });
     fabric.faults.setDelay(undefined);
+    await fabric.close();
+  });
+
+  it('heartbeatIdle: a dead idle peer is reported within a few intervals; without it, not until the next operation', async () => {
+    const { createLoopbackFabric: fabricOf } = await import('../src/index.js');
+    const fabric = fabricOf({ seed: 4 });
+    const idle = fabric.createEngine({ heartbeatMs: 20, heartbeatIdle: true });
+    const busyOnly = fabric.createEngine({ heartbeatMs: 20 });
+    const b = fabric.createEngine();
+    const lost: string[] = [];
+    idle.onPeerLost((p) => lost.push(`idle ${p.toString() === b.address.toString()}`));
+    busyOnly.onPeerLost((p) => lost.push(`busyOnly ${p.toString() === b.address.toString()}`));
+    await idle.submitImm({ dst: b.address, imm: 5 });
+    await busyOnly.submitImm({ dst: b.address, imm: 5 });
+    fabric.faults.killPeer(b);
+    for (let i = 0; i < 100 && lost.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(lost).toEqual(['idle true']);
+    await fabric.close();
+  });
+
+  it('with failover, a NIC that fails is not a peer that died: probes move to a NIC that is up', async () => {
+    const { createLoopbackFabric: fabricOf } = await import('../src/index.js');
+    const fabric = fabricOf({ seed: 5, nics: 2 });
+    const a = fabric.createEngine({ heartbeatMs: 10, heartbeatIdle: true, failover: { cooldownMs: 60_000 } });
+    const b = fabric.createEngine();
+    const lost: string[] = [];
+    a.onPeerLost((p, why) => lost.push(`${p.toString()} ${why.message}`));
+    await a.submitImm({ dst: b.address, imm: 6 });
+    fabric.faults.failNic(b, 0);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(lost).toEqual([]);
+    expect(a.stats().nics.map((n) => n.up)).toEqual([false, true]);
+    await a.submitImm({ dst: b.address, imm: 7 });
+    await b.immCounter(7).wait(1, { timeoutMs: 5000 });
     await fabric.close();
   });
 

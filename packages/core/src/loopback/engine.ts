@@ -23,6 +23,8 @@ export interface LoopbackEngineOptions {
   watcherPollMs?: number;
   /** Liveness probes, as the native engines' `heartbeatMs` (default 0: off). */
   heartbeatMs?: number;
+  /** Probe idle peers too, as the native engines' `heartbeatIdle` (default false). */
+  heartbeatIdle?: boolean;
   /** NIC failover with exactly-once immediates, as the native engines' `failover` (default off). */
   failover?: FailoverOptions | boolean;
 }
@@ -96,7 +98,7 @@ export class LoopbackEngine extends EngineBase {
     this.nicUp = new Array(this.nics).fill(true);
     this.nicCounters = Array.from({ length: this.nics }, (_, i) => newNicStats(i));
     this.pollMs = opts.watcherPollMs ?? 1;
-    if (opts.heartbeatMs !== undefined) this.startHeartbeat(opts.heartbeatMs);
+    if (opts.heartbeatMs !== undefined) this.startHeartbeat(opts.heartbeatMs, opts.heartbeatIdle);
     this.lostCompletions = new Array(this.nics).fill(false);
     this.configureFailover(opts.failover);
   }
