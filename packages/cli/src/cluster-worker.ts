@@ -134,7 +134,8 @@ if (cfg.role === 'prefill') {
   }
 } else if (cfg.role === 'moe') {
   const mcfg = { ...demoMoeConfig(cfg.world!), rank: cfg.rank! };
-  const moe = await MoeAllToAll.create(engine, mcfg);
+  // The native proxy thread posts every write of the round through an engine port.
+  const moe = await MoeAllToAll.create(engine, { ...mcfg, proxy: true });
   out({ descriptor: moe.descriptor });
   const { descriptors } = await next<{ descriptors: string[] }>();
   moe.connect(descriptors);
@@ -148,7 +149,12 @@ if (cfg.role === 'prefill') {
     (await moe.combine({ expertOut: syntheticExpert(mcfg, res) }, { accumulate: 'fp32' }))!,
   );
   const ref = referenceCombine(mcfg, all, outs, mcfg.rank);
-  const combineOk = got.length === ref.length && got.every((v, i) => Object.is(v, ref[i]));
+  const port = moe.stats().proxy!;
+  const combineOk =
+    got.length === ref.length &&
+    got.every((v, i) => Object.is(v, ref[i])) &&
+    port.failed === 0 &&
+    port.settled === port.posted;
   out({
     dispatchOk,
     combineOk,

@@ -248,7 +248,7 @@ async function weightsync(provider: Provider, add: (r: ClusterRow) => void, log:
 }
 
 async function moe(provider: Provider, add: (r: ClusterRow) => void, log: (l: string) => void) {
-  log('4/4 moe: one dispatch/combine round across 3 processes (CPU reference protocol)');
+  log('4/4 moe: one dispatch/combine round across 3 processes (native proxy thread posting every write)');
   const world = 3;
   const ranks = Array.from({ length: world }, (_, rank) =>
     Worker.start({ role: 'moe', provider, rank, world }),
@@ -265,7 +265,7 @@ async function moe(provider: Provider, add: (r: ClusterRow) => void, log: (l: st
     const ms = now() - t0;
     const rows = res.reduce((n, r) => n + r.rows, 0);
     add({
-      step: 'moe: dispatch + combine, 3 ranks, top-8 of 63 experts',
+      step: 'moe: dispatch + combine (native proxy), 3 ranks',
       processes: 3,
       bytes: rows * 1024 * 2 * 2,
       ms,
