@@ -88,6 +88,28 @@ export interface MoeDeviceOps {
   direct?: MoeDirectKernels;
 }
 
+/**
+ * What every MoE count-and-pack kernel call takes: the round's routing (host `ids`, copied to
+ * `idsDev` in the pack's stream), the tokens and scales, the instance's scratch, the row layout,
+ * and `rowAt` (where each slot's combine row will come back).
+ */
+export interface MoePackArgs {
+  ids: Int32Array;
+  idsDev: bigint;
+  topk: number;
+  experts: number;
+  local: number;
+  scratch: bigint;
+  tokens: bigint;
+  tokenBytes: number;
+  scales: bigint;
+  scaleBytes: number;
+  rowStride: number;
+  combineOff: number;
+  outRow: number;
+  rowAt: bigint;
+}
+
 /** The device work of a GPU-driven NVLink {@link MoeDeviceOps} instance (all ranks on one node). */
 export interface MoeDirectKernels {
   /**
@@ -98,22 +120,8 @@ export interface MoeDirectKernels {
    */
   dispatch(
     device: number,
-    a: {
-      ids: Int32Array;
-      idsDev: bigint;
-      topk: number;
-      experts: number;
-      local: number;
-      scratch: bigint;
-      tokens: bigint;
-      tokenBytes: number;
-      scales: bigint;
-      scaleBytes: number;
+    a: MoePackArgs & {
       counts: bigint;
-      rowStride: number;
-      combineOff: number;
-      outRow: number;
-      rowAt: bigint;
       peers: bigint;
       W: number;
       me: number;
@@ -189,23 +197,9 @@ export interface MoeProxyKernels {
    */
   dispatchPack(
     device: number,
-    a: {
-      ids: Int32Array;
-      idsDev: bigint;
-      topk: number;
-      experts: number;
-      local: number;
-      scratch: bigint;
-      tokens: bigint;
-      tokenBytes: number;
-      scales: bigint;
-      scaleBytes: number;
+    a: MoePackArgs & {
       staging: bigint;
       rowsBase: number;
-      rowStride: number;
-      combineOff: number;
-      outRow: number;
-      rowAt: bigint;
       go: bigint;
       round: bigint;
     },

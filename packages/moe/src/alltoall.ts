@@ -1,5 +1,6 @@
 import {
   type MoeDeviceOps,
+  type MoePackArgs,
   type MoeProxyKernels,
   MrDesc,
   type MrHandle,
@@ -589,16 +590,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         byExpert[e]!.push([t, k]);
       }
     for (let e = 0; e < c.numExperts; e++) sent[this.expertRank(e)]!.push(...byExpert[e]!);
-    this.round = {
-      numTokens: n,
-      counts: Array.from({ length: W }, () => new Int32Array(c.numExperts)),
-      weights: x.topkWeights,
-      ids: x.topkIds,
-      sent,
-      origin: [],
-      rows: 0,
-      dispatched: false,
-    };
+    this.round = this.newRound(x, n, sent);
     this.round.counts[me]!.set(myCounts);
     const m = this.mem;
     // Routes: my counts, once, in staging.
@@ -927,40 +919,53 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     return result;
   }
 
+  /** A round as dispatch-send starts it (counts are filled as routes arrive). */
+  private newRound(x: DispatchInput<M>, n: number, sent: Round['sent']): Round {
+    const c = this.config;
+    return {
+      numTokens: n,
+      counts: Array.from({ length: c.worldSize }, () => new Int32Array(c.numExperts)),
+      weights: x.topkWeights,
+      ids: x.topkIds,
+      sent,
+      origin: [],
+      rows: 0,
+      dispatched: false,
+    };
+  }
+
+  /** The count-and-pack arguments both GPU modes share. */
+  private packArgs(x: DispatchInput<M>, b: { ids: bigint; scratch: bigint; rowAt: bigint }): MoePackArgs {
+    const c = this.config;
+    return {
+      ids: x.topkIds,
+      idsDev: b.ids,
+      topk: c.topk,
+      experts: c.numExperts,
+      local: this.localExperts,
+      scratch: b.scratch,
+      tokens: x.tokens as bigint,
+      tokenBytes: this.tokenBytes,
+      scales: this.scaleCount ? (x.scales as bigint) : 0n,
+      scaleBytes: this.scaleCount * 4,
+      rowStride: this.rowStride,
+      combineOff: this.layout.combine,
+      outRow: this.outRow,
+      rowAt: b.rowAt,
+    };
+  }
+
   // -- the GPU driven by the native proxy: kernels on mapped host memory, go words raised by them
 
   private gpuDispatchSend(x: DispatchInput<M>, n: number): void {
     const c = this.config;
     const g = this.gpu!;
-    const W = c.worldSize;
-    this.round = {
-      numTokens: n,
-      counts: Array.from({ length: W }, () => new Int32Array(c.numExperts)),
-      weights: x.topkWeights,
-      ids: x.topkIds,
-      sent: [],
-      origin: [],
-      rows: 0,
-      dispatched: false,
-    };
+    this.round = this.newRound(x, n, []);
     this.rounds++;
     g.k.dispatchPack(g.device, {
-      ids: x.topkIds,
-      idsDev: g.ids,
-      topk: c.topk,
-      experts: c.numExperts,
-      local: this.localExperts,
-      scratch: g.scratch,
-      tokens: x.tokens as bigint,
-      tokenBytes: this.tokenBytes,
-      scales: this.scaleCount ? (x.scales as bigint) : 0n,
-      scaleBytes: this.scaleCount * 4,
+      ...this.packArgs(x, g),
       staging: g.staging.devicePtr,
       rowsBase: align(c.numExperts * 4, 64),
-      rowStride: this.rowStride,
-      combineOff: this.layout.combine,
-      outRow: this.outRow,
-      rowAt: g.rowAt,
       go: g.flags.devicePtr,
       round: BigInt(this.rounds),
     });
@@ -1073,33 +1078,11 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   private directDispatchSend(x: DispatchInput<M>, n: number): void {
     const c = this.config;
     const d = this.direct!;
-    this.round = {
-      numTokens: n,
-      counts: Array.from({ length: c.worldSize }, () => new Int32Array(c.numExperts)),
-      weights: x.topkWeights,
-      ids: x.topkIds,
-      sent: [],
-      origin: [],
-      rows: 0,
-      dispatched: false,
-    };
+    this.round = this.newRound(x, n, []);
     this.rounds++;
     d.k.dispatch(d.device, {
-      ids: x.topkIds,
-      idsDev: d.ids,
-      topk: c.topk,
-      experts: c.numExperts,
-      local: this.localExperts,
-      scratch: d.scratch,
-      tokens: x.tokens as bigint,
-      tokenBytes: this.tokenBytes,
-      scales: this.scaleCount ? (x.scales as bigint) : 0n,
-      scaleBytes: this.scaleCount * 4,
+      ...this.packArgs(x, d),
       counts: d.counts,
-      rowStride: this.rowStride,
-      combineOff: this.layout.combine,
-      outRow: this.outRow,
-      rowAt: d.rowAt,
       peers: d.peers,
       W: c.worldSize,
       me: c.rank,
