@@ -14,6 +14,7 @@ struct FabricFactory {
     uint32_t nics = opts.Get("nics").As<Napi::Number>().Uint32Value();
     bool strict = opts.Get("strict").As<Napi::Boolean>().Value();
     std::string iface = opts.Has("iface") && opts.Get("iface").IsString() ? opts.Get("iface").As<Napi::String>().Utf8Value() : "";
+    bool hmem = !opts.Has("hmem") || opts.Get("hmem").ToBoolean().Value();
     // auto: efa where present; otherwise tcp;ofi_rxm, which reaches other hosts (shm is same-host only).
     std::vector<std::string> candidates = provider.empty() || provider == "auto" ? std::vector<std::string>{"efa", "tcp;ofi_rxm"}
                                                                                 : std::vector<std::string>{provider};
@@ -23,7 +24,7 @@ struct FabricFactory {
       out.clear();
       std::string e;
       for (uint32_t i = 0; i < nics; i++) {
-        auto d = trellis_efa::FabricDomain::open({cand, strict, iface, static_cast<int>(i)}, &e);
+        auto d = trellis_efa::FabricDomain::open({cand, strict, iface, static_cast<int>(i), hmem}, &e);
         if (!d) break;
         out.push_back(std::move(d));
       }
@@ -38,6 +39,9 @@ struct FabricFactory {
   static void extend(Napi::Env env, Napi::Object exports) {
     exports.Set("fabricVersion", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                   return Napi::String::New(info.Env(), trellis_efa::fabric_version());
+                }));
+    exports.Set("fabricLibrary", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                  return Napi::String::New(info.Env(), trellis_efa::fabric_library());
                 }));
     exports.Set("probe", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                   auto probes = trellis_efa::probe_providers();

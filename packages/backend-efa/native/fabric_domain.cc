@@ -1,14 +1,18 @@
 #include "fabric_domain.hh"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <strings.h>
 #include <atomic>
 #include <mutex>
 #include <random>
+
+#include "cuda_driver.hh"
 
 namespace trellis_efa {
 
@@ -48,13 +52,13 @@ void sweep_stale_shm() {
   closedir(d);
 }
 
-fi_info* make_hints(const std::string& prov, bool delivery_complete) {
+fi_info* make_hints(const std::string& prov, bool delivery_complete, bool hmem = false) {
   fi_info* h = fi_allocinfo();
-  h->caps = FI_MSG | FI_RMA | FI_SEND | FI_RECV | FI_WRITE | FI_REMOTE_WRITE;
+  h->caps = FI_MSG | FI_RMA | FI_SEND | FI_RECV | FI_WRITE | FI_REMOTE_WRITE | (hmem ? FI_HMEM : 0);
   // Contexts are 64 bytes reserved at the start of every posting context (see engine.hpp).
   h->mode = FI_CONTEXT | FI_CONTEXT2;
   h->ep_attr->type = FI_EP_RDM;
-  h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
+  h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT | (hmem ? FI_MR_HMEM : 0);
   h->domain_attr->threading = FI_THREAD_DOMAIN;
   h->tx_attr->op_flags = delivery_complete ? FI_DELIVERY_COMPLETE : 0;
   if (!prov.empty()) h->fabric_attr->prov_name = strdup(prov.c_str());
@@ -74,14 +78,46 @@ std::string fabric_version() {
   return std::to_string(FI_MAJOR(v)) + "." + std::to_string(FI_MINOR(v));
 }
 
+std::string fabric_library() {
+  Dl_info dl{};
+  if (dladdr(reinterpret_cast<void*>(&fi_version), &dl) && dl.dli_fname) {
+    char real[4096];
+    if (realpath(dl.dli_fname, real)) return real;
+    return dl.dli_fname;
+  }
+  return "";
+}
+
+bool fabric_has_cuda() {
+  // libfabric defines its CUDA parameters only when built with CUDA (Debian's 1.17 is not; its shm
+  // still reports FI_HMEM, for system memory alone).
+  static const bool has = [] {
+    fi_param* params = nullptr;
+    int count = 0;
+    if (fi_getparams(&params, &count) != 0) return false;
+    bool found = false;
+    for (int i = 0; i < count; i++)
+      if (params[i].name && strcasecmp(params[i].name, "FI_HMEM_CUDA_USE_GDRCOPY") == 0) found = true;
+    fi_freeparams(params);
+    return found;
+  }();
+  return has;
+}
+
 std::vector<ProviderProbe> probe_providers() {
   std::vector<ProviderProbe> out;
   for (const char* p : {"efa", "shm", "tcp;ofi_rxm"}) {
     ProviderProbe pr;
     pr.provider = p;
-    fi_info* hints = make_hints(p, false);
     fi_info* info = nullptr;
-    int rc = fi_getinfo(kApiVersion, nullptr, nullptr, 0, hints, &info);
+    // With FI_HMEM first (GPU memory registered directly), then without.
+    int rc = -FI_ENODATA;
+    for (bool hmem : {true, false}) {
+      fi_info* hints = make_hints(p, false, hmem);
+      rc = fi_getinfo(kApiVersion, nullptr, nullptr, 0, hints, &info);
+      fi_freeinfo(hints);
+      if (rc == 0) break;
+    }
     if (rc) {
       pr.error = fi_err(rc);
     } else {
@@ -89,10 +125,9 @@ std::vector<ProviderProbe> probe_providers() {
       pr.domain = info->domain_attr->name ? info->domain_attr->name : "";
       pr.rma = (info->caps & FI_RMA) != 0;
       pr.remote_cq_data = info->domain_attr->cq_data_size >= 4;
-      pr.hmem = (info->caps & FI_HMEM) != 0;
+      pr.hmem = (info->caps & FI_HMEM) != 0 && fabric_has_cuda();
       fi_freeinfo(info);
     }
-    fi_freeinfo(hints);
     out.push_back(pr);
   }
   return out;
@@ -112,14 +147,21 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   int rc = 0;
   // Prefer delivery-complete writes (the bytes are at the target when the write completes); a
   // provider without it completes at transmit and the promise contract is then weaker.
-  for (bool dc : {true, false}) {
-    fi_info* hints = make_hints(opts.provider, dc);
-    rc = fi_getinfo(kApiVersion, opts.iface.empty() ? nullptr : opts.iface.c_str(), nullptr, 0, hints, &info);
-    fi_freeinfo(hints);
-    if (rc == 0) {
-      d->write_flags_ = dc ? FI_DELIVERY_COMPLETE : 0;
-      break;
+  // FI_HMEM first (CUDA memory then registers directly: shm's CUDA IPC, GPUDirect on efa), where
+  // the library was built with it (Debian's 1.17 was not); host memory works either way.
+  // Only where it can serve CUDA memory: FI_HMEM changes how some providers move host bytes too.
+  const bool want_hmem = opts.hmem && fabric_has_cuda() && CudaDriver::get().ok;
+  for (bool hmem : {want_hmem, false}) {
+    for (bool dc : {true, false}) {
+      fi_info* hints = make_hints(opts.provider, dc, hmem);
+      rc = fi_getinfo(kApiVersion, opts.iface.empty() ? nullptr : opts.iface.c_str(), nullptr, 0, hints, &info);
+      fi_freeinfo(hints);
+      if (rc == 0) {
+        d->write_flags_ = dc ? FI_DELIVERY_COMPLETE : 0;
+        break;
+      }
     }
+    if (rc == 0 || !want_hmem) break;
   }
   if (rc) {
     *err = "libfabric provider '" + opts.provider + "' is not available with RDM endpoints, FI_RMA and FI_REMOTE_CQ_DATA: " +
@@ -144,6 +186,9 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   d->mr_mode_ = d->info_->domain_attr->mr_mode;
   d->max_msg_ = d->info_->ep_attr->max_msg_size;
   d->zero_needs_byte_ = d->provider_ == "shm";
+  // GPU memory registers directly only where the provider took FI_HMEM and a CUDA driver exists
+  // (the fence below needs it); elsewhere CUDA regions are staged by the engine.
+  d->hmem_ = (d->info_->caps & FI_HMEM) != 0 && fabric_has_cuda() && CudaDriver::get().ok;
 
   auto fail = [&](const char* what, int r) -> std::unique_ptr<FabricDomain> {
     *err = std::string(what) + " failed on provider '" + d->provider_ + "': " + fi_err(r);
@@ -232,6 +277,11 @@ bool FabricDomain::shm_opened() {
 }
 
 FabricDomain::~FabricDomain() {
+  if (!fences_.empty() || !spare_events_.empty()) {
+    CudaDriver& cu = CudaDriver::get();
+    for (auto& f : fences_) cu.cuEventDestroy(f.event);
+    for (void* e : spare_events_) cu.cuEventDestroy(e);
+  }
   Held h{ep_, static_cast<fid_mr*>(sink_mr_.handle), av_, cq_, domain_, fabric_, info_, std::move(sink_)};
   if (!shm_counted_) {
     close_held(h);
@@ -295,9 +345,151 @@ int FabricDomain::reg(void* ptr, size_t len, bool remote, trellis::LocalMr* out,
   return 0;
 }
 
+int FabricDomain::reg_device(void* ptr, size_t len, int device, bool remote, trellis::LocalMr* out, std::string* msg) {
+  if (!hmem_) {
+    *msg = "provider '" + provider_ + "' of libfabric " + fabric_version() + " does not offer FI_HMEM";
+    return -FI_EOPNOTSUPP;
+  }
+  if (len == 0) {
+    *out = trellis::LocalMr{};
+    return 0;
+  }
+  CudaDriver& cu = CudaDriver::get();
+  // The pointer must be device memory of `device`: libfabric would otherwise register it as
+  // whatever it finds (or fault in its copies).
+  unsigned type = 0;
+  int ordinal = -1;
+  auto p = static_cast<CudaDriver::CUdeviceptr>(reinterpret_cast<uintptr_t>(ptr));
+  if (cu.cuPointerGetAttribute(&type, CudaDriver::kPointerAttributeMemoryType, p) != 0 ||
+      type != CudaDriver::kMemoryTypeDevice) {
+    *msg = "0x" + std::to_string(reinterpret_cast<uintptr_t>(ptr)) + " is not CUDA device memory";
+    return -FI_EINVAL;
+  }
+  cu.cuPointerGetAttribute(&ordinal, CudaDriver::kPointerAttributeDeviceOrdinal, p);
+  if (ordinal != device) {
+    *msg = "the memory is on CUDA device " + std::to_string(ordinal) + ", not " + std::to_string(device);
+    return -FI_EINVAL;
+  }
+  CudaDriver::CUdeviceptr base = 0;
+  size_t size = 0;
+  if (cu.cuMemGetAddressRange(&base, &size, p) != 0 || p + len > base + size) {
+    *msg = std::to_string(len) + " bytes from the pointer run past its allocation (" + std::to_string(base + size - p) +
+           " bytes left in it)";
+    return -FI_EINVAL;
+  }
+  uint64_t access = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
+  if (remote) access |= FI_REMOTE_WRITE | FI_REMOTE_READ;
+  iovec iov{ptr, len};
+  fi_mr_attr attr{};
+  attr.access = access;
+  attr.requested_key = next_key_++;
+  attr.iface = FI_HMEM_CUDA;
+  attr.device.cuda = device;
+  uint64_t flags = 0;
+  int rc = -FI_ENOSYS;
+  fid_mr* mr = nullptr;
+#ifdef FI_MR_DMABUF
+  // efa takes GPU memory as a dma-buf (the kernel's peer-memory path, no nvidia-peermem needed).
+  // Never run here: no EFA device exists on the machines Trellis is developed on.
+  if (provider_ == "efa" && cu.cuMemGetHandleForAddressRange) {
+    // dma-buf ranges are page-aligned: export the pages around [ptr, ptr+len).
+    const uint64_t page = 1ull << 16;
+    CudaDriver::CUdeviceptr start = p & ~(page - 1);
+    size_t span = ((p + len + page - 1) & ~(page - 1)) - start;
+    if (start < base) start = base;
+    if (start + span > base + size) span = base + size - start;
+    int fd = -1;
+    if (cu.cuMemGetHandleForAddressRange(&fd, start, span, CudaDriver::kHandleTypeDmabufFd, 0) == 0 && fd >= 0) {
+      fi_mr_dmabuf dmabuf{fd, p - start, len, ptr};
+      attr.dmabuf = &dmabuf;
+      attr.iov_count = 1;
+      rc = fi_mr_regattr(domain_, &attr, FI_MR_DMABUF, &mr);
+      close(fd);
+    }
+  }
+#endif
+  if (!mr) {
+    attr.mr_iov = &iov;
+    attr.iov_count = 1;
+    // shm: FI_HMEM_DEVICE_ONLY selects its CUDA IPC protocol (without it, bounce buffers).
+    flags = FI_HMEM_DEVICE_ONLY;
+    rc = fi_mr_regattr(domain_, &attr, flags, &mr);
+  }
+  if (rc) {
+    *msg = "fi_mr_regattr of " + std::to_string(len) + " bytes of CUDA device " + std::to_string(device) +
+           " memory: " + fi_err(rc);
+    return rc;
+  }
+  if (mr_mode_ & FI_MR_ENDPOINT) {
+    if ((rc = fi_mr_bind(mr, &ep_->fid, 0)) || (rc = fi_mr_enable(mr))) {
+      fi_close(&mr->fid);
+      *msg = "fi_mr_bind/enable: " + fi_err(rc);
+      return rc;
+    }
+  }
+  out->handle = mr;
+  out->desc = fi_mr_desc(mr);
+  out->rkey = fi_mr_key(mr);
+  out->raddr = (mr_mode_ & FI_MR_VIRT_ADDR) ? reinterpret_cast<uint64_t>(ptr) : 0;
+  device_mrs_.push_back(mr);
+  device_regs_++;
+  return 0;
+}
+
 void FabricDomain::dereg(trellis::LocalMr& mr) {
-  if (mr.handle) fi_close(&static_cast<fid_mr*>(mr.handle)->fid);
+  if (mr.handle) {
+    for (auto it = device_mrs_.begin(); it != device_mrs_.end(); ++it) {
+      if (*it == mr.handle) {
+        device_mrs_.erase(it);
+        device_regs_--;
+        break;
+      }
+    }
+    fi_close(&static_cast<fid_mr*>(mr.handle)->fid);
+  }
   mr = trellis::LocalMr{};
+}
+
+// Record a CUDA event after every copy libfabric has issued so far, on the legacy default stream
+// of the context its copies run in (the CUDA runtime's primary context of the current device of
+// the thread that progressed them — this worker, or a provider thread — device 0 unless someone
+// called cudaSetDevice there). False if no event could be recorded: then the completions are
+// released at once (the copy that cudaMemcpy made had to be synchronous to get here without one).
+bool FabricDomain::fence(std::vector<Completion>& held) {
+  CudaDriver& cu = CudaDriver::get();
+  CudaDriver::CUcontext ctx = nullptr;
+  if (cu.cuCtxGetCurrent(&ctx) != 0 || !ctx) {
+    CudaDriver::CUdevice dev = 0;
+    if (cu.cuDeviceGet(&dev, 0) != 0 || cu.cuDevicePrimaryCtxRetain(&ctx, dev) != 0 || cu.cuCtxSetCurrent(ctx) != 0)
+      return false;
+  }
+  void* ev = nullptr;
+  if (!spare_events_.empty()) {
+    ev = spare_events_.back();
+    spare_events_.pop_back();
+  } else if (cu.cuEventCreate(&ev, CudaDriver::kEventDisableTiming) != 0) {
+    return false;
+  }
+  if (cu.cuEventRecord(ev, CudaDriver::kStreamLegacy) != 0) {
+    cu.cuEventDestroy(ev);
+    return false;
+  }
+  fences_.push_back(Fence{ev, std::move(held)});
+  return true;
+}
+
+void FabricDomain::release_fences(std::vector<Completion>& out) {
+  CudaDriver& cu = CudaDriver::get();
+  while (!fences_.empty()) {
+    Fence& f = fences_.front();
+    int r = cu.cuEventQuery(f.event);
+    if (r == CudaDriver::kErrorNotReady) break;
+    // Done (or the context failed: the immediates are released rather than lost; the copy's own
+    // error, if any, was reported by libfabric).
+    for (auto& c : f.held) out.push_back(std::move(c));
+    spare_events_.push_back(f.event);
+    fences_.pop_front();
+  }
 }
 
 int FabricDomain::add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) {
@@ -360,6 +552,30 @@ int FabricDomain::post_recv(void* buf, size_t len, void* desc, void* ctx) {
 }
 
 int FabricDomain::poll(std::vector<Completion>& out, int max) {
+  size_t before = out.size();
+  if (!fences_.empty()) release_fences(out);
+  int released = static_cast<int>(out.size() - before);
+  int got = poll_cq(out, max);
+  if (got < 0) return released ? released : got;
+  if (device_regs_ > 0 && got > 0) {
+    // Immediates of writes that may have landed in GPU memory wait for the fence.
+    std::vector<Completion> held;
+    size_t w = before + static_cast<size_t>(released);
+    for (size_t i = w; i < out.size(); i++) {
+      if (out[i].kind == CompKind::RemoteWrite && out[i].has_imm && out[i].code == Code::Ok)
+        held.push_back(std::move(out[i]));
+      else
+        out[w++] = std::move(out[i]);
+    }
+    out.resize(w);
+    if (!held.empty() && !fence(held))
+      for (auto& c : held) out.push_back(std::move(c));
+    if (!fences_.empty()) release_fences(out);
+  }
+  return static_cast<int>(out.size() - before);
+}
+
+int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
   fi_cq_data_entry e[64];
   int want = max < 64 ? max : 64;
   ssize_t n = fi_cq_read(cq_, e, static_cast<size_t>(want));
@@ -415,7 +631,7 @@ void FabricDomain::teardown() {
 }
 
 bool FabricDomain::try_wait() {
-  if (wait_fd_ < 0) return false;
+  if (wait_fd_ < 0 || !fences_.empty()) return false;
   fid* f = &cq_->fid;
   return fi_trywait(fabric_, &f, 1) == FI_SUCCESS;
 }

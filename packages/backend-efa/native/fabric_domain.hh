@@ -8,6 +8,7 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -22,6 +23,7 @@ struct FabricOptions {
   bool strict = false;    // refuse any fallback
   std::string iface;      // optional: source address / interface for tcp
   int index = 0;          // which of the provider's domains (NICs) to open; wraps around
+  bool hmem = true;       // ask for FI_HMEM (GPU memory registered directly) where the provider offers it
 };
 
 // What fi_getinfo found for a provider, for `trellis doctor` and error messages.
@@ -32,7 +34,12 @@ struct ProviderProbe {
 };
 
 std::vector<ProviderProbe> probe_providers();
+// "major.minor" of the libfabric loaded at run time (fi_version()).
 std::string fabric_version();
+// libfabric was built with CUDA (FI_HMEM_CUDA): its CUDA parameters exist.
+bool fabric_has_cuda();
+// The file the libfabric in use was loaded from (which install: Debian's, /opt/amazon/efa, ...).
+std::string fabric_library();
 
 class FabricDomain final : public trellis::Domain {
  public:
@@ -42,7 +49,9 @@ class FabricDomain final : public trellis::Domain {
 
   std::string provider() const override { return provider_; }
   std::vector<uint8_t> address() const override;
+  std::string path() const override { return hmem_ ? "direct" : "host"; }
   int reg(void* ptr, size_t len, bool remote, trellis::LocalMr* out, std::string* msg) override;
+  int reg_device(void* ptr, size_t len, int device, bool remote, trellis::LocalMr* out, std::string* msg) override;
   void dereg(trellis::LocalMr& mr) override;
   int add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) override;
   trellis::RemoteKey sink_of(const uint8_t* addr, size_t len) const override;
@@ -74,6 +83,20 @@ class FabricDomain final : public trellis::Domain {
   size_t max_msg_ = 0;
   uint64_t write_flags_ = 0;
   bool zero_needs_byte_ = false;
+  bool hmem_ = false;      // the provider took FI_HMEM: CUDA memory registers directly
+  int device_regs_ = 0;    // live registrations of GPU memory: while > 0, immediates are fenced
+  // Immediates held until the bytes of their writes are visible in GPU memory: a CUDA event
+  // recorded on the legacy default stream after libfabric's copies, and the completions behind it.
+  struct Fence {
+    void* event = nullptr;
+    std::vector<trellis::Completion> held;
+  };
+  std::deque<Fence> fences_;
+  std::vector<void*> device_mrs_;  // fid_mr* of GPU registrations
+  std::vector<void*> spare_events_;
+  bool fence(std::vector<trellis::Completion>& held);
+  int poll_cq(std::vector<trellis::Completion>& out, int max);
+  void release_fences(std::vector<trellis::Completion>& out);
   int wait_fd_ = -1;  // provider quirk: see post_write
   // The sink: a small region every peer may write zero-byte immediates into.
   std::vector<uint8_t> sink_;

@@ -1,4 +1,4 @@
-import { NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
+import { type LibraryInfo, NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
 import { addon } from './native.js';
 
 /** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */
@@ -17,12 +17,19 @@ export interface EfaEngineOptions extends NativeEngineTuning {
   strict?: boolean;
   /** Source address or interface for tcp (`fi_getinfo` node). */
   iface?: string;
+  /**
+   * Register CUDA memory with the NICs directly (libfabric `FI_HMEM`: CUDA IPC on shm, GPUDirect
+   * RDMA through a dma-buf on efa) where the provider offers it and a CUDA driver is present.
+   * `false` asks libfabric for host memory only, and CUDA regions are staged. Default `true`.
+   */
+  gpuDirect?: boolean;
 }
 
 const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 'tcp;ofi_rxm': 'fi-tcp' };
 
 /** An engine on libfabric. Create it with {@link createEngine}. */
 export class EfaEngine extends NativeEngineBase {
+  private gpuDirectOff = false;
   /** @internal Use {@link createEngine}. */
   constructor(opts: EfaEngineOptions) {
     const nics = opts.nics ?? 1;
@@ -41,17 +48,54 @@ export class EfaEngine extends NativeEngineBase {
       );
     }
     const strict = opts.strict ?? process.env.TRELLIS_STRICT === '1';
+    if (opts.gpuDirect !== undefined && typeof opts.gpuDirect !== 'boolean')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: gpuDirect must be a boolean, got ${JSON.stringify(opts.gpuDirect)}`,
+      );
     super({
       backendName: '@trellis/backend-efa',
       nics,
       tuning: opts,
       addon: addon(),
-      nativeOptions: { provider: provider === 'auto' ? '' : provider, nics, strict, iface: opts.iface },
+      nativeOptions: {
+        provider: provider === 'auto' ? '' : provider,
+        nics,
+        strict,
+        iface: opts.iface,
+        hmem: opts.gpuDirect !== false,
+      },
       kindOf: (providers) => {
         const p = providers[0]!.provider;
         return PROVIDER_KIND[p] ?? `fi-${p.replace(/[^a-z0-9]/g, '')}`;
       },
     });
+    this.gpuDirectOff = opts.gpuDirect === false;
+  }
+
+  private libInfo: LibraryInfo | undefined;
+
+  protected override libraryInfo(): LibraryInfo {
+    if (!this.libInfo) {
+      const a = addon();
+      const probe = a.probe().find((p) => p.provider === this.provider);
+      this.libInfo = {
+        name: 'libfabric',
+        version: a.fabricVersion(),
+        path: a.fabricLibrary(),
+        hmem: probe?.hmem === true,
+        gpuDirect: this.providers.every((p) => p.path === 'direct'),
+      };
+    }
+    return this.libInfo;
+  }
+
+  protected override noDirectReason(): string {
+    const info = this.libraryInfo();
+    const lib = `libfabric ${info.version} (${info.path})`;
+    if (!info.hmem)
+      return `${lib} does not offer FI_HMEM for provider ${this.provider} (Debian's libfabric 1.17 is built without it; use a libfabric 2.x built with CUDA, such as the EFA installer's, through TRELLIS_LIBFABRIC_DIR at build time)`;
+    return `${lib} offers FI_HMEM, but ${this.gpuDirectOff ? 'the engine was created with gpuDirect: false' : 'no CUDA driver (libcuda.so.1) could be loaded'}`;
   }
 
   protected checkNicAddress(nic: Uint8Array): string | undefined {

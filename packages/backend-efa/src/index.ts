@@ -14,6 +14,11 @@ export function fabricVersion(): string {
   return addon().fabricVersion();
 }
 
+/** The file the libfabric in use was loaded from, e.g. `/usr/lib/x86_64-linux-gnu/libfabric.so.1.18.2`. */
+export function fabricLibrary(): string {
+  return addon().fabricLibrary();
+}
+
 /** What `fi_getinfo` reports for `efa`, `shm` and `tcp;ofi_rxm` on this host. */
 export function probeProviders(): ProviderProbe[] {
   return addon().probe();

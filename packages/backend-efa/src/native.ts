@@ -19,6 +19,7 @@ export interface Addon extends NativePortCalls {
   /** Names of completion codes by index: the native enum's one definition. */
   codeNames: readonly string[];
   fabricVersion(): string;
+  fabricLibrary(): string;
   probe(): ProviderProbe[];
 }
 
@@ -28,7 +29,9 @@ let cached: Addon | undefined;
 export function addon(): Addon {
   cached ??= loadNativeAddon<Addon>(
     import.meta.url,
-    '../build/Release/trellis_efa.node',
+    // TRELLIS_EFA_ADDON: an addon built elsewhere, e.g. against another libfabric (scripts/run test
+    // builds one against libfabric 2.x and runs this package's tests with it).
+    process.env.TRELLIS_EFA_ADDON || '../build/Release/trellis_efa.node',
     '@trellis/backend-efa',
     [
       [

@@ -3,7 +3,13 @@
 import { MrDesc } from '@trellis/core';
 import { fillXorshift, HostGpu, outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createEngine, type EfaEngine } from '../src/index.js';
+import { createEngine, type EfaEngine, fabricVersion } from '../src/index.js';
+
+// libfabric 2.6.0's shm loses messages between two endpoints of one process once both have sent
+// (the second direction's first command arrives as "unidentified operation type"; see
+// docs/backends.md). Across processes it works, as the cross-process suite shows. The staged path
+// answers every LAND with an ACK, so its one-process shm case runs on 1.x only and on tcp with 2.x.
+const SAME_PROCESS_SHM = fabricVersion().startsWith('1.') ? 'shm' : 'tcp';
 
 const open: EfaEngine[] = [];
 afterEach(async () => {
@@ -71,7 +77,7 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
 
   it('host → staged paged writes: every page lands on the device before its immediates', async () => {
     const gpu = new HostGpu();
-    const [a, b] = await pair(gpu, 'shm');
+    const [a, b] = await pair(gpu, SAME_PROCESS_SHM);
     const page = 4096;
     const pages = 300;
     const src = await a.registerMemory(page * pages);

@@ -15,6 +15,7 @@ import type {
   HostMemory,
   ImmCounter,
   ImmRequest,
+  LibraryInfo,
   MemorySource,
   MrHandle,
   NicStats,
@@ -1109,7 +1110,13 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       registeredBytes,
       recvDropped: this.recvDropped,
       gpu: this.gpuStats(),
+      ...(this.libraryInfo() ? { library: this.libraryInfo() } : {}),
     };
+  }
+
+  /** The transport library under the engine, where a backend has one (libfabric, libibverbs). */
+  protected libraryInfo(): LibraryInfo | undefined {
+    return undefined;
   }
 
   /** GPU memory counters; backends with GPU support override it. */

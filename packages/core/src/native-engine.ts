@@ -58,6 +58,8 @@ export interface NativeEngine {
   addPeer(id: number, addrs: readonly Uint8Array[]): void;
   alloc(length: number): ArrayBuffer;
   register(id: number, view: Uint8Array, remote: boolean): void;
+  /** Register CUDA device memory directly (only where every NIC's path is `direct`). */
+  register(id: number, devicePtr: bigint, remote: boolean, bytes: number, device: number): void;
   deregister(id: number): void;
   write(
     op: number,
@@ -456,6 +458,7 @@ export abstract class NativeEngineBase extends EngineBase {
     else if (ArrayBuffer.isView(src)) view = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
     else {
       cuda = (src as CudaMemory).cuda;
+      if (this.direct) return this.registerDirect(cuda, remote, op);
       view = this.stagingMirror(cuda, op);
     }
     const id = this.nextRegion++;
@@ -477,13 +480,40 @@ export abstract class NativeEngineBase extends EngineBase {
     return { desc, bytes: undefined, length: view.length, key: id, path: 'staged' };
   }
 
+  /** Why this engine's NICs do not register GPU memory directly (for error messages). Backends say more. */
+  protected noDirectReason(): string {
+    return 'its NICs do not take GPU memory (no GPUDirect registration)';
+  }
+
+  /** Every NIC registers GPU memory directly (libfabric with FI_HMEM and a CUDA driver). */
+  private get direct(): boolean {
+    return this.providers.every((p) => p.path === 'direct');
+  }
+
   /**
-   * The pinned host mirror of a CUDA region. No NIC of the native backends here reaches GPU
-   * memory directly (Debian's libfabric 1.17 is built without FI_HMEM, and direct dmabuf
-   * registration is not wired yet), so every CUDA region is staged.
+   * A CUDA region registered with the NICs themselves (libfabric `fi_mr_regattr` with
+   * `FI_HMEM_CUDA`; a dma-buf on efa). The domains hold every immediate that lands in GPU memory
+   * until its bytes are visible there, so counters mean what they mean for host memory.
+   */
+  private async registerDirect(c: CudaMemory['cuda'], remote: boolean, op: string): Promise<RegionAlloc> {
+    const id = this.nextRegion++;
+    const keys = await new Promise<BigUint64Array>((resolve, reject) => {
+      this.regs.set(id, { resolve, reject });
+      this.native.register(id, c.ptr, remote, c.length, c.device);
+    });
+    const nics = remote
+      ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
+      : [];
+    const desc = new MrDesc(this.address, c.ptr, c.length, nics);
+    return { desc, bytes: undefined, length: c.length, key: id, path: 'direct' };
+  }
+
+  /**
+   * The pinned host mirror of a CUDA region whose NICs cannot reach GPU memory (a libfabric
+   * without FI_HMEM, such as Debian's 1.17; no CUDA driver; an RDMA model): the staged path.
    */
   private stagingMirror(c: CudaMemory['cuda'], op: string): Uint8Array {
-    const why = `${this.backendName} (provider ${this.provider}) cannot register GPU memory directly: this build has no FI_HMEM/dmabuf registration`;
+    const why = `${this.backendName} (provider ${this.provider}) cannot register GPU memory directly here: ${this.noDirectReason()}`;
     if (this.strictGpu)
       throw new TrellisError('UNSUPPORTED', `${op}: ${why}, and strictGpu refuses the staged path`, { op });
     if (!this.gpu)

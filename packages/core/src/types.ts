@@ -514,6 +514,22 @@ export interface EngineStats {
   gpu: GpuStats;
   /** NIC failover (all zero when the engine runs without `failover`). */
   failover: FailoverStats;
+  /** The transport library under a native engine (absent for the loopback fabric). */
+  library?: LibraryInfo;
+}
+
+/** The transport library a native engine runs on, as loaded at run time. */
+export interface LibraryInfo {
+  /** `libfabric` or `libibverbs`. */
+  name: string;
+  /** Its version as the library reports it (libfabric: `fi_version()`, e.g. `1.17` or `2.6`). */
+  version: string;
+  /** The file it was loaded from (which install: Debian's, `/opt/amazon/efa`, a 2.x build). */
+  path: string;
+  /** The engine's provider offers GPU memory (libfabric `FI_HMEM`) on this library. */
+  hmem: boolean;
+  /** CUDA regions register directly with the NICs (`hmem` and a CUDA driver, not turned off). */
+  gpuDirect: boolean;
 }
 
 /**

@@ -99,6 +99,14 @@ class Domain {
   virtual std::vector<uint8_t> address() const = 0;
   // Register [ptr, ptr+len). Returns 0 or a negative errno; on failure `msg` says why.
   virtual int reg(void* ptr, size_t len, bool remote, LocalMr* out, std::string* msg) = 0;
+  // Register CUDA device memory [ptr, ptr+len) on `device` directly (GPUDirect: FI_HMEM, dma-buf).
+  // Only called when path() is "direct". A domain that registers GPU memory must count an
+  // immediate that lands there only once its bytes are visible in that memory (see poll()).
+  virtual int reg_device(void* ptr, size_t len, int device, bool remote, LocalMr* out, std::string* msg) {
+    (void)ptr, (void)len, (void)device, (void)remote, (void)out;
+    *msg = provider() + " cannot register GPU memory";
+    return -95;  // EOPNOTSUPP
+  }
   virtual void dereg(LocalMr& mr) = 0;
   // Resolve a peer's address bytes (as produced by its address()) to a handle for posts.
   virtual int add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) = 0;

@@ -93,6 +93,7 @@ struct Cmd {
   std::vector<std::vector<uint8_t>> addrs;  // AddPeer: one per NIC
   void* ptr = nullptr;                      // Register / AddWatch
   size_t len = 0;
+  int device = -1;                          // Register: a CUDA device (GPU memory), or -1 (host)
   bool remote = false;
   std::unique_ptr<WriteCmd> write;
   uint32_t peer = 0;                        // Send
@@ -648,10 +649,11 @@ class Engine {
     for (size_t i = 0; i < domains_.size(); i++) {
       LocalMr mr;
       std::string msg;
-      int rc = domains_[i]->reg(c.ptr, c.len, c.remote, &mr, &msg);
+      int rc = c.device >= 0 ? domains_[i]->reg_device(c.ptr, c.len, c.device, c.remote, &mr, &msg)
+                             : domains_[i]->reg(c.ptr, c.len, c.remote, &mr, &msg);
       if (rc) {
         for (size_t j = 0; j < r.mrs.size(); j++) domains_[j]->dereg(r.mrs[j]);
-        ev.code = rc == -ENOMEM ? Code::ResourceExhausted : Code::ProviderError;
+        ev.code = rc == -ENOMEM ? Code::ResourceExhausted : rc == -EINVAL ? Code::InvalidArgument : Code::ProviderError;
         ev.message = "registering on NIC " + std::to_string(i) + ": " + msg;
         ev.keys.clear();
         push_event([&](Events& e) { e.regs.push_back(std::move(ev)); });

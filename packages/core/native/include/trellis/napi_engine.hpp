@@ -223,15 +223,23 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return Napi::ArrayBuffer::New(info.Env(), p, len, [](Napi::Env, void* data) { std::free(data); });
   }
 
-  // register(id, view: Uint8Array, remote)
+  // register(id, view: Uint8Array, remote) | register(id, devicePtr: bigint, remote, bytes, device)
   Napi::Value Register(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
     Cmd c(CmdKind::Register);
     c.id = u32(info[0]);
-    // A Uint8Array view (over an ArrayBuffer or a SharedArrayBuffer): its data pointer is the region.
-    Napi::Uint8Array view = info[1].As<Napi::Uint8Array>();
-    c.ptr = view.Data();
-    c.len = view.ByteLength();
+    if (info[1].IsBigInt()) {
+      // register(id, devicePtr: bigint, remote, bytes, device): CUDA memory registered directly.
+      bool lossless = false;
+      c.ptr = reinterpret_cast<void*>(info[1].As<Napi::BigInt>().Uint64Value(&lossless));
+      c.len = static_cast<size_t>(info[3].As<Napi::Number>().Int64Value());
+      c.device = info[4].As<Napi::Number>().Int32Value();
+    } else {
+      // A Uint8Array view (over an ArrayBuffer or a SharedArrayBuffer): its data pointer is the region.
+      Napi::Uint8Array view = info[1].As<Napi::Uint8Array>();
+      c.ptr = view.Data();
+      c.len = view.ByteLength();
+    }
     c.remote = info[2].As<Napi::Boolean>().Value();
     engine_->push(std::move(c));
     return info.Env().Undefined();

@@ -1,0 +1,100 @@
+// The few CUDA driver calls backend-efa makes, opened at run time (libcuda.so.1): the addon loads
+// and serves host memory on machines without a GPU or a driver, and needs no CUDA headers to build.
+//
+// Used for GPU memory registered directly with libfabric (FI_HMEM):
+//  - the visibility fence: libfabric copies into GPU memory with cudaMemcpy (shm's CUDA IPC lane,
+//    the bounce buffers of tcp), which can return to the host before the bytes land. An immediate
+//    that reports such a write is held until a CUDA event recorded after it on the legacy default
+//    stream has completed (see FabricDomain::poll);
+//  - dma-buf export of an allocation (cuMemGetHandleForAddressRange) for providers that take
+//    FI_MR_DMABUF (efa).
+#pragma once
+
+#include <dlfcn.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+namespace trellis_efa {
+
+struct CudaDriver {
+  using CUresult = int;
+  using CUcontext = void*;
+  using CUevent = void*;
+  using CUstream = void*;
+  using CUdevice = int;
+  using CUdeviceptr = unsigned long long;
+
+  static constexpr unsigned kEventDisableTiming = 0x2;
+  static constexpr int kErrorNotReady = 600;
+  static constexpr int kPointerAttributeMemoryType = 2;  // CU_POINTER_ATTRIBUTE_MEMORY_TYPE
+  static constexpr int kPointerAttributeDeviceOrdinal = 9;
+  static constexpr unsigned kMemoryTypeDevice = 2;
+  static constexpr int kHandleTypeDmabufFd = 1;  // CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD
+  static inline CUstream const kStreamLegacy = reinterpret_cast<CUstream>(0x1);
+
+  CUresult (*cuInit)(unsigned) = nullptr;
+  CUresult (*cuCtxGetCurrent)(CUcontext*) = nullptr;
+  CUresult (*cuCtxSetCurrent)(CUcontext) = nullptr;
+  CUresult (*cuDeviceGet)(CUdevice*, int) = nullptr;
+  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice) = nullptr;
+  CUresult (*cuEventCreate)(CUevent*, unsigned) = nullptr;
+  CUresult (*cuEventRecord)(CUevent, CUstream) = nullptr;
+  CUresult (*cuEventQuery)(CUevent) = nullptr;
+  CUresult (*cuEventDestroy)(CUevent) = nullptr;
+  CUresult (*cuPointerGetAttribute)(void*, int, CUdeviceptr) = nullptr;
+  CUresult (*cuMemGetAddressRange)(CUdeviceptr*, size_t*, CUdeviceptr) = nullptr;
+  CUresult (*cuMemGetHandleForAddressRange)(void*, CUdeviceptr, size_t, int, unsigned long long) = nullptr;
+  CUresult (*cuGetErrorString)(CUresult, const char**) = nullptr;
+
+  bool ok = false;
+  std::string error;
+
+  // The process-wide driver, opened on first use. `ok` false: `error` says why.
+  static CudaDriver& get() {
+    static CudaDriver d;
+    static std::once_flag once;
+    std::call_once(once, [] { d.open(); });
+    return d;
+  }
+
+  std::string str(CUresult r) const {
+    const char* s = nullptr;
+    if (cuGetErrorString && cuGetErrorString(r, &s) == 0 && s) return std::string(s) + " (" + std::to_string(r) + ")";
+    return "CUDA error " + std::to_string(r);
+  }
+
+ private:
+  template <typename F>
+  bool sym(void* h, const char* name, F& f, bool required = true) {
+    f = reinterpret_cast<F>(dlsym(h, name));
+    if (!f && required) error = std::string("libcuda.so.1 has no ") + name;
+    return f || !required;
+  }
+  void open() {
+    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!h) {
+      error = "the CUDA driver (libcuda.so.1) is not installed";
+      return;
+    }
+    bool all = sym(h, "cuInit", cuInit) && sym(h, "cuCtxGetCurrent", cuCtxGetCurrent) &&
+               sym(h, "cuCtxSetCurrent", cuCtxSetCurrent) && sym(h, "cuDeviceGet", cuDeviceGet) &&
+               sym(h, "cuDevicePrimaryCtxRetain", cuDevicePrimaryCtxRetain) &&
+               sym(h, "cuEventCreate", cuEventCreate) && sym(h, "cuEventRecord", cuEventRecord) &&
+               sym(h, "cuEventQuery", cuEventQuery) && sym(h, "cuEventDestroy_v2", cuEventDestroy) &&
+               sym(h, "cuPointerGetAttribute", cuPointerGetAttribute) &&
+               sym(h, "cuMemGetAddressRange_v2", cuMemGetAddressRange) &&
+               sym(h, "cuGetErrorString", cuGetErrorString);
+    sym(h, "cuMemGetHandleForAddressRange", cuMemGetHandleForAddressRange, false);
+    if (!all) return;
+    CUresult r = cuInit(0);
+    if (r != 0) {
+      error = "cuInit failed: " + str(r);
+      return;
+    }
+    ok = true;
+  }
+};
+
+}  // namespace trellis_efa

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The libfabric 2.x leg of `scripts/run test`: build libfabric 2.x from the vendored source (cached,
+# see scripts/libfabric.sh), build backend-efa's addon against it into build-libfabric2/, and run
+# backend-efa's whole test suite with that addon (its report: test-results-libfabric2.json, counted
+# by the summary). Where no 2.x source exists (a machine without ../shared), it says so and passes:
+# the README's commands use what apt gives.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+say() { printf '\033[1mlibfabric 2.x leg:\033[0m %s\n' "$*" >&2; }
+rm -f packages/backend-efa/test-results-libfabric2.json
+set +e
+prefix=$(bash scripts/libfabric.sh)
+rc=$?
+set -e
+if [ $rc -eq 3 ]; then
+  say "not run: no libfabric 2.x source (../shared/vendor) on this machine"
+  exit 0
+elif [ $rc -ne 0 ]; then
+  say "building libfabric 2.x failed"
+  exit 1
+fi
+version=$("$prefix/bin/fi_info" --version | sed -n 's/^libfabric api: //p')
+cd packages/backend-efa
+say "building the addon against $prefix (libfabric $version)"
+TRELLIS_LIBFABRIC_DIR="$prefix" pnpm exec cmake-js compile --CDCMAKE_BUILD_TYPE=Release -O build-libfabric2 -l warn >&2
+say "running backend-efa's tests on it"
+TRELLIS_EFA_ADDON="$PWD/build-libfabric2/Release/trellis_efa.node" TRELLIS_EXPECT_LIBFABRIC="$version" \
+  pnpm exec vitest run --reporter=default --reporter=json --outputFile.json=test-results-libfabric2.json
