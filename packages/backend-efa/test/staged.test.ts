@@ -59,6 +59,9 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
       stagedToHostBytes: n - 100,
       stagedToDeviceBytes: 0,
       stagedWrites: 1,
+      laneWrites: 0,
+      laneBytes: 0,
+      laneFallbacks: 0,
     });
     expect(sb.gpu).toEqual({
       directRegions: 0,
@@ -66,6 +69,9 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
       stagedToHostBytes: 0,
       stagedToDeviceBytes: n - 100,
       stagedWrites: 0,
+      laneWrites: 0,
+      laneBytes: 0,
+      laneFallbacks: 0,
     });
     expect(sa.nics.map((x) => x.path)).toEqual(['staged', 'staged']);
     expect(sa.nics.reduce((s, x) => s + x.bytesWritten, 0)).toBe(n - 100);
@@ -144,9 +150,10 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
 
   it('refuses CUDA regions without GPU operations, in strict mode, and with bad fields', async () => {
     const plain = await createEngine({ provider: 'tcp' });
-    const strict = await createEngine({ provider: 'tcp', gpu: new HostGpu().ops, strictGpu: true });
+    const gpu = new HostGpu();
+    const strict = await createEngine({ provider: 'tcp', gpu: gpu.ops, strictGpu: true });
     open.push(plain, strict);
-    const cuda = { ptr: 0x7000_0000n, length: 4096, device: 0 };
+    const cuda = { ptr: gpu.alloc(4096), length: 4096, device: 0 };
     expect(await outcome(plain.registerMemory({ cuda }))).toMatch(
       /^UNSUPPORTED: registerMemory: CUDA memory needs GPU memory operations: pass gpu: cudaMemoryOps\(\) \(from @trellis\/cuda\)/,
     );
@@ -165,7 +172,11 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
     expect(await outcome(plain.registerMemory({ cuda: { ...cuda, length: 0 } }))).toMatch(
       /^INVALID_ARGUMENT: registerMemory: cuda\.length must be at least 1/,
     );
-    const staging = await createEngine({ provider: 'tcp', gpu: new HostGpu().ops });
+    // (No pointerRange: the size check is what this asks about, not the allocation behind it.)
+    const staging = await createEngine({
+      provider: 'tcp',
+      gpu: { ...new HostGpu().ops, pointerRange: undefined },
+    });
     open.push(staging);
     expect(await outcome(staging.registerMemory({ cuda: { ...cuda, length: 2 ** 32 + 1 } }))).toMatch(
       /^OUT_OF_RANGE: registerMemory: a staged CUDA region is at most 4294967296 bytes \(4 GiB: Node's largest typed array/,

@@ -53,6 +53,9 @@ describe('backend-verbs: staged CUDA regions (HostGpu in place of CUDA)', () => 
       stagedToHostBytes: n / 2 + 3 * (1 << 20),
       stagedToDeviceBytes: 0,
       stagedWrites: 2,
+      laneWrites: 0,
+      laneBytes: 0,
+      laneFallbacks: 0,
     });
     expect(b.stats().gpu.stagedToDeviceBytes).toBe(n / 2 + 3 * (1 << 20));
     expect([b.immCounter(7).total, b.immCounter(8).total]).toEqual([

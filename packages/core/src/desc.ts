@@ -7,6 +7,7 @@ const DESC_VERSION = 1;
 const U64_MAX = (1n << 64n) - 1n;
 const STAGED_FLAG = 0x80;
 const SPLIT_FLAG = 0x40;
+const IPC_FLAG = 0x20;
 const MAX_PARTS = 1 << 16;
 
 /** Where NIC `i` of the owner exposes the region: the RMA address of offset 0 and the remote key. */
@@ -23,6 +24,21 @@ export interface NicKey {
 export interface MrParts {
   readonly bytes: number;
   readonly keys: readonly (readonly NicKey[])[];
+}
+
+/**
+ * A CUDA region's same-host lane: its owner's boot id (peers with the same one are on the same
+ * host), the device, the CUDA IPC handle of the allocation that holds it, and the region's offset
+ * in that allocation. Writers on the same host copy into it over NVLink/PCIe instead of the NICs.
+ */
+export interface MrIpc {
+  /** `/proc/sys/kernel/random/boot_id` of the owner's host, as 16 bytes. */
+  readonly host: Uint8Array;
+  readonly device: number;
+  /** 64-byte `cudaIpcMemHandle_t` of the allocation. */
+  readonly handle: Uint8Array;
+  /** Byte offset of the region's first byte in the allocation. */
+  readonly offset: bigint;
 }
 
 /**
@@ -53,6 +69,8 @@ export class MrDesc {
    * writers cut their work at part boundaries. Undefined for a region of one part.
    */
   readonly parts: MrParts | undefined;
+  /** The same-host lane of a CUDA region (undefined for host memory, or without CUDA IPC). */
+  readonly ipc: MrIpc | undefined;
 
   constructor(
     owner: NetAddr,
@@ -61,6 +79,7 @@ export class MrDesc {
     nics: readonly NicKey[],
     staged = false,
     parts?: MrParts,
+    ipc?: MrIpc,
   ) {
     if (!(owner instanceof NetAddr))
       throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: owner must be a NetAddr');
@@ -114,6 +133,25 @@ export class MrDesc {
       }
     }
     checkKeys(nics);
+    if (ipc !== undefined) {
+      if (
+        !(ipc.host instanceof Uint8Array) ||
+        ipc.host.length !== 16 ||
+        !(ipc.handle instanceof Uint8Array) ||
+        ipc.handle.length !== 64 ||
+        !Number.isInteger(ipc.device) ||
+        ipc.device < 0 ||
+        ipc.device > 0xffff ||
+        typeof ipc.offset !== 'bigint' ||
+        ipc.offset < 0n ||
+        ipc.offset > U64_MAX
+      )
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          'MrDesc: ipc needs a 16-byte host id, a device 0..65535, a 64-byte handle and a u64 offset',
+        );
+      if (parts) throw new TrellisError('INVALID_ARGUMENT', 'MrDesc: a region in parts has no ipc lane');
+    }
     this.owner = owner;
     this.base = base;
     this.length = length;
@@ -129,6 +167,15 @@ export class MrDesc {
                 Object.freeze(k.map((x) => Object.freeze({ addr: x.addr, rkey: x.rkey }))),
               ),
             ),
+          });
+    this.ipc =
+      ipc === undefined
+        ? undefined
+        : Object.freeze({
+            host: Uint8Array.from(ipc.host),
+            device: ipc.device,
+            handle: Uint8Array.from(ipc.handle),
+            offset: ipc.offset,
           });
     Object.freeze(this);
   }
@@ -160,20 +207,27 @@ export class MrDesc {
 
   /**
    * Versioned binary form: magic "TM", version, owner NetAddr, base, length, one byte of key count
-   * (bits 0–2) and flags (bit 7: staged; bit 6: in parts), keys; in parts, then the part size
-   * (u64), the part count (u32) and the keys of parts 1.. in order.
+   * (bits 0–2) and flags (bit 7: staged; bit 6: in parts; bit 5: same-host lane), keys; in parts,
+   * then the part size (u64), the part count (u32) and the keys of parts 1.. in order; with the
+   * lane, then the host id (16 bytes), the device (u16), the IPC handle (64 bytes), the offset (u64).
    */
   toBytes(): Uint8Array {
     const w = new ByteWriter().u8(DESC_MAGIC[0]).u8(DESC_MAGIC[1]).u8(DESC_VERSION);
     w.bytes(this.owner.toBytes())
       .u64(this.base)
       .u64(BigInt(this.length))
-      .u8(this.nics.length | (this.staged ? STAGED_FLAG : 0) | (this.parts ? SPLIT_FLAG : 0));
+      .u8(
+        this.nics.length |
+          (this.staged ? STAGED_FLAG : 0) |
+          (this.parts ? SPLIT_FLAG : 0) |
+          (this.ipc ? IPC_FLAG : 0),
+      );
     for (const k of this.nics) w.u64(k.addr).u64(k.rkey);
     if (this.parts) {
       w.u64(BigInt(this.parts.bytes)).u32(this.parts.keys.length + 1);
       for (const part of this.parts.keys) for (const k of part) w.u64(k.addr).u64(k.rkey);
     }
+    if (this.ipc) w.bytes(this.ipc.host).u16(this.ipc.device).bytes(this.ipc.handle).u64(this.ipc.offset);
     return w.finish();
   }
 
@@ -188,10 +242,10 @@ export class MrDesc {
       throw new TrellisError('DECODE_ERROR', `MrDesc: length ${length} exceeds 2^53-1`);
     }
     const countAndFlags = r.u8('NIC key count');
-    if (countAndFlags & ~(STAGED_FLAG | SPLIT_FLAG | 0x7))
+    if (countAndFlags & ~(STAGED_FLAG | SPLIT_FLAG | IPC_FLAG | 0x7))
       throw new TrellisError(
         'DECODE_ERROR',
-        `MrDesc: unknown flags 0x${(countAndFlags & 0x38).toString(16)} in the key count byte`,
+        `MrDesc: unknown flags 0x${(countAndFlags & 0x18).toString(16)} in the key count byte`,
       );
     const count = countAndFlags & 0x7;
     if (count !== 0 && count !== owner.nics.length) {
@@ -219,9 +273,16 @@ export class MrDesc {
       }
       parts = { bytes: Number(bytes), keys };
     }
+    let ipc: MrIpc | undefined;
+    if (countAndFlags & IPC_FLAG) {
+      const host = r.bytes(16, 'ipc host id');
+      const device = r.u16('ipc device');
+      const handle = r.bytes(64, 'ipc handle');
+      ipc = { host, device, handle, offset: r.u64('ipc offset') };
+    }
     r.end();
     try {
-      return new MrDesc(owner, base, Number(length), nics, (countAndFlags & STAGED_FLAG) !== 0, parts);
+      return new MrDesc(owner, base, Number(length), nics, (countAndFlags & STAGED_FLAG) !== 0, parts, ipc);
     } catch (e) {
       throw e instanceof TrellisError && e.code === 'INVALID_ARGUMENT'
         ? new TrellisError('DECODE_ERROR', e.message)

@@ -1127,7 +1127,16 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       if (r.path === 'direct') directRegions++;
       else if (r.path === 'staged') stagedRegions++;
     }
-    return { directRegions, stagedRegions, stagedToHostBytes: 0, stagedToDeviceBytes: 0, stagedWrites: 0 };
+    return {
+      directRegions,
+      stagedRegions,
+      stagedToHostBytes: 0,
+      stagedToDeviceBytes: 0,
+      stagedWrites: 0,
+      laneWrites: 0,
+      laneBytes: 0,
+      laneFallbacks: 0,
+    };
   }
 
   close(): Promise<void> {

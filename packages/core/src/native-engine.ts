@@ -1,12 +1,14 @@
 // The JS side of every native backend: an EngineBase over the engine kit's N-API class
 // (packages/core/native/include/trellis/napi_engine.hpp). A backend adds only how its addon is
 // loaded and configured, and what its peers' NIC addresses look like.
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { NetAddr } from './addr.js';
-import { MrDesc } from './desc.js';
+import { MrDesc, type MrIpc } from './desc.js';
 import { EngineBase, type PendingOp, type RecvPool, type Region, type RegionAlloc } from './engine-base.js';
 import { type CallSite, TrellisError, type TrellisErrorCode } from './errors.js';
 import { autoShards } from './imms.js';
+import { SameHostLane } from './lane.js';
 import { type StagedMemory, Stager, touchesStaged } from './staging.js';
 import type {
   CudaMemory,
@@ -162,6 +164,13 @@ export interface NativeEngineTuning {
   /** Refuse CUDA regions that cannot be registered directly instead of staging them. Default false. */
   strictGpu?: boolean;
   /**
+   * The same-host lane: writes between CUDA regions of engines on one host (same boot id) are
+   * CUDA IPC copies on a stream of the engine's own, with the immediates raised after the copy has
+   * drained — no NIC, no staging. Needs `gpu` operations with IPC (`cudaMemoryOps()` has them).
+   * `false` sends such writes through the NICs (direct or staged). Default true.
+   */
+  sameHostLane?: boolean;
+  /**
    * Probe peers with operations in flight every this many ms (an immediate of value
    * `HEARTBEAT_IMM`); three misses in a row and the peer is lost — `onPeerLost`, and its operations
    * cancelled with `PEER_LOST`. Default 0: off (the engine deadline `opTimeoutMs` still bounds every
@@ -186,7 +195,14 @@ export function nativeTuning(
   opts: NativeEngineTuning,
 ): Omit<
   NativeEngineTuning,
-  'limits' | 'watcherMemory' | 'gpu' | 'strictGpu' | 'heartbeatMs' | 'heartbeatIdle' | 'failover'
+  | 'limits'
+  | 'watcherMemory'
+  | 'gpu'
+  | 'strictGpu'
+  | 'sameHostLane'
+  | 'heartbeatMs'
+  | 'heartbeatIdle'
+  | 'failover'
 > {
   return {
     cpu: opts.cpu,
@@ -221,6 +237,26 @@ export function loadNativeAddon<T>(
         : 'the native addon failed to load');
     throw new TrellisError('UNSUPPORTED', `${backendName}: ${hint} (${msg})`, { cause: e });
   }
+}
+
+let bootId: Uint8Array | null | undefined;
+/**
+ * This host's boot id (`/proc/sys/kernel/random/boot_id`) as 16 bytes: engines with the same one
+ * share a host, so their CUDA regions can reach each other through CUDA IPC. Undefined where it
+ * cannot be read (then no region offers the same-host lane).
+ */
+export function hostBootId(): Uint8Array | undefined {
+  if (bootId === undefined) {
+    bootId = null;
+    try {
+      const text = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().replace(/-/g, '');
+      if (/^[0-9a-f]{32}$/i.test(text))
+        bootId = Uint8Array.from(text.match(/../g)!, (h) => Number.parseInt(h, 16));
+    } catch {
+      // Not Linux, or /proc is not mounted: no lane.
+    }
+  }
+  return bootId ?? undefined;
 }
 
 /** Largest staged CUDA region: its host mirror is one typed array (Node 20: at most 2^32 bytes). */
@@ -316,6 +352,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly gpu: GpuMemoryOps | undefined;
   private readonly strictGpu: boolean;
   private readonly stager: Stager;
+  private readonly lane: SameHostLane;
   /** Staged regions by native id, and (remote ones) by NIC-0 rkey for incoming landings. */
   private readonly staged = new Map<number, StagedMemory>();
   private readonly stagedByRkey = new Map<bigint, Region>();
@@ -355,6 +392,11 @@ export abstract class NativeEngineBase extends EngineBase {
     this.controlHeader[1]! |= 0x80;
     this.gpu = init.tuning.gpu;
     this.strictGpu = init.tuning.strictGpu === true;
+    if (init.tuning.sameHostLane !== undefined && typeof init.tuning.sameHostLane !== 'boolean')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: sameHostLane must be a boolean, got ${JSON.stringify(init.tuning.sameHostLane)}`,
+      );
     this.stager = new Stager({
       gpu: this.gpu,
       opTimeoutMs: this.opTimeoutMs,
@@ -368,6 +410,12 @@ export abstract class NativeEngineBase extends EngineBase {
       lanesTo: (peer: NetAddr) => this.lanesTo(peer),
       stagedRegion: (rkey: bigint) => this.stagedByRkey.get(rkey),
       stagedMemory: (r: Region) => this.staged.get(r.key as number),
+    });
+    this.lane = new SameHostLane({
+      gpu: init.tuning.sameHostLane === false ? undefined : this.gpu,
+      hostId: hostBootId(),
+      internalOp: (site: CallSite, peer: NetAddr | undefined) => this.internalOp(site, peer),
+      postPlan: (plan: Plan, op: PendingOp) => this.postPlan(plan, op),
     });
     if (init.tuning.heartbeatMs !== undefined)
       this.startHeartbeat(init.tuning.heartbeatMs, init.tuning.heartbeatIdle);
@@ -458,7 +506,8 @@ export abstract class NativeEngineBase extends EngineBase {
     else if (ArrayBuffer.isView(src)) view = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
     else {
       cuda = (src as CudaMemory).cuda;
-      if (this.direct) return this.registerDirect(cuda, remote, op);
+      this.checkCuda(cuda, op);
+      if (this.direct) return this.registerDirect(cuda, remote);
       view = this.stagingMirror(cuda, op);
     }
     const id = this.nextRegion++;
@@ -469,7 +518,15 @@ export abstract class NativeEngineBase extends EngineBase {
     const nics = remote
       ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
       : [];
-    const desc = new MrDesc(this.address, keys.length ? keys[0]! : 0n, view.length, nics, cuda !== undefined);
+    const desc = new MrDesc(
+      this.address,
+      keys.length ? keys[0]! : 0n,
+      view.length,
+      nics,
+      cuda !== undefined,
+      undefined,
+      cuda && remote ? this.ipcOf(cuda) : undefined,
+    );
     if (!cuda) return { desc, bytes: view, length: view.length, key: id };
     this.staged.set(id, {
       device: cuda.device,
@@ -495,7 +552,7 @@ export abstract class NativeEngineBase extends EngineBase {
    * `FI_HMEM_CUDA`; a dma-buf on efa). The domains hold every immediate that lands in GPU memory
    * until its bytes are visible there, so counters mean what they mean for host memory.
    */
-  private async registerDirect(c: CudaMemory['cuda'], remote: boolean, op: string): Promise<RegionAlloc> {
+  private async registerDirect(c: CudaMemory['cuda'], remote: boolean): Promise<RegionAlloc> {
     const id = this.nextRegion++;
     const keys = await new Promise<BigUint64Array>((resolve, reject) => {
       this.regs.set(id, { resolve, reject });
@@ -504,8 +561,61 @@ export abstract class NativeEngineBase extends EngineBase {
     const nics = remote
       ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
       : [];
-    const desc = new MrDesc(this.address, c.ptr, c.length, nics);
+    const desc = new MrDesc(
+      this.address,
+      c.ptr,
+      c.length,
+      nics,
+      false,
+      undefined,
+      remote ? this.ipcOf(c) : undefined,
+    );
     return { desc, bytes: undefined, length: c.length, key: id, path: 'direct' };
+  }
+
+  /**
+   * Check a CUDA region against its allocation before anything registers it (when the GPU
+   * operations can tell): device memory, on the device named, wholly inside one allocation.
+   */
+  private checkCuda(c: CudaMemory['cuda'], op: string): void {
+    if (!this.gpu?.pointerRange) return;
+    let r: { device: number; base: bigint; size: number };
+    try {
+      r = this.gpu.pointerRange(c.ptr);
+    } catch (e) {
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `${op}: cuda.ptr 0x${c.ptr.toString(16)} is not CUDA device memory (${e instanceof Error ? e.message : String(e)}); pass a pointer from cudaMalloc or a CUDA IPC import`,
+        { op },
+      );
+    }
+    if (r.device !== c.device)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `${op}: cuda.ptr 0x${c.ptr.toString(16)} is memory of CUDA device ${r.device}, not of cuda.device ${c.device}`,
+        { op },
+      );
+    const left = r.base + BigInt(r.size) - c.ptr;
+    if (BigInt(c.length) > left)
+      throw new TrellisError(
+        'OUT_OF_RANGE',
+        `${op}: cuda.length ${c.length} runs past the allocation that holds cuda.ptr (${left} bytes from the pointer to its end)`,
+        { op },
+      );
+  }
+
+  /** The same-host lane of a remote CUDA region: its allocation's IPC handle and this host's id. */
+  private ipcOf(c: CudaMemory['cuda']): MrIpc | undefined {
+    const host = hostBootId();
+    if (!host || !this.gpu?.pointerRange || !this.gpu.ipcExport) return undefined;
+    try {
+      const r = this.gpu.pointerRange(c.ptr);
+      const handle = this.gpu.ipcExport(c.device, r.base);
+      return { host, device: c.device, handle, offset: c.ptr - r.base };
+    } catch {
+      // Memory CUDA cannot share (e.g. from a pool without IPC): writers reach it through the NICs.
+      return undefined;
+    }
   }
 
   /**
@@ -597,8 +707,14 @@ export abstract class NativeEngineBase extends EngineBase {
   private keyBuf = new BigUint64Array(8 * 8);
 
   protected post(plan: Plan, op: PendingOp): void {
-    if (touchesStaged(plan)) this.stager.start(plan as SinglePlan | PagedPlan | ScatterPlan, op);
+    if (this.lane.takes(plan)) this.lane.start(plan, op);
+    else if (touchesStaged(plan)) this.stager.start(plan as SinglePlan | PagedPlan | ScatterPlan, op);
     else this.postPlan(plan, op);
+  }
+
+  /** GPU → GPU writes on one host take the lane, whatever failover would do with NICs. */
+  protected override failoverTakes(plan: Plan): boolean {
+    return super.failoverTakes(plan) && !this.lane.takes(plan);
   }
 
   protected postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void {
@@ -804,6 +920,7 @@ export abstract class NativeEngineBase extends EngineBase {
   }
 
   cancelOp(op: PendingOp, reason: TrellisError): void {
+    if (this.lane.cancel(op, reason)) return;
     if (this.stager.cancel(op, reason)) return;
     if (!this.inflight.has(op.id)) return;
     this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED');
@@ -1057,6 +1174,7 @@ export abstract class NativeEngineBase extends EngineBase {
   protected async shutdown(): Promise<void> {
     closedInProcess.add(this.address.toString());
     this.stager.close();
+    this.lane.close();
     // Open ports stay allocated (a consumer may still hold their handle); the worker's stop makes
     // every later post fail with TRELLIS_PORT_CLOSED.
     if (this.watchdog) clearInterval(this.watchdog);
@@ -1079,6 +1197,9 @@ export abstract class NativeEngineBase extends EngineBase {
       stagedToHostBytes: c.toHostBytes,
       stagedToDeviceBytes: c.toDeviceBytes,
       stagedWrites: c.writes,
+      laneWrites: this.lane.counters.writes,
+      laneBytes: this.lane.counters.bytes,
+      laneFallbacks: this.lane.counters.fallbacks,
     };
   }
 

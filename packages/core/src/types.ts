@@ -35,6 +35,25 @@ export interface GpuMemoryOps {
     host: ArrayBuffer,
     ranges: Float64Array,
   ): Promise<void>;
+  /**
+   * The device allocation that holds `ptr` (its device, base address and size); throws when `ptr`
+   * is not CUDA device memory. Optional: with it, CUDA regions are checked before they register.
+   */
+  pointerRange?(ptr: bigint): { device: number; base: bigint; size: number };
+  /**
+   * The same-host lane (optional: without these, GPU memory of peers on one host moves through
+   * the NICs). `ipcExport` gives the 64-byte CUDA IPC handle of the allocation whose base is
+   * `base`; `ipcOpen` maps a peer's handle into this process (its base here), `ipcClose` unmaps.
+   */
+  ipcExport?(device: number, base: bigint): Uint8Array;
+  ipcOpen?(device: number, handle: Uint8Array): bigint;
+  ipcClose?(device: number, mapped: bigint): void;
+  /**
+   * Copy device memory to device memory (this process's, or a peer's mapped by `ipcOpen`) on a
+   * stream of the engine's own: `triples` holds (destination address, source address, bytes).
+   * Resolves once every byte is in place (the stream has drained), rejects with the CUDA error.
+   */
+  copyDevice?(device: number, triples: BigUint64Array): Promise<void>;
 }
 
 /**
@@ -574,6 +593,12 @@ export interface GpuStats {
   stagedToDeviceBytes: number;
   /** Staged writes this engine completed as the writer. */
   stagedWrites: number;
+  /** Writes this engine made through the same-host lane (CUDA IPC copies, no NIC). */
+  laneWrites: number;
+  /** Bytes those writes copied. */
+  laneBytes: number;
+  /** Writes that could have taken the lane but went through the NICs (a peer's allocation could not be mapped). */
+  laneFallbacks: number;
 }
 
 /** Static limits of an engine. */

@@ -44,11 +44,51 @@ describe('MrDesc', () => {
     expect(b[at]).toBe(0x81);
     expect(plain.toBytes()[at]).toBe(0x01);
     const bad = b.slice();
-    bad[at] = 0x21;
-    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: unknown flags 0x20 in the key count byte$/);
-    // Bit 6 announces parts: without the part fields that follow, the input is truncated.
+    bad[at] = 0x11;
+    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: unknown flags 0x10 in the key count byte$/);
+    bad[at] = 0x09;
+    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: unknown flags 0x8 in the key count byte$/);
+    // Bits 6 and 5 announce parts and the same-host lane: without the fields that follow, the
+    // input is truncated.
     bad[at] = 0x41;
     expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: truncated input/);
+    bad[at] = 0x21;
+    expect(() => MrDesc.fromBytes(bad)).toThrow(/^MrDesc: truncated input: reading ipc host id/);
+  });
+
+  it("carries a CUDA region's same-host lane (bit 5): host id, device, IPC handle, offset", () => {
+    const owner = new NetAddr('fi-shm', 1, [Uint8Array.of(1, 2)]);
+    const ipc = {
+      host: Uint8Array.from({ length: 16 }, (_, i) => i + 1),
+      device: 3,
+      handle: Uint8Array.from({ length: 64 }, (_, i) => 255 - i),
+      offset: 1n << 40n,
+    };
+    const d = new MrDesc(owner, 4096n, 100, [{ addr: 1n, rkey: 2n }], true, undefined, ipc);
+    const b = d.toBytes();
+    const at = b.length - 17 - (16 + 2 + 64 + 8);
+    expect(b[at]).toBe(0x80 | 0x20 | 1);
+    for (const back of [MrDesc.fromBytes(b), MrDesc.parse(d.toString())]) {
+      expect(back.equals(d)).toBe(true);
+      expect(back.staged).toBe(true);
+      expect(back.ipc).toEqual(ipc);
+    }
+    // The descriptor holds its own copies: the caller's arrays can change afterwards.
+    ipc.handle[0] = 0;
+    expect(d.ipc!.handle[0]).toBe(255);
+    expect(new MrDesc(owner, 4096n, 100, []).ipc).toBeUndefined();
+    const bad = (over: object) => () =>
+      new MrDesc(owner, 4096n, 100, [], false, undefined, { ...ipc, ...over } as typeof ipc);
+    const msg =
+      /^MrDesc: ipc needs a 16-byte host id, a device 0\.\.65535, a 64-byte handle and a u64 offset$/;
+    expect(bad({ host: new Uint8Array(15) })).toThrow(msg);
+    expect(bad({ handle: new Uint8Array(63) })).toThrow(msg);
+    expect(bad({ device: -1 })).toThrow(msg);
+    expect(bad({ device: 65536 })).toThrow(msg);
+    expect(bad({ offset: -1n })).toThrow(msg);
+    expect(() => new MrDesc(owner, 0n, 200, [], false, { bytes: 100, keys: [[]] }, ipc)).toThrow(
+      /^MrDesc: a region in parts has no ipc lane$/,
+    );
   });
 
   it('round-trips through bytes and text (property)', () => {

@@ -2,6 +2,7 @@
 // import (a PyTorch process can hand its tensors to a Node agent), mapped pinned host words a
 // kernel increments (the GPU watcher), and the kernels the tests use. Without CUDA at build time
 // every call fails with that reason.
+#include <dlfcn.h>
 #include <napi.h>
 
 #include <cstdint>
@@ -15,6 +16,8 @@ extern "C" cudaError_t trellis_launch_fill_pattern(void* p, size_t n, uint32_t s
 extern "C" cudaError_t trellis_launch_quantize_e4m3(const void* src, size_t src_offset, size_t src_pitch, unsigned rows,
                                                     unsigned cols, unsigned block, void* dst, void* scales, cudaStream_t s);
 extern "C" cudaError_t trellis_count_pattern_mismatches(const void* p, size_t n, uint32_t seed, size_t at,
+                                                        unsigned long long* out);
+extern "C" cudaError_t trellis_count_pattern_mismatches_unordered(const void* p, size_t n, uint32_t seed, size_t at,
                                                         unsigned long long* out);
 extern "C" cudaError_t trellis_copy_rows(void* dst, const void* doff, const void* src, const void* soff, size_t n,
                                          size_t bytes, cudaStream_t s);
@@ -291,6 +294,94 @@ class CopyWorker : public Napi::AsyncWorker {
   std::vector<double> ranges_;
   Napi::Reference<Napi::ArrayBuffer> keep_;
 };
+
+// The same-host lane's copies: (dst, src, bytes) triples of device addresses (this process's
+// allocations, or a peer's mapped through CUDA IPC), on a libuv pool thread with a non-blocking
+// stream of its own per device; the promise settles once that stream has drained, that is once
+// every byte is in the destination's memory.
+class DeviceCopyWorker : public Napi::AsyncWorker {
+ public:
+  DeviceCopyWorker(Napi::Env env, int device, std::vector<uint64_t> triples)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), device_(device),
+        triples_(std::move(triples)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    auto fail = [&](cudaError_t rc, const char* what) {
+      SetError(std::string(what) + ": " + cudaGetErrorName(rc) + " (" + cudaGetErrorString(rc) + ")");
+    };
+    cudaError_t rc = cudaSetDevice(device_);
+    if (rc != cudaSuccess) return fail(rc, "cudaSetDevice");
+    thread_local cudaStream_t streams[64] = {};
+    if (device_ < 0 || device_ >= 64) return SetError("device ordinal out of range");
+    cudaStream_t& st = streams[device_];
+    if (!st && (rc = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)) != cudaSuccess)
+      return fail(rc, "cudaStreamCreate");
+    for (size_t i = 0; i + 2 < triples_.size(); i += 3) {
+      rc = cudaMemcpyAsync(reinterpret_cast<void*>(triples_[i]), reinterpret_cast<const void*>(triples_[i + 1]),
+                           static_cast<size_t>(triples_[i + 2]), cudaMemcpyDeviceToDevice, st);
+      if (rc != cudaSuccess) {
+        cudaStreamSynchronize(st);
+        return fail(rc, "cudaMemcpyAsync device to device");
+      }
+    }
+    if ((rc = cudaStreamSynchronize(st)) != cudaSuccess) return fail(rc, "cudaStreamSynchronize");
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int device_;
+  std::vector<uint64_t> triples_;
+};
+
+// copyDevice(device, BigUint64Array triples) → Promise
+Napi::Value CopyDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto t = info[1].As<Napi::BigUint64Array>();
+  std::vector<uint64_t> triples(t.Data(), t.Data() + t.ElementLength());
+  auto* w = new DeviceCopyWorker(env, info[0].As<Napi::Number>().Int32Value(), std::move(triples));
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// pointerRange(ptr) → {device, base, size}: the allocation holding a device pointer (CUDA driver's
+// cuMemGetAddressRange, opened at run time like the rest of the driver).
+Napi::Value PointerRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* p = ptr(info[0]);
+  cudaPointerAttributes a{};
+  cudaError_t rc = cudaPointerGetAttributes(&a, p);
+  if (rc != cudaSuccess) {
+    cudaGetLastError();
+    return fail(env, std::string("cudaPointerGetAttributes: ") + cudaGetErrorName(rc));
+  }
+  if (a.type != cudaMemoryTypeDevice) {
+    const char* what = a.type == cudaMemoryTypeHost ? "page-locked host memory"
+                       : a.type == cudaMemoryTypeManaged ? "managed memory"
+                                                         : "not memory CUDA knows";
+    return fail(env, std::string("the pointer is ") + what + ", not device memory");
+  }
+  if (!set_device(env, Napi::Number::New(env, a.device))) return env.Undefined();
+  cudaFree(nullptr);  // the device's primary context, current on this thread
+  using GetRange = int (*)(unsigned long long*, size_t*, unsigned long long);
+  static GetRange get_range = [] {
+    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    return h ? reinterpret_cast<GetRange>(dlsym(h, "cuMemGetAddressRange_v2")) : nullptr;
+  }();
+  if (!get_range) return fail(env, "the CUDA driver has no cuMemGetAddressRange_v2");
+  unsigned long long base = 0;
+  size_t size = 0;
+  int r = get_range(&base, &size, static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(p)));
+  if (r != 0) return fail(env, "cuMemGetAddressRange failed (CUresult " + std::to_string(r) + ")");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("device", a.device);
+  o.Set("base", Napi::BigInt::New(env, static_cast<uint64_t>(base)));
+  o.Set("size", static_cast<double>(size));
+  return o;
+}
 
 // copyAsync(toDevice, device, devicePtr, hostArrayBuffer, Float64Array ranges) → Promise
 Napi::Value CopyAsync(const Napi::CallbackInfo& info) {
@@ -621,10 +712,12 @@ Napi::Value CountPatternMismatches(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!set_device(env, info[0])) return env.Undefined();
   unsigned long long bad = 0;
+  bool unordered = info.Length() > 5 && info[5].ToBoolean().Value();
+  auto count = unordered ? trellis_count_pattern_mismatches_unordered : trellis_count_pattern_mismatches;
   if (!check(env,
-             trellis_count_pattern_mismatches(ptr(info[1]), static_cast<size_t>(info[2].As<Napi::Number>().Int64Value()),
-                                              info[3].As<Napi::Number>().Uint32Value(),
-                                              static_cast<size_t>(info[4].As<Napi::Number>().Int64Value()), &bad),
+             count(ptr(info[1]), static_cast<size_t>(info[2].As<Napi::Number>().Int64Value()),
+                   info[3].As<Napi::Number>().Uint32Value(), static_cast<size_t>(info[4].As<Napi::Number>().Int64Value()),
+                   &bad),
              "count_pattern_mismatches"))
     return env.Undefined();
   return Napi::Number::New(env, static_cast<double>(bad));
@@ -650,6 +743,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("allocHost", Napi::Function::New(env, AllocHost));
   exports.Set("copyAsync", Napi::Function::New(env, CopyAsync));
+  exports.Set("copyDevice", Napi::Function::New(env, CopyDevice));
+  exports.Set("pointerRange", Napi::Function::New(env, PointerRange));
   exports.Set("quantizeE4m3", Napi::Function::New(env, QuantizeE4m3));
   exports.Set("countPatternMismatches", Napi::Function::New(env, CountPatternMismatches));
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
@@ -667,7 +762,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
                         "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows", "copyRowsIndexed", "moeCombine",
                         "moePackScratch", "moeDispatchPack", "moeUnpack", "moeCombinePack", "moeGather",
-                        "moeDispatchDirect", "moeWaitFlags", "moeCombineDirect"})
+                        "moeDispatchDirect", "moeWaitFlags", "moeCombineDirect", "copyDevice", "pointerRange"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

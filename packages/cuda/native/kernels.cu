@@ -466,6 +466,29 @@ extern "C" cudaError_t trellis_launch_quantize_e4m3(const void* src, size_t src_
   return cudaGetLastError();
 }
 
+// On a non-blocking stream of the current device (one per device, created once), with a counter
+// allocated once: no implicit synchronisation with the legacy default stream anywhere.
+extern "C" cudaError_t trellis_count_pattern_mismatches_unordered(const void* p, size_t n, uint32_t seed, size_t at,
+                                                                  unsigned long long* out) {
+  static cudaStream_t streams[64] = {};
+  static unsigned long long* counters[64] = {};
+  int dev = 0;
+  cudaError_t rc = cudaGetDevice(&dev);
+  if (rc != cudaSuccess) return rc;
+  if (dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
+  if (!streams[dev]) {
+    if ((rc = cudaStreamCreateWithFlags(&streams[dev], cudaStreamNonBlocking)) != cudaSuccess) return rc;
+    if ((rc = cudaMalloc(&counters[dev], sizeof(unsigned long long))) != cudaSuccess) return rc;
+  }
+  cudaStream_t s = streams[dev];
+  unsigned long long* d = counters[dev];
+  if ((rc = cudaMemsetAsync(d, 0, sizeof *d, s)) != cudaSuccess) return rc;
+  count_pattern_mismatches<<<256, 256, 0, s>>>(static_cast<const uint8_t*>(p), n, seed, at, d);
+  if ((rc = cudaGetLastError()) != cudaSuccess) return rc;
+  if ((rc = cudaMemcpyAsync(out, d, sizeof *out, cudaMemcpyDeviceToHost, s)) != cudaSuccess) return rc;
+  return cudaStreamSynchronize(s);
+}
+
 extern "C" cudaError_t trellis_count_pattern_mismatches(const void* p, size_t n, uint32_t seed, size_t at,
                                                         unsigned long long* out) {
   unsigned long long* d = nullptr;

@@ -31,7 +31,14 @@ interface Addon {
   fillPattern(device: number, ptr: bigint, bytes: number, seed: number): void;
   synchronize(device: number): void;
   allocHost(bytes: number): ArrayBuffer;
-  countPatternMismatches(device: number, ptr: bigint, bytes: number, seed: number, at: number): number;
+  countPatternMismatches(
+    device: number,
+    ptr: bigint,
+    bytes: number,
+    seed: number,
+    at: number,
+    unordered: boolean,
+  ): number;
   copyRows: WeightSyncDeviceOps['copyRows'];
   copyRowsIndexed: MoeDeviceOps['copyRows'];
   moeCombine(
@@ -61,6 +68,8 @@ interface Addon {
     ranges: Float64Array,
   ): Promise<void>;
   quantizeE4m3: WeightSyncDeviceOps['quantizeE4m3'];
+  copyDevice(device: number, triples: BigUint64Array): Promise<void>;
+  pointerRange(ptr: bigint): { device: number; base: bigint; size: number };
 }
 
 /** What this host's CUDA offers. */
@@ -213,16 +222,29 @@ export class DeviceBuffer {
    * Bytes of `[offset, offset + length)` that differ from the test pattern of `seed` — the pattern
    * as {@link fillPattern} wrote it at index `patternAt` onwards (default: `offset`) — counted by a
    * kernel, so the data is checked where it lives.
+   *
+   * By default the kernel runs on the legacy default stream, so it is ordered after every copy
+   * this process issued there. `{unordered: true}` runs it on a non-blocking stream of its own,
+   * ordered after nothing: it sees only bytes that are already visible in device memory — how a
+   * consumer's own stream sees them (used to prove that an immediate means "bytes visible").
    */
   countPatternMismatches(
     seed: number,
     offset = 0,
     length = this.length - offset,
     patternAt = offset,
+    opts: { unordered?: boolean } = {},
   ): number {
     this.range('countPatternMismatches', offset, length);
     return call('DeviceBuffer.countPatternMismatches', () =>
-      addon().countPatternMismatches(this.device, this.ptr + BigInt(offset), length, seed, patternAt),
+      addon().countPatternMismatches(
+        this.device,
+        this.ptr + BigInt(offset),
+        length,
+        seed,
+        patternAt,
+        opts.unordered === true,
+      ),
     );
   }
 
@@ -283,10 +305,13 @@ export function synchronize(device = 0): void {
 }
 
 /**
- * The GPU memory operations an engine needs for CUDA regions, on the CUDA runtime: pinned host
- * mirrors (`cudaHostAlloc`) and copies between them and device memory (`cudaMemcpyAsync` on a
- * stream per worker thread, off the JS thread). Pass as the `gpu` option of a backend's
- * `createEngine`:
+ * The GPU memory operations an engine needs for CUDA regions, on the CUDA runtime: each region is
+ * checked against its allocation (`cuMemGetAddressRange`) before it registers; pinned host mirrors
+ * (`cudaHostAlloc`) and copies between them and device memory for the staged path
+ * (`cudaMemcpyAsync` on a stream per worker thread, off the JS thread); and the same-host lane —
+ * CUDA IPC handles in descriptors, peers' allocations mapped once, device-to-device copies on a
+ * non-blocking stream, drained before any immediate is raised. Pass as the `gpu` option of a
+ * backend's `createEngine`:
  *
  * ```ts
  * const engine = await createEngine({ provider: 'efa', gpu: cudaMemoryOps() });
@@ -309,6 +334,21 @@ export function cudaMemoryOps(): GpuMemoryOps {
           {
             cause: e,
           },
+        );
+      }
+    },
+    pointerRange: (ptr) => call('cudaMemoryOps.pointerRange', () => addon().pointerRange(ptr)),
+    ipcExport: (device, base) => call('cudaMemoryOps.ipcExport', () => addon().ipcExport(device, base)),
+    ipcOpen: (device, handle) => call('cudaMemoryOps.ipcOpen', () => addon().ipcImport(device, handle)),
+    ipcClose: (device, mapped) => call('cudaMemoryOps.ipcClose', () => addon().ipcClose(device, mapped)),
+    copyDevice: async (device, triples) => {
+      try {
+        await addon().copyDevice(device, triples);
+      } catch (e) {
+        throw new TrellisError(
+          'PROVIDER_ERROR',
+          `cudaMemoryOps.copyDevice: ${e instanceof Error ? e.message : String(e)}`,
+          { cause: e },
         );
       }
     },

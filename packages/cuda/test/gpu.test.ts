@@ -43,6 +43,29 @@ describe.skipIf(reason !== undefined)(`GPU (${reason ?? 'visible'})`, () => {
     );
     expect([out.n, out.final]).toEqual([200, 400]);
   });
+  it('an immediate means its bytes are visible: the same-host lane (and, with libfabric FI_HMEM, the direct path) — 0 stale rounds', () => {
+    // The direct variants need a libfabric built with CUDA (scripts/device-direct.sh builds one in).
+    const variants = process.env.TRELLIS_LIBFABRIC_DIR
+      ? 'lane,lane-reuse,direct,direct-reuse'
+      : 'lane,lane-reuse';
+    const out = execFileSync(
+      process.execPath,
+      [script('visibility.mjs'), '500', '4096,1048576,16777216', variants],
+      {
+        encoding: 'utf8',
+        timeout: 240_000,
+      },
+    );
+    const rows = out
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l));
+    expect(rows.length).toBe(3 * variants.split(',').length);
+    for (const r of rows)
+      expect([r.variant, r.size, r.staleRounds, r.staleBytes]).toEqual([r.variant, r.size, 0, 0]);
+  });
+
   it('the staged path between two processes (one GPU each where two exist): every byte checked on the device', () => {
     const out = JSON.parse(
       execFileSync(process.execPath, [script('staged.mjs')], { encoding: 'utf8', timeout: 240_000 })
@@ -61,6 +84,9 @@ describe.skipIf(reason !== undefined)(`GPU (${reason ?? 'visible'})`, () => {
       stagedToHostBytes: 0,
       stagedToDeviceBytes: N + 256 * 65536,
       stagedWrites: 0,
+      laneWrites: 0,
+      laneBytes: 0,
+      laneFallbacks: 0,
     });
     expect(out.parentGpu.stagedToHostBytes).toBe(N + 256 * 65536 + 8 * N);
     expect(out.parentGpu.stagedToDeviceBytes).toBe(N);

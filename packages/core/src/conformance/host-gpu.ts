@@ -15,11 +15,73 @@ export class HostGpu {
   readonly copies = { toHost: 0, toDevice: 0 };
   readonly ops: GpuMemoryOps;
 
-  constructor(private readonly maxDelayMs = 3) {
+  /** Copies the same-host lane made (device → device), and IPC handles opened. */
+  readonly lane = { copies: 0, bytes: 0, opened: 0, closed: 0 };
+
+  /**
+   * `opts.lane`: also offer the same-host lane's operations (IPC handles naming allocations of this
+   * HostGpu, opened in the same process; device → device copies after a random delay), so engines
+   * of one process sharing this HostGpu move GPU → GPU writes through the lane.
+   */
+  constructor(
+    private readonly maxDelayMs = 3,
+    opts: { lane?: boolean } = {},
+  ) {
     this.ops = {
       allocHost: (bytes) => new ArrayBuffer(bytes),
       copy: (dir, device, devicePtr, host, ranges) => this.copy(dir, device, devicePtr, host, ranges),
+      pointerRange: (ptr) => this.range(ptr),
+      ...(opts.lane
+        ? {
+            ipcExport: (device: number, base: bigint) => this.ipcExport(device, base),
+            ipcOpen: (device: number, handle: Uint8Array) => this.ipcOpen(device, handle),
+            ipcClose: () => {
+              this.lane.closed++;
+            },
+            copyDevice: (device: number, triples: BigUint64Array) => this.copyDevice(device, triples),
+          }
+        : {}),
     };
+  }
+
+  private range(ptr: bigint): { device: number; base: bigint; size: number } {
+    for (const [base, m] of this.mem)
+      if (ptr >= base && ptr < base + BigInt(m.length)) return { device: 0, base, size: m.length };
+    throw new TrellisError('INVALID_ARGUMENT', `HostGpu: 0x${ptr.toString(16)} is in no allocation`);
+  }
+
+  private ipcExport(device: number, base: bigint): Uint8Array {
+    if (device !== 0 || !this.mem.has(base))
+      throw new TrellisError('INVALID_ARGUMENT', `HostGpu: no allocation at 0x${base.toString(16)}`);
+    const h = new Uint8Array(64);
+    new DataView(h.buffer).setBigUint64(0, base, true);
+    h.set([0x48, 0x47, 0x50, 0x55], 8); // "HGPU"
+    return h;
+  }
+
+  private ipcOpen(device: number, handle: Uint8Array): bigint {
+    const base = new DataView(handle.buffer, handle.byteOffset, 64).getBigUint64(0, true);
+    if (device !== 0 || handle[8] !== 0x48 || !this.mem.has(base))
+      throw new TrellisError(
+        'PROVIDER_ERROR',
+        'HostGpu: the IPC handle names no live allocation (cudaErrorInvalidValue)',
+      );
+    this.lane.opened++;
+    return base;
+  }
+
+  private async copyDevice(device: number, triples: BigUint64Array): Promise<void> {
+    if (device !== 0) throw new TrellisError('INTERNAL', `HostGpu: no device ${device}`);
+    await new Promise((r) => setTimeout(r, Math.random() * this.maxDelayMs));
+    for (let i = 0; i < triples.length; i += 3) {
+      const n = Number(triples[i + 2]!);
+      const dst = this.at(triples[i]!);
+      const src = this.at(triples[i + 1]!);
+      if (n > dst.length || n > src.length) throw new TrellisError('INTERNAL', 'HostGpu: copy out of bounds');
+      dst.set(src.subarray(0, n));
+      this.lane.copies++;
+      this.lane.bytes += n;
+    }
   }
 
   /** A "device" allocation of `bytes`; its address for `{cuda: {ptr}}`. */

@@ -1,7 +1,7 @@
 // GPU: the staged path between two processes, each with its own GPU when two are visible. The
 // parent (GPU 0) and a child (GPU 1) register cudaMalloc'd regions with backend-efa engines
 // (`gpu: cudaMemoryOps()`); every CUDA region is staged through pinned host mirrors, since
-// Debian's libfabric has no FI_HMEM. Checked: a single write, paged writes and a write back,
+// the engines are made with gpuDirect: false and sameHostLane: false. Checked: a single write, paged writes and a write back,
 // with immediates counted only once the bytes are on the device — verified there by a kernel
 // counting mismatches against the fill pattern. Also times staged single writes against a plain
 // cudaMemcpy D2H + H2D of the same bytes (the copies the staged path adds). Prints one JSON line.
@@ -19,7 +19,14 @@ const PAGES = 256;
 
 async function child() {
   const device = Number(process.argv[3]);
-  const e = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
+  const e = await createEngine({
+    provider,
+    nics: 2,
+    gpu: cudaMemoryOps(),
+    maxSleepUs: 0,
+    gpuDirect: false,
+    sameHostLane: false,
+  });
   const buf = DeviceBuffer.alloc(2 * N, { device });
   const mr = await e.registerMemory({ cuda: { ptr: buf.ptr, length: buf.length, device } }, { remote: true });
   const host = await e.registerMemory(N, { remote: true });
@@ -71,7 +78,14 @@ async function parent() {
   const hello = await next();
   const dst = MrDesc.parse(hello.desc);
 
-  const e = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
+  const e = await createEngine({
+    provider,
+    nics: 2,
+    gpu: cudaMemoryOps(),
+    maxSleepUs: 0,
+    gpuDirect: false,
+    sameHostLane: false,
+  });
   const src = DeviceBuffer.alloc(2 * N, { device: 0 });
   src.fillPattern(5);
   const mr = await e.registerMemory(

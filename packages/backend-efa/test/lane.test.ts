@@ -1,0 +1,200 @@
+// The same-host lane over real libfabric endpoints, with HostGpu (its lane operations on) standing
+// in for CUDA: GPU → GPU writes between engines of one host are device copies followed by the
+// immediates, never NIC writes. The same lane runs on GPUs in packages/cuda/test/gpu/visibility.mjs
+// and write-bench.mjs.
+import { MrDesc } from '@trellis/core';
+import { fillXorshift, HostGpu, outcome } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createEngine, type EfaEngine, type EfaEngineOptions } from '../src/index.js';
+
+const open: EfaEngine[] = [];
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((e) => e.close()));
+});
+async function engine(opts: EfaEngineOptions): Promise<EfaEngine> {
+  const e = await createEngine({ provider: 'tcp', nics: 2, ...opts });
+  open.push(e);
+  return e;
+}
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+
+describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
+  it('single, paged and scatter writes between CUDA regions are device copies; immediates exact, no NIC bytes', async () => {
+    const gpu = new HostGpu(3, { lane: true });
+    const a = await engine({ gpu: gpu.ops });
+    const b = await engine({ gpu: gpu.ops });
+    const c = await engine({ gpu: gpu.ops });
+    const n = 1 << 20;
+    const sp = gpu.alloc(n);
+    fillXorshift(gpu.bytes(sp), 3);
+    const bp = gpu.alloc(2 * n);
+    const cp = gpu.alloc(n);
+    const src = await a.registerMemory({ cuda: { ptr: sp, length: n, device: 0 } });
+    // A region that starts inside its allocation: the lane adds the offset.
+    const dst = await b.registerMemory({ cuda: { ptr: bp + 4096n, length: n, device: 0 } }, { remote: true });
+    const dst2 = await c.registerMemory({ cuda: { ptr: cp, length: n, device: 0 } }, { remote: true });
+    expect(dst.desc.ipc).toMatchObject({ device: 0, offset: 4096n });
+    expect(MrDesc.parse(dst.desc.toString()).ipc).toEqual(dst.desc.ipc);
+    // A local-only region has no keys and no lane.
+    expect(src.desc.ipc).toBeUndefined();
+
+    const single = { src, srcOffset: 100, length: n - 200, dst: dst.desc, dstOffset: 50, imm: 9 };
+    await a.submitSingleWrite(single);
+    await b.immCounter(9).wait(b.expectedImms({ kind: 'single', ...single }), { timeoutMs: 5000 });
+    const got = gpu.bytes(bp).subarray(4096);
+    expect(Buffer.compare(got.subarray(50, n - 150), gpu.bytes(sp).subarray(100, n - 100))).toBe(0);
+    expect(got.subarray(0, 50).every((x) => x === 0)).toBe(true);
+
+    const page = 4096;
+    const paged = {
+      src,
+      srcPages: Uint32Array.of(5, 1, 7),
+      srcStride: page,
+      dst: dst2.desc,
+      dstPages: Uint32Array.of(0, 9, 3),
+      dstStride: page,
+      pageBytes: page,
+      imm: 10,
+    };
+    await a.submitPagedWrites(paged);
+    await c.immCounter(10).wait(c.expectedImms({ kind: 'paged', ...paged }), { timeoutMs: 5000 });
+    for (const [s, d] of [
+      [5, 0],
+      [1, 9],
+      [7, 3],
+    ] as const)
+      expect(
+        Buffer.compare(
+          gpu.bytes(cp).subarray(d * page, (d + 1) * page),
+          gpu.bytes(sp).subarray(s * page, (s + 1) * page),
+        ),
+      ).toBe(0);
+
+    const scatter = {
+      src,
+      targets: [
+        { dst: dst.desc, srcOffset: 0, dstOffset: n - 1000, length: 1000 },
+        { dst: dst2.desc, srcOffset: 1000, dstOffset: n - 500, length: 500 },
+      ],
+      imm: 11,
+    };
+    await a.submitScatter(scatter);
+    expect(b.expectedImms({ kind: 'scatter', ...scatter }, b.address)).toBe(1);
+    expect(c.expectedImms({ kind: 'scatter', ...scatter }, c.address)).toBe(1);
+    await b.immCounter(11).wait(1, { timeoutMs: 5000 });
+    await c.immCounter(11).wait(1, { timeoutMs: 5000 });
+    expect(Buffer.compare(got.subarray(n - 1000, n), gpu.bytes(sp).subarray(0, 1000))).toBe(0);
+    expect(Buffer.compare(gpu.bytes(cp).subarray(n - 500), gpu.bytes(sp).subarray(1000, 1500))).toBe(0);
+
+    // Counters: exactly the promised immediates, no more.
+    expect([
+      b.immCounter(9).total,
+      c.immCounter(10).total,
+      b.immCounter(11).total,
+      c.immCounter(11).total,
+    ]).toEqual([b.expectedImms({ kind: 'single', ...single }), 3, 1, 1]);
+    const sa = a.stats();
+    expect(sa.gpu).toMatchObject({
+      laneWrites: 3,
+      laneBytes: n - 200 + 3 * page + 1500,
+      laneFallbacks: 0,
+      stagedWrites: 0,
+      stagedToHostBytes: 0,
+    });
+    // No data crossed a NIC; only the zero-byte immediates (one per work request) did.
+    expect(sum(sa.nics.map((x) => x.bytesWritten))).toBe(0);
+    expect(sum(sa.nics.map((x) => x.writeOps))).toBe(b.expectedImms({ kind: 'single', ...single }) + 3 + 2);
+    expect(b.stats().gpu.stagedToDeviceBytes).toBe(0);
+    expect(gpu.lane.opened).toBe(2); // each target allocation mapped once
+    expect(sa.ops).toEqual({ submitted: 3, completed: 3, failed: 0, inFlight: 0 });
+  });
+
+  it('sameHostLane: false, another host, or an allocation that cannot be mapped: the write goes through the NICs', async () => {
+    const gpu = new HostGpu(1, { lane: true });
+    const a = await engine({ gpu: gpu.ops, sameHostLane: false });
+    const a2 = await engine({ gpu: gpu.ops });
+    const b = await engine({ gpu: gpu.ops });
+    const n = 64 << 10;
+    const sp = gpu.alloc(n);
+    fillXorshift(gpu.bytes(sp), 5);
+    const bp = gpu.alloc(n);
+    const dst = await b.registerMemory({ cuda: { ptr: bp, length: n, device: 0 } }, { remote: true });
+    const src = await a.registerMemory({ cuda: { ptr: sp, length: n, device: 0 } });
+    await a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 1 });
+    await b.immCounter(1).wait(b.expectedImms({ kind: 'single', src, length: n, dst: dst.desc, imm: 1 }));
+    expect(Buffer.compare(gpu.bytes(bp), gpu.bytes(sp))).toBe(0);
+    expect(a.stats().gpu).toMatchObject({ laneWrites: 0, stagedWrites: 1, stagedToHostBytes: n });
+
+    // The same region as seen from another host: its host id differs, so no lane.
+    const ipc = dst.desc.ipc!;
+    const far = new MrDesc(dst.desc.owner, dst.desc.base, n, dst.desc.nics, true, undefined, {
+      ...ipc,
+      host: ipc.host.map((x) => x ^ 0xff),
+    });
+    const src2 = await a2.registerMemory({ cuda: { ptr: sp, length: n, device: 0 } });
+    gpu.bytes(bp).fill(0);
+    await a2.submitSingleWrite({ src: src2, length: n, dst: far, imm: 2 });
+    await b.immCounter(2).wait(1);
+    expect(Buffer.compare(gpu.bytes(bp), gpu.bytes(sp))).toBe(0);
+    expect(a2.stats().gpu).toMatchObject({ laneWrites: 0, laneFallbacks: 0, stagedWrites: 1 });
+
+    // A handle that names no live allocation cannot be mapped: counted as a fallback, and the
+    // write takes the NICs (here it then lands in the staged mirror).
+    const gone = new MrDesc(dst.desc.owner, dst.desc.base, n, dst.desc.nics, true, undefined, {
+      ...ipc,
+      handle: new Uint8Array(64),
+    });
+    await a2.submitSingleWrite({ src: src2, length: n, dst: gone, imm: 3 });
+    await b.immCounter(3).wait(1);
+    expect(a2.stats().gpu).toMatchObject({ laneWrites: 0, laneFallbacks: 1, stagedWrites: 2 });
+  });
+
+  it('an abort during the copy fails the write with ABORTED once the copy is done, and raises no immediate', async () => {
+    const gpu = new HostGpu(40, { lane: true });
+    const a = await engine({ gpu: gpu.ops });
+    const b = await engine({ gpu: gpu.ops });
+    const n = 4096;
+    const src = await a.registerMemory({ cuda: { ptr: gpu.alloc(n), length: n, device: 0 } });
+    const dst = await b.registerMemory(
+      { cuda: { ptr: gpu.alloc(n), length: n, device: 0 } },
+      { remote: true },
+    );
+    const ctl = new AbortController();
+    const p = a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 4, signal: ctl.signal });
+    ctl.abort();
+    expect(await outcome(p)).toBe('ABORTED: submitSingleWrite: aborted by its AbortSignal');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(b.immCounter(4).total).toBe(0);
+    expect(a.stats().gpu.laneWrites).toBe(0);
+    expect(a.stats().ops).toEqual({ submitted: 1, completed: 0, failed: 1, inFlight: 0 });
+  });
+
+  it('CUDA regions are checked against their allocation before anything registers', async () => {
+    const gpu = new HostGpu(1, { lane: true });
+    const a = await engine({ gpu: gpu.ops });
+    const p = gpu.alloc(8192);
+    const reg = (cuda: { ptr: bigint; length: number; device: number }) => a.registerMemory({ cuda });
+    await expect(reg({ ptr: 0x1234n, length: 16, device: 0 })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(
+        /^registerMemory: cuda\.ptr 0x1234 is not CUDA device memory \(HostGpu: 0x1234 is in no allocation\); pass a pointer from cudaMalloc or a CUDA IPC import$/,
+      ),
+    });
+    await expect(reg({ ptr: p, length: 16, device: 1 })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: `registerMemory: cuda.ptr 0x${p.toString(16)} is memory of CUDA device 0, not of cuda.device 1`,
+    });
+    await expect(reg({ ptr: p + 4096n, length: 4097, device: 0 })).rejects.toMatchObject({
+      code: 'OUT_OF_RANGE',
+      message:
+        'registerMemory: cuda.length 4097 runs past the allocation that holds cuda.ptr (4096 bytes from the pointer to its end)',
+    });
+    expect(a.stats().regions).toBe(0);
+    await expect(reg({ ptr: p + 4096n, length: 4096, device: 0 })).resolves.toMatchObject({ path: 'staged' });
+    await expect(engine({ gpu: gpu.ops, sameHostLane: 'yes' as unknown as boolean })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: 'createEngine: sameHostLane must be a boolean, got "yes"',
+    });
+  });
+});

@@ -1,0 +1,181 @@
+// GPU → GPU writes between two processes (each its own GPU when two are visible), every path in one
+// invocation, each counted done only when its bytes are visible at the target:
+//   lane     — the engine's same-host lane (CUDA IPC copy on the writer's stream, imms after it);
+//   direct   — the engine through libfabric with FI_HMEM (sameHostLane: false), fenced imms;
+//   staged   — the engine through pinned host mirrors (gpuDirect: false, sameHostLane: false);
+//   memcpy   — baseline: cudaMemcpyAsync device → device into the peer's IPC-mapped buffer on one
+//              stream, drained (no engine, no immediates);
+// For each size, `reps` single writes are issued with `depth` in flight; the clock stops when the
+// target has counted every immediate (it answers with one of its own). Paged writes (64 KiB pages)
+// are measured the same way. Prints a table and one JSON line per row.
+//   node test/gpu/write-bench.mjs [sizes=65536,1048576,16777216,67108864,268435456] [modes=lane,direct,staged,memcpy]
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { createEngine } from '@trellis/backend-efa';
+import { MrDesc } from '@trellis/core';
+import { cudaInfo, cudaMemoryOps, DeviceBuffer } from '../../dist/index.js';
+
+const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
+const IMM = 11;
+const ACK = 12;
+const PAGE = 64 << 10;
+
+function engineOpts(mode) {
+  const base = { provider, gpu: cudaMemoryOps(), maxSleepUs: 0 };
+  if (mode === 'lane') return base;
+  if (mode === 'direct') return { ...base, sameHostLane: false };
+  return { ...base, sameHostLane: false, gpuDirect: false };
+}
+
+async function target() {
+  const [device, maxSize, mode] = [Number(process.argv[3]), Number(process.argv[4]), process.argv[5]];
+  const e = await createEngine(engineOpts(mode));
+  const buf = DeviceBuffer.alloc(maxSize, { device });
+  const mr = await e.registerMemory({ cuda: { ptr: buf.ptr, length: maxSize, device } }, { remote: true });
+  const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
+  say({ desc: mr.desc.toString(), path: mr.path, ipc: buf.ipcHandle() });
+  for await (const line of createInterface({ input: process.stdin })) {
+    const m = JSON.parse(line);
+    if (m.cmd === 'exit') break;
+    await e.immCounter(IMM).wait(m.imms, { timeoutMs: 120_000 });
+    await e.submitImm({ dst: MrDesc.parse(m.ack), imm: ACK });
+  }
+  await e.close();
+  buf.free();
+  process.exit(0);
+}
+
+function child(device, maxSize, mode) {
+  const kid = spawn(
+    process.execPath,
+    [fileURLToPath(import.meta.url), 'target', String(device), String(maxSize), mode],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  const replies = createInterface({ input: kid.stdout })[Symbol.asyncIterator]();
+  return {
+    next: async () => JSON.parse((await replies.next()).value),
+    send: (o) => kid.stdin.write(`${JSON.stringify(o)}\n`),
+  };
+}
+
+async function timed(reps, depth, submit) {
+  const t0 = performance.now();
+  const inflight = new Set();
+  for (let i = 0; i < reps; i++) {
+    const p = submit().then(() => inflight.delete(p));
+    inflight.add(p);
+    if (inflight.size >= depth) await Promise.race(inflight);
+  }
+  await Promise.all(inflight);
+  return t0;
+}
+
+async function main() {
+  const sizes = (process.argv[2] ?? '65536,1048576,16777216,67108864,268435456').split(',').map(Number);
+  const modes = (process.argv[3] ?? 'lane,direct,staged,memcpy').split(',');
+  const peerDevice = cudaInfo().devices.length > 1 ? 1 : 0;
+  const maxSize = Math.max(...sizes);
+  const rows = [];
+  for (const mode of modes) {
+    const t = child(peerDevice, maxSize, mode === 'memcpy' ? 'lane' : mode);
+    const hello = await t.next();
+    const dst = MrDesc.parse(hello.desc);
+    const src = DeviceBuffer.alloc(maxSize, { device: 0 });
+    src.fillPattern(3);
+    if (mode === 'memcpy') {
+      const ops = cudaMemoryOps();
+      const peer = DeviceBuffer.import(hello.ipc, { length: maxSize, device: 0 });
+      for (const size of sizes) {
+        const reps = Math.max(4, Math.min(200, Math.floor(2 ** 31 / size)));
+        const triples = new BigUint64Array(3 * reps);
+        for (let i = 0; i < reps; i++) triples.set([peer.ptr, src.ptr, BigInt(size)], 3 * i);
+        await ops.copyDevice(0, triples.subarray(0, 3)); // warm-up
+        const t0 = performance.now();
+        await ops.copyDevice(0, triples);
+        const ms = performance.now() - t0;
+        rows.push({ mode, kind: 'single', size, reps, ms, gbps: (size * reps) / ms / 1e6 });
+      }
+      peer.free();
+    } else {
+      const e = await createEngine(engineOpts(mode));
+      const ack = await e.registerMemory(64, { remote: true });
+      const mr = await e.registerMemory({ cuda: { ptr: src.ptr, length: maxSize, device: 0 } });
+      const run = async (kind, size, reps, req) => {
+        const per = e.expectedImms(req);
+        await e.submitSingleWrite({ ...req, kind: undefined }); // warm-up (maps, connections)
+        t.send({ imms: per, ack: ack.desc.toString() });
+        await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
+        const submit = kind === 'single' ? () => e.submitSingleWrite(req) : () => e.submitPagedWrites(req);
+        t.send({ imms: per * reps, ack: ack.desc.toString() });
+        const t0 = await timed(reps, 4, submit);
+        await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
+        const ms = performance.now() - t0;
+        rows.push({
+          mode,
+          kind,
+          size,
+          reps,
+          ms,
+          gbps: (size * reps) / ms / 1e6,
+          path: [mr.path, hello.path],
+        });
+      };
+      for (const size of sizes) {
+        const reps = Math.max(4, Math.min(mode === 'staged' ? 16 : 200, Math.floor(2 ** 31 / size)));
+        await run('single', size, reps, { kind: 'single', src: mr, length: size, dst, imm: IMM });
+      }
+      // Paged: 256 pages of 64 KiB (16 MiB) scattered over the destination.
+      const pages = Math.min(256, Math.floor(maxSize / PAGE / 2));
+      const paged = {
+        kind: 'paged',
+        src: mr,
+        srcPages: Uint32Array.from({ length: pages }, (_, i) => i),
+        srcStride: PAGE,
+        dst,
+        dstPages: Uint32Array.from({ length: pages }, (_, i) => 2 * i),
+        dstStride: PAGE,
+        pageBytes: PAGE,
+        imm: IMM,
+      };
+      const per = e.expectedImms(paged);
+      await e.submitPagedWrites(paged);
+      t.send({ imms: per, ack: ack.desc.toString() });
+      await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
+      const reps = mode === 'staged' ? 8 : 50;
+      t.send({ imms: per * reps, ack: ack.desc.toString() });
+      const t0 = await timed(reps, 4, () => e.submitPagedWrites(paged));
+      await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
+      const ms = performance.now() - t0;
+      rows.push({
+        mode,
+        kind: 'paged64k',
+        size: pages * PAGE,
+        reps,
+        ms,
+        gbps: (pages * PAGE * reps) / ms / 1e6,
+      });
+      rows.at(-1).gpu = e.stats().gpu;
+      await e.close();
+    }
+    t.send({ cmd: 'exit' });
+    src.free();
+  }
+  const fmt = (n) => (n >= 1 << 20 ? `${n / (1 << 20)} MiB` : `${n / 1024} KiB`);
+  console.log(`GPU → GPU writes, ${provider}, devices 0 → ${peerDevice}, ${cudaInfo().devices[0]?.name}`);
+  console.log(`kind      size     ${modes.map((m) => m.padStart(10)).join('')}   (GB/s)`);
+  const keys = [...new Set(rows.map((r) => `${r.kind}|${r.size}`))];
+  for (const k of keys) {
+    const [kind, size] = k.split('|');
+    const cells = modes.map((m) => {
+      const r = rows.find((x) => x.mode === m && `${x.kind}|${x.size}` === k);
+      return (r ? r.gbps.toFixed(1) : '-').padStart(10);
+    });
+    console.log(`${kind.padEnd(9)} ${fmt(Number(size)).padEnd(8)} ${cells.join('')}`);
+  }
+  for (const r of rows) console.log(JSON.stringify({ test: 'write-bench', provider, ...r }));
+  process.exit(0);
+}
+
+if (process.argv[2] === 'target') await target();
+else await main();
