@@ -25,4 +25,4 @@ say "building the addon against $prefix (libfabric $version)"
 TRELLIS_LIBFABRIC_DIR="$prefix" pnpm exec cmake-js compile --CDCMAKE_BUILD_TYPE=Release -O build-libfabric2 -l warn >&2
 say "running backend-efa's tests on it"
 TRELLIS_EFA_ADDON="$PWD/build-libfabric2/Release/trellis_efa.node" TRELLIS_EXPECT_LIBFABRIC="$version" \
-  pnpm exec vitest run --reporter=default --reporter=json --outputFile.json=test-results-libfabric2.json
+  TRELLIS_TEST_REPORT=test-results-libfabric2.json pnpm exec vitest run

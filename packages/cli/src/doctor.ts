@@ -74,7 +74,7 @@ export async function runDoctor(): Promise<DoctorReport> {
     add('libfabric', 'backend-efa', 'missing', efa);
     verdicts.push({ backend: 'backend-efa', usable: false, verdict: efa });
   } else {
-    add('libfabric', 'version', 'ok', efa.fabricVersion());
+    add('libfabric', 'version', 'ok', `${efa.fabricVersion()} (${efa.fabricLibrary()})`);
     const probes = efa.probeProviders();
     for (const p of probes)
       add(
@@ -83,7 +83,7 @@ export async function runDoctor(): Promise<DoctorReport> {
         p.error ? 'missing' : 'ok',
         p.error
           ? p.error
-          : `rma ${p.rma}, remote CQ data ${p.remoteCqData}, FI_HMEM ${p.hmem}${p.domain ? `, domain ${p.domain}` : ''}`,
+          : `rma ${p.rma}, remote CQ data ${p.remoteCqData}, FI_HMEM for CUDA ${p.hmem}${p.domain ? `, domain ${p.domain}` : ''}`,
       );
     const ok = (n: string) => probes.some((p) => p.provider === n && !p.error && p.rma && p.remoteCqData);
     const local = ['shm', 'tcp;ofi_rxm'].filter(ok);

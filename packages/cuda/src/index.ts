@@ -68,7 +68,7 @@ interface Addon {
     ranges: Float64Array,
   ): Promise<void>;
   quantizeE4m3: WeightSyncDeviceOps['quantizeE4m3'];
-  copyDevice(device: number, triples: BigUint64Array): Promise<void>;
+  copyDevice(device: number, triples: BigUint64Array, kernel?: boolean): Promise<void>;
   pointerRange(ptr: bigint): { device: number; base: bigint; size: number };
 }
 
@@ -353,6 +353,22 @@ export function cudaMemoryOps(): GpuMemoryOps {
       }
     },
   };
+}
+
+/**
+ * Copy device memory to device memory with one `cudaMemcpyAsync` per (destination, source, bytes)
+ * triple on a non-blocking stream of a libuv pool thread, resolved once the stream has drained:
+ * the copy engines' own rate, for benchmarks to compare against (the engine's same-host lane uses
+ * `cudaMemoryOps().copyDevice`, which copies many small equal pieces with one kernel instead).
+ */
+export async function memcpyDevice(device: number, triples: BigUint64Array): Promise<void> {
+  try {
+    await addon().copyDevice(device, triples, false);
+  } catch (e) {
+    throw new TrellisError('PROVIDER_ERROR', `memcpyDevice: ${e instanceof Error ? e.message : String(e)}`, {
+      cause: e,
+    });
+  }
 }
 
 /**

@@ -5,21 +5,27 @@
 //   staged   — the engine through pinned host mirrors (gpuDirect: false, sameHostLane: false);
 //   memcpy   — baseline: cudaMemcpyAsync device → device into the peer's IPC-mapped buffer on one
 //              stream, drained (no engine, no immediates);
+//   raw      — baseline: backend-efa's bench/rma_raw_cuda, the same libfabric posts on CUDA memory
+//              (FI_HMEM) from C, its clock stopped when the target has synchronised its device;
 // For each size, `reps` single writes are issued with `depth` in flight; the clock stops when the
 // target has counted every immediate (it answers with one of its own). Paged writes (64 KiB pages)
 // are measured the same way. Prints a table and one JSON line per row.
-//   node test/gpu/write-bench.mjs [sizes=65536,1048576,16777216,67108864,268435456] [modes=lane,direct,staged,memcpy]
-import { spawn } from 'node:child_process';
+//   node test/gpu/write-bench.mjs [sizes=65536,1048576,16777216,67108864,268435456] [modes=lane,direct,raw,staged,memcpy]
+import { execFileSync, spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '@trellis/backend-efa';
 import { MrDesc } from '@trellis/core';
-import { cudaInfo, cudaMemoryOps, DeviceBuffer } from '../../dist/index.js';
+import { cudaInfo, cudaMemoryOps, DeviceBuffer, memcpyDevice } from '../../dist/index.js';
 
 const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
 const IMM = 11;
 const ACK = 12;
 const PAGE = 64 << 10;
+/** Writes in flight per path (TRELLIS_BENCH_DEPTH, default 4). */
+const DEPTH = Number(process.env.TRELLIS_BENCH_DEPTH ?? 4);
 
 function engineOpts(mode) {
   const base = { provider, gpu: cudaMemoryOps(), maxSleepUs: 0 };
@@ -73,26 +79,65 @@ async function timed(reps, depth, submit) {
 
 async function main() {
   const sizes = (process.argv[2] ?? '65536,1048576,16777216,67108864,268435456').split(',').map(Number);
-  const modes = (process.argv[3] ?? 'lane,direct,staged,memcpy').split(',');
+  const modes = (process.argv[3] ?? 'lane,direct,raw,staged,memcpy').split(',');
   const peerDevice = cudaInfo().devices.length > 1 ? 1 : 0;
   const maxSize = Math.max(...sizes);
   const rows = [];
   for (const mode of modes) {
+    if (mode === 'raw') {
+      const dir = dirname(createRequire(import.meta.url).resolve('@trellis/backend-efa/package.json'));
+      const bin = process.env.TRELLIS_RAW_CUDA ?? join(dir, 'build/Release/rma_raw_cuda');
+      for (const size of sizes) {
+        const reps = Math.max(4, Math.min(200, Math.floor(2 ** 31 / size)));
+        const out = JSON.parse(
+          execFileSync(
+            bin,
+            [
+              provider === 'tcp' ? 'tcp;ofi_rxm' : provider,
+              String(size),
+              String(reps),
+              '4',
+              '0',
+              String(peerDevice),
+            ],
+            {
+              encoding: 'utf8',
+            },
+          ),
+        );
+        rows.push({
+          mode,
+          kind: 'single',
+          size,
+          reps,
+          ms: out.seconds_visible * 1e3,
+          gbps: out.bytes / out.seconds_visible / 1e9,
+        });
+        rows.push({
+          mode: 'raw-naive',
+          kind: 'single',
+          size,
+          reps,
+          ms: out.seconds_completed * 1e3,
+          gbps: out.bytes / out.seconds_completed / 1e9,
+        });
+      }
+      continue;
+    }
     const t = child(peerDevice, maxSize, mode === 'memcpy' ? 'lane' : mode);
     const hello = await t.next();
     const dst = MrDesc.parse(hello.desc);
     const src = DeviceBuffer.alloc(maxSize, { device: 0 });
     src.fillPattern(3);
     if (mode === 'memcpy') {
-      const ops = cudaMemoryOps();
       const peer = DeviceBuffer.import(hello.ipc, { length: maxSize, device: 0 });
       for (const size of sizes) {
         const reps = Math.max(4, Math.min(200, Math.floor(2 ** 31 / size)));
         const triples = new BigUint64Array(3 * reps);
         for (let i = 0; i < reps; i++) triples.set([peer.ptr, src.ptr, BigInt(size)], 3 * i);
-        await ops.copyDevice(0, triples.subarray(0, 3)); // warm-up
+        await memcpyDevice(0, triples.subarray(0, 3)); // warm-up
         const t0 = performance.now();
-        await ops.copyDevice(0, triples);
+        await memcpyDevice(0, triples);
         const ms = performance.now() - t0;
         rows.push({ mode, kind: 'single', size, reps, ms, gbps: (size * reps) / ms / 1e6 });
       }
@@ -108,7 +153,7 @@ async function main() {
         await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
         const submit = kind === 'single' ? () => e.submitSingleWrite(req) : () => e.submitPagedWrites(req);
         t.send({ imms: per * reps, ack: ack.desc.toString() });
-        const t0 = await timed(reps, 4, submit);
+        const t0 = await timed(reps, DEPTH, submit);
         await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
         const ms = performance.now() - t0;
         rows.push({
@@ -144,7 +189,7 @@ async function main() {
       await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
       const reps = mode === 'staged' ? 8 : 50;
       t.send({ imms: per * reps, ack: ack.desc.toString() });
-      const t0 = await timed(reps, 4, () => e.submitPagedWrites(paged));
+      const t0 = await timed(reps, DEPTH, () => e.submitPagedWrites(paged));
       await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
       const ms = performance.now() - t0;
       rows.push({
@@ -162,12 +207,15 @@ async function main() {
     src.free();
   }
   const fmt = (n) => (n >= 1 << 20 ? `${n / (1 << 20)} MiB` : `${n / 1024} KiB`);
-  console.log(`GPU → GPU writes, ${provider}, devices 0 → ${peerDevice}, ${cudaInfo().devices[0]?.name}`);
-  console.log(`kind      size     ${modes.map((m) => m.padStart(10)).join('')}   (GB/s)`);
+  console.log(
+    `GPU → GPU writes, ${provider}, devices 0 → ${peerDevice}, ${cudaInfo().devices[0]?.name}, ${DEPTH} in flight`,
+  );
+  const cols = modes.flatMap((m) => (m === 'raw' ? ['raw', 'raw-naive'] : [m]));
+  console.log(`kind      size     ${cols.map((m) => m.padStart(10)).join('')}   (GB/s)`);
   const keys = [...new Set(rows.map((r) => `${r.kind}|${r.size}`))];
   for (const k of keys) {
     const [kind, size] = k.split('|');
-    const cells = modes.map((m) => {
+    const cells = cols.map((m) => {
       const r = rows.find((x) => x.mode === m && `${x.kind}|${x.size}` === k);
       return (r ? r.gbps.toFixed(1) : '-').padStart(10);
     });
