@@ -12,10 +12,11 @@
 #include <mutex>
 #include <random>
 
-#include "cuda_driver.hh"
+#include "trellis/cuda_driver.hpp"
 
 namespace trellis_efa {
 
+using trellis::CudaDriver;
 using trellis::Code;
 using trellis::CompKind;
 using trellis::Completion;
@@ -374,11 +375,7 @@ int FabricDomain::reg_device(void* ptr, size_t len, int device, bool remote, tre
   }
   // The device's primary context (the CUDA runtime's) current on this worker thread: the calls
   // below need one, and libfabric's copies progressed here then run in it, where fence() records.
-  CudaDriver::CUcontext ctx = nullptr;
-  CudaDriver::CUdevice dev = 0;
-  int cr = cu.cuDeviceGet(&dev, device);
-  if (cr == 0) cr = cu.cuDevicePrimaryCtxRetain(&ctx, dev);
-  if (cr == 0) cr = cu.cuCtxSetCurrent(ctx);
+  int cr = cu.use_device(device);
   if (cr != 0) {
     *msg = "could not make CUDA device " + std::to_string(device) + "'s context current: " + cu.str(cr);
     return -FI_EIO;
@@ -408,16 +405,11 @@ int FabricDomain::reg_device(void* ptr, size_t len, int device, bool remote, tre
 #ifdef FI_MR_DMABUF
   // efa takes GPU memory as a dma-buf (the kernel's peer-memory path, no nvidia-peermem needed).
   // Never run here: no EFA device exists on the machines Trellis is developed on.
-  if (provider_ == "efa" && cu.cuMemGetHandleForAddressRange) {
-    // dma-buf ranges are page-aligned: export the pages around [ptr, ptr+len).
-    const uint64_t page = 1ull << 16;
-    CudaDriver::CUdeviceptr start = p & ~(page - 1);
-    size_t span = ((p + len + page - 1) & ~(page - 1)) - start;
-    if (start < base) start = base;
-    if (start + span > base + size) span = base + size - start;
-    int fd = -1;
-    if (cu.cuMemGetHandleForAddressRange(&fd, start, span, CudaDriver::kHandleTypeDmabufFd, 0) == 0 && fd >= 0) {
-      fi_mr_dmabuf dmabuf{fd, p - start, len, ptr};
+  if (provider_ == "efa") {
+    uint64_t offset = 0;
+    int fd = cu.dmabuf(p, len, base, size, &offset);
+    if (fd >= 0) {
+      fi_mr_dmabuf dmabuf{fd, offset, len, ptr};
       attr.dmabuf = &dmabuf;
       attr.iov_count = 1;
       rc = fi_mr_regattr(domain_, &attr, FI_MR_DMABUF, &mr);
@@ -471,7 +463,8 @@ void FabricDomain::dereg(trellis::LocalMr& mr) {
 // of the context its copies run in (the CUDA runtime's primary context of the current device of
 // the thread that progressed them — this worker, or a provider thread — device 0 unless someone
 // called cudaSetDevice there). False if no event could be recorded: then the completions are
-// released at once (the copy that cudaMemcpy made had to be synchronous to get here without one).
+// released at once: either the stream is idle (every copy issued so far has finished), or no
+// event could be made (then the copy that cudaMemcpy made had to be synchronous to get here).
 bool FabricDomain::fence(std::vector<Completion>& held) {
   CudaDriver& cu = CudaDriver::get();
   CudaDriver::CUcontext ctx = nullptr;
@@ -480,6 +473,10 @@ bool FabricDomain::fence(std::vector<Completion>& held) {
     if (cu.cuDeviceGet(&dev, 0) != 0 || cu.cuDevicePrimaryCtxRetain(&ctx, dev) != 0 || cu.cuCtxSetCurrent(ctx) != 0)
       return false;
   }
+  // Nothing pending on the legacy stream (a host-side query, no GPU command): every copy issued
+  // so far has finished, so the immediates can go at once. Saves an event round trip through the
+  // GPU — which, with other processes' contexts on the same GPU, waits for a time slice.
+  if (cu.cuStreamQuery(CudaDriver::kStreamLegacy) == 0) return false;
   void* ev = nullptr;
   if (!spare_events_.empty()) {
     ev = spare_events_.back();

@@ -8,6 +8,8 @@
 // error is moved to the error state (its work flushes), retired, and replaced on the next post.
 #include "verbs_domain.hh"
 
+#include "trellis/cuda_driver.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -151,7 +153,72 @@ std::string VerbsDomain::describe() const {
 std::unique_ptr<VerbsDomain> VerbsDomain::open(const VerbsOptions& opts, std::string* err) {
   std::unique_ptr<VerbsDomain> d(new VerbsDomain());
   if (!d->setup(opts, err)) return nullptr;
+  d->probe_dmabuf();
   return d;
+}
+
+// GPUDirect RDMA through dma-bufs needs the CUDA driver's export (CUDA >= 11.7), a kernel >= 5.12
+// and a device/driver that takes ibv_reg_dmabuf_mr: try it once on a small allocation of device 0.
+void VerbsDomain::probe_dmabuf() {
+  if (opts_.model) return;
+  trellis::CudaDriver& cu = trellis::CudaDriver::get();
+  if (!cu.ok || !cu.cuMemAlloc || !cu.cuMemFree || !cu.cuMemGetHandleForAddressRange || cu.use_device(0) != 0) return;
+  trellis::CudaDriver::CUdeviceptr p = 0;
+  const size_t n = 2 << 20;
+  if (cu.cuMemAlloc(&p, n) != 0) return;
+  uint64_t offset = 0;
+  int fd = cu.dmabuf(p, n, p, n, &offset);
+  if (fd >= 0) {
+    ibv_mr* mr = v_->reg_dmabuf_mr(use_pd_, offset, n, p, fd, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    if (mr) {
+      dmabuf_ = true;
+      v_->dereg_mr(mr);
+    }
+    close(fd);
+  }
+  cu.cuMemFree(p);
+}
+
+int VerbsDomain::reg_device(void* ptr, size_t len, int device, bool remote, trellis::LocalMr* out, std::string* msg) {
+  if (!dmabuf_) {
+    *msg = "this RDMA device or CUDA driver does not take GPU memory through dma-bufs";
+    return -EOPNOTSUPP;
+  }
+  trellis::CudaDriver& cu = trellis::CudaDriver::get();
+  auto p = static_cast<trellis::CudaDriver::CUdeviceptr>(reinterpret_cast<uintptr_t>(ptr));
+  trellis::CudaDriver::CUdeviceptr base = 0;
+  size_t size = 0;
+  int cr = cu.use_device(device);
+  if (cr == 0) cr = cu.cuMemGetAddressRange(&base, &size, p);
+  if (cr != 0) {
+    *msg = "the CUDA driver does not know this pointer on device " + std::to_string(device) + ": " + cu.str(cr);
+    return -EINVAL;
+  }
+  if (p + len > base + size) {
+    *msg = std::to_string(len) + " bytes from the pointer run past its allocation";
+    return -EINVAL;
+  }
+  uint64_t offset = 0;
+  int fd = cu.dmabuf(p, len, base, size, &offset);
+  if (fd < 0) {
+    *msg = "cuMemGetHandleForAddressRange could not export a dma-buf for this range";
+    return -EIO;
+  }
+  int access = IBV_ACCESS_LOCAL_WRITE | (remote ? IBV_ACCESS_REMOTE_WRITE : 0);
+  if (opts_.relaxed_ordering) access |= IBV_ACCESS_RELAXED_ORDERING;
+  ibv_mr* mr = v_->reg_dmabuf_mr(use_pd_, offset, len, p, fd, access);
+  int e = errno;
+  close(fd);
+  if (!mr) {
+    *msg = std::string("ibv_reg_dmabuf_mr: ") + std::strerror(e);
+    return -(e ? e : EIO);
+  }
+  out->handle = mr;
+  out->desc = reinterpret_cast<void*>(static_cast<uintptr_t>(mr->lkey));
+  out->rkey = mr->rkey;
+  out->raddr = p;
+  device_mrs_.push_back(mr);
+  return 0;
 }
 
 bool VerbsDomain::setup(const VerbsOptions& opts, std::string* err) {
@@ -377,6 +444,8 @@ int VerbsDomain::reg(void* ptr, size_t len, bool remote, trellis::LocalMr* out, 
 }
 
 void VerbsDomain::dereg(trellis::LocalMr& mr) {
+  auto it = std::find(device_mrs_.begin(), device_mrs_.end(), mr.handle);
+  if (it != device_mrs_.end()) device_mrs_.erase(it);
   if (mr.handle) v_->dereg_mr(static_cast<ibv_mr*>(mr.handle));
   mr.handle = nullptr;
 }
@@ -990,7 +1059,21 @@ int VerbsDomain::poll(std::vector<Completion>& out, int max) {
     out.push_back(std::move(c));
     return n;
   }
+  size_t first = out.size();
   for (int i = 0; i < n; i++) map_wc(wc[i], out);
+  if (!device_mrs_.empty()) {
+    // An immediate may report bytes the NIC wrote into GPU memory: flush those writes to the GPU
+    // before anyone counts it, so they are visible to its kernels and copies (what NCCL does with a
+    // read or this call after a GPUDirect receive).
+    for (size_t i = first; i < out.size(); i++) {
+      if (out[i].kind == CompKind::RemoteWrite && out[i].has_imm) {
+        auto& cu = trellis::CudaDriver::get();
+        if (cu.cuFlushGPUDirectRDMAWrites)
+          cu.cuFlushGPUDirectRDMAWrites(trellis::CudaDriver::kFlushTargetCurrentCtx, trellis::CudaDriver::kFlushToOwner);
+        break;
+      }
+    }
+  }
   if (imm_to_post_ >= 32 || (n == 0 && imm_to_post_)) repost_imm_recvs();
   return produced + n;
 }

@@ -54,6 +54,11 @@ class VerbsDomain final : public trellis::Domain {
   std::vector<uint8_t> address() const override { return addr_; }
   std::string describe() const override;
   int reg(void* ptr, size_t len, bool remote, trellis::LocalMr* out, std::string* msg) override;
+  // GPU memory through a dma-buf (ibv_reg_dmabuf_mr) where the device and the CUDA driver take it:
+  // probed once at open (see probe_dmabuf). Never run: no RDMA device exists where Trellis is
+  // developed; the RC model does not take dma-bufs, so there CUDA regions are staged.
+  std::string path() const override { return dmabuf_ ? "direct" : "host"; }
+  int reg_device(void* ptr, size_t len, int device, bool remote, trellis::LocalMr* out, std::string* msg) override;
   void dereg(trellis::LocalMr& mr) override;
   int add_peer(const uint8_t* addr, size_t len, uint64_t* handle, std::string* msg) override;
   trellis::RemoteKey sink_of(const uint8_t*, size_t) const override { return {}; }
@@ -101,6 +106,9 @@ class VerbsDomain final : public trellis::Domain {
 
   Verbs* v_ = nullptr;
   VerbsOptions opts_;
+  bool dmabuf_ = false;               // CUDA memory registers through dma-bufs (probed at open)
+  std::vector<void*> device_mrs_;     // ibv_mr* of GPU registrations: imms are flushed while any live
+  void probe_dmabuf();
   DeviceFacts facts_;
   ibv_context* ctx_ = nullptr;
   ibv_pd* pd_ = nullptr;       // the protection domain

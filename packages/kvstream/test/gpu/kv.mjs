@@ -11,6 +11,15 @@ import { cudaInfo, cudaMemoryOps, DeviceBuffer, patternByte } from '@trellis/cud
 import { KvLayout, KvStreamReceiver, KvStreamSender } from '../../dist/index.js';
 
 const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
+// TRELLIS_GPU_PATH: lane (default: the same-host lane where it applies), direct (through the NICs,
+// FI_HMEM where libfabric has it) or staged (pinned host mirrors) — for comparing the paths.
+const gpuPath = process.env.TRELLIS_GPU_PATH ?? 'lane';
+const pathOpts =
+  gpuPath === 'staged'
+    ? { sameHostLane: false, gpuDirect: false }
+    : gpuPath === 'direct'
+      ? { sameHostLane: false }
+      : {};
 const SEED = 31;
 const spec = {
   layers: 8,
@@ -53,7 +62,7 @@ async function setup(device) {
   // The conformance kit imports vitest: loaded only for the stand-in.
   const h = fake ? new (await import('@trellis/core/conformance')).HostGpu() : undefined;
   const gpu = h ? h.ops : cudaMemoryOps();
-  const engine = await createEngine({ provider, nics: 2, gpu, maxSleepUs: 0 });
+  const engine = await createEngine({ provider, nics: 2, gpu, maxSleepUs: 0, ...pathOpts });
   const buf = h ? hostBuffer(h, layout.regionBytes) : DeviceBuffer.alloc(layout.regionBytes, { device });
   return { gpu, engine, buf, device: h ? 0 : device };
 }
@@ -159,6 +168,7 @@ async function prefill() {
     JSON.stringify({
       test: 'kvstream-gpu',
       provider,
+      gpuPath,
       devices: [0, peerDevice],
       results,
       prefill: stats,

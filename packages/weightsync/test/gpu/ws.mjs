@@ -16,6 +16,15 @@ import { cudaInfo, cudaMemoryOps, cudaWeightOps, DeviceBuffer } from '@trellis/c
 import { f32ToBf16, planWeightSync, WeightSyncReceiver, WeightSyncSender, whole } from '../../dist/index.js';
 
 const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
+// TRELLIS_GPU_PATH: lane (default: the same-host lane where it applies), direct (through the NICs,
+// FI_HMEM where libfabric has it) or staged (pinned host mirrors) — for comparing the paths.
+const gpuPath = process.env.TRELLIS_GPU_PATH ?? 'lane';
+const pathOpts =
+  gpuPath === 'staged'
+    ? { sameHostLane: false, gpuDirect: false }
+    : gpuPath === 'direct'
+      ? { sameHostLane: false }
+      : {};
 const model = Array.from({ length: 6 }, (_, i) => ({ name: `w${i}`, shape: [2048, 4096], dtype: 'bf16' }));
 const plan = planWeightSync(
   model,
@@ -34,7 +43,7 @@ const plan = planWeightSync(
 async function inference() {
   const device = Number(process.argv[3]);
   const out = process.argv[4];
-  const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
+  const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0, ...pathOpts });
   const size = plan.inferenceBytes[0];
   const bufs = [DeviceBuffer.alloc(size, { device }), DeviceBuffer.alloc(size, { device })];
   const handles = [];
@@ -85,7 +94,7 @@ async function trainer() {
   }
 
   // GPU path.
-  const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
+  const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0, ...pathOpts });
   const src = DeviceBuffer.alloc(source.length, { device: 0 });
   src.write(source);
   const tx = await WeightSyncSender.create({
@@ -145,6 +154,7 @@ async function trainer() {
     JSON.stringify({
       test: 'weightsync-gpu',
       provider,
+      gpuPath,
       devices: [0, peerDevice],
       bytes: plan.ops.reduce((n, o) => n + o.bytes, 0),
       checked,

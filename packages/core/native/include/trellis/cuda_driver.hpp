@@ -1,13 +1,13 @@
-// The few CUDA driver calls backend-efa makes, opened at run time (libcuda.so.1): the addon loads
+// The few CUDA driver calls the native backends make, opened at run time (libcuda.so.1): an addon loads
 // and serves host memory on machines without a GPU or a driver, and needs no CUDA headers to build.
 //
-// Used for GPU memory registered directly with libfabric (FI_HMEM):
-//  - the visibility fence: libfabric copies into GPU memory with cudaMemcpy (shm's CUDA IPC lane,
-//    the bounce buffers of tcp), which can return to the host before the bytes land. An immediate
-//    that reports such a write is held until a CUDA event recorded after it on the legacy default
-//    stream has completed (see FabricDomain::poll);
-//  - dma-buf export of an allocation (cuMemGetHandleForAddressRange) for providers that take
-//    FI_MR_DMABUF (efa).
+// Used for GPU memory registered directly with the NICs:
+//  - backend-efa's visibility fence: libfabric copies into GPU memory with cudaMemcpy (shm's CUDA
+//    IPC protocol, the bounce buffers of tcp), which can return to the host before the bytes land.
+//    An immediate that reports such a write is held until a CUDA event recorded after it on the
+//    legacy default stream has completed (see FabricDomain::poll);
+//  - dma-buf export of an allocation (cuMemGetHandleForAddressRange) for efa (FI_MR_DMABUF) and
+//    for ibverbs (ibv_reg_dmabuf_mr), and the GPUDirect RDMA write flush for ibverbs.
 #pragma once
 
 #include <dlfcn.h>
@@ -16,7 +16,7 @@
 #include <mutex>
 #include <string>
 
-namespace trellis_efa {
+namespace trellis {
 
 struct CudaDriver {
   using CUresult = int;
@@ -43,13 +43,45 @@ struct CudaDriver {
   CUresult (*cuEventRecord)(CUevent, CUstream) = nullptr;
   CUresult (*cuEventQuery)(CUevent) = nullptr;
   CUresult (*cuEventDestroy)(CUevent) = nullptr;
+  CUresult (*cuStreamQuery)(CUstream) = nullptr;
   CUresult (*cuPointerGetAttribute)(void*, int, CUdeviceptr) = nullptr;
   CUresult (*cuMemGetAddressRange)(CUdeviceptr*, size_t*, CUdeviceptr) = nullptr;
   CUresult (*cuMemGetHandleForAddressRange)(void*, CUdeviceptr, size_t, int, unsigned long long) = nullptr;
   CUresult (*cuGetErrorString)(CUresult, const char**) = nullptr;
+  CUresult (*cuMemAlloc)(CUdeviceptr*, size_t) = nullptr;
+  CUresult (*cuMemFree)(CUdeviceptr) = nullptr;
+  // GPUDirect RDMA: make the NIC's writes visible to the GPU's own work (CUDA >= 11.3).
+  CUresult (*cuFlushGPUDirectRDMAWrites)(int target, int scope) = nullptr;
+  static constexpr int kFlushTargetCurrentCtx = 0;
+  static constexpr int kFlushToOwner = 100;
 
   bool ok = false;
   std::string error;
+
+  // Make `device`'s primary context (the CUDA runtime's) current on this thread; 0 or a CUresult.
+  CUresult use_device(int device) {
+    CUdevice dev = 0;
+    CUcontext ctx = nullptr;
+    CUresult r = cuDeviceGet(&dev, device);
+    if (r == 0) r = cuDevicePrimaryCtxRetain(&ctx, dev);
+    if (r == 0) r = cuCtxSetCurrent(ctx);
+    return r;
+  }
+
+  // A dma-buf file descriptor for the whole pages around [ptr, ptr + len) inside the allocation
+  // [base, base + size): returns the fd (or -1) and the offset of `ptr` in it.
+  int dmabuf(CUdeviceptr ptr, size_t len, CUdeviceptr base, size_t size, uint64_t* offset) {
+    if (!cuMemGetHandleForAddressRange) return -1;
+    const CUdeviceptr page = 1ull << 16;
+    CUdeviceptr start = ptr & ~(page - 1);
+    CUdeviceptr end = (ptr + len + page - 1) & ~(page - 1);
+    if (start < base) start = base;
+    if (end > base + size) end = base + size;
+    int fd = -1;
+    if (cuMemGetHandleForAddressRange(&fd, start, end - start, kHandleTypeDmabufFd, 0) != 0) return -1;
+    *offset = ptr - start;
+    return fd;
+  }
 
   // The process-wide driver, opened on first use. `ok` false: `error` says why.
   static CudaDriver& get() {
@@ -83,10 +115,14 @@ struct CudaDriver {
                sym(h, "cuDevicePrimaryCtxRetain", cuDevicePrimaryCtxRetain) &&
                sym(h, "cuEventCreate", cuEventCreate) && sym(h, "cuEventRecord", cuEventRecord) &&
                sym(h, "cuEventQuery", cuEventQuery) && sym(h, "cuEventDestroy_v2", cuEventDestroy) &&
+               sym(h, "cuStreamQuery", cuStreamQuery) &&
                sym(h, "cuPointerGetAttribute", cuPointerGetAttribute) &&
                sym(h, "cuMemGetAddressRange_v2", cuMemGetAddressRange) &&
                sym(h, "cuGetErrorString", cuGetErrorString);
     sym(h, "cuMemGetHandleForAddressRange", cuMemGetHandleForAddressRange, false);
+    sym(h, "cuMemAlloc_v2", cuMemAlloc, false);
+    sym(h, "cuMemFree_v2", cuMemFree, false);
+    sym(h, "cuFlushGPUDirectRDMAWrites", cuFlushGPUDirectRDMAWrites, false);
     if (!all) return;
     CUresult r = cuInit(0);
     if (r != 0) {
@@ -97,4 +133,4 @@ struct CudaDriver {
   }
 };
 
-}  // namespace trellis_efa
+}  // namespace trellis
