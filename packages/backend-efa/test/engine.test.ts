@@ -1,4 +1,4 @@
-import { MrDesc, NetAddr } from '@trellis/core';
+import { MrDesc, NetAddr, TrellisError } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine, fabricLibrary, fabricVersion, probeProviders } from '../src/index.js';
@@ -85,6 +85,56 @@ describe('backend-efa: providers and options', () => {
     expect(await code(createEngine({ nics: 0 }))).toMatch(/^INVALID_ARGUMENT/);
     expect(await code(createEngine({ provider: 'verbs' as never }))).toMatch(
       /^INVALID_ARGUMENT: createEngine: provider must be/,
+    );
+    // Tuning the worker cannot honour (a negative deadline used to be taken).
+    expect(await code(createEngine({ provider: 'shm', opTimeoutMs: -1 }))).toBe(
+      'INVALID_ARGUMENT: createEngine: opTimeoutMs must be an integer >= 0, got -1',
+    );
+    expect(await code(createEngine({ provider: 'shm', maxInflight: 0 }))).toBe(
+      'INVALID_ARGUMENT: createEngine: maxInflight must be an integer >= 1, got 0',
+    );
+    expect(await code(createEngine({ provider: 'shm', idleSpinUs: 1.5 }))).toBe(
+      'INVALID_ARGUMENT: createEngine: idleSpinUs must be an integer >= 0, got 1.5',
+    );
+    expect(await code(createEngine({ provider: 'shm', cpu: '1' as unknown as number }))).toBe(
+      'INVALID_ARGUMENT: createEngine: cpu must be an integer >= 0, got "1"',
+    );
+  });
+
+  it('a region too large to allocate is a TrellisError (RESOURCE_EXHAUSTED), not a plain Error', async () => {
+    const e = await engine({ provider: 'shm' });
+    const err = await e.registerMemory(2 ** 50).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect(err).toBeInstanceOf(TrellisError);
+    expect((err as TrellisError).code).toBe('RESOURCE_EXHAUSTED');
+    expect((err as TrellisError).message).toMatch(
+      /^registerMemory: could not allocate 1125899906842624 bytes of page-aligned host memory \(.*\); register less, or pass memory you allocated$/,
+    );
+    expect(e.stats().regions).toBe(0);
+  });
+
+  it('expectedImms names itself in its errors (it used to say submitPagedWrites:)', async () => {
+    const e = await engine({ provider: 'shm' });
+    const src = await e.registerMemory(4096);
+    const dst = await e.registerMemory(8192, { remote: true });
+    const req = {
+      kind: 'paged' as const,
+      src,
+      srcPages: Uint32Array.of(9),
+      srcStride: 4096,
+      dst: dst.desc,
+      dstPages: Uint32Array.of(0),
+      dstStride: 4096,
+      pageBytes: 4096,
+      imm: 1,
+    };
+    expect(() => e.expectedImms(req)).toThrow(
+      'expectedImms: src page 9: bytes [36864, 40960) fall outside the region of 4096 bytes',
+    );
+    expect(() => e.expectedImms({ kind: 'single', src, length: 5000, dst: dst.desc, imm: 1 })).toThrow(
+      /^expectedImms: /,
     );
   });
 

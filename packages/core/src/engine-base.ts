@@ -997,15 +997,15 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     const ctx = this.shapeContext(request);
     switch (request.kind) {
       case 'single': {
-        const p = planSingle(ctx, request);
+        const p = planSingle(ctx, request, op);
         return countImms({ kind: 'single', length: p.length, shards: p.shards, imm: p.imm }, p.lanes);
       }
       case 'paged': {
-        const p = planPaged(ctx, request);
+        const p = planPaged(ctx, request, op);
         return countImms({ kind: 'paged', pages: p.srcPages.length, imm: p.imm }, p.lanes);
       }
       case 'scatter': {
-        const p = planScatter(ctx, request);
+        const p = planScatter(ctx, request, op);
         const who = this.pickTarget(
           op,
           p.targets.map((t) => t.peer),
@@ -1019,12 +1019,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         );
       }
       case 'barrier': {
-        const p = planBarrier(ctx, request);
+        const p = planBarrier(ctx, request, op);
         const who = this.pickTarget(op, p.peers, target);
         return p.peers.filter((x) => x.equals(who)).length;
       }
       case 'imm': {
-        const p = planImm(ctx, request);
+        const p = planImm(ctx, request, op);
         if (target !== undefined && !checkPeer(this, op, 'target', target).equals(p.peer)) return 0;
         return 1;
       }

@@ -56,8 +56,38 @@ export type ImmShape =
  * ```
  */
 export function countImms(shape: ImmShape, lanes: number): number {
-  if (!Number.isInteger(lanes) || lanes < 1)
-    throw new TrellisError('INVALID_ARGUMENT', `countImms: lanes ${lanes} must be >= 1`);
+  const bad = (what: string): never => {
+    throw new TrellisError('INVALID_ARGUMENT', `countImms: ${what}`);
+  };
+  const count = (field: string, v: unknown, min = 0): number => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min)
+      bad(`${field} must be an integer >= ${min}, got ${typeof v === 'number' ? v : typeof v}`);
+    return v as number;
+  };
+  if (!Number.isInteger(lanes) || lanes < 1) bad(`lanes ${lanes} must be >= 1`);
+  if (typeof shape !== 'object' || shape === null) bad('expected a shape with a kind');
+  const imm = (shape as { imm?: unknown }).imm;
+  if (imm !== undefined && (typeof imm !== 'number' || !Number.isInteger(imm) || imm < 0 || imm > 0xffffffff))
+    bad(`imm must be an integer in 0..2^32-1, got ${typeof imm === 'number' ? imm : typeof imm}`);
+  switch (shape.kind) {
+    case 'single':
+      count('length', shape.length);
+      if (shape.shards !== undefined) count('shards', shape.shards, 1);
+      break;
+    case 'paged':
+      count('pages', shape.pages);
+      break;
+    case 'scatter':
+      if (!Array.isArray(shape.lengths)) bad('lengths must be an array of byte counts');
+      for (const [i, n] of shape.lengths.entries()) count(`lengths[${i}]`, n);
+      break;
+    case 'barrier':
+    case 'imm':
+      if (imm === undefined) bad(`a ${shape.kind} shape needs its imm`);
+      break;
+    default:
+      bad(`unknown kind ${JSON.stringify((shape as { kind: unknown }).kind)}`);
+  }
   if (shape.imm === undefined) return 0;
   switch (shape.kind) {
     case 'single':

@@ -190,6 +190,27 @@ export interface NativeEngineTuning {
   failover?: FailoverOptions | boolean;
 }
 
+/** Refuse tuning numbers the worker cannot honour (a negative deadline, a fractional CPU, ...). */
+function checkTuning(t: NativeEngineTuning): void {
+  const fields: Array<[keyof NativeEngineTuning, number]> = [
+    ['cpu', 0],
+    ['opTimeoutMs', 0],
+    ['idleSpinUs', 0],
+    ['maxSleepUs', 0],
+    ['maxInflight', 1],
+    ['doorbellUs', 0],
+  ];
+  for (const [k, min] of fields) {
+    const v = t[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: ${k} must be an integer >= ${min}, got ${typeof v === 'number' ? v : JSON.stringify(v)}`,
+      );
+  }
+}
+
 /** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
 export function nativeTuning(
   opts: NativeEngineTuning,
@@ -358,6 +379,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly stagedByRkey = new Map<bigint, Region>();
 
   protected constructor(init: NativeEngineInit) {
+    checkTuning(init.tuning);
     const limits = { maxMessageBytes: 64 * 1024, ...init.tuning.limits };
     super(limits);
     this.backendName = init.backendName;
@@ -501,8 +523,17 @@ export abstract class NativeEngineBase extends EngineBase {
   protected async registerRegion(src: MemorySource, remote: boolean, op: string): Promise<RegionAlloc> {
     let view: Uint8Array;
     let cuda: CudaMemory['cuda'] | undefined;
-    if (typeof src === 'number') view = new Uint8Array(this.native.alloc(src));
-    else if (src instanceof ArrayBuffer || src instanceof SharedArrayBuffer) view = new Uint8Array(src);
+    if (typeof src === 'number') {
+      try {
+        view = new Uint8Array(this.native.alloc(src));
+      } catch (e) {
+        throw new TrellisError(
+          'RESOURCE_EXHAUSTED',
+          `${op}: could not allocate ${src} bytes of page-aligned host memory (${e instanceof Error ? e.message : String(e)}); register less, or pass memory you allocated`,
+          { op, cause: e },
+        );
+      }
+    } else if (src instanceof ArrayBuffer || src instanceof SharedArrayBuffer) view = new Uint8Array(src);
     else if (ArrayBuffer.isView(src)) view = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
     else {
       cuda = (src as CudaMemory).cuda;

@@ -233,8 +233,12 @@ function checkLane(op: string, field: string, v: unknown, lanes: number): number
 // ---------------------------------------------------------------------------------------------
 // requests
 
-export function planSingle(ctx: ValidationContext, req: SingleWriteRequest): SinglePlan {
-  const op = 'submitSingleWrite';
+/** `op` names the call in errors (`expectedImms` validates requests through these too). */
+export function planSingle(
+  ctx: ValidationContext,
+  req: SingleWriteRequest,
+  op = 'submitSingleWrite',
+): SinglePlan {
   checkRequestObject(op, req);
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
@@ -284,8 +288,12 @@ function maxIndex(a: Uint32Array): number {
   return m;
 }
 
-export function planPaged(ctx: ValidationContext, req: PagedWritesRequest): PagedPlan {
-  const op = 'submitPagedWrites';
+/** `op` names the call in errors (`expectedImms` validates requests through these too). */
+export function planPaged(
+  ctx: ValidationContext,
+  req: PagedWritesRequest,
+  op = 'submitPagedWrites',
+): PagedPlan {
   checkRequestObject(op, req);
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
@@ -343,8 +351,8 @@ export function planPaged(ctx: ValidationContext, req: PagedWritesRequest): Page
   };
 }
 
-export function planScatter(ctx: ValidationContext, req: ScatterRequest): ScatterPlan {
-  const op = 'submitScatter';
+/** `op` names the call in errors (`expectedImms` validates requests through these too). */
+export function planScatter(ctx: ValidationContext, req: ScatterRequest, op = 'submitScatter'): ScatterPlan {
   checkRequestObject(op, req);
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
@@ -384,8 +392,8 @@ export function planScatter(ctx: ValidationContext, req: ScatterRequest): Scatte
   return { op: 'scatter', src: req.src, targets, imm, routing: nic === undefined ? routing : { nic } };
 }
 
-export function planBarrier(ctx: ValidationContext, req: BarrierRequest): BarrierPlan {
-  const op = 'submitBarrier';
+/** `op` names the call in errors (`expectedImms` validates requests through these too). */
+export function planBarrier(ctx: ValidationContext, req: BarrierRequest, op = 'submitBarrier'): BarrierPlan {
   checkRequestObject(op, req);
   checkOpOptions(op, req);
   const group = isObject(req.group) ? ctx.group(req.group as PeerGroup) : undefined;
@@ -402,8 +410,8 @@ export function planBarrier(ctx: ValidationContext, req: BarrierRequest): Barrie
   return { op: 'barrier', peers: group.peers, imm, lanes };
 }
 
-export function planImm(ctx: ValidationContext, req: ImmRequest): ImmPlan {
-  const op = 'submitImm';
+/** `op` names the call in errors (`expectedImms` validates requests through these too). */
+export function planImm(ctx: ValidationContext, req: ImmRequest, op = 'submitImm'): ImmPlan {
   checkRequestObject(op, req);
   checkOpOptions(op, req);
   let peer: NetAddr;

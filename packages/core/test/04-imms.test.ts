@@ -62,4 +62,40 @@ describe('sharding rules', () => {
     expect(countImms({ kind: 'imm', imm: 3 }, 4)).toBe(1);
     expect(() => countImms({ kind: 'imm', imm: 3 }, 0)).toThrow(/lanes/);
   });
+
+  it('countImms refuses shapes no request can have, saying which field (it used to count them)', () => {
+    const err = (shape: unknown) => {
+      try {
+        countImms(shape as Parameters<typeof countImms>[0], 2);
+      } catch (e) {
+        return `${(e as { code: string }).code}: ${(e as Error).message}`;
+      }
+      return 'counted';
+    };
+    expect(err({ kind: 'imm', imm: 2 ** 32 })).toBe(
+      'INVALID_ARGUMENT: countImms: imm must be an integer in 0..2^32-1, got 4294967296',
+    );
+    expect(err({ kind: 'single', length: 1, imm: -1 })).toBe(
+      'INVALID_ARGUMENT: countImms: imm must be an integer in 0..2^32-1, got -1',
+    );
+    expect(err({ kind: 'single', length: -5, imm: 1 })).toBe(
+      'INVALID_ARGUMENT: countImms: length must be an integer >= 0, got -5',
+    );
+    expect(err({ kind: 'single', length: 10, shards: 0, imm: 1 })).toBe(
+      'INVALID_ARGUMENT: countImms: shards must be an integer >= 1, got 0',
+    );
+    expect(err({ kind: 'paged', pages: 1.5, imm: 1 })).toBe(
+      'INVALID_ARGUMENT: countImms: pages must be an integer >= 0, got 1.5',
+    );
+    expect(err({ kind: 'scatter', lengths: [1, -1], imm: 1 })).toBe(
+      'INVALID_ARGUMENT: countImms: lengths[1] must be an integer >= 0, got -1',
+    );
+    expect(err({ kind: 'barrier' })).toBe('INVALID_ARGUMENT: countImms: a barrier shape needs its imm');
+    expect(err({ kind: 'nope', imm: 1 })).toBe('INVALID_ARGUMENT: countImms: unknown kind "nope"');
+    // Without an immediate a valid shape counts 0, an invalid one is still refused.
+    expect(err({ kind: 'paged', pages: -1 })).toBe(
+      'INVALID_ARGUMENT: countImms: pages must be an integer >= 0, got -1',
+    );
+    expect(countImms({ kind: 'paged', pages: 3 }, 2)).toBe(0);
+  });
 });
