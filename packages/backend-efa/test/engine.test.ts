@@ -115,6 +115,30 @@ describe('backend-efa: providers and options', () => {
     expect(e.stats().regions).toBe(0);
   });
 
+  it('a posted write that never completes settles by its own timeoutMs, not the engine deadline (shm, forged rkey)', async () => {
+    // shm never completes a write whose remote key it refuses: the request's deadline must settle it
+    // (it used to wait for opTimeoutMs and then name the request's timeoutMs).
+    const a = await engine({ provider: 'shm', opTimeoutMs: 60_000 });
+    const b = await engine({ provider: 'shm' });
+    const src = await a.registerMemory(4096);
+    const dst = await b.registerMemory(4096, { remote: true });
+    const d = dst.desc;
+    const forged = new MrDesc(
+      d.owner,
+      d.base,
+      d.length,
+      d.nics.map((k) => ({ addr: k.addr, rkey: k.rkey ^ 0x5555n })),
+    );
+    const err = await a.submitSingleWrite({ src, length: 4096, dst: forged, imm: 1, timeoutMs: 300 }).then(
+      () => undefined,
+      (x: TrellisError) => x,
+    );
+    expect(err?.code).toBe('TIMEOUT');
+    expect(err?.message).toMatch(/^submitSingleWrite: timed out after \d+ ms/);
+    expect(a.stats().ops).toEqual({ submitted: 1, completed: 0, failed: 1, inFlight: 0 });
+    expect(b.immCounter(1).total).toBe(0);
+  });
+
   it('expectedImms names itself in its errors (it used to say submitPagedWrites:)', async () => {
     const e = await engine({ provider: 'shm' });
     const src = await e.registerMemory(4096);

@@ -160,9 +160,15 @@ export class PendingOp {
   /** Arm the deadline: when it passes, the backend is asked to cancel. (The engine watches the AbortSignal, one listener per signal.) */
   arm(opts: OpOptions): void {
     if (opts.timeoutMs !== undefined) {
+      const t0 = performance.now();
       this.timer = setTimeout(() => {
+        // The true elapsed time: a busy event loop can fire the timer late.
+        const ms = Math.round(performance.now() - t0);
         this.requestCancel(
-          new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`),
+          new TrellisError(
+            'TIMEOUT',
+            `${this.callsite.op}: timed out after ${ms} ms${ms > opts.timeoutMs! + 50 ? ` (timeoutMs ${opts.timeoutMs})` : ''}`,
+          ),
         );
       }, opts.timeoutMs);
     }
