@@ -420,8 +420,13 @@ int FabricDomain::reg_device(void* ptr, size_t len, int device, bool remote, tre
   if (!mr) {
     attr.mr_iov = &iov;
     attr.iov_count = 1;
-    // shm: FI_HMEM_DEVICE_ONLY selects its CUDA IPC protocol (without it, bounce buffers).
-    flags = FI_HMEM_DEVICE_ONLY;
+    // Not on shm: there FI_HMEM_DEVICE_ONLY selects its CUDA IPC protocol, whose copy runs at the
+    // target and is asynchronous — the writer's completion (and so "the source may be reused")
+    // comes back before the copy has read the source. Measured: weightsync, whose pipeline reuses
+    // its device staging as soon as a write resolves, delivered 4,182,840 wrong bytes that way.
+    // Without the flag shm moves GPU bytes through its bounce buffers, the writer copying them out
+    // synchronously. GPU → GPU writes between processes of one host take the same-host lane anyway.
+    flags = provider_ == "shm" ? 0 : FI_HMEM_DEVICE_ONLY;
     rc = fi_mr_regattr(domain_, &attr, flags, &mr);
   }
   if (rc) {

@@ -18,9 +18,12 @@ export interface EfaEngineOptions extends NativeEngineTuning {
   /** Source address or interface for tcp (`fi_getinfo` node). */
   iface?: string;
   /**
-   * Register CUDA memory with the NICs directly (libfabric `FI_HMEM`: CUDA IPC on shm, GPUDirect
-   * RDMA through a dma-buf on efa) where the provider offers it and a CUDA driver is present.
-   * `false` asks libfabric for host memory only, and CUDA regions are staged. Default `true`.
+   * Register CUDA memory with the NICs directly (libfabric `FI_HMEM`: GPUDirect RDMA through a
+   * dma-buf on efa) where the provider offers it and a CUDA driver is present. `false` asks
+   * libfabric for host memory only, and CUDA regions are staged. Default: `true`, except on shm,
+   * where GPU bytes would move through shm's bounce buffers (1.7 GB/s on an H200, slower than the
+   * staged path) — GPU → GPU writes on one host take the same-host lane instead. (shm's CUDA IPC
+   * protocol is not used: its writer completes before the copy has read the source.)
    */
   gpuDirect?: boolean;
 }
@@ -63,14 +66,14 @@ export class EfaEngine extends NativeEngineBase {
         nics,
         strict,
         iface: opts.iface,
-        hmem: opts.gpuDirect !== false,
+        hmem: opts.gpuDirect ?? provider !== 'shm',
       },
       kindOf: (providers) => {
         const p = providers[0]!.provider;
         return PROVIDER_KIND[p] ?? `fi-${p.replace(/[^a-z0-9]/g, '')}`;
       },
     });
-    this.gpuDirectOff = opts.gpuDirect === false;
+    this.gpuDirectOff = opts.gpuDirect === false || (opts.gpuDirect === undefined && provider === 'shm');
   }
 
   private libInfo: LibraryInfo | undefined;
@@ -95,7 +98,7 @@ export class EfaEngine extends NativeEngineBase {
     const lib = `libfabric ${info.version} (${info.path})`;
     if (!info.hmem)
       return `${lib} does not offer FI_HMEM for provider ${this.provider} (Debian's libfabric 1.17 is built without it; use a libfabric 2.x built with CUDA, such as the EFA installer's, through TRELLIS_LIBFABRIC_DIR at build time)`;
-    return `${lib} offers FI_HMEM, but ${this.gpuDirectOff ? 'the engine was created with gpuDirect: false' : 'no CUDA driver (libcuda.so.1) could be loaded'}`;
+    return `${lib} offers FI_HMEM, but ${this.gpuDirectOff ? 'gpuDirect is off (the default on shm; pass gpuDirect: true for its bounce-buffer path)' : 'no CUDA driver (libcuda.so.1) could be loaded'}`;
   }
 
   protected checkNicAddress(nic: Uint8Array): string | undefined {

@@ -10,8 +10,9 @@
 //                  copy on the writer's stream, immediates raised after it has drained);
 //   lane-reuse   — as lane, and the writer overwrites its source the moment the write resolves (a
 //                  resolved write promises the source may be reused: the target must see round r);
-//   direct       — sameHostLane: false: the write goes through libfabric (FI_HMEM on shm: its own
-//                  CUDA IPC copy at the target), the immediate held by the engine's CUDA-event fence;
+//   direct       — sameHostLane: false, gpuDirect: true: the write goes through libfabric (FI_HMEM;
+//                  on shm its bounce buffers, the target's copy asynchronous), the immediate held by
+//                  the engine's CUDA-event fence;
 //   direct-reuse — as direct, with the source overwritten at once;
 //   nofence      — as direct, the target's fence off (TRELLIS_EFA_NO_FENCE=1): shows the gap.
 // Prints one JSON line per size and variant: rounds, stale rounds, stale bytes.
@@ -31,7 +32,7 @@ const seedOf = (size, r) => (size * 31 + r * 7919) >>> 0;
 async function target() {
   const device = Number(process.argv[3]);
   const maxSize = Number(process.argv[4]);
-  const e = await createEngine({ provider, gpu: cudaMemoryOps(), maxSleepUs: 0 });
+  const e = await createEngine({ provider, gpu: cudaMemoryOps(), maxSleepUs: 0, gpuDirect: true });
   const buf = DeviceBuffer.alloc(maxSize, { device });
   const mr = await e.registerMemory({ cuda: { ptr: buf.ptr, length: maxSize, device } }, { remote: true });
   const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -83,7 +84,13 @@ async function writer() {
   let failed = 0;
   for (const variant of variants) {
     const lane = variant.startsWith('lane');
-    const e = await createEngine({ provider, gpu: cudaMemoryOps(), maxSleepUs: 0, sameHostLane: lane });
+    const e = await createEngine({
+      provider,
+      gpu: cudaMemoryOps(),
+      maxSleepUs: 0,
+      gpuDirect: true,
+      sameHostLane: lane,
+    });
     const ack = await e.registerMemory(64, { remote: true });
     const t = await start(peerDevice, maxSize, variant === 'nofence' ? { TRELLIS_EFA_NO_FENCE: '1' } : {});
     const hello = await t.next();

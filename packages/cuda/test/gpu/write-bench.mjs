@@ -1,7 +1,8 @@
 // GPU → GPU writes between two processes (each its own GPU when two are visible), every path in one
 // invocation, each counted done only when its bytes are visible at the target:
 //   lane     — the engine's same-host lane (CUDA IPC copy on the writer's stream, imms after it);
-//   direct   — the engine through libfabric with FI_HMEM (sameHostLane: false), fenced imms;
+//   direct   — the engine through libfabric with FI_HMEM (sameHostLane: false, gpuDirect: true;
+//              on shm its bounce buffers), fenced imms;
 //   staged   — the engine through pinned host mirrors (gpuDirect: false, sameHostLane: false);
 //   memcpy   — baseline: cudaMemcpyAsync device → device into the peer's IPC-mapped buffer on one
 //              stream, drained (no engine, no immediates);
@@ -30,7 +31,7 @@ const DEPTH = Number(process.env.TRELLIS_BENCH_DEPTH ?? 4);
 function engineOpts(mode) {
   const base = { provider, gpu: cudaMemoryOps(), maxSleepUs: 0 };
   if (mode === 'lane') return base;
-  if (mode === 'direct') return { ...base, sameHostLane: false };
+  if (mode === 'direct') return { ...base, sameHostLane: false, gpuDirect: true };
   return { ...base, sameHostLane: false, gpuDirect: false };
 }
 
