@@ -794,17 +794,12 @@ class Engine {
     if (st.outstanding == 0) {
       report(op, st, why, 0, -1, "");
       ops_.erase(it);
-      return;
     }
-    // A request's own deadline settles it now, as the engine deadline does: a provider may never
-    // complete what is posted (a peer that died, a key it silently refuses). Its context stays
-    // until the provider lets go, and completions arriving later are swallowed (wr_done).
-    if (why == Code::Timeout) {
-      report(op, st, why, 0, -1, std::to_string(st.posted_open) + " work request(s) still posted");
-      return;
-    }
-    // An abort settles when its posted work completes (or at the deadline): only then is the
-    // source certainly no longer read.
+    // Otherwise the op settles with `why` when its posted work completes (or at the engine
+    // deadline): only then is the source certainly no longer read. Settling a posted write at the
+    // request's own deadline was tried (2026-12-03) and reverted: a write that then still landed,
+    // with its immediate, carried bytes of a source its writer had already reused (trellis soak
+    // counted 2 mismatched deliveries).
   }
 
   // -------------------------------------------------------------------------------- torn-down NICs
