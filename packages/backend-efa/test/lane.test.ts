@@ -164,10 +164,101 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
     const p = a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 4, signal: ctl.signal });
     ctl.abort();
     expect(await outcome(p)).toBe('ABORTED: submitSingleWrite: aborted by its AbortSignal');
+    // Settled only once the copy had run: nothing of it touches memory after the promise settles.
+    expect(gpu.lane.copies).toBe(1);
     await new Promise((r) => setTimeout(r, 100));
     expect(b.immCounter(4).total).toBe(0);
     expect(a.stats().gpu.laneWrites).toBe(0);
     expect(a.stats().ops).toEqual({ submitted: 1, completed: 0, failed: 1, inFlight: 0 });
+
+    // A deadline shorter than the copy: TIMEOUT, again only after the copy, with no immediate.
+    const t0 = performance.now();
+    const q = a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 4, timeoutMs: 1 });
+    expect(await outcome(q)).toMatch(/^TIMEOUT: submitSingleWrite: timed out after 1 ms/);
+    expect(gpu.lane.copies).toBe(2);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(b.immCounter(4).total).toBe(0);
+    expect(a.stats().ops).toEqual({ submitted: 2, completed: 0, failed: 2, inFlight: 0 });
+  });
+
+  it('many writes in flight keep their order on the lane stream; without an immediate a write resolves once its bytes are in place', async () => {
+    const gpu = new HostGpu(2, { lane: true });
+    const a = await engine({ gpu: gpu.ops });
+    const b = await engine({ gpu: gpu.ops });
+    const n = 64 << 10;
+    const slots = 16;
+    const sp = gpu.alloc(n * slots);
+    fillXorshift(gpu.bytes(sp), 21);
+    const dp = gpu.alloc(n * slots);
+    const src = await a.registerMemory({ cuda: { ptr: sp, length: n * slots, device: 0 } });
+    const dst = await b.registerMemory({ cuda: { ptr: dp, length: n * slots, device: 0 } }, { remote: true });
+    // Each write lands in its own slot; each one's bytes are checked when its promise resolves.
+    const checks = Array.from({ length: slots }, (_, i) =>
+      a
+        .submitSingleWrite({ src, srcOffset: i * n, length: n, dst: dst.desc, dstOffset: i * n })
+        .then(() =>
+          Buffer.compare(
+            gpu.bytes(dp).subarray(i * n, (i + 1) * n),
+            gpu.bytes(sp).subarray(i * n, (i + 1) * n),
+          ),
+        ),
+    );
+    expect(await Promise.all(checks)).toEqual(new Array(slots).fill(0));
+    // Then the same slots again, with an immediate each: the target counts them all.
+    gpu.bytes(dp).fill(0);
+    const per = b.expectedImms({ kind: 'single', src, length: n, dst: dst.desc, imm: 5 });
+    await Promise.all(
+      Array.from({ length: slots }, (_, i) =>
+        a.submitSingleWrite({ src, srcOffset: i * n, length: n, dst: dst.desc, dstOffset: i * n, imm: 5 }),
+      ),
+    );
+    await b.immCounter(5).wait(per * slots, { timeoutMs: 5000 });
+    expect(Buffer.compare(gpu.bytes(dp), gpu.bytes(sp))).toBe(0);
+    expect(b.immCounter(5).total).toBe(per * slots);
+    expect(a.stats().gpu).toMatchObject({
+      laneWrites: 2 * slots,
+      laneBytes: 2 * slots * n,
+      laneFallbacks: 0,
+    });
+    expect(a.stats().ops).toEqual({ submitted: 2 * slots, completed: 2 * slots, failed: 0, inFlight: 0 });
+    // One copy per piece: a write cut into shards for the NICs is one copy on the lane.
+    expect(gpu.lane.copies).toBe(2 * slots);
+  });
+
+  it('a copy that fails on the GPU settles its write with the CUDA error by its deadline; the engine still serves NIC writes', async () => {
+    const gpu = new HostGpu(5, { lane: true });
+    const a = await engine({ gpu: gpu.ops });
+    const b = await engine({ gpu: gpu.ops });
+    const n = 4096;
+    const sp = gpu.alloc(n);
+    const src = await a.registerMemory({ cuda: { ptr: sp, length: n, device: 0 } });
+    const dst = await b.registerMemory(
+      { cuda: { ptr: gpu.alloc(n), length: n, device: 0 } },
+      { remote: true },
+    );
+    // The source allocation is freed behind the engine's back: the copy faults, the stream breaks
+    // and its signal never comes (as cudaErrorIllegalAddress would on a GPU).
+    gpu.free(sp);
+    const t0 = performance.now();
+    const p = a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 6, timeoutMs: 300 });
+    expect(await outcome(p)).toMatch(
+      /^PROVIDER_ERROR: submitSingleWrite: the same-host lane's copy failed: HostGpu: the lane stream failed \(cudaErrorIllegalAddress\): /,
+    );
+    expect(performance.now() - t0).toBeLessThan(3000);
+    // The broken stream refuses new copies at once, before anything is armed.
+    expect(await outcome(a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 6 }))).toMatch(
+      /^PROVIDER_ERROR: .*the lane stream failed/,
+    );
+    expect(b.immCounter(6).total).toBe(0);
+    // Host memory still moves through the NICs.
+    const hs = await a.registerMemory(n);
+    hs.buffer!.fill(7);
+    const hd = await b.registerMemory(n, { remote: true });
+    await a.submitSingleWrite({ src: hs, length: n, dst: hd.desc, imm: 8 });
+    await b.immCounter(8).wait(b.expectedImms({ kind: 'single', src: hs, length: n, dst: hd.desc, imm: 8 }));
+    expect(hd.buffer!.every((x) => x === 7)).toBe(true);
+    expect(a.stats().ops).toEqual({ submitted: 3, completed: 1, failed: 2, inFlight: 0 });
   });
 
   it('CUDA regions are checked against their allocation before anything registers', async () => {

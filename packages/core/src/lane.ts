@@ -1,20 +1,24 @@
 // The same-host lane of the native engines: a write from a CUDA region into a CUDA region of a peer
 // on the same host (same boot id, named in the target's descriptor) does not go through the NICs.
-// The writer maps the target's allocation through CUDA IPC (once per allocation), copies on a
-// stream of the engine's own — the copy engines, over NVLink or PCIe — and, once the stream has
-// drained (every byte is in the target's GPU memory), raises the immediates as zero-byte writes,
-// one per work request of the original plan on its original NIC, so the target counts exactly
-// what `expectedImms` promised and counts nothing before its bytes are there. This is how NCCL's
-// P2P transport, UCX's cuda_ipc and NIXL move bytes inside a node.
+// The writer maps the target's allocation through CUDA IPC (once per allocation) and enqueues the
+// copy on the lane stream of its device — the copy engines over NVLink or PCIe; one kernel for
+// paged and scatter patterns of equal pieces — followed by a store of the write's sequence number
+// into a signal word of pinned host memory. The engine's worker polls that word: once it reads the
+// sequence number, every byte is in the target's GPU memory, and the worker posts the immediates
+// as zero-byte writes, one per work request of the original plan on its original NIC, so the
+// target counts exactly what `expectedImms` promised and nothing before its bytes are there. No
+// JS turn and no thread hop between the copy and the immediates. This is how NCCL's P2P
+// transport, UCX's cuda_ipc and NIXL move bytes inside a node.
 //
-// A write resolves once the copy has drained and the immediates were delivered: the source may be
-// reused then. Cancellation (deadline, abort) cannot stop a copy the GPU has started; the operation
-// then fails once the copy is done, and no immediate is raised.
-import type { NetAddr } from './addr.js';
+// A write resolves once its immediates were delivered (or, without an immediate, once its copy
+// is done): the source may be reused then. Cancellation (deadline, abort) cannot stop a copy the
+// GPU has started: the operation then settles once the copy is done, and no immediate is raised.
+// A copy that fails on the GPU (the stream reports an error) never stores its signal: a cancelled
+// operation finds that out by draining the stream, and fails with the CUDA error.
 import type { MrDesc, MrIpc } from './desc.js';
 import type { PendingOp, Region } from './engine-base.js';
-import { CallSite, TrellisError } from './errors.js';
-import type { GpuMemoryOps } from './types.js';
+import { TrellisError } from './errors.js';
+import type { GpuMemoryOps, GpuSignal } from './types.js';
 import { type Plan, type RunsPlan, type WorkRequest, workRequests } from './validate.js';
 
 /** What the lane needs from its engine. @internal */
@@ -22,16 +26,21 @@ export interface LaneHost {
   readonly gpu: GpuMemoryOps | undefined;
   /** This host's boot id (16 bytes), or undefined where it cannot be read. */
   readonly hostId: Uint8Array | undefined;
-  internalOp(site: CallSite, peer: NetAddr | undefined): PendingOp;
-  postPlan(plan: Plan, op: PendingOp): void;
+  /** Let the worker watch `signal`'s word without telling JS of changes; its watch id. */
+  watchSignal(signal: GpuSignal): number;
+  /**
+   * Post `plan` as `op` once the watch reads at least `value`. A cancel meanwhile posts nothing
+   * and settles `op` only once the value is reached (the copy is done).
+   */
+  armOnSignal(plan: Plan, op: PendingOp, watch: number, value: bigint): void;
+  /** Settle a held operation now (its copy failed: the watch will never reach its value). */
+  release(op: PendingOp, reason: TrellisError): void;
 }
 
 /** Counters of the same-host lane, in `stats().gpu`. */
 export interface LaneCounters {
   writes: number;
   bytes: number;
-  /** Peer allocations mapped through CUDA IPC (each once). */
-  mappings: number;
   /** Writes that could have taken the lane but went through the NICs (a mapping failed). */
   fallbacks: number;
 }
@@ -40,6 +49,15 @@ interface Mapping {
   device: number;
   base: bigint | undefined;
   error: string | undefined;
+}
+
+/** The signal of one device's lane stream, as this engine uses it. */
+interface Signal {
+  device: number;
+  signal: GpuSignal;
+  watch: number;
+  /** The sequence number of the last copy enqueued. */
+  seq: bigint;
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
@@ -56,27 +74,38 @@ function hex(b: Uint8Array): string {
 
 /** The same-host lane of one native engine. @internal */
 export class SameHostLane {
-  readonly counters: LaneCounters = { writes: 0, bytes: 0, mappings: 0, fallbacks: 0 };
+  readonly counters: LaneCounters = { writes: 0, bytes: 0, fallbacks: 0 };
   /** Peer allocations mapped here, by device and handle. */
   private readonly mapped = new Map<string, Mapping>();
-  private readonly running = new Map<PendingOp, { cancelled: TrellisError | undefined }>();
+  /** The same, by descriptor (a caller reuses its MrDesc objects: no key to build per write). */
+  private readonly byIpc = new WeakMap<MrIpc, Map<number, Mapping>>();
+  private readonly signals = new Map<number, Signal>();
+  /** Lane operations not yet settled, with the device whose stream runs their copy. */
+  private readonly running = new Map<PendingOp, number>();
 
   constructor(private readonly host: LaneHost) {}
 
   /** The lane's mapping of a peer's allocation: opened on first use, kept until close. */
   private mapping(ipc: MrIpc, device: number): Mapping {
+    let mine = this.byIpc.get(ipc);
+    const hit = mine?.get(device);
+    if (hit) return hit;
     const key = `${device}:${hex(ipc.handle)}`;
     let m = this.mapped.get(key);
     if (!m) {
       m = { device, base: undefined, error: undefined };
       try {
         m.base = this.host.gpu!.ipcOpen!(device, ipc.handle);
-        this.counters.mappings++;
       } catch (e) {
         m.error = e instanceof Error ? e.message : String(e);
       }
       this.mapped.set(key, m);
     }
+    if (!mine) {
+      mine = new Map();
+      this.byIpc.set(ipc, mine);
+    }
+    mine.set(device, m);
     return m;
   }
 
@@ -85,104 +114,142 @@ export class SameHostLane {
     return d.ipc !== undefined && id !== undefined && sameBytes(d.ipc.host, id);
   }
 
-  /** Whether `plan` moves between CUDA regions on this host, and the lane can carry it. */
-  takes(plan: Plan): boolean {
+  /**
+   * Whether `plan` moves between CUDA regions on this host, and the lane can carry it. `posting`:
+   * the write is being posted now (a mapping that fails is then counted as a fallback).
+   */
+  takes(plan: Plan, posting = false): boolean {
     const gpu = this.host.gpu;
-    if (!gpu?.copyDevice || !gpu.ipcOpen) return false;
+    if (!gpu?.enqueueDeviceCopy || !gpu.allocSignal || !gpu.ipcOpen) return false;
     if (plan.op !== 'single' && plan.op !== 'paged' && plan.op !== 'scatter') return false;
     const src = plan.src as Region;
     if (!src.cuda) return false;
-    const dsts = plan.op === 'scatter' ? plan.targets.map((t) => t.dst) : [plan.dst];
-    for (const d of dsts) {
-      if (!this.sameHost(d)) return false;
-      const m = this.mapping(d.ipc!, src.cuda.device);
-      if (m.base === undefined) {
-        this.counters.fallbacks++;
-        return false;
-      }
+    if (plan.op === 'scatter') {
+      for (const t of plan.targets) if (!this.carries(t.dst, src.cuda.device, posting)) return false;
+      return true;
     }
-    return true;
+    return this.carries(plan.dst, src.cuda.device, posting);
+  }
+
+  private carries(d: MrDesc, device: number, posting: boolean): boolean {
+    if (!this.sameHost(d)) return false;
+    if (this.mapping(d.ipc!, device).base !== undefined) return true;
+    if (posting) this.counters.fallbacks++;
+    return false;
+  }
+
+  private signal(device: number): Signal {
+    let s = this.signals.get(device);
+    if (!s) {
+      const signal = this.host.gpu!.allocSignal!();
+      s = { device, signal, watch: this.host.watchSignal(signal), seq: Atomics.load(signal.word, 0) };
+      this.signals.set(device, s);
+    }
+    return s;
   }
 
   /** Run `plan` (one that {@link takes}) as `op`; settles `op` once. */
   start(plan: Plan, op: PendingOp): void {
-    const run = { cancelled: undefined as TrellisError | undefined };
-    this.running.set(op, run);
-    this.work(plan, op, run).then(
+    const src = (plan as { src: unknown }).src as Region;
+    const cuda = src.cuda!;
+    const wrs = workRequests(plan);
+    // One copy per piece; pieces that continue the previous one on both sides (the shards a write
+    // was cut into for the NICs) are one copy.
+    const triples = new BigUint64Array(3 * wrs.length);
+    let bytes = 0;
+    let i = 0;
+    for (const w of wrs) {
+      if (w.dst === undefined || w.length === 0) continue;
+      const ipc = w.dst.ipc!;
+      const to = this.mapping(ipc, cuda.device).base! + ipc.offset + BigInt(w.dstOffset);
+      const from = cuda.ptr + BigInt(w.srcOffset);
+      const n = BigInt(w.length);
+      bytes += w.length;
+      if (i > 0 && triples[i - 3]! + triples[i - 1]! === to && triples[i - 2]! + triples[i - 1]! === from) {
+        triples[i - 1]! += n;
+        continue;
+      }
+      triples[i++] = to;
+      triples[i++] = from;
+      triples[i++] = n;
+    }
+    const sig = this.signal(cuda.device);
+    const seq = sig.seq + 1n;
+    try {
+      this.host.gpu!.enqueueDeviceCopy!(cuda.device, triples.subarray(0, i), sig.signal, seq);
+    } catch (e) {
+      op.fail(
+        e instanceof TrellisError
+          ? e
+          : new TrellisError(
+              'PROVIDER_ERROR',
+              `${op.callsite.op}: the same-host lane could not start its copy: ${e instanceof Error ? e.message : String(e)}`,
+              { op: op.callsite.op },
+            ),
+      );
+      return;
+    }
+    sig.seq = seq;
+    // The immediates, after the bytes: one zero-byte write per original work request, each on its
+    // own NIC, so the target counts what expectedImms promised. Without an immediate the armed
+    // plan is empty: the worker settles it when the signal arrives.
+    const imm = plan.imm;
+    const runs: WorkRequest[] =
+      imm === undefined
+        ? []
+        : wrs.map((w) => ({
+            lane: w.lane,
+            peer: w.peer,
+            dst: undefined,
+            srcOffset: 0,
+            dstOffset: 0,
+            length: 0,
+            imm,
+          }));
+    const raised: RunsPlan = { op: 'runs', src: undefined, runs, imm };
+    this.running.set(op, cuda.device);
+    op.promise.then(
       () => {
         this.running.delete(op);
-        if (run.cancelled) op.fail(run.cancelled);
-        else op.complete();
+        this.counters.writes++;
+        this.counters.bytes += bytes;
       },
+      () => this.running.delete(op),
+    );
+    this.host.armOnSignal(raised, op, sig.watch, seq);
+  }
+
+  /**
+   * A lane operation is being cancelled (the worker settles it once its copy is done). In case the
+   * copy failed on the GPU, which then never signals, drain the stream and fail `op` with the error.
+   */
+  cancelling(op: PendingOp, reason: TrellisError): void {
+    const device = this.running.get(op);
+    if (device === undefined) return;
+    this.host.gpu!.drainDeviceCopies?.(device).then(
+      () => {},
       (e: unknown) => {
-        this.running.delete(op);
+        if (op.settled) return;
+        this.host.release(op, reason);
         op.fail(
-          run.cancelled ??
-            (e instanceof TrellisError
-              ? e
-              : new TrellisError(
-                  'PROVIDER_ERROR',
-                  `${op.callsite.op}: the same-host lane's copy failed: ${e instanceof Error ? e.message : String(e)}`,
-                  { op: op.callsite.op },
-                )),
+          new TrellisError(
+            'PROVIDER_ERROR',
+            `${op.callsite.op}: the same-host lane's copy failed: ${e instanceof Error ? e.message : String(e)}`,
+            { op: op.callsite.op },
+          ),
         );
       },
     );
   }
 
-  /** Ask a lane operation to stop; false if `op` is not one. It settles once its copy is done. */
-  cancel(op: PendingOp, reason: TrellisError): boolean {
-    const run = this.running.get(op);
-    if (!run) return false;
-    run.cancelled ??= reason;
-    return true;
-  }
-
-  private async work(plan: Plan, op: PendingOp, run: { cancelled: TrellisError | undefined }): Promise<void> {
-    const src =
-      plan.op === 'single' || plan.op === 'paged' || plan.op === 'scatter' ? (plan.src as Region) : undefined;
-    const cuda = src!.cuda!;
-    const wrs = workRequests(plan);
-    const copies = wrs.filter((w) => w.dst !== undefined && w.length > 0);
-    const triples = new BigUint64Array(3 * copies.length);
-    let bytes = 0;
-    copies.forEach((w, i) => {
-      const d = w.dst!;
-      const m = this.mapping(d.ipc!, cuda.device);
-      triples[3 * i] = m.base! + d.ipc!.offset + BigInt(w.dstOffset);
-      triples[3 * i + 1] = cuda.ptr + BigInt(w.srcOffset);
-      triples[3 * i + 2] = BigInt(w.length);
-      bytes += w.length;
-    });
-    if (copies.length) await this.host.gpu!.copyDevice!(cuda.device, triples);
-    if (run.cancelled) return;
-    this.counters.writes++;
-    this.counters.bytes += bytes;
-    if (plan.imm === undefined) return;
-    // The immediates, after the bytes: one zero-byte write per original work request, each on its
-    // own NIC, so the target counts what expectedImms promised.
-    const imm = plan.imm;
-    const runs: WorkRequest[] = wrs.map((w) => ({
-      lane: w.lane,
-      peer: w.peer,
-      dst: undefined,
-      srcOffset: 0,
-      dstOffset: 0,
-      length: 0,
-      imm,
-    }));
-    const sub = this.host.internalOp(new CallSite(op.callsite.op), op.peer);
-    const raised: RunsPlan = { op: 'runs', src: undefined, runs, imm };
-    this.host.postPlan(raised, sub);
-    await sub.promise;
-  }
-
-  /** Unmap every peer allocation (the engine is closing). */
-  close(): void {
+  /** Let every copy finish, then unmap every peer allocation (the engine is closing). */
+  async close(): Promise<void> {
+    const gpu = this.host.gpu;
+    await Promise.all([...this.signals.keys()].map((d) => gpu!.drainDeviceCopies?.(d).catch(() => {})));
     for (const m of this.mapped.values()) {
       if (m.base === undefined) continue;
       try {
-        this.host.gpu!.ipcClose?.(m.device, m.base);
+        gpu!.ipcClose?.(m.device, m.base);
       } catch {
         // The peer's allocation may be gone already; nothing to release then.
       }

@@ -82,14 +82,19 @@ export interface NativeEngine {
       pageBytes: number;
       keys: BigUint64Array;
     },
-    /** Arm the write on a watch instead of posting it now. */
-    trigger?: { watch: number; at: bigint },
+    /**
+     * Arm the write on a watch instead of posting it now. `hold`: a cancel posts nothing but
+     * settles the write only once the watch reaches `at` (the same-host lane's copy is done).
+     */
+    trigger?: { watch: number; at: bigint; hold?: boolean },
   ): void;
   send(op: number, peer: number, bytes: Uint8Array, lane?: number): void;
   /** Tear NIC `lane`'s endpoint down (fault injection). */
   failNic(lane: number): void;
-  cancel(op: number, code: 'TIMEOUT' | 'ABORTED'): void;
-  watch(id: number, word: Uint8Array): void;
+  /** `force`: settle a held trigger now, without waiting for its watch. */
+  cancel(op: number, code: 'TIMEOUT' | 'ABORTED', force?: boolean): void;
+  /** `quiet`: the worker reports no changes of the word to JS (only triggers read it). */
+  watch(id: number, word: Uint8Array, quiet?: boolean): void;
   unwatch(id: number): void;
   /** 8 numbers per NIC: bytesWritten, writeOps, bytesSent, sendOps, bytesReceived, recvOps, immsReceived, errors */
   stats(): Float64Array;
@@ -436,8 +441,14 @@ export abstract class NativeEngineBase extends EngineBase {
     this.lane = new SameHostLane({
       gpu: init.tuning.sameHostLane === false ? undefined : this.gpu,
       hostId: hostBootId(),
-      internalOp: (site: CallSite, peer: NetAddr | undefined) => this.internalOp(site, peer),
-      postPlan: (plan: Plan, op: PendingOp) => this.postPlan(plan, op),
+      watchSignal: (signal) => {
+        const id = this.nextWatch++;
+        this.native.watch(id, new Uint8Array(signal.word.buffer, signal.word.byteOffset, 8), true);
+        return id;
+      },
+      armOnSignal: (plan, op, watch, at) => this.postPlan(plan, op, { watch, at, hold: true }),
+      release: (op, reason) =>
+        this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED', true),
     });
     if (init.tuning.heartbeatMs !== undefined)
       this.startHeartbeat(init.tuning.heartbeatMs, init.tuning.heartbeatIdle);
@@ -738,7 +749,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private keyBuf = new BigUint64Array(8 * 8);
 
   protected post(plan: Plan, op: PendingOp): void {
-    if (this.lane.takes(plan)) this.lane.start(plan, op);
+    if (this.lane.takes(plan, true)) this.lane.start(plan, op);
     else if (touchesStaged(plan)) this.stager.start(plan as SinglePlan | PagedPlan | ScatterPlan, op);
     else this.postPlan(plan, op);
   }
@@ -760,7 +771,7 @@ export abstract class NativeEngineBase extends EngineBase {
   }
 
   /** Post a plan as work requests (the staged path posts its segments through here), or arm it. */
-  private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint }): void {
+  private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint; hold?: boolean }): void {
     let n = 0;
     const runCount =
       plan.op === 'scatter'
@@ -951,10 +962,10 @@ export abstract class NativeEngineBase extends EngineBase {
   }
 
   cancelOp(op: PendingOp, reason: TrellisError): void {
-    if (this.lane.cancel(op, reason)) return;
     if (this.stager.cancel(op, reason)) return;
     if (!this.inflight.has(op.id)) return;
     this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED');
+    this.lane.cancelling(op, reason);
   }
 
   // -- receive ----------------------------------------------------------------------------------
@@ -1205,7 +1216,7 @@ export abstract class NativeEngineBase extends EngineBase {
   protected async shutdown(): Promise<void> {
     closedInProcess.add(this.address.toString());
     this.stager.close();
-    this.lane.close();
+    await this.lane.close();
     // Open ports stay allocated (a consumer may still hold their handle); the worker's stop makes
     // every later post fail with TRELLIS_PORT_CLOSED.
     if (this.watchdog) clearInterval(this.watchdog);

@@ -41,19 +41,36 @@ export interface GpuMemoryOps {
    */
   pointerRange?(ptr: bigint): { device: number; base: bigint; size: number };
   /**
-   * The same-host lane (optional: without these, GPU memory of peers on one host moves through
-   * the NICs). `ipcExport` gives the 64-byte CUDA IPC handle of the allocation whose base is
+   * The same-host lane (optional: without these and the three below, GPU memory of peers on one
+   * host moves through the NICs). `ipcExport` gives the 64-byte CUDA IPC handle of the allocation whose base is
    * `base`; `ipcOpen` maps a peer's handle into this process (its base here), `ipcClose` unmaps.
    */
   ipcExport?(device: number, base: bigint): Uint8Array;
   ipcOpen?(device: number, handle: Uint8Array): bigint;
   ipcClose?(device: number, mapped: bigint): void;
   /**
-   * Copy device memory to device memory (this process's, or a peer's mapped by `ipcOpen`) on a
-   * stream of the engine's own: `triples` holds (destination address, source address, bytes).
-   * Resolves once every byte is in place (the stream has drained), rejects with the CUDA error.
+   * A signal word for {@link GpuMemoryOps.enqueueDeviceCopy}: 8 bytes of page-locked host memory
+   * that a GPU stream can store to, zeroed. The engine's worker polls it.
    */
-  copyDevice?(device: number, triples: BigUint64Array): Promise<void>;
+  allocSignal?(): GpuSignal;
+  /**
+   * Enqueue device-to-device copies on the lane stream of `device` (one stream per device, in
+   * order) and, after them, store `value` into `signal`'s word: once the word reads `value`, every
+   * byte of these copies is in place. `triples` holds (destination address, source address,
+   * bytes), each address this process's device memory or a peer's mapped by `ipcOpen`. Returns
+   * at once; throws when the copies cannot be enqueued.
+   */
+  enqueueDeviceCopy?(device: number, triples: BigUint64Array, signal: GpuSignal, value: bigint): void;
+  /** Resolve once the lane stream of `device` has drained; reject with its CUDA error. */
+  drainDeviceCopies?(device: number): Promise<void>;
+}
+
+/** A 64-bit word a GPU stream stores to and the engine's worker reads (see {@link GpuMemoryOps.allocSignal}). */
+export interface GpuSignal {
+  /** The word as this process's JavaScript and the engine's worker read it. */
+  readonly word: BigUint64Array;
+  /** Its address for the GPU. */
+  readonly devicePtr: bigint;
 }
 
 /**

@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -21,6 +22,8 @@ extern "C" cudaError_t trellis_count_pattern_mismatches_unordered(const void* p,
                                                         unsigned long long* out);
 extern "C" cudaError_t trellis_copy_rows(void* dst, const void* doff, const void* src, const void* soff, size_t n,
                                          size_t bytes, cudaStream_t s);
+extern "C" cudaError_t trellis_store_signal(void* word, unsigned long long value, cudaStream_t s);
+#include <mutex>
 extern "C" cudaError_t trellis_moe_combine(const void* rows, const void* row_at, const void* w, unsigned tokens,
                                            unsigned topk, unsigned hidden, int row_fp32, void* out, int out_fp32,
                                            cudaStream_t s);
@@ -295,15 +298,14 @@ class CopyWorker : public Napi::AsyncWorker {
   Napi::Reference<Napi::ArrayBuffer> keep_;
 };
 
-// The same-host lane's copies: (dst, src, bytes) triples of device addresses (this process's
-// allocations, or a peer's mapped through CUDA IPC), on a libuv pool thread with a non-blocking
-// stream of its own per device; the promise settles once that stream has drained, that is once
-// every byte is in the destination's memory.
+// Device-to-device copies, one cudaMemcpyAsync per (dst, src, bytes) triple on a libuv pool thread
+// with a non-blocking stream of its own per device; the promise settles once that stream has
+// drained (memcpyDevice: the benchmarks' hardware baseline).
 class DeviceCopyWorker : public Napi::AsyncWorker {
  public:
-  DeviceCopyWorker(Napi::Env env, int device, std::vector<uint64_t> triples, bool kernel)
+  DeviceCopyWorker(Napi::Env env, int device, std::vector<uint64_t> triples)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), device_(device),
-        triples_(std::move(triples)), kernel_(kernel) {}
+        triples_(std::move(triples)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
@@ -317,58 +319,16 @@ class DeviceCopyWorker : public Napi::AsyncWorker {
     cudaStream_t& st = streams[device_];
     if (!st && (rc = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)) != cudaSuccess)
       return fail(rc, "cudaStreamCreate");
-    size_t n = triples_.size() / 3;
-    bool uniform = kernel_ && n >= kKernelRows && triples_[2] <= kKernelRowBytes;
-    for (size_t i = 1; uniform && i < n; i++) uniform = triples_[3 * i + 2] == triples_[2];
-    if (uniform) {
-      // Many equal pieces (paged writes, scatters of equal rows): one gather/scatter kernel instead
-      // of a copy per piece. The absolute addresses go up as the row offsets from base 0.
-      thread_local unsigned long long* dev_offsets[64] = {};
-      thread_local size_t dev_capacity[64] = {};
-      thread_local unsigned long long* host_offsets = nullptr;
-      thread_local size_t host_capacity = 0;
-      if (host_capacity < 2 * n) {
-        if (host_offsets) cudaFreeHost(host_offsets);
-        host_offsets = nullptr;
-        if ((rc = cudaHostAlloc(&host_offsets, 2 * n * sizeof *host_offsets, cudaHostAllocPortable)) != cudaSuccess)
-          return fail(rc, "cudaHostAlloc");
-        host_capacity = 2 * n;
-      }
-      if (dev_capacity[device_] < 2 * n) {
-        if (dev_offsets[device_]) cudaFree(dev_offsets[device_]);
-        dev_offsets[device_] = nullptr;
-        if ((rc = cudaMalloc(&dev_offsets[device_], 2 * n * sizeof(unsigned long long))) != cudaSuccess)
-          return fail(rc, "cudaMalloc");
-        dev_capacity[device_] = 2 * n;
-      }
-      for (size_t i = 0; i < n; i++) {
-        host_offsets[i] = triples_[3 * i];
-        host_offsets[n + i] = triples_[3 * i + 1];
-      }
-      unsigned long long* d = dev_offsets[device_];
-      if ((rc = cudaMemcpyAsync(d, host_offsets, 2 * n * sizeof *d, cudaMemcpyHostToDevice, st)) != cudaSuccess)
-        return fail(rc, "cudaMemcpyAsync offsets");
-      if ((rc = trellis_copy_rows(nullptr, d, nullptr, d + n, n, static_cast<size_t>(triples_[2]), st)) != cudaSuccess) {
+    for (size_t i = 0; i + 2 < triples_.size(); i += 3) {
+      rc = cudaMemcpyAsync(reinterpret_cast<void*>(triples_[i]), reinterpret_cast<const void*>(triples_[i + 1]),
+                           static_cast<size_t>(triples_[i + 2]), cudaMemcpyDeviceToDevice, st);
+      if (rc != cudaSuccess) {
         cudaStreamSynchronize(st);
-        return fail(rc, "copy_rows launch");
-      }
-    } else {
-      for (size_t i = 0; i < n; i++) {
-        rc = cudaMemcpyAsync(reinterpret_cast<void*>(triples_[3 * i]), reinterpret_cast<const void*>(triples_[3 * i + 1]),
-                             static_cast<size_t>(triples_[3 * i + 2]), cudaMemcpyDeviceToDevice, st);
-        if (rc != cudaSuccess) {
-          cudaStreamSynchronize(st);
-          return fail(rc, "cudaMemcpyAsync device to device");
-        }
+        return fail(rc, "cudaMemcpyAsync device to device");
       }
     }
     if ((rc = cudaStreamSynchronize(st)) != cudaSuccess) return fail(rc, "cudaStreamSynchronize");
   }
-
-  // From this many equal pieces of at most kKernelRowBytes on, one kernel copies them all (one block
-  // per piece: larger pieces go to the copy engines).
-  static constexpr size_t kKernelRows = 8;
-  static constexpr uint64_t kKernelRowBytes = 1 << 20;
   void OnOK() override { deferred_.Resolve(Env().Undefined()); }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
@@ -376,17 +336,144 @@ class DeviceCopyWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   int device_;
   std::vector<uint64_t> triples_;
-  bool kernel_;
 };
 
-// copyDevice(device, BigUint64Array triples, kernel = true) → Promise; kernel false: one
-// cudaMemcpyAsync per triple whatever the shape (the benchmark's hardware baseline).
+// copyDevice(device, BigUint64Array triples) → Promise
 Napi::Value CopyDevice(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto t = info[1].As<Napi::BigUint64Array>();
   std::vector<uint64_t> triples(t.Data(), t.Data() + t.ElementLength());
-  bool kernel = info.Length() < 3 || info[2].ToBoolean().Value();
-  auto* w = new DeviceCopyWorker(env, info[0].As<Napi::Number>().Int32Value(), std::move(triples), kernel);
+  auto* w = new DeviceCopyWorker(env, info[0].As<Napi::Number>().Int32Value(), std::move(triples));
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// The same-host lane's stream, one per device for the whole process: copies are enqueued in order
+// from the JS thread (no thread hop), each write followed by a store of its sequence number into
+// the engine's signal word (mapped pinned host memory) that the engine's worker polls. Many equal
+// pieces of at most kKernelRowBytes (paged writes, scatters of equal rows) are one gather/scatter
+// kernel instead of a copy each; its row addresses sit in a ring of mapped pinned slots the kernel
+// reads directly, each slot reused only after the event recorded behind its kernel has passed.
+struct LaneStream {
+  static constexpr size_t kSlots = 32;
+  struct Slot {
+    unsigned long long* host = nullptr;
+    size_t capacity = 0;  // addresses
+    cudaEvent_t done = nullptr;
+    bool used = false;
+  };
+  cudaStream_t stream = nullptr;
+  Slot slots[kSlots];
+  size_t next = 0;
+};
+constexpr size_t kKernelRows = 8;
+constexpr uint64_t kKernelRowBytes = 1 << 20;
+std::mutex g_lane_mu;
+LaneStream g_lane[64];
+
+std::string cuda_error(cudaError_t rc, const char* what) {
+  return std::string(what) + ": " + cudaGetErrorName(rc) + " (" + cudaGetErrorString(rc) + ")";
+}
+
+// Enqueue `n` triples and the signal store on device's lane stream; "" or what failed.
+std::string lane_enqueue(int device, const uint64_t* t, size_t n, void* signal, uint64_t value) {
+  std::lock_guard<std::mutex> g(g_lane_mu);
+  cudaError_t rc = cudaSetDevice(device);
+  if (rc != cudaSuccess) return cuda_error(rc, "cudaSetDevice");
+  LaneStream& lane = g_lane[device];
+  if (!lane.stream && (rc = cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking)) != cudaSuccess)
+    return cuda_error(rc, "cudaStreamCreate");
+  cudaStream_t st = lane.stream;
+  bool uniform = n >= kKernelRows && t[2] <= kKernelRowBytes;
+  for (size_t i = 1; uniform && i < n; i++) uniform = t[3 * i + 2] == t[2];
+  if (uniform) {
+    LaneStream::Slot& slot = lane.slots[lane.next++ % LaneStream::kSlots];
+    if (slot.used && (rc = cudaEventSynchronize(slot.done)) != cudaSuccess) return cuda_error(rc, "cudaEventSynchronize");
+    if (slot.capacity < 2 * n) {
+      if (slot.host) cudaFreeHost(slot.host);
+      slot.host = nullptr;
+      slot.capacity = 0;
+      if ((rc = cudaHostAlloc(&slot.host, 2 * n * sizeof *slot.host, cudaHostAllocMapped | cudaHostAllocPortable)) !=
+          cudaSuccess)
+        return cuda_error(rc, "cudaHostAlloc");
+      slot.capacity = 2 * n;
+    }
+    if (!slot.done && (rc = cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming)) != cudaSuccess)
+      return cuda_error(rc, "cudaEventCreate");
+    for (size_t i = 0; i < n; i++) {
+      slot.host[i] = t[3 * i];
+      slot.host[n + i] = t[3 * i + 1];
+    }
+    // Absolute addresses, as row offsets from base 0.
+    if ((rc = trellis_copy_rows(nullptr, slot.host, nullptr, slot.host + n, n, static_cast<size_t>(t[2]), st)) !=
+        cudaSuccess)
+      return cuda_error(rc, "copy_rows launch");
+    if ((rc = cudaEventRecord(slot.done, st)) != cudaSuccess) return cuda_error(rc, "cudaEventRecord");
+    slot.used = true;
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      rc = cudaMemcpyAsync(reinterpret_cast<void*>(t[3 * i]), reinterpret_cast<const void*>(t[3 * i + 1]),
+                           static_cast<size_t>(t[3 * i + 2]), cudaMemcpyDeviceToDevice, st);
+      if (rc != cudaSuccess) return cuda_error(rc, "cudaMemcpyAsync device to device");
+    }
+  }
+  // The signal: a stream memory operation where the driver has them (no kernel launch), else a
+  // one-thread kernel. Both run after the copies before them and make their bytes visible first.
+  using WriteValue64 = int (*)(cudaStream_t, unsigned long long, unsigned long long, unsigned);
+  static WriteValue64 write_value = [] {
+    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    return h ? reinterpret_cast<WriteValue64>(dlsym(h, "cuStreamWriteValue64_v2")) : nullptr;
+  }();
+  static bool use_write_value = !std::getenv("TRELLIS_LANE_SIGNAL_KERNEL");
+  if (write_value && use_write_value) {
+    if (write_value(st, reinterpret_cast<uintptr_t>(signal), value, 0) == 0) return "";
+    use_write_value = false;  // not supported here: the kernel from now on
+  }
+  if ((rc = trellis_store_signal(signal, value, st)) != cudaSuccess) return cuda_error(rc, "signal launch");
+  return "";
+}
+
+// laneEnqueue(device, BigUint64Array triples, signalDevicePtr, value: bigint)
+Napi::Value LaneEnqueue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int device = info[0].As<Napi::Number>().Int32Value();
+  if (device < 0 || device >= 64) return fail(env, "device ordinal out of range");
+  auto t = info[1].As<Napi::BigUint64Array>();
+  std::string err = lane_enqueue(device, t.Data(), t.ElementLength() / 3, ptr(info[2]), u64(info[3]));
+  if (!err.empty()) return fail(env, err);
+  return env.Undefined();
+}
+
+// laneDrain(device) → Promise: settles once the device's lane stream has drained (its CUDA error).
+class LaneDrainWorker : public Napi::AsyncWorker {
+ public:
+  LaneDrainWorker(Napi::Env env, int device)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), device_(device) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    cudaStream_t st;
+    {
+      std::lock_guard<std::mutex> g(g_lane_mu);
+      st = g_lane[device_].stream;
+    }
+    if (!st) return;
+    cudaError_t rc = cudaSetDevice(device_);
+    if (rc == cudaSuccess) rc = cudaStreamSynchronize(st);
+    if (rc != cudaSuccess) SetError(cuda_error(rc, "cudaStreamSynchronize"));
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int device_;
+};
+Napi::Value LaneDrain(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int device = info[0].As<Napi::Number>().Int32Value();
+  if (device < 0 || device >= 64) return fail(env, "device ordinal out of range");
+  auto* w = new LaneDrainWorker(env, device);
   auto p = w->promise();
   w->Queue();
   return p;
@@ -789,6 +876,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("allocHost", Napi::Function::New(env, AllocHost));
   exports.Set("copyAsync", Napi::Function::New(env, CopyAsync));
   exports.Set("copyDevice", Napi::Function::New(env, CopyDevice));
+  exports.Set("laneEnqueue", Napi::Function::New(env, LaneEnqueue));
+  exports.Set("laneDrain", Napi::Function::New(env, LaneDrain));
   exports.Set("pointerRange", Napi::Function::New(env, PointerRange));
   exports.Set("quantizeE4m3", Napi::Function::New(env, QuantizeE4m3));
   exports.Set("countPatternMismatches", Napi::Function::New(env, CountPatternMismatches));
@@ -807,7 +896,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
                         "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows", "copyRowsIndexed", "moeCombine",
                         "moePackScratch", "moeDispatchPack", "moeUnpack", "moeCombinePack", "moeGather",
-                        "moeDispatchDirect", "moeWaitFlags", "moeCombineDirect", "copyDevice", "pointerRange"})
+                        "moeDispatchDirect", "moeWaitFlags", "moeCombineDirect", "copyDevice", "pointerRange", "laneEnqueue",
+                        "laneDrain"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

@@ -520,3 +520,9 @@ extern "C" cudaError_t trellis_moe_combine(const void* rows, const void* row_at,
                                      static_cast<const float*>(w), topk, hidden, row_fp32, out, out_fp32);
   return cudaGetLastError();
 }
+
+// The same-host lane's signal: stored after the copies before it on the stream are done.
+extern "C" cudaError_t trellis_store_signal(void* word, unsigned long long value, cudaStream_t s) {
+  moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(word), value);
+  return cudaGetLastError();
+}

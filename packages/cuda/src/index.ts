@@ -68,7 +68,9 @@ interface Addon {
     ranges: Float64Array,
   ): Promise<void>;
   quantizeE4m3: WeightSyncDeviceOps['quantizeE4m3'];
-  copyDevice(device: number, triples: BigUint64Array, kernel?: boolean): Promise<void>;
+  copyDevice(device: number, triples: BigUint64Array): Promise<void>;
+  laneEnqueue(device: number, triples: BigUint64Array, signal: bigint, value: bigint): void;
+  laneDrain(device: number): Promise<void>;
   pointerRange(ptr: bigint): { device: number; base: bigint; size: number };
 }
 
@@ -309,8 +311,9 @@ export function synchronize(device = 0): void {
  * checked against its allocation (`cuMemGetAddressRange`) before it registers; pinned host mirrors
  * (`cudaHostAlloc`) and copies between them and device memory for the staged path
  * (`cudaMemcpyAsync` on a stream per worker thread, off the JS thread); and the same-host lane —
- * CUDA IPC handles in descriptors, peers' allocations mapped once, device-to-device copies on a
- * non-blocking stream, drained before any immediate is raised. Pass as the `gpu` option of a
+ * CUDA IPC handles in descriptors, peers' allocations mapped once, device-to-device copies enqueued
+ * on one lane stream per device followed by a store into the engine's signal word, which the
+ * engine's worker polls before it raises any immediate. Pass as the `gpu` option of a
  * backend's `createEngine`:
  *
  * ```ts
@@ -341,13 +344,21 @@ export function cudaMemoryOps(): GpuMemoryOps {
     ipcExport: (device, base) => call('cudaMemoryOps.ipcExport', () => addon().ipcExport(device, base)),
     ipcOpen: (device, handle) => call('cudaMemoryOps.ipcOpen', () => addon().ipcImport(device, handle)),
     ipcClose: (device, mapped) => call('cudaMemoryOps.ipcClose', () => addon().ipcClose(device, mapped)),
-    copyDevice: async (device, triples) => {
+    allocSignal: () => {
+      const m = call('cudaMemoryOps.allocSignal', () => addon().allocMapped(8));
+      return { word: new BigUint64Array(m.buffer, 0, 1), devicePtr: m.devicePtr };
+    },
+    enqueueDeviceCopy: (device, triples, signal, value) =>
+      call('cudaMemoryOps.enqueueDeviceCopy', () =>
+        addon().laneEnqueue(device, triples, signal.devicePtr, value),
+      ),
+    drainDeviceCopies: async (device) => {
       try {
-        await addon().copyDevice(device, triples);
+        await addon().laneDrain(device);
       } catch (e) {
         throw new TrellisError(
           'PROVIDER_ERROR',
-          `cudaMemoryOps.copyDevice: ${e instanceof Error ? e.message : String(e)}`,
+          `cudaMemoryOps.drainDeviceCopies: ${e instanceof Error ? e.message : String(e)}`,
           { cause: e },
         );
       }
@@ -358,12 +369,12 @@ export function cudaMemoryOps(): GpuMemoryOps {
 /**
  * Copy device memory to device memory with one `cudaMemcpyAsync` per (destination, source, bytes)
  * triple on a non-blocking stream of a libuv pool thread, resolved once the stream has drained:
- * the copy engines' own rate, for benchmarks to compare against (the engine's same-host lane uses
- * `cudaMemoryOps().copyDevice`, which copies many small equal pieces with one kernel instead).
+ * the copy engines' own rate, for benchmarks to compare against (the engine's same-host lane
+ * enqueues its copies on a stream of its own and copies many small equal pieces with one kernel).
  */
 export async function memcpyDevice(device: number, triples: BigUint64Array): Promise<void> {
   try {
-    await addon().copyDevice(device, triples, false);
+    await addon().copyDevice(device, triples);
   } catch (e) {
     throw new TrellisError('PROVIDER_ERROR', `memcpyDevice: ${e instanceof Error ? e.message : String(e)}`, {
       cause: e,

@@ -1,5 +1,5 @@
 import { TrellisError } from '../errors.js';
-import type { GpuMemoryOps } from '../types.js';
+import type { GpuMemoryOps, GpuSignal } from '../types.js';
 
 /**
  * A stand-in for the CUDA runtime over host memory, for testing the staged GPU path where no GPU
@@ -18,10 +18,16 @@ export class HostGpu {
   /** Copies the same-host lane made (device → device), and IPC handles opened. */
   readonly lane = { copies: 0, bytes: 0, opened: 0, closed: 0 };
 
+  /** The lane stream: copies run in order after a random delay each; an error sticks, as in CUDA. */
+  private stream: Promise<void> = Promise.resolve();
+  private streamError: TrellisError | undefined;
+
   /**
    * `opts.lane`: also offer the same-host lane's operations (IPC handles naming allocations of this
-   * HostGpu, opened in the same process; device → device copies after a random delay), so engines
-   * of one process sharing this HostGpu move GPU → GPU writes through the lane.
+   * HostGpu, opened in the same process; a stream of device → device copies, each after a random
+   * delay, then the signal store), so engines of one process sharing this HostGpu move GPU → GPU
+   * writes through the lane. A copy touching freed memory breaks the stream for good: later
+   * copies never run, their signals never come, and draining rejects (as a CUDA stream would).
    */
   constructor(
     private readonly maxDelayMs = 3,
@@ -38,7 +44,13 @@ export class HostGpu {
             ipcClose: () => {
               this.lane.closed++;
             },
-            copyDevice: (device: number, triples: BigUint64Array) => this.copyDevice(device, triples),
+            allocSignal: (): GpuSignal => ({
+              word: new BigUint64Array(new SharedArrayBuffer(8)),
+              devicePtr: 0n,
+            }),
+            enqueueDeviceCopy: (device: number, triples: BigUint64Array, signal: GpuSignal, value: bigint) =>
+              this.enqueue(device, triples, signal, value),
+            drainDeviceCopies: (device: number) => this.drain(device),
           }
         : {}),
     };
@@ -70,18 +82,39 @@ export class HostGpu {
     return base;
   }
 
-  private async copyDevice(device: number, triples: BigUint64Array): Promise<void> {
+  private enqueue(device: number, triples: BigUint64Array, signal: GpuSignal, value: bigint): void {
     if (device !== 0) throw new TrellisError('INTERNAL', `HostGpu: no device ${device}`);
-    await new Promise((r) => setTimeout(r, Math.random() * this.maxDelayMs));
-    for (let i = 0; i < triples.length; i += 3) {
-      const n = Number(triples[i + 2]!);
-      const dst = this.at(triples[i]!);
-      const src = this.at(triples[i + 1]!);
-      if (n > dst.length || n > src.length) throw new TrellisError('INTERNAL', 'HostGpu: copy out of bounds');
-      dst.set(src.subarray(0, n));
-      this.lane.copies++;
-      this.lane.bytes += n;
-    }
+    if (this.streamError) throw this.streamError;
+    const work = triples.slice();
+    this.stream = this.stream.then(async () => {
+      if (this.streamError) return;
+      await new Promise((r) => setTimeout(r, Math.random() * this.maxDelayMs));
+      try {
+        for (let i = 0; i < work.length; i += 3) {
+          const n = Number(work[i + 2]!);
+          const dst = this.at(work[i]!);
+          const src = this.at(work[i + 1]!);
+          if (n > dst.length || n > src.length)
+            throw new TrellisError('INTERNAL', 'HostGpu: copy out of bounds');
+          dst.set(src.subarray(0, n));
+          this.lane.copies++;
+          this.lane.bytes += n;
+        }
+      } catch (e) {
+        this.streamError = new TrellisError(
+          'PROVIDER_ERROR',
+          `HostGpu: the lane stream failed (cudaErrorIllegalAddress): ${e instanceof Error ? e.message : String(e)}`,
+        );
+        return;
+      }
+      Atomics.store(signal.word, 0, value);
+    });
+  }
+
+  private async drain(device: number): Promise<void> {
+    if (device !== 0) throw new TrellisError('INTERNAL', `HostGpu: no device ${device}`);
+    await this.stream;
+    if (this.streamError) throw this.streamError;
   }
 
   /** A "device" allocation of `bytes`; its address for `{cuda: {ptr}}`. */

@@ -8,9 +8,9 @@
 //              stream, drained (no engine, no immediates);
 //   raw      — baseline: backend-efa's bench/rma_raw_cuda, the same libfabric posts on CUDA memory
 //              (FI_HMEM) from C, its clock stopped when the target has synchronised its device;
-// For each size, `reps` single writes are issued with `depth` in flight; the clock stops when the
-// target has counted every immediate (it answers with one of its own). Paged writes (64 KiB pages)
-// are measured the same way. Prints a table and one JSON line per row.
+// For each size, `reps` single writes (8 GiB, at most 400) are issued with `depth` in flight; the
+// clock stops when the target has counted every immediate (it answers with one of its own). Paged
+// writes (64 KiB pages) are measured the same way. Prints a table and one JSON line per row.
 //   node test/gpu/write-bench.mjs [sizes=65536,1048576,16777216,67108864,268435456] [modes=lane,direct,raw,staged,memcpy]
 import { execFileSync, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -25,6 +25,11 @@ const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
 const IMM = 11;
 const ACK = 12;
 const PAGE = 64 << 10;
+/**
+ * Writes per measurement: 8 GiB where 400 writes reach it, at least 4 — long enough that one
+ * round trip (the target's answer) and the first write's start are a small part of it.
+ */
+const repsFor = (size, most = 400) => Math.max(4, Math.min(most, Math.floor(2 ** 33 / size)));
 /** Writes in flight per path (TRELLIS_BENCH_DEPTH, default 4). */
 const DEPTH = Number(process.env.TRELLIS_BENCH_DEPTH ?? 4);
 
@@ -89,7 +94,7 @@ async function main() {
       const dir = dirname(createRequire(import.meta.url).resolve('@trellis/backend-efa/package.json'));
       const bin = process.env.TRELLIS_RAW_CUDA ?? join(dir, 'build/Release/rma_raw_cuda');
       for (const size of sizes) {
-        const reps = Math.max(4, Math.min(200, Math.floor(2 ** 31 / size)));
+        const reps = repsFor(size);
         const out = JSON.parse(
           execFileSync(
             bin,
@@ -133,7 +138,7 @@ async function main() {
     if (mode === 'memcpy') {
       const peer = DeviceBuffer.import(hello.ipc, { length: maxSize, device: 0 });
       for (const size of sizes) {
-        const reps = Math.max(4, Math.min(200, Math.floor(2 ** 31 / size)));
+        const reps = repsFor(size);
         const triples = new BigUint64Array(3 * reps);
         for (let i = 0; i < reps; i++) triples.set([peer.ptr, src.ptr, BigInt(size)], 3 * i);
         await memcpyDevice(0, triples.subarray(0, 3)); // warm-up
@@ -168,7 +173,7 @@ async function main() {
         });
       };
       for (const size of sizes) {
-        const reps = Math.max(4, Math.min(mode === 'staged' ? 16 : 200, Math.floor(2 ** 31 / size)));
+        const reps = repsFor(size, mode === 'staged' ? 16 : 400);
         await run('single', size, reps, { kind: 'single', src: mr, length: size, dst, imm: IMM });
       }
       // Paged: 256 pages of 64 KiB (16 MiB) scattered over the destination.
@@ -188,7 +193,7 @@ async function main() {
       await e.submitPagedWrites(paged);
       t.send({ imms: per, ack: ack.desc.toString() });
       await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });
-      const reps = mode === 'staged' ? 8 : 50;
+      const reps = mode === 'staged' ? 8 : 200;
       t.send({ imms: per * reps, ack: ack.desc.toString() });
       const t0 = await timed(reps, DEPTH, () => e.submitPagedWrites(paged));
       await e.immCounter(ACK).wait(1, { timeoutMs: 120_000 });

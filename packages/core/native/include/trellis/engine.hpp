@@ -100,6 +100,9 @@ struct Cmd {
   std::vector<uint8_t> data;
   Code code = Code::Ok;                     // Cancel: the reason
   uint64_t at = 0;                          // ArmWrite: post `write` once watch `id` reads >= at
+  bool hold = false;                        // ArmWrite: a cancel waits for the value (see Trigger);
+                                            // Cancel: settle a held trigger at once
+  bool quiet = false;                       // AddWatch: no change events for JS (the lane's signals)
   uint8_t lane = 0;                         // Send: the NIC; FailNic: the NIC torn down
   std::shared_ptr<PortState> port;          // AddPort / RemovePort
 };
@@ -388,13 +391,22 @@ class Engine {
   struct Watch {
     volatile uint64_t* word;
     uint64_t last;
+    bool quiet = false;  // no change events for JS: only its triggers read it
   };
+  // A triggered write. `hold`: the watch value means "work that reads or writes memory of this
+  // operation is done" (the same-host lane: a GPU stream stores it after its copies). A cancel
+  // then drops what would be posted but settles the operation only once the value is reached, so
+  // no operation settles while a copy of it is still running.
   struct Trigger {
     uint32_t watch;
     uint64_t at;
     std::unique_ptr<WriteCmd> w;
+    bool hold = false;
+    Code cancelled = Code::Ok;
   };
   std::vector<Trigger> triggers_;
+  size_t held_ = 0;        // triggers with hold: while any is armed the worker polls without sleeping
+  size_t loud_watches_ = 0;  // watches that report changes to JS
   struct PendingSend {
     OpId op;
     uint32_t peer;
@@ -482,6 +494,8 @@ class Engine {
         eagain_backoff_ = 0;
       }
       if (!watches_.empty() && check_watches()) active = true;
+      // A held trigger waits on a GPU stream, which rings no fd: poll it at full rate.
+      if (held_) active = true;
       if (now - last_deadline_check > std::chrono::milliseconds(5)) {
         check_deadlines(now);
         last_deadline_check = now;
@@ -502,7 +516,6 @@ class Engine {
   // max_sleep_us between polls.
   void setup_wait() {
 #ifdef __linux__
-    if (!watches_.empty()) return;
     for (auto& d : domains_)
       if (d->wait_fd() < 0) return;
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -535,7 +548,7 @@ class Engine {
     std::unique_lock<std::mutex> g(cmd_mu_);
     if (!cmds_.empty() || stopping_.load()) return;
 #ifdef __linux__
-    if (use_epoll_ && watches_.empty()) {
+    if (use_epoll_ && loud_watches_ == 0 && held_ == 0) {
       in_wait_.store(true, std::memory_order_seq_cst);
       bool empty = cmds_.empty();
       g.unlock();
@@ -603,11 +616,14 @@ class Engine {
         break;
       }
       case CmdKind::Write: write(std::move(c.write)); break;
-      case CmdKind::ArmWrite: arm(c.id, c.at, std::move(c.write)); break;
+      case CmdKind::ArmWrite: arm(c.id, c.at, std::move(c.write), c.hold); break;
       case CmdKind::Send: send(c.id, c.peer, std::move(c.data), c.lane); break;
-      case CmdKind::Cancel: cancel(c.id, c.code); break;
+      case CmdKind::Cancel: cancel(c.id, c.code, c.hold); break;
       case CmdKind::FailNic: fail_lane(c.lane); break;
-      case CmdKind::AddWatch: watches_[c.id] = Watch{static_cast<volatile uint64_t*>(c.ptr), 0}; break;
+      case CmdKind::AddWatch:
+        if (!watches_.count(c.id) && !c.quiet) loud_watches_++;
+        watches_[c.id] = Watch{static_cast<volatile uint64_t*>(c.ptr), 0, c.quiet};
+        break;
       case CmdKind::AddPort:
         for (size_t i = 0; i < c.port->imms.size(); i++) port_imms_[c.port->imms[i]] = PortCount{c.port, &c.port->counts[i]};
         break;
@@ -617,11 +633,14 @@ class Engine {
           else ++it;
         }
         break;
-      case CmdKind::RemoveWatch:
-        watches_.erase(c.id);
+      case CmdKind::RemoveWatch: {
+        auto it = watches_.find(c.id);
+        if (it != watches_.end() && !it->second.quiet) loud_watches_--;
+        if (it != watches_.end()) watches_.erase(it);
         fail_triggers([&](const Trigger& t) { return t.watch == c.id; }, Code::Aborted,
                       "the watcher was closed before it reached the trigger value");
         break;
+      }
     }
   }
 
@@ -709,7 +728,7 @@ class Engine {
 
   // A triggered write: posted by this thread, with no JS turn, the first time the watch word reads
   // at least `at` (at once if it already does).
-  void arm(uint32_t watch, uint64_t at, std::unique_ptr<WriteCmd> w) {
+  void arm(uint32_t watch, uint64_t at, std::unique_ptr<WriteCmd> w, bool hold) {
     auto it = watches_.find(watch);
     if (it == watches_.end()) {
       OpState st;
@@ -721,7 +740,14 @@ class Engine {
       write(std::move(w));
       return;
     }
-    triggers_.push_back(Trigger{watch, at, std::move(w)});
+    triggers_.push_back(Trigger{watch, at, std::move(w), hold, Code::Ok});
+    if (hold) held_++;
+  }
+
+  // A trigger leaves the list: posted, settled cancelled, or failed.
+  std::vector<Trigger>::iterator drop_trigger(std::vector<Trigger>::iterator t) {
+    if (t->hold) held_--;
+    return triggers_.erase(t);
   }
 
   template <typename Pred>
@@ -730,7 +756,7 @@ class Engine {
       if (pred(*t)) {
         OpState st;
         report(t->w->op, st, code, 0, -1, msg);
-        t = triggers_.erase(t);
+        t = drop_trigger(t);
       } else {
         ++t;
       }
@@ -759,13 +785,19 @@ class Engine {
     send_backlog_.push_back(PendingSend{op, peer, std::move(data), lane});
   }
 
-  void cancel(OpId op, Code why) {
+  // `force`: settle a held trigger now (its GPU work failed: the value will never come).
+  void cancel(OpId op, Code why, bool force = false) {
     for (auto t = triggers_.begin(); t != triggers_.end(); ++t) {
       if (t->w->op != op) continue;
+      if (t->hold && !force) {
+        // Work of this operation is still running on the GPU: post nothing, settle when it is done.
+        if (t->cancelled == Code::Ok) t->cancelled = why;
+        return;
+      }
       // Armed, never posted: nothing of it can touch memory.
       OpState st;
       report(op, st, why, 0, -1, "");
-      triggers_.erase(t);
+      drop_trigger(t);
       return;
     }
     auto it = ops_.find(op);
@@ -1157,14 +1189,21 @@ class Engine {
         timespec ts{};
         clock_gettime(CLOCK_MONOTONIC, &ts);
         uint64_t seen = uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
-        push_event([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev, seen}); });
+        if (!w.quiet) push_event([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev, seen}); });
         any = true;
-        // Triggered writes of this watch whose value is reached go out now, in arming order.
+        // Triggered writes of this watch whose value is reached go out now, in arming order
+        // (settled instead when they were cancelled while held).
         for (auto t = triggers_.begin(); t != triggers_.end();) {
           if (t->watch == wid && v >= t->at) {
             std::unique_ptr<WriteCmd> cmd = std::move(t->w);
-            t = triggers_.erase(t);
-            write(std::move(cmd));
+            Code cancelled = t->cancelled;
+            t = drop_trigger(t);
+            if (cancelled != Code::Ok) {
+              OpState st;
+              report(cmd->op, st, cancelled, 0, -1, "");
+            } else {
+              write(std::move(cmd));
+            }
           } else {
             ++t;
           }

@@ -297,7 +297,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       read_keys(p.Get("keys").As<Napi::BigUint64Array>(), 0, pg->keys);
       w->pages = std::move(pg);
     }
-    // trigger?: {watch, at} — arm it on a watcher instead of posting now.
+    // trigger?: {watch, at, hold?} — arm it on a watcher instead of posting now.
     bool armed = info.Length() > 7 && info[7].IsObject();
     Cmd c(armed ? CmdKind::ArmWrite : CmdKind::Write);
     if (armed) {
@@ -305,6 +305,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       c.id = u32(t.Get("watch"));
       bool lossless = true;
       c.at = t.Get("at").As<Napi::BigInt>().Uint64Value(&lossless);
+      c.hold = t.Get("hold").ToBoolean().Value();
     }
     c.write = std::move(w);
     engine_->push(std::move(c));
@@ -324,22 +325,25 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
-  // cancel(op, "TIMEOUT"|"ABORTED")
+  // cancel(op, "TIMEOUT"|"ABORTED", force = false)
   Napi::Value Cancel(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
     Cmd c(CmdKind::Cancel);
     c.id = u32(info[0]);
     c.code = info[1].As<Napi::String>().Utf8Value() == "TIMEOUT" ? Code::Timeout : Code::Aborted;
+    c.hold = info.Length() > 2 && info[2].ToBoolean().Value();
     engine_->push(std::move(c));
     return info.Env().Undefined();
   }
 
-  // watch(id, view: Uint8Array of 8 bytes) — the worker reads it as a 64-bit word
+  // watch(id, view: Uint8Array of 8 bytes, quiet = false) — the worker reads it as a 64-bit word;
+  // a quiet watch reports no changes to JS (only its triggers read it)
   Napi::Value Watch(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
     Cmd c(CmdKind::AddWatch);
     c.id = u32(info[0]);
     c.ptr = info[1].As<Napi::Uint8Array>().Data();
+    c.quiet = info.Length() > 2 && info[2].ToBoolean().Value();
     engine_->push(std::move(c));
     return info.Env().Undefined();
   }
