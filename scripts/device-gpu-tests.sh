@@ -3,7 +3,8 @@
 # test/gpu.test.ts runs where a GPU is visible). Here, first:
 #   bash ../shared/tools/device-prep.sh && pnpm exec nx run-many -t build
 # then hand the device tool this command, carrying .device and the dist/ folders of core,
-# backend-efa, cuda, kvstream, weightsync and moe:   bash scripts/device-gpu-tests.sh
+# backend-efa, backend-verbs, cuda, kvstream, weightsync and moe:   bash scripts/device-gpu-tests.sh
+# Each script exits non-zero when a byte it checks is wrong.
 set -euo pipefail
 source scripts/device-setup.sh
 (
@@ -21,6 +22,9 @@ t python3 test/gpu/torch_export.py "$(command -v node)" test/gpu/torch_import.mj
 t node test/gpu/watcher.mjs 2000
 t node test/gpu/staged.mjs
 t env TRELLIS_PROVIDER=tcp node test/gpu/staged.mjs
+# backend-verbs' RC model with GPU memory registered to it (copied with the CUDA driver): an
+# immediate only once its bytes are in GPU memory; kvstream's paged writes through it below.
+t env TRELLIS_BACKEND=verbs node test/gpu/visibility.mjs 300 65536,16777216 direct,direct-reuse
 cd ../weightsync
 t node test/gpu/quant.mjs
 t node test/gpu/ws.mjs
@@ -28,6 +32,7 @@ t env TRELLIS_PROVIDER=tcp node test/gpu/ws.mjs
 cd ../kvstream
 t node test/gpu/kv.mjs
 t env TRELLIS_PROVIDER=tcp node test/gpu/kv.mjs
+t env TRELLIS_BACKEND=verbs TRELLIS_GPU_PATH=direct node test/gpu/kv.mjs
 cd ../moe
 t node test/gpu/moe.mjs
 t env TRELLIS_PROVIDER=tcp node test/gpu/moe.mjs

@@ -8,12 +8,13 @@ root=$PWD
 for pkg in backend-efa backend-verbs kvstream weightsync moe cuda cli; do
   [ -d "packages/$pkg" ] || continue
   mkdir -p "packages/$pkg/node_modules/@trellis"
-  for dep in core backend-efa kvstream weightsync moe cuda; do
+  for dep in core backend-efa backend-verbs kvstream weightsync moe cuda; do
     [ "$dep" = "$pkg" ] || ln -sfn "$root/packages/$dep" "packages/$pkg/node_modules/@trellis/$dep"
   done
 done
-# backend-efa's addon, and moe's native proxy (it needs only the engine kit's headers).
-for pkg in backend-efa moe; do
+# backend-efa's addon, backend-verbs' (its RC model takes GPU memory where the CUDA driver is),
+# and moe's native proxy (it needs only the engine kit's headers).
+for pkg in backend-efa backend-verbs moe; do
   (
     cd "packages/$pkg"
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/Release" >/dev/null

@@ -15,7 +15,13 @@
 //    not ready, CQ overrun (the CQ errors, its QPs go to the error state), ENOMEM when the send
 //    queue or an SRQ is full, completion channels with an fd.
 //
-// It does not model packets, PSN wrap, atomics, reads, UD/UC, memory windows or dmabuf.
+//  - GPU memory: a region from reg_dmabuf_mr is device memory at its iova (the dma-buf itself is
+//    not used). The NIC thread gathers from it and scatters into it with the CUDA driver
+//    (cuMemcpyAsync + cuStreamSynchronize, by unified address), so a completion or an immediate
+//    comes after the bytes are in GPU memory, as with GPUDirect RDMA and a flush. Without a CUDA
+//    driver it refuses such regions (EOPNOTSUPP), as a NIC without GPUDirect would.
+//
+// It does not model packets, PSN wrap, atomics, reads, UD/UC or memory windows.
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/epoll.h>
@@ -37,6 +43,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "trellis/cuda_driver.hpp"
 #include "verbs_api.hh"
 
 namespace trellis_verbs {
@@ -86,6 +93,7 @@ struct MPd {
 struct MMr {
   ibv_mr mr;
   int access;
+  bool device = false;  // GPU memory (reg_dmabuf_mr): copied with the CUDA driver
 };
 
 struct MChannel {
@@ -144,6 +152,7 @@ struct Conn {
   bool in_payload = false;
   bool accepted = false;  // the current DATA frame is executed (else its payload is discarded)
   std::vector<uint8_t> scratch;
+  uint8_t* device_dst = nullptr;  // a write into GPU memory: read into scratch, then copied here
 };
 
 struct MQp {
@@ -402,7 +411,11 @@ struct Port {
       auto base = reinterpret_cast<uint64_t>(mr ? mr->mr.addr : nullptr);
       if (!mr || s.addr < base || s.addr + s.length > base + mr->mr.length) return false;
       uint64_t a = std::max(off, pos), b = std::min(off + n, pos + s.length);
-      if (a < b) std::memcpy(dst + (a - off), reinterpret_cast<const void*>(s.addr + (a - pos)), b - a);
+      if (a < b) {
+        const void* from = reinterpret_cast<const void*>(s.addr + (a - pos));
+        if (!mr->device) std::memcpy(dst + (a - off), from, b - a);
+        else if (trellis::CudaDriver::get().copy(dst + (a - off), from, b - a) != 0) return false;
+      }
       pos += s.length;
     }
     return true;
@@ -538,6 +551,7 @@ struct Port {
   void on_data_header(Conn* c) {
     Frame& f = c->hdr;
     c->sink = nullptr;
+    c->device_dst = nullptr;
     c->left = f.len;
     c->accepted = false;
     auto it = qps.find(f.dst_qpn);
@@ -571,6 +585,11 @@ struct Port {
       }
       if ((f.flags & kLast) && (f.flags & kHasImm)) qp->have_recv = true;
       c->sink = f.len ? reinterpret_cast<uint8_t*>(f.raddr) : nullptr;
+      if (f.len && m->second->device) {
+        c->scratch.resize(f.len);
+        c->device_dst = c->sink;
+        c->sink = c->scratch.data();
+      }
       c->accepted = true;
     } else {
       if (f.flags & kFirst) {
@@ -613,6 +632,17 @@ struct Port {
     Frame& f = c->hdr;
     if (!c->accepted) return;
     c->accepted = false;
+    if (c->device_dst) {
+      // Into GPU memory before anything is acknowledged or completed.
+      uint8_t* to = c->device_dst;
+      c->device_dst = nullptr;
+      if (trellis::CudaDriver::get().copy(to, c->scratch.data(), f.len) != 0) {
+        auto q = qps.find(f.dst_qpn);
+        reply(c, q == qps.end() ? nullptr : q->second, f, kNak, kRemoteAccess);
+        if (q != qps.end()) set_error(q->second);
+        return;
+      }
+    }
     auto it = qps.find(f.dst_qpn);
     if (it == qps.end()) return;  // destroyed meanwhile
     MQp* qp = it->second;
@@ -887,9 +917,14 @@ class RcModel final : public Verbs {
     p->mrs[mr->mr.rkey] = mr;
     return &mr->mr;
   }
-  ibv_mr* reg_dmabuf_mr(ibv_pd*, uint64_t, size_t, uint64_t, int, int) override {
-    errno = EOPNOTSUPP;
-    return nullptr;
+  ibv_mr* reg_dmabuf_mr(ibv_pd* pd, uint64_t, size_t len, uint64_t iova, int, int access) override {
+    if (!trellis::CudaDriver::get().can_copy()) {
+      errno = EOPNOTSUPP;
+      return nullptr;
+    }
+    ibv_mr* mr = reg_mr(pd, reinterpret_cast<void*>(static_cast<uintptr_t>(iova)), len, access);
+    if (mr) outer<MMr>(mr)->device = true;
+    return mr;
   }
   int dereg_mr(ibv_mr* mr) override {
     Port* p = outer<MPd>(mr->pd)->port;

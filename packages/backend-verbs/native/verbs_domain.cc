@@ -160,8 +160,12 @@ std::unique_ptr<VerbsDomain> VerbsDomain::open(const VerbsOptions& opts, std::st
 // GPUDirect RDMA through dma-bufs needs the CUDA driver's export (CUDA >= 11.7), a kernel >= 5.12
 // and a device/driver that takes ibv_reg_dmabuf_mr: try it once on a small allocation of device 0.
 void VerbsDomain::probe_dmabuf() {
-  if (opts_.model) return;
   trellis::CudaDriver& cu = trellis::CudaDriver::get();
+  if (opts_.model) {
+    // The RC model copies GPU memory with the CUDA driver itself: no dma-buf needed.
+    dmabuf_ = cu.can_copy();
+    return;
+  }
   if (!cu.ok || !cu.cuMemAlloc || !cu.cuMemFree || !cu.cuMemGetHandleForAddressRange || cu.use_device(0) != 0) return;
   trellis::CudaDriver::CUdeviceptr p = 0;
   const size_t n = 2 << 20;
@@ -199,8 +203,9 @@ int VerbsDomain::reg_device(void* ptr, size_t len, int device, bool remote, trel
     return -EINVAL;
   }
   uint64_t offset = 0;
-  int fd = cu.dmabuf(p, len, base, size, &offset);
-  if (fd < 0) {
+  // The RC model takes the device address itself (iova) and needs no dma-buf.
+  int fd = opts_.model ? -1 : cu.dmabuf(p, len, base, size, &offset);
+  if (fd < 0 && !opts_.model) {
     *msg = "cuMemGetHandleForAddressRange could not export a dma-buf for this range";
     return -EIO;
   }
@@ -208,7 +213,7 @@ int VerbsDomain::reg_device(void* ptr, size_t len, int device, bool remote, trel
   if (opts_.relaxed_ordering) access |= IBV_ACCESS_RELAXED_ORDERING;
   ibv_mr* mr = v_->reg_dmabuf_mr(use_pd_, offset, len, p, fd, access);
   int e = errno;
-  close(fd);
+  if (fd >= 0) close(fd);
   if (!mr) {
     *msg = std::string("ibv_reg_dmabuf_mr: ") + std::strerror(e);
     return -(e ? e : EIO);

@@ -182,6 +182,8 @@ async function parent() {
       },
     }),
   );
+  // Wrong bytes fail the check (device-gpu-tests.sh counts exit codes).
+  if (checked.single !== 0 || checked.paged !== 0 || backBad !== 0) process.exit(1);
 }
 
 if (process.argv[2] === 'child') await child();

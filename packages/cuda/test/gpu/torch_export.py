@@ -18,3 +18,6 @@ node = sys.argv[1]
 r = subprocess.run([node, sys.argv[2], handle.hex(), str(byte_offset), str(length)], capture_output=True, text=True)
 torch.cuda.synchronize()
 print(json.dumps({"test": "torch-ipc", "length": length, "node": r.stdout.strip(), "stderr": r.stderr[-500:]}))
+# Wrong or missing values fail the check (device-gpu-tests.sh counts exit codes).
+got = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+sys.exit(0 if got and got["bad"] == 0 and got["values"] == length // 4 else 1)

@@ -15,16 +15,22 @@
 //                  the engine's CUDA-event fence;
 //   direct-reuse — as direct, with the source overwritten at once;
 //   nofence      — as direct, the target's fence off (TRELLIS_EFA_NO_FENCE=1): shows the gap.
+// TRELLIS_BACKEND=verbs: backend-verbs on its software RC model instead of backend-efa (variants
+// lane, lane-reuse and direct, direct-reuse: through the model, which copies into and out of GPU
+// memory with the CUDA driver before it acknowledges or completes; nofence has no meaning there).
 // Prints one JSON line per size and variant: rounds, stale rounds, stale bytes.
 //   node test/gpu/visibility.mjs [rounds=10000] [sizes=4096,65536,1048576,16777216] [variants=lane,lane-reuse,direct,direct-reuse,nofence]
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { createEngine } from '@trellis/backend-efa';
-import { MrDesc, NetAddr } from '@trellis/core';
+import { MrDesc } from '@trellis/core';
 import { cudaInfo, cudaMemoryOps, DeviceBuffer } from '../../dist/index.js';
 
-const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
+const verbs = process.env.TRELLIS_BACKEND === 'verbs';
+const { createEngine } = await import(verbs ? '@trellis/backend-verbs' : '@trellis/backend-efa');
+const provider = verbs ? 'rc-model' : (process.env.TRELLIS_PROVIDER ?? 'shm');
+/** The backend's own options: the RC model, or libfabric with FI_HMEM asked for. */
+const fabric = verbs ? { model: true } : { provider, gpuDirect: true };
 const IMM = 7;
 const ACK = 8;
 const seedOf = (size, r) => (size * 31 + r * 7919) >>> 0;
@@ -32,7 +38,7 @@ const seedOf = (size, r) => (size * 31 + r * 7919) >>> 0;
 async function target() {
   const device = Number(process.argv[3]);
   const maxSize = Number(process.argv[4]);
-  const e = await createEngine({ provider, gpu: cudaMemoryOps(), maxSleepUs: 0, gpuDirect: true });
+  const e = await createEngine({ ...fabric, gpu: cudaMemoryOps(), maxSleepUs: 0 });
   const buf = DeviceBuffer.alloc(maxSize, { device });
   const mr = await e.registerMemory({ cuda: { ptr: buf.ptr, length: maxSize, device } }, { remote: true });
   const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -84,18 +90,11 @@ async function writer() {
   let failed = 0;
   for (const variant of variants) {
     const lane = variant.startsWith('lane');
-    const e = await createEngine({
-      provider,
-      gpu: cudaMemoryOps(),
-      maxSleepUs: 0,
-      gpuDirect: true,
-      sameHostLane: lane,
-    });
+    const e = await createEngine({ ...fabric, gpu: cudaMemoryOps(), maxSleepUs: 0, sameHostLane: lane });
     const ack = await e.registerMemory(64, { remote: true });
     const t = await start(peerDevice, maxSize, variant === 'nofence' ? { TRELLIS_EFA_NO_FENCE: '1' } : {});
     const hello = await t.next();
     const dst = MrDesc.parse(hello.desc);
-    NetAddr.parse(hello.addr);
     for (const size of sizes) {
       const src = DeviceBuffer.alloc(size, { device: 0 });
       const mr = await e.registerMemory({ cuda: { ptr: src.ptr, length: size, device: 0 } });
@@ -115,6 +114,8 @@ async function writer() {
       // The variant ran on the path it names: lane writes counted only for the lane variants.
       const laneWrites = e.stats().gpu.laneWrites;
       if (lane ? laneWrites === 0 : laneWrites !== 0) failed++;
+      // Through the RC model, both regions must be registered with it directly (not staged).
+      if (verbs && !lane && (mr.path !== 'direct' || hello.path !== 'direct')) failed++;
       console.log(
         JSON.stringify({
           test: 'visibility',

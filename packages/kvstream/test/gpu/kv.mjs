@@ -5,18 +5,21 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { createEngine } from '@trellis/backend-efa';
 import { NetAddr } from '@trellis/core';
 import { cudaInfo, cudaMemoryOps, DeviceBuffer, patternByte } from '@trellis/cuda';
 import { KvLayout, KvStreamReceiver, KvStreamSender } from '../../dist/index.js';
 
-const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
+// TRELLIS_BACKEND=verbs: backend-verbs on its software RC model (GPU memory registered with the
+// model, which copies it with the CUDA driver) instead of backend-efa.
+const verbs = process.env.TRELLIS_BACKEND === 'verbs';
+const { createEngine } = await import(verbs ? '@trellis/backend-verbs' : '@trellis/backend-efa');
+const provider = verbs ? 'rc-model' : (process.env.TRELLIS_PROVIDER ?? 'shm');
 // TRELLIS_GPU_PATH: lane (default: the same-host lane where it applies), direct (through the NICs,
 // FI_HMEM where libfabric has it) or staged (pinned host mirrors) — for comparing the paths.
 const gpuPath = process.env.TRELLIS_GPU_PATH ?? 'lane';
 const pathOpts =
   gpuPath === 'staged'
-    ? { sameHostLane: false, gpuDirect: false }
+    ? { sameHostLane: false, ...(verbs ? {} : { gpuDirect: false }) }
     : gpuPath === 'direct'
       ? { sameHostLane: false }
       : {};
@@ -62,7 +65,13 @@ async function setup(device) {
   // The conformance kit imports vitest: loaded only for the stand-in.
   const h = fake ? new (await import('@trellis/core/conformance')).HostGpu() : undefined;
   const gpu = h ? h.ops : cudaMemoryOps();
-  const engine = await createEngine({ provider, nics: 2, gpu, maxSleepUs: 0, ...pathOpts });
+  const engine = await createEngine({
+    ...(verbs ? { model: true } : { provider }),
+    nics: 2,
+    gpu,
+    maxSleepUs: 0,
+    ...pathOpts,
+  });
   const buf = h ? hostBuffer(h, layout.regionBytes) : DeviceBuffer.alloc(layout.regionBytes, { device });
   return { gpu, engine, buf, device: h ? 0 : device };
 }
@@ -175,7 +184,9 @@ async function prefill() {
       decode: end.stats,
     }),
   );
-  process.exit(0);
+  // Wrong, unchecked or missing bytes fail the check (device-gpu-tests.sh counts exit codes).
+  const ok = results.every((r) => r.bad === 0 && r.checked === r.bytes && r.tailOk);
+  process.exit(ok && results.length === REQUESTS.length ? 0 : 1);
 }
 
 // A hang says where it stood instead of running into the caller's limit.

@@ -177,5 +177,8 @@ if (process.argv[2] === 'child') {
   const mine = await rank(0, 0, world);
   const ranks = await world.gather(mine);
   console.log(JSON.stringify({ test: 'moe-gpu', provider, worldSize: W, gpus, ranks }));
-  process.exit(0);
+  // Wrong bytes in any rank's report fail the check (device-gpu-tests.sh counts exit codes).
+  const reports = ranks.flatMap((r) => r.report);
+  const ok = reports.length > 0 && reports.every((c) => c.badX === 0 && c.badScales === 0 && c.badOut === 0);
+  process.exit(ok ? 0 : 1);
 }

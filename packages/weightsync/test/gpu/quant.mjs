@@ -75,3 +75,5 @@ console.log(
     kernelMs: +ms.toFixed(3),
   }),
 );
+// Wrong bytes fail the check (device-gpu-tests.sh counts exit codes).
+if (badBytes || badScales) process.exit(1);

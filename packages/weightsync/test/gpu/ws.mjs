@@ -166,7 +166,8 @@ async function trainer() {
       cpuReferenceMs: +cpuReport.ms.total.toFixed(1),
     }),
   );
-  process.exit(0);
+  // Wrong or unchecked bytes fail the check (device-gpu-tests.sh counts exit codes).
+  process.exit(bad === 0 && checked > 0 ? 0 : 1);
 }
 
 if (process.argv[2] === 'inference') await inference();

@@ -54,6 +54,11 @@ struct CudaDriver {
   CUresult (*cuFlushGPUDirectRDMAWrites)(int target, int scope) = nullptr;
   static constexpr int kFlushTargetCurrentCtx = 0;
   static constexpr int kFlushToOwner = 100;
+  // Copies by unified address (backend-verbs' RC model moving bytes to and from GPU memory).
+  CUresult (*cuMemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream) = nullptr;
+  CUresult (*cuStreamCreate)(CUstream*, unsigned) = nullptr;
+  CUresult (*cuStreamSynchronize)(CUstream) = nullptr;
+  static constexpr unsigned kStreamNonBlocking = 1;
 
   bool ok = false;
   std::string error;
@@ -97,6 +102,26 @@ struct CudaDriver {
     return "CUDA error " + std::to_string(r);
   }
 
+  bool can_copy() const { return ok && cuMemcpyAsync && cuStreamCreate && cuStreamSynchronize; }
+
+  // Copy `n` bytes between any two unified addresses (host or device memory of this process) on a
+  // stream of this thread's, and wait until they are in place: a later reader on the host or on
+  // any stream sees them. A context is made current on this thread first if none is. 0 or a CUresult.
+  CUresult copy(void* dst, const void* src, size_t n) {
+    thread_local CUstream stream = nullptr;
+    if (!stream) {
+      CUcontext ctx = nullptr;
+      CUresult r = cuCtxGetCurrent(&ctx);
+      if (r == 0 && !ctx) r = use_device(0);
+      if (r == 0) r = cuStreamCreate(&stream, kStreamNonBlocking);
+      if (r != 0) return r;
+    }
+    CUresult r = cuMemcpyAsync(static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(dst)),
+                               static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(src)), n, stream);
+    CUresult w = cuStreamSynchronize(stream);
+    return r ? r : w;
+  }
+
  private:
   template <typename F>
   bool sym(void* h, const char* name, F& f, bool required = true) {
@@ -123,6 +148,9 @@ struct CudaDriver {
     sym(h, "cuMemAlloc_v2", cuMemAlloc, false);
     sym(h, "cuMemFree_v2", cuMemFree, false);
     sym(h, "cuFlushGPUDirectRDMAWrites", cuFlushGPUDirectRDMAWrites, false);
+    sym(h, "cuMemcpyAsync", cuMemcpyAsync, false);
+    sym(h, "cuStreamCreate", cuStreamCreate, false);
+    sym(h, "cuStreamSynchronize", cuStreamSynchronize, false);
     if (!all) return;
     CUresult r = cuInit(0);
     if (r != 0) {
