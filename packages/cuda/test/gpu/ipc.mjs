@@ -26,5 +26,5 @@ if (role === 'import') {
   const child = r.stdout ? JSON.parse(r.stdout) : null;
   console.log(JSON.stringify({ test: 'ipc', child, stderr: r.stderr.slice(-500) }));
   // Wrong or missing bytes fail the check (device-gpu-tests.sh counts exit codes).
-  if (!child || child.bad !== 0 || child.imported !== length) process.exit(1);
+  if (child?.bad !== 0 || child.imported !== length) process.exit(1);
 }
