@@ -14,7 +14,9 @@
  *   seconds_completed — until the initiator's last completion (what a naive benchmark reports;
  *                       on shm it can run ahead of the bytes).
  *
- *   rma_raw_cuda <provider> <bytes> <ops> <window> [device_a] [device_b]
+ *   rma_raw_cuda <provider> <bytes> <ops> <window> [device_a] [device_b] [device-only|plain]
+ * `plain` registers without FI_HMEM_DEVICE_ONLY — the posts backend-efa makes on shm, where shm then
+ * moves the bytes through its bounce buffers instead of its CUDA IPC protocol.
  * Prints one JSON line.
  */
 #define _GNU_SOURCE
@@ -110,6 +112,8 @@ static void open_ep(struct ep *e, const char *prov) {
   CHECK(fi_getname(&e->ep->fid, e->name, &e->namelen));
 }
 
+static uint64_t reg_flags = FI_HMEM_DEVICE_ONLY;
+
 static struct fid_mr *reg_cuda(struct ep *e, void *buf, size_t len, uint64_t access, int device) {
   struct fid_mr *mr;
   struct iovec iov = {buf, len};
@@ -121,7 +125,7 @@ static struct fid_mr *reg_cuda(struct ep *e, void *buf, size_t len, uint64_t acc
   attr.requested_key = 1;
   attr.iface = FI_HMEM_CUDA;
   attr.device.cuda = device;
-  CHECK(fi_mr_regattr(e->domain, &attr, FI_HMEM_DEVICE_ONLY, &mr));
+  CHECK(fi_mr_regattr(e->domain, &attr, reg_flags, &mr));
   if (e->info->domain_attr->mr_mode & FI_MR_ENDPOINT) {
     CHECK(fi_mr_bind(mr, &e->ep->fid, 0));
     CHECK(fi_mr_enable(mr));
@@ -143,7 +147,7 @@ struct hello {
 
 int main(int argc, char **argv) {
   if (argc < 5) {
-    fprintf(stderr, "usage: rma_raw_cuda <provider> <bytes> <ops> <window> [device_a] [device_b]\n");
+    fprintf(stderr, "usage: rma_raw_cuda <provider> <bytes> <ops> <window> [device_a] [device_b] [device-only|plain]\n");
     return 2;
   }
   const char *prov = argv[1];
@@ -152,6 +156,7 @@ int main(int argc, char **argv) {
   uint64_t window = strtoull(argv[4], NULL, 10);
   int dev_a = argc > 5 ? atoi(argv[5]) : 0;
   int dev_b = argc > 6 ? atoi(argv[6]) : dev_a;
+  if (argc > 7 && strcmp(argv[7], "plain") == 0) reg_flags = 0;
   open_cuda();
   int to_init[2], to_target[2];
   if (pipe(to_init) || pipe(to_target)) return 1;

@@ -1,5 +1,9 @@
 // `pnpm bench` — the SDK against the raw libfabric program (bench/rma_raw.c) making the same posts
-// in the same process layout (initiator here, target in a child process), in the same run.
+// in the same process layout (initiator here, target in a child process), in the same run. The SDK
+// column runs with the same-host lane off (sameHostLane: false), so both make the same posts;
+// single writes are also timed with the lane on (the default between processes of one host: one
+// memcpy into the target's shared region, immediates through the provider) and against
+// bench/host_mapped.c (the same memcpy into a shared mapping from C, no provider at all).
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--quick] [--trials N] [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
 import { execFileSync, spawn } from 'node:child_process';
@@ -21,6 +25,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const providers = opt('--providers', 'shm,tcp').split(',') as Provider[];
 const jsonOut = opt('--json', '');
 const raw = fileURLToPath(new URL('../../build/Release/rma_raw', import.meta.url));
+const mapped = fileURLToPath(new URL('../../build/Release/host_mapped', import.meta.url));
 const targetJs = fileURLToPath(new URL('./target.js', import.meta.url));
 const WINDOW = Number(opt('--window', '64'));
 
@@ -32,6 +37,9 @@ interface Row {
   sdk: number;
   raw: number;
   unit: 'GB/s' | 'Mops/s';
+  /** Single writes: the SDK with the same-host lane, and the raw shared-mapping memcpy. */
+  lane?: number;
+  mapped?: number;
 }
 
 /** A target engine in a child process. */
@@ -59,11 +67,12 @@ async function startTarget(provider: Provider, size: number) {
 }
 
 /** The initiator engine, created per trial and closed before the raw program runs. */
-function initiator(provider: Provider): Promise<EfaEngine> {
+function initiator(provider: Provider, sameHostLane = false): Promise<EfaEngine> {
   const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
   return createEngine({
     provider,
     nics: 1,
+    sameHostLane,
     maxSleepUs: env('TRELLIS_BENCH_SLEEP_US'),
     idleSpinUs: env('TRELLIS_BENCH_SPIN_US'),
   });
@@ -80,8 +89,8 @@ async function windowed(ops: number, window: number, submit: (i: number) => Prom
   return (performance.now() - t0) / 1000;
 }
 
-async function sdkSingle(provider: Provider, size: number, ops: number): Promise<number> {
-  const engine = await initiator(provider);
+async function sdkSingle(provider: Provider, size: number, ops: number, lane = false): Promise<number> {
+  const engine = await initiator(provider, lane);
   const region = Math.max(size, 64 << 20);
   const t = await startTarget(provider, region);
   const src = await engine.registerMemory(region);
@@ -191,10 +200,17 @@ for (const provider of providers) {
     // SDK and raw alternate, `trials` times each; the table shows the median of each.
     const sdkT: number[] = [];
     const rawT: number[] = [];
+    const laneT: number[] = [];
+    const mappedT: number[] = [];
     for (let t = 0; t < trials; t++) {
       sdkT.push((ops * size) / (await sdkSingle(provider, size, ops)) / 1e9);
       const r = rawRun([prov, 'single', String(size), String(ops), String(WINDOW)]);
       rawT.push(r.bytes / r.seconds / 1e9);
+      laneT.push((ops * size) / (await sdkSingle(provider, size, ops, true)) / 1e9);
+      const m = JSON.parse(
+        execFileSync(mapped, [String(size), String(ops), String(WINDOW)], { encoding: 'utf8' }),
+      );
+      mappedT.push(m.bytes / m.seconds / 1e9);
     }
     rows.push({
       provider: prov,
@@ -204,6 +220,8 @@ for (const provider of providers) {
       sdk: median(sdkT),
       raw: median(rawT),
       unit: 'GB/s',
+      lane: median(laneT),
+      mapped: median(mappedT),
     });
     process.stderr.write('.');
   }
@@ -236,7 +254,17 @@ for (const provider of providers) {
 process.stderr.write('\n');
 
 const fmtSize = (n: number) => (n >= 1 << 20 ? `${n / (1 << 20)} MiB` : `${n / 1024} KiB`);
-const header = ['provider', 'test', 'size', 'ops', 'SDK', 'raw C', 'SDK/raw'];
+const header = [
+  'provider',
+  'test',
+  'size',
+  'ops',
+  'SDK',
+  'raw C',
+  'SDK/raw',
+  'SDK, same-host lane',
+  'raw C, mapped memcpy',
+];
 const table = rows.map((r) => [
   r.provider,
   r.test,
@@ -245,6 +273,8 @@ const table = rows.map((r) => [
   `${r.sdk.toFixed(3)} ${r.unit}`,
   `${r.raw.toFixed(3)} ${r.unit}`,
   `${(r.sdk / r.raw).toFixed(2)}x`,
+  r.lane === undefined ? '–' : `${r.lane.toFixed(3)} ${r.unit}`,
+  r.mapped === undefined ? '–' : `${r.mapped.toFixed(3)} ${r.unit}`,
 ]);
 const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
 const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;

@@ -11,10 +11,13 @@ const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 for (const provider of ['shm', 'tcp'] as const) {
   for (const nics of [1, 2]) {
+    // One NIC: as users get it (host writes between these processes take the same-host lane);
+    // two: the lane off, every byte through the provider.
+    const lane = nics === 1;
     defineCrossProcessSuite({
-      name: `backend-efa provider=${provider} nics=${nics}`,
+      name: `backend-efa provider=${provider} nics=${nics}${lane ? '' : ' sameHostLane=false'}`,
       engineModule,
-      options: { provider, nics, opTimeoutMs: 3000 },
+      options: { provider, nics, opTimeoutMs: 3000, sameHostLane: lane },
       // The engine deadline (opTimeoutMs) plus polling and scheduling slack.
       killBoundMs: 3000 + 5000,
     });

@@ -18,6 +18,8 @@ async function pair(failover: boolean) {
     nics: 2,
     opTimeoutMs: 10_000,
     failover: failover && { cooldownMs: 60_000 },
+    // The data must cross the NICs to be failed over (the same-host lane would copy it instead).
+    sameHostLane: false,
   } as const;
   engines = [await createEngine(opts), await createEngine(opts)];
   return engines as [EfaEngine, EfaEngine];

@@ -2,7 +2,8 @@
 // in for CUDA: GPU → GPU writes between engines of one host are device copies followed by the
 // immediates, never NIC writes. The same lane runs on GPUs in packages/cuda/test/gpu/visibility.mjs
 // and write-bench.mjs.
-import { MrDesc } from '@trellis/core';
+import { readdirSync } from 'node:fs';
+import { HOST_MAPPING_DEVICE, MrDesc } from '@trellis/core';
 import { fillXorshift, HostGpu, outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine, type EfaEngineOptions } from '../src/index.js';
@@ -251,7 +252,7 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
       /^PROVIDER_ERROR: .*the lane stream failed/,
     );
     expect(b.immCounter(6).total).toBe(0);
-    // Host memory still moves through the NICs.
+    // Host memory still moves (over the host lane, its immediates through the NICs).
     const hs = await a.registerMemory(n);
     hs.buffer!.fill(7);
     const hd = await b.registerMemory(n, { remote: true });
@@ -287,5 +288,131 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
       code: 'INVALID_ARGUMENT',
       message: 'createEngine: sameHostLane must be a boolean, got "yes"',
     });
+  });
+});
+
+describe('backend-efa: the same-host lane for host memory (shared-memory regions, the copy thread)', () => {
+  const mine = () => readdirSync('/dev/shm').filter((f) => f.startsWith(`trellis-${process.pid}-`));
+
+  it('single, paged and scatter writes between host regions are one copy each; immediates exact; no NIC bytes', async () => {
+    const a = await engine({});
+    const b = await engine({});
+    const n = 1 << 20;
+    const src = await a.registerMemory(n);
+    fillXorshift(src.buffer!, 7);
+    const dst = await b.registerMemory(2 * n, { remote: true });
+    // Remote regions the engine allocates are shared-memory objects named in their descriptor.
+    expect(dst.desc.ipc?.device).toBe(HOST_MAPPING_DEVICE);
+    expect(MrDesc.parse(dst.desc.toString()).ipc).toEqual(dst.desc.ipc);
+    expect(src.desc.ipc).toBeUndefined();
+    expect(b.stats().hostLane).toMatchObject({ sharedRegions: 1, sharedAllocFailures: 0 });
+
+    const single = { src, srcOffset: 3, length: n - 3, dst: dst.desc, dstOffset: n, imm: 1 };
+    await a.submitSingleWrite(single);
+    const per = b.expectedImms({ kind: 'single', ...single });
+    await b.immCounter(1).wait(per, { timeoutMs: 5000 });
+    expect(Buffer.compare(dst.buffer!.subarray(n, 2 * n - 3), src.buffer!.subarray(3))).toBe(0);
+    expect(dst.buffer!.subarray(0, n).every((x) => x === 0)).toBe(true);
+
+    const paged = {
+      src,
+      srcPages: Uint32Array.of(9, 0, 4),
+      srcStride: 4096,
+      dst: dst.desc,
+      dstPages: Uint32Array.of(1, 2, 3),
+      dstStride: 4096,
+      pageBytes: 4096,
+      imm: 2,
+    };
+    await a.submitPagedWrites(paged);
+    await b.immCounter(2).wait(3, { timeoutMs: 5000 });
+    for (const [s, d] of [
+      [9, 1],
+      [0, 2],
+      [4, 3],
+    ] as const)
+      expect(
+        Buffer.compare(
+          dst.buffer!.subarray(d * 4096, (d + 1) * 4096),
+          src.buffer!.subarray(s * 4096, (s + 1) * 4096),
+        ),
+      ).toBe(0);
+    const scatter = {
+      src,
+      targets: [
+        { dst: dst.desc, srcOffset: 0, dstOffset: 100_000, length: 777 },
+        { dst: dst.desc, srcOffset: 5000, dstOffset: 200_000, length: 1 },
+      ],
+      imm: 3,
+    };
+    await a.submitScatter(scatter);
+    await b
+      .immCounter(3)
+      .wait(b.expectedImms({ kind: 'scatter', ...scatter }, b.address), { timeoutMs: 5000 });
+    expect(Buffer.compare(dst.buffer!.subarray(100_000, 100_777), src.buffer!.subarray(0, 777))).toBe(0);
+    expect(dst.buffer![200_000]).toBe(src.buffer![5000]);
+
+    const sa = a.stats();
+    expect(sa.hostLane).toEqual({
+      writes: 3,
+      bytes: n - 3 + 3 * 4096 + 778,
+      fallbacks: 0,
+      sharedRegions: 0,
+      sharedAllocFailures: 0,
+    });
+    expect(sum(sa.nics.map((x) => x.bytesWritten))).toBe(0);
+    expect(sum(sa.nics.map((x) => x.writeOps))).toBe(per + 3 + 2);
+    expect([b.immCounter(1).total, b.immCounter(2).total, b.immCounter(3).total]).toEqual([per, 3, 2]);
+    expect(sa.ops).toEqual({ submitted: 3, completed: 3, failed: 0, inFlight: 0 });
+  });
+
+  it('a target region unregistered after the writer mapped it: REMOTE_ACCESS before anything is posted; a fresh one works', async () => {
+    const a = await engine({});
+    const b = await engine({});
+    const src = await a.registerMemory(4096);
+    src.buffer!.fill(5);
+    const old = await b.registerMemory(4096, { remote: true });
+    await a.submitSingleWrite({ src, length: 4096, dst: old.desc, imm: 1 });
+    await b.immCounter(1).wait(b.expectedImms({ kind: 'single', src, length: 4096, dst: old.desc, imm: 1 }));
+    const before = sum(a.stats().nics.map((x) => x.writeOps));
+    await old.unregister();
+    expect(await outcome(a.submitSingleWrite({ src, length: 4096, dst: old.desc, imm: 1 }))).toBe(
+      'REMOTE_ACCESS: submitSingleWrite: the target region was unregistered (its owner on this host released it); get a fresh descriptor from the peer',
+    );
+    expect(sum(a.stats().nics.map((x) => x.writeOps))).toBe(before);
+    const fresh = await b.registerMemory(4096, { remote: true });
+    await a.submitSingleWrite({ src, length: 4096, dst: fresh.desc, imm: 2 });
+    await b
+      .immCounter(2)
+      .wait(b.expectedImms({ kind: 'single', src, length: 4096, dst: fresh.desc, imm: 2 }));
+    expect(fresh.buffer!.every((x) => x === 5)).toBe(true);
+    expect(a.stats().ops).toEqual({ submitted: 3, completed: 2, failed: 1, inFlight: 0 });
+  });
+
+  it('a descriptor claiming more than the shared object holds goes through the NICs; sameHostLane: false shares nothing; names are gone after close', async () => {
+    const a = await engine({});
+    const b = await engine({});
+    const src = await a.registerMemory(8192);
+    src.buffer!.fill(9);
+    const dst = await b.registerMemory(8192, { remote: true });
+    const ipc = dst.desc.ipc!;
+    // The same object, claimed longer than it is (a forged length must never send a copy past it).
+    const long = new MrDesc(dst.desc.owner, dst.desc.base, 8192, dst.desc.nics, false, undefined, {
+      ...ipc,
+      offset: 4096n,
+    });
+    await a.submitSingleWrite({ src, length: 4096, dst: long, imm: 1 });
+    await b.immCounter(1).wait(b.expectedImms({ kind: 'single', src, length: 4096, dst: long, imm: 1 }));
+    expect(dst.buffer!.subarray(0, 4096).every((x) => x === 9)).toBe(true);
+    expect(a.stats().hostLane).toMatchObject({ writes: 0, fallbacks: 1 });
+    expect(sum(a.stats().nics.map((x) => x.bytesWritten))).toBe(4096);
+
+    const c = await engine({ sameHostLane: false });
+    const plain = await c.registerMemory(4096, { remote: true });
+    expect(plain.desc.ipc).toBeUndefined();
+    expect(c.stats().hostLane).toMatchObject({ sharedRegions: 0 });
+    expect(mine().length).toBeGreaterThan(0);
+    await Promise.all(open.splice(0).map((e) => e.close()));
+    expect(mine()).toEqual([]);
   });
 });

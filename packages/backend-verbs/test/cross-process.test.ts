@@ -6,9 +6,10 @@ const engineModule = fileURLToPath(new URL('../dist/index.js', import.meta.url))
 
 for (const nics of [1, 2]) {
   defineCrossProcessSuite({
-    name: `backend-verbs rc-model nics=${nics}`,
+    name: `backend-verbs rc-model nics=${nics}${nics === 1 ? '' : ' sameHostLane=false'}`,
     engineModule,
-    options: { model: true, nics, opTimeoutMs: 3000 },
+    // One NIC: the same-host lane carries the data; two: every byte through the RC model.
+    options: { model: true, nics, opTimeoutMs: 3000, sameHostLane: nics === 1 },
     // A killed peer stops acknowledging: the QP retries timeout (67 ms) x (retry_cnt 7 + 1), then
     // fails with IBV_WC_RETRY_EXC_ERR; the engine deadline (3 s) bounds anything else.
     killBoundMs: 3000 + 5000,

@@ -13,7 +13,14 @@ afterEach(async () => {
 
 describe('NIC failover on backend-verbs (RC model, 2 NICs)', () => {
   it('NIC 1 of the writer failed under 32 writes: all resolve, bytes and immediate counts exact', async () => {
-    const opts = { model: true, nics: 2, opTimeoutMs: 10_000, failover: { cooldownMs: 60_000 } } as const;
+    // The lane off: the data must cross the NICs to be failed over.
+    const opts = {
+      model: true,
+      nics: 2,
+      opTimeoutMs: 10_000,
+      failover: { cooldownMs: 60_000 },
+      sameHostLane: false,
+    } as const;
     engines = [await createEngine(opts), await createEngine(opts)];
     const [a, b] = engines as [VerbsEngine, VerbsEngine];
     const piece = 128 * 1024;

@@ -27,18 +27,40 @@ export interface MrParts {
 }
 
 /**
- * A CUDA region's same-host lane: its owner's boot id (peers with the same one are on the same
- * host), the device, the CUDA IPC handle of the allocation that holds it, and the region's offset
- * in that allocation. Writers on the same host copy into it over NVLink/PCIe instead of the NICs.
+ * A region's same-host lane: its owner's boot id (peers with the same one are on the same host),
+ * and what a writer there maps to copy into it directly instead of going through the NICs. For a
+ * CUDA region: the device, the CUDA IPC handle of the allocation that holds it and the region's
+ * offset in that allocation (copies over NVLink/PCIe). For a host region the engine allocated:
+ * `device` is {@link HOST_MAPPING_DEVICE} and `handle` holds the name of the POSIX shared-memory
+ * object the region lives in (one memcpy by the writer).
  */
 export interface MrIpc {
   /** `/proc/sys/kernel/random/boot_id` of the owner's host, as 16 bytes. */
   readonly host: Uint8Array;
+  /** The CUDA device, or {@link HOST_MAPPING_DEVICE} for host memory in a shared mapping. */
   readonly device: number;
-  /** 64-byte `cudaIpcMemHandle_t` of the allocation. */
+  /** 64-byte `cudaIpcMemHandle_t` of the allocation, or the shared-memory object's name (NUL-padded). */
   readonly handle: Uint8Array;
   /** Byte offset of the region's first byte in the allocation. */
   readonly offset: bigint;
+}
+
+/** {@link MrIpc.device} of a host region in a shared-memory object (not a CUDA device). */
+export const HOST_MAPPING_DEVICE = 0xffff;
+
+/** The 64-byte {@link MrIpc.handle} naming shared-memory object `name`. @internal */
+export function sharedHandle(name: string): Uint8Array {
+  const h = new Uint8Array(64);
+  const b = new TextEncoder().encode(name);
+  if (b.length > 63) throw new TrellisError('INTERNAL', `shared-memory object name too long: ${name}`);
+  h.set(b);
+  return h;
+}
+
+/** The shared-memory object name in a host region's {@link MrIpc.handle}. @internal */
+export function sharedName(handle: Uint8Array): string {
+  const end = handle.indexOf(0);
+  return new TextDecoder().decode(handle.subarray(0, end < 0 ? handle.length : end));
 }
 
 /**

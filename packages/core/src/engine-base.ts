@@ -12,6 +12,7 @@ import type {
   EngineStats,
   FailoverOptions,
   GpuStats,
+  HostLaneStats,
   HostMemory,
   ImmCounter,
   ImmRequest,
@@ -1127,7 +1128,13 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       recvDropped: this.recvDropped,
       gpu: this.gpuStats(),
       ...(this.libraryInfo() ? { library: this.libraryInfo() } : {}),
+      ...(this.hostLaneStats() ? { hostLane: this.hostLaneStats() } : {}),
     };
+  }
+
+  /** The host half of the same-host lane, where a backend has it (the native engines). */
+  protected hostLaneStats(): HostLaneStats | undefined {
+    return undefined;
   }
 
   /** The transport library under the engine, where a backend has one (libfabric, libibverbs). */

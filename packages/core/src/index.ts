@@ -6,7 +6,7 @@
  */
 export { MAX_NICS, NetAddr } from './addr.js';
 export { ImmCounterTable } from './counters.js';
-export { MrDesc, type MrIpc, type MrParts, type NicKey } from './desc.js';
+export { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, type MrParts, type NicKey } from './desc.js';
 export {
   EngineBase,
   HEARTBEAT_IMM,

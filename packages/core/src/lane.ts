@@ -10,12 +10,20 @@
 // JS turn and no thread hop between the copy and the immediates. This is how NCCL's P2P
 // transport, UCX's cuda_ipc and NIXL move bytes inside a node.
 //
+// Host memory takes the same lane between host regions: a remote region the target's engine
+// allocated lives in a POSIX shared-memory object named in its descriptor; the writer maps it once
+// and its engine's copy thread memcpys into it, then stores the sequence number — the same signal
+// word and armed immediates, with a CPU thread in place of the CUDA stream (one copy, where
+// libfabric shm copies through its own buffers). The owner unlinks the name when the region is
+// unregistered: a writer then finds the link count at zero and fails with REMOTE_ACCESS before
+// anything is posted, as a NIC refuses a stale key.
+//
 // A write resolves once its immediates were delivered (or, without an immediate, once its copy
 // is done): the source may be reused then. Cancellation (deadline, abort) cannot stop a copy the
 // GPU has started: the operation then settles once the copy is done, and no immediate is raised.
 // A copy that fails on the GPU (the stream reports an error) never stores its signal: a cancelled
 // operation finds that out by draining the stream, and fails with the CUDA error.
-import type { MrDesc, MrIpc } from './desc.js';
+import { HOST_MAPPING_DEVICE, type MrDesc, type MrIpc, sharedName } from './desc.js';
 import type { PendingOp, Region } from './engine-base.js';
 import { TrellisError } from './errors.js';
 import type { GpuMemoryOps, GpuSignal } from './types.js';
@@ -35,9 +43,25 @@ export interface LaneHost {
   armOnSignal(plan: Plan, op: PendingOp, watch: number, value: bigint): void;
   /** Settle a held operation now (its copy failed: the watch will never reach its value). */
   release(op: PendingOp, reason: TrellisError): void;
+  /** The host half (shared-memory regions, the engine's copy thread); undefined: no host lane. */
+  readonly host: HostLaneOps | undefined;
 }
 
-/** Counters of the same-host lane, in `stats().gpu`. */
+/** What the host half of the lane needs from the native engine. @internal */
+export interface HostLaneOps {
+  /** Map a same-host peer's shared-memory object; throws when it cannot be opened. */
+  map(name: string): { id: number; base: bigint; length: number };
+  /** The owner still has the region registered. */
+  alive(id: number): boolean;
+  /** Unmap, after every copy queued so far. */
+  unmap(id: number): void;
+  /** memcpy (dst, src, bytes) triples on the engine's copy thread, then store `value` into `signal`. */
+  copy(triples: BigUint64Array, signal: GpuSignal, value: bigint): void;
+  /** Where a view's first byte is in this process. */
+  addressOf(view: Uint8Array): bigint;
+}
+
+/** Counters of the same-host lane (GPU ones in `stats().gpu`, host ones in `stats().hostLane`). */
 export interface LaneCounters {
   writes: number;
   bytes: number;
@@ -48,8 +72,15 @@ export interface LaneCounters {
 interface Mapping {
   device: number;
   base: bigint | undefined;
+  /** Bytes mapped from `base` (the allocation's size), where known. */
+  length: number | undefined;
+  /** The host lane's mapping id. */
+  id: number | undefined;
   error: string | undefined;
 }
+
+/** The signal key of the host copy thread (GPU signals are keyed by device). */
+const HOST = -1;
 
 /** The signal of one device's lane stream, as this engine uses it. */
 interface Signal {
@@ -75,6 +106,9 @@ function hex(b: Uint8Array): string {
 /** The same-host lane of one native engine. @internal */
 export class SameHostLane {
   readonly counters: LaneCounters = { writes: 0, bytes: 0, fallbacks: 0 };
+  readonly hostCounters: LaneCounters = { writes: 0, bytes: 0, fallbacks: 0 };
+  /** Where each host source region's bytes start in this process. */
+  private readonly srcAddress = new WeakMap<Region, bigint>();
   /** Peer allocations mapped here, by device and handle. */
   private readonly mapped = new Map<string, Mapping>();
   /** The same, by descriptor (a caller reuses its MrDesc objects: no key to build per write). */
@@ -93,9 +127,23 @@ export class SameHostLane {
     const key = `${device}:${hex(ipc.handle)}`;
     let m = this.mapped.get(key);
     if (!m) {
-      m = { device, base: undefined, error: undefined };
+      m = { device, base: undefined, length: undefined, id: undefined, error: undefined };
       try {
-        m.base = this.host.gpu!.ipcOpen!(device, ipc.handle);
+        if (device === HOST) {
+          const h = this.host.host!.map(sharedName(ipc.handle));
+          m.base = h.base;
+          m.length = h.length;
+          m.id = h.id;
+        } else {
+          const gpu = this.host.gpu!;
+          m.base = gpu.ipcOpen!(device, ipc.handle);
+          // Its size, so a descriptor that claims more than the allocation holds is refused.
+          try {
+            m.length = gpu.pointerRange?.(m.base).size;
+          } catch {
+            m.length = undefined;
+          }
+        }
       } catch (e) {
         m.error = e instanceof Error ? e.message : String(e);
       }
@@ -119,29 +167,44 @@ export class SameHostLane {
    * the write is being posted now (a mapping that fails is then counted as a fallback).
    */
   takes(plan: Plan, posting = false): boolean {
-    const gpu = this.host.gpu;
-    if (!gpu?.enqueueDeviceCopy || !gpu.allocSignal || !gpu.ipcOpen) return false;
     if (plan.op !== 'single' && plan.op !== 'paged' && plan.op !== 'scatter') return false;
     const src = plan.src as Region;
-    if (!src.cuda) return false;
+    let device: number;
+    if (src.cuda) {
+      const gpu = this.host.gpu;
+      if (!gpu?.enqueueDeviceCopy || !gpu.allocSignal || !gpu.ipcOpen) return false;
+      device = src.cuda.device;
+    } else {
+      if (!this.host.host || !src.buffer || src.parted) return false;
+      device = HOST;
+    }
     if (plan.op === 'scatter') {
-      for (const t of plan.targets) if (!this.carries(t.dst, src.cuda.device, posting)) return false;
+      if (plan.targets.length === 0) return false;
+      for (const t of plan.targets) if (!this.carries(t.dst, device, posting)) return false;
       return true;
     }
-    return this.carries(plan.dst, src.cuda.device, posting);
+    return this.carries(plan.dst, device, posting);
   }
 
   private carries(d: MrDesc, device: number, posting: boolean): boolean {
     if (!this.sameHost(d)) return false;
-    if (this.mapping(d.ipc!, device).base !== undefined) return true;
-    if (posting) this.counters.fallbacks++;
+    // GPU to GPU, host to host: a host region never takes a GPU copy, nor the reverse.
+    if ((device === HOST) !== (d.ipc!.device === HOST_MAPPING_DEVICE)) return false;
+    const m = this.mapping(d.ipc!, device);
+    // The mapping must hold all the descriptor claims (a forged length must not send a copy past it).
+    if (m.base !== undefined && (m.length === undefined || Number(d.ipc!.offset) + d.length <= m.length))
+      return true;
+    if (posting) (device === HOST ? this.hostCounters : this.counters).fallbacks++;
     return false;
   }
 
   private signal(device: number): Signal {
     let s = this.signals.get(device);
     if (!s) {
-      const signal = this.host.gpu!.allocSignal!();
+      const signal: GpuSignal =
+        device === HOST
+          ? { word: new BigUint64Array(new SharedArrayBuffer(8)), devicePtr: 0n }
+          : this.host.gpu!.allocSignal!();
       s = { device, signal, watch: this.host.watchSignal(signal), seq: Atomics.load(signal.word, 0) };
       this.signals.set(device, s);
     }
@@ -151,7 +214,18 @@ export class SameHostLane {
   /** Run `plan` (one that {@link takes}) as `op`; settles `op` once. */
   start(plan: Plan, op: PendingOp): void {
     const src = (plan as { src: unknown }).src as Region;
-    const cuda = src.cuda!;
+    const cuda = src.cuda;
+    const device = cuda ? cuda.device : HOST;
+    let from0: bigint;
+    if (cuda) from0 = cuda.ptr;
+    else {
+      let a = this.srcAddress.get(src);
+      if (a === undefined) {
+        a = this.host.host!.addressOf(src.buffer!);
+        this.srcAddress.set(src, a);
+      }
+      from0 = a;
+    }
     const wrs = workRequests(plan);
     // One copy per piece; pieces that continue the previous one on both sides (the shards a write
     // was cut into for the NICs) are one copy.
@@ -161,8 +235,19 @@ export class SameHostLane {
     for (const w of wrs) {
       if (w.dst === undefined || w.length === 0) continue;
       const ipc = w.dst.ipc!;
-      const to = this.mapping(ipc, cuda.device).base! + ipc.offset + BigInt(w.dstOffset);
-      const from = cuda.ptr + BigInt(w.srcOffset);
+      const m = this.mapping(ipc, device);
+      if (device === HOST && !this.host.host!.alive(m.id!)) {
+        op.fail(
+          new TrellisError(
+            'REMOTE_ACCESS',
+            `${op.callsite.op}: the target region was unregistered (its owner on this host released it); get a fresh descriptor from the peer`,
+            { op: op.callsite.op },
+          ),
+        );
+        return;
+      }
+      const to = m.base! + ipc.offset + BigInt(w.dstOffset);
+      const from = from0 + BigInt(w.srcOffset);
       const n = BigInt(w.length);
       bytes += w.length;
       if (i > 0 && triples[i - 3]! + triples[i - 1]! === to && triples[i - 2]! + triples[i - 1]! === from) {
@@ -173,10 +258,11 @@ export class SameHostLane {
       triples[i++] = from;
       triples[i++] = n;
     }
-    const sig = this.signal(cuda.device);
+    const sig = this.signal(device);
     const seq = sig.seq + 1n;
     try {
-      this.host.gpu!.enqueueDeviceCopy!(cuda.device, triples.subarray(0, i), sig.signal, seq);
+      if (device === HOST) this.host.host!.copy(triples.subarray(0, i), sig.signal, seq);
+      else this.host.gpu!.enqueueDeviceCopy!(device, triples.subarray(0, i), sig.signal, seq);
     } catch (e) {
       op.fail(
         e instanceof TrellisError
@@ -207,12 +293,13 @@ export class SameHostLane {
             imm,
           }));
     const raised: RunsPlan = { op: 'runs', src: undefined, runs, imm };
-    this.running.set(op, cuda.device);
+    this.running.set(op, device);
+    const counters = device === HOST ? this.hostCounters : this.counters;
     op.promise.then(
       () => {
         this.running.delete(op);
-        this.counters.writes++;
-        this.counters.bytes += bytes;
+        counters.writes++;
+        counters.bytes += bytes;
       },
       () => this.running.delete(op),
     );
@@ -225,7 +312,8 @@ export class SameHostLane {
    */
   cancelling(op: PendingOp, reason: TrellisError): void {
     const device = this.running.get(op);
-    if (device === undefined) return;
+    // A host copy cannot fail short of a crash: it always signals.
+    if (device === undefined || device === HOST) return;
     this.host.gpu!.drainDeviceCopies?.(device).then(
       () => {},
       (e: unknown) => {
@@ -245,11 +333,17 @@ export class SameHostLane {
   /** Let every copy finish, then unmap every peer allocation (the engine is closing). */
   async close(): Promise<void> {
     const gpu = this.host.gpu;
-    await Promise.all([...this.signals.keys()].map((d) => gpu!.drainDeviceCopies?.(d).catch(() => {})));
+    await Promise.all(
+      [...this.signals.keys()]
+        .filter((d) => d !== HOST)
+        .map((d) => gpu!.drainDeviceCopies?.(d).catch(() => {})),
+    );
     for (const m of this.mapped.values()) {
       if (m.base === undefined) continue;
       try {
-        gpu!.ipcClose?.(m.device, m.base);
+        // Host mappings go after the copies queued before them; GPU ones after the drain above.
+        if (m.device === HOST) this.host.host!.unmap(m.id!);
+        else gpu!.ipcClose?.(m.device, m.base);
       } catch {
         // The peer's allocation may be gone already; nothing to release then.
       }

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { NetAddr } from './addr.js';
-import { MrDesc, type MrIpc } from './desc.js';
+import { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, sharedHandle } from './desc.js';
 import { EngineBase, type PendingOp, type RecvPool, type Region, type RegionAlloc } from './engine-base.js';
 import { type CallSite, TrellisError, type TrellisErrorCode } from './errors.js';
 import { autoShards } from './imms.js';
@@ -17,6 +17,7 @@ import type {
   FailoverOptions,
   GpuMemoryOps,
   GpuStats,
+  HostLaneStats,
   MemorySource,
   MrHandle,
   NicStats,
@@ -59,6 +60,14 @@ export interface NativeEngine {
   providers(): Array<{ provider: string; path: 'host' | 'direct' | 'staged'; device?: string }>;
   addPeer(id: number, addrs: readonly Uint8Array[]): void;
   alloc(length: number): ArrayBuffer;
+  /** Host memory in a POSIX shared-memory object (the host half of the same-host lane). */
+  allocShared(length: number): { buffer: ArrayBuffer; name: string };
+  unlinkShared(name: string): void;
+  mapShared(name: string): { id: number; base: bigint; length: number };
+  sharedAlive(id: number): boolean;
+  unmapShared(id: number): void;
+  hostCopy(triples: BigUint64Array, signal: Uint8Array, value: bigint): void;
+  addressOf(view: Uint8Array): bigint;
   register(id: number, view: Uint8Array, remote: boolean): void;
   /** Register CUDA device memory directly (only where every NIC's path is `direct`). */
   register(id: number, devicePtr: bigint, remote: boolean, bytes: number, device: number): void;
@@ -169,10 +178,13 @@ export interface NativeEngineTuning {
   /** Refuse CUDA regions that cannot be registered directly instead of staging them. Default false. */
   strictGpu?: boolean;
   /**
-   * The same-host lane: writes between CUDA regions of engines on one host (same boot id) are
-   * CUDA IPC copies on a stream of the engine's own, with the immediates raised after the copy has
-   * drained — no NIC, no staging. Needs `gpu` operations with IPC (`cudaMemoryOps()` has them).
-   * `false` sends such writes through the NICs (direct or staged). Default true.
+   * The same-host lane: writes to regions of engines on the same host (same boot id) skip the
+   * provider. Between CUDA regions: CUDA IPC copies on a stream of the engine's own (needs `gpu`
+   * operations with IPC; `cudaMemoryOps()` has them). Between host regions: remote regions the
+   * engine allocates (`registerMemory(n, {remote: true})`) live in POSIX shared-memory objects
+   * (`/dev/shm/trellis-<pid>-<random>`), and a writer on the host memcpys into them on a copy
+   * thread. Either way the immediates go through the provider once the bytes are in place. `false`:
+   * every write through the NICs, and no shared-memory objects. Default true.
    */
   sameHostLane?: boolean;
   /**
@@ -379,6 +391,11 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly strictGpu: boolean;
   private readonly stager: Stager;
   private readonly lane: SameHostLane;
+  /** Remote host regions this engine allocates live in shared-memory objects (the lane's host half). */
+  private readonly sharedHostRegions: boolean;
+  /** Their names, by native region id, unlinked when the region is unregistered or the engine closes. */
+  private readonly sharedNames = new Map<number, string>();
+  private sharedAllocFailures = 0;
   /** Staged regions by native id, and (remote ones) by NIC-0 rkey for incoming landings. */
   private readonly staged = new Map<number, StagedMemory>();
   private readonly stagedByRkey = new Map<bigint, Region>();
@@ -449,7 +466,23 @@ export abstract class NativeEngineBase extends EngineBase {
       armOnSignal: (plan, op, watch, at) => this.postPlan(plan, op, { watch, at, hold: true }),
       release: (op, reason) =>
         this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED', true),
+      host:
+        init.tuning.sameHostLane === false
+          ? undefined
+          : {
+              map: (name) => this.native.mapShared(name),
+              alive: (id) => this.native.sharedAlive(id),
+              unmap: (id) => this.native.unmapShared(id),
+              copy: (triples, signal, value) =>
+                this.native.hostCopy(
+                  triples,
+                  new Uint8Array(signal.word.buffer, signal.word.byteOffset, 8),
+                  value,
+                ),
+              addressOf: (view) => this.native.addressOf(view),
+            },
     });
+    this.sharedHostRegions = init.tuning.sameHostLane !== false && hostBootId() !== undefined;
     if (init.tuning.heartbeatMs !== undefined)
       this.startHeartbeat(init.tuning.heartbeatMs, init.tuning.heartbeatIdle);
     this.configureFailover(init.tuning.failover);
@@ -534,16 +567,31 @@ export abstract class NativeEngineBase extends EngineBase {
   protected async registerRegion(src: MemorySource, remote: boolean, op: string): Promise<RegionAlloc> {
     let view: Uint8Array;
     let cuda: CudaMemory['cuda'] | undefined;
+    let shared: MrIpc | undefined;
+    let sharedName: string | undefined;
     if (typeof src === 'number') {
-      try {
-        view = new Uint8Array(this.native.alloc(src));
-      } catch (e) {
-        throw new TrellisError(
-          'RESOURCE_EXHAUSTED',
-          `${op}: could not allocate ${src} bytes of page-aligned host memory (${e instanceof Error ? e.message : String(e)}); register less, or pass memory you allocated`,
-          { op, cause: e },
-        );
-      }
+      // A remote region the engine allocates lives in a shared-memory object, so writers on this
+      // host copy into it directly (the same-host lane); where /dev/shm refuses, plain memory.
+      const a = remote && this.sharedHostRegions ? this.tryAllocShared(src) : undefined;
+      if (a) {
+        view = new Uint8Array(a.buffer);
+        sharedName = a.name;
+        shared = {
+          host: hostBootId()!,
+          device: HOST_MAPPING_DEVICE,
+          handle: sharedHandle(a.name),
+          offset: 0n,
+        };
+      } else
+        try {
+          view = new Uint8Array(this.native.alloc(src));
+        } catch (e) {
+          throw new TrellisError(
+            'RESOURCE_EXHAUSTED',
+            `${op}: could not allocate ${src} bytes of page-aligned host memory (${e instanceof Error ? e.message : String(e)}); register less, or pass memory you allocated`,
+            { op, cause: e },
+          );
+        }
     } else if (src instanceof ArrayBuffer || src instanceof SharedArrayBuffer) view = new Uint8Array(src);
     else if (ArrayBuffer.isView(src)) view = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
     else {
@@ -553,10 +601,17 @@ export abstract class NativeEngineBase extends EngineBase {
       view = this.stagingMirror(cuda, op);
     }
     const id = this.nextRegion++;
-    const keys = await new Promise<BigUint64Array>((resolve, reject) => {
-      this.regs.set(id, { resolve, reject });
-      this.native.register(id, view, remote);
-    });
+    if (sharedName !== undefined) this.sharedNames.set(id, sharedName);
+    let keys: BigUint64Array;
+    try {
+      keys = await new Promise<BigUint64Array>((resolve, reject) => {
+        this.regs.set(id, { resolve, reject });
+        this.native.register(id, view, remote);
+      });
+    } catch (e) {
+      this.unlinkShared(id);
+      throw e;
+    }
     const nics = remote
       ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
       : [];
@@ -567,7 +622,7 @@ export abstract class NativeEngineBase extends EngineBase {
       nics,
       cuda !== undefined,
       undefined,
-      cuda && remote ? this.ipcOf(cuda) : undefined,
+      cuda && remote ? this.ipcOf(cuda) : shared,
     );
     if (!cuda) return { desc, bytes: view, length: view.length, key: id };
     this.staged.set(id, {
@@ -706,8 +761,27 @@ export abstract class NativeEngineBase extends EngineBase {
     return h;
   }
 
+  /** Shared memory for a remote host region, or undefined where /dev/shm refuses (plain memory then). */
+  private tryAllocShared(length: number): { buffer: ArrayBuffer; name: string } | undefined {
+    try {
+      return this.native.allocShared(length);
+    } catch {
+      this.sharedAllocFailures++;
+      return undefined;
+    }
+  }
+
+  /** A shared host region's name is unlinked when it is unregistered: writers that mapped it stop. */
+  private unlinkShared(id: number): void {
+    const name = this.sharedNames.get(id);
+    if (name === undefined) return;
+    this.sharedNames.delete(id);
+    this.native.unlinkShared(name);
+  }
+
   protected async deregisterRegion(key: unknown): Promise<void> {
     const id = key as number;
+    this.unlinkShared(id);
     if (this.staged.delete(id)) {
       for (const [k, r] of this.stagedByRkey) if (r.key === id) this.stagedByRkey.delete(k);
     }
@@ -1217,6 +1291,7 @@ export abstract class NativeEngineBase extends EngineBase {
     closedInProcess.add(this.address.toString());
     this.stager.close();
     await this.lane.close();
+    for (const id of [...this.sharedNames.keys()]) this.unlinkShared(id);
     // Open ports stay allocated (a consumer may still hold their handle); the worker's stop makes
     // every later post fail with TRELLIS_PORT_CLOSED.
     if (this.watchdog) clearInterval(this.watchdog);
@@ -1229,6 +1304,17 @@ export abstract class NativeEngineBase extends EngineBase {
       p.reject(new TrellisError('CLOSED', 'registerMemory: the engine was closed'));
     this.regs.clear();
     for (const pool of this.recvPools.splice(0)) pool.end();
+  }
+
+  protected override hostLaneStats(): HostLaneStats {
+    const c = this.lane.hostCounters;
+    return {
+      writes: c.writes,
+      bytes: c.bytes,
+      fallbacks: c.fallbacks,
+      sharedRegions: this.sharedNames.size,
+      sharedAllocFailures: this.sharedAllocFailures,
+    };
   }
 
   protected override gpuStats(): GpuStats {

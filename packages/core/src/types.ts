@@ -552,6 +552,24 @@ export interface EngineStats {
   failover: FailoverStats;
   /** The transport library under a native engine (absent for the loopback fabric). */
   library?: LibraryInfo;
+  /** Host memory over the same-host lane (native engines; absent for the loopback fabric). */
+  hostLane?: HostLaneStats;
+}
+
+/**
+ * The host half of the same-host lane: writes between host regions of engines on one host copied
+ * by the writer's copy thread into the target's shared-memory region, not through the provider.
+ */
+export interface HostLaneStats {
+  /** Writes (and their bytes) this engine copied over the lane. */
+  writes: number;
+  bytes: number;
+  /** Writes to a same-host shared region that went through the provider (mapping it failed). */
+  fallbacks: number;
+  /** Remote host regions of this engine in shared-memory objects (writers on this host map them). */
+  sharedRegions: number;
+  /** Remote host regions that fell back to plain memory because /dev/shm refused the object. */
+  sharedAllocFailures: number;
 }
 
 /** The transport library a native engine runs on, as loaded at run time. */

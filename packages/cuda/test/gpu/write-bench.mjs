@@ -6,12 +6,15 @@
 //   staged   — the engine through pinned host mirrors (gpuDirect: false, sameHostLane: false);
 //   memcpy   — baseline: cudaMemcpyAsync device → device into the peer's IPC-mapped buffer on one
 //              stream, drained (no engine, no immediates);
-//   raw      — baseline: backend-efa's bench/rma_raw_cuda, the same libfabric posts on CUDA memory
-//              (FI_HMEM) from C, its clock stopped when the target has synchronised its device;
+//   raw      — baseline: backend-efa's bench/rma_raw_cuda, libfabric posts on CUDA memory (FI_HMEM,
+//              FI_HMEM_DEVICE_ONLY: shm's CUDA IPC protocol) from C, its clock stopped when the
+//              target has synchronised its device;
+//   raw-plain — the same program registering as the engine does on shm (no FI_HMEM_DEVICE_ONLY:
+//              bounce buffers): the same posts as `direct`, for the ratio the engine is held to;
 // For each size, `reps` single writes (8 GiB, at most 400) are issued with `depth` in flight; the
 // clock stops when the target has counted every immediate (it answers with one of its own). Paged
 // writes (64 KiB pages) are measured the same way. Prints a table and one JSON line per row.
-//   node test/gpu/write-bench.mjs [sizes=65536,1048576,16777216,67108864,268435456] [modes=lane,direct,raw,staged,memcpy]
+//   node test/gpu/write-bench.mjs [sizes=65536,1048576,16777216,67108864,268435456] [modes=lane,direct,raw,raw-plain,staged,memcpy]
 import { execFileSync, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -85,12 +88,12 @@ async function timed(reps, depth, submit) {
 
 async function main() {
   const sizes = (process.argv[2] ?? '65536,1048576,16777216,67108864,268435456').split(',').map(Number);
-  const modes = (process.argv[3] ?? 'lane,direct,raw,staged,memcpy').split(',');
+  const modes = (process.argv[3] ?? 'lane,direct,raw,raw-plain,staged,memcpy').split(',');
   const peerDevice = cudaInfo().devices.length > 1 ? 1 : 0;
   const maxSize = Math.max(...sizes);
   const rows = [];
   for (const mode of modes) {
-    if (mode === 'raw') {
+    if (mode === 'raw' || mode === 'raw-plain') {
       const dir = dirname(createRequire(import.meta.url).resolve('@trellis/backend-efa/package.json'));
       const bin = process.env.TRELLIS_RAW_CUDA ?? join(dir, 'build/Release/rma_raw_cuda');
       for (const size of sizes) {
@@ -105,6 +108,7 @@ async function main() {
               '4',
               '0',
               String(peerDevice),
+              mode === 'raw' ? 'device-only' : 'plain',
             ],
             {
               encoding: 'utf8',
@@ -119,6 +123,7 @@ async function main() {
           ms: out.seconds_visible * 1e3,
           gbps: out.bytes / out.seconds_visible / 1e9,
         });
+        if (mode === 'raw-plain') continue;
         rows.push({
           mode: 'raw-naive',
           kind: 'single',
@@ -217,6 +222,12 @@ async function main() {
     `GPU → GPU writes, ${provider}, devices 0 → ${peerDevice}, ${cudaInfo().devices[0]?.name}, ${DEPTH} in flight`,
   );
   const cols = modes.flatMap((m) => (m === 'raw' ? ['raw', 'raw-naive'] : [m]));
+  // The engine's libfabric path against the raw program making the same posts (shm: plain
+  // registrations, bounce buffers), where both ran.
+  for (const r of rows.filter((x) => x.mode === 'direct' && x.kind === 'single')) {
+    const raw = rows.find((x) => x.mode === 'raw-plain' && x.size === r.size);
+    if (raw) r.ofRawPlain = +(r.gbps / raw.gbps).toFixed(3);
+  }
   console.log(`kind      size     ${cols.map((m) => m.padStart(10)).join('')}   (GB/s)`);
   const keys = [...new Set(rows.map((r) => `${r.kind}|${r.size}`))];
   for (const k of keys) {

@@ -11,7 +11,10 @@
 #include <memory>
 #include <string>
 
+#include <unordered_map>
+
 #include "engine.hpp"
+#include "host_lane.hpp"
 
 namespace trellis {
 
@@ -36,6 +39,13 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("providers", &W::Providers),
                               W::InstanceMethod("addPeer", &W::AddPeer),
                               W::InstanceMethod("alloc", &W::Alloc),
+                              W::InstanceMethod("allocShared", &W::AllocShared),
+                              W::InstanceMethod("unlinkShared", &W::UnlinkShared),
+                              W::InstanceMethod("mapShared", &W::MapShared),
+                              W::InstanceMethod("sharedAlive", &W::SharedAlive),
+                              W::InstanceMethod("unmapShared", &W::UnmapShared),
+                              W::InstanceMethod("hostCopy", &W::HostCopy),
+                              W::InstanceMethod("addressOf", &W::AddressOf),
                               W::InstanceMethod("register", &W::Register),
                               W::InstanceMethod("deregister", &W::Deregister),
                               W::InstanceMethod("write", &W::Write),
@@ -96,10 +106,23 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
 
  private:
   void Shutdown() {
+    StopHostLane();
     if (!engine_) return;
     engine_->stop();
     engine_.reset();
     tsfn_.Release();
+  }
+
+  // The host lane's copies finish (their signal words are JS memory, alive while this runs), then
+  // every peer region mapped here is unmapped.
+  void StopHostLane() {
+    copier_.reset();
+    for (auto& [id, m] : mappings_) {
+      (void)id;
+      munmap(m.addr, m.len);
+      close(m.fd);
+    }
+    mappings_.clear();
   }
 
   bool Alive(const Napi::CallbackInfo& info) {
@@ -221,6 +244,94 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     }
     std::memset(p, 0, size);
     return Napi::ArrayBuffer::New(info.Env(), p, len, [](Napi::Env, void* data) { std::free(data); });
+  }
+
+  // allocShared(length) → {buffer, name}: page-aligned memory in a POSIX shared-memory object a
+  // same-host writer can map (see host_lane.hpp); unmapped (and unlinked) when garbage-collected.
+  Napi::Value AllocShared(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    SharedAlloc a;
+    std::string err;
+    if (!shared_alloc(static_cast<size_t>(u64(info[0])), &a, &err)) {
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    auto* hint = new SharedAlloc(a);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("buffer", Napi::ArrayBuffer::New(
+                        env, a.addr, static_cast<size_t>(u64(info[0])),
+                        [](Napi::Env, void* data, SharedAlloc* h) {
+                          munmap(data, h->len);
+                          shm_unlink(h->name.c_str());
+                          delete h;
+                        },
+                        hint));
+    o.Set("name", a.name);
+    return o;
+  }
+
+  // unlinkShared(name): the region is unregistered; writers that mapped it stop writing there.
+  Napi::Value UnlinkShared(const Napi::CallbackInfo& info) {
+    shm_unlink(info[0].As<Napi::String>().Utf8Value().c_str());
+    return info.Env().Undefined();
+  }
+
+  // mapShared(name) → {id, base: bigint, length}: a same-host peer's region mapped here.
+  Napi::Value MapShared(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    SharedMapping m;
+    std::string err;
+    if (!shared_map(info[0].As<Napi::String>().Utf8Value(), &m, &err)) {
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    uint32_t id = next_mapping_++;
+    mappings_[id] = m;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("id", id);
+    o.Set("base", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(m.addr))));
+    o.Set("length", static_cast<double>(m.len));
+    return o;
+  }
+
+  // sharedAlive(id): the owner still has the region registered (its name is linked).
+  Napi::Value SharedAlive(const Napi::CallbackInfo& info) {
+    auto it = mappings_.find(u32(info[0]));
+    return Napi::Boolean::New(info.Env(), it != mappings_.end() && it->second.alive());
+  }
+
+  // unmapShared(id): after every copy queued so far.
+  Napi::Value UnmapShared(const Napi::CallbackInfo& info) {
+    auto it = mappings_.find(u32(info[0]));
+    if (it == mappings_.end()) return info.Env().Undefined();
+    if (copier_) {
+      copier_->unmap(it->second);
+    } else {
+      munmap(it->second.addr, it->second.len);
+      close(it->second.fd);
+    }
+    mappings_.erase(it);
+    return info.Env().Undefined();
+  }
+
+  // hostCopy(triples: BigUint64Array, signal: Uint8Array (8 bytes), value: bigint): memcpy each
+  // (dst, src, bytes) on the engine's copy thread, in order, then store `value` into the signal.
+  Napi::Value HostCopy(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    auto t = info[0].As<Napi::BigUint64Array>();
+    std::vector<uint64_t> triples(t.Data(), t.Data() + t.ElementLength());
+    auto* word = reinterpret_cast<volatile uint64_t*>(info[1].As<Napi::Uint8Array>().Data());
+    bool lossless = true;
+    uint64_t value = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!copier_) copier_ = std::make_unique<HostCopier>();
+    copier_->copy(std::move(triples), word, value);
+    return info.Env().Undefined();
+  }
+
+  // addressOf(view: Uint8Array) → bigint: where the view's first byte is in this process.
+  Napi::Value AddressOf(const Napi::CallbackInfo& info) {
+    return Napi::BigInt::New(info.Env(),
+                             static_cast<uint64_t>(reinterpret_cast<uintptr_t>(info[0].As<Napi::Uint8Array>().Data())));
   }
 
   // register(id, view: Uint8Array, remote) | register(id, devicePtr: bigint, remote, bytes, device)
@@ -463,6 +574,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
 
   // close(): stops the worker (pending operations are reported CLOSED in a last batch).
   Napi::Value Close(const Napi::CallbackInfo& info) {
+    StopHostLane();
     if (engine_) {
       engine_->stop();
       // Deliver the last batch synchronously: the worker is gone, so nothing races it.
@@ -477,6 +589,10 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   std::unordered_map<uint32_t, std::shared_ptr<PortState>> ports_;
   Napi::ThreadSafeFunction tsfn_;
   Napi::FunctionReference last_cb_;  // for the final synchronous delivery in close()
+  // The host lane: the copy thread (started on first use) and the peer regions mapped here.
+  std::unique_ptr<HostCopier> copier_;
+  std::unordered_map<uint32_t, SharedMapping> mappings_;
+  uint32_t next_mapping_ = 1;
 };
 
 // portPost / portCount / portSettled / portError / portWait: call a port through its C table,
