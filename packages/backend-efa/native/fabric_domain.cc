@@ -635,6 +635,19 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
     c.code = classify(err.err);
     const char* pm = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
     c.message = std::string(fi_strerror(err.err)) + (pm && *pm ? std::string(" — provider: ") + pm : "");
+    if (provider_.find("tcp") != std::string::npos) {
+      // tcp (under rxm) refuses a key it has no registration for by tearing the connection down:
+      // the write is cancelled with ENOENT from the target's lookup. Later writes reconnect; those
+      // cut off with the old connection fail ENOTCONN. Neither means the peer is gone.
+      if (err.err == FI_ECANCELED && err.prov_errno == ENOENT) {
+        c.code = Code::RemoteAccess;
+        c.message = "the target refused the key or range: no registration of its covers it (a forged descriptor, "
+                    "or a stale one after the target unregistered or re-registered) — " + c.message;
+      } else if (err.err == FI_ENOTCONN) {
+        c.code = Code::ConnectionReset;
+        c.message = "cut off with a connection an earlier failure tore down; the next operation reconnects — " + c.message;
+      }
+    }
     if (c.ctx == nullptr && c.kind != CompKind::RemoteWrite) c.kind = CompKind::RemoteWrite;
     out.push_back(std::move(c));
     return 1;

@@ -1,7 +1,12 @@
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { MrDesc } from '@trellis/core';
-import { defineCrossProcessSuite, fillXorshift as fill, PeerProcess } from '@trellis/core/conformance';
+import {
+  BAD_DESCRIPTOR_CASE,
+  defineCrossProcessSuite,
+  fillXorshift as fill,
+  PeerProcess,
+} from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine } from '../src/index.js';
 
@@ -20,6 +25,14 @@ for (const provider of ['shm', 'tcp'] as const) {
       options: { provider, nics, opTimeoutMs: 3000, sameHostLane: lane },
       // The engine deadline (opTimeoutMs) plus polling and scheduling slack.
       killBoundMs: 3000 + 5000,
+      // tcp refuses a bad key (REMOTE_ACCESS) and reconnects; shm cannot refuse one (see skip).
+      skip:
+        provider === 'shm'
+          ? {
+              [BAD_DESCRIPTOR_CASE]:
+                "libfabric shm does not refuse a bad key: 1.17 never completes the write and the engine's later writes to every peer stall behind it; 2.6 reports success with nothing written (docs/security.md). Isolating shm peers is open work (the fault-isolation issue)",
+            }
+          : undefined,
     });
   }
 }

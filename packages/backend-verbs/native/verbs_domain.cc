@@ -65,9 +65,11 @@ bool ipv4_mapped(const ibv_gid& g) {
 Code classify_wc(ibv_wc_status s) {
   switch (s) {
     case IBV_WC_REM_ACCESS_ERR: return Code::RemoteAccess;
+    // Flushed because an earlier work request on the queue pair failed: if the peer is gone, that
+    // one says so (RETRY_EXC); after a refused key the pair is rebuilt on the next post.
+    case IBV_WC_WR_FLUSH_ERR: return Code::ConnectionReset;
     case IBV_WC_RETRY_EXC_ERR:
     case IBV_WC_RNR_RETRY_EXC_ERR:
-    case IBV_WC_WR_FLUSH_ERR:
     case IBV_WC_REM_ABORT_ERR:
     case IBV_WC_RESP_TIMEOUT_ERR: return Code::PeerLost;
     case IBV_WC_LOC_LEN_ERR:

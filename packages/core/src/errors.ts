@@ -11,6 +11,7 @@
  * | `UNSUPPORTED_VERSION` | an encoding from a newer (or unknown) format version | upgrade the reader |
  * | `UNKNOWN_PEER` | the peer address is not reachable from this engine (another fabric, never existed) | check the address exchange |
  * | `PEER_LOST` | the peer died or closed while the operation was pending, or before it was submitted | the operation's effect at the peer is unknown; re-establish and retry |
+ * | `CONNECTION_RESET` | the connection to the peer was torn down by an earlier failure on it (another operation's refused key; a flushed queue pair), cutting this operation off; the peer is not known to be lost | retry: the next operation reconnects |
  * | `NIC_FAILED` | the NIC (or its peer NIC) carrying part of the operation failed | retry; see `stats()` for the NIC's health |
  * | `CLOSED` | this engine (or the object used) was closed | do not use an engine after `close()` |
  * | `TIMEOUT` | a deadline (`timeoutMs`) passed | the operation's work requests can no longer touch memory when this is reported |
@@ -32,6 +33,7 @@ export type TrellisErrorCode =
   | 'UNSUPPORTED_VERSION'
   | 'UNKNOWN_PEER'
   | 'PEER_LOST'
+  | 'CONNECTION_RESET'
   | 'NIC_FAILED'
   | 'CLOSED'
   | 'TIMEOUT'
@@ -54,6 +56,7 @@ export const TRELLIS_ERROR_CODES: readonly TrellisErrorCode[] = [
   'UNSUPPORTED_VERSION',
   'UNKNOWN_PEER',
   'PEER_LOST',
+  'CONNECTION_RESET',
   'NIC_FAILED',
   'CLOSED',
   'TIMEOUT',

@@ -27,6 +27,10 @@ export interface CrossProcessTarget {
   skip?: Partial<Record<string, string>>;
 }
 
+/** The id of the bad-descriptor case (targets whose provider cannot refuse a key skip it by this id). */
+export const BAD_DESCRIPTOR_CASE =
+  'a forged key, a forged length and a stale descriptor: REMOTE_ACCESS for that write only; later writes work; a healthy peer sees nothing';
+
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /**
@@ -169,7 +173,10 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       const ms = Date.now() - t0;
       assert.equal(outcomes.length, 200);
       for (const o of outcomes)
-        assert.ok(['resolved', 'PEER_LOST', 'TIMEOUT', 'PROVIDER_ERROR'].includes(o), `outcome ${o}`);
+        assert.ok(
+          ['resolved', 'PEER_LOST', 'CONNECTION_RESET', 'TIMEOUT', 'PROVIDER_ERROR'].includes(o),
+          `outcome ${o}`,
+        );
       assert.ok(
         outcomes.some((o) => o !== 'resolved'),
         'the kill hit operations in flight',
@@ -177,6 +184,95 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       assert.ok(ms < target.killBoundMs, `settled in ${ms} ms, bound ${target.killBoundMs} ms`);
       assert.equal(engine.stats().ops.inFlight, 0);
       await p.exited;
+    });
+
+    test(BAD_DESCRIPTOR_CASE, async () => {
+      const engine = await local();
+      const bad = await peer();
+      const good = await peer();
+      const lost: string[] = [];
+      engine.onPeerLost((p) => lost.push(p.toString()));
+      const size = 1 << 20;
+      const src = await engine.registerMemory(size);
+      fillXorshift(src.buffer!, 5);
+      const reg = async (p: PeerProcess, name: string) =>
+        MrDesc.parse((await p.call<{ desc: string }>('register', { name, size, remote: true })).desc);
+      // Through the provider: the lane section is left out, so the keys are what is checked.
+      const viaNic = (d: MrDesc, nics = d.nics, length = d.length) =>
+        new MrDesc(d.owner, d.base, length, nics, d.staged, d.parts);
+      const target = viaNic(await reg(bad, 'kv'));
+      const healthy = await reg(good, 'kv');
+      // The healthy peer is written all along; it must never see an error.
+      let stop = false;
+      let healthyWrites = 0;
+      const healthyErrors: string[] = [];
+      const background = (async () => {
+        while (!stop) {
+          await engine.submitSingleWrite({ src, length: 64 << 10, dst: healthy, imm: 7 }).then(
+            () => void healthyWrites++,
+            (e: unknown) =>
+              void healthyErrors.push(e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e)),
+          );
+        }
+      })();
+      const outcome = (p: Promise<void>) =>
+        p.then(
+          () => 'ok',
+          (e: unknown) => (e instanceof TrellisError ? e.code : 'non-trellis'),
+        );
+      const write = (dst: MrDesc, offset = 0) =>
+        outcome(
+          engine.submitSingleWrite({ src, length: 4096, dst, dstOffset: offset, imm: 9, timeoutMs: 10_000 }),
+        );
+      // A valid write first, then each bad one followed by valid writes until one lands again
+      // (the ones cut off with a connection the refusal tore down may fail CONNECTION_RESET).
+      assert.equal(await write(target), 'ok');
+      const recovered = async () => {
+        for (let i = 0; i < 50; i++) {
+          const o = await write(target);
+          if (o === 'ok') return;
+          assert.equal(o, 'CONNECTION_RESET', 'a valid write after a refused one');
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        assert.fail('valid writes to the peer never worked again');
+      };
+      const forgedKey = viaNic(
+        target,
+        target.nics.map((k) => ({ addr: k.addr, rkey: k.rkey ^ 0x5a5a00n })),
+      );
+      assert.equal(await write(forgedKey), 'REMOTE_ACCESS', 'forged rkey');
+      await recovered();
+      // The region claimed twice as long as it is: the write past its end is refused.
+      assert.equal(
+        await write(viaNic(target, target.nics, 2 * size), size),
+        'REMOTE_ACCESS',
+        'forged length',
+      );
+      await recovered();
+      // Unregistered and registered again: the old descriptor is stale.
+      await bad.call('unregister', { name: 'kv' });
+      const fresh = viaNic(await reg(bad, 'kv2'));
+      assert.equal(await write(target), 'REMOTE_ACCESS', 'stale descriptor');
+      let o = 'CONNECTION_RESET';
+      for (let i = 0; i < 50 && o === 'CONNECTION_RESET'; i++) {
+        o = await write(fresh);
+        if (o === 'CONNECTION_RESET') await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(o, 'ok', 'a fresh descriptor after the stale one');
+      stop = true;
+      await background;
+      assert.deepEqual(healthyErrors, []);
+      assert.ok(healthyWrites > 0);
+      assert.deepEqual(lost, [], 'no peer was marked lost');
+      assert.equal(engine.stats().ops.inFlight, 0);
+      // Every healthy write's immediates were counted, no more.
+      const per = engine.expectedImms({ kind: 'single', src, length: 64 << 10, dst: healthy, imm: 7 });
+      const st = await good.call<{ total: number }>('wait', {
+        imm: 7,
+        n: per * healthyWrites,
+        timeoutMs: 10_000,
+      });
+      assert.equal(st.total, per * healthyWrites);
     });
   });
 }

@@ -29,6 +29,11 @@ const handlers: Record<string, (a: Args) => Promise<unknown>> = {
     regions.set(a.name as string, h);
     return { desc: h.desc.toString() };
   },
+  async unregister(a) {
+    await regions.get(a.name as string)!.unregister();
+    regions.delete(a.name as string);
+    return {};
+  },
   async wait(a) {
     await engine.immCounter(a.imm as number).wait(a.n as number, { timeoutMs: a.timeoutMs as number });
     return { total: engine.immCounter(a.imm as number).total };

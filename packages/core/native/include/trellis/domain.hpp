@@ -34,15 +34,19 @@ enum class Code : uint8_t {
   ProviderError,
   Internal,
   UnknownPeer,
+  // The connection to a live peer was torn down by an earlier failure on it (a refused key): this
+  // work was cut off with it; the next operation reconnects. Not a sign that the peer is gone.
+  ConnectionReset,
 };
 
-constexpr int kCodeCount = static_cast<int>(Code::UnknownPeer) + 1;
+constexpr int kCodeCount = static_cast<int>(Code::ConnectionReset) + 1;
 
 inline const char* code_name(Code c) {
   static const char* names[] = {"OK",          "INVALID_ARGUMENT", "OUT_OF_RANGE",      "INVALID_DESCRIPTOR",
                                 "PEER_LOST",   "NIC_FAILED",       "CLOSED",            "TIMEOUT",
                                 "ABORTED",     "MESSAGE_TRUNCATED", "REMOTE_ACCESS",    "RESOURCE_EXHAUSTED",
-                                "UNSUPPORTED", "PROVIDER_ERROR",   "INTERNAL",          "UNKNOWN_PEER"};
+                                "UNSUPPORTED", "PROVIDER_ERROR",   "INTERNAL",          "UNKNOWN_PEER",
+                                "CONNECTION_RESET"};
   return names[static_cast<int>(c)];
 }
 
