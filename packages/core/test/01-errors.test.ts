@@ -5,7 +5,8 @@ describe('TrellisError', () => {
   it('has a unique, documented list of stable codes', () => {
     expect(new Set(TRELLIS_ERROR_CODES).size).toBe(TRELLIS_ERROR_CODES.length);
     expect(TRELLIS_ERROR_CODES).toContain('PEER_LOST');
-    expect(TRELLIS_ERROR_CODES).toHaveLength(19);
+    expect(TRELLIS_ERROR_CODES).toContain('CONNECTION_RESET');
+    expect(TRELLIS_ERROR_CODES).toHaveLength(20);
   });
 
   it('carries code, errno, provider message, peer, nic, op and cause', () => {
