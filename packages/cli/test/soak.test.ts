@@ -15,7 +15,15 @@ describe('trellis soak (short)', () => {
     expect(r.totals.verifiedBytes).toBeGreaterThan(0);
     // Every outcome is OK or one of the faults the run injects or causes.
     for (const code of Object.keys(r.totals.outcomes))
-      expect(['OK', 'ABORTED', 'TIMEOUT', 'PEER_LOST', 'REMOTE_ACCESS', 'PROVIDER_ERROR']).toContain(code);
+      expect([
+        'OK',
+        'ABORTED',
+        'TIMEOUT',
+        'PEER_LOST',
+        'CONNECTION_RESET',
+        'REMOTE_ACCESS',
+        'PROVIDER_ERROR',
+      ]).toContain(code);
     expect(r.processes.map((p) => p.rank).sort()).toEqual([0, 1, 2]);
     expect(r.processes.some((p) => p.generation >= 3)).toBe(true);
   }, 60_000);

@@ -55,8 +55,11 @@ export interface HostLaneOps {
   alive(id: number): boolean;
   /** Unmap, after every copy queued so far. */
   unmap(id: number): void;
-  /** memcpy (dst, src, bytes) triples on the engine's copy thread, then store `value` into `signal`. */
-  copy(triples: BigUint64Array, signal: GpuSignal, value: bigint): void;
+  /**
+   * memcpy (dst, src, bytes) triples on the engine's copy thread, in order within `queue` (queues
+   * take turns a slice at a time), then store `value` into `signal`.
+   */
+  copy(queue: number, triples: BigUint64Array, signal: GpuSignal, value: bigint): void;
   /** Where a view's first byte is in this process. */
   addressOf(view: Uint8Array): bigint;
 }
@@ -113,7 +116,8 @@ export class SameHostLane {
   private readonly mapped = new Map<string, Mapping>();
   /** The same, by descriptor (a caller reuses its MrDesc objects: no key to build per write). */
   private readonly byIpc = new WeakMap<MrIpc, Map<number, Mapping>>();
-  private readonly signals = new Map<number, Signal>();
+  /** By device for the GPU lane; by target mapping for the host lane (`h<mapping id>`). */
+  private readonly signals = new Map<number | string, Signal>();
   /** Lane operations not yet settled, with the device whose stream runs their copy. */
   private readonly running = new Map<PendingOp, number>();
 
@@ -198,15 +202,16 @@ export class SameHostLane {
     return false;
   }
 
-  private signal(device: number): Signal {
-    let s = this.signals.get(device);
+  private signal(device: number, queue?: number): Signal {
+    const key = device === HOST ? `h${queue}` : device;
+    let s = this.signals.get(key);
     if (!s) {
       const signal: GpuSignal =
         device === HOST
           ? { word: new BigUint64Array(new SharedArrayBuffer(8)), devicePtr: 0n }
           : this.host.gpu!.allocSignal!();
       s = { device, signal, watch: this.host.watchSignal(signal), seq: Atomics.load(signal.word, 0) };
-      this.signals.set(device, s);
+      this.signals.set(key, s);
     }
     return s;
   }
@@ -232,10 +237,14 @@ export class SameHostLane {
     const triples = new BigUint64Array(3 * wrs.length);
     let bytes = 0;
     let i = 0;
+    // Host copies queue per target region (the first one's), so one target's writes never wait
+    // behind another's (the copy thread serves the queues in turn).
+    let queue: number | undefined;
     for (const w of wrs) {
       if (w.dst === undefined || w.length === 0) continue;
       const ipc = w.dst.ipc!;
       const m = this.mapping(ipc, device);
+      queue ??= m.id;
       if (device === HOST && !this.host.host!.alive(m.id!)) {
         op.fail(
           new TrellisError(
@@ -258,10 +267,10 @@ export class SameHostLane {
       triples[i++] = from;
       triples[i++] = n;
     }
-    const sig = this.signal(device);
+    const sig = this.signal(device, queue ?? 0);
     const seq = sig.seq + 1n;
     try {
-      if (device === HOST) this.host.host!.copy(triples.subarray(0, i), sig.signal, seq);
+      if (device === HOST) this.host.host!.copy(queue ?? 0, triples.subarray(0, i), sig.signal, seq);
       else this.host.gpu!.enqueueDeviceCopy!(device, triples.subarray(0, i), sig.signal, seq);
     } catch (e) {
       op.fail(
@@ -334,9 +343,9 @@ export class SameHostLane {
   async close(): Promise<void> {
     const gpu = this.host.gpu;
     await Promise.all(
-      [...this.signals.keys()]
-        .filter((d) => d !== HOST)
-        .map((d) => gpu!.drainDeviceCopies?.(d).catch(() => {})),
+      [...this.signals.values()]
+        .filter((s) => s.device !== HOST)
+        .map((s) => gpu!.drainDeviceCopies?.(s.device).catch(() => {})),
     );
     for (const m of this.mapped.values()) {
       if (m.base === undefined) continue;

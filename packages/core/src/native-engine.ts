@@ -66,7 +66,7 @@ export interface NativeEngine {
   mapShared(name: string): { id: number; base: bigint; length: number };
   sharedAlive(id: number): boolean;
   unmapShared(id: number): void;
-  hostCopy(triples: BigUint64Array, signal: Uint8Array, value: bigint): void;
+  hostCopy(queue: number, triples: BigUint64Array, signal: Uint8Array, value: bigint): void;
   addressOf(view: Uint8Array): bigint;
   register(id: number, view: Uint8Array, remote: boolean): void;
   /** Register CUDA device memory directly (only where every NIC's path is `direct`). */
@@ -473,8 +473,9 @@ export abstract class NativeEngineBase extends EngineBase {
               map: (name) => this.native.mapShared(name),
               alive: (id) => this.native.sharedAlive(id),
               unmap: (id) => this.native.unmapShared(id),
-              copy: (triples, signal, value) =>
+              copy: (queue, triples, signal, value) =>
                 this.native.hostCopy(
+                  queue,
                   triples,
                   new Uint8Array(signal.word.buffer, signal.word.byteOffset, 8),
                   value,

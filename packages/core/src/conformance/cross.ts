@@ -27,6 +27,10 @@ export interface CrossProcessTarget {
   skip?: Partial<Record<string, string>>;
 }
 
+/** The id of the case where one peer dies while another is written (targets that cannot isolate skip it by this id). */
+export const KILLED_PEER_ISOLATION_CASE =
+  'a peer SIGKILLed mid-stream while a healthy peer is written: the healthy one sees no error, every operation settles once';
+
 /** The id of the bad-descriptor case (targets whose provider cannot refuse a key skip it by this id). */
 export const BAD_DESCRIPTOR_CASE =
   'a forged key, a forged length and a stale descriptor: REMOTE_ACCESS for that write only; later writes work; a healthy peer sees nothing';
@@ -184,6 +188,72 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       assert.ok(ms < target.killBoundMs, `settled in ${ms} ms, bound ${target.killBoundMs} ms`);
       assert.equal(engine.stats().ops.inFlight, 0);
       await p.exited;
+    });
+
+    test(KILLED_PEER_ISOLATION_CASE, async () => {
+      const engine = await local();
+      const doomed = await PeerProcess.start(target.engineModule, target.options);
+      const good = await peer();
+      const size = 4 << 20;
+      const reg = async (p: PeerProcess) =>
+        MrDesc.parse((await p.call<{ desc: string }>('register', { name: 'kv', size, remote: true })).desc);
+      const dying = await reg(doomed);
+      const healthy = await reg(good);
+      const src = await engine.registerMemory(size);
+      fillXorshift(src.buffer!, 3);
+      let stop = false;
+      let healthyWrites = 0;
+      const healthyErrors: string[] = [];
+      const background = (async () => {
+        while (!stop) {
+          await engine.submitSingleWrite({ src, length: 256 << 10, dst: healthy, imm: 4 }).then(
+            () => void healthyWrites++,
+            (e: unknown) =>
+              void healthyErrors.push(e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e)),
+          );
+        }
+      })();
+      const outcomes: string[] = [];
+      const doomedOps: Promise<void>[] = [];
+      for (let i = 0; i < 100; i++)
+        doomedOps.push(
+          engine.submitSingleWrite({ src, length: size, dst: dying, imm: 1 }).then(
+            () => void outcomes.push('resolved'),
+            (e: unknown) => void outcomes.push(e instanceof TrellisError ? e.code : 'non-trellis'),
+          ),
+        );
+      doomed.kill();
+      const t0 = Date.now();
+      await Promise.all(doomedOps);
+      const ms = Date.now() - t0;
+      // The healthy peer keeps being written for a while after the death.
+      const after = healthyWrites;
+      const t1 = Date.now();
+      while (healthyWrites < after + 20 && Date.now() - t1 < 10_000)
+        await new Promise((r) => setTimeout(r, 10));
+      stop = true;
+      await background;
+      assert.equal(outcomes.length, 100, 'every write to the killed peer settled once');
+      for (const o of outcomes)
+        assert.ok(
+          ['resolved', 'PEER_LOST', 'CONNECTION_RESET', 'TIMEOUT', 'PROVIDER_ERROR'].includes(o),
+          `outcome ${o}`,
+        );
+      assert.ok(ms < target.killBoundMs, `settled in ${ms} ms, bound ${target.killBoundMs} ms`);
+      assert.deepEqual(healthyErrors, [], 'the healthy peer saw no error');
+      assert.ok(
+        healthyWrites >= after + 20,
+        `healthy writes went on after the death (${after} → ${healthyWrites})`,
+      );
+      const per = engine.expectedImms({ kind: 'single', src, length: 256 << 10, dst: healthy, imm: 4 });
+      const st = await good.call<{ total: number }>('wait', {
+        imm: 4,
+        n: per * healthyWrites,
+        timeoutMs: 10_000,
+      });
+      assert.equal(st.total, per * healthyWrites);
+      assert.equal(engine.stats().ops.inFlight, 0);
+      await doomed.exited;
     });
 
     test(BAD_DESCRIPTOR_CASE, async () => {

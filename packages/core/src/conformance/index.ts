@@ -14,7 +14,12 @@ import { CASES, type ConformanceCaseId, type GroupFactory } from './cases.js';
 
 export type { CaseContext, EngineGroup, GroupFactory } from './cases.js';
 export { CASES as CONFORMANCE_CASES, type ConformanceCase, type ConformanceCaseId } from './cases.js';
-export { BAD_DESCRIPTOR_CASE, type CrossProcessTarget, defineCrossProcessSuite } from './cross.js';
+export {
+  BAD_DESCRIPTOR_CASE,
+  type CrossProcessTarget,
+  defineCrossProcessSuite,
+  KILLED_PEER_ISOLATION_CASE,
+} from './cross.js';
 export { type FuzzTally, fuzzBytes, fuzzText } from './fuzz.js';
 export { HostGpu } from './host-gpu.js';
 export { LineProcess, PeerProcess } from './peer.js';

@@ -902,10 +902,14 @@ class Engine {
   }
 
   // Post as much of the backlog as the queues take. Returns true if anything was posted.
+  // Post from the backlog, in order per peer. A peer whose post the provider refuses for now
+  // (EAGAIN: its connection being made, its queue full) is passed over for this round, and so are
+  // the later requests to it, so one peer in trouble holds back only its own work.
   bool pump() {
     bool any = false;
-    while (!backlog_.empty()) {
-      Gen& g = backlog_.front();
+    blocked_.clear();
+    for (auto it = backlog_.begin(); it != backlog_.end();) {
+      Gen& g = *it;
       WriteCmd& w = *g.cmd;
       WriteWr wr;
       uint8_t lane;
@@ -939,6 +943,10 @@ class Engine {
         keys = p.keys;
       }
       if (inflight_[lane] >= max_inflight(lane)) break;
+      if (std::find(blocked_.begin(), blocked_.end(), peer) != blocked_.end()) {
+        ++it;
+        continue;
+      }
       if (g.peer_id != peer) {
         g.peer = &peers_.find(peer)->second;
         g.peer_id = peer;
@@ -965,7 +973,9 @@ class Engine {
       if (rc == -EAGAIN) {
         ctx_free(c);
         eagain_backoff_ = 16;
-        break;  // the queue is full: poll, then continue where we stopped
+        blocked_.push_back(peer);  // poll, then continue where this peer stopped
+        ++it;
+        continue;
       }
       any = true;
       if (rc) {
@@ -977,7 +987,8 @@ class Engine {
         g.st->posted_open++;
         c->live = true;
       }
-      if (advance(g)) backlog_.pop_front();
+      if (!advance(g)) continue;
+      it = it == backlog_.begin() ? (backlog_.pop_front(), backlog_.begin()) : backlog_.erase(it);
     }
     while (!send_backlog_.empty() && !free_sends_.empty() && inflight_[send_backlog_.front().lane] < max_inflight(0)) {
       PendingSend& s = send_backlog_.front();
@@ -1280,6 +1291,7 @@ class Engine {
   std::mutex ports_mu_;
   std::vector<std::weak_ptr<PortState>> ports_;
   std::deque<Gen> backlog_;
+  std::vector<uint32_t> blocked_;  // peers passed over in the current pump round
   std::deque<PendingSend> send_backlog_;
   std::vector<std::unique_ptr<RecvBuf>> recvs_;
   std::vector<bool> down_;  // lanes torn down (fail_lane)  // stable addresses: posted as contexts

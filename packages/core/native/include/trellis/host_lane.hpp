@@ -8,8 +8,9 @@
 // that mapped it sees the link count drop to zero (fstat) and refuses to write there, as a NIC
 // refuses a stale key.
 //
-// HostCopier: one thread per engine running memcpy jobs in order; after each job it stores the
-// job's sequence number into a 64-bit signal word with release semantics. The engine's worker
+// HostCopier: one thread per engine running memcpy jobs, in order within a queue (one per target
+// region), the queues taking turns a slice at a time; after each job it stores the job's sequence
+// number into its queue's 64-bit signal word with release semantics. The engine's worker
 // polls that word (a quiet watch) and posts the write's immediates once it arrives — the same
 // armed-write path as the GPU lane, with a CPU thread in place of a CUDA stream. Unmapping goes
 // through the same queue, so a mapping is never removed under a copy.
@@ -23,7 +24,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <random>
 #include <string>
@@ -121,12 +124,17 @@ class HostCopier {
     thread_.join();  // after every queued job
   }
 
-  // Copy each (dst, src, bytes) triple in order, then store `value` into `*signal` (release).
-  void copy(std::vector<uint64_t> triples, volatile uint64_t* signal, uint64_t value) {
-    push(Job{std::move(triples), signal, value, SharedMapping{}});
+  // Copy each (dst, src, bytes) triple in order, then store `value` into `*signal` (release). Jobs
+  // of one `queue` run in order; queues take turns a slice at a time, so one target's large writes
+  // do not hold another's back.
+  void copy(uint64_t queue, std::vector<uint64_t> triples, volatile uint64_t* signal, uint64_t value) {
+    push(queue, Job{std::move(triples), signal, value, SharedMapping{}});
   }
-  // Unmap (and close) `m` once every copy queued before has run.
-  void unmap(SharedMapping m) { push(Job{{}, nullptr, 0, m}); }
+  // Unmap (and close) `m` once every copy queued before on `queue` has run.
+  void unmap(uint64_t queue, SharedMapping m) { push(queue, Job{{}, nullptr, 0, m}); }
+
+  // Bytes a queue copies before the next queue's turn.
+  static constexpr size_t kSlice = 1 << 20;
 
  private:
   struct Job {
@@ -134,37 +142,69 @@ class HostCopier {
     volatile uint64_t* signal;
     uint64_t value;
     SharedMapping unmap;
+    size_t at = 0;    // the triple in progress
+    size_t done = 0;  // bytes of it copied
   };
-  void push(Job j) {
+  void push(uint64_t queue, Job j) {
     {
       std::lock_guard<std::mutex> g(mu_);
-      jobs_.push_back(std::move(j));
+      queues_[queue].push_back(std::move(j));
+      pending_++;
     }
     cv_.notify_one();
   }
+  // One slice of the front job of `q`; true when that job is finished.
+  static bool step(Job& j) {
+    size_t budget = kSlice;
+    while (j.at + 2 < j.triples.size() && budget > 0) {
+      size_t n = static_cast<size_t>(j.triples[j.at + 2]);
+      size_t take = std::min(n - j.done, budget);
+      std::memcpy(reinterpret_cast<uint8_t*>(j.triples[j.at]) + j.done,
+                  reinterpret_cast<const uint8_t*>(j.triples[j.at + 1]) + j.done, take);
+      j.done += take;
+      budget -= take;
+      if (j.done == n) {
+        j.at += 3;
+        j.done = 0;
+      }
+    }
+    if (j.at + 2 < j.triples.size()) return false;
+    if (j.signal) __atomic_store_n(j.signal, j.value, __ATOMIC_RELEASE);
+    if (j.unmap.addr) {
+      munmap(j.unmap.addr, j.unmap.len);
+      close(j.unmap.fd);
+    }
+    return true;
+  }
   void run() {
     std::unique_lock<std::mutex> g(mu_);
+    uint64_t last = 0;
+    bool any = false;
     for (;;) {
-      cv_.wait(g, [this] { return stop_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;  // stopping, nothing left
-      Job j = std::move(jobs_.front());
-      jobs_.pop_front();
+      cv_.wait(g, [this] { return stop_ || pending_ > 0; });
+      if (pending_ == 0) return;  // stopping, nothing left
+      // The next queue after the last one served (round robin by key).
+      auto it = any ? queues_.upper_bound(last) : queues_.begin();
+      if (it == queues_.end()) it = queues_.begin();
+      last = it->first;
+      any = true;
+      Job* j = &it->second.front();
       g.unlock();
-      for (size_t i = 0; i + 2 < j.triples.size(); i += 3)
-        std::memcpy(reinterpret_cast<void*>(j.triples[i]), reinterpret_cast<const void*>(j.triples[i + 1]),
-                    static_cast<size_t>(j.triples[i + 2]));
-      if (j.signal) __atomic_store_n(j.signal, j.value, __ATOMIC_RELEASE);
-      if (j.unmap.addr) {
-        munmap(j.unmap.addr, j.unmap.len);
-        close(j.unmap.fd);
-      }
+      bool finished = step(*j);
       g.lock();
+      if (finished) {
+        auto q = queues_.find(last);
+        q->second.pop_front();
+        pending_--;
+        if (q->second.empty()) queues_.erase(q);
+      }
     }
   }
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Job> jobs_;
+  std::map<uint64_t, std::deque<Job>> queues_;  // deque: the front job stays put while others are pushed
+  size_t pending_ = 0;
   bool stop_ = false;
   std::thread thread_;  // last: started once the rest is initialised
 };

@@ -305,7 +305,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     auto it = mappings_.find(u32(info[0]));
     if (it == mappings_.end()) return info.Env().Undefined();
     if (copier_) {
-      copier_->unmap(it->second);
+      copier_->unmap(it->first, it->second);
     } else {
       munmap(it->second.addr, it->second.len);
       close(it->second.fd);
@@ -314,17 +314,19 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
-  // hostCopy(triples: BigUint64Array, signal: Uint8Array (8 bytes), value: bigint): memcpy each
-  // (dst, src, bytes) on the engine's copy thread, in order, then store `value` into the signal.
+  // hostCopy(queue, triples: BigUint64Array, signal: Uint8Array (8 bytes), value: bigint): memcpy
+  // each (dst, src, bytes) on the engine's copy thread, in order within `queue` (a mapping id),
+  // then store `value` into the signal.
   Napi::Value HostCopy(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
-    auto t = info[0].As<Napi::BigUint64Array>();
+    uint64_t queue = u32(info[0]);
+    auto t = info[1].As<Napi::BigUint64Array>();
     std::vector<uint64_t> triples(t.Data(), t.Data() + t.ElementLength());
-    auto* word = reinterpret_cast<volatile uint64_t*>(info[1].As<Napi::Uint8Array>().Data());
+    auto* word = reinterpret_cast<volatile uint64_t*>(info[2].As<Napi::Uint8Array>().Data());
     bool lossless = true;
-    uint64_t value = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+    uint64_t value = info[3].As<Napi::BigInt>().Uint64Value(&lossless);
     if (!copier_) copier_ = std::make_unique<HostCopier>();
-    copier_->copy(std::move(triples), word, value);
+    copier_->copy(queue, std::move(triples), word, value);
     return info.Env().Undefined();
   }
 
