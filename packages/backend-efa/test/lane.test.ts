@@ -2,7 +2,10 @@
 // in for CUDA: GPU → GPU writes between engines of one host are device copies followed by the
 // immediates, never NIC writes. The same lane runs on GPUs in packages/cuda/test/gpu/visibility.mjs
 // and write-bench.mjs.
-import { readdirSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, readdirSync, utimesSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { HOST_MAPPING_DEVICE, MrDesc } from '@trellis/core';
 import { fillXorshift, HostGpu, outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -416,3 +419,58 @@ describe('backend-efa: the same-host lane for host memory (shared-memory regions
     expect(mine()).toEqual([]);
   });
 });
+
+describe('backend-efa: shared-memory objects of owners that died are removed', () => {
+  it('a SIGKILLed owner leaves its regions in /dev/shm; the next process to create one removes them, never a live owner', async () => {
+    const dist = new URL('../dist/index.js', import.meta.url).href;
+    // A process that registers a remote region, prints its name, then waits to be killed.
+    const owner = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `const { createEngine } = await import(${JSON.stringify(dist)});
+         const e = await createEngine({ provider: 'tcp' });
+         const r = await e.registerMemory(1 << 20, { remote: true });
+         const h = r.desc.ipc.handle; console.log(new TextDecoder().decode(h.subarray(0, h.indexOf(0))));
+         setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const [line] = (await once(createInterface({ input: owner.stdout! }), 'line')) as [string];
+    const dead = `/dev/shm${line}`;
+    expect(existsSync(dead)).toBe(true);
+    // A live engine's region must survive the sweep.
+    const live = await engine({});
+    const kept = await live.registerMemory(4096, { remote: true });
+    const keptPath = `/dev/shm${sharedNameOf(kept.desc)}`;
+    owner.kill('SIGKILL');
+    await once(owner, 'exit');
+    expect(existsSync(dead)).toBe(true); // nobody unlinked it
+    // Old enough for the sweep (objects younger than a minute are left alone), like the live one.
+    const old = new Date(Date.now() - 120_000);
+    utimesSync(dead, old, old);
+    utimesSync(keptPath, old, old);
+    // A new process creates its first shared region: the sweep runs first.
+    const sweeper = spawnSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `const { createEngine } = await import(${JSON.stringify(dist)});
+         const e = await createEngine({ provider: 'tcp' });
+         await e.registerMemory(4096, { remote: true });
+         await e.close();`,
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(sweeper.status).toBe(0);
+    expect(existsSync(dead)).toBe(false);
+    expect(existsSync(keptPath)).toBe(true);
+  });
+});
+
+function sharedNameOf(d: MrDesc): string {
+  const h = d.ipc!.handle;
+  return new TextDecoder().decode(h.subarray(0, h.indexOf(0)));
+}

@@ -16,7 +16,9 @@
 // through the same queue, so a mapping is never removed under a copy.
 #pragma once
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,6 +29,7 @@
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <ctime>
 #include <mutex>
 #include <random>
 #include <string>
@@ -35,15 +38,40 @@
 
 namespace trellis {
 
-// A shared-memory object created for a region: its name and mapping.
+// A shared-memory object created for a region: its name and mapping, and an fd held open with a
+// shared lock for as long as the region lives — the mark of a live owner (see shared_sweep).
 struct SharedAlloc {
   std::string name;  // "/trellis-<pid>-<hex>", as shm_open takes it
   void* addr = nullptr;
   size_t len = 0;
+  int fd = -1;
 };
+
+// Objects left behind by owners that died without unlinking them (SIGKILL, a crash) hold host
+// memory until reboot. Remove the ones no live process holds: an owner keeps a shared flock on its
+// objects for their lifetime, and the kernel drops it when the owner dies, so an object on which an
+// exclusive lock can be taken has no owner. Objects younger than a minute are left alone (their
+// creator may not have locked them yet). Runs once per process, before its first object.
+inline void shared_sweep() {
+  DIR* d = opendir("/dev/shm");
+  if (!d) return;
+  time_t now = time(nullptr);
+  while (dirent* e = readdir(d)) {
+    if (std::strncmp(e->d_name, "trellis-", 8) != 0) continue;
+    std::string name = std::string("/") + e->d_name;
+    int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) continue;
+    struct stat st {};
+    if (fstat(fd, &st) == 0 && now - st.st_mtime > 60 && flock(fd, LOCK_EX | LOCK_NB) == 0) shm_unlink(name.c_str());
+    close(fd);  // drops our lock too
+  }
+  closedir(d);
+}
 
 // Create and map a shared-memory object of `len` bytes (zeroed by the kernel); false with `err`.
 inline bool shared_alloc(size_t len, SharedAlloc* out, std::string* err) {
+  static std::once_flag swept;
+  std::call_once(swept, shared_sweep);
   std::random_device rd;
   char name[64];
   std::snprintf(name, sizeof name, "/trellis-%d-%08x%08x", static_cast<int>(getpid()), rd(), rd());
@@ -60,15 +88,17 @@ inline bool shared_alloc(size_t len, SharedAlloc* out, std::string* err) {
     return false;
   }
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (p == MAP_FAILED) {
-    *err = std::string("mmap: ") + std::strerror(errno);
+  if (p == MAP_FAILED || flock(fd, LOCK_SH) != 0) {
+    *err = std::string(p == MAP_FAILED ? "mmap: " : "flock: ") + std::strerror(errno);
+    if (p != MAP_FAILED) munmap(p, size);
+    close(fd);
     shm_unlink(name);
     return false;
   }
   out->name = name;
   out->addr = p;
   out->len = size;
+  out->fd = fd;
   return true;
 }
 

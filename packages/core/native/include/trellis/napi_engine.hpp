@@ -263,6 +263,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                         [](Napi::Env, void* data, SharedAlloc* h) {
                           munmap(data, h->len);
                           shm_unlink(h->name.c_str());
+                          close(h->fd);  // and its lock
                           delete h;
                         },
                         hint));
