@@ -636,10 +636,17 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
     const char* pm = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
     c.message = std::string(fi_strerror(err.err)) + (pm && *pm ? std::string(" — provider: ") + pm : "");
     if (provider_.find("tcp") != std::string::npos) {
-      // tcp (under rxm) refuses a key it has no registration for by tearing the connection down:
-      // the write is cancelled with ENOENT from the target's lookup. Later writes reconnect; those
-      // cut off with the old connection fail ENOTCONN. Neither means the peer is gone.
-      if (err.err == FI_ECANCELED && err.prov_errno == ENOENT) {
+      // tcp (under rxm) refuses a key or range it has no registration for by tearing the connection
+      // down: the write is cancelled. The provider's errno says which: ENOENT from the target's
+      // lookup (libfabric 1.x); with 2.x whatever the socket last said (EAGAIN, EINPROGRESS) — a
+      // peer that died shows a connection error instead (ENOTCONN, ECONNRESET, EPIPE). Later writes
+      // reconnect; those cut off with the old connection fail ENOTCONN. Neither means the peer is
+      // gone. (Should a death ever look like a refusal, the next write's reconnect finds it.)
+      auto dead = [](int e) {
+        return e == ENOTCONN || e == ECONNRESET || e == EPIPE || e == ECONNREFUSED || e == ETIMEDOUT ||
+               e == EHOSTUNREACH || e == ENETUNREACH || e == ECONNABORTED;
+      };
+      if (err.err == FI_ECANCELED && !dead(err.prov_errno)) {
         c.code = Code::RemoteAccess;
         c.message = "the target refused the key or range: no registration of its covers it (a forged descriptor, "
                     "or a stale one after the target unregistered or re-registered) — " + c.message;

@@ -396,6 +396,8 @@ export abstract class NativeEngineBase extends EngineBase {
   /** Their names, by native region id, unlinked when the region is unregistered or the engine closes. */
   private readonly sharedNames = new Map<number, string>();
   private sharedAllocFailures = 0;
+  /** When each peer last refused a write of ours (REMOTE_ACCESS), by address. */
+  private readonly refusedAt = new Map<string, number>();
   /** Staged regions by native id, and (remote ones) by NIC-0 rkey for incoming landings. */
   private readonly staged = new Map<number, StagedMemory>();
   private readonly stagedByRkey = new Map<bigint, Region>();
@@ -544,10 +546,22 @@ export abstract class NativeEngineBase extends EngineBase {
       const message = messages?.get(i / 4) ?? '';
       const errno = ops[i + 2]!;
       const nic = ops[i + 3]! - 1;
-      const text =
-        message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
+      let failCode = code;
+      let text = message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
+      const peerKey = op.peer?.toString();
+      if (peerKey !== undefined && code === 'REMOTE_ACCESS') this.refusedAt.set(peerKey, Date.now());
+      else if (
+        peerKey !== undefined &&
+        code === 'PEER_LOST' &&
+        Date.now() - (this.refusedAt.get(peerKey) ?? 0) < 1000
+      ) {
+        // A connection error right after the peer refused a key of ours: the refusal tore the
+        // connection down (tcp); the peer is alive, and the next operation reconnects.
+        failCode = 'CONNECTION_RESET';
+        text = `cut off with the connection a refused write to this peer tore down; the next operation reconnects — ${text}`;
+      }
       op.fail(
-        new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, {
+        new TrellisError(failCode as TrellisErrorCode, `${op.callsite.op}: ${text}`, {
           errno: errno || undefined,
           providerMessage: message || undefined,
           nic: nic >= 0 ? nic : undefined,

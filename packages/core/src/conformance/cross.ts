@@ -38,6 +38,27 @@ export const BAD_DESCRIPTOR_CASE =
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /**
+ * Write to a healthy peer over and over until `stopped()`, counting successes with `ok`. The first
+ * failure is recorded in `errors` and ends the loop (after a pause), so a failing engine cannot spin
+ * it on rejected promises and starve the test's own timers.
+ */
+async function healthyLoop(
+  write: () => Promise<void>,
+  h: { stopped: () => boolean; ok: () => void; errors: string[] },
+): Promise<void> {
+  while (!h.stopped()) {
+    try {
+      await write();
+      h.ok();
+    } catch (e) {
+      h.errors.push(e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e));
+      await new Promise((r) => setTimeout(r, 50));
+      return;
+    }
+  }
+}
+
+/**
  * The conformance cases that need two OS processes: writes in both directions verified by hash,
  * messages with their sender, and a peer process killed mid-transfer. Descriptors and addresses
  * cross the process boundary as text over a pipe, as they would between hosts.
@@ -204,15 +225,14 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       let stop = false;
       let healthyWrites = 0;
       const healthyErrors: string[] = [];
-      const background = (async () => {
-        while (!stop) {
-          await engine.submitSingleWrite({ src, length: 256 << 10, dst: healthy, imm: 4 }).then(
-            () => void healthyWrites++,
-            (e: unknown) =>
-              void healthyErrors.push(e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e)),
-          );
-        }
-      })();
+      const background = healthyLoop(
+        () => engine.submitSingleWrite({ src, length: 256 << 10, dst: healthy, imm: 4 }),
+        {
+          stopped: () => stop,
+          ok: () => void healthyWrites++,
+          errors: healthyErrors,
+        },
+      );
       const outcomes: string[] = [];
       const doomedOps: Promise<void>[] = [];
       for (let i = 0; i < 100; i++)
@@ -276,15 +296,14 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       let stop = false;
       let healthyWrites = 0;
       const healthyErrors: string[] = [];
-      const background = (async () => {
-        while (!stop) {
-          await engine.submitSingleWrite({ src, length: 64 << 10, dst: healthy, imm: 7 }).then(
-            () => void healthyWrites++,
-            (e: unknown) =>
-              void healthyErrors.push(e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e)),
-          );
-        }
-      })();
+      const background = healthyLoop(
+        () => engine.submitSingleWrite({ src, length: 64 << 10, dst: healthy, imm: 7 }),
+        {
+          stopped: () => stop,
+          ok: () => void healthyWrites++,
+          errors: healthyErrors,
+        },
+      );
       const outcome = (p: Promise<void>) =>
         p.then(
           () => 'ok',

@@ -1134,7 +1134,10 @@ class Engine {
     auto it = ops_.find(op);
     if (it == ops_.end()) return;
     OpState& st = it->second;
-    if (st.code == Code::Ok) {
+    // The first failure names the operation's, except that a refused key outranks the connection
+    // errors it causes on the operation's other work requests.
+    bool refusal = code == Code::RemoteAccess && (st.code == Code::PeerLost || st.code == Code::ConnectionReset);
+    if (st.code == Code::Ok || refusal) {
       st.code = code;
       st.err = err;
       st.nic = lane;
