@@ -20,7 +20,7 @@ import type { NetAddr } from './addr.js';
 import type { PendingOp } from './engine-base.js';
 import { CallSite, TrellisError } from './errors.js';
 import type { FailoverOptions, FailoverStats, MrHandle } from './types.js';
-import { type Plan, type RunsPlan, type WorkRequest, workRequests } from './validate.js';
+import { immediatesOf, type Plan, type RunsPlan, type WorkRequest, workRequests } from './validate.js';
 
 /** First byte of a failover control message. @internal */
 export const FAILOVER_IMM = 0x46;
@@ -181,17 +181,7 @@ export class Failover {
       if (!targets.length || plan.imm === undefined) return finish();
       if (!this.enabled) {
         // Immediate-only writes, one per original work request, each on its original lane.
-        const imm = plan.imm;
-        const runs: WorkRequest[] = wrs.map((w) => ({
-          lane: w.lane,
-          peer: w.peer,
-          dst: undefined,
-          srcOffset: 0,
-          dstOffset: 0,
-          length: 0,
-          imm,
-        }));
-        this.postSub(flight, { op: 'runs', src: undefined, runs, imm }, finish, (e) => finish(e));
+        this.postSub(flight, immediatesOf(wrs, plan.imm), finish, (e) => finish(e));
         return;
       }
       let left = targets.length;

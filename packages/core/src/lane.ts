@@ -27,7 +27,7 @@ import { HOST_MAPPING_DEVICE, type MrDesc, type MrIpc, sharedName } from './desc
 import type { PendingOp, Region } from './engine-base.js';
 import { TrellisError } from './errors.js';
 import type { GpuMemoryOps, GpuSignal } from './types.js';
-import { type Plan, type RunsPlan, type WorkRequest, workRequests } from './validate.js';
+import { immediatesOf, type Plan, type RunsPlan, workRequests } from './validate.js';
 
 /** What the lane needs from its engine. @internal */
 export interface LaneHost {
@@ -288,20 +288,10 @@ export class SameHostLane {
     // The immediates, after the bytes: one zero-byte write per original work request, each on its
     // own NIC, so the target counts what expectedImms promised. Without an immediate the armed
     // plan is empty: the worker settles it when the signal arrives.
-    const imm = plan.imm;
-    const runs: WorkRequest[] =
-      imm === undefined
-        ? []
-        : wrs.map((w) => ({
-            lane: w.lane,
-            peer: w.peer,
-            dst: undefined,
-            srcOffset: 0,
-            dstOffset: 0,
-            length: 0,
-            imm,
-          }));
-    const raised: RunsPlan = { op: 'runs', src: undefined, runs, imm };
+    const raised: RunsPlan =
+      plan.imm === undefined
+        ? { op: 'runs', src: undefined, runs: [], imm: undefined }
+        : immediatesOf(wrs, plan.imm);
     this.running.set(op, device);
     const counters = device === HOST ? this.hostCounters : this.counters;
     op.promise.then(

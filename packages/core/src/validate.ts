@@ -448,6 +448,23 @@ export function checkSend(
 // expansion into work requests (used by the loopback fabric and by software models)
 
 /** The work requests a plan posts, in posting order (which the wire does not preserve). */
+/**
+ * The immediates of a plan alone: one zero-byte write per work request `wrs` of it, each on its
+ * original NIC and to its original peer, so the target counts what `expectedImms` promised.
+ */
+export function immediatesOf(wrs: readonly WorkRequest[], imm: number): RunsPlan {
+  const runs = wrs.map((w) => ({
+    lane: w.lane,
+    peer: w.peer,
+    dst: undefined,
+    srcOffset: 0,
+    dstOffset: 0,
+    length: 0,
+    imm,
+  }));
+  return { op: 'runs', src: undefined, runs, imm };
+}
+
 export function workRequests(plan: Plan): WorkRequest[] {
   switch (plan.op) {
     case 'runs':
