@@ -219,14 +219,24 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
     cq_attr.wait_obj = FI_WAIT_NONE;
     if ((rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr))) return fail("fi_cq_open", rc);
   }
-  if ((rc = fi_endpoint(d->domain_, d->info_, &d->ep_, nullptr))) return fail("fi_endpoint", rc);
-  if ((rc = fi_ep_bind(d->ep_, &d->av_->fid, 0))) return fail("fi_ep_bind(av)", rc);
-  if ((rc = fi_ep_bind(d->ep_, &d->cq_->fid, FI_TRANSMIT | FI_RECV))) return fail("fi_ep_bind(cq)", rc);
-  if ((rc = fi_enable(d->ep_))) return fail("fi_enable", rc);
+  auto open_ep = [&](fid_ep** ep) -> int {
+    int r;
+    if ((r = fi_endpoint(d->domain_, d->info_, ep, nullptr))) return r;
+    if ((r = fi_ep_bind(*ep, &d->av_->fid, 0))) return r;
+    if ((r = fi_ep_bind(*ep, &d->cq_->fid, FI_TRANSMIT | FI_RECV))) return r;
+    return fi_enable(*ep);
+  };
+  if ((rc = open_ep(&d->ep_))) return fail("opening the endpoint", rc);
+  // Connection-based providers get a second endpoint for what peers send here (see in_ep_). Not
+  // where registrations bind to one endpoint (FI_MR_ENDPOINT): remote keys must serve both.
+  if (d->provider_.find("tcp") != std::string::npos && !(d->mr_mode_ & FI_MR_ENDPOINT)) {
+    if ((rc = open_ep(&d->in_ep_))) return fail("opening the target endpoint", rc);
+  }
   size_t len = 0;
-  fi_getname(&d->ep_->fid, nullptr, &len);
+  fid* named = &d->rx_ep()->fid;
+  fi_getname(named, nullptr, &len);
   d->name_.resize(len);
-  if ((rc = fi_getname(&d->ep_->fid, d->name_.data(), &len))) return fail("fi_getname", rc);
+  if ((rc = fi_getname(named, d->name_.data(), &len))) return fail("fi_getname", rc);
   d->name_.resize(len);
   d->sink_.assign(64, 0);
   std::string msg;
@@ -246,6 +256,7 @@ namespace {
 // until no shm domain of this process is open any more, then closed together.
 struct Held {
   fid_ep* ep;
+  fid_ep* in_ep;
   fid_mr* sink_mr;
   fid_av* av;
   fid_cq* cq;
@@ -262,6 +273,7 @@ std::vector<Held>& shm_held() {
 }
 void close_held(Held& h) {
   if (h.ep) fi_close(&h.ep->fid);
+  if (h.in_ep) fi_close(&h.in_ep->fid);
   if (h.sink_mr) fi_close(&h.sink_mr->fid);
   if (h.av) fi_close(&h.av->fid);
   if (h.cq) fi_close(&h.cq->fid);
@@ -283,7 +295,7 @@ FabricDomain::~FabricDomain() {
     for (auto& f : fences_) cu.cuEventDestroy(f.event);
     for (void* e : spare_events_) cu.cuEventDestroy(e);
   }
-  Held h{ep_, static_cast<fid_mr*>(sink_mr_.handle), av_, cq_, domain_, fabric_, info_, std::move(sink_)};
+  Held h{ep_, in_ep_, static_cast<fid_mr*>(sink_mr_.handle), av_, cq_, domain_, fabric_, info_, std::move(sink_)};
   if (!shm_counted_) {
     close_held(h);
     return;
@@ -566,7 +578,7 @@ int FabricDomain::post_send(uint64_t peer, const void* buf, size_t len, void* de
 }
 
 int FabricDomain::post_recv(void* buf, size_t len, void* desc, void* ctx) {
-  ssize_t rc = fi_recv(ep_, buf, len, desc, FI_ADDR_UNSPEC, ctx);
+  ssize_t rc = fi_recv(rx_ep(), buf, len, desc, FI_ADDR_UNSPEC, ctx);
   return rc == -FI_EAGAIN ? -EAGAIN : static_cast<int>(rc);
 }
 
@@ -641,7 +653,9 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
       // lookup (libfabric 1.x); with 2.x whatever the socket last said (EAGAIN, EINPROGRESS) — a
       // peer that died shows a connection error instead (ENOTCONN, ECONNRESET, EPIPE). Later writes
       // reconnect; those cut off with the old connection fail ENOTCONN. Neither means the peer is
-      // gone. (Should a death ever look like a refusal, the next write's reconnect finds it.)
+      // gone. (Should a death ever look like a refusal, the next write's reconnect finds it.) The
+      // torn connection carries only this engine's writes to that peer (see in_ep_), so what else
+      // it cancels was this writer's own work to the refusing peer.
       auto dead = [](int e) {
         return e == ENOTCONN || e == ECONNRESET || e == EPIPE || e == ECONNREFUSED || e == ETIMEDOUT ||
                e == EHOSTUNREACH || e == ENETUNREACH || e == ECONNABORTED;
@@ -667,6 +681,8 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
 void FabricDomain::teardown() {
   if (ep_) fi_close(&ep_->fid);
   ep_ = nullptr;
+  if (in_ep_) fi_close(&in_ep_->fid);
+  in_ep_ = nullptr;
   if (cq_) fi_close(&cq_->fid);
   cq_ = nullptr;
   wait_fd_ = -1;

@@ -76,7 +76,14 @@ class FabricDomain final : public trellis::Domain {
   fid_domain* domain_ = nullptr;
   fid_av* av_ = nullptr;
   fid_cq* cq_ = nullptr;
-  fid_ep* ep_ = nullptr;
+  fid_ep* ep_ = nullptr;     // initiates: writes and sends go out here
+  // Where peers write and send to, on connection-based providers (tcp): its own endpoint, so the
+  // pair's two directions travel on two connections. tcp answers a refused key by tearing down the
+  // connection it came on, cancelling everything on it; apart, that costs only the refused
+  // writer's own operations to this peer, never this engine's operations to that writer.
+  // nullptr elsewhere (ep_ then does both).
+  fid_ep* in_ep_ = nullptr;
+  fid_ep* rx_ep() const { return in_ep_ ? in_ep_ : ep_; }
   std::vector<uint8_t> name_;
   uint64_t mr_mode_ = 0;
   uint64_t next_key_ = 1;

@@ -20,7 +20,7 @@ commands:
                                        single writes into a second process, a sweep of sizes, verified
   bench --serve [--port P] [--provider tcp]      the target of a two-host run
   bench --connect HOST:PORT [--provider tcp] ... the writer of a two-host run
-  soak [--seconds 60] [--procs 4] [--provider tcp|shm] [--kill-every 10] [--seed 1] [--json FILE]
+  soak [--seconds 60] [--procs 4] [--provider tcp|shm] [--kill-every 10] [--seed 1] [--no-forge] [--no-lane] [--json FILE]
                                        processes writing to each other with aborts, deadlines and
                                        SIGKILLed peers; every byte checked; exits 1 if an operation
                                        was lost, a byte differed or a process crashed
@@ -157,6 +157,8 @@ async function main(argv: string[]): Promise<number> {
         provider,
         killEveryS: flag(args, '--kill-every', 10),
         seed: flag(args, '--seed', 1),
+        ...(args.includes('--no-forge') ? { forge: false } : {}),
+        ...(args.includes('--no-lane') ? { sameHostLane: false } : {}),
         log: (l) => process.stderr.write(`${l}\n`),
       });
       const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
@@ -194,11 +196,16 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(
         `${r.seconds} s, ${r.procs} processes over ${r.provider}: ${t.submitted} operations, ${t.settled} settled, ${t.lost} lost; ` +
           `${mb(t.bytesWritten)} written, ${mb(t.verifiedBytes)} verified, ${t.mismatches} mismatches; ` +
-          `faults injected: ${t.faultsInjected} (${r.kills} processes killed); crashes: ${r.crashes}\n`,
+          `faults injected: ${t.faultsInjected} (${r.kills} processes killed, ${t.forged} forged descriptors, ${t.forgedRefused} refused); ` +
+          `crashes: ${r.crashes}; errors between healthy peers: ${t.healthyErrors}\n`,
       );
+      for (const line of t.healthySamples) process.stdout.write(`  healthy-pair error: ${line}\n`);
       const j = args.indexOf('--json');
       if (j >= 0 && args[j + 1]) writeFileSync(args[j + 1]!, JSON.stringify(r, null, 2));
-      return t.lost === 0 && t.mismatches === 0 && r.crashes === 0 ? 0 : 1;
+      const forgedOk = t.forgedRefused === t.forged || r.kills > 0;
+      return t.lost === 0 && t.mismatches === 0 && r.crashes === 0 && t.healthyErrors === 0 && forgedOk
+        ? 0
+        : 1;
     }
     case undefined:
     case '-h':

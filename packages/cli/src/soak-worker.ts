@@ -1,7 +1,10 @@
 // One process of `trellis soak`: writes random-length patterns into its slot of every peer's
-// landing region (single writes and scatters, some aborted or given a 1 ms deadline on purpose),
-// and after each completed write tells the peer which pattern to check; checks what peers tell it.
-// argv[2]: JSON {rank, provider, seed, slotBytes}. stdin/stdout: JSON lines.
+// landing region (single writes and scatters, some aborted or given a 1 ms deadline on purpose,
+// some through a forged descriptor), and after each completed write tells the peer which pattern
+// to check; checks what peers tell it. Every error it did not cause itself is recorded with its
+// time and peer, so the parent can tell errors a fault explains from errors between healthy pairs.
+// argv[2]: JSON {rank, provider, seed, slotBytes, forge, forgeLog}. stdin/stdout: JSON lines.
+import { appendFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
 import { MrDesc, NetAddr, Prng, type TransferEngine, TrellisError } from '@trellis/core';
@@ -11,12 +14,22 @@ const cfg = JSON.parse(process.argv[2]!) as {
   provider: Provider;
   seed: number;
   slotBytes: number;
+  /** Forge a descriptor now and then (providers that refuse a bad key: tcp). */
+  forge: boolean;
+  /** A file each forgery is appended to as it starts and ends (read by the parent, SIGKILL or not). */
+  forgeLog: string;
+  sameHostLane: boolean;
 };
 const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const IMM = 0x50aa0000;
 const MAX_PEERS = 64;
 
-const engine: TransferEngine = await createEngine({ provider: cfg.provider, nics: 2, opTimeoutMs: 3000 });
+const engine: TransferEngine = await createEngine({
+  provider: cfg.provider,
+  nics: 2,
+  opTimeoutMs: 3000,
+  sameHostLane: cfg.sameHostLane,
+});
 const land = await engine.registerMemory(MAX_PEERS * cfg.slotBytes, { remote: true });
 const src = await engine.registerMemory(cfg.slotBytes);
 const rss0 = process.memoryUsage().rss;
@@ -36,8 +49,20 @@ const stats = {
   sendsFailed: 0,
   /** Checks a peer never answered (it died, or its answer was lost with it). */
   checksMissing: 0,
-  faultsInjected: { aborted: 0, deadline: 0 },
+  faultsInjected: { aborted: 0, deadline: 0, forged: 0 },
+  /** Outcomes of the forged writes (REMOTE_ACCESS expected unless the target died). */
+  forgedOutcomes: {} as Record<string, number>,
+  /** Errors this process did not inject: [time ms, peer rank (-1: unknown), code, what]. */
+  errors: [] as Array<[number, number, string, string]>,
 };
+/** The rank behind an error's peer address (-1 when it names none this process knows). */
+const rankOf = (e: unknown): number => {
+  const peer = e instanceof TrellisError ? e.peer : undefined;
+  return peer === undefined ? -1 : peers.findIndex((p) => p?.addr.toString() === peer);
+};
+const codeOf = (e: unknown) => (e instanceof TrellisError ? e.code : 'NON_TRELLIS');
+const record = (e: unknown, what: string, rank = rankOf(e)) =>
+  void stats.errors.push([Date.now(), rank, codeOf(e), what]);
 let peers: Array<{ addr: NetAddr; desc: MrDesc } | null> = [];
 let running = false;
 let loop: Promise<void> | undefined;
@@ -70,8 +95,9 @@ void engine.submitRecvs({ maxBytes: 256, count: 64 }, (m) => {
   }
   void engine
     .submitSend(m.from, enc({ from: cfg.rank, seq: v.seq, checked: true }), { timeoutMs: 3000 })
-    .catch(() => {
+    .catch((e: unknown) => {
       stats.sendsFailed++;
+      record(e, 'check answer', v.from);
     });
 });
 
@@ -95,6 +121,10 @@ async function op(seq: number): Promise<void> {
   } else if (fault < 15) {
     opts.timeoutMs = 1;
     stats.faultsInjected.deadline++;
+  }
+  if (cfg.forge && fault >= 15 && fault < 18) {
+    await forge(alive[rng.below(alive.length)]!, len);
+    return;
   }
   const scatter = rng.below(4) === 0 && alive.length > 1;
   const targets = scatter ? alive : [alive[rng.below(alive.length)]!];
@@ -124,7 +154,8 @@ async function op(seq: number): Promise<void> {
     await p;
     stats.bytesWritten += len * targets.length;
   } catch (e) {
-    code = e instanceof TrellisError ? e.code : 'NON_TRELLIS';
+    code = codeOf(e);
+    if (!opts.signal && !opts.timeoutMs) record(e, scatter ? 'scatter' : 'write');
   }
   stats.settled++;
   stats.outcomes[code] = (stats.outcomes[code] ?? 0) + 1;
@@ -140,6 +171,7 @@ async function op(seq: number): Promise<void> {
         const t = setTimeout(() => {
           checks.delete(key);
           stats.checksMissing++;
+          stats.errors.push([Date.now(), q, 'CHECK_MISSING', 'check']);
           resolve();
         }, 3000);
         checks.set(key, () => {
@@ -150,12 +182,46 @@ async function op(seq: number): Promise<void> {
       });
       try {
         await engine.submitSend(peer.addr, msg, { timeoutMs: 3000 });
-      } catch {
+      } catch (e) {
         stats.sendsFailed++;
+        record(e, 'check request', q);
+        // Nothing will answer a request that was never delivered.
+        checks.get(key)?.();
       }
       await checked;
     }),
   );
+}
+
+/**
+ * A write through a forged descriptor: the target's key with bits flipped, and no same-host
+ * section (that would take the lane, where the shared-memory name is the capability), so the
+ * provider's key check is what answers. The target must refuse it (REMOTE_ACCESS); nothing lands.
+ */
+async function forge(q: number, len: number): Promise<void> {
+  const d = peers[q]!.desc;
+  const dst = new MrDesc(
+    d.owner,
+    d.base,
+    d.length,
+    d.nics.map((k) => ({ addr: k.addr, rkey: k.rkey ^ 0x5a5a00n })),
+    d.staged,
+    d.parts,
+  );
+  stats.faultsInjected.forged++;
+  stats.submitted++;
+  const t0 = Date.now();
+  appendFileSync(cfg.forgeLog, `${t0} ${q}\n`);
+  let code = 'OK';
+  try {
+    await engine.submitSingleWrite({ src, length: len, dst, dstOffset: cfg.rank * cfg.slotBytes });
+  } catch (e) {
+    code = codeOf(e);
+  }
+  appendFileSync(cfg.forgeLog, `${t0} ${q} ${Date.now()}\n`);
+  stats.settled++;
+  stats.outcomes[code] = (stats.outcomes[code] ?? 0) + 1;
+  stats.forgedOutcomes[code] = (stats.forgedOutcomes[code] ?? 0) + 1;
 }
 
 out({ hello: { addr: engine.address.toString(), desc: land.desc.toString() } });

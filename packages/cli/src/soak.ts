@@ -1,10 +1,16 @@
 // `trellis soak`: processes on this machine write to each other for minutes — single writes and
-// scatters, some aborted or given an impossible deadline on purpose, every delivered byte checked
-// by its receiver — while a random process is killed with SIGKILL now and then and replaced by a
-// fresh one (a new engine generation). At the end every living process reports: operations
-// submitted and settled (lost = the difference, which must be 0), outcomes by code, bytes written
-// and verified, mismatches (must be 0), faults injected, and RSS at its start and end.
+// scatters, some aborted or given an impossible deadline on purpose, some through a forged
+// descriptor, every delivered byte checked by its receiver — while a random process is killed with
+// SIGKILL now and then and replaced by a fresh one (a new engine generation). At the end every
+// living process reports: operations submitted and settled (lost = the difference, which must be
+// 0), outcomes by code, bytes written and verified, mismatches (must be 0), faults injected, RSS at
+// its start and end, and every error it did not inject itself. An error that no kill or forgery
+// explains (the peer was not killed around then, and the pair was not the forger's to its target)
+// is an error between healthy peers: there must be none.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Provider } from '@trellis/backend-efa';
@@ -23,6 +29,16 @@ export interface SoakOptions {
   seed?: number;
   /** Largest write (default 64 KiB). */
   slotBytes?: number;
+  /**
+   * Write through forged descriptors now and then (about 3 in 100 operations), which the target
+   * must refuse. Default: on for tcp; off for shm, which cannot refuse a bad key (docs/security.md).
+   */
+  forge?: boolean;
+  /**
+   * Host writes between these processes over the same-host lane (default true, as users get it);
+   * false sends every byte through the provider, whose fault handling is then what is soaked.
+   */
+  sameHostLane?: boolean;
   log?: (line: string) => void;
 }
 
@@ -39,7 +55,11 @@ export interface SoakProcessReport {
   mismatches: number;
   sendsFailed: number;
   checksMissing: number;
-  faultsInjected: { aborted: number; deadline: number };
+  faultsInjected: { aborted: number; deadline: number; forged: number };
+  /** Outcomes of the forged writes: `REMOTE_ACCESS` unless the target died meanwhile. */
+  forgedOutcomes: Record<string, number>;
+  /** Errors the process did not inject: [time ms, peer rank (-1 unknown), code, what]. */
+  errors: Array<[number, number, string, string]>;
   rssStart: number;
   rssEnd: number;
 }
@@ -63,6 +83,13 @@ export interface SoakReport {
     verifiedBytes: number;
     mismatches: number;
     faultsInjected: number;
+    /** Forged writes, and how many the target refused with REMOTE_ACCESS. */
+    forged: number;
+    forgedRefused: number;
+    /** Errors no injected fault explains: between healthy peers (must be 0). */
+    healthyErrors: number;
+    /** The first few of them, as text. */
+    healthySamples: string[];
   };
 }
 
@@ -99,15 +126,36 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
   const killEveryS = opts.killEveryS ?? 10;
   const seed = opts.seed ?? 1;
   const slotBytes = opts.slotBytes ?? 64 << 10;
+  const forge = opts.forge ?? provider !== 'shm';
+  const sameHostLane = opts.sameHostLane ?? true;
+  // Each process appends its forgeries to a file of its own, so those of killed processes count too.
+  const logDir = mkdtempSync(join(tmpdir(), 'trellis-soak-'));
+  const forgeLogs: Array<{ rank: number; path: string }> = [];
+  /** When each kill happened, by rank. */
+  const killedAt: Array<[number, number]> = [];
   const log = opts.log ?? (() => {});
   if (!Number.isInteger(procs) || procs < 2 || procs > 64) throw new Error('soak: procs must be 2..64');
   const rng = new Prng(seed);
   let generation = 0;
   const start = async (rank: number) => {
+    const forgeLog = join(logDir, `forges-${rank}-${generation}`);
+    writeFileSync(forgeLog, '');
+    forgeLogs.push({ rank, path: forgeLog });
     const p = new Proc(
       spawn(
         process.execPath,
-        [workerPath, JSON.stringify({ rank, provider, seed: seed + generation, slotBytes })],
+        [
+          workerPath,
+          JSON.stringify({
+            rank,
+            provider,
+            seed: seed + generation,
+            slotBytes,
+            forge,
+            forgeLog,
+            sameHostLane,
+          }),
+        ],
         {
           stdio: ['pipe', 'pipe', 'inherit'],
         },
@@ -132,6 +180,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
   log(`soak: ${procs} processes over ${provider}, ${seconds} s, a kill every ~${killEveryS || '∞'} s`);
   let kills = 0;
   let crashes = 0;
+  const t0 = Date.now();
   const until = Date.now() + seconds * 1000;
   while (Date.now() < until) {
     const wait =
@@ -151,6 +200,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
       }
     if (killEveryS <= 0 || Date.now() >= until) continue;
     const r = rng.below(procs);
+    killedAt.push([Date.now(), r]);
     live[r]!.p.child.kill('SIGKILL');
     kills++;
     log(`soak: killed process ${r} (generation ${live[r]!.p.generation})`);
@@ -178,6 +228,46 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
   for (const p of processes)
     for (const [k, v] of Object.entries(p.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + v;
   const sum = (f: (p: SoakProcessReport) => number) => processes.reduce((n, p) => n + f(p), 0);
+  // An error is explained by a kill of its peer (or of any peer, when it names none) from shortly
+  // before to the engine deadline plus a check's wait after; or by a forgery: the forger's own
+  // work to its target around the refused write (the refusal resets that one connection), and the
+  // target's checks the forger's answers were cut off from.
+  const DEADLINE = 3000;
+  const CHECK_WAIT = 3000;
+  // Forgeries by [forger rank, start, end, target]; one cut short by a kill ends at the deadline.
+  const forges: Array<[number, number, number, number]> = [];
+  for (const { rank, path } of forgeLogs) {
+    const ends = new Map<string, number>();
+    const lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
+    for (const l of lines) {
+      const [a, q, b] = l.split(' ');
+      if (b) ends.set(`${a} ${q}`, Number(b));
+    }
+    for (const l of lines) {
+      const [a, q, b] = l.split(' ');
+      if (!b) forges.push([rank, Number(a), ends.get(`${a} ${q}`) ?? Number(a) + DEADLINE, Number(q)]);
+    }
+  }
+  rmSync(logDir, { recursive: true, force: true });
+  /** A missing check is noticed a check's wait after the answer that was cut off. */
+  const late = (code: string) => (code === 'CHECK_MISSING' ? CHECK_WAIT + 500 : 0);
+  const explained = (at: number, rank: number, peer: number, code: string) =>
+    killedAt.some(
+      ([t, r]) => (peer === r || peer < 0) && at >= t - 500 && at <= t + DEADLINE + CHECK_WAIT + 1000,
+    ) ||
+    forges.some(
+      ([f, t0, t1, q]) =>
+        at >= t0 - 50 &&
+        at <= t1 + 1000 + late(code) &&
+        ((f === rank && (q === peer || peer < 0)) || (rank === q && peer === f && code === 'CHECK_MISSING')),
+    );
+  const healthy: string[] = [];
+  for (const p of processes)
+    for (const [at, peer, code, what] of p.errors)
+      if (!explained(at, p.rank, peer, code))
+        healthy.push(
+          `process ${p.rank} (gen ${p.generation}): ${what} to/from ${peer} failed ${code} at +${at - t0} ms`,
+        );
   return {
     seconds,
     provider,
@@ -193,7 +283,12 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
       bytesWritten: sum((p) => p.bytesWritten),
       verifiedBytes: sum((p) => p.verifiedBytes),
       mismatches: sum((p) => p.mismatches),
-      faultsInjected: kills + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline),
+      faultsInjected:
+        kills + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline + p.faultsInjected.forged),
+      forged: sum((p) => p.faultsInjected.forged),
+      forgedRefused: sum((p) => p.forgedOutcomes.REMOTE_ACCESS ?? 0),
+      healthyErrors: healthy.length,
+      healthySamples: healthy.slice(0, 10),
     },
   };
 }

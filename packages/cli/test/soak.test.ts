@@ -1,5 +1,6 @@
 // A short run of `trellis soak` (the real command runs for minutes): processes writing to each
-// other over tcp with aborts, impossible deadlines and one SIGKILLed process replaced mid-run.
+// other over tcp with aborts, impossible deadlines, forged descriptors and one SIGKILLed process
+// replaced mid-run.
 import { describe, expect, it } from 'vitest';
 // The built package: the soak starts its worker processes from dist/, as the `trellis` command does.
 import { runSoak } from '../dist/soak.js';
@@ -7,7 +8,9 @@ import { runSoak } from '../dist/soak.js';
 describe('trellis soak (short)', () => {
   it('every operation settles, every delivered byte checks out, a killed peer is replaced', async () => {
     const r = await runSoak({ seconds: 6, procs: 3, provider: 'tcp', killEveryS: 4, seed: 7 });
-    expect([r.kills, r.crashes]).toEqual([1, 0]);
+    // One kill or two, by how long the replacements take to start on this machine.
+    expect(r.kills).toBeGreaterThanOrEqual(1);
+    expect(r.crashes).toBe(0);
     expect(r.totals.lost).toBe(0);
     expect(r.totals.mismatches).toBe(0);
     expect(r.totals.settled).toBe(r.totals.submitted);
@@ -24,7 +27,34 @@ describe('trellis soak (short)', () => {
         'REMOTE_ACCESS',
         'PROVIDER_ERROR',
       ]).toContain(code);
+    // Forged descriptors were refused, and nothing but a kill or a forgery caused an error.
+    expect(r.totals.forged).toBeGreaterThan(0);
+    expect(r.totals.healthySamples).toEqual([]);
+    expect(r.totals.healthyErrors).toBe(0);
+    for (const p of r.processes)
+      for (const code of Object.keys(p.forgedOutcomes))
+        expect(['REMOTE_ACCESS', 'PEER_LOST', 'CONNECTION_RESET', 'TIMEOUT']).toContain(code);
+    expect(r.totals.forgedRefused).toBeGreaterThan(0);
     expect(r.processes.map((p) => p.rank).sort()).toEqual([0, 1, 2]);
     expect(r.processes.some((p) => p.generation >= 3)).toBe(true);
+  }, 60_000);
+
+  it('the same with the same-host lane off: every byte and every fault through tcp', async () => {
+    const r = await runSoak({
+      seconds: 6,
+      procs: 3,
+      provider: 'tcp',
+      killEveryS: 4,
+      seed: 3,
+      sameHostLane: false,
+    });
+    expect(r.kills).toBeGreaterThanOrEqual(1);
+    expect(r.crashes).toBe(0);
+    expect(r.totals.lost).toBe(0);
+    expect(r.totals.settled).toBe(r.totals.submitted);
+    expect(r.totals.mismatches).toBe(0);
+    expect(r.totals.verifiedBytes).toBeGreaterThan(0);
+    expect(r.totals.healthySamples).toEqual([]);
+    expect(r.totals.forgedRefused).toBeGreaterThan(0);
   }, 60_000);
 });

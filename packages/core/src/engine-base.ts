@@ -135,6 +135,8 @@ export class PendingOp {
   settled = false;
   /** A backend's own work for a user operation (not counted in stats; never handed to users). */
   internal = false;
+  /** A heartbeat or probe: its own connection error is the answer, never probed again. */
+  liveness = false;
   readonly promise: Promise<void>;
   private resolveFn!: () => void;
   private rejectFn!: (e: unknown) => void;
@@ -890,6 +892,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       const peer = this.knownPeers.get(key);
       if (!peer) continue;
       const op = this.internalOp(new CallSite('heartbeat'), peer);
+      op.liveness = true;
       op.arm({ timeoutMs: this.heartbeatMs });
       this.probing.add(key);
       op.promise.then(
@@ -928,6 +931,57 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     );
     this.markLost(peer, err);
     for (const [op, keys] of this.opPeers) if (keys.includes(key)) op.requestCancel(err);
+  }
+
+  private readonly probes = new Map<string, Promise<boolean>>();
+  private readonly probeCounts = { probes: 0, probesAnswered: 0 };
+
+  /**
+   * Whether `peer` answers now: one immediate ({@link HEARTBEAT_IMM}) that must complete within
+   * `ms`. Concurrent callers for one peer share one probe. A backend asks before it reports a
+   * provider's connection error as `PEER_LOST`: on tcp a refused key tears down the pair's only
+   * connection, and the work it cuts off in the other direction fails exactly as if the peer had
+   * died. A peer that answers was not lost (the next operation reconnected); one that does not is.
+   */
+  protected probePeer(peer: NetAddr, ms: number): Promise<boolean> {
+    const key = peer.toString();
+    const running = this.probes.get(key);
+    if (running) return running;
+    if (this.closed || this.lost.has(key)) return Promise.resolve(false);
+    this.probeCounts.probes++;
+    const until = performance.now() + ms;
+    // A probe cut off with the connection it tests (CONNECTION_RESET) says nothing yet: try again
+    // on the next one, until the deadline.
+    const attempt = async (): Promise<boolean> => {
+      for (;;) {
+        const left = Math.round(until - performance.now());
+        if (left <= 0 || this.closed) return false;
+        const op = this.internalOp(new CallSite('probe'), peer);
+        op.liveness = true;
+        op.arm({ timeoutMs: left });
+        const lane = this.failover?.probeLane(peer) ?? 0;
+        this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane }, op));
+        try {
+          await op.promise;
+          return true;
+        } catch (e) {
+          if (!(e instanceof TrellisError) || e.code !== 'CONNECTION_RESET') return false;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    const p = attempt().then((alive) => {
+      this.probes.delete(key);
+      if (alive) this.probeCounts.probesAnswered++;
+      return alive;
+    });
+    this.probes.set(key, p);
+    return p;
+  }
+
+  /** Whether `peer` is known lost (its operations are refused with `PEER_LOST`). */
+  protected isLost(peer: NetAddr): boolean {
+    return this.lost.has(peer.toString());
   }
 
   /** Refuse a peer known lost, or an older generation of an endpoint a newer one of which was reached. */
@@ -1126,6 +1180,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       regions: this.regions.size,
       registeredBytes,
       recvDropped: this.recvDropped,
+      peers: { known: this.knownPeers.size, lost: this.lost.size, ...this.probeCounts },
       gpu: this.gpuStats(),
       ...(this.libraryInfo() ? { library: this.libraryInfo() } : {}),
       ...(this.hostLaneStats() ? { hostLane: this.hostLaneStats() } : {}),

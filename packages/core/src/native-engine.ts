@@ -302,6 +302,8 @@ export const MAX_STAGED_BYTES = 2 ** 32;
 
 /** Room for the sender's NetAddr in front of every message. @internal */
 export const MSG_HEADER = 2048;
+/** How long a peer has to answer the probe that decides whether a connection error was its death. */
+const PROBE_MS = 2000;
 const MAX_UNEXPECTED = 1024; // messages held while no receive pool is posted
 
 /**
@@ -396,8 +398,8 @@ export abstract class NativeEngineBase extends EngineBase {
   /** Their names, by native region id, unlinked when the region is unregistered or the engine closes. */
   private readonly sharedNames = new Map<number, string>();
   private sharedAllocFailures = 0;
-  /** When each peer last refused a write of ours (REMOTE_ACCESS), by address. */
-  private readonly refusedAt = new Map<string, number>();
+  /** Operations whose connection error waits for a probe of their peer (see `settleLost`). */
+  private readonly awaitingProbe = new Map<PendingOp, TrellisError>();
   /** Staged regions by native id, and (remote ones) by NIC-0 rkey for incoming landings. */
   private readonly staged = new Map<number, StagedMemory>();
   private readonly stagedByRkey = new Map<bigint, Region>();
@@ -546,27 +548,27 @@ export abstract class NativeEngineBase extends EngineBase {
       const message = messages?.get(i / 4) ?? '';
       const errno = ops[i + 2]!;
       const nic = ops[i + 3]! - 1;
-      let failCode = code;
-      let text = message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
-      const peerKey = op.peer?.toString();
-      if (peerKey !== undefined && code === 'REMOTE_ACCESS') this.refusedAt.set(peerKey, Date.now());
-      else if (
-        peerKey !== undefined &&
-        code === 'PEER_LOST' &&
-        Date.now() - (this.refusedAt.get(peerKey) ?? 0) < 1000
-      ) {
-        // A connection error right after the peer refused a key of ours: the refusal tore the
-        // connection down (tcp); the peer is alive, and the next operation reconnects.
-        failCode = 'CONNECTION_RESET';
-        text = `cut off with the connection a refused write to this peer tore down; the next operation reconnects — ${text}`;
-      }
-      op.fail(
-        new TrellisError(failCode as TrellisErrorCode, `${op.callsite.op}: ${text}`, {
-          errno: errno || undefined,
-          providerMessage: message || undefined,
-          nic: nic >= 0 ? nic : undefined,
-        }),
-      );
+      const text =
+        message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
+      const details = {
+        errno: errno || undefined,
+        providerMessage: message || undefined,
+        nic: nic >= 0 ? nic : undefined,
+      };
+      const err = new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, details);
+      if (code === 'PEER_LOST' && op.peer && !op.liveness)
+        this.settleLost(
+          op,
+          op.peer,
+          err,
+          () =>
+            new TrellisError(
+              'CONNECTION_RESET',
+              `${op.callsite.op}: cut off with a connection that was reset; the peer answered a probe afterwards, so it is not lost and the next operation reconnects — ${text}`,
+              details,
+            ),
+        );
+      else op.fail(err);
     }
     for (const m of e.recvs) this.deliver(m);
     for (const [id, value, prev, seen] of e.watches) {
@@ -1050,7 +1052,38 @@ export abstract class NativeEngineBase extends EngineBase {
     void this.close();
   }
 
+  /**
+   * A provider's connection error (`PEER_LOST`) marks the peer lost only if the peer then fails to
+   * answer a probe: libfabric's tcp reports the work a refused key cut off in the *other*
+   * direction exactly as it reports a death (the pair shares one connection), and a live peer must
+   * not be written off for it. The operation fails `CONNECTION_RESET` when the peer answers,
+   * `PEER_LOST` (and the peer is lost) when it does not. The wait is bounded by the probe's
+   * deadline and by the operation's own: a cancel or deadline settles it at once.
+   */
+  private settleLost(op: PendingOp, peer: NetAddr, err: TrellisError, reset: () => TrellisError): void {
+    if (this.isLost(peer) || this.closed) {
+      op.fail(err);
+      return;
+    }
+    this.awaitingProbe.set(op, err);
+    void this.probePeer(peer, PROBE_MS).then((alive) => {
+      if (!this.awaitingProbe.delete(op)) return;
+      if (!alive) {
+        op.fail(err);
+        return;
+      }
+      op.fail(reset());
+    });
+  }
+
   cancelOp(op: PendingOp, reason: TrellisError): void {
+    const waiting = this.awaitingProbe.get(op);
+    if (waiting) {
+      // Its work is done (failed); only the probe's verdict was pending.
+      this.awaitingProbe.delete(op);
+      op.fail(reason);
+      return;
+    }
     if (this.stager.cancel(op, reason)) return;
     if (!this.inflight.has(op.id)) return;
     this.native.cancel(op.id, reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'ABORTED');

@@ -546,6 +546,8 @@ export interface EngineStats {
   regions: number;
   registeredBytes: number;
   recvDropped: number;
+  /** Peers this engine has addressed, and what it concluded about their liveness. */
+  peers: PeerStats;
   /** GPU memory: regions by path, and the bytes the staged path copied each way. */
   gpu: GpuStats;
   /** NIC failover (all zero when the engine runs without `failover`). */
@@ -554,6 +556,21 @@ export interface EngineStats {
   library?: LibraryInfo;
   /** Host memory over the same-host lane (native engines; absent for the loopback fabric). */
   hostLane?: HostLaneStats;
+}
+
+/** Peer liveness counters of {@link EngineStats}. */
+export interface PeerStats {
+  /** Peer addresses (engine generations) this engine has addressed. */
+  known: number;
+  /** Of those, the ones concluded lost (`onPeerLost` was called for each). */
+  lost: number;
+  /**
+   * Probes sent after a provider reported a connection error as a possible death, and how many
+   * were answered: each answered probe turned that error into `CONNECTION_RESET` instead of
+   * `PEER_LOST` (the peer lives; only the connection was reset).
+   */
+  probes: number;
+  probesAnswered: number;
 }
 
 /**

@@ -215,6 +215,8 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       const engine = await local();
       const doomed = await PeerProcess.start(target.engineModule, target.options);
       const good = await peer();
+      const lost: string[] = [];
+      engine.onPeerLost((p) => lost.push(p.toString()));
       const size = 4 << 20;
       const reg = async (p: PeerProcess) =>
         MrDesc.parse((await p.call<{ desc: string }>('register', { name: 'kv', size, remote: true })).desc);
@@ -261,6 +263,20 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
         );
       assert.ok(ms < target.killBoundMs, `settled in ${ms} ms, bound ${target.killBoundMs} ms`);
       assert.deepEqual(healthyErrors, [], 'the healthy peer saw no error');
+      // Only the dead peer can have been written off, and only after it failed to answer a probe.
+      assert.ok(
+        lost.every((a) => a === doomed.address),
+        `lost: ${lost.join(', ')}`,
+      );
+      const peers = engine.stats().peers;
+      assert.equal(peers.lost, lost.length);
+      if (outcomes.includes('PEER_LOST')) {
+        assert.deepEqual(lost, [doomed.address], 'a PEER_LOST outcome marks its peer lost');
+        assert.ok(
+          peers.probes > peers.probesAnswered,
+          `a probe of the dead peer went unanswered (${JSON.stringify(peers)})`,
+        );
+      }
       assert.ok(
         healthyWrites >= after + 20,
         `healthy writes went on after the death (${after} → ${healthyWrites})`,
@@ -292,6 +308,20 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
         new MrDesc(d.owner, d.base, length, nics, d.staged, d.parts);
       const target = viaNic(await reg(bad, 'kv'));
       const healthy = await reg(good, 'kv');
+      // The forged-at peer writes back to this engine all along, through its provider: on tcp a
+      // refusal resets the pair's one connection, and the writes it cuts off in this direction
+      // must not make that peer write this (live) engine off as lost.
+      const back = await engine.registerMemory(size, { remote: true });
+      await bad.call('register', { name: 'src', size: 64 << 10, seed: 9 });
+      await bad.call('loopStart', {
+        name: 'src',
+        length: 64 << 10,
+        dst: back.desc.toString(),
+        imm: 11,
+        viaNic: true,
+      });
+      const backOk = async () =>
+        (await bad.call<{ outcomes: Record<string, number> }>('loopCount', {})).outcomes.OK ?? 0;
       // The healthy peer is written all along; it must never see an error.
       let stop = false;
       let healthyWrites = 0;
@@ -348,6 +378,27 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
         if (o === 'CONNECTION_RESET') await new Promise((r) => setTimeout(r, 20));
       }
       assert.equal(o, 'ok', 'a fresh descriptor after the stale one');
+      // The writes back keep landing after the last refusal.
+      const before = await backOk();
+      for (let i = 0; i < 500 && (await backOk()) < before + 10; i++)
+        await new Promise((r) => setTimeout(r, 20));
+      const reverse = await bad.call<{
+        outcomes: Record<string, number>;
+        lastError: string;
+        peers: { lost: number; probes: number; probesAnswered: number };
+      }>('loopStop', {});
+      assert.ok(
+        (reverse.outcomes.OK ?? 0) >= before + 10,
+        `writes back went on after the refusals (${JSON.stringify(reverse.outcomes)})`,
+      );
+      for (const code of Object.keys(reverse.outcomes))
+        assert.ok(['OK', 'CONNECTION_RESET'].includes(code), `a write back failed ${reverse.lastError}`);
+      assert.equal(reverse.peers.lost, 0, 'the forged-at peer wrote no one off as lost');
+      assert.equal(
+        reverse.peers.probes - reverse.peers.probesAnswered,
+        0,
+        'every probe it sent was answered',
+      );
       stop = true;
       await background;
       assert.deepEqual(healthyErrors, []);

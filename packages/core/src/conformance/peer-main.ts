@@ -22,6 +22,11 @@ void engine.submitRecvs({ maxBytes: engine.limits.maxMessageBytes, count: 16 }, 
 );
 
 type Args = Record<string, unknown>;
+
+/** A background write loop (`loopStart` … `loopStop`): outcomes by code, errors never end it. */
+let loop:
+  | { stop: boolean; done: Promise<void>; outcomes: Record<string, number>; lastError: string }
+  | undefined;
 const handlers: Record<string, (a: Args) => Promise<unknown>> = {
   async register(a) {
     const h = await engine.registerMemory(a.size as number, { remote: a.remote as boolean });
@@ -54,6 +59,38 @@ const handlers: Record<string, (a: Args) => Promise<unknown>> = {
     };
     await engine.submitSingleWrite(req);
     return { imms: engine.expectedImms({ kind: 'single', ...req }) };
+  },
+  // Writes `length` bytes to `dst` over and over until loopStop. `viaNic` leaves the descriptor's
+  // same-host section out, so the writes go through the provider even on one host.
+  async loopStart(a) {
+    const d = MrDesc.parse(a.dst as string);
+    const dst = a.viaNic ? new MrDesc(d.owner, d.base, d.length, d.nics, d.staged, d.parts) : d;
+    const src = regions.get(a.name as string)!;
+    const l = { stop: false, done: Promise.resolve(), outcomes: {} as Record<string, number>, lastError: '' };
+    l.done = (async () => {
+      while (!l.stop) {
+        let code = 'OK';
+        try {
+          await engine.submitSingleWrite({ src, length: a.length as number, dst, imm: a.imm as number });
+        } catch (e) {
+          const err = e as { code?: string; message?: string };
+          code = err.code ?? 'non-trellis';
+          l.lastError = `${code}: ${err.message}`;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        l.outcomes[code] = (l.outcomes[code] ?? 0) + 1;
+      }
+    })();
+    loop = l;
+    return {};
+  },
+  async loopCount() {
+    return { outcomes: { ...loop!.outcomes } };
+  },
+  async loopStop() {
+    loop!.stop = true;
+    await loop!.done;
+    return { outcomes: loop!.outcomes, lastError: loop!.lastError, peers: engine.stats().peers };
   },
   async send(a) {
     await engine.submitSend(NetAddr.parse(a.to as string), Buffer.from(a.hex as string, 'hex'));
