@@ -8,6 +8,7 @@
 #   TRELLIS_VENDOR=DIR              where the tarball lives (default: ../shared/vendor next to the clone)
 #
 # Never commits third-party source: the tarball is extracted into a temporary folder and removed.
+# Our own fixes to it live in scripts/libfabric-patches (each patch says what it fixes and why).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 vendor=${TRELLIS_VENDOR:-$root/../shared/vendor}
@@ -20,7 +21,9 @@ fi
 version=$(basename "$tarball" .tar.bz2)
 cuda=/usr/local/cuda
 [ -f "$cuda/include/cuda.h" ] || cuda=
-key=$( (sha256sum "$tarball" | cut -c1-16; sha256sum "${BASH_SOURCE[0]}" | cut -c1-16; echo "$cuda") | sha256sum | cut -c1-12)
+# Our fixes to upstream (scripts/libfabric-patches/*.patch, applied in order; each says why).
+patches=("$root"/scripts/libfabric-patches/*.patch)
+key=$( (sha256sum "$tarball" | cut -c1-16; sha256sum "${BASH_SOURCE[0]}" | cut -c1-16; cat "${patches[@]}" | sha256sum | cut -c1-16; echo "$cuda") | sha256sum | cut -c1-12)
 cache=${TRELLIS_CACHE:-$HOME/.cache/trellis}
 prefix=$cache/$version-$key
 if [ -e "$prefix/lib/libfabric.so" ] && [ -e "$prefix/.complete" ]; then
@@ -49,6 +52,10 @@ trap 'rm -rf "$work"' EXIT
 say "building $version into $prefix (${cuda:+with CUDA, }about 10 minutes on 2 cores; cached afterwards)"
 tar xjf "$tarball" -C "$work"
 cd "$work/$version"
+for p in "${patches[@]}"; do
+  say "applying $(basename "$p")"
+  git apply -p1 "$p"
+done
 cuda_args=(--without-cuda)
 cppflags=
 if [ -n "$cuda" ]; then

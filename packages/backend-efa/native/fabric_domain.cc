@@ -1,5 +1,7 @@
 #include "fabric_domain.hh"
 
+#include <algorithm>
+
 #include <dirent.h>
 #include <dlfcn.h>
 #include <signal.h>
@@ -186,6 +188,7 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   d->provider_ = d->info_->fabric_attr->prov_name;
   d->mr_mode_ = d->info_->domain_attr->mr_mode;
   d->max_msg_ = d->info_->ep_attr->max_msg_size;
+  d->queue_depth_ = d->info_->tx_attr ? static_cast<uint32_t>(std::min<size_t>(d->info_->tx_attr->size, 1u << 30)) : 0;
   d->zero_needs_byte_ = d->provider_ == "shm";
   // GPU memory registers directly only where the provider took FI_HMEM and a CUDA driver exists
   // (the fence below needs it); elsewhere CUDA regions are staged by the engine.
@@ -668,6 +671,15 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
         c.code = Code::ConnectionReset;
         c.message = "cut off with a connection an earlier failure tore down; the next operation reconnects — " + c.message;
       }
+    }
+    if (provider_ == "shm" && c.kind == CompKind::Write && err.err == FI_EIO) {
+      // shm returns a write the target could not take with an error flag and no reason; the
+      // target's one failure before any byte moves is the key check (the libfabric 2.x that
+      // scripts/libfabric.sh builds carries our fix that reports it at all — unpatched 2.x shm
+      // completes such a write as a success, 1.17 never completes it).
+      c.code = Code::RemoteAccess;
+      c.message = "the target refused the key or range: no registration of its covers it (a forged descriptor, "
+                  "or a stale one after the target unregistered or re-registered) — " + c.message;
     }
     if (c.ctx == nullptr && c.kind != CompKind::RemoteWrite) c.kind = CompKind::RemoteWrite;
     out.push_back(std::move(c));

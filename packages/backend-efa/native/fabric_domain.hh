@@ -62,6 +62,7 @@ class FabricDomain final : public trellis::Domain {
   std::string strerror(int err) const override;
   trellis::Code classify(int err) const override;
   size_t max_msg_size() const override { return max_msg_; }
+  uint32_t queue_depth() const override { return queue_depth_; }
   int wait_fd() const override { return wait_fd_; }
   bool try_wait() override;
   void teardown() override;
@@ -88,6 +89,7 @@ class FabricDomain final : public trellis::Domain {
   uint64_t mr_mode_ = 0;
   uint64_t next_key_ = 1;
   size_t max_msg_ = 0;
+  uint32_t queue_depth_ = 0;
   uint64_t write_flags_ = 0;
   bool zero_needs_byte_ = false;
   bool hmem_ = false;      // the provider took FI_HMEM: CUDA memory registers directly

@@ -111,7 +111,7 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
     expect(sum(sa.nics.map((x) => x.writeOps))).toBe(b.expectedImms({ kind: 'single', ...single }) + 3 + 2);
     expect(b.stats().gpu.stagedToDeviceBytes).toBe(0);
     expect(gpu.lane.opened).toBe(2); // each target allocation mapped once
-    expect(sa.ops).toEqual({ submitted: 3, completed: 3, failed: 0, inFlight: 0 });
+    expect(sa.ops).toEqual({ submitted: 3, completed: 3, failed: 0, inFlight: 0, settledPosted: 0, held: 0 });
   });
 
   it('sameHostLane: false, another host, or an allocation that cannot be mapped: the write goes through the NICs', async () => {
@@ -173,7 +173,14 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
     await new Promise((r) => setTimeout(r, 100));
     expect(b.immCounter(4).total).toBe(0);
     expect(a.stats().gpu.laneWrites).toBe(0);
-    expect(a.stats().ops).toEqual({ submitted: 1, completed: 0, failed: 1, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 1,
+      completed: 0,
+      failed: 1,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
 
     // A deadline shorter than the copy: TIMEOUT, again only after the copy, with no immediate.
     const t0 = performance.now();
@@ -183,7 +190,14 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
     expect(performance.now() - t0).toBeLessThan(5000);
     await new Promise((r) => setTimeout(r, 100));
     expect(b.immCounter(4).total).toBe(0);
-    expect(a.stats().ops).toEqual({ submitted: 2, completed: 0, failed: 2, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 2,
+      completed: 0,
+      failed: 2,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
   });
 
   it('many writes in flight keep their order on the lane stream; without an immediate a write resolves once its bytes are in place', async () => {
@@ -225,7 +239,14 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
       laneBytes: 2 * slots * n,
       laneFallbacks: 0,
     });
-    expect(a.stats().ops).toEqual({ submitted: 2 * slots, completed: 2 * slots, failed: 0, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 2 * slots,
+      completed: 2 * slots,
+      failed: 0,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
     // One copy per piece: a write cut into shards for the NICs is one copy on the lane.
     expect(gpu.lane.copies).toBe(2 * slots);
   });
@@ -262,7 +283,14 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
     await a.submitSingleWrite({ src: hs, length: n, dst: hd.desc, imm: 8 });
     await b.immCounter(8).wait(b.expectedImms({ kind: 'single', src: hs, length: n, dst: hd.desc, imm: 8 }));
     expect(hd.buffer!.every((x) => x === 7)).toBe(true);
-    expect(a.stats().ops).toEqual({ submitted: 3, completed: 1, failed: 2, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 3,
+      completed: 1,
+      failed: 2,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
   });
 
   it('CUDA regions are checked against their allocation before anything registers', async () => {
@@ -366,7 +394,7 @@ describe('backend-efa: the same-host lane for host memory (shared-memory regions
     expect(sum(sa.nics.map((x) => x.bytesWritten))).toBe(0);
     expect(sum(sa.nics.map((x) => x.writeOps))).toBe(per + 3 + 2);
     expect([b.immCounter(1).total, b.immCounter(2).total, b.immCounter(3).total]).toEqual([per, 3, 2]);
-    expect(sa.ops).toEqual({ submitted: 3, completed: 3, failed: 0, inFlight: 0 });
+    expect(sa.ops).toEqual({ submitted: 3, completed: 3, failed: 0, inFlight: 0, settledPosted: 0, held: 0 });
   });
 
   it('a target region unregistered after the writer mapped it: REMOTE_ACCESS before anything is posted; a fresh one works', async () => {
@@ -389,7 +417,14 @@ describe('backend-efa: the same-host lane for host memory (shared-memory regions
       .immCounter(2)
       .wait(b.expectedImms({ kind: 'single', src, length: 4096, dst: fresh.desc, imm: 2 }));
     expect(fresh.buffer!.every((x) => x === 5)).toBe(true);
-    expect(a.stats().ops).toEqual({ submitted: 3, completed: 2, failed: 1, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 3,
+      completed: 2,
+      failed: 1,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
   });
 
   it('a descriptor claiming more than the shared object holds goes through the NICs; sameHostLane: false shares nothing; names are gone after close', async () => {

@@ -76,7 +76,7 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
     expect(sa.nics.map((x) => x.path)).toEqual(['staged', 'staged']);
     expect(sa.nics.reduce((s, x) => s + x.bytesWritten, 0)).toBe(n - 100);
     expect(sb.nics.reduce((s, x) => s + x.immsReceived, 0)).toBe(2);
-    expect(sa.ops).toEqual({ submitted: 1, completed: 1, failed: 0, inFlight: 0 });
+    expect(sa.ops).toEqual({ submitted: 1, completed: 1, failed: 0, inFlight: 0, settledPosted: 0, held: 0 });
     // 3 segments of at most 4 MiB: 3 copies off the device, 3 onto it.
     expect(gpu.copies).toEqual({ toHost: 3, toDevice: 3 });
   });
@@ -197,7 +197,14 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
       /^INTERNAL: staged write: the target .* failed to copy the landed bytes to GPU memory: HostGpu: no allocation/,
     );
     expect(b.immCounter(1).total).toBe(0);
-    expect(a.stats().ops).toEqual({ submitted: 1, completed: 0, failed: 1, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 1,
+      completed: 0,
+      failed: 1,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
     expect(a.stats().gpu.stagedWrites).toBe(0);
   });
 
@@ -213,7 +220,14 @@ describe('backend-efa: staged CUDA regions (HostGpu in place of CUDA)', () => {
     const p = a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 2, signal: ac.signal });
     setTimeout(() => ac.abort(), 5);
     expect(await outcome(p)).toMatch(/^ABORTED: submitSingleWrite: aborted by its AbortSignal/);
-    expect(a.stats().ops).toEqual({ submitted: 1, completed: 0, failed: 1, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 1,
+      completed: 0,
+      failed: 1,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
     expect(b.immCounter(2).total).toBe(0);
     // The region is free again: unregister does not hang.
     await src.unregister();

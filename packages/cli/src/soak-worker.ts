@@ -159,6 +159,11 @@ async function op(seq: number): Promise<void> {
   }
   stats.settled++;
   stats.outcomes[code] = (stats.outcomes[code] ?? 0) + 1;
+  if (code === 'TIMEOUT') {
+    // It settled at its deadline, perhaps with work still posted that reads the source: the source
+    // is reused only once nothing to those peers is in flight (the documented contract).
+    await Promise.all(targets.map((q) => (peers[q] ? engine.quiesce(peers[q]!.addr) : undefined)));
+  }
   if (code !== 'OK') return;
   // Delivered: each peer checks every byte against the pattern, and says so before we write again.
   const msg = enc({ from: cfg.rank, seq, len });

@@ -183,11 +183,31 @@ export class PendingOp {
     this.engine.cancelRequested(this, reason);
   }
 
+  /**
+   * Settled with work still posted (its deadline passed first): the provider may still read its
+   * regions and write its targets, so they stay in use and its peers' in-flight counts keep it
+   * until {@link PendingOp.letGo}.
+   */
+  held = false;
+
+  /** @internal Before settling: keep regions and in-flight counts until {@link PendingOp.letGo}. */
+  hold(): void {
+    if (!this.settled) this.held = true;
+  }
+
+  /** @internal The provider let go of the op's posted work (or the engine gave up waiting). */
+  letGo(): void {
+    if (!this.held || !this.settled) return;
+    this.held = false;
+    for (const r of this.regions) r.release();
+    this.engine.heldLetGo(this);
+  }
+
   private finish(ok: boolean): boolean {
     if (this.settled) return false;
     this.settled = true;
     if (this.timer) clearTimeout(this.timer);
-    for (const r of this.regions) r.release();
+    if (!this.held) for (const r of this.regions) r.release();
     this.engine.opSettled(this, ok);
     return true;
   }
@@ -269,7 +289,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   private readonly watchers = new Set<UvmWatcher>();
   private nextOpId = 1;
   private nextGroupId = 1;
-  private counts = { submitted: 0, completed: 0, failed: 0 };
+  private counts = { submitted: 0, completed: 0, failed: 0, settledPosted: 0 };
   private closing: Promise<void> | undefined;
   protected recvDropped = 0;
 
@@ -1030,6 +1050,33 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /** @internal */
   opSettled(op: PendingOp, ok: boolean): void {
+    if (op.held) {
+      this.counts.settledPosted++;
+      this.heldOps++;
+    } else {
+      this.opLetGo(op);
+    }
+    if (op.internal) return;
+    this.ops.delete(op);
+    if (op.signal) this.signalOps.get(op.signal)?.delete(op);
+    if (ok) this.counts.completed++;
+    else this.counts.failed++;
+  }
+
+  /** Operations settled with work posted that the provider has not let go of yet. */
+  private heldOps = 0;
+
+  /** @internal A held operation's posted work was let go of. */
+  heldLetGo(op: PendingOp): void {
+    this.heldOps--;
+    this.opLetGo(op);
+  }
+
+  /**
+   * @internal Nothing of `op` is posted any more: its peers' in-flight counts drop (and `quiesce`
+   * may resolve). At settlement, or later for an op that settled at its deadline with work posted.
+   */
+  opLetGo(op: PendingOp): void {
     const keys = this.opPeers.get(op);
     if (keys) {
       this.opPeers.delete(op);
@@ -1048,11 +1095,6 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         }
       }
     }
-    if (op.internal) return;
-    this.ops.delete(op);
-    if (op.signal) this.signalOps.get(op.signal)?.delete(op);
-    if (ok) this.counts.completed++;
-    else this.counts.failed++;
   }
 
   immCounter(imm: number): ImmCounter {
@@ -1176,7 +1218,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       kind: this.kind,
       nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
       failover: w ? { ...w.stats } : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 },
-      ops: { ...this.counts, inFlight: this.ops.size },
+      ops: { ...this.counts, inFlight: this.ops.size, held: this.heldOps },
       regions: this.regions.size,
       registeredBytes,
       recvDropped: this.recvDropped,

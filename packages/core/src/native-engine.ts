@@ -40,10 +40,21 @@ import {
   type SinglePlan,
 } from './validate.js';
 
+/**
+ * Set in a completion's code word when the op settled with work requests still posted (the engine
+ * kit's `kPostedFlag` in napi_engine.hpp; test/13-pack-format.test.ts checks the two agree). @internal
+ */
+export const POSTED_FLAG = 0x100;
+
 /** One batch of events from the native worker (one doorbell). @internal */
 export interface NativeEvents {
-  /** 4 u32 per settled op: op id, code index into the addon's `codeNames`, errno, nic + 1 (0: none). */
+  /**
+   * 4 u32 per settled op: op id, code index into the addon's `codeNames` (plus {@link POSTED_FLAG}
+   * when it settled with work still posted), errno, nic + 1 (0: none).
+   */
   ops: Uint32Array;
+  /** Ops reported with {@link POSTED_FLAG} whose posted work the provider has let go of since. */
+  released?: Uint32Array;
   /** Messages of failed ops: [index into ops / 4, text, index, text, ...]. */
   messages: Array<number | string>;
   regs: Array<{ region: number; code: string; message: string; keys: BigUint64Array }>;
@@ -158,6 +169,13 @@ export interface NativeEngineTuning {
   /** Most work requests in flight per NIC (default 1024). */
   maxInflight?: number;
   /**
+   * Most writes in flight to one peer per NIC (default a quarter of `maxInflight`, 256). A peer
+   * that stops completing (hung, dead, or a provider stuck on it) holds at most this many of the
+   * NIC's slots until its operations' deadlines; other peers' writes keep the rest. At most
+   * `maxInflight`.
+   */
+  peerWindow?: number;
+  /**
    * Wake JS at most once per this many µs (default 0: as soon as the last batch was taken). A few
    * tens of µs make batches larger and leave more CPU to the worker when JS shares few cores.
    */
@@ -215,6 +233,7 @@ function checkTuning(t: NativeEngineTuning): void {
     ['idleSpinUs', 0],
     ['maxSleepUs', 0],
     ['maxInflight', 1],
+    ['peerWindow', 1],
     ['doorbellUs', 0],
   ];
   for (const [k, min] of fields) {
@@ -226,6 +245,12 @@ function checkTuning(t: NativeEngineTuning): void {
         `createEngine: ${k} must be an integer >= ${min}, got ${typeof v === 'number' ? v : JSON.stringify(v)}`,
       );
   }
+  const max = t.maxInflight ?? 1024;
+  if (t.peerWindow !== undefined && t.peerWindow > max)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `createEngine: peerWindow (${t.peerWindow}) must be at most maxInflight (${max})`,
+    );
 }
 
 /** The {@link NativeEngineTuning} fields of `opts`, as the engine kit's N-API class reads them. @internal */
@@ -248,6 +273,7 @@ export function nativeTuning(
     idleSpinUs: opts.idleSpinUs,
     maxSleepUs: opts.maxSleepUs,
     maxInflight: opts.maxInflight,
+    peerWindow: opts.peerWindow,
     doorbellUs: opts.doorbellUs,
   };
 }
@@ -398,6 +424,8 @@ export abstract class NativeEngineBase extends EngineBase {
   /** Their names, by native region id, unlinked when the region is unregistered or the engine closes. */
   private readonly sharedNames = new Map<number, string>();
   private sharedAllocFailures = 0;
+  /** Operations settled with work still posted, until the worker says the provider let go. */
+  private readonly held = new Map<number, PendingOp>();
   /** Operations whose connection error waits for a probe of their peer (see `settleLost`). */
   private readonly awaitingProbe = new Map<PendingOp, TrellisError>();
   /** Staged regions by native id, and (remote ones) by NIC-0 rkey for incoming landings. */
@@ -528,7 +556,14 @@ export abstract class NativeEngineBase extends EngineBase {
       if (!op) continue;
       this.inflight.delete(id);
       this.postedAt.delete(id);
-      const code = this.codeNames[ops[i + 1]!] ?? 'INTERNAL';
+      const word = ops[i + 1]!;
+      const code = this.codeNames[word & ~POSTED_FLAG] ?? 'INTERNAL';
+      if (word & POSTED_FLAG) {
+        // Its deadline came first: it settles now; what it posted may still read its source, so
+        // its regions and its place in the peer's in-flight count stay until `released`.
+        op.hold();
+        this.held.set(id, op);
+      }
       const sent = this.sendBytes.get(id);
       if (sent !== undefined) {
         this.sendBytes.delete(id);
@@ -542,7 +577,8 @@ export abstract class NativeEngineBase extends EngineBase {
         continue;
       }
       if (op.cancelReason && (code === 'ABORTED' || code === 'TIMEOUT')) {
-        op.fail(op.cancelReason);
+        const note = op.held ? messages?.get(i / 4) : undefined;
+        op.fail(note ? new TrellisError('TIMEOUT', `${op.cancelReason.message}; ${note}`) : op.cancelReason);
         continue;
       }
       const message = messages?.get(i / 4) ?? '';
@@ -570,6 +606,12 @@ export abstract class NativeEngineBase extends EngineBase {
         );
       else op.fail(err);
     }
+    if (e.released)
+      for (const id of e.released) {
+        const op = this.held.get(id);
+        this.held.delete(id);
+        op?.letGo();
+      }
     for (const m of e.recvs) this.deliver(m);
     for (const [id, value, prev, seen] of e.watches) {
       const w = this.watches.get(id);
@@ -1348,6 +1390,9 @@ export abstract class NativeEngineBase extends EngineBase {
     // A stuck worker cannot be joined: it is abandoned instead.
     if (this.abandoned) this.native.abandon();
     else this.native.close();
+    // The worker has stopped and the provider is closed: nothing it held is read any more.
+    for (const op of this.held.values()) op.letGo();
+    this.held.clear();
     for (const p of this.regs.values())
       p.reject(new TrellisError('CLOSED', 'registerMemory: the engine was closed'));
     this.regs.clear();

@@ -362,7 +362,12 @@ export interface MrHandle {
 export interface OpOptions {
   /** Abort the operation; it then rejects with `ABORTED` once none of its work can touch memory. */
   signal?: AbortSignal;
-  /** Reject with `TIMEOUT` after this many milliseconds (same guarantee as `signal`). */
+  /**
+   * Reject with `TIMEOUT` after this many milliseconds, posted or not. Work already posted then
+   * stays posted (it may still land, and still read the source): the operation's regions stay in
+   * use and {@link TransferEngine.quiesce} for its peer waits until the provider lets go of it (at
+   * the latest at the engine deadline); reuse the source only after that. `stats().ops.held`.
+   */
   timeoutMs?: number;
 }
 
@@ -542,7 +547,7 @@ export interface NicStats {
 export interface EngineStats {
   kind: string;
   nics: NicStats[];
-  ops: { submitted: number; completed: number; failed: number; inFlight: number };
+  ops: OpStats;
   regions: number;
   registeredBytes: number;
   recvDropped: number;
@@ -556,6 +561,26 @@ export interface EngineStats {
   library?: LibraryInfo;
   /** Host memory over the same-host lane (native engines; absent for the loopback fabric). */
   hostLane?: HostLaneStats;
+}
+
+/** Operation counters of {@link EngineStats}. */
+export interface OpStats {
+  submitted: number;
+  completed: number;
+  failed: number;
+  /** Submitted and not yet settled. */
+  inFlight: number;
+  /**
+   * Operations that settled at their own deadline (`timeoutMs`) with work requests still posted.
+   * Their late completions are swallowed: the promise has settled `TIMEOUT`.
+   */
+  settledPosted: number;
+  /**
+   * Of those, the ones whose posted work the provider has not let go of yet (at most until the
+   * engine deadline `opTimeoutMs`): their regions stay in use (`unregister` waits) and their peers'
+   * in-flight counts keep them (`quiesce` waits), since the source may still be read.
+   */
+  held: number;
 }
 
 /** Peer liveness counters of {@link EngineStats}. */
@@ -723,7 +748,11 @@ export interface TransferEngine {
    * restarted peer is reached at its new address. Returns a function removing the listener.
    */
   onPeerLost(cb: (peer: NetAddr, reason: import('./errors.js').TrellisError) => void): () => void;
-  /** Resolve once no operation of this engine to or with `peer` is in flight (at once if none). */
+  /**
+   * Resolve once no operation of this engine to or with `peer` is in flight (at once if none),
+   * counting operations that settled `TIMEOUT` with work still posted until the provider lets go
+   * of it: after it, nothing of this engine reads a source on that peer's behalf.
+   */
   quiesce(peer: NetAddr, opts?: WaitOptions): Promise<void>;
   /** A host word that a producer increments; `onChange` runs on each observed change. */
   allocUvmWatcher(onChange: UvmWatcherCallback): UvmWatcher;

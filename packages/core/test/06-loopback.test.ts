@@ -189,7 +189,14 @@ describe('loopback fabric', () => {
     f.faults.killPeer(b);
     expect(await code(toB)).toBe('PEER_LOST');
     expect(await code(fromB)).toBe('CLOSED');
-    expect(a.stats().ops).toEqual({ submitted: 1, completed: 0, failed: 1, inFlight: 0 });
+    expect(a.stats().ops).toEqual({
+      submitted: 1,
+      completed: 0,
+      failed: 1,
+      inFlight: 0,
+      settledPosted: 0,
+      held: 0,
+    });
     await f.close();
   });
 });

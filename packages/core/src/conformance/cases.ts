@@ -1282,7 +1282,14 @@ const cases: ConformanceCase[] = [
           assert.equal(nic.up, true);
           assert.equal(nic.errors, 0);
         }
-        assert.deepEqual(sa.ops, { submitted: 3, completed: 3, failed: 0, inFlight: 0 });
+        assert.deepEqual(sa.ops, {
+          submitted: 3,
+          completed: 3,
+          failed: 0,
+          inFlight: 0,
+          settledPosted: 0,
+          held: 0,
+        });
         assert.equal(nicSum(a!, 'bytesSent'), 10);
         assert.equal(nicSum(a!, 'sendOps'), 1);
         assert.equal(nicSum(b!, 'bytesReceived'), 10);

@@ -35,6 +35,10 @@ export const KILLED_PEER_ISOLATION_CASE =
 export const BAD_DESCRIPTOR_CASE =
   'a forged key, a forged length and a stale descriptor: REMOTE_ACCESS for that write only; later writes work; a healthy peer sees nothing';
 
+/** The id of the case where one peer hangs (SIGSTOP) while another is written. */
+export const HUNG_PEER_CASE =
+  'a peer that hangs (SIGSTOP) holds only its own window: the healthy peer is written meanwhile, the hung one settles TIMEOUT, and resumed it is written again';
+
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /**
@@ -71,11 +75,11 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       cleanup = [];
     });
 
-    const local = async (): Promise<TransferEngine> => {
+    const local = async (extra: Record<string, unknown> = {}): Promise<TransferEngine> => {
       const mod = (await import(pathToFileURL(target.engineModule).href)) as {
         createEngine(o: unknown): Promise<TransferEngine>;
       };
-      const e = await mod.createEngine(target.options);
+      const e = await mod.createEngine({ ...target.options, ...extra });
       cleanup.push(() => e.close());
       return e;
     };
@@ -290,6 +294,82 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       assert.equal(st.total, per * healthyWrites);
       assert.equal(engine.stats().ops.inFlight, 0);
       await doomed.exited;
+    });
+
+    test(HUNG_PEER_CASE, async () => {
+      // A window of 64 work requests per NIC, so the hung peer's writes could take all of it; its
+      // own window (a quarter) is what leaves the rest to the healthy peer.
+      const engine = await local({ maxInflight: 64 });
+      const hung = await peer();
+      const good = await peer();
+      const size = 1 << 20;
+      const reg = async (p: PeerProcess) =>
+        MrDesc.parse((await p.call<{ desc: string }>('register', { name: 'kv', size, remote: true })).desc);
+      // Through the provider (a same-host lane copy needs nothing from the target process).
+      const viaNic = (d: MrDesc) => new MrDesc(d.owner, d.base, d.length, d.nics, d.staged, d.parts);
+      const stalled = viaNic(await reg(hung));
+      const healthy = viaNic(await reg(good));
+      const src = await engine.registerMemory(size);
+      fillXorshift(src.buffer!, 11);
+      await engine.submitSingleWrite({ src, length: 64 << 10, dst: stalled });
+      hung.pause(true);
+      try {
+        const outcomes: string[] = [];
+        const hungOps: Promise<void>[] = [];
+        for (let i = 0; i < 200; i++)
+          hungOps.push(
+            engine.submitSingleWrite({ src, length: 64 << 10, dst: stalled, imm: 3 }).then(
+              () => void outcomes.push('resolved'),
+              (e: unknown) => void outcomes.push(e instanceof TrellisError ? e.code : 'non-trellis'),
+            ),
+          );
+        // While the hung peer's writes wait for their deadline, the healthy peer's are taken: each
+        // must land before a deadline shorter than the engine's (a healthy write queued behind the
+        // hung ones would wait for theirs and fail TIMEOUT).
+        const engineDeadline = (target.options.opTimeoutMs as number | undefined) ?? 30_000;
+        const healthyErrors: string[] = [];
+        for (let i = 0; i < 20; i++)
+          await engine
+            .submitSingleWrite({
+              src,
+              length: 64 << 10,
+              dst: healthy,
+              imm: 4,
+              timeoutMs: Math.max(500, engineDeadline - 1000),
+            })
+            .catch(
+              (e: unknown) =>
+                void healthyErrors.push(e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e)),
+            );
+        assert.deepEqual(healthyErrors, [], 'the healthy peer was written while the other hung');
+        await Promise.all(hungOps);
+        assert.equal(outcomes.length, 200, 'every write to the hung peer settled once');
+        // TIMEOUT by the deadline, or what the transport reports first (an RC queue pair's retries
+        // run out: the software model's NIC stops with its process, where a real NIC would not).
+        for (const o of outcomes)
+          assert.ok(['resolved', 'TIMEOUT', 'CONNECTION_RESET'].includes(o), `outcome ${o}`);
+        assert.ok(
+          outcomes.some((o) => o !== 'resolved'),
+          'writes to the hung peer did not all complete',
+        );
+      } finally {
+        hung.pause(false);
+      }
+      // Resumed, the peer is written again.
+      let o = 'TIMEOUT';
+      for (let i = 0; i < 5 && o !== 'ok'; i++)
+        o = await engine
+          .submitSingleWrite({ src, length: 64 << 10, dst: stalled, imm: 5, timeoutMs: 10_000 })
+          .then(
+            () => 'ok',
+            (e: unknown) => (e instanceof TrellisError ? e.code : 'non-trellis'),
+          );
+      assert.equal(o, 'ok', 'a write to the resumed peer');
+      const per = engine.expectedImms({ kind: 'single', src, length: 64 << 10, dst: healthy, imm: 4 });
+      const st = await good.call<{ total: number }>('wait', { imm: 4, n: 20 * per, timeoutMs: 10_000 });
+      assert.equal(st.total, 20 * per);
+      assert.equal(engine.stats().ops.inFlight, 0);
+      assert.equal(engine.stats().peers.lost, 0);
     });
 
     test(BAD_DESCRIPTOR_CASE, async () => {

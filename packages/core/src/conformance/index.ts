@@ -18,6 +18,7 @@ export {
   BAD_DESCRIPTOR_CASE,
   type CrossProcessTarget,
   defineCrossProcessSuite,
+  HUNG_PEER_CASE,
   KILLED_PEER_ISOLATION_CASE,
 } from './cross.js';
 export { type FuzzTally, fuzzBytes, fuzzText } from './fuzz.js';

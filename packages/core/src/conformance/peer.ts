@@ -89,6 +89,11 @@ export class PeerProcess {
   kill(): void {
     this.child.kill('SIGKILL');
   }
+
+  /** SIGSTOP (`true`) or SIGCONT (`false`): the peer hangs, or resumes where it stopped. */
+  pause(stopped: boolean): void {
+    this.child.kill(stopped ? 'SIGSTOP' : 'SIGCONT');
+  }
 }
 
 /**

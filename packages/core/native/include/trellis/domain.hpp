@@ -131,6 +131,10 @@ class Domain {
   virtual Code classify(int err) const = 0;
   // Largest message this domain sends in one go.
   virtual size_t max_msg_size() const = 0;
+  // Work requests the provider queues per endpoint, across all its peers (0: unknown, or per peer
+  // as on an RC queue pair). The engine keeps each peer's window below it, so that a peer that stops
+  // completing cannot take the whole endpoint queue and stall the others inside the provider.
+  virtual uint32_t queue_depth() const { return 0; }
   // A file descriptor that becomes readable when the CQ has work, or -1 if the provider has none
   // (then the engine polls with short sleeps when idle).
   virtual int wait_fd() const { return -1; }

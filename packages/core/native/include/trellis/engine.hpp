@@ -114,6 +114,9 @@ struct OpDone {
   int err;
   int nic;
   std::string message;
+  // Settled at its deadline with work requests still posted: the provider may still read the
+  // source and write the target until `Events::released` names the op.
+  bool posted = false;
 };
 struct RegDone {
   uint32_t region;
@@ -133,7 +136,11 @@ struct Events {
   std::vector<std::pair<uint32_t, uint32_t>> imms;  // (imm, count), aggregated per batch
   std::vector<std::vector<uint8_t>> recvs;
   std::vector<WatchChange> watches;
-  bool empty() const { return ops.empty() && regs.empty() && imms.empty() && recvs.empty() && watches.empty(); }
+  // Operations reported with work still posted (OpDone::posted) whose work the provider has now let go.
+  std::vector<uint32_t> released;
+  bool empty() const {
+    return ops.empty() && regs.empty() && imms.empty() && recvs.empty() && watches.empty() && released.empty();
+  }
 };
 
 struct NicCounters {
@@ -147,6 +154,7 @@ struct EngineOptions {
   uint32_t idle_spin_us = 1000;   // keep polling this long after the last activity
   uint32_t max_sleep_us = 1000;   // then sleep between polls, 8 µs doubling up to this (0: never sleep)
   uint32_t max_inflight = 0;      // per domain; 0: the provider's queue size
+  uint32_t peer_window = 0;       // per peer and domain; 0: a quarter of max_inflight
   size_t recv_bytes = 64 * 1024 + 1024;
   uint32_t recv_count = 64;
   uint32_t send_buffers = 64;
@@ -342,7 +350,9 @@ class Engine {
     int32_t send_buf;  // index of the send buffer, or -1
     WrCtx* next_free;
     bool live = false;  // posted and not completed (a torn-down NIC fails these itself)
+    uint32_t peer = kNoPeer;  // whose window it holds a slot of (writes)
   };
+  static constexpr uint32_t kNoPeer = 0xffffffffu;
   struct OpState {
     uint64_t outstanding = 0;  // work requests not yet completed (posted or not)
     uint64_t posted_open = 0;  // posted and not completed
@@ -352,6 +362,7 @@ class Engine {
     std::string message;
     Code cancel = Code::Ok;
     bool reported = false;
+    bool posted_at_report = false;  // reported with work still posted: tell JS when it is let go
     std::chrono::steady_clock::time_point deadline;
     std::shared_ptr<PortState> port;
   };
@@ -375,6 +386,9 @@ class Engine {
   struct Peer {
     std::vector<uint64_t> handles;
     std::vector<RemoteKey> sinks;
+    // Writes posted to this peer and not completed, per domain: bounded by the peer window, so a
+    // peer that stops completing holds only its own slots of the domain's queue.
+    std::vector<uint32_t> inflight;
     Code code = Code::Ok;
     std::string message;
   };
@@ -659,6 +673,7 @@ class Engine {
       p.handles.push_back(h);
       p.sinks.push_back(domains_[i]->sink_of(c.addrs[i].data(), c.addrs[i].size()));
     }
+    p.inflight.assign(domains_.size(), 0);
     peers_[c.id] = std::move(p);
   }
 
@@ -826,12 +841,18 @@ class Engine {
     if (st.outstanding == 0) {
       report(op, st, why, 0, -1, "");
       ops_.erase(it);
+    } else if (why == Code::Timeout) {
+      // The request's own deadline: it settles now. What is posted stays posted (its source may
+      // still be read) until the provider lets go; JS keeps the op's regions and its place in the
+      // peer's in-flight count until then (`released`).
+      report(op, st, why, 0, -1,
+             std::to_string(st.posted_open) +
+                 " work request(s) were still posted: the provider may still read the source and write the target "
+                 "until they complete (await engine.quiesce(peer) before reusing the source)",
+             true);
     }
-    // Otherwise the op settles with `why` when its posted work completes (or at the engine
-    // deadline): only then is the source certainly no longer read. Settling a posted write at the
-    // request's own deadline was tried (2026-12-03) and reverted: a write that then still landed,
-    // with its immediate, carried bytes of a source its writer had already reused (trellis soak
-    // counted 2 mismatched deliveries).
+    // An abort settles with `why` when its posted work completes (or at the engine deadline): only
+    // then is the source certainly no longer read.
   }
 
   // -------------------------------------------------------------------------------- torn-down NICs
@@ -851,6 +872,7 @@ class Engine {
         WrCtx* c = &block[i];
         if (!c->live || c->lane != lane) continue;
         inflight_[lane]--;
+        release_peer_slot(*c);
         if (c->kind == CompKind::Send) free_sends_.push_back(c->send_buf);
         OpId op = c->op;
         ctx_free(c);
@@ -880,6 +902,21 @@ class Engine {
   uint32_t max_inflight(size_t lane) const {
     (void)lane;
     return opts_.max_inflight ? opts_.max_inflight : 1024;
+  }
+  // Writes one peer may have posted on a domain: a quarter of the domain's window, and at most half
+  // the provider's own endpoint queue, so a peer that stops completing holds only its own slots.
+  uint32_t peer_window(size_t lane) const {
+    if (opts_.peer_window) return opts_.peer_window;
+    uint32_t w = max_inflight(lane) / 4;
+    uint32_t depth = lane < domains_.size() ? domains_[lane]->queue_depth() : 0;
+    if (depth) w = std::min(w, depth / 2);
+    return std::max<uint32_t>(1, w);
+  }
+  void release_peer_slot(const WrCtx& c) {
+    if (c.peer == kNoPeer) return;
+    auto it = peers_.find(c.peer);
+    if (it != peers_.end() && c.lane < it->second.inflight.size() && it->second.inflight[c.lane] > 0)
+      it->second.inflight[c.lane]--;
   }
 
   WrCtx* ctx_alloc() {
@@ -952,6 +989,12 @@ class Engine {
         g.peer_id = peer;
       }
       Peer& pr = *g.peer;
+      if (pr.inflight[lane] >= peer_window(lane)) {
+        // Its window is full: later work to it waits; other peers' work goes on.
+        blocked_.push_back(peer);
+        ++it;
+        continue;
+      }
       wr.peer = pr.handles[lane];
       if (keys && wr.len) {
         wr.raddr = keys[lane].addr + dst_off;
@@ -984,6 +1027,8 @@ class Engine {
         else wr_failed(w.op, lane, domains_[lane]->classify(-rc), -rc, domains_[lane]->strerror(rc));
       } else {
         inflight_[lane]++;
+        pr.inflight[lane]++;
+        c->peer = peer;
         g.st->posted_open++;
         c->live = true;
       }
@@ -1097,6 +1142,7 @@ class Engine {
       case CompKind::Send: {
         auto* ctx = static_cast<WrCtx*>(c.ctx);
         inflight_[ctx->lane]--;
+        release_peer_slot(*ctx);
         if (ctx->kind == CompKind::Send) free_sends_.push_back(ctx->send_buf);
         if (c.code == Code::Ok) {
           if (ctx->kind == CompKind::Send) {
@@ -1125,8 +1171,17 @@ class Engine {
     if (!st.reported) {
       Code code = st.cancel != Code::Ok ? st.cancel : st.code;
       report(op, st, code, st.err, st.nic, st.message);
+    } else {
+      let_go(op, st);
     }
     ops_.erase(it);
+  }
+
+  // A late completion: the op was reported at its deadline with this work posted; the provider has
+  // let go of the last of it now.
+  void let_go(OpId op, OpState& st) {
+    if (!st.posted_at_report || st.port) return;
+    push_event([&](Events& e) { e.released.push_back(static_cast<uint32_t>(op)); });
   }
 
   void wr_failed(OpId op, uint8_t lane, Code code, int err, const std::string& msg, bool was_posted = false) {
@@ -1146,6 +1201,7 @@ class Engine {
     if (was_posted) st.posted_open--;
     if (--st.outstanding) return;
     if (!st.reported) report(op, st, st.cancel != Code::Ok ? st.cancel : st.code, st.err, st.nic, st.message);
+    else let_go(op, st);
     ops_.erase(it);
   }
 
@@ -1155,29 +1211,42 @@ class Engine {
     if (!it->second.reported) report(op, it->second, code, err, nic, msg);
   }
 
-  void report(OpId op, OpState& st, Code code, int err, int nic, const std::string& msg) {
+  void report(OpId op, OpState& st, Code code, int err, int nic, const std::string& msg, bool posted = false) {
     st.reported = true;
+    st.posted_at_report = posted;
     if (st.port) {
       st.port->settle(code, msg);
       return;
     }
-    push_event([&](Events& e) { e.ops.push_back(OpDone{static_cast<uint32_t>(op), code, err, nic, msg}); });
+    push_event([&](Events& e) { e.ops.push_back(OpDone{static_cast<uint32_t>(op), code, err, nic, msg, posted}); });
   }
 
   // The engine's own deadline: a provider may return EAGAIN forever to a dead peer, or never
   // complete. Past it the op is reported TIMEOUT; its context stays until the provider lets go.
   void check_deadlines(std::chrono::steady_clock::time_point now) {
     for (auto& [id, st] : ops_) {
+      if (st.reported && st.posted_at_report && now >= st.deadline) {
+        // Settled early with work posted, and the provider still holds it at the engine deadline
+        // (one that never completes): let JS release what it held, as for any op past the deadline.
+        let_go(id, st);
+        st.posted_at_report = false;
+        continue;
+      }
       if (st.reported || now < st.deadline) continue;
       OpId op = id;
       cancel_unposted(op, st);
       report(op, st, Code::Timeout, 0, -1,
              "the engine deadline (opTimeoutMs " + std::to_string(opts_.op_timeout_ms) + ") passed with " +
-                 std::to_string(st.posted_open) + " work request(s) still posted");
+                 std::to_string(st.posted_open) + " work request(s) still posted",
+             st.posted_open > 0);
     }
     for (auto it = ops_.begin(); it != ops_.end();) {
-      if (it->second.reported && it->second.outstanding == 0) it = ops_.erase(it);
-      else ++it;
+      if (it->second.reported && it->second.outstanding == 0) {
+        let_go(it->first, it->second);
+        it = ops_.erase(it);
+      } else {
+        ++it;
+      }
     }
   }
 

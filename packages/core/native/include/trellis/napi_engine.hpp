@@ -18,6 +18,10 @@
 
 namespace trellis {
 
+// Set in a completion's code word when the op settled with work still posted (native-engine.ts:
+// POSTED_FLAG; the pack-format test checks both).
+constexpr uint32_t kPostedFlag = 0x100;
+
 inline uint32_t u32(const Napi::Value& v) { return v.As<Napi::Number>().Uint32Value(); }
 inline uint64_t u64(const Napi::Value& v) { return static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue()); }
 
@@ -83,6 +87,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     eo.idle_spin_us = num("idleSpinUs", eo.idle_spin_us);
     eo.max_sleep_us = num("maxSleepUs", eo.max_sleep_us);
     eo.max_inflight = num("maxInflight", eo.max_inflight);
+    eo.peer_window = num("peerWindow", eo.peer_window);
     eo.recv_bytes = num("recvBytes", static_cast<uint32_t>(eo.recv_bytes));
     eo.recv_count = num("recvCount", eo.recv_count);
     eo.send_buffers = num("sendBuffers", eo.send_buffers);
@@ -137,15 +142,16 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     Events ev = engine_->drain();
     if (ev.empty()) return;
     Napi::Object o = Napi::Object::New(env);
-    // Completions packed 4 u32 per op (op id, code index into the addon's codeNames, errno, nic + 1): no JS object per
-    // completion. Messages only for failures, as [index, text] pairs.
+    // Completions packed 4 u32 per op (op id, code index into the addon's codeNames — plus kPostedFlag when the op
+    // settled with work still posted —, errno, nic + 1): no JS object per completion. Messages only for failures, as
+    // [index, text] pairs. `released`: ids of such ops whose posted work the provider has let go of since.
     Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * 4);
     Napi::Array failures = Napi::Array::New(env);
     uint32_t nf = 0;
     for (size_t i = 0; i < ev.ops.size(); i++) {
       const OpDone& d = ev.ops[i];
       ops[4 * i] = d.op;
-      ops[4 * i + 1] = static_cast<uint32_t>(d.code);
+      ops[4 * i + 1] = static_cast<uint32_t>(d.code) | (d.posted ? kPostedFlag : 0u);
       ops[4 * i + 2] = static_cast<uint32_t>(d.err);
       ops[4 * i + 3] = static_cast<uint32_t>(d.nic + 1);
       if (!d.message.empty()) {
@@ -192,6 +198,9 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       watches.Set(i, a);
     }
     o.Set("watches", watches);
+    Napi::Uint32Array released = Napi::Uint32Array::New(env, ev.released.size());
+    for (size_t i = 0; i < ev.released.size(); i++) released[i] = ev.released[i];
+    o.Set("released", released);
     cb.Call({o});
   }
 
