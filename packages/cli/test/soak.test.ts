@@ -39,6 +39,16 @@ describe('trellis soak (short)', () => {
     expect(r.processes.some((p) => p.generation >= 3)).toBe(true);
   }, 60_000);
 
+  it('without kills no peer is ever lost: a forgery resets only its own connection, scatters included', async () => {
+    const r = await runSoak({ seconds: 6, procs: 3, provider: 'tcp', killEveryS: 0, seed: 5 });
+    expect(r.kills).toBe(0);
+    expect(r.totals.lost).toBe(0);
+    expect(r.totals.mismatches).toBe(0);
+    expect(r.totals.forgedRefused).toBeGreaterThan(0);
+    expect(r.totals.outcomes.PEER_LOST).toBeUndefined();
+    expect(r.totals.healthySamples).toEqual([]);
+  }, 60_000);
+
   it('the same with the same-host lane off: every byte and every fault through tcp', async () => {
     const r = await runSoak({
       seconds: 6,

@@ -999,6 +999,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return p;
   }
 
+  /** The peers an operation in flight writes to or exchanges with (its own peer, or a scatter's). */
+  protected peersOf(op: PendingOp): NetAddr[] {
+    const keys = this.opPeers.get(op) ?? (op.peer ? [op.peer.toString()] : []);
+    return keys.map((k) => this.knownPeers.get(k)).filter((p): p is NetAddr => p !== undefined);
+  }
+
   /** Whether `peer` is known lost (its operations are refused with `PEER_LOST`). */
   protected isLost(peer: NetAddr): boolean {
     return this.lost.has(peer.toString());

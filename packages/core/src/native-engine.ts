@@ -592,10 +592,11 @@ export abstract class NativeEngineBase extends EngineBase {
         nic: nic >= 0 ? nic : undefined,
       };
       const err = new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, details);
-      if (code === 'PEER_LOST' && op.peer && !op.liveness)
+      const peers = code === 'PEER_LOST' && !op.liveness ? this.peersOf(op) : [];
+      if (peers.length)
         this.settleLost(
           op,
-          op.peer,
+          peers,
           err,
           () =>
             new TrellisError(
@@ -1102,16 +1103,20 @@ export abstract class NativeEngineBase extends EngineBase {
    * `PEER_LOST` (and the peer is lost) when it does not. The wait is bounded by the probe's
    * deadline and by the operation's own: a cancel or deadline settles it at once.
    */
-  private settleLost(op: PendingOp, peer: NetAddr, err: TrellisError, reset: () => TrellisError): void {
-    if (this.isLost(peer) || this.closed) {
-      op.fail(err);
+  private settleLost(op: PendingOp, peers: NetAddr[], err: TrellisError, reset: () => TrellisError): void {
+    const lost = peers.find((p) => this.isLost(p));
+    if (lost || this.closed) {
+      op.fail(lost && peers.length > 1 ? err.withDetails({ peer: lost.toString() }) : err);
       return;
     }
     this.awaitingProbe.set(op, err);
-    void this.probePeer(peer, PROBE_MS).then((alive) => {
+    // An operation with several peers (a scatter, a barrier): the provider names none, so each is
+    // probed; the first that does not answer is the lost one.
+    void Promise.all(peers.map((p) => this.probePeer(p, PROBE_MS))).then((answers) => {
       if (!this.awaitingProbe.delete(op)) return;
-      if (!alive) {
-        op.fail(err);
+      const dead = peers.find((_, i) => !answers[i]);
+      if (dead) {
+        op.fail(peers.length > 1 ? err.withDetails({ peer: dead.toString() }) : err);
         return;
       }
       op.fail(reset());
