@@ -14,8 +14,8 @@
  * | `CONNECTION_RESET` | the connection to the peer was torn down by an earlier failure on it (another operation's refused key; a flushed queue pair), cutting this operation off; the peer is not known to be lost | retry: the next operation reconnects |
  * | `NIC_FAILED` | the NIC (or its peer NIC) carrying part of the operation failed | retry; see `stats()` for the NIC's health |
  * | `CLOSED` | this engine (or the object used) was closed | do not use an engine after `close()` |
- * | `TIMEOUT` | a deadline (`timeoutMs`) passed | the operation's work requests can no longer touch memory when this is reported |
- * | `ABORTED` | an `AbortSignal` fired | as TIMEOUT |
+ * | `TIMEOUT` | a deadline (`timeoutMs`) passed | work it had posted may still land and read the source: `await engine.quiesce(peer)` before reusing the source |
+ * | `ABORTED` | an `AbortSignal` fired | the operation's work requests can no longer touch memory when this is reported |
  * | `MESSAGE_TOO_LARGE` | a send exceeds the engine's `maxMessageBytes` | split the message or send a descriptor and write the bulk |
  * | `MESSAGE_TRUNCATED` | an incoming message was larger than the receive buffers posted for it | post receives with a larger `maxBytes` |
  * | `REMOTE_ACCESS` | the target rejected the write (bad rkey, out-of-bounds at the target) | the descriptor is stale or forged |

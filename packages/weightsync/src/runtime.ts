@@ -2,6 +2,7 @@ import {
   type CudaMemory,
   type MrDesc,
   type MrHandle,
+  type NetAddr,
   type PeerGroup,
   type TransferEngine,
   TrellisError,
@@ -249,6 +250,7 @@ export class WeightSyncSender {
   private readonly freeSlots: number[];
   private readonly waiters: Array<() => boolean> = [];
   private readonly group: PeerGroup;
+  private readonly targetPeers: NetAddr[];
   private readonly immBase: number;
   private readonly iota = new Map<number, Uint32Array>();
   private busy = false;
@@ -269,7 +271,8 @@ export class WeightSyncSender {
     this.ops = plan.ops.filter((o) => o.src === rank);
     this.slotBytes = slotBytes;
     this.freeSlots = Array.from({ length: slots }, (_, i) => slots - 1 - i);
-    this.group = engine.addPeerGroup(targets.map((t) => t[0].owner));
+    this.targetPeers = targets.map((t) => t[0].owner);
+    this.group = engine.addPeerGroup(this.targetPeers);
     this.immBase = immBase;
   }
 
@@ -457,6 +460,9 @@ export class WeightSyncSender {
     } catch (e) {
       abort.abort();
       await Promise.allSettled(inflight);
+      // A write that timed out may still be posted and reading its staging slot: the slots are
+      // reused by the next step only once the engine has let go of everything sent to the targets.
+      await Promise.allSettled(this.targetPeers.map((p) => this.engine.quiesce(p)));
       // The first failed write is the cause; what it aborted afterwards is not.
       const err = failure ?? (e as TrellisError);
       throw new TrellisError(
