@@ -1,7 +1,7 @@
 // @trellis/backend-efa addon: the engine kit over libfabric domains.
 #include <napi.h>
 
-#include "fabric_domain.hh"
+#include "fabric_domain.hpp"
 #include "trellis/napi_engine.hpp"
 
 namespace {

@@ -1,4 +1,4 @@
-#include "fabric_domain.hh"
+#include "fabric_domain.hpp"
 
 #include <algorithm>
 

@@ -1,4 +1,8 @@
-import { type LibraryInfo, NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
+// EfaEngine and createEngine: the libfabric backend's face — option checks, provider choice (efa,
+// shm, tcp;ofi_rxm) and the peer address format, over NativeEngineBase of @trellis/core/kit. All
+// work is done by the addon (native.ts).
+import { type LibraryInfo, TrellisError } from '@trellis/core';
+import { NativeEngineBase, type NativeEngineTuning } from '@trellis/core/kit';
 import { addon } from './native.js';
 
 /** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */

@@ -1,4 +1,11 @@
-import { loadNativeAddon, type NativeEngine, type NativeEvents, type NativePortCalls } from '@trellis/core';
+// Loads the libfabric addon (trellis_efa.node) once, with an error that names what is missing, and
+// types what it exports: the engine kit's NativeEngine, provider probes and library facts.
+import {
+  loadNativeAddon,
+  type NativeEngine,
+  type NativeEvents,
+  type NativePortCalls,
+} from '@trellis/core/kit';
 
 export type { NativeEngine, NativeEvents };
 

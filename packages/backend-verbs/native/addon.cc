@@ -2,8 +2,8 @@
 #include <napi.h>
 
 #include "trellis/napi_engine.hpp"
-#include "model_scenarios.hh"
-#include "verbs_domain.hh"
+#include "model_scenarios.hpp"
+#include "verbs_domain.hpp"
 
 namespace {
 

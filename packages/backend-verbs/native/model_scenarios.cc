@@ -2,7 +2,7 @@
 // no engine) and report what it did: return codes and work completions. test/model.test.ts
 // asserts on every value. They exist to pin the model's RC semantics, which the engine's tests
 // only reach indirectly.
-#include "model_scenarios.hh"
+#include "model_scenarios.hpp"
 
 #include <arpa/inet.h>
 
@@ -10,8 +10,8 @@
 #include <cstring>
 #include <thread>
 
-#include "verbs_api.hh"
-#include "verbs_domain.hh"
+#include "verbs_api.hpp"
+#include "verbs_domain.hpp"
 
 namespace trellis_verbs {
 using Clock = std::chrono::steady_clock;

@@ -44,7 +44,7 @@
 #include <unordered_map>
 
 #include "trellis/cuda_driver.hpp"
-#include "verbs_api.hh"
+#include "verbs_api.hpp"
 
 namespace trellis_verbs {
 namespace {

@@ -1,4 +1,4 @@
-// VerbsDomain: see verbs_domain.hh.
+// VerbsDomain: see verbs_domain.hpp.
 //
 // Per peer, two RC QPs: one for messages (SEND, attached to the message SRQ whose buffers the
 // engine posts) and one for writes (RDMA_WRITE and RDMA_WRITE_WITH_IMM, attached to an SRQ of
@@ -6,7 +6,7 @@
 // ibv_post_send per round (flush_posts). QPs are created on first use and connected through a TCP
 // handshake with the peer's domain; posts made meanwhile are queued here. A QP that reports an
 // error is moved to the error state (its work flushes), retired, and replaced on the next post.
-#include "verbs_domain.hh"
+#include "verbs_domain.hpp"
 
 #include "trellis/cuda_driver.hpp"
 

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <mutex>
 
-#include "verbs_api.hh"
+#include "verbs_api.hpp"
 
 namespace trellis_verbs {
 namespace {

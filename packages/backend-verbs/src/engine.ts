@@ -1,4 +1,8 @@
-import { NativeEngineBase, type NativeEngineTuning, TrellisError } from '@trellis/core';
+// VerbsEngine and createEngine: the ibverbs RC backend's face — option checks and device choice
+// (real HCAs, or the software RC model with `model: true`), over NativeEngineBase of
+// @trellis/core/kit. All work is done by the addon (native.ts).
+import { TrellisError } from '@trellis/core';
+import { NativeEngineBase, type NativeEngineTuning } from '@trellis/core/kit';
 import { addon, type NativeVerbsOptions } from './native.js';
 
 /** Options of {@link createEngine}. The worker's tuning (`cpu`, `opTimeoutMs`, `idleSpinUs`, ...) is {@link NativeEngineTuning}. */

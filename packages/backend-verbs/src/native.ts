@@ -1,10 +1,12 @@
+// Loads the ibverbs addon (trellis_verbs.node) once, with an error that names what is missing, and
+// types what it exports: the engine kit's NativeEngine, device listing and the RC model's scenarios.
 import {
   loadNativeAddon,
   type NativeEngine,
   type NativeEngineTuning,
   type NativeEvents,
   type NativePortCalls,
-} from '@trellis/core';
+} from '@trellis/core/kit';
 import type { VerbsEngineOptions } from './engine.js';
 
 /** Options the addon's factory reads (see native/addon.cc). */

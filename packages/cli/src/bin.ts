@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// The `trellis` command: parses argv and runs demo, bench, soak, cluster or doctor (each in its own
+// module). Exit codes and usage text live here.
 import { writeFileSync } from 'node:fs';
 import type { Provider } from '@trellis/backend-efa';
 import { benchHtml, fmtSize, runBench, serveBench } from './bench.js';

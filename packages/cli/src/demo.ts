@@ -1,3 +1,5 @@
+// `trellis demo`: a small cluster of processes on this host running every transfer kind (sweep,
+// KV streaming, weight sync, MoE), each verified byte for byte, ending with a table.
 import {
   createLoopbackFabric,
   lanesBetween,

@@ -1,3 +1,5 @@
+// The README's quickstart, run by test/08-examples.test.ts: two engines of the loopback fabric, a
+// registered target, a paged write, and its immediates counted with countImms.
 import { countImms, createLoopbackFabric, lanesBetween, MrDesc, NetAddr } from '@trellis/core';
 
 // Two engines on an in-process fabric with 2 NICs each; deliveries come in a seeded random order.

@@ -1,3 +1,5 @@
+// NetAddr: a peer's serialisable address (kind, generation, one endpoint per NIC) and its versioned
+// binary/text encoding. Pure data; no I/O.
 import { ByteReader, ByteWriter, fromBase64Url, toBase64Url } from './codec.js';
 import { TrellisError } from './errors.js';
 

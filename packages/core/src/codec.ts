@@ -1,3 +1,5 @@
+// Little-endian byte writer/reader and base64url, shared by the versioned encodings of NetAddr and
+// MrDesc. Every short read is a DECODE_ERROR naming what was being read.
 import { TrellisError } from './errors.js';
 
 const textEncoder = new TextEncoder();

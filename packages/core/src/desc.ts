@@ -1,3 +1,5 @@
+// MrDesc: the descriptor of a registered region (owner, address, length, a key per NIC, GPU and
+// same-host facts) and its versioned binary/text encoding. Pure data; no I/O.
 import { asBytes, MAX_NICS, NetAddr } from './addr.js';
 import { ByteReader, ByteWriter, fromBase64Url, toBase64Url } from './codec.js';
 import { TrellisError } from './errors.js';

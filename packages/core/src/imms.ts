@@ -1,3 +1,5 @@
+// Immediate counting, part of the contract: how a write is sharded across NICs (autoShards,
+// shardRanges) and how many immediates a request raises (countImms), so both sides agree.
 import { TrellisError } from './errors.js';
 import type { ScatterRouting } from './types.js';
 

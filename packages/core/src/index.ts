@@ -1,21 +1,14 @@
 /**
- * `@trellis/core` — the transfer contract every Trellis backend implements, its errors and
- * descriptors, the loopback reference fabric and the shared engine base.
+ * `@trellis/core` — what users of Trellis need: the transfer contract (`TransferEngine` and the
+ * requests it takes), its errors, the `NetAddr`/`MrDesc` encodings, immediate counting, and the
+ * loopback reference fabric. Backend authors build on `@trellis/core/kit`; backends are tested
+ * with `@trellis/core/conformance`.
  *
  * @packageDocumentation
  */
 export { MAX_NICS, NetAddr } from './addr.js';
-export { ImmCounterTable } from './counters.js';
 export { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, type MrParts, type NicKey } from './desc.js';
-export {
-  EngineBase,
-  HEARTBEAT_IMM,
-  HEARTBEAT_MISSES,
-  PendingOp,
-  RecvPool,
-  Region,
-  type RegionAlloc,
-} from './engine-base.js';
+export type * from './device.js';
 export {
   CallSite,
   isTrellisError,
@@ -41,29 +34,4 @@ export {
   type LoopbackFabricOptions,
 } from './loopback/fabric.js';
 export { Prng } from './loopback/prng.js';
-export {
-  loadNativeAddon,
-  MAX_STAGED_BYTES,
-  MSG_HEADER,
-  type NativeEngine,
-  NativeEngineBase,
-  type NativeEngineInit,
-  type NativeEngineTuning,
-  type NativeEvents,
-  type NativePortCalls,
-  nativeTuning,
-} from './native-engine.js';
 export type * from './types.js';
-export { callUser } from './user.js';
-export {
-  type BarrierPlan,
-  type ImmPlan,
-  type PagedPlan,
-  type Plan,
-  type ScatterPlan,
-  type ScatterPlanTarget,
-  type SinglePlan,
-  type ValidationContext,
-  type WorkRequest,
-  workRequests,
-} from './validate.js';

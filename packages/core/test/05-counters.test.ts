@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ImmCounterTable, TrellisError } from '../src/index.js';
+import { TrellisError } from '../src/index.js';
+import { ImmCounterTable } from '../src/kit/index.js';
 
 async function code(p: Promise<unknown>): Promise<string> {
   try {

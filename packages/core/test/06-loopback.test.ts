@@ -203,7 +203,8 @@ describe('loopback fabric', () => {
 
 describe('heartbeat (engine options heartbeatMs, heartbeatIdle)', () => {
   it('a peer that stops answering is lost after 3 missed probes; its operations settle with PEER_LOST', async () => {
-    const { createLoopbackFabric: fabricOf, HEARTBEAT_IMM } = await import('../src/index.js');
+    const { createLoopbackFabric: fabricOf } = await import('../src/index.js');
+    const { HEARTBEAT_IMM } = await import('../src/kit/index.js');
     const fabric = fabricOf({ seed: 3 });
     const a = fabric.createEngine({ heartbeatMs: 20 });
     const b = fabric.createEngine();

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { createLoopbackFabric, MIN_SHARD_BYTES, type Plan, workRequests } from '../src/index.js';
+import { createLoopbackFabric, MIN_SHARD_BYTES } from '../src/index.js';
+import { type Plan, workRequests } from '../src/kit/index.js';
 
 describe('workRequests: how plans become work requests', async () => {
   const f = createLoopbackFabric({ nics: 4 });

@@ -1,3 +1,5 @@
+// KvLayout: where a paged KV cache keeps its bytes (layers, pages, tensors, order) and how a
+// layer's pages map to byte ranges. Pure computation.
 import { TrellisError } from '@trellis/core';
 
 /** One tensor of a layer's KV cache: K, V, or an MLA-style compressed latent. */

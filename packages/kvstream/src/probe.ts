@@ -1,3 +1,5 @@
+// PeerProbe: periodic immediates to the peers a side has work with, so a dead peer process is
+// noticed by a side that only waits on counters.
 import type { NetAddr, TransferEngine, TrellisError } from '@trellis/core';
 
 /**

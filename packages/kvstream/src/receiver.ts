@@ -1,3 +1,5 @@
+// KvStreamReceiver: the decode side. Admits requests (allocates pages, sends the page table),
+// counts layer arrivals and settles each request once: complete, failed or cancelled.
 import {
   autoShards,
   type GpuMemoryOps,

@@ -1,3 +1,5 @@
+// KvStreamSender: the prefill side. Takes page tables from decode servers and writes each layer's
+// pages as it is produced (paged writes, one immediate per page), with acks, aborts and deadlines.
 import {
   type GpuMemoryOps,
   type MrHandle,

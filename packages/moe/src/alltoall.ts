@@ -1,3 +1,5 @@
+// MoeAllToAll: MoE dispatch and combine across ranks. create() checks the config, lays out buffers
+// and chooses the mode (host, host proxy, GPU proxy, GPU direct); dispatch/combine run it.
 import {
   type MoeDeviceOps,
   type MoePackArgs,

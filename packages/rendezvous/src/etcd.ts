@@ -1,3 +1,5 @@
+// EtcdRendezvous: the Rendezvous over etcd v3 (the etcd3 client), with members on a lease so a dead
+// process leaves its groups when the lease expires.
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import { Etcd3, type Lease, type Watcher } from 'etcd3';

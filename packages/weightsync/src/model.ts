@@ -1,3 +1,5 @@
+// Model and layout descriptions for weight sync: tensors, dtypes and how a layout shards them
+// across ranks. Pure data and checks.
 import { TrellisError } from '@trellis/core';
 
 /** Element types a tensor may have. `fp8e4m3` only as the inference-side result of quantisation. */

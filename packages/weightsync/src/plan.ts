@@ -1,3 +1,5 @@
+// planWeightSync: the static schedule of point-to-point writes from trainer ranks to inference
+// ranks for a pair of layouts (boxes of tensors, fused and quantised targets). Pure computation.
 import { TrellisError } from '@trellis/core';
 import {
   type Box,

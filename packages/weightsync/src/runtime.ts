@@ -1,3 +1,5 @@
+// WeightSyncSender and WeightSyncReceiver: run a plan each step — stage, write, count arrivals,
+// flip the active weights — with deadlines, faults and GPU staging.
 import {
   type CudaMemory,
   type MrDesc,

@@ -1,3 +1,6 @@
+// The cross-process conformance suite: engines in separate OS processes (conformance/peer.ts)
+// written to, killed (SIGKILL), paused (SIGSTOP) and handed bad descriptors, with every byte and
+// error code checked. Backends run it with defineCrossProcessSuite.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { pathToFileURL } from 'node:url';

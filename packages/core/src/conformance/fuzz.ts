@@ -1,3 +1,5 @@
+// Decoder fuzzing for backends and systems: random and mutated inputs fed to a decoder, which must
+// accept or refuse each with a TrellisError (never throw anything else).
 import { TrellisError } from '../errors.js';
 import { Prng } from '../loopback/prng.js';
 

@@ -1,5 +1,7 @@
+// hostGpuOps: GpuMemoryOps over host memory with asynchronous, delayed copies, so the staged GPU
+// path is tested where no GPU exists.
+import type { GpuMemoryOps, GpuSignal } from '../device.js';
 import { TrellisError } from '../errors.js';
-import type { GpuMemoryOps, GpuSignal } from '../types.js';
 
 /**
  * A stand-in for the CUDA runtime over host memory, for testing the staged GPU path where no GPU

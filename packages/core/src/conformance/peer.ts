@@ -1,3 +1,5 @@
+// PeerProcess: a Trellis engine in a child process (peer-main.ts), driven over a pipe; kill() and
+// pause() make the faults the cross-process suite needs.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';

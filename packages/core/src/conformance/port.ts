@@ -2,7 +2,7 @@
 // settlement, range checks, failures and closing. Shared by every native backend's tests.
 import assert from 'node:assert/strict';
 import { describe, it } from 'vitest';
-import type { NativePortCalls } from '../native-engine.js';
+import type { NativePortCalls } from '../kit/native-engine.js';
 import type { MrHandle, TransferEngine } from '../types.js';
 import type { GroupFactory } from './cases.js';
 import { assertBytes, pattern, sleep, throws } from './util.js';

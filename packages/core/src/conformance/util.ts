@@ -1,3 +1,5 @@
+// Helpers of the conformance cases: seeded patterns, byte comparison with the first differing
+// offset, expected rejections, and a tracker that checks every operation settles exactly once.
 import { TrellisError, type TrellisErrorCode } from '../errors.js';
 import { Prng } from '../loopback/prng.js';
 import type { MrHandle, TransferEngine } from '../types.js';

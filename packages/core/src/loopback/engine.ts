@@ -1,6 +1,12 @@
+// LoopbackEngine: an EngineBase whose 'NICs' are the in-process loopback fabric (fabric.ts), with
+// adversarial ordering and injected faults. The reference the conformance suite is written against.
 import type { NetAddr } from '../addr.js';
-import { EngineBase, type PendingOp, type RecvPool, type RegionAlloc } from '../engine-base.js';
 import { TrellisError } from '../errors.js';
+import { EngineBase } from '../kit/engine-base.js';
+import type { PendingOp } from '../kit/pending-op.js';
+import type { RecvPool, RegionAlloc } from '../kit/region.js';
+import { callUser } from '../kit/user.js';
+import { type Plan, type WorkRequest, workRequests } from '../kit/validate.js';
 import type {
   EngineLimits,
   FailoverOptions,
@@ -9,8 +15,6 @@ import type {
   UvmWatcher,
   UvmWatcherCallback,
 } from '../types.js';
-import { callUser } from '../user.js';
-import { type Plan, type WorkRequest, workRequests } from '../validate.js';
 import type { FabricCore } from './fabric.js';
 
 /** Options of `fabric.createEngine`. */

@@ -1,3 +1,5 @@
+// The loopback fabric: engines in one process that reach each other through it, deliveries in a
+// seeded random order, and the FaultInjector (kill a peer, fail a NIC, delay) the fault cases use.
 import { MAX_NICS, NetAddr } from '../addr.js';
 import { MrDesc } from '../desc.js';
 import { TrellisError } from '../errors.js';

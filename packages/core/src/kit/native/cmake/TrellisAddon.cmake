@@ -5,6 +5,11 @@
 # Node-API and node-addon-api headers come from cmake-js (CMAKE_JS_INC) and the node-addon-api
 # package; on a machine prepared by shared/tools/device-prep.sh (no npm there) both come from
 # $TRELLIS_DEVICE_INCLUDE. The kit's headers are the directory above this file.
+#
+# Every Trellis addon builds C++20, position-independent: set here once for the including project.
+set(CMAKE_CXX_STANDARD 20)
+set(CMAKE_CXX_STANDARD_REQUIRED ON)
+set(CMAKE_POSITION_INDEPENDENT_CODE ON)
 get_filename_component(TRELLIS_KIT_INCLUDE "${CMAKE_CURRENT_LIST_DIR}/../include" ABSOLUTE)
 
 function(trellis_add_addon target)

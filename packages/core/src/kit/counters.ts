@@ -1,5 +1,7 @@
-import { TrellisError } from './errors.js';
-import type { ImmCounter, WaitOptions } from './types.js';
+// ImmCounterTable: one credit counter per immediate value, which backends feed from their
+// completion path and users wait on (in call order, with deadlines and aborts).
+import { TrellisError } from '../errors.js';
+import type { ImmCounter, WaitOptions } from '../types.js';
 import { checkImm } from './validate.js';
 
 interface Waiter {

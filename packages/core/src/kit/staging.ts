@@ -8,12 +8,13 @@
 //
 // Work is cut into segments of at most STAGE_CHUNK bytes, and STAGE_DEPTH segments move at once:
 // while one segment is on the wire the next is being copied off the device (the pipeline).
-import type { NetAddr } from './addr.js';
-import type { MrDesc } from './desc.js';
-import type { PendingOp, Region } from './engine-base.js';
-import { CallSite, TrellisError, type TrellisErrorCode } from './errors.js';
-import { autoShards, countImms } from './imms.js';
-import type { GpuMemoryOps } from './types.js';
+import type { NetAddr } from '../addr.js';
+import type { MrDesc } from '../desc.js';
+import type { GpuMemoryOps } from '../device.js';
+import { CallSite, TrellisError, type TrellisErrorCode } from '../errors.js';
+import { autoShards, countImms } from '../imms.js';
+import type { PendingOp } from './pending-op.js';
+import type { Region } from './region.js';
 import type { PagedPlan, Plan, ScatterPlan, ScatterPlanTarget, SinglePlan } from './validate.js';
 
 /** Largest segment of a staged write. */

@@ -1,7 +1,9 @@
-import { describe, NetAddr } from './addr.js';
-import { MrDesc } from './desc.js';
-import { invalid, TrellisError } from './errors.js';
-import { autoShards, lanesBetween, shardRanges } from './imms.js';
+// Validation of every request at the edge (types, ranges, descriptors, peers) into plans, and the
+// expansion of a plan into work requests. Throws TrellisErrors naming the field; posts nothing.
+import { describe, NetAddr } from '../addr.js';
+import { MrDesc } from '../desc.js';
+import { invalid, TrellisError } from '../errors.js';
+import { autoShards, lanesBetween, shardRanges } from '../imms.js';
 import type {
   BarrierRequest,
   ImmRequest,
@@ -12,7 +14,7 @@ import type {
   ScatterRequest,
   ScatterRouting,
   SingleWriteRequest,
-} from './types.js';
+} from '../types.js';
 
 /** What validation needs to know about the engine. */
 export interface ValidationContext {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "trellis/domain.hpp"
-#include "verbs_api.hh"
+#include "verbs_api.hpp"
 
 namespace trellis_verbs {
 

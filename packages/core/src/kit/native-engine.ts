@@ -1,21 +1,18 @@
 // The JS side of every native backend: an EngineBase over the engine kit's N-API class
-// (packages/core/native/include/trellis/napi_engine.hpp). A backend adds only how its addon is
+// (src/kit/native/include/trellis/napi_engine.hpp). A backend adds only how its addon is
 // loaded and configured, and what its peers' NIC addresses look like.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { NetAddr } from './addr.js';
-import { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, sharedHandle } from './desc.js';
-import { EngineBase, type PendingOp, type RecvPool, type Region, type RegionAlloc } from './engine-base.js';
-import { type CallSite, TrellisError, type TrellisErrorCode } from './errors.js';
-import { autoShards } from './imms.js';
-import { SameHostLane } from './lane.js';
-import { type StagedMemory, Stager, touchesStaged } from './staging.js';
+import { NetAddr } from '../addr.js';
+import { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, sharedHandle } from '../desc.js';
+import type { GpuMemoryOps } from '../device.js';
+import { type CallSite, TrellisError, type TrellisErrorCode } from '../errors.js';
+import { autoShards } from '../imms.js';
 import type {
   CudaMemory,
   EngineLimits,
   EnginePort,
   FailoverOptions,
-  GpuMemoryOps,
   GpuStats,
   HostLaneStats,
   MemorySource,
@@ -27,7 +24,23 @@ import type {
   RegisterOptions,
   UvmWatcher,
   UvmWatcherCallback,
-} from './types.js';
+} from '../types.js';
+import { EngineBase } from './engine-base.js';
+import {
+  ARRIVAL,
+  COMPLETION,
+  NIC_KEYS,
+  NIC_STATS,
+  PORT_STATS,
+  PORT_WINDOW,
+  POSTED_FLAG,
+  REG_KEY,
+  RUN,
+} from './format.js';
+import { SameHostLane } from './lane.js';
+import type { PendingOp } from './pending-op.js';
+import type { RecvPool, Region, RegionAlloc } from './region.js';
+import { type StagedMemory, Stager, touchesStaged } from './staging.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -40,25 +53,19 @@ import {
   type SinglePlan,
 } from './validate.js';
 
-/**
- * Set in a completion's code word when the op settled with work requests still posted (the engine
- * kit's `kPostedFlag` in napi_engine.hpp; test/13-pack-format.test.ts checks the two agree). @internal
- */
-export const POSTED_FLAG = 0x100;
-
 /** One batch of events from the native worker (one doorbell). @internal */
 export interface NativeEvents {
   /**
-   * 4 u32 per settled op: op id, code index into the addon's `codeNames` (plus {@link POSTED_FLAG}
-   * when it settled with work still posted), errno, nic + 1 (0: none).
+   * One {@link COMPLETION} record per settled op: op id, code index into the addon's `codeNames`
+   * (plus {@link POSTED_FLAG} when it settled with work still posted), errno, nic + 1 (0: none).
    */
   ops: Uint32Array;
   /** Ops reported with {@link POSTED_FLAG} whose posted work the provider has let go of since. */
   released?: Uint32Array;
-  /** Messages of failed ops: [index into ops / 4, text, index, text, ...]. */
+  /** Messages of failed ops: [record index into ops, text, index, text, ...]. */
   messages: Array<number | string>;
   regs: Array<{ region: number; code: string; message: string; keys: BigUint64Array }>;
-  /** (imm, count) pairs */
+  /** {@link ARRIVAL} records: (imm, count) */
   imms: Uint32Array;
   recvs: Uint8Array[];
   /** [watchId, value, previous, seen: ns of the monotonic clock] */
@@ -116,7 +123,7 @@ export interface NativeEngine {
   /** `quiet`: the worker reports no changes of the word to JS (only triggers read it). */
   watch(id: number, word: Uint8Array, quiet?: boolean): void;
   unwatch(id: number): void;
-  /** 8 numbers per NIC: bytesWritten, writeOps, bytesSent, sendOps, bytesReceived, recvOps, immsReceived, errors */
+  /** One {@link NIC_STATS} record per NIC. */
   stats(): Float64Array;
   close(): void;
   /** Worker loop iterations so far (-1 once closed). */
@@ -125,9 +132,9 @@ export interface NativeEngine {
   abandon(): void;
   /** Open port `id` counting `imms`; returns the address of its trellis_port_v1. */
   openPort(id: number, imms: Uint32Array): bigint;
-  /** 10 numbers per window: peer, lane, lanes, region, srcOff, srcLen, dstOff, dstLen, hasImm, imm; 8 keys each. */
+  /** One {@link PORT_WINDOW} record per window; one {@link NIC_KEYS} record each. */
   setPortWindows(id: number, windows: Float64Array, keys: BigUint64Array): void;
-  /** [posted, settled, failed, count of each slot] */
+  /** A {@link PORT_STATS} record, then the count of each counted immediate. */
   portStats(id: number): Float64Array;
   closePort(id: number): void;
 }
@@ -542,7 +549,8 @@ export abstract class NativeEngineBase extends EngineBase {
           }),
         );
     }
-    for (let i = 0; i < e.imms.length; i += 2) this.counters.arrive(e.imms[i]!, e.imms[i + 1]!);
+    for (let i = 0; i < e.imms.length; i += ARRIVAL.stride)
+      this.counters.arrive(e.imms[i + ARRIVAL.imm]!, e.imms[i + ARRIVAL.count]!);
     let messages: Map<number, string> | undefined;
     if (e.messages.length) {
       messages = new Map();
@@ -550,13 +558,13 @@ export abstract class NativeEngineBase extends EngineBase {
         messages.set(e.messages[i] as number, e.messages[i + 1] as string);
     }
     const ops = e.ops;
-    for (let i = 0; i < ops.length; i += 4) {
-      const id = ops[i]!;
+    for (let i = 0; i < ops.length; i += COMPLETION.stride) {
+      const id = ops[i + COMPLETION.id]!;
       const op = this.inflight.get(id);
       if (!op) continue;
       this.inflight.delete(id);
       this.postedAt.delete(id);
-      const word = ops[i + 1]!;
+      const word = ops[i + COMPLETION.code]!;
       const code = this.codeNames[word & ~POSTED_FLAG] ?? 'INTERNAL';
       if (word & POSTED_FLAG) {
         // Its deadline came first: it settles now; what it posted may still read its source, so
@@ -577,13 +585,13 @@ export abstract class NativeEngineBase extends EngineBase {
         continue;
       }
       if (op.cancelReason && (code === 'ABORTED' || code === 'TIMEOUT')) {
-        const note = op.held ? messages?.get(i / 4) : undefined;
+        const note = op.held ? messages?.get(i / COMPLETION.stride) : undefined;
         op.fail(note ? new TrellisError('TIMEOUT', `${op.cancelReason.message}; ${note}`) : op.cancelReason);
         continue;
       }
-      const message = messages?.get(i / 4) ?? '';
-      const errno = ops[i + 2]!;
-      const nic = ops[i + 3]! - 1;
+      const message = messages?.get(i / COMPLETION.stride) ?? '';
+      const errno = ops[i + COMPLETION.errno]!;
+      const nic = ops[i + COMPLETION.nic]! - 1;
       const text =
         message || (code === 'CLOSED' ? 'the engine was closed with this operation pending' : code);
       const details = {
@@ -672,12 +680,10 @@ export abstract class NativeEngineBase extends EngineBase {
       this.unlinkShared(id);
       throw e;
     }
-    const nics = remote
-      ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
-      : [];
+    const nics = remote ? nicKeysOf(keys, this.nics) : [];
     const desc = new MrDesc(
       this.address,
-      keys.length ? keys[0]! : 0n,
+      keys.length ? keys[REG_KEY.addr]! : 0n,
       view.length,
       nics,
       cuda !== undefined,
@@ -715,9 +721,7 @@ export abstract class NativeEngineBase extends EngineBase {
       this.regs.set(id, { resolve, reject });
       this.native.register(id, c.ptr, remote, c.length, c.device);
     });
-    const nics = remote
-      ? Array.from({ length: this.nics }, (_, i) => ({ addr: keys[2 * i]!, rkey: keys[2 * i + 1]! }))
-      : [];
+    const nics = remote ? nicKeysOf(keys, this.nics) : [];
     const desc = new MrDesc(
       this.address,
       c.ptr,
@@ -879,8 +883,8 @@ export abstract class NativeEngineBase extends EngineBase {
 
   // Scratch arrays for the write command: the addon copies them synchronously, so one pair serves
   // every call (no per-operation allocation). Grown for requests with many runs.
-  private runBuf = new Float64Array(8 * 8);
-  private keyBuf = new BigUint64Array(8 * 8);
+  private runBuf = new Float64Array(RUN.stride * 8);
+  private keyBuf = new BigUint64Array(NIC_KEYS.stride * 8);
 
   protected post(plan: Plan, op: PendingOp): void {
     if (this.lane.takes(plan, true)) this.lane.start(plan, op);
@@ -915,9 +919,9 @@ export abstract class NativeEngineBase extends EngineBase {
           : plan.op === 'runs'
             ? plan.runs.length
             : 1;
-    if (runCount * 8 > this.runBuf.length) {
-      this.runBuf = new Float64Array(8 * runCount);
-      this.keyBuf = new BigUint64Array(8 * runCount);
+    if (runCount * RUN.stride > this.runBuf.length) {
+      this.runBuf = new Float64Array(RUN.stride * runCount);
+      this.keyBuf = new BigUint64Array(NIC_KEYS.stride * runCount);
     }
     const runs = this.runBuf;
     const keys = this.keyBuf;
@@ -931,20 +935,16 @@ export abstract class NativeEngineBase extends EngineBase {
       len: number,
       dst: MrDesc | undefined,
     ) => {
-      const at = 8 * n++;
-      runs[at] = this.peerId(peer, op.callsite.op);
-      runs[at + 1] = lane0;
-      runs[at + 2] = lanes;
-      runs[at + 3] = shards;
-      runs[at + 4] = srcOff;
-      runs[at + 5] = dstOff;
-      runs[at + 6] = len;
-      runs[at + 7] = dst ? 0 : 1;
-      for (let l = 0; l < 4; l++) {
-        const k = dst?.nics[l];
-        keys[at + 2 * l] = k ? k.addr : 0n;
-        keys[at + 2 * l + 1] = k ? k.rkey : 0n;
-      }
+      const at = RUN.stride * n;
+      runs[at + RUN.peer] = this.peerId(peer, op.callsite.op);
+      runs[at + RUN.lane0] = lane0;
+      runs[at + RUN.lanes] = lanes;
+      runs[at + RUN.shards] = shards;
+      runs[at + RUN.srcOff] = srcOff;
+      runs[at + RUN.dstOff] = dstOff;
+      runs[at + RUN.len] = len;
+      runs[at + RUN.zero] = dst ? 0 : 1;
+      packNicKeys(keys, NIC_KEYS.stride * n++, dst);
     };
     let region = 0;
     let pages: Parameters<NativeEngine['write']>[6];
@@ -955,13 +955,8 @@ export abstract class NativeEngineBase extends EngineBase {
         break;
       case 'paged': {
         region = (plan.src as Region).key as number;
-        const k = new BigUint64Array(8);
-        plan.dst.nics.forEach((n, l) => {
-          if (l < 4) {
-            k[2 * l] = n.addr;
-            k[2 * l + 1] = n.rkey;
-          }
-        });
+        const k = new BigUint64Array(NIC_KEYS.stride);
+        packNicKeys(k, 0, plan.dst);
         pages = {
           peer: this.peerId(plan.peer, op.callsite.op),
           lanes: plan.lanes,
@@ -1007,8 +1002,8 @@ export abstract class NativeEngineBase extends EngineBase {
       region,
       plan.imm !== undefined,
       plan.imm ?? 0,
-      runs.subarray(0, 8 * n),
-      keys.subarray(0, 8 * n),
+      runs.subarray(0, RUN.stride * n),
+      keys.subarray(0, NIC_KEYS.stride * n),
       pages,
       trigger,
     );
@@ -1289,7 +1284,12 @@ export abstract class NativeEngineBase extends EngineBase {
       stats: (): PortStats => {
         const s = closed ? undefined : this.native.portStats(id);
         if (!s) return last;
-        last = { posted: s[0]!, settled: s[1]!, failed: s[2]!, counts: Array.from(s.subarray(3)) };
+        last = {
+          posted: s[PORT_STATS.posted]!,
+          settled: s[PORT_STATS.settled]!,
+          failed: s[PORT_STATS.failed]!,
+          counts: Array.from(s.subarray(PORT_STATS.stride)),
+        };
         return last;
       },
       close: () => {
@@ -1310,8 +1310,8 @@ export abstract class NativeEngineBase extends EngineBase {
     const op = 'EnginePort.setWindows';
     if (!Array.isArray(windows))
       throw new TrellisError('INVALID_ARGUMENT', `${op}: windows must be an array`);
-    const w = new Float64Array(10 * windows.length);
-    const k = new BigUint64Array(8 * windows.length);
+    const w = new Float64Array(PORT_WINDOW.stride * windows.length);
+    const k = new BigUint64Array(NIC_KEYS.stride * windows.length);
     windows.forEach((win, i) => {
       const field = `windows[${i}]`;
       if (typeof win !== 'object' || win === null)
@@ -1356,26 +1356,18 @@ export abstract class NativeEngineBase extends EngineBase {
         checkRange(op, `${field}.src`, srcOffset, srcLength, srcLen);
       }
       const imm = checkImm(op, win.imm, false);
-      w.set(
-        [
-          this.peerId(peer, op),
-          nic,
-          lanes,
-          region,
-          srcOffset,
-          srcLength,
-          dstOffset,
-          dstLength,
-          imm === undefined ? 0 : 1,
-          imm ?? 0,
-        ],
-        10 * i,
-      );
-      for (let l = 0; l < 4; l++) {
-        const key = dst.nics[l];
-        k[8 * i + 2 * l] = key ? key.addr : 0n;
-        k[8 * i + 2 * l + 1] = key ? key.rkey : 0n;
-      }
+      const at = PORT_WINDOW.stride * i;
+      w[at + PORT_WINDOW.peer] = this.peerId(peer, op);
+      w[at + PORT_WINDOW.lane] = nic;
+      w[at + PORT_WINDOW.lanes] = lanes;
+      w[at + PORT_WINDOW.region] = region;
+      w[at + PORT_WINDOW.srcOff] = srcOffset;
+      w[at + PORT_WINDOW.srcLen] = srcLength;
+      w[at + PORT_WINDOW.dstOff] = dstOffset;
+      w[at + PORT_WINDOW.dstLen] = dstLength;
+      w[at + PORT_WINDOW.hasImm] = imm === undefined ? 0 : 1;
+      w[at + PORT_WINDOW.imm] = imm ?? 0;
+      packNicKeys(k, NIC_KEYS.stride * i, dst);
     });
     return [w, k];
   }
@@ -1439,16 +1431,34 @@ export abstract class NativeEngineBase extends EngineBase {
       path: staged && p.path === 'host' ? 'staged' : p.path,
       ...(p.device ? { device: p.device } : {}),
       up: true,
-      bytesWritten: s[8 * i]!,
-      writeOps: s[8 * i + 1]!,
+      bytesWritten: s[NIC_STATS.stride * i + NIC_STATS.bytesWritten]!,
+      writeOps: s[NIC_STATS.stride * i + NIC_STATS.writeOps]!,
       // Messages travel on NIC 0.
       bytesSent: i === 0 ? this.msgStats.bytesSent : 0,
       sendOps: i === 0 ? this.msgStats.sendOps : 0,
       bytesReceived: i === 0 ? this.msgStats.bytesReceived : 0,
       recvOps: i === 0 ? this.msgStats.recvOps : 0,
       // Immediates a staged target counted after its copies arrive as control messages.
-      immsReceived: s[8 * i + 6]! + (i === 0 ? this.stager.counters.immsRaised : 0),
-      errors: s[8 * i + 7]!,
+      immsReceived:
+        s[NIC_STATS.stride * i + NIC_STATS.immsReceived]! + (i === 0 ? this.stager.counters.immsRaised : 0),
+      errors: s[NIC_STATS.stride * i + NIC_STATS.errors]!,
     }));
   }
+}
+
+/** Write `dst`'s address and remote key on each of its NICs as a {@link NIC_KEYS} record at `at`. */
+function packNicKeys(keys: BigUint64Array, at: number, dst: MrDesc | undefined): void {
+  for (let l = 0; l < 4; l++) {
+    const k = dst?.nics[l];
+    keys[at + NIC_KEYS.addr0 + 2 * l] = k ? k.addr : 0n;
+    keys[at + NIC_KEYS.rkey0 + 2 * l] = k ? k.rkey : 0n;
+  }
+}
+
+/** The {@link REG_KEY} records of a new registration, one per NIC. */
+function nicKeysOf(keys: BigUint64Array, nics: number): Array<{ addr: bigint; rkey: bigint }> {
+  return Array.from({ length: nics }, (_, i) => ({
+    addr: keys[REG_KEY.stride * i + REG_KEY.addr]!,
+    rkey: keys[REG_KEY.stride * i + REG_KEY.key]!,
+  }));
 }

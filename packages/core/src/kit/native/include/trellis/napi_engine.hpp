@@ -14,21 +14,20 @@
 #include <unordered_map>
 
 #include "engine.hpp"
+#include "format.hpp"
 #include "host_lane.hpp"
 
 namespace trellis {
 
-// Set in a completion's code word when the op settled with work still posted (native-engine.ts:
-// POSTED_FLAG; the pack-format test checks both).
-constexpr uint32_t kPostedFlag = 0x100;
-
 inline uint32_t u32(const Napi::Value& v) { return v.As<Napi::Number>().Uint32Value(); }
 inline uint64_t u64(const Napi::Value& v) { return static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue()); }
 
+// A format::NicKeys record at `at`: a destination's address and remote key on each of 4 NICs.
 inline void read_keys(const Napi::BigUint64Array& keys, size_t at, RemoteKey out[4]) {
+  static_assert(format::NicKeys::kStride == 8 && format::NicKeys::kRkey3 == 7, "4 NICs of (addr, rkey)");
   for (size_t l = 0; l < 4; l++) {
-    out[l].addr = keys[at + 2 * l];
-    out[l].key = keys[at + 2 * l + 1];
+    out[l].addr = keys[at + format::NicKeys::kAddr0 + 2 * l];
+    out[l].key = keys[at + format::NicKeys::kRkey0 + 2 * l];
   }
 }
 
@@ -142,18 +141,20 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     Events ev = engine_->drain();
     if (ev.empty()) return;
     Napi::Object o = Napi::Object::New(env);
-    // Completions packed 4 u32 per op (op id, code index into the addon's codeNames — plus kPostedFlag when the op
-    // settled with work still posted —, errno, nic + 1): no JS object per completion. Messages only for failures, as
-    // [index, text] pairs. `released`: ids of such ops whose posted work the provider has let go of since.
-    Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * 4);
+    // Completions packed as format::Completion records: no JS object per completion. Messages only for
+    // failures, as [index, text] pairs. `released`: ids of ops reported with kPostedFlag whose posted
+    // work the provider has let go of since.
+    using C = format::Completion;
+    Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * C::kStride);
     Napi::Array failures = Napi::Array::New(env);
     uint32_t nf = 0;
     for (size_t i = 0; i < ev.ops.size(); i++) {
       const OpDone& d = ev.ops[i];
-      ops[4 * i] = d.op;
-      ops[4 * i + 1] = static_cast<uint32_t>(d.code) | (d.posted ? kPostedFlag : 0u);
-      ops[4 * i + 2] = static_cast<uint32_t>(d.err);
-      ops[4 * i + 3] = static_cast<uint32_t>(d.nic + 1);
+      const size_t at = C::kStride * i;
+      ops[at + C::kId] = d.op;
+      ops[at + C::kCode] = static_cast<uint32_t>(d.code) | (d.posted ? format::kPostedFlag : 0u);
+      ops[at + C::kErrno] = static_cast<uint32_t>(d.err);
+      ops[at + C::kNic] = static_cast<uint32_t>(d.nic + 1);
       if (!d.message.empty()) {
         failures.Set(nf++, Napi::Number::New(env, static_cast<double>(i)));
         failures.Set(nf++, Napi::String::New(env, d.message));
@@ -168,19 +169,21 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       x.Set("region", r.region);
       x.Set("code", code_name(r.code));
       x.Set("message", r.message);
-      Napi::BigUint64Array keys = Napi::BigUint64Array::New(env, r.keys.size() * 2);
+      using K = format::RegKey;
+      Napi::BigUint64Array keys = Napi::BigUint64Array::New(env, r.keys.size() * K::kStride);
       for (size_t k = 0; k < r.keys.size(); k++) {
-        keys[2 * k] = r.keys[k].addr;
-        keys[2 * k + 1] = r.keys[k].key;
+        keys[K::kStride * k + K::kAddr] = r.keys[k].addr;
+        keys[K::kStride * k + K::kKey] = r.keys[k].key;
       }
       x.Set("keys", keys);
       regs.Set(i, x);
     }
     o.Set("regs", regs);
-    Napi::Uint32Array imms = Napi::Uint32Array::New(env, ev.imms.size() * 2);
+    using A = format::Arrival;
+    Napi::Uint32Array imms = Napi::Uint32Array::New(env, ev.imms.size() * A::kStride);
     for (size_t i = 0; i < ev.imms.size(); i++) {
-      imms[2 * i] = ev.imms[i].first;
-      imms[2 * i + 1] = ev.imms[i].second;
+      imms[A::kStride * i + A::kImm] = ev.imms[i].first;
+      imms[A::kStride * i + A::kCount] = ev.imms[i].second;
     }
     o.Set("imms", imms);
     Napi::Array recvs = Napi::Array::New(env, ev.recvs.size());
@@ -190,7 +193,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     o.Set("recvs", recvs);
     Napi::Array watches = Napi::Array::New(env, ev.watches.size());
     for (size_t i = 0; i < ev.watches.size(); i++) {
-      Napi::Array a = Napi::Array::New(env, 3);
+      Napi::Array a = Napi::Array::New(env, 4);
       a.Set(0u, ev.watches[i].id);
       a.Set(1u, Napi::BigInt::New(env, ev.watches[i].value));
       a.Set(2u, Napi::BigInt::New(env, ev.watches[i].prev));
@@ -376,9 +379,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
-  // write(op, region, hasImm, imm, runs: Float64Array (8 per run), runKeys: BigUint64Array (8 per run), pages?)
-  // run: [peer, lane0, lanes, shards, srcOff, dstOff, len, zero]
-  // pages: {peer, lanes, srcPages, dstPages, srcStride, dstStride, srcOff, dstOff, pageBytes, keys: BigUint64Array(8)}
+  // write(op, region, hasImm, imm, runs: format::Run records, runKeys: format::NicKeys records, pages?)
+  // pages: {peer, lanes, srcPages, dstPages, srcStride, dstStride, srcOff, dstOff, pageBytes, keys: one NicKeys}
   Napi::Value Write(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
     auto w = std::make_unique<WriteCmd>();
@@ -388,20 +390,21 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     w->imm = u32(info[3]);
     Napi::Float64Array runs = info[4].As<Napi::Float64Array>();
     Napi::BigUint64Array keys = info[5].As<Napi::BigUint64Array>();
-    size_t n = runs.ElementLength() / 8;
+    using R = format::Run;
+    size_t n = runs.ElementLength() / R::kStride;
     w->runs.resize(n);
     for (size_t i = 0; i < n; i++) {
       Run& r = w->runs[i];
-      const double* v = runs.Data() + 8 * i;
-      r.peer = static_cast<uint32_t>(v[0]);
-      r.lane0 = static_cast<uint8_t>(v[1]);
-      r.lanes = static_cast<uint8_t>(v[2]);
-      r.shards = static_cast<uint32_t>(v[3]);
-      r.src_off = static_cast<uint64_t>(v[4]);
-      r.dst_off = static_cast<uint64_t>(v[5]);
-      r.len = static_cast<uint64_t>(v[6]);
-      r.zero = v[7] != 0;
-      read_keys(keys, 8 * i, r.keys);
+      const double* v = runs.Data() + R::kStride * i;
+      r.peer = static_cast<uint32_t>(v[R::kPeer]);
+      r.lane0 = static_cast<uint8_t>(v[R::kLane0]);
+      r.lanes = static_cast<uint8_t>(v[R::kLanes]);
+      r.shards = static_cast<uint32_t>(v[R::kShards]);
+      r.src_off = static_cast<uint64_t>(v[R::kSrcOff]);
+      r.dst_off = static_cast<uint64_t>(v[R::kDstOff]);
+      r.len = static_cast<uint64_t>(v[R::kLen]);
+      r.zero = v[R::kZero] != 0;
+      read_keys(keys, format::NicKeys::kStride * i, r.keys);
     }
     if (info.Length() > 6 && info[6].IsObject()) {
       Napi::Object p = info[6].As<Napi::Object>();
@@ -482,18 +485,19 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
     size_t n = engine_->nics();
-    Napi::Float64Array a = Napi::Float64Array::New(info.Env(), n * 8);
+    using S = format::NicStats;
+    Napi::Float64Array a = Napi::Float64Array::New(info.Env(), n * S::kStride);
     for (size_t i = 0; i < n; i++) {
       NicCounters& c = engine_->counters(i);
-      double* v = a.Data() + 8 * i;
-      v[0] = static_cast<double>(c.bytes_written.load());
-      v[1] = static_cast<double>(c.write_ops.load());
-      v[2] = static_cast<double>(c.bytes_sent.load());
-      v[3] = static_cast<double>(c.send_ops.load());
-      v[4] = static_cast<double>(c.bytes_received.load());
-      v[5] = static_cast<double>(c.recv_ops.load());
-      v[6] = static_cast<double>(c.imms_received.load());
-      v[7] = static_cast<double>(c.errors.load());
+      double* v = a.Data() + S::kStride * i;
+      v[S::kBytesWritten] = static_cast<double>(c.bytes_written.load());
+      v[S::kWriteOps] = static_cast<double>(c.write_ops.load());
+      v[S::kBytesSent] = static_cast<double>(c.bytes_sent.load());
+      v[S::kSendOps] = static_cast<double>(c.send_ops.load());
+      v[S::kBytesReceived] = static_cast<double>(c.bytes_received.load());
+      v[S::kRecvOps] = static_cast<double>(c.recv_ops.load());
+      v[S::kImmsReceived] = static_cast<double>(c.imms_received.load());
+      v[S::kErrors] = static_cast<double>(c.errors.load());
     }
     return a;
   }
@@ -508,31 +512,31 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&p->api)));
   }
 
-  // setPortWindows(id, windows: Float64Array (10 per window), keys: BigUint64Array (8 per window))
-  // window: [peer, lane, lanes, region, srcOff, srcLen, dstOff, dstLen, hasImm, imm]
+  // setPortWindows(id, windows: format::PortWindow records, keys: format::NicKeys records)
   Napi::Value SetPortWindows(const Napi::CallbackInfo& info) {
     if (!Alive(info)) return info.Env().Undefined();
     auto it = ports_.find(u32(info[0]));
     if (it == ports_.end()) return info.Env().Undefined();
     Napi::Float64Array w = info[1].As<Napi::Float64Array>();
     Napi::BigUint64Array keys = info[2].As<Napi::BigUint64Array>();
-    std::vector<PortState::Window> wins(w.ElementLength() / 10);
+    using W = format::PortWindow;
+    std::vector<PortState::Window> wins(w.ElementLength() / W::kStride);
     for (size_t i = 0; i < wins.size(); i++) {
-      const double* v = w.Data() + 10 * i;
+      const double* v = w.Data() + W::kStride * i;
       PortState::Window& x = wins[i];
       Run r;
-      r.peer = static_cast<uint32_t>(v[0]);
-      r.lane0 = static_cast<uint8_t>(v[1]);
-      r.lanes = static_cast<uint8_t>(v[2]);
+      r.peer = static_cast<uint32_t>(v[W::kPeer]);
+      r.lane0 = static_cast<uint8_t>(v[W::kLane]);
+      r.lanes = static_cast<uint8_t>(v[W::kLanes]);
       r.shards = 1;
-      x.tmpl.region = static_cast<uint32_t>(v[3]);
-      r.src_off = static_cast<uint64_t>(v[4]);
-      x.src_len = static_cast<uint64_t>(v[5]);
-      r.dst_off = static_cast<uint64_t>(v[6]);
-      x.dst_len = static_cast<uint64_t>(v[7]);
-      x.tmpl.has_imm = v[8] != 0;
-      x.tmpl.imm = static_cast<uint32_t>(v[9]);
-      read_keys(keys, 8 * i, r.keys);
+      x.tmpl.region = static_cast<uint32_t>(v[W::kRegion]);
+      r.src_off = static_cast<uint64_t>(v[W::kSrcOff]);
+      x.src_len = static_cast<uint64_t>(v[W::kSrcLen]);
+      r.dst_off = static_cast<uint64_t>(v[W::kDstOff]);
+      x.dst_len = static_cast<uint64_t>(v[W::kDstLen]);
+      x.tmpl.has_imm = v[W::kHasImm] != 0;
+      x.tmpl.imm = static_cast<uint32_t>(v[W::kImm]);
+      read_keys(keys, format::NicKeys::kStride * i, r.keys);
       x.tmpl.runs.push_back(r);
     }
     std::lock_guard<std::mutex> g(it->second->mu);
@@ -540,16 +544,17 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
-  // portStats(id) → Float64Array [posted, settled, failed, count of slot 0, 1, ...]
+  // portStats(id) → a format::PortStats record, then the count of each counted immediate
   Napi::Value PortStats(const Napi::CallbackInfo& info) {
     auto it = ports_.find(u32(info[0]));
     if (it == ports_.end()) return info.Env().Undefined();
     PortState& p = *it->second;
-    Napi::Float64Array a = Napi::Float64Array::New(info.Env(), 3 + p.imms.size());
-    a[0] = static_cast<double>(p.posted.load());
-    a[1] = static_cast<double>(p.settled.load());
-    a[2] = static_cast<double>(p.failed.load());
-    for (size_t i = 0; i < p.imms.size(); i++) a[3 + i] = static_cast<double>(p.counts[i].load());
+    using P = format::PortStats;
+    Napi::Float64Array a = Napi::Float64Array::New(info.Env(), P::kStride + p.imms.size());
+    a[P::kPosted] = static_cast<double>(p.posted.load());
+    a[P::kSettled] = static_cast<double>(p.settled.load());
+    a[P::kFailed] = static_cast<double>(p.failed.load());
+    for (size_t i = 0; i < p.imms.size(); i++) a[P::kStride + i] = static_cast<double>(p.counts[i].load());
     return a;
   }
 

@@ -16,10 +16,11 @@
 // The target counts exactly what the request would have produced without failover (one per
 // work request per target), so receivers need no change. A NIC with `maxErrors` errors within
 // `windowMs` is down for `cooldownMs`; after that its next use is the probe.
-import type { NetAddr } from './addr.js';
-import type { PendingOp } from './engine-base.js';
-import { CallSite, TrellisError } from './errors.js';
-import type { FailoverOptions, FailoverStats, MrHandle } from './types.js';
+import type { NetAddr } from '../addr.js';
+import { CallSite, TrellisError } from '../errors.js';
+import type { FailoverOptions, FailoverStats, MrHandle } from '../types.js';
+import type { PendingOp } from './pending-op.js';
+import type { PartedRegion } from './region.js';
 import { immediatesOf, type Plan, type RunsPlan, type WorkRequest, workRequests } from './validate.js';
 
 /** First byte of a failover control message. @internal */
@@ -55,12 +56,6 @@ interface Flight {
  */
 interface Piece extends WorkRequest {
   src: MrHandle;
-}
-
-/** A registration in parts: the part registrations and their size. @internal */
-export interface PartedRegion {
-  readonly partBytes: number;
-  readonly partRegions: readonly MrHandle[];
 }
 
 /**

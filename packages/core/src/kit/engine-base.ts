@@ -1,13 +1,13 @@
-import { describe, type NetAddr } from './addr.js';
-import { ImmCounterTable } from './counters.js';
-import { MrDesc } from './desc.js';
-import { CallSite, invalid, TrellisError } from './errors.js';
-import { FAILOVER_IMM, Failover, type FailoverHost, type PartedRegion } from './failover.js';
-import { countImms, lanesBetween } from './imms.js';
-import { touchesStaged } from './staging.js';
+// EngineBase: the JS half every engine shares — validation of every request into a plan, regions
+// in parts and NIC failover, exactly-once settlement with deadlines and aborts, registrations,
+// receive pools, immediate counters, peer liveness and stats. Backends implement the abstract
+// hooks (post, registerRegion, send, ...); nothing here touches a NIC.
+import { describe, type NetAddr } from '../addr.js';
+import { MrDesc } from '../desc.js';
+import { CallSite, invalid, TrellisError } from '../errors.js';
+import { countImms, lanesBetween } from '../imms.js';
 import type {
   BarrierRequest,
-  CudaMemory,
   EngineLimits,
   EngineStats,
   FailoverOptions,
@@ -33,7 +33,12 @@ import type {
   UvmWatcher,
   UvmWatcherCallback,
   WaitOptions,
-} from './types.js';
+} from '../types.js';
+import { ImmCounterTable } from './counters.js';
+import { FAILOVER_IMM, Failover, type FailoverHost } from './failover.js';
+import { PendingOp } from './pending-op.js';
+import { RecvPool, Region, type RegionAlloc } from './region.js';
+import { touchesStaged } from './staging.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -48,219 +53,6 @@ import {
   planSingle,
   type ValidationContext,
 } from './validate.js';
-
-/** What a backend returns for a new registration. */
-export interface RegionAlloc {
-  desc: MrDesc;
-  /** Host bytes, when the region is host memory. */
-  bytes: Uint8Array | undefined;
-  length: number;
-  /** Backend's own handle for the registration. */
-  key: unknown;
-  /** How the NICs reach it (default `host`). */
-  path?: 'host' | 'direct' | 'staged';
-}
-
-/** A live registration as the engine tracks it. */
-export class Region implements MrHandle {
-  registered = true;
-  /** Pending operations of this engine that read or write it. */
-  users = 0;
-  private drained: (() => void) | undefined;
-
-  constructor(
-    private readonly engine: EngineBase,
-    readonly desc: MrDesc,
-    readonly length: number,
-    readonly buffer: Uint8Array | undefined,
-    readonly remote: boolean,
-    readonly key: unknown,
-    /** The caller's memory, held so it stays alive while registered. */
-    readonly owner: unknown,
-    readonly path: 'host' | 'direct' | 'staged' = 'host',
-    /** A region registered in parts: the part registrations (internal regions) and their size. */
-    readonly parted?: PartedRegion,
-  ) {
-    const c = (owner as Partial<CudaMemory> | null)?.cuda;
-    this.cuda =
-      typeof owner === 'object' && owner !== null && c
-        ? Object.freeze({ ptr: c.ptr, length: c.length, device: c.device })
-        : undefined;
-  }
-
-  readonly cuda: CudaMemory['cuda'] | undefined;
-
-  /** Throws DETACHED_BUFFER when host memory went away under the registration. */
-  checkAlive(op: string): void {
-    if (this.buffer && this.buffer.byteLength !== this.length) {
-      throw invalid(
-        'DETACHED_BUFFER',
-        op,
-        `registered buffer of ${this.length} bytes is now ${this.buffer.byteLength} bytes (detached or resized); keep registered memory alive and fixed-size until unregister()`,
-      );
-    }
-  }
-
-  use(): void {
-    this.users++;
-  }
-  release(): void {
-    if (--this.users === 0 && this.drained) {
-      const d = this.drained;
-      this.drained = undefined;
-      d();
-    }
-  }
-  idle(): Promise<void> {
-    if (this.users === 0) return Promise.resolve();
-    return new Promise((r) => {
-      const prev = this.drained;
-      this.drained = () => {
-        prev?.();
-        r();
-      };
-    });
-  }
-
-  unregister(): Promise<void> {
-    return this.engine.unregister(this);
-  }
-}
-
-/**
- * One submitted operation. Settles exactly once: the first of {@link PendingOp.complete} and
- * {@link PendingOp.fail} wins; later calls are ignored.
- */
-export class PendingOp {
-  settled = false;
-  /** A backend's own work for a user operation (not counted in stats; never handed to users). */
-  internal = false;
-  /** A heartbeat or probe: its own connection error is the answer, never probed again. */
-  liveness = false;
-  readonly promise: Promise<void>;
-  private resolveFn!: () => void;
-  private rejectFn!: (e: unknown) => void;
-  private timer: NodeJS.Timeout | undefined;
-  /** The AbortSignal the op watches, if any. */
-  signal: AbortSignal | undefined;
-  /** Set when a deadline or abort asked for cancellation. */
-  cancelReason: TrellisError | undefined;
-
-  constructor(
-    readonly id: number,
-    readonly callsite: CallSite,
-    readonly peer: NetAddr | undefined,
-    readonly regions: readonly Region[],
-    private readonly engine: EngineBase,
-  ) {
-    this.promise = new Promise<void>((res, rej) => {
-      this.resolveFn = res;
-      this.rejectFn = rej;
-    });
-    for (const r of regions) r.use();
-  }
-
-  /** Arm the deadline: when it passes, the backend is asked to cancel. (The engine watches the AbortSignal, one listener per signal.) */
-  arm(opts: OpOptions): void {
-    if (opts.timeoutMs !== undefined) {
-      this.armedAt = performance.now();
-      this.timeoutMs = opts.timeoutMs;
-      this.timer = setTimeout(() => {
-        this.requestCancel(
-          new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`),
-        );
-      }, opts.timeoutMs);
-    }
-  }
-
-  private armedAt = 0;
-  private timeoutMs: number | undefined;
-
-  /** @internal Called by the engine when the op's signal aborts. */
-  requestCancel(reason: TrellisError): void {
-    if (this.settled || this.cancelReason) return;
-    this.cancelReason = reason;
-    this.engine.cancelRequested(this, reason);
-  }
-
-  /**
-   * Settled with work still posted (its deadline passed first): the provider may still read its
-   * regions and write its targets, so they stay in use and its peers' in-flight counts keep it
-   * until {@link PendingOp.letGo}.
-   */
-  held = false;
-
-  /** @internal Before settling: keep regions and in-flight counts until {@link PendingOp.letGo}. */
-  hold(): void {
-    if (!this.settled) this.held = true;
-  }
-
-  /** @internal The provider let go of the op's posted work (or the engine gave up waiting). */
-  letGo(): void {
-    if (!this.held || !this.settled) return;
-    this.held = false;
-    for (const r of this.regions) r.release();
-    this.engine.heldLetGo(this);
-  }
-
-  private finish(ok: boolean): boolean {
-    if (this.settled) return false;
-    this.settled = true;
-    if (this.timer) clearTimeout(this.timer);
-    if (!this.held) for (const r of this.regions) r.release();
-    this.engine.opSettled(this, ok);
-    return true;
-  }
-
-  complete(): void {
-    if (this.finish(true)) this.resolveFn();
-  }
-
-  fail(reason: TrellisError): void {
-    if (!this.finish(false)) return;
-    let err = reason;
-    if (reason === this.cancelReason && reason.code === 'TIMEOUT' && this.timeoutMs !== undefined) {
-      // A posted write settles only once its provider lets go of it (its source is read until
-      // then): say how long that really took when it is well past the request's deadline.
-      const ms = Math.round(performance.now() - this.armedAt);
-      if (ms > this.timeoutMs + 100)
-        err = new TrellisError(
-          'TIMEOUT',
-          `${this.callsite.op}: timed out after ${this.timeoutMs} ms; settled after ${ms} ms, once the provider had let go of the work it had posted`,
-        );
-    }
-    if (err.code === 'PEER_LOST') this.engine.peerFailed(this, err);
-    const e = this.callsite.attach(
-      err.peer === undefined && this.peer ? err.withDetails({ peer: this.peer.toString() }) : err,
-    );
-    this.rejectFn(e);
-  }
-}
-
-/** A receive pool as the engine tracks it. */
-export class RecvPool {
-  done = false;
-  private resolveFn!: () => void;
-  private rejectFn!: (e: unknown) => void;
-  readonly promise: Promise<void>;
-  constructor(
-    readonly maxBytes: number,
-    readonly count: number,
-    readonly onRecv: (msg: RecvMessage) => void,
-    readonly onError: ((err: TrellisError) => void) | undefined,
-  ) {
-    this.promise = new Promise((res, rej) => {
-      this.resolveFn = res;
-      this.rejectFn = rej;
-    });
-  }
-  end(err?: TrellisError): void {
-    if (this.done) return;
-    this.done = true;
-    if (err) this.rejectFn(err);
-    else this.resolveFn();
-  }
-}
 
 const DEFAULT_LIMITS: EngineLimits = {
   maxMessageBytes: 64 * 1024,

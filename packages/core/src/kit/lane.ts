@@ -23,10 +23,11 @@
 // GPU has started: the operation then settles once the copy is done, and no immediate is raised.
 // A copy that fails on the GPU (the stream reports an error) never stores its signal: a cancelled
 // operation finds that out by draining the stream, and fails with the CUDA error.
-import { HOST_MAPPING_DEVICE, type MrDesc, type MrIpc, sharedName } from './desc.js';
-import type { PendingOp, Region } from './engine-base.js';
-import { TrellisError } from './errors.js';
-import type { GpuMemoryOps, GpuSignal } from './types.js';
+import { HOST_MAPPING_DEVICE, type MrDesc, type MrIpc, sharedName } from '../desc.js';
+import type { GpuMemoryOps, GpuSignal } from '../device.js';
+import { TrellisError } from '../errors.js';
+import type { PendingOp } from './pending-op.js';
+import type { Region } from './region.js';
 import { immediatesOf, type Plan, type RunsPlan, workRequests } from './validate.js';
 
 /** What the lane needs from its engine. @internal */

@@ -1,0 +1,39 @@
+/**
+ * `@trellis/core/kit` — the engine kit, for authors of backends: {@link EngineBase} (validation,
+ * settlement, deadlines, failover, regions in parts) and {@link NativeEngineBase}, the JS half of a
+ * native engine whose C++ half is the headers of `native/include/trellis` beside this module
+ * (built into a backend's addon with `native/cmake/TrellisAddon.cmake`). Users of Trellis need
+ * only `@trellis/core`.
+ *
+ * @packageDocumentation
+ */
+export { ImmCounterTable } from './counters.js';
+export { EngineBase, HEARTBEAT_IMM, HEARTBEAT_MISSES } from './engine-base.js';
+export {
+  loadNativeAddon,
+  MAX_STAGED_BYTES,
+  MSG_HEADER,
+  type NativeEngine,
+  NativeEngineBase,
+  type NativeEngineInit,
+  type NativeEngineTuning,
+  type NativeEvents,
+  type NativePortCalls,
+  nativeTuning,
+} from './native-engine.js';
+export { type OpOwner, PendingOp } from './pending-op.js';
+export { type PartedRegion, RecvPool, Region, type RegionAlloc, type RegionOwner } from './region.js';
+export { callUser } from './user.js';
+export {
+  type BarrierPlan,
+  type ImmPlan,
+  type PagedPlan,
+  type Plan,
+  type RunsPlan,
+  type ScatterPlan,
+  type ScatterPlanTarget,
+  type SinglePlan,
+  type ValidationContext,
+  type WorkRequest,
+  workRequests,
+} from './validate.js';

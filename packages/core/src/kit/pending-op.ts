@@ -1,0 +1,128 @@
+// One submitted operation: its promise, deadline, cancellation and the regions it holds. Settles
+// exactly once. Imports only the contract and Region; the engine reaches back through OpOwner.
+import type { NetAddr } from '../addr.js';
+import { type CallSite, TrellisError } from '../errors.js';
+import type { OpOptions } from '../types.js';
+import type { Region } from './region.js';
+
+/** What a {@link PendingOp} tells the engine that owns it. */
+export interface OpOwner {
+  /** A deadline or abort asked for cancellation: the backend cancels what it posted. */
+  cancelRequested(op: PendingOp, reason: TrellisError): void;
+  /** The op settled (before its promise does). */
+  opSettled(op: PendingOp, ok: boolean): void;
+  /** A held op's posted work was let go of. */
+  heldLetGo(op: PendingOp): void;
+  /** The op failed PEER_LOST. */
+  peerFailed(op: PendingOp, err: TrellisError): void;
+}
+
+/**
+ * One submitted operation. Settles exactly once: the first of {@link PendingOp.complete} and
+ * {@link PendingOp.fail} wins; later calls are ignored.
+ */
+export class PendingOp {
+  settled = false;
+  /** A backend's own work for a user operation (not counted in stats; never handed to users). */
+  internal = false;
+  /** A heartbeat or probe: its own connection error is the answer, never probed again. */
+  liveness = false;
+  readonly promise: Promise<void>;
+  private resolveFn!: () => void;
+  private rejectFn!: (e: unknown) => void;
+  private timer: NodeJS.Timeout | undefined;
+  /** The AbortSignal the op watches, if any. */
+  signal: AbortSignal | undefined;
+  /** Set when a deadline or abort asked for cancellation. */
+  cancelReason: TrellisError | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly callsite: CallSite,
+    readonly peer: NetAddr | undefined,
+    readonly regions: readonly Region[],
+    private readonly engine: OpOwner,
+  ) {
+    this.promise = new Promise<void>((res, rej) => {
+      this.resolveFn = res;
+      this.rejectFn = rej;
+    });
+    for (const r of regions) r.use();
+  }
+
+  /** Arm the deadline: when it passes, the backend is asked to cancel. (The engine watches the AbortSignal, one listener per signal.) */
+  arm(opts: OpOptions): void {
+    if (opts.timeoutMs !== undefined) {
+      this.armedAt = performance.now();
+      this.timeoutMs = opts.timeoutMs;
+      this.timer = setTimeout(() => {
+        this.requestCancel(
+          new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`),
+        );
+      }, opts.timeoutMs);
+    }
+  }
+
+  private armedAt = 0;
+  private timeoutMs: number | undefined;
+
+  /** @internal Called by the engine when the op's signal aborts. */
+  requestCancel(reason: TrellisError): void {
+    if (this.settled || this.cancelReason) return;
+    this.cancelReason = reason;
+    this.engine.cancelRequested(this, reason);
+  }
+
+  /**
+   * Settled with work still posted (its deadline passed first): the provider may still read its
+   * regions and write its targets, so they stay in use and its peers' in-flight counts keep it
+   * until {@link PendingOp.letGo}.
+   */
+  held = false;
+
+  /** @internal Before settling: keep regions and in-flight counts until {@link PendingOp.letGo}. */
+  hold(): void {
+    if (!this.settled) this.held = true;
+  }
+
+  /** @internal The provider let go of the op's posted work (or the engine gave up waiting). */
+  letGo(): void {
+    if (!this.held || !this.settled) return;
+    this.held = false;
+    for (const r of this.regions) r.release();
+    this.engine.heldLetGo(this);
+  }
+
+  private finish(ok: boolean): boolean {
+    if (this.settled) return false;
+    this.settled = true;
+    if (this.timer) clearTimeout(this.timer);
+    if (!this.held) for (const r of this.regions) r.release();
+    this.engine.opSettled(this, ok);
+    return true;
+  }
+
+  complete(): void {
+    if (this.finish(true)) this.resolveFn();
+  }
+
+  fail(reason: TrellisError): void {
+    if (!this.finish(false)) return;
+    let err = reason;
+    if (reason === this.cancelReason && reason.code === 'TIMEOUT' && this.timeoutMs !== undefined) {
+      // A posted write settles only once its provider lets go of it (its source is read until
+      // then): say how long that really took when it is well past the request's deadline.
+      const ms = Math.round(performance.now() - this.armedAt);
+      if (ms > this.timeoutMs + 100)
+        err = new TrellisError(
+          'TIMEOUT',
+          `${this.callsite.op}: timed out after ${this.timeoutMs} ms; settled after ${ms} ms, once the provider had let go of the work it had posted`,
+        );
+    }
+    if (err.code === 'PEER_LOST') this.engine.peerFailed(this, err);
+    const e = this.callsite.attach(
+      err.peer === undefined && this.peer ? err.withDetails({ peer: this.peer.toString() }) : err,
+    );
+    this.rejectFn(e);
+  }
+}
