@@ -4,7 +4,7 @@ import {
   loadNativeAddon,
   type NativeEngine,
   type NativeEvents,
-  type NativePortCalls,
+  type NativeModuleCalls,
 } from '@trellis/core/kit';
 
 export type { NativeEngine, NativeEvents };
@@ -21,10 +21,8 @@ export interface ProviderProbe {
   error: string;
 }
 
-export interface Addon extends NativePortCalls {
+export interface Addon extends NativeModuleCalls {
   NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
-  /** Names of completion codes by index: the native enum's one definition. */
-  codeNames: readonly string[];
   fabricVersion(): string;
   fabricLibrary(): string;
   probe(): ProviderProbe[];

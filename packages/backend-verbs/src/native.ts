@@ -5,7 +5,7 @@ import {
   type NativeEngine,
   type NativeEngineTuning,
   type NativeEvents,
-  type NativePortCalls,
+  type NativeModuleCalls,
 } from '@trellis/core/kit';
 import type { VerbsEngineOptions } from './engine.js';
 
@@ -16,10 +16,8 @@ export interface NativeVerbsOptions
   nics: number;
 }
 
-export interface Addon extends NativePortCalls {
+export interface Addon extends NativeModuleCalls {
   NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
-  /** Names of completion codes by index: the native enum's one definition. */
-  codeNames: readonly string[];
   devices(model: boolean): { devices: string[]; error: string };
   /** Drive the RC model directly through the seam (tests). */
   modelScenario(name: string): Record<string, unknown>;

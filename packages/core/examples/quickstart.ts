@@ -1,5 +1,5 @@
-// The README's quickstart, run by test/08-examples.test.ts: two engines of the loopback fabric, a
-// registered target, a paged write, and its immediates counted with countImms.
+// Quickstart: a "prefill" engine writes 64 pages into a "decode" engine's region with one paged
+// write; decode knows from countImms how many immediates mean "all pages are here".
 import { countImms, createLoopbackFabric, lanesBetween, MrDesc, NetAddr } from '@trellis/core';
 
 // Two engines on an in-process fabric with 2 NICs each; deliveries come in a seeded random order.

@@ -14,6 +14,7 @@ import {
   POSTED_FLAG,
   REG_KEY,
   RUN,
+  WR_SHAPE,
 } from '../src/kit/format.js';
 
 const kit = new URL('../src/kit/', import.meta.url);
@@ -25,7 +26,17 @@ describe('the engine kit packing format', () => {
   });
 
   it('each layout numbers its fields 0..stride-1, in order', () => {
-    const layouts = { ARRIVAL, COMPLETION, NIC_KEYS, NIC_STATS, PORT_STATS, PORT_WINDOW, REG_KEY, RUN };
+    const layouts = {
+      ARRIVAL,
+      COMPLETION,
+      NIC_KEYS,
+      NIC_STATS,
+      PORT_STATS,
+      PORT_WINDOW,
+      REG_KEY,
+      RUN,
+      WR_SHAPE,
+    };
     for (const [name, l] of Object.entries(layouts)) {
       const { stride, ...fields } = l as Record<string, number>;
       expect(Object.values(fields), name).toEqual([...Array(stride).keys()]);
@@ -45,6 +56,8 @@ describe('the engine kit packing format', () => {
     );
     expect(h).toContain('static constexpr size_t kZero = 7;');
     expect(h).toMatch(/struct PortWindow \{\n {2}static constexpr size_t kStride = 10;/);
+    // The shard alignment both expansions cut at (SHARD_ALIGN of the contract).
+    expect(h).toContain('constexpr uint64_t kShardAlign = 64;');
   });
 
   it('both halves pack through the names, not numbers of their own', () => {

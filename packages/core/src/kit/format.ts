@@ -1,7 +1,9 @@
 // The engine kit's JS↔addon packing format, defined once: which typed array carries what, field by
 // field. NativeEngineBase (native-engine.ts) reads and writes through the layouts below; the C++
 // half reads `trellis/format.hpp`, which is generated from this file (`pnpm run gen:format` in
-// packages/core) and checked against it by test/13-pack-format.test.ts. Imports nothing.
+// packages/core) and checked against it by test/13-pack-format.test.ts. Imports only the contract's
+// shard alignment, which the generated header carries too (one definition for both expansions).
+import { SHARD_ALIGN } from '../imms.js';
 
 /** The typed arrays the format uses, by the name both languages give them. */
 type ArrayKind = 'Uint32Array' | 'Float64Array' | 'BigUint64Array';
@@ -71,6 +73,11 @@ const SPECS = {
     doc: 'setPortWindows(): one record per window of a port (its keys in a nicKeys record)',
     fields: ['peer', 'lane', 'lanes', 'region', 'srcOff', 'srcLen', 'dstOff', 'dstLen', 'hasImm', 'imm'],
   },
+  wrShape: {
+    array: 'Float64Array',
+    doc: "expandWrite() (tests): one record per work request a write expands into, in posting order (keyed = 0 for a zero-byte write into the peer's sink)",
+    fields: ['peer', 'lane', 'srcOff', 'dstOff', 'len', 'keyed'],
+  },
   portStats: {
     array: 'Float64Array',
     doc: "portStats(): one record, then one count per counted immediate (in openPort's order)",
@@ -89,6 +96,7 @@ export const POSTED_FLAG = 0x100;
 /** @internal */ export const NIC_STATS = layout(SPECS.nicStats);
 /** @internal */ export const PORT_WINDOW = layout(SPECS.portWindow);
 /** @internal */ export const PORT_STATS = layout(SPECS.portStats);
+/** @internal */ export const WR_SHAPE = layout(SPECS.wrShape);
 
 function cxxName(s: string): string {
   return s[0]!.toUpperCase() + s.slice(1);
@@ -112,6 +120,9 @@ export function formatHeader(): string {
     '',
     "// A completion's code word carries this bit when the op settled with work still posted.",
     `constexpr uint32_t kPostedFlag = 0x${POSTED_FLAG.toString(16)};`,
+    '',
+    '// Shards of a write are cut at multiples of this many bytes (SHARD_ALIGN of the contract).',
+    `constexpr uint64_t kShardAlign = ${SHARD_ALIGN};`,
   ];
   for (const [name, spec] of Object.entries(SPECS)) {
     out.push('', `// ${spec.array}, ${spec.doc}.`, `struct ${cxxName(name)} {`);

@@ -9,6 +9,7 @@
  */
 export { ImmCounterTable } from './counters.js';
 export { EngineBase, HEARTBEAT_IMM, HEARTBEAT_MISSES } from './engine-base.js';
+export { WR_SHAPE } from './format.js';
 export {
   loadNativeAddon,
   MAX_STAGED_BYTES,
@@ -18,8 +19,13 @@ export {
   type NativeEngineInit,
   type NativeEngineTuning,
   type NativeEvents,
+  type NativeModuleCalls,
   type NativePortCalls,
   nativeTuning,
+  type PackedWrite,
+  packWrite,
+  type WritePeers,
+  type WriteScratch,
 } from './native-engine.js';
 export { type OpOwner, PendingOp } from './pending-op.js';
 export { type PartedRegion, RecvPool, Region, type RegionAlloc, type RegionOwner } from './region.js';

@@ -154,6 +154,20 @@ export interface NativePortCalls {
   portWait(handle: bigint, seen: number, timeoutUs: number): number;
 }
 
+/**
+ * What every engine-kit addon exports besides its engine class and its backend's own calls
+ * (`TRELLIS_NAPI_MODULE` in napi_engine.hpp). @internal
+ */
+export interface NativeModuleCalls extends NativePortCalls {
+  /** Names of completion codes by index: the native enum's one definition. */
+  codeNames: readonly string[];
+  /**
+   * The work requests the worker would post for a packed write ({@link packWrite}), as
+   * `WR_SHAPE` records in posting order. Posts nothing; for tests of the expansion.
+   */
+  expandWrite(runs: Float64Array, keys: BigUint64Array, pages?: PackedWrite['pages']): Float64Array;
+}
+
 /** Options every native engine understands (the engine kit's `EngineOptions`). */
 export interface NativeEngineTuning {
   /** Pin the engine's worker thread to this CPU. */
@@ -883,8 +897,14 @@ export abstract class NativeEngineBase extends EngineBase {
 
   // Scratch arrays for the write command: the addon copies them synchronously, so one pair serves
   // every call (no per-operation allocation). Grown for requests with many runs.
-  private runBuf = new Float64Array(RUN.stride * 8);
-  private keyBuf = new BigUint64Array(NIC_KEYS.stride * 8);
+  private readonly writeScratch: WriteScratch = {
+    runs: new Float64Array(RUN.stride * 8),
+    keys: new BigUint64Array(NIC_KEYS.stride * 8),
+  };
+  private readonly writePeers: WritePeers = {
+    peerId: (peer, op) => this.peerId(peer, op),
+    lanesTo: (peer) => this.lanesTo(peer),
+  };
 
   protected post(plan: Plan, op: PendingOp): void {
     if (this.lane.takes(plan, true)) this.lane.start(plan, op);
@@ -910,101 +930,16 @@ export abstract class NativeEngineBase extends EngineBase {
 
   /** Post a plan as work requests (the staged path posts its segments through here), or arm it. */
   private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint; hold?: boolean }): void {
-    let n = 0;
-    const runCount =
-      plan.op === 'scatter'
-        ? plan.targets.length
-        : plan.op === 'barrier'
-          ? plan.peers.length
-          : plan.op === 'runs'
-            ? plan.runs.length
-            : 1;
-    if (runCount * RUN.stride > this.runBuf.length) {
-      this.runBuf = new Float64Array(RUN.stride * runCount);
-      this.keyBuf = new BigUint64Array(NIC_KEYS.stride * runCount);
-    }
-    const runs = this.runBuf;
-    const keys = this.keyBuf;
-    const run = (
-      peer: NetAddr,
-      lane0: number,
-      lanes: number,
-      shards: number,
-      srcOff: number,
-      dstOff: number,
-      len: number,
-      dst: MrDesc | undefined,
-    ) => {
-      const at = RUN.stride * n;
-      runs[at + RUN.peer] = this.peerId(peer, op.callsite.op);
-      runs[at + RUN.lane0] = lane0;
-      runs[at + RUN.lanes] = lanes;
-      runs[at + RUN.shards] = shards;
-      runs[at + RUN.srcOff] = srcOff;
-      runs[at + RUN.dstOff] = dstOff;
-      runs[at + RUN.len] = len;
-      runs[at + RUN.zero] = dst ? 0 : 1;
-      packNicKeys(keys, NIC_KEYS.stride * n++, dst);
-    };
-    let region = 0;
-    let pages: Parameters<NativeEngine['write']>[6];
-    switch (plan.op) {
-      case 'single':
-        region = (plan.src as Region).key as number;
-        run(plan.peer, 0, plan.lanes, plan.shards, plan.srcOffset, plan.dstOffset, plan.length, plan.dst);
-        break;
-      case 'paged': {
-        region = (plan.src as Region).key as number;
-        const k = new BigUint64Array(NIC_KEYS.stride);
-        packNicKeys(k, 0, plan.dst);
-        pages = {
-          peer: this.peerId(plan.peer, op.callsite.op),
-          lanes: plan.lanes,
-          srcPages: plan.srcPages,
-          dstPages: plan.dstPages,
-          srcStride: plan.srcStride,
-          dstStride: plan.dstStride,
-          srcOffset: plan.srcOffset,
-          dstOffset: plan.dstOffset,
-          pageBytes: plan.pageBytes,
-          keys: k,
-        };
-        break;
-      }
-      case 'scatter':
-        region = (plan.src as Region).key as number;
-        plan.targets.forEach((t, i) => {
-          if (plan.routing === 'bytes')
-            run(t.peer, 0, t.lanes, autoShards(t.length, t.lanes), t.srcOffset, t.dstOffset, t.length, t.dst);
-          else {
-            const lane = plan.routing === 'peers' ? i % t.lanes : plan.routing.nic;
-            run(t.peer, lane, t.lanes, 1, t.srcOffset, t.dstOffset, t.length, t.dst);
-          }
-        });
-        break;
-      case 'barrier':
-        for (const [j, p] of plan.peers.entries())
-          run(p, plan.lanes[j]!, this.lanesTo(p), 1, 0, 0, 0, undefined);
-        break;
-      case 'imm':
-        run(plan.peer, plan.lane, this.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
-        break;
-      case 'runs':
-        region = plan.src ? ((plan.src as Region).key as number) : 0;
-        // Each on its own lane: lane0 = the lane, one shard.
-        for (const r of plan.runs)
-          run(r.peer, r.lane, this.lanesTo(r.peer), 1, r.srcOffset, r.dstOffset, r.length, r.dst);
-        break;
-    }
+    const w = packWrite(plan, this.writeScratch, this.writePeers, op.callsite.op);
     this.track(op);
     this.native.write(
       op.id,
-      region,
+      w.region,
       plan.imm !== undefined,
       plan.imm ?? 0,
-      runs.subarray(0, RUN.stride * n),
-      keys.subarray(0, NIC_KEYS.stride * n),
-      pages,
+      w.runs,
+      w.keys,
+      w.pages,
       trigger,
     );
   }
@@ -1461,4 +1396,125 @@ function nicKeysOf(keys: BigUint64Array, nics: number): Array<{ addr: bigint; rk
     addr: keys[REG_KEY.stride * i + REG_KEY.addr]!,
     rkey: keys[REG_KEY.stride * i + REG_KEY.key]!,
   }));
+}
+
+/** Scratch arrays a write is packed into: reused across calls, grown as needed. @internal */
+export interface WriteScratch {
+  runs: Float64Array;
+  keys: BigUint64Array;
+}
+
+/** How the engine names a peer to its addon, and how many lanes reach it. @internal */
+export interface WritePeers {
+  peerId(peer: NetAddr, op: string): number;
+  lanesTo(peer: NetAddr): number;
+}
+
+/** The arguments of {@link NativeEngine.write} a plan packs into. @internal */
+export interface PackedWrite {
+  region: number;
+  runs: Float64Array;
+  keys: BigUint64Array;
+  pages: Parameters<NativeEngine['write']>[6];
+}
+
+/**
+ * Pack a plan into the addon's write records ({@link RUN} and {@link NIC_KEYS} records, or the pages
+ * object): the JS half of a write the worker expands into work requests (`wr_shape` in engine.hpp;
+ * backend-efa's test/expand.test.ts checks, on random plans, that the expansion of what this packs
+ * is {@link workRequests} of the plan). The returned arrays are views of `scratch`. @internal
+ */
+export function packWrite(plan: Plan, scratch: WriteScratch, peers: WritePeers, op: string): PackedWrite {
+  let n = 0;
+  const runCount =
+    plan.op === 'scatter'
+      ? plan.targets.length
+      : plan.op === 'barrier'
+        ? plan.peers.length
+        : plan.op === 'runs'
+          ? plan.runs.length
+          : 1;
+  if (runCount * RUN.stride > scratch.runs.length) {
+    scratch.runs = new Float64Array(RUN.stride * runCount);
+    scratch.keys = new BigUint64Array(NIC_KEYS.stride * runCount);
+  }
+  const runs = scratch.runs;
+  const keys = scratch.keys;
+  const run = (
+    peer: NetAddr,
+    lane0: number,
+    lanes: number,
+    shards: number,
+    srcOff: number,
+    dstOff: number,
+    len: number,
+    dst: MrDesc | undefined,
+  ) => {
+    const at = RUN.stride * n;
+    runs[at + RUN.peer] = peers.peerId(peer, op);
+    runs[at + RUN.lane0] = lane0;
+    runs[at + RUN.lanes] = lanes;
+    runs[at + RUN.shards] = shards;
+    runs[at + RUN.srcOff] = srcOff;
+    runs[at + RUN.dstOff] = dstOff;
+    runs[at + RUN.len] = len;
+    runs[at + RUN.zero] = dst ? 0 : 1;
+    packNicKeys(keys, NIC_KEYS.stride * n++, dst);
+  };
+  let region = 0;
+  let pages: PackedWrite['pages'];
+  switch (plan.op) {
+    case 'single':
+      region = (plan.src as Region).key as number;
+      run(plan.peer, 0, plan.lanes, plan.shards, plan.srcOffset, plan.dstOffset, plan.length, plan.dst);
+      break;
+    case 'paged': {
+      region = (plan.src as Region).key as number;
+      const k = new BigUint64Array(NIC_KEYS.stride);
+      packNicKeys(k, 0, plan.dst);
+      pages = {
+        peer: peers.peerId(plan.peer, op),
+        lanes: plan.lanes,
+        srcPages: plan.srcPages,
+        dstPages: plan.dstPages,
+        srcStride: plan.srcStride,
+        dstStride: plan.dstStride,
+        srcOffset: plan.srcOffset,
+        dstOffset: plan.dstOffset,
+        pageBytes: plan.pageBytes,
+        keys: k,
+      };
+      break;
+    }
+    case 'scatter':
+      region = (plan.src as Region).key as number;
+      plan.targets.forEach((t, i) => {
+        if (plan.routing === 'bytes')
+          run(t.peer, 0, t.lanes, autoShards(t.length, t.lanes), t.srcOffset, t.dstOffset, t.length, t.dst);
+        else {
+          const lane = plan.routing === 'peers' ? i % t.lanes : plan.routing.nic;
+          run(t.peer, lane, t.lanes, 1, t.srcOffset, t.dstOffset, t.length, t.dst);
+        }
+      });
+      break;
+    case 'barrier':
+      for (const [j, p] of plan.peers.entries())
+        run(p, plan.lanes[j]!, peers.lanesTo(p), 1, 0, 0, 0, undefined);
+      break;
+    case 'imm':
+      run(plan.peer, plan.lane, peers.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
+      break;
+    case 'runs':
+      region = plan.src ? ((plan.src as Region).key as number) : 0;
+      // Each on its own lane: lane0 = the lane, one shard.
+      for (const r of plan.runs)
+        run(r.peer, r.lane, peers.lanesTo(r.peer), 1, r.srcOffset, r.dstOffset, r.length, r.dst);
+      break;
+  }
+  return {
+    region,
+    runs: runs.subarray(0, RUN.stride * n),
+    keys: keys.subarray(0, NIC_KEYS.stride * n),
+    pages,
+  };
 }

@@ -271,7 +271,7 @@ export const INPUT_CASES: readonly ConformanceCase[] = [
         assert.ok(e instanceof TrellisError);
         assert.equal(e.op, 'submitSingleWrite');
         assert.equal(e.peer, b!.address.toString());
-        assert.match(e.stack ?? '', /cases\.(ts|js)/, 'the stack points at the submitting code');
+        assert.match(e.stack ?? '', /cases[\\/]input\.(ts|js)/, 'the stack points at the submitting code');
         assert.match(e.stack ?? '', /PEER_LOST/);
       }),
   },

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "domain.hpp"
+#include "format.hpp"
 #include "port.h"
 
 #ifdef __linux__
@@ -36,8 +37,6 @@
 #endif
 
 namespace trellis {
-
-constexpr uint64_t kShardAlign = 64;
 
 // One destination run of a write request: `shards` work requests cut from [src_off, src_off+len)
 // onto lanes lane0, lane0+1, ... (mod lanes). Single writes and scatter targets are runs; so are
@@ -83,6 +82,94 @@ struct WriteCmd {
     return n;
   }
 };
+
+// Where a write command's expansion stands: shard `idx` of run `run`, or page `idx`.
+struct WrCursor {
+  size_t run = 0;
+  uint64_t idx = 0;
+  bool in_pages = false;
+};
+
+// One work request of a write command, before NIC resources are attached: the native half of the
+// plan → work-request expansion. (The JS half is workRequests in validate.ts; backend-efa's
+// test/expand.test.ts checks that the two agree on random plans, through expandWrite below.)
+struct WrShape {
+  uint32_t peer = 0;
+  uint8_t lane = 0;
+  uint64_t src_off = 0;  // from the source region's start
+  uint64_t dst_off = 0;  // from the destination's address on the lane
+  uint64_t len = 0;
+  const RemoteKey* keys = nullptr;  // null: a zero-byte write into the peer's sink
+};
+
+inline WrShape wr_shape(const WriteCmd& w, const WrCursor& at) {
+  WrShape s;
+  if (!at.in_pages) {
+    const Run& r = w.runs[at.run];
+    s.lane = static_cast<uint8_t>((r.lane0 + at.idx) % r.lanes);
+    s.peer = r.peer;
+    if (!r.zero) {
+      constexpr uint64_t a = format::kShardAlign;
+      const uint64_t size = ((r.len + r.shards - 1) / r.shards + a - 1) / a * a;
+      const uint64_t start = std::min(r.len, at.idx * size);
+      s.len = std::min(r.len, start + size) - start;
+      s.src_off = r.src_off + start;
+      s.dst_off = r.dst_off + start;
+      s.keys = r.keys;
+    }
+  } else {
+    const Pages& p = *w.pages;
+    s.lane = static_cast<uint8_t>(at.idx % p.lanes);
+    s.peer = p.peer;
+    s.len = p.page_bytes;
+    s.src_off = p.src_off + p.src_pages[at.idx] * p.src_stride;
+    s.dst_off = p.dst_off + p.dst_pages[at.idx] * p.dst_stride;
+    s.keys = p.keys;
+  }
+  return s;
+}
+
+// The first work request of a command: its first run's, else its first page's.
+inline WrCursor wr_first(const WriteCmd& w) {
+  WrCursor c;
+  c.in_pages = w.runs.empty();
+  return c;
+}
+
+// Step to the next work request; true when the command has none left.
+inline bool wr_next(const WriteCmd& w, WrCursor& c) {
+  c.idx++;
+  if (!c.in_pages) {
+    if (c.idx < w.runs[c.run].shards) return false;
+    c.idx = 0;
+    if (++c.run < w.runs.size()) return false;
+    if (!w.pages || w.pages->src_pages.empty()) return true;
+    c.in_pages = true;
+    return false;
+  }
+  return c.idx >= w.pages->src_pages.size();
+}
+
+// Work requests of the command from the cursor on, the cursor's own included.
+inline uint64_t wr_remaining(const WriteCmd& w, const WrCursor& c) {
+  uint64_t n = 0;
+  if (!c.in_pages) {
+    for (size_t r = c.run; r < w.runs.size(); r++) n += w.runs[r].shards;
+    n -= c.idx;
+    if (w.pages) n += w.pages->src_pages.size();
+  } else if (w.pages) {
+    n = w.pages->src_pages.size() - c.idx;
+  }
+  return n;
+}
+
+// Every work request of a command, in posting order (a command with none calls nothing).
+template <typename F>
+void for_each_wr(const WriteCmd& w, F&& f) {
+  if (w.total_wrs() == 0) return;
+  WrCursor c = wr_first(w);
+  do f(wr_shape(w, c)); while (!wr_next(w, c));
+}
 
 enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort, FailNic };
 
@@ -374,9 +461,7 @@ class Engine {
     Region* region = nullptr;  // resolved once per command, not per work request
     Peer* peer = nullptr;      // the current run's (or the pages') peer
     uint32_t peer_id = UINT32_MAX;
-    size_t run = 0;
-    uint64_t idx = 0;  // shard within run, or page
-    bool in_pages = false;
+    WrCursor at;
   };
   struct Region {
     void* ptr;
@@ -737,7 +822,7 @@ class Engine {
     g.st = &ops_.emplace(op, std::move(st)).first->second;
     if (w->region) g.region = &regions_.find(w->region)->second;
     g.cmd = std::shared_ptr<WriteCmd>(std::move(w));
-    g.in_pages = g.cmd->runs.empty();
+    g.at = wr_first(*g.cmd);
     backlog_.push_back(std::move(g));
   }
 
@@ -880,18 +965,7 @@ class Engine {
       }
   }
 
-  uint64_t remaining(const Gen& g) const {
-    const WriteCmd& w = *g.cmd;
-    uint64_t n = 0;
-    if (!g.in_pages) {
-      for (size_t r = g.run; r < w.runs.size(); r++) n += w.runs[r].shards;
-      n -= g.idx;
-      if (w.pages) n += w.pages->src_pages.size();
-    } else if (w.pages) {
-      n = w.pages->src_pages.size() - g.idx;
-    }
-    return n;
-  }
+  uint64_t remaining(const Gen& g) const { return wr_remaining(*g.cmd, g.at); }
 
   std::chrono::steady_clock::time_point deadline() const {
     if (!opts_.op_timeout_ms) return std::chrono::steady_clock::time_point::max();
@@ -949,36 +1023,9 @@ class Engine {
       Gen& g = *it;
       WriteCmd& w = *g.cmd;
       WriteWr wr;
-      uint8_t lane;
-      uint32_t peer;
-      const RemoteKey* keys;
-      uint64_t dst_off;
-      if (!g.in_pages) {
-        const Run& r = w.runs[g.run];
-        lane = static_cast<uint8_t>((r.lane0 + g.idx) % r.lanes);
-        peer = r.peer;
-        if (r.zero) {
-          wr.len = 0;
-          dst_off = 0;
-          keys = nullptr;
-        } else {
-          uint64_t size = ((r.len + r.shards - 1) / r.shards + kShardAlign - 1) / kShardAlign * kShardAlign;
-          uint64_t start = std::min(r.len, g.idx * size);
-          uint64_t end = std::min(r.len, start + size);
-          wr.len = end - start;
-          wr.src = static_cast<const uint8_t*>(g.region->ptr) + r.src_off + start;
-          dst_off = r.dst_off + start;
-          keys = r.keys;
-        }
-      } else {
-        const Pages& p = *w.pages;
-        lane = static_cast<uint8_t>(g.idx % p.lanes);
-        peer = p.peer;
-        wr.len = p.page_bytes;
-        wr.src = static_cast<const uint8_t*>(g.region->ptr) + p.src_off + p.src_pages[g.idx] * p.src_stride;
-        dst_off = p.dst_off + p.dst_pages[g.idx] * p.dst_stride;
-        keys = p.keys;
-      }
+      const WrShape s = wr_shape(w, g.at);
+      const uint8_t lane = s.lane;
+      const uint32_t peer = s.peer;
       if (inflight_[lane] >= max_inflight(lane)) break;
       if (std::find(blocked_.begin(), blocked_.end(), peer) != blocked_.end()) {
         ++it;
@@ -996,9 +1043,11 @@ class Engine {
         continue;
       }
       wr.peer = pr.handles[lane];
-      if (keys && wr.len) {
-        wr.raddr = keys[lane].addr + dst_off;
-        wr.rkey = keys[lane].key;
+      wr.len = s.len;
+      if (s.keys && s.len) {
+        wr.src = static_cast<const uint8_t*>(g.region->ptr) + s.src_off;
+        wr.raddr = s.keys[lane].addr + s.dst_off;
+        wr.rkey = s.keys[lane].key;
       } else {
         // Zero-byte work requests (immediates, barriers, empty shards) land in the peer's sink.
         wr.len = 0;
@@ -1032,7 +1081,7 @@ class Engine {
         g.st->posted_open++;
         c->live = true;
       }
-      if (!advance(g)) continue;
+      if (!wr_next(w, g.at)) continue;
       it = it == backlog_.begin() ? (backlog_.pop_front(), backlog_.begin()) : backlog_.erase(it);
     }
     while (!send_backlog_.empty() && !free_sends_.empty() && inflight_[send_backlog_.front().lane] < max_inflight(0)) {
@@ -1071,20 +1120,6 @@ class Engine {
   }
 
   // Move a generator to its next work request; true when the command is exhausted.
-  static bool advance(Gen& g) {
-    WriteCmd& w = *g.cmd;
-    g.idx++;
-    if (!g.in_pages) {
-      if (g.idx < w.runs[g.run].shards) return false;
-      g.idx = 0;
-      if (++g.run < w.runs.size()) return false;
-      if (!w.pages || w.pages->src_pages.empty()) return true;
-      g.in_pages = true;
-      return false;
-    }
-    return g.idx >= w.pages->src_pages.size();
-  }
-
   // -------------------------------------------------------------------------------- completions
   bool poll_all() {
     bool any = false;

@@ -11,6 +11,9 @@ namespace trellis::format {
 // A completion's code word carries this bit when the op settled with work still posted.
 constexpr uint32_t kPostedFlag = 0x100;
 
+// Shards of a write are cut at multiples of this many bytes (SHARD_ALIGN of the contract).
+constexpr uint64_t kShardAlign = 64;
+
 // Uint32Array, events.ops: one record per settled operation (code = index into the addon's codeNames, plus POSTED_FLAG; nic = NIC index + 1, 0 for none).
 struct Completion {
   static constexpr size_t kStride = 4;
@@ -86,6 +89,17 @@ struct PortWindow {
   static constexpr size_t kDstLen = 7;
   static constexpr size_t kHasImm = 8;
   static constexpr size_t kImm = 9;
+};
+
+// Float64Array, expandWrite() (tests): one record per work request a write expands into, in posting order (keyed = 0 for a zero-byte write into the peer's sink).
+struct WrShape {
+  static constexpr size_t kStride = 6;
+  static constexpr size_t kPeer = 0;
+  static constexpr size_t kLane = 1;
+  static constexpr size_t kSrcOff = 2;
+  static constexpr size_t kDstOff = 3;
+  static constexpr size_t kLen = 4;
+  static constexpr size_t kKeyed = 5;
 };
 
 // Float64Array, portStats(): one record, then one count per counted immediate (in openPort's order).

@@ -31,6 +31,66 @@ inline void read_keys(const Napi::BigUint64Array& keys, size_t at, RemoteKey out
   }
 }
 
+// The runs (format::Run and format::NicKeys records at info[at], info[at+1]) and pages (an object at
+// info[at+2], if any) of a write, as Write and expandWrite take them.
+inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
+  Napi::Float64Array runs = info[at].As<Napi::Float64Array>();
+  Napi::BigUint64Array keys = info[at + 1].As<Napi::BigUint64Array>();
+  using R = format::Run;
+  size_t n = runs.ElementLength() / R::kStride;
+  w.runs.resize(n);
+  for (size_t i = 0; i < n; i++) {
+    Run& r = w.runs[i];
+    const double* v = runs.Data() + R::kStride * i;
+    r.peer = static_cast<uint32_t>(v[R::kPeer]);
+    r.lane0 = static_cast<uint8_t>(v[R::kLane0]);
+    r.lanes = static_cast<uint8_t>(v[R::kLanes]);
+    r.shards = static_cast<uint32_t>(v[R::kShards]);
+    r.src_off = static_cast<uint64_t>(v[R::kSrcOff]);
+    r.dst_off = static_cast<uint64_t>(v[R::kDstOff]);
+    r.len = static_cast<uint64_t>(v[R::kLen]);
+    r.zero = v[R::kZero] != 0;
+    read_keys(keys, format::NicKeys::kStride * i, r.keys);
+  }
+  if (info.Length() > at + 2 && info[at + 2].IsObject()) {
+    Napi::Object p = info[at + 2].As<Napi::Object>();
+    auto pg = std::make_unique<Pages>();
+    pg->peer = u32(p.Get("peer"));
+    pg->lanes = static_cast<uint8_t>(u32(p.Get("lanes")));
+    Napi::Uint32Array sp = p.Get("srcPages").As<Napi::Uint32Array>();
+    Napi::Uint32Array dp = p.Get("dstPages").As<Napi::Uint32Array>();
+    pg->src_pages.assign(sp.Data(), sp.Data() + sp.ElementLength());
+    pg->dst_pages.assign(dp.Data(), dp.Data() + dp.ElementLength());
+    pg->src_stride = u64(p.Get("srcStride"));
+    pg->dst_stride = u64(p.Get("dstStride"));
+    pg->src_off = u64(p.Get("srcOffset"));
+    pg->dst_off = u64(p.Get("dstOffset"));
+    pg->page_bytes = u64(p.Get("pageBytes"));
+    read_keys(p.Get("keys").As<Napi::BigUint64Array>(), 0, pg->keys);
+    w.pages = std::move(pg);
+  }
+}
+
+// expandWrite(runs, runKeys, pages?) → format::WrShape records: the work requests the worker would
+// post for this write, in order (the lane's key picks `keyed`). For tests of the expansion.
+inline Napi::Value ExpandWrite(const Napi::CallbackInfo& info) {
+  WriteCmd w;
+  read_write(info, 0, w);
+  using S = format::WrShape;
+  Napi::Float64Array out = Napi::Float64Array::New(info.Env(), w.total_wrs() * S::kStride);
+  size_t i = 0;
+  for_each_wr(w, [&](const WrShape& s) {
+    double* v = out.Data() + S::kStride * i++;
+    v[S::kPeer] = s.peer;
+    v[S::kLane] = s.lane;
+    v[S::kSrcOff] = static_cast<double>(s.src_off);
+    v[S::kDstOff] = static_cast<double>(s.dst_off);
+    v[S::kLen] = static_cast<double>(s.len);
+    v[S::kKeyed] = s.keys && s.len ? 1 : 0;
+  });
+  return out;
+}
+
 template <typename Factory>
 class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
  public:
@@ -388,41 +448,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     w->region = u32(info[1]);
     w->has_imm = info[2].As<Napi::Boolean>().Value();
     w->imm = u32(info[3]);
-    Napi::Float64Array runs = info[4].As<Napi::Float64Array>();
-    Napi::BigUint64Array keys = info[5].As<Napi::BigUint64Array>();
-    using R = format::Run;
-    size_t n = runs.ElementLength() / R::kStride;
-    w->runs.resize(n);
-    for (size_t i = 0; i < n; i++) {
-      Run& r = w->runs[i];
-      const double* v = runs.Data() + R::kStride * i;
-      r.peer = static_cast<uint32_t>(v[R::kPeer]);
-      r.lane0 = static_cast<uint8_t>(v[R::kLane0]);
-      r.lanes = static_cast<uint8_t>(v[R::kLanes]);
-      r.shards = static_cast<uint32_t>(v[R::kShards]);
-      r.src_off = static_cast<uint64_t>(v[R::kSrcOff]);
-      r.dst_off = static_cast<uint64_t>(v[R::kDstOff]);
-      r.len = static_cast<uint64_t>(v[R::kLen]);
-      r.zero = v[R::kZero] != 0;
-      read_keys(keys, format::NicKeys::kStride * i, r.keys);
-    }
-    if (info.Length() > 6 && info[6].IsObject()) {
-      Napi::Object p = info[6].As<Napi::Object>();
-      auto pg = std::make_unique<Pages>();
-      pg->peer = u32(p.Get("peer"));
-      pg->lanes = static_cast<uint8_t>(u32(p.Get("lanes")));
-      Napi::Uint32Array sp = p.Get("srcPages").As<Napi::Uint32Array>();
-      Napi::Uint32Array dp = p.Get("dstPages").As<Napi::Uint32Array>();
-      pg->src_pages.assign(sp.Data(), sp.Data() + sp.ElementLength());
-      pg->dst_pages.assign(dp.Data(), dp.Data() + dp.ElementLength());
-      pg->src_stride = u64(p.Get("srcStride"));
-      pg->dst_stride = u64(p.Get("dstStride"));
-      pg->src_off = u64(p.Get("srcOffset"));
-      pg->dst_off = u64(p.Get("dstOffset"));
-      pg->page_bytes = u64(p.Get("pageBytes"));
-      read_keys(p.Get("keys").As<Napi::BigUint64Array>(), 0, pg->keys);
-      w->pages = std::move(pg);
-    }
+    read_write(info, 4, *w);
     // trigger?: {watch, at, hold?} — arm it on a watcher instead of posting now.
     bool armed = info.Length() > 7 && info[7].IsObject();
     Cmd c(armed ? CmdKind::ArmWrite : CmdKind::Write);
@@ -660,6 +686,7 @@ inline void export_port_calls(Napi::Env env, Napi::Object exports) {
       names.Set(i, trellis::code_name(static_cast<trellis::Code>(i)));                 \
     exports.Set("codeNames", names);                                                   \
     trellis::export_port_calls(env, exports);                                          \
+    exports.Set("expandWrite", Napi::Function::New(env, trellis::ExpandWrite));        \
     FACTORY::extend(env, exports);                                                     \
     return exports;                                                                    \
   }                                                                                    \
