@@ -66,6 +66,9 @@ const DEFAULT_LIMITS: EngineLimits = {
  * implements the `protected abstract` methods — posting plans, sends, receives, cancellation — and
  * nothing else.
  */
+/** A path a backend runs a plan on whole, outside the NICs' work requests. @internal */
+export type GpuPath = 'lane' | 'staged';
+
 export abstract class EngineBase implements TransferEngine, ValidationContext {
   abstract readonly kind: string;
   abstract readonly address: NetAddr;
@@ -133,9 +136,36 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return true;
   }
 
-  /** Whether failover may take `plan`: staged GPU regions move through their own protocol. */
-  protected failoverTakes(plan: Plan): boolean {
-    return !touchesStaged(plan);
+  /**
+   * The path of every submitted plan, in this order and only here:
+   * 1. a source registered in parts → the two-phase writer (work cut at part boundaries, the
+   *    immediates raised after the data);
+   * 2. a path the backend runs whole, outside the NICs' work requests ({@link gpuPath}: the
+   *    same-host lane, staged GPU copies) → {@link postGpu};
+   * 3. failover on and the plan its kind → the failover writer (re-posts on NICs that are up);
+   * 4. the backend's {@link post}.
+   */
+  private route(p: Plan, op: PendingOp): void {
+    if (inParts(p)) this.twoPhase().start(p, op, (p as unknown as { src: Region }).src.parted);
+    else {
+      const gpu = this.gpuPath(p);
+      if (gpu) this.postGpu(gpu, p, op);
+      else if (this.failover?.handles(p)) this.failover.start(p, op);
+      else this.post(p, op);
+    }
+  }
+
+  /**
+   * A path the backend runs `plan` on whole, or undefined for the NICs. The base knows one: staged
+   * GPU regions, which move through their own protocol (never failover's).
+   */
+  protected gpuPath(plan: Plan): GpuPath | undefined {
+    return touchesStaged(plan) ? 'staged' : undefined;
+  }
+
+  /** Run `plan` on the path {@link gpuPath} named; settle `op` once. */
+  protected postGpu(_path: GpuPath, plan: Plan, op: PendingOp): void {
+    this.post(plan, op);
   }
 
   /** @internal Called by {@link PendingOp.requestCancel}. */
@@ -508,11 +538,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         );
       const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
       const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req, peers);
-      if (parted)
-        this.guard(op, () => this.twoPhase().start(p, op, (p as unknown as { src: Region }).src.parted));
-      else if (this.failover?.handles(p) && this.failoverTakes(p))
-        this.guard(op, () => this.failover!.start(p, op));
-      else this.guard(op, () => this.post(p, op));
+      this.guard(op, () => this.route(p, op));
       return op.promise;
     } catch (e) {
       return Promise.reject(site.attach(e));

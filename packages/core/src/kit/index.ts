@@ -8,7 +8,7 @@
  * @packageDocumentation
  */
 export { ImmCounterTable } from './counters.js';
-export { EngineBase, HEARTBEAT_IMM, HEARTBEAT_MISSES } from './engine-base.js';
+export { EngineBase, type GpuPath, HEARTBEAT_IMM, HEARTBEAT_MISSES } from './engine-base.js';
 export { WR_SHAPE } from './format.js';
 export {
   loadNativeAddon,

@@ -25,7 +25,7 @@ import type {
   UvmWatcher,
   UvmWatcherCallback,
 } from '../types.js';
-import { EngineBase } from './engine-base.js';
+import { EngineBase, type GpuPath } from './engine-base.js';
 import {
   ARRIVAL,
   COMPLETION,
@@ -40,7 +40,7 @@ import {
 import { SameHostLane } from './lane.js';
 import type { PendingOp } from './pending-op.js';
 import type { RecvPool, Region, RegionAlloc } from './region.js';
-import { type StagedMemory, Stager, touchesStaged } from './staging.js';
+import { type StagedMemory, Stager } from './staging.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -907,14 +907,18 @@ export abstract class NativeEngineBase extends EngineBase {
   };
 
   protected post(plan: Plan, op: PendingOp): void {
-    if (this.lane.takes(plan, true)) this.lane.start(plan, op);
-    else if (touchesStaged(plan)) this.stager.start(plan as SinglePlan | PagedPlan | ScatterPlan, op);
-    else this.postPlan(plan, op);
+    this.postPlan(plan, op);
   }
 
-  /** GPU → GPU writes on one host take the lane, whatever failover would do with NICs. */
-  protected override failoverTakes(plan: Plan): boolean {
-    return super.failoverTakes(plan) && !this.lane.takes(plan);
+  /** Writes to a peer on this host take the lane (whatever failover would do with NICs); staged GPU regions their copies. */
+  protected override gpuPath(plan: Plan): GpuPath | undefined {
+    if (this.lane.takes(plan, true)) return 'lane';
+    return super.gpuPath(plan);
+  }
+
+  protected override postGpu(path: GpuPath, plan: Plan, op: PendingOp): void {
+    if (path === 'lane') this.lane.start(plan, op);
+    else this.stager.start(plan as SinglePlan | PagedPlan | ScatterPlan, op);
   }
 
   protected postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void {
