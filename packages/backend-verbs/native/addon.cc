@@ -2,7 +2,6 @@
 #include <napi.h>
 
 #include "trellis/napi_engine.hpp"
-#include "model_scenarios.hpp"
 #include "verbs_domain.hpp"
 
 namespace {
@@ -56,7 +55,6 @@ struct VerbsFactory {
   }
 
   static void extend(Napi::Env env, Napi::Object exports) {
-    exports.Set("modelScenario", Napi::Function::New(env, trellis_verbs::run_model_scenario));
     exports.Set("devices", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                   bool model = info.Length() > 0 && info[0].ToBoolean().Value();
                   std::string err;

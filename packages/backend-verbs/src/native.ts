@@ -19,8 +19,6 @@ export interface NativeVerbsOptions
 export interface Addon extends NativeModuleCalls {
   NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
   devices(model: boolean): { devices: string[]; error: string };
-  /** Drive the RC model directly through the seam (tests). */
-  modelScenario(name: string): Record<string, unknown>;
 }
 
 let cached: Addon | undefined;
