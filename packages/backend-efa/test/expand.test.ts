@@ -1,5 +1,5 @@
 // The plan → work-request expansion exists in two languages: workRequests (core's validate.ts) says
-// what a plan means, and the engine kit's worker (wr_shape and wr_next in engine.hpp) is what posts.
+// what a plan means, and the engine kit's worker (wr_shape and wr_next in expand.hpp) is what posts.
 // This checks on random plans of every kind that the addon, handed what packWrite packs (as
 // NativeEngineBase.postPlan hands it), expands them into exactly the work requests workRequests
 // lists: same order, peer, lane, length, offsets, and the same zero-byte writes into the sink.

@@ -1424,7 +1424,7 @@ export interface PackedWrite {
 
 /**
  * Pack a plan into the addon's write records ({@link RUN} and {@link NIC_KEYS} records, or the pages
- * object): the JS half of a write the worker expands into work requests (`wr_shape` in engine.hpp;
+ * object): the JS half of a write the worker expands into work requests (`wr_shape` in expand.hpp;
  * backend-efa's test/expand.test.ts checks, on random plans, that the expansion of what this packs
  * is {@link workRequests} of the plan). The returned arrays are views of `scratch`. @internal
  */

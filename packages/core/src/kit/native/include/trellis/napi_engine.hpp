@@ -16,6 +16,7 @@
 #include "engine.hpp"
 #include "format.hpp"
 #include "host_lane.hpp"
+#include "port_abi.hpp"
 
 namespace trellis {
 
