@@ -199,204 +199,160 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     cfg: MoeConfig,
     device?: MoeDeviceOptions,
   ): Promise<MoeAllToAll<'host'> | MoeAllToAll<'device'>> {
-    const c: Required<MoeConfig> = {
-      scales: false,
-      scaleBlock: 128,
-      maxPrivateTokens: 64,
-      immBase: 0x4d4f0000,
-      timeoutMs: 30_000,
-      proxy: false,
-      proxySpinUs: 200,
-      ...cfg,
-    };
-    const int = (name: keyof MoeConfig, lo: number) => {
-      const v = c[name] as number;
-      if (!Number.isSafeInteger(v) || v < lo)
-        throw new TrellisError(
-          'INVALID_ARGUMENT',
-          `MoeAllToAll.create: ${name} must be an integer >= ${lo}, got ${String(v)}`,
-        );
-    };
-    for (const k of [
-      'worldSize',
-      'nodeSize',
-      'numExperts',
-      'topk',
-      'hidden',
-      'maxTokensPerRank',
-      'scaleBlock',
-      'timeoutMs',
-    ] as const)
-      int(k, 1);
-    int('rank', 0);
-    int('proxySpinUs', 0);
-    if (typeof c.proxy !== 'boolean')
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `MoeAllToAll.create: proxy must be a boolean, got ${String(c.proxy)}`,
-      );
-    int('maxPrivateTokens', 0);
-    if (c.rank >= c.worldSize)
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `MoeAllToAll.create: rank ${c.rank} is not below worldSize ${c.worldSize}`,
-      );
-    if (c.numExperts % c.worldSize)
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `MoeAllToAll.create: numExperts ${c.numExperts} must be a multiple of worldSize ${c.worldSize}`,
-      );
-    if (c.worldSize % c.nodeSize)
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `MoeAllToAll.create: worldSize must be a multiple of nodeSize`,
-      );
-    if (!(c.inDtype in ELEM) || !(c.outDtype in ELEM) || c.outDtype === ('fp8' as string))
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'MoeAllToAll.create: inDtype is fp8, bf16 or fp32; outDtype bf16 or fp32',
-      );
-    if (c.scales && (c.inDtype !== 'fp8' || c.hidden % c.scaleBlock))
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `MoeAllToAll.create: scales go with fp8 tokens and a hidden size that is a multiple of scaleBlock (${c.scaleBlock})`,
-      );
-    const W = c.worldSize;
-    const rowsMax = c.maxTokensPerRank * c.topk; // rows one source can send to one receiver
-    if (device?.gpuDriven) {
+    // Check the config, lay the buffers out, then the mode's factory.
+    const c = checkConfig(cfg, device);
+    const l = layoutOf(c);
+    if (!device) return MoeAllToAll.createHost(engine, c, l);
+    if (device.gpuDriven) return MoeAllToAll.createGpuDriven(engine, c, l, device);
+    if (c.proxy) return MoeAllToAll.createGpuProxy(engine, c, l, device);
+    return MoeAllToAll.createDevice(engine, c, l, device);
+  }
+
+  /** Host memory; the engine moves every row (posted from JS, or by the native proxy with `proxy`). */
+  private static async createHost(
+    engine: TransferEngine,
+    c: Required<MoeConfig>,
+    { layout, rowStride, stagingSize }: MoeLayout,
+  ): Promise<MoeAllToAll<'host'>> {
+    const region = await engine.registerMemory(Math.max(64, layout.size), { remote: true });
+    const staging = await engine.registerMemory(stagingSize);
+    let proxy: ProxyDriver | undefined;
+    try {
       if (c.proxy)
-        throw new TrellisError(
-          'INVALID_ARGUMENT',
-          'MoeAllToAll.create: gpuDriven runs its own proxy where nodeSize < worldSize; leave proxy unset',
-        );
-      c.maxPrivateTokens = rowsMax; // every row has its private place: no overflow step
+        proxy = new ProxyDriver(engine, proxyLayout(c, layout, rowStride, stagingSize), new Uint8Array(64));
+    } catch (e) {
+      await region.unregister().catch(() => {});
+      await staging.unregister().catch(() => {});
+      throw e;
     }
-    const rowStride = align(
-      8 + c.hidden * ELEM[c.inDtype] + (c.scales ? (c.hidden / c.scaleBlock) * 4 : 0),
-      16,
-    );
-    const routes = 0;
-    const priv = align(routes + W * c.numExperts * 4, 64);
-    const overflow = priv + W * c.maxPrivateTokens * rowStride;
-    const combine = align(overflow + W * Math.max(0, rowsMax - c.maxPrivateTokens) * rowStride, 64);
-    const size = combine + rowsMax * c.hidden * ELEM[c.outDtype];
-    // Staging: this round's routes, the rows going out to every peer, combine rows going back.
-    // Routes, then every peer's rows, then the combine rows (at the end: see combineSend).
-    const stagingSize =
-      align(c.numExperts * 4, 64) + W * rowsMax * rowStride + W * rowsMax * c.hidden * ELEM[c.outDtype];
-    const layout = { routes, priv, overflow, combine, size };
-    if (!device) {
-      const region = await engine.registerMemory(Math.max(64, size), { remote: true });
-      const staging = await engine.registerMemory(stagingSize);
-      let proxy: ProxyDriver | undefined;
+    return new MoeAllToAll<'host'>(engine, c, region, staging, layout, rowStride, new HostMem(), proxy);
+  }
+
+  /** GPU-driven: kernels store rows over NVLink into peers' regions; hybrid with the proxy across nodes. */
+  private static async createGpuDriven(
+    engine: TransferEngine,
+    c: Required<MoeConfig>,
+    { layout, rowStride, stagingSize, rowsMax }: MoeLayout,
+    device: MoeDeviceOptions,
+  ): Promise<MoeAllToAll<'device'>> {
+    const W = c.worldSize;
+    const { routes, priv, combine, size } = layout;
+    const gd = new GpuDirect(device.ops, device.device, {
+      worldSize: W,
+      rank: c.rank,
+      nodeSize: c.nodeSize,
+      numExperts: c.numExperts,
+      localExperts: c.numExperts / W,
+      rowsMax,
+      maxTokens: c.maxTokensPerRank,
+      tokenBytes: c.hidden * ELEM[c.inDtype],
+      scaleBytes: c.scales ? (c.hidden / c.scaleBlock) * 4 : 0,
+      hidden: c.hidden,
+      rowStride,
+      outRow: c.hidden * ELEM[c.outDtype],
+      routes,
+      priv,
+      combine,
+      size,
+      timeoutMs: c.timeoutMs,
+    });
+    if (c.nodeSize < W) {
+      // Hybrid: peers of other nodes through the proxy, from and into page-locked host memory
+      // mapped into the device (kernels write it; the NIC reads and writes it).
+      const k = device.ops.proxy!;
+      const regs: MrHandle[] = [];
       try {
-        if (c.proxy)
-          proxy = new ProxyDriver(engine, proxyLayout(c, layout, rowStride, stagingSize), new Uint8Array(64));
+        const hostRegion = k.allocMapped(Math.max(64, size));
+        const staging = k.allocMapped(stagingSize);
+        const go = k.allocMapped(64);
+        regs.push(await engine.registerMemory(new Uint8Array(hostRegion.buffer), { remote: true }));
+        regs.push(await engine.registerMemory(new Uint8Array(staging.buffer)));
+        const l = { ...proxyLayout(c, layout, rowStride, stagingSize), maxSleepUs: 50 };
+        gd.hybrid = {
+          hostRegion,
+          staging,
+          go,
+          regionHandle: regs[0]!,
+          stagingHandle: regs[1]!,
+          proxy: new ProxyDriver(engine, l, new Uint8Array(go.buffer)),
+          rowsBase: l.rowsBase,
+          combineBase: l.combineBase,
+        };
       } catch (e) {
-        await region.unregister().catch(() => {});
-        await staging.unregister().catch(() => {});
+        for (const r of regs) await r.unregister().catch(() => {});
+        gd.free();
         throw e;
       }
-      return new MoeAllToAll<'host'>(engine, c, region, staging, layout, rowStride, new HostMem(), proxy);
     }
-    if (device.gpuDriven) {
-      const gd = new GpuDirect(device.ops, device.device, {
-        worldSize: W,
-        rank: c.rank,
-        nodeSize: c.nodeSize,
-        numExperts: c.numExperts,
-        localExperts: c.numExperts / W,
-        rowsMax,
-        maxTokens: c.maxTokensPerRank,
-        tokenBytes: c.hidden * ELEM[c.inDtype],
-        scaleBytes: c.scales ? (c.hidden / c.scaleBlock) * 4 : 0,
-        hidden: c.hidden,
-        rowStride,
-        outRow: c.hidden * ELEM[c.outDtype],
-        routes,
-        priv,
-        combine,
-        size,
-        timeoutMs: c.timeoutMs,
-      });
-      if (c.nodeSize < W) {
-        // Hybrid: peers of other nodes through the proxy, from and into page-locked host memory
-        // mapped into the device (kernels write it; the NIC reads and writes it).
-        const k = device.ops.proxy!;
-        const regs: MrHandle[] = [];
-        try {
-          const hostRegion = k.allocMapped(Math.max(64, size));
-          const staging = k.allocMapped(stagingSize);
-          const go = k.allocMapped(64);
-          regs.push(await engine.registerMemory(new Uint8Array(hostRegion.buffer), { remote: true }));
-          regs.push(await engine.registerMemory(new Uint8Array(staging.buffer)));
-          const l = { ...proxyLayout(c, layout, rowStride, stagingSize), maxSleepUs: 50 };
-          gd.hybrid = {
-            hostRegion,
-            staging,
-            go,
-            regionHandle: regs[0]!,
-            stagingHandle: regs[1]!,
-            proxy: new ProxyDriver(engine, l, new Uint8Array(go.buffer)),
-            rowsBase: l.rowsBase,
-            combineBase: l.combineBase,
-          };
-        } catch (e) {
-          for (const r of regs) await r.unregister().catch(() => {});
-          gd.free();
-          throw e;
-        }
-      }
+    return new MoeAllToAll<'device'>(
+      engine,
+      c,
+      undefined,
+      undefined,
+      layout,
+      rowStride,
+      new MappedMem(gd),
+      undefined,
+      undefined,
+      gd,
+    );
+  }
+
+  /** GPU proxy: kernels count, pack, lay out and combine in mapped host memory; the native proxy posts. */
+  private static async createGpuProxy(
+    engine: TransferEngine,
+    c: Required<MoeConfig>,
+    { layout, rowStride, stagingSize, rowsMax }: MoeLayout,
+    device: MoeDeviceOptions,
+  ): Promise<MoeAllToAll<'device'>> {
+    const W = c.worldSize;
+    const { size } = layout;
+    const gp = new GpuProxy(device.ops, device.device, {
+      region: size,
+      staging: stagingSize,
+      worldSize: W,
+      localExperts: c.numExperts / W,
+      numExperts: c.numExperts,
+      rowsMax,
+      maxTokens: c.maxTokensPerRank,
+      tokenBytes: c.hidden * ELEM[c.inDtype],
+      scaleBytes: c.scales ? (c.hidden / c.scaleBlock) * 4 : 0,
+      hidden: c.hidden,
+    });
+    const regs: MrHandle[] = [];
+    try {
+      regs.push(await engine.registerMemory(new Uint8Array(gp.region.buffer), { remote: true }));
+      regs.push(await engine.registerMemory(new Uint8Array(gp.staging.buffer)));
+      // Kernels raise the go words: the proxy polls them, so it sleeps briefly at most.
+      const l = { ...proxyLayout(c, layout, rowStride, stagingSize), maxSleepUs: 50 };
+      const proxy = new ProxyDriver(engine, l, new Uint8Array(gp.flags.buffer));
       return new MoeAllToAll<'device'>(
         engine,
         c,
-        undefined,
-        undefined,
+        regs[0]!,
+        regs[1]!,
         layout,
         rowStride,
-        new MappedMem(gd),
-        undefined,
-        undefined,
-        gd,
+        new MappedMem(gp),
+        proxy,
+        gp,
       );
+    } catch (e) {
+      for (const r of regs) await r.unregister().catch(() => {});
+      gp.free();
+      throw e;
     }
-    if (c.proxy) {
-      const gp = new GpuProxy(device.ops, device.device, {
-        region: size,
-        staging: stagingSize,
-        worldSize: W,
-        localExperts: c.numExperts / W,
-        numExperts: c.numExperts,
-        rowsMax,
-        maxTokens: c.maxTokensPerRank,
-        tokenBytes: c.hidden * ELEM[c.inDtype],
-        scaleBytes: c.scales ? (c.hidden / c.scaleBlock) * 4 : 0,
-        hidden: c.hidden,
-      });
-      const regs: MrHandle[] = [];
-      try {
-        regs.push(await engine.registerMemory(new Uint8Array(gp.region.buffer), { remote: true }));
-        regs.push(await engine.registerMemory(new Uint8Array(gp.staging.buffer)));
-        // Kernels raise the go words: the proxy polls them, so it sleeps briefly at most.
-        const l = { ...proxyLayout(c, layout, rowStride, stagingSize), maxSleepUs: 50 };
-        const proxy = new ProxyDriver(engine, l, new Uint8Array(gp.flags.buffer));
-        return new MoeAllToAll<'device'>(
-          engine,
-          c,
-          regs[0]!,
-          regs[1]!,
-          layout,
-          rowStride,
-          new MappedMem(gp),
-          proxy,
-          gp,
-        );
-      } catch (e) {
-        for (const r of regs) await r.unregister().catch(() => {});
-        gp.free();
-        throw e;
-      }
-    }
+  }
+
+  /** Device memory registered with the engine (direct or staged); kernels pack, lay out and combine. */
+  private static async createDevice(
+    engine: TransferEngine,
+    c: Required<MoeConfig>,
+    { layout, rowStride, stagingSize, rowsMax }: MoeLayout,
+    device: MoeDeviceOptions,
+  ): Promise<MoeAllToAll<'device'>> {
+    const W = c.worldSize;
+    const { size } = layout;
     const mem = new DeviceMem(device.ops, device.device, {
       expertX: W * rowsMax * c.hidden * ELEM[c.inDtype],
       expertScales: c.scales ? W * rowsMax * (c.hidden / c.scaleBlock) * 4 : 0,
@@ -1208,6 +1164,111 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     }
     this.mem.free();
   }
+}
+
+/** `cfg` with defaults filled in, every field checked (a TrellisError naming the field). */
+function checkConfig(cfg: MoeConfig, device?: MoeDeviceOptions): Required<MoeConfig> {
+  const c: Required<MoeConfig> = {
+    scales: false,
+    scaleBlock: 128,
+    maxPrivateTokens: 64,
+    immBase: 0x4d4f0000,
+    timeoutMs: 30_000,
+    proxy: false,
+    proxySpinUs: 200,
+    ...cfg,
+  };
+  const int = (name: keyof MoeConfig, lo: number) => {
+    const v = c[name] as number;
+    if (!Number.isSafeInteger(v) || v < lo)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.create: ${name} must be an integer >= ${lo}, got ${String(v)}`,
+      );
+  };
+  for (const k of [
+    'worldSize',
+    'nodeSize',
+    'numExperts',
+    'topk',
+    'hidden',
+    'maxTokensPerRank',
+    'scaleBlock',
+    'timeoutMs',
+  ] as const)
+    int(k, 1);
+  int('rank', 0);
+  int('proxySpinUs', 0);
+  if (typeof c.proxy !== 'boolean')
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `MoeAllToAll.create: proxy must be a boolean, got ${String(c.proxy)}`,
+    );
+  int('maxPrivateTokens', 0);
+  if (c.rank >= c.worldSize)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `MoeAllToAll.create: rank ${c.rank} is not below worldSize ${c.worldSize}`,
+    );
+  if (c.numExperts % c.worldSize)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `MoeAllToAll.create: numExperts ${c.numExperts} must be a multiple of worldSize ${c.worldSize}`,
+    );
+  if (c.worldSize % c.nodeSize)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `MoeAllToAll.create: worldSize must be a multiple of nodeSize`,
+    );
+  if (!(c.inDtype in ELEM) || !(c.outDtype in ELEM) || c.outDtype === ('fp8' as string))
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      'MoeAllToAll.create: inDtype is fp8, bf16 or fp32; outDtype bf16 or fp32',
+    );
+  if (c.scales && (c.inDtype !== 'fp8' || c.hidden % c.scaleBlock))
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `MoeAllToAll.create: scales go with fp8 tokens and a hidden size that is a multiple of scaleBlock (${c.scaleBlock})`,
+    );
+  const rowsMax = c.maxTokensPerRank * c.topk; // rows one source can send to one receiver
+  if (device?.gpuDriven) {
+    if (c.proxy)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'MoeAllToAll.create: gpuDriven runs its own proxy where nodeSize < worldSize; leave proxy unset',
+      );
+    c.maxPrivateTokens = rowsMax; // every row has its private place: no overflow step
+  }
+  return c;
+}
+
+/** Where everything lives in a rank's region and staging, from the config. */
+interface MoeLayout {
+  layout: { routes: number; priv: number; overflow: number; combine: number; size: number };
+  rowStride: number;
+  /** Rows one source can send to one receiver. */
+  rowsMax: number;
+  stagingSize: number;
+}
+
+function layoutOf(c: Required<MoeConfig>): MoeLayout {
+  const W = c.worldSize;
+  const rowsMax = c.maxTokensPerRank * c.topk;
+  const rowStride = align(
+    8 + c.hidden * ELEM[c.inDtype] + (c.scales ? (c.hidden / c.scaleBlock) * 4 : 0),
+    16,
+  );
+  const routes = 0;
+  const priv = align(routes + W * c.numExperts * 4, 64);
+  const overflow = priv + W * c.maxPrivateTokens * rowStride;
+  const combine = align(overflow + W * Math.max(0, rowsMax - c.maxPrivateTokens) * rowStride, 64);
+  const size = combine + rowsMax * c.hidden * ELEM[c.outDtype];
+  // Staging: this round's routes, the rows going out to every peer, combine rows going back.
+  // Routes, then every peer's rows, then the combine rows (at the end: see combineSend).
+  const stagingSize =
+    align(c.numExperts * 4, 64) + W * rowsMax * rowStride + W * rowsMax * c.hidden * ELEM[c.outDtype];
+  const layout = { routes, priv, overflow, combine, size };
+  return { layout, rowStride, rowsMax, stagingSize };
 }
 
 /**
