@@ -1,5 +1,5 @@
 // Loads the ibverbs addon (trellis_verbs.node) once, with an error that names what is missing, and
-// types what it exports: the engine kit's NativeEngine, device listing and the RC model's scenarios.
+// types what it exports: the engine kit's NativeEngine and the device listing.
 import {
   loadNativeAddon,
   type NativeEngine,
@@ -7,7 +7,7 @@ import {
   type NativeEvents,
   type NativeModuleCalls,
 } from '@trellis/core/kit';
-import type { VerbsEngineOptions } from './engine.js';
+import type { VerbsEngineOptions } from './options.js';
 
 /** Options the addon's factory reads (see native/addon.cc). */
 export interface NativeVerbsOptions

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import { Etcd3, type Lease, type Watcher } from 'etcd3';
-import type { Rendezvous } from './index.js';
+import type { Rendezvous } from './rendezvous.js';
 
 /**
  * The rendezvous over etcd (v3 API, through the `etcd3` client): keys live under `prefix`; group

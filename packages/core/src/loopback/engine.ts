@@ -1,6 +1,7 @@
 // LoopbackEngine: an EngineBase whose 'NICs' are the in-process loopback fabric (fabric.ts), with
 // adversarial ordering and injected faults. The reference the conformance suite is written against.
 import type { NetAddr } from '../addr.js';
+import type { MrDesc } from '../desc.js';
 import { TrellisError } from '../errors.js';
 import { EngineBase } from '../kit/engine-base.js';
 import type { PendingOp } from '../kit/pending-op.js';
@@ -15,7 +16,23 @@ import type {
   UvmWatcher,
   UvmWatcherCallback,
 } from '../types.js';
-import type { FabricCore } from './fabric.js';
+
+/** A delivery scheduled on the fabric; cancelled ones never run. */
+export interface WireEvent {
+  run: () => void;
+  cancelled: boolean;
+}
+
+/**
+ * What an engine needs of the fabric it lives on (fabric.ts implements it): descriptors and keys
+ * for its regions, its peers by address, and deliveries in the fabric's order. @internal
+ */
+export interface LoopbackWire {
+  desc(engine: LoopbackEngine, regionId: number, length: number, rkeys: bigint[] | undefined): MrDesc;
+  resolve(addr: NetAddr, op: string): LoopbackEngine;
+  rkey(): bigint;
+  schedule(run: () => void): WireEvent;
+}
 
 /** Options of `fabric.createEngine`. */
 export interface LoopbackEngineOptions {
@@ -91,7 +108,7 @@ export class LoopbackEngine extends EngineBase {
   /** @internal */
   constructor(
     /** @internal */
-    readonly fabric: FabricCore,
+    readonly fabric: LoopbackWire,
     readonly engineId: number,
     readonly address: NetAddr,
     opts: LoopbackEngineOptions,

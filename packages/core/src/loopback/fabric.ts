@@ -4,7 +4,7 @@ import { MAX_NICS, NetAddr } from '../addr.js';
 import { MrDesc } from '../desc.js';
 import { TrellisError } from '../errors.js';
 import type { TransferEngine } from '../types.js';
-import { LoopbackEngine, type LoopbackEngineOptions } from './engine.js';
+import { LoopbackEngine, type LoopbackEngineOptions, type LoopbackWire, type WireEvent } from './engine.js';
 import { Prng } from './prng.js';
 
 /** Faults the loopback fabric can inject. The same interface is implemented by other test harnesses. */
@@ -55,13 +55,10 @@ export interface LoopbackFabric {
   close(): Promise<void>;
 }
 
-interface Event {
-  run: () => void;
-  cancelled: boolean;
-}
+type Event = WireEvent;
 
 /** @internal Shared state of one fabric; engines reach each other through it. */
-export class FabricCore implements LoopbackFabric, FaultInjector {
+export class FabricCore implements LoopbackFabric, FaultInjector, LoopbackWire {
   readonly id: Uint8Array;
   readonly rng: Prng;
   private readonly engines = new Map<number, LoopbackEngine>();

@@ -1,0 +1,24 @@
+// The Rendezvous interface every implementation offers (TcpStore in index.ts, EtcdRendezvous in
+// etcd.ts). Types only.
+
+/** What every rendezvous implementation offers. */
+export interface Rendezvous {
+  /** Publish `value` under `key` (replacing any earlier value). */
+  set(key: string, value: string): Promise<void>;
+  /** The value under `key`, waiting until someone publishes it (rejects `TIMEOUT`). */
+  get(key: string, opts?: { timeoutMs?: number }): Promise<string>;
+  /** Resolve once `size` members have entered barrier `name` (each member calls it once). */
+  barrier(name: string, size: number, opts?: { timeoutMs?: number }): Promise<void>;
+  /**
+   * Join `group` as `member` with `value` (e.g. its NetAddr) for as long as this connection lives;
+   * `onChange` receives the full membership on every change, starting with the current one.
+   * Returns a function that stops watching.
+   */
+  join(
+    group: string,
+    member: string,
+    value: string,
+    onChange?: (members: Record<string, string>) => void,
+  ): Promise<() => void>;
+  close(): Promise<void>;
+}
