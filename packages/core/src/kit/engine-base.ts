@@ -35,10 +35,10 @@ import type {
   WaitOptions,
 } from '../types.js';
 import { ImmCounterTable } from './counters.js';
-import { FAILOVER_IMM, Failover, type FailoverHost } from './failover.js';
 import { PendingOp } from './pending-op.js';
 import { RecvPool, Region, type RegionAlloc } from './region.js';
 import { touchesStaged } from './staging.js';
+import { FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -95,7 +95,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   // -- NIC failover -------------------------------------------------------------------------------
 
   /** NIC health and exactly-once re-posting, when the engine was created with `failover`. */
-  protected failover: Failover | undefined;
+  protected failover: TwoPhaseWriter | undefined;
 
   /** Turn failover on (backends call it from their options; `undefined`/`false`: off). */
   protected configureFailover(opts: FailoverOptions | boolean | undefined): void {
@@ -105,7 +105,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         'INVALID_ARGUMENT',
         'createEngine: failover must be a boolean or an options object',
       );
-    this.failover = new Failover(this.failoverHost(), opts === true ? {} : opts);
+    this.failover = new TwoPhaseWriter(this.failoverHost(), opts === true ? {} : opts);
   }
 
   private failoverHost(): FailoverHost {
@@ -175,12 +175,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     this.cancelOp(op, reason);
   }
 
-  private partsWriter: Failover | undefined;
+  private partsWriter: TwoPhaseWriter | undefined;
 
   /** The two-phase writer for regions in parts: failover's when it is on, else one without failover. */
-  private twoPhase(): Failover {
+  private twoPhase(): TwoPhaseWriter {
     if (this.failover) return this.failover;
-    this.partsWriter ??= new Failover(this.failoverHost(), undefined);
+    this.partsWriter ??= new TwoPhaseWriter(this.failoverHost(), undefined);
     return this.partsWriter;
   }
 

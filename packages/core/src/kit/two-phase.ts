@@ -1,4 +1,5 @@
-// NIC failover with exactly-once immediates (issue 10, item 3).
+// The two-phase writer: data first, immediates after. Two users: NIC failover with exactly-once
+// immediates, and regions registered in parts (work cut at part boundaries).
 //
 // The difficulty: a work request that fails may still have delivered its bytes and its immediate
 // (the NIC died after the target saw the write, before the sender saw the completion), and an
@@ -59,12 +60,12 @@ interface Piece extends WorkRequest {
 }
 
 /**
- * Per-engine NIC health and the two-phase writer: data first, immediates after. Failover uses it
+ * The two-phase writer, with the engine's NIC health: data first, immediates after. Failover uses it
  * (re-posting on NICs that are up, raising immediates by de-duplicated control messages); so do
  * writes that touch regions registered in parts, whose work requests are cut at part boundaries
  * (their immediates then follow as immediate-only writes, one per original work request). @internal
  */
-export class Failover {
+export class TwoPhaseWriter {
   private readonly opts: Required<FailoverOptions>;
   private readonly errors: number[][];
   private readonly downUntil: number[];
