@@ -1,3 +1,4 @@
+// Vitest settings every package shares (forked workers for native addons, a JSON report per run).
 import { defineConfig } from 'vitest/config';
 
 /** Test settings every package shares: forked workers (native addons), a JSON report for the summary line. */

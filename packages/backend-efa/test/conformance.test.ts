@@ -1,3 +1,5 @@
+// The conformance suite of @trellis/core/conformance on backend-efa: shm and tcp, 1, 2 and 4 NICs,
+// in one process.
 import { defineConformanceSuite, groupOf, skipFaultCases } from '@trellis/core/conformance';
 import { createEngine, type EfaEngineOptions } from '../src/index.js';
 

@@ -1,3 +1,5 @@
+// The cross-process conformance suite on backend-efa (shm and tcp, 1 and 2 NICs: peers in other OS
+// processes, killed, paused and handed bad descriptors), plus large transfers and the heartbeat.
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { MrDesc } from '@trellis/core';

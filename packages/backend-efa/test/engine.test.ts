@@ -1,3 +1,5 @@
+// backend-efa's own behaviour: providers and options (choice, checks, stats, library facts) and a
+// peer that restarts.
 import { MrDesc, NetAddr, TrellisError } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';

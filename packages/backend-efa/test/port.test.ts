@@ -1,3 +1,5 @@
+// The engine-port suite (native code posting through a port's C table) on backend-efa: shm and tcp,
+// 1 and 2 NICs.
 import { definePortSuite, groupOf } from '@trellis/core/conformance';
 import { createEngine } from '../src/index.js';
 import { addon } from '../src/native.js';

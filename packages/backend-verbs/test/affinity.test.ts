@@ -1,3 +1,4 @@
+// devicesNearGpu: which RDMA devices sit nearest a GPU (PCI distance), over fake sysfs trees.
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,3 +1,4 @@
+// The conformance suite on backend-verbs over the software RC model, 1 and 2 NICs, in one process.
 import { defineConformanceSuite, groupOf, skipFaultCases } from '@trellis/core/conformance';
 import { createEngine } from '../src/index.js';
 

@@ -1,3 +1,4 @@
+// The cross-process conformance suite on backend-verbs over the software RC model, 1 and 2 NICs.
 import { fileURLToPath } from 'node:url';
 import { defineCrossProcessSuite, HUNG_PEER_CASE } from '@trellis/core/conformance';
 

@@ -1,3 +1,5 @@
+// backend-verbs' own behaviour: devices, options and stats; connections (handshake, reconnect after
+// a QP error, back-pressure).
 import { createServer, type Server } from 'node:net';
 import { MrDesc, NetAddr } from '@trellis/core';
 import { fillXorshift, outcome } from '@trellis/core/conformance';

@@ -1,3 +1,4 @@
+// The engine-port suite on backend-verbs over the software RC model, 1 and 2 NICs.
 import { definePortSuite, groupOf } from '@trellis/core/conformance';
 import { createEngine } from '../src/index.js';
 import { addon } from '../src/native.js';

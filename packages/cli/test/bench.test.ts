@@ -1,3 +1,5 @@
+// `trellis bench`: the sweep on one host, across two processes through the rendezvous store, and on
+// backend-verbs; every row's bytes verified.
 import { describe, expect, it } from 'vitest';
 import { benchHtml, runBench } from '../src/bench.js';
 

@@ -1,3 +1,4 @@
+// `trellis demo` as the README runs it: a cluster of processes over libfabric, every system verified.
 import { describe, expect, it } from 'vitest';
 // The built package: the demo starts its worker processes from dist/, as the `trellis` command does.
 import { runClusterDemo } from '../dist/cluster.js';

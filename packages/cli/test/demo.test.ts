@@ -1,3 +1,4 @@
+// `trellis demo --loopback`: every transfer kind between two loopback engines, verified.
 import { describe, expect, it } from 'vitest';
 import { runDemo } from '../src/demo.js';
 

@@ -1,3 +1,5 @@
+// `trellis doctor`: what it reports about this machine (host, libfabric, ibverbs, CUDA, and a
+// verdict per backend).
 import { describe, expect, it } from 'vitest';
 import { runDoctor } from '../src/doctor.js';
 

@@ -1,3 +1,4 @@
+// TrellisError (codes, details, isTrellisError) and CallSite (the submitting call's stack).
 import { describe, expect, it } from 'vitest';
 import { CallSite, isTrellisError, TRELLIS_ERROR_CODES, TrellisError } from '../src/index.js';
 

@@ -1,3 +1,4 @@
+// NetAddr: construction checks, binary and text encodings, and decoding of bad input.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MAX_NICS, NetAddr, TrellisError } from '../src/index.js';

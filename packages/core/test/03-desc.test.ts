@@ -1,3 +1,4 @@
+// MrDesc: construction checks, binary and text encodings, and decoding of bad input.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MAX_NICS, MrDesc, NetAddr, TrellisError } from '../src/index.js';

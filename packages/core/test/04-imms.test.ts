@@ -1,3 +1,4 @@
+// Sharding rules (autoShards, shardRanges, lanesBetween) and countImms.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {

@@ -1,3 +1,4 @@
+// ImmCounterTable: credit semantics, waiter order, deadlines and aborts.
 import { describe, expect, it } from 'vitest';
 import { TrellisError } from '../src/index.js';
 import { ImmCounterTable } from '../src/kit/index.js';

@@ -1,3 +1,4 @@
+// The loopback fabric beyond the conformance suite: options, faults, and the heartbeat.
 import { describe, expect, it } from 'vitest';
 import { createLoopbackFabric, type LoopbackEngine, TrellisError } from '../src/index.js';
 

@@ -1,3 +1,4 @@
+// workRequests: how each kind of plan becomes work requests (the JS half of the expansion).
 import { describe, expect, it } from 'vitest';
 import { createLoopbackFabric, MIN_SHARD_BYTES } from '../src/index.js';
 import { type Plan, workRequests } from '../src/kit/index.js';

@@ -1,3 +1,4 @@
+// The README's quickstart: shown verbatim in the README, and run against the built package.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

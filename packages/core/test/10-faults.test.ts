@@ -1,3 +1,4 @@
+// @trellis/core/faults: the fault harness (withFaults) over loopback engines.
 import { describe, expect, it } from 'vitest';
 import { outcome } from '../src/conformance/util.js';
 import { withFaults } from '../src/faults.js';

@@ -1,3 +1,4 @@
+// The conformance suite on the loopback fabric: 1, 2 and 4 NICs, three delivery orders.
 import { defineConformanceSuite } from '../src/conformance/index.js';
 import { createLoopbackFabric } from '../src/index.js';
 

@@ -1,3 +1,4 @@
+// kvstream's examples (a prefill and a decode server) run as the README shows them.
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';

@@ -1,3 +1,4 @@
+// Test helpers for kvstream: seeded layouts and pages, the expected KV bytes, and a prefill driver.
 import { Prng } from '@trellis/core';
 
 /** A seeded PRNG with inclusive integer ranges. */

@@ -1,3 +1,4 @@
+// kvstream's control messages: encodings, and decoding of bad and foreign input.
 import { createLoopbackFabric, MrDesc } from '@trellis/core';
 import { describe, expect, it } from 'vitest';
 import {

@@ -1,3 +1,5 @@
+// KvLayout and KV streaming over the loopback fabric in random delivery order: every byte, cancels
+// and deadlines.
 import { createLoopbackFabric, type LoopbackFabric, type TransferEngine } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';

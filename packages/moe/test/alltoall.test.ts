@@ -1,3 +1,5 @@
+// MoeAllToAll against the CPU reference over the loopback fabric, and routes from a peer checked
+// before they size anything.
 import { createLoopbackFabric, type TransferEngine } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';

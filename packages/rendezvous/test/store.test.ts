@@ -1,3 +1,4 @@
+// TcpStore: set/get, barriers, membership, and the shared-secret token.
 import { spawn } from 'node:child_process';
 import { outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';

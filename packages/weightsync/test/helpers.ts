@@ -1,3 +1,5 @@
+// Test helpers for weightsync: seeded models and layouts, trainer sources and the expected inference
+// weights.
 import { Prng } from '@trellis/core';
 import {
   DTYPE_BYTES,

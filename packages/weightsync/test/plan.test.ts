@@ -1,3 +1,4 @@
+// planWeightSync: schedules for random models and shardings, checked box by box.
 import { describe, expect, it } from 'vitest';
 import {
   checkPlanCoverage,

@@ -1,3 +1,4 @@
+// fp8 e4m3 and bf16 conversions against their definitions.
 import { describe, expect, it } from 'vitest';
 import { bf16ToF32, e4m3ToF32, f32ToBf16, f32ToE4m3, quantizeRows } from '../src/index.js';
 import { Rng } from './helpers.js';

@@ -1,3 +1,4 @@
+// Weight sync over the loopback fabric in random delivery order: every byte of every step.
 import { createLoopbackFabric, type LoopbackFabric, type TransferEngine } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
