@@ -94,7 +94,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   // -- NIC failover -------------------------------------------------------------------------------
 
-  /** NIC health and exactly-once re-posting, when the engine was created with `failover`. */
+  /** NIC health and exactly-once re-posting, when the engine was created with `failover`. @internal */
   protected failover: TwoPhaseWriter | undefined;
 
   /** Turn failover on (backends call it from their options; `undefined`/`false`: off). */

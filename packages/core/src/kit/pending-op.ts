@@ -76,7 +76,7 @@ export class PendingOp {
   /**
    * Settled with work still posted (its deadline passed first): the provider may still read its
    * regions and write its targets, so they stay in use and its peers' in-flight counts keep it
-   * until {@link PendingOp.letGo}.
+   * until `letGo()`.
    */
   held = false;
 
