@@ -26,6 +26,8 @@ export {
   SHARD_ALIGN,
   shardRanges,
 } from './imms.js';
+/** The reserved heartbeat immediate (never wait on it) and the missed heartbeats that lose a peer. */
+export { HEARTBEAT_IMM, HEARTBEAT_MISSES } from './kit/engine-base.js';
 export { LoopbackEngine, type LoopbackEngineOptions } from './loopback/engine.js';
 export {
   createLoopbackFabric,
