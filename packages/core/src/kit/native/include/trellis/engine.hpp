@@ -656,7 +656,7 @@ class Engine {
     uint64_t dropped = 0;
     for (auto g = backlog_.begin(); g != backlog_.end();) {
       if (g->cmd->op == op) {
-        dropped += remaining(*g);
+        dropped += wr_remaining(*g->cmd, g->at);
         g = backlog_.erase(g);
       } else {
         ++g;
@@ -714,7 +714,6 @@ class Engine {
       }
   }
 
-  uint64_t remaining(const Gen& g) const { return wr_remaining(*g.cmd, g.at); }
 
   std::chrono::steady_clock::time_point deadline() const {
     if (!opts_.op_timeout_ms) return std::chrono::steady_clock::time_point::max();
@@ -1037,7 +1036,7 @@ class Engine {
   void cancel_unposted(OpId op, OpState& st) {
     for (auto g = backlog_.begin(); g != backlog_.end();) {
       if (g->cmd->op == op) {
-        st.outstanding -= remaining(*g);
+        st.outstanding -= wr_remaining(*g->cmd, g->at);
         g = backlog_.erase(g);
       } else {
         ++g;
