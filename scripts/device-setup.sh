@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare this checkout on the device machine (libfabric runtime, CUDA, no npm): build
-# backend-efa's addon and moe's proxy with plain cmake and link the workspace packages into each other's
+# backend-efa's, backend-verbs' and moe's addons with plain cmake and link the workspace packages into each other's
 # node_modules as pnpm would. Sourced by the device-*.sh scripts; needs the dist/ folders carried.
 set -euo pipefail
 source .device/env.sh
@@ -13,7 +13,7 @@ for pkg in backend-efa backend-verbs kvstream weightsync moe cuda cli; do
   done
 done
 # backend-efa's addon, backend-verbs' (its RC model takes GPU memory where the CUDA driver is),
-# and moe's native proxy (it needs only the engine kit's headers).
+# and moe's (its native proxy, and the kernels behind cudaMoeOps: the device's nvcc builds them).
 for pkg in backend-efa backend-verbs moe; do
   (
     cd "packages/$pkg"

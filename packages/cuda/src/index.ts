@@ -9,14 +9,7 @@
  * @packageDocumentation
  */
 import { createRequire } from 'node:module';
-import {
-  type GpuMemoryOps,
-  type MoeDeviceOps,
-  type MoeDirectKernels,
-  type MoeProxyKernels,
-  TrellisError,
-  type WeightSyncDeviceOps,
-} from '@trellis/core';
+import { type GpuMemoryOps, TrellisError } from '@trellis/core';
 
 interface Addon {
   info(): CudaInfo;
@@ -39,27 +32,7 @@ interface Addon {
     at: number,
     unordered: boolean,
   ): number;
-  copyRows: WeightSyncDeviceOps['copyRows'];
-  copyRowsIndexed: MoeDeviceOps['copyRows'];
-  moeCombine(
-    device: number,
-    rows: bigint,
-    rowAt: Float64Array,
-    weights: Float32Array,
-    topk: number,
-    hidden: number,
-    rowFp32: boolean,
-    out: bigint,
-    outFp32: boolean,
-  ): void;
-  moePackScratch(pairs: number, experts: number): number;
-  moeDispatchPack: MoeProxyKernels['dispatchPack'];
-  moeUnpack: MoeProxyKernels['unpack'];
-  moeCombinePack: MoeProxyKernels['combinePack'];
-  moeGather: MoeProxyKernels['gather'];
-  moeDispatchDirect: MoeDirectKernels['dispatch'];
-  moeWaitFlags: MoeDirectKernels['wait'];
-  moeCombineDirect: MoeDirectKernels['combine'];
+  copyRows: CudaWeightOps['copyRows'];
   copyAsync(
     toDevice: boolean,
     device: number,
@@ -67,7 +40,7 @@ interface Addon {
     host: ArrayBuffer,
     ranges: Float64Array,
   ): Promise<void>;
-  quantizeE4m3: WeightSyncDeviceOps['quantizeE4m3'];
+  quantizeE4m3: CudaWeightOps['quantizeE4m3'];
   copyDevice(device: number, triples: BigUint64Array): Promise<void>;
   laneEnqueue(device: number, triples: BigUint64Array, signal: bigint, value: bigint): void;
   laneDrain(device: number): Promise<void>;
@@ -418,12 +391,42 @@ export function quantizeE4m3(
 }
 
 /**
+ * What {@link cudaWeightOps} returns: the shape of `WeightSyncDeviceOps` in `@trellis/weightsync`
+ * (declared here too, so neither package imports the other; a weightsync test checks they agree).
+ */
+export interface CudaWeightOps {
+  alloc(device: number, bytes: number): bigint;
+  free(device: number, ptr: bigint): void;
+  /** Copy `rows` rows of `rowBytes` from `src` (rows `srcPitchBytes` apart) to `dst`, packed. */
+  copyRows(
+    device: number,
+    dst: bigint,
+    src: bigint,
+    srcPitchBytes: number,
+    rowBytes: number,
+    rows: number,
+  ): void;
+  /** The fp8 quantiser ({@link quantizeE4m3}). */
+  quantizeE4m3(
+    device: number,
+    src: bigint,
+    srcOffset: number,
+    srcPitch: number,
+    rows: number,
+    cols: number,
+    block: number,
+    dst: bigint,
+    scales: bigint,
+  ): void;
+}
+
+/**
  * The device work of a weight-sync trainer whose weights are CUDA memory (`device` of
  * `WeightSyncSender.create` in `@trellis/weightsync`): staging allocations, packed row copies
  * (`cudaMemcpy2D`) and the fp8 quantiser kernel ({@link quantizeE4m3}). Each call returns once
  * its work is done.
  */
-export function cudaWeightOps(): WeightSyncDeviceOps {
+export function cudaWeightOps(): CudaWeightOps {
   const why = noGpuReason();
   if (why) throw new TrellisError('UNSUPPORTED', `cudaWeightOps: ${why}`);
   return {
@@ -436,67 +439,5 @@ export function cudaWeightOps(): WeightSyncDeviceOps {
         );
     },
     quantizeE4m3,
-  };
-}
-
-/**
- * The device work of an `MoeAllToAll` on CUDA memory (`ops` of its `device` option in
- * `@trellis/moe`): allocations, uploads and downloads, CUDA IPC (the NVLink path between ranks of
- * a node), the row-copy kernel that packs, lays out and gathers rows by index lists (and stores
- * into a peer GPU's region over NVLink), and the combine kernel (fp32 weighted sum in top-k order, the
- * CPU reference's rounding). Each call returns once its work is done.
- */
-export function cudaMoeOps(): Required<MoeDeviceOps> {
-  const why = noGpuReason();
-  if (why) throw new TrellisError('UNSUPPORTED', `cudaMoeOps: ${why}`);
-  return {
-    alloc: (device, bytes) => call('cudaMoeOps.alloc', () => addon().alloc(device, bytes)),
-    free: (device, ptr) => call('cudaMoeOps.free', () => addon().free(device, ptr)),
-    upload: (device, dst, src) => {
-      if (src.length) call('cudaMoeOps.upload', () => addon().copy(device, dst, src, src.length));
-    },
-    download: (device, dst, src) => {
-      if (dst.length) call('cudaMoeOps.download', () => addon().copy(device, dst, src, dst.length));
-    },
-    ipcExport: (device, ptr) =>
-      Buffer.from(call('cudaMoeOps.ipcExport', () => addon().ipcExport(device, ptr))).toString('hex'),
-    ipcImport: (device, handle) =>
-      call('cudaMoeOps.ipcImport', () =>
-        addon().ipcImport(device, Uint8Array.from(Buffer.from(handle, 'hex'))),
-      ),
-    ipcClose: (device, ptr) => call('cudaMoeOps.ipcClose', () => addon().ipcClose(device, ptr)),
-    copyRows: (device, dst, dstOffsets, src, srcOffsets, bytes) =>
-      call('cudaMoeOps.copyRows', () =>
-        addon().copyRowsIndexed(device, dst, dstOffsets, src, srcOffsets, bytes),
-      ),
-    combine: (device, rows, rowAt, weights, topk, hidden, rowDtype, out, outDtype) =>
-      call('cudaMoeOps.combine', () =>
-        addon().moeCombine(
-          device,
-          rows,
-          rowAt,
-          weights,
-          topk,
-          hidden,
-          rowDtype === 'fp32',
-          out,
-          outDtype === 'fp32',
-        ),
-      ),
-    proxy: {
-      allocMapped: (bytes) => call('cudaMoeOps.proxy.allocMapped', () => addon().allocMapped(bytes)),
-      packScratchBytes: (pairs, experts) => addon().moePackScratch(pairs, experts),
-      dispatchPack: (device, a) =>
-        call('cudaMoeOps.proxy.dispatchPack', () => addon().moeDispatchPack(device, a)),
-      unpack: (device, a) => call('cudaMoeOps.proxy.unpack', () => addon().moeUnpack(device, a)),
-      combinePack: (device, a) =>
-        call('cudaMoeOps.proxy.combinePack', () => addon().moeCombinePack(device, a)),
-      gather: (device, a) => call('cudaMoeOps.proxy.gather', () => addon().moeGather(device, a)),
-    },
-    direct: {
-      dispatch: (device, a) => call('cudaMoeOps.direct.dispatch', () => addon().moeDispatchDirect(device, a)),
-      wait: (device, a) => call('cudaMoeOps.direct.wait', () => addon().moeWaitFlags(device, a)),
-      combine: (device, a) => call('cudaMoeOps.direct.combine', () => addon().moeCombineDirect(device, a)),
-    },
   };
 }

@@ -11,8 +11,8 @@
 //                                         through the engine, posted by the proxy thread)
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '@trellis/backend-efa';
-import { cudaInfo, cudaMemoryOps, cudaMoeOps, DeviceBuffer } from '@trellis/cuda';
-import { MoeAllToAll } from '../dist/index.js';
+import { cudaInfo, cudaMemoryOps, DeviceBuffer } from '@trellis/cuda';
+import { cudaMoeOps, MoeAllToAll } from '../dist/index.js';
 import { childWorld, parentWorld } from '../test/gpu/world.mjs';
 
 const arg = (name, dflt) => {

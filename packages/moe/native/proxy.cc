@@ -459,8 +459,18 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
   Napi::ObjectReference refs_;
 };
 
+}  // namespace
+
+namespace trellis_moe {
+void register_cuda(Napi::Env env, Napi::Object exports);  // native/cuda/ops.cc
+}
+
+namespace {
+
+// The addon: the proxy, and the CUDA calls of `cudaMoeOps()` (which say so when built without CUDA).
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MoeProxy", Proxy::Init(env));
+  trellis_moe::register_cuda(env, exports);
   return exports;
 }
 

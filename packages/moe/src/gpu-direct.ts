@@ -1,11 +1,14 @@
-// A GPU-driven NVLink instance: every rank of the world is on one node; each rank's region is
-// mapped into every other through CUDA IPC. Kernels count, pack and store rows straight into the
-// receivers' private slots, write their counts into the receivers' routes, and raise a flag there;
-// a receiver's kernel waits for every flag, and rows go back the same way. No engine traffic and
-// no JavaScript turn between the phases of the ranks: JS launches, and waits once per receive.
-import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels, MrHandle } from '@trellis/core';
+// The buffers of a GPU-driven NVLink instance (its rounds: modes/gpu-direct-mode.ts): every rank
+// of the world is on one node; each rank's region is mapped into every other through CUDA IPC.
+// Kernels count, pack and store rows straight into the receivers' private slots, write their counts
+// into the receivers' routes, and raise a flag there; a receiver's kernel waits for every flag, and
+// rows go back the same way. No engine traffic and no JavaScript turn between the phases of the
+// ranks: JS launches, and waits once per receive. Touches device memory, IPC mappings, flags.
+import type { MrHandle } from '@trellis/core';
 import { MrDesc, TrellisError } from '@trellis/core';
+import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels } from './device.js';
 import { GpuProxy } from './gpu-proxy.js';
+import { align } from './protocol.js';
 import type { ProxyDriver } from './proxy.js';
 
 /** Sizes and offsets a GPU-driven instance allocates from. @internal */
@@ -246,8 +249,4 @@ export class GpuDirect {
     this.disconnect();
     for (const p of this.owned) this.ops.free(this.device, p);
   }
-}
-
-function align(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
 }

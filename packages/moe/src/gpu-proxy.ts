@@ -1,9 +1,10 @@
-// A GPU instance driven by the native proxy: the region and staging are page-locked host memory
-// mapped into the device (registered with the engine as host memory), kernels count, pack, lay
-// out and combine on the GPU, and the go words are raised by the kernels themselves — the JS
-// thread launches and waits once per phase, the proxy thread posts every write.
-import type { MoeDeviceOps, MoeProxyKernels } from '@trellis/core';
+// The buffers of a GPU instance driven by the native proxy (its rounds: modes/gpu-proxy-mode.ts):
+// the region and staging are page-locked host memory mapped into the device (registered with the
+// engine as host memory), kernels count, pack, lay out and combine on the GPU, and the go words are
+// raised by the kernels themselves — the JS thread launches and waits once per phase, the proxy
+// thread posts every write. Touches device memory and mapped host memory it allocates.
 import { TrellisError } from '@trellis/core';
+import type { MoeDeviceOps, MoeProxyKernels } from './device.js';
 import { HostMem, type Ref } from './memory.js';
 
 /** Sizes a GPU proxy instance allocates from. @internal */

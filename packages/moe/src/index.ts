@@ -2,14 +2,12 @@
  * `@trellis/moe` — expert-parallel dispatch and combine for MoE layers over any Trellis engine.
  *
  * {@link MoeAllToAll} runs one protocol on host memory (the CPU reference that defines the
- * results) or on CUDA memory (row-copy and combine kernels, `cudaMoeOps()` of `@trellis/cuda`);
- * the NVLink path and the native host proxy build on the same protocol.
+ * results) or on CUDA memory (this package's kernels, {@link cudaMoeOps}); the NVLink path and the
+ * native host proxy build on the same protocol.
  *
  * @packageDocumentation
  */
 
-/** The device work of a GPU instance (defined in core, where `@trellis/cuda` implements it). */
-export type { MoeDeviceOps } from '@trellis/core';
 export {
   type DispatchInput,
   type DispatchResult,
@@ -22,5 +20,7 @@ export {
   type MoeScales,
   type Phases,
 } from './alltoall.js';
+export { cudaMoeOps } from './cuda.js';
+export type { MoeDeviceOps, MoeDirectKernels, MoePackArgs, MoeProxyKernels } from './device.js';
 export { referenceCombine, referenceDispatch } from './reference.js';
 export { combineAsF32, type Routing, syntheticExpert, syntheticInputs } from './synthetic.js';

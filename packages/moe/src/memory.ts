@@ -2,8 +2,9 @@
 // one; its data movement runs on host memory (HostMem: the CPU reference) or on a GPU (DeviceMem:
 // row-copy and combine kernels on CUDA memory). Both take the same row lists, so the GPU path is
 // checked against the host path byte for byte.
-import type { MoeDeviceOps, MrHandle } from '@trellis/core';
+import type { MrHandle } from '@trellis/core';
 import { TrellisError } from '@trellis/core';
+import type { MoeDeviceOps } from './device.js';
 
 /** A buffer of the instance, or memory the caller passed in (host bytes or a device pointer). */
 export type Ref = 'region' | 'staging' | Uint8Array | bigint;

@@ -10,8 +10,7 @@
  * @packageDocumentation
  */
 
-/** The device work of a trainer on CUDA memory (defined in core, where `@trellis/cuda` implements it). */
-export type { WeightSyncDeviceOps } from '@trellis/core';
+export type { WeightSyncDeviceOps } from './device.js';
 export {
   type Box,
   chunkBoxes,

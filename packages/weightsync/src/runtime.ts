@@ -8,8 +8,8 @@ import {
   type PeerGroup,
   type TransferEngine,
   TrellisError,
-  type WeightSyncDeviceOps,
 } from '@trellis/core';
+import type { WeightSyncDeviceOps } from './device.js';
 import type { Box } from './model.js';
 import type { PlanOp, WeightSyncPlan } from './plan.js';
 import { quantizeRows } from './quant.js';

@@ -10,8 +10,9 @@
 // proxy (GPU kernels for count+pack, layout and combine on mapped host memory).
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '@trellis/backend-efa';
-import { cudaInfo, cudaMemoryOps, cudaMoeOps, DeviceBuffer } from '@trellis/cuda';
+import { cudaInfo, cudaMemoryOps, DeviceBuffer } from '@trellis/cuda';
 import {
+  cudaMoeOps,
   MoeAllToAll,
   referenceCombine,
   referenceDispatch,

@@ -30,3 +30,27 @@ function(trellis_add_addon target)
   find_package(Threads REQUIRED)
   target_link_libraries(${target} PRIVATE ${CMAKE_JS_LIB} Threads::Threads)
 endfunction()
+
+# trellis_optional_cuda(<var>): where CMake finds nvcc, enable CUDA for the including project —
+# native Hopper code (sm_90a) plus PTX for compute 7.5 that the driver JIT-compiles for any other
+# GPU, unless CMAKE_CUDA_ARCHITECTURES is given — and set <var> TRUE; else set it FALSE. A macro, so
+# enable_language applies to the caller's directory. Link CUDA::cudart_static where TRUE: it loads
+# the driver when first used, so the addon still loads on hosts without one.
+macro(trellis_optional_cuda var)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # Before enable_language(CUDA), which otherwise fills in the compiler's own default.
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES "90a-real;75-virtual")
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(CMAKE_CUDA_STANDARD 17)
+    set(${var} TRUE)
+    message(STATUS "${PROJECT_NAME}: CUDA ${CUDAToolkit_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}")
+  else()
+    set(${var} FALSE)
+    message(STATUS "${PROJECT_NAME}: no CUDA compiler; building without GPU support")
+  endif()
+endmacro()
