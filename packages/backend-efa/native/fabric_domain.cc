@@ -58,7 +58,7 @@ void sweep_stale_shm() {
 fi_info* make_hints(const std::string& prov, bool delivery_complete, bool hmem = false) {
   fi_info* h = fi_allocinfo();
   h->caps = FI_MSG | FI_RMA | FI_SEND | FI_RECV | FI_WRITE | FI_REMOTE_WRITE | (hmem ? FI_HMEM : 0);
-  // Contexts are 64 bytes reserved at the start of every posting context (see engine.hpp).
+  // Contexts are 64 bytes reserved at the start of every posting context (see domain_group.hpp).
   h->mode = FI_CONTEXT | FI_CONTEXT2;
   h->ep_attr->type = FI_EP_RDM;
   h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT | (hmem ? FI_MR_HMEM : 0);

@@ -2,8 +2,9 @@
 //
 // A Domain is one NIC: it registers memory, posts writes / sends / receives, and polls its
 // completion queue. Everything else (worker thread, command queue, sharding across NICs, the
-// operation table, immediate counting, batching completions to JS) is in engine.hpp and written
-// once for every backend.
+// operation table, immediate counting, batching completions to JS) is in the kit's engine.hpp and
+// the headers it composes (worker, domain_group, op_table, watches, event_queue), written once for
+// every backend.
 //
 // All Domain methods are called from the engine's worker thread only.
 #pragma once

@@ -1,0 +1,252 @@
+// Trellis native engine kit — the worker: the engine's one native thread.
+//
+// It owns the thread (named, pinned), the command queue JS pushes into, the wake-up (an eventfd
+// rung by push() while the worker blocks in epoll), the idle policy (spin after activity, then block
+// in epoll or sleep with a doubling backoff) and the loop. What a loop turn does with commands,
+// work requests and deadlines is its Body's (the Engine's); the only other thing it touches is the
+// event queue, whose doorbell it rings once per turn.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "commands.hpp"
+#include "event_queue.hpp"
+
+#ifdef __linux__
+#include <pthread.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#endif
+
+namespace trellis {
+
+class Worker {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  // What the loop drives, called on the worker thread only.
+  class Body {
+   public:
+    // Nothing posted and nothing waiting to be posted: the worker may go idle.
+    virtual bool idle() const = 0;
+    // Nothing to poll besides the CQs (no watch word JS reads, no held trigger): it may block in epoll.
+    virtual bool may_block() const = 0;
+    // Right before blocking: every live domain's CQ is armed for its wait fd (fi_trywait).
+    virtual bool try_wait() = 0;
+    virtual void handle(Cmd& c) = 0;
+    // Post, poll completions, read watch words: true if anything happened.
+    virtual bool progress() = 0;
+    // Every 5 ms.
+    virtual void check_deadlines(clock::time_point now) = 0;
+    // After the loop: report what is left, release every buffer.
+    virtual void shutdown() = 0;
+
+   protected:
+    ~Body() = default;
+  };
+
+  Worker(EventQueue& events, const EngineOptions& opts)
+      : events_(events), cpu_(opts.cpu), idle_spin_us_(opts.idle_spin_us), max_sleep_us_(opts.max_sleep_us) {}
+  ~Worker() { close_wait(); }
+
+  // Start the loop over `body`. `wait_fds`: each domain's (-1: none). Returns "" or an error.
+  std::string start(Body& body, const std::vector<int>& wait_fds) {
+    setup_wait(wait_fds);
+    Body* b = &body;
+    thread_ = std::thread([this, b] { run(*b); });
+#ifdef __linux__
+    // Named and pinned from here, before start() returns, so both hold when the engine exists.
+    pthread_setname_np(thread_.native_handle(), "trellis-engine");
+    if (cpu_ >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(cpu_, &set);
+      if (pthread_setaffinity_np(thread_.native_handle(), sizeof(set), &set) != 0) {
+        return "cannot pin the engine's worker to CPU " + std::to_string(cpu_) + " (is it online and allowed?)";
+      }
+    }
+#endif
+    return "";
+  }
+
+  void push(Cmd&& c) {
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      cmds_.push_back(std::move(c));
+      cmds_pending_.store(true, std::memory_order_release);
+    }
+    wake();
+  }
+
+  // Loop iterations so far (the engine's heartbeat).
+  uint64_t heartbeat() const { return heartbeat_.load(std::memory_order_relaxed); }
+
+  // Set once the worker is told to stop.
+  const std::atomic<bool>& stopping() const { return stopping_; }
+
+  // Stop the loop and join the thread (its Body's shutdown() runs last, on it).
+  void stop() {
+    if (!thread_.joinable()) return;
+    stopping_.store(true);
+    wake();
+    thread_.join();
+  }
+
+  // Give up on a thread stuck inside the provider: detached, never joined.
+  void abandon() {
+    stopping_.store(true);
+    if (thread_.joinable()) thread_.detach();
+  }
+
+  // Worker, in shutdown: hand each command pushed after the last batch to `f`, under the queue's
+  // lock, and drop them.
+  template <typename F>
+  void discard(F&& f) {
+    std::lock_guard<std::mutex> g(cmd_mu_);
+    for (auto& c : cmds_) f(c);
+    cmds_.clear();
+  }
+
+  // Close the epoll and event fds (once the thread is stopped).
+  void close_wait() {
+#ifdef __linux__
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+    if (event_fd_ >= 0) ::close(event_fd_);
+    epoll_fd_ = event_fd_ = -1;
+#endif
+  }
+
+ private:
+  void run(Body& body) {
+    auto last_active = clock::now();
+    auto last_deadline_check = clock::now();
+    std::vector<Cmd> batch;
+    while (!stopping_.load(std::memory_order_relaxed)) {
+      heartbeat_.fetch_add(1, std::memory_order_relaxed);
+      bool active = false;
+      auto now = clock::now();
+      if (max_sleep_us_ && body.idle() && now - last_active > std::chrono::microseconds(idle_spin_us_)) {
+        wait_idle(body);
+        now = clock::now();
+      }
+      // The lock is taken only when JS pushed something: a spinning worker stays off it.
+      if (cmds_pending_.load(std::memory_order_acquire)) {
+        std::lock_guard<std::mutex> g(cmd_mu_);
+        batch.swap(cmds_);
+        cmds_pending_.store(false, std::memory_order_relaxed);
+      }
+      for (auto& c : batch) {
+        body.handle(c);
+        active = true;
+      }
+      batch.clear();
+      if (body.progress()) active = true;
+      if (now - last_deadline_check > std::chrono::milliseconds(5)) {
+        body.check_deadlines(now);
+        last_deadline_check = now;
+      }
+      if (active) {
+        last_active = now;
+        sleep_us_ = kFirstSleepUs;
+      }
+      events_.flush();
+    }
+    body.shutdown();
+  }
+
+  // -------------------------------------------------------------------------------- idling
+  // With a wait fd on every domain (tcp), an idle worker blocks in epoll on the CQs and an eventfd
+  // that push() rings: no CPU when idle, no added latency. Otherwise (shm, efa) it sleeps at most
+  // max_sleep_us between polls.
+  void setup_wait(const std::vector<int>& wait_fds) {
+#ifdef __linux__
+    for (int fd : wait_fds)
+      if (fd < 0) return;
+    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+    event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (epoll_fd_ < 0 || event_fd_ < 0) return;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = event_fd_;
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &ev);
+    for (int fd : wait_fds) {
+      ev.data.fd = fd;
+      epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    }
+    use_epoll_ = true;
+#else
+    (void)wait_fds;
+#endif
+  }
+
+  void wake() {
+#ifdef __linux__
+    if (in_wait_.load(std::memory_order_seq_cst)) {
+      uint64_t one = 1;
+      ssize_t r = ::write(event_fd_, &one, sizeof one);
+      (void)r;
+    }
+#endif
+    cmd_cv_.notify_one();
+  }
+
+  void wait_idle(Body& body) {
+    std::unique_lock<std::mutex> g(cmd_mu_);
+    if (!cmds_.empty() || stopping_.load()) return;
+#ifdef __linux__
+    if (use_epoll_ && body.may_block()) {
+      in_wait_.store(true, std::memory_order_seq_cst);
+      bool empty = cmds_.empty();
+      g.unlock();
+      bool can_block = empty && body.try_wait();
+      if (can_block) {
+        epoll_event evs[8];
+        // Bounded so that deadlines are still checked.
+        epoll_wait(epoll_fd_, evs, 8, 10);
+        uint64_t drain;
+        ssize_t r = ::read(event_fd_, &drain, sizeof drain);
+        (void)r;
+      }
+      in_wait_.store(false, std::memory_order_seq_cst);
+      return;
+    }
+#else
+    (void)body;
+#endif
+    // Without a wait fd (shm, efa) incoming traffic is seen only by polling, and on shm the
+    // sender's progress needs ours: sleep briefly at first, doubling while nothing happens, so a
+    // short lull costs little latency and a long one little CPU.
+    cmd_cv_.wait_for(g, std::chrono::microseconds(sleep_us_));
+    sleep_us_ = std::min(sleep_us_ * 2, std::max<uint32_t>(max_sleep_us_, kFirstSleepUs));
+  }
+
+  EventQueue& events_;
+  const int cpu_;
+  const uint32_t idle_spin_us_;
+  const uint32_t max_sleep_us_;
+
+  std::mutex cmd_mu_;
+  std::condition_variable cmd_cv_;
+  std::vector<Cmd> cmds_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> in_wait_{false};
+  std::atomic<bool> cmds_pending_{false};
+  std::atomic<uint64_t> heartbeat_{0};
+  std::thread thread_;
+  int epoll_fd_ = -1, event_fd_ = -1;
+  bool use_epoll_ = false;
+  static constexpr uint32_t kFirstSleepUs = 8;
+  uint32_t sleep_us_ = kFirstSleepUs;
+};
+
+}  // namespace trellis
