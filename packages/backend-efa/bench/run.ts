@@ -4,6 +4,8 @@
 // single writes are also timed with the lane on (the default between processes of one host: one
 // memcpy into the target's shared region, immediates through the provider) and against
 // bench/host_mapped.c (the same memcpy into a shared mapping from C, no provider at all).
+// Single writes are also posted through `submitBatch` (batches of window/4, four in flight: one
+// crossing into the addon per batch, no promise per write).
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--quick] [--trials N] [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
 import { execFileSync, spawn } from 'node:child_process';
@@ -12,7 +14,7 @@ import { cpus, totalmem } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { createEngine, type EfaEngine, fabricVersion, type Provider } from '@trellis/backend-efa';
-import { MrDesc } from '@trellis/core';
+import { MrDesc, type TransferRequest } from '@trellis/core';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -37,6 +39,8 @@ interface Row {
   sdk: number;
   raw: number;
   unit: 'GB/s' | 'Mops/s';
+  /** Single writes: the SDK through submitBatch (four batches of window/4 in flight). */
+  batch?: number;
   /** Single writes: the SDK with the same-host lane, and the raw shared-mapping memcpy. */
   lane?: number;
   mapped?: number;
@@ -112,6 +116,51 @@ async function sdkSingle(provider: Provider, size: number, ops: number, lane = f
   await src.unregister();
   await t.stop();
   // Closed before the raw run, so its worker takes no CPU from it.
+  await engine.close();
+  return s;
+}
+
+/**
+ * The same single writes through `submitBatch`: batches of window/4 requests, four in flight (at
+ * most `window` writes outstanding, as the raw program keeps; a new batch goes as soon as one
+ * settles, so at least 3/4 of the window stays busy).
+ */
+async function sdkSingleBatched(provider: Provider, size: number, ops: number): Promise<number> {
+  const engine = await initiator(provider);
+  const region = Math.max(size, 64 << 20);
+  const t = await startTarget(provider, region);
+  const src = await engine.registerMemory(region);
+  src.buffer!.fill(7);
+  const slots = Math.floor(region / size);
+  const arrived = t.expect(ops);
+  const per = Math.max(1, WINDOW >> 2);
+  let next = 0;
+  const t0 = performance.now();
+  const stream = async () => {
+    while (next < ops) {
+      const batch: TransferRequest[] = [];
+      for (; batch.length < per && next < ops; next++) {
+        const at = (next % slots) * size;
+        batch.push({
+          kind: 'single',
+          src,
+          srcOffset: at,
+          length: size,
+          dst: t.dst,
+          dstOffset: at,
+          imm: 1,
+          shards: 1,
+        });
+      }
+      const r = await engine.submitBatch(batch);
+      if (r.failed) throw r.errors.find((e) => e !== undefined);
+    }
+  };
+  await Promise.all([stream(), stream(), stream(), stream()]);
+  const s = (performance.now() - t0) / 1000;
+  await arrived;
+  await src.unregister();
+  await t.stop();
   await engine.close();
   return s;
 }
@@ -202,8 +251,10 @@ for (const provider of providers) {
     const rawT: number[] = [];
     const laneT: number[] = [];
     const mappedT: number[] = [];
+    const batchT: number[] = [];
     for (let t = 0; t < trials; t++) {
       sdkT.push((ops * size) / (await sdkSingle(provider, size, ops)) / 1e9);
+      batchT.push((ops * size) / (await sdkSingleBatched(provider, size, ops)) / 1e9);
       const r = rawRun([prov, 'single', String(size), String(ops), String(WINDOW)]);
       rawT.push(r.bytes / r.seconds / 1e9);
       laneT.push((ops * size) / (await sdkSingle(provider, size, ops, true)) / 1e9);
@@ -220,6 +271,7 @@ for (const provider of providers) {
       sdk: median(sdkT),
       raw: median(rawT),
       unit: 'GB/s',
+      batch: median(batchT),
       lane: median(laneT),
       mapped: median(mappedT),
     });
@@ -262,6 +314,8 @@ const header = [
   'SDK',
   'raw C',
   'SDK/raw',
+  'SDK, submitBatch',
+  'batch/raw',
   'SDK, same-host lane',
   'raw C, mapped memcpy',
 ];
@@ -273,6 +327,8 @@ const table = rows.map((r) => [
   `${r.sdk.toFixed(3)} ${r.unit}`,
   `${r.raw.toFixed(3)} ${r.unit}`,
   `${(r.sdk / r.raw).toFixed(2)}x`,
+  r.batch === undefined ? '–' : `${r.batch.toFixed(3)} ${r.unit}`,
+  r.batch === undefined ? '–' : `${(r.batch / r.raw).toFixed(2)}x`,
   r.lane === undefined ? '–' : `${r.lane.toFixed(3)} ${r.unit}`,
   r.mapped === undefined ? '–' : `${r.mapped.toFixed(3)} ${r.unit}`,
 ]);

@@ -139,24 +139,52 @@ export function isTrellisError(e: unknown, code?: TrellisErrorCode): e is Trelli
   return e instanceof TrellisError && (code === undefined || e.code === code);
 }
 
+let captureStacks = typeof process !== 'undefined' && process.env?.TRELLIS_CAPTURE_STACKS === '1';
+
 /**
- * The caller's stack, captured synchronously when an operation is submitted, so that an error
- * reported later (from a completion) points at the line that submitted it — as sharp does.
+ * Whether operations capture the submitting call's stack (off unless the environment sets
+ * `TRELLIS_CAPTURE_STACKS=1`). Capturing costs about a microsecond per operation — the largest
+ * per-operation cost of a small write from JavaScript — so it is a debugging switch: with it on, an
+ * error reported later (from a completion) carries the frames of the line that submitted the
+ * operation, as sharp's do; with it off, such an error carries its code, `op`, `peer` and message,
+ * and errors found while submitting (bad input, a closed engine) still point at the caller, since
+ * they are thrown inside the call. Returns the previous setting. Applies to operations submitted
+ * after the call, in every engine of this process.
+ */
+export function captureCallSites(on: boolean): boolean {
+  const was = captureStacks;
+  captureStacks = on;
+  return was;
+}
+
+/**
+ * The submitting call of an operation: its name always, and its stack when
+ * {@link captureCallSites} is on, so that an error reported later points at the line that
+ * submitted it.
  */
 export class CallSite {
-  private readonly holder: { stack?: string } = {};
+  private readonly stack: string | undefined;
   constructor(readonly op: string) {
-    Error.captureStackTrace(this.holder, CallSite);
+    if (captureStacks) {
+      const holder: { stack?: string } = {};
+      Error.captureStackTrace(holder, CallSite);
+      this.stack = holder.stack;
+    }
   }
 
-  /** Turn `err` into a TrellisError whose stack ends with the submitting call's frames. */
+  /**
+   * Turn `err` into a TrellisError for this operation; with a captured stack, its stack ends with
+   * the submitting call's frames.
+   */
   attach(err: unknown): TrellisError {
     const base =
       err instanceof TrellisError
         ? err.withDetails({ op: this.op })
         : new TrellisError('INTERNAL', `${this.op}: ${String(err)}`, { op: this.op, cause: err });
-    const frames = (this.holder.stack ?? '').split('\n').slice(1).join('\n');
-    base.stack = `${base.name} [${base.code}]: ${base.message}\n${frames}`;
+    if (this.stack !== undefined) {
+      const frames = this.stack.split('\n').slice(1).join('\n');
+      base.stack = `${base.name} [${base.code}]: ${base.message}\n${frames}`;
+    }
     return base;
   }
 }

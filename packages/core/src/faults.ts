@@ -22,6 +22,7 @@ import { TrellisError, type TrellisErrorCode } from './errors.js';
 import { Prng } from './loopback/prng.js';
 import type {
   BarrierRequest,
+  BatchResult,
   EngineLimits,
   EngineStats,
   ImmCounter,
@@ -228,6 +229,35 @@ class Harness implements FaultyEngine {
     const dst = req?.dst as { owner?: NetAddr } | NetAddr | undefined;
     const peer = dst && 'owner' in dst && dst.owner ? dst.owner : (dst as NetAddr);
     return this.faulted('submitImm', [peer], req ?? {}, () => this.inner.submitImm(req));
+  }
+  /**
+   * With no fault switched on, the inner engine's batch. Otherwise each request goes through its
+   * own faulted submit and the outcomes are gathered: a fault then costs only the requests it hits
+   * (a request the inner engine refuses as bad input becomes that request's outcome too).
+   */
+  submitBatch(requests: readonly TransferRequest[], opts: OpOptions = {}): Promise<BatchResult> {
+    const quiet = !this.range && this.dropP === 0 && this.nic === undefined && this.dead.size === 0;
+    if (quiet || !Array.isArray(requests)) return this.inner.submitBatch(requests, opts);
+    return Promise.all(
+      requests.map((r) => {
+        const req = { ...r, signal: r?.signal ?? opts?.signal, timeoutMs: r?.timeoutMs ?? opts?.timeoutMs };
+        const p =
+          req.kind === 'single'
+            ? this.submitSingleWrite(req)
+            : req.kind === 'paged'
+              ? this.submitPagedWrites(req)
+              : req.kind === 'scatter'
+                ? this.submitScatter(req)
+                : req.kind === 'barrier'
+                  ? this.submitBarrier(req)
+                  : this.submitImm(req as ImmRequest);
+        return p.then(
+          () => undefined,
+          (e: unknown) =>
+            e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e }),
+        );
+      }),
+    ).then((errors) => ({ failed: errors.filter((e) => e !== undefined).length, errors }));
   }
   submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void> {
     return this.inner.submitOnWatch(watcher, value, request);

@@ -11,6 +11,7 @@ export { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, type MrParts, type NicKey } fr
 export type * from './device.js';
 export {
   CallSite,
+  captureCallSites,
   isTrellisError,
   TRELLIS_ERROR_CODES,
   TrellisError,

@@ -40,6 +40,17 @@ export interface TransferEngine {
   submitScatter(req: ScatterRequest): Promise<void>;
   submitBarrier(req: BarrierRequest): Promise<void>;
   submitImm(req: ImmRequest): Promise<void>;
+  /**
+   * Submit many operations in one call: writes and immediates of any kind, to any peers. Every
+   * request is validated first, as its own `submit*` would; if any is bad, the call rejects —
+   * naming the request's index and saying what to fix — and nothing is posted. Otherwise each
+   * request becomes its own operation (its own deadline, cancellation and settlement, exactly once)
+   * and native engines post all of them with one crossing into the addon. Resolves once every
+   * operation has settled, with each one's outcome; it never rejects after posting. `opts` applies
+   * to every request that sets no `signal` or `timeoutMs` of its own. The requests' order is the
+   * order of posting; as between separate calls, completion order across them is not defined.
+   */
+  submitBatch(requests: readonly TransferRequest[], opts?: OpOptions): Promise<BatchResult>;
 
   /** The credit counter for `imm` (created on first use; the same object every time). */
   immCounter(imm: number): ImmCounter;
@@ -223,6 +234,17 @@ export type TransferRequest =
   | ({ kind: 'scatter' } & ScatterRequest)
   | ({ kind: 'barrier' } & BarrierRequest)
   | ({ kind: 'imm' } & ImmRequest);
+
+/** What {@link TransferEngine.submitBatch} resolves with once every operation has settled. */
+export interface BatchResult {
+  /** How many operations failed (0: every one completed). */
+  readonly failed: number;
+  /**
+   * One entry per request, in order: `undefined` where the operation completed, else the
+   * `TrellisError` it failed with (as its own `submit*` would have rejected).
+   */
+  readonly errors: readonly (import('./errors.js').TrellisError | undefined)[];
+}
 
 /** Peers resolved once for scatter and barrier. */
 export interface PeerGroup {

@@ -1,6 +1,12 @@
 // TrellisError (codes, details, isTrellisError) and CallSite (the submitting call's stack).
 import { describe, expect, it } from 'vitest';
-import { CallSite, isTrellisError, TRELLIS_ERROR_CODES, TrellisError } from '../src/index.js';
+import {
+  CallSite,
+  captureCallSites,
+  isTrellisError,
+  TRELLIS_ERROR_CODES,
+  TrellisError,
+} from '../src/index.js';
 
 describe('TrellisError', () => {
   it('has a unique, documented list of stable codes', () => {
@@ -48,12 +54,30 @@ describe('CallSite', () => {
     return new CallSite('submitSomething');
   }
 
-  it('attaches the submitting frames to a later error', () => {
-    const site = submitSomething();
+  it('with captureCallSites(true), attaches the submitting frames to a later error', () => {
+    const was = captureCallSites(true);
+    let site: CallSite;
+    try {
+      site = submitSomething();
+    } finally {
+      captureCallSites(was);
+    }
     const e = site.attach(new TrellisError('PEER_LOST', 'gone'));
     expect(e.stack).toMatch(/^TrellisError \[PEER_LOST\]: gone\n/);
     expect(e.stack).toMatch(/01-errors\.test\.ts/);
+    expect(e.stack).toMatch(/submitSomething/);
     expect(e.op).toBe('submitSomething');
+  });
+
+  it('by default captures nothing: a later error keeps its own stack and gains the op', () => {
+    expect(captureCallSites(false)).toBe(process.env.TRELLIS_CAPTURE_STACKS === '1');
+    const site = submitSomething();
+    const err = new TrellisError('PEER_LOST', 'gone');
+    const e = site.attach(err);
+    expect(e.stack).toBe(err.stack);
+    expect([e.code, e.message, e.op]).toEqual(['PEER_LOST', 'gone', 'submitSomething']);
+    expect(captureCallSites(true)).toBe(false);
+    captureCallSites(false);
   });
 
   it('wraps a non-Trellis error as INTERNAL with the cause', () => {

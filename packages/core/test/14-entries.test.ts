@@ -26,6 +26,7 @@ describe('package entries', () => {
       'MrDesc',
       'TrellisError',
       'isTrellisError',
+      'captureCallSites',
       'TRELLIS_ERROR_CODES',
       'createLoopbackFabric',
       'countImms',

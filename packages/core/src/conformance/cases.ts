@@ -1,5 +1,7 @@
 // The conformance cases every backend runs, by area (cases/*.ts), in one list. Their ids are the
 // vitest titles and the names skip lists use.
+
+import { BATCH_CASES } from './cases/batch.js';
 import { INPUT_CASES } from './cases/input.js';
 import { LIFECYCLE_CASES } from './cases/lifecycle.js';
 import { MESSAGE_CASES } from './cases/messages.js';
@@ -11,6 +13,7 @@ export type { CaseContext, ConformanceCase, EngineGroup, GroupFactory } from './
 
 export const CASES: readonly ConformanceCase[] = [
   ...WRITE_CASES,
+  ...BATCH_CASES,
   ...MESSAGE_CASES,
   ...INPUT_CASES,
   ...LIFECYCLE_CASES,

@@ -8,6 +8,7 @@ import { CallSite, invalid, TrellisError } from '../errors.js';
 import { countImms, lanesBetween } from '../imms.js';
 import type {
   BarrierRequest,
+  BatchResult,
   EngineLimits,
   EngineStats,
   FailoverOptions,
@@ -146,13 +147,28 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
    * 4. the backend's {@link post}.
    */
   private route(p: Plan, op: PendingOp): void {
+    if (!this.routeAround(p, op)) this.post(p, op);
+  }
+
+  /** Steps 1–3 of {@link route}: true when one of them took the plan, false when it is {@link post}'s. */
+  private routeAround(p: Plan, op: PendingOp): boolean {
     if (inParts(p)) this.twoPhase().start(p, op, (p as unknown as { src: Region }).src.parted);
     else {
       const gpu = this.gpuPath(p);
       if (gpu) this.postGpu(gpu, p, op);
       else if (this.failover?.handles(p)) this.failover.start(p, op);
-      else this.post(p, op);
+      else return false;
     }
+    return true;
+  }
+
+  /**
+   * Post the plans of a batch that {@link route} gives to {@link post}, in order. By default one
+   * {@link post} each; a native backend packs them into one call into its addon. A plan that cannot
+   * be posted fails its own op (never the others').
+   */
+  protected postMany(plans: readonly Plan[], ops: readonly PendingOp[]): void {
+    for (let i = 0; i < plans.length; i++) this.guard(ops[i]!, () => this.post(plans[i]!, ops[i]!));
   }
 
   /**
@@ -458,6 +474,151 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return this.submit('submitImm', req, () => planImm(this, req));
   }
 
+  submitBatch(requests: readonly TransferRequest[], opts: OpOptions = {}): Promise<BatchResult> {
+    const site = new CallSite('submitBatch');
+    try {
+      const name = site.op;
+      this.throwIfClosed(name);
+      if (!Array.isArray(requests))
+        throw invalid(
+          'INVALID_ARGUMENT',
+          name,
+          `requests must be an array of TransferRequest, got ${describe(requests)}`,
+        );
+      if (typeof opts !== 'object' || opts === null)
+        throw invalid('INVALID_ARGUMENT', name, `opts must be an object, got ${describe(opts)}`);
+      checkOpOptions(name, opts);
+      // Everything is checked before anything is posted: one bad request refuses the batch.
+      const n = requests.length;
+      // A peer known lost or unreachable is not bad input: it costs only its own requests.
+      const plans = new Array<Plan>(n);
+      const peersOf = new Array<NetAddr[]>(n);
+      const unreachable = new Array<TrellisError | undefined>(n);
+      for (let i = 0; i < n; i++) {
+        const r = requests[i];
+        try {
+          if (typeof r !== 'object' || r === null)
+            throw invalid(
+              'INVALID_ARGUMENT',
+              name,
+              `expected a TransferRequest with a kind, got ${describe(r)}`,
+            );
+          const p = this.planRequest(r, name);
+          this.checkPlanInput(p, name);
+          plans[i] = p;
+          peersOf[i] = planPeers(p);
+        } catch (e) {
+          throw batchItemError(e, i, r);
+        }
+        try {
+          this.checkPeers(peersOf[i]!, name);
+        } catch (e) {
+          unreachable[i] =
+            e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e });
+        }
+      }
+      if (n === 0) return Promise.resolve({ failed: 0, errors: [] });
+      return new Promise<BatchResult>((resolve) => {
+        const errors = new Array<TrellisError | undefined>(n).fill(undefined);
+        let left = n;
+        let failed = 0;
+        const ops = new Array<PendingOp>(n);
+        for (let i = 0; i < n; i++) {
+          const r = requests[i]!;
+          const own =
+            r.signal === undefined && r.timeoutMs === undefined
+              ? opts
+              : { signal: r.signal ?? opts.signal, timeoutMs: r.timeoutMs ?? opts.timeoutMs };
+          const peers = peersOf[i]!;
+          ops[i] = this.begin(
+            site,
+            peers.length === 1 ? peers[0] : undefined,
+            planRegions(plans[i]!),
+            own,
+            peers,
+            (err) => {
+              if (err) {
+                errors[i] = err;
+                failed++;
+              }
+              if (--left === 0) resolve({ failed, errors });
+            },
+          );
+        }
+        // Plans another path takes (regions in parts, GPU paths, failover) go there one by one;
+        // the rest are the backend's, posted together.
+        const mine: Plan[] = [];
+        const mineOps: PendingOp[] = [];
+        for (let i = 0; i < n; i++) {
+          const op = ops[i]!;
+          const p = plans[i]!;
+          const lost = unreachable[i];
+          if (lost) op.fail(lost);
+          else if (op.cancelReason) op.fail(op.cancelReason);
+          else {
+            let routed = false;
+            this.guard(op, () => {
+              routed = this.routeAround(p, op);
+            });
+            if (!routed && !op.settled) {
+              mine.push(p);
+              mineOps.push(op);
+            }
+          }
+        }
+        if (mine.length) this.postMany(mine, mineOps);
+      });
+    } catch (e) {
+      return Promise.reject(site.attach(e));
+    }
+  }
+
+  /** The plan of a request of any kind (as its own `submit*` would make it). */
+  private planRequest(request: TransferRequest, op: string): Plan {
+    switch (request.kind) {
+      case 'single':
+        return planSingle(this, request, op);
+      case 'paged':
+        return planPaged(this, request, op);
+      case 'scatter':
+        return planScatter(this, request, op);
+      case 'barrier':
+        return planBarrier(this, request, op);
+      case 'imm':
+        return planImm(this, request, op);
+      default:
+        throw invalid(
+          'INVALID_ARGUMENT',
+          op,
+          `unknown request kind ${JSON.stringify((request as { kind: unknown }).kind)} (one of single, paged, scatter, barrier, imm)`,
+        );
+    }
+  }
+
+  /** What every submit checks of a plan before anything is posted; returns its peers. */
+  private checkPlan(p: Plan, name: string): NetAddr[] {
+    const peers = planPeers(p);
+    this.checkPeers(peers, name);
+    this.checkPlanInput(p, name);
+    return peers;
+  }
+
+  /** Each peer is neither lost nor unreachable (PEER_LOST, UNKNOWN_PEER). */
+  private checkPeers(peers: readonly NetAddr[], name: string): void {
+    for (const peer of peers) this.checkLive(peer, name);
+    for (const peer of peers) this.checkReachable(peer, name);
+  }
+
+  /** The combinations of regions no path can carry. */
+  private checkPlanInput(p: Plan, name: string): void {
+    if (inParts(p) && touchesStaged(p))
+      throw invalid(
+        'UNSUPPORTED',
+        name,
+        'a staged GPU region cannot be written to or from a region registered in parts (over limits.maxMrBytes)',
+      );
+  }
+
   submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void> {
     const site = new CallSite('submitOnWatch');
     try {
@@ -526,18 +687,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     try {
       this.throwIfClosed(name);
       const p = plan();
-      const peers = planPeers(p);
-      for (const peer of peers) this.checkLive(peer, name);
-      for (const peer of peers) this.checkReachable(peer, name);
-      const parted = inParts(p);
-      if (parted && touchesStaged(p))
-        throw invalid(
-          'UNSUPPORTED',
-          name,
-          'a staged GPU region cannot be written to or from a region registered in parts (over limits.maxMrBytes)',
-        );
-      const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
-      const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, req, peers);
+      const peers = this.checkPlan(p, name);
+      const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, planRegions(p), req, peers);
       this.guard(op, () => this.route(p, op));
       return op.promise;
     } catch (e) {
@@ -552,8 +703,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     regions: Region[],
     opts: OpOptions,
     peers: readonly NetAddr[],
+    onSettle?: (error: TrellisError | undefined) => void,
   ): PendingOp {
-    const op = new PendingOp(this.nextOpId++, site, peer, regions, this);
+    const op = new PendingOp(this.nextOpId++, site, peer, regions, this, onSettle);
     this.ops.add(op);
     if (peers.length) {
       const keys = peers.map((p) => p.toString());
@@ -596,7 +748,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   /** Run a backend post; a synchronous throw fails the op (it was not posted). */
-  private guard(op: PendingOp, post: () => void): void {
+  protected guard(op: PendingOp, post: () => void): void {
     if (op.cancelReason) {
       op.fail(op.cancelReason);
       return;
@@ -1137,6 +1289,30 @@ function inParts(p: Plan): boolean {
     default:
       return false;
   }
+}
+
+/** The source region a plan reads (held in use until its op settles). */
+function planRegions(p: Plan): Region[] {
+  return p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
+}
+
+/** A batch request's validation error, labelled with its index and kind. */
+function batchItemError(e: unknown, i: number, r: unknown): TrellisError {
+  const kind = typeof r === 'object' && r !== null ? (r as { kind?: unknown }).kind : undefined;
+  const label = `requests[${i}]${typeof kind === 'string' ? ` (${kind})` : ''}`;
+  if (!(e instanceof TrellisError))
+    return new TrellisError('INTERNAL', `submitBatch: ${label}: ${String(e)}`, { cause: e });
+  const msg = e.message.startsWith('submitBatch: ') ? e.message.slice('submitBatch: '.length) : e.message;
+  const out = new TrellisError(e.code, `submitBatch: ${label}: ${msg}`, {
+    errno: e.errno,
+    providerMessage: e.providerMessage,
+    peer: e.peer,
+    nic: e.nic,
+    op: 'submitBatch',
+    cause: e.cause,
+  });
+  out.stack = e.stack?.replace(/^[^\n]*/, `${out.name} [${out.code}]: ${out.message}`);
+  return out;
 }
 
 function planPeers(p: Plan): NetAddr[] {

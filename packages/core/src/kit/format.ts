@@ -49,6 +49,11 @@ const SPECS = {
     doc: 'write(): one record per run of a write (zero = 1 for an immediate-only run)',
     fields: ['peer', 'lane0', 'lanes', 'shards', 'srcOff', 'dstOff', 'len', 'zero'],
   },
+  batchWrite: {
+    array: 'Float64Array',
+    doc: "writeBatch(): one record per write of the batch; its runs follow the previous writes' runs in the run and nicKeys arrays",
+    fields: ['op', 'region', 'hasImm', 'imm', 'runs'],
+  },
   nicKeys: {
     array: 'BigUint64Array',
     doc: "write() and setPortWindows(): a destination's address and remote key on each of 4 NICs",
@@ -93,6 +98,7 @@ export const POSTED_FLAG = 0x100;
 /** @internal */ export const ARRIVAL = layout(SPECS.arrival);
 /** @internal */ export const RUN = layout(SPECS.run);
 /** @internal */ export const NIC_KEYS = layout(SPECS.nicKeys);
+/** @internal */ export const BATCH_WRITE = layout(SPECS.batchWrite);
 /** @internal */ export const NIC_STATS = layout(SPECS.nicStats);
 /** @internal */ export const PORT_WINDOW = layout(SPECS.portWindow);
 /** @internal */ export const PORT_STATS = layout(SPECS.portStats);

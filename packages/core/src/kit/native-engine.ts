@@ -28,6 +28,7 @@ import type {
 import { EngineBase, type GpuPath } from './engine-base.js';
 import {
   ARRIVAL,
+  BATCH_WRITE,
   COMPLETION,
   NIC_KEYS,
   NIC_STATS,
@@ -90,6 +91,8 @@ export interface NativeEngine {
   /** Register CUDA device memory directly (only where every NIC's path is `direct`). */
   register(id: number, devicePtr: bigint, remote: boolean, bytes: number, device: number): void;
   deregister(id: number): void;
+  /** Many writes in one call: {@link BATCH_WRITE} records, their runs one after another. */
+  writeBatch(batch: Float64Array, runs: Float64Array, runKeys: BigUint64Array): void;
   write(
     op: number,
     region: number,
@@ -426,7 +429,6 @@ export abstract class NativeEngineBase extends EngineBase {
   private finalStats: Float64Array | undefined;
   private readonly opTimeoutMs: number;
   /** When each in-flight op was posted, for the watchdog. */
-  private readonly postedAt = new Map<number, number>();
   private watchdog: NodeJS.Timeout | undefined;
   private lastBeat = -1;
   private lastBeatAt = 0;
@@ -577,7 +579,6 @@ export abstract class NativeEngineBase extends EngineBase {
       const op = this.inflight.get(id);
       if (!op) continue;
       this.inflight.delete(id);
-      this.postedAt.delete(id);
       const word = ops[i + COMPLETION.code]!;
       const code = this.codeNames[word & ~POSTED_FLAG] ?? 'INTERNAL';
       if (word & POSTED_FLAG) {
@@ -932,6 +933,68 @@ export abstract class NativeEngineBase extends EngineBase {
     return new Uint8Array(this.native.alloc(length));
   }
 
+  /** A batch's plain writes (paged ones, which carry their page lists, go one by one): one call. */
+  protected override postMany(plans: readonly Plan[], ops: readonly PendingOp[]): void {
+    const b = this.batchScratch;
+    let nb = 0;
+    let nr = 0;
+    for (let i = 0; i < plans.length; i++) {
+      const plan = plans[i]!;
+      const op = ops[i]!;
+      if (plan.op === 'paged') {
+        this.guard(op, () => this.postPlan(plan, op));
+        continue;
+      }
+      this.guard(op, () => {
+        const w = packWrite(plan, this.writeScratch, this.writePeers, op.callsite.op);
+        const count = w.runs.length / RUN.stride;
+        if ((nb + 1) * BATCH_WRITE.stride > b.batch.length)
+          b.batch = grow(b.batch, (nb + 1) * BATCH_WRITE.stride);
+        if ((nr + count) * RUN.stride > b.runs.length) {
+          b.runs = grow(b.runs, (nr + count) * RUN.stride);
+          b.keys = grow(b.keys, (nr + count) * NIC_KEYS.stride);
+        }
+        b.runs.set(w.runs, nr * RUN.stride);
+        b.keys.set(w.keys, nr * NIC_KEYS.stride);
+        const at = nb * BATCH_WRITE.stride;
+        b.batch[at + BATCH_WRITE.op] = op.id;
+        b.batch[at + BATCH_WRITE.region] = w.region;
+        b.batch[at + BATCH_WRITE.hasImm] = plan.imm !== undefined ? 1 : 0;
+        b.batch[at + BATCH_WRITE.imm] = plan.imm ?? 0;
+        b.batch[at + BATCH_WRITE.runs] = count;
+        b.ops[nb] = op;
+        nb++;
+        nr += count;
+        this.track(op);
+      });
+    }
+    if (!nb) return;
+    try {
+      this.native.writeBatch(
+        b.batch.subarray(0, nb * BATCH_WRITE.stride),
+        b.runs.subarray(0, nr * RUN.stride),
+        b.keys.subarray(0, nr * NIC_KEYS.stride),
+      );
+    } catch (e) {
+      // Nothing of the batch reached the worker: each of its ops fails as its own post would.
+      const err = e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e });
+      for (let i = 0; i < nb; i++) {
+        const op = b.ops[i]!;
+        this.inflight.delete(op.id);
+        op.fail(err);
+      }
+    } finally {
+      b.ops.length = 0;
+    }
+  }
+
+  private readonly batchScratch = {
+    ops: [] as PendingOp[],
+    batch: new Float64Array(BATCH_WRITE.stride * 64),
+    runs: new Float64Array(RUN.stride * 64),
+    keys: new BigUint64Array(NIC_KEYS.stride * 64),
+  };
+
   /** Post a plan as work requests (the staged path posts its segments through here), or arm it. */
   private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint; hold?: boolean }): void {
     const w = packWrite(plan, this.writeScratch, this.writePeers, op.callsite.op);
@@ -985,7 +1048,7 @@ export abstract class NativeEngineBase extends EngineBase {
 
   private track(op: PendingOp): void {
     this.inflight.set(op.id, op);
-    this.postedAt.set(op.id, Date.now());
+    op.postedAt = Date.now();
     if (!this.watchdog && this.opTimeoutMs > 0) {
       this.watchdog = setInterval(() => this.checkWorker(), 250);
       this.watchdog.unref();
@@ -1009,8 +1072,8 @@ export abstract class NativeEngineBase extends EngineBase {
       return;
     }
     let overdue = false;
-    for (const t of this.postedAt.values()) {
-      if (now - t > this.opTimeoutMs + 1000) {
+    for (const op of this.inflight.values()) {
+      if (now - op.postedAt > this.opTimeoutMs + 1000) {
         overdue = true;
         break;
       }
@@ -1021,8 +1084,7 @@ export abstract class NativeEngineBase extends EngineBase {
       'PEER_LOST',
       `the engine's worker has been stuck inside provider '${this.providers[0]?.provider}' for ${now - this.lastBeatAt} ms with operations past their deadline (a peer process probably died holding a shared-memory lock); the engine was abandoned — create a new one`,
     );
-    for (const [id, op] of this.inflight) {
-      this.postedAt.delete(id);
+    for (const op of this.inflight.values()) {
       op.fail(err);
     }
     this.inflight.clear();
@@ -1521,4 +1583,11 @@ export function packWrite(plan: Plan, scratch: WriteScratch, peers: WritePeers, 
     keys: keys.subarray(0, NIC_KEYS.stride * n),
     pages,
   };
+}
+
+/** A copy of `a` with room for at least `n` elements (doubling). */
+function grow<T extends Float64Array | BigUint64Array>(a: T, n: number): T {
+  const out = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
+  out.set(a as never);
+  return out;
 }

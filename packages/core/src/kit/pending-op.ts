@@ -5,6 +5,8 @@ import { type CallSite, TrellisError } from '../errors.js';
 import type { OpOptions } from '../types.js';
 import type { Region } from './region.js';
 
+const COMPLETED = Object.freeze({ error: undefined });
+
 /** What a {@link PendingOp} tells the engine that owns it. */
 export interface OpOwner {
   /** A deadline or abort asked for cancellation: the backend cancels what it posted. */
@@ -27,12 +29,15 @@ export class PendingOp {
   internal = false;
   /** A heartbeat or probe: its own connection error is the answer, never probed again. */
   liveness = false;
-  readonly promise: Promise<void>;
-  private resolveFn!: () => void;
-  private rejectFn!: (e: unknown) => void;
+  private settledWith: { error: TrellisError | undefined } | undefined;
+  private promiseOf: Promise<void> | undefined;
+  private resolveFn: (() => void) | undefined;
+  private rejectFn: ((e: unknown) => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** The AbortSignal the op watches, if any. */
   signal: AbortSignal | undefined;
+  /** @internal When a native backend handed it to its worker (Date.now(); its watchdog reads it). */
+  postedAt = 0;
   /** Set when a deadline or abort asked for cancellation. */
   cancelReason: TrellisError | undefined;
 
@@ -42,12 +47,27 @@ export class PendingOp {
     readonly peer: NetAddr | undefined,
     readonly regions: readonly Region[],
     private readonly engine: OpOwner,
+    /** Told the outcome once, when the op settles (a batch's ops use this instead of a promise). */
+    private readonly onSettle?: (error: TrellisError | undefined) => void,
   ) {
-    this.promise = new Promise<void>((res, rej) => {
-      this.resolveFn = res;
-      this.rejectFn = rej;
-    });
     for (const r of regions) r.use();
+  }
+
+  /**
+   * Settles with the op: resolves once it completed, rejects with its error. Made on first use, so
+   * an op nobody awaits (one of a batch) costs no promise.
+   */
+  get promise(): Promise<void> {
+    if (!this.promiseOf) {
+      const s = this.settledWith;
+      if (s) this.promiseOf = s.error ? Promise.reject(s.error) : Promise.resolve();
+      else
+        this.promiseOf = new Promise<void>((res, rej) => {
+          this.resolveFn = res;
+          this.rejectFn = rej;
+        });
+    }
+    return this.promiseOf;
   }
 
   /** Arm the deadline: when it passes, the backend is asked to cancel. (The engine watches the AbortSignal, one listener per signal.) */
@@ -103,7 +123,10 @@ export class PendingOp {
   }
 
   complete(): void {
-    if (this.finish(true)) this.resolveFn();
+    if (!this.finish(true)) return;
+    this.settledWith = COMPLETED;
+    this.onSettle?.(undefined);
+    this.resolveFn?.();
   }
 
   fail(reason: TrellisError): void {
@@ -123,6 +146,8 @@ export class PendingOp {
     const e = this.callsite.attach(
       err.peer === undefined && this.peer ? err.withDetails({ peer: this.peer.toString() }) : err,
     );
-    this.rejectFn(e);
+    this.settledWith = { error: e };
+    this.onSettle?.(e);
+    this.rejectFn?.(e);
   }
 }

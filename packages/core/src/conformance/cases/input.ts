@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { NetAddr } from '../../addr.js';
 import { MrDesc } from '../../desc.js';
-import { TrellisError } from '../../errors.js';
+import { captureCallSites, TrellisError } from '../../errors.js';
 import { lanesBetween } from '../../imms.js';
 import type { MrHandle } from '../../types.js';
 import { assertBytes, bytesOf, rejects, sleep, throws } from '../util.js';
@@ -257,17 +257,29 @@ export const INPUT_CASES: readonly ConformanceCase[] = [
   },
   // ---------------------------------------------------------------------------- errors
   {
-    id: "errors: a rejection carries code, op, peer and the submitting call's stack",
+    id: "errors: a rejection carries code, op, peer and, with captureCallSites, the submitting call's stack",
     run: (ctx) =>
       withGroup(ctx, 2, async ({ engines: [a, b] }) => {
         const src = await source(a!, 10, 1);
         const dst = await b!.registerMemory(10, { remote: true });
         await b!.close();
-        const e = await rejects(
+        // By default no stack is captured: code, op and peer still say what failed where.
+        const plain = await rejects(
           a!.submitSingleWrite({ src, length: 10, dst: dst.desc, imm: 1 }),
           'PEER_LOST',
           'closed peer',
         );
+        assert.ok(plain instanceof TrellisError);
+        assert.equal(plain.op, 'submitSingleWrite');
+        assert.equal(plain.peer, b!.address.toString());
+        const was = captureCallSites(true);
+        let submitted: Promise<void>;
+        try {
+          submitted = a!.submitSingleWrite({ src, length: 10, dst: dst.desc, imm: 1 });
+        } finally {
+          captureCallSites(was);
+        }
+        const e = await rejects(submitted, 'PEER_LOST', 'closed peer');
         assert.ok(e instanceof TrellisError);
         assert.equal(e.op, 'submitSingleWrite');
         assert.equal(e.peer, b!.address.toString());

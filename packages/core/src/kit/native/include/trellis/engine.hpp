@@ -64,6 +64,7 @@ class Engine final : private Worker::Body {
   NicCounters& counters(size_t i) { return group_.counters(i); }
 
   void push(Cmd&& c) { worker_.push(std::move(c)); }
+  void push_all(std::vector<Cmd>& cs) { worker_.push_all(cs); }
 
   // JS thread: take everything that happened since the last drain.
   Events drain() { return events_.drain(); }

@@ -50,6 +50,16 @@ struct Run {
   static constexpr size_t kZero = 7;
 };
 
+// Float64Array, writeBatch(): one record per write of the batch; its runs follow the previous writes' runs in the run and nicKeys arrays.
+struct BatchWrite {
+  static constexpr size_t kStride = 5;
+  static constexpr size_t kOp = 0;
+  static constexpr size_t kRegion = 1;
+  static constexpr size_t kHasImm = 2;
+  static constexpr size_t kImm = 3;
+  static constexpr size_t kRuns = 4;
+};
+
 // BigUint64Array, write() and setPortWindows(): a destination's address and remote key on each of 4 NICs.
 struct NicKeys {
   static constexpr size_t kStride = 8;

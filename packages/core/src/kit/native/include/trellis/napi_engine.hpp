@@ -34,15 +34,14 @@ inline void read_keys(const Napi::BigUint64Array& keys, size_t at, RemoteKey out
 
 // The runs (format::Run and format::NicKeys records at info[at], info[at+1]) and pages (an object at
 // info[at+2], if any) of a write, as Write and expandWrite take them.
-inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
-  Napi::Float64Array runs = info[at].As<Napi::Float64Array>();
-  Napi::BigUint64Array keys = info[at + 1].As<Napi::BigUint64Array>();
+// Runs [first, first + n) of the run and nicKeys arrays into `w`.
+inline void read_runs(const Napi::Float64Array& runs, const Napi::BigUint64Array& keys, size_t first, size_t n,
+                      WriteCmd& w) {
   using R = format::Run;
-  size_t n = runs.ElementLength() / R::kStride;
   w.runs.resize(n);
   for (size_t i = 0; i < n; i++) {
     Run& r = w.runs[i];
-    const double* v = runs.Data() + R::kStride * i;
+    const double* v = runs.Data() + R::kStride * (first + i);
     r.peer = static_cast<uint32_t>(v[R::kPeer]);
     r.lane0 = static_cast<uint8_t>(v[R::kLane0]);
     r.lanes = static_cast<uint8_t>(v[R::kLanes]);
@@ -51,8 +50,14 @@ inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
     r.dst_off = static_cast<uint64_t>(v[R::kDstOff]);
     r.len = static_cast<uint64_t>(v[R::kLen]);
     r.zero = v[R::kZero] != 0;
-    read_keys(keys, format::NicKeys::kStride * i, r.keys);
+    read_keys(keys, format::NicKeys::kStride * (first + i), r.keys);
   }
+}
+
+inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
+  Napi::Float64Array runs = info[at].As<Napi::Float64Array>();
+  Napi::BigUint64Array keys = info[at + 1].As<Napi::BigUint64Array>();
+  read_runs(runs, keys, 0, runs.ElementLength() / format::Run::kStride, w);
   if (info.Length() > at + 2 && info[at + 2].IsObject()) {
     Napi::Object p = info[at + 2].As<Napi::Object>();
     auto pg = std::make_unique<Pages>();
@@ -113,6 +118,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("register", &W::Register),
                               W::InstanceMethod("deregister", &W::Deregister),
                               W::InstanceMethod("write", &W::Write),
+                              W::InstanceMethod("writeBatch", &W::WriteBatch),
                               W::InstanceMethod("send", &W::Send),
                               W::InstanceMethod("cancel", &W::Cancel),
                               W::InstanceMethod("watch", &W::Watch),
@@ -462,6 +468,36 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     }
     c.write = std::move(w);
     engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // writeBatch(batch, runs, runKeys): many writes in one call (format::BatchWrite records; each
+  // write's runs follow the previous one's), handed to the worker under one lock.
+  Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    using B = format::BatchWrite;
+    Napi::Float64Array batch = info[0].As<Napi::Float64Array>();
+    Napi::Float64Array runs = info[1].As<Napi::Float64Array>();
+    Napi::BigUint64Array keys = info[2].As<Napi::BigUint64Array>();
+    size_t n = batch.ElementLength() / B::kStride;
+    std::vector<Cmd> cmds;
+    cmds.reserve(n);
+    size_t first = 0;
+    for (size_t i = 0; i < n; i++) {
+      const double* v = batch.Data() + B::kStride * i;
+      auto w = std::make_unique<WriteCmd>();
+      w->op = static_cast<uint32_t>(v[B::kOp]);
+      w->region = static_cast<uint32_t>(v[B::kRegion]);
+      w->has_imm = v[B::kHasImm] != 0;
+      w->imm = static_cast<uint32_t>(v[B::kImm]);
+      size_t count = static_cast<size_t>(v[B::kRuns]);
+      read_runs(runs, keys, first, count, *w);
+      first += count;
+      Cmd c(CmdKind::Write);
+      c.write = std::move(w);
+      cmds.push_back(std::move(c));
+    }
+    engine_->push_all(cmds);
     return info.Env().Undefined();
   }
 

@@ -88,6 +88,17 @@ class Worker {
     wake();
   }
 
+  // Many commands under one lock and one wake-up (a batch of writes), in order.
+  void push_all(std::vector<Cmd>& cs) {
+    if (cs.empty()) return;
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      for (auto& c : cs) cmds_.push_back(std::move(c));
+      cmds_pending_.store(true, std::memory_order_release);
+    }
+    wake();
+  }
+
   // Loop iterations so far (the engine's heartbeat).
   uint64_t heartbeat() const { return heartbeat_.load(std::memory_order_relaxed); }
 
