@@ -47,8 +47,8 @@ export interface TransferEngine {
    * request becomes its own operation (its own deadline, cancellation and settlement, exactly once)
    * and native engines post all of them with one crossing into the addon. Resolves once every
    * operation has settled, with each one's outcome; it never rejects after posting. `opts` applies
-   * to every request that sets no `signal` or `timeoutMs` of its own. The requests' order is the
-   * order of posting; as between separate calls, completion order across them is not defined.
+   * to every request that sets no `signal` or `timeoutMs` of its own. As between separate calls, no
+   * order holds between the operations of a batch.
    */
   submitBatch(requests: readonly TransferRequest[], opts?: OpOptions): Promise<BatchResult>;
 
