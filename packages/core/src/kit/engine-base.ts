@@ -163,7 +163,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   /**
-   * Post the plans of a batch that {@link route} gives to {@link post}, in order. By default one
+   * Post the plans of a batch that the routing gives to {@link post}, in order. By default one
    * {@link post} each; a native backend packs them into one call into its addon. A plan that cannot
    * be posted fails its own op (never the others').
    */
