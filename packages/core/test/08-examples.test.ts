@@ -23,4 +23,14 @@ describe('examples', () => {
     expect(out).toContain('decode received: layer 0 done');
     expect(out).toMatch(/nic0: 32 writes, 131072 bytes; nic1: 32 writes, 131072 bytes/);
   });
+
+  it('the README shows examples/batch.ts verbatim, and it runs: a bad request refused, 33 posted, every byte in place', () => {
+    const readme = readFileSync(`${root}/README.md`, 'utf8');
+    expect(readme).toContain(readFileSync(`${root}/examples/batch.ts`, 'utf8').trim());
+    const out = execFileSync(process.execPath, ['dist-examples/batch.js'], { cwd: root, encoding: 'utf8' });
+    expect(out).toContain(
+      'refused: submitBatch: requests[33] (single): dst: bytes [65536, 67584) fall outside the region of 65536 bytes',
+    );
+    expect(out).toContain('batch of 33: 0 failed; every byte in place: true');
+  });
 });
