@@ -93,74 +93,50 @@ async function windowed(ops: number, window: number, submit: (i: number) => Prom
   return (performance.now() - t0) / 1000;
 }
 
-async function sdkSingle(provider: Provider, size: number, ops: number, lane = false): Promise<number> {
-  const engine = await initiator(provider, lane);
+/**
+ * `ops` single writes of `size` bytes, at most `WINDOW` outstanding: through `submitSingleWrite`
+ * (`'single'`, or `'lane'` with the same-host lane on), or through `submitBatch` (`'batch'`:
+ * batches of window/4, four in flight — a new batch goes as soon as one settles, so at least 3/4
+ * of the window stays busy). Returns the seconds the writes took.
+ */
+async function sdkSingle(
+  provider: Provider,
+  size: number,
+  ops: number,
+  how: 'single' | 'lane' | 'batch' = 'single',
+): Promise<number> {
+  const engine = await initiator(provider, how === 'lane');
   const region = Math.max(size, 64 << 20);
   const t = await startTarget(provider, region);
   const src = await engine.registerMemory(region);
   src.buffer!.fill(7);
   const slots = Math.floor(region / size);
   const arrived = t.expect(ops);
-  const s = await windowed(ops, WINDOW, (i) =>
-    engine.submitSingleWrite({
-      src,
-      srcOffset: (i % slots) * size,
-      length: size,
-      dst: t.dst,
-      dstOffset: (i % slots) * size,
-      imm: 1,
-      shards: 1,
-    }),
-  );
+  const request = (i: number) => {
+    const at = (i % slots) * size;
+    return { src, srcOffset: at, length: size, dst: t.dst, dstOffset: at, imm: 1, shards: 1 };
+  };
+  let s: number;
+  if (how !== 'batch') s = await windowed(ops, WINDOW, (i) => engine.submitSingleWrite(request(i)));
+  else {
+    const per = Math.max(1, WINDOW >> 2);
+    let next = 0;
+    const t0 = performance.now();
+    const stream = async () => {
+      while (next < ops) {
+        const batch: TransferRequest[] = [];
+        for (; batch.length < per && next < ops; next++) batch.push({ kind: 'single', ...request(next) });
+        const r = await engine.submitBatch(batch);
+        if (r.failed) throw r.errors.find((e) => e !== undefined);
+      }
+    };
+    await Promise.all([stream(), stream(), stream(), stream()]);
+    s = (performance.now() - t0) / 1000;
+  }
   await arrived;
   await src.unregister();
   await t.stop();
   // Closed before the raw run, so its worker takes no CPU from it.
-  await engine.close();
-  return s;
-}
-
-/**
- * The same single writes through `submitBatch`: batches of window/4 requests, four in flight (at
- * most `window` writes outstanding, as the raw program keeps; a new batch goes as soon as one
- * settles, so at least 3/4 of the window stays busy).
- */
-async function sdkSingleBatched(provider: Provider, size: number, ops: number): Promise<number> {
-  const engine = await initiator(provider);
-  const region = Math.max(size, 64 << 20);
-  const t = await startTarget(provider, region);
-  const src = await engine.registerMemory(region);
-  src.buffer!.fill(7);
-  const slots = Math.floor(region / size);
-  const arrived = t.expect(ops);
-  const per = Math.max(1, WINDOW >> 2);
-  let next = 0;
-  const t0 = performance.now();
-  const stream = async () => {
-    while (next < ops) {
-      const batch: TransferRequest[] = [];
-      for (; batch.length < per && next < ops; next++) {
-        const at = (next % slots) * size;
-        batch.push({
-          kind: 'single',
-          src,
-          srcOffset: at,
-          length: size,
-          dst: t.dst,
-          dstOffset: at,
-          imm: 1,
-          shards: 1,
-        });
-      }
-      const r = await engine.submitBatch(batch);
-      if (r.failed) throw r.errors.find((e) => e !== undefined);
-    }
-  };
-  await Promise.all([stream(), stream(), stream(), stream()]);
-  const s = (performance.now() - t0) / 1000;
-  await arrived;
-  await src.unregister();
-  await t.stop();
   await engine.close();
   return s;
 }
@@ -254,10 +230,10 @@ for (const provider of providers) {
     const batchT: number[] = [];
     for (let t = 0; t < trials; t++) {
       sdkT.push((ops * size) / (await sdkSingle(provider, size, ops)) / 1e9);
-      batchT.push((ops * size) / (await sdkSingleBatched(provider, size, ops)) / 1e9);
+      batchT.push((ops * size) / (await sdkSingle(provider, size, ops, 'batch')) / 1e9);
       const r = rawRun([prov, 'single', String(size), String(ops), String(WINDOW)]);
       rawT.push(r.bytes / r.seconds / 1e9);
-      laneT.push((ops * size) / (await sdkSingle(provider, size, ops, true)) / 1e9);
+      laneT.push((ops * size) / (await sdkSingle(provider, size, ops, 'lane')) / 1e9);
       const m = JSON.parse(
         execFileSync(mapped, [String(size), String(ops), String(WINDOW)], { encoding: 'utf8' }),
       );
