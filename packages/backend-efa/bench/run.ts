@@ -7,7 +7,11 @@
 // Single writes are also posted through `submitBatch` (batches of window/4, four in flight: one
 // crossing into the addon per batch, no promise per write).
 //
-//   node dist/bench/run.js [--providers shm,tcp] [--quick] [--trials N] [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
+// The immediate round trip is timed three ways (see PingMode): awaiting, in latency mode
+// (pollUntil), and against a peer answering by native reactions (submitOnImm).
+//
+//   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
+//                          [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -26,6 +30,12 @@ const trials = Number(opt('--trials', quick ? '1' : '3'));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const providers = opt('--providers', 'shm,tcp').split(',') as Provider[];
 const jsonOut = opt('--json', '');
+const tests = new Set(opt('--tests', 'single,paged,rtt').split(','));
+for (const t of tests)
+  if (!['single', 'paged', 'rtt'].includes(t)) {
+    console.error(`--tests: unknown test ${JSON.stringify(t)} (single, paged, rtt)`);
+    process.exit(2);
+  }
 const raw = fileURLToPath(new URL('../../build/Release/rma_raw', import.meta.url));
 const mapped = fileURLToPath(new URL('../../build/Release/host_mapped', import.meta.url));
 const targetJs = fileURLToPath(new URL('./target.js', import.meta.url));
@@ -46,18 +56,20 @@ interface Row {
   mapped?: number;
 }
 
-/** A target engine in a child process. */
-async function startTarget(provider: Provider, size: number) {
-  const child = spawn(process.execPath, [targetJs, JSON.stringify({ provider, size, nics: 1 })], {
+/** A target engine in a child process (`spin`: its worker never sleeps, for latency mode). */
+async function startTarget(provider: Provider, size: number, spin = false) {
+  const child = spawn(process.execPath, [targetJs, JSON.stringify({ provider, size, nics: 1, spin })], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   const first = JSON.parse((await lines.next()).value as string) as { desc: string };
   return {
     dst: MrDesc.parse(first.desc),
-    async pong(n: number, to: string) {
-      child.stdin!.write(`${JSON.stringify({ pong: n, to })}\n`);
+    /** Start the answering side; resolves once it is ready (reactions armed), with its end. */
+    async pong(n: number, to: string, mode: PingMode): Promise<{ done: Promise<unknown> }> {
+      child.stdin!.write(`${JSON.stringify({ pong: n, to, mode })}\n`);
       await lines.next();
+      return { done: lines.next() };
     },
     async expect(n: number) {
       child.stdin!.write(`${JSON.stringify({ expect: n })}\n`);
@@ -71,13 +83,13 @@ async function startTarget(provider: Provider, size: number) {
 }
 
 /** The initiator engine, created per trial and closed before the raw program runs. */
-function initiator(provider: Provider, sameHostLane = false): Promise<EfaEngine> {
+function initiator(provider: Provider, sameHostLane = false, spin = false): Promise<EfaEngine> {
   const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
   return createEngine({
     provider,
     nics: 1,
     sameHostLane,
-    maxSleepUs: env('TRELLIS_BENCH_SLEEP_US'),
+    maxSleepUs: spin ? 0 : env('TRELLIS_BENCH_SLEEP_US'),
     idleSpinUs: env('TRELLIS_BENCH_SPIN_US'),
   });
 }
@@ -175,18 +187,61 @@ function rawRun<T = { ops: number; bytes: number; seconds: number }>(argv: strin
   return JSON.parse(execFileSync(raw, argv, { encoding: 'utf8' })) as T;
 }
 
+/**
+ * How the immediate round trip is driven. `default`: both sides await (the event loop delivers
+ * completions and arrivals). `latency`: both sides spin in `pollUntil` and both workers never sleep
+ * (`maxSleepUs: 0`). `reaction`: the initiator as in `latency`; the target answers by native
+ * reactions armed ahead (`submitOnImm`), with no JavaScript per answer. `native`: both sides
+ * answer by reactions, so no JavaScript runs per message at all: the engine's floor, timed as the
+ * whole exchange over its round trips (a mean: no p99).
+ */
+type PingMode = 'default' | 'latency' | 'reaction' | 'native';
+
 /** Immediate round trip: submitImm to the target, which answers with an immediate; median and p99 in µs. */
-async function sdkPingPong(provider: Provider, iters: number): Promise<{ median: number; p99: number }> {
-  const engine = await initiator(provider);
-  const t = await startTarget(provider, 4096);
+async function sdkPingPong(
+  provider: Provider,
+  iters: number,
+  mode: PingMode = 'default',
+): Promise<{ median: number; p99: number }> {
+  const spin = mode !== 'default';
+  const engine = await initiator(provider, false, spin);
+  const t = await startTarget(provider, 4096, spin);
   const warm = 100;
-  const done = t.pong(iters + warm, engine.address.toString());
+  const { done } = await t.pong(iters + warm, engine.address.toString(), mode);
   const back = engine.immCounter(3);
   const rtt: number[] = [];
+  if (mode === 'native') {
+    // Arrival k of imm 3 answers with imm 2; the first imm 2 goes from here.
+    const base = back.total;
+    const rounds = iters + warm;
+    const armed: Promise<void>[] = [];
+    for (let k = 1; k < rounds; k++)
+      armed.push(
+        engine.submitOnImm(3, base + k, { kind: 'imm', dst: t.dst.owner, imm: 2, timeoutMs: 600_000 }),
+      );
+    // The arming commands reach the worker before the exchange starts.
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = performance.now();
+    armed.push(engine.submitImm({ dst: t.dst.owner, imm: 2 }));
+    await engine.pollUntil!(() => back.total >= base + rounds, { timeoutMs: 600_000 });
+    const mean = ((performance.now() - t0) * 1000) / rounds;
+    await Promise.all(armed);
+    back.take(rounds);
+    await done;
+    await t.stop();
+    await engine.close();
+    return { median: mean, p99: Number.NaN };
+  }
   for (let i = 0; i < iters + warm; i++) {
     const t0 = performance.now();
-    await engine.submitImm({ dst: t.dst.owner, imm: 2 });
-    await back.wait(1);
+    if (spin) {
+      const sent = engine.submitImm({ dst: t.dst.owner, imm: 2 });
+      await engine.pollUntil!(() => back.take(1), { timeoutMs: 60_000 });
+      await sent;
+    } else {
+      await engine.submitImm({ dst: t.dst.owner, imm: 2 });
+      await back.wait(1);
+    }
     if (i >= warm) rtt.push((performance.now() - t0) * 1000);
   }
   await done;
@@ -197,11 +252,8 @@ async function sdkPingPong(provider: Provider, iters: number): Promise<{ median:
   return { median: rtt[Math.floor(iters / 2)]!, p99: rtt[Math.floor((iters * 99) / 100)]! };
 }
 
-const latency: Array<{
-  provider: string;
-  sdk: { median: number; p99: number };
-  raw: { median: number; p99: number };
-}> = [];
+type Lat = { median: number; p99: number };
+const latency: Array<{ provider: string; sdk: Lat; poll: Lat; reaction: Lat; native: Lat; raw: Lat }> = [];
 
 const rows: Row[] = [];
 const providerName = (p: Provider) => (p === 'tcp' ? 'tcp;ofi_rxm' : p);
@@ -219,7 +271,7 @@ const perCall = quick ? 2000 : 10_000;
 const calls = quick ? 2 : 5;
 for (const provider of providers) {
   const prov = providerName(provider);
-  for (const size of sizes) {
+  for (const size of tests.has('single') ? sizes : []) {
     const total = quick ? 64 << 20 : 512 << 20;
     const ops = Math.max(64, Math.min(20_000, Math.floor(total / size)));
     // SDK and raw alternate, `trials` times each; the table shows the median of each.
@@ -253,7 +305,7 @@ for (const provider of providers) {
     });
     process.stderr.write('.');
   }
-  for (const page of pageSizes) {
+  for (const page of tests.has('paged') ? pageSizes : []) {
     const ops = perCall * calls;
     const sdkT: number[] = [];
     const rawT: number[] = [];
@@ -273,10 +325,26 @@ for (const provider of providers) {
     });
     process.stderr.write('.');
   }
+  if (!tests.has('rtt')) continue;
   const iters = quick ? 500 : 5000;
-  const lat = await sdkPingPong(provider, iters);
+  const ping = async (mode: PingMode) => {
+    const x = await sdkPingPong(provider, iters, mode);
+    process.stderr.write(`[${prov} round trip, ${mode}: ${x.median.toFixed(1)} µs]`);
+    return x;
+  };
+  const lat = await ping('default');
+  const poll = await ping('latency');
+  const reaction = await ping('reaction');
+  const native = await ping('native');
   const r = rawRun<{ median_us: number; p99_us: number }>([prov, 'pingpong', String(iters)]);
-  latency.push({ provider: prov, sdk: lat, raw: { median: r.median_us, p99: r.p99_us } });
+  latency.push({
+    provider: prov,
+    sdk: lat,
+    poll,
+    reaction,
+    native,
+    raw: { median: r.median_us, p99: r.p99_us },
+  });
   process.stderr.write('.');
 }
 process.stderr.write('\n');
@@ -317,12 +385,23 @@ console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const t of table) console.log(line(t));
 console.log('');
-console.log('| provider | immediate round trip | SDK median | raw C median | SDK p99 | raw C p99 |');
-console.log('|---|---|---|---|---|---|');
+console.log(
+  '| provider | immediate round trip (submitImm → peer answers with an immediate) | median | p99 | median / raw |',
+);
+console.log('|---|---|---|---|---|');
+const us = (x: number) => `${x.toFixed(1)} µs`;
 for (const l of latency) {
-  console.log(
-    `| ${l.provider} | submitImm → peer answers with submitImm | ${l.sdk.median.toFixed(1)} µs | ${l.raw.median.toFixed(1)} µs | ${l.sdk.p99.toFixed(1)} µs | ${l.raw.p99.toFixed(1)} µs |`,
-  );
+  const rows: Array<[string, Lat]> = [
+    ['SDK, default (both sides await)', l.sdk],
+    ['SDK, latency mode (both sides pollUntil, workers spin)', l.poll],
+    ['SDK, latency mode, peer answers by native reaction (submitOnImm)', l.reaction],
+    ['SDK, both sides answer by native reactions (mean over the exchange)', l.native],
+    ['raw C (fi_writemsg + fi_cq_read spin)', l.raw],
+  ];
+  for (const [what, x] of rows)
+    console.log(
+      `| ${l.provider} | ${what} | ${us(x.median)} | ${Number.isNaN(x.p99) ? '–' : us(x.p99)} | ${(x.median / l.raw.median).toFixed(1)}x |`,
+    );
 }
 if (jsonOut)
   writeFileSync(
@@ -336,6 +415,7 @@ if (jsonOut)
           libfabric: fabricVersion(),
         },
         rows,
+        latency,
       },
       null,
       2,

@@ -1,5 +1,6 @@
 // The target process of the SDK benchmark: an engine with a region registered for remote writes.
-// stdin/stdout JSON lines: {"expect": n} → counts n arrivals of imm 1 → {"done": n}.
+// stdin/stdout JSON lines: {"expect": n} → counts n arrivals of imm 1 → {"done": n};
+// {"pong": n, "to": addr, "mode": m} → {"ready": n} once it can answer, {"done": n} after n answers.
 import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
 import { NetAddr } from '@trellis/core';
@@ -9,29 +10,61 @@ function envNumber(name: string): number | undefined {
   return v === undefined || v === '' ? undefined : Number(v);
 }
 
-const { provider, size, nics } = JSON.parse(process.argv[2]!) as {
+const { provider, size, nics, spin } = JSON.parse(process.argv[2]!) as {
   provider: Provider;
   size: number;
   nics: number;
+  /** Latency mode: the worker never sleeps (maxSleepUs 0). */
+  spin?: boolean;
 };
 const engine = await createEngine({
   provider,
   nics,
   // The engine's defaults unless the environment overrides them (see docs/benchmarks.md).
-  maxSleepUs: envNumber('TRELLIS_BENCH_SLEEP_US'),
+  maxSleepUs: spin ? 0 : envNumber('TRELLIS_BENCH_SLEEP_US'),
   idleSpinUs: envNumber('TRELLIS_BENCH_SPIN_US'),
 });
 const region = await engine.registerMemory(size, { remote: true });
 process.stdout.write(`${JSON.stringify({ desc: region.desc.toString() })}\n`);
 for await (const line of createInterface({ input: process.stdin })) {
-  const m = JSON.parse(line) as { expect?: number; exit?: boolean; pong?: number; to?: string };
+  const m = JSON.parse(line) as {
+    expect?: number;
+    exit?: boolean;
+    pong?: number;
+    to?: string;
+    mode?: 'default' | 'latency' | 'reaction' | 'native';
+  };
   if (m.pong !== undefined) {
-    // Answer every immediate 2 with an immediate 3, m.pong times.
+    // Answer every immediate 2 with an immediate 3, m.pong times: awaiting each (default), in a
+    // latency loop (pollUntil), or by native reactions armed ahead (no JavaScript per answer).
     const peer = NetAddr.parse(m.to!);
+    const ready = () => process.stdout.write(`${JSON.stringify({ ready: m.pong })}\n`);
     const c = engine.immCounter(2);
-    for (let i = 0; i < m.pong; i++) {
-      await c.wait(1);
-      await engine.submitImm({ dst: peer, imm: 3 });
+    const answer = { kind: 'imm', dst: peer, imm: 3, timeoutMs: 600_000 } as const;
+    if (m.mode === 'reaction' || m.mode === 'native') {
+      const base = c.total;
+      const armed: Promise<void>[] = [];
+      for (let k = 1; k <= m.pong; k++) armed.push(engine.submitOnImm(2, base + k, answer));
+      // Armed before the first ping can come: totals count from here.
+      ready();
+      await Promise.all(armed);
+      await c.wait(m.pong);
+    } else if (m.mode === 'latency') {
+      // Each answer's own completion is reaped by later polls (as the raw program drains it on
+      // its way to the next arrival); all of them are awaited at the end.
+      const sent: Promise<void>[] = [];
+      ready();
+      for (let i = 0; i < m.pong; i++) {
+        await engine.pollUntil!(() => c.take(1), { timeoutMs: 60_000 });
+        sent.push(engine.submitImm(answer));
+      }
+      await Promise.all(sent);
+    } else {
+      ready();
+      for (let i = 0; i < m.pong; i++) {
+        await c.wait(1);
+        await engine.submitImm(answer);
+      }
     }
     process.stdout.write(`${JSON.stringify({ done: m.pong })}\n`);
   }

@@ -1,10 +1,22 @@
 // The conformance suite of @trellis/core/conformance on backend-efa: shm and tcp, 1, 2 and 4 NICs,
 // in one process.
-import { defineConformanceSuite, groupOf, skipFaultCases } from '@trellis/core/conformance';
-import { createEngine, type EfaEngineOptions } from '../src/index.js';
+import {
+  defineConformanceSuite,
+  groupOf,
+  LATENCY_MODE_CASE,
+  REACTIONS_CASE,
+  skipFaultCases,
+} from '@trellis/core/conformance';
+import { createEngine, type EfaEngineOptions, fabricVersion } from '../src/index.js';
 
 const noFaults =
   'needs the fault injector; libfabric faults are tested with real processes in cross-process.test.ts';
+
+// libfabric 2.6's shm (with or without our patch) between two endpoints of one process: once one
+// has written to the other, writes the other way are posted and never complete. Processes apart
+// are unaffected; test/latency.test.ts runs reactions and latency mode across processes.
+const oneProcessBothWays =
+  "libfabric 2.x's shm never completes writes in the second direction between two endpoints of one process (seen on 2.6.0 with and without scripts/libfabric-patches); test/latency.test.ts runs reactions and latency mode across processes";
 
 // With 1 and 4 NICs the engines run as users get them: host writes between engines of this host
 // take the same-host lane (data copied into the target's shared region, immediates through the
@@ -18,7 +30,12 @@ for (const provider of ['shm', 'tcp'] as const) {
       nics,
       seed: nics,
       createGroup: groupOf(() => createEngine(opts)),
-      skip: skipFaultCases(noFaults),
+      skip: {
+        ...skipFaultCases(noFaults),
+        ...(provider === 'shm' && fabricVersion().startsWith('2.')
+          ? { [REACTIONS_CASE]: oneProcessBothWays, [LATENCY_MODE_CASE]: oneProcessBothWays }
+          : {}),
+      },
     });
   }
 }

@@ -262,6 +262,9 @@ class Harness implements FaultyEngine {
   submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void> {
     return this.inner.submitOnWatch(watcher, value, request);
   }
+  submitOnImm(imm: number, total: number, request: TransferRequest): Promise<void> {
+    return this.inner.submitOnImm(imm, total, request);
+  }
   immCounter(imm: number): ImmCounter {
     return this.inner.immCounter(imm);
   }

@@ -87,6 +87,46 @@ export interface TransferEngine {
    */
   submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void>;
   /**
+   * A reaction to immediates: validate and prepare `request` now, and post it — from the engine's
+   * worker thread, with no JavaScript turn on native backends — the first time the arrivals of
+   * `imm` counted at this engine since it started ({@link ImmCounter.total}) reach `total` (at
+   * once if they already have). Arrivals still reach `immCounter(imm)` as credits; a reaction only
+   * reads the total. This is how a responder answers an immediate without waiting for its event
+   * loop: arm one reaction per expected arrival (`total` = `immCounter(imm).total + k`), ahead of
+   * time. Settles like any `submit*` (its deadline runs from now: pass `timeoutMs` for reactions
+   * armed long before); aborted or timed out before it fired, it settles with nothing posted.
+   * Immediates counted by an open {@link EnginePort} never reach the total. The same limits as
+   * {@link TransferEngine.submitOnWatch}: no staged GPU regions, no regions in parts.
+   */
+  submitOnImm(imm: number, total: number, request: TransferRequest): Promise<void>;
+  /**
+   * Latency mode, native backends: deliver now, on this thread, what the engine's worker has
+   * finished (settled operations, immediate arrivals, messages, watcher changes) instead of
+   * waiting for the event loop to be woken for it. Returns whether anything was delivered.
+   * Promise reactions of what it settles run at the next microtask checkpoint. While JavaScript
+   * keeps polling (at least every 100 µs) the worker stops ringing the event loop; once it stops,
+   * delivery goes back to the event loop. Absent on the loopback engine and on wrappers such as
+   * `withFaults`. Most callers want {@link TransferEngine.pollUntil}.
+   */
+  poll?(): boolean;
+  /**
+   * Latency mode, native backends: spin on this thread — {@link TransferEngine.poll}, then yield
+   * to microtasks only, so promise reactions run but timers and I/O do not — until `done()`
+   * returns true. Costs one CPU core for as long as it spins (the engine's worker spins too while
+   * operations are in flight). Rejects with `TIMEOUT` after `opts.timeoutMs` (default: the
+   * engine's operation timeout), `ABORTED` if `opts.signal` is aborted (checked between polls),
+   * `CLOSED` if the engine closes, and with whatever `done` throws. Absent where `poll` is.
+   *
+   * @example
+   * ```ts
+   * const pong = engine.immCounter(3);
+   * const sent = engine.submitImm({ dst: peer, imm: 2 });
+   * await engine.pollUntil!(() => pong.take(1), { timeoutMs: 1000 });
+   * await sent;
+   * ```
+   */
+  pollUntil?(done: () => boolean, opts?: WaitOptions): Promise<void>;
+  /**
    * Open a port for native code of another addon to post writes on this engine — from its own
    * thread, with no JavaScript turn per write — and to count the immediates `opts.count` without
    * JavaScript (see {@link EnginePort} and `trellis/port.h`). Native backends only: absent on the
@@ -289,6 +329,12 @@ export interface ImmCounter {
   readonly total: number;
   /** Resolve when `n` credits are available, taking them. Rejects `TIMEOUT`, `ABORTED` or `CLOSED` without taking any. */
   wait(n: number, opts?: WaitOptions): Promise<void>;
+  /**
+   * Take `n` (default 1) credits now if they are there and no `wait` is queued ahead; false
+   * otherwise, taking none. Throws `CLOSED` once the engine is closed. For latency loops (see
+   * {@link TransferEngine.pollUntil}).
+   */
+  take(n?: number): boolean;
 }
 
 /** A 64-bit word a producer increments; the engine watches it and calls back on every observed change. */

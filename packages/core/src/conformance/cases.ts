@@ -6,6 +6,7 @@ import { INPUT_CASES } from './cases/input.js';
 import { LIFECYCLE_CASES } from './cases/lifecycle.js';
 import { MESSAGE_CASES } from './cases/messages.js';
 import { OBSERVE_CASES } from './cases/observe.js';
+import { REACTION_CASES } from './cases/reactions.js';
 import type { ConformanceCase } from './cases/shared.js';
 import { WRITE_CASES } from './cases/writes.js';
 
@@ -18,6 +19,7 @@ export const CASES: readonly ConformanceCase[] = [
   ...INPUT_CASES,
   ...LIFECYCLE_CASES,
   ...OBSERVE_CASES,
+  ...REACTION_CASES,
 ];
 
 /** The id of a conformance case (its title). */

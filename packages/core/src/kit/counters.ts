@@ -11,10 +11,17 @@ interface Waiter {
   cleanup: () => void;
 }
 
+/** A reaction armed on a total: `fire` runs once arrivals reach `at`. */
+interface TotalTrigger {
+  at: number;
+  fire: () => void;
+}
+
 class Counter implements ImmCounter {
   available = 0;
   arrivals = 0;
   readonly waiters: Waiter[] = [];
+  triggers: TotalTrigger[] = [];
 
   constructor(
     readonly imm: number,
@@ -26,6 +33,20 @@ class Counter implements ImmCounter {
   }
   get total(): number {
     return this.arrivals;
+  }
+
+  take(n = 1): boolean {
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `immCounter(${this.imm}).take: n must be a non-negative integer, got ${String(n)}`,
+        { op: `immCounter(${this.imm}).take` },
+      );
+    const closed = this.table.closedError();
+    if (closed) throw closed;
+    if (this.waiters.length > 0 || this.available < n) return false;
+    this.available -= n;
+    return true;
   }
 
   wait(n: number, opts: WaitOptions = {}): Promise<void> {
@@ -100,6 +121,13 @@ class Counter implements ImmCounter {
   arrive(count: number): void {
     this.available += count;
     this.arrivals += count;
+    if (this.triggers.length) {
+      const due = this.triggers.filter((t) => this.arrivals >= t.at);
+      if (due.length) {
+        this.triggers = this.triggers.filter((t) => this.arrivals < t.at);
+        for (const t of due) t.fire();
+      }
+    }
     this.drain();
   }
 
@@ -148,6 +176,23 @@ export class ImmCounterTable {
       this.counters.set(imm, c);
     }
     c.arrive(count);
+  }
+
+  /**
+   * Run `fire` once the total arrivals of `imm` reach `at` (at once if they have). Returns a
+   * function that disarms it. Engines without a native thread implement reactions with it.
+   */
+  onTotal(imm: number, at: number, fire: () => void): () => void {
+    const c = this.get(imm) as Counter;
+    if (c.arrivals >= at) {
+      fire();
+      return () => {};
+    }
+    const t: TotalTrigger = { at, fire };
+    c.triggers.push(t);
+    return () => {
+      c.triggers = c.triggers.filter((x) => x !== t);
+    };
   }
 
   /** Total arrivals over every value. */

@@ -43,6 +43,7 @@ import { FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js'
 import { callUser } from './user.js';
 import {
   checkCount,
+  checkImm,
   checkOpOptions,
   checkPeer,
   checkSend,
@@ -116,9 +117,15 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       internalOp: (site, peer) => this.internalOp(site, peer),
       postPlan: (plan, op) => this.post(plan, op),
       postControl: (peer, lane, bytes, op) => this.postControl(peer, lane, bytes, op),
-      arrive: (imm, count) => this.counters.arrive(imm, count),
+      arrive: (imm, count) => {
+        this.counters.arrive(imm, count);
+        this.controlArrived(imm, count);
+      },
     };
   }
+
+  /** Immediates raised by a control message were counted (backends with native reactions count them too). */
+  protected controlArrived(_imm: number, _count: number): void {}
 
   /**
    * Send an engine control message (not a user's: it never reaches receive pools) to `peer` on
@@ -215,6 +222,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
    * then settles it with nothing posted; closing the watcher fails it with ABORTED.
    */
   protected abstract postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void;
+  /**
+   * Post `plan` as `op` the first time the arrivals of `imm` counted here reach `total`;
+   * cancelling `op` before then settles it with nothing posted.
+   */
+  protected abstract postOnImm(plan: Plan, op: PendingOp, imm: number, total: number): void;
   /** Post a send; settle `op` once delivered. */
   protected abstract postSend(peer: NetAddr, data: Uint8Array, op: PendingOp): void;
   /** Start delivering messages into `pool`. */
@@ -620,44 +632,59 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void> {
-    const site = new CallSite('submitOnWatch');
-    try {
-      const op = site.op;
-      this.throwIfClosed(op);
-      if (!this.watchers.has(watcher))
-        throw invalid(
-          'INVALID_ARGUMENT',
-          op,
-          'watcher must be a live watcher of this engine (from its allocUvmWatcher, not closed)',
-        );
-      if (typeof value !== 'bigint' || value < 1n || value >= 1n << 64n)
-        throw invalid('INVALID_ARGUMENT', op, `value must be a bigint in 1..2^64-1, got ${describe(value)}`);
-      if (typeof request !== 'object' || request === null)
-        throw invalid('INVALID_ARGUMENT', op, 'request must be a TransferRequest with a kind');
-      let p: Plan;
-      switch (request.kind) {
-        case 'single':
-          p = planSingle(this, request);
-          break;
-        case 'paged':
-          p = planPaged(this, request);
-          break;
-        case 'scatter':
-          p = planScatter(this, request);
-          break;
-        case 'barrier':
-          p = planBarrier(this, request);
-          break;
-        case 'imm':
-          p = planImm(this, request);
-          break;
-        default:
+    return this.submitArmed(
+      'submitOnWatch',
+      request,
+      (op) => {
+        if (!this.watchers.has(watcher))
           throw invalid(
             'INVALID_ARGUMENT',
             op,
-            `unknown request kind ${JSON.stringify((request as { kind: unknown }).kind)}`,
+            'watcher must be a live watcher of this engine (from its allocUvmWatcher, not closed)',
           );
-      }
+        if (typeof value !== 'bigint' || value < 1n || value >= 1n << 64n)
+          throw invalid(
+            'INVALID_ARGUMENT',
+            op,
+            `value must be a bigint in 1..2^64-1, got ${describe(value)}`,
+          );
+      },
+      (p, pending) => this.postOnWatch(p, pending, watcher, value),
+    );
+  }
+
+  submitOnImm(imm: number, total: number, request: TransferRequest): Promise<void> {
+    return this.submitArmed(
+      'submitOnImm',
+      request,
+      (op) => {
+        checkImm(op, imm, true);
+        if (typeof total !== 'number' || !Number.isSafeInteger(total) || total < 1)
+          throw invalid(
+            'INVALID_ARGUMENT',
+            op,
+            `total must be an integer >= 1 (arrivals of imm ${imm} since the engine started, as immCounter(${imm}).total counts them), got ${describe(total)}`,
+          );
+      },
+      (p, pending) => this.postOnImm(p, pending, imm, total),
+    );
+  }
+
+  /** A triggered operation: its own checks, then the request planned as a submit would, then armed. */
+  private submitArmed(
+    name: string,
+    request: TransferRequest,
+    check: (op: string) => void,
+    arm: (p: Plan, pending: PendingOp) => void,
+  ): Promise<void> {
+    const site = new CallSite(name);
+    try {
+      const op = site.op;
+      this.throwIfClosed(op);
+      check(op);
+      if (typeof request !== 'object' || request === null)
+        throw invalid('INVALID_ARGUMENT', op, 'request must be a TransferRequest with a kind');
+      const p = this.planRequest(request, op);
       if (touchesStaged(p))
         throw invalid(
           'UNSUPPORTED',
@@ -671,11 +698,10 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           'a region registered in parts (over limits.maxMrBytes) needs its work cut and its immediates raised after the data, so it cannot be triggered; use regions of one part',
         );
       const peers = planPeers(p);
-      for (const peer of peers) this.checkLive(peer, op);
-      for (const peer of peers) this.checkReachable(peer, op);
+      this.checkPeers(peers, op);
       const regions = p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
       const pending = this.begin(site, peers.length === 1 ? peers[0] : undefined, regions, request, peers);
-      this.guard(pending, () => this.postOnWatch(p, pending, watcher, value));
+      this.guard(pending, () => arm(p, pending));
       return pending.promise;
     } catch (e) {
       return Promise.reject(site.attach(e));

@@ -24,6 +24,7 @@ import type {
   RegisterOptions,
   UvmWatcher,
   UvmWatcherCallback,
+  WaitOptions,
 } from '../types.js';
 import { EngineBase, type GpuPath } from './engine-base.js';
 import {
@@ -56,21 +57,22 @@ import {
 
 /** One batch of events from the native worker (one doorbell). @internal */
 export interface NativeEvents {
+  // Each field is present only when the batch has some.
   /**
    * One {@link COMPLETION} record per settled op: op id, code index into the addon's `codeNames`
    * (plus {@link POSTED_FLAG} when it settled with work still posted), errno, nic + 1 (0: none).
    */
-  ops: Uint32Array;
+  ops?: Uint32Array;
   /** Ops reported with {@link POSTED_FLAG} whose posted work the provider has let go of since. */
   released?: Uint32Array;
   /** Messages of failed ops: [record index into ops, text, index, text, ...]. */
-  messages: Array<number | string>;
-  regs: Array<{ region: number; code: string; message: string; keys: BigUint64Array }>;
+  messages?: Array<number | string>;
+  regs?: Array<{ region: number; code: string; message: string; keys: BigUint64Array }>;
   /** {@link ARRIVAL} records: (imm, count) */
-  imms: Uint32Array;
-  recvs: Uint8Array[];
+  imms?: Uint32Array;
+  recvs?: Uint8Array[];
   /** [watchId, value, previous, seen: ns of the monotonic clock] */
-  watches: Array<[number, bigint, bigint, bigint]>;
+  watches?: Array<[number, bigint, bigint, bigint]>;
 }
 
 /** The engine kit's N-API class: plain data in, events out. Validation lives in TypeScript. @internal */
@@ -126,6 +128,12 @@ export interface NativeEngine {
   /** `quiet`: the worker reports no changes of the word to JS (only triggers read it). */
   watch(id: number, word: Uint8Array, quiet?: boolean): void;
   unwatch(id: number): void;
+  /** Watch `id` reads the arrivals of `imm` counted so far (for reactions: never reported to JS). */
+  watchImm(id: number, imm: number): void;
+  /** Arrivals of `imm` JS counted itself (control messages): reactions count them too. */
+  countImm(imm: number, n: number): void;
+  /** Latency mode: deliver the waiting batch now, through the events callback; false if none. */
+  poll(): boolean;
   /** One {@link NIC_STATS} record per NIC. */
   stats(): Float64Array;
   close(): void;
@@ -553,7 +561,23 @@ export abstract class NativeEngineBase extends EngineBase {
   // -- events from the worker (one call per batch) ------------------------------------------------
 
   private onEvents(e: NativeEvents): void {
-    for (const r of e.regs) {
+    if (e.regs) this.onRegs(e.regs);
+    if (e.imms)
+      for (let i = 0; i < e.imms.length; i += ARRIVAL.stride)
+        this.counters.arrive(e.imms[i + ARRIVAL.imm]!, e.imms[i + ARRIVAL.count]!);
+    if (e.ops) this.onOps(e.ops, e.messages);
+    if (e.released)
+      for (const id of e.released) {
+        const op = this.held.get(id);
+        this.held.delete(id);
+        op?.letGo();
+      }
+    if (e.recvs) for (const m of e.recvs) this.deliver(m);
+    if (e.watches) this.onWatches(e.watches);
+  }
+
+  private onRegs(regs: NonNullable<NativeEvents['regs']>): void {
+    for (const r of regs) {
       const p = this.regs.get(r.region);
       if (!p) continue;
       this.regs.delete(r.region);
@@ -565,15 +589,15 @@ export abstract class NativeEngineBase extends EngineBase {
           }),
         );
     }
-    for (let i = 0; i < e.imms.length; i += ARRIVAL.stride)
-      this.counters.arrive(e.imms[i + ARRIVAL.imm]!, e.imms[i + ARRIVAL.count]!);
+  }
+
+  private onOps(ops: Uint32Array, failures: NativeEvents['messages']): void {
     let messages: Map<number, string> | undefined;
-    if (e.messages.length) {
+    if (failures?.length) {
       messages = new Map();
-      for (let i = 0; i < e.messages.length; i += 2)
-        messages.set(e.messages[i] as number, e.messages[i + 1] as string);
+      for (let i = 0; i < failures.length; i += 2)
+        messages.set(failures[i] as number, failures[i + 1] as string);
     }
-    const ops = e.ops;
     for (let i = 0; i < ops.length; i += COMPLETION.stride) {
       const id = ops[i + COMPLETION.id]!;
       const op = this.inflight.get(id);
@@ -630,14 +654,10 @@ export abstract class NativeEngineBase extends EngineBase {
         );
       else op.fail(err);
     }
-    if (e.released)
-      for (const id of e.released) {
-        const op = this.held.get(id);
-        this.held.delete(id);
-        op?.letGo();
-      }
-    for (const m of e.recvs) this.deliver(m);
-    for (const [id, value, prev, seen] of e.watches) {
+  }
+
+  private onWatches(changes: NonNullable<NativeEvents['watches']>): void {
+    for (const [id, value, prev, seen] of changes) {
       const w = this.watches.get(id);
       if (!w || w.closed) continue;
       w.seenAt = seen;
@@ -920,6 +940,57 @@ export abstract class NativeEngineBase extends EngineBase {
   protected override postGpu(path: GpuPath, plan: Plan, op: PendingOp): void {
     if (path === 'lane') this.lane.start(plan, op);
     else this.stager.start(plan as SinglePlan | PagedPlan | ScatterPlan, op);
+  }
+
+  /** The native watch reading each reacted-to immediate's arrivals, by immediate value. */
+  private readonly immWatches = new Map<number, number>();
+
+  protected postOnImm(plan: Plan, op: PendingOp, imm: number, total: number): void {
+    for (const p of this.ports.values())
+      if (p.counted.includes(imm))
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `submitOnImm: immediate ${imm} is counted by an open port, so its arrivals never reach the total a reaction reads; react to another immediate or close the port first`,
+        );
+    let watch = this.immWatches.get(imm);
+    if (watch === undefined) {
+      watch = this.nextWatch++;
+      this.native.watchImm(watch, imm);
+      this.immWatches.set(imm, watch);
+    }
+    this.postPlan(plan, op, { watch, at: BigInt(total) });
+  }
+
+  protected override controlArrived(imm: number, count: number): void {
+    if (this.immWatches.has(imm) && !this.closed) this.native.countImm(imm, count);
+  }
+
+  poll(): boolean {
+    if (this.closed) return false;
+    return this.native.poll();
+  }
+
+  async pollUntil(done: () => boolean, opts: WaitOptions = {}): Promise<void> {
+    const op = 'pollUntil';
+    if (typeof done !== 'function')
+      throw new TrellisError('INVALID_ARGUMENT', `${op}: done must be a function returning a boolean`, {
+        op,
+      });
+    const timeoutMs = opts.timeoutMs ?? this.opTimeoutMs;
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0) || !Number.isFinite(timeoutMs))
+      throw new TrellisError('INVALID_ARGUMENT', `${op}: timeoutMs must be a finite number >= 0`, { op });
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
+      throw new TrellisError('INVALID_ARGUMENT', `${op}: signal must be an AbortSignal`, { op });
+    const deadline = performance.now() + timeoutMs;
+    for (let spins = 1; ; spins++) {
+      if (done()) return;
+      if (this.closed) throw new TrellisError('CLOSED', `${op}: the engine was closed`, { op });
+      if (opts.signal?.aborted) throw new TrellisError('ABORTED', `${op}: aborted`, { op });
+      // Reactions of what a poll settled run at this await (a microtask: no event-loop turn).
+      if (!this.native.poll() && (spins & 63) === 0 && performance.now() > deadline)
+        throw new TrellisError('TIMEOUT', `${op}: done() still false after ${timeoutMs} ms`, { op });
+      await undefined;
+    }
   }
 
   protected postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void {

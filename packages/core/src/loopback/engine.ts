@@ -312,13 +312,24 @@ export class LoopbackEngine extends EngineBase {
     else flight.op.complete();
   }
 
-  /** Triggered operations not yet posted, and the watcher each waits on. */
-  private readonly armed = new Map<PendingOp, PollingWatcher>();
+  /** Triggered operations not yet posted, and how to disarm each. */
+  private readonly armed = new Map<PendingOp, () => void>();
+
+  protected postOnImm(plan: Plan, op: PendingOp, imm: number, total: number): void {
+    let fired = false;
+    const disarm = this.counters.onTotal(imm, total, () => {
+      fired = true;
+      this.armed.delete(op);
+      // Settled first (closed, or its deadline came): nothing is posted.
+      if (!op.settled) this.post(plan, op);
+    });
+    if (!fired) this.armed.set(op, disarm);
+  }
 
   protected postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void {
     if (!(watcher instanceof PollingWatcher))
       throw new TrellisError('INVALID_ARGUMENT', 'submitOnWatch: the watcher is not one of this engine');
-    this.armed.set(op, watcher);
+    this.armed.set(op, () => watcher.disarm(op));
     watcher.arm(
       value,
       op,
@@ -334,11 +345,11 @@ export class LoopbackEngine extends EngineBase {
   }
 
   cancelOp(op: PendingOp, reason: TrellisError): void {
-    const w = this.armed.get(op);
-    if (w) {
+    const disarm = this.armed.get(op);
+    if (disarm) {
       // Armed, never posted: nothing of it can touch memory.
       this.armed.delete(op);
-      w.disarm(op);
+      disarm();
       op.fail(reason);
       return;
     }

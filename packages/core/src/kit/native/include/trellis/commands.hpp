@@ -60,7 +60,8 @@ struct WriteCmd {
   }
 };
 
-enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort, FailNic };
+enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort, FailNic,
+                             WatchImm, CountImm };
 
 struct Cmd {
   explicit Cmd(CmdKind k) : kind(k) {}
@@ -68,14 +69,15 @@ struct Cmd {
   uint32_t id = 0;  // peer id, region id, op id, watch id
   std::vector<std::vector<uint8_t>> addrs;  // AddPeer: one per NIC
   void* ptr = nullptr;                      // Register / AddWatch
-  size_t len = 0;
+  size_t len = 0;                           // Register: bytes; CountImm: arrivals
   int device = -1;                          // Register: a CUDA device (GPU memory), or -1 (host)
   bool remote = false;
   std::unique_ptr<WriteCmd> write;
   uint32_t peer = 0;                        // Send
   std::vector<uint8_t> data;
   Code code = Code::Ok;                     // Cancel: the reason
-  uint64_t at = 0;                          // ArmWrite: post `write` once watch `id` reads >= at
+  uint64_t at = 0;                          // ArmWrite: post `write` once watch `id` reads >= at;
+                                            // WatchImm / CountImm: the immediate value
   bool hold = false;                        // ArmWrite: a cancel waits for the value (see Trigger);
                                             // Cancel: settle a held trigger at once
   bool quiet = false;                       // AddWatch: no change events for JS (the lane's signals)

@@ -550,10 +550,20 @@ class DomainGroup {
       events_.push([&](Events& e) {
         for (auto& [imm, count] : imm_batch_) e.imms.emplace_back(imm, count);
       });
+      for (auto& [imm, count] : imm_batch_) imm_totals_[imm] += count;
       imm_batch_.clear();
     }
     return any;
   }
+
+ public:
+  // Arrivals of `imm` counted for JS since the engine started (the word a reaction's trigger
+  // watches: see Watches). Its address is stable for the engine's life.
+  uint64_t* imm_total(uint32_t imm) { return &imm_totals_[imm]; }
+  // Arrivals JS counted itself (raised by a control message when a NIC failed): they count too.
+  void count_imm(uint32_t imm, uint64_t n) { imm_totals_[imm] += n; }
+
+ private:
 
   void complete(size_t lane, Completion& c) {
     NicCounters& nc = nics_[lane];
@@ -624,6 +634,7 @@ class DomainGroup {
   std::unordered_map<uint32_t, Region> regions_;
   std::unordered_map<uint32_t, Peer> peers_;
   std::unordered_map<uint32_t, uint32_t> imm_batch_;
+  std::unordered_map<uint32_t, uint64_t> imm_totals_;  // element addresses are stable (node-based)
   std::unordered_map<uint32_t, PortCount> port_imms_;  // immediates a port owns (never sent to JS)
   std::deque<Gen> backlog_;
   std::vector<uint32_t> blocked_;  // peers passed over in the current pump round

@@ -18,6 +18,7 @@
 // the ports (opened from the N-API side) so that stop() can close them first.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -41,7 +42,7 @@ class Engine final : private Worker::Body {
   using Notify = EventQueue::Notify;
 
   Engine(std::vector<std::unique_ptr<Domain>> domains, EngineOptions opts, Notify notify)
-      : events_(std::move(notify), opts.doorbell_us),
+      : events_(std::move(notify), opts.doorbell_us, std::min(EventQueue::kPollQuietUs, opts.idle_spin_us)),
         worker_(events_, opts),
         ops_(events_, opts.op_timeout_ms),
         group_(std::move(domains), opts, ops_, events_, worker_.stopping()),
@@ -68,6 +69,13 @@ class Engine final : private Worker::Body {
 
   // JS thread: take everything that happened since the last drain.
   Events drain() { return events_.drain(); }
+
+  // JS thread, latency mode: is anything waiting to be drained? Marks JS as polling (no doorbell
+  // is rung while it keeps polling).
+  bool poll_ready() {
+    events_.polled();
+    return events_.ready();
+  }
 
   // Loop iterations of the worker so far: a watchdog on the JS side sees a worker stuck inside
   // the provider (a peer that died holding a shared-memory lock wedges shm's fi_writemsg).
@@ -153,6 +161,8 @@ class Engine final : private Worker::Body {
       case CmdKind::AddPort: group_.add_port(c.port); break;
       case CmdKind::RemovePort: group_.remove_port(c.port); break;
       case CmdKind::RemoveWatch: watches_.remove(c.id); break;
+      case CmdKind::WatchImm: watches_.add(c.id, group_.imm_total(static_cast<uint32_t>(c.at)), true); break;
+      case CmdKind::CountImm: group_.count_imm(static_cast<uint32_t>(c.at), c.len); break;
     }
   }
 

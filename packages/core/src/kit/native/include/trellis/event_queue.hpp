@@ -2,8 +2,10 @@
 //
 // The worker's parts push what happened (settled operations, registrations, immediate counts,
 // messages, watch changes, released operations) into one Events batch; flush() rings JS once per
-// batch, and JS takes the whole batch with drain(). Touches nothing but the batch, its lock and the
-// notify callback: no domains, no operations.
+// batch, and JS takes the whole batch with drain(). Latency mode: JS may also poll (ready(), then
+// drain() from its own loop); while it polls, no doorbell is rung (a ring would only wake an event
+// loop that finds nothing), and the first flush after it stops polling rings for what is left.
+// Touches nothing but the batch, its lock and the notify callback: no domains, no operations.
 #pragma once
 
 #include <atomic>
@@ -23,7 +25,13 @@ class EventQueue {
 
   // `notify` rings JS (any thread); `doorbell_us`: ring at most once per this many µs (0: as soon
   // as JS drained the last batch).
-  EventQueue(Notify notify, uint32_t doorbell_us) : notify_(std::move(notify)), doorbell_us_(doorbell_us) {}
+  // `quiet_us`: after a poll from JS, ring no doorbell for this long.
+  EventQueue(Notify notify, uint32_t doorbell_us, uint32_t quiet_us = kPollQuietUs)
+      : notify_(std::move(notify)), doorbell_us_(doorbell_us), quiet_us_(quiet_us) {}
+
+  // Ring no doorbell while JS polls more often than this (capped at the worker's idle spin, so a
+  // worker that goes idle right after has already rung).
+  static constexpr uint32_t kPollQuietUs = 100;
 
   // Worker: add to the batch under its lock (`f` gets the Events).
   template <typename F>
@@ -31,6 +39,15 @@ class EventQueue {
     std::lock_guard<std::mutex> g(mu_);
     f(events_);
     dirty_ = true;
+    ready_.store(true, std::memory_order_release);
+  }
+
+  // JS thread, latency mode: anything to drain? (No lock: one atomic load.)
+  bool ready() const { return ready_.load(std::memory_order_acquire); }
+
+  // JS thread, latency mode: JS is polling now; hold the doorbell for quiet_us.
+  void polled() {
+    last_poll_ns_.store(now_ns(), std::memory_order_relaxed);
   }
 
   // Worker, once per loop turn. One doorbell per batch: ring only when JS has drained everything
@@ -39,6 +56,11 @@ class EventQueue {
     // Nothing new since the last flush: either JS already has a doorbell pending (its drain takes
     // everything queued until then) or there is nothing to deliver.
     if (!dirty_) return;
+    if (quiet_us_) {
+      int64_t polled = last_poll_ns_.load(std::memory_order_relaxed);
+      if (polled && now_ns() - polled < int64_t(quiet_us_) * 1000)
+        return;  // JS is polling: it takes the batch itself (stays dirty: rung once it stops)
+    }
     if (doorbell_us_) {
       auto now = std::chrono::steady_clock::now();
       if (now - last_ring_ < std::chrono::microseconds(doorbell_us_)) return;  // stays dirty
@@ -60,20 +82,29 @@ class EventQueue {
   Events drain() {
     std::lock_guard<std::mutex> g(mu_);
     doorbell_.store(false, std::memory_order_release);
+    ready_.store(false, std::memory_order_relaxed);
     Events out;
     std::swap(out, events_);
     return out;
   }
 
  private:
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
   Notify notify_;
   uint32_t doorbell_us_;
+  uint32_t quiet_us_;
   bool dirty_ = false;  // worker-only
   std::chrono::steady_clock::time_point last_ring_{};
 
   std::mutex mu_;
   Events events_;
   std::atomic<bool> doorbell_{false};
+  std::atomic<bool> ready_{false};         // events wait in the batch
+  std::atomic<int64_t> last_poll_ns_{0};   // steady clock of JS's last poll (0: never)
 };
 
 }  // namespace trellis

@@ -123,6 +123,9 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("cancel", &W::Cancel),
                               W::InstanceMethod("watch", &W::Watch),
                               W::InstanceMethod("unwatch", &W::Unwatch),
+                              W::InstanceMethod("watchImm", &W::WatchImm),
+                              W::InstanceMethod("countImm", &W::CountImm),
+                              W::InstanceMethod("poll", &W::Poll),
                               W::InstanceMethod("stats", &W::Stats),
                               W::InstanceMethod("close", &W::Close),
                               W::InstanceMethod("heartbeat", &W::Heartbeat),
@@ -202,76 +205,125 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return false;
   }
 
-  // JS thread: hand one batch of events to the TypeScript side.
-  void Deliver(Napi::Env env, Napi::Function cb) {
-    if (!engine_) return;
+  // JS thread: hand one batch of events to the TypeScript side. False if there was none.
+  bool Deliver(Napi::Env env, Napi::Function cb) {
+    if (!engine_) return false;
     Events ev = engine_->drain();
-    if (ev.empty()) return;
+    if (ev.empty()) return false;
+    struct Guard {
+      bool& b;
+      explicit Guard(bool& x) : b(x) { b = true; }
+      ~Guard() { b = false; }
+    } guard(delivering_);
     Napi::Object o = Napi::Object::New(env);
+    // Only what the batch has: a latency loop's batch is usually one completion or one arrival.
     // Completions packed as format::Completion records: no JS object per completion. Messages only for
     // failures, as [index, text] pairs. `released`: ids of ops reported with kPostedFlag whose posted
     // work the provider has let go of since.
     using C = format::Completion;
-    Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * C::kStride);
-    Napi::Array failures = Napi::Array::New(env);
-    uint32_t nf = 0;
-    for (size_t i = 0; i < ev.ops.size(); i++) {
-      const OpDone& d = ev.ops[i];
-      const size_t at = C::kStride * i;
-      ops[at + C::kId] = d.op;
-      ops[at + C::kCode] = static_cast<uint32_t>(d.code) | (d.posted ? format::kPostedFlag : 0u);
-      ops[at + C::kErrno] = static_cast<uint32_t>(d.err);
-      ops[at + C::kNic] = static_cast<uint32_t>(d.nic + 1);
-      if (!d.message.empty()) {
-        failures.Set(nf++, Napi::Number::New(env, static_cast<double>(i)));
-        failures.Set(nf++, Napi::String::New(env, d.message));
+    if (!ev.ops.empty()) {
+      Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * C::kStride);
+      Napi::Array failures;
+      uint32_t nf = 0;
+      for (size_t i = 0; i < ev.ops.size(); i++) {
+        const OpDone& d = ev.ops[i];
+        const size_t at = C::kStride * i;
+        ops[at + C::kId] = d.op;
+        ops[at + C::kCode] = static_cast<uint32_t>(d.code) | (d.posted ? format::kPostedFlag : 0u);
+        ops[at + C::kErrno] = static_cast<uint32_t>(d.err);
+        ops[at + C::kNic] = static_cast<uint32_t>(d.nic + 1);
+        if (!d.message.empty()) {
+          if (nf == 0) failures = Napi::Array::New(env);
+          failures.Set(nf++, Napi::Number::New(env, static_cast<double>(i)));
+          failures.Set(nf++, Napi::String::New(env, d.message));
+        }
       }
+      o.Set("ops", ops);
+      if (nf) o.Set("messages", failures);
     }
-    o.Set("ops", ops);
-    o.Set("messages", failures);
-    Napi::Array regs = Napi::Array::New(env, ev.regs.size());
-    for (size_t i = 0; i < ev.regs.size(); i++) {
-      const RegDone& r = ev.regs[i];
-      Napi::Object x = Napi::Object::New(env);
-      x.Set("region", r.region);
-      x.Set("code", code_name(r.code));
-      x.Set("message", r.message);
-      using K = format::RegKey;
-      Napi::BigUint64Array keys = Napi::BigUint64Array::New(env, r.keys.size() * K::kStride);
-      for (size_t k = 0; k < r.keys.size(); k++) {
-        keys[K::kStride * k + K::kAddr] = r.keys[k].addr;
-        keys[K::kStride * k + K::kKey] = r.keys[k].key;
+    if (!ev.regs.empty()) {
+      Napi::Array regs = Napi::Array::New(env, ev.regs.size());
+      for (size_t i = 0; i < ev.regs.size(); i++) {
+        const RegDone& r = ev.regs[i];
+        Napi::Object x = Napi::Object::New(env);
+        x.Set("region", r.region);
+        x.Set("code", code_name(r.code));
+        x.Set("message", r.message);
+        using K = format::RegKey;
+        Napi::BigUint64Array keys = Napi::BigUint64Array::New(env, r.keys.size() * K::kStride);
+        for (size_t k = 0; k < r.keys.size(); k++) {
+          keys[K::kStride * k + K::kAddr] = r.keys[k].addr;
+          keys[K::kStride * k + K::kKey] = r.keys[k].key;
+        }
+        x.Set("keys", keys);
+        regs.Set(i, x);
       }
-      x.Set("keys", keys);
-      regs.Set(i, x);
+      o.Set("regs", regs);
     }
-    o.Set("regs", regs);
-    using A = format::Arrival;
-    Napi::Uint32Array imms = Napi::Uint32Array::New(env, ev.imms.size() * A::kStride);
-    for (size_t i = 0; i < ev.imms.size(); i++) {
-      imms[A::kStride * i + A::kImm] = ev.imms[i].first;
-      imms[A::kStride * i + A::kCount] = ev.imms[i].second;
+    if (!ev.imms.empty()) {
+      using A = format::Arrival;
+      Napi::Uint32Array imms = Napi::Uint32Array::New(env, ev.imms.size() * A::kStride);
+      for (size_t i = 0; i < ev.imms.size(); i++) {
+        imms[A::kStride * i + A::kImm] = ev.imms[i].first;
+        imms[A::kStride * i + A::kCount] = ev.imms[i].second;
+      }
+      o.Set("imms", imms);
     }
-    o.Set("imms", imms);
-    Napi::Array recvs = Napi::Array::New(env, ev.recvs.size());
-    for (size_t i = 0; i < ev.recvs.size(); i++) {
-      recvs.Set(i, Napi::Buffer<uint8_t>::Copy(env, ev.recvs[i].data(), ev.recvs[i].size()));
+    if (!ev.recvs.empty()) {
+      Napi::Array recvs = Napi::Array::New(env, ev.recvs.size());
+      for (size_t i = 0; i < ev.recvs.size(); i++) {
+        recvs.Set(i, Napi::Buffer<uint8_t>::Copy(env, ev.recvs[i].data(), ev.recvs[i].size()));
+      }
+      o.Set("recvs", recvs);
     }
-    o.Set("recvs", recvs);
-    Napi::Array watches = Napi::Array::New(env, ev.watches.size());
-    for (size_t i = 0; i < ev.watches.size(); i++) {
-      Napi::Array a = Napi::Array::New(env, 4);
-      a.Set(0u, ev.watches[i].id);
-      a.Set(1u, Napi::BigInt::New(env, ev.watches[i].value));
-      a.Set(2u, Napi::BigInt::New(env, ev.watches[i].prev));
-      a.Set(3u, Napi::BigInt::New(env, ev.watches[i].seen_ns));
-      watches.Set(i, a);
+    if (!ev.watches.empty()) {
+      Napi::Array watches = Napi::Array::New(env, ev.watches.size());
+      for (size_t i = 0; i < ev.watches.size(); i++) {
+        Napi::Array a = Napi::Array::New(env, 4);
+        a.Set(0u, ev.watches[i].id);
+        a.Set(1u, Napi::BigInt::New(env, ev.watches[i].value));
+        a.Set(2u, Napi::BigInt::New(env, ev.watches[i].prev));
+        a.Set(3u, Napi::BigInt::New(env, ev.watches[i].seen_ns));
+        watches.Set(i, a);
+      }
+      o.Set("watches", watches);
     }
-    o.Set("watches", watches);
-    Napi::Uint32Array released = Napi::Uint32Array::New(env, ev.released.size());
-    for (size_t i = 0; i < ev.released.size(); i++) released[i] = ev.released[i];
-    o.Set("released", released);
+    if (!ev.released.empty()) {
+      Napi::Uint32Array released = Napi::Uint32Array::New(env, ev.released.size());
+      for (size_t i = 0; i < ev.released.size(); i++) released[i] = ev.released[i];
+      o.Set("released", released);
+    }
     cb.Call({o});
+    return true;
+  }
+
+  // poll() → whether a batch was delivered. Latency mode: JS takes what the worker finished now,
+  // from its own loop, instead of waiting for the doorbell to wake the event loop.
+  Napi::Value Poll(const Napi::CallbackInfo& info) {
+    // Not from inside a delivery (a callback it runs polled): that batch is still being handed over.
+    bool delivered = engine_ && !delivering_ && engine_->poll_ready() && Deliver(info.Env(), last_cb_.Value());
+    return Napi::Boolean::New(info.Env(), delivered);
+  }
+
+  // watchImm(id, imm): watch `id` reads the arrivals of `imm` counted so far (quiet: only the
+  // reactions armed on it read it).
+  Napi::Value WatchImm(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::WatchImm);
+    c.id = u32(info[0]);
+    c.at = u32(info[1]);
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // countImm(imm, n): arrivals JS counted itself (control messages) count for reactions too.
+  Napi::Value CountImm(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    Cmd c(CmdKind::CountImm);
+    c.at = u32(info[0]);
+    c.len = u32(info[1]);
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
   }
 
   Napi::Value Addresses(const Napi::CallbackInfo& info) {
@@ -668,7 +720,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   std::unique_ptr<Engine> engine_;
   std::unordered_map<uint32_t, std::shared_ptr<PortState>> ports_;
   Napi::ThreadSafeFunction tsfn_;
-  Napi::FunctionReference last_cb_;  // for the final synchronous delivery in close()
+  Napi::FunctionReference last_cb_;  // for poll() and the final synchronous delivery in close()
+  bool delivering_ = false;          // a batch is being handed to JS (poll() from inside it is a no-op)
   // The host lane: the copy thread (started on first use) and the peer regions mapped here.
   std::unique_ptr<HostCopier> copier_;
   std::unordered_map<uint32_t, SharedMapping> mappings_;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <ctime>
+#include <map>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -31,17 +32,30 @@ class Watches {
   bool polled() const { return loud_watches_ != 0 || held_ != 0; }
 
   void add(uint32_t id, void* word, bool quiet) {
-    if (!watches_.count(id) && !quiet) loud_watches_++;
-    watches_[id] = Watch{static_cast<volatile uint64_t*>(word), 0, quiet};
+    auto it = watches_.find(id);
+    if (it == watches_.end()) {
+      if (!quiet) loud_watches_++;
+      watches_.emplace(id, Watch{static_cast<volatile uint64_t*>(word), 0, quiet, {}});
+      return;
+    }
+    if (it->second.quiet && !quiet) loud_watches_++;
+    if (!it->second.quiet && quiet) loud_watches_--;
+    it->second.word = static_cast<volatile uint64_t*>(word);
+    it->second.quiet = quiet;
   }
 
   // The watch goes, and its armed triggers fail ABORTED.
   void remove(uint32_t id) {
     auto it = watches_.find(id);
-    if (it != watches_.end() && !it->second.quiet) loud_watches_--;
-    if (it != watches_.end()) watches_.erase(it);
-    fail_triggers([&](const Trigger& t) { return t.watch == id; }, Code::Aborted,
-                  "the watcher was closed before it reached the trigger value");
+    if (it == watches_.end()) return;
+    if (!it->second.quiet) loud_watches_--;
+    Triggers armed = std::move(it->second.triggers);
+    watches_.erase(it);
+    for (auto& [at, t] : armed) {
+      (void)at;
+      forget(t);
+      ops_.report_unopened(t.w->op, Code::Aborted, "the watcher was closed before it reached the trigger value");
+    }
   }
 
   // A triggered write: posted by this thread, with no JS turn, the first time the watch word reads
@@ -57,62 +71,76 @@ class Watches {
       group_.write(std::move(w));
       return;
     }
-    triggers_.push_back(Trigger{watch, at, std::move(w), hold, Code::Ok});
+    OpId op = w->op;
+    auto t = it->second.triggers.emplace(at, Trigger{std::move(w), hold, Code::Ok});
+    by_op_[op] = Where{watch, t};
     if (hold) held_++;
   }
 
   // JS cancels `op`: false if no trigger is armed for it. `force`: settle a held trigger now (its
   // GPU work failed: the value will never come).
   bool cancel(OpId op, Code why, bool force) {
-    for (auto t = triggers_.begin(); t != triggers_.end(); ++t) {
-      if (t->w->op != op) continue;
-      if (t->hold && !force) {
-        // Work of this operation is still running on the GPU: post nothing, settle when it is done.
-        if (t->cancelled == Code::Ok) t->cancelled = why;
-        return true;
-      }
-      // Armed, never posted: nothing of it can touch memory.
-      ops_.report_unopened(op, why, "");
-      drop_trigger(t);
+    auto f = by_op_.find(op);
+    if (f == by_op_.end()) return false;
+    Trigger& t = f->second.at->second;
+    if (t.hold && !force) {
+      // Work of this operation is still running on the GPU: post nothing, settle when it is done.
+      if (t.cancelled == Code::Ok) t.cancelled = why;
       return true;
     }
-    return false;
+    // Armed, never posted: nothing of it can touch memory.
+    Where where = f->second;
+    forget(t);
+    watches_.at(where.watch).triggers.erase(where.at);
+    ops_.report_unopened(op, why, "");
+    return true;
   }
 
   // Shutdown: every armed trigger fails with `code`.
   void fail_all(Code code, const char* msg) {
-    fail_triggers([](const Trigger&) { return true; }, code, msg);
+    for (auto& [id, w] : watches_) {
+      (void)id;
+      Triggers armed = std::move(w.triggers);
+      w.triggers.clear();
+      for (auto& [at, t] : armed) {
+        (void)at;
+        forget(t);
+        ops_.report_unopened(t.w->op, code, msg);
+      }
+    }
   }
 
-  // Read every watch word: report changes, post (or settle) the triggers reached. True if any changed.
+  // Read every watch word: report changes, post (or settle) the triggers reached. True if any
+  // changed. Each watch's triggers are kept by value, so a change costs the triggers it reaches
+  // (and a lookup), not a pass over every armed one: a responder may arm thousands ahead.
   bool check() {
     bool any = false;
     for (auto& [id, w] : watches_) {
       uint64_t v = __atomic_load_n(w.word, __ATOMIC_ACQUIRE);
-      if (v != w.last) {
-        uint64_t prev = w.last;
-        w.last = v;
-        uint32_t wid = id;
+      if (v == w.last) continue;
+      uint64_t prev = w.last;
+      w.last = v;
+      uint32_t wid = id;
+      if (!w.quiet) {
         timespec ts{};
         clock_gettime(CLOCK_MONOTONIC, &ts);
         uint64_t seen = uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
-        if (!w.quiet) events_.push([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev, seen}); });
-        any = true;
-        // Triggered writes of this watch whose value is reached go out now, in arming order
-        // (settled instead when they were cancelled while held).
-        for (auto t = triggers_.begin(); t != triggers_.end();) {
-          if (t->watch == wid && v >= t->at) {
-            std::unique_ptr<WriteCmd> cmd = std::move(t->w);
-            Code cancelled = t->cancelled;
-            t = drop_trigger(t);
-            if (cancelled != Code::Ok) {
-              ops_.report_unopened(cmd->op, cancelled, "");
-            } else {
-              group_.write(std::move(cmd));
-            }
-          } else {
-            ++t;
-          }
+        events_.push([&](Events& e) { e.watches.push_back(WatchChange{wid, v, prev, seen}); });
+      }
+      any = true;
+      // Triggered writes whose value is reached go out now, by value and then in arming order
+      // (settled instead when they were cancelled while held).
+      while (!w.triggers.empty() && w.triggers.begin()->first <= v) {
+        auto t = w.triggers.begin();
+        std::unique_ptr<WriteCmd> cmd = std::move(t->second.w);
+        Code cancelled = t->second.cancelled;
+        if (t->second.hold) held_--;
+        by_op_.erase(cmd->op);
+        w.triggers.erase(t);
+        if (cancelled != Code::Ok) {
+          ops_.report_unopened(cmd->op, cancelled, "");
+        } else {
+          group_.write(std::move(cmd));
         }
       }
     }
@@ -120,46 +148,39 @@ class Watches {
   }
 
  private:
-  struct Watch {
-    volatile uint64_t* word;
-    uint64_t last;
-    bool quiet = false;  // no change events for JS: only its triggers read it
-  };
   // A triggered write. `hold`: the watch value means "work that reads or writes memory of this
   // operation is done" (the same-host lane: a GPU stream stores it after its copies). A cancel
   // then drops what would be posted but settles the operation only once the value is reached, so
   // no operation settles while a copy of it is still running.
   struct Trigger {
-    uint32_t watch;
-    uint64_t at;
     std::unique_ptr<WriteCmd> w;
     bool hold = false;
     Code cancelled = Code::Ok;
   };
+  // By trigger value; equal values keep their arming order.
+  using Triggers = std::multimap<uint64_t, Trigger>;
+  struct Watch {
+    volatile uint64_t* word;
+    uint64_t last;
+    bool quiet = false;  // no change events for JS: only its triggers read it
+    Triggers triggers;
+  };
+  struct Where {
+    uint32_t watch;
+    Triggers::iterator at;
+  };
 
-  // A trigger leaves the list: posted, settled cancelled, or failed.
-  std::vector<Trigger>::iterator drop_trigger(std::vector<Trigger>::iterator t) {
-    if (t->hold) held_--;
-    return triggers_.erase(t);
-  }
-
-  template <typename Pred>
-  void fail_triggers(Pred pred, Code code, const char* msg) {
-    for (auto t = triggers_.begin(); t != triggers_.end();) {
-      if (pred(*t)) {
-        ops_.report_unopened(t->w->op, code, msg);
-        t = drop_trigger(t);
-      } else {
-        ++t;
-      }
-    }
+  // A trigger leaves the books (its watch's list is the caller's to erase from).
+  void forget(const Trigger& t) {
+    if (t.hold) held_--;
+    by_op_.erase(t.w->op);
   }
 
   OpTable& ops_;
   DomainGroup& group_;
   EventQueue& events_;
   std::unordered_map<uint32_t, Watch> watches_;
-  std::vector<Trigger> triggers_;
+  std::unordered_map<OpId, Where> by_op_;  // each armed trigger, for cancel
   size_t held_ = 0;          // triggers with hold: while any is armed the worker polls without sleeping
   size_t loud_watches_ = 0;  // watches that report changes to JS
 };
