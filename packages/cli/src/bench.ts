@@ -2,8 +2,9 @@
 // backend-efa (any provider) or backend-verbs, each size timed over a window of writes and verified by hash at the
 // target; a table, JSON, and a self-contained HTML report with a bandwidth-versus-size chart.
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { cpus } from 'node:os';
+import { cpus, hostname } from 'node:os';
 import { createEngine, fabricVersion, type Provider } from '@trellis/backend-efa';
 import { createEngine as createVerbsEngine, listDevices } from '@trellis/backend-verbs';
 import type { TransferEngine } from '@trellis/core';
@@ -27,6 +28,10 @@ export interface BenchOptions {
   progress?: (done: number, total: number) => void;
   /** Write into a target on another host started with `trellis bench --serve` (its `host:port`). Default: a target process here. */
   connect?: string;
+  /** How long to keep trying to reach `connect` (default 30 000 ms). */
+  connectTimeoutMs?: number;
+  /** Progress lines (connecting, connected). */
+  log?: (line: string) => void;
 }
 
 /** Where the writes land: a process here, or one on another host behind a rendezvous store. */
@@ -52,9 +57,13 @@ async function localTarget(backend: 'efa' | 'verbs', engineOptions: object): Pro
 }
 
 /** The client side of a two-host run: requests go through the serving host's store. */
-async function remoteTarget(hostPort: string): Promise<Target> {
-  const [host, port] = hostPort.split(':');
-  const store = await TcpStore.connect({ host: host!, port: Number(port) });
+async function remoteTarget(hostPort: string, timeoutMs: number, log: (l: string) => void): Promise<Target> {
+  const m = /^(.+):(\d+)$/.exec(hostPort);
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535)
+    throw new TrellisError('INVALID_ARGUMENT', `--connect takes HOST:PORT, got ${JSON.stringify(hostPort)}`);
+  log(`connecting to ${hostPort} (giving up after ${timeoutMs / 1000} s)…`);
+  const store = await TcpStore.connect({ host: m[1]!, port: Number(m[2]), timeoutMs });
+  log(`connected to ${hostPort}`);
   let seq = 0;
   const ask = async (req: object) => {
     const id = ++seq;
@@ -134,8 +143,22 @@ export interface BenchResult {
   provider: string;
   nics: number;
   libfabric: string;
+  /** CPUs of this host, e.g. `16 x Intel(R) Xeon(R) Processor`. */
   host: string;
+  /** This host's name. */
+  hostname: string;
+  /** When the run ended (ISO 8601). */
+  time: string;
+  /** Versions: the Trellis CLI, Node and libfabric. */
+  versions: { trellis: string; node: string; libfabric: string };
   rows: BenchRow[];
+}
+
+/** The version of this package (`trellis --version`). */
+export function cliVersion(): string {
+  return (
+    JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  ).version;
 }
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -155,7 +178,9 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   // verbs: the real devices where there are some, the software RC model otherwise.
   const model = backend === 'verbs' && listDevices(false).devices.length === 0;
   const engineOptions = backend === 'verbs' ? { model, nics } : { provider, nics };
-  const peer = opts.connect ? await remoteTarget(opts.connect) : await localTarget(backend, engineOptions);
+  const peer = opts.connect
+    ? await remoteTarget(opts.connect, opts.connectTimeoutMs ?? 30_000, opts.log ?? (() => {}))
+    : await localTarget(backend, engineOptions);
   const engine: TransferEngine =
     backend === 'verbs' ? await createVerbsEngine(engineOptions) : await createEngine({ provider, nics });
   const rows: BenchRow[] = [];
@@ -215,6 +240,9 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     nics,
     libfabric: fabricVersion(),
     host: `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}`,
+    hostname: hostname(),
+    time: new Date().toISOString(),
+    versions: { trellis: cliVersion(), node: process.version, libfabric: fabricVersion() },
     rows,
   };
 }

@@ -1,60 +1,93 @@
 #!/usr/bin/env node
-// The `trellis` command: parses argv and runs demo, bench, soak, cluster or doctor (each in its own
-// module). Exit codes and usage text live here.
+// The `trellis` command: parses argv with node:util's parseArgs and runs demo, bench, soak or
+// doctor (each in its own module). Usage text, exit codes and error printing live here:
+//   0  done (and, where the command verifies, verified)
+//   1  the command ran and found a failure (a byte differed, an operation was lost, a check failed)
+//      or an error stopped it (one line; the stack with --debug)
+//   2  a usage error: unknown command or flag, a missing or malformed value
 import { writeFileSync } from 'node:fs';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import type { Provider } from '@trellis/backend-efa';
-import { benchHtml, fmtSize, runBench, serveBench } from './bench.js';
+import { benchHtml, cliVersion, fmtSize, runBench, serveBench } from './bench.js';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
 import { runDoctor } from './doctor.js';
 import { runSoak } from './soak.js';
 import { table } from './table.js';
 
-const usage = `usage: trellis <command>
+/** A mistake in the command line: printed with the command's usage, exit 2. */
+class UsageError extends Error {}
 
-commands:
-  demo [--provider shm|tcp]            a cluster of processes on this machine over libfabric: a
-                                       transfer sweep, KV streaming, a weight sync, an MoE round —
-                                       each verified byte for byte
-  demo --loopback [--nics N] [--seed S] every transfer between two engines of the loopback fabric
-  doctor [--json]                      what this host has and lacks for each backend, and a verdict
-  bench [--backend efa|verbs] [--provider shm|tcp] [--nics N] [--sizes B,B,...] [--json FILE] [--html FILE]
-                                       single writes into a second process, a sweep of sizes, verified
-  bench --serve [--port P] [--provider tcp]      the target of a two-host run
-  bench --connect HOST:PORT [--provider tcp] ... the writer of a two-host run
-  soak [--seconds 60] [--procs 4] [--provider tcp|shm] [--kill-every 10] [--seed 1] [--no-forge] [--no-lane] [--json FILE]
-                                       processes writing to each other with aborts, deadlines and
-                                       SIGKILLed peers; every byte checked; exits 1 if an operation
-                                       was lost, a byte differed or a process crashed
-`;
+type Options = NonNullable<ParseArgsConfig['options']>;
+type Values = Record<string, string | boolean | undefined>;
 
-function flag(args: string[], name: string, dflt: number): number {
-  const i = args.indexOf(name);
-  if (i < 0) return dflt;
-  const v = Number(args[i + 1]);
-  if (!Number.isInteger(v)) {
-    process.stderr.write(`trellis: ${name} needs an integer\n`);
-    process.exit(2);
-  }
-  return v;
+interface Command {
+  summary: string;
+  usage: string;
+  options: Options;
+  run(v: Values): Promise<number>;
 }
 
-async function main(argv: string[]): Promise<number> {
-  const [cmd, ...args] = argv;
-  switch (cmd) {
-    case 'demo': {
-      if (args.includes('--loopback')) return loopbackDemo(args);
-      const i = args.indexOf('--provider');
-      const provider = i >= 0 ? (args[i + 1] as Provider) : undefined;
-      if (provider !== undefined && provider !== 'shm' && provider !== 'tcp') {
-        process.stderr.write('trellis demo: --provider is shm or tcp\n');
-        return 2;
+const out = (s: string) => process.stdout.write(s);
+const err = (s: string) => process.stderr.write(s);
+
+/** An integer flag: absent → `dflt`; present, it must be an integer in [min, max]. */
+function int(v: Values, name: string, dflt: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const s = v[name];
+  if (s === undefined) return dflt;
+  const n = Number(s);
+  if (typeof s !== 'string' || s.trim() === '' || !Number.isInteger(n) || n < min || n > max)
+    throw new UsageError(`--${name} takes an integer from ${min} to ${max}, got ${JSON.stringify(s)}`);
+  return n;
+}
+
+/** A flag whose value is one of `choices`. */
+function oneOf<T extends string>(v: Values, name: string, choices: readonly T[], dflt: T): T {
+  const s = v[name];
+  if (s === undefined) return dflt;
+  if (!choices.includes(s as T))
+    throw new UsageError(`--${name} is one of ${choices.join(', ')}, got ${JSON.stringify(s)}`);
+  return s as T;
+}
+
+const str = (v: Values, name: string) => v[name] as string | undefined;
+
+const commands: Record<string, Command> = {
+  demo: {
+    summary: 'a cluster of processes on this machine, every transfer verified byte for byte',
+    usage: `usage: trellis demo [--provider shm|tcp]
+       trellis demo --loopback [--nics N] [--seed S]
+
+  A cluster of processes on this machine over libfabric: a transfer sweep, KV streaming, a weight
+  sync and an MoE round, each verified byte for byte. --loopback runs every transfer kind between
+  two engines of the in-process loopback fabric instead (no libfabric needed).
+
+  --provider shm|tcp   the libfabric provider (default shm where it offers RMA, else tcp)
+  --loopback           the loopback fabric
+  --nics N             NICs per loopback engine, 1-4 (default 2)
+  --seed S             the loopback fabric's seed (default 1)
+`,
+    options: {
+      provider: { type: 'string' },
+      loopback: { type: 'boolean' },
+      nics: { type: 'string' },
+      seed: { type: 'string' },
+    },
+    async run(v) {
+      if (v.loopback) {
+        if (v.provider !== undefined) throw new UsageError('--provider does not apply to --loopback');
+        return loopbackDemo(int(v, 'nics', 2, 1, 4), int(v, 'seed', 1));
       }
+      if (v.nics !== undefined || v.seed !== undefined)
+        throw new UsageError('--nics and --seed apply to --loopback only');
+      // Default: the best provider here (shm where it offers RMA with CQ data, else tcp).
+      const provider =
+        v.provider === undefined ? undefined : oneOf(v, 'provider', ['shm', 'tcp'] as const, 'shm');
       const t0 = performance.now();
-      const rows = await runClusterDemo({ provider, log: (l) => process.stdout.write(`  ${l}\n`) });
+      const rows = await runClusterDemo({ provider, log: (l) => out(`  ${l}\n`) });
       const mib = (b: number) =>
         b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(1)} MiB` : `${(b / 1024).toFixed(1)} KiB`;
-      process.stdout.write(
+      out(
         `\n${table(
           ['step', 'processes', 'bytes', 'ms', 'verified'],
           rows.map((r) => [
@@ -67,56 +100,122 @@ async function main(argv: string[]): Promise<number> {
         )}\n`,
       );
       const ok = rows.every((r) => r.verified);
-      process.stdout.write(
+      out(
         ok
           ? `\ndemo: every byte verified (${((performance.now() - t0) / 1000).toFixed(1)} s)\n`
           : '\ndemo: VERIFICATION FAILED\n',
       );
       return ok ? 0 : 1;
-    }
-    case 'bench': {
-      const opt = (name: string) => {
-        const i = args.indexOf(name);
-        return i >= 0 ? args[i + 1] : undefined;
-      };
-      if (args.includes('--serve')) {
+    },
+  },
+
+  doctor: {
+    summary: 'what this host has and lacks for each backend, and a verdict',
+    usage: `usage: trellis doctor [--backend efa|verbs] [--json]
+
+  Checks the host, libfabric, ibverbs and CUDA, and says for each backend whether it is usable here.
+  Exits 1 when the named backend is not usable (without --backend: when none is).
+
+  --backend efa|verbs  the backend whose verdict sets the exit code
+  --json               the report as JSON
+`,
+    options: { backend: { type: 'string' }, json: { type: 'boolean' } },
+    async run(v) {
+      const backend =
+        v.backend === undefined ? undefined : oneOf(v, 'backend', ['efa', 'verbs'] as const, 'efa');
+      const r = await runDoctor();
+      if (v.json) out(`${JSON.stringify(r, null, 2)}\n`);
+      else {
+        out(
+          `${table(
+            ['area', 'item', 'status', 'detail'],
+            r.checks.map((c) => [c.area, c.item, c.status, c.detail]),
+          )}\n\n`,
+        );
+        for (const x of r.verdicts)
+          out(`${x.usable ? '[usable]    ' : '[not usable]'} ${x.backend}: ${x.verdict}\n`);
+      }
+      const usable = backend
+        ? r.verdicts.some((x) => x.backend === `backend-${backend}` && x.usable)
+        : r.verdicts.some((x) => x.usable);
+      return usable ? 0 : 1;
+    },
+  },
+
+  bench: {
+    summary: 'single writes into a second process (or host), a sweep of sizes, verified',
+    usage: `usage: trellis bench [--backend efa|verbs] [--provider shm|tcp] [--nics N] [--sizes B,B,...]
+                     [--json FILE] [--html FILE]
+       trellis bench --serve [--port P] [--provider tcp] [--nics N]
+       trellis bench --connect HOST:PORT [--timeout S] [--provider tcp] [--nics N] [--sizes ...]
+
+  Single writes of each size into a target, every byte verified (by sha256 at the target). The
+  target is a second process here, or with --connect the one another host runs with --serve.
+
+  --backend efa|verbs  the backend (default efa; verbs uses its software RC model without a device)
+  --provider shm|tcp   the libfabric provider (default shm here, tcp with --serve and --connect)
+  --nics N             NICs per engine, 1-4 (default 1)
+  --sizes B,B,...      write sizes in bytes (default 4 KiB to 64 MiB)
+  --json FILE          write the results (with versions, host and time) as JSON
+  --html FILE          write a self-contained HTML report
+  --serve              be the target of a two-host run
+  --port P             the port --serve listens on (default 29600)
+  --connect HOST:PORT  write into the target another host serves
+  --timeout S          seconds to keep trying to reach --connect (default 30)
+`,
+    options: {
+      backend: { type: 'string' },
+      provider: { type: 'string' },
+      nics: { type: 'string' },
+      sizes: { type: 'string' },
+      json: { type: 'string' },
+      html: { type: 'string' },
+      serve: { type: 'boolean' },
+      port: { type: 'string' },
+      connect: { type: 'string' },
+      timeout: { type: 'string' },
+    },
+    async run(v) {
+      const remote = Boolean(v.serve || v.connect !== undefined);
+      const provider = oneOf(v, 'provider', ['shm', 'tcp'] as const, remote ? 'tcp' : 'shm') as Provider;
+      const nics = int(v, 'nics', 1, 1, 4);
+      if (v.serve) {
+        if (v.connect !== undefined) throw new UsageError('--serve and --connect exclude each other');
         await serveBench({
-          provider: (opt('--provider') ?? 'tcp') as Provider,
-          nics: flag(args, '--nics', 1),
-          port: flag(args, '--port', 29600),
-          log: (l) => process.stdout.write(`${l}\n`),
+          provider,
+          nics,
+          port: int(v, 'port', 29600, 1, 65535),
+          log: (l) => out(`${l}\n`),
         });
         return 0;
       }
-      const provider = (opt('--provider') ?? (args.includes('--connect') ? 'tcp' : 'shm')) as Provider;
-      if (provider !== 'shm' && provider !== 'tcp') {
-        process.stderr.write('trellis bench: --provider is shm or tcp (efa where present)\n');
-        return 2;
-      }
-      const sizes = opt('--sizes')?.split(',').map(Number);
-      if (sizes?.some((n) => !Number.isInteger(n) || n < 1)) {
-        process.stderr.write('trellis bench: --sizes is a comma-separated list of byte counts\n');
-        return 2;
-      }
-      const backend = (opt('--backend') ?? 'efa') as 'efa' | 'verbs';
-      if (backend !== 'efa' && backend !== 'verbs') {
-        process.stderr.write('trellis bench: --backend is efa or verbs\n');
-        return 2;
-      }
+      if (v.port !== undefined) throw new UsageError('--port applies to --serve only');
+      if (v.timeout !== undefined && v.connect === undefined)
+        throw new UsageError('--timeout applies to --connect only');
+      const sizes = str(v, 'sizes')
+        ?.split(',')
+        .map((x) => Number(x));
+      if (sizes?.some((n) => !Number.isInteger(n) || n < 1))
+        throw new UsageError(
+          `--sizes is a comma-separated list of byte counts, got ${JSON.stringify(v.sizes)}`,
+        );
+      const backend = oneOf(v, 'backend', ['efa', 'verbs'] as const, 'efa');
       const r = await runBench({
         backend,
         provider,
-        nics: flag(args, '--nics', 1),
+        nics,
         sizes,
-        connect: opt('--connect'),
+        connect: str(v, 'connect'),
+        connectTimeoutMs: int(v, 'timeout', 30, 1, 86_400) * 1000,
+        log: (l) => err(`${l}\n`),
         progress: (done, total) => {
           const bar = '#'.repeat(Math.round((20 * done) / total)).padEnd(20, '.');
-          process.stderr.write(`\r  [${bar}] ${done}/${total} sizes`);
-          if (done === total) process.stderr.write('\n');
+          err(`\r  [${bar}] ${done}/${total} sizes`);
+          if (done === total) err('\n');
         },
       });
-      process.stdout.write(`${r.provider}, ${r.nics} NIC(s), libfabric ${r.libfabric}, ${r.host}\n\n`);
-      process.stdout.write(
+      out(`${r.provider}, ${r.nics} NIC(s), libfabric ${r.libfabric}, ${r.host}\n\n`);
+      out(
         `${table(
           ['size', 'writes', 'seconds', 'GB/s', 'verified'],
           r.rows.map((x) => [
@@ -128,43 +227,55 @@ async function main(argv: string[]): Promise<number> {
           ]),
         )}\n`,
       );
-      const json = opt('--json');
+      const json = str(v, 'json');
       if (json) writeFileSync(json, JSON.stringify(r, null, 2));
-      const html = opt('--html');
+      const html = str(v, 'html');
       if (html) writeFileSync(html, benchHtml(r));
       return r.rows.every((x) => x.verified) ? 0 : 1;
-    }
-    case 'doctor': {
-      const r = await runDoctor();
-      if (args.includes('--json')) {
-        process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
-        return 0;
-      }
-      process.stdout.write(
-        `${table(
-          ['area', 'item', 'status', 'detail'],
-          r.checks.map((c) => [c.area, c.item, c.status, c.detail]),
-        )}\n\n`,
-      );
-      for (const v of r.verdicts)
-        process.stdout.write(`${v.usable ? '[usable]    ' : '[not usable]'} ${v.backend}: ${v.verdict}\n`);
-      return 0;
-    }
-    case 'soak': {
-      const i = args.indexOf('--provider');
-      const provider = (i >= 0 ? args[i + 1] : 'tcp') as Provider;
+    },
+  },
+
+  soak: {
+    summary: 'processes writing to each other with aborts, deadlines and SIGKILLed peers',
+    usage: `usage: trellis soak [--seconds 60] [--procs 4] [--provider tcp|shm] [--kill-every 10] [--seed 1]
+                    [--no-forge] [--no-lane] [--json FILE]
+
+  Processes writing to each other with aborts, deadlines, forged descriptors and SIGKILLed peers
+  (restarted); every byte checked. Exits 1 if an operation was lost, a byte differed, a process
+  crashed or healthy peers saw errors.
+
+  --seconds S        how long (default 60)
+  --procs N          processes, 2-64 (default 4)
+  --provider tcp|shm the libfabric provider (default tcp)
+  --kill-every S     SIGKILL a process every S seconds, 0 for never (default 10)
+  --seed N           the workload's seed (default 1)
+  --no-forge         no forged descriptors
+  --no-lane          the same-host lane off (every byte through the provider)
+  --json FILE        write the results as JSON
+`,
+    options: {
+      seconds: { type: 'string' },
+      procs: { type: 'string' },
+      provider: { type: 'string' },
+      'kill-every': { type: 'string' },
+      seed: { type: 'string' },
+      'no-forge': { type: 'boolean' },
+      'no-lane': { type: 'boolean' },
+      json: { type: 'string' },
+    },
+    async run(v) {
       const r = await runSoak({
-        seconds: flag(args, '--seconds', 60),
-        procs: flag(args, '--procs', 4),
-        provider,
-        killEveryS: flag(args, '--kill-every', 10),
-        seed: flag(args, '--seed', 1),
-        ...(args.includes('--no-forge') ? { forge: false } : {}),
-        ...(args.includes('--no-lane') ? { sameHostLane: false } : {}),
-        log: (l) => process.stderr.write(`${l}\n`),
+        seconds: int(v, 'seconds', 60, 1),
+        procs: int(v, 'procs', 4, 2, 64),
+        provider: oneOf(v, 'provider', ['tcp', 'shm'] as const, 'tcp'),
+        killEveryS: int(v, 'kill-every', 10),
+        seed: int(v, 'seed', 1),
+        ...(v['no-forge'] ? { forge: false } : {}),
+        ...(v['no-lane'] ? { sameHostLane: false } : {}),
+        log: (l) => err(`${l}\n`),
       });
       const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-      process.stdout.write(
+      out(
         `${table(
           [
             'process',
@@ -185,7 +296,7 @@ async function main(argv: string[]): Promise<number> {
             String(p.settled),
             String(p.submitted - p.settled),
             Object.entries(p.outcomes)
-              .map(([k, v]) => `${k} ${v}`)
+              .map(([k, n]) => `${k} ${n}`)
               .join(', '),
             mb(p.bytesWritten),
             mb(p.verifiedBytes),
@@ -195,52 +306,109 @@ async function main(argv: string[]): Promise<number> {
         )}\n\n`,
       );
       const t = r.totals;
-      process.stdout.write(
+      out(
         `${r.seconds} s, ${r.procs} processes over ${r.provider}: ${t.submitted} operations, ${t.settled} settled, ${t.lost} lost; ` +
           `${mb(t.bytesWritten)} written, ${mb(t.verifiedBytes)} verified, ${t.mismatches} mismatches; ` +
           `faults injected: ${t.faultsInjected} (${r.kills} processes killed, ${t.forged} forged descriptors, ${t.forgedRefused} refused); ` +
           `crashes: ${r.crashes}; errors between healthy peers: ${t.healthyErrors}\n`,
       );
-      for (const line of t.healthySamples) process.stdout.write(`  healthy-pair error: ${line}\n`);
-      const j = args.indexOf('--json');
-      if (j >= 0 && args[j + 1]) writeFileSync(args[j + 1]!, JSON.stringify(r, null, 2));
+      for (const line of t.healthySamples) out(`  healthy-pair error: ${line}\n`);
+      const json = str(v, 'json');
+      if (json) writeFileSync(json, JSON.stringify(r, null, 2));
       const forgedOk = t.forgedRefused === t.forged || r.kills > 0;
       return t.lost === 0 && t.mismatches === 0 && r.crashes === 0 && t.healthyErrors === 0 && forgedOk
         ? 0
         : 1;
-    }
-    case undefined:
-    case '-h':
-    case '--help':
-      process.stdout.write(usage);
-      return cmd === undefined ? 2 : 0;
-    default:
-      process.stderr.write(`trellis: unknown command ${JSON.stringify(cmd)}\n${usage}`);
-      return 2;
-  }
-}
+    },
+  },
+};
 
-async function loopbackDemo(args: string[]): Promise<number> {
-  const rows = await runDemo({
-    nics: flag(args, '--nics', 2),
-    seed: flag(args, '--seed', 1),
-    log: (l) => process.stdout.write(`  ${l}\n`),
-  });
-  process.stdout.write(
+const usage = `usage: trellis <command> [options]
+
+commands:
+${Object.entries(commands)
+  .map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  .join('\n')}
+
+  trellis <command> --help   a command's options
+  trellis --version          this CLI's version
+  --debug (any command)      print the stack of an error
+`;
+
+async function loopbackDemo(nics: number, seed: number): Promise<number> {
+  const rows = await runDemo({ nics, seed, log: (l) => out(`  ${l}\n`) });
+  out(
     `\n${table(
       ['step', 'bytes', 'imms', 'ms', 'verified'],
       rows.map((r) => [r.step, String(r.bytes), String(r.imms), r.ms.toFixed(1), r.verified ? 'yes' : 'NO']),
     )}\n`,
   );
   const ok = rows.every((r) => r.verified);
-  process.stdout.write(ok ? '\ndemo: every byte verified\n' : '\ndemo: VERIFICATION FAILED\n');
+  out(ok ? '\ndemo: every byte verified\n' : '\ndemo: VERIFICATION FAILED\n');
   return ok ? 0 : 1;
 }
 
-main(process.argv.slice(2)).then(
+/** Runs `argv`; returns the exit code. Prints usage errors itself. */
+async function main(argv: string[], debug: { on: boolean }): Promise<number> {
+  debug.on = argv.includes('--debug');
+  const [first, ...rest] = argv;
+  if (first === undefined) {
+    err(usage);
+    return 2;
+  }
+  if (first === '--version' || first === '-v') {
+    out(`${cliVersion()}\n`);
+    return 0;
+  }
+  if (first === '--help' || first === '-h' || first === 'help') {
+    const topic = first === 'help' ? rest[0] : undefined;
+    if (topic !== undefined && !commands[topic]) {
+      err(`trellis: unknown command ${JSON.stringify(topic)}\n\n${usage}`);
+      return 2;
+    }
+    out(topic ? commands[topic]!.usage : usage);
+    return 0;
+  }
+  const cmd = commands[first];
+  if (!cmd) {
+    err(`trellis: unknown command ${JSON.stringify(first)}\n\n${usage}`);
+    return 2;
+  }
+  let values: Values;
+  try {
+    const parsed = parseArgs({
+      args: rest,
+      options: { ...cmd.options, help: { type: 'boolean', short: 'h' }, debug: { type: 'boolean' } },
+      strict: true,
+      allowPositionals: false,
+    });
+    values = parsed.values as Values;
+  } catch (e) {
+    // parseArgs' own messages name the flag (unknown option, missing value, unexpected argument).
+    err(`trellis ${first}: ${(e as Error).message}\n\n${cmd.usage}`);
+    return 2;
+  }
+  if (values.help) {
+    out(cmd.usage);
+    return 0;
+  }
+  try {
+    return await cmd.run(values);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`trellis ${first}: ${e.message}\n\n${cmd.usage}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+const debug = { on: false };
+main(process.argv.slice(2), debug).then(
   (code) => process.exit(code),
   (e: unknown) => {
-    process.stderr.write(`trellis: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    const text = e instanceof Error ? (debug.on ? (e.stack ?? e.message) : e.message) : String(e);
+    process.stderr.write(`trellis: ${text}${debug.on ? '' : ' (--debug for the stack)'}\n`);
     process.exit(1);
   },
 );

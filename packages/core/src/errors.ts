@@ -86,6 +86,9 @@ export interface TrellisErrorDetails {
   cause?: unknown;
 }
 
+/** The brand of Trellis errors across copies of this module (`Symbol.for`: one per process). */
+const ERROR_BRAND: unique symbol = Symbol.for('@trellis/core/TrellisError@1') as never;
+
 /**
  * The one error class Trellis throws or rejects with. `code` is stable and meant for `switch`;
  * `message` is for people and says what to fix.
@@ -99,6 +102,9 @@ export interface TrellisErrorDetails {
  *   else throw e;
  * }
  * ```
+ *
+ * `instanceof TrellisError` holds for errors made by any copy of `@trellis/core` loaded in the
+ * process (a version skew that installs two copies still classifies errors).
  */
 export class TrellisError extends Error {
   override readonly name = 'TrellisError';
@@ -133,6 +139,19 @@ export class TrellisError extends Error {
     return e;
   }
 }
+
+// `instanceof TrellisError` holds for errors made by any copy of `@trellis/core` in the process (an
+// application that ends up with two, e.g. through a version skew, still classifies errors): every
+// copy puts one brand, registered with `Symbol.for`, on its errors' prototype, and TrellisError's
+// Symbol.hasInstance reads it instead of the prototype chain. Subclasses keep the usual check.
+// Versioned: a future error shape that is not compatible gets a new brand.
+Object.defineProperty(TrellisError.prototype, ERROR_BRAND, { value: true });
+Object.defineProperty(TrellisError, Symbol.hasInstance, {
+  value: function hasInstance(this: unknown, x: unknown): boolean {
+    if (this !== TrellisError) return Function.prototype[Symbol.hasInstance].call(this, x);
+    return typeof x === 'object' && x !== null && (x as { [ERROR_BRAND]?: unknown })[ERROR_BRAND] === true;
+  },
+});
 
 /** True when `e` is a {@link TrellisError}, optionally with the given code. */
 export function isTrellisError(e: unknown, code?: TrellisErrorCode): e is TrellisError {

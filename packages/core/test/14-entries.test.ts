@@ -47,3 +47,41 @@ describe('package entries', () => {
     expect(Object.getPrototypeOf(kit.NativeEngineBase)).toBe(kit.EngineBase);
   });
 });
+
+describe('two copies of @trellis/core in one process', () => {
+  it('errors of either copy are TrellisErrors of the other (instanceof and isTrellisError); subclasses and other errors are not', async () => {
+    const { cpSync, mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { fileURLToPath, pathToFileURL } = await import('node:url');
+    // A second copy of the built package, as a version skew would install it.
+    const dir = mkdtempSync(join(tmpdir(), 'trellis-core-copy-'));
+    try {
+      cpSync(fileURLToPath(new URL('../dist', import.meta.url)), join(dir, 'dist'), { recursive: true });
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
+      const a = await import('@trellis/core');
+      const b = (await import(pathToFileURL(join(dir, 'dist/index.js')).href)) as typeof a;
+      expect(b.TrellisError).not.toBe(a.TrellisError);
+      const fromA = new a.TrellisError('PEER_LOST', 'from copy a');
+      const fromB = new b.TrellisError('TIMEOUT', 'from copy b');
+      expect(fromA instanceof b.TrellisError).toBe(true);
+      expect(fromB instanceof a.TrellisError).toBe(true);
+      expect(a.isTrellisError(fromB, 'TIMEOUT')).toBe(true);
+      expect(b.isTrellisError(fromA, 'PEER_LOST')).toBe(true);
+      expect(a.isTrellisError(fromB, 'PEER_LOST')).toBe(false);
+      expect(fromB.withDetails({ peer: 'p' }) instanceof a.TrellisError).toBe(true);
+      for (const other of [new Error('x'), { code: 'TIMEOUT', message: 'look-alike' }, null, 'TIMEOUT', 7])
+        expect(other instanceof a.TrellisError).toBe(false);
+      // A subclass keeps the prototype check: a plain TrellisError is not one.
+      class Sub extends a.TrellisError {}
+      expect(new Sub('INTERNAL', 's') instanceof Sub).toBe(true);
+      expect(new Sub('INTERNAL', 's') instanceof b.TrellisError).toBe(true);
+      expect(fromA instanceof Sub).toBe(false);
+      // The brand is not an own, enumerable property: errors print and serialize as before.
+      expect(Object.getOwnPropertySymbols(fromA)).toEqual([]);
+      expect(Object.keys(JSON.parse(JSON.stringify(fromA))).sort()).toEqual(['code', 'name']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

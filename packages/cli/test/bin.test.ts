@@ -1,0 +1,108 @@
+// The `trellis` command line as users meet it: --version, per-command --help that runs nothing,
+// usage errors (exit 2, one message naming the flag), runtime errors (exit 1, one line; the stack
+// with --debug), and doctor's exit code following its verdicts.
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+const version = (
+  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
+
+function trellis(...args: string[]) {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('trellis', () => {
+  it('--version prints the package version', () => {
+    const r = trellis('--version');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${version}\n`);
+  });
+
+  it('no command: usage on stderr, exit 2; --help and help: usage on stdout, exit 0', () => {
+    const none = trellis();
+    expect(none.code).toBe(2);
+    expect(none.stderr).toMatch(/^usage: trellis <command>/);
+    for (const h of [['--help'], ['help']]) {
+      const r = trellis(...h);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^usage: trellis <command>/);
+      for (const c of ['demo', 'doctor', 'bench', 'soak']) expect(r.stdout).toContain(`  ${c} `);
+    }
+  });
+
+  for (const cmd of ['demo', 'bench', 'soak', 'doctor'])
+    it(`${cmd} --help (and help ${cmd}, ${cmd} -h) print its usage and run nothing`, () => {
+      const reference = trellis('help', cmd);
+      expect(reference.code).toBe(0);
+      expect(reference.stdout).toMatch(new RegExp(`^usage: trellis ${cmd}`));
+      const variants = [
+        [cmd, '--help'],
+        [cmd, '-h'],
+        cmd === 'soak' ? [cmd, '--seconds', '5', '--help'] : [cmd, '-h'],
+      ];
+      for (const args of variants) {
+        const r = trellis(...args);
+        expect(r.code, args.join(' ')).toBe(0);
+        // The usage and nothing else: no table, no progress, nothing on stderr.
+        expect(r.stdout, args.join(' ')).toBe(reference.stdout);
+        expect(r.stderr).toBe('');
+      }
+    }, 120_000);
+
+  it('unknown commands and flags, missing and malformed values: exit 2 with one message naming them', () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['dmeo'], /unknown command "dmeo"/],
+      [['help', 'dmeo'], /unknown command "dmeo"/],
+      [['demo', '--provder', 'shm'], /Unknown option '--provder'/],
+      [['bench', '--sizes'], /--sizes <value>' argument missing/],
+      [['bench', '--json', '--html', 'x.html'], /--json/],
+      [['bench', '--sizes', '4096,abc'], /--sizes is a comma-separated list of byte counts, got "4096,abc"/],
+      [['bench', '--provider', 'efa0'], /--provider is one of shm, tcp, got "efa0"/],
+      [['bench', '--nics', '9'], /--nics takes an integer from 1 to 4, got "9"/],
+      [['bench', '--timeout', '5'], /--timeout applies to --connect only/],
+      [['bench', '--serve', '--connect', 'h:1'], /--serve and --connect exclude each other/],
+      [['soak', '--seconds', 'ten'], /--seconds takes an integer from 1 to/],
+      [['soak', 'extra'], /Unexpected argument 'extra'/],
+      [['doctor', '--backend', 'rdma'], /--backend is one of efa, verbs, got "rdma"/],
+      [['demo', '--loopback', '--provider', 'tcp'], /--provider does not apply to --loopback/],
+    ];
+    for (const [args, message] of cases) {
+      const r = trellis(...args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(message);
+      expect(r.stderr, args.join(' ')).toMatch(/usage: trellis/);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+      expect(r.stdout).toBe('');
+    }
+  }, 180_000);
+
+  it('bench --connect to nothing: says where it connects, gives up after --timeout with one line (the stack only with --debug)', () => {
+    const r = trellis('bench', '--connect', '127.0.0.1:1', '--timeout', '1');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/connecting to 127\.0\.0\.1:1 \(giving up after 1 s\)/);
+    const last = r.stderr.trim().split('\n').at(-1)!;
+    // The store's error names the deadline it was given: --timeout reached it.
+    expect(last).toMatch(/^trellis: .*within 1000 ms.*\(--debug for the stack\)$/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    const d = trellis('bench', '--connect', '127.0.0.1:1', '--timeout', '1', '--debug');
+    expect(d.code).toBe(1);
+    expect(d.stderr).toMatch(/\n\s+at /);
+  }, 120_000);
+
+  it('doctor exits 0 when a backend is usable, 1 when the one named is not, as its verdicts say', () => {
+    const j = trellis('doctor', '--json');
+    const report = JSON.parse(j.stdout) as { verdicts: Array<{ backend: string; usable: boolean }> };
+    expect(j.code).toBe(report.verdicts.some((v) => v.usable) ? 0 : 1);
+    for (const b of ['efa', 'verbs']) {
+      const usable = report.verdicts.find((v) => v.backend === `backend-${b}`)!.usable;
+      const r = trellis('doctor', '--backend', b);
+      expect(r.code, b).toBe(usable ? 0 : 1);
+      expect(r.stdout).toMatch(new RegExp(`\\[(usable|not usable)\\]\\s+backend-${b}`));
+    }
+  }, 120_000);
+});
