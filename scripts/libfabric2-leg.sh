@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The libfabric 2.x leg of `scripts/run test`: build libfabric 2.x from the vendored source (cached,
 # see scripts/libfabric.sh), build backend-efa's addon against it into build-libfabric2/, and run
-# backend-efa's whole test suite with that addon (its report: test-results-libfabric2.json, counted
-# by the summary). Where no 2.x source exists (a machine without ../shared), it says so and passes:
+# backend-efa's whole test suite with that addon on Node 24 (its report:
+# test-results-libfabric2-node24.json, counted by the summary). Where no 2.x source exists (a machine without ../shared), it says so and passes:
 # the README's commands use what apt gives.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { printf '\033[1mlibfabric 2.x leg:\033[0m %s\n' "$*" >&2; }
-rm -f packages/backend-efa/test-results-libfabric2.json
+rm -f packages/backend-efa/test-results-libfabric2*.json
 set +e
 prefix=$(bash scripts/libfabric.sh)
 rc=$?
@@ -23,6 +23,9 @@ version=$("$prefix/bin/fi_info" --version | sed -n 's/^libfabric api: //p')
 cd packages/backend-efa
 say "building the addon against $prefix (libfabric $version)"
 TRELLIS_LIBFABRIC_DIR="$prefix" pnpm exec cmake-js compile --CDCMAKE_BUILD_TYPE=Release -O build-libfabric2 -l warn >&2
-say "running backend-efa's tests on it"
-TRELLIS_EFA_ADDON="$PWD/build-libfabric2/Release/trellis_efa.node" TRELLIS_EXPECT_LIBFABRIC="$version" \
-  TRELLIS_TEST_REPORT=test-results-libfabric2.json pnpm exec vitest run
+# On Node 24 (scripts/node.sh): the addon is built once for the machine's Node, and N-API lets the
+# same binary serve every line.
+node24=$(bash ../../scripts/node.sh 24)
+say "running backend-efa's tests on it, on Node $("$node24" --version)"
+PATH="$(dirname "$node24"):$PATH" TRELLIS_EFA_ADDON="$PWD/build-libfabric2/Release/trellis_efa.node" \
+  TRELLIS_EXPECT_LIBFABRIC="$version" TRELLIS_TEST_REPORT=test-results-libfabric2-node24.json pnpm exec vitest run
