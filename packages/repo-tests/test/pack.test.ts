@@ -20,6 +20,9 @@ describe('packages as users install them', () => {
       execFileSync('pnpm', ['pack', '--pack-destination', tgz], {
         cwd: join(root, 'packages', p),
         stdio: 'pipe',
+        // The workspace build made dist/ already: prepack's rebuild would rewrite files other
+        // suites are importing at the same time.
+        env: { ...process.env, npm_config_ignore_scripts: 'true' },
       });
     const tarballs = readdirSync(tgz).sort();
     expect(tarballs).toEqual([
@@ -27,6 +30,17 @@ describe('packages as users install them', () => {
       'trellis-core-0.1.0.tgz',
       'trellis-kvstream-0.1.0.tgz',
     ]);
+    // Each ships its license, its README and its build (prepack builds before packing).
+    for (const t of tarballs) {
+      const files = execFileSync('tar', ['tzf', join(tgz, t)], { encoding: 'utf8' }).split('\n');
+      for (const f of [
+        'package/LICENSE',
+        'package/README.md',
+        'package/dist/index.js',
+        'package/dist/index.d.ts',
+      ])
+        expect(files, `${t}: ${f}`).toContain(f);
+    }
     const app = join(dir, 'app');
     mkdirSync(app);
     writeFileSync(
