@@ -7,6 +7,7 @@ import {
   REACTIONS_CASE,
   skipFaultCases,
 } from '@trellis/core/conformance';
+import { describe, it } from 'vitest';
 import { createEngine, type EfaEngineOptions, fabricVersion } from '../src/index.js';
 
 const noFaults =
@@ -21,8 +22,18 @@ const oneProcessBothWays =
 // With 1 and 4 NICs the engines run as users get them: host writes between engines of this host
 // take the same-host lane (data copied into the target's shared region, immediates through the
 // provider). With 2 NICs the lane is off, so every byte goes through the provider.
+// TRELLIS_CONFORMANCE_GROUPS (e.g. `shm:1,shm:2,tcp:1`) runs only those groups; the others are
+// reported as skipped. The libfabric 2.x leg leaves out tcp with 4 NICs: opening a 4-NIC tcp engine
+// on 2.6 fills rxm's receive pools (minutes over the suite), and the 1.17 run covers that group.
+const only = process.env.TRELLIS_CONFORMANCE_GROUPS?.split(',').map((g) => g.trim());
 for (const provider of ['shm', 'tcp'] as const) {
   for (const nics of [1, 2, 4]) {
+    if (only && !only.includes(`${provider}:${nics}`)) {
+      describe(`conformance: backend-efa provider=${provider} nics=${nics}`, () => {
+        it.skip(`not run here: TRELLIS_CONFORMANCE_GROUPS=${only.join(',')}`, () => {});
+      });
+      continue;
+    }
     const lane = nics !== 2;
     const opts: EfaEngineOptions = { provider, nics, opTimeoutMs: 10_000, sameHostLane: lane };
     defineConformanceSuite({
