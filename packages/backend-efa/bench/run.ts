@@ -7,8 +7,9 @@
 // Single writes are also posted through `submitBatch` (batches of window/4, four in flight: one
 // crossing into the addon per batch, no promise per write).
 //
-// The immediate round trip is timed three ways (see PingMode): awaiting, in latency mode
-// (pollUntil), and against a peer answering by native reactions (submitOnImm).
+// The immediate round trip is timed four ways (see PingMode): awaiting, in latency mode
+// (pollUntil), against a peer answering by native reactions (submitOnImm), and with both sides
+// answering by reactions.
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
 //                          [--window N] [--sizes B,B] [--pages B,B] [--json out.json]

@@ -99,4 +99,31 @@ describe('NIC failover on backend-efa (tcp, 2 NICs)', () => {
     await b.immCounter(9).wait(1, { timeoutMs: 10_000 });
     expect(() => a.failNic(2)).toThrow(/NIC 2 does not exist/);
   });
+
+  it('reactions count immediates raised by control messages, including those that came before the first reaction', async () => {
+    const [a, b] = await pair(true);
+    const imm = 0x6200;
+    const answer = imm + 1;
+    // With failover every immediate reaches b in a control message; three before b reacts.
+    for (let i = 0; i < 3; i++) await a.submitImm({ dst: b.address, imm });
+    await b.immCounter(imm).wait(3, { timeoutMs: 10_000 });
+    expect(b.immCounter(imm).total).toBe(3);
+    const reaction = b.submitOnImm(imm, b.immCounter(imm).total + 1, {
+      kind: 'imm',
+      dst: a.address,
+      imm: answer,
+      timeoutMs: 10_000,
+    });
+    await sleep(50);
+    expect(a.immCounter(answer).total).toBe(0);
+    await a.submitImm({ dst: b.address, imm });
+    await reaction;
+    await a.immCounter(answer).wait(1, { timeoutMs: 10_000 });
+    expect(a.stats().failover.controlImms).toBe(4);
+    // The reaction itself went out from b's worker as a plain immediate: triggered operations are
+    // not routed through the failover writer (see the core README).
+    expect(b.stats().failover.controlImms).toBe(0);
+    await sleep(50);
+    expect(a.immCounter(answer).total).toBe(1);
+  }, 60_000);
 });

@@ -124,6 +124,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     };
   }
 
+  /** Throw if this engine cannot react to arrivals of `imm` (native: an open port counts them). */
+  protected checkReaction(_imm: number, _op: string): void {}
+
   /** Immediates raised by a control message were counted (backends with native reactions count them too). */
   protected controlArrived(_imm: number, _count: number): void {}
 
@@ -659,6 +662,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       request,
       (op) => {
         checkImm(op, imm, true);
+        this.checkReaction(imm, op);
         if (typeof total !== 'number' || !Number.isSafeInteger(total) || total < 1)
           throw invalid(
             'INVALID_ARGUMENT',

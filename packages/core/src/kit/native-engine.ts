@@ -945,13 +945,17 @@ export abstract class NativeEngineBase extends EngineBase {
   /** The native watch reading each reacted-to immediate's arrivals, by immediate value. */
   private readonly immWatches = new Map<number, number>();
 
-  protected postOnImm(plan: Plan, op: PendingOp, imm: number, total: number): void {
+  protected override checkReaction(imm: number, op: string): void {
     for (const p of this.ports.values())
       if (p.counted.includes(imm))
         throw new TrellisError(
           'INVALID_ARGUMENT',
-          `submitOnImm: immediate ${imm} is counted by an open port, so its arrivals never reach the total a reaction reads; react to another immediate or close the port first`,
+          `${op}: immediate ${imm} is counted by an open port, so its arrivals never reach the total a reaction reads; react to another immediate or close the port first`,
+          { op },
         );
+  }
+
+  protected postOnImm(plan: Plan, op: PendingOp, imm: number, total: number): void {
     let watch = this.immWatches.get(imm);
     if (watch === undefined) {
       watch = this.nextWatch++;
@@ -962,7 +966,9 @@ export abstract class NativeEngineBase extends EngineBase {
   }
 
   protected override controlArrived(imm: number, count: number): void {
-    if (this.immWatches.has(imm) && !this.closed) this.native.countImm(imm, count);
+    // Every one, reacted to yet or not: the native total must equal immCounter(imm).total, which
+    // a reaction armed later reads its threshold from.
+    if (!this.closed) this.native.countImm(imm, count);
   }
 
   poll(): boolean {
