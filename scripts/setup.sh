@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Debian packages the native backends build and run against.
-APT_PACKAGES=(g++ make cmake ninja-build pkg-config python3 libfabric1 libfabric-dev libfabric-bin libibverbs1 libibverbs-dev etcd-server)
+# Debian packages the native backends build and run against; the aarch64 cross compiler, qemu-user
+# and file build and check the linux-arm64 prebuilt binaries (scripts/prebuild.sh).
+APT_PACKAGES=(g++ make cmake ninja-build pkg-config python3 libfabric1 libfabric-dev libfabric-bin libibverbs1 libibverbs-dev
+  etcd-server g++-aarch64-linux-gnu qemu-user file)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 

@@ -22,6 +22,7 @@
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
+#include "fabric_dl.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,7 @@ static int pingpong(const char *prov, uint64_t iters) {
 }
 
 int main(int argc, char **argv) {
+  fabric_dl_open("rma_raw");
   if (argc == 4 && strcmp(argv[2], "pingpong") == 0) return pingpong(argv[1], strtoull(argv[3], NULL, 10));
   if (argc < 6) {
     fprintf(stderr, "usage: rma_raw <provider> single <bytes> <ops> <window>\n"

@@ -27,6 +27,7 @@
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
+#include "fabric_dl.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,6 +147,7 @@ struct hello {
 };
 
 int main(int argc, char **argv) {
+  fabric_dl_open("rma_raw_cuda");
   if (argc < 5) {
     fprintf(stderr, "usage: rma_raw_cuda <provider> <bytes> <ops> <window> [device_a] [device_b] [device-only|plain]\n");
     return 2;

@@ -16,9 +16,16 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { createEngine, type EfaEngine, fabricVersion, type Provider } from '@trellis/backend-efa';
+import {
+  createEngine,
+  type EfaEngine,
+  fabricVersion,
+  nativeAddonPath,
+  type Provider,
+} from '@trellis/backend-efa';
 import { MrDesc, type TransferRequest } from '@trellis/core';
 
 const args = process.argv.slice(2);
@@ -37,8 +44,10 @@ for (const t of tests)
     console.error(`--tests: unknown test ${JSON.stringify(t)} (single, paged, rtt)`);
     process.exit(2);
   }
-const raw = fileURLToPath(new URL('../../build/Release/rma_raw', import.meta.url));
-const mapped = fileURLToPath(new URL('../../build/Release/host_mapped', import.meta.url));
+// The raw programs sit beside the addon in use (a build from source or the prebuilt binaries).
+const binDir = dirname(nativeAddonPath() ?? fileURLToPath(new URL('../../build/Release/x', import.meta.url)));
+const raw = join(binDir, 'rma_raw');
+const mapped = join(binDir, 'host_mapped');
 const targetJs = fileURLToPath(new URL('./target.js', import.meta.url));
 const WINDOW = Number(opt('--window', '64'));
 

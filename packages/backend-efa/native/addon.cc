@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "fabric_domain.hpp"
+#include "fabric_lib.hpp"
 #include "trellis/napi_engine.hpp"
 
 namespace {
@@ -36,14 +37,24 @@ struct FabricFactory {
     return out;
   }
 
+  // The library facts need libfabric itself: where it could not be loaded, say what to install.
+  static bool loaded(Napi::Env env) {
+    const auto& lib = trellis_efa::FabricLib::get();
+    if (!lib.ok) Napi::Error::New(env, lib.error).ThrowAsJavaScriptException();
+    return lib.ok;
+  }
+
   static void extend(Napi::Env env, Napi::Object exports) {
     exports.Set("fabricVersion", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                  return Napi::String::New(info.Env(), trellis_efa::fabric_version());
+                  if (!loaded(info.Env())) return info.Env().Undefined();
+                  return Napi::String::New(info.Env(), trellis_efa::fabric_version()).As<Napi::Value>();
                 }));
     exports.Set("fabricLibrary", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                  return Napi::String::New(info.Env(), trellis_efa::fabric_library());
+                  if (!loaded(info.Env())) return info.Env().Undefined();
+                  return Napi::String::New(info.Env(), trellis_efa::fabric_library()).As<Napi::Value>();
                 }));
     exports.Set("probe", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                  if (!loaded(info.Env())) return info.Env().Undefined();
                   auto probes = trellis_efa::probe_providers();
                   Napi::Array a = Napi::Array::New(info.Env(), probes.size());
                   for (size_t i = 0; i < probes.size(); i++) {
@@ -57,7 +68,7 @@ struct FabricFactory {
                     o.Set("error", probes[i].error);
                     a.Set(i, o);
                   }
-                  return a;
+                  return a.As<Napi::Value>();
                 }));
   }
 };

@@ -12,8 +12,9 @@
 #include <strings.h>
 #include <atomic>
 #include <mutex>
-#include <random>
+#include "trellis/random.hpp"
 
+#include "fabric_lib.hpp"
 #include "trellis/cuda_driver.hpp"
 
 namespace trellis_efa {
@@ -27,7 +28,7 @@ namespace {
 
 constexpr uint32_t kApiVersion = FI_VERSION(1, 15);
 
-std::string fi_err(int rc) { return std::string(fi_strerror(rc < 0 ? -rc : rc)) + " (" + std::to_string(rc) + ")"; }
+std::string fi_err(int rc) { return std::string(FabricLib::get().strerror(rc < 0 ? -rc : rc)) + " (" + std::to_string(rc) + ")"; }
 
 // shm names its shared-memory region after the process id by default. A process killed with
 // SIGKILL leaves its region in /dev/shm, and a later process that gets the same pid cannot enable
@@ -35,7 +36,7 @@ std::string fi_err(int rc) { return std::string(fi_strerror(rc < 0 ? -rc : rc)) 
 // those of processes that no longer exist.
 std::string shm_name() {
   static std::atomic<unsigned> counter{0};
-  static const uint64_t nonce = std::random_device{}() ^ (static_cast<uint64_t>(std::random_device{}()) << 32);
+  static const uint64_t nonce = trellis::random_u32() ^ (static_cast<uint64_t>(trellis::random_u32()) << 32);
   char buf[96];
   snprintf(buf, sizeof buf, "fi_shm://trellis_%d_%016llx_%u", static_cast<int>(getpid()),
            static_cast<unsigned long long>(nonce), counter.fetch_add(1));
@@ -56,7 +57,7 @@ void sweep_stale_shm() {
 }
 
 fi_info* make_hints(const std::string& prov, bool delivery_complete, bool hmem = false) {
-  fi_info* h = fi_allocinfo();
+  fi_info* h = FabricLib::get().dupinfo(nullptr);  // fi_allocinfo()
   h->caps = FI_MSG | FI_RMA | FI_SEND | FI_RECV | FI_WRITE | FI_REMOTE_WRITE | (hmem ? FI_HMEM : 0);
   // Contexts are 64 bytes reserved at the start of every posting context (see domain_group.hpp).
   h->mode = FI_CONTEXT | FI_CONTEXT2;
@@ -77,19 +78,13 @@ fi_info* make_hints(const std::string& prov, bool delivery_complete, bool hmem =
 }  // namespace
 
 std::string fabric_version() {
-  uint32_t v = fi_version();
+  const FabricLib& lib = FabricLib::get();
+  if (!lib.ok) return "";
+  uint32_t v = lib.version();
   return std::to_string(FI_MAJOR(v)) + "." + std::to_string(FI_MINOR(v));
 }
 
-std::string fabric_library() {
-  Dl_info dl{};
-  if (dladdr(reinterpret_cast<void*>(&fi_version), &dl) && dl.dli_fname) {
-    char real[4096];
-    if (realpath(dl.dli_fname, real)) return real;
-    return dl.dli_fname;
-  }
-  return "";
-}
+std::string fabric_library() { return FabricLib::get().path; }
 
 bool fabric_has_cuda() {
   // libfabric defines its CUDA parameters only when built with CUDA (Debian's 1.17 is not; its shm
@@ -97,11 +92,12 @@ bool fabric_has_cuda() {
   static const bool has = [] {
     fi_param* params = nullptr;
     int count = 0;
-    if (fi_getparams(&params, &count) != 0) return false;
+    const FabricLib& lib = FabricLib::get();
+    if (!lib.ok || lib.getparams(&params, &count) != 0) return false;
     bool found = false;
     for (int i = 0; i < count; i++)
       if (params[i].name && strcasecmp(params[i].name, "FI_HMEM_CUDA_USE_GDRCOPY") == 0) found = true;
-    fi_freeparams(params);
+    lib.freeparams(params);
     return found;
   }();
   return has;
@@ -117,8 +113,8 @@ std::vector<ProviderProbe> probe_providers() {
     int rc = -FI_ENODATA;
     for (bool hmem : {true, false}) {
       fi_info* hints = make_hints(p, false, hmem);
-      rc = fi_getinfo(kApiVersion, nullptr, nullptr, 0, hints, &info);
-      fi_freeinfo(hints);
+      rc = FabricLib::get().getinfo(kApiVersion, nullptr, nullptr, 0, hints, &info);
+      FabricLib::get().freeinfo(hints);
       if (rc == 0) break;
     }
     if (rc) {
@@ -129,7 +125,7 @@ std::vector<ProviderProbe> probe_providers() {
       pr.rma = (info->caps & FI_RMA) != 0;
       pr.remote_cq_data = info->domain_attr->cq_data_size >= 4;
       pr.hmem = (info->caps & FI_HMEM) != 0 && fabric_has_cuda();
-      fi_freeinfo(info);
+      FabricLib::get().freeinfo(info);
     }
     out.push_back(pr);
   }
@@ -137,7 +133,12 @@ std::vector<ProviderProbe> probe_providers() {
 }
 
 std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std::string* err) {
-  if (fi_version() < kApiVersion) {
+  const FabricLib& lib = FabricLib::get();
+  if (!lib.ok) {
+    *err = lib.error;
+    return nullptr;
+  }
+  if (lib.version() < kApiVersion) {
     *err = "libfabric " + fabric_version() + " is too old: Trellis needs >= 1.15 (Debian 12: apt install libfabric1)";
     return nullptr;
   }
@@ -157,8 +158,8 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   for (bool hmem : {want_hmem, false}) {
     for (bool dc : {true, false}) {
       fi_info* hints = make_hints(opts.provider, dc, hmem);
-      rc = fi_getinfo(kApiVersion, opts.iface.empty() ? nullptr : opts.iface.c_str(), nullptr, 0, hints, &info);
-      fi_freeinfo(hints);
+      rc = FabricLib::get().getinfo(kApiVersion, opts.iface.empty() ? nullptr : opts.iface.c_str(), nullptr, 0, hints, &info);
+      FabricLib::get().freeinfo(hints);
       if (rc == 0) {
         d->write_flags_ = dc ? FI_DELIVERY_COMPLETE : 0;
         break;
@@ -180,11 +181,11 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   if (chosen->domain_attr->cq_data_size < 4) {
     *err = "provider '" + std::string(chosen->fabric_attr->prov_name) + "' carries only " +
            std::to_string(chosen->domain_attr->cq_data_size) + " bytes of remote CQ data; 4 are needed for immediates";
-    fi_freeinfo(info);
+    FabricLib::get().freeinfo(info);
     return nullptr;
   }
-  d->info_ = fi_dupinfo(chosen);
-  fi_freeinfo(info);
+  d->info_ = FabricLib::get().dupinfo(chosen);
+  FabricLib::get().freeinfo(info);
   d->provider_ = d->info_->fabric_attr->prov_name;
   d->mr_mode_ = d->info_->domain_attr->mr_mode;
   d->max_msg_ = d->info_->ep_attr->max_msg_size;
@@ -198,7 +199,7 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
     *err = std::string(what) + " failed on provider '" + d->provider_ + "': " + fi_err(r);
     return nullptr;
   };
-  if ((rc = fi_fabric(d->info_->fabric_attr, &d->fabric_, nullptr))) return fail("fi_fabric", rc);
+  if ((rc = FabricLib::get().fabric(d->info_->fabric_attr, &d->fabric_, nullptr))) return fail("fi_fabric", rc);
   if ((rc = fi_domain(d->fabric_, d->info_, &d->domain_, nullptr))) return fail("fi_domain", rc);
   fi_av_attr av_attr{};
   av_attr.type = FI_AV_TABLE;
@@ -282,7 +283,7 @@ void close_held(Held& h) {
   if (h.cq) fi_close(&h.cq->fid);
   if (h.domain) fi_close(&h.domain->fid);
   if (h.fabric) fi_close(&h.fabric->fid);
-  if (h.info) fi_freeinfo(h.info);
+  if (h.info) FabricLib::get().freeinfo(h.info);
 }
 }  // namespace
 
@@ -649,7 +650,7 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
     c.err = err.err;
     c.code = classify(err.err);
     const char* pm = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
-    c.message = std::string(fi_strerror(err.err)) + (pm && *pm ? std::string(" — provider: ") + pm : "");
+    c.message = std::string(FabricLib::get().strerror(err.err)) + (pm && *pm ? std::string(" — provider: ") + pm : "");
     if (provider_.find("tcp") != std::string::npos) {
       // tcp (under rxm) refuses a key or range it has no registration for by tearing the connection
       // down: the write is cancelled. The provider's errno says which: ENOENT from the target's

@@ -101,7 +101,7 @@ export class EfaEngine extends NativeEngineBase {
     const info = this.libraryInfo();
     const lib = `libfabric ${info.version} (${info.path})`;
     if (!info.hmem)
-      return `${lib} does not offer FI_HMEM for provider ${this.provider} (Debian's libfabric 1.17 is built without it; use a libfabric 2.x built with CUDA, such as the EFA installer's, through TRELLIS_LIBFABRIC_DIR at build time)`;
+      return `${lib} does not offer FI_HMEM for provider ${this.provider} (Debian's libfabric 1.17 is built without it; use a libfabric 2.x built with CUDA, such as the EFA installer's: set TRELLIS_LIBFABRIC_DIR to its prefix, or put its lib/ on LD_LIBRARY_PATH)`;
     return `${lib} offers FI_HMEM, but ${this.gpuDirectOff ? 'gpuDirect is off (the default on shm; pass gpuDirect: true for its bounce-buffer path)' : 'no CUDA driver (libcuda.so.1) could be loaded'}`;
   }
 

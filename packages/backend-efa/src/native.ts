@@ -5,6 +5,7 @@ import {
   type NativeEngine,
   type NativeEvents,
   type NativeModuleCalls,
+  resolveNativeAddon,
 } from '@trellis/core/kit';
 
 export type { NativeEngine, NativeEvents };
@@ -34,17 +35,21 @@ let cached: Addon | undefined;
 export function addon(): Addon {
   cached ??= loadNativeAddon<Addon>(
     import.meta.url,
-    // TRELLIS_EFA_ADDON: an addon built elsewhere, e.g. against another libfabric (scripts/run test
-    // builds one against libfabric 2.x and runs this package's tests with it).
-    process.env.TRELLIS_EFA_ADDON || '../build/Release/trellis_efa.node',
+    ADDON,
     '@trellis/backend-efa',
-    [
-      [
-        /libfabric\.so/,
-        'libfabric is not installed: on Debian/Ubuntu `apt install libfabric1` (and libfabric-dev to build)',
-      ],
-    ],
-    'install libfabric-dev, cmake and a C++ compiler',
+    [],
+    'libfabric-dev (>= 1.15), cmake and a C++20 compiler (g++ 10 or later)',
   );
   return cached;
+}
+
+/**
+ * The addon: `$TRELLIS_EFA_ADDON` (a build of it elsewhere), else a build from source in
+ * build/Release, else the prebuilt binary for this platform. It opens libfabric when first used.
+ */
+const ADDON = { name: 'trellis_efa', env: 'TRELLIS_EFA_ADDON' };
+
+/** The addon file that is (or would be) loaded; undefined when there is none. */
+export function addonPath(): string | undefined {
+  return resolveNativeAddon(import.meta.url, ADDON);
 }

@@ -39,7 +39,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
-#include <random>
+#include "trellis/random.hpp"
 #include <thread>
 #include <unordered_map>
 
@@ -216,9 +216,8 @@ struct Port {
     ib = ib_link;
     std::snprintf(dev.name, sizeof dev.name, "%s", dev_name.c_str());
     ctx.device = &dev;
-    std::random_device rd;
     for (int attempt = 0; attempt < 16; attempt++) {
-      uint32_t r = rd();
+      uint32_t r = trellis::random_u32();
       // GID 0: link-local (RoCE v1 style); GID 1: RoCE v2, IPv4-mapped 127.x.y.z.
       std::memset(gid, 0, sizeof gid);
       gid[0].raw[0] = 0xfe;

@@ -61,8 +61,10 @@ class Verbs {
   virtual int post_recv(ibv_qp* qp, ibv_recv_wr* wr, ibv_recv_wr** bad) = 0;
 };
 
-// libibverbs (linked): the real devices.
+// libibverbs (opened at run time, verbs_lib.cc): the real devices.
 Verbs& real_verbs();
+// Why libibverbs could not be loaded, with what to install; empty when it was.
+const std::string& verbs_library_error();
 // The software RC model: devices "rcm0".."rcm3" in every process, reachable across processes.
 Verbs& rc_model();
 

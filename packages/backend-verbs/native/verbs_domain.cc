@@ -255,7 +255,7 @@ bool VerbsDomain::setup(const VerbsOptions& opts, std::string* err) {
   put16(&addr_[4], port_attr_.lid);
   put16(&addr_[6], hs_port_);
   put32(&addr_[8], hs_ip_);
-  put32(&addr_[12], std::random_device{}());
+  put32(&addr_[12], trellis::random_u32());
   std::memcpy(&addr_[16], gid_.raw, 16);
   return true;
 }
@@ -345,7 +345,7 @@ VerbsDomain::Peer* VerbsDomain::peer_by_addr(const std::vector<uint8_t>& a, bool
   p->hs_port = get16(&a[6]);
   p->ip = get32(&a[8]);
   std::memcpy(p->gid.raw, &a[16], 16);
-  p->psn = std::random_device{}() & 0xffffff;
+  p->psn = trellis::random_u32() & 0xffffff;
   peer_index_[a] = p->index;
   peers_.push_back(std::move(p));
   return peers_.back().get();
@@ -459,7 +459,7 @@ void VerbsDomain::retire_qps(Peer& p) {
   }
   p.state = Peer::Idle;
   p.rmsg = p.rwr = 0;
-  p.psn = std::random_device{}() & 0xffffff;
+  p.psn = trellis::random_u32() & 0xffffff;
 }
 
 // --------------------------------------------------------------------------------- posting

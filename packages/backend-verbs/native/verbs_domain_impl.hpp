@@ -18,7 +18,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <random>
+#include "trellis/random.hpp"
 
 namespace trellis_verbs {
 

@@ -1,4 +1,4 @@
-// The seam over libibverbs: thin, one call each.
+// The seam over libibverbs: thin, one call each (the library itself is opened at run time: verbs_lib.cc).
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -26,6 +26,10 @@ class RealVerbs final : public Verbs {
 
   std::vector<std::string> devices(std::string* err) override {
     std::vector<std::string> out;
+    if (!verbs_library_error().empty()) {
+      *err = verbs_library_error();
+      return out;
+    }
     int n = 0;
     ibv_device** list = ibv_get_device_list(&n);
     if (!list) {
@@ -41,6 +45,10 @@ class RealVerbs final : public Verbs {
   }
 
   ibv_context* open_device(const std::string& name, std::string* err) override {
+    if (!verbs_library_error().empty()) {
+      *err = verbs_library_error();
+      return nullptr;
+    }
     int n = 0;
     ibv_device** list = ibv_get_device_list(&n);
     if (!list) {

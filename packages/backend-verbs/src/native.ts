@@ -27,15 +27,12 @@ let cached: Addon | undefined;
 export function addon(): Addon {
   cached ??= loadNativeAddon<Addon>(
     import.meta.url,
-    '../build/Release/trellis_verbs.node',
+    // $TRELLIS_VERBS_ADDON, else a build from source in build/Release, else the prebuilt binary.
+    // The addon opens libibverbs when first asked for a real device: without it, the RC model runs.
+    { name: 'trellis_verbs', env: 'TRELLIS_VERBS_ADDON' },
     '@trellis/backend-verbs',
-    [
-      [
-        /libibverbs\.so/,
-        'libibverbs is not installed: on Debian/Ubuntu `apt install libibverbs1 ibverbs-providers` (rdma-core)',
-      ],
-    ],
-    'install libibverbs-dev, cmake and a C++ compiler',
+    [],
+    'libibverbs-dev (rdma-core), cmake and a C++20 compiler (g++ 10 or later)',
   );
   return cached;
 }

@@ -74,28 +74,47 @@ export async function runDoctor(): Promise<DoctorReport> {
     add('libfabric', 'backend-efa', 'missing', efa);
     verdicts.push({ backend: 'backend-efa', usable: false, verdict: efa });
   } else {
-    add('libfabric', 'version', 'ok', `${efa.fabricVersion()} (${efa.fabricLibrary()})`);
-    const probes = efa.probeProviders();
-    for (const p of probes)
-      add(
-        'libfabric',
-        p.provider,
-        p.error ? 'missing' : 'ok',
-        p.error
-          ? p.error
-          : `rma ${p.rma}, remote CQ data ${p.remoteCqData}, FI_HMEM for CUDA ${p.hmem}${p.domain ? `, domain ${p.domain}` : ''}`,
-      );
-    const ok = (n: string) => probes.some((p) => p.provider === n && !p.error && p.rma && p.remoteCqData);
-    const local = ['shm', 'tcp;ofi_rxm'].filter(ok);
-    verdicts.push({
-      backend: 'backend-efa',
-      usable: ok('efa') || local.length > 0,
-      verdict: ok('efa')
-        ? 'ready on EFA'
-        : local.length
-          ? `no EFA here; usable between processes with ${local.join(' and ')} (tcp reaches other hosts)`
-          : 'no usable provider',
-    });
+    const addonFile = efa.nativeAddonPath();
+    add(
+      'libfabric',
+      'addon',
+      addonFile ? 'ok' : 'missing',
+      addonFile ?? 'no prebuilt binary and no build from source',
+    );
+    let version: string | undefined;
+    let why = '';
+    try {
+      version = `${efa.fabricVersion()} (${efa.fabricLibrary()})`;
+    } catch (e) {
+      why = e instanceof Error ? e.message : String(e);
+    }
+    if (version === undefined) {
+      add('libfabric', 'library', 'missing', why);
+      verdicts.push({ backend: 'backend-efa', usable: false, verdict: why });
+    } else {
+      add('libfabric', 'version', 'ok', version);
+      const probes = efa.probeProviders();
+      for (const p of probes)
+        add(
+          'libfabric',
+          p.provider,
+          p.error ? 'missing' : 'ok',
+          p.error
+            ? p.error
+            : `rma ${p.rma}, remote CQ data ${p.remoteCqData}, FI_HMEM for CUDA ${p.hmem}${p.domain ? `, domain ${p.domain}` : ''}`,
+        );
+      const ok = (n: string) => probes.some((p) => p.provider === n && !p.error && p.rma && p.remoteCqData);
+      const local = ['shm', 'tcp;ofi_rxm'].filter(ok);
+      verdicts.push({
+        backend: 'backend-efa',
+        usable: ok('efa') || local.length > 0,
+        verdict: ok('efa')
+          ? 'ready on EFA'
+          : local.length
+            ? `no EFA here; usable between processes with ${local.join(' and ')} (tcp reaches other hosts)`
+            : 'no usable provider',
+      });
+    }
   }
 
   // ibverbs / backend-verbs

@@ -33,7 +33,15 @@ function trellisAll(argss: string[][]) {
 }
 
 function trellis(...args: string[]) {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 });
+  return trellisEnv({}, ...args);
+}
+
+function trellisEnv(env: Record<string, string>, ...args: string[]) {
+  const r = spawnSync(process.execPath, [bin, ...args], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, ...env },
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -126,5 +134,25 @@ describe('trellis', () => {
       expect(r.code, b).toBe(usable ? 0 : 1);
       expect(r.stdout).toMatch(new RegExp(`\\[(usable|not usable)\\]\\s+backend-${b}`));
     }
+  }, 120_000);
+
+  it('doctor names the addon file in use; where libfabric cannot be loaded, backend-efa is not usable and it says why (exit 1)', () => {
+    const ok = JSON.parse(trellis('doctor', '--json').stdout) as {
+      checks: Array<{ area: string; item: string; status: string; detail: string }>;
+    };
+    const addon = ok.checks.find((c) => c.item === 'addon')!;
+    expect(addon.status).toBe('ok');
+    expect(addon.detail).toMatch(/trellis_efa\.node$/);
+    const r = trellisEnv({ TRELLIS_LIBFABRIC_DIR: '/nonexistent' }, 'doctor', '--json', '--backend', 'efa');
+    expect(r.code).toBe(1);
+    const report = JSON.parse(r.stdout) as {
+      checks: Array<{ area: string; item: string; status: string; detail: string }>;
+      verdicts: Array<{ backend: string; usable: boolean; verdict: string }>;
+    };
+    const lib = report.checks.find((c) => c.area === 'libfabric' && c.item === 'library')!;
+    expect(lib.status).toBe('missing');
+    expect(lib.detail).toContain('no libfabric.so.1 under TRELLIS_LIBFABRIC_DIR=/nonexistent');
+    const v = report.verdicts.find((x) => x.backend === 'backend-efa')!;
+    expect(v).toEqual({ backend: 'backend-efa', usable: false, verdict: lib.detail });
   }, 120_000);
 });

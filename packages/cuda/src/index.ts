@@ -8,8 +8,8 @@
  *
  * @packageDocumentation
  */
-import { createRequire } from 'node:module';
 import { type GpuMemoryOps, TrellisError } from '@trellis/core';
+import { loadNativeAddon } from '@trellis/core/kit';
 
 interface Addon {
   info(): CudaInfo;
@@ -70,7 +70,14 @@ export interface CudaInfo {
 
 let cached: Addon | undefined;
 function addon(): Addon {
-  cached ??= createRequire(import.meta.url)('../build/Release/trellis_cuda.node') as Addon;
+  // $TRELLIS_CUDA_ADDON, else a build from source in build/Release, else the prebuilt binary.
+  cached ??= loadNativeAddon<Addon>(
+    import.meta.url,
+    { name: 'trellis_cuda', env: 'TRELLIS_CUDA_ADDON' },
+    '@trellis/cuda',
+    [],
+    'cmake, a C++20 compiler and the CUDA toolkit (nvcc)',
+  );
   return cached;
 }
 

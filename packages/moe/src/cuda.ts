@@ -1,8 +1,9 @@
 // cudaMoeOps(): MoeDeviceOps over the CUDA target of this package's addon (native/cuda/ops.cc and
 // kernels.cu). Loads the addon on first use; touches nothing else. Without a GPU or without nvcc at
 // build time it throws UNSUPPORTED with the reason.
-import { createRequire } from 'node:module';
 import { TrellisError } from '@trellis/core';
+import { loadNativeAddon } from '@trellis/core/kit';
+import { MOE_ADDON, MOE_BUILD_NEEDS } from './addon.js';
 import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels } from './device.js';
 
 /** The addon's CUDA calls (see native/cuda/ops.cc). */
@@ -48,9 +49,9 @@ function addon(): CudaAddon {
 function noGpuReason(): string | undefined {
   if (!cached && !loadError) {
     try {
-      cached = createRequire(import.meta.url)('../build/Release/trellis_moe.node') as CudaAddon;
+      cached = loadNativeAddon<CudaAddon>(import.meta.url, MOE_ADDON, '@trellis/moe', [], MOE_BUILD_NEEDS);
     } catch (e) {
-      loadError = `@trellis/moe: the native addon was not built (${e instanceof Error ? e.message : String(e)}): install cmake, a C++20 compiler and nvcc, then rebuild @trellis/moe`;
+      loadError = e instanceof Error ? e.message : String(e);
     }
   }
   if (loadError) return loadError;

@@ -1,6 +1,5 @@
 // The JS half of the native proxy (native/proxy.cc): loads the addon, gives the thread its engine
 // port, windows and go words, and turns its per-phase events into promises.
-import { createRequire } from 'node:module';
 import {
   type EnginePort,
   type MrDesc,
@@ -11,6 +10,8 @@ import {
   TrellisError,
   type TrellisErrorCode,
 } from '@trellis/core';
+import { loadNativeAddon } from '@trellis/core/kit';
+import { MOE_ADDON, MOE_BUILD_NEEDS } from './addon.js';
 
 interface NativeProxy {
   kick(): void;
@@ -34,15 +35,7 @@ interface ProxyAddon {
 let addon: ProxyAddon | undefined;
 function load(): ProxyAddon {
   if (addon) return addon;
-  try {
-    addon = createRequire(import.meta.url)('../build/Release/trellis_moe.node') as ProxyAddon;
-  } catch (e) {
-    throw new TrellisError(
-      'UNSUPPORTED',
-      `MoeAllToAll: the native proxy was not built (${e instanceof Error ? e.message : String(e)}): install cmake and a C++20 compiler, then \`pnpm rebuild @trellis/moe\``,
-      { cause: e },
-    );
-  }
+  addon = loadNativeAddon<ProxyAddon>(import.meta.url, MOE_ADDON, '@trellis/moe', [], MOE_BUILD_NEEDS);
   return addon;
 }
 

@@ -1,6 +1,7 @@
-// As users install it: pack @trellis/core, backend-efa and kvstream, install the tarballs into a
-// fresh project outside the workspace (the addon builds there from source, with cmake-js and the
-// registry's node-addon-api), and run a transfer with them.
+// The build-from-source fallback, as users meet it where no prebuilt binary serves: pack
+// @trellis/core, backend-efa and kvstream, install the tarballs into a fresh project outside the
+// workspace with TRELLIS_BUILD_FROM_SOURCE=1 (the addon builds there, with cmake-js and the registry's
+// node-addon-api), and run a transfer with them. release.test.ts installs the prebuilt binaries.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,7 +14,7 @@ const dir = mkdtempSync(join(tmpdir(), 'trellis-pack-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('packages as users install them', () => {
-  it('pnpm pack → npm install in a fresh project builds the addon from source and moves bytes', () => {
+  it('pnpm pack → npm install with TRELLIS_BUILD_FROM_SOURCE=1 in a fresh project builds the addon from source and moves bytes', () => {
     const tgz = join(dir, 'tgz');
     mkdirSync(tgz);
     for (const p of ['core', 'backend-efa', 'kvstream'])
@@ -50,6 +51,7 @@ describe('packages as users install them', () => {
     execFileSync('npm', ['install', '--no-audit', '--no-fund', ...tarballs.map((t) => join(tgz, t))], {
       cwd: app,
       stdio: 'pipe',
+      env: { ...process.env, TRELLIS_BUILD_FROM_SOURCE: '1' },
     });
     expect(readdirSync(join(app, 'node_modules/@trellis/backend-efa/build/Release'))).toContain(
       'trellis_efa.node',

@@ -7,11 +7,20 @@
  *
  * @packageDocumentation
  */
+
+export {
+  type AddonInstallSpec,
+  type AddonSpec,
+  addonCandidates,
+  installNativeAddon,
+  loadNativeAddon,
+  prebuildTag,
+  resolveNativeAddon,
+} from './addon.js';
 export { ImmCounterTable } from './counters.js';
 export { EngineBase, type GpuPath, HEARTBEAT_IMM, HEARTBEAT_MISSES } from './engine-base.js';
 export { WR_SHAPE } from './format.js';
 export {
-  loadNativeAddon,
   MAX_STAGED_BYTES,
   MSG_HEADER,
   type NativeEngine,

@@ -2,7 +2,6 @@
 // (src/kit/native/include/trellis/napi_engine.hpp). A backend adds only how its addon is
 // loaded and configured, and what its peers' NIC addresses look like.
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { NetAddr } from '../addr.js';
 import { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, sharedHandle } from '../desc.js';
 import type { GpuMemoryOps } from '../device.js';
@@ -308,31 +307,6 @@ export function nativeTuning(
     peerWindow: opts.peerWindow,
     doorbellUs: opts.doorbellUs,
   };
-}
-
-/**
- * Load a backend's addon (`build/Release/<file>` relative to `from`, a module URL) once; when it
- * fails, the TrellisError says what is missing: the first of `hints` whose pattern matches the
- * loader's message, else that the addon was not built. @internal
- */
-export function loadNativeAddon<T>(
-  from: string,
-  path: string,
-  backendName: string,
-  hints: ReadonlyArray<readonly [RegExp, string]>,
-  buildHint: string,
-): T {
-  try {
-    return createRequire(from)(path) as T;
-  } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
-    const hint =
-      hints.find(([re]) => re.test(msg))?.[1] ??
-      (/Cannot find module|no such file/i.test(msg)
-        ? `the native addon was not built: ${buildHint}, then \`pnpm rebuild ${backendName}\``
-        : 'the native addon failed to load');
-    throw new TrellisError('UNSUPPORTED', `${backendName}: ${hint} (${msg})`, { cause: e });
-  }
 }
 
 let bootId: Uint8Array | null | undefined;

@@ -31,7 +31,7 @@
 #include <map>
 #include <ctime>
 #include <mutex>
-#include <random>
+#include "random.hpp"
 #include <string>
 #include <thread>
 #include <vector>
@@ -72,9 +72,8 @@ inline void shared_sweep() {
 inline bool shared_alloc(size_t len, SharedAlloc* out, std::string* err) {
   static std::once_flag swept;
   std::call_once(swept, shared_sweep);
-  std::random_device rd;
   char name[64];
-  std::snprintf(name, sizeof name, "/trellis-%d-%08x%08x", static_cast<int>(getpid()), rd(), rd());
+  std::snprintf(name, sizeof name, "/trellis-%d-%08x%08x", static_cast<int>(getpid()), random_u32(), random_u32());
   int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) {
     *err = std::string("shm_open: ") + std::strerror(errno);

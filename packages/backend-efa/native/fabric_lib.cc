@@ -1,0 +1,81 @@
+#include "fabric_lib.hpp"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdlib.h>
+
+#include <vector>
+
+namespace trellis_efa {
+
+namespace {
+
+constexpr const char* kInstallHint =
+    "install libfabric (Debian/Ubuntu: apt install libfabric1; RHEL/Fedora: dnf install libfabric; AWS: the EFA "
+    "installer, /opt/amazon/efa), or set TRELLIS_LIBFABRIC_DIR to the prefix of a libfabric install";
+
+template <typename F>
+bool bind(void* h, const char* name, F* out, std::string* missing) {
+  // The library's default version of each symbol: its newest structure layout, whose leading
+  // fields are the ones these headers know.
+  *out = reinterpret_cast<F>(dlsym(h, name));
+  if (!*out) *missing += (missing->empty() ? "" : ", ") + std::string(name);
+  return *out != nullptr;
+}
+
+FabricLib load() {
+  FabricLib lib;
+  std::vector<std::string> candidates;
+  const char* dir = getenv("TRELLIS_LIBFABRIC_DIR");
+  bool explicit_dir = dir && *dir;
+  if (explicit_dir) {
+    std::string d = dir;
+    for (const char* sub : {"/lib/libfabric.so.1", "/lib64/libfabric.so.1", "/libfabric.so.1"}) candidates.push_back(d + sub);
+  } else {
+    candidates = {"libfabric.so.1", "/opt/amazon/efa/lib64/libfabric.so.1", "/opt/amazon/efa/lib/libfabric.so.1"};
+  }
+  void* h = nullptr;
+  std::string tried;
+  for (auto& c : candidates) {
+    h = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (h) break;
+    const char* e = dlerror();
+    tried += (tried.empty() ? "" : "; ") + std::string(e ? e : c);
+  }
+  if (!h) {
+    lib.error = explicit_dir ? "no libfabric.so.1 under TRELLIS_LIBFABRIC_DIR=" + std::string(dir) + " (" + tried +
+                                   "): point it at a libfabric install prefix (the folder holding lib/libfabric.so.1)"
+                             : "libfabric.so.1 could not be loaded (" + tried + "): " + kInstallHint;
+    return lib;
+  }
+  std::string missing;
+  bind(h, "fi_getinfo", &lib.getinfo, &missing);
+  bind(h, "fi_freeinfo", &lib.freeinfo, &missing);
+  bind(h, "fi_dupinfo", &lib.dupinfo, &missing);
+  bind(h, "fi_fabric", &lib.fabric, &missing);
+  bind(h, "fi_strerror", &lib.strerror, &missing);
+  bind(h, "fi_version", &lib.version, &missing);
+  bind(h, "fi_getparams", &lib.getparams, &missing);
+  bind(h, "fi_freeparams", &lib.freeparams, &missing);
+  Dl_info info{};
+  if (lib.version && dladdr(reinterpret_cast<void*>(lib.version), &info) && info.dli_fname) {
+    char real[PATH_MAX];
+    lib.path = realpath(info.dli_fname, real) ? real : info.dli_fname;
+  }
+  if (!missing.empty()) {
+    lib.error = "the libfabric at " + lib.path + " lacks " + missing + ": " + kInstallHint + " (1.15 or later)";
+    return lib;
+  }
+  lib.ok = true;
+  // Kept open for the life of the process: providers' threads and memory hooks live in it.
+  return lib;
+}
+
+}  // namespace
+
+const FabricLib& FabricLib::get() {
+  static const FabricLib lib = load();
+  return lib;
+}
+
+}  // namespace trellis_efa
