@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what Trellis needs on a fresh Debian 12 machine with Node >= 20, then the workspace
-# dependencies. Safe to run again: it only installs what is missing.
+# Install what Trellis needs on a fresh Debian 12 machine with Node >= 20 (Node 22 is fetched from npm
+# where the machine's is older: scripts/node-env.sh), then the workspace dependencies. Safe to run
+# again: it only installs what is missing.
 #   apt packages: installed when root, otherwise the exact command is printed.
 #   pnpm 10:      through npm (corepack's signature check fails offline).
 set -euo pipefail
@@ -15,7 +16,7 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 if [ "$node_major" -lt 20 ]; then
-  say "Node.js >= 20 is required (found: $(node --version 2>/dev/null || echo none))."
+  say "Node.js >= 20 is needed to start (found: $(node --version 2>/dev/null || echo none)); Node 22 is then fetched from npm."
   exit 1
 fi
 
@@ -46,6 +47,9 @@ if [ "$have_pnpm" != "$want_pnpm" ]; then
     COREPACK_INTEGRITY_KEYS=0 corepack prepare "pnpm@$want_pnpm" --activate
   fi
 fi
+
+# Node 22 or later from here on (scripts/node-env.sh fetches it where the machine has Node 20).
+source scripts/node-env.sh
 
 if [ ! -f node_modules/.modules.yaml ] || [ pnpm-lock.yaml -nt node_modules/.modules.yaml ]; then
   say "installing workspace dependencies"

@@ -1,6 +1,7 @@
 // The JS side of every native backend: an EngineBase over the engine kit's N-API class
 // (src/kit/native/include/trellis/napi_engine.hpp). A backend adds only how its addon is
 // loaded and configured, and what its peers' NIC addresses look like.
+import { constants as bufferConstants } from 'node:buffer';
 import { readFileSync } from 'node:fs';
 import { NetAddr } from '../addr.js';
 import { HOST_MAPPING_DEVICE, MrDesc, type MrIpc, sharedHandle } from '../desc.js';
@@ -329,8 +330,11 @@ export function hostBootId(): Uint8Array | undefined {
   return bootId ?? undefined;
 }
 
-/** Largest staged CUDA region: its host mirror is one typed array (Node 20: at most 2^32 bytes). */
-export const MAX_STAGED_BYTES = 2 ** 32;
+/**
+ * Largest staged CUDA region: its pinned host mirror is one typed array, so this runtime's largest
+ * (`buffer.constants.MAX_LENGTH`: 2^53 - 1 bytes on Node 22 and 24; 2^32 on Node 20).
+ */
+export const MAX_STAGED_BYTES = bufferConstants.MAX_LENGTH;
 
 /** Room for the sender's NetAddr in front of every message. @internal */
 export const MSG_HEADER = 2048;
@@ -802,11 +806,11 @@ export abstract class NativeEngineBase extends EngineBase {
         `${op}: CUDA memory needs GPU memory operations: pass gpu: cudaMemoryOps() (from @trellis/cuda) to createEngine; ${why}, so the engine stages through pinned host memory`,
         { op },
       );
-    // The mirror is one Uint8Array for the NICs: Node 20's typed arrays stop at 4 GiB.
+    // The mirror is one Uint8Array for the NICs: the runtime's largest typed array bounds it.
     if (c.length > MAX_STAGED_BYTES)
       throw new TrellisError(
         'OUT_OF_RANGE',
-        `${op}: a staged CUDA region is at most ${MAX_STAGED_BYTES} bytes (4 GiB: Node's largest typed array, which its pinned host mirror must be); register ${c.length} bytes as several regions`,
+        `${op}: a staged CUDA region is at most ${MAX_STAGED_BYTES} bytes on Node ${process.versions.node} (its largest typed array, which the region's pinned host mirror must be); register ${c.length} bytes as several regions`,
         { op },
       );
     let mirror: ArrayBuffer;
