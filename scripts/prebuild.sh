@@ -2,7 +2,9 @@
 # Build the prebuilt binaries the native packages ship, into packages/<pkg>/prebuilds/linux-<arch>/:
 # the addon (and, for backend-efa, the benchmark's raw C programs beside it). npm and pnpm then
 # install them with no compiler (see installNativeAddon in @trellis/core/kit).
-#   scripts/prebuild.sh [x64|arm64|all] [package ...]     (default: all; backend-efa backend-verbs cuda moe)
+#   scripts/prebuild.sh [x64|arm64|all|host] [package ...]  (default: all; backend-efa backend-verbs cuda moe)
+# `host` is this machine's architecture: what a native package's prepack builds, so any tarball
+# packed here carries a prebuilt binary for it (a release builds both: scripts/release.sh).
 # x64 builds here; arm64 with Debian's cross compiler (g++-aarch64-linux-gnu), headers only: every
 # library the addons use (libfabric, libibverbs, CUDA) is opened at run time. The binaries link the
 # C++ runtime in and need glibc >= 2.34 (checked below). GPU code: x64 only, with this machine's nvcc
@@ -19,7 +21,8 @@ pkgs=("$@")
 case "$which" in
   all) arches=(x64 arm64) ;;
   x64 | arm64) arches=("$which") ;;
-  *) echo "usage: scripts/prebuild.sh [x64|arm64|all] [package ...]" >&2; exit 2 ;;
+  host) case "$(uname -m)" in x86_64) arches=(x64) ;; aarch64) arches=(arm64) ;; *) echo "prebuild: no prebuilt binaries for $(uname -m)" >&2; exit 1 ;; esac ;;
+  *) echo "usage: scripts/prebuild.sh [x64|arm64|all|host] [package ...]" >&2; exit 2 ;;
 esac
 host=$(uname -m)
 work=$(mktemp -d)

@@ -88,7 +88,7 @@ export function loadNativeAddon<T>(
     const why = override
       ? `${spec.env}=${override} does not exist`
       : `no prebuilt binary for ${prebuildTag()}${glibcVersion() ? '' : ' (only glibc Linux has them)'} and no build from source: ` +
-        `install ${buildHint}, then \`npm rebuild ${backendName}\` (pnpm: \`pnpm rebuild ${backendName}\`)`;
+        `install ${buildHint}, then \`npm rebuild ${backendName}\` (pnpm 10 runs no dependency build script until allowed: \`pnpm approve-builds\`, then \`pnpm rebuild ${backendName}\`)`;
     throw new TrellisError('UNSUPPORTED', `${backendName}: ${why} (looked for ${candidates.join(', ')})`);
   }
   try {
