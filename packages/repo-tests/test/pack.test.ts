@@ -2,7 +2,7 @@
 // @trellis/core, backend-efa and kvstream, install the tarballs into a fresh project outside the
 // workspace with TRELLIS_BUILD_FROM_SOURCE=1 (the addon builds there, with cmake-js and the registry's
 // node-addon-api), and run a transfer with them. release.test.ts installs the prebuilt binaries.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,9 +13,11 @@ const root = fileURLToPath(new URL('../../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'trellis-pack-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+const tgz = join(dir, 'tgz');
+let tarballs: string[] = [];
+
 describe('packages as users install them', () => {
   it('pnpm pack → npm install with TRELLIS_BUILD_FROM_SOURCE=1 in a fresh project builds the addon from source and moves bytes', () => {
-    const tgz = join(dir, 'tgz');
     mkdirSync(tgz);
     for (const p of ['core', 'backend-efa', 'kvstream'])
       execFileSync('pnpm', ['pack', '--pack-destination', tgz], {
@@ -25,7 +27,7 @@ describe('packages as users install them', () => {
         // suites are importing at the same time.
         env: { ...process.env, npm_config_ignore_scripts: 'true' },
       });
-    const tarballs = readdirSync(tgz).sort();
+    tarballs = readdirSync(tgz).sort();
     expect(tarballs).toEqual([
       'trellis-backend-efa-0.1.0.tgz',
       'trellis-core-0.1.0.tgz',
@@ -76,5 +78,28 @@ await b.close();
     );
     const out = execFileSync(process.execPath, ['transfer.mjs'], { cwd: app, encoding: 'utf8' });
     expect(JSON.parse(out)).toEqual({ ok: true, regionBytes: 16384 });
+  }, 300_000);
+
+  it('a source build that cannot succeed fails the install, saying what to install and what to run again', () => {
+    expect(tarballs.length).toBe(3);
+    const app = join(dir, 'app-broken');
+    mkdirSync(app);
+    writeFileSync(
+      join(app, 'package.json'),
+      JSON.stringify({ name: 'app-broken', version: '1.0.0', type: 'module', private: true }),
+    );
+    // No C++ compiler where CMake is told to look: the build from source cannot work.
+    const r = spawnSync('npm', ['install', '--no-audit', '--no-fund', ...tarballs.map((t) => join(tgz, t))], {
+      cwd: app,
+      encoding: 'utf8',
+      env: { ...process.env, TRELLIS_BUILD_FROM_SOURCE: '1', CXX: '/nonexistent/c++' },
+      timeout: 240_000,
+    });
+    expect(r.status, r.stdout).not.toBe(0);
+    const err = r.stderr;
+    expect(err).toContain('@trellis/backend-efa: building the native addon from source failed');
+    expect(err).toContain('apt install cmake g++ libfabric-dev');
+    expect(err).toContain('dnf install cmake gcc-c++ libfabric-devel');
+    expect(err).toContain('Then: npm rebuild @trellis/backend-efa');
   }, 300_000);
 });

@@ -50,7 +50,7 @@ beforeAll(async () => {
       // @trellis only from here: never the public registry's packages of that name.
       "  '@trellis/*': { access: $all, publish: $authenticated }",
       "  '**': { access: $all, proxy: npmjs }",
-      'log: { type: stdout, format: pretty, level: warn }',
+      'log: { type: stdout, format: pretty, level: error }',
       '',
     ].join('\n'),
   );
