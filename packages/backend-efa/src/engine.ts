@@ -25,7 +25,7 @@ export interface EfaEngineOptions extends NativeEngineTuning {
    * Register CUDA memory with the NICs directly (libfabric `FI_HMEM`: GPUDirect RDMA through a
    * dma-buf on efa) where the provider offers it and a CUDA driver is present. `false` asks
    * libfabric for host memory only, and CUDA regions are staged. Default: `true`, except on shm,
-   * where GPU bytes would move through shm's bounce buffers (1.7 GB/s on an H200, slower than the
+   * where GPU bytes would move through shm's bounce buffers (about 2 GB/s on an H200, slower than the
    * staged path) — GPU → GPU writes on one host take the same-host lane instead. (shm's CUDA IPC
    * protocol is not used: its writer completes before the copy has read the source.)
    */

@@ -6,7 +6,7 @@
  * @packageDocumentation
  */
 import { readdirSync, readFileSync, realpathSync } from 'node:fs';
-import { addon } from './native.js';
+import { addon, addonPath } from './native.js';
 
 export { createEngine, VerbsEngine, type VerbsEngineOptions } from './engine.js';
 
@@ -16,6 +16,15 @@ export { createEngine, VerbsEngine, type VerbsEngineOptions } from './engine.js'
  */
 export function listDevices(model = false): { devices: string[]; error: string } {
   return addon().devices(model);
+}
+
+/**
+ * The native addon file in use: a build from source (`build/Release/trellis_verbs.node`) where one
+ * exists, else the prebuilt binary for this platform (`prebuilds/linux-x64/trellis_verbs.node`), or
+ * `$TRELLIS_VERBS_ADDON`. Undefined when there is none.
+ */
+export function nativeAddonPath(): string | undefined {
+  return addonPath();
 }
 
 /**

@@ -9,7 +9,7 @@ import { createEngine, fabricVersion, type Provider } from '@trellis/backend-efa
 import { createEngine as createVerbsEngine, listDevices } from '@trellis/backend-verbs';
 import type { TransferEngine } from '@trellis/core';
 import { MrDesc, Prng, TrellisError } from '@trellis/core';
-import { PeerProcess } from '@trellis/core/conformance';
+import { PeerProcess } from '@trellis/core/peer-process';
 import { TcpStore } from '@trellis/rendezvous';
 
 /** Options of {@link runBench}. */

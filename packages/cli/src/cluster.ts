@@ -7,7 +7,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { createEngine, type EfaEngine, type Provider, probeProviders } from '@trellis/backend-efa';
 import { MrDesc, NetAddr, Prng } from '@trellis/core';
-import { PeerProcess } from '@trellis/core/conformance';
+import { PeerProcess } from '@trellis/core/peer-process';
 import { KvStreamReceiver } from '@trellis/kvstream';
 import { DEMO_KV_LAYOUT, kvByte } from './cluster-shared.js';
 

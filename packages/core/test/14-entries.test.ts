@@ -52,6 +52,19 @@ describe('package entries', () => {
   });
 });
 
+describe('@trellis/core/peer-process', () => {
+  it('exports PeerProcess and LineProcess without the test runner (the CLI runs peers with it)', async () => {
+    const { readFileSync } = await import('node:fs');
+    const entry = await import('@trellis/core/peer-process');
+    expect(Object.keys(entry).sort()).toEqual(['LineProcess', 'PeerProcess']);
+    // What it loads: itself, the peer module and Node's own — never vitest.
+    for (const f of ['../dist/peer-process.js', '../dist/conformance/peer.js']) {
+      const text = readFileSync(new URL(f, import.meta.url), 'utf8');
+      for (const m of text.matchAll(/from '([^']+)'/g)) expect(m[1], f).toMatch(/^(node:|\.)/);
+    }
+  });
+});
+
 describe('two copies of @trellis/core in one process', () => {
   it('errors of either copy are TrellisErrors of the other (instanceof and isTrellisError); subclasses and other errors are not', async () => {
     const { cpSync, mkdtempSync, rmSync, writeFileSync } = await import('node:fs');

@@ -192,11 +192,19 @@ describe('a release through a local registry', () => {
     }
   }, 900_000);
 
-  it('npm install in a clean folder: no compiler runs, the prebuilt binary moves bytes between two processes', async () => {
+  it('npm install in a clean folder: no compiler runs, the prebuilt binary moves bytes between two processes; trellis starts', async () => {
     const a = app('npm-app');
     execFileSync(
       'npm',
-      ['install', '--no-audit', '--no-fund', '@trellis/core', '@trellis/backend-efa', '@trellis/kvstream'],
+      [
+        'install',
+        '--no-audit',
+        '--no-fund',
+        '@trellis/core',
+        '@trellis/backend-efa',
+        '@trellis/kvstream',
+        '@trellis/cli',
+      ],
       {
         cwd: a,
         stdio: 'inherit',
@@ -214,6 +222,17 @@ describe('a release through a local registry', () => {
       addon: join(pkg, 'prebuilds/linux-x64/trellis_efa.node'),
     });
     expect(report.expected).toBeGreaterThanOrEqual(1);
+    // The command line starts from a plain install (it once needed vitest, which nothing installs).
+    const trellis = join(a, 'node_modules/.bin/trellis');
+    expect(execFileSync(trellis, ['--version'], { encoding: 'utf8' }).trim()).toBe(version);
+    const doctor = JSON.parse(execFileSync(trellis, ['doctor', '--json'], { encoding: 'utf8' })) as {
+      checks: Array<{ item: string; detail: string }>;
+      verdicts: Array<{ backend: string; usable: boolean }>;
+    };
+    expect(doctor.checks.find((c) => c.item === 'addon')!.detail).toBe(
+      join(pkg, 'prebuilds/linux-x64/trellis_efa.node'),
+    );
+    expect(doctor.verdicts.find((v) => v.backend === 'backend-efa')!.usable).toBe(true);
   }, 300_000);
 
   it('pnpm add in a clean folder (dependency build scripts blocked, as pnpm 10 does): the same', async () => {
