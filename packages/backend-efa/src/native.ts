@@ -33,23 +33,14 @@ let cached: Addon | undefined;
 
 /** Load the addon once; failure says what is missing. */
 export function addon(): Addon {
-  cached ??= loadNativeAddon<Addon>(
-    import.meta.url,
-    ADDON,
-    '@trellis/backend-efa',
-    [],
-    'libfabric-dev (>= 1.15), cmake and a C++20 compiler (g++ 10 or later)',
-  );
+  // `$TRELLIS_EFA_ADDON` (a build of it elsewhere), else a build from source in build/Release, else
+  // the prebuilt binary for this platform (package.json's trellisAddon names it). It opens
+  // libfabric when first used.
+  cached ??= loadNativeAddon<Addon>(import.meta.url);
   return cached;
 }
 
-/**
- * The addon: `$TRELLIS_EFA_ADDON` (a build of it elsewhere), else a build from source in
- * build/Release, else the prebuilt binary for this platform. It opens libfabric when first used.
- */
-const ADDON = { name: 'trellis_efa', env: 'TRELLIS_EFA_ADDON' };
-
 /** The addon file that is (or would be) loaded; undefined when there is none. */
 export function addonPath(): string | undefined {
-  return resolveNativeAddon(import.meta.url, ADDON);
+  return resolveNativeAddon(import.meta.url);
 }

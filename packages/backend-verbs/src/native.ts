@@ -23,23 +23,16 @@ export interface Addon extends NativeModuleCalls {
 }
 
 let cached: Addon | undefined;
-const ADDON = { name: 'trellis_verbs', env: 'TRELLIS_VERBS_ADDON' };
 
 /** Load the addon once; failure says what is missing. */
 export function addon(): Addon {
-  cached ??= loadNativeAddon<Addon>(
-    import.meta.url,
-    // $TRELLIS_VERBS_ADDON, else a build from source in build/Release, else the prebuilt binary.
-    // The addon opens libibverbs when first asked for a real device: without it, the RC model runs.
-    ADDON,
-    '@trellis/backend-verbs',
-    [],
-    'libibverbs-dev (rdma-core), cmake and a C++20 compiler (g++ 10 or later)',
-  );
+  // $TRELLIS_VERBS_ADDON, else a build from source in build/Release, else the prebuilt binary.
+  // The addon opens libibverbs when first asked for a real device: without it, the RC model runs.
+  cached ??= loadNativeAddon<Addon>(import.meta.url);
   return cached;
 }
 
 /** The addon file that is (or would be) loaded; undefined when there is none. */
 export function addonPath(): string | undefined {
-  return resolveNativeAddon(import.meta.url, ADDON);
+  return resolveNativeAddon(import.meta.url);
 }

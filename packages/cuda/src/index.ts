@@ -71,13 +71,7 @@ export interface CudaInfo {
 let cached: Addon | undefined;
 function addon(): Addon {
   // $TRELLIS_CUDA_ADDON, else a build from source in build/Release, else the prebuilt binary.
-  cached ??= loadNativeAddon<Addon>(
-    import.meta.url,
-    { name: 'trellis_cuda', env: 'TRELLIS_CUDA_ADDON' },
-    '@trellis/cuda',
-    [],
-    'cmake, a C++20 compiler and the CUDA toolkit (nvcc)',
-  );
+  cached ??= loadNativeAddon<Addon>(import.meta.url);
   return cached;
 }
 

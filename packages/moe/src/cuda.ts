@@ -3,7 +3,6 @@
 // build time it throws UNSUPPORTED with the reason.
 import { TrellisError } from '@trellis/core';
 import { loadNativeAddon } from '@trellis/core/kit';
-import { MOE_ADDON, MOE_BUILD_NEEDS } from './addon.js';
 import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels } from './device.js';
 
 /** The addon's CUDA calls (see native/cuda/ops.cc). */
@@ -49,7 +48,7 @@ function addon(): CudaAddon {
 function noGpuReason(): string | undefined {
   if (!cached && !loadError) {
     try {
-      cached = loadNativeAddon<CudaAddon>(import.meta.url, MOE_ADDON, '@trellis/moe', [], MOE_BUILD_NEEDS);
+      cached = loadNativeAddon<CudaAddon>(import.meta.url);
     } catch (e) {
       loadError = e instanceof Error ? e.message : String(e);
     }

@@ -11,7 +11,6 @@ import {
   type TrellisErrorCode,
 } from '@trellis/core';
 import { loadNativeAddon } from '@trellis/core/kit';
-import { MOE_ADDON, MOE_BUILD_NEEDS } from './addon.js';
 
 interface NativeProxy {
   kick(): void;
@@ -35,7 +34,8 @@ interface ProxyAddon {
 let addon: ProxyAddon | undefined;
 function load(): ProxyAddon {
   if (addon) return addon;
-  addon = loadNativeAddon<ProxyAddon>(import.meta.url, MOE_ADDON, '@trellis/moe', [], MOE_BUILD_NEEDS);
+  // $TRELLIS_MOE_ADDON, else a build from source in build/Release, else the prebuilt binary.
+  addon = loadNativeAddon<ProxyAddon>(import.meta.url);
   return addon;
 }
 

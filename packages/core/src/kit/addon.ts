@@ -1,7 +1,7 @@
 // Where a native package's addon comes from, and its install step. Every native Trellis package
 // ships prebuilt binaries for linux-x64 and linux-arm64 (glibc) in `prebuilds/<platform>-<arch>/`
 // (scripts/prebuild.sh builds them); a build from source goes to `build/Release/`. At run time the
-// first of these that exists is loaded: `$<env>` (a file), `build/Release/<name>.node`, the prebuilt.
+// first of these that exists is loaded: `$TRELLIS_<NAME>_ADDON` (a file), `build/Release/<name>.node`, the prebuilt.
 // At install time (`installNativeAddon`, the packages' `install` script) nothing is compiled when the
 // prebuilt binary loads; otherwise the addon is built from source, and a failed build fails the
 // install with what to install for this platform.
@@ -12,12 +12,38 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrellisError } from '../errors.js';
 
-/** A native package's addon: what `loadNativeAddon` and `installNativeAddon` look for. @internal */
-export interface AddonSpec {
-  /** The addon's file name without `.node`, e.g. `trellis_efa`. */
+/** What a native package declares in its package.json under `trellisAddon`. @internal */
+export interface AddonInstallSpec {
+  /** The addon's file name without `.node`. */
   name: string;
-  /** An environment variable naming another build of it to load instead (tests, other libraries). */
-  env?: string;
+  /** What a build from source needs, in words. */
+  needs: string;
+  /** Debian/Ubuntu packages a build from source needs. */
+  apt: string;
+  /** RHEL/Fedora/Amazon Linux packages a build from source needs. */
+  dnf: string;
+}
+
+interface AddonPackage {
+  /** The package's name, e.g. `@trellis/backend-efa`. */
+  name: string;
+  root: string;
+  spec: AddonInstallSpec;
+}
+
+/** The package.json of a native package at `root`: its name and its `trellisAddon`. */
+function readAddonPackage(root: string): AddonPackage {
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
+    name: string;
+    trellisAddon?: AddonInstallSpec;
+  };
+  if (!pkg.trellisAddon) throw new Error(`${root}/package.json has no trellisAddon`);
+  return { name: pkg.name, root, spec: pkg.trellisAddon };
+}
+
+/** `TRELLIS_EFA_ADDON` for `trellis_efa`: the variable naming another build of an addon to load. */
+function envOf(spec: AddonInstallSpec): string {
+  return `${spec.name.toUpperCase()}_ADDON`;
 }
 
 /** `linux-x64`, `linux-arm64`: the folder under `prebuilds/` for this process. @internal */
@@ -37,22 +63,24 @@ function packageRootOf(from: string): string {
 }
 
 /**
- * The files `loadNativeAddon` tries for `spec`, in order, from the package that holds module `from`.
+ * The files `loadNativeAddon` tries, in order, for the addon of the package that holds module
+ * `from` (named by its package.json's `trellisAddon`): `$TRELLIS_<NAME>_ADDON` alone when set, else
+ * `build/Release/<name>.node` (a build from source), then `prebuilds/<platform>-<arch>/<name>.node`.
  * @internal
  */
-export function addonCandidates(from: string, spec: AddonSpec): string[] {
-  const root = packageRootOf(from);
-  const out: string[] = [];
-  const override = spec.env ? process.env[spec.env] : undefined;
+export function addonCandidates(from: string): string[] {
+  const { root, spec } = readAddonPackage(packageRootOf(from));
+  const override = process.env[envOf(spec)];
   if (override) return [override];
-  out.push(join(root, 'build', 'Release', `${spec.name}.node`));
-  out.push(join(root, 'prebuilds', prebuildTag(), `${spec.name}.node`));
-  return out;
+  return [
+    join(root, 'build', 'Release', `${spec.name}.node`),
+    join(root, 'prebuilds', prebuildTag(), `${spec.name}.node`),
+  ];
 }
 
-/** The addon file `loadNativeAddon` would load for `spec` (undefined when none exists). @internal */
-export function resolveNativeAddon(from: string, spec: AddonSpec): string | undefined {
-  return addonCandidates(from, spec).find((p) => existsSync(p));
+/** The addon file `loadNativeAddon` would load (undefined when none exists). @internal */
+export function resolveNativeAddon(from: string): string | undefined {
+  return addonCandidates(from).find((p) => existsSync(p));
 }
 
 function glibcVersion(): string | undefined {
@@ -62,71 +90,32 @@ function glibcVersion(): string | undefined {
 }
 
 /**
- * Load a backend's addon once: `spec` names it (see {@link AddonSpec}; a string is a path relative
- * to `from`, a module URL). When it fails, the TrellisError (UNSUPPORTED) says what is missing: the
- * first of `hints` whose pattern matches the loader's message, else how to build it. @internal
+ * Load the addon of the package that holds module `from` (see {@link addonCandidates}). When none
+ * exists or it fails to load, the TrellisError (UNSUPPORTED) says what is missing and how to build
+ * it, from the package's `trellisAddon.needs`. @internal
  */
-export function loadNativeAddon<T>(
-  from: string,
-  spec: AddonSpec | string,
-  backendName: string,
-  hints: ReadonlyArray<readonly [RegExp, string]>,
-  buildHint: string,
-): T {
-  const req = createRequire(from);
-  if (typeof spec === 'string') {
-    try {
-      return req(spec) as T;
-    } catch (e) {
-      throw loadError(e, backendName, hints, buildHint);
-    }
-  }
-  const candidates = addonCandidates(from, spec);
+export function loadNativeAddon<T>(from: string): T {
+  const { name, spec } = readAddonPackage(packageRootOf(from));
+  const candidates = addonCandidates(from);
   const file = candidates.find((p) => existsSync(p));
   if (!file) {
-    const override = spec.env && process.env[spec.env];
+    const override = process.env[envOf(spec)];
     const why = override
-      ? `${spec.env}=${override} does not exist`
+      ? `${envOf(spec)}=${override} does not exist`
       : `no prebuilt binary for ${prebuildTag()}${glibcVersion() ? '' : ' (only glibc Linux has them)'} and no build from source: ` +
-        `install ${buildHint}, then \`npm rebuild ${backendName}\` (pnpm 10 runs no dependency build script until allowed: \`pnpm approve-builds\`, then \`pnpm rebuild ${backendName}\`)`;
-    throw new TrellisError('UNSUPPORTED', `${backendName}: ${why} (looked for ${candidates.join(', ')})`);
+        `install ${spec.needs}, then \`npm rebuild ${name}\` (pnpm 10 runs no dependency build script until allowed: \`pnpm approve-builds\`, then \`pnpm rebuild ${name}\`)`;
+    throw new TrellisError('UNSUPPORTED', `${name}: ${why} (looked for ${candidates.join(', ')})`);
   }
   try {
-    return req(file) as T;
+    return createRequire(from)(file) as T;
   } catch (e) {
-    throw loadError(e, backendName, hints, buildHint, file);
+    const msg = e instanceof Error ? e.message : String(e);
+    const hint = /GLIBC_|GLIBCXX_|CXXABI_/.test(msg)
+      ? `${file} needs a newer C library than this system's (prebuilt binaries need glibc >= 2.34): ` +
+        `build it here from source: install ${spec.needs}, then \`TRELLIS_BUILD_FROM_SOURCE=1 npm rebuild ${name}\``
+      : 'the native addon failed to load';
+    throw new TrellisError('UNSUPPORTED', `${name}: ${hint} (${msg})`, { cause: e });
   }
-}
-
-function loadError(
-  e: unknown,
-  backendName: string,
-  hints: ReadonlyArray<readonly [RegExp, string]>,
-  buildHint: string,
-  file?: string,
-): TrellisError {
-  const msg = e instanceof Error ? e.message : String(e);
-  const hint =
-    hints.find(([re]) => re.test(msg))?.[1] ??
-    (/GLIBC_|GLIBCXX_|CXXABI_/.test(msg)
-      ? `${file ?? 'the addon'} needs a newer C library than this system's (prebuilt binaries need glibc >= 2.34): ` +
-        `build it here from source: install ${buildHint}, then \`TRELLIS_BUILD_FROM_SOURCE=1 npm rebuild ${backendName}\``
-      : /Cannot find module|no such file/i.test(msg)
-        ? `the native addon was not built: install ${buildHint}, then \`npm rebuild ${backendName}\``
-        : 'the native addon failed to load');
-  return new TrellisError('UNSUPPORTED', `${backendName}: ${hint} (${msg})`, { cause: e });
-}
-
-/** What a native package declares in its package.json under `trellisAddon`. @internal */
-export interface AddonInstallSpec {
-  /** The addon's file name without `.node`. */
-  name: string;
-  /** What a build from source needs, in words. */
-  needs: string;
-  /** Debian/Ubuntu packages a build from source needs. */
-  apt: string;
-  /** RHEL/Fedora/Amazon Linux packages a build from source needs. */
-  dnf: string;
 }
 
 function say(pkg: string, text: string): void {
@@ -141,12 +130,7 @@ function say(pkg: string, text: string): void {
  * Returns the process exit code. @internal
  */
 export function installNativeAddon(root: string = process.cwd()): number {
-  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
-    name: string;
-    trellisAddon?: AddonInstallSpec;
-  };
-  const spec = pkg.trellisAddon;
-  if (!spec) throw new Error(`${root}/package.json has no trellisAddon`);
+  const { name, spec } = readAddonPackage(root);
   const fromSource =
     /^(1|true)$/i.test(process.env.TRELLIS_BUILD_FROM_SOURCE ?? '') ||
     /^(true|@?trellis)/i.test(process.env.npm_config_build_from_source ?? '');
@@ -159,12 +143,12 @@ export function installNativeAddon(root: string = process.cwd()): number {
         return 0;
       } catch (e) {
         say(
-          pkg.name,
+          name,
           `the prebuilt binary for ${tag} does not load here (${(e as Error).message}); building from source`,
         );
       }
     } else {
-      say(pkg.name, `no prebuilt binary for ${tag}; building from source`);
+      say(name, `no prebuilt binary for ${tag}; building from source`);
     }
   }
   const require = createRequire(join(root, 'package.json'));
@@ -172,7 +156,7 @@ export function installNativeAddon(root: string = process.cwd()): number {
   try {
     cmakeJs = require.resolve('cmake-js/bin/cmake-js');
   } catch {
-    say(pkg.name, 'cmake-js is not installed, so the addon cannot be built from source');
+    say(name, 'cmake-js is not installed, so the addon cannot be built from source');
     return 1;
   }
   const r = spawnSync(process.execPath, [cmakeJs, 'compile', '--CDCMAKE_BUILD_TYPE=Release', '-l', 'warn'], {
@@ -182,11 +166,11 @@ export function installNativeAddon(root: string = process.cwd()): number {
   if (r.status === 0 && existsSync(join(root, 'build', 'Release', `${spec.name}.node`))) return 0;
   const lines = [
     '',
-    `${pkg.name}: building the native addon from source failed (see above), and no prebuilt binary serves ${tag}.`,
+    `${name}: building the native addon from source failed (see above), and no prebuilt binary serves ${tag}.`,
     `  It needs ${spec.needs}.`,
     `  Debian/Ubuntu:          apt install ${spec.apt}`,
     `  RHEL/Fedora/Amazon Linux: dnf install ${spec.dnf}`,
-    `  Then: npm rebuild ${pkg.name}   (pnpm: pnpm rebuild ${pkg.name})`,
+    `  Then: npm rebuild ${name}   (pnpm: pnpm rebuild ${name})`,
     '',
   ];
   process.stderr.write(lines.join('\n'));

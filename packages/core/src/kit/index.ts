@@ -10,7 +10,6 @@
 
 export {
   type AddonInstallSpec,
-  type AddonSpec,
   addonCandidates,
   installNativeAddon,
   loadNativeAddon,
