@@ -573,7 +573,7 @@ class DomainGroup {
           nc.imms_received.fetch_add(1, std::memory_order_relaxed);
           if (!port_imms_.empty()) {
             auto it = port_imms_.find(c.imm);
-            if (it != port_imms_.end()) {
+            if (it != port_imms_.end() && !it->second.port->detached.load(std::memory_order_acquire)) {
               it->second.count->fetch_add(1, std::memory_order_release);
               it->second.port->changed();
               return;

@@ -108,6 +108,7 @@ class Engine final : private Worker::Body {
     push(std::move(c));
   }
   void detach_port(const std::shared_ptr<PortState>& p) {
+    p->detached.store(true, std::memory_order_release);
     {
       std::lock_guard<std::mutex> g(p->mu);
       p->engine = nullptr;

@@ -28,6 +28,9 @@ struct PortState {
   trellis_port_v1 api{};
   std::mutex mu;              // engine, windows, error
   Engine* engine = nullptr;   // null once the port or the engine is closed
+  // Set by close() on the JS thread before the worker hears of it: from then on its immediates go
+  // to JS, even those the worker reads before it handles the removal.
+  std::atomic<bool> detached{false};
   std::vector<Window> windows;
   std::vector<uint32_t> imms;  // counted values, by slot
   std::unique_ptr<std::atomic<uint64_t>[]> counts;
