@@ -36,5 +36,10 @@ t env TRELLIS_BACKEND=verbs TRELLIS_GPU_PATH=direct node test/gpu/kv.mjs
 cd ../moe
 t node test/gpu/moe.mjs
 t env TRELLIS_PROVIDER=tcp node test/gpu/moe.mjs
+# MoeStream: stream-ordered, device-resident routing, 100 CUDA-graph replays with new routing.
+t node test/gpu/stream.mjs
+# PyTorch interop: torch routes on the GPU, MoeStream's graphs read its tensors through CUDA IPC,
+# the streams of the two processes ordered by interprocess events; torch checks every output.
+t python3 examples/torch/moe_gate.py 20
 echo "GPU checks failed: $failed"
 exit "$failed"

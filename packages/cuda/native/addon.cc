@@ -359,41 +359,6 @@ Napi::Value LaneDrain(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// pointerRange(ptr) → {device, base, size}: the allocation holding a device pointer (CUDA driver's
-// cuMemGetAddressRange, opened at run time like the rest of the driver).
-Napi::Value PointerRange(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  void* p = ptr(info[0]);
-  cudaPointerAttributes a{};
-  cudaError_t rc = cudaPointerGetAttributes(&a, p);
-  if (rc != cudaSuccess) {
-    cudaGetLastError();
-    return fail(env, std::string("cudaPointerGetAttributes: ") + cudaGetErrorName(rc));
-  }
-  if (a.type != cudaMemoryTypeDevice) {
-    const char* what = a.type == cudaMemoryTypeHost ? "page-locked host memory"
-                       : a.type == cudaMemoryTypeManaged ? "managed memory"
-                                                         : "not memory CUDA knows";
-    return fail(env, std::string("the pointer is ") + what + ", not device memory");
-  }
-  if (!set_device(env, Napi::Number::New(env, a.device))) return env.Undefined();
-  cudaFree(nullptr);  // the device's primary context, current on this thread
-  using GetRange = int (*)(unsigned long long*, size_t*, unsigned long long);
-  static GetRange get_range = [] {
-    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
-    return h ? reinterpret_cast<GetRange>(dlsym(h, "cuMemGetAddressRange_v2")) : nullptr;
-  }();
-  if (!get_range) return fail(env, "the CUDA driver has no cuMemGetAddressRange_v2");
-  unsigned long long base = 0;
-  size_t size = 0;
-  int r = get_range(&base, &size, static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(p)));
-  if (r != 0) return fail(env, "cuMemGetAddressRange failed (CUresult " + std::to_string(r) + ")");
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("device", a.device);
-  o.Set("base", Napi::BigInt::New(env, static_cast<uint64_t>(base)));
-  o.Set("size", static_cast<double>(size));
-  return o;
-}
 
 // copyAsync(toDevice, device, devicePtr, hostArrayBuffer, Float64Array ranges) → Promise
 Napi::Value CopyAsync(const Napi::CallbackInfo& info) {
@@ -463,6 +428,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
 #ifdef TRELLIS_HAVE_CUDA
   trellis::cuda_napi::register_memory(env, exports);
+  trellis::cuda_napi::register_streams(env, exports);
   exports.Set("launchIncrementOnGo", Napi::Function::New(env, LaunchIncrementOnGo));
   exports.Set("fillPattern", Napi::Function::New(env, FillPattern));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
@@ -471,14 +437,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("copyDevice", Napi::Function::New(env, CopyDevice));
   exports.Set("laneEnqueue", Napi::Function::New(env, LaneEnqueue));
   exports.Set("laneDrain", Napi::Function::New(env, LaneDrain));
-  exports.Set("pointerRange", Napi::Function::New(env, PointerRange));
   exports.Set("quantizeE4m3", Napi::Function::New(env, QuantizeE4m3));
   exports.Set("countPatternMismatches", Napi::Function::New(env, CountPatternMismatches));
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
 #else
   for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "launchIncrementOnGo", "fillPattern", "synchronize",
                         "allocHost", "copyAsync", "quantizeE4m3", "countPatternMismatches", "copyRows", "copyDevice", "pointerRange", "laneEnqueue",
-                        "laneDrain"})
+                        "laneDrain", "streamCreate", "streamDestroy", "streamSynchronize", "streamQuery",
+                        "streamWaitEvent", "eventCreate", "eventDestroy", "eventRecord", "eventSynchronize", "eventElapsed",
+                        "eventIpcExport", "eventIpcImport", "captureBegin", "captureEnd", "graphLaunch", "graphDestroy",
+                        "enablePeerAccess"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
   return exports;

@@ -9,43 +9,7 @@
  * @packageDocumentation
  */
 import { type GpuMemoryOps, TrellisError } from '@trellis/core';
-import { loadNativeAddon } from '@trellis/core/kit';
-
-interface Addon {
-  info(): CudaInfo;
-  alloc(device: number, bytes: number): bigint;
-  free(device: number, ptr: bigint): void;
-  copy(device: number, dst: bigint | Uint8Array, src: bigint | Uint8Array, bytes: number): void;
-  ipcExport(device: number, ptr: bigint): Uint8Array;
-  ipcImport(device: number, handle: Uint8Array): bigint;
-  ipcClose(device: number, ptr: bigint): void;
-  allocMapped(bytes: number): { buffer: ArrayBuffer; devicePtr: bigint };
-  launchIncrementOnGo(device: number, word: bigint, go: bigint, n: bigint): void;
-  fillPattern(device: number, ptr: bigint, bytes: number, seed: number): void;
-  synchronize(device: number): void;
-  allocHost(bytes: number): ArrayBuffer;
-  countPatternMismatches(
-    device: number,
-    ptr: bigint,
-    bytes: number,
-    seed: number,
-    at: number,
-    unordered: boolean,
-  ): number;
-  copyRows: CudaWeightOps['copyRows'];
-  copyAsync(
-    toDevice: boolean,
-    device: number,
-    ptr: bigint,
-    host: ArrayBuffer,
-    ranges: Float64Array,
-  ): Promise<void>;
-  quantizeE4m3: CudaWeightOps['quantizeE4m3'];
-  copyDevice(device: number, triples: BigUint64Array): Promise<void>;
-  laneEnqueue(device: number, triples: BigUint64Array, signal: bigint, value: bigint): void;
-  laneDrain(device: number): Promise<void>;
-  pointerRange(ptr: bigint): { device: number; base: bigint; size: number };
-}
+import { addon, call } from './native.js';
 
 /** What this host's CUDA offers. */
 export interface CudaInfo {
@@ -66,28 +30,6 @@ export interface CudaInfo {
     /** Devices this one can access directly (NVLink or PCIe peer-to-peer). */
     peerAccess: number[];
   }>;
-}
-
-let cached: Addon | undefined;
-function addon(): Addon {
-  // $TRELLIS_CUDA_ADDON, else a build from source in build/Release, else the prebuilt binary.
-  cached ??= loadNativeAddon<Addon>(import.meta.url);
-  return cached;
-}
-
-function call<T>(what: string, f: () => T): T {
-  try {
-    return f();
-  } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
-    throw new TrellisError(
-      /without CUDA|no usable GPU|InsufficientDriver|NoDevice/.test(msg) ? 'UNSUPPORTED' : 'PROVIDER_ERROR',
-      `${what}: ${msg}`,
-      {
-        cause: e,
-      },
-    );
-  }
 }
 
 /** CUDA runtime and driver versions and the visible GPUs; never throws. */
@@ -442,3 +384,5 @@ export function cudaWeightOps(): CudaWeightOps {
     quantizeE4m3,
   };
 }
+
+export { type CaptureMode, CudaEvent, CudaGraph, CudaStream, enablePeerAccess } from './stream.js';

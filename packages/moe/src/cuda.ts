@@ -3,7 +3,7 @@
 // build time it throws UNSUPPORTED with the reason.
 import { TrellisError } from '@trellis/core';
 import { loadNativeAddon } from '@trellis/core/kit';
-import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels } from './device.js';
+import type { MoeDeviceOps, MoeDirectKernels, MoeProxyKernels, MoeStreamKernels } from './device.js';
 
 /** The addon's CUDA calls (see native/cuda/ops.cc). */
 interface CudaAddon {
@@ -35,6 +35,14 @@ interface CudaAddon {
   moeDispatchDirect: MoeDirectKernels['dispatch'];
   moeWaitFlags: MoeDirectKernels['wait'];
   moeCombineDirect: MoeDirectKernels['combine'];
+  moeStreamSizes(): { state: number; err: number };
+  moeSmCount(device: number): number;
+  moeStDispatchSend: MoeStreamKernels['dispatchSend'];
+  moeStDispatchRecv: MoeStreamKernels['dispatchRecv'];
+  moeStCombineSend: MoeStreamKernels['combineSend'];
+  moeStCombineRecv: MoeStreamKernels['combineRecv'];
+  pointerRange(ptr: bigint): { device: number; base: bigint; size: number };
+  enablePeerAccess(device: number, peer: number): void;
 }
 
 let cached: CudaAddon | undefined;
@@ -129,5 +137,20 @@ export function cudaMoeOps(): Required<MoeDeviceOps> {
       wait: (device, a) => call('cudaMoeOps.direct.wait', () => addon().moeWaitFlags(device, a)),
       combine: (device, a) => call('cudaMoeOps.direct.combine', () => addon().moeCombineDirect(device, a)),
     },
+    stream: {
+      sizes: () => addon().moeStreamSizes(),
+      smCount: (device) => call('cudaMoeOps.stream.smCount', () => addon().moeSmCount(device)),
+      dispatchSend: (device, a) =>
+        call('cudaMoeOps.stream.dispatchSend', () => addon().moeStDispatchSend(device, a)),
+      dispatchRecv: (device, a) =>
+        call('cudaMoeOps.stream.dispatchRecv', () => addon().moeStDispatchRecv(device, a)),
+      combineSend: (device, a) =>
+        call('cudaMoeOps.stream.combineSend', () => addon().moeStCombineSend(device, a)),
+      combineRecv: (device, a) =>
+        call('cudaMoeOps.stream.combineRecv', () => addon().moeStCombineRecv(device, a)),
+    },
+    pointerRange: (ptr) => call('cudaMoeOps.pointerRange', () => addon().pointerRange(ptr)),
+    enablePeerAccess: (device, peer) =>
+      call('cudaMoeOps.enablePeerAccess', () => addon().enablePeerAccess(device, peer)),
   };
 }

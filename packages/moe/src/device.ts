@@ -51,6 +51,38 @@ export interface MoeDeviceOps {
    * CUDA IPC, kernels store rows into peers' regions and raise flags there; no engine per round.
    */
   direct?: MoeDirectKernels;
+  /**
+   * The kernels of a stream-ordered instance ({@link MoeStream}, optional): the GPU-driven NVLink
+   * kernels queued on the caller's stream, with the round, the receive layout and every count kept
+   * on the device.
+   */
+  stream?: MoeStreamKernels;
+  /** The allocation holding a device pointer (to check a caller's buffers before queuing work). */
+  pointerRange?(ptr: bigint): { device: number; base: bigint; size: number };
+  /** Let `device`'s kernels reach `peer`'s memory in this process (ranks of one process on several GPUs). */
+  enablePeerAccess?(device: number, peer: number): void;
+}
+
+/** Arguments of a stream-ordered kernel call: device pointers, sizes and offsets by name (see `native/cuda/ops.cc`). */
+export type MoeStreamArgs = Readonly<Record<string, bigint | number | boolean>>;
+
+/**
+ * The device work of a {@link MoeStream}: each call queues kernels on `a.stream` (a `cudaStream_t`)
+ * and returns; nothing is copied between host and device.
+ */
+export interface MoeStreamKernels {
+  /** Bytes of an instance's device state and of its error words (mapped host memory). */
+  sizes(): { state: number; err: number };
+  /** Multiprocessors of `device` (the row kernels run a fixed grid, a multiple of it). */
+  smCount(device: number): number;
+  /** Count (ids checked), scan (round counted), pack into receivers' private slots, signal. */
+  dispatchSend(device: number, a: MoeStreamArgs): void;
+  /** Wait for every rank's dispatch flag, lay out the receive table, unpack into the expert blocks. */
+  dispatchRecv(device: number, a: MoeStreamArgs): void;
+  /** Every expert-output row into its source's combine region, signal. */
+  combineSend(device: number, a: MoeStreamArgs): void;
+  /** Wait for every rank's combine flag, then the weighted sum per token. */
+  combineRecv(device: number, a: MoeStreamArgs): void;
 }
 
 /**

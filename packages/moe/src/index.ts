@@ -3,7 +3,8 @@
  *
  * {@link MoeAllToAll} runs one protocol on host memory (the CPU reference that defines the
  * results) or on CUDA memory (this package's kernels, {@link cudaMoeOps}); the NVLink path and the
- * native host proxy build on the same protocol.
+ * native host proxy build on the same protocol. {@link MoeStream} is the same NVLink protocol queued
+ * on CUDA streams with device-resident routing, capturable in a CUDA graph.
  *
  * @packageDocumentation
  */
@@ -21,6 +22,21 @@ export {
   type Phases,
 } from './alltoall.js';
 export { cudaMoeOps } from './cuda.js';
-export type { MoeDeviceOps, MoeDirectKernels, MoePackArgs, MoeProxyKernels } from './device.js';
+export type {
+  MoeDeviceOps,
+  MoeDirectKernels,
+  MoePackArgs,
+  MoeProxyKernels,
+  MoeStreamArgs,
+  MoeStreamKernels,
+} from './device.js';
 export { referenceCombine, referenceDispatch } from './reference.js';
+export {
+  MoeStream,
+  type MoeStreamConfig,
+  type MoeStreamDevice,
+  type MoeStreamDispatch,
+  type MoeStreamInput,
+  type StreamHandle,
+} from './stream.js';
 export { combineAsF32, type Routing, syntheticExpert, syntheticInputs } from './synthetic.js';

@@ -10,7 +10,11 @@ import type { DispatchInput, MoeConfig, MoeDeviceOptions, MoeDType } from './typ
 export const ELEM: Record<MoeDType, number> = { fp8: 1, bf16: 2, fp32: 4 };
 
 /** `cfg` with defaults filled in, every field checked (a TrellisError naming the field). @internal */
-export function checkConfig(cfg: MoeConfig, device?: MoeDeviceOptions): Required<MoeConfig> {
+export function checkConfig(
+  cfg: MoeConfig,
+  device?: MoeDeviceOptions,
+  who = 'MoeAllToAll.create',
+): Required<MoeConfig> {
   const c: Required<MoeConfig> = {
     scales: false,
     scaleBlock: 128,
@@ -26,7 +30,7 @@ export function checkConfig(cfg: MoeConfig, device?: MoeDeviceOptions): Required
     if (!Number.isSafeInteger(v) || v < lo)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `MoeAllToAll.create: ${name} must be an integer >= ${lo}, got ${String(v)}`,
+        `${who}: ${name} must be an integer >= ${lo}, got ${String(v)}`,
       );
   };
   for (const k of [
@@ -43,42 +47,33 @@ export function checkConfig(cfg: MoeConfig, device?: MoeDeviceOptions): Required
   int('rank', 0);
   int('proxySpinUs', 0);
   if (typeof c.proxy !== 'boolean')
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `MoeAllToAll.create: proxy must be a boolean, got ${String(c.proxy)}`,
-    );
+    throw new TrellisError('INVALID_ARGUMENT', `${who}: proxy must be a boolean, got ${String(c.proxy)}`);
   int('maxPrivateTokens', 0);
   if (c.rank >= c.worldSize)
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `MoeAllToAll.create: rank ${c.rank} is not below worldSize ${c.worldSize}`,
+      `${who}: rank ${c.rank} is not below worldSize ${c.worldSize}`,
     );
   if (c.numExperts % c.worldSize)
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `MoeAllToAll.create: numExperts ${c.numExperts} must be a multiple of worldSize ${c.worldSize}`,
+      `${who}: numExperts ${c.numExperts} must be a multiple of worldSize ${c.worldSize}`,
     );
   if (c.worldSize % c.nodeSize)
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `MoeAllToAll.create: worldSize must be a multiple of nodeSize`,
-    );
+    throw new TrellisError('INVALID_ARGUMENT', `${who}: worldSize must be a multiple of nodeSize`);
   if (!(c.inDtype in ELEM) || !(c.outDtype in ELEM) || c.outDtype === ('fp8' as string))
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      'MoeAllToAll.create: inDtype is fp8, bf16 or fp32; outDtype bf16 or fp32',
-    );
+    throw new TrellisError('INVALID_ARGUMENT', `${who}: inDtype is fp8, bf16 or fp32; outDtype bf16 or fp32`);
   if (c.scales && (c.inDtype !== 'fp8' || c.hidden % c.scaleBlock))
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `MoeAllToAll.create: scales go with fp8 tokens and a hidden size that is a multiple of scaleBlock (${c.scaleBlock})`,
+      `${who}: scales go with fp8 tokens and a hidden size that is a multiple of scaleBlock (${c.scaleBlock})`,
     );
   const rowsMax = c.maxTokensPerRank * c.topk; // rows one source can send to one receiver
   if (device?.gpuDriven) {
     if (c.proxy)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        'MoeAllToAll.create: gpuDriven runs its own proxy where nodeSize < worldSize; leave proxy unset',
+        `${who}: gpuDriven runs its own proxy where nodeSize < worldSize; leave proxy unset`,
       );
     c.maxPrivateTokens = rowsMax; // every row has its private place: no overflow step
   }

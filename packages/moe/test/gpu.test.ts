@@ -31,4 +31,25 @@ describe.skipIf(reason !== undefined)(`moe on GPUs (${reason ?? 'visible'})`, ()
         expect([c.config, c.badX, c.badScales, c.badOut]).toEqual([c.config, 0, 0, 0]);
       }
   });
+  it('MoeStream: stream-ordered rounds and 100 CUDA-graph replays with new routing equal the reference; faults settle by their deadlines', () => {
+    const out = JSON.parse(
+      execFileSync(process.execPath, [fileURLToPath(new URL('./gpu/stream.mjs', import.meta.url))], {
+        encoding: 'utf8',
+        timeout: 300_000,
+      })
+        .trim()
+        .split('\n')
+        .pop()!,
+    );
+    for (const r of out.results)
+      expect([r.config, r.worldSize, r.eagerBad, r.replayBad, r.replays]).toEqual([
+        r.config,
+        r.worldSize,
+        0,
+        0,
+        100,
+      ]);
+    expect(out.faults.ok).toBe(true);
+    expect(out.ipc.map((x: { bad: number }) => x.bad)).toEqual([0, 0]);
+  });
 });

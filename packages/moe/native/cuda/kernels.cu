@@ -47,13 +47,53 @@ constexpr unsigned kMoeChunk = 1024;  // pairs per block of the counting kernel
 
 // Per chunk of pairs: how many go to each expert, and each pair's rank among the chunk's pairs of
 // its expert (in pair order: the order the CPU reference uses).
-__global__ void moe_count(const int* ids, unsigned pairs, unsigned experts, int* chunk_counts, int* rank_in_chunk) {
+// Failures a stream-ordered instance's kernels report into its mapped error words (MoeErr).
+enum : int { kErrNone = 0, kErrTimeoutDispatch = 1, kErrTimeoutCombine = 2, kErrRoutes = 3, kErrIds = 4 };
+// The first failure wins: code, round, detail (rank, or pair index), value. Written with plain
+// stores into mapped host memory (atomics there are not atomic for the host): `claim`, in device
+// memory, picks the one reporter; the code goes last, after a system-scope fence.
+struct MoeErr {
+  int code;
+  int detail;
+  long long round;
+  long long value;
+};
+__device__ inline void report(MoeErr* err, int* claim, int code, long long round, int detail, long long value) {
+  if (!err || atomicCAS(claim, 0, 1) != 0) return;
+  volatile MoeErr* e = err;
+  e->detail = detail;
+  e->round = round;
+  e->value = value;
+  __threadfence_system();
+  e->code = code;
+  __threadfence_system();
+}
+
+// The device state of a stream-ordered instance (MoeStream).
+struct MoeStreamState {
+  unsigned long long round;  // rounds begun (moe_scan counts them)
+  int failed;                // a wait gave up or the routes were bad: later phases do nothing
+  int total;                 // rows this rank received this round
+  int claimed;               // a failure was reported (the first one is kept)
+};
+
+// An id a kernel may use: an expert of this config, or -1 (no expert). Anything else is reported
+// (with `err`: device-resident routing the host never saw) and treated as -1. Runs before the
+// round is counted: the round reported is the one beginning.
+__device__ inline int usable_id(int e, unsigned experts, unsigned p, MoeErr* err, MoeStreamState* st) {
+  if (e >= -1 && e < static_cast<int>(experts)) return e;
+  if (st) report(err, &st->claimed, kErrIds, static_cast<long long>(st->round + 1), static_cast<int>(p), e);
+  return -1;
+}
+
+__global__ void moe_count(const int* ids, unsigned pairs, unsigned experts, int* chunk_counts, int* rank_in_chunk,
+                          MoeErr* err, MoeStreamState* st) {
   __shared__ int s_ids[kMoeChunk];
   extern __shared__ int s_counts[];
   const unsigned c = blockIdx.x;
   const unsigned p = c * kMoeChunk + threadIdx.x;
   for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) s_counts[e] = 0;
-  const int e = p < pairs ? ids[p] : -1;
+  const int e = p < pairs ? usable_id(ids[p], experts, p, err, st) : -1;
   s_ids[threadIdx.x] = e;
   __syncthreads();
   if (e >= 0) {
@@ -70,7 +110,10 @@ __global__ void moe_count(const int* ids, unsigned pairs, unsigned experts, int*
 // chunk's base within its expert (in place of chunk_counts), and the exclusive prefix over experts
 // (`first[e]`: the packed row where expert e's rows start — streams are in rank order, and a
 // rank's experts are contiguous, so this is the row index in staging too).
-__global__ void moe_scan(int* chunk_counts, unsigned chunks, unsigned experts, int* counts_out, int* first) {
+// With `round` (a stream-ordered instance): thread 0 also counts the round on the device.
+__global__ void moe_scan(int* chunk_counts, unsigned chunks, unsigned experts, int* counts_out, int* first,
+                         unsigned long long* round) {
+  if (round && threadIdx.x == 0) *round += 1;
   for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) {
     int sum = 0;
     for (unsigned c = 0; c < chunks; c++) {
@@ -120,7 +163,7 @@ __global__ void moe_pack(const int* ids, unsigned pairs, unsigned topk, unsigned
   const unsigned p = blockIdx.x;
   if (p >= pairs) return;
   const int e = ids[p];
-  if (e < 0) {
+  if (e < 0 || e >= static_cast<int>(experts)) {  // moe_count reported ids out of range
     if (threadIdx.x == 0) row_at[p] = -1;
     return;
   }
@@ -167,8 +210,15 @@ struct MoeTable {
   __device__ long long span(unsigned s) const { return t[L + 3 * size_t(W) * L + W + s]; }
   // Row i of the expert blocks: its source and position in that source's stream.
   __device__ void origin(size_t i, unsigned* src, long long* pos) const {
-    unsigned j = 0;
-    while (j + 1 < L && expert_off(j + 1) <= static_cast<long long>(i)) j++;
+    // The last expert whose block starts at or before i (blocks are in expert order; empty ones
+    // share their start with the next).
+    unsigned lo = 0, hi = L - 1;
+    while (lo < hi) {
+      const unsigned mid = (lo + hi + 1) / 2;
+      if (expert_off(mid) <= static_cast<long long>(i)) lo = mid;
+      else hi = mid - 1;
+    }
+    const unsigned j = lo;
     for (unsigned s = 0; s < W; s++) {
       const long long* x = sj(s, j);
       if (static_cast<long long>(i) >= x[0] && static_cast<long long>(i) < x[0] + x[2]) {
@@ -187,17 +237,19 @@ struct MoeTable {
 // `src_base` (W addresses, or null): where each source's rows arrived, when not all in `region`.
 __global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off, unsigned P, size_t row_stride,
                            size_t token_bytes, size_t scale_bytes, uint8_t* expert_x, uint8_t* expert_scales,
-                           const long long* src_base) {
-  const size_t i = blockIdx.x;
+                           const long long* src_base, const int* total) {
+  const size_t n = total ? static_cast<size_t>(*total) : gridDim.x;
+  for (size_t i = blockIdx.x; i < n; i += gridDim.x) {
   unsigned s;
   long long p;
   tab.origin(i, &s, &p);
-  if (p < 0) return;
+  if (p < 0) continue;
   const size_t at = p < P ? priv_off + (size_t(s) * P + size_t(p)) * row_stride
                           : size_t(tab.overflow(s)) + size_t(p - P) * row_stride;
   const uint8_t* reg = src_base ? reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(src_base[s])) : region;
   copy_any(expert_x + i * token_bytes, reg + at + 8, token_bytes);
   if (scale_bytes) copy_any(expert_scales + i * scale_bytes, reg + at + 8 + token_bytes, scale_bytes);
+  }
 }
 
 // Combine-send: block per expert-output row; it goes to its source's span of the combine staging
@@ -206,16 +258,19 @@ __global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off,
 // sent to ranks before this one: where this rank's rows start there).
 // `dst_base` (W addresses, or null): where each source's rows go (already at its combine area).
 __global__ void moe_combine_pack(MoeTable tab, const uint8_t* expert_out, size_t out_row, uint8_t* staging,
-                                 size_t combine_base, uint8_t* const* peers, const long long* dst_base) {
-  const size_t i = blockIdx.x;
+                                 size_t combine_base, uint8_t* const* peers, const long long* dst_base,
+                                 const int* total) {
+  const size_t n = total ? static_cast<size_t>(*total) : gridDim.x;
+  for (size_t i = blockIdx.x; i < n; i += gridDim.x) {
   unsigned s;
   long long p;
   tab.origin(i, &s, &p);
-  if (p < 0) return;
+  if (p < 0) continue;
   uint8_t* base = dst_base ? reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(dst_base[s]))
                  : peers  ? peers[s] + combine_base
                           : staging + combine_base;
   copy_any(base + size_t(tab.span(s) + p) * out_row, expert_out + i * out_row, out_row);
+  }
   __threadfence_system();
 }
 
@@ -223,8 +278,11 @@ __global__ void moe_combine_pack(MoeTable tab, const uint8_t* expert_out, size_t
 // rank's counts (if any) into every peer's routes slot for it, fence, then raise flag `me` of
 // every peer's flag row to `round`. Every store of the phase's kernels before this one is visible
 // to the peers first (kernel order on the stream, and the system-scope fence).
+// With `round_dev` (a stream-ordered instance), the round is read from the device instead.
 __global__ void moe_signal(uint8_t* const* peers, unsigned W, unsigned me, const int* counts, unsigned experts,
-                           size_t routes_off, size_t flags_off, unsigned long long round) {
+                           size_t routes_off, size_t flags_off, unsigned long long round,
+                           const unsigned long long* round_dev) {
+  if (round_dev) round = *round_dev;
   if (counts)
     for (unsigned d = 0; d < W; d++) {
       if (!peers[d]) continue;  // reached another way (the proxy)
@@ -261,6 +319,117 @@ __global__ void moe_wait(const uint8_t* region, size_t flags_off, unsigned W, un
   __threadfence_system();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Stream-ordered GPU-driven NVLink (MoeStream): the same region, flags and kernels, with nothing
+// taken from the host per call — the round is counted on the device (moe_scan), waits read it from
+// there, and the receive layout (the table, tokens per expert, the rows received) is computed by
+// moe_layout from the routes the peers wrote. Every launch has a fixed shape, so a decode step's
+// kernels replay from a CUDA graph with new routing in the same buffers.
+// Wait until every rank's flag in this rank's `flags_off` row reached the device round. Gives up
+// after `timeout_ns` (reporting `code`) and marks the instance failed; a failed instance's waits
+// return at once, so its later phases finish without blocking the stream.
+__global__ void moe_wait_st(const uint8_t* region, size_t flags_off, unsigned W, MoeStreamState* st,
+                            unsigned long long timeout_ns, MoeErr* err, int code) {
+  if (st->failed) return;
+  const unsigned long long round = st->round;
+  const volatile unsigned long long* f = reinterpret_cast<const volatile unsigned long long*>(region + flags_off);
+  unsigned long long start;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  for (unsigned s = 0; s < W; s++)
+    while (f[s] < round) {
+      unsigned long long now;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+      if (now - start > timeout_ns) {
+        st->failed = 1;
+        report(err, &st->claimed, code, static_cast<long long>(round), static_cast<int>(s),
+               static_cast<long long>(f[s]));
+        return;
+      }
+    }
+  __threadfence_system();
+}
+
+// One block, after the dispatch wait: from the routes every source wrote into this region (W × E
+// counts), this rank's receive table (MoeTable: expert starts; per source and local expert the
+// destination row, the position in the source's stream, the count; overflow 0; per source where
+// this rank's rows start in its stream, for combine), tokens per expert, expert offsets, and the
+// rows received. Counts that do not fit the config (negative, more rows than a private slot holds)
+// are reported; the instance is then failed and receives nothing.
+__global__ void moe_layout(const uint8_t* region, size_t routes_off, unsigned W, unsigned E, unsigned L, unsigned me,
+                           unsigned P, long long* table, int* tokens_per_expert, int* expert_offsets,
+                           MoeStreamState* st, MoeErr* err) {
+  __shared__ int bad;
+  const int* r = reinterpret_cast<const int*>(region + routes_off);
+  auto n = [&](unsigned s, unsigned j) { return r[size_t(s) * E + size_t(me) * L + j]; };
+  long long* expert_off = table;
+  long long* sj = table + L;
+  long long* overflow = table + L + 3 * size_t(W) * L;
+  long long* span = overflow + W;
+  if (threadIdx.x == 0) bad = st->failed ? -2 : -1;
+  __syncthreads();
+  // Per source: counts non-negative, the stream to this rank within its private slot.
+  for (unsigned s = threadIdx.x; s < W && bad == -1; s += blockDim.x) {
+    long long sum = 0;
+    bool ok = true;
+    for (unsigned j = 0; j < L; j++) {
+      const int x = n(s, j);
+      ok = ok && x >= 0;
+      sum += x;
+    }
+    if (!ok || sum > P) {
+      atomicCAS(&bad, -1, static_cast<int>(s));
+      report(err, &st->claimed, kErrRoutes, static_cast<long long>(st->round), static_cast<int>(s), sum);
+    }
+  }
+  __syncthreads();
+  if (bad != -1) {
+    for (unsigned j = threadIdx.x; j < L; j += blockDim.x) {
+      tokens_per_expert[j] = 0;
+      expert_offsets[j] = 0;
+    }
+    if (threadIdx.x == 0) {
+      st->failed = 1;
+      st->total = 0;
+    }
+    return;
+  }
+  for (unsigned j = threadIdx.x; j < L; j += blockDim.x) {
+    int sum = 0;
+    for (unsigned s = 0; s < W; s++) sum += n(s, j);
+    tokens_per_expert[j] = sum;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    long long at = 0;
+    for (unsigned j = 0; j < L; j++) {
+      expert_off[j] = at;
+      expert_offsets[j] = static_cast<int>(at);
+      at += tokens_per_expert[j];
+    }
+    st->total = static_cast<int>(at);
+  }
+  __syncthreads();
+  for (unsigned j = threadIdx.x; j < L; j += blockDim.x) {
+    long long dst = expert_off[j];
+    for (unsigned s = 0; s < W; s++) {
+      sj[3 * (size_t(s) * L + j)] = dst;
+      sj[3 * (size_t(s) * L + j) + 2] = n(s, j);
+      dst += n(s, j);
+    }
+  }
+  for (unsigned s = threadIdx.x; s < W; s += blockDim.x) {
+    long long pos = 0;
+    for (unsigned j = 0; j < L; j++) {
+      sj[3 * (size_t(s) * L + j) + 1] = pos;
+      pos += n(s, j);
+    }
+    long long before = 0;  // rows s sent to ranks before this one: where this rank's start in s's stream
+    for (size_t e = 0; e < size_t(me) * L; e++) before += r[size_t(s) * E + e];
+    overflow[s] = 0;
+    span[s] = before;
+  }
+}
+
 }  // namespace
 
 // Scratch of moe_dispatch_pack for `pairs` pairs and `experts` experts (ints).
@@ -279,9 +448,9 @@ extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs,
   int* chunk_counts = rank_in_chunk + pairs;
   int* first = chunk_counts + size_t(chunks ? chunks : 1) * experts;
   int* counts_out = static_cast<int*>(staging);  // routes: staging byte 0
-  if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk);
+  if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk, nullptr, nullptr);
   else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
-  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first);
+  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, nullptr);
   if (pairs)
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
                                    static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
@@ -309,16 +478,16 @@ extern "C" cudaError_t trellis_moe_dispatch_direct(const int* ids, unsigned pair
   int* rank_in_chunk = static_cast<int*>(scratch);
   int* chunk_counts = rank_in_chunk + pairs;
   int* first = chunk_counts + size_t(chunks ? chunks : 1) * experts;
-  if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk);
+  if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk, nullptr, nullptr);
   else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
-  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first);
+  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, nullptr);
   auto* bases = reinterpret_cast<uint8_t* const*>(peers);
   if (pairs)
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
                                    static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
                                    scale_bytes, static_cast<uint8_t*>(staging), rows_base, row_stride, combine_off, out_row,
                                    row_at, bases, priv_off, me, P, ret_base);
-  moe_signal<<<1, 256, 0, s>>>(bases, W, me, counts_out, experts, routes_off, flags_off, round);
+  moe_signal<<<1, 256, 0, s>>>(bases, W, me, counts_out, experts, routes_off, flags_off, round, nullptr);
   if (go) moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }
@@ -338,8 +507,8 @@ extern "C" cudaError_t trellis_moe_combine_direct(const long long* table, unsign
   auto* bases = reinterpret_cast<uint8_t* const*>(peers);
   if (rows)
     moe_combine_pack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out),
-                                                    out_row, nullptr, combine_off, bases, dst_base);
-  moe_signal<<<1, 32, 0, s>>>(bases, W, me, nullptr, 0, 0, flags_off, round);
+                                                    out_row, nullptr, combine_off, bases, dst_base, nullptr);
+  moe_signal<<<1, 32, 0, s>>>(bases, W, me, nullptr, 0, 0, flags_off, round, nullptr);
   if (go) moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }
@@ -351,7 +520,7 @@ extern "C" cudaError_t trellis_moe_unpack(const long long* table, unsigned W, un
   if (rows == 0) return cudaSuccess;
   moe_unpack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(region), priv_off, P,
                                             row_stride, token_bytes, scale_bytes, static_cast<uint8_t*>(expert_x),
-                                            static_cast<uint8_t*>(expert_scales), src_base);
+                                            static_cast<uint8_t*>(expert_scales), src_base, nullptr);
   return cudaGetLastError();
 }
 
@@ -361,7 +530,8 @@ extern "C" cudaError_t trellis_moe_combine_pack(const long long* table, unsigned
                                                 cudaStream_t s) {
   if (rows)
     moe_combine_pack<<<unsigned(rows), 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out),
-                                                    out_row, static_cast<uint8_t*>(staging), combine_base, nullptr, nullptr);
+                                                    out_row, static_cast<uint8_t*>(staging), combine_base, nullptr, nullptr,
+                                                    nullptr);
   moe_raise<<<1, 1, 0, s>>>(static_cast<unsigned long long*>(go), round);
   return cudaGetLastError();
 }
@@ -379,3 +549,86 @@ extern "C" cudaError_t trellis_copy_rows(void* dst, const void* doff, const void
                                          size_t bytes, cudaStream_t s) {
   return trellis::cuda_kernels::launch_copy_rows(dst, doff, src, soff, n, bytes, s);
 }
+
+// ---- Stream-ordered launchers (MoeStream). `st` and `err` are the instance's state (device) and
+// error words (mapped host memory); `grid` the fixed block count of the row kernels.
+
+// Dispatch-send: count (ids checked), scan (the round counted on the device), pack every row into
+// its receiver's private slot for this rank, signal.
+extern "C" cudaError_t trellis_moe_st_dispatch_send(const int* ids, unsigned pairs, unsigned topk, unsigned experts,
+                                                    unsigned local, void* scratch, const void* tokens,
+                                                    size_t token_bytes, const void* scales, size_t scale_bytes,
+                                                    int* counts_out, size_t row_stride, size_t combine_off,
+                                                    size_t out_row, long long* row_at, void* const* peers, unsigned W,
+                                                    unsigned me, size_t priv_off, unsigned P, size_t routes_off,
+                                                    size_t flags_off, void* state, void* err, cudaStream_t s) {
+  auto* st = static_cast<MoeStreamState*>(state);
+  auto* e = static_cast<MoeErr*>(err);
+  const unsigned chunks = (pairs + kMoeChunk - 1) / kMoeChunk;
+  int* rank_in_chunk = static_cast<int*>(scratch);
+  int* chunk_counts = rank_in_chunk + pairs;
+  int* first = chunk_counts + size_t(chunks ? chunks : 1) * experts;
+  if (chunks)
+    moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk, e, st);
+  else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
+  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, &st->round);
+  auto* bases = reinterpret_cast<uint8_t* const*>(peers);
+  if (pairs)
+    moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
+                                   static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
+                                   scale_bytes, nullptr, 0, row_stride, combine_off, out_row, row_at, bases, priv_off,
+                                   me, P, nullptr);
+  moe_signal<<<1, 256, 0, s>>>(bases, W, me, counts_out, experts, routes_off, flags_off, 0, &st->round);
+  return cudaGetLastError();
+}
+
+// Dispatch-recv: wait for every rank's dispatch flag, lay out the table from the routes, unpack.
+extern "C" cudaError_t trellis_moe_st_dispatch_recv(const void* region, size_t flags_off, unsigned W, unsigned E,
+                                                    unsigned L, unsigned me, unsigned P, size_t routes_off,
+                                                    size_t priv_off, size_t row_stride, size_t token_bytes,
+                                                    size_t scale_bytes, long long* table, int* tokens_per_expert,
+                                                    int* expert_offsets, void* expert_x, void* expert_scales,
+                                                    unsigned long long timeout_ns, unsigned grid, void* state,
+                                                    void* err, cudaStream_t s) {
+  auto* st = static_cast<MoeStreamState*>(state);
+  auto* e = static_cast<MoeErr*>(err);
+  const auto* reg = static_cast<const uint8_t*>(region);
+  moe_wait_st<<<1, 1, 0, s>>>(reg, flags_off, W, st, timeout_ns, e, kErrTimeoutDispatch);
+  moe_layout<<<1, 256, 0, s>>>(reg, routes_off, W, E, L, me, P, table, tokens_per_expert, expert_offsets, st, e);
+  moe_unpack<<<grid, 128, 0, s>>>(MoeTable{table, W, L}, reg, priv_off, P, row_stride, token_bytes, scale_bytes,
+                                  static_cast<uint8_t*>(expert_x), static_cast<uint8_t*>(expert_scales), nullptr,
+                                  &st->total);
+  return cudaGetLastError();
+}
+
+// Combine-send: every expert-output row into its source's combine region, signal.
+extern "C" cudaError_t trellis_moe_st_combine_send(const long long* table, unsigned W, unsigned L,
+                                                   const void* expert_out, size_t out_row, void* const* peers,
+                                                   size_t combine_off, unsigned me, size_t flags_off, unsigned grid,
+                                                   void* state, cudaStream_t s) {
+  auto* st = static_cast<MoeStreamState*>(state);
+  auto* bases = reinterpret_cast<uint8_t* const*>(peers);
+  moe_combine_pack<<<grid, 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out), out_row,
+                                        nullptr, combine_off, bases, nullptr, &st->total);
+  moe_signal<<<1, 32, 0, s>>>(bases, W, me, nullptr, 0, 0, flags_off, 0, &st->round);
+  return cudaGetLastError();
+}
+
+// Combine-recv: wait for every rank's combine flag, then the weighted sum per token.
+extern "C" cudaError_t trellis_moe_st_combine_recv(const void* region, size_t flags_off, unsigned W,
+                                                   const long long* row_at, const float* weights, unsigned tokens,
+                                                   unsigned topk, unsigned hidden, int row_fp32, void* out,
+                                                   int out_fp32, unsigned long long timeout_ns, void* state, void* err,
+                                                   cudaStream_t s) {
+  auto* st = static_cast<MoeStreamState*>(state);
+  moe_wait_st<<<1, 1, 0, s>>>(static_cast<const uint8_t*>(region), flags_off, W, st, timeout_ns,
+                              static_cast<MoeErr*>(err), kErrTimeoutCombine);
+  if (tokens)
+    moe_combine<<<tokens, 256, 0, s>>>(static_cast<const uint8_t*>(region), row_at, weights, topk, hidden, row_fp32,
+                                       out, out_fp32);
+  return cudaGetLastError();
+}
+
+// Bytes of an instance's device state (MoeStreamState) and error words (MoeErr).
+extern "C" size_t trellis_moe_st_state_bytes() { return sizeof(MoeStreamState); }
+extern "C" size_t trellis_moe_st_err_bytes() { return sizeof(MoeErr); }

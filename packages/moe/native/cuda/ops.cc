@@ -49,6 +49,31 @@ extern "C" cudaError_t trellis_moe_combine_direct(const long long* table, unsign
                                                   size_t combine_off, unsigned me, size_t flags_off,
                                                   unsigned long long round, const long long* dst_base, void* go,
                                                   cudaStream_t s);
+extern "C" cudaError_t trellis_moe_st_dispatch_send(const int* ids, unsigned pairs, unsigned topk, unsigned experts,
+                                                    unsigned local, void* scratch, const void* tokens,
+                                                    size_t token_bytes, const void* scales, size_t scale_bytes,
+                                                    int* counts_out, size_t row_stride, size_t combine_off,
+                                                    size_t out_row, long long* row_at, void* const* peers, unsigned W,
+                                                    unsigned me, size_t priv_off, unsigned P, size_t routes_off,
+                                                    size_t flags_off, void* state, void* err, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_st_dispatch_recv(const void* region, size_t flags_off, unsigned W, unsigned E,
+                                                    unsigned L, unsigned me, unsigned P, size_t routes_off,
+                                                    size_t priv_off, size_t row_stride, size_t token_bytes,
+                                                    size_t scale_bytes, long long* table, int* tokens_per_expert,
+                                                    int* expert_offsets, void* expert_x, void* expert_scales,
+                                                    unsigned long long timeout_ns, unsigned grid, void* state,
+                                                    void* err, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_st_combine_send(const long long* table, unsigned W, unsigned L,
+                                                   const void* expert_out, size_t out_row, void* const* peers,
+                                                   size_t combine_off, unsigned me, size_t flags_off, unsigned grid,
+                                                   void* state, cudaStream_t s);
+extern "C" cudaError_t trellis_moe_st_combine_recv(const void* region, size_t flags_off, unsigned W,
+                                                   const long long* row_at, const float* weights, unsigned tokens,
+                                                   unsigned topk, unsigned hidden, int row_fp32, void* out,
+                                                   int out_fp32, unsigned long long timeout_ns, void* state, void* err,
+                                                   cudaStream_t s);
+extern "C" size_t trellis_moe_st_state_bytes();
+extern "C" size_t trellis_moe_st_err_bytes();
 #endif
 
 namespace trellis_moe {
@@ -343,6 +368,113 @@ Napi::Value MoeCombineDirect(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- Stream-ordered GPU-driven NVLink (MoeStream): every call queues kernels on the caller's stream
+// (`stream`, a cudaStream_t as bigint) and returns; nothing is copied from or to the host.
+
+// The caller's stream, with the device set.
+bool st_args(const Napi::CallbackInfo& info, cudaStream_t* st, Napi::Object* a) {
+  Napi::Env env = info.Env();
+  if (!set_device(env, info[0])) return false;
+  *a = info[1].As<Napi::Object>();
+  *st = static_cast<cudaStream_t>(ptr(a->Get("stream")));
+  return true;
+}
+
+// moeStreamSizes() → {state, err}: bytes of an instance's device state and mapped error words
+Napi::Value MoeStreamSizes(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("state", double(trellis_moe_st_state_bytes()));
+  o.Set("err", double(trellis_moe_st_err_bytes()));
+  return o;
+}
+
+// moeSmCount(device) → multiprocessors (the row kernels' fixed grid is a multiple of it)
+Napi::Value MoeSmCount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int n = 0;
+  if (!check(env, cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, info[0].As<Napi::Number>().Int32Value()),
+             "cudaDeviceGetAttribute"))
+    return env.Undefined();
+  return Napi::Number::New(env, n);
+}
+
+// moeStDispatchSend(device, {stream, ids, pairs, topk, experts, local, scratch, tokens, tokenBytes, scales, scaleBytes,
+//   counts, rowStride, combineOff, outRow, rowAt, peers, W, me, privOff, P, routesOff, flagsOff, state, err})
+Napi::Value MoeStDispatchSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!st_args(info, &st, &a)) return env.Undefined();
+  check(env,
+        trellis_moe_st_dispatch_send(
+            static_cast<const int*>(ptr(a.Get("ids"))), unsigned(num(a.Get("pairs"))), unsigned(num(a.Get("topk"))),
+            unsigned(num(a.Get("experts"))), unsigned(num(a.Get("local"))), ptr(a.Get("scratch")), ptr(a.Get("tokens")),
+            num(a.Get("tokenBytes")), opt_ptr(a, "scales"), num(a.Get("scaleBytes")),
+            static_cast<int*>(ptr(a.Get("counts"))), num(a.Get("rowStride")), num(a.Get("combineOff")),
+            num(a.Get("outRow")), static_cast<long long*>(ptr(a.Get("rowAt"))),
+            static_cast<void* const*>(ptr(a.Get("peers"))), unsigned(num(a.Get("W"))), unsigned(num(a.Get("me"))),
+            num(a.Get("privOff")), unsigned(num(a.Get("P"))), num(a.Get("routesOff")), num(a.Get("flagsOff")),
+            ptr(a.Get("state")), ptr(a.Get("err")), st),
+        "moe stream dispatch-send launch");
+  return env.Undefined();
+}
+
+// moeStDispatchRecv(device, {stream, region, flagsOff, W, E, L, me, P, routesOff, privOff, rowStride, tokenBytes,
+//   scaleBytes, table, tokensPerExpert, expertOffsets, expertX, expertScales, timeoutMs, grid, state, err})
+Napi::Value MoeStDispatchRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!st_args(info, &st, &a)) return env.Undefined();
+  check(env,
+        trellis_moe_st_dispatch_recv(
+            ptr(a.Get("region")), num(a.Get("flagsOff")), unsigned(num(a.Get("W"))), unsigned(num(a.Get("E"))),
+            unsigned(num(a.Get("L"))), unsigned(num(a.Get("me"))), unsigned(num(a.Get("P"))), num(a.Get("routesOff")),
+            num(a.Get("privOff")), num(a.Get("rowStride")), num(a.Get("tokenBytes")), num(a.Get("scaleBytes")),
+            static_cast<long long*>(ptr(a.Get("table"))), static_cast<int*>(ptr(a.Get("tokensPerExpert"))),
+            static_cast<int*>(ptr(a.Get("expertOffsets"))), ptr(a.Get("expertX")), opt_ptr(a, "expertScales"),
+            static_cast<unsigned long long>(num(a.Get("timeoutMs"))) * 1000000ull, unsigned(num(a.Get("grid"))),
+            ptr(a.Get("state")), ptr(a.Get("err")), st),
+        "moe stream dispatch-recv launch");
+  return env.Undefined();
+}
+
+// moeStCombineSend(device, {stream, table, W, L, expertOut, outRow, peers, combineOff, me, flagsOff, grid, state})
+Napi::Value MoeStCombineSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!st_args(info, &st, &a)) return env.Undefined();
+  check(env,
+        trellis_moe_st_combine_send(static_cast<const long long*>(ptr(a.Get("table"))), unsigned(num(a.Get("W"))),
+                                    unsigned(num(a.Get("L"))), ptr(a.Get("expertOut")), num(a.Get("outRow")),
+                                    static_cast<void* const*>(ptr(a.Get("peers"))), num(a.Get("combineOff")),
+                                    unsigned(num(a.Get("me"))), num(a.Get("flagsOff")), unsigned(num(a.Get("grid"))),
+                                    ptr(a.Get("state")), st),
+        "moe stream combine-send launch");
+  return env.Undefined();
+}
+
+// moeStCombineRecv(device, {stream, region, flagsOff, W, rowAt, weights, tokens, topk, hidden, rowFp32, out, outFp32,
+//   timeoutMs, state, err})
+Napi::Value MoeStCombineRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cudaStream_t st;
+  Napi::Object a;
+  if (!st_args(info, &st, &a)) return env.Undefined();
+  check(env,
+        trellis_moe_st_combine_recv(ptr(a.Get("region")), num(a.Get("flagsOff")), unsigned(num(a.Get("W"))),
+                                    static_cast<const long long*>(ptr(a.Get("rowAt"))),
+                                    static_cast<const float*>(ptr(a.Get("weights"))), unsigned(num(a.Get("tokens"))),
+                                    unsigned(num(a.Get("topk"))), unsigned(num(a.Get("hidden"))),
+                                    a.Get("rowFp32").ToBoolean() ? 1 : 0, ptr(a.Get("out")),
+                                    a.Get("outFp32").ToBoolean() ? 1 : 0,
+                                    static_cast<unsigned long long>(num(a.Get("timeoutMs"))) * 1000000ull,
+                                    ptr(a.Get("state")), ptr(a.Get("err")), st),
+        "moe stream combine-recv launch");
+  return env.Undefined();
+}
+
 #else
 Napi::Value NoCuda(const Napi::CallbackInfo& info) {
   Napi::Error::New(info.Env(), "@trellis/moe was built without CUDA (no nvcc at build time)").ThrowAsJavaScriptException();
@@ -363,6 +495,13 @@ void register_cuda(Napi::Env env, Napi::Object exports) {
 #ifdef TRELLIS_MOE_HAVE_CUDA
   exports.Set("cudaStatus", Napi::Function::New(env, trellis::cuda_napi::Status));
   trellis::cuda_napi::register_memory(env, exports);
+  trellis::cuda_napi::register_streams(env, exports);
+  exports.Set("moeStreamSizes", Napi::Function::New(env, MoeStreamSizes));
+  exports.Set("moeSmCount", Napi::Function::New(env, MoeSmCount));
+  exports.Set("moeStDispatchSend", Napi::Function::New(env, MoeStDispatchSend));
+  exports.Set("moeStDispatchRecv", Napi::Function::New(env, MoeStDispatchRecv));
+  exports.Set("moeStCombineSend", Napi::Function::New(env, MoeStCombineSend));
+  exports.Set("moeStCombineRecv", Napi::Function::New(env, MoeStCombineRecv));
   exports.Set("copyRowsIndexed", Napi::Function::New(env, CopyRowsIndexed));
   exports.Set("moeCombine", Napi::Function::New(env, MoeCombine));
   exports.Set("moePackScratch", Napi::Function::New(env, MoePackScratch));
@@ -375,8 +514,13 @@ void register_cuda(Napi::Env env, Napi::Object exports) {
   exports.Set("moeCombineDirect", Napi::Function::New(env, MoeCombineDirect));
 #else
   exports.Set("cudaStatus", Napi::Function::New(env, NoCudaStatus));
-  for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped",
-                        "copyRowsIndexed", "moeCombine", "moePackScratch", "moeDispatchPack", "moeUnpack", "moeCombinePack", "moeGather", "moeDispatchDirect", "moeWaitFlags", "moeCombineDirect"})
+  for (const char* n : {"alloc", "free", "copy", "ipcExport", "ipcImport", "ipcClose", "allocMapped", "pointerRange",
+                        "copyRowsIndexed", "moeCombine", "moePackScratch", "moeDispatchPack", "moeUnpack", "moeCombinePack", "moeGather", "moeDispatchDirect", "moeWaitFlags", "moeCombineDirect",
+                        "moeStreamSizes", "moeSmCount", "moeStDispatchSend", "moeStDispatchRecv", "moeStCombineSend",
+                        "moeStCombineRecv", "streamCreate", "streamDestroy", "streamSynchronize", "streamQuery",
+                        "streamWaitEvent", "eventCreate", "eventDestroy", "eventRecord", "eventSynchronize",
+                        "eventElapsed", "eventIpcExport", "eventIpcImport", "captureBegin", "captureEnd", "graphLaunch",
+                        "graphDestroy", "enablePeerAccess"})
     exports.Set(n, Napi::Function::New(env, NoCuda));
 #endif
 }
