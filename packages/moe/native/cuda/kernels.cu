@@ -106,13 +106,46 @@ __global__ void moe_count(const int* ids, unsigned pairs, unsigned experts, int*
   for (unsigned x = threadIdx.x; x < experts; x += blockDim.x) chunk_counts[size_t(c) * experts + x] = s_counts[x];
 }
 
+// Exclusive prefix sum of a[0..n) in shared memory, in place, by the whole block (every thread
+// calls it); `part` is shared scratch of blockDim.x ints. Returns the total.
+__device__ int block_exclusive_scan(int* a, unsigned n, int* part) {
+  const unsigned per = (n + blockDim.x - 1) / blockDim.x;
+  const unsigned lo = min(n, threadIdx.x * per), hi = min(n, lo + per);
+  int sum = 0;
+  for (unsigned i = lo; i < hi; i++) sum += a[i];
+  part[threadIdx.x] = sum;
+  __syncthreads();
+  for (unsigned off = 1; off < blockDim.x; off <<= 1) {  // Hillis-Steele over the threads' sums
+    const int v = threadIdx.x >= off ? part[threadIdx.x - off] : 0;
+    __syncthreads();
+    part[threadIdx.x] += v;
+    __syncthreads();
+  }
+  int at = part[threadIdx.x] - sum;
+  for (unsigned i = lo; i < hi; i++) {
+    const int x = a[i];
+    a[i] = at;
+    at += x;
+  }
+  const int total = part[blockDim.x - 1];
+  __syncthreads();
+  return total;
+}
+
+// Shared memory of moe_scan with `experts` experts and `threads` threads.
+constexpr size_t scan_smem(unsigned experts, unsigned threads) { return (size_t(experts) + threads) * sizeof(int); }
+
 // One block: every expert's total (written to `counts_out`, staging byte 0: the routes), each
 // chunk's base within its expert (in place of chunk_counts), and the exclusive prefix over experts
 // (`first[e]`: the packed row where expert e's rows start — streams are in rank order, and a
-// rank's experts are contiguous, so this is the row index in staging too).
+// rank's experts are contiguous, so this is the row index in staging too). The prefix runs in
+// shared memory across the block.
 // With `round` (a stream-ordered instance): thread 0 also counts the round on the device.
 __global__ void moe_scan(int* chunk_counts, unsigned chunks, unsigned experts, int* counts_out, int* first,
                          unsigned long long* round) {
+  extern __shared__ int sh_scan[];
+  int* tot = sh_scan;
+  int* part = sh_scan + experts;
   if (round && threadIdx.x == 0) *round += 1;
   for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) {
     int sum = 0;
@@ -122,17 +155,11 @@ __global__ void moe_scan(int* chunk_counts, unsigned chunks, unsigned experts, i
       sum += n;
     }
     counts_out[e] = sum;
-    first[e] = sum;
+    tot[e] = sum;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int at = 0;
-    for (unsigned e = 0; e < experts; e++) {
-      const int n = first[e];
-      first[e] = at;
-      at += n;
-    }
-  }
+  block_exclusive_scan(tot, experts, part);
+  for (unsigned e = threadIdx.x; e < experts; e += blockDim.x) first[e] = tot[e];
   __threadfence_system();
 }
 
@@ -208,6 +235,13 @@ struct MoeTable {
   __device__ const long long* sj(unsigned s, unsigned j) const { return t + L + 3 * (size_t(s) * L + j); }
   __device__ long long overflow(unsigned s) const { return t[L + 3 * size_t(W) * L + s]; }
   __device__ long long span(unsigned s) const { return t[L + 3 * size_t(W) * L + W + s]; }
+  // The table copied into the block's shared memory `sh` (every thread of the block calls it).
+  __device__ MoeTable shared(long long* sh) const {
+    const size_t n = L + 3 * size_t(W) * L + 2 * size_t(W);
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) sh[i] = t[i];
+    __syncthreads();
+    return MoeTable{sh, W, L};
+  }
   // Row i of the expert blocks: its source and position in that source's stream.
   __device__ void origin(size_t i, unsigned* src, long long* pos) const {
     // The last expert whose block starts at or before i (blocks are in expert order; empty ones
@@ -238,6 +272,8 @@ struct MoeTable {
 __global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off, unsigned P, size_t row_stride,
                            size_t token_bytes, size_t scale_bytes, uint8_t* expert_x, uint8_t* expert_scales,
                            const long long* src_base, const int* total) {
+  extern __shared__ long long sh_table[];
+  if (total) tab = tab.shared(sh_table);  // stream-ordered: every row of the grid reads the table
   const size_t n = total ? static_cast<size_t>(*total) : gridDim.x;
   for (size_t i = blockIdx.x; i < n; i += gridDim.x) {
   unsigned s;
@@ -260,6 +296,8 @@ __global__ void moe_unpack(MoeTable tab, const uint8_t* region, size_t priv_off,
 __global__ void moe_combine_pack(MoeTable tab, const uint8_t* expert_out, size_t out_row, uint8_t* staging,
                                  size_t combine_base, uint8_t* const* peers, const long long* dst_base,
                                  const int* total) {
+  extern __shared__ long long sh_table[];
+  if (total) tab = tab.shared(sh_table);
   const size_t n = total ? static_cast<size_t>(*total) : gridDim.x;
   for (size_t i = blockIdx.x; i < n; i += gridDim.x) {
   unsigned s;
@@ -358,21 +396,35 @@ __global__ void moe_wait_st(const uint8_t* region, size_t flags_off, unsigned W,
 __global__ void moe_layout(const uint8_t* region, size_t routes_off, unsigned W, unsigned E, unsigned L, unsigned me,
                            unsigned P, long long* table, int* tokens_per_expert, int* expert_offsets,
                            MoeStreamState* st, MoeErr* err) {
+  // Shared: n(s, j) for every source and local expert, each source's rows for ranks before this
+  // one, the experts' totals (then their starts), the scan's scratch. See layout_smem.
+  extern __shared__ int sh_layout[];
+  int* s_n = sh_layout;
+  int* s_before = s_n + size_t(W) * L;
+  int* s_tpe = s_before + W;
+  int* part = s_tpe + L;
   __shared__ int bad;
   const int* r = reinterpret_cast<const int*>(region + routes_off);
-  auto n = [&](unsigned s, unsigned j) { return r[size_t(s) * E + size_t(me) * L + j]; };
   long long* expert_off = table;
   long long* sj = table + L;
   long long* overflow = table + L + 3 * size_t(W) * L;
   long long* span = overflow + W;
   if (threadIdx.x == 0) bad = st->failed ? -2 : -1;
+  for (unsigned s = threadIdx.x; s < W; s += blockDim.x) s_before[s] = 0;
+  for (unsigned i = threadIdx.x; i < W * L; i += blockDim.x)
+    s_n[i] = r[size_t(i / L) * E + size_t(me) * L + i % L];
   __syncthreads();
+  for (unsigned s = 0; s < W; s++) {  // rows s sent to ranks before this one: where ours start in its stream
+    int sum = 0;
+    for (unsigned e = threadIdx.x; e < me * L; e += blockDim.x) sum += r[size_t(s) * E + e];
+    if (sum) atomicAdd(&s_before[s], sum);
+  }
   // Per source: counts non-negative, the stream to this rank within its private slot.
-  for (unsigned s = threadIdx.x; s < W && bad == -1; s += blockDim.x) {
+  for (unsigned s = threadIdx.x; s < W; s += blockDim.x) {
     long long sum = 0;
     bool ok = true;
     for (unsigned j = 0; j < L; j++) {
-      const int x = n(s, j);
+      const int x = s_n[size_t(s) * L + j];
       ok = ok && x >= 0;
       sum += x;
     }
@@ -395,40 +447,40 @@ __global__ void moe_layout(const uint8_t* region, size_t routes_off, unsigned W,
   }
   for (unsigned j = threadIdx.x; j < L; j += blockDim.x) {
     int sum = 0;
-    for (unsigned s = 0; s < W; s++) sum += n(s, j);
+    for (unsigned s = 0; s < W; s++) sum += s_n[size_t(s) * L + j];
+    s_tpe[j] = sum;
     tokens_per_expert[j] = sum;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    long long at = 0;
-    for (unsigned j = 0; j < L; j++) {
-      expert_off[j] = at;
-      expert_offsets[j] = static_cast<int>(at);
-      at += tokens_per_expert[j];
-    }
-    st->total = static_cast<int>(at);
-  }
-  __syncthreads();
+  const int total = block_exclusive_scan(s_tpe, L, part);
   for (unsigned j = threadIdx.x; j < L; j += blockDim.x) {
-    long long dst = expert_off[j];
+    long long dst = s_tpe[j];
+    expert_off[j] = dst;
+    expert_offsets[j] = s_tpe[j];
     for (unsigned s = 0; s < W; s++) {
+      const int n = s_n[size_t(s) * L + j];
       sj[3 * (size_t(s) * L + j)] = dst;
-      sj[3 * (size_t(s) * L + j) + 2] = n(s, j);
-      dst += n(s, j);
+      sj[3 * (size_t(s) * L + j) + 2] = n;
+      dst += n;
     }
   }
+  if (threadIdx.x == 0) st->total = total;
   for (unsigned s = threadIdx.x; s < W; s += blockDim.x) {
     long long pos = 0;
     for (unsigned j = 0; j < L; j++) {
       sj[3 * (size_t(s) * L + j) + 1] = pos;
-      pos += n(s, j);
+      pos += s_n[size_t(s) * L + j];
     }
-    long long before = 0;  // rows s sent to ranks before this one: where this rank's start in s's stream
-    for (size_t e = 0; e < size_t(me) * L; e++) before += r[size_t(s) * E + e];
     overflow[s] = 0;
-    span[s] = before;
+    span[s] = s_before[s];
   }
 }
+// Shared memory of moe_layout.
+constexpr size_t layout_smem(unsigned W, unsigned L, unsigned threads) {
+  return (size_t(W) * L + W + L + threads) * sizeof(int);
+}
+// The receive table's entries (int64): see MoeTable.
+__host__ __device__ constexpr size_t table_entries(unsigned W, unsigned L) { return L + 3 * size_t(W) * L + 2 * size_t(W); }
 
 }  // namespace
 
@@ -450,7 +502,7 @@ extern "C" cudaError_t trellis_moe_dispatch_pack(const int* ids, unsigned pairs,
   int* counts_out = static_cast<int*>(staging);  // routes: staging byte 0
   if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk, nullptr, nullptr);
   else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
-  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, nullptr);
+  moe_scan<<<1, 1024, scan_smem(experts, 1024), s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, nullptr);
   if (pairs)
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
                                    static_cast<const uint8_t*>(tokens), token_bytes, static_cast<const uint8_t*>(scales),
@@ -480,7 +532,7 @@ extern "C" cudaError_t trellis_moe_dispatch_direct(const int* ids, unsigned pair
   int* first = chunk_counts + size_t(chunks ? chunks : 1) * experts;
   if (chunks) moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk, nullptr, nullptr);
   else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
-  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, nullptr);
+  moe_scan<<<1, 1024, scan_smem(experts, 1024), s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, nullptr);
   auto* bases = reinterpret_cast<uint8_t* const*>(peers);
   if (pairs)
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
@@ -571,7 +623,7 @@ extern "C" cudaError_t trellis_moe_st_dispatch_send(const int* ids, unsigned pai
   if (chunks)
     moe_count<<<chunks, kMoeChunk, experts * sizeof(int), s>>>(ids, pairs, experts, chunk_counts, rank_in_chunk, e, st);
   else cudaMemsetAsync(chunk_counts, 0, experts * sizeof(int), s);
-  moe_scan<<<1, 1024, 0, s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, &st->round);
+  moe_scan<<<1, 1024, scan_smem(experts, 1024), s>>>(chunk_counts, chunks ? chunks : 1, experts, counts_out, first, &st->round);
   auto* bases = reinterpret_cast<uint8_t* const*>(peers);
   if (pairs)
     moe_pack<<<pairs, 128, 0, s>>>(ids, pairs, topk, experts, local, chunk_counts, rank_in_chunk, first,
@@ -594,8 +646,8 @@ extern "C" cudaError_t trellis_moe_st_dispatch_recv(const void* region, size_t f
   auto* e = static_cast<MoeErr*>(err);
   const auto* reg = static_cast<const uint8_t*>(region);
   moe_wait_st<<<1, 1, 0, s>>>(reg, flags_off, W, st, timeout_ns, e, kErrTimeoutDispatch);
-  moe_layout<<<1, 256, 0, s>>>(reg, routes_off, W, E, L, me, P, table, tokens_per_expert, expert_offsets, st, e);
-  moe_unpack<<<grid, 128, 0, s>>>(MoeTable{table, W, L}, reg, priv_off, P, row_stride, token_bytes, scale_bytes,
+  moe_layout<<<1, 256, layout_smem(W, L, 256), s>>>(reg, routes_off, W, E, L, me, P, table, tokens_per_expert, expert_offsets, st, e);
+  moe_unpack<<<grid, 128, table_entries(W, L) * 8, s>>>(MoeTable{table, W, L}, reg, priv_off, P, row_stride, token_bytes, scale_bytes,
                                   static_cast<uint8_t*>(expert_x), static_cast<uint8_t*>(expert_scales), nullptr,
                                   &st->total);
   return cudaGetLastError();
@@ -608,7 +660,7 @@ extern "C" cudaError_t trellis_moe_st_combine_send(const long long* table, unsig
                                                    void* state, cudaStream_t s) {
   auto* st = static_cast<MoeStreamState*>(state);
   auto* bases = reinterpret_cast<uint8_t* const*>(peers);
-  moe_combine_pack<<<grid, 128, 0, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out), out_row,
+  moe_combine_pack<<<grid, 128, table_entries(W, L) * 8, s>>>(MoeTable{table, W, L}, static_cast<const uint8_t*>(expert_out), out_row,
                                         nullptr, combine_off, bases, nullptr, &st->total);
   moe_signal<<<1, 32, 0, s>>>(bases, W, me, nullptr, 0, 0, flags_off, 0, &st->round);
   return cudaGetLastError();
