@@ -89,9 +89,9 @@ const NEXT: Record<Phase, string> = {
  * Every phase of one instance must run in order on the device: on one stream, or on several with
  * events between them. A rank that does not arrive makes the waiting kernel give up after
  * `timeoutMs` and mark the instance failed (its later phases then do nothing and finish at once);
- * {@link check} (and every later call) throws the failure: `TIMEOUT`, `DECODE_ERROR` (a peer's
- * counts do not fit the config) or `INVALID_ARGUMENT` (a top-k id that is not an expert; that slot
- * is dropped, nothing out of bounds is read or written).
+ * {@link check} and every later call throw it: `TIMEOUT`, or `DECODE_ERROR` (a peer's counts do not
+ * fit the config). A top-k id that is not an expert is dropped (nothing out of bounds is read or
+ * written), the round goes on, and {@link check} reports it as `INVALID_ARGUMENT`.
  */
 export class MoeStream {
   /** This rank's descriptor: give it to every rank's {@link connect}. */
@@ -412,15 +412,27 @@ export class MoeStream {
 
   /**
    * What the kernels reported, read from mapped host memory without synchronising: `undefined`
-   * while nothing failed (as of the work the device has run so far). Once set it stays set: the
-   * instance cannot continue; close it and create another on every rank.
+   * while nothing failed (as of the work the device has run so far). A fatal failure — `TIMEOUT`
+   * (a rank did not arrive) or `DECODE_ERROR` (a peer's counts do not fit the config) — stays set:
+   * the instance cannot continue, every later call throws it; close it and create another on every
+   * rank. A top-k id out of range (`INVALID_ARGUMENT`, the first one) is not fatal: its slot was
+   * dropped on every rank alike and rounds go on; it is reported here until close.
    */
   get failure(): TrellisError | undefined {
+    return this.fatal() ?? this.decode(1);
+  }
+
+  /** The fatal failure the kernels reported, if any (the first error record). */
+  private fatal(): TrellisError | undefined {
+    return this.decode(0);
+  }
+
+  private decode(record: 0 | 1): TrellisError | undefined {
     if (this.closed) return undefined;
-    const i = new Int32Array(this.errWords.buffer, 0, 2);
+    const i = new Int32Array(this.errWords.buffer, record * 24, 2);
     const code = Atomics.load(i, 0);
     if (code <= 0) return undefined;
-    const b = new BigInt64Array(this.errWords.buffer, 8, 2);
+    const b = new BigInt64Array(this.errWords.buffer, record * 24 + 8, 2);
     const detail = i[1]!;
     const round = b[0]!;
     const value = b[1]!;
@@ -440,14 +452,14 @@ export class MoeStream {
       case 4:
         return new TrellisError(
           'INVALID_ARGUMENT',
-          `MoeStream (rank ${c.rank}): round ${round}: topkIds[${detail}] (token ${Math.floor(detail / c.topk)}, k ${detail % c.topk}) is ${value}, not an expert in [0, ${c.numExperts}) or -1; the slot was dropped`,
+          `MoeStream (rank ${c.rank}): round ${round}: topkIds[${detail}] (token ${Math.floor(detail / c.topk)}, k ${detail % c.topk}) is ${value}, not an expert in [0, ${c.numExperts}) or -1; the slot was dropped (the first such id; rounds go on)`,
         );
       default:
         return new TrellisError('INTERNAL', `MoeStream (rank ${c.rank}): unknown device error ${code}`);
     }
   }
 
-  /** Throw {@link failure} if the kernels reported one (call after synchronising the stream). */
+  /** Throw {@link failure} if the kernels reported one (call after synchronising the stream; a bad id's report stays until close). */
   check(): void {
     const f = this.failure;
     if (f) throw f;
@@ -467,7 +479,7 @@ export class MoeStream {
     this.alive(op);
     if (!this.connected)
       throw new TrellisError('INVALID_ARGUMENT', `MoeStream.${op}: connect() every rank's descriptor first`);
-    const f = this.failure;
+    const f = this.fatal();
     if (f) throw f;
     if (this.phase !== want)
       throw new TrellisError(

@@ -61,7 +61,7 @@ function double() {
       gather: () => {},
     },
     stream: {
-      sizes: () => ({ state: 16, err: 24 }),
+      sizes: () => ({ state: 24, err: 48 }),
       smCount: () => 132,
       dispatchSend: rec('dispatchSend'),
       dispatchRecv: rec('dispatchRecv'),
@@ -213,9 +213,10 @@ describe('MoeStream (host side, kernels recorded)', () => {
     for (const k of ranks) k.close();
   });
 
-  it("turns the kernels' error words into errors, sticky until close", () => {
-    const cases: Array<[number, number, bigint, bigint, string, RegExp]> = [
+  it("turns the kernels' error records into errors: fatal ones stop the instance, a bad id does not", () => {
+    const cases: Array<[number, number, number, bigint, bigint, string, RegExp]> = [
       [
+        0,
         1,
         1,
         5n,
@@ -223,8 +224,9 @@ describe('MoeStream (host side, kernels recorded)', () => {
         'TIMEOUT',
         /round 5: rank 1's dispatch did not arrive within 30000 ms \(it is at round 4/,
       ],
-      [2, 1, 6n, 5n, 'TIMEOUT', /rank 1's combine did not arrive/],
+      [0, 2, 1, 6n, 5n, 'TIMEOUT', /rank 1's combine did not arrive/],
       [
+        0,
         3,
         1,
         7n,
@@ -233,31 +235,44 @@ describe('MoeStream (host side, kernels recorded)', () => {
         /rank 1 wrote routes that do not fit this config \(99 rows for this rank, at most maxTokensPerRank × topk = 32/,
       ],
       [
+        1,
         4,
         5,
         8n,
         999n,
         'INVALID_ARGUMENT',
-        /topkIds\[5\] \(token 2, k 1\) is 999, not an expert in \[0, 8\) or -1/,
+        /topkIds\[5\] \(token 2, k 1\) is 999, not an expert in \[0, 8\) or -1; the slot was dropped/,
       ],
     ];
-    for (const [c, detail, round, value, want, msg] of cases) {
+    for (const [record, c, detail, round, value, want, msg] of cases) {
       const { d, ranks, x } = world();
       const m = ranks[0]!;
       expect(m.failure).toBeUndefined();
       m.check();
       const words = d.mapped[0]!;
-      new BigInt64Array(words, 8, 2).set([round, value]);
-      new Int32Array(words, 0, 2).set([c, detail]);
+      expect(words.byteLength).toBeGreaterThanOrEqual(48);
+      new BigInt64Array(words, record * 24 + 8, 2).set([round, value]);
+      new Int32Array(words, record * 24, 2).set([c, detail]);
       expect(m.failure?.code).toBe(want);
       expect(m.failure?.message).toMatch(msg);
       expect(code(() => m.check())).toBe(want);
-      expect(code(() => m.dispatchSend(x, 1n))).toBe(want);
+      // Fatal: every later call throws it. A bad id: rounds go on, check() keeps reporting it.
+      expect(code(() => m.dispatchSend(x, 1n))).toBe(record === 0 ? want : 'none');
       m.close();
       expect(m.failure).toBeUndefined();
       expect(code(() => m.dispatchSend(x, 1n))).toBe('CLOSED');
       ranks[1]!.close();
     }
+  });
+
+  it('a fatal failure outranks a bad id reported before it', () => {
+    const { d, ranks } = world();
+    const words = d.mapped[0]!;
+    new Int32Array(words, 24, 2).set([4, 0]);
+    expect(ranks[0]!.failure?.code).toBe('INVALID_ARGUMENT');
+    new Int32Array(words, 0, 2).set([1, 1]);
+    expect(ranks[0]!.failure?.code).toBe('TIMEOUT');
+    for (const m of ranks) m.close();
   });
 
   it('close frees every allocation it made, once', () => {

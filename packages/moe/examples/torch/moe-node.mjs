@@ -69,3 +69,4 @@ for (const k of ranks) {
 ready.destroy();
 arena.free();
 say({ failure });
+process.exit(0); // stdin stays open (the parent's pipe): leave without waiting for it

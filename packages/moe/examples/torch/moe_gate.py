@@ -110,7 +110,10 @@ for step in range(STEPS):
 
 send({"quit": True})
 tail = recv()
-node.wait(timeout=60)
+try:
+    node.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    node.kill()
 print(json.dumps({"test": "torch-moe-stream", "steps": steps, "ranks": W, "tokens": T, "hidden": H, "experts": E,
                   "topk": K, "bad": bad, "node": tail, "torch": torch.__version__}))
 sys.exit(0 if bad == 0 and steps == STEPS and tail.get("failure") is None else 1)

@@ -74,15 +74,17 @@ struct MoeStreamState {
   unsigned long long round;  // rounds begun (moe_scan counts them)
   int failed;                // a wait gave up or the routes were bad: later phases do nothing
   int total;                 // rows this rank received this round
-  int claimed;               // a failure was reported (the first one is kept)
+  int claimed;               // a failure was reported (the first one is kept, in MoeErr 0)
+  int claimed_ids;           // an id out of range was reported (the first one, in MoeErr 1: not fatal)
 };
 
 // An id a kernel may use: an expert of this config, or -1 (no expert). Anything else is reported
-// (with `err`: device-resident routing the host never saw) and treated as -1. Runs before the
-// round is counted: the round reported is the one beginning.
+// (with `err`: device-resident routing the host never saw; in the second record — the round goes
+// on, consistently on every rank, with the slot dropped) and treated as -1. Runs before the round
+// is counted: the round reported is the one beginning.
 __device__ inline int usable_id(int e, unsigned experts, unsigned p, MoeErr* err, MoeStreamState* st) {
   if (e >= -1 && e < static_cast<int>(experts)) return e;
-  if (st) report(err, &st->claimed, kErrIds, static_cast<long long>(st->round + 1), static_cast<int>(p), e);
+  if (st && err) report(err + 1, &st->claimed_ids, kErrIds, static_cast<long long>(st->round + 1), static_cast<int>(p), e);
   return -1;
 }
 
@@ -683,4 +685,4 @@ extern "C" cudaError_t trellis_moe_st_combine_recv(const void* region, size_t fl
 
 // Bytes of an instance's device state (MoeStreamState) and error words (MoeErr).
 extern "C" size_t trellis_moe_st_state_bytes() { return sizeof(MoeStreamState); }
-extern "C" size_t trellis_moe_st_err_bytes() { return sizeof(MoeErr); }
+extern "C" size_t trellis_moe_st_err_bytes() { return 2 * sizeof(MoeErr); }

@@ -11,8 +11,9 @@
 //             weights and expert outputs written into the captured buffers before each replay;
 //   faults  — bad input refused before anything is queued (numTokens, a short buffer, phase order,
 //             a stream that is not one); a top-k id out of range reported by the kernel (that slot
-//             dropped, the rest equal to the reference); a rank that never arrives: the waiting
-//             rank's stream drains by its deadline and check() throws TIMEOUT naming the rank;
+//             dropped, the rest equal to the reference, the next round unaffected); a rank that
+//             never arrives: the waiting rank's stream drains by its deadline, check() throws
+//             TIMEOUT naming the rank, and so does every later call;
 //   ipc     — two processes, 20 graph replays each, checked the same way.
 // Prints one JSON line; exits non-zero when any byte, count or error differs.
 import { fileURLToPath } from 'node:url';
@@ -295,7 +296,13 @@ function faults() {
     out.badId = ks.map((kk) => kk.moe.failure?.code ?? 'none');
     out.badIdMessage = ks[0].moe.failure?.message;
     out.badIdBytes = sum(ks.map((kk) => compare(cfg, kk, ds[kk.r], ref)));
-    out.afterFailure = codeOf(() => k.moe.dispatchSend(input(cfg, k), k.stream));
+    out.checkAfterBadId = codeOf(() => k.moe.check());
+    // Not fatal: the next round runs (the report stays until close).
+    const ref2 = reference(cfg, ins);
+    for (const kk of ks) upload(kk, ins[kk.r], ref2.outs[kk.r]);
+    const ds2 = ks.map((kk) => step(cfg, kk));
+    for (const kk of ks) kk.stream.synchronize();
+    out.roundAfterBadIdBytes = sum(ks.map((kk) => compare(cfg, kk, ds2[kk.r], ref2)));
     closeAll(ks);
     out.afterClose = codeOf(() => k.moe.dispatchSend(input(cfg, k), k.stream));
   }
@@ -311,6 +318,7 @@ function faults() {
     out.missingRankMs = Math.round(performance.now() - t0);
     out.missingRank = ks[0].moe.failure?.code ?? 'none';
     out.missingRankMessage = ks[0].moe.failure?.message;
+    out.afterTimeout = codeOf(() => ks[0].moe.dispatchSend(input(cfg, ks[0]), ks[0].stream));
     closeAll(ks);
   }
   const want = {
@@ -321,7 +329,8 @@ function faults() {
     hostPointer: 'INVALID_ARGUMENT',
     badStream: 'INVALID_ARGUMENT',
     outOfOrder: 'INVALID_ARGUMENT',
-    afterFailure: 'INVALID_ARGUMENT',
+    checkAfterBadId: 'INVALID_ARGUMENT',
+    afterTimeout: 'TIMEOUT',
     afterClose: 'CLOSED',
     missingRank: 'TIMEOUT',
   };
@@ -330,6 +339,7 @@ function faults() {
     out.badId[0] === 'INVALID_ARGUMENT' &&
     out.badId[1] === 'none' &&
     out.badIdBytes === 0 &&
+    out.roundAfterBadIdBytes === 0 &&
     /rank 1's dispatch/.test(out.missingRankMessage ?? '') &&
     out.missingRankMs < 5000;
   return out;
