@@ -245,7 +245,7 @@ function inProcess(base, W) {
     replays: REPLAYS,
     graphNodes: nodes,
     replayBad: sum(replays),
-    rows: replays.length,
+    rankRoundsChecked: replays.length,
     ms: Math.round(ms),
   };
 }
