@@ -132,8 +132,8 @@ export class CudaEvent {
   }
 
   /**
-   * Open another process's interprocess event from its handle (hex: {@link ipcHandle}, or the bytes
-   * of PyTorch's `torch.cuda.Event(interprocess=True).ipc_handle()`).
+   * Open another process's interprocess event from its handle, in hex: {@link ipcHandle}'s, or
+   * `bytes(torch.cuda.Event(interprocess=True).ipc_handle()).hex()` from PyTorch.
    */
   static import(handle: string, opts: { device?: number } = {}): CudaEvent {
     const device = deviceOf(opts.device, 'CudaEvent.import');

@@ -14,6 +14,7 @@ import { createEngine } from '@trellis/backend-efa';
 import { cudaInfo, cudaMemoryOps, DeviceBuffer } from '@trellis/cuda';
 import { cudaMoeOps, MoeAllToAll } from '../dist/index.js';
 import { childWorld, parentWorld } from '../test/gpu/world.mjs';
+import { pct, routing } from './common.mjs';
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -31,28 +32,6 @@ const warmup = Number(arg('warmup', 20));
 const provider = arg('provider', 'shm');
 const proxy = process.argv.includes('--proxy');
 const gpuDriven = process.argv.includes('--gpu-driven');
-
-function routing(rank) {
-  // Top-k distinct experts per token, uniformly at random (seeded per rank); weights in (0, 1).
-  let x = 0x9e3779b9 ^ (rank + 1);
-  const rnd = () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-  const ids = new Int32Array(T * K);
-  const w = new Float32Array(T * K);
-  for (let t = 0; t < T; t++) {
-    const picked = new Set();
-    while (picked.size < K) picked.add(Math.floor(rnd() * E));
-    [...picked].forEach((e, k) => {
-      ids[t * K + k] = e;
-      w[t * K + k] = rnd();
-    });
-  }
-  return { ids, w };
-}
 
 async function run(rank, device, exchange) {
   const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
@@ -77,7 +56,7 @@ async function run(rank, device, exchange) {
   const scales = DeviceBuffer.alloc(T * (H / 128) * 4, { device });
   scales.write(new Uint8Array(new Float32Array(T * (H / 128)).fill(1).buffer));
   const out = DeviceBuffer.alloc(W * T * K * H * 2, { device }); // expert outputs (zeros), max rows
-  const { ids, w } = routing(rank);
+  const { ids, w } = routing(rank, T, K, E);
   const dispatchMs = [];
   const combineMs = [];
   let rows = 0;
@@ -93,15 +72,13 @@ async function run(rank, device, exchange) {
     }
     rows = d.tokensPerExpert.reduce((a, b) => a + b, 0);
   }
-  const pct = (xs, p) =>
-    +[...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))].toFixed(3);
   const res = {
     rank,
     device,
     paths: moe.paths,
     rowsReceived: rows,
-    dispatchMs: { p50: pct(dispatchMs, 50), p99: pct(dispatchMs, 99) },
-    combineMs: { p50: pct(combineMs, 50), p99: pct(combineMs, 99) },
+    dispatchMs: { p50: pct(dispatchMs, 50, 3), p99: pct(dispatchMs, 99, 3) },
+    combineMs: { p50: pct(combineMs, 50, 3), p99: pct(combineMs, 99, 3) },
   };
   await moe.close();
   await engine.close();

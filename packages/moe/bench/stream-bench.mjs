@@ -18,6 +18,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CudaEvent, CudaGraph, CudaStream, cudaInfo } from '@trellis/cuda';
 import { cudaMoeOps, MoeStream } from '../dist/index.js';
+import { pct, routing } from './common.mjs';
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -36,30 +37,6 @@ const gpus = info.devices.length;
 const here = dirname(fileURLToPath(import.meta.url));
 const ops = cudaMoeOps();
 
-function routing(rank) {
-  // Top-k distinct experts per token, uniformly at random (seeded per rank); weights in (0, 1).
-  let x = 0x9e3779b9 ^ (rank + 1);
-  const rnd = () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-  const ids = new Int32Array(T * K);
-  const w = new Float32Array(T * K);
-  for (let t = 0; t < T; t++) {
-    const picked = new Set();
-    while (picked.size < K) picked.add(Math.floor(rnd() * E));
-    [...picked].forEach((e, k) => {
-      ids[t * K + k] = e;
-      w[t * K + k] = rnd();
-    });
-  }
-  return { ids, w };
-}
-
-const pct = (xs, p) =>
-  +[...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))].toFixed(4);
 const stat = (xs) => ({ p50: pct(xs, 50), p99: pct(xs, 99) });
 
 function moeStream(mode) {
@@ -80,7 +57,7 @@ function moeStream(mode) {
       { ops, device },
     );
     const a = (n) => ops.alloc(device, n);
-    const { ids, w } = routing(r);
+    const { ids, w } = routing(r, T, K, E);
     const b = {
       tokens: a(T * H),
       scales: a(T * (H / 128) * 4),

@@ -111,6 +111,9 @@ export class MoeStream {
   private readonly peers: bigint;
   private readonly state: bigint;
   private readonly errWords: { buffer: ArrayBuffer; devicePtr: bigint };
+  /** The two error records (kernels' MoeErr, 24 bytes each) as code/detail and round/value. */
+  private readonly errInt: Int32Array;
+  private readonly errBig: BigInt64Array;
   private readonly result: MoeStreamDispatch;
   private readonly out: bigint;
   private readonly grid: number;
@@ -163,6 +166,8 @@ export class MoeStream {
       };
       this.out = this.alloc(c.maxTokensPerRank * p.outRow);
       this.errWords = ops.proxy!.allocMapped(Math.max(64, sizes.err));
+      this.errInt = new Int32Array(this.errWords.buffer, 0, 12);
+      this.errBig = new BigInt64Array(this.errWords.buffer, 0, 6);
     } catch (e) {
       this.free();
       throw e;
@@ -429,13 +434,11 @@ export class MoeStream {
 
   private decode(record: 0 | 1): TrellisError | undefined {
     if (this.closed) return undefined;
-    const i = new Int32Array(this.errWords.buffer, record * 24, 2);
-    const code = Atomics.load(i, 0);
+    const code = Atomics.load(this.errInt, record * 6);
     if (code <= 0) return undefined;
-    const b = new BigInt64Array(this.errWords.buffer, record * 24 + 8, 2);
-    const detail = i[1]!;
-    const round = b[0]!;
-    const value = b[1]!;
+    const detail = this.errInt[record * 6 + 1]!;
+    const round = this.errBig[record * 3 + 1]!;
+    const value = this.errBig[record * 3 + 2]!;
     const c = this.config;
     switch (code) {
       case 1:

@@ -19,6 +19,7 @@ import {
   syntheticExpert,
   syntheticInputs,
 } from '../../dist/index.js';
+import { toBf16 } from './bf16.mjs';
 import { childWorld, parentWorld } from './world.mjs';
 
 const provider = process.env.TRELLIS_PROVIDER ?? 'shm';
@@ -53,15 +54,6 @@ const CONFIGS = [
   },
 ];
 const ROUNDS = 3;
-
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-function toBf16(x) {
-  f32[0] = x;
-  const b = u32[0];
-  if ((b & 0x7f800000) === 0x7f800000 && b & 0x7fffff) return ((b >>> 16) | 0x40) & 0xffff;
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
-}
 
 async function rank(r, device, io) {
   const engine = await createEngine({ provider, nics: 2, gpu: cudaMemoryOps(), maxSleepUs: 0 });
