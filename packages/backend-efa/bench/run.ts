@@ -5,7 +5,8 @@
 // memcpy into the target's shared region, immediates through the provider) and against
 // bench/host_mapped.c (the same memcpy into a shared mapping from C, no provider at all).
 // Single writes are also posted through `submitBatch` (batches of window/4, four in flight: one
-// crossing into the addon per batch, no promise per write).
+// crossing into the addon per batch, no promise per write) and as prepared writes
+// (`prepareWrites(...).post` of window/4 writes, four posts in flight: one operation per post).
 //
 // The immediate round trip is timed four ways (see PingMode): awaiting, in latency mode
 // (pollUntil), against a peer answering by native reactions (submitOnImm), and with both sides
@@ -13,6 +14,7 @@
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
 //                          [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
+//                          [--single sdk,batch,prepared,lane,mapped]   (the single-write columns to run)
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -27,6 +29,7 @@ import {
   type Provider,
 } from '@trellis/backend-efa';
 import { MrDesc, type TransferRequest } from '@trellis/core';
+import { mainThreadCpu } from './cpu.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -50,6 +53,12 @@ const raw = join(binDir, 'rma_raw');
 const mapped = join(binDir, 'host_mapped');
 const targetJs = fileURLToPath(new URL('./target.js', import.meta.url));
 const WINDOW = Number(opt('--window', '64'));
+const singleCols = new Set(opt('--single', 'sdk,batch,prepared,lane,mapped').split(','));
+for (const c of singleCols)
+  if (!['sdk', 'batch', 'prepared', 'lane', 'mapped'].includes(c)) {
+    console.error(`--single: unknown column ${JSON.stringify(c)} (sdk, batch, prepared, lane, mapped)`);
+    process.exit(2);
+  }
 
 interface Row {
   provider: string;
@@ -61,6 +70,10 @@ interface Row {
   unit: 'GB/s' | 'Mops/s';
   /** Single writes: the SDK through submitBatch (four batches of window/4 in flight). */
   batch?: number;
+  /** Single writes: the SDK through prepared writes (four posts of window/4 writes in flight). */
+  prepared?: number;
+  /** Single writes: the initiator's JavaScript-thread CPU µs per write, by SDK column (median). */
+  cpu?: { sdk?: number; batch?: number; prepared?: number };
   /** Single writes: the SDK with the same-host lane, and the raw shared-mapping memcpy. */
   lane?: number;
   mapped?: number;
@@ -101,8 +114,12 @@ function initiator(provider: Provider, sameHostLane = false, spin = false): Prom
     sameHostLane,
     maxSleepUs: spin ? 0 : env('TRELLIS_BENCH_SLEEP_US'),
     idleSpinUs: env('TRELLIS_BENCH_SPIN_US'),
+    doorbellUs: env('TRELLIS_BENCH_DOORBELL_US'),
   });
 }
+
+/** The initiator's JavaScript-thread CPU µs per write of the last {@link sdkSingle} run. */
+let lastCpuPerOp = 0;
 
 /** Keep `window` operations in flight until `ops` completed; seconds from first post to last completion. */
 async function windowed(ops: number, window: number, submit: (i: number) => Promise<void>): Promise<number> {
@@ -117,15 +134,16 @@ async function windowed(ops: number, window: number, submit: (i: number) => Prom
 
 /**
  * `ops` single writes of `size` bytes, at most `WINDOW` outstanding: through `submitSingleWrite`
- * (`'single'`, or `'lane'` with the same-host lane on), or through `submitBatch` (`'batch'`:
+ * (`'single'`, or `'lane'` with the same-host lane on), through `submitBatch` (`'batch'`:
  * batches of window/4, four in flight — a new batch goes as soon as one settles, so at least 3/4
- * of the window stays busy). Returns the seconds the writes took.
+ * of the window stays busy), or as prepared writes (`'prepared'`: posts of window/4 writes, four in
+ * flight, the same way). Returns the seconds the writes took.
  */
 async function sdkSingle(
   provider: Provider,
   size: number,
   ops: number,
-  how: 'single' | 'lane' | 'batch' = 'single',
+  how: 'single' | 'lane' | 'batch' | 'prepared' = 'single',
 ): Promise<number> {
   const engine = await initiator(provider, how === 'lane');
   const region = Math.max(size, 64 << 20);
@@ -139,8 +157,30 @@ async function sdkSingle(
     return { src, srcOffset: at, length: size, dst: t.dst, dstOffset: at, imm: 1, shards: 1 };
   };
   let s: number;
-  if (how !== 'batch') s = await windowed(ops, WINDOW, (i) => engine.submitSingleWrite(request(i)));
-  else {
+  const cpu0 = mainThreadCpu();
+  if (how === 'single' || how === 'lane')
+    s = await windowed(ops, WINDOW, (i) => engine.submitSingleWrite(request(i)));
+  else if (how === 'prepared') {
+    const per = Math.max(1, WINDOW >> 2);
+    const writes = engine.prepareWrites({ src, dst: t.dst, imm: 1 });
+    let next = 0;
+    const t0 = performance.now();
+    const stream = async () => {
+      const w = new Float64Array(3 * per);
+      while (next < ops) {
+        let k = 0;
+        for (; k < per && next < ops; k++, next++) {
+          const at = (next % slots) * size;
+          w[3 * k] = at;
+          w[3 * k + 1] = at;
+          w[3 * k + 2] = size;
+        }
+        await writes.post(w, { count: k });
+      }
+    };
+    await Promise.all([stream(), stream(), stream(), stream()]);
+    s = (performance.now() - t0) / 1000;
+  } else {
     const per = Math.max(1, WINDOW >> 2);
     let next = 0;
     const t0 = performance.now();
@@ -155,6 +195,7 @@ async function sdkSingle(
     await Promise.all([stream(), stream(), stream(), stream()]);
     s = (performance.now() - t0) / 1000;
   }
+  lastCpuPerOp = ((mainThreadCpu() - cpu0) / ops) * 1e6;
   await arrived;
   await src.unregister();
   await t.stop();
@@ -245,8 +286,19 @@ async function sdkPingPong(
   for (let i = 0; i < iters + warm; i++) {
     const t0 = performance.now();
     if (spin) {
+      // Poll until both the answer and this immediate's own completion are in: awaiting the
+      // completion after the loop would wait for the event loop to be woken for it.
+      let settled = false;
       const sent = engine.submitImm({ dst: t.dst.owner, imm: 2 });
-      await engine.pollUntil!(() => back.take(1), { timeoutMs: 60_000 });
+      sent.then(
+        () => {
+          settled = true;
+        },
+        () => {
+          settled = true;
+        },
+      );
+      await engine.pollUntil!(() => settled && back.take(1), { timeoutMs: 60_000 });
       await sent;
     } else {
       await engine.submitImm({ dst: t.dst.owner, imm: 2 });
@@ -290,28 +342,47 @@ for (const provider of providers) {
     const laneT: number[] = [];
     const mappedT: number[] = [];
     const batchT: number[] = [];
+    const preparedT: number[] = [];
+    const cpuT = { sdk: [] as number[], batch: [] as number[], prepared: [] as number[] };
+    const gbps = async (how: 'single' | 'lane' | 'batch' | 'prepared') =>
+      (ops * size) / (await sdkSingle(provider, size, ops, how)) / 1e9;
     for (let t = 0; t < trials; t++) {
-      sdkT.push((ops * size) / (await sdkSingle(provider, size, ops)) / 1e9);
-      batchT.push((ops * size) / (await sdkSingle(provider, size, ops, 'batch')) / 1e9);
+      if (singleCols.has('sdk')) {
+        sdkT.push(await gbps('single'));
+        cpuT.sdk.push(lastCpuPerOp);
+      }
+      if (singleCols.has('batch')) {
+        batchT.push(await gbps('batch'));
+        cpuT.batch.push(lastCpuPerOp);
+      }
+      if (singleCols.has('prepared')) {
+        preparedT.push(await gbps('prepared'));
+        cpuT.prepared.push(lastCpuPerOp);
+      }
       const r = rawRun([prov, 'single', String(size), String(ops), String(WINDOW)]);
       rawT.push(r.bytes / r.seconds / 1e9);
-      laneT.push((ops * size) / (await sdkSingle(provider, size, ops, 'lane')) / 1e9);
-      const m = JSON.parse(
-        execFileSync(mapped, [String(size), String(ops), String(WINDOW)], { encoding: 'utf8' }),
-      );
-      mappedT.push(m.bytes / m.seconds / 1e9);
+      if (singleCols.has('lane')) laneT.push(await gbps('lane'));
+      if (singleCols.has('mapped')) {
+        const m = JSON.parse(
+          execFileSync(mapped, [String(size), String(ops), String(WINDOW)], { encoding: 'utf8' }),
+        );
+        mappedT.push(m.bytes / m.seconds / 1e9);
+      }
     }
+    const med = (xs: number[]) => (xs.length ? median(xs) : undefined);
     rows.push({
       provider: prov,
       test: 'single write',
       size,
       ops,
-      sdk: median(sdkT),
+      sdk: med(sdkT) ?? Number.NaN,
       raw: median(rawT),
       unit: 'GB/s',
-      batch: median(batchT),
-      lane: median(laneT),
-      mapped: median(mappedT),
+      batch: med(batchT),
+      prepared: med(preparedT),
+      cpu: { sdk: med(cpuT.sdk), batch: med(cpuT.batch), prepared: med(cpuT.prepared) },
+      lane: med(laneT),
+      mapped: med(mappedT),
     });
     process.stderr.write('.');
   }
@@ -370,6 +441,8 @@ const header = [
   'SDK/raw',
   'SDK, submitBatch',
   'batch/raw',
+  'SDK, prepared',
+  'prepared/raw',
   'SDK, same-host lane',
   'raw C, mapped memcpy',
 ];
@@ -378,11 +451,13 @@ const table = rows.map((r) => [
   r.test,
   fmtSize(r.size),
   String(r.ops),
-  `${r.sdk.toFixed(3)} ${r.unit}`,
+  Number.isNaN(r.sdk) ? '–' : `${r.sdk.toFixed(3)} ${r.unit}`,
   `${r.raw.toFixed(3)} ${r.unit}`,
-  `${(r.sdk / r.raw).toFixed(2)}x`,
+  Number.isNaN(r.sdk) ? '–' : `${(r.sdk / r.raw).toFixed(2)}x`,
   r.batch === undefined ? '–' : `${r.batch.toFixed(3)} ${r.unit}`,
   r.batch === undefined ? '–' : `${(r.batch / r.raw).toFixed(2)}x`,
+  r.prepared === undefined ? '–' : `${r.prepared.toFixed(3)} ${r.unit}`,
+  r.prepared === undefined ? '–' : `${(r.prepared / r.raw).toFixed(2)}x`,
   r.lane === undefined ? '–' : `${r.lane.toFixed(3)} ${r.unit}`,
   r.mapped === undefined ? '–' : `${r.mapped.toFixed(3)} ${r.unit}`,
 ]);
@@ -394,6 +469,20 @@ console.log(
 console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const t of table) console.log(line(t));
+if (rows.some((r) => r.cpu)) {
+  console.log('');
+  console.log(
+    "The initiator's JavaScript thread, CPU µs per single write (/proc schedstat; median of the same trials):",
+  );
+  console.log('| provider | size | SDK | SDK, submitBatch | SDK, prepared |');
+  console.log('|---|---|---|---|---|');
+  const c = (x: number | undefined) => (x === undefined ? '–' : x.toFixed(2));
+  for (const r of rows)
+    if (r.cpu)
+      console.log(
+        `| ${r.provider} | ${fmtSize(r.size)} | ${c(r.cpu.sdk)} | ${c(r.cpu.batch)} | ${c(r.cpu.prepared)} |`,
+      );
+}
 console.log('');
 console.log(
   '| provider | immediate round trip (submitImm → peer answers with an immediate) | median | p99 | median / raw |',

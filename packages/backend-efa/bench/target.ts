@@ -23,6 +23,7 @@ const engine = await createEngine({
   // The engine's defaults unless the environment overrides them (see docs/benchmarks.md).
   maxSleepUs: spin ? 0 : envNumber('TRELLIS_BENCH_SLEEP_US'),
   idleSpinUs: envNumber('TRELLIS_BENCH_SPIN_US'),
+  doorbellUs: envNumber('TRELLIS_BENCH_DOORBELL_US'),
 });
 const region = await engine.registerMemory(size, { remote: true });
 process.stdout.write(`${JSON.stringify({ desc: region.desc.toString() })}\n`);

@@ -32,6 +32,9 @@ import type {
   OpOptions,
   PagedWritesRequest,
   PeerGroup,
+  PreparedPostOptions,
+  PreparedWrites,
+  PreparedWritesRequest,
   RecvMessage,
   RecvOptions,
   RegisterOptions,
@@ -258,6 +261,20 @@ class Harness implements FaultyEngine {
         );
       }),
     ).then((errors) => ({ failed: errors.filter((e) => e !== undefined).length, errors }));
+  }
+  /** The inner engine's prepared writes; each post goes through the faults as one operation. */
+  prepareWrites(req: PreparedWritesRequest): PreparedWrites {
+    const inner = this.inner.prepareWrites(req);
+    const post = (
+      writes: Float64Array | readonly number[],
+      opts: PreparedPostOptions = {},
+    ): Promise<void> => {
+      // A delayed post reads its writes later: copy them now, as the contract lets callers reuse them.
+      const copy =
+        writes instanceof Float64Array ? writes.slice() : Array.isArray(writes) ? [...writes] : writes;
+      return this.faulted('PreparedWrites.post', [inner.dst.owner], opts ?? {}, () => inner.post(copy, opts));
+    };
+    return Object.freeze({ src: inner.src, dst: inner.dst, imm: inner.imm, post });
   }
   submitOnWatch(watcher: UvmWatcher, value: bigint, request: TransferRequest): Promise<void> {
     return this.inner.submitOnWatch(watcher, value, request);

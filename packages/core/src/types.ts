@@ -51,6 +51,23 @@ export interface TransferEngine {
    * order holds between the operations of a batch.
    */
   submitBatch(requests: readonly TransferRequest[], opts?: OpOptions): Promise<BatchResult>;
+  /**
+   * Prepare writes from `req.src` to `req.dst` that will be posted many times with new offsets,
+   * lengths and immediates: the source, the descriptor and the immediate are validated once, here
+   * (as `submitSingleWrite` would check them), and each {@link PreparedWrites.post} then checks
+   * only its ranges. The fastest way to post many small writes from JavaScript: one post of n
+   * writes is one operation (one deadline, one settlement, one crossing into a native addon), its
+   * writes packed from a `Float64Array`. Throws synchronously on bad input.
+   *
+   * @example
+   * ```ts
+   * const writes = engine.prepareWrites({ src, dst: peerDesc, imm: 7 });
+   * // Three 4 KiB writes: [srcOffset, dstOffset, length] each.
+   * await writes.post(Float64Array.of(0, 0, 4096, 4096, 8192, 4096, 8192, 16384, 4096));
+   * // The target counts 3 arrivals of immediate 7.
+   * ```
+   */
+  prepareWrites(req: PreparedWritesRequest): PreparedWrites;
 
   /** The credit counter for `imm` (created on first use; the same object every time). */
   immCounter(imm: number): ImmCounter;
@@ -115,13 +132,18 @@ export interface TransferEngine {
    * returns true. Costs one CPU core for as long as it spins (the engine's worker spins too while
    * operations are in flight). Rejects with `TIMEOUT` after `opts.timeoutMs` (default: the
    * engine's operation timeout), `ABORTED` if `opts.signal` is aborted (checked between polls),
-   * `CLOSED` if the engine closes, and with whatever `done` throws. Absent where `poll` is.
+   * `CLOSED` if the engine closes, and with whatever `done` throws. Once it returns, the worker
+   * rings the event loop again at once for whatever comes next. Absent where `poll` is.
    *
    * @example
    * ```ts
    * const pong = engine.immCounter(3);
+   * let settled = false;
    * const sent = engine.submitImm({ dst: peer, imm: 2 });
-   * await engine.pollUntil!(() => pong.take(1), { timeoutMs: 1000 });
+   * sent.then(() => (settled = true), () => (settled = true));
+   * // Both the answer and the ping's own completion: a promise awaited after the loop waits for
+   * // the event loop to be woken for it.
+   * await engine.pollUntil!(() => settled && pong.take(1), { timeoutMs: 1000 });
    * await sent;
    * ```
    */
@@ -284,6 +306,47 @@ export interface BatchResult {
    * `TrellisError` it failed with (as its own `submit*` would have rejected).
    */
   readonly errors: readonly (import('./errors.js').TrellisError | undefined)[];
+}
+
+/** What {@link TransferEngine.prepareWrites} takes: the part of many writes that never changes. */
+export interface PreparedWritesRequest {
+  /** Source registration of this engine (host, CUDA or in parts: every path a write takes). */
+  src: MrHandle;
+  /** Destination: a peer's remote registration. */
+  dst: MrDesc;
+  /** Immediate each write carries unless a post names its own (default: none). */
+  imm?: number;
+}
+
+/** Options of one {@link PreparedWrites.post}. */
+export interface PreparedPostOptions extends OpOptions {
+  /** Post the first `count` writes of `writes` (default: all, `writes.length / 3`). */
+  count?: number;
+  /** The immediate of this post's writes instead of the prepared one; `null`: none. */
+  imm?: number | null;
+}
+
+/**
+ * Writes from one source to one destination, validated once by
+ * {@link TransferEngine.prepareWrites} and posted many times.
+ */
+export interface PreparedWrites {
+  readonly src: MrHandle;
+  readonly dst: MrDesc;
+  /** The prepared immediate (undefined: none). */
+  readonly imm: number | undefined;
+  /**
+   * Post `writes` — `[srcOffset, dstOffset, length]` per write, in a `Float64Array` (or an array
+   * of numbers) — as one operation. Each write is one work request (never sharded), write `i` on
+   * NIC pair `i mod lanes`; each carries the immediate, so the target counts one arrival per write,
+   * as for the same writes posted one by one. The array is read before `post` returns: reuse it at
+   * once. Bad input (an offset that is not an integer >= 0, a range outside `src` or `dst`, a
+   * source unregistered since, a count that does not fit) rejects with the error
+   * `submitSingleWrite` would give, naming the write, before anything is posted. Resolves once
+   * every write completed; rejects with the first failure, like any `submit*` (no order holds
+   * between the writes; a failed post may have delivered some of them). `count: 0` resolves at once.
+   */
+  post(writes: Float64Array | readonly number[], opts?: PreparedPostOptions): Promise<void>;
 }
 
 /** Peers resolved once for scatter and barrier. */

@@ -33,4 +33,17 @@ describe('examples', () => {
     );
     expect(out).toContain('batch of 33: 0 failed; every byte in place: true');
   });
+
+  it('the README shows examples/prepared.ts verbatim, and it runs: a bad post refused, 64 writes in one operation, every byte in place', () => {
+    const readme = readFileSync(`${root}/README.md`, 'utf8');
+    expect(readme).toContain(readFileSync(`${root}/examples/prepared.ts`, 'utf8').trim());
+    const out = execFileSync(process.execPath, ['dist-examples/prepared.js'], {
+      cwd: root,
+      encoding: 'utf8',
+    });
+    expect(out).toContain(
+      'refused: PreparedWrites.post: write 0 dst: bytes [1048476, 1052572) fall outside the region of 1048576 bytes',
+    );
+    expect(out).toContain('64 writes in one post: every byte in place: true; operations: 1');
+  });
 });

@@ -34,6 +34,33 @@ describe('@trellis/core/faults: the fault harness', () => {
     await fabric.close();
   });
 
+  it('a delayed prepared post reads the writes as they were at the call, though the caller reuses the array at once', async () => {
+    const { fabric, a, b, src, dst } = await pair();
+    src.buffer!.set(Uint8Array.from({ length: 4096 }, (_, i) => i & 0xff));
+    a.faults.delay([5, 20]);
+    const writes = a.prepareWrites({ src, dst: dst.desc, imm: 13 });
+    const w = new Float64Array(3 * 4);
+    const posts: Promise<void>[] = [];
+    for (let p = 0; p < 8; p++) {
+      // Post p: 4 writes of 1 KiB from source quarter k to block 4p + k; then the array is overwritten.
+      for (let k = 0; k < 4; k++) w.set([k * 1024, (4 * p + k) * 1024, 1024], 3 * k);
+      posts.push(writes.post(w));
+    }
+    w.fill(0);
+    await Promise.all(posts);
+    await b.immCounter(13).wait(32, { timeoutMs: 5000 });
+    for (let blk = 0; blk < 32; blk++) {
+      const got = dst.buffer!.subarray(blk * 1024, (blk + 1) * 1024);
+      const want = src.buffer!.subarray((blk % 4) * 1024, (blk % 4 + 1) * 1024);
+      expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
+    }
+    expect(a.faults.injected).toEqual({ delayed: 8, dropped: 0, nicFailed: 0, peerKilled: 0 });
+    a.faults.killPeer(b.address);
+    await expect(writes.post(Float64Array.of(0, 0, 8))).rejects.toMatchObject({ code: 'PEER_LOST' });
+    expect(b.immCounter(13).total).toBe(32);
+    await fabric.close();
+  });
+
   it('drops fail operations before they are posted: nothing of them arrives; the same seed drops the same ones', async () => {
     const run = async (seed: number) => {
       const { fabric, a, b, src, dst } = await pair(seed);

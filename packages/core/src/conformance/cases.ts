@@ -6,6 +6,7 @@ import { INPUT_CASES } from './cases/input.js';
 import { LIFECYCLE_CASES } from './cases/lifecycle.js';
 import { MESSAGE_CASES } from './cases/messages.js';
 import { OBSERVE_CASES } from './cases/observe.js';
+import { PREPARED_CASES } from './cases/prepared.js';
 import { REACTION_CASES } from './cases/reactions.js';
 import type { ConformanceCase } from './cases/shared.js';
 import { WRITE_CASES } from './cases/writes.js';
@@ -15,6 +16,7 @@ export type { CaseContext, ConformanceCase, EngineGroup, GroupFactory } from './
 export const CASES: readonly ConformanceCase[] = [
   ...WRITE_CASES,
   ...BATCH_CASES,
+  ...PREPARED_CASES,
   ...MESSAGE_CASES,
   ...INPUT_CASES,
   ...LIFECYCLE_CASES,

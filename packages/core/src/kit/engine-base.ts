@@ -24,6 +24,9 @@ import type {
   OpOptions,
   PagedWritesRequest,
   PeerGroup,
+  PreparedPostOptions,
+  PreparedWrites,
+  PreparedWritesRequest,
   RecvMessage,
   RecvOptions,
   RegisterOptions,
@@ -46,11 +49,13 @@ import {
   checkImm,
   checkOpOptions,
   checkPeer,
+  checkPrepared,
   checkSend,
   type Plan,
   planBarrier,
   planImm,
   planPaged,
+  planPrepared,
   planScatter,
   planSingle,
   type ValidationContext,
@@ -586,6 +591,14 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     } catch (e) {
       return Promise.reject(site.attach(e));
     }
+  }
+
+  prepareWrites(req: PreparedWritesRequest): PreparedWrites {
+    this.throwIfClosed('prepareWrites');
+    const t = checkPrepared(this, req);
+    const post = (writes: Float64Array | readonly number[], opts: PreparedPostOptions = {}): Promise<void> =>
+      this.submit('PreparedWrites.post', opts, () => planPrepared(this, t, writes, opts));
+    return Object.freeze({ src: t.src, dst: t.dst, imm: t.imm, post });
   }
 
   /** The plan of a request of any kind (as its own `submit*` would make it). */

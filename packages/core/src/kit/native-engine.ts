@@ -95,6 +95,10 @@ export interface NativeEngine {
   deregister(id: number): void;
   /** Many writes in one call: {@link BATCH_WRITE} records, their runs one after another. */
   writeBatch(batch: Float64Array, runs: Float64Array, runKeys: BigUint64Array): void;
+  /** The arrays {@link NativeEngine.writeBound} reads its runs from (kept referenced by the addon). */
+  bindScratch(runs: Float64Array, runKeys: BigUint64Array): void;
+  /** write() of the first `runs` runs of the bound scratch, no pages, no trigger; imm < 0: none. */
+  writeBound(op: number, region: number, imm: number, runs: number): void;
   write(
     op: number,
     region: number,
@@ -134,6 +138,8 @@ export interface NativeEngine {
   countImm(imm: number, n: number): void;
   /** Latency mode: deliver the waiting batch now, through the events callback; false if none. */
   poll(): boolean;
+  /** Latency mode ended (pollUntil returned): the doorbell rings at once again for what comes next. */
+  endPoll(): void;
   /** One {@link NIC_STATS} record per NIC. */
   stats(): Float64Array;
   close(): void;
@@ -896,6 +902,8 @@ export abstract class NativeEngineBase extends EngineBase {
 
   // Scratch arrays for the write command: the addon copies them synchronously, so one pair serves
   // every call (no per-operation allocation). Grown for requests with many runs.
+  private boundRuns: Float64Array | undefined;
+  private boundKeys: BigUint64Array | undefined;
   private readonly writeScratch: WriteScratch = {
     runs: new Float64Array(RUN.stride * 8),
     keys: new BigUint64Array(NIC_KEYS.stride * 8),
@@ -966,14 +974,20 @@ export abstract class NativeEngineBase extends EngineBase {
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
       throw new TrellisError('INVALID_ARGUMENT', `${op}: signal must be an AbortSignal`, { op });
     const deadline = performance.now() + timeoutMs;
-    for (let spins = 1; ; spins++) {
-      if (done()) return;
-      if (this.closed) throw new TrellisError('CLOSED', `${op}: the engine was closed`, { op });
-      if (opts.signal?.aborted) throw new TrellisError('ABORTED', `${op}: aborted`, { op });
-      // Reactions of what a poll settled run at this await (a microtask: no event-loop turn).
-      if (!this.native.poll() && (spins & 63) === 0 && performance.now() > deadline)
-        throw new TrellisError('TIMEOUT', `${op}: done() still false after ${timeoutMs} ms`, { op });
-      await undefined;
+    try {
+      for (let spins = 1; ; spins++) {
+        if (done()) return;
+        if (this.closed) throw new TrellisError('CLOSED', `${op}: the engine was closed`, { op });
+        if (opts.signal?.aborted) throw new TrellisError('ABORTED', `${op}: aborted`, { op });
+        // Reactions of what a poll settled run at this await (a microtask: no event-loop turn).
+        if (!this.native.poll() && (spins & 63) === 0 && performance.now() > deadline)
+          throw new TrellisError('TIMEOUT', `${op}: done() still false after ${timeoutMs} ms`, { op });
+        await undefined;
+      }
+    } finally {
+      // What lands from now on (an operation's completion awaited after the loop) is rung for at
+      // once, not once the worker has seen no poll for 100 µs.
+      if (!this.closed) this.native.endPoll();
     }
   }
 
@@ -1052,16 +1066,28 @@ export abstract class NativeEngineBase extends EngineBase {
 
   /** Post a plan as work requests (the staged path posts its segments through here), or arm it. */
   private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint; hold?: boolean }): void {
-    const w = packWrite(plan, this.writeScratch, this.writePeers, op.callsite.op);
+    const s = this.writeScratch;
+    const n = packRuns(plan, s, this.writePeers, op.callsite.op);
     this.track(op);
+    if (!s.pages && !trigger) {
+      // The common case: the runs are already in the scratch the addon reads (bound again when
+      // packRuns grew it), so only four numbers cross.
+      if (s.runs !== this.boundRuns || s.keys !== this.boundKeys) {
+        this.native.bindScratch(s.runs, s.keys);
+        this.boundRuns = s.runs;
+        this.boundKeys = s.keys;
+      }
+      this.native.writeBound(op.id, s.region ?? 0, plan.imm ?? -1, n);
+      return;
+    }
     this.native.write(
       op.id,
-      w.region,
+      s.region ?? 0,
       plan.imm !== undefined,
       plan.imm ?? 0,
-      w.runs,
-      w.keys,
-      w.pages,
+      s.runs.subarray(0, RUN.stride * n),
+      s.keys.subarray(0, NIC_KEYS.stride * n),
+      s.pages,
       trigger,
     );
   }
@@ -1523,6 +1549,10 @@ function nicKeysOf(keys: BigUint64Array, nics: number): Array<{ addr: bigint; rk
 export interface WriteScratch {
   runs: Float64Array;
   keys: BigUint64Array;
+  /** Set by {@link packRuns}: the source region's id (0: none). */
+  region?: number;
+  /** Set by {@link packRuns}: a paged write's pages (undefined otherwise). */
+  pages?: PackedWrite['pages'];
 }
 
 /** How the engine names a peer to its addon, and how many lanes reach it. @internal */
@@ -1543,9 +1573,10 @@ export interface PackedWrite {
  * Pack a plan into the addon's write records ({@link RUN} and {@link NIC_KEYS} records, or the pages
  * object): the JS half of a write the worker expands into work requests (`wr_shape` in expand.hpp;
  * backend-efa's test/expand.test.ts checks, on random plans, that the expansion of what this packs
- * is {@link workRequests} of the plan). The returned arrays are views of `scratch`. @internal
+ * is {@link workRequests} of the plan). Returns how many runs it packed at the start of `scratch`'s
+ * arrays; sets `scratch.region` and `scratch.pages`. @internal
  */
-export function packWrite(plan: Plan, scratch: WriteScratch, peers: WritePeers, op: string): PackedWrite {
+export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, op: string): number {
   let n = 0;
   const runCount =
     plan.op === 'scatter'
@@ -1561,33 +1592,23 @@ export function packWrite(plan: Plan, scratch: WriteScratch, peers: WritePeers, 
   }
   const runs = scratch.runs;
   const keys = scratch.keys;
-  const run = (
-    peer: NetAddr,
-    lane0: number,
-    lanes: number,
-    shards: number,
-    srcOff: number,
-    dstOff: number,
-    len: number,
-    dst: MrDesc | undefined,
-  ) => {
-    const at = RUN.stride * n;
-    runs[at + RUN.peer] = peers.peerId(peer, op);
-    runs[at + RUN.lane0] = lane0;
-    runs[at + RUN.lanes] = lanes;
-    runs[at + RUN.shards] = shards;
-    runs[at + RUN.srcOff] = srcOff;
-    runs[at + RUN.dstOff] = dstOff;
-    runs[at + RUN.len] = len;
-    runs[at + RUN.zero] = dst ? 0 : 1;
-    packNicKeys(keys, NIC_KEYS.stride * n++, dst);
-  };
   let region = 0;
   let pages: PackedWrite['pages'];
   switch (plan.op) {
     case 'single':
       region = (plan.src as Region).key as number;
-      run(plan.peer, 0, plan.lanes, plan.shards, plan.srcOffset, plan.dstOffset, plan.length, plan.dst);
+      putRun(
+        scratch,
+        n++,
+        peers.peerId(plan.peer, op),
+        0,
+        plan.lanes,
+        plan.shards,
+        plan.srcOffset,
+        plan.dstOffset,
+        plan.length,
+        plan.dst,
+      );
       break;
     case 'paged': {
       region = (plan.src as Region).key as number;
@@ -1607,37 +1628,130 @@ export function packWrite(plan: Plan, scratch: WriteScratch, peers: WritePeers, 
       };
       break;
     }
-    case 'scatter':
+    case 'scatter': {
       region = (plan.src as Region).key as number;
-      plan.targets.forEach((t, i) => {
-        if (plan.routing === 'bytes')
-          run(t.peer, 0, t.lanes, autoShards(t.length, t.lanes), t.srcOffset, t.dstOffset, t.length, t.dst);
+      const routing = plan.routing;
+      const targets = plan.targets;
+      for (let i = 0; i < targets.length; i++) {
+        const t = targets[i]!;
+        if (i > 0 && routing === 'peers' && t.dst === targets[i - 1]!.dst) {
+          // The previous target's destination again (prepared writes: all of them): its peer id
+          // and keys are copied, not looked up and converted again.
+          const at = RUN.stride * n;
+          runs.copyWithin(at, at - RUN.stride, at);
+          runs[at + RUN.lane0] = i % t.lanes;
+          runs[at + RUN.srcOff] = t.srcOffset;
+          runs[at + RUN.dstOff] = t.dstOffset;
+          runs[at + RUN.len] = t.length;
+          const k = NIC_KEYS.stride * n++;
+          keys.copyWithin(k, k - NIC_KEYS.stride, k);
+        } else if (routing === 'bytes')
+          putRun(
+            scratch,
+            n++,
+            peers.peerId(t.peer, op),
+            0,
+            t.lanes,
+            autoShards(t.length, t.lanes),
+            t.srcOffset,
+            t.dstOffset,
+            t.length,
+            t.dst,
+          );
         else {
-          const lane = plan.routing === 'peers' ? i % t.lanes : plan.routing.nic;
-          run(t.peer, lane, t.lanes, 1, t.srcOffset, t.dstOffset, t.length, t.dst);
+          const lane = routing === 'peers' ? i % t.lanes : routing.nic;
+          putRun(
+            scratch,
+            n++,
+            peers.peerId(t.peer, op),
+            lane,
+            t.lanes,
+            1,
+            t.srcOffset,
+            t.dstOffset,
+            t.length,
+            t.dst,
+          );
         }
-      });
+      }
       break;
+    }
     case 'barrier':
       for (const [j, p] of plan.peers.entries())
-        run(p, plan.lanes[j]!, peers.lanesTo(p), 1, 0, 0, 0, undefined);
+        putRun(scratch, n++, peers.peerId(p, op), plan.lanes[j]!, peers.lanesTo(p), 1, 0, 0, 0, undefined);
       break;
     case 'imm':
-      run(plan.peer, plan.lane, peers.lanesTo(plan.peer), 1, 0, 0, 0, undefined);
+      putRun(
+        scratch,
+        n++,
+        peers.peerId(plan.peer, op),
+        plan.lane,
+        peers.lanesTo(plan.peer),
+        1,
+        0,
+        0,
+        0,
+        undefined,
+      );
       break;
     case 'runs':
       region = plan.src ? ((plan.src as Region).key as number) : 0;
       // Each on its own lane: lane0 = the lane, one shard.
       for (const r of plan.runs)
-        run(r.peer, r.lane, peers.lanesTo(r.peer), 1, r.srcOffset, r.dstOffset, r.length, r.dst);
+        putRun(
+          scratch,
+          n++,
+          peers.peerId(r.peer, op),
+          r.lane,
+          peers.lanesTo(r.peer),
+          1,
+          r.srcOffset,
+          r.dstOffset,
+          r.length,
+          r.dst,
+        );
       break;
   }
+  scratch.region = region;
+  scratch.pages = pages;
+  return n;
+}
+
+/** {@link packRuns}, as the arrays {@link NativeEngine.write} takes (views of `scratch`). @internal */
+export function packWrite(plan: Plan, scratch: WriteScratch, peers: WritePeers, op: string): PackedWrite {
+  const n = packRuns(plan, scratch, peers, op);
   return {
-    region,
-    runs: runs.subarray(0, RUN.stride * n),
-    keys: keys.subarray(0, NIC_KEYS.stride * n),
-    pages,
+    region: scratch.region ?? 0,
+    runs: scratch.runs.subarray(0, RUN.stride * n),
+    keys: scratch.keys.subarray(0, NIC_KEYS.stride * n),
+    pages: scratch.pages,
   };
+}
+
+/** One {@link RUN} record and its {@link NIC_KEYS} record, at index `n` of the scratch arrays. */
+function putRun(
+  s: WriteScratch,
+  n: number,
+  peer: number,
+  lane0: number,
+  lanes: number,
+  shards: number,
+  srcOff: number,
+  dstOff: number,
+  len: number,
+  dst: MrDesc | undefined,
+): void {
+  const runs = s.runs;
+  const at = RUN.stride * n;
+  runs[at + RUN.peer] = peer;
+  runs[at + RUN.lane0] = lane0;
+  runs[at + RUN.lanes] = lanes;
+  runs[at + RUN.shards] = shards;
+  runs[at + RUN.srcOff] = srcOff;
+  runs[at + RUN.dstOff] = dstOff;
+  runs[at + RUN.len] = len;
+  runs[at + RUN.zero] = dst ? 0 : 1;
+  packNicKeys(s.keys, NIC_KEYS.stride * n, dst);
 }
 
 /** A copy of `a` with room for at least `n` elements (doubling). */

@@ -394,6 +394,90 @@ export function planScatter(ctx: ValidationContext, req: ScatterRequest, op = 's
   return { op: 'scatter', src: req.src, targets, imm, routing: nic === undefined ? routing : { nic } };
 }
 
+/** The half of prepared writes {@link planPrepared} reuses: checked once by `prepareWrites`. */
+export interface PreparedTemplate {
+  readonly src: MrHandle;
+  readonly dst: MrDesc;
+  readonly imm: number | undefined;
+  /** NIC pairs between this engine and the destination's owner. */
+  readonly lanes: number;
+}
+
+/** `prepareWrites`: the template every post of the prepared writes reuses. */
+export function checkPrepared(
+  ctx: ValidationContext,
+  req: { src: MrHandle; dst: MrDesc; imm?: number },
+  op = 'prepareWrites',
+): PreparedTemplate {
+  checkRequestObject(op, req);
+  ctx.checkHandle(req.src, op, 'src');
+  const dst = checkDst(ctx, op, 'dst', req.dst);
+  const imm = checkImm(op, req.imm, false);
+  return { src: req.src, dst, imm, lanes: lanesBetween(ctx.nics, dst.owner.nics.length) };
+}
+
+const PREPARED_FIELDS = ['srcOffset', 'dstOffset', 'length'] as const;
+
+/**
+ * One post of prepared writes: the scatter plan (every target the prepared destination, write i on
+ * lane i mod lanes, one work request each) of `writes`' triples `[srcOffset, dstOffset, length]`.
+ */
+export function planPrepared(
+  ctx: ValidationContext,
+  t: PreparedTemplate,
+  writes: unknown,
+  opts: { count?: unknown; imm?: unknown } & OpOptions,
+  op = 'PreparedWrites.post',
+): ScatterPlan {
+  if (!(writes instanceof Float64Array) && !Array.isArray(writes))
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `writes must be a Float64Array (or an array of numbers) of [srcOffset, dstOffset, length] triples, got ${describe(writes)}`,
+    );
+  checkRequestObject(op, opts);
+  checkOpOptions(op, opts);
+  const w = writes as ArrayLike<unknown>;
+  let n: number;
+  if (opts.count === undefined) {
+    if (w.length % 3 !== 0)
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `writes has ${w.length} numbers, not a multiple of 3 ([srcOffset, dstOffset, length] per write); pass count to post a prefix`,
+      );
+    n = w.length / 3;
+  } else {
+    n = checkCount(op, 'count', opts.count);
+    if (n * 3 > w.length)
+      throw invalid('INVALID_ARGUMENT', op, `count ${n} needs ${n * 3} numbers but writes has ${w.length}`);
+  }
+  const imm = opts.imm === undefined ? t.imm : opts.imm === null ? undefined : checkImm(op, opts.imm, true);
+  const srcLen = ctx.checkHandle(t.src, op, 'src');
+  const dstLen = t.dst.length;
+  const peer = t.dst.owner;
+  const targets = new Array<ScatterPlanTarget>(n);
+  for (let i = 0; i < n; i++) {
+    const srcOffset = w[3 * i] as number;
+    const dstOffset = w[3 * i + 1] as number;
+    const length = w[3 * i + 2] as number;
+    if (
+      !(Number.isSafeInteger(srcOffset) && Number.isSafeInteger(dstOffset) && Number.isSafeInteger(length)) ||
+      srcOffset < 0 ||
+      dstOffset < 0 ||
+      length < 0
+    ) {
+      for (let k = 0; k < 3; k++)
+        checkCount(op, `writes[${3 * i + k}] (write ${i}'s ${PREPARED_FIELDS[k]})`, w[3 * i + k]);
+    }
+    // Over 2^53 the sums lose precision, and checkRange says so.
+    if (!(srcOffset + length <= srcLen)) checkRange(op, `write ${i} src`, srcOffset, length, srcLen);
+    if (!(dstOffset + length <= dstLen)) checkRange(op, `write ${i} dst`, dstOffset, length, dstLen);
+    targets[i] = { peer, dst: t.dst, srcOffset, dstOffset, length, lanes: t.lanes };
+  }
+  return { op: 'scatter', src: t.src, targets, imm, routing: 'peers' };
+}
+
 /** `op` names the call in errors (`expectedImms` validates requests through these too). */
 export function planBarrier(ctx: ValidationContext, req: BarrierRequest, op = 'submitBarrier'): BarrierPlan {
   checkRequestObject(op, req);

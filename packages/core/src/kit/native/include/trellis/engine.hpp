@@ -76,6 +76,7 @@ class Engine final : private Worker::Body {
     events_.polled();
     return events_.ready();
   }
+  void end_poll() { events_.unpolled(); }
 
   // Loop iterations of the worker so far: a watchdog on the JS side sees a worker stuck inside
   // the provider (a peer that died holding a shared-memory lock wedges shm's fi_writemsg).

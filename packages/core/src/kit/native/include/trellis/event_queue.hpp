@@ -50,6 +50,11 @@ class EventQueue {
     last_poll_ns_.store(now_ns(), std::memory_order_relaxed);
   }
 
+  // JS thread, latency mode: JS stopped polling (pollUntil returned). The next flush rings for
+  // what is left at once instead of quiet_us after the last poll: a completion that lands just
+  // after the loop ended (its operation awaited next) costs one event-loop wake-up, not 100 µs.
+  void unpolled() { last_poll_ns_.store(0, std::memory_order_relaxed); }
+
   // Worker, once per loop turn. One doorbell per batch: ring only when JS has drained everything
   // rung before.
   void flush() {

@@ -7,6 +7,7 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -24,24 +25,26 @@ inline uint32_t u32(const Napi::Value& v) { return v.As<Napi::Number>().Uint32Va
 inline uint64_t u64(const Napi::Value& v) { return static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue()); }
 
 // A format::NicKeys record at `at`: a destination's address and remote key on each of 4 NICs.
-inline void read_keys(const Napi::BigUint64Array& keys, size_t at, RemoteKey out[4]) {
+inline void read_keys(const uint64_t* keys, size_t at, RemoteKey out[4]) {
   static_assert(format::NicKeys::kStride == 8 && format::NicKeys::kRkey3 == 7, "4 NICs of (addr, rkey)");
   for (size_t l = 0; l < 4; l++) {
     out[l].addr = keys[at + format::NicKeys::kAddr0 + 2 * l];
     out[l].key = keys[at + format::NicKeys::kRkey0 + 2 * l];
   }
 }
+inline void read_keys(const Napi::BigUint64Array& keys, size_t at, RemoteKey out[4]) {
+  read_keys(keys.Data(), at, out);
+}
 
 // The runs (format::Run and format::NicKeys records at info[at], info[at+1]) and pages (an object at
 // info[at+2], if any) of a write, as Write and expandWrite take them.
-// Runs [first, first + n) of the run and nicKeys arrays into `w`.
-inline void read_runs(const Napi::Float64Array& runs, const Napi::BigUint64Array& keys, size_t first, size_t n,
-                      WriteCmd& w) {
+// Runs [first, first + n) of the run and nicKeys records into `w`.
+inline void read_runs(const double* runs, const uint64_t* keys, size_t first, size_t n, WriteCmd& w) {
   using R = format::Run;
   w.runs.resize(n);
   for (size_t i = 0; i < n; i++) {
     Run& r = w.runs[i];
-    const double* v = runs.Data() + R::kStride * (first + i);
+    const double* v = runs + R::kStride * (first + i);
     r.peer = static_cast<uint32_t>(v[R::kPeer]);
     r.lane0 = static_cast<uint8_t>(v[R::kLane0]);
     r.lanes = static_cast<uint8_t>(v[R::kLanes]);
@@ -52,6 +55,10 @@ inline void read_runs(const Napi::Float64Array& runs, const Napi::BigUint64Array
     r.zero = v[R::kZero] != 0;
     read_keys(keys, format::NicKeys::kStride * (first + i), r.keys);
   }
+}
+inline void read_runs(const Napi::Float64Array& runs, const Napi::BigUint64Array& keys, size_t first, size_t n,
+                      WriteCmd& w) {
+  read_runs(runs.Data(), keys.Data(), first, n, w);
 }
 
 inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
@@ -119,6 +126,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("deregister", &W::Deregister),
                               W::InstanceMethod("write", &W::Write),
                               W::InstanceMethod("writeBatch", &W::WriteBatch),
+                              W::InstanceMethod("bindScratch", &W::BindScratch),
+                              W::InstanceMethod("writeBound", &W::WriteBound),
                               W::InstanceMethod("send", &W::Send),
                               W::InstanceMethod("cancel", &W::Cancel),
                               W::InstanceMethod("watch", &W::Watch),
@@ -126,6 +135,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("watchImm", &W::WatchImm),
                               W::InstanceMethod("countImm", &W::CountImm),
                               W::InstanceMethod("poll", &W::Poll),
+                              W::InstanceMethod("endPoll", &W::EndPoll),
                               W::InstanceMethod("stats", &W::Stats),
                               W::InstanceMethod("close", &W::Close),
                               W::InstanceMethod("heartbeat", &W::Heartbeat),
@@ -303,6 +313,12 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     // Not from inside a delivery (a callback it runs polled): that batch is still being handed over.
     bool delivered = engine_ && !delivering_ && engine_->poll_ready() && Deliver(info.Env(), last_cb_.Value());
     return Napi::Boolean::New(info.Env(), delivered);
+  }
+
+  // endPoll(): JS stopped polling; the doorbell rings again for whatever comes next.
+  Napi::Value EndPoll(const Napi::CallbackInfo& info) {
+    if (engine_) engine_->end_poll();
+    return info.Env().Undefined();
   }
 
   // watchImm(id, imm): watch `id` reads the arrivals of `imm` counted so far (quiet: only the
@@ -523,6 +539,41 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
+  // bindScratch(runs: Float64Array, runKeys: BigUint64Array): the arrays writeBound() reads its runs
+  // from, kept referenced here (JS packs into them and rebinds when it grows them).
+  Napi::Value BindScratch(const Napi::CallbackInfo& info) {
+    Napi::Float64Array runs = info[0].As<Napi::Float64Array>();
+    Napi::BigUint64Array keys = info[1].As<Napi::BigUint64Array>();
+    bound_runs_ref_ = Napi::Persistent(static_cast<Napi::Object>(runs));
+    bound_keys_ref_ = Napi::Persistent(static_cast<Napi::Object>(keys));
+    bound_runs_ = runs.Data();
+    bound_keys_ = keys.Data();
+    bound_count_ = std::min(runs.ElementLength() / format::Run::kStride, keys.ElementLength() / format::NicKeys::kStride);
+    return info.Env().Undefined();
+  }
+
+  // writeBound(op, region, imm, runs): write() of the first `runs` runs of the bound scratch, with no
+  // pages and no trigger; imm < 0: none. The single-write path: four numbers across N-API.
+  Napi::Value WriteBound(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    size_t n = u32(info[3]);
+    if (n > bound_count_) {
+      Napi::Error::New(info.Env(), "writeBound: more runs than the bound scratch holds").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    auto w = std::make_unique<WriteCmd>();
+    w->op = u32(info[0]);
+    w->region = u32(info[1]);
+    double imm = info[2].As<Napi::Number>().DoubleValue();
+    w->has_imm = imm >= 0;
+    w->imm = w->has_imm ? static_cast<uint32_t>(imm) : 0;
+    read_runs(bound_runs_, bound_keys_, 0, n, *w);
+    Cmd c(CmdKind::Write);
+    c.write = std::move(w);
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
   // writeBatch(batch, runs, runKeys): many writes in one call (format::BatchWrite records; each
   // write's runs follow the previous one's), handed to the worker under one lock.
   Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
@@ -721,6 +772,11 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   std::unordered_map<uint32_t, std::shared_ptr<PortState>> ports_;
   Napi::ThreadSafeFunction tsfn_;
   Napi::FunctionReference last_cb_;  // for poll() and the final synchronous delivery in close()
+  // bindScratch(): the arrays writeBound() reads, referenced so that they stay alive.
+  Napi::ObjectReference bound_runs_ref_, bound_keys_ref_;
+  const double* bound_runs_ = nullptr;
+  const uint64_t* bound_keys_ = nullptr;
+  size_t bound_count_ = 0;
   bool delivering_ = false;          // a batch is being handed to JS (poll() from inside it is a no-op)
   // The host lane: the copy thread (started on first use) and the peer regions mapped here.
   std::unique_ptr<HostCopier> copier_;
