@@ -51,7 +51,7 @@ describe('@trellis/core/faults: the fault harness', () => {
     await b.immCounter(13).wait(32, { timeoutMs: 5000 });
     for (let blk = 0; blk < 32; blk++) {
       const got = dst.buffer!.subarray(blk * 1024, (blk + 1) * 1024);
-      const want = src.buffer!.subarray((blk % 4) * 1024, (blk % 4 + 1) * 1024);
+      const want = src.buffer!.subarray((blk % 4) * 1024, ((blk % 4) + 1) * 1024);
       expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
     }
     expect(a.faults.injected).toEqual({ delayed: 8, dropped: 0, nicFailed: 0, peerKilled: 0 });
