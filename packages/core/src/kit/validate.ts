@@ -435,7 +435,12 @@ export function planPrepared(
       op,
       `writes must be a Float64Array (or an array of numbers) of [srcOffset, dstOffset, length] triples, got ${describe(writes)}`,
     );
-  checkRequestObject(op, opts);
+  if (!isObject(opts))
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `opts must be an object ({count, imm, timeoutMs, signal}), got ${describe(opts)}`,
+    );
   checkOpOptions(op, opts);
   const w = writes as ArrayLike<unknown>;
   let n: number;

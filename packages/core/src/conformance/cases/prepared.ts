@@ -83,7 +83,7 @@ export const PREPARED_CASES: readonly ConformanceCase[] = [
         throws(() => a!.prepareWrites({ src, dst: local.desc }), 'INVALID_DESCRIPTOR', 'dst not remote');
         const writes = a!.prepareWrites({ src, dst: dst.desc, imm: 611 });
         const before = a!.stats().ops.submitted;
-        const cases: Array<[unknown, object | undefined, string, RegExp]> = [
+        const cases: Array<[unknown, object | null | undefined, string, RegExp]> = [
           ['nope', undefined, 'INVALID_ARGUMENT', /writes must be a Float64Array/],
           [Float64Array.of(0, 0), undefined, 'INVALID_ARGUMENT', /not a multiple of 3/],
           [Float64Array.of(0, 0, 1), { count: 2 }, 'INVALID_ARGUMENT', /count 2 needs 6 numbers/],
@@ -102,6 +102,7 @@ export const PREPARED_CASES: readonly ConformanceCase[] = [
           [Float64Array.of(0, 0, 1), { imm: 2 ** 32 }, 'INVALID_ARGUMENT', /imm must be/],
           [Float64Array.of(0, 0, 1), { timeoutMs: -1 }, 'INVALID_ARGUMENT', /timeoutMs/],
           [Float64Array.of(0, 0, 1), { signal: 'x' }, 'INVALID_ARGUMENT', /signal/],
+          [Float64Array.of(0, 0, 1), null, 'INVALID_ARGUMENT', /opts must be an object/],
         ];
         for (const [w, opts, code, message] of cases) {
           const e = await rejects(writes.post(w as never, opts as never), code as never, String(message));
