@@ -97,7 +97,7 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       else it(id, fn, timeout);
     };
 
-    test('single, paged and scatter writes land byte-exact in the other process, counted by immediates', async () => {
+    test('single, paged, scatter and prepared writes land byte-exact in the other process, counted by immediates', async () => {
       const engine = await local();
       const p = await peer();
       const size = 4 << 20;
@@ -137,10 +137,17 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       await engine.submitScatter({ src, targets, imm: 1, routing: 'bytes' });
       for (const t of targets)
         expected.set(src.buffer!.subarray(t.srcOffset, t.srcOffset + t.length), t.dstOffset);
+      // 200 prepared writes of 1000 bytes in one post: sources in reverse order, one arrival each.
+      const triples = new Float64Array(3 * 200);
+      for (let i = 0; i < 200; i++) triples.set([(199 - i) * 7919, (15 << 18) + i * 1300, 1000], 3 * i);
+      await engine.prepareWrites({ src, dst, imm: 1 }).post(triples);
+      for (let i = 0; i < 200; i++)
+        expected.set(src.buffer!.subarray((199 - i) * 7919, (199 - i) * 7919 + 1000), (15 << 18) + i * 1300);
       const imms =
         countImms({ kind: 'single', length: 1 << 20, imm: 1 }, lanes) +
         countImms({ kind: 'paged', pages: n, imm: 1 }, lanes) +
-        countImms({ kind: 'scatter', lengths: [100_000, 300_000], routing: 'bytes', imm: 1 }, lanes);
+        countImms({ kind: 'scatter', lengths: [100_000, 300_000], routing: 'bytes', imm: 1 }, lanes) +
+        200;
       const { total } = await p.call<{ total: number }>('wait', { imm: 1, n: imms, timeoutMs: 20_000 });
       assert.equal(total, imms);
       const { sha256 } = await p.call<{ sha256: string }>('sha256', { name: 'kv' });
@@ -191,19 +198,23 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       const src = await engine.registerMemory(16 << 20);
       const outcomes: string[] = [];
       const ops: Promise<void>[] = [];
-      for (let i = 0; i < 200; i++) {
-        ops.push(
-          engine.submitSingleWrite({ src, length: 16 << 20, dst, imm: 1 }).then(
-            () => void outcomes.push('resolved'),
-            (e: unknown) => void outcomes.push(e instanceof TrellisError ? e.code : 'non-trellis'),
-          ),
+      const settle = (op: Promise<void>) =>
+        op.then(
+          () => void outcomes.push('resolved'),
+          (e: unknown) => void outcomes.push(e instanceof TrellisError ? e.code : 'non-trellis'),
         );
+      const prepared = engine.prepareWrites({ src, dst, imm: 1 });
+      const quarter = Float64Array.of(0, 0, 4 << 20, 4 << 20, 4 << 20, 4 << 20);
+      for (let i = 0; i < 200; i++) {
+        ops.push(settle(engine.submitSingleWrite({ src, length: 16 << 20, dst, imm: 1 })));
+        // Every tenth, a prepared post of two 4 MiB writes too.
+        if (i % 10 === 0) ops.push(settle(prepared.post(quarter)));
       }
       p.kill();
       const t0 = Date.now();
       await Promise.all(ops);
       const ms = Date.now() - t0;
-      assert.equal(outcomes.length, 200);
+      assert.equal(outcomes.length, 220);
       for (const o of outcomes)
         assert.ok(
           ['resolved', 'PEER_LOST', 'CONNECTION_RESET', 'TIMEOUT', 'PROVIDER_ERROR'].includes(o),
