@@ -289,16 +289,17 @@ async function sdkPingPong(
       // Poll until both the answer and this immediate's own completion are in: awaiting the
       // completion after the loop would wait for the event loop to be woken for it.
       let settled = false;
+      let failed = false;
       const sent = engine.submitImm({ dst: t.dst.owner, imm: 2 });
       sent.then(
         () => {
           settled = true;
         },
         () => {
-          settled = true;
+          failed = true;
         },
       );
-      await engine.pollUntil!(() => settled && back.take(1), { timeoutMs: 60_000 });
+      await engine.pollUntil!(() => failed || (settled && back.take(1)), { timeoutMs: 60_000 });
       await sent;
     } else {
       await engine.submitImm({ dst: t.dst.owner, imm: 2 });

@@ -56,8 +56,9 @@ export interface TransferEngine {
    * lengths and immediates: the source, the descriptor and the immediate are validated once, here
    * (as `submitSingleWrite` would check them), and each {@link PreparedWrites.post} then checks
    * only its ranges. The fastest way to post many small writes from JavaScript: one post of n
-   * writes is one operation (one deadline, one settlement, one crossing into a native addon), its
-   * writes packed from a `Float64Array`. Throws synchronously on bad input.
+   * writes is one operation (one deadline, one settlement; on a native engine's NIC path, one
+   * crossing into its addon), its writes packed from a `Float64Array`. Throws synchronously on bad
+   * input.
    *
    * @example
    * ```ts
@@ -139,12 +140,13 @@ export interface TransferEngine {
    * ```ts
    * const pong = engine.immCounter(3);
    * let settled = false;
+   * let failed = false;
    * const sent = engine.submitImm({ dst: peer, imm: 2 });
-   * sent.then(() => (settled = true), () => (settled = true));
-   * // Both the answer and the ping's own completion: a promise awaited after the loop waits for
-   * // the event loop to be woken for it.
-   * await engine.pollUntil!(() => settled && pong.take(1), { timeoutMs: 1000 });
-   * await sent;
+   * sent.then(() => (settled = true), () => (failed = true));
+   * // Both the answer and the ping's own completion (a promise awaited after the loop waits for
+   * // the event loop to be woken for it); a failed ping ends the loop at once.
+   * await engine.pollUntil!(() => failed || (settled && pong.take(1)), { timeoutMs: 1000 });
+   * await sent; // rethrows the ping's error, if it failed
    * ```
    */
   pollUntil?(done: () => boolean, opts?: WaitOptions): Promise<void>;
@@ -314,8 +316,8 @@ export interface PreparedWritesRequest {
   src: MrHandle;
   /** Destination: a peer's remote registration. */
   dst: MrDesc;
-  /** Immediate each write carries unless a post names its own (default: none). */
-  imm?: number;
+  /** Immediate each write carries unless a post names its own (default, or `null`: none). */
+  imm?: number | null;
 }
 
 /** Options of one {@link PreparedWrites.post}. */
@@ -344,7 +346,10 @@ export interface PreparedWrites {
    * source unregistered since, a count that does not fit) rejects with the error
    * `submitSingleWrite` would give, naming the write, before anything is posted. Resolves once
    * every write completed; rejects with the first failure, like any `submit*` (no order holds
-   * between the writes; a failed post may have delivered some of them). `count: 0` resolves at once.
+   * between the writes; a failed post may have delivered some of them). A post of no writes is
+   * an operation that reaches no peer: it resolves once the engine has seen it. Write `i` of every
+   * post is on NIC pair `i mod lanes` and is never sharded: where one large write should use every
+   * NIC, `submitSingleWrite` shards it.
    */
   post(writes: Float64Array | readonly number[], opts?: PreparedPostOptions): Promise<void>;
 }

@@ -458,6 +458,15 @@ export abstract class NativeEngineBase extends EngineBase {
       ...nativeTuning(init.tuning),
       recvBytes: limits.maxMessageBytes + MSG_HEADER,
     };
+    // An addon built from an older engine kit (a stale build/Release, or $TRELLIS_<NAME>_ADDON
+    // naming an old binary) lacks calls this one makes on every write: refuse it by name.
+    const proto = init.addon.NativeEngine.prototype as unknown as Record<string, unknown>;
+    const missing = ['bindScratch', 'writeBound', 'endPoll'].filter((m) => typeof proto[m] !== 'function');
+    if (missing.length)
+      throw new TrellisError(
+        'UNSUPPORTED',
+        `createEngine: the native addon of ${init.backendName} predates this @trellis/core (it lacks ${missing.join(', ')}); rebuild it (pnpm run build:native) or install matching versions of the packages`,
+      );
     try {
       this.native = new init.addon.NativeEngine(options, (e) => this.onEvents(e));
     } catch (e) {
@@ -974,6 +983,7 @@ export abstract class NativeEngineBase extends EngineBase {
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
       throw new TrellisError('INVALID_ARGUMENT', `${op}: signal must be an AbortSignal`, { op });
     const deadline = performance.now() + timeoutMs;
+    this.pollers++;
     try {
       for (let spins = 1; ; spins++) {
         if (done()) return;
@@ -986,10 +996,14 @@ export abstract class NativeEngineBase extends EngineBase {
       }
     } finally {
       // What lands from now on (an operation's completion awaited after the loop) is rung for at
-      // once, not once the worker has seen no poll for 100 µs.
-      if (!this.closed) this.native.endPoll();
+      // its next loop turn, not once the worker has seen no poll for 100 µs — unless another
+      // pollUntil still polls.
+      if (--this.pollers === 0 && !this.closed) this.native.endPoll();
     }
   }
+
+  /** pollUntil loops running now (they may interleave at their awaits). */
+  private pollers = 0;
 
   protected postOnWatch(plan: Plan, op: PendingOp, watcher: UvmWatcher, value: bigint): void {
     const watch = this.watcherIds.get(watcher);

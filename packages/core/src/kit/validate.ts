@@ -406,13 +406,13 @@ export interface PreparedTemplate {
 /** `prepareWrites`: the template every post of the prepared writes reuses. */
 export function checkPrepared(
   ctx: ValidationContext,
-  req: { src: MrHandle; dst: MrDesc; imm?: number },
+  req: { src: MrHandle; dst: MrDesc; imm?: number | null },
   op = 'prepareWrites',
 ): PreparedTemplate {
   checkRequestObject(op, req);
   ctx.checkHandle(req.src, op, 'src');
   const dst = checkDst(ctx, op, 'dst', req.dst);
-  const imm = checkImm(op, req.imm, false);
+  const imm = req.imm === null ? undefined : checkImm(op, req.imm, false);
   return { src: req.src, dst, imm, lanes: lanesBetween(ctx.nics, dst.owner.nics.length) };
 }
 

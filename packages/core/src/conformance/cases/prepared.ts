@@ -19,6 +19,7 @@ export const PREPARED_CASES: readonly ConformanceCase[] = [
         assert.equal(writes.src, src);
         assert.equal(writes.dst, dst.desc);
         assert.equal(writes.imm, 601);
+        assert.equal(a!.prepareWrites({ src, dst: dst.desc, imm: null }).imm, undefined);
         // 100 writes of varied sizes to disjoint places, in one Float64Array.
         const w = new Float64Array(3 * 100);
         let at = 0;
