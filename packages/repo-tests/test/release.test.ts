@@ -31,8 +31,16 @@ function freePort(): Promise<number> {
   });
 }
 
-// Every command here reads the registry and its token from this file only.
-const env = () => ({ ...process.env, npm_config_userconfig: npmrc, npm_config_registry: registry });
+// Every command here reads the registry and its token from this file only. pnpm's package metadata
+// cache is this run's own: it is keyed by registry host and port, and a port an earlier run's
+// registry had used made `pnpm publish` skip the packages that run had installed ("already
+// published", from the stale cache) — a flake seen in CI.
+const env = () => ({
+  ...process.env,
+  npm_config_userconfig: npmrc,
+  npm_config_registry: registry,
+  npm_config_cache_dir: join(dir, 'pnpm-cache'),
+});
 
 beforeAll(async () => {
   const port = await freePort();
