@@ -95,8 +95,8 @@ function planOf(w: Peer[]): fc.Arbitrary<Plan> {
     })
     .chain((r) => {
       const minLanes = Math.min(4, ...r.targets.map((t) => t.t.lanes));
-      return fc.integer({ min: 0, max: minLanes - 1 }).map(
-        (nic): Plan => ({
+      return fc.tuple(fc.integer({ min: 0, max: minLanes - 1 }), fc.nat(7)).map(
+        ([nic, lane0]): Plan => ({
           op: 'scatter',
           src: SRC,
           targets: r.targets.map((t) => ({
@@ -109,6 +109,8 @@ function planOf(w: Peer[]): fc.Arbitrary<Plan> {
           })),
           imm: r.imm,
           routing: r.kind === 'nic' ? { nic } : (r.kind as 'peers' | 'bytes'),
+          // Where prepared writes rotate it (routing 'peers' reads it; the others ignore it).
+          ...(lane0 ? { lane0 } : {}),
         }),
       );
     });

@@ -339,17 +339,16 @@ export interface PreparedWrites {
   readonly imm: number | undefined;
   /**
    * Post `writes` — `[srcOffset, dstOffset, length]` per write, in a `Float64Array` (or an array
-   * of numbers) — as one operation. Each write is one work request (never sharded), write `i` on
-   * NIC pair `i mod lanes`; each carries the immediate, so the target counts one arrival per write,
-   * as for the same writes posted one by one. The array is read before `post` returns: reuse it at
-   * once. Bad input (an offset that is not an integer >= 0, a range outside `src` or `dst`, a
+   * of numbers) — as one operation. Each write is one work request and carries the immediate,
+   * so the target counts one arrival per write, as for the same writes posted one by one. The
+   * array is read before `post` returns: reuse it at once. Bad input (an offset that is not an integer >= 0, a range outside `src` or `dst`, a
    * source unregistered since, a count that does not fit) rejects with the error
    * `submitSingleWrite` would give, naming the write, before anything is posted. Resolves once
    * every write completed; rejects with the first failure, like any `submit*` (no order holds
    * between the writes; a failed post may have delivered some of them). A post of no writes is
-   * an operation that reaches no peer: it resolves once the engine has seen it. Write `i` of every
-   * post is on NIC pair `i mod lanes` and is never sharded: where one large write should use every
-   * NIC, `submitSingleWrite` shards it.
+   * an operation that reaches no peer: it resolves once the engine has seen it. Writes are never
+   * sharded (where one large write should use every NIC, `submitSingleWrite` shards it); they go
+   * round the NIC pairs in turn, each post starting where the previous one ended.
    */
   post(writes: Float64Array | readonly number[], opts?: PreparedPostOptions): Promise<void>;
 }

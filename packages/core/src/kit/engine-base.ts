@@ -596,8 +596,15 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   prepareWrites(req: PreparedWritesRequest): PreparedWrites {
     this.throwIfClosed('prepareWrites');
     const t = checkPrepared(this, req);
+    // Each post starts on the lane after the last one's last write, so posts of fewer writes than
+    // NICs still spread over all of them.
+    let lane0 = 0;
     const post = (writes: Float64Array | readonly number[], opts: PreparedPostOptions = {}): Promise<void> =>
-      this.submit('PreparedWrites.post', opts, () => planPrepared(this, t, writes, opts));
+      this.submit('PreparedWrites.post', opts, () => {
+        const p = planPrepared(this, t, writes, opts, lane0);
+        lane0 = (lane0 + p.targets.length) % t.lanes;
+        return p;
+      });
     return Object.freeze({ src: t.src, dst: t.dst, imm: t.imm, post });
   }
 

@@ -1646,6 +1646,7 @@ export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, o
       region = (plan.src as Region).key as number;
       const routing = plan.routing;
       const targets = plan.targets;
+      const lane0 = plan.lane0 ?? 0;
       for (let i = 0; i < targets.length; i++) {
         const t = targets[i]!;
         if (i > 0 && routing === 'peers' && t.dst === targets[i - 1]!.dst) {
@@ -1653,7 +1654,7 @@ export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, o
           // and keys are copied, not looked up and converted again.
           const at = RUN.stride * n;
           runs.copyWithin(at, at - RUN.stride, at);
-          runs[at + RUN.lane0] = i % t.lanes;
+          runs[at + RUN.lane0] = (lane0 + i) % t.lanes;
           runs[at + RUN.srcOff] = t.srcOffset;
           runs[at + RUN.dstOff] = t.dstOffset;
           runs[at + RUN.len] = t.length;
@@ -1673,7 +1674,7 @@ export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, o
             t.dst,
           );
         else {
-          const lane = routing === 'peers' ? i % t.lanes : routing.nic;
+          const lane = routing === 'peers' ? (lane0 + i) % t.lanes : routing.nic;
           putRun(
             scratch,
             n++,

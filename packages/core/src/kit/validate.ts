@@ -72,6 +72,8 @@ export interface ScatterPlan {
   targets: ScatterPlanTarget[];
   imm: number | undefined;
   routing: ScatterRouting;
+  /** Routing `'peers'`: target `i` on lane `(lane0 + i) mod lanes` (default 0; prepared writes rotate it). */
+  lane0?: number;
 }
 
 export interface BarrierPlan {
@@ -420,13 +422,15 @@ const PREPARED_FIELDS = ['srcOffset', 'dstOffset', 'length'] as const;
 
 /**
  * One post of prepared writes: the scatter plan (every target the prepared destination, write i on
- * lane i mod lanes, one work request each) of `writes`' triples `[srcOffset, dstOffset, length]`.
+ * lane (lane0 + i) mod lanes, one work request each) of `writes`' triples
+ * `[srcOffset, dstOffset, length]`.
  */
 export function planPrepared(
   ctx: ValidationContext,
   t: PreparedTemplate,
   writes: unknown,
   opts: { count?: unknown; imm?: unknown } & OpOptions,
+  lane0 = 0,
   op = 'PreparedWrites.post',
 ): ScatterPlan {
   if (!(writes instanceof Float64Array) && !Array.isArray(writes))
@@ -480,7 +484,7 @@ export function planPrepared(
     if (!(dstOffset + length <= dstLen)) checkRange(op, `write ${i} dst`, dstOffset, length, dstLen);
     targets[i] = { peer, dst: t.dst, srcOffset, dstOffset, length, lanes: t.lanes };
   }
-  return { op: 'scatter', src: t.src, targets, imm, routing: 'peers' };
+  return { op: 'scatter', src: t.src, targets, imm, routing: 'peers', lane0 };
 }
 
 /** `op` names the call in errors (`expectedImms` validates requests through these too). */
@@ -603,7 +607,7 @@ export function workRequests(plan: Plan): WorkRequest[] {
             });
           });
         } else {
-          const lane = plan.routing === 'peers' ? i % t.lanes : plan.routing.nic;
+          const lane = plan.routing === 'peers' ? ((plan.lane0 ?? 0) + i) % t.lanes : plan.routing.nic;
           out.push({
             lane,
             peer: t.peer,

@@ -4,6 +4,7 @@
 // posted; a lost peer costs only its own posts.
 import assert from 'node:assert/strict';
 import { TrellisError } from '../../errors.js';
+import { lanesBetween } from '../../imms.js';
 import { assertBytes, bytesOf, nicSum, rejects, throws } from '../util.js';
 import { assertNoExtra, type ConformanceCase, source, target, WAIT, withGroup } from './shared.js';
 
@@ -68,6 +69,13 @@ export const PREPARED_CASES: readonly ConformanceCase[] = [
         ] as const)
           expect.set(s.subarray(from, from + len), to);
         assertBytes(bytesOf(dst), expect, 'target');
+        // Posts of one write each go round the NIC pairs: each post starts where the last ended.
+        const lanes = lanesBetween(a!.nics, b!.nics);
+        const one = a!.prepareWrites({ src, dst: dst.desc, imm: 603 });
+        const lane0Before = a!.stats().nics[0]!.writeOps;
+        for (let k = 0; k < 2 * lanes; k++) await one.post(Float64Array.of(k, tail + 800 + k, 1));
+        await b!.immCounter(603).wait(2 * lanes, WAIT);
+        assert.equal(a!.stats().nics[0]!.writeOps - lane0Before, 2, 'one post in every `lanes` on lane 0');
       }),
   },
   {
