@@ -133,8 +133,9 @@ export interface TransferEngine {
    * returns true. Costs one CPU core for as long as it spins (the engine's worker spins too while
    * operations are in flight). Rejects with `TIMEOUT` after `opts.timeoutMs` (default: the
    * engine's operation timeout), `ABORTED` if `opts.signal` is aborted (checked between polls),
-   * `CLOSED` if the engine closes, and with whatever `done` throws. Once it returns, the worker
-   * rings the event loop again at once for whatever comes next. Absent where `poll` is.
+   * `CLOSED` if the engine closes, and with whatever `done` throws. Once the last one returns, the
+   * worker rings the event loop again, at its next loop turn, for whatever comes next. Absent
+   * where `poll` is.
    *
    * @example
    * ```ts
@@ -341,8 +342,9 @@ export interface PreparedWrites {
    * Post `writes` — `[srcOffset, dstOffset, length]` per write, in a `Float64Array` (or an array
    * of numbers) — as one operation. Each write is one work request and carries the immediate,
    * so the target counts one arrival per write, as for the same writes posted one by one. The
-   * array is read before `post` returns: reuse it at once. Bad input (an offset that is not an integer >= 0, a range outside `src` or `dst`, a
-   * source unregistered since, a count that does not fit) rejects with the error
+   * array is read before `post` returns: reuse it at once. Bad input (an offset that is not an
+   * integer >= 0, a range outside `src` or `dst`, a source unregistered since, a count that does
+   * not fit) rejects with the error
    * `submitSingleWrite` would give, naming the write, before anything is posted. Resolves once
    * every write completed; rejects with the first failure, like any `submit*` (no order holds
    * between the writes; a failed post may have delivered some of them). A post of no writes is

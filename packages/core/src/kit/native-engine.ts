@@ -138,7 +138,7 @@ export interface NativeEngine {
   countImm(imm: number, n: number): void;
   /** Latency mode: deliver the waiting batch now, through the events callback; false if none. */
   poll(): boolean;
-  /** Latency mode ended (pollUntil returned): the doorbell rings at once again for what comes next. */
+  /** Latency mode ended (the last pollUntil returned): the worker's next flush rings for what is left. */
   endPoll(): void;
   /** One {@link NIC_STATS} record per NIC. */
   stats(): Float64Array;
