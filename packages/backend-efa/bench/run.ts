@@ -115,6 +115,7 @@ function initiator(provider: Provider, sameHostLane = false, spin = false): Prom
     maxSleepUs: spin ? 0 : env('TRELLIS_BENCH_SLEEP_US'),
     idleSpinUs: env('TRELLIS_BENCH_SPIN_US'),
     doorbellUs: env('TRELLIS_BENCH_DOORBELL_US'),
+    arrivalBatchUs: env('TRELLIS_BENCH_ARRIVAL_US'),
   });
 }
 
@@ -208,6 +209,7 @@ async function sdkPaged(provider: Provider, page: number, perCall: number, calls
   const engine = await initiator(provider);
   const t = await startTarget(provider, page * perCall);
   const src = await engine.registerMemory(page * perCall);
+  src.buffer!.fill(7); // as the raw program's memset: real pages, not the shared zero page
   const pages = Uint32Array.from({ length: perCall }, (_, i) => i);
   const arrived = t.expect(perCall * calls);
   const t0 = performance.now();

@@ -24,8 +24,12 @@ const engine = await createEngine({
   maxSleepUs: spin ? 0 : envNumber('TRELLIS_BENCH_SLEEP_US'),
   idleSpinUs: envNumber('TRELLIS_BENCH_SPIN_US'),
   doorbellUs: envNumber('TRELLIS_BENCH_DOORBELL_US'),
+  arrivalBatchUs: envNumber('TRELLIS_BENCH_ARRIVAL_US'),
 });
 const region = await engine.registerMemory(size, { remote: true });
+// Touched before anything is timed, as the raw program's target memsets its buffer: first writes
+// into fresh pages fault them in, a cost of the memory, not of the path being measured.
+region.buffer!.fill(0);
 process.stdout.write(`${JSON.stringify({ desc: region.desc.toString() })}\n`);
 for await (const line of createInterface({ input: process.stdin })) {
   const m = JSON.parse(line) as {

@@ -111,7 +111,8 @@ export interface TransferEngine {
    * once if they already have). Arrivals still reach `immCounter(imm)` as credits; a reaction only
    * reads the total. This is how a responder answers an immediate without waiting for its event
    * loop: arm one reaction per expected arrival (`total` = `immCounter(imm).total + k`), ahead of
-   * time. Settles like any `submit*` (its deadline runs from now: pass `timeoutMs` for reactions
+   * time — before the peer can send, since a `total` read while arrivals come in can lag the
+   * worker's count (see {@link ImmCounter.value}). Settles like any `submit*` (its deadline runs from now: pass `timeoutMs` for reactions
    * armed long before); aborted or timed out before it fired, it settles with nothing posted.
    * Immediates counted by an open {@link EnginePort} never reach the total. The same limits as
    * {@link TransferEngine.submitOnWatch}: no staged GPU regions, no regions in parts.
@@ -392,9 +393,14 @@ export interface WaitOptions {
  */
 export interface ImmCounter {
   readonly imm: number;
-  /** Credits available now (arrivals not yet taken by a wait). */
+  /**
+   * Credits available now (arrivals not yet taken by a wait). On native engines, arrivals that no
+   * `wait` is waiting for reach `value` and `total` up to `arrivalBatchUs` (default 1 ms) after the
+   * engine's worker counted them, or when it goes idle; a `wait` is woken by the arrival it needs
+   * and {@link TransferEngine.pollUntil} sees every arrival at once.
+   */
   readonly value: number;
-  /** Total arrivals since the engine started. */
+  /** Total arrivals since the engine started (as up to date as {@link ImmCounter.value}). */
   readonly total: number;
   /** Resolve when `n` credits are available, taking them. Rejects `TIMEOUT`, `ABORTED` or `CLOSED` without taking any. */
   wait(n: number, opts?: WaitOptions): Promise<void>;

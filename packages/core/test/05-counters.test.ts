@@ -82,3 +82,60 @@ describe('ImmCounterTable (credit semantics)', () => {
     expect([c.value, c.total]).toEqual([0, 800]);
   });
 });
+
+describe('ImmCounterTable (needs told to a native worker)', () => {
+  it('tells how many more arrivals the first waiter needs, after every change, and 0 once none waits', async () => {
+    const t = new ImmCounterTable();
+    const told: Array<[number, number]> = [];
+    t.onNeed((imm, need) => told.push([imm, need]));
+    const c = t.get(4);
+    t.arrive(4, 1); // credits, nobody waits: nothing to tell
+    expect(told).toEqual([]);
+    const first = c.wait(3); // the head: needs 2 beyond the credit there
+    const second = c.wait(2); // behind it: the head's need is unchanged, nothing told
+    expect(told).toEqual([[4, 2]]);
+    t.arrive(4, 1);
+    expect(told).toEqual([
+      [4, 2],
+      [4, 1],
+    ]);
+    t.arrive(4, 2); // the head takes 3, the second has 1 of 2
+    await first;
+    expect(told.at(-1)).toEqual([4, 1]);
+    t.arrive(4, 1);
+    await second;
+    expect(told.at(-1)).toEqual([4, 0]);
+    expect([c.value, c.total]).toEqual([0, 5]);
+    const n = told.length;
+    t.arrive(4, 2); // nobody waits and 0 was told: nothing more
+    await c.wait(2); // served from credits at once: no waiter queued, nothing told
+    expect(told.length).toBe(n);
+    // Another value is told on its own.
+    const other = t.get(5).wait(1);
+    expect(told.at(-1)).toEqual([5, 1]);
+    t.arrive(5, 1);
+    await other;
+    expect(told.at(-1)).toEqual([5, 0]);
+  });
+
+  it('a head that leaves (abort, timeout) hands its place to the next waiter, whose need is told', async () => {
+    const t = new ImmCounterTable();
+    const told: Array<[number, number]> = [];
+    t.onNeed((imm, need) => told.push([imm, need]));
+    const c = t.get(1);
+    const ac = new AbortController();
+    const big = c.wait(100, { signal: ac.signal });
+    const small = c.wait(2);
+    expect(told).toEqual([[1, 100]]);
+    ac.abort();
+    expect(await code(big)).toBe('ABORTED');
+    expect(told.at(-1)).toEqual([1, 2]);
+    const late = c.wait(50, { timeoutMs: 5 });
+    t.arrive(1, 2);
+    await small;
+    expect(told.at(-1)).toEqual([1, 50]);
+    expect(await code(late)).toBe('TIMEOUT');
+    expect(told.at(-1)).toEqual([1, 0]);
+    expect(c.value).toBe(0);
+  });
+});

@@ -22,6 +22,8 @@ class Counter implements ImmCounter {
   arrivals = 0;
   readonly waiters: Waiter[] = [];
   triggers: TotalTrigger[] = [];
+  /** The need last told to the table's listener (0: none, or told none waits). */
+  private armed = 0;
 
   constructor(
     readonly imm: number,
@@ -107,6 +109,7 @@ class Counter implements ImmCounter {
       }
       opts.signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
+      if (this.waiters.length === 1) this.rearm();
     });
   }
 
@@ -138,6 +141,22 @@ class Counter implements ImmCounter {
       w.cleanup();
       w.resolve();
     }
+    this.rearm();
+  }
+
+  /**
+   * Tell the table's listener how many more arrivals the first waiter needs (after any change to
+   * the credits or the queue; 0 once nobody waits). Told again after every arrival while one
+   * waits: arrivals JS raised itself (control messages) are not counted where the listener is.
+   */
+  private rearm(): void {
+    const listen = this.table.needListener;
+    if (!listen) return;
+    const head = this.waiters[0];
+    const need = head ? head.n - this.available : 0;
+    if (need <= 0 && this.armed === 0) return;
+    this.armed = Math.max(0, need);
+    listen(this.imm, this.armed);
   }
 
   fail(err: TrellisError): void {
@@ -156,6 +175,17 @@ class Counter implements ImmCounter {
 export class ImmCounterTable {
   private readonly counters = new Map<number, Counter>();
   private closeErr: TrellisError | undefined;
+  /** @internal */
+  needListener: ((imm: number, need: number) => void) | undefined;
+
+  /**
+   * Call `listener(imm, need)` whenever the first waiter on a counter needs `need` more arrivals
+   * than it has (and with 0 once none waits): native engines wake their event loop for arrivals
+   * only where they are needed.
+   */
+  onNeed(listener: (imm: number, need: number) => void): void {
+    this.needListener = listener;
+  }
 
   /** The counter for `imm`, created on first use. */
   get(imm: number): ImmCounter {

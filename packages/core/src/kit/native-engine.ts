@@ -140,6 +140,11 @@ export interface NativeEngine {
   poll(): boolean;
   /** Latency mode ended (the last pollUntil returned): the worker's next flush rings for what is left. */
   endPoll(): void;
+  /**
+   * The first waiter on `imm` needs `need` more arrivals than JS was given (0: none waits): the
+   * worker rings as soon as they are in; arrivals nobody waits for ring up to `arrivalBatchUs` late.
+   */
+  armImm(imm: number, need: number): void;
   /** One {@link NIC_STATS} record per NIC. */
   stats(): Float64Array;
   close(): void;
@@ -218,6 +223,15 @@ export interface NativeEngineTuning {
    * tens of µs make batches larger and leave more CPU to the worker when JS shares few cores.
    */
   doorbellUs?: number;
+  /**
+   * Immediate arrivals that no `wait` is waiting for reach an `ImmCounter`'s `value` and `total`
+   * at most this many µs after the worker counts them, or when it goes idle (default 1000; 0:
+   * every batch of arrivals wakes the event loop at once). Arrivals a waiter needs wake it at once
+   * whatever this is, and `pollUntil` sees every arrival at once. Without it a target fed tens of
+   * thousands of immediates a second spends a core waking its event loop for counts nobody is
+   * waiting for yet.
+   */
+  arrivalBatchUs?: number;
   limits?: Partial<EngineLimits>;
   /**
    * Where each watcher's 64-bit word lives. Default: a SharedArrayBuffer (host producers). For a
@@ -273,6 +287,7 @@ function checkTuning(t: NativeEngineTuning): void {
     ['maxInflight', 1],
     ['peerWindow', 1],
     ['doorbellUs', 0],
+    ['arrivalBatchUs', 0],
   ];
   for (const [k, min] of fields) {
     const v = t[k];
@@ -313,6 +328,7 @@ export function nativeTuning(
     maxInflight: opts.maxInflight,
     peerWindow: opts.peerWindow,
     doorbellUs: opts.doorbellUs,
+    arrivalBatchUs: opts.arrivalBatchUs,
   };
 }
 
@@ -461,7 +477,9 @@ export abstract class NativeEngineBase extends EngineBase {
     // An addon built from an older engine kit (a stale build/Release, or $TRELLIS_<NAME>_ADDON
     // naming an old binary) lacks calls this one makes on every write: refuse it by name.
     const proto = init.addon.NativeEngine.prototype as unknown as Record<string, unknown>;
-    const missing = ['bindScratch', 'writeBound', 'endPoll'].filter((m) => typeof proto[m] !== 'function');
+    const missing = ['bindScratch', 'writeBound', 'endPoll', 'armImm'].filter(
+      (m) => typeof proto[m] !== 'function',
+    );
     if (missing.length)
       throw new TrellisError(
         'UNSUPPORTED',
@@ -475,6 +493,10 @@ export abstract class NativeEngineBase extends EngineBase {
         cause: e,
       });
     }
+    // Arrivals ring the event loop at once only where a wait needs them (see arrivalBatchUs).
+    this.counters.onNeed((imm, need) => {
+      if (!this.closed) this.native.armImm(imm, need);
+    });
     this.opTimeoutMs = init.tuning.opTimeoutMs ?? 30_000;
     this.watcherMemory = init.tuning.watcherMemory;
     this.providers = this.native.providers();

@@ -137,6 +137,7 @@ struct EngineOptions {
   uint32_t recv_count = 64;
   uint32_t send_buffers = 64;
   uint32_t doorbell_us = 0;       // ring JS at most once per this many µs (0: as soon as JS drained)
+  uint32_t arrival_us = 1000;     // arrivals no JS waiter needs ring at most this late (0: at once)
 };
 
 }  // namespace trellis

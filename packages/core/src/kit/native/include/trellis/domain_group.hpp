@@ -547,9 +547,7 @@ class DomainGroup {
       for (auto& c : comps_) complete(lane, c);
     }
     if (!imm_batch_.empty()) {
-      events_.push([&](Events& e) {
-        for (auto& [imm, count] : imm_batch_) e.imms.emplace_back(imm, count);
-      });
+      events_.push_arrivals(imm_batch_);
       for (auto& [imm, count] : imm_batch_) imm_totals_[imm] += count;
       imm_batch_.clear();
     }

@@ -42,7 +42,8 @@ class Engine final : private Worker::Body {
   using Notify = EventQueue::Notify;
 
   Engine(std::vector<std::unique_ptr<Domain>> domains, EngineOptions opts, Notify notify)
-      : events_(std::move(notify), opts.doorbell_us, std::min(EventQueue::kPollQuietUs, opts.idle_spin_us)),
+      : events_(std::move(notify), opts.doorbell_us, std::min(EventQueue::kPollQuietUs, opts.idle_spin_us),
+                opts.arrival_us),
         worker_(events_, opts),
         ops_(events_, opts.op_timeout_ms),
         group_(std::move(domains), opts, ops_, events_, worker_.stopping()),
@@ -77,6 +78,9 @@ class Engine final : private Worker::Body {
     return events_.ready();
   }
   void end_poll() { events_.unpolled(); }
+
+  // JS thread: its first waiter on `imm` needs `need` more arrivals (0: none waits); see EventQueue.
+  void arm_imm(uint32_t imm, uint64_t need) { events_.arm(imm, need); }
 
   // Loop iterations of the worker so far: a watchdog on the JS side sees a worker stuck inside
   // the provider (a peer that died holding a shared-memory lock wedges shm's fi_writemsg).

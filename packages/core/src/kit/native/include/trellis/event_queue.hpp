@@ -5,6 +5,15 @@
 // batch, and JS takes the whole batch with drain(). Latency mode: JS may also poll (ready(), then
 // drain() from its own loop); while it polls, no doorbell is rung (a ring would only wake an event
 // loop that finds nothing), and the first flush after it stops polling rings for what is left.
+//
+// Immediate arrivals ring on demand. A target fed tens of thousands of immediates a second would
+// otherwise wake its event loop for every batch the worker polls, and those wake-ups (and the lock
+// they take against the worker's pushes) cost the target more CPU than the transfer. So an arrival
+// batch rings at once only where JS waits for it — JS arms, per immediate value, how many more
+// arrivals its first waiter needs (arm()) — and otherwise joins the batch quietly, rung at most
+// `arrival_us` later or when the worker goes idle, whichever is first. Everything else (settled
+// operations, registrations, messages, watch changes) rings as before.
+//
 // Touches nothing but the batch, its lock and the notify callback: no domains, no operations.
 #pragma once
 
@@ -13,7 +22,9 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "commands.hpp"
 
@@ -26,8 +37,10 @@ class EventQueue {
   // `notify` rings JS (any thread); `doorbell_us`: ring at most once per this many µs (0: as soon
   // as JS drained the last batch).
   // `quiet_us`: after a poll from JS, ring no doorbell for this long.
-  EventQueue(Notify notify, uint32_t doorbell_us, uint32_t quiet_us = kPollQuietUs)
-      : notify_(std::move(notify)), doorbell_us_(doorbell_us), quiet_us_(quiet_us) {}
+  // `arrival_us`: arrivals no JS waiter needs ring at most this many µs late (0: at once, as
+  // everything else).
+  EventQueue(Notify notify, uint32_t doorbell_us, uint32_t quiet_us = kPollQuietUs, uint32_t arrival_us = 0)
+      : notify_(std::move(notify)), doorbell_us_(doorbell_us), quiet_us_(quiet_us), arrival_us_(arrival_us) {}
 
   // Ring no doorbell while JS polls more often than this (capped at the worker's idle spin, so a
   // worker that goes idle right after has already rung).
@@ -40,6 +53,60 @@ class EventQueue {
     f(events_);
     dirty_ = true;
     ready_.store(true, std::memory_order_release);
+  }
+
+  // Worker: one poll's immediate arrivals, (imm, count) per value. They ring at once where they
+  // complete what an armed value needs (see arm()), else at most arrival_us later.
+  void push_arrivals(const std::unordered_map<uint32_t, uint32_t>& batch) {
+    bool urgent = arrival_us_ == 0;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      for (const auto& [imm, count] : batch) {
+        events_.imms.emplace_back(imm, count);
+        if (needs_.empty()) continue;
+        auto it = needs_.find(imm);
+        if (it == needs_.end()) continue;
+        if (it->second <= count) {
+          needs_.erase(it);
+          urgent = true;
+        } else {
+          it->second -= count;
+        }
+      }
+      ready_.store(true, std::memory_order_release);
+    }
+    if (urgent) {
+      dirty_ = true;
+    } else if (!lazy_) {
+      lazy_ = true;
+      lazy_since_ = std::chrono::steady_clock::now();
+    }
+  }
+
+  // JS thread: its first waiter on `imm` needs `need` more arrivals than JS has been given (0: none
+  // waits). Arrivals already in the batch count; if they are enough, the doorbell rings now.
+  void arm(uint32_t imm, uint64_t need) {
+    bool ring = false;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (need == 0) {
+        needs_.erase(imm);
+      } else {
+        uint64_t pending = 0;
+        for (const auto& [i, count] : events_.imms)
+          if (i == imm) pending += count;
+        if (pending >= need) {
+          needs_.erase(imm);
+          if (!doorbell_.load(std::memory_order_acquire)) {
+            doorbell_.store(true, std::memory_order_release);
+            ring = true;
+          }
+        } else {
+          needs_[imm] = need - pending;
+        }
+      }
+    }
+    if (ring) notify_();
   }
 
   // JS thread, latency mode: anything to drain? (No lock: one atomic load.)
@@ -55,9 +122,12 @@ class EventQueue {
   // after the loop ended (its operation awaited next) costs one event-loop wake-up, not 100 µs.
   void unpolled() { last_poll_ns_.store(0, std::memory_order_relaxed); }
 
-  // Worker, once per loop turn. One doorbell per batch: ring only when JS has drained everything
-  // rung before.
-  void flush() {
+  // Worker, once per loop turn (`idle`: before it blocks or sleeps, when quiet arrivals ring too).
+  // One doorbell per batch: ring only when JS has drained everything rung before.
+  void flush(bool idle = false) {
+    if (!dirty_ && lazy_ &&
+        (idle || std::chrono::steady_clock::now() - lazy_since_ >= std::chrono::microseconds(arrival_us_)))
+      dirty_ = true;
     // Nothing new since the last flush: either JS already has a doorbell pending (its drain takes
     // everything queued until then) or there is nothing to deliver.
     if (!dirty_) return;
@@ -72,6 +142,7 @@ class EventQueue {
       last_ring_ = now;
     }
     dirty_ = false;
+    lazy_ = false;
     bool ring = false;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -102,7 +173,10 @@ class EventQueue {
   Notify notify_;
   uint32_t doorbell_us_;
   uint32_t quiet_us_;
-  bool dirty_ = false;  // worker-only
+  uint32_t arrival_us_;
+  bool dirty_ = false;  // worker-only: the batch has something to ring for now
+  bool lazy_ = false;   // worker-only: and quiet arrivals, to ring for by lazy_since_ + arrival_us_
+  std::chrono::steady_clock::time_point lazy_since_{};
   std::chrono::steady_clock::time_point last_ring_{};
 
   std::mutex mu_;
@@ -110,6 +184,7 @@ class EventQueue {
   std::atomic<bool> doorbell_{false};
   std::atomic<bool> ready_{false};         // events wait in the batch
   std::atomic<int64_t> last_poll_ns_{0};   // steady clock of JS's last poll (0: never)
+  std::unordered_map<uint32_t, uint64_t> needs_;  // under mu_: imm → arrivals its first JS waiter still needs
 };
 
 }  // namespace trellis

@@ -136,6 +136,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("countImm", &W::CountImm),
                               W::InstanceMethod("poll", &W::Poll),
                               W::InstanceMethod("endPoll", &W::EndPoll),
+                              W::InstanceMethod("armImm", &W::ArmImm),
                               W::InstanceMethod("stats", &W::Stats),
                               W::InstanceMethod("close", &W::Close),
                               W::InstanceMethod("heartbeat", &W::Heartbeat),
@@ -171,6 +172,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     eo.recv_count = num("recvCount", eo.recv_count);
     eo.send_buffers = num("sendBuffers", eo.send_buffers);
     eo.doorbell_us = num("doorbellUs", eo.doorbell_us);
+    eo.arrival_us = num("arrivalBatchUs", eo.arrival_us);
 
     last_cb_ = Napi::Persistent(info[1].As<Napi::Function>());
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "trellis-events", 0, 1);
@@ -318,6 +320,13 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // endPoll(): JS stopped polling; the doorbell rings again for whatever comes next.
   Napi::Value EndPoll(const Napi::CallbackInfo& info) {
     if (engine_) engine_->end_poll();
+    return info.Env().Undefined();
+  }
+
+  // armImm(imm, need): the first waiter on `imm` needs `need` more arrivals than JS was given (0:
+  // none waits); the worker rings as soon as they are in (see EventQueue::arm).
+  Napi::Value ArmImm(const Napi::CallbackInfo& info) {
+    if (engine_) engine_->arm_imm(u32(info[0]), static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue()));
     return info.Env().Undefined();
   }
 

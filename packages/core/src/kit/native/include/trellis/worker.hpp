@@ -147,6 +147,7 @@ class Worker {
       bool active = false;
       auto now = clock::now();
       if (max_sleep_us_ && body.idle() && now - last_active > std::chrono::microseconds(idle_spin_us_)) {
+        events_.flush(true);  // quiet arrivals too: nothing rings while it waits
         wait_idle(body);
         now = clock::now();
       }

@@ -1,0 +1,142 @@
+// Immediate arrivals wake the event loop on demand (arrivalBatchUs): a wait is woken by the arrival
+// it needs, arrivals nobody waits for reach value/total within arrivalBatchUs or when the worker
+// goes idle, and pollUntil sees them at once. The receivers here spin for a minute after activity
+// (idleSpinUs) so that nothing but the wake-ups under test can hand arrivals to JavaScript.
+import { TrellisError } from '@trellis/core';
+import { outcome } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createEngine, type EfaEngine } from '../src/index.js';
+
+const open: EfaEngine[] = [];
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((e) => e.close()));
+});
+async function engine(opts: Parameters<typeof createEngine>[0]): Promise<EfaEngine> {
+  const e = await createEngine(opts);
+  open.push(e);
+  return e;
+}
+
+/** Poll `done` every millisecond until it holds; fail after `ms`. */
+async function until(done: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+const MINUTE_US = 60_000_000;
+
+for (const provider of ['shm', 'tcp'] as const) {
+  describe(`provider=${provider}`, () => {
+    it('a wait is woken by the arrival it needs; arrivals nobody waits for stay with the worker until a wait, a poll or arrivalBatchUs', async () => {
+      const rx = await engine({ provider, arrivalBatchUs: MINUTE_US, idleSpinUs: MINUTE_US });
+      const tx = await engine({ provider, sameHostLane: false });
+      const n = 200;
+      const dst = await rx.registerMemory(n * 64, { remote: true });
+      const src = await tx.registerMemory(n * 64);
+      for (let i = 0; i < src.buffer!.length; i++) src.buffer![i] = (i * 7 + 3) & 0xff;
+
+      // A waiter armed before anything arrives is woken by its 200th arrival.
+      const c = rx.immCounter(5);
+      const all = c.wait(n, { timeoutMs: 20_000 });
+      await Promise.all(
+        Array.from({ length: n }, (_, i) =>
+          tx.submitSingleWrite({
+            src,
+            srcOffset: i * 64,
+            length: 64,
+            dst: dst.desc,
+            dstOffset: i * 64,
+            imm: 5,
+          }),
+        ),
+      );
+      await all;
+      expect(Buffer.from(dst.buffer!).equals(Buffer.from(src.buffer!))).toBe(true);
+      expect([c.value, c.total]).toEqual([0, n]);
+
+      // Arrivals nobody waits for: the worker counts them, JavaScript is not woken for them.
+      const q = rx.immCounter(6);
+      await Promise.all(Array.from({ length: 10 }, () => tx.submitImm({ dst: rx.address, imm: 6 })));
+      await until(() => rx.stats().nics[0]!.immsReceived === n + 10);
+      expect([q.value, q.total]).toEqual([0, 0]);
+
+      // A wait for arrivals already counted natively rings for them at once.
+      await q.wait(10, { timeoutMs: 20_000 });
+      expect([q.value, q.total]).toEqual([0, 10]);
+
+      // Latency mode takes quiet arrivals as soon as they are counted.
+      await Promise.all(Array.from({ length: 3 }, () => tx.submitImm({ dst: rx.address, imm: 6 })));
+      await until(() => rx.stats().nics[0]!.immsReceived === n + 13);
+      expect(q.total).toBe(10);
+      await rx.pollUntil(() => q.take(3), { timeoutMs: 20_000 });
+      expect([q.value, q.total]).toEqual([0, 13]);
+      expect(rx.stats().nics[0]!.immsReceived).toBe(n + 13);
+      expect(tx.stats().ops).toMatchObject({ submitted: n + 13, completed: n + 13, failed: 0, inFlight: 0 });
+    }, 60_000);
+
+    it('a first waiter that leaves (abort, timeout) hands the wake-up to the one behind it', async () => {
+      const rx = await engine({ provider, arrivalBatchUs: MINUTE_US, idleSpinUs: MINUTE_US });
+      const tx = await engine({ provider, sameHostLane: false });
+      const c = rx.immCounter(7);
+      const ac = new AbortController();
+      const big = c.wait(100, { signal: ac.signal });
+      const small = c.wait(2, { timeoutMs: 20_000 });
+      const late = c.wait(50, { timeoutMs: 100 });
+      ac.abort();
+      const err = await big.catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TrellisError);
+      expect(err).toMatchObject({
+        code: 'ABORTED',
+        message: 'immCounter(7).wait(100): aborted with 0 of 100 credits available',
+      });
+      await Promise.all([
+        tx.submitImm({ dst: rx.address, imm: 7 }),
+        tx.submitImm({ dst: rx.address, imm: 7 }),
+      ]);
+      await small;
+      expect(await outcome(late)).toBe(
+        'TIMEOUT: immCounter(7).wait(50): timed out after 100 ms with 0 of 50 credits available',
+      );
+      // The two arrivals went to `small`; `late` took none.
+      expect([c.value, c.total]).toEqual([0, 2]);
+      // Nobody waits now: a further arrival stays with the worker.
+      await tx.submitImm({ dst: rx.address, imm: 7 });
+      await until(() => rx.stats().nics[0]!.immsReceived === 3);
+      expect(c.total).toBe(2);
+      await c.wait(1, { timeoutMs: 20_000 });
+      expect([c.value, c.total]).toEqual([0, 3]);
+    }, 60_000);
+
+    for (const arrivalBatchUs of [0, 2000, undefined]) {
+      it(`arrivals nobody waits for reach value and total by themselves (arrivalBatchUs ${arrivalBatchUs ?? 'default'}${arrivalBatchUs === undefined ? ', the worker going idle' : ', the worker spinning'})`, async () => {
+        const rx = await engine(
+          arrivalBatchUs === undefined ? { provider } : { provider, arrivalBatchUs, idleSpinUs: MINUTE_US },
+        );
+        const tx = await engine({ provider, sameHostLane: false });
+        await Promise.all(Array.from({ length: 5 }, () => tx.submitImm({ dst: rx.address, imm: 8 })));
+        const c = rx.immCounter(8);
+        await until(() => c.total === 5);
+        expect([c.value, c.total]).toEqual([5, 5]);
+        expect(rx.stats().nics[0]!.immsReceived).toBe(5);
+      }, 60_000);
+    }
+  });
+}
+
+describe('arrivalBatchUs: checked before the engine exists', () => {
+  for (const bad of [-1, 1.5, Number.NaN, '100']) {
+    it(`refuses ${JSON.stringify(bad) ?? String(bad)}`, async () => {
+      const err = await createEngine({ provider: 'shm', arrivalBatchUs: bad as number }).catch(
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(TrellisError);
+      expect(err).toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        message: `createEngine: arrivalBatchUs must be an integer >= 0, got ${typeof bad === 'number' ? bad : JSON.stringify(bad)}`,
+      });
+    });
+  }
+});
