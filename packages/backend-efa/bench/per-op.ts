@@ -30,8 +30,11 @@ type Mode = 'single' | 'batch' | 'prepared';
 const WINDOW = 64;
 const REGION = 64 << 20;
 
-const a = await createEngine({ provider, nics: 1, sameHostLane: false });
-const b = await createEngine({ provider, nics: 1, sameHostLane: false });
+// TRELLIS_BENCH_ARRIVAL_US sets arrivalBatchUs (0: the target's arrivals wake this thread per batch).
+const arrival = process.env.TRELLIS_BENCH_ARRIVAL_US;
+const tuning = { arrivalBatchUs: arrival ? Number(arrival) : undefined };
+const a = await createEngine({ provider, nics: 1, sameHostLane: false, ...tuning });
+const b = await createEngine({ provider, nics: 1, sameHostLane: false, ...tuning });
 const dst = await b.registerMemory(REGION, { remote: true });
 const src = await a.registerMemory(REGION);
 const slots = Math.floor(REGION / size);

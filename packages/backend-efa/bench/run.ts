@@ -15,6 +15,7 @@
 //   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
 //                          [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
 //                          [--single sdk,batch,prepared,lane,mapped]   (the single-write columns to run)
+//                          [--rtt default,latency,reaction,native]     (the round-trip modes to run)
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -57,6 +58,13 @@ const singleCols = new Set(opt('--single', 'sdk,batch,prepared,lane,mapped').spl
 for (const c of singleCols)
   if (!['sdk', 'batch', 'prepared', 'lane', 'mapped'].includes(c)) {
     console.error(`--single: unknown column ${JSON.stringify(c)} (sdk, batch, prepared, lane, mapped)`);
+    process.exit(2);
+  }
+
+const rttModes = new Set(opt('--rtt', 'default,latency,reaction,native').split(','));
+for (const m of rttModes)
+  if (!['default', 'latency', 'reaction', 'native'].includes(m)) {
+    console.error(`--rtt: unknown mode ${JSON.stringify(m)} (default, latency, reaction, native)`);
     process.exit(2);
   }
 
@@ -411,7 +419,9 @@ for (const provider of providers) {
   }
   if (!tests.has('rtt')) continue;
   const iters = quick ? 500 : 5000;
+  const skipped: Lat = { median: Number.NaN, p99: Number.NaN };
   const ping = async (mode: PingMode) => {
+    if (!rttModes.has(mode)) return skipped;
     const x = await sdkPingPong(provider, iters, mode);
     process.stderr.write(`[${prov} round trip, ${mode}: ${x.median.toFixed(1)} µs]`);
     return x;
@@ -500,10 +510,12 @@ for (const l of latency) {
     ['SDK, both sides answer by native reactions (mean over the exchange)', l.native],
     ['raw C (fi_writemsg + fi_cq_read spin)', l.raw],
   ];
-  for (const [what, x] of rows)
+  for (const [what, x] of rows) {
+    if (Number.isNaN(x.median)) continue; // a mode --rtt left out
     console.log(
       `| ${l.provider} | ${what} | ${us(x.median)} | ${Number.isNaN(x.p99) ? '–' : us(x.p99)} | ${(x.median / l.raw.median).toFixed(1)}x |`,
     );
+  }
 }
 if (jsonOut)
   writeFileSync(
