@@ -127,6 +127,19 @@ for (const provider of ['shm', 'tcp'] as const) {
 }
 
 describe('arrivalBatchUs: checked before the engine exists', () => {
+  it('refuses values the worker would read wrapped (above 2^32-1)', async () => {
+    const err = await createEngine({ provider: 'shm', arrivalBatchUs: 2 ** 32 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: 'createEngine: arrivalBatchUs must be at most 4294967295, got 4294967296',
+    });
+    const cpu = await createEngine({ provider: 'shm', cpu: 2 ** 31 }).catch((e: unknown) => e);
+    expect(cpu).toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: 'createEngine: cpu must be at most 2147483647, got 2147483648',
+    });
+  });
+
   for (const bad of [-1, 1.5, Number.NaN, '100']) {
     it(`refuses ${JSON.stringify(bad) ?? String(bad)}`, async () => {
       const err = await createEngine({ provider: 'shm', arrivalBatchUs: bad as number }).catch(

@@ -394,10 +394,11 @@ export interface WaitOptions {
 export interface ImmCounter {
   readonly imm: number;
   /**
-   * Credits available now (arrivals not yet taken by a wait). On native engines, arrivals that no
-   * `wait` is waiting for reach `value` and `total` up to `arrivalBatchUs` (default 1 ms) after the
-   * engine's worker counted them, or when it goes idle; a `wait` is woken by the arrival it needs
-   * and {@link TransferEngine.pollUntil} sees every arrival at once.
+   * Credits available now (arrivals not yet taken by a wait). On native engines, arrivals that do
+   * not complete what the first `wait` needs (or come with none waiting) reach `value` and `total`
+   * up to about `arrivalBatchUs` (default 1 ms) after the engine's worker counted them; the one that
+   * completes it wakes the wait at once, and {@link TransferEngine.pollUntil} sees every arrival at
+   * once.
    */
   readonly value: number;
   /** Total arrivals since the engine started (as up to date as {@link ImmCounter.value}). */

@@ -220,16 +220,18 @@ export interface NativeEngineTuning {
   peerWindow?: number;
   /**
    * Wake JS at most once per this many µs (default 0: as soon as the last batch was taken). A few
-   * tens of µs make batches larger and leave more CPU to the worker when JS shares few cores.
+   * tens of µs make batches larger and leave more CPU to the worker when JS shares few cores. A
+   * `wait` armed for arrivals already counted wakes JS at once regardless (see `arrivalBatchUs`).
    */
   doorbellUs?: number;
   /**
-   * Immediate arrivals that no `wait` is waiting for reach an `ImmCounter`'s `value` and `total`
-   * at most this many µs after the worker counts them, or when it goes idle (default 1000; 0:
-   * every batch of arrivals wakes the event loop at once). Arrivals a waiter needs wake it at once
-   * whatever this is, and `pollUntil` sees every arrival at once. Without it a target fed tens of
-   * thousands of immediates a second spends a core waking its event loop for counts nobody is
-   * waiting for yet.
+   * Immediate arrivals that do not complete what a `wait` needs reach an `ImmCounter`'s `value`
+   * and `total` about this many µs after the worker counts them at most (default 1000; 0: every
+   * batch of arrivals wakes the event loop at once), sooner where anything else wakes it or the
+   * worker goes to sleep idle. The arrival that completes the first waiter's count wakes it at
+   * once whatever this is, and `pollUntil` sees every arrival at once. Without it a target fed
+   * tens of thousands of immediates a second spends a core waking its event loop for counts
+   * nobody is waiting for yet.
    */
   arrivalBatchUs?: number;
   limits?: Partial<EngineLimits>;
@@ -279,17 +281,19 @@ export interface NativeEngineTuning {
 
 /** Refuse tuning numbers the worker cannot honour (a negative deadline, a fractional CPU, ...). */
 function checkTuning(t: NativeEngineTuning): void {
-  const fields: Array<[keyof NativeEngineTuning, number]> = [
-    ['cpu', 0],
-    ['opTimeoutMs', 0],
-    ['idleSpinUs', 0],
-    ['maxSleepUs', 0],
-    ['maxInflight', 1],
-    ['peerWindow', 1],
-    ['doorbellUs', 0],
-    ['arrivalBatchUs', 0],
+  // The worker reads them as 32-bit integers (cpu: signed): larger ones would wrap.
+  const U32 = 0xffff_ffff;
+  const fields: Array<[keyof NativeEngineTuning, number, number]> = [
+    ['cpu', 0, 0x7fff_ffff],
+    ['opTimeoutMs', 0, U32],
+    ['idleSpinUs', 0, U32],
+    ['maxSleepUs', 0, U32],
+    ['maxInflight', 1, U32],
+    ['peerWindow', 1, U32],
+    ['doorbellUs', 0, U32],
+    ['arrivalBatchUs', 0, U32],
   ];
-  for (const [k, min] of fields) {
+  for (const [k, min, max] of fields) {
     const v = t[k];
     if (v === undefined) continue;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min)
@@ -297,6 +301,8 @@ function checkTuning(t: NativeEngineTuning): void {
         'INVALID_ARGUMENT',
         `createEngine: ${k} must be an integer >= ${min}, got ${typeof v === 'number' ? v : JSON.stringify(v)}`,
       );
+    if (v > max)
+      throw new TrellisError('INVALID_ARGUMENT', `createEngine: ${k} must be at most ${max}, got ${v}`);
   }
   const max = t.maxInflight ?? 1024;
   if (t.peerWindow !== undefined && t.peerWindow > max)
@@ -493,10 +499,12 @@ export abstract class NativeEngineBase extends EngineBase {
         cause: e,
       });
     }
-    // Arrivals ring the event loop at once only where a wait needs them (see arrivalBatchUs).
-    this.counters.onNeed((imm, need) => {
-      if (!this.closed) this.native.armImm(imm, need);
-    });
+    // Arrivals ring the event loop at once only where a wait needs them (see arrivalBatchUs; with
+    // 0 every batch rings, and needs are not worth telling).
+    if (init.tuning.arrivalBatchUs !== 0)
+      this.counters.onNeed((imm, need) => {
+        if (!this.closed) this.native.armImm(imm, need);
+      });
     this.opTimeoutMs = init.tuning.opTimeoutMs ?? 30_000;
     this.watcherMemory = init.tuning.watcherMemory;
     this.providers = this.native.providers();

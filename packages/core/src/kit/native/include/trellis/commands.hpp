@@ -111,7 +111,7 @@ struct WatchChange {
 struct Events {
   std::vector<OpDone> ops;
   std::vector<RegDone> regs;
-  std::vector<std::pair<uint32_t, uint32_t>> imms;  // (imm, count), aggregated per batch
+  std::vector<std::pair<uint32_t, uint32_t>> imms;  // (imm, count): one entry per value per batch
   std::vector<std::vector<uint8_t>> recvs;
   std::vector<WatchChange> watches;
   // Operations reported with work still posted (OpDone::posted) whose work the provider has now let go.

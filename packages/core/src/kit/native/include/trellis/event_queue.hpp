@@ -62,7 +62,16 @@ class EventQueue {
     {
       std::lock_guard<std::mutex> g(mu_);
       for (const auto& [imm, count] : batch) {
-        events_.imms.emplace_back(imm, count);
+        // One entry per value until JS drains (a quiet batch gathers many polls), a new one only
+        // where a count would pass 2^32-1.
+        Pending& p = pending_[imm];
+        if (p.total && events_.imms[p.entry].second <= UINT32_MAX - count) {
+          events_.imms[p.entry].second += count;
+        } else {
+          p.entry = events_.imms.size();
+          events_.imms.emplace_back(imm, count);
+        }
+        p.total += count;
         if (needs_.empty()) continue;
         auto it = needs_.find(imm);
         if (it == needs_.end()) continue;
@@ -84,7 +93,9 @@ class EventQueue {
   }
 
   // JS thread: its first waiter on `imm` needs `need` more arrivals than JS has been given (0: none
-  // waits). Arrivals already in the batch count; if they are enough, the doorbell rings now.
+  // waits). Arrivals already in the batch count; if they are enough, the doorbell rings now (even
+  // while JS polls or within doorbell_us of the last ring: the arrivals were pushed quietly, and
+  // nothing else would ring for them before arrival_us).
   void arm(uint32_t imm, uint64_t need) {
     bool ring = false;
     {
@@ -92,9 +103,8 @@ class EventQueue {
       if (need == 0) {
         needs_.erase(imm);
       } else {
-        uint64_t pending = 0;
-        for (const auto& [i, count] : events_.imms)
-          if (i == imm) pending += count;
+        auto p = pending_.find(imm);
+        const uint64_t pending = p == pending_.end() ? 0 : p->second.total;
         if (pending >= need) {
           needs_.erase(imm);
           if (!doorbell_.load(std::memory_order_acquire)) {
@@ -161,6 +171,7 @@ class EventQueue {
     ready_.store(false, std::memory_order_relaxed);
     Events out;
     std::swap(out, events_);
+    pending_.clear();
     return out;
   }
 
@@ -185,6 +196,11 @@ class EventQueue {
   std::atomic<bool> ready_{false};         // events wait in the batch
   std::atomic<int64_t> last_poll_ns_{0};   // steady clock of JS's last poll (0: never)
   std::unordered_map<uint32_t, uint64_t> needs_;  // under mu_: imm → arrivals its first JS waiter still needs
+  struct Pending {
+    size_t entry = 0;    // its entry in events_.imms
+    uint64_t total = 0;  // arrivals of it in the batch
+  };
+  std::unordered_map<uint32_t, Pending> pending_;  // under mu_: the batch's arrivals by value
 };
 
 }  // namespace trellis
