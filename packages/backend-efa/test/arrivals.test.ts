@@ -3,26 +3,19 @@
 // goes idle, and pollUntil sees them at once. The receivers here spin for a minute after activity
 // (idleSpinUs) so that nothing but the wake-ups under test can hand arrivals to JavaScript.
 import { TrellisError } from '@trellis/core';
-import { outcome } from '@trellis/core/conformance';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createEngine, type EfaEngine } from '../src/index.js';
+import { assertBytes, outcome, pattern, sleep } from '@trellis/core/conformance';
+import { describe, expect, it } from 'vitest';
+import { createEngine } from '../src/index.js';
+import { openEngine } from './open-engines.js';
 
-const open: EfaEngine[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((e) => e.close()));
-});
-async function engine(opts: Parameters<typeof createEngine>[0]): Promise<EfaEngine> {
-  const e = await createEngine(opts);
-  open.push(e);
-  return e;
-}
+const engine = openEngine;
 
 /** Poll `done` every millisecond until it holds; fail after `ms`. */
 async function until(done: () => boolean, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
   while (!done()) {
     if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 1));
+    await sleep(1);
   }
 }
 
@@ -36,7 +29,7 @@ for (const provider of ['shm', 'tcp'] as const) {
       const n = 200;
       const dst = await rx.registerMemory(n * 64, { remote: true });
       const src = await tx.registerMemory(n * 64);
-      for (let i = 0; i < src.buffer!.length; i++) src.buffer![i] = (i * 7 + 3) & 0xff;
+      src.buffer!.set(pattern(n * 64, 5));
 
       // A waiter armed before anything arrives is woken by its 200th arrival.
       const c = rx.immCounter(5);
@@ -54,7 +47,7 @@ for (const provider of ['shm', 'tcp'] as const) {
         ),
       );
       await all;
-      expect(Buffer.from(dst.buffer!).equals(Buffer.from(src.buffer!))).toBe(true);
+      assertBytes(dst.buffer!, src.buffer!, 'the 200 writes');
       expect([c.value, c.total]).toEqual([0, n]);
 
       // Arrivals nobody waits for: the worker counts them, JavaScript is not woken for them.

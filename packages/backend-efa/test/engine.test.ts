@@ -2,20 +2,13 @@
 // peer that restarts.
 import { MrDesc, NetAddr, TrellisError } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createEngine, type EfaEngine, fabricLibrary, fabricVersion, probeProviders } from '../src/index.js';
+import { describe, expect, it } from 'vitest';
+import { createEngine, fabricLibrary, fabricVersion, probeProviders } from '../src/index.js';
+import { openEngine } from './open-engines.js';
 
 const code = outcome;
 
-const open: EfaEngine[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((e) => e.close()));
-});
-async function engine(opts: Parameters<typeof createEngine>[0]): Promise<EfaEngine> {
-  const e = await createEngine(opts);
-  open.push(e);
-  return e;
-}
+const engine = openEngine;
 
 describe('backend-efa: providers and options', () => {
   it('reports the libfabric version and what each provider offers on this host', () => {

@@ -8,17 +8,12 @@ import { existsSync, readdirSync, utimesSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { HOST_MAPPING_DEVICE, MrDesc } from '@trellis/core';
 import { fillXorshift, HostGpu, outcome } from '@trellis/core/conformance';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createEngine, type EfaEngine, type EfaEngineOptions } from '../src/index.js';
+import { describe, expect, it } from 'vitest';
+import type { EfaEngine, EfaEngineOptions } from '../src/index.js';
+import { closeOpenEngines, openEngine } from './open-engines.js';
 
-const open: EfaEngine[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((e) => e.close()));
-});
-async function engine(opts: EfaEngineOptions): Promise<EfaEngine> {
-  const e = await createEngine({ provider: 'tcp', nics: 2, ...opts });
-  open.push(e);
-  return e;
+function engine(opts: EfaEngineOptions): Promise<EfaEngine> {
+  return openEngine({ provider: 'tcp', nics: 2, ...opts });
 }
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
@@ -450,7 +445,7 @@ describe('backend-efa: the same-host lane for host memory (shared-memory regions
     expect(plain.desc.ipc).toBeUndefined();
     expect(c.stats().hostLane).toMatchObject({ sharedRegions: 0 });
     expect(mine().length).toBeGreaterThan(0);
-    await Promise.all(open.splice(0).map((e) => e.close()));
+    await closeOpenEngines();
     expect(mine()).toEqual([]);
   });
 });

@@ -153,10 +153,11 @@ class Counter implements ImmCounter {
     const listen = this.table.needListener;
     if (!listen) return;
     const head = this.waiters[0];
+    // A first waiter is one drain() could not serve: it needs at least one more arrival.
     const need = head ? head.n - this.available : 0;
-    if (need <= 0 && this.armed === 0) return;
-    this.armed = Math.max(0, need);
-    listen(this.imm, this.armed);
+    if (need === 0 && this.armed === 0) return;
+    this.armed = need;
+    listen(this.imm, need);
   }
 
   fail(err: TrellisError): void {
