@@ -4,16 +4,16 @@
 // single writes are also timed with the lane on (the default between processes of one host: one
 // memcpy into the target's shared region, immediates through the provider) and against
 // bench/host_mapped.c (the same memcpy into a shared mapping from C, no provider at all).
-// Single writes are also posted through `submitBatch` (batches of window/4, four in flight: one
-// crossing into the addon per batch, no promise per write) and as prepared writes
-// (`prepareWrites(...).post` of window/4 writes, four posts in flight: one operation per post).
+// Single writes are also posted through `submitBatch` (batches of window/posts, `--posts` of them in
+// flight, default 4: one crossing into the addon per batch, no promise per write) and as prepared
+// writes (`prepareWrites(...).post` of window/posts writes each: one operation per post).
 //
 // The immediate round trip is timed four ways (see PingMode): awaiting, in latency mode
 // (pollUntil), against a peer answering by native reactions (submitOnImm), and with both sides
 // answering by reactions.
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
-//                          [--window N] [--sizes B,B] [--pages B,B] [--json out.json]
+//                          [--window N] [--posts N] [--sizes B,B] [--pages B,B] [--json out.json]
 //                          [--single sdk,batch,prepared,lane,mapped]   (the single-write columns to run)
 //                          [--rtt default,latency,reaction,native]     (the round-trip modes to run)
 import { execFileSync, spawn } from 'node:child_process';
@@ -54,6 +54,12 @@ const raw = join(binDir, 'rma_raw');
 const mapped = join(binDir, 'host_mapped');
 const targetJs = fileURLToPath(new URL('./target.js', import.meta.url));
 const WINDOW = Number(opt('--window', '64'));
+// submitBatch and prepared writes: POSTS calls in flight, window/POSTS writes each.
+const POSTS = Number(opt('--posts', '4'));
+if (!Number.isInteger(POSTS) || POSTS < 1 || POSTS > WINDOW) {
+  console.error(`--posts: an integer in 1..${WINDOW} (the window), got ${opt('--posts', '4')}`);
+  process.exit(2);
+}
 const singleCols = new Set(opt('--single', 'sdk,batch,prepared,lane,mapped').split(','));
 for (const c of singleCols)
   if (!['sdk', 'batch', 'prepared', 'lane', 'mapped'].includes(c)) {
@@ -76,9 +82,9 @@ interface Row {
   sdk: number;
   raw: number;
   unit: 'GB/s' | 'Mops/s';
-  /** Single writes: the SDK through submitBatch (four batches of window/4 in flight). */
+  /** Single writes: the SDK through submitBatch (`--posts` batches of window/posts in flight). */
   batch?: number;
-  /** Single writes: the SDK through prepared writes (four posts of window/4 writes in flight). */
+  /** Single writes: the SDK through prepared writes (`--posts` posts of window/posts writes in flight). */
   prepared?: number;
   /** Single writes: the initiator's JavaScript-thread CPU µs per write, by SDK column (median). */
   cpu?: { sdk?: number; batch?: number; prepared?: number };
@@ -144,9 +150,9 @@ async function windowed(ops: number, window: number, submit: (i: number) => Prom
 /**
  * `ops` single writes of `size` bytes, at most `WINDOW` outstanding: through `submitSingleWrite`
  * (`'single'`, or `'lane'` with the same-host lane on), through `submitBatch` (`'batch'`:
- * batches of window/4, four in flight — a new batch goes as soon as one settles, so at least 3/4
- * of the window stays busy), or as prepared writes (`'prepared'`: posts of window/4 writes, four in
- * flight, the same way). Returns the seconds the writes took.
+ * batches of window/posts, `--posts` in flight — a new batch goes as soon as one settles, so with
+ * the default 4 at least 3/4 of the window stays busy), or as prepared writes (`'prepared'`: posts
+ * of window/posts writes, the same way). Returns the seconds the writes took.
  */
 async function sdkSingle(
   provider: Provider,
@@ -170,7 +176,7 @@ async function sdkSingle(
   if (how === 'single' || how === 'lane')
     s = await windowed(ops, WINDOW, (i) => engine.submitSingleWrite(request(i)));
   else if (how === 'prepared') {
-    const per = Math.max(1, WINDOW >> 2);
+    const per = Math.floor(WINDOW / POSTS);
     const writes = engine.prepareWrites({ src, dst: t.dst, imm: 1 });
     let next = 0;
     const t0 = performance.now();
@@ -187,10 +193,10 @@ async function sdkSingle(
         await writes.post(w, { count: k });
       }
     };
-    await Promise.all([stream(), stream(), stream(), stream()]);
+    await Promise.all(Array.from({ length: POSTS }, stream));
     s = (performance.now() - t0) / 1000;
   } else {
-    const per = Math.max(1, WINDOW >> 2);
+    const per = Math.floor(WINDOW / POSTS);
     let next = 0;
     const t0 = performance.now();
     const stream = async () => {
@@ -201,7 +207,7 @@ async function sdkSingle(
         if (r.failed) throw r.errors.find((e) => e !== undefined);
       }
     };
-    await Promise.all([stream(), stream(), stream(), stream()]);
+    await Promise.all(Array.from({ length: POSTS }, stream));
     s = (performance.now() - t0) / 1000;
   }
   lastCpuPerOp = ((mainThreadCpu() - cpu0) / ops) * 1e6;
@@ -477,7 +483,7 @@ const table = rows.map((r) => [
 const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
 const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
 console.log(
-  `libfabric ${fabricVersion()}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, 1 NIC (domain), window ${WINDOW} (single) / 1024 (paged), median of ${trials} trial(s)`,
+  `libfabric ${fabricVersion()}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, 1 NIC (domain), window ${WINDOW} (single; batch and prepared: ${POSTS} calls of ${Math.floor(WINDOW / POSTS)}) / 1024 (paged), median of ${trials} trial(s)`,
 );
 console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
@@ -496,11 +502,13 @@ if (rows.some((r) => r.cpu)) {
         `| ${r.provider} | ${fmtSize(r.size)} | ${c(r.cpu.sdk)} | ${c(r.cpu.batch)} | ${c(r.cpu.prepared)} |`,
       );
 }
-console.log('');
-console.log(
-  '| provider | immediate round trip (submitImm → peer answers with an immediate) | median | p99 | median / raw |',
-);
-console.log('|---|---|---|---|---|');
+if (latency.length) {
+  console.log('');
+  console.log(
+    '| provider | immediate round trip (submitImm → peer answers with an immediate) | median | p99 | median / raw |',
+  );
+  console.log('|---|---|---|---|---|');
+}
 const us = (x: number) => `${x.toFixed(1)} µs`;
 for (const l of latency) {
   const rows: Array<[string, Lat]> = [

@@ -278,6 +278,39 @@ describe('backend-efa: providers and options', () => {
   });
 });
 
+it('operation ids wrap at 2^32 (completion records carry 32 bits), skipping one still armed; all settle', async () => {
+  const a = await engine({ provider: 'shm' });
+  const b = await engine({ provider: 'shm' });
+  const src = await a.registerMemory(4096);
+  const dst = await b.registerMemory(4096, { remote: true });
+  for (let i = 0; i < 4096; i++) src.buffer![i] = (i * 7 + 3) & 0xff;
+  const ids = a as unknown as { nextOpId: number };
+  const write = (i: number) =>
+    a.submitSingleWrite({ src, srcOffset: i * 256, length: 256, dst: dst.desc, dstOffset: i * 256, imm: 9 });
+  // A reaction armed as id 2^32-2 stays with the worker across the wrap.
+  ids.nextOpId = 2 ** 32 - 2;
+  const armed = a.submitOnImm(77, 1, { kind: 'imm', dst: b.address, imm: 78 });
+  await write(0); // id 2^32-1: ids wrap
+  expect(ids.nextOpId).toBe(1);
+  // Come round again: the armed id is skipped.
+  ids.nextOpId = 2 ** 32 - 2;
+  await write(1);
+  expect(ids.nextOpId).toBe(1);
+  await Promise.all(Array.from({ length: 14 }, (_, i) => write(i + 2)));
+  expect(ids.nextOpId).toBe(15);
+  expect([...dst.buffer!]).toEqual([...src.buffer!]);
+  await b.immCounter(9).wait(16, { timeoutMs: 5000 });
+  expect(b.immCounter(9).total).toBe(16);
+  // The armed reaction still answers: its completion finds it by its id.
+  await b.submitImm({ dst: a.address, imm: 77 });
+  await armed;
+  await b.immCounter(78).wait(1, { timeoutMs: 5000 });
+  const s = a.stats().ops;
+  expect(s.inFlight).toBe(0);
+  expect(s.completed).toBe(17);
+  expect(s.failed).toBe(0);
+});
+
 describe('backend-efa: a restarted peer', () => {
   it('once another generation of an endpoint is reached, the older one is reported lost and refused', async () => {
     const a = await engine({ provider: 'tcp' });

@@ -176,6 +176,8 @@ export function captureCallSites(on: boolean): boolean {
   return was;
 }
 
+const sharedSites = new Map<string, CallSite>();
+
 /**
  * The submitting call of an operation: its name always, and its stack when
  * {@link captureCallSites} is on, so that an error reported later points at the line that
@@ -183,6 +185,22 @@ export function captureCallSites(on: boolean): boolean {
  */
 export class CallSite {
   private readonly stack: string | undefined;
+
+  /**
+   * The call site of an operation named `op`: while stacks are not captured, one shared instance
+   * per name (it holds nothing but the name, so a small write allocates none); while they are, a
+   * new one holding the caller's stack, as `new CallSite(op)`.
+   */
+  static of(op: string): CallSite {
+    if (captureStacks) return new CallSite(op);
+    let site = sharedSites.get(op);
+    if (site === undefined) {
+      site = new CallSite(op);
+      sharedSites.set(op, site);
+    }
+    return site;
+  }
+
   constructor(readonly op: string) {
     if (captureStacks) {
       const holder: { stack?: string } = {};

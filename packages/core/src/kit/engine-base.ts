@@ -39,6 +39,7 @@ import type {
   WaitOptions,
 } from '../types.js';
 import { ImmCounterTable } from './counters.js';
+import { LiveOps, MAX_OP_ID } from './live-ops.js';
 import { PendingOp } from './pending-op.js';
 import { RecvPool, Region, type RegionAlloc } from './region.js';
 import { touchesStaged } from './staging.js';
@@ -85,7 +86,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   protected readonly counters = new ImmCounterTable();
   private readonly regions = new Set<Region>();
-  private readonly ops = new Set<PendingOp>();
+  private readonly ops = new LiveOps();
   private readonly groups = new Map<number, PeerGroup>();
   private readonly pools = new Set<RecvPool>();
   private readonly watchers = new Set<UvmWatcher>();
@@ -425,7 +426,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   submitSend(peer: NetAddr, data: Uint8Array, opts: OpOptions = {}): Promise<void> {
-    const site = new CallSite('submitSend');
+    const site = CallSite.of('submitSend');
     try {
       this.throwIfClosed(site.op);
       const p = checkSend(this, peer, data, opts);
@@ -440,7 +441,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   submitRecvs(opts: RecvOptions, onRecv: (msg: RecvMessage) => void): Promise<void> {
-    const site = new CallSite('submitRecvs');
+    const site = CallSite.of('submitRecvs');
     try {
       this.throwIfClosed(site.op);
       if (typeof opts !== 'object' || opts === null)
@@ -495,7 +496,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   submitBatch(requests: readonly TransferRequest[], opts: OpOptions = {}): Promise<BatchResult> {
-    const site = new CallSite('submitBatch');
+    const site = CallSite.of('submitBatch');
     try {
       const name = site.op;
       this.throwIfClosed(name);
@@ -701,7 +702,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     check: (op: string) => void,
     arm: (p: Plan, pending: PendingOp) => void,
   ): Promise<void> {
-    const site = new CallSite(name);
+    const site = CallSite.of(name);
     try {
       const op = site.op;
       this.throwIfClosed(op);
@@ -733,13 +734,20 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   private submit(name: string, req: OpOptions, plan: () => Plan): Promise<void> {
-    const site = new CallSite(name);
+    const site = CallSite.of(name);
     try {
       this.throwIfClosed(name);
       const p = plan();
       const peers = this.checkPlan(p, name);
       const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, planRegions(p), req, peers);
-      this.guard(op, () => this.route(p, op));
+      // guard()'s work, without a closure per operation.
+      if (op.cancelReason) op.fail(op.cancelReason);
+      else
+        try {
+          this.route(p, op);
+        } catch (e) {
+          op.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e }));
+        }
       return op.promise;
     } catch (e) {
       return Promise.reject(site.attach(e));
@@ -755,11 +763,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     peers: readonly NetAddr[],
     onSettle?: (error: TrellisError | undefined) => void,
   ): PendingOp {
-    const op = new PendingOp(this.nextOpId++, site, peer, regions, this, onSettle);
+    const op = new PendingOp(this.takeOpId(), site, peer, regions, this, onSettle);
     this.ops.add(op);
     if (peers.length) {
       const keys = peers.map((p) => p.toString());
-      this.opPeers.set(op, keys);
+      op.peerKeys = keys;
       for (const k of keys) this.inFlightTo.set(k, (this.inFlightTo.get(k) ?? 0) + 1);
     }
     this.counts.submitted++;
@@ -816,14 +824,34 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
    * and holds no region (its user operation does).
    */
   protected internalOp(site: CallSite, peer: NetAddr | undefined): PendingOp {
-    const op = new PendingOp(this.nextOpId++, site, peer, [], this);
+    const op = new PendingOp(this.takeOpId(), site, peer, [], this);
     op.internal = true;
     return op;
   }
 
+  /**
+   * The next operation id. Ids are 32-bit where they cross to a worker and back (completion
+   * records), so they wrap to 1 after {@link MAX_OP_ID}; from then on an id a backend still holds
+   * (a long receive) is skipped.
+   */
+  private takeOpId(): number {
+    for (;;) {
+      const id = this.nextOpId;
+      this.nextOpId = id >= MAX_OP_ID ? 1 : id + 1;
+      if (id === MAX_OP_ID) this.opIdsWrapped = true;
+      if (!this.opIdsWrapped || !this.opIdInUse(id)) return id;
+    }
+  }
+
+  private opIdsWrapped = false;
+
+  /** Whether the backend still holds an operation of this id (asked only once ids have wrapped). */
+  protected opIdInUse(_id: number): boolean {
+    return false;
+  }
+
   // -- peer liveness ------------------------------------------------------------------------------
 
-  private readonly opPeers = new Map<PendingOp, string[]>();
   private readonly inFlightTo = new Map<string, number>();
   private readonly quiescers = new Map<string, Array<() => void>>();
   private readonly lost = new Map<string, TrellisError>();
@@ -970,7 +998,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       { peer: key },
     );
     this.markLost(peer, err);
-    for (const [op, keys] of this.opPeers) if (keys.includes(key)) op.requestCancel(err);
+    for (const op of this.ops.toArray()) if (op.peerKeys?.includes(key)) op.requestCancel(err);
   }
 
   private readonly probes = new Map<string, Promise<boolean>>();
@@ -1021,7 +1049,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /** The peers an operation in flight writes to or exchanges with (its own peer, or a scatter's). */
   protected peersOf(op: PendingOp): NetAddr[] {
-    const keys = this.opPeers.get(op) ?? (op.peer ? [op.peer.toString()] : []);
+    const keys = op.peerKeys ?? (op.peer ? [op.peer.toString()] : []);
     return keys.map((k) => this.knownPeers.get(k)).filter((p): p is NetAddr => p !== undefined);
   }
 
@@ -1103,9 +1131,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
    * may resolve). At settlement, or later for an op that settled at its deadline with work posted.
    */
   opLetGo(op: PendingOp): void {
-    const keys = this.opPeers.get(op);
+    const keys = op.peerKeys;
     if (keys) {
-      this.opPeers.delete(op);
+      op.peerKeys = undefined;
       for (const k of keys) {
         const n = (this.inFlightTo.get(k) ?? 1) - 1;
         if (n > 0) this.inFlightTo.set(k, n);
@@ -1299,7 +1327,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     try {
       await this.shutdown();
     } finally {
-      for (const op of [...this.ops]) op.fail(err);
+      for (const op of this.ops.toArray()) op.fail(err);
       for (const pool of [...this.pools]) pool.end();
       for (const r of [...this.regions]) {
         r.registered = false;
@@ -1314,7 +1342,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /** Pending operations (for backends that fail them on peer loss). */
   protected pendingOps(): Iterable<PendingOp> {
-    return this.ops;
+    return this.ops.toArray();
   }
 }
 

@@ -40,6 +40,7 @@ import {
   RUN,
 } from './format.js';
 import { SameHostLane } from './lane.js';
+import { OpSlots } from './live-ops.js';
 import type { PendingOp } from './pending-op.js';
 import type { RecvPool, Region, RegionAlloc } from './region.js';
 import { type StagedMemory, Stager } from './staging.js';
@@ -424,7 +425,7 @@ export abstract class NativeEngineBase extends EngineBase {
     path: 'host' | 'direct' | 'staged';
     device?: string;
   }>;
-  private readonly inflight = new Map<number, PendingOp>();
+  private readonly inflight = new OpSlots();
   private readonly regs = new Map<number, PendingReg>();
   private readonly peerIds = new Map<string, number>();
   private readonly headerBytes: Uint8Array;
@@ -1171,8 +1172,12 @@ export abstract class NativeEngineBase extends EngineBase {
     this.native.send(op.id, id, framed, lane);
   }
 
+  protected override opIdInUse(id: number): boolean {
+    return this.inflight.has(id) || this.held.has(id) || this.sendBytes.has(id);
+  }
+
   private track(op: PendingOp): void {
-    this.inflight.set(op.id, op);
+    this.inflight.set(op);
     op.postedAt = Date.now();
     if (!this.watchdog && this.opTimeoutMs > 0) {
       this.watchdog = setInterval(() => this.checkWorker(), 250);

@@ -3,6 +3,7 @@
 import type { NetAddr } from '../addr.js';
 import { type CallSite, TrellisError } from '../errors.js';
 import type { OpOptions } from '../types.js';
+import type { LiveOps } from './live-ops.js';
 import type { Region } from './region.js';
 
 const COMPLETED = Object.freeze({ error: undefined });
@@ -40,6 +41,14 @@ export class PendingOp {
   postedAt = 0;
   /** Set when a deadline or abort asked for cancellation. */
   cancelReason: TrellisError | undefined;
+  /** @internal In its engine's {@link LiveOps} (not settled yet). */
+  live = false;
+  /** @internal Its neighbours in its engine's {@link LiveOps}. */
+  livePrev: PendingOp | undefined = undefined;
+  /** @internal */
+  liveNext: PendingOp | undefined = undefined;
+  /** @internal The peers (their `NetAddr` text) it counts as in flight to until it is let go of. */
+  peerKeys: string[] | undefined = undefined;
 
   constructor(
     readonly id: number,
