@@ -3,6 +3,7 @@
 import {
   loadNativeAddon,
   type NativeEngine,
+  type NativeEventCallback,
   type NativeEvents,
   type NativeModuleCalls,
   resolveNativeAddon,
@@ -23,7 +24,7 @@ export interface ProviderProbe {
 }
 
 export interface Addon extends NativeModuleCalls {
-  NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
+  NativeEngine: new (opts: object, onEvents: NativeEventCallback) => NativeEngine;
   fabricVersion(): string;
   fabricLibrary(): string;
   probe(): ProviderProbe[];

@@ -4,7 +4,7 @@ import {
   loadNativeAddon,
   type NativeEngine,
   type NativeEngineTuning,
-  type NativeEvents,
+  type NativeEventCallback,
   type NativeModuleCalls,
   resolveNativeAddon,
 } from '@trellis/core/kit';
@@ -18,7 +18,7 @@ export interface NativeVerbsOptions
 }
 
 export interface Addon extends NativeModuleCalls {
-  NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
+  NativeEngine: new (opts: object, onEvents: NativeEventCallback) => NativeEngine;
   devices(model: boolean): { devices: string[]; error: string };
 }
 

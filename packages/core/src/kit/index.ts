@@ -26,6 +26,7 @@ export {
   NativeEngineBase,
   type NativeEngineInit,
   type NativeEngineTuning,
+  type NativeEventCallback,
   type NativeEvents,
   type NativeModuleCalls,
   type NativePortCalls,

@@ -56,7 +56,11 @@ import {
   type SinglePlan,
 } from './validate.js';
 
-/** One batch of events from the native worker (one doorbell). @internal */
+/**
+ * What a batch of events from the native worker (one doorbell) has besides the completions and
+ * arrivals written into the event scratch (see {@link NativeEngine.bindEvents}); `ops` and `imms`
+ * only when those could not go there. @internal
+ */
 export interface NativeEvents {
   // Each field is present only when the batch has some.
   /**
@@ -75,6 +79,12 @@ export interface NativeEvents {
   /** [watchId, value, previous, seen: ns of the monotonic clock] */
   watches?: Array<[number, bigint, bigint, bigint]>;
 }
+
+/**
+ * How the addon hands JS a batch: `nOps` completion and `nImms` arrival records in the event scratch
+ * (see {@link NativeEngine.bindEvents}), and the rest of the batch, if any, in `extra`. @internal
+ */
+export type NativeEventCallback = (nOps: number, nImms: number, extra: NativeEvents | undefined) => void;
 
 /** The engine kit's N-API class: plain data in, events out. Validation lives in TypeScript. @internal */
 export interface NativeEngine {
@@ -98,6 +108,12 @@ export interface NativeEngine {
   writeBatch(batch: Float64Array, runs: Float64Array, runKeys: BigUint64Array): void;
   /** The arrays {@link NativeEngine.writeBound} reads its runs from (kept referenced by the addon). */
   bindScratch(runs: Float64Array, runKeys: BigUint64Array): void;
+  /**
+   * Where each batch's completions and arrivals go: the event callback gets `(nOps, nImms, extra)`
+   * and finds nOps {@link COMPLETION} records from index 0, then nImms {@link ARRIVAL} records
+   * (kept referenced by the addon; read only inside the callback).
+   */
+  bindEvents(scratch: Uint32Array): void;
   /** write() of the first `runs` runs of the bound scratch, no pages, no trigger; imm < 0: none. */
   writeBound(op: number, region: number, imm: number, runs: number): void;
   write(
@@ -392,7 +408,7 @@ export interface NativeEngineInit {
   tuning: NativeEngineTuning;
   /** The loaded addon: its engine class and the names of completion codes by index. */
   addon: {
-    NativeEngine: new (opts: object, onEvents: (e: NativeEvents) => void) => NativeEngine;
+    NativeEngine: new (opts: object, onEvents: NativeEventCallback) => NativeEngine;
     codeNames: readonly string[];
   };
   /** What the backend's domain factory reads (provider, devices, ...); tuning is added here. */
@@ -484,7 +500,7 @@ export abstract class NativeEngineBase extends EngineBase {
     // An addon built from an older engine kit (a stale build/Release, or $TRELLIS_<NAME>_ADDON
     // naming an old binary) lacks calls this one makes on every write: refuse it by name.
     const proto = init.addon.NativeEngine.prototype as unknown as Record<string, unknown>;
-    const missing = ['bindScratch', 'writeBound', 'endPoll', 'armImm'].filter(
+    const missing = ['bindScratch', 'bindEvents', 'writeBound', 'endPoll', 'armImm'].filter(
       (m) => typeof proto[m] !== 'function',
     );
     if (missing.length)
@@ -493,7 +509,8 @@ export abstract class NativeEngineBase extends EngineBase {
         `createEngine: the native addon of ${init.backendName} predates this @trellis/core (it lacks ${missing.join(', ')}); rebuild it (pnpm run build:native) or install matching versions of the packages`,
       );
     try {
-      this.native = new init.addon.NativeEngine(options, (e) => this.onEvents(e));
+      this.native = new init.addon.NativeEngine(options, (nOps, nImms, e) => this.onEvents(nOps, nImms, e));
+      this.native.bindEvents(this.eventScratch);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
       throw new TrellisError('UNSUPPORTED', `createEngine: ${why}${init.unsupportedHint ?? ''}`, {
@@ -584,12 +601,29 @@ export abstract class NativeEngineBase extends EngineBase {
 
   // -- events from the worker (one call per batch) ------------------------------------------------
 
-  private onEvents(e: NativeEvents): void {
-    if (e.regs) this.onRegs(e.regs);
-    if (e.imms)
+  private onEvents(nOps: number, nImms: number, e: NativeEvents | undefined): void {
+    if (e?.regs) this.onRegs(e.regs);
+    const s = this.eventScratch;
+    if (nImms)
+      for (let i = nOps * COMPLETION.stride, end = i + nImms * ARRIVAL.stride; i < end; i += ARRIVAL.stride)
+        this.counters.arrive(s[i + ARRIVAL.imm]!, s[i + ARRIVAL.count]!);
+    if (e?.imms)
       for (let i = 0; i < e.imms.length; i += ARRIVAL.stride)
         this.counters.arrive(e.imms[i + ARRIVAL.imm]!, e.imms[i + ARRIVAL.count]!);
-    if (e.ops) this.onOps(e.ops, e.messages);
+    if (nOps) this.onOps(s, nOps * COMPLETION.stride, e?.messages);
+    if (e) this.onExtraEvents(e);
+  }
+
+  /**
+   * Completions and arrivals come in this scratch, bound to the addon once, so a batch allocates
+   * nothing: 4096 completion records, more than a worker turn reports (a larger batch comes in
+   * arrays of its own).
+   */
+  private readonly eventScratch = new Uint32Array(4096 * COMPLETION.stride);
+
+  /** A batch's completions when they did not fit the scratch, and everything but arrivals and registrations. */
+  private onExtraEvents(e: NativeEvents): void {
+    if (e.ops) this.onOps(e.ops, e.ops.length, e.messages);
     if (e.released)
       for (const id of e.released) {
         const op = this.held.get(id);
@@ -615,14 +649,15 @@ export abstract class NativeEngineBase extends EngineBase {
     }
   }
 
-  private onOps(ops: Uint32Array, failures: NativeEvents['messages']): void {
+  /** The completion records in `ops[0, end)`. */
+  private onOps(ops: Uint32Array, end: number, failures: NativeEvents['messages']): void {
     let messages: Map<number, string> | undefined;
     if (failures?.length) {
       messages = new Map();
       for (let i = 0; i < failures.length; i += 2)
         messages.set(failures[i] as number, failures[i + 1] as string);
     }
-    for (let i = 0; i < ops.length; i += COMPLETION.stride) {
+    for (let i = 0; i < end; i += COMPLETION.stride) {
       const id = ops[i + COMPLETION.id]!;
       const op = this.inflight.get(id);
       if (!op) continue;

@@ -127,6 +127,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("write", &W::Write),
                               W::InstanceMethod("writeBatch", &W::WriteBatch),
                               W::InstanceMethod("bindScratch", &W::BindScratch),
+                              W::InstanceMethod("bindEvents", &W::BindEvents),
                               W::InstanceMethod("writeBound", &W::WriteBound),
                               W::InstanceMethod("send", &W::Send),
                               W::InstanceMethod("cancel", &W::Cancel),
@@ -217,24 +218,44 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return false;
   }
 
-  // JS thread: hand one batch of events to the TypeScript side. False if there was none.
+  // JS thread: hand one batch of events to the TypeScript side: cb(nOps, nImms, extra). False if
+  // there was none.
+  //
+  // Completions and arrivals — all a write-heavy or latency-critical batch has — go into the event
+  // scratch JS bound (bindEvents): nOps format::Completion records, then nImms format::Arrival
+  // records, and `extra` is undefined, so a batch allocates nothing on the JS heap. Everything else
+  // (registrations, messages, failures' texts, watch changes, released ops) comes in `extra`, as
+  // do completions and arrivals when the scratch is unbound, too small for the batch, or in use by
+  // the delivery this one runs inside of (close() from a callback of one): then nOps and nImms are
+  // 0 and `extra.ops` / `extra.imms` carry them in arrays of their own.
   bool Deliver(Napi::Env env, Napi::Function cb) {
     if (!engine_) return false;
     Events ev = engine_->drain();
     if (ev.empty()) return false;
+    using C = format::Completion;
+    using A = format::Arrival;
+    const bool scratch = events_ != nullptr && !delivering_ &&
+                         ev.ops.size() * C::kStride + ev.imms.size() * A::kStride <= events_len_;
     struct Guard {
       bool& b;
-      explicit Guard(bool& x) : b(x) { b = true; }
-      ~Guard() { b = false; }
+      bool was;
+      explicit Guard(bool& x) : b(x), was(x) { b = true; }
+      ~Guard() { b = was; }
     } guard(delivering_);
-    Napi::Object o = Napi::Object::New(env);
-    // Only what the batch has: a latency loop's batch is usually one completion or one arrival.
-    // Completions packed as format::Completion records: no JS object per completion. Messages only for
-    // failures, as [index, text] pairs. `released`: ids of ops reported with kPostedFlag whose posted
-    // work the provider has let go of since.
-    using C = format::Completion;
+    Napi::Object o;
+    auto extra = [&]() -> Napi::Object& {
+      if (o.IsEmpty()) o = Napi::Object::New(env);
+      return o;
+    };
+    // Messages only for failures, as [record index, text] pairs. `released`: ids of ops reported
+    // with kPostedFlag whose posted work the provider has let go of since.
     if (!ev.ops.empty()) {
-      Napi::Uint32Array ops = Napi::Uint32Array::New(env, ev.ops.size() * C::kStride);
+      uint32_t* ops = scratch ? events_ : nullptr;
+      Napi::Uint32Array arr;
+      if (!scratch) {
+        arr = Napi::Uint32Array::New(env, ev.ops.size() * C::kStride);
+        ops = arr.Data();
+      }
       Napi::Array failures;
       uint32_t nf = 0;
       for (size_t i = 0; i < ev.ops.size(); i++) {
@@ -250,8 +271,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
           failures.Set(nf++, Napi::String::New(env, d.message));
         }
       }
-      o.Set("ops", ops);
-      if (nf) o.Set("messages", failures);
+      if (!scratch) extra().Set("ops", arr);
+      if (nf) extra().Set("messages", failures);
     }
     if (!ev.regs.empty()) {
       Napi::Array regs = Napi::Array::New(env, ev.regs.size());
@@ -270,23 +291,27 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
         x.Set("keys", keys);
         regs.Set(i, x);
       }
-      o.Set("regs", regs);
+      extra().Set("regs", regs);
     }
     if (!ev.imms.empty()) {
-      using A = format::Arrival;
-      Napi::Uint32Array imms = Napi::Uint32Array::New(env, ev.imms.size() * A::kStride);
+      uint32_t* imms = scratch ? events_ + ev.ops.size() * C::kStride : nullptr;
+      Napi::Uint32Array arr;
+      if (!scratch) {
+        arr = Napi::Uint32Array::New(env, ev.imms.size() * A::kStride);
+        imms = arr.Data();
+      }
       for (size_t i = 0; i < ev.imms.size(); i++) {
         imms[A::kStride * i + A::kImm] = ev.imms[i].first;
         imms[A::kStride * i + A::kCount] = ev.imms[i].second;
       }
-      o.Set("imms", imms);
+      if (!scratch) extra().Set("imms", arr);
     }
     if (!ev.recvs.empty()) {
       Napi::Array recvs = Napi::Array::New(env, ev.recvs.size());
       for (size_t i = 0; i < ev.recvs.size(); i++) {
         recvs.Set(i, Napi::Buffer<uint8_t>::Copy(env, ev.recvs[i].data(), ev.recvs[i].size()));
       }
-      o.Set("recvs", recvs);
+      extra().Set("recvs", recvs);
     }
     if (!ev.watches.empty()) {
       Napi::Array watches = Napi::Array::New(env, ev.watches.size());
@@ -298,14 +323,17 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
         a.Set(3u, Napi::BigInt::New(env, ev.watches[i].seen_ns));
         watches.Set(i, a);
       }
-      o.Set("watches", watches);
+      extra().Set("watches", watches);
     }
     if (!ev.released.empty()) {
       Napi::Uint32Array released = Napi::Uint32Array::New(env, ev.released.size());
       for (size_t i = 0; i < ev.released.size(); i++) released[i] = ev.released[i];
-      o.Set("released", released);
+      extra().Set("released", released);
     }
-    cb.Call({o});
+    const double n_ops = scratch ? static_cast<double>(ev.ops.size()) : 0;
+    const double n_imms = scratch ? static_cast<double>(ev.imms.size()) : 0;
+    cb.Call({Napi::Number::New(env, n_ops), Napi::Number::New(env, n_imms),
+             o.IsEmpty() ? env.Undefined() : static_cast<Napi::Value>(o)});
     return true;
   }
 
@@ -561,6 +589,16 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
+  // bindEvents(scratch: Uint32Array): where Deliver() puts completions and arrivals (see there),
+  // kept referenced here. JS reads it only inside its event callback.
+  Napi::Value BindEvents(const Napi::CallbackInfo& info) {
+    Napi::Uint32Array scratch = info[0].As<Napi::Uint32Array>();
+    events_ref_ = Napi::Persistent(static_cast<Napi::Object>(scratch));
+    events_ = scratch.Data();
+    events_len_ = scratch.ElementLength();
+    return info.Env().Undefined();
+  }
+
   // writeBound(op, region, imm, runs): write() of the first `runs` runs of the bound scratch, with no
   // pages and no trigger; imm < 0: none. The single-write path: four numbers across N-API.
   Napi::Value WriteBound(const Napi::CallbackInfo& info) {
@@ -787,6 +825,10 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   const uint64_t* bound_keys_ = nullptr;
   size_t bound_count_ = 0;
   bool delivering_ = false;          // a batch is being handed to JS (poll() from inside it is a no-op)
+  // bindEvents(): the scratch Deliver() writes completions and arrivals into.
+  Napi::ObjectReference events_ref_;
+  uint32_t* events_ = nullptr;
+  size_t events_len_ = 0;
   // The host lane: the copy thread (started on first use) and the peer regions mapped here.
   std::unique_ptr<HostCopier> copier_;
   std::unordered_map<uint32_t, SharedMapping> mappings_;
