@@ -1,9 +1,9 @@
 // backend-efa's own behaviour: providers and options (choice, checks, stats, library facts) and a
 // peer that restarts.
-import { MrDesc, NetAddr, TrellisError } from '@trellis/core';
+import { MrDesc, type MrHandle, NetAddr, TrellisError } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
-import { createEngine, fabricLibrary, fabricVersion, probeProviders } from '../src/index.js';
+import { createEngine, type EfaEngine, fabricLibrary, fabricVersion, probeProviders } from '../src/index.js';
 import { openEngine } from './open-engines.js';
 
 const code = outcome;
@@ -305,6 +305,10 @@ describe('backend-efa: a restarted peer', () => {
 });
 
 describe('backend-efa: the operation table and the event scratch', () => {
+  /** Write i: 256 bytes at i * 256 of src to the same place of dst, with `imm`. */
+  const slotWrite = (a: EfaEngine, src: MrHandle, dst: MrHandle, i: number, imm: number) =>
+    a.submitSingleWrite({ src, srcOffset: i * 256, length: 256, dst: dst.desc, dstOffset: i * 256, imm });
+
   it('operation ids wrap at 2^32 (completion records carry 32 bits), skipping one still armed; all settle', async () => {
     const a = await engine({ provider: 'shm' });
     const b = await engine({ provider: 'shm' });
@@ -312,15 +316,7 @@ describe('backend-efa: the operation table and the event scratch', () => {
     const dst = await b.registerMemory(4096, { remote: true });
     for (let i = 0; i < 4096; i++) src.buffer![i] = (i * 7 + 3) & 0xff;
     const ids = a as unknown as { nextOpId: number };
-    const write = (i: number) =>
-      a.submitSingleWrite({
-        src,
-        srcOffset: i * 256,
-        length: 256,
-        dst: dst.desc,
-        dstOffset: i * 256,
-        imm: 9,
-      });
+    const write = (i: number) => slotWrite(a, src, dst, i, 9);
     // A reaction armed as id 2^32-2 stays with the worker across the wrap.
     ids.nextOpId = 2 ** 32 - 2;
     const armed = a.submitOnImm(77, 1, { kind: 'imm', dst: b.address, imm: 78 });
@@ -363,16 +359,7 @@ describe('backend-efa: the operation table and the event scratch', () => {
     const src = await a.registerMemory(1 << 16);
     const dst = await b.registerMemory(1 << 16, { remote: true });
     for (let i = 0; i < 1 << 16; i++) src.buffer![i] = (i * 13 + 1) & 0xff;
-    const writes = Array.from({ length: 256 }, (_, i) =>
-      a.submitSingleWrite({
-        src,
-        srcOffset: i * 256,
-        length: 256,
-        dst: dst.desc,
-        dstOffset: i * 256,
-        imm: 3 + (i % 3),
-      }),
-    );
+    const writes = Array.from({ length: 256 }, (_, i) => slotWrite(a, src, dst, i, 3 + (i % 3)));
     const results = await Promise.allSettled(writes);
     expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
     expect([...dst.buffer!]).toEqual([...src.buffer!]);

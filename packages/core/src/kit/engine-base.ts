@@ -740,14 +740,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       const p = plan();
       const peers = this.checkPlan(p, name);
       const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, planRegions(p), req, peers);
-      // guard()'s work, without a closure per operation.
-      if (op.cancelReason) op.fail(op.cancelReason);
-      else
-        try {
-          this.route(p, op);
-        } catch (e) {
-          op.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e }));
-        }
+      this.guard(op, () => this.route(p, op));
       return op.promise;
     } catch (e) {
       return Promise.reject(site.attach(e));

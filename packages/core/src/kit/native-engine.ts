@@ -604,13 +604,10 @@ export abstract class NativeEngineBase extends EngineBase {
   private onEvents(nOps: number, nImms: number, e: NativeEvents | undefined): void {
     if (e?.regs) this.onRegs(e.regs);
     const s = this.eventScratch;
-    if (nImms)
-      for (let i = nOps * COMPLETION.stride, end = i + nImms * ARRIVAL.stride; i < end; i += ARRIVAL.stride)
-        this.counters.arrive(s[i + ARRIVAL.imm]!, s[i + ARRIVAL.count]!);
-    if (e?.imms)
-      for (let i = 0; i < e.imms.length; i += ARRIVAL.stride)
-        this.counters.arrive(e.imms[i + ARRIVAL.imm]!, e.imms[i + ARRIVAL.count]!);
-    if (nOps) this.onOps(s, nOps * COMPLETION.stride, e?.messages);
+    const opsEnd = nOps * COMPLETION.stride;
+    if (nImms) this.onArrivals(s, opsEnd, opsEnd + nImms * ARRIVAL.stride);
+    if (e?.imms) this.onArrivals(e.imms, 0, e.imms.length);
+    if (nOps) this.onOps(s, opsEnd, e?.messages);
     if (e) this.onExtraEvents(e);
   }
 
@@ -647,6 +644,12 @@ export abstract class NativeEngineBase extends EngineBase {
           }),
         );
     }
+  }
+
+  /** The arrival records in `imms[from, end)`. */
+  private onArrivals(imms: Uint32Array, from: number, end: number): void {
+    for (let i = from; i < end; i += ARRIVAL.stride)
+      this.counters.arrive(imms[i + ARRIVAL.imm]!, imms[i + ARRIVAL.count]!);
   }
 
   /** The completion records in `ops[0, end)`. */

@@ -247,15 +247,18 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       if (o.IsEmpty()) o = Napi::Object::New(env);
       return o;
     };
+    // Where `count` numbers of records go: the scratch from `at`, or an array of their own in
+    // extra[key].
+    auto records = [&](size_t count, size_t at, const char* key) -> uint32_t* {
+      if (scratch) return events_ + at;
+      Napi::Uint32Array arr = Napi::Uint32Array::New(env, count);
+      extra().Set(key, arr);
+      return arr.Data();
+    };
     // Messages only for failures, as [record index, text] pairs. `released`: ids of ops reported
     // with kPostedFlag whose posted work the provider has let go of since.
     if (!ev.ops.empty()) {
-      uint32_t* ops = scratch ? events_ : nullptr;
-      Napi::Uint32Array arr;
-      if (!scratch) {
-        arr = Napi::Uint32Array::New(env, ev.ops.size() * C::kStride);
-        ops = arr.Data();
-      }
+      uint32_t* ops = records(ev.ops.size() * C::kStride, 0, "ops");
       Napi::Array failures;
       uint32_t nf = 0;
       for (size_t i = 0; i < ev.ops.size(); i++) {
@@ -271,7 +274,6 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
           failures.Set(nf++, Napi::String::New(env, d.message));
         }
       }
-      if (!scratch) extra().Set("ops", arr);
       if (nf) extra().Set("messages", failures);
     }
     if (!ev.regs.empty()) {
@@ -294,17 +296,11 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       extra().Set("regs", regs);
     }
     if (!ev.imms.empty()) {
-      uint32_t* imms = scratch ? events_ + ev.ops.size() * C::kStride : nullptr;
-      Napi::Uint32Array arr;
-      if (!scratch) {
-        arr = Napi::Uint32Array::New(env, ev.imms.size() * A::kStride);
-        imms = arr.Data();
-      }
+      uint32_t* imms = records(ev.imms.size() * A::kStride, ev.ops.size() * C::kStride, "imms");
       for (size_t i = 0; i < ev.imms.size(); i++) {
         imms[A::kStride * i + A::kImm] = ev.imms[i].first;
         imms[A::kStride * i + A::kCount] = ev.imms[i].second;
       }
-      if (!scratch) extra().Set("imms", arr);
     }
     if (!ev.recvs.empty()) {
       Napi::Array recvs = Napi::Array::New(env, ev.recvs.size());
