@@ -740,7 +740,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       const p = plan();
       const peers = this.checkPlan(p, name);
       const op = this.begin(site, peers.length === 1 ? peers[0] : undefined, planRegions(p), req, peers);
-      this.guard(op, () => this.route(p, op));
+      this.routeGuarded(p, op);
       return op.promise;
     } catch (e) {
       return Promise.reject(site.attach(e));
@@ -800,15 +800,24 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /** Run a backend post; a synchronous throw fails the op (it was not posted). */
   protected guard(op: PendingOp, post: () => void): void {
-    if (op.cancelReason) {
-      op.fail(op.cancelReason);
-      return;
-    }
-    try {
-      post();
-    } catch (e) {
-      op.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e }));
-    }
+    if (op.cancelReason) op.fail(op.cancelReason);
+    else
+      try {
+        post();
+      } catch (e) {
+        failUnposted(op, e);
+      }
+  }
+
+  /** {@link guard} of `route(p, op)`, without a closure per operation (every single submit). */
+  private routeGuarded(p: Plan, op: PendingOp): void {
+    if (op.cancelReason) op.fail(op.cancelReason);
+    else
+      try {
+        this.route(p, op);
+      } catch (e) {
+        failUnposted(op, e);
+      }
   }
 
   /**
@@ -1432,4 +1441,9 @@ function isDetached(b: ArrayBuffer): boolean {
   } catch {
     return true;
   }
+}
+
+/** A post that threw synchronously: nothing of it was posted, so its op fails with that error. */
+function failUnposted(op: PendingOp, e: unknown): void {
+  op.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e), { cause: e }));
 }
