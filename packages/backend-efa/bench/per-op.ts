@@ -32,7 +32,11 @@ const REGION = 64 << 20;
 
 // TRELLIS_BENCH_ARRIVAL_US sets arrivalBatchUs (0: the target's arrivals wake this thread per batch).
 const arrival = process.env.TRELLIS_BENCH_ARRIVAL_US;
-const tuning = { arrivalBatchUs: arrival ? Number(arrival) : undefined };
+const busy = process.env.TRELLIS_BENCH_BUSY_POLL_US;
+const tuning = {
+  arrivalBatchUs: arrival ? Number(arrival) : undefined,
+  busyPollUs: busy ? Number(busy) : undefined,
+};
 const a = await createEngine({ provider, nics: 1, sameHostLane: false, ...tuning });
 const b = await createEngine({ provider, nics: 1, sameHostLane: false, ...tuning });
 const dst = await b.registerMemory(REGION, { remote: true });

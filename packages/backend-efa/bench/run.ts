@@ -130,6 +130,7 @@ function initiator(provider: Provider, sameHostLane = false, spin = false): Prom
     idleSpinUs: env('TRELLIS_BENCH_SPIN_US'),
     doorbellUs: env('TRELLIS_BENCH_DOORBELL_US'),
     arrivalBatchUs: env('TRELLIS_BENCH_ARRIVAL_US'),
+    busyPollUs: env('TRELLIS_BENCH_BUSY_POLL_US'),
   });
 }
 

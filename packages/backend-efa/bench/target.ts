@@ -25,6 +25,7 @@ const engine = await createEngine({
   idleSpinUs: envNumber('TRELLIS_BENCH_SPIN_US'),
   doorbellUs: envNumber('TRELLIS_BENCH_DOORBELL_US'),
   arrivalBatchUs: envNumber('TRELLIS_BENCH_ARRIVAL_US'),
+  busyPollUs: envNumber('TRELLIS_BENCH_BUSY_POLL_US'),
 });
 const region = await engine.registerMemory(size, { remote: true });
 // Touched before anything is timed, as the raw program's target memsets its buffer: first writes

@@ -94,6 +94,70 @@ describe('backend-efa: providers and options', () => {
     expect(await code(createEngine({ provider: 'shm', cpu: '1' as unknown as number }))).toBe(
       'INVALID_ARGUMENT: createEngine: cpu must be an integer >= 0, got "1"',
     );
+    expect(await code(createEngine({ provider: 'shm', busyPollUs: -50 }))).toBe(
+      'INVALID_ARGUMENT: createEngine: busyPollUs must be an integer >= 0, got -50',
+    );
+  });
+
+  it('busy polling (busyPollUs): batches taken by polls while something is awaited, no turns once nothing is; 0 turns it off', async () => {
+    const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    // Immediates from a to b, each awaited on both sides, b's wait pending before a sends (so b's
+    // event loop busy polls while the immediate travels); `rounds` of them.
+    const pingPong = async (a: EfaEngine, b: EfaEngine, rounds: number) => {
+      const arrived = b.immCounter(5);
+      for (let i = 0; i < rounds; i++) {
+        const waited = arrived.wait(1);
+        await pause(1);
+        await a.submitImm({ dst: b.address, imm: 5 });
+        await waited;
+      }
+      expect([arrived.total, arrived.value]).toEqual([rounds, 0]);
+      expect(a.stats().ops).toMatchObject({ submitted: rounds, completed: rounds, failed: 0, inFlight: 0 });
+    };
+    const a = await engine({ provider: 'shm', busyPollUs: 2000 });
+    const b = await engine({ provider: 'shm', busyPollUs: 2000 });
+    await pingPong(a, b, 50);
+    for (const e of [a, b]) {
+      const ev = e.stats().events!;
+      // A turn takes at most one batch.
+      expect(ev.busyPolls).toBeGreaterThanOrEqual(ev.polled);
+    }
+    // b polled while its wait was pending: the arrivals were taken by its turns, not rung for
+    // (each one rung for only where a turn came more than 100 µs after the last).
+    expect(b.stats().events!.polled).toBeGreaterThan(0);
+    // Nothing awaited any more: at most one window (2 ms) later no turn runs.
+    await pause(100);
+    const turns = [a.stats().events!.busyPolls, b.stats().events!.busyPolls];
+    await pause(100);
+    expect([a.stats().events!.busyPolls, b.stats().events!.busyPolls]).toEqual(turns);
+
+    // A wait that outlasts the window: the loop stops polling and tells the worker what the wait
+    // needs, so its arrival still rings at once — not a minute (arrivalBatchUs) later.
+    const MINUTE_US = 60_000_000;
+    const rx = await engine({
+      provider: 'shm',
+      busyPollUs: 1000,
+      arrivalBatchUs: MINUTE_US,
+      idleSpinUs: MINUTE_US,
+    });
+    const late = rx.immCounter(9).wait(1, { timeoutMs: 20_000 });
+    await pause(50);
+    const stopped = rx.stats().events!.busyPolls;
+    await pause(50);
+    expect(rx.stats().events!.busyPolls).toBe(stopped);
+    const rung = rx.stats().events!.rung;
+    await a.submitImm({ dst: rx.address, imm: 9 });
+    await late;
+    expect(rx.stats().events!.rung).toBe(rung + 1);
+
+    const x = await engine({ provider: 'shm', busyPollUs: 0 });
+    const y = await engine({ provider: 'shm', busyPollUs: 0 });
+    await pingPong(x, y, 20);
+    for (const e of [x, y]) {
+      const ev = e.stats().events!;
+      expect(ev.rung).toBeGreaterThan(0);
+      expect([ev.polled, ev.busyPolls]).toEqual([0, 0]);
+    }
   });
 
   it('a region too large to allocate is a TrellisError (RESOURCE_EXHAUSTED), not a plain Error', async () => {

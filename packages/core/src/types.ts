@@ -477,6 +477,22 @@ export interface EngineStats {
   library?: LibraryInfo;
   /** Host memory over the same-host lane (native engines; absent for the loopback fabric). */
   hostLane?: HostLaneStats;
+  /** How completions and arrivals reached JavaScript (native engines; absent for the loopback fabric). */
+  events?: EventStats;
+}
+
+/**
+ * How a native engine's completions and arrivals reached JavaScript: each batch the worker pushed
+ * was taken either by the event loop after the worker rang it, or by a poll (busy polling,
+ * `pollUntil`, `poll()`) with no ring at all.
+ */
+export interface EventStats {
+  /** Batches the event loop took after a ring (each ring woke it, unless it was busy anyway). */
+  rung: number;
+  /** Batches a poll took. */
+  polled: number;
+  /** Event-loop turns spent busy polling (`busyPollUs`): about a µs of the JavaScript thread each. */
+  busyPolls: number;
 }
 
 /** Operation counters of {@link EngineStats}. */

@@ -11,6 +11,7 @@ import type {
   BatchResult,
   EngineLimits,
   EngineStats,
+  EventStats,
   FailoverOptions,
   GpuStats,
   HostLaneStats,
@@ -1282,7 +1283,13 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       gpu: this.gpuStats(),
       ...(this.libraryInfo() ? { library: this.libraryInfo() } : {}),
       ...(this.hostLaneStats() ? { hostLane: this.hostLaneStats() } : {}),
+      ...(this.eventStats() ? { events: this.eventStats() } : {}),
     };
+  }
+
+  /** How batches of events reached JavaScript, where a backend has a worker (the native engines). */
+  protected eventStats(): EventStats | undefined {
+    return undefined;
   }
 
   /** The host half of the same-host lane, where a backend has it (the native engines). */

@@ -20,6 +20,7 @@ export { ImmCounterTable } from './counters.js';
 export { EngineBase, type GpuPath, HEARTBEAT_IMM, HEARTBEAT_MISSES } from './engine-base.js';
 export { WR_SHAPE } from './format.js';
 export {
+  defaultBusyPollUs,
   MAX_STAGED_BYTES,
   MSG_HEADER,
   type NativeEngine,

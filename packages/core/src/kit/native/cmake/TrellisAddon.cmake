@@ -30,6 +30,11 @@ function(trellis_add_addon target)
   target_compile_definitions(${target} PRIVATE NAPI_VERSION=8 NAPI_DISABLE_CPP_EXCEPTIONS
     NODE_ADDON_API_DISABLE_DEPRECATED NODE_GYP_MODULE_NAME=${target})
   target_compile_options(${target} PRIVATE -Wall -Wextra -O2 -fvisibility=hidden)
+  # -DTRELLIS_TRACE=ON: mark every step of the engine on a timeline (trellis/trace.hpp), for
+  # scripts/trace-timeline.mjs. Off by default: the marks are then no code at all.
+  if(TRELLIS_TRACE)
+    target_compile_definitions(${target} PRIVATE TRELLIS_TRACE)
+  endif()
   find_package(Threads REQUIRED)
   target_link_libraries(${target} PRIVATE ${CMAKE_JS_LIB} Threads::Threads)
   # The C++ runtime inside the addon, its symbols kept private (libgcc_s stays shared: every glibc

@@ -492,6 +492,7 @@ class DomainGroup {
         if (rc == -ENETDOWN) wr_failed(w.op, lane, Code::NicFailed, ENETDOWN, down_message(lane));
         else wr_failed(w.op, lane, domains_[lane]->classify(-rc), -rc, domains_[lane]->strerror(rc));
       } else {
+        TRELLIS_TRACE_MARK('P');
         inflight_[lane]++;
         pr.inflight[lane]++;
         c->peer = peer;
@@ -568,6 +569,7 @@ class DomainGroup {
     switch (c.kind) {
       case CompKind::RemoteWrite:
         if (c.code == Code::Ok && c.has_imm) {
+          TRELLIS_TRACE_MARK('A');
           nc.imms_received.fetch_add(1, std::memory_order_relaxed);
           if (!port_imms_.empty()) {
             auto it = port_imms_.find(c.imm);
@@ -607,6 +609,7 @@ class DomainGroup {
             nc.send_ops.fetch_add(1, std::memory_order_relaxed);
             nc.bytes_sent.fetch_add(ctx->len, std::memory_order_relaxed);
           } else {
+            TRELLIS_TRACE_MARK('C');
             nc.write_ops.fetch_add(1, std::memory_order_relaxed);
             nc.bytes_written.fetch_add(ctx->len, std::memory_order_relaxed);
           }

@@ -69,7 +69,7 @@ class Engine final : private Worker::Body {
   void push_all(std::vector<Cmd>& cs) { worker_.push_all(cs); }
 
   // JS thread: take everything that happened since the last drain.
-  Events drain() { return events_.drain(); }
+  Events drain(bool rung = false) { return events_.drain(rung); }
 
   // JS thread, latency mode: is anything waiting to be drained? Marks JS as polling (no doorbell
   // is rung while it keeps polling).
@@ -77,7 +77,7 @@ class Engine final : private Worker::Body {
     events_.polled();
     return events_.ready();
   }
-  void end_poll() { events_.unpolled(); }
+  bool end_poll() { return events_.unpolled(); }
 
   // JS thread: its first waiter on `imm` needs `need` more arrivals (0: none waits); see EventQueue.
   void arm_imm(uint32_t imm, uint64_t need) { events_.arm(imm, need); }
@@ -158,7 +158,10 @@ class Engine final : private Worker::Body {
       case CmdKind::AddPeer: group_.add_peer(c); break;
       case CmdKind::Register: group_.reg(c); break;
       case CmdKind::Deregister: group_.dereg(c.id); break;
-      case CmdKind::Write: group_.write(std::move(c.write)); break;
+      case CmdKind::Write:
+        TRELLIS_TRACE_MARK('H');
+        group_.write(std::move(c.write));
+        break;
       case CmdKind::ArmWrite: watches_.arm(c.id, c.at, std::move(c.write), c.hold); break;
       case CmdKind::Send: group_.send(c.id, c.peer, std::move(c.data), c.lane); break;
       case CmdKind::Cancel: cancel(c.id, c.code, c.hold); break;

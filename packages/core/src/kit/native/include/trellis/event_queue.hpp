@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "trace.hpp"
 
 namespace trellis {
 
@@ -127,10 +128,16 @@ class EventQueue {
     last_poll_ns_.store(now_ns(), std::memory_order_relaxed);
   }
 
-  // JS thread, latency mode: JS stopped polling (pollUntil returned). The next flush rings for
-  // what is left at once instead of quiet_us after the last poll: a completion that lands just
+  // JS thread: JS stopped polling (pollUntil returned, busy polling stopped). The next flush rings
+  // for what is left at once instead of quiet_us after the last poll: a completion that lands just
   // after the loop ended (its operation awaited next) costs one event-loop wake-up, not 100 µs.
-  void unpolled() { last_poll_ns_.store(0, std::memory_order_relaxed); }
+  // Returns whether a flush held back a ring because JS was polling: JS takes that batch itself
+  // now rather than sleep until the worker's next flush rings for it. (Should that flush race this
+  // call, the worker still rings at its next one: the batch stays dirty until rung.)
+  bool unpolled() {
+    last_poll_ns_.store(0, std::memory_order_seq_cst);
+    return held_.exchange(false, std::memory_order_acq_rel);
+  }
 
   // Worker, once per loop turn (`idle`: before it blocks or sleeps, when quiet arrivals ring too).
   // One doorbell per batch: ring only when JS has drained everything rung before.
@@ -142,9 +149,15 @@ class EventQueue {
     // everything queued until then) or there is nothing to deliver.
     if (!dirty_) return;
     if (quiet_us_) {
-      int64_t polled = last_poll_ns_.load(std::memory_order_relaxed);
-      if (polled && now_ns() - polled < int64_t(quiet_us_) * 1000)
-        return;  // JS is polling: it takes the batch itself (stays dirty: rung once it stops)
+      int64_t polled = last_poll_ns_.load(std::memory_order_seq_cst);
+      if (polled && now_ns() - polled < int64_t(quiet_us_) * 1000) {
+        // JS is polling: it takes the batch itself (stays dirty: rung once it stops). Marked held
+        // under the lock, only while the batch is there: a drain clears the mark under it, so a
+        // mark never outlives its batch to make endPoll take later, quiet arrivals early.
+        std::lock_guard<std::mutex> g(mu_);
+        if (!events_.empty()) held_.store(true, std::memory_order_release);
+        return;
+      }
     }
     if (doorbell_us_) {
       auto now = std::chrono::steady_clock::now();
@@ -153,6 +166,7 @@ class EventQueue {
     }
     dirty_ = false;
     lazy_ = false;
+    held_.store(false, std::memory_order_relaxed);
     bool ring = false;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -161,14 +175,21 @@ class EventQueue {
         ring = true;
       }
     }
-    if (ring) notify_();
+    if (ring) {
+      TRELLIS_TRACE_MARK('R');
+      notify_();
+    }
   }
 
-  // JS thread: take everything that happened since the last drain.
-  Events drain() {
+  // JS thread: take everything that happened since the last drain. `rung`: for a ring, which
+  // takes nothing once a poll drained the batch it rang for (a poll clears the doorbell): what
+  // came since is left to its own ring, or to arrival_us if it rings for nothing (quiet arrivals).
+  Events drain(bool rung = false) {
     std::lock_guard<std::mutex> g(mu_);
+    if (rung && !doorbell_.load(std::memory_order_acquire)) return Events{};
     doorbell_.store(false, std::memory_order_release);
     ready_.store(false, std::memory_order_relaxed);
+    held_.store(false, std::memory_order_relaxed);  // the batch a flush held back its ring for is taken
     Events out;
     std::swap(out, events_);
     pending_.clear();
@@ -194,6 +215,7 @@ class EventQueue {
   Events events_;
   std::atomic<bool> doorbell_{false};
   std::atomic<bool> ready_{false};         // events wait in the batch
+  std::atomic<bool> held_{false};          // under mu_ when set: a flush held back its ring for the batch because JS polled
   std::atomic<int64_t> last_poll_ns_{0};   // steady clock of JS's last poll (0: never)
   std::unordered_map<uint32_t, uint64_t> needs_;  // under mu_: imm → arrivals its first JS waiter still needs
   struct Pending {

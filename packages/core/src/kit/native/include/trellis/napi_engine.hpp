@@ -179,7 +179,11 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "trellis-events", 0, 1);
     engine_ = std::make_unique<Engine>(std::move(domains), eo, [this] {
       // Non-blocking: the doorbell is rung at most once per drained batch.
-      tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function cb) { Deliver(env, cb); });
+      tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function cb) {
+        TRELLIS_TRACE_MARK('L');
+        Deliver(env, cb, /*rung=*/true);
+        TRELLIS_TRACE_MARK('M');
+      });
     });
     err = engine_->start();
     if (!err.empty()) {
@@ -227,10 +231,11 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // (registrations, messages, failures' texts, watch changes, released ops) comes in `extra`, as
   // do completions and arrivals when the scratch is unbound, too small for the batch, or in use by
   // the delivery this one runs inside of (close() from a callback of one): then nOps and nImms are
-  // 0 and `extra.ops` / `extra.imms` carry them in arrays of their own.
-  bool Deliver(Napi::Env env, Napi::Function cb) {
+  // 0 and `extra.ops` / `extra.imms` carry them in arrays of their own. `rung`: for a ring, which
+  // finds nothing where a poll took its batch first (see EventQueue::drain).
+  bool Deliver(Napi::Env env, Napi::Function cb, bool rung = false) {
     if (!engine_) return false;
-    Events ev = engine_->drain();
+    Events ev = engine_->drain(rung);
     if (ev.empty()) return false;
     using C = format::Completion;
     using A = format::Arrival;
@@ -337,14 +342,19 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // from its own loop, instead of waiting for the doorbell to wake the event loop.
   Napi::Value Poll(const Napi::CallbackInfo& info) {
     // Not from inside a delivery (a callback it runs polled): that batch is still being handed over.
-    bool delivered = engine_ && !delivering_ && engine_->poll_ready() && Deliver(info.Env(), last_cb_.Value());
+    bool delivered = false;
+    if (engine_ && !delivering_ && engine_->poll_ready()) {
+      TRELLIS_TRACE_MARK('D');
+      delivered = Deliver(info.Env(), last_cb_.Value());
+      TRELLIS_TRACE_MARK('E');
+    }
     return Napi::Boolean::New(info.Env(), delivered);
   }
 
-  // endPoll(): JS stopped polling; the doorbell rings again for whatever comes next.
+  // endPoll() → whether a batch waits already: JS stopped polling; the doorbell rings again for
+  // whatever comes next, and JS takes what waits with poll() (no ring comes for it).
   Napi::Value EndPoll(const Napi::CallbackInfo& info) {
-    if (engine_) engine_->end_poll();
-    return info.Env().Undefined();
+    return Napi::Boolean::New(info.Env(), engine_ && engine_->end_poll());
   }
 
   // armImm(imm, need): the first waiter on `imm` needs `need` more arrivals than JS was given (0:
@@ -550,6 +560,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // write(op, region, hasImm, imm, runs: format::Run records, runKeys: format::NicKeys records, pages?)
   // pages: {peer, lanes, srcPages, dstPages, srcStride, dstStride, srcOff, dstOff, pageBytes, keys: one NicKeys}
   Napi::Value Write(const Napi::CallbackInfo& info) {
+    TRELLIS_TRACE_MARK('S');
     if (!Alive(info)) return info.Env().Undefined();
     auto w = std::make_unique<WriteCmd>();
     w->op = u32(info[0]);
@@ -598,6 +609,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // writeBound(op, region, imm, runs): write() of the first `runs` runs of the bound scratch, with no
   // pages and no trigger; imm < 0: none. The single-write path: four numbers across N-API.
   Napi::Value WriteBound(const Napi::CallbackInfo& info) {
+    TRELLIS_TRACE_MARK('S');
     if (!Alive(info)) return info.Env().Undefined();
     size_t n = u32(info[3]);
     if (n > bound_count_) {
@@ -620,6 +632,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // writeBatch(batch, runs, runKeys): many writes in one call (format::BatchWrite records; each
   // write's runs follow the previous one's), handed to the worker under one lock.
   Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
+    TRELLIS_TRACE_MARK('S');
     if (!Alive(info)) return info.Env().Undefined();
     using B = format::BatchWrite;
     Napi::Float64Array batch = info[0].As<Napi::Float64Array>();
