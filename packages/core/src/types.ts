@@ -489,9 +489,12 @@ export interface EngineStats {
 export interface EventStats {
   /** Batches the event loop took after a ring (each ring woke it, unless it was busy anyway). */
   rung: number;
-  /** Batches a poll took. */
+  /** Batches a poll took (busy polling, `pollUntil`, `poll()`). */
   polled: number;
-  /** Event-loop turns spent busy polling (`busyPollUs`): about a µs of the JavaScript thread each. */
+  /**
+   * Event-loop turns spent busy polling (`busyPollUs`): each polls until a batch comes, for at most
+   * 20 µs of the JavaScript thread.
+   */
   busyPolls: number;
 }
 

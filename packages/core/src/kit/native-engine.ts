@@ -251,18 +251,20 @@ export interface NativeEngineTuning {
    * Immediate arrivals that do not complete what a `wait` needs reach an `ImmCounter`'s `value`
    * and `total` about this many µs after the worker counts them at most (default 1000; 0: every
    * batch of arrivals wakes the event loop at once), sooner where anything else wakes it or the
-   * worker goes to sleep idle. The arrival that completes the first waiter's count wakes it at
-   * once whatever this is, and `pollUntil` sees every arrival at once. Without it a target fed
+   * worker goes to sleep idle, or while the event loop busy polls (`busyPollUs`). The arrival that
+   * completes the first waiter's count wakes it at once whatever this is, and `pollUntil` sees
+   * every arrival at once. Without it a target fed
    * tens of thousands of immediates a second spends a core waking its event loop for counts
    * nobody is waiting for yet.
    */
   arrivalBatchUs?: number;
   /**
-   * Busy polling from the event loop: after each batch of completions or arrivals, and after each
-   * submission, while operations are in flight or a `wait` on an immediate counter is pending, the
-   * JavaScript thread polls the engine from `setImmediate` for up to this many µs instead of
-   * sleeping until the worker rings it (default 50 where the host has 8 CPUs or more, else 0: see
-   * {@link defaultBusyPollUs}; 0: off, every batch rings). Waking a sleeping
+   * Busy polling from the event loop: after each submission, each batch of completions and each new
+   * `wait` on an immediate counter (and the batch that completes one), while operations are in
+   * flight (armed reactions and watch triggers aside) or a `wait` is pending, the JavaScript thread
+   * polls the engine from `setImmediate` for up to this many µs instead of sleeping until the
+   * worker rings it (default 50 where `os.availableParallelism()` is 8 or more, else 0: see
+   * {@link defaultBusyPollUs}; 0: off, batches reach JavaScript when the worker rings). Waking a sleeping
    * event loop costs about 8 µs on a 16-core Xeon host — most of an immediate round trip on one
    * host — and the worker's ring costs it a system call. A turn of the spinning loop polls for up
    * to 20 µs and ends at the first batch, so a batch is seen within about a µs of the worker
@@ -321,8 +323,8 @@ export interface NativeEngineTuning {
 const BUSY_TURN_MS = 0.02;
 
 /**
- * {@link NativeEngineTuning.busyPollUs} by default: 50 µs where the host has 8 CPUs or more, else
- * 0. With fewer, the engines' worker threads and the event loops of a few processes already share
+ * {@link NativeEngineTuning.busyPollUs} by default: 50 µs where `os.availableParallelism()` (the
+ * CPUs this process may run on) is 8 or more, else 0. With fewer, the engines' worker threads and the event loops of a few processes already share
  * the cores, and a spinning event loop takes the CPU they need (on a 2-core VM busy polling made the
  * shm immediate round trip five times slower, 28.8 → 144.6 µs).
  */
@@ -561,9 +563,11 @@ export abstract class NativeEngineBase extends EngineBase {
     this.busyPollMs = (init.tuning.busyPollUs ?? defaultBusyPollUs()) / 1000;
     this.counters.onNeed((imm, need) => {
       if (need > 0) {
+        // A new wait, or one still short after arrivals: only a new one starts the window.
+        const fresh = !this.immNeeds.has(imm);
         this.immNeeds.set(imm, need);
-        this.kickBusyPoll();
-      } else this.immNeeds.delete(imm);
+        if (fresh) this.kickBusyPoll();
+      } else if (this.immNeeds.delete(imm)) this.needMet = true;
       if (!this.busyPolling) this.tellNeed(imm, need);
     });
     this.opTimeoutMs = init.tuning.opTimeoutMs ?? 30_000;
@@ -654,7 +658,11 @@ export abstract class NativeEngineBase extends EngineBase {
     if (e?.imms) this.onArrivals(e.imms, 0, e.imms.length);
     if (nOps) this.onOps(s, opsEnd, e?.messages);
     if (e) this.onExtraEvents(e);
-    this.kickBusyPoll();
+    // A batch of nothing but arrivals no wait was completed by (a stream into a large wait) does
+    // not extend busy polling: the wait is told to the worker once polling stops, which rings when
+    // the last of them is in.
+    if (nOps || e || this.needMet) this.kickBusyPoll();
+    this.needMet = false;
   }
 
   /**
@@ -711,6 +719,7 @@ export abstract class NativeEngineBase extends EngineBase {
       const op = this.inflight.get(id);
       if (!op) continue;
       this.inflight.delete(id);
+      if (this.triggerIds.size) this.triggerIds.delete(id);
       const word = ops[i + COMPLETION.code]!;
       const code = this.codeNames[word & ~POSTED_FLAG] ?? 'INTERNAL';
       if (word & POSTED_FLAG) {
@@ -1136,6 +1145,8 @@ export abstract class NativeEngineBase extends EngineBase {
   private busyUntil = 0;
   /** Inside native.poll(): deliveries are counted as polled, not rung. */
   private polling = false;
+  /** A wait's need went to 0 (met, or the waiter left) in the batch being delivered. */
+  private needMet = false;
   private readonly eventCounts = { rung: 0, polled: 0, busyPolls: 0 };
 
   /** An event or a submission: (re)start the busy-poll window, if anything is awaited. */
@@ -1147,16 +1158,37 @@ export abstract class NativeEngineBase extends EngineBase {
     setImmediate(this.busyPollTurn);
   }
 
-  /** Something is awaited: operations in flight, or a wait on arrivals. */
+  /**
+   * Something is awaited: operations in flight (but for triggered ones: a reaction or a watch may
+   * be armed long before it fires), or a wait on arrivals.
+   */
   private awaited(): boolean {
-    return this.inflight.size > 0 || this.immNeeds.size > 0;
+    return this.inflight.size > this.triggerIds.size || this.immNeeds.size > 0;
   }
 
+  /** Ids of triggered operations (submitOnImm, submitOnWatch) in the table. */
+  private readonly triggerIds = new Set<number>();
+
   private readonly busyPollTurn = (): void => {
-    if (this.closed) {
-      this.busyPolling = false;
-      return;
+    let again = false;
+    try {
+      again = this.busyPollStep();
+    } finally {
+      // Also where a delivery threw: polling stops (a later event starts it again), and the worker
+      // is told the needs, so no wait is left without its ring.
+      if (!again) {
+        this.busyPolling = false;
+        if (!this.closed) {
+          this.tellNeeds();
+          if (this.pollers === 0) this.endPoll();
+        }
+      }
     }
+  };
+
+  /** One busy-poll turn; true if another is scheduled. */
+  private busyPollStep(): boolean {
+    if (this.closed) return false;
     // Whether anything is awaited is asked as a turn starts: a batch the last turn delivered has
     // had its promise reactions run by now (a wait that follows an operation's completion is armed).
     if (this.awaited()) {
@@ -1179,13 +1211,11 @@ export abstract class NativeEngineBase extends EngineBase {
       // A batch delivered (kicked again) or time left: another turn.
       if (this.busyKicked || now < this.busyUntil) {
         setImmediate(this.busyPollTurn);
-        return;
+        return true;
       }
     }
-    this.busyPolling = false;
-    this.tellNeeds();
-    if (this.pollers === 0) this.endPoll();
-  };
+    return false;
+  }
 
   async pollUntil(done: () => boolean, opts: WaitOptions = {}): Promise<void> {
     const op = 'pollUntil';
@@ -1298,7 +1328,27 @@ export abstract class NativeEngineBase extends EngineBase {
   private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint; hold?: boolean }): void {
     const s = this.writeScratch;
     const n = packRuns(plan, s, this.writePeers, op.callsite.op);
+    // An armed trigger may wait long for its word: nothing to busy poll for (see awaited()).
+    if (trigger) this.triggerIds.add(op.id);
     this.track(op);
+    try {
+      this.postTracked(plan, op, s, n, trigger);
+    } catch (e) {
+      // Nothing reached the worker: the op fails unposted (the caller's guard), and leaves the table.
+      this.inflight.delete(op.id);
+      this.triggerIds.delete(op.id);
+      throw e;
+    }
+  }
+
+  /** postPlan's crossing, once its runs are packed into `s` and the op is tracked. */
+  private postTracked(
+    plan: Plan,
+    op: PendingOp,
+    s: WriteScratch,
+    n: number,
+    trigger: { watch: number; at: bigint; hold?: boolean } | undefined,
+  ): void {
     if (!s.pages && !trigger) {
       // The common case: the runs are already in the scratch the addon reads (bound again when
       // packRuns grew it), so only four numbers cross.
@@ -1404,6 +1454,7 @@ export abstract class NativeEngineBase extends EngineBase {
       op.fail(err);
     }
     this.inflight.clear();
+    this.triggerIds.clear();
     void this.close();
   }
 

@@ -132,11 +132,11 @@ class EventQueue {
   // for what is left at once instead of quiet_us after the last poll: a completion that lands just
   // after the loop ended (its operation awaited next) costs one event-loop wake-up, not 100 µs.
   // Returns whether a flush held back a ring because JS was polling: JS takes that batch itself
-  // now rather than sleep until the worker's next flush rings for it. (Should that flush race this
-  // call, the worker still rings at its next one: the batch stays dirty until rung.)
+  // now rather than sleep until the worker's next flush rings for it. (A flush racing this call
+  // reads the stamp again after marking: see flush.)
   bool unpolled() {
     last_poll_ns_.store(0, std::memory_order_seq_cst);
-    return held_.exchange(false, std::memory_order_acq_rel);
+    return held_.exchange(false, std::memory_order_seq_cst);
   }
 
   // Worker, once per loop turn (`idle`: before it blocks or sleeps, when quiet arrivals ring too).
@@ -154,9 +154,15 @@ class EventQueue {
         // JS is polling: it takes the batch itself (stays dirty: rung once it stops). Marked held
         // under the lock, only while the batch is there: a drain clears the mark under it, so a
         // mark never outlives its batch to make endPoll take later, quiet arrivals early.
-        std::lock_guard<std::mutex> g(mu_);
-        if (!events_.empty()) held_.store(true, std::memory_order_release);
-        return;
+        {
+          std::lock_guard<std::mutex> g(mu_);
+          if (!events_.empty()) held_.store(true, std::memory_order_seq_cst);
+        }
+        // Then the stamp again. JS stops polling by storing 0 and then reading held_ (unpolled()),
+        // both sequentially consistent, as these two are: either JS saw the mark and takes the
+        // batch, or this load sees the 0 and the ring goes ahead (a ring whose batch JS took
+        // meanwhile finds nothing: see drain).
+        if (last_poll_ns_.load(std::memory_order_seq_cst) != 0) return;
       }
     }
     if (doorbell_us_) {

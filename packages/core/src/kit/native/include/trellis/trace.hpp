@@ -10,8 +10,10 @@
 //
 // Tags: S JS hands a write to the worker (the crossing's entry), H the worker takes it from its
 // queue, P the provider accepted its post, C its completion was read, A an immediate arrived,
-// D a poll from JS found a batch (latency mode), E that batch's JS callback returned, R the
-// worker rang the event loop's doorbell, L the event loop took a rung batch, M its callback returned.
+// D a poll from JS found a batch (latency mode, busy polling), E that batch's JS callback returned,
+// R the worker rang the event loop's doorbell, L the event loop ran a ring (marked also for a ring
+// that finds nothing: a poll took its batch), M that ring's delivery returned. The buffer is written
+// at exit while worker threads may still mark: its last records may be torn.
 #pragma once
 
 #ifdef TRELLIS_TRACE
