@@ -25,6 +25,18 @@ case "$which" in
   *) echo "usage: scripts/prebuild.sh [x64|arm64|all|host] [package ...]" >&2; exit 2 ;;
 esac
 host=$(uname -m)
+# `host` is what a prepack builds: the tarball then carries this machine's binaries only, so what an
+# earlier build for another architecture left in the git-ignored prebuilds/ folders goes first.
+if [ "$which" = host ]; then
+  for pkg in "${pkgs[@]}"; do
+    for d in "packages/$pkg/prebuilds"/linux-*; do
+      if [ -e "$d" ] && [ "$d" != "packages/$pkg/prebuilds/linux-${arches[0]}" ]; then
+        say "removing $d (not this machine's architecture)"
+        rm -rf "$d"
+      fi
+    done
+  done
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
