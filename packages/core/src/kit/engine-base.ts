@@ -1271,6 +1271,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     for (const r of this.regions) registeredBytes += r.length;
     const f = this.failover;
     const w = f ?? this.partsWriter;
+    const library = this.libraryInfo();
+    const hostLane = this.hostLaneStats();
+    const events = this.eventStats();
     return {
       kind: this.kind,
       nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
@@ -1281,9 +1284,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       recvDropped: this.recvDropped,
       peers: { known: this.knownPeers.size, lost: this.lost.size, ...this.probeCounts },
       gpu: this.gpuStats(),
-      ...(this.libraryInfo() ? { library: this.libraryInfo() } : {}),
-      ...(this.hostLaneStats() ? { hostLane: this.hostLaneStats() } : {}),
-      ...(this.eventStats() ? { events: this.eventStats() } : {}),
+      ...(library ? { library } : {}),
+      ...(hostLane ? { hostLane } : {}),
+      ...(events ? { events } : {}),
     };
   }
 

@@ -253,9 +253,8 @@ export interface NativeEngineTuning {
    * batch of arrivals wakes the event loop at once), sooner where anything else wakes it or the
    * worker goes to sleep idle, or while the event loop busy polls (`busyPollUs`). The arrival that
    * completes the first waiter's count wakes it at once whatever this is, and `pollUntil` sees
-   * every arrival at once. Without it a target fed
-   * tens of thousands of immediates a second spends a core waking its event loop for counts
-   * nobody is waiting for yet.
+   * every arrival at once. Without it a target fed tens of thousands of immediates a second spends
+   * a core waking its event loop for counts nobody is waiting for yet.
    */
   arrivalBatchUs?: number;
   /**
@@ -264,14 +263,14 @@ export interface NativeEngineTuning {
    * flight (armed reactions and watch triggers aside) or a `wait` is pending, the JavaScript thread
    * polls the engine from `setImmediate` for up to this many µs instead of sleeping until the
    * worker rings it (default 50 where `os.availableParallelism()` is 8 or more, else 0: see
-   * {@link defaultBusyPollUs}; 0: off, batches reach JavaScript when the worker rings). Waking a sleeping
-   * event loop costs about 8 µs on a 16-core Xeon host — most of an immediate round trip on one
-   * host — and the worker's ring costs it a system call. A turn of the spinning loop polls for up
-   * to 20 µs and ends at the first batch, so a batch is seen within about a µs of the worker
-   * pushing it, and other I/O and timers still run between turns. The
-   * price is the thread's CPU while it waits: at most this long after the last event, and only
-   * while something is awaited (`stats().events.busyPolls` counts the turns). Unlike
-   * `pollUntil` (latency mode), the event loop keeps turning.
+   * {@link defaultBusyPollUs}; 0: off, batches reach JavaScript when the worker rings). Waking a
+   * sleeping event loop costs about 8 µs on a 16-core Xeon host — most of an immediate round trip
+   * on one host — and the worker's ring costs it a system call. A turn of the spinning loop polls
+   * for up to 20 µs and ends at the first batch, so a batch is seen within about a µs of the
+   * worker pushing it, and other I/O and timers still run between turns. The price is the
+   * thread's CPU while it waits: at most this long after the last event, and only while something
+   * is awaited (`stats().events.busyPolls` counts the turns). Unlike `pollUntil` (latency mode),
+   * the event loop keeps turning.
    */
   busyPollUs?: number;
   limits?: Partial<EngineLimits>;
@@ -324,9 +323,10 @@ const BUSY_TURN_MS = 0.02;
 
 /**
  * {@link NativeEngineTuning.busyPollUs} by default: 50 µs where `os.availableParallelism()` (the
- * CPUs this process may run on) is 8 or more, else 0. With fewer, the engines' worker threads and the event loops of a few processes already share
- * the cores, and a spinning event loop takes the CPU they need (on a 2-core VM busy polling made the
- * shm immediate round trip five times slower, 28.8 → 144.6 µs).
+ * CPUs this process may run on) is 8 or more, else 0. With fewer, the engines' worker threads and
+ * the event loops of a few processes already share the cores, and a spinning event loop takes the
+ * CPU they need (on a 2-core VM busy polling made the shm immediate round trip five times slower,
+ * 28.8 → 144.6 µs).
  */
 export function defaultBusyPollUs(): number {
   return availableParallelism() >= 8 ? 50 : 0;
@@ -1414,7 +1414,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private track(op: PendingOp): void {
     this.inflight.set(op);
     op.postedAt = Date.now();
-    if (this.busyPollMs !== 0) this.kickBusyPoll();
+    this.kickBusyPoll();
     if (!this.watchdog && this.opTimeoutMs > 0) {
       this.watchdog = setInterval(() => this.checkWorker(), 250);
       this.watchdog.unref();
