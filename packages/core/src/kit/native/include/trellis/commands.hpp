@@ -30,6 +30,52 @@ struct Run {
   RemoteKey keys[4];
 };
 
+// A write's runs: one inline (a single write, an immediate: no allocation of their own), more in a
+// vector. The part of std::vector's interface the kit uses.
+class RunList {
+ public:
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  Run* data() { return n_ <= 1 ? &one_ : more_.data(); }
+  const Run* data() const { return n_ <= 1 ? &one_ : more_.data(); }
+  Run& operator[](size_t i) { return data()[i]; }
+  const Run& operator[](size_t i) const { return data()[i]; }
+  Run* begin() { return data(); }
+  Run* end() { return data() + n_; }
+  const Run* begin() const { return data(); }
+  const Run* end() const { return data() + n_; }
+  // New runs are value-initialised, as std::vector's.
+  void resize(size_t n) {
+    if (n <= 1) {
+      if (n == 1) one_ = n_ == 0 ? Run{} : (*this)[0];
+      more_.clear();
+    } else if (n_ <= 1) {
+      more_.assign(n, Run{});
+      if (n_ == 1) more_[0] = one_;
+    } else {
+      more_.resize(n);
+    }
+    n_ = n;
+  }
+  void push_back(const Run& r) {
+    if (n_ == 0) {
+      one_ = r;
+    } else {
+      if (n_ == 1) {
+        more_.clear();
+        more_.push_back(one_);
+      }
+      more_.push_back(r);
+    }
+    n_++;
+  }
+
+ private:
+  Run one_;
+  std::vector<Run> more_;
+  size_t n_ = 0;
+};
+
 // Paged writes: page i goes src_off + src_pages[i]*src_stride → dst_off + dst_pages[i]*dst_stride on lane i % lanes.
 struct Pages {
   uint32_t peer = 0;
@@ -45,12 +91,23 @@ struct PortState;
 using OpId = uint64_t;
 constexpr OpId kPortOpBase = OpId(1) << 40;
 
+struct WriteCmd;
+class WriteRecycler;
+
+// Deletes a WriteCmd — or, on its engine's worker thread, hands it back to the JS thread that took
+// it from its WriteRecycler, for the next write (see there).
+struct WriteCmdDelete {
+  void operator()(WriteCmd* w) const;
+};
+using WritePtr = std::unique_ptr<WriteCmd, WriteCmdDelete>;
+
 struct WriteCmd {
+  WriteRecycler* home = nullptr;  // the recycler it came from (none: deleted when done)
   OpId op = 0;
   uint32_t region = 0;  // 0: no source region (zero-byte runs only)
   bool has_imm = false;
   uint32_t imm = 0;
-  std::vector<Run> runs;
+  RunList runs;
   std::unique_ptr<Pages> pages;
   std::shared_ptr<PortState> port;  // posted through a port: settles there, not in JS
   uint64_t total_wrs() const {
@@ -59,6 +116,75 @@ struct WriteCmd {
     return n;
   }
 };
+
+// A JS thread's write commands, reused: the JS thread takes one per write (a fresh one when none
+// is spare) and the worker hands each back once it is done with it, through a ring one way and a
+// ring back — no allocation per write on either thread, and no memory freed on one thread that
+// the other allocated (glibc takes an arena lock for that). A command released on any other
+// thread, or with the ring back full, is deleted.
+class WriteRecycler {
+ public:
+  WriteRecycler() = default;
+  WriteRecycler(const WriteRecycler&) = delete;
+  WriteRecycler& operator=(const WriteRecycler&) = delete;
+  ~WriteRecycler() {
+    for (uint64_t i = head_.load(); i < tail_.load(); i++) delete spare_[i % kSpare];
+  }
+
+  // The JS thread: a command with no runs, pages or port, `home` this.
+  WritePtr take() {
+    const uint64_t h = head_.load(std::memory_order_relaxed);
+    if (h != tail_seen_ || h != (tail_seen_ = tail_.load(std::memory_order_acquire))) {
+      WriteCmd* w = spare_[h % kSpare];
+      head_.store(h + 1, std::memory_order_release);
+      return WritePtr(w);
+    }
+    WritePtr w(new WriteCmd());
+    w->home = this;
+    return w;
+  }
+
+  // The worker thread starts: commands released on it come back here.
+  void bind_worker() { worker_home() = this; }
+
+  // Whether this thread is the worker of `r` (compares pointers only: `r` may be gone).
+  static bool on_worker_of(const WriteRecycler* r) { return worker_home() == r; }
+
+  // The worker thread of this recycler: keep `w` for take() if there is room; false: delete it.
+  bool give_back(WriteCmd* w);
+
+ private:
+  static WriteRecycler*& worker_home() {
+    static thread_local WriteRecycler* home = nullptr;
+    return home;
+  }
+  static constexpr size_t kSpare = 1024;
+  WriteCmd* spare_[kSpare] = {};
+  alignas(64) std::atomic<uint64_t> tail_{0};  // the worker writes
+  alignas(64) std::atomic<uint64_t> head_{0};  // the JS thread writes
+  alignas(64) uint64_t tail_seen_ = 0;          // the JS thread's
+  alignas(64) uint64_t head_seen_ = 0;          // the worker's
+};
+
+inline bool WriteRecycler::give_back(WriteCmd* w) {
+  const uint64_t t = tail_.load(std::memory_order_relaxed);
+  if (t - head_seen_ >= kSpare && t - (head_seen_ = head_.load(std::memory_order_acquire)) >= kSpare) return false;
+  w->op = 0;
+  w->region = 0;
+  w->has_imm = false;
+  w->imm = 0;
+  w->runs.resize(0);
+  w->pages.reset();
+  w->port.reset();
+  spare_[t % kSpare] = w;
+  tail_.store(t + 1, std::memory_order_release);
+  return true;
+}
+
+inline void WriteCmdDelete::operator()(WriteCmd* w) const {
+  if (w->home && WriteRecycler::on_worker_of(w->home) && w->home->give_back(w)) return;
+  delete w;
+}
 
 enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort, FailNic,
                              WatchImm, CountImm };
@@ -72,7 +198,7 @@ struct Cmd {
   size_t len = 0;                           // Register: bytes; CountImm: arrivals
   int device = -1;                          // Register: a CUDA device (GPU memory), or -1 (host)
   bool remote = false;
-  std::unique_ptr<WriteCmd> write;
+  WritePtr write;
   uint32_t peer = 0;                        // Send
   std::vector<uint8_t> data;
   Code code = Code::Ok;                     // Cancel: the reason

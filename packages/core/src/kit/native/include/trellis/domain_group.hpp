@@ -179,7 +179,7 @@ class DomainGroup {
   }
 
   // Accept a write into the op table and the backlog (or report it failed at once).
-  void write(std::unique_ptr<WriteCmd> w) {
+  void write(WritePtr w) {
     OpState st;
     st.outstanding = w->total_wrs();
     st.deadline = ops_.deadline();
@@ -215,7 +215,7 @@ class DomainGroup {
     Gen g;
     g.st = &ops_.add(op, std::move(st));
     if (w->region) g.region = &regions_.find(w->region)->second;
-    g.cmd = std::shared_ptr<WriteCmd>(std::move(w));
+    g.cmd = std::move(w);
     g.at = wr_first(*g.cmd);
     backlog_.push_back(std::move(g));
   }
@@ -352,7 +352,7 @@ class DomainGroup {
     std::string message;
   };
   struct Gen {  // lazy work-request generator over one command
-    std::shared_ptr<WriteCmd> cmd;
+    WritePtr cmd;
     OpState* st = nullptr;  // stable: unordered_map nodes do not move
     Region* region = nullptr;  // resolved once per command, not per work request
     Peer* peer = nullptr;      // the current run's (or the pages') peer

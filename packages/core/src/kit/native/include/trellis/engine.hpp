@@ -1,6 +1,6 @@
 // Trellis native engine kit — the engine: one worker thread over a DomainGroup of 1–4 domains.
 //
-//   JS thread ──push(Cmd)──► command queue ──► worker: expand requests into work requests (lazily),
+//   JS thread ──push(Cmd)──► command ring ────► worker: expand requests into work requests (lazily),
 //                                                post with back-pressure, poll every CQ, count
 //                                                immediates, settle operations
 //   JS thread ◄──one doorbell per batch── event queue ◄──┘
@@ -65,8 +65,16 @@ class Engine final : private Worker::Body {
   Domain& domain(size_t i) { return group_.domain(i); }
   NicCounters& counters(size_t i) { return group_.counters(i); }
 
-  void push(Cmd&& c) { worker_.push(std::move(c)); }
-  void push_all(std::vector<Cmd>& cs) { worker_.push_all(cs); }
+  // The JS thread: a write command to fill and push (reused; see WriteRecycler).
+  WritePtr take_write() { return writes_.take(); }
+
+  // The JS thread's commands (the worker's ring), in order.
+  void push(Cmd&& c) { worker_.push_local(std::move(c)); }
+  void push_all(std::vector<Cmd>& cs) {
+    for (auto& c : cs) worker_.push_local(std::move(c));
+  }
+  // Another thread's (a port's poster): the locked queue.
+  void push_any(Cmd&& c) { worker_.push(std::move(c)); }
 
   // JS thread: take everything that happened since the last drain.
   Events drain(bool rung = false) { return events_.drain(rung); }
@@ -149,6 +157,7 @@ class Engine final : private Worker::Body {
   }
 
   // -------------------------------------------------------------------------------- the worker's body
+  void started() override { writes_.bind_worker(); }
   bool idle() const override { return group_.idle(); }
   bool may_block() const override { return !watches_.polled(); }
   bool try_wait() override { return group_.try_wait(); }
@@ -208,6 +217,8 @@ class Engine final : private Worker::Body {
     events_.flush();
   }
 
+  // First, so it outlives every command the other parts may still hold.
+  WriteRecycler writes_;
   EventQueue events_;
   Worker worker_;
   OpTable ops_;

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -47,13 +48,13 @@ class EventQueue {
   // worker that goes idle right after has already rung).
   static constexpr uint32_t kPollQuietUs = 100;
 
-  // Worker: add to the batch under its lock (`f` gets the Events).
+  // Worker: add to the batch (`f` gets the Events). Staged on the worker's side and handed over
+  // under the lock once per loop turn, by flush(): a turn that settles many operations takes the
+  // lock JS drains under once, not once per operation.
   template <typename F>
   void push(F&& f) {
-    std::lock_guard<std::mutex> g(mu_);
-    f(events_);
-    dirty_ = true;
-    ready_.store(true, std::memory_order_release);
+    f(staged_);
+    staged_dirty_ = true;
   }
 
   // Worker: one poll's immediate arrivals, (imm, count) per value. They ring at once where they
@@ -142,6 +143,7 @@ class EventQueue {
   // Worker, once per loop turn (`idle`: before it blocks or sleeps, when quiet arrivals ring too).
   // One doorbell per batch: ring only when JS has drained everything rung before.
   void flush(bool idle = false) {
+    if (staged_dirty_) publish();
     if (!dirty_ && lazy_ &&
         (idle || std::chrono::steady_clock::now() - lazy_since_ >= std::chrono::microseconds(arrival_us_)))
       dirty_ = true;
@@ -203,6 +205,33 @@ class EventQueue {
   }
 
  private:
+  // Worker: what push() staged into the batch JS drains.
+  void publish() {
+    staged_dirty_ = false;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      append(events_.ops, staged_.ops);
+      append(events_.regs, staged_.regs);
+      append(events_.recvs, staged_.recvs);
+      append(events_.watches, staged_.watches);
+      append(events_.released, staged_.released);
+      ready_.store(true, std::memory_order_release);
+    }
+    dirty_ = true;
+  }
+
+  // Move `from`'s elements to the end of `to` and empty `from` (keeping a capacity on this side).
+  template <typename T>
+  static void append(std::vector<T>& to, std::vector<T>& from) {
+    if (from.empty()) return;
+    if (to.empty()) {
+      to.swap(from);
+    } else {
+      to.insert(to.end(), std::make_move_iterator(from.begin()), std::make_move_iterator(from.end()));
+      from.clear();
+    }
+  }
+
   static int64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
@@ -213,6 +242,8 @@ class EventQueue {
   uint32_t quiet_us_;
   uint32_t arrival_us_;
   bool dirty_ = false;  // worker-only: the batch has something to ring for now
+  Events staged_;              // worker-only: pushed since the last flush
+  bool staged_dirty_ = false;  // worker-only
   bool lazy_ = false;   // worker-only: and quiet arrivals, to ring for by lazy_since_ + arrival_us_
   std::chrono::steady_clock::time_point lazy_since_{};
   std::chrono::steady_clock::time_point last_ring_{};

@@ -562,7 +562,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   Napi::Value Write(const Napi::CallbackInfo& info) {
     TRELLIS_TRACE_MARK('S');
     if (!Alive(info)) return info.Env().Undefined();
-    auto w = std::make_unique<WriteCmd>();
+    WritePtr w = engine_->take_write();
     w->op = u32(info[0]);
     w->region = u32(info[1]);
     w->has_imm = info[2].As<Napi::Boolean>().Value();
@@ -616,7 +616,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       Napi::Error::New(info.Env(), "writeBound: more runs than the bound scratch holds").ThrowAsJavaScriptException();
       return info.Env().Undefined();
     }
-    auto w = std::make_unique<WriteCmd>();
+    WritePtr w = engine_->take_write();
     w->op = u32(info[0]);
     w->region = u32(info[1]);
     double imm = info[2].As<Napi::Number>().DoubleValue();
@@ -644,7 +644,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     size_t first = 0;
     for (size_t i = 0; i < n; i++) {
       const double* v = batch.Data() + B::kStride * i;
-      auto w = std::make_unique<WriteCmd>();
+      WritePtr w = engine_->take_write();
       w->op = static_cast<uint32_t>(v[B::kOp]);
       w->region = static_cast<uint32_t>(v[B::kRegion]);
       w->has_imm = v[B::kHasImm] != 0;

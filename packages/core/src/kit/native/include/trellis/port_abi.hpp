@@ -24,7 +24,7 @@ inline int post(void* self, uint32_t window, uint64_t src, uint64_t dst, uint64_
   const PortState::Window& win = p->windows[window];
   if (len && (src > win.src_len || len > win.src_len - src || dst > win.dst_len || len > win.dst_len - dst))
     return TRELLIS_PORT_RANGE;
-  auto w = std::make_unique<WriteCmd>();
+  WritePtr w(new WriteCmd());
   w->op = kPortOpBase + next.fetch_add(1, std::memory_order_relaxed);
   w->region = len ? win.tmpl.region : 0;
   w->has_imm = win.tmpl.has_imm;
@@ -41,7 +41,7 @@ inline int post(void* self, uint32_t window, uint64_t src, uint64_t dst, uint64_
   p->posted.fetch_add(1, std::memory_order_relaxed);
   // Under the port's lock: stop() nulls `engine` under it before stopping the worker, so this
   // command is either handled or settled CLOSED by the worker's shutdown.
-  p->engine->push(std::move(c));
+  p->engine->push_any(std::move(c));
   return TRELLIS_PORT_OK;
 }
 

@@ -60,7 +60,7 @@ class Watches {
 
   // A triggered write: posted by this thread, with no JS turn, the first time the watch word reads
   // at least `at` (at once if it already does).
-  void arm(uint32_t watch, uint64_t at, std::unique_ptr<WriteCmd> w, bool hold) {
+  void arm(uint32_t watch, uint64_t at, WritePtr w, bool hold) {
     auto it = watches_.find(watch);
     if (it == watches_.end()) {
       ops_.report_unopened(w->op, Code::Aborted, "the watcher was closed before the write was armed");
@@ -132,7 +132,7 @@ class Watches {
       // (settled instead when they were cancelled while held).
       while (!w.triggers.empty() && w.triggers.begin()->first <= v) {
         auto t = w.triggers.begin();
-        std::unique_ptr<WriteCmd> cmd = std::move(t->second.w);
+        WritePtr cmd = std::move(t->second.w);
         Code cancelled = t->second.cancelled;
         if (t->second.hold) held_--;
         by_op_.erase(cmd->op);
@@ -153,7 +153,7 @@ class Watches {
   // then drops what would be posted but settles the operation only once the value is reached, so
   // no operation settles while a copy of it is still running.
   struct Trigger {
-    std::unique_ptr<WriteCmd> w;
+    WritePtr w;
     bool hold = false;
     Code cancelled = Code::Ok;
   };
