@@ -4,6 +4,7 @@ import { MrDesc, type MrHandle, NetAddr, TrellisError } from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine, fabricLibrary, fabricVersion, probeProviders } from '../src/index.js';
+import { addon } from '../src/native.js';
 import { openEngine } from './open-engines.js';
 
 const code = outcome;
@@ -443,6 +444,59 @@ describe('backend-efa: the operation table and the event scratch', () => {
     expect(s.inFlight).toBe(0);
     expect(s.completed).toBe(17);
     expect(s.failed).toBe(0);
+  });
+
+  it("the worker's command ring: a burst past it overflows and is still handled in order, beside another thread's commands", () => {
+    // The worker's first command is held until all of these are pushed: 5,000 from this thread
+    // (1,023 fit the ring, the rest overflow), 2,000 from another thread; then 5,000 more while it
+    // catches up (some through the overflow still, the rest through the ring again).
+    const r = addon().commandRingCheck(5000, 2000);
+    expect(r).toEqual({ inOrder: true, js: 10_000, others: 2000, overflowed: 5000 - 1023 });
+  });
+
+  it('bursts of writes with a reaction armed and cancelled behind each: every write settles once, every cancel finds its reaction', async () => {
+    const a = await engine({ provider: 'shm' });
+    const b = await engine({ provider: 'shm' });
+    const n = 6000;
+    const src = await a.registerMemory(n * 256);
+    const dst = await b.registerMemory(n * 256, { remote: true });
+    for (let i = 0; i < n * 256; i++) src.buffer![i] = (i * 31 + 7) & 0xff;
+    // submitBatch pushes its writes in one native loop (3,000 commands, past the ring's 1,024 when
+    // the worker falls behind); the reaction's arming and its cancel follow in the same turn. A
+    // cancel handled before its arming would find nothing, and the reaction would stay armed.
+    const batches: Promise<{ failed: number }>[] = [];
+    const cancelled: Promise<string>[] = [];
+    for (let round = 0; round < 2; round++) {
+      const reqs = Array.from({ length: n / 2 }, (_, k) => {
+        const i = round * (n / 2) + k;
+        return {
+          kind: 'single' as const,
+          src,
+          srcOffset: i * 256,
+          length: 256,
+          dst: dst.desc,
+          dstOffset: i * 256,
+          imm: 21,
+        };
+      });
+      batches.push(a.submitBatch(reqs));
+      const ac = new AbortController();
+      cancelled.push(
+        a.submitOnImm(99, 1 + round, { kind: 'imm', dst: b.address, imm: 98, signal: ac.signal }).then(
+          () => 'resolved',
+          (e: TrellisError) => e.code,
+        ),
+      );
+      ac.abort();
+    }
+    expect((await Promise.all(batches)).map((r) => r.failed)).toEqual([0, 0]);
+    expect(await Promise.all(cancelled)).toEqual(['ABORTED', 'ABORTED']);
+    await b.immCounter(21).wait(n, { timeoutMs: 10_000 });
+    expect(b.immCounter(21).total).toBe(n);
+    expect(b.immCounter(98).total).toBe(0);
+    expect(Buffer.compare(dst.buffer!, src.buffer!)).toBe(0);
+    const s = a.stats().ops;
+    expect([s.completed, s.failed, s.inFlight]).toEqual([n, 2, 0]);
   });
 
   it('batches larger than the event scratch come in arrays of their own: every write settles, every arrival counts', async () => {

@@ -173,6 +173,8 @@ export interface NativeEngine {
   close(): void;
   /** Worker loop iterations so far (-1 once closed). */
   heartbeat(): number;
+  /** Commands pushed while the worker's command ring was full (-1 once closed). */
+  overflowed(): number;
   /** Detach a worker stuck inside the provider; the native engine is leaked on purpose. */
   abandon(): void;
   /** Open port `id` counting `imms`; returns the address of its trellis_port_v1. */
@@ -211,6 +213,15 @@ export interface NativeModuleCalls extends NativePortCalls {
    * `WR_SHAPE` records in posting order. Posts nothing; for tests of the expansion.
    */
   expandWrite(runs: Float64Array, keys: BigUint64Array, pages?: PackedWrite['pages']): Float64Array;
+  /**
+   * The worker's command queues under a burst (tests): its first command held until `n` commands
+   * from this thread (past the ring: they overflow) and `others` from another thread are in, then
+   * `n` more; whether this thread's were handled in the order pushed.
+   */
+  commandRingCheck(
+    n: number,
+    others: number,
+  ): { inOrder: boolean; js: number; others: number; overflowed: number };
 }
 
 /** Options every native engine understands (the engine kit's `EngineOptions`). */

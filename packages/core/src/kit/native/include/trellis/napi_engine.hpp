@@ -84,6 +84,70 @@ inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
   }
 }
 
+// commandRingCheck(n, others) (tests): a Worker over a Body that records the order it is handed
+// commands in. Its first command is held in the Body until JS's n commands (ids 1..n: past the
+// ring's 1,024 slots, so they overflow) and `others` commands pushed meanwhile from another thread
+// (as a port's poster does) are in; then released, and n more JS commands follow while the worker
+// catches up. → {inOrder, js, others, overflowed}: whether JS's 2n commands were handled in the
+// order pushed, how many of them and of the other thread's were handled, and how many overflowed.
+inline Napi::Value CommandRingCheck(const Napi::CallbackInfo& info) {
+  const uint32_t n = u32(info[0]);
+  const uint32_t others = u32(info[1]);
+  constexpr uint32_t kOther = 1u << 30;
+  struct Recorder final : Worker::Body {
+    std::atomic<bool> holding{false}, release{false};
+    std::atomic<uint64_t> seen{0};
+    std::vector<uint32_t> js;
+    uint32_t other = 0;
+    bool idle() const override { return false; }
+    bool may_block() const override { return false; }
+    bool try_wait() override { return false; }
+    void handle(Cmd& c) override {
+      if (c.id == 0) {
+        holding.store(true);
+        while (!release.load()) std::this_thread::yield();
+      } else if (c.id >= kOther) {
+        other++;
+      } else {
+        js.push_back(c.id);
+      }
+      seen.fetch_add(1, std::memory_order_release);
+    }
+    bool progress() override { return false; }
+    void check_deadlines(std::chrono::steady_clock::time_point) override {}
+    void shutdown() override {}
+  } body;
+  EventQueue events([] {}, 0);
+  EngineOptions opts;
+  Worker worker(events, opts);
+  worker.start(body, {});
+  auto cmd = [](uint32_t id) {
+    Cmd c(CmdKind::Cancel);
+    c.id = id;
+    return c;
+  };
+  worker.push_local(cmd(0));
+  while (!body.holding.load()) std::this_thread::yield();
+  std::thread poster([&] {
+    for (uint32_t i = 0; i < others; i++) worker.push(cmd(kOther + i));
+  });
+  for (uint32_t i = 1; i <= n; i++) worker.push_local(cmd(i));
+  poster.join();
+  const uint64_t overflowed = worker.overflowed();
+  body.release.store(true);
+  for (uint32_t i = n + 1; i <= 2 * n; i++) worker.push_local(cmd(i));
+  while (body.seen.load(std::memory_order_acquire) < 1 + 2 * uint64_t(n) + others) std::this_thread::yield();
+  worker.stop();
+  bool in_order = body.js.size() == 2 * size_t(n);
+  for (size_t i = 0; in_order && i < body.js.size(); i++) in_order = body.js[i] == i + 1;
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("inOrder", in_order);
+  out.Set("js", static_cast<double>(body.js.size()));
+  out.Set("others", static_cast<double>(body.other));
+  out.Set("overflowed", static_cast<double>(overflowed));
+  return out;
+}
+
 // expandWrite(runs, runKeys, pages?) → format::WrShape records: the work requests the worker would
 // post for this write, in order (the lane's key picks `keyed`). For tests of the expansion.
 inline Napi::Value ExpandWrite(const Napi::CallbackInfo& info) {
@@ -141,6 +205,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("stats", &W::Stats),
                               W::InstanceMethod("close", &W::Close),
                               W::InstanceMethod("heartbeat", &W::Heartbeat),
+                              W::InstanceMethod("overflowed", &W::Overflowed),
                               W::InstanceMethod("abandon", &W::Abandon),
                               W::InstanceMethod("openPort", &W::OpenPort),
                               W::InstanceMethod("setPortWindows", &W::SetPortWindows),
@@ -800,6 +865,11 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->heartbeat()) : -1.0);
   }
 
+  // overflowed(): commands JS pushed while the worker's ring was full (-1 once closed).
+  Napi::Value Overflowed(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->overflowed()) : -1.0);
+  }
+
   // abandon(): the worker is stuck inside the provider. Detach it and leak the engine and its
   // domains on purpose: freeing memory the stuck thread may still touch would be worse.
   Napi::Value Abandon(const Napi::CallbackInfo& info) {
@@ -893,6 +963,7 @@ inline void export_port_calls(Napi::Env env, Napi::Object exports) {
     exports.Set("codeNames", names);                                                   \
     trellis::export_port_calls(env, exports);                                          \
     exports.Set("expandWrite", Napi::Function::New(env, trellis::ExpandWrite));        \
+    exports.Set("commandRingCheck", Napi::Function::New(env, trellis::CommandRingCheck)); \
     FACTORY::extend(env, exports);                                                     \
     return exports;                                                                    \
   }                                                                                    \

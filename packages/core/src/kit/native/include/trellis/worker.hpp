@@ -102,6 +102,7 @@ class Worker {
     }
     {
       std::lock_guard<std::mutex> g(cmd_mu_);
+      overflowed_++;
       overflow_cmds_.push_back(std::move(c));
       overflow_.store(true, std::memory_order_relaxed);
       cmds_pending_.store(true, std::memory_order_release);
@@ -120,6 +121,9 @@ class Worker {
     }
     wake();
   }
+
+  // The JS thread: its commands that went the locked way because the ring was full.
+  uint64_t overflowed() const { return overflowed_; }
 
   // Loop iterations so far (the engine's heartbeat).
   uint64_t heartbeat() const { return heartbeat_.load(std::memory_order_relaxed); }
@@ -349,6 +353,7 @@ class Worker {
   alignas(64) std::atomic<uint64_t> tail_{0};  // JS writes: the next slot it fills
   alignas(64) std::atomic<uint64_t> head_{0};  // the worker writes: the slots it has emptied
   alignas(64) uint64_t head_seen_ = 0;          // JS's last read of head_
+  uint64_t overflowed_ = 0;                     // JS's: its commands pushed while the ring was full
   std::atomic<bool> overflow_{false};           // JS's commands go to overflow_cmds_ until the worker takes them
   alignas(64) uint64_t head_local_ = 0;         // the worker's own copy of head_
   uint32_t sleep_us_ = kFirstSleepUs;
