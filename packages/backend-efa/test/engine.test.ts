@@ -448,10 +448,11 @@ describe('backend-efa: the operation table and the event scratch', () => {
 
   it("the worker's command ring: a burst past it overflows and is still handled in order, beside another thread's commands", () => {
     // The worker's first command is held until all of these are pushed: 5,000 from this thread
-    // (1,023 fit the ring, the rest overflow), 2,000 from another thread; then 5,000 more while it
-    // catches up (some through the overflow still, the rest through the ring again).
+    // (1,023 fit the ring, the rest overflow) and 2,000 from another thread, which starts once this
+    // one has pushed 1,250 (all of which must be handled before any of its); then 5,000 more while
+    // the worker catches up (some through the overflow still, the rest through the ring again).
     const r = addon().commandRingCheck(5000, 2000);
-    expect(r).toEqual({ inOrder: true, js: 10_000, others: 2000, overflowed: 5000 - 1023 });
+    expect(r).toEqual({ inOrder: true, js: 10_000, others: 2000, othersEarly: 0, overflowed: 5000 - 1023 });
   });
 
   it('bursts of writes with a reaction armed and cancelled behind each: every write settles once, every cancel finds its reaction', async () => {

@@ -215,13 +215,14 @@ export interface NativeModuleCalls extends NativePortCalls {
   expandWrite(runs: Float64Array, keys: BigUint64Array, pages?: PackedWrite['pages']): Float64Array;
   /**
    * The worker's command queues under a burst (tests): its first command held until `n` commands
-   * from this thread (past the ring: they overflow) and `others` from another thread are in, then
-   * `n` more; whether this thread's were handled in the order pushed.
+   * from this thread (past the ring: they overflow) and `others` from another thread (started
+   * once this thread has pushed n/4) are in, then `n` more. Whether this thread's were handled in
+   * the order pushed, and how many of the other thread's came before the n/4 pushed ahead of them.
    */
   commandRingCheck(
     n: number,
     others: number,
-  ): { inOrder: boolean; js: number; others: number; overflowed: number };
+  ): { inOrder: boolean; js: number; others: number; othersEarly: number; overflowed: number };
 }
 
 /** Options every native engine understands (the engine kit's `EngineOptions`). */

@@ -34,6 +34,19 @@ struct Run {
 // vector. The part of std::vector's interface the kit uses.
 class RunList {
  public:
+  RunList() = default;
+  RunList(const RunList&) = default;
+  RunList& operator=(const RunList&) = default;
+  // A moved-from list is empty (the defaults would leave its count with no runs behind it).
+  RunList(RunList&& o) noexcept : one_(o.one_), more_(std::move(o.more_)), n_(o.n_) { o.clear_moved(); }
+  RunList& operator=(RunList&& o) noexcept {
+    one_ = o.one_;
+    more_ = std::move(o.more_);
+    n_ = o.n_;
+    o.clear_moved();
+    return *this;
+  }
+
   size_t size() const { return n_; }
   bool empty() const { return n_ == 0; }
   Run* data() { return n_ <= 1 ? &one_ : more_.data(); }
@@ -69,8 +82,16 @@ class RunList {
     }
     n_++;
   }
+  // Give back the memory of more than `keep` runs (a reused command keeps no giant list alive).
+  void shed(size_t keep) {
+    if (more_.capacity() > keep && n_ <= 1) std::vector<Run>().swap(more_);
+  }
 
  private:
+  void clear_moved() {
+    n_ = 0;
+    more_.clear();
+  }
   Run one_;
   std::vector<Run> more_;
   size_t n_ = 0;
@@ -174,6 +195,7 @@ inline bool WriteRecycler::give_back(WriteCmd* w) {
   w->has_imm = false;
   w->imm = 0;
   w->runs.resize(0);
+  w->runs.shed(64);
   w->pages.reset();
   w->port.reset();
   spare_[t % kSpare] = w;

@@ -70,9 +70,7 @@ class Engine final : private Worker::Body {
 
   // The JS thread's commands (the worker's ring), in order.
   void push(Cmd&& c) { worker_.push_local(std::move(c)); }
-  void push_all(std::vector<Cmd>& cs) {
-    for (auto& c : cs) worker_.push_local(std::move(c));
-  }
+  void push_all(std::vector<Cmd>& cs) { worker_.push_all_local(cs); }
   // Another thread's (a port's poster): the locked queue.
   void push_any(Cmd&& c) { worker_.push(std::move(c)); }
 

@@ -220,7 +220,7 @@ class EventQueue {
     dirty_ = true;
   }
 
-  // Move `from`'s elements to the end of `to` and empty `from` (keeping a capacity on this side).
+  // Move `from`'s elements to the end of `to` and empty `from`.
   template <typename T>
   static void append(std::vector<T>& to, std::vector<T>& from) {
     if (from.empty()) return;

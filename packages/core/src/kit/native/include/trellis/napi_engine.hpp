@@ -86,19 +86,22 @@ inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
 
 // commandRingCheck(n, others) (tests): a Worker over a Body that records the order it is handed
 // commands in. Its first command is held in the Body until JS's n commands (ids 1..n: past the
-// ring's 1,024 slots, so they overflow) and `others` commands pushed meanwhile from another thread
-// (as a port's poster does) are in; then released, and n more JS commands follow while the worker
-// catches up. → {inOrder, js, others, overflowed}: whether JS's 2n commands were handled in the
-// order pushed, how many of them and of the other thread's were handled, and how many overflowed.
+// ring's 1,024 slots, so they overflow) and `others` commands from another thread (as a port's
+// poster pushes them), started once JS has pushed its first n/4, are in; then released, and n
+// more JS commands follow while the worker catches up. → {inOrder, js, others, othersEarly,
+// overflowed}: whether JS's 2n commands were handled in the order pushed, how many of them and of
+// the other thread's were handled, how many of the other thread's were handled before the n/4 JS
+// commands pushed ahead of them (must be 0), and how many of JS's overflowed.
 inline Napi::Value CommandRingCheck(const Napi::CallbackInfo& info) {
   const uint32_t n = u32(info[0]);
   const uint32_t others = u32(info[1]);
+  const uint32_t ahead = n / 4;
   constexpr uint32_t kOther = 1u << 30;
   struct Recorder final : Worker::Body {
     std::atomic<bool> holding{false}, release{false};
     std::atomic<uint64_t> seen{0};
     std::vector<uint32_t> js;
-    uint32_t other = 0;
+    uint32_t other = 0, early = 0;
     bool idle() const override { return false; }
     bool may_block() const override { return false; }
     bool try_wait() override { return false; }
@@ -108,6 +111,7 @@ inline Napi::Value CommandRingCheck(const Napi::CallbackInfo& info) {
         while (!release.load()) std::this_thread::yield();
       } else if (c.id >= kOther) {
         other++;
+        if (js.size() < c.at) early++;  // c.at: the JS commands pushed before it
       } else {
         js.push_back(c.id);
       }
@@ -121,18 +125,23 @@ inline Napi::Value CommandRingCheck(const Napi::CallbackInfo& info) {
   EngineOptions opts;
   Worker worker(events, opts);
   worker.start(body, {});
-  auto cmd = [](uint32_t id) {
+  auto cmd = [](uint32_t id, uint64_t at = 0) {
     Cmd c(CmdKind::Cancel);
     c.id = id;
+    c.at = at;
     return c;
   };
   worker.push_local(cmd(0));
   while (!body.holding.load()) std::this_thread::yield();
-  std::thread poster([&] {
-    for (uint32_t i = 0; i < others; i++) worker.push(cmd(kOther + i));
-  });
-  for (uint32_t i = 1; i <= n; i++) worker.push_local(cmd(i));
-  poster.join();
+  std::thread poster;
+  for (uint32_t i = 1; i <= n; i++) {
+    worker.push_local(cmd(i));
+    if (i == ahead)
+      poster = std::thread([&] {
+        for (uint32_t k = 0; k < others; k++) worker.push(cmd(kOther + k, ahead));
+      });
+  }
+  if (poster.joinable()) poster.join();
   const uint64_t overflowed = worker.overflowed();
   body.release.store(true);
   for (uint32_t i = n + 1; i <= 2 * n; i++) worker.push_local(cmd(i));
@@ -144,6 +153,7 @@ inline Napi::Value CommandRingCheck(const Napi::CallbackInfo& info) {
   out.Set("inOrder", in_order);
   out.Set("js", static_cast<double>(body.js.size()));
   out.Set("others", static_cast<double>(body.other));
+  out.Set("othersEarly", static_cast<double>(body.early));
   out.Set("overflowed", static_cast<double>(overflowed));
   return out;
 }
@@ -695,7 +705,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   }
 
   // writeBatch(batch, runs, runKeys): many writes in one call (format::BatchWrite records; each
-  // write's runs follow the previous one's), handed to the worker under one lock.
+  // write's runs follow the previous one's), handed to the worker in order with one wake-up.
   Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
     TRELLIS_TRACE_MARK('S');
     if (!Alive(info)) return info.Env().Undefined();

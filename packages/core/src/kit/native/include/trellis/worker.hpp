@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -60,8 +61,7 @@ class Worker {
 
   Worker(EventQueue& events, const EngineOptions& opts)
       : events_(events), cpu_(opts.cpu), idle_spin_us_(opts.idle_spin_us), max_sleep_us_(opts.max_sleep_us) {
-    ring_.reserve(kRing);
-    for (size_t i = 0; i < kRing; i++) ring_.emplace_back(CmdKind::Cancel);
+    ring_.reset(new Slot[kRing]);
   }
   ~Worker() { close_wait(); }
 
@@ -90,13 +90,13 @@ class Worker {
   // single write costs about 0.15 µs instead of 1.1–1.3 (a worker spinning on another core takes the
   // lock every turn JS pushed; docs/benchmarks.md). When the ring is full the command waits in an
   // overflow queue under the lock, and so does every later one until the worker took them all.
-  void push_local(Cmd&& c) {
+  void push_local(Cmd&& c, bool wake_now = true) {
     if (!overflow_.load(std::memory_order_relaxed)) {
       const uint64_t t = tail_.load(std::memory_order_relaxed);
       if (t - head_seen_ < kRing || (head_seen_ = head_.load(std::memory_order_acquire), t - head_seen_ < kRing)) {
-        ring_[t % kRing] = std::move(c);
+        ring_[t % kRing].c = std::move(c);
         tail_.store(t + 1, std::memory_order_seq_cst);
-        wake_local();
+        if (wake_now) wake_local();
         return;
       }
     }
@@ -107,7 +107,15 @@ class Worker {
       overflow_.store(true, std::memory_order_relaxed);
       cmds_pending_.store(true, std::memory_order_release);
     }
-    wake();
+    if (wake_now) wake();
+  }
+
+  // The JS thread: many commands (a batch of writes), in order, with one wake-up.
+  void push_all_local(std::vector<Cmd>& cs) {
+    if (cs.empty()) return;
+    for (auto& c : cs) push_local(std::move(c), false);
+    wake_local();
+    if (overflow_.load(std::memory_order_relaxed)) wake();
   }
 
   // Any thread (a port's poster): a command into the locked queue. Its order against the JS
@@ -134,7 +142,11 @@ class Worker {
   // Stop the loop and join the thread (its Body's shutdown() runs last, on it).
   void stop() {
     if (!thread_.joinable()) return;
-    stopping_.store(true);
+    {
+      // Under the lock: a worker about to wait has either seen it or waits already (and is woken).
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      stopping_.store(true);
+    }
     wake();
     thread_.join();
   }
@@ -152,7 +164,7 @@ class Worker {
     std::lock_guard<std::mutex> g(cmd_mu_);
     const uint64_t t = tail_.load(std::memory_order_acquire);
     for (; head_local_ < t; head_local_++) {
-      Cmd c = std::move(ring_[head_local_ % kRing]);
+      Cmd c = std::move(ring_[head_local_ % kRing].c);
       f(c);
     }
     head_.store(head_local_, std::memory_order_release);
@@ -234,7 +246,7 @@ class Worker {
   bool take_ring(Body& body, uint64_t end) {
     if (head_local_ >= end) return false;
     for (; head_local_ < end; head_local_++) {
-      Cmd c = std::move(ring_[head_local_ % kRing]);
+      Cmd c = std::move(ring_[head_local_ % kRing].c);
       body.handle(c);
     }
     head_.store(head_local_, std::memory_order_release);
@@ -342,14 +354,18 @@ class Worker {
   std::atomic<bool> sleeping_{false};  // the worker waits on cmd_cv_ (set under cmd_mu_)
   std::atomic<bool> in_wait_{false};
   std::atomic<bool> cmds_pending_{false};
-  std::atomic<uint64_t> heartbeat_{0};
+  alignas(64) std::atomic<uint64_t> heartbeat_{0};  // apart from the flags JS reads on every push
   std::thread thread_;
   int epoll_fd_ = -1, event_fd_ = -1;
   bool use_epoll_ = false;
   static constexpr uint32_t kFirstSleepUs = 8;
   // The JS thread's ring: single producer (JS), single consumer (the worker), slots reused.
   static constexpr size_t kRing = 1024;
-  std::vector<Cmd> ring_;
+  // Slots on lines of their own: the worker moving one out does not pull its neighbour from JS.
+  struct alignas(64) Slot {
+    Cmd c{CmdKind::Cancel};
+  };
+  std::unique_ptr<Slot[]> ring_;
   alignas(64) std::atomic<uint64_t> tail_{0};  // JS writes: the next slot it fills
   alignas(64) std::atomic<uint64_t> head_{0};  // the worker writes: the slots it has emptied
   alignas(64) uint64_t head_seen_ = 0;          // JS's last read of head_
