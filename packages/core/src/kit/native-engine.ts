@@ -173,8 +173,6 @@ export interface NativeEngine {
   close(): void;
   /** Worker loop iterations so far (-1 once closed). */
   heartbeat(): number;
-  /** Commands pushed while the worker's command ring was full (-1 once closed). */
-  overflowed(): number;
   /** Detach a worker stuck inside the provider; the native engine is leaked on purpose. */
   abandon(): void;
   /** Open port `id` counting `imms`; returns the address of its trellis_port_v1. */

@@ -92,9 +92,6 @@ class Engine final : private Worker::Body {
   // the provider (a peer that died holding a shared-memory lock wedges shm's fi_writemsg).
   uint64_t heartbeat() const { return worker_.heartbeat(); }
 
-  // JS thread: its commands that went the locked way because the ring was full.
-  uint64_t overflowed() const { return worker_.overflowed(); }
-
   // Give up on a worker stuck inside the provider: it is detached, never joined. The caller must
   // then leak this Engine (the thread may still hold pointers into it).
   void abandon() {

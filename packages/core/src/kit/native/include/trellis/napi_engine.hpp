@@ -215,7 +215,6 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("stats", &W::Stats),
                               W::InstanceMethod("close", &W::Close),
                               W::InstanceMethod("heartbeat", &W::Heartbeat),
-                              W::InstanceMethod("overflowed", &W::Overflowed),
                               W::InstanceMethod("abandon", &W::Abandon),
                               W::InstanceMethod("openPort", &W::OpenPort),
                               W::InstanceMethod("setPortWindows", &W::SetPortWindows),
@@ -873,11 +872,6 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
 
   Napi::Value Heartbeat(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->heartbeat()) : -1.0);
-  }
-
-  // overflowed(): commands JS pushed while the worker's ring was full (-1 once closed).
-  Napi::Value Overflowed(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->overflowed()) : -1.0);
   }
 
   // abandon(): the worker is stuck inside the provider. Detach it and leak the engine and its

@@ -12,8 +12,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -107,7 +107,7 @@ class Worker {
       overflow_.store(true, std::memory_order_relaxed);
       cmds_pending_.store(true, std::memory_order_release);
     }
-    if (wake_now) wake();
+    if (wake_now) wake_local();
   }
 
   // The JS thread: many commands (a batch of writes), in order, with one wake-up.
@@ -115,7 +115,6 @@ class Worker {
     if (cs.empty()) return;
     for (auto& c : cs) push_local(std::move(c), false);
     wake_local();
-    if (overflow_.load(std::memory_order_relaxed)) wake();
   }
 
   // Any thread (a port's poster): a command into the locked queue. Its order against the JS
@@ -255,17 +254,12 @@ class Worker {
 
   bool ring_empty() const { return tail_.load(std::memory_order_seq_cst) == head_local_; }
 
-  // After a ring push (its tail stored sequentially consistent): wake a worker that blocks or
-  // sleeps. It marks itself first and then looks at the ring again, both sequentially consistent,
-  // so either it sees the command or this sees the mark.
+  // After a push of JS's (its tail stored sequentially consistent, or its overflow under the lock):
+  // wake a worker that blocks or sleeps. It marks itself first and then looks at the ring and the
+  // overflow again, both sequentially consistent or under the lock, so either it sees the command or
+  // this sees the mark.
   void wake_local() {
-#ifdef __linux__
-    if (in_wait_.load(std::memory_order_seq_cst)) {
-      uint64_t one = 1;
-      ssize_t r = ::write(event_fd_, &one, sizeof one);
-      (void)r;
-    }
-#endif
+    ring_eventfd();
     if (sleeping_.load(std::memory_order_seq_cst)) {
       // The worker holds the lock from its mark until it waits: taking it here means it waits now.
       std::lock_guard<std::mutex> g(cmd_mu_);
@@ -298,7 +292,14 @@ class Worker {
 #endif
   }
 
+  // After a push under the lock (another thread's, or the stop flag).
   void wake() {
+    ring_eventfd();
+    cmd_cv_.notify_one();
+  }
+
+  // A worker blocked in epoll wakes on its eventfd.
+  void ring_eventfd() {
 #ifdef __linux__
     if (in_wait_.load(std::memory_order_seq_cst)) {
       uint64_t one = 1;
@@ -306,7 +307,6 @@ class Worker {
       (void)r;
     }
 #endif
-    cmd_cv_.notify_one();
   }
 
   void wait_idle(Body& body) {
