@@ -9,7 +9,8 @@
 // Steps (tags): S JS hands a write to the worker, H the worker takes it, P the provider accepted the
 // post, C its completion was read, A an immediate arrived, D a poll from JS found a batch, E its
 // callback returned, R the worker rang the doorbell, L the event loop took the batch, M its
-// callback returned.
+// callback returned, T a reaction fires (its write handed to the posting queue), W the worker calls
+// the provider's post.
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -44,6 +45,8 @@ const NAMES = {
   R: 'doorbell rung',
   L: 'event loop takes it',
   M: 'loop callback done',
+  T: 'a reaction fires',
+  W: 'the worker posts',
 };
 
 /** Each `from` record paired with the first `to` record after it and before the next `from`. */
@@ -84,6 +87,11 @@ const WITHIN = [
   ['R', 'L'],
   ['L', 'M'],
   ['M', 'S'],
+  ['A', 'S'],
+  ['A', 'T'],
+  ['T', 'W'],
+  ['H', 'W'],
+  ['W', 'P'],
 ];
 for (const p of procs) {
   const tally = new Map();

@@ -8,14 +8,14 @@
 // flight, default 4: one crossing into the addon per batch, no promise per write) and as prepared
 // writes (`prepareWrites(...).post` of window/posts writes each: one operation per post).
 //
-// The immediate round trip is timed four ways (see PingMode): awaiting, in latency mode
-// (pollUntil), against a peer answering by native reactions (submitOnImm), and with both sides
-// answering by reactions.
+// The immediate round trip is timed five ways (see PingMode): awaiting, in latency mode
+// (pollUntil), in synchronous latency loops (poll() + take()), against a peer answering by native
+// reactions (submitOnImm), and with both sides answering by reactions.
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
 //                          [--window N] [--posts N] [--sizes B,B] [--pages B,B] [--json out.json]
 //                          [--single sdk,batch,prepared,lane,mapped]   (the single-write columns to run)
-//                          [--rtt default,latency,reaction,native]     (the round-trip modes to run)
+//                          [--rtt default,latency,sync,reaction,native]  (the round-trip modes to run)
 //                          [--ops N]   (single writes per trial; default 1 GiB / size, at most 200,000)
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -73,10 +73,10 @@ for (const c of singleCols)
     process.exit(2);
   }
 
-const rttModes = new Set(opt('--rtt', 'default,latency,reaction,native').split(','));
+const rttModes = new Set(opt('--rtt', 'default,latency,sync,reaction,native').split(','));
 for (const m of rttModes)
-  if (!['default', 'latency', 'reaction', 'native'].includes(m)) {
-    console.error(`--rtt: unknown mode ${JSON.stringify(m)} (default, latency, reaction, native)`);
+  if (!['default', 'latency', 'sync', 'reaction', 'native'].includes(m)) {
+    console.error(`--rtt: unknown mode ${JSON.stringify(m)} (default, latency, sync, reaction, native)`);
     process.exit(2);
   }
 
@@ -264,12 +264,14 @@ function rawRun<T = { ops: number; bytes: number; seconds: number }>(argv: strin
 /**
  * How the immediate round trip is driven. `default`: both sides await (the event loop delivers
  * completions and arrivals). `latency`: both sides spin in `pollUntil` and both workers never sleep
- * (`maxSleepUs: 0`). `reaction`: the initiator as in `latency`; the target answers by native
+ * (`maxSleepUs: 0`). `sync`: as `latency`, but both loops are synchronous — `poll()` until
+ * `take(1)` succeeds, then `submitImm` without awaiting it (its completion is reaped by later
+ * polls). `reaction`: the initiator as in `latency`; the target answers by native
  * reactions armed ahead (`submitOnImm`), with no JavaScript per answer. `native`: both sides
  * answer by reactions, so no JavaScript runs per message at all: the engine's floor, timed as the
  * whole exchange over its round trips (a mean: no p99).
  */
-type PingMode = 'default' | 'latency' | 'reaction' | 'native';
+type PingMode = 'default' | 'latency' | 'sync' | 'reaction' | 'native';
 
 /** Immediate round trip: submitImm to the target, which answers with an immediate; median and p99 in µs. */
 async function sdkPingPong(
@@ -306,9 +308,14 @@ async function sdkPingPong(
     await engine.close();
     return { median: mean, p99: Number.NaN };
   }
+  // sync: each immediate's own completion is reaped by later polls and awaited at the end.
+  const unsettled: Promise<void>[] = [];
   for (let i = 0; i < iters + warm; i++) {
     const t0 = performance.now();
-    if (spin) {
+    if (mode === 'sync') {
+      unsettled.push(engine.submitImm({ dst: t.dst.owner, imm: 2 }));
+      while (!back.take(1)) engine.poll!();
+    } else if (spin) {
       // Poll until both the answer and this immediate's own completion are in: awaiting the
       // completion after the loop would wait for the event loop to be woken for it.
       let settled = false;
@@ -330,6 +337,7 @@ async function sdkPingPong(
     }
     if (i >= warm) rtt.push((performance.now() - t0) * 1000);
   }
+  await Promise.all(unsettled);
   await done;
   await t.stop();
   // Closed before the raw run, so its worker takes no CPU from it.
@@ -339,7 +347,15 @@ async function sdkPingPong(
 }
 
 type Lat = { median: number; p99: number };
-const latency: Array<{ provider: string; sdk: Lat; poll: Lat; reaction: Lat; native: Lat; raw: Lat }> = [];
+const latency: Array<{
+  provider: string;
+  sdk: Lat;
+  poll: Lat;
+  sync: Lat;
+  reaction: Lat;
+  native: Lat;
+  raw: Lat;
+}> = [];
 
 const rows: Row[] = [];
 const providerName = (p: Provider) => (p === 'tcp' ? 'tcp;ofi_rxm' : p);
@@ -444,6 +460,7 @@ for (const provider of providers) {
   };
   const lat = await ping('default');
   const poll = await ping('latency');
+  const sync = await ping('sync');
   const reaction = await ping('reaction');
   const native = await ping('native');
   const r = rawRun<{ median_us: number; p99_us: number }>([prov, 'pingpong', String(iters)]);
@@ -451,6 +468,7 @@ for (const provider of providers) {
     provider: prov,
     sdk: lat,
     poll,
+    sync,
     reaction,
     native,
     raw: { median: r.median_us, p99: r.p99_us },
@@ -524,6 +542,7 @@ for (const l of latency) {
   const rows: Array<[string, Lat]> = [
     ['SDK, default (both sides await)', l.sdk],
     ['SDK, latency mode (both sides pollUntil, workers spin)', l.poll],
+    ['SDK, latency mode, synchronous loops (poll() + take(), workers spin)', l.sync],
     ['SDK, latency mode, peer answers by native reaction (submitOnImm)', l.reaction],
     ['SDK, both sides answer by native reactions (mean over the exchange)', l.native],
     ['raw C (fi_writemsg + fi_cq_read spin)', l.raw],

@@ -38,7 +38,7 @@ for await (const line of createInterface({ input: process.stdin })) {
     exit?: boolean;
     pong?: number;
     to?: string;
-    mode?: 'default' | 'latency' | 'reaction' | 'native';
+    mode?: 'default' | 'latency' | 'sync' | 'reaction' | 'native';
   };
   if (m.pong !== undefined) {
     // Answer every immediate 2 with an immediate 3, m.pong times: awaiting each (default), in a
@@ -46,15 +46,28 @@ for await (const line of createInterface({ input: process.stdin })) {
     const peer = NetAddr.parse(m.to!);
     const ready = () => process.stdout.write(`${JSON.stringify({ ready: m.pong })}\n`);
     const c = engine.immCounter(2);
-    const answer = { kind: 'imm', dst: peer, imm: 3, timeoutMs: 600_000 } as const;
+    // As the initiator's pings: no per-operation timeoutMs (a JS timer per answer; the engine
+    // deadline, opTimeoutMs, still bounds each one). Reactions armed ahead wait up to the whole
+    // exchange, so they carry one.
+    const answer = { kind: 'imm', dst: peer, imm: 3 } as const;
     if (m.mode === 'reaction' || m.mode === 'native') {
       const base = c.total;
       const armed: Promise<void>[] = [];
-      for (let k = 1; k <= m.pong; k++) armed.push(engine.submitOnImm(2, base + k, answer));
+      for (let k = 1; k <= m.pong; k++)
+        armed.push(engine.submitOnImm(2, base + k, { ...answer, timeoutMs: 600_000 }));
       // Armed before the first ping can come: totals count from here.
       ready();
       await Promise.all(armed);
       await c.wait(m.pong);
+    } else if (m.mode === 'sync') {
+      // No await in the loop: spin on poll() until the counter has an arrival, answer, repeat.
+      const sent: Promise<void>[] = [];
+      ready();
+      for (let i = 0; i < m.pong; i++) {
+        while (!c.take(1)) engine.poll!();
+        sent.push(engine.submitImm(answer));
+      }
+      await Promise.all(sent);
     } else if (m.mode === 'latency') {
       // Each answer's own completion is reaped by later polls (as the raw program drains it on
       // its way to the next arrival); all of them are awaited at the end.

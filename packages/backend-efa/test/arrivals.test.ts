@@ -1,7 +1,10 @@
 // Immediate arrivals wake the event loop on demand (arrivalBatchUs): a wait is woken by the arrival
 // it needs, arrivals nobody waits for reach value/total within arrivalBatchUs or when the worker
-// goes idle, and pollUntil sees them at once. The receivers here spin for a minute after activity
-// (idleSpinUs) so that nothing but the wake-ups under test can hand arrivals to JavaScript.
+// goes idle, and pollUntil sees them at once — for values counted through batches alone. The first
+// 64 values an engine's immCounter is asked for also have a word the worker keeps at their
+// arrivals, which value, total, take and wait read: those see arrivals at once, with the event loop
+// still not woken for them. The receivers here spin for a minute after activity (idleSpinUs) so
+// that nothing but the wake-ups under test can hand arrivals to JavaScript.
 import { TrellisError } from '@trellis/core';
 import { assertBytes, outcome, pattern, sleep } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
@@ -20,6 +23,11 @@ async function until(done: () => boolean, ms = 20_000): Promise<void> {
 }
 
 const MINUTE_US = 60_000_000;
+
+/** Take the engine's 64 shared words (values 1000..1063), so later values count through batches alone. */
+function takeSharedWords(e: { immCounter(imm: number): unknown }): void {
+  for (let v = 1000; v < 1064; v++) e.immCounter(v);
+}
 
 for (const provider of ['shm', 'tcp'] as const) {
   describe(`provider=${provider}`, () => {
@@ -54,10 +62,23 @@ for (const provider of ['shm', 'tcp'] as const) {
         assertBytes(dst.buffer!, src.buffer!, 'the 200 writes');
         expect([c.value, c.total]).toEqual([0, n]);
 
-        // Arrivals nobody waits for: the worker counts them, JavaScript is not woken for them.
+        // Arrivals nobody waits for, of a value with a shared word: JavaScript is not woken for
+        // them (no ring), and the counter reads them from the word at once.
+        const shared = rx.immCounter(4);
+        const rung = rx.stats().events.rung;
+        await Promise.all(Array.from({ length: 4 }, () => tx.submitImm({ dst: rx.address, imm: 4 })));
+        await until(() => rx.stats().nics[0]!.immsReceived === n + 4);
+        expect(rx.stats().events.rung).toBe(rung);
+        expect([shared.value, shared.total]).toEqual([4, 4]);
+        expect(shared.take(4)).toBe(true);
+        expect([shared.value, shared.total]).toEqual([0, 4]);
+
+        // Arrivals nobody waits for, of a value without a word: the worker counts them,
+        // JavaScript is not woken for them and does not see them yet.
+        takeSharedWords(rx);
         const q = rx.immCounter(6);
         await Promise.all(Array.from({ length: 10 }, () => tx.submitImm({ dst: rx.address, imm: 6 })));
-        await until(() => rx.stats().nics[0]!.immsReceived === n + 10);
+        await until(() => rx.stats().nics[0]!.immsReceived === n + 14);
         expect([q.value, q.total]).toEqual([0, 0]);
 
         // A wait for arrivals already counted natively rings for them at once.
@@ -66,14 +87,15 @@ for (const provider of ['shm', 'tcp'] as const) {
 
         // Latency mode takes quiet arrivals as soon as they are counted.
         await Promise.all(Array.from({ length: 3 }, () => tx.submitImm({ dst: rx.address, imm: 6 })));
-        await until(() => rx.stats().nics[0]!.immsReceived === n + 13);
+        await until(() => rx.stats().nics[0]!.immsReceived === n + 17);
         expect(q.total).toBe(10);
         await rx.pollUntil(() => q.take(3), { timeoutMs: 20_000 });
         expect([q.value, q.total]).toEqual([0, 13]);
-        expect(rx.stats().nics[0]!.immsReceived).toBe(n + 13);
+        expect([shared.value, shared.total]).toEqual([0, 4]);
+        expect(rx.stats().nics[0]!.immsReceived).toBe(n + 17);
         expect(tx.stats().ops).toMatchObject({
-          submitted: n + 13,
-          completed: n + 13,
+          submitted: n + 17,
+          completed: n + 17,
           failed: 0,
           inFlight: 0,
         });
@@ -82,6 +104,8 @@ for (const provider of ['shm', 'tcp'] as const) {
     it('a first waiter that leaves (abort, timeout) hands the wake-up to the one behind it', async () => {
       const rx = await engine({ provider, arrivalBatchUs: MINUTE_US, idleSpinUs: MINUTE_US });
       const tx = await engine({ provider, sameHostLane: false });
+      // Counted through batches alone (no shared word): a wait's wake-up is a ring.
+      takeSharedWords(rx);
       const c = rx.immCounter(7);
       const ac = new AbortController();
       const big = c.wait(100, { signal: ac.signal });

@@ -49,16 +49,30 @@ async function requester(provider: 'shm' | 'tcp'): Promise<EfaEngine> {
 const rounds = 200;
 for (const provider of ['shm', 'tcp'] as const) {
   describe(`provider=${provider}`, () => {
-    for (const mode of ['latency', 'reaction'] as const) {
-      it(`${rounds} round trips in latency mode, the peer answering ${mode === 'latency' ? 'from a pollUntil loop' : 'by reactions armed ahead'}: every answer arrives once`, async () => {
+    const how = {
+      latency: 'from a pollUntil loop',
+      sync: 'from a synchronous poll() + take() loop',
+      reaction: 'by reactions armed ahead',
+    } as const;
+    for (const mode of ['latency', 'sync', 'reaction'] as const) {
+      it(`${rounds} round trips in latency mode, the peer answering ${how[mode]}: every answer arrives once`, async () => {
         const r = await responder(provider);
         const engine = await requester(provider);
         r.send({ pong: rounds, to: engine.address.toString(), mode });
         expect(await r.next()).toEqual({ ready: rounds });
         const back = engine.immCounter(3);
+        const deadline = performance.now() + 20_000;
         for (let i = 0; i < rounds; i++) {
           const sent = engine.submitImm({ dst: r.peer, imm: 2 });
-          await engine.pollUntil(() => back.take(1), { timeoutMs: 10_000 });
+          if (mode === 'sync') {
+            // No await: the answer is seen by take() (the shared word), or by a poll's batch.
+            while (!back.take(1)) {
+              engine.poll();
+              if (performance.now() > deadline) throw new Error(`no answer ${i} within 20 s`);
+            }
+          } else {
+            await engine.pollUntil(() => back.take(1), { timeoutMs: 10_000 });
+          }
           await sent;
         }
         expect(await r.next()).toEqual({ done: rounds });
@@ -117,4 +131,68 @@ it('a reaction to an immediate an open port counts is refused before anything is
     message: expect.stringMatching(/counted by an open port/),
   });
   port.close();
+});
+
+describe('shared arrival words (immCounter of a native engine)', () => {
+  async function pair() {
+    const a = await createEngine({ provider: 'shm', nics: 1, sameHostLane: false });
+    cleanup.push(() => a.close());
+    const b = await createEngine({ provider: 'shm', nics: 1, sameHostLane: false });
+    cleanup.push(() => b.close());
+    return { a, b, to: NetAddr.parse(b.address.toString()) };
+  }
+  /** Spin on `take(1)` with no poll and no event-loop turn; whether it succeeded within 10 s. */
+  function spinTake(c: { take(n?: number): boolean }): boolean {
+    const deadline = performance.now() + 10_000;
+    while (performance.now() < deadline) if (c.take(1)) return true;
+    return false;
+  }
+
+  it('take() sees an arrival with no poll and no event-loop turn; the batch that reports it later adds nothing', async () => {
+    const { a, b, to } = await pair();
+    const c = b.immCounter(5);
+    for (let k = 1; k <= 3; k++) {
+      const sent = a.submitImm({ dst: to, imm: 5 });
+      expect(spinTake(c)).toBe(true);
+      expect(c.total).toBe(k);
+      expect(c.value).toBe(0);
+      await sent;
+    }
+    // The batches that report the three arrivals reach JS (rung, or polled) and count nothing again.
+    await new Promise((r) => setTimeout(r, 50));
+    b.poll();
+    expect(c.total).toBe(3);
+    expect(c.value).toBe(0);
+    expect(b.stats().nics[0]!.immsReceived).toBe(3);
+    // Through waits (batches) and the word together: each arrival once.
+    await Promise.all([a.submitImm({ dst: to, imm: 5 }), a.submitImm({ dst: to, imm: 5 })]);
+    await c.wait(2, { timeoutMs: 10_000 });
+    expect(c.total).toBe(5);
+    expect(c.value).toBe(0);
+    expect(c.take(1)).toBe(false);
+  });
+
+  it('arrivals before the counter was first asked for count once; values past the first 64 count through batches alone', async () => {
+    const { a, b, to } = await pair();
+    // Two arrivals of 6 before anyone asked for its counter.
+    await Promise.all([a.submitImm({ dst: to, imm: 6 }), a.submitImm({ dst: to, imm: 6 })]);
+    await new Promise((r) => setTimeout(r, 50));
+    const six = b.immCounter(6);
+    expect(six.total).toBe(2);
+    const sent = a.submitImm({ dst: to, imm: 6 });
+    expect(spinTake(six)).toBe(true);
+    await sent;
+    expect(six.total).toBe(3);
+    // 62 more values take the rest of the 64 words; the 65th asked for has none.
+    for (let v = 100; v < 162; v++) b.immCounter(v);
+    const late = b.immCounter(7);
+    await Promise.all([a.submitImm({ dst: to, imm: 7 }), a.submitImm({ dst: to, imm: 7 })]);
+    await late.wait(2, { timeoutMs: 10_000 });
+    await new Promise((r) => setTimeout(r, 50));
+    b.poll();
+    expect(late.total).toBe(2);
+    expect(late.value).toBe(0);
+    expect(six.total).toBe(3);
+    expect(b.stats().nics[0]!.immsReceived).toBe(5);
+  });
 });

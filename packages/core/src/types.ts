@@ -394,11 +394,14 @@ export interface WaitOptions {
 export interface ImmCounter {
   readonly imm: number;
   /**
-   * Credits available now (arrivals not yet taken by a wait). On native engines, arrivals that do
-   * not complete what the first `wait` needs (or come with none waiting) reach `value` and `total`
-   * up to about `arrivalBatchUs` (default 1 ms) after the engine's worker counted them; the one that
-   * completes it wakes the wait at once, and {@link TransferEngine.pollUntil} sees every arrival at
-   * once.
+   * Credits available now (arrivals not yet taken by a wait). On native engines, the first 64
+   * values an engine's `immCounter` is asked for are counted in a word the engine's worker stores
+   * as it reads each arrival from its NIC: `value`, `total`, `take` and `wait` of those see it at
+   * once (one memory load: no poll, no event-loop turn). For other values, arrivals that do not
+   * complete what the first `wait` needs (or come with none waiting) reach `value` and `total` up
+   * to about `arrivalBatchUs` (default 1 ms) after the worker counted them; the one that completes
+   * it wakes the wait at once, and {@link TransferEngine.pollUntil} sees every arrival at once.
+   * Either way the event loop is not woken for arrivals no wait needs.
    */
   readonly value: number;
   /** Total arrivals since the engine started (as up to date as {@link ImmCounter.value}). */

@@ -139,3 +139,63 @@ describe('ImmCounterTable (needs told to a native worker)', () => {
     expect(c.value).toBe(0);
   });
 });
+
+describe('ImmCounterTable: a shared word and batch records count the NIC arrivals once', () => {
+  it('whichever source is ahead adds the difference; records behind the word add nothing', async () => {
+    const t = new ImmCounterTable();
+    const words = new Uint32Array(32);
+    const c = t.get(3);
+    // Two arrivals before the value was shared: the records bring them.
+    t.arriveNic(3, 2);
+    expect([c.value, c.total]).toEqual([2, 2]);
+    // Shared at slot 16: the word starts at what was counted (2) until the worker stores its
+    // count (2, then 5 after three more arrivals).
+    words[16] = 77;
+    t.share(3, words, 16);
+    expect(words[16]).toBe(2);
+    expect(c.total).toBe(2);
+    words[16] = 5;
+    expect(c.take(5)).toBe(true);
+    expect([c.value, c.total]).toEqual([0, 5]);
+    // The records of those three come later: nothing again.
+    t.arriveNic(3, 3);
+    expect([c.value, c.total]).toEqual([0, 5]);
+    // A record ahead of the word (the word not read yet) counts; the word catching up adds nothing.
+    t.arriveNic(3, 1);
+    expect(c.total).toBe(6);
+    words[16] = 6;
+    expect(c.total).toBe(6);
+    // Arrivals JS raised itself (control messages) are outside the NIC stream.
+    t.arrive(3, 4);
+    expect([c.value, c.total]).toEqual([5, 10]);
+    words[16] = 7;
+    expect([c.value, c.total]).toEqual([6, 11]);
+    // A wait is met from the word alone.
+    words[16] = 9;
+    await c.wait(8);
+    expect([c.value, c.total]).toEqual([0, 13]);
+    expect(t.sync(3)).toBe(false);
+    words[16] = 10;
+    expect(t.sync(3)).toBe(true);
+    expect(t.sync(99)).toBe(false);
+  });
+
+  it('the word wraps modulo 2^32; a word behind what was counted is ignored', () => {
+    const t = new ImmCounterTable();
+    const words = new Uint32Array(1);
+    const c = t.get(4);
+    t.share(4, words, 0);
+    // The worker stores the word before it pushes the records.
+    words[0] = 0xffffffff;
+    t.arriveNic(4, 0xffffffff);
+    expect(c.total).toBe(0xffffffff);
+    words[0] = 0xfffffffe; // behind (stale): nothing
+    expect(c.total).toBe(0xffffffff);
+    words[0] = 2; // 0xffffffff + 3, wrapped
+    expect(c.total).toBe(0x100000002);
+    t.arriveNic(4, 3); // the records of those three
+    expect(c.total).toBe(0x100000002);
+    expect(c.take(0x100000002)).toBe(true);
+    expect(c.value).toBe(0);
+  });
+});

@@ -24,6 +24,16 @@ class Counter implements ImmCounter {
   triggers: TotalTrigger[] = [];
   /** The need last told to the table's listener (0: none, or told none waits). */
   private armed = 0;
+  /**
+   * Latency mode (native engines): a word the engine's worker keeps equal to the arrivals of this
+   * value read from its NICs (mod 2^32), stored before the batch that reports them is handed over,
+   * so a poll of the counter sees an arrival with one load. See {@link ImmCounterTable.share}.
+   */
+  private sharedWords: Uint32Array | undefined;
+  private sharedSlot = 0;
+  /** NIC arrivals counted here (from batch records or the shared word), and the records' sum. */
+  private nicSeen = 0;
+  private nicBatched = 0;
 
   constructor(
     readonly imm: number,
@@ -31,10 +41,50 @@ class Counter implements ImmCounter {
   ) {}
 
   get value(): number {
+    this.sync();
     return this.available;
   }
   get total(): number {
+    this.sync();
     return this.arrivals;
+  }
+
+  /** @internal Count the word's arrivals that no batch record has brought yet; whether there were any. */
+  sync(): boolean {
+    const words = this.sharedWords;
+    if (!words) return false;
+    // Modulo 2^32: the word wraps; a word behind what the records brought reads as a huge step
+    // and is ignored (the records came first).
+    const d = (Atomics.load(words, this.sharedSlot) - this.nicSeen) >>> 0;
+    if (d === 0 || d >= 0x80000000) return false;
+    this.nicSeen += d;
+    this.arrive(d);
+    return true;
+  }
+
+  /**
+   * @internal Share `words[slot]` (see {@link Counter.sharedWords}). The word starts at what was
+   * counted so far, until the worker stores its own count (never less): a word the worker has not
+   * written yet must not read as arrivals.
+   */
+  share(words: Uint32Array, slot: number): void {
+    Atomics.store(words, slot, this.nicSeen >>> 0);
+    this.sharedWords = words;
+    this.sharedSlot = slot;
+  }
+
+  /** @internal A batch's record of `count` NIC arrivals: only what the shared word did not bring. */
+  arriveNic(count: number): void {
+    this.nicBatched += count;
+    const d = this.nicBatched - this.nicSeen;
+    if (d <= 0) {
+      // The word counted them already. The worker may have dropped the first waiter's need on
+      // seeing these records still in its batch: tell it again.
+      if (this.waiters.length) this.rearm();
+      return;
+    }
+    this.nicSeen = this.nicBatched;
+    this.arrive(d);
   }
 
   take(n = 1): boolean {
@@ -46,6 +96,7 @@ class Counter implements ImmCounter {
       );
     const closed = this.table.closedError();
     if (closed) throw closed;
+    if (this.available < n) this.sync();
     if (this.waiters.length > 0 || this.available < n) return false;
     this.available -= n;
     return true;
@@ -70,6 +121,7 @@ class Counter implements ImmCounter {
     if (opts.signal?.aborted)
       return Promise.reject(new TrellisError('ABORTED', `${op}: aborted before waiting`, { op }));
     // Fast path: credits already there and nobody queued ahead.
+    if (this.available < n) this.sync();
     if (this.waiters.length === 0 && this.available >= n) {
       this.available -= n;
       return Promise.resolve();
@@ -207,6 +259,36 @@ export class ImmCounterTable {
       this.counters.set(imm, c);
     }
     c.arrive(count);
+  }
+
+  /**
+   * Record a native batch's `count` arrivals of `imm` read from the NICs — the stream a shared
+   * word counts too (see {@link ImmCounterTable.share}): only what the word has not brought yet
+   * counts. Arrivals counted otherwise (control messages, the same-host lane) go to `arrive`.
+   */
+  arriveNic(imm: number, count: number): void {
+    let c = this.counters.get(imm);
+    if (!c) {
+      c = new Counter(imm, this);
+      this.counters.set(imm, c);
+    }
+    c.arriveNic(count);
+  }
+
+  /**
+   * Latency mode, native engines: from now on `words[slot]` is kept by the engine's worker at the
+   * arrivals of `imm` read from its NICs since the engine started (mod 2^32), stored before the
+   * batch that reports them; the counter reads it (one load) whenever it has too few credits, so a
+   * spinning `take` sees an arrival without a poll. Either source may come first; each arrival
+   * counts once.
+   */
+  share(imm: number, words: Uint32Array, slot: number): void {
+    (this.get(imm) as Counter).share(words, slot);
+  }
+
+  /** Count what `imm`'s shared word holds beyond what was counted; whether it held any. */
+  sync(imm: number): boolean {
+    return this.counters.get(imm)?.sync() ?? false;
   }
 
   /**

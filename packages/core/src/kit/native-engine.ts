@@ -17,6 +17,7 @@ import type {
   FailoverOptions,
   GpuStats,
   HostLaneStats,
+  ImmCounter,
   MemorySource,
   MrHandle,
   NicStats,
@@ -116,6 +117,13 @@ export interface NativeEngine {
    * (kept referenced by the addon; read only inside the callback).
    */
   bindEvents(scratch: Uint32Array): void;
+  /** The Uint32Array {@link NativeEngine.shareImm}'s words are in (kept referenced by the addon). */
+  bindImmTotals(words: Uint32Array): void;
+  /**
+   * From now on the worker keeps word `slot` of the bound array at the arrivals of `imm` read from
+   * the NICs since the engine started (mod 2^32), stored before the batch reporting them.
+   */
+  shareImm(imm: number, slot: number): void;
   /** write() of the first `runs` runs of the bound scratch, no pages, no trigger; imm < 0: none. */
   writeBound(op: number, region: number, imm: number, runs: number): void;
   write(
@@ -260,7 +268,8 @@ export interface NativeEngineTuning {
   /**
    * Immediate arrivals that do not complete what a `wait` needs reach an `ImmCounter`'s `value`
    * and `total` about this many µs after the worker counts them at most (default 1000; 0: every
-   * batch of arrivals wakes the event loop at once), sooner where anything else wakes it or the
+   * batch of arrivals wakes the event loop at once) — on values without a shared word (the first
+   * 64 values `immCounter` is asked for read theirs at once; see `ImmCounter.value`), sooner where anything else wakes it or the
    * worker goes to sleep idle, or while the event loop busy polls (`busyPollUs`). The arrival that
    * completes the first waiter's count wakes it at once whatever this is, and `pollUntil` sees
    * every arrival at once. Without it a target fed tens of thousands of immediates a second spends
@@ -330,6 +339,12 @@ export interface NativeEngineTuning {
 
 /** Busy polling: the most one event-loop turn polls for before it lets the loop go on (ms). */
 const BUSY_TURN_MS = 0.02;
+/**
+ * Immediate values whose NIC arrivals the worker also keeps in a word JS reads (the first this
+ * many values `immCounter` is asked for), one 64-byte line each.
+ */
+const SHARED_IMMS = 64;
+const SHARED_IMM_STRIDE = 16;
 
 /**
  * {@link NativeEngineTuning.busyPollUs} by default: 50 µs where `os.availableParallelism()` (the
@@ -548,7 +563,7 @@ export abstract class NativeEngineBase extends EngineBase {
     // An addon built from an older engine kit (a stale build/Release, or $TRELLIS_<NAME>_ADDON
     // naming an old binary) lacks calls this one makes on every write: refuse it by name.
     const proto = init.addon.NativeEngine.prototype as unknown as Record<string, unknown>;
-    const missing = ['bindScratch', 'bindEvents', 'writeBound', 'endPoll', 'armImm'].filter(
+    const missing = ['bindScratch', 'bindEvents', 'writeBound', 'endPoll', 'armImm', 'shareImm'].filter(
       (m) => typeof proto[m] !== 'function',
     );
     if (missing.length)
@@ -559,6 +574,7 @@ export abstract class NativeEngineBase extends EngineBase {
     try {
       this.native = new init.addon.NativeEngine(options, (nOps, nImms, e) => this.onEvents(nOps, nImms, e));
       this.native.bindEvents(this.eventScratch);
+      this.native.bindImmTotals(this.immTotals);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
       throw new TrellisError('UNSUPPORTED', `createEngine: ${why}${init.unsupportedHint ?? ''}`, {
@@ -682,6 +698,27 @@ export abstract class NativeEngineBase extends EngineBase {
    */
   private readonly eventScratch = new Uint32Array(4096 * COMPLETION.stride);
 
+  /** The words the worker keeps at shared values' NIC arrivals (see ImmCounterTable.share). */
+  private readonly immTotals = new Uint32Array(SHARED_IMMS * SHARED_IMM_STRIDE);
+  /** Values shared so far, by word. */
+  private readonly sharedImms = new Map<number, number>();
+
+  /**
+   * The counter of `imm`. The first {@link SHARED_IMMS} values asked for are also counted in a word
+   * the worker writes, so that `take`, `value` and `total` see an arrival with one load — before
+   * any batch reaches JavaScript (no poll, no event-loop turn).
+   */
+  override immCounter(imm: number): ImmCounter {
+    const c = super.immCounter(imm);
+    if (!this.closed && !this.sharedImms.has(imm) && this.sharedImms.size < SHARED_IMMS) {
+      const slot = this.sharedImms.size * SHARED_IMM_STRIDE;
+      this.sharedImms.set(imm, slot);
+      this.native.shareImm(imm, slot);
+      this.counters.share(imm, this.immTotals, slot);
+    }
+    return c;
+  }
+
   /** A batch's completions when they did not fit the scratch, and everything but arrivals and registrations. */
   private onExtraEvents(e: NativeEvents): void {
     if (e.ops) this.onOps(e.ops, e.ops.length, e.messages);
@@ -713,7 +750,7 @@ export abstract class NativeEngineBase extends EngineBase {
   /** The arrival records in `imms[from, end)`. */
   private onArrivals(imms: Uint32Array, from: number, end: number): void {
     for (let i = from; i < end; i += ARRIVAL.stride)
-      this.counters.arrive(imms[i + ARRIVAL.imm]!, imms[i + ARRIVAL.count]!);
+      this.counters.arriveNic(imms[i + ARRIVAL.imm]!, imms[i + ARRIVAL.count]!);
   }
 
   /** The completion records in `ops[0, end)`. */
@@ -1105,11 +1142,17 @@ export abstract class NativeEngineBase extends EngineBase {
     return this.pollNative();
   }
 
-  /** native.poll(), its deliveries counted as polled. */
+  /**
+   * native.poll(), its deliveries counted as polled; then the shared words of the values a wait
+   * needs (their arrivals are not marked ready for a poll: see ImmCounterTable.share). Whether a
+   * batch was delivered or a word counted anything.
+   */
   private pollNative(): boolean {
     this.polling = true;
     try {
-      return this.native.poll();
+      let got = this.native.poll();
+      if (this.immNeeds.size) for (const imm of this.immNeeds.keys()) if (this.counters.sync(imm)) got = true;
+      return got;
     } finally {
       this.polling = false;
     }

@@ -209,14 +209,14 @@ inline void WriteCmdDelete::operator()(WriteCmd* w) const {
 }
 
 enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort, FailNic,
-                             WatchImm, CountImm };
+                             WatchImm, CountImm, ShareImm };
 
 struct Cmd {
   explicit Cmd(CmdKind k) : kind(k) {}
   CmdKind kind;
   uint32_t id = 0;  // peer id, region id, op id, watch id
   std::vector<std::vector<uint8_t>> addrs;  // AddPeer: one per NIC
-  void* ptr = nullptr;                      // Register / AddWatch
+  void* ptr = nullptr;                      // Register / AddWatch; ShareImm: the JS word
   size_t len = 0;                           // Register: bytes; CountImm: arrivals
   int device = -1;                          // Register: a CUDA device (GPU memory), or -1 (host)
   bool remote = false;
@@ -225,7 +225,7 @@ struct Cmd {
   std::vector<uint8_t> data;
   Code code = Code::Ok;                     // Cancel: the reason
   uint64_t at = 0;                          // ArmWrite: post `write` once watch `id` reads >= at;
-                                            // WatchImm / CountImm: the immediate value
+                                            // WatchImm / CountImm / ShareImm: the immediate value
   bool hold = false;                        // ArmWrite: a cancel waits for the value (see Trigger);
                                             // Cancel: settle a held trigger at once
   bool quiet = false;                       // AddWatch: no change events for JS (the lane's signals)

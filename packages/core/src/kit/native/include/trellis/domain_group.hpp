@@ -478,6 +478,7 @@ class DomainGroup {
       WrCtx* c = ctx_alloc();
       *c = WrCtx{{}, w.op, lane, CompKind::Write, wr.len, -1, nullptr};
       wr.ctx = c;
+      TRELLIS_TRACE_MARK('W');
       int rc = lane_down(lane) ? -ENETDOWN : domains_[lane]->post_write(wr);
       if (rc == -EAGAIN) {
         ctx_free(c);
@@ -548,7 +549,16 @@ class DomainGroup {
       for (auto& c : comps_) complete(lane, c);
     }
     if (!imm_batch_.empty()) {
-      events_.push_arrivals(imm_batch_);
+      // Shared totals first: JS may read them before it drains the batch (latency mode), and
+      // takes whichever of the two it sees first (both count the same arrivals).
+      if (!shared_imms_.empty())
+        for (auto& [imm, count] : imm_batch_) {
+          auto it = shared_imms_.find(imm);
+          if (it == shared_imms_.end()) continue;
+          it->second.nic += count;
+          __atomic_store_n(it->second.word, static_cast<uint32_t>(it->second.nic), __ATOMIC_RELEASE);
+        }
+      events_.push_arrivals(imm_batch_, [this](uint32_t imm) { return shared_imms_.count(imm) != 0; });
       for (auto& [imm, count] : imm_batch_) imm_totals_[imm] += count;
       imm_batch_.clear();
     }
@@ -560,7 +570,23 @@ class DomainGroup {
   // watches: see Watches). Its address is stable for the engine's life.
   uint64_t* imm_total(uint32_t imm) { return &imm_totals_[imm]; }
   // Arrivals JS counted itself (raised by a control message when a NIC failed): they count too.
-  void count_imm(uint32_t imm, uint64_t n) { imm_totals_[imm] += n; }
+  void count_imm(uint32_t imm, uint64_t n) {
+    imm_totals_[imm] += n;
+    js_counted_[imm] += n;
+  }
+
+  // Latency mode: keep `word` (JS memory, alive until the worker stops) equal to the arrivals of
+  // `imm` read from the NICs since the engine started (mod 2^32) — what the arrival records of
+  // every batch add up to — so JS sees an arrival with one load, before the batch reaches it.
+  void share_imm(uint32_t imm, uint32_t* word) {
+    auto t = imm_totals_.find(imm);
+    auto j = js_counted_.find(imm);
+    const uint64_t nic = (t == imm_totals_.end() ? 0 : t->second) - (j == js_counted_.end() ? 0 : j->second);
+    SharedImm& sh = shared_imms_[imm];
+    sh.word = word;
+    sh.nic = nic;
+    __atomic_store_n(word, static_cast<uint32_t>(nic), __ATOMIC_RELEASE);
+  }
 
  private:
 
@@ -637,6 +663,12 @@ class DomainGroup {
   std::unordered_map<uint32_t, uint32_t> imm_batch_;
   std::unordered_map<uint32_t, uint64_t> imm_totals_;  // element addresses are stable (node-based)
   std::unordered_map<uint32_t, PortCount> port_imms_;  // immediates a port owns (never sent to JS)
+  std::unordered_map<uint32_t, uint64_t> js_counted_;   // of imm_totals_, what count_imm added
+  struct SharedImm {
+    uint32_t* word = nullptr;
+    uint64_t nic = 0;  // arrivals read from the NICs since the engine started
+  };
+  std::unordered_map<uint32_t, SharedImm> shared_imms_;  // share_imm
   std::deque<Gen> backlog_;
   std::vector<uint32_t> blocked_;  // peers passed over in the current pump round
   std::deque<PendingSend> send_backlog_;

@@ -179,6 +179,7 @@ class Engine final : private Worker::Body {
       case CmdKind::RemoveWatch: watches_.remove(c.id); break;
       case CmdKind::WatchImm: watches_.add(c.id, group_.imm_total(static_cast<uint32_t>(c.at)), true); break;
       case CmdKind::CountImm: group_.count_imm(static_cast<uint32_t>(c.at), c.len); break;
+      case CmdKind::ShareImm: group_.share_imm(static_cast<uint32_t>(c.at), static_cast<uint32_t*>(c.ptr)); break;
     }
   }
 

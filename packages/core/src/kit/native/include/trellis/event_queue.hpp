@@ -59,8 +59,16 @@ class EventQueue {
 
   // Worker: one poll's immediate arrivals, (imm, count) per value. They ring at once where they
   // complete what an armed value needs (see arm()), else at most arrival_us later.
-  void push_arrivals(const std::unordered_map<uint32_t, uint32_t>& batch) {
+  //
+  // `shared(imm)`: JS reads this value's arrivals from a word the worker stored before this call
+  // (DomainGroup::share_imm), so its records tell JS nothing new: a batch of nothing else, needed
+  // by no waiter, is not marked ready either — a JS loop spinning on poll() would otherwise stop
+  // to take every such record (a callback into JS, about a µs) just as it sees the word. It is
+  // taken with the next batch, or marked ready when it rings (at most arrival_us later).
+  template <typename Shared>
+  void push_arrivals(const std::unordered_map<uint32_t, uint32_t>& batch, Shared&& shared) {
     bool urgent = arrival_us_ == 0;
+    bool visible = urgent;
     {
       std::lock_guard<std::mutex> g(mu_);
       for (const auto& [imm, count] : batch) {
@@ -74,17 +82,18 @@ class EventQueue {
           events_.imms.emplace_back(imm, count);
         }
         p.total += count;
+        if (!visible && !shared(imm)) visible = true;
         if (needs_.empty()) continue;
         auto it = needs_.find(imm);
         if (it == needs_.end()) continue;
         if (it->second <= count) {
           needs_.erase(it);
-          urgent = true;
+          urgent = visible = true;
         } else {
           it->second -= count;
         }
       }
-      ready_.store(true, std::memory_order_release);
+      if (visible) ready_.store(true, std::memory_order_release);
     }
     if (urgent) {
       dirty_ = true;
@@ -145,8 +154,11 @@ class EventQueue {
   void flush(bool idle = false) {
     if (staged_dirty_) publish();
     if (!dirty_ && lazy_ &&
-        (idle || std::chrono::steady_clock::now() - lazy_since_ >= std::chrono::microseconds(arrival_us_)))
+        (idle || std::chrono::steady_clock::now() - lazy_since_ >= std::chrono::microseconds(arrival_us_))) {
       dirty_ = true;
+      // Quiet arrivals of shared values were not marked ready (see push_arrivals): a poll takes them now.
+      ready_.store(true, std::memory_order_release);
+    }
     // Nothing new since the last flush: either JS already has a doorbell pending (its drain takes
     // everything queued until then) or there is nothing to deliver.
     if (!dirty_) return;

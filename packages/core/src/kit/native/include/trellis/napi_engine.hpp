@@ -209,6 +209,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("unwatch", &W::Unwatch),
                               W::InstanceMethod("watchImm", &W::WatchImm),
                               W::InstanceMethod("countImm", &W::CountImm),
+                              W::InstanceMethod("bindImmTotals", &W::BindImmTotals),
+                              W::InstanceMethod("shareImm", &W::ShareImm),
                               W::InstanceMethod("poll", &W::Poll),
                               W::InstanceMethod("endPoll", &W::EndPoll),
                               W::InstanceMethod("armImm", &W::ArmImm),
@@ -445,6 +447,32 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     Cmd c(CmdKind::WatchImm);
     c.id = u32(info[0]);
     c.at = u32(info[1]);
+    engine_->push(std::move(c));
+    return info.Env().Undefined();
+  }
+
+  // bindImmTotals(words): the Uint32Array shareImm's words are in (kept referenced by the addon,
+  // so the worker may write it until it stops).
+  Napi::Value BindImmTotals(const Napi::CallbackInfo& info) {
+    Napi::Uint32Array words = info[0].As<Napi::Uint32Array>();
+    totals_ref_ = Napi::Persistent(static_cast<Napi::Object>(words));
+    totals_ = words.Data();
+    totals_len_ = words.ElementLength();
+    return info.Env().Undefined();
+  }
+
+  // shareImm(imm, slot): the worker keeps word `slot` of the bound array equal to the arrivals of
+  // `imm` read from the NICs since the engine started (mod 2^32). See DomainGroup::share_imm.
+  Napi::Value ShareImm(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    const size_t slot = u32(info[1]);
+    if (!totals_ || slot >= totals_len_) {
+      Napi::Error::New(info.Env(), "shareImm: no bound word at that slot").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    Cmd c(CmdKind::ShareImm);
+    c.at = u32(info[0]);
+    c.ptr = totals_ + slot;
     engine_->push(std::move(c));
     return info.Env().Undefined();
   }
@@ -901,6 +929,9 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   std::unique_ptr<Engine> engine_;
   std::unordered_map<uint32_t, std::shared_ptr<PortState>> ports_;
   Napi::ThreadSafeFunction tsfn_;
+  Napi::ObjectReference totals_ref_;  // bindImmTotals: the shared arrival totals
+  uint32_t* totals_ = nullptr;
+  size_t totals_len_ = 0;
   Napi::FunctionReference last_cb_;  // for poll() and the final synchronous delivery in close()
   // bindScratch(): the arrays writeBound() reads, referenced so that they stay alive.
   Napi::ObjectReference bound_runs_ref_, bound_keys_ref_;

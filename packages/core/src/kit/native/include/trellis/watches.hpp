@@ -18,6 +18,7 @@
 #include "domain_group.hpp"
 #include "event_queue.hpp"
 #include "op_table.hpp"
+#include "trace.hpp"
 
 namespace trellis {
 
@@ -140,6 +141,7 @@ class Watches {
         if (cancelled != Code::Ok) {
           ops_.report_unopened(cmd->op, cancelled, "");
         } else {
+          TRELLIS_TRACE_MARK('T');
           group_.write(std::move(cmd));
         }
       }
