@@ -856,6 +856,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   // -- peer liveness ------------------------------------------------------------------------------
 
   private readonly inFlightTo = new Map<string, number>();
+  /** Sweep the zero entries of {@link EngineBase.inFlightTo} once it holds more than this many. */
+  private inFlightSweepAt = 1024;
   private readonly quiescers = new Map<string, Array<() => void>>();
   private readonly lost = new Map<string, TrellisError>();
   /** The last generation reached at each endpoint (kind and NIC addresses, generation left out). */
@@ -1139,9 +1141,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       op.peerKeys = undefined;
       for (const k of keys) {
         const n = (this.inFlightTo.get(k) ?? 1) - 1;
-        if (n > 0) this.inFlightTo.set(k, n);
-        else {
-          this.inFlightTo.delete(k);
+        // Kept at 0 rather than deleted: a peer written to again soon (every windowed sender)
+        // costs no deletion and re-insertion per window. Zeros are swept once there are many.
+        this.inFlightTo.set(k, n);
+        if (n > 0) continue;
+        if (this.quiescers.size) {
           const qs = this.quiescers.get(k);
           this.quiescers.delete(k);
           // After the settled operations' own promise reactions have run.
@@ -1149,6 +1153,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
             setImmediate(() => {
               for (const q of qs) q();
             });
+        }
+        if (this.inFlightTo.size > this.inFlightSweepAt) {
+          for (const [key, count] of this.inFlightTo) if (count === 0) this.inFlightTo.delete(key);
+          // Amortised: many peers with work in flight are not swept again until twice as many.
+          this.inFlightSweepAt = Math.max(1024, 2 * this.inFlightTo.size);
         }
       }
     }

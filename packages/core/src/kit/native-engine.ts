@@ -775,7 +775,7 @@ export abstract class NativeEngineBase extends EngineBase {
         op.hold();
         this.held.set(id, op);
       }
-      const sent = this.sendBytes.get(id);
+      const sent = this.sendBytes.size ? this.sendBytes.get(id) : undefined;
       if (sent !== undefined) {
         this.sendBytes.delete(id);
         if (code === 'OK') {
