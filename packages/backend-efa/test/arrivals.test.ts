@@ -65,10 +65,10 @@ for (const provider of ['shm', 'tcp'] as const) {
         // Arrivals nobody waits for, of a value with a shared word: JavaScript is not woken for
         // them (no ring), and the counter reads them from the word at once.
         const shared = rx.immCounter(4);
-        const rung = rx.stats().events.rung;
+        const rung = rx.stats().events!.rung;
         await Promise.all(Array.from({ length: 4 }, () => tx.submitImm({ dst: rx.address, imm: 4 })));
         await until(() => rx.stats().nics[0]!.immsReceived === n + 4);
-        expect(rx.stats().events.rung).toBe(rung);
+        expect(rx.stats().events!.rung).toBe(rung);
         expect([shared.value, shared.total]).toEqual([4, 4]);
         expect(shared.take(4)).toBe(true);
         expect([shared.value, shared.total]).toEqual([0, 4]);

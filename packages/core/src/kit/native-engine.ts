@@ -704,7 +704,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly sharedImms = new Map<number, number>();
 
   /**
-   * The counter of `imm`. The first {@link SHARED_IMMS} values asked for are also counted in a word
+   * The counter of `imm`. The first 64 values asked for are also counted in a word
    * the worker writes, so that `take`, `value` and `total` see an arrival with one load — before
    * any batch reaches JavaScript (no poll, no event-loop turn).
    */
