@@ -101,6 +101,31 @@ for (const provider of ['shm', 'tcp'] as const) {
         });
       }, 60_000);
 
+    it('a wait on a shared value whose earlier arrivals were read from the word is rung for once, when its need is met', async () => {
+      const rx = await engine({ provider, arrivalBatchUs: MINUTE_US, idleSpinUs: MINUTE_US, busyPollUs: 0 });
+      const tx = await engine({ provider, sameHostLane: false });
+      const c = rx.immCounter(20);
+      await Promise.all([
+        tx.submitImm({ dst: rx.address, imm: 20 }),
+        tx.submitImm({ dst: rx.address, imm: 20 }),
+      ]);
+      await until(() => rx.stats().nics[0]!.immsReceived === 2);
+      // Read from the word; their records are still in the worker's batch (quiet, a minute).
+      expect(c.total).toBe(2);
+      const rung = rx.stats().events!.rung;
+      // Two more needed: the records already counted must not meet the need the worker is told.
+      const waited = c.wait(4, { timeoutMs: 20_000 });
+      await sleep(50);
+      expect(rx.stats().events!.rung).toBe(rung);
+      await Promise.all([
+        tx.submitImm({ dst: rx.address, imm: 20 }),
+        tx.submitImm({ dst: rx.address, imm: 20 }),
+      ]);
+      await waited;
+      expect(rx.stats().events!.rung).toBe(rung + 1);
+      expect([c.value, c.total]).toEqual([0, 4]);
+    }, 60_000);
+
     it('a first waiter that leaves (abort, timeout) hands the wake-up to the one behind it', async () => {
       const rx = await engine({ provider, arrivalBatchUs: MINUTE_US, idleSpinUs: MINUTE_US });
       const tx = await engine({ provider, sameHostLane: false });

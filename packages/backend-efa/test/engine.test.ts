@@ -118,6 +118,9 @@ describe('backend-efa: providers and options', () => {
     // A 20 ms window: every immediate lands inside it, however late the timers of a loaded machine.
     const a = await engine({ provider: 'shm', busyPollUs: 20_000 });
     const b = await engine({ provider: 'shm', busyPollUs: 20_000 });
+    // b's value 5 without a shared word (the first 64 values asked for take them), so its
+    // arrivals reach the wait as batches a poll takes — what this part checks.
+    for (let v = 1000; v < 1064; v++) b.immCounter(v);
     await pingPong(a, b, 50);
     // b polled while its wait was pending: the arrivals were taken by its turns, not rung for
     // (each one rung for only where no poll came for 100 µs).

@@ -73,6 +73,11 @@ class Counter implements ImmCounter {
     this.sharedSlot = slot;
   }
 
+  /** @internal NIC arrivals counted from the word whose batch records have not come yet. */
+  unreported(): number {
+    return this.nicSeen - this.nicBatched;
+  }
+
   /** @internal A batch's record of `count` NIC arrivals: only what the shared word did not bring. */
   arriveNic(count: number): void {
     this.nicBatched += count;
@@ -284,6 +289,11 @@ export class ImmCounterTable {
    */
   share(imm: number, words: Uint32Array, slot: number): void {
     (this.get(imm) as Counter).share(words, slot);
+  }
+
+  /** NIC arrivals of `imm` counted from its shared word whose batch records have not come yet. */
+  unreported(imm: number): number {
+    return this.counters.get(imm)?.unreported() ?? 0;
   }
 
   /** Count what `imm`'s shared word holds beyond what was counted; whether it held any. */

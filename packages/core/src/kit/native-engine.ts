@@ -713,8 +713,10 @@ export abstract class NativeEngineBase extends EngineBase {
     if (!this.closed && !this.sharedImms.has(imm) && this.sharedImms.size < SHARED_IMMS) {
       const slot = this.sharedImms.size * SHARED_IMM_STRIDE;
       this.sharedImms.set(imm, slot);
-      this.native.shareImm(imm, slot);
+      // The word starts at what JS counted, before the worker is told: the worker's first store
+      // (never less) must not be overwritten by this one.
       this.counters.share(imm, this.immTotals, slot);
+      this.native.shareImm(imm, slot);
     }
     return c;
   }
@@ -1151,7 +1153,18 @@ export abstract class NativeEngineBase extends EngineBase {
     this.polling = true;
     try {
       let got = this.native.poll();
-      if (this.immNeeds.size) for (const imm of this.immNeeds.keys()) if (this.counters.sync(imm)) got = true;
+      if (this.immNeeds.size) {
+        let synced = false;
+        for (const imm of this.immNeeds.keys()) if (this.counters.sync(imm)) synced = true;
+        if (synced) {
+          got = true;
+          // A wait met from a word: as for a batch that meets one (onEvents).
+          if (this.needMet) {
+            this.needMet = false;
+            this.kickBusyPoll();
+          }
+        }
+      }
       return got;
     } finally {
       this.polling = false;
@@ -1163,7 +1176,13 @@ export abstract class NativeEngineBase extends EngineBase {
    * for while JS polled is taken now (else the worker's next flush rings for it).
    */
   private endPoll(): void {
-    while (this.native.endPoll() && this.pollNative());
+    // A poll stamps the time (the worker holds its ring while JS polls): one that finds nothing
+    // ends polling again, or the worker would hold what comes next for another 100 µs.
+    while (this.native.endPoll())
+      if (!this.pollNative()) {
+        this.native.endPoll();
+        return;
+      }
   }
 
   // -- busy polling (busyPollUs) ------------------------------------------------------------------
@@ -1182,7 +1201,9 @@ export abstract class NativeEngineBase extends EngineBase {
     if (!this.tellsNeeds || this.closed) return;
     if (need > 0) this.needsTold.add(imm);
     else if (!this.needsTold.delete(imm)) return;
-    this.native.armImm(imm, need);
+    // The worker counts the records still in its batch towards the need; those of arrivals the
+    // shared word already brought were counted here: add them back, or it rings early.
+    this.native.armImm(imm, need > 0 ? need + this.counters.unreported(imm) : 0);
   }
 
   /** Busy polling stopped: tell the worker the needs as they are now. */

@@ -170,7 +170,8 @@ class EventQueue {
         // mark never outlives its batch to make endPoll take later, quiet arrivals early.
         {
           std::lock_guard<std::mutex> g(mu_);
-          if (!events_.empty()) held_.store(true, std::memory_order_seq_cst);
+          // (A batch not marked ready — shared values' quiet arrivals — is not one a poll takes.)
+          if (!events_.empty() && ready_.load(std::memory_order_acquire)) held_.store(true, std::memory_order_seq_cst);
         }
         // Then the stamp again. JS stops polling by storing 0 and then reading held_ (unpolled()),
         // both sequentially consistent, as these two are: either JS saw the mark and takes the

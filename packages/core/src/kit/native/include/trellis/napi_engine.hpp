@@ -909,6 +909,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       engine_->abandon();
       (void)engine_.release();
       tsfn_.Release();
+      // The detached worker may still store into the shared arrival words: they stay alive.
+      if (!totals_ref_.IsEmpty()) totals_ref_.SuppressDestruct();
     }
     return info.Env().Undefined();
   }
