@@ -248,6 +248,11 @@ export class ImmCounterTable {
   /** The counter for `imm`, created on first use. */
   get(imm: number): ImmCounter {
     checkImm('immCounter', imm, true);
+    return this.counter(imm);
+  }
+
+  /** The counter of a checked `imm`, created on first use. */
+  private counter(imm: number): Counter {
     let c = this.counters.get(imm);
     if (!c) {
       c = new Counter(imm, this);
@@ -258,12 +263,7 @@ export class ImmCounterTable {
 
   /** Record `count` arrivals of `imm`. */
   arrive(imm: number, count = 1): void {
-    let c = this.counters.get(imm);
-    if (!c) {
-      c = new Counter(imm, this);
-      this.counters.set(imm, c);
-    }
-    c.arrive(count);
+    this.counter(imm).arrive(count);
   }
 
   /**
@@ -272,12 +272,7 @@ export class ImmCounterTable {
    * counts. Arrivals counted otherwise (control messages, the same-host lane) go to `arrive`.
    */
   arriveNic(imm: number, count: number): void {
-    let c = this.counters.get(imm);
-    if (!c) {
-      c = new Counter(imm, this);
-      this.counters.set(imm, c);
-    }
-    c.arriveNic(count);
+    this.counter(imm).arriveNic(count);
   }
 
   /**
@@ -288,7 +283,7 @@ export class ImmCounterTable {
    * counts once.
    */
   share(imm: number, words: Uint32Array, slot: number): void {
-    (this.get(imm) as Counter).share(words, slot);
+    this.counter(imm).share(words, slot);
   }
 
   /** NIC arrivals of `imm` counted from its shared word whose batch records have not come yet. */

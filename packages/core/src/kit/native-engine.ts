@@ -269,8 +269,9 @@ export interface NativeEngineTuning {
    * Immediate arrivals that do not complete what a `wait` needs reach an `ImmCounter`'s `value`
    * and `total` about this many µs after the worker counts them at most (default 1000; 0: every
    * batch of arrivals wakes the event loop at once) — on values without a shared word (the first
-   * 64 values `immCounter` is asked for read theirs at once; see `ImmCounter.value`), sooner where anything else wakes it or the
-   * worker goes to sleep idle, or while the event loop busy polls (`busyPollUs`). The arrival that
+   * 64 values `immCounter` is asked for read theirs at once; see `ImmCounter.value`) — sooner
+   * where anything else wakes it or the worker goes to sleep idle, or while the event loop busy
+   * polls (`busyPollUs`). The arrival that
    * completes the first waiter's count wakes it at once whatever this is, and `pollUntil` sees
    * every arrival at once. Without it a target fed tens of thousands of immediates a second spends
    * a core waking its event loop for counts nobody is waiting for yet.
