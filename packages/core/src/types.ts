@@ -401,7 +401,8 @@ export interface ImmCounter {
    * complete what the first `wait` needs (or come with none waiting) reach `value` and `total` up
    * to about `arrivalBatchUs` (default 1 ms) after the worker counted them; the one that completes
    * it wakes the wait at once, and {@link TransferEngine.pollUntil} sees every arrival at once.
-   * Either way the event loop is not woken for arrivals no wait needs.
+   * Either way arrivals no wait needs do not wake the event loop at once (at most once per about
+   * `arrivalBatchUs`, or when the worker goes idle).
    */
   readonly value: number;
   /** Total arrivals since the engine started (as up to date as {@link ImmCounter.value}). */
