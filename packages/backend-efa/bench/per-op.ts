@@ -59,12 +59,16 @@ const request = (k: number): TransferRequest & { kind: 'single' } => {
 const prepared = modes.includes('prepared') ? a.prepareWrites({ src, dst: dst.desc, imm: 1 }) : undefined;
 
 /**
- * Wall seconds, main-thread CPU seconds and seconds inside the submitting calls (building the
- * request and the call itself, until it returns its promise) of `n` writes.
+ * Wall seconds, main-thread CPU seconds, seconds inside the submitting calls (building the request
+ * and the call itself, until it returns its promise) and the writer's event-loop wake-ups (the
+ * worker's rings it took: `stats().events.rung`) of `n` writes.
  */
-async function run(mode: Mode, n: number): Promise<{ wall: number; cpu: number; call: number }> {
+type Run = { wall: number; cpu: number; call: number; rung: number };
+
+async function run(mode: Mode, n: number): Promise<Run> {
   let next = 0;
   let call = 0;
+  const rung0 = a.stats().events!.rung;
   const c0 = mainThreadCpu();
   const t0 = process.hrtime.bigint();
   if (mode === 'single') {
@@ -113,10 +117,11 @@ async function run(mode: Mode, n: number): Promise<{ wall: number; cpu: number; 
     wall: Number(process.hrtime.bigint() - t0) / 1e9,
     cpu: mainThreadCpu() - c0,
     call: call / 1000,
+    rung: a.stats().events!.rung - rung0,
   };
 }
 
-const results = new Map<string, Array<{ wall: number; cpu: number; call: number }>>(
+const results = new Map<string, Run[]>(
   modes.map((m) => [m, []]),
 );
 for (const m of modes) await run(m, Math.min(20_000, ops)); // warm-up
@@ -129,9 +134,9 @@ console.log(
   `${provider}, ${size} B writes, ${ops} per trial, 64 outstanding, median of ${trials}; ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`,
 );
 console.log(
-  '| API | µs per write (median) | writes/s | trials (µs per write) | µs in the submitting call per write (median) | JS thread CPU µs per write (median) | trials (CPU µs per write) |',
+  '| API | µs per write (median) | writes/s | trials (µs per write) | µs in the submitting call per write (median) | JS thread CPU µs per write (median) | trials (CPU µs per write) | wake-ups per 100 writes (median) |',
 );
-console.log('|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|');
 const names = {
   single: 'submitSingleWrite',
   batch: 'submitBatch (32 per call)',
@@ -141,7 +146,8 @@ for (const [m, runs] of results) {
   const us = runs.map((r) => (r.wall / ops) * 1e6);
   const cpu = runs.map((r) => (r.cpu / ops) * 1e6);
   const call = runs.map((r) => (r.call / ops) * 1e6);
+  const rings = runs.map((r) => (r.rung / ops) * 100);
   console.log(
-    `| ${names[m as Mode]} | ${median(us).toFixed(2)} | ${Math.round(ops / median(runs.map((r) => r.wall))).toLocaleString('en-US')} | ${us.map((u) => u.toFixed(2)).join(', ')} | ${median(call).toFixed(2)} | ${median(cpu).toFixed(2)} | ${cpu.map((u) => u.toFixed(2)).join(', ')} |`,
+    `| ${names[m as Mode]} | ${median(us).toFixed(2)} | ${Math.round(ops / median(runs.map((r) => r.wall))).toLocaleString('en-US')} | ${us.map((u) => u.toFixed(2)).join(', ')} | ${median(call).toFixed(2)} | ${median(cpu).toFixed(2)} | ${cpu.map((u) => u.toFixed(2)).join(', ')} | ${median(rings).toFixed(1)} |`,
   );
 }

@@ -48,7 +48,9 @@ export interface TransferEngine {
    * and native engines post all of them with one crossing into the addon. Resolves once every
    * operation has settled, with each one's outcome; it never rejects after posting. `opts` applies
    * to every request that sets no `signal` or `timeoutMs` of its own. As between separate calls, no
-   * order holds between the operations of a batch.
+   * order holds between the operations of a batch. On native engines the batch wakes the event loop
+   * about once, when its last write settles (see `arrivalBatchUs` of `NativeEngineTuning`): its
+   * other writes' successes wait for that, for at most `arrivalBatchUs`, or for their own deadline.
    */
   submitBatch(requests: readonly TransferRequest[], opts?: OpOptions): Promise<BatchResult>;
   /**

@@ -274,7 +274,10 @@ export interface NativeEngineTuning {
    * polls (`busyPollUs`). The arrival that
    * completes the first waiter's count wakes it at once whatever this is, and `pollUntil` sees
    * every arrival at once. Without it a target fed tens of thousands of immediates a second spends
-   * a core waking its event loop for counts nobody is waiting for yet.
+   * a core waking its event loop for counts nobody is waiting for yet. The same bound holds for the
+   * writes of a `submitBatch` that succeed before the batch's last one settles: they are taken with
+   * the last one's wake-up (one per batch), or within this many µs if it is slow, or at once when
+   * one of them is cancelled or its own `timeoutMs` passes.
    */
   arrivalBatchUs?: number;
   /**

@@ -131,6 +131,10 @@ struct WriteCmd {
   RunList runs;
   std::unique_ptr<Pages> pages;
   std::shared_ptr<PortState> port;  // posted through a port: settles there, not in JS
+  // A member of a batch (writeBatch) of `group_size` writes, `group` != 0: its success is reported
+  // quietly unless it is the batch's last to be reported (see OpTable::report).
+  uint64_t group = 0;
+  uint32_t group_size = 0;
   uint64_t total_wrs() const {
     uint64_t n = pages ? pages->src_pages.size() : 0;
     for (auto& r : runs) n += r.shards;
@@ -194,6 +198,8 @@ inline bool WriteRecycler::give_back(WriteCmd* w) {
   w->region = 0;
   w->has_imm = false;
   w->imm = 0;
+  w->group = 0;
+  w->group_size = 0;
   w->runs.resize(0);
   w->runs.shed(64);
   w->pages.reset();

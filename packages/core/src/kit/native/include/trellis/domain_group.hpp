@@ -184,6 +184,7 @@ class DomainGroup {
     st.outstanding = w->total_wrs();
     st.deadline = ops_.deadline();
     st.port = w->port;
+    ops_.join(st, w->group, w->group_size);
     OpId op = w->op;
     // A peer that could not be resolved fails the operation before anything is posted.
     auto check_peer = [&](uint32_t id) -> bool {

@@ -185,6 +185,9 @@ class Engine final : private Worker::Body {
 
   // `force`: settle a held trigger now (its GPU work failed: the value will never come).
   void cancel(OpId op, Code why, bool force) {
+    // A batch member reported quietly (OpTable::join) is not pending here any more, but JS has yet
+    // to take its record: its deadline passed, so that record rings now.
+    events_.hurry();
     if (watches_.cancel(op, why, force)) return;
     ops_.cancel(op, why, [&] { return group_.drop_unposted(op); });
   }

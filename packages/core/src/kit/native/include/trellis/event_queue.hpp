@@ -11,8 +11,10 @@
 // they take against the worker's pushes) cost the target more CPU than the transfer. So an arrival
 // batch rings at once only where JS waits for it — JS arms, per immediate value, how many more
 // arrivals its first waiter needs (arm()) — and otherwise joins the batch quietly, rung at most
-// `arrival_us` later or when the worker goes idle, whichever is first. Everything else (settled
-// operations, registrations, messages, watch changes) rings as before.
+// `arrival_us` later or when the worker goes idle, whichever is first. So do the successes of a
+// batch's writes other than the batch's last to settle (push_quiet; see OpTable::join): JS settles
+// the batch when its last write does. Everything else (settled operations, registrations,
+// messages, watch changes) rings as before.
 //
 // Touches nothing but the batch, its lock and the notify callback: no domains, no operations.
 #pragma once
@@ -48,11 +50,26 @@ class EventQueue {
   // worker that goes idle right after has already rung).
   static constexpr uint32_t kPollQuietUs = 100;
 
+  // Worker: JS asked to cancel an operation; if it was already reported quietly, its record rings
+  // at this turn's flush rather than up to arrival_us later (its deadline is JS's to keep).
+  void hurry() { hurry_ = true; }
+
   // Worker: add to the batch (`f` gets the Events). Staged on the worker's side and handed over
   // under the lock once per loop turn, by flush(): a turn that settles many operations takes the
   // lock JS drains under once, not once per operation.
   template <typename F>
   void push(F&& f) {
+    f(staged_);
+    staged_dirty_ = true;
+    staged_loud_ = true;
+  }
+
+  // Worker: add to the batch without ringing for it: it is taken with the next batch anything else
+  // rings for, or rings at most arrival_us later (as quiet arrivals), when the worker goes idle, or
+  // at a hurry(). Nor is it
+  // marked ready before then: a JS loop spinning on poll() is not stopped for it either.
+  template <typename F>
+  void push_quiet(F&& f) {
     f(staged_);
     staged_dirty_ = true;
   }
@@ -97,9 +114,8 @@ class EventQueue {
     }
     if (urgent) {
       dirty_ = true;
-    } else if (!lazy_) {
-      lazy_ = true;
-      lazy_since_ = std::chrono::steady_clock::now();
+    } else {
+      ring_lazily();
     }
   }
 
@@ -153,8 +169,9 @@ class EventQueue {
   // One doorbell per batch: ring only when JS has drained everything rung before.
   void flush(bool idle = false) {
     if (staged_dirty_) publish();
-    if (!dirty_ && lazy_ &&
-        (idle || std::chrono::steady_clock::now() - lazy_since_ >= std::chrono::microseconds(arrival_us_))) {
+    const bool hurry = hurry_;
+    hurry_ = false;
+    if (!dirty_ && lazy_ && (idle || hurry || std::chrono::steady_clock::now() >= lazy_due_)) {
       dirty_ = true;
       // Quiet arrivals of shared values were not marked ready (see push_arrivals): a poll takes them now.
       ready_.store(true, std::memory_order_release);
@@ -221,6 +238,8 @@ class EventQueue {
   // Worker: what push() staged into the batch JS drains.
   void publish() {
     staged_dirty_ = false;
+    const bool loud = staged_loud_;
+    staged_loud_ = false;
     {
       std::lock_guard<std::mutex> g(mu_);
       append(events_.ops, staged_.ops);
@@ -228,9 +247,20 @@ class EventQueue {
       append(events_.recvs, staged_.recvs);
       append(events_.watches, staged_.watches);
       append(events_.released, staged_.released);
-      ready_.store(true, std::memory_order_release);
+      if (loud) ready_.store(true, std::memory_order_release);
     }
-    dirty_ = true;
+    if (loud) {
+      dirty_ = true;
+    } else {
+      ring_lazily();
+    }
+  }
+
+  // Worker: what is in the batch quietly rings within arrival_us (of the first such event).
+  void ring_lazily() {
+    if (lazy_) return;
+    lazy_ = true;
+    lazy_due_ = std::chrono::steady_clock::now() + std::chrono::microseconds(arrival_us_);
   }
 
   // Move `from`'s elements to the end of `to` and empty `from`.
@@ -257,8 +287,10 @@ class EventQueue {
   bool dirty_ = false;  // worker-only: the batch has something to ring for now
   Events staged_;              // worker-only: pushed since the last flush
   bool staged_dirty_ = false;  // worker-only
-  bool lazy_ = false;   // worker-only: and quiet arrivals, to ring for by lazy_since_ + arrival_us_
-  std::chrono::steady_clock::time_point lazy_since_{};
+  bool staged_loud_ = false;   // worker-only: and something of it rings (push, not push_quiet)
+  bool lazy_ = false;   // worker-only: and quiet events (arrivals, batch members), to ring for by lazy_due_
+  std::chrono::steady_clock::time_point lazy_due_{};
+  bool hurry_ = false;  // worker-only: ring for quiet events at the next flush (see hurry())
   std::chrono::steady_clock::time_point last_ring_{};
 
   std::mutex mu_;

@@ -744,6 +744,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     std::vector<Cmd> cmds;
     cmds.reserve(n);
     size_t first = 0;
+    // One group per call: its writes' successes ring JS once, with the last (OpTable::join).
+    const uint64_t group = n > 1 ? ++groups_ : 0;
     for (size_t i = 0; i < n; i++) {
       const double* v = batch.Data() + B::kStride * i;
       WritePtr w = engine_->take_write();
@@ -751,6 +753,8 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
       w->region = static_cast<uint32_t>(v[B::kRegion]);
       w->has_imm = v[B::kHasImm] != 0;
       w->imm = static_cast<uint32_t>(v[B::kImm]);
+      w->group = group;
+      w->group_size = static_cast<uint32_t>(n);
       size_t count = static_cast<size_t>(v[B::kRuns]);
       read_runs(runs, keys, first, count, *w);
       first += count;
@@ -940,6 +944,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   const double* bound_runs_ = nullptr;
   const uint64_t* bound_keys_ = nullptr;
   size_t bound_count_ = 0;
+  uint64_t groups_ = 0;  // writeBatch calls so far: the last one's group id (JS thread)
   bool delivering_ = false;          // a batch is being handed to JS (poll() from inside it is a no-op)
   // bindEvents(): the scratch Deliver() writes completions and arrivals into.
   Napi::ObjectReference events_ref_;

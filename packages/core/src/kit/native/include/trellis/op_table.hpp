@@ -34,6 +34,7 @@ struct OpState {
   bool posted_at_report = false;  // reported with work still posted: tell JS when it is let go
   std::chrono::steady_clock::time_point deadline;
   std::shared_ptr<PortState> port;
+  uint64_t group = 0;  // the batch it was posted in (see OpTable::join), until it is reported
 };
 
 class OpTable {
@@ -97,14 +98,40 @@ class OpTable {
     if (!it->second.reported) report(op, it->second, code, err, nic, msg);
   }
 
+  // `st` is a member of batch `group` of `size` writes (0: of none). JS settles a batch's promise
+  // when its last member settles, so the members' successes before the last are reported quietly:
+  // they join the batch JS drains next without ringing for it (EventQueue::push_quiet) — a batch of
+  // 32 small writes wakes the event loop about once instead of once per few completions. A failure
+  // rings as before; the last member's report rings for all of them. Call before `st` is reported.
+  void join(OpState& st, uint64_t group, uint32_t size) {
+    if (!group || size < 2) return;
+    groups_.try_emplace(group, size);
+    st.group = group;
+  }
+
   void report(OpId op, OpState& st, Code code, int err, int nic, const std::string& msg, bool posted = false) {
     st.reported = true;
     st.posted_at_report = posted;
+    bool quiet = false;
+    if (st.group) {
+      auto g = groups_.find(st.group);
+      if (g != groups_.end() && --g->second == 0) {
+        groups_.erase(g);
+      } else if (g != groups_.end()) {
+        quiet = code == Code::Ok;
+      }
+      st.group = 0;
+    }
     if (st.port) {
       st.port->settle(code, msg);
       return;
     }
-    events_.push([&](Events& e) { e.ops.push_back(OpDone{static_cast<uint32_t>(op), code, err, nic, msg, posted}); });
+    auto add = [&](Events& e) { e.ops.push_back(OpDone{static_cast<uint32_t>(op), code, err, nic, msg, posted}); };
+    if (quiet) {
+      events_.push_quiet(add);
+    } else {
+      events_.push(add);
+    }
   }
 
   // An operation that never entered the table (an armed trigger): reported as is.
@@ -179,6 +206,7 @@ class OpTable {
       if (!st.reported) report(id, st, Code::Closed, 0, -1, kClosedPending);
     }
     ops_.clear();
+    groups_.clear();
   }
 
  private:
@@ -192,6 +220,7 @@ class OpTable {
   EventQueue& events_;
   const uint32_t op_timeout_ms_;
   std::unordered_map<OpId, OpState> ops_;
+  std::unordered_map<uint64_t, uint32_t> groups_;  // batch → its members not yet reported
 };
 
 }  // namespace trellis

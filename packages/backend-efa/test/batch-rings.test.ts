@@ -1,0 +1,191 @@
+// A batch's writes (submitBatch) wake the event loop once, when the batch's last write settles: the
+// worker reports the successes before it quietly, and they are taken with the last one's ring.
+// Quiet records still ring within arrivalBatchUs, when the worker goes idle, or — where a member's
+// own deadline passes while another member holds the batch — at once, with the member's true
+// outcome. The engines under test here spin for a minute after activity (idleSpinUs) and have
+// arrivalBatchUs of a minute, so that nothing but the ring under test hands records to JavaScript.
+import { fileURLToPath } from 'node:url';
+import { MrDesc, type TransferRequest, TrellisError } from '@trellis/core';
+import { assertBytes, PeerProcess, pattern, sleep } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import { openEngine } from './open-engines.js';
+
+const MINUTE_US = 60_000_000;
+const engineModule = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+
+/** Poll `done` every millisecond until it holds; fail after `ms`. */
+async function until(done: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
+    await sleep(1);
+  }
+}
+
+let cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c();
+  cleanup = [];
+});
+
+describe('a batch rings the event loop once', () => {
+  for (const provider of ['shm', 'tcp'] as const)
+    it(`${provider}: 32 writes of one submitBatch ring once, when the last settles; every byte lands, every write settles once`, async () => {
+      const rx = await openEngine({ provider });
+      const tx = await openEngine({
+        provider,
+        sameHostLane: false,
+        arrivalBatchUs: MINUTE_US,
+        idleSpinUs: MINUTE_US,
+        busyPollUs: 0,
+      });
+      const n = 32;
+      const size = 4096;
+      const dst = await rx.registerMemory(n * size, { remote: true });
+      const src = await tx.registerMemory(n * size);
+      src.buffer!.set(pattern(n * size, 3));
+      // The first write to the peer (its address and connection) is not the batch's.
+      await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
+      const arrived = rx.immCounter(7);
+      const before = { ...tx.stats().events! };
+      const batch: TransferRequest[] = Array.from({ length: n }, (_, i) => ({
+        kind: 'single',
+        src,
+        srcOffset: i * size,
+        length: size,
+        dst: dst.desc,
+        dstOffset: i * size,
+        imm: 7,
+      }));
+      const r = await tx.submitBatch(batch);
+      expect(r).toEqual({ failed: 0, errors: new Array(n).fill(undefined) });
+      const after = tx.stats().events!;
+      expect(after.rung - before.rung).toBe(1);
+      expect(after.polled - before.polled).toBe(0);
+      expect(after.busyPolls - before.busyPolls).toBe(0);
+      await arrived.wait(n, { timeoutMs: 20_000 });
+      expect([arrived.value, arrived.total]).toEqual([0, n]);
+      assertBytes(dst.buffer!, src.buffer!, 'the 32 batched writes');
+      expect(tx.stats().ops).toMatchObject({
+        submitted: n + 1,
+        completed: n + 1,
+        failed: 0,
+        inFlight: 0,
+        held: 0,
+      });
+    }, 60_000);
+
+  it('tcp: a member written while another waits on a hung peer settles at its own deadline, with its true outcome (no ring before then)', async () => {
+    const rx = await openEngine({ provider: 'tcp' });
+    const tx = await openEngine({
+      provider: 'tcp',
+      sameHostLane: false,
+      arrivalBatchUs: MINUTE_US,
+      idleSpinUs: MINUTE_US,
+      busyPollUs: 0,
+    });
+    const hung = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
+    cleanup.push(async () => {
+      hung.pause(false);
+      await hung.stop();
+    });
+    const size = 4096;
+    // The hung peer's write is larger than socket buffers hold: tcp cannot complete it while the
+    // target is stopped (a small one can complete once the kernel has taken it).
+    const big = 32 << 20;
+    const desc = await hung.call<{ desc: string }>('register', { name: 'kv', size: big, remote: true });
+    const parsed = MrDesc.parse(desc.desc);
+    // Through the provider: a same-host lane copy needs nothing from the target process.
+    const stalled = new MrDesc(
+      parsed.owner,
+      parsed.base,
+      parsed.length,
+      parsed.nics,
+      parsed.staged,
+      parsed.parts,
+    );
+    const dst = await rx.registerMemory(size, { remote: true });
+    const src = await tx.registerMemory(size + big);
+    src.buffer!.set(pattern(size + big, 9));
+    // Both peers connected before the batch.
+    await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
+    await tx.submitSingleWrite({ src, length: 64, dst: stalled });
+    hung.pause(true);
+    const base = tx.stats();
+    let settled = false;
+    const batch = tx
+      .submitBatch([
+        { kind: 'single', src, length: size, dst: dst.desc, imm: 4, timeoutMs: 300 },
+        { kind: 'single', src, srcOffset: size, length: big, dst: stalled, imm: 4 },
+      ])
+      .finally(() => {
+        settled = true;
+      });
+    // The healthy write lands at once; its completion is reported quietly (the batch's other write
+    // is still posted) and reaches JavaScript only when its deadline asks the worker for it.
+    await rx.immCounter(4).wait(1, { timeoutMs: 20_000 });
+    await sleep(100);
+    expect(tx.stats().ops.completed).toBe(base.ops.completed);
+    expect(tx.stats().events!.rung).toBe(base.events!.rung);
+    await until(() => tx.stats().ops.completed === base.ops.completed + 1);
+    expect(tx.stats().ops).toMatchObject({ failed: base.ops.failed, inFlight: 1 });
+    expect(settled).toBe(false);
+    assertBytes(dst.buffer!, src.buffer!.subarray(0, size), 'the healthy peer');
+    // Resumed, the hung peer takes its write; the batch settles with both written.
+    hung.pause(false);
+    const r = await batch;
+    expect(r).toEqual({ failed: 0, errors: [undefined, undefined] });
+    const { sha256 } = await hung.call<{ sha256: string }>('sha256', { name: 'kv' });
+    const { createHash } = await import('node:crypto');
+    expect(sha256).toBe(createHash('sha256').update(src.buffer!.subarray(size)).digest('hex'));
+    expect(tx.stats().ops).toMatchObject({
+      submitted: base.ops.submitted + 2,
+      completed: base.ops.completed + 2,
+      failed: base.ops.failed,
+      inFlight: 0,
+    });
+  }, 60_000);
+
+  it('tcp: a member the target refuses (a stale descriptor) fails with REMOTE_ACCESS; the others, reported quietly, settle written', async () => {
+    const rx = await openEngine({ provider: 'tcp' });
+    const tx = await openEngine({
+      provider: 'tcp',
+      sameHostLane: false,
+      arrivalBatchUs: MINUTE_US,
+      idleSpinUs: MINUTE_US,
+      busyPollUs: 0,
+    });
+    // The refused write's peer is another engine: tcp drops the connection a key was refused on,
+    // failing what else was posted on it (CONNECTION_RESET), which is not what is tested here.
+    const other = await openEngine({ provider: 'tcp' });
+    const size = 4096;
+    const dst = await rx.registerMemory(3 * size, { remote: true });
+    const stale = await other.registerMemory(size, { remote: true });
+    const src = await tx.registerMemory(4 * size);
+    src.buffer!.set(pattern(4 * size, 5));
+    await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
+    await tx.submitSingleWrite({ src, length: 64, dst: stale.desc });
+    await stale.unregister();
+    const write = (i: number): TransferRequest => ({
+      kind: 'single',
+      src,
+      srcOffset: i * size,
+      length: size,
+      dst: dst.desc,
+      dstOffset: i * size,
+    });
+    const r = await tx.submitBatch([
+      write(0),
+      write(1),
+      { kind: 'single', src, srcOffset: 3 * size, length: size, dst: stale.desc },
+      write(2),
+    ]);
+    expect(r.errors.map((e) => e?.code)).toEqual([undefined, undefined, 'REMOTE_ACCESS', undefined]);
+    expect(r.failed).toBe(1);
+    expect([r.errors[0], r.errors[1], r.errors[3]]).toEqual([undefined, undefined, undefined]);
+    expect(r.errors[2]).toBeInstanceOf(TrellisError);
+    expect(r.errors[2]!.code).toBe('REMOTE_ACCESS');
+    assertBytes(dst.buffer!, src.buffer!.subarray(0, 3 * size), 'the three written');
+    expect(tx.stats().ops).toMatchObject({ submitted: 6, completed: 5, failed: 1, inFlight: 0 });
+  }, 60_000);
+});
