@@ -121,9 +121,7 @@ async function run(mode: Mode, n: number): Promise<Run> {
   };
 }
 
-const results = new Map<string, Run[]>(
-  modes.map((m) => [m, []]),
-);
+const results = new Map<string, Run[]>(modes.map((m) => [m, []]));
 for (const m of modes) await run(m, Math.min(20_000, ops)); // warm-up
 for (let t = 0; t < trials; t++) for (const m of modes) results.get(m)!.push(await run(m, ops));
 await a.close();

@@ -16,7 +16,10 @@ const cfg = JSON.parse(process.argv[2]!) as {
   slotBytes: number;
   /** Forge a descriptor now and then (providers that refuse a bad key: tcp). */
   forge: boolean;
-  /** A file each forgery is appended to as it starts and ends (read by the parent, SIGKILL or not). */
+  /**
+   * A file each forgery is appended to as it starts (`start target`) and ends (`start target end
+   * code`), read by the parent whether this process was SIGKILLed or not.
+   */
   forgeLog: string;
   sameHostLane: boolean;
 };
@@ -223,7 +226,7 @@ async function forge(q: number, len: number): Promise<void> {
   } catch (e) {
     code = codeOf(e);
   }
-  appendFileSync(cfg.forgeLog, `${t0} ${q} ${Date.now()}\n`);
+  appendFileSync(cfg.forgeLog, `${t0} ${q} ${Date.now()} ${code}\n`);
   stats.settled++;
   stats.outcomes[code] = (stats.outcomes[code] ?? 0) + 1;
   stats.forgedOutcomes[code] = (stats.forgedOutcomes[code] ?? 0) + 1;

@@ -83,7 +83,11 @@ export interface SoakReport {
     verifiedBytes: number;
     mismatches: number;
     faultsInjected: number;
-    /** Forged writes, and how many the target refused with REMOTE_ACCESS. */
+    /**
+     * Forged writes, and how many the target refused with REMOTE_ACCESS: by every process of the
+     * run, killed ones included (their forgery logs); a forgery cut off by its process's kill
+     * counts as forged, not refused.
+     */
     forged: number;
     forgedRefused: number;
     /** Errors no injected fault explains: between healthy peers (must be 0). */
@@ -236,12 +240,18 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
   const CHECK_WAIT = 3000;
   // Forgeries by [forger rank, start, end, target]; one cut short by a kill ends at the deadline.
   const forges: Array<[number, number, number, number]> = [];
+  // Forgeries and their refusals by every process, killed ones included (a count over the
+  // survivors alone can be 0 when the processes that were refused were killed later).
+  let forgedAll = 0;
+  let refusedAll = 0;
   for (const { rank, path } of forgeLogs) {
     const ends = new Map<string, number>();
     const lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
     for (const l of lines) {
-      const [a, q, b] = l.split(' ');
+      const [a, q, b, code] = l.split(' ');
       if (b) ends.set(`${a} ${q}`, Number(b));
+      if (!b) forgedAll++;
+      if (code === 'REMOTE_ACCESS') refusedAll++;
     }
     for (const l of lines) {
       const [a, q, b] = l.split(' ');
@@ -283,10 +293,9 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
       bytesWritten: sum((p) => p.bytesWritten),
       verifiedBytes: sum((p) => p.verifiedBytes),
       mismatches: sum((p) => p.mismatches),
-      faultsInjected:
-        kills + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline + p.faultsInjected.forged),
-      forged: sum((p) => p.faultsInjected.forged),
-      forgedRefused: sum((p) => p.forgedOutcomes.REMOTE_ACCESS ?? 0),
+      faultsInjected: kills + forgedAll + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline),
+      forged: forgedAll,
+      forgedRefused: refusedAll,
       healthyErrors: healthy.length,
       healthySamples: healthy.slice(0, 10),
     },
