@@ -309,13 +309,15 @@ const commands: Record<string, Command> = {
       out(
         `${r.seconds} s, ${r.procs} processes over ${r.provider}: ${t.submitted} operations, ${t.settled} settled, ${t.lost} lost; ` +
           `${mb(t.bytesWritten)} written, ${mb(t.verifiedBytes)} verified, ${t.mismatches} mismatches; ` +
-          `faults injected: ${t.faultsInjected} (${r.kills} processes killed, ${t.forged} forged descriptors, ${t.forgedRefused} refused); ` +
+          `faults injected: ${t.faultsInjected} (${r.kills} processes killed, ${t.forged} forged descriptors, ${t.forgedRefused} refused, ${t.forgedAccepted} accepted); ` +
           `crashes: ${r.crashes}; errors between healthy peers: ${t.healthyErrors}\n`,
       );
       for (const line of t.healthySamples) out(`  healthy-pair error: ${line}\n`);
       const json = str(v, 'json');
       if (json) writeFileSync(json, JSON.stringify(r, null, 2));
-      const forgedOk = t.forgedRefused === t.forged || r.kills > 0;
+      // A forgery must never write; besides REMOTE_ACCESS it may settle CONNECTION_RESET (another
+      // forgery reset the connection under it) or, around kills, PEER_LOST or TIMEOUT.
+      const forgedOk = t.forgedAccepted === 0 && (t.forged === 0 || t.forgedRefused > 0);
       return t.lost === 0 && t.mismatches === 0 && r.crashes === 0 && t.healthyErrors === 0 && forgedOk
         ? 0
         : 1;

@@ -90,6 +90,12 @@ export interface SoakReport {
      */
     forged: number;
     forgedRefused: number;
+    /**
+     * Forged writes that completed as if the key were good: must be 0. (Besides REMOTE_ACCESS a
+     * forgery may settle CONNECTION_RESET — another forgery to the same target reset the
+     * connection under it — or, around kills, PEER_LOST or TIMEOUT.)
+     */
+    forgedAccepted: number;
     /** Errors no injected fault explains: between healthy peers (must be 0). */
     healthyErrors: number;
     /** The first few of them, as text. */
@@ -244,6 +250,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
   // survivors alone can be 0 when the processes that were refused were killed later).
   let forgedAll = 0;
   let refusedAll = 0;
+  let acceptedAll = 0;
   for (const { rank, path } of forgeLogs) {
     const ends = new Map<string, number>();
     const lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
@@ -252,6 +259,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
       if (b) ends.set(`${a} ${q}`, Number(b));
       if (!b) forgedAll++;
       if (code === 'REMOTE_ACCESS') refusedAll++;
+      if (code === 'OK') acceptedAll++;
     }
     for (const l of lines) {
       const [a, q, b] = l.split(' ');
@@ -296,6 +304,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
       faultsInjected: kills + forgedAll + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline),
       forged: forgedAll,
       forgedRefused: refusedAll,
+      forgedAccepted: acceptedAll,
       healthyErrors: healthy.length,
       healthySamples: healthy.slice(0, 10),
     },

@@ -38,6 +38,7 @@ describe('trellis soak (short)', () => {
     // count over the survivors alone was 0 once, when the refused forgers were all killed later.
     expect(r.totals.forgedRefused).toBeGreaterThan(0);
     expect(r.totals.forgedRefused).toBeLessThanOrEqual(r.totals.forged);
+    expect(r.totals.forgedAccepted).toBe(0);
     expect(r.processes.map((p) => p.rank).sort()).toEqual([0, 1, 2]);
     expect(r.processes.some((p) => p.generation >= 3)).toBe(true);
   }, 60_000);
@@ -47,9 +48,16 @@ describe('trellis soak (short)', () => {
     expect(r.kills).toBe(0);
     expect(r.totals.lost).toBe(0);
     expect(r.totals.mismatches).toBe(0);
-    // No kills: every forgery was refused, and the survivors' own counts say the same.
-    expect(r.totals.forgedRefused).toBe(r.totals.forged);
+    // No kills: the logs' counts are the processes' own, and no forgery wrote.
+    expect(r.totals.forgedRefused).toBeGreaterThan(0);
+    expect(r.totals.forgedAccepted).toBe(0);
     expect(r.totals.forged).toBe(r.processes.reduce((n, p) => n + p.faultsInjected.forged, 0));
+    expect(r.totals.forgedRefused).toBe(
+      r.processes.reduce((n, p) => n + (p.forgedOutcomes.REMOTE_ACCESS ?? 0), 0),
+    );
+    for (const p of r.processes)
+      for (const code of Object.keys(p.forgedOutcomes))
+        expect(['REMOTE_ACCESS', 'CONNECTION_RESET']).toContain(code);
     expect(r.totals.outcomes.PEER_LOST).toBeUndefined();
     expect(r.totals.healthySamples).toEqual([]);
   }, 60_000);
@@ -71,5 +79,6 @@ describe('trellis soak (short)', () => {
     expect(r.totals.verifiedBytes).toBeGreaterThan(0);
     expect(r.totals.healthySamples).toEqual([]);
     expect(r.totals.forgedRefused).toBeGreaterThan(0);
+    expect(r.totals.forgedAccepted).toBe(0);
   }, 60_000);
 });
