@@ -147,4 +147,47 @@ describe('heartbeat', () => {
     expect(engine.stats().ops.inFlight).toBe(0);
     await peer.exited;
   }, 30_000);
+
+  // tcp does not notice a peer that dies while nothing is in flight to it (its writes would wait
+  // for their deadline); heartbeatIdle probes it anyway, as backend-efa's README says.
+  it('a peer process SIGKILLed while idle: heartbeatIdle loses it within a few intervals, and writes to it are refused before posting', async () => {
+    const engine = await createEngine({
+      provider: 'tcp',
+      sameHostLane: false,
+      heartbeatMs: 100,
+      heartbeatIdle: true,
+      opTimeoutMs: 120_000,
+    });
+    const peer = await PeerProcess.start(engineModule, { provider: 'tcp' });
+    cleanup.push(async () => {
+      await engine.close();
+    });
+    const lost: string[] = [];
+    engine.onPeerLost((p) => lost.push(p.toString()));
+    const { desc } = await peer.call<{ desc: string }>('register', { name: 'kv', size: 4096, remote: true });
+    const dst = MrDesc.parse(desc);
+    const src = await engine.registerMemory(4096);
+    await engine.submitSingleWrite({ src, length: 4096, dst, imm: 1 });
+    const { sha256 } = await peer.call<{ sha256: string }>('sha256', { name: 'kv' });
+    expect(sha256).toBe(sha(src.buffer!));
+    const before = engine.stats().ops;
+    peer.kill();
+    await peer.exited;
+    const t0 = Date.now();
+    while (lost.length === 0 && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 20));
+    expect(lost).toEqual([dst.owner.toString()]);
+    expect(engine.stats().peers.lost).toBe(1);
+    // Lost: refused before anything is posted, at once rather than at a deadline.
+    const e = await engine
+      .submitSingleWrite({ src, length: 4096, dst, timeoutMs: 60_000 })
+      .catch((x: unknown) => x);
+    expect((e as { code: string }).code).toBe('PEER_LOST');
+    // Refused before posting, as bad input is: not counted as submitted.
+    expect(engine.stats().ops).toMatchObject({
+      submitted: before.submitted,
+      completed: before.completed,
+      failed: before.failed,
+      inFlight: 0,
+    });
+  }, 30_000);
 });

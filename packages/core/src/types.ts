@@ -211,13 +211,20 @@ export interface MrHandle {
 
 /** Deadline and cancellation, accepted by every `submit*` and by counter waits. */
 export interface OpOptions {
-  /** Abort the operation; it then rejects with `ABORTED` once none of its work can touch memory. */
+  /**
+   * Abort the operation; it then rejects with `ABORTED` once none of its work can touch memory
+   * (it may still resolve if all its work had landed). Work already posted is waited for: if the
+   * provider never completes it (a hung peer), the operation settles at the engine deadline
+   * (native engines' `opTimeoutMs`) with `TIMEOUT`, its message saying it was aborted first.
+   */
   signal?: AbortSignal;
   /**
-   * Reject with `TIMEOUT` after this many milliseconds, posted or not. Work already posted then
-   * stays posted (it may still land, and still read the source): the operation's regions stay in
-   * use and {@link TransferEngine.quiesce} for its peer waits until the provider lets go of it (at
-   * the latest at the engine deadline); reuse the source only after that. `stats().ops.held`.
+   * Reject with `TIMEOUT` after this many milliseconds, posted or not (0: as soon as a 0 ms timer
+   * fires — unlike the engine-wide `opTimeoutMs`, where 0 means no deadline). Work already
+   * posted then stays posted (it may still land, and still read the source): the operation's
+   * regions stay in use and {@link TransferEngine.quiesce} for its peer waits until the provider
+   * lets go of it (at the latest at the engine deadline); reuse the source only after that.
+   * `stats().ops.held`.
    */
   timeoutMs?: number;
 }
