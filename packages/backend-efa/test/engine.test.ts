@@ -461,6 +461,13 @@ describe('backend-efa: the operation table and the event scratch', () => {
     expect(r).toEqual({ inOrder: true, js: 10_000, others: 2000, othersEarly: 0, overflowed: 5000 - 1023 });
   });
 
+  it("the worker's event queue: a quiet record turns ready while JS keeps polling, at once when hurried, and not before", () => {
+    // A batch member's quiet success published after JS's poll took a held batch: before the fix,
+    // a JS loop that kept polling never saw it (the lazy deadline was checked only with no ring
+    // owed), not even after a cancel hurried it.
+    expect(addon().eventQueueCheck()).toEqual({ afterPolledDrain: true, hurried: true, stayedQuiet: true });
+  });
+
   it('bursts of writes with a reaction armed and cancelled behind each: every write settles once, every cancel finds its reaction', async () => {
     const a = await engine({ provider: 'shm' });
     const b = await engine({ provider: 'shm' });

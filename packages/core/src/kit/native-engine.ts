@@ -229,6 +229,13 @@ export interface NativeModuleCalls extends NativePortCalls {
     n: number,
     others: number,
   ): { inOrder: boolean; js: number; others: number; othersEarly: number; overflowed: number };
+  /**
+   * The worker's event queue driven against a polling JS thread (tests): whether a quiet record
+   * published after a poll took a held batch turns ready within `arrivalBatchUs` while JS keeps
+   * polling, whether a cancel's hurry readies it at the next flush, and whether it otherwise stays
+   * quiet.
+   */
+  eventQueueCheck(): { afterPolledDrain: boolean; hurried: boolean; stayedQuiet: boolean };
 }
 
 /** Options every native engine understands (the engine kit's `EngineOptions`). */
@@ -276,8 +283,9 @@ export interface NativeEngineTuning {
    * every arrival at once. Without it a target fed tens of thousands of immediates a second spends
    * a core waking its event loop for counts nobody is waiting for yet. The same bound holds for the
    * writes of a `submitBatch` that succeed before the batch's last one settles: they are taken with
-   * the last one's wake-up (one per batch), or within this many µs if it is slow, or at once when
-   * one of them is cancelled or its own `timeoutMs` passes.
+   * the last one's wake-up (one per batch), or within this many µs if it is slow (also while JS
+   * polls), or at once — within `doorbellUs`, if set — when one of them is cancelled or its own
+   * `timeoutMs` passes.
    */
   arrivalBatchUs?: number;
   /**

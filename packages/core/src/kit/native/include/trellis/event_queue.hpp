@@ -50,8 +50,9 @@ class EventQueue {
   // worker that goes idle right after has already rung).
   static constexpr uint32_t kPollQuietUs = 100;
 
-  // Worker: JS asked to cancel an operation; if it was already reported quietly, its record rings
-  // at this turn's flush rather than up to arrival_us later (its deadline is JS's to keep).
+  // Worker: JS asked to cancel an operation; if it was already reported quietly, its record is
+  // made ready at this turn's flush and rung for (within doorbell_us, if set) rather than up to
+  // arrival_us later (its deadline is JS's to keep).
   void hurry() { hurry_ = true; }
 
   // Worker: add to the batch (`f` gets the Events). Staged on the worker's side and handed over
@@ -171,9 +172,13 @@ class EventQueue {
     if (staged_dirty_) publish();
     const bool hurry = hurry_;
     hurry_ = false;
-    if (!dirty_ && lazy_ && (idle || hurry || std::chrono::steady_clock::now() >= lazy_due_)) {
+    // Also while a ring is still owed (dirty_) because JS polls: its polls took what was ready,
+    // and a quiet event published since must turn ready when due, or a JS loop that keeps polling
+    // would never take it.
+    if (lazy_ && (idle || hurry || std::chrono::steady_clock::now() >= lazy_due_)) {
+      lazy_ = false;
       dirty_ = true;
-      // Quiet arrivals of shared values were not marked ready (see push_arrivals): a poll takes them now.
+      // Quiet events (shared values' arrivals, batch members) were not marked ready: a poll takes them now.
       ready_.store(true, std::memory_order_release);
     }
     // Nothing new since the last flush: either JS already has a doorbell pending (its drain takes

@@ -84,6 +84,45 @@ inline void read_write(const Napi::CallbackInfo& info, size_t at, WriteCmd& w) {
   }
 }
 
+// eventQueueCheck() (tests): an EventQueue driven as the worker and a polling JS thread drive it,
+// for what a test through the provider cannot order deterministically. → {afterPolledDrain,
+// hurried, stayedQuiet}: a quiet record published after JS's poll took a held batch turns ready
+// within arrival_us while JS keeps polling (arrival_us 1 ms, tried for up to 2 s); with arrival_us
+// a minute, a hurry() makes the next flush ready it; and without one it stays unready for 200
+// flushes.
+inline Napi::Value EventQueueCheck(const Napi::CallbackInfo& info) {
+  auto record = [](uint32_t id) { return OpDone{id, Code::Ok, 0, -1, "", false}; };
+  // Polls JS takes until the quiet record (id 2) is drained; -1: not within the tries.
+  auto run = [&](uint32_t arrival_us, bool hurry, int tries) -> int {
+    EventQueue q([] {}, 0, EventQueue::kPollQuietUs, arrival_us);
+    q.polled();
+    q.push([&](Events& e) { e.ops.push_back(record(1)); });
+    q.flush();  // held: JS polls
+    q.polled();
+    if (!q.ready() || q.drain().ops.size() != 1) return -2;
+    q.push_quiet([&](Events& e) { e.ops.push_back(record(2)); });
+    q.flush();
+    if (hurry) q.hurry();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < tries; i++) {
+      q.polled();
+      q.flush();
+      if (q.ready()) {
+        Events ev = q.drain();
+        if (ev.ops.size() == 1 && ev.ops[0].op == 2) return i;
+      }
+      if (arrival_us < 60000000 && std::chrono::steady_clock::now() - t0 > std::chrono::seconds(2)) return -1;
+      if (arrival_us < 60000000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return -1;
+  };
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("afterPolledDrain", run(1000, false, 1 << 30) >= 0);
+  out.Set("hurried", run(60000000, true, 1) == 0);
+  out.Set("stayedQuiet", run(60000000, false, 200) == -1);
+  return out;
+}
+
 // commandRingCheck(n, others) (tests): a Worker over a Body that records the order it is handed
 // commands in. Its first command is held in the Body until JS's n commands (ids 1..n: past the
 // ring's 1,024 slots, so they overflow) and `others` commands from another thread (as a port's
@@ -1006,6 +1045,7 @@ inline void export_port_calls(Napi::Env env, Napi::Object exports) {
     trellis::export_port_calls(env, exports);                                          \
     exports.Set("expandWrite", Napi::Function::New(env, trellis::ExpandWrite));        \
     exports.Set("commandRingCheck", Napi::Function::New(env, trellis::CommandRingCheck)); \
+    exports.Set("eventQueueCheck", Napi::Function::New(env, trellis::EventQueueCheck)); \
     FACTORY::extend(env, exports);                                                     \
     return exports;                                                                    \
   }                                                                                    \
