@@ -513,6 +513,11 @@ export interface EventStats {
 
 /** Operation counters of {@link EngineStats}. */
 export interface OpStats {
+  /**
+   * Operations begun. A call refused before anything is posted — bad input, a closed engine, a
+   * peer known lost or unreachable — is not counted; in a `submitBatch`, whose requests are all
+   * checked for bad input first, a request to a lost peer is counted (and fails `PEER_LOST` alone).
+   */
   submitted: number;
   completed: number;
   failed: number;
