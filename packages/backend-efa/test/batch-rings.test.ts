@@ -5,7 +5,7 @@
 // outcome. The engines under test here spin for a minute after activity (idleSpinUs) and have
 // arrivalBatchUs of a minute, so that nothing but the ring under test hands records to JavaScript.
 import { fileURLToPath } from 'node:url';
-import { MrDesc, type TransferRequest, TrellisError } from '@trellis/core';
+import { MrDesc, type MrHandle, type TransferRequest, TrellisError } from '@trellis/core';
 import { assertBytes, PeerProcess, pattern, sleep } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openEngine } from './open-engines.js';
@@ -22,6 +22,22 @@ async function until(done: () => boolean, ms = 20_000): Promise<void> {
   }
 }
 
+/** A writer whose worker rings only for what is under test: no idle wake-up, no lazy one for a minute, no busy polling. */
+function quietWriter(provider: 'shm' | 'tcp') {
+  return openEngine({
+    provider,
+    sameHostLane: false,
+    arrivalBatchUs: MINUTE_US,
+    idleSpinUs: MINUTE_US,
+    busyPollUs: 0,
+  });
+}
+
+/** The single write of slot `i` (`size` bytes at i × size) from `src` to the same place in `dst`. */
+function slot(src: MrHandle, dst: MrDesc, i: number, size: number, imm?: number): TransferRequest {
+  return { kind: 'single', src, srcOffset: i * size, length: size, dst, dstOffset: i * size, imm };
+}
+
 let cleanup: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const c of cleanup.reverse()) await c();
@@ -32,13 +48,7 @@ describe('a batch rings the event loop once', () => {
   for (const provider of ['shm', 'tcp'] as const)
     it(`${provider}: 32 writes of one submitBatch ring once, when the last settles; every byte lands, every write settles once`, async () => {
       const rx = await openEngine({ provider });
-      const tx = await openEngine({
-        provider,
-        sameHostLane: false,
-        arrivalBatchUs: MINUTE_US,
-        idleSpinUs: MINUTE_US,
-        busyPollUs: 0,
-      });
+      const tx = await quietWriter(provider);
       const n = 32;
       const size = 4096;
       const dst = await rx.registerMemory(n * size, { remote: true });
@@ -48,15 +58,7 @@ describe('a batch rings the event loop once', () => {
       await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
       const arrived = rx.immCounter(7);
       const before = { ...tx.stats().events! };
-      const batch: TransferRequest[] = Array.from({ length: n }, (_, i) => ({
-        kind: 'single',
-        src,
-        srcOffset: i * size,
-        length: size,
-        dst: dst.desc,
-        dstOffset: i * size,
-        imm: 7,
-      }));
+      const batch = Array.from({ length: n }, (_, i) => slot(src, dst.desc, i, size, 7));
       const r = await tx.submitBatch(batch);
       expect(r).toEqual({ failed: 0, errors: new Array(n).fill(undefined) });
       const after = tx.stats().events!;
@@ -77,13 +79,7 @@ describe('a batch rings the event loop once', () => {
 
   it('tcp: a member written while another waits on a hung peer settles at its own deadline, with its true outcome (no ring before then)', async () => {
     const rx = await openEngine({ provider: 'tcp' });
-    const tx = await openEngine({
-      provider: 'tcp',
-      sameHostLane: false,
-      arrivalBatchUs: MINUTE_US,
-      idleSpinUs: MINUTE_US,
-      busyPollUs: 0,
-    });
+    const tx = await quietWriter('tcp');
     const hung = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
     cleanup.push(async () => {
       hung.pause(false);
@@ -148,13 +144,7 @@ describe('a batch rings the event loop once', () => {
 
   it('tcp: a member the target refuses (a stale descriptor) fails with REMOTE_ACCESS; the others, reported quietly, settle written', async () => {
     const rx = await openEngine({ provider: 'tcp' });
-    const tx = await openEngine({
-      provider: 'tcp',
-      sameHostLane: false,
-      arrivalBatchUs: MINUTE_US,
-      idleSpinUs: MINUTE_US,
-      busyPollUs: 0,
-    });
+    const tx = await quietWriter('tcp');
     // The refused write's peer is another engine: tcp drops the connection a key was refused on,
     // failing what else was posted on it (CONNECTION_RESET), which is not what is tested here.
     const other = await openEngine({ provider: 'tcp' });
@@ -166,14 +156,7 @@ describe('a batch rings the event loop once', () => {
     await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
     await tx.submitSingleWrite({ src, length: 64, dst: stale.desc });
     await stale.unregister();
-    const write = (i: number): TransferRequest => ({
-      kind: 'single',
-      src,
-      srcOffset: i * size,
-      length: size,
-      dst: dst.desc,
-      dstOffset: i * size,
-    });
+    const write = (i: number) => slot(src, dst.desc, i, size);
     const r = await tx.submitBatch([
       write(0),
       write(1),
