@@ -126,21 +126,72 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   ): Promise<DispatchResult<M> | undefined> {
     const send = phases.send ?? true;
     const recv = phases.recv ?? true;
+    this.throwIfFailed('dispatch');
     if (!this.mode.connected && this.config.worldSize > 1)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: connect() first');
-    if (send) await this.dispatchSend(input!);
+    if (send) {
+      if (typeof input !== 'object' || input === null)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `MoeAllToAll.dispatch: input must be {tokens, topkIds, topkWeights${this.p.scaleCount ? ', scales' : ''}} when sending, got ${input === null ? 'null' : typeof input}`,
+        );
+      await this.dispatchSend(input);
+    }
     if (!recv) return undefined;
     return this.dispatchRecv();
+  }
+
+  /**
+   * The error that failed this instance, once a phase failed after anything was posted (a peer
+   * that does not arrive by `timeoutMs`, a write that fails, a peer's routes that do not fit):
+   * the ranks no longer agree on where the next round's data goes, so every later `dispatch` and
+   * `combine` rejects with its code at once; close the instance and create and connect a new one
+   * on every rank. Bad input refused before anything is posted does not fail it.
+   */
+  get failure(): TrellisError | undefined {
+    return this.failed;
+  }
+
+  private failed: TrellisError | undefined;
+
+  /** Record the first failure after posting (see {@link MoeAllToAll.failure}); returns `e`. */
+  private fail(e: unknown): unknown {
+    if (!this.failed)
+      this.failed =
+        e instanceof TrellisError
+          ? e
+          : new TrellisError('INTERNAL', `MoeAllToAll: ${String(e)}`, { cause: e });
+    return e;
+  }
+
+  private throwIfFailed(op: 'dispatch' | 'combine'): void {
+    const f = this.failed;
+    if (f)
+      throw new TrellisError(
+        f.code,
+        `MoeAllToAll.${op}: this instance failed in an earlier phase (${f.message}); the ranks no longer agree on the round — close it and create and connect a new one on every rank`,
+        { cause: f },
+      );
   }
 
   private checkInput(x: DispatchInput<M>): number {
     const c = this.config;
     const p = this.p;
     const n = x.topkIds.length / c.topk;
-    if (!Number.isInteger(n) || n > c.maxTokensPerRank)
+    if (!Number.isInteger(n))
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `MoeAllToAll.dispatch: topkIds holds ${x.topkIds.length} ids, not a multiple of topk ${c.topk} for at most ${c.maxTokensPerRank} tokens`,
+        `MoeAllToAll.dispatch: topkIds holds ${x.topkIds.length} ids, not a multiple of topk ${c.topk}`,
+      );
+    if (n > c.maxTokensPerRank)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.dispatch: ${n} tokens (topkIds holds ${x.topkIds.length} ids, ${c.topk} per token) is more than maxTokensPerRank ${c.maxTokensPerRank}`,
+      );
+    if (p.scaleCount && x.scales === undefined)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.dispatch: this instance was created with scales: true: input.scales must hold ${n * p.scaleCount} values (${p.scaleCount} per token)`,
       );
     const why = this.mode.checkTokens(
       x.tokens,
@@ -175,14 +226,20 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     if (r && !r.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: the previous round has not finished');
     const n = this.checkInput(x);
-    this.mode.dispatchSend(x as DispatchInput<MoeMemory>, this.p.begin(x, n));
+    try {
+      this.mode.dispatchSend(x as DispatchInput<MoeMemory>, this.p.begin(x, n));
+    } catch (e) {
+      throw this.fail(e);
+    }
   }
 
   private async dispatchRecv(): Promise<DispatchResult<M>> {
     const r = this.p.round;
     if (!r || r.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: recv without a send this round');
-    const result = await this.mode.dispatchRecv(r);
+    const result = await this.mode.dispatchRecv(r).catch((e: unknown) => {
+      throw this.fail(e);
+    });
     r.dispatched = true;
     return result as DispatchResult<M>;
   }
@@ -198,6 +255,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   ): Promise<(M extends 'device' ? bigint : Uint8Array | Float32Array) | undefined> {
     const send = phases.send ?? true;
     const recv = phases.recv ?? true;
+    this.throwIfFailed('combine');
     const r = this.p.round;
     if (!r?.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.combine: dispatch this round first');
@@ -214,7 +272,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
           `MoeAllToAll.combine: expertOut must hold ${r.rows} rows of ${c.hidden} ${c.outDtype}`,
         );
       this.combineSends = this.combineSend(input.expertOut);
-      this.combineSends.catch(() => {});
+      this.combineSends.catch((e: unknown) => this.fail(e));
     }
     if (!recv) return undefined;
     return this.combineRecv(phases.accumulate ?? 'out') as Promise<
@@ -227,7 +285,11 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 
   private async combineRecv(accumulate: 'out' | 'fp32'): Promise<Uint8Array | Float32Array | bigint> {
-    const result = await this.mode.combineRecv(this.p.round!, accumulate, () => this.combineSends);
+    const result = await this.mode
+      .combineRecv(this.p.round!, accumulate, () => this.combineSends)
+      .catch((e: unknown) => {
+        throw this.fail(e);
+      });
     // Closed (by a barrier, or the mode's own flags): every buffer may be reused by the next round.
     this.p.end();
     return result;

@@ -1,0 +1,148 @@
+// A failed phase fails the instance (host modes, with and without the native proxy, backend-efa shm
+// in one process): after a rank that dispatched never combines, the others' combine fails TIMEOUT
+// and every later dispatch and combine rejects at once with that code, posting nothing — before,
+// the next dispatch resolved in milliseconds with another round's leftovers. Bad input refused
+// before anything is posted does not fail it.
+import { createEngine } from '@trellis/backend-efa';
+import type { TransferEngine } from '@trellis/core';
+import { rejects } from '@trellis/core/conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  combineAsF32,
+  MoeAllToAll,
+  type MoeConfig,
+  referenceCombine,
+  referenceDispatch,
+  syntheticExpert,
+  syntheticInputs,
+} from '../src/index.js';
+
+let engines: TransferEngine[] = [];
+afterEach(async () => {
+  await Promise.all(engines.map((e) => e.close()));
+  engines = [];
+});
+
+async function world(cfg: Omit<MoeConfig, 'rank'>) {
+  engines = await Promise.all(
+    Array.from({ length: cfg.worldSize }, () =>
+      createEngine({ provider: 'shm', nics: 1, opTimeoutMs: 10_000 }),
+    ),
+  );
+  const moes = await Promise.all(engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank })));
+  for (const m of moes) m.connect(moes.map((x) => x.descriptor));
+  return moes;
+}
+
+/** One whole round on every rank, checked against the reference; returns nothing. */
+async function exactRound(moes: MoeAllToAll<'host'>[], cfg: MoeConfig, seed: number): Promise<void> {
+  const ins = syntheticInputs(cfg, seed, 'random');
+  const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
+  for (const [r, d] of res.entries()) {
+    const ref = referenceDispatch(cfg, ins, r);
+    expect(Buffer.compare(d!.expertX, ref.expertX)).toBe(0);
+    expect(Array.from(d!.tokensPerExpert)).toEqual(Array.from(ref.tokensPerExpert));
+  }
+  const outs = res.map((d) => syntheticExpert(cfg, d!));
+  const got = await Promise.all(
+    moes.map((m, r) => m.combine({ expertOut: outs[r]! }, { accumulate: 'fp32' })),
+  );
+  for (const [r, g] of got.entries())
+    expect(combineAsF32(cfg, g!)).toEqual(referenceCombine(cfg, ins, outs, r));
+}
+
+const base = {
+  worldSize: 3,
+  nodeSize: 1,
+  numExperts: 6,
+  topk: 2,
+  hidden: 64,
+  maxTokensPerRank: 12,
+  inDtype: 'bf16',
+  outDtype: 'fp32',
+  maxPrivateTokens: 3,
+  timeoutMs: 300,
+} as const;
+
+describe('MoeAllToAll: a failed phase fails the instance', () => {
+  for (const proxy of [false, true])
+    it(`a rank that dispatched and never combines: the others' combine fails TIMEOUT, then every later call rejects at once (proxy ${proxy})`, async () => {
+      const cfg = { ...base, proxy, rank: 0 };
+      const moes = await world(cfg);
+      await exactRound(moes, cfg, 11);
+      expect(moes.map((m) => m.failure)).toEqual([undefined, undefined, undefined]);
+
+      // Round 2: everyone dispatches; rank 2 then stops (as a process killed after its send).
+      const ins = syntheticInputs(cfg, 12, 'random');
+      const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
+      const outs = res.map((d) => syntheticExpert(cfg, d!));
+      const failed = await Promise.all(
+        [0, 1].map((r) => rejects(moes[r]!.combine({ expertOut: outs[r]! }), 'TIMEOUT', `rank ${r} combine`)),
+      );
+      for (const [r, e] of failed.entries()) expect(moes[r]!.failure).toBe(e);
+      expect(moes[2]!.failure).toBeUndefined();
+
+      // Round 3 on the survivors: refused at once with the failure's code, nothing posted.
+      const next = syntheticInputs(cfg, 13, 'random');
+      for (const r of [0, 1]) {
+        const before = engines[r]!.stats().ops.submitted;
+        const t0 = performance.now();
+        const e = await rejects(
+          moes[r]!.dispatch(next[r]),
+          'TIMEOUT',
+          `rank ${r} dispatch after the failure`,
+        );
+        expect(performance.now() - t0).toBeLessThan(cfg.timeoutMs);
+        expect(e.message).toMatch(/^MoeAllToAll\.dispatch: this instance failed in an earlier phase \(/);
+        expect(e.message).toMatch(/close it and create and connect a new one on every rank$/);
+        expect(e.cause).toBe(moes[r]!.failure);
+        await rejects(
+          moes[r]!.combine({ expertOut: outs[r]! }),
+          'TIMEOUT',
+          `rank ${r} combine after the failure`,
+        );
+        expect(engines[r]!.stats().ops.submitted).toBe(before);
+      }
+      for (const m of moes) await m.close();
+    });
+
+  it('bad input refused before anything is posted does not fail it: missing scales, too many tokens; the next good round is exact', async () => {
+    const cfg = {
+      ...base,
+      worldSize: 2,
+      numExperts: 4,
+      hidden: 128,
+      inDtype: 'fp8',
+      outDtype: 'bf16',
+      scales: true,
+      rank: 0,
+    } as const;
+    const moes = await world(cfg);
+    const ins = syntheticInputs(cfg, 21, 'random');
+    const before = engines[0]!.stats().ops.submitted;
+    const noScales = { ...ins[0]!, scales: undefined };
+    const e = await rejects(moes[0]!.dispatch(noScales), 'INVALID_ARGUMENT', 'no scales');
+    expect(e.message).toMatch(
+      /created with scales: true: input\.scales must hold \d+ values \(\d+ per token\)/,
+    );
+    const many = {
+      ...ins[0]!,
+      topkIds: new Int32Array((cfg.maxTokensPerRank + 1) * cfg.topk),
+      topkWeights: new Float32Array((cfg.maxTokensPerRank + 1) * cfg.topk),
+    };
+    const e2 = await rejects(moes[0]!.dispatch(many), 'INVALID_ARGUMENT', 'too many tokens');
+    expect(e2.message).toBe(
+      `MoeAllToAll.dispatch: ${cfg.maxTokensPerRank + 1} tokens (topkIds holds ${(cfg.maxTokensPerRank + 1) * cfg.topk} ids, ${cfg.topk} per token) is more than maxTokensPerRank ${cfg.maxTokensPerRank}`,
+    );
+    await rejects(moes[0]!.dispatch(undefined), 'INVALID_ARGUMENT', 'no input with send');
+    expect(engines[0]!.stats().ops.submitted).toBe(before);
+    expect(moes[0]!.failure).toBeUndefined();
+    const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
+    for (const [r, d] of res.entries())
+      expect(Buffer.compare(d!.expertX, referenceDispatch(cfg, ins, r).expertX)).toBe(0);
+    const outs = res.map((d) => syntheticExpert(cfg, d!));
+    await Promise.all(moes.map((m, r) => m.combine({ expertOut: outs[r]! })));
+    expect(moes.map((m) => m.failure)).toEqual([undefined, undefined]);
+    for (const m of moes) await m.close();
+  });
+});
