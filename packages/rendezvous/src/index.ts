@@ -36,13 +36,26 @@ class StoreServer {
   private readonly waiters = new Map<string, Array<(v: string) => void>>();
   private readonly groups = new Map<string, Map<string, { value: string; sock: Socket }>>();
   private readonly watchers = new Map<string, Set<{ sock: Socket; id: number }>>();
+  /** Every client connection open now, so that closing the store ends them. */
+  private readonly socks = new Set<Socket>();
 
   constructor(
     readonly server: Server,
     /** sha256 of the shared secret clients must present first; undefined: none needed. */
     private readonly tokenHash: Buffer | undefined,
   ) {
-    server.on('connection', (sock) => this.client(sock));
+    server.on('connection', (sock) => {
+      this.socks.add(sock);
+      sock.on('close', () => this.socks.delete(sock));
+      this.client(sock);
+    });
+  }
+
+  /** Stop listening and drop every client (their requests fail `PEER_LOST`); resolves once closed. */
+  close(): Promise<void> {
+    const closed = new Promise<void>((r) => this.server.close(() => r()));
+    for (const s of this.socks) s.destroy();
+    return closed;
   }
 
   private client(sock: Socket): void {
@@ -180,6 +193,8 @@ export class TcpStore implements Rendezvous {
   >();
   private readonly events = new Map<number, (members: Record<string, string>) => void>();
   private closed = false;
+  /** The connection to the store closed: later requests fail at once (nothing would answer them). */
+  private lost = false;
   private barriers = new Map<string, number>();
 
   private constructor(
@@ -212,6 +227,7 @@ export class TcpStore implements Rendezvous {
       else p?.resolve(m);
     });
     sock.on('close', () => {
+      this.lost = true;
       for (const p of this.pending.values())
         p.reject(new TrellisError('PEER_LOST', 'TcpStore: the connection to the store was lost'));
       this.pending.clear();
@@ -281,6 +297,13 @@ export class TcpStore implements Rendezvous {
 
   private request(r: Omit<Req, 'id'>, timeoutMs?: number): Promise<Record<string, unknown>> {
     if (this.closed) return Promise.reject(new TrellisError('CLOSED', 'TcpStore: closed'));
+    if (this.lost)
+      return Promise.reject(
+        new TrellisError(
+          'PEER_LOST',
+          `TcpStore.${r.op}('${r.key}'): the connection to the store was lost earlier; connect again (TcpStore.connect) once it is back`,
+        ),
+      );
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer =
@@ -358,12 +381,17 @@ export class TcpStore implements Rendezvous {
     };
   }
 
+  /**
+   * Close this client (later requests reject `CLOSED`). On the hosting side this also ends the
+   * store: every other client's pending and later requests fail `PEER_LOST`.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.sock.end();
     this.sock.destroy();
-    if (this.server) await new Promise<void>((r) => this.server!.server.close(() => r()));
+    // The host's close ends the store: every client's pending and later requests fail PEER_LOST.
+    if (this.server) await this.server.close();
   }
 }
 

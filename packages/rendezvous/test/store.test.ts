@@ -109,6 +109,27 @@ describe('TcpStore with a shared-secret token', () => {
     );
   });
 
+  it('a store that goes away: pending requests and every later one fail PEER_LOST at once (none left unsettled)', async () => {
+    const { host, clients } = await cluster(1);
+    const c = clients[0]!;
+    await c.set('k', 'v');
+    const pending = c.get('never');
+    await host.close();
+    expect(await outcome(pending)).toBe('PEER_LOST: TcpStore: the connection to the store was lost');
+    // Requested after the loss: refused at once, not left waiting for an answer that cannot come
+    // (a set has no deadline; a get's own would have turned it into TIMEOUT).
+    const t0 = Date.now();
+    expect(await outcome(c.set('k2', 'v'))).toBe(
+      "PEER_LOST: TcpStore.set('k2'): the connection to the store was lost earlier; connect again (TcpStore.connect) once it is back",
+    );
+    expect(await outcome(c.get('k', { timeoutMs: 5000 }))).toBe(
+      "PEER_LOST: TcpStore.get('k'): the connection to the store was lost earlier; connect again (TcpStore.connect) once it is back",
+    );
+    expect(Date.now() - t0).toBeLessThan(5000);
+    await c.close();
+    expect(await outcome(c.set('k3', 'v'))).toBe('CLOSED: TcpStore: closed');
+  });
+
   it('a port that answers with something else is dropped, not crashed on', async () => {
     const { createServer } = await import('node:net');
     const server = createServer((s) => s.end('HTTP/1.1 400 Bad Request\r\n\r\n'));
