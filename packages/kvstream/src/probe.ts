@@ -5,10 +5,16 @@ import type { NetAddr, TransferEngine, TrellisError } from '@trellis/core';
 /**
  * Liveness of the peers a side has work with: every `intervalMs`, an immediate (`imm`, which the
  * peer never waits on) to each; the first that fails reports the peer dead. A dead peer process is
- * otherwise invisible to a side that only waits on counters.
+ * otherwise invisible to a side that only waits on counters. A probe that times out while the
+ * owner heard from the peer (`heard`: one of its writes to the peer completed) does not: queued
+ * behind a backlog of bulk writes to a live peer (shm, several decode processes), a probe can
+ * take longer than its deadline.
  */
 export class PeerProbe {
-  private readonly peers = new Map<string, { addr: NetAddr; refs: number; inflight: boolean }>();
+  private readonly peers = new Map<
+    string,
+    { addr: NetAddr; refs: number; inflight: boolean; heard: number }
+  >();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -23,7 +29,7 @@ export class PeerProbe {
     const key = peer.toString();
     const p = this.peers.get(key);
     if (p) p.refs++;
-    else this.peers.set(key, { addr: peer, refs: 1, inflight: false });
+    else this.peers.set(key, { addr: peer, refs: 1, inflight: false, heard: 0 });
     if (!this.timer && !this.closed) {
       this.timer = setInterval(() => this.tick(), this.intervalMs);
       this.timer.unref();
@@ -41,10 +47,17 @@ export class PeerProbe {
     }
   }
 
+  /** An operation with `peer` completed: it was alive since the probes in flight were posted. */
+  heard(peer: string): void {
+    const p = this.peers.get(peer);
+    if (p) p.heard++;
+  }
+
   private tick(): void {
     for (const [key, p] of this.peers) {
       if (p.inflight) continue;
       p.inflight = true;
+      const heard = p.heard;
       this.engine.submitImm({ dst: p.addr, imm: this.imm, timeoutMs: this.intervalMs * 4 }).then(
         () => {
           p.inflight = false;
@@ -52,6 +65,8 @@ export class PeerProbe {
         (e: TrellisError) => {
           p.inflight = false;
           if (this.closed || this.engine.closed || this.peers.get(key) !== p) return;
+          // Slow, not dead: the peer completed other work meanwhile (the next tick probes again).
+          if (e.code === 'TIMEOUT' && p.heard !== heard) return;
           this.peers.delete(key);
           this.onDead(p.addr, e);
         },

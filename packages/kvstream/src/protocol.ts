@@ -91,14 +91,21 @@ function header(buf: Uint8Array, type: MsgType, id: bigint): DataView {
   return v;
 }
 
+/**
+ * The bytes {@link encodeTable} makes of a table with this tag (in UTF-8 bytes), these
+ * descriptors' encodings and this many pages: checked before a request takes any page or slot.
+ */
+export function tableBytes(tagBytes: number, kvBytes: number, tailBytes: number, pages: number): number {
+  return HEADER + 40 + tagBytes + kvBytes + tailBytes + 4 * pages;
+}
+
 export function encodeTable(m: Omit<TableMsg, 'type'>): Uint8Array {
   const tag = enc.encode(m.tag);
   const kv = m.kv.toBytes();
   const tail = m.tail.toBytes();
   if (tag.length > 0xffff)
     throw new TrellisError('INVALID_ARGUMENT', `kvstream: tag is ${tag.length} bytes (at most 65535)`);
-  const fixed = HEADER + 40;
-  const buf = new Uint8Array(fixed + tag.length + kv.length + tail.length + 4 * m.pages.length);
+  const buf = new Uint8Array(tableBytes(tag.length, kv.length, tail.length, m.pages.length));
   const v = header(buf, MsgType.Table, m.id);
   v.setUint32(16, m.imm, true);
   v.setUint32(20, m.tokens, true);
@@ -113,7 +120,7 @@ export function encodeTable(m: Omit<TableMsg, 'type'>): Uint8Array {
   v.setUint32(48, m.dstPoolPages, true);
   v.setUint8(52, m.dstOrder === 'page-major' ? 1 : 0);
   v.setUint8(53, m.dstHeadsBeforePages ? 1 : 0);
-  let at = fixed;
+  let at = HEADER + 40;
   buf.set(tag, at);
   at += tag.length;
   buf.set(kv, at);

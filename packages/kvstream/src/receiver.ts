@@ -24,7 +24,10 @@ import {
   isKvMessage,
   MsgType,
   receiveOwn,
+  tableBytes,
 } from './protocol.js';
+
+const utf8 = new TextEncoder();
 
 /** Options of {@link KvStreamReceiver.create}. */
 export interface KvStreamReceiverOptions {
@@ -73,7 +76,11 @@ export interface KvAdmitRequest {
   tokens: number;
   /** Bytes of the opaque tail (hidden states, logits) the prefill side sends with the last write. Default 0. */
   tailBytes?: number;
-  /** Your request id, given to the prefill side with the page table (at most 65535 UTF-8 bytes). */
+  /**
+   * Your request id, given to the prefill side with the page table: a string of at most 65535
+   * UTF-8 bytes, and short enough that the table fits one engine message (`maxMessageBytes`, 64 KiB
+   * by default, less the pages' 4 bytes each and two descriptors).
+   */
   tag?: string;
   /** Cancel the request (two-phase: pages return once the prefill side has stopped writing). */
   signal?: AbortSignal;
@@ -297,7 +304,30 @@ export class KvStreamReceiver {
         `KvStreamReceiver.admit: the prefill engine is a '${req.prefill.kind}' engine, this one '${this.engine.address.kind}'`,
       );
     const tag = req.tag ?? '';
+    if (typeof tag !== 'string')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvStreamReceiver.admit: tag must be a string, got ${typeof tag}`,
+      );
     const nPages = this.layout.pagesFor(req.tokens);
+    // The page table must fit one message: checked before any page or slot is taken.
+    const tagBytes = utf8.encode(tag).length;
+    if (tagBytes > 0xffff)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvStreamReceiver.admit: tag is ${tagBytes} UTF-8 bytes (at most 65535, and less with the page table it travels in: see maxMessageBytes)`,
+      );
+    const size = tableBytes(
+      tagBytes,
+      this.region.desc.toBytes().length,
+      this.tailRegion.desc.toBytes().length,
+      nPages,
+    );
+    if (size > this.engine.limits.maxMessageBytes)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvStreamReceiver.admit: the page table is ${size} bytes, over the engine's ${this.engine.limits.maxMessageBytes}-byte messages (a shorter tag, fewer pages per request, or larger pages)`,
+      );
     if (nPages > this.freePageList.length)
       throw new TrellisError(
         'RESOURCE_EXHAUSTED',
@@ -396,14 +426,6 @@ export class KvStreamReceiver {
       tail: this.tailRegion.desc,
       pages,
     });
-    if (table.length > this.engine.limits.maxMessageBytes) {
-      this.finish(r, 'failed');
-      this.releaseNow(r);
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `KvStreamReceiver.admit: the page table is ${table.length} bytes, over the engine's ${this.engine.limits.maxMessageBytes}-byte messages (fewer pages per request, or larger pages)`,
-      );
-    }
     void start
       .then(() => this.engine.submitSend(req.prefill, table))
       .then(

@@ -577,6 +577,7 @@ export class KvStreamSender {
       () => {
         s.inflight--;
         s.delivered += imms;
+        if (s.fromKey) this.probe.heard(s.fromKey);
         onOk?.();
         this.maybeSettle(s);
       },

@@ -260,6 +260,19 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
     expect(msg(() => rx.admit({ prefill: pe.address, tokens: 4, tailBytes: 5000 }))).toBe(
       'INVALID_ARGUMENT: KvStreamReceiver.admit: tailBytes must be an integer in 0..4096, got 5000',
     );
+    // A tag too long for the page table's message takes no page and no slot (it used to keep one of each).
+    const before = rx.stats();
+    expect(msg(() => rx.admit({ prefill: pe.address, tokens: 4, tag: 'x'.repeat(70_000) }))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver.admit: tag is 70000 UTF-8 bytes (at most 65535, and less with the page table it travels in: see maxMessageBytes)',
+    );
+    expect(msg(() => rx.admit({ prefill: pe.address, tokens: 4, tag: 'é'.repeat(32_767) }))).toMatch(
+      /^INVALID_ARGUMENT: KvStreamReceiver\.admit: the page table is \d+ bytes, over the engine's 65536-byte messages \(a shorter tag, fewer pages per request, or larger pages\)$/,
+    );
+    expect(msg(() => rx.admit({ prefill: pe.address, tokens: 4, tag: 42 as unknown as string }))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver.admit: tag must be a string, got number',
+    );
+    expect(rx.stats()).toEqual(before);
+    expect(poolFull(rx)).toBe(true);
     const a = rx.admit({ prefill: pe.address, tokens: 4, tag: 'one' });
     expect(msg(() => rx.admit({ prefill: pe.address, tokens: 4 }))).toBe(
       'RESOURCE_EXHAUSTED: KvStreamReceiver.admit: all 1 request slots are in use (maxRequests)',
