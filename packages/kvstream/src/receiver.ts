@@ -122,7 +122,10 @@ export interface KvReceiverStats {
   cancelled: number;
   freePages: number;
   freeSlots: number;
-  /** Pages held back because a request's fate was uncertain (they return after quarantineMs). */
+  /**
+   * Pages held back: those of a request whose fate was uncertain (they return after
+   * `quarantineMs`) and those of a dead prefill peer's requests (after `deadPeerGraceMs`).
+   */
   quarantinedPages: number;
   /** Messages on the engine that were not kvstream's (with `recv: 'own'`). */
   foreignMessages: number;

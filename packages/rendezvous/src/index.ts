@@ -64,7 +64,11 @@ class StoreServer {
       if (!sock.destroyed) sock.write(`${JSON.stringify(o)}\n`);
     };
     let authed = this.tokenHash === undefined;
-    createInterface({ input: sock }).on('line', (line) => {
+    // readline re-emits its input's errors: the socket's are handled on the socket (and its
+    // 'close'), so the interface's must not go unhandled (an ECONNRESET would crash the process).
+    const lines = createInterface({ input: sock });
+    lines.on('error', () => {});
+    lines.on('line', (line) => {
       let r: Req;
       try {
         r = JSON.parse(line) as Req;
@@ -201,7 +205,11 @@ export class TcpStore implements Rendezvous {
     private readonly sock: Socket,
     private readonly server?: StoreServer,
   ) {
-    createInterface({ input: sock }).on('line', (line) => {
+    // readline re-emits its input's errors: the socket's are handled on the socket (and its
+    // 'close'), so the interface's must not go unhandled (an ECONNRESET would crash the process).
+    const lines = createInterface({ input: sock });
+    lines.on('error', () => {});
+    lines.on('line', (line) => {
       let m: Record<string, unknown>;
       try {
         m = JSON.parse(line) as Record<string, unknown>;
@@ -243,6 +251,11 @@ export class TcpStore implements Rendezvous {
   static async serve(opts: { port?: number; host?: string; token?: string } = {}): Promise<TcpStore> {
     if (opts.token !== undefined && (typeof opts.token !== 'string' || opts.token.length === 0))
       throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.serve: token must be a non-empty string');
+    if (opts.port !== undefined && (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `TcpStore.serve: port must be an integer in 0..65535, got ${opts.port}`,
+      );
     const server = createServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e) =>
@@ -275,6 +288,14 @@ export class TcpStore implements Rendezvous {
   }): Promise<TcpStore> {
     if (opts.token !== undefined && (typeof opts.token !== 'string' || opts.token.length === 0))
       throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.connect: token must be a non-empty string');
+    if (typeof opts.host !== 'string' || opts.host.length === 0)
+      throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.connect: host must be a non-empty string');
+    if (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `TcpStore.connect: port must be an integer in 1..65535, got ${opts.port}`,
+      );
+    checkTimeout('TcpStore.connect', opts.timeoutMs);
     const s = new TcpStore(await dial(opts.host, opts.port, opts.timeoutMs ?? 30_000));
     if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.connect');
     return s;
@@ -338,6 +359,7 @@ export class TcpStore implements Rendezvous {
 
   async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
     checkKey(key);
+    checkTimeout('TcpStore.get', opts.timeoutMs);
     return (await this.request({ op: 'get', key }, opts.timeoutMs)).value as string;
   }
 
@@ -348,13 +370,24 @@ export class TcpStore implements Rendezvous {
         'INVALID_ARGUMENT',
         `TcpStore.barrier: size must be a positive integer, got ${size}`,
       );
+    checkTimeout('TcpStore.barrier', opts.timeoutMs);
     // Rounds of one barrier name: the n-th call of this process joins round n.
     const round = (this.barriers.get(name) ?? 0) + 1;
     this.barriers.set(name, round);
     const key = `__barrier/${name}/${round}`;
     const n = Number((await this.request({ op: 'add', key, delta: 1 })).value);
     if (n === size) await this.set(`${key}/done`, '1');
-    await this.get(`${key}/done`, opts);
+    try {
+      await this.get(`${key}/done`, opts);
+    } catch (e) {
+      // Say which barrier, not the internal key it waits on.
+      if (e instanceof TrellisError && e.code === 'TIMEOUT')
+        throw new TrellisError(
+          'TIMEOUT',
+          `TcpStore.barrier('${name}'): round ${round} not complete within ${opts.timeoutMs} ms (${n} of ${size} had entered when this one did)`,
+        );
+      throw e;
+    }
   }
 
   async join(
@@ -393,6 +426,17 @@ export class TcpStore implements Rendezvous {
     // The host's close ends the store: every client's pending and later requests fail PEER_LOST.
     if (this.server) await this.server.close();
   }
+}
+
+function checkTimeout(op: string, timeoutMs: number | undefined): void {
+  if (
+    timeoutMs !== undefined &&
+    (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0)
+  )
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: timeoutMs must be a finite number >= 0, got ${String(timeoutMs)}`,
+    );
 }
 
 function checkKey(key: string): void {

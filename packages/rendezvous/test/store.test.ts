@@ -130,6 +130,25 @@ describe('TcpStore with a shared-secret token', () => {
     expect(await outcome(c.set('k3', 'v'))).toBe('CLOSED: TcpStore: closed');
   });
 
+  it('refuses bad ports and deadlines at once, and names the barrier that timed out', async () => {
+    expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 70000 }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.connect: port must be an integer in 1..65535, got 70000',
+    );
+    expect(await outcome(TcpStore.serve({ port: -1 }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.serve: port must be an integer in 0..65535, got -1',
+    );
+    const { clients } = await cluster(2);
+    expect(await outcome(clients[0]!.get('k', { timeoutMs: -5 }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.get: timeoutMs must be a finite number >= 0, got -5',
+    );
+    expect(await outcome(clients[0]!.barrier('b', 2, { timeoutMs: Number.NaN }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.barrier: timeoutMs must be a finite number >= 0, got NaN',
+    );
+    expect(await outcome(clients[0]!.barrier('b', 2, { timeoutMs: 50 }))).toBe(
+      "TIMEOUT: TcpStore.barrier('b'): round 1 not complete within 50 ms (1 of 2 had entered when this one did)",
+    );
+  });
+
   it('a port that answers with something else is dropped, not crashed on', async () => {
     const { createServer } = await import('node:net');
     const server = createServer((s) => s.end('HTTP/1.1 400 Bad Request\r\n\r\n'));
