@@ -225,6 +225,13 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const r = this.p.round;
     if (r && !r.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: the previous round has not finished');
+    // Its combine reuses this round's buffers and counts: a new dispatch now would send peers
+    // rows where they expect combine output.
+    if (r)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "MoeAllToAll.dispatch: this round's combine has not finished; combine before the next dispatch",
+      );
     const n = this.checkInput(x);
     try {
       this.mode.dispatchSend(x as DispatchInput<MoeMemory>, this.p.begin(x, n));

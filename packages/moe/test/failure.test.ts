@@ -140,6 +140,14 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
     const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
     for (const [r, d] of res.entries())
       expect(Buffer.compare(d!.expertX, referenceDispatch(cfg, ins, r).expertX)).toBe(0);
+    // A second dispatch before this round's combine: refused, nothing posted, not a failure.
+    const mid = engines[0]!.stats().ops.submitted;
+    const twice = await rejects(moes[0]!.dispatch(ins[0]), 'INVALID_ARGUMENT', 'dispatch before combine');
+    expect(twice.message).toBe(
+      "MoeAllToAll.dispatch: this round's combine has not finished; combine before the next dispatch",
+    );
+    expect(engines[0]!.stats().ops.submitted).toBe(mid);
+    expect(moes[0]!.failure).toBeUndefined();
     const outs = res.map((d) => syntheticExpert(cfg, d!));
     await Promise.all(moes.map((m, r) => m.combine({ expertOut: outs[r]! })));
     expect(moes.map((m) => m.failure)).toEqual([undefined, undefined]);
