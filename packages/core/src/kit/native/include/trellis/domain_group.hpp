@@ -40,7 +40,8 @@ class DomainGroup {
         ops_(ops),
         events_(events),
         stopping_(stopping),
-        nics_(domains_.size()) {
+        nics_(domains_.size()),
+        imms_seen_(domains_.size(), 0) {
     for (auto& d : domains_) {
       (void)d;
       inflight_.push_back(0);
@@ -562,6 +563,11 @@ class DomainGroup {
       events_.push_arrivals(imm_batch_, [this](uint32_t imm) { return shared_imms_.count(imm) != 0; });
       for (auto& [imm, count] : imm_batch_) imm_totals_[imm] += count;
       imm_batch_.clear();
+      for (size_t lane = 0; lane < imms_seen_.size(); lane++)
+        if (imms_seen_[lane]) {
+          nics_[lane].imms_received.fetch_add(imms_seen_[lane], std::memory_order_release);
+          imms_seen_[lane] = 0;
+        }
     }
     return any;
   }
@@ -597,15 +603,16 @@ class DomainGroup {
       case CompKind::RemoteWrite:
         if (c.code == Code::Ok && c.has_imm) {
           TRELLIS_TRACE_MARK('A');
-          nc.imms_received.fetch_add(1, std::memory_order_relaxed);
           if (!port_imms_.empty()) {
             auto it = port_imms_.find(c.imm);
             if (it != port_imms_.end() && !it->second.port->detached.load(std::memory_order_acquire)) {
+              nc.imms_received.fetch_add(1, std::memory_order_relaxed);
               it->second.count->fetch_add(1, std::memory_order_release);
               it->second.port->changed();
               return;
             }
           }
+          imms_seen_[lane]++;
           imm_batch_[c.imm]++;
         } else if (c.code != Code::Ok) {
           nc.errors.fetch_add(1, std::memory_order_relaxed);
@@ -656,6 +663,9 @@ class DomainGroup {
   EventQueue& events_;
   const std::atomic<bool>& stopping_;
   std::vector<NicCounters> nics_;
+  // Per lane: arrivals for JS read by this poll, added to imms_received once the shared words are
+  // stored (so the stat never runs ahead of a word: what it counts, a counter can already see).
+  std::vector<uint64_t> imms_seen_;
   std::vector<uint32_t> inflight_;
   std::vector<bool> down_;  // lanes torn down (fail_lane)
 
