@@ -92,11 +92,12 @@ function header(buf: Uint8Array, type: MsgType, id: bigint): DataView {
 }
 
 /**
- * The bytes {@link encodeTable} makes of a table with this tag (in UTF-8 bytes), these
- * descriptors' encodings and this many pages: checked before a request takes any page or slot.
+ * The bytes {@link encodeTable} makes of a table with this tag (in UTF-8 bytes), descriptors
+ * whose encodings take `descBytes` together, and this many pages: checked before a request takes
+ * any page or slot.
  */
-export function tableBytes(tagBytes: number, kvBytes: number, tailBytes: number, pages: number): number {
-  return HEADER + 40 + tagBytes + kvBytes + tailBytes + 4 * pages;
+export function tableBytes(tagBytes: number, descBytes: number, pages: number): number {
+  return HEADER + 40 + tagBytes + descBytes + 4 * pages;
 }
 
 export function encodeTable(m: Omit<TableMsg, 'type'>): Uint8Array {
@@ -105,7 +106,7 @@ export function encodeTable(m: Omit<TableMsg, 'type'>): Uint8Array {
   const tail = m.tail.toBytes();
   if (tag.length > 0xffff)
     throw new TrellisError('INVALID_ARGUMENT', `kvstream: tag is ${tag.length} bytes (at most 65535)`);
-  const buf = new Uint8Array(tableBytes(tag.length, kv.length, tail.length, m.pages.length));
+  const buf = new Uint8Array(tableBytes(tag.length, kv.length + tail.length, m.pages.length));
   const v = header(buf, MsgType.Table, m.id);
   v.setUint32(16, m.imm, true);
   v.setUint32(20, m.tokens, true);

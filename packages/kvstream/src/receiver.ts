@@ -190,6 +190,8 @@ export class KvStreamReceiver {
   private readonly tailSlotBytes: number;
   private readonly reqs = new Map<bigint, Req>();
   private nextId = 1n;
+  /** The encoded size of the page table's two descriptors (see admit). */
+  private descBytes: number | undefined;
   private readonly probe: PeerProbe;
   private readonly recvAbort = new AbortController();
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -320,12 +322,9 @@ export class KvStreamReceiver {
         'INVALID_ARGUMENT',
         `KvStreamReceiver.admit: tag is ${tagBytes} UTF-8 bytes (at most 65535, and less with the page table it travels in: see maxMessageBytes)`,
       );
-    const size = tableBytes(
-      tagBytes,
-      this.region.desc.toBytes().length,
-      this.tailRegion.desc.toBytes().length,
-      nPages,
-    );
+    // The two descriptors never change: encoded once for their size.
+    this.descBytes ??= this.region.desc.toBytes().length + this.tailRegion.desc.toBytes().length;
+    const size = tableBytes(tagBytes, this.descBytes, nPages);
     if (size > this.engine.limits.maxMessageBytes)
       throw new TrellisError(
         'INVALID_ARGUMENT',

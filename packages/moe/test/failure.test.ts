@@ -3,53 +3,10 @@
 // and every later dispatch and combine rejects at once with that code, posting nothing — before,
 // the next dispatch resolved in milliseconds with another round's leftovers. Bad input refused
 // before anything is posted does not fail it.
-import { createEngine } from '@trellis/backend-efa';
-import type { TransferEngine } from '@trellis/core';
 import { rejects } from '@trellis/core/conformance';
-import { afterEach, describe, expect, it } from 'vitest';
-import {
-  combineAsF32,
-  MoeAllToAll,
-  type MoeConfig,
-  referenceCombine,
-  referenceDispatch,
-  syntheticExpert,
-  syntheticInputs,
-} from '../src/index.js';
-
-let engines: TransferEngine[] = [];
-afterEach(async () => {
-  await Promise.all(engines.map((e) => e.close()));
-  engines = [];
-});
-
-async function world(cfg: Omit<MoeConfig, 'rank'>) {
-  engines = await Promise.all(
-    Array.from({ length: cfg.worldSize }, () =>
-      createEngine({ provider: 'shm', nics: 1, opTimeoutMs: 10_000 }),
-    ),
-  );
-  const moes = await Promise.all(engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank })));
-  for (const m of moes) m.connect(moes.map((x) => x.descriptor));
-  return moes;
-}
-
-/** One whole round on every rank, checked against the reference; returns nothing. */
-async function exactRound(moes: MoeAllToAll<'host'>[], cfg: MoeConfig, seed: number): Promise<void> {
-  const ins = syntheticInputs(cfg, seed, 'random');
-  const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
-  for (const [r, d] of res.entries()) {
-    const ref = referenceDispatch(cfg, ins, r);
-    expect(Buffer.compare(d!.expertX, ref.expertX)).toBe(0);
-    expect(Array.from(d!.tokensPerExpert)).toEqual(Array.from(ref.tokensPerExpert));
-  }
-  const outs = res.map((d) => syntheticExpert(cfg, d!));
-  const got = await Promise.all(
-    moes.map((m, r) => m.combine({ expertOut: outs[r]! }, { accumulate: 'fp32' })),
-  );
-  for (const [r, g] of got.entries())
-    expect(combineAsF32(cfg, g!)).toEqual(referenceCombine(cfg, ins, outs, r));
-}
+import { describe, expect, it } from 'vitest';
+import { referenceDispatch, syntheticExpert, syntheticInputs } from '../src/index.js';
+import { engines, exactRound, world } from './world.js';
 
 const base = {
   worldSize: 3,
@@ -68,7 +25,7 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
   for (const proxy of [false, true])
     it(`a rank that dispatched and never combines: the others' combine fails TIMEOUT, then every later call rejects at once (proxy ${proxy})`, async () => {
       const cfg = { ...base, proxy, rank: 0 };
-      const moes = await world(cfg);
+      const moes = await world(cfg, 'shm');
       await exactRound(moes, cfg, 11);
       expect(moes.map((m) => m.failure)).toEqual([undefined, undefined, undefined]);
 
@@ -117,7 +74,7 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
       scales: true,
       rank: 0,
     } as const;
-    const moes = await world(cfg);
+    const moes = await world(cfg, 'shm');
     const ins = syntheticInputs(cfg, 21, 'random');
     const before = engines[0]!.stats().ops.submitted;
     const noScales = { ...ins[0]!, scales: undefined };

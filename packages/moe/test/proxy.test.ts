@@ -1,34 +1,18 @@
 // The native proxy (native/proxy.cc) in one process on backend-efa: results equal the reference
 // over several rounds and split phases, every write it posts settles, and its failures and
 // closing settle every pending phase once with a clear error.
-import { createEngine } from '@trellis/backend-efa';
-import { createLoopbackFabric, type TransferEngine } from '@trellis/core';
+import { createLoopbackFabric } from '@trellis/core';
 import { rejects, SettleTracker } from '@trellis/core/conformance';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   combineAsF32,
   MoeAllToAll,
-  type MoeConfig,
   referenceCombine,
   referenceDispatch,
   syntheticExpert,
   syntheticInputs,
 } from '../src/index.js';
-
-let engines: TransferEngine[] = [];
-afterEach(async () => {
-  await Promise.all(engines.map((e) => e.close()));
-  engines = [];
-});
-
-async function world(cfg: Omit<MoeConfig, 'rank'>, provider: 'shm' | 'tcp') {
-  engines = await Promise.all(
-    Array.from({ length: cfg.worldSize }, () => createEngine({ provider, nics: 1, opTimeoutMs: 10_000 })),
-  );
-  const moes = await Promise.all(engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank })));
-  for (const m of moes) m.connect(moes.map((x) => x.descriptor));
-  return moes;
-}
+import { engines, ranks, world } from './world.js';
 
 const base = {
   nodeSize: 1,
@@ -92,10 +76,7 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
 
   it('a peer that connects and dispatches first: its immediates, arrived before this rank connects, are counted (not swallowed)', async () => {
     const cfg = { ...base, worldSize: 2, numExperts: 8, maxPrivateTokens: 4, timeoutMs: 5000, rank: 0 };
-    engines = await Promise.all(
-      [0, 1].map(() => createEngine({ provider: 'shm', nics: 1, opTimeoutMs: 10_000 })),
-    );
-    const moes = await Promise.all(engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank })));
+    const moes = await ranks(cfg, 'shm');
     const descs = moes.map((m) => m.descriptor);
     const ins = syntheticInputs(cfg, 11, 'random');
     moes[1]!.connect(descs);

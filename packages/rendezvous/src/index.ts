@@ -64,11 +64,7 @@ class StoreServer {
       if (!sock.destroyed) sock.write(`${JSON.stringify(o)}\n`);
     };
     let authed = this.tokenHash === undefined;
-    // readline re-emits its input's errors: the socket's are handled on the socket (and its
-    // 'close'), so the interface's must not go unhandled (an ECONNRESET would crash the process).
-    const lines = createInterface({ input: sock });
-    lines.on('error', () => {});
-    lines.on('line', (line) => {
+    readLines(sock, (line) => {
       let r: Req;
       try {
         r = JSON.parse(line) as Req;
@@ -205,11 +201,7 @@ export class TcpStore implements Rendezvous {
     private readonly sock: Socket,
     private readonly server?: StoreServer,
   ) {
-    // readline re-emits its input's errors: the socket's are handled on the socket (and its
-    // 'close'), so the interface's must not go unhandled (an ECONNRESET would crash the process).
-    const lines = createInterface({ input: sock });
-    lines.on('error', () => {});
-    lines.on('line', (line) => {
+    readLines(sock, (line) => {
       let m: Record<string, unknown>;
       try {
         m = JSON.parse(line) as Record<string, unknown>;
@@ -426,6 +418,15 @@ export class TcpStore implements Rendezvous {
     // The host's close ends the store: every client's pending and later requests fail PEER_LOST.
     if (this.server) await this.server.close();
   }
+}
+
+/** Call `onLine` with each line `sock` reads. */
+function readLines(sock: Socket, onLine: (line: string) => void): void {
+  // readline re-emits its input's errors: the socket's are handled on the socket (and its
+  // 'close'), so the interface's must not go unhandled (an ECONNRESET would crash the process).
+  const lines = createInterface({ input: sock });
+  lines.on('error', () => {});
+  lines.on('line', onLine);
 }
 
 function checkTimeout(op: string, timeoutMs: number | undefined): void {

@@ -493,11 +493,16 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // bindImmTotals(words): the Uint32Array shareImm's words are in (kept referenced by the addon,
   // so the worker may write it until it stops).
   Napi::Value BindImmTotals(const Napi::CallbackInfo& info) {
-    Napi::Uint32Array words = info[0].As<Napi::Uint32Array>();
-    totals_ref_ = Napi::Persistent(static_cast<Napi::Object>(words));
-    totals_ = words.Data();
-    totals_len_ = words.ElementLength();
+    bind_words(info[0], totals_ref_, totals_, totals_len_);
     return info.Env().Undefined();
+  }
+
+  // A Uint32Array JS hands the addon for good: referenced (so it stays alive) and its data taken.
+  static void bind_words(const Napi::Value& v, Napi::ObjectReference& ref, uint32_t*& data, size_t& len) {
+    Napi::Uint32Array words = v.As<Napi::Uint32Array>();
+    ref = Napi::Persistent(static_cast<Napi::Object>(words));
+    data = words.Data();
+    len = words.ElementLength();
   }
 
   // shareImm(imm, slot): the worker keeps word `slot` of the bound array equal to the arrivals of
@@ -740,10 +745,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   // bindEvents(scratch: Uint32Array): where Deliver() puts completions and arrivals (see there),
   // kept referenced here. JS reads it only inside its event callback.
   Napi::Value BindEvents(const Napi::CallbackInfo& info) {
-    Napi::Uint32Array scratch = info[0].As<Napi::Uint32Array>();
-    events_ref_ = Napi::Persistent(static_cast<Napi::Object>(scratch));
-    events_ = scratch.Data();
-    events_len_ = scratch.ElementLength();
+    bind_words(info[0], events_ref_, events_, events_len_);
     return info.Env().Undefined();
   }
 
