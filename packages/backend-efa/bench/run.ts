@@ -8,14 +8,15 @@
 // flight, default 4: one crossing into the addon per batch, no promise per write) and as prepared
 // writes (`prepareWrites(...).post` of window/posts writes each: one operation per post).
 //
-// The immediate round trip is timed five ways (see PingMode): awaiting, in latency mode
-// (pollUntil), in synchronous latency loops (poll() + take()), against a peer answering by native
-// reactions (submitOnImm), and with both sides answering by reactions.
+// The immediate round trip is timed seven ways (see PingMode): awaiting, in latency mode
+// (pollUntil), in synchronous latency loops (poll() + take()), both of these again with the
+// engines' `driveInline` on (the JavaScript thread runs the engine's turns while it polls), against
+// a peer answering by native reactions (submitOnImm), and with both sides answering by reactions.
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
 //                          [--window N] [--posts N] [--sizes B,B] [--pages B,B] [--json out.json]
 //                          [--single sdk,batch,prepared,lane,mapped]   (the single-write columns to run)
-//                          [--rtt default,latency,sync,reaction,native]  (the round-trip modes to run)
+//                          [--rtt default,latency,sync,inline,inline-sync,reaction,native]  (the round-trip modes)
 //                          [--ops N]   (single writes per trial; default 1 GiB / size, at most 200,000)
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -73,10 +74,11 @@ for (const c of singleCols)
     process.exit(2);
   }
 
-const rttModes = new Set(opt('--rtt', 'default,latency,sync,reaction,native').split(','));
+const PING_MODES = ['default', 'latency', 'sync', 'inline', 'inline-sync', 'reaction', 'native'] as const;
+const rttModes = new Set(opt('--rtt', PING_MODES.join(',')).split(','));
 for (const m of rttModes)
-  if (!['default', 'latency', 'sync', 'reaction', 'native'].includes(m)) {
-    console.error(`--rtt: unknown mode ${JSON.stringify(m)} (default, latency, sync, reaction, native)`);
+  if (!(PING_MODES as readonly string[]).includes(m)) {
+    console.error(`--rtt: unknown mode ${JSON.stringify(m)} (${PING_MODES.join(', ')})`);
     process.exit(2);
   }
 
@@ -99,11 +101,18 @@ interface Row {
   mapped?: number;
 }
 
-/** A target engine in a child process (`spin`: its worker never sleeps, for latency mode). */
-async function startTarget(provider: Provider, size: number, spin = false) {
-  const child = spawn(process.execPath, [targetJs, JSON.stringify({ provider, size, nics: 1, spin })], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
+/**
+ * A target engine in a child process (`spin`: its worker never sleeps, for latency mode;
+ * `driveInline`: the engine option).
+ */
+async function startTarget(provider: Provider, size: number, spin = false, driveInline = false) {
+  const child = spawn(
+    process.execPath,
+    [targetJs, JSON.stringify({ provider, size, nics: 1, spin, driveInline })],
+    {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    },
+  );
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   const first = JSON.parse((await lines.next()).value as string) as { desc: string };
   return {
@@ -126,7 +135,12 @@ async function startTarget(provider: Provider, size: number, spin = false) {
 }
 
 /** The initiator engine, created per trial and closed before the raw program runs. */
-function initiator(provider: Provider, sameHostLane = false, spin = false): Promise<EfaEngine> {
+function initiator(
+  provider: Provider,
+  sameHostLane = false,
+  spin = false,
+  driveInline = false,
+): Promise<EfaEngine> {
   const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
   return createEngine({
     provider,
@@ -137,6 +151,7 @@ function initiator(provider: Provider, sameHostLane = false, spin = false): Prom
     doorbellUs: env('TRELLIS_BENCH_DOORBELL_US'),
     arrivalBatchUs: env('TRELLIS_BENCH_ARRIVAL_US'),
     busyPollUs: env('TRELLIS_BENCH_BUSY_POLL_US'),
+    driveInline: driveInline || env('TRELLIS_BENCH_DRIVE_INLINE') === 1,
   });
 }
 
@@ -266,12 +281,14 @@ function rawRun<T = { ops: number; bytes: number; seconds: number }>(argv: strin
  * completions and arrivals). `latency`: both sides spin in `pollUntil` and both workers never sleep
  * (`maxSleepUs: 0`). `sync`: as `latency`, but both loops are synchronous — `poll()` until
  * `take(1)` succeeds, then `submitImm` without awaiting it (its completion is reaped by later
- * polls). `reaction`: the initiator as in `latency`; the target answers by native
+ * polls). `inline` and `inline-sync`: `latency` and `sync` with both engines' `driveInline` on: each
+ * poll runs the engine's turn on the JavaScript thread, and each submitImm within 100 µs of a poll
+ * is posted before it returns. `reaction`: the initiator as in `latency`; the target answers by native
  * reactions armed ahead (`submitOnImm`), with no JavaScript per answer. `native`: both sides
  * answer by reactions, so no JavaScript runs per message at all: the engine's floor, timed as the
  * whole exchange over its round trips (a mean: no p99).
  */
-type PingMode = 'default' | 'latency' | 'sync' | 'reaction' | 'native';
+type PingMode = (typeof PING_MODES)[number];
 
 /** Immediate round trip: submitImm to the target, which answers with an immediate; median and p99 in µs. */
 async function sdkPingPong(
@@ -280,8 +297,9 @@ async function sdkPingPong(
   mode: PingMode = 'default',
 ): Promise<{ median: number; p99: number }> {
   const spin = mode !== 'default';
-  const engine = await initiator(provider, false, spin);
-  const t = await startTarget(provider, 4096, spin);
+  const inline = mode === 'inline' || mode === 'inline-sync';
+  const engine = await initiator(provider, false, spin, inline);
+  const t = await startTarget(provider, 4096, spin, inline);
   const warm = 100;
   const { done } = await t.pong(iters + warm, engine.address.toString(), mode);
   const back = engine.immCounter(3);
@@ -312,7 +330,7 @@ async function sdkPingPong(
   const unsettled: Promise<void>[] = [];
   for (let i = 0; i < iters + warm; i++) {
     const t0 = performance.now();
-    if (mode === 'sync') {
+    if (mode === 'sync' || mode === 'inline-sync') {
       unsettled.push(engine.submitImm({ dst: t.dst.owner, imm: 2 }));
       while (!back.take(1)) engine.poll!();
     } else if (spin) {
@@ -352,6 +370,8 @@ const latency: Array<{
   sdk: Lat;
   poll: Lat;
   sync: Lat;
+  inline: Lat;
+  inlineSync: Lat;
   reaction: Lat;
   native: Lat;
   raw: Lat;
@@ -461,6 +481,8 @@ for (const provider of providers) {
   const lat = await ping('default');
   const poll = await ping('latency');
   const sync = await ping('sync');
+  const inline = await ping('inline');
+  const inlineSync = await ping('inline-sync');
   const reaction = await ping('reaction');
   const native = await ping('native');
   const r = rawRun<{ median_us: number; p99_us: number }>([prov, 'pingpong', String(iters)]);
@@ -469,6 +491,8 @@ for (const provider of providers) {
     sdk: lat,
     poll,
     sync,
+    inline,
+    inlineSync,
     reaction,
     native,
     raw: { median: r.median_us, p99: r.p99_us },
@@ -543,6 +567,8 @@ for (const l of latency) {
     ['SDK, default (both sides await)', l.sdk],
     ['SDK, latency mode (both sides pollUntil, workers spin)', l.poll],
     ['SDK, latency mode, synchronous loops (poll() + take(), workers spin)', l.sync],
+    ['SDK, latency mode, driveInline (both sides pollUntil)', l.inline],
+    ['SDK, latency mode, driveInline, synchronous loops', l.inlineSync],
     ['SDK, latency mode, peer answers by native reaction (submitOnImm)', l.reaction],
     ['SDK, both sides answer by native reactions (mean over the exchange)', l.native],
     ['raw C (fi_writemsg + fi_cq_read spin)', l.raw],

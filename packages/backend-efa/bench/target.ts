@@ -10,12 +10,14 @@ function envNumber(name: string): number | undefined {
   return v === undefined || v === '' ? undefined : Number(v);
 }
 
-const { provider, size, nics, spin } = JSON.parse(process.argv[2]!) as {
+const { provider, size, nics, spin, driveInline } = JSON.parse(process.argv[2]!) as {
   provider: Provider;
   size: number;
   nics: number;
   /** Latency mode: the worker never sleeps (maxSleepUs 0). */
   spin?: boolean;
+  /** The engine option: its polls run the engine's turn on this thread. */
+  driveInline?: boolean;
 };
 const engine = await createEngine({
   provider,
@@ -26,6 +28,7 @@ const engine = await createEngine({
   doorbellUs: envNumber('TRELLIS_BENCH_DOORBELL_US'),
   arrivalBatchUs: envNumber('TRELLIS_BENCH_ARRIVAL_US'),
   busyPollUs: envNumber('TRELLIS_BENCH_BUSY_POLL_US'),
+  driveInline: driveInline || envNumber('TRELLIS_BENCH_DRIVE_INLINE') === 1,
 });
 const region = await engine.registerMemory(size, { remote: true });
 // Touched before anything is timed, as the raw program's target memsets its buffer: first writes
@@ -38,7 +41,7 @@ for await (const line of createInterface({ input: process.stdin })) {
     exit?: boolean;
     pong?: number;
     to?: string;
-    mode?: 'default' | 'latency' | 'sync' | 'reaction' | 'native';
+    mode?: 'default' | 'latency' | 'sync' | 'inline' | 'inline-sync' | 'reaction' | 'native';
   };
   if (m.pong !== undefined) {
     // Answer every immediate 2 with an immediate 3, m.pong times: awaiting each (default), in a
@@ -59,7 +62,7 @@ for await (const line of createInterface({ input: process.stdin })) {
       ready();
       await Promise.all(armed);
       await c.wait(m.pong);
-    } else if (m.mode === 'sync') {
+    } else if (m.mode === 'sync' || m.mode === 'inline-sync') {
       // No await in the loop: spin on poll() until the counter has an arrival, answer, repeat.
       const sent: Promise<void>[] = [];
       ready();
@@ -68,7 +71,7 @@ for await (const line of createInterface({ input: process.stdin })) {
         sent.push(engine.submitImm(answer));
       }
       await Promise.all(sent);
-    } else if (m.mode === 'latency') {
+    } else if (m.mode === 'latency' || m.mode === 'inline') {
       // Each answer's own completion is reaped by later polls (as the raw program drains it on
       // its way to the next arrival); all of them are awaited at the end.
       const sent: Promise<void>[] = [];

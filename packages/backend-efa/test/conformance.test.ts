@@ -50,3 +50,35 @@ for (const provider of ['shm', 'tcp'] as const) {
     });
   }
 }
+// driveInline: the JavaScript thread runs the engines' turns while it polls. With busy polling on
+// (every await polls for up to 50 µs), most of each case's work is posted, completed and settled
+// on this thread; the worker takes over whenever the thread has not polled for 100 µs. The same
+// cases, the same answers.
+for (const provider of ['shm', 'tcp'] as const) {
+  const group = `${provider}:1:inline`;
+  if (only && !only.includes(group)) {
+    describe(`conformance: backend-efa provider=${provider} nics=1 driveInline`, () => {
+      it.skip(`not run here: TRELLIS_CONFORMANCE_GROUPS=${only.join(',')}`, () => {});
+    });
+    continue;
+  }
+  const opts: EfaEngineOptions = {
+    provider,
+    nics: 1,
+    opTimeoutMs: 10_000,
+    driveInline: true,
+    busyPollUs: 50,
+  };
+  defineConformanceSuite({
+    name: `backend-efa provider=${provider} nics=1 driveInline busyPollUs=50`,
+    nics: 1,
+    seed: 11,
+    createGroup: groupOf(() => createEngine(opts)),
+    skip: {
+      ...skipFaultCases(noFaults),
+      ...(provider === 'shm' && fabricVersion().startsWith('2.')
+        ? { [REACTIONS_CASE]: oneProcessBothWays, [LATENCY_MODE_CASE]: oneProcessBothWays }
+        : {}),
+    },
+  });
+}

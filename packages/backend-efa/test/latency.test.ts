@@ -6,7 +6,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MrDesc, NetAddr } from '@trellis/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createEngine, type EfaEngine } from '../src/index.js';
+import { createEngine, type EfaEngine, type EfaEngineOptions } from '../src/index.js';
 
 const targetJs = fileURLToPath(new URL('../dist/bench/target.js', import.meta.url));
 
@@ -17,22 +17,24 @@ afterEach(async () => {
 });
 
 /** The responder in its own process: its first line is its region's descriptor. */
-async function responder(provider: 'shm' | 'tcp') {
+async function responder(provider: 'shm' | 'tcp', driveInline = false) {
   const child: ChildProcess = spawn(
     process.execPath,
-    [targetJs, JSON.stringify({ provider, size: 4096, nics: 1, spin: true })],
+    [targetJs, JSON.stringify({ provider, size: 4096, nics: 1, spin: true, driveInline })],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   const next = async () => JSON.parse((await lines.next()).value as string) as Record<string, unknown>;
   const first = await next();
   cleanup.push(async () => {
-    if (child.exitCode === null) {
+    if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGKILL');
       await new Promise((r) => child.once('exit', r));
     }
   });
   return {
+    child,
+    desc: MrDesc.parse(first.desc as string),
     peer: MrDesc.parse(first.desc as string).owner,
     next,
     send: (m: object) => child.stdin!.write(`${JSON.stringify(m)}\n`),
@@ -40,8 +42,20 @@ async function responder(provider: 'shm' | 'tcp') {
   };
 }
 
-async function requester(provider: 'shm' | 'tcp'): Promise<EfaEngine> {
-  const engine = await createEngine({ provider, nics: 1, maxSleepUs: 0 });
+async function requester(
+  provider: 'shm' | 'tcp',
+  driveInline = false,
+  opTimeoutMs?: number,
+): Promise<EfaEngine> {
+  // The same-host lane off: every write goes through the provider (and its NIC counters).
+  const engine = await createEngine({
+    provider,
+    nics: 1,
+    maxSleepUs: 0,
+    driveInline,
+    opTimeoutMs,
+    sameHostLane: false,
+  });
   cleanup.push(() => engine.close());
   return engine;
 }
@@ -53,18 +67,22 @@ for (const provider of ['shm', 'tcp'] as const) {
       latency: 'from a pollUntil loop',
       sync: 'from a synchronous poll() + take() loop',
       reaction: 'by reactions armed ahead',
+      inline:
+        'from a pollUntil loop, both engines with driveInline (each poll runs the engine on the JavaScript thread)',
+      'inline-sync': 'from a synchronous poll() + take() loop, both engines with driveInline',
     } as const;
-    for (const mode of ['latency', 'sync', 'reaction'] as const) {
+    for (const mode of ['latency', 'sync', 'reaction', 'inline', 'inline-sync'] as const) {
       it(`${rounds} round trips in latency mode, the peer answering ${how[mode]}: every answer arrives once`, async () => {
-        const r = await responder(provider);
-        const engine = await requester(provider);
+        const inline = mode === 'inline' || mode === 'inline-sync';
+        const r = await responder(provider, inline);
+        const engine = await requester(provider, inline);
         r.send({ pong: rounds, to: engine.address.toString(), mode });
         expect(await r.next()).toEqual({ ready: rounds });
         const back = engine.immCounter(3);
         const deadline = performance.now() + 20_000;
         for (let i = 0; i < rounds; i++) {
           const sent = engine.submitImm({ dst: r.peer, imm: 2 });
-          if (mode === 'sync') {
+          if (mode === 'sync' || mode === 'inline-sync') {
             // No await: the answer is seen by take() (the shared word), or by a poll's batch.
             while (!back.take(1)) {
               engine.poll();
@@ -131,6 +149,100 @@ it('a reaction to an immediate an open port counts is refused before anything is
     message: expect.stringMatching(/counted by an open port/),
   });
   port.close();
+});
+
+describe('driveInline: the JavaScript thread runs the engine while it polls', () => {
+  /** `n` pings from a pollUntil loop, each answered once. */
+  async function pings(engine: EfaEngine, peer: NetAddr, n: number) {
+    const back = engine.immCounter(3);
+    for (let i = 0; i < n; i++) {
+      const sent = engine.submitImm({ dst: peer, imm: 2 });
+      await engine.pollUntil(() => back.take(1), { timeoutMs: 10_000 });
+      await sent;
+    }
+  }
+
+  for (const provider of ['shm', 'tcp'] as const) {
+    it(`${provider}: once the loop ends the worker takes over: a write submitted after it settles with no poll, and its immediate arrives once`, async () => {
+      const r = await responder(provider);
+      const engine = await requester(provider, true);
+      r.send({ pong: 20, to: engine.address.toString(), mode: 'default' });
+      expect(await r.next()).toEqual({ ready: 20 });
+      await pings(engine, r.peer, 20);
+      expect(await r.next()).toEqual({ done: 20 });
+      // No poll from here on: the worker (asleep while JS polled) must post, complete and ring.
+      r.send({ expect: 3 });
+      const src = await engine.registerMemory(4096);
+      src.buffer!.fill(9);
+      for (let i = 0; i < 3; i++)
+        await engine.submitSingleWrite({
+          src,
+          srcOffset: 0,
+          length: 4096,
+          dst: r.desc,
+          dstOffset: 0,
+          imm: 1,
+        });
+      expect(await r.next()).toEqual({ done: 3 });
+      const s = engine.stats();
+      expect(s.ops.failed).toBe(0);
+      expect(s.ops.completed).toBe(23);
+      expect(s.nics[0]!.writeOps).toBe(23);
+      expect(s.nics[0]!.bytesWritten).toBe(3 * 4096);
+      expect(s.nics[0]!.immsReceived).toBe(20);
+      const exit = r.exited();
+      r.send({ exit: true });
+      expect(await exit).toBe(0);
+    }, 60_000);
+  }
+
+  it('tcp: a peer killed mid-exchange costs only its own ping (settled by its deadline); another peer answers on', async () => {
+    const dead = await responder('tcp');
+    const live = await responder('tcp');
+    const engine = await requester('tcp', true, 2000);
+    for (const r of [dead, live]) {
+      r.send({ pong: 10, to: engine.address.toString(), mode: 'latency' });
+      expect(await r.next()).toEqual({ ready: 10 });
+    }
+    await pings(engine, dead.peer, 5);
+    await pings(engine, live.peer, 5);
+    const gone = dead.exited();
+    dead.child.kill('SIGKILL');
+    await gone;
+    let settled = false;
+    const lost = engine.submitImm({ dst: dead.peer, imm: 2 });
+    const outcome = lost.then(
+      () => 'OK',
+      (e: { code: string }) => e.code,
+    );
+    void outcome.then(() => (settled = true));
+    // Polling all along: the ping settles by its own deadline (2 s), not by the event loop.
+    await engine.pollUntil(() => settled, { timeoutMs: 10_000 });
+    expect(['PEER_LOST', 'CONNECTION_RESET', 'TIMEOUT']).toContain(await outcome);
+    await pings(engine, live.peer, 5);
+    expect(await live.next()).toEqual({ done: 10 });
+    const s = engine.stats();
+    expect(s.ops.failed).toBe(1);
+    expect(s.ops.completed).toBe(15);
+    const exit = live.exited();
+    live.send({ exit: true });
+    expect(await exit).toBe(0);
+  }, 60_000);
+
+  it('createEngine refuses a driveInline that is not a boolean, and driveInline with gpu', async () => {
+    await expect(
+      createEngine({ provider: 'tcp', driveInline: 'yes' as unknown as boolean }),
+    ).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: 'createEngine: driveInline must be a boolean, got "yes"',
+    });
+    await expect(
+      createEngine({ provider: 'tcp', driveInline: true, gpu: {} as NonNullable<EfaEngineOptions['gpu']> }),
+    ).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(/^createEngine: driveInline cannot be combined with gpu/),
+    });
+  });
 });
 
 describe('shared arrival words (immCounter of a native engine)', () => {

@@ -17,3 +17,15 @@ for (const nics of [1, 2]) {
     skip: skipFaultCases(noFaults),
   });
 }
+
+// driveInline: the JavaScript thread runs the engine's turns while it polls (busy polling on, so
+// most of each case's work is posted and completed on it); the same cases, the same answers.
+defineConformanceSuite({
+  name: 'backend-verbs rc-model nics=1 driveInline busyPollUs=50',
+  nics: 1,
+  seed: 11,
+  createGroup: groupOf(() =>
+    createEngine({ model: true, nics: 1, opTimeoutMs: 10_000, driveInline: true, busyPollUs: 50 }),
+  ),
+  skip: skipFaultCases(noFaults),
+});

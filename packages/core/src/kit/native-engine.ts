@@ -304,6 +304,23 @@ export interface NativeEngineTuning {
    * the event loop keeps turning.
    */
   busyPollUs?: number;
+  /**
+   * Latency mode on the JavaScript thread (default false). While JavaScript polls
+   * (`poll`, `pollUntil`, and busy polling), each poll runs the worker's loop turn on the
+   * JavaScript thread itself — its commands handled and posted, the completion queues read, arrivals
+   * counted — and so does each submission made within 100 µs of a poll: the work request is posted
+   * before the call returns. The worker thread sleeps meanwhile and takes over again once no poll has
+   * come for 100 µs (work submitted or landing after the loop ends waits up to that long for it).
+   * A latency loop then hands nothing between threads (docs/benchmarks.md has the figures).
+   *
+   * The cost: the provider is called on the JavaScript thread. A provider call that never returns
+   * — libfabric 1.17's shm wedges `fi_writemsg` on a peer that died holding its lock — then hangs
+   * the JavaScript thread rather than the worker (which the engine would give up on; see
+   * `stats().events`), and a poll is slower when there is work to do (it does it). Not with `gpu`
+   * (GPU copies are ordered on the worker thread's CUDA context): `createEngine` refuses both.
+   * Use it for a loop that spins on `pollUntil` / `poll` anyway; leave it off for streams of writes.
+   */
+  driveInline?: boolean;
   limits?: Partial<EngineLimits>;
   /**
    * Where each watcher's 64-bit word lives. Default: a SharedArrayBuffer (host producers). For a
@@ -395,6 +412,16 @@ function checkTuning(t: NativeEngineTuning): void {
     if (v > max)
       throw new TrellisError('INVALID_ARGUMENT', `createEngine: ${k} must be at most ${max}, got ${v}`);
   }
+  if (t.driveInline !== undefined && typeof t.driveInline !== 'boolean')
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `createEngine: driveInline must be a boolean, got ${JSON.stringify(t.driveInline)}`,
+    );
+  if (t.driveInline && t.gpu)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      'createEngine: driveInline cannot be combined with gpu (GPU copies are ordered on the worker thread): drop one',
+    );
   const max = t.maxInflight ?? 1024;
   if (t.peerWindow !== undefined && t.peerWindow > max)
     throw new TrellisError(
@@ -427,6 +454,7 @@ export function nativeTuning(
     peerWindow: opts.peerWindow,
     doorbellUs: opts.doorbellUs,
     arrivalBatchUs: opts.arrivalBatchUs,
+    driveInline: opts.driveInline,
   };
 }
 

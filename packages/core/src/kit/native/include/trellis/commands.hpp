@@ -172,6 +172,14 @@ class WriteRecycler {
   // The worker thread starts: commands released on it come back here.
   void bind_worker() { worker_home() = this; }
 
+  // This thread runs the worker's turn for now (JS driving inline, see Worker::drive): commands
+  // released on it come back to `r` until it is bound back to what this returns.
+  static WriteRecycler* bind_thread(WriteRecycler* r) {
+    WriteRecycler* was = worker_home();
+    worker_home() = r;
+    return was;
+  }
+
   // Whether this thread is the worker of `r` (compares pointers only: `r` may be gone).
   static bool on_worker_of(const WriteRecycler* r) { return worker_home() == r; }
 
@@ -292,6 +300,7 @@ struct EngineOptions {
   uint32_t send_buffers = 64;
   uint32_t doorbell_us = 0;       // ring JS at most once per this many µs (0: as soon as JS drained)
   uint32_t arrival_us = 1000;     // arrivals no JS waiter needs ring at most this late (0: at once)
+  bool drive_inline = false;      // JS's polls (and its commands while it polls) run the worker's turn on its thread
 };
 
 }  // namespace trellis

@@ -68,9 +68,19 @@ class Engine final : private Worker::Body {
   // The JS thread: a write command to fill and push (reused; see WriteRecycler).
   WritePtr take_write() { return writes_.take(); }
 
-  // The JS thread's commands (the worker's ring), in order.
-  void push(Cmd&& c) { worker_.push_local(std::move(c)); }
-  void push_all(std::vector<Cmd>& cs) { worker_.push_all_local(cs); }
+  // The JS thread's commands (the worker's ring), in order. Inline driving, while JS polls: handled
+  // on this thread at once (Worker::drive), the worker not woken for them.
+  void push(Cmd&& c) {
+    if (!worker_.drives_inline()) return worker_.push_local(std::move(c));
+    worker_.push_local(std::move(c), false);
+    if (!worker_.drive(*this, false)) worker_.wake_js();
+  }
+  void push_all(std::vector<Cmd>& cs) {
+    if (!worker_.drives_inline()) return worker_.push_all_local(cs);
+    if (cs.empty()) return;
+    for (auto& c : cs) worker_.push_local(std::move(c), false);
+    if (!worker_.drive(*this, false)) worker_.wake_js();
+  }
   // Another thread's (a port's poster): the locked queue.
   void push_any(Cmd&& c) { worker_.push(std::move(c)); }
 
@@ -79,8 +89,10 @@ class Engine final : private Worker::Body {
 
   // JS thread, latency mode: is anything waiting to be drained? Marks JS as polling (no doorbell
   // is rung while it keeps polling).
+  // Inline driving: the poll runs the worker's turn here first (Worker::drive).
   bool poll_ready() {
     events_.polled();
+    if (worker_.drives_inline()) worker_.drive(*this, true);
     return events_.ready();
   }
   bool end_poll() { return events_.unpolled(); }
@@ -156,6 +168,9 @@ class Engine final : private Worker::Body {
 
   // -------------------------------------------------------------------------------- the worker's body
   void started() override { writes_.bind_worker(); }
+  // JS runs a turn: the commands it releases come back to its recycler, as the worker's do.
+  void enter() override { js_home_ = WriteRecycler::bind_thread(&writes_); }
+  void leave() override { WriteRecycler::bind_thread(js_home_); }
   bool idle() const override { return group_.idle(); }
   bool may_block() const override { return !watches_.polled(); }
   bool try_wait() override { return group_.try_wait(); }
@@ -228,6 +243,7 @@ class Engine final : private Worker::Body {
   Watches watches_;
   std::mutex ports_mu_;
   std::vector<std::weak_ptr<PortState>> ports_;
+  WriteRecycler* js_home_ = nullptr;  // JS's recycler binding outside a turn it drives
 };
 
 }  // namespace trellis

@@ -289,6 +289,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     eo.send_buffers = num("sendBuffers", eo.send_buffers);
     eo.doorbell_us = num("doorbellUs", eo.doorbell_us);
     eo.arrival_us = num("arrivalBatchUs", eo.arrival_us);
+    eo.drive_inline = opts.Has("driveInline") && opts.Get("driveInline").ToBoolean().Value();
 
     last_cb_ = Napi::Persistent(info[1].As<Napi::Function>());
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "trellis-events", 0, 1);

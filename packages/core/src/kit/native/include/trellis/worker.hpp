@@ -54,13 +54,20 @@ class Worker {
     virtual void shutdown() = 0;
     // First thing on the worker thread.
     virtual void started() {}
+    // Around a turn JS runs on its own thread (inline driving; see drive()).
+    virtual void enter() {}
+    virtual void leave() {}
 
    protected:
     ~Body() = default;
   };
 
   Worker(EventQueue& events, const EngineOptions& opts)
-      : events_(events), cpu_(opts.cpu), idle_spin_us_(opts.idle_spin_us), max_sleep_us_(opts.max_sleep_us) {
+      : events_(events),
+        cpu_(opts.cpu),
+        idle_spin_us_(opts.idle_spin_us),
+        max_sleep_us_(opts.max_sleep_us),
+        inline_(opts.drive_inline) {
     ring_.reset(new Slot[kRing]);
   }
   ~Worker() { close_wait(); }
@@ -132,6 +139,36 @@ class Worker {
   // The JS thread: its commands that went the locked way because the ring was full.
   uint64_t overflowed() const { return overflowed_; }
 
+  // Inline driving (EngineOptions::drive_inline): JS's polls run the worker's turn on the JS
+  // thread — its commands handled and posted there, the CQs polled there, the events flushed
+  // there — and the worker stays away (asleep) until JS has not polled for kDriveLeaseUs. A latency
+  // loop then pays no handoff between threads: no command crossing to another core, no arrival or
+  // completion coming back from one, no cache lines of the table and the CQ moving between them.
+  bool drives_inline() const { return inline_; }
+
+  // The JS thread, inline driving: JS polls (`poll`) — or, `poll` false, JS pushed a command and
+  // has polled within the lease — so run a turn here. False where it did not (not within the lease;
+  // or the worker held the role for kDriveWaitUs: a long turn, or stuck inside the provider): the
+  // worker then takes what JS pushed, and must be woken for it (wake_js()).
+  bool drive(Body& body, bool poll) {
+    const auto now = clock::now();
+    if (poll) {
+      drive_ns_.store(ns(now), std::memory_order_relaxed);
+    } else if (!js_drives(now)) {
+      return false;
+    }
+    if (!take_role(now)) return false;
+    body.enter();
+    turn(body, now);
+    body.leave();
+    role_.store(false, std::memory_order_release);
+    return true;
+  }
+
+  // The JS thread: a command it pushed without waking the worker (push_local(c, false)) that its
+  // drive() did not take: wake the worker for it.
+  void wake_js() { wake_local(); }
+
   // Loop iterations so far (the engine's heartbeat).
   uint64_t heartbeat() const { return heartbeat_.load(std::memory_order_relaxed); }
 
@@ -186,58 +223,125 @@ class Worker {
   void run(Body& body) {
     body.started();
     auto last_active = clock::now();
-    auto last_deadline_check = clock::now();
-    std::vector<Cmd> batch, overflow;
+    last_deadline_check_ = clock::now();
     while (!stopping_.load(std::memory_order_relaxed)) {
       heartbeat_.fetch_add(1, std::memory_order_relaxed);
-      bool active = false;
       auto now = clock::now();
+      if (inline_) {
+        // JS runs the turns while it polls: keep off its lines (the CQ's, the table's) until it stops.
+        if (js_drives(now)) {
+          wait_driven(now);
+          continue;
+        }
+        if (!try_role()) continue;  // JS took a turn just now: look again
+      }
       if (max_sleep_us_ && body.idle() && now - last_active > std::chrono::microseconds(idle_spin_us_)) {
         events_.flush(true);  // quiet arrivals too: nothing rings while it waits
-        wait_idle(body);
+        wait_idle(body);  // lets the role go before it blocks: take it again (unless JS drives now)
         now = clock::now();
+        if (inline_ && !holds_role_ && (js_drives(now) || !try_role())) continue;
       }
-      // The lock is taken only when a command went the locked way (another thread's, or JS's
-      // with the ring full): a spinning worker stays off it.
-      uint64_t split = UINT64_MAX;
-      if (cmds_pending_.load(std::memory_order_acquire)) {
-        std::lock_guard<std::mutex> g(cmd_mu_);
-        batch.swap(cmds_);
-        if (!overflow_cmds_.empty()) {
-          // JS's overflow comes after what it put in the ring before (nothing went into the ring
-          // while it overflowed), and before what it puts there from now on.
-          overflow.swap(overflow_cmds_);
-          split = tail_.load(std::memory_order_acquire);
-          overflow_.store(false, std::memory_order_relaxed);
-        }
-        cmds_pending_.store(false, std::memory_order_relaxed);
-      }
-      // Read after the lock: a port's post is handled after what JS pushed before handing it over.
-      const uint64_t tail = tail_.load(std::memory_order_acquire);
-      if (split != UINT64_MAX) {
-        active |= take_ring(body, split);
-        for (auto& c : overflow) body.handle(c);
-        overflow.clear();
-        active = true;
-      }
-      active |= take_ring(body, tail);
-      for (auto& c : batch) {
-        body.handle(c);
-        active = true;
-      }
-      batch.clear();
-      if (body.progress()) active = true;
-      if (now - last_deadline_check > std::chrono::milliseconds(5)) {
-        body.check_deadlines(now);
-        last_deadline_check = now;
-      }
-      if (active) {
+      if (turn(body, now)) {
         last_active = now;
         sleep_us_ = kFirstSleepUs;
       }
-      events_.flush();
+      drop_role();
+    }
+    // JS is inside stop() (or abandoned us): nothing drives; the role is free or ours.
+    if (inline_ && !holds_role_) {
+      while (!try_role()) std::this_thread::yield();
     }
     body.shutdown();
+    drop_role();
+  }
+
+  // One turn, by the worker or by JS driving (holding the role where inline): the commands, then
+  // posts and completions, deadlines every 5 ms, and one flush of the events. Whether anything
+  // happened.
+  bool turn(Body& body, clock::time_point now) {
+    bool active = false;
+    // The lock is taken only when a command went the locked way (another thread's, or JS's
+    // with the ring full): a spinning worker stays off it.
+    uint64_t split = UINT64_MAX;
+    if (cmds_pending_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      batch_.swap(cmds_);
+      if (!overflow_cmds_.empty()) {
+        // JS's overflow comes after what it put in the ring before (nothing went into the ring
+        // while it overflowed), and before what it puts there from now on.
+        overflow_batch_.swap(overflow_cmds_);
+        split = tail_.load(std::memory_order_acquire);
+        overflow_.store(false, std::memory_order_relaxed);
+      }
+      cmds_pending_.store(false, std::memory_order_relaxed);
+    }
+    // Read after the lock: a port's post is handled after what JS pushed before handing it over.
+    const uint64_t tail = tail_.load(std::memory_order_acquire);
+    if (split != UINT64_MAX) {
+      active |= take_ring(body, split);
+      for (auto& c : overflow_batch_) body.handle(c);
+      overflow_batch_.clear();
+      active = true;
+    }
+    active |= take_ring(body, tail);
+    for (auto& c : batch_) {
+      body.handle(c);
+      active = true;
+    }
+    batch_.clear();
+    if (body.progress()) active = true;
+    if (now - last_deadline_check_ > std::chrono::milliseconds(5)) {
+      body.check_deadlines(now);
+      last_deadline_check_ = now;
+    }
+    events_.flush();
+    return active;
+  }
+
+  // -------------------------------------------------------------------------------- inline driving
+  // The role: whoever holds it runs turns (the worker, or JS in drive()). A flag, not a mutex: the
+  // worker only ever tries it, and JS spins at most kDriveWaitUs, so nobody sleeps on it and
+  // letting it go costs a store.
+  bool try_role() {
+    if (role_.load(std::memory_order_relaxed) || role_.exchange(true, std::memory_order_acquire)) return false;
+    holds_role_ = true;
+    return true;
+  }
+  // The JS thread: the role, waiting up to kDriveWaitUs for a turn of the worker's to end.
+  bool take_role(clock::time_point now) {
+    for (uint32_t spins = 0;; spins++) {
+      if (!role_.load(std::memory_order_relaxed) && !role_.exchange(true, std::memory_order_acquire)) return true;
+      if ((spins & 255) == 255 && clock::now() - now > std::chrono::microseconds(kDriveWaitUs)) return false;
+    }
+  }
+
+  // The worker: let the role go, if it holds it.
+  void drop_role() {
+    if (!holds_role_) return;
+    holds_role_ = false;
+    role_.store(false, std::memory_order_release);
+  }
+
+  static int64_t ns(clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  }
+
+  // JS polled within the lease.
+  bool js_drives(clock::time_point now) const {
+    const int64_t at = drive_ns_.load(std::memory_order_relaxed);
+    return at != 0 && ns(now) - at < int64_t(kDriveLeaseUs) * 1000;
+  }
+
+  // The worker while JS drives: sleep until the lease would run out (a push of another thread's,
+  // JS's fallback wake or stop() wakes it earlier). JS's turns take every command meanwhile.
+  void wait_driven(clock::time_point now) {
+    const int64_t left = int64_t(kDriveLeaseUs) * 1000 - (ns(now) - drive_ns_.load(std::memory_order_relaxed));
+    if (left <= 0) return;
+    std::unique_lock<std::mutex> g(cmd_mu_);
+    if (stopping_.load()) return;
+    sleeping_.store(true, std::memory_order_seq_cst);
+    cmd_cv_.wait_for(g, std::chrono::nanoseconds(left));
+    sleeping_.store(false, std::memory_order_relaxed);
   }
 
   // Handle the ring's commands up to `end` (moved out of their slots, so a slot holds nothing once
@@ -311,13 +415,14 @@ class Worker {
 
   void wait_idle(Body& body) {
     std::unique_lock<std::mutex> g(cmd_mu_);
-    if (!cmds_.empty() || !overflow_cmds_.empty() || stopping_.load()) return;
+    if (!cmds_.empty() || !overflow_cmds_.empty() || stopping_.load()) return;  // a turn first
 #ifdef __linux__
     if (use_epoll_ && body.may_block()) {
       in_wait_.store(true, std::memory_order_seq_cst);
       bool empty = cmds_.empty() && overflow_cmds_.empty() && ring_empty();
       g.unlock();
       bool can_block = empty && body.try_wait();
+      drop_role();  // JS may drive while this blocks (its polls read the CQ: the fd may turn stale)
       if (can_block) {
         epoll_event evs[8];
         // Bounded so that deadlines are still checked.
@@ -335,6 +440,7 @@ class Worker {
     // Without a wait fd (shm, efa) incoming traffic is seen only by polling, and on shm the
     // sender's progress needs ours: sleep briefly at first, doubling while nothing happens, so a
     // short lull costs little latency and a long one little CPU.
+    drop_role();
     sleeping_.store(true, std::memory_order_seq_cst);
     if (ring_empty()) cmd_cv_.wait_for(g, std::chrono::microseconds(sleep_us_));
     sleeping_.store(false, std::memory_order_relaxed);
@@ -345,6 +451,7 @@ class Worker {
   const int cpu_;
   const uint32_t idle_spin_us_;
   const uint32_t max_sleep_us_;
+  const bool inline_;
 
   std::mutex cmd_mu_;
   std::condition_variable cmd_cv_;
@@ -371,8 +478,16 @@ class Worker {
   alignas(64) uint64_t head_seen_ = 0;          // JS's last read of head_
   uint64_t overflowed_ = 0;                     // JS's: its commands pushed while the ring was full
   std::atomic<bool> overflow_{false};           // JS's commands go to overflow_cmds_ until the worker takes them
-  alignas(64) uint64_t head_local_ = 0;         // the worker's own copy of head_
+  alignas(64) uint64_t head_local_ = 0;         // the role holder's copy of head_ (the worker's, but for inline driving)
+  std::vector<Cmd> batch_, overflow_batch_;      // the role holder's: a turn's commands that went the locked way
+  clock::time_point last_deadline_check_{};      // the role holder's
   uint32_t sleep_us_ = kFirstSleepUs;
+  // Inline driving: the role (see try_role) and JS's last poll, apart from everything else.
+  static constexpr uint32_t kDriveLeaseUs = EventQueue::kPollQuietUs;
+  static constexpr uint32_t kDriveWaitUs = 2000;
+  alignas(64) std::atomic<bool> role_{false};
+  bool holds_role_ = false;                     // the worker's: it holds role_
+  alignas(64) std::atomic<int64_t> drive_ns_{0};  // JS's: steady clock of its last poll (0: never)
 };
 
 }  // namespace trellis
