@@ -59,6 +59,11 @@ export function checkConfig(
       'INVALID_ARGUMENT',
       `${who}: numExperts ${c.numExperts} must be a multiple of worldSize ${c.worldSize}`,
     );
+  if (c.topk > c.numExperts)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${who}: topk ${c.topk} is more than numExperts ${c.numExperts} (a token picks at most every expert once)`,
+    );
   if (c.worldSize % c.nodeSize)
     throw new TrellisError('INVALID_ARGUMENT', `${who}: worldSize must be a multiple of nodeSize`);
   if (!(c.inDtype in ELEM) || !(c.outDtype in ELEM) || c.outDtype === ('fp8' as string))

@@ -109,6 +109,9 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(MoeAllToAll.create(e, cfg))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.create: numExperts 3 must be a multiple of worldSize 2',
     );
+    expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 2, topk: 3 }))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: topk 3 is more than numExperts 2 (a token picks at most every expert once)',
+    );
     const m = await MoeAllToAll.create(e, { ...cfg, numExperts: 4 });
     m.connect([m.descriptor, m.descriptor]);
     const x = { tokens: new Uint8Array(16), topkIds: Int32Array.of(0, 9), topkWeights: new Float32Array(2) };
