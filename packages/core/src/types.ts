@@ -126,8 +126,11 @@ export interface TransferEngine {
    * waiting for the event loop to be woken for it. Returns whether anything was delivered.
    * Promise reactions of what it settles run at the next microtask checkpoint. While JavaScript
    * keeps polling (at least every 100 µs) the worker stops ringing the event loop; once it stops,
-   * delivery goes back to the event loop. Absent on the loopback engine and on wrappers such as
-   * `withFaults`. Most callers want {@link TransferEngine.pollUntil}.
+   * delivery goes back to the event loop. With the native engines' option `driveInline`, the
+   * poll first runs the engine's loop turn on this thread (posts, completion-queue reads, arrival
+   * counts), and submissions within 100 µs of a poll are posted before they return. Absent on the
+   * loopback engine and on wrappers such as `withFaults`. Most callers want
+   * {@link TransferEngine.pollUntil}.
    */
   poll?(): boolean;
   /**
