@@ -151,6 +151,7 @@ class Worker {
   // or the worker held the role for kDriveWaitUs: a long turn, or stuck inside the provider): the
   // worker then takes what JS pushed, and must be woken for it (wake_js()).
   bool drive(Body& body, bool poll) {
+    if (stopping_.load(std::memory_order_relaxed)) return false;  // stopped: nothing runs turns any more
     const auto now = clock::now();
     if (poll) {
       drive_ns_.store(ns(now), std::memory_order_relaxed);
@@ -223,7 +224,7 @@ class Worker {
   void run(Body& body) {
     body.started();
     auto last_active = clock::now();
-    last_deadline_check_ = clock::now();
+    bool was_driven = false;
     while (!stopping_.load(std::memory_order_relaxed)) {
       heartbeat_.fetch_add(1, std::memory_order_relaxed);
       auto now = clock::now();
@@ -231,9 +232,20 @@ class Worker {
         // JS runs the turns while it polls: keep off its lines (the CQ's, the table's) until it stops.
         if (js_drives(now)) {
           wait_driven(now);
+          was_driven = true;
           continue;
         }
-        if (!try_role()) continue;  // JS took a turn just now: look again
+        if (!try_role()) {
+          std::this_thread::yield();  // JS is in a turn (a long one, say): look again
+          continue;
+        }
+        if (was_driven) {
+          // JS stopped polling: what it left in flight is the worker's now. Spin as after activity
+          // (idleSpinUs) rather than resume the backoff of before the loop.
+          was_driven = false;
+          last_active = now;
+          sleep_us_ = kFirstSleepUs;
+        }
       }
       if (max_sleep_us_ && body.idle() && now - last_active > std::chrono::microseconds(idle_spin_us_)) {
         events_.flush(true);  // quiet arrivals too: nothing rings while it waits
@@ -440,9 +452,10 @@ class Worker {
     // Without a wait fd (shm, efa) incoming traffic is seen only by polling, and on shm the
     // sender's progress needs ours: sleep briefly at first, doubling while nothing happens, so a
     // short lull costs little latency and a long one little CPU.
+    const uint64_t taken = head_local_;  // read while the role is held: a JS turn may move it next
     drop_role();
     sleeping_.store(true, std::memory_order_seq_cst);
-    if (ring_empty()) cmd_cv_.wait_for(g, std::chrono::microseconds(sleep_us_));
+    if (tail_.load(std::memory_order_seq_cst) == taken) cmd_cv_.wait_for(g, std::chrono::microseconds(sleep_us_));
     sleeping_.store(false, std::memory_order_relaxed);
     sleep_us_ = std::min(sleep_us_ * 2, std::max<uint32_t>(max_sleep_us_, kFirstSleepUs));
   }
@@ -480,7 +493,7 @@ class Worker {
   std::atomic<bool> overflow_{false};           // JS's commands go to overflow_cmds_ until the worker takes them
   alignas(64) uint64_t head_local_ = 0;         // the role holder's copy of head_ (the worker's, but for inline driving)
   std::vector<Cmd> batch_, overflow_batch_;      // the role holder's: a turn's commands that went the locked way
-  clock::time_point last_deadline_check_{};      // the role holder's
+  clock::time_point last_deadline_check_ = clock::now();  // the role holder's (set here: JS may drive at once)
   uint32_t sleep_us_ = kFirstSleepUs;
   // Inline driving: the role (see try_role) and JS's last poll, apart from everything else.
   static constexpr uint32_t kDriveLeaseUs = EventQueue::kPollQuietUs;
