@@ -317,7 +317,8 @@ export interface NativeEngineTuning {
    * — libfabric 1.17's shm wedges `fi_writemsg` on a peer that died holding its lock — then hangs
    * the JavaScript thread rather than the worker (which the engine would give up on; see
    * `stats().events`), and a poll is slower when there is work to do (it does it). Not with `gpu`
-   * (GPU copies are ordered on the worker thread's CUDA context): `createEngine` refuses both.
+   * (GPU copies are ordered on the worker thread's CUDA context): `createEngine` rejects both
+   * together with `INVALID_ARGUMENT`, as it does a value that is not a boolean.
    * Use it for a loop that spins on `pollUntil` / `poll` anyway; leave it off for streams of writes.
    */
   driveInline?: boolean;
