@@ -216,8 +216,10 @@ describe('driveInline: the JavaScript thread runs the engine while it polls', ()
       (e: { code: string }) => e.code,
     );
     void outcome.then(() => (settled = true));
-    // Polling all along: the ping settles by its own deadline (2 s), not by the event loop.
-    await engine.pollUntil(() => settled, { timeoutMs: 10_000 });
+    // Polling all along: the ping settles by its own deadline (2 s), not by the event loop. The
+    // bound is a hang guard only: under a loaded CI run it once took more than 10 s (cause not yet
+    // found; see docs/benchmarks.md, "Driving inline").
+    await engine.pollUntil(() => settled, { timeoutMs: 45_000 });
     expect(['PEER_LOST', 'CONNECTION_RESET', 'TIMEOUT']).toContain(await outcome);
     await pings(engine, live.peer, 5);
     expect(await live.next()).toEqual({ done: 10 });
@@ -227,7 +229,7 @@ describe('driveInline: the JavaScript thread runs the engine while it polls', ()
     const exit = live.exited();
     live.send({ exit: true });
     expect(await exit).toBe(0);
-  }, 60_000);
+  }, 90_000);
 
   it('createEngine refuses a driveInline that is not a boolean, and driveInline with gpu', async () => {
     await expect(
