@@ -32,13 +32,22 @@ async function responder(provider: 'shm' | 'tcp', driveInline = false) {
       await new Promise((r) => child.once('exit', r));
     }
   });
+  const send = (m: object) => child.stdin!.write(`${JSON.stringify(m)}\n`);
+  const exited = () => new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const desc = MrDesc.parse(first.desc as string);
   return {
     child,
-    desc: MrDesc.parse(first.desc as string),
-    peer: MrDesc.parse(first.desc as string).owner,
+    desc,
+    peer: desc.owner,
     next,
-    send: (m: object) => child.stdin!.write(`${JSON.stringify(m)}\n`),
-    exited: () => new Promise<number | null>((r) => child.once('exit', (code) => r(code))),
+    send,
+    exited,
+    /** Tell it to exit; resolves with its exit code. */
+    stop: () => {
+      const exit = exited();
+      send({ exit: true });
+      return exit;
+    },
   };
 }
 
@@ -99,9 +108,7 @@ for (const provider of ['shm', 'tcp'] as const) {
         const s = engine.stats();
         expect(s.ops.failed).toBe(0);
         expect(s.nics[0]!.immsReceived).toBe(rounds);
-        const exit = r.exited();
-        r.send({ exit: true });
-        expect(await exit).toBe(0);
+        expect(await r.stop()).toBe(0);
       }, 60_000);
     }
 
@@ -132,9 +139,7 @@ for (const provider of ['shm', 'tcp'] as const) {
         timeoutMs: 100,
       });
       await expect(late).rejects.toMatchObject({ code: 'TIMEOUT' });
-      const exit = r.exited();
-      r.send({ exit: true });
-      expect(await exit).toBe(0);
+      expect(await r.stop()).toBe(0);
     }, 60_000);
   });
 }
@@ -190,9 +195,7 @@ describe('driveInline: the JavaScript thread runs the engine while it polls', ()
       expect(s.nics[0]!.writeOps).toBe(23);
       expect(s.nics[0]!.bytesWritten).toBe(3 * 4096);
       expect(s.nics[0]!.immsReceived).toBe(20);
-      const exit = r.exited();
-      r.send({ exit: true });
-      expect(await exit).toBe(0);
+      expect(await r.stop()).toBe(0);
     }, 60_000);
   }
 
@@ -226,9 +229,7 @@ describe('driveInline: the JavaScript thread runs the engine while it polls', ()
     const s = engine.stats();
     expect(s.ops.failed).toBe(1);
     expect(s.ops.completed).toBe(15);
-    const exit = live.exited();
-    live.send({ exit: true });
-    expect(await exit).toBe(0);
+    expect(await live.stop()).toBe(0);
   }, 90_000);
 
   it('createEngine refuses a driveInline that is not a boolean, and driveInline with gpu', async () => {

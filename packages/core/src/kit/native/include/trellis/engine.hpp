@@ -73,13 +73,13 @@ class Engine final : private Worker::Body {
   void push(Cmd&& c) {
     if (!worker_.drives_inline()) return worker_.push_local(std::move(c));
     worker_.push_local(std::move(c), false);
-    if (!worker_.drive(*this, false)) worker_.wake_js();
+    drive_or_wake();
   }
   void push_all(std::vector<Cmd>& cs) {
     if (!worker_.drives_inline()) return worker_.push_all_local(cs);
     if (cs.empty()) return;
     for (auto& c : cs) worker_.push_local(std::move(c), false);
-    if (!worker_.drive(*this, false)) worker_.wake_js();
+    drive_or_wake();
   }
   // Another thread's (a port's poster): the locked queue.
   void push_any(Cmd&& c) { worker_.push(std::move(c)); }
@@ -149,6 +149,11 @@ class Engine final : private Worker::Body {
   }
 
  private:
+  // Inline driving: what JS just pushed (unwoken) runs in a turn here, or the worker is woken for it.
+  void drive_or_wake() {
+    if (!worker_.drive(*this, false)) worker_.wake_js();
+  }
+
   // No port posts anything once this returns (post() checks `engine` under the port's lock).
   void close_ports() {
     std::vector<std::weak_ptr<PortState>> ports;

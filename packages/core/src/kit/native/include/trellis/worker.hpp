@@ -314,15 +314,13 @@ class Worker {
   // The role: whoever holds it runs turns (the worker, or JS in drive()). A flag, not a mutex: the
   // worker only ever tries it, and JS spins at most kDriveWaitUs, so nobody sleeps on it and
   // letting it go costs a store.
-  bool try_role() {
-    if (role_.load(std::memory_order_relaxed) || role_.exchange(true, std::memory_order_acquire)) return false;
-    holds_role_ = true;
-    return true;
-  }
+  bool grab_role() { return !role_.load(std::memory_order_relaxed) && !role_.exchange(true, std::memory_order_acquire); }
+  // The worker: the role, if free now.
+  bool try_role() { return holds_role_ = grab_role(); }
   // The JS thread: the role, waiting up to kDriveWaitUs for a turn of the worker's to end.
   bool take_role(clock::time_point now) {
     for (uint32_t spins = 0;; spins++) {
-      if (!role_.load(std::memory_order_relaxed) && !role_.exchange(true, std::memory_order_acquire)) return true;
+      if (grab_role()) return true;
       if ((spins & 255) == 255 && clock::now() - now > std::chrono::microseconds(kDriveWaitUs)) return false;
     }
   }
