@@ -128,7 +128,9 @@ export interface TransferEngine {
    * keeps polling (at least every 100 µs) the worker stops ringing the event loop; once it stops,
    * delivery goes back to the event loop. With the native engines' option `driveInline`, the
    * poll first runs the engine's loop turn on this thread (posts, completion-queue reads, arrival
-   * counts), and submissions within 100 µs of a poll are posted before they return. Absent on the
+   * counts), and submissions within 100 µs of a poll are posted before they return. Every 64th
+   * poll also fires the engine's own timers that are due (operations' `timeoutMs`, waits'
+   * timeouts): a loop of polls that never awaits still sees every deadline. Absent on the
    * loopback engine and on wrappers such as `withFaults`. Most callers want
    * {@link TransferEngine.pollUntil}.
    */
@@ -136,7 +138,9 @@ export interface TransferEngine {
   /**
    * Latency mode, native backends: spin on this thread — {@link TransferEngine.poll}, then yield
    * to microtasks only, so promise reactions run but timers and I/O do not — until `done()`
-   * returns true. Costs one CPU core for as long as it spins (the engine's worker spins too while
+   * returns true. The engine's own timers still fire while it spins (an operation's `timeoutMs`,
+   * a counter wait's or `quiesce`'s timeout, probes, heartbeats): every operation settles by its
+   * deadline inside the loop; the application's `setTimeout`s wait for it to end. Costs one CPU core for as long as it spins (the engine's worker spins too while
    * operations are in flight). Rejects with `TIMEOUT` after `opts.timeoutMs` (default: the
    * engine's operation timeout), `ABORTED` if `opts.signal` is aborted (checked between polls),
    * `CLOSED` if the engine closes, and with whatever `done` throws. Once the last one returns, the

@@ -2,6 +2,7 @@
 // completion path and users wait on (in call order, with deadlines and aborts).
 import { TrellisError } from '../errors.js';
 import type { ImmCounter, WaitOptions } from '../types.js';
+import { type Timer, Timers } from './timers.js';
 import { checkImm } from './validate.js';
 
 interface Waiter {
@@ -132,7 +133,7 @@ class Counter implements ImmCounter {
       return Promise.resolve();
     }
     return new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
+      let timer: Timer | undefined;
       const onAbort = (): void => {
         this.remove(w);
         reject(
@@ -148,12 +149,12 @@ class Counter implements ImmCounter {
         resolve,
         reject,
         cleanup: () => {
-          if (timer) clearTimeout(timer);
+          this.table.timers.cancel(timer);
           opts.signal?.removeEventListener('abort', onAbort);
         },
       };
       if (opts.timeoutMs !== undefined) {
-        timer = setTimeout(() => {
+        timer = this.table.timers.after(opts.timeoutMs, () => {
           this.remove(w);
           reject(
             new TrellisError(
@@ -162,7 +163,7 @@ class Counter implements ImmCounter {
               { op },
             ),
           );
-        }, opts.timeoutMs);
+        });
       }
       opts.signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
@@ -231,6 +232,12 @@ class Counter implements ImmCounter {
  * request); users reach counters through `engine.immCounter(imm)`.
  */
 export class ImmCounterTable {
+  /**
+   * @param timers - where waits' timeouts are armed: the engine's, which its polling loops fire
+   * too (a table of its own by default).
+   */
+  constructor(readonly timers: Timers = new Timers()) {}
+
   private readonly counters = new Map<number, Counter>();
   private closeErr: TrellisError | undefined;
   /** @internal */

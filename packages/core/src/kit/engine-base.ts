@@ -44,6 +44,7 @@ import { LiveOps, MAX_OP_ID } from './live-ops.js';
 import { PendingOp } from './pending-op.js';
 import { RecvPool, Region, type RegionAlloc } from './region.js';
 import { touchesStaged } from './staging.js';
+import { type Timer, Timers } from './timers.js';
 import { FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js';
 import { callUser } from './user.js';
 import {
@@ -85,7 +86,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   readonly limits: EngineLimits;
   closed = false;
 
-  protected readonly counters = new ImmCounterTable();
+  /**
+   * @internal The engine's own timers (operation deadlines, wait timeouts, probe back-offs,
+   * heartbeats), which its polling loops fire as well as the event loop.
+   */
+  readonly timers = new Timers();
+  protected readonly counters = new ImmCounterTable(this.timers);
   private readonly regions = new Set<Region>();
   private readonly ops = new LiveOps();
   private readonly groups = new Map<number, PeerGroup>();
@@ -888,9 +894,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       const key = p.toString();
       if (!this.inFlightTo.get(key)) return Promise.resolve();
       return new Promise<void>((resolve, reject) => {
-        let timer: NodeJS.Timeout | undefined;
+        let timer: Timer | undefined;
         const done = () => {
-          if (timer) clearTimeout(timer);
+          this.timers.cancel(timer);
           opts.signal?.removeEventListener('abort', onAbort);
           resolve();
         };
@@ -901,20 +907,18 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
               key,
               list.filter((f) => f !== done),
             );
-          if (timer) clearTimeout(timer);
+          this.timers.cancel(timer);
           reject(e);
         };
         const onAbort = () => give(new TrellisError('ABORTED', `${op}: aborted by its AbortSignal`));
         if (opts.timeoutMs !== undefined)
-          timer = setTimeout(
-            () =>
-              give(
-                new TrellisError(
-                  'TIMEOUT',
-                  `${op}: operations to ${key} still in flight after ${opts.timeoutMs} ms`,
-                ),
+          timer = this.timers.after(opts.timeoutMs, () =>
+            give(
+              new TrellisError(
+                'TIMEOUT',
+                `${op}: operations to ${key} still in flight after ${opts.timeoutMs} ms`,
               ),
-            opts.timeoutMs,
+            ),
           );
         opts.signal?.addEventListener('abort', onAbort, { once: true });
         const list = this.quiescers.get(key) ?? [];
@@ -926,7 +930,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     }
   }
 
-  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: Timer | undefined;
   private heartbeatMs = 0;
   private readonly probing = new Set<string>();
   private readonly misses = new Map<string, number>();
@@ -948,8 +952,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       );
     if (ms === 0) return;
     this.heartbeatMs = ms;
-    this.heartbeatTimer = setInterval(() => this.beat(), ms);
-    this.heartbeatTimer.unref();
+    this.heartbeatTimer = this.timers.every(ms, () => this.beat());
   }
 
   /** Probe every peer this engine has reached, not only those with operations in flight. */
@@ -1040,7 +1043,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         } catch (e) {
           if (!(e instanceof TrellisError) || e.code !== 'CONNECTION_RESET') return false;
         }
-        await new Promise((r) => setTimeout(r, 20));
+        await new Promise<void>((r) => this.timers.after(20, r));
       }
     };
     const p = attempt().then((alive) => {
@@ -1148,11 +1151,19 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         if (this.quiescers.size) {
           const qs = this.quiescers.get(k);
           this.quiescers.delete(k);
-          // After the settled operations' own promise reactions have run.
-          if (qs?.length)
-            setImmediate(() => {
+          // After the settled operations' own promise reactions have run: at the next event-loop
+          // turn, or at a polling loop's next look at the engine's timers, whichever comes first.
+          if (qs?.length) {
+            let fired = false;
+            const fire = () => {
+              if (fired) return;
+              fired = true;
+              this.timers.cancel(timer);
               for (const q of qs) q();
-            });
+            };
+            const timer = this.timers.after(0, fire, false);
+            setImmediate(fire);
+          }
         }
         if (this.inFlightTo.size > this.inFlightSweepAt) {
           for (const [key, count] of this.inFlightTo) if (count === 0) this.inFlightTo.delete(key);
@@ -1341,7 +1352,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   private async doClose(): Promise<void> {
     this.closed = true;
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.timers.cancel(this.heartbeatTimer);
     const err = new TrellisError('CLOSED', 'the engine was closed with this operation pending');
     for (const w of [...this.watchers]) w.close();
     this.counters.close(new TrellisError('CLOSED', 'immCounter.wait: the engine was closed'));

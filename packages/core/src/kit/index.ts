@@ -39,6 +39,7 @@ export {
 } from './native-engine.js';
 export { type OpOwner, PendingOp } from './pending-op.js';
 export { type PartedRegion, RecvPool, Region, type RegionAlloc, type RegionOwner } from './region.js';
+export { type Timer, Timers } from './timers.js';
 export { callUser } from './user.js';
 export {
   type BarrierPlan,

@@ -47,6 +47,7 @@ import { OpSlots } from './live-ops.js';
 import type { PendingOp } from './pending-op.js';
 import type { RecvPool, Region, RegionAlloc } from './region.js';
 import { type StagedMemory, Stager } from './staging.js';
+import type { Timer } from './timers.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -564,7 +565,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private finalStats: Float64Array | undefined;
   private readonly opTimeoutMs: number;
   /** When each in-flight op was posted, for the watchdog. */
-  private watchdog: NodeJS.Timeout | undefined;
+  private watchdog: Timer | undefined;
   private lastBeat = -1;
   private lastBeatAt = 0;
   private abandoned = false;
@@ -663,6 +664,7 @@ export abstract class NativeEngineBase extends EngineBase {
       gpu: this.gpu,
       opTimeoutMs: this.opTimeoutMs,
       maxMessageBytes: limits.maxMessageBytes,
+      timers: this.timers,
       internalOp: (site: CallSite, peer: NetAddr | undefined) => this.internalOp(site, peer),
       postPlan: (plan: Plan, op: PendingOp) => this.postPlan(plan, op),
       sendControl: (peer: NetAddr, bytes: Uint8Array, op: PendingOp) =>
@@ -1182,8 +1184,14 @@ export abstract class NativeEngineBase extends EngineBase {
 
   poll(): boolean {
     if (this.closed) return false;
+    // A loop of synchronous polls runs no event-loop turn: the engine's own timers (deadlines,
+    // wait timeouts) are looked at every 64th poll instead.
+    if ((++this.polls & 63) === 0 && performance.now() >= this.timers.next) this.timers.runDue();
     return this.pollNative();
   }
+
+  /** poll() calls so far (mod 2^31). */
+  private polls = 0;
 
   /**
    * native.poll(), its deliveries counted as polled; then the shared words of the values a wait
@@ -1351,8 +1359,15 @@ export abstract class NativeEngineBase extends EngineBase {
         if (this.closed) throw new TrellisError('CLOSED', `${op}: the engine was closed`, { op });
         if (opts.signal?.aborted) throw new TrellisError('ABORTED', `${op}: aborted`, { op });
         // Reactions of what a poll settled run at this await (a microtask: no event-loop turn).
-        if (!this.pollNative() && (spins & 63) === 0 && performance.now() > deadline)
-          throw new TrellisError('TIMEOUT', `${op}: done() still false after ${timeoutMs} ms`, { op });
+        const got = this.pollNative();
+        if ((spins & 63) === 0) {
+          // No event-loop turn runs while this loop spins, so no Node timer fires: the engine's
+          // own (operations' deadlines, waits' timeouts, probes, heartbeats, the watchdog) fire here.
+          const now = performance.now();
+          if (now >= this.timers.next) this.timers.runDue(now);
+          if (!got && now > deadline)
+            throw new TrellisError('TIMEOUT', `${op}: done() still false after ${timeoutMs} ms`, { op });
+        }
         await undefined;
       }
     } finally {
@@ -1531,8 +1546,7 @@ export abstract class NativeEngineBase extends EngineBase {
     op.postedAt = Date.now();
     this.kickBusyPoll();
     if (!this.watchdog && this.opTimeoutMs > 0) {
-      this.watchdog = setInterval(() => this.checkWorker(), 250);
-      this.watchdog.unref();
+      this.watchdog = this.timers.every(250, () => this.checkWorker());
     }
   }
 
@@ -1864,7 +1878,7 @@ export abstract class NativeEngineBase extends EngineBase {
     for (const id of [...this.sharedNames.keys()]) this.unlinkShared(id);
     // Open ports stay allocated (a consumer may still hold their handle); the worker's stop makes
     // every later post fail with TRELLIS_PORT_CLOSED.
-    if (this.watchdog) clearInterval(this.watchdog);
+    this.timers.cancel(this.watchdog);
     this.finalStats = this.native.stats();
     // Synchronous: the worker stops, and its last batch (pending ops as CLOSED) is delivered here.
     // A stuck worker cannot be joined: it is abandoned instead.

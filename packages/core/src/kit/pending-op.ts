@@ -5,6 +5,7 @@ import { type CallSite, TrellisError } from '../errors.js';
 import type { OpOptions } from '../types.js';
 import type { LiveOps } from './live-ops.js';
 import type { Region } from './region.js';
+import type { Timer, Timers } from './timers.js';
 
 const COMPLETED = Object.freeze({ error: undefined });
 
@@ -18,6 +19,8 @@ export interface OpOwner {
   heldLetGo(op: PendingOp): void;
   /** The op failed PEER_LOST. */
   peerFailed(op: PendingOp, err: TrellisError): void;
+  /** The engine's timers, which its polling loops fire too (the op's deadline is one). */
+  readonly timers: Timers;
 }
 
 /**
@@ -34,7 +37,7 @@ export class PendingOp {
   private promiseOf: Promise<void> | undefined;
   private resolveFn: (() => void) | undefined;
   private rejectFn: ((e: unknown) => void) | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: Timer | undefined;
   /** The AbortSignal the op watches, if any. */
   signal: AbortSignal | undefined;
   /** @internal When a native backend handed it to its worker (Date.now(); its watchdog reads it). */
@@ -84,11 +87,11 @@ export class PendingOp {
     if (opts.timeoutMs !== undefined) {
       this.armedAt = performance.now();
       this.timeoutMs = opts.timeoutMs;
-      this.timer = setTimeout(() => {
+      this.timer = this.engine.timers.after(opts.timeoutMs, () => {
         this.requestCancel(
           new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`),
         );
-      }, opts.timeoutMs);
+      });
     }
   }
 
@@ -125,7 +128,7 @@ export class PendingOp {
   private finish(ok: boolean): boolean {
     if (this.settled) return false;
     this.settled = true;
-    if (this.timer) clearTimeout(this.timer);
+    if (this.timer) this.engine.timers.cancel(this.timer);
     if (!this.held) for (const r of this.regions) r.release();
     this.engine.opSettled(this, ok);
     return true;

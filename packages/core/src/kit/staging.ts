@@ -15,6 +15,7 @@ import { CallSite, TrellisError, type TrellisErrorCode } from '../errors.js';
 import { autoShards, countImms } from '../imms.js';
 import type { PendingOp } from './pending-op.js';
 import type { Region } from './region.js';
+import type { Timer, Timers } from './timers.js';
 import type { PagedPlan, Plan, ScatterPlan, ScatterPlanTarget, SinglePlan } from './validate.js';
 
 /** Largest segment of a staged write. */
@@ -43,6 +44,8 @@ export interface StagingHost {
   readonly gpu: GpuMemoryOps | undefined;
   readonly opTimeoutMs: number;
   readonly maxMessageBytes: number;
+  /** The engine's timers (its polling loops fire them too). */
+  readonly timers: Timers;
   internalOp(site: CallSite, peer: NetAddr | undefined): PendingOp;
   /** Post a plan (no staging) as `op`. */
   postPlan(plan: Plan, op: PendingOp): void;
@@ -95,7 +98,7 @@ export class Stager {
   private readonly runs = new Map<PendingOp, Run>();
   private readonly acks = new Map<
     number,
-    { resolve: () => void; reject: (e: TrellisError) => void; timer: NodeJS.Timeout }
+    { resolve: () => void; reject: (e: TrellisError) => void; timer: Timer | undefined }
   >();
   private nextSeq = 1;
   readonly counters = { toHostBytes: 0, toDeviceBytes: 0, writes: 0, immsRaised: 0 };
@@ -225,18 +228,22 @@ export class Stager {
   private expectAck(run: Run, seq: number, peer: NetAddr): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const ms = this.host.opTimeoutMs;
-      const timer = setTimeout(
-        () =>
-          this.settleAck(
-            seq,
-            new TrellisError(
-              'TIMEOUT',
-              `${run.op.callsite.op}: the staged target ${peer.toString()} did not confirm its copy to GPU memory within ${ms} ms`,
-            ),
-          ),
-        ms > 0 ? ms : 2 ** 31 - 1,
-      );
-      timer.unref();
+      // No deadline where the engine has none (opTimeoutMs 0).
+      const timer =
+        ms > 0
+          ? this.host.timers.after(
+              ms,
+              () =>
+                this.settleAck(
+                  seq,
+                  new TrellisError(
+                    'TIMEOUT',
+                    `${run.op.callsite.op}: the staged target ${peer.toString()} did not confirm its copy to GPU memory within ${ms} ms`,
+                  ),
+                ),
+              false,
+            )
+          : undefined;
       this.acks.set(seq, {
         resolve: () => {
           run.acks.delete(seq);
@@ -257,7 +264,7 @@ export class Stager {
     const a = this.acks.get(seq);
     if (!a) return;
     this.acks.delete(seq);
-    clearTimeout(a.timer);
+    this.host.timers.cancel(a.timer);
     if (err) a.reject(err);
     else a.resolve();
   }

@@ -26,6 +26,10 @@ export const REACTIONS_CASE =
 export const LATENCY_MODE_CASE =
   'latency mode: pollUntil delivers completions and arrivals without the event loop; TIMEOUT, CLOSED and bad input; absent where the engine has no worker to poll';
 
+/** The id of the case: the engine's own deadlines fire while a latency loop spins. */
+export const LATENCY_TIMERS_CASE =
+  "latency mode: an operation's timeoutMs and a wait's timeout fire while pollUntil or a poll() loop spins (no event-loop turn runs)";
+
 export const REACTION_CASES: readonly ConformanceCase[] = [
   {
     id: REACTIONS_CASE,
@@ -236,6 +240,52 @@ export const REACTION_CASES: readonly ConformanceCase[] = [
           'closed engine',
         );
         assert.ok(closed instanceof TrellisError);
+      }),
+  },
+  {
+    id: LATENCY_TIMERS_CASE,
+    run: (ctx) =>
+      withGroup(ctx, 2, async ({ engines: [a, b] }) => {
+        if (!a!.pollUntil || !a!.poll) return; // no latency mode (the case above checks that)
+        const imm = 0x7501;
+        // Nothing below turns the event loop until the loops are over: this stays false, and no
+        // Node timer can have fired the deadlines.
+        let turned = false;
+        setImmediate(() => {
+          turned = true;
+        });
+        // A reaction armed on a total that never comes (50 ms), and a wait for an immediate that
+        // never comes (60 ms): both settle TIMEOUT while pollUntil spins.
+        const t = new SettleTracker();
+        const t0 = performance.now();
+        t.track(
+          a!.submitOnImm(imm, a!.immCounter(imm).total + 100, {
+            kind: 'imm',
+            dst: b!.address,
+            imm: imm + 1,
+            timeoutMs: 50,
+          }),
+        );
+        t.track(a!.immCounter(imm + 2).wait(1, { timeoutMs: 60 }));
+        await a!.pollUntil(() => !t.outcomes.includes('pending'), { timeoutMs: 10_000 });
+        const took = performance.now() - t0;
+        assert.equal(turned, false, 'pollUntil turned the event loop');
+        assert.deepEqual(t.outcomes, ['TIMEOUT', 'TIMEOUT'], 'the deadlines inside pollUntil');
+        assert.ok(took >= 50, `settled before the deadlines (${took.toFixed(1)} ms)`);
+        // A synchronous poll() loop (no await at all): the deadline fires from within poll().
+        const failed = a!.stats().ops.failed;
+        const spun = a!.submitOnImm(imm, a!.immCounter(imm).total + 100, {
+          kind: 'imm',
+          dst: b!.address,
+          imm: imm + 1,
+          timeoutMs: 30,
+        });
+        const until = performance.now() + 10_000;
+        while (a!.stats().ops.failed === failed && performance.now() < until) a!.poll();
+        assert.equal(turned, false, 'poll() turned the event loop');
+        assert.equal(a!.stats().ops.failed, failed + 1, 'the deadline inside a poll() loop');
+        await rejects(spun, 'TIMEOUT', 'the reaction polled past its deadline');
+        await assertNoExtra(b!, imm + 1);
       }),
   },
 ];
