@@ -1,24 +1,21 @@
 // Timers: the engine's own timers on one Node timer, fired by the event loop or by runDue() from a
-// loop that keeps the event loop from turning (pollUntil, poll()).
+// loop that keeps the event loop from turning (pollUntil, poll()). The order and repetition cases
+// run on a clock of their own (no dependence on scheduling); the Node-timer cases on real time.
 import { describe, expect, it } from 'vitest';
 import { TrellisError } from '../src/index.js';
 import { ImmCounterTable, Timers } from '../src/kit/index.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Spin (no event-loop turn) for `ms`, calling runDue as a polling loop does. */
-function spin(t: Timers, ms: number): void {
-  const end = performance.now() + ms;
-  for (;;) {
-    const now = performance.now();
-    if (now >= t.next) t.runDue(now);
-    if (now >= end) return;
-  }
+/** Timers on a clock the test moves. */
+function manual() {
+  const clock = { now: 0 };
+  return { clock, t: new Timers(() => clock.now) };
 }
 
 describe('Timers', () => {
   it('runDue fires what is due, earliest first, once each; cancel disarms; nothing fires early', () => {
-    const t = new Timers();
+    const { clock, t } = manual();
     const fired: string[] = [];
     t.after(30, () => fired.push('c'));
     t.after(10, () => fired.push('a'));
@@ -26,16 +23,23 @@ describe('Timers', () => {
     const x = t.after(15, () => fired.push('x'));
     t.after(1000, () => fired.push('late'));
     expect(t.size).toBe(5);
+    expect(t.next).toBe(10);
     t.cancel(x);
     t.cancel(x); // twice: nothing
     t.cancel(undefined);
     expect(t.size).toBe(4);
+    clock.now = 9.9;
     t.runDue();
     expect(fired).toEqual([]);
-    spin(t, 40);
+    clock.now = 20;
+    t.runDue();
+    expect(fired).toEqual(['a', 'b']);
+    clock.now = 40;
+    t.runDue();
     expect(fired).toEqual(['a', 'b', 'c']);
     t.cancel(b); // fired already: nothing
     expect(t.size).toBe(1);
+    expect(t.next).toBe(1000);
     t.clear();
     expect(t.size).toBe(0);
     expect(t.next).toBe(Number.POSITIVE_INFINITY);
@@ -57,45 +61,52 @@ describe('Timers', () => {
   it('a timer armed earlier than the Node timer re-arms it; one armed by a callback for now fires in the same runDue', async () => {
     const t = new Timers();
     const fired: string[] = [];
-    t.after(500, () => fired.push('slow'));
+    t.after(60_000, () => fired.push('slow'));
     t.after(5, () => {
       fired.push('fast');
       t.after(0, () => fired.push('chained'));
     });
     await sleep(40);
     expect(fired).toEqual(['fast', 'chained']);
+    expect(t.size).toBe(1);
     t.clear();
   });
 
-  it('every() repeats until cancelled; a loop that looks late fires it once for the periods it missed', async () => {
-    const t = new Timers();
+  it('every() repeats until cancelled; a loop that looks late fires it once for the periods it missed', () => {
+    const { clock, t } = manual();
     let n = 0;
     const e = t.every(10, () => n++);
-    const t0 = performance.now();
-    const give = t0 + 5000;
-    while (n < 3 && performance.now() < give) if (performance.now() >= t.next) t.runDue();
-    expect(n).toBe(3);
-    expect(performance.now() - t0).toBeGreaterThanOrEqual(30);
-    // A loop that looks only now, 100 ms late, fires it once, not ten times.
-    const end = performance.now() + 100;
-    while (performance.now() < end);
+    for (const [now, want] of [
+      [5, 0],
+      [10, 1],
+      [15, 1],
+      [20, 2],
+      [30, 3],
+    ] as const) {
+      clock.now = now;
+      t.runDue();
+      expect(n).toBe(want);
+    }
+    // 100 ms late: once, and the next is a period from now.
+    clock.now = 130;
     t.runDue();
     expect(n).toBe(4);
+    expect(t.next).toBe(140);
     t.cancel(e);
-    await sleep(30);
+    clock.now = 1000;
+    t.runDue();
     expect(n).toBe(4);
     expect(t.size).toBe(0);
   });
 
   it('a callback that throws leaves the others armed', () => {
-    const t = new Timers();
+    const { clock, t } = manual();
     const fired: string[] = [];
     t.after(1, () => {
       throw new Error('boom');
     });
     t.after(2, () => fired.push('after'));
-    const end = performance.now() + 5;
-    while (performance.now() < end);
+    clock.now = 5;
     expect(() => t.runDue()).toThrow('boom');
     expect(t.size).toBe(1);
     t.runDue();
@@ -103,21 +114,22 @@ describe('Timers', () => {
   });
 
   it('many timers cancelled out of order: the rest fire once each, in the order they are due', () => {
-    const t = new Timers();
+    const { clock, t } = manual();
     const fired: number[] = [];
-    const all = Array.from({ length: 200 }, (_, i) => t.after(((i * 37) % 200) / 10, () => fired.push(i)));
-    const due = all.map((x) => x.at);
+    const due = (i: number) => ((i * 37) % 200) / 10; // 200 distinct times
+    const all = Array.from({ length: 200 }, (_, i) => t.after(due(i), () => fired.push(i)));
     for (let i = 0; i < 200; i += 3) t.cancel(all[i]);
-    spin(t, 25);
-    expect([...fired].sort((x, y) => x - y)).toEqual(
-      Array.from({ length: 200 }, (_, i) => i).filter((i) => i % 3 !== 0),
-    );
-    for (let k = 1; k < fired.length; k++) expect(due[fired[k]!]).toBeGreaterThanOrEqual(due[fired[k - 1]!]!);
+    for (clock.now = 0; clock.now <= 20; clock.now += 0.05) t.runDue();
+    const want = Array.from({ length: 200 }, (_, i) => i)
+      .filter((i) => i % 3 !== 0)
+      .sort((x, y) => due(x) - due(y));
+    expect(fired).toEqual(want);
+    expect(t.size).toBe(0);
   });
 
   it("an ImmCounterTable's wait times out from runDue while nothing turns the event loop", async () => {
-    const timers = new Timers();
-    const table = new ImmCounterTable(timers);
+    const { clock, t } = manual();
+    const table = new ImmCounterTable(t);
     let err: unknown;
     const w = table
       .get(9)
@@ -125,12 +137,16 @@ describe('Timers', () => {
       .catch((e: unknown) => {
         err = e;
       });
-    spin(timers, 30);
+    clock.now = 19;
+    t.runDue();
+    clock.now = 20;
+    t.runDue();
     await w;
     expect(err).toBeInstanceOf(TrellisError);
     expect((err as TrellisError).code).toBe('TIMEOUT');
     expect((err as TrellisError).message).toBe(
       'immCounter(9).wait(1): timed out after 20 ms with 0 of 1 credits available',
     );
+    expect(t.size).toBe(0);
   });
 });

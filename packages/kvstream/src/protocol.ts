@@ -267,6 +267,6 @@ export function checkInt(where: string, name: string, v: unknown, lo: number, hi
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi)
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `${where}: ${name} must be an integer in ${lo}..${hi}, got ${String(v)}`,
+      `${where}: ${name} must be an integer in ${lo}..${hi}, got ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`,
     );
 }

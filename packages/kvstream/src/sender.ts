@@ -79,6 +79,14 @@ export interface KvBindOptions {
   srcPages: Uint32Array;
   /** The progress word shared by a batch of requests; default: one of the stream's own (`stream.progress`). */
   progress?: KvProgress;
+  /**
+   * The stream's own deadline, in ms from `bind` (an integer, 1 to 2^31 - 1; default: none). If
+   * `done` has not settled by then — the page table never came, the producer never finished, a
+   * write is still in flight — the stream stops issuing writes, the decode side is told (as for
+   * any failure it cannot see), and `done` rejects `TIMEOUT` once the writes in flight have
+   * settled (each by the engine deadline, `opTimeoutMs`, at the latest).
+   */
+  timeoutMs?: number;
 }
 
 /** Counters of a sender. */
@@ -126,6 +134,8 @@ interface Stream {
   done: Promise<void>;
   staging: number;
   unboundTimer?: NodeJS.Timeout;
+  /** The bind's `timeoutMs`, while armed. */
+  deadline?: NodeJS.Timeout;
   bound: boolean;
   /** Tell the decode side with an ABORT once settled (a failure it cannot see itself). */
   pendingAbort?: boolean;
@@ -331,33 +341,41 @@ export class KvStreamSender {
           'OUT_OF_RANGE',
           `KvStreamSender.bind: srcPages holds page ${p}; the pool has ${this.layout.pages}`,
         );
+    if (opts.timeoutMs !== undefined)
+      checkInt('KvStreamSender.bind', 'timeoutMs', opts.timeoutMs, 1, 2 ** 31 - 1);
+    if (opts.progress !== undefined && !(opts.progress instanceof ProgressImpl))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamSender.bind: progress must come from createProgress()',
+      );
     let s = this.streams.get(tag);
     if (s?.bound)
       throw new TrellisError('INVALID_ARGUMENT', `KvStreamSender.bind: request '${tag}' is bound already`);
-    if (!s) {
-      s = this.newStream(tag);
-      this.streams.set(tag, s);
-    }
+    // Refused before anything changes: no stream entry, no slot, no progress word left behind.
     if (this.freeStaging.length === 0)
       throw new TrellisError(
         'RESOURCE_EXHAUSTED',
         'KvStreamSender.bind: every staging slot is in use (maxRequests)',
       );
+    if (!s) {
+      s = this.newStream(tag);
+      this.streams.set(tag, s);
+    }
     s.staging = this.freeStaging.pop()!;
     s.bound = true;
     s.srcPages = opts.srcPages;
     if (s.unboundTimer) clearTimeout(s.unboundTimer);
     const own = opts.progress === undefined;
     const progress = (opts.progress ?? this.createProgress()) as ProgressImpl;
-    if (!(progress instanceof ProgressImpl))
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'KvStreamSender.bind: progress must come from createProgress()',
-      );
     s.progress = progress;
     s.ownProgress = own;
     progress.streams.add(s);
     this.counts.bound++;
+    const ms = opts.timeoutMs;
+    if (ms !== undefined) {
+      const stream = s;
+      stream.deadline = setTimeout(() => this.expire(stream, ms), ms);
+    }
     if (s.table) this.checkTable(s);
     return new KvSendStream(this, s, progress);
   }
@@ -648,6 +666,8 @@ export class KvStreamSender {
       else if (s.ownProgress) this.orphans.add(s.progress);
     }
     if (s.unboundTimer) clearTimeout(s.unboundTimer);
+    if (s.deadline) clearTimeout(s.deadline);
+    s.deadline = undefined;
   }
 
   private remember(key: string, v: { delivered: number; uncertain: boolean } | null): void {
@@ -760,6 +780,22 @@ export class KvStreamSender {
     const info: KvIncomingRequest = { id: t.id, tag: t.tag, from, tokens: t.tokens, tailBytes: t.tailBytes };
     for (const cb of this.listeners) cb(info);
     if (s.bound) this.checkTable(s);
+  }
+
+  /** The bind's deadline passed with the stream unsettled. */
+  private expire(s: Stream, ms: number): void {
+    s.deadline = undefined;
+    if (s.settled) return;
+    const state = !s.table
+      ? 'its page table never arrived'
+      : !s.finished
+        ? 'finish() was not called'
+        : `${s.inflight} write(s) still in flight`;
+    this.failStream(
+      s,
+      new TrellisError('TIMEOUT', `kvstream request '${s.tag}': not done within ${ms} ms of bind (${state})`),
+    );
+    this.maybeSettle(s);
   }
 
   private dropUnbound(s: Stream): void {

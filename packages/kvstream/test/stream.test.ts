@@ -371,6 +371,65 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
     ac.abort();
     expect(await outcome(ab.done)).toBe("ABORTED: kvstream request 'ab': aborted");
   });
+
+  it("a bind's own deadline: a stream whose table never comes, or whose producer never finishes, rejects TIMEOUT; the decode side is told; bad input is refused with nothing taken", async () => {
+    const { rx, tx, pe } = await setup({ prefill: spec, decode: spec, tx: { maxRequests: 2 } });
+    const msg = (f: () => unknown) => {
+      try {
+        f();
+        return 'ok';
+      } catch (e) {
+        return `${(e as { code: string }).code}: ${(e as Error).message}`;
+      }
+    };
+    const pages = Uint32Array.of(0, 1);
+    for (const bad of [0, 1.5, -1, 2 ** 31, '10'])
+      expect(msg(() => tx.bind('bad', { srcPages: pages, timeoutMs: bad as number }))).toBe(
+        `INVALID_ARGUMENT: KvStreamSender.bind: timeoutMs must be an integer in 1..2147483647, got ${typeof bad === 'string' ? '"10"' : bad}`,
+      );
+    expect(msg(() => tx.bind('bad', { srcPages: pages, progress: {} as never }))).toBe(
+      'INVALID_ARGUMENT: KvStreamSender.bind: progress must come from createProgress()',
+    );
+    // Refused binds took nothing: 'bad' binds now, and so does one more (maxRequests 2), then no third.
+    const ok = tx.bind('bad', { srcPages: pages });
+    const orphan = tx.bind('orphan', { srcPages: pages, timeoutMs: 30 });
+    expect(msg(() => tx.bind('third', { srcPages: pages }))).toBe(
+      'RESOURCE_EXHAUSTED: KvStreamSender.bind: every staging slot is in use (maxRequests)',
+    );
+    // No page table ever comes for 'orphan'.
+    expect(await outcome(orphan.done)).toBe(
+      "TIMEOUT: kvstream request 'orphan': not done within 30 ms of bind (its page table never arrived)",
+    );
+    orphan.close();
+    expect(tx.stats().bound).toBe(2);
+    expect(tx.stats().failed).toBe(1);
+    // The table of 'stall' is there before the bind; its producer never finishes.
+    const arrived = new Promise<void>((r) => tx.onRequest((q) => q.tag === 'stall' && r()));
+    const adm = rx.admit({ prefill: pe.address, tokens: 8, tag: 'stall' });
+    await arrived;
+    ok.close();
+    const stall = tx.bind('stall', { srcPages: pages, timeoutMs: 40 });
+    stall.chunk(8);
+    expect(await outcome(stall.done)).toBe(
+      "TIMEOUT: kvstream request 'stall': not done within 40 ms of bind (finish() was not called)",
+    );
+    expect(await outcome(adm.done)).toBe(
+      "TIMEOUT: kvstream request 'stall': the prefill side aborted: kvstream request 'stall': not done within 40 ms of bind (finish() was not called)",
+    );
+    stall.close();
+    expect(tx.stats().failed).toBe(2);
+    await adm.cancel();
+    expect(poolFull(rx)).toBe(true);
+    // A stream done before its deadline: the deadline changes nothing.
+    const adm2 = rx.admit({ prefill: pe.address, tokens: 8, tag: 'quick' });
+    const quick = tx.bind('quick', { srcPages: pages, timeoutMs: 60_000 });
+    await runPrefill(tx, quick, 6, pages, [8], new Uint8Array(0));
+    const kv = await adm2.done;
+    await quick.done;
+    kv.release();
+    expect(tx.stats().completed).toBe(1);
+    expect(tx.stats().failed).toBe(2);
+  });
 });
 
 describe('kvstream when a peer dies', () => {

@@ -30,6 +30,9 @@ export class Timers {
   private alive = 0;
   private running = false;
 
+  /** @param now - the clock, in ms (`performance.now` unless a test gives its own). */
+  constructor(private readonly now: () => number = () => performance.now()) {}
+
   /** When the earliest timer is due (`performance.now()` ms; Infinity: none). */
   get next(): number {
     return this.heap.length ? this.heap[0]!.at : Number.POSITIVE_INFINITY;
@@ -42,14 +45,14 @@ export class Timers {
 
   /** Run `fn` once, `ms` from now. `keepAlive` false: it does not keep the process alive. */
   after(ms: number, fn: () => void, keepAlive = true): Timer {
-    const t: Timer = { at: performance.now() + ms, i: -1, fn, keepAlive, every: 0 };
+    const t: Timer = { at: this.now() + ms, i: -1, fn, keepAlive, every: 0 };
     this.push(t);
     return t;
   }
 
   /** Run `fn` every `ms` (> 0) until cancelled; it does not keep the process alive. */
   every(ms: number, fn: () => void): Timer {
-    const t: Timer = { at: performance.now() + ms, i: -1, fn, keepAlive: false, every: ms };
+    const t: Timer = { at: this.now() + ms, i: -1, fn, keepAlive: false, every: ms };
     this.push(t);
     return t;
   }
@@ -70,7 +73,7 @@ export class Timers {
    * earlier fires in the same call). Cheap when nothing is due: the polling loops call it
    * whenever `now >= next`.
    */
-  runDue(now = performance.now()): void {
+  runDue(now = this.now()): void {
     if (this.running) return;
     this.running = true;
     try {
@@ -124,7 +127,7 @@ export class Timers {
     // Node fires a timer at whole milliseconds of its loop clock, possibly a little before `at`
     // by performance.now(): then nothing is due yet, and it is armed again for the rest (as it is
     // past Node's longest delay, about 24.8 days).
-    const now = performance.now();
+    const now = this.now();
     const ms = Math.min(2 ** 31 - 1, Math.max(1, Math.ceil(at - now)));
     this.node = setTimeout(this.fire, ms);
     this.nodeAt = Math.min(at, now + ms);
