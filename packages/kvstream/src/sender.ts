@@ -81,10 +81,12 @@ export interface KvBindOptions {
   progress?: KvProgress;
   /**
    * The stream's own deadline, in ms from `bind` (an integer, 1 to 2^31 - 1; default: none). If
-   * `done` has not settled by then — the page table never came, the producer never finished, a
-   * write is still in flight — the stream stops issuing writes, the decode side is told (as for
-   * any failure it cannot see), and `done` rejects `TIMEOUT` once the writes in flight have
-   * settled (each by the engine deadline, `opTimeoutMs`, at the latest).
+   * the final write has not gone out by then — the page table never came, the producer never
+   * finished, layers are still to run — the stream stops issuing writes, the decode side is told
+   * (as for any failure it cannot see), and `done` rejects `TIMEOUT` once the writes in flight
+   * have settled (each by the engine deadline, `opTimeoutMs`, at the latest). Once the final write
+   * is out, its own outcome decides. A Node timer: it fires at an event-loop turn (not while a
+   * `pollUntil` loop spins).
    */
   timeoutMs?: number;
 }
@@ -572,8 +574,10 @@ export class KvStreamSender {
     this.track(
       s,
       t.tailShards,
-      packed.then(() =>
-        this.engine.submitSingleWrite({
+      packed.then(async (): Promise<boolean> => {
+        // Failed or cancelled while the tail was packed: it does not go out.
+        if (s.failed || s.cancelled) return false;
+        await this.engine.submitSingleWrite({
           src: this.staging,
           srcOffset: base,
           length: len,
@@ -581,19 +585,25 @@ export class KvStreamSender {
           dstOffset: t.tailOffset,
           imm: t.imm,
           shards: t.tailShards,
-        }),
-      ),
+        });
+        return true;
+      }),
       () => {
         this.counts.tailBytesWritten += len;
       },
     );
   }
 
-  private track(s: Stream, imms: number, p: Promise<void>, onOk?: () => void): void {
+  /** `p` settles with the write; `false`: it was never posted. */
+  private track(s: Stream, imms: number, p: Promise<unknown>, onOk?: () => void): void {
     s.inflight++;
     p.then(
-      () => {
+      (posted) => {
         s.inflight--;
+        if (posted === false) {
+          this.maybeSettle(s);
+          return;
+        }
         s.delivered += imms;
         if (s.fromKey) this.probe.heard(s.fromKey);
         onOk?.();
@@ -782,15 +792,19 @@ export class KvStreamSender {
     if (s.bound) this.checkTable(s);
   }
 
-  /** The bind's deadline passed with the stream unsettled. */
+  /**
+   * The bind's deadline passed with the stream unsettled. Once the final write is out, its fate
+   * (bounded by the engine deadline) decides: failing then could report TIMEOUT for a request whose
+   * every byte landed.
+   */
   private expire(s: Stream, ms: number): void {
     s.deadline = undefined;
-    if (s.settled) return;
+    if (s.settled || s.tailSent) return;
     const state = !s.table
       ? 'its page table never arrived'
       : !s.finished
         ? 'finish() was not called'
-        : `${s.inflight} write(s) still in flight`;
+        : `the final write not yet sent, ${s.inflight} write(s) in flight`;
     this.failStream(
       s,
       new TrellisError('TIMEOUT', `kvstream request '${s.tag}': not done within ${ms} ms of bind (${state})`),

@@ -1184,10 +1184,13 @@ export abstract class NativeEngineBase extends EngineBase {
 
   poll(): boolean {
     if (this.closed) return false;
+    const got = this.pollNative();
     // A loop of synchronous polls runs no event-loop turn: the engine's own timers (deadlines,
-    // wait timeouts) are looked at every 64th poll instead.
-    if ((++this.polls & 63) === 0 && performance.now() >= this.timers.next) this.timers.runDue();
-    return this.pollNative();
+    // wait timeouts) are looked at every 64th poll instead — after what this poll delivered, so a
+    // completion already in wins over a deadline, as in pollUntil.
+    if ((++this.polls & 63) === 0 && !this.closed && performance.now() >= this.timers.next)
+      this.timers.runDue();
+    return got;
   }
 
   /** poll() calls so far (mod 2^31). */

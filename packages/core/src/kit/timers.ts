@@ -81,13 +81,21 @@ export class Timers {
         const t = this.heap[0]!;
         this.removeAt(0);
         if (t.every > 0) {
-          // Keeps its phase; one that fell behind by whole periods skips them.
+          // Keeps its phase; one a whole period late fires once and restarts a period from now.
           t.at = t.at + t.every > now ? t.at + t.every : now + t.every;
           this.insert(t);
         } else if (t.keepAlive && --this.alive === 0) {
           this.node?.unref();
         }
-        t.fn();
+        try {
+          t.fn();
+        } catch (e) {
+          // As from a Node timer: an uncaught exception (not one thrown out of the poll that ran
+          // it), and the other timers still fire.
+          queueMicrotask(() => {
+            throw e;
+          });
+        }
       }
     } finally {
       this.running = false;
