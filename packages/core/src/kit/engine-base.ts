@@ -584,10 +584,14 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           if (lost) op.fail(lost);
           else if (op.cancelReason) op.fail(op.cancelReason);
           else {
+            // As guard(), without a closure per request.
             let routed = false;
-            this.guard(op, () => {
+            try {
               routed = this.routeAround(p, op);
-            });
+            } catch (e) {
+              failUnposted(op, e);
+              continue;
+            }
             if (!routed && !op.settled) {
               mine.push(p);
               mineOps.push(op);
@@ -814,6 +818,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       } catch (e) {
         failUnposted(op, e);
       }
+  }
+
+  /** What {@link guard} does when its post throws: the op fails, unposted. */
+  protected failUnposted(op: PendingOp, e: unknown): void {
+    failUnposted(op, e);
   }
 
   /** {@link guard} of `route(p, op)`, without a closure per operation (every single submit). */
