@@ -84,8 +84,9 @@ export interface KvBindOptions {
    * the final write has not gone out by then — the page table never came, the producer never
    * finished, layers are still to run — the stream stops issuing writes, the decode side is told
    * (as for any failure it cannot see), and `done` rejects `TIMEOUT` once the writes in flight
-   * have settled (each by the engine deadline, `opTimeoutMs`, at the latest). Once the final write
-   * is out, its own outcome decides. A Node timer: it fires at an event-loop turn (not while a
+   * have settled (each by the engine deadline, `opTimeoutMs`, at the latest); a page table that
+   * comes after the deadline is refused at once. Once the final write is out, its own outcome
+   * decides. A Node timer: it fires at an event-loop turn (not while a
    * `pollUntil` loop spins).
    */
   timeoutMs?: number;
@@ -228,6 +229,8 @@ export class KvStreamSender {
   private readonly byId = new Map<string, Stream>(); // `${fromKey}#${id}`
   /** Cancels for tables not seen yet, and recently finished requests' delivered counts (for late cancels). */
   private readonly tombstones = new Map<string, { delivered: number; uncertain: boolean } | null>();
+  /** Tags whose bind deadline passed before their page table came, and why: the table is refused at once. */
+  private readonly expiredTags = new Map<string, string>();
   private readonly freeStaging: number[];
   private readonly stagingBytes: number;
   private readonly dstLayouts = new Map<string, KvLayout>();
@@ -365,6 +368,7 @@ export class KvStreamSender {
     }
     s.staging = this.freeStaging.pop()!;
     s.bound = true;
+    this.expiredTags.delete(tag); // bound again: a table for it is this bind's
     s.srcPages = opts.srcPages;
     if (s.unboundTimer) clearTimeout(s.unboundTimer);
     const own = opts.progress === undefined;
@@ -774,6 +778,14 @@ export class KvStreamSender {
       );
       return;
     }
+    const expired = s ? undefined : this.expiredTags.get(t.tag);
+    if (expired !== undefined) {
+      // Its bind's deadline passed before it came: the decode side hears so now.
+      this.expiredTags.delete(t.tag);
+      this.remember(key, { delivered: 0, uncertain: false });
+      this.send(from, encodeAbort(t.id, 0, 0, 'TIMEOUT', expired));
+      return;
+    }
     if (!s) {
       s = this.newStream(t.tag);
       this.streams.set(t.tag, s);
@@ -805,10 +817,16 @@ export class KvStreamSender {
       : !s.finished
         ? 'finish() was not called'
         : `the final write not yet sent, ${s.inflight} write(s) in flight`;
-    this.failStream(
-      s,
-      new TrellisError('TIMEOUT', `kvstream request '${s.tag}': not done within ${ms} ms of bind (${state})`),
+    const err = new TrellisError(
+      'TIMEOUT',
+      `kvstream request '${s.tag}': not done within ${ms} ms of bind (${state})`,
     );
+    if (!s.table) {
+      // Its table, should it come later, is refused at once rather than after unboundTimeoutMs.
+      this.expiredTags.set(s.tag, err.message);
+      if (this.expiredTags.size > 8192) this.expiredTags.delete(this.expiredTags.keys().next().value!);
+    }
+    this.failStream(s, err);
     this.maybeSettle(s);
   }
 

@@ -403,6 +403,13 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
     orphan.close();
     expect(tx.stats().bound).toBe(2);
     expect(tx.stats().failed).toBe(1);
+    // Its table comes late: the decode side is told at once (not after unboundTimeoutMs).
+    const lateAdm = rx.admit({ prefill: pe.address, tokens: 8, tag: 'orphan' });
+    expect(await outcome(lateAdm.done)).toBe(
+      "TIMEOUT: kvstream request 'orphan': the prefill side aborted: kvstream request 'orphan': not done within 30 ms of bind (its page table never arrived)",
+    );
+    await lateAdm.cancel();
+    expect(poolFull(rx)).toBe(true);
     // The table of 'stall' is there before the bind; its producer never finishes.
     const arrived = new Promise<void>((r) => tx.onRequest((q) => q.tag === 'stall' && r()));
     const adm = rx.admit({ prefill: pe.address, tokens: 8, tag: 'stall' });
