@@ -86,8 +86,7 @@ export interface KvBindOptions {
    * (as for any failure it cannot see), and `done` rejects `TIMEOUT` once the writes in flight
    * have settled (each by the engine deadline, `opTimeoutMs`, at the latest); a page table that
    * comes after the deadline is refused at once. Once the final write is out, its own outcome
-   * decides. A Node timer: it fires at an event-loop turn (not while a
-   * `pollUntil` loop spins).
+   * decides. A Node timer: it fires at an event-loop turn (not while a `pollUntil` loop spins).
    */
   timeoutMs?: number;
 }
@@ -685,8 +684,7 @@ export class KvStreamSender {
   }
 
   private remember(key: string, v: { delivered: number; uncertain: boolean } | null): void {
-    this.tombstones.set(key, v);
-    if (this.tombstones.size > 8192) this.tombstones.delete(this.tombstones.keys().next().value!);
+    putBounded(this.tombstones, key, v);
   }
 
   private send(to: NetAddr, data: Uint8Array): void {
@@ -823,8 +821,7 @@ export class KvStreamSender {
     );
     if (!s.table) {
       // Its table, should it come later, is refused at once rather than after unboundTimeoutMs.
-      this.expiredTags.set(s.tag, err.message);
-      if (this.expiredTags.size > 8192) this.expiredTags.delete(this.expiredTags.keys().next().value!);
+      putBounded(this.expiredTags, s.tag, err.message);
     }
     this.failStream(s, err);
     this.maybeSettle(s);
@@ -915,4 +912,10 @@ export class KvStreamSender {
       if (this.ownsRegion) await this.region.unregister().catch(() => {});
     }
   }
+}
+
+/** Set `k` in `m`, dropping the oldest entry past 8192 (recent history, not a log). */
+function putBounded<K, V>(m: Map<K, V>, k: K, v: V): void {
+  m.set(k, v);
+  if (m.size > 8192) m.delete(m.keys().next().value!);
 }

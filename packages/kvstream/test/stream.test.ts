@@ -15,6 +15,16 @@ import {
   tailOf,
 } from './helpers.js';
 
+/** What `f` throws, as `CODE: message` ('ok' if nothing). */
+function msg(f: () => unknown): string {
+  try {
+    f();
+    return 'ok';
+  } catch (e) {
+    return `${(e as { code: string }).code}: ${(e as Error).message}`;
+  }
+}
+
 let cleanup: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const c of cleanup.reverse()) await c();
@@ -243,14 +253,6 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
 
   it('refuses what the pool or the slots cannot hold, and bad input, before sending anything', async () => {
     const { rx, pe, tx } = await setup({ rx: { maxRequests: 1 } });
-    const msg = (f: () => unknown) => {
-      try {
-        f();
-        return 'ok';
-      } catch (e) {
-        return `${(e as { code: string }).code}: ${(e as Error).message}`;
-      }
-    };
     expect(msg(() => rx.admit({ prefill: pe.address, tokens: 1000 }))).toBe(
       'RESOURCE_EXHAUSTED: KvStreamReceiver.admit: 1000 tokens need 250 pages; 64 of 64 are free',
     );
@@ -374,14 +376,6 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
 
   it("a bind's own deadline: a stream whose table never comes, or whose producer never finishes, rejects TIMEOUT; the decode side is told; bad input is refused with nothing taken", async () => {
     const { rx, tx, pe } = await setup({ prefill: spec, decode: spec, tx: { maxRequests: 2 } });
-    const msg = (f: () => unknown) => {
-      try {
-        f();
-        return 'ok';
-      } catch (e) {
-        return `${(e as { code: string }).code}: ${(e as Error).message}`;
-      }
-    };
     const pages = Uint32Array.of(0, 1);
     for (const bad of [0, 1.5, -1, 2 ** 31, '10'])
       expect(msg(() => tx.bind('bad', { srcPages: pages, timeoutMs: bad as number }))).toBe(
