@@ -18,6 +18,10 @@
 //                          [--single sdk,batch,prepared,lane,mapped]   (the single-write columns to run)
 //                          [--rtt default,latency,sync,inline,inline-sync,reaction,native]  (the round-trip modes)
 //                          [--ops N]   (single writes per trial; default 1 GiB / size, at most 200,000)
+//
+// Engine tuning from the environment (unset: the engine's default): TRELLIS_BENCH_SLEEP_US
+// (maxSleepUs), _SPIN_US (idleSpinUs), _DOORBELL_US, _ARRIVAL_US (arrivalBatchUs), _BUSY_POLL_US
+// and _DRIVE_INLINE=1 for both sides' engines; _MAX_INFLIGHT and _PEER_WINDOW for the initiator's.
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -152,6 +156,8 @@ function initiator(
     arrivalBatchUs: env('TRELLIS_BENCH_ARRIVAL_US'),
     busyPollUs: env('TRELLIS_BENCH_BUSY_POLL_US'),
     driveInline: driveInline || env('TRELLIS_BENCH_DRIVE_INLINE') === 1,
+    maxInflight: env('TRELLIS_BENCH_MAX_INFLIGHT'),
+    peerWindow: env('TRELLIS_BENCH_PEER_WINDOW'),
   });
 }
 

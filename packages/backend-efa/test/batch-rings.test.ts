@@ -171,4 +171,88 @@ describe('a batch rings the event loop once', () => {
     assertBytes(dst.buffer!, src.buffer!.subarray(0, 3 * size), 'the three written');
     expect(tx.stats().ops).toMatchObject({ submitted: 6, completed: 5, failed: 1, inFlight: 0 });
   }, 60_000);
+  it("tcp: writes sharing a destination travel as one operation; past the batch deadline at a hung peer each fails TIMEOUT, counted per request, and the healthy peer's land", async () => {
+    const rx = await openEngine({ provider: 'tcp' });
+    const tx = await quietWriter('tcp');
+    const hung = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
+    cleanup.push(async () => {
+      hung.pause(false);
+      await hung.stop();
+    });
+    const size = 4096;
+    // Two writes larger than socket buffers hold: tcp cannot complete them while the target is stopped.
+    const big = 16 << 20;
+    const desc = await hung.call<{ desc: string }>('register', { name: 'kv', size: 2 * big, remote: true });
+    const parsed = MrDesc.parse(desc.desc);
+    // Through the provider: a same-host lane copy needs nothing from the target process.
+    const stalled = new MrDesc(
+      parsed.owner,
+      parsed.base,
+      parsed.length,
+      parsed.nics,
+      parsed.staged,
+      parsed.parts,
+    );
+    const dst = await rx.registerMemory(4 * size, { remote: true });
+    const src = await tx.registerMemory(4 * size + 2 * big);
+    src.buffer!.set(pattern(4 * size + 2 * big, 10));
+    await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
+    await tx.submitSingleWrite({ src, length: 64, dst: stalled });
+    hung.pause(true);
+    const base = tx.stats().ops;
+    const arrived = rx.immCounter(9).wait(4, { timeoutMs: 20_000 });
+    const stuck = (k: number): TransferRequest => ({
+      kind: 'single',
+      src,
+      srcOffset: 4 * size + k * big,
+      length: big,
+      dst: stalled,
+      dstOffset: k * big,
+      imm: 9,
+      shards: 1,
+    });
+    // Interleaved: four small writes to the healthy peer (one group), two to the hung one (another).
+    const r = await tx.submitBatch(
+      [slot(src, dst.desc, 0, size, 9), stuck(0), slot(src, dst.desc, 1, size, 9), stuck(1)].concat(
+        slot(src, dst.desc, 2, size, 9),
+        slot(src, dst.desc, 3, size, 9),
+      ),
+      { timeoutMs: 500 },
+    );
+    expect(r.failed).toBe(2);
+    expect(r.errors.map((e) => e?.code)).toEqual([
+      undefined,
+      'TIMEOUT',
+      undefined,
+      'TIMEOUT',
+      undefined,
+      undefined,
+    ]);
+    for (const e of [r.errors[1]!, r.errors[3]!]) {
+      expect(e).toBeInstanceOf(TrellisError);
+      expect(e.op).toBe('submitBatch');
+      expect(e.message).toMatch(/timed out after 500 ms/);
+    }
+    await arrived;
+    assertBytes(dst.buffer!, src.buffer!.subarray(0, 4 * size), 'the four to the healthy peer');
+    // Settled at the deadline with their work still posted: held (counted per request) until the
+    // provider lets go of it, which it does once the peer runs again and takes the bytes.
+    expect(tx.stats().ops).toMatchObject({
+      submitted: base.submitted + 6,
+      completed: base.completed + 4,
+      failed: base.failed + 2,
+      settledPosted: base.settledPosted + 2,
+      held: 2,
+      inFlight: 0,
+    });
+    hung.pause(false);
+    await until(() => tx.stats().ops.held === 0);
+    const { sha256 } = await hung.call<{ sha256: string }>('sha256', { name: 'kv' });
+    const { createHash } = await import('node:crypto');
+    expect(sha256).toBe(
+      createHash('sha256')
+        .update(src.buffer!.subarray(4 * size))
+        .digest('hex'),
+    );
+  }, 60_000);
 });

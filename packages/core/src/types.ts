@@ -45,10 +45,17 @@ export interface TransferEngine {
    * request is validated first, as its own `submit*` would; if any is bad, the call rejects —
    * naming the request's index and saying what to fix — and nothing is posted. Otherwise each
    * request becomes its own operation (its own deadline, cancellation and settlement, exactly once)
-   * and native engines post all of them with one crossing into the addon. Resolves once every
-   * operation has settled, with each one's outcome; it never rejects after posting. `opts` applies
-   * to every request that sets no `signal` or `timeoutMs` of its own. As between separate calls, no
-   * order holds between the operations of a batch. On native engines the batch wakes the event loop
+   * and native engines post all of them with one crossing into the addon — except that unsharded
+   * single writes (one work request each: `shards: 1`, or a length `submitSingleWrite` would not
+   * shard) with no `signal` or `timeoutMs` of their own that share their source handle, their
+   * destination descriptor (the same `MrDesc` object) and their immediate travel as one operation,
+   * as one post of {@link TransferEngine.prepareWrites} does: one deadline and settlement for
+   * them all. Each still counts as one request in `stats().ops` and gets its own `errors` entry; if
+   * their operation fails, every one of them reports that error (a provider does not say which of
+   * them had landed: as for any failed write, its bytes and immediate may or may not have arrived).
+   * Resolves once every operation has settled, with each request's outcome; it never rejects after
+   * posting. `opts` applies to every request that sets no `signal` or `timeoutMs` of its own. As
+   * between separate calls, no order holds between the operations of a batch. On native engines the batch wakes the event loop
    * about once, when its last write settles (see `arrivalBatchUs` of `NativeEngineTuning`): its
    * other writes' successes wait for that, for at most `arrivalBatchUs`, or for their own deadline.
    */

@@ -61,6 +61,9 @@ import {
   planPrepared,
   planScatter,
   planSingle,
+  type ScatterPlan,
+  type ScatterPlanTarget,
+  type SinglePlan,
   type ValidationContext,
 } from './validate.js';
 
@@ -550,8 +553,41 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         const errors = new Array<TrellisError | undefined>(n).fill(undefined);
         let left = n;
         let failed = 0;
+        // Plain writes that share a source, a destination, an immediate and their options travel
+        // as one operation each group (see mergeWrites): ops[i] is the group's for its members.
+        const groups = n > 1 ? mergeWrites(requests, plans, unreachable) : undefined;
         const ops = new Array<PendingOp>(n);
+        // Which plan goes where, in request order: a group's at its first member's place.
+        const order: number[] = [];
+        const groupPlans: Plan[] = [];
         for (let i = 0; i < n; i++) {
+          const g = groups?.of[i] ?? -1;
+          if (g >= 0) {
+            const members = groups!.members[g]!;
+            if (members[0] !== i) continue;
+            const plan = groupPlan(plans, members, this.batchLane0);
+            this.batchLane0 = (this.batchLane0 + members.length) % (plan.targets[0]!.lanes || 1);
+            const op = this.begin(
+              site,
+              plan.targets[0]!.peer,
+              [plan.src as Region],
+              opts,
+              peersOf[i]!,
+              (err) => {
+                if (err) {
+                  for (const m of members) errors[m] = err;
+                  failed += members.length;
+                }
+                left -= members.length;
+                if (left === 0) resolve({ failed, errors });
+              },
+              members.length,
+            );
+            for (const m of members) ops[m] = op;
+            order.push(-1 - g);
+            groupPlans[g] = plan;
+            continue;
+          }
           const r = requests[i]!;
           const own =
             r.signal === undefined && r.timeoutMs === undefined
@@ -572,15 +608,17 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
               if (--left === 0) resolve({ failed, errors });
             },
           );
+          order.push(i);
         }
         // Plans another path takes (regions in parts, GPU paths, failover) go there one by one;
         // the rest are the backend's, posted together.
         const mine: Plan[] = [];
         const mineOps: PendingOp[] = [];
-        for (let i = 0; i < n; i++) {
+        for (const k of order) {
+          const i = k >= 0 ? k : groups!.members[-1 - k]![0]!;
           const op = ops[i]!;
-          const p = plans[i]!;
-          const lost = unreachable[i];
+          const p = k >= 0 ? plans[i]! : groupPlans[-1 - k]!;
+          const lost = k >= 0 ? unreachable[i] : undefined;
           if (lost) op.fail(lost);
           else if (op.cancelReason) op.fail(op.cancelReason);
           else {
@@ -766,15 +804,20 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     opts: OpOptions,
     peers: readonly NetAddr[],
     onSettle?: (error: TrellisError | undefined) => void,
+    weight = 1,
   ): PendingOp {
     const op = new PendingOp(this.takeOpId(), site, peer, regions, this, onSettle);
     this.ops.add(op);
+    if (weight !== 1) {
+      op.weight = weight;
+      this.mergedExtra += weight - 1;
+    }
     if (peers.length) {
       const keys = peers.map((p) => p.toString());
       op.peerKeys = keys;
       for (const k of keys) this.inFlightTo.set(k, (this.inFlightTo.get(k) ?? 0) + 1);
     }
-    this.counts.submitted++;
+    this.counts.submitted += weight;
     if (opts.signal?.aborted) {
       op.cancelReason = new TrellisError('ABORTED', `${site.op}: aborted before it was posted`);
     }
@@ -1122,24 +1165,30 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   /** @internal */
   opSettled(op: PendingOp, ok: boolean): void {
     if (op.held) {
-      this.counts.settledPosted++;
-      this.heldOps++;
+      this.counts.settledPosted += op.weight;
+      this.heldOps += op.weight;
     } else {
       this.opLetGo(op);
     }
     if (op.internal) return;
     this.ops.delete(op);
     if (op.signal) this.signalOps.get(op.signal)?.delete(op);
-    if (ok) this.counts.completed++;
-    else this.counts.failed++;
+    const w = op.weight;
+    if (w !== 1) this.mergedExtra -= w - 1;
+    if (ok) this.counts.completed += w;
+    else this.counts.failed += w;
   }
 
   /** Operations settled with work posted that the provider has not let go of yet. */
   private heldOps = 0;
+  /** The batch requests beyond one that live operations of merged writes stand for (see mergeWrites). */
+  private mergedExtra = 0;
+  /** The lane the next group of merged writes starts on (as prepared writes rotate theirs). */
+  private batchLane0 = 0;
 
   /** @internal A held operation's posted work was let go of. */
   heldLetGo(op: PendingOp): void {
-    this.heldOps--;
+    this.heldOps -= op.weight;
     this.opLetGo(op);
   }
 
@@ -1307,7 +1356,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       kind: this.kind,
       nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
       failover: w ? { ...w.stats } : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 },
-      ops: { ...this.counts, inFlight: this.ops.size, held: this.heldOps },
+      ops: { ...this.counts, inFlight: this.ops.size + this.mergedExtra, held: this.heldOps },
       regions: this.regions.size,
       registeredBytes,
       recvDropped: this.recvDropped,
@@ -1411,6 +1460,86 @@ function inParts(p: Plan): boolean {
 }
 
 /** The source region a plan reads (held in use until its op settles). */
+/** How {@link mergeWrites} grouped a batch: `of[i]` is request i's group (-1: none). */
+interface WriteGroups {
+  of: Int32Array;
+  /** Each group's members (two or more), in request order. */
+  members: number[][];
+}
+
+/** Distinct (source, destination, immediate) keys one batch is searched for; more go unmerged. */
+const MAX_WRITE_GROUPS = 16;
+
+/**
+ * The plain writes of a batch that can travel as one operation: unsharded single writes (one work
+ * request each) with no `signal` or `timeoutMs` of their own, to a reachable peer, that share their
+ * source handle, their destination descriptor (the same `MrDesc` object) and their immediate. Each
+ * such group becomes one scatter operation — one id, one deadline, one settlement and one completion
+ * record instead of one per write, which is most of what a small write costs beyond the provider's
+ * post — and all of its members settle with its outcome. Undefined when nothing groups.
+ */
+function mergeWrites(
+  requests: readonly TransferRequest[],
+  plans: readonly Plan[],
+  unreachable: readonly (TrellisError | undefined)[],
+): WriteGroups | undefined {
+  let out: WriteGroups | undefined;
+  const keys: SinglePlan[] = [];
+  const firsts: number[] = [];
+  for (let i = 0; i < plans.length; i++) {
+    const p = plans[i]!;
+    if (p.op !== 'single' || p.shards !== 1 || unreachable[i]) continue;
+    const r = requests[i]!;
+    if (r.signal !== undefined || r.timeoutMs !== undefined) continue;
+    let k = 0;
+    for (; k < keys.length; k++) {
+      const q = keys[k]!;
+      if (q.src === p.src && q.dst === p.dst && q.imm === p.imm) break;
+    }
+    if (k === keys.length) {
+      if (k === MAX_WRITE_GROUPS) continue;
+      keys.push(p);
+      firsts.push(i);
+      continue;
+    }
+    out ??= { of: new Int32Array(plans.length).fill(-1), members: [] };
+    let g = out.of[firsts[k]!]!;
+    if (g < 0) {
+      g = out.members.length;
+      out.members.push([firsts[k]!]);
+      out.of[firsts[k]!] = g;
+    }
+    out.members[g]!.push(i);
+    out.of[i] = g;
+  }
+  return out;
+}
+
+/** The scatter plan a group of {@link mergeWrites} is posted as (its writes spread over the lanes from `lane0`). */
+function groupPlan(plans: readonly Plan[], members: readonly number[], lane0: number): ScatterPlan {
+  const first = plans[members[0]!] as SinglePlan;
+  const targets = new Array<ScatterPlanTarget>(members.length);
+  for (let k = 0; k < members.length; k++) {
+    const p = plans[members[k]!] as SinglePlan;
+    targets[k] = {
+      peer: p.peer,
+      dst: p.dst,
+      srcOffset: p.srcOffset,
+      dstOffset: p.dstOffset,
+      length: p.length,
+      lanes: p.lanes,
+    };
+  }
+  return {
+    op: 'scatter',
+    src: first.src,
+    targets,
+    imm: first.imm,
+    routing: 'peers',
+    lane0: lane0 % first.lanes,
+  };
+}
+
 function planRegions(p: Plan): Region[] {
   return p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
 }

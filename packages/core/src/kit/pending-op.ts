@@ -33,6 +33,8 @@ export class PendingOp {
   internal = false;
   /** A heartbeat or probe: its own connection error is the answer, never probed again. */
   liveness = false;
+  /** How many of the user's requests it stands for (a batch's merged writes: more than one). */
+  weight = 1;
   private settledWith: { error: TrellisError | undefined } | undefined;
   private promiseOf: Promise<void> | undefined;
   private resolveFn: (() => void) | undefined;

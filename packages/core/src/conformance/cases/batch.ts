@@ -220,4 +220,72 @@ export const BATCH_CASES: readonly ConformanceCase[] = [
         await arrived;
       }),
   },
+  {
+    id: 'batch: plain writes that share source, destination and immediate travel together yet count, land and fail per request',
+    run: (ctx) =>
+      withGroup(ctx, 3, async ({ engines: [a, b, c] }) => {
+        const src = await source(a!, 64 * 1024, 11);
+        const { h: db, expect: eb } = await target(b!, 64 * 1024, 12);
+        const { h: dc, expect: ec } = await target(c!, 64 * 1024, 13);
+        const s = bytesOf(src);
+        // 48 unsharded writes of 1000 bytes, interleaved: to b with immediates 71 and 72, to c with
+        // 73; every fourth has a timeoutMs of its own (so it is its own operation).
+        const requests: TransferRequest[] = [];
+        const want = new Map<number, number>();
+        for (let i = 0; i < 48; i++) {
+          const toC = i % 3 === 2;
+          const imm = toC ? 73 : 71 + (i % 2);
+          want.set(imm, (want.get(imm) ?? 0) + 1);
+          requests.push({
+            kind: 'single',
+            src,
+            srcOffset: i * 1024,
+            length: 1000,
+            dst: (toC ? dc : db).desc,
+            dstOffset: i * 1024,
+            imm,
+            shards: 1,
+            ...(i % 4 === 3 ? { timeoutMs: 10_000 } : {}),
+          });
+        }
+        const waits = [...want].map(([imm, n]) => (imm === 73 ? c! : b!).immCounter(imm).wait(n, WAIT));
+        const before = a!.stats().ops;
+        const result = await a!.submitBatch(requests, { timeoutMs: 10_000 });
+        assert.equal(result.failed, 0);
+        assert.equal(result.errors.length, 48);
+        assert.ok(result.errors.every((e) => e === undefined));
+        await Promise.all(waits);
+        const after = a!.stats().ops;
+        assert.equal(after.submitted - before.submitted, 48, 'counted per request');
+        assert.equal(after.completed - before.completed, 48);
+        assert.equal(after.failed - before.failed, 0);
+        assert.equal(after.inFlight, before.inFlight);
+        for (let i = 0; i < 48; i++)
+          (i % 3 === 2 ? ec : eb).set(s.subarray(i * 1024, i * 1024 + 1000), i * 1024);
+        assertBytes(bytesOf(db), eb, 'peer b');
+        assertBytes(bytesOf(dc), ec, 'peer c');
+        for (const imm of [71, 72]) await assertNoExtra(b!, imm);
+        await assertNoExtra(c!, 73);
+        // Aborted before posting: every one of them fails ABORTED, counted per request, and
+        // nothing reaches the peer.
+        const ac = new AbortController();
+        ac.abort();
+        const plain = requests.filter(
+          (r) => r.kind === 'single' && r.timeoutMs === undefined && r.dst === db.desc,
+        );
+        const r2 = await a!.submitBatch(plain, { signal: ac.signal });
+        assert.equal(r2.failed, plain.length);
+        for (const e of r2.errors) {
+          assert.ok(e instanceof TrellisError);
+          assert.equal(e.code, 'ABORTED');
+          assert.equal(e.op, 'submitBatch');
+        }
+        const last = a!.stats().ops;
+        assert.equal(last.submitted - after.submitted, plain.length);
+        assert.equal(last.failed - after.failed, plain.length);
+        assert.equal(last.inFlight, before.inFlight);
+        for (const imm of [71, 72]) await assertNoExtra(b!, imm);
+        assertBytes(bytesOf(db), eb, 'peer b after the aborted batch');
+      }),
+  },
 ];
