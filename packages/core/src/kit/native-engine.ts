@@ -1413,29 +1413,20 @@ export abstract class NativeEngineBase extends EngineBase {
         op.fail(op.cancelReason);
         continue;
       }
-      const s = this.writeScratch;
+      // Its runs go straight after the batch's earlier writes' (packRuns grows the arrays).
       let count: number;
       try {
-        count = packRuns(plan, s, this.writePeers, op.callsite.op);
+        count = packRuns(plan, b, this.writePeers, op.callsite.op, nr);
       } catch (e) {
         this.failUnposted(op, e);
         continue;
       }
       if ((nb + 1) * BATCH_WRITE.stride > b.batch.length)
         b.batch = grow(b.batch, (nb + 1) * BATCH_WRITE.stride);
-      if ((nr + count) * RUN.stride > b.runs.length) {
-        b.runs = grow(b.runs, (nr + count) * RUN.stride);
-        b.keys = grow(b.keys, (nr + count) * NIC_KEYS.stride);
-      }
-      const runs = b.runs;
-      const keys = b.keys;
-      for (let k = 0, at = nr * RUN.stride, n = count * RUN.stride; k < n; k++) runs[at + k] = s.runs[k]!;
-      for (let k = 0, at = nr * NIC_KEYS.stride, n = count * NIC_KEYS.stride; k < n; k++)
-        keys[at + k] = s.keys[k]!;
       const at = nb * BATCH_WRITE.stride;
       const batch = b.batch;
       batch[at + BATCH_WRITE.op] = op.id;
-      batch[at + BATCH_WRITE.region] = s.region ?? 0;
+      batch[at + BATCH_WRITE.region] = b.region ?? 0;
       batch[at + BATCH_WRITE.hasImm] = plan.imm !== undefined ? 1 : 0;
       batch[at + BATCH_WRITE.imm] = plan.imm ?? 0;
       batch[at + BATCH_WRITE.runs] = count;
@@ -1464,8 +1455,8 @@ export abstract class NativeEngineBase extends EngineBase {
     }
   }
 
-  private readonly batchScratch = {
-    ops: [] as PendingOp[],
+  private readonly batchScratch: WriteScratch & { ops: PendingOp[]; batch: Float64Array } = {
+    ops: [],
     batch: new Float64Array(BATCH_WRITE.stride * 64),
     runs: new Float64Array(RUN.stride * 64),
     keys: new BigUint64Array(NIC_KEYS.stride * 64),
@@ -2012,8 +2003,8 @@ export interface PackedWrite {
  * is {@link workRequests} of the plan). Returns how many runs it packed at the start of `scratch`'s
  * arrays; sets `scratch.region` and `scratch.pages`. @internal
  */
-export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, op: string): number {
-  let n = 0;
+export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, op: string, base = 0): number {
+  let n = base;
   const runCount =
     plan.op === 'scatter'
       ? plan.targets.length
@@ -2022,9 +2013,15 @@ export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, o
         : plan.op === 'runs'
           ? plan.runs.length
           : 1;
-  if (runCount * RUN.stride > scratch.runs.length) {
-    scratch.runs = new Float64Array(RUN.stride * runCount);
-    scratch.keys = new BigUint64Array(NIC_KEYS.stride * runCount);
+  if ((base + runCount) * RUN.stride > scratch.runs.length) {
+    if (base === 0) {
+      scratch.runs = new Float64Array(RUN.stride * runCount);
+      scratch.keys = new BigUint64Array(NIC_KEYS.stride * runCount);
+    } else {
+      // The runs before `base` are kept (a batch's earlier writes).
+      scratch.runs = grow(scratch.runs, (base + runCount) * RUN.stride);
+      scratch.keys = grow(scratch.keys, (base + runCount) * NIC_KEYS.stride);
+    }
   }
   const runs = scratch.runs;
   const keys = scratch.keys;
@@ -2151,7 +2148,7 @@ export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, o
   }
   scratch.region = region;
   scratch.pages = pages;
-  return n;
+  return n - base;
 }
 
 /** {@link packRuns}, as the arrays {@link NativeEngine.write} takes (views of `scratch`). @internal */
