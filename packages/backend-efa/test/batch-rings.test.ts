@@ -46,36 +46,37 @@ afterEach(async () => {
 
 describe('a batch rings the event loop once', () => {
   for (const provider of ['shm', 'tcp'] as const)
-    it(`${provider}: 32 writes of one submitBatch ring once, when the last settles; every byte lands, every write settles once`, async () => {
-      const rx = await openEngine({ provider });
-      const tx = await quietWriter(provider);
-      const n = 32;
-      const size = 4096;
-      const dst = await rx.registerMemory(n * size, { remote: true });
-      const src = await tx.registerMemory(n * size);
-      src.buffer!.set(pattern(n * size, 3));
-      // The first write to the peer (its address and connection) is not the batch's.
-      await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
-      const arrived = rx.immCounter(7);
-      const before = { ...tx.stats().events! };
-      const batch = Array.from({ length: n }, (_, i) => slot(src, dst.desc, i, size, 7));
-      const r = await tx.submitBatch(batch);
-      expect(r).toEqual({ failed: 0, errors: new Array(n).fill(undefined) });
-      const after = tx.stats().events!;
-      expect(after.rung - before.rung).toBe(1);
-      expect(after.polled - before.polled).toBe(0);
-      expect(after.busyPolls - before.busyPolls).toBe(0);
-      await arrived.wait(n, { timeoutMs: 20_000 });
-      expect([arrived.value, arrived.total]).toEqual([0, n]);
-      assertBytes(dst.buffer!, src.buffer!, 'the 32 batched writes');
-      expect(tx.stats().ops).toMatchObject({
-        submitted: n + 1,
-        completed: n + 1,
-        failed: 0,
-        inFlight: 0,
-        held: 0,
-      });
-    }, 60_000);
+    for (const merged of [false, true])
+      it(`${provider}: 32 writes of one submitBatch ${merged ? '(one operation)' : '(mergeWrites: false, 32 operations)'} ring once, when the last settles; every byte lands, every write settles once`, async () => {
+        const rx = await openEngine({ provider });
+        const tx = await quietWriter(provider);
+        const n = 32;
+        const size = 4096;
+        const dst = await rx.registerMemory(n * size, { remote: true });
+        const src = await tx.registerMemory(n * size);
+        src.buffer!.set(pattern(n * size, 3));
+        // The first write to the peer (its address and connection) is not the batch's.
+        await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
+        const arrived = rx.immCounter(7);
+        const before = { ...tx.stats().events! };
+        const batch = Array.from({ length: n }, (_, i) => slot(src, dst.desc, i, size, 7));
+        const r = await tx.submitBatch(batch, { mergeWrites: merged });
+        expect(r).toEqual({ failed: 0, errors: new Array(n).fill(undefined) });
+        const after = tx.stats().events!;
+        expect(after.rung - before.rung).toBe(1);
+        expect(after.polled - before.polled).toBe(0);
+        expect(after.busyPolls - before.busyPolls).toBe(0);
+        await arrived.wait(n, { timeoutMs: 20_000 });
+        expect([arrived.value, arrived.total]).toEqual([0, n]);
+        assertBytes(dst.buffer!, src.buffer!, 'the 32 batched writes');
+        expect(tx.stats().ops).toMatchObject({
+          submitted: n + 1,
+          completed: n + 1,
+          failed: 0,
+          inFlight: 0,
+          held: 0,
+        });
+      }, 60_000);
 
   it('tcp: a member written while another waits on a hung peer settles at its own deadline, with its true outcome (no ring before then)', async () => {
     const rx = await openEngine({ provider: 'tcp' });

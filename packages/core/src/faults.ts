@@ -22,6 +22,7 @@ import { TrellisError, type TrellisErrorCode } from './errors.js';
 import { Prng } from './loopback/prng.js';
 import type {
   BarrierRequest,
+  BatchOptions,
   BatchResult,
   EngineLimits,
   EngineStats,
@@ -238,7 +239,7 @@ class Harness implements FaultyEngine {
    * own faulted submit and the outcomes are gathered: a fault then costs only the requests it hits
    * (a request the inner engine refuses as bad input becomes that request's outcome too).
    */
-  submitBatch(requests: readonly TransferRequest[], opts: OpOptions = {}): Promise<BatchResult> {
+  submitBatch(requests: readonly TransferRequest[], opts: BatchOptions = {}): Promise<BatchResult> {
     const quiet = !this.range && this.dropP === 0 && this.nic === undefined && this.dead.size === 0;
     if (quiet || !Array.isArray(requests)) return this.inner.submitBatch(requests, opts);
     return Promise.all(

@@ -45,21 +45,23 @@ export interface TransferEngine {
    * request is validated first, as its own `submit*` would; if any is bad, the call rejects —
    * naming the request's index and saying what to fix — and nothing is posted. Otherwise each
    * request becomes its own operation (its own deadline, cancellation and settlement, exactly once)
-   * and native engines post all of them with one crossing into the addon — except that unsharded
-   * single writes (one work request each: `shards: 1`, or a length `submitSingleWrite` would not
-   * shard) with no `signal` or `timeoutMs` of their own that share their source handle, their
-   * destination descriptor (the same `MrDesc` object) and their immediate travel as one operation,
-   * as one post of {@link TransferEngine.prepareWrites} does: one deadline and settlement for
-   * them all. Each still counts as one request in `stats().ops` and gets its own `errors` entry; if
-   * their operation fails, every one of them reports that error (a provider does not say which of
-   * them had landed: as for any failed write, its bytes and immediate may or may not have arrived).
-   * Resolves once every operation has settled, with each request's outcome; it never rejects after
-   * posting. `opts` applies to every request that sets no `signal` or `timeoutMs` of its own. As
-   * between separate calls, no order holds between the operations of a batch. On native engines the batch wakes the event loop
-   * about once, when its last write settles (see `arrivalBatchUs` of `NativeEngineTuning`): its
-   * other writes' successes wait for that, for at most `arrivalBatchUs`, or for their own deadline.
+   * and native engines post all of them with one crossing into the addon — except that, unless
+   * `opts.mergeWrites` is false, unsharded single writes (one work request each: `shards: 1`, or a
+   * length `submitSingleWrite` would not shard) with no `signal` or `timeoutMs` of their own that
+   * share their source handle, their destination descriptor (the same `MrDesc` object) and their
+   * immediate travel as one operation (on lane 0, where each would go alone): one deadline and one
+   * settlement for them all. Each still counts as one request in `stats().ops` and gets its own
+   * `errors` entry; if their operation fails, every one of them reports that error (which of them
+   * had landed is not known: treat each as a failed write whose bytes and immediate may or may not
+   * have arrived — a retry may count an immediate twice at the target). Resolves once every
+   * operation has settled, with each request's outcome; it never rejects after posting. `opts`
+   * applies to every request that sets no `signal` or `timeoutMs` of its own. As between separate
+   * calls, no order holds between the operations of a batch. On native engines the batch wakes the
+   * event loop about once, when its last write settles (see `arrivalBatchUs` of
+   * `NativeEngineTuning`): its other writes' successes wait for that, for at most `arrivalBatchUs`,
+   * or for their own deadline.
    */
-  submitBatch(requests: readonly TransferRequest[], opts?: OpOptions): Promise<BatchResult>;
+  submitBatch(requests: readonly TransferRequest[], opts?: BatchOptions): Promise<BatchResult>;
   /**
    * Prepare writes from `req.src` to `req.dst` that will be posted many times with new offsets,
    * lengths and immediates: the source, the descriptor and the immediate are validated once, here
@@ -324,9 +326,20 @@ export type TransferRequest =
   | ({ kind: 'barrier' } & BarrierRequest)
   | ({ kind: 'imm' } & ImmRequest);
 
+/** What {@link TransferEngine.submitBatch} takes besides its requests. */
+export interface BatchOptions extends OpOptions {
+  /**
+   * Let the batch's unsharded single writes that have no `signal` or `timeoutMs` of their own and
+   * share source handle, destination `MrDesc` and immediate travel as one operation each group
+   * (default true): cheaper per write, but they share one outcome. False: every request is its own
+   * operation, and each write's outcome is exactly the one its provider reported.
+   */
+  mergeWrites?: boolean;
+}
+
 /** What {@link TransferEngine.submitBatch} resolves with once every operation has settled. */
 export interface BatchResult {
-  /** How many operations failed (0: every one completed). */
+  /** How many requests failed (0: every one completed). */
   readonly failed: number;
   /**
    * One entry per request, in order: `undefined` where the operation completed, else the
@@ -531,6 +544,8 @@ export interface OpStats {
    * Operations begun. A call refused before anything is posted — bad input, a closed engine, a
    * peer known lost or unreachable — is not counted; in a `submitBatch`, whose requests are all
    * checked for bad input first, a request to a lost peer is counted (and fails `PEER_LOST` alone).
+   * These counters count a `submitBatch`'s writes that travel as one operation once per request
+   * (as their own calls would), and one `prepareWrites` post once, however many writes it has.
    */
   submitted: number;
   completed: number;
@@ -570,10 +585,10 @@ export interface PeerStats {
  * by the writer's copy thread into the target's shared-memory region, not through the provider.
  */
 export interface HostLaneStats {
-  /** Writes (and their bytes) this engine copied over the lane. */
+  /** Writes (and their bytes) this engine copied over the lane (counted as `OpStats` counts operations). */
   writes: number;
   bytes: number;
-  /** Writes to a same-host shared region that went through the provider (mapping it failed). */
+  /** Writes to a same-host shared region that went through the provider (mapping it failed); one per operation, whatever its writes. */
   fallbacks: number;
   /** Remote host regions of this engine in shared-memory objects (writers on this host map them). */
   sharedRegions: number;
@@ -635,13 +650,13 @@ export interface GpuStats {
   stagedToHostBytes: number;
   /** Bytes copied host → device after arriving (staged targets). */
   stagedToDeviceBytes: number;
-  /** Staged writes this engine completed as the writer. */
+  /** Staged writes this engine completed as the writer (counted as `OpStats` counts operations). */
   stagedWrites: number;
-  /** Writes this engine made through the same-host lane (CUDA IPC copies, no NIC). */
+  /** Writes this engine made through the same-host lane (CUDA IPC copies, no NIC; counted as `OpStats` counts operations). */
   laneWrites: number;
   /** Bytes those writes copied. */
   laneBytes: number;
-  /** Writes that could have taken the lane but went through the NICs (a peer's allocation could not be mapped). */
+  /** Writes that could have taken the lane but went through the NICs (a peer's allocation could not be mapped); one per operation, whatever its writes. */
   laneFallbacks: number;
 }
 

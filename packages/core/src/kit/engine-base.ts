@@ -8,6 +8,7 @@ import { CallSite, invalid, TrellisError } from '../errors.js';
 import { countImms, lanesBetween } from '../imms.js';
 import type {
   BarrierRequest,
+  BatchOptions,
   BatchResult,
   EngineLimits,
   EngineStats,
@@ -505,7 +506,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return this.submit('submitImm', req, () => planImm(this, req));
   }
 
-  submitBatch(requests: readonly TransferRequest[], opts: OpOptions = {}): Promise<BatchResult> {
+  submitBatch(requests: readonly TransferRequest[], opts: BatchOptions = {}): Promise<BatchResult> {
     const site = CallSite.of('submitBatch');
     try {
       const name = site.op;
@@ -519,6 +520,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       if (typeof opts !== 'object' || opts === null)
         throw invalid('INVALID_ARGUMENT', name, `opts must be an object, got ${describe(opts)}`);
       checkOpOptions(name, opts);
+      if (opts.mergeWrites !== undefined && typeof opts.mergeWrites !== 'boolean')
+        throw invalid(
+          'INVALID_ARGUMENT',
+          name,
+          `opts.mergeWrites must be a boolean, got ${describe(opts.mergeWrites)}`,
+        );
       // Everything is checked before anything is posted: one bad request refuses the batch.
       const n = requests.length;
       // A peer known lost or unreachable is not bad input: it costs only its own requests.
@@ -554,19 +561,18 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         let left = n;
         let failed = 0;
         // Plain writes that share a source, a destination, an immediate and their options travel
-        // as one operation each group (see mergeWrites): ops[i] is the group's for its members.
-        const groups = n > 1 ? mergeWrites(requests, plans, unreachable) : undefined;
-        const ops = new Array<PendingOp>(n);
-        // Which plan goes where, in request order: a group's at its first member's place.
-        const order: number[] = [];
-        const groupPlans: Plan[] = [];
+        // as one operation each group (see mergeWrites), unless the caller asked for none.
+        const groups =
+          n > 1 && opts.mergeWrites !== false ? mergeWrites(requests, plans, unreachable) : undefined;
+        // What is posted, in request order (a group at its first member's place): its plan, its op
+        // and the index of its (first) request.
+        const posts: Array<{ plan: Plan; op: PendingOp; i: number }> = [];
         for (let i = 0; i < n; i++) {
-          const g = groups?.of[i] ?? -1;
+          const g = groups ? groups.of[i]! : -1;
           if (g >= 0) {
             const members = groups!.members[g]!;
             if (members[0] !== i) continue;
-            const plan = groupPlan(plans, members, this.batchLane0);
-            this.batchLane0 = (this.batchLane0 + members.length) % (plan.targets[0]!.lanes || 1);
+            const plan = groupPlan(plans, members);
             const op = this.begin(
               site,
               plan.targets[0]!.peer,
@@ -575,7 +581,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
               peersOf[i]!,
               (err) => {
                 if (err) {
-                  for (const m of members) errors[m] = err;
+                  for (const m of members) errors[m] = memberError(err, members.length);
                   failed += members.length;
                 }
                 left -= members.length;
@@ -583,9 +589,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
               },
               members.length,
             );
-            for (const m of members) ops[m] = op;
-            order.push(-1 - g);
-            groupPlans[g] = plan;
+            posts.push({ plan, op, i });
             continue;
           }
           const r = requests[i]!;
@@ -594,7 +598,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
               ? opts
               : { signal: r.signal ?? opts.signal, timeoutMs: r.timeoutMs ?? opts.timeoutMs };
           const peers = peersOf[i]!;
-          ops[i] = this.begin(
+          const op = this.begin(
             site,
             peers.length === 1 ? peers[0] : undefined,
             planRegions(plans[i]!),
@@ -608,17 +612,15 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
               if (--left === 0) resolve({ failed, errors });
             },
           );
-          order.push(i);
+          posts.push({ plan: plans[i]!, op, i });
         }
         // Plans another path takes (regions in parts, GPU paths, failover) go there one by one;
         // the rest are the backend's, posted together.
         const mine: Plan[] = [];
         const mineOps: PendingOp[] = [];
-        for (const k of order) {
-          const i = k >= 0 ? k : groups!.members[-1 - k]![0]!;
-          const op = ops[i]!;
-          const p = k >= 0 ? plans[i]! : groupPlans[-1 - k]!;
-          const lost = k >= 0 ? unreachable[i] : undefined;
+        for (const { plan: p, op, i } of posts) {
+          // A group's members are all reachable (mergeWrites takes no other).
+          const lost = unreachable[i];
           if (lost) op.fail(lost);
           else if (op.cancelReason) op.fail(op.cancelReason);
           else {
@@ -1183,8 +1185,6 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   private heldOps = 0;
   /** The batch requests beyond one that live operations of merged writes stand for (see mergeWrites). */
   private mergedExtra = 0;
-  /** The lane the next group of merged writes starts on (as prepared writes rotate theirs). */
-  private batchLane0 = 0;
 
   /** @internal A held operation's posted work was let go of. */
   heldLetGo(op: PendingOp): void {
@@ -1459,7 +1459,6 @@ function inParts(p: Plan): boolean {
   }
 }
 
-/** The source region a plan reads (held in use until its op settles). */
 /** How {@link mergeWrites} grouped a batch: `of[i]` is request i's group (-1: none). */
 interface WriteGroups {
   of: Int32Array;
@@ -1467,8 +1466,16 @@ interface WriteGroups {
   members: number[][];
 }
 
-/** Distinct (source, destination, immediate) keys one batch is searched for; more go unmerged. */
-const MAX_WRITE_GROUPS = 16;
+/** Distinct (source, immediate) pairs looked for per destination in one batch; more go unmerged. */
+const MAX_KEYS_PER_DST = 16;
+
+/** A group being formed: its source and immediate, its first member, its group index once it has two. */
+interface GroupKey {
+  src: MrHandle;
+  imm: number | undefined;
+  first: number;
+  group: number;
+}
 
 /**
  * The plain writes of a batch that can travel as one operation: unsharded single writes (one work
@@ -1484,39 +1491,53 @@ function mergeWrites(
   unreachable: readonly (TrellisError | undefined)[],
 ): WriteGroups | undefined {
   let out: WriteGroups | undefined;
-  const keys: SinglePlan[] = [];
-  const firsts: number[] = [];
+  let byDst: Map<MrDesc, GroupKey[]> | undefined;
+  // The last key matched: a run of writes with one destination looks nothing up.
+  let last: GroupKey | undefined;
+  let lastDst: MrDesc | undefined;
   for (let i = 0; i < plans.length; i++) {
     const p = plans[i]!;
     if (p.op !== 'single' || p.shards !== 1 || unreachable[i]) continue;
     const r = requests[i]!;
     if (r.signal !== undefined || r.timeoutMs !== undefined) continue;
-    let k = 0;
-    for (; k < keys.length; k++) {
-      const q = keys[k]!;
-      if (q.src === p.src && q.dst === p.dst && q.imm === p.imm) break;
+    let key: GroupKey | undefined;
+    if (last && lastDst === p.dst && last.src === p.src && last.imm === p.imm) key = last;
+    else {
+      byDst ??= new Map();
+      let keys = byDst.get(p.dst);
+      if (!keys) {
+        keys = [];
+        byDst.set(p.dst, keys);
+      }
+      for (const k of keys)
+        if (k.src === p.src && k.imm === p.imm) {
+          key = k;
+          break;
+        }
+      if (!key) {
+        if (keys.length < MAX_KEYS_PER_DST) keys.push({ src: p.src, imm: p.imm, first: i, group: -1 });
+        continue;
+      }
     }
-    if (k === keys.length) {
-      if (k === MAX_WRITE_GROUPS) continue;
-      keys.push(p);
-      firsts.push(i);
-      continue;
-    }
+    last = key;
+    lastDst = p.dst;
     out ??= { of: new Int32Array(plans.length).fill(-1), members: [] };
-    let g = out.of[firsts[k]!]!;
-    if (g < 0) {
-      g = out.members.length;
-      out.members.push([firsts[k]!]);
-      out.of[firsts[k]!] = g;
+    if (key.group < 0) {
+      key.group = out.members.length;
+      out.members.push([key.first]);
+      out.of[key.first] = key.group;
     }
-    out.members[g]!.push(i);
-    out.of[i] = g;
+    out.members[key.group]!.push(i);
+    out.of[i] = key.group;
   }
   return out;
 }
 
-/** The scatter plan a group of {@link mergeWrites} is posted as (its writes spread over the lanes from `lane0`). */
-function groupPlan(plans: readonly Plan[], members: readonly number[], lane0: number): ScatterPlan {
+/**
+ * The scatter plan a group of {@link mergeWrites} is posted as: every write on lane 0, where each
+ * would have gone as its own unsharded single write (so a NIC's fault costs what it did).
+ */
+function groupPlan(plans: readonly Plan[], members: readonly number[]): ScatterPlan {
   const first = plans[members[0]!] as SinglePlan;
   const targets = new Array<ScatterPlanTarget>(members.length);
   for (let k = 0; k < members.length; k++) {
@@ -1530,16 +1551,34 @@ function groupPlan(plans: readonly Plan[], members: readonly number[], lane0: nu
       lanes: p.lanes,
     };
   }
-  return {
-    op: 'scatter',
-    src: first.src,
-    targets,
-    imm: first.imm,
-    routing: 'peers',
-    lane0: lane0 % first.lanes,
-  };
+  return { op: 'scatter', src: first.src, targets, imm: first.imm, routing: LANE_0 };
 }
 
+/** The routing of a group of merged writes (see {@link groupPlan}). */
+const LANE_0 = Object.freeze({ nic: 0 });
+
+/**
+ * The error a member of a group of merged writes reports: the group's, saying it was one of `n`
+ * (each member gets its own error object).
+ */
+function memberError(err: TrellisError, n: number): TrellisError {
+  const e = new TrellisError(
+    err.code,
+    `${err.message} (one of ${n} writes of this batch that travelled as one operation and share its outcome)`,
+    {
+      errno: err.errno,
+      providerMessage: err.providerMessage,
+      peer: err.peer,
+      nic: err.nic,
+      op: err.op,
+      cause: err.cause,
+    },
+  );
+  e.stack = err.stack;
+  return e;
+}
+
+/** The source region a plan reads (held in use until its op settles). */
 function planRegions(p: Plan): Region[] {
   return p.op === 'single' || p.op === 'paged' || p.op === 'scatter' ? [p.src as Region] : [];
 }

@@ -298,7 +298,7 @@ export class SameHostLane {
     op.promise.then(
       () => {
         this.running.delete(op);
-        counters.writes++;
+        counters.writes += op.weight;
         counters.bytes += bytes;
       },
       () => this.running.delete(op),

@@ -2000,8 +2000,9 @@ export interface PackedWrite {
  * Pack a plan into the addon's write records ({@link RUN} and {@link NIC_KEYS} records, or the pages
  * object): the JS half of a write the worker expands into work requests (`wr_shape` in expand.hpp;
  * backend-efa's test/expand.test.ts checks, on random plans, that the expansion of what this packs
- * is {@link workRequests} of the plan). Returns how many runs it packed at the start of `scratch`'s
- * arrays; sets `scratch.region` and `scratch.pages`. @internal
+ * is {@link workRequests} of the plan). Returns how many runs it packed, from run `base` of
+ * `scratch`'s arrays (growing them, the runs before `base` kept); sets `scratch.region` and
+ * `scratch.pages`. @internal
  */
 export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, op: string, base = 0): number {
   let n = base;
@@ -2068,12 +2069,12 @@ export function packRuns(plan: Plan, scratch: WriteScratch, peers: WritePeers, o
       const lane0 = plan.lane0 ?? 0;
       for (let i = 0; i < targets.length; i++) {
         const t = targets[i]!;
-        if (i > 0 && routing === 'peers' && t.dst === targets[i - 1]!.dst) {
-          // The previous target's destination again (prepared writes: all of them): its peer id
-          // and keys are copied, not looked up and converted again.
+        if (i > 0 && routing !== 'bytes' && t.dst === targets[i - 1]!.dst) {
+          // The previous target's destination again (prepared writes and a batch's merged writes:
+          // all of them): its peer id and keys are copied, not looked up and converted again.
           const at = RUN.stride * n;
           runs.copyWithin(at, at - RUN.stride, at);
-          runs[at + RUN.lane0] = (lane0 + i) % t.lanes;
+          runs[at + RUN.lane0] = routing === 'peers' ? (lane0 + i) % t.lanes : routing.nic;
           runs[at + RUN.srcOff] = t.srcOffset;
           runs[at + RUN.dstOff] = t.dstOffset;
           runs[at + RUN.len] = t.length;

@@ -114,7 +114,7 @@ export class Stager {
         this.runs.delete(op);
         if (run.cancelled) op.fail(run.cancelled);
         else {
-          this.counters.writes++;
+          this.counters.writes += op.weight;
           op.complete();
         }
       },

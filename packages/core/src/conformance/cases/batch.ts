@@ -250,6 +250,7 @@ export const BATCH_CASES: readonly ConformanceCase[] = [
         }
         const waits = [...want].map(([imm, n]) => (imm === 73 ? c! : b!).immCounter(imm).wait(n, WAIT));
         const before = a!.stats().ops;
+        const nicsBefore = a!.stats().nics.map((x) => x.writeOps);
         const result = await a!.submitBatch(requests, { timeoutMs: 10_000 });
         assert.equal(result.failed, 0);
         assert.equal(result.errors.length, 48);
@@ -260,6 +261,11 @@ export const BATCH_CASES: readonly ConformanceCase[] = [
         assert.equal(after.completed - before.completed, 48);
         assert.equal(after.failed - before.failed, 0);
         assert.equal(after.inFlight, before.inFlight);
+        // Every write on lane 0, as each would go alone unsharded (one NIC's fault costs what it did).
+        const nicsAfter = a!.stats().nics.map((x) => x.writeOps);
+        for (let k = 1; k < nicsAfter.length; k++)
+          assert.equal(nicsAfter[k], nicsBefore[k], `NIC ${k} write ops`);
+        assert.ok(nicsAfter[0]! - nicsBefore[0]! >= 48, 'NIC 0 carried the 48 writes');
         for (let i = 0; i < 48; i++)
           (i % 3 === 2 ? ec : eb).set(s.subarray(i * 1024, i * 1024 + 1000), i * 1024);
         assertBytes(bytesOf(db), eb, 'peer b');
@@ -279,6 +285,7 @@ export const BATCH_CASES: readonly ConformanceCase[] = [
           assert.ok(e instanceof TrellisError);
           assert.equal(e.code, 'ABORTED');
           assert.equal(e.op, 'submitBatch');
+          assert.match(e.message, /\(one of \d+ writes of this batch that travelled as one operation/);
         }
         const last = a!.stats().ops;
         assert.equal(last.submitted - after.submitted, plain.length);
@@ -286,6 +293,19 @@ export const BATCH_CASES: readonly ConformanceCase[] = [
         assert.equal(last.inFlight, before.inFlight);
         for (const imm of [71, 72]) await assertNoExtra(b!, imm);
         assertBytes(bytesOf(db), eb, 'peer b after the aborted batch');
+        // mergeWrites: false — the same writes, each its own operation, each its own error.
+        const r3 = await a!.submitBatch(plain, { signal: ac.signal, mergeWrites: false });
+        assert.equal(r3.failed, plain.length);
+        assert.equal(new Set(r3.errors).size, plain.length, 'an error object per request');
+        for (const e of r3.errors) assert.ok(e instanceof TrellisError && e.code === 'ABORTED');
+        await assert.rejects(
+          a!.submitBatch(plain, { mergeWrites: 'yes' as unknown as boolean }),
+          (e: unknown) =>
+            e instanceof TrellisError &&
+            e.code === 'INVALID_ARGUMENT' &&
+            /mergeWrites must be a boolean/.test(e.message),
+        );
+        for (const imm of [71, 72]) await assertNoExtra(b!, imm);
       }),
   },
 ];
