@@ -157,6 +157,10 @@ describe('a batch rings the event loop once', () => {
     await tx.submitSingleWrite({ src, length: 64, dst: dst.desc });
     await tx.submitSingleWrite({ src, length: 64, dst: stale.desc });
     await stale.unregister();
+    // unregister() resolves once other's worker has been told, not once it has closed the
+    // registration: an operation of `other` after it is handled after it (one command ring, in
+    // order), so once that completes no write through the stale key can land.
+    await other.submitImm({ dst: tx.address, imm: 99 });
     const write = (i: number) => slot(src, dst.desc, i, size);
     const r = await tx.submitBatch([
       write(0),

@@ -221,7 +221,13 @@ export interface MrHandle {
   readonly remote: boolean;
   /** False once unregistered. */
   readonly registered: boolean;
-  /** Unregister: waits for this engine's pending operations that use the region to settle first. */
+  /**
+   * Unregister: waits for this engine's pending operations that use the region to settle first.
+   * On the native engines it resolves once the engine's worker has been told, before the worker
+   * closes the provider's registration: a peer's write through the old descriptor that arrives in
+   * that window (microseconds) can still land. An operation this engine submits afterwards is
+   * handled after the close (its worker takes commands in order).
+   */
   unregister(): Promise<void>;
 }
 
