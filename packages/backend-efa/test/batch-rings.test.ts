@@ -4,6 +4,7 @@
 // own deadline passes while another member holds the batch — at once, with the member's true
 // outcome. The engines under test here spin for a minute after activity (idleSpinUs) and have
 // arrivalBatchUs of a minute, so that nothing but the ring under test hands records to JavaScript.
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { MrDesc, type MrHandle, type TransferRequest, TrellisError } from '@trellis/core';
 import { assertBytes, PeerProcess, pattern, sleep } from '@trellis/core/conformance';
@@ -44,6 +45,29 @@ afterEach(async () => {
   cleanup = [];
 });
 
+/**
+ * A tcp peer in its own process with a remote region `kv` of `bytes`, and a descriptor of it that
+ * goes through the provider (a same-host lane copy would need nothing from the target process), so
+ * that writes larger than socket buffers hold cannot complete while it is paused. Stopped (and
+ * resumed first) after the test.
+ */
+async function hungPeer(bytes: number): Promise<{ hung: PeerProcess; stalled: MrDesc }> {
+  const hung = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
+  cleanup.push(async () => {
+    hung.pause(false);
+    await hung.stop();
+  });
+  const desc = await hung.call<{ desc: string }>('register', { name: 'kv', size: bytes, remote: true });
+  const p = MrDesc.parse(desc.desc);
+  return { hung, stalled: new MrDesc(p.owner, p.base, p.length, p.nics, p.staged, p.parts) };
+}
+
+/** The hung peer's region `kv` holds exactly `bytes`. */
+async function expectKv(hung: PeerProcess, bytes: Uint8Array): Promise<void> {
+  const { sha256 } = await hung.call<{ sha256: string }>('sha256', { name: 'kv' });
+  expect(sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
+}
+
 describe('a batch rings the event loop once', () => {
   for (const provider of ['shm', 'tcp'] as const)
     for (const merged of [false, true])
@@ -81,26 +105,11 @@ describe('a batch rings the event loop once', () => {
   it('tcp: a member written while another waits on a hung peer settles at its own deadline, with its true outcome (no ring before then)', async () => {
     const rx = await openEngine({ provider: 'tcp' });
     const tx = await quietWriter('tcp');
-    const hung = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
-    cleanup.push(async () => {
-      hung.pause(false);
-      await hung.stop();
-    });
     const size = 4096;
     // The hung peer's write is larger than socket buffers hold: tcp cannot complete it while the
     // target is stopped (a small one can complete once the kernel has taken it).
     const big = 32 << 20;
-    const desc = await hung.call<{ desc: string }>('register', { name: 'kv', size: big, remote: true });
-    const parsed = MrDesc.parse(desc.desc);
-    // Through the provider: a same-host lane copy needs nothing from the target process.
-    const stalled = new MrDesc(
-      parsed.owner,
-      parsed.base,
-      parsed.length,
-      parsed.nics,
-      parsed.staged,
-      parsed.parts,
-    );
+    const { hung, stalled } = await hungPeer(big);
     const dst = await rx.registerMemory(size, { remote: true });
     const src = await tx.registerMemory(size + big);
     src.buffer!.set(pattern(size + big, 9));
@@ -132,9 +141,7 @@ describe('a batch rings the event loop once', () => {
     hung.pause(false);
     const r = await batch;
     expect(r).toEqual({ failed: 0, errors: [undefined, undefined] });
-    const { sha256 } = await hung.call<{ sha256: string }>('sha256', { name: 'kv' });
-    const { createHash } = await import('node:crypto');
-    expect(sha256).toBe(createHash('sha256').update(src.buffer!.subarray(size)).digest('hex'));
+    await expectKv(hung, src.buffer!.subarray(size));
     expect(tx.stats().ops).toMatchObject({
       submitted: base.ops.submitted + 2,
       completed: base.ops.completed + 2,
@@ -179,25 +186,10 @@ describe('a batch rings the event loop once', () => {
   it("tcp: writes sharing a destination travel as one operation; past the batch deadline at a hung peer each fails TIMEOUT, counted per request, and the healthy peer's land", async () => {
     const rx = await openEngine({ provider: 'tcp' });
     const tx = await quietWriter('tcp');
-    const hung = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
-    cleanup.push(async () => {
-      hung.pause(false);
-      await hung.stop();
-    });
     const size = 4096;
     // Two writes larger than socket buffers hold: tcp cannot complete them while the target is stopped.
     const big = 16 << 20;
-    const desc = await hung.call<{ desc: string }>('register', { name: 'kv', size: 2 * big, remote: true });
-    const parsed = MrDesc.parse(desc.desc);
-    // Through the provider: a same-host lane copy needs nothing from the target process.
-    const stalled = new MrDesc(
-      parsed.owner,
-      parsed.base,
-      parsed.length,
-      parsed.nics,
-      parsed.staged,
-      parsed.parts,
-    );
+    const { hung, stalled } = await hungPeer(2 * big);
     const dst = await rx.registerMemory(4 * size, { remote: true });
     const src = await tx.registerMemory(4 * size + 2 * big);
     src.buffer!.set(pattern(4 * size + 2 * big, 10));
@@ -252,12 +244,6 @@ describe('a batch rings the event loop once', () => {
     });
     hung.pause(false);
     await until(() => tx.stats().ops.held === 0);
-    const { sha256 } = await hung.call<{ sha256: string }>('sha256', { name: 'kv' });
-    const { createHash } = await import('node:crypto');
-    expect(sha256).toBe(
-      createHash('sha256')
-        .update(src.buffer!.subarray(4 * size))
-        .digest('hex'),
-    );
+    await expectKv(hung, src.buffer!.subarray(4 * size));
   }, 60_000);
 });

@@ -560,8 +560,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         const errors = new Array<TrellisError | undefined>(n).fill(undefined);
         let left = n;
         let failed = 0;
-        // Plain writes that share a source, a destination, an immediate and their options travel
-        // as one operation each group (see mergeWrites), unless the caller asked for none.
+        // Plain writes with no options of their own that share a source, a destination and an
+        // immediate travel as one operation each group (see mergeWrites), unless mergeWrites: false.
         const groups =
           n > 1 && opts.mergeWrites !== false ? mergeWrites(requests, plans, unreachable) : undefined;
         // What is posted, in request order (a group at its first member's place): its plan, its op
@@ -1515,7 +1515,12 @@ function mergeWrites(
           break;
         }
       if (!key) {
-        if (keys.length < MAX_KEYS_PER_DST) keys.push({ src: p.src, imm: p.imm, first: i, group: -1 });
+        // The first of its kind: a group starts once a second one comes.
+        if (keys.length < MAX_KEYS_PER_DST) {
+          last = { src: p.src, imm: p.imm, first: i, group: -1 };
+          lastDst = p.dst;
+          keys.push(last);
+        }
         continue;
       }
     }
