@@ -222,11 +222,12 @@ export interface MrHandle {
   /** False once unregistered. */
   readonly registered: boolean;
   /**
-   * Unregister: waits for this engine's pending operations that use the region to settle first.
-   * On the native engines it resolves once the engine's worker has been told, before the worker
-   * closes the provider's registration: a peer's write through the old descriptor that arrives in
-   * that window (microseconds) can still land. An operation this engine submits afterwards is
-   * handled after the close (its worker takes commands in order).
+   * Unregister: waits for this engine's pending operations that use the region to settle first,
+   * then for the registration to be closed on every NIC (and the same-host lane's shared name to
+   * be unlinked). Once it resolves, a peer's write through the old descriptor is refused
+   * (`REMOTE_ACCESS` at the writer, where the provider reports refusals: tcp, verbs, libfabric 2.x's
+   * shm as `scripts/libfabric.sh` builds it; libfabric 1.17's shm never completes it, see
+   * docs/security.md) and the memory is the caller's again. A closed engine resolves at once.
    */
   unregister(): Promise<void>;
 }

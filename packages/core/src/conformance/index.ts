@@ -12,6 +12,7 @@ import { describe, it } from 'vitest';
 import type { TransferEngine } from '../types.js';
 import { CASES, type ConformanceCaseId, type GroupFactory } from './cases.js';
 
+export { UNREGISTERED_WRITE_CASE } from './cases/lifecycle.js';
 export { LATENCY_MODE_CASE, LATENCY_TIMERS_CASE, REACTIONS_CASE } from './cases/reactions.js';
 export type { CaseContext, EngineGroup, GroupFactory } from './cases.js';
 export { CASES as CONFORMANCE_CASES, type ConformanceCase, type ConformanceCaseId } from './cases.js';

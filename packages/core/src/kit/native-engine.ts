@@ -76,7 +76,8 @@ export interface NativeEvents {
   released?: Uint32Array;
   /** Messages of failed ops: [record index into ops, text, index, text, ...]. */
   messages?: Array<number | string>;
-  regs?: Array<{ region: number; code: string; message: string; keys: BigUint64Array }>;
+  /** Registrations done, and deregistrations (`dereg: true`: every NIC has closed the region's key). */
+  regs?: Array<{ region: number; code: string; message: string; keys: BigUint64Array; dereg?: true }>;
   /** {@link ARRIVAL} records: (imm, count) */
   imms?: Uint32Array;
   recvs?: Uint8Array[];
@@ -548,6 +549,8 @@ export abstract class NativeEngineBase extends EngineBase {
   }>;
   private readonly inflight = new OpSlots();
   private readonly regs = new Map<number, PendingReg>();
+  /** Deregistrations the worker has not yet confirmed: settled by its reply, or by close(). */
+  private readonly deregs = new Map<number, () => void>();
   private readonly peerIds = new Map<string, number>();
   private readonly headerBytes: Uint8Array;
   private readonly recvPools: RecvPool[] = [];
@@ -779,6 +782,12 @@ export abstract class NativeEngineBase extends EngineBase {
 
   private onRegs(regs: NonNullable<NativeEvents['regs']>): void {
     for (const r of regs) {
+      if (r.dereg) {
+        const done = this.deregs.get(r.region);
+        this.deregs.delete(r.region);
+        done?.();
+        continue;
+      }
       const p = this.regs.get(r.region);
       if (!p) continue;
       this.regs.delete(r.region);
@@ -1093,7 +1102,13 @@ export abstract class NativeEngineBase extends EngineBase {
     if (this.staged.delete(id)) {
       for (const [k, r] of this.stagedByRkey) if (r.key === id) this.stagedByRkey.delete(k);
     }
-    if (!this.closed) this.native.deregister(id);
+    if (this.closed) return;
+    // Resolved when the worker has closed the registration on every NIC (or the engine closes): from
+    // then on a remote write through the region's old key fails, so its memory may be reused.
+    await new Promise<void>((resolve) => {
+      this.deregs.set(id, resolve);
+      this.native.deregister(id);
+    });
   }
 
   // -- peers ------------------------------------------------------------------------------------
@@ -1898,6 +1913,9 @@ export abstract class NativeEngineBase extends EngineBase {
     for (const p of this.regs.values())
       p.reject(new TrellisError('CLOSED', 'registerMemory: the engine was closed'));
     this.regs.clear();
+    // The provider is closed: every registration with it is gone.
+    for (const done of this.deregs.values()) done();
+    this.deregs.clear();
     for (const pool of this.recvPools.splice(0)) pool.end();
   }
 

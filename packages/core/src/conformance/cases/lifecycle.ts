@@ -6,6 +6,13 @@ import type { TransferEngine } from '../../types.js';
 import { assertBytes, bytesOf, pattern, rejects, SettleTracker, sleep, throws } from '../util.js';
 import { type ConformanceCase, needFaults, source, target, WAIT, withGroup } from './shared.js';
 
+/**
+ * The id of the case that writes through a descriptor after its region was unregistered (targets
+ * whose provider cannot refuse a key skip it by this id).
+ */
+export const UNREGISTERED_WRITE_CASE =
+  'unregister: once it resolves the old descriptor is refused (REMOTE_ACCESS) and the memory keeps its bytes';
+
 export const LIFECYCLE_CASES: readonly ConformanceCase[] = [
   {
     id: 'close: operations in flight settle exactly once; later calls reject CLOSED; close is idempotent',
@@ -152,6 +159,27 @@ export const LIFECYCLE_CASES: readonly ConformanceCase[] = [
         await b!.immCounter(1).wait(autoShards(1 << 18, lanesBetween(a!.nics, b!.nics)), WAIT);
         expect.set(pattern(1 << 18, 1));
         assertBytes(bytesOf(dst), expect, 'write completed');
+      }),
+  },
+  {
+    id: UNREGISTERED_WRITE_CASE,
+    run: (ctx) =>
+      withGroup(ctx, 2, async ({ engines: [a, b] }) => {
+        const src = await source(a!, 4096, 4);
+        // Memory the caller owns, so it stays readable after unregister.
+        const mem = new Uint8Array(4096);
+        const dst = await b!.registerMemory(mem, { remote: true });
+        await a!.submitSingleWrite({ src, length: 4096, dst: dst.desc });
+        assertBytes(mem, pattern(4096, 4), 'a write before unregister');
+        mem.fill(0x5c);
+        await dst.unregister();
+        // No operation of b's in between: unregister() alone must have closed the key on every NIC.
+        await rejects(
+          a!.submitSingleWrite({ src, length: 4096, dst: dst.desc, timeoutMs: 10_000 }),
+          'REMOTE_ACCESS',
+          'a write through the unregistered descriptor',
+        );
+        assertBytes(mem, new Uint8Array(4096).fill(0x5c), 'memory after the refused write');
       }),
   },
   {

@@ -263,6 +263,8 @@ struct RegDone {
   Code code;
   std::string message;
   std::vector<RemoteKey> keys;  // per NIC
+  // A deregistration's reply: every NIC has closed the region's registration (no key, code Ok).
+  bool dereg = false;
 };
 struct WatchChange {
   uint32_t id;

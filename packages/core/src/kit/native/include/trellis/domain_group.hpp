@@ -171,12 +171,16 @@ class DomainGroup {
     events_.push([&](Events& e) { e.regs.push_back(std::move(ev)); });
   }
 
+  // Close the region's registration on every NIC, then say so: the JavaScript side's unregister()
+  // resolves on this reply, so a remote write through the old key fails from then on.
   void dereg(uint32_t id) {
     auto it = regions_.find(id);
     if (it != regions_.end()) {
       for (size_t i = 0; i < it->second.mrs.size(); i++) domains_[i]->dereg(it->second.mrs[i]);
       regions_.erase(it);
     }
+    RegDone ev{id, Code::Ok, "", {}, true};
+    events_.push([&](Events& e) { e.regs.push_back(std::move(ev)); });
   }
 
   // Accept a write into the op table and the backlog (or report it failed at once).

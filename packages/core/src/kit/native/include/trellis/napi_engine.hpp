@@ -405,6 +405,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
         x.Set("region", r.region);
         x.Set("code", code_name(r.code));
         x.Set("message", r.message);
+        if (r.dereg) x.Set("dereg", true);
         using K = format::RegKey;
         Napi::BigUint64Array keys = Napi::BigUint64Array::New(env, r.keys.size() * K::kStride);
         for (size_t k = 0; k < r.keys.size(); k++) {
