@@ -103,6 +103,11 @@ interface Row {
   /** Single writes: the SDK with the same-host lane, and the raw shared-mapping memcpy. */
   lane?: number;
   mapped?: number;
+  /**
+   * Each trial's SDK column over the raw program's run of the same trial (SDK and raw alternate),
+   * by column: how far the trials spread, which the medians hide.
+   */
+  paired?: { sdk?: number[]; batch?: number[]; prepared?: number[] };
 }
 
 /**
@@ -452,6 +457,7 @@ for (const provider of providers) {
       }
     }
     const med = (xs: number[]) => (xs.length ? median(xs) : undefined);
+    const pair = (xs: number[]) => (xs.length ? xs.map((x, i) => x / rawT[i]!) : undefined);
     rows.push({
       provider: prov,
       test: 'single write',
@@ -465,6 +471,7 @@ for (const provider of providers) {
       cpu: { sdk: med(cpuT.sdk), batch: med(cpuT.batch), prepared: med(cpuT.prepared) },
       lane: med(laneT),
       mapped: med(mappedT),
+      paired: { sdk: pair(sdkT), batch: pair(batchT), prepared: pair(preparedT) },
     });
     process.stderr.write('.');
   }
@@ -485,6 +492,7 @@ for (const provider of providers) {
       sdk: median(sdkT),
       raw: median(rawT),
       unit: 'Mops/s',
+      paired: { sdk: sdkT.map((x, i) => x / rawT[i]!) },
     });
     process.stderr.write('.');
   }
@@ -571,6 +579,26 @@ if (rows.some((r) => r.cpu)) {
     if (r.cpu)
       console.log(
         `| ${r.provider} | ${fmtSize(r.size)} | ${c(r.cpu.sdk)} | ${c(r.cpu.batch)} | ${c(r.cpu.prepared)} |`,
+      );
+}
+if (trials > 1 && rows.some((r) => r.paired)) {
+  console.log('');
+  console.log(
+    "Each trial's ratio to the raw program's run of the same trial (the two alternate), lowest to highest:",
+  );
+  console.log('| provider | test | size | SDK | SDK, submitBatch | SDK, prepared |');
+  console.log('|---|---|---|---|---|---|');
+  const spread = (xs: number[] | undefined) =>
+    xs?.length
+      ? [...xs]
+          .sort((a, b) => a - b)
+          .map((x) => x.toFixed(2))
+          .join(' ')
+      : '–';
+  for (const r of rows)
+    if (r.paired)
+      console.log(
+        `| ${r.provider} | ${r.test} | ${fmtSize(r.size)} | ${spread(r.paired.sdk)} | ${spread(r.paired.batch)} | ${spread(r.paired.prepared)} |`,
       );
 }
 if (latency.length) {

@@ -4,15 +4,13 @@
 // own deadline passes while another member holds the batch — at once, with the member's true
 // outcome. The engines under test here spin for a minute after activity (idleSpinUs) and have
 // arrivalBatchUs of a minute, so that nothing but the ring under test hands records to JavaScript.
-import { createHash } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
-import { MrDesc, type MrHandle, type TransferRequest, TrellisError } from '@trellis/core';
-import { assertBytes, PeerProcess, pattern, sleep } from '@trellis/core/conformance';
-import { afterEach, describe, expect, it } from 'vitest';
+import { type MrDesc, type MrHandle, type TransferRequest, TrellisError } from '@trellis/core';
+import { assertBytes, pattern, sleep } from '@trellis/core/conformance';
+import { describe, expect, it } from 'vitest';
+import { expectKv, hungPeer } from './hung-peer.js';
 import { openEngine } from './open-engines.js';
 
 const MINUTE_US = 60_000_000;
-const engineModule = fileURLToPath(new URL('../dist/index.js', import.meta.url));
 
 /** Poll `done` every millisecond until it holds; fail after `ms`. */
 async function until(done: () => boolean, ms = 20_000): Promise<void> {
@@ -37,35 +35,6 @@ function quietWriter(provider: 'shm' | 'tcp') {
 /** The single write of slot `i` (`size` bytes at i × size) from `src` to the same place in `dst`. */
 function slot(src: MrHandle, dst: MrDesc, i: number, size: number, imm?: number): TransferRequest {
   return { kind: 'single', src, srcOffset: i * size, length: size, dst, dstOffset: i * size, imm };
-}
-
-let cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanup.reverse()) await c();
-  cleanup = [];
-});
-
-/**
- * A tcp peer in its own process with a remote region `kv` of `bytes`, and a descriptor of it that
- * goes through the provider (a same-host lane copy would need nothing from the target process), so
- * that writes larger than socket buffers hold cannot complete while it is paused. Stopped (and
- * resumed first) after the test.
- */
-async function hungPeer(bytes: number): Promise<{ hung: PeerProcess; stalled: MrDesc }> {
-  const hung = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
-  cleanup.push(async () => {
-    hung.pause(false);
-    await hung.stop();
-  });
-  const desc = await hung.call<{ desc: string }>('register', { name: 'kv', size: bytes, remote: true });
-  const p = MrDesc.parse(desc.desc);
-  return { hung, stalled: new MrDesc(p.owner, p.base, p.length, p.nics, p.staged, p.parts) };
-}
-
-/** The hung peer's region `kv` holds exactly `bytes`. */
-async function expectKv(hung: PeerProcess, bytes: Uint8Array): Promise<void> {
-  const { sha256 } = await hung.call<{ sha256: string }>('sha256', { name: 'kv' });
-  expect(sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
 }
 
 describe('a batch rings the event loop once', () => {

@@ -1,10 +1,12 @@
 // backend-efa's own behaviour: providers and options (choice, checks, stats, library facts) and a
 // peer that restarts.
+import { createHash } from 'node:crypto';
 import { MrDesc, type MrHandle, NetAddr, TrellisError } from '@trellis/core';
-import { outcome } from '@trellis/core/conformance';
+import { assertBytes, outcome, pattern, sleep } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine, fabricLibrary, fabricVersion, probeProviders } from '../src/index.js';
 import { addon } from '../src/native.js';
+import { hungPeer } from './hung-peer.js';
 import { openEngine } from './open-engines.js';
 
 const code = outcome;
@@ -451,6 +453,51 @@ describe('backend-efa: the operation table and the event scratch', () => {
     expect(s.completed).toBe(17);
     expect(s.failed).toBe(0);
   });
+
+  it("an id comes round while the worker still holds an operation JavaScript let go of (its write never completed): the new one settles on its own, the old one's late completion is swallowed", async () => {
+    const a = await engine({ provider: 'tcp', opTimeoutMs: 1000, sameHostLane: false });
+    const b = await engine({ provider: 'tcp' });
+    // Larger than socket buffers hold: tcp cannot complete it while the target is stopped.
+    const big = 16 << 20;
+    const { hung, stalled } = await hungPeer(big);
+    const src = await a.registerMemory(big);
+    src.buffer!.set(pattern(big, 21));
+    const dst = await b.registerMemory(4096, { remote: true });
+    await a.submitSingleWrite({ src, length: 64, dst: stalled }); // connected
+    hung.pause(true);
+    const ids = a as unknown as { nextOpId: number };
+    ids.nextOpId = 2 ** 32 - 1;
+    // Its own deadline settles it with its work still posted (held); at the engine deadline JS lets
+    // it go, while the worker keeps its entry until the provider completes the write.
+    const old = await outcome(a.submitSingleWrite({ src, length: big, dst: stalled, timeoutMs: 100 }));
+    expect(old).toMatch(/^TIMEOUT: /);
+    expect(ids.nextOpId).toBe(1);
+    const deadline = Date.now() + 10_000;
+    while (a.stats().ops.held > 0 && Date.now() < deadline) await sleep(10);
+    expect(a.stats().ops.held).toBe(0);
+    // The same id again, to a healthy peer: before the worker moved the old entry aside, this write
+    // joined it and was never reported (it settled TIMEOUT at the engine deadline).
+    ids.nextOpId = 2 ** 32 - 1;
+    await a.submitSingleWrite({ src, length: 4096, dst: dst.desc, imm: 5 });
+    await b.immCounter(5).wait(1, { timeoutMs: 5000 });
+    assertBytes(dst.buffer!, src.buffer!.subarray(0, 4096), 'the new write');
+    // Resumed, the old write completes: every byte lands, and its completion reports nothing.
+    hung.pause(false);
+    let landed = false;
+    const want = createHash('sha256').update(src.buffer!).digest('hex');
+    for (let i = 0; i < 500 && !landed; i++) {
+      landed = (await hung.call<{ sha256: string }>('sha256', { name: 'kv' })).sha256 === want;
+      if (!landed) await sleep(20);
+    }
+    expect(landed).toBe(true);
+    // Once more through the same id: nothing of the old operation is left to meet.
+    ids.nextOpId = 2 ** 32 - 1;
+    await a.submitSingleWrite({ src, srcOffset: 4096, length: 4096, dst: dst.desc, imm: 5 });
+    await b.immCounter(5).wait(1, { timeoutMs: 5000 });
+    assertBytes(dst.buffer!, src.buffer!.subarray(4096, 8192), 'the third write');
+    await sleep(50);
+    expect(a.stats().ops).toMatchObject({ submitted: 4, completed: 3, failed: 1, inFlight: 0, held: 0 });
+  }, 60_000);
 
   it("the worker's command ring: a burst past it overflows and is still handled in order, beside another thread's commands", () => {
     // The worker's first command is held until all of these are pushed: 5,000 from this thread

@@ -108,9 +108,12 @@ struct Pages {
 
 struct PortState;
 
-// Operation ids: JavaScript's are below 2^32; a port's posts are numbered from kPortOpBase.
+// Operation ids: JavaScript's are below 2^32; a port's posts are numbered from kPortOpBase; an
+// operation JavaScript has let go of whose work the provider still holds is moved to an id from
+// kLingerOpBase when a new operation takes its id (DomainGroup::make_room).
 using OpId = uint64_t;
 constexpr OpId kPortOpBase = OpId(1) << 40;
+constexpr OpId kLingerOpBase = OpId(1) << 56;
 
 struct WriteCmd;
 class WriteRecycler;

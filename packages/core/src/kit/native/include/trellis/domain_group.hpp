@@ -218,6 +218,7 @@ class DomainGroup {
       ops_.report(op, st, st.code, 0, -1, st.message);
       return;
     }
+    make_room(op);
     Gen g;
     g.st = &ops_.add(op, std::move(st));
     if (w->region) g.region = &regions_.find(w->region)->second;
@@ -245,8 +246,29 @@ class DomainGroup {
       ops_.report(op, st, Code::InvalidArgument, 0, -1, "no NIC " + std::to_string(lane) + " to this peer");
       return;
     }
+    make_room(op);
     ops_.add(op, std::move(st));
     send_backlog_.push_back(PendingSend{op, peer, std::move(data), lane});
+  }
+
+  // JavaScript's operation ids are 32 bits and wrap after 2^32. It skips every id it still holds,
+  // but it lets go of an operation at the engine deadline even when the provider never completes
+  // the operation's work request (libfabric 1.17's shm with a refused key, a peer hung for good),
+  // and the entry stays here until the provider does. A new operation of that id moves the old
+  // entry, and every work request of it, to an id of its own beyond JavaScript's first: the old
+  // one's late completion then finds the old entry (and is swallowed: it was reported), and the
+  // new one's its own.
+  void make_room(OpId op) {
+    if (!ops_.find(op)) return;
+    OpId moved = kLingerOpBase + lingering_++;
+    ops_.rename(op, moved);
+    for (auto& block : ctx_blocks_)
+      for (int i = 0; i < 1024; i++)
+        if (block[i].live && block[i].op == op) block[i].op = moved;
+    for (auto& g : backlog_)
+      if (g.cmd && g.cmd->op == op) g.cmd->op = moved;
+    for (auto& s : send_backlog_)
+      if (s.op == op) s.op = moved;
   }
 
   // Immediates a port counts are routed to it (and never reach JS).
@@ -694,6 +716,7 @@ class DomainGroup {
   WrCtx* free_ctx_ = nullptr;
   std::vector<Completion> comps_;
   uint32_t eagain_backoff_ = 0;
+  uint64_t lingering_ = 0;  // make_room's moves, ever
 };
 
 }  // namespace trellis

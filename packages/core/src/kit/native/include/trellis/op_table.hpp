@@ -47,9 +47,24 @@ class OpTable {
     return std::chrono::steady_clock::now() + std::chrono::milliseconds(op_timeout_ms_);
   }
 
-  // Enter an operation (an existing entry of that id stays). The state's address is stable:
-  // unordered_map nodes do not move.
+  // Enter an operation (an existing entry of that id stays: move it first, DomainGroup::make_room).
+  // The state's address is stable: unordered_map nodes do not move.
   OpState& add(OpId op, OpState&& st) { return ops_.emplace(op, std::move(st)).first->second; }
+
+  // An entry of this id: one JavaScript let go of at the engine deadline whose work the provider
+  // still holds, when a new operation comes with its id (JavaScript's ids wrap after 2^32).
+  const OpState* find(OpId op) const {
+    auto it = ops_.find(op);
+    return it == ops_.end() ? nullptr : &it->second;
+  }
+
+  // Move entry `from` to id `to`; its state keeps its address (the node is moved, not copied).
+  void rename(OpId from, OpId to) {
+    auto node = ops_.extract(from);
+    if (node.empty()) return;
+    node.key() = to;
+    ops_.insert(std::move(node));
+  }
 
   // A work request of `op` was posted (a send's; a write's generator holds its OpState).
   void wr_posted(OpId op) {
