@@ -6,8 +6,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readdirSync, utimesSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { HOST_MAPPING_DEVICE, MrDesc } from '@trellis/core';
-import { fillXorshift, HostGpu, outcome } from '@trellis/core/conformance';
+import { fillXorshift, HostGpu, outcome, PeerProcess } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
 import type { EfaEngine, EfaEngineOptions } from '../src/index.js';
 import { closeOpenEngines, openEngine } from './open-engines.js';
@@ -447,6 +448,58 @@ describe('backend-efa: the same-host lane for host memory (shared-memory regions
     expect(mine().length).toBeGreaterThan(0);
     await closeOpenEngines();
     expect(mine()).toEqual([]);
+  });
+});
+
+describe('backend-efa: the same-host lane to an owner that died', () => {
+  it('a SIGKILLed owner: writes with and without an immediate fail PEER_LOST before anything is copied, the peer is lost once; a live owner is still written', async () => {
+    const engineModule = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const owner = await PeerProcess.start(engineModule, { provider: 'tcp', nics: 1 });
+    try {
+      const a = await openEngine({ provider: 'tcp' });
+      const live = await openEngine({ provider: 'tcp' });
+      const lost: string[] = [];
+      a.onPeerLost((p, why) => lost.push(`${p.toString()} ${why.code}`));
+      const { desc } = await owner.call<{ desc: string }>('register', {
+        name: 'kv',
+        size: 1 << 16,
+        remote: true,
+      });
+      const dst = MrDesc.parse(desc);
+      expect(dst.ipc?.device).toBe(HOST_MAPPING_DEVICE); // a shared region: the lane takes it
+      const src = await a.registerMemory(1 << 16);
+      fillXorshift(src.buffer!, 3);
+      const liveDst = await live.registerMemory(4096, { remote: true });
+      // The writer maps the region with its first write; both kinds land.
+      await a.submitSingleWrite({ src, length: 4096, dst });
+      await a.submitSingleWrite({ src, length: 4096, dst, dstOffset: 4096, imm: 1 });
+      const copies = a.stats().hostLane!.writes;
+      expect(copies).toBe(2);
+      owner.kill();
+      await owner.exited;
+      // The object outlives its owner (nobody unlinked it) and stays mapped here: without the owner
+      // check the copy would "land" in memory nobody reads.
+      const noImm = await outcome(a.submitSingleWrite({ src, length: 4096, dst, dstOffset: 8192 }));
+      expect(noImm).toBe(
+        'PEER_LOST: submitSingleWrite: the target process on this host died (its shared region has no owner any more); the peer is lost',
+      );
+      expect(lost).toEqual([`${dst.owner.toString()} PEER_LOST`]);
+      // Lost now: refused at once, with or without an immediate, nothing copied.
+      for (const imm of [undefined, 2]) {
+        const o = await outcome(a.submitSingleWrite({ src, length: 4096, dst, imm }));
+        expect(o).toMatch(
+          /^PEER_LOST: submitSingleWrite: the peer .* was lost \(submitSingleWrite: the target process on this host died/,
+        );
+      }
+      expect(a.stats().hostLane!.writes).toBe(copies);
+      expect(lost.length).toBe(1);
+      // Another owner on this host is unaffected.
+      await a.submitSingleWrite({ src, length: 4096, dst: liveDst.desc, imm: 3 });
+      await live.immCounter(3).wait(1, { timeoutMs: 5000 });
+      expect(Buffer.compare(liveDst.buffer!, src.buffer!.subarray(0, 4096))).toBe(0);
+    } finally {
+      await owner.stop();
+    }
   });
 });
 

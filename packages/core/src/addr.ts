@@ -25,7 +25,7 @@ const KIND_RE = /^[a-z][a-z0-9-]{0,31}$/;
  * ```
  */
 export class NetAddr {
-  /** Backend kind, e.g. `loopback`, `efa`, `verbs`. */
+  /** Backend kind, e.g. `loopback`, `fi-tcp`, `fi-shm`, `fi-efa`, `ib-rc` (see {@link TransferEngine.kind}). */
   readonly kind: string;
   /** Incarnation of the peer; a restarted peer gets a new one. */
   readonly generation: number;

@@ -11,7 +11,7 @@
  * | `UNSUPPORTED_VERSION` | an encoding from a newer (or unknown) format version | upgrade the reader |
  * | `UNKNOWN_PEER` | the peer address is not reachable from this engine (another fabric, never existed) | check the address exchange |
  * | `PEER_LOST` | the peer died or closed while the operation was pending, or before it was submitted | the operation's effect at the peer is unknown; re-establish and retry |
- * | `CONNECTION_RESET` | the connection to the peer was torn down by an earlier failure on it (another operation's refused key; a flushed queue pair), cutting this operation off; the peer is not known to be lost | retry: the next operation reconnects |
+ * | `CONNECTION_RESET` | the connection to the peer was torn down by an earlier failure on it (another operation's refused key; a flushed queue pair), cutting this operation off; the peer is not known to be lost | retry with a short backoff: operations fail this way until the connection is rebuilt (tens of milliseconds on tcp here), then land |
  * | `NIC_FAILED` | the NIC (or its peer NIC) carrying part of the operation failed | retry; see `stats()` for the NIC's health |
  * | `CLOSED` | this engine (or the object used) was closed | do not use an engine after `close()` |
  * | `TIMEOUT` | a deadline (`timeoutMs`) passed | work it had posted may still land and read the source: `await engine.quiesce(peer)` before reusing the source |
@@ -74,7 +74,11 @@ export const TRELLIS_ERROR_CODES: readonly TrellisErrorCode[] = [
 export interface TrellisErrorDetails {
   /** The backend's errno (a positive libfabric `FI_E*` or POSIX value), when the error came from the provider. */
   errno?: number;
-  /** The provider's own message (`fi_cq_strerror`, `ibv_wc_status_str`). */
+  /**
+   * The message the native worker reported with a failed completion: the provider's own text
+   * (`fi_cq_strerror`, `ibv_wc_status_str`) where `errno` is set, Trellis's description (a deadline,
+   * a closed engine) otherwise; `undefined` for errors found in JavaScript.
+   */
   providerMessage?: string;
   /** The peer involved, in `NetAddr` string form. */
   peer?: string;
@@ -167,7 +171,7 @@ let captureStacks = typeof process !== 'undefined' && process.env?.TRELLIS_CAPTU
  * error reported later (from a completion) carries the frames of the line that submitted the
  * operation, as sharp's do; with it off, such an error carries its code, `op`, `peer` and message,
  * and errors found while submitting (bad input, a closed engine) still point at the caller, since
- * they are thrown inside the call. Returns the previous setting. Applies to operations submitted
+ * they are made inside the call (and returned as a rejected promise: `submit*` never throws). Returns the previous setting. Applies to operations submitted
  * after the call, in every engine of this process.
  */
 export function captureCallSites(on: boolean): boolean {

@@ -14,7 +14,11 @@ import type { MrDesc } from './desc.js';
  * is rejected before anything is posted.
  */
 export interface TransferEngine {
-  /** Backend kind: `loopback`, `efa`, `verbs`. */
+  /**
+   * Backend kind, as in {@link NetAddr.kind}: `loopback`; backend-efa's `fi-tcp`, `fi-shm`, `fi-efa`
+   * (by provider); backend-verbs' `ib-rc` (`rc-model` for its software model). Engines of different
+   * kinds cannot reach each other.
+   */
   readonly kind: string;
   /** This engine's address, to hand to peers. */
   readonly address: NetAddr;

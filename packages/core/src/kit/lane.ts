@@ -16,7 +16,9 @@
 // word and armed immediates, with a CPU thread in place of the CUDA stream (one copy, where
 // libfabric shm copies through its own buffers). The owner unlinks the name when the region is
 // unregistered: a writer then finds the link count at zero and fails with REMOTE_ACCESS before
-// anything is posted, as a NIC refuses a stale key.
+// anything is posted, as a NIC refuses a stale key. An owner that dies without unlinking (SIGKILL,
+// a crash) leaves the object behind, mapped here and writable: the writer finds the owner's lock
+// free and fails the write with PEER_LOST (the peer is then lost), as a provider would.
 //
 // A write resolves once its immediates were delivered (or, without an immediate, once its copy
 // is done): the source may be reused then. Cancellation (deadline, abort) cannot stop a copy the
@@ -48,12 +50,21 @@ export interface LaneHost {
   readonly host: HostLaneOps | undefined;
 }
 
+/** A mapped region's owner, as a writer finds it before each write. @internal */
+export type SharedOwner = 'alive' | 'unregistered' | 'gone';
+
+/** The native `sharedOwner` codes, by value. @internal */
+export const SHARED_OWNER: readonly SharedOwner[] = ['alive', 'unregistered', 'gone'];
+
 /** What the host half of the lane needs from the native engine. @internal */
 export interface HostLaneOps {
   /** Map a same-host peer's shared-memory object; throws when it cannot be opened. */
   map(name: string): { id: number; base: bigint; length: number };
-  /** The owner still has the region registered. */
-  alive(id: number): boolean;
+  /**
+   * What the writer finds of the region's owner: it holds the region (`alive`), unregistered it
+   * (its name unlinked), or died without unlinking it (`gone`: SIGKILL, a crash).
+   */
+  owner(id: number): SharedOwner;
   /** Unmap, after every copy queued so far. */
   unmap(id: number): void;
   /**
@@ -246,12 +257,25 @@ export class SameHostLane {
       const ipc = w.dst.ipc!;
       const m = this.mapping(ipc, device);
       queue ??= m.id;
-      if (device === HOST && !this.host.host!.alive(m.id!)) {
+      const owner = device === HOST ? this.host.host!.owner(m.id!) : 'alive';
+      if (owner === 'unregistered') {
         op.fail(
           new TrellisError(
             'REMOTE_ACCESS',
             `${op.callsite.op}: the target region was unregistered (its owner on this host released it); get a fresh descriptor from the peer`,
             { op: op.callsite.op },
+          ),
+        );
+        return;
+      }
+      if (owner === 'gone') {
+        // Its memory outlives it (this mapping), so a copy would "land" where nobody reads.
+        const peer = w.dst.owner.toString();
+        op.fail(
+          new TrellisError(
+            'PEER_LOST',
+            `${op.callsite.op}: the target process on this host died (its shared region has no owner any more); the peer is lost`,
+            { op: op.callsite.op, peer },
           ),
         );
         return;

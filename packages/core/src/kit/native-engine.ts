@@ -42,7 +42,7 @@ import {
   REG_KEY,
   RUN,
 } from './format.js';
-import { SameHostLane } from './lane.js';
+import { SameHostLane, SHARED_OWNER } from './lane.js';
 import { OpSlots } from './live-ops.js';
 import type { PendingOp } from './pending-op.js';
 import type { RecvPool, Region, RegionAlloc } from './region.js';
@@ -101,7 +101,8 @@ export interface NativeEngine {
   allocShared(length: number): { buffer: ArrayBuffer; name: string };
   unlinkShared(name: string): void;
   mapShared(name: string): { id: number; base: bigint; length: number };
-  sharedAlive(id: number): boolean;
+  /** 0: the owner holds the region; 1: it was unregistered (or is not mapped); 2: the owner died. */
+  sharedOwner(id: number): number;
   unmapShared(id: number): void;
   hostCopy(queue: number, triples: BigUint64Array, signal: Uint8Array, value: bigint): void;
   addressOf(view: Uint8Array): bigint;
@@ -694,7 +695,7 @@ export abstract class NativeEngineBase extends EngineBase {
           ? undefined
           : {
               map: (name) => this.native.mapShared(name),
-              alive: (id) => this.native.sharedAlive(id),
+              owner: (id) => SHARED_OWNER[this.native.sharedOwner(id)] ?? 'unregistered',
               unmap: (id) => this.native.unmapShared(id),
               copy: (queue, triples, signal, value) =>
                 this.native.hostCopy(
@@ -866,7 +867,7 @@ export abstract class NativeEngineBase extends EngineBase {
           () =>
             new TrellisError(
               'CONNECTION_RESET',
-              `${op.callsite.op}: cut off with a connection that was reset; the peer answered a probe afterwards, so it is not lost and the next operation reconnects — ${text}`,
+              `${op.callsite.op}: cut off with a connection that was reset; the peer answered a probe afterwards, so it is not lost; retry with a short backoff (operations to it fail this way until the connection is rebuilt) — ${text}`,
               details,
             ),
         );

@@ -36,7 +36,7 @@ enum class Code : uint8_t {
   Internal,
   UnknownPeer,
   // The connection to a live peer was torn down by an earlier failure on it (a refused key): this
-  // work was cut off with it; the next operation reconnects. Not a sign that the peer is gone.
+  // work was cut off with it; operations fail so until the connection is rebuilt. Not a sign that the peer is gone.
   ConnectionReset,
 };
 

@@ -101,15 +101,30 @@ inline bool shared_alloc(size_t len, SharedAlloc* out, std::string* err) {
   return true;
 }
 
-// A peer's region mapped here: the fd stays open for the link-count check.
+// What a writer finds of a mapped region's owner before each write.
+enum class SharedOwner : uint32_t {
+  Alive = 0,         // the region is registered and its owner holds it
+  Unregistered = 1,  // the owner unlinked the name (unregister, close)
+  Gone = 2,          // the name is linked but nobody holds the owner's lock: the owner died
+};
+
+// A peer's region mapped here: the fd stays open for the owner checks.
 struct SharedMapping {
   int fd = -1;
   void* addr = nullptr;
   size_t len = 0;
-  // The owner has not unlinked it (its region is still registered).
-  bool alive() const {
+  // An owner holds a shared flock on its object from creation, and unlinks the name before it lets
+  // the lock go (unregister, close, garbage collection); the kernel drops the lock when the owner
+  // dies without unlinking (SIGKILL, a crash). So: the lock is probed first, the link count read
+  // after — a free lock with the name still linked after it means the owner died. (A probe that
+  // meets another process's probe or shared_sweep reads as alive, and the next write looks again.)
+  SharedOwner owner() const {
+    if (fd < 0) return SharedOwner::Unregistered;
+    bool free_lock = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    if (free_lock) flock(fd, LOCK_UN);
     struct stat st {};
-    return fd >= 0 && fstat(fd, &st) == 0 && st.st_nlink > 0;
+    if (fstat(fd, &st) != 0 || st.st_nlink == 0) return SharedOwner::Unregistered;
+    return free_lock ? SharedOwner::Gone : SharedOwner::Alive;
   }
 };
 

@@ -231,7 +231,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("allocShared", &W::AllocShared),
                               W::InstanceMethod("unlinkShared", &W::UnlinkShared),
                               W::InstanceMethod("mapShared", &W::MapShared),
-                              W::InstanceMethod("sharedAlive", &W::SharedAlive),
+                              W::InstanceMethod("sharedOwner", &W::SharedOwnerOf),
                               W::InstanceMethod("unmapShared", &W::UnmapShared),
                               W::InstanceMethod("hostCopy", &W::HostCopy),
                               W::InstanceMethod("addressOf", &W::AddressOf),
@@ -633,10 +633,12 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return o;
   }
 
-  // sharedAlive(id): the owner still has the region registered (its name is linked).
-  Napi::Value SharedAlive(const Napi::CallbackInfo& info) {
+  // sharedOwner(id) → 0 the owner holds the region, 1 it was unregistered (or is not mapped here),
+  // 2 the owner died (SharedOwner).
+  Napi::Value SharedOwnerOf(const Napi::CallbackInfo& info) {
     auto it = mappings_.find(u32(info[0]));
-    return Napi::Boolean::New(info.Env(), it != mappings_.end() && it->second.alive());
+    SharedOwner o = it == mappings_.end() ? SharedOwner::Unregistered : it->second.owner();
+    return Napi::Number::New(info.Env(), static_cast<uint32_t>(o));
   }
 
   // unmapShared(id): after every copy queued so far.
