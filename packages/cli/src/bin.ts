@@ -192,6 +192,13 @@ const commands: Record<string, Command> = {
       if (v.port !== undefined) throw new UsageError('--port applies to --serve only');
       if (v.timeout !== undefined && v.connect === undefined)
         throw new UsageError('--timeout applies to --connect only');
+      if (v.connect !== undefined) {
+        const m = /^(.+):(\d+)$/.exec(String(v.connect));
+        if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535)
+          throw new UsageError(
+            `--connect takes HOST:PORT (a port from 1 to 65535), got ${JSON.stringify(v.connect)}`,
+          );
+      }
       const sizes = str(v, 'sizes')
         ?.split(',')
         .map((x) => Number(x));

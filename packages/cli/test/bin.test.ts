@@ -95,6 +95,11 @@ describe('trellis', () => {
       [['bench', '--nics', '9'], /--nics takes an integer from 1 to 4, got "9"/],
       [['bench', '--timeout', '5'], /--timeout applies to --connect only/],
       [['bench', '--serve', '--connect', 'h:1'], /--serve and --connect exclude each other/],
+      [
+        ['bench', '--connect', 'nohostport'],
+        /--connect takes HOST:PORT \(a port from 1 to 65535\), got "nohostport"/,
+      ],
+      [['bench', '--connect', 'localhost:99999'], /--connect takes HOST:PORT .*got "localhost:99999"/],
       [['soak', '--seconds', 'ten'], /--seconds takes an integer from 1 to/],
       [['soak', 'extra'], /Unexpected argument 'extra'/],
       [['doctor', '--backend', 'rdma'], /--backend is one of efa, verbs, got "rdma"/],

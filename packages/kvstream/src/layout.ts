@@ -161,8 +161,16 @@ export class KvLayout {
     this.segments = segs;
   }
 
-  /** Segments of layer `l`, in the same order on both sides of a stream. */
+  /**
+   * Segments of layer `l`, in the same order on both sides of a stream. Throws `OUT_OF_RANGE` for
+   * a layer that is not an integer in `[0, layers)`.
+   */
   layerSegments(l: number): readonly KvSegment[] {
+    if (!Number.isInteger(l) || l < 0 || l >= this.layers)
+      throw new TrellisError(
+        'OUT_OF_RANGE',
+        `KvLayout.layerSegments: layer ${String(l)} is not an integer in [0, ${this.layers})`,
+      );
     const per = this.segments.length / this.layers;
     return this.segments.slice(l * per, (l + 1) * per);
   }

@@ -230,6 +230,8 @@ export class KvStreamSender {
   private readonly tombstones = new Map<string, { delivered: number; uncertain: boolean } | null>();
   /** Tags whose bind deadline passed before their page table came, and why: the table is refused at once. */
   private readonly expiredTags = new Map<string, string>();
+  /** Tags whose page table was refused (a layout that does not match) before they were bound, and why. */
+  private readonly refusedTags = new Map<string, string>();
   private readonly freeStaging: number[];
   private readonly stagingBytes: number;
   private readonly dstLayouts = new Map<string, KvLayout>();
@@ -382,6 +384,13 @@ export class KvStreamSender {
       stream.deadline = setTimeout(() => this.expire(stream, ms), ms);
     }
     if (s.table) this.checkTable(s);
+    const refused = this.refusedTags.get(tag);
+    if (refused !== undefined && !s.table) {
+      // Its page table came first and was refused (its layout does not match): it fails now.
+      this.refusedTags.delete(tag);
+      this.failStream(s, new TrellisError('INVALID_ARGUMENT', refused));
+      this.maybeSettle(s);
+    }
     return new KvSendStream(this, s, progress);
   }
 
@@ -764,18 +773,17 @@ export class KvStreamSender {
       return;
     }
     if (t.fingerprint !== this.layout.fingerprint) {
-      this.send(
-        from,
-        encodeAbort(
-          t.id,
-          0,
-          0,
-          'INVALID_ARGUMENT',
-          `the decode layout (fingerprint ${t.fingerprint.toString(16)}) does not match the prefill layout (${this.layout.fingerprint.toString(16)}): layers, tokens per page and tensors must agree`,
-        ),
-      );
+      const why = `the decode layout (fingerprint ${t.fingerprint.toString(16)}) does not match the prefill layout (${this.layout.fingerprint.toString(16)}): layers, tokens per page and tensors must agree`;
+      this.send(from, encodeAbort(t.id, 0, 0, 'INVALID_ARGUMENT', why));
+      // This side's stream of the tag fails too: bound already, now; bound later, at its bind.
+      const err = `kvstream request '${t.tag}': ${why}`;
+      if (s) {
+        this.failStream(s, new TrellisError('INVALID_ARGUMENT', err));
+        this.maybeSettle(s);
+      } else putBounded(this.refusedTags, t.tag, err);
       return;
     }
+    this.refusedTags.delete(t.tag); // a table for it that matches: a later bind is this one's
     const expired = s ? undefined : this.expiredTags.get(t.tag);
     if (expired !== undefined) {
       // Its bind's deadline passed before it came: the decode side hears so now.

@@ -74,6 +74,19 @@ async function setup(
 }
 
 describe('KvLayout', () => {
+  it('layerSegments refuses a layer that is not an integer in [0, layers)', () => {
+    const l = new KvLayout({
+      layers: 3,
+      tokensPerPage: 4,
+      pages: 8,
+      tensors: [{ name: 'k', bytesPerToken: 8 }],
+    });
+    expect(l.layerSegments(2)).toHaveLength(l.segmentsPerLayer);
+    for (const bad of [-1, 3, 1.5, Number.NaN])
+      expect(msg(() => l.layerSegments(bad))).toBe(
+        `OUT_OF_RANGE: KvLayout.layerSegments: layer ${String(bad)} is not an integer in [0, 3)`,
+      );
+  });
   it('computes segments for layer-major, heads-before-pages and page-major caches', () => {
     const tensors = [
       { name: 'k', bytesPerToken: 8, heads: 2 },
@@ -294,6 +307,35 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
     expect(await outcome(a.done)).toMatch(
       /^INVALID_ARGUMENT: kvstream request 'm': the prefill side aborted: the decode layout \(fingerprint [0-9a-f]+\) does not match the prefill layout \([0-9a-f]+\): layers, tokens per page and tensors must agree$/,
     );
+    await new Promise((r) => setTimeout(r, 20));
+    expect(poolFull(rx)).toBe(true);
+  });
+
+  it('a layout that does not match fails the prefill stream too, bound before its table or after; both counted failed', async () => {
+    const { rx, pe, tx } = await setup({
+      decode: { layers: 3, tokensPerPage: 4, pages: 32, tensors: [{ name: 'k', bytesPerToken: 16 }] },
+    });
+    const reason =
+      /^INVALID_ARGUMENT: kvstream request 'b': the decode layout \(fingerprint [0-9a-f]+\) does not match the prefill layout \([0-9a-f]+\): layers, tokens per page and tensors must agree$/;
+    const before = tx.stats();
+    // Bound first: it fails when the table comes.
+    const early = tx.bind('b', { srcPages: Uint32Array.of(0, 1, 2) });
+    const a = rx.admit({ prefill: pe.address, tokens: 9, tag: 'b' });
+    expect(await outcome(a.done)).toMatch(
+      /^INVALID_ARGUMENT: kvstream request 'b': the prefill side aborted/,
+    );
+    expect(await outcome(early.done)).toMatch(reason);
+    // The table first: the bind that comes later fails at once.
+    const b = rx.admit({ prefill: pe.address, tokens: 9, tag: 'c' });
+    expect(await outcome(b.done)).toMatch(
+      /^INVALID_ARGUMENT: kvstream request 'c': the prefill side aborted/,
+    );
+    const late = tx.bind('c', { srcPages: Uint32Array.of(0, 1, 2), timeoutMs: 60_000 });
+    expect(await outcome(late.done)).toMatch(
+      /^INVALID_ARGUMENT: kvstream request 'c': the decode layout \(fingerprint [0-9a-f]+\) does not match/,
+    );
+    expect(tx.stats().failed - before.failed).toBe(2);
+    expect(tx.stats().bound - before.bound).toBe(2);
     await new Promise((r) => setTimeout(r, 20));
     expect(poolFull(rx)).toBe(true);
   });

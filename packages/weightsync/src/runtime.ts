@@ -460,13 +460,14 @@ export class WeightSyncSender {
       });
       ms.barrier = performance.now() - b0;
     } catch (e) {
+      // The first failed write is the cause, else what threw here (the deadline while waiting for
+      // a staging slot, the caller's signal); what the abort below cuts off afterwards is not.
+      const err = failure ?? (e as TrellisError);
       abort.abort();
       await Promise.allSettled(inflight);
       // A write that timed out may still be posted and reading its staging slot: the slots are
       // reused by the next step only once the engine has let go of everything sent to the targets.
       await Promise.allSettled(this.targetPeers.map((p) => this.engine.quiesce(p)));
-      // The first failed write is the cause; what it aborted afterwards is not.
-      const err = failure ?? (e as TrellisError);
       throw new TrellisError(
         err.code ?? 'INTERNAL',
         `weight sync step ${req.step} on trainer rank ${this.rank}: ${err.message}`,

@@ -121,6 +121,25 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
     expect(rxs[0]!.weights().bytes).toBe(rxs[0]!.buffers[0].buffer);
   });
 
+  it('a step past its sync deadline rejects TIMEOUT (not the ABORTED of the writes it cut off); the served version stays', async () => {
+    const model = range(6).map((i) => ({ name: `w${i}`, shape: [64, 64], dtype: 'bf16' as const }));
+    const plan = planWeightSync(
+      model,
+      { ranks: 1, placements: Object.fromEntries(model.map((t) => [t.name, whole(0)])) },
+      { ranks: 1, tensors: model.map((t) => ({ name: t.name, placement: whole(0) })) },
+      { maxOpBytes: 1024 },
+    );
+    // Two staging slots and writes that take 2 s each: the step waits for a slot past its deadline.
+    const { rxs, txs, fabric } = await cluster(plan, { stagingBytes: 2048 });
+    fabric.faults.setDelay([2000, 2000]);
+    const r = await txs[0]!.sync({ step: 1, version: 1, timeoutMs: 300 }).then(
+      () => 'ok',
+      (e: { code: string; message: string }) => `${e.code}: ${e.message}`,
+    );
+    expect(r).toMatch(/^TIMEOUT: weight sync step 1 on trainer rank 0: /);
+    expect(rxs[0]!.version).toBe(0);
+  });
+
   it('a trainer killed mid-sync: the step fails on every inference rank, which keeps serving the previous version', async () => {
     const model = range(4).map((i) => ({ name: `w${i}`, shape: [128, 64], dtype: 'bf16' as const }));
     const plan = planWeightSync(
