@@ -105,7 +105,13 @@ export interface TransferEngine {
   /**
    * Resolve once no operation of this engine to or with `peer` is in flight (at once if none),
    * counting operations that settled `TIMEOUT` with work still posted until the provider lets go
-   * of it: after it, nothing of this engine reads a source on that peer's behalf.
+   * of it — or, on native engines, until the engine deadline (`opTimeoutMs`) passes, whichever is
+   * first. Resolved by the provider letting go, nothing of this engine reads a source on that
+   * peer's behalf any more. Resolved by the engine deadline, the engine has stopped waiting but the
+   * provider may still hold the work: a peer that is hung rather than dead (SIGSTOP, a stalled
+   * host) can still read the source when it resumes (seen on tcp and shm). Where that matters,
+   * reuse such a source only once the peer is known lost (`onPeerLost`) or after this engine is
+   * closed, which closes the provider's endpoints.
    */
   quiesce(peer: NetAddr, opts?: WaitOptions): Promise<void>;
   /** A host word that a producer increments; `onChange` runs on each observed change. */
@@ -127,8 +133,11 @@ export interface TransferEngine {
    * reads the total. This is how a responder answers an immediate without waiting for its event
    * loop: arm one reaction per expected arrival (`total` = `immCounter(imm).total + k`), ahead of
    * time — before the peer can send, since a `total` read while arrivals come in can lag the
-   * worker's count (see {@link ImmCounter.value}). Settles like any `submit*` (its deadline runs from now: pass `timeoutMs` for reactions
-   * armed long before); aborted or timed out before it fired, it settles with nothing posted.
+   * worker's count (see {@link ImmCounter.value}). Settles like any `submit*`, except that while it
+   * is armed only its own `timeoutMs` (counted from now) applies, not the engine deadline
+   * (`opTimeoutMs`): a reaction without one waits for its arrivals for as long as the engine is
+   * open; once it fires, the posted request has the engine deadline as any other. Aborted or timed
+   * out before it fired, it settles with nothing posted.
    * Immediates counted by an open {@link EnginePort} never reach the total. The same limits as
    * {@link TransferEngine.submitOnWatch}: no staged GPU regions, no regions in parts.
    */
@@ -564,14 +573,17 @@ export interface OpStats {
   /** Submitted and not yet settled. */
   inFlight: number;
   /**
-   * Operations that settled at their own deadline (`timeoutMs`) with work requests still posted.
-   * Their late completions are swallowed: the promise has settled `TIMEOUT`.
+   * Operations that settled with work requests still posted: at their own deadline (`timeoutMs`),
+   * or at the engine deadline (`opTimeoutMs`, e.g. an abort waiting on a hung peer). Their late
+   * completions are swallowed: the promise has settled `TIMEOUT`.
    */
   settledPosted: number;
   /**
-   * Of those, the ones whose posted work the provider has not let go of yet (at most until the
-   * engine deadline `opTimeoutMs`): their regions stay in use (`unregister` waits) and their peers'
-   * in-flight counts keep them (`quiesce` waits), since the source may still be read.
+   * Of those, the ones whose posted work the provider has not let go of yet, until at most the
+   * engine deadline (`opTimeoutMs`): their regions stay in use (`unregister` waits) and their peers'
+   * in-flight counts keep them (`quiesce` waits), since the source may still be read. Past the
+   * engine deadline the engine stops counting them though a hung peer's provider may still hold
+   * the work (see {@link TransferEngine.quiesce}).
    */
   held: number;
 }

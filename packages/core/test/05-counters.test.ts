@@ -69,6 +69,14 @@ describe('ImmCounterTable (credit semantics)', () => {
     const t = new ImmCounterTable();
     expect(await code(t.get(1).wait(1.5))).toBe('INVALID_ARGUMENT');
     expect(await code(t.get(1).wait(1, { timeoutMs: Number.NaN }))).toBe('INVALID_ARGUMENT');
+    // A signal that is not an AbortSignal is refused at once (it used to throw later, from the timer).
+    const bad = t.get(1).wait(1, { signal: 'nope' as unknown as AbortSignal, timeoutMs: 5 });
+    expect(await bad.catch((e: TrellisError) => `${e.code}: ${e.message}`)).toBe(
+      'INVALID_ARGUMENT: immCounter(1).wait: signal must be an AbortSignal',
+    );
+    expect(await code(t.get(1).wait(1, null as unknown as object))).toBe('INVALID_ARGUMENT');
+    await new Promise((r) => setTimeout(r, 20)); // no timer left to throw
+    expect(t.get(1).value).toBe(0);
     expect(() => t.get(-1)).toThrow(TrellisError);
     expect(() => t.get(2 ** 32)).toThrow(/imm must be an integer in 0\.\.2\^32-1/);
   });

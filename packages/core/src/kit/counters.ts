@@ -3,7 +3,7 @@
 import { TrellisError } from '../errors.js';
 import type { ImmCounter, WaitOptions } from '../types.js';
 import { type Timer, Timers } from './timers.js';
-import { checkImm } from './validate.js';
+import { checkImm, checkOpOptions } from './validate.js';
 
 interface Waiter {
   n: number;
@@ -117,10 +117,15 @@ class Counter implements ImmCounter {
         }),
       );
     }
-    if (opts.timeoutMs !== undefined && !(opts.timeoutMs >= 0 && Number.isFinite(opts.timeoutMs))) {
-      return Promise.reject(
-        new TrellisError('INVALID_ARGUMENT', `${op}: timeoutMs must be a finite number >= 0`, { op }),
-      );
+    try {
+      if (typeof opts !== 'object' || opts === null)
+        throw new TrellisError('INVALID_ARGUMENT', `${op}: opts must be an object ({timeoutMs?, signal?})`, {
+          op,
+        });
+      // A signal that is not an AbortSignal would throw later, from a timer (uncaught).
+      checkOpOptions(op, opts);
+    } catch (e) {
+      return Promise.reject(e);
     }
     const closed = this.table.closedError();
     if (closed) return Promise.reject(closed);
