@@ -739,7 +739,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           throw invalid(
             'INVALID_ARGUMENT',
             op,
-            `total must be an integer >= 1 (arrivals of imm ${imm} since the engine started, as immCounter(${imm}).total counts them), got ${describe(total)}`,
+            `total must be an integer >= 1 (arrivals of imm ${imm} since the engine started, as immCounter(${imm}).total counts them), got ${typeof total === 'number' ? total : describe(total)}`,
           );
       },
       (p, pending) => this.postOnImm(p, pending, imm, total),
@@ -1413,7 +1413,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     this.timers.cancel(this.heartbeatTimer);
     const err = new TrellisError('CLOSED', 'the engine was closed with this operation pending');
     for (const w of [...this.watchers]) w.close();
-    this.counters.close(new TrellisError('CLOSED', 'immCounter.wait: the engine was closed'));
+    this.counters.close(
+      new TrellisError('CLOSED', 'immCounter: the engine was closed (its waits and takes fail)'),
+    );
     try {
       await this.shutdown();
     } finally {

@@ -110,11 +110,12 @@ export const REACTION_CASES: readonly ConformanceCase[] = [
           'INVALID_ARGUMENT',
           'imm -1',
         );
-        await rejects(
+        const zero = await rejects(
           b!.submitOnImm(ping, 0, { kind: 'imm', dst: a!.address, imm: pong }),
           'INVALID_ARGUMENT',
           'total 0',
         );
+        assert.match(zero.message, /total must be an integer >= 1 .*, got 0$/);
         await rejects(
           b!.submitOnImm(ping, 1.5, { kind: 'imm', dst: a!.address, imm: pong }),
           'INVALID_ARGUMENT',
@@ -128,6 +129,16 @@ export const REACTION_CASES: readonly ConformanceCase[] = [
         await rejects(b!.submitOnImm(ping, 10, null as never), 'INVALID_ARGUMENT', 'no request');
         await b!.close();
         await rejects(atClose, 'CLOSED', 'pending at close');
+        // A closed engine's counters refuse waits and takes alike, naming neither.
+        const closedTake = (() => {
+          try {
+            b!.immCounter(ping).take(1);
+            return undefined;
+          } catch (e) {
+            return e as Error;
+          }
+        })();
+        assert.equal(closedTake?.message, 'immCounter: the engine was closed (its waits and takes fail)');
         await t.settled(1000);
         assert.deepEqual(t.outcomes, ['resolved', 'ABORTED', 'TIMEOUT', 'CLOSED']);
         await assertNoExtra(a!, pong);
