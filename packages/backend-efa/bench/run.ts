@@ -46,6 +46,8 @@ const opt = (name: string, dflt: string) => {
 const quick = args.includes('--quick');
 const trials = Number(opt('--trials', quick ? '1' : '3'));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** Each trial of an SDK column over the raw run of the same trial (undefined for a column not run). */
+const paired = (xs: number[], raw: number[]) => (xs.length ? xs.map((x, i) => x / raw[i]!) : undefined);
 const providers = opt('--providers', 'shm,tcp').split(',') as Provider[];
 const jsonOut = opt('--json', '');
 const tests = new Set(opt('--tests', 'single,paged,rtt').split(','));
@@ -457,7 +459,6 @@ for (const provider of providers) {
       }
     }
     const med = (xs: number[]) => (xs.length ? median(xs) : undefined);
-    const pair = (xs: number[]) => (xs.length ? xs.map((x, i) => x / rawT[i]!) : undefined);
     rows.push({
       provider: prov,
       test: 'single write',
@@ -471,7 +472,7 @@ for (const provider of providers) {
       cpu: { sdk: med(cpuT.sdk), batch: med(cpuT.batch), prepared: med(cpuT.prepared) },
       lane: med(laneT),
       mapped: med(mappedT),
-      paired: { sdk: pair(sdkT), batch: pair(batchT), prepared: pair(preparedT) },
+      paired: { sdk: paired(sdkT, rawT), batch: paired(batchT, rawT), prepared: paired(preparedT, rawT) },
     });
     process.stderr.write('.');
   }
@@ -492,7 +493,7 @@ for (const provider of providers) {
       sdk: median(sdkT),
       raw: median(rawT),
       unit: 'Mops/s',
-      paired: { sdk: sdkT.map((x, i) => x / rawT[i]!) },
+      paired: { sdk: paired(sdkT, rawT) },
     });
     process.stderr.write('.');
   }

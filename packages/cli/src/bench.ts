@@ -56,13 +56,20 @@ async function localTarget(backend: 'efa' | 'verbs', engineOptions: object): Pro
   };
 }
 
+/** `HOST:PORT` with a port from 1 to 65535, or `undefined` if `s` is not one. */
+export function parseHostPort(s: string): { host: string; port: number } | undefined {
+  const m = /^(.+):(\d+)$/.exec(s);
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) return undefined;
+  return { host: m[1]!, port: Number(m[2]) };
+}
+
 /** The client side of a two-host run: requests go through the serving host's store. */
 async function remoteTarget(hostPort: string, timeoutMs: number, log: (l: string) => void): Promise<Target> {
-  const m = /^(.+):(\d+)$/.exec(hostPort);
-  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535)
+  const at = parseHostPort(hostPort);
+  if (!at)
     throw new TrellisError('INVALID_ARGUMENT', `--connect takes HOST:PORT, got ${JSON.stringify(hostPort)}`);
   log(`connecting to ${hostPort} (giving up after ${timeoutMs / 1000} s)…`);
-  const store = await TcpStore.connect({ host: m[1]!, port: Number(m[2]), timeoutMs });
+  const store = await TcpStore.connect({ ...at, timeoutMs });
   log(`connected to ${hostPort}`);
   let seq = 0;
   const ask = async (req: object) => {

@@ -8,7 +8,7 @@
 import { writeFileSync } from 'node:fs';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import type { Provider } from '@trellis/backend-efa';
-import { benchHtml, cliVersion, fmtSize, runBench, serveBench } from './bench.js';
+import { benchHtml, cliVersion, fmtSize, parseHostPort, runBench, serveBench } from './bench.js';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
 import { runDoctor } from './doctor.js';
@@ -192,13 +192,10 @@ const commands: Record<string, Command> = {
       if (v.port !== undefined) throw new UsageError('--port applies to --serve only');
       if (v.timeout !== undefined && v.connect === undefined)
         throw new UsageError('--timeout applies to --connect only');
-      if (v.connect !== undefined) {
-        const m = /^(.+):(\d+)$/.exec(String(v.connect));
-        if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535)
-          throw new UsageError(
-            `--connect takes HOST:PORT (a port from 1 to 65535), got ${JSON.stringify(v.connect)}`,
-          );
-      }
+      if (v.connect !== undefined && !parseHostPort(String(v.connect)))
+        throw new UsageError(
+          `--connect takes HOST:PORT (a port from 1 to 65535), got ${JSON.stringify(v.connect)}`,
+        );
       const sizes = str(v, 'sizes')
         ?.split(',')
         .map((x) => Number(x));
