@@ -9,11 +9,16 @@
  *   rma_raw <provider> single <bytes> <ops> <window>
  *   rma_raw <provider> paged <page_bytes> <pages_per_call> <calls> <window>
  *   rma_raw <provider> pingpong <iterations>
+ *   rma_raw <provider> into <name_hex> <addr> <key> <page_bytes> <pages_per_call> <calls> <window>
  *
  * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
  * initiator completion, as the SDK benchmark does. pingpong: each side answers an immediate with
  * an immediate (a 1-byte write with remote CQ data: shm never completes empty writes); prints
  * {"iterations":N,"median_us":M,"p99_us":P}.
+ *
+ * into: no child; the initiator alone, writing paged-mode writes (imm 1 each) into a target that
+ * is already there — the SDK benchmark's target engine, whose endpoint name (hex), region address
+ * and key it passes — so the SDK's target side is measured under the raw program's initiator.
  */
 #define _GNU_SOURCE
 #include <rdma/fabric.h>
@@ -177,8 +182,85 @@ static int pingpong(const char *prov, uint64_t iters) {
   return 0;
 }
 
+/* The initiator: `ops` writes of `unit` bytes (imm 1 each) cycling over a `region`-byte buffer into
+ * the peer's region at raddr/rkey, `window` in flight. Returns the seconds from the first post to
+ * the last completion. */
+static double initiate(struct ep *e, fi_addr_t peer, uint64_t raddr, uint64_t rkey, size_t unit, size_t region,
+                       uint64_t ops, uint64_t window) {
+  void *buf = aligned_alloc(4096, region);
+  memset(buf, 7, region);
+  struct fid_mr *mr = reg(e, buf, region, FI_WRITE | FI_SEND);
+  void *desc = fi_mr_desc(mr);
+  struct fi_context2 *ctx = calloc(window, sizeof *ctx);
+  uint64_t posted = 0, completed = 0, inflight = 0;
+  size_t slots = region / unit;
+  struct fi_cq_data_entry c[64];
+  double t0 = now();
+  while (completed < ops) {
+    while (posted < ops && inflight < window) {
+      uint64_t slot = posted % slots;
+      struct iovec iov = {(char *)buf + slot * unit, unit};
+      struct fi_rma_iov rma = {raddr + slot * unit, unit, rkey};
+      struct fi_msg_rma msg = {.msg_iov = &iov, .desc = &desc, .iov_count = 1, .addr = peer, .rma_iov = &rma,
+                               .rma_iov_count = 1, .context = &ctx[posted % window], .data = 1};
+      ssize_t rc = fi_writemsg(e->ep, &msg, FI_REMOTE_CQ_DATA | FI_DELIVERY_COMPLETE | FI_COMPLETION);
+      if (rc == -FI_EAGAIN) break;
+      if (rc) {
+        fprintf(stderr, "rma_raw: fi_writemsg: %s\n", fi_strerror((int)-rc));
+        exit(1);
+      }
+      posted++;
+      inflight++;
+    }
+    ssize_t n = fi_cq_read(e->cq, c, 64);
+    if (n > 0) {
+      completed += (uint64_t)n;
+      inflight -= (uint64_t)n;
+    } else if (n != -FI_EAGAIN) {
+      struct fi_cq_err_entry err = {0};
+      fi_cq_readerr(e->cq, &err, 0);
+      fprintf(stderr, "rma_raw initiator: cq error %s\n", fi_strerror(err.err));
+      exit(1);
+    }
+  }
+  double t1 = now();
+  fi_close(&mr->fid);
+  return t1 - t0;
+}
+
+static int into(int argc, char **argv) {
+  (void)argc;
+  const char *hex = argv[3];
+  size_t namelen = strlen(hex) / 2;
+  unsigned char name[256];
+  if (namelen == 0 || namelen > sizeof name || strlen(hex) % 2) {
+    fprintf(stderr, "rma_raw into: the endpoint name must be 1..256 bytes of hex\n");
+    return 2;
+  }
+  for (size_t i = 0; i < namelen; i++)
+    if (sscanf(hex + 2 * i, "%2hhx", &name[i]) != 1) {
+      fprintf(stderr, "rma_raw into: the endpoint name must be hex\n");
+      return 2;
+    }
+  uint64_t raddr = strtoull(argv[4], NULL, 10), rkey = strtoull(argv[5], NULL, 10);
+  size_t unit = strtoull(argv[6], NULL, 10);
+  uint64_t per_call = strtoull(argv[7], NULL, 10);
+  uint64_t ops = strtoull(argv[8], NULL, 10) * per_call, window = strtoull(argv[9], NULL, 10);
+  struct ep e;
+  open_ep(&e, argv[1]);
+  fi_addr_t peer;
+  if (fi_av_insert(e.av, name, 1, &peer, 0, NULL) != 1) {
+    fprintf(stderr, "rma_raw into: fi_av_insert refused the endpoint name\n");
+    return 1;
+  }
+  double seconds = initiate(&e, peer, raddr, rkey, unit, unit * per_call, ops, window);
+  printf("{\"ops\":%llu,\"bytes\":%llu,\"seconds\":%.9f}\n", (unsigned long long)ops, (unsigned long long)(ops * unit), seconds);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   fabric_dl_open("rma_raw");
+  if (argc == 10 && strcmp(argv[2], "into") == 0) return into(argc, argv);
   if (argc == 4 && strcmp(argv[2], "pingpong") == 0) return pingpong(argv[1], strtoull(argv[3], NULL, 10));
   if (argc < 6) {
     fprintf(stderr, "usage: rma_raw <provider> single <bytes> <ops> <window>\n"
@@ -240,48 +322,11 @@ int main(int argc, char **argv) {
   if (read(to_init[0], &h, sizeof h) != sizeof h) return 1;
   fi_addr_t peer;
   if (fi_av_insert(e.av, h.name, 1, &peer, 0, NULL) != 1) return 1;
-  void *buf = aligned_alloc(4096, region);
-  memset(buf, 7, region);
-  struct fid_mr *mr = reg(&e, buf, region, FI_WRITE | FI_SEND);
-  void *desc = fi_mr_desc(mr);
-  struct fi_context2 *ctx = calloc(window, sizeof *ctx);
-  uint64_t posted = 0, completed = 0, inflight = 0;
-  size_t slots = region / unit;
-  struct fi_cq_data_entry c[64];
-  double t0 = now();
-  while (completed < ops) {
-    while (posted < ops && inflight < window) {
-      uint64_t slot = posted % slots;
-      struct iovec iov = {(char *)buf + slot * unit, unit};
-      struct fi_rma_iov rma = {h.addr + slot * unit, unit, h.key};
-      struct fi_msg_rma msg = {.msg_iov = &iov, .desc = &desc, .iov_count = 1, .addr = peer, .rma_iov = &rma,
-                               .rma_iov_count = 1, .context = &ctx[posted % window], .data = 1};
-      ssize_t rc = fi_writemsg(e.ep, &msg, FI_REMOTE_CQ_DATA | FI_DELIVERY_COMPLETE | FI_COMPLETION);
-      if (rc == -FI_EAGAIN) break;
-      if (rc) {
-        fprintf(stderr, "rma_raw: fi_writemsg: %s\n", fi_strerror((int)-rc));
-        return 1;
-      }
-      posted++;
-      inflight++;
-    }
-    ssize_t n = fi_cq_read(e.cq, c, 64);
-    if (n > 0) {
-      completed += (uint64_t)n;
-      inflight -= (uint64_t)n;
-    } else if (n != -FI_EAGAIN) {
-      struct fi_cq_err_entry err = {0};
-      fi_cq_readerr(e.cq, &err, 0);
-      fprintf(stderr, "rma_raw initiator: cq error %s\n", fi_strerror(err.err));
-      return 1;
-    }
-  }
-  double t1 = now();
+  double seconds = initiate(&e, peer, h.addr, h.key, unit, region, ops, window);
   char done;
   if (read(to_init[0], &done, 1) != 1) return 1;
   if (write(to_target[1], &done, 1) != 1) return 1;
   waitpid(child, NULL, 0);
-  printf("{\"ops\":%llu,\"bytes\":%llu,\"seconds\":%.9f}\n", (unsigned long long)ops, (unsigned long long)(ops * unit), t1 - t0);
-  fi_close(&mr->fid);
+  printf("{\"ops\":%llu,\"bytes\":%llu,\"seconds\":%.9f}\n", (unsigned long long)ops, (unsigned long long)(ops * unit), seconds);
   return 0;
 }

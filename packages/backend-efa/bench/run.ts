@@ -7,6 +7,8 @@
 // Single writes are also posted through `submitBatch` (batches of window/posts, `--posts` of them in
 // flight, default 4: one crossing into the addon per batch, no promise per write) and as prepared
 // writes (`prepareWrites(...).post` of window/posts writes each: one operation per post).
+// Paged writes are also timed from the raw program's initiator into the SDK's target engine
+// (`rma_raw … into`): which side of the pair a paged row's gap is on.
 //
 // The immediate round trip is timed seven ways (see PingMode): awaiting, in latency mode
 // (pollUntil), in synchronous latency loops (poll() + take()), both of these again with the
@@ -105,6 +107,11 @@ interface Row {
   /** Single writes: the SDK with the same-host lane, and the raw shared-mapping memcpy. */
   lane?: number;
   mapped?: number;
+  /**
+   * Paged writes: the raw program's initiator writing into the SDK's target engine (the same
+   * writes): with the raw column, which side of the pair the SDK's gap is on.
+   */
+  rawIntoSdk?: number;
   /**
    * Each trial's SDK column over the raw program's run of the same trial (SDK and raw alternate),
    * by column: how far the trials spread, which the medians hide.
@@ -298,6 +305,35 @@ async function sdkPaged(provider: Provider, page: number, perCall: number, calls
   return s;
 }
 
+/**
+ * The raw program's initiator (`rma_raw … into`) writing the paged test's writes into an SDK target
+ * engine: the target side of the SDK alone. Returns the seconds the writes took.
+ */
+async function rawIntoSdk(provider: Provider, prov: string, page: number, perCall: number, calls: number) {
+  const t = await startTarget(provider, page * perCall);
+  const arrived = t.expect(perCall * calls);
+  // The target's address for the raw program: its endpoint name out of NetAddr's NIC entry
+  // ([u16 name length][name][u64 sink address][u64 sink key]) and its region's address and key.
+  const nic = t.dst.owner.nics[0]!;
+  const nameLen = nic[0]! | (nic[1]! << 8);
+  const name = Buffer.from(nic.subarray(2, 2 + nameLen)).toString('hex');
+  const key = t.dst.nics[0]!;
+  const r = rawRun([
+    prov,
+    'into',
+    name,
+    String(key.addr),
+    String(key.rkey),
+    String(page),
+    String(perCall),
+    String(calls),
+    '1024',
+  ]);
+  await arrived;
+  await t.stop();
+  return r.seconds;
+}
+
 function rawRun<T = { ops: number; bytes: number; seconds: number }>(argv: string[]): T {
   return JSON.parse(execFileSync(raw, argv, { encoding: 'utf8' })) as T;
 }
@@ -480,10 +516,12 @@ for (const provider of providers) {
     const ops = perCall * calls;
     const sdkT: number[] = [];
     const rawT: number[] = [];
+    const intoT: number[] = [];
     for (let t = 0; t < trials; t++) {
       sdkT.push(ops / (await sdkPaged(provider, page, perCall, calls)) / 1e6);
       const r = rawRun([prov, 'paged', String(page), String(perCall), String(calls), '1024']);
       rawT.push(r.ops / r.seconds / 1e6);
+      intoT.push(ops / (await rawIntoSdk(provider, prov, page, perCall, calls)) / 1e6);
     }
     rows.push({
       provider: prov,
@@ -493,6 +531,7 @@ for (const provider of providers) {
       sdk: median(sdkT),
       raw: median(rawT),
       unit: 'Mops/s',
+      rawIntoSdk: median(intoT),
       paired: { sdk: paired(sdkT, rawT) },
     });
     process.stderr.write('.');
@@ -568,6 +607,19 @@ console.log(
 console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const t of table) console.log(line(t));
+if (rows.some((r) => r.rawIntoSdk !== undefined)) {
+  console.log('');
+  console.log(
+    "Paged writes, which side of the pair the gap is on: the raw program's initiator writing into the SDK's target engine (median of the same trials):",
+  );
+  console.log('| provider | size | raw C → raw C | raw C → SDK target | / raw | SDK → SDK target | / raw |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const r of rows)
+    if (r.rawIntoSdk !== undefined)
+      console.log(
+        `| ${r.provider} | ${fmtSize(r.size)} | ${r.raw.toFixed(3)} ${r.unit} | ${r.rawIntoSdk.toFixed(3)} ${r.unit} | ${(r.rawIntoSdk / r.raw).toFixed(2)}x | ${r.sdk.toFixed(3)} ${r.unit} | ${(r.sdk / r.raw).toFixed(2)}x |`,
+      );
+}
 if (rows.some((r) => r.cpu)) {
   console.log('');
   console.log(

@@ -203,37 +203,38 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   fi_av_attr av_attr{};
   av_attr.type = FI_AV_TABLE;
   if ((rc = fi_av_open(d->domain_, &av_attr, &d->av_, nullptr))) return fail("fi_av_open", rc);
-  fi_cq_attr cq_attr{};
-  cq_attr.format = FI_CQ_FORMAT_DATA;
-  cq_attr.size = 0;
   // A CQ with a file descriptor lets an idle engine block instead of polling; not every
   // provider has one (then FI_WAIT_NONE and the engine polls with short sleeps).
-  cq_attr.wait_obj = FI_WAIT_FD;
-  if (fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr) == 0) {
-    int fd = -1;
-    if (fi_control(&d->cq_->fid, FI_GETWAIT, &fd) == 0 && fd >= 0) {
-      d->wait_fd_ = fd;
-    } else {
-      fi_close(&d->cq_->fid);
-      d->cq_ = nullptr;
+  auto open_cq = [&](fid_cq** cq, int* fd, bool want_fd) -> int {
+    fi_cq_attr cq_attr{};
+    cq_attr.format = FI_CQ_FORMAT_DATA;
+    cq_attr.size = 0;
+    if (want_fd) {
+      cq_attr.wait_obj = FI_WAIT_FD;
+      if (fi_cq_open(d->domain_, &cq_attr, cq, nullptr) == 0) {
+        if (fi_control(&(*cq)->fid, FI_GETWAIT, fd) == 0 && *fd >= 0) return 0;
+        fi_close(&(*cq)->fid);
+        *cq = nullptr;
+      }
     }
-  }
-  if (!d->cq_) {
+    *fd = -1;
     cq_attr.wait_obj = FI_WAIT_NONE;
-    if ((rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr))) return fail("fi_cq_open", rc);
-  }
-  auto open_ep = [&](fid_ep** ep) -> int {
+    return fi_cq_open(d->domain_, &cq_attr, cq, nullptr);
+  };
+  if ((rc = open_cq(&d->cq_, &d->wait_fd_, true))) return fail("fi_cq_open", rc);
+  auto open_ep = [&](fid_ep** ep, fid_cq* cq) -> int {
     int r;
     if ((r = fi_endpoint(d->domain_, d->info_, ep, nullptr))) return r;
     if ((r = fi_ep_bind(*ep, &d->av_->fid, 0))) return r;
-    if ((r = fi_ep_bind(*ep, &d->cq_->fid, FI_TRANSMIT | FI_RECV))) return r;
+    if ((r = fi_ep_bind(*ep, &cq->fid, FI_TRANSMIT | FI_RECV))) return r;
     return fi_enable(*ep);
   };
-  if ((rc = open_ep(&d->ep_))) return fail("opening the endpoint", rc);
+  if ((rc = open_ep(&d->ep_, d->cq_))) return fail("opening the endpoint", rc);
   // Connection-based providers get a second endpoint for what peers send here (see in_ep_). Not
   // where registrations bind to one endpoint (FI_MR_ENDPOINT): remote keys must serve both.
   if (d->provider_.find("tcp") != std::string::npos && !(d->mr_mode_ & FI_MR_ENDPOINT)) {
-    if ((rc = open_ep(&d->in_ep_))) return fail("opening the target endpoint", rc);
+    if ((rc = open_cq(&d->in_cq_, &d->in_wait_fd_, d->wait_fd_ >= 0))) return fail("fi_cq_open", rc);
+    if ((rc = open_ep(&d->in_ep_, d->in_cq_))) return fail("opening the target endpoint", rc);
   }
   size_t len = 0;
   fid* named = &d->rx_ep()->fid;
@@ -263,6 +264,7 @@ struct Held {
   fid_mr* sink_mr;
   fid_av* av;
   fid_cq* cq;
+  fid_cq* in_cq;
   fid_domain* domain;
   fid_fabric* fabric;
   fi_info* info;
@@ -280,6 +282,7 @@ void close_held(Held& h) {
   if (h.sink_mr) fi_close(&h.sink_mr->fid);
   if (h.av) fi_close(&h.av->fid);
   if (h.cq) fi_close(&h.cq->fid);
+  if (h.in_cq) fi_close(&h.in_cq->fid);
   if (h.domain) fi_close(&h.domain->fid);
   if (h.fabric) fi_close(&h.fabric->fid);
   if (h.info) FabricLib::get().freeinfo(h.info);
@@ -298,7 +301,8 @@ FabricDomain::~FabricDomain() {
     for (auto& f : fences_) cu.cuEventDestroy(f.event);
     for (void* e : spare_events_) cu.cuEventDestroy(e);
   }
-  Held h{ep_, in_ep_, static_cast<fid_mr*>(sink_mr_.handle), av_, cq_, domain_, fabric_, info_, std::move(sink_)};
+  Held h{ep_,     in_ep_,  static_cast<fid_mr*>(sink_mr_.handle), av_, cq_, in_cq_, domain_,
+         fabric_, info_, std::move(sink_)};
   if (!shm_counted_) {
     close_held(h);
     return;
@@ -572,11 +576,13 @@ int FabricDomain::post_write(const trellis::WriteWr& wr) {
   msg.data = wr.imm;
   uint64_t flags = FI_COMPLETION | write_flags_ | (wr.has_imm ? FI_REMOTE_CQ_DATA : 0);
   ssize_t rc = fi_writemsg(ep_, &msg, flags);
+  if (rc == 0) out_open_++;
   return rc == -FI_EAGAIN ? -EAGAIN : static_cast<int>(rc);
 }
 
 int FabricDomain::post_send(uint64_t peer, const void* buf, size_t len, void* desc, void* ctx) {
   ssize_t rc = fi_send(ep_, buf, len, desc, peer, ctx);
+  if (rc == 0) out_open_++;
   return rc == -FI_EAGAIN ? -EAGAIN : static_cast<int>(rc);
 }
 
@@ -589,8 +595,31 @@ int FabricDomain::poll(std::vector<Completion>& out, int max) {
   size_t before = out.size();
   if (!fences_.empty()) release_fences(out);
   int released = static_cast<int>(out.size() - before);
-  int got = poll_cq(out, max);
-  if (got < 0) return released ? released : got;
+  int got = 0;
+  if (in_cq_) {
+    // Two endpoints (tcp): every read of a CQ runs its endpoint's progress (a system call), so the
+    // initiating endpoint's CQ is read only while something posted there is open — a target that
+    // only takes writes reads one CQ a turn, as a single-endpoint engine does — and every
+    // kOutIdlePolls turns besides (its connections' housekeeping). While this engine's own writes
+    // stream out and nothing has come in for kInEmptyReads reads, the target endpoint's CQ is read
+    // every kInSkip-th turn.
+    if (out_open_ == 0 || in_empty_ < kInEmptyReads || ++in_skip_ >= kInSkip) {
+      in_skip_ = 0;
+      int n = poll_cq(in_cq_, out, max);
+      if (n < 0) return released ? released : n;
+      got += n;
+      in_empty_ = n > 0 ? 0 : in_empty_ + 1;
+    }
+    if (out_open_ > 0 || ++out_idle_polls_ >= kOutIdlePolls) {
+      out_idle_polls_ = 0;
+      int n = poll_cq(cq_, out, max);
+      if (n > 0) got += n;
+      else if (n < 0 && got == 0) return released ? released : n;  // got > 0: those go on to the fence
+    }
+  } else {
+    got = poll_cq(cq_, out, max);
+    if (got < 0) return released ? released : got;
+  }
   // TRELLIS_EFA_NO_FENCE=1 turns the fence off: only for showing the gap it closes (cuda's
   // test/gpu/visibility.mjs); immediates can then be counted before their bytes are visible.
   static const bool no_fence = getenv("TRELLIS_EFA_NO_FENCE") && *getenv("TRELLIS_EFA_NO_FENCE") == '1';
@@ -612,11 +641,12 @@ int FabricDomain::poll(std::vector<Completion>& out, int max) {
   return static_cast<int>(out.size() - before);
 }
 
-int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
+int FabricDomain::poll_cq(fid_cq* cq, std::vector<Completion>& out, int max) {
   fi_cq_data_entry e[64];
   int want = max < 64 ? max : 64;
-  ssize_t n = fi_cq_read(cq_, e, static_cast<size_t>(want));
+  ssize_t n = fi_cq_read(cq, e, static_cast<size_t>(want));
   if (n > 0) {
+    if (cq == cq_) out_open_ -= std::min<uint64_t>(out_open_, static_cast<uint64_t>(n));
     for (ssize_t i = 0; i < n; i++) {
       Completion c;
       c.ctx = e[i].op_context;
@@ -639,7 +669,8 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
   if (n == -FI_EAGAIN) return 0;
   if (n == -FI_EAVAIL) {
     fi_cq_err_entry err{};
-    if (fi_cq_readerr(cq_, &err, 0) != 1) return 0;
+    if (fi_cq_readerr(cq, &err, 0) != 1) return 0;
+    if (cq == cq_ && out_open_ > 0) out_open_--;
     Completion c;
     c.ctx = err.op_context;
     if (err.flags & FI_REMOTE_WRITE) c.kind = CompKind::RemoteWrite;
@@ -648,7 +679,7 @@ int FabricDomain::poll_cq(std::vector<Completion>& out, int max) {
     else c.kind = CompKind::Write;
     c.err = err.err;
     c.code = classify(err.err);
-    const char* pm = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
+    const char* pm = fi_cq_strerror(cq, err.prov_errno, err.err_data, nullptr, 0);
     c.message = std::string(FabricLib::get().strerror(err.err)) + (pm && *pm ? std::string(" — provider: ") + pm : "");
     if (provider_.find("tcp") != std::string::npos) {
       // tcp (under rxm) refuses a key or range it has no registration for by tearing the connection
@@ -697,13 +728,16 @@ void FabricDomain::teardown() {
   in_ep_ = nullptr;
   if (cq_) fi_close(&cq_->fid);
   cq_ = nullptr;
+  if (in_cq_) fi_close(&in_cq_->fid);
+  in_cq_ = nullptr;
   wait_fd_ = -1;
+  in_wait_fd_ = -1;
 }
 
 bool FabricDomain::try_wait() {
-  if (wait_fd_ < 0 || !fences_.empty()) return false;
-  fid* f = &cq_->fid;
-  return fi_trywait(fabric_, &f, 1) == FI_SUCCESS;
+  if (wait_fd_ < 0 || (in_cq_ && in_wait_fd_ < 0) || !fences_.empty()) return false;
+  fid* f[2] = {&cq_->fid, in_cq_ ? &in_cq_->fid : nullptr};
+  return fi_trywait(fabric_, f, in_cq_ ? 2 : 1) == FI_SUCCESS;
 }
 
 std::string FabricDomain::strerror(int err) const { return provider_ + ": " + fi_err(err); }

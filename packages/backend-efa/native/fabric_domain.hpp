@@ -64,6 +64,10 @@ class FabricDomain final : public trellis::Domain {
   size_t max_msg_size() const override { return max_msg_; }
   uint32_t queue_depth() const override { return queue_depth_; }
   int wait_fd() const override { return wait_fd_; }
+  std::vector<int> wait_fds() const override {
+    if (!in_cq_) return {wait_fd_};
+    return {wait_fd_, in_wait_fd_};
+  }
   bool try_wait() override;
   void teardown() override;
 
@@ -76,13 +80,21 @@ class FabricDomain final : public trellis::Domain {
   fid_fabric* fabric_ = nullptr;
   fid_domain* domain_ = nullptr;
   fid_av* av_ = nullptr;
-  fid_cq* cq_ = nullptr;
+  fid_cq* cq_ = nullptr;     // ep_'s: completions of what this engine posts (and, alone, of everything)
+  fid_cq* in_cq_ = nullptr;  // in_ep_'s, where it exists: arrivals and receives
+  // Work posted on ep_ whose completion has not been read: while 0, cq_ is read only now and then.
+  uint64_t out_open_ = 0;
+  uint32_t out_idle_polls_ = 0;
+  static constexpr uint32_t kOutIdlePolls = 64;
+  uint32_t in_empty_ = 0, in_skip_ = 0;
+  static constexpr uint32_t kInEmptyReads = 16, kInSkip = 4;
+  int in_wait_fd_ = -1;  // in_cq_'s wait fd, as wait_fd_ is cq_'s (-1: none)
   fid_ep* ep_ = nullptr;     // initiates: writes and sends go out here
   // Where peers write and send to, on connection-based providers (tcp): its own endpoint, so the
   // pair's two directions travel on two connections. tcp answers a refused key by tearing down the
   // connection it came on, cancelling everything on it; apart, that costs only the refused
   // writer's own operations to this peer, never this engine's operations to that writer.
-  // nullptr elsewhere (ep_ then does both).
+  // nullptr elsewhere (ep_ then does both). It completes into its own CQ, in_cq_ (see poll).
   fid_ep* in_ep_ = nullptr;
   fid_ep* rx_ep() const { return in_ep_ ? in_ep_ : ep_; }
   std::vector<uint8_t> name_;
@@ -104,7 +116,7 @@ class FabricDomain final : public trellis::Domain {
   std::vector<void*> device_mrs_;  // fid_mr* of GPU registrations
   std::vector<void*> spare_events_;
   bool fence(std::vector<trellis::Completion>& held);
-  int poll_cq(std::vector<trellis::Completion>& out, int max);
+  int poll_cq(fid_cq* cq, std::vector<trellis::Completion>& out, int max);
   void release_fences(std::vector<trellis::Completion>& out);
   int wait_fd_ = -1;  // provider quirk: see post_write
   // The sink: a small region every peer may write zero-byte immediates into.

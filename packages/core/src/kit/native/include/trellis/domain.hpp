@@ -139,6 +139,9 @@ class Domain {
   // A file descriptor that becomes readable when the CQ has work, or -1 if the provider has none
   // (then the engine polls with short sleeps when idle).
   virtual int wait_fd() const { return -1; }
+  // Every file descriptor the engine blocks on for this domain: one per CQ (a domain whose
+  // endpoints complete into several CQs lists each). A -1 among them: the engine polls instead.
+  virtual std::vector<int> wait_fds() const { return {wait_fd()}; }
   // Called right before blocking on wait_fd(): false if the CQ must be polled first (fi_trywait).
   virtual bool try_wait() { return false; }
   // Fault injection: release the data path (endpoint, completion queue) as a dead NIC would lose

@@ -52,10 +52,11 @@ class DomainGroup {
   Domain& domain(size_t i) { return *domains_[i]; }
   NicCounters& counters(size_t i) { return nics_[i]; }
 
-  // Each domain's wait fd (-1: none).
+  // Every domain's wait fds (a -1: one of them has none).
   std::vector<int> wait_fds() const {
     std::vector<int> fds;
-    for (auto& d : domains_) fds.push_back(d->wait_fd());
+    for (auto& d : domains_)
+      for (int fd : d->wait_fds()) fds.push_back(fd);
     return fds;
   }
 

@@ -1,0 +1,73 @@
+// The benchmark's raw program writing into an SDK target engine (`rma_raw <provider> into …`, the
+// paged rows' "raw C → SDK target" column): a C program that knows only libfabric reaches an
+// engine's region from the address its descriptor carries, every byte lands, and the engine counts
+// every immediate — on shm and tcp (where the engine's target endpoint has a CQ of its own).
+import { execFile } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createEngine, type EfaEngine, nativeAddonPath } from '../src/index.js';
+
+const run = promisify(execFile);
+const rawProgram = join(dirname(nativeAddonPath()!), 'rma_raw');
+const fabricName = { shm: 'shm', tcp: 'tcp;ofi_rxm' } as const;
+
+let engine: EfaEngine | undefined;
+afterEach(async () => {
+  await engine?.close();
+  engine = undefined;
+});
+
+describe('backend-efa: the raw program writes into an SDK target', () => {
+  for (const provider of ['shm', 'tcp'] as const) {
+    it(`${provider}: every page lands and every immediate is counted`, async () => {
+      engine = await createEngine({ provider, opTimeoutMs: 10_000 });
+      const page = 4096;
+      const perCall = 64;
+      const calls = 3;
+      const region = await engine.registerMemory(page * perCall, { remote: true });
+      region.buffer!.fill(0);
+      const nic = region.desc.owner.nics[0]!;
+      const nameLen = nic[0]! | (nic[1]! << 8);
+      const name = Buffer.from(nic.subarray(2, 2 + nameLen)).toString('hex');
+      const key = region.desc.nics[0]!;
+      const counter = engine.immCounter(1);
+      const { stdout } = await run(
+        rawProgram,
+        [
+          fabricName[provider],
+          'into',
+          name,
+          String(key.addr),
+          String(key.rkey),
+          String(page),
+          String(perCall),
+          String(calls),
+          '16',
+        ],
+        { timeout: 30_000 },
+      );
+      const out = JSON.parse(stdout) as { ops: number; bytes: number };
+      expect(out.ops).toBe(perCall * calls);
+      expect(out.bytes).toBe(perCall * calls * page);
+      // Each of the perCall pages was written `calls` times, one immediate 1 each.
+      await counter.wait(perCall * calls, { timeoutMs: 10_000 });
+      expect(counter.total).toBe(perCall * calls);
+      const buf = region.buffer!;
+      let wrong = 0;
+      for (let i = 0; i < buf.length; i++) if (buf[i] !== 7) wrong++;
+      expect(wrong).toBe(0);
+      const nicStats = engine.stats().nics[0]!;
+      expect(nicStats.immsReceived).toBe(perCall * calls);
+      expect(nicStats.errors).toBe(0);
+    });
+  }
+
+  it('a name that is not hex: the program says what is wrong and exits 2', async () => {
+    const err = await run(rawProgram, ['tcp;ofi_rxm', 'into', 'zz', '0', '0', '4096', '1', '1', '1']).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect((err as { code: number }).code).toBe(2);
+    expect((err as { stderr: string }).stderr).toContain('rma_raw into: the endpoint name must be hex');
+  });
+});
