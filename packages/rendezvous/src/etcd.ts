@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import { Etcd3, type Lease, type Watcher } from 'etcd3';
+import { checkOptions } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 /**
@@ -35,6 +36,31 @@ export class EtcdRendezvous implements Rendezvous {
     leaseTtlS?: number;
     timeoutMs?: number;
   }): Promise<EtcdRendezvous> {
+    checkOptions('EtcdRendezvous.connect', opts, '{hosts, prefix?, leaseTtlS?, timeoutMs?}');
+    const hosts = opts.hosts;
+    if (
+      !(typeof hosts === 'string' && hosts.length > 0) &&
+      !(Array.isArray(hosts) && hosts.length > 0 && hosts.every((h) => typeof h === 'string' && h.length > 0))
+    )
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "EtcdRendezvous.connect: hosts must be a URL or a non-empty array of URLs (e.g. 'http://etcd0:2379')",
+      );
+    if (opts.prefix !== undefined && typeof opts.prefix !== 'string')
+      throw new TrellisError('INVALID_ARGUMENT', 'EtcdRendezvous.connect: prefix must be a string');
+    if (opts.leaseTtlS !== undefined && (!Number.isInteger(opts.leaseTtlS) || opts.leaseTtlS < 1))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `EtcdRendezvous.connect: leaseTtlS must be an integer number of seconds >= 1, got ${String(opts.leaseTtlS)}`,
+      );
+    if (
+      opts.timeoutMs !== undefined &&
+      (typeof opts.timeoutMs !== 'number' || !Number.isFinite(opts.timeoutMs) || opts.timeoutMs <= 0)
+    )
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `EtcdRendezvous.connect: timeoutMs must be a finite number > 0, got ${String(opts.timeoutMs)}`,
+      );
     const client = new Etcd3({ hosts: opts.hosts, dialTimeout: opts.timeoutMs ?? 10_000 });
     try {
       await client.maintenance.status();

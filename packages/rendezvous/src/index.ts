@@ -8,10 +8,12 @@
  *
  * @packageDocumentation
  */
+
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { TrellisError } from '@trellis/core';
+import { checkOptions } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 export type { Rendezvous } from './rendezvous.js';
@@ -241,6 +243,9 @@ export class TcpStore implements Rendezvous {
    * the store hands out engine addresses and descriptors, which are capabilities).
    */
   static async serve(opts: { port?: number; host?: string; token?: string } = {}): Promise<TcpStore> {
+    checkOptions('TcpStore.serve', opts, '{port?, host?, token?}');
+    if (opts.host !== undefined && (typeof opts.host !== 'string' || opts.host.length === 0))
+      throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.serve: host must be a non-empty string');
     if (opts.token !== undefined && (typeof opts.token !== 'string' || opts.token.length === 0))
       throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.serve: token must be a non-empty string');
     if (opts.port !== undefined && (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535))
@@ -278,6 +283,7 @@ export class TcpStore implements Rendezvous {
     timeoutMs?: number;
     token?: string;
   }): Promise<TcpStore> {
+    checkOptions('TcpStore.connect', opts, '{host, port, timeoutMs?, token?}');
     if (opts.token !== undefined && (typeof opts.token !== 'string' || opts.token.length === 0))
       throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.connect: token must be a non-empty string');
     if (typeof opts.host !== 'string' || opts.host.length === 0)

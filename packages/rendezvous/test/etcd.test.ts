@@ -127,6 +127,26 @@ describe('EtcdRendezvous on a real etcd', () => {
     expect(await until('d0', 10_000)).toBe('d0');
   }, 30_000);
 
+  it('bad options are refused with INVALID_ARGUMENT before anything is dialled', async () => {
+    const connect = EtcdRendezvous.connect as unknown as (o: unknown) => Promise<EtcdRendezvous>;
+    expect(await outcome(connect(undefined))).toBe(
+      'INVALID_ARGUMENT: EtcdRendezvous.connect: pass an options object {hosts, prefix?, leaseTtlS?, timeoutMs?}, got undefined',
+    );
+    const hostsMsg =
+      "INVALID_ARGUMENT: EtcdRendezvous.connect: hosts must be a URL or a non-empty array of URLs (e.g. 'http://etcd0:2379')";
+    for (const hosts of [undefined, '', [], [''], 2379])
+      expect(await outcome(connect({ hosts })), JSON.stringify(hosts)).toBe(hostsMsg);
+    expect(await outcome(connect({ hosts: 'http://127.0.0.1:1', prefix: 3 }))).toBe(
+      'INVALID_ARGUMENT: EtcdRendezvous.connect: prefix must be a string',
+    );
+    expect(await outcome(connect({ hosts: 'http://127.0.0.1:1', leaseTtlS: 0.5 }))).toBe(
+      'INVALID_ARGUMENT: EtcdRendezvous.connect: leaseTtlS must be an integer number of seconds >= 1, got 0.5',
+    );
+    expect(await outcome(connect({ hosts: 'http://127.0.0.1:1', timeoutMs: -1 }))).toBe(
+      'INVALID_ARGUMENT: EtcdRendezvous.connect: timeoutMs must be a finite number > 0, got -1',
+    );
+  });
+
   it('an etcd that is not there fails with PEER_LOST', async () => {
     expect(await outcome(EtcdRendezvous.connect({ hosts: 'http://127.0.0.1:1', timeoutMs: 500 }))).toMatch(
       /^PEER_LOST: EtcdRendezvous\.connect: etcd at http:\/\/127\.0\.0\.1:1 does not answer/,

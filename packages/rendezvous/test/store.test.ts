@@ -76,6 +76,26 @@ describe('TcpStore', () => {
     expect(seen.at(-1)).toEqual({ d0: 'addr-d0', d1: 'addr-d1' });
   });
 
+  it('a missing or malformed options argument is refused with INVALID_ARGUMENT, not a TypeError', async () => {
+    const connect = TcpStore.connect as unknown as (o: unknown) => Promise<TcpStore>;
+    const serve = TcpStore.serve as unknown as (o: unknown) => Promise<TcpStore>;
+    expect(await outcome(connect(undefined))).toBe(
+      'INVALID_ARGUMENT: TcpStore.connect: pass an options object {host, port, timeoutMs?, token?}, got undefined',
+    );
+    expect(await outcome(connect(null))).toBe(
+      'INVALID_ARGUMENT: TcpStore.connect: pass an options object {host, port, timeoutMs?, token?}, got null',
+    );
+    expect(await outcome(connect('127.0.0.1:29500'))).toBe(
+      'INVALID_ARGUMENT: TcpStore.connect: pass an options object {host, port, timeoutMs?, token?}, got string',
+    );
+    expect(await outcome(serve(null))).toBe(
+      'INVALID_ARGUMENT: TcpStore.serve: pass an options object {port?, host?, token?}, got null',
+    );
+    expect(await outcome(serve({ host: 7 }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.serve: host must be a non-empty string',
+    );
+  });
+
   it('connecting to nothing fails with TIMEOUT and says where it looked', async () => {
     expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 1, timeoutMs: 200 }))).toMatch(
       /^TIMEOUT: TcpStore\.connect: no store at 127\.0\.0\.1:1 within 200 ms \(connect ECONNREFUSED/,
