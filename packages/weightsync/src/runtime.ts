@@ -124,7 +124,10 @@ export class WeightSyncReceiver {
   /**
    * Wait for step `step`, which writes `version` (the served version + 1): resolves once every
    * trainer's barrier has arrived, and from then on the rank serves it. Rejects with `TIMEOUT` /
-   * `ABORTED` and keeps serving the previous version.
+   * `ABORTED` and keeps serving the previous version. A rank that serves nothing yet (version 0: a
+   * new rank, or one replacing a rank that died, whose descriptors the trainers took with
+   * {@link WeightSyncSender.replaceTarget}) takes any version >= 1 first — pass the version the
+   * trainers' `sync` of that step writes — and version + 1 from then on.
    */
   async expect(req: {
     step: number;
@@ -137,7 +140,15 @@ export class WeightSyncReceiver {
         'INVALID_ARGUMENT',
         `WeightSyncReceiver.expect: step must be a non-negative integer, got ${req.step}`,
       );
-    if (req.version !== this.active + 1)
+    if (this.active === 0) {
+      // A rank that has served nothing yet (new, or replacing one that died) joins at whatever
+      // version the group writes next: it has no weights a write could tear.
+      if (!Number.isSafeInteger(req.version) || req.version < 1)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `WeightSyncReceiver.expect: version must be an integer >= 1 (the version the trainers' sync writes), got ${req.version}`,
+        );
+    } else if (req.version !== this.active + 1)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `WeightSyncReceiver.expect: this rank serves version ${this.active}; the next step must write version ${this.active + 1}, got ${req.version}`,
@@ -251,8 +262,9 @@ export class WeightSyncSender {
   private readonly slotBytes: number;
   private readonly freeSlots: number[];
   private readonly waiters: Array<() => boolean> = [];
-  private readonly group: PeerGroup;
+  private group: PeerGroup;
   private readonly targetPeers: NetAddr[];
+  private readonly targets: Array<readonly [MrDesc, MrDesc]>;
   private readonly immBase: number;
   private readonly iota = new Map<number, Uint32Array>();
   private busy = false;
@@ -262,7 +274,7 @@ export class WeightSyncSender {
     plan: WeightSyncPlan,
     rank: number,
     private readonly source: Uint8Array | CudaMemory['cuda'],
-    private readonly targets: ReadonlyArray<readonly [MrDesc, MrDesc]>,
+    targets: ReadonlyArray<readonly [MrDesc, MrDesc]>,
     private readonly staging: MrHandle,
     slotBytes: number,
     slots: number,
@@ -273,6 +285,7 @@ export class WeightSyncSender {
     this.ops = plan.ops.filter((o) => o.src === rank);
     this.slotBytes = slotBytes;
     this.freeSlots = Array.from({ length: slots }, (_, i) => slots - 1 - i);
+    this.targets = [...targets];
     this.targetPeers = targets.map((t) => t[0].owner);
     this.group = engine.addPeerGroup(this.targetPeers);
     this.immBase = immBase;
@@ -316,18 +329,12 @@ export class WeightSyncSender {
         'INVALID_ARGUMENT',
         'WeightSyncSender: source must start 4-byte aligned (bf16/fp32 views)',
       );
-    if (opts.targets.length !== plan.inference.ranks)
+    if (!Array.isArray(opts.targets) || opts.targets.length !== plan.inference.ranks)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `WeightSyncSender: targets must list all ${plan.inference.ranks} inference ranks' buffers`,
       );
-    for (const [d, t] of opts.targets.entries())
-      for (const desc of t)
-        if (desc.length < plan.inferenceBytes[d]!)
-          throw new TrellisError(
-            'INVALID_ARGUMENT',
-            `WeightSyncSender: inference rank ${d}'s buffer is ${desc.length} bytes; the plan needs ${plan.inferenceBytes[d]}`,
-          );
+    for (const [d, t] of opts.targets.entries()) checkTarget('WeightSyncSender', plan, d, t);
     const need = plan.ops
       .filter((o) => o.src === rank)
       .reduce((m, o) => Math.max(m, align(stageBytes(o))), 64);
@@ -366,6 +373,35 @@ export class WeightSyncSender {
   /** Bytes this rank writes per step. */
   get bytesPerStep(): number {
     return this.ops.reduce((n, o) => n + o.bytes, 0);
+  }
+
+  /**
+   * Write inference rank `rank`'s weights into new buffers from the next step on: a rank that was
+   * replaced (its process died and a new one took its place, with a new engine and receiver) gives
+   * its {@link WeightSyncReceiver.descriptors} to every trainer, each calls this between steps, and
+   * the new rank's first `expect` takes the version the group writes next. Throws
+   * `INVALID_ARGUMENT` while a {@link sync} runs on this rank, for a rank outside the plan, or for
+   * descriptors that are not two of that rank's size with one owner.
+   */
+  replaceTarget(rank: number, descriptors: readonly [MrDesc, MrDesc]): void {
+    if (this.busy)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'WeightSyncSender.replaceTarget: a step is running on this rank; replace targets between steps',
+      );
+    if (!Number.isInteger(rank) || rank < 0 || rank >= this.plan.inference.ranks)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `WeightSyncSender.replaceTarget: rank must be 0..${this.plan.inference.ranks - 1}, got ${rank}`,
+      );
+    checkTarget('WeightSyncSender.replaceTarget', this.plan, rank, descriptors);
+    const owner = descriptors[0].owner;
+    const peers = this.targetPeers.map((p, d) => (d === rank ? owner : p));
+    // Resolved before anything changes: an owner this engine cannot reach is refused here.
+    const group = this.engine.addPeerGroup(peers);
+    this.targets[rank] = [descriptors[0], descriptors[1]];
+    this.targetPeers[rank] = owner;
+    this.group = group;
   }
 
   /**
@@ -656,4 +692,27 @@ function stageBytes(op: PlanOp): number {
   const rows = op.box.r1 - op.box.r0;
   const w = op.box.c1 - op.box.c0;
   return align4(rows * w * op.dstElemBytes) + (op.quant ? rows * (w / op.quant.block) * 4 : 0);
+}
+
+/** One inference rank's pair of buffer descriptors: two MrDescs of one owner, each big enough. */
+function checkTarget(op: string, plan: WeightSyncPlan, rank: number, t: unknown): void {
+  const isDesc = (d: unknown) =>
+    d !== null && typeof d === 'object' && 'owner' in d && typeof (d as MrDesc).length === 'number';
+  if (!Array.isArray(t) || t.length !== 2 || !t.every(isDesc))
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: inference rank ${rank}'s target must be its two buffer descriptors (WeightSyncReceiver.descriptors())`,
+    );
+  const [a, b] = t as [MrDesc, MrDesc];
+  if (a.owner.toString() !== b.owner.toString())
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: inference rank ${rank}'s two buffers belong to different engines (${a.owner} and ${b.owner})`,
+    );
+  for (const desc of [a, b])
+    if (desc.length < plan.inferenceBytes[rank]!)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `${op}: inference rank ${rank}'s buffer is ${desc.length} bytes; the plan needs ${plan.inferenceBytes[rank]}`,
+      );
 }

@@ -37,7 +37,7 @@ async function cluster(plan: WeightSyncPlan, provider: 'shm' | 'tcp', stagingByt
   for (const t of tr) t.send({ targets: descs, stagingBytes });
   await Promise.all(tr.map((t) => t.next((m) => 'ready' in m)));
   const weights = (d: number) => new Uint8Array(readFileSync(join(dir, `inference-${d}.bin`)));
-  return { inf, tr, weights };
+  return { inf, tr, weights, start };
 }
 
 describe('weight sync across processes on backend-efa', () => {
@@ -95,5 +95,34 @@ describe('weight sync across processes on backend-efa', () => {
       );
       expect(diffWeights(plan, d, weights(d), v1[d]!)).toBe('ok');
     }
+  }, 120_000);
+
+  it('an inference process SIGKILLed and replaced by a new one: trainers replaceTarget, the new rank joins at version 2 (tcp)', async () => {
+    const model = range(4).map((i) => ({ name: `w${i}`, shape: [256, 512], dtype: 'bf16' as const }));
+    const plan = planWeightSync(
+      model,
+      { ranks: 2, placements: Object.fromEntries(model.map((t) => [t.name, shard('rows', range(2))])) },
+      { ranks: 2, tensors: model.map((t) => ({ name: t.name, placement: shard('cols', range(2)) })) },
+      { maxOpBytes: 32 << 10 },
+    );
+    const { inf, tr, weights, start } = await cluster(plan, 'tcp', 128 << 10);
+    for (const p of inf) p.send({ expect: { step: 1, version: 1, timeoutMs: 30_000 } });
+    for (const t of tr) t.send({ sync: { step: 1, version: 1 } });
+    for (const p of inf) expect((await p.next((x) => x.expected === 1)).outcome).toBe('resolved');
+    for (const t of tr) expect((await t.next((x) => x.synced === 1)).outcome).toBe('resolved');
+    inf[1]!.child.kill('SIGKILL');
+    const fresh = start({ role: 'inference', rank: 1 });
+    const descs = (await fresh.next((m) => 'descs' in m)).descs;
+    for (const t of tr) {
+      t.send({ replace: { rank: 1, descs } });
+      expect(await t.next((x) => x.replaced === 1)).toEqual({ replaced: 1, outcome: 'resolved' });
+    }
+    for (const p of [inf[0]!, fresh]) p.send({ expect: { step: 2, version: 2, timeoutMs: 30_000 } });
+    for (const t of tr) t.send({ sync: { step: 2, version: 2 } });
+    for (const t of tr) expect((await t.next((x) => x.synced === 2)).outcome).toBe('resolved');
+    for (const p of [inf[0]!, fresh])
+      expect(await p.next((x) => x.expected === 2)).toMatchObject({ outcome: 'resolved', version: 2 });
+    const want = expectedInference(plan);
+    for (let d = 0; d < 2; d++) expect(diffWeights(plan, d, weights(d), want[d]!)).toBe('ok');
   }, 120_000);
 });

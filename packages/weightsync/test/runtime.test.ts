@@ -179,4 +179,64 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
       expect(r.weights().bytes).toEqual(served[d]);
     }
   });
+
+  it("an inference rank replaced after it died rejoins at the group's next version: trainers replaceTarget, every byte lands", async () => {
+    const model = range(4).map((i) => ({ name: `w${i}`, shape: [128, 64], dtype: 'bf16' as const }));
+    const plan = planWeightSync(
+      model,
+      { ranks: 2, placements: Object.fromEntries(model.map((t) => [t.name, shard('rows', range(2))])) },
+      { ranks: 2, tensors: model.map((t) => ({ name: t.name, placement: shard('cols', range(2)) })) },
+      { maxOpBytes: 512 },
+    );
+    const { rxs, txs, iEng, fabric } = await cluster(plan, { stagingBytes: 1024 });
+    const want = expectedInference(plan);
+    for (const v of [1, 2]) {
+      const w = Promise.all(rxs.map((r) => r.expect({ step: v, version: v, timeoutMs: 20_000 })));
+      await Promise.all(txs.map((t) => t.sync({ step: v, version: v })));
+      await w;
+    }
+    // Inference rank 1 dies; a new process (engine, receiver) takes its place, serving nothing.
+    fabric.faults.killPeer(iEng[1]!);
+    const engine = fabric.createEngine();
+    const fresh = await WeightSyncReceiver.create({ engine, plan, rank: 1 });
+    expect(fresh.version).toBe(0);
+    // Bad input, refused before anything changes.
+    expect(() => txs[0]!.replaceTarget(2, fresh.descriptors())).toThrow(
+      'WeightSyncSender.replaceTarget: rank must be 0..1, got 2',
+    );
+    expect(() => txs[0]!.replaceTarget(1, [fresh.descriptors()[0]] as never)).toThrow(
+      "WeightSyncSender.replaceTarget: inference rank 1's target must be its two buffer descriptors (WeightSyncReceiver.descriptors())",
+    );
+    expect(() => txs[0]!.replaceTarget(1, [fresh.descriptors()[0], rxs[0]!.descriptors()[1]])).toThrow(
+      "WeightSyncSender.replaceTarget: inference rank 1's two buffers belong to different engines",
+    );
+    const small = await engine.registerMemory(64, { remote: true });
+    expect(() => txs[0]!.replaceTarget(1, [small.desc, small.desc])).toThrow(
+      `WeightSyncSender.replaceTarget: inference rank 1's buffer is 64 bytes; the plan needs ${plan.inferenceBytes[1]}`,
+    );
+    // Not while a step runs.
+    const running = txs[0]!.sync({ step: 9, version: 3, timeoutMs: 5000 });
+    expect(() => txs[0]!.replaceTarget(1, fresh.descriptors())).toThrow(
+      'WeightSyncSender.replaceTarget: a step is running on this rank; replace targets between steps',
+    );
+    expect(await outcome(running)).toMatch(/^(PEER_LOST|CLOSED): weight sync step 9 on trainer rank 0: /);
+    await txs[1]!.sync({ step: 9, version: 3, timeoutMs: 5000 }).catch(() => {});
+    // Between steps: every trainer takes the new rank's buffers; the group writes version 3.
+    for (const t of txs) t.replaceTarget(1, fresh.descriptors());
+    const w3 = [rxs[0]!, fresh].map((r) => r.expect({ step: 3, version: 3, timeoutMs: 20_000 }));
+    await Promise.all(txs.map((t) => t.sync({ step: 3, version: 3 })));
+    await Promise.all(w3);
+    expect(rxs[0]!.version).toBe(3);
+    expect(fresh.version).toBe(3);
+    expect(diffWeights(plan, 0, rxs[0]!.weights().bytes, want[0]!)).toBe('ok');
+    expect(diffWeights(plan, 1, fresh.weights().bytes, want[1]!)).toBe('ok');
+    // From then on the new rank follows the group one version at a time.
+    await expect(fresh.expect({ step: 5, version: 5 })).rejects.toThrow(
+      'WeightSyncReceiver.expect: this rank serves version 3; the next step must write version 4, got 5',
+    );
+    const w4 = [rxs[0]!, fresh].map((r) => r.expect({ step: 4, version: 4, timeoutMs: 20_000 }));
+    await Promise.all(txs.map((t) => t.sync({ step: 4, version: 4 })));
+    await Promise.all(w4);
+    expect(diffWeights(plan, 1, fresh.weights().bytes, want[1]!)).toBe('ok');
+  });
 });
