@@ -123,5 +123,10 @@ export class EfaEngine extends NativeEngineBase {
  * ```
  */
 export async function createEngine(opts: EfaEngineOptions = {}): Promise<EfaEngine> {
+  if (opts === null || typeof opts !== 'object' || Array.isArray(opts))
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `createEngine: pass an options object (e.g. {provider: 'tcp', nics: 1}) or nothing, got ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : JSON.stringify(opts)}`,
+    );
   return new EfaEngine(opts);
 }

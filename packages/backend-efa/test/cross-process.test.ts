@@ -190,4 +190,43 @@ describe('heartbeat', () => {
       inFlight: 0,
     });
   }, 30_000);
+
+  it('tcp: writes to a target SIGKILLed after a write settle PEER_LOST after an unanswered probe (or TIMEOUT), never CONNECTION_RESET', async () => {
+    const engine = await createEngine({ provider: 'tcp', sameHostLane: false, opTimeoutMs: 3000 });
+    cleanup.push(async () => {
+      await engine.close();
+    });
+    const peer = await PeerProcess.start(engineModule, { provider: 'tcp', sameHostLane: false });
+    const { desc } = await peer.call<{ desc: string }>('register', {
+      name: 'kv',
+      size: 1 << 16,
+      remote: true,
+    });
+    const dst = MrDesc.parse(desc);
+    const src = await engine.registerMemory(1 << 16);
+    await engine.submitSingleWrite({ src, length: 1 << 16, dst, imm: 1 });
+    peer.kill();
+    await peer.exited;
+    const codes: string[] = [];
+    for (let i = 0; i < 3; i++)
+      codes.push(
+        await engine.submitSingleWrite({ src, length: 4096, dst, imm: 1 }).then(
+          () => 'resolved',
+          (e: { code: string }) => e.code,
+        ),
+      );
+    // A dead peer's connection error (the provider's ENOTCONN, reported as CONNECTION_RESET) is
+    // probed: unanswered, the peer is lost and the rest are refused; where tcp reports nothing, the
+    // engine deadline settles each write TIMEOUT.
+    for (const c of codes) expect(['PEER_LOST', 'TIMEOUT']).toContain(c);
+    const peers = engine.stats().peers;
+    expect(peers.probesAnswered).toBe(0);
+    if (codes.includes('PEER_LOST')) {
+      expect(peers.lost).toBe(1);
+      expect(peers.probes).toBeGreaterThanOrEqual(1);
+    } else {
+      expect(peers.lost).toBe(0);
+    }
+    expect(engine.stats().ops.inFlight).toBe(0);
+  }, 30_000);
 });

@@ -77,6 +77,16 @@ describe('backend-efa: providers and options', () => {
   });
 
   it('rejects bad options with INVALID_ARGUMENT', async () => {
+    const loose = createEngine as unknown as (o: unknown) => Promise<unknown>;
+    expect(await code(loose(null))).toBe(
+      "INVALID_ARGUMENT: createEngine: pass an options object (e.g. {provider: 'tcp', nics: 1}) or nothing, got null",
+    );
+    expect(await code(loose('shm'))).toBe(
+      `INVALID_ARGUMENT: createEngine: pass an options object (e.g. {provider: 'tcp', nics: 1}) or nothing, got "shm"`,
+    );
+    expect(await code(loose(5))).toBe(
+      "INVALID_ARGUMENT: createEngine: pass an options object (e.g. {provider: 'tcp', nics: 1}) or nothing, got 5",
+    );
     expect(await code(createEngine({ nics: 5 }))).toMatch(
       /^INVALID_ARGUMENT: createEngine: nics must be an integer in 1\.\.4/,
     );

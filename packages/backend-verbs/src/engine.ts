@@ -96,5 +96,10 @@ export class VerbsEngine extends NativeEngineBase {
  * ```
  */
 export async function createEngine(opts: VerbsEngineOptions = {}): Promise<VerbsEngine> {
+  if (opts === null || typeof opts !== 'object' || Array.isArray(opts))
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `createEngine: pass an options object (e.g. {devices: ['mlx5_0']}) or nothing, got ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : JSON.stringify(opts)}`,
+    );
   return new VerbsEngine(opts);
 }

@@ -84,6 +84,9 @@ describe('backend-verbs: devices, options and stats', () => {
   });
 
   it('rejects bad options with INVALID_ARGUMENT, and a bad handshakeHost with a message', async () => {
+    expect(await code((createEngine as unknown as (o: unknown) => Promise<unknown>)(null))).toBe(
+      "INVALID_ARGUMENT: createEngine: pass an options object (e.g. {devices: ['mlx5_0']}) or nothing, got null",
+    );
     expect(await code(createEngine({ model: true, nics: 5 }))).toBe(
       'INVALID_ARGUMENT: createEngine: nics must be an integer in 1..4, got 5',
     );

@@ -96,6 +96,9 @@ describe('loopback fabric', () => {
     expect(() => createLoopbackFabric({ seed: 1.5 })).toThrow(/seed/);
     const f = createLoopbackFabric({ nics: 2 });
     expect(() => f.createEngine({ nics: 9 })).toThrow(/nics/);
+    expect(() => f.createEngine(null as never)).toThrow(
+      'createEngine: pass an options object (e.g. {nics: 2}) or nothing, got null',
+    );
     const e = f.createEngine();
     expect(() => f.faults.failNic(e, 2)).toThrow(/NIC 2 does not exist/);
     expect(() => f.faults.setDelay([5, 1])).toThrow(/minMs <= maxMs/);

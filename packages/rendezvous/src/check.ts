@@ -9,3 +9,39 @@ export function checkOptions(op: string, opts: unknown, shape: string): void {
       `${op}: pass an options object ${shape}, got ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : typeof opts}`,
     );
 }
+
+/** An optional options argument: absent, or an object (see {@link checkOptions}). */
+export function checkOptionalOptions(op: string, opts: unknown, shape: string): void {
+  if (opts !== undefined) checkOptions(op, opts, shape);
+}
+
+/** timeoutMs, where given, is a finite number >= 0. */
+export function checkTimeoutMs(op: string, timeoutMs: unknown): void {
+  if (
+    timeoutMs !== undefined &&
+    (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0)
+  )
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: timeoutMs must be a finite number >= 0, got ${String(timeoutMs)}`,
+    );
+}
+
+/** set's value and join's member, value and callback. */
+export function checkValue(op: string, value: unknown): void {
+  if (typeof value !== 'string') throw new TrellisError('INVALID_ARGUMENT', `${op}: value must be a string`);
+}
+
+export function checkJoin(op: string, member: unknown, value: unknown, onChange: unknown): void {
+  if (typeof member !== 'string' || member.length === 0 || member.length > 1024)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: member must be a non-empty string of at most 1024 characters`,
+    );
+  checkValue(op, value);
+  if (onChange !== undefined && typeof onChange !== 'function')
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: onChange must be a function (called with the group's members), or left out`,
+    );
+}

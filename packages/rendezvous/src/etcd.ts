@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import { Etcd3, type Lease, type Watcher } from 'etcd3';
-import { checkOptions } from './check.js';
+import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 /**
@@ -38,13 +38,19 @@ export class EtcdRendezvous implements Rendezvous {
   }): Promise<EtcdRendezvous> {
     checkOptions('EtcdRendezvous.connect', opts, '{hosts, prefix?, leaseTtlS?, timeoutMs?}');
     const hosts = opts.hosts;
-    if (
-      !(typeof hosts === 'string' && hosts.length > 0) &&
-      !(Array.isArray(hosts) && hosts.length > 0 && hosts.every((h) => typeof h === 'string' && h.length > 0))
-    )
+    const isUrl = (h: unknown) => {
+      if (typeof h !== 'string') return false;
+      try {
+        const u = new URL(h);
+        return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname.length > 0;
+      } catch {
+        return false;
+      }
+    };
+    if (!isUrl(hosts) && !(Array.isArray(hosts) && hosts.length > 0 && hosts.every(isUrl)))
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        "EtcdRendezvous.connect: hosts must be a URL or a non-empty array of URLs (e.g. 'http://etcd0:2379')",
+        `EtcdRendezvous.connect: hosts must be an http:// or https:// URL or a non-empty array of them (e.g. 'http://etcd0:2379'), got ${JSON.stringify(hosts)}`,
       );
     if (opts.prefix !== undefined && typeof opts.prefix !== 'string')
       throw new TrellisError('INVALID_ARGUMENT', 'EtcdRendezvous.connect: prefix must be a string');
@@ -87,11 +93,16 @@ export class EtcdRendezvous implements Rendezvous {
   }
 
   async set(key: string, value: string): Promise<void> {
-    await this.client.put(this.k(key)).value(value);
+    const k = this.k(key);
+    checkValue('EtcdRendezvous.set', value);
+    await this.client.put(k).value(value);
   }
 
   async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
     const k = this.k(key);
+    checkOptionalOptions('EtcdRendezvous.get', opts, '{timeoutMs?}');
+    opts ??= {};
+    checkTimeoutMs('EtcdRendezvous.get', opts.timeoutMs);
     // Watch first, then read: a put between the two is seen by one or the other.
     const w = await this.client.watch().key(k).create();
     this.watchers.add(w);
@@ -129,6 +140,10 @@ export class EtcdRendezvous implements Rendezvous {
         'INVALID_ARGUMENT',
         `EtcdRendezvous.barrier: size must be a positive integer, got ${size}`,
       );
+    this.k(name);
+    checkOptionalOptions('EtcdRendezvous.barrier', opts, '{timeoutMs?}');
+    opts ??= {};
+    checkTimeoutMs('EtcdRendezvous.barrier', opts.timeoutMs);
     const round = (this.rounds.get(name) ?? 0) + 1;
     this.rounds.set(name, round);
     const p = this.k(`__barrier/${name}/${round}/`);
@@ -173,6 +188,8 @@ export class EtcdRendezvous implements Rendezvous {
     value: string,
     onChange?: (members: Record<string, string>) => void,
   ): Promise<() => void> {
+    this.k(group);
+    checkJoin('EtcdRendezvous.join', member, value, onChange);
     const p = this.k(`__group/${group}/`);
     const lease = this.client.lease(this.leaseTtlS);
     this.leases.push(lease);

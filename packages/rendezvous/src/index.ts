@@ -13,7 +13,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { TrellisError } from '@trellis/core';
-import { checkOptions } from './check.js';
+import { checkJoin, checkOptionalOptions, checkOptions, checkValue } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 export type { Rendezvous } from './rendezvous.js';
@@ -350,13 +350,14 @@ export class TcpStore implements Rendezvous {
 
   async set(key: string, value: string): Promise<void> {
     checkKey(key);
-    if (typeof value !== 'string')
-      throw new TrellisError('INVALID_ARGUMENT', 'TcpStore.set: value must be a string');
+    checkValue('TcpStore.set', value);
     await this.request({ op: 'set', key, value });
   }
 
   async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
     checkKey(key);
+    checkOptionalOptions('TcpStore.get', opts, '{timeoutMs?}');
+    opts ??= {};
     checkTimeout('TcpStore.get', opts.timeoutMs);
     return (await this.request({ op: 'get', key }, opts.timeoutMs)).value as string;
   }
@@ -368,6 +369,8 @@ export class TcpStore implements Rendezvous {
         'INVALID_ARGUMENT',
         `TcpStore.barrier: size must be a positive integer, got ${size}`,
       );
+    checkOptionalOptions('TcpStore.barrier', opts, '{timeoutMs?}');
+    opts ??= {};
     checkTimeout('TcpStore.barrier', opts.timeoutMs);
     // Rounds of one barrier name: the n-th call of this process joins round n.
     const round = (this.barriers.get(name) ?? 0) + 1;
@@ -395,6 +398,7 @@ export class TcpStore implements Rendezvous {
     onChange?: (members: Record<string, string>) => void,
   ): Promise<() => void> {
     checkKey(group);
+    checkJoin('TcpStore.join', member, value, onChange);
     await this.request({ op: 'join', key: group, member, value });
     if (!onChange) return () => {};
     // The watch's request id names its events; listen before asking so none is missed.

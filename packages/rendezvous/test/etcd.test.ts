@@ -132,10 +132,20 @@ describe('EtcdRendezvous on a real etcd', () => {
     expect(await outcome(connect(undefined))).toBe(
       'INVALID_ARGUMENT: EtcdRendezvous.connect: pass an options object {hosts, prefix?, leaseTtlS?, timeoutMs?}, got undefined',
     );
-    const hostsMsg =
-      "INVALID_ARGUMENT: EtcdRendezvous.connect: hosts must be a URL or a non-empty array of URLs (e.g. 'http://etcd0:2379')";
-    for (const hosts of [undefined, '', [], [''], 2379])
-      expect(await outcome(connect({ hosts })), JSON.stringify(hosts)).toBe(hostsMsg);
+    for (const hosts of [
+      undefined,
+      '',
+      [],
+      [''],
+      2379,
+      'notaurl',
+      'ftp://127.0.0.1:1',
+      'http://',
+      ['http://127.0.0.1:1', 'bad url'],
+    ])
+      expect(await outcome(connect({ hosts })), JSON.stringify(hosts)).toBe(
+        `INVALID_ARGUMENT: EtcdRendezvous.connect: hosts must be an http:// or https:// URL or a non-empty array of them (e.g. 'http://etcd0:2379'), got ${JSON.stringify(hosts)}`,
+      );
     expect(await outcome(connect({ hosts: 'http://127.0.0.1:1', prefix: 3 }))).toBe(
       'INVALID_ARGUMENT: EtcdRendezvous.connect: prefix must be a string',
     );

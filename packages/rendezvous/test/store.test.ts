@@ -96,6 +96,42 @@ describe('TcpStore', () => {
     );
   });
 
+  it('get, barrier, set and join refuse bad arguments with INVALID_ARGUMENT before anything reaches the store', async () => {
+    const { host, clients } = await cluster(1);
+    const c = clients[0]!;
+    const any = c as unknown as {
+      get(k: string, o: unknown): Promise<string>;
+      barrier(n: string, s: number, o: unknown): Promise<void>;
+      set(k: string, v: unknown): Promise<void>;
+      join(g: string, m: unknown, v: unknown, f?: unknown): Promise<() => void>;
+    };
+    const opts = 'pass an options object {timeoutMs?}';
+    expect(await outcome(any.get('k', null))).toBe(`INVALID_ARGUMENT: TcpStore.get: ${opts}, got null`);
+    expect(await outcome(any.get('k', 5))).toBe(`INVALID_ARGUMENT: TcpStore.get: ${opts}, got number`);
+    expect(await outcome(any.get('k', []))).toBe(`INVALID_ARGUMENT: TcpStore.get: ${opts}, got an array`);
+    expect(await outcome(any.barrier('b', 1, null))).toBe(
+      `INVALID_ARGUMENT: TcpStore.barrier: ${opts}, got null`,
+    );
+    expect(await outcome(any.set('k', 5))).toBe('INVALID_ARGUMENT: TcpStore.set: value must be a string');
+    expect(await outcome(any.join('g', '', 'v'))).toBe(
+      'INVALID_ARGUMENT: TcpStore.join: member must be a non-empty string of at most 1024 characters',
+    );
+    expect(await outcome(any.join('g', 'm', 5))).toBe(
+      'INVALID_ARGUMENT: TcpStore.join: value must be a string',
+    );
+    expect(await outcome(any.join('g', 'm', 'v', 'not a function'))).toBe(
+      "INVALID_ARGUMENT: TcpStore.join: onChange must be a function (called with the group's members), or left out",
+    );
+    // None of them joined or set anything: a watcher sees only itself, and 'k' is unset.
+    const seen: Array<Record<string, string>> = [];
+    const stop = await host.join('g', 'host', 'h', (m) => seen.push(m));
+    expect(seen.at(-1)).toEqual({ host: 'h' });
+    stop();
+    expect(await outcome(host.get('k', { timeoutMs: 50 }))).toBe(
+      "TIMEOUT: TcpStore.get('k'): nothing within 50 ms",
+    );
+  });
+
   it('connecting to nothing fails with TIMEOUT and says where it looked', async () => {
     expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 1, timeoutMs: 200 }))).toMatch(
       /^TIMEOUT: TcpStore\.connect: no store at 127\.0\.0\.1:1 within 200 ms \(connect ECONNREFUSED/,

@@ -1017,39 +1017,48 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     const keys = this.heartbeatIdle
       ? [...this.knownPeers.keys()]
       : [...this.inFlightTo].filter(([, n]) => n > 0).map(([k]) => k);
-    for (const key of keys) {
-      if (this.lost.has(key) || this.probing.has(key)) continue;
-      const peer = this.knownPeers.get(key);
-      if (!peer) continue;
-      const op = this.internalOp(new CallSite('heartbeat'), peer);
-      op.liveness = true;
-      op.arm({ timeoutMs: this.heartbeatMs });
-      this.probing.add(key);
-      op.promise.then(
-        () => {
-          this.probing.delete(key);
-          this.misses.delete(key);
-        },
-        (e: TrellisError) => {
-          this.probing.delete(key);
-          // With failover, a NIC's failure is the NIC's, not the peer's: while another NIC to the
-          // peer is up, the next probe goes there.
-          if (
-            this.failover &&
-            e.nic !== undefined &&
-            (e.code === 'NIC_FAILED' || e.code === 'PROVIDER_ERROR')
-          ) {
-            this.failover.nicError(e.nic);
-            if (this.failover.probeLane(peer) !== undefined) return;
-          }
-          const m = (this.misses.get(key) ?? 0) + 1;
-          this.misses.set(key, m);
-          if (m >= HEARTBEAT_MISSES) this.unresponsive(peer, e);
-        },
-      );
-      const lane = this.failover?.probeLane(peer) ?? 0;
-      this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane }, op));
-    }
+    for (const key of keys) this.heartbeatProbe(key);
+  }
+
+  /**
+   * One heartbeat to the peer `key` (unless it is lost or a probe to it is out). A probe that runs
+   * to its deadline unanswered is followed by the next at once, so a silent peer is lost after
+   * {@link HEARTBEAT_MISSES} intervals of silence (plus up to one until the first tick); a probe
+   * that fails early waits for the next tick, so a connection being rebuilt gets an interval.
+   */
+  private heartbeatProbe(key: string): void {
+    if (this.closed || this.lost.has(key) || this.probing.has(key)) return;
+    const peer = this.knownPeers.get(key);
+    if (!peer) return;
+    const op = this.internalOp(new CallSite('heartbeat'), peer);
+    op.liveness = true;
+    op.arm({ timeoutMs: this.heartbeatMs });
+    this.probing.add(key);
+    op.promise.then(
+      () => {
+        this.probing.delete(key);
+        this.misses.delete(key);
+      },
+      (e: TrellisError) => {
+        this.probing.delete(key);
+        // With failover, a NIC's failure is the NIC's, not the peer's: while another NIC to the
+        // peer is up, the next probe goes there.
+        if (
+          this.failover &&
+          e.nic !== undefined &&
+          (e.code === 'NIC_FAILED' || e.code === 'PROVIDER_ERROR')
+        ) {
+          this.failover.nicError(e.nic);
+          if (this.failover.probeLane(peer) !== undefined) return;
+        }
+        const m = (this.misses.get(key) ?? 0) + 1;
+        this.misses.set(key, m);
+        if (m >= HEARTBEAT_MISSES) this.unresponsive(peer, e);
+        else if (e.code === 'TIMEOUT') this.heartbeatProbe(key);
+      },
+    );
+    const lane = this.failover?.probeLane(peer) ?? 0;
+    this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane }, op));
   }
 
   private unresponsive(peer: NetAddr, last: TrellisError): void {

@@ -359,7 +359,7 @@ export interface NativeEngineTuning {
   heartbeatMs?: number;
   /**
    * With `heartbeatMs`, probe every peer this engine has reached, idle ones too, so a dead idle
-   * peer is reported through `onPeerLost` within about three intervals instead of at its next
+   * peer is reported through `onPeerLost` within three to four intervals instead of at its next
    * operation. Default false (probes go only to peers with operations in flight).
    */
   heartbeatIdle?: boolean;
@@ -858,8 +858,11 @@ export abstract class NativeEngineBase extends EngineBase {
         nic: nic >= 0 ? nic : undefined,
       };
       const err = new TrellisError(code as TrellisErrorCode, `${op.callsite.op}: ${text}`, details);
-      const peers = code === 'PEER_LOST' && !op.liveness ? this.peersOf(op) : [];
-      if (peers.length)
+      // A connection error says nothing yet about the peer: a probe tells a live peer (the
+      // connection was torn down under it, e.g. after a refused key) from a dead one.
+      const peers =
+        (code === 'PEER_LOST' || code === 'CONNECTION_RESET') && !op.liveness ? this.peersOf(op) : [];
+      if (peers.length && code === 'PEER_LOST')
         this.settleLost(
           op,
           peers,
@@ -870,6 +873,17 @@ export abstract class NativeEngineBase extends EngineBase {
               `${op.callsite.op}: cut off with a connection that was reset; the peer answered a probe afterwards, so it is not lost; retry with a short backoff (operations to it fail this way until the connection is rebuilt) — ${text}`,
               details,
             ),
+        );
+      else if (peers.length)
+        this.settleLost(
+          op,
+          peers,
+          new TrellisError(
+            'PEER_LOST',
+            `${op.callsite.op}: cut off with a broken connection, and the peer did not answer a probe afterwards — ${text}`,
+            details,
+          ),
+          () => err,
         );
       else op.fail(err);
     }
@@ -1612,11 +1626,12 @@ export abstract class NativeEngineBase extends EngineBase {
   }
 
   /**
-   * A provider's connection error (`PEER_LOST`) marks the peer lost only if the peer then fails to
-   * answer a probe: libfabric's tcp reports the work a refused key cut off in the *other*
-   * direction exactly as it reports a death (the pair shares one connection), and a live peer must
-   * not be written off for it. The operation fails `CONNECTION_RESET` when the peer answers,
-   * `PEER_LOST` (and the peer is lost) when it does not. The wait is bounded by the probe's
+   * A provider's connection error (`PEER_LOST`, or `CONNECTION_RESET`: work cut off with a
+   * connection torn down earlier) marks the peer lost only if the peer then fails to answer a
+   * probe: libfabric's tcp tears a connection down after a refused key as after a death, and a live
+   * peer must not be written off for it, nor a dead one retried as if it were live. The operation
+   * fails `CONNECTION_RESET` when the peer answers, `PEER_LOST` (and the peer is lost) when it does
+   * not. The wait is bounded by the probe's
    * deadline and by the operation's own: a cancel or deadline settles it at once.
    */
   private settleLost(op: PendingOp, peers: NetAddr[], err: TrellisError, reset: () => TrellisError): void {

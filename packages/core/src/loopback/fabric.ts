@@ -94,6 +94,11 @@ export class FabricCore implements LoopbackFabric, FaultInjector, LoopbackWire {
   }
 
   createEngine(opts: LoopbackEngineOptions = {}): LoopbackEngine {
+    if (opts === null || typeof opts !== 'object' || Array.isArray(opts))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: pass an options object (e.g. {nics: 2}) or nothing, got ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : JSON.stringify(opts)}`,
+      );
     const nics = opts.nics ?? this.nics;
     if (!Number.isInteger(nics) || nics < 1 || nics > MAX_NICS) {
       throw new TrellisError(
