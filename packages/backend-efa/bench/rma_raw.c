@@ -10,6 +10,7 @@
  *   rma_raw <provider> paged <page_bytes> <pages_per_call> <calls> <window>
  *   rma_raw <provider> pingpong <iterations>
  *   rma_raw <provider> into <name_hex> <addr> <key> <page_bytes> <pages_per_call> <calls> <window>
+ *   rma_raw <provider> target <region_bytes> <arrivals>
  *
  * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
  * initiator completion, as the SDK benchmark does. pingpong: each side answers an immediate with
@@ -35,6 +36,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <errno.h>
+#include <fcntl.h>
 
 #define CHECK(x)                                                                             \
   do {                                                                                       \
@@ -83,7 +86,8 @@ static void open_ep(struct ep *e, const char *prov) {
 
 static struct fid_mr *reg(struct ep *e, void *buf, size_t len, uint64_t access) {
   struct fid_mr *mr;
-  CHECK(fi_mr_reg(e->domain, buf, len, access, 0, 1, 0, &mr, NULL));
+  static uint64_t next_key = 1; /* a provider that takes requested keys needs them distinct */
+  CHECK(fi_mr_reg(e->domain, buf, len, access, 0, next_key++, 0, &mr, NULL));
   if (e->info->domain_attr->mr_mode & FI_MR_ENDPOINT) {
     CHECK(fi_mr_bind(mr, &e->ep->fid, 0));
     CHECK(fi_mr_enable(mr));
@@ -258,9 +262,63 @@ static int into(int argc, char **argv) {
   return 0;
 }
 
+static int target(int argc, char **argv) {
+  (void)argc;
+  size_t region = strtoull(argv[3], NULL, 10);
+  uint64_t want = strtoull(argv[4], NULL, 10);
+  struct ep e;
+  open_ep(&e, argv[1]);
+  void *buf = aligned_alloc(4096, region ? region : 4096);
+  memset(buf, 0, region ? region : 4096);
+  struct fid_mr *mr = reg(&e, buf, region ? region : 4096, FI_REMOTE_WRITE | FI_WRITE);
+  void *sink = aligned_alloc(4096, 4096);
+  memset(sink, 0, 4096);
+  struct fid_mr *smr = reg(&e, sink, 64, FI_REMOTE_WRITE | FI_WRITE);
+  int virt = (e.info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0;
+  printf("{\"name\":\"");
+  for (size_t i = 0; i < e.namelen; i++) printf("%02x", (unsigned char)e.name[i]);
+  printf("\",\"addr\":\"%llu\",\"key\":\"%llu\",\"sinkAddr\":\"%llu\",\"sinkKey\":\"%llu\"}\n",
+         (unsigned long long)(virt ? (uint64_t)(uintptr_t)buf : 0), (unsigned long long)fi_mr_key(mr),
+         (unsigned long long)(virt ? (uint64_t)(uintptr_t)sink : 0), (unsigned long long)fi_mr_key(smr));
+  fflush(stdout);
+  uint64_t seen = 0;
+  struct fi_cq_data_entry c[64];
+  while (seen < want) {
+    ssize_t n = fi_cq_read(e.cq, c, 64);
+    if (n > 0) {
+      for (ssize_t i = 0; i < n; i++)
+        if (c[i].flags & FI_REMOTE_CQ_DATA) seen++;
+    } else if (n != -FI_EAGAIN) {
+      struct fi_cq_err_entry err = {0};
+      fi_cq_readerr(e.cq, &err, 0);
+      fprintf(stderr, "rma_raw target: cq error %s\n", fi_strerror(err.err));
+      return 1;
+    }
+  }
+  /* FNV-1a of the region, so a caller can check the bytes that landed. */
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0; i < region; i++) h = (h ^ ((unsigned char *)buf)[i]) * 1099511628211ull;
+  printf("{\"arrivals\":%llu,\"fnv1a\":\"%llu\"}\n", (unsigned long long)seen, (unsigned long long)h);
+  fflush(stdout);
+  /* Keep the endpoint progressing (the initiator's last acknowledgements) until stdin closes. */
+  fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+  for (uint64_t spin = 0;; spin++) {
+    fi_cq_read(e.cq, c, 64);
+    if ((spin & 1023) == 0) {
+      char b[64];
+      ssize_t r = read(0, b, sizeof b);
+      if (r == 0 || (r < 0 && errno != EAGAIN)) break;
+    }
+  }
+  fi_close(&smr->fid);
+  fi_close(&mr->fid);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   fabric_dl_open("rma_raw");
   if (argc == 10 && strcmp(argv[2], "into") == 0) return into(argc, argv);
+  if (argc == 5 && strcmp(argv[2], "target") == 0) return target(argc, argv);
   if (argc == 4 && strcmp(argv[2], "pingpong") == 0) return pingpong(argv[1], strtoull(argv[3], NULL, 10));
   if (argc < 6) {
     fprintf(stderr, "usage: rma_raw <provider> single <bytes> <ops> <window>\n"

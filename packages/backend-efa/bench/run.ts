@@ -8,7 +8,8 @@
 // flight, default 4: one crossing into the addon per batch, no promise per write) and as prepared
 // writes (`prepareWrites(...).post` of window/posts writes each: one operation per post).
 // Paged writes are also timed from the raw program's initiator into the SDK's target engine
-// (`rma_raw … into`): which side of the pair a paged row's gap is on.
+// (`rma_raw … into`) and from the SDK's initiator into the raw program's target (`rma_raw …
+// target`): which side of the pair a paged row's gap is on.
 //
 // The immediate round trip is timed seven ways (see PingMode): awaiting, in latency mode
 // (pollUntil), in synchronous latency loops (poll() + take()), both of these again with the
@@ -37,7 +38,7 @@ import {
   nativeAddonPath,
   type Provider,
 } from '@trellis/backend-efa';
-import { MrDesc, type TransferRequest } from '@trellis/core';
+import { MrDesc, NetAddr, type TransferRequest } from '@trellis/core';
 import { mainThreadCpu } from './cpu.js';
 
 const args = process.argv.slice(2);
@@ -112,6 +113,8 @@ interface Row {
    * writes): with the raw column, which side of the pair the SDK's gap is on.
    */
   rawIntoSdk?: number;
+  /** Paged writes: the SDK's initiator writing into the raw program's target: the initiator side alone. */
+  sdkIntoRaw?: number;
   /**
    * Each trial's SDK column over the raw program's run of the same trial (SDK and raw alternate),
    * by column: how far the trials spread, which the medians hide.
@@ -334,6 +337,63 @@ async function rawIntoSdk(provider: Provider, prov: string, page: number, perCal
   return r.seconds;
 }
 
+/**
+ * The SDK's initiator writing the paged test's writes into the raw program's target (`rma_raw …
+ * target`): the initiator side of the SDK alone. Returns the seconds the writes took.
+ */
+async function sdkIntoRaw(provider: Provider, prov: string, page: number, perCall: number, calls: number) {
+  const child = spawn(raw, [prov, 'target', String(page * perCall), String(perCall * calls)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  const t = JSON.parse((await lines.next()).value as string) as {
+    name: string;
+    addr: string;
+    key: string;
+    sinkAddr: string;
+    sinkKey: string;
+  };
+  const engine = await initiator(provider);
+  // The target's address as an engine's: [u16 name length][name][u64 sink address][u64 sink key].
+  const name = Buffer.from(t.name, 'hex');
+  const nic = Buffer.alloc(2 + name.length + 16);
+  nic.writeUInt16LE(name.length, 0);
+  name.copy(nic, 2);
+  nic.writeBigUInt64LE(BigInt(t.sinkAddr), 2 + name.length);
+  nic.writeBigUInt64LE(BigInt(t.sinkKey), 10 + name.length);
+  const owner = new NetAddr(engine.kind, 1, [new Uint8Array(nic)]);
+  const dst = new MrDesc(owner, BigInt(t.addr), page * perCall, [
+    { addr: BigInt(t.addr), rkey: BigInt(t.key) },
+  ]);
+  const src = await engine.registerMemory(page * perCall);
+  src.buffer!.fill(7);
+  const pages = Uint32Array.from({ length: perCall }, (_, i) => i);
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: calls }, () =>
+      engine.submitPagedWrites({
+        src,
+        srcPages: pages,
+        srcStride: page,
+        dst,
+        dstPages: pages,
+        dstStride: page,
+        pageBytes: page,
+        imm: 1,
+      }),
+    ),
+  );
+  const s = (performance.now() - t0) / 1000;
+  const done = JSON.parse((await lines.next()).value as string) as { arrivals: number };
+  if (done.arrivals !== perCall * calls)
+    throw new Error(`rma_raw target counted ${done.arrivals} arrivals, expected ${perCall * calls}`);
+  await src.unregister();
+  await engine.close();
+  child.stdin!.end();
+  await new Promise((r) => child.on('exit', r));
+  return s;
+}
+
 function rawRun<T = { ops: number; bytes: number; seconds: number }>(argv: string[]): T {
   return JSON.parse(execFileSync(raw, argv, { encoding: 'utf8' })) as T;
 }
@@ -517,11 +577,13 @@ for (const provider of providers) {
     const sdkT: number[] = [];
     const rawT: number[] = [];
     const intoT: number[] = [];
+    const fromT: number[] = [];
     for (let t = 0; t < trials; t++) {
       sdkT.push(ops / (await sdkPaged(provider, page, perCall, calls)) / 1e6);
       const r = rawRun([prov, 'paged', String(page), String(perCall), String(calls), '1024']);
       rawT.push(r.ops / r.seconds / 1e6);
       intoT.push(ops / (await rawIntoSdk(provider, prov, page, perCall, calls)) / 1e6);
+      fromT.push(ops / (await sdkIntoRaw(provider, prov, page, perCall, calls)) / 1e6);
     }
     rows.push({
       provider: prov,
@@ -532,6 +594,7 @@ for (const provider of providers) {
       raw: median(rawT),
       unit: 'Mops/s',
       rawIntoSdk: median(intoT),
+      sdkIntoRaw: median(fromT),
       paired: { sdk: paired(sdkT, rawT) },
     });
     process.stderr.write('.');
@@ -610,14 +673,18 @@ for (const t of table) console.log(line(t));
 if (rows.some((r) => r.rawIntoSdk !== undefined)) {
   console.log('');
   console.log(
-    "Paged writes, which side of the pair the gap is on: the raw program's initiator writing into the SDK's target engine (median of the same trials):",
+    "Paged writes, which side of the pair the gap is on: the raw program's initiator into the SDK's target engine, and the SDK's initiator into the raw program's target (median of the same trials):",
   );
-  console.log('| provider | size | raw C → raw C | raw C → SDK target | / raw | SDK → SDK target | / raw |');
-  console.log('|---|---|---|---|---|---|---|');
+  console.log(
+    '| provider | size | raw C → raw C | raw C → SDK target | / raw | SDK → raw C target | / raw | SDK → SDK target | / raw |',
+  );
+  console.log('|---|---|---|---|---|---|---|---|---|');
+  const cell = (x: number | undefined, r: Row) =>
+    x === undefined ? '– | –' : `${x.toFixed(3)} ${r.unit} | ${(x / r.raw).toFixed(2)}x`;
   for (const r of rows)
     if (r.rawIntoSdk !== undefined)
       console.log(
-        `| ${r.provider} | ${fmtSize(r.size)} | ${r.raw.toFixed(3)} ${r.unit} | ${r.rawIntoSdk.toFixed(3)} ${r.unit} | ${(r.rawIntoSdk / r.raw).toFixed(2)}x | ${r.sdk.toFixed(3)} ${r.unit} | ${(r.sdk / r.raw).toFixed(2)}x |`,
+        `| ${r.provider} | ${fmtSize(r.size)} | ${r.raw.toFixed(3)} ${r.unit} | ${cell(r.rawIntoSdk, r)} | ${cell(r.sdkIntoRaw, r)} | ${cell(r.sdk, r)} |`,
       );
 }
 if (rows.some((r) => r.cpu)) {

@@ -1,10 +1,14 @@
 // The benchmark's raw program writing into an SDK target engine (`rma_raw <provider> into …`, the
 // paged rows' "raw C → SDK target" column): a C program that knows only libfabric reaches an
 // engine's region from the address its descriptor carries, every byte lands, and the engine counts
-// every immediate — on shm and tcp (where the engine's target endpoint has a CQ of its own).
-import { execFile } from 'node:child_process';
+// every immediate — on shm and tcp (where the engine's target endpoint has a CQ of its own). And the
+// other way (`rma_raw <provider> target`, "SDK → raw C target"): an engine writes into the raw
+// program's region from an address and descriptor built from what the program prints.
+import { execFile, spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
+import { MrDesc, NetAddr } from '@trellis/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine, nativeAddonPath } from '../src/index.js';
 
@@ -60,6 +64,61 @@ describe('backend-efa: the raw program writes into an SDK target', () => {
       const nicStats = engine.stats().nics[0]!;
       expect(nicStats.immsReceived).toBe(perCall * calls);
       expect(nicStats.errors).toBe(0);
+    });
+  }
+
+  for (const provider of ['shm', 'tcp'] as const) {
+    it(`${provider}: the engine writes into the raw program's target; every arrival counted, every byte landed`, async () => {
+      engine = await createEngine({ provider, sameHostLane: false, opTimeoutMs: 10_000 });
+      const page = 4096;
+      const pages = 64;
+      const calls = 3;
+      const child = spawn(
+        rawProgram,
+        [fabricName[provider], 'target', String(page * pages), String(pages * calls)],
+        {
+          stdio: ['pipe', 'pipe', 'inherit'],
+        },
+      );
+      const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+      const t = JSON.parse((await lines.next()).value as string) as Record<string, string>;
+      const name = Buffer.from(t.name!, 'hex');
+      const nic = Buffer.alloc(2 + name.length + 16);
+      nic.writeUInt16LE(name.length, 0);
+      name.copy(nic, 2);
+      nic.writeBigUInt64LE(BigInt(t.sinkAddr!), 2 + name.length);
+      nic.writeBigUInt64LE(BigInt(t.sinkKey!), 10 + name.length);
+      const owner = new NetAddr(engine.kind, 1, [new Uint8Array(nic)]);
+      const dst = new MrDesc(owner, BigInt(t.addr!), page * pages, [
+        { addr: BigInt(t.addr!), rkey: BigInt(t.key!) },
+      ]);
+      const src = await engine.registerMemory(page * pages);
+      for (let i = 0; i < src.buffer!.length; i++) src.buffer![i] = (i * 131 + (i >> 12)) & 0xff;
+      const order = Uint32Array.from({ length: pages }, (_, i) => i);
+      for (let c = 0; c < calls; c++)
+        await engine.submitPagedWrites({
+          src,
+          srcPages: order,
+          srcStride: page,
+          dst,
+          dstPages: order,
+          dstStride: page,
+          pageBytes: page,
+          imm: 1,
+        });
+      const done = JSON.parse((await lines.next()).value as string) as { arrivals: number; fnv1a: string };
+      let h = 0xcbf29ce484222325n;
+      for (const b of src.buffer!) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+      expect(done.arrivals).toBe(pages * calls);
+      expect(done.fnv1a).toBe(h.toString());
+      expect(engine.stats().ops).toMatchObject({
+        submitted: calls,
+        completed: calls,
+        failed: 0,
+        inFlight: 0,
+      });
+      child.stdin!.end();
+      await new Promise((r) => child.on('exit', r));
     });
   }
 
