@@ -1,5 +1,6 @@
 // KvStreamReceiver: the decode side. Admits requests (allocates pages, sends the page table),
 // counts layer arrivals and settles each request once: complete, failed or cancelled.
+import { randomInt } from 'node:crypto';
 import {
   autoShards,
   type GpuMemoryOps,
@@ -26,6 +27,11 @@ import {
   receiveOwn,
   tableBytes,
 } from './protocol.js';
+
+// Request ids, unique across every receiver of this process (a prefill engine remembers the ids it
+// finished per decode address, so a second receiver on the same engine must not reuse the first's),
+// from a random base (so a second copy of this module, or a restarted receiver, starts elsewhere).
+let nextRequestId = (BigInt(randomInt(1, 2 ** 47)) << 16n) | 1n;
 
 const utf8 = new TextEncoder();
 
@@ -189,7 +195,6 @@ export class KvStreamReceiver {
   private readonly freeSlotList: number[];
   private readonly tailSlotBytes: number;
   private readonly reqs = new Map<bigint, Req>();
-  private nextId = 1n;
   /** The encoded size of the page table's two descriptors (see admit). */
   private descBytes: number | undefined;
   private readonly probe: PeerProbe;
@@ -248,6 +253,20 @@ export class KvStreamReceiver {
 
   /** Validate the options, register the cache (unless given) and the tail slots, start receiving. */
   static async create(opts: KvStreamReceiverOptions): Promise<KvStreamReceiver> {
+    if (opts === null || typeof opts !== 'object')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamReceiver.create: pass an options object {engine, layout, ...}',
+      );
+    if (
+      opts.engine === null ||
+      typeof opts.engine !== 'object' ||
+      typeof (opts.engine as { registerMemory?: unknown }).registerMemory !== 'function'
+    )
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamReceiver.create: engine must be a TransferEngine (createEngine())',
+      );
     const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const maxReq = opts.maxRequests ?? 256;
@@ -293,6 +312,19 @@ export class KvStreamReceiver {
    */
   admit(req: KvAdmitRequest): KvAdmission {
     if (this.closed) throw new TrellisError('CLOSED', 'KvStreamReceiver.admit: the receiver was closed');
+    if (req === null || typeof req !== 'object')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamReceiver.admit: pass a request object {prefill, tokens, tailBytes?, tag?, timeoutMs?, signal?}',
+      );
+    if (
+      req.signal !== undefined &&
+      (req.signal === null ||
+        typeof req.signal !== 'object' ||
+        typeof (req.signal as AbortSignal).addEventListener !== 'function' ||
+        typeof (req.signal as AbortSignal).aborted !== 'boolean')
+    )
+      throw new TrellisError('INVALID_ARGUMENT', 'KvStreamReceiver.admit: signal must be an AbortSignal');
     checkInt('KvStreamReceiver.admit', 'tokens', req.tokens, 1, 0xffffffff);
     const tailBytes = req.tailBytes ?? 0;
     checkInt('KvStreamReceiver.admit', 'tailBytes', tailBytes, 0, this.maxTailBytes);
@@ -353,7 +385,7 @@ export class KvStreamReceiver {
     const tailShards = tailLen > 0 ? autoShards(tailLen, lanes) : 0;
     const expected =
       this.layout.layers * this.layout.segmentsPerLayer * full + (tailLen > 0 ? tailShards : 1);
-    const id = this.nextId++;
+    const id = nextRequestId++;
 
     let resolve!: (r: KvReady) => void;
     let reject!: (e: TrellisError) => void;

@@ -290,6 +290,20 @@ export class KvStreamSender {
 
   /** Validate the options, register the cache (unless given) and the staging slots, start receiving. */
   static async create(opts: KvStreamSenderOptions): Promise<KvStreamSender> {
+    if (opts === null || typeof opts !== 'object')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamSender.create: pass an options object {engine, layout, ...}',
+      );
+    if (
+      opts.engine === null ||
+      typeof opts.engine !== 'object' ||
+      typeof (opts.engine as { registerMemory?: unknown }).registerMemory !== 'function'
+    )
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'KvStreamSender.create: engine must be a TransferEngine (createEngine())',
+      );
     const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const slots = opts.maxRequests ?? 256;

@@ -264,6 +264,46 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
     progress.close();
   });
 
+  it('a second receiver on the same decode engine, after the first closed: its requests stream too', async () => {
+    const { tx, rx, pe, de } = await setup();
+    const layout = rx.layout;
+    for (let round = 0; round < 3; round++) {
+      const r = round === 0 ? rx : await KvStreamReceiver.create({ engine: de, layout, maxTailBytes: 4096 });
+      const tokens = 10;
+      const srcPages = Uint32Array.from({ length: tx.layout.pagesFor(tokens) }, (_, i) => i + 8 * round);
+      const adm = r.admit({
+        prefill: pe.address,
+        tokens,
+        tailBytes: 0,
+        tag: `again${round}`,
+        timeoutMs: 10_000,
+      });
+      const stream = tx.bind(`again${round}`, { srcPages });
+      await runPrefill(tx, stream, round, srcPages, [tokens], new Uint8Array(0));
+      const kv = await adm.done;
+      await stream.done;
+      checkKv(r.layout, r.region.buffer!, round, kv.pages, tokens);
+      kv.release();
+      await r.close();
+    }
+    expect(tx.stats()).toMatchObject({ tables: 3, completed: 3, failed: 0 });
+  });
+
+  it('create without an engine is refused with INVALID_ARGUMENT', async () => {
+    const layout = { layers: 1, tokensPerPage: 4, pages: 4, tensors: [{ name: 'k', bytesPerToken: 16 }] };
+    const rxCreate = KvStreamReceiver.create as unknown as (o: unknown) => Promise<unknown>;
+    const txCreate = KvStreamSender.create as unknown as (o: unknown) => Promise<unknown>;
+    expect(await outcome(rxCreate({ layout }))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver.create: engine must be a TransferEngine (createEngine())',
+    );
+    expect(await outcome(txCreate({ layout }))).toBe(
+      'INVALID_ARGUMENT: KvStreamSender.create: engine must be a TransferEngine (createEngine())',
+    );
+    expect(await outcome(rxCreate(null))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver.create: pass an options object {engine, layout, ...}',
+    );
+  });
+
   it('refuses what the pool or the slots cannot hold, and bad input, before sending anything', async () => {
     const { rx, pe, tx } = await setup({ rx: { maxRequests: 1 } });
     expect(msg(() => rx.admit({ prefill: pe.address, tokens: 1000 }))).toBe(
@@ -286,6 +326,16 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
     expect(msg(() => rx.admit({ prefill: pe.address, tokens: 4, tag: 42 as unknown as string }))).toBe(
       'INVALID_ARGUMENT: KvStreamReceiver.admit: tag must be a string, got number',
     );
+    // Not a request object, or a signal that is not an AbortSignal: refused, nothing taken (a bad
+    // signal used to throw a TypeError after the pages and the slot were taken).
+    const loose = rx as unknown as { admit(r: unknown): unknown };
+    expect(msg(() => loose.admit(null))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver.admit: pass a request object {prefill, tokens, tailBytes?, tag?, timeoutMs?, signal?}',
+    );
+    for (const signal of [{}, 'abort', 42, null])
+      expect(msg(() => loose.admit({ prefill: pe.address, tokens: 4, signal }))).toBe(
+        'INVALID_ARGUMENT: KvStreamReceiver.admit: signal must be an AbortSignal',
+      );
     expect(rx.stats()).toEqual(before);
     expect(poolFull(rx)).toBe(true);
     const a = rx.admit({ prefill: pe.address, tokens: 4, tag: 'one' });

@@ -135,6 +135,11 @@ export class WeightSyncReceiver {
     timeoutMs?: number;
     signal?: AbortSignal;
   }): Promise<void> {
+    if (req === null || typeof req !== 'object')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'WeightSyncReceiver.expect: pass {step, version, timeoutMs?, signal?}',
+      );
     if (!Number.isSafeInteger(req.step) || req.step < 0)
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -708,6 +713,19 @@ function checkTarget(op: string, plan: WeightSyncPlan, rank: number, t: unknown)
     throw new TrellisError(
       'INVALID_ARGUMENT',
       `${op}: inference rank ${rank}'s two buffers belong to different engines (${a.owner} and ${b.owner})`,
+    );
+  if (a.nics.length === 0 || b.nics.length === 0)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: inference rank ${rank}'s buffers must be registered with {remote: true} (their descriptors carry no keys)`,
+    );
+  if (
+    a.toString() === b.toString() ||
+    a.nics.some((k, i) => k.rkey === b.nics[i]?.rkey && k.addr === b.nics[i]?.addr)
+  )
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: inference rank ${rank}'s two buffers are the same region; give both of WeightSyncReceiver.descriptors() (version v is written into buffer v % 2 while the other is served)`,
     );
   for (const desc of [a, b])
     if (desc.length < plan.inferenceBytes[rank]!)

@@ -210,8 +210,20 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
     expect(() => txs[0]!.replaceTarget(1, [fresh.descriptors()[0], rxs[0]!.descriptors()[1]])).toThrow(
       "WeightSyncSender.replaceTarget: inference rank 1's two buffers belong to different engines",
     );
+    expect(() => txs[0]!.replaceTarget(1, [fresh.descriptors()[0], fresh.descriptors()[0]])).toThrow(
+      "WeightSyncSender.replaceTarget: inference rank 1's two buffers are the same region",
+    );
+    const local0 = await engine.registerMemory(plan.inferenceBytes[1]!);
+    const local1 = await engine.registerMemory(plan.inferenceBytes[1]!);
+    expect(() => txs[0]!.replaceTarget(1, [local0.desc, local1.desc])).toThrow(
+      "WeightSyncSender.replaceTarget: inference rank 1's buffers must be registered with {remote: true}",
+    );
+    await expect(fresh.expect(null as never)).rejects.toThrow(
+      'WeightSyncReceiver.expect: pass {step, version, timeoutMs?, signal?}',
+    );
     const small = await engine.registerMemory(64, { remote: true });
-    expect(() => txs[0]!.replaceTarget(1, [small.desc, small.desc])).toThrow(
+    const small2 = await engine.registerMemory(64, { remote: true });
+    expect(() => txs[0]!.replaceTarget(1, [small.desc, small2.desc])).toThrow(
       `WeightSyncSender.replaceTarget: inference rank 1's buffer is 64 bytes; the plan needs ${plan.inferenceBytes[1]}`,
     );
     // Not while a step runs.
