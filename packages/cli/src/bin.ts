@@ -363,6 +363,11 @@ async function main(argv: string[], debug: { on: boolean }): Promise<number> {
     return 2;
   }
   if (first === '--version' || first === '-v') {
+    const extra = rest.filter((a) => a !== '--debug');
+    if (extra.length) {
+      err(`trellis: --version takes no arguments, got ${JSON.stringify(extra[0])}\n`);
+      return 2;
+    }
     out(`${cliVersion()}\n`);
     return 0;
   }

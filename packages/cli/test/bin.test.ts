@@ -50,6 +50,10 @@ describe('trellis', () => {
     const r = trellis('--version');
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(`${version}\n`);
+    const extra = trellis('--version', 'extra');
+    expect(extra.code).toBe(2);
+    expect(extra.stderr).toBe('trellis: --version takes no arguments, got "extra"\n');
+    expect(extra.stdout).toBe('');
   });
 
   it('no command: usage on stderr, exit 2; --help and help: usage on stdout, exit 0', () => {
