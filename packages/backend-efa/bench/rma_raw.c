@@ -189,6 +189,26 @@ static int pingpong(const char *prov, uint64_t iters) {
 /* The initiator: `ops` writes of `unit` bytes (imm 1 each) cycling over a `region`-byte buffer into
  * the peer's region at raddr/rkey, `window` in flight. Returns the seconds from the first post to
  * the last completion. */
+/* The target: poll the CQ until `want` writes with remote CQ data have arrived (exits on a CQ
+ * error). Returns the count. */
+static uint64_t count_arrivals(struct ep *e, uint64_t want) {
+  uint64_t seen = 0;
+  struct fi_cq_data_entry c[64];
+  while (seen < want) {
+    ssize_t n = fi_cq_read(e->cq, c, 64);
+    if (n > 0) {
+      for (ssize_t i = 0; i < n; i++)
+        if (c[i].flags & FI_REMOTE_CQ_DATA) seen++;
+    } else if (n != -FI_EAGAIN) {
+      struct fi_cq_err_entry err = {0};
+      fi_cq_readerr(e->cq, &err, 0);
+      fprintf(stderr, "rma_raw target: cq error %s\n", fi_strerror(err.err));
+      exit(1);
+    }
+  }
+  return seen;
+}
+
 static double initiate(struct ep *e, fi_addr_t peer, uint64_t raddr, uint64_t rkey, size_t unit, size_t region,
                        uint64_t ops, uint64_t window) {
   void *buf = aligned_alloc(4096, region);
@@ -281,20 +301,8 @@ static int target(int argc, char **argv) {
          (unsigned long long)(virt ? (uint64_t)(uintptr_t)buf : 0), (unsigned long long)fi_mr_key(mr),
          (unsigned long long)(virt ? (uint64_t)(uintptr_t)sink : 0), (unsigned long long)fi_mr_key(smr));
   fflush(stdout);
-  uint64_t seen = 0;
+  uint64_t seen = count_arrivals(&e, want);
   struct fi_cq_data_entry c[64];
-  while (seen < want) {
-    ssize_t n = fi_cq_read(e.cq, c, 64);
-    if (n > 0) {
-      for (ssize_t i = 0; i < n; i++)
-        if (c[i].flags & FI_REMOTE_CQ_DATA) seen++;
-    } else if (n != -FI_EAGAIN) {
-      struct fi_cq_err_entry err = {0};
-      fi_cq_readerr(e.cq, &err, 0);
-      fprintf(stderr, "rma_raw target: cq error %s\n", fi_strerror(err.err));
-      return 1;
-    }
-  }
   /* FNV-1a of the region, so a caller can check the bytes that landed. */
   uint64_t h = 14695981039346656037ull;
   for (size_t i = 0; i < region; i++) h = (h ^ ((unsigned char *)buf)[i]) * 1099511628211ull;
@@ -352,20 +360,7 @@ int main(int argc, char **argv) {
     struct hello h = {.namelen = e.namelen, .addr = (e.info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) ? (uint64_t)(uintptr_t)buf : 0, .key = fi_mr_key(mr)};
     memcpy(h.name, e.name, e.namelen);
     if (write(to_init[1], &h, sizeof h) != sizeof h) return 1;
-    uint64_t seen = 0;
-    struct fi_cq_data_entry c[64];
-    while (seen < ops) {
-      ssize_t n = fi_cq_read(e.cq, c, 64);
-      if (n > 0) {
-        for (ssize_t i = 0; i < n; i++)
-          if (c[i].flags & FI_REMOTE_CQ_DATA) seen++;
-      } else if (n != -FI_EAGAIN) {
-        struct fi_cq_err_entry err = {0};
-        fi_cq_readerr(e.cq, &err, 0);
-        fprintf(stderr, "rma_raw target: cq error %s\n", fi_strerror(err.err));
-        return 1;
-      }
-    }
+    count_arrivals(&e, ops);
     char done = 1;
     if (write(to_init[1], &done, 1) != 1) return 1;
     /* Keep the endpoint alive until the initiator has its completions. */

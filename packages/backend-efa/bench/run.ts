@@ -38,8 +38,9 @@ import {
   nativeAddonPath,
   type Provider,
 } from '@trellis/backend-efa';
-import { MrDesc, NetAddr, type TransferRequest } from '@trellis/core';
+import { MrDesc, type MrHandle, type TransferRequest } from '@trellis/core';
 import { mainThreadCpu } from './cpu.js';
+import { type RawTarget, rawIntoArgs, rawTargetDesc } from './raw-address.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -277,13 +278,16 @@ async function sdkSingle(
   return s;
 }
 
-async function sdkPaged(provider: Provider, page: number, perCall: number, calls: number): Promise<number> {
-  const engine = await initiator(provider);
-  const t = await startTarget(provider, page * perCall);
-  const src = await engine.registerMemory(page * perCall);
-  src.buffer!.fill(7); // as the raw program's memset: real pages, not the shared zero page
+/** `calls` paged writes of pages 0..perCall-1 onto the same pages of `dst`, at once; their seconds. */
+async function pagedCalls(
+  engine: EfaEngine,
+  src: MrHandle,
+  dst: MrDesc,
+  page: number,
+  perCall: number,
+  calls: number,
+): Promise<number> {
   const pages = Uint32Array.from({ length: perCall }, (_, i) => i);
-  const arrived = t.expect(perCall * calls);
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: calls }, () =>
@@ -291,7 +295,7 @@ async function sdkPaged(provider: Provider, page: number, perCall: number, calls
         src,
         srcPages: pages,
         srcStride: page,
-        dst: t.dst,
+        dst,
         dstPages: pages,
         dstStride: page,
         pageBytes: page,
@@ -299,7 +303,16 @@ async function sdkPaged(provider: Provider, page: number, perCall: number, calls
       }),
     ),
   );
-  const s = (performance.now() - t0) / 1000;
+  return (performance.now() - t0) / 1000;
+}
+
+async function sdkPaged(provider: Provider, page: number, perCall: number, calls: number): Promise<number> {
+  const engine = await initiator(provider);
+  const t = await startTarget(provider, page * perCall);
+  const src = await engine.registerMemory(page * perCall);
+  src.buffer!.fill(7); // as the raw program's memset: real pages, not the shared zero page
+  const arrived = t.expect(perCall * calls);
+  const s = await pagedCalls(engine, src, t.dst, page, perCall, calls);
   await arrived;
   await src.unregister();
   await t.stop();
@@ -315,18 +328,10 @@ async function sdkPaged(provider: Provider, page: number, perCall: number, calls
 async function rawIntoSdk(provider: Provider, prov: string, page: number, perCall: number, calls: number) {
   const t = await startTarget(provider, page * perCall);
   const arrived = t.expect(perCall * calls);
-  // The target's address for the raw program: its endpoint name out of NetAddr's NIC entry
-  // ([u16 name length][name][u64 sink address][u64 sink key]) and its region's address and key.
-  const nic = t.dst.owner.nics[0]!;
-  const nameLen = nic[0]! | (nic[1]! << 8);
-  const name = Buffer.from(nic.subarray(2, 2 + nameLen)).toString('hex');
-  const key = t.dst.nics[0]!;
   const r = rawRun([
     prov,
     'into',
-    name,
-    String(key.addr),
-    String(key.rkey),
+    ...rawIntoArgs(t.dst),
     String(page),
     String(perCall),
     String(calls),
@@ -346,44 +351,12 @@ async function sdkIntoRaw(provider: Provider, prov: string, page: number, perCal
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
-  const t = JSON.parse((await lines.next()).value as string) as {
-    name: string;
-    addr: string;
-    key: string;
-    sinkAddr: string;
-    sinkKey: string;
-  };
+  const t = JSON.parse((await lines.next()).value as string) as RawTarget;
   const engine = await initiator(provider);
-  // The target's address as an engine's: [u16 name length][name][u64 sink address][u64 sink key].
-  const name = Buffer.from(t.name, 'hex');
-  const nic = Buffer.alloc(2 + name.length + 16);
-  nic.writeUInt16LE(name.length, 0);
-  name.copy(nic, 2);
-  nic.writeBigUInt64LE(BigInt(t.sinkAddr), 2 + name.length);
-  nic.writeBigUInt64LE(BigInt(t.sinkKey), 10 + name.length);
-  const owner = new NetAddr(engine.kind, 1, [new Uint8Array(nic)]);
-  const dst = new MrDesc(owner, BigInt(t.addr), page * perCall, [
-    { addr: BigInt(t.addr), rkey: BigInt(t.key) },
-  ]);
+  const dst = rawTargetDesc(engine.kind, t, page * perCall);
   const src = await engine.registerMemory(page * perCall);
   src.buffer!.fill(7);
-  const pages = Uint32Array.from({ length: perCall }, (_, i) => i);
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: calls }, () =>
-      engine.submitPagedWrites({
-        src,
-        srcPages: pages,
-        srcStride: page,
-        dst,
-        dstPages: pages,
-        dstStride: page,
-        pageBytes: page,
-        imm: 1,
-      }),
-    ),
-  );
-  const s = (performance.now() - t0) / 1000;
+  const s = await pagedCalls(engine, src, dst, page, perCall, calls);
   const done = JSON.parse((await lines.next()).value as string) as { arrivals: number };
   if (done.arrivals !== perCall * calls)
     throw new Error(`rma_raw target counted ${done.arrivals} arrivals, expected ${perCall * calls}`);

@@ -8,8 +8,8 @@ import { execFile, spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
-import { MrDesc, NetAddr } from '@trellis/core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { type RawTarget, rawIntoArgs, rawTargetDesc } from '../bench/raw-address.js';
 import { createEngine, type EfaEngine, nativeAddonPath } from '../src/index.js';
 
 const run = promisify(execFile);
@@ -31,19 +31,13 @@ describe('backend-efa: the raw program writes into an SDK target', () => {
       const calls = 3;
       const region = await engine.registerMemory(page * perCall, { remote: true });
       region.buffer!.fill(0);
-      const nic = region.desc.owner.nics[0]!;
-      const nameLen = nic[0]! | (nic[1]! << 8);
-      const name = Buffer.from(nic.subarray(2, 2 + nameLen)).toString('hex');
-      const key = region.desc.nics[0]!;
       const counter = engine.immCounter(1);
       const { stdout } = await run(
         rawProgram,
         [
           fabricName[provider],
           'into',
-          name,
-          String(key.addr),
-          String(key.rkey),
+          ...rawIntoArgs(region.desc),
           String(page),
           String(perCall),
           String(calls),
@@ -81,17 +75,8 @@ describe('backend-efa: the raw program writes into an SDK target', () => {
         },
       );
       const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
-      const t = JSON.parse((await lines.next()).value as string) as Record<string, string>;
-      const name = Buffer.from(t.name!, 'hex');
-      const nic = Buffer.alloc(2 + name.length + 16);
-      nic.writeUInt16LE(name.length, 0);
-      name.copy(nic, 2);
-      nic.writeBigUInt64LE(BigInt(t.sinkAddr!), 2 + name.length);
-      nic.writeBigUInt64LE(BigInt(t.sinkKey!), 10 + name.length);
-      const owner = new NetAddr(engine.kind, 1, [new Uint8Array(nic)]);
-      const dst = new MrDesc(owner, BigInt(t.addr!), page * pages, [
-        { addr: BigInt(t.addr!), rkey: BigInt(t.key!) },
-      ]);
+      const t = JSON.parse((await lines.next()).value as string) as RawTarget;
+      const dst = rawTargetDesc(engine.kind, t, page * pages);
       const src = await engine.registerMemory(page * pages);
       for (let i = 0; i < src.buffer!.length; i++) src.buffer![i] = (i * 131 + (i >> 12)) & 0xff;
       const order = Uint32Array.from({ length: pages }, (_, i) => i);

@@ -270,3 +270,16 @@ export function checkInt(where: string, name: string, v: unknown, lo: number, hi
       `${where}: ${name} must be an integer in ${lo}..${hi}, got ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`,
     );
 }
+
+/** A `create`'s options: an object whose `engine` is a TransferEngine (INVALID_ARGUMENT otherwise). */
+export function checkCreateOptions(where: string, opts: unknown): void {
+  if (opts === null || typeof opts !== 'object')
+    throw new TrellisError('INVALID_ARGUMENT', `${where}: pass an options object {engine, layout, ...}`);
+  const engine = (opts as { engine?: unknown }).engine;
+  if (
+    engine === null ||
+    typeof engine !== 'object' ||
+    typeof (engine as { registerMemory?: unknown }).registerMemory !== 'function'
+  )
+    throw new TrellisError('INVALID_ARGUMENT', `${where}: engine must be a TransferEngine (createEngine())`);
+}

@@ -18,6 +18,7 @@ import {
   ACK_UNCERTAIN,
   ACK_UNKNOWN,
   type AckMsg,
+  checkCreateOptions,
   checkInt,
   decode,
   encodeCancel,
@@ -253,20 +254,7 @@ export class KvStreamReceiver {
 
   /** Validate the options, register the cache (unless given) and the tail slots, start receiving. */
   static async create(opts: KvStreamReceiverOptions): Promise<KvStreamReceiver> {
-    if (opts === null || typeof opts !== 'object')
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'KvStreamReceiver.create: pass an options object {engine, layout, ...}',
-      );
-    if (
-      opts.engine === null ||
-      typeof opts.engine !== 'object' ||
-      typeof (opts.engine as { registerMemory?: unknown }).registerMemory !== 'function'
-    )
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'KvStreamReceiver.create: engine must be a TransferEngine (createEngine())',
-      );
+    checkCreateOptions('KvStreamReceiver.create', opts);
     const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const maxReq = opts.maxRequests ?? 256;

@@ -13,6 +13,7 @@ import { KvLayout, type KvLayoutSpec } from './layout.js';
 import { PeerProbe } from './probe.js';
 import {
   ACK_UNCERTAIN,
+  checkCreateOptions,
   checkInt,
   decode,
   encodeAbort,
@@ -290,20 +291,7 @@ export class KvStreamSender {
 
   /** Validate the options, register the cache (unless given) and the staging slots, start receiving. */
   static async create(opts: KvStreamSenderOptions): Promise<KvStreamSender> {
-    if (opts === null || typeof opts !== 'object')
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'KvStreamSender.create: pass an options object {engine, layout, ...}',
-      );
-    if (
-      opts.engine === null ||
-      typeof opts.engine !== 'object' ||
-      typeof (opts.engine as { registerMemory?: unknown }).registerMemory !== 'function'
-    )
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'KvStreamSender.create: engine must be a TransferEngine (createEngine())',
-      );
+    checkCreateOptions('KvStreamSender.create', opts);
     const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const slots = opts.maxRequests ?? 256;

@@ -13,7 +13,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { TrellisError } from '@trellis/core';
-import { checkJoin, checkOptionalOptions, checkOptions, checkValue } from './check.js';
+import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 export type { Rendezvous } from './rendezvous.js';
@@ -293,7 +293,7 @@ export class TcpStore implements Rendezvous {
         'INVALID_ARGUMENT',
         `TcpStore.connect: port must be an integer in 1..65535, got ${opts.port}`,
       );
-    checkTimeout('TcpStore.connect', opts.timeoutMs);
+    checkTimeoutMs('TcpStore.connect', opts.timeoutMs);
     const s = new TcpStore(await dial(opts.host, opts.port, opts.timeoutMs ?? 30_000));
     if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.connect');
     return s;
@@ -358,7 +358,7 @@ export class TcpStore implements Rendezvous {
     checkKey(key);
     checkOptionalOptions('TcpStore.get', opts, '{timeoutMs?}');
     opts ??= {};
-    checkTimeout('TcpStore.get', opts.timeoutMs);
+    checkTimeoutMs('TcpStore.get', opts.timeoutMs);
     return (await this.request({ op: 'get', key }, opts.timeoutMs)).value as string;
   }
 
@@ -371,7 +371,7 @@ export class TcpStore implements Rendezvous {
       );
     checkOptionalOptions('TcpStore.barrier', opts, '{timeoutMs?}');
     opts ??= {};
-    checkTimeout('TcpStore.barrier', opts.timeoutMs);
+    checkTimeoutMs('TcpStore.barrier', opts.timeoutMs);
     // Rounds of one barrier name: the n-th call of this process joins round n.
     const round = (this.barriers.get(name) ?? 0) + 1;
     this.barriers.set(name, round);
@@ -437,17 +437,6 @@ function readLines(sock: Socket, onLine: (line: string) => void): void {
   const lines = createInterface({ input: sock });
   lines.on('error', () => {});
   lines.on('line', onLine);
-}
-
-function checkTimeout(op: string, timeoutMs: number | undefined): void {
-  if (
-    timeoutMs !== undefined &&
-    (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0)
-  )
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `${op}: timeoutMs must be a finite number >= 0, got ${String(timeoutMs)}`,
-    );
 }
 
 function checkKey(key: string): void {
