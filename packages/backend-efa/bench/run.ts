@@ -24,7 +24,8 @@
 //
 // Engine tuning from the environment (unset: the engine's default): TRELLIS_BENCH_SLEEP_US
 // (maxSleepUs), _SPIN_US (idleSpinUs), _DOORBELL_US, _ARRIVAL_US (arrivalBatchUs), _BUSY_POLL_US
-// and _DRIVE_INLINE=1 for both sides' engines; _MAX_INFLIGHT and _PEER_WINDOW for the initiator's.
+// and _DRIVE_INLINE=1 for both sides' engines (TRELLIS_BENCH_TARGET_SLEEP_US and so on: the target
+// engine's alone, over the first); _MAX_INFLIGHT and _PEER_WINDOW for the initiator's.
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';

@@ -5,8 +5,9 @@ import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
 import { NetAddr } from '@trellis/core';
 
+/** `TRELLIS_BENCH_TARGET_X` (this target engine alone) over `TRELLIS_BENCH_X` (both engines). */
 function envNumber(name: string): number | undefined {
-  const v = process.env[name];
+  const v = process.env[name.replace('TRELLIS_BENCH_', 'TRELLIS_BENCH_TARGET_')] ?? process.env[name];
   return v === undefined || v === '' ? undefined : Number(v);
 }
 

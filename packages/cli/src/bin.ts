@@ -387,8 +387,20 @@ async function main(argv: string[], debug: { on: boolean }): Promise<number> {
   }
   let values: Values;
   try {
+    // A negative number after a flag that takes a value (`--seconds -3`) is that flag's value,
+    // so that the flag's own check says what is wrong with it (parseArgs would call it ambiguous).
+    const args: string[] = [];
+    for (let i = 0; i < rest.length; i++) {
+      const a = rest[i]!;
+      const next = rest[i + 1];
+      const takesValue = a.startsWith('--') && cmd.options[a.slice(2)]?.type === 'string';
+      if (takesValue && next !== undefined && /^-\.?\d/.test(next)) {
+        args.push(`${a}=${next}`);
+        i++;
+      } else args.push(a);
+    }
     const parsed = parseArgs({
-      args: rest,
+      args,
       options: { ...cmd.options, help: { type: 'boolean', short: 'h' }, debug: { type: 'boolean' } },
       strict: true,
       allowPositionals: false,

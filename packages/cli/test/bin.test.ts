@@ -105,6 +105,9 @@ describe('trellis', () => {
       ],
       [['bench', '--connect', 'localhost:99999'], /--connect takes HOST:PORT .*got "localhost:99999"/],
       [['soak', '--seconds', 'ten'], /--seconds takes an integer from 1 to/],
+      // A negative number is the flag's value, checked by the flag (not parseArgs' "ambiguous").
+      [['soak', '--seconds', '-3'], /--seconds takes an integer from 1 to .*got "-3"/],
+      [['bench', '--nics', '-1'], /--nics takes an integer from 1 to 4, got "-1"/],
       [['soak', 'extra'], /Unexpected argument 'extra'/],
       [['doctor', '--backend', 'rdma'], /--backend is one of efa, verbs, got "rdma"/],
       [['demo', '--loopback', '--provider', 'tcp'], /--provider does not apply to --loopback/],

@@ -50,6 +50,8 @@ export interface KvSegment {
 }
 
 const MAX_BYTES = Number.MAX_SAFE_INTEGER;
+/** The largest pool a layout describes: 2^28 pages (a free list of them is 1 GiB). */
+const MAX_PAGES = 2 ** 28;
 
 function bad(message: string): never {
   throw new TrellisError('INVALID_ARGUMENT', `KvLayout: ${message}`);
@@ -59,6 +61,14 @@ function posInt(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1)
     bad(`${name} must be a positive integer, got ${String(v)}`);
   return v;
+}
+
+function checkTokens(where: string, tokens: unknown): void {
+  if (typeof tokens !== 'number' || !Number.isSafeInteger(tokens) || tokens < 0)
+    throw new TrellisError(
+      'OUT_OF_RANGE',
+      `KvLayout.${where}: tokens must be a non-negative integer, got ${String(tokens)}`,
+    );
 }
 
 /** A validated KV cache layout: segment offsets and strides, region size, fingerprint. */
@@ -83,7 +93,10 @@ export class KvLayout {
     this.layers = posInt('layers', spec.layers);
     this.tokensPerPage = posInt('tokensPerPage', spec.tokensPerPage);
     this.pages = posInt('pages', spec.pages);
-    if (spec.pages > 0xffffffff) bad(`pages must fit 32 bits, got ${spec.pages}`);
+    if (spec.pages > MAX_PAGES)
+      bad(
+        `pages must be at most ${MAX_PAGES} (2^28; page numbers travel as 32-bit words), got ${spec.pages}`,
+      );
     const order = spec.order ?? 'layer-major';
     if (order !== 'layer-major' && order !== 'page-major')
       bad(`order must be 'layer-major' or 'page-major', got ${JSON.stringify(order)}`);
@@ -198,13 +211,21 @@ export class KvLayout {
     return h >>> 0;
   }
 
-  /** Pages a request of `tokens` tokens needs (the last one possibly partial). */
+  /**
+   * Pages a request of `tokens` tokens needs (the last one possibly partial). Throws
+   * `OUT_OF_RANGE` unless `tokens` is a non-negative safe integer.
+   */
   pagesFor(tokens: number): number {
+    checkTokens('pagesFor', tokens);
     return Math.ceil(tokens / this.tokensPerPage);
   }
 
-  /** Bytes the final write carries for a request: the last partial page's tokens in every segment. */
+  /**
+   * Bytes the final write carries for a request: the last partial page's tokens in every segment.
+   * Throws `OUT_OF_RANGE` unless `tokens` is a non-negative safe integer.
+   */
   partialBytes(tokens: number): number {
+    checkTokens('partialBytes', tokens);
     return (tokens % this.tokensPerPage) * this.bytesPerToken;
   }
 }

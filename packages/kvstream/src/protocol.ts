@@ -282,4 +282,10 @@ export function checkCreateOptions(where: string, opts: unknown): void {
     typeof (engine as { registerMemory?: unknown }).registerMemory !== 'function'
   )
     throw new TrellisError('INVALID_ARGUMENT', `${where}: engine must be a TransferEngine (createEngine())`);
+  const recv = (opts as { recv?: unknown }).recv;
+  if (recv !== undefined && recv !== 'own' && recv !== 'external')
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${where}: recv must be 'own' or 'external', got ${typeof recv === 'string' ? `'${recv}'` : String(recv)}`,
+    );
 }

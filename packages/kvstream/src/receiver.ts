@@ -192,7 +192,9 @@ export class KvStreamReceiver {
   readonly maxRequests: number;
   readonly immBase: number;
 
-  private readonly freePageList: number[];
+  /** Free pages as a stack: the first `freeCount` entries. */
+  private readonly freePageList: Uint32Array;
+  private freeCount: number;
   private readonly freeSlotList: number[];
   private readonly tailSlotBytes: number;
   private readonly reqs = new Map<bigint, Req>();
@@ -238,7 +240,9 @@ export class KvStreamReceiver {
       ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
       quarantineMs: opts.quarantineMs ?? 60_000,
     };
-    this.freePageList = Array.from({ length: layout.pages }, (_, i) => layout.pages - 1 - i);
+    this.freePageList = new Uint32Array(layout.pages);
+    for (let i = 0; i < layout.pages; i++) this.freePageList[i] = layout.pages - 1 - i;
+    this.freeCount = layout.pages;
     this.freeSlotList = Array.from({ length: this.maxRequests }, (_, i) => this.maxRequests - 1 - i);
     this.probe = new PeerProbe(
       this.engine,
@@ -290,7 +294,7 @@ export class KvStreamReceiver {
 
   /** Pages free in the pool now. */
   get freePages(): number {
-    return this.freePageList.length;
+    return this.freeCount;
   }
 
   /**
@@ -350,10 +354,10 @@ export class KvStreamReceiver {
         'INVALID_ARGUMENT',
         `KvStreamReceiver.admit: the page table is ${size} bytes, over the engine's ${this.engine.limits.maxMessageBytes}-byte messages (a shorter tag, fewer pages per request, or larger pages)`,
       );
-    if (nPages > this.freePageList.length)
+    if (nPages > this.freeCount)
       throw new TrellisError(
         'RESOURCE_EXHAUSTED',
-        `KvStreamReceiver.admit: ${req.tokens} tokens need ${nPages} pages; ${this.freePageList.length} of ${this.layout.pages} are free`,
+        `KvStreamReceiver.admit: ${req.tokens} tokens need ${nPages} pages; ${this.freeCount} of ${this.layout.pages} are free`,
       );
     if (this.freeSlotList.length === 0)
       throw new TrellisError(
@@ -365,7 +369,7 @@ export class KvStreamReceiver {
 
     const slot = this.freeSlotList.pop()!;
     const pages = new Uint32Array(nPages);
-    for (let i = 0; i < nPages; i++) pages[i] = this.freePageList.pop()!;
+    for (let i = 0; i < nPages; i++) pages[i] = this.freePageList[--this.freeCount]!;
     const imm = this.immBase + slot;
     const lanes = lanesBetween(req.prefill.nics.length, this.engine.nics);
     const full = Math.floor(req.tokens / this.layout.tokensPerPage);
@@ -650,7 +654,7 @@ export class KvStreamReceiver {
   }
 
   private returnPages(pages: Uint32Array): void {
-    for (let i = pages.length - 1; i >= 0; i--) this.freePageList.push(pages[i]!);
+    for (let i = pages.length - 1; i >= 0; i--) this.freePageList[this.freeCount++] = pages[i]!;
   }
 
   private peerDead(peer: NetAddr, err: TrellisError): void {
@@ -717,7 +721,7 @@ export class KvStreamReceiver {
       completed: this.counts.completed,
       failed: this.counts.failed,
       cancelled: this.counts.cancelled,
-      freePages: this.freePageList.length,
+      freePages: this.freeCount,
       freeSlots: this.freeSlotList.length,
       quarantinedPages: this.counts.quarantinedPages,
       foreignMessages: this.counts.foreignMessages,

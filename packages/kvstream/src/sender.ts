@@ -188,13 +188,20 @@ export class KvSendStream {
   /**
    * Declare the next chunk of prefill: its tokens end at `endToken` (exclusive), and the next
    * `layers` increments of the progress word are its layers. Call it before the chunk's first
-   * layer completes; the last chunk ends at the request's `tokens`.
+   * layer completes; the last chunk ends at the request's `tokens`. Throws `INVALID_ARGUMENT`
+   * for an end that does not grow or comes after {@link finish}, `OUT_OF_RANGE` past the tokens.
    */
   chunk(endToken: number): void {
     this.sender.declareChunk(this.s, endToken);
   }
 
-  /** Hand over the opaque tail (exactly `tailBytes`); the final write goes once the last layer is done. */
+  /**
+   * Hand over the opaque tail (exactly `tailBytes`); the final write goes once the last layer is
+   * done. The end of the stream: call it after the last chunk (the one ending at the request's
+   * `tokens`) is declared; `chunk()` after it throws. Throws `INVALID_ARGUMENT` when the page
+   * table is here and the chunks do not reach its tokens; when the table comes later and they do
+   * not, the stream fails with `INVALID_ARGUMENT` (and the decode side is told).
+   */
   finish(tail: Uint8Array = new Uint8Array(0)): void {
     this.sender.finishStream(this.s, tail);
   }
@@ -428,6 +435,11 @@ export class KvStreamSender {
   declareChunk(s: Stream, end: number): void {
     const tokens = s.table?.tokens;
     const last = s.chunks[s.chunks.length - 1];
+    if (s.finished)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvSendStream.chunk: request '${s.tag}' is finished: declare every chunk before finish()`,
+      );
     if (!Number.isSafeInteger(end) || end < 1 || (last && end <= last.end))
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -471,6 +483,13 @@ export class KvStreamSender {
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `KvSendStream.finish: a ${tail.length}-byte tail is over maxTailBytes (${this.maxTailBytes})`,
+      );
+    const end = s.chunks[s.chunks.length - 1]?.end ?? 0;
+    // (A stream that failed or was cancelled takes its producer's finish() as it comes.)
+    if (s.table && end < s.table.tokens && !s.failed && !s.cancelled)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvSendStream.finish: request '${s.tag}' has ${s.table.tokens} tokens and its chunks end at token ${end}: declare the last chunk (chunk(${s.table.tokens})) before finish()`,
       );
     s.finished = true;
     s.tail = tail;
@@ -738,6 +757,11 @@ export class KvStreamSender {
       err = new TrellisError(
         'INVALID_ARGUMENT',
         `kvstream request '${s.tag}': finish() gave a ${s.tail.length}-byte tail; the decode side expects ${t.tailBytes}`,
+      );
+    else if (s.finished && (s.chunks[s.chunks.length - 1]?.end ?? 0) < t.tokens)
+      err = new TrellisError(
+        'INVALID_ARGUMENT',
+        `kvstream request '${s.tag}': finish() came after chunks ending at token ${s.chunks[s.chunks.length - 1]?.end ?? 0}; the request has ${t.tokens} tokens`,
       );
     else
       for (const c of s.chunks)

@@ -149,6 +149,16 @@ describe('KvLayout', () => {
     ).toBe(
       'INVALID_ARGUMENT: KvLayout: headsBeforePages applies to layer-major layouts (in page-major a page already holds its heads together)',
     );
+    expect(err({ layers: 1, tokensPerPage: 4, pages: 2 ** 31, tensors: t })).toBe(
+      'INVALID_ARGUMENT: KvLayout: pages must be at most 268435456 (2^28; page numbers travel as 32-bit words), got 2147483648',
+    );
+    const ok = new KvLayout({ layers: 1, tokensPerPage: 4, pages: 1, tensors: t });
+    for (const tokens of [-1, 1.5, Number.NaN, '4'])
+      for (const f of ['pagesFor', 'partialBytes'] as const)
+        expect(msg(() => ok[f](tokens as number))).toBe(
+          `OUT_OF_RANGE: KvLayout.${f}: tokens must be a non-negative integer, got ${String(tokens)}`,
+        );
+    expect([ok.pagesFor(0), ok.partialBytes(0)]).toEqual([0, 0]);
     expect(err({ layers: 1, tokensPerPage: 4, pages: 1, tensors: t, order: 'tokens' })).toBe(
       `INVALID_ARGUMENT: KvLayout: order must be 'layer-major' or 'page-major', got "tokens"`,
     );
@@ -302,6 +312,16 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
     expect(await outcome(rxCreate(null))).toBe(
       'INVALID_ARGUMENT: KvStreamReceiver.create: pass an options object {engine, layout, ...}',
     );
+    // A recv mode that is neither: refused before anything is registered or received.
+    const engine = createLoopbackFabric({ nics: 1 }).createEngine();
+    cleanup.push(() => engine.close());
+    expect(await outcome(rxCreate({ engine, layout, recv: 'mine' }))).toBe(
+      "INVALID_ARGUMENT: KvStreamReceiver.create: recv must be 'own' or 'external', got 'mine'",
+    );
+    expect(await outcome(txCreate({ engine, layout, recv: true }))).toBe(
+      "INVALID_ARGUMENT: KvStreamSender.create: recv must be 'own' or 'external', got true",
+    );
+    expect(engine.stats()).toMatchObject({ regions: 0 });
   });
 
   it('refuses what the pool or the slots cannot hold, and bad input, before sending anything', async () => {
@@ -526,6 +546,63 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
 });
 
 describe('kvstream when a peer dies', () => {
+  it('finish() ends the stream: refused before the chunks reach the tokens (table here), fails the stream when the table comes later; chunk() after it throws', async () => {
+    const { rx, pe, tx } = await setup();
+    const pages = Uint32Array.of(0, 1, 2);
+    // The table is here: finish() with chunks short of the tokens throws; nothing is sent.
+    const arrived = new Promise<void>((r) => tx.onRequest((q) => q.tag === 'short' && r()));
+    const adm = rx.admit({ prefill: pe.address, tokens: 10, tag: 'short' });
+    await arrived;
+    const s = tx.bind('short', { srcPages: pages });
+    expect(msg(() => s.finish())).toBe(
+      "INVALID_ARGUMENT: KvSendStream.finish: request 'short' has 10 tokens and its chunks end at token 0: declare the last chunk (chunk(10)) before finish()",
+    );
+    s.chunk(4);
+    expect(msg(() => s.finish())).toBe(
+      "INVALID_ARGUMENT: KvSendStream.finish: request 'short' has 10 tokens and its chunks end at token 4: declare the last chunk (chunk(10)) before finish()",
+    );
+    // The stream goes on as if neither call was made.
+    const src = tx.region.buffer!;
+    for (let i = 0; i < src.length; i++) src[i] = (i * 7 + 3) & 0xff;
+    for (let l = 0; l < tx.layout.layers; l++) s.progress.watcher.increment();
+    s.chunk(10);
+    for (let l = 0; l < tx.layout.layers; l++) s.progress.watcher.increment();
+    s.finish();
+    expect(msg(() => s.chunk(12))).toBe(
+      "INVALID_ARGUMENT: KvSendStream.chunk: request 'short' is finished: declare every chunk before finish()",
+    );
+    const kv = await adm.done;
+    await s.done;
+    const dst = rx.region.buffer!;
+    for (const [i, page] of kv.pages.entries()) {
+      const inPage = Math.min(4, 10 - 4 * i);
+      for (const seg of rx.layout.segments) {
+        const n = inPage * seg.tokenBytes;
+        const a = seg.offset + pages[i]! * seg.stride;
+        const b = seg.offset + page * seg.stride;
+        expect(Buffer.compare(dst.subarray(b, b + n), src.subarray(a, a + n))).toBe(0);
+      }
+    }
+    kv.release();
+    // Bound and finished before the table: the table shows the chunks fall short; the stream fails,
+    // and the decode side is told.
+    const early = tx.bind('early', { srcPages: pages });
+    early.chunk(8);
+    for (let l = 0; l < tx.layout.layers; l++) early.progress.watcher.increment();
+    early.finish();
+    const adm2 = rx.admit({ prefill: pe.address, tokens: 10, tag: 'early' });
+    expect(await outcome(early.done)).toBe(
+      "INVALID_ARGUMENT: kvstream request 'early': finish() came after chunks ending at token 8; the request has 10 tokens",
+    );
+    expect(await outcome(adm2.done)).toMatch(
+      /^INVALID_ARGUMENT: kvstream request 'early': the prefill side (aborted|refused)[^:]*: kvstream request 'early': finish\(\) came after chunks ending at token 8; the request has 10 tokens$/,
+    );
+    early.close();
+    await adm2.cancel();
+    expect(poolFull(rx)).toBe(true);
+    expect(tx.stats()).toMatchObject({ completed: 1, failed: 1 });
+  });
+
   it('prefill killed mid-stream: the decode request fails PEER_LOST; its pages return only after the grace period', async () => {
     const { rx, tx, pe, fabric } = await setup({ rx: { probeMs: 20, deadPeerGraceMs: 150 } });
     const srcPages = Uint32Array.from({ length: 8 }, (_, i) => i);
