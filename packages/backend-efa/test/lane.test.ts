@@ -393,6 +393,48 @@ describe('backend-efa: the same-host lane for host memory (shared-memory regions
     expect(sa.ops).toEqual({ submitted: 3, completed: 3, failed: 0, inFlight: 0, settledPosted: 0, held: 0 });
   });
 
+  it('lane writes are counted as they settle (a batch too: hostLane agrees with ops when it resolves) and are busy polled for', async () => {
+    // A 20 ms window: every copy's signal comes inside it, however late the timers of a loaded machine.
+    const a = await engine({ busyPollUs: 20_000 });
+    const b = await engine({});
+    const src = await a.registerMemory(1 << 16);
+    fillXorshift(src.buffer!, 11);
+    const dst = await b.registerMemory(1 << 16, { remote: true });
+    const write = (i: number, len: number, imm?: number) => ({
+      kind: 'single' as const,
+      src,
+      srcOffset: i * len,
+      length: len,
+      dst: dst.desc,
+      dstOffset: i * len,
+      imm,
+    });
+    for (const mergeWrites of [true, false]) {
+      dst.buffer!.fill(0);
+      const before = a.stats();
+      const results = await a.submitBatch(
+        Array.from({ length: 20 }, (_, i) => write(i, 1000)),
+        { mergeWrites },
+      );
+      // At once, before any other turn of the loop: every write counted, in both places.
+      const after = a.stats();
+      expect(results.failed).toBe(0);
+      expect(after.ops.completed - before.ops.completed).toBe(20);
+      expect(after.hostLane!.writes - before.hostLane!.writes).toBe(20);
+      expect(after.hostLane!.bytes - before.hostLane!.bytes).toBe(20_000);
+      expect(Buffer.compare(dst.buffer!.subarray(0, 20_000), src.buffer!.subarray(0, 20_000))).toBe(0);
+    }
+    // Single writes awaited one at a time: the copy's signal is awaited, so the loop busy polls for
+    // it (a lane write used to count as an armed trigger, which is not).
+    const ev0 = a.stats().events!;
+    for (let i = 0; i < 30; i++) await a.submitSingleWrite(write(i % 16, 4096));
+    const ev = a.stats().events!;
+    expect(ev.busyPolls - ev0.busyPolls).toBeGreaterThan(0);
+    expect(ev.polled - ev0.polled).toBeGreaterThan(0);
+    expect(a.stats().hostLane!.writes).toBe(40 + 30);
+    expect(Buffer.compare(dst.buffer!, src.buffer!)).toBe(0);
+  });
+
   it('a target region unregistered after the writer mapped it: REMOTE_ACCESS before anything is posted; a fresh one works', async () => {
     const a = await engine({});
     const b = await engine({});

@@ -319,14 +319,14 @@ export class SameHostLane {
         : immediatesOf(wrs, plan.imm);
     this.running.set(op, device);
     const counters = device === HOST ? this.hostCounters : this.counters;
-    op.promise.then(
-      () => {
-        this.running.delete(op);
-        counters.writes += op.weight;
-        counters.bytes += bytes;
-      },
-      () => this.running.delete(op),
-    );
+    // Counted as the op settles (not on its promise: a batch's ops have none, and a batch resolves
+    // before a promise's reactions would run), so `stats()` agrees with `stats().ops` at once.
+    op.onFinish = (ok) => {
+      this.running.delete(op);
+      if (!ok) return;
+      counters.writes += op.weight;
+      counters.bytes += bytes;
+    };
     this.host.armOnSignal(raised, op, sig.watch, seq);
   }
 

@@ -1496,8 +1496,9 @@ export abstract class NativeEngineBase extends EngineBase {
   private postPlan(plan: Plan, op: PendingOp, trigger?: { watch: number; at: bigint; hold?: boolean }): void {
     const s = this.writeScratch;
     const n = packRuns(plan, s, this.writePeers, op.callsite.op);
-    // An armed trigger may wait long for its word: nothing to busy poll for (see awaited()).
-    if (trigger) this.triggerIds.add(op.id);
+    // An armed trigger may wait long for its word: nothing to busy poll for (see awaited()). A
+    // same-host lane copy's signal (`hold`) comes within the copy's time: that is awaited.
+    if (trigger && !trigger.hold) this.triggerIds.add(op.id);
     this.track(op);
     try {
       this.postTracked(plan, op, s, n, trigger);

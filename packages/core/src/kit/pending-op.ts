@@ -54,6 +54,11 @@ export class PendingOp {
   liveNext: PendingOp | undefined = undefined;
   /** @internal The peers (their `NetAddr` text) it counts as in flight to until it is let go of. */
   peerKeys: string[] | undefined = undefined;
+  /**
+   * @internal Told as the op settles, before its engine's stats count it and its caller (or its
+   * batch) hears: counters of a path (the same-host lane's) that must agree with `stats().ops`.
+   */
+  onFinish: ((ok: boolean) => void) | undefined = undefined;
 
   constructor(
     readonly id: number,
@@ -132,6 +137,7 @@ export class PendingOp {
     this.settled = true;
     if (this.timer) this.engine.timers.cancel(this.timer);
     if (!this.held) for (const r of this.regions) r.release();
+    this.onFinish?.(ok);
     this.engine.opSettled(this, ok);
     return true;
   }
