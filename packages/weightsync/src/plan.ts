@@ -76,6 +76,8 @@ export interface PlanOptions {
 }
 
 const ALIGN = 64;
+/** The most writes a plan may hold (a lower bound on its ops is checked before they are made). */
+const MAX_WRITES = 1 << 24;
 const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 
 function bad(msg: string): never {
@@ -102,6 +104,14 @@ export function planWeightSync(
   inference: InferenceLayout,
   opts: PlanOptions = {},
 ): WeightSyncPlan {
+  if (!Array.isArray(model as unknown) || model.length === 0)
+    bad('model must be a non-empty list of tensors');
+  if (trainer === null || typeof trainer !== 'object') bad('trainer must be a layout {ranks, placements}');
+  if (trainer.placements === null || typeof trainer.placements !== 'object')
+    bad('trainer.placements must be an object (tensor name → placement)');
+  if (inference === null || typeof inference !== 'object' || !Array.isArray(inference.tensors as unknown))
+    bad('inference must be a layout {ranks, tensors: [...]}');
+  if (opts === null || typeof opts !== 'object') bad('opts must be an object {senderNics?, maxOpBytes?}');
   const senderNics = opts.senderNics ?? 1;
   const maxOpBytes = opts.maxOpBytes ?? 4 << 20;
   if (!Number.isInteger(senderNics) || senderNics < 1 || senderNics > 4)
@@ -120,6 +130,21 @@ export function planWeightSync(
     byName.set(t.name, i);
     return dims2(t.shape);
   });
+  // Sizes the schedule can address, and a number of writes it can hold, before anything is cut
+  // (a tensor past 2^53 bytes, or one cut into billions of writes, would exhaust the heap).
+  let writes = 0;
+  for (const [i, t] of model.entries()) {
+    const { rows, cols } = dims[i]!;
+    const bytes = rows * cols * DTYPE_BYTES[t.dtype];
+    if (!Number.isSafeInteger(bytes))
+      bad(`model tensor '${t.name}' (${rows} × ${cols} ${t.dtype}) is past 2^53 bytes`);
+    const rowBytes = cols * DTYPE_BYTES[t.dtype];
+    writes += rowBytes >= maxOpBytes ? rows : Math.ceil(bytes / maxOpBytes);
+  }
+  if (writes > MAX_WRITES)
+    bad(
+      `the model cuts into about ${writes} writes of at most maxOpBytes (${maxOpBytes}) per trainer chunk; at most ${MAX_WRITES}: raise maxOpBytes`,
+    );
   for (const [i, t] of model.entries()) {
     const p = trainer.placements[t.name];
     if (!p) bad(`the trainer layout has no placement for '${t.name}'`);

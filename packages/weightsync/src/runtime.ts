@@ -16,6 +16,59 @@ import { quantizeRows } from './quant.js';
 
 const DEFAULT_IMM_BASE = 0x57530000; // "WS"
 const stepImm = (base: number, step: number) => base + (step % 0x10000);
+/** The highest immBase: step immediates run from immBase to immBase + 65535. */
+const MAX_IMM_BASE = 0xffffffff - 0xffff;
+
+function invalid(message: string): TrellisError {
+  return new TrellisError('INVALID_ARGUMENT', message);
+}
+
+/** The options both create() take: an object, an engine, a plan, a rank, an immBase. */
+function checkCreate(where: string, opts: unknown, ranksOf: (p: WeightSyncPlan) => number): void {
+  if (opts === null || typeof opts !== 'object')
+    throw invalid(`${where}: pass an options object {engine, plan, rank, ...}`);
+  const o = opts as { engine?: unknown; plan?: unknown; rank?: unknown; immBase?: unknown };
+  const e = o.engine as { registerMemory?: unknown } | null | undefined;
+  if (e === null || typeof e !== 'object' || typeof e.registerMemory !== 'function')
+    throw invalid(`${where}: engine must be a TransferEngine (createEngine())`);
+  const plan = o.plan as WeightSyncPlan | null | undefined;
+  if (
+    plan === null ||
+    typeof plan !== 'object' ||
+    plan.format !== 'trellis-weightsync-plan' ||
+    !Array.isArray(plan.ops)
+  )
+    throw invalid(
+      `${where}: plan must be a WeightSyncPlan (planWeightSync(), or parsePlan() of its JSON text)`,
+    );
+  const ranks = ranksOf(plan);
+  if (!Number.isInteger(o.rank) || (o.rank as number) < 0 || (o.rank as number) >= ranks)
+    throw invalid(`${where}: rank must be 0..${ranks - 1}, got ${String(o.rank)}`);
+  if (
+    o.immBase !== undefined &&
+    (!Number.isInteger(o.immBase) || (o.immBase as number) < 0 || (o.immBase as number) > MAX_IMM_BASE)
+  )
+    throw invalid(
+      `${where}: immBase must be an integer in 0..${MAX_IMM_BASE} (steps use immBase to immBase + 65535), got ${String(o.immBase)}`,
+    );
+}
+
+/** A step request of sync/expect: step, version, timeoutMs, signal (and onProgress) of the right kinds. */
+function checkStep(where: string, req: unknown, shape: string): void {
+  if (req === null || typeof req !== 'object') throw invalid(`${where}: pass ${shape}`);
+  const r = req as { step?: unknown; timeoutMs?: unknown; signal?: unknown; onProgress?: unknown };
+  if (!Number.isSafeInteger(r.step) || (r.step as number) < 0)
+    throw invalid(`${where}: step must be a non-negative integer, got ${String(r.step)}`);
+  if (
+    r.timeoutMs !== undefined &&
+    (!Number.isInteger(r.timeoutMs) || (r.timeoutMs as number) < 1 || (r.timeoutMs as number) > 0x7fffffff)
+  )
+    throw invalid(`${where}: timeoutMs must be an integer from 1 to 2^31 - 1, got ${String(r.timeoutMs)}`);
+  if (r.signal !== undefined && !(r.signal instanceof AbortSignal))
+    throw invalid(`${where}: signal must be an AbortSignal`);
+  if (r.onProgress !== undefined && typeof r.onProgress !== 'function')
+    throw invalid(`${where}: onProgress must be a function`);
+}
 
 /** Options of {@link WeightSyncReceiver.create}. */
 export interface WeightSyncReceiverOptions {
@@ -72,12 +125,8 @@ export class WeightSyncReceiver {
 
   /** Register the two weight buffers (peers may write them). */
   static async create(opts: WeightSyncReceiverOptions): Promise<WeightSyncReceiver> {
+    checkCreate('WeightSyncReceiver', opts, (p) => p.inference.ranks);
     const { plan, rank } = opts;
-    if (!Number.isInteger(rank) || rank < 0 || rank >= plan.inference.ranks)
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `WeightSyncReceiver: rank must be 0..${plan.inference.ranks - 1}, got ${rank}`,
-      );
     const size = Math.max(64, plan.inferenceBytes[rank]!);
     if (opts.buffers !== undefined) {
       if (!Array.isArray(opts.buffers) || opts.buffers.length !== 2)
@@ -93,7 +142,22 @@ export class WeightSyncReceiver {
             'INVALID_ARGUMENT',
             `WeightSyncReceiver: buffers[${i}] is ${b.length} bytes; inference rank ${rank} needs ${plan.inferenceBytes[rank]}`,
           );
+        // Trainers write where the descriptors say: another engine's region would take the bytes
+        // and the barrier would arrive here, at an engine whose buffers never change.
+        if (b.desc.owner.toString() !== opts.engine.address.toString())
+          throw new TrellisError(
+            'INVALID_DESCRIPTOR',
+            `WeightSyncReceiver: buffers[${i}] is registered on another engine (${b.desc.owner}); register both on this receiver's engine (${opts.engine.address})`,
+          );
       }
+      if (
+        opts.buffers[0] === opts.buffers[1] ||
+        opts.buffers[0].desc.toString() === opts.buffers[1].desc.toString()
+      )
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          'WeightSyncReceiver: buffers must be two distinct regions (version v is written into buffers[v % 2] while the other is served)',
+        );
       const r = new WeightSyncReceiver(
         opts.engine,
         plan,
@@ -135,16 +199,9 @@ export class WeightSyncReceiver {
     timeoutMs?: number;
     signal?: AbortSignal;
   }): Promise<void> {
-    if (req === null || typeof req !== 'object')
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'WeightSyncReceiver.expect: pass {step, version, timeoutMs?, signal?}',
-      );
-    if (!Number.isSafeInteger(req.step) || req.step < 0)
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `WeightSyncReceiver.expect: step must be a non-negative integer, got ${req.step}`,
-      );
+    if (this.closeCtl.signal.aborted)
+      throw new TrellisError('CLOSED', 'WeightSyncReceiver.expect: the receiver is closed');
+    checkStep('WeightSyncReceiver.expect', req, '{step, version, timeoutMs?, signal?}');
     if (this.active === 0) {
       // A rank that has served nothing yet (new, or replacing one that died) joins at whatever
       // version the group writes next: it has no weights a write could tear.
@@ -158,13 +215,20 @@ export class WeightSyncReceiver {
         'INVALID_ARGUMENT',
         `WeightSyncReceiver.expect: this rank serves version ${this.active}; the next step must write version ${this.active + 1}, got ${req.version}`,
       );
+    const closing = this.closeCtl.signal;
     try {
       await this.engine.immCounter(stepImm(this.immBase, req.step)).wait(this.plan.trainer.ranks, {
         timeoutMs: req.timeoutMs,
-        signal: req.signal,
+        signal: req.signal ? AbortSignal.any([req.signal, closing]) : closing,
       });
     } catch (e) {
       const err = e as TrellisError;
+      if (closing.aborted && !req.signal?.aborted)
+        throw new TrellisError(
+          'CLOSED',
+          `weight sync step ${req.step} (version ${req.version}) on inference rank ${this.rank}: the receiver was closed`,
+          { cause: e },
+        );
       throw new TrellisError(
         err.code ?? 'INTERNAL',
         `weight sync step ${req.step} (version ${req.version}) failed on inference rank ${this.rank}; still serving version ${this.active}: ${err.message}`,
@@ -211,7 +275,15 @@ export class WeightSyncReceiver {
     });
   }
 
+  private readonly closeCtl = new AbortController();
+
+  /**
+   * Reject every pending {@link expect} with `CLOSED` (and any later one), and unregister the
+   * buffers this receiver registered (not ones given as `buffers`). Idempotent.
+   */
   async close(): Promise<void> {
+    if (this.closeCtl.signal.aborted) return;
+    this.closeCtl.abort();
     if (this.engine.closed || !this.ownsBuffers) return;
     for (const b of this.buffers) await b.unregister().catch(() => {});
   }
@@ -297,11 +369,14 @@ export class WeightSyncSender {
   }
 
   static async create(opts: WeightSyncSenderOptions): Promise<WeightSyncSender> {
+    checkCreate('WeightSyncSender', opts, (p) => p.trainer.ranks);
     const { plan, rank } = opts;
-    if (!Number.isInteger(rank) || rank < 0 || rank >= plan.trainer.ranks)
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `WeightSyncSender: rank must be 0..${plan.trainer.ranks - 1}, got ${rank}`,
+    if (
+      opts.stagingBytes !== undefined &&
+      (!Number.isSafeInteger(opts.stagingBytes) || opts.stagingBytes < 1)
+    )
+      throw invalid(
+        `WeightSyncSender: stagingBytes must be a positive integer, got ${String(opts.stagingBytes)}`,
       );
     const cuda = opts.source instanceof Uint8Array ? undefined : (opts.source as CudaMemory)?.cuda;
     if (cuda !== undefined) {
@@ -421,27 +496,20 @@ export class WeightSyncSender {
     signal?: AbortSignal;
     onProgress?: (p: SyncProgress) => void;
   }): Promise<SyncReport> {
+    if (this.closed) throw new TrellisError('CLOSED', 'WeightSyncSender.sync: the sender is closed');
+    checkStep('WeightSyncSender.sync', req, '{step, version, timeoutMs?, signal?, onProgress?}');
+    if (!Number.isSafeInteger(req.version) || req.version < 1)
+      throw invalid(`WeightSyncSender.sync: version must be an integer >= 1, got ${String(req.version)}`);
     if (this.busy)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         'WeightSyncSender.sync: a step is already running on this rank',
-      );
-    if (
-      !Number.isSafeInteger(req.step) ||
-      req.step < 0 ||
-      !Number.isSafeInteger(req.version) ||
-      req.version < 1
-    )
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'WeightSyncSender.sync: step must be >= 0 and version >= 1 (integers)',
       );
     this.busy = true;
     const t0 = performance.now();
     const deadline = req.timeoutMs === undefined ? undefined : t0 + req.timeoutMs;
     const abort = new AbortController();
     const onAbort = () => abort.abort();
-    req.signal?.addEventListener('abort', onAbort, { once: true });
     const ms = { total: 0, copy: 0, transform: 0, rdma: 0, barrier: 0 };
     const total = this.bytesPerStep;
     let done = 0;
@@ -452,6 +520,7 @@ export class WeightSyncSender {
     const inflight = new Set<Promise<void>>();
     const left = () => (deadline === undefined ? undefined : Math.max(1, deadline - performance.now()));
     try {
+      req.signal?.addEventListener('abort', onAbort, { once: true });
       for (const op of this.ops) {
         if (failure) break;
         if (req.signal?.aborted) throw new TrellisError('ABORTED', `weight sync step ${req.step}: aborted`);
@@ -674,7 +743,14 @@ export class WeightSyncSender {
     while (this.waiters.length && !this.waiters.shift()!()) {}
   }
 
+  private closed = false;
+
+  /**
+   * Unregister the staging memory (and free it on the device for a CUDA source); later
+   * {@link sync} calls reject with `CLOSED`. Call it between steps.
+   */
   async close(): Promise<void> {
+    this.closed = true;
     if (!this.engine.closed) await this.staging.unregister().catch(() => {});
     const c = this.staging.cuda;
     if (c && this.device && !this.freed) {

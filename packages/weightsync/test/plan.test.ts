@@ -177,6 +177,29 @@ describe('planWeightSync', () => {
         ),
       ),
     ).toBe("planWeightSync: trainer placement of 'w': chunk 1 names rank 5; ranks are 0..1");
+    // Not layouts at all: said, not a TypeError.
+    const loose = planWeightSync as unknown as (...a: unknown[]) => unknown;
+    expect(err(() => loose(null, tr, { ranks: 1, tensors: [] }))).toBe(
+      'planWeightSync: model must be a non-empty list of tensors',
+    );
+    expect(err(() => loose(model, null, { ranks: 1, tensors: [] }))).toBe(
+      'planWeightSync: trainer must be a layout {ranks, placements}',
+    );
+    expect(err(() => loose(model, { ranks: 2 }, { ranks: 1, tensors: [] }))).toBe(
+      'planWeightSync: trainer.placements must be an object (tensor name → placement)',
+    );
+    expect(err(() => loose(model, tr, { ranks: 1 }))).toBe(
+      'planWeightSync: inference must be a layout {ranks, tensors: [...]}',
+    );
+    // Past what a plan can address or hold: refused before anything is cut (these exhausted the heap).
+    const huge = (shape: number[]) => [{ name: 'w', shape, dtype: 'bf16' as const }];
+    const one = { ranks: 1, placements: { w: whole(0) } };
+    expect(err(() => planWeightSync(huge([2 ** 27, 2 ** 27]), one, { ranks: 1, tensors: [] }))).toBe(
+      "planWeightSync: model tensor 'w' (134217728 × 134217728 bf16) is past 2^53 bytes",
+    );
+    expect(err(() => planWeightSync(huge([2 ** 40, 2 ** 9]), one, { ranks: 1, tensors: [] }))).toBe(
+      'planWeightSync: the model cuts into about 268435456 writes of at most maxOpBytes (4194304) per trainer chunk; at most 16777216: raise maxOpBytes',
+    );
     expect(err(() => parsePlan('{"format":"trellis-weightsync-plan","version":2}'))).toBe(
       'parsePlan: plan version 2; this @trellis/weightsync reads version 1',
     );

@@ -121,6 +121,112 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
     expect(rxs[0]!.weights().bytes).toBe(rxs[0]!.buffers[0].buffer);
   });
 
+  it('bad input to create, sync and expect is refused before anything is written; a bad sync leaves the sender usable; close settles pending expects CLOSED', async () => {
+    const model = [{ name: 'w', shape: [32, 64], dtype: 'bf16' as const }];
+    const plan = planWeightSync(
+      model,
+      { ranks: 1, placements: { w: whole(0) } },
+      { ranks: 1, tensors: [{ name: 'w', placement: whole(0) }] },
+    );
+    const { rxs, txs, tEng, iEng, sources, fabric } = await cluster(plan);
+    const [rx, tx] = [rxs[0]!, txs[0]!];
+    const loose = (f: unknown) => f as (o: unknown) => Promise<unknown>;
+    const rxCreate = loose(WeightSyncReceiver.create);
+    const txCreate = loose(WeightSyncSender.create);
+    const engine = iEng[0]!;
+    const ok = { engine, plan, rank: 0 };
+    const cases: Array<[Promise<unknown>, string]> = [
+      [
+        rxCreate(undefined),
+        'INVALID_ARGUMENT: WeightSyncReceiver: pass an options object {engine, plan, rank, ...}',
+      ],
+      [
+        txCreate(null),
+        'INVALID_ARGUMENT: WeightSyncSender: pass an options object {engine, plan, rank, ...}',
+      ],
+      [
+        rxCreate({ ...ok, engine: {} }),
+        'INVALID_ARGUMENT: WeightSyncReceiver: engine must be a TransferEngine (createEngine())',
+      ],
+      [
+        rxCreate({ ...ok, plan: JSON.stringify(plan) }),
+        'INVALID_ARGUMENT: WeightSyncReceiver: plan must be a WeightSyncPlan (planWeightSync(), or parsePlan() of its JSON text)',
+      ],
+      [rxCreate({ ...ok, rank: 1 }), 'INVALID_ARGUMENT: WeightSyncReceiver: rank must be 0..0, got 1'],
+      [
+        rxCreate({ ...ok, immBase: 2 ** 32 - 1 }),
+        'INVALID_ARGUMENT: WeightSyncReceiver: immBase must be an integer in 0..4294901760 (steps use immBase to immBase + 65535), got 4294967295',
+      ],
+      [
+        txCreate({ ...ok, engine: tEng[0], source: sources[0], targets: [rx.descriptors()], immBase: -5 }),
+        'INVALID_ARGUMENT: WeightSyncSender: immBase must be an integer in 0..4294901760 (steps use immBase to immBase + 65535), got -5',
+      ],
+    ];
+    // Buffers of another engine, or one region twice: refused (trainers' bytes would go where this
+    // receiver never looks, or over the served version).
+    const other = fabric.createEngine();
+    const size = plan.inferenceBytes[0]!;
+    const [x, y] = [
+      await other.registerMemory(size, { remote: true }),
+      await engine.registerMemory(size, { remote: true }),
+    ];
+    cases.push(
+      [
+        rxCreate({ ...ok, buffers: [x, y] }),
+        `INVALID_DESCRIPTOR: WeightSyncReceiver: buffers[0] is registered on another engine (${other.address}); register both on this receiver's engine (${engine.address})`,
+      ],
+      [
+        rxCreate({ ...ok, buffers: [y, y] }),
+        'INVALID_ARGUMENT: WeightSyncReceiver: buffers must be two distinct regions (version v is written into buffers[v % 2] while the other is served)',
+      ],
+    );
+    for (const [p, want] of cases) expect(await outcome(p)).toBe(want);
+
+    // sync: each bad field refused before a byte moves, and the sender is not left busy.
+    const sync = loose(tx.sync.bind(tx));
+    const bad: Array<[unknown, string]> = [
+      [undefined, 'WeightSyncSender.sync: pass {step, version, timeoutMs?, signal?, onProgress?}'],
+      [{ step: -1, version: 1 }, 'WeightSyncSender.sync: step must be a non-negative integer, got -1'],
+      [{ step: 1, version: 0 }, 'WeightSyncSender.sync: version must be an integer >= 1, got 0'],
+      [
+        { step: 1, version: 1, timeoutMs: -1 },
+        'WeightSyncSender.sync: timeoutMs must be an integer from 1 to 2^31 - 1, got -1',
+      ],
+      [{ step: 1, version: 1, signal: 'x' }, 'WeightSyncSender.sync: signal must be an AbortSignal'],
+      [{ step: 1, version: 1, onProgress: 5 }, 'WeightSyncSender.sync: onProgress must be a function'],
+    ];
+    for (const [req, want] of bad) expect(await outcome(sync(req))).toBe(`INVALID_ARGUMENT: ${want}`);
+    const expectLoose = loose(rx.expect.bind(rx));
+    expect(await outcome(expectLoose({ step: 1, version: 1, timeoutMs: 0 }))).toBe(
+      'INVALID_ARGUMENT: WeightSyncReceiver.expect: timeoutMs must be an integer from 1 to 2^31 - 1, got 0',
+    );
+    expect(await outcome(expectLoose({ step: 1, version: 1, signal: {} }))).toBe(
+      'INVALID_ARGUMENT: WeightSyncReceiver.expect: signal must be an AbortSignal',
+    );
+    expect(tEng[0]!.stats().ops.submitted).toBe(0);
+    expect(rx.buffers[1].buffer!.every((b) => b === 0)).toBe(true);
+    // The sender still runs a step, every byte verified.
+    const want = expectedInference(plan);
+    const got = rx.expect({ step: 1, version: 1, timeoutMs: 20_000 });
+    await tx.sync({ step: 1, version: 1 });
+    await got;
+    expect(diffWeights(plan, 0, rx.weights().bytes, want[0]!)).toBe('ok');
+
+    // close: a pending expect rejects CLOSED at once, and so does a later one; a closed sender too.
+    const pending = rx.expect({ step: 2, version: 2 });
+    await rx.close();
+    expect(await outcome(pending)).toBe(
+      'CLOSED: weight sync step 2 (version 2) on inference rank 0: the receiver was closed',
+    );
+    expect(await outcome(rx.expect({ step: 3, version: 2 }))).toBe(
+      'CLOSED: WeightSyncReceiver.expect: the receiver is closed',
+    );
+    await tx.close();
+    expect(await outcome(tx.sync({ step: 2, version: 2 }))).toBe(
+      'CLOSED: WeightSyncSender.sync: the sender is closed',
+    );
+  });
+
   it('a step past its sync deadline rejects TIMEOUT (not the ABORTED of the writes it cut off); the served version stays', async () => {
     const model = range(6).map((i) => ({ name: `w${i}`, shape: [64, 64], dtype: 'bf16' as const }));
     const plan = planWeightSync(
