@@ -101,6 +101,8 @@ export class KvLayout {
     if (order !== 'layer-major' && order !== 'page-major')
       bad(`order must be 'layer-major' or 'page-major', got ${JSON.stringify(order)}`);
     this.order = order;
+    if (spec.headsBeforePages !== undefined && typeof spec.headsBeforePages !== 'boolean')
+      bad(`headsBeforePages must be true or false, got ${JSON.stringify(spec.headsBeforePages)}`);
     this.headsBeforePages = spec.headsBeforePages ?? false;
     if (this.headsBeforePages && order === 'page-major')
       bad(

@@ -289,3 +289,29 @@ export function checkCreateOptions(where: string, opts: unknown): void {
       `${where}: recv must be 'own' or 'external', got ${typeof recv === 'string' ? `'${recv}'` : String(recv)}`,
     );
 }
+
+/**
+ * A region given to create: an `MrHandle` of this engine, still registered. Another engine's
+ * region would take the peer's writes where this side never looks (or be refused at the first
+ * write, mid-stream).
+ */
+export function checkRegion(where: string, engine: TransferEngine, region: unknown): void {
+  const r = region as { desc?: { owner?: unknown }; registered?: unknown; length?: unknown } | null;
+  if (
+    r === null ||
+    typeof r !== 'object' ||
+    typeof r.desc?.owner !== 'object' ||
+    typeof r.length !== 'number'
+  )
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${where}: region must be an MrHandle (engine.registerMemory())`,
+    );
+  if (String(r.desc.owner) !== engine.address.toString())
+    throw new TrellisError(
+      'INVALID_DESCRIPTOR',
+      `${where}: region is registered on another engine (${String(r.desc.owner)}); register it on this engine (${engine.address})`,
+    );
+  if (r.registered === false)
+    throw new TrellisError('INVALID_DESCRIPTOR', `${where}: region was unregistered`);
+}

@@ -20,6 +20,7 @@ import {
   type AckMsg,
   checkCreateOptions,
   checkInt,
+  checkRegion,
   decode,
   encodeCancel,
   encodeTable,
@@ -269,6 +270,7 @@ export class KvStreamReceiver {
     for (const k of ['probeMs', 'deadPeerGraceMs', 'ackTimeoutMs', 'quarantineMs'] as const)
       if (opts[k] !== undefined) checkInt('KvStreamReceiver.create', k, opts[k], 1, 2 ** 31 - 1);
     let region = opts.region;
+    if (region !== undefined) checkRegion('KvStreamReceiver', opts.engine, region);
     if (region?.cuda && !opts.gpu)
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -736,11 +738,16 @@ export class KvStreamReceiver {
     this.recvAbort.abort();
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
+    const told: Promise<void>[] = [];
     for (const r of this.reqs.values()) {
       if (r.phase === 'streaming') {
         this.finish(r, 'failed');
         r.reject(new TrellisError('CLOSED', `kvstream request '${r.tag}': the receiver was closed`));
         r.waitAbort.abort();
+        // The prefill side is told (its engine may stay up for other receivers): its stream stops
+        // writing and rejects as cancelled by the decode side.
+        if (!this.engine.closed)
+          told.push(this.engine.submitSend(r.peer, encodeCancel(r.id)).catch(() => {}));
       }
       if (r.ackWait) {
         clearTimeout(r.ackWait.timer);
@@ -749,6 +756,7 @@ export class KvStreamReceiver {
       r.onReleased();
     }
     this.reqs.clear();
+    await Promise.all(told);
     if (!this.engine.closed) {
       await this.tailRegion.unregister().catch(() => {});
       if (this.ownsRegion) await this.region.unregister().catch(() => {});

@@ -15,6 +15,7 @@ import {
   ACK_UNCERTAIN,
   checkCreateOptions,
   checkInt,
+  checkRegion,
   decode,
   encodeAbort,
   encodeAck,
@@ -309,6 +310,7 @@ export class KvStreamSender {
     if (opts.probeImm !== undefined)
       checkInt('KvStreamSender.create', 'probeImm', opts.probeImm, 0, 0xffffffff);
     let region = opts.region;
+    if (region !== undefined) checkRegion('KvStreamSender', opts.engine, region);
     if (region?.cuda && !opts.gpu)
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -928,7 +930,11 @@ export class KvStreamSender {
     return { ...this.counts };
   }
 
-  /** Fail every bound request with `CLOSED`, stop receiving, unregister what was registered here. */
+  /**
+   * Fail every bound request with `CLOSED` and tell each one's decode side (its `done` rejects
+   * `CLOSED`; pages with writes still in flight are quarantined there), stop receiving,
+   * unregister what was registered here.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -936,11 +942,33 @@ export class KvStreamSender {
     this.recvAbort.abort();
     for (const p of this.orphans) p.close();
     this.orphans.clear();
+    const told: Promise<void>[] = [];
     for (const s of [...this.streams.values()]) {
       if (s.settled) continue;
+      const t = s.table;
+      const inflight = s.inflight;
       this.settle(s);
-      s.reject(new TrellisError('CLOSED', `kvstream request '${s.tag}': the sender was closed`));
+      const err = new TrellisError('CLOSED', `kvstream request '${s.tag}': the sender was closed`);
+      s.reject(err);
+      // The decode side is told, as for any failure it cannot see (its peer is still alive and
+      // answers probes): writes still in flight may land, so their pages are uncertain.
+      if (t && s.from && !this.engine.closed)
+        told.push(
+          this.engine
+            .submitSend(
+              s.from,
+              encodeAbort(
+                t.id,
+                s.delivered,
+                inflight > 0 || s.uncertain ? ACK_UNCERTAIN : 0,
+                err.code,
+                err.message,
+              ),
+            )
+            .catch(() => {}),
+        );
     }
+    await Promise.all(told);
     if (!this.engine.closed) {
       await this.staging.unregister().catch(() => {});
       if (this.ownsRegion) await this.region.unregister().catch(() => {});

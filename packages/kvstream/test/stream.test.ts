@@ -149,6 +149,10 @@ describe('KvLayout', () => {
     ).toBe(
       'INVALID_ARGUMENT: KvLayout: headsBeforePages applies to layer-major layouts (in page-major a page already holds its heads together)',
     );
+    for (const v of ['false', 1, null])
+      expect(err({ layers: 1, tokensPerPage: 4, pages: 1, tensors: t, headsBeforePages: v })).toBe(
+        `INVALID_ARGUMENT: KvLayout: headsBeforePages must be true or false, got ${JSON.stringify(v)}`,
+      );
     expect(err({ layers: 1, tokensPerPage: 4, pages: 2 ** 31, tensors: t })).toBe(
       'INVALID_ARGUMENT: KvLayout: pages must be at most 268435456 (2^28; page numbers travel as 32-bit words), got 2147483648',
     );
@@ -320,6 +324,26 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
     );
     expect(await outcome(txCreate({ engine, layout, recv: true }))).toBe(
       "INVALID_ARGUMENT: KvStreamSender.create: recv must be 'own' or 'external', got true",
+    );
+    expect(engine.stats()).toMatchObject({ regions: 0 });
+    // A region of another engine (peers' writes would land where this side never looks), or not
+    // an MrHandle at all: refused before anything is registered.
+    const other = createLoopbackFabric({ nics: 1 }).createEngine();
+    cleanup.push(() => other.close());
+    const foreign = await other.registerMemory(4096, { remote: true });
+    expect(await outcome(rxCreate({ engine, layout, region: foreign }))).toBe(
+      `INVALID_DESCRIPTOR: KvStreamReceiver: region is registered on another engine (${other.address}); register it on this engine (${engine.address})`,
+    );
+    expect(await outcome(txCreate({ engine, layout, region: foreign }))).toBe(
+      `INVALID_DESCRIPTOR: KvStreamSender: region is registered on another engine (${other.address}); register it on this engine (${engine.address})`,
+    );
+    expect(await outcome(rxCreate({ engine, layout, region: { length: 4096 } }))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver: region must be an MrHandle (engine.registerMemory())',
+    );
+    const gone = await engine.registerMemory(4096, { remote: true });
+    await gone.unregister();
+    expect(await outcome(rxCreate({ engine, layout, region: gone }))).toBe(
+      'INVALID_DESCRIPTOR: KvStreamReceiver: region was unregistered',
     );
     expect(engine.stats()).toMatchObject({ regions: 0 });
   });
@@ -601,6 +625,51 @@ describe('kvstream when a peer dies', () => {
     await adm2.cancel();
     expect(poolFull(rx)).toBe(true);
     expect(tx.stats()).toMatchObject({ completed: 1, failed: 1 });
+  });
+
+  it('the prefill side closes its sender mid-stream: the decode request rejects CLOSED at once (its engine is alive and answers probes); pages return', async () => {
+    const { rx, pe, tx } = await setup();
+    const adm = rx.admit({ prefill: pe.address, tokens: 20, tag: 'x' });
+    const arrived = new Promise<void>((r) => tx.onRequest((q) => q.tag === 'x' && r()));
+    await arrived;
+    const s = tx.bind('x', { srcPages: Uint32Array.of(0, 1, 2, 3, 4) });
+    s.chunk(20);
+    s.progress.watcher.increment();
+    await new Promise((r) => setTimeout(r, 20));
+    await tx.close();
+    expect(await outcome(s.done)).toBe("CLOSED: kvstream request 'x': the sender was closed");
+    expect(await outcome(adm.done)).toBe(
+      "CLOSED: kvstream request 'x': the prefill side aborted: kvstream request 'x': the sender was closed",
+    );
+    for (let i = 0; i < 200 && !poolFull(rx); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(poolFull(rx)).toBe(true);
+    expect(rx.stats()).toMatchObject({ admitted: 1, failed: 1 });
+  });
+
+  it('the decode side closes its receiver mid-stream: the prefill stream is told and rejects ABORTED; the sender serves the next request', async () => {
+    const { rx, pe, tx, de } = await setup();
+    const adm = rx.admit({ prefill: pe.address, tokens: 20, tag: 'y' });
+    const arrived = new Promise<void>((r) => tx.onRequest((q) => q.tag === 'y' && r()));
+    await arrived;
+    const pages = Uint32Array.of(0, 1, 2, 3, 4);
+    const s = tx.bind('y', { srcPages: pages });
+    s.chunk(20);
+    s.progress.watcher.increment();
+    await rx.close();
+    expect(await outcome(adm.done)).toBe("CLOSED: kvstream request 'y': the receiver was closed");
+    expect(await outcome(s.done)).toBe("ABORTED: kvstream request 'y': cancelled by the decode side");
+    s.close();
+    // A new receiver on the same decode engine: the sender streams its request as before.
+    const rx2 = await KvStreamReceiver.create({ engine: de, layout: rx.layout, maxTailBytes: 4096 });
+    cleanup.push(() => rx2.close());
+    const adm2 = rx2.admit({ prefill: pe.address, tokens: 8, tag: 'z' });
+    const s2 = tx.bind('z', { srcPages: pages });
+    await runPrefill(tx, s2, 3, pages, [8], new Uint8Array(0));
+    const kv = await adm2.done;
+    await s2.done;
+    checkKv(rx2.layout, rx2.region.buffer!, 3, kv.pages, 8);
+    kv.release();
+    expect(tx.stats()).toMatchObject({ cancelled: 1, completed: 1 });
   });
 
   it('prefill killed mid-stream: the decode request fails PEER_LOST; its pages return only after the grace period', async () => {
