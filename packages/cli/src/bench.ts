@@ -70,6 +70,9 @@ async function remoteTarget(hostPort: string, timeoutMs: number, log: (l: string
     throw new TrellisError('INVALID_ARGUMENT', `--connect takes HOST:PORT, got ${JSON.stringify(hostPort)}`);
   log(`connecting to ${hostPort} (giving up after ${timeoutMs / 1000} s)…`);
   const store = await TcpStore.connect({ ...at, timeoutMs });
+  // A member of the serving side's group for as long as this connection lives: a client that dies
+  // leaves it, and the server stops instead of waiting for its next request for ever.
+  await store.join(CLIENTS, 'client', String(process.pid));
   log(`connected to ${hostPort}`);
   let seq = 0;
   const ask = async (req: object) => {
@@ -88,9 +91,13 @@ async function remoteTarget(hostPort: string, timeoutMs: number, log: (l: string
   };
 }
 
+/** The store group a `--connect` client joins while it runs. */
+const CLIENTS = 'bench/clients';
+
 /**
  * The serving side of a two-host run (`trellis bench --serve`): a target engine and a rendezvous
- * store on `port`; one client's requests are served until it says exit. Resolves then.
+ * store on `port`; one client's requests are served until it says exit. Resolves then; rejects
+ * `PEER_LOST` when the client goes away (its connection to the store closes) before it says exit.
  */
 export async function serveBench(opts: {
   provider?: Provider;
@@ -105,9 +112,26 @@ export async function serveBench(opts: {
   opts.log?.(
     `serving on port ${store.port} (${provider === 'tcp' ? 'tcp;ofi_rxm' : provider}); run: trellis bench --connect <this host>:${store.port} --provider ${provider}`,
   );
+  let joined = false;
+  let gone: (e: TrellisError) => void = () => {};
+  const clientGone = new Promise<never>((_, reject) => {
+    gone = reject;
+  });
+  clientGone.catch(() => {});
+  const unwatch = await store.join(CLIENTS, 'server', String(process.pid), (members) => {
+    if ('client' in members) joined = true;
+    else if (joined)
+      gone(
+        new TrellisError(
+          'PEER_LOST',
+          'trellis bench --serve: the client went away (its connection to this store closed) before it said exit',
+        ),
+      );
+  });
+  const orGone = <T>(p: Promise<T>): Promise<T> => Promise.race([p, clientGone]);
   try {
     for (let id = 1; ; id++) {
-      const req = JSON.parse(await store.get(`bench/req/${id}`)) as {
+      const req = JSON.parse(await orGone(store.get(`bench/req/${id}`))) as {
         op: string;
         name: string;
         size: number;
@@ -119,7 +143,8 @@ export async function serveBench(opts: {
         const h = await engine.registerMemory(req.size, { remote: true });
         regions.set(req.name, h);
         res = { desc: h.desc.toString() };
-      } else if (req.op === 'wait') await engine.immCounter(req.imm).wait(req.n, { timeoutMs: 120_000 });
+      } else if (req.op === 'wait')
+        await orGone(engine.immCounter(req.imm).wait(req.n, { timeoutMs: 120_000 }));
       else if (req.op === 'sha256') {
         const h = regions.get(req.name)!;
         res = { sha256: sha(h.buffer!) };
@@ -130,6 +155,7 @@ export async function serveBench(opts: {
       if (req.op === 'exit') break;
     }
   } finally {
+    unwatch();
     await engine.close();
     await new Promise((r) => setTimeout(r, 200)); // let the last answer reach the client
     await store.close();

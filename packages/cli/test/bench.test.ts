@@ -53,6 +53,47 @@ describe('trellis bench across hosts (here: two processes through the rendezvous
     ]);
     expect(await exited).toBe(0); // the server stops when the client is done
   }, 60_000);
+
+  it('--serve whose client is SIGKILLed mid-run: says the client went away and exits 1 (it waited for ever)', async () => {
+    const { spawn } = await import('node:child_process');
+    const { createServer } = await import('node:net');
+    const { fileURLToPath } = await import('node:url');
+    const s = createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as { port: number }).port;
+    await new Promise((r) => s.close(r));
+    const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+    const server = spawn(
+      process.execPath,
+      [bin, 'bench', '--serve', '--port', String(port), '--provider', 'tcp'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let serverErr = '';
+    server.stderr!.on('data', (d) => {
+      serverErr += d;
+    });
+    const exited = new Promise((r) => server.on('exit', r));
+    await new Promise<void>((r) => server.stdout!.once('data', () => r()));
+    // A client with far more to write than it gets time for; killed once it has connected.
+    const client = spawn(
+      process.execPath,
+      [bin, 'bench', '--connect', `127.0.0.1:${port}`, '--sizes', '4096,67108864'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let clientOut = '';
+    await new Promise<void>((r) =>
+      client.stderr!.on('data', (d) => {
+        clientOut += d;
+        if (clientOut.includes('connected to')) r();
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    client.kill('SIGKILL');
+    expect(await exited).toBe(1);
+    expect(serverErr.trim()).toBe(
+      'trellis: trellis bench --serve: the client went away (its connection to this store closed) before it said exit (--debug for the stack)',
+    );
+  }, 60_000);
 });
 
 describe('trellis bench on backend-verbs', () => {
