@@ -89,3 +89,41 @@ describe('backend-efa: libfabric opened at run time', () => {
     }
   });
 });
+
+describe("backend-efa: the process's signals stay its own", () => {
+  // Debian's libfabric 1.17 links Intel PSM's libinfinipath, whose handlers for SIGTERM, SIGINT,
+  // SIGSEGV, SIGBUS, SIGILL and SIGABRT call exit(): a process with an engine hung on SIGTERM.
+  const script = `
+import { readFileSync } from 'node:fs';
+const caught = () => readFileSync('/proc/self/status', 'utf8').match(/SigCgt:\\s*(\\w+)/)[1];
+const before = caught();
+const efa = await import(${JSON.stringify(dist)});
+const e = await efa.createEngine({ provider: 'tcp' });
+efa.probeProviders();
+console.log(JSON.stringify({ before, after: caught() }));
+setInterval(() => {}, 1000);`;
+  for (const sig of ['SIGTERM', 'SIGINT'] as const)
+    it(`${sig} ends a process with an open engine at once, by that signal; libfabric caught no new signal`, async () => {
+      const { spawn } = await import('node:child_process');
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      await new Promise<void>((r) =>
+        child.stdout!.on('data', (d) => {
+          out += d;
+          if (out.includes('\n')) r();
+        }),
+      );
+      const { before, after } = JSON.parse(out) as { before: string; after: string };
+      expect(after).toBe(before);
+      const t0 = Date.now();
+      const ended = new Promise<[number | null, string | null]>((r) => child.on('exit', (c, s) => r([c, s])));
+      child.kill(sig);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const [code, signal] = await ended;
+      clearTimeout(timer);
+      expect([code, signal]).toEqual([null, sig]);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+    });
+});
