@@ -191,7 +191,9 @@ export class WeightSyncReceiver {
    * `ABORTED` and keeps serving the previous version. A rank that serves nothing yet (version 0: a
    * new rank, or one replacing a rank that died, whose descriptors the trainers took with
    * {@link WeightSyncSender.replaceTarget}) takes any version >= 1 first — pass the version the
-   * trainers' `sync` of that step writes — and version + 1 from then on.
+   * trainers' `sync` of that step writes — and version + 1 from then on. Rejects
+   * `INVALID_ARGUMENT` at once for a bad `step`, `version`, `timeoutMs` or `signal`, and `CLOSED`
+   * once the receiver is closed (a pending one too).
    */
   async expect(req: {
     step: number;
@@ -487,7 +489,10 @@ export class WeightSyncSender {
   /**
    * Write this rank's part of step `step` into every inference rank's buffer for `version`, then
    * signal the step's barrier. Rejects on a failed write, the deadline (`timeoutMs`) or `signal`;
-   * the inference ranks then keep their served weights.
+   * the inference ranks then keep their served weights. Rejects `INVALID_ARGUMENT` before anything
+   * is written for a `step`, `version`, `timeoutMs` (an integer from 1 to 2^31 - 1), `signal` or
+   * `onProgress` of the wrong kind, or while another `sync` runs on this rank; `CLOSED` after
+   * {@link close}.
    */
   async sync(req: {
     step: number;
