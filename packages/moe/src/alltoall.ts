@@ -56,7 +56,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   ) {
     this.config = p.c;
     this.localExperts = p.localExperts;
-    this.descriptor = mode.descriptor;
+    this.descriptor = `${mode.descriptor} ${configTag(p.c)}`;
   }
 
   /**
@@ -94,8 +94,29 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         'INVALID_ARGUMENT',
         `MoeAllToAll.connect: need ${c.worldSize} descriptors, got ${descriptors.length}`,
       );
+    // Every rank's descriptor carries what its buffers were laid out from: ranks whose configs
+    // differ (a maxPrivateTokens of 2 against 6 moves every overflow row) would write each other's
+    // rows to the wrong places and no check later could tell.
+    const own = configTag(c);
+    const modeDescriptors = descriptors.map((d, r) => {
+      if (typeof d !== 'string')
+        throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.connect: descriptors must be strings');
+      const at = d.lastIndexOf(' ');
+      const tag = at < 0 ? '' : d.slice(at + 1);
+      if (!tag.startsWith('moecfg:'))
+        throw new TrellisError(
+          'INVALID_DESCRIPTOR',
+          `MoeAllToAll.connect: descriptors[${r}] is not a MoeAllToAll descriptor (give each rank's moe.descriptor)`,
+        );
+      if (tag !== own)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `MoeAllToAll.connect: rank ${r}'s config differs from this rank's (${tagDiff(tag, own)}): every rank needs the same worldSize, nodeSize, numExperts, topk, hidden, maxTokensPerRank, inDtype, outDtype, scales, scaleBlock, maxPrivateTokens and immBase`,
+        );
+      return d.slice(0, at);
+    });
     try {
-      this.mode.connect(descriptors);
+      this.mode.connect(modeDescriptors);
     } finally {
       // The paths as far as the mode got (a connect that fails after setting them keeps them).
       this.paths = this.mode.paths;
@@ -177,6 +198,10 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   private checkInput(x: DispatchInput<M>): number {
     const c = this.config;
     const p = this.p;
+    if (!(x.topkIds instanceof Int32Array))
+      throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: topkIds must be an Int32Array');
+    if (!(x.topkWeights instanceof Float32Array))
+      throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: topkWeights must be a Float32Array');
     const n = x.topkIds.length / c.topk;
     if (!Number.isInteger(n))
       throw new TrellisError(
@@ -306,4 +331,49 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   async close(): Promise<void> {
     await this.mode.close();
   }
+}
+
+/** The config fields every rank must share, as the last word of a descriptor. */
+function configTag(c: Required<MoeConfig>): string {
+  return `moecfg:${[
+    c.worldSize,
+    c.nodeSize,
+    c.numExperts,
+    c.topk,
+    c.hidden,
+    c.maxTokensPerRank,
+    c.inDtype,
+    c.outDtype,
+    c.scales ? 1 : 0,
+    c.scaleBlock,
+    c.maxPrivateTokens,
+    c.immBase,
+  ].join(',')}`;
+}
+
+/** Where two config tags differ: `maxPrivateTokens 2 there, 6 here`. */
+function tagDiff(there: string, here: string): string {
+  const names = [
+    'worldSize',
+    'nodeSize',
+    'numExperts',
+    'topk',
+    'hidden',
+    'maxTokensPerRank',
+    'inDtype',
+    'outDtype',
+    'scales',
+    'scaleBlock',
+    'maxPrivateTokens',
+    'immBase',
+  ];
+  const a = there.slice('moecfg:'.length).split(',');
+  const b = here.slice('moecfg:'.length).split(',');
+  const diff = names
+    .filter((_, i) => a[i] !== b[i])
+    .map((n, _, __) => {
+      const i = names.indexOf(n);
+      return `${n} ${a[i] ?? '?'} there, ${b[i]} here`;
+    });
+  return diff.length ? diff.join('; ') : 'a tag this version does not read';
 }

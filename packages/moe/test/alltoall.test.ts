@@ -121,6 +121,30 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(m.dispatch({ ...x, tokens: new Uint8Array(3), topkIds: Int32Array.of(0, 1) }))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.dispatch: tokens is 3 bytes; 1 tokens of 8 bf16 are 16',
     );
+    // Ids of another type (a fractional one among them): refused, the instance still usable.
+    const loose = x as unknown as { topkIds: unknown; topkWeights: unknown };
+    expect(await outcome(m.dispatch({ ...loose, topkIds: Float32Array.of(0, 1.5) } as typeof x))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.dispatch: topkIds must be an Int32Array',
+    );
+    expect(
+      await outcome(m.dispatch({ ...loose, topkIds: Int32Array.of(0, 1), topkWeights: [1, 1] } as typeof x)),
+    ).toBe('INVALID_ARGUMENT: MoeAllToAll.dispatch: topkWeights must be a Float32Array');
+    expect(await outcome(m.dispatch({ ...x, topkIds: Int32Array.of(0, 1) }))).toBe('resolved');
+    // Ranks whose configs differ (here only maxPrivateTokens) are refused at connect: their overflow
+    // rows would land at offsets the other rank does not read.
+    const e2 = fabric.createEngine();
+    const [p, q] = await Promise.all([
+      MoeAllToAll.create(e, { ...cfg, numExperts: 4, maxPrivateTokens: 2 }),
+      MoeAllToAll.create(e2, { ...cfg, rank: 1, numExperts: 4, maxPrivateTokens: 6 }),
+    ]);
+    expect(await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q.descriptor])))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.connect: rank 1's config differs from this rank's (maxPrivateTokens 6 there, 2 here): every rank needs the same worldSize, nodeSize, numExperts, topk, hidden, maxTokensPerRank, inDtype, outDtype, scales, scaleBlock, maxPrivateTokens and immBase",
+    );
+    expect(
+      await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q.descriptor.split(' ')[0]!]))),
+    ).toBe(
+      "INVALID_DESCRIPTOR: MoeAllToAll.connect: descriptors[1] is not a MoeAllToAll descriptor (give each rank's moe.descriptor)",
+    );
     await fabric.close();
   });
 });
