@@ -92,7 +92,54 @@ export class EtcdRendezvous implements Rendezvous {
     return this.prefix + key;
   }
 
+  /** Requests waiting on etcd: rejected `CLOSED` by {@link close}. */
+  private readonly pending = new Set<(e: TrellisError) => void>();
+
+  private throwIfClosed(op: string): void {
+    if (this.closed) throw new TrellisError('CLOSED', `EtcdRendezvous.${op}: closed`);
+  }
+
+  /**
+   * `work` bounded by `timeoutMs` from the call (watch, reads and wait together: an etcd that stops
+   * answering is a TIMEOUT too) and by close() (CLOSED).
+   */
+  private bounded<T>(op: string, what: string, timeoutMs: number | undefined, work: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const done = (e: TrellisError) => {
+        if (timer) clearTimeout(timer);
+        this.pending.delete(done);
+        reject(e);
+      };
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(
+              () => done(new TrellisError('TIMEOUT', `EtcdRendezvous.${op}: ${what} within ${timeoutMs} ms`)),
+              timeoutMs,
+            );
+      this.pending.add(done);
+      work.then(
+        (v) => {
+          if (timer) clearTimeout(timer);
+          this.pending.delete(done);
+          resolve(v);
+        },
+        (e: unknown) =>
+          done(
+            e instanceof TrellisError
+              ? e
+              : new TrellisError(
+                  this.closed ? 'CLOSED' : 'PEER_LOST',
+                  `EtcdRendezvous.${op}: ${this.closed ? 'closed' : `etcd failed (${e instanceof Error ? e.message : String(e)})`}`,
+                  { cause: e },
+                ),
+          ),
+      );
+    });
+  }
+
   async set(key: string, value: string): Promise<void> {
+    this.throwIfClosed('set');
     const k = this.k(key);
     checkValue('EtcdRendezvous.set', value);
     await this.client.put(k).value(value);
@@ -103,34 +150,27 @@ export class EtcdRendezvous implements Rendezvous {
     checkOptionalOptions('EtcdRendezvous.get', opts, '{timeoutMs?}');
     opts ??= {};
     checkTimeoutMs('EtcdRendezvous.get', opts.timeoutMs);
-    // Watch first, then read: a put between the two is seen by one or the other.
-    const w = await this.client.watch().key(k).create();
-    this.watchers.add(w);
-    try {
+    this.throwIfClosed('get');
+    let w: Watcher | undefined;
+    const work = (async () => {
+      // Watch first, then read: a put between the two is seen by one or the other.
+      w = await this.client.watch().key(k).create();
+      this.watchers.add(w);
       const now = await this.client.get(k).string();
       if (now !== null) return now;
-      return await new Promise<string>((resolve, reject) => {
-        const timer =
-          opts.timeoutMs === undefined
-            ? undefined
-            : setTimeout(
-                () =>
-                  reject(
-                    new TrellisError(
-                      'TIMEOUT',
-                      `EtcdRendezvous.get('${key}'): nothing within ${opts.timeoutMs} ms`,
-                    ),
-                  ),
-                opts.timeoutMs,
-              );
-        w.on('put', (kv) => {
-          if (timer) clearTimeout(timer);
-          resolve(kv.value.toString());
-        });
-      });
+      return await new Promise<string>((resolve) => w!.on('put', (kv) => resolve(kv.value.toString())));
+    })();
+    try {
+      return await this.bounded(`get('${key}')`, 'nothing', opts.timeoutMs, work);
     } finally {
-      this.watchers.delete(w);
-      await w.cancel().catch(() => {});
+      // The watch goes once the work has ended (at once where it did; else when its calls return).
+      void work
+        .catch(() => {})
+        .finally(() => {
+          if (!w) return;
+          this.watchers.delete(w);
+          void w.cancel().catch(() => {});
+        });
     }
   }
 
@@ -144,41 +184,38 @@ export class EtcdRendezvous implements Rendezvous {
     checkOptionalOptions('EtcdRendezvous.barrier', opts, '{timeoutMs?}');
     opts ??= {};
     checkTimeoutMs('EtcdRendezvous.barrier', opts.timeoutMs);
+    this.throwIfClosed('barrier');
     const round = (this.rounds.get(name) ?? 0) + 1;
     this.rounds.set(name, round);
     const p = this.k(`__barrier/${name}/${round}/`);
-    const w = await this.client.watch().prefix(p).create();
-    this.watchers.add(w);
-    try {
+    let w: Watcher | undefined;
+    const work = (async () => {
+      w = await this.client.watch().prefix(p).create();
+      this.watchers.add(w);
       await this.client.put(p + randomUUID()).value('1');
       const count = async () => (await this.client.getAll().prefix(p).keys()).length;
       if ((await count()) >= size) return;
-      await new Promise<void>((resolve, reject) => {
-        const timer =
-          opts.timeoutMs === undefined
-            ? undefined
-            : setTimeout(
-                () =>
-                  reject(
-                    new TrellisError(
-                      'TIMEOUT',
-                      `EtcdRendezvous.barrier('${name}'): not all ${size} members within ${opts.timeoutMs} ms`,
-                    ),
-                  ),
-                opts.timeoutMs,
-              );
-        w.on('put', () => {
-          void count().then((n) => {
-            if (n >= size) {
-              if (timer) clearTimeout(timer);
-              resolve();
-            }
-          });
+      await new Promise<void>((resolve) => {
+        w!.on('put', () => {
+          void count().then(
+            (n) => {
+              if (n >= size) resolve();
+            },
+            () => {},
+          );
         });
       });
+    })();
+    try {
+      await this.bounded(`barrier('${name}')`, `not all ${size} members`, opts.timeoutMs, work);
     } finally {
-      this.watchers.delete(w);
-      await w.cancel().catch(() => {});
+      void work
+        .catch(() => {})
+        .finally(() => {
+          if (!w) return;
+          this.watchers.delete(w);
+          void w.cancel().catch(() => {});
+        });
     }
   }
 
@@ -190,6 +227,7 @@ export class EtcdRendezvous implements Rendezvous {
   ): Promise<() => void> {
     this.k(group);
     checkJoin('EtcdRendezvous.join', member, value, onChange);
+    this.throwIfClosed('join');
     const p = this.k(`__group/${group}/`);
     const lease = this.client.lease(this.leaseTtlS);
     this.leases.push(lease);
@@ -214,6 +252,7 @@ export class EtcdRendezvous implements Rendezvous {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const reject of [...this.pending]) reject(new TrellisError('CLOSED', 'EtcdRendezvous: closed'));
     for (const w of this.watchers) await w.cancel().catch(() => {});
     for (const l of this.leases) await l.revoke().catch(() => {});
     this.client.close();

@@ -157,6 +157,45 @@ describe('EtcdRendezvous on a real etcd', () => {
     );
   });
 
+  it('get and barrier keep their timeoutMs when etcd stops answering; close() settles pending ones and refuses later ones with CLOSED', async () => {
+    const [a, b] = [await client('t5/'), await client('t5/')];
+    etcd.kill('SIGSTOP');
+    try {
+      const t0 = Date.now();
+      const got = await Promise.all([
+        outcome(a.get('k', { timeoutMs: 300 })),
+        outcome(a.barrier('b', 2, { timeoutMs: 300 })),
+      ]);
+      expect(got).toEqual([
+        "TIMEOUT: EtcdRendezvous.get('k'): nothing within 300 ms",
+        "TIMEOUT: EtcdRendezvous.barrier('b'): not all 2 members within 300 ms",
+      ]);
+      expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      etcd.kill('SIGCONT');
+    }
+    const pending = [outcome(b.get('never')), outcome(b.barrier('c', 2))];
+    await new Promise((r) => setTimeout(r, 100));
+    await b.close();
+    expect(await Promise.all(pending)).toEqual([
+      'CLOSED: EtcdRendezvous: closed',
+      'CLOSED: EtcdRendezvous: closed',
+    ]);
+    expect(
+      await Promise.all([
+        outcome(b.get('k', { timeoutMs: 100 })),
+        outcome(b.barrier('d', 1)),
+        outcome(b.set('k', 'v')),
+        outcome(b.join('g', 'm', 'v')),
+      ]),
+    ).toEqual([
+      'CLOSED: EtcdRendezvous.get: closed',
+      'CLOSED: EtcdRendezvous.barrier: closed',
+      'CLOSED: EtcdRendezvous.set: closed',
+      'CLOSED: EtcdRendezvous.join: closed',
+    ]);
+  });
+
   it('an etcd that is not there fails with PEER_LOST', async () => {
     expect(await outcome(EtcdRendezvous.connect({ hosts: 'http://127.0.0.1:1', timeoutMs: 500 }))).toMatch(
       /^PEER_LOST: EtcdRendezvous\.connect: etcd at http:\/\/127\.0\.0\.1:1 does not answer/,
