@@ -122,12 +122,12 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
       'INVALID_ARGUMENT: MoeAllToAll.dispatch: tokens is 3 bytes; 1 tokens of 8 bf16 are 16',
     );
     // Ids of another type (a fractional one among them): refused, the instance still usable.
-    const loose = x as unknown as { topkIds: unknown; topkWeights: unknown };
-    expect(await outcome(m.dispatch({ ...loose, topkIds: Float32Array.of(0, 1.5) } as typeof x))).toBe(
+    const loose = (o: object) => o as unknown as typeof x;
+    expect(await outcome(m.dispatch(loose({ ...x, topkIds: Float32Array.of(0, 1.5) })))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.dispatch: topkIds must be an Int32Array',
     );
     expect(
-      await outcome(m.dispatch({ ...loose, topkIds: Int32Array.of(0, 1), topkWeights: [1, 1] } as typeof x)),
+      await outcome(m.dispatch(loose({ ...x, topkIds: Int32Array.of(0, 1), topkWeights: [1, 1] }))),
     ).toBe('INVALID_ARGUMENT: MoeAllToAll.dispatch: topkWeights must be a Float32Array');
     expect(await outcome(m.dispatch({ ...x, topkIds: Int32Array.of(0, 1) }))).toBe('resolved');
     // Ranks whose configs differ (here only maxPrivateTokens) are refused at connect: their overflow
