@@ -24,23 +24,33 @@ describe('trellis bench', () => {
   }, 60_000);
 });
 
+/** `trellis bench --serve` on a free port, ready (it printed its first line); its stderr collected. */
+async function serve() {
+  const { spawn } = await import('node:child_process');
+  const { createServer } = await import('node:net');
+  const { fileURLToPath } = await import('node:url');
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+  const server = spawn(
+    process.execPath,
+    [bin, 'bench', '--serve', '--port', String(port), '--provider', 'tcp'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const out = { stderr: '' };
+  server.stderr!.on('data', (d) => {
+    out.stderr += d;
+  });
+  const exited = new Promise((r) => server.on('exit', r));
+  await new Promise<void>((r) => server.stdout!.once('data', () => r()));
+  return { spawn, bin, port, exited, out };
+}
+
 describe('trellis bench across hosts (here: two processes through the rendezvous store)', () => {
   it('--serve hosts the target and a store; --connect writes into it and verifies each size', async () => {
-    const { spawn } = await import('node:child_process');
-    const { createServer } = await import('node:net');
-    const { fileURLToPath } = await import('node:url');
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-    const port = (s.address() as { port: number }).port;
-    await new Promise((r) => s.close(r));
-    const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
-    const server = spawn(
-      process.execPath,
-      [bin, 'bench', '--serve', '--port', String(port), '--provider', 'tcp'],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    const exited = new Promise((r) => server.on('exit', r));
-    await new Promise<void>((r) => server.stdout!.once('data', () => r()));
+    const { port, exited } = await serve();
     const r = await runBench({
       provider: 'tcp',
       sizes: [4096, 1 << 20],
@@ -55,25 +65,7 @@ describe('trellis bench across hosts (here: two processes through the rendezvous
   }, 60_000);
 
   it('--serve whose client is SIGKILLed mid-run: says the client went away and exits 1 (it waited for ever)', async () => {
-    const { spawn } = await import('node:child_process');
-    const { createServer } = await import('node:net');
-    const { fileURLToPath } = await import('node:url');
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-    const port = (s.address() as { port: number }).port;
-    await new Promise((r) => s.close(r));
-    const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
-    const server = spawn(
-      process.execPath,
-      [bin, 'bench', '--serve', '--port', String(port), '--provider', 'tcp'],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let serverErr = '';
-    server.stderr!.on('data', (d) => {
-      serverErr += d;
-    });
-    const exited = new Promise((r) => server.on('exit', r));
-    await new Promise<void>((r) => server.stdout!.once('data', () => r()));
+    const { spawn, bin, port, exited, out } = await serve();
     // A client with far more to write than it gets time for; killed once it has connected.
     const client = spawn(
       process.execPath,
@@ -90,7 +82,7 @@ describe('trellis bench across hosts (here: two processes through the rendezvous
     await new Promise((r) => setTimeout(r, 500));
     client.kill('SIGKILL');
     expect(await exited).toBe(1);
-    expect(serverErr.trim()).toBe(
+    expect(out.stderr.trim()).toBe(
       'trellis: trellis bench --serve: the client went away (its connection to this store closed) before it said exit (--debug for the stack)',
     );
   }, 60_000);

@@ -486,7 +486,7 @@ export class KvStreamSender {
         'INVALID_ARGUMENT',
         `KvSendStream.finish: a ${tail.length}-byte tail is over maxTailBytes (${this.maxTailBytes})`,
       );
-    const end = s.chunks[s.chunks.length - 1]?.end ?? 0;
+    const end = declaredEnd(s);
     // (A stream that failed or was cancelled takes its producer's finish() as it comes.)
     if (s.table && end < s.table.tokens && !s.failed && !s.cancelled)
       throw new TrellisError(
@@ -760,10 +760,10 @@ export class KvStreamSender {
         'INVALID_ARGUMENT',
         `kvstream request '${s.tag}': finish() gave a ${s.tail.length}-byte tail; the decode side expects ${t.tailBytes}`,
       );
-    else if (s.finished && (s.chunks[s.chunks.length - 1]?.end ?? 0) < t.tokens)
+    else if (s.finished && declaredEnd(s) < t.tokens)
       err = new TrellisError(
         'INVALID_ARGUMENT',
-        `kvstream request '${s.tag}': finish() came after chunks ending at token ${s.chunks[s.chunks.length - 1]?.end ?? 0}; the request has ${t.tokens} tokens`,
+        `kvstream request '${s.tag}': finish() came after chunks ending at token ${declaredEnd(s)}; the request has ${t.tokens} tokens`,
       );
     else
       for (const c of s.chunks)
@@ -946,7 +946,6 @@ export class KvStreamSender {
     for (const s of [...this.streams.values()]) {
       if (s.settled) continue;
       const t = s.table;
-      const inflight = s.inflight;
       this.settle(s);
       const err = new TrellisError('CLOSED', `kvstream request '${s.tag}': the sender was closed`);
       s.reject(err);
@@ -960,7 +959,7 @@ export class KvStreamSender {
               encodeAbort(
                 t.id,
                 s.delivered,
-                inflight > 0 || s.uncertain ? ACK_UNCERTAIN : 0,
+                s.inflight > 0 || s.uncertain ? ACK_UNCERTAIN : 0,
                 err.code,
                 err.message,
               ),
@@ -974,6 +973,11 @@ export class KvStreamSender {
       if (this.ownsRegion) await this.region.unregister().catch(() => {});
     }
   }
+}
+
+/** Where the chunks declared so far end (0 before the first). */
+function declaredEnd(s: Stream): number {
+  return s.chunks[s.chunks.length - 1]?.end ?? 0;
 }
 
 /** Set `k` in `m`, dropping the oldest entry past 8192 (recent history, not a log). */

@@ -111,7 +111,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       if (tag !== own)
         throw new TrellisError(
           'INVALID_ARGUMENT',
-          `MoeAllToAll.connect: rank ${r}'s config differs from this rank's (${tagDiff(tag, own)}): every rank needs the same worldSize, nodeSize, numExperts, topk, hidden, maxTokensPerRank, inDtype, outDtype, scales, scaleBlock, maxPrivateTokens and immBase`,
+          `MoeAllToAll.connect: rank ${r}'s config differs from this rank's (${tagDiff(tag, own)}): every rank needs the same ${SHARED.slice(0, -1).join(', ')} and ${SHARED.at(-1)}`,
         );
       return d.slice(0, at);
     });
@@ -333,47 +333,31 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 }
 
-/** The config fields every rank must share, as the last word of a descriptor. */
+/** The config fields every rank must share: what its buffers are laid out from. */
+const SHARED = [
+  'worldSize',
+  'nodeSize',
+  'numExperts',
+  'topk',
+  'hidden',
+  'maxTokensPerRank',
+  'inDtype',
+  'outDtype',
+  'scales',
+  'scaleBlock',
+  'maxPrivateTokens',
+  'immBase',
+] as const satisfies readonly (keyof MoeConfig)[];
+
+/** {@link SHARED}'s values, as the last word of a descriptor. */
 function configTag(c: Required<MoeConfig>): string {
-  return `moecfg:${[
-    c.worldSize,
-    c.nodeSize,
-    c.numExperts,
-    c.topk,
-    c.hidden,
-    c.maxTokensPerRank,
-    c.inDtype,
-    c.outDtype,
-    c.scales ? 1 : 0,
-    c.scaleBlock,
-    c.maxPrivateTokens,
-    c.immBase,
-  ].join(',')}`;
+  return `moecfg:${SHARED.map((k) => String(c[k])).join(',')}`;
 }
 
 /** Where two config tags differ: `maxPrivateTokens 2 there, 6 here`. */
 function tagDiff(there: string, here: string): string {
-  const names = [
-    'worldSize',
-    'nodeSize',
-    'numExperts',
-    'topk',
-    'hidden',
-    'maxTokensPerRank',
-    'inDtype',
-    'outDtype',
-    'scales',
-    'scaleBlock',
-    'maxPrivateTokens',
-    'immBase',
-  ];
   const a = there.slice('moecfg:'.length).split(',');
   const b = here.slice('moecfg:'.length).split(',');
-  const diff = names
-    .filter((_, i) => a[i] !== b[i])
-    .map((n, _, __) => {
-      const i = names.indexOf(n);
-      return `${n} ${a[i] ?? '?'} there, ${b[i]} here`;
-    });
+  const diff = SHARED.flatMap((n, i) => (a[i] === b[i] ? [] : [`${n} ${a[i] ?? '?'} there, ${b[i]} here`]));
   return diff.length ? diff.join('; ') : 'a tag this version does not read';
 }

@@ -105,9 +105,12 @@ export class EtcdRendezvous implements Rendezvous {
    */
   private bounded<T>(op: string, what: string, timeoutMs: number | undefined, work: Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const done = (e: TrellisError) => {
+      const off = () => {
         if (timer) clearTimeout(timer);
         this.pending.delete(done);
+      };
+      const done = (e: TrellisError) => {
+        off();
         reject(e);
       };
       const timer =
@@ -120,8 +123,7 @@ export class EtcdRendezvous implements Rendezvous {
       this.pending.add(done);
       work.then(
         (v) => {
-          if (timer) clearTimeout(timer);
-          this.pending.delete(done);
+          off();
           resolve(v);
         },
         (e: unknown) =>
@@ -138,6 +140,36 @@ export class EtcdRendezvous implements Rendezvous {
     });
   }
 
+  /**
+   * Open a watch, run `body` with it, all {@link bounded}; the watch goes once the work has ended
+   * (at once where it did; else when its calls to etcd return).
+   */
+  private async watched<T>(
+    op: string,
+    what: string,
+    timeoutMs: number | undefined,
+    open: () => Promise<Watcher>,
+    body: (w: Watcher) => Promise<T>,
+  ): Promise<T> {
+    let w: Watcher | undefined;
+    const work = (async () => {
+      w = await open();
+      this.watchers.add(w);
+      return await body(w);
+    })();
+    try {
+      return await this.bounded(op, what, timeoutMs, work);
+    } finally {
+      void work
+        .catch(() => {})
+        .finally(() => {
+          if (!w) return;
+          this.watchers.delete(w);
+          void w.cancel().catch(() => {});
+        });
+    }
+  }
+
   async set(key: string, value: string): Promise<void> {
     this.throwIfClosed('set');
     const k = this.k(key);
@@ -151,27 +183,18 @@ export class EtcdRendezvous implements Rendezvous {
     opts ??= {};
     checkTimeoutMs('EtcdRendezvous.get', opts.timeoutMs);
     this.throwIfClosed('get');
-    let w: Watcher | undefined;
-    const work = (async () => {
-      // Watch first, then read: a put between the two is seen by one or the other.
-      w = await this.client.watch().key(k).create();
-      this.watchers.add(w);
-      const now = await this.client.get(k).string();
-      if (now !== null) return now;
-      return await new Promise<string>((resolve) => w!.on('put', (kv) => resolve(kv.value.toString())));
-    })();
-    try {
-      return await this.bounded(`get('${key}')`, 'nothing', opts.timeoutMs, work);
-    } finally {
-      // The watch goes once the work has ended (at once where it did; else when its calls return).
-      void work
-        .catch(() => {})
-        .finally(() => {
-          if (!w) return;
-          this.watchers.delete(w);
-          void w.cancel().catch(() => {});
-        });
-    }
+    // Watch first, then read: a put between the two is seen by one or the other.
+    return this.watched(
+      `get('${key}')`,
+      'nothing',
+      opts.timeoutMs,
+      () => this.client.watch().key(k).create(),
+      async (w) => {
+        const now = await this.client.get(k).string();
+        if (now !== null) return now;
+        return await new Promise<string>((resolve) => w.on('put', (kv) => resolve(kv.value.toString())));
+      },
+    );
   }
 
   async barrier(name: string, size: number, opts: { timeoutMs?: number } = {}): Promise<void> {
@@ -188,35 +211,27 @@ export class EtcdRendezvous implements Rendezvous {
     const round = (this.rounds.get(name) ?? 0) + 1;
     this.rounds.set(name, round);
     const p = this.k(`__barrier/${name}/${round}/`);
-    let w: Watcher | undefined;
-    const work = (async () => {
-      w = await this.client.watch().prefix(p).create();
-      this.watchers.add(w);
-      await this.client.put(p + randomUUID()).value('1');
-      const count = async () => (await this.client.getAll().prefix(p).keys()).length;
-      if ((await count()) >= size) return;
-      await new Promise<void>((resolve) => {
-        w!.on('put', () => {
-          void count().then(
-            (n) => {
-              if (n >= size) resolve();
-            },
-            () => {},
-          );
+    await this.watched(
+      `barrier('${name}')`,
+      `not all ${size} members`,
+      opts.timeoutMs,
+      () => this.client.watch().prefix(p).create(),
+      async (w) => {
+        await this.client.put(p + randomUUID()).value('1');
+        const count = async () => (await this.client.getAll().prefix(p).keys()).length;
+        if ((await count()) >= size) return;
+        await new Promise<void>((resolve) => {
+          w.on('put', () => {
+            void count().then(
+              (n) => {
+                if (n >= size) resolve();
+              },
+              () => {},
+            );
+          });
         });
-      });
-    })();
-    try {
-      await this.bounded(`barrier('${name}')`, `not all ${size} members`, opts.timeoutMs, work);
-    } finally {
-      void work
-        .catch(() => {})
-        .finally(() => {
-          if (!w) return;
-          this.watchers.delete(w);
-          void w.cancel().catch(() => {});
-        });
-    }
+      },
+    );
   }
 
   async join(

@@ -150,10 +150,7 @@ export class WeightSyncReceiver {
             `WeightSyncReceiver: buffers[${i}] is registered on another engine (${b.desc.owner}); register both on this receiver's engine (${opts.engine.address})`,
           );
       }
-      if (
-        opts.buffers[0] === opts.buffers[1] ||
-        opts.buffers[0].desc.toString() === opts.buffers[1].desc.toString()
-      )
+      if (opts.buffers[0].desc.toString() === opts.buffers[1].desc.toString())
         throw new TrellisError(
           'INVALID_ARGUMENT',
           'WeightSyncReceiver: buffers must be two distinct regions (version v is written into buffers[v % 2] while the other is served)',
