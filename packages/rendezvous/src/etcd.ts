@@ -27,9 +27,15 @@ export class EtcdRendezvous implements Rendezvous {
     private readonly client: Etcd3,
     private readonly prefix: string,
     private readonly leaseTtlS: number,
+    /** How long a `set` or `join` waits for etcd to answer (connect's `timeoutMs`). */
+    private readonly answerMs: number,
   ) {}
 
-  /** Connect (and check the cluster answers within `timeoutMs`, default 10 s). */
+  /**
+   * Connect, and check the cluster answers within `timeoutMs` (default 10 s). The same bound holds
+   * for each later `set` and `join`: an etcd that does not answer one within it fails the call
+   * `PEER_LOST` (`get` and `barrier` take their own `timeoutMs`).
+   */
   static async connect(opts: {
     hosts: string | string[];
     prefix?: string;
@@ -80,7 +86,12 @@ export class EtcdRendezvous implements Rendezvous {
         },
       );
     }
-    return new EtcdRendezvous(client, opts.prefix ?? 'trellis/', opts.leaseTtlS ?? 10);
+    return new EtcdRendezvous(
+      client,
+      opts.prefix ?? 'trellis/',
+      opts.leaseTtlS ?? 10,
+      opts.timeoutMs ?? 10_000,
+    );
   }
 
   private k(key: string): string {
@@ -101,9 +112,15 @@ export class EtcdRendezvous implements Rendezvous {
 
   /**
    * `work` bounded by `timeoutMs` from the call (watch, reads and wait together: an etcd that stops
-   * answering is a TIMEOUT too) and by close() (CLOSED).
+   * answering is a TIMEOUT too, or `code` where given) and by close() (CLOSED).
    */
-  private bounded<T>(op: string, what: string, timeoutMs: number | undefined, work: Promise<T>): Promise<T> {
+  private bounded<T>(
+    op: string,
+    what: string,
+    timeoutMs: number | undefined,
+    work: Promise<T>,
+    code: 'TIMEOUT' | 'PEER_LOST' = 'TIMEOUT',
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const off = () => {
         if (timer) clearTimeout(timer);
@@ -117,7 +134,7 @@ export class EtcdRendezvous implements Rendezvous {
         timeoutMs === undefined
           ? undefined
           : setTimeout(
-              () => done(new TrellisError('TIMEOUT', `EtcdRendezvous.${op}: ${what} within ${timeoutMs} ms`)),
+              () => done(new TrellisError(code, `EtcdRendezvous.${op}: ${what} within ${timeoutMs} ms`)),
               timeoutMs,
             );
       this.pending.add(done);
@@ -174,7 +191,13 @@ export class EtcdRendezvous implements Rendezvous {
     this.throwIfClosed('set');
     const k = this.k(key);
     checkValue('EtcdRendezvous.set', value);
-    await this.client.put(k).value(value);
+    await this.answered(`set('${key}')`, this.client.put(k).value(value).exec());
+  }
+
+  /** A call to etcd that must answer within connect's `timeoutMs` (else `PEER_LOST`). */
+  private answered<T>(op: string, work: Promise<T>): Promise<T> {
+    work.catch(() => {});
+    return this.bounded(op, `etcd did not answer (connect's timeoutMs)`, this.answerMs, work, 'PEER_LOST');
   }
 
   async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
@@ -244,24 +267,48 @@ export class EtcdRendezvous implements Rendezvous {
     checkJoin('EtcdRendezvous.join', member, value, onChange);
     this.throwIfClosed('join');
     const p = this.k(`__group/${group}/`);
+    const op = `join('${group}')`;
     const lease = this.client.lease(this.leaseTtlS);
     this.leases.push(lease);
-    await lease.put(p + member).value(value);
+    await this.answered(
+      op,
+      lease
+        .put(p + member)
+        .value(value)
+        .exec(),
+    );
     if (!onChange) return () => {};
     const members = async () => {
       const all = await this.client.getAll().prefix(p).strings();
       return Object.fromEntries(Object.entries(all).map(([k, v]) => [k.slice(p.length), v]));
     };
-    const w = await this.client.watch().prefix(p).create();
+    const creating = this.client.watch().prefix(p).create();
+    let w: Watcher;
+    try {
+      w = await this.answered(op, creating);
+    } catch (e) {
+      // A watch that arrives after the call gave up is cancelled, not leaked.
+      void creating.then(
+        (late) => late.cancel().catch(() => {}),
+        () => {},
+      );
+      throw e;
+    }
     this.watchers.add(w);
-    const refresh = () => void members().then(onChange, () => {});
-    w.on('put', refresh);
-    w.on('delete', refresh);
-    onChange(await members());
-    return () => {
+    const stop = () => {
       this.watchers.delete(w);
       void w.cancel().catch(() => {});
     };
+    const refresh = () => void members().then(onChange, () => {});
+    w.on('put', refresh);
+    w.on('delete', refresh);
+    try {
+      onChange(await this.answered(op, members()));
+    } catch (e) {
+      stop();
+      throw e;
+    }
+    return stop;
   }
 
   async close(): Promise<void> {

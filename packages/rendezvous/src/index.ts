@@ -53,10 +53,17 @@ class StoreServer {
     });
   }
 
-  /** Stop listening and drop every client (their requests fail `PEER_LOST`); resolves once closed. */
+  /**
+   * Stop listening and end every client's connection (their pending requests fail `PEER_LOST`);
+   * resolves once closed. Replies already written go first (a barrier that released here releases
+   * its other members too): each connection is ended, and destroyed only if it outlives a second.
+   */
   close(): Promise<void> {
     const closed = new Promise<void>((r) => this.server.close(() => r()));
-    for (const s of this.socks) s.destroy();
+    for (const s of this.socks) {
+      s.end();
+      setTimeout(() => s.destroy(), 1000).unref();
+    }
     return closed;
   }
 
@@ -376,10 +383,16 @@ export class TcpStore implements Rendezvous {
     const round = (this.barriers.get(name) ?? 0) + 1;
     this.barriers.set(name, round);
     const key = `__barrier/${name}/${round}`;
-    const n = Number((await this.request({ op: 'add', key, delta: 1 })).value);
-    if (n === size) await this.set(`${key}/done`, '1');
+    // The wait for the round's end goes to the store before this member is counted (one
+    // connection, requests in order): the round cannot complete without the store holding every
+    // member's wait, so a host that closes as soon as its own barrier released still answers them.
+    const done = this.request({ op: 'get', key: `${key}/done` }, opts.timeoutMs);
+    done.catch(() => {});
+    let n = 0;
     try {
-      await this.get(`${key}/done`, opts);
+      n = Number((await this.request({ op: 'add', key, delta: 1 })).value);
+      if (n === size) await this.set(`${key}/done`, '1');
+      await done;
     } catch (e) {
       // Say which barrier, not the internal key it waits on.
       if (e instanceof TrellisError && e.code === 'TIMEOUT')

@@ -157,18 +157,24 @@ describe('EtcdRendezvous on a real etcd', () => {
     );
   });
 
-  it('get and barrier keep their timeoutMs when etcd stops answering; close() settles pending ones and refuses later ones with CLOSED', async () => {
+  it("get and barrier keep their timeoutMs when etcd stops answering, set and join connect's; close() settles pending ones and refuses later ones with CLOSED", async () => {
     const [a, b] = [await client('t5/'), await client('t5/')];
+    const c = await EtcdRendezvous.connect({ hosts: url, prefix: 't5/', timeoutMs: 400 });
+    open.push(c);
     etcd.kill('SIGSTOP');
     try {
       const t0 = Date.now();
       const got = await Promise.all([
         outcome(a.get('k', { timeoutMs: 300 })),
         outcome(a.barrier('b', 2, { timeoutMs: 300 })),
+        outcome(c.set('k', 'v')),
+        outcome(c.join('g', 'm', 'v', () => {})),
       ]);
       expect(got).toEqual([
         "TIMEOUT: EtcdRendezvous.get('k'): nothing within 300 ms",
         "TIMEOUT: EtcdRendezvous.barrier('b'): not all 2 members within 300 ms",
+        "PEER_LOST: EtcdRendezvous.set('k'): etcd did not answer (connect's timeoutMs) within 400 ms",
+        "PEER_LOST: EtcdRendezvous.join('g'): etcd did not answer (connect's timeoutMs) within 400 ms",
       ]);
       expect(Date.now() - t0).toBeLessThan(5000);
     } finally {
