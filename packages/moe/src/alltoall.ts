@@ -174,9 +174,14 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 
   private failed: TrellisError | undefined;
+  private closed = false;
 
-  /** Record the first failure after posting (see {@link MoeAllToAll.failure}); returns `e`. */
+  /**
+   * Record the first failure after posting (see {@link MoeAllToAll.failure}); returns `e`, or
+   * `CLOSED` once close() has run (a pending phase's wait, aborted then, fails that way).
+   */
   private fail(e: unknown): unknown {
+    if (this.closed) e = new TrellisError('CLOSED', 'MoeAllToAll: closed', { cause: e });
     if (!this.failed)
       this.failed =
         e instanceof TrellisError
@@ -186,6 +191,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 
   private throwIfFailed(op: 'dispatch' | 'combine'): void {
+    if (this.closed) throw new TrellisError('CLOSED', `MoeAllToAll.${op}: the instance was closed`);
     const f = this.failed;
     if (f)
       throw new TrellisError(
@@ -327,8 +333,13 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     return result;
   }
 
-  /** Unregister this rank's buffers (and free them on the device). */
+  /**
+   * Unregister this rank's buffers (and free them on the device). A phase pending now rejects
+   * `CLOSED` (at once: its waits are aborted), as does every later `dispatch` and `combine`. Idempotent.
+   */
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.mode.close();
   }
 }

@@ -3,7 +3,7 @@
 // and every later dispatch and combine rejects at once with that code, posting nothing — before,
 // the next dispatch resolved in milliseconds with another round's leftovers. Bad input refused
 // before anything is posted does not fail it.
-import { rejects } from '@trellis/core/conformance';
+import { rejects, SettleTracker } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
 import { referenceDispatch, syntheticExpert, syntheticInputs } from '../src/index.js';
 import { engines, exactRound, world } from './world.js';
@@ -38,6 +38,12 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
       );
       for (const [r, e] of failed.entries()) expect(moes[r]!.failure).toBe(e);
       expect(moes[2]!.failure).toBeUndefined();
+      // Without the proxy the message names the round and what was missing, not an internal counter.
+      if (!proxy)
+        for (const e of failed)
+          expect(e.message).toBe(
+            "MoeAllToAll (host, round 2): timed out after 300 ms waiting for every peer's combine rows (1 of 2 arrivals)",
+          );
 
       // Round 3 on the survivors: refused at once with the failure's code, nothing posted.
       const next = syntheticInputs(cfg, 13, 'random');
@@ -61,6 +67,34 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
         expect(engines[r]!.stats().ops.submitted).toBe(before);
       }
       for (const m of moes) await m.close();
+    });
+
+  for (const proxy of [false, true])
+    it(`close settles a pending phase with CLOSED at once, and every later dispatch and combine rejects CLOSED (proxy ${proxy})`, async () => {
+      const cfg = { ...base, worldSize: 2, numExperts: 4, timeoutMs: 5000, proxy, rank: 0 };
+      const moes = await world(cfg, 'shm');
+      const ins = syntheticInputs(cfg, 21, 'random');
+      // Rank 1 never dispatches: rank 0's dispatch waits for its routes.
+      const pending = moes[0]!.dispatch(ins[0]);
+      const t = new SettleTracker();
+      t.track(pending);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(t.outcomes).toEqual(['pending']);
+      const t0 = performance.now();
+      await moes[0]!.close();
+      const e = await rejects(pending, 'CLOSED', 'pending dispatch at close');
+      expect(e.message).toBe('MoeAllToAll: closed');
+      expect(performance.now() - t0).toBeLessThan(cfg.timeoutMs);
+      expect(t.outcomes).toEqual(['CLOSED']);
+      const after = await rejects(moes[0]!.dispatch(ins[0]), 'CLOSED', 'dispatch after close');
+      expect(after.message).toBe('MoeAllToAll.dispatch: the instance was closed');
+      const c = await rejects(moes[0]!.combine(undefined), 'CLOSED', 'combine after close');
+      expect(c.message).toBe('MoeAllToAll.combine: the instance was closed');
+      // Closing again does nothing; the other rank is untouched and closes as usual.
+      await moes[0]!.close();
+      expect(moes[1]!.failure).toBeUndefined();
+      await moes[1]!.close();
+      await rejects(moes[1]!.dispatch(ins[1]), 'CLOSED', 'rank 1 dispatch after close');
     });
 
   it('bad input refused before anything is posted does not fail it: missing scales, too many tokens; the next good round is exact', async () => {

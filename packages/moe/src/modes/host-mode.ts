@@ -4,7 +4,7 @@
 // CUDA memory (DeviceMem's row-copy and combine kernels) take the same row lists, so CUDA memory
 // driven from the host is this mode too, with another Mem. Touches its registered region and
 // staging, the engine's immediate counters and peer group, and peers' regions over NVLink.
-import type { MrHandle, TransferEngine } from '@trellis/core';
+import { type MrHandle, type TransferEngine, TrellisError } from '@trellis/core';
 import { DeviceMem, HostMem, type Mem } from '../memory.js';
 import type { Protocol, Round } from '../protocol.js';
 import type { DispatchInput, DispatchResult, MoeDeviceOptions, MoeMemory } from '../types.js';
@@ -236,7 +236,27 @@ export class HostMode extends RegionMode {
 
   protected routesArrived(): Promise<void> {
     const c = this.p.c;
-    return this.engine.immCounter(this.p.imm.route).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
+    return this.arrivals('routes', this.p.imm.route, c.worldSize - 1);
+  }
+
+  /**
+   * Wait for `n` arrivals of `imm` this round, by the config's `timeoutMs` (a TIMEOUT naming what
+   * was missing) or until close() (the wait is aborted).
+   */
+  private async arrivals(what: string, imm: number, n: number): Promise<void> {
+    const c = this.p.c;
+    const counter = this.engine.immCounter(imm);
+    try {
+      await counter.wait(n, { timeoutMs: c.timeoutMs, signal: this.closing.signal });
+    } catch (e) {
+      if (e instanceof TrellisError && e.code === 'TIMEOUT')
+        throw new TrellisError(
+          'TIMEOUT',
+          `MoeAllToAll (host, round ${this.p.rounds}): timed out after ${c.timeoutMs} ms waiting for every peer's ${what} (${counter.value} of ${n} arrivals)`,
+          { cause: e },
+        );
+      throw e;
+    }
   }
 
   /**
@@ -330,7 +350,7 @@ export class HostMode extends RegionMode {
     let expected = 0;
     for (let s = 0; s < c.worldSize; s++)
       if (s !== c.rank) expected += 1 + (p.rowsBetween(s, c.rank) > c.maxPrivateTokens ? 1 : 0);
-    await this.engine.immCounter(p.imm.dispatch).wait(expected, { timeoutMs: c.timeoutMs });
+    await this.arrivals('rows', p.imm.dispatch, expected);
     await this.pendingSends; // my own overflow (self copy) is in place too
     return this.rows.layOut(r);
   }
@@ -357,13 +377,13 @@ export class HostMode extends RegionMode {
     sends: () => Promise<void> | undefined,
   ): Promise<Uint8Array | Float32Array | bigint> {
     const c = this.p.c;
-    await this.engine.immCounter(this.p.imm.combine).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
+    await this.arrivals('combine rows', this.p.imm.combine, c.worldSize - 1);
     await sends();
     const result = this.rows.sum(r, accumulate);
     // The round is closed by a barrier: after it every buffer may be reused by the next round.
     if (this.group) {
       await this.engine.submitBarrier({ group: this.group, imm: this.p.imm.barrier, spread: true });
-      await this.engine.immCounter(this.p.imm.barrier).wait(c.worldSize - 1, { timeoutMs: c.timeoutMs });
+      await this.arrivals('end-of-round barrier', this.p.imm.barrier, c.worldSize - 1);
     }
     return result;
   }

@@ -106,7 +106,11 @@ export abstract class RegionMode implements MoeMode {
   /** Stop what runs before the buffers go. */
   protected stop(): void {}
 
+  /** Aborted by close(): the mode's waits on the engine settle then, not at their deadline. */
+  protected readonly closing = new AbortController();
+
   async close(): Promise<void> {
+    this.closing.abort();
     this.stop();
     if (!this.engine.closed) {
       await this.region.unregister().catch(() => {});
