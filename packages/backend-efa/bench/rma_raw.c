@@ -9,7 +9,7 @@
  *   rma_raw <provider> single <bytes> <ops> <window>
  *   rma_raw <provider> paged <page_bytes> <pages_per_call> <calls> <window>
  *   rma_raw <provider> pingpong <iterations>
- *   rma_raw <provider> into <name_hex> <addr> <key> <page_bytes> <pages_per_call> <calls> <window>
+ *   rma_raw <provider> into <name_hex> <addr> <key> <page_bytes> <pages_per_call> <calls> <window> [<ops>]
  *   rma_raw <provider> target <region_bytes> <arrivals>
  *
  * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
@@ -20,6 +20,8 @@
  * into: no child; the initiator alone, writing paged-mode writes (imm 1 each) into a target that
  * is already there — the SDK benchmark's target engine, whose endpoint name (hex), region address
  * and key it passes — so the SDK's target side is measured under the raw program's initiator.
+ * With <ops>, that many writes cycling over the pages_per_call pages (the single-write test's
+ * writes: pages_per_call = its region / its size) instead of calls × pages_per_call.
  */
 #define _GNU_SOURCE
 #include <rdma/fabric.h>
@@ -270,6 +272,7 @@ static int into(int argc, char **argv) {
   size_t unit = strtoull(argv[6], NULL, 10);
   uint64_t per_call = strtoull(argv[7], NULL, 10);
   uint64_t ops = strtoull(argv[8], NULL, 10) * per_call, window = strtoull(argv[9], NULL, 10);
+  if (argc == 11) ops = strtoull(argv[10], NULL, 10);
   struct ep e;
   open_ep(&e, argv[1]);
   fi_addr_t peer;
@@ -325,7 +328,7 @@ static int target(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   fabric_dl_open("rma_raw");
-  if (argc == 10 && strcmp(argv[2], "into") == 0) return into(argc, argv);
+  if ((argc == 10 || argc == 11) && strcmp(argv[2], "into") == 0) return into(argc, argv);
   if (argc == 5 && strcmp(argv[2], "target") == 0) return target(argc, argv);
   if (argc == 4 && strcmp(argv[2], "pingpong") == 0) return pingpong(argv[1], strtoull(argv[3], NULL, 10));
   if (argc < 6) {

@@ -9,7 +9,9 @@
 // writes (`prepareWrites(...).post` of window/posts writes each: one operation per post).
 // Paged writes are also timed from the raw program's initiator into the SDK's target engine
 // (`rma_raw … into`) and from the SDK's initiator into the raw program's target (`rma_raw …
-// target`): which side of the pair a paged row's gap is on.
+// target`): which side of the pair a paged row's gap is on; single writes the same way with
+// `--single into` (the raw initiator's single writes into the SDK's target engine) and
+// `--single batch-to-raw` (the SDK's submitBatch column into the raw program's target).
 //
 // The immediate round trip is timed seven ways (see PingMode): awaiting, in latency mode
 // (pollUntil), in synchronous latency loops (poll() + take()), both of these again with the
@@ -18,7 +20,7 @@
 //
 //   node dist/bench/run.js [--providers shm,tcp] [--tests single,paged,rtt] [--quick] [--trials N]
 //                          [--window N] [--posts N] [--sizes B,B] [--pages B,B] [--json out.json]
-//                          [--single sdk,batch,prepared,lane,mapped]   (the single-write columns to run)
+//                          [--single sdk,batch,prepared,lane,mapped,into,batch-to-raw]   (the single-write columns to run)
 //                          [--rtt default,latency,sync,inline,inline-sync,reaction,native]  (the round-trip modes)
 //                          [--ops N]   (single writes per trial; default 1 GiB / size, at most 200,000)
 //
@@ -78,10 +80,11 @@ if (!Number.isInteger(POSTS) || POSTS < 1 || POSTS > WINDOW) {
   console.error(`--posts: an integer in 1..${WINDOW} (the window), got ${opt('--posts', '4')}`);
   process.exit(2);
 }
+const SINGLE_COLS = ['sdk', 'batch', 'prepared', 'lane', 'mapped', 'into', 'batch-to-raw'];
 const singleCols = new Set(opt('--single', 'sdk,batch,prepared,lane,mapped').split(','));
 for (const c of singleCols)
-  if (!['sdk', 'batch', 'prepared', 'lane', 'mapped'].includes(c)) {
-    console.error(`--single: unknown column ${JSON.stringify(c)} (sdk, batch, prepared, lane, mapped)`);
+  if (!SINGLE_COLS.includes(c)) {
+    console.error(`--single: unknown column ${JSON.stringify(c)} (${SINGLE_COLS.join(', ')})`);
     process.exit(2);
   }
 
@@ -111,17 +114,27 @@ interface Row {
   lane?: number;
   mapped?: number;
   /**
-   * Paged writes: the raw program's initiator writing into the SDK's target engine (the same
-   * writes): with the raw column, which side of the pair the SDK's gap is on.
+   * The raw program's initiator writing into the SDK's target engine (the same writes): with the
+   * raw column, which side of the pair the SDK's gap is on. Paged rows always; single writes with
+   * `--single into`.
    */
   rawIntoSdk?: number;
-  /** Paged writes: the SDK's initiator writing into the raw program's target: the initiator side alone. */
+  /**
+   * The SDK's initiator writing into the raw program's target: the initiator side alone. Paged rows
+   * always (submitPagedWrites); single writes with `--single batch-to-raw` (submitBatch).
+   */
   sdkIntoRaw?: number;
   /**
    * Each trial's SDK column over the raw program's run of the same trial (SDK and raw alternate),
    * by column: how far the trials spread, which the medians hide.
    */
-  paired?: { sdk?: number[]; batch?: number[]; prepared?: number[] };
+  paired?: {
+    sdk?: number[];
+    batch?: number[];
+    prepared?: number[];
+    rawIntoSdk?: number[];
+    sdkIntoRaw?: number[];
+  };
 }
 
 /**
@@ -206,14 +219,19 @@ async function sdkSingle(
   size: number,
   ops: number,
   how: 'single' | 'lane' | 'batch' | 'prepared' = 'single',
+  /** Whose target: the SDK's engine in a child process, or the raw program's (`rma_raw … target`). */
+  into: 'sdk' | 'raw' = 'sdk',
 ): Promise<number> {
   const engine = await initiator(provider, how === 'lane');
   const region = Math.max(size, 64 << 20);
-  const t = await startTarget(provider, region);
+  const t =
+    into === 'raw'
+      ? await rawTarget(providerName(provider), engine.kind, region, ops)
+      : await startTarget(provider, region);
   const src = await engine.registerMemory(region);
   src.buffer!.fill(7);
   const slots = Math.floor(region / size);
-  const arrived = t.expect(ops);
+  const arrived = 'expect' in t ? t.expect(ops) : t.arrived;
   const request = (i: number) => {
     const at = (i % slots) * size;
     return { src, srcOffset: at, length: size, dst: t.dst, dstOffset: at, imm: 1, shards: 1 };
@@ -326,9 +344,17 @@ async function sdkPaged(provider: Provider, page: number, perCall: number, calls
  * The raw program's initiator (`rma_raw … into`) writing the paged test's writes into an SDK target
  * engine: the target side of the SDK alone. Returns the seconds the writes took.
  */
-async function rawIntoSdk(provider: Provider, prov: string, page: number, perCall: number, calls: number) {
+async function rawIntoSdk(
+  provider: Provider,
+  prov: string,
+  page: number,
+  perCall: number,
+  calls: number,
+  window = 1024,
+  ops = perCall * calls,
+) {
   const t = await startTarget(provider, page * perCall);
-  const arrived = t.expect(perCall * calls);
+  const arrived = t.expect(ops);
   const r = rawRun([
     prov,
     'into',
@@ -336,7 +362,8 @@ async function rawIntoSdk(provider: Provider, prov: string, page: number, perCal
     String(page),
     String(perCall),
     String(calls),
-    '1024',
+    String(window),
+    String(ops),
   ]);
   await arrived;
   await t.stop();
@@ -348,24 +375,41 @@ async function rawIntoSdk(provider: Provider, prov: string, page: number, perCal
  * target`): the initiator side of the SDK alone. Returns the seconds the writes took.
  */
 async function sdkIntoRaw(provider: Provider, prov: string, page: number, perCall: number, calls: number) {
-  const child = spawn(raw, [prov, 'target', String(page * perCall), String(perCall * calls)], {
+  const engine = await initiator(provider);
+  const t = await rawTarget(prov, engine.kind, page * perCall, perCall * calls);
+  const src = await engine.registerMemory(page * perCall);
+  src.buffer!.fill(7);
+  const s = await pagedCalls(engine, src, t.dst, page, perCall, calls);
+  await t.arrived;
+  await src.unregister();
+  await engine.close();
+  await t.stop();
+  return s;
+}
+
+/**
+ * The raw program's target (`rma_raw <prov> target <region> <want>`) as an engine of `kind` writes
+ * to it: its region's `MrDesc`, a promise that resolves once it counted `want` arrivals (and
+ * throws if it counted another number), and its stop.
+ */
+async function rawTarget(prov: string, kind: string, region: number, want: number) {
+  const child = spawn(raw, [prov, 'target', String(region), String(want)], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   const t = JSON.parse((await lines.next()).value as string) as RawTarget;
-  const engine = await initiator(provider);
-  const dst = rawTargetDesc(engine.kind, t, page * perCall);
-  const src = await engine.registerMemory(page * perCall);
-  src.buffer!.fill(7);
-  const s = await pagedCalls(engine, src, dst, page, perCall, calls);
-  const done = JSON.parse((await lines.next()).value as string) as { arrivals: number };
-  if (done.arrivals !== perCall * calls)
-    throw new Error(`rma_raw target counted ${done.arrivals} arrivals, expected ${perCall * calls}`);
-  await src.unregister();
-  await engine.close();
-  child.stdin!.end();
-  await new Promise((r) => child.on('exit', r));
-  return s;
+  return {
+    dst: rawTargetDesc(kind, t, region),
+    arrived: lines.next().then((l) => {
+      const done = JSON.parse(l.value as string) as { arrivals: number };
+      if (done.arrivals !== want)
+        throw new Error(`rma_raw target counted ${done.arrivals} arrivals, expected ${want}`);
+    }),
+    async stop() {
+      child.stdin!.end();
+      await new Promise((r) => child.on('exit', r));
+    },
+  };
 }
 
 function rawRun<T = { ops: number; bytes: number; seconds: number }>(argv: string[]): T {
@@ -503,8 +547,11 @@ for (const provider of providers) {
     const batchT: number[] = [];
     const preparedT: number[] = [];
     const cpuT = { sdk: [] as number[], batch: [] as number[], prepared: [] as number[] };
-    const gbps = async (how: 'single' | 'lane' | 'batch' | 'prepared') =>
-      (ops * size) / (await sdkSingle(provider, size, ops, how)) / 1e9;
+    const intoT: number[] = [];
+    const fromT: number[] = [];
+    const gbps = async (how: 'single' | 'lane' | 'batch' | 'prepared', into: 'sdk' | 'raw' = 'sdk') =>
+      (ops * size) / (await sdkSingle(provider, size, ops, how, into)) / 1e9;
+    const slots = Math.floor(Math.max(size, 64 << 20) / size);
     for (let t = 0; t < trials; t++) {
       if (singleCols.has('sdk')) {
         sdkT.push(await gbps('single'));
@@ -520,6 +567,11 @@ for (const provider of providers) {
       }
       const r = rawRun([prov, 'single', String(size), String(ops), String(WINDOW)]);
       rawT.push(r.bytes / r.seconds / 1e9);
+      // The same writes (`slots` of `size` over the 64 MiB region, cycling) from the raw initiator
+      // into the SDK's target, and from the SDK's submitBatch into the raw target.
+      if (singleCols.has('into'))
+        intoT.push((ops * size) / (await rawIntoSdk(provider, prov, size, slots, 1, WINDOW, ops)) / 1e9);
+      if (singleCols.has('batch-to-raw')) fromT.push(await gbps('batch', 'raw'));
       if (singleCols.has('lane')) laneT.push(await gbps('lane'));
       if (singleCols.has('mapped')) {
         const m = JSON.parse(
@@ -542,7 +594,15 @@ for (const provider of providers) {
       cpu: { sdk: med(cpuT.sdk), batch: med(cpuT.batch), prepared: med(cpuT.prepared) },
       lane: med(laneT),
       mapped: med(mappedT),
-      paired: { sdk: paired(sdkT, rawT), batch: paired(batchT, rawT), prepared: paired(preparedT, rawT) },
+      rawIntoSdk: med(intoT),
+      sdkIntoRaw: med(fromT),
+      paired: {
+        sdk: paired(sdkT, rawT),
+        batch: paired(batchT, rawT),
+        prepared: paired(preparedT, rawT),
+        rawIntoSdk: paired(intoT, rawT),
+        sdkIntoRaw: paired(fromT, rawT),
+      },
     });
     process.stderr.write('.');
   }
@@ -569,7 +629,7 @@ for (const provider of providers) {
       unit: 'Mops/s',
       rawIntoSdk: median(intoT),
       sdkIntoRaw: median(fromT),
-      paired: { sdk: paired(sdkT, rawT) },
+      paired: { sdk: paired(sdkT, rawT), rawIntoSdk: paired(intoT, rawT), sdkIntoRaw: paired(fromT, rawT) },
     });
     process.stderr.write('.');
   }
@@ -644,21 +704,21 @@ console.log(
 console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const t of table) console.log(line(t));
-if (rows.some((r) => r.rawIntoSdk !== undefined)) {
+if (rows.some((r) => r.rawIntoSdk !== undefined || r.sdkIntoRaw !== undefined)) {
   console.log('');
   console.log(
-    "Paged writes, which side of the pair the gap is on: the raw program's initiator into the SDK's target engine, and the SDK's initiator into the raw program's target (median of the same trials):",
+    "Which side of the pair the gap is on: the raw program's initiator into the SDK's target engine, and the SDK's initiator into the raw program's target (median of the same trials; single writes: the SDK's initiator through submitBatch):",
   );
   console.log(
-    '| provider | size | raw C → raw C | raw C → SDK target | / raw | SDK → raw C target | / raw | SDK → SDK target | / raw |',
+    '| provider | test | size | raw C → raw C | raw C → SDK target | / raw | SDK → raw C target | / raw | SDK → SDK target | / raw |',
   );
-  console.log('|---|---|---|---|---|---|---|---|---|');
+  console.log('|---|---|---|---|---|---|---|---|---|---|');
   const cell = (x: number | undefined, r: Row) =>
-    x === undefined ? '– | –' : `${x.toFixed(3)} ${r.unit} | ${(x / r.raw).toFixed(2)}x`;
+    x === undefined || Number.isNaN(x) ? '– | –' : `${x.toFixed(3)} ${r.unit} | ${(x / r.raw).toFixed(2)}x`;
   for (const r of rows)
-    if (r.rawIntoSdk !== undefined)
+    if (r.rawIntoSdk !== undefined || r.sdkIntoRaw !== undefined)
       console.log(
-        `| ${r.provider} | ${fmtSize(r.size)} | ${r.raw.toFixed(3)} ${r.unit} | ${cell(r.rawIntoSdk, r)} | ${cell(r.sdkIntoRaw, r)} | ${cell(r.sdk, r)} |`,
+        `| ${r.provider} | ${r.test} | ${fmtSize(r.size)} | ${r.raw.toFixed(3)} ${r.unit} | ${cell(r.rawIntoSdk, r)} | ${cell(r.sdkIntoRaw, r)} | ${cell(r.test === 'single write' ? r.batch : r.sdk, r)} |`,
       );
 }
 if (rows.some((r) => r.cpu)) {
@@ -680,8 +740,10 @@ if (trials > 1 && rows.some((r) => r.paired)) {
   console.log(
     "Each trial's ratio to the raw program's run of the same trial (the two alternate), lowest to highest:",
   );
-  console.log('| provider | test | size | SDK | SDK, submitBatch | SDK, prepared |');
-  console.log('|---|---|---|---|---|---|');
+  console.log(
+    '| provider | test | size | SDK | SDK, submitBatch | SDK, prepared | raw C → SDK target | SDK → raw C target |',
+  );
+  console.log('|---|---|---|---|---|---|---|---|');
   const spread = (xs: number[] | undefined) =>
     xs?.length
       ? [...xs]
@@ -692,7 +754,7 @@ if (trials > 1 && rows.some((r) => r.paired)) {
   for (const r of rows)
     if (r.paired)
       console.log(
-        `| ${r.provider} | ${r.test} | ${fmtSize(r.size)} | ${spread(r.paired.sdk)} | ${spread(r.paired.batch)} | ${spread(r.paired.prepared)} |`,
+        `| ${r.provider} | ${r.test} | ${fmtSize(r.size)} | ${spread(r.paired.sdk)} | ${spread(r.paired.batch)} | ${spread(r.paired.prepared)} | ${spread(r.paired.rawIntoSdk)} | ${spread(r.paired.sdkIntoRaw)} |`,
       );
 }
 if (latency.length) {
