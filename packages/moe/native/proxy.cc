@@ -248,8 +248,10 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
         return false;
       }
       if (Clock::now() > deadline) {
+        // This round's share of the cumulative counts: what earlier rounds took is not owed now.
+        const uint64_t before = std::min(consumed_[slot].load() - base_[slot], std::min(have, n));
         *fail = {"TIMEOUT", std::string("timed out after ") + std::to_string(cfg_.timeout_ms) + " ms waiting for " + what +
-                                " (" + std::to_string(have) + " of " + std::to_string(n) + " arrivals)"};
+                                " (" + std::to_string(have - before) + " of " + std::to_string(n - before) + " arrivals)"};
         return false;
       }
       seen = port_->wait(port_->self, seen, 1000);

@@ -116,7 +116,7 @@ export class EtcdRendezvous implements Rendezvous {
    */
   private bounded<T>(
     op: string,
-    what: string,
+    what: string | (() => string),
     timeoutMs: number | undefined,
     work: Promise<T>,
     code: 'TIMEOUT' | 'PEER_LOST' = 'TIMEOUT',
@@ -134,7 +134,13 @@ export class EtcdRendezvous implements Rendezvous {
         timeoutMs === undefined
           ? undefined
           : setTimeout(
-              () => done(new TrellisError(code, `EtcdRendezvous.${op}: ${what} within ${timeoutMs} ms`)),
+              () =>
+                done(
+                  new TrellisError(
+                    code,
+                    `EtcdRendezvous.${op}: ${typeof what === 'string' ? what : what()} within ${timeoutMs} ms`,
+                  ),
+                ),
               timeoutMs,
             );
       this.pending.add(done);
@@ -163,7 +169,7 @@ export class EtcdRendezvous implements Rendezvous {
    */
   private async watched<T>(
     op: string,
-    what: string,
+    what: string | (() => string),
     timeoutMs: number | undefined,
     open: () => Promise<Watcher>,
     body: (w: Watcher) => Promise<T>,
@@ -206,14 +212,27 @@ export class EtcdRendezvous implements Rendezvous {
     opts ??= {};
     checkTimeoutMs('EtcdRendezvous.get', opts.timeoutMs);
     this.throwIfClosed('get');
-    // Watch first, then read: a put between the two is seen by one or the other.
+    if (opts.timeoutMs === 0) {
+      // Look once: the value if it is there now, else TIMEOUT (no race with a 0 ms timer).
+      const now = await this.answered(`get('${key}')`, this.client.get(k).string());
+      if (now === null)
+        throw new TrellisError(
+          'TIMEOUT',
+          `EtcdRendezvous.get('${key}'): not published (timeoutMs 0: looked once)`,
+        );
+      return now;
+    }
+    // Watch first, then read: a put between the two is seen by one or the other. A timeout says
+    // which it was: the key not there yet, or etcd not answering the read.
+    let read = false;
     return this.watched(
       `get('${key}')`,
-      'nothing',
+      () => (read ? 'not published' : 'etcd did not answer'),
       opts.timeoutMs,
       () => this.client.watch().key(k).create(),
       async (w) => {
         const now = await this.client.get(k).string();
+        read = true;
         if (now !== null) return now;
         return await new Promise<string>((resolve) => w.on('put', (kv) => resolve(kv.value.toString())));
       },
@@ -234,13 +253,15 @@ export class EtcdRendezvous implements Rendezvous {
     const round = (this.rounds.get(name) ?? 0) + 1;
     this.rounds.set(name, round);
     const p = this.k(`__barrier/${name}/${round}/`);
+    let entered = false;
     await this.watched(
       `barrier('${name}')`,
-      `not all ${size} members`,
+      () => (entered ? `not all ${size} members` : "etcd did not answer this member's entry"),
       opts.timeoutMs,
       () => this.client.watch().prefix(p).create(),
       async (w) => {
         await this.client.put(p + randomUUID()).value('1');
+        entered = true;
         const count = async () => (await this.client.getAll().prefix(p).keys()).length;
         if ((await count()) >= size) return;
         await new Promise<void>((resolve) => {
@@ -315,8 +336,15 @@ export class EtcdRendezvous implements Rendezvous {
     if (this.closed) return;
     this.closed = true;
     for (const reject of [...this.pending]) reject(new TrellisError('CLOSED', 'EtcdRendezvous: closed'));
-    for (const w of this.watchers) await w.cancel().catch(() => {});
-    for (const l of this.leases) await l.revoke().catch(() => {});
+    // Watches cancelled and leases revoked (members leave at once rather than at their lease's
+    // expiry) — as far as etcd answers within connect's timeoutMs: close() does not wait longer.
+    const tidy = Promise.allSettled([
+      ...[...this.watchers].map((w) => w.cancel()),
+      ...this.leases.map((l) => l.revoke()),
+    ]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([tidy, new Promise((r) => (timer = setTimeout(r, this.answerMs)))]);
+    clearTimeout(timer);
     this.client.close();
   }
 }

@@ -29,7 +29,8 @@ interface Req {
   watch?: number;
   /** auth: the shared secret. */
   token?: string;
-  timeoutMs?: number;
+  /** get: answer at once, `absent: true` when the key is not there (a get with `timeoutMs: 0`). */
+  nowait?: boolean;
 }
 
 /** The store's server: keys, waiters, counters and groups, in memory. */
@@ -112,6 +113,7 @@ class StoreServer {
         case 'get': {
           const v = this.data.get(r.key!);
           if (v !== undefined) reply({ id: r.id, ok: true, value: v });
+          else if (r.nowait) reply({ id: r.id, ok: true, absent: true });
           else {
             const list = this.waiters.get(r.key!) ?? [];
             list.push((value) => reply({ id: r.id, ok: true, value }));
@@ -208,6 +210,8 @@ export class TcpStore implements Rendezvous {
 
   private constructor(
     private readonly sock: Socket,
+    /** How long a request that does not wait for others (set, add, join, auth) waits for the store's answer. */
+    private readonly answerMs: number,
     private readonly server?: StoreServer,
   ) {
     readLines(sock, (line) => {
@@ -275,14 +279,16 @@ export class TcpStore implements Rendezvous {
     const store = new StoreServer(server, opts.token === undefined ? undefined : sha256(opts.token));
     const port = (server.address() as { port: number }).port;
     const sock = await dial('127.0.0.1', port, 5000);
-    const s = new TcpStore(sock, store);
-    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.serve');
+    const s = new TcpStore(sock, 30_000, store);
+    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.serve', 10_000);
     return s;
   }
 
   /**
    * Connect to a store hosted elsewhere, retrying until `timeoutMs` (default 30 s) while it
-   * starts. Pass the store's `token` if it has one; a wrong one fails with `REMOTE_ACCESS`.
+   * starts. Pass the store's `token` if it has one (checked within the same `timeoutMs`); a wrong
+   * one fails with `REMOTE_ACCESS`. Later, a `set` or `join` the store does not answer within
+   * `timeoutMs` fails `PEER_LOST` (the store may still apply it once it answers again).
    */
   static async connect(opts: {
     host: string;
@@ -301,14 +307,18 @@ export class TcpStore implements Rendezvous {
         `TcpStore.connect: port must be an integer in 1..65535, got ${opts.port}`,
       );
     checkTimeoutMs('TcpStore.connect', opts.timeoutMs);
-    const s = new TcpStore(await dial(opts.host, opts.port, opts.timeoutMs ?? 30_000));
-    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.connect');
+    const limit = opts.timeoutMs ?? 30_000;
+    const deadline = Date.now() + limit;
+    const s = new TcpStore(await dial(opts.host, opts.port, limit), Math.max(limit, 1));
+    // The token's check is part of connecting: it has what is left of timeoutMs.
+    if (opts.token !== undefined)
+      await s.auth(opts.token, 'TcpStore.connect', Math.max(deadline - Date.now(), 1));
     return s;
   }
 
-  private async auth(token: string, op: string): Promise<void> {
+  private async auth(token: string, op: string, timeoutMs: number): Promise<void> {
     try {
-      await this.request({ op: 'auth', key: '', token }, 10_000);
+      await this.request({ op: 'auth', key: '', token }, timeoutMs);
     } catch (e) {
       await this.close();
       const err = e as TrellisError;
@@ -321,7 +331,16 @@ export class TcpStore implements Rendezvous {
     return this.server ? (this.server.server.address() as { port: number }).port : undefined;
   }
 
-  private request(r: Omit<Req, 'id'>, timeoutMs?: number): Promise<Record<string, unknown>> {
+  /**
+   * Send `r`; with `timeoutMs`, reject `TIMEOUT` if no answer comes by then. `answered`: a request
+   * the store answers at once (set, add, join): bounded by connect's `timeoutMs` as well, past which
+   * the store is taken as not answering (`PEER_LOST`).
+   */
+  private request(
+    r: Omit<Req, 'id'>,
+    timeoutMs?: number,
+    answered = false,
+  ): Promise<Record<string, unknown>> {
     if (this.closed) return Promise.reject(new TrellisError('CLOSED', 'TcpStore: closed'));
     if (this.lost)
       return Promise.reject(
@@ -331,16 +350,23 @@ export class TcpStore implements Rendezvous {
         ),
       );
     const id = this.nextId++;
+    const ownFirst = timeoutMs !== undefined && (!answered || timeoutMs < this.answerMs);
+    const limit = ownFirst ? timeoutMs : answered ? this.answerMs : undefined;
     return new Promise((resolve, reject) => {
       const timer =
-        timeoutMs === undefined
+        limit === undefined
           ? undefined
           : setTimeout(() => {
               this.pending.delete(id);
               reject(
-                new TrellisError('TIMEOUT', `TcpStore.${r.op}('${r.key}'): nothing within ${timeoutMs} ms`),
+                ownFirst
+                  ? new TrellisError('TIMEOUT', `TcpStore.${r.op}('${r.key}'): nothing within ${limit} ms`)
+                  : new TrellisError(
+                      'PEER_LOST',
+                      `TcpStore.${r.op}('${r.key}'): the store did not answer within ${limit} ms (connect's timeoutMs); it may still apply the request`,
+                    ),
               );
-            }, timeoutMs);
+            }, limit);
       this.pending.set(id, {
         resolve: (m) => {
           if (timer) clearTimeout(timer);
@@ -358,7 +384,7 @@ export class TcpStore implements Rendezvous {
   async set(key: string, value: string): Promise<void> {
     checkKey(key);
     checkValue('TcpStore.set', value);
-    await this.request({ op: 'set', key, value });
+    await this.request({ op: 'set', key, value }, undefined, true);
   }
 
   async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
@@ -366,6 +392,13 @@ export class TcpStore implements Rendezvous {
     checkOptionalOptions('TcpStore.get', opts, '{timeoutMs?}');
     opts ??= {};
     checkTimeoutMs('TcpStore.get', opts.timeoutMs);
+    if (opts.timeoutMs === 0) {
+      // Look once: the value if it is there now, else TIMEOUT (no race with a 0 ms timer).
+      const m = await this.request({ op: 'get', key, nowait: true }, undefined, true);
+      if (m.absent === true)
+        throw new TrellisError('TIMEOUT', `TcpStore.get('${key}'): not published (timeoutMs 0: looked once)`);
+      return m.value as string;
+    }
     return (await this.request({ op: 'get', key }, opts.timeoutMs)).value as string;
   }
 
@@ -388,17 +421,25 @@ export class TcpStore implements Rendezvous {
     // member's wait, so a host that closes as soon as its own barrier released still answers them.
     const done = this.request({ op: 'get', key: `${key}/done` }, opts.timeoutMs);
     done.catch(() => {});
-    let n = 0;
+    // The entry and the release share the barrier's deadline.
+    const end = opts.timeoutMs === undefined ? undefined : Date.now() + opts.timeoutMs;
+    const left = () => (end === undefined ? undefined : Math.max(end - Date.now(), 0));
+    let n: number | undefined;
     try {
-      n = Number((await this.request({ op: 'add', key, delta: 1 })).value);
-      if (n === size) await this.set(`${key}/done`, '1');
+      n = Number((await this.request({ op: 'add', key, delta: 1 }, left(), true)).value);
+      if (n === size) await this.request({ op: 'set', key: `${key}/done`, value: '1' }, left(), true);
       await done;
     } catch (e) {
       // Say which barrier, not the internal key it waits on.
       if (e instanceof TrellisError && e.code === 'TIMEOUT')
         throw new TrellisError(
           'TIMEOUT',
-          `TcpStore.barrier('${name}'): round ${round} not complete within ${opts.timeoutMs} ms (${n} of ${size} had entered when this one did)`,
+          `TcpStore.barrier('${name}'): round ${round} not complete within ${opts.timeoutMs} ms (${n === undefined ? "the store had not answered this member's entry" : `${n} of ${size} had entered when this one did`})`,
+        );
+      if (e instanceof TrellisError && e.code === 'PEER_LOST' && e.message.includes('did not answer'))
+        throw new TrellisError(
+          'PEER_LOST',
+          `TcpStore.barrier('${name}'): ${e.message.replace(/^TcpStore\.\w+\('[^']*'\): /, '')}`,
         );
       throw e;
     }
@@ -412,7 +453,7 @@ export class TcpStore implements Rendezvous {
   ): Promise<() => void> {
     checkKey(group);
     checkJoin('TcpStore.join', member, value, onChange);
-    await this.request({ op: 'join', key: group, member, value });
+    await this.request({ op: 'join', key: group, member, value }, undefined, true);
     if (!onChange) return () => {};
     // The watch's request id names its events; listen before asking so none is missed.
     const id = this.nextId;
@@ -421,7 +462,7 @@ export class TcpStore implements Rendezvous {
       current = m;
       onChange(m);
     });
-    const r = await this.request({ op: 'watch', key: group });
+    const r = await this.request({ op: 'watch', key: group }, undefined, true);
     if (current === undefined) onChange(r.members as Record<string, string>);
     return () => {
       this.events.delete(id);
@@ -430,12 +471,16 @@ export class TcpStore implements Rendezvous {
   }
 
   /**
-   * Close this client (later requests reject `CLOSED`). On the hosting side this also ends the
+   * Close this client (pending and later requests reject `CLOSED`). On the hosting side this also ends the
    * store: every other client's pending and later requests fail `PEER_LOST`.
    */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Pending requests settle CLOSED now, not PEER_LOST when the connection then goes.
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) p.reject(new TrellisError('CLOSED', 'TcpStore: closed'));
     this.sock.end();
     this.sock.destroy();
     // The host's close ends the store: every client's pending and later requests fail PEER_LOST.

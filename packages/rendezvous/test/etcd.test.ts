@@ -81,7 +81,12 @@ describe('EtcdRendezvous on a real etcd', () => {
     await a.set('addr/1', 'replaced');
     expect(await b.get('addr/1')).toBe('replaced');
     expect(await outcome(a.get('nobody', { timeoutMs: 100 }))).toBe(
-      "TIMEOUT: EtcdRendezvous.get('nobody'): nothing within 100 ms",
+      "TIMEOUT: EtcdRendezvous.get('nobody'): not published within 100 ms",
+    );
+    // timeoutMs 0 looks once: the value when it is there, TIMEOUT when not.
+    expect(await a.get('addr/1', { timeoutMs: 0 })).toBe('replaced');
+    expect(await outcome(a.get('nobody', { timeoutMs: 0 }))).toBe(
+      "TIMEOUT: EtcdRendezvous.get('nobody'): not published (timeoutMs 0: looked once)",
     );
   });
 
@@ -171,12 +176,16 @@ describe('EtcdRendezvous on a real etcd', () => {
         outcome(c.join('g', 'm', 'v', () => {})),
       ]);
       expect(got).toEqual([
-        "TIMEOUT: EtcdRendezvous.get('k'): nothing within 300 ms",
-        "TIMEOUT: EtcdRendezvous.barrier('b'): not all 2 members within 300 ms",
+        "TIMEOUT: EtcdRendezvous.get('k'): etcd did not answer within 300 ms",
+        "TIMEOUT: EtcdRendezvous.barrier('b'): etcd did not answer this member's entry within 300 ms",
         "PEER_LOST: EtcdRendezvous.set('k'): etcd did not answer (connect's timeoutMs) within 400 ms",
         "PEER_LOST: EtcdRendezvous.join('g'): etcd did not answer (connect's timeoutMs) within 400 ms",
       ]);
       expect(Date.now() - t0).toBeLessThan(5000);
+      // close() does not wait on an etcd that does not answer past connect's timeoutMs.
+      const t1 = Date.now();
+      await c.close();
+      expect(Date.now() - t1).toBeLessThan(3000);
     } finally {
       etcd.kill('SIGCONT');
     }

@@ -168,6 +168,56 @@ describe('TcpStore', () => {
     );
   });
 
+  it('a host that stops answering (SIGSTOP): every call settles by its deadline; close() settles pending calls CLOSED; timeoutMs 0 looks once', async () => {
+    const dist = new URL('../dist/index.js', import.meta.url).href;
+    const child = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { TcpStore } from '${dist}';
+         const s = await TcpStore.serve({ host: '127.0.0.1', token: 'tk' });
+         await s.set('there', 'v');
+         console.log(s.port);
+         setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      const port = Number(await new Promise<string>((r) => child.stdout!.once('data', (d) => r(String(d)))));
+      const c = await TcpStore.connect({ host: '127.0.0.1', port, token: 'tk', timeoutMs: 400 });
+      open.push(c);
+      expect(await c.get('there', { timeoutMs: 0 })).toBe('v');
+      expect(await outcome(c.get('absent', { timeoutMs: 0 }))).toBe(
+        "TIMEOUT: TcpStore.get('absent'): not published (timeoutMs 0: looked once)",
+      );
+      child.kill('SIGSTOP');
+      const t0 = Date.now();
+      expect(
+        await Promise.all([
+          outcome(c.get('k', { timeoutMs: 200 })),
+          outcome(c.barrier('b', 2, { timeoutMs: 200 })),
+          outcome(c.set('k', 'v')),
+          outcome(c.join('g', 'm', 'v')),
+          outcome(TcpStore.connect({ host: '127.0.0.1', port, token: 'tk', timeoutMs: 300 })),
+        ]),
+      ).toEqual([
+        "TIMEOUT: TcpStore.get('k'): nothing within 200 ms",
+        "TIMEOUT: TcpStore.barrier('b'): round 1 not complete within 200 ms (the store had not answered this member's entry)",
+        "PEER_LOST: TcpStore.set('k'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
+        "PEER_LOST: TcpStore.join('g'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
+        "TIMEOUT: TcpStore.connect: authenticating to the store: TcpStore.auth(''): nothing within 300 ms",
+      ]);
+      expect(Date.now() - t0).toBeLessThan(3000);
+      // A call pending when the client closes settles CLOSED, not PEER_LOST.
+      const pending = outcome(c.get('never'));
+      await c.close();
+      expect(await pending).toBe('CLOSED: TcpStore: closed');
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   it('connecting to nothing fails with TIMEOUT and says where it looked', async () => {
     expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 1, timeoutMs: 200 }))).toMatch(
       /^TIMEOUT: TcpStore\.connect: no store at 127\.0\.0\.1:1 within 200 ms \(connect ECONNREFUSED/,
