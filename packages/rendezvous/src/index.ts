@@ -206,6 +206,8 @@ export class TcpStore implements Rendezvous {
   private closed = false;
   /** The connection to the store closed: later requests fail at once (nothing would answer them). */
   private lost = false;
+  /** Why the store turned this client away (a token it needs, or a wrong one): later requests fail so. */
+  private refused: string | undefined;
   private barriers = new Map<string, number>();
 
   private constructor(
@@ -233,16 +235,21 @@ export class TcpStore implements Rendezvous {
       }
       const p = this.pending.get(m.id as number);
       this.pending.delete(m.id as number);
-      if (m.ok === false)
-        p?.reject(
-          new TrellisError('REMOTE_ACCESS', `TcpStore: the store refused the request: ${String(m.error)}`),
-        );
-      else p?.resolve(m);
+      if (m.ok === false) {
+        const why = `TcpStore: the store refused the request: ${String(m.error)}`;
+        // A token refusal ends the connection (the store closes it): say so to every later request.
+        if (String(m.error).includes('token')) this.refused = why;
+        p?.reject(new TrellisError('REMOTE_ACCESS', why));
+      } else p?.resolve(m);
     });
     sock.on('close', () => {
       this.lost = true;
       for (const p of this.pending.values())
-        p.reject(new TrellisError('PEER_LOST', 'TcpStore: the connection to the store was lost'));
+        p.reject(
+          this.refused
+            ? new TrellisError('REMOTE_ACCESS', this.refused)
+            : new TrellisError('PEER_LOST', 'TcpStore: the connection to the store was lost'),
+        );
       this.pending.clear();
     });
     sock.on('error', () => {});
@@ -280,7 +287,7 @@ export class TcpStore implements Rendezvous {
     const port = (server.address() as { port: number }).port;
     const sock = await dial('127.0.0.1', port, 5000);
     const s = new TcpStore(sock, 30_000, store);
-    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.serve', 10_000);
+    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.serve', 10_000, 10_000);
     return s;
   }
 
@@ -312,17 +319,23 @@ export class TcpStore implements Rendezvous {
     const s = new TcpStore(await dial(opts.host, opts.port, limit), Math.max(limit, 1));
     // The token's check is part of connecting: it has what is left of timeoutMs.
     if (opts.token !== undefined)
-      await s.auth(opts.token, 'TcpStore.connect', Math.max(deadline - Date.now(), 1));
+      await s.auth(opts.token, 'TcpStore.connect', Math.max(deadline - Date.now(), 1), limit);
     return s;
   }
 
-  private async auth(token: string, op: string, timeoutMs: number): Promise<void> {
+  /** Present the token; `timeoutMs` is what is left of `limitMs`, the caller's whole deadline. */
+  private async auth(token: string, op: string, timeoutMs: number, limitMs: number): Promise<void> {
     try {
       await this.request({ op: 'auth', key: '', token }, timeoutMs);
     } catch (e) {
       await this.close();
       const err = e as TrellisError;
-      throw new TrellisError(err.code ?? 'INTERNAL', `${op}: authenticating to the store: ${err.message}`);
+      throw new TrellisError(
+        err.code ?? 'INTERNAL',
+        err.code === 'TIMEOUT'
+          ? `${op}: the store did not answer the token's check within ${limitMs} ms`
+          : `${op}: authenticating to the store: ${err.message}`,
+      );
     }
   }
 
@@ -342,6 +355,7 @@ export class TcpStore implements Rendezvous {
     answered = false,
   ): Promise<Record<string, unknown>> {
     if (this.closed) return Promise.reject(new TrellisError('CLOSED', 'TcpStore: closed'));
+    if (this.refused) return Promise.reject(new TrellisError('REMOTE_ACCESS', this.refused));
     if (this.lost)
       return Promise.reject(
         new TrellisError(

@@ -206,7 +206,7 @@ describe('TcpStore', () => {
         "TIMEOUT: TcpStore.barrier('b'): round 1 not complete within 200 ms (the store had not answered this member's entry)",
         "PEER_LOST: TcpStore.set('k'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "PEER_LOST: TcpStore.join('g'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
-        "TIMEOUT: TcpStore.connect: authenticating to the store: TcpStore.auth(''): nothing within 300 ms",
+        "TIMEOUT: TcpStore.connect: the store did not answer the token's check within 300 ms",
       ]);
       expect(Date.now() - t0).toBeLessThan(3000);
       // A call pending when the client closes settles CLOSED, not PEER_LOST.
@@ -240,6 +240,10 @@ describe('TcpStore with a shared-secret token', () => {
     const none = await TcpStore.connect({ host: '127.0.0.1', port });
     open.push(none);
     expect(await outcome(none.get('addr/0', { timeoutMs: 2000 }))).toBe(
+      'REMOTE_ACCESS: TcpStore: the store refused the request: this store needs a token; connect with {token}',
+    );
+    // Turned away for good (the store ended the connection): later requests say why, not "lost".
+    expect(await outcome(none.set('addr/9', 'x'))).toBe(
       'REMOTE_ACCESS: TcpStore: the store refused the request: this store needs a token; connect with {token}',
     );
     // Nothing the refused clients sent reached the store.
