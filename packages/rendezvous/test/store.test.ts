@@ -178,13 +178,16 @@ describe('TcpStore', () => {
         `import { TcpStore } from '${dist}';
          const s = await TcpStore.serve({ host: '127.0.0.1', token: 'tk' });
          await s.set('there', 'v');
-         console.log(s.port);
+         process.stdout.write(s.port + '\\n');
          setInterval(() => {}, 1000);`,
       ],
       { stdio: ['ignore', 'pipe', 'inherit'] },
     );
     try {
-      const port = Number(await new Promise<string>((r) => child.stdout!.once('data', (d) => r(String(d)))));
+      // (A string, not console.log of a number: with FORCE_COLOR, as under nx, that is coloured.)
+      const port = Number(
+        await new Promise<string>((r) => child.stdout!.once('data', (d) => r(String(d).trim()))),
+      );
       const c = await TcpStore.connect({ host: '127.0.0.1', port, token: 'tk', timeoutMs: 400 });
       open.push(c);
       expect(await c.get('there', { timeoutMs: 0 })).toBe('v');
