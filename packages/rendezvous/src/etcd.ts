@@ -202,7 +202,6 @@ export class EtcdRendezvous implements Rendezvous {
 
   /** A call to etcd that must answer within connect's `timeoutMs` (else `PEER_LOST`). */
   private answered<T>(op: string, work: Promise<T>): Promise<T> {
-    work.catch(() => {});
     return this.bounded(op, `etcd did not answer (connect's timeoutMs)`, this.answerMs, work, 'PEER_LOST');
   }
 

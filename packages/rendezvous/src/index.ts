@@ -90,14 +90,19 @@ class StoreServer {
         authed ||= typeof r.token === 'string' && timingSafeEqual(sha256(r.token), this.tokenHash!);
         if (authed) reply({ id: r.id, ok: true });
         else {
-          reply({ id: r.id, ok: false, error: 'the token does not match the store' });
+          reply({ id: r.id, ok: false, error: 'the token does not match the store', closing: true });
           sock.end();
         }
         return;
       }
       if (!authed) {
         // A store with a token serves nothing to a client that has not presented it.
-        reply({ id: r.id, ok: false, error: 'this store needs a token; connect with {token}' });
+        reply({
+          id: r.id,
+          ok: false,
+          error: 'this store needs a token; connect with {token}',
+          closing: true,
+        });
         sock.end();
         return;
       }
@@ -237,8 +242,8 @@ export class TcpStore implements Rendezvous {
       this.pending.delete(m.id as number);
       if (m.ok === false) {
         const why = `TcpStore: the store refused the request: ${String(m.error)}`;
-        // A token refusal ends the connection (the store closes it): say so to every later request.
-        if (String(m.error).includes('token')) this.refused = why;
+        // A refusal that ends the connection (a token's): say so to every later request.
+        if (m.closing === true) this.refused = why;
         p?.reject(new TrellisError('REMOTE_ACCESS', why));
       } else p?.resolve(m);
     });
@@ -347,12 +352,13 @@ export class TcpStore implements Rendezvous {
   /**
    * Send `r`; with `timeoutMs`, reject `TIMEOUT` if no answer comes by then. `answered`: a request
    * the store answers at once (set, add, join): bounded by connect's `timeoutMs` as well, past which
-   * the store is taken as not answering (`PEER_LOST`).
+   * the store is taken as not answering (`PEER_LOST`). `label` names the call in those errors.
    */
   private request(
     r: Omit<Req, 'id'>,
     timeoutMs?: number,
     answered = false,
+    label = `${r.op}('${r.key}')`,
   ): Promise<Record<string, unknown>> {
     if (this.closed) return Promise.reject(new TrellisError('CLOSED', 'TcpStore: closed'));
     if (this.refused) return Promise.reject(new TrellisError('REMOTE_ACCESS', this.refused));
@@ -374,10 +380,10 @@ export class TcpStore implements Rendezvous {
               this.pending.delete(id);
               reject(
                 ownFirst
-                  ? new TrellisError('TIMEOUT', `TcpStore.${r.op}('${r.key}'): nothing within ${limit} ms`)
+                  ? new TrellisError('TIMEOUT', `TcpStore.${label}: nothing within ${limit} ms`)
                   : new TrellisError(
                       'PEER_LOST',
-                      `TcpStore.${r.op}('${r.key}'): the store did not answer within ${limit} ms (connect's timeoutMs); it may still apply the request`,
+                      `TcpStore.${label}: the store did not answer within ${limit} ms (connect's timeoutMs); it may still apply the request`,
                     ),
               );
             }, limit);
@@ -440,8 +446,9 @@ export class TcpStore implements Rendezvous {
     const left = () => (end === undefined ? undefined : Math.max(end - Date.now(), 0));
     let n: number | undefined;
     try {
-      n = Number((await this.request({ op: 'add', key, delta: 1 }, left(), true)).value);
-      if (n === size) await this.request({ op: 'set', key: `${key}/done`, value: '1' }, left(), true);
+      const label = `barrier('${name}')`;
+      n = Number((await this.request({ op: 'add', key, delta: 1 }, left(), true, label)).value);
+      if (n === size) await this.request({ op: 'set', key: `${key}/done`, value: '1' }, left(), true, label);
       await done;
     } catch (e) {
       // Say which barrier, not the internal key it waits on.
@@ -449,11 +456,6 @@ export class TcpStore implements Rendezvous {
         throw new TrellisError(
           'TIMEOUT',
           `TcpStore.barrier('${name}'): round ${round} not complete within ${opts.timeoutMs} ms (${n === undefined ? "the store had not answered this member's entry" : `${n} of ${size} had entered when this one did`})`,
-        );
-      if (e instanceof TrellisError && e.code === 'PEER_LOST' && e.message.includes('did not answer'))
-        throw new TrellisError(
-          'PEER_LOST',
-          `TcpStore.barrier('${name}'): ${e.message.replace(/^TcpStore\.\w+\('[^']*'\): /, '')}`,
         );
       throw e;
     }

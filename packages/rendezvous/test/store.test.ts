@@ -18,6 +18,18 @@ async function cluster(n: number) {
   return { host, clients };
 }
 
+/** A Node process that imports the built TcpStore and runs `body` (stdout piped, stderr shown). */
+function storeProcess(body: string) {
+  const dist = new URL('../dist/index.js', import.meta.url).href;
+  return spawn(
+    process.execPath,
+    ['--input-type=module', '-e', `import { TcpStore } from '${dist}';\n${body}`],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+}
+
 describe('TcpStore', () => {
   it('publishes and looks up; a get waits for the key; a missing key times out', async () => {
     const { host, clients } = await cluster(2);
@@ -47,22 +59,14 @@ describe('TcpStore', () => {
   });
 
   it('a host that closes as soon as its own barrier released still releases the other members (in other processes)', async () => {
-    const dist = new URL('../dist/index.js', import.meta.url).href;
     for (let trial = 0; trial < 5; trial++) {
       const host = await TcpStore.serve({ host: '127.0.0.1' });
       const kids = [0, 1].map(() =>
-        spawn(
-          process.execPath,
-          [
-            '--input-type=module',
-            '-e',
-            `import { TcpStore } from '${dist}';
-             const s = await TcpStore.connect({ host: '127.0.0.1', port: ${host.port} });
-             console.log('in');
-             try { await s.barrier('b', 3); console.log('released'); } catch (e) { console.log(e.code); }
-             process.exit(0);`,
-          ],
-          { stdio: ['ignore', 'pipe', 'inherit'] },
+        storeProcess(
+          `const s = await TcpStore.connect({ host: '127.0.0.1', port: ${host.port} });
+           console.log('in');
+           try { await s.barrier('b', 3); console.log('released'); } catch (e) { console.log(e.code); }
+           process.exit(0);`,
         ),
       );
       const last = kids.map(
@@ -88,18 +92,11 @@ describe('TcpStore', () => {
     await host.join('decode', 'd0', 'addr-d0', (m) => seen.push(m));
     await clients[0]!.join('decode', 'd1', 'addr-d1');
     // A member in another process, killed.
-    const child = spawn(
-      process.execPath,
-      [
-        '--input-type=module',
-        '-e',
-        `import { TcpStore } from '${new URL('../dist/index.js', import.meta.url).href}';
-         const s = await TcpStore.connect({ host: '127.0.0.1', port: ${host.port} });
-         await s.join('decode', 'd2', 'addr-d2');
-         console.log('joined');
-         setInterval(() => {}, 1000);`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+    const child = storeProcess(
+      `const s = await TcpStore.connect({ host: '127.0.0.1', port: ${host.port} });
+       await s.join('decode', 'd2', 'addr-d2');
+       console.log('joined');
+       setInterval(() => {}, 1000);`,
     );
     await new Promise<void>((r) => child.stdout!.once('data', () => r()));
     const has = (m: Record<string, string>) => Object.keys(m).sort().join(',');
@@ -169,19 +166,11 @@ describe('TcpStore', () => {
   });
 
   it('a host that stops answering (SIGSTOP): every call settles by its deadline; close() settles pending calls CLOSED; timeoutMs 0 looks once', async () => {
-    const dist = new URL('../dist/index.js', import.meta.url).href;
-    const child = spawn(
-      process.execPath,
-      [
-        '--input-type=module',
-        '-e',
-        `import { TcpStore } from '${dist}';
-         const s = await TcpStore.serve({ host: '127.0.0.1', token: 'tk' });
-         await s.set('there', 'v');
-         process.stdout.write(s.port + '\\n');
-         setInterval(() => {}, 1000);`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+    const child = storeProcess(
+      `const s = await TcpStore.serve({ host: '127.0.0.1', token: 'tk' });
+       await s.set('there', 'v');
+       process.stdout.write(s.port + '\\n');
+       setInterval(() => {}, 1000);`,
     );
     try {
       // (A string, not console.log of a number: with FORCE_COLOR, as under nx, that is coloured.)
