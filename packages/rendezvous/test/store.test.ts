@@ -189,6 +189,8 @@ describe('TcpStore', () => {
         await Promise.all([
           outcome(c.get('k', { timeoutMs: 200 })),
           outcome(c.barrier('b', 2, { timeoutMs: 200 })),
+          // No timeoutMs: the entry is still bounded by connect's timeoutMs.
+          outcome(c.barrier('b2', 2)),
           outcome(c.set('k', 'v')),
           outcome(c.join('g', 'm', 'v')),
           outcome(TcpStore.connect({ host: '127.0.0.1', port, token: 'tk', timeoutMs: 300 })),
@@ -196,6 +198,7 @@ describe('TcpStore', () => {
       ).toEqual([
         "TIMEOUT: TcpStore.get('k'): nothing within 200 ms",
         "TIMEOUT: TcpStore.barrier('b'): round 1 not complete within 200 ms (the store had not answered this member's entry)",
+        "PEER_LOST: TcpStore.barrier('b2'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "PEER_LOST: TcpStore.set('k'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "PEER_LOST: TcpStore.join('g'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "TIMEOUT: TcpStore.connect: the store did not answer the token's check within 300 ms",
