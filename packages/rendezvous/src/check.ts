@@ -15,6 +15,11 @@ export function checkOptionalOptions(op: string, opts: unknown, shape: string): 
   if (opts !== undefined) checkOptions(op, opts, shape);
 }
 
+/** A value as an error message shows it: a string quoted (`"0"` is not the number 0). */
+export function shown(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v) : String(v);
+}
+
 /** timeoutMs, where given, is a finite number >= 0. */
 export function checkTimeoutMs(op: string, timeoutMs: unknown): void {
   if (
@@ -23,7 +28,7 @@ export function checkTimeoutMs(op: string, timeoutMs: unknown): void {
   )
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `${op}: timeoutMs must be a finite number >= 0, got ${String(timeoutMs)}`,
+      `${op}: timeoutMs must be a finite number >= 0, got ${shown(timeoutMs)}`,
     );
 }
 

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import { Etcd3, type Lease, type Watcher } from 'etcd3';
-import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue } from './check.js';
+import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue, shown } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 /**
@@ -63,7 +63,7 @@ export class EtcdRendezvous implements Rendezvous {
     if (opts.leaseTtlS !== undefined && (!Number.isInteger(opts.leaseTtlS) || opts.leaseTtlS < 1))
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `EtcdRendezvous.connect: leaseTtlS must be an integer number of seconds >= 1, got ${String(opts.leaseTtlS)}`,
+        `EtcdRendezvous.connect: leaseTtlS must be an integer number of seconds >= 1, got ${shown(opts.leaseTtlS)}`,
       );
     if (
       opts.timeoutMs !== undefined &&
@@ -71,11 +71,20 @@ export class EtcdRendezvous implements Rendezvous {
     )
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `EtcdRendezvous.connect: timeoutMs must be a finite number > 0, got ${String(opts.timeoutMs)}`,
+        `EtcdRendezvous.connect: timeoutMs must be a finite number > 0, got ${shown(opts.timeoutMs)}`,
       );
-    const client = new Etcd3({ hosts: opts.hosts, dialTimeout: opts.timeoutMs ?? 10_000 });
+    const limit = opts.timeoutMs ?? 10_000;
+    const client = new Etcd3({ hosts: opts.hosts, dialTimeout: limit });
+    // dialTimeout bounds the connection only: an etcd that accepts it and then does not answer
+    // (stopped, overloaded) is bounded here.
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      await client.maintenance.status();
+      await Promise.race([
+        client.maintenance.status(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${limit} ms`)), limit);
+        }),
+      ]);
     } catch (e) {
       client.close();
       throw new TrellisError(
@@ -85,6 +94,8 @@ export class EtcdRendezvous implements Rendezvous {
           cause: e,
         },
       );
+    } finally {
+      clearTimeout(timer);
     }
     return new EtcdRendezvous(
       client,
@@ -212,8 +223,14 @@ export class EtcdRendezvous implements Rendezvous {
     checkTimeoutMs('EtcdRendezvous.get', opts.timeoutMs);
     this.throwIfClosed('get');
     if (opts.timeoutMs === 0) {
-      // Look once: the value if it is there now, else TIMEOUT (no race with a 0 ms timer).
-      const now = await this.answered(`get('${key}')`, this.client.get(k).string());
+      // Look once: the value if it is there now, else TIMEOUT (no race with a 0 ms timer). The look
+      // waits for etcd's answer up to connect's timeoutMs (TIMEOUT too: a read changes nothing).
+      const now = await this.bounded(
+        `get('${key}')`,
+        `timeoutMs 0 looks once, and etcd did not answer the look (connect's timeoutMs)`,
+        this.answerMs,
+        this.client.get(k).string(),
+      );
       if (now === null)
         throw new TrellisError(
           'TIMEOUT',
@@ -242,7 +259,7 @@ export class EtcdRendezvous implements Rendezvous {
     if (!Number.isInteger(size) || size < 1)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `EtcdRendezvous.barrier: size must be a positive integer, got ${size}`,
+        `EtcdRendezvous.barrier: size must be a positive integer, got ${shown(size)}`,
       );
     this.k(name);
     checkOptionalOptions('EtcdRendezvous.barrier', opts, '{timeoutMs?}');
@@ -257,9 +274,18 @@ export class EtcdRendezvous implements Rendezvous {
       `barrier('${name}')`,
       () => (entered ? `not all ${size} members` : "etcd did not answer this member's entry"),
       opts.timeoutMs,
-      () => this.client.watch().prefix(p).create(),
+      // Without a timeoutMs of its own, entering the round (the watch, the entry) is bounded by
+      // connect's, as a set is (PEER_LOST); waiting for the others is not.
+      () => {
+        const open = this.client.watch().prefix(p).create();
+        return opts.timeoutMs === undefined ? this.answered(`barrier('${name}')`, open) : open;
+      },
       async (w) => {
-        await this.client.put(p + randomUUID()).value('1');
+        const entry = this.client
+          .put(p + randomUUID())
+          .value('1')
+          .exec();
+        await (opts.timeoutMs === undefined ? this.answered(`barrier('${name}')`, entry) : entry);
         entered = true;
         const count = async () => (await this.client.getAll().prefix(p).keys()).length;
         if ((await count()) >= size) return;

@@ -13,7 +13,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { TrellisError } from '@trellis/core';
-import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue } from './check.js';
+import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue, shown } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 export type { Rendezvous } from './rendezvous.js';
@@ -274,7 +274,7 @@ export class TcpStore implements Rendezvous {
     if (opts.port !== undefined && (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535))
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `TcpStore.serve: port must be an integer in 0..65535, got ${opts.port}`,
+        `TcpStore.serve: port must be an integer in 0..65535, got ${shown(opts.port)}`,
       );
     const server = createServer();
     await new Promise<void>((resolve, reject) => {
@@ -316,12 +316,17 @@ export class TcpStore implements Rendezvous {
     if (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `TcpStore.connect: port must be an integer in 1..65535, got ${opts.port}`,
+        `TcpStore.connect: port must be an integer in 1..65535, got ${shown(opts.port)}`,
       );
     checkTimeoutMs('TcpStore.connect', opts.timeoutMs);
+    if (opts.timeoutMs === 0)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "TcpStore.connect: timeoutMs must be > 0 (it bounds connecting and each later set's or join's answer), got 0",
+      );
     const limit = opts.timeoutMs ?? 30_000;
     const deadline = Date.now() + limit;
-    const s = new TcpStore(await dial(opts.host, opts.port, limit), Math.max(limit, 1));
+    const s = new TcpStore(await dial(opts.host, opts.port, limit), limit);
     // The token's check is part of connecting: it has what is left of timeoutMs.
     if (opts.token !== undefined)
       await s.auth(opts.token, 'TcpStore.connect', Math.max(deadline - Date.now(), 1), limit);
@@ -413,8 +418,19 @@ export class TcpStore implements Rendezvous {
     opts ??= {};
     checkTimeoutMs('TcpStore.get', opts.timeoutMs);
     if (opts.timeoutMs === 0) {
-      // Look once: the value if it is there now, else TIMEOUT (no race with a 0 ms timer).
-      const m = await this.request({ op: 'get', key, nowait: true }, undefined, true);
+      // Look once: the value if it is there now, else TIMEOUT (no race with a 0 ms timer). The look
+      // waits for the store's answer up to connect's timeoutMs (TIMEOUT too: a read changes nothing).
+      let m: Record<string, unknown>;
+      try {
+        m = await this.request({ op: 'get', key, nowait: true }, this.answerMs);
+      } catch (e) {
+        if (e instanceof TrellisError && e.code === 'TIMEOUT')
+          throw new TrellisError(
+            'TIMEOUT',
+            `TcpStore.get('${key}'): timeoutMs 0 looks once, and the store did not answer the look within ${this.answerMs} ms (connect's timeoutMs)`,
+          );
+        throw e;
+      }
       if (m.absent === true)
         throw new TrellisError('TIMEOUT', `TcpStore.get('${key}'): not published (timeoutMs 0: looked once)`);
       return m.value as string;
@@ -427,7 +443,7 @@ export class TcpStore implements Rendezvous {
     if (!Number.isInteger(size) || size < 1)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `TcpStore.barrier: size must be a positive integer, got ${size}`,
+        `TcpStore.barrier: size must be a positive integer, got ${shown(size)}`,
       );
     checkOptionalOptions('TcpStore.barrier', opts, '{timeoutMs?}');
     opts ??= {};
@@ -526,21 +542,34 @@ async function dial(host: string, port: number, timeoutMs: number): Promise<Sock
   let last = '';
   while (Date.now() < end) {
     try {
+      // Each attempt within what is left: a host that drops the SYN does not hold it for minutes.
       return await new Promise<Socket>((resolve, reject) => {
+        const timer = setTimeout(
+          () => {
+            s.destroy();
+            reject(new Error('no answer to the connection'));
+          },
+          Math.max(end - Date.now(), 1),
+        );
         const s = tcpConnect({ host, port }, () => {
+          clearTimeout(timer);
           s.setNoDelay(true);
           resolve(s);
         });
-        s.once('error', reject);
+        s.once('error', (e) => {
+          clearTimeout(timer);
+          reject(e);
+        });
       });
     } catch (e) {
       last = e instanceof Error ? e.message : String(e);
-      await new Promise((r) => setTimeout(r, 100));
+      const left = end - Date.now();
+      if (left > 0) await new Promise((r) => setTimeout(r, Math.min(100, left)));
     }
   }
   throw new TrellisError(
     'TIMEOUT',
-    `TcpStore.connect: no store at ${host}:${port} within ${timeoutMs} ms (${last})`,
+    `TcpStore.connect: no store at ${host}:${port} within ${timeoutMs} ms${last ? ` (${last})` : ''}`,
   );
 }
 

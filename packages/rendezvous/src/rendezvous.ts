@@ -5,7 +5,11 @@
 export interface Rendezvous {
   /** Publish `value` under `key` (replacing any earlier value). */
   set(key: string, value: string): Promise<void>;
-  /** The value under `key`, waiting until someone publishes it (rejects `TIMEOUT`). */
+  /**
+   * The value under `key`, waiting until someone publishes it, at most `timeoutMs` (rejects
+   * `TIMEOUT`). `timeoutMs: 0` looks once: the value if it is there now, else `TIMEOUT`; the look
+   * waits for the store's answer up to `connect`'s `timeoutMs` (`TIMEOUT` past it).
+   */
   get(key: string, opts?: { timeoutMs?: number }): Promise<string>;
   /** Resolve once `size` members have entered barrier `name` (each member calls it once). */
   barrier(name: string, size: number, opts?: { timeoutMs?: number }): Promise<void>;

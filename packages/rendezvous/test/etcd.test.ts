@@ -174,12 +174,21 @@ describe('EtcdRendezvous on a real etcd', () => {
         outcome(a.barrier('b', 2, { timeoutMs: 300 })),
         outcome(c.set('k', 'v')),
         outcome(c.join('g', 'm', 'v', () => {})),
+        // No timeoutMs of its own: entering the round is bounded by connect's, as a set is.
+        outcome(c.barrier('b2', 2)),
+        // timeoutMs 0 looks once; the look waits for etcd's answer up to connect's timeoutMs.
+        outcome(c.get('k', { timeoutMs: 0 })),
+        // Connecting to an etcd that takes the connection and does not answer: bounded too.
+        outcome(EtcdRendezvous.connect({ hosts: url, timeoutMs: 500 })),
       ]);
       expect(got).toEqual([
         "TIMEOUT: EtcdRendezvous.get('k'): etcd did not answer within 300 ms",
         "TIMEOUT: EtcdRendezvous.barrier('b'): etcd did not answer this member's entry within 300 ms",
         "PEER_LOST: EtcdRendezvous.set('k'): etcd did not answer (connect's timeoutMs) within 400 ms",
         "PEER_LOST: EtcdRendezvous.join('g'): etcd did not answer (connect's timeoutMs) within 400 ms",
+        "PEER_LOST: EtcdRendezvous.barrier('b2'): etcd did not answer (connect's timeoutMs) within 400 ms",
+        "TIMEOUT: EtcdRendezvous.get('k'): timeoutMs 0 looks once, and etcd did not answer the look (connect's timeoutMs) within 400 ms",
+        `PEER_LOST: EtcdRendezvous.connect: etcd at ${url} does not answer (no answer within 500 ms)`,
       ]);
       expect(Date.now() - t0).toBeLessThan(5000);
       // close() does not wait on an etcd that does not answer past connect's timeoutMs.

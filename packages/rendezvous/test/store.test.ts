@@ -194,6 +194,8 @@ describe('TcpStore', () => {
           outcome(c.set('k', 'v')),
           outcome(c.join('g', 'm', 'v')),
           outcome(TcpStore.connect({ host: '127.0.0.1', port, token: 'tk', timeoutMs: 300 })),
+          // timeoutMs 0 looks once; the look waits for the store's answer up to connect's timeoutMs.
+          outcome(c.get('there', { timeoutMs: 0 })),
         ]),
       ).toEqual([
         "TIMEOUT: TcpStore.get('k'): nothing within 200 ms",
@@ -202,6 +204,7 @@ describe('TcpStore', () => {
         "PEER_LOST: TcpStore.set('k'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "PEER_LOST: TcpStore.join('g'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "TIMEOUT: TcpStore.connect: the store did not answer the token's check within 300 ms",
+        "TIMEOUT: TcpStore.get('there'): timeoutMs 0 looks once, and the store did not answer the look within 400 ms (connect's timeoutMs)",
       ]);
       expect(Date.now() - t0).toBeLessThan(3000);
       // A call pending when the client closes settles CLOSED, not PEER_LOST.
@@ -279,12 +282,26 @@ describe('TcpStore with a shared-secret token', () => {
     expect(await outcome(TcpStore.serve({ port: -1 }))).toBe(
       'INVALID_ARGUMENT: TcpStore.serve: port must be an integer in 0..65535, got -1',
     );
+    // A string is shown quoted: "0" is not the number 0.
+    expect(await outcome(TcpStore.serve({ port: '0' as unknown as number }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.serve: port must be an integer in 0..65535, got "0"',
+    );
+    // connect's timeoutMs bounds connecting and every later set's answer: 0 would allow none.
+    expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 1, timeoutMs: 0 }))).toBe(
+      "INVALID_ARGUMENT: TcpStore.connect: timeoutMs must be > 0 (it bounds connecting and each later set's or join's answer), got 0",
+    );
     const { clients } = await cluster(2);
     expect(await outcome(clients[0]!.get('k', { timeoutMs: -5 }))).toBe(
       'INVALID_ARGUMENT: TcpStore.get: timeoutMs must be a finite number >= 0, got -5',
     );
     expect(await outcome(clients[0]!.barrier('b', 2, { timeoutMs: Number.NaN }))).toBe(
       'INVALID_ARGUMENT: TcpStore.barrier: timeoutMs must be a finite number >= 0, got NaN',
+    );
+    expect(await outcome(clients[0]!.get('k', { timeoutMs: '5' as unknown as number }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.get: timeoutMs must be a finite number >= 0, got "5"',
+    );
+    expect(await outcome(clients[0]!.barrier('b', '2' as unknown as number))).toBe(
+      'INVALID_ARGUMENT: TcpStore.barrier: size must be a positive integer, got "2"',
     );
     expect(await outcome(clients[0]!.barrier('b', 2, { timeoutMs: 50 }))).toBe(
       "TIMEOUT: TcpStore.barrier('b'): round 1 not complete within 50 ms (1 of 2 had entered when this one did)",
