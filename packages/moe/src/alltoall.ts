@@ -145,8 +145,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     input: DispatchInput<M> | undefined,
     phases: Phases = {},
   ): Promise<DispatchResult<M> | undefined> {
-    const send = phases.send ?? true;
-    const recv = phases.recv ?? true;
+    const { send, recv } = checkPhases('MoeAllToAll.dispatch', phases, false);
     this.throwIfFailed('dispatch');
     if (!this.mode.connected && this.config.worldSize > 1)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: connect() first');
@@ -246,7 +245,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     for (const e of x.topkIds)
       if (e < -1 || e >= c.numExperts)
         throw new TrellisError(
-          'OUT_OF_RANGE',
+          'INVALID_ARGUMENT',
           `MoeAllToAll.dispatch: expert id ${e} is outside 0..${c.numExperts - 1} (or -1)`,
         );
     return n;
@@ -291,8 +290,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     input: { expertOut: MoeBuffer<M> } | undefined,
     phases: Phases & { accumulate?: 'out' | 'fp32' } = {},
   ): Promise<(M extends 'device' ? bigint : Uint8Array | Float32Array) | undefined> {
-    const send = phases.send ?? true;
-    const recv = phases.recv ?? true;
+    const { send, recv } = checkPhases('MoeAllToAll.combine', phases, true);
     this.throwIfFailed('combine');
     const r = this.p.round;
     if (!r?.dispatched)
@@ -300,7 +298,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const c = this.config;
     if (send) {
       if (
-        input === undefined ||
+        typeof input !== 'object' ||
+        input === null ||
         (input.expertOut instanceof Uint8Array
           ? input.expertOut.length !== r.rows * this.p.outRow
           : typeof input.expertOut !== 'bigint')
@@ -336,6 +335,11 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   /**
    * Unregister this rank's buffers (and free them on the device). A phase pending now rejects
    * `CLOSED` (at once: its waits are aborted), as does every later `dispatch` and `combine`. Idempotent.
+   *
+   * Resolves once the engine has let go of every write this rank posted from its buffers: at once
+   * normally, but after a peer died with this rank's writes to it still posted, only at the
+   * engine's deadline (`opTimeoutMs`, 30 s by default) — the provider may read the buffers until
+   * then, so they are not freed earlier. An engine created with a lower `opTimeoutMs` recovers sooner.
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -371,4 +375,34 @@ function tagDiff(there: string, here: string): string {
   const b = here.slice('moecfg:'.length).split(',');
   const diff = SHARED.flatMap((n, i) => (a[i] === b[i] ? [] : [`${n} ${a[i] ?? '?'} there, ${b[i]} here`]));
   return diff.length ? diff.join('; ') : 'a tag this version does not read';
+}
+
+/**
+ * The phases argument of dispatch and combine: left out, or an object whose `send` and `recv` are
+ * booleans where given (at least one of them true) and, for combine, `accumulate` 'out' or 'fp32'.
+ */
+function checkPhases(op: string, phases: unknown, combine: boolean): { send: boolean; recv: boolean } {
+  if (phases === undefined) return { send: true, recv: true };
+  if (typeof phases !== 'object' || phases === null || Array.isArray(phases))
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: phases must be an object {send?, recv?${combine ? ', accumulate?' : ''}} or left out, got ${phases === null ? 'null' : Array.isArray(phases) ? 'an array' : typeof phases}`,
+    );
+  const p = phases as { send?: unknown; recv?: unknown; accumulate?: unknown };
+  for (const k of ['send', 'recv'] as const)
+    if (p[k] !== undefined && typeof p[k] !== 'boolean')
+      throw new TrellisError('INVALID_ARGUMENT', `${op}: phases.${k} must be a boolean, got ${typeof p[k]}`);
+  if (combine && p.accumulate !== undefined && p.accumulate !== 'out' && p.accumulate !== 'fp32')
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: phases.accumulate must be 'out' or 'fp32', got ${JSON.stringify(p.accumulate)}`,
+    );
+  const send = (p.send as boolean | undefined) ?? true;
+  const recv = (p.recv as boolean | undefined) ?? true;
+  if (!send && !recv)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: phases {send: false, recv: false} runs nothing; leave one true`,
+    );
+  return { send, recv };
 }

@@ -116,7 +116,7 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     m.connect([m.descriptor, m.descriptor]);
     const x = { tokens: new Uint8Array(16), topkIds: Int32Array.of(0, 9), topkWeights: new Float32Array(2) };
     expect(await outcome(m.dispatch(x))).toBe(
-      'OUT_OF_RANGE: MoeAllToAll.dispatch: expert id 9 is outside 0..3 (or -1)',
+      'INVALID_ARGUMENT: MoeAllToAll.dispatch: expert id 9 is outside 0..3 (or -1)',
     );
     expect(await outcome(m.dispatch({ ...x, tokens: new Uint8Array(3), topkIds: Int32Array.of(0, 1) }))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.dispatch: tokens is 3 bytes; 1 tokens of 8 bf16 are 16',
@@ -129,7 +129,34 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(
       await outcome(m.dispatch(loose({ ...x, topkIds: Int32Array.of(0, 1), topkWeights: [1, 1] }))),
     ).toBe('INVALID_ARGUMENT: MoeAllToAll.dispatch: topkWeights must be a Float32Array');
-    expect(await outcome(m.dispatch({ ...x, topkIds: Int32Array.of(0, 1) }))).toBe('resolved');
+    // The phases argument: an object of booleans, or left out (null is not "left out").
+    const good = { ...x, topkIds: Int32Array.of(0, 1) };
+    const phases = (v: unknown) => v as { send?: boolean; recv?: boolean };
+    expect(await outcome(m.dispatch(good, phases(null)))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.dispatch: phases must be an object {send?, recv?} or left out, got null',
+    );
+    expect(await outcome(m.dispatch(good, phases(5)))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.dispatch: phases must be an object {send?, recv?} or left out, got number',
+    );
+    expect(await outcome(m.dispatch(good, phases({ send: 'yes' })))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.dispatch: phases.send must be a boolean, got string',
+    );
+    expect(await outcome(m.dispatch(good, { send: false, recv: false }))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.dispatch: phases {send: false, recv: false} runs nothing; leave one true',
+    );
+    const d = await m.dispatch(good);
+    // combine's input and phases, checked the same way; the round still open after each refusal.
+    expect(await outcome(m.combine(null as unknown as { expertOut: Uint8Array }))).toBe(
+      `INVALID_ARGUMENT: MoeAllToAll.combine: expertOut must hold ${d!.expertX.length / 16} rows of 8 bf16`,
+    );
+    const out = { expertOut: new Uint8Array(d!.expertX.length) };
+    expect(await outcome(m.combine(out, phases(null)))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.combine: phases must be an object {send?, recv?, accumulate?} or left out, got null',
+    );
+    expect(await outcome(m.combine(out, { accumulate: 'f16' as 'fp32' }))).toBe(
+      `INVALID_ARGUMENT: MoeAllToAll.combine: phases.accumulate must be 'out' or 'fp32', got "f16"`,
+    );
+    expect(await outcome(m.combine(out))).toBe('resolved');
     // Ranks whose configs differ (here only maxPrivateTokens) are refused at connect: their overflow
     // rows would land at offsets the other rank does not read.
     const e2 = fabric.createEngine();
