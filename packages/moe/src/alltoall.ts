@@ -82,13 +82,19 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 
   /**
-   * Give every rank's descriptor (index = rank; this rank's own is ignored). On the GPU, a peer of
+   * Give every rank's descriptor (index = rank; this rank's slot must hold its own, else the list
+   * is taken to be in another order and refused). On the GPU, a peer of
    * the same node (`nodeSize`) whose descriptor carries a CUDA IPC handle is reached over NVLink:
    * this rank's kernels store straight into its region, and only the immediates go through the
    * engine.
    */
   connect(descriptors: readonly string[]): void {
     const c = this.config;
+    if (!Array.isArray(descriptors))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.connect: descriptors must be an array of every rank's moe.descriptor (index = rank), got ${descriptors === null ? 'null' : typeof descriptors}`,
+      );
     if (descriptors.length !== c.worldSize)
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -115,6 +121,13 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         );
       return d.slice(0, at);
     });
+    // This rank's slot holds its own descriptor: a list in another order (ranks counted from 1, a
+    // peer's list sorted differently) would send every rank's rows to the wrong place.
+    if (descriptors[c.rank] !== this.descriptor)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.connect: descriptors[${c.rank}] is not this rank's descriptor (index = rank: rank r's moe.descriptor at r)`,
+      );
     try {
       this.mode.connect(modeDescriptors);
     } finally {

@@ -167,6 +167,14 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q.descriptor])))).toBe(
       "INVALID_ARGUMENT: MoeAllToAll.connect: rank 1's config differs from this rank's (maxPrivateTokens 6 there, 2 here): every rank needs the same worldSize, nodeSize, numExperts, topk, hidden, maxTokensPerRank, inDtype, outDtype, scales, scaleBlock, maxPrivateTokens and immBase",
     );
+    // Not an array; a list in another order (this rank's slot holds the peer's descriptor).
+    expect(await outcome(Promise.resolve().then(() => p.connect('x' as unknown as string[])))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors must be an array of every rank's moe.descriptor (index = rank), got string",
+    );
+    const q2 = await MoeAllToAll.create(e2, { ...cfg, rank: 1, numExperts: 4, maxPrivateTokens: 2 });
+    expect(await outcome(Promise.resolve().then(() => p.connect([q2.descriptor, p.descriptor])))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors[0] is not this rank's descriptor (index = rank: rank r's moe.descriptor at r)",
+    );
     expect(
       await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q.descriptor.split(' ')[0]!]))),
     ).toBe(
