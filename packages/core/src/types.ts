@@ -31,7 +31,14 @@ export interface TransferEngine {
   /** Register memory for transfers. */
   registerMemory(src: MemorySource, opts?: RegisterOptions): Promise<MrHandle>;
 
-  /** Send a small message (at most `limits.maxMessageBytes`). Resolves once delivered into a posted receive. */
+  /**
+   * Send a small message (at most `limits.maxMessageBytes`). Resolves once the provider completes
+   * the send: on shm once the peer engine took it into one of its receive buffers (a stopped peer's
+   * send settles `TIMEOUT`); on tcp (`ofi_rxm`) once it is on the peer's connection, which a stopped
+   * peer's kernel still accepts. The peer's {@link TransferEngine.submitRecvs} callback gets it when
+   * one runs: a native engine holds up to 1024 messages that arrive before any `submitRecvs`
+   * (counted in `stats().recvDropped` beyond that).
+   */
   submitSend(peer: NetAddr, data: Uint8Array, opts?: OpOptions): Promise<void>;
   /**
    * Keep `count` receive buffers of `maxBytes` posted and call `onRecv` for each message.
@@ -89,7 +96,9 @@ export interface TransferEngine {
   immCounter(imm: number): ImmCounter;
   /**
    * How many arrivals `request` produces at its target. For a scatter or barrier over several
-   * peers pass `target` to count that peer's arrivals. Receivers call it on a request of the same
+   * peers pass `target` to count that peer's arrivals; with `target`, a request of any kind that
+   * does not reach that peer counts 0 (so totalling `expectedImms(r, me)` over a mixed batch gives
+   * what arrives at `me`). Receivers call it on a request of the same
    * shape (any `src`/`dst` with the right NIC counts work; see {@link countImms}) so both agree.
    */
   expectedImms(request: TransferRequest, target?: NetAddr): number;
@@ -129,7 +138,8 @@ export interface TransferEngine {
    * A reaction to immediates: validate and prepare `request` now, and post it — from the engine's
    * worker thread, with no JavaScript turn on native backends — the first time the arrivals of
    * `imm` counted at this engine since it started ({@link ImmCounter.total}) reach `total` (at
-   * once if they already have). Arrivals still reach `immCounter(imm)` as credits; a reaction only
+   * once if they already have). `total` is an integer ≥ 1: a total of 0 would be reached before
+   * any arrival — submit the request itself instead. Arrivals still reach `immCounter(imm)` as credits; a reaction only
    * reads the total. This is how a responder answers an immediate without waiting for its event
    * loop: arm one reaction per expected arrival (`total` = `immCounter(imm).total + k`), ahead of
    * time — before the peer can send, since a `total` read while arrivals come in can lag the
@@ -526,6 +536,11 @@ export interface EngineStats {
   ops: OpStats;
   regions: number;
   registeredBytes: number;
+  /**
+   * Messages this engine received and could not hand to a `submitRecvs` callback: larger than the
+   * receiving pool's `maxBytes`, malformed, or (native engines) beyond 1024 arriving before any
+   * `submitRecvs` ran.
+   */
   recvDropped: number;
   /** Peers this engine has addressed, and what it concluded about their liveness. */
   peers: PeerStats;

@@ -116,6 +116,22 @@ describe('loopback fabric', () => {
     src.buffer!.fill(3);
     const req = { src, length: 1 << 20, dst: dst.desc, imm: 1 };
     expect(a.expectedImms({ kind: 'single', ...req })).toBe(2);
+    // With a target: that peer's arrivals — none where the request does not reach it.
+    expect(a.expectedImms({ kind: 'single', ...req }, b.address)).toBe(2);
+    expect(a.expectedImms({ kind: 'single', ...req }, a.address)).toBe(0);
+    const paged = {
+      kind: 'paged' as const,
+      src,
+      srcPages: Uint32Array.of(0, 1, 2),
+      srcStride: 4096,
+      dst: dst.desc,
+      dstPages: Uint32Array.of(0, 1, 2),
+      dstStride: 4096,
+      pageBytes: 4096,
+      imm: 1,
+    };
+    expect(a.expectedImms(paged, b.address)).toBe(a.expectedImms(paged));
+    expect(a.expectedImms(paged, a.address)).toBe(0);
     await a.submitSingleWrite(req);
     await b.immCounter(1).wait(2);
     expect(dst.buffer!.every((x) => x === 3)).toBe(true);

@@ -1255,10 +1255,13 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     switch (request.kind) {
       case 'single': {
         const p = planSingle(ctx, request, op);
+        // A peer the request does not write to gets none of its arrivals (as for imm and scatter).
+        if (target !== undefined && !checkPeer(this, op, 'target', target).equals(p.peer)) return 0;
         return countImms({ kind: 'single', length: p.length, shards: p.shards, imm: p.imm }, p.lanes);
       }
       case 'paged': {
         const p = planPaged(ctx, request, op);
+        if (target !== undefined && !checkPeer(this, op, 'target', target).equals(p.peer)) return 0;
         return countImms({ kind: 'paged', pages: p.srcPages.length, imm: p.imm }, p.lanes);
       }
       case 'scatter': {
