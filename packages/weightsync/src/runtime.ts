@@ -188,7 +188,10 @@ export class WeightSyncReceiver {
    * `ABORTED` and keeps serving the previous version. A rank that serves nothing yet (version 0: a
    * new rank, or one replacing a rank that died, whose descriptors the trainers took with
    * {@link WeightSyncSender.replaceTarget}) takes any version >= 1 first — pass the version the
-   * trainers' `sync` of that step writes — and version + 1 from then on. Rejects
+   * trainers' `sync` of that step writes — and version + 1 from then on, or the version it serves
+   * again: the retry of a step that switched this rank although it failed on a trainer (another
+   * inference rank died after its last write and before its barrier; the retry writes the same
+   * bytes into the served buffer, and the rank keeps serving that version). Rejects
    * `INVALID_ARGUMENT` at once for a bad `step`, `version`, `timeoutMs` or `signal`, and `CLOSED`
    * once the receiver is closed (a pending one too).
    */
@@ -209,10 +212,13 @@ export class WeightSyncReceiver {
           'INVALID_ARGUMENT',
           `WeightSyncReceiver.expect: version must be an integer >= 1 (the version the trainers' sync writes), got ${req.version}`,
         );
-    } else if (req.version !== this.active + 1)
+    } else if (req.version !== this.active + 1 && req.version !== this.active)
+      // The version it serves is taken too: the retry of a step that failed on the trainer after
+      // its barrier had reached this rank (another inference rank died between its last write and
+      // its barrier). The retry writes the same version's bytes into the served buffer again.
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `WeightSyncReceiver.expect: this rank serves version ${this.active}; the next step must write version ${this.active + 1}, got ${req.version}`,
+        `WeightSyncReceiver.expect: this rank serves version ${this.active}; the next step must write version ${this.active + 1} (or ${this.active} again, retrying the step that switched it), got ${req.version}`,
       );
     const closing = this.closeCtl.signal;
     try {

@@ -350,11 +350,23 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
     expect(diffWeights(plan, 1, fresh.weights().bytes, want[1]!)).toBe('ok');
     // From then on the new rank follows the group one version at a time.
     await expect(fresh.expect({ step: 5, version: 5 })).rejects.toThrow(
-      'WeightSyncReceiver.expect: this rank serves version 3; the next step must write version 4, got 5',
+      'WeightSyncReceiver.expect: this rank serves version 3; the next step must write version 4 (or 3 again, retrying the step that switched it), got 5',
     );
     const w4 = [rxs[0]!, fresh].map((r) => r.expect({ step: 4, version: 4, timeoutMs: 20_000 }));
     await Promise.all(txs.map((t) => t.sync({ step: 4, version: 4 })));
     await Promise.all(w4);
     expect(diffWeights(plan, 1, fresh.weights().bytes, want[1]!)).toBe('ok');
+    // A retry of the version a rank serves already (a failed step whose barrier had reached it
+    // before another rank died) is taken: the same bytes land in the served buffer again, and
+    // the rank keeps serving that version, every byte still right.
+    const retry = [rxs[0]!, fresh].map((r) => r.expect({ step: 6, version: 4, timeoutMs: 20_000 }));
+    await Promise.all(txs.map((t) => t.sync({ step: 6, version: 4 })));
+    await Promise.all(retry);
+    expect([rxs[0]!.version, fresh.version]).toEqual([4, 4]);
+    expect(diffWeights(plan, 0, rxs[0]!.weights().bytes, want[0]!)).toBe('ok');
+    expect(diffWeights(plan, 1, fresh.weights().bytes, want[1]!)).toBe('ok');
+    await expect(fresh.expect({ step: 7, version: 3 })).rejects.toThrow(
+      'WeightSyncReceiver.expect: this rank serves version 4; the next step must write version 5 (or 4 again, retrying the step that switched it), got 3',
+    );
   });
 });
