@@ -466,7 +466,8 @@ export class WeightSyncSender {
    * its {@link WeightSyncReceiver.descriptors} to every trainer, each calls this between steps, and
    * the new rank's first `expect` takes the version the group writes next. Throws
    * `INVALID_ARGUMENT` while a {@link sync} runs on this rank, for a rank outside the plan, or for
-   * descriptors that are not two of that rank's size with one owner.
+   * descriptors that are not two of that rank's size with one owner, or that are another
+   * inference rank's buffers.
    */
   replaceTarget(rank: number, descriptors: readonly [MrDesc, MrDesc]): void {
     if (this.busy)
@@ -480,6 +481,14 @@ export class WeightSyncSender {
         `WeightSyncSender.replaceTarget: rank must be 0..${this.plan.inference.ranks - 1}, got ${rank}`,
       );
     checkTarget('WeightSyncSender.replaceTarget', this.plan, rank, descriptors);
+    // Another rank's buffers (of the same size, so the checks above pass) would take this rank's
+    // writes over the weights that rank serves.
+    for (const [d, t] of this.targets.entries())
+      if (d !== rank && t.some((x) => descriptors.some((y) => y.equals(x))))
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `WeightSyncSender.replaceTarget: those are inference rank ${d}'s buffers; give rank ${rank}'s own (its receiver's descriptors())`,
+        );
     const owner = descriptors[0].owner;
     const peers = this.targetPeers.map((p, d) => (d === rank ? owner : p));
     // Resolved before anything changes: an owner this engine cannot reach is refused here.

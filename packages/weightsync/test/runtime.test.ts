@@ -332,6 +332,10 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
     expect(() => txs[0]!.replaceTarget(1, [small.desc, small2.desc])).toThrow(
       `WeightSyncSender.replaceTarget: inference rank 1's buffer is 64 bytes; the plan needs ${plan.inferenceBytes[1]}`,
     );
+    // Another rank's buffers (the same size) would take this rank's writes over that rank's weights.
+    expect(() => txs[0]!.replaceTarget(1, rxs[0]!.descriptors())).toThrow(
+      "WeightSyncSender.replaceTarget: those are inference rank 0's buffers; give rank 1's own (its receiver's descriptors())",
+    );
     // Not while a step runs.
     const running = txs[0]!.sync({ step: 9, version: 3, timeoutMs: 5000 });
     expect(() => txs[0]!.replaceTarget(1, fresh.descriptors())).toThrow(
