@@ -150,7 +150,7 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
     expect(a2.stats().gpu).toMatchObject({ laneWrites: 0, laneFallbacks: 1, stagedWrites: 2 });
   });
 
-  it('an abort during the copy fails the write with ABORTED once the copy is done, and raises no immediate', async () => {
+  it('an abort during the copy fails the write with ABORTED once the copy is done; a deadline at the deadline, its regions held until then; no immediate', async () => {
     const gpu = new HostGpu(40, { lane: true });
     const a = await engine({ gpu: gpu.ops });
     const b = await engine({ gpu: gpu.ops });
@@ -178,22 +178,32 @@ describe('backend-efa: the same-host lane (HostGpu in place of CUDA)', () => {
       held: 0,
     });
 
-    // A deadline shorter than the copy: TIMEOUT, again only after the copy, with no immediate.
+    // A deadline that passes during the copy (the stream is busy): TIMEOUT at the deadline, as for
+    // a NIC write with work posted; the write's regions stay held until the copy is done, and no
+    // immediate is raised.
+    const release = gpu.holdLane();
     const t0 = performance.now();
-    const q = a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 4, timeoutMs: 1 });
-    expect(await outcome(q)).toMatch(/^TIMEOUT: submitSingleWrite: timed out after 1 ms/);
-    expect(gpu.lane.copies).toBe(2);
-    expect(performance.now() - t0).toBeLessThan(5000);
-    await new Promise((r) => setTimeout(r, 100));
-    expect(b.immCounter(4).total).toBe(0);
+    const q = a.submitSingleWrite({ src, length: n, dst: dst.desc, imm: 4, timeoutMs: 50 });
+    expect(await outcome(q)).toBe(
+      "TIMEOUT: submitSingleWrite: timed out after 50 ms; the same-host lane's copy was still running: it may still read the source and write the target until it is done (await engine.quiesce(peer) before reusing the source)",
+    );
+    expect(performance.now() - t0).toBeLessThan(2000);
+    expect(gpu.lane.copies).toBe(1); // this write's copy has not run
     expect(a.stats().ops).toEqual({
       submitted: 2,
       completed: 0,
       failed: 2,
       inFlight: 0,
-      settledPosted: 0,
-      held: 0,
+      settledPosted: 1,
+      held: 1,
     });
+    const quiet = a.quiesce(b.address);
+    release();
+    await quiet;
+    expect(gpu.lane.copies).toBe(2);
+    expect(a.stats().ops).toMatchObject({ failed: 2, inFlight: 0, held: 0 });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(b.immCounter(4).total).toBe(0);
   });
 
   it('many writes in flight keep their order on the lane stream; without an immediate a write resolves once its bytes are in place', async () => {

@@ -1,6 +1,7 @@
 // VerbsEngine and createEngine: the ibverbs RC backend's face — option checks and device choice
 // (real HCAs, or the software RC model with `model: true`), over NativeEngineBase of
 // @trellis/core/kit. All work is done by the addon (native.ts).
+import { isIPv4 } from 'node:net';
 import { TrellisError } from '@trellis/core';
 import { NativeEngineBase } from '@trellis/core/kit';
 import { addon, type NativeVerbsOptions } from './native.js';
@@ -17,6 +18,9 @@ const num = (name: string, v: unknown, lo: number, hi: number): void => {
   }
 };
 
+const shown = (v: unknown): string =>
+  typeof v === 'string' ? `'${v}'` : Array.isArray(v) ? JSON.stringify(v) : String(v);
+
 /** An engine on ibverbs RC queue pairs (or the software RC model). Create it with {@link createEngine}. */
 export class VerbsEngine extends NativeEngineBase {
   /** True when this engine runs on the software RC model, not on an RDMA device. */
@@ -24,8 +28,41 @@ export class VerbsEngine extends NativeEngineBase {
 
   /** @internal Use {@link createEngine}. */
   constructor(opts: VerbsEngineOptions) {
-    const nics = opts.nics ?? 1;
+    for (const name of ['model', 'relaxedOrdering'] as const) {
+      const v = opts[name];
+      if (v !== undefined && typeof v !== 'boolean')
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `createEngine: ${name} must be true or false, got ${shown(v)}`,
+        );
+    }
+    if (
+      opts.devices !== undefined &&
+      (!Array.isArray(opts.devices) ||
+        opts.devices.length === 0 ||
+        opts.devices.some((d) => typeof d !== 'string' || d === ''))
+    ) {
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: devices must be a non-empty array of device names (e.g. ['mlx5_0']), got ${shown(opts.devices)}`,
+      );
+    }
+    // One device per NIC: without `nics` the list says how many.
+    const nics = opts.nics ?? opts.devices?.length ?? 1;
     num('nics', nics, 1, 4);
+    if (opts.devices !== undefined && opts.devices.length !== nics)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: devices names one device per NIC: ${opts.devices.length} names for nics: ${nics} — pass ${nics} names, or leave nics out`,
+      );
+    if (
+      opts.handshakeHost !== undefined &&
+      (typeof opts.handshakeHost !== 'string' || !isIPv4(opts.handshakeHost))
+    )
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: handshakeHost must be an IPv4 address (e.g. '10.0.0.5'), got ${shown(opts.handshakeHost)}`,
+      );
     num('port', opts.port, 1, 255);
     num('gidIndex', opts.gidIndex, 0, 255);
     num('handshakePort', opts.handshakePort, 0, 65535);
@@ -36,12 +73,6 @@ export class VerbsEngine extends NativeEngineBase {
     num('connectTimeoutMs', opts.connectTimeoutMs, 1, 3_600_000);
     num('maxSendWr', opts.maxSendWr, 1, 16384);
     num('immRecvs', opts.immRecvs, 16, 16384);
-    if (
-      opts.devices !== undefined &&
-      (!Array.isArray(opts.devices) || opts.devices.some((d) => typeof d !== 'string'))
-    ) {
-      throw new TrellisError('INVALID_ARGUMENT', 'createEngine: devices must be an array of device names');
-    }
     const model = opts.model ?? process.env.TRELLIS_VERBS_MODEL === '1';
     super({
       backendName: '@trellis/backend-verbs',

@@ -10,11 +10,12 @@ export interface VerbsEngineOptions extends NativeEngineTuning {
    * development on machines without an RDMA device. Default `false`.
    */
   model?: boolean;
-  /** NICs (devices) this engine owns, 1..4. Default 1. */
+  /** NICs (devices) this engine owns, 1..4. Default: the length of `devices` where given, else 1. */
   nics?: number;
   /**
-   * Device names, one per NIC (`['mlx5_0', 'mlx5_1']`). Default: the first `nics` devices whose
-   * port is active, in `ibv_get_device_list` order (see {@link devicesNearGpu} for affinity).
+   * Device names, one per NIC (`['mlx5_0', 'mlx5_1']`; with `nics` too, exactly `nics` of them, else
+   * `INVALID_ARGUMENT`). Default: the first `nics` devices whose port is active, in
+   * `ibv_get_device_list` order (see {@link devicesNearGpu} for affinity).
    */
   devices?: string[];
   /** Port number on each device. Default 1. */
@@ -40,7 +41,12 @@ export interface VerbsEngineOptions extends NativeEngineTuning {
   rnrRetry?: number;
   /** Minimum RNR NAK timer, IB encoding (12: 0.64 ms). Default 12. */
   minRnrTimer?: number;
-  /** How long a QP handshake may take before queued operations fail with PEER_LOST. Default 5000 ms. */
+  /**
+   * How long a QP handshake may take. Default 5000 ms. Operations queued behind a handshake that
+   * gets no answer fail with `PEER_LOST` once the peer has also missed one liveness probe (itself
+   * bounded by 2 s and by this): up to about `connectTimeoutMs + min(connectTimeoutMs, 2000)` after
+   * they were posted, or sooner by their own `timeoutMs`.
+   */
   connectTimeoutMs?: number;
   /** Register memory with IBV_ACCESS_RELAXED_ORDERING (ignored where unsupported). Default true. */
   relaxedOrdering?: boolean;

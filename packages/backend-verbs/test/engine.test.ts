@@ -83,7 +83,7 @@ describe('backend-verbs: devices, options and stats', () => {
     }
   });
 
-  it('rejects bad options with INVALID_ARGUMENT, and a bad handshakeHost with a message', async () => {
+  it('rejects bad options with INVALID_ARGUMENT before opening a device, each with a message', async () => {
     expect(await code((createEngine as unknown as (o: unknown) => Promise<unknown>)(null))).toBe(
       "INVALID_ARGUMENT: createEngine: pass an options object (e.g. {devices: ['mlx5_0']}) or nothing, got null",
     );
@@ -97,10 +97,36 @@ describe('backend-verbs: devices, options and stats', () => {
       'INVALID_ARGUMENT: createEngine: retryCnt must be an integer in 0..7, got 8',
     );
     expect(await code(createEngine({ model: true, devices: 'rcm0' as never }))).toBe(
-      'INVALID_ARGUMENT: createEngine: devices must be an array of device names',
+      "INVALID_ARGUMENT: createEngine: devices must be a non-empty array of device names (e.g. ['mlx5_0']), got 'rcm0'",
     );
-    expect(await code(createEngine({ model: true, handshakeHost: 'localhost' }))).toBe(
-      "UNSUPPORTED: createEngine: NIC 0: handshakeHost must be an IPv4 address, got 'localhost'",
+    expect(await code(createEngine({ model: true, devices: [] }))).toBe(
+      "INVALID_ARGUMENT: createEngine: devices must be a non-empty array of device names (e.g. ['mlx5_0']), got []",
+    );
+    // One name per NIC: more or fewer than nics is refused; without nics the list says how many.
+    expect(await code(createEngine({ model: true, devices: ['rcm0', 'rcm1', 'rcm2'], nics: 1 }))).toBe(
+      'INVALID_ARGUMENT: createEngine: devices names one device per NIC: 3 names for nics: 1 — pass 1 names, or leave nics out',
+    );
+    expect(await code(createEngine({ model: true, devices: ['rcm0'], nics: 2 }))).toBe(
+      'INVALID_ARGUMENT: createEngine: devices names one device per NIC: 1 names for nics: 2 — pass 2 names, or leave nics out',
+    );
+    const two = await createEngine({ model: true, devices: ['rcm2', 'rcm1'] });
+    expect(two.nics).toBe(2);
+    expect(two.stats().nics.map((n) => String(n.device).split(' ')[0])).toEqual(['rcm2', 'rcm1']);
+    await two.close();
+    // Checked before any device is opened, on the model and on libibverbs alike.
+    for (const model of [true, false]) {
+      expect(await code(createEngine({ model, handshakeHost: 'localhost' }))).toBe(
+        "INVALID_ARGUMENT: createEngine: handshakeHost must be an IPv4 address (e.g. '10.0.0.5'), got 'localhost'",
+      );
+      expect(await code(createEngine({ model, handshakeHost: '::1' }))).toBe(
+        "INVALID_ARGUMENT: createEngine: handshakeHost must be an IPv4 address (e.g. '10.0.0.5'), got '::1'",
+      );
+      expect(await code(createEngine({ model, relaxedOrdering: 1 as never }))).toBe(
+        'INVALID_ARGUMENT: createEngine: relaxedOrdering must be true or false, got 1',
+      );
+    }
+    expect(await code(createEngine({ model: 'yes' as never }))).toBe(
+      "INVALID_ARGUMENT: createEngine: model must be true or false, got 'yes'",
     );
     expect(await code(createEngine({ model: true, devices: ['mlx5_0'] }))).toBe(
       "UNSUPPORTED: createEngine: NIC 0: no rc-model device named 'mlx5_0' (rcm0..rcm3)",

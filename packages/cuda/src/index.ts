@@ -9,7 +9,7 @@
  * @packageDocumentation
  */
 import { type GpuMemoryOps, TrellisError } from '@trellis/core';
-import { addon, call } from './native.js';
+import { addon, call, deviceOf, failed } from './native.js';
 
 /** What this host's CUDA offers. */
 export interface CudaInfo {
@@ -70,7 +70,7 @@ export class DeviceBuffer {
         'INVALID_ARGUMENT',
         `DeviceBuffer.alloc: length must be a positive integer, got ${length}`,
       );
-    const device = opts.device ?? 0;
+    const device = deviceOf(opts?.device, 'DeviceBuffer.alloc');
     return new DeviceBuffer(
       call('DeviceBuffer.alloc', () => addon().alloc(device, length)),
       length,
@@ -84,6 +84,28 @@ export class DeviceBuffer {
    * PyTorch's `untyped_storage()._share_cuda_()`). `offset` selects a tensor inside it.
    */
   static import(handle: string, opts: { length: number; device?: number; offset?: number }): DeviceBuffer {
+    if (typeof handle !== 'string' || !/^([0-9a-f]{2})*$/i.test(handle))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `DeviceBuffer.import: the handle must be a string of hex digits (ipcHandle()'s, or PyTorch's _share_cuda_() handle as hex), got ${typeof handle === 'string' ? `'${handle.slice(0, 40)}'` : String(handle)}`,
+      );
+    if (opts === null || typeof opts !== 'object')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        'DeviceBuffer.import: pass {length} (the bytes to use, from offset), e.g. DeviceBuffer.import(h, { length: 1 << 20 })',
+      );
+    if (!Number.isSafeInteger(opts.length) || opts.length < 1)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `DeviceBuffer.import: length must be a positive integer, got ${String(opts.length)}`,
+      );
+    const offset = opts.offset ?? 0;
+    if (!Number.isSafeInteger(offset) || offset < 0)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `DeviceBuffer.import: offset must be a non-negative integer, got ${String(opts.offset)}`,
+      );
+    const device = deviceOf(opts.device, 'DeviceBuffer.import');
     let bytes = Uint8Array.from(Buffer.from(handle, 'hex'));
     // PyTorch >= 2.5 prefixes the handle with a version byte (2) and a type: 'c' for a
     // cudaMalloc'd block (a cudaIpcMemHandle follows), 'e' for expandable segments.
@@ -98,11 +120,12 @@ export class DeviceBuffer {
     if (bytes.length !== 64)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `DeviceBuffer.import: a CUDA IPC handle is 64 bytes (128 hex digits; PyTorch's is 66), got ${bytes.length}`,
+        bytes.length === 66
+          ? `DeviceBuffer.import: a 66-byte handle is PyTorch's only when it starts with version byte 2, this one starts with ${bytes[0]}`
+          : `DeviceBuffer.import: a CUDA IPC handle is 64 bytes (128 hex digits; PyTorch's is 66), got ${bytes.length}`,
       );
-    const device = opts.device ?? 0;
     const base = call('DeviceBuffer.import', () => addon().ipcImport(device, bytes));
-    const b = new DeviceBuffer(base + BigInt(opts.offset ?? 0), opts.length, device, true);
+    const b = new DeviceBuffer(base + BigInt(offset), opts.length, device, true);
     b.base = base;
     return b;
   }
@@ -212,14 +235,25 @@ export function launchIncrementOnGo(
   goDevicePtr: bigint,
   n: number,
 ): void {
-  call('launchIncrementOnGo', () =>
-    addon().launchIncrementOnGo(device, wordDevicePtr, goDevicePtr, BigInt(n)),
-  );
+  const d = deviceOf(device, 'launchIncrementOnGo');
+  for (const [k, v] of Object.entries({ wordDevicePtr, goDevicePtr }))
+    if (typeof v !== 'bigint' || v <= 0n)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `launchIncrementOnGo: ${k} must be a device pointer (a bigint, e.g. mappedWatcherMemory().devicePtr), got ${String(v)}`,
+      );
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `launchIncrementOnGo: n must be a non-negative integer, got ${n}`,
+    );
+  call('launchIncrementOnGo', () => addon().launchIncrementOnGo(d, wordDevicePtr, goDevicePtr, BigInt(n)));
 }
 
 /** Wait for the device's work to finish. */
 export function synchronize(device = 0): void {
-  call('synchronize', () => addon().synchronize(device));
+  const d = deviceOf(device, 'synchronize');
+  call('synchronize', () => addon().synchronize(d));
 }
 
 /**
@@ -289,12 +323,18 @@ export function cudaMemoryOps(): GpuMemoryOps {
  * enqueues its copies on a stream of its own and copies many small equal pieces with one kernel).
  */
 export async function memcpyDevice(device: number, triples: BigUint64Array): Promise<void> {
+  const d = deviceOf(device, 'memcpyDevice');
+  if (!(triples instanceof BigUint64Array) || triples.length % 3 !== 0)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `memcpyDevice: triples must be a BigUint64Array of (destination, source, bytes) triples, got ${
+        triples instanceof BigUint64Array ? `${triples.length} values (not a multiple of 3)` : String(triples)
+      }`,
+    );
   try {
-    await addon().copyDevice(device, triples);
+    await addon().copyDevice(d, triples);
   } catch (e) {
-    throw new TrellisError('PROVIDER_ERROR', `memcpyDevice: ${e instanceof Error ? e.message : String(e)}`, {
-      cause: e,
-    });
+    throw failed('memcpyDevice', e);
   }
 }
 
@@ -327,9 +367,10 @@ export function quantizeE4m3(
       'INVALID_ARGUMENT',
       `quantizeE4m3: cols ${cols} must be a multiple of block ${block} (1..4096)`,
     );
+  const d = deviceOf(device, 'quantizeE4m3');
   if (rows === 0) return;
   call('quantizeE4m3', () =>
-    addon().quantizeE4m3(device, src, srcOffset, srcPitch, rows, cols, block, dst, scales),
+    addon().quantizeE4m3(d, src, srcOffset, srcPitch, rows, cols, block, dst, scales),
   );
 }
 

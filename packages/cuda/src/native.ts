@@ -83,3 +83,24 @@ export function call<T>(what: string, f: () => T): T {
     );
   }
 }
+
+/** `device` (default 0) as a GPU ordinal, or INVALID_ARGUMENT naming `what` — before the driver is asked. */
+export function deviceOf(device: unknown, what: string): number {
+  const d = device ?? 0;
+  if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${what}: device must be a GPU ordinal >= 0, got ${typeof d === 'string' ? `'${d}'` : String(d)}`,
+    );
+  return d;
+}
+
+/** An asynchronous addon call's failure, classified as {@link call} does. */
+export function failed(what: string, e: unknown): TrellisError {
+  const msg = e instanceof Error ? e.message : String(e);
+  return new TrellisError(
+    /without CUDA|no usable GPU|InsufficientDriver|NoDevice/.test(msg) ? 'UNSUPPORTED' : 'PROVIDER_ERROR',
+    `${what}: ${msg}`,
+    { cause: e },
+  );
+}

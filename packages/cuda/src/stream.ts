@@ -3,17 +3,7 @@
 // on the same device — @trellis/moe's stream-ordered MoE takes them). Thin wrappers over the
 // runtime calls in the kit's cuda_napi.hpp; no state beyond the handles.
 import { TrellisError } from '@trellis/core';
-import { addon, call } from './native.js';
-
-function deviceOf(device: number | undefined, what: string): number {
-  const d = device ?? 0;
-  if (!Number.isSafeInteger(d) || d < 0)
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `${what}: device must be a GPU ordinal >= 0, got ${String(device)}`,
-    );
-  return d;
-}
+import { addon, call, deviceOf } from './native.js';
 
 /**
  * A CUDA stream. Kernels and copies queued on one stream run in order; work on different streams
@@ -142,7 +132,7 @@ export class CudaEvent {
     if (bytes?.length !== 64)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `CudaEvent.import: a CUDA IPC event handle is 64 bytes (128 hex digits), got ${bytes ? `${bytes.length} bytes` : typeof handle}`,
+        `CudaEvent.import: a CUDA IPC event handle is 64 bytes (128 hex digits), got ${bytes ? `${bytes.length} bytes` : typeof handle === 'string' ? `'${handle.slice(0, 40)}' (not hex digits)` : typeof handle}`,
       );
     return new CudaEvent(
       call('CudaEvent.import', () => addon().eventIpcImport(device, Uint8Array.from(bytes!))),

@@ -62,11 +62,22 @@ export interface KvStreamReceiverOptions {
   immBase?: number;
   /** How often a prefill peer with requests in flight is probed for liveness. Default 1000 ms. */
   probeMs?: number;
-  /** After a prefill peer is found dead, its requests' pages return to the pool after this long. Default 2000 ms. */
+  /**
+   * After a prefill peer is found dead (a probe the provider failed), its requests' pages return
+   * to the pool after this long. Default 2000 ms. A peer that only stopped answering (its probe
+   * timed out: dead, hung or paused) is not trusted to have stopped writing: its requests' pages
+   * return once it acknowledges their cancel, or after `quarantineMs`.
+   */
   deadPeerGraceMs?: number;
   /** How long a cancelled request waits for the prefill side's acknowledgement. Default 10000 ms. */
   ackTimeoutMs?: number;
-  /** Pages and slot of a request whose fate is uncertain (no or an uncertain acknowledgement) return after this long. Default 60000 ms. */
+  /**
+   * Pages and slot of a request whose fate is uncertain (no or an uncertain acknowledgement, or a
+   * prefill peer that stopped answering and has not acknowledged the cancel) return after this
+   * long. Default 60000 ms. A prefill process paused for longer than this that then resumes can
+   * still write into pages given to other requests since: raise it where processes may be paused
+   * longer (up to 2^31 − 1 ms).
+   */
   quarantineMs?: number;
   /**
    * `own` (default): post a receive pool on the engine for kvstream's messages (others are
@@ -132,7 +143,8 @@ export interface KvReceiverStats {
   freeSlots: number;
   /**
    * Pages held back: those of a request whose fate was uncertain (they return after
-   * `quarantineMs`) and those of a dead prefill peer's requests (after `deadPeerGraceMs`).
+   * `quarantineMs`), of an unanswering prefill peer's requests (until it acknowledges their cancel,
+   * at most `quarantineMs`) and of a dead prefill peer's requests (after `deadPeerGraceMs`).
    */
   quarantinedPages: number;
   /** Messages on the engine that were not kvstream's (with `recv: 'own'`). */
@@ -583,21 +595,57 @@ export class KvStreamReceiver {
     })();
   }
 
-  /** Send `send` and wait for the prefill side's ACK or ABORT for `r` (undefined on timeout or failure). */
-  private awaitAck(r: Req, send: () => Promise<void>): Promise<AckMsg | AbortMsg | undefined> {
+  /**
+   * Send `send` and wait for the prefill side's ACK or ABORT for `r` (undefined on timeout, or when
+   * the send fails unless `pastFailedSend`), at most `ms`.
+   */
+  private awaitAck(
+    r: Req,
+    send: () => Promise<void>,
+    ms = this.opts.ackTimeoutMs,
+    pastFailedSend = false,
+  ): Promise<AckMsg | AbortMsg | undefined> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         r.ackWait = undefined;
         resolve(undefined);
-      }, this.opts.ackTimeoutMs);
+      }, ms);
       timer.unref();
       r.ackWait = { resolve, timer };
       send().catch(() => {
+        if (pastFailedSend) return;
         clearTimeout(timer);
         r.ackWait = undefined;
         resolve(undefined);
       });
     });
+  }
+
+  /**
+   * `r`'s prefill peer stopped answering probes: dead, hung, or only paused (SIGSTOP, a debugger,
+   * a stalled host) — and a paused prefill that resumes goes on writing into the pages it was
+   * given. The request fails now; its pages and slot stay out of the pool until the prefill side
+   * acknowledges the cancel sent now (it stopped writing: its completed writes' credits are taken,
+   * as for any cancel), or for `quarantineMs`.
+   */
+  private abandon(r: Req, reason: TrellisError): void {
+    this.finish(r, 'cancelling');
+    this.counts.failed++;
+    r.reject(reason);
+    r.waitAbort.abort();
+    this.counts.quarantinedPages += r.pages.length;
+    void (async () => {
+      const ack = await this.awaitAck(
+        r,
+        () => this.engine.submitSend(r.peer, encodeCancel(r.id)),
+        this.opts.quarantineMs,
+        true,
+      );
+      if (this.closed) return;
+      this.counts.quarantinedPages -= r.pages.length;
+      if (ack) await this.settleAfterAck(r, ack);
+      else this.releaseNow(r);
+    })();
   }
 
   /**
@@ -661,15 +709,24 @@ export class KvStreamReceiver {
 
   private peerDead(peer: NetAddr, err: TrellisError): void {
     const key = peer.toString();
+    // A probe the provider failed is a death: writes of a dead process can land only within the
+    // grace period. One that went unanswered may be a paused process (see abandon()).
+    const unanswered = err.code === 'TIMEOUT';
     for (const r of [...this.reqs.values()]) {
       if (r.peerKey !== key) continue;
       const e = new TrellisError(
         'PEER_LOST',
-        `kvstream request '${r.tag}': the prefill peer is unreachable (${err.code}: ${err.message})`,
+        `kvstream request '${r.tag}': the prefill peer is unreachable (${err.code}: ${err.message})${
+          unanswered
+            ? `; its pages stay out of the pool until it acknowledges the cancel (it may only be paused) or for quarantineMs (${this.opts.quarantineMs} ms)`
+            : ''
+        }`,
         { peer: key, cause: err },
       );
-      if (r.phase === 'streaming') this.fail(r, e, 'grace');
-      else if (r.ackWait) {
+      if (r.phase === 'streaming') {
+        if (unanswered) this.abandon(r, e);
+        else this.fail(r, e, 'grace');
+      } else if (r.ackWait && !unanswered) {
         clearTimeout(r.ackWait.timer);
         const w = r.ackWait;
         r.ackWait = undefined;

@@ -83,8 +83,10 @@ describe('kvstream across processes on backend-efa', () => {
     }, 60_000);
   }
 
-  it('prefill process killed mid-stream: the decode request fails PEER_LOST, its pages return after the grace period (tcp)', async () => {
-    const { rx } = await decodeSide('tcp', { probeMs: 100, deadPeerGraceMs: 300 });
+  it('prefill process killed mid-stream: the decode request fails PEER_LOST, its pages return once no write of it can land (tcp)', async () => {
+    // A death the provider reports (a failed probe) returns the pages after deadPeerGraceMs; one
+    // seen only as an unanswered probe (as a paused process is) after quarantineMs.
+    const { rx } = await decodeSide('tcp', { probeMs: 100, deadPeerGraceMs: 300, quarantineMs: 1500 });
     const { peer, addr } = await startPeer({ role: 'prefill', provider: 'tcp', nics: 2, layout });
     cleanup.push(() => peer.stop());
     const adm = rx.admit({ prefill: addr, tokens: 400, tag: 'k' });
@@ -97,12 +99,43 @@ describe('kvstream across processes on backend-efa', () => {
       /^PEER_LOST: kvstream request 'k': the prefill peer is unreachable \(/,
     );
     const failedAfter = Date.now() - t0;
-    expect(rx.stats().freePages).toBe(256 - 25);
-    await new Promise((r) => setTimeout(r, 400));
+    expect(rx.stats()).toMatchObject({ freePages: 256 - 25, quarantinedPages: 25 });
+    await new Promise((r) => setTimeout(r, 1700));
     expect(poolFull(rx)).toBe(true);
-    // Bounded by the probe interval plus the engine's deadline (opTimeoutMs 5000) and slack.
+    expect(rx.stats().quarantinedPages).toBe(0);
+    // Bounded by the probe's deadline (4 × probeMs) or the engine's (opTimeoutMs 5000), and slack.
     expect(failedAfter).toBeLessThan(100 + 5000 + 3000);
   }, 30_000);
+
+  it('prefill process paused mid-stream (SIGSTOP): the request fails PEER_LOST, its pages stay out of the pool until the resumed prefill acknowledges the cancel (tcp)', async () => {
+    const { rx } = await decodeSide('tcp', { probeMs: 100, quarantineMs: 60_000 });
+    const { peer, addr } = await startPeer({ role: 'prefill', provider: 'tcp', nics: 2, layout });
+    cleanup.push(async () => {
+      peer.child.kill('SIGCONT');
+      await peer.stop();
+    });
+    const adm = rx.admit({ prefill: addr, tokens: 400, tag: 'k' });
+    const srcPages = Array.from({ length: 25 }, (_, i) => i);
+    peer.send({ run: { tag: 'k', req: 9, srcPages, chunks: [400], tail: [], layerMs: 300 } });
+    await peer.next((m) => m.started === 'k');
+    peer.child.kill('SIGSTOP');
+    expect(await outcome(adm.done)).toMatch(
+      /^PEER_LOST: kvstream request 'k': the prefill peer is unreachable \(TIMEOUT: .*; its pages stay out of the pool until it acknowledges the cancel \(it may only be paused\) or for quarantineMs \(60000 ms\)$/,
+    );
+    // Paused, not dead: when it resumes it goes on writing into those 25 pages, so none of them
+    // may go to another request meanwhile.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(rx.stats()).toMatchObject({ freePages: 256 - 25, quarantinedPages: 25, failed: 1 });
+    peer.child.kill('SIGCONT');
+    // Resumed: it reads the cancel, stops the stream and acknowledges; the pages come back.
+    const t0 = Date.now();
+    while (!poolFull(rx) && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 50));
+    expect(rx.stats()).toMatchObject({ freePages: 256, quarantinedPages: 0 });
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    const done = (await peer.next((m) => m.done === 'k')) as { outcome: string };
+    // It stopped at the cancel, or had finished its last write before it read it.
+    expect(done.outcome).toMatch(/^(resolved|ABORTED: kvstream request 'k': cancelled by the decode side)/);
+  }, 40_000);
 
   it("decode process killed: the prefill side drops that peer's requests (tcp)", async () => {
     const engine = await createEngine({ provider: 'tcp', nics: 2, opTimeoutMs: 5000 });

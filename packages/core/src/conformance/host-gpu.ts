@@ -84,6 +84,19 @@ export class HostGpu {
     return base;
   }
 
+  /**
+   * Hold the lane stream (a GPU busy with other work): copies enqueued from now on wait until the
+   * returned function is called. For deadline and abort tests of lane writes.
+   */
+  holdLane(): () => void {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    this.stream = this.stream.then(() => gate);
+    return release;
+  }
+
   private enqueue(device: number, triples: BigUint64Array, signal: GpuSignal, value: bigint): void {
     if (device !== 0) throw new TrellisError('INTERNAL', `HostGpu: no device ${device}`);
     if (this.streamError) throw this.streamError;

@@ -22,7 +22,9 @@
 //
 // A write resolves once its immediates were delivered (or, without an immediate, once its copy
 // is done): the source may be reused then. Cancellation (deadline, abort) cannot stop a copy the
-// GPU has started: the operation then settles once the copy is done, and no immediate is raised.
+// GPU (or the copy thread) has started, and no immediate is raised: an abort settles once the copy
+// is done; the request's deadline settles it at once, TIMEOUT, while the op's regions stay in use
+// until the copy is done (`stats().ops.held`, `quiesce`), as for a NIC write with work posted.
 // A copy that fails on the GPU (the stream reports an error) never stores its signal: a cancelled
 // operation finds that out by draining the stream, and fails with the CUDA error.
 import { HOST_MAPPING_DEVICE, type MrDesc, type MrIpc, sharedName } from '../desc.js';
@@ -40,8 +42,9 @@ export interface LaneHost {
   /** Let the worker watch `signal`'s word without telling JS of changes; its watch id. */
   watchSignal(signal: GpuSignal): number;
   /**
-   * Post `plan` as `op` once the watch reads at least `value`. A cancel meanwhile posts nothing
-   * and settles `op` only once the value is reached (the copy is done).
+   * Post `plan` as `op` once the watch reads at least `value`. A cancel meanwhile posts nothing;
+   * an abort settles `op` once the value is reached (the copy is done), a deadline at once (its
+   * regions held until the value is reached).
    */
   armOnSignal(plan: Plan, op: PendingOp, watch: number, value: bigint): void;
   /** Settle a held operation now (its copy failed: the watch will never reach its value). */
@@ -341,8 +344,10 @@ export class SameHostLane {
     this.host.gpu!.drainDeviceCopies?.(device).then(
       () => {},
       (e: unknown) => {
-        if (op.settled) return;
+        // The copy will never signal: the worker drops the armed write (and, where the op already
+        // settled at its deadline, lets its regions go).
         this.host.release(op, reason);
+        if (op.settled) return;
         op.fail(
           new TrellisError(
             'PROVIDER_ERROR',

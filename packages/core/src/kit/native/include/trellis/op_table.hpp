@@ -149,10 +149,15 @@ class OpTable {
     }
   }
 
-  // An operation that never entered the table (an armed trigger): reported as is.
-  void report_unopened(OpId op, Code code, const std::string& msg) {
+  // An operation that never entered the table (an armed trigger): reported as is. `posted`: work
+  // of it still runs (a held trigger's copy); `released(op)` follows when it is done.
+  void report_unopened(OpId op, Code code, const std::string& msg, bool posted = false) {
     OpState st;
-    report(op, st, code, 0, -1, msg);
+    report(op, st, code, 0, -1, msg, posted);
+  }
+  // An operation reported with work still running (report_unopened's `posted`) let go of it.
+  void released(OpId op) {
+    events_.push([&](Events& e) { e.released.push_back(static_cast<uint32_t>(op)); });
   }
 
   // JS cancels `op`. `drop_unposted()` removes its work not yet posted and returns how many work

@@ -55,7 +55,7 @@ class Watches {
     for (auto& [at, t] : armed) {
       (void)at;
       forget(t);
-      ops_.report_unopened(t.w->op, Code::Aborted, "the watcher was closed before it reached the trigger value");
+      settle(t, Code::Aborted, "the watcher was closed before it reached the trigger value");
     }
   }
 
@@ -85,15 +85,28 @@ class Watches {
     if (f == by_op_.end()) return false;
     Trigger& t = f->second.at->second;
     if (t.hold && !force) {
-      // Work of this operation is still running on the GPU: post nothing, settle when it is done.
-      if (t.cancelled == Code::Ok) t.cancelled = why;
+      // Work of this operation is still running (a GPU stream's copy, the copy thread's): post
+      // nothing. An abort settles when it is done; the request's own deadline settles it now, as it
+      // does a NIC write with work posted, and the op's regions stay JS's until the value comes
+      // (`released`).
+      if (t.cancelled == Code::Ok) {
+        t.cancelled = why;
+        if (why == Code::Timeout) {
+          t.reported = true;
+          ops_.report_unopened(op, why,
+                               "the same-host lane's copy was still running: it may still read the source and write the "
+                               "target until it is done (await engine.quiesce(peer) before reusing the source)",
+                               true);
+        }
+      }
       return true;
     }
-    // Armed, never posted: nothing of it can touch memory.
+    // Armed, never posted (or its copy failed and will never signal): nothing of it touches memory.
     Where where = f->second;
-    forget(t);
+    Trigger gone = std::move(t);
+    forget(gone);
     watches_.at(where.watch).triggers.erase(where.at);
-    ops_.report_unopened(op, why, "");
+    settle(gone, why, "");
     return true;
   }
 
@@ -106,7 +119,7 @@ class Watches {
       for (auto& [at, t] : armed) {
         (void)at;
         forget(t);
-        ops_.report_unopened(t.w->op, code, msg);
+        settle(t, code, msg);
       }
     }
   }
@@ -133,13 +146,16 @@ class Watches {
       // (settled instead when they were cancelled while held).
       while (!w.triggers.empty() && w.triggers.begin()->first <= v) {
         auto t = w.triggers.begin();
-        WritePtr cmd = std::move(t->second.w);
-        Code cancelled = t->second.cancelled;
-        if (t->second.hold) held_--;
+        Trigger done = std::move(t->second);
+        WritePtr cmd = std::move(done.w);
+        if (done.hold) held_--;
         by_op_.erase(cmd->op);
         w.triggers.erase(t);
-        if (cancelled != Code::Ok) {
-          ops_.report_unopened(cmd->op, cancelled, "");
+        if (done.cancelled != Code::Ok) {
+          if (done.reported)
+            ops_.released(cmd->op);  // settled at its deadline: its copy is done now
+          else
+            ops_.report_unopened(cmd->op, done.cancelled, "");
         } else {
           TRELLIS_TRACE_MARK('T');
           group_.write(std::move(cmd));
@@ -158,6 +174,7 @@ class Watches {
     WritePtr w;
     bool hold = false;
     Code cancelled = Code::Ok;
+    bool reported = false;  // settled (TIMEOUT) while held: JS keeps its regions until `released`
   };
   // By trigger value; equal values keep their arming order.
   using Triggers = std::multimap<uint64_t, Trigger>;
@@ -176,6 +193,14 @@ class Watches {
   void forget(const Trigger& t) {
     if (t.hold) held_--;
     by_op_.erase(t.w->op);
+  }
+  // A trigger that will not post settles with `code` — or, already settled at its deadline, lets
+  // JS release what it held.
+  void settle(const Trigger& t, Code code, const char* msg) {
+    if (t.reported)
+      ops_.released(t.w->op);
+    else
+      ops_.report_unopened(t.w->op, code, msg);
   }
 
   OpTable& ops_;
