@@ -22,6 +22,8 @@ export interface BenchOptions {
   sizes?: number[];
   /** Bytes moved per size (at least one write). Default 256 MiB. */
   bytesPerSize?: number;
+  /** Writes per size at most (small sizes move fewer bytes). Default 65536. */
+  maxWritesPerSize?: number;
   /** Writes in flight. Default 32. */
   window?: number;
   /** Progress: called after each size with (done, total). */
@@ -208,6 +210,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const sizes = opts.sizes ?? [4096, 16384, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
   const total = opts.bytesPerSize ?? 256 << 20;
   const window = opts.window ?? 32;
+  const maxWrites = opts.maxWritesPerSize ?? 65536;
   // verbs: the real devices where there are some, the software RC model otherwise.
   const model = backend === 'verbs' && listDevices(false).devices.length === 0;
   const engineOptions = backend === 'verbs' ? { model, nics } : { provider, nics };
@@ -219,7 +222,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const rows: BenchRow[] = [];
   try {
     for (const [i, size] of sizes.entries()) {
-      const writes = Math.max(1, Math.ceil(total / size));
+      const writes = Math.max(1, Math.min(Math.ceil(total / size), maxWrites));
       // Slots cycle through the region; every slot is written at least once, so the whole target
       // region must equal the source afterwards.
       const slots = Math.max(1, Math.min(window, writes, Math.floor((256 << 20) / size)));
@@ -280,7 +283,13 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   };
 }
 
-const fmtSize = (n: number) => (n >= 1 << 20 ? `${n / (1 << 20)} MiB` : `${n / 1024} KiB`);
+/** `64 MiB`, `4 KiB`, or bytes where the size is not a whole number of either. */
+const fmtSize = (n: number) =>
+  n >= 1 << 20 && n % (1 << 20) === 0
+    ? `${n / (1 << 20)} MiB`
+    : n >= 1024 && n % 1024 === 0
+      ? `${n / 1024} KiB`
+      : `${n} B`;
 
 /** A self-contained HTML report: the table and an SVG chart of bandwidth versus size (log scale). */
 export function benchHtml(r: BenchResult): string {

@@ -5,13 +5,16 @@
 //   1  the command ran and found a failure (a byte differed, an operation was lost, a check failed)
 //      or an error stopped it (one line; the stack with --debug)
 //   2  a usage error: unknown command or flag, a missing or malformed value
-import { writeFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, statSync, writeFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
-import type { Provider } from '@trellis/backend-efa';
+import { fabricVersion, type Provider } from '@trellis/backend-efa';
 import { benchHtml, cliVersion, fmtSize, parseHostPort, runBench, serveBench } from './bench.js';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
 import { runDoctor } from './doctor.js';
+import { runInterruptHooks } from './exit-hooks.js';
 import { runSoak } from './soak.js';
 import { table } from './table.js';
 
@@ -29,17 +32,44 @@ interface Command {
 }
 
 const out = (s: string) => process.stdout.write(s);
-const err = (s: string) => process.stderr.write(s);
+/** A progress line (`\r…`) is open on stderr: what is printed next starts on a line of its own. */
+let progressOpen = false;
+const err = (s: string) => {
+  if (progressOpen && !s.startsWith('\r')) {
+    process.stderr.write('\n');
+    progressOpen = false;
+  }
+  process.stderr.write(s);
+};
 
-/** An integer flag: absent → `dflt`; present, it must be an integer in [min, max]. */
+/** An integer flag: absent → `dflt`; present, decimal digits for an integer in [min, max]. */
 function int(v: Values, name: string, dflt: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const s = v[name];
   if (s === undefined) return dflt;
   const n = Number(s);
-  if (typeof s !== 'string' || s.trim() === '' || !Number.isInteger(n) || n < min || n > max)
+  if (typeof s !== 'string' || !/^-?\d+$/.test(s) || n < min || n > max)
     throw new UsageError(`--${name} takes an integer from ${min} to ${max}, got ${JSON.stringify(s)}`);
   return n;
 }
+
+/** A file the command will write at the end: refused now if its directory cannot take it. */
+function outFile(v: Values, name: string): string | undefined {
+  const f = str(v, name);
+  if (f === undefined) return undefined;
+  const dir = dirname(resolve(f));
+  try {
+    if (!statSync(dir).isDirectory()) throw new Error('not a directory');
+    accessSync(dir, fsConstants.W_OK);
+  } catch {
+    throw new UsageError(
+      `--${name} ${JSON.stringify(f)}: ${dir} is not a directory this process can write in`,
+    );
+  }
+  return f;
+}
+
+/** The largest write `trellis bench` takes: the target hashes its region as one Node buffer. */
+const MAX_SIZE = 2 ** 31 - 1;
 
 /** A flag whose value is one of `choices`. */
 function oneOf<T extends string>(v: Values, name: string, choices: readonly T[], dflt: T): T {
@@ -155,7 +185,8 @@ const commands: Record<string, Command> = {
   --backend efa|verbs  the backend (default efa; verbs uses its software RC model without a device)
   --provider shm|tcp   the libfabric provider (default shm here, tcp with --serve and --connect)
   --nics N             NICs per engine, 1-4 (default 1)
-  --sizes B,B,...      write sizes in bytes (default 4 KiB to 64 MiB)
+  --sizes B,B,...      write sizes in bytes, 1 to 2147483647 (default 4 KiB to 64 MiB by powers
+                       of 4); each size moves 256 MiB, in 65536 writes at most
   --json FILE          write the results (with versions, host and time) as JSON
   --html FILE          write a self-contained HTML report
   --serve              be the target of a two-host run
@@ -181,6 +212,12 @@ const commands: Record<string, Command> = {
       const nics = int(v, 'nics', 1, 1, 4);
       if (v.serve) {
         if (v.connect !== undefined) throw new UsageError('--serve and --connect exclude each other');
+        // The serving side takes what the client asks for: these are the client's to give.
+        for (const f of ['sizes', 'json', 'html', 'backend', 'timeout'])
+          if (v[f] !== undefined)
+            throw new UsageError(
+              `--${f} applies to the writing side, not to --serve (pass it with --connect)`,
+            );
         await serveBench({
           provider,
           nics,
@@ -196,14 +233,17 @@ const commands: Record<string, Command> = {
         throw new UsageError(
           `--connect takes HOST:PORT (a port from 1 to 65535), got ${JSON.stringify(v.connect)}`,
         );
-      const sizes = str(v, 'sizes')
-        ?.split(',')
-        .map((x) => Number(x));
-      if (sizes?.some((n) => !Number.isInteger(n) || n < 1))
+      const sizesText = str(v, 'sizes')?.split(',');
+      const sizes = sizesText?.map((x) => Number(x));
+      if (sizesText?.some((x) => !/^\d+$/.test(x) || Number(x) < 1 || Number(x) > MAX_SIZE))
         throw new UsageError(
-          `--sizes is a comma-separated list of byte counts, got ${JSON.stringify(v.sizes)}`,
+          `--sizes is a comma-separated list of byte counts from 1 to ${MAX_SIZE} (decimal digits), got ${JSON.stringify(v.sizes)}`,
         );
       const backend = oneOf(v, 'backend', ['efa', 'verbs'] as const, 'efa');
+      if (backend === 'verbs' && v.provider !== undefined)
+        throw new UsageError('--provider applies to --backend efa (libfabric) only');
+      const json = outFile(v, 'json');
+      const html = outFile(v, 'html');
       const r = await runBench({
         backend,
         provider,
@@ -215,6 +255,7 @@ const commands: Record<string, Command> = {
         progress: (done, total) => {
           const bar = '#'.repeat(Math.round((20 * done) / total)).padEnd(20, '.');
           err(`\r  [${bar}] ${done}/${total} sizes`);
+          progressOpen = done !== total;
           if (done === total) err('\n');
         },
       });
@@ -231,9 +272,7 @@ const commands: Record<string, Command> = {
           ]),
         )}\n`,
       );
-      const json = str(v, 'json');
       if (json) writeFileSync(json, JSON.stringify(r, null, 2));
-      const html = str(v, 'html');
       if (html) writeFileSync(html, benchHtml(r));
       return r.rows.every((x) => x.verified) ? 0 : 1;
     },
@@ -268,11 +307,22 @@ const commands: Record<string, Command> = {
       json: { type: 'string' },
     },
     async run(v) {
+      const provider = oneOf(v, 'provider', ['tcp', 'shm'] as const, 'tcp');
+      const killEveryS = int(v, 'kill-every', 10);
+      const json = outFile(v, 'json');
+      const seconds = int(v, 'seconds', 60, 1);
+      const procs = int(v, 'procs', 4, 2, 64);
+      if (provider === 'shm' && killEveryS > 0 && /^1\./.test(fabricVersion()))
+        // Known: a SIGKILLed shm peer can stall the survivors' engines on libfabric 1.x (the
+        // kvstream README) — the soak would report errors between healthy peers for it.
+        throw new UsageError(
+          `--provider shm with kills needs libfabric 2.x: on libfabric ${fabricVersion()} a killed shm peer can stall the engines of the processes that survive it; use --provider tcp, --kill-every 0, or TRELLIS_LIBFABRIC_DIR=<a libfabric 2.x install>`,
+        );
       const r = await runSoak({
-        seconds: int(v, 'seconds', 60, 1),
-        procs: int(v, 'procs', 4, 2, 64),
-        provider: oneOf(v, 'provider', ['tcp', 'shm'] as const, 'tcp'),
-        killEveryS: int(v, 'kill-every', 10),
+        seconds,
+        procs,
+        provider,
+        killEveryS,
         seed: int(v, 'seed', 1),
         ...(v['no-forge'] ? { forge: false } : {}),
         ...(v['no-lane'] ? { sameHostLane: false } : {}),
@@ -317,7 +367,6 @@ const commands: Record<string, Command> = {
           `crashes: ${r.crashes}; errors between healthy peers: ${t.healthyErrors}\n`,
       );
       for (const line of t.healthySamples) out(`  healthy-pair error: ${line}\n`);
-      const json = str(v, 'json');
       if (json) writeFileSync(json, JSON.stringify(r, null, 2));
       // A forgery must never write; besides REMOTE_ACCESS it may settle CONNECTION_RESET (another
       // forgery reset the connection under it) or, around kills, PEER_LOST or TIMEOUT.
@@ -425,6 +474,15 @@ async function main(argv: string[], debug: { on: boolean }): Promise<number> {
     throw e;
   }
 }
+
+// Interrupted: the hooks remove what only this process knows of; child processes see their stdin
+// close and close their engines themselves.
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
+  process.on(sig, () => {
+    if (progressOpen) process.stderr.write('\n');
+    runInterruptHooks();
+    process.exit(128 + osConstants.signals[sig]);
+  });
 
 const debug = { on: false };
 main(process.argv.slice(2), debug).then(

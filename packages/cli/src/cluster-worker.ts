@@ -23,7 +23,16 @@ const cfg = JSON.parse(process.argv[2]!) as {
 };
 const engine = await createEngine({ provider: cfg.provider, nics: 2, opTimeoutMs: 20_000 });
 const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
+// Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
+// then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
+process.on('SIGINT', () => {});
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+// stdin closed: the demo's parent is gone (killed, interrupted). Close the engine (which unlinks its
+// shared-memory regions) within a bound and exit rather than run on as an orphan.
+process.stdin.once('end', () => {
+  setTimeout(() => process.exit(1), 3000).unref();
+  void engine.close().finally(() => process.exit(1));
+});
 const next = async <T>() => JSON.parse((await lines.next()).value as string) as T;
 
 if (cfg.role === 'prefill') {

@@ -7,7 +7,7 @@
 import { appendFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
-import { MrDesc, NetAddr, Prng, type TransferEngine, TrellisError } from '@trellis/core';
+import { MrDesc, type MrHandle, NetAddr, Prng, type TransferEngine, TrellisError } from '@trellis/core';
 
 const cfg = JSON.parse(process.argv[2]!) as {
   rank: number;
@@ -23,18 +23,45 @@ const cfg = JSON.parse(process.argv[2]!) as {
   forgeLog: string;
   sameHostLane: boolean;
 };
-const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
+// Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
+// then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
+process.on('SIGINT', () => {});
+/** The parent is gone (stdin closed): nothing more is written to it, and the worker winds down. */
+let orphaned = false;
+const out = (o: object) => {
+  if (!orphaned) process.stdout.write(`${JSON.stringify(o)}\n`);
+};
+process.stdout.on('error', () => {
+  orphaned = true; // EPIPE: the parent died; the end of stdin follows
+});
+/** A forgery's record; its file goes with the parent's temporary directory when interrupted. */
+const logForge = (line: string) => {
+  try {
+    appendFileSync(cfg.forgeLog, line);
+  } catch {
+    // interrupted: the soak removed its directory
+  }
+};
 const IMM = 0x50aa0000;
 const MAX_PEERS = 64;
 
-const engine: TransferEngine = await createEngine({
-  provider: cfg.provider,
-  nics: 2,
-  opTimeoutMs: 3000,
-  sameHostLane: cfg.sameHostLane,
-});
-const land = await engine.registerMemory(MAX_PEERS * cfg.slotBytes, { remote: true });
-const src = await engine.registerMemory(cfg.slotBytes);
+let engine: TransferEngine;
+let land: MrHandle;
+let src: MrHandle;
+try {
+  engine = await createEngine({
+    provider: cfg.provider,
+    nics: 2,
+    opTimeoutMs: 3000,
+    sameHostLane: cfg.sameHostLane,
+  });
+  land = await engine.registerMemory(MAX_PEERS * cfg.slotBytes, { remote: true });
+  src = await engine.registerMemory(cfg.slotBytes);
+} catch (e) {
+  // The parent prints why, in one line.
+  out({ failed: e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e) });
+  process.exit(1);
+}
 const rss0 = process.memoryUsage().rss;
 const rng = new Prng(cfg.seed * 1000 + cfg.rank);
 
@@ -219,14 +246,14 @@ async function forge(q: number, len: number): Promise<void> {
   stats.faultsInjected.forged++;
   stats.submitted++;
   const t0 = Date.now();
-  appendFileSync(cfg.forgeLog, `${t0} ${q}\n`);
+  logForge(`${t0} ${q}\n`);
   let code = 'OK';
   try {
     await engine.submitSingleWrite({ src, length: len, dst, dstOffset: cfg.rank * cfg.slotBytes });
   } catch (e) {
     code = codeOf(e);
   }
-  appendFileSync(cfg.forgeLog, `${t0} ${q} ${Date.now()} ${code}\n`);
+  logForge(`${t0} ${q} ${Date.now()} ${code}\n`);
   stats.settled++;
   stats.outcomes[code] = (stats.outcomes[code] ?? 0) + 1;
   stats.forgedOutcomes[code] = (stats.forgedOutcomes[code] ?? 0) + 1;
@@ -265,3 +292,10 @@ for await (const line of createInterface({ input: process.stdin })) {
     process.exit(0);
   }
 }
+// stdin closed: the soak's parent is gone (killed, interrupted). Stop, close the engine (which
+// unlinks its shared-memory regions) within a bound, and exit rather than run on as an orphan.
+orphaned = true;
+running = false;
+setTimeout(() => process.exit(1), 3000).unref();
+await engine.close().catch(() => {});
+process.exit(1);

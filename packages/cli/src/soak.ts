@@ -8,13 +8,14 @@
 // explains (the peer was not killed around then, and the pair was not the forger's to its target)
 // is an error between healthy peers: there must be none.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Provider } from '@trellis/backend-efa';
 import { Prng } from '@trellis/core';
+import { atInterrupt } from './exit-hooks.js';
 
 /** Options of {@link runSoak}. */
 export interface SoakOptions {
@@ -121,7 +122,9 @@ class Proc {
   async next<T>(): Promise<T> {
     const r = await this.it.next();
     if (r.done) throw new Error(`soak process ${this.rank} exited (its error is above)`);
-    return JSON.parse(r.value as string) as T;
+    const m = JSON.parse(r.value as string) as T & { failed?: string };
+    if (m.failed !== undefined) throw new Error(`soak process ${this.rank}: ${m.failed}`);
+    return m;
   }
   send(o: object): void {
     if (!this.exited) this.child.stdin!.write(`${JSON.stringify(o)}\n`);
@@ -139,174 +142,206 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
   const forge = opts.forge ?? provider !== 'shm';
   const sameHostLane = opts.sameHostLane ?? true;
   // Each process appends its forgeries to a file of its own, so those of killed processes count too.
-  const logDir = mkdtempSync(join(tmpdir(), 'trellis-soak-'));
-  const forgeLogs: Array<{ rank: number; path: string }> = [];
-  /** When each kill happened, by rank. */
-  const killedAt: Array<[number, number]> = [];
-  const log = opts.log ?? (() => {});
   if (!Number.isInteger(procs) || procs < 2 || procs > 64) throw new Error('soak: procs must be 2..64');
-  const rng = new Prng(seed);
-  let generation = 0;
-  const start = async (rank: number) => {
-    const forgeLog = join(logDir, `forges-${rank}-${generation}`);
-    writeFileSync(forgeLog, '');
-    forgeLogs.push({ rank, path: forgeLog });
-    const p = new Proc(
-      spawn(
-        process.execPath,
-        [
-          workerPath,
-          JSON.stringify({
-            rank,
-            provider,
-            seed: seed + generation,
-            slotBytes,
-            forge,
-            forgeLog,
-            sameHostLane,
-          }),
-        ],
-        {
-          stdio: ['pipe', 'pipe', 'inherit'],
-        },
-      ),
-      rank,
-      generation++,
-    );
-    const hello = (await p.next<{ hello: { addr: string; desc: string } }>()).hello;
-    return { p, hello };
-  };
-  const live = await Promise.all(Array.from({ length: procs }, (_, r) => start(r)));
-  const table = () => live.map((x) => (x ? x.hello : null));
-  const broadcast = async (peers: Array<{ addr: string; desc: string } | null>) => {
-    for (const x of live) if (x) x.p.send({ peers });
-    for (const x of live) if (x) await x.p.next();
-  };
-  await broadcast(table());
-  for (const x of live) {
-    x.p.send({ start: true });
-    await x.p.next();
+  const logDir = mkdtempSync(join(tmpdir(), 'trellis-soak-'));
+  const unhook = atInterrupt(() => rmSync(logDir, { recursive: true, force: true }));
+  // Every worker started, to end on the way out whatever happens (its stdin closes: it closes its
+  // engine and exits).
+  const children: ChildProcess[] = [];
+  try {
+    return await soak();
+  } finally {
+    unhook();
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.stdin?.end();
+    rmSync(logDir, { recursive: true, force: true });
   }
-  log(`soak: ${procs} processes over ${provider}, ${seconds} s, a kill every ~${killEveryS || '∞'} s`);
-  let kills = 0;
-  let crashes = 0;
-  const t0 = Date.now();
-  const until = Date.now() + seconds * 1000;
-  while (Date.now() < until) {
-    const wait =
-      killEveryS > 0
-        ? Math.min(until - Date.now(), (0.5 + rng.below(1000) / 1000) * killEveryS * 1000)
-        : until - Date.now();
-    await new Promise((r) => setTimeout(r, Math.max(0, wait)));
-    // A process that died on its own is a crash: replace it too, and count it.
-    for (const [r, x] of live.entries())
-      if (x.p.exited) {
-        crashes++;
-        log(`soak: process ${r} exited on its own; replacing it`);
-        live[r] = await start(r);
-        await broadcast(table());
-        live[r]!.p.send({ start: true });
-        await live[r]!.p.next();
-      }
-    if (killEveryS <= 0 || Date.now() >= until) continue;
-    const r = rng.below(procs);
-    killedAt.push([Date.now(), r]);
-    live[r]!.p.child.kill('SIGKILL');
-    kills++;
-    log(`soak: killed process ${r} (generation ${live[r]!.p.generation})`);
-    await new Promise((res) => live[r]!.p.child.once('exit', res));
-    const peers = table();
-    peers[r] = null;
-    for (const x of live) if (x && x.p.rank !== r) x.p.send({ peers });
-    for (const x of live) if (x && x.p.rank !== r) await x.p.next();
-    live[r] = await start(r);
+
+  async function soak(): Promise<SoakReport> {
+    const forgeLogs: Array<{ rank: number; path: string }> = [];
+    /** When each kill happened, by rank. */
+    const killedAt: Array<[number, number]> = [];
+    const log = opts.log ?? (() => {});
+    const rng = new Prng(seed);
+    let generation = 0;
+    const start = async (rank: number) => {
+      const forgeLog = join(logDir, `forges-${rank}-${generation}`);
+      writeFileSync(forgeLog, '');
+      forgeLogs.push({ rank, path: forgeLog });
+      const p = new Proc(
+        spawn(
+          process.execPath,
+          [
+            workerPath,
+            JSON.stringify({
+              rank,
+              provider,
+              seed: seed + generation,
+              slotBytes,
+              forge,
+              forgeLog,
+              sameHostLane,
+            }),
+          ],
+          {
+            stdio: ['pipe', 'pipe', 'inherit'],
+          },
+        ),
+        rank,
+        generation++,
+      );
+      children.push(p.child);
+      const hello = (await p.next<{ hello: { addr: string; desc: string } }>()).hello;
+      return { p, hello };
+    };
+    const live = await Promise.all(Array.from({ length: procs }, (_, r) => start(r)));
+    const table = () => live.map((x) => (x ? x.hello : null));
+    const broadcast = async (peers: Array<{ addr: string; desc: string } | null>) => {
+      for (const x of live) if (x) x.p.send({ peers });
+      for (const x of live) if (x) await x.p.next();
+    };
     await broadcast(table());
-    live[r]!.p.send({ start: true });
-    await live[r]!.p.next();
-  }
-  const processes: SoakProcessReport[] = [];
-  for (const x of live) x.p.send({ stop: true });
-  for (const x of live) {
-    const s = (await x.p.next<{ stats: Omit<SoakProcessReport, 'rank' | 'generation'> }>()).stats;
-    processes.push({ rank: x.p.rank, generation: x.p.generation, ...s });
-  }
-  for (const x of live) x.p.send({ exit: true });
-  await Promise.all(
-    live.map((x) => (x.p.exited ? undefined : new Promise((r) => x.p.child.once('exit', r)))),
-  );
-  const outcomes: Record<string, number> = {};
-  for (const p of processes)
-    for (const [k, v] of Object.entries(p.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + v;
-  const sum = (f: (p: SoakProcessReport) => number) => processes.reduce((n, p) => n + f(p), 0);
-  // An error is explained by a kill of its peer (or of any peer, when it names none) from shortly
-  // before to the engine deadline plus a check's wait after; or by a forgery: the forger's own
-  // work to its target around the refused write (the refusal resets that one connection), and the
-  // target's checks the forger's answers were cut off from.
-  const DEADLINE = 3000;
-  const CHECK_WAIT = 3000;
-  // Forgeries by [forger rank, start, end, target]; one cut short by a kill ends at the deadline.
-  const forges: Array<[number, number, number, number]> = [];
-  // Forgeries and their refusals by every process, killed ones included (a count over the
-  // survivors alone can be 0 when the processes that were refused were killed later).
-  let forgedAll = 0;
-  let refusedAll = 0;
-  let acceptedAll = 0;
-  for (const { rank, path } of forgeLogs) {
-    const ends = new Map<string, number>();
-    const lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
-    for (const l of lines) {
-      const [a, q, b, code] = l.split(' ');
-      if (b) ends.set(`${a} ${q}`, Number(b));
-      if (!b) forgedAll++;
-      if (code === 'REMOTE_ACCESS') refusedAll++;
-      if (code === 'OK') acceptedAll++;
+    for (const x of live) {
+      x.p.send({ start: true });
+      await x.p.next();
     }
-    for (const l of lines) {
-      const [a, q, b] = l.split(' ');
-      if (!b) forges.push([rank, Number(a), ends.get(`${a} ${q}`) ?? Number(a) + DEADLINE, Number(q)]);
+    log(`soak: ${procs} processes over ${provider}, ${seconds} s, a kill every ~${killEveryS || '∞'} s`);
+    let kills = 0;
+    let crashes = 0;
+    const t0 = Date.now();
+    const until = Date.now() + seconds * 1000;
+    while (Date.now() < until) {
+      const wait =
+        killEveryS > 0
+          ? Math.min(until - Date.now(), (0.5 + rng.below(1000) / 1000) * killEveryS * 1000)
+          : until - Date.now();
+      await new Promise((r) => setTimeout(r, Math.max(0, wait)));
+      // A process that died on its own is a crash: replace it too, and count it.
+      for (const [r, x] of live.entries())
+        if (x.p.exited) {
+          crashes++;
+          log(`soak: process ${r} exited on its own; replacing it`);
+          live[r] = await start(r);
+          await broadcast(table());
+          live[r]!.p.send({ start: true });
+          await live[r]!.p.next();
+        }
+      if (killEveryS <= 0 || Date.now() >= until) continue;
+      const r = rng.below(procs);
+      killedAt.push([Date.now(), r]);
+      live[r]!.p.child.kill('SIGKILL');
+      kills++;
+      log(`soak: killed process ${r} (generation ${live[r]!.p.generation})`);
+      await new Promise((res) => live[r]!.p.child.once('exit', res));
+      unlinkShared(live[r]!.p.child.pid);
+      const peers = table();
+      peers[r] = null;
+      for (const x of live) if (x && x.p.rank !== r) x.p.send({ peers });
+      for (const x of live) if (x && x.p.rank !== r) await x.p.next();
+      live[r] = await start(r);
+      await broadcast(table());
+      live[r]!.p.send({ start: true });
+      await live[r]!.p.next();
     }
-  }
-  rmSync(logDir, { recursive: true, force: true });
-  /** A missing check is noticed a check's wait after the answer that was cut off. */
-  const late = (code: string) => (code === 'CHECK_MISSING' ? CHECK_WAIT + 500 : 0);
-  const explained = (at: number, rank: number, peer: number, code: string) =>
-    killedAt.some(
-      ([t, r]) => (peer === r || peer < 0) && at >= t - 500 && at <= t + DEADLINE + CHECK_WAIT + 1000,
-    ) ||
-    forges.some(
-      ([f, t0, t1, q]) =>
-        at >= t0 - 50 &&
-        at <= t1 + 1000 + late(code) &&
-        ((f === rank && (q === peer || peer < 0)) || (rank === q && peer === f && code === 'CHECK_MISSING')),
+    const processes: SoakProcessReport[] = [];
+    for (const x of live) x.p.send({ stop: true });
+    for (const x of live) {
+      const s = (await x.p.next<{ stats: Omit<SoakProcessReport, 'rank' | 'generation'> }>()).stats;
+      processes.push({ rank: x.p.rank, generation: x.p.generation, ...s });
+    }
+    for (const x of live) x.p.send({ exit: true });
+    await Promise.all(
+      live.map((x) => (x.p.exited ? undefined : new Promise((r) => x.p.child.once('exit', r)))),
     );
-  const healthy: string[] = [];
-  for (const p of processes)
-    for (const [at, peer, code, what] of p.errors)
-      if (!explained(at, p.rank, peer, code))
-        healthy.push(
-          `process ${p.rank} (gen ${p.generation}): ${what} to/from ${peer} failed ${code} at +${at - t0} ms`,
-        );
-  return {
-    seconds,
-    provider,
-    procs,
-    kills,
-    crashes,
-    processes,
-    totals: {
-      submitted: sum((p) => p.submitted),
-      settled: sum((p) => p.settled),
-      lost: sum((p) => p.submitted - p.settled),
-      outcomes,
-      bytesWritten: sum((p) => p.bytesWritten),
-      verifiedBytes: sum((p) => p.verifiedBytes),
-      mismatches: sum((p) => p.mismatches),
-      faultsInjected: kills + forgedAll + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline),
-      forged: forgedAll,
-      forgedRefused: refusedAll,
-      forgedAccepted: acceptedAll,
-      healthyErrors: healthy.length,
-      healthySamples: healthy.slice(0, 10),
-    },
-  };
+    const outcomes: Record<string, number> = {};
+    for (const p of processes)
+      for (const [k, v] of Object.entries(p.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + v;
+    const sum = (f: (p: SoakProcessReport) => number) => processes.reduce((n, p) => n + f(p), 0);
+    // An error is explained by a kill of its peer (or of any peer, when it names none) from shortly
+    // before to the engine deadline plus a check's wait after; or by a forgery: the forger's own
+    // work to its target around the refused write (the refusal resets that one connection), and the
+    // target's checks the forger's answers were cut off from.
+    const DEADLINE = 3000;
+    const CHECK_WAIT = 3000;
+    // Forgeries by [forger rank, start, end, target]; one cut short by a kill ends at the deadline.
+    const forges: Array<[number, number, number, number]> = [];
+    // Forgeries and their refusals by every process, killed ones included (a count over the
+    // survivors alone can be 0 when the processes that were refused were killed later).
+    let forgedAll = 0;
+    let refusedAll = 0;
+    let acceptedAll = 0;
+    for (const { rank, path } of forgeLogs) {
+      const ends = new Map<string, number>();
+      const lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
+      for (const l of lines) {
+        const [a, q, b, code] = l.split(' ');
+        if (b) ends.set(`${a} ${q}`, Number(b));
+        if (!b) forgedAll++;
+        if (code === 'REMOTE_ACCESS') refusedAll++;
+        if (code === 'OK') acceptedAll++;
+      }
+      for (const l of lines) {
+        const [a, q, b] = l.split(' ');
+        if (!b) forges.push([rank, Number(a), ends.get(`${a} ${q}`) ?? Number(a) + DEADLINE, Number(q)]);
+      }
+    }
+    /** A missing check is noticed a check's wait after the answer that was cut off. */
+    const late = (code: string) => (code === 'CHECK_MISSING' ? CHECK_WAIT + 500 : 0);
+    const explained = (at: number, rank: number, peer: number, code: string) =>
+      killedAt.some(
+        ([t, r]) => (peer === r || peer < 0) && at >= t - 500 && at <= t + DEADLINE + CHECK_WAIT + 1000,
+      ) ||
+      forges.some(
+        ([f, t0, t1, q]) =>
+          at >= t0 - 50 &&
+          at <= t1 + 1000 + late(code) &&
+          ((f === rank && (q === peer || peer < 0)) ||
+            (rank === q && peer === f && code === 'CHECK_MISSING')),
+      );
+    const healthy: string[] = [];
+    for (const p of processes)
+      for (const [at, peer, code, what] of p.errors)
+        if (!explained(at, p.rank, peer, code))
+          healthy.push(
+            `process ${p.rank} (gen ${p.generation}): ${what} to/from ${peer} failed ${code} at +${at - t0} ms`,
+          );
+    return {
+      seconds,
+      provider,
+      procs,
+      kills,
+      crashes,
+      processes,
+      totals: {
+        submitted: sum((p) => p.submitted),
+        settled: sum((p) => p.settled),
+        lost: sum((p) => p.submitted - p.settled),
+        outcomes,
+        bytesWritten: sum((p) => p.bytesWritten),
+        verifiedBytes: sum((p) => p.verifiedBytes),
+        mismatches: sum((p) => p.mismatches),
+        faultsInjected: kills + forgedAll + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline),
+        forged: forgedAll,
+        forgedRefused: refusedAll,
+        forgedAccepted: acceptedAll,
+        healthyErrors: healthy.length,
+        healthySamples: healthy.slice(0, 10),
+      },
+    };
+  }
+}
+
+/**
+ * Remove the shared-memory objects (`/dev/shm/trellis-<pid>-*`: the regions of its engine) of a
+ * worker this soak SIGKILLed: it could not unlink them itself, and another process would sweep them
+ * only a minute later.
+ */
+function unlinkShared(pid: number | undefined): void {
+  if (pid === undefined) return;
+  let names: string[];
+  try {
+    names = readdirSync('/dev/shm');
+  } catch {
+    return;
+  }
+  for (const n of names) if (n.startsWith(`trellis-${pid}-`)) rmSync(join('/dev/shm', n), { force: true });
 }

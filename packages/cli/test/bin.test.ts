@@ -2,8 +2,9 @@
 // usage errors (exit 2, one message naming the flag), runtime errors (exit 1, one line; the stack
 // with --debug), and doctor's exit code following its verdicts.
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { fabricVersion } from '@trellis/backend-efa';
 import { describe, expect, it } from 'vitest';
 
 const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
@@ -94,7 +95,32 @@ describe('trellis', () => {
       [['demo', '--provder', 'shm'], /Unknown option '--provder'/],
       [['bench', '--sizes'], /--sizes <value>' argument missing/],
       [['bench', '--json', '--html', 'x.html'], /--json/],
-      [['bench', '--sizes', '4096,abc'], /--sizes is a comma-separated list of byte counts, got "4096,abc"/],
+      [
+        ['bench', '--sizes', '4096,abc'],
+        /--sizes is a comma-separated list of byte counts from 1 to 2147483647 \(decimal digits\), got "4096,abc"/,
+      ],
+      // Past Node's largest buffer (the target hashes its region as one), or not plain digits.
+      [['bench', '--sizes', '2147483648'], /--sizes is a comma-separated list .*got "2147483648"/],
+      [['bench', '--sizes', '1e3'], /--sizes is a comma-separated list .*got "1e3"/],
+      [['bench', '--sizes', '0x1000'], /--sizes is a comma-separated list .*got "0x1000"/],
+      [['soak', '--seconds', '1e2'], /--seconds takes an integer from 1 to .*got "1e2"/],
+      // The writing side's options are refused where only the target runs; --provider with verbs.
+      [['bench', '--serve', '--json', 'x.json'], /--json applies to the writing side, not to --serve/],
+      [['bench', '--serve', '--sizes', '4096'], /--sizes applies to the writing side, not to --serve/],
+      [['bench', '--serve', '--backend', 'verbs'], /--backend applies to the writing side, not to --serve/],
+      [
+        ['bench', '--backend', 'verbs', '--provider', 'tcp'],
+        /--provider applies to --backend efa \(libfabric\) only/,
+      ],
+      // An output file that cannot be written is refused before the run.
+      [
+        ['bench', '--json', '/nonexistent/dir/x.json'],
+        /--json "\/nonexistent\/dir\/x\.json": \/nonexistent\/dir is not a directory/,
+      ],
+      [
+        ['soak', '--json', '/nonexistent/dir/x.json'],
+        /--json "\/nonexistent\/dir\/x\.json": \/nonexistent\/dir is not a directory/,
+      ],
       [['bench', '--provider', 'efa0'], /--provider is one of shm, tcp, got "efa0"/],
       [['bench', '--nics', '9'], /--nics takes an integer from 1 to 4, got "9"/],
       [['bench', '--timeout', '5'], /--timeout applies to --connect only/],
@@ -167,4 +193,63 @@ describe('trellis', () => {
     const v = report.verdicts.find((x) => x.backend === 'backend-efa')!;
     expect(v).toEqual({ backend: 'backend-efa', usable: false, verdict: lib.detail });
   }, 120_000);
+
+  it("a peer that cannot start: bench and soak print its error in one line (no child's stack), exit 1", () => {
+    for (const args of [
+      ['bench', '--sizes', '4096'],
+      ['soak', '--seconds', '1', '--procs', '2'],
+    ]) {
+      const r = trellisEnv({ TRELLIS_LIBFABRIC_DIR: '/nonexistent' }, ...args);
+      expect(r.code, args[0]).toBe(1);
+      expect(r.stderr, args[0]).not.toMatch(/\n\s+at /);
+      expect(r.stderr.trim().split('\n').at(-1), args[0]).toMatch(
+        /^trellis: (peer|soak process \d): (UNSUPPORTED: )?createEngine: no libfabric\.so\.1 under TRELLIS_LIBFABRIC_DIR=\/nonexistent .*\(--debug for the stack\)$/,
+      );
+    }
+  }, 120_000);
+
+  it.skipIf(!fabricVersion().startsWith('1.'))(
+    'soak --provider shm with kills on libfabric 1.x: exit 2, saying it needs 2.x (a killed shm peer stalls survivors there)',
+    () => {
+      const r = trellis('soak', '--provider', 'shm', '--seconds', '5');
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(
+        /^trellis soak: --provider shm with kills needs libfabric 2\.x: on libfabric 1\.\d+ a killed shm peer can stall/,
+      );
+    },
+  );
+
+  for (const [cmd, args, ready] of [
+    // Past its first size (libfabric is up: on Debian's 1.17 a signal during its first second of
+    // initialisation meets Intel PSM's handler, which exits 1).
+    ['bench', ['bench', '--sizes', '65536,4194304,16777216'], /\] 1\/3 sizes/],
+    ['soak', ['soak', '--seconds', '60', '--procs', '3', '--kill-every', '0'], /soak: 3 processes/],
+  ] as const)
+    it(`SIGTERM during ${cmd}: exit 143; its child processes exit and leave no /dev/shm region`, async () => {
+      const c = spawn(process.execPath, [bin, ...args]);
+      let stderr = '';
+      c.stderr.on('data', (d) => {
+        stderr += d;
+      });
+      const closed = new Promise<number | null>((r) => c.on('close', (code) => r(code)));
+      // Its workers are up (a bench's target answers before the first size; a soak says so).
+      const children = (): number[] =>
+        spawnSync('pgrep', ['-P', String(c.pid)], { encoding: 'utf8' })
+          .stdout.split('\n')
+          .filter(Boolean)
+          .map(Number);
+      const want = cmd === 'soak' ? 3 : 1;
+      for (let i = 0; i < 300 && (children().length < want || !ready.test(stderr)); i++)
+        await new Promise((r) => setTimeout(r, 100));
+      const kids = children();
+      expect(kids.length).toBe(want);
+      await new Promise((r) => setTimeout(r, 500));
+      c.kill('SIGTERM');
+      expect(await closed, stderr).toBe(143);
+      const alive = () => kids.filter((pid) => spawnSync('kill', ['-0', String(pid)]).status === 0);
+      for (let i = 0; i < 100 && alive().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(alive()).toEqual([]);
+      const left = readdirSync('/dev/shm').filter((n) => kids.some((pid) => n.startsWith(`trellis-${pid}-`)));
+      expect(left).toEqual([]);
+    }, 60_000);
 });

@@ -8,14 +8,27 @@ import { MrDesc } from '../desc.js';
 import type { MrHandle, TransferEngine } from '../types.js';
 import { fillXorshift } from './util.js';
 
+// Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
+// then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
+process.on('SIGINT', () => {});
 const [modulePath, optionsJson] = process.argv.slice(2);
-const mod = (await import(pathToFileURL(modulePath!).href)) as {
-  createEngine(o: unknown): Promise<TransferEngine>;
-};
-const engine = await mod.createEngine(JSON.parse(optionsJson!));
+const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
+// EPIPE: the parent died; the end of stdin follows, and with it the way out.
+process.stdout.on('error', () => {});
+let engine: TransferEngine;
+try {
+  const mod = (await import(pathToFileURL(modulePath!).href)) as {
+    createEngine(o: unknown): Promise<TransferEngine>;
+  };
+  engine = await mod.createEngine(JSON.parse(optionsJson!));
+} catch (e) {
+  // The parent says why it did not start (PeerProcess.start rejects with this), in one line.
+  const err = e as { code?: string; message?: string };
+  out({ failed: true, code: err.code ?? 'INTERNAL', message: err.message ?? String(e) });
+  process.exit(1);
+}
 const regions = new Map<string, MrHandle>();
 const received: Array<{ from: string; data: string }> = [];
-const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
 void engine.submitRecvs({ maxBytes: engine.limits.maxMessageBytes, count: 16 }, (m) =>
   received.push({ from: m.from.toString(), data: Buffer.from(m.data).toString('hex') }),
@@ -116,3 +129,8 @@ for await (const line of createInterface({ input: process.stdin })) {
     out({ id, ok: false, code: err.code, message: err.message });
   }
 }
+// stdin closed: the parent is gone (killed, interrupted). Close the engine (which unlinks its
+// shared-memory regions) within a bound and exit rather than run on as an orphan.
+setTimeout(() => process.exit(1), 3000).unref();
+await engine.close().catch(() => {});
+process.exit(1);

@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { TrellisError, type TrellisErrorCode } from '../errors.js';
 
 const main = fileURLToPath(new URL('./peer-main.js', import.meta.url));
 
@@ -29,9 +30,16 @@ export class PeerProcess {
     });
     this.exited = new Promise((r) => this.child.on('exit', (code) => r(code)));
     let onReady!: () => void;
-    this.ready = new Promise((r) => {
+    let onFailed!: (e: Error) => void;
+    this.ready = new Promise((r, j) => {
       onReady = r;
+      onFailed = j;
     });
+    this.ready.catch(() => {});
+    // After its stdout has ended: a startup failure it reported there has rejected `ready` first.
+    this.child.on('close', (code) =>
+      onFailed(new Error(`the peer process exited with ${code} before it was ready`)),
+    );
     createInterface({ input: this.child.stdout! }).on('line', (line) => {
       const m = JSON.parse(line) as {
         id?: number;
@@ -41,7 +49,12 @@ export class PeerProcess {
         pid?: number;
         message?: string;
         code?: string;
+        failed?: boolean;
       };
+      if (m.failed) {
+        onFailed(new TrellisError(m.code as TrellisErrorCode, `peer: ${m.message}`));
+        return;
+      }
       if (m.ready) {
         this.address = m.address!;
         this.pid = m.pid!;
@@ -60,15 +73,13 @@ export class PeerProcess {
     });
   }
 
-  /** Start a peer whose engine is `(await import(engineModule)).createEngine(options)`. */
+  /**
+   * Start a peer whose engine is `(await import(engineModule)).createEngine(options)`. Rejects
+   * with the peer's own error (its code, the message prefixed `peer: `) when that fails.
+   */
   static async start(engineModule: string, options: unknown): Promise<PeerProcess> {
     const p = new PeerProcess(engineModule, options);
-    await Promise.race([
-      p.ready,
-      p.exited.then((c) =>
-        Promise.reject(new Error(`the peer process exited with ${c} before it was ready`)),
-      ),
-    ]);
+    await p.ready;
     return p;
   }
 
