@@ -164,9 +164,12 @@ export function installNativeAddon(root: string = process.cwd()): number {
     stdio: 'inherit',
   });
   if (r.status === 0 && existsSync(join(root, 'build', 'Release', `${spec.name}.node`))) return 0;
+  const prebuiltHere = existsSync(join(root, 'prebuilds', tag, `${spec.name}.node`));
   const lines = [
     '',
-    `${name}: building the native addon from source failed (see above), and no prebuilt binary serves ${tag}.`,
+    fromSource && prebuiltHere
+      ? `${name}: building the native addon from source failed (see above); TRELLIS_BUILD_FROM_SOURCE asked for it, so the prebuilt binary for ${tag} was not tried (it is still loaded at run time).`
+      : `${name}: building the native addon from source failed (see above), and no prebuilt binary serves ${tag}.`,
     `  It needs ${spec.needs}.`,
     `  Debian/Ubuntu:          apt install ${spec.apt}`,
     `  RHEL/Fedora/Amazon Linux: dnf install ${spec.dnf}`,
