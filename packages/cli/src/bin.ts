@@ -489,6 +489,7 @@ main(process.argv.slice(2), debug).then(
   (code) => process.exit(code),
   (e: unknown) => {
     const text = e instanceof Error ? (debug.on ? (e.stack ?? e.message) : e.message) : String(e);
+    if (progressOpen) process.stderr.write('\n'); // not glued to a progress line
     process.stderr.write(`trellis: ${text}${debug.on ? '' : ' (--debug for the stack)'}\n`);
     process.exit(1);
   },
