@@ -128,7 +128,9 @@ export interface KvAdmission {
   readonly done: Promise<KvReady>;
   /**
    * Cancel: the prefill side stops writing and acknowledges; then the pages return. Resolves once
-   * they have (or are quarantined, see {@link KvStreamReceiverOptions.quarantineMs}).
+   * they have (or are quarantined, see {@link KvStreamReceiverOptions.quarantineMs}). On a
+   * request that completed, the pages are the caller's until `release()` of its {@link KvReady}:
+   * `cancel()` then resolves only after that release (do not await it before releasing).
    */
   cancel(): Promise<void>;
 }
@@ -314,7 +316,9 @@ export class KvStreamReceiver {
   /**
    * Admit a request: allocate its pages and a counter slot, and send the page table to the prefill
    * server. Throws `RESOURCE_EXHAUSTED` when the pool or the slots cannot hold it (nothing is
-   * taken), `INVALID_ARGUMENT` for bad input.
+   * taken), `INVALID_ARGUMENT` for bad input, `ABORTED` when `signal` is aborted already, and
+   * `CLOSED` once the receiver is closed — each before anything is taken or sent (the request is
+   * not counted in {@link stats}).
    */
   admit(req: KvAdmitRequest): KvAdmission {
     if (this.closed) throw new TrellisError('CLOSED', 'KvStreamReceiver.admit: the receiver was closed');

@@ -221,8 +221,10 @@ export class WeightSyncReceiver {
         `WeightSyncReceiver.expect: this rank serves version ${this.active}; the next step must write version ${this.active + 1} (or ${this.active} again, retrying the step that switched it), got ${req.version}`,
       );
     const closing = this.closeCtl.signal;
+    const imm = stepImm(this.immBase, req.step);
+    this.sweepFailed(imm, req.step);
     try {
-      await this.engine.immCounter(stepImm(this.immBase, req.step)).wait(this.plan.trainer.ranks, {
+      await this.engine.immCounter(imm).wait(this.plan.trainer.ranks, {
         timeoutMs: req.timeoutMs,
         signal: req.signal ? AbortSignal.any([req.signal, closing]) : closing,
       });
@@ -234,6 +236,9 @@ export class WeightSyncReceiver {
           `weight sync step ${req.step} (version ${req.version}) on inference rank ${this.rank}: the receiver was closed`,
           { cause: e },
         );
+      // Its trainers' barriers may be here in part, or still arrive: none of them may count toward
+      // a later step of the same immediate.
+      this.failed.set(imm, req.step);
       throw new TrellisError(
         err.code ?? 'INTERNAL',
         `weight sync step ${req.step} (version ${req.version}) failed on inference rank ${this.rank}; still serving version ${this.active}: ${err.message}`,
@@ -241,6 +246,34 @@ export class WeightSyncReceiver {
       );
     }
     this.active = req.version;
+  }
+
+  /**
+   * Steps whose {@link expect} failed here, by their immediate: barriers of such a step that
+   * arrived (some trainers finished it) or arrive late are credits on that immediate, which step
+   * `step + 65536` shares; left there, they would complete that step without those trainers' bytes.
+   */
+  private readonly failed = new Map<number, number>();
+
+  /**
+   * Before waiting for `step` (immediate `imm`): discard the credits of every failed step's
+   * immediate — late barriers of theirs — except where `step` is that failed step, waited for
+   * again (its credits are its own). A failed step whose immediate `step` shares is discarded one
+   * last time and forgotten: credits there from now on are this step's (a trainer that was already
+   * ahead of this call loses its barrier and the step times out — the safe way to fail). Entries
+   * 32768 steps behind are forgotten: their late barriers were discarded long before.
+   */
+  private sweepFailed(imm: number, step: number): void {
+    for (const [i, s] of this.failed) {
+      if (i === imm && s === step) {
+        this.failed.delete(i);
+        continue;
+      }
+      const c = this.engine.immCounter(i);
+      const v = c.value;
+      if (v > 0) c.take(v);
+      if (i === imm || Math.abs(step - s) >= 32768) this.failed.delete(i);
+    }
   }
 
   /** The served weights' buffer (host or CUDA memory), and its version. */

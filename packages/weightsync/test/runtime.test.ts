@@ -286,6 +286,46 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
     }
   });
 
+  it('barriers of a failed step never count toward the later step that shares its immediate (step + 65536)', async () => {
+    const model = range(2).map((i) => ({ name: `w${i}`, shape: [64, 64], dtype: 'bf16' as const }));
+    const plan = planWeightSync(
+      model,
+      { ranks: 2, placements: Object.fromEntries(model.map((t) => [t.name, shard('rows', range(2))])) },
+      { ranks: 1, tensors: model.map((t) => ({ name: t.name, placement: whole(0) })) },
+      { maxOpBytes: 512 },
+    );
+    const { rxs, txs } = await cluster(plan, { stagingBytes: 1024 });
+    const rx = rxs[0]!;
+    const w1 = rx.expect({ step: 1, version: 1, timeoutMs: 20_000 });
+    await Promise.all(txs.map((t) => t.sync({ step: 1, version: 1 })));
+    await w1;
+    const v1 = Uint8Array.from(rx.weights().bytes);
+    const aborted = AbortSignal.abort();
+    // Step 2: trainer 0 is aborted before it writes anything; trainer 1's barrier arrives.
+    const w2 = outcome(rx.expect({ step: 2, version: 2, timeoutMs: 300 }));
+    expect(await outcome(txs[0]!.sync({ step: 2, version: 2, signal: aborted }))).toMatch(/^ABORTED: /);
+    await txs[1]!.sync({ step: 2, version: 2 });
+    expect(await w2).toMatch(
+      /^TIMEOUT: weight sync step 2 \(version 2\) failed on inference rank 0; still serving version 1: .*with 1 of 2 credits available$/,
+    );
+    // Step 65538 shares step 2's immediate. Again only trainer 1 syncs: its one barrier must not
+    // complete the step with the one left over from step 2.
+    const w3 = outcome(rx.expect({ step: 65538, version: 2, timeoutMs: 300 }));
+    expect(await outcome(txs[0]!.sync({ step: 65538, version: 2, signal: aborted }))).toMatch(/^ABORTED: /);
+    await txs[1]!.sync({ step: 65538, version: 2 });
+    expect(await w3).toMatch(
+      /^TIMEOUT: weight sync step 65538 \(version 2\) failed on inference rank 0; still serving version 1: .*with 1 of 2 credits available$/,
+    );
+    expect(rx.version).toBe(1);
+    expect(rx.weights().bytes).toEqual(v1);
+    // A step that shares neither, with both trainers: version 2, every byte.
+    const w4 = rx.expect({ step: 3, version: 2, timeoutMs: 20_000 });
+    await Promise.all(txs.map((t) => t.sync({ step: 3, version: 2 })));
+    await w4;
+    expect(rx.version).toBe(2);
+    expect(diffWeights(plan, 0, rx.weights().bytes, expectedInference(plan)[0]!)).toBe('ok');
+  });
+
   it("an inference rank replaced after it died rejoins at the group's next version: trainers replaceTarget, every byte lands", async () => {
     const model = range(4).map((i) => ({ name: `w${i}`, shape: [128, 64], dtype: 'bf16' as const }));
     const plan = planWeightSync(
