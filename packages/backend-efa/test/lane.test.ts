@@ -556,6 +556,23 @@ describe('backend-efa: the same-host lane to an owner that died', () => {
 });
 
 describe('backend-efa: shared-memory objects of owners that died are removed', () => {
+  it('a process that exits with its engine open (process.exit) unlinks its shared regions on the way out', () => {
+    const index = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const script = `
+      const m = await import(${JSON.stringify(index)});
+      const e = await m.createEngine({ provider: 'tcp' });
+      await e.registerMemory(1 << 20, { remote: true });
+      await e.registerMemory(4096, { remote: true });
+      const { readdirSync } = await import('node:fs');
+      console.log(readdirSync('/dev/shm').filter((n) => n.startsWith('trellis-' + process.pid + '-')).length);
+      process.exit(3);
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.status).toBe(3);
+    expect(r.stdout.trim()).toBe('2'); // two regions while it ran
+    expect(readdirSync('/dev/shm').filter((n) => n.startsWith(`trellis-${r.pid}-`))).toEqual([]);
+  });
+
   it('a SIGKILLed owner leaves its regions in /dev/shm; the next process to create one removes them, never a live owner', async () => {
     const dist = new URL('../dist/index.js', import.meta.url).href;
     // A process that registers a remote region, prints its name, then waits to be killed.

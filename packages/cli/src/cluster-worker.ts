@@ -26,6 +26,13 @@ const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
 // Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
 // then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
 process.on('SIGINT', () => {});
+// SIGTERM or SIGHUP (to the whole group, say): exit through process.exit, on which the engine
+// unlinks its shared regions (a default death would leave them in /dev/shm).
+for (const [sig, n] of [
+  ['SIGTERM', 15],
+  ['SIGHUP', 1],
+] as const)
+  process.on(sig, () => process.exit(128 + n));
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 // stdin closed: the demo's parent is gone (killed, interrupted). Close the engine (which unlinks its
 // shared-memory regions) within a bound and exit rather than run on as an orphan.

@@ -40,6 +40,7 @@ class Worker {
   private readonly it: AsyncIterator<string>;
   constructor(readonly child: ChildProcess) {
     this.it = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+    child.stdin!.on('error', () => {}); // EPIPE: it died first (next() says so)
   }
   static start(cfg: object): Worker {
     return new Worker(

@@ -26,6 +26,13 @@ const cfg = JSON.parse(process.argv[2]!) as {
 // Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
 // then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
 process.on('SIGINT', () => {});
+// SIGTERM or SIGHUP (to the whole group, say): exit through process.exit, on which the engine
+// unlinks its shared regions (a default death would leave them in /dev/shm).
+for (const [sig, n] of [
+  ['SIGTERM', 15],
+  ['SIGHUP', 1],
+] as const)
+  process.on(sig, () => process.exit(128 + n));
 /** The parent is gone (stdin closed): nothing more is written to it, and the worker winds down. */
 let orphaned = false;
 const out = (o: object) => {

@@ -115,6 +115,7 @@ class Proc {
     readonly generation: number,
   ) {
     this.it = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+    child.stdin!.on('error', () => {}); // EPIPE: it died first (next() says so)
     child.once('exit', () => {
       this.exited = true;
     });

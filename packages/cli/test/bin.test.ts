@@ -219,14 +219,17 @@ describe('trellis', () => {
     },
   );
 
-  for (const [cmd, args, ready] of [
+  for (const [cmd, args, ready, group] of [
     // Past its first size (libfabric is up: on Debian's 1.17 a signal during its first second of
     // initialisation meets Intel PSM's handler, which exits 1).
-    ['bench', ['bench', '--sizes', '65536,4194304,16777216'], /\] 1\/3 sizes/],
-    ['soak', ['soak', '--seconds', '60', '--procs', '3', '--kill-every', '0'], /soak: 3 processes/],
+    ['bench', ['bench', '--sizes', '65536,4194304,16777216'], /\] 1\/3 sizes/, false],
+    ['soak', ['soak', '--seconds', '60', '--procs', '3', '--kill-every', '0'], /soak: 3 processes/, false],
+    // To the whole process group (a closed terminal, `kill -- -PGID`): the children get it too.
+    ['bench', ['bench', '--sizes', '65536,4194304,16777216'], /\] 1\/3 sizes/, true],
+    ['soak', ['soak', '--seconds', '60', '--procs', '3', '--kill-every', '0'], /soak: 3 processes/, true],
   ] as const)
-    it(`SIGTERM during ${cmd}: exit 143; its child processes exit and leave no /dev/shm region`, async () => {
-      const c = spawn(process.execPath, [bin, ...args]);
+    it(`SIGTERM during ${cmd}${group ? ' to its process group' : ''}: exit 143; its child processes exit and leave no /dev/shm region`, async () => {
+      const c = spawn(process.execPath, [bin, ...args], { detached: group });
       let stderr = '';
       c.stderr.on('data', (d) => {
         stderr += d;
@@ -244,12 +247,15 @@ describe('trellis', () => {
       const kids = children();
       expect(kids.length).toBe(want);
       await new Promise((r) => setTimeout(r, 500));
-      c.kill('SIGTERM');
+      if (group) process.kill(-c.pid!, 'SIGTERM');
+      else c.kill('SIGTERM');
       expect(await closed, stderr).toBe(143);
       const alive = () => kids.filter((pid) => spawnSync('kill', ['-0', String(pid)]).status === 0);
       for (let i = 0; i < 100 && alive().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
       expect(alive()).toEqual([]);
-      const left = readdirSync('/dev/shm').filter((n) => kids.some((pid) => n.startsWith(`trellis-${pid}-`)));
+      const left = readdirSync('/dev/shm').filter((n) =>
+        [c.pid, ...kids].some((pid) => n.startsWith(`trellis-${pid}-`)),
+      );
       expect(left).toEqual([]);
     }, 60_000);
 });

@@ -11,6 +11,13 @@ import { fillXorshift } from './util.js';
 // Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
 // then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
 process.on('SIGINT', () => {});
+// SIGTERM or SIGHUP (to the whole group, say): exit through process.exit, on which the engine
+// unlinks its shared regions (a default death would leave them in /dev/shm).
+for (const [sig, n] of [
+  ['SIGTERM', 15],
+  ['SIGHUP', 1],
+] as const)
+  process.on(sig, () => process.exit(128 + n));
 const [modulePath, optionsJson] = process.argv.slice(2);
 const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 // EPIPE: the parent died; the end of stdin follows, and with it the way out.

@@ -29,6 +29,8 @@ export class PeerProcess {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     this.exited = new Promise((r) => this.child.on('exit', (code) => r(code)));
+    // EPIPE: the child died first; its calls reject as it exits.
+    this.child.stdin!.on('error', () => {});
     let onReady!: () => void;
     let onFailed!: (e: Error) => void;
     this.ready = new Promise((r, j) => {
@@ -122,6 +124,7 @@ export class LineProcess {
 
   constructor(script: string, args: readonly string[] = []) {
     this.child = spawn(process.execPath, [script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.child.stdin!.on('error', () => {}); // EPIPE: it died first
     createInterface({ input: this.child.stdout! }).on('line', (l) => {
       this.lines.push(l);
       for (const w of this.wake.splice(0)) w();

@@ -501,6 +501,30 @@ const MAX_UNEXPECTED = 1024; // messages held while no receive pool is posted
  */
 const closedInProcess = new Set<string>();
 
+/**
+ * Engines of this process with shared host regions (POSIX shared-memory objects under /dev/shm):
+ * a process that exits without closing them (`process.exit()`, a signal handler that exits) unlinks
+ * their names on its way out, so they do not outlive it. (One that dies of a signal leaves them to
+ * the next Trellis process's sweep.)
+ */
+const unlinkAtExit = new Set<() => void>();
+let exitHooked = false;
+function unlinkOnExit(f: () => void): void {
+  if (!exitHooked) {
+    exitHooked = true;
+    process.on('exit', () => {
+      for (const g of unlinkAtExit) {
+        try {
+          g();
+        } catch {
+          // exiting: best effort
+        }
+      }
+    });
+  }
+  unlinkAtExit.add(f);
+}
+
 interface PendingReg {
   resolve: (keys: BigUint64Array) => void;
   reject: (e: TrellisError) => void;
@@ -937,7 +961,10 @@ export abstract class NativeEngineBase extends EngineBase {
       view = this.stagingMirror(cuda, op);
     }
     const id = this.nextRegion++;
-    if (sharedName !== undefined) this.sharedNames.set(id, sharedName);
+    if (sharedName !== undefined) {
+      this.sharedNames.set(id, sharedName);
+      unlinkOnExit(this.unlinkAll);
+    }
     let keys: BigUint64Array;
     try {
       keys = await new Promise<BigUint64Array>((resolve, reject) => {
@@ -1102,6 +1129,11 @@ export abstract class NativeEngineBase extends EngineBase {
       return undefined;
     }
   }
+
+  /** Every shared host region's name (closing, or the process exiting). */
+  private readonly unlinkAll = (): void => {
+    for (const id of [...this.sharedNames.keys()]) this.unlinkShared(id);
+  };
 
   /** A shared host region's name is unlinked when it is unregistered: writers that mapped it stop. */
   private unlinkShared(id: number): void {
@@ -1915,7 +1947,8 @@ export abstract class NativeEngineBase extends EngineBase {
     closedInProcess.add(this.address.toString());
     this.stager.close();
     await this.lane.close();
-    for (const id of [...this.sharedNames.keys()]) this.unlinkShared(id);
+    this.unlinkAll();
+    unlinkAtExit.delete(this.unlinkAll);
     // Open ports stay allocated (a consumer may still hold their handle); the worker's stop makes
     // every later post fail with TRELLIS_PORT_CLOSED.
     this.timers.cancel(this.watchdog);
