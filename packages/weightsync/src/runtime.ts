@@ -532,11 +532,20 @@ export class WeightSyncSender {
   }
 
   /**
+   * The versions the inference ranks may serve, as far as this trainer knows: the last version it
+   * synced, and any whose `sync` failed after its barrier went out (it may have reached some
+   * ranks). Undefined until its first successful `sync`: then any version goes.
+   */
+  private mayServe: Set<number> | undefined;
+
+  /**
    * Write this rank's part of step `step` into every inference rank's buffer for `version`, then
    * signal the step's barrier. Rejects on a failed write, the deadline (`timeoutMs`) or `signal`;
    * the inference ranks then keep their served weights. Rejects `INVALID_ARGUMENT` before anything
    * is written for a `step`, `version`, `timeoutMs` (an integer from 1 to 2^31 - 1), `signal` or
-   * `onProgress` of the wrong kind, or while another `sync` runs on this rank; `CLOSED` after
+   * `onProgress` of the wrong kind, while another `sync` runs on this rank, and for a `version` that
+   * skips one: after a successful `sync` of version `v` the next writes `v + 1` (or `v` again, a
+   * retry) — version `v + 2` would go into the buffer the ranks serve; `CLOSED` after
    * {@link close}.
    */
   async sync(req: {
@@ -550,6 +559,13 @@ export class WeightSyncSender {
     checkStep('WeightSyncSender.sync', req, '{step, version, timeoutMs?, signal?, onProgress?}');
     if (!Number.isSafeInteger(req.version) || req.version < 1)
       throw invalid(`WeightSyncSender.sync: version must be an integer >= 1, got ${String(req.version)}`);
+    const may = this.mayServe;
+    if (may && ![...may].some((v) => req.version === v || req.version === v + 1)) {
+      const served = [...may].sort((a, b) => a - b);
+      throw invalid(
+        `WeightSyncSender.sync: the inference ranks serve version ${served.join(' or ')} as far as this trainer knows; version ${req.version} would be written into buffers[${req.version % 2}], which they may be serving — sync version ${served.map((v) => v + 1).join(' or ')} next (or the served version again, retrying the step that switched them)`,
+      );
+    }
     if (this.busy)
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -568,6 +584,7 @@ export class WeightSyncSender {
     let firstWrite = 0;
     let lastDone = 0;
     const inflight = new Set<Promise<void>>();
+    let barrier = false;
     const left = () => (deadline === undefined ? undefined : Math.max(1, deadline - performance.now()));
     try {
       req.signal?.addEventListener('abort', onAbort, { once: true });
@@ -610,6 +627,7 @@ export class WeightSyncSender {
       if (failure) throw failure;
       ms.rdma = firstWrite ? lastDone - firstWrite : 0;
       const b0 = performance.now();
+      barrier = true;
       // Every inference rank counts one barrier per trainer, whether or not this rank wrote to it.
       await this.engine.submitBarrier({
         group: this.group,
@@ -623,6 +641,8 @@ export class WeightSyncSender {
       // The first failed write is the cause, else what threw here (the deadline while waiting for
       // a staging slot, the caller's signal); what the abort below cuts off afterwards is not.
       const err = failure ?? (e as TrellisError);
+      // Its barrier may have reached some inference ranks, which then serve this version.
+      if (barrier) this.mayServe?.add(req.version);
       abort.abort();
       await Promise.allSettled(inflight);
       // A write that timed out may still be posted and reading its staging slot: the slots are
@@ -640,6 +660,7 @@ export class WeightSyncSender {
       this.busy = false;
     }
     ms.total = performance.now() - t0;
+    this.mayServe = new Set([req.version]);
     return { step: req.step, version: req.version, bytes: done, writes, ms };
   }
 

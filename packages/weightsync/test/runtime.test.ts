@@ -294,7 +294,7 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
       { ranks: 1, tensors: model.map((t) => ({ name: t.name, placement: whole(0) })) },
       { maxOpBytes: 512 },
     );
-    const { rxs, txs } = await cluster(plan, { stagingBytes: 1024 });
+    const { rxs, txs, tEng } = await cluster(plan, { stagingBytes: 1024 });
     const rx = rxs[0]!;
     const w1 = rx.expect({ step: 1, version: 1, timeoutMs: 20_000 });
     await Promise.all(txs.map((t) => t.sync({ step: 1, version: 1 })));
@@ -324,6 +324,14 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
     await w4;
     expect(rx.version).toBe(2);
     expect(diffWeights(plan, 0, rx.weights().bytes, expectedInference(plan)[0]!)).toBe('ok');
+    // A trainer that synced version 2 writes 3 next (or 2 again): version 4 would land in
+    // buffers[0], the one the ranks serve, so it is refused before anything is written.
+    const writes = tEng[0]!.stats().ops.submitted;
+    expect(await outcome(txs[0]!.sync({ step: 4, version: 4 }))).toBe(
+      'INVALID_ARGUMENT: WeightSyncSender.sync: the inference ranks serve version 2 as far as this trainer knows; version 4 would be written into buffers[0], which they may be serving — sync version 3 next (or the served version again, retrying the step that switched them)',
+    );
+    expect(tEng[0]!.stats().ops.submitted).toBe(writes);
+    expect(rx.weights().bytes[0]).toBe(expectedInference(plan)[0]![0]);
   });
 
   it("an inference rank replaced after it died rejoins at the group's next version: trainers replaceTarget, every byte lands", async () => {
