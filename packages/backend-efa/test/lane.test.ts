@@ -564,7 +564,7 @@ describe('backend-efa: shared-memory objects of owners that died are removed', (
       await e.registerMemory(1 << 20, { remote: true });
       await e.registerMemory(4096, { remote: true });
       const { readdirSync } = await import('node:fs');
-      console.log(readdirSync('/dev/shm').filter((n) => n.startsWith('trellis-' + process.pid + '-')).length);
+      process.stdout.write(String(readdirSync('/dev/shm').filter((n) => n.startsWith('trellis-' + process.pid + '-')).length));
       process.exit(3);
     `;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
