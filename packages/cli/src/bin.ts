@@ -5,7 +5,7 @@
 //   1  the command ran and found a failure (a byte differed, an operation was lost, a check failed)
 //      or an error stopped it (one line; the stack with --debug)
 //   2  a usage error: unknown command or flag, a missing or malformed value
-import { accessSync, constants as fsConstants, statSync, writeFileSync } from 'node:fs';
+import { accessSync, existsSync, constants as fsConstants, statSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
@@ -64,6 +64,18 @@ function outFile(v: Values, name: string): string | undefined {
     throw new UsageError(
       `--${name} ${JSON.stringify(f)}: ${dir} is not a directory this process can write in`,
     );
+  }
+  if (existsSync(f)) {
+    // An existing path is overwritten: it must be a file this process may write.
+    let ok = false;
+    try {
+      ok = statSync(f).isFile();
+      accessSync(f, fsConstants.W_OK);
+    } catch {
+      ok = false;
+    }
+    if (!ok)
+      throw new UsageError(`--${name} ${JSON.stringify(f)}: exists and is not a file this process can write`);
   }
   return f;
 }

@@ -121,6 +121,7 @@ describe('trellis', () => {
         ['soak', '--json', '/nonexistent/dir/x.json'],
         /--json "\/nonexistent\/dir\/x\.json": \/nonexistent\/dir is not a directory/,
       ],
+      [['bench', '--html', '/tmp'], /--html "\/tmp": exists and is not a file this process can write/],
       [['bench', '--provider', 'efa0'], /--provider is one of shm, tcp, got "efa0"/],
       [['bench', '--nics', '9'], /--nics takes an integer from 1 to 4, got "9"/],
       [['bench', '--timeout', '5'], /--timeout applies to --connect only/],
