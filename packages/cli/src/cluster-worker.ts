@@ -3,6 +3,7 @@
 import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
 import { MrDesc } from '@trellis/core';
+import { closeAndExit, followParent } from '@trellis/core/peer-process';
 import { KvStreamSender } from '@trellis/kvstream';
 import {
   combineAsF32,
@@ -23,23 +24,11 @@ const cfg = JSON.parse(process.argv[2]!) as {
 };
 const engine = await createEngine({ provider: cfg.provider, nics: 2, opTimeoutMs: 20_000 });
 const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
-// Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
-// then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
-process.on('SIGINT', () => {});
-// SIGTERM or SIGHUP (to the whole group, say): exit through process.exit, on which the engine
-// unlinks its shared regions (a default death would leave them in /dev/shm).
-for (const [sig, n] of [
-  ['SIGTERM', 15],
-  ['SIGHUP', 1],
-] as const)
-  process.on(sig, () => process.exit(128 + n));
+followParent();
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 // stdin closed: the demo's parent is gone (killed, interrupted). Close the engine (which unlinks its
 // shared-memory regions) within a bound and exit rather than run on as an orphan.
-process.stdin.once('end', () => {
-  setTimeout(() => process.exit(1), 3000).unref();
-  void engine.close().finally(() => process.exit(1));
-});
+process.stdin.once('end', () => void closeAndExit(engine));
 const next = async <T>() => JSON.parse((await lines.next()).value as string) as T;
 
 if (cfg.role === 'prefill') {

@@ -8,6 +8,7 @@ import { appendFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { createEngine, type Provider } from '@trellis/backend-efa';
 import { MrDesc, type MrHandle, NetAddr, Prng, type TransferEngine, TrellisError } from '@trellis/core';
+import { closeAndExit, followParent } from '@trellis/core/peer-process';
 
 const cfg = JSON.parse(process.argv[2]!) as {
   rank: number;
@@ -23,24 +24,12 @@ const cfg = JSON.parse(process.argv[2]!) as {
   forgeLog: string;
   sameHostLane: boolean;
 };
-// Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
-// then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
-process.on('SIGINT', () => {});
-// SIGTERM or SIGHUP (to the whole group, say): exit through process.exit, on which the engine
-// unlinks its shared regions (a default death would leave them in /dev/shm).
-for (const [sig, n] of [
-  ['SIGTERM', 15],
-  ['SIGHUP', 1],
-] as const)
-  process.on(sig, () => process.exit(128 + n));
+followParent();
 /** The parent is gone (stdin closed): nothing more is written to it, and the worker winds down. */
 let orphaned = false;
 const out = (o: object) => {
   if (!orphaned) process.stdout.write(`${JSON.stringify(o)}\n`);
 };
-process.stdout.on('error', () => {
-  orphaned = true; // EPIPE: the parent died; the end of stdin follows
-});
 /** A forgery's record; its file goes with the parent's temporary directory when interrupted. */
 const logForge = (line: string) => {
   try {
@@ -303,6 +292,4 @@ for await (const line of createInterface({ input: process.stdin })) {
 // unlinks its shared-memory regions) within a bound, and exit rather than run on as an orphan.
 orphaned = true;
 running = false;
-setTimeout(() => process.exit(1), 3000).unref();
-await engine.close().catch(() => {});
-process.exit(1);
+await closeAndExit(engine);

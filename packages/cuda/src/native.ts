@@ -73,14 +73,7 @@ export function call<T>(what: string, f: () => T): T {
   try {
     return f();
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
-    throw new TrellisError(
-      /without CUDA|no usable GPU|InsufficientDriver|NoDevice/.test(msg) ? 'UNSUPPORTED' : 'PROVIDER_ERROR',
-      `${what}: ${msg}`,
-      {
-        cause: e,
-      },
-    );
+    throw failed(what, e);
   }
 }
 
@@ -95,7 +88,7 @@ export function deviceOf(device: unknown, what: string): number {
   return d;
 }
 
-/** An asynchronous addon call's failure, classified as {@link call} does. */
+/** An addon call's failure: `UNSUPPORTED` where CUDA is missing (no GPU, no driver, built without it), else `PROVIDER_ERROR`. */
 export function failed(what: string, e: unknown): TrellisError {
   const msg = e instanceof Error ? e.message : String(e);
   return new TrellisError(

@@ -6,22 +6,12 @@ import { pathToFileURL } from 'node:url';
 import { NetAddr } from '../addr.js';
 import { MrDesc } from '../desc.js';
 import type { MrHandle, TransferEngine } from '../types.js';
+import { closeAndExit, followParent } from './child.js';
 import { fillXorshift } from './util.js';
 
-// Ctrl-C reaches the whole process group: this process leaves it to its parent, which exits, and
-// then winds down itself as its stdin closes (its engine closed, its shared regions unlinked).
-process.on('SIGINT', () => {});
-// SIGTERM or SIGHUP (to the whole group, say): exit through process.exit, on which the engine
-// unlinks its shared regions (a default death would leave them in /dev/shm).
-for (const [sig, n] of [
-  ['SIGTERM', 15],
-  ['SIGHUP', 1],
-] as const)
-  process.on(sig, () => process.exit(128 + n));
+followParent();
 const [modulePath, optionsJson] = process.argv.slice(2);
 const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
-// EPIPE: the parent died; the end of stdin follows, and with it the way out.
-process.stdout.on('error', () => {});
 let engine: TransferEngine;
 try {
   const mod = (await import(pathToFileURL(modulePath!).href)) as {
@@ -136,8 +126,5 @@ for await (const line of createInterface({ input: process.stdin })) {
     out({ id, ok: false, code: err.code, message: err.message });
   }
 }
-// stdin closed: the parent is gone (killed, interrupted). Close the engine (which unlinks its
-// shared-memory regions) within a bound and exit rather than run on as an orphan.
-setTimeout(() => process.exit(1), 3000).unref();
-await engine.close().catch(() => {});
-process.exit(1);
+// stdin closed: the parent is gone (killed, interrupted).
+await closeAndExit(engine);
