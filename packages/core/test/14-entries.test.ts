@@ -53,12 +53,16 @@ describe('package entries', () => {
 });
 
 describe('@trellis/core/peer-process', () => {
-  it('exports PeerProcess and LineProcess without the test runner (the CLI runs peers with it)', async () => {
+  it('exports PeerProcess, LineProcess and the child side without the test runner (the CLI runs peers with it)', async () => {
     const { readFileSync } = await import('node:fs');
     const entry = await import('@trellis/core/peer-process');
-    expect(Object.keys(entry).sort()).toEqual(['LineProcess', 'PeerProcess']);
-    // What it loads: itself, the peer module and Node's own — never vitest.
-    for (const f of ['../dist/peer-process.js', '../dist/conformance/peer.js']) {
+    expect(Object.keys(entry).sort()).toEqual(['LineProcess', 'PeerProcess', 'closeAndExit', 'followParent']);
+    // What it loads: itself, the peer and child modules and Node's own — never vitest.
+    for (const f of [
+      '../dist/peer-process.js',
+      '../dist/conformance/peer.js',
+      '../dist/conformance/child.js',
+    ]) {
       const text = readFileSync(new URL(f, import.meta.url), 'utf8');
       for (const m of text.matchAll(/from '([^']+)'/g)) expect(m[1], f).toMatch(/^(node:|\.)/);
     }
