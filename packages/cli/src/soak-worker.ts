@@ -136,6 +136,12 @@ async function op(seq: number): Promise<void> {
   const len = 1 + rng.below(cfg.slotBytes);
   const buf = src.buffer!;
   for (let i = 0; i < len; i++) buf[i] = byte(cfg.rank, seq, i);
+  // A worker's first operation is a forgery (then about 3 in 100): every run, however short or
+  // loaded the machine, shows refusals, and a replacement forges against peers that saw a kill.
+  if (cfg.forge && seq === 1) {
+    await forge(alive[rng.below(alive.length)]!, len);
+    return;
+  }
   // Faults of our own making: an abort at a random moment, or a deadline too short to make.
   const fault = rng.below(100);
   const ac = new AbortController();

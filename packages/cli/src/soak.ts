@@ -31,7 +31,7 @@ export interface SoakOptions {
   /** Largest write (default 64 KiB). */
   slotBytes?: number;
   /**
-   * Write through forged descriptors now and then (about 3 in 100 operations), which the target
+   * Write through forged descriptors: each worker's first operation, then about 3 in 100, which the target
    * must refuse. Default: on for tcp; off for shm, which cannot refuse a bad key (docs/security.md).
    */
   forge?: boolean;

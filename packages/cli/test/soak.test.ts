@@ -1,13 +1,22 @@
 // A short run of `trellis soak` (the real command runs for minutes): processes writing to each
 // other over tcp with aborts, impossible deadlines, forged descriptors and one SIGKILLed process
 // replaced mid-run.
-import { describe, expect, it } from 'vitest';
+import { describe, it, expect as vexpect } from 'vitest';
 // The built package: the soak starts its worker processes from dist/, as the `trellis` command does.
 import { runSoak } from '../dist/soak.js';
 
+// Every assertion names the run's totals: a failure on a loaded machine says what the run saw.
+let seen = '';
+const expect = (v: unknown) => vexpect(v, seen);
+const run = async (o: Parameters<typeof runSoak>[0]) => {
+  const r = await runSoak(o);
+  seen = JSON.stringify({ kills: r.kills, crashes: r.crashes, totals: r.totals });
+  return r;
+};
+
 describe('trellis soak (short)', () => {
   it('every operation settles, every delivered byte checks out, a killed peer is replaced', async () => {
-    const r = await runSoak({ seconds: 6, procs: 3, provider: 'tcp', killEveryS: 4, seed: 7 });
+    const r = await run({ seconds: 6, procs: 3, provider: 'tcp', killEveryS: 4, seed: 7 });
     // One kill or two, by how long the replacements take to start on this machine.
     expect(r.kills).toBeGreaterThanOrEqual(1);
     expect(r.crashes).toBe(0);
@@ -44,7 +53,7 @@ describe('trellis soak (short)', () => {
   }, 60_000);
 
   it('without kills no peer is ever lost: a forgery resets only its own connection, scatters included', async () => {
-    const r = await runSoak({ seconds: 6, procs: 3, provider: 'tcp', killEveryS: 0, seed: 5 });
+    const r = await run({ seconds: 6, procs: 3, provider: 'tcp', killEveryS: 0, seed: 5 });
     expect(r.kills).toBe(0);
     expect(r.totals.lost).toBe(0);
     expect(r.totals.mismatches).toBe(0);
@@ -63,7 +72,7 @@ describe('trellis soak (short)', () => {
   }, 60_000);
 
   it('the same with the same-host lane off: every byte and every fault through tcp', async () => {
-    const r = await runSoak({
+    const r = await run({
       seconds: 6,
       procs: 3,
       provider: 'tcp',
