@@ -37,7 +37,12 @@ export function addon(): Addon {
   // `$TRELLIS_EFA_ADDON` (a build of it elsewhere), else a build from source in build/Release, else
   // the prebuilt binary for this platform (package.json's trellisAddon names it). It opens
   // libfabric when first used.
-  cached ??= loadNativeAddon<Addon>(import.meta.url);
+  cached ??= loadNativeAddon<Addon>(import.meta.url, [
+    'NativeEngine',
+    'fabricVersion',
+    'fabricLibrary',
+    'probe',
+  ]);
   return cached;
 }
 

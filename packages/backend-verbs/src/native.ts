@@ -28,7 +28,7 @@ let cached: Addon | undefined;
 export function addon(): Addon {
   // $TRELLIS_VERBS_ADDON, else a build from source in build/Release, else the prebuilt binary.
   // The addon opens libibverbs when first asked for a real device: without it, the RC model runs.
-  cached ??= loadNativeAddon<Addon>(import.meta.url);
+  cached ??= loadNativeAddon<Addon>(import.meta.url, ['NativeEngine', 'devices']);
   return cached;
 }
 

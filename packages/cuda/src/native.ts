@@ -65,7 +65,7 @@ export interface Addon {
 let cached: Addon | undefined;
 export function addon(): Addon {
   // $TRELLIS_CUDA_ADDON, else a build from source in build/Release, else the prebuilt binary.
-  cached ??= loadNativeAddon<Addon>(import.meta.url);
+  cached ??= loadNativeAddon<Addon>(import.meta.url, ['info']);
   return cached;
 }
 

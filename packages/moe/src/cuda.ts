@@ -56,7 +56,7 @@ function addon(): CudaAddon {
 function noGpuReason(): string | undefined {
   if (!cached && !loadError) {
     try {
-      cached = loadNativeAddon<CudaAddon>(import.meta.url);
+      cached = loadNativeAddon<CudaAddon>(import.meta.url, ['cudaStatus', 'MoeProxy']);
     } catch (e) {
       loadError = e instanceof Error ? e.message : String(e);
     }

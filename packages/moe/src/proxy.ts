@@ -35,7 +35,7 @@ let addon: ProxyAddon | undefined;
 function load(): ProxyAddon {
   if (addon) return addon;
   // $TRELLIS_MOE_ADDON, else a build from source in build/Release, else the prebuilt binary.
-  addon = loadNativeAddon<ProxyAddon>(import.meta.url);
+  addon = loadNativeAddon<ProxyAddon>(import.meta.url, ['MoeProxy', 'cudaStatus']);
   return addon;
 }
 

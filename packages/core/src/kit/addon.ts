@@ -92,9 +92,11 @@ function glibcVersion(): string | undefined {
 /**
  * Load the addon of the package that holds module `from` (see {@link addonCandidates}). When none
  * exists or it fails to load, the TrellisError (UNSUPPORTED) says what is missing and how to build
- * it, from the package's `trellisAddon.needs`. @internal
+ * it, from the package's `trellisAddon.needs`. `exports`: functions the addon must have — a file
+ * that lacks one (`$TRELLIS_<NAME>_ADDON` naming another package's addon, an older build) is
+ * refused with UNSUPPORTED naming the file, rather than failing later with a TypeError. @internal
  */
-export function loadNativeAddon<T>(from: string): T {
+export function loadNativeAddon<T>(from: string, exports: readonly string[] = []): T {
   const { name, spec } = readAddonPackage(packageRootOf(from));
   const candidates = addonCandidates(from);
   const file = candidates.find((p) => existsSync(p));
@@ -106,8 +108,9 @@ export function loadNativeAddon<T>(from: string): T {
         `install ${spec.needs}, then \`npm rebuild ${name}\` (pnpm 10 runs no dependency build script until allowed: \`pnpm approve-builds\`, then \`pnpm rebuild ${name}\`)`;
     throw new TrellisError('UNSUPPORTED', `${name}: ${why} (looked for ${candidates.join(', ')})`);
   }
+  let loaded: Record<string, unknown>;
   try {
-    return createRequire(from)(file) as T;
+    loaded = createRequire(from)(file) as Record<string, unknown>;
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     const hint = /GLIBC_|GLIBCXX_|CXXABI_/.test(msg)
@@ -116,6 +119,16 @@ export function loadNativeAddon<T>(from: string): T {
       : 'the native addon failed to load';
     throw new TrellisError('UNSUPPORTED', `${name}: ${hint} (${msg})`, { cause: e });
   }
+  const missing = exports.filter((k) => typeof loaded[k] !== 'function');
+  if (missing.length) {
+    const where = process.env[envOf(spec)] ? ` (${envOf(spec)} names it)` : '';
+    throw new TrellisError(
+      'UNSUPPORTED',
+      `${name}: ${file}${where} is not this package's addon or is out of date: it lacks ${missing.join(', ')}; ` +
+        `point ${envOf(spec)} at a build of ${name} (its build/Release/${spec.name}.node) or unset it, or rebuild: \`npm rebuild ${name}\``,
+    );
+  }
+  return loaded as T;
 }
 
 function say(pkg: string, text: string): void {
