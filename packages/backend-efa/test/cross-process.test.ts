@@ -191,6 +191,68 @@ describe('heartbeat', () => {
     });
   }, 30_000);
 
+  it('an operation failing PEER_LOST loses the peer: every other operation still in flight to it settles PEER_LOST then, not at the engine deadline', async () => {
+    const engine = await createEngine({ provider: 'tcp', sameHostLane: false, opTimeoutMs: 10_000 });
+    cleanup.push(async () => {
+      await engine.close();
+    });
+    const peer = await PeerProcess.start(engineModule, { provider: 'tcp', sameHostLane: false });
+    const { desc } = await peer.call<{ desc: string }>('register', {
+      name: 'kv',
+      size: 1 << 16,
+      remote: true,
+    });
+    const dst = MrDesc.parse(desc);
+    const src = await engine.registerMemory(1 << 16);
+    await engine.submitSingleWrite({ src, length: 1 << 16, dst, imm: 1 });
+    let lostAt = 0;
+    let reason: { code: string; peer?: string } | undefined;
+    engine.onPeerLost((_p, why) => {
+      lostAt = performance.now();
+      reason = why;
+    });
+    peer.kill();
+    await peer.exited;
+    const settled: Array<[string, number]> = [];
+    const track = (p: Promise<void>) =>
+      p.then(
+        () => void settled.push(['resolved', performance.now()]),
+        (e: { code: string }) => void settled.push([e.code, performance.now()]),
+      );
+    // The first write's connection error starts a probe (up to 2 s: the peer is only lost when it
+    // stays unanswered). Writes and immediates submitted meanwhile find the connection being
+    // remade and wait unposted: before, they waited for the engine deadline (TIMEOUT at 10 s).
+    const first = track(engine.submitSingleWrite({ src, length: 1024, dst, imm: 2 }));
+    await new Promise((r) => setTimeout(r, 100));
+    const ops = [
+      first,
+      ...Array.from({ length: 30 }, (_, i) =>
+        track(
+          engine.submitSingleWrite({
+            src,
+            srcOffset: i * 1024,
+            length: 1024,
+            dst,
+            dstOffset: i * 1024,
+            imm: 2,
+          }),
+        ),
+      ),
+      ...Array.from({ length: 10 }, () => track(engine.submitImm({ dst, imm: 3 }))),
+    ];
+    await Promise.all(ops);
+    expect(reason?.code).toBe('PEER_LOST');
+    expect(reason?.peer).toBe(dst.owner.toString());
+    expect(settled).toHaveLength(41);
+    for (const [code, at] of settled) {
+      expect(code).toBe('PEER_LOST');
+      // At the loss (each cancelled then), not at the 10 s engine deadline.
+      expect(at - lostAt).toBeLessThan(1000);
+    }
+    expect(engine.stats().peers.lost).toBe(1);
+    expect(engine.stats().ops.inFlight).toBe(0);
+  }, 60_000);
+
   it('tcp: writes to a target SIGKILLed after a write settle PEER_LOST after an unanswered probe (or TIMEOUT), never CONNECTION_RESET', async () => {
     const engine = await createEngine({ provider: 'tcp', sameHostLane: false, opTimeoutMs: 3000 });
     cleanup.push(async () => {

@@ -106,9 +106,12 @@ export interface TransferEngine {
   addPeerGroup(peers: readonly NetAddr[]): PeerGroup;
   /**
    * Call `cb` once for each peer the engine concludes is lost — an operation to it failed with
-   * `PEER_LOST`, or another generation of its endpoint was reached (its process restarted). From
-   * then on operations to that address are refused with `PEER_LOST` before anything is posted; the
-   * restarted peer is reached at its new address. Returns a function removing the listener.
+   * `PEER_LOST`, another generation of its endpoint was reached (its process restarted), or (with
+   * `heartbeatMs`) it stopped answering; `reason.peer` names it. Every operation still in flight
+   * to it (scatters and batches that include it too) is then cancelled with `PEER_LOST`, settling
+   * once none of its work can touch memory, and from then on operations to that address are
+   * refused with `PEER_LOST` before anything is posted; the restarted peer is reached at its new
+   * address. Returns a function removing the listener.
    */
   onPeerLost(cb: (peer: NetAddr, reason: import('./errors.js').TrellisError) => void): () => void;
   /**
@@ -577,7 +580,8 @@ export interface EventStats {
 export interface OpStats {
   /**
    * Operations begun. A call refused before anything is posted — bad input, a closed engine, a
-   * peer known lost or unreachable — is not counted; in a `submitBatch`, whose requests are all
+   * peer known lost or unreachable — is not counted (one whose `signal` is already aborted is: it
+   * counts as submitted and failed, settling `ABORTED` with nothing posted); in a `submitBatch`, whose requests are all
    * checked for bad input first, a request to a lost peer is counted (and fails `PEER_LOST` alone).
    * These counters count a `submitBatch`'s writes that travel as one operation once per request
    * (as their own calls would), and one `prepareWrites` post once, however many writes it has.

@@ -927,8 +927,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /**
    * Call `cb` once for each peer this engine concludes is lost: an operation to it failed with
-   * `PEER_LOST`, or another generation of the same endpoint (the peer's process restarted) was
-   * reached. Returns a function that removes the listener.
+   * `PEER_LOST`, another generation of the same endpoint (the peer's process restarted) was
+   * reached, or heartbeats went unanswered. Its operations in flight are cancelled with
+   * `PEER_LOST` (see {@link TransferEngine.onPeerLost}). Returns a function that removes the listener.
    */
   onPeerLost(cb: (peer: NetAddr, reason: TrellisError) => void): () => void {
     if (typeof cb !== 'function') throw invalid('INVALID_ARGUMENT', 'onPeerLost', 'cb must be a function');
@@ -1069,7 +1070,6 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       { peer: key },
     );
     this.markLost(peer, err);
-    for (const op of this.ops.toArray()) if (op.peerKeys?.includes(key)) op.requestCancel(err);
   }
 
   private readonly probes = new Map<string, Promise<boolean>>();
@@ -1157,11 +1157,24 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     this.knownPeers.set(key, peer);
   }
 
+  /**
+   * The peer is lost, however that was learned (heartbeats, an operation's PEER_LOST, a restart
+   * seen): reported once through `onPeerLost` (the reason naming the peer), and every operation
+   * in flight to it — scatters and batches that include it too — is cancelled with `PEER_LOST`,
+   * settling once none of its work can touch memory, rather than waiting out its deadline.
+   */
   private markLost(peer: NetAddr, reason: TrellisError): void {
     const key = peer.toString();
     if (this.lost.has(key)) return;
-    this.lost.set(key, reason);
-    for (const cb of [...this.peerLostListeners]) callUser(() => cb(peer, reason));
+    const why = reason.peer === key ? reason : reason.withDetails({ peer: key });
+    this.lost.set(key, why);
+    for (const cb of [...this.peerLostListeners]) callUser(() => cb(peer, why));
+    let cancel: TrellisError | undefined;
+    for (const op of this.ops.toArray()) {
+      if (op.settled || !op.peerKeys?.includes(key)) continue;
+      cancel ??= new TrellisError('PEER_LOST', `the peer ${key} was lost: ${why.message}`, { peer: key });
+      op.requestCancel(cancel);
+    }
   }
 
   /** @internal An operation to or with one or more peers failed with PEER_LOST. */

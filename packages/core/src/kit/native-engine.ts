@@ -904,7 +904,7 @@ export abstract class NativeEngineBase extends EngineBase {
           peers,
           new TrellisError(
             'PEER_LOST',
-            `${op.callsite.op}: cut off with a broken connection, and the peer did not answer a probe afterwards — ${text}`,
+            `${op.callsite.op}: cut off with a broken connection, and the peer did not answer a probe afterwards — ${lostText(text)}`,
             details,
           ),
           () => err,
@@ -2262,4 +2262,14 @@ function grow<T extends Float64Array | BigUint64Array>(a: T, n: number): T {
   const out = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
   out.set(a as never);
   return out;
+}
+
+/**
+ * A connection error's text for a PEER_LOST: without the worker's guess, made before the probe,
+ * that the next operation reconnects (the probe said otherwise).
+ */
+function lostText(text: string): string {
+  const at = text.indexOf('; the next operation reconnects — ');
+  if (at < 0) return text;
+  return text.slice(at + '; the next operation reconnects — '.length);
 }
