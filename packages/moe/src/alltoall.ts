@@ -56,7 +56,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   ) {
     this.config = p.c;
     this.localExperts = p.localExperts;
-    this.descriptor = `${mode.descriptor} ${configTag(p.c)}`;
+    this.descriptor = `${mode.descriptor} ${configTag(p.c)}/${p.c.rank}`;
   }
 
   /**
@@ -76,6 +76,11 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     device?: MoeDeviceOptions,
   ): Promise<MoeAllToAll<'host'> | MoeAllToAll<'device'>> {
     // Check the config, lay the buffers out, then the mode's factory.
+    if (typeof engine !== 'object' || engine === null || typeof engine.registerMemory !== 'function')
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.create: engine must be a TransferEngine (a backend's createEngine()), got ${engine === null ? 'null' : typeof engine === 'object' ? 'an object without registerMemory' : typeof engine}`,
+      );
     const c = checkConfig(cfg, device);
     const p = new Protocol(c, layoutOf(c));
     return new MoeAllToAll(p, await createMode(engine, p, device));
@@ -90,6 +95,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
    */
   connect(descriptors: readonly string[]): void {
     const c = this.config;
+    if (this.closed) throw new TrellisError('CLOSED', 'MoeAllToAll.connect: the instance was closed');
     if (!Array.isArray(descriptors))
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -108,16 +114,28 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       if (typeof d !== 'string')
         throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.connect: descriptors must be strings');
       const at = d.lastIndexOf(' ');
-      const tag = at < 0 ? '' : d.slice(at + 1);
-      if (!tag.startsWith('moecfg:'))
+      const last = at < 0 ? '' : d.slice(at + 1);
+      // The last word: `moecfg:<the shared fields>/<rank>`. One cut short (no rank, fields missing)
+      // is not a descriptor rather than a config that differs.
+      const m = /^(moecfg:[^/]*)\/(\d+)$/.exec(last);
+      if (!m || m[1]!.split(',').length !== SHARED.length)
         throw new TrellisError(
           'INVALID_DESCRIPTOR',
-          `MoeAllToAll.connect: descriptors[${r}] is not a MoeAllToAll descriptor (give each rank's moe.descriptor)`,
+          last.startsWith('moecfg:')
+            ? `MoeAllToAll.connect: descriptors[${r}] is not a whole MoeAllToAll descriptor (cut short, or from another version): give each rank's moe.descriptor as it is`
+            : `MoeAllToAll.connect: descriptors[${r}] is not a MoeAllToAll descriptor (give each rank's moe.descriptor)`,
         );
+      const tag = m[1]!;
       if (tag !== own)
         throw new TrellisError(
           'INVALID_ARGUMENT',
           `MoeAllToAll.connect: rank ${r}'s config differs from this rank's (${tagDiff(tag, own)}): every rank needs the same ${SHARED.slice(0, -1).join(', ')} and ${SHARED.at(-1)}`,
+        );
+      // Each rank's own: two processes configured with one rank would both take its rows.
+      if (Number(m[2]) !== r)
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `MoeAllToAll.connect: descriptors[${r}] is rank ${m[2]}'s descriptor (index = rank: rank r's moe.descriptor at r; a list in another order, or two processes given one rank)`,
         );
       return d.slice(0, at);
     });
@@ -287,6 +305,12 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const r = this.p.round;
     if (!r || r.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.dispatch: recv without a send this round');
+    if (r.dispatchRecvBegun)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "MoeAllToAll.dispatch: this round's recv phase is already pending; await it",
+      );
+    r.dispatchRecvBegun = true;
     const result = await this.mode.dispatchRecv(r).catch((e: unknown) => {
       throw this.fail(e);
     });
@@ -309,6 +333,22 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     if (!r?.dispatched)
       throw new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll.combine: dispatch this round first');
     const c = this.config;
+    // The order of a round's combine: one send, then one recv (in one call or two).
+    if (send && r.combineSent)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "MoeAllToAll.combine: this round's send phase already ran; the next phase is combine's recv ({recv: true})",
+      );
+    if (recv && !send && !r.combineSent)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "MoeAllToAll.combine: recv without a send this round; run combine's send phase first",
+      );
+    if (recv && r.combineRecvBegun)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        "MoeAllToAll.combine: this round's recv phase is already pending; await it",
+      );
     if (send) {
       if (
         typeof input !== 'object' ||
@@ -321,10 +361,12 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
           'INVALID_ARGUMENT',
           `MoeAllToAll.combine: expertOut must hold ${r.rows} rows of ${c.hidden} ${c.outDtype}`,
         );
+      r.combineSent = true;
       this.combineSends = this.combineSend(input.expertOut);
       this.combineSends.catch((e: unknown) => this.fail(e));
     }
     if (!recv) return undefined;
+    r.combineRecvBegun = true;
     return this.combineRecv(phases.accumulate ?? 'out') as Promise<
       M extends 'device' ? bigint : Uint8Array | Float32Array
     >;

@@ -2,7 +2,7 @@
 // checks, the buffer layout, the checks on a peer's routes, and the state of the round in flight
 // (its counts, the offsets every rank computes alike from them, the rounds counter). Pure JS on
 // host values: no engine, no memory of its own.
-import { TrellisError } from '@trellis/core';
+import { HEARTBEAT_IMM, TrellisError } from '@trellis/core';
 import type { ProxyLayout } from './proxy.js';
 import type { DispatchInput, MoeConfig, MoeDeviceOptions, MoeDType } from './types.js';
 
@@ -49,6 +49,12 @@ export function checkConfig(
   if (typeof c.proxy !== 'boolean')
     throw new TrellisError('INVALID_ARGUMENT', `${who}: proxy must be a boolean, got ${String(c.proxy)}`);
   int('maxPrivateTokens', 0);
+  // Four consecutive 32-bit immediates, none of them the engines' heartbeat (HEARTBEAT_IMM).
+  if (!Number.isSafeInteger(c.immBase) || c.immBase < 0 || c.immBase + 3 >= HEARTBEAT_IMM)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${who}: immBase must be an integer in 0..${HEARTBEAT_IMM - 4} (the instance uses immBase..immBase+3; ${HEARTBEAT_IMM} is the engines' heartbeat), got ${String(c.immBase)}`,
+    );
   if (c.rank >= c.worldSize)
     throw new TrellisError(
       'INVALID_ARGUMENT',
@@ -157,6 +163,10 @@ export interface Round {
   /** Rows this rank received (and sends back in combine). */
   rows: number;
   dispatched: boolean;
+  /** Phases begun this round, so one out of order (a second send, a recv before its send) is refused. */
+  dispatchRecvBegun?: boolean;
+  combineSent?: boolean;
+  combineRecvBegun?: boolean;
 }
 
 /** This rank's local experts' rows this round and where each expert's block starts. @internal */

@@ -87,7 +87,7 @@ export class ProxyDriver {
    * mapped into the GPU when kernels write them)
    */
   constructor(
-    engine: TransferEngine,
+    private readonly engine: TransferEngine,
     private readonly layout: ProxyLayout,
     private readonly flags: Uint8Array,
   ) {
@@ -200,8 +200,12 @@ export class ProxyDriver {
 
   /** Host side of a go word: the packer wrote the round's bytes; start the phase. */
   go(phase: 'dispatch' | 'combine', round: number): void {
+    if (!this.native)
+      throw this.closed
+        ? new TrellisError('CLOSED', 'MoeAllToAll: closed')
+        : new TrellisError('INVALID_ARGUMENT', 'MoeAllToAll: connect() first');
     this.words[phase === 'dispatch' ? DISPATCH_GO : COMBINE_GO] = BigInt(round);
-    this.native!.kick();
+    this.native.kick();
   }
 
   /** End the thread's sleep: a kernel is about to raise a go word (its spin window starts now). */
@@ -211,25 +215,34 @@ export class ProxyDriver {
 
   /** Resolve once the proxy finished `phase` of `round`. */
   wait(phase: 'dispatch' | 'combine', round: number): Promise<void> {
+    if (this.closed) return Promise.reject(new TrellisError('CLOSED', 'MoeAllToAll: closed'));
     if (this.failure) return Promise.reject(this.failure);
     if (this.reached[phase] >= round) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      // The proxy keeps its own deadlines; this timer only keeps the event loop alive (the thread's
-      // events do not) and catches a proxy that never answers.
-      const timer = setTimeout(
-        () => {
-          this.waiters = this.waiters.filter((w) => w.resolve !== done);
-          reject(
-            new TrellisError(
-              'TIMEOUT',
-              `MoeAllToAll: the native proxy did not finish ${phase} of round ${round}`,
-            ),
+      // The proxy keeps its own deadlines (timeoutMs) and reports them; this timer keeps the event
+      // loop alive (the thread's events do not), notices the engine closing under a pending phase
+      // (its port's posts are refused: nothing will come), and catches a proxy that never answers.
+      const limit = 2 * this.layout.timeoutMs + 5000;
+      const until = performance.now() + limit;
+      const timer = setInterval(() => {
+        let e: TrellisError | undefined;
+        if (this.engine.closed)
+          e = new TrellisError(
+            'CLOSED',
+            `MoeAllToAll: the engine was closed while ${phase} of round ${round} was pending (close the instance before its engine)`,
           );
-        },
-        2 * this.layout.timeoutMs + 5000,
-      );
+        else if (performance.now() >= until)
+          e = new TrellisError(
+            'TIMEOUT',
+            `MoeAllToAll: the native proxy did not finish ${phase} of round ${round} and reported nothing within ${limit} ms (its own deadline is timeoutMs ${this.layout.timeoutMs})`,
+          );
+        if (!e) return;
+        this.waiters = this.waiters.filter((w) => w.resolve !== done);
+        clearInterval(timer);
+        reject(e);
+      }, 50);
       const done = () => {
-        clearTimeout(timer);
+        clearInterval(timer);
         resolve();
       };
       this.waiters.push({
@@ -237,7 +250,7 @@ export class ProxyDriver {
         round,
         resolve: done,
         reject: (e) => {
-          clearTimeout(timer);
+          clearInterval(timer);
           reject(e);
         },
       });
@@ -273,8 +286,11 @@ export class ProxyDriver {
     this.native = undefined;
   }
 
-  /** Stop the thread, reject what waits, close the port. */
+  private closed = false;
+
+  /** Stop the thread, reject what waits (and every later wait), close the port. */
   close(): void {
+    this.closed = true;
     this.stop();
     const e = new TrellisError('CLOSED', 'MoeAllToAll: closed');
     for (const w of this.waiters.splice(0)) w.reject(e);

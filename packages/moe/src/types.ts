@@ -24,7 +24,10 @@ export interface MoeConfig {
   scaleBlock?: number;
   /** Rows each peer may put in its private slot at a receiver before the overflow write. Default 64. */
   maxPrivateTokens?: number;
-  /** First immediate value of this instance (4 consecutive values). Default 0x4d4f0000. */
+  /**
+   * First immediate value of this instance (4 consecutive values, an integer in 0..2^32-5: the
+   * last value, 2^32-1, is the engines' heartbeat). Default 0x4d4f0000.
+   */
   immBase?: number;
   /** Deadline of each phase's waits. Default 30000 ms. */
   timeoutMs?: number;

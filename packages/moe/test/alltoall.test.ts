@@ -112,8 +112,14 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 2, topk: 3 }))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.create: topk 3 is more than numExperts 2 (a token picks at most every expert once)',
     );
+    for (const immBase of [-1, 1.5, 2 ** 32, 0xfffffffc])
+      expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 4, immBase }))).toBe(
+        `INVALID_ARGUMENT: MoeAllToAll.create: immBase must be an integer in 0..4294967291 (the instance uses immBase..immBase+3; 4294967295 is the engines' heartbeat), got ${immBase}`,
+      );
     const m = await MoeAllToAll.create(e, { ...cfg, numExperts: 4 });
-    m.connect([m.descriptor, m.descriptor]);
+    const m1 = await MoeAllToAll.create(fabric.createEngine(), { ...cfg, rank: 1, numExperts: 4 });
+    for (const x of [m, m1]) x.connect([m.descriptor, m1.descriptor]);
+    const none = { tokens: new Uint8Array(0), topkIds: new Int32Array(0), topkWeights: new Float32Array(0) };
     const x = { tokens: new Uint8Array(16), topkIds: Int32Array.of(0, 9), topkWeights: new Float32Array(2) };
     expect(await outcome(m.dispatch(x))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.dispatch: expert id 9 is outside 0..3 (or -1)',
@@ -144,7 +150,13 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(m.dispatch(good, { send: false, recv: false }))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.dispatch: phases {send: false, recv: false} runs nothing; leave one true',
     );
-    const d = await m.dispatch(good);
+    // Phases out of order: a second recv while one is pending.
+    await m.dispatch(good, { send: true, recv: false });
+    const recv0 = m.dispatch(undefined, { recv: true, send: false });
+    expect(await outcome(m.dispatch(undefined, { recv: true, send: false }))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.dispatch: this round's recv phase is already pending; await it",
+    );
+    const [d, d1] = await Promise.all([recv0, m1.dispatch(none)]);
     // combine's input and phases, checked the same way; the round still open after each refusal.
     expect(await outcome(m.combine(null as unknown as { expertOut: Uint8Array }))).toBe(
       `INVALID_ARGUMENT: MoeAllToAll.combine: expertOut must hold ${d!.expertX.length / 16} rows of 8 bf16`,
@@ -156,7 +168,38 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(m.combine(out, { accumulate: 'f16' as 'fp32' }))).toBe(
       `INVALID_ARGUMENT: MoeAllToAll.combine: phases.accumulate must be 'out' or 'fp32', got "f16"`,
     );
-    expect(await outcome(m.combine(out))).toBe('resolved');
+    // combine's recv before its send; a second send (which once sent the rows twice and gave the
+    // peer's next round another round's values).
+    expect(await outcome(m.combine(undefined, { send: false, recv: true }))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.combine: recv without a send this round; run combine's send phase first",
+    );
+    expect(await outcome(m.combine(out, { send: true, recv: false }))).toBe('resolved');
+    expect(await outcome(m.combine(out, { send: true, recv: false }))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.combine: this round's send phase already ran; the next phase is combine's recv ({recv: true})",
+    );
+    expect(await outcome(m.combine(out))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.combine: this round's send phase already ran; the next phase is combine's recv ({recv: true})",
+    );
+    const recvC = m.combine(undefined, { send: false, recv: true });
+    expect(await outcome(m.combine(undefined, { send: false, recv: true }))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.combine: this round's recv phase is already pending; await it",
+    );
+    const [c0] = await Promise.all([recvC, m1.combine({ expertOut: new Uint8Array(d1!.expertX.length) })]);
+    expect((c0 as Uint8Array).length).toBe(16);
+    // The instance took no harm: the next round runs, with the values of the reference.
+    const ins = [good, none];
+    const [r0, r1] = await Promise.all([m.dispatch(good), m1.dispatch(none)]);
+    const full = { ...cfg, numExperts: 4 };
+    for (const [r, got] of [r0, r1].entries())
+      expect(Buffer.from(got!.expertX).equals(Buffer.from(referenceDispatch(full, ins, r).expertX))).toBe(
+        true,
+      );
+    const outs = [expertCompute(full, r0!), expertCompute(full, r1!)];
+    const [g0] = await Promise.all([
+      m.combine({ expertOut: outs[0]! }, { accumulate: 'fp32' }),
+      m1.combine({ expertOut: outs[1]! }, { accumulate: 'fp32' }),
+    ]);
+    expect(asF32(full, g0!)).toEqual(referenceCombine(full, ins, outs, 0));
     // Ranks whose configs differ (here only maxPrivateTokens) are refused at connect: their overflow
     // rows would land at offsets the other rank does not read.
     const e2 = fabric.createEngine();
@@ -173,12 +216,27 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     );
     const q2 = await MoeAllToAll.create(e2, { ...cfg, rank: 1, numExperts: 4, maxPrivateTokens: 2 });
     expect(await outcome(Promise.resolve().then(() => p.connect([q2.descriptor, p.descriptor])))).toBe(
-      "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors[0] is not this rank's descriptor (index = rank: rank r's moe.descriptor at r)",
+      "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors[0] is rank 1's descriptor (index = rank: rank r's moe.descriptor at r; a list in another order, or two processes given one rank)",
     );
     expect(
       await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q.descriptor.split(' ')[0]!]))),
     ).toBe(
       "INVALID_DESCRIPTOR: MoeAllToAll.connect: descriptors[1] is not a MoeAllToAll descriptor (give each rank's moe.descriptor)",
+    );
+    // Cut short: not a descriptor, rather than a config that differs.
+    for (const cut of [2, 5, 30])
+      expect(
+        await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q2.descriptor.slice(0, -cut)]))),
+      ).toBe(
+        "INVALID_DESCRIPTOR: MoeAllToAll.connect: descriptors[1] is not a whole MoeAllToAll descriptor (cut short, or from another version): give each rank's moe.descriptor as it is",
+      );
+    // Two processes given one rank: the second rank-0 descriptor in rank 1's slot is refused.
+    const twin = await MoeAllToAll.create(e2, { ...cfg, rank: 0, numExperts: 4, maxPrivateTokens: 2 });
+    expect(await outcome(Promise.resolve().then(() => p.connect([p.descriptor, twin.descriptor])))).toBe(
+      "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors[1] is rank 0's descriptor (index = rank: rank r's moe.descriptor at r; a list in another order, or two processes given one rank)",
+    );
+    expect(await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q2.descriptor])))).toBe(
+      'resolved',
     );
     await fabric.close();
   });

@@ -5,7 +5,7 @@
 // before anything is posted does not fail it.
 import { rejects, SettleTracker } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
-import { referenceDispatch, syntheticExpert, syntheticInputs } from '../src/index.js';
+import { MoeAllToAll, referenceDispatch, syntheticExpert, syntheticInputs } from '../src/index.js';
 import { engines, exactRound, world } from './world.js';
 
 const base = {
@@ -92,11 +92,46 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
       expect(after.message).toBe('MoeAllToAll.dispatch: the instance was closed');
       const c = await rejects(moes[0]!.combine(undefined), 'CLOSED', 'combine after close');
       expect(c.message).toBe('MoeAllToAll.combine: the instance was closed');
+      const conn = await rejects(
+        Promise.resolve().then(() => moes[0]!.connect(moes.map((m) => m.descriptor))),
+        'CLOSED',
+        'connect after close',
+      );
+      expect(conn.message).toBe('MoeAllToAll.connect: the instance was closed');
       // Closing again does nothing; the other rank is untouched and closes as usual.
       await moes[0]!.close();
       expect(moes[1]!.failure).toBeUndefined();
       await moes[1]!.close();
       await rejects(moes[1]!.dispatch(ins[1]), 'CLOSED', 'rank 1 dispatch after close');
+    });
+
+  for (const proxy of [false, true])
+    it(`close in the same tick as dispatch settles it CLOSED at once; an engine closed under a pending phase settles it CLOSED (proxy ${proxy})`, async () => {
+      const cfg = { ...base, worldSize: 2, numExperts: 4, timeoutMs: 5000, proxy, rank: 0 };
+      const moes = await world(cfg, 'shm');
+      const ins = syntheticInputs(cfg, 31, 'random');
+      // The proxy mode once made this wait 2 × timeoutMs + 5 s: its wait began after close.
+      const t0 = performance.now();
+      const pending = moes[0]!.dispatch(ins[0]);
+      const closing = moes[0]!.close();
+      await rejects(pending, 'CLOSED', 'dispatch closed in its own tick');
+      await closing;
+      expect(performance.now() - t0).toBeLessThan(cfg.timeoutMs);
+      // Rank 1 again, with a fresh instance on rank 0's engine: its dispatch waits for routes that
+      // never come; the engine closes under it.
+      const a = await MoeAllToAll.create(engines[0]!, cfg);
+      a.connect([a.descriptor, moes[1]!.descriptor]);
+      const waiting = a.dispatch(ins[0]);
+      const t = new SettleTracker();
+      t.track(waiting);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(t.outcomes).toEqual(['pending']);
+      const t1 = performance.now();
+      await engines[0]!.close();
+      await rejects(waiting, 'CLOSED', 'dispatch pending when its engine closed');
+      expect(performance.now() - t1).toBeLessThan(cfg.timeoutMs);
+      await a.close();
+      await moes[1]!.close();
     });
 
   it('bad input refused before anything is posted does not fail it: missing scales, too many tokens; the next good round is exact', async () => {

@@ -267,24 +267,45 @@ export class HostMode extends RegionMode {
    */
   private send(d: number, srcOffset: number, length: number, dstOffset: number, imm: number): Promise<void> {
     const dst = this.peers[d]!;
+    // Each post has the phase's deadline (timeoutMs), not only the engine's (opTimeoutMs): a write
+    // to a peer that died mid-round (one the provider never completes: shm on libfabric 1.x) fails
+    // the phase by timeoutMs, as an arrival that never comes does.
+    const timeoutMs = this.p.c.timeoutMs;
+    let posted: Promise<void>;
     if (this.paths[d] === 'nvlink') {
       try {
         if (length > 0) this.mem.toPeer(d, dstOffset, srcOffset, length);
       } catch (e) {
         return Promise.reject(e);
       }
-      return this.engine.submitImm({ dst, imm });
+      posted = this.engine.submitImm({ dst, imm, timeoutMs });
+    } else if (length === 0) {
+      posted = this.engine.submitImm({ dst, imm, timeoutMs });
+    } else {
+      posted = this.engine.submitSingleWrite({
+        src: this.staging,
+        srcOffset,
+        length,
+        dst,
+        dstOffset,
+        imm,
+        shards: 1,
+        timeoutMs,
+      });
     }
-    if (length === 0) return this.engine.submitImm({ dst, imm });
-    return this.engine.submitSingleWrite({
-      src: this.staging,
-      srcOffset,
-      length,
-      dst,
-      dstOffset,
-      imm,
-      shards: 1,
+    return posted.catch((e: unknown) => {
+      throw this.postFailed(e, `a write to rank ${d}`);
     });
+  }
+
+  /** A post's failure, said as the round's: `MoeAllToAll (host, round 2): a write to rank 1 failed: …`. */
+  private postFailed(e: unknown, what: string): unknown {
+    if (!(e instanceof TrellisError)) return e;
+    return new TrellisError(
+      e.code,
+      `MoeAllToAll (host, round ${this.p.rounds}): ${what} failed: ${e.message}`,
+      { cause: e, peer: e.peer, nic: e.nic },
+    );
   }
 
   dispatchSend(x: DispatchInput<MoeMemory>, r: Round): void {
@@ -382,7 +403,11 @@ export class HostMode extends RegionMode {
     const result = this.rows.sum(r, accumulate);
     // The round is closed by a barrier: after it every buffer may be reused by the next round.
     if (this.group) {
-      await this.engine.submitBarrier({ group: this.group, imm: this.p.imm.barrier, spread: true });
+      await this.engine
+        .submitBarrier({ group: this.group, imm: this.p.imm.barrier, spread: true, timeoutMs: c.timeoutMs })
+        .catch((e: unknown) => {
+          throw this.postFailed(e, 'the end-of-round barrier');
+        });
       await this.arrivals('end-of-round barrier', this.p.imm.barrier, c.worldSize - 1);
     }
     return result;
