@@ -20,15 +20,18 @@ export function shown(v: unknown): string {
   return typeof v === 'string' ? JSON.stringify(v) : String(v);
 }
 
-/** timeoutMs, where given, is a finite number >= 0. */
-export function checkTimeoutMs(op: string, timeoutMs: unknown): void {
+/** timeoutMs, where given, is a finite number >= 0 (> 0 where `positive`). */
+export function checkTimeoutMs(op: string, timeoutMs: unknown, positive = false): void {
   if (
     timeoutMs !== undefined &&
-    (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0)
+    (typeof timeoutMs !== 'number' ||
+      !Number.isFinite(timeoutMs) ||
+      timeoutMs < 0 ||
+      (positive && timeoutMs === 0))
   )
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `${op}: timeoutMs must be a finite number >= 0, got ${shown(timeoutMs)}`,
+      `${op}: timeoutMs must be a finite number ${positive ? '> 0' : '>= 0'}, got ${shown(timeoutMs)}`,
     );
 }
 

@@ -278,14 +278,16 @@ export class TcpStore implements Rendezvous {
       );
     const server = createServer();
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (e) =>
+      server.once('error', (e: NodeJS.ErrnoException) => {
+        // A port in use or not ours to take, a host not on this machine: the arguments' fault.
+        const taken = e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL';
         reject(
           new TrellisError(
-            'UNSUPPORTED',
-            `TcpStore.serve: cannot listen on ${opts.host ?? '0.0.0.0'}:${opts.port ?? 0}: ${e.message}`,
+            taken ? 'INVALID_ARGUMENT' : 'UNSUPPORTED',
+            `TcpStore.serve: cannot listen on ${opts.host ?? '0.0.0.0'}:${opts.port ?? 0}: ${e.message}${taken ? ' (give another port, or 0 for any free one, or a host address of this machine)' : ''}`,
           ),
-        ),
-      );
+        );
+      });
       server.listen(opts.port ?? 0, opts.host ?? '0.0.0.0', () => resolve());
     });
     const store = new StoreServer(server, opts.token === undefined ? undefined : sha256(opts.token));
@@ -318,12 +320,12 @@ export class TcpStore implements Rendezvous {
         'INVALID_ARGUMENT',
         `TcpStore.connect: port must be an integer in 1..65535, got ${shown(opts.port)}`,
       );
-    checkTimeoutMs('TcpStore.connect', opts.timeoutMs);
     if (opts.timeoutMs === 0)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         "TcpStore.connect: timeoutMs must be > 0 (it bounds connecting and each later set's or join's answer), got 0",
       );
+    checkTimeoutMs('TcpStore.connect', opts.timeoutMs, true);
     const limit = opts.timeoutMs ?? 30_000;
     const deadline = Date.now() + limit;
     const s = new TcpStore(await dial(opts.host, opts.port, limit), limit);

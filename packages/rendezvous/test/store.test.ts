@@ -290,6 +290,17 @@ describe('TcpStore with a shared-secret token', () => {
     expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 1, timeoutMs: 0 }))).toBe(
       "INVALID_ARGUMENT: TcpStore.connect: timeoutMs must be > 0 (it bounds connecting and each later set's or join's answer), got 0",
     );
+    expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: 1, timeoutMs: -1 }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.connect: timeoutMs must be a finite number > 0, got -1',
+    );
+    // A port already in use: the argument's fault, with what to do.
+    const taken = await TcpStore.serve({ host: '127.0.0.1' });
+    const inUse = await outcome(TcpStore.serve({ host: '127.0.0.1', port: taken.port }));
+    expect(inUse).toMatch(
+      /^INVALID_ARGUMENT: TcpStore\.serve: cannot listen on 127\.0\.0\.1:\d+: listen EADDRINUSE/,
+    );
+    expect(inUse).toMatch(/\(give another port, or 0 for any free one, or a host address of this machine\)$/);
+    await taken.close();
     const { clients } = await cluster(2);
     expect(await outcome(clients[0]!.get('k', { timeoutMs: -5 }))).toBe(
       'INVALID_ARGUMENT: TcpStore.get: timeoutMs must be a finite number >= 0, got -5',
