@@ -153,13 +153,14 @@ export class PendingOp {
     if (!this.finish(false)) return;
     let err = reason;
     if (reason === this.cancelReason && reason.code === 'TIMEOUT' && this.timeoutMs !== undefined) {
-      // A posted write settles only once its provider lets go of it (its source is read until
-      // then): say how long that really took when it is well past the request's deadline.
+      // It settles at its deadline (work still posted stays posted: see the held report), as soon
+      // as the deadline's timer has run here and the worker has taken the work back: say how long
+      // that really took when it is well past the deadline (a busy machine delays both).
       const ms = Math.round(performance.now() - this.armedAt);
       if (ms > this.timeoutMs + 100)
         err = new TrellisError(
           'TIMEOUT',
-          `${this.callsite.op}: timed out after ${this.timeoutMs} ms; settled after ${ms} ms, once the provider had let go of the work it had posted`,
+          `${this.callsite.op}: timed out after ${this.timeoutMs} ms; settled ${ms} ms after it was submitted (this event loop or the engine's worker acted on the deadline late: a busy machine)`,
         );
     }
     if (err.code === 'PEER_LOST') this.engine.peerFailed(this, err);
