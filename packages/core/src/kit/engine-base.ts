@@ -1169,11 +1169,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     const why = reason.peer === key ? reason : reason.withDetails({ peer: key });
     this.lost.set(key, why);
     for (const cb of [...this.peerLostListeners]) callUser(() => cb(peer, why));
-    let cancel: TrellisError | undefined;
+    // Each operation's own error: its name, then what lost the peer (without the name of the
+    // operation that learned it: `submitImm: connecting queue pairs to the peer failed: …`).
+    const body = why.message.replace(/^[A-Za-z][\w.]*: /, '');
     for (const op of this.ops.toArray()) {
       if (op.settled || !op.peerKeys?.includes(key)) continue;
-      cancel ??= new TrellisError('PEER_LOST', `the peer ${key} was lost: ${why.message}`, { peer: key });
-      op.requestCancel(cancel);
+      op.requestCancel(new TrellisError('PEER_LOST', `${op.callsite.op}: ${body}`, { peer: key }));
     }
   }
 
