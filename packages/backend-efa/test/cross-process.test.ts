@@ -115,6 +115,23 @@ describe('large transfers', () => {
   }, 120_000);
 });
 
+/**
+ * A tcp engine (same-host lane off, engine deadline `opTimeoutMs`) and a peer process with a 64 KiB
+ * region this engine has written to once: the connection is up, ready for the peer to be killed.
+ */
+async function writtenTcpTarget(opTimeoutMs: number) {
+  const engine = await createEngine({ provider: 'tcp', sameHostLane: false, opTimeoutMs });
+  cleanup.push(async () => {
+    await engine.close();
+  });
+  const peer = await PeerProcess.start(engineModule, { provider: 'tcp', sameHostLane: false });
+  const { desc } = await peer.call<{ desc: string }>('register', { name: 'kv', size: 1 << 16, remote: true });
+  const dst = MrDesc.parse(desc);
+  const src = await engine.registerMemory(1 << 16);
+  await engine.submitSingleWrite({ src, length: 1 << 16, dst, imm: 1 });
+  return { engine, peer, dst, src };
+}
+
 describe('heartbeat', () => {
   it('a peer process SIGKILLed with writes in flight: the heartbeat loses it and every write settles, long before the engine deadline', async () => {
     const engine = await createEngine({ provider: 'tcp', heartbeatMs: 100, opTimeoutMs: 120_000 });
@@ -192,19 +209,7 @@ describe('heartbeat', () => {
   }, 30_000);
 
   it('an operation failing PEER_LOST loses the peer: every other operation still in flight to it settles PEER_LOST then, not at the engine deadline', async () => {
-    const engine = await createEngine({ provider: 'tcp', sameHostLane: false, opTimeoutMs: 10_000 });
-    cleanup.push(async () => {
-      await engine.close();
-    });
-    const peer = await PeerProcess.start(engineModule, { provider: 'tcp', sameHostLane: false });
-    const { desc } = await peer.call<{ desc: string }>('register', {
-      name: 'kv',
-      size: 1 << 16,
-      remote: true,
-    });
-    const dst = MrDesc.parse(desc);
-    const src = await engine.registerMemory(1 << 16);
-    await engine.submitSingleWrite({ src, length: 1 << 16, dst, imm: 1 });
+    const { engine, peer, dst, src } = await writtenTcpTarget(10_000);
     let lostAt = 0;
     let reason: { code: string; peer?: string } | undefined;
     engine.onPeerLost((_p, why) => {
@@ -254,19 +259,7 @@ describe('heartbeat', () => {
   }, 60_000);
 
   it('tcp: writes to a target SIGKILLed after a write settle PEER_LOST after an unanswered probe (or TIMEOUT), never CONNECTION_RESET', async () => {
-    const engine = await createEngine({ provider: 'tcp', sameHostLane: false, opTimeoutMs: 3000 });
-    cleanup.push(async () => {
-      await engine.close();
-    });
-    const peer = await PeerProcess.start(engineModule, { provider: 'tcp', sameHostLane: false });
-    const { desc } = await peer.call<{ desc: string }>('register', {
-      name: 'kv',
-      size: 1 << 16,
-      remote: true,
-    });
-    const dst = MrDesc.parse(desc);
-    const src = await engine.registerMemory(1 << 16);
-    await engine.submitSingleWrite({ src, length: 1 << 16, dst, imm: 1 });
+    const { engine, peer, dst, src } = await writtenTcpTarget(3000);
     peer.kill();
     await peer.exited;
     const codes: string[] = [];

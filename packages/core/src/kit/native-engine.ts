@@ -2269,7 +2269,7 @@ function grow<T extends Float64Array | BigUint64Array>(a: T, n: number): T {
  * that the next operation reconnects (the probe said otherwise).
  */
 function lostText(text: string): string {
-  const at = text.indexOf('; the next operation reconnects — ');
-  if (at < 0) return text;
-  return text.slice(at + '; the next operation reconnects — '.length);
+  const guess = '; the next operation reconnects — ';
+  const at = text.indexOf(guess);
+  return at < 0 ? text : text.slice(at + guess.length);
 }
