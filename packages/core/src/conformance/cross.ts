@@ -38,11 +38,19 @@ export const KILLED_PEER_ISOLATION_CASE =
 export const BAD_DESCRIPTOR_CASE =
   'a forged key, a forged length and a stale descriptor: REMOTE_ACCESS for that write only; later writes work; a healthy peer sees nothing';
 
+/** The id of the case where messages wait for a dead peer while others go to a healthy one. */
+export const MESSAGE_ISOLATION_CASE =
+  "messages to a peer SIGKILLed before they were sent hold back no message to a healthy peer: those arrive in order before the dead peer's settle";
+
 /** The id of the case where one peer hangs (SIGSTOP) while another is written. */
 export const HUNG_PEER_CASE =
   'a peer that hangs (SIGSTOP) holds only its own window: the healthy peer is written meanwhile, the hung one settles TIMEOUT, and resumed it is written again';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** The messages `p` received since the last call, with their sender (hex data). */
+const receivedBy = async (p: PeerProcess) =>
+  (await p.call<{ messages: Array<{ from: string; data: string }> }>('received')).messages;
 
 /**
  * Write to a healthy peer over and over until `stopped()`, counting successes with `ok`. The first
@@ -308,6 +316,65 @@ export function defineCrossProcessSuite(target: CrossProcessTarget): void {
       assert.equal(st.total, per * healthyWrites);
       assert.equal(engine.stats().ops.inFlight, 0);
       await doomed.exited;
+    });
+
+    test(MESSAGE_ISOLATION_CASE, async () => {
+      const engine = await local();
+      const doomed = await PeerProcess.start(target.engineModule, target.options);
+      const good = await peer();
+      const dead = NetAddr.parse(doomed.address);
+      const healthy = NetAddr.parse(good.address);
+      doomed.kill();
+      await doomed.exited;
+      // In the order they settle: the dead peer's messages (never taken: a connection that cannot
+      // be made, a queue nobody drains) and the healthy peer's, each sent once the one before it
+      // was delivered. A message to the dead peer must not hold back the others until its deadline.
+      const settled: string[] = [];
+      const doomedSends = Array.from({ length: 4 }, (_, i) =>
+        engine.submitSend(dead, Uint8Array.of(0xd0 + i)).then(
+          () => void settled.push('dead:resolved'),
+          (e: unknown) => void settled.push(`dead:${e instanceof TrellisError ? e.code : String(e)}`),
+        ),
+      );
+      for (let i = 0; i < 20; i++) {
+        await engine.submitSend(healthy, Uint8Array.of(0xa0 + i));
+        settled.push('healthy');
+      }
+      await Promise.all(doomedSends);
+      const dead4 = settled.filter((s) => s.startsWith('dead:'));
+      assert.equal(dead4.length, 4, 'every message to the dead peer settled once');
+      for (const s of dead4)
+        assert.ok(
+          [
+            'dead:resolved',
+            'dead:PEER_LOST',
+            'dead:CONNECTION_RESET',
+            'dead:TIMEOUT',
+            'dead:PROVIDER_ERROR',
+          ].includes(s),
+          `outcome ${s}`,
+        );
+      // A dead peer's message that waited for its deadline settled after every healthy one.
+      const firstTimeout = settled.indexOf('dead:TIMEOUT');
+      if (firstTimeout >= 0)
+        assert.equal(
+          settled.slice(firstTimeout).filter((s) => s === 'healthy').length,
+          0,
+          `a healthy message waited for the dead peer's deadline: ${settled.join(' ')}`,
+        );
+      const messages: Array<{ from: string; data: string }> = [];
+      for (let i = 0; i < 400 && messages.length < 20; i++) {
+        messages.push(...(await receivedBy(good)));
+        if (messages.length < 20) await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.deepEqual(
+        messages,
+        Array.from({ length: 20 }, (_, i) => ({
+          from: engine.address.toString(),
+          data: (0xa0 + i).toString(16),
+        })),
+      );
+      assert.equal(engine.stats().ops.inFlight, 0);
     });
 
     test(HUNG_PEER_CASE, async () => {

@@ -22,6 +22,7 @@ export {
   defineCrossProcessSuite,
   HUNG_PEER_CASE,
   KILLED_PEER_ISOLATION_CASE,
+  MESSAGE_ISOLATION_CASE,
 } from './cross.js';
 export { type FuzzTally, fuzzBytes, fuzzText } from './fuzz.js';
 export { HostGpu } from './host-gpu.js';

@@ -532,9 +532,17 @@ class DomainGroup {
       if (!wr_next(w, g.at)) continue;
       it = it == backlog_.begin() ? (backlog_.pop_front(), backlog_.begin()) : backlog_.erase(it);
     }
-    while (!send_backlog_.empty() && !free_sends_.empty() && inflight_[send_backlog_.front().lane] < max_inflight(0)) {
-      PendingSend& s = send_backlog_.front();
+    // Messages, in order per peer: a peer whose send the provider refuses for now (EAGAIN: its
+    // connection being made, or never to be made when it died) holds back only its own messages.
+    send_blocked_.clear();
+    for (auto it = send_backlog_.begin(); it != send_backlog_.end() && !free_sends_.empty();) {
+      PendingSend& s = *it;
       const uint8_t lane = s.lane;
+      if (inflight_[lane] >= max_inflight(lane)) break;
+      if (std::find(send_blocked_.begin(), send_blocked_.end(), s.peer) != send_blocked_.end()) {
+        ++it;
+        continue;
+      }
       int32_t bi = free_sends_.back();
       SendBuf& b = sends_[bi];
       std::memcpy(b.bytes.data(), s.data.data(), s.data.size());
@@ -546,7 +554,9 @@ class DomainGroup {
       if (rc == -EAGAIN) {
         ctx_free(c);
         eagain_backoff_ = 16;
-        break;
+        send_blocked_.push_back(s.peer);
+        ++it;
+        continue;
       }
       any = true;
       if (rc) {
@@ -559,7 +569,7 @@ class DomainGroup {
         c->live = true;
         ops_.wr_posted(s.op);
       }
-      send_backlog_.pop_front();
+      it = it == send_backlog_.begin() ? (send_backlog_.pop_front(), send_backlog_.begin()) : send_backlog_.erase(it);
     }
     if (any)
       for (auto& d : domains_) d->flush_posts();
@@ -708,7 +718,8 @@ class DomainGroup {
   };
   std::unordered_map<uint32_t, SharedImm> shared_imms_;  // share_imm
   std::deque<Gen> backlog_;
-  std::vector<uint32_t> blocked_;  // peers passed over in the current pump round
+  std::vector<uint32_t> blocked_;       // peers whose writes were passed over in the current pump round
+  std::vector<uint32_t> send_blocked_;  // and whose messages were
   std::deque<PendingSend> send_backlog_;
   std::vector<std::unique_ptr<RecvBuf>> recvs_;  // stable addresses: posted as contexts
   std::vector<SendBuf> sends_;

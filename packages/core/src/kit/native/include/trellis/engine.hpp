@@ -221,7 +221,9 @@ class Engine final : private Worker::Body {
   }
 
   void check_deadlines(std::chrono::steady_clock::time_point now) override {
-    ops_.check_deadlines(now, [&](OpId op) { return group_.drop_unposted_writes(op); });
+    // Its work not yet posted goes, messages too: a message to a peer that never takes it (dead,
+    // its connection never made) would otherwise be tried again on every turn for good.
+    ops_.check_deadlines(now, [&](OpId op) { return group_.drop_unposted(op); });
   }
 
   void shutdown() override {
