@@ -116,18 +116,19 @@ describe('large transfers', () => {
 });
 
 /**
- * A tcp engine (same-host lane off, engine deadline `opTimeoutMs`) and a peer process with a 64 KiB
- * region this engine has written to once: the connection is up, ready for the peer to be killed.
+ * A tcp engine (same-host lane off, engine deadline `opTimeoutMs`) and a peer process with a region
+ * of `bytes` (64 KiB by default) this engine has written to once: the connection is up, ready for
+ * the peer to be killed.
  */
-async function writtenTcpTarget(opTimeoutMs: number) {
+async function writtenTcpTarget(opTimeoutMs: number, bytes = 1 << 16) {
   const engine = await createEngine({ provider: 'tcp', sameHostLane: false, opTimeoutMs });
   cleanup.push(async () => {
     await engine.close();
   });
   const peer = await PeerProcess.start(engineModule, { provider: 'tcp', sameHostLane: false });
-  const { desc } = await peer.call<{ desc: string }>('register', { name: 'kv', size: 1 << 16, remote: true });
+  const { desc } = await peer.call<{ desc: string }>('register', { name: 'kv', size: bytes, remote: true });
   const dst = MrDesc.parse(desc);
-  const src = await engine.registerMemory(1 << 16);
+  const src = await engine.registerMemory(bytes);
   await engine.submitSingleWrite({ src, length: 1 << 16, dst, imm: 1 });
   return { engine, peer, dst, src };
 }
@@ -209,28 +210,32 @@ describe('heartbeat', () => {
   }, 30_000);
 
   it('an operation failing PEER_LOST loses the peer: every other operation still in flight to it settles PEER_LOST then, not at the engine deadline', async () => {
-    const { engine, peer, dst, src } = await writtenTcpTarget(10_000);
+    const { engine, peer, dst, src } = await writtenTcpTarget(10_000, 64 << 20);
     let lostAt = 0;
     let reason: { code: string; peer?: string } | undefined;
     engine.onPeerLost((_p, why) => {
       lostAt = performance.now();
       reason = why;
     });
-    peer.kill();
-    await peer.exited;
     const settled: Array<[string, number]> = [];
     const track = (p: Promise<void>) =>
       p.then(
         () => void settled.push(['resolved', performance.now()]),
         (e: { code: string }) => void settled.push([e.code, performance.now()]),
       );
-    // The first write's connection error starts a probe (up to 2 s: the peer is only lost when it
-    // stays unanswered). Writes and immediates submitted meanwhile find the connection being
-    // remade and wait unposted: before, they waited for the engine deadline (TIMEOUT at 10 s).
-    const first = track(engine.submitSingleWrite({ src, length: 1024, dst, imm: 2 }));
-    await new Promise((r) => setTimeout(r, 100));
+    // Large writes on the socket when the peer dies: its kernel resets the connection, and the
+    // provider fails what was on it (a write submitted only after the death may instead wait on a
+    // connection being remade with no error at all, on tcp). That connection error starts a probe
+    // (up to 2 s: the peer is lost when it stays unanswered).
+    const big = Array.from({ length: 8 }, () =>
+      track(engine.submitSingleWrite({ src, length: 64 << 20, dst, imm: 2 })),
+    );
+    peer.kill();
+    await peer.exited;
+    // Writes and immediates submitted meanwhile wait unposted behind the reconnect: before, they
+    // waited for the engine deadline (TIMEOUT at 10 s).
     const ops = [
-      first,
+      ...big,
       ...Array.from({ length: 30 }, (_, i) =>
         track(
           engine.submitSingleWrite({
@@ -248,8 +253,11 @@ describe('heartbeat', () => {
     await Promise.all(ops);
     expect(reason?.code).toBe('PEER_LOST');
     expect(reason?.peer).toBe(dst.owner.toString());
-    expect(settled).toHaveLength(41);
-    for (const [code, at] of settled) {
+    expect(settled).toHaveLength(48);
+    // A large write done before the kill resolved; every other operation settled PEER_LOST.
+    const failed = settled.filter(([code]) => code !== 'resolved');
+    expect(failed.length).toBeGreaterThanOrEqual(40);
+    for (const [code, at] of failed) {
       expect(code).toBe('PEER_LOST');
       // At the loss (each cancelled then), not at the 10 s engine deadline.
       expect(at - lostAt).toBeLessThan(1000);

@@ -189,8 +189,10 @@ export class KvSendStream {
   /**
    * Declare the next chunk of prefill: its tokens end at `endToken` (exclusive), and the next
    * `layers` increments of the progress word are its layers. Call it before the chunk's first
-   * layer completes; the last chunk ends at the request's `tokens`. Throws `INVALID_ARGUMENT`
-   * for an end that does not grow or comes after {@link finish}, `OUT_OF_RANGE` past the tokens.
+   * layer completes, and after the previous chunk's layers have all run (chunks are declared one
+   * at a time); the last chunk ends at the request's `tokens`. Throws `INVALID_ARGUMENT` for an end
+   * that does not grow, while the previous chunk has layers still to run, or after
+   * {@link finish}; `OUT_OF_RANGE` past the tokens.
    */
   chunk(endToken: number): void {
     this.sender.declareChunk(this.s, endToken);
@@ -198,7 +200,9 @@ export class KvSendStream {
 
   /**
    * Hand over the opaque tail (exactly `tailBytes`); the final write goes once the last layer is
-   * done. The end of the stream: call it after the last chunk (the one ending at the request's
+   * done. The end of the stream, with a tail or without one: a stream whose producer never calls
+   * it never sends its final write (it fails at its bind's `timeoutMs`, `finish() was not
+   * called`). Call it after the last chunk (the one ending at the request's
    * `tokens`) is declared; `chunk()` after it throws. Throws `INVALID_ARGUMENT` when the page
    * table is here and the chunks do not reach its tokens; when the table comes later and they do
    * not, the stream fails with `INVALID_ARGUMENT` (and the decode side is told).
@@ -528,7 +532,9 @@ export class KvStreamSender {
     }
     const lastChunk = s.chunks[s.chunks.length - 1];
     const allLayers = lastChunk !== undefined && lastChunk.end === t.tokens && lastChunk.layersSent === L;
-    if (allLayers && !s.tailSent && (s.finished || t.tailBytes === 0)) {
+    // The final write goes once the producer said so (finish()), tail or none: a stream whose
+    // producer never finishes waits for it (and fails at its bind's deadline), as the README says.
+    if (allLayers && !s.tailSent && s.finished) {
       s.tailSent = true;
       this.writeTail(s, t, dst);
     }

@@ -557,6 +557,21 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
     expect(tx.stats().failed).toBe(2);
     await adm.cancel();
     expect(poolFull(rx)).toBe(true);
+    // Every layer run, no tail expected, finish() never called: the stream waits for it and fails
+    // at its deadline; the final write never went.
+    const adm0 = rx.admit({ prefill: pe.address, tokens: 8, tailBytes: 0, tag: 'nofinish' });
+    const nofinish = tx.bind('nofinish', { srcPages: pages, timeoutMs: 300 });
+    await runPrefill(tx, nofinish, 5, pages, [8], new Uint8Array(0), { stopAfterLayers: tx.layout.layers });
+    expect(await outcome(nofinish.done)).toBe(
+      "TIMEOUT: kvstream request 'nofinish': not done within 300 ms of bind (finish() was not called)",
+    );
+    expect(await outcome(adm0.done)).toBe(
+      "TIMEOUT: kvstream request 'nofinish': the prefill side aborted: kvstream request 'nofinish': not done within 300 ms of bind (finish() was not called)",
+    );
+    nofinish.close();
+    expect(tx.stats()).toMatchObject({ completed: 0, failed: 3 });
+    await adm0.cancel();
+    expect(poolFull(rx)).toBe(true);
     // A stream done before its deadline: the deadline changes nothing.
     const adm2 = rx.admit({ prefill: pe.address, tokens: 8, tag: 'quick' });
     const quick = tx.bind('quick', { srcPages: pages, timeoutMs: 60_000 });
@@ -565,7 +580,7 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
     await quick.done;
     kv.release();
     expect(tx.stats().completed).toBe(1);
-    expect(tx.stats().failed).toBe(2);
+    expect(tx.stats().failed).toBe(3);
   });
 });
 

@@ -96,7 +96,8 @@ function intersect(a: Box, b: Box): Box | undefined {
  * Compute the schedule: which trainer rank writes which box of which tensor to which inference
  * rank and offset. Every byte of every inference rank's weights is written exactly once (replicas
  * each once); where several trainer ranks hold the same data, the sender with the fewest bytes so
- * far is chosen, and each sender's writes are spread over its NICs by bytes.
+ * far is chosen, and each sender's writes are spread over its NICs by bytes. The plan is plain
+ * data, frozen (an edit throws `TypeError`): ship `JSON.stringify(plan)` and `parsePlan` it.
  */
 export function planWeightSync(
   model: readonly TensorSpec[],
@@ -329,7 +330,7 @@ export function planWeightSync(
     };
   }
 
-  return {
+  return sealPlan({
     format: 'trellis-weightsync-plan',
     version: 1,
     model: model.map((t) => ({ name: t.name, shape: [...t.shape], dtype: t.dtype })),
@@ -353,7 +354,40 @@ export function planWeightSync(
     bytesPerSender,
     bytesPerSenderNic,
     bytesPerReceiver,
+  });
+}
+
+/** Plans made here (frozen, so unedited since): `checkedPlan` takes them as they are. */
+const madeHere = new WeakSet<object>();
+
+function sealPlan(plan: WeightSyncPlan): WeightSyncPlan {
+  const freeze = (x: unknown): void => {
+    if (x === null || typeof x !== 'object' || Object.isFrozen(x)) return;
+    for (const v of Object.values(x)) freeze(v);
+    Object.freeze(x);
   };
+  freeze(plan);
+  madeHere.add(plan);
+  return plan;
+}
+
+/**
+ * `plan` as a runtime may size buffers and write from: one `planWeightSync` or `parsePlan` made
+ * (frozen: unedited) as it is; any other object (a copy, or one edited) re-derived from its layouts
+ * as `parsePlan` does, and refused with `INVALID_ARGUMENT` naming `where` unless it matches.
+ * @internal
+ */
+export function checkedPlan(where: string, plan: WeightSyncPlan): WeightSyncPlan {
+  if (madeHere.has(plan)) return plan;
+  try {
+    return parsePlan(JSON.stringify(plan));
+  } catch (e) {
+    const why = e instanceof Error ? e.message.replace(/^parsePlan: /, '') : String(e);
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${where}: plan is not one planWeightSync() or parsePlan() made (${why})`,
+    );
+  }
 }
 
 /** Largest rank count and model size a parsed plan may declare (before anything is sized from them). */

@@ -11,7 +11,7 @@ import {
 } from '@trellis/core';
 import type { WeightSyncDeviceOps } from './device.js';
 import type { Box } from './model.js';
-import type { PlanOp, WeightSyncPlan } from './plan.js';
+import { checkedPlan, type PlanOp, type WeightSyncPlan } from './plan.js';
 import { quantizeRows } from './quant.js';
 
 const DEFAULT_IMM_BASE = 0x57530000; // "WS"
@@ -24,7 +24,7 @@ function invalid(message: string): TrellisError {
 }
 
 /** The options both create() take: an object, an engine, a plan, a rank, an immBase. */
-function checkCreate(where: string, opts: unknown, ranksOf: (p: WeightSyncPlan) => number): void {
+function checkCreate(where: string, opts: unknown, ranksOf: (p: WeightSyncPlan) => number): WeightSyncPlan {
   if (opts === null || typeof opts !== 'object')
     throw invalid(`${where}: pass an options object {engine, plan, rank, ...}`);
   const o = opts as { engine?: unknown; plan?: unknown; rank?: unknown; immBase?: unknown };
@@ -41,7 +41,9 @@ function checkCreate(where: string, opts: unknown, ranksOf: (p: WeightSyncPlan) 
     throw invalid(
       `${where}: plan must be a WeightSyncPlan (planWeightSync(), or parsePlan() of its JSON text)`,
     );
-  const ranks = ranksOf(plan);
+  // A copy or an edited plan is re-derived from its layouts: buffers are sized from it.
+  const checked = checkedPlan(where, plan);
+  const ranks = ranksOf(checked);
   if (!Number.isInteger(o.rank) || (o.rank as number) < 0 || (o.rank as number) >= ranks)
     throw invalid(`${where}: rank must be 0..${ranks - 1}, got ${String(o.rank)}`);
   if (
@@ -51,6 +53,7 @@ function checkCreate(where: string, opts: unknown, ranksOf: (p: WeightSyncPlan) 
     throw invalid(
       `${where}: immBase must be an integer in 0..${MAX_IMM_BASE} (steps use immBase to immBase + 65535), got ${String(o.immBase)}`,
     );
+  return checked;
 }
 
 /** A step request of sync/expect: step, version, timeoutMs, signal (and onProgress) of the right kinds. */
@@ -125,8 +128,8 @@ export class WeightSyncReceiver {
 
   /** Register the two weight buffers (peers may write them). */
   static async create(opts: WeightSyncReceiverOptions): Promise<WeightSyncReceiver> {
-    checkCreate('WeightSyncReceiver', opts, (p) => p.inference.ranks);
-    const { plan, rank } = opts;
+    const plan = checkCreate('WeightSyncReceiver', opts, (p) => p.inference.ranks);
+    const { rank } = opts;
     const size = Math.max(64, plan.inferenceBytes[rank]!);
     if (opts.buffers !== undefined) {
       if (!Array.isArray(opts.buffers) || opts.buffers.length !== 2)
@@ -340,7 +343,12 @@ export interface WeightSyncSenderOptions {
   source: Uint8Array | CudaMemory;
   /** For a CUDA `source`: the device operations (`cudaWeightOps()` from `@trellis/cuda`). */
   device?: WeightSyncDeviceOps;
-  /** Per inference rank, its two weight buffers (`WeightSyncReceiver.descriptors()`). */
+  /**
+   * Per inference rank, its two weight buffers: `targets[r]` is rank `r`'s
+   * `WeightSyncReceiver.descriptors()`, in rank order. Buffers of one size cannot say whose they
+   * are: given in another order, each rank is written another rank's weights (the same buffers
+   * listed for two ranks are refused).
+   */
   targets: ReadonlyArray<readonly [MrDesc, MrDesc]>;
   /** Staging memory: what may be staged and in flight at once (the memory watermark). Default 64 MiB. */
   stagingBytes?: number;
@@ -407,8 +415,8 @@ export class WeightSyncSender {
   }
 
   static async create(opts: WeightSyncSenderOptions): Promise<WeightSyncSender> {
-    checkCreate('WeightSyncSender', opts, (p) => p.trainer.ranks);
-    const { plan, rank } = opts;
+    const plan = checkCreate('WeightSyncSender', opts, (p) => p.trainer.ranks);
+    const { rank } = opts;
     if (
       opts.stagingBytes !== undefined &&
       (!Number.isSafeInteger(opts.stagingBytes) || opts.stagingBytes < 1)
@@ -453,6 +461,16 @@ export class WeightSyncSender {
         `WeightSyncSender: targets must list all ${plan.inference.ranks} inference ranks' buffers`,
       );
     for (const [d, t] of opts.targets.entries()) checkTarget('WeightSyncSender', plan, d, t);
+    // The same buffers listed for two ranks: one of them would be written the other's weights.
+    // (Buffers cannot say whose rank they are: listing every rank's own in rank order is the
+    // caller's to get right.)
+    for (const [d, t] of opts.targets.entries())
+      for (let e = 0; e < d; e++)
+        if (t.some((x: MrDesc) => opts.targets[e]!.some((y) => y.equals(x))))
+          throw new TrellisError(
+            'INVALID_ARGUMENT',
+            `WeightSyncSender: targets[${d}] and targets[${e}] list the same buffers; targets[r] must be inference rank r's own (its receiver's descriptors())`,
+          );
     const need = plan.ops
       .filter((o) => o.src === rank)
       .reduce((m, o) => Math.max(m, align(stageBytes(o))), 64);

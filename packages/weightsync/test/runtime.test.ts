@@ -152,6 +152,11 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
         rxCreate({ ...ok, plan: JSON.stringify(plan) }),
         'INVALID_ARGUMENT: WeightSyncReceiver: plan must be a WeightSyncPlan (planWeightSync(), or parsePlan() of its JSON text)',
       ],
+      [
+        // An edited copy: re-derived from its layouts, and refused before any buffer is sized.
+        rxCreate({ ...ok, plan: { ...plan, inferenceBytes: [64] } }),
+        'INVALID_ARGUMENT: WeightSyncReceiver: plan is not one planWeightSync() or parsePlan() made (the plan is malformed: the schedule does not match its layouts (edited or corrupted); re-plan with planWeightSync)',
+      ],
       [rxCreate({ ...ok, rank: 1 }), 'INVALID_ARGUMENT: WeightSyncReceiver: rank must be 0..0, got 1'],
       [
         rxCreate({ ...ok, immBase: 2 ** 32 - 1 }),
@@ -181,6 +186,14 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
       ],
     );
     for (const [p, want] of cases) expect(await outcome(p)).toBe(want);
+    // Plans are frozen; an unedited copy (structuredClone, JSON round trip) is taken.
+    expect(Object.isFrozen(plan.inferencePieces[0]![0])).toBe(true);
+    expect(() => {
+      (plan.inferenceBytes as number[])[0] = 64;
+    }).toThrow(TypeError);
+    const copied = (await rxCreate({ ...ok, plan: structuredClone(plan) })) as WeightSyncReceiver;
+    expect(copied.version).toBe(0);
+    await copied.close();
 
     // sync: each bad field refused before a byte moves, and the sender is not left busy.
     const sync = loose(tx.sync.bind(tx));
@@ -342,8 +355,20 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
       { ranks: 2, tensors: model.map((t) => ({ name: t.name, placement: shard('cols', range(2)) })) },
       { maxOpBytes: 512 },
     );
-    const { rxs, txs, iEng, fabric } = await cluster(plan, { stagingBytes: 1024 });
+    const { rxs, txs, iEng, tEng, sources, fabric } = await cluster(plan, { stagingBytes: 1024 });
     const want = expectedInference(plan);
+    // One rank's buffers listed for two ranks: refused before anything is registered.
+    await expect(
+      WeightSyncSender.create({
+        engine: tEng[0]!,
+        plan,
+        rank: 0,
+        source: sources[0]!,
+        targets: [rxs[0]!.descriptors(), rxs[0]!.descriptors()],
+      }),
+    ).rejects.toThrow(
+      "WeightSyncSender: targets[1] and targets[0] list the same buffers; targets[r] must be inference rank r's own (its receiver's descriptors())",
+    );
     for (const v of [1, 2]) {
       const w = Promise.all(rxs.map((r) => r.expect({ step: v, version: v, timeoutMs: 20_000 })));
       await Promise.all(txs.map((t) => t.sync({ step: v, version: v })));
