@@ -20,6 +20,14 @@ import {
   type TrellisErrorCode,
 } from '@trellis/core';
 
+/**
+ * A request's tag as error messages quote it: whole up to 64 characters, else its first 64 and
+ * its length (tags may run to tens of kilobytes).
+ */
+export function quoteTag(tag: string): string {
+  return tag.length <= 64 ? `'${tag}'` : `'${tag.slice(0, 64)}…' (${tag.length} characters)`;
+}
+
 export const MAGIC = 0x3153564b; // "KVS1"
 export const VERSION = 1;
 

@@ -26,6 +26,7 @@ import {
   encodeTable,
   isKvMessage,
   MsgType,
+  quoteTag,
   receiveOwn,
   tableBytes,
 } from './protocol.js';
@@ -137,9 +138,19 @@ export interface KvAdmission {
 
 /** Counters of a receiver. */
 export interface KvReceiverStats {
+  /** Requests {@link KvStreamReceiver.admit} took (a refused admit is not counted). */
   admitted: number;
+  /** Requests whose `done` resolved. */
   completed: number;
+  /**
+   * Requests that failed from the other side or the transport: the prefill side aborted them, its
+   * peer died or stopped answering, a write or the tail's copy failed.
+   */
   failed: number;
+  /**
+   * Requests this side gave up on: `cancel()`, the request's `signal`, or its own `timeoutMs`
+   * (a `TIMEOUT` counts here: it runs the same two-phase cancel).
+   */
   cancelled: number;
   freePages: number;
   freeSlots: number;
@@ -437,7 +448,7 @@ export class KvStreamReceiver {
             r,
             new TrellisError(
               'TIMEOUT',
-              `kvstream request '${tag}': KV not complete within ${req.timeoutMs} ms`,
+              `kvstream request ${quoteTag(tag)}: KV not complete within ${req.timeoutMs} ms`,
             ),
           ),
         req.timeoutMs,
@@ -446,7 +457,7 @@ export class KvStreamReceiver {
     if (req.signal) {
       r.userSignal = req.signal;
       r.onUserAbort = () =>
-        this.cancelReq(r, new TrellisError('ABORTED', `kvstream request '${tag}': aborted`));
+        this.cancelReq(r, new TrellisError('ABORTED', `kvstream request ${quoteTag(tag)}: aborted`));
       req.signal.addEventListener('abort', r.onUserAbort, { once: true });
     }
 
@@ -476,14 +487,14 @@ export class KvStreamReceiver {
         () => counter.wait(expected, { signal: r.waitAbort.signal }),
         (e: unknown) => {
           // The table may not have arrived: treat the peer as unreachable for this request.
-          throw wrap(e, `kvstream request '${tag}': sending the page table failed`);
+          throw wrap(e, `kvstream request ${quoteTag(tag)}: sending the page table failed`);
         },
       )
       .then(
         () => this.complete(r),
         (e: unknown) => {
           if (r.phase !== 'streaming') return; // cancelled, aborted or dead peer: handled there
-          this.fail(r, wrap(e, `kvstream request '${tag}'`), 'grace');
+          this.fail(r, wrap(e, `kvstream request ${quoteTag(tag)}`), 'grace');
         },
       );
 
@@ -494,7 +505,7 @@ export class KvStreamReceiver {
       pages,
       done,
       cancel() {
-        self.cancelReq(r, new TrellisError('ABORTED', `kvstream request '${tag}': cancelled`));
+        self.cancelReq(r, new TrellisError('ABORTED', `kvstream request ${quoteTag(tag)}: cancelled`));
         return r.released;
       },
     };
@@ -517,7 +528,7 @@ export class KvStreamReceiver {
         (e: unknown) => {
           r.phase = 'failed';
           this.counts.failed++;
-          r.reject(wrap(e, `kvstream request '${r.tag}': copying its last partial page to the GPU`));
+          r.reject(wrap(e, `kvstream request ${quoteTag(r.tag)}: copying its last partial page to the GPU`));
           r.waitAbort.abort();
           this.quarantine(r, this.opts.deadPeerGraceMs);
         },
@@ -720,7 +731,7 @@ export class KvStreamReceiver {
       if (r.peerKey !== key) continue;
       const e = new TrellisError(
         'PEER_LOST',
-        `kvstream request '${r.tag}': the prefill peer is unreachable (${err.code}: ${err.message})${
+        `kvstream request ${quoteTag(r.tag)}: the prefill peer is unreachable (${err.code}: ${err.message})${
           unanswered
             ? `; its pages stay out of the pool until it acknowledges the cancel (it may only be paused) or for quarantineMs (${this.opts.quarantineMs} ms)`
             : ''
@@ -767,9 +778,13 @@ export class KvStreamReceiver {
       this.finish(r, 'cancelling');
       this.counts.failed++;
       r.reject(
-        new TrellisError(m.code, `kvstream request '${r.tag}': the prefill side aborted: ${m.message}`, {
-          peer: r.peerKey,
-        }),
+        new TrellisError(
+          m.code,
+          `kvstream request ${quoteTag(r.tag)}: the prefill side aborted: ${m.message}`,
+          {
+            peer: r.peerKey,
+          },
+        ),
       );
       r.waitAbort.abort();
       void this.settleAfterAck(r, m);
@@ -803,7 +818,7 @@ export class KvStreamReceiver {
     for (const r of this.reqs.values()) {
       if (r.phase === 'streaming') {
         this.finish(r, 'failed');
-        r.reject(new TrellisError('CLOSED', `kvstream request '${r.tag}': the receiver was closed`));
+        r.reject(new TrellisError('CLOSED', `kvstream request ${quoteTag(r.tag)}: the receiver was closed`));
         r.waitAbort.abort();
         // The prefill side is told (its engine may stay up for other receivers): its stream stops
         // writing and rejects as cancelled by the decode side.

@@ -21,6 +21,7 @@ import {
   encodeAck,
   isKvMessage,
   MsgType,
+  quoteTag,
   receiveOwn,
   type TableMsg,
 } from './protocol.js';
@@ -371,7 +372,10 @@ export class KvStreamSender {
       );
     let s = this.streams.get(tag);
     if (s?.bound)
-      throw new TrellisError('INVALID_ARGUMENT', `KvStreamSender.bind: request '${tag}' is bound already`);
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvStreamSender.bind: request ${quoteTag(tag)} is bound already`,
+      );
     // Refused before anything changes: no stream entry, no slot, no progress word left behind.
     if (this.freeStaging.length === 0)
       throw new TrellisError(
@@ -444,7 +448,7 @@ export class KvStreamSender {
     if (s.finished)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `KvSendStream.chunk: request '${s.tag}' is finished: declare every chunk before finish()`,
+        `KvSendStream.chunk: request ${quoteTag(s.tag)} is finished: declare every chunk before finish()`,
       );
     if (!Number.isSafeInteger(end) || end < 1 || (last && end <= last.end))
       throw new TrellisError(
@@ -476,7 +480,7 @@ export class KvStreamSender {
     if (s.finished)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `KvSendStream.finish: request '${s.tag}' is finished already`,
+        `KvSendStream.finish: request ${quoteTag(s.tag)} is finished already`,
       );
     if (!(tail instanceof Uint8Array))
       throw new TrellisError('INVALID_ARGUMENT', 'KvSendStream.finish: tail must be a Uint8Array');
@@ -495,7 +499,7 @@ export class KvStreamSender {
     if (s.table && end < s.table.tokens && !s.failed && !s.cancelled)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `KvSendStream.finish: request '${s.tag}' has ${s.table.tokens} tokens and its chunks end at token ${end}: declare the last chunk (chunk(${s.table.tokens})) before finish()`,
+        `KvSendStream.finish: request ${quoteTag(s.tag)} has ${s.table.tokens} tokens and its chunks end at token ${end}: declare the last chunk (chunk(${s.table.tokens})) before finish()`,
       );
     s.finished = true;
     s.tail = tail;
@@ -675,7 +679,9 @@ export class KvStreamSender {
     const t = s.table;
     if (s.cancelled) {
       this.settle(s);
-      s.reject(new TrellisError('ABORTED', `kvstream request '${s.tag}': cancelled by the decode side`));
+      s.reject(
+        new TrellisError('ABORTED', `kvstream request ${quoteTag(s.tag)}: cancelled by the decode side`),
+      );
       this.counts.cancelled++;
       if (t && s.from) this.send(s.from, encodeAck(t.id, s.delivered, s.uncertain ? ACK_UNCERTAIN : 0));
       return;
@@ -754,29 +760,29 @@ export class KvStreamSender {
     if (s.srcPages!.length < need)
       err = new TrellisError(
         'INVALID_ARGUMENT',
-        `kvstream request '${s.tag}': ${t.tokens} tokens need ${need} source pages; bind gave ${s.srcPages!.length}`,
+        `kvstream request ${quoteTag(s.tag)}: ${t.tokens} tokens need ${need} source pages; bind gave ${s.srcPages!.length}`,
       );
     else if (t.tailBytes > this.maxTailBytes)
       err = new TrellisError(
         'INVALID_ARGUMENT',
-        `kvstream request '${s.tag}': a ${t.tailBytes}-byte tail is over this sender's maxTailBytes (${this.maxTailBytes})`,
+        `kvstream request ${quoteTag(s.tag)}: a ${t.tailBytes}-byte tail is over this sender's maxTailBytes (${this.maxTailBytes})`,
       );
     else if (s.tail && s.tail.length !== t.tailBytes)
       err = new TrellisError(
         'INVALID_ARGUMENT',
-        `kvstream request '${s.tag}': finish() gave a ${s.tail.length}-byte tail; the decode side expects ${t.tailBytes}`,
+        `kvstream request ${quoteTag(s.tag)}: finish() gave a ${s.tail.length}-byte tail; the decode side expects ${t.tailBytes}`,
       );
     else if (s.finished && declaredEnd(s) < t.tokens)
       err = new TrellisError(
         'INVALID_ARGUMENT',
-        `kvstream request '${s.tag}': finish() came after chunks ending at token ${declaredEnd(s)}; the request has ${t.tokens} tokens`,
+        `kvstream request ${quoteTag(s.tag)}: finish() came after chunks ending at token ${declaredEnd(s)}; the request has ${t.tokens} tokens`,
       );
     else
       for (const c of s.chunks)
         if (c.end > t.tokens)
           err = new TrellisError(
             'OUT_OF_RANGE',
-            `kvstream request '${s.tag}': a chunk ends at token ${c.end}, past the request's ${t.tokens}`,
+            `kvstream request ${quoteTag(s.tag)}: a chunk ends at token ${c.end}, past the request's ${t.tokens}`,
           );
     if (err) {
       this.failStream(s, err);
@@ -801,7 +807,7 @@ export class KvStreamSender {
           0,
           0,
           'INVALID_ARGUMENT',
-          `prefill already has a request tagged '${t.tag}' in flight`,
+          `prefill already has a request tagged ${quoteTag(t.tag)} in flight`,
         ),
       );
       return;
@@ -810,7 +816,7 @@ export class KvStreamSender {
       const why = `the decode layout (fingerprint ${t.fingerprint.toString(16)}) does not match the prefill layout (${this.layout.fingerprint.toString(16)}): layers, tokens per page and tensors must agree`;
       this.send(from, encodeAbort(t.id, 0, 0, 'INVALID_ARGUMENT', why));
       // This side's stream of the tag fails too: bound already, now; bound later, at its bind.
-      const err = `kvstream request '${t.tag}': ${why}`;
+      const err = `kvstream request ${quoteTag(t.tag)}: ${why}`;
       if (s) {
         this.failStream(s, new TrellisError('INVALID_ARGUMENT', err));
         this.maybeSettle(s);
@@ -859,7 +865,7 @@ export class KvStreamSender {
         : `the final write not yet sent, ${s.inflight} write(s) in flight`;
     const err = new TrellisError(
       'TIMEOUT',
-      `kvstream request '${s.tag}': not done within ${ms} ms of bind (${state})`,
+      `kvstream request ${quoteTag(s.tag)}: not done within ${ms} ms of bind (${state})`,
     );
     if (!s.table) {
       // Its table, should it come later, is refused at once rather than after unboundTimeoutMs.
@@ -874,7 +880,7 @@ export class KvStreamSender {
       s,
       new TrellisError(
         'TIMEOUT',
-        `kvstream request '${s.tag}': never bound on the prefill side within ${this.unboundTimeoutMs} ms`,
+        `kvstream request ${quoteTag(s.tag)}: never bound on the prefill side within ${this.unboundTimeoutMs} ms`,
       ),
     );
     this.maybeSettle(s);
@@ -906,7 +912,7 @@ export class KvStreamSender {
       if (s.fromKey !== fromKey || s.settled) continue;
       if (!s.failed) {
         any = true;
-        s.failed = new TrellisError('PEER_LOST', `kvstream request '${s.tag}': ${e.message}`, {
+        s.failed = new TrellisError('PEER_LOST', `kvstream request ${quoteTag(s.tag)}: ${e.message}`, {
           peer: fromKey,
           cause: e,
         });
@@ -953,7 +959,7 @@ export class KvStreamSender {
       if (s.settled) continue;
       const t = s.table;
       this.settle(s);
-      const err = new TrellisError('CLOSED', `kvstream request '${s.tag}': the sender was closed`);
+      const err = new TrellisError('CLOSED', `kvstream request ${quoteTag(s.tag)}: the sender was closed`);
       s.reject(err);
       // The decode side is told, as for any failure it cannot see (its peer is still alive and
       // answers probes): writes still in flight may land, so their pages are uncertain.

@@ -504,6 +504,16 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
     expect(await outcome(slow.done)).toBe("TIMEOUT: kvstream request 'slow': KV not complete within 30 ms");
     await slow.cancel();
     expect(poolFull(rx)).toBe(true);
+    // A long tag is quoted by its first 64 characters and its length.
+    const long = `${'x'.repeat(64)}${'y'.repeat(9936)}`;
+    const slow2 = rx.admit({ prefill: pe.address, tokens: 8, tag: long, timeoutMs: 30 });
+    expect(await outcome(slow2.done)).toBe(
+      `TIMEOUT: kvstream request '${'x'.repeat(64)}…' (10000 characters): KV not complete within 30 ms`,
+    );
+    await slow2.cancel();
+    // Both deadlines count as cancelled (the completed request cancelled after does not).
+    expect(rx.stats()).toMatchObject({ completed: 1, cancelled: 2, failed: 0 });
+    expect(poolFull(rx)).toBe(true);
     const ac = new AbortController();
     const ab = rx.admit({ prefill: pe.address, tokens: 8, tag: 'ab', signal: ac.signal });
     ac.abort();
