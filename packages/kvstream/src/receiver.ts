@@ -92,7 +92,7 @@ export interface KvStreamReceiverOptions {
 export interface KvAdmitRequest {
   /** The prefill server's engine address. */
   prefill: NetAddr;
-  /** Prompt tokens whose KV the prefill side computes and streams. */
+  /** Prompt tokens whose KV the prefill side computes and streams: an integer, 1 to 2^32 − 1. */
   tokens: number;
   /** Bytes of the opaque tail (hidden states, logits) the prefill side sends with the last write. Default 0. */
   tailBytes?: number;
