@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <strings.h>
 #include <atomic>
@@ -33,9 +34,34 @@ std::string fi_err(int rc) { return std::string(FabricLib::get().strerror(rc < 0
 // SIGKILL leaves its region in /dev/shm, and a later process that gets the same pid cannot enable
 // its endpoint (EBUSY). Trellis names regions trellis_<pid>_<random>_<n> instead, and removes
 // those of processes that no longer exist.
+uint64_t shm_nonce() {
+  static const uint64_t nonce = trellis::random_u32() ^ (static_cast<uint64_t>(trellis::random_u32()) << 32);
+  return nonce;
+}
+
+// A process that exits without closing its engines (process.exit(), a signal handler that exits)
+// unlinks its own endpoints' regions on the way out: libfabric's destructors do not, and the sweep
+// above runs only when the next Trellis process opens an shm endpoint.
+void unlink_own_shm() {
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "trellis_%d_%016llx_", static_cast<int>(getpid()),
+           static_cast<unsigned long long>(shm_nonce()));
+  const size_t n = strlen(prefix);
+  DIR* d = opendir("/dev/shm");
+  if (!d) return;
+  while (dirent* e = readdir(d)) {
+    if (strncmp(e->d_name, prefix, n) != 0) continue;
+    std::string path = std::string("/dev/shm/") + e->d_name;
+    unlink(path.c_str());
+  }
+  closedir(d);
+}
+
 std::string shm_name() {
   static std::atomic<unsigned> counter{0};
-  static const uint64_t nonce = trellis::random_u32() ^ (static_cast<uint64_t>(trellis::random_u32()) << 32);
+  static std::once_flag hooked;
+  std::call_once(hooked, [] { std::atexit(unlink_own_shm); });
+  const uint64_t nonce = shm_nonce();
   char buf[96];
   snprintf(buf, sizeof buf, "fi_shm://trellis_%d_%016llx_%u", static_cast<int>(getpid()),
            static_cast<unsigned long long>(nonce), counter.fetch_add(1));

@@ -573,6 +573,26 @@ describe('backend-efa: shared-memory objects of owners that died are removed', (
     expect(readdirSync('/dev/shm').filter((n) => n.startsWith(`trellis-${r.pid}-`))).toEqual([]);
   });
 
+  it("a process that exits with shm engines open (process.exit, as on SIGTERM) unlinks libfabric's endpoint regions on the way out", () => {
+    const index = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const script = `
+      const m = await import(${JSON.stringify(index)});
+      const a = await m.createEngine({ provider: 'shm' });
+      const b = await m.createEngine({ provider: 'shm', nics: 2 });
+      await a.registerMemory(1 << 20, { remote: true });
+      const { readdirSync } = await import('node:fs');
+      process.stdout.write(String(readdirSync('/dev/shm').filter((n) => n.startsWith('trellis_' + process.pid + '_')).length));
+      process.on('SIGTERM', () => process.exit(143));
+      process.kill(process.pid, 'SIGTERM');
+      setInterval(() => {}, 1000);
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.status).toBe(143);
+    // One region per endpoint: an engine of one NIC and one of two.
+    expect(Number(r.stdout.trim())).toBeGreaterThanOrEqual(3);
+    expect(readdirSync('/dev/shm').filter((n) => n.startsWith(`trellis_${r.pid}_`))).toEqual([]);
+  });
+
   it('a SIGKILLed owner leaves its regions in /dev/shm; the next process to create one removes them, never a live owner', async () => {
     const dist = new URL('../dist/index.js', import.meta.url).href;
     // A process that registers a remote region, prints its name, then waits to be killed.

@@ -202,7 +202,7 @@ const commands: Record<string, Command> = {
   --json FILE          write the results (with versions, host and time) as JSON
   --html FILE          write a self-contained HTML report
   --serve              be the target of a two-host run
-  --port P             the port --serve listens on (default 29600)
+  --port P             the port --serve listens on (default 29600; 0: any free one, printed)
   --connect HOST:PORT  write into the target another host serves
   --timeout S          seconds to keep trying to reach --connect (default 30)
 `,
@@ -233,7 +233,7 @@ const commands: Record<string, Command> = {
         await serveBench({
           provider,
           nics,
-          port: int(v, 'port', 29600, 1, 65535),
+          port: int(v, 'port', 29600, 0, 65535),
           log: (l) => out(`${l}\n`),
         });
         return 0;
@@ -297,7 +297,7 @@ const commands: Record<string, Command> = {
 
   Processes writing to each other with aborts, deadlines, forged descriptors and SIGKILLed peers
   (restarted); every byte checked. Exits 1 if an operation was lost, a byte differed, a process
-  crashed or healthy peers saw errors.
+  crashed, a forged write completed (or none was refused) or healthy peers saw errors.
 
   --seconds S        how long (default 60)
   --procs N          processes, 2-64 (default 4)

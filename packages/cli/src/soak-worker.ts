@@ -276,7 +276,13 @@ for await (const line of createInterface({ input: process.stdin })) {
   if (m.start && !running) {
     running = true;
     loop = (async () => {
-      for (let seq = 1; running; seq++) await op(seq);
+      for (let seq = 1; running; seq++) {
+        await op(seq);
+        // A turn of the event loop between operations: when every write fails at once (its peers
+        // gone), the loop would run on promise callbacks alone and never see a signal, its stdin
+        // closing or a stop.
+        await new Promise((r) => setImmediate(r));
+      }
     })();
     out({ ok: 'start' });
   }

@@ -214,6 +214,8 @@ export class TcpStore implements Rendezvous {
   /** Why the store turned this client away (a token it needs, or a wrong one): later requests fail so. */
   private refused: string | undefined;
   private barriers = new Map<string, number>();
+  /** What answered on the port sent a line that is not the store's. */
+  private notStore: string | undefined;
 
   private constructor(
     private readonly sock: Socket,
@@ -226,11 +228,11 @@ export class TcpStore implements Rendezvous {
       try {
         m = JSON.parse(line) as Record<string, unknown>;
       } catch {
-        // Not a store: whatever answered on this port is not spoken to again.
-        sock.destroy();
-        return;
+        m = null as never;
       }
       if (typeof m !== 'object' || m === null) {
+        // Not a store: whatever answered on this port is not spoken to again.
+        this.notStore ??= `what answered is not a store (it sent ${JSON.stringify(line.slice(0, 40))})`;
         sock.destroy();
         return;
       }
@@ -253,7 +255,10 @@ export class TcpStore implements Rendezvous {
         p.reject(
           this.refused
             ? new TrellisError('REMOTE_ACCESS', this.refused)
-            : new TrellisError('PEER_LOST', 'TcpStore: the connection to the store was lost'),
+            : new TrellisError(
+                'PEER_LOST',
+                `TcpStore: the connection to the store was lost${this.notStore ? ` (${this.notStore})` : ''}`,
+              ),
         );
       this.pending.clear();
     });
@@ -280,7 +285,11 @@ export class TcpStore implements Rendezvous {
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => {
         // A port in use or not ours to take, a host not on this machine: the arguments' fault.
-        const taken = e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL';
+        const taken =
+          e.code === 'EADDRINUSE' ||
+          e.code === 'EACCES' ||
+          e.code === 'EADDRNOTAVAIL' ||
+          e.code === 'ENOTFOUND';
         reject(
           new TrellisError(
             taken ? 'INVALID_ARGUMENT' : 'UNSUPPORTED',
@@ -328,11 +337,60 @@ export class TcpStore implements Rendezvous {
     checkTimeoutMs('TcpStore.connect', opts.timeoutMs, true);
     const limit = opts.timeoutMs ?? 30_000;
     const deadline = Date.now() + limit;
-    const s = new TcpStore(await dial(opts.host, opts.port, limit), limit);
-    // The token's check is part of connecting: it has what is left of timeoutMs.
-    if (opts.token !== undefined)
-      await s.auth(opts.token, 'TcpStore.connect', Math.max(deadline - Date.now(), 1), limit);
-    return s;
+    // Connected once the store answered (the token's check, or a look at one key): a port that
+    // takes the connection and drops it (a proxy before the store is up, a store restarting) is
+    // dialled again until timeoutMs, as one that refuses it is.
+    // Set once a connection was taken and dropped: '' or what answered instead of a store.
+    let dropped: string | undefined;
+    const droppedError = () =>
+      new TrellisError(
+        'TIMEOUT',
+        `TcpStore.connect: no store at ${opts.host}:${opts.port} within ${limit} ms (the connection was taken and dropped before a store answered${dropped})`,
+      );
+    for (;;) {
+      let sock: Socket;
+      try {
+        sock = await dial(opts.host, opts.port, limit, deadline);
+      } catch (e) {
+        throw dropped !== undefined ? droppedError() : e;
+      }
+      const s = new TcpStore(sock, limit);
+      try {
+        await s.hello(opts.token, Math.max(deadline - Date.now(), 1), limit);
+        return s;
+      } catch (e) {
+        if (!(e instanceof TrellisError) || e.code !== 'PEER_LOST') throw e;
+        dropped = s.notStore ? `: ${s.notStore}` : '';
+        const left = deadline - Date.now();
+        if (left <= 0) throw droppedError();
+        await new Promise((r) => setTimeout(r, Math.min(100, left)));
+      }
+    }
+  }
+
+  /**
+   * The store's first answer: the token's check (with `token`), else a look at one key.
+   * `timeoutMs` is what is left of `limitMs`, the caller's whole deadline. A connection lost
+   * before the answer rejects `PEER_LOST` as it is (the caller dials again); other failures close
+   * this client and say what connecting met.
+   */
+  private async hello(token: string | undefined, timeoutMs: number, limitMs: number): Promise<void> {
+    try {
+      if (token !== undefined) await this.request({ op: 'auth', key: '', token }, timeoutMs);
+      else await this.request({ op: 'get', key: '__trellis/hello', nowait: true }, timeoutMs);
+    } catch (e) {
+      await this.close();
+      const err = e as TrellisError;
+      if (err.code === 'PEER_LOST') throw err;
+      throw new TrellisError(
+        err.code ?? 'INTERNAL',
+        err.code === 'TIMEOUT'
+          ? `TcpStore.connect: the store did not answer ${token !== undefined ? "the token's check" : 'a first request'} within ${limitMs} ms`
+          : token !== undefined
+            ? `TcpStore.connect: authenticating to the store: ${err.message}`
+            : `TcpStore.connect: ${err.message.replace(/^TcpStore: /, '')}`,
+      );
+    }
   }
 
   /** Present the token; `timeoutMs` is what is left of `limitMs`, the caller's whole deadline. */
@@ -539,8 +597,13 @@ function checkKey(key: string): void {
     );
 }
 
-async function dial(host: string, port: number, timeoutMs: number): Promise<Socket> {
-  const end = Date.now() + timeoutMs;
+/** Dial `host:port` until `end` (default `timeoutMs` from now); `timeoutMs` names the bound in errors. */
+async function dial(
+  host: string,
+  port: number,
+  timeoutMs: number,
+  end = Date.now() + timeoutMs,
+): Promise<Socket> {
   let last = '';
   while (Date.now() < end) {
     try {

@@ -16,7 +16,11 @@ export interface Rendezvous {
   /**
    * Join `group` as `member` with `value` (e.g. its NetAddr) for as long as this connection lives;
    * `onChange` receives the full membership on every change, starting with the current one.
-   * Returns a function that stops watching.
+   * Returns a function that stops watching (the member stays in the group until this connection
+   * ends: close the rendezvous to leave). A member name is one member: a second join of the same
+   * name, from any process, replaces its value and takes it over — the name then leaves the group
+   * when the second joiner's connection (etcd: lease) ends, not the first's. Give each process a
+   * name of its own (its rank).
    */
   join(
     group: string,
