@@ -1073,6 +1073,24 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   }
 
   private readonly probes = new Map<string, Promise<boolean>>();
+  /** Peers with a probe running that an operation completed with since it started. */
+  private readonly answeredDuringProbe = new Set<string>();
+
+  /** A probe is running (the completion path asks before it records {@link heardFrom}). */
+  protected probeRunning(): boolean {
+    return this.probes.size > 0;
+  }
+
+  /**
+   * `op` completed: each of its peers with a probe running has answered it. On a loaded machine a
+   * probe can wait behind the peer's own backlog past its deadline while that backlog completes:
+   * the peer is alive.
+   */
+  protected heardFrom(op: PendingOp): void {
+    if (op.liveness) return;
+    for (const k of op.peerKeys ?? (op.peer ? [op.peer.toString()] : []))
+      if (this.probes.has(k)) this.answeredDuringProbe.add(k);
+  }
   private readonly probeCounts = { probes: 0, probesAnswered: 0 };
 
   /**
@@ -1088,6 +1106,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     if (running) return running;
     if (this.closed || this.lost.has(key)) return Promise.resolve(false);
     this.probeCounts.probes++;
+    this.answeredDuringProbe.delete(key);
     const until = performance.now() + ms;
     // A probe cut off with the connection it tests (CONNECTION_RESET) says nothing yet: try again
     // on the next one, until the deadline.
@@ -1109,8 +1128,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         await new Promise<void>((r) => this.timers.after(20, r));
       }
     };
-    const p = attempt().then((alive) => {
+    const p = attempt().then((answered) => {
       this.probes.delete(key);
+      // Another operation to the peer that completed meanwhile answers for the probe.
+      const alive = answered || (!this.closed && this.answeredDuringProbe.has(key));
+      this.answeredDuringProbe.delete(key);
       if (alive) this.probeCounts.probesAnswered++;
       return alive;
     });
