@@ -224,11 +224,11 @@ export class TcpStore implements Rendezvous {
     private readonly server?: StoreServer,
   ) {
     readLines(sock, (line) => {
-      let m: Record<string, unknown>;
+      let m: Record<string, unknown> | null = null;
       try {
-        m = JSON.parse(line) as Record<string, unknown>;
+        m = JSON.parse(line) as Record<string, unknown> | null;
       } catch {
-        m = null as never;
+        // not JSON: handled below
       }
       if (typeof m !== 'object' || m === null) {
         // Not a store: whatever answered on this port is not spoken to again.
@@ -303,7 +303,7 @@ export class TcpStore implements Rendezvous {
     const port = (server.address() as { port: number }).port;
     const sock = await dial('127.0.0.1', port, 5000);
     const s = new TcpStore(sock, 30_000, store);
-    if (opts.token !== undefined) await s.auth(opts.token, 'TcpStore.serve', 10_000, 10_000);
+    if (opts.token !== undefined) await s.hello('TcpStore.serve', opts.token, 10_000, 10_000);
     return s;
   }
 
@@ -356,7 +356,7 @@ export class TcpStore implements Rendezvous {
       }
       const s = new TcpStore(sock, limit);
       try {
-        await s.hello(opts.token, Math.max(deadline - Date.now(), 1), limit);
+        await s.hello('TcpStore.connect', opts.token, Math.max(deadline - Date.now(), 1), limit);
         return s;
       } catch (e) {
         if (!(e instanceof TrellisError) || e.code !== 'PEER_LOST') throw e;
@@ -374,7 +374,12 @@ export class TcpStore implements Rendezvous {
    * before the answer rejects `PEER_LOST` as it is (the caller dials again); other failures close
    * this client and say what connecting met.
    */
-  private async hello(token: string | undefined, timeoutMs: number, limitMs: number): Promise<void> {
+  private async hello(
+    op: string,
+    token: string | undefined,
+    timeoutMs: number,
+    limitMs: number,
+  ): Promise<void> {
     try {
       if (token !== undefined) await this.request({ op: 'auth', key: '', token }, timeoutMs);
       else await this.request({ op: 'get', key: '__trellis/hello', nowait: true }, timeoutMs);
@@ -385,26 +390,10 @@ export class TcpStore implements Rendezvous {
       throw new TrellisError(
         err.code ?? 'INTERNAL',
         err.code === 'TIMEOUT'
-          ? `TcpStore.connect: the store did not answer ${token !== undefined ? "the token's check" : 'a first request'} within ${limitMs} ms`
+          ? `${op}: the store did not answer ${token !== undefined ? "the token's check" : 'a first request'} within ${limitMs} ms`
           : token !== undefined
-            ? `TcpStore.connect: authenticating to the store: ${err.message}`
-            : `TcpStore.connect: ${err.message.replace(/^TcpStore: /, '')}`,
-      );
-    }
-  }
-
-  /** Present the token; `timeoutMs` is what is left of `limitMs`, the caller's whole deadline. */
-  private async auth(token: string, op: string, timeoutMs: number, limitMs: number): Promise<void> {
-    try {
-      await this.request({ op: 'auth', key: '', token }, timeoutMs);
-    } catch (e) {
-      await this.close();
-      const err = e as TrellisError;
-      throw new TrellisError(
-        err.code ?? 'INTERNAL',
-        err.code === 'TIMEOUT'
-          ? `${op}: the store did not answer the token's check within ${limitMs} ms`
-          : `${op}: authenticating to the store: ${err.message}`,
+            ? `${op}: authenticating to the store: ${err.message}`
+            : `${op}: ${err.message.replace(/^TcpStore: /, '')}`,
       );
     }
   }

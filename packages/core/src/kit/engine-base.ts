@@ -1076,21 +1076,17 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   /** Peers with a probe running that an operation completed with since it started. */
   private readonly answeredDuringProbe = new Set<string>();
 
-  /** A probe is running (the completion path asks before it records {@link heardFrom}). */
-  protected probeRunning(): boolean {
-    return this.probes.size > 0;
-  }
-
   /**
    * `op` completed: each of its peers with a probe running has answered it. On a loaded machine a
    * probe can wait behind the peer's own backlog past its deadline while that backlog completes:
-   * the peer is alive.
+   * the peer is alive. Cheap while no probe runs (the completion path calls it for every success).
    */
   protected heardFrom(op: PendingOp): void {
-    if (op.liveness) return;
+    if (this.probes.size === 0 || op.liveness) return;
     for (const k of op.peerKeys ?? (op.peer ? [op.peer.toString()] : []))
       if (this.probes.has(k)) this.answeredDuringProbe.add(k);
   }
+
   private readonly probeCounts = { probes: 0, probesAnswered: 0 };
 
   /**

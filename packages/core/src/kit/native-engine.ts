@@ -864,7 +864,7 @@ export abstract class NativeEngineBase extends EngineBase {
       }
       if (code === 'OK') {
         // Evidence of life for a probe running now (see EngineBase.probePeer).
-        if (this.probeRunning()) this.heardFrom(op);
+        this.heardFrom(op);
         op.complete();
         continue;
       }
