@@ -20,8 +20,8 @@ for pkg in backend-efa backend-verbs moe; do
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/Release" >/dev/null
     # The tree arrives with its files' own modification times, which can be older than objects a
     # previous call built on a warm machine from other sources: make would keep those. Build from
-    # clean whenever the sources (this package's and the engine kit's) differ from the last build's.
-    sum=$(find native CMakeLists.txt "$root/packages/core/src/kit/native" -type f -print0 | sort -z |
+    # clean whenever the sources (this package's, its C benchmarks', the engine kit's) differ from the last build's.
+    sum=$(find native $(ls -d bench 2>/dev/null) CMakeLists.txt "$root/packages/core/src/kit/native" -type f -print0 | sort -z |
       xargs -0 md5sum | md5sum | cut -d' ' -f1)
     clean=()
     [ "$(cat build/.sources.md5 2>/dev/null)" = "$sum" ] || clean=(--clean-first)

@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pin.h"
+
 struct control {
   _Alignas(64) _Atomic uint64_t written;
   _Alignas(64) _Atomic uint64_t seen;
@@ -53,6 +55,7 @@ int main(int argc, char **argv) {
   pid_t child = fork();
   if (child == 0) {
     /* target: count writes as they are published */
+    pin_target();
     atomic_store_explicit(&ctl->go, 1, memory_order_release);
     uint64_t seen = 0;
     while (seen < ops) {

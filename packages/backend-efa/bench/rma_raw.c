@@ -12,6 +12,9 @@
  *   rma_raw <provider> into <name_hex> <addr> <key> <page_bytes> <pages_per_call> <calls> <window> [<ops>]
  *   rma_raw <provider> target <region_bytes> <arrivals>
  *
+ * The target side (the forked child, or `target`) pins itself to TRELLIS_BENCH_TARGET_CPUS when
+ * that is set (a CPU list, as taskset takes it: the SDK benchmark's --pin).
+ *
  * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
  * initiator completion, as the SDK benchmark does. pingpong: each side answers an immediate with
  * an immediate (a 1-byte write with remote CQ data: shm never completes empty writes); prints
@@ -31,6 +34,7 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 #include "fabric_dl.h"
+#include "pin.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +152,7 @@ static int pingpong(const char *prov, uint64_t iters) {
   int to_init[2], to_target[2];
   if (pipe(to_init) || pipe(to_target)) return 1;
   pid_t child = fork();
+  if (child == 0) pin_target();
   struct ep e;
   open_ep(&e, prov);
   void *buf = aligned_alloc(4096, 4096);
@@ -287,6 +292,7 @@ static int into(int argc, char **argv) {
 
 static int target(int argc, char **argv) {
   (void)argc;
+  pin_target();
   size_t region = strtoull(argv[3], NULL, 10);
   uint64_t want = strtoull(argv[4], NULL, 10);
   struct ep e;
@@ -355,6 +361,7 @@ int main(int argc, char **argv) {
   pid_t child = fork();
   if (child == 0) {
     /* target */
+    pin_target();
     struct ep e;
     open_ep(&e, prov);
     void *buf = aligned_alloc(4096, region);

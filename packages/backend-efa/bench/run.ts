@@ -23,12 +23,18 @@
 //                          [--single sdk,batch,prepared,lane,mapped,into,batch-to-raw]   (the single-write columns to run)
 //                          [--rtt default,latency,sync,inline,inline-sync,reaction,native]  (the round-trip modes)
 //                          [--ops N]   (single writes per trial; default 1 GiB / size, at most 200,000)
+//                          [--pin <initiator CPUs>/<target CPUs>]   (e.g. 2,3/4,5: see below)
+//
+// --pin runs the initiators (this process, and the raw programs it starts) on the first CPU list
+// and every target (the SDK's target engine, the raw programs' forked or spawned targets) on the
+// second, through taskset (util-linux) and TRELLIS_BENCH_TARGET_CPUS: both pairs get the same CPUs,
+// and no run's threads land on a core another run's are busy on by chance.
 //
 // Engine tuning from the environment (unset: the engine's default): TRELLIS_BENCH_SLEEP_US
 // (maxSleepUs), _SPIN_US (idleSpinUs), _DOORBELL_US, _ARRIVAL_US (arrivalBatchUs), _BUSY_POLL_US
 // and _DRIVE_INLINE=1 for both sides' engines (TRELLIS_BENCH_TARGET_SLEEP_US and so on: the target
 // engine's alone, over the first); _MAX_INFLIGHT and _PEER_WINDOW for the initiator's.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -49,6 +55,37 @@ const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1]! : dflt;
+};
+const PIN = opt('--pin', '');
+if (PIN) {
+  const m = /^(\d[\d,-]*)\/(\d[\d,-]*)$/.exec(PIN);
+  if (!m) {
+    console.error(
+      `--pin: <initiator CPUs>/<target CPUs>, each a CPU list as taskset takes it (e.g. 2,3/4-5), got ${JSON.stringify(PIN)}`,
+    );
+    process.exit(2);
+  }
+  if (process.env.TRELLIS_BENCH_PINNED !== PIN) {
+    // Run again on the initiator's CPUs; the targets pin themselves from the environment.
+    const r = spawnSync(
+      'taskset',
+      ['-c', m[1]!, process.execPath, ...process.execArgv, process.argv[1]!, ...args],
+      {
+        stdio: 'inherit',
+        env: { ...process.env, TRELLIS_BENCH_PINNED: PIN, TRELLIS_BENCH_TARGET_CPUS: m[2] },
+      },
+    );
+    if (r.error) {
+      console.error(`--pin needs taskset (util-linux): ${r.error.message}`);
+      process.exit(2);
+    }
+    process.exit(r.status ?? 1);
+  }
+}
+/** A target's command line: pinned to the target CPUs under --pin. */
+const targetCmd = (cmd: string, argv: string[]): [string, string[]] => {
+  const list = process.env.TRELLIS_BENCH_TARGET_CPUS;
+  return list ? ['taskset', ['-c', list, cmd, ...argv]] : [cmd, argv];
 };
 const quick = args.includes('--quick');
 const trials = Number(opt('--trials', quick ? '1' : '3'));
@@ -143,8 +180,10 @@ interface Row {
  */
 async function startTarget(provider: Provider, size: number, spin = false, driveInline = false) {
   const child = spawn(
-    process.execPath,
-    [targetJs, JSON.stringify({ provider, size, nics: 1, spin, driveInline })],
+    ...targetCmd(process.execPath, [
+      targetJs,
+      JSON.stringify({ provider, size, nics: 1, spin, driveInline }),
+    ]),
     {
       stdio: ['pipe', 'pipe', 'inherit'],
     },
@@ -699,7 +738,7 @@ const table = rows.map((r) => [
 const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
 const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
 console.log(
-  `libfabric ${fabricVersion()}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, 1 NIC (domain), window ${WINDOW} (single; batch and prepared: ${POSTS} calls of ${Math.floor(WINDOW / POSTS)}) / 1024 (paged), median of ${trials} trial(s)`,
+  `libfabric ${fabricVersion()}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, 1 NIC (domain), window ${WINDOW} (single; batch and prepared: ${POSTS} calls of ${Math.floor(WINDOW / POSTS)}) / 1024 (paged), median of ${trials} trial(s)${PIN ? `, pinned ${PIN} (initiators/targets)` : ''}`,
 );
 console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
@@ -793,6 +832,7 @@ if (jsonOut)
           model: cpus()[0]?.model,
           node: process.version,
           libfabric: fabricVersion(),
+          ...(PIN ? { pin: PIN } : {}),
         },
         rows,
         latency,

@@ -166,6 +166,54 @@ describe('heartbeat', () => {
     await peer.exited;
   }, 30_000);
 
+  // Heartbeats go behind the writes already queued to the peer (one order per peer): with more
+  // bytes queued than a few intervals carry, each heartbeat times out while the writes ahead of it
+  // complete. Those completions answer for the peer; before, three such timeouts lost a live peer
+  // and failed every write still in flight with PEER_LOST.
+  it('a live peer behind a long backlog: heartbeats that time out while its writes complete are no misses, and every write lands', async () => {
+    const engine = await createEngine({
+      provider: 'tcp',
+      sameHostLane: false,
+      heartbeatMs: 50,
+      opTimeoutMs: 120_000,
+    });
+    const peer = await PeerProcess.start(engineModule, { provider: 'tcp', sameHostLane: false });
+    cleanup.push(async () => {
+      await engine.close();
+      await peer.stop();
+    });
+    const lost: string[] = [];
+    engine.onPeerLost((p) => lost.push(p.toString()));
+    const size = 8 << 20;
+    const { desc } = await peer.call<{ desc: string }>('register', { name: 'kv', size, remote: true });
+    const dst = MrDesc.parse(desc);
+    const src = await engine.registerMemory(size);
+    src.buffer!.set(Uint8Array.from({ length: size }, (_, i) => (i * 131 + 7) & 0xff));
+    // 3 GiB: seconds on loopback tcp, many times the three intervals that lost the peer before.
+    const n = 384;
+    const outcomes = await Promise.all(
+      Array.from({ length: n }, () =>
+        engine.submitSingleWrite({ src, length: size, dst }).then(
+          () => 'resolved',
+          (e: { code: string }) => e.code,
+        ),
+      ),
+    );
+    expect(outcomes.filter((o) => o !== 'resolved')).toEqual([]);
+    expect(lost).toEqual([]);
+    const { peers, ops } = engine.stats();
+    expect(peers.lost).toBe(0);
+    expect(ops).toMatchObject({ inFlight: 0, failed: 0 });
+    // Heartbeats did time out behind the backlog (what this test is about) and counted as late,
+    // not as misses (a stall of a whole interval on a loaded machine may still miss one, never
+    // three in a row: the peer is not lost).
+    expect(peers.heartbeatsLate).toBeGreaterThan(0);
+    expect(peers.heartbeatsMissed).toBeLessThan(peers.heartbeatsLate);
+    expect(peers.heartbeats).toBeGreaterThanOrEqual(peers.heartbeatsLate + peers.heartbeatsMissed);
+    const { sha256 } = await peer.call<{ sha256: string }>('sha256', { name: 'kv' });
+    expect(sha256).toBe(sha(src.buffer!));
+  }, 60_000);
+
   // tcp does not notice a peer that dies while nothing is in flight to it (its writes would wait
   // for their deadline); heartbeatIdle probes it anyway, as backend-efa's README says.
   it('a peer process SIGKILLed while idle: heartbeatIdle loses it within a few intervals, and writes to it are refused before posting', async () => {

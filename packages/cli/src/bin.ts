@@ -5,7 +5,14 @@
 //   1  the command ran and found a failure (a byte differed, an operation was lost, a check failed)
 //      or an error stopped it (one line; the stack with --debug)
 //   2  a usage error: unknown command or flag, a missing or malformed value
-import { accessSync, existsSync, constants as fsConstants, statSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  existsSync,
+  constants as fsConstants,
+  statfsSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
@@ -57,13 +64,28 @@ function outFile(v: Values, name: string): string | undefined {
   const f = str(v, name);
   if (f === undefined) return undefined;
   const dir = dirname(resolve(f));
+  const notWritable = () =>
+    new UsageError(`--${name} ${JSON.stringify(f)}: ${dir} is not a directory this process can write in`);
+  let isDir = false;
   try {
-    if (!statSync(dir).isDirectory()) throw new Error('not a directory');
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    isDir = false;
+  }
+  if (!isDir) throw notWritable();
+  // procfs and sysfs pass the access checks for root, and refuse the write only once the run is over.
+  const kernelFs = new Map([
+    [0x9fa0, '/proc'],
+    [0x62656572, '/sys'],
+  ]).get(statfsSync(dir).type);
+  if (kernelFs)
+    throw new UsageError(
+      `--${name} ${JSON.stringify(f)}: is under ${kernelFs} (a kernel interface): name a file elsewhere`,
+    );
+  try {
     accessSync(dir, fsConstants.W_OK);
   } catch {
-    throw new UsageError(
-      `--${name} ${JSON.stringify(f)}: ${dir} is not a directory this process can write in`,
-    );
+    throw notWritable();
   }
   if (existsSync(f)) {
     // An existing path is overwritten: it must be a file this process may write.
@@ -78,6 +100,19 @@ function outFile(v: Values, name: string): string | undefined {
       throw new UsageError(`--${name} ${JSON.stringify(f)}: exists and is not a file this process can write`);
   }
   return f;
+}
+
+/** Write a result file named by --flag; a failure says so (the results are on stdout) and returns false. */
+function writeResult(flag: string, f: string, text: string): boolean {
+  try {
+    writeFileSync(f, text);
+    return true;
+  } catch (e) {
+    err(
+      `trellis: could not write --${flag} ${JSON.stringify(f)} (${(e as Error).message}); the results are above\n`,
+    );
+    return false;
+  }
 }
 
 /** The largest write `trellis bench` takes: the target hashes its region as one Node buffer. */
@@ -284,9 +319,11 @@ const commands: Record<string, Command> = {
           ]),
         )}\n`,
       );
-      if (json) writeFileSync(json, JSON.stringify(r, null, 2));
-      if (html) writeFileSync(html, benchHtml(r));
-      return r.rows.every((x) => x.verified) ? 0 : 1;
+      const wrote = [
+        json === undefined || writeResult('json', json, JSON.stringify(r, null, 2)),
+        html === undefined || writeResult('html', html, benchHtml(r)),
+      ];
+      return r.rows.every((x) => x.verified) && wrote.every(Boolean) ? 0 : 1;
     },
   },
 
@@ -379,11 +416,16 @@ const commands: Record<string, Command> = {
           `crashes: ${r.crashes}; errors between healthy peers: ${t.healthyErrors}\n`,
       );
       for (const line of t.healthySamples) out(`  healthy-pair error: ${line}\n`);
-      if (json) writeFileSync(json, JSON.stringify(r, null, 2));
+      const wrote = json === undefined || writeResult('json', json, JSON.stringify(r, null, 2));
       // A forgery must never write; besides REMOTE_ACCESS it may settle CONNECTION_RESET (another
       // forgery reset the connection under it) or, around kills, PEER_LOST or TIMEOUT.
       const forgedOk = t.forgedAccepted === 0 && (t.forged === 0 || t.forgedRefused > 0);
-      return t.lost === 0 && t.mismatches === 0 && r.crashes === 0 && t.healthyErrors === 0 && forgedOk
+      return t.lost === 0 &&
+        t.mismatches === 0 &&
+        r.crashes === 0 &&
+        t.healthyErrors === 0 &&
+        forgedOk &&
+        wrote
         ? 0
         : 1;
     },

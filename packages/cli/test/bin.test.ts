@@ -122,6 +122,15 @@ describe('trellis', () => {
         /--json "\/nonexistent\/dir\/x\.json": \/nonexistent\/dir is not a directory/,
       ],
       [['bench', '--html', '/tmp'], /--html "\/tmp": exists and is not a file this process can write/],
+      // procfs passes the access checks for root, and its write fails only after the run.
+      [
+        ['bench', '--json', '/proc/version'],
+        /--json "\/proc\/version": is under \/proc \(a kernel interface\)/,
+      ],
+      [
+        ['soak', '--json', '/sys/kernel/x.json'],
+        /--json "\/sys\/kernel\/x\.json": is under \/sys \(a kernel interface\)/,
+      ],
       [['bench', '--provider', 'efa0'], /--provider is one of shm, tcp, got "efa0"/],
       [['bench', '--nics', '9'], /--nics takes an integer from 1 to 4, got "9"/],
       [['bench', '--timeout', '5'], /--timeout applies to --connect only/],

@@ -620,6 +620,19 @@ export interface PeerStats {
    */
   probes: number;
   probesAnswered: number;
+  /** Heartbeats sent (engine option `heartbeatMs`). */
+  heartbeats: number;
+  /**
+   * Of those, the ones that failed or went unanswered and counted as misses (three in a row to one
+   * peer lose it). A heartbeat failed by a NIC while another NIC to the peer is up counts against
+   * the NIC instead, and is in neither this nor `heartbeatsLate`.
+   */
+  heartbeatsMissed: number;
+  /**
+   * Heartbeats that timed out while another operation to the peer completed — they waited behind
+   * the peer's own backlog — counted as answered, not as misses.
+   */
+  heartbeatsLate: number;
 }
 
 /**

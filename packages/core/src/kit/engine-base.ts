@@ -1035,9 +1035,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     op.liveness = true;
     op.arm({ timeoutMs: this.heartbeatMs });
     this.probing.add(key);
+    this.answeredDuringBeat.delete(key);
     op.promise.then(
       () => {
         this.probing.delete(key);
+        this.answeredDuringBeat.delete(key);
         this.misses.delete(key);
       },
       (e: TrellisError) => {
@@ -1050,8 +1052,19 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           (e.code === 'NIC_FAILED' || e.code === 'PROVIDER_ERROR')
         ) {
           this.failover.nicError(e.nic);
-          if (this.failover.probeLane(peer) !== undefined) return;
+          if (this.failover.probeLane(peer) !== undefined) {
+            this.answeredDuringBeat.delete(key);
+            return;
+          }
         }
+        // A heartbeat queued behind the peer's own backlog can time out while that backlog
+        // completes: the peer answered, so this is no miss (the next tick probes again).
+        if (this.answeredDuringBeat.delete(key) && !this.closed) {
+          this.probeCounts.heartbeatsLate++;
+          this.misses.delete(key);
+          return;
+        }
+        this.probeCounts.heartbeatsMissed++;
         const m = (this.misses.get(key) ?? 0) + 1;
         this.misses.set(key, m);
         if (m >= HEARTBEAT_MISSES) this.unresponsive(peer, e);
@@ -1059,6 +1072,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       },
     );
     const lane = this.failover?.probeLane(peer) ?? 0;
+    this.probeCounts.heartbeats++;
     this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane }, op));
   }
 
@@ -1075,19 +1089,30 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   private readonly probes = new Map<string, Promise<boolean>>();
   /** Peers with a probe running that an operation completed with since it started. */
   private readonly answeredDuringProbe = new Set<string>();
+  /** Peers with a heartbeat out that an operation completed with since it was posted. */
+  private readonly answeredDuringBeat = new Set<string>();
 
   /**
-   * `op` completed: each of its peers with a probe running has answered it. On a loaded machine a
-   * probe can wait behind the peer's own backlog past its deadline while that backlog completes:
-   * the peer is alive. Cheap while no probe runs (the completion path calls it for every success).
+   * `op` completed: each of its peers with a probe or a heartbeat out has answered it. On a loaded
+   * machine a probe can wait behind the peer's own backlog past its deadline while that backlog
+   * completes: the peer is alive. Cheap while none is out (the completion path calls it for every
+   * success).
    */
   protected heardFrom(op: PendingOp): void {
-    if (this.probes.size === 0 || op.liveness) return;
-    for (const k of op.peerKeys ?? (op.peer ? [op.peer.toString()] : []))
+    if ((this.probes.size === 0 && this.probing.size === 0) || op.liveness) return;
+    for (const k of op.peerKeys ?? (op.peer ? [op.peer.toString()] : [])) {
       if (this.probes.has(k)) this.answeredDuringProbe.add(k);
+      if (this.probing.has(k)) this.answeredDuringBeat.add(k);
+    }
   }
 
-  private readonly probeCounts = { probes: 0, probesAnswered: 0 };
+  private readonly probeCounts = {
+    probes: 0,
+    probesAnswered: 0,
+    heartbeats: 0,
+    heartbeatsMissed: 0,
+    heartbeatsLate: 0,
+  };
 
   /**
    * Whether `peer` answers now: one immediate ({@link HEARTBEAT_IMM}) that must complete within

@@ -353,8 +353,9 @@ export interface NativeEngineTuning {
   /**
    * Probe peers with operations in flight every this many ms (an immediate of value
    * `HEARTBEAT_IMM`); three misses in a row and the peer is lost — `onPeerLost`, and its operations
-   * cancelled with `PEER_LOST`. Default 0: off (the engine deadline `opTimeoutMs` still bounds every
-   * operation).
+   * cancelled with `PEER_LOST`. A heartbeat that times out while another operation to the peer
+   * completes (it waited behind the peer's own backlog) is no miss. Default 0: off (the engine
+   * deadline `opTimeoutMs` still bounds every operation).
    */
   heartbeatMs?: number;
   /**
