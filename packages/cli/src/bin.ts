@@ -9,6 +9,8 @@ import {
   accessSync,
   existsSync,
   constants as fsConstants,
+  lstatSync,
+  readlinkSync,
   statfsSync,
   statSync,
   writeFileSync,
@@ -63,7 +65,22 @@ function int(v: Values, name: string, dflt: number, min = 0, max = Number.MAX_SA
 function outFile(v: Values, name: string): string | undefined {
   const f = str(v, name);
   if (f === undefined) return undefined;
-  const dir = dirname(resolve(f));
+  if (f === '') throw new UsageError(`--${name} takes a file name, got ""`);
+  if (/[\\/]$/.test(f))
+    throw new UsageError(`--${name} ${JSON.stringify(f)}: names a directory (a trailing /): name a file`);
+  // Where the write lands: through symbolic links (a dangling one too) to the file itself.
+  let target = resolve(f);
+  for (let hops = 0; hops < 40; hops++) {
+    let link = false;
+    try {
+      link = lstatSync(target).isSymbolicLink();
+    } catch {
+      link = false;
+    }
+    if (!link) break;
+    target = resolve(dirname(target), readlinkSync(target));
+  }
+  const dir = dirname(target);
   const notWritable = () =>
     new UsageError(`--${name} ${JSON.stringify(f)}: ${dir} is not a directory this process can write in`);
   let isDir = false;
@@ -87,12 +104,12 @@ function outFile(v: Values, name: string): string | undefined {
   } catch {
     throw notWritable();
   }
-  if (existsSync(f)) {
+  if (existsSync(target)) {
     // An existing path is overwritten: it must be a file this process may write.
     let ok = false;
     try {
-      ok = statSync(f).isFile();
-      accessSync(f, fsConstants.W_OK);
+      ok = statSync(target).isFile();
+      accessSync(target, fsConstants.W_OK);
     } catch {
       ok = false;
     }

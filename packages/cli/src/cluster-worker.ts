@@ -22,13 +22,34 @@ const cfg = JSON.parse(process.argv[2]!) as {
   rank?: number;
   world?: number;
 };
-const engine = await createEngine({ provider: cfg.provider, nics: 2, opTimeoutMs: 20_000 });
-const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
+// Before the engine exists: a SIGTERM or SIGHUP while it is being made exits through process.exit
+// too, which unlinks the shared-memory regions it has made so far.
 followParent();
+let parentGone = false;
+let made: { close(): Promise<void> } | undefined;
+// A failure: one line on stderr (the demo's parent says a process exited early, its error above),
+// then the engine closed and exit 1. Not when the parent is going (Ctrl-C): the other workers'
+// regions vanish first and this one's operations fail with them, a moment before its stdin ends.
+process.on('uncaughtException', (e) => {
+  setTimeout(() => {
+    if (!parentGone)
+      process.stderr.write(
+        `trellis demo: the ${cfg.role} process failed: ${e instanceof Error ? e.message : String(e)}\n`,
+      );
+    if (made) void closeAndExit(made);
+    else process.exit(1);
+  }, 300);
+});
+const engine = await createEngine({ provider: cfg.provider, nics: 2, opTimeoutMs: 20_000 });
+made = engine;
+const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 // stdin closed: the demo's parent is gone (killed, interrupted). Close the engine (which unlinks its
 // shared-memory regions) within a bound and exit rather than run on as an orphan.
-process.stdin.once('end', () => void closeAndExit(engine));
+process.stdin.once('end', () => {
+  parentGone = true;
+  void closeAndExit(engine);
+});
 const next = async <T>() => JSON.parse((await lines.next()).value as string) as T;
 
 if (cfg.role === 'prefill') {

@@ -122,6 +122,11 @@ describe('trellis', () => {
         /--json "\/nonexistent\/dir\/x\.json": \/nonexistent\/dir is not a directory/,
       ],
       [['bench', '--html', '/tmp'], /--html "\/tmp": exists and is not a file this process can write/],
+      [['bench', '--json', ''], /--json takes a file name, got ""/],
+      [
+        ['soak', '--json', '/tmp/new.json/'],
+        /--json "\/tmp\/new\.json\/": names a directory \(a trailing \/\): name a file/,
+      ],
       // procfs passes the access checks for root, and its write fails only after the run.
       [
         ['bench', '--json', '/proc/version'],

@@ -2,7 +2,8 @@
 // process leaves its groups when the lease expires.
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
-import { Etcd3, type Lease, type Watcher } from 'etcd3';
+import { ExponentialBackoff, type IBackoff, noop } from 'cockatiel';
+import { Etcd3, type Lease, type WatchBuilder, type Watcher } from 'etcd3';
 import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue, shown } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
@@ -74,7 +75,19 @@ export class EtcdRendezvous implements Rendezvous {
         `EtcdRendezvous.connect: timeoutMs must be a finite number > 0, got ${shown(opts.timeoutMs)}`,
       );
     const limit = opts.timeoutMs ?? 10_000;
-    const client = new Etcd3({ hosts: opts.hosts, dialTimeout: limit });
+    const client = new Etcd3({
+      hosts: opts.hosts,
+      dialTimeout: limit,
+      faultHandling: {
+        // No per-host circuit breaker: the client's default one stopped every call for 5 s after
+        // three failures (one oversized value was enough); each call here has its own deadline.
+        host: () => noop,
+        // Watches redial a lost etcd within a second (the default backs off to 30 s, and its
+        // timer kept a closed client's process alive that long).
+        // (etcd3 types this slot as a backoff; it takes the factory, as its own default is.)
+        watchBackoff: new ExponentialBackoff({ maxDelay: 1000 }) as unknown as IBackoff<unknown>,
+      },
+    });
     // dialTimeout bounds the connection only: an etcd that accepts it and then does not answer
     // (stopped, overloaded) is bounded here.
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -131,6 +144,8 @@ export class EtcdRendezvous implements Rendezvous {
     timeoutMs: number | undefined,
     work: Promise<T>,
     code: 'TIMEOUT' | 'PEER_LOST' = 'TIMEOUT',
+    /** The code when etcd fails the work (refused, unavailable): `PEER_LOST` unless given. */
+    failCode: 'TIMEOUT' | 'PEER_LOST' = 'PEER_LOST',
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const off = () => {
@@ -164,43 +179,79 @@ export class EtcdRendezvous implements Rendezvous {
           done(
             e instanceof TrellisError
               ? e
-              : new TrellisError(
-                  this.closed ? 'CLOSED' : 'PEER_LOST',
-                  `EtcdRendezvous.${op}: ${this.closed ? 'closed' : `etcd failed (${e instanceof Error ? e.message : String(e)})`}`,
-                  { cause: e },
-                ),
+              : !this.closed && /request is too large|larger than max/.test(String(e))
+                ? new TrellisError(
+                    'INVALID_ARGUMENT',
+                    `EtcdRendezvous.${op}: etcd refused the request as too large (its --max-request-bytes, 1.5 MiB by default): ${e instanceof Error ? e.message : String(e)}`,
+                    { cause: e },
+                  )
+                : new TrellisError(
+                    this.closed ? 'CLOSED' : failCode,
+                    `EtcdRendezvous.${op}: ${this.closed ? 'closed' : `${failCode === 'TIMEOUT' && typeof what === 'string' ? `${what}: ` : ''}etcd failed (${e instanceof Error ? e.message : String(e)})`}`,
+                    { cause: e },
+                  ),
           ),
       );
     });
   }
 
   /**
-   * Open a watch, run `body` with it, all {@link bounded}; the watch goes once the work has ended
-   * (at once where it did; else when its calls to etcd return).
+   * A watch, tracked for close() from the moment it exists (not only once etcd confirmed it: an
+   * etcd that is down never does), and its first confirmation. `lost` tells whether the watch's
+   * stream to etcd broke since then and is not back.
+   */
+  private openWatch(b: WatchBuilder): {
+    w: Watcher;
+    connected: Promise<Watcher>;
+    lost: () => string | undefined;
+  } {
+    const w = b.watcher();
+    this.watchers.add(w);
+    let lost: string | undefined;
+    const connected = new Promise<Watcher>((resolve, reject) => {
+      w.once('connected', () => resolve(w));
+      w.once('error', reject);
+    });
+    connected.catch(() => {});
+    w.on('error', () => {}); // a later stream error: the watch redials (see watchBackoff)
+    w.on('disconnected', (e: unknown) => {
+      lost = e instanceof Error ? e.message : String(e);
+    });
+    w.on('connected', () => {
+      lost = undefined;
+    });
+    return { w, connected, lost: () => lost };
+  }
+
+  private dropWatch(w: Watcher): void {
+    this.watchers.delete(w);
+    void w.cancel().catch(() => {});
+  }
+
+  /**
+   * Open a watch, run `body` with it, all {@link bounded}; the watch goes as soon as the call
+   * settles. `what(lost)` words a timeout (`lost`: why the watch's stream to etcd broke, if it is
+   * down at that moment).
    */
   private async watched<T>(
     op: string,
-    what: string | (() => string),
+    what: (lost: string | undefined) => string,
     timeoutMs: number | undefined,
-    open: () => Promise<Watcher>,
+    builder: WatchBuilder,
     body: (w: Watcher) => Promise<T>,
+    /** Bounds the watch's first confirmation by connect's timeoutMs (PEER_LOST), as a set is. */
+    answerFirst = false,
   ): Promise<T> {
-    let w: Watcher | undefined;
+    const { w, connected, lost } = this.openWatch(builder);
     const work = (async () => {
-      w = await open();
-      this.watchers.add(w);
+      await (answerFirst ? this.answered(op, connected) : connected);
       return await body(w);
     })();
     try {
-      return await this.bounded(op, what, timeoutMs, work);
+      return await this.bounded(op, () => what(lost()), timeoutMs, work);
     } finally {
-      void work
-        .catch(() => {})
-        .finally(() => {
-          if (!w) return;
-          this.watchers.delete(w);
-          void w.cancel().catch(() => {});
-        });
+      work.catch(() => {});
+      this.dropWatch(w);
     }
   }
 
@@ -230,6 +281,8 @@ export class EtcdRendezvous implements Rendezvous {
         `timeoutMs 0 looks once, and etcd did not answer the look (connect's timeoutMs)`,
         this.answerMs,
         this.client.get(k).string(),
+        'TIMEOUT',
+        'TIMEOUT',
       );
       if (now === null)
         throw new TrellisError(
@@ -243,9 +296,14 @@ export class EtcdRendezvous implements Rendezvous {
     let read = false;
     return this.watched(
       `get('${key}')`,
-      () => (read ? 'not published' : 'etcd did not answer'),
+      (lost) =>
+        !read
+          ? 'etcd did not answer'
+          : lost === undefined
+            ? 'not published'
+            : `not published, and etcd stopped answering (its watch stream broke: ${lost})`,
       opts.timeoutMs,
-      () => this.client.watch().key(k).create(),
+      this.client.watch().key(k),
       async (w) => {
         const now = await this.client.get(k).string();
         read = true;
@@ -272,14 +330,14 @@ export class EtcdRendezvous implements Rendezvous {
     let entered = false;
     await this.watched(
       `barrier('${name}')`,
-      () => (entered ? `not all ${size} members` : "etcd did not answer this member's entry"),
+      (lost) =>
+        !entered
+          ? "etcd did not answer this member's entry"
+          : lost === undefined
+            ? `not all ${size} members`
+            : `not all ${size} members, and etcd stopped answering (its watch stream broke: ${lost})`,
       opts.timeoutMs,
-      // Without a timeoutMs of its own, entering the round (the watch, the entry) is bounded by
-      // connect's, as a set is (PEER_LOST); waiting for the others is not.
-      () => {
-        const open = this.client.watch().prefix(p).create();
-        return opts.timeoutMs === undefined ? this.answered(`barrier('${name}')`, open) : open;
-      },
+      this.client.watch().prefix(p),
       async (w) => {
         const entry = this.client
           .put(p + randomUUID())
@@ -300,6 +358,9 @@ export class EtcdRendezvous implements Rendezvous {
           });
         });
       },
+      // Without a timeoutMs of its own, entering the round (the watch, the entry) is bounded by
+      // connect's, as a set is (PEER_LOST); waiting for the others is not.
+      opts.timeoutMs === undefined,
     );
   }
 
@@ -328,23 +389,14 @@ export class EtcdRendezvous implements Rendezvous {
       const all = await this.client.getAll().prefix(p).strings();
       return Object.fromEntries(Object.entries(all).map(([k, v]) => [k.slice(p.length), v]));
     };
-    const creating = this.client.watch().prefix(p).create();
-    let w: Watcher;
+    const { w, connected } = this.openWatch(this.client.watch().prefix(p));
+    const stop = () => this.dropWatch(w);
     try {
-      w = await this.answered(op, creating);
+      await this.answered(op, connected);
     } catch (e) {
-      // A watch that arrives after the call gave up is cancelled, not leaked.
-      void creating.then(
-        (late) => late.cancel().catch(() => {}),
-        () => {},
-      );
+      stop();
       throw e;
     }
-    this.watchers.add(w);
-    const stop = () => {
-      this.watchers.delete(w);
-      void w.cancel().catch(() => {});
-    };
     const refresh = () => void members().then(onChange, () => {});
     w.on('put', refresh);
     w.on('delete', refresh);

@@ -220,6 +220,54 @@ describe('EtcdRendezvous on a real etcd', () => {
     ]);
   });
 
+  it('a value etcd refuses as too large fails INVALID_ARGUMENT, and the client goes on at once', async () => {
+    const a = await client('t6/');
+    const big = 'v'.repeat(2 << 20);
+    // Three in a row: the etcd3 client's default circuit breaker then stopped every call for 5 s.
+    for (let i = 0; i < 3; i++)
+      expect(await outcome(a.set('big', big))).toMatch(
+        /^INVALID_ARGUMENT: EtcdRendezvous\.set\('big'\): etcd refused the request as too large \(its --max-request-bytes, 1\.5 MiB by default\)/,
+      );
+    await a.set('small', 'y');
+    expect(await a.get('small', { timeoutMs: 0 })).toBe('y');
+    await a.barrier('after', 1, { timeoutMs: 2000 });
+  });
+
+  it('etcd SIGKILLed: a look fails TIMEOUT, waits name the broken stream, and the process exits after close()', async () => {
+    const child = spawn(process.execPath, [new URL('./etcd-outage-child.mjs', import.meta.url).pathname], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout!.on('data', (d) => {
+      out += String(d);
+    });
+    // Before, a watch opened while etcd was down was never cancelled: the process stayed up for good.
+    const code = await new Promise<number | null>((resolve) => {
+      const t = setTimeout(() => {
+        child.kill('SIGKILL');
+        resolve(null);
+      }, 20_000);
+      child.once('exit', (c) => {
+        clearTimeout(t);
+        resolve(c);
+      });
+    });
+    expect(code).toBe(0);
+    const r = JSON.parse(out) as { look: string; late: string; waited: string[] };
+    expect(r.look).toMatch(
+      /^TIMEOUT: EtcdRendezvous\.get\('have'\): timeoutMs 0 looks once, and etcd did not answer the look \(connect's timeoutMs\): etcd failed \(14 UNAVAILABLE/,
+    );
+    expect(r.late).toBe("TIMEOUT: EtcdRendezvous.get('other'): etcd did not answer within 300 ms");
+    expect(r.waited).toEqual([
+      expect.stringMatching(
+        /^TIMEOUT: EtcdRendezvous\.get\('never'\): not published, and etcd stopped answering \(its watch stream broke: .+\) within 1500 ms$/,
+      ),
+      expect.stringMatching(
+        /^TIMEOUT: EtcdRendezvous\.barrier\('b'\): not all 2 members, and etcd stopped answering \(its watch stream broke: .+\) within 1500 ms$/,
+      ),
+    ]);
+  }, 40_000);
+
   it('an etcd that is not there fails with PEER_LOST', async () => {
     expect(await outcome(EtcdRendezvous.connect({ hosts: 'http://127.0.0.1:1', timeoutMs: 500 }))).toMatch(
       /^PEER_LOST: EtcdRendezvous\.connect: etcd at http:\/\/127\.0\.0\.1:1 does not answer/,
