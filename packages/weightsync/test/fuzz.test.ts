@@ -52,5 +52,6 @@ describe('parsePlan under 100000 fuzzed plans', () => {
     expect(() => parsePlan(JSON.stringify(edited))).toThrow(
       /^parsePlan: the plan is malformed: the schedule does not match its layouts \(edited or corrupted\)/,
     );
-  });
+    // CPU-bound: about 5 s alone on 2 cores, several times that beside other work (not a speed check).
+  }, 120_000);
 });
