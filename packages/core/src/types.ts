@@ -109,9 +109,12 @@ export interface TransferEngine {
    * `PEER_LOST`, another generation of its endpoint was reached (its process restarted), or (with
    * `heartbeatMs`) it stopped answering; `reason.peer` names it. Every operation still in flight
    * to it (scatters and batches that include it too) is then cancelled with `PEER_LOST`, settling
-   * once none of its work can touch memory, and from then on operations to that address are
-   * refused with `PEER_LOST` before anything is posted; the restarted peer is reached at its new
-   * address. Returns a function removing the listener.
+   * once none of its work is posted — one whose work the provider still holds (a hung peer never
+   * completes it) settles `TIMEOUT` at the engine deadline instead, its message naming the loss —
+   * and from then on operations to that address are refused with `PEER_LOST` before anything is
+   * posted; the restarted peer is reached at its new address. Lost is the engine's conclusion, not
+   * the peer's death: a peer lost to heartbeats may be hung, and work the provider had posted to it
+   * lands if it resumes (see {@link quiesce}). Returns a function removing the listener.
    */
   onPeerLost(cb: (peer: NetAddr, reason: import('./errors.js').TrellisError) => void): () => void;
   /**
@@ -121,9 +124,10 @@ export interface TransferEngine {
    * first. Resolved by the provider letting go, nothing of this engine reads a source on that
    * peer's behalf any more. Resolved by the engine deadline, the engine has stopped waiting but the
    * provider may still hold the work: a peer that is hung rather than dead (SIGSTOP, a stalled
-   * host) can still read the source when it resumes (seen on tcp and shm). Where that matters,
-   * reuse such a source only once the peer is known lost (`onPeerLost`) or after this engine is
-   * closed, which closes the provider's endpoints.
+   * host) can still read the source when it resumes (seen on tcp and shm), even after `onPeerLost`
+   * reported it (heartbeats conclude a hung peer lost; the provider keeps what it had posted). Where
+   * that matters, reuse such a source only once the peer's process is known dead, or after this
+   * engine is closed, which closes the provider's endpoints.
    */
   quiesce(peer: NetAddr, opts?: WaitOptions): Promise<void>;
   /** A host word that a producer increments; `onChange` runs on each observed change. */

@@ -1233,8 +1233,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   /** @internal */
   opSettled(op: PendingOp, ok: boolean): void {
     if (op.held) {
-      this.counts.settledPosted += op.weight;
-      this.heldOps += op.weight;
+      // The engine's own operations (heartbeats, probes) are not users' operations: not counted.
+      if (!op.internal) {
+        this.counts.settledPosted += op.weight;
+        this.heldOps += op.weight;
+      }
     } else {
       this.opLetGo(op);
     }
@@ -1254,7 +1257,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /** @internal A held operation's posted work was let go of. */
   heldLetGo(op: PendingOp): void {
-    this.heldOps -= op.weight;
+    if (!op.internal) this.heldOps -= op.weight;
     this.opLetGo(op);
   }
 
