@@ -67,6 +67,41 @@ describe('@trellis/core/peer-process', () => {
       for (const m of text.matchAll(/from '([^']+)'/g)) expect(m[1], f).toMatch(/^(node:|\.)/);
     }
   });
+
+  // An orphaned demo worker ran on for good: its engine's close() joined a native worker stuck
+  // inside libfabric 1.17's shm, blocking the thread closeAndExit's own exit timer runs on.
+  it('closeAndExit ends the process even when the close blocks its thread: exit 1 normally, SIGKILL from its own thread otherwise', async () => {
+    const { spawn } = await import('node:child_process');
+    const entry = new URL('../dist/peer-process.js', import.meta.url).href;
+    const run = (close: string) =>
+      new Promise<{ code: number | null; signal: string | null; out: string }>((resolve) => {
+        const child = spawn(
+          process.execPath,
+          [
+            '--input-type=module',
+            '-e',
+            `import { closeAndExit } from '${entry}'; console.log('closing'); await closeAndExit({ close: ${close} });`,
+          ],
+          { stdio: ['ignore', 'pipe', 'inherit'] },
+        );
+        let out = '';
+        child.stdout.on('data', (d) => {
+          out += String(d);
+        });
+        const guard = setTimeout(() => child.kill('SIGTERM'), 30_000);
+        child.once('exit', (code, signal) => {
+          clearTimeout(guard);
+          resolve({ code, signal, out });
+        });
+      });
+    expect(await run('async () => {}')).toEqual({ code: 1, signal: null, out: 'closing\n' });
+    // A close that never returns the thread (60 s of spinning): the guard thread's SIGKILL ends it
+    // (5 s in), not this test's SIGTERM (30 s in).
+    const blocked = await run(
+      '() => { const end = Date.now() + 60_000; while (Date.now() < end); return Promise.resolve(); }',
+    );
+    expect(blocked).toEqual({ code: null, signal: 'SIGKILL', out: 'closing\n' });
+  }, 60_000);
 });
 
 describe('two copies of @trellis/core in one process', () => {
