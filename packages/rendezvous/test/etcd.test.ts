@@ -22,19 +22,20 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-beforeAll(async () => {
+/** An etcd on free ports with its data under `dir` (`name`), answering once `connect` succeeds. */
+async function startEtcd(name: string): Promise<{ proc: ChildProcess; url: string }> {
   const client = await freePort();
   const peer = await freePort();
-  url = `http://127.0.0.1:${client}`;
-  etcd = spawn(
+  const at = `http://127.0.0.1:${client}`;
+  const proc = spawn(
     'etcd',
     [
       '--data-dir',
-      join(dir, 'data'),
+      join(dir, name),
       '--listen-client-urls',
-      url,
+      at,
       '--advertise-client-urls',
-      url,
+      at,
       '--listen-peer-urls',
       `http://127.0.0.1:${peer}`,
       '--initial-advertise-peer-urls',
@@ -44,19 +45,23 @@ beforeAll(async () => {
     ],
     { stdio: 'ignore' },
   );
-  etcd.on('error', (e) => {
+  proc.on('error', (e) => {
     throw new Error(`cannot start etcd (install etcd-server: scripts/setup.sh does): ${e.message}`);
   });
   const end = Date.now() + 20_000;
   for (;;) {
     try {
-      open.push(await EtcdRendezvous.connect({ hosts: url, timeoutMs: 1000 }));
-      break;
+      open.push(await EtcdRendezvous.connect({ hosts: at, timeoutMs: 1000 }));
+      return { proc, url: at };
     } catch (e) {
       if (Date.now() > end) throw e;
       await new Promise((r) => setTimeout(r, 200));
     }
   }
+}
+
+beforeAll(async () => {
+  ({ proc: etcd, url } = await startEtcd('data'));
 }, 30_000);
 
 afterAll(async () => {
@@ -234,12 +239,20 @@ describe('EtcdRendezvous on a real etcd', () => {
   });
 
   it('etcd SIGKILLed: a look fails TIMEOUT, waits name the broken stream, and the process exits after close()', async () => {
-    const child = spawn(process.execPath, [new URL('./etcd-outage-child.mjs', import.meta.url).pathname], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    // An etcd of its own, SIGKILLed here once the child's waits are out.
+    const own = await startEtcd('outage');
+    const child = spawn(
+      process.execPath,
+      [new URL('./etcd-outage-child.mjs', import.meta.url).pathname, own.url],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
     let out = '';
     child.stdout!.on('data', (d) => {
       out += String(d);
+      if (out.startsWith('waiting\n') && own.proc.exitCode === null && !own.proc.killed) {
+        own.proc.kill('SIGKILL');
+        own.proc.once('exit', () => child.stdin!.end('killed\n'));
+      }
     });
     // Before, a watch opened while etcd was down was never cancelled: the process stayed up for good.
     const code = await new Promise<number | null>((resolve) => {
@@ -253,7 +266,7 @@ describe('EtcdRendezvous on a real etcd', () => {
       });
     });
     expect(code).toBe(0);
-    const r = JSON.parse(out) as { look: string; late: string; waited: string[] };
+    const r = JSON.parse(out.slice('waiting\n'.length)) as { look: string; late: string; waited: string[] };
     expect(r.look).toMatch(
       /^TIMEOUT: EtcdRendezvous\.get\('have'\): timeoutMs 0 looks once, and etcd did not answer the look \(connect's timeoutMs\): etcd failed \(14 UNAVAILABLE/,
     );
