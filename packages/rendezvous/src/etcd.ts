@@ -384,6 +384,7 @@ export class EtcdRendezvous implements Rendezvous {
         .value(value)
         .exec(),
     );
+    this.keepMember(lease, p + member, value);
     if (!onChange) return () => {};
     const members = async () => {
       const all = await this.client.getAll().prefix(p).strings();
@@ -407,6 +408,62 @@ export class EtcdRendezvous implements Rendezvous {
       throw e;
     }
     return stop;
+  }
+
+  /**
+   * Keep a member in its group while this process lives. The etcd3 client gives a lease up as lost
+   * when etcd says it expired, or when it could not renew it for twice its TTL (an etcd outage, or
+   * this process cut off from it): the member is then put again under a new lease, retried until
+   * etcd answers or close() — over the lost lease's key (etcd keeps leases alive across its own
+   * restart, so the key may still be there on it) or where the key is gone, never over another
+   * joiner's take-over of the name. Watchers may see the member leave and come back meanwhile.
+   */
+  private keepMember(lease: Lease, key: string, value: string): void {
+    lease.once('lost', () => void this.rejoin(lease, key, value));
+  }
+
+  private async rejoin(lost: Lease, key: string, value: string): Promise<void> {
+    const drop = (l: Lease) => {
+      const i = this.leases.indexOf(l);
+      if (i >= 0) this.leases.splice(i, 1);
+    };
+    drop(lost);
+    const lostId = await lost.grant().catch(() => undefined);
+    for (let delay = 100; !this.closed; delay = Math.min(2 * delay, 1000 * this.leaseTtlS)) {
+      const lease = this.client.lease(this.leaseTtlS);
+      this.leases.push(lease);
+      lease.on('lost', () => {}); // until it holds the key: a grant etcd refused is lost at once
+      try {
+        const id = await this.answered('join (again)', lease.grant());
+        const put = () => this.client.put(key).value(value).lease(id);
+        let done = false;
+        if (lostId !== undefined)
+          done = (
+            await this.answered(
+              'join (again)',
+              this.client.if(key, 'Lease', '==', lostId).then(put()).commit(),
+            )
+          ).succeeded;
+        if (!done)
+          done = (
+            await this.answered('join (again)', this.client.if(key, 'Create', '==', 0).then(put()).commit())
+          ).succeeded;
+        if (!done) {
+          // Another joiner holds the name now: it is theirs (join's take-over rule).
+          drop(lease);
+          void lease.revoke().catch(() => {});
+          return;
+        }
+        if (this.closed) return; // close() revokes it with the rest
+        this.keepMember(lease, key, value);
+        return;
+      } catch {
+        drop(lease);
+        void lease.revoke().catch(() => {});
+        if (this.closed) return;
+        await new Promise((r) => setTimeout(r, delay).unref());
+      }
+    }
   }
 
   async close(): Promise<void> {

@@ -20,7 +20,8 @@ export interface Rendezvous {
    * ends: close the rendezvous to leave). A member name is one member: a second join of the same
    * name, from any process, replaces its value and takes it over — the name then leaves the group
    * when the second joiner's connection (etcd: lease) ends, not the first's. Give each process a
-   * name of its own (its rank).
+   * name of its own (its rank). On etcd, a member whose lease was lost while etcd was out of reach
+   * is put back under a new lease once etcd answers again (unless its name was taken over).
    */
   join(
     group: string,

@@ -23,9 +23,12 @@ async function freePort(): Promise<number> {
 }
 
 /** An etcd on free ports with its data under `dir` (`name`), answering once `connect` succeeds. */
-async function startEtcd(name: string): Promise<{ proc: ChildProcess; url: string }> {
-  const client = await freePort();
-  const peer = await freePort();
+async function startEtcd(
+  name: string,
+  ports?: { client: number; peer: number },
+): Promise<{ proc: ChildProcess; url: string; ports: { client: number; peer: number } }> {
+  const client = ports?.client ?? (await freePort());
+  const peer = ports?.peer ?? (await freePort());
   const at = `http://127.0.0.1:${client}`;
   const proc = spawn(
     'etcd',
@@ -52,7 +55,7 @@ async function startEtcd(name: string): Promise<{ proc: ChildProcess; url: strin
   for (;;) {
     try {
       open.push(await EtcdRendezvous.connect({ hosts: at, timeoutMs: 1000 }));
-      return { proc, url: at };
+      return { proc, url: at, ports: { client, peer } };
     } catch (e) {
       if (Date.now() > end) throw e;
       await new Promise((r) => setTimeout(r, 200));
@@ -279,6 +282,49 @@ describe('EtcdRendezvous on a real etcd', () => {
         /^TIMEOUT: EtcdRendezvous\.barrier\('b'\): not all 2 members, and etcd stopped answering \(its watch stream broke: .+\) within 1500 ms$/,
       ),
     ]);
+  }, 40_000);
+
+  it('a member whose lease was lost while etcd was down is put back under a new lease, and still leaves on close()', async () => {
+    // An etcd of its own, SIGKILLed for longer than twice the member's 1 s lease (the client gives
+    // the lease up), then restarted on the same data and ports: etcd keeps the old lease alive for
+    // one more TTL after its restart, then expires it — the member must be on a new lease by then.
+    const first = await startEtcd('relet');
+    const exited = (p: ChildProcess) => new Promise((r) => p.once('exit', r));
+    const member = await EtcdRendezvous.connect({
+      hosts: first.url,
+      prefix: 'rl/',
+      leaseTtlS: 1,
+      timeoutMs: 1000,
+    });
+    await member.join('g', 'm0', 'v0');
+    const gone = exited(first.proc);
+    first.proc.kill('SIGKILL');
+    await gone;
+    await new Promise((r) => setTimeout(r, 3500));
+    const again = await startEtcd('relet', first.ports);
+    const restarted = Date.now();
+    const watcher = await EtcdRendezvous.connect({ hosts: again.url, prefix: 'rl/', leaseTtlS: 10 });
+    let seen: Record<string, string> = {};
+    await watcher.join('g', 'w', 'x', (m) => {
+      seen = m;
+    });
+    try {
+      // Well past the old lease's expiry (its TTL, at least etcd's minimum of about 1.5 s, from the restart).
+      await new Promise((r) => setTimeout(r, Math.max(0, restarted + 5000 - Date.now())));
+      expect(seen).toEqual({ m0: 'v0', w: 'x' });
+      await new Promise((r) => setTimeout(r, 2500)); // the new lease is kept alive
+      expect(seen).toEqual({ m0: 'v0', w: 'x' });
+      await member.close(); // revokes the new lease: the member leaves at once
+      const end = Date.now() + 5000;
+      while ('m0' in seen && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      expect(seen).toEqual({ w: 'x' });
+    } finally {
+      await member.close();
+      await watcher.close();
+      const down = exited(again.proc);
+      again.proc.kill('SIGKILL');
+      await down;
+    }
   }, 40_000);
 
   it('an etcd that is not there fails with PEER_LOST', async () => {
