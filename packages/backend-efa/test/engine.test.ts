@@ -595,4 +595,52 @@ describe('backend-efa: the operation table and the event scratch', () => {
     const s = a.stats().ops;
     expect([s.submitted, s.completed, s.failed, s.inFlight]).toEqual([256, 256, 0, 0]);
   });
+
+  // An interrupted demo worker on 1.17's shm spun for good: close() joined a worker stuck inside
+  // the provider, without bound. The stall (fault injection) stands in for the stuck provider.
+  it('close() leaves a worker that does not stop within 3 s behind: pending work fails CLOSED, the process goes on, a new engine works', async () => {
+    // Through the provider (the same-host lane's copies are not the worker's).
+    const a = await engine({ provider: 'shm', sameHostLane: false });
+    const b = await engine({ provider: 'shm' });
+    const src = await a.registerMemory(4096);
+    const dst = await b.registerMemory(4096, { remote: true });
+    src.buffer!.set(pattern(4096, 5));
+    await slotWrite(a, src, dst, 0, 9); // the pair works
+    (a as unknown as { native: { stallWorker(ms: number): void } }).native.stallWorker(8000);
+    await sleep(300); // the worker is inside the stall
+    const pending = slotWrite(a, src, dst, 1, 9); // behind the stall: never posted
+    const t0 = Date.now();
+    await a.close();
+    const took = Date.now() - t0;
+    // It waited for the worker (3 s), and returned long before the stall (8 s) would have ended.
+    expect(took).toBeGreaterThanOrEqual(2900);
+    expect(took).toBeLessThan(7000);
+    expect(a.closed).toBe(true);
+    expect(await outcome(pending)).toBe('CLOSED: the engine was closed with this operation pending');
+    expect(await outcome(a.registerMemory(64))).toMatch(/^CLOSED: /);
+    // The stalled thread wakes up and shuts its engine down, muted: nothing rings the JS side that
+    // close() released. Then a new engine writes to the same target.
+    await sleep(6000);
+    const c = await engine({ provider: 'shm', sameHostLane: false });
+    const src2 = await c.registerMemory(4096);
+    src2.buffer!.set(pattern(4096, 11));
+    await c.submitSingleWrite({
+      src: src2,
+      srcOffset: 512,
+      length: 256,
+      dst: dst.desc,
+      dstOffset: 512,
+      imm: 9,
+    });
+    assertBytes(dst.buffer!.subarray(0, 256), src.buffer!.subarray(0, 256), 'before the stall');
+    assertBytes(
+      dst.buffer!.subarray(256, 512),
+      new Uint8Array(256),
+      'the write behind the stall (never posted)',
+    );
+    assertBytes(dst.buffer!.subarray(512, 768), src2.buffer!.subarray(512, 768), 'the new engine');
+    assertBytes(dst.buffer!.subarray(768), new Uint8Array(4096 - 768), 'the rest');
+    await b.immCounter(9).wait(2, { timeoutMs: 5000 });
+    expect(b.immCounter(9).total).toBe(2);
+  }, 30_000);
 });

@@ -208,7 +208,13 @@ export interface TransferEngine {
    */
   openPort?(opts: PortOptions): EnginePort;
   stats(): EngineStats;
-  /** Reject every pending operation with `CLOSED`, release every region. Idempotent. */
+  /**
+   * Reject every pending operation with `CLOSED`, release every region. Idempotent. A native
+   * engine waits at most 3 s for its worker thread to stop; a worker stuck inside the provider
+   * (libfabric 1.17's shm after a peer died holding its lock) is then left behind — its thread
+   * detached, its memory leaked on purpose — and the provider may go on reading a source of work
+   * posted before the close until the process ends.
+   */
   close(): Promise<void>;
 }
 

@@ -181,7 +181,13 @@ export interface NativeEngine {
   armImm(imm: number, need: number): void;
   /** One {@link NIC_STATS} record per NIC. */
   stats(): Float64Array;
-  close(): void;
+  /**
+   * Stop the worker and deliver its last batch; false when it did not stop within 3 s (stuck inside
+   * the provider): it was then left behind as by {@link abandon}, and nothing was delivered.
+   */
+  close(): boolean;
+  /** Fault injection for tests: the worker spends `ms` in one command, as if stuck in the provider. */
+  stallWorker(ms: number): void;
   /** Worker loop iterations so far (-1 once closed). */
   heartbeat(): number;
   /** Detach a worker stuck inside the provider; the native engine is leaked on purpose. */
@@ -1957,9 +1963,10 @@ export abstract class NativeEngineBase extends EngineBase {
     this.timers.cancel(this.watchdog);
     this.finalStats = this.native.stats();
     // Synchronous: the worker stops, and its last batch (pending ops as CLOSED) is delivered here.
-    // A stuck worker cannot be joined: it is abandoned instead.
+    // A stuck worker cannot be joined: it is abandoned instead — also when close() finds it stuck
+    // (the native close waits at most 3 s for it, then leaves it behind; what is pending fails CLOSED).
     if (this.abandoned) this.native.abandon();
-    else this.native.close();
+    else if (!this.native.close()) this.abandoned = true;
     // The worker has stopped and the provider is closed: nothing it held is read any more.
     for (const op of this.held.values()) op.letGo();
     this.held.clear();

@@ -226,7 +226,7 @@ inline void WriteCmdDelete::operator()(WriteCmd* w) const {
 }
 
 enum class CmdKind : uint8_t { AddPeer, Register, Deregister, Write, ArmWrite, Send, Cancel, AddWatch, RemoveWatch, AddPort, RemovePort, FailNic,
-                             WatchImm, CountImm, ShareImm };
+                             WatchImm, CountImm, ShareImm, Stall };
 
 struct Cmd {
   explicit Cmd(CmdKind k) : kind(k) {}
@@ -234,7 +234,7 @@ struct Cmd {
   uint32_t id = 0;  // peer id, region id, op id, watch id
   std::vector<std::vector<uint8_t>> addrs;  // AddPeer: one per NIC
   void* ptr = nullptr;                      // Register / AddWatch; ShareImm: the JS word
-  size_t len = 0;                           // Register: bytes; CountImm: arrivals
+  size_t len = 0;                           // Register: bytes; CountImm: arrivals; Stall: ms
   int device = -1;                          // Register: a CUDA device (GPU memory), or -1 (host)
   bool remote = false;
   WritePtr write;

@@ -339,7 +339,8 @@ class DomainGroup {
     bool active = false;
     // After EAGAIN, retry posting only once a completion was reaped or a few polls passed: a
     // worker that hammers a full queue takes the lock its peer needs to drain it (shm).
-    if (eagain_backoff_ == 0 || --eagain_backoff_ == 0) {
+    // Stopping: nothing more is posted (see Engine::handle).
+    if ((eagain_backoff_ == 0 || --eagain_backoff_ == 0) && !stopping_.load(std::memory_order_relaxed)) {
       if (pump()) active = true;
     }
     if (poll_all()) {
@@ -466,6 +467,8 @@ class DomainGroup {
     bool any = false;
     blocked_.clear();
     for (auto it = backlog_.begin(); it != backlog_.end();) {
+      // A close may have come while the provider held this thread in a post (stopping): no more.
+      if (stopping_.load(std::memory_order_relaxed)) break;
       Gen& g = *it;
       WriteCmd& w = *g.cmd;
       WriteWr wr;

@@ -109,6 +109,14 @@ class Engine final : private Worker::Body {
   void abandon() {
     close_ports();
     worker_.abandon();
+    events_.mute();
+  }
+
+  // Fault injection for tests: the worker spends `ms` in one command, as if stuck in the provider.
+  void stall(uint32_t ms) {
+    Cmd c(CmdKind::Stall);
+    c.len = ms;
+    push(std::move(c));
   }
 
   // Tear NIC `lane` down (fault injection; see DomainGroup::fail_lane).
@@ -143,9 +151,13 @@ class Engine final : private Worker::Body {
   }
 
   // Stop the worker: every operation still pending is reported CLOSED, every buffer released.
-  void stop() {
+  // With a `limit` (not negative), a worker that has not stopped by then is left behind as by
+  // abandon() and false returned: the caller must then leak this Engine.
+  bool stop(std::chrono::milliseconds limit = std::chrono::milliseconds(-1)) {
     close_ports();
-    worker_.stop();
+    if (worker_.stop(limit)) return true;
+    events_.mute();
+    return false;
   }
 
  private:
@@ -181,6 +193,21 @@ class Engine final : private Worker::Body {
   bool try_wait() override { return group_.try_wait(); }
 
   void handle(Cmd& c) override {
+    if (worker_.stopping().load(std::memory_order_relaxed)) {
+      // Stopping: nothing new is posted — what close() reports CLOSED never lands later (a worker
+      // left behind in a long command would otherwise post the ones after it, close() long returned).
+      switch (c.kind) {
+        case CmdKind::Write:
+        case CmdKind::ArmWrite:
+          if (c.write && c.write->port) c.write->port->settle(Code::Closed, kClosedPending);
+          return;
+        case CmdKind::Send:
+        case CmdKind::Stall:
+          return;
+        default:
+          break;
+      }
+    }
     switch (c.kind) {
       case CmdKind::AddPeer: group_.add_peer(c); break;
       case CmdKind::Register: group_.reg(c); break;
@@ -193,6 +220,7 @@ class Engine final : private Worker::Body {
       case CmdKind::Send: group_.send(c.id, c.peer, std::move(c.data), c.lane); break;
       case CmdKind::Cancel: cancel(c.id, c.code, c.hold); break;
       case CmdKind::FailNic: group_.fail_lane(c.lane); break;
+      case CmdKind::Stall: std::this_thread::sleep_for(std::chrono::milliseconds(c.len)); break;
       case CmdKind::AddWatch: watches_.add(c.id, c.ptr, c.quiet); break;
       case CmdKind::AddPort: group_.add_port(c.port); break;
       case CmdKind::RemovePort: group_.remove_port(c.port); break;

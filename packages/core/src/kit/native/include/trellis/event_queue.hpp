@@ -26,6 +26,7 @@
 #include <iterator>
 #include <mutex>
 #include <unordered_map>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -144,7 +145,7 @@ class EventQueue {
         }
       }
     }
-    if (ring) notify_();
+    if (ring) call_notify();
   }
 
   // JS thread, latency mode: anything to drain? (No lock: one atomic load.)
@@ -220,7 +221,7 @@ class EventQueue {
     }
     if (ring) {
       TRELLIS_TRACE_MARK('R');
-      notify_();
+      call_notify();
     }
   }
 
@@ -239,7 +240,23 @@ class EventQueue {
     return out;
   }
 
+  // The engine left its worker behind (stuck inside the provider): nothing calls notify any more,
+  // and once this returns nothing is inside it (the JS side it reaches may then be freed).
+  void mute() {
+    muted_.store(true, std::memory_order_seq_cst);
+    while (notifying_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  }
+
  private:
+  // Ring JS (notify_) unless muted; mute() waits out a ring in progress.
+  void call_notify() {
+    notifying_.fetch_add(1, std::memory_order_seq_cst);
+    if (!muted_.load(std::memory_order_seq_cst)) notify_();
+    notifying_.fetch_sub(1, std::memory_order_release);
+  }
+  std::atomic<bool> muted_{false};
+  std::atomic<uint32_t> notifying_{0};  // threads inside call_notify
+
   // Worker: what push() staged into the batch JS drains.
   void publish() {
     staged_dirty_ = false;

@@ -8,6 +8,7 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -262,6 +263,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("portStats", &W::PortStats),
                               W::InstanceMethod("closePort", &W::ClosePort),
                               W::InstanceMethod("failNic", &W::FailNic),
+                              W::InstanceMethod("stallWorker", &W::StallWorker),
                           });
   }
 
@@ -315,9 +317,22 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   void Shutdown() {
     StopHostLane();
     if (!engine_) return;
-    engine_->stop();
+    if (!engine_->stop(kStopLimit)) return LeaveBehind();
     engine_.reset();
     tsfn_.Release();
+  }
+
+  // How long close() (and the finalizer) waits for the worker to stop: a healthy one stops within
+  // milliseconds; one stuck inside the provider never does, and is left behind after this.
+  static constexpr std::chrono::milliseconds kStopLimit{3000};
+
+  // The worker was left behind (abandon(), or a stop that did not end): leak the engine and its
+  // domains on purpose — freeing memory the thread may still touch would be worse. It no longer
+  // rings JS (the engine muted its events); the shared arrival words it may store into stay alive.
+  void LeaveBehind() {
+    (void)engine_.release();
+    tsfn_.Release();
+    if (!totals_ref_.IsEmpty()) totals_ref_.SuppressDestruct();
   }
 
   // The host lane's copies finish (their signal words are JS memory, alive while this runs), then
@@ -956,25 +971,34 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   Napi::Value Abandon(const Napi::CallbackInfo& info) {
     if (engine_) {
       engine_->abandon();
-      (void)engine_.release();
-      tsfn_.Release();
-      // The detached worker may still store into the shared arrival words: they stay alive.
-      if (!totals_ref_.IsEmpty()) totals_ref_.SuppressDestruct();
+      LeaveBehind();
     }
     return info.Env().Undefined();
   }
 
-  // close(): stops the worker (pending operations are reported CLOSED in a last batch).
+  // stallWorker(ms): fault injection for tests — the worker spends `ms` in one command.
+  Napi::Value StallWorker(const Napi::CallbackInfo& info) {
+    if (!Alive(info)) return info.Env().Undefined();
+    engine_->stall(u32(info[0]));
+    return info.Env().Undefined();
+  }
+
+  // close() → whether the worker stopped: pending operations are then reported CLOSED in a last
+  // batch. False: it did not stop within kStopLimit (stuck inside the provider) and was left
+  // behind; nothing is delivered (JS settles what is pending itself).
   Napi::Value Close(const Napi::CallbackInfo& info) {
     StopHostLane();
     if (engine_) {
-      engine_->stop();
+      if (!engine_->stop(kStopLimit)) {
+        LeaveBehind();
+        return Napi::Boolean::New(info.Env(), false);
+      }
       // Deliver the last batch synchronously: the worker is gone, so nothing races it.
       Deliver(info.Env(), last_cb_.Value());
       engine_.reset();
       tsfn_.Release();
     }
-    return info.Env().Undefined();
+    return Napi::Boolean::New(info.Env(), true);
   }
 
   std::unique_ptr<Engine> engine_;

@@ -176,16 +176,28 @@ class Worker {
   // Set once the worker is told to stop.
   const std::atomic<bool>& stopping() const { return stopping_; }
 
-  // Stop the loop and join the thread (its Body's shutdown() runs last, on it).
-  void stop() {
-    if (!thread_.joinable()) return;
+  // Stop the loop and join the thread (its Body's shutdown() runs last, on it), waiting at most
+  // `limit` for the thread to end (no bound when negative). A thread still running then — stuck
+  // inside the provider, or in a turn that does not end — is detached and false returned: the
+  // caller must leak everything the thread may still touch (see abandon()).
+  bool stop(std::chrono::milliseconds limit = std::chrono::milliseconds(-1)) {
+    if (!thread_.joinable()) return true;
     {
       // Under the lock: a worker about to wait has either seen it or waits already (and is woken).
       std::lock_guard<std::mutex> g(cmd_mu_);
       stopping_.store(true);
     }
     wake();
+    if (limit.count() >= 0) {
+      std::unique_lock<std::mutex> g(exit_mu_);
+      if (!exit_cv_.wait_for(g, limit, [this] { return exited_; })) {
+        g.unlock();
+        thread_.detach();
+        return false;
+      }
+    }
     thread_.join();
+    return true;
   }
 
   // Give up on a thread stuck inside the provider: detached, never joined.
@@ -265,6 +277,11 @@ class Worker {
     }
     body.shutdown();
     drop_role();
+    {
+      std::lock_guard<std::mutex> g(exit_mu_);
+      exited_ = true;
+    }
+    exit_cv_.notify_all();
   }
 
   // One turn, by the worker or by JS driving (holding the role where inline): the commands, then
@@ -474,6 +491,10 @@ class Worker {
   std::atomic<bool> cmds_pending_{false};
   alignas(64) std::atomic<uint64_t> heartbeat_{0};  // apart from the flags JS reads on every push
   std::thread thread_;
+  // Set by the thread as the last thing it does (stop()'s bounded wait).
+  std::mutex exit_mu_;
+  std::condition_variable exit_cv_;
+  bool exited_ = false;
   int epoll_fd_ = -1, event_fd_ = -1;
   bool use_epoll_ = false;
   static constexpr uint32_t kFirstSleepUs = 8;
