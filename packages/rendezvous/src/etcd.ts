@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import { ExponentialBackoff, type IBackoff, noop } from 'cockatiel';
-import { Etcd3, type Lease, type WatchBuilder, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, type Lease, type WatchBuilder, type Watcher } from 'etcd3';
 import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue, shown } from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
@@ -78,6 +78,11 @@ export class EtcdRendezvous implements Rendezvous {
     const client = new Etcd3({
       hosts: opts.hosts,
       dialTimeout: limit,
+      // An HTTP/2 ping every 10 s while calls are open (etcd refuses pings more often than every
+      // 5 s), the connection given up after 3 s without an answer: an etcd that hangs, or a host
+      // gone without a reset, fails what was open on it — watches redial, and after close() no
+      // call is left holding the process open.
+      grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 3_000 },
       faultHandling: {
         // No per-host circuit breaker: the client's default one stopped every call for 5 s after
         // three failures (one oversized value was enough); each call here has its own deadline.
@@ -375,30 +380,53 @@ export class EtcdRendezvous implements Rendezvous {
     this.throwIfClosed('join');
     const p = this.k(`__group/${group}/`);
     const op = `join('${group}')`;
-    const lease = this.client.lease(this.leaseTtlS);
-    this.leases.push(lease);
+    const m: Member = {
+      key: p + member,
+      value,
+      owner: this.k(`__owner/${group}/${member}`),
+      joinId: randomUUID(),
+      lease: this.client.lease(this.leaseTtlS, { autoKeepAlive: false }),
+      lastRenewed: Date.now(),
+    };
+    m.lease.on('lost', () => {}); // this class keeps it alive and tells when it is lost
+    this.leases.push(m.lease);
+    const id = await this.answered(op, m.lease.grant());
+    // The member on its lease, and who holds the name now (no lease: it outlives an outage, so a
+    // joiner whose lease was lost can tell whether the name was taken over meanwhile).
     await this.answered(
       op,
-      lease
-        .put(p + member)
-        .value(value)
-        .exec(),
+      this.client
+        .if(m.owner, 'Version', '>', -1)
+        .then(this.client.put(m.key).value(value).lease(id), this.client.put(m.owner).value(m.joinId))
+        .commit(),
     );
-    this.keepMember(lease, p + member, value);
+    this.members.add(m);
+    this.keepAlive(m);
     if (!onChange) return () => {};
     const members = async () => {
       const all = await this.client.getAll().prefix(p).strings();
       return Object.fromEntries(Object.entries(all).map(([k, v]) => [k.slice(p.length), v]));
     };
     const { w, connected } = this.openWatch(this.client.watch().prefix(p));
-    const stop = () => this.dropWatch(w);
+    let stopped = false;
+    const stop = () => {
+      stopped = true;
+      this.dropWatch(w);
+    };
     try {
       await this.answered(op, connected);
     } catch (e) {
       stop();
       throw e;
     }
-    const refresh = () => void members().then(onChange, () => {});
+    // Never after stop() or close(): a read that was on its way then is dropped.
+    const refresh = () =>
+      void members().then(
+        (all) => {
+          if (!stopped && !this.closed) onChange(all);
+        },
+        () => {},
+      );
     w.on('put', refresh);
     w.on('delete', refresh);
     try {
@@ -410,58 +438,90 @@ export class EtcdRendezvous implements Rendezvous {
     return stop;
   }
 
+  /** Members this process joined, kept alive until close(). */
+  private readonly members = new Set<Member>();
+
   /**
-   * Keep a member in its group while this process lives. The etcd3 client gives a lease up as lost
-   * when etcd says it expired, or when it could not renew it for twice its TTL (an etcd outage, or
-   * this process cut off from it): the member is then put again under a new lease, retried until
-   * etcd answers or close() — over the lost lease's key (etcd keeps leases alive across its own
-   * restart, so the key may still be there on it) or where the key is gone, never over another
-   * joiner's take-over of the name. Watchers may see the member leave and come back meanwhile.
+   * Keep a member's lease alive: one renewal every third of its TTL, each bounded (a renewal etcd
+   * does not answer is given up, its stream cancelled, and tried again within half a second). The
+   * lease is lost when etcd says it expired, or when no renewal was answered for a whole TTL (etcd
+   * down, or this process cut off from it): the member is then put back (see {@link rejoin}).
    */
-  private keepMember(lease: Lease, key: string, value: string): void {
-    lease.once('lost', () => void this.rejoin(lease, key, value));
+  private keepAlive(m: Member): void {
+    const ttlMs = 1000 * this.leaseTtlS;
+    const lease = m.lease;
+    const beat = async (): Promise<void> => {
+      m.timer = undefined;
+      if (this.closed || m.lease !== lease) return;
+      let lost = false;
+      try {
+        await lease.keepaliveOnce({
+          deadline: Date.now() + Math.min(this.answerMs, Math.max(500, ttlMs / 2)),
+        });
+        m.lastRenewed = Date.now();
+      } catch (e) {
+        lost = e instanceof EtcdLeaseInvalidError || Date.now() - m.lastRenewed >= ttlMs;
+      }
+      if (this.closed || m.lease !== lease) return;
+      if (lost) {
+        void this.rejoin(m);
+        return;
+      }
+      const ok = Date.now() - m.lastRenewed < 100;
+      m.timer = setTimeout(() => void beat(), ok ? ttlMs / 3 : Math.min(500, ttlMs / 3));
+    };
+    m.timer = setTimeout(() => void beat(), ttlMs / 3);
   }
 
-  private async rejoin(lost: Lease, key: string, value: string): Promise<void> {
+  /**
+   * A member whose lease was lost is put back under a new lease, retried until etcd answers or
+   * close() — over the lost lease's key (etcd keeps leases alive across its own restart, so the
+   * key may still be there on it) or where the key is gone, and only while the name is still this
+   * join's (never over another joiner's take-over). Watchers may see it leave and come back.
+   */
+  private async rejoin(m: Member): Promise<void> {
+    const lost = m.lease;
     const drop = (l: Lease) => {
       const i = this.leases.indexOf(l);
       if (i >= 0) this.leases.splice(i, 1);
     };
     drop(lost);
+    lost.release(); // no revoke: the member's key may still be on it, and is moved below
     const lostId = await lost.grant().catch(() => undefined);
     for (let delay = 100; !this.closed; delay = Math.min(2 * delay, 1000 * this.leaseTtlS)) {
-      const lease = this.client.lease(this.leaseTtlS);
+      const lease = this.client.lease(this.leaseTtlS, { autoKeepAlive: false });
+      lease.on('lost', () => {});
       this.leases.push(lease);
-      lease.on('lost', () => {}); // until it holds the key: a grant etcd refused is lost at once
       try {
         const id = await this.answered('join (again)', lease.grant());
-        const put = () => this.client.put(key).value(value).lease(id);
+        const put = () => this.client.put(m.key).value(m.value).lease(id);
+        const ours = () => this.client.if(m.owner, 'Value', '==', m.joinId);
         let done = false;
         if (lostId !== undefined)
           done = (
-            await this.answered(
-              'join (again)',
-              this.client.if(key, 'Lease', '==', lostId).then(put()).commit(),
-            )
+            await this.answered('join (again)', ours().and(m.key, 'Lease', '==', lostId).then(put()).commit())
           ).succeeded;
         if (!done)
           done = (
-            await this.answered('join (again)', this.client.if(key, 'Create', '==', 0).then(put()).commit())
+            await this.answered('join (again)', ours().and(m.key, 'Create', '==', 0).then(put()).commit())
           ).succeeded;
         if (!done) {
           // Another joiner holds the name now: it is theirs (join's take-over rule).
           drop(lease);
           void lease.revoke().catch(() => {});
+          this.members.delete(m);
           return;
         }
         if (this.closed) return; // close() revokes it with the rest
-        this.keepMember(lease, key, value);
+        m.lease = lease;
+        m.lastRenewed = Date.now();
+        this.keepAlive(m);
         return;
       } catch {
         drop(lease);
         void lease.revoke().catch(() => {});
         if (this.closed) return;
-        await new Promise((r) => setTimeout(r, delay).unref());
+        await new Promise((r) => setTimeout(r, delay));
       }
     }
   }
@@ -472,13 +532,34 @@ export class EtcdRendezvous implements Rendezvous {
     for (const reject of [...this.pending]) reject(new TrellisError('CLOSED', 'EtcdRendezvous: closed'));
     // Watches cancelled and leases revoked (members leave at once rather than at their lease's
     // expiry) — as far as etcd answers within connect's timeoutMs: close() does not wait longer.
+    for (const m of this.members) clearTimeout(m.timer);
     const tidy = Promise.allSettled([
       ...[...this.watchers].map((w) => w.cancel()),
       ...this.leases.map((l) => l.revoke()),
+      // The names this process still holds: their holder's record goes with them.
+      ...[...this.members].map((m) =>
+        this.client.if(m.owner, 'Value', '==', m.joinId).then(this.client.delete().key(m.owner)).commit(),
+      ),
     ]);
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([tidy, new Promise((r) => (timer = setTimeout(r, this.answerMs)))]);
     clearTimeout(timer);
     this.client.close();
   }
+}
+
+/** A member this process joined (see EtcdRendezvous.join). */
+interface Member {
+  /** Its key in the group. */
+  readonly key: string;
+  readonly value: string;
+  /** The key naming which join holds the name now (no lease). */
+  readonly owner: string;
+  /** This join's id, the owner key's value while the name is this join's. */
+  readonly joinId: string;
+  /** The lease its key is on now (a new one after a loss). */
+  lease: Lease;
+  /** When etcd last answered a renewal (or the lease was granted). */
+  lastRenewed: number;
+  timer?: ReturnType<typeof setTimeout>;
 }

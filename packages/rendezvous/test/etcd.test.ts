@@ -284,6 +284,61 @@ describe('EtcdRendezvous on a real etcd', () => {
     ]);
   }, 40_000);
 
+  it('etcd hung (SIGSTOP) with a member, its watch and a wait open: close() settles the wait CLOSED, and the process exits by itself', async () => {
+    // Before, the calls open on the hung etcd's connection kept the process up for good: the
+    // client now gives a connection up after an unanswered HTTP/2 ping (every 10 s, 3 s to answer).
+    const own = await startEtcd('hung');
+    const dist = new URL('../dist/index.js', import.meta.url).href;
+    const child = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { EtcdRendezvous } from '${dist}';
+        const r = await EtcdRendezvous.connect({ hosts: '${own.url}', prefix: 'h/', leaseTtlS: 2, timeoutMs: 1000 });
+        await r.join('g', 'm', 'v', () => {});
+        const wait = r.get('never', { timeoutMs: 60000 }).then((v) => 'ok ' + v, (e) => e.code + ': ' + e.message);
+        process.stdout.write('ready\\n');
+        process.stdin.once('data', async () => {
+          process.stdin.destroy();
+          await r.close();
+          process.stdout.write('closed ' + (await wait) + '\\n');
+        });`,
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    let out = '';
+    let stoppedAt = 0;
+    child.stdout!.on('data', (d) => {
+      out += String(d);
+      if (out === 'ready\n') {
+        own.proc.kill('SIGSTOP');
+        stoppedAt = Date.now();
+        child.stdin!.write('stopped\n');
+      }
+    });
+    try {
+      const code = await new Promise<number | null>((resolve) => {
+        const t = setTimeout(() => {
+          child.kill('SIGKILL');
+          resolve(null);
+        }, 30_000);
+        child.once('exit', (c) => {
+          clearTimeout(t);
+          resolve(c);
+        });
+      });
+      const took = Date.now() - stoppedAt;
+      expect(out).toBe('ready\nclosed CLOSED: EtcdRendezvous: closed\n');
+      expect(code).toBe(0);
+      // close() waits 1 s (connect's timeoutMs); the connection is given up within 13 s of the hang.
+      expect(took).toBeLessThan(20_000);
+    } finally {
+      own.proc.kill('SIGCONT');
+      own.proc.kill('SIGKILL');
+    }
+  }, 40_000);
+
   it('a member whose lease was lost while etcd was down is put back under a new lease, and still leaves on close()', async () => {
     // An etcd of its own, SIGKILLed for longer than twice the member's 1 s lease (the client gives
     // the lease up), then restarted on the same data and ports: etcd keeps the old lease alive for
@@ -297,6 +352,16 @@ describe('EtcdRendezvous on a real etcd', () => {
       timeoutMs: 1000,
     });
     await member.join('g', 'm0', 'v0');
+    // A name of the member's taken over by another joiner, who then left: it must stay gone.
+    await member.join('g', 'x', 'vA');
+    const taker = await EtcdRendezvous.connect({
+      hosts: first.url,
+      prefix: 'rl/',
+      leaseTtlS: 1,
+      timeoutMs: 1000,
+    });
+    await taker.join('g', 'x', 'vB');
+    await taker.close();
     const gone = exited(first.proc);
     first.proc.kill('SIGKILL');
     await gone;
