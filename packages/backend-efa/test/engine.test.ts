@@ -616,7 +616,9 @@ describe('backend-efa: the operation table and the event scratch', () => {
     expect(took).toBeGreaterThanOrEqual(2900);
     expect(took).toBeLessThan(7000);
     expect(a.closed).toBe(true);
-    expect(await outcome(pending)).toBe('CLOSED: the engine was closed with this operation pending');
+    expect(await outcome(pending)).toBe(
+      'CLOSED: submitSingleWrite: the engine was closed with this operation pending',
+    );
     expect(await outcome(a.registerMemory(64))).toMatch(/^CLOSED: /);
     // The stalled thread wakes up and shuts its engine down, muted: nothing rings the JS side that
     // close() released. Then a new engine writes to the same target.

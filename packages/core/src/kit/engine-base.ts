@@ -1483,7 +1483,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   private async doClose(): Promise<void> {
     this.closed = true;
     this.timers.cancel(this.heartbeatTimer);
-    const err = new TrellisError('CLOSED', 'the engine was closed with this operation pending');
+
     for (const w of [...this.watchers]) w.close();
     this.counters.close(
       new TrellisError('CLOSED', 'immCounter: the engine was closed (its waits and takes fail)'),
@@ -1491,7 +1491,11 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     try {
       await this.shutdown();
     } finally {
-      for (const op of this.ops.toArray()) op.fail(err);
+      // Named as the native completions name it (`submitSingleWrite: …`).
+      for (const op of this.ops.toArray())
+        op.fail(
+          new TrellisError('CLOSED', `${op.callsite.op}: the engine was closed with this operation pending`),
+        );
       for (const pool of [...this.pools]) pool.end();
       for (const r of [...this.regions]) {
         r.registered = false;
