@@ -19,7 +19,6 @@ import type { Rendezvous } from './rendezvous.js';
  * ```
  */
 export class EtcdRendezvous implements Rendezvous {
-  private readonly leases: Lease[] = [];
   private readonly watchers = new Set<Watcher>();
   private readonly rounds = new Map<string, number>();
   private closed = false;
@@ -389,7 +388,8 @@ export class EtcdRendezvous implements Rendezvous {
       lastRenewed: Date.now(),
     };
     m.lease.on('lost', () => {}); // this class keeps it alive and tells when it is lost
-    this.leases.push(m.lease);
+    // From now on close() revokes its lease (a join that fails or is cut short by close too).
+    this.members.add(m);
     const id = await this.answered(op, m.lease.grant());
     // The member on its lease, and who holds the name now (no lease: it outlives an outage, so a
     // joiner whose lease was lost can tell whether the name was taken over meanwhile).
@@ -400,7 +400,6 @@ export class EtcdRendezvous implements Rendezvous {
         .then(this.client.put(m.key).value(value).lease(id), this.client.put(m.owner).value(m.joinId))
         .commit(),
     );
-    this.members.add(m);
     this.keepAlive(m);
     if (!onChange) return () => {};
     const members = async () => {
@@ -438,7 +437,7 @@ export class EtcdRendezvous implements Rendezvous {
     return stop;
   }
 
-  /** Members this process joined, kept alive until close(). */
+  /** Members this process joined, kept alive until close() revokes their leases. */
   private readonly members = new Set<Member>();
 
   /**
@@ -453,12 +452,14 @@ export class EtcdRendezvous implements Rendezvous {
     const beat = async (): Promise<void> => {
       m.timer = undefined;
       if (this.closed || m.lease !== lease) return;
+      let renewed = false;
       let lost = false;
       try {
         await lease.keepaliveOnce({
           deadline: Date.now() + Math.min(this.answerMs, Math.max(500, ttlMs / 2)),
         });
         m.lastRenewed = Date.now();
+        renewed = true;
       } catch (e) {
         lost = e instanceof EtcdLeaseInvalidError || Date.now() - m.lastRenewed >= ttlMs;
       }
@@ -467,8 +468,7 @@ export class EtcdRendezvous implements Rendezvous {
         void this.rejoin(m);
         return;
       }
-      const ok = Date.now() - m.lastRenewed < 100;
-      m.timer = setTimeout(() => void beat(), ok ? ttlMs / 3 : Math.min(500, ttlMs / 3));
+      m.timer = setTimeout(() => void beat(), renewed ? ttlMs / 3 : Math.min(500, ttlMs / 3));
     };
     m.timer = setTimeout(() => void beat(), ttlMs / 3);
   }
@@ -481,17 +481,13 @@ export class EtcdRendezvous implements Rendezvous {
    */
   private async rejoin(m: Member): Promise<void> {
     const lost = m.lease;
-    const drop = (l: Lease) => {
-      const i = this.leases.indexOf(l);
-      if (i >= 0) this.leases.splice(i, 1);
-    };
-    drop(lost);
-    lost.release(); // no revoke: the member's key may still be on it, and is moved below
+    // No revoke: the member's key may still be on it, and is moved below (close() meanwhile
+    // revokes it, which takes such a key with it).
+    lost.release();
     const lostId = await lost.grant().catch(() => undefined);
     for (let delay = 100; !this.closed; delay = Math.min(2 * delay, 1000 * this.leaseTtlS)) {
       const lease = this.client.lease(this.leaseTtlS, { autoKeepAlive: false });
       lease.on('lost', () => {});
-      this.leases.push(lease);
       try {
         const id = await this.answered('join (again)', lease.grant());
         const put = () => this.client.put(m.key).value(m.value).lease(id);
@@ -505,20 +501,17 @@ export class EtcdRendezvous implements Rendezvous {
           done = (
             await this.answered('join (again)', ours().and(m.key, 'Create', '==', 0).then(put()).commit())
           ).succeeded;
-        if (!done) {
-          // Another joiner holds the name now: it is theirs (join's take-over rule).
-          drop(lease);
+        if (!done || this.closed) {
+          // Another joiner holds the name now: it is theirs (join's take-over rule). Or closed.
           void lease.revoke().catch(() => {});
-          this.members.delete(m);
+          if (!done) this.members.delete(m);
           return;
         }
-        if (this.closed) return; // close() revokes it with the rest
         m.lease = lease;
         m.lastRenewed = Date.now();
         this.keepAlive(m);
         return;
       } catch {
-        drop(lease);
         void lease.revoke().catch(() => {});
         if (this.closed) return;
         await new Promise((r) => setTimeout(r, delay));
@@ -535,7 +528,7 @@ export class EtcdRendezvous implements Rendezvous {
     for (const m of this.members) clearTimeout(m.timer);
     const tidy = Promise.allSettled([
       ...[...this.watchers].map((w) => w.cancel()),
-      ...this.leases.map((l) => l.revoke()),
+      ...[...this.members].map((m) => m.lease.revoke()),
       // The names this process still holds: their holder's record goes with them.
       ...[...this.members].map((m) =>
         this.client.if(m.owner, 'Value', '==', m.joinId).then(this.client.delete().key(m.owner)).commit(),

@@ -63,6 +63,20 @@ async function startEtcd(
   }
 }
 
+/** The child's exit code, or null when it had not exited within `ms` (it is SIGKILLed then). */
+function exitCode(child: ChildProcess, ms: number): Promise<number | null> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve(null);
+    }, ms);
+    child.once('exit', (c) => {
+      clearTimeout(t);
+      resolve(c);
+    });
+  });
+}
+
 beforeAll(async () => {
   ({ proc: etcd, url } = await startEtcd('data'));
 }, 30_000);
@@ -258,16 +272,7 @@ describe('EtcdRendezvous on a real etcd', () => {
       }
     });
     // Before, a watch opened while etcd was down was never cancelled: the process stayed up for good.
-    const code = await new Promise<number | null>((resolve) => {
-      const t = setTimeout(() => {
-        child.kill('SIGKILL');
-        resolve(null);
-      }, 20_000);
-      child.once('exit', (c) => {
-        clearTimeout(t);
-        resolve(c);
-      });
-    });
+    const code = await exitCode(child, 20_000);
     expect(code).toBe(0);
     const r = JSON.parse(out.slice('waiting\n'.length)) as { look: string; late: string; waited: string[] };
     expect(r.look).toMatch(
@@ -318,16 +323,7 @@ describe('EtcdRendezvous on a real etcd', () => {
       }
     });
     try {
-      const code = await new Promise<number | null>((resolve) => {
-        const t = setTimeout(() => {
-          child.kill('SIGKILL');
-          resolve(null);
-        }, 30_000);
-        child.once('exit', (c) => {
-          clearTimeout(t);
-          resolve(c);
-        });
-      });
+      const code = await exitCode(child, 30_000);
       const took = Date.now() - stoppedAt;
       expect(out).toBe('ready\nclosed CLOSED: EtcdRendezvous: closed\n');
       expect(code).toBe(0);

@@ -192,6 +192,12 @@ class Engine final : private Worker::Body {
   bool may_block() const override { return !watches_.polled(); }
   bool try_wait() override { return group_.try_wait(); }
 
+  // A command dropped unrun (stopping): a port's write settles CLOSED in its port (JS settles its own).
+  static void drop(Cmd& c) {
+    if ((c.kind == CmdKind::Write || c.kind == CmdKind::ArmWrite) && c.write && c.write->port)
+      c.write->port->settle(Code::Closed, kClosedPending);
+  }
+
   void handle(Cmd& c) override {
     if (worker_.stopping().load(std::memory_order_relaxed)) {
       // Stopping: nothing new is posted — what close() reports CLOSED never lands later (a worker
@@ -199,11 +205,9 @@ class Engine final : private Worker::Body {
       switch (c.kind) {
         case CmdKind::Write:
         case CmdKind::ArmWrite:
-          if (c.write && c.write->port) c.write->port->settle(Code::Closed, kClosedPending);
-          return;
         case CmdKind::Send:
         case CmdKind::Stall:
-          return;
+          return drop(c);
         default:
           break;
       }
@@ -260,10 +264,7 @@ class Engine final : private Worker::Body {
     watches_.fail_all(Code::Closed, kClosedPending);
     // Port posts pushed after the worker's last batch: they settle too (JS ops are settled by
     // the JS side when close() returns).
-    worker_.discard([](Cmd& c) {
-      if (c.kind == CmdKind::Write && c.write && c.write->port)
-        c.write->port->settle(Code::Closed, kClosedPending);
-    });
+    worker_.discard(drop);
     ops_.close_all();
     group_.teardown_buffers();
     events_.flush();
