@@ -14,6 +14,8 @@
  *
  * The target side (the forked child, or `target`) pins itself to TRELLIS_BENCH_TARGET_CPUS when
  * that is set (a CPU list, as taskset takes it: the SDK benchmark's --pin).
+ * TRELLIS_BENCH_RAW_SRC=shm: the initiator writes from a POSIX shared-memory object mapped
+ * MAP_SHARED, as the SDK's regions are, instead of aligned_alloc memory.
  *
  * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
  * initiator completion, as the SDK benchmark does. pingpong: each side answers an immediate with
@@ -44,6 +46,7 @@
 #include <unistd.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 
 #define CHECK(x)                                                                             \
   do {                                                                                       \
@@ -216,9 +219,32 @@ static uint64_t count_arrivals(struct ep *e, uint64_t want) {
   return seen;
 }
 
+/* The initiator's source: private memory (aligned_alloc), or with TRELLIS_BENCH_RAW_SRC=shm a
+ * POSIX shared-memory object mapped MAP_SHARED, as the SDK's registerMemory allocates its regions
+ * (so the two sources can be compared under the same initiator). */
+static void *src_alloc(size_t len) {
+  const char *kind = getenv("TRELLIS_BENCH_RAW_SRC");
+  if (!kind || strcmp(kind, "shm") != 0) return aligned_alloc(4096, len);
+  char name[64];
+  snprintf(name, sizeof name, "/trellis-bench-raw-%d", (int)getpid());
+  int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+  if (fd < 0 || ftruncate(fd, (off_t)len) != 0) {
+    fprintf(stderr, "rma_raw: shm_open/ftruncate %s: %s\n", name, strerror(errno));
+    exit(1);
+  }
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  shm_unlink(name);
+  close(fd);
+  if (p == MAP_FAILED) {
+    fprintf(stderr, "rma_raw: mmap: %s\n", strerror(errno));
+    exit(1);
+  }
+  return p;
+}
+
 static double initiate(struct ep *e, fi_addr_t peer, uint64_t raddr, uint64_t rkey, size_t unit, size_t region,
                        uint64_t ops, uint64_t window) {
-  void *buf = aligned_alloc(4096, region);
+  void *buf = src_alloc(region);
   memset(buf, 7, region);
   struct fid_mr *mr = reg(e, buf, region, FI_WRITE | FI_SEND);
   void *desc = fi_mr_desc(mr);
