@@ -15,7 +15,8 @@
  * The target side (the forked child, or `target`) pins itself to TRELLIS_BENCH_TARGET_CPUS when
  * that is set (a CPU list, as taskset takes it: the SDK benchmark's --pin).
  * TRELLIS_BENCH_RAW_SRC=shm: the initiator writes from a POSIX shared-memory object mapped
- * MAP_SHARED, as the SDK's regions are, instead of aligned_alloc memory.
+ * MAP_SHARED, as the engine allocates a region registered with {remote: true}, instead of
+ * aligned_alloc memory.
  *
  * Prints one JSON line: {"ops":N,"bytes":B,"seconds":S}. Timing covers the first post to the last
  * initiator completion, as the SDK benchmark does. pingpong: each side answers an immediate with
@@ -220,8 +221,8 @@ static uint64_t count_arrivals(struct ep *e, uint64_t want) {
 }
 
 /* The initiator's source: private memory (aligned_alloc), or with TRELLIS_BENCH_RAW_SRC=shm a
- * POSIX shared-memory object mapped MAP_SHARED, as the SDK's registerMemory allocates its regions
- * (so the two sources can be compared under the same initiator). */
+ * POSIX shared-memory object mapped MAP_SHARED, as the engine allocates a region registered with
+ * {remote: true} (so the two kinds of source can be compared under the same initiator). */
 static void *src_alloc(size_t len) {
   const char *kind = getenv("TRELLIS_BENCH_RAW_SRC");
   if (!kind || strcmp(kind, "shm") != 0) return aligned_alloc(4096, len);

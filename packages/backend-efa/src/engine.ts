@@ -2,7 +2,7 @@
 // shm, tcp;ofi_rxm) and the peer address format, over NativeEngineBase of @trellis/core/kit. All
 // work is done by the addon (native.ts).
 import { type LibraryInfo, TrellisError } from '@trellis/core';
-import { NativeEngineBase, type NativeEngineTuning } from '@trellis/core/kit';
+import { NativeEngineBase, type NativeEngineTuning, show } from '@trellis/core/kit';
 import { addon } from './native.js';
 
 /** Provider names accepted by {@link createEngine}. `tcp` is shorthand for `tcp;ofi_rxm`. */
@@ -43,7 +43,7 @@ export class EfaEngine extends NativeEngineBase {
     if (!Number.isInteger(nics) || nics < 1 || nics > 4) {
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `createEngine: nics must be an integer in 1..4, got ${String(nics)}`,
+        `createEngine: nics must be an integer in 1..4, got ${show(nics)}`,
       );
     }
     let provider: string = opts.provider ?? (process.env.TRELLIS_PROVIDER as Provider | undefined) ?? 'auto';

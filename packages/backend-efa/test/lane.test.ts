@@ -4,7 +4,7 @@
 // and write-bench.mjs.
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readdirSync, utimesSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, utimesSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { HOST_MAPPING_DEVICE, MrDesc } from '@trellis/core';
@@ -473,6 +473,53 @@ describe('backend-efa: the same-host lane for host memory (shared-memory regions
       settledPosted: 0,
       held: 0,
     });
+  });
+
+  it('a target region unregistered before the writer ever used it: REMOTE_ACCESS before anything is posted, no fallback to the provider', async () => {
+    // shm on libfabric 1.17 never answers a write with a stale key: the provider must not get it.
+    for (const provider of ['shm', 'tcp'] as const) {
+      const a = await engine({ provider });
+      const b = await engine({ provider });
+      const src = await a.registerMemory(4096);
+      src.buffer!.fill(6);
+      const gone = await b.registerMemory(4096, { remote: true });
+      // The name ends with the device of the /dev/shm it was made on (this one).
+      const name = new TextDecoder().decode(gone.desc.ipc!.handle).replace(/\0+$/, '');
+      expect(name).toMatch(
+        new RegExp(`^/trellis-${process.pid}-[0-9a-f]{16}-${statSync('/dev/shm').dev.toString(16)}$`),
+      );
+      await gone.unregister();
+      const before = a.stats();
+      const msg =
+        "REMOTE_ACCESS: submitSingleWrite: the target region is gone from this host's /dev/shm (its owner unregistered it, or exited); get a fresh descriptor from the peer";
+      expect(await outcome(a.submitSingleWrite({ src, length: 4096, dst: gone.desc, imm: 3 }))).toBe(msg);
+      // Again (the failed mapping is kept), and in a batch beside a good write, which lands.
+      expect(await outcome(a.submitSingleWrite({ src, length: 4096, dst: gone.desc, imm: 3 }))).toBe(msg);
+      const good = await b.registerMemory(4096, { remote: true });
+      const r = await a.submitBatch([
+        { kind: 'single', src, length: 4096, dst: gone.desc, imm: 3 },
+        { kind: 'single', src, length: 4096, dst: good.desc, imm: 4 },
+      ]);
+      expect(r.failed).toBe(1);
+      expect(r.errors[0]?.code).toBe('REMOTE_ACCESS');
+      expect(r.errors[1]).toBeUndefined();
+      await b
+        .immCounter(4)
+        .wait(b.expectedImms({ kind: 'single', src, length: 4096, dst: good.desc, imm: 4 }), {
+          timeoutMs: 5000,
+        });
+      expect(good.buffer!.every((x) => x === 6)).toBe(true);
+      const after = a.stats();
+      expect(after.hostLane!.fallbacks - before.hostLane!.fallbacks).toBe(0);
+      expect(after.hostLane!.writes - before.hostLane!.writes).toBe(1);
+      expect(b.immCounter(3).value).toBe(0);
+      expect(after.ops.failed - before.ops.failed).toBe(3);
+      expect(after.ops.completed - before.ops.completed).toBe(1);
+      // Nothing went to the provider but the good write's immediates.
+      expect(sum(after.nics.map((x) => x.writeOps)) - sum(before.nics.map((x) => x.writeOps))).toBe(
+        b.expectedImms({ kind: 'single', src, length: 4096, dst: good.desc, imm: 4 }),
+      );
+    }
   });
 
   it('a descriptor claiming more than the shared object holds goes through the NICs; sameHostLane: false shares nothing; names are gone after close', async () => {

@@ -156,6 +156,24 @@ it('a reaction to an immediate an open port counts is refused before anything is
   port.close();
 });
 
+it('pollUntil without a timeoutMs on an engine with opTimeoutMs 0 has no deadline (0 is none, not 0 ms)', async () => {
+  const engine = await createEngine({ provider: 'tcp', nics: 1, opTimeoutMs: 0 });
+  cleanup.push(() => engine.close());
+  const t0 = performance.now();
+  await engine.pollUntil!(() => performance.now() - t0 >= 200);
+  expect(performance.now() - t0).toBeGreaterThanOrEqual(200);
+  // Its own timeoutMs still bounds it, 0 included.
+  await expect(engine.pollUntil!(() => false, { timeoutMs: 0 })).rejects.toMatchObject({
+    code: 'TIMEOUT',
+    message: 'pollUntil: done() still false after 0 ms',
+  });
+  await expect(engine.pollUntil!(() => false, { timeoutMs: 20 })).rejects.toMatchObject({ code: 'TIMEOUT' });
+  await expect(engine.pollUntil!(() => true, { timeoutMs: Number.POSITIVE_INFINITY })).rejects.toMatchObject({
+    code: 'INVALID_ARGUMENT',
+    message: 'pollUntil: timeoutMs must be a finite number >= 0',
+  });
+});
+
 describe('driveInline: the JavaScript thread runs the engine while it polls', () => {
   /** `n` pings from a pollUntil loop, each answered once. */
   async function pings(engine: EfaEngine, peer: NetAddr, n: number) {

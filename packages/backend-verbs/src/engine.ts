@@ -3,7 +3,7 @@
 // @trellis/core/kit. All work is done by the addon (native.ts).
 import { isIPv4 } from 'node:net';
 import { TrellisError } from '@trellis/core';
-import { NativeEngineBase } from '@trellis/core/kit';
+import { NativeEngineBase, show } from '@trellis/core/kit';
 import { addon, type NativeVerbsOptions } from './native.js';
 import type { VerbsEngineOptions } from './options.js';
 
@@ -13,7 +13,7 @@ const num = (name: string, v: unknown, lo: number, hi: number): void => {
   if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi)) {
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `createEngine: ${name} must be an integer in ${lo}..${hi}, got ${String(v)}`,
+      `createEngine: ${name} must be an integer in ${lo}..${hi}, got ${show(v)}`,
     );
   }
 };

@@ -8,4 +8,5 @@ for (const nics of [1, 2])
     `backend-verbs rc-model nics=${nics}`,
     groupOf(() => createEngine({ model: true, nics, opTimeoutMs: 10_000 })),
     addon(),
+    { targetCompletes: true },
   );

@@ -66,7 +66,8 @@ export interface TransferEngine {
    * had landed is not known: treat each as a failed write whose bytes and immediate may or may not
    * have arrived — a retry may count an immediate twice at the target). Resolves once every
    * operation has settled, with each request's outcome; it never rejects after posting. `opts`
-   * applies to every request that sets no `signal` or `timeoutMs` of its own. As between separate
+   * applies field by field: `opts.signal` to every request that sets no `signal` of its own,
+   * `opts.timeoutMs` to every request that sets no `timeoutMs` of its own. As between separate
    * calls, no order holds between the operations of a batch. On native engines the batch wakes the
    * event loop about once, when its last write settles (see `arrivalBatchUs` of
    * `NativeEngineTuning`): its other writes' successes wait for that, for at most `arrivalBatchUs`,
@@ -181,7 +182,7 @@ export interface TransferEngine {
    * a counter wait's or `quiesce`'s timeout, probes, heartbeats): every operation settles by its
    * deadline inside the loop; the application's `setTimeout`s wait for it to end. Costs one CPU core for as long as it spins (the engine's worker spins too while
    * operations are in flight). Rejects with `TIMEOUT` after `opts.timeoutMs` (default: the
-   * engine's operation timeout), `ABORTED` if `opts.signal` is aborted (checked between polls),
+   * engine's operation timeout; no timeout where that is 0), `ABORTED` if `opts.signal` is aborted (checked between polls),
    * `CLOSED` if the engine closes, and with whatever `done` throws. Once the last one returns, the
    * worker rings the event loop again, at its next loop turn, for whatever comes next. Absent
    * where `poll` is.
@@ -800,7 +801,10 @@ export interface EnginePort {
   stats(): PortStats;
   /**
    * Close the port: posts are refused from now on, the counted immediates go back to
-   * `immCounter`. The consumer must have stopped using `handle` before this is called.
+   * `immCounter`. The consumer must have stopped using `handle` before this is called. Writes it
+   * posted that have not settled yet (a hung peer's) keep its windows' source regions in use —
+   * their `unregister` waits — until they settle, at the latest about the engine deadline
+   * (`opTimeoutMs`) after this call: the provider may read the sources until then.
    */
   close(): void;
   readonly closed: boolean;

@@ -9,6 +9,7 @@
  * @packageDocumentation
  */
 import { type GpuMemoryOps, TrellisError } from '@trellis/core';
+import { show } from '@trellis/core/kit';
 import { addon, call, deviceOf, failed } from './native.js';
 
 /** What this host's CUDA offers. */
@@ -97,13 +98,13 @@ export class DeviceBuffer {
     if (!Number.isSafeInteger(opts.length) || opts.length < 1)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `DeviceBuffer.import: length must be a positive integer, got ${String(opts.length)}`,
+        `DeviceBuffer.import: length must be a positive integer, got ${show(opts.length)}`,
       );
     const offset = opts.offset ?? 0;
     if (!Number.isSafeInteger(offset) || offset < 0)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `DeviceBuffer.import: offset must be a non-negative integer, got ${String(opts.offset)}`,
+        `DeviceBuffer.import: offset must be a non-negative integer, got ${show(opts.offset)}`,
       );
     const device = deviceOf(opts.device, 'DeviceBuffer.import');
     let bytes = Uint8Array.from(Buffer.from(handle, 'hex'));
@@ -240,7 +241,7 @@ export function launchIncrementOnGo(
     if (typeof v !== 'bigint' || v <= 0n)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `launchIncrementOnGo: ${k} must be a device pointer (a bigint, e.g. mappedWatcherMemory().devicePtr), got ${String(v)}`,
+        `launchIncrementOnGo: ${k} must be a device pointer (a bigint, e.g. mappedWatcherMemory().devicePtr), got ${show(v)}`,
       );
   if (!Number.isSafeInteger(n) || n < 0)
     throw new TrellisError(

@@ -3,6 +3,7 @@
 // on the same device — @trellis/moe's stream-ordered MoE takes them). Thin wrappers over the
 // runtime calls in the kit's cuda_napi.hpp; no state beyond the handles.
 import { TrellisError } from '@trellis/core';
+import { show } from '@trellis/core/kit';
 import { addon, call, deviceOf } from './native.js';
 
 /**
@@ -36,7 +37,7 @@ export class CudaStream {
     if (typeof handle !== 'bigint' || handle < 0n)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `CudaStream.wrap: handle must be a bigint cudaStream_t, got ${String(handle)}`,
+        `CudaStream.wrap: handle must be a bigint cudaStream_t, got ${show(handle)}`,
       );
     return new CudaStream(handle, deviceOf(opts.device, 'CudaStream.wrap'), false);
   }

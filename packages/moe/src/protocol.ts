@@ -3,6 +3,7 @@
 // (its counts, the offsets every rank computes alike from them, the rounds counter). Pure JS on
 // host values: no engine, no memory of its own.
 import { HEARTBEAT_IMM, TrellisError } from '@trellis/core';
+import { show } from '@trellis/core/kit';
 import type { ProxyLayout } from './proxy.js';
 import type { DispatchInput, MoeConfig, MoeDeviceOptions, MoeDType } from './types.js';
 
@@ -30,7 +31,7 @@ export function checkConfig(
     if (!Number.isSafeInteger(v) || v < lo)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `${who}: ${name} must be an integer >= ${lo}, got ${String(v)}`,
+        `${who}: ${name} must be an integer >= ${lo}, got ${show(v)}`,
       );
   };
   for (const k of [
@@ -47,13 +48,13 @@ export function checkConfig(
   int('rank', 0);
   int('proxySpinUs', 0);
   if (typeof c.proxy !== 'boolean')
-    throw new TrellisError('INVALID_ARGUMENT', `${who}: proxy must be a boolean, got ${String(c.proxy)}`);
+    throw new TrellisError('INVALID_ARGUMENT', `${who}: proxy must be a boolean, got ${show(c.proxy)}`);
   int('maxPrivateTokens', 0);
   // Four consecutive 32-bit immediates, none of them the engines' heartbeat (HEARTBEAT_IMM).
   if (!Number.isSafeInteger(c.immBase) || c.immBase < 0 || c.immBase + 3 >= HEARTBEAT_IMM)
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `${who}: immBase must be an integer in 0..${HEARTBEAT_IMM - 4} (the instance uses immBase..immBase+3; ${HEARTBEAT_IMM} is the engines' heartbeat), got ${String(c.immBase)}`,
+      `${who}: immBase must be an integer in 0..${HEARTBEAT_IMM - 4} (the instance uses immBase..immBase+3; ${HEARTBEAT_IMM} is the engines' heartbeat), got ${show(c.immBase)}`,
     );
   if (c.rank >= c.worldSize)
     throw new TrellisError(

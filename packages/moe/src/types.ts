@@ -57,7 +57,10 @@ export interface DispatchInput<M extends MoeMemory = 'host'> {
   scales?: MoeScales<M>;
   /** `numTokens × topk` expert ids (-1: no expert for that slot). */
   topkIds: Int32Array;
-  /** `numTokens × topk` weights, used by combine. */
+  /**
+   * `numTokens × topk` weights, used by combine: read when the round's combine runs, not copied at
+   * dispatch (tokens, scales and ids are) — leave the array unchanged until then.
+   */
   topkWeights: Float32Array;
 }
 

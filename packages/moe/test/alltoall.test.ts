@@ -204,7 +204,7 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     // rows would land at offsets the other rank does not read.
     const e2 = fabric.createEngine();
     const [p, q] = await Promise.all([
-      MoeAllToAll.create(e, { ...cfg, numExperts: 4, maxPrivateTokens: 2 }),
+      MoeAllToAll.create(fabric.createEngine(), { ...cfg, numExperts: 4, maxPrivateTokens: 2 }),
       MoeAllToAll.create(e2, { ...cfg, rank: 1, numExperts: 4, maxPrivateTokens: 6 }),
     ]);
     expect(await outcome(Promise.resolve().then(() => p.connect([p.descriptor, q.descriptor])))).toBe(
@@ -214,7 +214,13 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(Promise.resolve().then(() => p.connect('x' as unknown as string[])))).toBe(
       "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors must be an array of every rank's moe.descriptor (index = rank), got string",
     );
-    const q2 = await MoeAllToAll.create(e2, { ...cfg, rank: 1, numExperts: 4, maxPrivateTokens: 2 });
+    // (An engine each: two open instances on one engine may not share immediate values.)
+    const q2 = await MoeAllToAll.create(fabric.createEngine(), {
+      ...cfg,
+      rank: 1,
+      numExperts: 4,
+      maxPrivateTokens: 2,
+    });
     expect(await outcome(Promise.resolve().then(() => p.connect([q2.descriptor, p.descriptor])))).toBe(
       "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors[0] is rank 1's descriptor (index = rank: rank r's moe.descriptor at r; a list in another order, or two processes given one rank)",
     );
@@ -231,7 +237,12 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
         "INVALID_DESCRIPTOR: MoeAllToAll.connect: descriptors[1] is not a whole MoeAllToAll descriptor (cut short, or from another version): give each rank's moe.descriptor as it is",
       );
     // Two processes given one rank: the second rank-0 descriptor in rank 1's slot is refused.
-    const twin = await MoeAllToAll.create(e2, { ...cfg, rank: 0, numExperts: 4, maxPrivateTokens: 2 });
+    const twin = await MoeAllToAll.create(fabric.createEngine(), {
+      ...cfg,
+      rank: 0,
+      numExperts: 4,
+      maxPrivateTokens: 2,
+    });
     expect(await outcome(Promise.resolve().then(() => p.connect([p.descriptor, twin.descriptor])))).toBe(
       "INVALID_ARGUMENT: MoeAllToAll.connect: descriptors[1] is rank 0's descriptor (index = rank: rank r's moe.descriptor at r; a list in another order, or two processes given one rank)",
     );

@@ -3,6 +3,7 @@
 // and every later dispatch and combine rejects at once with that code, posting nothing — before,
 // the next dispatch resolved in milliseconds with another round's leftovers. Bad input refused
 // before anything is posted does not fail it.
+import { createEngine } from '@trellis/backend-efa';
 import { rejects, SettleTracker } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
 import { MoeAllToAll, referenceDispatch, syntheticExpert, syntheticInputs } from '../src/index.js';
@@ -70,6 +71,66 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
       }
       for (const m of moes) await m.close();
     });
+
+  for (const proxy of [false, true])
+    it(`recovery as documented — close every instance, create and connect new ones with the same config on the same engines — gives exact rounds (proxy ${proxy})`, async () => {
+      const cfg = { ...base, proxy, rank: 0 };
+      const moes = await world(cfg, 'shm');
+      await exactRound(moes, cfg, 41);
+      // Round 2: rank 2 sits it out; the others' routes and rows to it stay credited to its engine's
+      // immediate counters, unconsumed (and their routes stay in its region).
+      const ins = syntheticInputs(cfg, 42, 'random');
+      await Promise.all([0, 1].map((r) => rejects(moes[r]!.dispatch(ins[r]), 'TIMEOUT', `rank ${r}`)));
+      for (const m of moes) await m.close();
+      const again = await Promise.all(engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank })));
+      for (const m of again) m.connect(again.map((x) => x.descriptor));
+      // A new instance counts its own rounds' arrivals only (it used to take the old round's
+      // leftovers for its first round's: wrong rows, silently).
+      for (const seed of [43, 44, 45]) await exactRound(again, cfg, seed);
+      for (const m of again) await m.close();
+    });
+
+  it('host mode: a write of the round that fails fails the pending phase at once with that error, not at timeoutMs', async () => {
+    const cfg = { ...base, timeoutMs: 20_000, rank: 0 };
+    const moes = await world(cfg, 'shm');
+    await exactRound(moes, cfg, 51);
+    const ins = syntheticInputs(cfg, 52, 'random');
+    const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
+    const outs = res.map((d) => syntheticExpert(cfg, d!));
+    // Rank 2's engine goes: writes to it are refused (PEER_LOST) as the others combine.
+    await engines[2]!.close();
+    const t0 = performance.now();
+    const failed = await Promise.all(
+      [0, 1].map((r) => rejects(moes[r]!.combine({ expertOut: outs[r]! }), 'PEER_LOST', `rank ${r} combine`)),
+    );
+    expect(performance.now() - t0).toBeLessThan(cfg.timeoutMs);
+    for (const [r, e] of failed.entries()) {
+      expect(e).toBe(moes[r]!.failure);
+      expect(e.message).toMatch(/^MoeAllToAll \(host, round 2\): a write to rank 2 failed: /);
+    }
+    for (const m of moes) await m.close();
+  });
+
+  it('two open instances on one engine may not share an immediate value; closed, the values are free again', async () => {
+    const cfg = { ...base, worldSize: 2, numExperts: 4, rank: 0 };
+    const moes = await world(cfg, 'shm');
+    const e = await rejects(
+      MoeAllToAll.create(engines[0]!, { ...cfg, immBase: 0x4d4f0002 }),
+      'INVALID_ARGUMENT',
+      'overlapping immBase',
+    );
+    expect(e.message).toMatch(
+      /^MoeAllToAll\.create: immediate 1297022978 \(immBase 1297022978\.\.1297022981\) is counted by another open MoeAllToAll on this engine; give each instance its own four values, or close the other first$/,
+    );
+    // Four values further on, it is another instance's to use.
+    const other = await MoeAllToAll.create(engines[0]!, { ...cfg, immBase: 0x4d4f0004 });
+    await other.close();
+    await moes[0]!.close();
+    const fresh = await MoeAllToAll.create(engines[0]!, cfg);
+    fresh.connect([fresh.descriptor, moes[1]!.descriptor]);
+    await fresh.close();
+    await moes[1]!.close();
+  });
 
   for (const proxy of [false, true])
     it(`close settles a pending phase with CLOSED at once, and every later dispatch and combine rejects CLOSED (proxy ${proxy})`, async () => {
@@ -180,5 +241,31 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
     await Promise.all(moes.map((m, r) => m.combine({ expertOut: outs[r]! })));
     expect(moes.map((m) => m.failure)).toEqual([undefined, undefined]);
     for (const m of moes) await m.close();
+  });
+});
+
+describe('MoeAllToAll.connect: ranks on engines of different kinds', () => {
+  it('is refused naming the rank whose descriptor comes from another kind of engine', async () => {
+    const [shm, tcp] = await Promise.all([
+      createEngine({ provider: 'shm', nics: 1 }),
+      createEngine({ provider: 'tcp', nics: 1 }),
+    ]);
+    try {
+      const cfg = { ...base, worldSize: 2, numExperts: 4 };
+      const a = await MoeAllToAll.create(shm, { ...cfg, rank: 0 });
+      const b = await MoeAllToAll.create(tcp, { ...cfg, rank: 1 });
+      const e = await rejects(
+        Promise.resolve().then(() => a.connect([a.descriptor, b.descriptor])),
+        'INVALID_DESCRIPTOR',
+        'a tcp rank among shm ones',
+      );
+      expect(e.message).toBe(
+        "MoeAllToAll.connect: descriptors[1] comes from a 'fi-tcp' engine but this rank's is a 'fi-shm' engine; every rank needs an engine of one kind",
+      );
+      await a.close();
+      await b.close();
+    } finally {
+      await Promise.all([shm.close(), tcp.close()]);
+    }
   });
 });

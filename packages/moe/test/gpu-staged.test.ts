@@ -164,7 +164,7 @@ describe('MoeAllToAll on device memory (staged path, HostGpu)', () => {
       outDtype: 'bf16',
     } as const;
     const m = await MoeAllToAll.create(e, cfg, { ops: deviceOps(gpu), device: 0 });
-    const h = await MoeAllToAll.create(e, cfg);
+    const h = await MoeAllToAll.create(e, { ...cfg, immBase: 0x100 }); // its own immediates on e
     cleanup.push(
       () => m.close(),
       () => h.close(),

@@ -5,7 +5,7 @@ import { describe, it } from 'vitest';
 import type { NativePortCalls } from '../kit/native-engine.js';
 import type { MrHandle, TransferEngine } from '../types.js';
 import type { GroupFactory } from './cases.js';
-import { assertBytes, pattern, sleep, throws } from './util.js';
+import { assertBytes, pattern, SettleTracker, sleep, throws } from './util.js';
 
 /** The addon's calls through a port's C table (exported by every engine-kit addon). */
 export type PortCalls = NativePortCalls;
@@ -30,8 +30,17 @@ async function until(calls: PortCalls, handle: bigint, done: () => boolean, what
   }
 }
 
-/** Register the port cases for a native backend in the current vitest file. */
-export function definePortSuite(name: string, createGroup: GroupFactory, calls: PortCalls): void {
+/**
+ * Register the port cases for a native backend in the current vitest file. `targetCompletes`: the
+ * backend's writes complete without the target engine's worker (RDMA NICs, the RC model) — a
+ * stalled target then leaves nothing unsettled; libfabric's shm and tcp need the target's progress.
+ */
+export function definePortSuite(
+  name: string,
+  createGroup: GroupFactory,
+  calls: PortCalls,
+  opts: { targetCompletes?: boolean } = {},
+): void {
   describe(`engine port: ${name}`, () => {
     it('posts sub-ranges of its windows from native code; counted immediates stay native; every post settles once', async () => {
       const g = await createGroup(2);
@@ -92,6 +101,59 @@ export function definePortSuite(name: string, createGroup: GroupFactory, calls: 
         await b.immCounter(immAlone).wait(1, { timeoutMs: 10_000 });
         await until(calls, h, () => calls.portSettled(h)[0] === 6, 'the sixth post');
         tx.close();
+      } finally {
+        await g.close();
+      }
+    });
+
+    it('a port closed with posted writes unsettled keeps their source in use: its unregister waits until they settle', async () => {
+      const g = await createGroup(2);
+      try {
+        const [a, b] = g.engines as [TransferEngine, TransferEngine];
+        const n = 4096;
+        const imm = 0x70c1;
+        const src = await a.registerMemory(n);
+        bytes(src).set(pattern(n, 21));
+        const dst = await b.registerMemory(n, { remote: true });
+        const p = a.openPort!({ count: [] });
+        p.setWindows([{ src, dst: dst.desc, imm }]);
+        const h = p.handle;
+        assert.equal(calls.portPost(h, 0, 0, 0, n), OK);
+        await until(calls, h, () => calls.portSettled(h)[0] === 1, 'the first post');
+        // The target's worker stops (as a hung peer's): what the port posts now does not complete.
+        (b as unknown as { native: { stallWorker(ms: number): void } }).native.stallWorker(1500);
+        await sleep(100);
+        for (let i = 0; i < 4; i++) assert.equal(calls.portPost(h, 0, 0, 0, n), OK);
+        if (opts.targetCompletes) {
+          // The NIC completes them without the target's worker: nothing is left to hold.
+          await until(calls, h, () => calls.portSettled(h)[0] === 5, 'the posts');
+          p.close();
+          const t = new SettleTracker();
+          t.track(src.unregister());
+          await sleep(100);
+          assert.deepEqual(t.outcomes, ['resolved'], 'unregister of a closed port with nothing unsettled');
+          await b.immCounter(imm).wait(5, { timeoutMs: 10_000 });
+          assertBytes(bytes(dst), pattern(n, 21), 'the port writes');
+          return;
+        }
+        await sleep(50);
+        const open = p.stats();
+        assert.equal(open.posted, 5);
+        assert.ok(
+          open.settled < 5,
+          `the posts behind the stalled target settled early (${open.settled} of 5)`,
+        );
+        p.close();
+        const t = new SettleTracker();
+        const gone = src.unregister();
+        t.track(gone);
+        await sleep(300);
+        assert.deepEqual(t.outcomes, ['pending'], "unregister waits for the closed port's writes");
+        await gone;
+        // It resolved once every post had settled, each once, none failed; every byte landed.
+        assert.deepEqual(p.stats(), { posted: 5, settled: 5, failed: 0, counts: [] });
+        await b.immCounter(imm).wait(5, { timeoutMs: 10_000 });
+        assertBytes(bytes(dst), pattern(n, 21), 'the port writes');
       } finally {
         await g.close();
       }

@@ -3,7 +3,7 @@
 import { TrellisError } from '../errors.js';
 import type { ImmCounter, WaitOptions } from '../types.js';
 import { type Timer, Timers } from './timers.js';
-import { checkImm, checkOpOptions } from './validate.js';
+import { checkImm, checkOpOptions, show } from './validate.js';
 
 interface Waiter {
   n: number;
@@ -97,7 +97,7 @@ class Counter implements ImmCounter {
     if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `immCounter(${this.imm}).take: n must be a non-negative integer, got ${String(n)}`,
+        `immCounter(${this.imm}).take: n must be a non-negative integer, got ${show(n)}`,
         { op: `immCounter(${this.imm}).take` },
       );
     const closed = this.table.closedError();
@@ -112,7 +112,7 @@ class Counter implements ImmCounter {
     const op = `immCounter(${this.imm}).wait`;
     if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
       return Promise.reject(
-        new TrellisError('INVALID_ARGUMENT', `${op}: n must be a non-negative integer, got ${String(n)}`, {
+        new TrellisError('INVALID_ARGUMENT', `${op}: n must be a non-negative integer, got ${show(n)}`, {
           op,
         }),
       );

@@ -50,6 +50,7 @@ export {
   type ScatterPlan,
   type ScatterPlanTarget,
   type SinglePlan,
+  show,
   type ValidationContext,
   type WorkRequest,
   workRequests,

@@ -61,7 +61,10 @@ export const SHARED_OWNER: readonly SharedOwner[] = ['alive', 'unregistered', 'g
 
 /** What the host half of the lane needs from the native engine. @internal */
 export interface HostLaneOps {
-  /** Map a same-host peer's shared-memory object; throws when it cannot be opened. */
+  /**
+   * Map a same-host peer's shared-memory object; throws when it cannot be opened — an Error with
+   * `unlinked: true` where the name is gone from the /dev/shm its owner created it on.
+   */
   map(name: string): { id: number; base: bigint; length: number };
   /**
    * What the writer finds of the region's owner: it holds the region (`alive`), unregistered it
@@ -95,6 +98,11 @@ interface Mapping {
   /** The host lane's mapping id. */
   id: number | undefined;
   error: string | undefined;
+  /**
+   * A host region's name is gone from the /dev/shm its owner created it on (unregistered, or its
+   * owner exited): writes to it fail REMOTE_ACCESS, as to one unregistered after it was mapped.
+   */
+  unlinked?: boolean;
 }
 
 /** The signal key of the host copy thread (GPU signals are keyed by device). */
@@ -146,7 +154,7 @@ export class SameHostLane {
     const key = `${device}:${hex(ipc.handle)}`;
     let m = this.mapped.get(key);
     if (!m) {
-      m = { device, base: undefined, length: undefined, id: undefined, error: undefined };
+      m = { device, base: undefined, length: undefined, id: undefined, error: undefined, unlinked: false };
       try {
         if (device === HOST) {
           const h = this.host.host!.map(sharedName(ipc.handle));
@@ -165,6 +173,7 @@ export class SameHostLane {
         }
       } catch (e) {
         m.error = e instanceof Error ? e.message : String(e);
+        m.unlinked = device === HOST && (e as { unlinked?: unknown }).unlinked === true;
       }
       this.mapped.set(key, m);
     }
@@ -210,6 +219,9 @@ export class SameHostLane {
     // GPU to GPU, host to host: a host region never takes a GPU copy, nor the reverse.
     if ((device === HOST) !== (d.ipc!.device === HOST_MAPPING_DEVICE)) return false;
     const m = this.mapping(d.ipc!, device);
+    // A region gone before this writer first mapped it: the lane refuses it (start), as one
+    // unregistered since — the provider would only meet a stale key (shm 1.17 never answers one).
+    if (m.unlinked) return true;
     // The mapping must hold all the descriptor claims (a forged length must not send a copy past it).
     if (m.base !== undefined && (m.length === undefined || Number(d.ipc!.offset) + d.length <= m.length))
       return true;
@@ -259,6 +271,16 @@ export class SameHostLane {
       if (w.dst === undefined || w.length === 0) continue;
       const ipc = w.dst.ipc!;
       const m = this.mapping(ipc, device);
+      if (m.unlinked) {
+        op.fail(
+          new TrellisError(
+            'REMOTE_ACCESS',
+            `${op.callsite.op}: the target region is gone from this host's /dev/shm (its owner unregistered it, or exited); get a fresh descriptor from the peer`,
+            { op: op.callsite.op },
+          ),
+        );
+        return;
+      }
       queue ??= m.id;
       const owner = device === HOST ? this.host.host!.owner(m.id!) : 'alive';
       if (owner === 'unregistered') {

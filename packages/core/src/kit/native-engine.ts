@@ -198,7 +198,9 @@ export interface NativeEngine {
   setPortWindows(id: number, windows: Float64Array, keys: BigUint64Array): void;
   /** A {@link PORT_STATS} record, then the count of each counted immediate. */
   portStats(id: number): Float64Array;
+  /** Posts are refused from now on; its stats stay readable until {@link forgetPort}. */
   closePort(id: number): void;
+  forgetPort(id: number): void;
 }
 
 /**
@@ -351,7 +353,7 @@ export interface NativeEngineTuning {
    * provider. Between CUDA regions: CUDA IPC copies on a stream of the engine's own (needs `gpu`
    * operations with IPC; `cudaMemoryOps()` has them). Between host regions: remote regions the
    * engine allocates (`registerMemory(n, {remote: true})`) live in POSIX shared-memory objects
-   * (`/dev/shm/trellis-<pid>-<random>`), and a writer on the host memcpys into them on a copy
+   * (`/dev/shm/trellis-<pid>-<random>-<dev>`), and a writer on the host memcpys into them on a copy
    * thread. Either way the immediates go through the provider once the bytes are in place. `false`:
    * every write through the NICs, and no shared-memory objects. Default true.
    */
@@ -1420,11 +1422,13 @@ export abstract class NativeEngineBase extends EngineBase {
       throw new TrellisError('INVALID_ARGUMENT', `${op}: done must be a function returning a boolean`, {
         op,
       });
-    const timeoutMs = opts.timeoutMs ?? this.opTimeoutMs;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0) || !Number.isFinite(timeoutMs))
+    const own = opts.timeoutMs;
+    if (own !== undefined && (typeof own !== 'number' || !(own >= 0) || !Number.isFinite(own)))
       throw new TrellisError('INVALID_ARGUMENT', `${op}: timeoutMs must be a finite number >= 0`, { op });
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
       throw new TrellisError('INVALID_ARGUMENT', `${op}: signal must be an AbortSignal`, { op });
+    // Without a timeoutMs of its own, the engine's operation timeout — none where that is 0.
+    const timeoutMs = own ?? (this.opTimeoutMs > 0 ? this.opTimeoutMs : Number.POSITIVE_INFINITY);
     const deadline = performance.now() + timeoutMs;
     this.pollers++;
     try {
@@ -1847,6 +1851,27 @@ export abstract class NativeEngineBase extends EngineBase {
     const counted = Object.freeze([...count]);
     const handle = this.native.openPort(id, Uint32Array.from(counted));
     let closed = false;
+    // The source regions of its windows; once it is closed with posted writes unsettled, in use
+    // (their unregister waits) until those have settled.
+    let sources: Region[] = [];
+    let held: Region[] = [];
+    const read = (): PortStats => {
+      const s = this.native.portStats(id);
+      if (s)
+        last = {
+          posted: s[PORT_STATS.posted]!,
+          settled: s[PORT_STATS.settled]!,
+          failed: s[PORT_STATS.failed]!,
+          counts: Array.from(s.subarray(PORT_STATS.stride)),
+        };
+      return last;
+    };
+    const letGo = () => {
+      this.portDrains.delete(letGo);
+      for (const r of held) r.release();
+      held = [];
+      if (!this.closed) this.native.forgetPort(id);
+    };
     const port: EnginePort = {
       handle,
       counted,
@@ -1856,26 +1881,36 @@ export abstract class NativeEngineBase extends EngineBase {
       setWindows: (windows: readonly PortWindow[]) => {
         if (closed || this.closed)
           throw new TrellisError('CLOSED', 'EnginePort.setWindows: the port or its engine is closed');
-        const [w, k] = this.portWindows(windows);
+        const [w, k, srcs] = this.portWindows(windows);
         this.native.setPortWindows(id, w, k);
+        sources = srcs;
       },
-      stats: (): PortStats => {
-        const s = closed ? undefined : this.native.portStats(id);
-        if (!s) return last;
-        last = {
-          posted: s[PORT_STATS.posted]!,
-          settled: s[PORT_STATS.settled]!,
-          failed: s[PORT_STATS.failed]!,
-          counts: Array.from(s.subarray(PORT_STATS.stride)),
-        };
-        return last;
-      },
+      stats: (): PortStats => (closed || this.closed ? last : read()),
       close: () => {
         if (closed) return;
-        port.stats();
         closed = true;
         this.ports.delete(id);
+        if (this.closed) return;
         this.native.closePort(id);
+        // Writes it posted may still be with the provider (a hung peer): its windows' sources stay
+        // in use until they settle — at the latest at the engine deadline, as any write's.
+        const s = read();
+        if (s.settled >= s.posted) {
+          letGo();
+          return;
+        }
+        held = sources.filter((r) => r.registered);
+        for (const r of held) r.use();
+        this.portDrains.add(letGo);
+        const until =
+          this.opTimeoutMs > 0 ? performance.now() + this.opTimeoutMs + 1000 : Number.POSITIVE_INFINITY;
+        const check = () => {
+          if (!this.portDrains.has(letGo)) return; // the engine closed meanwhile
+          const now = read();
+          if (now.settled >= now.posted || performance.now() >= until) letGo();
+          else this.timers.after(10, check);
+        };
+        this.timers.after(10, check);
       },
     };
     let last: PortStats = { posted: 0, settled: 0, failed: 0, counts: counted.map(() => 0) };
@@ -1883,13 +1918,20 @@ export abstract class NativeEngineBase extends EngineBase {
     return port;
   }
 
-  /** Validate windows as write requests are validated; pack them for the addon. */
-  private portWindows(windows: readonly PortWindow[]): [Float64Array, BigUint64Array] {
+  /**
+   * Ports closed with posted writes not all settled: each lets its windows' source regions go. The
+   * engine's close lets every one go (nothing is read once the worker has stopped).
+   */
+  private readonly portDrains = new Set<() => void>();
+
+  /** Validate windows as write requests are validated; pack them for the addon, with their sources. */
+  private portWindows(windows: readonly PortWindow[]): [Float64Array, BigUint64Array, Region[]] {
     const op = 'EnginePort.setWindows';
     if (!Array.isArray(windows))
       throw new TrellisError('INVALID_ARGUMENT', `${op}: windows must be an array`);
     const w = new Float64Array(PORT_WINDOW.stride * windows.length);
     const k = new BigUint64Array(NIC_KEYS.stride * windows.length);
+    const srcs: Region[] = [];
     windows.forEach((win, i) => {
       const field = `windows[${i}]`;
       if (typeof win !== 'object' || win === null)
@@ -1929,6 +1971,7 @@ export abstract class NativeEngineBase extends EngineBase {
             `${op}: ${field} touches a staged GPU region; a port posts host memory only (see docs/gpu.md)`,
           );
         region = r.key as number;
+        if (!srcs.includes(r)) srcs.push(r);
         srcOffset = checkCount(op, `${field}.srcOffset`, win.srcOffset, 0);
         srcLength = checkCount(op, `${field}.srcLength`, win.srcLength, Math.max(0, srcLen - srcOffset));
         checkRange(op, `${field}.src`, srcOffset, srcLength, srcLen);
@@ -1947,7 +1990,7 @@ export abstract class NativeEngineBase extends EngineBase {
       w[at + PORT_WINDOW.imm] = imm ?? 0;
       packNicKeys(k, NIC_KEYS.stride * i, dst);
     });
-    return [w, k];
+    return [w, k, srcs];
   }
 
   // -- lifecycle --------------------------------------------------------------------------------
@@ -1970,6 +2013,7 @@ export abstract class NativeEngineBase extends EngineBase {
     // The worker has stopped and the provider is closed: nothing it held is read any more.
     for (const op of this.held.values()) op.letGo();
     this.held.clear();
+    for (const letGo of [...this.portDrains]) letGo();
     for (const p of this.regs.values())
       p.reject(new TrellisError('CLOSED', 'registerMemory: the engine was closed'));
     this.regs.clear();

@@ -22,7 +22,7 @@ import { CallSite, TrellisError } from '../errors.js';
 import type { FailoverOptions, FailoverStats, MrHandle } from '../types.js';
 import type { PendingOp } from './pending-op.js';
 import type { PartedRegion } from './region.js';
-import { immediatesOf, type Plan, type RunsPlan, type WorkRequest, workRequests } from './validate.js';
+import { immediatesOf, type Plan, type RunsPlan, show, type WorkRequest, workRequests } from './validate.js';
 
 /** First byte of a failover control message. @internal */
 export const FAILOVER_IMM = 0x46;
@@ -93,7 +93,7 @@ export class TwoPhaseWriter {
       if (!Number.isSafeInteger(v) || v < (k === 'maxErrors' ? 1 : 0))
         throw new TrellisError(
           'INVALID_ARGUMENT',
-          `createEngine: failover.${k} must be an integer >= ${k === 'maxErrors' ? 1 : 0}, got ${String(v)}`,
+          `createEngine: failover.${k} must be an integer >= ${k === 'maxErrors' ? 1 : 0}, got ${show(v)}`,
         );
     this.errors = Array.from({ length: host.nics }, () => []);
     this.downUntil = new Array(host.nics).fill(0);

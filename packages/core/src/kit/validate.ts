@@ -178,7 +178,8 @@ export function checkRange(op: string, what: string, offset: number, length: num
   }
 }
 
-function show(v: unknown): string {
+/** A value as an error message shows it: numbers as they are, strings quoted, objects by type. */
+export function show(v: unknown): string {
   if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return String(v);
   if (typeof v === 'string') return JSON.stringify(v.length > 20 ? `${v.slice(0, 20)}…` : v);
   return describe(v);

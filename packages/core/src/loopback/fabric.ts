@@ -3,6 +3,7 @@
 import { MAX_NICS, NetAddr } from '../addr.js';
 import { MrDesc } from '../desc.js';
 import { TrellisError } from '../errors.js';
+import { show } from '../kit/validate.js';
 import type { TransferEngine } from '../types.js';
 import { LoopbackEngine, type LoopbackEngineOptions, type LoopbackWire, type WireEvent } from './engine.js';
 import { Prng } from './prng.js';
@@ -103,7 +104,7 @@ export class FabricCore implements LoopbackFabric, FaultInjector, LoopbackWire {
     if (!Number.isInteger(nics) || nics < 1 || nics > MAX_NICS) {
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `createEngine: nics must be an integer in 1..${MAX_NICS}, got ${String(nics)}`,
+        `createEngine: nics must be an integer in 1..${MAX_NICS}, got ${show(nics)}`,
       );
     }
     const engineId = this.nextEngine++;
@@ -288,14 +289,14 @@ export function createLoopbackFabric(opts: LoopbackFabricOptions = {}): Loopback
   if (!Number.isInteger(nics) || nics < 1 || nics > MAX_NICS) {
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `createLoopbackFabric: nics must be an integer in 1..${MAX_NICS}, got ${String(nics)}`,
+      `createLoopbackFabric: nics must be an integer in 1..${MAX_NICS}, got ${show(nics)}`,
     );
   }
   const seed = opts.seed ?? 1;
   if (!Number.isInteger(seed))
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `createLoopbackFabric: seed must be an integer, got ${String(seed)}`,
+      `createLoopbackFabric: seed must be an integer, got ${show(seed)}`,
     );
   return new FabricCore(nics, seed, opts);
 }

@@ -174,6 +174,42 @@ export class HostRows {
   }
 }
 
+/** The immediate values host-driven instances count on each engine, while they are open. */
+const claimed = new WeakMap<TransferEngine, Set<number>>();
+
+/**
+ * Take an instance's four immediate values on `engine`: refused (INVALID_ARGUMENT) while another
+ * open host-driven instance counts one of them (each would take the other's arrivals). Arrivals
+ * already credited to them are dropped: an earlier instance's failed round can leave some, and
+ * the new instance must count only its own rounds'. Returns the release for close(). @internal
+ */
+export function claimImms(engine: TransferEngine, p: Protocol): () => void {
+  const values = [p.imm.route, p.imm.dispatch, p.imm.combine, p.imm.barrier];
+  let mine = claimed.get(engine);
+  if (!mine) {
+    mine = new Set();
+    claimed.set(engine, mine);
+  }
+  for (const v of values)
+    if (mine.has(v))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MoeAllToAll.create: immediate ${v} (immBase ${p.c.immBase}..${p.c.immBase + 3}) is counted by another open MoeAllToAll on this engine; give each instance its own four values, or close the other first`,
+      );
+  for (const v of values) {
+    mine.add(v);
+    const counter = engine.immCounter(v);
+    const stale = counter.value;
+    if (stale > 0) counter.take(stale);
+  }
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    for (const v of values) mine.delete(v);
+  };
+}
+
 /** Host memory registered for an instance: its region (peers write it) and its staging. @internal */
 export async function registerHost(
   engine: TransferEngine,
@@ -195,11 +231,34 @@ export class HostMode extends RegionMode {
   private readonly rows = new HostRows(this.p, this.mem, this.staging.length);
   private packAt: number[] = [];
   private pendingSends: Promise<void> | undefined;
+  /** Gives the instance's immediate values back (close). */
+  private release: () => void = () => {};
+  /**
+   * Aborted, with the error, when a write of this round fails: the round's waits for arrivals then
+   * fail with that error at once, not at `timeoutMs` (a new one each round).
+   */
+  private writeFailed = new AbortController();
 
   /** Host memory; the engine moves every row. */
   static async create(engine: TransferEngine, p: Protocol): Promise<HostMode> {
-    const { region, staging } = await registerHost(engine, p);
-    return new HostMode(engine, p, region, staging, new HostMem());
+    const release = claimImms(engine, p);
+    try {
+      const { region, staging } = await registerHost(engine, p);
+      const mode = new HostMode(engine, p, region, staging, new HostMem());
+      mode.release = release;
+      return mode;
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
+  override async close(): Promise<void> {
+    try {
+      await super.close();
+    } finally {
+      this.release();
+    }
   }
 
   /** Device memory registered with the engine (direct or staged); kernels pack, lay out and combine. */
@@ -210,12 +269,19 @@ export class HostMode extends RegionMode {
   ): Promise<HostMode> {
     const c = p.c;
     const W = c.worldSize;
-    const mem = new DeviceMem(device.ops, device.device, {
-      expertX: W * p.rowsMax * p.tokenBytes,
-      expertScales: c.scales ? W * p.rowsMax * p.scaleCount * 4 : 0,
-      out: c.maxTokensPerRank * c.hidden * 4,
-      headers: W * p.rowsMax * 8,
-    });
+    const release = claimImms(engine, p);
+    let mem: DeviceMem;
+    try {
+      mem = new DeviceMem(device.ops, device.device, {
+        expertX: W * p.rowsMax * p.tokenBytes,
+        expertScales: c.scales ? W * p.rowsMax * p.scaleCount * 4 : 0,
+        out: c.maxTokensPerRank * c.hidden * 4,
+        headers: W * p.rowsMax * 8,
+      });
+    } catch (e) {
+      release();
+      throw e;
+    }
     try {
       const size = Math.max(64, p.layout.size);
       const r = mem.allocRegistered(size);
@@ -227,9 +293,12 @@ export class HostMode extends RegionMode {
       const staging = await engine.registerMemory({
         cuda: { ptr: st, length: p.stagingSize, device: device.device },
       });
-      return new HostMode(engine, p, region, staging, mem);
+      const mode = new HostMode(engine, p, region, staging, mem);
+      mode.release = release;
+      return mode;
     } catch (e) {
       mem.free();
+      release();
       throw e;
     }
   }
@@ -246,9 +315,15 @@ export class HostMode extends RegionMode {
   private async arrivals(what: string, imm: number, n: number): Promise<void> {
     const c = this.p.c;
     const counter = this.engine.immCounter(imm);
+    const failed = this.writeFailed.signal;
     try {
-      await counter.wait(n, { timeoutMs: c.timeoutMs, signal: this.closing.signal });
+      await counter.wait(n, {
+        timeoutMs: c.timeoutMs,
+        signal: AbortSignal.any([this.closing.signal, failed]),
+      });
     } catch (e) {
+      // A write of the round failed: the phase fails with that error (the instance's failure).
+      if (failed.aborted && !this.closing.signal.aborted) throw failed.reason;
       if (e instanceof TrellisError && e.code === 'TIMEOUT')
         throw new TrellisError(
           'TIMEOUT',
@@ -293,8 +368,11 @@ export class HostMode extends RegionMode {
         timeoutMs,
       });
     }
+    const round = this.writeFailed;
     return posted.catch((e: unknown) => {
-      throw this.postFailed(e, `a write to rank ${d}`);
+      const err = this.postFailed(e, `a write to rank ${d}`);
+      if (!round.signal.aborted) round.abort(err);
+      throw err;
     });
   }
 
@@ -316,6 +394,7 @@ export class HostMode extends RegionMode {
     const packAt = this.rows.pack(x, r);
     this.packAt = packAt;
     p.rounds++;
+    this.writeFailed = new AbortController();
     const P = c.maxPrivateTokens;
     const routesAt = p.layout.routes + me * c.numExperts * 4;
     const posts: Promise<void>[] = [];

@@ -50,6 +50,14 @@ export abstract class RegionMode implements MoeMode {
       const [desc, ipc] = d.split(' ');
       return { desc: MrDesc.parse(desc!), ipc };
     });
+    const mine = this.region.desc.kind;
+    parts.forEach(({ desc }, r) => {
+      if (desc.kind !== mine)
+        throw new TrellisError(
+          'INVALID_DESCRIPTOR',
+          `MoeAllToAll.connect: descriptors[${r}] comes from a '${desc.kind}' engine but this rank's is a '${mine}' engine; every rank needs an engine of one kind`,
+        );
+    });
     this.mem.disconnect();
     this.peers = parts.map((p) => p.desc);
     this.paths = parts.map((p, r) => {

@@ -187,7 +187,7 @@ export const BATCH_CASES: readonly ConformanceCase[] = [
       }),
   },
   {
-    id: 'batch: an aborted signal settles every operation ABORTED, and per-request options win over the batch',
+    id: 'batch: an aborted signal settles every operation ABORTED, and per-request options win over the batch field by field',
     run: (ctx) =>
       withGroup(ctx, 2, async ({ engines: [a, b] }) => {
         const src = await source(a!, 4096, 8);
@@ -218,6 +218,15 @@ export const BATCH_CASES: readonly ConformanceCase[] = [
         });
         assert.equal(r2.failed, 0);
         await arrived;
+        // Field by field: a request with only a timeoutMs of its own still takes the batch's signal.
+        const r3 = await a!.submitBatch([{ kind: 'imm', dst: b!.address, imm: 43, timeoutMs: 10_000 }], {
+          signal: ac.signal,
+        });
+        assert.deepEqual(
+          r3.errors.map((e) => e?.code),
+          ['ABORTED'],
+        );
+        await assertNoExtra(b!, 43);
       }),
   },
   {

@@ -171,6 +171,8 @@ export const REACTION_CASES: readonly ConformanceCase[] = [
         assert.equal(c.value, 0);
         for (const bad of [-1, 1.5, Number.NaN, '1'])
           throws(() => c.take(bad as number), 'INVALID_ARGUMENT', `take(${String(bad)})`);
+        // A string is shown quoted: "got 1" would hide what was wrong.
+        assert.match(throws(() => c.take('1' as never), 'INVALID_ARGUMENT').message, /got "1"$/);
         await assertNoExtra(b!, imm);
       }),
   },

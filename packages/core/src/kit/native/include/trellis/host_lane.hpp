@@ -2,11 +2,13 @@
 // mappings, and a copy thread.
 //
 // A remote host region the engine allocates lives in a POSIX shared-memory object
-// (`/dev/shm/trellis-<pid>-<random>`), so a writer on the same host can map it and copy into it
-// with one memcpy instead of going through a provider (libfabric shm copies through its own
+// (`/dev/shm/trellis-<pid>-<random>-<dev>`), so a writer on the same host can map it and copy into
+// it with one memcpy instead of going through a provider (libfabric shm copies through its own
 // buffers or the kernel). The owner unlinks the name when the region is unregistered; a writer
 // that mapped it sees the link count drop to zero (fstat) and refuses to write there, as a NIC
-// refuses a stale key.
+// refuses a stale key. A writer that first looks after the unlink finds no such name: `<dev>`, the
+// owner's /dev/shm device, tells that apart from a writer that sees another /dev/shm (a container
+// of its own on the same host), which takes the provider instead.
 //
 // HostCopier: one thread per engine running memcpy jobs, in order within a queue (one per target
 // region), the queues taking turns a slice at a time; after each job it stores the job's sequence
@@ -23,8 +25,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <algorithm>
 #include <deque>
@@ -41,7 +45,7 @@ namespace trellis {
 // A shared-memory object created for a region: its name and mapping, and an fd held open with a
 // shared lock for as long as the region lives — the mark of a live owner (see shared_sweep).
 struct SharedAlloc {
-  std::string name;  // "/trellis-<pid>-<hex>", as shm_open takes it
+  std::string name;  // "/trellis-<pid>-<hex>-<dev hex>", as shm_open takes it
   void* addr = nullptr;
   size_t len = 0;
   int fd = -1;
@@ -68,12 +72,27 @@ inline void shared_sweep() {
   closedir(d);
 }
 
+// The device of the /dev/shm this process sees (0 where it has none).
+inline uint64_t shm_dir_dev() {
+  struct stat st {};
+  return stat("/dev/shm", &st) == 0 ? static_cast<uint64_t>(st.st_dev) : 0;
+}
+
+// The /dev/shm device a name was created on (its last field, hex), or 0 for a name without one.
+inline uint64_t shared_name_dev(const std::string& name) {
+  size_t dash = name.rfind('-');
+  // "/trellis-<pid>-<16 hex>-<dev>": three dashes; older names have two and no device.
+  if (dash == std::string::npos || std::count(name.begin(), name.end(), '-') != 3) return 0;
+  return std::strtoull(name.c_str() + dash + 1, nullptr, 16);
+}
+
 // Create and map a shared-memory object of `len` bytes (zeroed by the kernel); false with `err`.
 inline bool shared_alloc(size_t len, SharedAlloc* out, std::string* err) {
   static std::once_flag swept;
   std::call_once(swept, shared_sweep);
   char name[64];
-  std::snprintf(name, sizeof name, "/trellis-%d-%08x%08x", static_cast<int>(getpid()), random_u32(), random_u32());
+  std::snprintf(name, sizeof name, "/trellis-%d-%08x%08x-%llx", static_cast<int>(getpid()), random_u32(), random_u32(),
+                static_cast<unsigned long long>(shm_dir_dev()));
   int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) {
     *err = std::string("shm_open: ") + std::strerror(errno);
@@ -128,14 +147,20 @@ struct SharedMapping {
   }
 };
 
-inline bool shared_map(const std::string& name, SharedMapping* out, std::string* err) {
+// Map a same-host peer's region; false with `err`, and `*unlinked` set when the name is gone from
+// the very /dev/shm its owner created it on (the region was unregistered, or its owner exited).
+inline bool shared_map(const std::string& name, SharedMapping* out, std::string* err, bool* unlinked = nullptr) {
+  if (unlinked) *unlinked = false;
   if (name.size() < 2 || name[0] != '/' || name.find('/', 1) != std::string::npos) {
     *err = "not a shared-memory object name";
     return false;
   }
   int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
   if (fd < 0) {
-    *err = std::string("shm_open ") + name + ": " + std::strerror(errno);
+    int e = errno;
+    *err = std::string("shm_open ") + name + ": " + std::strerror(e);
+    uint64_t dev = shared_name_dev(name);
+    if (unlinked && e == ENOENT && dev != 0 && dev == shm_dir_dev()) *unlinked = true;
     return false;
   }
   struct stat st {};

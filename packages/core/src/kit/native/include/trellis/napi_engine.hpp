@@ -262,6 +262,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
                               W::InstanceMethod("setPortWindows", &W::SetPortWindows),
                               W::InstanceMethod("portStats", &W::PortStats),
                               W::InstanceMethod("closePort", &W::ClosePort),
+                              W::InstanceMethod("forgetPort", &W::ForgetPort),
                               W::InstanceMethod("failNic", &W::FailNic),
                               W::InstanceMethod("stallWorker", &W::StallWorker),
                           });
@@ -630,13 +631,17 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return info.Env().Undefined();
   }
 
-  // mapShared(name) → {id, base: bigint, length}: a same-host peer's region mapped here.
+  // mapShared(name) → {id, base: bigint, length}: a same-host peer's region mapped here. Throws
+  // an Error with `unlinked: true` where the name is gone from the /dev/shm it was created on.
   Napi::Value MapShared(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     SharedMapping m;
     std::string err;
-    if (!shared_map(info[0].As<Napi::String>().Utf8Value(), &m, &err)) {
-      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+    bool unlinked = false;
+    if (!shared_map(info[0].As<Napi::String>().Utf8Value(), &m, &err, &unlinked)) {
+      Napi::Error e = Napi::Error::New(env, err);
+      if (unlinked) e.Set("unlinked", Napi::Boolean::New(env, true));
+      e.ThrowAsJavaScriptException();
       return env.Undefined();
     }
     uint32_t id = next_mapping_++;
@@ -946,12 +951,18 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
     return a;
   }
 
-  // closePort(id): nothing posts through it afterwards; its immediates go back to JS counters.
+  // closePort(id): nothing posts through it afterwards; its immediates go back to JS counters. Its
+  // stats stay readable (the writes it posted still settle) until forgetPort(id).
   Napi::Value ClosePort(const Napi::CallbackInfo& info) {
     auto it = ports_.find(u32(info[0]));
     if (it == ports_.end()) return info.Env().Undefined();
     if (engine_) engine_->detach_port(it->second);
-    ports_.erase(it);
+    return info.Env().Undefined();
+  }
+
+  // forgetPort(id): a closed port's stats are no longer needed.
+  Napi::Value ForgetPort(const Napi::CallbackInfo& info) {
+    ports_.erase(u32(info[0]));
     return info.Env().Undefined();
   }
 
