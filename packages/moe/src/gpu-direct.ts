@@ -86,7 +86,7 @@ export class GpuDirect {
     if (!ops.direct || !ops.proxy || !ops.ipcExport || !ops.ipcImport)
       throw new TrellisError(
         'UNSUPPORTED',
-        'MoeAllToAll.create: gpuDriven needs device ops with direct kernels and CUDA IPC (cudaMoeOps() of @trellis/cuda)',
+        'MoeAllToAll.create: gpuDriven needs device ops with direct kernels and CUDA IPC (cudaMoeOps() of @trellis/moe)',
       );
     this.k = ops.direct;
     const W = l.worldSize;

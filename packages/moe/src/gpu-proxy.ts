@@ -46,7 +46,7 @@ export class GpuProxy {
     if (!ops.proxy)
       throw new TrellisError(
         'UNSUPPORTED',
-        'MoeAllToAll.create: these device ops have no proxy kernels (use cudaMoeOps() of @trellis/cuda)',
+        'MoeAllToAll.create: these device ops have no proxy kernels (use cudaMoeOps() of @trellis/moe)',
       );
     this.k = ops.proxy;
     this.region = this.k.allocMapped(Math.max(64, s.region));

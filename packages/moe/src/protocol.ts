@@ -10,12 +10,48 @@ import type { DispatchInput, MoeConfig, MoeDeviceOptions, MoeDType } from './typ
 /** Bytes per element. @internal */
 export const ELEM: Record<MoeDType, number> = { fp8: 1, bf16: 2, fp32: 4 };
 
+/** Every field of {@link MoeConfig}. @internal */
+export const CONFIG_KEYS: readonly (keyof MoeConfig)[] = [
+  'worldSize',
+  'rank',
+  'nodeSize',
+  'numExperts',
+  'topk',
+  'hidden',
+  'maxTokensPerRank',
+  'inDtype',
+  'outDtype',
+  'scales',
+  'scaleBlock',
+  'maxPrivateTokens',
+  'immBase',
+  'timeoutMs',
+  'proxy',
+  'proxySpinUs',
+];
+
+/**
+ * A key of `cfg` that is not in `known` (a misspelt option would otherwise be ignored and its
+ * default used): an INVALID_ARGUMENT naming it and the keys there are. @internal
+ */
+export function checkKeys(who: string, cfg: unknown, known: readonly string[]): void {
+  if (cfg === null || typeof cfg !== 'object')
+    throw new TrellisError('INVALID_ARGUMENT', `${who}: config must be an object, got ${show(cfg)}`);
+  for (const k of Object.keys(cfg))
+    if (!known.includes(k))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `${who}: ${show(k)} is not a config field (the fields: ${known.join(', ')})`,
+      );
+}
+
 /** `cfg` with defaults filled in, every field checked (a TrellisError naming the field). @internal */
 export function checkConfig(
   cfg: MoeConfig,
   device?: MoeDeviceOptions,
   who = 'MoeAllToAll.create',
 ): Required<MoeConfig> {
+  checkKeys(who, cfg, CONFIG_KEYS);
   const c: Required<MoeConfig> = {
     scales: false,
     scaleBlock: 128,

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import type { MoeDeviceOps, MoeStreamKernels } from './device.js';
-import { align, checkConfig, layoutOf, Protocol } from './protocol.js';
+import { align, CONFIG_KEYS, checkConfig, checkKeys, layoutOf, Protocol } from './protocol.js';
 import type { MoeConfig } from './types.js';
 
 /** What {@link MoeStream.create} takes: an {@link MoeConfig} whose ranks are all on one node. */
@@ -16,6 +16,11 @@ export type MoeStreamConfig = Omit<
   MoeConfig,
   'nodeSize' | 'maxPrivateTokens' | 'immBase' | 'proxy' | 'proxySpinUs'
 >;
+
+// nodeSize is taken where it equals worldSize (create checks).
+const NOT_STREAM: readonly string[] = ['maxPrivateTokens', 'immBase', 'proxy', 'proxySpinUs'];
+/** Every field of {@link MoeStreamConfig}. */
+const STREAM_KEYS = CONFIG_KEYS.filter((k) => !NOT_STREAM.includes(k));
 
 /** A CUDA stream: its `cudaStream_t` as a bigint, or an object with one (`CudaStream` of `@trellis/cuda`). */
 export type StreamHandle = bigint | { readonly handle: bigint };
@@ -129,6 +134,7 @@ export class MoeStream {
     /** The GPU this rank's buffers and kernels are on. */
     readonly device: number,
   ) {
+    checkKeys('MoeStream.create', cfg, STREAM_KEYS);
     const c = checkConfig(
       { ...cfg, nodeSize: cfg.worldSize },
       { ops, device, gpuDriven: true },

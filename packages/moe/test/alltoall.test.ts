@@ -116,6 +116,15 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
       expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 4, immBase }))).toBe(
         `INVALID_ARGUMENT: MoeAllToAll.create: immBase must be an integer in 0..4294967291 (the instance uses immBase..immBase+3; 4294967295 is the engines' heartbeat), got ${immBase}`,
       );
+    // A misspelt field is refused, not ignored for its default; so is a config that is no object.
+    expect(
+      await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 4, maxPrivateToken: 2 } as MoeConfig)),
+    ).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: "maxPrivateToken" is not a config field (the fields: worldSize, rank, nodeSize, numExperts, topk, hidden, maxTokensPerRank, inDtype, outDtype, scales, scaleBlock, maxPrivateTokens, immBase, timeoutMs, proxy, proxySpinUs)',
+    );
+    expect(await outcome(MoeAllToAll.create(e, null as unknown as MoeConfig))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: config must be an object, got null',
+    );
     const m = await MoeAllToAll.create(e, { ...cfg, numExperts: 4 });
     const m1 = await MoeAllToAll.create(fabric.createEngine(), { ...cfg, rank: 1, numExperts: 4 });
     for (const x of [m, m1]) x.connect([m.descriptor, m1.descriptor]);

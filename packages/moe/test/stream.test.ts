@@ -127,6 +127,19 @@ describe('MoeStream (host side, kernels recorded)', () => {
     expect(
       message(() => MoeStream.create({ ...CFG, nodeSize: 1 } as MoeStreamConfig, { ops, device: 0 })),
     ).toMatch(/every rank must be on this node/);
+    // Fields of MoeAllToAll only, and misspelt ones, are refused by name.
+    for (const [k, v] of [
+      ['proxy', true],
+      ['immBase', 0],
+      ['maxPrivateTokens', 4],
+      ['timeOutMs', 5],
+    ] as const)
+      expect(message(() => MoeStream.create({ ...CFG, [k]: v } as MoeStreamConfig, { ops, device: 0 }))).toBe(
+        `MoeStream.create: "${k}" is not a config field (the fields: worldSize, rank, nodeSize, numExperts, topk, hidden, maxTokensPerRank, inDtype, outDtype, scales, scaleBlock, timeoutMs)`,
+      );
+    const same = MoeStream.create({ ...CFG, nodeSize: CFG.worldSize } as MoeStreamConfig, { ops, device: 0 });
+    expect(same.config.nodeSize).toBe(CFG.worldSize);
+    same.close();
   });
 
   it('connects ranks of one process by pointer, others through CUDA IPC; refuses bad descriptors', () => {
