@@ -216,6 +216,16 @@ std::unique_ptr<FabricDomain> FabricDomain::open(const FabricOptions& opts, std:
   d->max_msg_ = d->info_->ep_attr->max_msg_size;
   d->queue_depth_ = d->info_->tx_attr ? static_cast<uint32_t>(std::min<size_t>(d->info_->tx_attr->size, 1u << 30)) : 0;
   d->zero_needs_byte_ = d->provider_ == "shm";
+  // Keys this domain asks for (providers that take requested keys: tcp and shm) start at a random
+  // value. tcp addresses are host:port and a restarted process can get its old ports back; with
+  // keys counted from 1 its regions had the keys of the old process's (and its sink the old
+  // sink's), so writes and immediates meant for the dead process landed in the new one. Now they
+  // are refused (REMOTE_ACCESS). Random high 32 bits, the low ones counted.
+  if (!(d->mr_mode_ & FI_MR_PROV_KEY) && d->info_->domain_attr->mr_key_size >= 8) {
+    uint64_t hi = 0;
+    while (!hi) hi = trellis::random_u32() & 0x7fffffffu;  // below 2^63: a signed reading stays positive
+    d->next_key_ = (hi << 32) | 1;
+  }
   // GPU memory registers directly only where the provider took FI_HMEM and a CUDA driver exists
   // (the fence below needs it); elsewhere CUDA regions are staged by the engine.
   d->hmem_ = (d->info_->caps & FI_HMEM) != 0 && fabric_has_cuda() && CudaDriver::get().ok;

@@ -2,7 +2,7 @@
 // processes, killed, paused and handed bad descriptors), plus large transfers and the heartbeat.
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { MrDesc } from '@trellis/core';
+import { MrDesc, NetAddr } from '@trellis/core';
 import {
   BAD_DESCRIPTOR_CASE,
   defineCrossProcessSuite,
@@ -349,4 +349,90 @@ describe('heartbeat', () => {
     }
     expect(engine.stats().ops.inFlight).toBe(0);
   }, 30_000);
+});
+
+/** The tcp endpoint (host:port, as the provider names it) of an address's first NIC. */
+function endpoint(a: NetAddr): string {
+  const nic = a.nics[0]!;
+  return Buffer.from(nic.subarray(2, 2 + (nic[0]! | (nic[1]! << 8)))).toString('hex');
+}
+
+describe('a process restarted on the same tcp port', () => {
+  // tcp addresses are host:port; a restarted process given its old port (here: a range of two
+  // ports, as FI_TCP_PORT_LOW_RANGE/HIGH_RANGE pin them) answers at the old address. Region and
+  // sink keys counted from 1 made the old process's descriptors and address valid in the new one:
+  // writes and immediates meant for the dead process landed in it, resolving OK. Keys now start at
+  // a random value per domain, so the new process refuses them.
+  for (const lane of [false, true])
+    it(`writes and immediates meant for the dead process are refused, none lands in the new one (sameHostLane ${lane})`, async () => {
+      const engine = await createEngine({ provider: 'tcp', nics: 1, opTimeoutMs: 5000, sameHostLane: lane });
+      const low = 20_000 + Math.floor(Math.random() * 20_000) * 2;
+      const env = { low: process.env.FI_TCP_PORT_LOW_RANGE, high: process.env.FI_TCP_PORT_HIGH_RANGE };
+      process.env.FI_TCP_PORT_LOW_RANGE = String(low);
+      process.env.FI_TCP_PORT_HIGH_RANGE = String(low + 1);
+      const peers: PeerProcess[] = [];
+      cleanup.push(async () => {
+        for (const p of peers) await p.stop();
+        await engine.close();
+      });
+      try {
+        const options = { provider: 'tcp', nics: 1, sameHostLane: lane };
+        const old = await PeerProcess.start(engineModule, options);
+        peers.push(old);
+        const dst = MrDesc.parse(
+          (await old.call<{ desc: string }>('register', { name: 'r', size: 4096, remote: true })).desc,
+        );
+        const src = await engine.registerMemory(4096);
+        fill(src.buffer!, 5);
+        await engine.submitSingleWrite({ src, length: 4096, dst, imm: 5 });
+        await engine.submitImm({ dst: dst.owner, imm: 6 });
+        expect((await old.call<{ total: number }>('wait', { imm: 5, n: 1, timeoutMs: 5000 })).total).toBe(1);
+        expect((await old.call<{ total: number }>('wait', { imm: 6, n: 1, timeoutMs: 5000 })).total).toBe(1);
+        old.kill();
+        await old.exited;
+        // The case needs the port back: the new process's tcp endpoint (host:port) is the old one's
+        // (of the two ports, the provider may take the other: start again until it has the old).
+        let reborn = await PeerProcess.start(engineModule, options);
+        peers.push(reborn);
+        for (let i = 0; i < 10 && endpoint(NetAddr.parse(reborn.address)) !== endpoint(dst.owner); i++) {
+          await reborn.stop();
+          reborn = await PeerProcess.start(engineModule, options);
+          peers.push(reborn);
+        }
+        expect(endpoint(NetAddr.parse(reborn.address))).toBe(endpoint(dst.owner));
+        // Its address differs in its sink's key: a new peer to this engine.
+        expect(NetAddr.parse(reborn.address).samePeer(dst.owner)).toBe(false);
+        const { sha256: before } = await (async () => {
+          await reborn.call('register', { name: 'r', size: 4096, remote: true, seed: 9 });
+          return reborn.call<{ sha256: string }>('sha256', { name: 'r' });
+        })();
+        const outcome = (p: Promise<unknown>) =>
+          p.then(
+            () => 'resolved',
+            (e: { code: string }) => e.code,
+          );
+        // The immediate first: with the lane on, the write would find the old region gone and
+        // lose the peer before the immediate reached the provider.
+        const imm = await outcome(engine.submitImm({ dst: dst.owner, imm: 6 }));
+        const write = await outcome(engine.submitSingleWrite({ src, length: 4096, dst, imm: 5 }));
+        // Refused by the new process (a key it never gave out) or, once that is known, the peer lost.
+        for (const c of [write, imm]) expect(['REMOTE_ACCESS', 'CONNECTION_RESET', 'PEER_LOST']).toContain(c);
+        // Nothing landed: the new process's bytes and counts are as it made them.
+        expect((await reborn.call<{ sha256: string }>('sha256', { name: 'r' })).sha256).toBe(before);
+        expect((await reborn.call<{ total: number }>('wait', { imm: 5, n: 0, timeoutMs: 100 })).total).toBe(
+          0,
+        );
+        expect((await reborn.call<{ total: number }>('wait', { imm: 6, n: 0, timeoutMs: 100 })).total).toBe(
+          0,
+        );
+        expect(engine.stats().ops.inFlight).toBe(0);
+      } finally {
+        for (const [k, v] of [
+          ['FI_TCP_PORT_LOW_RANGE', env.low],
+          ['FI_TCP_PORT_HIGH_RANGE', env.high],
+        ] as const)
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+      }
+    }, 30_000);
 });

@@ -110,6 +110,31 @@ describe('backend-efa: providers and options', () => {
     expect(await code(createEngine({ provider: 'shm', busyPollUs: -50 }))).toBe(
       'INVALID_ARGUMENT: createEngine: busyPollUs must be an integer >= 0, got -50',
     );
+    // Limits: a part size of 0 looped registerMemory forever; a 1 GB message size allocated
+    // receive buffers until the process died; a negative one was taken.
+    const limits = (l: unknown) => code(createEngine({ provider: 'tcp', limits: l as never }));
+    expect(await limits({ maxMrBytes: 0 })).toBe(
+      'INVALID_ARGUMENT: createEngine: limits.maxMrBytes must be an integer in 4096..9007199254740991, got 0',
+    );
+    expect(await limits({ maxMrBytes: -5 })).toMatch(/^INVALID_ARGUMENT: createEngine: limits\.maxMrBytes /);
+    expect(await limits({ maxMessageBytes: 1e9 })).toBe(
+      'INVALID_ARGUMENT: createEngine: limits.maxMessageBytes must be an integer in 1..4194304, got 1000000000',
+    );
+    expect(await limits({ maxMessageBytes: -5 })).toMatch(
+      /^INVALID_ARGUMENT: createEngine: limits\.maxMessageBytes /,
+    );
+    expect(await limits({ maxRegionBytes: 1.5 })).toBe(
+      'INVALID_ARGUMENT: createEngine: limits.maxRegionBytes must be an integer in 1..9007199254740991, got 1.5',
+    );
+    expect(await limits({ maxMsgBytes: 100 })).toBe(
+      'INVALID_ARGUMENT: createEngine: limits has no field "maxMsgBytes" (it takes maxMessageBytes, maxRegionBytes, maxMrBytes)',
+    );
+    expect(await limits(5)).toBe('INVALID_ARGUMENT: createEngine: limits must be an object, got 5');
+    // The bounds themselves are taken.
+    const e = await createEngine({ provider: 'tcp', limits: { maxMessageBytes: 4 << 20, maxMrBytes: 4096 } });
+    expect(e.limits.maxMessageBytes).toBe(4 << 20);
+    expect(e.limits.maxMrBytes).toBe(4096);
+    await e.close();
   });
 
   it('busy polling (busyPollUs): batches taken by polls while something is awaited, no turns once nothing is; 0 turns it off', async () => {

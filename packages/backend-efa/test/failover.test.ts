@@ -82,7 +82,10 @@ describe('NIC failover on backend-efa (tcp, 2 NICs)', () => {
     const [a, b] = await pair(false);
     const src = await a.registerMemory(1 << 20);
     const dst = await b.registerMemory(1 << 20, { remote: true });
+    expect(a.stats().nics.map((n) => n.up)).toEqual([true, true]);
     a.failNic(1);
+    // stats say so (they said up: true while every operation on it failed).
+    expect(a.stats().nics.map((n) => n.up)).toEqual([true, false]);
     const e = await rejects(
       a.submitImm({ dst: b.address, imm: 7, nic: 1 }),
       'NIC_FAILED',

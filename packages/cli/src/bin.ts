@@ -153,8 +153,9 @@ const commands: Record<string, Command> = {
        trellis demo --loopback [--nics N] [--seed S]
 
   A cluster of processes on this machine over libfabric: a transfer sweep, KV streaming, a weight
-  sync and an MoE round, each verified byte for byte. --loopback runs every transfer kind between
-  two engines of the in-process loopback fabric instead (no libfabric needed).
+  sync and an MoE round, each verified byte for byte. --loopback runs every transfer kind — single,
+  paged, scatter, barrier, immediate, a batch and prepared writes — between two engines of the
+  in-process loopback fabric instead (no libfabric needed).
 
   --provider shm|tcp   the libfabric provider (default shm where it offers RMA, else tcp)
   --loopback           the loopback fabric
@@ -429,7 +430,7 @@ const commands: Record<string, Command> = {
       out(
         `${r.seconds} s, ${r.procs} processes over ${r.provider}: ${t.submitted} operations, ${t.settled} settled, ${t.lost} lost; ` +
           `${mb(t.bytesWritten)} written, ${mb(t.verifiedBytes)} verified, ${t.mismatches} mismatches; ` +
-          `faults injected: ${t.faultsInjected} (${r.kills} processes killed, ${t.forged} forged descriptors, ${t.forgedRefused} refused, ${t.forgedAccepted} accepted); ` +
+          `faults injected: ${t.faultsInjected} (${r.kills} processes killed, ${t.forged} forged descriptors, ${t.forgedRefused} refused, ${t.forgedAccepted} accepted${forgedRest(t.forgedOutcomes)}); ` +
           `crashes: ${r.crashes}; errors between healthy peers: ${t.healthyErrors}\n`,
       );
       for (const line of t.healthySamples) out(`  healthy-pair error: ${line}\n`);
@@ -565,3 +566,9 @@ main(process.argv.slice(2), debug).then(
     process.exit(1);
   },
 );
+
+/** The forged writes neither refused (REMOTE_ACCESS) nor accepted (OK), by how they settled. */
+function forgedRest(outcomes: Record<string, number>): string {
+  const rest = Object.entries(outcomes).filter(([k]) => k !== 'REMOTE_ACCESS' && k !== 'OK');
+  return rest.length ? `, ${rest.map(([k, n]) => `${n} ${k}`).join(', ')}` : '';
+}

@@ -154,6 +154,94 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoRow[]> {
       () => decode.immCounter(4).total === 1,
       1,
     );
+    // 6. an immediate alone
+    await step(
+      'immediate',
+      5,
+      0,
+      () => prefill.submitImm({ dst: decode.address, imm: 5 }),
+      () => decode.immCounter(5).total === 1,
+      1,
+    );
+
+    // 7. a batch: 16 single writes of 4 KiB, one paged write of 8 pages and an immediate, one call
+    fill(src.buffer!, 11);
+    const k4 = 4096;
+    const batch = [
+      ...Array.from({ length: 16 }, (_, i) => ({
+        kind: 'single' as const,
+        src,
+        srcOffset: i * k4,
+        length: k4,
+        dst: desc,
+        dstOffset: (15 - i) * k4,
+        imm: 6,
+      })),
+      {
+        kind: 'paged' as const,
+        src,
+        srcPages: Uint32Array.from({ length: 8 }, (_, i) => 16 + i),
+        srcStride: k4,
+        dst: desc,
+        dstPages: Uint32Array.from({ length: 8 }, (_, i) => 32 + 7 - i),
+        dstStride: k4,
+        pageBytes: k4,
+        imm: 6,
+      },
+      { kind: 'imm' as const, dst: decode.address, imm: 6 },
+    ];
+    await step(
+      'batch: 16 x 4 KiB + 8 pages + imm',
+      6,
+      24 * k4,
+      async () => {
+        const r = await prefill.submitBatch(batch);
+        if (r.failed) throw r.errors.find((e) => e !== undefined);
+      },
+      () =>
+        Array.from({ length: 16 }, (_, i) => i).every((i) =>
+          same(
+            src.buffer!.subarray(i * k4, (i + 1) * k4),
+            dst.buffer!.subarray((15 - i) * k4, (16 - i) * k4),
+          ),
+        ) &&
+        Array.from({ length: 8 }, (_, i) => i).every((i) =>
+          same(
+            src.buffer!.subarray((16 + i) * k4, (17 + i) * k4),
+            dst.buffer!.subarray((39 - i) * k4, (40 - i) * k4),
+          ),
+        ),
+      batch.reduce((n, r) => n + prefill.expectedImms(r), 0),
+    );
+
+    // 8. prepared writes: validated once, posted twice with new offsets (32 x 4 KiB each)
+    fill(src.buffer!, 13);
+    const prepared = prefill.prepareWrites({ src, dst: desc, imm: 7 });
+    // [srcOffset, dstOffset, length] per write: write i of a post at `base` lands reversed.
+    const offsets = (base: number) =>
+      Float64Array.from({ length: 96 }, (_, j) => {
+        const i = Math.floor(j / 3);
+        return [base + i * k4, base + (31 - i) * k4, k4][j % 3]!;
+      });
+    await step(
+      'prepared writes 2 posts x 32 x 4 KiB',
+      7,
+      64 * k4,
+      async () => {
+        await prepared.post(offsets(0));
+        await prepared.post(offsets(64 * k4));
+      },
+      () =>
+        [0, 64 * k4].every((base) =>
+          Array.from({ length: 32 }, (_, i) => i).every((i) =>
+            same(
+              src.buffer!.subarray(base + i * k4, base + (i + 1) * k4),
+              dst.buffer!.subarray(base + (31 - i) * k4, base + (32 - i) * k4),
+            ),
+          ),
+        ),
+      64,
+    );
     log(`lanes used between the engines: ${lanes}`);
     const stats = prefill.stats();
     log(

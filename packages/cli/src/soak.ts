@@ -97,6 +97,11 @@ export interface SoakReport {
      * connection under it — or, around kills, PEER_LOST or TIMEOUT.)
      */
     forgedAccepted: number;
+    /**
+     * How every forged write settled, by code (`OK` = accepted), plus `cut off by a kill` for those
+     * whose process was killed before they settled. Sums to `forged`.
+     */
+    forgedOutcomes: Record<string, number>;
     /** Errors no injected fault explains: between healthy peers (must be 0). */
     healthyErrors: number;
     /** The first few of them, as text. */
@@ -270,6 +275,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
     let forgedAll = 0;
     let refusedAll = 0;
     let acceptedAll = 0;
+    const forgedEnds: Record<string, number> = {};
     for (const { rank, path } of forgeLogs) {
       const ends = new Map<string, number>();
       const lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
@@ -279,6 +285,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
         if (!b) forgedAll++;
         if (code === 'REMOTE_ACCESS') refusedAll++;
         if (code === 'OK') acceptedAll++;
+        if (b && code) forgedEnds[code] = (forgedEnds[code] ?? 0) + 1;
       }
       for (const l of lines) {
         const [a, q, b] = l.split(' ');
@@ -324,6 +331,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
         forged: forgedAll,
         forgedRefused: refusedAll,
         forgedAccepted: acceptedAll,
+        forgedOutcomes: withCutOff(forgedEnds, forgedAll),
         healthyErrors: healthy.length,
         healthySamples: healthy.slice(0, 10),
       },
@@ -345,4 +353,10 @@ function unlinkShared(pid: number | undefined): void {
     return;
   }
   for (const n of names) if (n.startsWith(`trellis-${pid}-`)) rmSync(join('/dev/shm', n), { force: true });
+}
+
+/** `ends` (how forged writes settled, by code) plus those that never settled, cut off by a kill. */
+function withCutOff(ends: Record<string, number>, forged: number): Record<string, number> {
+  const cut = forged - Object.values(ends).reduce((a, b) => a + b, 0);
+  return cut > 0 ? { ...ends, 'cut off by a kill': cut } : { ...ends };
 }

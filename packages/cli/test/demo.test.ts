@@ -12,10 +12,18 @@ describe('trellis demo (loopback)', () => {
         'paged writes 512 x 4 KiB',
         'scatter 4 x 1 MiB (by bytes)',
         'barrier',
+        'immediate',
+        'batch: 16 x 4 KiB + 8 pages + imm',
+        'prepared writes 2 posts x 32 x 4 KiB',
       ]);
       expect(rows.every((r) => r.verified)).toBe(true);
       expect(rows[1]!.imms).toBe(512);
       expect(rows[3]!.imms).toBe(1);
+      expect(rows[4]!.imms).toBe(1);
+      // 16 unsharded singles, 8 pages, 1 immediate; 64 prepared writes.
+      expect(rows[5]!.imms).toBe(25);
+      expect(rows[6]!.imms).toBe(64);
+      expect(rows.map((r) => r.bytes)).toEqual([8 << 20, 512 * 4096, 4 << 20, 0, 0, 24 * 4096, 64 * 4096]);
       expect(rows[0]!.imms).toBe(nics);
       expect(lines.some((l) => l.startsWith('handshake:'))).toBe(true);
     });

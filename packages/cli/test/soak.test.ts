@@ -48,6 +48,13 @@ describe('trellis soak (short)', () => {
     expect(r.totals.forgedRefused).toBeGreaterThan(0);
     expect(r.totals.forgedRefused).toBeLessThanOrEqual(r.totals.forged);
     expect(r.totals.forgedAccepted).toBe(0);
+    // Every forgery is accounted for: by how it settled, or cut off by its process's kill.
+    expect(Object.values(r.totals.forgedOutcomes).reduce((a, b) => a + b, 0)).toBe(r.totals.forged);
+    expect(r.totals.forgedOutcomes.REMOTE_ACCESS).toBe(r.totals.forgedRefused);
+    for (const code of Object.keys(r.totals.forgedOutcomes))
+      expect(['REMOTE_ACCESS', 'PEER_LOST', 'CONNECTION_RESET', 'TIMEOUT', 'cut off by a kill']).toContain(
+        code,
+      );
     expect(r.processes.map((p) => p.rank).sort()).toEqual([0, 1, 2]);
     expect(r.processes.some((p) => p.generation >= 3)).toBe(true);
   }, 60_000);
@@ -67,6 +74,8 @@ describe('trellis soak (short)', () => {
     for (const p of r.processes)
       for (const code of Object.keys(p.forgedOutcomes))
         expect(['REMOTE_ACCESS', 'CONNECTION_RESET']).toContain(code);
+    expect(Object.values(r.totals.forgedOutcomes).reduce((a, b) => a + b, 0)).toBe(r.totals.forged);
+    expect(r.totals.forgedOutcomes['cut off by a kill']).toBeUndefined();
     expect(r.totals.outcomes.PEER_LOST).toBeUndefined();
     expect(r.totals.healthySamples).toEqual([]);
   }, 60_000);

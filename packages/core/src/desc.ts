@@ -211,9 +211,16 @@ export class MrDesc {
 
   /**
    * Part `p` of a region registered in parts, as a descriptor of its own (offset 0 = the part's
-   * first byte); the region itself when it has one part.
+   * first byte); the region itself when it has one part (`p` 0). `INVALID_ARGUMENT` for a `p`
+   * that is not an integer below the part count.
    */
   part(p: number): MrDesc {
+    const n = this.parts ? this.parts.keys.length + 1 : 1;
+    if (!Number.isSafeInteger(p) || p < 0 || p >= n)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `MrDesc.part: p must be an integer in 0..${n - 1} (the region has ${n} part${n === 1 ? '' : 's'}), got ${typeof p === 'number' ? p : JSON.stringify(p)}`,
+      );
     if (!this.parts) return this;
     const b = this.parts.bytes;
     return new MrDesc(

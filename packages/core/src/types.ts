@@ -532,7 +532,12 @@ export interface NicStats {
   path: 'host' | 'direct' | 'staged';
   /** The device behind the NIC where the backend names one, e.g. `mlx5_0 port 1, RoCE v2 GID 3, MTU 4096`. */
   device?: string;
+  /** False once the NIC was torn down (`failNic`) or, with failover, marked down. */
   up: boolean;
+  /**
+   * Bytes this engine wrote through the NIC's provider. Writes that took the same-host lane
+   * count in `writeOps` but not here: their bytes are in `stats().hostLane.bytes` (or `gpu.laneBytes`).
+   */
   bytesWritten: number;
   writeOps: number;
   bytesSent: number;
@@ -728,15 +733,20 @@ export interface GpuStats {
 
 /** Static limits of an engine. */
 export interface EngineLimits {
-  /** Largest two-sided message. */
+  /**
+   * Largest two-sided message: 1 to 4 MiB (default 64 KiB). Native engines keep receive buffers of
+   * this size posted (64 on the first NIC, 8 on each other), so memory grows with it.
+   */
   maxMessageBytes: number;
-  /** Largest region `registerMemory` accepts. */
+  /** Largest region `registerMemory` accepts (an integer >= 1; default no limit). */
   maxRegionBytes: number;
   /**
    * Largest region the provider registers at once. A host region above it is registered
    * transparently in parts of this size: its descriptor lists every part's keys (`MrDesc.parts`),
    * and writes to or from it are cut at part boundaries, their immediates raised once the data is
-   * delivered (one per original work request, so receivers count as always). Default: no limit.
+   * delivered (one per original work request, so receivers count as always). At least 4096.
+   * Default: no limit. `createEngine` refuses a field out of range, or one not listed here, with
+   * `INVALID_ARGUMENT`.
    */
   maxMrBytes: number;
 }

@@ -10,6 +10,7 @@ import {
   type MrHandle,
   Prng,
   type TransferEngine,
+  type TrellisError,
 } from '../src/index.js';
 
 const M = 64 * 1024;
@@ -41,6 +42,25 @@ describe('regions registered in parts (loopback, maxMrBytes 64 KiB)', () => {
     expect(MrDesc.parse(d.toString()).equals(d)).toBe(true);
     expect([0, 1, 2, 3, 4, 5].map((p) => d.part(p).length)).toEqual([M, M, M, M, M, 17]);
     expect(new Set([0, 1, 2, 3, 4, 5].map((p) => d.part(p).nics[0]!.rkey)).size).toBe(6);
+    // A part that is not there is refused by name (6 and 1.5 threw a TypeError; '1' was taken).
+    for (const [p, shown] of [
+      [6, '6'],
+      [1.5, '1.5'],
+      [-1, '-1'],
+      ['1', '"1"'],
+    ] as const) {
+      const e = (() => {
+        try {
+          d.part(p as number);
+        } catch (x) {
+          return x as TrellisError;
+        }
+      })();
+      expect(e?.code).toBe('INVALID_ARGUMENT');
+      expect(e?.message).toBe(
+        `MrDesc.part: p must be an integer in 0..5 (the region has 6 parts), got ${shown}`,
+      );
+    }
     expect(a.stats().regions).toBe(1);
     const local = await a.registerMemory(3 * M);
     expect(local.desc.remote).toBe(false);

@@ -278,11 +278,19 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
     port_->settled(port_->self, &failed);
     if (!failed) return false;
     char buf[512];
-    port_->error(port_->self, buf, sizeof buf);
+    buf[0] = 0;
+    // error() returns 1 + the window of the first failed post: windows go kWins per peer, in rank
+    // order without this rank (Window()), so the rank written to is known.
+    const int w = port_->error(port_->self, buf, sizeof buf);
+    std::string to;
+    if (w > 0) {
+      const uint32_t i = uint32_t(w - 1) / kWins;
+      to = " to rank " + std::to_string(i < cfg_.me ? i : i + 1);
+    }
     std::string s(buf);
     auto colon = s.find(": ");
     *fail = {colon == std::string::npos ? "PROVIDER_ERROR" : s.substr(0, colon),
-             "a write of the round failed: " + (colon == std::string::npos ? s : s.substr(colon + 2))};
+             "a write of the round" + to + " failed: " + (colon == std::string::npos ? s : s.substr(colon + 2))};
     return true;
   }
 

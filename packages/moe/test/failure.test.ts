@@ -90,26 +90,36 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
       for (const m of again) await m.close();
     });
 
-  it('host mode: a write of the round that fails fails the pending phase at once with that error, not at timeoutMs', async () => {
-    const cfg = { ...base, timeoutMs: 20_000, rank: 0 };
-    const moes = await world(cfg, 'shm');
-    await exactRound(moes, cfg, 51);
-    const ins = syntheticInputs(cfg, 52, 'random');
-    const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
-    const outs = res.map((d) => syntheticExpert(cfg, d!));
-    // Rank 2's engine goes: writes to it are refused (PEER_LOST) as the others combine.
-    await engines[2]!.close();
-    const t0 = performance.now();
-    const failed = await Promise.all(
-      [0, 1].map((r) => rejects(moes[r]!.combine({ expertOut: outs[r]! }), 'PEER_LOST', `rank ${r} combine`)),
-    );
-    expect(performance.now() - t0).toBeLessThan(cfg.timeoutMs);
-    for (const [r, e] of failed.entries()) {
-      expect(e).toBe(moes[r]!.failure);
-      expect(e.message).toMatch(/^MoeAllToAll \(host, round 2\): a write to rank 2 failed: /);
-    }
-    for (const m of moes) await m.close();
-  });
+  for (const proxy of [false, true])
+    it(`a write of the round that fails fails the pending phase at once with that error, naming the rank written to, not at timeoutMs (proxy ${proxy})`, async () => {
+      const cfg = { ...base, timeoutMs: 20_000, proxy, rank: 0 };
+      // Engine deadline 1.5 s, phase deadline 20 s.
+      const moes = await world(cfg, 'shm', 1500);
+      await exactRound(moes, cfg, 51);
+      const ins = syntheticInputs(cfg, 52, 'random');
+      const res = await Promise.all(moes.map((m, r) => m.dispatch(ins[r])));
+      const outs = res.map((d) => syntheticExpert(cfg, d!));
+      // Rank 2's engine goes as the others combine. Host mode: the engines see that an engine of this
+      // process closed and refuse writes to it (PEER_LOST). The proxy posts through its port to the
+      // provider, where libfabric 1.17 shm never completes them: they fail at the engine deadline
+      // (TIMEOUT) — as any write to a peer that died without the engine learning it.
+      await engines[2]!.close();
+      const t0 = performance.now();
+      const code = proxy ? 'TIMEOUT' : 'PEER_LOST';
+      const failed = await Promise.all(
+        [0, 1].map((r) => rejects(moes[r]!.combine({ expertOut: outs[r]! }), code, `rank ${r} combine`)),
+      );
+      expect(performance.now() - t0).toBeLessThan(cfg.timeoutMs);
+      for (const [r, e] of failed.entries()) {
+        expect(e).toBe(moes[r]!.failure);
+        expect(e.message).toMatch(
+          proxy
+            ? /\(native proxy, round 2\): a write of the round to rank 2 failed: /
+            : /^MoeAllToAll \(host, round 2\): a write to rank 2 failed: /,
+        );
+      }
+      for (const m of moes) await m.close();
+    });
 
   it('two open instances on one engine may not share an immediate value; closed, the values are free again', async () => {
     const cfg = { ...base, worldSize: 2, numExperts: 4, rank: 0 };

@@ -20,17 +20,17 @@ afterEach(async () => {
   engines = [];
 });
 
-/** One engine and one instance per rank of `cfg`, not connected yet. */
-export async function ranks(cfg: Omit<MoeConfig, 'rank'>, provider: 'shm' | 'tcp') {
+/** One engine (`opTimeoutMs` its deadline) and one instance per rank of `cfg`, not connected yet. */
+export async function ranks(cfg: Omit<MoeConfig, 'rank'>, provider: 'shm' | 'tcp', opTimeoutMs = 10_000) {
   engines = await Promise.all(
-    Array.from({ length: cfg.worldSize }, () => createEngine({ provider, nics: 1, opTimeoutMs: 10_000 })),
+    Array.from({ length: cfg.worldSize }, () => createEngine({ provider, nics: 1, opTimeoutMs })),
   );
   return Promise.all(engines.map((e, rank) => MoeAllToAll.create(e, { ...cfg, rank })));
 }
 
 /** {@link ranks}, each connected to all. */
-export async function world(cfg: Omit<MoeConfig, 'rank'>, provider: 'shm' | 'tcp') {
-  const moes = await ranks(cfg, provider);
+export async function world(cfg: Omit<MoeConfig, 'rank'>, provider: 'shm' | 'tcp', opTimeoutMs?: number) {
+  const moes = await ranks(cfg, provider, opTimeoutMs);
   for (const m of moes) m.connect(moes.map((x) => x.descriptor));
   return moes;
 }

@@ -71,7 +71,10 @@ export interface WeightSyncPlan {
 export interface PlanOptions {
   /** NICs per trainer rank to spread its writes over. Default 1. */
   senderNics?: number;
-  /** Split writes into pieces of at most this many source bytes (whole rows). Default 4 MiB. */
+  /**
+   * Split writes into pieces of at most this many source bytes, in whole rows: a row is never
+   * split, so a row larger than this travels as one write of that row. Default 4 MiB.
+   */
   maxOpBytes?: number;
 }
 
@@ -151,6 +154,10 @@ export function planWeightSync(
     if (!p) bad(`the trainer layout has no placement for '${t.name}'`);
     checkPlacement(`trainer placement of '${t.name}'`, p, trainer.ranks, dims[i]!.rows, dims[i]!.cols);
   }
+  // A placement of a tensor the model does not have is a misspelt name (its tensor would be left
+  // at the default a caller thinks it overrode): refused.
+  for (const name of Object.keys(trainer.placements))
+    if (!byName.has(name)) bad(`the trainer layout places '${name}', which is not a model tensor`);
 
   // Inference tensors, resolved.
   const inf = inference.tensors.map((spec, k) => {

@@ -391,6 +391,11 @@ export class WeightSyncSender {
   private readonly immBase: number;
   private readonly iota = new Map<number, Uint32Array>();
   private busy = false;
+  /**
+   * Set while writes of a failed step may still be posted (a hung inference rank holds them until
+   * the engine deadline): they read staging, so the next step stages nothing before it settles.
+   */
+  private drain: Promise<void> | undefined;
 
   private constructor(
     private readonly engine: TransferEngine,
@@ -604,11 +609,15 @@ export class WeightSyncSender {
     const inflight = new Set<Promise<void>>();
     let barrier = false;
     const left = () => (deadline === undefined ? undefined : Math.max(1, deadline - performance.now()));
+    const stopped = new Promise<void>((resolve) =>
+      abort.signal.addEventListener('abort', () => resolve(), { once: true }),
+    );
     try {
       req.signal?.addEventListener('abort', onAbort, { once: true });
+      if (this.drain) await this.waitDrain(deadline, abort.signal);
       for (const op of this.ops) {
         if (failure) break;
-        if (req.signal?.aborted) throw new TrellisError('ABORTED', `weight sync step ${req.step}: aborted`);
+        if (req.signal?.aborted) throw new TrellisError('ABORTED', 'aborted by its signal');
         const slot = await this.acquire(deadline, abort.signal);
         if (failure) {
           this.release(slot);
@@ -641,19 +650,34 @@ export class WeightSyncSender {
         });
         inflight.add(tracked);
       }
-      await Promise.all(inflight);
+      // Until every write settles — or one fails, or the caller aborts: writes posted to a hung rank
+      // settle only at the engine deadline once aborted, and the step does not wait for them (the
+      // next one does, before it stages anything: see `drain`).
+      await Promise.race([Promise.all(inflight), stopped]);
       if (failure) throw failure;
+      if (abort.signal.aborted) throw new TrellisError('ABORTED', 'aborted by its signal');
       ms.rdma = firstWrite ? lastDone - firstWrite : 0;
       const b0 = performance.now();
       barrier = true;
       // Every inference rank counts one barrier per trainer, whether or not this rank wrote to it.
-      await this.engine.submitBarrier({
+      const sent = this.engine.submitBarrier({
         group: this.group,
         imm: stepImm(this.immBase, req.step),
         timeoutMs: left(),
         signal: abort.signal,
         spread: true,
       });
+      const tracked = sent.then(
+        () => {},
+        (e: unknown) => {
+          failure ??= e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e));
+          abort.abort();
+        },
+      );
+      inflight.add(tracked);
+      await Promise.race([tracked, stopped]);
+      if (failure) throw failure;
+      if (abort.signal.aborted) throw new TrellisError('ABORTED', 'aborted by its signal');
       ms.barrier = performance.now() - b0;
     } catch (e) {
       // The first failed write is the cause, else what threw here (the deadline while waiting for
@@ -662,10 +686,18 @@ export class WeightSyncSender {
       // Its barrier may have reached some inference ranks, which then serve this version.
       if (barrier) this.mayServe?.add(req.version);
       abort.abort();
-      await Promise.allSettled(inflight);
-      // A write that timed out may still be posted and reading its staging slot: the slots are
-      // reused by the next step only once the engine has let go of everything sent to the targets.
-      await Promise.allSettled(this.targetPeers.map((p) => this.engine.quiesce(p)));
+      // A write that failed or was cut off may still be posted and reading its staging slot (a
+      // hung rank's provider holds it until the engine deadline): the next step stages nothing
+      // until every write of this one settled and the engine let go of everything sent to the
+      // targets. This step rejects now — at its own deadline, its first failed write or its
+      // signal — rather than at the engine's deadline.
+      const writes = [...inflight];
+      const drain = Promise.allSettled(writes)
+        .then(() => Promise.allSettled(this.targetPeers.map((p) => this.engine.quiesce(p))))
+        .then(() => {
+          if (this.drain === drain) this.drain = undefined;
+        });
+      this.drain = drain;
       throw new TrellisError(
         err.code ?? 'INTERNAL',
         `weight sync step ${req.step} on trainer rank ${this.rank}: ${err.message}`,
@@ -793,6 +825,33 @@ export class WeightSyncSender {
       this.iota.set(n, p);
     }
     return p;
+  }
+
+  /** Wait for {@link drain} until `deadline` or `signal`: TIMEOUT / ABORTED naming why. */
+  private async waitDrain(deadline: number | undefined, signal: AbortSignal): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let onAbort: (() => void) | undefined;
+    const gaveUp = new Promise<never>((_, reject) => {
+      if (deadline !== undefined)
+        timer = setTimeout(
+          () =>
+            reject(
+              new TrellisError(
+                'TIMEOUT',
+                "deadline passed waiting for the previous step's writes to settle (a hung inference rank holds them until the engine deadline, opTimeoutMs; they read the staging this step reuses)",
+              ),
+            ),
+          Math.max(1, deadline - performance.now()),
+        );
+      onAbort = () => reject(new TrellisError('ABORTED', 'the step was aborted'));
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      await Promise.race([this.drain, gaveUp]);
+    } finally {
+      if (timer) clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort!);
+    }
   }
 
   private acquire(deadline: number | undefined, signal: AbortSignal): Promise<number> {

@@ -131,6 +131,16 @@ describe('planWeightSync', () => {
     expect(err(() => planWeightSync(model, { ranks: 2, placements: {} }, { ranks: 1, tensors: [] }))).toBe(
       "planWeightSync: the trainer layout has no placement for 'w'",
     );
+    // A placement for a tensor the model lacks (a misspelt name) was ignored.
+    expect(
+      err(() =>
+        planWeightSync(
+          model,
+          { ranks: 2, placements: { w: shard('rows', range(2)), W: whole(0) } },
+          { ranks: 1, tensors: [{ name: 'w', placement: whole(0) }] },
+        ),
+      ),
+    ).toBe("planWeightSync: the trainer layout places 'W', which is not a model tensor");
     expect(
       err(() =>
         planWeightSync(model, tr, {

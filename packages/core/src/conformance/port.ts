@@ -181,14 +181,20 @@ export function definePortSuite(
         );
         throws(() => p.setWindows([{ dst: dst.desc, nic: 9 }]), 'INVALID_ARGUMENT', 'a NIC the peer lacks');
         throws(() => p.setWindows([{ dst: 'nope' as never }]), 'INVALID_ARGUMENT', 'a bad descriptor');
-        p.setWindows([{ src, dst: dst.desc, imm: 0x70b2 }]);
+        p.setWindows([
+          { dst: dst.desc, imm: 0x70b3 },
+          { src, dst: dst.desc, imm: 0x70b2 },
+        ]);
         const h = p.handle;
-        // The source region goes away: the worker fails the post, once, with its reason.
+        assert.equal(calls.portErrorWindow(h), 0, 'nothing failed yet');
+        // The source region goes away: the worker fails the post, once, with its reason; error()
+        // names the window it was posted on (1 + its index).
         await src.unregister();
-        assert.equal(calls.portPost(h, 0, 0, 0, 64), OK);
+        assert.equal(calls.portPost(h, 1, 0, 0, 64), OK);
         await until(calls, h, () => calls.portSettled(h)[0] === 1, 'the failed post to settle');
         assert.deepEqual(calls.portSettled(h), [1, 1]);
         assert.match(calls.portError(h) ?? '', /^INVALID_DESCRIPTOR: the source region is not registered/);
+        assert.equal(calls.portErrorWindow(h), 2, 'the failure was posted on window 1');
         assert.deepEqual(p.stats(), { posted: 1, settled: 1, failed: 1, counts: [0] });
         // The engine closes: posts are refused, waits return at once.
         await a.close();

@@ -65,6 +65,7 @@ import {
   type ScatterPlan,
   type ScatterPlanTarget,
   type SinglePlan,
+  show,
   type ValidationContext,
 } from './validate.js';
 
@@ -73,6 +74,43 @@ const DEFAULT_LIMITS: EngineLimits = {
   maxRegionBytes: Number.MAX_SAFE_INTEGER,
   maxMrBytes: Number.MAX_SAFE_INTEGER,
 };
+
+/** The most `limits.maxMessageBytes` may be: every engine keeps receive buffers of that size posted. */
+export const MAX_MESSAGE_BYTES = 4 << 20;
+/** The least `limits.maxMrBytes` may be (one page: a region is cut into parts of this size). */
+export const MIN_MR_BYTES = 4096;
+
+/**
+ * `limits` checked field by field (createEngine's `INVALID_ARGUMENT` naming the field): a receive
+ * buffer size that would allocate gigabytes, or a part size that cuts a region into millions of
+ * registrations, is refused here rather than hanging the engine. @internal
+ */
+export function checkLimits(limits: unknown): Partial<EngineLimits> {
+  if (limits === undefined) return {};
+  if (limits === null || typeof limits !== 'object' || Array.isArray(limits))
+    throw new TrellisError('INVALID_ARGUMENT', `createEngine: limits must be an object, got ${show(limits)}`);
+  const ranges: Record<keyof EngineLimits, [number, number]> = {
+    maxMessageBytes: [1, MAX_MESSAGE_BYTES],
+    maxRegionBytes: [1, Number.MAX_SAFE_INTEGER],
+    maxMrBytes: [MIN_MR_BYTES, Number.MAX_SAFE_INTEGER],
+  };
+  for (const [k, v] of Object.entries(limits)) {
+    const range = ranges[k as keyof EngineLimits];
+    if (!range)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: limits has no field ${show(k)} (it takes ${Object.keys(ranges).join(', ')})`,
+      );
+    if (v === undefined) continue;
+    const [lo, hi] = range;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: limits.${k} must be an integer in ${lo}..${hi}, got ${show(v)}`,
+      );
+  }
+  return limits as Partial<EngineLimits>;
+}
 
 /**
  * The JS side every backend shares: validation at the edge, operation bookkeeping (exactly-once
@@ -108,7 +146,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   protected recvDropped = 0;
 
   constructor(limits: Partial<EngineLimits> = {}) {
-    this.limits = { ...DEFAULT_LIMITS, ...limits };
+    this.limits = { ...DEFAULT_LIMITS, ...checkLimits(limits) };
   }
 
   // -- NIC failover -------------------------------------------------------------------------------

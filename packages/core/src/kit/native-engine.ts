@@ -29,7 +29,7 @@ import type {
   UvmWatcherCallback,
   WaitOptions,
 } from '../types.js';
-import { EngineBase, type GpuPath } from './engine-base.js';
+import { checkLimits, EngineBase, type GpuPath } from './engine-base.js';
 import {
   ARRIVAL,
   BATCH_WRITE,
@@ -215,6 +215,8 @@ export interface NativePortCalls {
   portSettled(handle: bigint): [number, number];
   /** "CODE: message" of the first failure, or undefined. */
   portError(handle: bigint): string | undefined;
+  /** What error() returns: 0 when nothing failed, else 1 + the window of the first failed post. */
+  portErrorWindow(handle: bigint): number;
   portWait(handle: bigint, seen: number, timeoutUs: number): number;
 }
 
@@ -630,7 +632,7 @@ export abstract class NativeEngineBase extends EngineBase {
 
   protected constructor(init: NativeEngineInit) {
     checkTuning(init.tuning);
-    const limits = { maxMessageBytes: 64 * 1024, ...init.tuning.limits };
+    const limits = { maxMessageBytes: 64 * 1024, ...checkLimits(init.tuning.limits) };
     super(limits);
     this.backendName = init.backendName;
     this.codeNames = init.addon.codeNames;
@@ -1607,7 +1609,11 @@ export abstract class NativeEngineBase extends EngineBase {
       );
     this.throwIfClosed('failNic');
     this.native.failNic(nic);
+    this.failedNics.add(nic);
   }
+
+  /** NICs torn down by {@link failNic}: `stats().nics[i].up` is false for them. */
+  private readonly failedNics = new Set<number>();
 
   /** Frame `data` with this engine's address (marked as a control message or not) and send it. */
   private sendFramed(peer: NetAddr, data: Uint8Array, op: PendingOp, control: boolean, lane = 0): void {
@@ -2061,7 +2067,7 @@ export abstract class NativeEngineBase extends EngineBase {
       provider: p.provider,
       path: staged && p.path === 'host' ? 'staged' : p.path,
       ...(p.device ? { device: p.device } : {}),
-      up: true,
+      up: !this.failedNics.has(i),
       bytesWritten: s[NIC_STATS.stride * i + NIC_STATS.bytesWritten]!,
       writeOps: s[NIC_STATS.stride * i + NIC_STATS.writeOps]!,
       // Messages travel on NIC 0.

@@ -134,6 +134,7 @@ struct WriteCmd {
   RunList runs;
   std::unique_ptr<Pages> pages;
   std::shared_ptr<PortState> port;  // posted through a port: settles there, not in JS
+  uint32_t port_window = 0;         // the port's window it was posted on (named by port.h's error())
   // A member of a batch (writeBatch) of `group_size` writes, `group` != 0: its success is reported
   // quietly unless it is the batch's last to be reported (see OpTable::report).
   uint64_t group = 0;
@@ -215,6 +216,7 @@ inline bool WriteRecycler::give_back(WriteCmd* w) {
   w->runs.shed(64);
   w->pages.reset();
   w->port.reset();
+  w->port_window = 0;
   spare_[t % kSpare] = w;
   tail_.store(t + 1, std::memory_order_release);
   return true;

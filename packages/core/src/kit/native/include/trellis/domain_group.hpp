@@ -190,6 +190,7 @@ class DomainGroup {
     st.outstanding = w->total_wrs();
     st.deadline = ops_.deadline();
     st.port = w->port;
+    st.port_window = w->port_window;
     ops_.join(st, w->group, w->group_size);
     OpId op = w->op;
     // A peer that could not be resolved fails the operation before anything is posted.

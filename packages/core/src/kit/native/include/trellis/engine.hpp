@@ -195,7 +195,7 @@ class Engine final : private Worker::Body {
   // A command dropped unrun (stopping): a port's write settles CLOSED in its port (JS settles its own).
   static void drop(Cmd& c) {
     if ((c.kind == CmdKind::Write || c.kind == CmdKind::ArmWrite) && c.write && c.write->port)
-      c.write->port->settle(Code::Closed, kClosedPending);
+      c.write->port->settle(Code::Closed, kClosedPending, c.write->port_window);
   }
 
   void handle(Cmd& c) override {

@@ -1036,7 +1036,7 @@ class NapiEngine : public Napi::ObjectWrap<NapiEngine<Factory>> {
   uint32_t next_mapping_ = 1;
 };
 
-// portPost / portCount / portSettled / portError / portWait: call a port through its C table,
+// portPost / portCount / portSettled / portError / portErrorWindow / portWait: call a port through its C table,
 // exactly as a native consumer does (tests and tools reach port.h from JavaScript this way).
 inline const trellis_port_v1* port_of(const Napi::Value& v) {
   bool lossless = true;
@@ -1065,6 +1065,10 @@ inline void export_port_calls(Napi::Env env, Napi::Object exports) {
                 char buf[512];
                 if (!p->error(p->self, buf, sizeof buf)) return info.Env().Undefined();
                 return Napi::String::New(info.Env(), buf);
+              }));
+  exports.Set("portErrorWindow", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                const trellis_port_v1* p = port_of(info[0]);
+                return Napi::Number::New(info.Env(), p->error(p->self, nullptr, 0));
               }));
   exports.Set("portWait", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 const trellis_port_v1* p = port_of(info[0]);

@@ -34,6 +34,7 @@ struct OpState {
   bool posted_at_report = false;  // reported with work still posted: tell JS when it is let go
   std::chrono::steady_clock::time_point deadline;
   std::shared_ptr<PortState> port;
+  uint32_t port_window = 0;
   uint64_t group = 0;  // the batch it was posted in (see OpTable::join), until it is reported
 };
 
@@ -138,7 +139,7 @@ class OpTable {
       st.group = 0;
     }
     if (st.port) {
-      st.port->settle(code, msg);
+      st.port->settle(code, msg, st.port_window);
       return;
     }
     auto add = [&](Events& e) { e.ops.push_back(OpDone{static_cast<uint32_t>(op), code, err, nic, msg, posted}); };

@@ -47,7 +47,8 @@ typedef struct trellis_port_v1 {
   /* Posts settled so far; *failed (if not NULL) receives how many of them failed. */
   uint64_t (*settled)(void* self, uint64_t* failed);
   /* The first failure: its code name (e.g. "PEER_LOST") and message, written NUL-terminated into
-   * buf (at most n bytes, "code: message"). Returns 0 when nothing failed. */
+   * buf (at most n bytes, "code: message"). Returns 0 when nothing failed, else 1 + the index of
+   * the window that failed post was made on (so the consumer can name its destination). */
   int (*error)(void* self, char* buf, size_t n);
   /* Block until something the port counts changed since `seen` (a value it returned before; 0
    * at first) or `timeout_us` passed. Returns the current change sequence. */

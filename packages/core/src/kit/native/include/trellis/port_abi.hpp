@@ -36,6 +36,7 @@ inline int post(void* self, uint32_t window, uint64_t src, uint64_t dst, uint64_
   r.len = len;
   r.zero = len == 0;
   w->port = p->self_ref.lock();
+  w->port_window = window;
   Cmd c(CmdKind::Write);
   c.write = std::move(w);
   p->posted.fetch_add(1, std::memory_order_relaxed);
@@ -66,7 +67,7 @@ inline int error(void* self, char* buf, size_t n) {
     std::memcpy(buf, p->error.data(), k);
     buf[k] = 0;
   }
-  return 1;
+  return static_cast<int>(p->error_window) + 1;
 }
 
 inline uint64_t wait(void* self, uint64_t seen, uint32_t timeout_us) {

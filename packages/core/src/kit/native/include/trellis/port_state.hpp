@@ -36,6 +36,7 @@ struct PortState {
   std::unique_ptr<std::atomic<uint64_t>[]> counts;
   std::atomic<uint64_t> posted{0}, settled{0}, failed{0}, seq{1};
   std::string error;  // "CODE: message" of the first failure
+  uint32_t error_window = 0;  // the window that failure was posted on
   std::mutex wait_mu;
   std::condition_variable wait_cv;
   std::atomic<uint32_t> waiters{0};
@@ -51,10 +52,13 @@ struct PortState {
       wait_cv.notify_all();
     }
   }
-  void settle(Code code, const std::string& msg) {
+  void settle(Code code, const std::string& msg, uint32_t window) {
     if (code != Code::Ok) {
       std::lock_guard<std::mutex> g(mu);
-      if (error.empty()) error = std::string(code_name(code)) + ": " + (msg.empty() ? "failed" : msg);
+      if (error.empty()) {
+        error = std::string(code_name(code)) + ": " + (msg.empty() ? "failed" : msg);
+        error_window = window;
+      }
       failed.fetch_add(1, std::memory_order_relaxed);
     }
     settled.fetch_add(1, std::memory_order_release);
