@@ -386,6 +386,7 @@ describe('a process restarted on the same tcp port', () => {
         fill(src.buffer!, 5);
         await engine.submitSingleWrite({ src, length: 4096, dst, imm: 5 });
         await engine.submitImm({ dst: dst.owner, imm: 6 });
+        await engine.submitSend(dst.owner, Buffer.from('for the old process'));
         expect((await old.call<{ total: number }>('wait', { imm: 5, n: 1, timeoutMs: 5000 })).total).toBe(1);
         expect((await old.call<{ total: number }>('wait', { imm: 6, n: 1, timeoutMs: 5000 })).total).toBe(1);
         old.kill();
@@ -413,6 +414,9 @@ describe('a process restarted on the same tcp port', () => {
           );
         // The immediate first: with the lane on, the write would find the old region gone and
         // lose the peer before the immediate reached the provider.
+        // A message to the old address: sends carry no key, so it reaches the new process, which
+        // drops it (it names the old generation) and counts it; it used to deliver it.
+        await outcome(engine.submitSend(dst.owner, Buffer.from('for the old process')));
         const imm = await outcome(engine.submitImm({ dst: dst.owner, imm: 6 }));
         const write = await outcome(engine.submitSingleWrite({ src, length: 4096, dst, imm: 5 }));
         // Refused by the new process (a key it never gave out) or, once that is known, the peer lost.
@@ -426,6 +430,18 @@ describe('a process restarted on the same tcp port', () => {
           0,
         );
         expect(engine.stats().ops.inFlight).toBe(0);
+        // Through its own address it takes messages (a fresh engine: a stale write's refusal may
+        // have reset the connection this one shared with the old address).
+        const fresh = await createEngine({ provider: 'tcp', nics: 1, opTimeoutMs: 5000, sameHostLane: lane });
+        cleanup.push(() => fresh.close());
+        await fresh.submitSend(NetAddr.parse(reborn.address), Buffer.from('for the new process'));
+        let got: Array<{ data: string }> = [];
+        for (let i = 0; i < 100 && got.length === 0; i++) {
+          got = (await reborn.call<{ messages: Array<{ data: string }> }>('received')).messages;
+          if (got.length === 0) await new Promise((r) => setTimeout(r, 20));
+        }
+        expect(got.map((m) => Buffer.from(m.data, 'hex').toString())).toEqual(['for the new process']);
+        expect((await reborn.call<{ recvDropped: number }>('stats')).recvDropped).toBe(1);
       } finally {
         for (const [k, v] of [
           ['FI_TCP_PORT_LOW_RANGE', env.low],

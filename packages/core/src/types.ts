@@ -37,7 +37,8 @@ export interface TransferEngine {
    * send settles `TIMEOUT`); on tcp (`ofi_rxm`) once it is on the peer's connection, which a stopped
    * peer's kernel still accepts. The peer's {@link TransferEngine.submitRecvs} callback gets it when
    * one runs: a native engine holds up to 1024 messages that arrive before any `submitRecvs`
-   * (counted in `stats().recvDropped` beyond that).
+   * (counted in `stats().recvDropped` beyond that). A message names the generation of `peer` it
+   * is for: a process restarted at that address drops it (its `recvDropped`), though this resolves.
    */
   submitSend(peer: NetAddr, data: Uint8Array, opts?: OpOptions): Promise<void>;
   /**
@@ -557,8 +558,9 @@ export interface EngineStats {
   registeredBytes: number;
   /**
    * Messages this engine received and could not hand to a `submitRecvs` callback: larger than the
-   * receiving pool's `maxBytes`, malformed, or (native engines) beyond 1024 arriving before any
-   * `submitRecvs` ran.
+   * receiving pool's `maxBytes`, malformed, (native engines) beyond 1024 arriving before any
+   * `submitRecvs` ran, or sent to another generation of this address (a dead predecessor whose
+   * tcp port this process was given).
    */
   recvDropped: number;
   /** Peers this engine has addressed, and what it concluded about their liveness. */

@@ -106,6 +106,9 @@ const handlers: Record<string, (a: Args) => Promise<unknown>> = {
     await engine.submitSend(NetAddr.parse(a.to as string), Buffer.from(a.hex as string, 'hex'));
     return {};
   },
+  async stats() {
+    return { recvDropped: engine.stats().recvDropped };
+  },
   async received() {
     return { messages: received.splice(0) };
   },

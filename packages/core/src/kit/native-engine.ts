@@ -499,7 +499,7 @@ export function hostBootId(): Uint8Array | undefined {
  */
 export const MAX_STAGED_BYTES = bufferConstants.MAX_LENGTH;
 
-/** Room for the sender's NetAddr in front of every message. @internal */
+/** Room for the sender's NetAddr and the destination generation in front of every message. @internal */
 export const MSG_HEADER = 2048;
 /** How long a peer has to answer the probe that decides whether a connection error was its death. */
 const PROBE_MS = 2000;
@@ -1615,13 +1615,19 @@ export abstract class NativeEngineBase extends EngineBase {
   /** NICs torn down by {@link failNic}: `stats().nics[i].up` is false for them. */
   private readonly failedNics = new Set<number>();
 
-  /** Frame `data` with this engine's address (marked as a control message or not) and send it. */
+  /**
+   * Frame `data` with this engine's address (marked as a control message or not) and the
+   * generation of the engine it is for, and send it. The receiver drops a message for another
+   * generation: a process restarted at its predecessor's tcp host:port is reached through the old
+   * address, and must not take what was sent to the dead one.
+   */
   private sendFramed(peer: NetAddr, data: Uint8Array, op: PendingOp, control: boolean, lane = 0): void {
     const id = this.peerId(peer, op.callsite.op);
     const header = control ? this.controlHeader : this.headerBytes;
-    const framed = new Uint8Array(header.length + data.length);
+    const framed = new Uint8Array(header.length + 4 + data.length);
     framed.set(header, 0);
-    framed.set(data, header.length);
+    new DataView(framed.buffer).setUint32(header.length, peer.generation, true);
+    framed.set(data, header.length + 4);
     this.track(op);
     if (!control) this.sendBytes.set(op.id, data.length);
     this.native.send(op.id, id, framed, lane);
@@ -1722,13 +1728,29 @@ export abstract class NativeEngineBase extends EngineBase {
 
   // -- receive ----------------------------------------------------------------------------------
 
+  /**
+   * Whether message `m` (its sender's address `n` bytes long) was sent to this engine's generation;
+   * if not — or it is too short to say — it is dropped and counted (`recvDropped`).
+   */
+  private forMe(m: Uint8Array, n: number): boolean {
+    const at = 2 + n;
+    if (
+      m.length >= at + 4 &&
+      new DataView(m.buffer, m.byteOffset).getUint32(at, true) === this.address.generation
+    )
+      return true;
+    this.recvDropped++;
+    return false;
+  }
+
   private deliver(m: Uint8Array): void {
     if (m.length >= 2 && m[1]! & 0x80) {
       // An engine control message (the staged GPU path): never a user's.
       const n = m[0]! | ((m[1]! & 0x7f) << 8);
+      if (!this.forMe(m, n)) return;
       try {
         const from = NetAddr.fromBytes(m.subarray(2, 2 + n));
-        const body = m.subarray(2 + n);
+        const body = m.subarray(2 + n + 4);
         if (!this.onBaseControl(from, body)) this.stager.onControl(from, body);
       } catch {
         this.recvDropped++;
@@ -1743,6 +1765,7 @@ export abstract class NativeEngineBase extends EngineBase {
       return;
     }
     const n = m.length >= 2 ? m[0]! | (m[1]! << 8) : 0;
+    if (!this.forMe(m, n)) return;
     let from: NetAddr;
     try {
       from = NetAddr.fromBytes(m.subarray(2, 2 + n));
@@ -1750,7 +1773,7 @@ export abstract class NativeEngineBase extends EngineBase {
       this.recvDropped++;
       return;
     }
-    const data = m.slice(2 + n);
+    const data = m.slice(2 + n + 4);
     const pool = this.recvPools[this.poolCursor++ % this.recvPools.length]!;
     if (data.length > pool.maxBytes) {
       this.recvDropped++;
