@@ -50,8 +50,13 @@ export class CudaStream {
 
   /** Whether everything queued on the stream has run (`cudaStreamQuery`); never blocks. */
   done(): boolean {
-    this.alive('done');
-    return call('CudaStream.done', () => addon().streamQuery(this.device, this.handle));
+    return this.query('done');
+  }
+
+  /** {@link done}, its errors named after the method the caller called. */
+  private query(method: 'done' | 'drained'): boolean {
+    this.alive(method);
+    return call(`CudaStream.${method}`, () => addon().streamQuery(this.device, this.handle));
   }
 
   /**
@@ -61,7 +66,7 @@ export class CudaStream {
    */
   async drained(opts: { pollMs?: number; timeoutMs?: number } = {}): Promise<void> {
     const until = opts.timeoutMs === undefined ? Infinity : Date.now() + opts.timeoutMs;
-    while (!this.done()) {
+    while (!this.query('drained')) {
       if (Date.now() > until)
         throw new TrellisError(
           'TIMEOUT',

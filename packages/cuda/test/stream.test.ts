@@ -126,4 +126,18 @@ describe('CudaStream, CudaEvent, CudaGraph', () => {
       expect(code(() => CudaEvent.create())).toMatch(/^(UNSUPPORTED|PROVIDER_ERROR)$/);
     },
   );
+
+  it.skipIf(reason === undefined)(
+    `without a GPU, a wrapped stream's calls fail naming the method called (${reason ?? ''})`,
+    async () => {
+      const s = CudaStream.wrap(0n);
+      expect(code(() => s.done())).toMatch(/^(UNSUPPORTED|PROVIDER_ERROR)$/);
+      // drained() polls done(): its error said CudaStream.done.
+      const e = await s.drained().then(
+        () => undefined,
+        (x: Error) => x,
+      );
+      expect(e?.message).toMatch(/^CudaStream\.drained: /);
+    },
+  );
 });

@@ -169,6 +169,7 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
     {
       std::lock_guard<std::mutex> g(mu_);
       stop_ = true;
+      stop_seen_.store(true, std::memory_order_release);
     }
     cv_.notify_one();
     thread_.join();
@@ -213,6 +214,8 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
       if (__atomic_load_n(&flags_[f], __ATOMIC_ACQUIRE) >= round) return true;
       auto now = Clock::now();
       if (now - kicked_at < std::chrono::microseconds(cfg_.spin_us)) {
+        // A close while spinning ends the spin at once (close joins this thread on the JS thread).
+        if (stop_seen_.load(std::memory_order_acquire)) return false;
         std::this_thread::yield();
         continue;
       }
@@ -464,6 +467,7 @@ class Proxy : public Napi::ObjectWrap<Proxy> {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false, kicked_ = false;
+  std::atomic<bool> stop_seen_{false};  // stop_, for the spin loop to read without the lock
   std::thread thread_;
   Napi::ThreadSafeFunction tsfn_;
   Napi::ObjectReference refs_;

@@ -3,6 +3,7 @@
 // GPU direct); dispatch and combine check their inputs, run the phases and keep the round's state
 // (protocol.ts), and leave every byte to the mode.
 import { type PortStats, type TransferEngine, TrellisError } from '@trellis/core';
+import { show } from '@trellis/core/kit';
 import { createMode } from './modes/factory.js';
 import type { MoeMode } from './modes/mode.js';
 import { checkConfig, layoutOf, Protocol } from './protocol.js';
@@ -53,6 +54,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   private constructor(
     private readonly p: Protocol,
     private readonly mode: MoeMode,
+    /** Gives this instance's immediate values back (claimImms), at close. */
+    private readonly releaseImms: () => void,
   ) {
     this.config = p.c;
     this.localExperts = p.localExperts;
@@ -81,9 +84,11 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         'INVALID_ARGUMENT',
         `MoeAllToAll.create: engine must be a TransferEngine (a backend's createEngine()), got ${engine === null ? 'null' : typeof engine === 'object' ? 'an object without registerMemory' : typeof engine}`,
       );
+    if (device !== undefined) checkDevice(device);
     const c = checkConfig(cfg, device);
     const p = new Protocol(c, layoutOf(c));
-    return new MoeAllToAll(p, await createMode(engine, p, device));
+    const { mode, release } = await createMode(engine, p, device);
+    return new MoeAllToAll(p, mode, release);
   }
 
   /**
@@ -155,7 +160,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 
   /**
-   * What this instance did: rounds started since {@link connect}, and with the native proxy its
+   * What this instance did: rounds started since it was created (with the native proxy: since the
+   * last {@link connect}, which starts its thread afresh), and with the native proxy its
    * engine port's counters (writes and immediates it posted, settled and failed; arrivals of the
    * instance's four immediates — routes, dispatch, combine, barrier — that it counted).
    */
@@ -169,8 +175,9 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
 
   /**
    * Dispatch this rank's tokens to the experts they are routed to. With `{send: true, recv: false}`
-   * it posts and returns at once (resolving to undefined); `{recv: true}` alone waits for and lays
-   * out what arrived. Default: both.
+   * (or `{recv: false}`) it posts and returns at once (resolving to undefined); `{send: false,
+   * recv: true}` (or `{send: false}`) waits for and lays out what arrived. A phase left out runs:
+   * `{recv: true}` alone is both. Default: both.
    */
   async dispatch(
     input: DispatchInput<M> | undefined,
@@ -399,7 +406,11 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.mode.close();
+    try {
+      await this.mode.close();
+    } finally {
+      this.releaseImms();
+    }
   }
 }
 
@@ -452,6 +463,7 @@ function checkPhases(op: string, phases: unknown, combine: boolean): { send: boo
       'INVALID_ARGUMENT',
       `${op}: phases.accumulate must be 'out' or 'fp32', got ${JSON.stringify(p.accumulate)}`,
     );
+  // A phase left out runs (`{recv: true}` alone is both phases; `{send: false}` receives only).
   const send = (p.send as boolean | undefined) ?? true;
   const recv = (p.recv as boolean | undefined) ?? true;
   if (!send && !recv)
@@ -460,4 +472,31 @@ function checkPhases(op: string, phases: unknown, combine: boolean): { send: boo
       `${op}: phases {send: false, recv: false} runs nothing; leave one true`,
     );
   return { send, recv };
+}
+
+/**
+ * The device options, before anything is allocated: an object of `ops` (with the calls every
+ * device mode makes), a GPU ordinal and an optional boolean `gpuDriven`, nothing else (a misspelt
+ * `gpuDriven` would run another mode). INVALID_ARGUMENT naming what is wrong.
+ */
+function checkDevice(device: unknown): void {
+  const bad = (msg: string) => new TrellisError('INVALID_ARGUMENT', `MoeAllToAll.create: ${msg}`);
+  if (device === null || typeof device !== 'object')
+    throw bad(`device options must be an object {ops, device, gpuDriven?}, got ${show(device)}`);
+  for (const k of Object.keys(device))
+    if (k !== 'ops' && k !== 'device' && k !== 'gpuDriven')
+      throw bad(`${show(k)} is not a device option (they are ops, device, gpuDriven)`);
+  const d = device as { ops?: unknown; device?: unknown; gpuDriven?: unknown };
+  const ops = d.ops as Record<string, unknown> | undefined;
+  const missing = ['alloc', 'free', 'upload', 'download', 'copyRows', 'combine'].filter(
+    (f) => typeof ops?.[f] !== 'function',
+  );
+  if (ops === null || typeof ops !== 'object' || missing.length)
+    throw bad(
+      `device.ops must be device ops (cudaMoeOps() of @trellis/moe)${ops && typeof ops === 'object' ? `; these lack ${missing.join(', ')}` : `, got ${show(ops)}`}`,
+    );
+  if (!Number.isSafeInteger(d.device) || (d.device as number) < 0)
+    throw bad(`device.device must be a GPU ordinal (an integer >= 0), got ${show(d.device)}`);
+  if (d.gpuDriven !== undefined && typeof d.gpuDriven !== 'boolean')
+    throw bad(`device.gpuDriven must be a boolean, got ${show(d.gpuDriven)}`);
 }

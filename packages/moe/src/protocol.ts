@@ -10,6 +10,9 @@ import type { DispatchInput, MoeConfig, MoeDeviceOptions, MoeDType } from './typ
 /** Bytes per element. @internal */
 export const ELEM: Record<MoeDType, number> = { fp8: 1, bf16: 2, fp32: 4 };
 
+/** The longest proxy spin: a second of a core after each kick is already far past any use. */
+const MAX_SPIN_US = 1_000_000;
+
 /** Every field of {@link MoeConfig}. @internal */
 export const CONFIG_KEYS: readonly (keyof MoeConfig)[] = [
   'worldSize',
@@ -83,6 +86,13 @@ export function checkConfig(
     int(k, 1);
   int('rank', 0);
   int('proxySpinUs', 0);
+  if (c.proxySpinUs > MAX_SPIN_US)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${who}: proxySpinUs must be at most ${MAX_SPIN_US} (1 s: the thread spins a core this long after each kick), got ${show(c.proxySpinUs)}`,
+    );
+  if (typeof c.scales !== 'boolean')
+    throw new TrellisError('INVALID_ARGUMENT', `${who}: scales must be a boolean, got ${show(c.scales)}`);
   if (typeof c.proxy !== 'boolean')
     throw new TrellisError('INVALID_ARGUMENT', `${who}: proxy must be a boolean, got ${show(c.proxy)}`);
   int('maxPrivateTokens', 0);

@@ -38,7 +38,7 @@ export interface MoeConfig {
    * Needs a native engine (backend-efa, backend-verbs) and the package's native build. Default false.
    */
   proxy?: boolean;
-  /** Proxy: µs it spins on a go word before sleeping (default 200). */
+  /** Proxy: µs it spins on a go word before sleeping (default 200, at most 1000000). */
   proxySpinUs?: number;
 }
 
@@ -81,7 +81,7 @@ export interface DispatchResult<M extends MoeMemory = 'host'> {
 
 /** GPU placement of a {@link MoeAllToAll}: its buffers are CUDA memory on `device`. */
 export interface MoeDeviceOptions {
-  /** The device work (`cudaMoeOps()` from `@trellis/cuda`). */
+  /** The device work (`cudaMoeOps()` of this package). */
   ops: MoeDeviceOps;
   device: number;
   /**
@@ -95,7 +95,11 @@ export interface MoeDeviceOptions {
   gpuDriven?: boolean;
 }
 
-/** Phases to run: split dispatch or combine into send and receive to overlap them with compute. */
+/**
+ * Phases to run: split dispatch or combine into send and receive to overlap them with compute.
+ * A phase left out runs (default true): `{send: false}` receives only, `{recv: false}` sends only,
+ * and `{recv: true}` alone runs both.
+ */
 export interface Phases {
   send?: boolean;
   recv?: boolean;

@@ -125,6 +125,37 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(MoeAllToAll.create(e, null as unknown as MoeConfig))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.create: config must be an object, got null',
     );
+    // scales: "no" was taken (as true), and copied into the descriptor as it was.
+    expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 4, scales: 'no' as never }))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: scales must be a boolean, got "no"',
+    );
+    expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 4, proxySpinUs: 2 ** 31 }))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: proxySpinUs must be at most 1000000 (1 s: the thread spins a core this long after each kick), got 2147483648',
+    );
+    // Device options are checked before anything is allocated (these threw TypeErrors, or took a
+    // misspelt gpuDriven for a mode without it).
+    const devOut = (d: unknown) => outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 4 }, d as never));
+    expect(await devOut({ ops: undefined, device: 0 })).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: device.ops must be device ops (cudaMoeOps() of @trellis/moe), got undefined',
+    );
+    expect(await devOut({ ops: {}, device: 0 })).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: device.ops must be device ops (cudaMoeOps() of @trellis/moe); these lack alloc, free, upload, download, copyRows, combine',
+    );
+    const basic = Object.fromEntries(
+      ['alloc', 'free', 'upload', 'download', 'copyRows', 'combine'].map((f) => [f, () => {}]),
+    );
+    expect(await devOut({ ops: basic, device: -1 })).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: device.device must be a GPU ordinal (an integer >= 0), got -1',
+    );
+    expect(await devOut({ ops: basic, device: '0' })).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: device.device must be a GPU ordinal (an integer >= 0), got "0"',
+    );
+    expect(await devOut({ ops: basic, device: 0, gpuDirven: true })).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: "gpuDirven" is not a device option (they are ops, device, gpuDriven)',
+    );
+    expect(await devOut(7)).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.create: device options must be an object {ops, device, gpuDriven?}, got 7',
+    );
     const m = await MoeAllToAll.create(e, { ...cfg, numExperts: 4 });
     const m1 = await MoeAllToAll.create(fabric.createEngine(), { ...cfg, rank: 1, numExperts: 4 });
     for (const x of [m, m1]) x.connect([m.descriptor, m1.descriptor]);
@@ -159,9 +190,10 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     expect(await outcome(m.dispatch(good, { send: false, recv: false }))).toBe(
       'INVALID_ARGUMENT: MoeAllToAll.dispatch: phases {send: false, recv: false} runs nothing; leave one true',
     );
-    // Phases out of order: a second recv while one is pending.
-    await m.dispatch(good, { send: true, recv: false });
-    const recv0 = m.dispatch(undefined, { recv: true, send: false });
+    // Phases out of order: a second recv while one is pending. A phase left out runs: `{recv:
+    // false}` sends only, `{send: false}` receives only.
+    expect(await m.dispatch(good, { recv: false })).toBeUndefined();
+    const recv0 = m.dispatch(undefined, { send: false });
     expect(await outcome(m.dispatch(undefined, { recv: true, send: false }))).toBe(
       "INVALID_ARGUMENT: MoeAllToAll.dispatch: this round's recv phase is already pending; await it",
     );

@@ -132,14 +132,46 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
     expect(e.message).toMatch(
       /^MoeAllToAll\.create: immediate 1297022978 \(immBase 1297022978\.\.1297022981\) is counted by another open MoeAllToAll on this engine; give each instance its own four values, or close the other first$/,
     );
+    // Whatever the modes: an instance driven by the native proxy (whose port takes the values from
+    // JS) beside one driven from JS was let through, and each took the other's arrivals.
+    const viaProxy = await rejects(
+      MoeAllToAll.create(engines[0]!, { ...cfg, proxy: true, immBase: 0x4d4f0003 }),
+      'INVALID_ARGUMENT',
+      'overlapping immBase, the other mode',
+    );
+    expect(viaProxy.message).toMatch(
+      /^MoeAllToAll\.create: immediate 1297022979 .* is counted by another open MoeAllToAll on this engine/,
+    );
     // Four values further on, it is another instance's to use.
     const other = await MoeAllToAll.create(engines[0]!, { ...cfg, immBase: 0x4d4f0004 });
+    const otherProxy = await MoeAllToAll.create(engines[1]!, {
+      ...cfg,
+      rank: 1,
+      proxy: true,
+      immBase: 0x4d4f0008,
+    });
+    await rejects(
+      MoeAllToAll.create(engines[1]!, { ...cfg, rank: 1, immBase: 0x4d4f000a }),
+      'INVALID_ARGUMENT',
+      'a JS-driven instance overlapping a proxy one',
+    );
+    await otherProxy.close();
     await other.close();
     await moes[0]!.close();
     const fresh = await MoeAllToAll.create(engines[0]!, cfg);
     fresh.connect([fresh.descriptor, moes[1]!.descriptor]);
     await fresh.close();
     await moes[1]!.close();
+  });
+
+  it("close does not wait out the proxy thread's spin (proxySpinUs 1 s: close blocked the event loop for it)", async () => {
+    const cfg = { ...base, worldSize: 2, numExperts: 4, proxy: true, proxySpinUs: 1_000_000, rank: 0 };
+    const moes = await world(cfg, 'shm');
+    await exactRound(moes, cfg, 61);
+    // Right after a round the thread spins on its go word for proxySpinUs.
+    const t0 = performance.now();
+    for (const m of moes) await m.close();
+    expect(performance.now() - t0).toBeLessThan(900);
   });
 
   for (const proxy of [false, true])
@@ -199,8 +231,14 @@ describe('MoeAllToAll: a failed phase fails the instance', () => {
       expect(t.outcomes).toEqual(['pending']);
       const t1 = performance.now();
       await engines[0]!.close();
-      await rejects(waiting, 'CLOSED', 'dispatch pending when its engine closed');
+      const closed = await rejects(waiting, 'CLOSED', 'dispatch pending when its engine closed');
       expect(performance.now() - t1).toBeLessThan(cfg.timeoutMs);
+      // The message says whose wait it was (host mode said `immCounter: the engine was closed`).
+      expect(closed.message).toMatch(
+        proxy
+          ? /^MoeAllToAll: the engine was closed while dispatch of round 1 was pending/
+          : /^MoeAllToAll \(host, round 1\): the engine was closed while waiting for every peer's routes$/,
+      );
       await a.close();
       await moes[1]!.close();
     });

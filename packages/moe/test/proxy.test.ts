@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import {
   combineAsF32,
   MoeAllToAll,
+  type MoeDeviceOps,
   referenceCombine,
   referenceDispatch,
   syntheticExpert,
@@ -23,6 +24,16 @@ const base = {
   outDtype: 'bf16',
   proxy: true,
 } as const;
+
+/** Device ops with the basic calls only: no proxy, stream or direct kernels, no CUDA IPC. */
+const basicOps = {
+  alloc: () => 0n,
+  free: () => {},
+  upload: () => {},
+  download: () => {},
+  copyRows: () => {},
+  combine: () => {},
+} as unknown as MoeDeviceOps;
 
 describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', () => {
   for (const [provider, W, P] of [
@@ -135,11 +146,7 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
     );
     expect(e.stats().regions).toBe(0);
     await rejects(
-      MoeAllToAll.create(
-        e,
-        { ...base, worldSize: 1, rank: 0, numExperts: 4 },
-        { ops: {} as never, device: 0 },
-      ),
+      MoeAllToAll.create(e, { ...base, worldSize: 1, rank: 0, numExperts: 4 }, { ops: basicOps, device: 0 }),
       'UNSUPPORTED',
       'GPU instance',
     );
@@ -149,7 +156,7 @@ describe('MoeAllToAll driven by the native proxy (backend-efa, one process)', ()
       'proxy not a boolean',
     );
     // GPU-driven: no proxy option (it runs its own across nodes), device ops with direct kernels and IPC.
-    const gd = { ops: {} as never, device: 0, gpuDriven: true };
+    const gd = { ops: basicOps, device: 0, gpuDriven: true };
     await rejects(
       MoeAllToAll.create(e, { ...base, proxy: false, worldSize: 2, nodeSize: 1, rank: 0, numExperts: 4 }, gd),
       'UNSUPPORTED',

@@ -174,12 +174,12 @@ export class HostRows {
   }
 }
 
-/** The immediate values host-driven instances count on each engine, while they are open. */
+/** The immediate values open instances (of any mode) count on each engine. */
 const claimed = new WeakMap<TransferEngine, Set<number>>();
 
 /**
  * Take an instance's four immediate values on `engine`: refused (INVALID_ARGUMENT) while another
- * open host-driven instance counts one of them (each would take the other's arrivals). Arrivals
+ * open instance counts one of them, in any mode (each would take the other's arrivals). Arrivals
  * already credited to them are dropped: an earlier instance's failed round can leave some, and
  * the new instance must count only its own rounds'. Returns the release for close(). @internal
  */
@@ -232,7 +232,6 @@ export class HostMode extends RegionMode {
   private packAt: number[] = [];
   private pendingSends: Promise<void> | undefined;
   /** Gives the instance's immediate values back (close). */
-  private release: () => void = () => {};
   /**
    * Aborted, with the error, when a write of this round fails: the round's waits for arrivals then
    * fail with that error at once, not at `timeoutMs` (a new one each round).
@@ -241,24 +240,8 @@ export class HostMode extends RegionMode {
 
   /** Host memory; the engine moves every row. */
   static async create(engine: TransferEngine, p: Protocol): Promise<HostMode> {
-    const release = claimImms(engine, p);
-    try {
-      const { region, staging } = await registerHost(engine, p);
-      const mode = new HostMode(engine, p, region, staging, new HostMem());
-      mode.release = release;
-      return mode;
-    } catch (e) {
-      release();
-      throw e;
-    }
-  }
-
-  override async close(): Promise<void> {
-    try {
-      await super.close();
-    } finally {
-      this.release();
-    }
+    const { region, staging } = await registerHost(engine, p);
+    return new HostMode(engine, p, region, staging, new HostMem());
   }
 
   /** Device memory registered with the engine (direct or staged); kernels pack, lay out and combine. */
@@ -269,19 +252,12 @@ export class HostMode extends RegionMode {
   ): Promise<HostMode> {
     const c = p.c;
     const W = c.worldSize;
-    const release = claimImms(engine, p);
-    let mem: DeviceMem;
-    try {
-      mem = new DeviceMem(device.ops, device.device, {
-        expertX: W * p.rowsMax * p.tokenBytes,
-        expertScales: c.scales ? W * p.rowsMax * p.scaleCount * 4 : 0,
-        out: c.maxTokensPerRank * c.hidden * 4,
-        headers: W * p.rowsMax * 8,
-      });
-    } catch (e) {
-      release();
-      throw e;
-    }
+    const mem = new DeviceMem(device.ops, device.device, {
+      expertX: W * p.rowsMax * p.tokenBytes,
+      expertScales: c.scales ? W * p.rowsMax * p.scaleCount * 4 : 0,
+      out: c.maxTokensPerRank * c.hidden * 4,
+      headers: W * p.rowsMax * 8,
+    });
     try {
       const size = Math.max(64, p.layout.size);
       const r = mem.allocRegistered(size);
@@ -293,12 +269,9 @@ export class HostMode extends RegionMode {
       const staging = await engine.registerMemory({
         cuda: { ptr: st, length: p.stagingSize, device: device.device },
       });
-      const mode = new HostMode(engine, p, region, staging, mem);
-      mode.release = release;
-      return mode;
+      return new HostMode(engine, p, region, staging, mem);
     } catch (e) {
       mem.free();
-      release();
       throw e;
     }
   }
@@ -328,6 +301,13 @@ export class HostMode extends RegionMode {
         throw new TrellisError(
           'TIMEOUT',
           `MoeAllToAll (host, round ${this.p.rounds}): timed out after ${c.timeoutMs} ms waiting for every peer's ${what} (${counter.value} of ${n} arrivals)`,
+          { cause: e },
+        );
+      // The engine closed under the wait (CLOSED): say whose wait it was.
+      if (e instanceof TrellisError && e.code === 'CLOSED' && !this.closing.signal.aborted)
+        throw new TrellisError(
+          'CLOSED',
+          `MoeAllToAll (host, round ${this.p.rounds}): the engine was closed while waiting for every peer's ${what}`,
           { cause: e },
         );
       throw e;
