@@ -614,6 +614,7 @@ export class WeightSyncSender {
     );
     try {
       req.signal?.addEventListener('abort', onAbort, { once: true });
+      if (req.signal?.aborted) throw new TrellisError('ABORTED', 'aborted by its signal');
       if (this.drain) await this.waitDrain(deadline, abort.signal);
       for (const op of this.ops) {
         if (failure) break;
