@@ -4,9 +4,10 @@
 // (protocol.ts), and leave every byte to the mode.
 import { type PortStats, type TransferEngine, TrellisError } from '@trellis/core';
 import { show } from '@trellis/core/kit';
+import type { MoeDeviceOps } from './device.js';
 import { createMode } from './modes/factory.js';
 import type { MoeMode } from './modes/mode.js';
-import { checkConfig, layoutOf, Protocol } from './protocol.js';
+import { checkConfig, layoutOf, Protocol, SHARED_KEYS } from './protocol.js';
 import type {
   DispatchInput,
   DispatchResult,
@@ -123,7 +124,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       // The last word: `moecfg:<the shared fields>/<rank>`. One cut short (no rank, fields missing)
       // is not a descriptor rather than a config that differs.
       const m = /^(moecfg:[^/]*)\/(\d+)$/.exec(last);
-      if (!m || m[1]!.split(',').length !== SHARED.length)
+      if (!m || m[1]!.split(',').length !== SHARED_KEYS.length)
         throw new TrellisError(
           'INVALID_DESCRIPTOR',
           last.startsWith('moecfg:')
@@ -134,7 +135,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
       if (tag !== own)
         throw new TrellisError(
           'INVALID_ARGUMENT',
-          `MoeAllToAll.connect: rank ${r}'s config differs from this rank's (${tagDiff(tag, own)}): every rank needs the same ${SHARED.slice(0, -1).join(', ')} and ${SHARED.at(-1)}`,
+          `MoeAllToAll.connect: rank ${r}'s config differs from this rank's (${tagDiff(tag, own)}): every rank needs the same ${SHARED_KEYS.slice(0, -1).join(', ')} and ${SHARED_KEYS.at(-1)}`,
         );
       // Each rank's own: two processes configured with one rank would both take its rows.
       if (Number(m[2]) !== r)
@@ -414,32 +415,18 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
   }
 }
 
-/** The config fields every rank must share: what its buffers are laid out from. */
-const SHARED = [
-  'worldSize',
-  'nodeSize',
-  'numExperts',
-  'topk',
-  'hidden',
-  'maxTokensPerRank',
-  'inDtype',
-  'outDtype',
-  'scales',
-  'scaleBlock',
-  'maxPrivateTokens',
-  'immBase',
-] as const satisfies readonly (keyof MoeConfig)[];
-
-/** {@link SHARED}'s values, as the last word of a descriptor. */
+/** {@link SHARED_KEYS}'s values, as the last word of a descriptor. */
 function configTag(c: Required<MoeConfig>): string {
-  return `moecfg:${SHARED.map((k) => String(c[k])).join(',')}`;
+  return `moecfg:${SHARED_KEYS.map((k) => String(c[k])).join(',')}`;
 }
 
 /** Where two config tags differ: `maxPrivateTokens 2 there, 6 here`. */
 function tagDiff(there: string, here: string): string {
   const a = there.slice('moecfg:'.length).split(',');
   const b = here.slice('moecfg:'.length).split(',');
-  const diff = SHARED.flatMap((n, i) => (a[i] === b[i] ? [] : [`${n} ${a[i] ?? '?'} there, ${b[i]} here`]));
+  const diff = SHARED_KEYS.flatMap((n, i) =>
+    a[i] === b[i] ? [] : [`${n} ${a[i] ?? '?'} there, ${b[i]} here`],
+  );
   return diff.length ? diff.join('; ') : 'a tag this version does not read';
 }
 
@@ -479,6 +466,17 @@ function checkPhases(op: string, phases: unknown, combine: boolean): { send: boo
  * device mode makes), a GPU ordinal and an optional boolean `gpuDriven`, nothing else (a misspelt
  * `gpuDriven` would run another mode). INVALID_ARGUMENT naming what is wrong.
  */
+/** The members of {@link MoeDeviceOps} that are not optional (one left out here fails to compile). */
+const REQUIRED_OPS: Record<RequiredKeys<MoeDeviceOps>, true> = {
+  alloc: true,
+  free: true,
+  upload: true,
+  download: true,
+  copyRows: true,
+  combine: true,
+};
+type RequiredKeys<T> = { [K in keyof T]-?: object extends Pick<T, K> ? never : K }[keyof T];
+
 function checkDevice(device: unknown): void {
   const bad = (msg: string) => new TrellisError('INVALID_ARGUMENT', `MoeAllToAll.create: ${msg}`);
   if (device === null || typeof device !== 'object')
@@ -488,9 +486,7 @@ function checkDevice(device: unknown): void {
       throw bad(`${show(k)} is not a device option (they are ops, device, gpuDriven)`);
   const d = device as { ops?: unknown; device?: unknown; gpuDriven?: unknown };
   const ops = d.ops as Record<string, unknown> | undefined;
-  const missing = ['alloc', 'free', 'upload', 'download', 'copyRows', 'combine'].filter(
-    (f) => typeof ops?.[f] !== 'function',
-  );
+  const missing = Object.keys(REQUIRED_OPS).filter((f) => typeof ops?.[f] !== 'function');
   if (ops === null || typeof ops !== 'object' || missing.length)
     throw bad(
       `device.ops must be device ops (cudaMoeOps() of @trellis/moe)${ops && typeof ops === 'object' ? `; these lack ${missing.join(', ')}` : `, got ${show(ops)}`}`,

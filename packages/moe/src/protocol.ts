@@ -13,25 +13,35 @@ export const ELEM: Record<MoeDType, number> = { fp8: 1, bf16: 2, fp32: 4 };
 /** The longest proxy spin: a second of a core after each kick is already far past any use. */
 const MAX_SPIN_US = 1_000_000;
 
+/**
+ * Every field of {@link MoeConfig}, and whether every rank must share it (its buffers are laid out
+ * from it, so `connect` compares it across ranks) or it is this rank's own. A field added to
+ * `MoeConfig` and not here fails to compile. @internal
+ */
+const FIELDS = {
+  worldSize: 'shared',
+  rank: 'own',
+  nodeSize: 'shared',
+  numExperts: 'shared',
+  topk: 'shared',
+  hidden: 'shared',
+  maxTokensPerRank: 'shared',
+  inDtype: 'shared',
+  outDtype: 'shared',
+  scales: 'shared',
+  scaleBlock: 'shared',
+  maxPrivateTokens: 'shared',
+  immBase: 'shared',
+  timeoutMs: 'own',
+  proxy: 'own',
+  proxySpinUs: 'own',
+} as const satisfies Record<keyof MoeConfig, 'shared' | 'own'>;
+
 /** Every field of {@link MoeConfig}. @internal */
-export const CONFIG_KEYS: readonly (keyof MoeConfig)[] = [
-  'worldSize',
-  'rank',
-  'nodeSize',
-  'numExperts',
-  'topk',
-  'hidden',
-  'maxTokensPerRank',
-  'inDtype',
-  'outDtype',
-  'scales',
-  'scaleBlock',
-  'maxPrivateTokens',
-  'immBase',
-  'timeoutMs',
-  'proxy',
-  'proxySpinUs',
-];
+export const CONFIG_KEYS = Object.keys(FIELDS) as (keyof MoeConfig)[];
+
+/** The fields every rank must share, in the order a descriptor's config tag lists them. @internal */
+export const SHARED_KEYS = CONFIG_KEYS.filter((k) => FIELDS[k] === 'shared');
 
 /**
  * A key of `cfg` that is not in `known` (a misspelt option would otherwise be ignored and its

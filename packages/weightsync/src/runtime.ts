@@ -829,61 +829,32 @@ export class WeightSyncSender {
   }
 
   /** Wait for {@link drain} until `deadline` or `signal`: TIMEOUT / ABORTED naming why. */
-  private async waitDrain(deadline: number | undefined, signal: AbortSignal): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let onAbort: (() => void) | undefined;
-    const gaveUp = new Promise<never>((_, reject) => {
-      if (deadline !== undefined)
-        timer = setTimeout(
-          () =>
-            reject(
-              new TrellisError(
-                'TIMEOUT',
-                "deadline passed waiting for the previous step's writes to settle (a hung inference rank holds them until the engine deadline, opTimeoutMs; they read the staging this step reuses)",
-              ),
-            ),
-          Math.max(1, deadline - performance.now()),
-        );
-      onAbort = () => reject(new TrellisError('ABORTED', 'the step was aborted'));
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
-    try {
-      await Promise.race([this.drain, gaveUp]);
-    } finally {
-      if (timer) clearTimeout(timer);
-      signal.removeEventListener('abort', onAbort!);
-    }
+  private waitDrain(deadline: number | undefined, signal: AbortSignal): Promise<void> {
+    return bounded(
+      this.drain!,
+      deadline,
+      signal,
+      "deadline passed waiting for the previous step's writes to settle (a hung inference rank holds them until the engine deadline, opTimeoutMs; they read the staging this step reuses)",
+    );
   }
 
+  /** A free staging slot, waiting (first come, first served) until `deadline` or `signal`. */
   private acquire(deadline: number | undefined, signal: AbortSignal): Promise<number> {
     const s = this.freeSlots.pop();
     if (s !== undefined) return Promise.resolve(s);
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const waiter = () => {
-        if (settled) return false; // gave up already: the slot goes to the next waiter
-        settled = true;
-        if (timer) clearTimeout(timer);
-        signal.removeEventListener('abort', onAbort);
-        resolve(this.freeSlots.pop()!);
-        return true;
-      };
-      const giveUp = (e: TrellisError) => {
-        if (settled) return;
-        settled = true;
-        if (timer) clearTimeout(timer);
-        reject(e);
-      };
-      const timer =
-        deadline === undefined
-          ? undefined
-          : setTimeout(
-              () => giveUp(new TrellisError('TIMEOUT', 'deadline passed waiting for staging memory')),
-              Math.max(1, deadline - performance.now()),
-            );
-      const onAbort = () => giveUp(new TrellisError('ABORTED', 'the step was aborted'));
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.waiters.push(waiter);
+    let gaveUp = false;
+    let give!: (slot: number) => void;
+    const got = new Promise<number>((resolve) => {
+      give = resolve;
+    });
+    // A waiter that gave up declines, and `release` hands the slot to the next one.
+    this.waiters.push(() => {
+      if (gaveUp) return false;
+      give(this.freeSlots.pop()!);
+      return true;
+    });
+    return bounded(got, deadline, signal, 'deadline passed waiting for staging memory', () => {
+      gaveUp = true;
     });
   }
 
@@ -958,4 +929,39 @@ function checkTarget(op: string, plan: WeightSyncPlan, rank: number, t: unknown)
         'INVALID_ARGUMENT',
         `${op}: inference rank ${rank}'s buffer is ${desc.length} bytes; the plan needs ${plan.inferenceBytes[rank]}`,
       );
+}
+
+/**
+ * `p`, or a `TIMEOUT` (with `timeoutMessage`) at `deadline` or an `ABORTED` by `signal`, whichever
+ * comes first; `onGiveUp` runs when it gives up. The timer and listener are gone once it settles.
+ */
+async function bounded<T>(
+  p: Promise<T>,
+  deadline: number | undefined,
+  signal: AbortSignal,
+  timeoutMessage: string,
+  onGiveUp?: () => void,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let onAbort: (() => void) | undefined;
+  const gaveUp = new Promise<never>((_, reject) => {
+    const giveUp = (e: TrellisError) => {
+      onGiveUp?.();
+      reject(e);
+    };
+    if (deadline !== undefined)
+      timer = setTimeout(
+        () => giveUp(new TrellisError('TIMEOUT', timeoutMessage)),
+        Math.max(1, deadline - performance.now()),
+      );
+    onAbort = () => giveUp(new TrellisError('ABORTED', 'the step was aborted'));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([p, gaveUp]);
+  } finally {
+    if (timer) clearTimeout(timer);
+    signal.removeEventListener('abort', onAbort!);
+  }
 }

@@ -24,18 +24,17 @@ export async function createMode(
   // open instance is refused here, for any pair of modes.
   const release = claimImms(engine, p);
   try {
-    const mode = !device
-      ? p.c.proxy
-        ? await HostProxyMode.create(engine, p)
-        : await HostMode.create(engine, p)
-      : device.gpuDriven
-        ? await GpuDirectMode.create(engine, p, device)
-        : p.c.proxy
-          ? await GpuProxyMode.create(engine, p, device)
-          : await HostMode.createOnDevice(engine, p, device);
-    return { mode, release };
+    return { mode: await pick(engine, p, device), release };
   } catch (e) {
     release();
     throw e;
   }
+}
+
+/** The mode for this placement: host or device memory, and who posts. */
+function pick(engine: TransferEngine, p: Protocol, device?: MoeDeviceOptions): Promise<MoeMode> {
+  if (!device) return p.c.proxy ? HostProxyMode.create(engine, p) : HostMode.create(engine, p);
+  if (device.gpuDriven) return GpuDirectMode.create(engine, p, device);
+  if (p.c.proxy) return GpuProxyMode.create(engine, p, device);
+  return HostMode.createOnDevice(engine, p, device);
 }
