@@ -57,6 +57,8 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     private readonly mode: MoeMode,
     /** Gives this instance's immediate values back (claimImms), at close. */
     private readonly releaseImms: () => void,
+    /** Where its tokens and expert rows live: what dispatch and combine take. */
+    private readonly memory: MoeMemory,
   ) {
     this.config = p.c;
     this.localExperts = p.localExperts;
@@ -89,7 +91,7 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     const c = checkConfig(cfg, device);
     const p = new Protocol(c, layoutOf(c));
     const { mode, release } = await createMode(engine, p, device);
-    return new MoeAllToAll(p, mode, release);
+    return new MoeAllToAll(p, mode, release, device ? 'device' : 'host');
   }
 
   /**
@@ -358,19 +360,10 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
         "MoeAllToAll.combine: this round's recv phase is already pending; await it",
       );
     if (send) {
-      if (
-        typeof input !== 'object' ||
-        input === null ||
-        (input.expertOut instanceof Uint8Array
-          ? input.expertOut.length !== r.rows * this.p.outRow
-          : typeof input.expertOut !== 'bigint')
-      )
-        throw new TrellisError(
-          'INVALID_ARGUMENT',
-          `MoeAllToAll.combine: expertOut must hold ${r.rows} rows of ${c.hidden} ${c.outDtype}`,
-        );
+      const why = this.checkOut(input, r.rows);
+      if (why) throw new TrellisError('INVALID_ARGUMENT', `MoeAllToAll.combine: ${why}`);
       r.combineSent = true;
-      this.combineSends = this.combineSend(input.expertOut);
+      this.combineSends = this.combineSend(input!.expertOut);
       this.combineSends.catch((e: unknown) => this.fail(e));
     }
     if (!recv) return undefined;
@@ -378,6 +371,25 @@ export class MoeAllToAll<M extends MoeMemory = 'host'> {
     return this.combineRecv(phases.accumulate ?? 'out') as Promise<
       M extends 'device' ? bigint : Uint8Array | Float32Array
     >;
+  }
+
+  /** Why `input` is not this round's expert output (`rows` rows in this instance's memory), or undefined. */
+  private checkOut(input: unknown, rows: number): string | undefined {
+    if (typeof input !== 'object' || input === null)
+      return `input must be an object {expertOut}, got ${show(input)}`;
+    const out = (input as { expertOut?: unknown }).expertOut;
+    const got =
+      out === null ? 'null' : typeof out === 'object' ? (out.constructor?.name ?? 'object') : typeof out;
+    if (this.memory === 'device')
+      return typeof out === 'bigint'
+        ? undefined
+        : `expertOut must be a device pointer (bigint) for a GPU instance, got ${got}`;
+    if (!(out instanceof Uint8Array)) return `expertOut must be a Uint8Array (host memory), got ${got}`;
+    const want = rows * this.p.outRow;
+    const c = this.config;
+    return out.length === want
+      ? undefined
+      : `expertOut is ${out.length} bytes; ${rows} rows of ${c.hidden} ${c.outDtype} are ${want}`;
   }
 
   private async combineSend(out: MoeBuffer<M>): Promise<void> {

@@ -125,7 +125,7 @@ export function checkConfig(
   if (c.topk > c.numExperts)
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `${who}: topk ${c.topk} is more than numExperts ${c.numExperts} (a token picks at most every expert once)`,
+      `${who}: topk ${c.topk} is more than numExperts ${c.numExperts} (topk is how many of the numExperts experts each token is routed to)`,
     );
   if (c.worldSize % c.nodeSize)
     throw new TrellisError('INVALID_ARGUMENT', `${who}: worldSize must be a multiple of nodeSize`);

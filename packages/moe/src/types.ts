@@ -55,7 +55,11 @@ export interface DispatchInput<M extends MoeMemory = 'host'> {
   tokens: MoeBuffer<M>;
   /** fp8 with scales: `numTokens × hidden/scaleBlock`. */
   scales?: MoeScales<M>;
-  /** `numTokens × topk` expert ids (-1: no expert for that slot). */
+  /**
+   * `numTokens × topk` expert ids (-1: no expert for that slot). An id may repeat among a token's
+   * slots: the token then goes to that expert once per slot, and combine adds each slot's output
+   * times that slot's weight.
+   */
   topkIds: Int32Array;
   /**
    * `numTokens × topk` weights, used by combine: read when the round's combine runs, not copied at

@@ -110,7 +110,7 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
       'INVALID_ARGUMENT: MoeAllToAll.create: numExperts 3 must be a multiple of worldSize 2',
     );
     expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 2, topk: 3 }))).toBe(
-      'INVALID_ARGUMENT: MoeAllToAll.create: topk 3 is more than numExperts 2 (a token picks at most every expert once)',
+      'INVALID_ARGUMENT: MoeAllToAll.create: topk 3 is more than numExperts 2 (topk is how many of the numExperts experts each token is routed to)',
     );
     for (const immBase of [-1, 1.5, 2 ** 32, 0xfffffffc])
       expect(await outcome(MoeAllToAll.create(e, { ...cfg, numExperts: 4, immBase }))).toBe(
@@ -200,7 +200,19 @@ describe('MoeAllToAll (CPU reference) over the loopback fabric', () => {
     const [d, d1] = await Promise.all([recv0, m1.dispatch(none)]);
     // combine's input and phases, checked the same way; the round still open after each refusal.
     expect(await outcome(m.combine(null as unknown as { expertOut: Uint8Array }))).toBe(
-      `INVALID_ARGUMENT: MoeAllToAll.combine: expertOut must hold ${d!.expertX.length / 16} rows of 8 bf16`,
+      'INVALID_ARGUMENT: MoeAllToAll.combine: input must be an object {expertOut}, got null',
+    );
+    const rows = d!.expertX.length / 16;
+    // What was given, named: a device pointer to a host instance (it once failed the instance
+    // from inside the send), another typed array, a wrong size.
+    expect(await outcome(m.combine({ expertOut: 0x1000n as unknown as Uint8Array }))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.combine: expertOut must be a Uint8Array (host memory), got bigint',
+    );
+    expect(await outcome(m.combine({ expertOut: new Float32Array(rows * 4) as unknown as Uint8Array }))).toBe(
+      'INVALID_ARGUMENT: MoeAllToAll.combine: expertOut must be a Uint8Array (host memory), got Float32Array',
+    );
+    expect(await outcome(m.combine({ expertOut: new Uint8Array(rows * 16 - 1) }))).toBe(
+      `INVALID_ARGUMENT: MoeAllToAll.combine: expertOut is ${rows * 16 - 1} bytes; ${rows} rows of 8 bf16 are ${rows * 16}`,
     );
     const out = { expertOut: new Uint8Array(d!.expertX.length) };
     expect(await outcome(m.combine(out, phases(null)))).toBe(

@@ -404,7 +404,8 @@ const PARSE_LIMITS = { ranks: 1 << 16, tensors: 1 << 20 };
  * Parse a plan saved with `JSON.stringify`. A plan is a pure function of its layouts, so it is
  * re-derived from them (`planWeightSync`) and must match exactly: a plan edited, truncated or
  * corrupted anywhere is refused with `INVALID_ARGUMENT` before any rank sizes a buffer or writes
- * from it. Refuses another format or version.
+ * from it. Refuses text that is not a weightsync plan (`INVALID_ARGUMENT`) and a plan of another
+ * format version (`UNSUPPORTED`: it names the version found and the one this package reads).
  */
 export function parsePlan(text: string): WeightSyncPlan {
   if (typeof text !== 'string') throw new TrellisError('INVALID_ARGUMENT', 'parsePlan: expected a string');
