@@ -126,7 +126,7 @@ export async function serveBench(opts: {
       gone(
         new TrellisError(
           'PEER_LOST',
-          'trellis bench --serve: the client went away (its connection to this store closed) before it said exit',
+          'bench --serve: the client went away (its connection to this store closed) before it said exit',
         ),
       );
   });
@@ -169,6 +169,7 @@ export interface BenchRow {
   size: number;
   writes: number;
   seconds: number;
+  /** Gigabytes per second: 10^9 bytes a second (the table's GB/s column), not gigabits. */
   gbps: number;
   verified: boolean;
 }
@@ -177,15 +178,16 @@ export interface BenchRow {
 export interface BenchResult {
   provider: string;
   nics: number;
-  libfabric: string;
+  /** libfabric's version; `null` with `--backend verbs`, which does not use libfabric. */
+  libfabric: string | null;
   /** CPUs of this host, e.g. `16 x Intel(R) Xeon(R) Processor`. */
   host: string;
   /** This host's name. */
   hostname: string;
   /** When the run ended (ISO 8601). */
   time: string;
-  /** Versions: the Trellis CLI, Node and libfabric. */
-  versions: { trellis: string; node: string; libfabric: string };
+  /** Versions: the Trellis CLI, Node and libfabric (`null` with `--backend verbs`). */
+  versions: { trellis: string; node: string; libfabric: string | null };
   rows: BenchRow[];
 }
 
@@ -274,11 +276,15 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
           ? 'tcp;ofi_rxm'
           : provider,
     nics,
-    libfabric: fabricVersion(),
+    libfabric: backend === 'verbs' ? null : fabricVersion(),
     host: `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}`,
     hostname: hostname(),
     time: new Date().toISOString(),
-    versions: { trellis: cliVersion(), node: process.version, libfabric: fabricVersion() },
+    versions: {
+      trellis: cliVersion(),
+      node: process.version,
+      libfabric: backend === 'verbs' ? null : fabricVersion(),
+    },
     rows,
   };
 }
@@ -306,7 +312,7 @@ export function benchHtml(r: BenchResult): string {
 <style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>
 </head><body>
 <h1>trellis bench</h1>
-<p>${esc(`${r.provider}, ${r.nics} NIC(s), libfabric ${r.libfabric}, ${r.host}`)}</p>
+<p>${esc(benchHeader(r))}</p>
 <svg width="${w}" height="${h}" xmlns="http://www.w3.org/2000/svg">
 <line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#000"/>
 <line x1="${pad}" y1="${pad}" x2="${pad}" y2="${h - pad}" stroke="#000"/>
@@ -321,3 +327,8 @@ ${r.rows.map((x) => `<tr><td>${fmtSize(x.size)}</td><td>${x.writes}</td><td>${x.
 }
 
 export { fmtSize };
+
+/** The line above a bench table: provider, NICs, libfabric's version where it is used, host. */
+export function benchHeader(r: BenchResult): string {
+  return `${r.provider}, ${r.nics} NIC(s), ${r.libfabric === null ? '' : `libfabric ${r.libfabric}, `}${r.host}`;
+}

@@ -19,7 +19,7 @@ import { constants as osConstants } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { fabricVersion, type Provider } from '@trellis/backend-efa';
-import { benchHtml, cliVersion, fmtSize, parseHostPort, runBench, serveBench } from './bench.js';
+import { benchHeader, benchHtml, cliVersion, fmtSize, parseHostPort, runBench, serveBench } from './bench.js';
 import { runClusterDemo } from './cluster.js';
 import { runDemo } from './demo.js';
 import { runDoctor } from './doctor.js';
@@ -324,7 +324,7 @@ const commands: Record<string, Command> = {
           if (done === total) err('\n');
         },
       });
-      out(`${r.provider}, ${r.nics} NIC(s), libfabric ${r.libfabric}, ${r.host}\n\n`);
+      out(`${benchHeader(r)}\n\n`);
       out(
         `${table(
           ['size', 'writes', 'seconds', 'GB/s', 'verified'],
@@ -427,17 +427,21 @@ const commands: Record<string, Command> = {
         )}\n\n`,
       );
       const t = r.totals;
+      const w = r.wholeRun;
+      const fi = (k: 'aborted' | 'deadline') => r.processes.reduce((n, p) => n + p.faultsInjected[k], 0);
       out(
-        `${r.seconds} s, ${r.procs} processes over ${r.provider}: ${t.submitted} operations, ${t.settled} settled, ${t.lost} lost; ` +
+        `${r.seconds} s, ${r.procs} processes over ${r.provider}. The processes alive at the end (the table): ` +
+          `${t.submitted} operations, ${t.settled} settled, ${t.lost} lost; ` +
           `${mb(t.bytesWritten)} written, ${mb(t.verifiedBytes)} verified, ${t.mismatches} mismatches; ` +
-          `faults injected: ${t.faultsInjected} (${r.kills} processes killed, ${t.forged} forged descriptors, ${t.forgedRefused} refused, ${t.forgedAccepted} accepted${forgedRest(t.forgedOutcomes)}); ` +
+          `faults injected: ${t.faultsInjected} (${fi('aborted')} aborts, ${fi('deadline')} impossible deadlines, ${t.forged} forged descriptors: ${t.forgedRefused} refused, ${t.forgedAccepted} accepted${forgedRest(t.forgedOutcomes)}). ` +
+          `The whole run (${w.spawned} processes, killed ones included): processes killed ${w.kills}, ${w.forged} forged descriptors, ${w.forgedRefused} refused, ${w.forgedAccepted} accepted${forgedRest(w.forgedOutcomes)}; ` +
           `crashes: ${r.crashes}; errors between healthy peers: ${t.healthyErrors}\n`,
       );
       for (const line of t.healthySamples) out(`  healthy-pair error: ${line}\n`);
       const wrote = json === undefined || writeResult('json', json, JSON.stringify(r, null, 2));
       // A forgery must never write; besides REMOTE_ACCESS it may settle CONNECTION_RESET (another
       // forgery reset the connection under it) or, around kills, PEER_LOST or TIMEOUT.
-      const forgedOk = t.forgedAccepted === 0 && (t.forged === 0 || t.forgedRefused > 0);
+      const forgedOk = w.forgedAccepted === 0 && (w.forged === 0 || w.forgedRefused > 0);
       return t.lost === 0 &&
         t.mismatches === 0 &&
         r.crashes === 0 &&

@@ -30,17 +30,17 @@ function kernelAtLeast(major: number, minor: number): boolean {
   return !!m && (Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor));
 }
 
+/** `Max locked memory` of /proc/self/limits: `soft 8 MiB, hard 8 MiB` (or `unlimited`). */
 function memlock(): string {
   try {
     const line = readFileSync('/proc/self/limits', 'utf8')
       .split('\n')
       .find((l) => l.startsWith('Max locked memory'));
-    return line
-      ? line
-          .replace(/^Max locked memory\s+/, '')
-          .replace(/\s+/g, ' ')
-          .trim()
-      : 'unknown';
+    const [soft, hard] = line?.replace(/^Max locked memory\s+/, '').split(/\s+/) ?? [];
+    if (!soft || !hard) return 'unknown';
+    const show = (v: string) =>
+      /^\d+$/.test(v) ? `${v} bytes${Number(v) >= 2 ** 20 ? ` (${Number(v) / 2 ** 20} MiB)` : ''}` : v;
+    return `soft ${show(soft)}, hard ${show(hard)}`;
   } catch {
     return 'unknown';
   }

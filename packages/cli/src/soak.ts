@@ -46,6 +46,7 @@ export interface SoakOptions {
 /** What one process reported at the end. */
 export interface SoakProcessReport {
   rank: number;
+  /** 0 for the first process of this rank, one more for each replacement (after a kill or a crash). */
   generation: number;
   submitted: number;
   settled: number;
@@ -73,7 +74,12 @@ export interface SoakReport {
   kills: number;
   /** Processes that exited without being killed (must be 0). */
   crashes: number;
+  /**
+   * One report per rank: the process alive at the end (a killed process cannot report; its
+   * operations are not in these rows, its forgeries are in {@link SoakReport.wholeRun}).
+   */
   processes: SoakProcessReport[];
+  /** Sums over {@link SoakReport.processes}: each field is the sum of the rows' field. */
   totals: {
     submitted: number;
     settled: number;
@@ -83,18 +89,36 @@ export interface SoakReport {
     bytesWritten: number;
     verifiedBytes: number;
     mismatches: number;
+    /** The rows' `faultsInjected`: aborted + deadline + forged. */
     faultsInjected: number;
-    /**
-     * Forged writes, and how many the target refused with REMOTE_ACCESS: by every process of the
-     * run, killed ones included (their forgery logs); a forgery cut off by its process's kill
-     * counts as forged, not refused.
-     */
+    /** The rows' forged writes, and how they settled (the rows' `forgedOutcomes` summed). */
     forged: number;
+    /** Of {@link forged}: refused with REMOTE_ACCESS (`forgedOutcomes.REMOTE_ACCESS`). */
+    forgedRefused: number;
+    /** Of {@link forged}: completed as if the key were good (`forgedOutcomes.OK`): must be 0. */
+    forgedAccepted: number;
+    forgedOutcomes: Record<string, number>;
+    /** Errors no injected fault explains: between healthy peers (must be 0). */
+    healthyErrors: number;
+    /** The first few of them, as text. */
+    healthySamples: string[];
+  };
+  /**
+   * The whole run, killed processes included (every process logs its forgeries as it goes; a
+   * count over the survivors alone can be 0 when the refused forgers were all killed later).
+   */
+  wholeRun: {
+    /** Processes spawned: `procs` + kills + crashes. */
+    spawned: number;
+    kills: number;
+    /** Forged writes, by every process spawned. */
+    forged: number;
+    /** Refused with REMOTE_ACCESS. A forgery cut off by its process's kill counts as forged, not refused. */
     forgedRefused: number;
     /**
-     * Forged writes that completed as if the key were good: must be 0. (Besides REMOTE_ACCESS a
-     * forgery may settle CONNECTION_RESET — another forgery to the same target reset the
-     * connection under it — or, around kills, PEER_LOST or TIMEOUT.)
+     * Completed as if the key were good: must be 0. (Besides REMOTE_ACCESS a forgery may settle
+     * CONNECTION_RESET — another forgery to the same target reset the connection under it — or,
+     * around kills, PEER_LOST or TIMEOUT.)
      */
     forgedAccepted: number;
     /**
@@ -102,10 +126,6 @@ export interface SoakReport {
      * whose process was killed before they settled. Sums to `forged`.
      */
     forgedOutcomes: Record<string, number>;
-    /** Errors no injected fault explains: between healthy peers (must be 0). */
-    healthyErrors: number;
-    /** The first few of them, as text. */
-    healthySamples: string[];
   };
 }
 
@@ -168,9 +188,14 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
     const killedAt: Array<[number, number]> = [];
     const log = opts.log ?? (() => {});
     const rng = new Prng(seed);
-    let generation = 0;
+    // Processes spawned so far (each one's seed and forgery log), and each rank's generation: 0 for
+    // the first process of that rank, one more for each replacement.
+    let spawns = 0;
+    const generations = new Array<number>(procs).fill(-1);
     const start = async (rank: number) => {
-      const forgeLog = join(logDir, `forges-${rank}-${generation}`);
+      const spawn_ = spawns++;
+      const generation = ++generations[rank]!;
+      const forgeLog = join(logDir, `forges-${spawn_}`);
       writeFileSync(forgeLog, '');
       forgeLogs.push({ rank, path: forgeLog });
       const p = new Proc(
@@ -181,7 +206,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
             JSON.stringify({
               rank,
               provider,
-              seed: seed + generation,
+              seed: seed + spawn_,
               slotBytes,
               forge,
               forgeLog,
@@ -193,7 +218,7 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
           },
         ),
         rank,
-        generation++,
+        generation,
       );
       children.push(p.child);
       const hello = (await p.next<{ hello: { addr: string; desc: string } }>()).hello;
@@ -312,6 +337,9 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
           healthy.push(
             `process ${p.rank} (gen ${p.generation}): ${what} to/from ${peer} failed ${code} at +${at - t0} ms`,
           );
+    const forgedOutcomes: Record<string, number> = {};
+    for (const p of processes)
+      for (const [k, v] of Object.entries(p.forgedOutcomes)) forgedOutcomes[k] = (forgedOutcomes[k] ?? 0) + v;
     return {
       seconds,
       provider,
@@ -327,13 +355,23 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
         bytesWritten: sum((p) => p.bytesWritten),
         verifiedBytes: sum((p) => p.verifiedBytes),
         mismatches: sum((p) => p.mismatches),
-        faultsInjected: kills + forgedAll + sum((p) => p.faultsInjected.aborted + p.faultsInjected.deadline),
+        faultsInjected: sum(
+          (p) => p.faultsInjected.aborted + p.faultsInjected.deadline + p.faultsInjected.forged,
+        ),
+        forged: sum((p) => p.faultsInjected.forged),
+        forgedRefused: forgedOutcomes.REMOTE_ACCESS ?? 0,
+        forgedAccepted: forgedOutcomes.OK ?? 0,
+        forgedOutcomes,
+        healthyErrors: healthy.length,
+        healthySamples: healthy.slice(0, 10),
+      },
+      wholeRun: {
+        spawned: spawns,
+        kills,
         forged: forgedAll,
         forgedRefused: refusedAll,
         forgedAccepted: acceptedAll,
         forgedOutcomes: withCutOff(forgedEnds, forgedAll),
-        healthyErrors: healthy.length,
-        healthySamples: healthy.slice(0, 10),
       },
     };
   }

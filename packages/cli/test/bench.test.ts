@@ -1,7 +1,7 @@
 // `trellis bench`: the sweep on one host, across two processes through the rendezvous store, and on
 // backend-verbs; every row's bytes verified.
 import { describe, expect, it } from 'vitest';
-import { benchHtml, runBench } from '../src/bench.js';
+import { benchHeader, benchHtml, runBench } from '../src/bench.js';
 
 describe('trellis bench', () => {
   it('sweeps sizes into a second process, verifies each, and renders a self-contained HTML report', async () => {
@@ -83,7 +83,7 @@ describe('trellis bench across hosts (here: two processes through the rendezvous
     client.kill('SIGKILL');
     expect(await exited).toBe(1);
     expect(out.stderr.trim()).toBe(
-      'trellis: trellis bench --serve: the client went away (its connection to this store closed) before it said exit (--debug for the stack)',
+      'trellis: bench --serve: the client went away (its connection to this store closed) before it said exit (--debug for the stack)',
     );
   }, 60_000);
 });
@@ -93,5 +93,10 @@ describe('trellis bench on backend-verbs', () => {
     const r = await runBench({ backend: 'verbs', sizes: [65536], bytesPerSize: 1 << 20 });
     expect(r.rows.map((x) => [x.size, x.writes, x.verified])).toEqual([[65536, 16, true]]);
     expect(r.provider).toMatch(/^verbs/);
+    // It does not use libfabric, and its header says none.
+    expect(r.libfabric).toBeNull();
+    expect(r.versions.libfabric).toBeNull();
+    expect(benchHeader(r)).not.toContain('libfabric');
+    expect(benchHeader(r)).toMatch(/^verbs( \(software RC model\))?, 1 NIC\(s\), \d+ x /);
   }, 60_000);
 });

@@ -193,6 +193,11 @@ describe('trellis', () => {
     const ok = JSON.parse(trellis('doctor', '--json').stdout) as {
       checks: Array<{ area: string; item: string; status: string; detail: string }>;
     };
+    // The memlock limit, soft and hard named (once two bare numbers).
+    const lock = ok.checks.find((c) => c.item === 'memlock limit')!;
+    expect(lock.detail).toMatch(
+      /^soft (unlimited|\d+ bytes( \([\d.]+ MiB\))?), hard (unlimited|\d+ bytes( \([\d.]+ MiB\))?) \(/,
+    );
     const addon = ok.checks.find((c) => c.item === 'addon')!;
     expect(addon.status).toBe('ok');
     expect(addon.detail).toMatch(/trellis_efa\.node$/);
