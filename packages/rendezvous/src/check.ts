@@ -53,3 +53,25 @@ export function checkJoin(op: string, member: unknown, value: unknown, onChange:
       `${op}: onChange must be a function (called with the group's members), or left out`,
     );
 }
+
+/** A key, barrier name or group name: a non-empty string of at most 1024 characters. */
+export function checkName(op: string, what: string, v: unknown): void {
+  if (typeof v !== 'string' || v.length === 0 || v.length > 1024)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `${op}: ${what} must be a non-empty string of at most 1024 characters, got ${typeof v === 'string' && v.length > 1024 ? `${v.length} characters` : shown(v)}`,
+    );
+}
+
+/** `onChange`, called only with a membership other than the one it was called with last. */
+export function onChangeOnce(
+  onChange: (members: Record<string, string>) => void,
+): (members: Record<string, string>) => void {
+  let last: string | undefined;
+  return (members) => {
+    const key = JSON.stringify(Object.entries(members).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+    if (key === last) return;
+    last = key;
+    onChange(members);
+  };
+}

@@ -4,7 +4,16 @@ import { randomUUID } from 'node:crypto';
 import { TrellisError } from '@trellis/core';
 import { ExponentialBackoff, type IBackoff, noop } from 'cockatiel';
 import { Etcd3, EtcdLeaseInvalidError, type Lease, type WatchBuilder, type Watcher } from 'etcd3';
-import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue, shown } from './check.js';
+import {
+  checkJoin,
+  checkName,
+  checkOptionalOptions,
+  checkOptions,
+  checkTimeoutMs,
+  checkValue,
+  onChangeOnce,
+  shown,
+} from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 /**
@@ -21,6 +30,8 @@ import type { Rendezvous } from './rendezvous.js';
 export class EtcdRendezvous implements Rendezvous {
   private readonly watchers = new Set<Watcher>();
   private readonly rounds = new Map<string, number>();
+  /** This process's entries of rounds that released: close() deletes them (and a round's marker with its last entry). */
+  private readonly released: Array<{ prefix: string; entry: string; done: string }> = [];
   private closed = false;
 
   private constructor(
@@ -261,6 +272,7 @@ export class EtcdRendezvous implements Rendezvous {
 
   async set(key: string, value: string): Promise<void> {
     this.throwIfClosed('set');
+    checkName('EtcdRendezvous.set', 'key', key);
     const k = this.k(key);
     checkValue('EtcdRendezvous.set', value);
     await this.answered(`set('${key}')`, this.client.put(k).value(value).exec());
@@ -272,6 +284,7 @@ export class EtcdRendezvous implements Rendezvous {
   }
 
   async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
+    checkName('EtcdRendezvous.get', 'key', key);
     const k = this.k(key);
     checkOptionalOptions('EtcdRendezvous.get', opts, '{timeoutMs?}');
     opts ??= {};
@@ -323,7 +336,7 @@ export class EtcdRendezvous implements Rendezvous {
         'INVALID_ARGUMENT',
         `EtcdRendezvous.barrier: size must be a positive integer, got ${shown(size)}`,
       );
-    this.k(name);
+    checkName('EtcdRendezvous.barrier', 'name', name);
     checkOptionalOptions('EtcdRendezvous.barrier', opts, '{timeoutMs?}');
     opts ??= {};
     checkTimeoutMs('EtcdRendezvous.barrier', opts.timeoutMs);
@@ -331,6 +344,11 @@ export class EtcdRendezvous implements Rendezvous {
     const round = (this.rounds.get(name) ?? 0) + 1;
     this.rounds.set(name, round);
     const p = this.k(`__barrier/${name}/${round}/`);
+    // Members' entries are `<p><uuid>` = their size; `<p>=done` marks the round released (written
+    // by whoever sees it complete, before it resolves), so a member closing afterwards may delete
+    // its entry without a slower member of the round missing the release.
+    const doneKey = `${p}=done`;
+    const mine = p + randomUUID();
     let entered = false;
     await this.watched(
       `barrier('${name}')`,
@@ -342,26 +360,54 @@ export class EtcdRendezvous implements Rendezvous {
             : `not all ${size} members, and etcd stopped answering (its watch stream broke: ${lost})`,
       opts.timeoutMs,
       this.client.watch().prefix(p),
-      async (w) => {
-        const entry = this.client
-          .put(p + randomUUID())
-          .value('1')
-          .exec();
-        await (opts.timeoutMs === undefined ? this.answered(`barrier('${name}')`, entry) : entry);
-        entered = true;
-        const count = async () => (await this.client.getAll().prefix(p).keys()).length;
-        if ((await count()) >= size) return;
-        await new Promise<void>((resolve) => {
-          w.on('put', () => {
-            void count().then(
-              (n) => {
-                if (n >= size) resolve();
-              },
-              () => {},
-            );
+      (w) =>
+        new Promise<void>((resolve, reject) => {
+          let settled = false;
+          const end = (e?: TrellisError) => {
+            if (settled) return;
+            settled = true;
+            if (e) return reject(e);
+            this.released.push({ prefix: p, entry: mine, done: doneKey });
+            resolve();
+          };
+          // The round as etcd has it now: released, sizes that differ (refused: the round never
+          // releases), or complete (released here).
+          const check = async () => {
+            const all = await this.client.getAll().prefix(p).strings();
+            if (all[doneKey] !== undefined) return end();
+            const sizes = Object.entries(all).map(([, v]) => v);
+            const other = sizes.find((v) => v !== String(size));
+            if (other !== undefined)
+              return end(
+                new TrellisError(
+                  'INVALID_ARGUMENT',
+                  `EtcdRendezvous.barrier('${name}'): round ${round}'s members passed different sizes (this one ${size}, another ${other}): the round does not release — every member of a barrier passes the same size`,
+                ),
+              );
+            if (sizes.length >= size) {
+              await this.client.put(doneKey).value('1').exec();
+              end();
+            }
+          };
+          // Listening before entering: no put of the round is missed while a check is out.
+          w.on('put', (kv) => {
+            if (kv.key.toString() === doneKey) end();
+            else void check().catch(() => {});
           });
-        });
-      },
+          const entry = this.client.put(mine).value(String(size)).exec();
+          (opts.timeoutMs === undefined ? this.answered(`barrier('${name}')`, entry) : entry)
+            .then(() => {
+              entered = true;
+              return check();
+            })
+            .catch((e: unknown) =>
+              end(
+                e instanceof TrellisError
+                  ? e
+                  : new TrellisError('PEER_LOST', `EtcdRendezvous.barrier('${name}'): ${String(e)}`),
+              ),
+            );
+        }),
       // Without a timeoutMs of its own, entering the round (the watch, the entry) is bounded by
       // connect's, as a set is (PEER_LOST); waiting for the others is not.
       opts.timeoutMs === undefined,
@@ -374,7 +420,7 @@ export class EtcdRendezvous implements Rendezvous {
     value: string,
     onChange?: (members: Record<string, string>) => void,
   ): Promise<() => void> {
-    this.k(group);
+    checkName('EtcdRendezvous.join', 'group', group);
     checkJoin('EtcdRendezvous.join', member, value, onChange);
     this.throwIfClosed('join');
     const p = this.k(`__group/${group}/`);
@@ -418,18 +464,29 @@ export class EtcdRendezvous implements Rendezvous {
       stop();
       throw e;
     }
-    // Never after stop() or close(): a read that was on its way then is dropped.
-    const refresh = () =>
+    // Never after stop() or close(): a read that was on its way then is dropped. Nor a read older
+    // than one already delivered (reads may answer out of order), nor the membership delivered
+    // last again (a member put back under a new lease after an outage is a put, not a change).
+    const deliver = onChangeOnce(onChange);
+    let asked = 0;
+    let delivered = 0;
+    const read = (n: number, all: Record<string, string>) => {
+      if (stopped || this.closed || n < delivered) return;
+      delivered = n;
+      deliver(all);
+    };
+    const refresh = () => {
+      const n = ++asked;
       void members().then(
-        (all) => {
-          if (!stopped && !this.closed) onChange(all);
-        },
+        (all) => read(n, all),
         () => {},
       );
+    };
     w.on('put', refresh);
     w.on('delete', refresh);
     try {
-      onChange(await this.answered(op, members()));
+      const n = ++asked;
+      read(n, await this.answered(op, members()));
     } catch (e) {
       stop();
       throw e;
@@ -533,6 +590,14 @@ export class EtcdRendezvous implements Rendezvous {
       ...[...this.members].map((m) =>
         this.client.if(m.owner, 'Value', '==', m.joinId).then(this.client.delete().key(m.owner)).commit(),
       ),
+      // Its entries of barrier rounds that released, and a round's marker with its last entry (of
+      // two members closing at once, the later look sees both entries gone). Rounds that did not
+      // release keep their entries: an entry stays counted.
+      ...this.released.map(async (b) => {
+        await this.client.delete().key(b.entry).exec();
+        const left = await this.client.getAll().prefix(b.prefix).keys();
+        if (left.every((k) => k === b.done)) await this.client.delete().key(b.done).exec();
+      }),
     ]);
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([tidy, new Promise((r) => (timer = setTimeout(r, this.answerMs)))]);

@@ -13,7 +13,16 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { TrellisError } from '@trellis/core';
-import { checkJoin, checkOptionalOptions, checkOptions, checkTimeoutMs, checkValue, shown } from './check.js';
+import {
+  checkJoin,
+  checkName,
+  checkOptionalOptions,
+  checkOptions,
+  checkTimeoutMs,
+  checkValue,
+  onChangeOnce,
+  shown,
+} from './check.js';
 import type { Rendezvous } from './rendezvous.js';
 
 export type { Rendezvous } from './rendezvous.js';
@@ -31,6 +40,12 @@ interface Req {
   token?: string;
   /** get: answer at once, `absent: true` when the key is not there (a get with `timeoutMs: 0`). */
   nowait?: boolean;
+  /**
+   * add: a barrier entry of a round of this many members. The store compares it with the round's
+   * first entry's and sets `<key>/done`: `1` when the count reaches it, the two sizes when they
+   * differ (the round then never releases). Its answer says `sized: true`.
+   */
+  size?: number;
 }
 
 /** The store's server: keys, waiters, counters and groups, in memory. */
@@ -39,6 +54,8 @@ class StoreServer {
   private readonly waiters = new Map<string, Array<(v: string) => void>>();
   private readonly groups = new Map<string, Map<string, { value: string; sock: Socket }>>();
   private readonly watchers = new Map<string, Set<{ sock: Socket; id: number }>>();
+  /** The size each barrier round's first entry gave, by the round's key. */
+  private readonly sizes = new Map<string, number>();
   /** Every client connection open now, so that closing the store ends them. */
   private readonly socks = new Set<Socket>();
 
@@ -87,7 +104,19 @@ class StoreServer {
         return;
       }
       if (r.op === 'auth') {
-        authed ||= typeof r.token === 'string' && timingSafeEqual(sha256(r.token), this.tokenHash!);
+        if (this.tokenHash === undefined) {
+          // A client that means to authenticate to a store that asks for nothing: one of the two
+          // is configured wrong, and the client would believe its store is guarded.
+          reply({
+            id: r.id,
+            ok: false,
+            error: 'this store has no token; connect without one, or serve the store with {token}',
+            closing: true,
+          });
+          sock.end();
+          return;
+        }
+        authed ||= typeof r.token === 'string' && timingSafeEqual(sha256(r.token), this.tokenHash);
         if (authed) reply({ id: r.id, ok: true });
         else {
           reply({ id: r.id, ok: false, error: 'the token does not match the store', closing: true });
@@ -129,7 +158,17 @@ class StoreServer {
         case 'add': {
           const n = Number(this.data.get(r.key!) ?? '0') + (r.delta ?? 1);
           this.put(r.key!, String(n));
-          reply({ id: r.id, ok: true, value: String(n) });
+          if (typeof r.size === 'number') {
+            // A barrier entry: its round's sizes compared, and its release, here (one place, in
+            // order): a round whose members disagree on its size never releases; each is told.
+            const first = this.sizes.get(r.key!) ?? r.size;
+            this.sizes.set(r.key!, first);
+            const done = this.data.get(`${r.key}/done`);
+            if (first !== r.size) {
+              if (done === undefined || done === '1') this.put(`${r.key}/done`, `${first} ${r.size}`);
+            } else if (n === r.size && done === undefined) this.put(`${r.key}/done`, '1');
+          }
+          reply({ id: r.id, ok: true, value: String(n), sized: typeof r.size === 'number' });
           break;
         }
         case 'join': {
@@ -356,7 +395,13 @@ export class TcpStore implements Rendezvous {
       }
       const s = new TcpStore(sock, limit);
       try {
-        await s.hello('TcpStore.connect', opts.token, Math.max(deadline - Date.now(), 1), limit);
+        await s.hello(
+          'TcpStore.connect',
+          opts.token,
+          Math.max(deadline - Date.now(), 1),
+          limit,
+          ` at ${opts.host}:${opts.port}`,
+        );
         return s;
       } catch (e) {
         if (!(e instanceof TrellisError) || e.code !== 'PEER_LOST') throw e;
@@ -379,6 +424,8 @@ export class TcpStore implements Rendezvous {
     token: string | undefined,
     timeoutMs: number,
     limitMs: number,
+    /** Where the store is, for the timeout's message: ` at host:port`. */
+    at = '',
   ): Promise<void> {
     try {
       if (token !== undefined) await this.request({ op: 'auth', key: '', token }, timeoutMs);
@@ -390,7 +437,7 @@ export class TcpStore implements Rendezvous {
       throw new TrellisError(
         err.code ?? 'INTERNAL',
         err.code === 'TIMEOUT'
-          ? `${op}: the store did not answer ${token !== undefined ? "the token's check" : 'a first request'} within ${limitMs} ms`
+          ? `${op}: the store${at} took the connection and did not answer ${token !== undefined ? "the token's check" : 'a first request'} within ${limitMs} ms`
           : token !== undefined
             ? `${op}: authenticating to the store: ${err.message}`
             : `${op}: ${err.message.replace(/^TcpStore: /, '')}`,
@@ -456,13 +503,13 @@ export class TcpStore implements Rendezvous {
   }
 
   async set(key: string, value: string): Promise<void> {
-    checkKey(key);
+    checkName('TcpStore.set', 'key', key);
     checkValue('TcpStore.set', value);
     await this.request({ op: 'set', key, value }, undefined, true);
   }
 
   async get(key: string, opts: { timeoutMs?: number } = {}): Promise<string> {
-    checkKey(key);
+    checkName('TcpStore.get', 'key', key);
     checkOptionalOptions('TcpStore.get', opts, '{timeoutMs?}');
     opts ??= {};
     checkTimeoutMs('TcpStore.get', opts.timeoutMs);
@@ -488,7 +535,7 @@ export class TcpStore implements Rendezvous {
   }
 
   async barrier(name: string, size: number, opts: { timeoutMs?: number } = {}): Promise<void> {
-    checkKey(name);
+    checkName('TcpStore.barrier', 'name', name);
     if (!Number.isInteger(size) || size < 1)
       throw new TrellisError(
         'INVALID_ARGUMENT',
@@ -512,9 +559,19 @@ export class TcpStore implements Rendezvous {
     let n: number | undefined;
     try {
       const label = `barrier('${name}')`;
-      n = Number((await this.request({ op: 'add', key, delta: 1 }, left(), true, label)).value);
-      if (n === size) await this.request({ op: 'set', key: `${key}/done`, value: '1' }, left(), true, label);
-      await done;
+      const entry = await this.request({ op: 'add', key, delta: 1, size }, left(), true, label);
+      n = Number(entry.value);
+      // A store of an earlier version does not release rounds itself (nor compare their sizes).
+      if (entry.sized !== true && n === size)
+        await this.request({ op: 'set', key: `${key}/done`, value: '1' }, left(), true, label);
+      const released = (await done).value as string;
+      if (released !== '1') {
+        const [first, other] = released.split(' ');
+        throw new TrellisError(
+          'INVALID_ARGUMENT',
+          `TcpStore.barrier('${name}'): round ${round}'s members passed different sizes (${first}, then ${other}; this one ${size}): the round does not release — every member of a barrier passes the same size`,
+        );
+      }
     } catch (e) {
       // Say which barrier, not the internal key it waits on.
       if (e instanceof TrellisError && e.code === 'TIMEOUT')
@@ -532,19 +589,21 @@ export class TcpStore implements Rendezvous {
     value: string,
     onChange?: (members: Record<string, string>) => void,
   ): Promise<() => void> {
-    checkKey(group);
+    checkName('TcpStore.join', 'group', group);
     checkJoin('TcpStore.join', member, value, onChange);
     await this.request({ op: 'join', key: group, member, value }, undefined, true);
     if (!onChange) return () => {};
     // The watch's request id names its events; listen before asking so none is missed.
     const id = this.nextId;
     let current: Record<string, string> | undefined;
+    // A second join of a name with the same value changes nothing a watcher sees: not reported.
+    const deliver = onChangeOnce(onChange);
     this.events.set(id, (m) => {
       current = m;
-      onChange(m);
+      deliver(m);
     });
     const r = await this.request({ op: 'watch', key: group }, undefined, true);
-    if (current === undefined) onChange(r.members as Record<string, string>);
+    if (current === undefined) deliver(r.members as Record<string, string>);
     return () => {
       this.events.delete(id);
       void this.request({ op: 'unwatch', key: group, watch: id }).catch(() => {});
@@ -576,14 +635,6 @@ function readLines(sock: Socket, onLine: (line: string) => void): void {
   const lines = createInterface({ input: sock });
   lines.on('error', () => {});
   lines.on('line', onLine);
-}
-
-function checkKey(key: string): void {
-  if (typeof key !== 'string' || key.length === 0 || key.length > 1024)
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `TcpStore: a key is a non-empty string of at most 1024 characters`,
-    );
 }
 
 /** Dial `host:port` until `end` (default `timeoutMs` from now); `timeoutMs` names the bound in errors. */

@@ -15,7 +15,9 @@ export interface Rendezvous {
   barrier(name: string, size: number, opts?: { timeoutMs?: number }): Promise<void>;
   /**
    * Join `group` as `member` with `value` (e.g. its NetAddr) for as long as this connection lives;
-   * `onChange` receives the full membership on every change, starting with the current one.
+   * `onChange` receives the full membership on every change, starting with the current one; what
+   * changes nothing a watcher sees (a second join of a name with the same value, a member put back
+   * under a new lease after an etcd outage) is not reported.
    * Returns a function that stops watching (the member stays in the group until this connection
    * ends: close the rendezvous to leave). A member name is one member: a second join of the same
    * name, from any process, replaces its value and takes it over — the name then leaves the group

@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { outcome } from '@trellis/core/conformance';
+import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdRendezvous } from '../src/index.js';
 
@@ -123,6 +124,56 @@ describe('EtcdRendezvous on a real etcd', () => {
       await Promise.all(first);
       expect(done.sort()).toEqual([0, 1]);
     }
+  });
+
+  it('members that pass different sizes are all refused and the round never releases; released rounds leave no records once every member closed', async () => {
+    const [a, b, c] = [await client('t2s/'), await client('t2s/'), await client('t2s/')];
+    // Round 1: a enters for 3, b for 2 — both refused (b's entry would otherwise have released
+    // itself with 2 entered while a waited for 3), and so is c, entering later for 3.
+    const pa = outcome(a.barrier('m', 3, { timeoutMs: 3000 }));
+    await new Promise((r) => setTimeout(r, 100));
+    const pb = outcome(b.barrier('m', 2, { timeoutMs: 3000 }));
+    const refused = (size: number, other: number) =>
+      `INVALID_ARGUMENT: EtcdRendezvous.barrier('m'): round 1's members passed different sizes (this one ${size}, another ${other}): the round does not release — every member of a barrier passes the same size`;
+    expect(await pa).toBe(refused(3, 2));
+    expect(await pb).toBe(refused(2, 3));
+    expect(await outcome(c.barrier('m', 3, { timeoutMs: 3000 }))).toBe(refused(3, 2));
+    // The next round, with one size, releases.
+    await Promise.all([a, b, c].map((s) => s.barrier('m', 3, { timeoutMs: 5000 })));
+    await Promise.all([a, b, c].map((s) => s.barrier('n', 3, { timeoutMs: 5000 })));
+    const raw = new Etcd3({ hosts: url });
+    try {
+      const keys = async () => (await raw.getAll().prefix('t2s/__barrier/').keys()).sort();
+      // Round 1 of 'm' (refused) keeps its three entries; rounds that released keep theirs
+      // until their members close.
+      expect((await keys()).filter((k) => k.startsWith('t2s/__barrier/m/1/'))).toHaveLength(3);
+      expect((await keys()).filter((k) => k.startsWith('t2s/__barrier/n/1/'))).toHaveLength(4);
+      await a.close();
+      expect((await keys()).filter((k) => k.startsWith('t2s/__barrier/n/1/'))).toHaveLength(3);
+      await Promise.all([b.close(), c.close()]);
+      // Every released round's entries and marker are gone; the refused round's stay (counted).
+      expect(await keys()).toEqual((await keys()).filter((k) => k.startsWith('t2s/__barrier/m/1/')));
+      expect(await keys()).toHaveLength(3);
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('a watcher is told of changes only: a join of the same name and value again is not one', async () => {
+    const [a, b] = [await client('t2w/'), await client('t2w/')];
+    const seen: Array<Record<string, string>> = [];
+    await a.join('g', 'a', 'va', (m) => seen.push(m));
+    await b.join('g', 'b', 'vb');
+    const until = async (n: number) => {
+      const end = Date.now() + 3000;
+      while (seen.length < n && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    };
+    await until(2);
+    await b.join('g', 'b', 'vb');
+    await b.join('g', 'b', 'vb2');
+    await until(3);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(seen).toEqual([{ a: 'va' }, { a: 'va', b: 'vb' }, { a: 'va', b: 'vb2' }]);
   });
 
   it('membership: joins are seen by watchers; a member whose process dies leaves when its lease expires', async () => {
@@ -253,6 +304,13 @@ describe('EtcdRendezvous on a real etcd', () => {
     await a.set('small', 'y');
     expect(await a.get('small', { timeoutMs: 0 })).toBe('y');
     await a.barrier('after', 1, { timeoutMs: 2000 });
+    // Keys and names: the argument named.
+    const name = (op: string, what: string, got: string) =>
+      `INVALID_ARGUMENT: EtcdRendezvous.${op}: ${what} must be a non-empty string of at most 1024 characters, got ${got}`;
+    expect(await outcome(a.get(''))).toBe(name('get', 'key', '""'));
+    expect(await outcome(a.set('x'.repeat(1025), 'v'))).toBe(name('set', 'key', '1025 characters'));
+    expect(await outcome(a.barrier('', 1))).toBe(name('barrier', 'name', '""'));
+    expect(await outcome(a.join('', 'm', 'v'))).toBe(name('join', 'group', '""'));
   });
 
   it('etcd SIGKILLed: a look fails TIMEOUT, waits name the broken stream, and the process exits after close()', async () => {

@@ -60,6 +60,37 @@ describe('TcpStore', () => {
     }
   });
 
+  it('members that pass different sizes are all refused and the round never releases (the last to enter decided it once)', async () => {
+    const host = await TcpStore.serve({ port: 0, host: '127.0.0.1' });
+    const [a, b, c] = await Promise.all(
+      [0, 1, 2].map(() => TcpStore.connect({ host: '127.0.0.1', port: host.port! })),
+    );
+    try {
+      const refused = (name: string, size: number, first: number, other: number) =>
+        `INVALID_ARGUMENT: TcpStore.barrier('${name}'): round 1's members passed different sizes (${first}, then ${other}; this one ${size}): the round does not release — every member of a barrier passes the same size`;
+      // 3 then 2: once both were released with 2 entered. 2 then 3: once both timed out.
+      for (const [name, first, then] of [
+        ['m1', 3, 2],
+        ['m2', 2, 3],
+      ] as const) {
+        const pa = outcome(a!.barrier(name, first, { timeoutMs: 3000 }));
+        await new Promise((r) => setTimeout(r, 50));
+        const pb = outcome(b!.barrier(name, then, { timeoutMs: 3000 }));
+        expect(await pa).toBe(refused(name, first, first, then));
+        expect(await pb).toBe(refused(name, then, first, then));
+        // A member entering the spoilt round later is refused too, whatever its size.
+        expect(await outcome(c!.barrier(name, first, { timeoutMs: 3000 }))).toBe(
+          refused(name, first, first, then),
+        );
+      }
+      // The next round, with one size, releases.
+      await Promise.all([a!, b!, c!].map((s) => s.barrier('m1', 3, { timeoutMs: 3000 })));
+    } finally {
+      await Promise.all([a!, b!, c!].map((s) => s.close()));
+      await host.close();
+    }
+  });
+
   it('a host that closes as soon as its own barrier released still releases the other members (in other processes)', async () => {
     for (let trial = 0; trial < 5; trial++) {
       const host = await TcpStore.serve({ host: '127.0.0.1' });
@@ -109,6 +140,11 @@ describe('TcpStore', () => {
     await new Promise((r) => setTimeout(r, 100));
     expect(seen.map(has).at(-1)).toBe('d0,d1');
     expect(seen.at(-1)).toEqual({ d0: 'addr-d0', d1: 'addr-d1' });
+    // A join that changes nothing a watcher sees (the same name and value again) is not reported.
+    const before = seen.length;
+    await clients[0]!.join('decode', 'd1', 'addr-d1');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(seen.length).toBe(before);
     // A second join of a name takes it over: its value, and its lease (the name leaves with the
     // second joiner's connection, while the first's still lives).
     const other = await TcpStore.connect({ host: '127.0.0.1', port: host.port! });
@@ -156,6 +192,13 @@ describe('TcpStore', () => {
     expect(await outcome(any.barrier('b', 1, null))).toBe(
       `INVALID_ARGUMENT: TcpStore.barrier: ${opts}, got null`,
     );
+    // Keys and names: the argument named (it once said only "a key is a non-empty string").
+    const name = (op: string, what: string, got: string) =>
+      `INVALID_ARGUMENT: TcpStore.${op}: ${what} must be a non-empty string of at most 1024 characters, got ${got}`;
+    expect(await outcome(any.get('', {}))).toBe(name('get', 'key', '""'));
+    expect(await outcome(any.set('x'.repeat(1025), 'v'))).toBe(name('set', 'key', '1025 characters'));
+    expect(await outcome(any.barrier('', 1, {}))).toBe(name('barrier', 'name', '""'));
+    expect(await outcome(any.join(7 as unknown as string, 'm', 'v'))).toBe(name('join', 'group', '7'));
     expect(await outcome(any.set('k', 5))).toBe('INVALID_ARGUMENT: TcpStore.set: value must be a string');
     expect(await outcome(any.join('g', '', 'v'))).toBe(
       'INVALID_ARGUMENT: TcpStore.join: member must be a non-empty string of at most 1024 characters',
@@ -214,7 +257,7 @@ describe('TcpStore', () => {
         "PEER_LOST: TcpStore.barrier('b2'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "PEER_LOST: TcpStore.set('k'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
         "PEER_LOST: TcpStore.join('g'): the store did not answer within 400 ms (connect's timeoutMs); it may still apply the request",
-        "TIMEOUT: TcpStore.connect: the store did not answer the token's check within 300 ms",
+        `TIMEOUT: TcpStore.connect: the store at 127.0.0.1:${port} took the connection and did not answer the token's check within 300 ms`,
         "TIMEOUT: TcpStore.get('there'): timeoutMs 0 looks once, and the store did not answer the look within 400 ms (connect's timeoutMs)",
       ]);
       expect(Date.now() - t0).toBeLessThan(3000);
@@ -290,6 +333,13 @@ describe('TcpStore with a shared-secret token', () => {
     );
     expect(await outcome(TcpStore.serve({ token: '' }))).toBe(
       'INVALID_ARGUMENT: TcpStore.serve: token must be a non-empty string',
+    );
+    // A token to a store that has none: one side is configured wrong (it was taken, and the
+    // client believed its store guarded).
+    const open2 = await TcpStore.serve({ host: '127.0.0.1' });
+    open.push(open2);
+    expect(await outcome(TcpStore.connect({ host: '127.0.0.1', port: open2.port!, token: 's3cret' }))).toBe(
+      'REMOTE_ACCESS: TcpStore.connect: authenticating to the store: TcpStore: the store refused the request: this store has no token; connect without one, or serve the store with {token}',
     );
   });
 
