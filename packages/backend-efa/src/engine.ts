@@ -32,6 +32,15 @@ export interface EfaEngineOptions extends NativeEngineTuning {
   gpuDirect?: boolean;
 }
 
+/** {@link EfaEngineOptions}' own fields (one added there and not here fails to compile). */
+const OWN_OPTIONS: Record<Exclude<keyof EfaEngineOptions, keyof NativeEngineTuning>, true> = {
+  provider: true,
+  nics: true,
+  strict: true,
+  iface: true,
+  gpuDirect: true,
+};
+
 const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 'tcp;ofi_rxm': 'fi-tcp' };
 
 /** An engine on libfabric. Create it with {@link createEngine}. */
@@ -64,6 +73,7 @@ export class EfaEngine extends NativeEngineBase {
       backendName: '@trellis/backend-efa',
       nics,
       tuning: opts,
+      optionKeys: Object.keys(OWN_OPTIONS),
       addon: addon(),
       nativeOptions: {
         provider: provider === 'auto' ? '' : provider,

@@ -94,6 +94,13 @@ describe('backend-efa: providers and options', () => {
     expect(await code(createEngine({ provider: 'verbs' as never }))).toMatch(
       /^INVALID_ARGUMENT: createEngine: provider must be/,
     );
+    // A misspelt option: refused, not ignored with its default used.
+    expect(await code(createEngine({ provider: 'shm', bogus: 1 } as never))).toBe(
+      'INVALID_ARGUMENT: createEngine: "bogus" is not an option of @trellis/backend-efa (its options: provider, nics, strict, iface, gpuDirect; the engine\'s: cpu, opTimeoutMs, idleSpinUs, maxSleepUs, maxInflight, peerWindow, doorbellUs, arrivalBatchUs, busyPollUs, driveInline, limits, watcherMemory, gpu, strictGpu, sameHostLane, heartbeatMs, heartbeatIdle, failover)',
+    );
+    expect(await code(createEngine({ provider: 'shm', opTimeoutMS: 5 } as never))).toMatch(
+      /^INVALID_ARGUMENT: createEngine: "opTimeoutMS" is not an option of @trellis\/backend-efa/,
+    );
     // Tuning the worker cannot honour (a negative deadline used to be taken).
     expect(await code(createEngine({ provider: 'shm', opTimeoutMs: -1 }))).toBe(
       'INVALID_ARGUMENT: createEngine: opTimeoutMs must be an integer >= 0, got -1',

@@ -120,7 +120,10 @@ bool VerbsDomain::setup(const VerbsOptions& opts, std::string* err) {
       v_->close_device(c);
     }
     if (active.empty()) {
-      if (err->empty()) *err = "no RDMA device has port " + std::to_string(opts.port) + " active";
+      if (err->empty())
+        *err = opts.model ? "INVALID_ARGUMENT: the software RC model's devices (rcm0..) have port 1 only, not port " +
+                                std::to_string(opts.port) + "; leave port out or pass 1"
+                          : "no RDMA device has port " + std::to_string(opts.port) + " active";
       return false;
     }
     name = active[static_cast<size_t>(opts.index) % active.size()];
@@ -217,7 +220,9 @@ bool VerbsDomain::setup(const VerbsOptions& opts, std::string* err) {
   } else if (!ib_ && ipv4_mapped(gid_)) {
     std::memcpy(&hs_ip_, gid_.raw + 12, 4);
   } else {
-    *err = name + ": set handshakeHost — an IPv4 address of this host that peers can reach (the GID has none" +
+    // The caller's to fix: core reads the code from the prefix.
+    *err = "INVALID_ARGUMENT: " + name +
+           ": set handshakeHost — an IPv4 address of this host that peers can reach (the GID has none" +
            std::string(ib_ ? ": InfiniBand)" : ")");
     return false;
   }

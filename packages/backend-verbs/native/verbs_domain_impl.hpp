@@ -80,7 +80,7 @@ inline Code classify_wc(ibv_wc_status s) {
 inline std::string wc_text(ibv_wc_status s) {
   switch (s) {
     case IBV_WC_REM_ACCESS_ERR: return "the peer refused the write: bad rkey, no remote-write access, or out of its region (IBV_WC_REM_ACCESS_ERR)";
-    case IBV_WC_RETRY_EXC_ERR: return "no acknowledgement from the peer within timeout x retry_cnt: it is gone or unreachable (IBV_WC_RETRY_EXC_ERR)";
+    case IBV_WC_RETRY_EXC_ERR: return "no acknowledgement from the peer within timeout x (retry_cnt + 1): it is gone or unreachable (IBV_WC_RETRY_EXC_ERR)";
     case IBV_WC_RNR_RETRY_EXC_ERR: return "the peer had no receive posted for rnr_retry attempts (IBV_WC_RNR_RETRY_EXC_ERR)";
     case IBV_WC_WR_FLUSH_ERR: return "flushed: the queue pair went to the error state after an earlier failure on this connection (IBV_WC_WR_FLUSH_ERR)";
     case IBV_WC_REM_INV_REQ_ERR: return "the peer rejected the request: a message larger than its receive buffer (IBV_WC_REM_INV_REQ_ERR)";

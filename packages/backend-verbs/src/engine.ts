@@ -3,7 +3,7 @@
 // @trellis/core/kit. All work is done by the addon (native.ts).
 import { isIPv4 } from 'node:net';
 import { TrellisError } from '@trellis/core';
-import { NativeEngineBase, show } from '@trellis/core/kit';
+import { NativeEngineBase, type NativeEngineTuning, show } from '@trellis/core/kit';
 import { addon, type NativeVerbsOptions } from './native.js';
 import type { VerbsEngineOptions } from './options.js';
 
@@ -20,6 +20,25 @@ const num = (name: string, v: unknown, lo: number, hi: number): void => {
 
 const shown = (v: unknown): string =>
   typeof v === 'string' ? `'${v}'` : Array.isArray(v) ? JSON.stringify(v) : String(v);
+
+/** {@link VerbsEngineOptions}' own fields (one added there and not here fails to compile). */
+const OWN_OPTIONS: Record<Exclude<keyof VerbsEngineOptions, keyof NativeEngineTuning>, true> = {
+  model: true,
+  nics: true,
+  devices: true,
+  port: true,
+  gidIndex: true,
+  handshakeHost: true,
+  handshakePort: true,
+  timeout: true,
+  retryCnt: true,
+  rnrRetry: true,
+  minRnrTimer: true,
+  connectTimeoutMs: true,
+  relaxedOrdering: true,
+  maxSendWr: true,
+  immRecvs: true,
+};
 
 /** An engine on ibverbs RC queue pairs (or the software RC model). Create it with {@link createEngine}. */
 export class VerbsEngine extends NativeEngineBase {
@@ -78,6 +97,7 @@ export class VerbsEngine extends NativeEngineBase {
       backendName: '@trellis/backend-verbs',
       nics,
       tuning: opts,
+      optionKeys: Object.keys(OWN_OPTIONS),
       addon: addon(),
       nativeOptions: {
         model,

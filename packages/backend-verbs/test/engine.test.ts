@@ -61,7 +61,7 @@ describe('backend-verbs: devices, options and stats', () => {
     process.env.TRELLIS_RC_MODEL_LINK = 'ib';
     try {
       expect(await code(createEngine({ model: true }))).toMatch(
-        /^UNSUPPORTED: createEngine: NIC 0: rcm0: set handshakeHost — an IPv4 address of this host that peers can reach \(the GID has none: InfiniBand\)/,
+        /^INVALID_ARGUMENT: createEngine: NIC 0: rcm0: set handshakeHost — an IPv4 address of this host that peers can reach \(the GID has none: InfiniBand\)$/,
       );
       const a = await engine({ handshakeHost: '127.0.0.1' });
       const b = await engine({ handshakeHost: '127.0.0.1' });
@@ -125,6 +125,14 @@ describe('backend-verbs: devices, options and stats', () => {
         'INVALID_ARGUMENT: createEngine: relaxedOrdering must be true or false, got 1',
       );
     }
+    // A misspelt option: refused, not ignored with its default used.
+    expect(await code(createEngine({ model: true, retryCount: 3 } as never))).toMatch(
+      /^INVALID_ARGUMENT: createEngine: "retryCount" is not an option of @trellis\/backend-verbs \(its options: model, nics, devices, port, gidIndex, handshakeHost, handshakePort, timeout, retryCnt, rnrRetry, minRnrTimer, connectTimeoutMs, relaxedOrdering, maxSendWr, immRecvs; the engine's: cpu, /,
+    );
+    // A port the model's devices lack: the caller's to fix, named as the model's.
+    expect(await code(createEngine({ model: true, port: 2 }))).toBe(
+      "INVALID_ARGUMENT: createEngine: NIC 0: the software RC model's devices (rcm0..) have port 1 only, not port 2; leave port out or pass 1",
+    );
     expect(await code(createEngine({ model: 'yes' as never }))).toBe(
       "INVALID_ARGUMENT: createEngine: model must be true or false, got 'yes'",
     );

@@ -401,6 +401,38 @@ export function defaultBusyPollUs(): number {
   return availableParallelism() >= 8 ? 50 : 0;
 }
 
+/** Every field of {@link NativeEngineTuning} (one added there and not here fails to compile). */
+const TUNING_KEYS: Record<keyof NativeEngineTuning, true> = {
+  cpu: true,
+  opTimeoutMs: true,
+  idleSpinUs: true,
+  maxSleepUs: true,
+  maxInflight: true,
+  peerWindow: true,
+  doorbellUs: true,
+  arrivalBatchUs: true,
+  busyPollUs: true,
+  driveInline: true,
+  limits: true,
+  watcherMemory: true,
+  gpu: true,
+  strictGpu: true,
+  sameHostLane: true,
+  heartbeatMs: true,
+  heartbeatIdle: true,
+  failover: true,
+};
+
+/** A key of `opts` that is neither the backend's option nor the engine's tuning: INVALID_ARGUMENT naming it. */
+function checkOptionKeys(backend: string, opts: object, own: readonly string[]): void {
+  for (const k of Object.keys(opts))
+    if (!(k in TUNING_KEYS) && !own.includes(k))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: ${JSON.stringify(k)} is not an option of ${backend} (its options: ${own.join(', ')}; the engine's: ${Object.keys(TUNING_KEYS).join(', ')})`,
+      );
+}
+
 /** Refuse tuning numbers the worker cannot honour (a negative deadline, a fractional CPU, ...). */
 function checkTuning(t: NativeEngineTuning): void {
   // The worker reads them as 32-bit integers (cpu: signed): larger ones would wrap.
@@ -557,6 +589,11 @@ export interface NativeEngineInit {
   nativeOptions: object;
   /** Appended to the message when the addon refuses to create the engine. */
   unsupportedHint?: string;
+  /**
+   * The backend's own option names (besides {@link NativeEngineTuning}'s): with it, any other key
+   * of `tuning` is refused (a misspelt option would otherwise be ignored and its default used).
+   */
+  optionKeys?: readonly string[];
   /** The engine kind for the providers the addon opened (`fi-shm`, `ib-rc`, ...). */
   kindOf(providers: ReadonlyArray<{ provider: string }>): string;
 }
@@ -631,6 +668,7 @@ export abstract class NativeEngineBase extends EngineBase {
   private readonly stagedByRkey = new Map<bigint, Region>();
 
   protected constructor(init: NativeEngineInit) {
+    if (init.optionKeys) checkOptionKeys(init.backendName, init.tuning, init.optionKeys);
     checkTuning(init.tuning);
     const limits = { maxMessageBytes: 64 * 1024, ...checkLimits(init.tuning.limits) };
     super(limits);
@@ -658,6 +696,12 @@ export abstract class NativeEngineBase extends EngineBase {
       this.native.bindImmTotals(this.immTotals);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
+      // The options' fault, as the native side found it (it says so by a prefix): no hint about
+      // what this host lacks.
+      if (why.includes('INVALID_ARGUMENT: '))
+        throw new TrellisError('INVALID_ARGUMENT', `createEngine: ${why.replace('INVALID_ARGUMENT: ', '')}`, {
+          cause: e,
+        });
       throw new TrellisError('UNSUPPORTED', `createEngine: ${why}${init.unsupportedHint ?? ''}`, {
         cause: e,
       });
