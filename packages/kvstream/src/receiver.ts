@@ -136,7 +136,10 @@ export interface KvAdmission {
   cancel(): Promise<void>;
 }
 
-/** Counters of a receiver. */
+/**
+ * Counters of a receiver. Each request admitted is, once settled, one of completed, failed,
+ * cancelled, closed.
+ */
 export interface KvReceiverStats {
   /** Requests {@link KvStreamReceiver.admit} took (a refused admit is not counted). */
   admitted: number;
@@ -152,6 +155,12 @@ export interface KvReceiverStats {
    * (a `TIMEOUT` counts here: it runs the same two-phase cancel).
    */
   cancelled: number;
+  /**
+   * Requests in flight when {@link KvStreamReceiver.close} ran (`CLOSED`). Their pages are not
+   * returned to the pool (`freePages` and `quarantinedPages` stay as close() left them): the pool
+   * is not used again.
+   */
+  closed: number;
   freePages: number;
   freeSlots: number;
   /**
@@ -162,6 +171,13 @@ export interface KvReceiverStats {
   quarantinedPages: number;
   /** Messages on the engine that were not kvstream's (with `recv: 'own'`). */
   foreignMessages: number;
+  /**
+   * kvstream messages this version cannot read: another protocol version, or cut short. The last
+   * one's reason is {@link KvReceiverStats.lastUnreadable} (`UNSUPPORTED: …` for another version).
+   */
+  unreadableMessages: number;
+  /** Why the last unreadable kvstream message was refused (`CODE: message`), if any. */
+  lastUnreadable?: string;
 }
 
 type Phase = 'streaming' | 'unpacking' | 'cancelling' | 'ready' | 'failed' | 'released';
@@ -240,7 +256,10 @@ export class KvStreamReceiver {
     cancelled: 0,
     quarantinedPages: 0,
     foreignMessages: 0,
+    unreadableMessages: 0,
+    closed: 0,
   };
+  private lastUnreadable: string | undefined;
   private readonly ownsRegion: boolean;
 
   private constructor(
@@ -368,6 +387,11 @@ export class KvStreamReceiver {
         `KvStreamReceiver.admit: tag must be a string, got ${typeof tag}`,
       );
     const nPages = this.layout.pagesFor(req.tokens);
+    if (nPages > this.layout.pages)
+      throw new TrellisError(
+        'RESOURCE_EXHAUSTED',
+        `KvStreamReceiver.admit: ${req.tokens} tokens need ${nPages} pages, more than the whole pool (${this.layout.pages} pages): no request this long can be admitted here`,
+      );
     // The page table must fit one message: checked before any page or slot is taken.
     const tagBytes = utf8.encode(tag).length;
     if (tagBytes > 0xffff)
@@ -759,8 +783,9 @@ export class KvStreamReceiver {
     let m: ReturnType<typeof decode>;
     try {
       m = decode(msg.data);
-    } catch {
-      this.counts.foreignMessages++;
+    } catch (e) {
+      this.counts.unreadableMessages++;
+      this.lastUnreadable = e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e);
       return true;
     }
     if (m.type !== MsgType.Ack && m.type !== MsgType.Abort) return true;
@@ -799,10 +824,13 @@ export class KvStreamReceiver {
       completed: this.counts.completed,
       failed: this.counts.failed,
       cancelled: this.counts.cancelled,
+      closed: this.counts.closed,
       freePages: this.freeCount,
       freeSlots: this.freeSlotList.length,
       quarantinedPages: this.counts.quarantinedPages,
       foreignMessages: this.counts.foreignMessages,
+      unreadableMessages: this.counts.unreadableMessages,
+      ...(this.lastUnreadable === undefined ? {} : { lastUnreadable: this.lastUnreadable }),
     };
   }
 
@@ -818,6 +846,7 @@ export class KvStreamReceiver {
     for (const r of this.reqs.values()) {
       if (r.phase === 'streaming') {
         this.finish(r, 'failed');
+        this.counts.closed++;
         r.reject(new TrellisError('CLOSED', `kvstream request ${quoteTag(r.tag)}: the receiver was closed`));
         r.waitAbort.abort();
         // The prefill side is told (its engine may stay up for other receivers): its stream stops

@@ -94,19 +94,52 @@ export interface KvBindOptions {
   timeoutMs?: number;
 }
 
-/** Counters of a sender. */
+/** Counters of a sender. Each request bound is, once settled, one of completed, failed, cancelled, closed. */
 export interface KvSenderStats {
+  /** Page tables that arrived (bound or not). */
   tables: number;
+  /** Requests {@link KvStreamSender.bind} took. */
   bound: number;
+  /**
+   * Streams whose `done` resolved: every write of theirs completed here. The decode side's outcome
+   * is the one to act on — a cancel that races the final write can leave this side completed and
+   * the decode side cancelled.
+   */
   completed: number;
+  /** Streams that failed: a write, a bad or late table, the stream's deadline, a dropped decode peer. */
   failed: number;
+  /** Streams the decode side cancelled. */
   cancelled: number;
+  /** Streams that {@link KvStreamSender.close} ended (`CLOSED`). */
+  closed: number;
+  /** Page writes that completed: each full page counts once per layer and segment (tensor, or tensor head). */
   pagesWritten: number;
+  /** Bytes of the final writes that completed: each request's last partial page and its opaque tail. */
   tailBytesWritten: number;
   /** Decode peers dropped after a failed write or probe. */
   peersDropped: number;
+  /**
+   * ABORTs owed to decode peers that were dropped (their requests failed here with `PEER_LOST`)
+   * and not delivered yet: they are sent again every `probeMs` for up to 10 minutes, so a decode
+   * process that was only paused learns that its requests ended (it waited for its own deadline,
+   * or for ever without one). See the README's failure section.
+   */
+  abortsOwed: number;
+  /** Messages that were not kvstream's (with `recv: 'own'`). */
   foreignMessages: number;
+  /**
+   * kvstream messages this version cannot read: another protocol version, or cut short. The last
+   * one's reason is {@link KvSenderStats.lastUnreadable} (`UNSUPPORTED: …` for another version).
+   */
+  unreadableMessages: number;
+  /** Why the last unreadable kvstream message was refused (`CODE: message`), if any. */
+  lastUnreadable?: string;
 }
+
+/** How long an ABORT owed to a dropped decode peer is retried. */
+const ABORT_OWED_MS = 10 * 60_000;
+/** ABORTs owed at most (the oldest is given up beyond). */
+const MAX_ABORTS_OWED = 8192;
 
 interface Chunk {
   end: number;
@@ -267,7 +300,17 @@ export class KvStreamSender {
     tailBytesWritten: 0,
     peersDropped: 0,
     foreignMessages: 0,
+    unreadableMessages: 0,
+    closed: 0,
   };
+  private lastUnreadable: string | undefined;
+  /** ABORTs owed to dropped decode peers, by `peer#id`: retried every probeMs until delivered or `until`. */
+  private readonly owed = new Map<
+    string,
+    { to: NetAddr; data: Uint8Array; until: number; sending: boolean }
+  >();
+  private owedTimer: NodeJS.Timeout | undefined;
+  private readonly probeMs: number;
 
   private constructor(
     opts: KvStreamSenderOptions,
@@ -287,7 +330,8 @@ export class KvStreamSender {
     const slots = opts.maxRequests ?? 256;
     this.freeStaging = Array.from({ length: slots }, (_, i) => slots - 1 - i);
     this.unboundTimeoutMs = opts.unboundTimeoutMs ?? 60_000;
-    this.probe = new PeerProbe(this.engine, opts.probeImm ?? 0x4b55ffff, opts.probeMs ?? 1000, (peer, e) =>
+    this.probeMs = opts.probeMs ?? 1000;
+    this.probe = new PeerProbe(this.engine, opts.probeImm ?? 0x4b55ffff, this.probeMs, (peer, e) =>
       this.dropPeer(
         peer.toString(),
         new TrellisError('PEER_LOST', `the decode peer is unreachable (${e.code}: ${e.message})`, {
@@ -450,7 +494,12 @@ export class KvStreamSender {
         'INVALID_ARGUMENT',
         `KvSendStream.chunk: request ${quoteTag(s.tag)} is finished: declare every chunk before finish()`,
       );
-    if (!Number.isSafeInteger(end) || end < 1 || (last && end <= last.end))
+    if (!Number.isSafeInteger(end) || end < 1)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `KvSendStream.chunk: endToken must be an integer >= 1 (the token the chunk ends before), got ${end}`,
+      );
+    if (last && end <= last.end)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `KvSendStream.chunk: endToken must grow from chunk to chunk, got ${end}${last ? ` after ${last.end}` : ''}`,
@@ -690,11 +739,19 @@ export class KvStreamSender {
       this.settle(s);
       this.counts.failed++;
       s.reject(s.failed);
-      if (t && s.from && s.pendingAbort)
-        this.send(
-          s.from,
-          encodeAbort(t.id, s.delivered, s.uncertain ? ACK_UNCERTAIN : 0, s.failed.code, s.failed.message),
+      if (t && s.from) {
+        const abort = encodeAbort(
+          t.id,
+          s.delivered,
+          s.uncertain ? ACK_UNCERTAIN : 0,
+          s.failed.code,
+          s.failed.message,
         );
+        if (s.pendingAbort) this.send(s.from, abort);
+        // A dropped peer may only be paused (or cut off for a while): alive again, it would wait
+        // for requests this side gave up. It is told once it can be reached.
+        else if (s.failed.code === 'PEER_LOST') this.oweAbort(`${s.fromKey}#${t.id}`, s.from, abort);
+      }
       return;
     }
     if (s.tailSent) {
@@ -733,6 +790,47 @@ export class KvStreamSender {
 
   private send(to: NetAddr, data: Uint8Array): void {
     this.engine.submitSend(to, data).catch(() => {});
+  }
+
+  /** Send `data` (an ABORT) to a dropped peer now, and again every probeMs until it is delivered or 10 minutes passed. */
+  private oweAbort(key: string, to: NetAddr, data: Uint8Array): void {
+    if (this.closed) return;
+    if (this.owed.size >= MAX_ABORTS_OWED) this.owed.delete(this.owed.keys().next().value!);
+    this.owed.set(key, { to, data, until: Date.now() + ABORT_OWED_MS, sending: false });
+    this.payOwed();
+    if (!this.owedTimer) {
+      this.owedTimer = setInterval(() => this.payOwed(), this.probeMs);
+      this.owedTimer.unref();
+    }
+  }
+
+  private payOwed(): void {
+    const now = Date.now();
+    for (const [key, o] of this.owed) {
+      if (o.sending) continue;
+      if (now > o.until) {
+        this.owed.delete(key);
+        continue;
+      }
+      o.sending = true;
+      this.engine.submitSend(o.to, o.data, { timeoutMs: this.probeMs * 4 }).then(
+        () => {
+          if (this.owed.get(key) === o) this.owed.delete(key);
+          this.stopOwedTimer();
+        },
+        () => {
+          o.sending = false;
+        },
+      );
+    }
+    this.stopOwedTimer();
+  }
+
+  private stopOwedTimer(): void {
+    if (this.owed.size === 0 && this.owedTimer) {
+      clearInterval(this.owedTimer);
+      this.owedTimer = undefined;
+    }
   }
 
   private dstLayout(t: TableMsg): KvLayout {
@@ -928,8 +1026,9 @@ export class KvStreamSender {
     let m: ReturnType<typeof decode>;
     try {
       m = decode(msg.data);
-    } catch {
-      this.counts.foreignMessages++;
+    } catch (e) {
+      this.counts.unreadableMessages++;
+      this.lastUnreadable = e instanceof TrellisError ? `${e.code}: ${e.message}` : String(e);
       return true;
     }
     if (this.closed) return true;
@@ -939,7 +1038,11 @@ export class KvStreamSender {
   }
 
   stats(): KvSenderStats {
-    return { ...this.counts };
+    return {
+      ...this.counts,
+      abortsOwed: this.owed.size,
+      ...(this.lastUnreadable === undefined ? {} : { lastUnreadable: this.lastUnreadable }),
+    };
   }
 
   /**
@@ -952,6 +1055,9 @@ export class KvStreamSender {
     this.closed = true;
     this.probe.close();
     this.recvAbort.abort();
+    if (this.owedTimer) clearInterval(this.owedTimer);
+    this.owedTimer = undefined;
+    this.owed.clear();
     for (const p of this.orphans) p.close();
     this.orphans.clear();
     const told: Promise<void>[] = [];
@@ -960,6 +1066,7 @@ export class KvStreamSender {
       const t = s.table;
       this.settle(s);
       const err = new TrellisError('CLOSED', `kvstream request ${quoteTag(s.tag)}: the sender was closed`);
+      this.counts.closed++;
       s.reject(err);
       // The decode side is told, as for any failure it cannot see (its peer is still alive and
       // answers probes): writes still in flight may land, so their pages are uncertain.

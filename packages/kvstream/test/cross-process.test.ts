@@ -166,4 +166,56 @@ describe('kvstream across processes on backend-efa', () => {
     x.close();
     y.close();
   }, 30_000);
+
+  it('decode process paused (SIGSTOP) until the prefill drops it: resumed, its request without a timeoutMs learns from the ABORT the prefill owed it, and its pages return (tcp)', async () => {
+    // A black box saw such a request wait for ever: the prefill answers the decode's probes, and
+    // it had given the request up without telling (the peer was unreachable then).
+    const engine = await createEngine({ provider: 'tcp', nics: 2, opTimeoutMs: 5000 });
+    const tx = await KvStreamSender.create({ engine, layout, probeMs: 100 });
+    cleanup.push(async () => {
+      await tx.close();
+      await engine.close();
+    });
+    const { peer } = await startPeer({
+      role: 'decode',
+      provider: 'tcp',
+      nics: 2,
+      layout,
+      probeMs: 100,
+      quarantineMs: 500,
+    });
+    cleanup.push(async () => {
+      peer.child.kill('SIGCONT');
+      await peer.stop();
+    });
+    const table = new Promise<void>((r) => tx.onRequest(() => r()));
+    peer.send({ admit: { prefill: engine.address.toString(), tokens: 64, tag: 'p' } });
+    await table;
+    const pages = Uint32Array.from({ length: 4 }, (_, i) => i);
+    const s = tx.bind('p', { srcPages: pages });
+    s.chunk(64);
+    computeLayer(tx.layout, tx.region.buffer!, 1, pages, 0, 0, 64);
+    s.progress.watcher.increment();
+    peer.child.kill('SIGSTOP');
+    expect(await outcome(s.done)).toMatch(/^PEER_LOST: kvstream request 'p': /);
+    expect(tx.stats()).toMatchObject({ bound: 1, failed: 1, peersDropped: 1 });
+    s.close();
+    await new Promise((r) => setTimeout(r, 300));
+    peer.child.kill('SIGCONT');
+    const failed = (await peer.next((m) => m.failed === 'p')) as { outcome: string };
+    expect(failed.outcome).toMatch(
+      /^PEER_LOST: kvstream request 'p': the prefill side aborted: kvstream request 'p': the decode peer is unreachable \(/,
+    );
+    // Delivered: nothing owed any more. The decode side's request counted failed, its pages back
+    // after the quarantine of an uncertain request.
+    const t0 = Date.now();
+    while (tx.stats().abortsOwed > 0 && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 50));
+    expect(tx.stats().abortsOwed).toBe(0);
+    await new Promise((r) => setTimeout(r, 800));
+    peer.send({ stats: true });
+    const st = ((await peer.next((m) => 'stats' in m)) as { stats: Record<string, number> }).stats;
+    expect(st).toMatchObject({ admitted: 1, completed: 0, failed: 1, cancelled: 0, closed: 0 });
+    expect(st.freePages).toBe(256);
+    expect(st.quarantinedPages).toBe(0);
+  }, 60_000);
 });

@@ -1,9 +1,15 @@
 // KvLayout and KV streaming over the loopback fabric in random delivery order: every byte, cancels
 // and deadlines.
-import { createLoopbackFabric, type LoopbackFabric, type TransferEngine } from '@trellis/core';
+import {
+  createLoopbackFabric,
+  type LoopbackFabric,
+  type RecvMessage,
+  type TransferEngine,
+} from '@trellis/core';
 import { outcome } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KvLayout, type KvLayoutSpec, KvStreamReceiver, KvStreamSender } from '../src/index.js';
+import { encodeCancel } from '../src/protocol.js';
 import {
   checkKv,
   pickPages,
@@ -351,7 +357,11 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
   it('refuses what the pool or the slots cannot hold, and bad input, before sending anything', async () => {
     const { rx, pe, tx } = await setup({ rx: { maxRequests: 1 } });
     expect(msg(() => rx.admit({ prefill: pe.address, tokens: 1000 }))).toBe(
-      'RESOURCE_EXHAUSTED: KvStreamReceiver.admit: 1000 tokens need 250 pages; 64 of 64 are free',
+      'RESOURCE_EXHAUSTED: KvStreamReceiver.admit: 1000 tokens need 250 pages, more than the whole pool (64 pages): no request this long can be admitted here',
+    );
+    // Huge: the pool named, not the page table's size (it once said INVALID_ARGUMENT, a 4 GB table).
+    expect(msg(() => rx.admit({ prefill: pe.address, tokens: 2 ** 32 - 1 }))).toBe(
+      'RESOURCE_EXHAUSTED: KvStreamReceiver.admit: 4294967295 tokens need 1073741824 pages, more than the whole pool (64 pages): no request this long can be admitted here',
     );
     expect(msg(() => rx.admit({ prefill: pe.address, tokens: 0 }))).toBe(
       'INVALID_ARGUMENT: KvStreamReceiver.admit: tokens must be an integer in 1..4294967295, got 0',
@@ -594,6 +604,36 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
   });
 });
 
+describe('kvstream control messages this version cannot read', () => {
+  it('another protocol version or a cut-short message: counted as unreadable with its reason, not as foreign; handleMessage returns true', async () => {
+    const { rx, pe, tx, de } = await setup();
+    const v2 = encodeCancel(7n);
+    v2[4] = 2;
+    const short = encodeCancel(7n).subarray(0, 12);
+    for (const side of [rx, tx]) {
+      const from = side === rx ? pe.address : de.address;
+      expect(side.handleMessage({ from, data: v2 } as RecvMessage)).toBe(true);
+      expect(side.stats()).toMatchObject({
+        unreadableMessages: 1,
+        foreignMessages: 0,
+        lastUnreadable:
+          'UNSUPPORTED: kvstream: a version 2 control message; this @trellis/kvstream speaks version 1 (upgrade both sides together)',
+      });
+      expect(side.handleMessage({ from, data: short } as RecvMessage)).toBe(true);
+      expect(side.stats()).toMatchObject({
+        unreadableMessages: 2,
+        foreignMessages: 0,
+        lastUnreadable:
+          'INVALID_ARGUMENT: kvstream: malformed control message: 12 bytes, shorter than the 16-byte header',
+      });
+      // Not kvstream's: left to the caller.
+      expect(side.handleMessage({ from, data: new TextEncoder().encode('hello there') } as RecvMessage)).toBe(
+        false,
+      );
+    }
+  });
+});
+
 describe('kvstream when a peer dies', () => {
   it('finish() ends the stream: refused before the chunks reach the tokens (table here), fails the stream when the table comes later; chunk() after it throws', async () => {
     const { rx, pe, tx } = await setup();
@@ -603,6 +643,10 @@ describe('kvstream when a peer dies', () => {
     const adm = rx.admit({ prefill: pe.address, tokens: 10, tag: 'short' });
     await arrived;
     const s = tx.bind('short', { srcPages: pages });
+    // Not an integer: said so (it once said the end must grow).
+    expect(msg(() => s.chunk(8.5))).toBe(
+      'INVALID_ARGUMENT: KvSendStream.chunk: endToken must be an integer >= 1 (the token the chunk ends before), got 8.5',
+    );
     expect(msg(() => s.finish())).toBe(
       "INVALID_ARGUMENT: KvSendStream.finish: request 'short' has 10 tokens and its chunks end at token 0: declare the last chunk (chunk(10)) before finish()",
     );
@@ -668,7 +712,9 @@ describe('kvstream when a peer dies', () => {
     );
     for (let i = 0; i < 200 && !poolFull(rx); i++) await new Promise((r) => setTimeout(r, 10));
     expect(poolFull(rx)).toBe(true);
-    expect(rx.stats()).toMatchObject({ admitted: 1, failed: 1 });
+    expect(rx.stats()).toMatchObject({ admitted: 1, completed: 0, failed: 1, cancelled: 0, closed: 0 });
+    // Closed streams are counted (bound = completed + failed + cancelled + closed once settled).
+    expect(tx.stats()).toMatchObject({ bound: 1, completed: 0, failed: 0, cancelled: 0, closed: 1 });
   });
 
   it('the decode side closes its receiver mid-stream: the prefill stream is told and rejects ABORTED; the sender serves the next request', async () => {
@@ -683,6 +729,9 @@ describe('kvstream when a peer dies', () => {
     await rx.close();
     expect(await outcome(adm.done)).toBe("CLOSED: kvstream request 'y': the receiver was closed");
     expect(await outcome(s.done)).toBe("ABORTED: kvstream request 'y': cancelled by the decode side");
+    // Counted (admitted = completed + failed + cancelled + closed); cancel() resolves at once.
+    expect(rx.stats()).toMatchObject({ admitted: 1, completed: 0, failed: 0, cancelled: 0, closed: 1 });
+    await adm.cancel();
     s.close();
     // A new receiver on the same decode engine: the sender streams its request as before.
     const rx2 = await KvStreamReceiver.create({ engine: de, layout: rx.layout, maxTailBytes: 4096 });
