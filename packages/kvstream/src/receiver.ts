@@ -161,7 +161,14 @@ export interface KvReceiverStats {
    * is not used again.
    */
   closed: number;
+  /** Pages in the pool now. `freePages + inUsePages + quarantinedPages` is the pool's size. */
   freePages: number;
+  /**
+   * Pages held by requests: streaming, cancelled and waiting for the prefill side's
+   * acknowledgement, or ready and not yet released.
+   */
+  inUsePages: number;
+  /** Counter slots free now (of `maxRequests`). */
   freeSlots: number;
   /**
    * Pages held back: those of a request whose fate was uncertain (they return after
@@ -826,6 +833,7 @@ export class KvStreamReceiver {
       cancelled: this.counts.cancelled,
       closed: this.counts.closed,
       freePages: this.freeCount,
+      inUsePages: this.layout.pages - this.freeCount - this.counts.quarantinedPages,
       freeSlots: this.freeSlotList.length,
       quarantinedPages: this.counts.quarantinedPages,
       foreignMessages: this.counts.foreignMessages,

@@ -477,11 +477,23 @@ describe('kvstream cancellation and deadlines (two-phase)', () => {
           await new Promise((r) => setTimeout(r, 5));
         }
       }
+      // Admitted, its 10 pages held: in use, neither free nor quarantined.
+      expect(rx.stats()).toMatchObject({
+        freePages: rx.layout.pages - 10,
+        inUsePages: 10,
+        quarantinedPages: 0,
+      });
       const cancelled = adm.cancel();
       expect(await outcome(adm.done)).toBe("ABORTED: kvstream request 'c': cancelled");
+      // Waiting for the prefill's acknowledgement: still in use (they once showed in no counter).
+      expect(rx.stats()).toMatchObject({
+        freePages: rx.layout.pages - 10,
+        inUsePages: 10,
+        quarantinedPages: 0,
+      });
       await cancelled;
       expect(poolFull(rx)).toBe(true);
-      expect(rx.stats()).toMatchObject({ cancelled: 1, completed: 0, quarantinedPages: 0 });
+      expect(rx.stats()).toMatchObject({ cancelled: 1, completed: 0, quarantinedPages: 0, inUsePages: 0 });
       if (stream)
         expect(await outcome(stream.done)).toBe(
           "ABORTED: kvstream request 'c': cancelled by the decode side",
