@@ -98,6 +98,10 @@ describe('backend-efa: providers and options', () => {
     expect(await code(createEngine({ provider: 'shm', bogus: 1 } as never))).toBe(
       'INVALID_ARGUMENT: createEngine: "bogus" is not an option of @trellis/backend-efa (its options: provider, nics, strict, iface, gpuDirect; the engine\'s: cpu, opTimeoutMs, idleSpinUs, maxSleepUs, maxInflight, peerWindow, doorbellUs, arrivalBatchUs, busyPollUs, driveInline, limits, watcherMemory, gpu, strictGpu, sameHostLane, heartbeatMs, heartbeatIdle, failover)',
     );
+    // Names an object has by inheritance are not options either.
+    expect(await code(createEngine({ provider: 'shm', constructor: 1 } as never))).toMatch(
+      /^INVALID_ARGUMENT: createEngine: "constructor" is not an option of @trellis\/backend-efa/,
+    );
     expect(await code(createEngine({ provider: 'shm', opTimeoutMS: 5 } as never))).toMatch(
       /^INVALID_ARGUMENT: createEngine: "opTimeoutMS" is not an option of @trellis\/backend-efa/,
     );

@@ -134,6 +134,7 @@ const workerPath = fileURLToPath(new URL('./soak-worker.js', import.meta.url));
 class Proc {
   private readonly it: AsyncIterator<string>;
   exited = false;
+  exitedAt = 0;
   constructor(
     readonly child: ChildProcess,
     readonly rank: number,
@@ -143,6 +144,7 @@ class Proc {
     child.stdin!.on('error', () => {}); // EPIPE: it died first (next() says so)
     child.once('exit', () => {
       this.exited = true;
+      this.exitedAt = Date.now();
     });
   }
   async next<T>(): Promise<T> {
@@ -240,21 +242,45 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
     let crashes = 0;
     const t0 = Date.now();
     const until = Date.now() + seconds * 1000;
+    // The sleep between kills ends early when a process exits on its own: it is replaced at once
+    // (its peers would otherwise write to it, failing, for the rest of the run).
+    let wake: (() => void) | undefined;
+    const watch = (x: { p: Proc }) => x.p.child.once('exit', () => wake?.());
+    for (const x of live) watch(x);
+    /** Tell the others rank `r` is gone, start its replacement, give everyone the new table. */
+    const replace = async (r: number) => {
+      unlinkShared(live[r]!.p.child.pid);
+      const peers = table();
+      peers[r] = null;
+      for (const x of live) if (x && x.p.rank !== r) x.p.send({ peers });
+      for (const x of live) if (x && x.p.rank !== r) await x.p.next();
+      live[r] = await start(r);
+      watch(live[r]!);
+      await broadcast(table());
+      live[r]!.p.send({ start: true });
+      await live[r]!.p.next();
+    };
     while (Date.now() < until) {
       const wait =
         killEveryS > 0
           ? Math.min(until - Date.now(), (0.5 + rng.below(1000) / 1000) * killEveryS * 1000)
           : until - Date.now();
-      await new Promise((r) => setTimeout(r, Math.max(0, wait)));
-      // A process that died on its own is a crash: replace it too, and count it.
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, Math.max(0, wait));
+        wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+      wake = undefined;
+      // A process that died on its own is a crash: replace it too, and count it. Its peers' errors
+      // around it are its (as a kill's are); the crash itself fails the run.
       for (const [r, x] of live.entries())
         if (x.p.exited) {
           crashes++;
+          killedAt.push([x.p.exitedAt, r]);
           log(`soak: process ${r} exited on its own; replacing it`);
-          live[r] = await start(r);
-          await broadcast(table());
-          live[r]!.p.send({ start: true });
-          await live[r]!.p.next();
+          await replace(r);
         }
       if (killEveryS <= 0 || Date.now() >= until) continue;
       const r = rng.below(procs);
@@ -262,16 +288,8 @@ export async function runSoak(opts: SoakOptions = {}): Promise<SoakReport> {
       live[r]!.p.child.kill('SIGKILL');
       kills++;
       log(`soak: killed process ${r} (generation ${live[r]!.p.generation})`);
-      await new Promise((res) => live[r]!.p.child.once('exit', res));
-      unlinkShared(live[r]!.p.child.pid);
-      const peers = table();
-      peers[r] = null;
-      for (const x of live) if (x && x.p.rank !== r) x.p.send({ peers });
-      for (const x of live) if (x && x.p.rank !== r) await x.p.next();
-      live[r] = await start(r);
-      await broadcast(table());
-      live[r]!.p.send({ start: true });
-      await live[r]!.p.next();
+      await new Promise((res) => (live[r]!.p.exited ? res(undefined) : live[r]!.p.child.once('exit', res)));
+      await replace(r);
     }
     const processes: SoakProcessReport[] = [];
     for (const x of live) x.p.send({ stop: true });

@@ -1,6 +1,7 @@
 // A short run of `trellis soak` (the real command runs for minutes): processes writing to each
 // other over tcp with aborts, impossible deadlines, forged descriptors and one SIGKILLed process
 // replaced mid-run.
+import { execFileSync } from 'node:child_process';
 import { describe, it, expect as vexpect } from 'vitest';
 // The built package: the soak starts its worker processes from dist/, as the `trellis` command does.
 import { runSoak } from '../dist/soak.js';
@@ -86,6 +87,35 @@ describe('trellis soak (short)', () => {
     expect(r.wholeRun.forgedOutcomes['cut off by a kill']).toBeUndefined();
     expect(r.totals.outcomes.PEER_LOST).toBeUndefined();
     expect(r.totals.healthySamples).toEqual([]);
+  }, 60_000);
+
+  it('a process that exits on its own is replaced at once, its peers told, and the run fails as crashed', async () => {
+    // Killed from outside the soak (a crash, to it), with no kills of its own: the sleep to the
+    // run's end once hid the crash until then, and its peers wrote to the dead rank all along.
+    const running = run({ seconds: 8, procs: 3, provider: 'tcp', killEveryS: 0, seed: 11 });
+    await new Promise((r) => setTimeout(r, 3000));
+    const workers = execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)], {
+      encoding: 'utf8',
+    })
+      .split('\n')
+      .filter((l) => l.includes('soak-worker.js'))
+      .map((l) => Number(l.trim().split(/\s+/)[0]));
+    expect(workers).toHaveLength(3);
+    process.kill(workers[1]!, 'SIGKILL');
+    const r = await running;
+    expect(r.crashes).toBe(1);
+    expect(r.kills).toBe(0);
+    expect(r.wholeRun.spawned).toBe(4);
+    const replaced = r.processes.filter((p) => p.generation === 1);
+    expect(replaced).toHaveLength(1);
+    // The replacement took part: its peers wrote to it and it checked their bytes.
+    expect(replaced[0]!.verifiedBytes).toBeGreaterThan(0);
+    expect(r.totals.lost).toBe(0);
+    expect(r.totals.mismatches).toBe(0);
+    // Its peers' errors around the crash are the crash's, not errors between healthy peers.
+    expect(r.totals.healthySamples).toEqual([]);
+    expect(r.totals.healthyErrors).toBe(0);
+    sumsOfRows(r);
   }, 60_000);
 
   it('the same with the same-host lane off: every byte and every fault through tcp', async () => {

@@ -112,6 +112,12 @@ export interface KvSenderStats {
   cancelled: number;
   /** Streams that {@link KvStreamSender.close} ended (`CLOSED`). */
   closed: number;
+  /**
+   * Page tables that ended without a bind: cancelled by the decode side, dropped after
+   * `unboundTimeoutMs`, their decode peer dropped, or ended by `close()` (in none of the four
+   * counts above, which are of bound requests).
+   */
+  unbound: number;
   /** Page writes that completed: each full page counts once per layer and segment (tensor, or tensor head). */
   pagesWritten: number;
   /** Bytes of the final writes that completed: each request's last partial page and its opaque tail. */
@@ -302,6 +308,7 @@ export class KvStreamSender {
     foreignMessages: 0,
     unreadableMessages: 0,
     closed: 0,
+    unbound: 0,
   };
   private lastUnreadable: string | undefined;
   /** ABORTs owed to dropped decode peers, by `peer#id`: retried every probeMs until delivered or `until`. */
@@ -722,6 +729,12 @@ export class KvStreamSender {
     }
   }
 
+  /** Count how a stream ended: a bound one by its outcome, a page table never bound apart. */
+  private count(s: Stream, outcome: 'cancelled' | 'failed' | 'closed'): void {
+    if (s.bound) this.counts[outcome]++;
+    else this.counts.unbound++;
+  }
+
   /** Once nothing is in flight: resolve, acknowledge a cancel, or report a failure. */
   private maybeSettle(s: Stream): void {
     if (s.settled || s.inflight > 0) return;
@@ -731,13 +744,13 @@ export class KvStreamSender {
       s.reject(
         new TrellisError('ABORTED', `kvstream request ${quoteTag(s.tag)}: cancelled by the decode side`),
       );
-      this.counts.cancelled++;
+      this.count(s, 'cancelled');
       if (t && s.from) this.send(s.from, encodeAck(t.id, s.delivered, s.uncertain ? ACK_UNCERTAIN : 0));
       return;
     }
     if (s.failed) {
       this.settle(s);
-      this.counts.failed++;
+      this.count(s, 'failed');
       s.reject(s.failed);
       if (t && s.from) {
         const abort = encodeAbort(
@@ -1066,7 +1079,7 @@ export class KvStreamSender {
       const t = s.table;
       this.settle(s);
       const err = new TrellisError('CLOSED', `kvstream request ${quoteTag(s.tag)}: the sender was closed`);
-      this.counts.closed++;
+      this.count(s, 'closed');
       s.reject(err);
       // The decode side is told, as for any failure it cannot see (its peer is still alive and
       // answers probes): writes still in flight may land, so their pages are uncertain.

@@ -729,6 +729,36 @@ describe('kvstream when a peer dies', () => {
     expect(tx.stats()).toMatchObject({ bound: 1, completed: 0, failed: 0, cancelled: 0, closed: 1 });
   });
 
+  it('page tables that end without a bind are counted apart from the bound requests (cancelled, closed)', async () => {
+    const { rx, pe, tx } = await setup();
+    const tables = new Promise<void>((r) => {
+      let n = 0;
+      tx.onRequest(() => ++n === 3 && r());
+    });
+    const a = rx.admit({ prefill: pe.address, tokens: 8, tag: 'a' });
+    const b = rx.admit({ prefill: pe.address, tokens: 8, tag: 'b' });
+    const c = rx.admit({ prefill: pe.address, tokens: 8, tag: 'c' });
+    await tables;
+    const s = tx.bind('c', { srcPages: Uint32Array.of(0, 1) });
+    s.chunk(8);
+    await a.cancel(); // never bound: the prefill acknowledges
+    await tx.close(); // b unbound, c bound
+    expect(await outcome(s.done)).toBe("CLOSED: kvstream request 'c': the sender was closed");
+    s.close();
+    // Each bound request is one of completed, failed, cancelled, closed; the others are unbound.
+    expect(tx.stats()).toMatchObject({
+      tables: 3,
+      bound: 1,
+      completed: 0,
+      failed: 0,
+      cancelled: 0,
+      closed: 1,
+      unbound: 2,
+    });
+    expect(await outcome(b.done)).toMatch(/^CLOSED: kvstream request 'b': the prefill side aborted: /);
+    expect(await outcome(c.done)).toMatch(/^CLOSED: kvstream request 'c': the prefill side aborted: /);
+  });
+
   it('the decode side closes its receiver mid-stream: the prefill stream is told and rejects ABORTED; the sender serves the next request', async () => {
     const { rx, pe, tx, de } = await setup();
     const adm = rx.admit({ prefill: pe.address, tokens: 20, tag: 'y' });

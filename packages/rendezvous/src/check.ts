@@ -41,11 +41,7 @@ export function checkValue(op: string, value: unknown): void {
 }
 
 export function checkJoin(op: string, member: unknown, value: unknown, onChange: unknown): void {
-  if (typeof member !== 'string' || member.length === 0 || member.length > 1024)
-    throw new TrellisError(
-      'INVALID_ARGUMENT',
-      `${op}: member must be a non-empty string of at most 1024 characters`,
-    );
+  checkName(op, 'member', member);
   checkValue(op, value);
   if (onChange !== undefined && typeof onChange !== 'function')
     throw new TrellisError(

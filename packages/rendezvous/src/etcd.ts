@@ -30,8 +30,11 @@ import type { Rendezvous } from './rendezvous.js';
 export class EtcdRendezvous implements Rendezvous {
   private readonly watchers = new Set<Watcher>();
   private readonly rounds = new Map<string, number>();
-  /** This process's entries of rounds that released: close() deletes them (and a round's marker with its last entry). */
-  private readonly released: Array<{ prefix: string; entry: string; done: string }> = [];
+  /**
+   * This process's barrier entries: close() deletes those of rounds that released (by then —
+   * also after this member's own call timed out), and a round's marker with its last entry.
+   */
+  private readonly entries: Array<{ prefix: string; entry: string; done: string }> = [];
   private closed = false;
 
   private constructor(
@@ -367,7 +370,6 @@ export class EtcdRendezvous implements Rendezvous {
             if (settled) return;
             settled = true;
             if (e) return reject(e);
-            this.released.push({ prefix: p, entry: mine, done: doneKey });
             resolve();
           };
           // The round as etcd has it now: released, sizes that differ (refused: the round never
@@ -398,6 +400,7 @@ export class EtcdRendezvous implements Rendezvous {
           (opts.timeoutMs === undefined ? this.answered(`barrier('${name}')`, entry) : entry)
             .then(() => {
               entered = true;
+              this.entries.push({ prefix: p, entry: mine, done: doneKey });
               return check();
             })
             .catch((e: unknown) =>
@@ -593,7 +596,8 @@ export class EtcdRendezvous implements Rendezvous {
       // Its entries of barrier rounds that released, and a round's marker with its last entry (of
       // two members closing at once, the later look sees both entries gone). Rounds that did not
       // release keep their entries: an entry stays counted.
-      ...this.released.map(async (b) => {
+      ...this.entries.map(async (b) => {
+        if ((await this.client.get(b.done).string()) === null) return;
         await this.client.delete().key(b.entry).exec();
         const left = await this.client.getAll().prefix(b.prefix).keys();
         if (left.every((k) => k === b.done)) await this.client.delete().key(b.done).exec();

@@ -141,6 +141,11 @@ describe('EtcdRendezvous on a real etcd', () => {
     // The next round, with one size, releases.
     await Promise.all([a, b, c].map((s) => s.barrier('m', 3, { timeoutMs: 5000 })));
     await Promise.all([a, b, c].map((s) => s.barrier('n', 3, { timeoutMs: 5000 })));
+    // a's call times out; its entry still counts, and b's entry then releases the round.
+    expect(await outcome(a.barrier('p', 2, { timeoutMs: 100 }))).toBe(
+      "TIMEOUT: EtcdRendezvous.barrier('p'): not all 2 members within 100 ms",
+    );
+    await b.barrier('p', 2, { timeoutMs: 5000 });
     const raw = new Etcd3({ hosts: url });
     try {
       const keys = async () => (await raw.getAll().prefix('t2s/__barrier/').keys()).sort();
@@ -151,7 +156,8 @@ describe('EtcdRendezvous on a real etcd', () => {
       await a.close();
       expect((await keys()).filter((k) => k.startsWith('t2s/__barrier/n/1/'))).toHaveLength(3);
       await Promise.all([b.close(), c.close()]);
-      // Every released round's entries and marker are gone; the refused round's stay (counted).
+      // Every released round's entries and marker are gone — also the entry of a member whose
+      // own call timed out before its round released; the refused round's stay (counted).
       expect(await keys()).toEqual((await keys()).filter((k) => k.startsWith('t2s/__barrier/m/1/')));
       expect(await keys()).toHaveLength(3);
     } finally {

@@ -201,7 +201,7 @@ describe('TcpStore', () => {
     expect(await outcome(any.join(7 as unknown as string, 'm', 'v'))).toBe(name('join', 'group', '7'));
     expect(await outcome(any.set('k', 5))).toBe('INVALID_ARGUMENT: TcpStore.set: value must be a string');
     expect(await outcome(any.join('g', '', 'v'))).toBe(
-      'INVALID_ARGUMENT: TcpStore.join: member must be a non-empty string of at most 1024 characters',
+      'INVALID_ARGUMENT: TcpStore.join: member must be a non-empty string of at most 1024 characters, got ""',
     );
     expect(await outcome(any.join('g', 'm', 5))).toBe(
       'INVALID_ARGUMENT: TcpStore.join: value must be a string',

@@ -426,7 +426,7 @@ const TUNING_KEYS: Record<keyof NativeEngineTuning, true> = {
 /** A key of `opts` that is neither the backend's option nor the engine's tuning: INVALID_ARGUMENT naming it. */
 function checkOptionKeys(backend: string, opts: object, own: readonly string[]): void {
   for (const k of Object.keys(opts))
-    if (!(k in TUNING_KEYS) && !own.includes(k))
+    if (!Object.hasOwn(TUNING_KEYS, k) && !own.includes(k))
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `createEngine: ${JSON.stringify(k)} is not an option of ${backend} (its options: ${own.join(', ')}; the engine's: ${Object.keys(TUNING_KEYS).join(', ')})`,
