@@ -1,6 +1,9 @@
 // backend-efa's own behaviour: providers and options (choice, checks, stats, library facts) and a
 // peer that restarts.
+
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import { MrDesc, type MrHandle, NetAddr, TrellisError } from '@trellis/core';
 import { assertBytes, outcome, pattern, sleep } from '@trellis/core/conformance';
 import { describe, expect, it } from 'vitest';
@@ -94,6 +97,28 @@ describe('backend-efa: providers and options', () => {
     expect(await code(createEngine({ provider: 'verbs' as never }))).toMatch(
       /^INVALID_ARGUMENT: createEngine: provider must be/,
     );
+    // Liveness options are checked before the engine exists: a refused heartbeatMs or failover
+    // once left a running worker thread behind that no one could close (the process never exited).
+    const index = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const script = `
+      const m = await import(${JSON.stringify(index)});
+      for (const o of [{ heartbeatMs: -1 }, { heartbeatMs: 1.5 }, { failover: 'yes' }, { nics: 2, failover: { maxErrors: 0 } }, { nics: 2, failover: { foo: 1 } }, { heartbeatIdle: true }])
+        await m.createEngine({ provider: 'tcp', ...o }).then(() => console.log('created'), (e) => console.log(e.code + ': ' + e.message));
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(r.signal).toBeNull(); // exited by itself: no worker left running
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim().split('\n')).toEqual([
+      'INVALID_ARGUMENT: createEngine: heartbeatMs must be an integer >= 0, got -1',
+      'INVALID_ARGUMENT: createEngine: heartbeatMs must be an integer >= 0, got 1.5',
+      'INVALID_ARGUMENT: createEngine: failover must be a boolean or an options object {maxErrors?, windowMs?, cooldownMs?, maxReposts?}, got "yes"',
+      'INVALID_ARGUMENT: createEngine: failover.maxErrors must be an integer >= 1, got 0',
+      'INVALID_ARGUMENT: createEngine: "foo" is not a failover option (they are maxErrors, windowMs, cooldownMs, maxReposts)',
+      'INVALID_ARGUMENT: createEngine: heartbeatIdle needs heartbeatMs (how often to probe); set both, or leave heartbeatIdle out',
+    ]);
     // A misspelt option: refused, not ignored with its default used.
     expect(await code(createEngine({ provider: 'shm', bogus: 1 } as never))).toBe(
       'INVALID_ARGUMENT: createEngine: "bogus" is not an option of @trellis/backend-efa (its options: provider, nics, strict, iface, gpuDirect; the engine\'s: cpu, opTimeoutMs, idleSpinUs, maxSleepUs, maxInflight, peerWindow, doorbellUs, arrivalBatchUs, busyPollUs, driveInline, limits, watcherMemory, gpu, strictGpu, sameHostLane, heartbeatMs, heartbeatIdle, failover)',

@@ -92,8 +92,24 @@ describe('trellis soak (short)', () => {
   it('a process that exits on its own is replaced at once, its peers told, and the run fails as crashed', async () => {
     // Killed from outside the soak (a crash, to it), with no kills of its own: the sleep to the
     // run's end once hid the crash until then, and its peers wrote to the dead rank all along.
-    const running = run({ seconds: 8, procs: 3, provider: 'tcp', killEveryS: 0, seed: 11 });
-    await new Promise((r) => setTimeout(r, 3000));
+    // Once every worker runs (the soak logs its start line then): a death while they start is
+    // the soak's own error, not a crash it replaces.
+    let started!: () => void;
+    const running_ = new Promise<void>((r) => {
+      started = r;
+    });
+    const running = run({
+      seconds: 8,
+      procs: 3,
+      provider: 'tcp',
+      killEveryS: 0,
+      seed: 11,
+      log: (l) => {
+        if (l.includes('processes over')) started();
+      },
+    });
+    await running_;
+    await new Promise((r) => setTimeout(r, 1000));
     const workers = execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)], {
       encoding: 'utf8',
     })

@@ -46,7 +46,7 @@ import { PendingOp } from './pending-op.js';
 import { RecvPool, Region, type RegionAlloc } from './region.js';
 import { touchesStaged } from './staging.js';
 import { type Timer, Timers } from './timers.js';
-import { FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js';
+import { FAILOVER_IMM, type FailoverHost, failoverSettings, TwoPhaseWriter } from './two-phase.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -156,12 +156,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /** Turn failover on (backends call it from their options; `undefined`/`false`: off). */
   protected configureFailover(opts: FailoverOptions | boolean | undefined): void {
-    if (opts === undefined || opts === false) return;
-    if (opts !== true && (typeof opts !== 'object' || opts === null))
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        'createEngine: failover must be a boolean or an options object',
-      );
+    if (opts === undefined) return;
+    failoverSettings(opts);
+    if (opts === false) return;
     this.failover = new TwoPhaseWriter(this.failoverHost(), opts === true ? {} : opts);
   }
 

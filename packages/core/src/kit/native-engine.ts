@@ -48,6 +48,7 @@ import type { PendingOp } from './pending-op.js';
 import type { RecvPool, Region, RegionAlloc } from './region.js';
 import { type StagedMemory, Stager } from './staging.js';
 import type { Timer } from './timers.js';
+import { failoverSettings } from './two-phase.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -371,12 +372,15 @@ export interface NativeEngineTuning {
   /**
    * With `heartbeatMs`, probe every peer this engine has reached, idle ones too, so a dead idle
    * peer is reported through `onPeerLost` within three to four intervals instead of at its next
-   * operation. Default false (probes go only to peers with operations in flight).
+   * operation. Default false (probes go only to peers with operations in flight). Without
+   * `heartbeatMs` it is refused (`INVALID_ARGUMENT`).
    */
   heartbeatIdle?: boolean;
   /**
-   * NIC failover with exactly-once immediates (engines with more than one NIC): see
-   * {@link FailoverOptions}. Default off.
+   * NIC failover with exactly-once immediates (engines with more than one NIC; with one there is
+   * no other NIC to re-post on): see {@link FailoverOptions}. Default off. A key that is not a
+   * failover option is refused (`INVALID_ARGUMENT`), as are the other liveness options' bad values
+   * — all before the engine exists.
    */
   failover?: FailoverOptions | boolean;
 }
@@ -447,6 +451,7 @@ function checkTuning(t: NativeEngineTuning): void {
     ['doorbellUs', 0, U32],
     ['arrivalBatchUs', 0, U32],
     ['busyPollUs', 0, U32],
+    ['heartbeatMs', 0, U32],
   ];
   for (const [k, min, max] of fields) {
     const v = t[k];
@@ -459,6 +464,19 @@ function checkTuning(t: NativeEngineTuning): void {
     if (v > max)
       throw new TrellisError('INVALID_ARGUMENT', `createEngine: ${k} must be at most ${max}, got ${v}`);
   }
+  // The liveness options too, before the engine (and its worker thread) exists: one refused after
+  // it left a running worker no one could close, and the process never exited.
+  if (t.heartbeatIdle !== undefined && typeof t.heartbeatIdle !== 'boolean')
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `createEngine: heartbeatIdle must be a boolean, got ${JSON.stringify(t.heartbeatIdle)}`,
+    );
+  if (t.heartbeatIdle && !t.heartbeatMs)
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      'createEngine: heartbeatIdle needs heartbeatMs (how often to probe); set both, or leave heartbeatIdle out',
+    );
+  if (t.failover !== undefined) failoverSettings(t.failover);
   if (t.driveInline !== undefined && typeof t.driveInline !== 'boolean')
     throw new TrellisError(
       'INVALID_ARGUMENT',

@@ -82,19 +82,7 @@ export class TwoPhaseWriter {
     opts: FailoverOptions | undefined,
   ) {
     this.enabled = opts !== undefined;
-    opts ??= { maxReposts: 0 };
-    this.opts = {
-      maxErrors: opts.maxErrors ?? 3,
-      windowMs: opts.windowMs ?? 1000,
-      cooldownMs: opts.cooldownMs ?? 5000,
-      maxReposts: opts.maxReposts ?? 3,
-    };
-    for (const [k, v] of Object.entries(this.opts))
-      if (!Number.isSafeInteger(v) || v < (k === 'maxErrors' ? 1 : 0))
-        throw new TrellisError(
-          'INVALID_ARGUMENT',
-          `createEngine: failover.${k} must be an integer >= ${k === 'maxErrors' ? 1 : 0}, got ${show(v)}`,
-        );
+    this.opts = failoverSettings(opts ?? { maxReposts: 0 });
     this.errors = Array.from({ length: host.nics }, () => []);
     this.downUntil = new Array(host.nics).fill(0);
   }
@@ -401,4 +389,45 @@ function cut(
     }
   }
   return out;
+}
+
+/** Every field of {@link FailoverOptions} (one added there and not here fails to compile). */
+const FAILOVER_KEYS: Record<keyof FailoverOptions, true> = {
+  maxErrors: true,
+  windowMs: true,
+  cooldownMs: true,
+  maxReposts: true,
+};
+
+/**
+ * `createEngine`'s `failover` option as settings, or an INVALID_ARGUMENT saying what is wrong: not
+ * a boolean or an object, a key that is not an option, a value that is not a whole number (at
+ * least 1 for `maxErrors`). Checked before an engine is created. @internal
+ */
+export function failoverSettings(opts: FailoverOptions | boolean): Required<FailoverOptions> {
+  if (opts !== true && opts !== false && (typeof opts !== 'object' || opts === null || Array.isArray(opts)))
+    throw new TrellisError(
+      'INVALID_ARGUMENT',
+      `createEngine: failover must be a boolean or an options object {maxErrors?, windowMs?, cooldownMs?, maxReposts?}, got ${show(opts)}`,
+    );
+  const o = typeof opts === 'object' ? opts : {};
+  for (const k of Object.keys(o))
+    if (!Object.hasOwn(FAILOVER_KEYS, k))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: ${JSON.stringify(k)} is not a failover option (they are ${Object.keys(FAILOVER_KEYS).join(', ')})`,
+      );
+  const settings = {
+    maxErrors: o.maxErrors ?? 3,
+    windowMs: o.windowMs ?? 1000,
+    cooldownMs: o.cooldownMs ?? 5000,
+    maxReposts: o.maxReposts ?? 3,
+  };
+  for (const [k, v] of Object.entries(settings))
+    if (!Number.isSafeInteger(v) || v < (k === 'maxErrors' ? 1 : 0))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `createEngine: failover.${k} must be an integer >= ${k === 'maxErrors' ? 1 : 0}, got ${show(v)}`,
+      );
+  return settings;
 }
