@@ -163,7 +163,9 @@ export class PendingOp {
           `${this.callsite.op}: timed out after ${this.timeoutMs} ms; settled ${ms} ms after it was submitted (this event loop or the engine's worker acted on the deadline late: a busy machine)`,
         );
     }
-    if (err.code === 'PEER_LOST') this.engine.peerFailed(this, err);
+    // A heartbeat's or a probe's own failure is judged by its caller (misses in a row; a probe's
+    // answer): a connection reset under it is not yet the peer's death.
+    if (err.code === 'PEER_LOST' && !this.liveness) this.engine.peerFailed(this, err);
     const e = this.callsite.attach(
       err.peer === undefined && this.peer ? err.withDetails({ peer: this.peer.toString() }) : err,
     );
