@@ -137,7 +137,8 @@ export interface TransferEngine {
   /**
    * A triggered operation: validate and prepare `request` now, and post it — from the engine's
    * worker thread, with no JavaScript turn on native backends — the first time `watcher` reads at
-   * least `value` (at once if it already does). This is how a GPU kernel, by incrementing a
+   * least `value`, a `bigint` in 1..2^64-1 (at once if it already does; 0 is refused, as a
+   * trigger that could never wait). This is how a GPU kernel, by incrementing a
    * watcher word, starts transfers with the latency of the worker seeing the word. Settles like any
    * `submit*`; aborted or timed out before it fired, it settles with nothing posted. Closing the
    * watcher first rejects it with `ABORTED`. Staged GPU regions cannot be triggered (`UNSUPPORTED`).

@@ -756,7 +756,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           throw invalid(
             'INVALID_ARGUMENT',
             op,
-            `value must be a bigint in 1..2^64-1, got ${describe(value)}`,
+            `value must be a bigint in 1..2^64-1, got ${typeof value === 'bigint' ? `${value}n` : describe(value)}`,
           );
       },
       (p, pending) => this.postOnWatch(p, pending, watcher, value),

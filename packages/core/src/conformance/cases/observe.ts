@@ -175,11 +175,14 @@ export const OBSERVE_CASES: readonly ConformanceCase[] = [
         await a!.submitOnWatch(w2, 5n, { kind: 'imm', dst: b!.address, imm: imm + 1 });
         await b!.immCounter(imm + 1).wait(1, { timeoutMs: 10_000 });
         // Bad input is refused before anything is armed.
-        await rejects(
+        const zero = await rejects(
           a!.submitOnWatch(w2, 0n, { kind: 'imm', dst: b!.address, imm }),
           'INVALID_ARGUMENT',
           'value 0',
         );
+        // The value named, not its type (it said "got bigint").
+        if (!zero.message.endsWith('value must be a bigint in 1..2^64-1, got 0n'))
+          throw new Error(`value 0: the message does not name it: ${zero.message}`);
         await rejects(
           a!.submitOnWatch(w, 30n, { kind: 'imm', dst: b!.address, imm }),
           'INVALID_ARGUMENT',
