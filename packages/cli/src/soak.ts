@@ -93,9 +93,9 @@ export interface SoakReport {
     faultsInjected: number;
     /** The rows' forged writes, and how they settled (the rows' `forgedOutcomes` summed). */
     forged: number;
-    /** Of {@link forged}: refused with REMOTE_ACCESS (`forgedOutcomes.REMOTE_ACCESS`). */
+    /** Of `forged`: refused with REMOTE_ACCESS (`forgedOutcomes.REMOTE_ACCESS`). */
     forgedRefused: number;
-    /** Of {@link forged}: completed as if the key were good (`forgedOutcomes.OK`): must be 0. */
+    /** Of `forged`: completed as if the key were good (`forgedOutcomes.OK`): must be 0. */
     forgedAccepted: number;
     forgedOutcomes: Record<string, number>;
     /** Errors no injected fault explains: between healthy peers (must be 0). */

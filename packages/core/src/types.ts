@@ -28,7 +28,10 @@ export interface TransferEngine {
   /** True after {@link TransferEngine.close} began. */
   readonly closed: boolean;
 
-  /** Register memory for transfers. */
+  /**
+   * Register memory for transfers. A size of 0 registers an empty region (its descriptor covers
+   * no byte: any write into it is `OUT_OF_RANGE`).
+   */
   registerMemory(src: MemorySource, opts?: RegisterOptions): Promise<MrHandle>;
 
   /**
@@ -340,6 +343,7 @@ export type ScatterRouting = 'peers' | 'bytes' | { nic: number };
 /** One source, many destinations. */
 export interface ScatterRequest extends OpOptions {
   src: MrHandle;
+  /** The destinations; an empty list posts nothing and resolves (unlike `addPeerGroup([])`, refused). */
   targets: readonly ScatterTarget[];
   imm?: number;
   routing?: ScatterRouting;
