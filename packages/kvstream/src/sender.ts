@@ -509,7 +509,7 @@ export class KvStreamSender {
     if (last && end <= last.end)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `KvSendStream.chunk: endToken must grow from chunk to chunk, got ${end}${last ? ` after ${last.end}` : ''}`,
+        `KvSendStream.chunk: endToken must grow from chunk to chunk, got ${end} after ${last.end}`,
       );
     if (tokens !== undefined && end > tokens)
       throw new TrellisError(
@@ -752,7 +752,10 @@ export class KvStreamSender {
       this.settle(s);
       this.count(s, 'failed');
       s.reject(s.failed);
-      if (t && s.from) {
+      // A dropped peer (PEER_LOST) may only be paused or cut off for a while: alive again, it would
+      // wait for requests this side gave up, so it is owed the ABORT until it can be reached.
+      const owed = s.failed.code === 'PEER_LOST';
+      if (t && s.from && (s.pendingAbort || owed)) {
         const abort = encodeAbort(
           t.id,
           s.delivered,
@@ -761,9 +764,7 @@ export class KvStreamSender {
           s.failed.message,
         );
         if (s.pendingAbort) this.send(s.from, abort);
-        // A dropped peer may only be paused (or cut off for a while): alive again, it would wait
-        // for requests this side gave up. It is told once it can be reached.
-        else if (s.failed.code === 'PEER_LOST') this.oweAbort(`${s.fromKey}#${t.id}`, s.from, abort);
+        else this.oweAbort(`${s.fromKey}#${t.id}`, s.from, abort);
       }
       return;
     }

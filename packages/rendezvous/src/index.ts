@@ -158,15 +158,14 @@ class StoreServer {
         case 'add': {
           const n = Number(this.data.get(r.key!) ?? '0') + (r.delta ?? 1);
           this.put(r.key!, String(n));
-          if (typeof r.size === 'number') {
-            // A barrier entry: its round's sizes compared, and its release, here (one place, in
-            // order): a round whose members disagree on its size never releases; each is told.
+          if (typeof r.size === 'number' && this.data.get(`${r.key}/done`) === undefined) {
+            // A barrier entry of a round not yet ended: its sizes compared, and its release, here
+            // (one place, in order). A round whose members disagree on its size never releases;
+            // each is told. A round that ended (released or refused) stays as it ended.
             const first = this.sizes.get(r.key!) ?? r.size;
             this.sizes.set(r.key!, first);
-            const done = this.data.get(`${r.key}/done`);
-            if (first !== r.size) {
-              if (done === undefined || done === '1') this.put(`${r.key}/done`, `${first} ${r.size}`);
-            } else if (n === r.size && done === undefined) this.put(`${r.key}/done`, '1');
+            if (first !== r.size) this.put(`${r.key}/done`, `${first} ${r.size}`);
+            else if (n === r.size) this.put(`${r.key}/done`, '1');
           }
           reply({ id: r.id, ok: true, value: String(n), sized: typeof r.size === 'number' });
           break;

@@ -46,7 +46,7 @@ import { PendingOp } from './pending-op.js';
 import { RecvPool, Region, type RegionAlloc } from './region.js';
 import { touchesStaged } from './staging.js';
 import { type Timer, Timers } from './timers.js';
-import { FAILOVER_IMM, type FailoverHost, failoverSettings, TwoPhaseWriter } from './two-phase.js';
+import { FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -156,9 +156,8 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
 
   /** Turn failover on (backends call it from their options; `undefined`/`false`: off). */
   protected configureFailover(opts: FailoverOptions | boolean | undefined): void {
-    if (opts === undefined) return;
-    failoverSettings(opts);
-    if (opts === false) return;
+    if (opts === undefined || opts === false) return;
+    // The writer checks the options (failoverSettings): 'yes' or {foo: 1} is refused there.
     this.failover = new TwoPhaseWriter(this.failoverHost(), opts === true ? {} : opts);
   }
 
