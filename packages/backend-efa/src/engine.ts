@@ -43,6 +43,9 @@ const OWN_OPTIONS: Record<Exclude<keyof EfaEngineOptions, keyof NativeEngineTuni
 
 const PROVIDER_KIND: Record<string, string> = { efa: 'fi-efa', shm: 'fi-shm', 'tcp;ofi_rxm': 'fi-tcp' };
 
+/** Engines of this process not seen closed yet (pruned as engines are made): `failNic` on shm asks. */
+const openEngines = new Set<EfaEngine>();
+
 /** An engine on libfabric. Create it with {@link createEngine}. */
 export class EfaEngine extends NativeEngineBase {
   private gpuDirectOff = false;
@@ -88,6 +91,23 @@ export class EfaEngine extends NativeEngineBase {
       },
     });
     this.gpuDirectOff = opts.gpuDirect === false || (opts.gpuDirect === undefined && provider === 'shm');
+    for (const e of openEngines) if (e.closed) openEngines.delete(e);
+    openEngines.add(this);
+  }
+
+  /**
+   * Fault injection: tear NIC `nic` down (see the core's `failNic`). Refused on `shm` while another
+   * engine of this process is open: shm maps the queues of a peer in the same process straight
+   * into its writers, and tearing the endpoint down unmaps them under writes in flight (a crash,
+   * not a NIC failure). Fail a NIC of an shm engine from a process of its own.
+   */
+  override failNic(nic: number): void {
+    if (this.provider === 'shm' && [...openEngines].some((e) => e !== this && !e.closed))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `failNic: on shm, a NIC cannot be torn down while another engine of this process is open (shm maps a same-process peer's queues into its writers, and the teardown would unmap them under writes in flight); run the engine whose NIC fails in a process of its own`,
+      );
+    super.failNic(nic);
   }
 
   private libInfo: LibraryInfo | undefined;

@@ -114,9 +114,9 @@ describe('backend-efa: providers and options', () => {
     expect(r.stdout.trim().split('\n')).toEqual([
       'INVALID_ARGUMENT: createEngine: heartbeatMs must be an integer >= 0, got -1',
       'INVALID_ARGUMENT: createEngine: heartbeatMs must be an integer >= 0, got 1.5',
-      'INVALID_ARGUMENT: createEngine: failover must be a boolean or an options object {maxErrors?, windowMs?, cooldownMs?, maxReposts?}, got "yes"',
+      'INVALID_ARGUMENT: createEngine: failover must be a boolean or an options object {maxErrors?, windowMs?, cooldownMs?, maxReposts?, attemptMs?}, got "yes"',
       'INVALID_ARGUMENT: createEngine: failover.maxErrors must be an integer >= 1, got 0',
-      'INVALID_ARGUMENT: createEngine: "foo" is not a failover option (they are maxErrors, windowMs, cooldownMs, maxReposts)',
+      'INVALID_ARGUMENT: createEngine: "foo" is not a failover option (they are maxErrors, windowMs, cooldownMs, maxReposts, attemptMs)',
       'INVALID_ARGUMENT: createEngine: heartbeatIdle needs heartbeatMs (how often to probe); set both, or leave heartbeatIdle out',
     ]);
     // A misspelt option: refused, not ignored with its default used.

@@ -1,7 +1,9 @@
 // NIC failover on real libfabric endpoints (tcp;ofi_rxm, 2 NICs, one process): a NIC torn down
 // mid-stream (its endpoint and CQ closed: what was posted on it fails with its fate unknown) is
-// routed around with every byte and every immediate count exact; without failover the same
-// teardown fails the work it carried with NIC_FAILED.
+// routed around with every byte and every immediate count exact — the writer's NIC, or the
+// target's (whose writers see no error: their work to it hangs until failover's attemptMs, or
+// their connection to it resets); without failover the same teardown fails the work it carried
+// with NIC_FAILED.
 import { assertBytes, pattern, rejects, SettleTracker, sleep } from '@trellis/core/conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEngine, type EfaEngine } from '../src/index.js';
@@ -17,7 +19,7 @@ async function pair(failover: boolean) {
     provider: 'tcp',
     nics: 2,
     opTimeoutMs: 10_000,
-    failover: failover && { cooldownMs: 60_000 },
+    failover: failover && { cooldownMs: 60_000, attemptMs: 1000 },
     // The data must cross the NICs to be failed over (the same-host lane would copy it instead).
     sameHostLane: false,
   } as const;
@@ -77,6 +79,76 @@ describe('NIC failover on backend-efa (tcp, 2 NICs)', () => {
       expect(a.stats().failover.reposts).toBe(before);
     }, 60_000);
   }
+
+  for (const nic of [1, 0]) {
+    it(`NIC ${nic} of the target torn down under 32 writes: its share re-posted on the other, bytes and immediate counts exact, later work unharmed`, async () => {
+      const [a, b] = await pair(true);
+      const piece = 256 * 1024;
+      const n = 32;
+      const src = await a.registerMemory(piece * n);
+      src.buffer!.set(pattern(piece * n, 21));
+      const dst = await b.registerMemory(piece * n, { remote: true });
+      dst.buffer!.set(pattern(piece * n, 22));
+      const imm = 0x6300;
+      let expected = 0;
+      const t = new SettleTracker();
+      for (let i = 0; i < n; i++) {
+        const req = {
+          kind: 'single',
+          src,
+          srcOffset: i * piece,
+          dstOffset: i * piece,
+          length: piece,
+          dst: dst.desc,
+          imm,
+          shards: 2,
+        } as const;
+        expected += b.expectedImms(req);
+        t.track(a.submitSingleWrite(req));
+        if (i === 3) b.failNic(nic);
+      }
+      t.track(a.submitImm({ dst: b.address, imm: imm + 1 }));
+      await t.settled(30_000);
+      expect(t.outcomes).toEqual(new Array(n + 1).fill('resolved'));
+      expect(expected).toBe(2 * n);
+      await b.immCounter(imm).wait(expected, { timeoutMs: 10_000 });
+      await b.immCounter(imm + 1).wait(1, { timeoutMs: 10_000 });
+      await sleep(50);
+      expect(b.immCounter(imm).total).toBe(expected);
+      expect(b.immCounter(imm + 1).total).toBe(1);
+      assertBytes(dst.buffer!, src.buffer!, 'after the target NIC died');
+      const st = a.stats();
+      // The writer learnt it from its own work (timeouts at attemptMs, or connection resets).
+      expect(st.failover.nicsMarkedDown).toBe(1);
+      expect(st.nics[nic]!.up).toBe(false);
+      expect(st.nics[1 - nic]!.up).toBe(true);
+      expect(st.failover.reposts).toBeGreaterThanOrEqual(1);
+      expect(st.failover.controlImms).toBe(expected + 1);
+      expect(st.ops.completed).toBe(n + 1);
+      expect(st.ops.failed).toBe(0);
+      // The peer is not lost: later work goes on the NIC that is up, at once.
+      const before = a.stats().failover.reposts;
+      for (let k = 0; k < 4; k++)
+        await a.submitSingleWrite({ src, length: piece, dst: dst.desc, imm: imm + 2 });
+      await b.immCounter(imm + 2).wait(8, { timeoutMs: 10_000 });
+      expect(a.stats().failover.reposts).toBe(before);
+      expect(a.stats().ops.failed).toBe(0);
+    }, 60_000);
+  }
+
+  it('failNic on shm is refused while another engine of this process is open (it would unmap queues under writes in flight)', async () => {
+    const opts = { provider: 'shm', nics: 2, sameHostLane: false } as const;
+    engines = [await createEngine(opts), await createEngine(opts)];
+    const [a, b] = engines as [EfaEngine, EfaEngine];
+    expect(() => b.failNic(1)).toThrow(
+      /on shm, a NIC cannot be torn down while another engine of this process is open/,
+    );
+    expect(b.stats().nics.map((x) => x.up)).toEqual([true, true]);
+    await a.close();
+    engines = [b];
+    b.failNic(1);
+    expect(b.stats().nics.map((x) => x.up)).toEqual([true, false]);
+  });
 
   it('without failover, work on the torn-down NIC fails once with NIC_FAILED; the other NIC still carries', async () => {
     const [a, b] = await pair(false);

@@ -704,6 +704,16 @@ export interface FailoverOptions {
   cooldownMs?: number;
   /** Re-posts of one operation (data or its immediates) before it fails. Default 3. */
   maxReposts?: number;
+  /**
+   * How long one attempt may take on a NIC before failover gives it up and re-posts elsewhere:
+   * one NIC's share of an operation's data (plus 1 ms per MiB it moves), or a control message
+   * raising immediates until the target acknowledges it. Catches a NIC that fails without an error
+   * (a target's port that stops answering, a connection that swallows what is sent). Set it well
+   * above the fabric's slowest time for one attempt: the writes of an attempt given up may still
+   * land later (the same bytes to the same place, possibly after the immediates were raised).
+   * Default 5000 ms.
+   */
+  attemptMs?: number;
 }
 
 /** Counters of NIC failover. */
@@ -716,6 +726,11 @@ export interface FailoverStats {
   controlImms: number;
   /** Immediates a target received again under a token it had counted (dropped, not counted). */
   duplicateImms: number;
+  /**
+   * Attempts given up at `attemptMs` (data a NIC did not finish delivering, control messages the
+   * target did not acknowledge) and re-posted or sent again on another NIC.
+   */
+  attemptTimeouts: number;
 }
 
 /** GPU memory counters of an engine (all zero on an engine without GPU regions). */

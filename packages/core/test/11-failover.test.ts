@@ -162,11 +162,109 @@ describe('NIC failover (loopback fabric, 2 and 4 NICs)', () => {
     await f2.close();
   });
 
+  it('a target NIC that fails without an error (silent) mid-stream: its share re-posted at attemptMs, every byte and immediate exact', async () => {
+    const fabric = createLoopbackFabric({ nics: 2, seed: 21 });
+    const [a, b] = await pair(fabric, { cooldownMs: 60_000, maxErrors: 1, attemptMs: 100 });
+    const n = 1 << 20;
+    const src = await a.registerMemory(n);
+    src.buffer!.set(pattern(n, 31));
+    const [dst, want] = await target(b, n, 32);
+    const imm = 0x5300;
+    let expected = 0;
+    const t = new SettleTracker();
+    for (let i = 0; i < 8; i++) {
+      const req = {
+        kind: 'single',
+        src,
+        length: n / 8,
+        srcOffset: (i * n) / 8,
+        dst: dst.desc,
+        dstOffset: (i * n) / 8,
+        imm,
+        shards: 2,
+      } as const;
+      expected += b.expectedImms(req);
+      t.track(a.submitSingleWrite(req));
+      if (i === 2) fabric.faults.silenceNic!(b, 1, true);
+    }
+    t.track(a.submitImm({ dst: b.address, imm: imm + 1 }));
+    await t.settled(20_000);
+    expect(t.outcomes).toEqual(new Array(9).fill('resolved'));
+    await sleep(20);
+    expect(b.immCounter(imm).total).toBe(expected);
+    expect(b.immCounter(imm + 1).total).toBe(1);
+    want.set(src.buffer!);
+    assertBytes(dst.buffer!, want, 'after a silent target NIC');
+    const st = a.stats();
+    // The first write caught on NIC 1 waited out its attempt; NIC 1 was then down for the rest.
+    expect(st.failover.attemptTimeouts).toBeGreaterThanOrEqual(1);
+    expect(st.failover.nicsMarkedDown).toBe(1);
+    expect(st.nics.map((x) => x.up)).toEqual([true, false]);
+    expect(st.failover.controlImms).toBe(expected + 1);
+    expect(st.ops.completed).toBe(9);
+    expect(b.stats().failover.duplicateImms).toBe(0);
+    await fabric.close();
+  });
+
+  it('a control message swallowed (sent, never arrived) is sent again on another NIC when no acknowledgement comes: counted once', async () => {
+    const fabric = createLoopbackFabric({ nics: 2, seed: 22 });
+    const [a, b] = await pair(fabric, { cooldownMs: 60_000, maxErrors: 1, attemptMs: 100 });
+    // NIC 0 (the first a control message tries) loses what reaches b through it.
+    fabric.faults.silenceNic!(b, 0, true);
+    const imm = 0x5400;
+    for (let i = 0; i < 3; i++) await a.submitImm({ dst: b.address, imm });
+    await sleep(20);
+    expect(b.immCounter(imm).total).toBe(3);
+    const st = a.stats().failover;
+    expect(st.attemptTimeouts).toBe(1); // the first; NIC 0 was down for the next two
+    expect(st.reposts).toBe(1);
+    expect(st.controlImms).toBe(3);
+    expect(st.nicsMarkedDown).toBe(1);
+    expect(b.stats().failover.duplicateImms).toBe(0);
+    await fabric.close();
+  });
+
+  it('every NIC silent: the operation fails TIMEOUT after its attempts; a deadline or abort while its immediates are raised settles it at once', async () => {
+    const fabric = createLoopbackFabric({ nics: 2, seed: 23 });
+    const [a, b] = await pair(fabric, { cooldownMs: 60_000, maxErrors: 100, attemptMs: 50, maxReposts: 1 });
+    fabric.faults.silenceNic!(b, 0, true);
+    fabric.faults.silenceNic!(b, 1, true);
+    const e = await rejects(a.submitImm({ dst: b.address, imm: 9 }), 'TIMEOUT', 'no acknowledgement');
+    expect(e.message).toMatch(/acknowledged none of 4 control message\(s\)/);
+    expect(e.message).toMatch(/failover\.attemptMs \(50 ms\)/);
+    expect(a.stats().failover.attemptTimeouts).toBe(4);
+    // The operation's own deadline comes first: it settles then, saying the target may have counted.
+    const t0 = performance.now();
+    const e2 = await rejects(a.submitImm({ dst: b.address, imm: 10, timeoutMs: 80 }), 'TIMEOUT', 'deadline');
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(e2.message).toMatch(/while its immediates were being raised: the target may have counted them/);
+    const ac = new AbortController();
+    const p = a.submitImm({ dst: b.address, imm: 11, signal: ac.signal });
+    await sleep(10);
+    ac.abort();
+    const e3 = await rejects(p, 'ABORTED', 'abort');
+    expect(e3.message).toMatch(/the target may have counted them/);
+    // Nothing more is sent for them once settled.
+    const sent = a.stats().failover.attemptTimeouts;
+    await sleep(300);
+    expect(a.stats().failover.attemptTimeouts).toBe(sent);
+    expect(b.immCounter(9).total + b.immCounter(10).total + b.immCounter(11).total).toBe(0);
+    // Restored: the engines carry on.
+    fabric.faults.silenceNic!(b, 0, false);
+    fabric.faults.silenceNic!(b, 1, false);
+    await a.submitImm({ dst: b.address, imm: 12 });
+    expect(b.immCounter(12).total).toBe(1);
+    await fabric.close();
+  });
+
   it('bad options are refused at creation', () => {
     const fabric = createLoopbackFabric({ nics: 2 });
     expect(() => fabric.createEngine({ failover: { maxErrors: 0 } })).toThrow(
       /failover.maxErrors must be an integer >= 1/,
     );
     expect(() => fabric.createEngine({ failover: 'yes' as never })).toThrow(/failover must be a boolean/);
+    expect(() => fabric.createEngine({ failover: { attemptMs: 0 } })).toThrow(
+      /failover.attemptMs must be an integer >= 1, got 0/,
+    );
   });
 });

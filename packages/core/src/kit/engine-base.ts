@@ -46,7 +46,7 @@ import { PendingOp } from './pending-op.js';
 import { RecvPool, Region, type RegionAlloc } from './region.js';
 import { touchesStaged } from './staging.js';
 import { type Timer, Timers } from './timers.js';
-import { FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js';
+import { FAILOVER_ACK, FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js';
 import { callUser } from './user.js';
 import {
   checkCount,
@@ -165,12 +165,16 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return {
       nics: this.nics,
       lanesTo: (p) => this.lanesTo(p),
-      internalOp: (site, peer) => this.internalOp(site, peer),
+      internalOp: (site, peer, regions) => this.internalOp(site, peer, regions),
       postPlan: (plan, op) => this.post(plan, op),
       postControl: (peer, lane, bytes, op) => this.postControl(peer, lane, bytes, op),
       arrive: (imm, count) => {
         this.counters.arrive(imm, count);
         this.controlArrived(imm, count);
+      },
+      after: (ms, fn) => {
+        const t = this.timers.after(ms, fn);
+        return () => this.timers.cancel(t);
       },
     };
   }
@@ -192,7 +196,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   /** An engine control message of the base's (failover) arrived; false if it is not one. */
   /** @internal */
   onBaseControl(from: NetAddr, bytes: Uint8Array): boolean {
-    if (bytes[0] !== FAILOVER_IMM) return false;
+    if (bytes[0] !== FAILOVER_IMM && bytes[0] !== FAILOVER_ACK) return false;
     // Counted whether or not this engine fails over itself: the sender does.
     this.twoPhase().onMessage(from, bytes);
     return true;
@@ -920,8 +924,12 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
    * like any other but is not counted, not failed by close (the backend's shutdown settles it),
    * and holds no region (its user operation does).
    */
-  protected internalOp(site: CallSite, peer: NetAddr | undefined): PendingOp {
-    const op = new PendingOp(this.takeOpId(), site, peer, [], this);
+  protected internalOp(
+    site: CallSite,
+    peer: NetAddr | undefined,
+    regions: readonly Region[] = [],
+  ): PendingOp {
+    const op = new PendingOp(this.takeOpId(), site, peer, regions, this);
     op.internal = true;
     return op;
   }
@@ -1023,11 +1031,14 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
   private heartbeatMs = 0;
   private readonly probing = new Set<string>();
   private readonly misses = new Map<string, number>();
+  /** Per peer: the NIC its heartbeats go on (moved to the next after a miss: one NIC of the peer may be dead). */
+  private readonly beatLanes = new Map<string, number>();
 
   /**
    * Liveness probes (engine option `heartbeatMs`): every `ms`, one immediate ({@link HEARTBEAT_IMM})
    * to each peer this engine has operations in flight with. A peer whose probes fail or go
-   * unanswered {@link HEARTBEAT_MISSES} times in a row is lost: reported through `onPeerLost`, and
+   * unanswered {@link HEARTBEAT_MISSES} times in a row (or once on each of its NICs, where it has
+   * more: after a miss the next goes on its next NIC) is lost: reported through `onPeerLost`, and
    * every operation in flight to it is cancelled with `PEER_LOST` (settling once none of its work
    * can touch memory). Idle peers are not probed.
    */
@@ -1068,6 +1079,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     const op = this.internalOp(new CallSite('heartbeat'), peer);
     op.liveness = true;
     op.arm({ timeoutMs: this.heartbeatMs });
+    // The NIC that last answered (failover's first up NIC to start with, or when it went down).
+    let lane = this.beatLanes.get(key) ?? this.failover?.probeLane(peer) ?? 0;
+    if (this.failover && !this.failover.isUp(lane)) lane = this.failover.probeLane(peer) ?? lane;
     this.probing.add(key);
     this.answeredDuringBeat.delete(key);
     op.promise.then(
@@ -1099,22 +1113,24 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
           return;
         }
         this.probeCounts.heartbeatsMissed++;
+        // The next goes on the peer's next NIC: misses in a row on every NIC lose the peer.
+        this.beatLanes.set(key, (lane + 1) % this.lanesTo(peer));
         const m = (this.misses.get(key) ?? 0) + 1;
         this.misses.set(key, m);
-        if (m >= HEARTBEAT_MISSES) this.unresponsive(peer, e);
+        if (m >= Math.max(HEARTBEAT_MISSES, this.lanesTo(peer))) this.unresponsive(peer, e);
         else if (e.code === 'TIMEOUT') this.heartbeatProbe(key);
       },
     );
-    const lane = this.failover?.probeLane(peer) ?? 0;
     this.probeCounts.heartbeats++;
     this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane }, op));
   }
 
   private unresponsive(peer: NetAddr, last: TrellisError): void {
     const key = peer.toString();
+    const n = Math.max(HEARTBEAT_MISSES, this.lanesTo(peer));
     const err = new TrellisError(
       'PEER_LOST',
-      `the peer did not answer ${HEARTBEAT_MISSES} heartbeats of ${this.heartbeatMs} ms (last: ${last.code})`,
+      `the peer did not answer ${n} heartbeats of ${this.heartbeatMs} ms (last: ${last.code})`,
       { peer: key },
     );
     this.markLost(peer, err);
@@ -1164,21 +1180,32 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     this.answeredDuringProbe.delete(key);
     const until = performance.now() + ms;
     // A probe cut off with the connection it tests (CONNECTION_RESET) says nothing yet: try again
-    // on the next one, until the deadline.
+    // on the next one, until the deadline. One that fails otherwise tries the peer's next NIC: a
+    // peer is lost only when none of its NICs answers (one NIC of it may have died alone).
+    const lanes = this.lanesTo(peer);
+    const first = this.failover?.probeLane(peer) ?? 0;
     const attempt = async (): Promise<boolean> => {
+      let tried = 0;
+      let lane = first;
       for (;;) {
         const left = Math.round(until - performance.now());
         if (left <= 0 || this.closed) return false;
         const op = this.internalOp(new CallSite('probe'), peer);
         op.liveness = true;
-        op.arm({ timeoutMs: left });
-        const lane = this.failover?.probeLane(peer) ?? 0;
-        this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane }, op));
+        // With NICs left to try, each gets its share of the time (a dead NIC may only time out).
+        op.arm({ timeoutMs: Math.max(1, Math.round(left / (lanes - tried))) });
+        const on = lane;
+        this.guard(op, () => this.post({ op: 'imm', peer, imm: HEARTBEAT_IMM, lane: on }, op));
         try {
           await op.promise;
           return true;
         } catch (e) {
-          if (!(e instanceof TrellisError) || e.code !== 'CONNECTION_RESET') return false;
+          if (!(e instanceof TrellisError)) return false;
+          if (e.code !== 'CONNECTION_RESET') {
+            if (++tried >= lanes) return false;
+            lane = (lane + 1) % lanes;
+            continue;
+          }
         }
         await new Promise<void>((r) => this.timers.after(20, r));
       }
@@ -1461,7 +1488,9 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return {
       kind: this.kind,
       nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
-      failover: w ? { ...w.stats } : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 },
+      failover: w
+        ? { ...w.stats }
+        : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0, attemptTimeouts: 0 },
       ops: { ...this.counts, inFlight: this.ops.size + this.mergedExtra, held: this.heldOps },
       regions: this.regions.size,
       registeredBytes,

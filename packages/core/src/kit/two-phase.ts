@@ -11,35 +11,48 @@
 //      still up — idempotent (the same bytes to the same place) and safe, because no immediate has
 //      told the target the bytes are there yet;
 //   3. once every byte is delivered, the sender raises the immediates with one control message per
-//      target, {imm, count, token}; a message whose fate is unknown is sent again, on another NIC,
-//      with the same token, and the target counts each (sender, token) once.
+//      target, {imm, count, token}, which the target acknowledges ({token}, back on the NIC it came
+//      by); a message not acknowledged within `attemptMs` (or whose send failed) is sent again, on
+//      another NIC, with the same token, and the target counts each (sender, token) once.
 //
-// The target counts exactly what the request would have produced without failover (one per
-// work request per target), so receivers need no change. A NIC with `maxErrors` errors within
-// `windowMs` is down for `cooldownMs`; after that its next use is the probe.
+// Data goes as one internal operation per (source registration, NIC), each with its own deadline
+// (`attemptMs`, plus 1 ms per MiB it moves): a NIC that dies without an error — a target's port that
+// stops answering, a connection that swallows what is sent — costs one attempt, and only that
+// NIC's share of the data is re-posted. The target counts exactly what the request would have
+// produced without failover (one per work request per target), so receivers need no change. A NIC
+// with `maxErrors` errors within `windowMs` is down for `cooldownMs`; after that its next use is
+// the probe.
 import type { NetAddr } from '../addr.js';
 import { CallSite, TrellisError } from '../errors.js';
 import type { FailoverOptions, FailoverStats, MrHandle } from '../types.js';
 import type { PendingOp } from './pending-op.js';
-import type { PartedRegion } from './region.js';
+import type { PartedRegion, Region } from './region.js';
 import { immediatesOf, type Plan, type RunsPlan, show, type WorkRequest, workRequests } from './validate.js';
 
-/** First byte of a failover control message. @internal */
+/** First byte of a failover control message that raises immediates. @internal */
 export const FAILOVER_IMM = 0x46;
-const MSG_BYTES = 20; // [type u8][pad u8][reserved u16][imm u32][count u32][token u64]
+/** First byte of a target's acknowledgement of a {@link FAILOVER_IMM} message. @internal */
+export const FAILOVER_ACK = 0x47;
+const MSG_BYTES = 20; // [type u8][lane u8][reserved u16][imm u32][count u32][token u64]
+const ACK_BYTES = 12; // [type u8][lane u8][reserved u16][token u64]
+/** Added to `attemptMs` per MiB an attempt moves (a floor of 1 GiB/s before a slow NIC counts as dead). */
+const MS_PER_MIB = 1;
 const REMEMBERED_TOKENS = 4096; // per sender
 
 /** What failover needs from its engine. @internal */
 export interface FailoverHost {
   readonly nics: number;
   lanesTo(peer: NetAddr): number;
-  internalOp(site: CallSite, peer: NetAddr | undefined): PendingOp;
+  /** An internal operation; `regions` stay in use while it is (held past its deadline included). */
+  internalOp(site: CallSite, peer: NetAddr | undefined, regions?: readonly Region[]): PendingOp;
   /** Post a plan as the backend would (data only: failover plans carry no immediates). */
   postPlan(plan: Plan, op: PendingOp): void;
   /** Send an engine control message to `peer` on `lane`. */
   postControl(peer: NetAddr, lane: number, bytes: Uint8Array, op: PendingOp): void;
   /** Count `count` arrivals of `imm` here. */
   arrive(imm: number, count: number): void;
+  /** Run `fn` in `ms` (the engine's timers); returns a function that disarms it. */
+  after(ms: number, fn: () => void): () => void;
 }
 
 interface Flight {
@@ -49,6 +62,10 @@ interface Flight {
   phase: 'data' | 'imms';
   /** NICs that failed this operation: its re-posts go elsewhere while another is up. */
   avoid: Set<number>;
+  /** Settled (or its user's cancellation settled it while its immediates were being raised). */
+  done: boolean;
+  /** Stops the control messages still being raised (their timers and resends). */
+  stops: Set<() => void>;
 }
 
 /**
@@ -72,7 +89,15 @@ export class TwoPhaseWriter {
   private readonly flights = new Map<PendingOp, Flight>();
   private nextToken = 1n;
   private readonly seen = new Map<string, { set: Set<bigint>; order: bigint[] }>();
-  readonly stats: FailoverStats = { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0 };
+  /** Senders' tokens awaiting the target's acknowledgement. */
+  private readonly acks = new Map<bigint, { peer: string; acked: () => void }>();
+  readonly stats: FailoverStats = {
+    reposts: 0,
+    nicsMarkedDown: 0,
+    controlImms: 0,
+    duplicateImms: 0,
+    attemptTimeouts: 0,
+  };
   /** Failover proper (health, re-posts, control-message immediates); false: two-phase writes only. */
   readonly enabled: boolean;
 
@@ -151,9 +176,18 @@ export class TwoPhaseWriter {
       srcHandle,
       src,
     );
-    const flight: Flight = { user, subs: new Set(), phase: 'data', avoid: new Set() };
+    const flight: Flight = {
+      user,
+      subs: new Set(),
+      phase: 'data',
+      avoid: new Set(),
+      done: false,
+      stops: new Set(),
+    };
     this.flights.set(user, flight);
     const finish = (err?: TrellisError) => {
+      if (flight.done) return;
+      flight.done = true;
       this.flights.delete(user);
       if (err) user.fail(err);
       else if (user.cancelReason && flight.phase === 'data') user.fail(user.cancelReason);
@@ -165,7 +199,7 @@ export class TwoPhaseWriter {
       if (!targets.length || plan.imm === undefined) return finish();
       if (!this.enabled) {
         // Immediate-only writes, one per original work request, each on its original lane.
-        this.postSub(flight, immediatesOf(wrs, plan.imm), finish, (e) => finish(e));
+        this.postSub(flight, immediatesOf(wrs, plan.imm), undefined, finish, (e) => finish(e));
         return;
       }
       let left = targets.length;
@@ -176,61 +210,105 @@ export class TwoPhaseWriter {
           if (--left === 0) finish(failed);
         });
     };
+    // The data phase: one internal operation per (source registration, NIC). One that fails on a
+    // NIC (an error the NIC caused, a connection reset under it, its own deadline) has its share
+    // re-posted on the NICs still up; the immediates go once every share is delivered.
     let reposts = 0;
-    const postData = () => {
+    let open = 1; // the posting below, until it has posted everything
+    let failed: TrellisError | undefined;
+    const settled = () => {
+      if (--open > 0) return;
       if (user.cancelReason) return finish(user.cancelReason);
-      if (!data.length) return raise();
-      // One runs plan per source registration (a region in parts has one per part).
-      const bySrc = new Map<MrHandle, WorkRequest[]>();
+      if (failed) return finish(failed);
+      raise();
+    };
+    const post = (pieces: readonly Piece[]) => {
+      const groups = new Map<MrHandle, Map<number, Piece[]>>();
       const byPeer = new Map<string, number[]>();
       let i = 0;
-      for (const w of data) {
-        const k = w.peer.toString();
-        let lanes = byPeer.get(k);
-        if (!lanes) {
-          lanes = this.healthy(w.peer, flight.avoid);
-          byPeer.set(k, lanes);
-        }
-        if (!lanes.length)
-          return finish(
-            new TrellisError(
+      for (const w of pieces) {
+        let lane = w.lane;
+        if (this.enabled) {
+          const k = w.peer.toString();
+          let lanes = byPeer.get(k);
+          if (!lanes) {
+            lanes = this.healthy(w.peer, flight.avoid);
+            byPeer.set(k, lanes);
+          }
+          if (!lanes.length) {
+            failed ??= new TrellisError(
               'NIC_FAILED',
               `${user.callsite.op}: every NIC to ${k} is down (failover found none to re-post on)`,
               { op: user.callsite.op, peer: k },
-            ),
-          );
-        const lane = this.enabled ? lanes[i++ % lanes.length]! : w.lane;
-        const { src: piecesSrc, ...wr } = w;
-        let list = bySrc.get(piecesSrc);
-        if (!list) {
-          list = [];
-          bySrc.set(piecesSrc, list);
+            );
+            continue;
+          }
+          lane = lanes[i++ % lanes.length]!;
         }
-        list.push({ ...wr, lane, imm: undefined });
+        let bySrc = groups.get(w.src);
+        if (!bySrc) {
+          bySrc = new Map();
+          groups.set(w.src, bySrc);
+        }
+        const list = bySrc.get(lane) ?? [];
+        list.push({ ...w, lane });
+        bySrc.set(lane, list);
       }
-      let left = bySrc.size;
-      let failed: TrellisError | undefined;
-      const settle = (e?: TrellisError) => {
-        failed ??= e;
-        if (--left > 0) return;
-        if (!failed) return raise();
-        if (user.cancelReason) return finish(user.cancelReason);
-        if (!nicAttributed(failed) || reposts >= this.opts.maxReposts) return finish(failed);
-        this.nicError(failed.nic);
-        flight.avoid.add(failed.nic);
-        reposts++;
-        this.stats.reposts++;
-        postData();
-      };
-      for (const [h, runs] of bySrc)
-        this.postSub(flight, { op: 'runs', src: h, runs, imm: undefined }, () => settle(), settle);
+      for (const [h, byLane] of groups)
+        for (const [lane, list] of byLane) {
+          open++;
+          const runs = list.map(({ src: _src, ...wr }) => ({ ...wr, imm: undefined }));
+          const bytes = list.reduce((n, w) => n + w.length, 0);
+          const deadline = this.enabled
+            ? this.opts.attemptMs + Math.ceil((bytes / 2 ** 20) * MS_PER_MIB)
+            : undefined;
+          this.postSub(flight, { op: 'runs', src: h, runs, imm: undefined }, deadline, settled, (e, sub) => {
+            if (!user.cancelReason && reposts < this.opts.maxReposts && this.retryable(e, sub)) {
+              if (e.code === 'TIMEOUT') this.stats.attemptTimeouts++;
+              this.nicError(lane);
+              flight.avoid.add(lane);
+              reposts++;
+              this.stats.reposts++;
+              post(list);
+            } else failed ??= e;
+            settled();
+          });
+        }
     };
-    postData();
+    if (user.cancelReason) {
+      finish(user.cancelReason);
+      return;
+    }
+    post(data);
+    settled();
   }
 
-  /** Post one plan of a two-phase operation as an internal operation. */
-  private postSub(flight: Flight, plan: RunsPlan, ok: () => void, failed: (e: TrellisError) => void): void {
-    const sub = this.host.internalOp(new CallSite(flight.user.callsite.op), flight.user.peer);
+  /**
+   * Whether a failed internal operation of failover is worth posting again on another NIC: an
+   * error its NIC caused, a connection reset under it (the peer answered a probe: it lives), or its
+   * own deadline (`attemptMs`: the NIC swallowed the work without an error).
+   */
+  private retryable(e: TrellisError, sub: PendingOp): boolean {
+    if (!this.enabled) return false;
+    if (e.code === 'TIMEOUT') return sub.cancelReason?.code === 'TIMEOUT';
+    return nicAttributed(e) || e.code === 'CONNECTION_RESET';
+  }
+
+  /** Post one plan of a two-phase operation as an internal operation, with a deadline of its own if given. */
+  private postSub(
+    flight: Flight,
+    plan: RunsPlan,
+    timeoutMs: number | undefined,
+    ok: () => void,
+    failed: (e: TrellisError, sub: PendingOp) => void,
+  ): void {
+    // The user's regions stay in use while the sub is: one given up at its deadline may still be
+    // read by the provider after the user's operation settled.
+    const sub = this.host.internalOp(
+      new CallSite(flight.user.callsite.op),
+      flight.user.peer,
+      flight.user.regions,
+    );
     flight.subs.add(sub);
     sub.promise.then(
       () => {
@@ -239,9 +317,10 @@ export class TwoPhaseWriter {
       },
       (e: TrellisError) => {
         flight.subs.delete(sub);
-        failed(e);
+        failed(e, sub);
       },
     );
+    if (timeoutMs !== undefined) sub.arm({ timeoutMs });
     try {
       this.host.postPlan(plan, sub);
     } catch (e) {
@@ -249,7 +328,11 @@ export class TwoPhaseWriter {
     }
   }
 
-  /** Raise `count` of `imm` at `peer`: one control message, sent again with the same token until one is known delivered. */
+  /**
+   * Raise `count` of `imm` at `peer`: one control message, which the target acknowledges; sent
+   * again with the same token, on another NIC, when its send fails on a NIC or no acknowledgement
+   * comes within `attemptMs`.
+   */
   private sendImms(
     peer: NetAddr,
     imm: number,
@@ -258,40 +341,77 @@ export class TwoPhaseWriter {
     done: (err?: TrellisError) => void,
   ): void {
     const token = this.nextToken++;
-    const msg = new Uint8Array(MSG_BYTES);
-    const v = new DataView(msg.buffer);
-    v.setUint8(0, FAILOVER_IMM);
-    v.setUint32(4, imm, true);
-    v.setUint32(8, count, true);
-    v.setBigUint64(12, token, true);
+    const op = flight.user.callsite.op;
+    const key = peer.toString();
     let attempts = 0;
+    let over = false;
+    let disarm: (() => void) | undefined;
     const limit = (this.opts.maxReposts + 1) * this.host.nics;
-    const attempt = (): void => {
+    const end = (err?: TrellisError) => {
+      if (over) return;
+      over = true;
+      disarm?.();
+      disarm = undefined;
+      this.acks.delete(token);
+      flight.stops.delete(stop);
+      if (!err) this.stats.controlImms += count;
+      done(err);
+    };
+    this.acks.set(token, { peer: key, acked: () => end() });
+    const stop = () => end(flight.user.cancelReason);
+    flight.stops.add(stop);
+    const again = (lane: number, e: TrellisError) => {
+      disarm?.();
+      disarm = undefined;
+      if (attempts >= limit) return end(e);
+      this.nicError(lane);
+      flight.avoid.add(lane);
+      this.stats.reposts++;
+      attempt();
+    };
+    const attempt = () => {
+      // The user's cancellation settled the operation while its immediates were being raised:
+      // nothing more is sent (what was sent may still be counted).
+      if (flight.done) return end(flight.user.cancelReason);
       const lanes = this.healthy(peer, flight.avoid);
-      if (!lanes.length) {
-        done(
+      if (!lanes.length)
+        return end(
           new TrellisError(
             'NIC_FAILED',
-            `${flight.user.callsite.op}: every NIC to ${peer.toString()} is down; its immediates could not be raised`,
-            { peer: peer.toString() },
+            `${op}: every NIC to ${key} is down; its immediates could not be raised`,
+            { peer: key },
           ),
         );
-        return;
-      }
       const lane = lanes[0]!;
-      attempts++;
-      const sub = this.host.internalOp(new CallSite(flight.user.callsite.op), peer);
+      const mine = ++attempts;
+      const msg = new Uint8Array(MSG_BYTES);
+      const v = new DataView(msg.buffer);
+      v.setUint8(0, FAILOVER_IMM);
+      v.setUint8(1, lane);
+      v.setUint32(4, imm, true);
+      v.setUint32(8, count, true);
+      v.setBigUint64(12, token, true);
+      const sub = this.host.internalOp(new CallSite(op), peer);
+      disarm = this.host.after(this.opts.attemptMs, () => {
+        disarm = undefined;
+        if (over || mine !== attempts) return;
+        this.stats.attemptTimeouts++;
+        const e = new TrellisError(
+          'TIMEOUT',
+          `${op}: ${key} acknowledged none of ${attempts} control message(s) raising its immediates, each given failover.attemptMs (${this.opts.attemptMs} ms) on a NIC that was up; whether it counted them is unknown`,
+          { peer: key },
+        );
+        sub.requestCancel(e);
+        again(lane, e);
+      });
       sub.promise.then(
         () => {
-          this.stats.controlImms += count;
-          done();
+          // Sent: the acknowledgement settles it (or the deadline sends it again).
         },
         (e: TrellisError) => {
-          if (!nicAttributed(e) || attempts >= limit) return done(e);
-          this.nicError(e.nic);
-          flight.avoid.add(e.nic);
-          this.stats.reposts++;
-          attempt();
+          if (over || mine !== attempts) return;
+          if (!nicAttributed(e) && e.code !== 'CONNECTION_RESET') return end(e);
+          again(lane, e);
         },
       );
       try {
@@ -303,10 +423,19 @@ export class TwoPhaseWriter {
     attempt();
   }
 
-  /** A control message arrived: count its immediates unless this (sender, token) was counted. */
+  /**
+   * A control message arrived. Immediates: counted unless this (sender, token) was counted, and
+   * acknowledged either way. An acknowledgement: settles the sender's wait for that token.
+   */
   onMessage(from: NetAddr, bytes: Uint8Array): void {
-    if (bytes.length !== MSG_BYTES || bytes[0] !== FAILOVER_IMM) return;
     const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (bytes.length === ACK_BYTES && bytes[0] === FAILOVER_ACK) {
+      const w = this.acks.get(v.getBigUint64(4, true));
+      if (w && w.peer === from.toString()) w.acked();
+      return;
+    }
+    if (bytes.length !== MSG_BYTES || bytes[0] !== FAILOVER_IMM) return;
+    const lane = v.getUint8(1);
     const imm = v.getUint32(4, true);
     const count = v.getUint32(8, true);
     const token = v.getBigUint64(12, true);
@@ -316,25 +445,74 @@ export class TwoPhaseWriter {
       s = { set: new Set(), order: [] };
       this.seen.set(key, s);
     }
-    if (s.set.has(token)) {
-      this.stats.duplicateImms += count;
-      return;
+    if (s.set.has(token)) this.stats.duplicateImms += count;
+    else {
+      s.set.add(token);
+      s.order.push(token);
+      if (s.order.length > REMEMBERED_TOKENS) s.set.delete(s.order.shift()!);
+      this.host.arrive(imm, count);
     }
-    s.set.add(token);
-    s.order.push(token);
-    if (s.order.length > REMEMBERED_TOKENS) s.set.delete(s.order.shift()!);
-    this.host.arrive(imm, count);
+    this.ack(from, lane, token);
+  }
+
+  /**
+   * Acknowledge `token` to `to`: on the NIC its message came by (that path works), else — where
+   * posting there fails at once — on the others in turn. A lost acknowledgement costs the sender
+   * one attempt: it sends the message again, and it is acknowledged again.
+   */
+  private ack(to: NetAddr, lane: number, token: bigint): void {
+    const msg = new Uint8Array(ACK_BYTES);
+    const v = new DataView(msg.buffer);
+    v.setUint8(0, FAILOVER_ACK);
+    v.setUint8(1, lane);
+    v.setBigUint64(4, token, true);
+    const n = this.host.lanesTo(to);
+    const order = [lane, ...Array.from({ length: n }, (_, i) => i).filter((i) => i !== lane)].filter(
+      (i) => i < n,
+    );
+    const next = (k: number): void => {
+      const l = order[k];
+      if (l === undefined) return;
+      const op = this.host.internalOp(new CallSite('failoverAck'), to);
+      op.promise.then(
+        () => {},
+        (e: TrellisError) => {
+          if (nicAttributed(e)) next(k + 1);
+        },
+      );
+      op.arm({ timeoutMs: this.opts.attemptMs });
+      try {
+        this.host.postControl(to, l, msg, op);
+      } catch (e) {
+        op.fail(e instanceof TrellisError ? e : new TrellisError('INTERNAL', String(e)));
+      }
+    };
+    next(0);
   }
 
   /**
    * Cancellation of a user operation under failover: in the data phase, cancel what is posted (the
    * operation then fails with the reason once it settles); once immediates are being raised it
-   * finishes (a raised immediate cannot be taken back). True if the operation was failover's.
+   * fails now with the reason, saying its immediates may have been counted (a raised immediate
+   * cannot be taken back), and nothing more is sent. True if the operation was failover's.
    */
   cancel(user: PendingOp): boolean {
     const f = this.flights.get(user);
     if (!f) return false;
-    if (f.phase === 'data') for (const sub of f.subs) sub.requestCancel(user.cancelReason!);
+    const reason = user.cancelReason!;
+    if (f.phase === 'data') for (const sub of f.subs) sub.requestCancel(reason);
+    else {
+      f.done = true;
+      this.flights.delete(user);
+      user.fail(
+        new TrellisError(
+          reason.code,
+          `${reason.message}, while its immediates were being raised: the target may have counted them`,
+          reason.peer === undefined ? {} : { peer: reason.peer },
+        ),
+      );
+      for (const stop of [...f.stops]) stop();
+    }
     return true;
   }
 }
@@ -397,18 +575,19 @@ const FAILOVER_KEYS: Record<keyof FailoverOptions, true> = {
   windowMs: true,
   cooldownMs: true,
   maxReposts: true,
+  attemptMs: true,
 };
 
 /**
  * `createEngine`'s `failover` option as settings, or an INVALID_ARGUMENT saying what is wrong: not
  * a boolean or an object, a key that is not an option, a value that is not a whole number (at
- * least 1 for `maxErrors`). Checked before an engine is created. @internal
+ * least 1 for `maxErrors` and `attemptMs`). Checked before an engine is created. @internal
  */
 export function failoverSettings(opts: FailoverOptions | boolean): Required<FailoverOptions> {
   if (opts !== true && opts !== false && (typeof opts !== 'object' || opts === null || Array.isArray(opts)))
     throw new TrellisError(
       'INVALID_ARGUMENT',
-      `createEngine: failover must be a boolean or an options object {maxErrors?, windowMs?, cooldownMs?, maxReposts?}, got ${show(opts)}`,
+      `createEngine: failover must be a boolean or an options object {maxErrors?, windowMs?, cooldownMs?, maxReposts?, attemptMs?}, got ${show(opts)}`,
     );
   const o = typeof opts === 'object' ? opts : {};
   for (const k of Object.keys(o))
@@ -422,12 +601,15 @@ export function failoverSettings(opts: FailoverOptions | boolean): Required<Fail
     windowMs: o.windowMs ?? 1000,
     cooldownMs: o.cooldownMs ?? 5000,
     maxReposts: o.maxReposts ?? 3,
+    attemptMs: o.attemptMs ?? 5000,
   };
-  for (const [k, v] of Object.entries(settings))
-    if (!Number.isSafeInteger(v) || v < (k === 'maxErrors' ? 1 : 0))
+  for (const [k, v] of Object.entries(settings)) {
+    const min = k === 'maxErrors' || k === 'attemptMs' ? 1 : 0;
+    if (!Number.isSafeInteger(v) || v < min)
       throw new TrellisError(
         'INVALID_ARGUMENT',
-        `createEngine: failover.${k} must be an integer >= ${k === 'maxErrors' ? 1 : 0}, got ${show(v)}`,
+        `createEngine: failover.${k} must be an integer >= ${min}, got ${show(v)}`,
       );
+  }
   return settings;
 }

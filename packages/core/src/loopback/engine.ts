@@ -62,6 +62,8 @@ interface OpFlight {
   op: PendingOp;
   /** Work requests not yet landed (their events can still be dropped). */
   unlanded: Set<{ cancelled: boolean }>;
+  /** Work requests a silent NIC swallowed: they never land nor complete (a cancellation drops them). */
+  swallowed: number;
   outstanding: number;
   error: TrellisError | undefined;
 }
@@ -121,7 +123,31 @@ export class LoopbackEngine extends EngineBase {
     this.pollMs = opts.watcherPollMs ?? 1;
     if (opts.heartbeatMs !== undefined) this.startHeartbeat(opts.heartbeatMs, opts.heartbeatIdle);
     this.lostCompletions = new Array(this.nics).fill(false);
+    this.silentNics = new Array(this.nics).fill(false);
     this.configureFailover(opts.failover);
+  }
+
+  /** Per NIC: it fails without an error (fault injection: a port that stops answering). */
+  private readonly silentNics: boolean[];
+
+  /** @internal */
+  setNicSilent(nic: number, silent: boolean): void {
+    if (!Number.isInteger(nic) || nic < 0 || nic >= this.nics)
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `faults: NIC ${nic} does not exist on an engine with ${this.nics} NIC(s)`,
+      );
+    this.silentNics[nic] = silent;
+  }
+
+  /** Whether `lane` to `peer` is silent at either end (what goes through it vanishes). */
+  private silentTo(peer: NetAddr, lane: number): boolean {
+    if (this.silentNics[lane]) return true;
+    try {
+      return this.fabric.resolve(peer, 'silent').silentNics[lane] === true;
+    } catch {
+      return false;
+    }
   }
 
   /** Per NIC: work lands but its completion reports NIC_FAILED (fault injection: the in-doubt failure). */
@@ -155,7 +181,8 @@ export class LoopbackEngine extends EngineBase {
       try {
         const target = this.fabric.resolve(peer, name);
         err = this.laneError(target, lane, name);
-        if (!err) {
+        // A silent NIC takes the message and loses it: the sender sees it sent.
+        if (!err && !this.silentTo(peer, lane)) {
           target.onBaseControl(this.address, data);
           err = this.lostCompletion(lane, name);
         }
@@ -247,7 +274,13 @@ export class LoopbackEngine extends EngineBase {
       plan.op === 'single' || plan.op === 'paged' || plan.op === 'scatter' || plan.op === 'runs'
         ? plan.src?.buffer
         : undefined;
-    const flight: OpFlight = { op, unlanded: new Set(), outstanding: wrs.length, error: undefined };
+    const flight: OpFlight = {
+      op,
+      unlanded: new Set(),
+      swallowed: 0,
+      outstanding: wrs.length,
+      error: undefined,
+    };
     if (wrs.length === 0) {
       op.complete();
       return;
@@ -257,6 +290,10 @@ export class LoopbackEngine extends EngineBase {
     for (const wr of wrs) {
       const ev = this.fabric.schedule(() => {
         flight.unlanded.delete(ev);
+        if (this.silentTo(wr.peer, wr.lane)) {
+          flight.swallowed++;
+          return;
+        }
         const err = this.land(wr, src, name) ?? this.lostCompletion(wr.lane, name);
         // The completion is a separate event: the sender learns of delivery later, in random order.
         this.fabric.schedule(() => this.completeWr(flight, wr, err));
@@ -365,6 +402,9 @@ export class LoopbackEngine extends EngineBase {
       dropped++;
     }
     flight.unlanded.clear();
+    // What a silent NIC swallowed never lands either.
+    dropped += flight.swallowed;
+    flight.swallowed = 0;
     flight.outstanding -= dropped;
     if (dropped > 0 || flight.outstanding === 0) {
       this.flights.delete(op);

@@ -25,6 +25,12 @@ export interface FaultInjector {
    * the in-doubt failure of a NIC that died after the target saw the write. Optional.
    */
   loseCompletions?(engine: TransferEngine, nic: number, lost: boolean): void;
+  /**
+   * NIC `nic` of `engine` fails without an error (while `silent`): work requests through it (either
+   * end) neither land nor complete — they settle only at a deadline or by cancellation — and
+   * engine control messages sent through it are reported sent but never arrive. Optional.
+   */
+  silenceNic?(engine: TransferEngine, nic: number, silent: boolean): void;
 }
 
 /** Options of {@link createLoopbackFabric}. */
@@ -244,6 +250,10 @@ export class FabricCore implements LoopbackFabric, FaultInjector, LoopbackWire {
 
   failNic(engine: TransferEngine, nic: number): void {
     this.mine(engine, 'faults.failNic').setNicUp(nic, false);
+  }
+
+  silenceNic(engine: TransferEngine, nic: number, silent: boolean): void {
+    this.mine(engine, 'faults.silenceNic').setNicSilent(nic, silent);
   }
 
   restoreNic(engine: TransferEngine, nic: number): void {

@@ -466,7 +466,12 @@ class DomainGroup {
   // the later requests to it, so one peer in trouble holds back only its own work.
   bool pump() {
     bool any = false;
+    // What cannot go now is held back per (peer, NIC): a NIC whose queue or whose window to a peer
+    // is full (a NIC that died without an error fills both) holds back only the work queued on it,
+    // never another NIC's — failover re-posts a dead NIC's share on the others, which must go.
     blocked_.clear();
+    uint32_t full = 0;  // NICs whose queue is full this round
+    const uint32_t all = domains_.size() >= 32 ? ~0u : (1u << domains_.size()) - 1;
     for (auto it = backlog_.begin(); it != backlog_.end();) {
       // A close may have come while the provider held this thread in a post (stopping): no more.
       if (stopping_.load(std::memory_order_relaxed)) break;
@@ -476,8 +481,14 @@ class DomainGroup {
       const WrShape s = wr_shape(w, g.at);
       const uint8_t lane = s.lane;
       const uint32_t peer = s.peer;
-      if (inflight_[lane] >= max_inflight(lane)) break;
-      if (std::find(blocked_.begin(), blocked_.end(), peer) != blocked_.end()) {
+      if (inflight_[lane] >= max_inflight(lane)) {
+        full |= 1u << lane;
+        if ((full & all) == all) break;
+        ++it;
+        continue;
+      }
+      const uint64_t held = (uint64_t(peer) << 8) | lane;
+      if (std::find(blocked_.begin(), blocked_.end(), held) != blocked_.end()) {
         ++it;
         continue;
       }
@@ -487,8 +498,8 @@ class DomainGroup {
       }
       Peer& pr = *g.peer;
       if (pr.inflight[lane] >= peer_window(lane)) {
-        // Its window is full: later work to it waits; other peers' work goes on.
-        blocked_.push_back(peer);
+        // Its window on this NIC is full: later work to it on this NIC waits; the rest goes on.
+        blocked_.push_back(held);
         ++it;
         continue;
       }
@@ -516,7 +527,7 @@ class DomainGroup {
       if (rc == -EAGAIN) {
         ctx_free(c);
         eagain_backoff_ = 16;
-        blocked_.push_back(peer);  // poll, then continue where this peer stopped
+        blocked_.push_back(held);  // poll, then continue where this peer stopped on this NIC
         ++it;
         continue;
       }
@@ -536,14 +547,22 @@ class DomainGroup {
       if (!wr_next(w, g.at)) continue;
       it = it == backlog_.begin() ? (backlog_.pop_front(), backlog_.begin()) : backlog_.erase(it);
     }
-    // Messages, in order per peer: a peer whose send the provider refuses for now (EAGAIN: its
-    // connection being made, or never to be made when it died) holds back only its own messages.
+    // Messages, in order per (peer, NIC) — users' all go on NIC 0, so in order per peer: a peer whose
+    // send the provider refuses for now (EAGAIN: its connection being made, or never to be made
+    // when it died) holds back only its own messages on that NIC.
     send_blocked_.clear();
+    full = 0;
     for (auto it = send_backlog_.begin(); it != send_backlog_.end() && !free_sends_.empty();) {
       PendingSend& s = *it;
       const uint8_t lane = s.lane;
-      if (inflight_[lane] >= max_inflight(lane)) break;
-      if (std::find(send_blocked_.begin(), send_blocked_.end(), s.peer) != send_blocked_.end()) {
+      if (inflight_[lane] >= max_inflight(lane)) {
+        full |= 1u << lane;
+        if ((full & all) == all) break;
+        ++it;
+        continue;
+      }
+      const uint64_t held = (uint64_t(s.peer) << 8) | lane;
+      if (std::find(send_blocked_.begin(), send_blocked_.end(), held) != send_blocked_.end()) {
         ++it;
         continue;
       }
@@ -558,7 +577,7 @@ class DomainGroup {
       if (rc == -EAGAIN) {
         ctx_free(c);
         eagain_backoff_ = 16;
-        send_blocked_.push_back(s.peer);
+        send_blocked_.push_back(held);
         ++it;
         continue;
       }
@@ -722,8 +741,8 @@ class DomainGroup {
   };
   std::unordered_map<uint32_t, SharedImm> shared_imms_;  // share_imm
   std::deque<Gen> backlog_;
-  std::vector<uint32_t> blocked_;       // peers whose writes were passed over in the current pump round
-  std::vector<uint32_t> send_blocked_;  // and whose messages were
+  std::vector<uint64_t> blocked_;       // (peer << 8 | NIC): writes passed over in the current pump round
+  std::vector<uint64_t> send_blocked_;  // and messages
   std::deque<PendingSend> send_backlog_;
   std::vector<std::unique_ptr<RecvBuf>> recvs_;  // stable addresses: posted as contexts
   std::vector<SendBuf> sends_;
