@@ -130,6 +130,63 @@ export function checkRequestObject(op: string, req: unknown): asserts req is Rec
     throw invalid('INVALID_ARGUMENT', op, `expected a request object, got ${describe(req)}`);
 }
 
+/** Field names of a request kind (plus `kind`, which batches and triggers use, and the op options). */
+function fields(...names: string[]): Record<string, true> {
+  const o: Record<string, true> = Object.create(null);
+  for (const n of ['kind', 'signal', 'timeoutMs', ...names]) o[n] = true;
+  return o;
+}
+const SINGLE_FIELDS = fields('src', 'srcOffset', 'length', 'dst', 'dstOffset', 'imm', 'shards');
+const PAGED_FIELDS = fields(
+  'src',
+  'srcPages',
+  'srcStride',
+  'srcOffset',
+  'dst',
+  'dstPages',
+  'dstStride',
+  'dstOffset',
+  'pageBytes',
+  'imm',
+);
+const SCATTER_FIELDS = fields('src', 'targets', 'imm', 'routing');
+const TARGET_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
+  dst: true,
+  srcOffset: true,
+  dstOffset: true,
+  length: true,
+});
+const BARRIER_FIELDS = fields('group', 'imm', 'spread');
+const IMM_FIELDS = fields('dst', 'imm', 'nic');
+const PREPARED_REQUEST_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
+  src: true,
+  dst: true,
+  imm: true,
+});
+/** `submitBatch`'s options. @internal */
+export const BATCH_OPTION_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
+  mergeWrites: true,
+  signal: true,
+  timeoutMs: true,
+});
+
+/**
+ * Refuse a key that is not a field of the request (a typo, or a field of another kind — `nic` on a
+ * single write, `timeout` for `timeoutMs`): silently ignored, it would do something else than the
+ * caller meant.
+ */
+export function checkFields(op: string, req: object, known: Record<string, true>, what: string): void {
+  for (const k in req)
+    if (known[k] !== true)
+      throw invalid(
+        'INVALID_ARGUMENT',
+        op,
+        `${JSON.stringify(k)} is not a field of ${what} (its fields: ${Object.keys(known)
+          .filter((f) => f !== 'kind')
+          .join(', ')})`,
+      );
+}
+
 /** A non-negative safe integer, or the default when undefined. */
 export function checkCount(op: string, field: string, v: unknown, dflt?: number): number {
   if (v === undefined && dflt !== undefined) return dflt;
@@ -243,8 +300,10 @@ export function planSingle(
   ctx: ValidationContext,
   req: SingleWriteRequest,
   op = 'submitSingleWrite',
+  keys = true,
 ): SinglePlan {
   checkRequestObject(op, req);
+  if (keys) checkFields(op, req, SINGLE_FIELDS, 'a single write request');
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
   const dst = checkDst(ctx, op, 'dst', req.dst);
@@ -298,8 +357,10 @@ export function planPaged(
   ctx: ValidationContext,
   req: PagedWritesRequest,
   op = 'submitPagedWrites',
+  keys = true,
 ): PagedPlan {
   checkRequestObject(op, req);
+  if (keys) checkFields(op, req, PAGED_FIELDS, 'a paged writes request');
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
   const dst = checkDst(ctx, op, 'dst', req.dst);
@@ -357,12 +418,20 @@ export function planPaged(
 }
 
 /** `op` names the call in errors (`expectedImms` validates requests through these too). */
-export function planScatter(ctx: ValidationContext, req: ScatterRequest, op = 'submitScatter'): ScatterPlan {
+export function planScatter(
+  ctx: ValidationContext,
+  req: ScatterRequest,
+  op = 'submitScatter',
+  keys = true,
+): ScatterPlan {
   checkRequestObject(op, req);
+  if (keys) checkFields(op, req, SCATTER_FIELDS, 'a scatter request');
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
   if (!Array.isArray(req.targets))
     throw invalid('INVALID_ARGUMENT', op, `targets must be an array, got ${describe(req.targets)}`);
+  if (keys && isObject(req.targets[0]))
+    checkFields(op, req.targets[0], TARGET_FIELDS, 'a scatter target (targets[0])');
   const imm = checkImm(op, req.imm, false);
   const routing: ScatterRouting = req.routing ?? 'peers';
   let nic: number | undefined;
@@ -413,6 +482,7 @@ export function checkPrepared(
   op = 'prepareWrites',
 ): PreparedTemplate {
   checkRequestObject(op, req);
+  checkFields(op, req, PREPARED_REQUEST_FIELDS, 'a prepared writes request');
   ctx.checkHandle(req.src, op, 'src');
   const dst = checkDst(ctx, op, 'dst', req.dst);
   const imm = req.imm === null ? undefined : checkImm(op, req.imm, false);
@@ -489,8 +559,14 @@ export function planPrepared(
 }
 
 /** `op` names the call in errors (`expectedImms` validates requests through these too). */
-export function planBarrier(ctx: ValidationContext, req: BarrierRequest, op = 'submitBarrier'): BarrierPlan {
+export function planBarrier(
+  ctx: ValidationContext,
+  req: BarrierRequest,
+  op = 'submitBarrier',
+  keys = true,
+): BarrierPlan {
   checkRequestObject(op, req);
+  if (keys) checkFields(op, req, BARRIER_FIELDS, 'a barrier request');
   checkOpOptions(op, req);
   const group = isObject(req.group) ? ctx.group(req.group as PeerGroup) : undefined;
   if (!group)
@@ -507,8 +583,9 @@ export function planBarrier(ctx: ValidationContext, req: BarrierRequest, op = 's
 }
 
 /** `op` names the call in errors (`expectedImms` validates requests through these too). */
-export function planImm(ctx: ValidationContext, req: ImmRequest, op = 'submitImm'): ImmPlan {
+export function planImm(ctx: ValidationContext, req: ImmRequest, op = 'submitImm', keys = true): ImmPlan {
   checkRequestObject(op, req);
+  if (keys) checkFields(op, req, IMM_FIELDS, 'an immediate request');
   checkOpOptions(op, req);
   let peer: NetAddr;
   if (req.dst instanceof MrDesc) peer = checkDst(ctx, op, 'dst', req.dst).owner;
