@@ -280,9 +280,55 @@ export function checkInt(where: string, name: string, v: unknown, lo: number, hi
 }
 
 /** A `create`'s options: an object whose `engine` is a TransferEngine (INVALID_ARGUMENT otherwise). */
+/**
+ * Refuse a key of `obj` that is not one of `fields` (a typo or another call's option would
+ * otherwise be ignored in silence), naming it and the fields.
+ */
+export function checkFields(where: string, obj: object, fields: readonly string[], what: string): void {
+  for (const k in obj)
+    if (!fields.includes(k))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `${where}: ${JSON.stringify(k)} is not ${what} (they are ${fields.join(', ')})`,
+      );
+}
+
+const SENDER_OPTIONS = [
+  'engine',
+  'layout',
+  'region',
+  'gpu',
+  'maxTailBytes',
+  'maxRequests',
+  'probeImm',
+  'probeMs',
+  'unboundTimeoutMs',
+  'recv',
+] as const;
+const RECEIVER_OPTIONS = [
+  'engine',
+  'layout',
+  'region',
+  'gpu',
+  'maxTailBytes',
+  'maxRequests',
+  'immBase',
+  'probeMs',
+  'deadPeerGraceMs',
+  'ackTimeoutMs',
+  'quarantineMs',
+  'recv',
+] as const;
+
 export function checkCreateOptions(where: string, opts: unknown): void {
   if (opts === null || typeof opts !== 'object')
     throw new TrellisError('INVALID_ARGUMENT', `${where}: pass an options object {engine, layout, ...}`);
+  checkFields(
+    where,
+    opts,
+    where.startsWith('KvStreamSender') ? SENDER_OPTIONS : RECEIVER_OPTIONS,
+    'an option',
+  );
   const engine = (opts as { engine?: unknown }).engine;
   if (
     engine === null ||

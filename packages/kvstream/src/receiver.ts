@@ -19,6 +19,7 @@ import {
   ACK_UNKNOWN,
   type AckMsg,
   checkCreateOptions,
+  checkFields,
   checkInt,
   checkRegion,
   decode,
@@ -364,6 +365,12 @@ export class KvStreamReceiver {
         'INVALID_ARGUMENT',
         'KvStreamReceiver.admit: pass a request object {prefill, tokens, tailBytes?, tag?, timeoutMs?, signal?}',
       );
+    checkFields(
+      'KvStreamReceiver.admit',
+      req,
+      ['prefill', 'tokens', 'tailBytes', 'tag', 'signal', 'timeoutMs'],
+      'a field of an admit request',
+    );
     if (
       req.signal !== undefined &&
       (req.signal === null ||

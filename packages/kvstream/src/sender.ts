@@ -14,6 +14,7 @@ import { PeerProbe } from './probe.js';
 import {
   ACK_UNCERTAIN,
   checkCreateOptions,
+  checkFields,
   checkInt,
   checkRegion,
   decode,
@@ -408,6 +409,7 @@ export class KvStreamSender {
         'INVALID_ARGUMENT',
         'KvStreamSender.bind: srcPages must be a Uint32Array of pool pages',
       );
+    checkFields('KvStreamSender.bind', opts, ['srcPages', 'progress', 'timeoutMs'], 'a bind option');
     for (const p of opts.srcPages)
       if (p >= this.layout.pages)
         throw new TrellisError(

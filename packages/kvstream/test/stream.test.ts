@@ -331,6 +331,13 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
     expect(await outcome(txCreate({ engine, layout, recv: true }))).toBe(
       "INVALID_ARGUMENT: KvStreamSender.create: recv must be 'own' or 'external', got true",
     );
+    // A key that is not an option (a typo, or the other side's option): refused, naming it.
+    expect(await outcome(rxCreate({ engine, layout, probeImm: 7 }))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver.create: "probeImm" is not an option (they are engine, layout, region, gpu, maxTailBytes, maxRequests, immBase, probeMs, deadPeerGraceMs, ackTimeoutMs, quarantineMs, recv)',
+    );
+    expect(await outcome(txCreate({ engine, layout, maxRequest: 8 }))).toBe(
+      'INVALID_ARGUMENT: KvStreamSender.create: "maxRequest" is not an option (they are engine, layout, region, gpu, maxTailBytes, maxRequests, probeImm, probeMs, unboundTimeoutMs, recv)',
+    );
     expect(engine.stats()).toMatchObject({ regions: 0 });
     // A region of another engine (peers' writes would land where this side never looks), or not
     // an MrHandle at all: refused before anything is registered.
@@ -390,6 +397,12 @@ describe('kvstream over the loopback fabric (random delivery order)', () => {
       expect(msg(() => loose.admit({ prefill: pe.address, tokens: 4, signal }))).toBe(
         'INVALID_ARGUMENT: KvStreamReceiver.admit: signal must be an AbortSignal',
       );
+    expect(msg(() => loose.admit({ prefill: pe.address, tokens: 4, timeout: 5 }))).toBe(
+      'INVALID_ARGUMENT: KvStreamReceiver.admit: "timeout" is not a field of an admit request (they are prefill, tokens, tailBytes, tag, signal, timeoutMs)',
+    );
+    expect(msg(() => tx.bind('x', { srcPages: Uint32Array.of(0), tailBytes: 4 } as never))).toBe(
+      'INVALID_ARGUMENT: KvStreamSender.bind: "tailBytes" is not a bind option (they are srcPages, progress, timeoutMs)',
+    );
     expect(rx.stats()).toEqual(before);
     expect(poolFull(rx)).toBe(true);
     const a = rx.admit({ prefill: pe.address, tokens: 4, tag: 'one' });

@@ -27,6 +27,14 @@ function invalid(message: string): TrellisError {
 function checkCreate(where: string, opts: unknown, ranksOf: (p: WeightSyncPlan) => number): WeightSyncPlan {
   if (opts === null || typeof opts !== 'object')
     throw invalid(`${where}: pass an options object {engine, plan, rank, ...}`);
+  const fields =
+    where === 'WeightSyncReceiver'
+      ? ['engine', 'plan', 'rank', 'immBase', 'buffers']
+      : ['engine', 'plan', 'rank', 'source', 'device', 'targets', 'stagingBytes', 'immBase'];
+  // A typo or another side's option would be ignored in silence.
+  for (const k in opts)
+    if (!fields.includes(k))
+      throw invalid(`${where}: ${JSON.stringify(k)} is not an option (they are ${fields.join(', ')})`);
   const o = opts as { engine?: unknown; plan?: unknown; rank?: unknown; immBase?: unknown };
   const e = o.engine as { registerMemory?: unknown } | null | undefined;
   if (e === null || typeof e !== 'object' || typeof e.registerMemory !== 'function')

@@ -159,6 +159,14 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
       ],
       [rxCreate({ ...ok, rank: 1 }), 'INVALID_ARGUMENT: WeightSyncReceiver: rank must be 0..0, got 1'],
       [
+        rxCreate({ ...ok, targets: [] }),
+        'INVALID_ARGUMENT: WeightSyncReceiver: "targets" is not an option (they are engine, plan, rank, immBase, buffers)',
+      ],
+      [
+        txCreate({ ...ok, buffer: null }),
+        'INVALID_ARGUMENT: WeightSyncSender: "buffer" is not an option (they are engine, plan, rank, source, device, targets, stagingBytes, immBase)',
+      ],
+      [
         rxCreate({ ...ok, immBase: 2 ** 32 - 1 }),
         'INVALID_ARGUMENT: WeightSyncReceiver: immBase must be an integer in 0..4294901760 (steps use immBase to immBase + 65535), got 4294967295',
       ],
