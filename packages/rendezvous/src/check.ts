@@ -1,13 +1,26 @@
 // Argument checks shared by the stores (internal: not exported from the package).
 import { TrellisError } from '@trellis/core';
 
-/** An options argument must be an object: `undefined`, `null`, an array or a number is refused, not read. */
+/**
+ * An options argument must be an object: `undefined`, `null`, an array or a number is refused, not
+ * read; so is a key that is not in `shape` (`{host, port, timeoutMs?}`: a typo would be ignored).
+ */
 export function checkOptions(op: string, opts: unknown, shape: string): void {
   if (opts === null || typeof opts !== 'object' || Array.isArray(opts))
     throw new TrellisError(
       'INVALID_ARGUMENT',
       `${op}: pass an options object ${shape}, got ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : typeof opts}`,
     );
+  const fields = shape
+    .replace(/[{}?\s]/g, '')
+    .split(',')
+    .filter(Boolean);
+  for (const k in opts)
+    if (!fields.includes(k))
+      throw new TrellisError(
+        'INVALID_ARGUMENT',
+        `${op}: ${JSON.stringify(k)} is not an option (pass an options object ${shape})`,
+      );
 }
 
 /** An optional options argument: absent, or an object (see {@link checkOptions}). */

@@ -216,6 +216,9 @@ describe('EtcdRendezvous on a real etcd', () => {
     expect(await outcome(connect(undefined))).toBe(
       'INVALID_ARGUMENT: EtcdRendezvous.connect: pass an options object {hosts, prefix?, leaseTtlS?, timeoutMs?}, got undefined',
     );
+    expect(await outcome(connect({ hosts: ['127.0.0.1:2379'], ttl: 5 }))).toBe(
+      'INVALID_ARGUMENT: EtcdRendezvous.connect: "ttl" is not an option (pass an options object {hosts, prefix?, leaseTtlS?, timeoutMs?})',
+    );
     for (const hosts of [
       undefined,
       '',

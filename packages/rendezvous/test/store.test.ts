@@ -174,6 +174,13 @@ describe('TcpStore', () => {
     expect(await outcome(serve({ host: 7 }))).toBe(
       'INVALID_ARGUMENT: TcpStore.serve: host must be a non-empty string',
     );
+    // A key that is not an option (a typo would be ignored): refused before anything listens.
+    expect(await outcome(connect({ host: '127.0.0.1', port: 1, timeout: 5 }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.connect: "timeout" is not an option (pass an options object {host, port, timeoutMs?, token?})',
+    );
+    expect(await outcome(serve({ port: 0, secret: 'x' }))).toBe(
+      'INVALID_ARGUMENT: TcpStore.serve: "secret" is not an option (pass an options object {port?, host?, token?})',
+    );
   });
 
   it('get, barrier, set and join refuse bad arguments with INVALID_ARGUMENT before anything reaches the store', async () => {
@@ -191,6 +198,9 @@ describe('TcpStore', () => {
     expect(await outcome(any.get('k', []))).toBe(`INVALID_ARGUMENT: TcpStore.get: ${opts}, got an array`);
     expect(await outcome(any.barrier('b', 1, null))).toBe(
       `INVALID_ARGUMENT: TcpStore.barrier: ${opts}, got null`,
+    );
+    expect(await outcome(any.get('k', { timeout: 5 }))).toBe(
+      `INVALID_ARGUMENT: TcpStore.get: "timeout" is not an option (${opts})`,
     );
     // Keys and names: the argument named (it once said only "a key is a non-empty string").
     const name = (op: string, what: string, got: string) =>
