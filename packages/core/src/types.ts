@@ -698,7 +698,7 @@ export interface LibraryInfo {
 export interface FailoverOptions {
   /** Errors on one NIC within `windowMs` that mark it down. Default 3. */
   maxErrors?: number;
-  /** Default 1000 ms. */
+  /** The window `maxErrors` is counted in (at least 1). Default 1000 ms. */
   windowMs?: number;
   /** How long a NIC stays down; its next use after that is the probe. Default 5000 ms. */
   cooldownMs?: number;
@@ -731,6 +731,13 @@ export interface FailoverStats {
    * target did not acknowledge) and re-posted or sent again on another NIC.
    */
   attemptTimeouts: number;
+  /**
+   * Times a path — this engine's NIC `i` to one peer — was marked down for `cooldownMs` while the
+   * NIC itself stayed up: at once when an attempt on it timed out, or after `maxErrors` connection
+   * resets within `windowMs`. It costs only that peer (its NIC may have died, or the peer itself:
+   * one peer's fault never takes a NIC down for the others); `stats().nics[i].up` is the NIC's own.
+   */
+  pathsMarkedDown: number;
 }
 
 /** GPU memory counters of an engine (all zero on an engine without GPU regions). */

@@ -196,10 +196,12 @@ describe('NIC failover (loopback fabric, 2 and 4 NICs)', () => {
     want.set(src.buffer!);
     assertBytes(dst.buffer!, want, 'after a silent target NIC');
     const st = a.stats();
-    // The first write caught on NIC 1 waited out its attempt; NIC 1 was then down for the rest.
+    // The writes caught on NIC 1 waited out their attempt; the path to b on NIC 1 was then down
+    // for the rest — the path, not a's NIC (b's NIC failed: a's other peers keep NIC 1).
     expect(st.failover.attemptTimeouts).toBeGreaterThanOrEqual(1);
-    expect(st.failover.nicsMarkedDown).toBe(1);
-    expect(st.nics.map((x) => x.up)).toEqual([true, false]);
+    expect(st.failover.pathsMarkedDown).toBe(1);
+    expect(st.failover.nicsMarkedDown).toBe(0);
+    expect(st.nics.map((x) => x.up)).toEqual([true, true]);
     expect(st.failover.controlImms).toBe(expected + 1);
     expect(st.ops.completed).toBe(9);
     expect(b.stats().failover.duplicateImms).toBe(0);
@@ -216,10 +218,11 @@ describe('NIC failover (loopback fabric, 2 and 4 NICs)', () => {
     await sleep(20);
     expect(b.immCounter(imm).total).toBe(3);
     const st = a.stats().failover;
-    expect(st.attemptTimeouts).toBe(1); // the first; NIC 0 was down for the next two
+    expect(st.attemptTimeouts).toBe(1); // the first; the path on NIC 0 was down for the next two
     expect(st.reposts).toBe(1);
     expect(st.controlImms).toBe(3);
-    expect(st.nicsMarkedDown).toBe(1);
+    expect(st.pathsMarkedDown).toBe(1);
+    expect(st.nicsMarkedDown).toBe(0);
     expect(b.stats().failover.duplicateImms).toBe(0);
     await fabric.close();
   });
@@ -230,31 +233,60 @@ describe('NIC failover (loopback fabric, 2 and 4 NICs)', () => {
     fabric.faults.silenceNic!(b, 0, true);
     fabric.faults.silenceNic!(b, 1, true);
     const e = await rejects(a.submitImm({ dst: b.address, imm: 9 }), 'TIMEOUT', 'no acknowledgement');
-    expect(e.message).toMatch(/acknowledged none of 4 control message\(s\)/);
+    // maxReposts 1: two attempts, one per NIC.
+    expect(e.message).toMatch(
+      /acknowledged none of 2 control message\(s\) raising its immediates \(maxReposts 1\)/,
+    );
     expect(e.message).toMatch(/failover\.attemptMs \(50 ms\)/);
-    expect(a.stats().failover.attemptTimeouts).toBe(4);
-    // The operation's own deadline comes first: it settles then, saying the target may have counted.
+    expect(a.stats().failover.attemptTimeouts).toBe(2);
+    expect(a.stats().failover.pathsMarkedDown).toBe(2);
+    // Both paths to b are down now: later immediates to it fail at once, naming the peer; a's NICs
+    // are up (another peer of a is not harmed).
+    const down = await rejects(a.submitImm({ dst: b.address, imm: 9 }), 'NIC_FAILED', 'paths down');
+    expect(down.message).toMatch(/every path to .* is down \(failover gave each up/);
+    expect(a.stats().nics.map((x) => x.up)).toEqual([true, true]);
+    const c = fabric.createEngine({ failover: { cooldownMs: 60_000, attemptMs: 50 } });
+    await a.submitImm({ dst: c.address, imm: 13 });
+    expect(c.immCounter(13).total).toBe(1);
+    // Every path to b given up while a's NICs are up: a probe on each NIC decides — b answers none
+    // (its NICs are silent), so it is lost, and later work to it is refused PEER_LOST.
+    const lost: string[] = [];
+    a.onPeerLost((p, why) => lost.push(`${p.equals(b.address)} ${why.code}`));
+    for (let i = 0; i < 100 && !lost.length; i++) await sleep(50);
+    expect(lost).toEqual(['true PEER_LOST']);
+    await rejects(a.submitImm({ dst: b.address, imm: 9 }), 'PEER_LOST', 'lost');
+    // A fresh pair (paths up again at once: cooldownMs 0). The operation's own deadline comes
+    // first: it settles then, saying the target may have counted.
+    const f2 = createLoopbackFabric({ nics: 2, seed: 24 });
+    const [a2, b2] = await pair(f2, { cooldownMs: 0, attemptMs: 50, maxReposts: 5 });
+    f2.faults.silenceNic!(b2, 0, true);
+    f2.faults.silenceNic!(b2, 1, true);
     const t0 = performance.now();
-    const e2 = await rejects(a.submitImm({ dst: b.address, imm: 10, timeoutMs: 80 }), 'TIMEOUT', 'deadline');
+    const e2 = await rejects(
+      a2.submitImm({ dst: b2.address, imm: 10, timeoutMs: 80 }),
+      'TIMEOUT',
+      'deadline',
+    );
     expect(performance.now() - t0).toBeLessThan(1000);
     expect(e2.message).toMatch(/while its immediates were being raised: the target may have counted them/);
     const ac = new AbortController();
-    const p = a.submitImm({ dst: b.address, imm: 11, signal: ac.signal });
+    const p = a2.submitImm({ dst: b2.address, imm: 11, signal: ac.signal });
     await sleep(10);
     ac.abort();
     const e3 = await rejects(p, 'ABORTED', 'abort');
     expect(e3.message).toMatch(/the target may have counted them/);
     // Nothing more is sent for them once settled.
-    const sent = a.stats().failover.attemptTimeouts;
+    const sent = a2.stats().failover.attemptTimeouts;
     await sleep(300);
-    expect(a.stats().failover.attemptTimeouts).toBe(sent);
-    expect(b.immCounter(9).total + b.immCounter(10).total + b.immCounter(11).total).toBe(0);
+    expect(a2.stats().failover.attemptTimeouts).toBe(sent);
+    expect(b2.immCounter(10).total + b2.immCounter(11).total).toBe(0);
     // Restored: the engines carry on.
-    fabric.faults.silenceNic!(b, 0, false);
-    fabric.faults.silenceNic!(b, 1, false);
-    await a.submitImm({ dst: b.address, imm: 12 });
-    expect(b.immCounter(12).total).toBe(1);
+    f2.faults.silenceNic!(b2, 0, false);
+    f2.faults.silenceNic!(b2, 1, false);
+    await a2.submitImm({ dst: b2.address, imm: 12 });
+    expect(b2.immCounter(12).total).toBe(1);
     await fabric.close();
+    await f2.close();
   });
 
   it('bad options are refused at creation', () => {
@@ -265,6 +297,9 @@ describe('NIC failover (loopback fabric, 2 and 4 NICs)', () => {
     expect(() => fabric.createEngine({ failover: 'yes' as never })).toThrow(/failover must be a boolean/);
     expect(() => fabric.createEngine({ failover: { attemptMs: 0 } })).toThrow(
       /failover.attemptMs must be an integer >= 1, got 0/,
+    );
+    expect(() => fabric.createEngine({ failover: { windowMs: 0 } })).toThrow(
+      /failover.windowMs must be an integer >= 1, got 0/,
     );
   });
 });

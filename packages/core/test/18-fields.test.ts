@@ -85,6 +85,44 @@ describe('request fields', async () => {
     expect(() => a.expectedImms({ kind: 'single', src, length: 8, dst: dst.desc, imms: 1 } as never)).toThrow(
       /expectedImms: "imms" is not a field of a single write request/,
     );
+    // Options of the other calls, and a kind or routing that is not the call's.
+    const more: [Promise<unknown>, RegExp][] = [
+      [
+        a.submitSingleWrite({ kind: 'paged', src, length: 8, dst: dst.desc } as never),
+        /submitSingleWrite: kind is "paged", but this call takes a "single" request/,
+      ],
+      [
+        a.submitScatter({
+          src,
+          targets: [{ dst: dst.desc, srcOffset: 0, dstOffset: 0, length: 8 }],
+          routing: { nic: 1, x: 1 },
+        } as never),
+        /submitScatter: "x" is not a field of routing/,
+      ],
+      [
+        a.submitSend(b.address, new Uint8Array(4), { timeout: 5 } as never),
+        /submitSend: "timeout" is not a field of its options/,
+      ],
+      [
+        a.registerMemory(64, { remot: true } as never),
+        /registerMemory: "remot" is not a field of its options/,
+      ],
+      [a.immCounter(1).wait(1, { timeout: 5 } as never), /wait: "timeout" is not a field of its options/],
+      [a.quiesce(b.address, { timeout: 5 } as never), /quiesce: "timeout" is not a field of its options/],
+      [
+        b.submitRecvs({ maxbytes: 64, count: 1 } as never, () => {}),
+        /submitRecvs: "maxbytes" is not a field of its options \(its fields: maxBytes, count, signal, onError\)/,
+      ],
+    ];
+    for (const [p, re] of more) {
+      const err = await rejects(p, 'INVALID_ARGUMENT', re.source);
+      expect(err.message).toMatch(re);
+    }
+    const prepared = a.prepareWrites({ src, dst: dst.desc, imm: 1 });
+    const pe = await rejects(prepared.post([0, 0, 8], { timeout: 10 } as never), 'INVALID_ARGUMENT', 'post');
+    expect(pe.message).toMatch(
+      /"timeout" is not a field of its options \(its fields: count, imm, signal, timeoutMs\)/,
+    );
     // Nothing was posted, nothing counted.
     await f.idle();
     expect(a.stats().ops.completed + a.stats().ops.failed).toBe(0);

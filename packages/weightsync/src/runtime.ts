@@ -67,6 +67,9 @@ function checkCreate(where: string, opts: unknown, ranksOf: (p: WeightSyncPlan) 
 /** A step request of sync/expect: step, version, timeoutMs, signal (and onProgress) of the right kinds. */
 function checkStep(where: string, req: unknown, shape: string): void {
   if (req === null || typeof req !== 'object') throw invalid(`${where}: pass ${shape}`);
+  const fields = shape.replace(/[{}?\s]/g, '').split(',');
+  for (const k in req)
+    if (!fields.includes(k)) throw invalid(`${where}: ${JSON.stringify(k)} is not a field (pass ${shape})`);
   const r = req as { step?: unknown; timeoutMs?: unknown; signal?: unknown; onProgress?: unknown };
   if (!Number.isSafeInteger(r.step) || (r.step as number) < 0)
     throw invalid(`${where}: step must be a non-negative integer, got ${String(r.step)}`);

@@ -215,6 +215,10 @@ describe('weight sync over the loopback fabric (random delivery order)', () => {
       ],
       [{ step: 1, version: 1, signal: 'x' }, 'WeightSyncSender.sync: signal must be an AbortSignal'],
       [{ step: 1, version: 1, onProgress: 5 }, 'WeightSyncSender.sync: onProgress must be a function'],
+      [
+        { step: 1, version: 1, timeout: 5 },
+        'WeightSyncSender.sync: "timeout" is not a field (pass {step, version, timeoutMs?, signal?, onProgress?})',
+      ],
     ];
     for (const [req, want] of bad) expect(await outcome(sync(req))).toBe(`INVALID_ARGUMENT: ${want}`);
     const expectLoose = loose(rx.expect.bind(rx));

@@ -3,7 +3,7 @@
 import { TrellisError } from '../errors.js';
 import type { ImmCounter, WaitOptions } from '../types.js';
 import { type Timer, Timers } from './timers.js';
-import { checkImm, checkOpOptions, show } from './validate.js';
+import { checkFields, checkImm, checkOpOptions, OP_OPTION_FIELDS, show } from './validate.js';
 
 interface Waiter {
   n: number;
@@ -122,6 +122,7 @@ class Counter implements ImmCounter {
         throw new TrellisError('INVALID_ARGUMENT', `${op}: opts must be an object ({timeoutMs?, signal?})`, {
           op,
         });
+      checkFields(op, opts, OP_OPTION_FIELDS, 'its options');
       // A signal that is not an AbortSignal would throw later, from a timer (uncaught).
       checkOpOptions(op, opts);
     } catch (e) {

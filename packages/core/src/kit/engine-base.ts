@@ -57,6 +57,8 @@ import {
   checkPeer,
   checkPrepared,
   checkSend,
+  OP_OPTION_FIELDS,
+  optionFields,
   type Plan,
   planBarrier,
   planImm,
@@ -70,6 +72,11 @@ import {
   show,
   type ValidationContext,
 } from './validate.js';
+
+const REGISTER_FIELDS = optionFields('remote');
+/** How long a peer whose every path failover gave up has to answer a probe. */
+const PATHS_PROBE_MS = 2000;
+const RECV_FIELDS = optionFields('maxBytes', 'count', 'signal', 'onError');
 
 const DEFAULT_LIMITS: EngineLimits = {
   maxMessageBytes: 64 * 1024,
@@ -178,7 +185,26 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
         const t = this.timers.after(ms, fn);
         return () => this.timers.cancel(t);
       },
+      allPathsDown: (peer) => {
+        void this.probePeer(peer, PATHS_PROBE_MS).then((alive) => {
+          if (alive) this.failover?.pathsBack(peer);
+          else if (!this.closed && !this.isLost(peer))
+            this.markLost(
+              peer,
+              new TrellisError(
+                'PEER_LOST',
+                `the peer answered no probe on any NIC after failover gave up every path to it (attempts timed out or connections reset)`,
+                { peer: peer.toString() },
+              ),
+            );
+        });
+      },
     };
+  }
+
+  /** The engine-wide deadline of an operation without its own (native engines' `opTimeoutMs`), if any. */
+  protected engineDeadlineMs(): number | undefined {
+    return undefined;
   }
 
   /** Throw if this engine cannot react to arrivals of `imm` (native: an open port counts them). */
@@ -223,8 +249,14 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     else {
       const gpu = this.gpuPath(p);
       if (gpu) this.postGpu(gpu, p, op);
-      else if (this.failover?.handles(p)) this.failover.start(p, op);
-      else return false;
+      else if (this.failover?.handles(p)) {
+        // Failover's operation is JavaScript's alone (its shares are internal operations): the
+        // engine deadline, which bounds what the backend posts, bounds it here.
+        const d = this.engineDeadlineMs();
+        if (!op.hasDeadline && d !== undefined)
+          op.arm({ timeoutMs: d }, `the engine deadline (opTimeoutMs ${d}) passed`);
+        this.failover.start(p, op);
+      } else return false;
     }
     return true;
   }
@@ -347,6 +379,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     this.throwIfClosed(op);
     if (typeof opts !== 'object' || opts === null)
       throw invalid('INVALID_ARGUMENT', op, 'options must be an object');
+    checkFields(op, opts, REGISTER_FIELDS, 'its options');
     if (opts.remote !== undefined && typeof opts.remote !== 'boolean')
       throw invalid('INVALID_ARGUMENT', op, 'remote must be a boolean');
     const remote = opts.remote ?? false;
@@ -497,6 +530,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       this.throwIfClosed(site.op);
       if (typeof opts !== 'object' || opts === null)
         throw invalid('INVALID_ARGUMENT', site.op, 'options must be an object');
+      checkFields(site.op, opts, RECV_FIELDS, 'its options');
       const maxBytes = checkCount(site.op, 'maxBytes', opts.maxBytes);
       const count = checkCount(site.op, 'count', opts.count);
       if (maxBytes > this.limits.maxMessageBytes) {
@@ -995,6 +1029,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     const op = 'quiesce';
     try {
       const p = checkPeer(this, op, 'peer', peer);
+      checkFields(op, opts, OP_OPTION_FIELDS, 'its options');
       checkOpOptions(op, opts);
       const key = p.toString();
       if (!this.inFlightTo.get(key)) return Promise.resolve();
@@ -1498,7 +1533,14 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
       nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
       failover: w
         ? { ...w.stats }
-        : { reposts: 0, nicsMarkedDown: 0, controlImms: 0, duplicateImms: 0, attemptTimeouts: 0 },
+        : {
+            reposts: 0,
+            nicsMarkedDown: 0,
+            controlImms: 0,
+            duplicateImms: 0,
+            attemptTimeouts: 0,
+            pathsMarkedDown: 0,
+          },
       ops: { ...this.counts, inFlight: this.ops.size + this.mergedExtra, held: this.heldOps },
       regions: this.regions.size,
       registeredBytes,

@@ -1281,8 +1281,14 @@ export abstract class NativeEngineBase extends EngineBase {
 
   /** Writes to a peer on this host take the lane (whatever failover would do with NICs); staged GPU regions their copies. */
   protected override gpuPath(plan: Plan): GpuPath | undefined {
-    if (this.lane.takes(plan, true)) return 'lane';
+    // With failover, writes go through the NICs, where it re-posts them: the lane's immediates
+    // are posted by the worker on one NIC, outside failover.
+    if (!this.failover?.handles(plan) && this.lane.takes(plan, true)) return 'lane';
     return super.gpuPath(plan);
+  }
+
+  protected override engineDeadlineMs(): number | undefined {
+    return this.opTimeoutMs > 0 ? this.opTimeoutMs : undefined;
   }
 
   protected override postGpu(path: GpuPath, plan: Plan, op: PendingOp): void {
@@ -1764,8 +1770,13 @@ export abstract class NativeEngineBase extends EngineBase {
     // An operation with several peers (a scatter, a barrier): the provider names none, so each is
     // probed; the first that does not answer is the lost one.
     void Promise.all(peers.map((p) => this.probePeer(p, PROBE_MS))).then((answers) => {
-      if (!this.awaitingProbe.delete(op)) return;
       const dead = peers.find((_, i) => !answers[i]);
+      if (!this.awaitingProbe.delete(op)) {
+        // The operation settled meanwhile (its deadline, or failover gave its share up): the
+        // verdict still stands — a peer that answered no probe is lost.
+        if (dead && !this.closed) this.peerFailed(op, err.withDetails({ peer: dead.toString() }));
+        return;
+      }
       if (dead) {
         op.fail(peers.length > 1 ? err.withDetails({ peer: dead.toString() }) : err);
         return;

@@ -89,18 +89,33 @@ export class PendingOp {
     return this.promiseOf;
   }
 
-  /** Arm the deadline: when it passes, the backend is asked to cancel. (The engine watches the AbortSignal, one listener per signal.) */
-  arm(opts: OpOptions): void {
+  /**
+   * Arm the deadline: when it passes, the backend is asked to cancel. (The engine watches the
+   * AbortSignal, one listener per signal.) `why`: the TIMEOUT's text after the op's name (default
+   * "timed out after N ms").
+   */
+  arm(opts: OpOptions, why?: string): void {
     if (opts.timeoutMs !== undefined) {
       this.armedAt = performance.now();
       this.timeoutMs = opts.timeoutMs;
       this.timer = this.engine.timers.after(opts.timeoutMs, () => {
         this.requestCancel(
-          new TrellisError('TIMEOUT', `${this.callsite.op}: timed out after ${opts.timeoutMs} ms`),
+          new TrellisError(
+            'TIMEOUT',
+            `${this.callsite.op}: ${why ?? `timed out after ${opts.timeoutMs} ms`}`,
+          ),
         );
       });
     }
   }
+
+  /** Whether a deadline is armed (its own `timeoutMs`). */
+  get hasDeadline(): boolean {
+    return this.timer !== undefined;
+  }
+
+  /** @internal Told when a held op is let go of (after the engine is). */
+  onLetGo: (() => void) | undefined = undefined;
 
   private armedAt = 0;
   private timeoutMs: number | undefined;
@@ -130,6 +145,7 @@ export class PendingOp {
     this.held = false;
     for (const r of this.regions) r.release();
     this.engine.heldLetGo(this);
+    this.onLetGo?.();
   }
 
   private finish(ok: boolean): boolean {

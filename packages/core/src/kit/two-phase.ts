@@ -53,6 +53,11 @@ export interface FailoverHost {
   arrive(imm: number, count: number): void;
   /** Run `fn` in `ms` (the engine's timers); returns a function that disarms it. */
   after(ms: number, fn: () => void): () => void;
+  /**
+   * Every path to `peer` is down while this engine's NICs are up: probe it on each NIC; a peer
+   * that answers none is lost, one that answers has its paths back.
+   */
+  allPathsDown(peer: NetAddr): void;
 }
 
 interface Flight {
@@ -66,6 +71,8 @@ interface Flight {
   done: boolean;
   /** Stops the control messages still being raised (their timers and resends). */
   stops: Set<() => void>;
+  /** Shares that settled with work still posted (held): the user's operation is held with them. */
+  held: Set<PendingOp>;
 }
 
 /**
@@ -97,7 +104,14 @@ export class TwoPhaseWriter {
     controlImms: 0,
     duplicateImms: 0,
     attemptTimeouts: 0,
+    pathsMarkedDown: 0,
   };
+  /**
+   * Per peer and NIC: when the path is usable again, and its recent errors. A path fails where the
+   * NIC does not — a target's NIC that died, a connection that swallows work — and costs only that
+   * peer: one peer's death must not take a NIC down for the others.
+   */
+  private readonly paths = new Map<string, { until: number[]; errors: number[][] }>();
   /** Failover proper (health, re-posts, control-message immediates); false: two-phase writes only. */
   readonly enabled: boolean;
 
@@ -138,15 +152,66 @@ export class TwoPhaseWriter {
    */
   private healthy(peer: NetAddr, avoid?: ReadonlySet<number>): number[] {
     const out: number[] = [];
-    for (let l = 0; l < this.host.lanesTo(peer); l++) if (!this.enabled || this.isUp(l)) out.push(l);
+    const path = this.paths.get(peer.toString());
+    const now = Date.now();
+    for (let l = 0; l < this.host.lanesTo(peer); l++)
+      if (!this.enabled || (this.isUp(l) && !(path && now < (path.until[l] ?? 0)))) out.push(l);
     const fresh = avoid?.size ? out.filter((l) => !avoid.has(l)) : out;
     return fresh.length ? fresh : out;
   }
 
   /** The first NIC to `peer` that is up (for probes), or undefined if none is. */
   probeLane(peer: NetAddr): number | undefined {
+    const up = this.healthy(peer);
+    if (up.length) return up[0];
     for (let l = 0; l < this.host.lanesTo(peer); l++) if (this.isUp(l)) return l;
     return undefined;
+  }
+
+  /**
+   * Record a failure of the path to `peer` on NIC `lane` that is not the NIC's own: a share not
+   * delivered or a message not acknowledged within `attemptMs` (`now`: down at once — the path did
+   * nothing for that long), or a connection reset under it (down after `maxErrors` within
+   * `windowMs`). Down for `cooldownMs`, for this peer only.
+   */
+  pathError(peer: NetAddr, lane: number, now: boolean): void {
+    const key = peer.toString();
+    let p = this.paths.get(key);
+    if (!p) {
+      p = { until: [], errors: [] };
+      this.paths.set(key, p);
+    }
+    const t = Date.now();
+    if ((p.until[lane] ?? 0) > t) return;
+    const e = (p.errors[lane] ?? []).filter((x) => t - x < this.opts.windowMs);
+    e.push(t);
+    p.errors[lane] = e;
+    if (now || e.length >= this.opts.maxErrors) {
+      p.until[lane] = t + this.opts.cooldownMs;
+      p.errors[lane] = [];
+      this.stats.pathsMarkedDown++;
+      const nicsUp = this.errors.some((_, i) => this.isUp(i));
+      if (nicsUp && this.healthy(peer).length === 0) this.host.allPathsDown(peer);
+    }
+  }
+
+  /** Why no NIC to the peer `key` is usable: the NICs are down, or only the paths to it. */
+  private noneUp(key: string): string {
+    return this.errors.some((_, i) => this.isUp(i))
+      ? `every path to ${key} is down (failover gave each up: attempts timed out or connections reset; a probe of the peer decides whether it is lost)`
+      : `every NIC to ${key} is down`;
+  }
+
+  /** `peer` answered a probe: its paths are usable again. */
+  pathsBack(peer: NetAddr): void {
+    this.paths.delete(peer.toString());
+  }
+
+  /** A failed attempt on `lane` to `peer`: the NIC's own error (NIC_FAILED, a provider error) or the path's. */
+  private attemptFailed(peer: NetAddr, lane: number, e: TrellisError): void {
+    if (e.code === 'TIMEOUT') this.pathError(peer, lane, true);
+    else if (e.code === 'CONNECTION_RESET') this.pathError(peer, lane, false);
+    else this.nicError(lane);
   }
 
   /** Whether failover takes this plan (more than one NIC, a write or an immediate, host memory). */
@@ -183,12 +248,24 @@ export class TwoPhaseWriter {
       avoid: new Set(),
       done: false,
       stops: new Set(),
+      held: new Set(),
     };
     this.flights.set(user, flight);
     const finish = (err?: TrellisError) => {
       if (flight.done) return;
       flight.done = true;
       this.flights.delete(user);
+      // A share given up with its work still posted (its deadline came first) may still read the
+      // source: the user's operation is held with it (regions in use, `quiesce` waits) until the
+      // provider lets go of every such share.
+      if (flight.held.size) {
+        user.hold();
+        for (const sub of flight.held)
+          sub.onLetGo = () => {
+            flight.held.delete(sub);
+            if (!flight.held.size) user.letGo();
+          };
+      }
       if (err) user.fail(err);
       else if (user.cancelReason && flight.phase === 'data') user.fail(user.cancelReason);
       else user.complete();
@@ -238,7 +315,7 @@ export class TwoPhaseWriter {
           if (!lanes.length) {
             failed ??= new TrellisError(
               'NIC_FAILED',
-              `${user.callsite.op}: every NIC to ${k} is down (failover found none to re-post on)`,
+              `${user.callsite.op}: ${this.noneUp(k)} (failover found none to re-post on)`,
               { op: user.callsite.op, peer: k },
             );
             continue;
@@ -263,14 +340,26 @@ export class TwoPhaseWriter {
             ? this.opts.attemptMs + Math.ceil((bytes / 2 ** 20) * MS_PER_MIB)
             : undefined;
           this.postSub(flight, { op: 'runs', src: h, runs, imm: undefined }, deadline, settled, (e, sub) => {
-            if (!user.cancelReason && reposts < this.opts.maxReposts && this.retryable(e, sub)) {
+            const peer = list[0]!.peer;
+            const retry = !user.cancelReason && this.retryable(e, sub);
+            if (retry) {
               if (e.code === 'TIMEOUT') this.stats.attemptTimeouts++;
-              this.nicError(lane);
+              this.attemptFailed(peer, lane, e);
               flight.avoid.add(lane);
+            }
+            if (retry && reposts < this.opts.maxReposts) {
               reposts++;
               this.stats.reposts++;
               post(list);
-            } else failed ??= e;
+            } else
+              failed ??=
+                retry && e.code === 'TIMEOUT'
+                  ? new TrellisError(
+                      'TIMEOUT',
+                      `${user.callsite.op}: a share of its data was not delivered within failover.attemptMs (${this.opts.attemptMs} ms, plus 1 ms per MiB) on ${reposts + 1} attempt(s) (maxReposts ${this.opts.maxReposts}); whether it landed is unknown`,
+                      { peer: peer.toString() },
+                    )
+                  : e;
             settled();
           });
         }
@@ -317,6 +406,7 @@ export class TwoPhaseWriter {
       },
       (e: TrellisError) => {
         flight.subs.delete(sub);
+        if (sub.held) flight.held.add(sub);
         failed(e, sub);
       },
     );
@@ -346,7 +436,7 @@ export class TwoPhaseWriter {
     let attempts = 0;
     let over = false;
     let disarm: (() => void) | undefined;
-    const limit = (this.opts.maxReposts + 1) * this.host.nics;
+    const limit = this.opts.maxReposts + 1;
     const end = (err?: TrellisError) => {
       if (over) return;
       over = true;
@@ -363,9 +453,9 @@ export class TwoPhaseWriter {
     const again = (lane: number, e: TrellisError) => {
       disarm?.();
       disarm = undefined;
-      if (attempts >= limit) return end(e);
-      this.nicError(lane);
+      this.attemptFailed(peer, lane, e);
       flight.avoid.add(lane);
+      if (attempts >= limit) return end(e);
       this.stats.reposts++;
       attempt();
     };
@@ -376,11 +466,9 @@ export class TwoPhaseWriter {
       const lanes = this.healthy(peer, flight.avoid);
       if (!lanes.length)
         return end(
-          new TrellisError(
-            'NIC_FAILED',
-            `${op}: every NIC to ${key} is down; its immediates could not be raised`,
-            { peer: key },
-          ),
+          new TrellisError('NIC_FAILED', `${op}: ${this.noneUp(key)}; its immediates could not be raised`, {
+            peer: key,
+          }),
         );
       const lane = lanes[0]!;
       const mine = ++attempts;
@@ -398,7 +486,7 @@ export class TwoPhaseWriter {
         this.stats.attemptTimeouts++;
         const e = new TrellisError(
           'TIMEOUT',
-          `${op}: ${key} acknowledged none of ${attempts} control message(s) raising its immediates, each given failover.attemptMs (${this.opts.attemptMs} ms) on a NIC that was up; whether it counted them is unknown`,
+          `${op}: ${key} acknowledged none of ${attempts} control message(s) raising its immediates (maxReposts ${this.opts.maxReposts}), each given failover.attemptMs (${this.opts.attemptMs} ms) on a NIC that was up; whether it counted them is unknown`,
           { peer: key },
         );
         sub.requestCancel(e);
@@ -581,7 +669,7 @@ const FAILOVER_KEYS: Record<keyof FailoverOptions, true> = {
 /**
  * `createEngine`'s `failover` option as settings, or an INVALID_ARGUMENT saying what is wrong: not
  * a boolean or an object, a key that is not an option, a value that is not a whole number (at
- * least 1 for `maxErrors` and `attemptMs`). Checked before an engine is created. @internal
+ * least 1 for `maxErrors`, `windowMs` and `attemptMs`). Checked before an engine is created. @internal
  */
 export function failoverSettings(opts: FailoverOptions | boolean): Required<FailoverOptions> {
   if (opts !== true && opts !== false && (typeof opts !== 'object' || opts === null || Array.isArray(opts)))
@@ -604,7 +692,7 @@ export function failoverSettings(opts: FailoverOptions | boolean): Required<Fail
     attemptMs: o.attemptMs ?? 5000,
   };
   for (const [k, v] of Object.entries(settings)) {
-    const min = k === 'maxErrors' || k === 'attemptMs' ? 1 : 0;
+    const min = k === 'maxErrors' || k === 'attemptMs' || k === 'windowMs' ? 1 : 0;
     if (!Number.isSafeInteger(v) || v < min)
       throw new TrellisError(
         'INVALID_ARGUMENT',

@@ -158,6 +158,15 @@ const TARGET_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
 });
 const BARRIER_FIELDS = fields('group', 'imm', 'spread');
 const IMM_FIELDS = fields('dst', 'imm', 'nic');
+/** Plain option records (no `kind`). @internal */
+export function optionFields(...names: string[]): Record<string, true> {
+  const o: Record<string, true> = Object.create(null);
+  for (const n of names) o[n] = true;
+  return o;
+}
+const POST_FIELDS = optionFields('count', 'imm', 'signal', 'timeoutMs');
+/** `signal` and `timeoutMs`: the options of sends, waits and `quiesce`. @internal */
+export const OP_OPTION_FIELDS = optionFields('signal', 'timeoutMs');
 const PREPARED_REQUEST_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
   src: true,
   dst: true,
@@ -185,6 +194,17 @@ export function checkFields(op: string, req: object, known: Record<string, true>
           .filter((f) => f !== 'kind')
           .join(', ')})`,
       );
+}
+
+/** A request's `kind`, where it has one, must be the call's (`kind: 'paged'` on a single write is a mistake). */
+function checkKind(op: string, req: object, kind: string): void {
+  const k = (req as { kind?: unknown }).kind;
+  if (k !== undefined && k !== kind)
+    throw invalid(
+      'INVALID_ARGUMENT',
+      op,
+      `kind is ${show(k)}, but this call takes a ${JSON.stringify(kind)} request`,
+    );
 }
 
 /** A non-negative safe integer, or the default when undefined. */
@@ -303,6 +323,7 @@ export function planSingle(
   keys = true,
 ): SinglePlan {
   checkRequestObject(op, req);
+  if (keys) checkKind(op, req, 'single');
   if (keys) checkFields(op, req, SINGLE_FIELDS, 'a single write request');
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
@@ -360,6 +381,7 @@ export function planPaged(
   keys = true,
 ): PagedPlan {
   checkRequestObject(op, req);
+  if (keys) checkKind(op, req, 'paged');
   if (keys) checkFields(op, req, PAGED_FIELDS, 'a paged writes request');
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
@@ -425,6 +447,7 @@ export function planScatter(
   keys = true,
 ): ScatterPlan {
   checkRequestObject(op, req);
+  if (keys) checkKind(op, req, 'scatter');
   if (keys) checkFields(op, req, SCATTER_FIELDS, 'a scatter request');
   checkOpOptions(op, req);
   const srcLen = ctx.checkHandle(req.src, op, 'src');
@@ -436,6 +459,7 @@ export function planScatter(
   const routing: ScatterRouting = req.routing ?? 'peers';
   let nic: number | undefined;
   if (routing !== 'peers' && routing !== 'bytes') {
+    if (isObject(routing) && 'nic' in routing) checkFields(op, routing, optionFields('nic'), 'routing');
     if (!isObject(routing) || !('nic' in routing)) {
       throw invalid(
         'INVALID_ARGUMENT',
@@ -516,6 +540,7 @@ export function planPrepared(
       op,
       `opts must be an object ({count, imm, timeoutMs, signal}), got ${describe(opts)}`,
     );
+  checkFields(op, opts, POST_FIELDS, 'its options');
   checkOpOptions(op, opts);
   const w = writes as ArrayLike<unknown>;
   let n: number;
@@ -566,6 +591,7 @@ export function planBarrier(
   keys = true,
 ): BarrierPlan {
   checkRequestObject(op, req);
+  if (keys) checkKind(op, req, 'barrier');
   if (keys) checkFields(op, req, BARRIER_FIELDS, 'a barrier request');
   checkOpOptions(op, req);
   const group = isObject(req.group) ? ctx.group(req.group as PeerGroup) : undefined;
@@ -585,6 +611,7 @@ export function planBarrier(
 /** `op` names the call in errors (`expectedImms` validates requests through these too). */
 export function planImm(ctx: ValidationContext, req: ImmRequest, op = 'submitImm', keys = true): ImmPlan {
   checkRequestObject(op, req);
+  if (keys) checkKind(op, req, 'imm');
   if (keys) checkFields(op, req, IMM_FIELDS, 'an immediate request');
   checkOpOptions(op, req);
   let peer: NetAddr;
@@ -603,6 +630,7 @@ export function checkSend(
   opts: OpOptions | undefined,
 ): NetAddr {
   const op = 'submitSend';
+  if (opts !== undefined && isObject(opts)) checkFields(op, opts, OP_OPTION_FIELDS, 'its options');
   const p = checkPeer(ctx, op, 'peer', peer);
   if (!(data instanceof Uint8Array))
     throw invalid('INVALID_ARGUMENT', op, `data must be a Uint8Array, got ${describe(data)}`);
