@@ -293,7 +293,8 @@ export function checkFields(where: string, obj: object, fields: readonly string[
       );
 }
 
-const SENDER_OPTIONS = [
+/** `KvStreamSender.create`'s options. */
+export const SENDER_OPTIONS = [
   'engine',
   'layout',
   'region',
@@ -305,7 +306,8 @@ const SENDER_OPTIONS = [
   'unboundTimeoutMs',
   'recv',
 ] as const;
-const RECEIVER_OPTIONS = [
+/** `KvStreamReceiver.create`'s options. */
+export const RECEIVER_OPTIONS = [
   'engine',
   'layout',
   'region',
@@ -320,15 +322,10 @@ const RECEIVER_OPTIONS = [
   'recv',
 ] as const;
 
-export function checkCreateOptions(where: string, opts: unknown): void {
+export function checkCreateOptions(where: string, opts: unknown, fields: readonly string[]): void {
   if (opts === null || typeof opts !== 'object')
     throw new TrellisError('INVALID_ARGUMENT', `${where}: pass an options object {engine, layout, ...}`);
-  checkFields(
-    where,
-    opts,
-    where.startsWith('KvStreamSender') ? SENDER_OPTIONS : RECEIVER_OPTIONS,
-    'an option',
-  );
+  checkFields(where, opts, fields, 'an option');
   const engine = (opts as { engine?: unknown }).engine;
   if (
     engine === null ||

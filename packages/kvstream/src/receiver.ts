@@ -28,6 +28,7 @@ import {
   isKvMessage,
   MsgType,
   quoteTag,
+  RECEIVER_OPTIONS,
   receiveOwn,
   tableBytes,
 } from './protocol.js';
@@ -311,7 +312,7 @@ export class KvStreamReceiver {
 
   /** Validate the options, register the cache (unless given) and the tail slots, start receiving. */
   static async create(opts: KvStreamReceiverOptions): Promise<KvStreamReceiver> {
-    checkCreateOptions('KvStreamReceiver.create', opts);
+    checkCreateOptions('KvStreamReceiver.create', opts, RECEIVER_OPTIONS);
     const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const maxReq = opts.maxRequests ?? 256;

@@ -24,6 +24,7 @@ import {
   MsgType,
   quoteTag,
   receiveOwn,
+  SENDER_OPTIONS,
   type TableMsg,
 } from './protocol.js';
 
@@ -356,7 +357,7 @@ export class KvStreamSender {
 
   /** Validate the options, register the cache (unless given) and the staging slots, start receiving. */
   static async create(opts: KvStreamSenderOptions): Promise<KvStreamSender> {
-    checkCreateOptions('KvStreamSender.create', opts);
+    checkCreateOptions('KvStreamSender.create', opts, SENDER_OPTIONS);
     const layout = opts.layout instanceof KvLayout ? opts.layout : new KvLayout(opts.layout);
     const maxTail = opts.maxTailBytes ?? 1 << 20;
     const slots = opts.maxRequests ?? 256;

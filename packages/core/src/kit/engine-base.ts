@@ -46,7 +46,13 @@ import { PendingOp } from './pending-op.js';
 import { RecvPool, Region, type RegionAlloc } from './region.js';
 import { touchesStaged } from './staging.js';
 import { type Timer, Timers } from './timers.js';
-import { FAILOVER_ACK, FAILOVER_IMM, type FailoverHost, TwoPhaseWriter } from './two-phase.js';
+import {
+  FAILOVER_ACK,
+  FAILOVER_IMM,
+  type FailoverHost,
+  noFailoverStats,
+  TwoPhaseWriter,
+} from './two-phase.js';
 import { callUser } from './user.js';
 import {
   BATCH_OPTION_FIELDS,
@@ -1531,16 +1537,7 @@ export abstract class EngineBase implements TransferEngine, ValidationContext {
     return {
       kind: this.kind,
       nics: f ? this.nicStats().map((n) => ({ ...n, up: n.up && f.isUp(n.index) })) : this.nicStats(),
-      failover: w
-        ? { ...w.stats }
-        : {
-            reposts: 0,
-            nicsMarkedDown: 0,
-            controlImms: 0,
-            duplicateImms: 0,
-            attemptTimeouts: 0,
-            pathsMarkedDown: 0,
-          },
+      failover: w ? { ...w.stats } : noFailoverStats(),
       ops: { ...this.counts, inFlight: this.ops.size + this.mergedExtra, held: this.heldOps },
       regions: this.regions.size,
       registeredBytes,

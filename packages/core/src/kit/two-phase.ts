@@ -98,14 +98,7 @@ export class TwoPhaseWriter {
   private readonly seen = new Map<string, { set: Set<bigint>; order: bigint[] }>();
   /** Senders' tokens awaiting the target's acknowledgement. */
   private readonly acks = new Map<bigint, { peer: string; acked: () => void }>();
-  readonly stats: FailoverStats = {
-    reposts: 0,
-    nicsMarkedDown: 0,
-    controlImms: 0,
-    duplicateImms: 0,
-    attemptTimeouts: 0,
-    pathsMarkedDown: 0,
-  };
+  readonly stats: FailoverStats = noFailoverStats();
   /**
    * Per peer and NIC: when the path is usable again, and its recent errors. A path fails where the
    * NIC does not — a target's NIC that died, a connection that swallows work — and costs only that
@@ -655,6 +648,18 @@ function cut(
     }
   }
   return out;
+}
+
+/** Failover's counters, all zero (an engine without failover reports these). @internal */
+export function noFailoverStats(): FailoverStats {
+  return {
+    reposts: 0,
+    nicsMarkedDown: 0,
+    controlImms: 0,
+    duplicateImms: 0,
+    attemptTimeouts: 0,
+    pathsMarkedDown: 0,
+  };
 }
 
 /** Every field of {@link FailoverOptions} (one added there and not here fails to compile). */

@@ -130,12 +130,14 @@ export function checkRequestObject(op: string, req: unknown): asserts req is Rec
     throw invalid('INVALID_ARGUMENT', op, `expected a request object, got ${describe(req)}`);
 }
 
-/** Field names of a request kind (plus `kind`, which batches and triggers use, and the op options). */
-function fields(...names: string[]): Record<string, true> {
+/** A record of field names, for {@link checkFields}. @internal */
+export function optionFields(...names: string[]): Record<string, true> {
   const o: Record<string, true> = Object.create(null);
-  for (const n of ['kind', 'signal', 'timeoutMs', ...names]) o[n] = true;
+  for (const n of names) o[n] = true;
   return o;
 }
+/** Field names of a request kind (plus `kind`, which batches and triggers use, and the op options). */
+const fields = (...names: string[]) => optionFields('kind', 'signal', 'timeoutMs', ...names);
 const SINGLE_FIELDS = fields('src', 'srcOffset', 'length', 'dst', 'dstOffset', 'imm', 'shards');
 const PAGED_FIELDS = fields(
   'src',
@@ -150,34 +152,16 @@ const PAGED_FIELDS = fields(
   'imm',
 );
 const SCATTER_FIELDS = fields('src', 'targets', 'imm', 'routing');
-const TARGET_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
-  dst: true,
-  srcOffset: true,
-  dstOffset: true,
-  length: true,
-});
+const TARGET_FIELDS = optionFields('dst', 'srcOffset', 'dstOffset', 'length');
+const ROUTING_FIELDS = optionFields('nic');
 const BARRIER_FIELDS = fields('group', 'imm', 'spread');
 const IMM_FIELDS = fields('dst', 'imm', 'nic');
-/** Plain option records (no `kind`). @internal */
-export function optionFields(...names: string[]): Record<string, true> {
-  const o: Record<string, true> = Object.create(null);
-  for (const n of names) o[n] = true;
-  return o;
-}
 const POST_FIELDS = optionFields('count', 'imm', 'signal', 'timeoutMs');
 /** `signal` and `timeoutMs`: the options of sends, waits and `quiesce`. @internal */
 export const OP_OPTION_FIELDS = optionFields('signal', 'timeoutMs');
-const PREPARED_REQUEST_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
-  src: true,
-  dst: true,
-  imm: true,
-});
+const PREPARED_REQUEST_FIELDS = optionFields('src', 'dst', 'imm');
 /** `submitBatch`'s options. @internal */
-export const BATCH_OPTION_FIELDS: Record<string, true> = Object.assign(Object.create(null), {
-  mergeWrites: true,
-  signal: true,
-  timeoutMs: true,
-});
+export const BATCH_OPTION_FIELDS = optionFields('mergeWrites', 'signal', 'timeoutMs');
 
 /**
  * Refuse a key that is not a field of the request (a typo, or a field of another kind — `nic` on a
@@ -459,7 +443,7 @@ export function planScatter(
   const routing: ScatterRouting = req.routing ?? 'peers';
   let nic: number | undefined;
   if (routing !== 'peers' && routing !== 'bytes') {
-    if (isObject(routing) && 'nic' in routing) checkFields(op, routing, optionFields('nic'), 'routing');
+    if (isObject(routing) && 'nic' in routing) checkFields(op, routing, ROUTING_FIELDS, 'routing');
     if (!isObject(routing) || !('nic' in routing)) {
       throw invalid(
         'INVALID_ARGUMENT',

@@ -132,11 +132,7 @@ export class LoopbackEngine extends EngineBase {
 
   /** @internal */
   setNicSilent(nic: number, silent: boolean): void {
-    if (!Number.isInteger(nic) || nic < 0 || nic >= this.nics)
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `faults: NIC ${nic} does not exist on an engine with ${this.nics} NIC(s)`,
-      );
+    this.checkNic(nic);
     this.silentNics[nic] = silent;
   }
 
@@ -153,13 +149,18 @@ export class LoopbackEngine extends EngineBase {
   /** Per NIC: work lands but its completion reports NIC_FAILED (fault injection: the in-doubt failure). */
   private readonly lostCompletions: boolean[];
 
-  /** @internal */
-  setLostCompletions(nic: number, lost: boolean): void {
+  /** A fault's NIC index must be one of this engine's. */
+  private checkNic(nic: number): void {
     if (!Number.isInteger(nic) || nic < 0 || nic >= this.nics)
       throw new TrellisError(
         'INVALID_ARGUMENT',
         `faults: NIC ${nic} does not exist on an engine with ${this.nics} NIC(s)`,
       );
+  }
+
+  /** @internal */
+  setLostCompletions(nic: number, lost: boolean): void {
+    this.checkNic(nic);
     this.lostCompletions[nic] = lost;
   }
 
@@ -243,12 +244,7 @@ export class LoopbackEngine extends EngineBase {
 
   /** @internal */
   setNicUp(nic: number, up: boolean): void {
-    if (!Number.isInteger(nic) || nic < 0 || nic >= this.nics) {
-      throw new TrellisError(
-        'INVALID_ARGUMENT',
-        `faults: NIC ${nic} does not exist on an engine with ${this.nics} NIC(s)`,
-      );
-    }
+    this.checkNic(nic);
     this.nicUp[nic] = up;
     this.nicCounters[nic]!.up = up;
   }
